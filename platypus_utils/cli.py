@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("platypus").setLevel(logging.INFO)
     try:
         if args.command == "run":
             from .runner import StageFailed, run

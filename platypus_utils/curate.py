@@ -89,8 +89,19 @@ def near_dedup(rows: list[dict], embeddings: np.ndarray, threshold: float,
     return sorted(kept_set), removed
 
 
-def _count_loaded(profile: Profile, run: StageRun):
-    """Load every enabled source; returns rows (with provenance) and per-source counters."""
+LICENCES = {  # PLATYPUS.md §1
+    "MATH/PRM-800K": "MIT", "MATH": "MIT", "ARB": "CC BY 4.0", "scienceqa": "CC BY-NC-SA 4.0", "scibench": "MIT",
+    "theoremqa": "MIT", "reclor": "non-commercial", "tigerbot-kaggle": "Apache-2.0", "leetcode_ne": "none listed",
+    "airoboros": "other", "guanaco": "Apache-2.0",
+}
+
+
+def _load_sources(profile: Profile, run: StageRun):
+    """Load every enabled source. Returns rows, their provenance, per-data_source counters and skip reasons.
+
+    Rows are counted under their `data_source`; rows skipped before they had one are counted
+    under the source's single data_source when it has one, else under the configured source name.
+    """
     from . import sources
 
     rows, prov = [], []
@@ -99,25 +110,34 @@ def _count_loaded(profile: Profile, run: StageRun):
     for src in profile.curate.sources:
         if not src.enabled:
             continue
-        label = src.name
         try:
             src_rows, problems = sources.load_source(src, profile)
         except sources.UnknownSourceError as exc:
             log.error("%s", exc)
-            counts[label]["unknown_source"] += 1
-            skip_reasons[label] = {"unknown_source": str(exc)}
+            counts[src.name]["malformed"] += 1
+            counts[src.name]["loaded"] += 1
+            skip_reasons[src.name] = {"unknown_source": 1}
             continue
-        if src.path:
+        if src.name == "demo":
+            from .demo_data import demo_corpus_path
+
+            run.add_input(demo_corpus_path(profile))
+        elif src.path:
             run.add_input(src.path)
+        labels = collections.Counter(r["data_source"] for r in src_rows)
+        label = next(iter(labels)) if len(labels) == 1 else src.name
         n_filtered = sum(v for k, v in problems.items() if k.startswith("filtered"))
         n_malformed = sum(v for k, v in problems.items() if not k.startswith("filtered"))
-        counts[label]["loaded"] += len(src_rows) + n_filtered + n_malformed
-        counts[label]["malformed"] += n_malformed
-        counts[label]["filtered"] += n_filtered
-        skip_reasons[label] = dict(sorted(problems.items()))
+        if problems:
+            counts[label]["loaded"] += n_filtered + n_malformed
+            counts[label]["malformed"] += n_malformed
+            counts[label]["filtered"] += n_filtered
+            skip_reasons[label] = dict(sorted(problems.items()))
+        log.info("source %s: %d rows, %d filtered, %d malformed", src.name, len(src_rows), n_filtered, n_malformed)
         for k, row in enumerate(src_rows):
             rows.append({f: row[f] for f in FIELDS})
-            prov.append({"source": label, "source_row": k})
+            prov.append({"source": row["data_source"], "config_source": src.name, "source_row": k})
+            counts[row["data_source"]]["loaded"] += 1
     return rows, prov, counts, skip_reasons
 
 
@@ -126,7 +146,7 @@ def run_curate(profile: Profile) -> dict:
     out = profile.run_dir(STAGE)
     with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
         with run.timed("load_s"):
-            rows, prov, counts, skip_reasons = _count_loaded(profile, run)
+            rows, prov, counts, skip_reasons = _load_sources(profile, run)
         if not rows:
             raise ValueError(f"{profile.source_file}: no rows loaded from the enabled sources {skip_reasons}")
         log.info("loaded %d rows from %d sources", len(rows), len(counts))
@@ -230,9 +250,7 @@ def composition_figure(table: pd.DataFrame, fig_dir: Path) -> list[Path]:
 
 
 def dataset_card(profile: Profile, report: dict, table: pd.DataFrame) -> str:
-    from .sources import SOURCE_LICENCES
-
-    lic = "\n".join(f"| {s} | {SOURCE_LICENCES.get(s, 'see source')} |" for s in sorted(report["per_source"]))
+    lic = "\n".join(f"| {s} | {LICENCES.get(s, 'see the source')} |" for s in sorted(report["per_source"]))
     return f"""# Curated dataset — profile `{profile.name}`
 
 Built by `platypus run {Path(profile.source_file or 'params/<profile>.yaml').name} --only 01` (stage 01_curate).

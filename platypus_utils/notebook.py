@@ -10,8 +10,9 @@ from .config import STAGE_SECTIONS, Profile, load_profile
 def start_stage(profile_path: str, stage: str, stage_params: dict | None = None,
                 overrides: dict | None = None) -> Profile:
     """Load the profile for a notebook, with the stage's injected parameters applied on top."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    logging.getLogger("platypus").setLevel(logging.INFO)
     section = STAGE_SECTIONS[stage]
     merged = dict(overrides or {})
     merged.update({f"{section}.{k}": v for k, v in (stage_params or {}).items()})

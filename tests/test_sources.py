@@ -1,0 +1,335 @@
+"""Source loaders: each original format, from small fixtures written here (bad rows included)."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from platypus_utils.config import PathsConfig, Profile, SourceConfig
+from platypus_utils.sources import (SOURCE_LOADERS, STEM_KEYWORDS, UnknownSourceError, has_stem_keyword,
+                                    load_source)
+
+REAL_SOURCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sources"
+
+
+@pytest.fixture
+def profile(tmp_path) -> Profile:
+    return Profile(name="t", paths=PathsConfig(runs_dir=str(tmp_path / "runs")))
+
+
+def _lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def _schema_ok(rows: list[dict]) -> None:
+    for r in rows:
+        assert list(r) == ["instruction", "input", "output", "data_source"]
+        assert all(isinstance(v, str) for v in r.values())
+        assert r["instruction"].strip() and r["output"].strip() and r["data_source"]
+
+
+# ---------------------------------------------------------------- STEM keywords
+def test_stem_keywords_are_clean_and_fix_the_authors_bugs():
+    assert all(k == k.lower() and k == k.strip() and k for k in STEM_KEYWORDS)
+    assert len(STEM_KEYWORDS) == len(set(STEM_KEYWORDS))
+    assert "calculationscience" not in STEM_KEYWORDS
+    assert {"calculation", "science", "ai"} <= set(STEM_KEYWORDS)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Explain how AI systems are trained.", True),  # upper-case input still matches "ai"
+    ("Show the calculation step by step.", True),
+    ("What does computer science study?", True),
+    ("Find the sum of the series.", True),
+    ("Write a summary of the novel.", False),  # "sum" must match as a whole word only
+    ("Write a poem about the sea at dawn.", False),
+    ("Which item is cellular?", False),  # "cell" is not a word here
+])
+def test_has_stem_keyword_matches_whole_words(text, expected):
+    assert has_stem_keyword(text) is expected
+
+
+# ---------------------------------------------------------------- registry and errors
+def test_registry_lists_every_source_and_unknown_names_fail(profile):
+    assert set(SOURCE_LOADERS) == {"demo", "jsonl", "math", "theoremqa", "scibench", "scienceqa", "hub"}
+    with pytest.raises(UnknownSourceError, match="known: demo, jsonl") as err:
+        load_source(SourceConfig(name="reclor_local"), profile)
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_path_names_it(profile, tmp_path):
+    missing = tmp_path / "nowhere" / "test.jsonl"
+    for name in ("jsonl", "math", "theoremqa", "scibench", "scienceqa"):
+        with pytest.raises(FileNotFoundError, match="nowhere"):
+            load_source(SourceConfig(name=name, path=str(missing)), profile)
+
+
+def test_a_local_source_without_path_is_a_config_error(profile):
+    with pytest.raises(ValueError, match="set `path`"):
+        load_source(SourceConfig(name="math"), profile)
+
+
+def test_empty_folder_names_what_it_expected(profile, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no \*\.jsonl files"):
+        load_source(SourceConfig(name="math", path=str(tmp_path / "empty")), profile)
+
+
+# ---------------------------------------------------------------- jsonl (Open-Platypus schema)
+def test_jsonl_validates_each_row_and_counts_the_bad_ones(profile, tmp_path):
+    good = {"instruction": "Q1", "input": "", "output": "A1", "data_source": "airoboros", "extra": 1}
+    path = _lines(tmp_path / "mine.jsonl", [
+        good,
+        "{not json",
+        {"instruction": "Q2", "input": ""},  # no output
+        {"instruction": "   ", "input": "", "output": "A"},  # blank instruction
+        {"instruction": "Q3", "input": 5, "output": "A"},  # non-string input
+        ["a", "list"],
+        {"instruction": "Q4", "input": "ctx", "output": "A4"},  # no data_source: the file name
+        {"instruction": "Q5", "input": "", "output": "A5", "data_source": 7},
+        "",
+    ])
+    rows, skipped = load_source(SourceConfig(name="jsonl", path=str(path)), profile)
+    _schema_ok(rows)
+    assert rows == [
+        {"instruction": "Q1", "input": "", "output": "A1", "data_source": "airoboros"},
+        {"instruction": "Q4", "input": "ctx", "output": "A4", "data_source": "mine"},
+    ]
+    assert skipped == Counter({"malformed_json": 1, "missing_field:output": 1, "empty_field:instruction": 1,
+                               "non_string_field:input": 1, "not_an_object": 1, "non_string_field:data_source": 1})
+
+
+def test_jsonl_accepts_a_json_list_and_rejects_other_json(profile, tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"instruction": "Q", "input": "", "output": "A"}]))
+    rows, _ = load_source(SourceConfig(name="jsonl", path=str(path)), profile)
+    assert rows == [{"instruction": "Q", "input": "", "output": "A", "data_source": "rows"}]
+    path.write_text(json.dumps({"instruction": "Q"}))
+    with pytest.raises(ValueError, match="rows.json: expected a JSON list"):
+        load_source(SourceConfig(name="jsonl", path=str(path)), profile)
+
+
+def test_limit_keeps_the_first_rows_and_counts_the_rest(profile, tmp_path):
+    path = _lines(tmp_path / "r.jsonl", [{"instruction": f"Q{i}", "input": "", "output": "A"} for i in range(5)])
+    rows, skipped = load_source(SourceConfig(name="jsonl", path=str(path), limit=2), profile)
+    assert [r["instruction"] for r in rows] == ["Q0", "Q1"]
+    assert skipped == Counter({"filtered:over_limit": 3})
+
+
+# ---------------------------------------------------------------- MATH
+def test_math_rows(profile, tmp_path):
+    folder = tmp_path / "math"
+    folder.mkdir()
+    _lines(folder / "test.jsonl", [
+        {"problem": "What is $1+1$?", "level": "Level 1", "type": "Algebra", "solution": "It is $\\boxed{2}$.", "idx": 0},
+        {"problem": "No solution here", "level": "Level 2", "type": "Algebra", "idx": 1},
+        {"problem": "", "solution": "x", "idx": 2},
+        '{"problem": "truncated',
+    ])
+    rows, skipped = load_source(SourceConfig(name="math", path=str(folder)), profile)
+    assert rows == [{"instruction": "What is $1+1$?", "input": "", "output": "It is $\\boxed{2}$.", "data_source": "MATH"}]
+    assert skipped == Counter({"missing_field:solution": 1, "empty_field:problem": 1, "malformed_json": 1})
+
+
+# ---------------------------------------------------------------- TheoremQA
+def test_theoremqa_rows(profile, tmp_path):
+    folder = tmp_path / "theoremqa"
+    folder.mkdir()
+    items = [
+        {"Question": "How many labeled trees on 4 vertices?", "Answer": 16, "Answer_type": "integer", "Picture": None,
+         "theorem": "cayley's formula", "subfield": "Combinatorics", "field": "Math", "id": "a"},
+        {"Question": "Read the figure.", "Answer": 3, "Picture": "images/x.png", "theorem": "t", "id": "b"},
+        {"Question": "Is 7 prime?", "Answer": True, "Picture": None, "theorem": "", "id": "c"},
+        {"Question": "List the roots.", "Answer": [1, 2], "Picture": None, "theorem": "vieta", "id": "d"},
+        {"Question": "Unanswered?", "Answer": None, "Picture": None, "theorem": "t", "id": "e"},
+        {"Answer": 1, "Picture": None, "id": "f"},
+    ]
+    (folder / "theoremqa_test.json").write_text(json.dumps(items))
+    rows, skipped = load_source(SourceConfig(name="theoremqa", path=str(folder)), profile)
+    _schema_ok(rows)
+    assert [r["instruction"] for r in rows] == [
+        "How many labeled trees on 4 vertices?\nRelevant Theorem: cayley's formula", "Is 7 prime?",
+        "List the roots.\nRelevant Theorem: vieta"]
+    assert [r["output"] for r in rows] == ["16", "True", "[1, 2]"]
+    assert skipped == Counter({"filtered:image": 1, "filtered:no_answer": 1, "missing_field:Question": 1})
+
+
+def test_theoremqa_file_that_is_not_json_names_the_file(profile, tmp_path):
+    path = tmp_path / "theoremqa_test.json"
+    path.write_text('[{"Question": "x",')
+    with pytest.raises(ValueError, match="theoremqa_test.json, line 1: malformed JSON"):
+        load_source(SourceConfig(name="theoremqa", path=str(path)), profile)
+
+
+# ---------------------------------------------------------------- SciBench
+def test_scibench_rows(profile, tmp_path):
+    folder = tmp_path / "scibench"
+    folder.mkdir()
+    book = [
+        {"problem_text": "Find the pressure.", "answer_latex": " 50.7", "answer_number": "50.7", "unit": "$\\mathrm{atm}$ ",
+         "source": "atkins", "problemid": " 1.1", "comment": " "},
+        {"problem_text": "Count the ways.", "answer_latex": "12", "answer_number": "12", "unit": " ", "source": "stat",
+         "problemid": "2", "comment": ""},
+        {"problem_text": "No answer at all.", "answer_latex": "", "answer_number": "", "unit": "", "problemid": "3"},
+        {"answer_number": "1", "unit": "m"},
+    ]
+    sol = [{"problem_text": "Compute the work.", "answer_latex": "5", "answer_number": "5", "unit": "J",
+            "solution": "W = F d\r\n= 5 J", "problemid": "4"}]
+    (folder / "atkins.json").write_text(json.dumps(book))
+    (folder / "atkins_sol.json").write_text(json.dumps(sol))
+    rows, skipped = load_source(SourceConfig(name="scibench", path=str(folder)), profile)
+    _schema_ok(rows)
+    assert rows[0]["instruction"] == "Find the pressure. The unit of the answer is $\\mathrm{atm}$."
+    assert rows[0]["output"] == "50.7 $\\mathrm{atm}$"
+    assert rows[1] == {"instruction": "Count the ways.", "input": "", "output": "12", "data_source": "scibench"}
+    assert rows[2]["instruction"] == "Compute the work. The unit of the answer is J."
+    assert rows[2]["output"] == "W = F d\n= 5 J\nThe answer is 5 J."
+    assert len(rows) == 3
+    assert skipped == Counter({"filtered:no_answer": 1, "missing_field:problem_text": 1})
+
+
+def test_scibench_needs_a_folder_with_books(profile, tmp_path):
+    (tmp_path / "only_sol").mkdir()
+    (tmp_path / "only_sol" / "atkins_sol.json").write_text("[]")
+    with pytest.raises(FileNotFoundError, match="no <book>.json"):
+        load_source(SourceConfig(name="scibench", path=str(tmp_path / "only_sol")), profile)
+
+
+# ---------------------------------------------------------------- ScienceQA (LLaVA release)
+def _sqa(i, prompt, answer, image=False):
+    rec = {"id": str(i), "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
+    if image:
+        rec["image"] = f"{i}/image.png"
+    return rec
+
+
+def test_scienceqa_rows(profile, tmp_path):
+    folder = tmp_path / "scienceqa"
+    folder.mkdir()
+    items = [
+        _sqa(1, "Which is a mammal?\nA. bat\nB. salmon", "A"),
+        _sqa(2, "<image>\nWhat is shown?\nA. a map\nB. a cell", "B", image=True),
+        _sqa(3, "Which closing is correct for a letter?\nA. thanks,\nAnne\nB. Thanks,\nAnne", "B"),
+        _sqa(4, "Context: Read the text.\nWhich word would you find on a dictionary page with the guide words?\nA. x\nB. y", "A"),
+        _sqa(5, "Is this a run-on sentence?\nThe dog ran it was fast.\nA. yes\nB. no", "A"),
+        _sqa(6, "Context: Select the best estimate.\nHow long is a pool?\nA. 25 yards\nB. 25 miles", "A"),
+        _sqa(7, "Context: Select the best estimate.\nHow long is a pool?\nA. 25 meters\nB. 25 kilometers", "A"),
+        _sqa(8, "Which is true?\nA. one\nB. two", "C"),
+        _sqa(9, "A question with no options", "A"),
+        {"id": "10", "conversations": "broken"},
+        _sqa(11, "Which type of sentence is this?\nWe ran.\nA. simple\nB. compound-complex", "A"),
+        _sqa(12, "Context: " + "word " * 401 + "\nWhich is right?\nA. yes\nB. no", "A"),
+    ]
+    (folder / "llava_test_CQM-A.json").write_text(json.dumps(items))
+    (folder / "pid_splits.json").write_text(json.dumps({"test": ["1"]}))  # not a question file: ignored
+    rows, skipped = load_source(SourceConfig(name="scienceqa", path=str(folder)), profile)
+    _schema_ok(rows)
+    assert rows[0] == {"instruction": "Which is a mammal?\nA: bat\nB: salmon", "input": "",
+                       "output": "The answer is A: bat", "data_source": "scienceqa"}
+    assert rows[1]["output"] == "The answer is B: Thanks,\nAnne"  # option text spanning two lines
+    assert rows[2]["instruction"] == "Context: Select the best estimate.\nHow long is a pool?\nA: 25 meters\nB: 25 kilometers"
+    assert len(rows) == 3
+    assert skipped == Counter({"filtered:image": 1, "filtered:skill:guide_words": 1, "filtered:skill:run_on_sentences": 1,
+                               "filtered:skill:customary_units": 1, "malformed:answer_not_in_options": 1,
+                               "malformed:no_options": 1, "malformed:conversations": 1,
+                               "filtered:skill:sentence_structure": 1, "filtered:over_400_words": 1})
+
+
+# ---------------------------------------------------------------- demo
+def test_demo_source_writes_the_corpus_into_the_run(profile):
+    rows, skipped = load_source(SourceConfig(name="demo"), profile)
+    path = profile.run_dir("00_demo_data") / "demo_corpus.jsonl"
+    assert path.is_file() and (path.parent / "demo_corpus_labels.json").is_file()
+    assert len(rows) == len(path.read_text().splitlines()) and not skipped
+    _schema_ok(rows)
+    before = path.stat().st_mtime_ns
+    rows_again, _ = load_source(SourceConfig(name="demo", limit=10), profile)
+    assert path.stat().st_mtime_ns == before  # present and current: not rewritten
+    assert rows_again == rows[:10]
+
+
+def test_demo_source_repairs_a_damaged_corpus(profile):
+    load_source(SourceConfig(name="demo"), profile)
+    path = profile.run_dir("00_demo_data") / "demo_corpus.jsonl"
+    good = path.read_bytes()
+    path.write_text('{"instruction": "tampered"}\n')
+    rows, skipped = load_source(SourceConfig(name="demo"), profile)
+    assert path.read_bytes() == good and not skipped
+
+
+# ---------------------------------------------------------------- hub (with a stand-in for datasets.load_dataset)
+@pytest.fixture
+def fake_hub(monkeypatch):
+    tables = {
+        "garage-bAInd/Open-Platypus": [{"instruction": "Q", "input": "", "output": "A", "data_source": "scienceqa"},
+                                       {"instruction": "", "input": "", "output": "A", "data_source": "x"}],
+        "metaeval/reclor": [
+            {"context": "A study of physics students.", "question": "Which follows?", "answers": ["w", "x", "y", "z"], "label": 2},
+            {"context": "A poem about love.", "question": "Which follows?", "answers": ["w", "x", "y", "z"], "label": 0}],
+        "timdettmers/openassistant-guanaco": [
+            {"text": "### Human: Explain gravity.### Assistant: Mass attracts mass.### Human: More?### Assistant: Sure."},
+            {"text": "### Human: Tell a joke.### Assistant: Knock knock."}],
+        "jondurbin/airoboros-gpt4-1.4.1": [{"instruction": "What is a vector?", "response": "A magnitude and direction."},
+                                           {"instruction": "Explain the physics of rainbows."},
+                                           {"instruction": "Write a limerick.", "response": "There once was..."}],
+    }
+    calls = []
+
+    def load_dataset(hub_id, split=None, **kwargs):
+        calls.append((hub_id, split, kwargs))
+        return tables[hub_id] if split != "test" else tables[hub_id][:1]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_hub_sources_are_shaped_like_the_authors_did(profile, fake_hub):
+    rows, skipped = load_source(SourceConfig(name="hub"), profile)  # default hub id: Open-Platypus
+    assert rows == [{"instruction": "Q", "input": "", "output": "A", "data_source": "scienceqa"}]
+    assert skipped == Counter({"empty_field:instruction": 1})
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="metaeval/reclor"), profile)
+    assert rows == [{"instruction": "A study of physics students. Which follows?\nA: w\nB: x\nC: y\nD: z",
+                     "input": "Choose A, B, C or D as your solution.", "output": "C", "data_source": "reclor"}]
+    assert skipped == Counter({"filtered:no_stem_keyword": 1})
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="timdettmers/openassistant-guanaco"), profile)
+    # train and test splits are both read; only the first exchange is kept
+    assert [r["output"] for r in rows] == ["Mass attracts mass.", "Mass attracts mass."]
+    assert skipped == Counter({"filtered:no_stem_keyword": 1})
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="jondurbin/airoboros-gpt4-1.4.1"), profile)
+    assert [r["instruction"] for r in rows] == ["What is a vector?"]
+    assert skipped == Counter({"malformed:KeyError": 1, "filtered:no_stem_keyword": 1})
+    assert ("jondurbin/airoboros-gpt4-1.4.1", "train", {"data_files": "instructions.jsonl"}) in fake_hub
+
+
+def test_unknown_hub_id_lists_the_known_ones(profile, fake_hub):
+    with pytest.raises(UnknownSourceError, match="garage-bAInd/Open-Platypus"):
+        load_source(SourceConfig(name="hub", hub_id="someone/else"), profile)
+
+
+# ---------------------------------------------------------------- the real offline sources (optional)
+@pytest.mark.skipif(not REAL_SOURCES.is_dir(), reason="../shared/data is not available")
+def test_real_sources_load_with_expected_counts(profile):
+    expected = {  # name: (rows, rows + skipped = the release's size)
+        "math": (5000, 5000),
+        "theoremqa": (747, 800),  # 53 picture questions skipped
+        "scibench": (692, 692),  # 580 book problems + 112 worked-solution problems
+        "scienceqa": (None, 4241),
+    }
+    for name, (n_rows, total) in expected.items():
+        rows, skipped = load_source(SourceConfig(name=name, path=str(REAL_SOURCES / name)), profile)
+        _schema_ok(rows)
+        if n_rows is not None:
+            assert len(rows) == n_rows, name
+        assert len(rows) + sum(skipped.values()) == total, name
+    rows, skipped = load_source(SourceConfig(name="scienceqa", path=str(REAL_SOURCES / "scienceqa")), profile)
+    assert skipped["filtered:image"] == 2017
+    books = [p for p in (REAL_SOURCES / "scibench").glob("*.json") if not p.stem.endswith("_sol")]
+    assert sum(len(json.loads(p.read_text())) for p in books) == 580
