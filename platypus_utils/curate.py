@@ -242,6 +242,7 @@ def composition_figure(table: pd.DataFrame, fig_dir: Path) -> list[Path]:
     long = table.melt(id_vars="data_source", value_vars=["kept", "exact_dup", "near_dup", "filtered", "malformed"],
                       var_name="outcome", value_name="rows")
     sns.barplot(data=long, y="data_source", x="rows", hue="outcome", ax=ax)
+    ax.legend(title="outcome", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("rows")
     ax.set_ylabel("")
     ax.set_title("Curated dataset: rows per source and outcome")

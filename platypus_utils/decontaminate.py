@@ -253,6 +253,8 @@ def contamination_figure(result: Result, stem: Path) -> list[Path]:
                   .groupby(["train_source", "category"]).size().unstack(fill_value=0)
                   .reindex(columns=list(CATEGORIES), fill_value=0))
         counts.plot.barh(stacked=True, ax=ax, color=sns.color_palette("colorblind", 3))
+        ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("flagged training rows (most severe category per benchmark)")
         ax.set_ylabel("")
         caption = "Flagged training rows per source and category.\n" + counts.to_string()
