@@ -1,0 +1,602 @@
+"""05_evaluate: offline lm-eval tasks equal the built-in ones, the cache, the CLI, bad input.
+
+Fixtures are written here in BOTH schemas: the hub schema the built-in lm-eval tasks read
+(allenai/ai2_arc, Rowan/hellaswag, cais/mmlu, truthfulqa/truthful_qa) and the original release
+formats of shared/data/benchmarks. The built-in task config, pointed at the hub-schema files,
+must build exactly the requests our offline task builds from the original files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from platypus_utils import evaluate as ev  # noqa: E402
+from platypus_utils.config import Profile  # noqa: E402
+from platypus_utils.lm_eval_tasks import utils as task_utils  # noqa: E402
+
+LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+WORDS = ("roof shingle barbell canoe planet rotation meteorite density gravity water rock erosion moose "
+         "mud energy plant light heat magnet iron door field cell atom river cloud").split()
+
+
+# ---------------------------------------------------------------- hub-schema fixtures
+def _sentence(rnd: random.Random, n: int = 6) -> str:
+    return " ".join(rnd.choice(WORDS) for _ in range(n))
+
+
+def arc_hub_docs(n: int, seed: int, prefix: str) -> list[dict]:
+    rnd = random.Random(seed)
+    docs = []
+    for k in range(n):
+        n_choices = rnd.choice([3, 4, 4, 5])
+        labels = list("ABCDE"[:n_choices]) if k % 4 else [str(i + 1) for i in range(n_choices)]
+        docs.append({"id": f"{prefix}_{k}", "question": _sentence(rnd, 8).capitalize() + "?",
+                     "choices": {"text": [_sentence(rnd, 3) for _ in labels], "label": labels},
+                     "answerKey": rnd.choice(labels)})
+    return docs
+
+
+HELLASWAG_HUB = [
+    # ActivityNet: ctx_b is the lower-case start of the last sentence
+    {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
+     "ctx_b": "then", "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.", ", the man puts on a christmas coat, knitted with netting.", ", the man continues removing the snow on his car."],
+     "source_id": "activitynet~v_-1IBHYS3L-Y", "split": "train", "split_type": "indomain", "label": "3"},
+    {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
+     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+     "source_id": "activitynet~v_-JhWjGDPHMY", "split": "val", "split_type": "indomain", "label": "3"},
+    {"ind": 92, "activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell. She bends down and grabs the pole.",
+     "ctx_b": "the lady", "endings": ["swings and lands in her arms.", "pulls the barbell forward.", "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."],
+     "source_id": "activitynet~v_-lJS58hyo1c", "split": "val", "split_type": "zeroshot", "label": "3"},
+    {"ind": 106, "activity_label": "Canoeing", "ctx_a": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background.",
+     "ctx_b": "the child and a different man", "endings": ["are then shown paddling down a river in a boat while a woman talks.", "are driving the canoe, they go down the river flowing side to side.", "sit in a canoe while the man paddles.", "walking go down the rapids, while the man in his helicopter almost falls and goes out of canoehood."],
+     "source_id": "activitynet~v_-xQvJmC2jhk", "split": "val", "split_type": "indomain", "label": "2"},
+    {"ind": 140, "activity_label": "Painting", "ctx_a": "A \"trend routing technology\" logo appears on screen.", "ctx_b": "\" knife sharpening",
+     "endings": ["\" appears in white letters.", "is shown on a black screen.", "is written on a board.", "appears over a man sharpening a knife."],
+     "source_id": "activitynet~v_0", "split": "val", "split_type": "indomain", "label": "0"},
+    # WikiHow: [header]/[title]/[step] markers, empty ctx_b, or a ctx_b that starts upper-case
+    {"ind": 5000, "activity_label": "Personal Care and Style",
+     "ctx_a": "[header] How to buy a wedding band for men [title] Find a ring suitable for his lifestyle. [step] Your fiancé is going to wear this ring every day, so choose one that will mesh with his daily routine.",
+     "ctx_b": "", "endings": ["Check the band's design to see what kind of engraving is common. [substeps] A good ring will have: heart attached, flowers (or gems), bow symbols or letters, etc.",
+                              "Men with active lifestyles might prefer a platinum ring, which is especially heavy-duty and not easily scratched. [substeps] \" comfort fit \" wedding rings are especially recommended for men.",
+                              "You can buy rings in black, silver, or pink. [title] Remember that black rings are a lot more expensive than pink ones.",
+                              "A girl who works a lot with her hands, for example, would definitely get a diamond engagement ring. [title] Consider the person's other interests."],
+     "source_id": "wikihow~1", "split": "val", "split_type": "zeroshot", "label": "1"},
+    {"ind": 5001, "activity_label": "Youth",
+     "ctx_a": "[header] How to avoid raising an emotional eater [title] Eat meals at the dinner table away from sources of entertainment. [step] When kids eat meals in front of the television or ipad, they are detached from the nourishment itself.",
+     "ctx_b": "Eating becomes something that is associated with entertainment instead.",
+     "endings": ["If you tell a kid that eating is good for their mental health, they will learn to enjoy it.", "Turning off electronics is a good way to avoid the temptation.", "Binge eating and sugary things keep kids from being hungry for food.", "Stop this habit and enjoy meals together at the table. [title] Have polite conversation."],
+     "source_id": "wikihow~2", "split": "val", "split_type": "indomain", "label": "3"},
+]
+
+
+def hellaswag_hub_docs() -> list[dict]:
+    docs = [dict(d, ctx=f"{d['ctx_a']} {d['ctx_b']}") for d in HELLASWAG_HUB]
+    rnd = random.Random(7)
+    for k in range(8):  # enough for a 10-shot pool
+        ctx_b = rnd.choice(["the man", "she", "a woman", "they"])
+        docs.append({"ind": 9000 + k, "activity_label": _sentence(rnd, 2).title(),
+                     "ctx_a": _sentence(rnd, 7).capitalize() + ".", "ctx_b": ctx_b,
+                     "ctx": "", "endings": [_sentence(rnd, 5) + "." for _ in range(4)],
+                     "source_id": f"activitynet~v_{k}", "split": "val", "split_type": "indomain",
+                     "label": str(rnd.randrange(4))})
+        docs[-1]["ctx"] = f"{docs[-1]['ctx_a']} {docs[-1]['ctx_b']}"
+    return docs
+
+
+def mmlu_hub_docs(subject: str, n: int, seed: int) -> list[dict]:
+    rnd = random.Random(seed)
+    tricky = [  # values pandas would not keep as written, and CSV quoting
+        ("Which, if any, of these is \"true\"?\nConsider all.", ["None", "1.50", "007", "True, True"]),
+        ("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.", ["0", "1", "2", "3"]),
+        ("Statement 1 | NA is a value. Statement 2 | N/A is not.", ["NaN", "null", "", "#N/A"]),
+    ]
+    docs = []
+    for k in range(n):
+        question, choices = tricky[k] if k < len(tricky) else (_sentence(rnd, 9).capitalize() + "?",
+                                                               [_sentence(rnd, 2) for _ in range(4)])
+        docs.append({"question": question, "subject": subject, "choices": choices, "answer": rnd.randrange(4)})
+    return docs
+
+
+def truthfulqa_hub_docs(n: int) -> list[dict]:
+    rnd = random.Random(3)
+    docs = [{"question": "What is the smallest country in the world that is at least one square mile in area?",
+             "mc1_targets": {"choices": ["Nauru is the smallest country.", "Vatican City.", "Monaco."], "labels": [1, 0, 0]},
+             "mc2_targets": {"choices": ["Nauru is the smallest country.", "It's Nauru — café ünïcode.", "Vatican City.", "Monaco."],
+                             "labels": [1, 1, 0, 0]}}]
+    for _ in range(n - 1):
+        answers = [_sentence(rnd, 4).capitalize() + "." for _ in range(rnd.randint(3, 6))]
+        labels = [1] + [0] * (len(answers) - 1)
+        docs.append({"question": _sentence(rnd, 7).capitalize() + "?",
+                     "mc1_targets": {"choices": answers[:3], "labels": labels[:3]},
+                     "mc2_targets": {"choices": answers, "labels": [1] + [rnd.randint(0, 1) for _ in answers[1:]]}})
+    return docs
+
+
+# ---------------------------------------------------------------- hub -> original release formats
+def arc_original(doc: dict) -> dict:
+    return {"id": doc["id"], "question": {"stem": doc["question"], "choices": [
+        {"text": t, "label": lab} for t, lab in zip(doc["choices"]["text"], doc["choices"]["label"])]},
+            "answerKey": doc["answerKey"]}
+
+
+def strip_markers(text: str) -> str:
+    """What the offline HellaSwag copy did: [title] -> '. ', other WikiHow markers dropped."""
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[(header|title|step|substeps)\]\s*", "", text)
+    while "  " in text:
+        text = text.replace("  ", " ")
+    return text.strip()
+
+
+def hellaswag_original(doc: dict) -> dict:
+    return {"ind": doc["ind"], "activity_label": doc["activity_label"],
+            "ctx": strip_markers(f"{doc['ctx_a']} {doc['ctx_b']}"),
+            "endings": [strip_markers(e) for e in doc["endings"]], "label": int(doc["label"])}
+
+
+def truthfulqa_original(doc: dict) -> dict:
+    return {"question": doc["question"],
+            **{f: dict(zip(doc[f]["choices"], doc[f]["labels"])) for f in ("mc1_targets", "mc2_targets")}}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_fixtures(root: Path, hellaswag_train: bool = False) -> tuple[Path, dict]:
+    """Write one fixture set in both schemas; returns (local benchmarks dir, hub-schema data_files)."""
+    local, hub = root / "benchmarks", root / "hub"
+    arc = {"train": arc_hub_docs(30, 1, "train"), "validation": arc_hub_docs(4, 2, "dev"), "test": arc_hub_docs(5, 3, "test")}
+    hs = hellaswag_hub_docs()
+    mmlu = {s: {"test": mmlu_hub_docs(s, 6, seed), "dev": mmlu_hub_docs(s, 5, seed + 50)}
+            for seed, s in enumerate(["abstract_algebra", "world_religions"])}
+    tqa = truthfulqa_hub_docs(5)
+    files: dict[str, dict] = {"arc_challenge": {}, "hellaswag": {}, "mmlu": {}, "truthfulqa_mc2": {}}
+    for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test")):
+        _jsonl(local / "arc_challenge" / f"ARC-Challenge-{name}.jsonl", [arc_original(d) for d in arc[split]])
+        files["arc_challenge"][split] = str(_jsonl(hub / "arc" / f"{split}.jsonl", arc[split]))
+    _jsonl(local / "hellaswag" / "hellaswag_val.jsonl", [hellaswag_original(d) for d in hs])
+    files["hellaswag"]["validation"] = str(_jsonl(hub / "hellaswag" / "validation.jsonl", hs))
+    if hellaswag_train:
+        train = [dict(d, ind=d["ind"] + 100000, split="train") for d in hs[::-1]]
+        _jsonl(local / "hellaswag" / "hellaswag_train.jsonl", [hellaswag_original(d) for d in train])
+        files["hellaswag"]["train"] = str(_jsonl(hub / "hellaswag" / "train.jsonl", train))
+    for subject, splits in mmlu.items():
+        files["mmlu"][subject] = {}
+        for split, docs in splits.items():
+            path = local / "mmlu" / split / f"{subject}_{split}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows([[d["question"], *d["choices"], "ABCD"[d["answer"]]] for d in docs])
+            files["mmlu"][subject][split] = str(_jsonl(hub / "mmlu" / subject / f"{split}.jsonl", docs))
+    (local / "truthfulqa").mkdir(parents=True)
+    (local / "truthfulqa" / "mc_task.json").write_text(
+        json.dumps([truthfulqa_original(d) for d in tqa], indent=2, ensure_ascii=False), encoding="utf-8")
+    files["truthfulqa_mc2"]["validation"] = str(_jsonl(hub / "truthfulqa" / "validation.jsonl", tqa))
+    return local, files
+
+
+# ---------------------------------------------------------------- building requests
+def builtin_task(rel_yaml: str, data_files: dict, **overrides):
+    """The installed built-in task, unchanged but for reading hub-schema JSON from data_files."""
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(ev.builtin_tasks_dir() / rel_yaml, resolve_func=True)
+    cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": data_files}, **overrides)
+    for key in ("tag", "group"):
+        cfg.pop(key, None)
+    return ConfigurableTask(config=cfg)
+
+
+def offline_tasks(local: Path, out: Path, benchmarks: list[str]):
+    suite = ev.write_task_configs(local, out, benchmarks)
+    loaded = ev.make_task_manager(suite).load([suite.task_names[b] for b in benchmarks])
+    return suite, loaded
+
+
+def requests(task, num_fewshot: int) -> list[tuple]:
+    task.set_config(key="num_fewshot", value=num_fewshot)
+    task.set_fewshot_seed(seed=ev.SEEDS["fewshot_random_seed"])
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    out = [(i.doc_id, i.idx, i.request_type, i.arguments) for i in task.instances]
+    assert out, "no requests built"
+    return out
+
+
+def scoring(task) -> dict:
+    cfg = task.config
+    return {"output_type": cfg.output_type, "description": cfg.description, "target_delimiter": cfg.target_delimiter,
+            "fewshot_delimiter": cfg.fewshot_delimiter, "metrics": cfg.metric_list,
+            "sampler": task.fewshot_cfg.sampler, "version": task.VERSION,
+            "process_results": getattr(cfg.process_results, "__qualname__", cfg.process_results),
+            "targets": [task.doc_to_target(d) for d in task.eval_docs],
+            "choices": [task.doc_to_choice(d) for d in task.eval_docs]}
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    local, hub = write_fixtures(root)
+    suite, loaded = offline_tasks(local, root / "tasks", list(LEADERBOARD_SHOTS))
+    return {"local": local, "hub": hub, "suite": suite, "tasks": loaded["tasks"], "loaded": loaded, "root": root}
+
+
+# ---------------------------------------------------------------- equivalence with the built-in tasks
+def test_arc_offline_equals_builtin(fixtures):
+    ours = fixtures["tasks"]["platypus_arc_challenge"]
+    theirs = builtin_task("arc/arc_challenge.yaml", fixtures["hub"]["arc_challenge"])
+    assert requests(ours, 25) == requests(theirs, 25)
+    assert scoring(ours) == scoring(theirs)
+    # few-shot pool is the Train file, 25 distinct examples in each context
+    ctx = ours.instances[0].arguments[0]
+    assert ctx.count("Question:") == 26
+
+
+def test_mmlu_offline_equals_builtin(fixtures):
+    for subject, data_files in fixtures["hub"]["mmlu"].items():
+        ours = fixtures["tasks"][f"platypus_mmlu_{subject}"]
+        theirs = builtin_task(f"mmlu/default/mmlu_{subject}.yaml", data_files)
+        got = requests(ours, 5)
+        assert got == requests(theirs, 5)
+        assert scoring(ours) == scoring(theirs)
+        assert ours.fewshot_cfg.sampler == "first_n" and ours.fewshot_cfg.split == "dev"
+    # CSV values are kept as written ("None", "1.50", "007", quoted commas and newlines)
+    ctx = fixtures["tasks"]["platypus_mmlu_abstract_algebra"].instances[0].arguments[0]
+    assert "A. None\nB. 1.50\nC. 007\nD. True, True" in ctx
+    assert 'Which, if any, of these is "true"?\nConsider all.' in ctx
+    # the group mirrors the built-in one: categories aggregated by size, only categories present
+    groups = fixtures["loaded"]["group_map"]
+    assert groups["platypus_mmlu"] == ["platypus_mmlu_stem", "platypus_mmlu_humanities"]
+    assert fixtures["suite"].mmlu_subjects == {"abstract_algebra": "stem", "world_religions": "humanities"}
+
+
+def test_truthfulqa_offline_equals_builtin(fixtures):
+    ours = fixtures["tasks"]["platypus_truthfulqa_mc2"]
+    theirs = builtin_task("truthfulqa/truthfulqa_mc2.yaml", fixtures["hub"]["truthfulqa_mc2"])
+    assert requests(ours, 0) == requests(theirs, 0)
+    assert scoring(ours) == scoring(theirs)
+    doc = ours.eval_docs[0]
+    assert doc["mc2_targets"]["labels"] == [1, 1, 0, 0]  # key order of the JSON mapping kept
+    # mc2 from the built-in process_results on our docs
+    assert ours.process_results(doc, [(-1.0, False), (-1.0, False), (-1.0, False), (-1.0, False)])["acc"] == pytest.approx(0.5)
+
+
+def test_hellaswag_offline_equals_builtin_zero_shot(fixtures):
+    ours = fixtures["tasks"]["platypus_hellaswag"]
+    hub = fixtures["hub"]["hellaswag"]
+    # the unmodified built-in config wants a train split to exist; 0-shot never reads it
+    theirs = builtin_task("hellaswag/hellaswag.yaml", {"train": hub["validation"], **hub})
+    assert requests(ours, 0) == requests(theirs, 0)
+    assert scoring(ours) == scoring(theirs)
+    queries = [d["query"] for d in ours.eval_docs]
+    assert "Roof shingle removal: A man is sitting on a roof. He" in queries
+    assert any(q.startswith("Personal Care and Style: How to buy a wedding band for men. Find a ring") for q in queries)
+
+
+def test_hellaswag_offline_few_shot_pool(fixtures, tmp_path):
+    """Without a train file the pool is validation minus the evaluated item - the same as the
+    built-in task given those splits; with a train file the built-in config is used unchanged."""
+    ours = fixtures["tasks"]["platypus_hellaswag"]
+    theirs = builtin_task("hellaswag/hellaswag.yaml", fixtures["hub"]["hellaswag"], training_split=None,
+                          validation_split=None, test_split="validation", fewshot_split="validation")
+    got = requests(ours, 10)
+    assert got == requests(theirs, 10)
+    for inst in got:
+        doc = ours.eval_docs[inst[0]]
+        shots = inst[3][0].split("\n\n")[:-1]
+        assert len(shots) == 10 and all(not s.startswith(doc["query"]) for s in shots)
+    assert "few-shot pool" in fixtures["suite"].notes["hellaswag"]
+
+    local, hub = write_fixtures(tmp_path, hellaswag_train=True)
+    suite, loaded = offline_tasks(local, tmp_path / "tasks", ["hellaswag"])
+    ours = loaded["tasks"]["platypus_hellaswag"]
+    theirs = builtin_task("hellaswag/hellaswag.yaml", hub["hellaswag"])
+    assert requests(ours, 10) == requests(theirs, 10)
+    assert "hellaswag" not in suite.notes
+
+
+def test_hellaswag_context_split():
+    split = task_utils.split_hellaswag_context
+    assert split("A lady walks to a barbell. She bends down and grabs the pole. the lady") == (
+        "A lady walks to a barbell. She bends down and grabs the pole.", "the lady")
+    assert split('The words "cut!" appear on screen. a volunteer named " irene "') == (
+        'The words "cut!" appear on screen.', 'a volunteer named " irene "')
+    wikihow = "How to qualify for food stamps. Have a valid social security number. You must be u.s. citizens."
+    assert split(wikihow) == (wikihow, "")
+    assert split("the man") == ("", "the man")
+
+
+def test_hellaswag_known_residual_difference():
+    """Documented limit: a ctx_b holding a whole sentence plus a fragment cannot be told apart from
+    ctx_a once joined, so its first word keeps its lower case where lm-eval capitalises it."""
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    doc = {"activity_label": "Running", "ctx_a": "A man runs.", "ctx_b": "the man stops. he then", "endings": ["x"], "label": "0"}
+    builtin = preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
+    ours = task_utils.hellaswag_to_hub({"activity_label": "Running", "ctx": "A man runs. the man stops. he then",
+                                        "endings": ["x"], "label": 0})
+    ours_query = preprocess(ours["activity_label"] + ": " + ours["ctx_a"] + " " + ours["ctx_b"].capitalize())
+    assert builtin == "Running: A man runs. The man stops. he then"
+    assert ours_query == "Running: A man runs. the man stops. He then"
+
+
+# ---------------------------------------------------------------- bad input
+def test_missing_data_file_is_named(tmp_path):
+    local, _ = write_fixtures(tmp_path)
+    (local / "arc_challenge" / "ARC-Challenge-Train.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="ARC-Challenge-Train.jsonl"):
+        ev.write_task_configs(local, tmp_path / "tasks", ["arc_challenge"])
+    (local / "mmlu" / "dev" / "world_religions_dev.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="world_religions_dev.csv"):
+        ev.write_task_configs(local, tmp_path / "tasks", ["mmlu"])
+    with pytest.raises(FileNotFoundError, match="no test file for selected MMLU subjects"):
+        ev.write_task_configs(local, tmp_path / "tasks", ["mmlu"], mmlu_subjects=["anatomy"])
+
+
+def test_malformed_rows_are_named(tmp_path):
+    arc = tmp_path / "arc.jsonl"
+    good = arc_original(arc_hub_docs(1, 0, "x")[0])
+    bad = dict(good, answerKey="Z")
+    _jsonl(arc, [good, bad])
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"arc.jsonl, line 2: answerKey 'Z'"):
+        task_utils.load_arc({"test": str(arc)})
+    _jsonl(arc, [good, {"id": "y", "answerKey": "A"}])
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"line 2: field 'question.stem' missing"):
+        task_utils.load_arc({"test": str(arc)})
+    mmlu = tmp_path / "x_test.csv"
+    mmlu.write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"x_test.csv, record 2: field 'answer'"):
+        task_utils.read_mmlu_csv(mmlu)
+    mmlu.write_text("q,a,b,c,A\n")
+    with pytest.raises(task_utils.BenchmarkFileError, match="expected 6 fields"):
+        task_utils.read_mmlu_csv(mmlu)
+    tqa = tmp_path / "mc_task.json"
+    tqa.write_text(json.dumps([{"question": "q", "mc1_targets": {"a": 0}, "mc2_targets": {"a": 1}}]))
+    with pytest.raises(task_utils.BenchmarkFileError, match="item 0: field 'mc1_targets' has no correct"):
+        task_utils.load_truthfulqa({"validation": str(tqa)})
+
+
+# ---------------------------------------------------------------- summaries
+def test_summary_mmlu_mean_over_subjects_and_weighted():
+    suite = ev.TaskSuite(mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu", "arc_challenge": "platypus_arc_challenge"},
+                         mmlu_subjects={"anatomy": "stem", "world_religions": "humanities"})
+    raws = {
+        "mmlu": {"results": {"platypus_mmlu": {"acc,none": 0.7, "acc_stderr,none": 0.05},
+                             "platypus_mmlu_anatomy": {"acc,none": 0.5, "acc_stderr,none": 0.3},
+                             "platypus_mmlu_world_religions": {"acc,none": 0.75, "acc_stderr,none": 0.4}},
+                 "n-samples": {"platypus_mmlu_anatomy": {"effective": 2, "original": 135},
+                               "platypus_mmlu_world_religions": {"effective": 8, "original": 171}}},
+        "arc_challenge": {"results": {"platypus_arc_challenge": {"acc,none": 0.1, "acc_norm,none": 0.25, "acc_norm_stderr,none": "N/A"}},
+                          "n-samples": {"platypus_arc_challenge": {"effective": 4, "original": 1172}}},
+    }
+    s = ev.summarise("base", "m", "h", {}, raws, suite)
+    assert s["tasks"]["mmlu"]["value"] == pytest.approx(0.625)  # (0.5 + 0.75) / 2, not size-weighted
+    assert s["tasks"]["mmlu"]["weighted_value"] == 0.7
+    assert s["tasks"]["mmlu"]["stderr"] == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
+    assert s["tasks"]["mmlu"]["n"] == 10
+    assert s["tasks"]["arc_challenge"] == {"metric": "acc_norm", "value": 0.25, "stderr": None, "n": 4}
+    assert s["mmlu_subjects"]["world_religions"] == {"acc": 0.75, "stderr": 0.4, "n": 8, "category": "humanities"}
+    assert s["average"] == pytest.approx((0.625 + 0.25) / 2)
+
+
+def test_resolve_variant(tmp_path, monkeypatch):
+    import platypus_utils.models as models
+
+    monkeypatch.setattr(models, "resolve_model", lambda ref, cache_dir=None: f"/resolved/{ref}")
+    p = profile_for(tmp_path, tmp_path / "bench", "base-model", variants=["base"],
+                    merge={"partners": [{"name": "orca", "model": "org/orca"}]})
+    assert ev.resolve_variant(p, "base").pretrained == "/resolved/base-model"
+    assert ev.resolve_variant(p, "orca").pretrained == "/resolved/org/orca"
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        ev.resolve_variant(p, "adapter")
+    adapter = p.run_dir("03_finetune") / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    spec = ev.resolve_variant(p, "adapter")
+    assert (spec.pretrained, spec.peft) == ("/resolved/base-model", str(adapter.resolve()))
+    with pytest.raises(FileNotFoundError, match="merge_report.json"):
+        ev.resolve_variant(p, "merged")
+    merged = tmp_path / "merged_model"
+    merged.mkdir()
+    report = p.run_dir("04_merge") / "merge_report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"models": {"merged": {"path": str(merged)}}}))
+    assert ev.resolve_variant(p, "merged").pretrained == str(merged)
+    with pytest.raises(KeyError, match="other"):
+        ev.resolve_variant(p, "other")
+
+
+# ---------------------------------------------------------------- running a tiny model
+def profile_for(tmp_path: Path, bench: Path, base: str, variants=("base",), tasks=None, **sections) -> Profile:
+    tasks = tasks or {"arc_challenge": {"num_fewshot": 2, "limit": 3}, "truthfulqa_mc2": {"num_fewshot": 0, "limit": 3}}
+    return Profile.model_validate({
+        "name": "evaltest",
+        "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
+                  "cache_dir": str(tmp_path / "cache")},
+        "models": {"base": base},
+        "evaluate": {"benchmarks_dir": str(bench), "variants": list(variants), "device": "cpu", "batch_size": "4",
+                     "tasks": tasks},
+        **sections,
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained on the fixture words."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS), "Question: Answer: Q: A:"] * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model):
+    """One stage run of the tiny model on a 3-doc ARC (2-shot) and TruthfulQA (0-shot)."""
+    root = tmp_path_factory.mktemp("run")
+    local, _ = write_fixtures(root)
+    profile = profile_for(root, local, str(tiny_model))
+    result = ev.run_evaluate(profile)
+    return {"profile": profile, "result": result, "local": local, "root": root}
+
+
+def test_stage_outputs(evaluated):
+    out = evaluated["profile"].run_dir(ev.STAGE)
+    summary = json.loads((out / "base.json").read_text())
+    assert summary == evaluated["result"]["summaries"]["base"]
+    assert set(summary["tasks"]) == {"arc_challenge", "truthfulqa_mc2"}
+    assert summary["tasks"]["arc_challenge"]["metric"] == "acc_norm" and summary["tasks"]["arc_challenge"]["n"] == 3
+    assert summary["tasks"]["truthfulqa_mc2"]["metric"] == "mc2"
+    assert 0.0 < summary["tasks"]["truthfulqa_mc2"]["value"] < 1.0
+    assert summary["average"] == pytest.approx(
+        (summary["tasks"]["arc_challenge"]["value"] + summary["tasks"]["truthfulqa_mc2"]["value"]) / 2)
+    samples = [json.loads(line) for line in (out / "base.samples.jsonl").read_text().splitlines()]
+    assert sorted({(s["benchmark"], s["doc_id"]) for s in samples}) == [(b, k) for b in ("arc_challenge", "truthfulqa_mc2") for k in range(3)]
+    raw = json.loads((out / "base.raw.json").read_text())
+    assert raw["arc_challenge"]["results"]["platypus_arc_challenge"]["acc_norm,none"] == summary["tasks"]["arc_challenge"]["value"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert str(Path(evaluated["local"] / "truthfulqa" / "mc_task.json").resolve()) in manifest["inputs"]
+    assert str(Path(evaluated["profile"].models.base).resolve()) in manifest["inputs"]
+    assert str((out / "base.json").resolve()) in manifest["outputs"]
+    report = json.loads((out / "evaluate_report.json").read_text())
+    assert report["variants"]["base"]["status"] == "ok" and report["failed"] == []
+
+
+def test_matches_lm_eval_command_line(evaluated, tiny_model, tmp_path):
+    """Same model, tasks and settings through `lm_eval` itself: same numbers, same log-likelihoods."""
+    out = evaluated["profile"].run_dir(ev.STAGE)
+    cli = Path(sys.executable).with_name("lm_eval")
+    cmd = [str(cli), "--model", "hf", "--model_args", f"pretrained={tiny_model},dtype=float32",
+           "--tasks", "platypus_arc_challenge,platypus_truthfulqa_mc2", "--include_path", str(out / "tasks"),
+           "--num_fewshot", "2", "--limit", "3", "--device", "cpu", "--batch_size", "4",
+           "--log_samples", "--output_path", str(tmp_path / "cli")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())["results"]
+    summary = evaluated["result"]["summaries"]["base"]["tasks"]
+    assert summary["arc_challenge"]["value"] == pytest.approx(results["platypus_arc_challenge"]["acc_norm,none"], abs=1e-9)
+    assert summary["truthfulqa_mc2"]["value"] == pytest.approx(results["platypus_truthfulqa_mc2"]["acc,none"], abs=1e-9)
+    ours = {(s["task"], s["doc_id"]): s["filtered_resps"]
+            for s in map(json.loads, (out / "base.samples.jsonl").read_text().splitlines())}
+    theirs = {}
+    for path in (tmp_path / "cli").rglob("samples_*.jsonl"):
+        task = re.match(r"samples_(.+)_\d{4}-", path.name).group(1)
+        for s in map(json.loads, path.read_text().splitlines()):
+            theirs[(task, s["doc_id"])] = s["filtered_resps"]
+    assert ours.keys() == theirs.keys() and len(ours) == 6
+    for key in ours:
+        assert [float(x[0]) for x in ours[key]] == pytest.approx([float(x[0]) for x in theirs[key]], abs=1e-5)
+
+
+def test_cache_reused_without_lm_eval(evaluated, monkeypatch):
+    out = evaluated["profile"].run_dir(ev.STAGE)
+    before = {p.name: p.read_bytes() for p in (out / "base.json", out / "base.samples.jsonl")}
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("lm-eval called although the result is cached")
+
+    monkeypatch.setattr(ev, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev, "make_lm", must_not_run)
+    result = ev.run_evaluate(evaluated["profile"])
+    assert result["failed"] == {}
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["base_cached"] == {
+        "arc_challenge": True, "truthfulqa_mc2": True}
+    # a changed setting is a different key: lm-eval would run (here it fails loudly, and the
+    # only variant failing fails the stage, leaving no stale summary behind)
+    changed = evaluated["profile"].model_copy(deep=True)
+    changed.evaluate.tasks["arc_challenge"].limit = 2
+    with pytest.raises(ev.EvaluationError, match="every variant failed"):
+        ev.run_evaluate(changed)
+    assert "lm-eval called" in json.loads((out / "evaluate_report.json").read_text())["variants"]["base"]["error"]
+    assert not (out / "base.json").exists()
+
+
+def test_failed_variant_recorded_others_kept(evaluated, tmp_path):
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.evaluate.variants = ["base", "merged", "adapter"]
+    broken = tmp_path / "broken_merge"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    report = profile.run_dir("04_merge") / "merge_report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"models": {"merged": {"path": str(broken)}}}))
+    result = ev.run_evaluate(profile)
+    assert set(result["summaries"]) == {"base"}
+    assert set(result["failed"]) == {"merged", "adapter"}
+    assert "adapter_config.json" in result["failed"]["adapter"]
+    out = profile.run_dir(ev.STAGE)
+    stage_report = json.loads((out / "evaluate_report.json").read_text())
+    assert stage_report["variants"]["merged"]["status"] == "failed"
+    assert stage_report["failed"] == ["adapter", "merged"]
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["variants_failed"] == ["adapter", "merged"]
+
+    profile.evaluate.variants = ["merged"]
+    with pytest.raises(ev.EvaluationError, match="every variant failed"):
+        ev.run_evaluate(profile)
+    assert json.loads((out / "evaluate_report.json").read_text())["failed"] == ["merged"]
+    report.unlink()
+
+
+def test_adapter_variant_runs_unmerged_lora(evaluated):
+    """'adapter' = base + the 03_finetune LoRA through lm-eval's peft= argument."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.name = "evaltest-adapter"
+    profile.evaluate.variants = ["adapter"]
+    profile.evaluate.tasks = {"truthfulqa_mc2": profile.evaluate.tasks["truthfulqa_mc2"]}
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(profile.models.base)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                            init_lora_weights=False))  # non-zero B: the adapter changes outputs
+    lora.save_pretrained(profile.run_dir("03_finetune") / "adapter")
+    result = ev.run_evaluate(profile)
+    adapter, base = result["summaries"]["adapter"], evaluated["result"]["summaries"]["base"]
+    assert adapter["model"].endswith("03_finetune/adapter")
+    assert adapter["model_hash"] != base["model_hash"]
+    assert adapter["tasks"]["truthfulqa_mc2"]["value"] != base["tasks"]["truthfulqa_mc2"]["value"]
+    manifest = json.loads((profile.run_dir(ev.STAGE) / "manifest.json").read_text())
+    assert str((profile.run_dir("03_finetune") / "adapter").resolve()) in manifest["inputs"]
+
+
+def test_hub_suite_names():
+    suite = ev.hub_task_suite(["arc_challenge", "mmlu", "truthfulqa_mc2"])
+    assert suite.task_names == {"arc_challenge": "arc_challenge", "mmlu": "mmlu", "truthfulqa_mc2": "truthfulqa_mc2"}
+    assert len(suite.mmlu_subjects) == 57 and suite.mmlu_subjects["anatomy"] == "stem"
+    subset = ev.hub_task_suite(["mmlu"], ["world_religions", "anatomy"])
+    assert subset.task_names["mmlu"] == "mmlu_anatomy,mmlu_world_religions"
+    with pytest.raises(ValueError, match="unknown MMLU subjects"):
+        ev.hub_task_suite(["mmlu"], ["astrology"])
