@@ -175,6 +175,15 @@ class Profile(_Section):
             STAGE_SECTIONS[stage]: self.stage_params(stage),
         }
 
+    def needs_hub(self) -> bool:
+        """Whether any model or data reference in this profile is a hub id."""
+        from .models import is_hub_reference
+
+        refs = [self.models.base, self.models.embedding, *(p.model for p in self.merge.partners)]
+        hub_data = ("hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
+                    or any(s.enabled and s.name == "hub" for s in self.curate.sources))
+        return hub_data or any(is_hub_reference(r) for r in refs)
+
     def run_dir(self, stage: str | None = None) -> Path:
         base = Path(self.paths.runs_dir) / self.name
         return base / stage if stage else base

@@ -59,6 +59,12 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", ".", "~"))
 
 
+def is_hub_reference(ref: str) -> bool:
+    """True for a reference that resolve_model would hand to the hub (not embedded, not a local path)."""
+    ref = ref.strip()
+    return not (ref.startswith(EMBEDDED_PREFIX) or _looks_like_path(ref) or Path(ref).expanduser().exists())
+
+
 def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
     """Turn a profile's model reference into something `from_pretrained` accepts.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,9 @@ def run(profile_path: str | Path, only: list[str] | None = None, start: str | No
     overrides = overrides or {}
     profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
     stages = select_stages(only, start)
+    if not profile.needs_hub():  # nothing to fetch: never wait on a hub that cannot be reached
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(var, "1")
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
     say = _printer()
