@@ -26,6 +26,7 @@ def test_bad_set_override_fails(tmp_path):
 
 
 def test_validate_command():
-    proc = subprocess.run([sys.executable, "-m", "platypus_utils", "validate", *sorted(map(str, (ROOT / "params").glob("*.yaml")))],
+    profiles = sorted(map(str, (ROOT / "params").glob("*.yaml")))
+    proc = subprocess.run([sys.executable, "-m", "platypus_utils", "validate", *profiles],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.count(": ok") == 4
+    assert proc.returncode == 0 and proc.stdout.count(": ok") == len(profiles) >= 4
