@@ -1,21 +1,27 @@
-"""06_analysis: tables and figures from fabricated 05_evaluate summaries; partial runs."""
+"""06_analysis: tables, figures and the summary report from fabricated artifacts; partial runs."""
 from __future__ import annotations
 
 import json
 import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
 
 from platypus_utils import analysis as an
+from platypus_utils.artifacts import StageRun
 from platypus_utils.config import Profile
 
 SUBJECTS = {"abstract_algebra": "stem", "anatomy": "stem", "world_religions": "humanities",
             "econometrics": "social_sciences", "marketing": "other", "philosophy": "humanities"}
 
 
-def summary(variant: str, values: dict, subjects: dict[str, tuple[float, float]], n: int = 100) -> dict:
-    accs = [a for a, _ in subjects.values()]
+def summary(variant: str, values: dict, subjects: dict[str, tuple], n: int = 100) -> dict:
+    """A 05_evaluate summary; a subject is (acc, stderr) or (acc, stderr, n)."""
+    subjects = {s: (v + (n,))[:3] for s, v in subjects.items()}
+    accs = [a for a, _, _ in subjects.values()]
     tasks = {}
     for bench, (value, stderr) in values.items():
         metric = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm", "mmlu": "acc", "truthfulqa_mc2": "mc2"}[bench]
@@ -25,7 +31,8 @@ def summary(variant: str, values: dict, subjects: dict[str, tuple[float, float]]
     present = [t["value"] for t in tasks.values()]
     return {"variant": variant, "model": f"/models/{variant}", "model_hash": "h" + variant, "settings": {},
             "tasks": tasks, "average": sum(present) / len(present),
-            "mmlu_subjects": {s: {"acc": a, "stderr": se, "n": n, "category": SUBJECTS[s]} for s, (a, se) in subjects.items()}}
+            "mmlu_subjects": {s: {"acc": a, "stderr": se, "n": k, "category": SUBJECTS[s]}
+                              for s, (a, se, k) in subjects.items()}}
 
 
 BASE = summary("base", {"arc_challenge": (0.30, 0.013), "hellaswag": (0.42, 0.005), "mmlu": (None, 0.004),
@@ -36,13 +43,23 @@ MERGED = summary("merged", {"arc_challenge": (0.33, 0.014), "hellaswag": (0.41, 
                             "truthfulqa_mc2": (0.44, 0.017)},
                  {"abstract_algebra": (0.35, 0.05), "anatomy": (0.41, 0.05), "world_religions": (0.40, 0.03),
                   "econometrics": (0.32, 0.04), "marketing": (0.70, 0.03), "philosophy": (0.44, 0.04)})
+ORCA = summary("orca", {"arc_challenge": (0.50, 0.01), "hellaswag": (0.60, 0.01), "mmlu": (None, 0.004),
+                        "truthfulqa_mc2": (0.45, 0.02)},
+               {"abstract_algebra": (0.30, 0.04), "anatomy": (0.50, 0.04), "world_religions": (0.55, 0.04),
+                "econometrics": (0.30, 0.04), "marketing": (0.65, 0.04), "philosophy": (0.50, 0.04)})
+ORCA_PLATYPUS = summary(
+    "orca-platypus", {"arc_challenge": (0.56, 0.01), "hellaswag": (0.59, 0.01), "mmlu": (None, 0.004),
+                      "truthfulqa_mc2": (0.52, 0.02)},
+    {"abstract_algebra": (0.40, 0.05, 300), "anatomy": (0.52, 0.05, 100), "world_religions": (0.50, 0.03),
+     "econometrics": (0.40, 0.04), "marketing": (0.66, 0.03), "philosophy": (0.50, 0.04)})
 
 
-def make_profile(tmp_path, **analysis) -> Profile:
+def make_profile(tmp_path, variants=("base", "merged", "adapter"), partners=(), **analysis) -> Profile:
     return Profile.model_validate({
         "name": "antest", "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
                                     "cache_dir": str(tmp_path / "cache")},
-        "evaluate": {"variants": ["base", "merged", "adapter"]},
+        "merge": {"partners": [{"name": p, "model": f"org/{p}"} for p in partners]},
+        "evaluate": {"variants": list(variants)},
         "analysis": analysis,
     })
 
@@ -58,10 +75,25 @@ def write_eval(profile, summaries: list[dict], failed: dict | None = None):
     (out / "evaluate_report.json").write_text(json.dumps({"variants": variants, "failed": sorted(failed or {})}))
 
 
-def test_leaderboard_tables_match_inputs(tmp_path):
-    profile = make_profile(tmp_path, published_results=True)
+def write_stage(profile, stage: str, files: dict[Path, str]) -> None:
+    """Files written as the stage's outputs, with its manifest (hashes), like a real stage does."""
+    with StageRun(profile.run_dir(stage), stage, {}) as run:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            run.add_output(path)
+
+
+@pytest.fixture(scope="module")
+def basic_run(tmp_path_factory):
+    """base + merged evaluated, adapter failed: one analysis shared by the tests that only read it."""
+    profile = make_profile(tmp_path_factory.mktemp("basic"), published_results=True)
     write_eval(profile, [MERGED, BASE], failed={"adapter": "FileNotFoundError: no adapter"})
-    produced = an.run_analysis(profile)
+    return profile, an.run_analysis(profile)
+
+
+def test_leaderboard_tables_match_inputs(basic_run):
+    profile, produced = basic_run
     tables = profile.report_dir("tables")
     frame = pd.read_csv(tables / "leaderboard.csv")
     ours = frame[frame["source"] == "this run"].set_index("variant")
@@ -94,12 +126,11 @@ def test_leaderboard_tables_match_inputs(tmp_path):
         assert (profile.report_dir("figures") / f"leaderboard.{fmt}").stat().st_size > 1000
 
 
-def test_mmlu_deltas_match_inputs(tmp_path):
-    profile = make_profile(tmp_path)
-    write_eval(profile, [BASE, MERGED])
-    produced = an.run_analysis(profile)
+def test_mmlu_deltas_match_inputs(basic_run):
+    profile, produced = basic_run
     deltas = pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv")
-    assert list(deltas["variant"].unique()) == ["merged"] and len(deltas) == len(SUBJECTS)
+    assert list(deltas["comparison"].unique()) == ["merged vs base"] and len(deltas) == len(SUBJECTS)
+    assert set(deltas["kind"]) == {an.KIND_FINETUNED}  # "merged" is the adapter folded into its own base
     assert list(deltas["delta"]) == sorted(deltas["delta"])  # sorted for the bar chart
     row = deltas.set_index("subject").loc["abstract_algebra"]
     assert row["delta"] == pytest.approx(10.0)
@@ -107,44 +138,208 @@ def test_mmlu_deltas_match_inputs(tmp_path):
     assert not row["within_stderr"]  # 10 points > 6.4
     assert deltas.set_index("subject").loc["anatomy", "within_stderr"]  # 1 point < 6.4
     cats = pd.read_csv(profile.report_dir("tables") / "mmlu_delta_categories.csv").set_index("category")
+    assert list(cats.index) == ["stem", "humanities", "social_sciences", "other", "all"]
     assert cats.loc["humanities", "delta"] == pytest.approx((-10.0 - 1.0) / 2)
     assert cats.loc["humanities", "subjects"] == 2
     assert cats.loc["humanities", "combined_stderr"] == pytest.approx(
         100 * math.sqrt(0.03 ** 2 + 0.04 ** 2 + 0.04 ** 2 + 0.04 ** 2) / 2)
+    assert cats.loc["all", "delta"] == pytest.approx(deltas["delta"].mean())
+    assert cats.loc["all", "variant_acc"] == pytest.approx(100 * MERGED["tasks"]["mmlu"]["value"])
     fig = profile.report_dir("figures")
     assert produced["figures"]["mmlu_delta_merged"] == [str(fig / f"mmlu_delta_merged.{e}") for e in ("png", "pdf", "txt")]
     caption = (fig / "mmlu_delta_merged.txt").read_text()
     assert "abstract_algebra: 25.00 -> 35.00, +10.00 ± 6.40" in caption
     assert "anatomy: 40.00 -> 41.00, +1.00 ± 6.40 (within s.e.)" in caption
-    assert "humanities (2 subjects): -5.50" in caption
+    assert "humanities (2 subjects): 47.50 -> 42.00, -5.50" in caption
+    assert "social sciences (1 subject): 30.00 -> 32.00, +2.00" in caption
     assert "mmlu_delta_base" not in produced["figures"]  # the baseline is not compared with itself
+    heat = (fig / "mmlu_delta_heatmap.txt").read_text()
+    assert "  abstract_algebra (stem): +10.00" in heat and "  anatomy (stem): +1.00 (within s.e.)" in heat
 
 
-def test_figures_and_tables_are_reproducible(tmp_path):
-    profile = make_profile(tmp_path)
+def test_comparisons_follow_the_variants_roles(tmp_path):
+    profile = make_profile(tmp_path, partners=["orca", "stable"])
+    report = {"models": {"merged": {"partner": None}, "orca-platypus": {"partner": "orca"},
+                         "stable-platypus": {"partner": "stable"}}}
+    merged = an.merged_variants(profile, report)
+    assert merged == {"merged": None, "orca-platypus": "orca", "stable-platypus": "stable"}
+    pairs, notes = an.comparisons(["base", "adapter", "merged", "orca", "orca-platypus", "stable-platypus"], "base", merged)
+    assert [(c.label, c.kind) for c in pairs] == [
+        ("adapter vs base", an.KIND_FINETUNED), ("merged vs base", an.KIND_FINETUNED),
+        ("orca vs base", an.KIND_PARTNER_BASE), ("orca-platypus vs base", an.KIND_MERGED),
+        ("orca-platypus vs orca", an.KIND_PARTNER), ("stable-platypus vs base", an.KIND_MERGED)]
+    assert notes == ["partner 'stable' of 'stable-platypus' not evaluated: no merged-vs-partner comparison "
+                     "(add it to evaluate.variants)"]
+    pairs, _ = an.comparisons(["orca", "orca-platypus"], "base", merged)  # no baseline: only vs the partner
+    assert [c.label for c in pairs] == ["orca-platypus vs orca"]
+
+
+def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
+    # PDF only: the PNG path is exercised by the other tests; this one checks the figures are vector
+    profile = make_profile(tmp_path, variants=["base", "merged", "orca", "orca-platypus"], partners=["orca"],
+                           formats=["pdf"])
+    write_eval(profile, [BASE, MERGED, ORCA, ORCA_PLATYPUS])
+    merge_dir = profile.run_dir("04_merge")
+    merge_dir.mkdir(parents=True)
+    (merge_dir / "merge_report.json").write_text(json.dumps({"models": {
+        "merged": {"method": "merge_and_unload", "partner": None, "verified": True, "max_abs_logit_diff": 1e-4},
+        "orca-platypus": {"method": "merge_and_unload", "partner": "orca", "verified": True, "max_abs_logit_diff": 2e-4}}}))
+    produced = an.run_analysis(profile)
+    tables, fig = profile.report_dir("tables"), profile.report_dir("figures")
+
+    cats = pd.read_csv(tables / "mmlu_delta_categories.csv")
+    vs_partner = cats[cats["comparison"] == "orca-platypus vs orca"].set_index("category")
+    assert vs_partner.loc["stem", "delta"] == pytest.approx((10.0 + 2.0) / 2)
+    assert vs_partner.loc["stem", "delta_weighted"] == pytest.approx((300 * 10.0 + 100 * 2.0) / 400)  # lm-eval's
+    assert vs_partner.loc["stem", "combined_stderr"] == pytest.approx(100 * math.sqrt(2 * (0.05 ** 2 + 0.04 ** 2)) / 2)
+    assert not vs_partner.loc["stem", "within_stderr"]
+    assert vs_partner.loc["humanities", "delta"] == pytest.approx(-2.5) and vs_partner.loc["humanities", "within_stderr"]
+    assert vs_partner.loc["stem", "kind"] == an.KIND_PARTNER
+    md = (tables / "mmlu_delta_categories.md").read_text()
+    assert "| orca-platypus vs orca | +6.00 ± 4.53 | -2.50 ± 3.77 † |" in md
+    assert "$-2.50 \\pm 3.77^\\dagger$" in (tables / "mmlu_delta_categories.tex").read_text()
+    kinds = dict(zip(cats["comparison"], cats["kind"]))
+    assert kinds == {"merged vs base": an.KIND_FINETUNED, "orca vs base": an.KIND_PARTNER_BASE,
+                     "orca-platypus vs base": an.KIND_MERGED, "orca-platypus vs orca": an.KIND_PARTNER}
+    for name in ("mmlu_delta_merged", "mmlu_delta_orca", "mmlu_delta_orca-platypus",
+                 "mmlu_delta_orca-platypus_vs_orca", "mmlu_delta_categories", "mmlu_delta_heatmap", "merge_tradeoff"):
+        assert [Path(p).name for p in produced["figures"][name]] == [f"{name}.{e}" for e in ("pdf", "txt")]
+    assert "  STEM (2 subjects): 40.00 -> 46.00, +6.00 ± 4.53 [weighted +8.00]" in (
+        fig / "mmlu_delta_categories.txt").read_text()
+    heat = (fig / "mmlu_delta_heatmap.txt").read_text()
+    # columns: merged, orca, orca-platypus vs base, orca-platypus vs orca
+    assert "  abstract_algebra (stem): +10.00 | +5.00 (within s.e.) | +15.00 | +10.00" in heat
+    for pdf in fig.glob("*.pdf"):  # vector: text and paths; the one raster allowed is the heatmap's colour bar
+        assert pdf.read_bytes().count(b"/Subtype /Image") == (pdf.stem == "mmlu_delta_heatmap"), pdf.name
+
+    bench = pd.read_csv(tables / "benchmark_deltas.csv")
+    arc = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["benchmark"] == "arc_challenge")].iloc[0]
+    assert arc["delta"] == pytest.approx(6.0) and arc["combined_stderr"] == pytest.approx(100 * math.hypot(0.01, 0.01))
+    avg = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["benchmark"] == "average")].iloc[0]
+    assert avg["delta"] == pytest.approx(100 * (ORCA_PLATYPUS["average"] - ORCA["average"]))
+    trade = pd.read_csv(tables / "merge_tradeoff.csv").set_index("variant")
+    assert trade.loc["orca-platypus", "others_mean"] == pytest.approx(100 * (0.56 + 0.59 + 0.52) / 3)
+    assert trade.loc["orca-platypus", "mmlu"] == pytest.approx(100 * ORCA_PLATYPUS["tasks"]["mmlu"]["value"])
+    assert trade.loc["orca-platypus", "role"] == an.ROLE_MERGED_PARTNER and trade.loc["orca-platypus", "partner"] == "orca"
+    assert trade.loc["orca", "role"] == an.ROLE_PARTNER and trade.loc["merged", "method"] == "merge_and_unload"
+    caption = (fig / "merge_tradeoff.txt").read_text()
+    mmlu = 100 * ORCA_PLATYPUS["tasks"]["mmlu"]["value"]
+    others_se = 100 * math.sqrt(0.01 ** 2 + 0.01 ** 2 + 0.02 ** 2) / 3
+    assert (f"orca-platypus (merged into partner, merge_and_unload into orca): MMLU {mmlu:.2f} ± 0.40, "
+            f"others 55.67 ± {others_se:.2f} (ARC HellaSwag TruthfulQA)") in caption
+    assert "orca-platypus vs orca: ARC +6.00 ± 1.41" in caption
+    assert not produced["notes"]
+
+
+def test_summary_links_every_artifact_and_key_numbers(tmp_path):
+    profile = make_profile(tmp_path, variants=["base", "merged"], formats=["png"])
+    figs, tabs = profile.report_dir("figures"), profile.report_dir("tables")
+    write_stage(profile, "01_curate", {
+        profile.run_dir("01_curate") / "curation_report.json": json.dumps(
+            {"totals": {"loaded": 1000, "malformed": 3, "filtered": 7, "exact_dup": 40, "near_dup": 50, "kept": 900},
+             "per_source": {"a": {}, "b": {}}}),
+        figs / "01_composition.png": "png", figs / "01_composition.pdf": "pdf",
+        figs / "01_composition.txt": "Rows per source by curation outcome.\n  a 500\n",
+        tabs / "composition.csv": "data_source,kept\na,500\nb,400\n", tabs / "composition.md": "| a |\n"})
+    write_stage(profile, "02_decontaminate", {
+        profile.run_dir("02_decontaminate") / "decontamination_report.json": json.dumps(
+            {"train_rows": 900, "flagged_rows": 12, "removed_rows": 7, "clean_rows": 893,
+             "pairs_by_category": {"duplicate": 4, "gray_area": 5, "similar_but_different": 3}}),
+        profile.run_dir("02_decontaminate") / "contamination_table.csv": "data_source,benchmark,removed\na,mmlu,7\n",
+        tabs / "contamination_table.csv": "data_source,benchmark,removed\na,mmlu,7\n",
+        figs / "02_contamination.png": "png", figs / "02_contamination.txt": "Flagged training rows.\n"})
+    write_stage(profile, "03_finetune", {
+        profile.run_dir("03_finetune") / "metrics.json": json.dumps(
+            {"eval_loss_before": 2.0, "eval_loss_after": 1.5, "steps": 25,
+             "train_loss_history": [{"step": 1, "loss": 2.8}, {"step": 25, "loss": 1.6}]}),
+        figs / "03_loss_curve.png": "png", figs / "03_loss_curve.txt": "Loss curves.\n"})
+    (figs / "03_loss_curve.txt").write_text("Edited by hand.\n")  # no longer what 03 wrote
     write_eval(profile, [BASE, MERGED])
-    an.run_analysis(profile)
+    (profile.report_dir() / "run_summary.json").write_text(json.dumps({"stages": {
+        "03_finetune": {"status": "ran", "seconds": 12.5}, "04_merge": {"status": "failed", "error": "MergeError: boom"}}}))
+    produced = an.run_analysis(profile)
+
+    md = (profile.report_dir() / "summary.md").read_text()
+    for line in ("| 01_curate | rows kept | 900 |", "| 01_curate | exact duplicates removed | 40 |",
+                 "| 02_decontaminate | leaks removed (rows) | 7 |",
+                 "| 02_decontaminate | flagged pairs by category | duplicate 4, gray_area 5, similar_but_different 3 |",
+                 "| 03_finetune | held-out loss before → after | 2.0000 → 1.5000 (-0.5000) |",
+                 "| 03_finetune | train loss first → last logged | 2.8000 → 1.6000 |",
+                 f"| 05_evaluate | merged: leaderboard average | {100 * MERGED['average']:.2f} |",
+                 "| 03_finetune | ok |", "| 04_merge | failed |", "failed: MergeError: boom",
+                 "| base | this run | 30.00 ± 1.30 | 42.00 ± 0.50 |", "| merged vs base | fine-tuned vs base | +5.50 ±",
+                 "*Rows per source by curation outcome.*", "[PDF](figures/01_composition.pdf)",
+                 "![Benchmark contamination of the training data](figures/02_contamination.png)",
+                 "changed since 03_finetune wrote it: 03_loss_curve.txt", "| a | mmlu | 7 |"):
+        assert line in md, line
+    assert produced["upstream"]["figure:01_composition"] == "ok"
+    assert produced["upstream"]["figure:03_loss_curve"] == "changed since 03_finetune wrote it: 03_loss_curve.txt"
+    assert produced["stages"]["04_merge"] == "failed"
+
+    page = ET.fromstring((profile.report_dir() / "summary.html").read_text())  # well-formed
+    targets = {unquote(e.get("href") or e.get("src")) for e in page.iter() if e.get("href") or e.get("src")}
+    for target in targets:
+        assert (profile.report_dir() / target).exists(), target
+    linked = {(profile.report_dir() / t).resolve() for t in targets}
+    for path in list(figs.iterdir()) + list(tabs.iterdir()):
+        assert path.resolve() in linked, f"{path.name} not linked from summary.html"
+    assert "Edited by hand." in "".join(page.itertext())  # captions with their numbers
+    manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
+    assert str((figs / "01_composition.txt").resolve()) in manifest["inputs"]
+    assert str((profile.run_dir("03_finetune") / "metrics.json").resolve()) in manifest["inputs"]
+    assert str((profile.report_dir() / "run_summary.json").resolve()) not in manifest["inputs"]
+    assert str((profile.report_dir() / "summary.html").resolve()) in manifest["outputs"]
+
+
+def test_figures_and_tables_are_reproducible(basic_run):
+    profile, _ = basic_run
     files = [profile.report_dir("tables") / "leaderboard.csv", profile.report_dir("tables") / "mmlu_delta.csv",
-             profile.report_dir("figures") / "mmlu_delta_merged.png", profile.report_dir("figures") / "mmlu_delta_merged.pdf"]
+             profile.report_dir("figures") / "mmlu_delta_merged.png", profile.report_dir("figures") / "mmlu_delta_merged.pdf",
+             profile.report_dir("figures") / "mmlu_delta_heatmap.pdf", profile.report_dir("figures") / "merge_tradeoff.pdf",
+             profile.report_dir() / "summary.md", profile.report_dir() / "summary.html"]
     first = [p.read_bytes() for p in files]
     an.run_analysis(profile)
     assert [p.read_bytes() for p in files] == first
 
 
 def test_nothing_run_yet(tmp_path):
-    profile = make_profile(tmp_path)
+    profile = make_profile(tmp_path, formats=["png"])
     produced = an.run_analysis(profile)
     assert produced["variants"] == [] and "05_evaluate not run (no evaluation summaries)" in produced["notes"]
     assert set(produced["stages"].values()) == {an.NOT_RUN}
+    assert set(produced["upstream"].values()) == {an.NOT_RUN}
     md = (profile.report_dir("tables") / "leaderboard.md").read_text()
     assert "05_evaluate not run" in md
     assert pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv").empty
     assert (profile.report_dir("figures") / "leaderboard.png").is_file()
+    assert sorted(p.stem for p in profile.report_dir("figures").glob("*.png")) == ["leaderboard"]
+    summary_md = (profile.report_dir() / "summary.md").read_text()
+    for stage in ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate"):
+        assert f"| {stage} | not run |" in summary_md
+    assert "### Fine-tuning loss curves (03_finetune)\n\nnot run." in summary_md
+    assert "### Merge trade-off: MMLU against the other benchmarks (06_analysis)\n\nnot drawn" in summary_md
+    ET.fromstring((profile.report_dir() / "summary.html").read_text())
     assert (profile.run_dir("06_analysis") / "manifest.json").is_file()
 
 
+def test_stale_figures_of_an_earlier_analysis_are_removed(tmp_path):
+    profile = make_profile(tmp_path, formats=["png"])
+    write_eval(profile, [BASE, MERGED])
+    an.run_analysis(profile)
+    figs = profile.report_dir("figures")
+    (figs / "mmlu_delta_heatmap.txt").write_text("annotated by hand\n")  # edited: must survive
+    (profile.run_dir("05_evaluate") / "merged.json").unlink()  # merged no longer evaluated
+    produced = an.run_analysis(profile)
+    assert not (figs / "mmlu_delta_merged.png").exists() and not (figs / "merge_tradeoff.txt").exists()
+    assert (figs / "mmlu_delta_heatmap.txt").read_text() == "annotated by hand\n"
+    note = next(n for n in produced["notes"] if n.startswith("removed figures and tables"))
+    assert "mmlu_delta_merged.png" in note and "mmlu_delta_heatmap.png" in note
+    summary_md = (profile.report_dir() / "summary.md").read_text()
+    assert "## Other files in the report folders" in summary_md and "figures/mmlu_delta_heatmap.txt" in summary_md
+
+
 def test_partial_runs_and_upstream_artifacts(tmp_path):
-    profile = make_profile(tmp_path, baseline="base")
+    profile = make_profile(tmp_path, baseline="base", formats=["png"])
     only_two = summary("merged", {"arc_challenge": (0.5, 0.01), "truthfulqa_mc2": (0.3, 0.02)}, {"anatomy": (0.4, 0.04)})
     only_two["mmlu_subjects"] = {}
     write_eval(profile, [only_two])
@@ -160,23 +355,29 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     ft = profile.run_dir("03_finetune")
     ft.mkdir(parents=True)
     (ft / "metrics.json").write_text("{truncated")
+    (profile.run_dir("04_merge")).mkdir(parents=True)
+    (profile.run_dir("04_merge") / "merge_report.json").write_text("[]")  # not an object: ignored
     produced = an.run_analysis(profile)
 
     assert produced["variants"] == ["merged"]
-    assert "baseline 'base' not evaluated: no MMLU deltas" in produced["notes"]
+    assert "baseline 'base' not evaluated: no MMLU deltas against it" in produced["notes"]
     assert not [k for k in produced["figures"] if k.startswith("mmlu_delta")]
+    assert "merge_tradeoff" not in produced["figures"]  # merged has no MMLU
     md = (profile.report_dir("tables") / "leaderboard.md").read_text()
     assert "| merged | this run | 50.00 ± 1.00 | not run | not run | 30.00 ± 2.00 | 40.00 (2 of 4) |" in md
     stages = produced["stages"]
     assert stages["01_curate"] == "ok (no manifest)"
     assert stages["02_decontaminate"] == "ok (no manifest)"
     assert stages["03_finetune"].startswith("unreadable: JSONDecodeError")
-    assert stages["04_merge"] == an.NOT_RUN
+    assert stages["04_merge"] == "ok (no manifest)"
     pipeline = pd.read_csv(profile.report_dir("tables") / "pipeline.csv").set_index("stage")
     assert pipeline.loc["01_curate", "details"] == "rows_in=1000; rows_out=900"
     assert "removed (all benchmarks)=8" in pipeline.loc["02_decontaminate", "details"]
     contamination = pd.read_csv(profile.report_dir("tables") / "contamination_by_benchmark.csv").set_index("benchmark")
     assert contamination.loc["mmlu", "removed"] == 7 and contamination.loc["mmlu", "duplicate"] == 4
+    summary_md = (profile.report_dir() / "summary.md").read_text()
+    assert "| 03_finetune | metrics.json | unreadable: JSONDecodeError" in summary_md
+    assert "| merged: leaderboard average | 40.00 (over 2 of 4) |" in summary_md
     manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
     assert str((cur / "curation_report.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
