@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
@@ -38,10 +38,12 @@ class ModelsConfig(_Section):
 
 
 class SourceConfig(_Section):
-    name: str  # demo | math | theoremqa | scibench | scienceqa | jsonl | hub
+    name: str  # demo | math | theoremqa | scibench | scienceqa | prm800k | arb | jsonl | hub
     path: Optional[str] = None  # local copy in the source's original release format
     hub_id: Optional[str] = None
     limit: Optional[int] = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, gt=0.0)  # after dedup: <1 keeps a seeded sample, >1 repeats rows (1.5: all once,
+    # a seeded half twice)
     enabled: bool = True
 
 
@@ -51,6 +53,10 @@ class CurateConfig(_Section):
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # paper: 0.8 (authors' code used 0.7)
     embed_batch_size: int = Field(default=64, ge=1)
     block_size: int = Field(default=2048, ge=1)  # rows per similarity block: bounds memory
+    backend: Literal["numpy", "faiss"] = "numpy"  # faiss: pip install faiss-cpu (extra "faiss"); same pairs
+    push_to_hub: bool = False  # upload curated rows as a hub dataset; token from $HF_TOKEN
+    push_to_hub_repo: Optional[str] = None  # e.g. "me/open-platypus-rebuild"; required with push_to_hub
+    push_to_hub_private: bool = True
 
 
 class DecontaminateConfig(_Section):
@@ -64,10 +70,24 @@ class DecontaminateConfig(_Section):
     ngram_min_tokens: int = Field(default=8, ge=1)  # shorter test texts are left to the embedding detector
     ngram_overlap_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # share of the test text's n-grams found
     verbatim_ngram_overlap: float = Field(default=0.8, gt=0.0, le=1.0)  # at/above: near-verbatim
+    verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)  # cosine >= duplicate_threshold and this share
+    # of the test's words in the train text: near-verbatim; with fewer shared words: gray-area (same meaning)
+    answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # detector (c): pairs at this
+    # cosine or above are flagged when numbers agree and the test answer is in the train output; null: off
     actions: dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]] = Field(
         default_factory=lambda: {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"})
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
+
+
+class PartnerAdapterConfig(_Section):
+    """A second, small LoRA trained by 03 on another slice of the data (same LoRA settings), saved as
+    03_finetune/partner_adapter. Merged into the base by 04 (merge.partners[].adapter) it plays the
+    paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
+    data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
+    max_steps: int = Field(default=4, ge=1)
+    learning_rate: Optional[float] = Field(default=None, gt=0.0)  # None: finetune.learning_rate
+    gradient_accumulation_steps: Optional[int] = Field(default=None, ge=1)  # None: finetune's
 
 
 class FinetuneConfig(_Section):
@@ -86,23 +106,142 @@ class FinetuneConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
-    packing: bool = False
+    # "bfd": TRL best-fit-decreasing packing, padding-free (true means "bfd"); "bfd_split" splits
+    # examples longer than cutoff_len instead of truncating them. "wrapped" is refused (see below).
+    packing: Literal[False, "bfd", "bfd_split"] = False
+    # optimizer-step size in tokens; None: with packing, the profile's batch in examples
+    # (per_device_train_batch_size x gradient_accumulation_steps x num_gpus) times the mean example
+    # length, so packing keeps the paper's step size (finetune.plan_batch)
+    tokens_per_step: Optional[int] = Field(default=None, ge=1)
+    group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
+    attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
+                                 "flash_attention_3"] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
+    use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=5, ge=1)
     save_steps: int = Field(default=500, ge=1)
     num_gpus: int = Field(default=1, ge=1)
+    # accelerate config used when num_gpus > 1 (accelerate/ddp.yaml, fsdp.yaml, fsdp_qlora.yaml,
+    # zero3.yaml); relative to the project root
+    accelerate_config: Optional[str] = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False
+    partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
+
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing_strategy(cls, v: Any) -> Any:
+        if v is True:
+            return "bfd"
+        if v in (None, "none", "no"):
+            return False
+        if v == "wrapped":
+            # wrapped packing concatenates examples and cuts them at cutoff_len: attention crosses
+            # example boundaries and a response can be cut off from its prompt
+            raise ValueError("'wrapped' packing lets attention cross example boundaries and separates "
+                             "responses from their prompts; use 'bfd' (or 'bfd_split')")
+        return v
+
+    @model_validator(mode="after")
+    def _speed_options_consistent(self):
+        if self.group_by_length and self.packing:
+            raise ValueError("group_by_length groups unpacked examples; it has no use with packing")
+        if self.num_gpus > 1 and not self.accelerate_config:
+            raise ValueError(f"num_gpus={self.num_gpus} needs accelerate_config: accelerate/ddp.yaml, "
+                             "accelerate/fsdp.yaml, accelerate/fsdp_qlora.yaml or accelerate/zero3.yaml")
+        if self.accelerate_config and not self.accelerate_config.endswith((".yaml", ".yml")):
+            raise ValueError(f"accelerate_config {self.accelerate_config!r}: expected an accelerate YAML file")
+        return self
+
+
+MergeMethod = Literal["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+AdapterCombination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
+_DENSITY_METHODS = ("ties", "dare_linear", "dare_ties")
 
 
 class MergePartnerConfig(_Section):
     name: str
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
+    # A LoRA merged into `model` first to build this partner (variant <name> in merge_report.json):
+    # a folder of this run's 03_finetune (e.g. partner_adapter) or a path.
+    adapter: Optional[str] = None
+
+
+class AdapterMixConfig(_Section):
+    """Several LoRA adapters combined by peft's add_weighted_adapter, then merged into `into`."""
+    name: str  # variant name in merge_report.json
+    adapters: list[str] = Field(min_length=2)  # folders of this run's 03_finetune (adapter, partner_adapter) or paths
+    weights: list[float]
+    combination_type: AdapterCombination = "cat"
+    density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*: share of values kept
+    svd_rank: Optional[int] = Field(default=None, ge=1)  # svd: None = the largest input rank
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    into: Optional[str] = None  # model the mix is merged into: a variant of this stage or a reference; None: models.base
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.weights) != len(self.adapters):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.adapters)} adapters")
+        needs_density = self.combination_type in _DENSITY_METHODS
+        if needs_density != (self.density is not None):
+            raise ValueError(f"density is {'required' if needs_density else 'not used'} with "
+                             f"combination_type {self.combination_type}")
+        if self.svd_rank is not None and self.combination_type != "svd":
+            raise ValueError("svd_rank is only used with combination_type svd")
+        return self
+
+
+class ModelMergeConfig(_Section):
+    """Full models (fine-tunes of one base) merged tensor by tensor. weights: each model's share
+    (linear: normalised by their sum; slerp: t = weights[1] / sum); task vectors θ_i - θ_base for
+    task_arithmetic, ties, dare_*."""
+    name: str
+    method: MergeMethod
+    models: list[str] = Field(min_length=2)  # variants of this stage (merged, a partner...) or model references
+    weights: list[float]
+    density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    base: Optional[str] = None  # the common base of the task vectors; None: models.base
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.weights) != len(self.models):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.models)} models")
+        if self.method == "slerp" and len(self.models) != 2:
+            raise ValueError(f"slerp merges exactly 2 models, got {len(self.models)}")
+        if self.method in ("linear", "slerp") and sum(self.weights) == 0:
+            raise ValueError(f"{self.method}: the weights sum to 0")
+        needs_density = self.method in _DENSITY_METHODS
+        if needs_density != (self.density is not None):
+            raise ValueError(f"density is {'required' if needs_density else 'not used'} with method {self.method}")
+        return self
+
+
+class MergeSweepConfig(_Section):
+    """A grid of full-model merges: every method x weights (x density for ties/dare_*). Each point is
+    a variant named sweep-<method>-w<w1>_<w2>[-d<density>]; list the names to evaluate in
+    evaluate.variants (merge.sweep_variant_names(profile) gives them)."""
+    models: list[str] = Field(min_length=2)
+    methods: list[MergeMethod] = Field(min_length=1)
+    weights: list[list[float]] = Field(min_length=1)
+    densities: list[float] = Field(default_factory=lambda: [0.5])
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    base: Optional[str] = None
+
+    @field_validator("densities")
+    @classmethod
+    def _densities_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < d <= 1.0 for d in v):
+            raise ValueError(f"densities must be in (0, 1], got {v}")
+        return v
 
 
 class MergeConfig(_Section):
     merge_into_base: bool = True
     partners: list[MergePartnerConfig] = Field(default_factory=list)
+    adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
+    model_merges: list[ModelMergeConfig] = Field(default_factory=list)
+    sweep: Optional[MergeSweepConfig] = None
     verify: bool = True
     verify_atol: float = Field(default=1e-4, gt=0.0)
 
@@ -181,7 +320,7 @@ class Profile(_Section):
 
         refs = [self.models.base, self.models.embedding, *(p.model for p in self.merge.partners)]
         hub_data = ("hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
-                    or any(s.enabled and s.name == "hub" for s in self.curate.sources))
+                    or any(s.enabled and s.name == "hub" for s in self.curate.sources) or self.curate.push_to_hub)
         return hub_data or any(is_hub_reference(r) for r in refs)
 
     def run_dir(self, stage: str | None = None) -> Path:
@@ -218,6 +357,9 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     for section in (profile.decontaminate, profile.evaluate):
         if section.benchmarks_dir not in ("demo", "hub") and not Path(section.benchmarks_dir).is_absolute():
             section.benchmarks_dir = str((data_root / section.benchmarks_dir).resolve())
+    accelerate_config = profile.finetune.accelerate_config
+    if accelerate_config and not Path(accelerate_config).is_absolute():
+        profile.finetune.accelerate_config = str((root / accelerate_config).resolve())
 
 
 def project_root_for(profile_file: Path) -> Path:
@@ -250,4 +392,6 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
         raise ProfileError(f"{path}: {problems}") from None
     profile.source_file = str(path.resolve())
     _resolve_paths(profile, project_root_for(path))
+    if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
+        raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
     return profile

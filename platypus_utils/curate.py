@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import os
+import random
 import re
 import unicodedata
 from pathlib import Path
@@ -24,7 +26,7 @@ from .embeddings import Embedder, pairs_above
 log = logging.getLogger("platypus")
 STAGE = "01_curate"
 FIELDS = ("instruction", "input", "output", "data_source")
-STEPS = ("loaded", "malformed", "filtered", "exact_dup", "near_dup", "kept")
+STEPS = ("loaded", "malformed", "filtered", "exact_dup", "near_dup", "undersampled", "oversampled", "kept")
 
 
 def normalise_text(text: str) -> str:
@@ -68,11 +70,11 @@ def exact_dedup(rows: list[dict]) -> tuple[list[int], list[dict]]:
 
 
 def near_dedup(rows: list[dict], embeddings: np.ndarray, threshold: float,
-               block_size: int = 2048) -> tuple[list[int], list[dict]]:
+               block_size: int = 2048, backend: str = "numpy") -> tuple[list[int], list[dict]]:
     """Greedy exclusion in verbosity order: a row is kept unless a more verbose kept row is
     at cosine >= threshold. Returns (kept indices in input order, removal records)."""
     neighbours: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
-    for ii, jj, ss in pairs_above(embeddings, None, threshold, block_size, desc="near-dup pairs"):
+    for ii, jj, ss in pairs_above(embeddings, None, threshold, block_size, desc="near-dup pairs", backend=backend):
         for i, j, s in zip(ii.tolist(), jj.tolist(), ss.tolist()):
             neighbours[i].append((j, s))
             neighbours[j].append((i, s))
@@ -87,6 +89,38 @@ def near_dedup(rows: list[dict], embeddings: np.ndarray, threshold: float,
             kept_set.add(i)
     removed.sort(key=lambda r: r["index"])
     return sorted(kept_set), removed
+
+
+def apply_weights(rows: list[dict], indices: list[int], group_of: list[int], weights: dict[int, float],
+                  seed: int) -> tuple[list[int], list[dict]]:
+    """Over/undersample rows per source group, deterministically.
+
+    `indices` are the rows kept so far (input order); group_of[i] is row i's group (its configured
+    source); weights[group] its weight. A group of n rows with weight w gets round(n * w) rows: every row
+    floor(w) times, plus a sample of the rest; with w < 1, a sample only. The sample is drawn from the
+    group's rows in content order (row_digest) with a Random seeded by (seed, group), so it depends on
+    neither input order nor other groups. Returns (the final row indices, repeats adjacent and in input
+    order; records for the rows left out, reason "undersampled").
+    """
+    copies = {i: 1 for i in indices}
+    by_group: dict[int, list[int]] = collections.defaultdict(list)
+    for i in indices:
+        by_group[group_of[i]].append(i)
+    for group, members in by_group.items():
+        w = weights.get(group, 1.0)
+        if w == 1.0:
+            continue
+        target = int(round(len(members) * w))
+        whole, rest = divmod(target, len(members))
+        ordered = sorted(members, key=lambda i: row_digest(rows[i]))
+        random.Random(f"{seed}:{group}").shuffle(ordered)
+        chosen = set(ordered[:rest])
+        for i in members:
+            copies[i] = whole + (1 if i in chosen else 0)
+    final = [i for i in indices for _ in range(copies[i])]
+    removed = [{"index": i, "reason": "undersampled", "duplicate_of": None, "similarity": None}
+               for i in indices if copies[i] == 0]
+    return final, removed
 
 
 LICENCES = {  # PLATYPUS.md §1
@@ -107,7 +141,7 @@ def _load_sources(profile: Profile, run: StageRun):
     rows, prov = [], []
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     skip_reasons: dict[str, dict] = {}
-    for src in profile.curate.sources:
+    for config_index, src in enumerate(profile.curate.sources):
         if not src.enabled:
             continue
         try:
@@ -136,14 +170,22 @@ def _load_sources(profile: Profile, run: StageRun):
         log.info("source %s: %d rows, %d filtered, %d malformed", src.name, len(src_rows), n_filtered, n_malformed)
         for k, row in enumerate(src_rows):
             rows.append({f: row[f] for f in FIELDS})
-            prov.append({"source": row["data_source"], "config_source": src.name, "source_row": k})
+            prov.append({"source": row["data_source"], "config_source": src.name, "source_row": k,
+                         "config_index": config_index})
             counts[row["data_source"]]["loaded"] += 1
     return rows, prov, counts, skip_reasons
+
+
+def hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
 def run_curate(profile: Profile) -> dict:
     cfg = profile.curate
     out = profile.run_dir(STAGE)
+    if cfg.push_to_hub and not (cfg.push_to_hub_repo and hub_token()):
+        raise ValueError(f"{profile.source_file}: curate.push_to_hub needs curate.push_to_hub_repo and a token in "
+                         "$HF_TOKEN (or turn push_to_hub off)")
     with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
         with run.timed("load_s"):
             rows, prov, counts, skip_reasons = _load_sources(profile, run)
@@ -165,25 +207,35 @@ def run_curate(profile: Profile) -> dict:
             emb = embedder.encode([embedding_text(rows[i]) for i in kept_idx], desc="curate")
         with run.timed("similarity_s"):
             sub = [rows[i] for i in kept_idx]
-            kept_sub, removed_near = near_dedup(sub, emb, cfg.similarity_threshold, cfg.block_size)
+            kept_sub, removed_near = near_dedup(sub, emb, cfg.similarity_threshold, cfg.block_size, cfg.backend)
         for r in removed_near:
             r["index"], r["duplicate_of"] = kept_idx[r["index"]], kept_idx[r["duplicate_of"]]
         removed += removed_near
         final_idx = [kept_idx[i] for i in kept_sub]
         log.info("similarity exclusion at %.2f: %d rows removed, %d kept",
                  cfg.similarity_threshold, len(removed_near), len(final_idx))
+        weights = {k: src.weight for k, src in enumerate(cfg.sources)}
+        final_idx, removed_weight = apply_weights(rows, final_idx, [p["config_index"] for p in prov], weights,
+                                                  profile.seed)
+        removed += removed_weight
 
+        step_of = {"exact_duplicate": "exact_dup", "near_duplicate": "near_dup", "undersampled": "undersampled"}
         for r in removed:
-            counts[prov[r["index"]]["source"]]["exact_dup" if r["reason"] == "exact_duplicate" else "near_dup"] += 1
-        for i in final_idx:
-            counts[prov[i]["source"]]["kept"] += 1
+            counts[prov[r["index"]]["source"]][step_of[r["reason"]]] += 1
+        for i, n in collections.Counter(final_idx).items():
+            counts[prov[i]["source"]]["kept"] += n
+            counts[prov[i]["source"]]["oversampled"] += n - 1
 
         curated = [rows[i] for i in final_idx]
+
+        def provenance(prefix: str, i: int | None) -> dict:
+            keys = ("source", "config_source", "source_row")
+            return {f"{prefix}_{k}": (None if i is None else prov[i][k]) for k in keys}
+
         removed_records = [{
-            "reason": r["reason"], "similarity": r["similarity"],
-            **{f"row_{k}": v for k, v in prov[r["index"]].items()}, "row": rows[r["index"]],
-            **{f"duplicate_of_{k}": v for k, v in prov[r["duplicate_of"]].items()},
-            "duplicate_of": rows[r["duplicate_of"]],
+            "reason": r["reason"], "similarity": r["similarity"], **provenance("row", r["index"]),
+            "row": rows[r["index"]], **provenance("duplicate_of", r["duplicate_of"]),
+            "duplicate_of": None if r["duplicate_of"] is None else rows[r["duplicate_of"]],
         } for r in sorted(removed, key=lambda r: r["index"])]
 
         report = {
@@ -193,11 +245,17 @@ def run_curate(profile: Profile) -> dict:
             "similarity_threshold": cfg.similarity_threshold,
             "embedding_model": profile.models.embedding,
             "embedding_cache": embedder.stats,
+            "similarity_backend": cfg.backend,
+            "weights": {src.name if src.path is None else f"{src.name}:{Path(src.path).name}": src.weight
+                        for src in cfg.sources if src.enabled and src.weight != 1.0},
         }
         paths = _write_outputs(profile, curated, removed_records, report)
         for p in paths:
             run.add_output(p)
         run.metrics.update(report["totals"])
+        if cfg.push_to_hub:
+            with run.timed("push_to_hub_s"):
+                run.metrics["pushed_to"] = push_to_hub(curated, cfg.push_to_hub_repo, cfg.push_to_hub_private)
     return report
 
 
@@ -224,6 +282,19 @@ def _write_outputs(profile: Profile, curated: list[dict], removed: list[dict], r
     paths.append(out / "README.md")
     paths += composition_figure(table, profile.report_dir("figures"))
     return paths
+
+
+def push_to_hub(curated: list[dict], repo_id: str, private: bool = True) -> str:
+    """Upload the curated rows as a hub dataset (split "train"); the token comes from $HF_TOKEN."""
+    import datasets
+
+    token = hub_token()
+    if not token:
+        raise ValueError("push_to_hub: no token in $HF_TOKEN")
+    ds = datasets.Dataset.from_pandas(pd.DataFrame(curated, columns=list(FIELDS)), preserve_index=False)
+    log.info("pushing %d rows to the hub dataset %s (private=%s)", len(ds), repo_id, private)
+    ds.push_to_hub(repo_id, token=token, private=private)
+    return repo_id
 
 
 def composition_table(report: dict) -> pd.DataFrame:
@@ -269,6 +340,8 @@ Schema: `instruction`, `input`, `output`, `data_source` (strings), as Open-Platy
 - exact dedup on normalised instruction + input, keeping the longer output: {profile.curate.exact_dedup}
 - similarity exclusion: `{profile.models.embedding}`, cosine >= {profile.curate.similarity_threshold},
   keeping the more verbose item (longer output) of each near-duplicate group; order independent
+  (similarity backend: {profile.curate.backend})
+- per-source weights applied after dedup (seeded sample / repeats): {report.get("weights") or "none (all 1)"}
 - seed: {profile.seed}
 
 ## Rebuild

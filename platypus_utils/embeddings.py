@@ -125,12 +125,19 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def pairs_above(a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int = 2048,
-                desc: str = "similarity") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                desc: str = "similarity", backend: str = "numpy") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (i, j, cosine) arrays for every pair with cosine >= threshold.
 
-    `a`, `b` are L2-normalised. With b=None, compares a with itself and yields only i < j.
-    Peak extra memory is one block_size x block_size float32 tile.
+    `a`, `b` are L2-normalised float32. With b=None, compares a with itself and yields only i < j, and
+    only the tiles on or above the diagonal are computed. Peak extra memory is one block_size x
+    block_size float32 tile (numpy) or one block of results (faiss). backend "faiss" uses an exact
+    inner-product index (faiss-cpu) and yields the same pairs.
     """
+    if backend == "faiss":
+        yield from _pairs_above_faiss(a, b, threshold, block_size, desc)
+        return
+    if backend != "numpy":
+        raise ValueError(f"similarity backend {backend!r}: expected 'numpy' or 'faiss'")
     self_pairs = b is None
     b = a if b is None else b
     n, m = len(a), len(b)
@@ -141,11 +148,47 @@ def pairs_above(a: np.ndarray, b: np.ndarray | None, threshold: float, block_siz
         for j0 in range(j_start, m, block_size):
             tile = a_blk @ b[j0:j0 + block_size].T
             ii, jj = np.nonzero(tile >= threshold)
-            if self_pairs:
-                keep = (ii + i0) < (jj + j0)
+            if self_pairs and j0 == i0:  # only the diagonal tile holds pairs with i >= j
+                keep = ii < jj
                 ii, jj = ii[keep], jj[keep]
             if len(ii):
                 yield ii + i0, jj + j0, tile[ii, jj]
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pairs_above_faiss(a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int,
+                       desc: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("curate.backend 'faiss' needs faiss-cpu: pip install faiss-cpu "
+                          "(or pip install -e '.[faiss]')") from None
+    self_pairs = b is None
+    base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    # range_search keeps scores strictly above the radius: step one float below the threshold, then
+    # filter with >= so the threshold is inclusive, as in the numpy path.
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    starts = range(0, len(a), block_size)
+    for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
+        queries = np.ascontiguousarray(a[i0:i0 + block_size], dtype=np.float32)
+        lims, scores, ids = index.range_search(queries, radius)
+        rows = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        keep = scores >= threshold
+        if self_pairs:
+            keep &= ids > rows + i0
+        if keep.any():
+            ii, jj, ss = rows[keep] + i0, ids[keep].astype(np.int64), scores[keep].astype(np.float32)
+            order = np.lexsort((jj, ii))  # the numpy path's order within a block: by row, then column
+            yield ii[order], jj[order], ss[order]
 
 
 def top_match(a: np.ndarray, b: np.ndarray, block_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:

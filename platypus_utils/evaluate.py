@@ -15,7 +15,8 @@ few-shot pool is its train split, which the offline copy lacks; without a
 
 Variants (`profile.evaluate.variants`): "base" - the base model; "adapter" - base + the
 03_finetune LoRA adapter, unmerged (lm-eval's `peft=`); a name of a `merge.partners` entry -
-that partner model; any other name - `models[name].path` of 04_merge's merge_report.json.
+that partner model (unless it has an `adapter`: then 04_merge builds it); any other name -
+`models[name].path` of 04_merge's merge_report.json.
 
 Outputs per variant in <run>/05_evaluate/: `<variant>.json` (normalised summary, read by
 06_analysis), `<variant>.raw.json` (lm-eval's output per benchmark call) and
@@ -346,7 +347,7 @@ def resolve_variant(profile, variant: str) -> ModelSpec:
         return ModelSpec(variant, f"{ref} + {adapter}", resolve_model(ref, cache_dir=cache),
                          peft=str(adapter.resolve()), inputs=[adapter])
     for partner in profile.merge.partners:
-        if partner.name == variant:
+        if partner.name == variant and not partner.adapter:  # one built from an adapter is made by 04_merge
             return ModelSpec(variant, partner.model, resolve_model(partner.model, cache_dir=cache))
     report = profile.run_dir("04_merge") / "merge_report.json"
     if not report.is_file():

@@ -6,6 +6,11 @@ only; LoRA r/alpha/dropout 16/16/0.05 on gate/up/down_proj; cosine schedule with
 Training runs through TRL's `SFTTrainer` (prompt-completion data); a held-out split drawn
 with the profile seed gives the completion loss before and after training, the evidence
 that training did something.
+
+Speed and scale: bfd packing (padding-free; `check_packing_isolation` shows on the model about
+to train that attention stays inside each example), the optimizer step kept at the profile's
+batch in tokens (`plan_batch`), flash-attention and Liger kernels where installed, gradient
+checkpointing; several GPUs through `accelerate launch` (`accelerate_command`, accelerate/*.yaml).
 """
 from __future__ import annotations
 
@@ -17,15 +22,18 @@ import logging
 import math
 import os
 import resource
+import shlex
 import shutil
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .artifacts import StageRun, atomic_path, read_jsonl, write_json, write_text
+from .artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
 
 log = logging.getLogger("platypus")
 
@@ -217,8 +225,10 @@ def quantization_config(ft, device: str):
 
     if ft.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
+    # several GPUs: FSDP/ZeRO-3 shard the packed 4-bit weights only when they are stored as bf16
+    storage = {"bnb_4bit_quant_storage": torch.bfloat16} if ft.num_gpus > 1 else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=torch.bfloat16, **storage)
 
 
 def _load_base(profile, resolved: str, device: str, dtype: torch.dtype, ft):
@@ -232,6 +242,7 @@ def _load_base(profile, resolved: str, device: str, dtype: torch.dtype, ft):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
+    # each process holds its own copy on its own GPU (LOCAL_RANK under accelerate launch)
     model = AutoModelForCausalLM.from_pretrained(resolved, quantization_config=qconfig, dtype=torch.bfloat16,
                                                  device_map={"": torch.device(device).index or 0})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft.gradient_checkpointing)
@@ -245,11 +256,16 @@ def build_lora_config(ft):
                       target_modules=list(ft.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def build_sft_config(ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype):
+def build_sft_config(ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype,
+                     use_liger_kernel: Optional[bool] = None):
     """TRL SFTConfig from the profile's finetune section: prompt-completion data, loss on the
-    completion only, truncation at cutoff_len, checkpoints every save_steps in `output_dir`."""
+    completion only, truncation at cutoff_len, checkpoints every save_steps in `output_dir`; the
+    speed options (packing, group_by_length, gradient checkpointing, Liger: `resolve_liger` when
+    `use_liger_kernel` is None)."""
     from trl import SFTConfig
 
+    if use_liger_kernel is None:
+        use_liger_kernel = resolve_liger(ft, device)
     return SFTConfig(
         output_dir=str(output_dir),
         seed=seed, data_seed=seed,
@@ -268,11 +284,310 @@ def build_sft_config(ft, output_dir: str | Path, seed: int, device: str, dtype: 
         activation_checkpointing=ft.gradient_checkpointing,
         max_length=ft.cutoff_len, truncation_mode="keep_start",
         # bfd packing is padding-free: transformers builds a block-diagonal mask from the position ids
-        packing=ft.packing, packing_strategy="bfd", eval_packing=False,
+        # (check_packing_isolation verifies it on the model at hand)
+        packing=bool(ft.packing), packing_strategy=ft.packing or "bfd", eval_packing=False,
+        train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
+        use_liger_kernel=use_liger_kernel,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable weight gets a gradient
         completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
     )
+
+
+# ---------------------------------------------------------------- speed options
+def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
+    """The attention kernel to train with: the profile's choice, or ("auto") flash_attention_2 where
+    flash-attn is installed and the model runs in 16 bits on a GPU, else sdpa. Packed rows stay
+    isolated with each of them (checked at run time by `check_packing_isolation`)."""
+    choice = ft.attn_implementation
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    if choice == "auto":
+        if on_gpu and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2"
+        return "sdpa"
+    if choice.startswith("flash_attention"):
+        package = "flash_attn" if choice == "flash_attention_2" else "flash_attn_interface"
+        if not on_gpu:
+            raise RuntimeError(f"finetune.attn_implementation={choice} needs a CUDA GPU; this run's device is {device!r}")
+        if importlib.util.find_spec(package) is None:
+            raise RuntimeError(f"finetune.attn_implementation={choice} needs the {package} package installed")
+    return choice
+
+
+def resolve_liger(ft, device: str) -> bool:
+    """Whether to use Liger's fused kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy)."""
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    if ft.use_liger_kernel == "auto":
+        return installed and on_gpu
+    if ft.use_liger_kernel:
+        if not installed:
+            raise RuntimeError("finetune.use_liger_kernel: true needs liger-kernel: pip install liger-kernel")
+        if not on_gpu:
+            raise RuntimeError(f"finetune.use_liger_kernel: true needs a CUDA GPU; this run's device is {device!r}")
+    return bool(ft.use_liger_kernel)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many examples and tokens one optimizer step takes, and why."""
+    unit: str  # what the dataloader yields: "example" or "packed row"
+    units: int  # per epoch
+    examples: int  # per epoch
+    mean_unit_tokens: float
+    mean_example_tokens: float
+    per_device_batch: int
+    world_size: int
+    gradient_accumulation_steps: int
+    tokens_per_step_target: Optional[float]  # None: steps are sized in examples, as the profile says
+    tokens_per_step: float  # expected
+    examples_per_step: float  # expected
+    steps_per_epoch: int
+    rule: str
+
+    def as_metrics(self) -> dict:
+        out = asdict(self)
+        for key in ("mean_unit_tokens", "mean_example_tokens", "tokens_per_step", "examples_per_step",
+                    "tokens_per_step_target"):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 2)
+        return out
+
+
+def plan_batch(example_tokens: Sequence[int], ft, world_size: int = 1,
+               row_tokens: Optional[Sequence[int]] = None) -> BatchPlan:
+    """The optimizer-step size, keeping the paper's effective batch in tokens when packing.
+
+    The paper steps on 16 examples (micro-batch 1 x 16 accumulated). Packing changes what one
+    micro-batch is (a row of several examples), so counting steps in rows would take fewer, larger
+    steps. Instead the step size is fixed in tokens: target = finetune.tokens_per_step, or else
+    per_device_train_batch_size x gradient_accumulation_steps x world_size x the mean example
+    length (the tokens the profile's unpacked step holds on average), and
+    gradient_accumulation_steps = round(target / (per_device_train_batch_size x world_size x mean
+    row length)), at least 1. Both ways the trainer averages the loss over every completion token
+    of the step (transformers' num_items_in_batch), so equal tokens per step give steps of equal
+    weight and about the same number of steps per epoch (the warmup and cosine schedule keep their
+    meaning). Unpacked, the profile's gradient_accumulation_steps stand unless tokens_per_step is set.
+
+    `example_tokens`: tokens of each training example (after truncation); `row_tokens`: tokens of
+    each packed row, or None when not packing.
+    """
+    if not len(example_tokens):
+        raise ValueError("plan_batch: no training examples")
+    if row_tokens is not None and not len(row_tokens):
+        raise ValueError("plan_batch: no packed rows")
+    packed = row_tokens is not None
+    unit_tokens = row_tokens if packed else example_tokens
+    mean_example = float(np.mean(example_tokens))
+    mean_unit = float(np.mean(unit_tokens))
+    per_device, profile_gas = ft.per_device_train_batch_size, ft.gradient_accumulation_steps
+    micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
+    if ft.tokens_per_step is not None:
+        target = float(ft.tokens_per_step)
+        gas = max(1, round(target / micro_tokens))
+        rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
+    elif packed:
+        target = per_device * profile_gas * world_size * mean_example
+        gas = max(1, round(target / micro_tokens))
+        rule = (f"packing keeps the profile's step of {per_device * profile_gas * world_size} examples "
+                f"in tokens ({per_device} x {profile_gas} x {world_size} x {mean_example:.1f} mean tokens)")
+    else:
+        target, gas = None, profile_gas
+        rule = f"the profile's {per_device} x {profile_gas} x {world_size} examples per step"
+    units = len(unit_tokens)
+    batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
+    steps = max(1, math.ceil(batches_per_process / gas))
+    examples_per_unit = len(example_tokens) / units
+    return BatchPlan(
+        unit="packed row" if packed else "example", units=units, examples=len(example_tokens),
+        mean_unit_tokens=mean_unit, mean_example_tokens=mean_example, per_device_batch=per_device,
+        world_size=world_size, gradient_accumulation_steps=int(gas), tokens_per_step_target=target,
+        tokens_per_step=gas * micro_tokens, examples_per_step=gas * per_device * world_size * examples_per_unit,
+        steps_per_epoch=steps, rule=rule)
+
+
+def packed_row_tokens(dataset) -> list[int]:
+    """Tokens per packed row of a TRL-packed dataset (its seq_lengths column)."""
+    return [int(sum(lengths)) for lengths in dataset["seq_lengths"]]
+
+
+def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int]) -> list[float]:
+    """Mean next-token cross-entropy over the labelled tokens of each segment of one row
+    (`lengths` tokens each, in order); the shift stays inside each segment."""
+    out, start = [], 0
+    for n in lengths:
+        lg, lb = logits[start:start + n - 1].float(), labels[start + 1:start + n]
+        count = int((lb != -100).sum())
+        loss = torch.nn.functional.cross_entropy(lg, lb, ignore_index=-100, reduction="sum")
+        out.append(float(loss) / count if count else float("nan"))
+        start += n
+    return out
+
+
+def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
+    """A few single examples out of a packed dataset, shortened so that they fit one row together
+    (a probe of attention, so keeping each example's end, where the completion tokens are, is enough)."""
+    examples: list[dict] = []
+    for row in dataset:
+        start = 0
+        for n in row["seq_lengths"]:
+            examples.append({"input_ids": list(row["input_ids"][start:start + n]),
+                             "labels": list(row["labels"][start:start + n])})
+            start += n
+        if len(examples) >= max_examples:
+            break
+    examples = examples[:max_examples]
+    if len(examples) < 2:
+        return examples
+    room = max_length // len(examples)
+    return [{k: v[-room:] for k, v in e.items()} for e in examples]
+
+
+@torch.no_grad()
+def check_packing_isolation(trainer, max_examples: int = 3, tolerance: Optional[float] = None) -> dict:
+    """Check, on the model and collator about to train, that attention stays inside each packed example.
+
+    A few training examples go through the model packed into one row (as the trainer will feed
+    them) and one by one; each example's completion loss must agree. transformers builds the
+    block-diagonal mask from the restarting position ids for eager, sdpa and flex attention, and
+    flash-attention gets the sequence boundaries, but only while no KV cache is in use (the trainer
+    disables it); an attention kernel or model that ignores them would let each example see the
+    ones before it. Raises RuntimeError naming the attention implementation when they disagree.
+    """
+    model = trainer.model
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    examples = _probe_examples(trainer.train_dataset, trainer.args.max_length, max_examples)
+    if len(examples) < 2:
+        return {"checked": False, "reason": "fewer than 2 training examples", "attn_implementation": impl}
+    device = next(p for p in model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    if tolerance is None:
+        tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+
+    def losses(row: dict) -> list[float]:
+        batch = trainer.data_collator([row])
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits[0]
+        return segment_losses(logits, batch["labels"][0].to(device), row["seq_lengths"])
+
+    was_training = model.training
+    model.eval()  # no dropout: both passes must see the same weights
+    try:
+        packed = losses({"input_ids": sum((e["input_ids"] for e in examples), []),
+                         "labels": sum((e["labels"] for e in examples), []),
+                         "seq_lengths": [len(e["input_ids"]) for e in examples]})
+        alone = [losses({**e, "seq_lengths": [len(e["input_ids"])]})[0] for e in examples]
+    finally:
+        model.train(was_training)
+    pairs = [(p, a) for p, a in zip(packed, alone) if not math.isnan(a)]
+    worst = max((abs(p - a) / max(1.0, abs(a)) if math.isfinite(p) else math.inf) for p, a in pairs)
+    report = {"checked": True, "attn_implementation": impl, "examples": len(examples),
+              "max_rel_diff": worst, "tolerance": tolerance}
+    if not worst <= tolerance:
+        raise RuntimeError(
+            f"packed training would let attention cross example boundaries: with attn_implementation={impl!r} "
+            f"the completion loss of {len(examples)} examples packed into one row differs from the same examples "
+            f"alone by up to {worst:.3g} (relative; tolerance {tolerance:g}): packed {packed}, alone {alone}. "
+            "Set finetune.packing: false, or finetune.attn_implementation: sdpa (or flash_attention_2 on a GPU "
+            "with flash-attn installed).")
+    return report
+
+
+def prepare_trainer(model, tokenizer, train_ds, ft, args, example_tokens: Sequence[int], world_size: int = 1,
+                    eval_ds=None, callbacks: Optional[Sequence[Any]] = None):
+    """The stage's SFTTrainer (LoRA from the profile) with its batch plan applied: (trainer, BatchPlan,
+    packing-isolation report). With packing, the isolation check runs before any training step.
+    `args` from build_sft_config; `example_tokens`: tokens of each training example after truncation."""
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=build_lora_config(ft),
+                         callbacks=list(callbacks or []))
+    # packed rows must keep their examples apart, on this model and kernel
+    isolation = check_packing_isolation(trainer) if ft.packing else {"checked": False, "reason": "no packing"}
+    plan = plan_batch(example_tokens, ft, world_size, packed_row_tokens(trainer.train_dataset) if ft.packing else None)
+    trainer.args.gradient_accumulation_steps = plan.gradient_accumulation_steps  # read when train() starts
+    return trainer, plan, isolation
+
+
+# ---------------------------------------------------------------- processes
+def process_info() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process, as `accelerate launch`/torchrun set them."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")))
+
+
+class _UnrecordedRun(StageRun):
+    """StageRun for the non-main processes of a distributed run: the main process records."""
+
+    def __enter__(self) -> "_UnrecordedRun":
+        self._t0 = time.perf_counter()
+        return self
+
+    def add_input(self, path) -> None:
+        pass
+
+    def add_output(self, path) -> None:
+        pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
+
+ENGINES = {"MULTI_GPU": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
+
+
+def check_accelerate_config(ft) -> dict:
+    """Read finetune.accelerate_config and check that it can train this profile; returns the YAML."""
+    import yaml
+
+    path = Path(ft.accelerate_config or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"finetune.accelerate_config: {path} not found")
+    config = yaml.safe_load(path.read_text()) or {}
+    kind = str(config.get("distributed_type", "")).upper()
+    if kind not in ENGINES:
+        raise ValueError(f"{path}: distributed_type {config.get('distributed_type')!r}; stage 03 runs "
+                         f"with {', '.join(ENGINES)}")
+    if ft.load_in_8bit and kind != "MULTI_GPU":
+        raise ValueError(f"{path}: finetune.load_in_8bit cannot be sharded by {kind}: use load_in_4bit "
+                         "(QLoRA; accelerate/fsdp_qlora.yaml) or accelerate/ddp.yaml")
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(f"{path}: DeepSpeed ZeRO needs the deepspeed package: pip install deepspeed")
+    return config
+
+
+def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
+    """The command that trains stage 03 on finetune.num_gpus GPUs: `accelerate launch` running
+    `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` once per GPU."""
+    ft = profile.finetune
+    if not profile.source_file:
+        raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
+    check_accelerate_config(ft)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ft.accelerate_config),
+           "--num_processes", str(ft.num_gpus), "--num_machines", "1",
+           "-m", "platypus_utils.finetune", str(profile.source_file)]
+    for key, value in sorted((overrides or {}).items()):
+        cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back typed by --set
+    return cmd
+
+
+def distributed_result(profile) -> dict:
+    """In a single process with finetune.num_gpus > 1: the metrics of the finished distributed run
+    (03_finetune's manifest matches the params, inputs and outputs), or an error with the command."""
+    from .runner import artifacts_up_to_date
+
+    fresh, why = artifacts_up_to_date(profile, STAGE)
+    metrics_path = profile.run_dir(STAGE) / "metrics.json"
+    if fresh and metrics_path.is_file():
+        log.info("finetune: showing the results of the %d-GPU run in %s", profile.finetune.num_gpus,
+                 profile.run_dir(STAGE))
+        return json.loads(metrics_path.read_text())
+    cmd = " ".join(shlex.quote(c) for c in accelerate_command(profile))
+    raise RuntimeError(f"finetune.num_gpus={profile.finetune.num_gpus}: training runs under accelerate launch, "
+                       f"not in this process, and no finished run matches ({why}). `platypus run` launches "
+                       f"it; by hand: {cmd}")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -364,6 +679,32 @@ def plot_loss_curve(rows: Sequence[dict], stem: Path, title: str) -> list[Path]:
     return save_figure(fig, stem, caption)
 
 
+def _engine_name(ft) -> str:
+    import yaml
+
+    kind = str((yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("distributed_type", ""))
+    return ENGINES.get(kind.upper(), kind.lower())
+
+
+def _save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
+    """Every process joins the save (FSDP/ZeRO-3 gather the adapter); the main one writes it to a
+    fixed partial folder, then renames it into place."""
+    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
+    if is_main and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # collective; only the main process writes
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        (partial / "training_args.bin").unlink(missing_ok=True)  # not part of the adapter
+        old = adapter_dir.with_name(f".{adapter_dir.name}.old")
+        if adapter_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(adapter_dir, old)
+        os.replace(partial, adapter_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _peak_memory() -> dict[str, float]:
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
     if torch.cuda.is_available():
@@ -379,9 +720,11 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     reports/<name>/figures/03_loss_curve.{png,pdf}. An interrupted run resumes from its last
     checkpoint in 03_finetune/checkpoints/ (kept only while it matches the params and data).
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests).
+
+    With finetune.num_gpus > 1 this runs once per GPU under `accelerate launch` (the runner starts
+    it: accelerate_command); called in a single process it returns the finished run's metrics.
     """
     import transformers
-    from trl import SFTTrainer
 
     from .models import load_tokenizer, pick_device, pick_dtype, resolve_model
 
@@ -389,13 +732,19 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     stage_dir = profile.run_dir(STAGE)
     clean_path = profile.run_dir(UPSTREAM) / "clean.jsonl"
     params = profile.fingerprint_params(STAGE)
+    rank, local_rank, world_size = process_info()
+    if ft.num_gpus > 1 and world_size == 1:
+        return distributed_result(profile)  # trained under accelerate launch; show its results
+    is_main = rank == 0
+    record = StageRun if is_main else _UnrecordedRun  # one process of a distributed run records
 
-    with StageRun(stage_dir, STAGE, params) as run:
+    with record(stage_dir, STAGE, params) as run:
         # ---- data
         raw = read_jsonl(clean_path)
         if not raw:
             raise ValueError(f"{clean_path}: no rows to fine-tune on (is the 02_decontaminate output empty?)")
         run.add_input(clean_path)
+        clean_sha256 = sha256_path(clean_path)
 
         cache_dir = profile.cache_dir()
         resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
@@ -431,23 +780,32 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
         # ---- model
         transformers.set_seed(profile.seed)
         device = pick_device("auto")
+        if world_size > 1 and device == "cuda":
+            device = f"cuda:{local_rank}"  # each process loads its copy onto its own GPU
         dtype = pick_dtype(profile.models.torch_dtype, device)
-        if ft.num_gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            log.warning("finetune.num_gpus=%d but this process is not distributed: training on one device "
-                        "(launch with accelerate/torchrun to use several)", ft.num_gpus)
+        ckpt_dir = stage_dir / CHECKPOINTS
+        # the training arguments first: they set up the process group of a distributed run
+        args = build_sft_config(ft, ckpt_dir, profile.seed, device, dtype)
+        attn_implementation = resolve_attn_implementation(ft, device, dtype)
         with run.timed("load_model"):
             model = _load_base(profile, resolved, device, dtype, ft)
+        model.set_attn_implementation(attn_implementation)
         check_target_modules(model, ft.target_modules)
-        lora = build_lora_config(ft)
 
-        ckpt_dir = stage_dir / CHECKPOINTS
-        run_key = {"params": params, "clean_sha256": run.inputs[str(clean_path.resolve())],
-                   "base_model": resolved}
-        resume_from = _prepare_checkpoint_dir(ckpt_dir, run_key)
+        from accelerate import PartialState
 
-        args = build_sft_config(ft, ckpt_dir, profile.seed, device, dtype)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks or []))
+        processes = PartialState()
+        run_key = {"params": params, "clean_sha256": clean_sha256, "base_model": resolved}
+        if is_main:
+            resume_from = _prepare_checkpoint_dir(ckpt_dir, run_key)
+        processes.wait_for_everyone()
+        if not is_main:
+            complete = _complete_checkpoints(ckpt_dir)
+            resume_from = complete[-1] if complete else None
+
+        example_tokens = full_len[train_idx].clip(max=ft.cutoff_len)
+        trainer, plan, isolation = prepare_trainer(model, tokenizer, train_ds, ft, args, example_tokens,
+                                                   world_size, eval_ds, callbacks)
 
         # TRL tokenized the data; check the recipe held (EOS once, prompt masked) before spending compute
         eos_id = tokenizer.eos_token_id
@@ -464,15 +822,17 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
                 if problem:
                     raise RuntimeError(f"{clean_path}, row {row_lines[i]}, after tokenization: {problem}")
 
-        steps_per_epoch = math.ceil(math.ceil(len(trainer.train_dataset) / ft.per_device_train_batch_size)
-                                    / ft.gradient_accumulation_steps)
-        planned_steps = ft.max_steps if ft.max_steps > 0 else math.ceil(steps_per_epoch * ft.num_train_epochs)
-        train_tokens = int(full_len[train_idx].clip(max=ft.cutoff_len).sum())
+        planned_steps = ft.max_steps if ft.max_steps > 0 else math.ceil(plan.steps_per_epoch * ft.num_train_epochs)
+        train_tokens = int(example_tokens.sum())
         log.info("finetune: %d train / %d held-out examples (%d skipped, %d truncated to %d tokens), "
-                 "%d tokens per epoch; %d optimizer steps of %d x %d examples; %s, %s%s",
+                 "%d tokens per epoch; %d optimizer steps of %d x %d x %d %ss (~%.0f tokens, ~%.1f examples; %s); "
+                 "%s, %s, %s attention%s%s%s",
                  len(train_idx), len(eval_idx), sum(skipped.values()), int(truncated[train_idx].sum()),
-                 ft.cutoff_len, train_tokens, planned_steps, ft.per_device_train_batch_size,
-                 ft.gradient_accumulation_steps, device, str(dtype).replace("torch.", ""),
+                 ft.cutoff_len, train_tokens, planned_steps, plan.per_device_batch, plan.gradient_accumulation_steps,
+                 world_size, plan.unit, plan.tokens_per_step, plan.examples_per_step, plan.rule,
+                 device, str(dtype).replace("torch.", ""), attn_implementation,
+                 ", Liger kernels" if args.use_liger_kernel else "",
+                 ", gradient checkpointing" if ft.gradient_checkpointing else "",
                  f"; resuming from {resume_from.name}" if resume_from else "")
 
         # ---- train
@@ -488,16 +848,22 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_wall = time.perf_counter() - t0
         run.timings["train"] = round(train_wall, 3)
+        # sharded engines (FSDP, ZeRO-3) only run through their wrapper, every process in step
+        eval_model = trainer.model_wrapped if world_size > 1 else peft_model
         with run.timed("eval_after"):
-            after = completion_loss(peft_model, prepared_eval, tokenizer.pad_token_id,
+            after = completion_loss(eval_model, prepared_eval, tokenizer.pad_token_id,
                                     ft.per_device_train_batch_size)
         log.info("finetune: held-out completion loss after training %.4f", after["loss"])
 
         # ---- save
         adapter_dir = stage_dir / "adapter"
-        with run.timed("save"), atomic_path(adapter_dir) as tmp:
-            peft_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        with run.timed("save"):
+            if world_size == 1:
+                with atomic_path(adapter_dir) as tmp:
+                    peft_model.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+            else:
+                _save_adapter_distributed(trainer, adapter_dir, is_main)
 
         state = trainer.state
         session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
@@ -539,8 +905,20 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
             "lora_trainable_params": int(n_trainable),
             "model_params": int(n_total),
             "packing": ft.packing,
+            "packing_isolation": isolation,
+            "batch_plan": plan.as_metrics(),
+            "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+            "attn_implementation": attn_implementation,
+            "use_liger_kernel": bool(args.use_liger_kernel),
+            "gradient_checkpointing": ft.gradient_checkpointing,
+            "world_size": world_size,
+            "engine": _engine_name(ft) if world_size > 1 else "single",
             **_peak_memory(),
         }
+        if not is_main:
+            return metrics
+        if ft.partner_adapter is not None:  # 04_merge's partner fine-tune, in miniature
+            metrics["partner_adapter"] = train_partner_adapter(profile, run, world_size)
         metrics_path = write_json(stage_dir / "metrics.json", metrics)
         log_path = write_text(stage_dir / "log_history.csv", _csv_text(rows_csv))
         figures = plot_loss_curve(rows_csv, profile.report_dir("figures") / "03_loss_curve",
@@ -552,3 +930,102 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
         # finished one left behind would turn a forced re-run into a no-op
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
+
+
+# ---------------------------------------------------------------- the partner adapter (04's demo)
+PARTNER_ADAPTER = "partner_adapter"
+
+
+def train_partner_adapter(profile, run=None, world_size: int = 1) -> dict:
+    """Train finetune.partner_adapter: a second, small LoRA with the same settings, on the rows of
+    clean.jsonl whose data_source is in partner_adapter.data_sources, for partner_adapter.max_steps
+    steps; saved atomically to 03_finetune/partner_adapter. Stage 04 merges it into the base to make
+    the "partner fine-tune" that the Platypus adapter is then merged onto (the paper's merge, in
+    miniature). Single-process runs only; returns its metrics."""
+    from trl import SFTTrainer
+
+    from .models import load_tokenizer, pick_device, pick_dtype, resolve_model
+
+    ft, pa = profile.finetune, profile.finetune.partner_adapter
+    if world_size > 1:
+        log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
+        return {"skipped": "distributed run"}
+    stage_dir = profile.run_dir(STAGE)
+    clean_path = profile.run_dir(UPSTREAM) / "clean.jsonl"
+    raw = read_jsonl(clean_path)
+    wanted = set(pa.data_sources)
+    sliced = [r for r in raw if r.get("data_source") in wanted]
+    if not sliced:
+        found = sorted({str(r.get("data_source")) for r in raw})
+        raise ValueError(f"{clean_path}: no row has a data_source in finetune.partner_adapter.data_sources "
+                         f"{sorted(wanted)}; the file has {found}")
+    cache_dir = profile.cache_dir()
+    resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
+    tokenizer = load_tokenizer(resolved, cache_dir=cache_dir)
+    rows, _, skipped = select_rows(sliced, f"{clean_path} (partner slice)", tokenizer.eos_token)
+    records = to_prompt_completion(rows, tokenizer.eos_token)
+    from datasets import Dataset
+
+    train_ds = Dataset.from_dict({"prompt": [r["prompt"] for r in records],
+                                  "completion": [r["completion"] for r in records]})
+    partner_ft = ft.model_copy(update={
+        "max_steps": pa.max_steps,
+        "learning_rate": pa.learning_rate or ft.learning_rate,
+        "gradient_accumulation_steps": pa.gradient_accumulation_steps or ft.gradient_accumulation_steps,
+        "warmup_steps": min(ft.warmup_steps, pa.max_steps // 2),
+        "save_steps": pa.max_steps + 1,  # no checkpoint: a few steps, retrained if interrupted
+        "logging_steps": 1,
+    })
+    import transformers
+
+    transformers.set_seed(profile.seed)
+    device = pick_device("auto")
+    dtype = pick_dtype(profile.models.torch_dtype, device)
+    work_dir = stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
+    t0 = time.perf_counter()
+    model = _load_base(profile, resolved, device, dtype, partner_ft)
+    trainer = SFTTrainer(model=model, args=build_sft_config(partner_ft, work_dir, profile.seed, device, dtype),
+                         train_dataset=train_ds, processing_class=tokenizer, peft_config=build_lora_config(partner_ft))
+    result = trainer.train()
+    out_dir = stage_dir / PARTNER_ADAPTER
+    with atomic_path(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    if run is not None:
+        run.add_output(out_dir)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["data_source"]] = counts.get(r["data_source"], 0) + 1
+    metrics = {"data_sources": counts, "examples": len(rows), "examples_skipped": skipped,
+               "steps": int(trainer.state.global_step), "train_loss_mean": round(float(result.training_loss), 6),
+               "tokens_seen": int(trainer.state.num_input_tokens_seen), "wall_s": round(time.perf_counter() - t0, 3)}
+    log.info("finetune: partner adapter on %d rows of %s: %d steps, mean loss %.4f, %.1f s -> %s", len(rows),
+             sorted(counts), metrics["steps"], metrics["train_loss_mean"], metrics["wall_s"], out_dir)
+    del trainer, model
+    return metrics
+
+
+# ---------------------------------------------------------------- one process of a launched run
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m platypus_utils.finetune PROFILE [--set KEY=VALUE ...]`: stage 03 in this process;
+    what `accelerate launch` runs once per GPU when finetune.num_gpus > 1 (see accelerate_command)."""
+    import argparse
+
+    from .cli import _parse_set
+    from .config import load_profile
+
+    parser = argparse.ArgumentParser(prog="python -m platypus_utils.finetune", description=main.__doc__)
+    parser.add_argument("params", help="profile YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
+    args = parser.parse_args(argv)
+    rank = process_info()[0]
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    run_finetune(load_profile(args.params, _parse_set(args.set)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

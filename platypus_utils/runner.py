@@ -50,6 +50,14 @@ def _jsonable(obj):
 
 def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     """Whether `stage` can be skipped, and why (or why not)."""
+    fresh, why = artifacts_up_to_date(profile, stage)
+    if fresh and not executed_notebook(profile, stage).is_file():
+        return False, "executed notebook missing"
+    return fresh, why
+
+
+def artifacts_up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
+    """Whether the stage's last manifest matches the params, inputs and outputs (notebook aside)."""
     manifest = read_manifest(profile.run_dir(stage))
     if not manifest or manifest.get("status") != "ok":
         return False, "no successful run recorded"
@@ -61,8 +69,6 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
                 return False, f"{kind[:-1]} missing: {path}"
             if sha256_path(path) != digest:
                 return False, f"{kind[:-1]} changed: {path}"
-    if not executed_notebook(profile, stage).is_file():
-        return False, "executed notebook missing"
     return True, "inputs, parameters and outputs unchanged"
 
 
@@ -94,6 +100,31 @@ def execute_stage(profile: Profile, stage: str, overrides: dict, verbose: bool =
     return time.perf_counter() - t0
 
 
+def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
+    """finetune.num_gpus > 1: train stage 03 under `accelerate launch` (one process per GPU) before
+    its notebook runs; the notebook then shows the results. Skipped when a finished run matches."""
+    import shlex
+    import subprocess
+
+    from .config import project_root_for
+    from .finetune import STAGE, accelerate_command
+
+    say = say or _printer()
+    if not force and artifacts_up_to_date(profile, STAGE)[0]:
+        say(f"[{STAGE}] the {profile.finetune.num_gpus}-GPU training is up to date: not relaunched")
+        return None
+    try:
+        cmd = accelerate_command(profile, overrides)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise StageFailed(f"stage {STAGE}: {exc}") from None
+    say(f"[{STAGE}] training on {profile.finetune.num_gpus} GPUs: {shlex.join(cmd)}")
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=str(project_root_for(Path(profile.source_file))))
+    if done.returncode != 0:
+        raise StageFailed(f"stage {STAGE}: accelerate launch exited with status {done.returncode}: {shlex.join(cmd)}")
+    return time.perf_counter() - t0
+
+
 def run(profile_path: str | Path, only: list[str] | None = None, start: str | None = None,
         force: bool = False, overrides: dict | None = None, verbose: bool = False) -> dict:
     """Validate the profile, then run the selected stages in order. Returns {stage: summary}."""
@@ -119,6 +150,8 @@ def run(profile_path: str | Path, only: list[str] | None = None, start: str | No
         else:
             say(f"[{stage}] running (--force)")
         try:
+            if stage == "03_finetune" and profile.finetune.num_gpus > 1:
+                launch_distributed_finetune(profile, overrides, force, say)
             seconds = execute_stage(profile, stage, overrides, verbose)
         except StageFailed as exc:
             summary["stages"][stage] = {"status": "failed", "error": str(exc)}

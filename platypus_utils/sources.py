@@ -18,6 +18,8 @@ Sources (`SOURCE_LOADERS`):
   theoremqa  TheoremQA, a JSON list of Question/Answer/Picture/theorem/...
   scibench   SciBench, a folder of <book>.json and <book>_sol.json
   scienceqa  ScienceQA as re-released for LLaVA (conversations)
+  prm800k    PRM800K (GitHub release): step-by-step MATH solutions with step ratings
+  arb        ARB (arb.duckai.org API JSON): math, physics, mcatReading, mcatScience, law
   hub        one of the Open-Platypus hub sources, by `hub_id` (needs network; see HUB_SOURCES)
 
 `limit` keeps the first N rows after formatting and filtering, in file order.
@@ -410,6 +412,143 @@ def load_scienceqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict],
     return rows, skipped
 
 
+# ---------------------------------------------------------------- PRM800K
+PRM_ANSWER_MARKER = "# Answer\n\n"
+
+
+def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
+    """One PRM800K record (openai/prm800k phase*_*.jsonl) -> row, as the authors' convert_prm.py shaped it:
+    only finished solutions (finish_reason "solution"), each step's completion rated +1 (a human
+    completion rated +1 too), the final answer after "# Answer" equal to the ground truth.
+
+    Fixes: the authors drew among the +1 completions with an unseeded random.choice; here the labeller's
+    chosen completion is taken when rated +1, else the first +1 completion that gives the answer, else the
+    first +1 one (deterministic). They also deleted the "# Answer" line with the answer; here the marker is
+    replaced by "The answer is ...", so the output states its answer. Steps are joined by newlines.
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("question"), dict) or not isinstance(obj.get("label"), dict):
+        skipped["malformed:prm800k_record"] += 1
+        return None
+    question, label = obj["question"], obj["label"]
+    if label.get("finish_reason") != "solution":
+        skipped["filtered:unfinished"] += 1
+        return None
+    problem, truth = question.get("problem"), question.get("ground_truth_answer")
+    if not isinstance(problem, str) or not problem.strip() or not isinstance(truth, str) or not truth.strip():
+        skipped["malformed:prm800k_question"] += 1
+        return None
+    texts: list[str] = []
+    for step in label.get("steps") or []:
+        if not isinstance(step, dict):
+            continue
+        good = [c for c in step.get("completions") or [] if isinstance(c, dict) and c.get("rating") == 1
+                and isinstance(c.get("text"), str)]
+        chosen = step.get("chosen_completion")
+        completions = step.get("completions") or []
+        if isinstance(chosen, int) and 0 <= chosen < len(completions) and completions[chosen] in good:
+            texts.append(completions[chosen]["text"])
+        elif good:
+            with_answer = [c for c in good if PRM_ANSWER_MARKER in c["text"]]
+            texts.append((with_answer or good)[0]["text"])
+        human = step.get("human_completion")
+        if isinstance(human, dict) and human.get("rating") == 1 and isinstance(human.get("text"), str):
+            texts.append(human["text"])
+    full = "\n".join(t.strip() for t in texts if t.strip())
+    cut = full.rfind(PRM_ANSWER_MARKER)
+    if cut == -1:
+        skipped["filtered:no_final_answer"] += 1
+        return None
+    found = full[cut + len(PRM_ANSWER_MARKER):].strip()
+    if found != truth.strip():
+        skipped["filtered:answer_mismatch"] += 1
+        return None
+    body = full[:cut].strip()
+    output = (body + "\n" if body else "") + f"The answer is {found}."
+    return _row(problem.strip(), "", output, "MATH/PRM-800K")
+
+
+def load_prm800k(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+    """PRM800K (GitHub release, openai/prm800k/prm800k/data/phase{1,2}_{train,test}.jsonl): a file or a
+    folder of them. Rows are per labelled solution, so a problem can come several times; the curation's
+    exact dedup keeps the longest. With the `math` source enabled too, the same dedup lets a longer PRM
+    solution replace the MATH reference one, as the authors' update_MATH.py did."""
+    skipped: Counter = Counter()
+    rows = []
+    for f in _files_in(_source_path(src), "*.jsonl"):
+        for _, obj in _read_json_lines(f, skipped):
+            row = format_prm800k(obj, skipped)
+            if row is not None:
+                rows.append(row)
+    return rows, skipped
+
+
+# ---------------------------------------------------------------- ARB
+ARB_CHOICE_INPUT = "Choose A, B, C or D as your solution."
+
+
+def _arb_field(obj: dict, *names: str) -> Any:
+    for name in names:
+        if name in obj:
+            return obj[name]
+    return None
+
+
+def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
+    """One ARB record (arb.duckai.org API JSON) -> row, as the authors' duckai_format.py shaped it.
+
+    math, physics: instruction = Problem_Statement, output = Solution. mcatReading, mcatScience:
+    instruction = problem + "\nA. ..." option lines, input "Choose A, B, C or D as your solution.",
+    output = the solution without its leading "X." answer letter. law: the same instruction and input,
+    output = the Final Answer.
+    """
+    if not isinstance(obj, dict):
+        skipped["not_an_object"] += 1
+        return None
+    problem = _arb_field(obj, "Problem Statement", "Problem_Statement")
+    if not isinstance(problem, str) or not problem.strip():
+        skipped["malformed:arb_problem"] += 1
+        return None
+    kind = subset.lower()
+    if kind.startswith(("math", "physics")):
+        solution = _arb_field(obj, "Solution")
+        if not isinstance(solution, str) or not solution.strip():
+            skipped["malformed:arb_solution"] += 1
+            return None
+        return _row(problem.strip(), "", solution.strip(), "ARB")
+    options = _arb_field(obj, "Answer Candidates", "Answer_Candidates")
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+        skipped["malformed:arb_options"] += 1
+        return None
+    instruction = problem.strip() + "".join(f"\n{chr(65 + i)}. {o}" for i, o in enumerate(options))
+    if kind.startswith("law"):
+        output = _arb_field(obj, "Final Answer", "Final_Answer")
+    elif kind.startswith("mcat"):
+        output = _arb_field(obj, "Solution")
+        output = output.split(".", 1)[-1].lstrip() if isinstance(output, str) else None
+    else:
+        raise UnknownSourceError(f"ARB subset {subset!r}: expected math, physics, mcatReading, mcatScience or law")
+    if not isinstance(output, str) or not output.strip():
+        skipped["malformed:arb_answer"] += 1
+        return None
+    return _row(instruction, ARB_CHOICE_INPUT, output.strip(), "ARB")
+
+
+def load_arb(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+    """ARB: a folder of <subset>.json files (a JSON list per subset, as the arb.duckai.org API returns it;
+    the subset - math, physics, mcatReading, mcatScience, law - is read from the file name)."""
+    skipped: Counter = Counter()
+    rows = []
+    for f in _files_in(_source_path(src), "*.json"):
+        data = _read_json(f)
+        if not isinstance(data, list):
+            raise ValueError(f"{f}: expected a JSON list of ARB problems, got {type(data).__name__}")
+        for obj in data:
+            row = format_arb(obj, f.stem, skipped)
+            if row is not None:
+                rows.append(row)
+    return rows, skipped
+
+
 # ---------------------------------------------------------------- hub sources (network)
 def _hub_open_platypus(rec: dict, skipped: Counter) -> Optional[dict]:
     rows = validate_rows([rec], "open-platypus", skipped)
@@ -492,7 +631,7 @@ class HubSource:
     data_files: Optional[str] = None
 
 
-# Default hub ids from PLATYPUS.md §1. PRM800K, ARB and SciBench were never hub datasets.
+# Default hub ids from PLATYPUS.md §1. PRM800K, ARB and SciBench were never hub datasets (local loaders above).
 HUB_SOURCES: dict[str, HubSource] = {
     "garage-bAInd/Open-Platypus": HubSource(("train",), _hub_open_platypus),
     "metaeval/ScienceQA_text_only": HubSource(("train",), _hub_scienceqa),
@@ -537,6 +676,8 @@ SOURCE_LOADERS: dict[str, Callable[["SourceConfig", "Profile"], tuple[list[dict]
     "theoremqa": load_theoremqa,
     "scibench": load_scibench,
     "scienceqa": load_scienceqa,
+    "prm800k": load_prm800k,
+    "arb": load_arb,
     "hub": load_hub,
 }
 

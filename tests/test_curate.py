@@ -86,3 +86,249 @@ def test_embedding_cache_roundtrip(tmp_path):
     assert list(got) == ["k2"] and np.allclose(got["k2"], [0, 1])
     (again.dir / "chunk-broken.npz").write_bytes(b"not a zip")
     assert list(EmbeddingCache(tmp_path, "m").get(["k1"])) == ["k1"]
+
+
+# ---------------------------------------------------------------- FAISS backend
+def _clustered(n, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    k = n // 4
+    x[-k:] = x[:k] + 0.25 * rng.standard_normal((k, dim)).astype(np.float32)  # near-duplicates of the first rows
+    return normalise(x[rng.permutation(n)])
+
+
+def _pair_set(gen):
+    out = {}
+    for ii, jj, ss in gen:
+        out.update({(i, j): s for i, j, s in zip(ii.tolist(), jj.tolist(), ss.tolist())})
+    return out
+
+
+def test_faiss_backend_gives_the_numpy_pairs():
+    pytest.importorskip("faiss")
+    a, b = _clustered(300), _clustered(170, seed=1)
+    for other in (None, b):
+        want = _pair_set(pairs_above(a, other, 0.5, block_size=64))
+        got = _pair_set(pairs_above(a, other, 0.5, block_size=64, backend="faiss"))
+        assert set(got) == set(want) and want
+        assert all(abs(got[k] - want[k]) < 1e-5 for k in want)
+        assert all(i < j for i, j in got) or other is not None
+    rows = [row(f"q{i}", "x" * (i % 13)) for i in range(len(a))]
+    (k_faiss, r_faiss), (k_numpy, r_numpy) = near_dedup(rows, a, 0.8, 64, backend="faiss"), near_dedup(rows, a, 0.8, 64)
+    assert k_faiss == k_numpy and r_numpy
+    assert [(r["index"], r["duplicate_of"]) for r in r_faiss] == [(r["index"], r["duplicate_of"]) for r in r_numpy]
+
+
+def test_unknown_backend_and_missing_faiss_are_clear(monkeypatch):
+    a = _clustered(8)
+    with pytest.raises(ValueError, match="backend 'annoy'"):
+        list(pairs_above(a, None, 0.5, backend="annoy"))
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("no faiss")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        list(pairs_above(a, None, 0.5, backend="faiss"))
+
+
+def test_near_dedup_random_clusters_order_independent():
+    emb = _clustered(200, dim=16, seed=3)
+    rows = [row(f"q{i}", "y" * (i * 7 % 23)) for i in range(len(emb))]
+    kept, removed = near_dedup(rows, emb, 0.8, block_size=32)
+    assert removed and len(kept) + len(removed) == len(rows)
+    for r in removed:  # the row it duplicated is kept and at least as verbose
+        assert r["duplicate_of"] in kept and len(rows[r["duplicate_of"]]["output"]) >= len(rows[r["index"]]["output"])
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(len(rows))
+        k2, _ = near_dedup([rows[i] for i in perm], emb[perm], 0.8, block_size=32)
+        assert sorted(int(perm[i]) for i in k2) == kept
+
+
+# ---------------------------------------------------------------- the embedding cache
+class CountingModel:
+    """Stands in for a SentenceTransformer: vectors from a hash of the text, and a record of what it encoded."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts, **kwargs):
+        self.seen += list(texts)
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(8) for t in texts]).astype(np.float32)
+
+
+def test_embedder_encodes_only_new_text(tmp_path):
+    from platypus_utils.embeddings import Embedder
+
+    first = Embedder("embedded:all-minilm-l6-v2", tmp_path)
+    first._model = CountingModel()
+    v1 = first.encode(["alpha", "beta", "alpha"])
+    assert sorted(first._model.seen) == ["alpha", "beta"] and first.stats == {"cached": 1, "encoded": 2}
+    second = Embedder("embedded:all-minilm-l6-v2", tmp_path)  # a new process: reads the cache from disk
+    second._model = CountingModel()
+    v2 = second.encode(["alpha", "beta", "alpha"])
+    assert second._model.seen == [] and second.stats == {"cached": 3, "encoded": 0}
+    assert np.array_equal(v1, v2)
+    second.encode(["beta", "gamma"])
+    assert second._model.seen == ["gamma"]
+
+
+# ---------------------------------------------------------------- weights
+def test_apply_weights_is_seeded_and_order_independent():
+    from platypus_utils.curate import apply_weights
+
+    rows = [row(f"q{i}", "o", src="a" if i < 10 else "b") for i in range(16)]
+    group = [0 if i < 10 else 1 for i in range(16)]
+    final, removed = apply_weights(rows, list(range(16)), group, {0: 0.5, 1: 1.5}, seed=1)
+    assert sum(g == 0 for g in (group[i] for i in final)) == 5 and len(removed) == 5
+    assert sum(group[i] == 1 for i in final) == 9  # 6 rows, 3 of them twice
+    assert final == sorted(final)  # input order, copies adjacent
+    assert final == apply_weights(rows, list(range(16)), group, {0: 0.5, 1: 1.5}, seed=1)[0]
+    assert final != apply_weights(rows, list(range(16)), group, {0: 0.5, 1: 1.5}, seed=2)[0]
+    perm = list(reversed(range(16)))
+    again, _ = apply_weights([rows[i] for i in perm], list(range(16)), [group[i] for i in perm], {0: 0.5, 1: 1.5}, 1)
+    assert sorted(perm[i] for i in again) == final
+    assert apply_weights(rows, list(range(16)), group, {0: 2.0}, 1)[0].count(3) == 2
+
+
+# ---------------------------------------------------------------- the stage on small fixtures
+import json  # noqa: E402
+import re  # noqa: E402
+import zlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+from platypus_utils import curate  # noqa: E402
+
+
+class BagOfWordsEmbedder:
+    """Stands in for the embedding model in stage tests: rewordings that share most words are near-duplicates."""
+
+    def __init__(self, *args, **kwargs):
+        self.stats = {"cached": 0, "encoded": 0}
+
+    def encode(self, texts, desc=""):
+        out = np.zeros((len(texts), 256), dtype=np.float32)
+        for k, t in enumerate(texts):
+            for w in re.findall(r"\w+", normalise_text(t)):
+                out[k, zlib.crc32(w.encode()) % 256] += 1
+        self.stats["encoded"] += len(texts)
+        return normalise(out + 1e-6)
+
+
+def _jsonl(path, lines):
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fixture_sources(tmp_path):
+    a = _jsonl(tmp_path / "alpha.jsonl", [
+        row("What is the boiling point of water at sea level?", "100 degrees Celsius.", src="alpha"),
+        row("what is the boiling point of water  at sea level?", "It boils at 100 degrees Celsius at sea level.",
+            src="alpha"),  # exact duplicate after normalising, longer output: kept instead
+        row("Name the largest planet in the solar system.", "Jupiter.", src="alpha"),
+        "{not json",
+        {"instruction": "Q", "input": 3, "output": "A"},
+        {"instruction": "", "input": "", "output": "A"},
+    ] + [row(q, a, src="alpha") for q, a in [
+        ("Define kinetic energy.", "Energy of motion, one half m v squared."),
+        ("Who proposed the theory of general relativity?", "Albert Einstein."),
+        ("Convert 3 kilometres to metres.", "3000 metres."),
+        ("Why is the sky blue?", "Rayleigh scattering of sunlight."),
+        ("List three prime numbers.", "2, 3 and 5."),
+        ("What does DNA encode?", "Genetic instructions for proteins."),
+    ]])
+    b = _jsonl(tmp_path / "beta.jsonl", [
+        row("Name the largest planet in our solar system, please.", "Jupiter is the largest planet.", src="beta"),
+        row("Explain photosynthesis in one sentence.", "Plants turn light, water and CO2 into sugar and oxygen.",
+            src="beta"),
+    ])
+    return a, b
+
+
+def _profile(make_profile, a, b, **curate_extra):
+    sources = [{"name": "jsonl", "path": str(a)}, {"name": "jsonl", "path": str(b)}, {"name": "reclor_local"}]
+    return make_profile(curate={"sources": sources, **curate_extra})
+
+
+def test_stage_counts_every_row_and_rebuilds_byte_identical(make_profile, fixture_sources, monkeypatch):
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    a, b = fixture_sources
+    profile = _profile(make_profile, a, b)
+    report = curate.run_curate(profile)
+    per = report["per_source"]
+    assert per["alpha"]["exact_dup"] == 1 and per["alpha"]["kept"] >= 7
+    assert per["alpha"]["malformed"] == 3 and per["alpha"]["loaded"] == 12
+    assert report["skipped_by_reason"]["alpha"] == {"empty_field:instruction": 1, "malformed_json": 1,
+                                                    "non_string_field:input": 1}
+    assert report["skipped_by_reason"]["reclor_local"] == {"unknown_source": 1}  # counted; the run went on
+    assert per["beta"]["near_dup"] + per["alpha"]["near_dup"] == 1  # the two "largest planet" rows
+    for s, c in per.items():  # nothing dropped without being counted
+        assert c["loaded"] - c["malformed"] - c["filtered"] - c["exact_dup"] - c["near_dup"] - c["undersampled"] \
+            + c["oversampled"] == c["kept"], s
+    out = profile.run_dir("01_curate")
+    curated = [json.loads(x) for x in (out / "curated.jsonl").read_text().splitlines()]
+    assert "It boils at 100 degrees Celsius at sea level." in [r["output"] for r in curated]
+    assert "Jupiter is the largest planet." in [r["output"] for r in curated]  # the more verbose of the pair
+    removed = [json.loads(x) for x in (out / "removed.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in removed} == {"exact_duplicate", "near_duplicate"}
+    first = (out / "curated.jsonl").read_bytes()
+    manifest = json.loads((out / "manifest.json").read_text())
+    curate.run_curate(profile)
+    assert (out / "curated.jsonl").read_bytes() == first
+    assert json.loads((out / "manifest.json").read_text())["outputs"] == manifest["outputs"]
+
+    swapped = make_profile(curate={"sources": [{"name": "jsonl", "path": str(b)}, {"name": "jsonl", "path": str(a)}]},
+                           paths={"runs_dir": str(out.parent.parent.parent / "runs2")})
+    curate.run_curate(swapped)
+    again = [json.loads(x) for x in (swapped.run_dir("01_curate") / "curated.jsonl").read_text().splitlines()]
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, curated))  # same rows whatever the source order
+
+
+def test_stage_weights_and_missing_file(make_profile, fixture_sources, monkeypatch, tmp_path):
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    a, b = fixture_sources
+    profile = make_profile(curate={"sources": [{"name": "jsonl", "path": str(a), "weight": 0.5},
+                                               {"name": "jsonl", "path": str(b), "weight": 2}]})
+    report = curate.run_curate(profile)
+    per = report["per_source"]
+    after_dedup = per["alpha"]["kept"] + per["alpha"]["undersampled"]
+    assert per["alpha"]["kept"] == round(after_dedup * 0.5) and per["alpha"]["undersampled"] > 0
+    assert per["beta"]["oversampled"] == per["beta"]["kept"] // 2 > 0
+    removed = [json.loads(x) for x in (profile.run_dir("01_curate") / "removed.jsonl").read_text().splitlines()]
+    assert sum(r["reason"] == "undersampled" for r in removed) == per["alpha"]["undersampled"]
+    assert report["weights"] == {"jsonl:alpha.jsonl": 0.5, "jsonl:beta.jsonl": 2.0}
+
+    missing = make_profile(curate={"sources": [{"name": "jsonl", "path": str(tmp_path / "gone.jsonl")}]})
+    with pytest.raises(FileNotFoundError, match="gone.jsonl"):
+        curate.run_curate(missing)
+
+
+def test_push_to_hub_is_off_by_default_and_uses_the_token(make_profile, fixture_sources, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    calls = []
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub",
+                        lambda self, repo, **kw: calls.append((repo, len(self), kw)), raising=True)
+    a, b = fixture_sources
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    curate.run_curate(_profile(make_profile, a, b))
+    assert calls == []
+    pushing = _profile(make_profile, a, b, push_to_hub=True, push_to_hub_repo="me/rebuild")
+    assert pushing.needs_hub()
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        curate.run_curate(pushing)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    report = curate.run_curate(pushing)
+    assert calls == [("me/rebuild", report["totals"]["kept"], {"token": "hf_test", "private": True})]
+    manifest = json.loads((pushing.run_dir("01_curate") / "manifest.json").read_text())
+    assert manifest["metrics"]["pushed_to"] == "me/rebuild"

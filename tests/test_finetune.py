@@ -216,11 +216,28 @@ def test_run_finetune_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
-    """bfd packing (padding-free; transformers masks across the packed examples from position ids)."""
-    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=4)
-    metrics = ft_mod.run_finetune(profile)
-    assert metrics["packing"] and metrics["steps"] == 4
+    """bfd packing (padding-free; transformers masks across the packed examples from position ids):
+    the isolation check runs, and the step keeps the profile's 6 examples' worth of tokens."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class RecordAccumulation(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+
+    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=4,
+                               per_device_train_batch_size=1, gradient_accumulation_steps=6)
+    metrics = ft_mod.run_finetune(profile, callbacks=[RecordAccumulation()])
+    assert metrics["packing"] == "bfd" and metrics["steps"] == 4
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert metrics["packing_isolation"]["checked"] and metrics["packing_isolation"]["max_rel_diff"] < 1e-4
+    plan = metrics["batch_plan"]
+    assert plan["unit"] == "packed row" and plan["tokens_per_step_target"] == pytest.approx(
+        6 * plan["mean_example_tokens"], rel=1e-3)
+    # rows hold several examples, so fewer rows per step; the trainer used the planned accumulation
+    assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] < 6
+    assert metrics["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"]
 
 
 def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
@@ -315,3 +332,161 @@ def test_stale_checkpoints_are_not_resumed(tmp_path):
     assert not (ckpt / "checkpoint-4").exists()
     assert ft_mod._prepare_checkpoint_dir(ckpt, {"params": 2}) is None
     assert not (ckpt / "checkpoint-2").exists()
+
+
+# ---------------------------------------------------------------- packing keeps examples apart
+def _stage_trainer(model_dir, tokenizer, rows, tmp_path, attn, **finetune):
+    """The stage's trainer (prepare_trainer: SFTTrainer + LoRA + batch plan) on `rows`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    profile = finetune_profile(tmp_path, model_dir, **finetune)
+    args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.set_attn_implementation(attn)
+    dataset = ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token)
+    trainer, plan, isolation = ft_mod.prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50] * len(rows))
+    trainer.model.eval()  # no LoRA dropout: both layouts must see the same function
+    return trainer, isolation
+
+
+def _loss_by_example(trainer, batch) -> tuple[float, dict]:
+    """The trainer's own loss on a collated batch, and each example's completion loss keyed by its
+    tokens (from the model called as compute_loss calls it: the batch's keys, no KV cache)."""
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        all_logits = trainer.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    out = {}
+    for row in range(batch["input_ids"].shape[0]):
+        ids, labels, logits = batch["input_ids"][row], batch["labels"][row], all_logits[row]
+        if "position_ids" in batch:  # padding-free: examples start where the positions restart
+            starts = (batch["position_ids"][row] == 0).nonzero().flatten().tolist() + [len(ids)]
+            lengths = [b - a for a, b in zip(starts, starts[1:])]
+        else:
+            lengths = [int(batch["attention_mask"][row].sum())]
+        losses = ft_mod.segment_losses(logits, labels, lengths)
+        start = 0
+        for n, value in zip(lengths, losses):
+            out[tuple(ids[start:start + n].tolist())] = value
+            start += n
+    return float(loss), out
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_dir, tokenizer, tmp_path, attn):
+    """The same 10 examples through the stage's packed path (bfd rows, padding-free) and its unpacked
+    path (padded batch): each example's loss and the trainer's batch loss agree."""
+    rows = make_rows(10)
+    packed_trainer, isolation = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "p", attn,
+                                               packing="bfd", cutoff_len=160)
+    unpacked_trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "u", attn)
+    packed_rows = list(packed_trainer.train_dataset)
+    assert max(len(r["seq_lengths"]) for r in packed_rows) >= 3  # really several examples per row
+    packed_loss, packed = _loss_by_example(packed_trainer, packed_trainer.data_collator(packed_rows))
+    unpacked_loss, alone = _loss_by_example(
+        unpacked_trainer, unpacked_trainer.data_collator(list(unpacked_trainer.train_dataset)))
+    assert packed.keys() == alone.keys() and len(packed) == 10
+    for key in packed:
+        assert packed[key] == pytest.approx(alone[key], rel=1e-5)
+    assert packed_loss == pytest.approx(unpacked_loss, rel=1e-5)  # token mean over the same completion tokens
+    assert isolation["checked"] and isolation["attn_implementation"] == attn
+    assert isolation["max_rel_diff"] < 1e-5
+
+
+def test_isolation_check_refuses_rows_whose_attention_crosses_examples(tiny_model_dir, tokenizer, tmp_path):
+    """A collator that gives packed rows a plain attention mask (no restarting positions) lets each
+    example attend to the ones before it: the check must catch it."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, make_rows(10), tmp_path, "sdpa",
+                                packing="bfd", cutoff_len=160)
+    trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=False)
+    with pytest.raises(RuntimeError, match="cross example boundaries.*attn_implementation='sdpa'"):
+        ft_mod.check_packing_isolation(trainer)
+
+
+def test_segment_losses_shift_inside_each_segment():
+    logits = torch.zeros(5, 3)
+    logits[0, 1] = logits[1, 2] = logits[3, 2] = 10.0  # predicts 1 after position 0, 2 after 1 and 3
+    labels = torch.tensor([-100, 1, 0, -100, 2])
+    first, second = ft_mod.segment_losses(logits, labels, [2, 3])
+    assert first == pytest.approx(0.0, abs=1e-3) and second == pytest.approx(0.0, abs=1e-3)
+    # as one segment, position 1 would predict position 2's label (0) across the boundary: wrong
+    (whole,) = ft_mod.segment_losses(logits, labels, [5])
+    assert whole == pytest.approx(10.0 / 3, rel=1e-3)
+
+
+# ---------------------------------------------------------------- speed options
+def test_packing_schema():
+    from pydantic import ValidationError
+
+    from platypus_utils.config import FinetuneConfig
+
+    assert FinetuneConfig(packing=True).packing == "bfd"
+    assert FinetuneConfig(packing=False).packing is False
+    assert FinetuneConfig(packing="bfd_split").packing == "bfd_split"
+    with pytest.raises(ValidationError, match="attention cross example boundaries"):
+        FinetuneConfig(packing="wrapped")
+    with pytest.raises(ValidationError, match="group_by_length"):
+        FinetuneConfig(packing="bfd", group_by_length=True)
+    with pytest.raises(ValidationError, match="needs accelerate_config"):
+        FinetuneConfig(num_gpus=2)
+
+
+def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
+    import importlib.util
+
+    def ft_for(**finetune):
+        return finetune_profile(tmp_path, tiny_model_dir, **finetune).finetune
+
+    def args_for(**finetune):
+        ft = ft_for(**finetune)
+        return ft, ft_mod.build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
+
+    _, packed = args_for(packing="bfd_split", gradient_checkpointing=True)
+    assert (packed.packing, packed.packing_strategy, packed.activation_checkpointing) == (True, "bfd_split", True)
+    assert packed.eval_packing is False  # held-out loss is measured per example
+    _, grouped = args_for(group_by_length=True, per_device_train_batch_size=4)
+    assert grouped.train_sampling_strategy == "group_by_length" and grouped.packing is False
+    ft, plain = args_for()
+    assert plain.train_sampling_strategy == "random" and plain.use_liger_kernel is False  # auto, on CPU
+    assert ft_mod.resolve_attn_implementation(ft, "cpu", torch.float32) == "sdpa"
+    liger_installed = importlib.util.find_spec("liger_kernel") is not None
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU" if liger_installed else "needs liger-kernel"):
+        ft_mod.build_sft_config(ft_for(use_liger_kernel=True), tmp_path / "ckpt", 0, "cpu", torch.float32)
+    assert ft_mod.resolve_liger(ft_for(use_liger_kernel=False), "cpu") is False
+    with pytest.raises(RuntimeError, match="flash_attention_2 needs a CUDA GPU"):
+        ft_mod.resolve_attn_implementation(ft_for(attn_implementation="flash_attention_2"), "cpu", torch.bfloat16)
+    assert ft_mod.resolve_attn_implementation(ft_for(attn_implementation="eager"), "cpu", torch.float32) == "eager"
+
+
+def test_plan_batch_keeps_the_paper_step_in_tokens():
+    from platypus_utils.config import FinetuneConfig
+
+    paper = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=16)
+    examples = [100] * 32
+    unpacked = ft_mod.plan_batch(examples, paper)
+    assert (unpacked.gradient_accumulation_steps, unpacked.tokens_per_step, unpacked.steps_per_epoch) == (16, 1600, 2)
+    assert unpacked.tokens_per_step_target is None and unpacked.examples_per_step == 16
+
+    # 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
+    packed = ft_mod.plan_batch(examples, paper, row_tokens=[400] * 8)
+    assert packed.tokens_per_step_target == 1600
+    assert (packed.gradient_accumulation_steps, packed.tokens_per_step, packed.examples_per_step) == (4, 1600, 16)
+    assert packed.steps_per_epoch == unpacked.steps_per_epoch == 2  # the schedule keeps its length
+
+    # the 70B profile: 1 x 2 x 8 GPUs = 16 examples; rows of 400 tokens: one row per GPU is 3200
+    # tokens, more than the 1600 target, and accumulation cannot go below 1
+    seventy = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=2, num_gpus=8,
+                             accelerate_config="a.yaml")
+    wide = ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
+    assert wide.tokens_per_step_target == 1600 and wide.gradient_accumulation_steps == 1
+    assert wide.tokens_per_step == 3200
+    assert wide.steps_per_epoch == 2  # 9 rows over 8 processes: 2 micro-batches each, one per step
+
+    # an explicit step size in tokens, packed and unpacked
+    explicit = FinetuneConfig(per_device_train_batch_size=2, tokens_per_step=3200)
+    assert ft_mod.plan_batch(examples, explicit, row_tokens=[400] * 8).gradient_accumulation_steps == 4
+    assert ft_mod.plan_batch(examples, explicit).gradient_accumulation_steps == 16  # 3200 / (2 x 100)
+    assert ft_mod.plan_batch([100] * 3, explicit).steps_per_epoch == 1
+    with pytest.raises(ValueError, match="no training examples"):
+        ft_mod.plan_batch([], paper)

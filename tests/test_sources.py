@@ -56,7 +56,8 @@ def test_has_stem_keyword_matches_whole_words(text, expected):
 
 # ---------------------------------------------------------------- registry and errors
 def test_registry_lists_every_source_and_unknown_names_fail(profile):
-    assert set(SOURCE_LOADERS) == {"demo", "jsonl", "math", "theoremqa", "scibench", "scienceqa", "hub"}
+    assert set(SOURCE_LOADERS) == {"demo", "jsonl", "math", "theoremqa", "scibench", "scienceqa", "prm800k", "arb",
+                                   "hub"}
     with pytest.raises(UnknownSourceError, match="known: demo, jsonl") as err:
         load_source(SourceConfig(name="reclor_local"), profile)
     assert isinstance(err.value, ValueError)
@@ -64,7 +65,7 @@ def test_registry_lists_every_source_and_unknown_names_fail(profile):
 
 def test_missing_path_names_it(profile, tmp_path):
     missing = tmp_path / "nowhere" / "test.jsonl"
-    for name in ("jsonl", "math", "theoremqa", "scibench", "scienceqa"):
+    for name in ("jsonl", "math", "theoremqa", "scibench", "scienceqa", "prm800k", "arb"):
         with pytest.raises(FileNotFoundError, match="nowhere"):
             load_source(SourceConfig(name=name, path=str(missing)), profile)
 
@@ -277,6 +278,31 @@ def fake_hub(monkeypatch):
         "jondurbin/airoboros-gpt4-1.4.1": [{"instruction": "What is a vector?", "response": "A magnitude and direction."},
                                            {"instruction": "Explain the physics of rainbows."},
                                            {"instruction": "Write a limerick.", "response": "There once was..."}],
+        "metaeval/ScienceQA_text_only": [  # columns of the hub release
+            {"question": "Based on the text, which animal is a mammal?", "choices": ["bat", "salmon"], "answer": 0,
+             "hint": "", "task": "closed choice", "grade": "grade3", "subject": "natural science", "topic": "biology",
+             "category": "Classification", "skill": "Identify mammals", "lecture": "Mammals have fur and feed milk.",
+             "solution": "A bat is a mammal: it has fur and feeds its young milk."},
+            {"question": "Which word would you find on a dictionary page?", "choices": ["cat", "dog"], "answer": 1,
+             "skill": "Use guide words", "lecture": "", "solution": "Put the words in order."},
+            {"question": "Which is a solid?", "choices": ["ice", "steam"], "answer": 0, "skill": "Identify solids",
+             "lecture": "", "solution": ""},
+            {"question": "Which is smoother?", "choices": ["glass", "sand"], "answer": 0, "skill": "Compare properties",
+             "lecture": "Materials differ.", "solution": "Glass is smoother than sand."}],
+        "wenhu/TheoremQA": [
+            {"Question": "How many labeled trees are there on 5 vertices?", "Answer": "125", "Answer_type": "integer",
+             "Picture": None, "id": "a", "theorem": "cayley's formula",
+             "theorem_def": "Cayley's formula: there are n^(n-2) labeled trees on n vertices."},
+            {"Question": "What does the figure show?", "Answer": "3", "Picture": "fig.png", "id": "b",
+             "theorem_def": "x"}],
+        "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k": [
+            {"instruction": "Write a solution in python.", "input": "Given an array nums, return its sum.",
+             "output": "def f(nums):\n    return sum(nums)"},
+            {"instruction": "Write a solution in c++.", "input": "Reverse a string.", "output": "..."}],
+        "nuprl/leetcode-solutions-python-testgen-gpt4": [
+            {"task_id": "two-sum", "prompt": "Given an array of integers, return indices of two that add to target.",
+             "full_code": "def two_sum(nums, target):\n    ...", "difficulty": "Easy"},
+            {"task_id": "broken", "full_code": "pass"}],
     }
     calls = []
 
@@ -333,3 +359,110 @@ def test_real_sources_load_with_expected_counts(profile):
     assert skipped["filtered:image"] == 2017
     books = [p for p in (REAL_SOURCES / "scibench").glob("*.json") if not p.stem.endswith("_sol")]
     assert sum(len(json.loads(p.read_text())) for p in books) == 580
+
+
+def test_hub_formatters_for_the_remaining_sources(profile, fake_hub):
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="metaeval/ScienceQA_text_only"), profile)
+    assert rows == [
+        {"instruction": "Based on the text, which animal is a mammal?\nA: bat\nB: salmon",
+         "input": "Mammals have fur and feed milk.",  # the lecture, for a "Based on ..." question
+         "output": "A bat is a mammal: it has fur and feeds its young milk.", "data_source": "scienceqa"},
+        {"instruction": "Which is smoother?\nA: glass\nB: sand", "input": "",  # no lecture for other questions
+         "output": "Glass is smoother than sand.", "data_source": "scienceqa"}]
+    assert skipped == Counter({"filtered:skill": 1, "filtered:no_solution": 1})
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="wenhu/TheoremQA"), profile)
+    assert rows == [{"instruction": "How many labeled trees are there on 5 vertices?\nRelevant Theorem: Cayley's formula: "
+                                    "there are n^(n-2) labeled trees on n vertices.",
+                     "input": "", "output": "125", "data_source": "theoremqa"}]
+    assert skipped == Counter({"filtered:image": 1})
+    assert ("wenhu/TheoremQA", "train", {"data_files": "test.csv"}) in fake_hub
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k"),
+                                profile)
+    assert rows == [{"instruction": "Given an array nums, return its sum.", "input": "",  # the problem was in `input`
+                     "output": "def f(nums):\n    return sum(nums)", "data_source": "tigerbot-kaggle"}]
+    assert skipped == Counter({"filtered:not_python": 1})
+
+    rows, skipped = load_source(SourceConfig(name="hub", hub_id="nuprl/leetcode-solutions-python-testgen-gpt4"), profile)
+    assert [r["data_source"] for r in rows] == ["leetcode_ne"] and rows[0]["output"].startswith("def two_sum")
+    assert skipped == Counter({"malformed:KeyError": 1})
+
+
+def test_theoremqa_and_scienceqa_use_the_hub_when_given_a_hub_id(profile, fake_hub):
+    rows, _ = load_source(SourceConfig(name="theoremqa", hub_id="wenhu/TheoremQA"), profile)
+    assert rows[0]["data_source"] == "theoremqa" and "Relevant Theorem: Cayley" in rows[0]["instruction"]
+
+
+# ---------------------------------------------------------------- PRM800K (GitHub release format)
+def _prm(problem, truth, steps, finish="solution"):
+    return {"labeler": "x", "timestamp": "t", "is_quality_control_question": False, "is_initial_screening_question": False,
+            "question": {"problem": problem, "ground_truth_answer": truth, "ground_truth_solution": "...",
+                         "pre_generated_answer": truth},
+            "label": {"steps": steps, "total_time": 1, "finish_reason": finish}}
+
+
+def _step(*completions, chosen=None, human=None):
+    return {"completions": [{"text": t, "rating": r, "flagged": None} for t, r in completions],
+            "human_completion": human, "chosen_completion": chosen}
+
+
+def test_prm800k_rows(profile, tmp_path):
+    folder = tmp_path / "prm800k"
+    folder.mkdir()
+    _lines(folder / "phase2_train.jsonl", [
+        _prm("What is $2+3$?", "5", [
+            _step(("We add the numbers.", 1), ("We multiply.", -1), chosen=0),
+            _step(("That is wrong.", -1), ("So $2+3=5$.", 1), ("Also 2+3 = 5.", 1), chosen=None),
+            _step(("# Answer\n\n5", 1), chosen=0)]),
+        _prm("What is $2+2$?", "4", [_step(("2+2 is 5.\n\n# Answer\n\n5", 1), chosen=0)]),  # answer mismatch
+        _prm("Hard problem", "7", [_step(("I give up.", 0), chosen=0)], finish="give_up"),
+        _prm("No answer line", "1", [_step(("It is 1.", 1), chosen=0)]),
+        _prm("A human step", "6", [_step(("Let us think.", 1), chosen=0),
+                                   _step(("Bad.", -1), human={"text": "It is 6.\n\n# Answer\n\n6", "rating": 1})]),
+        {"question": "not a dict", "label": {}},
+        "{broken",
+    ])
+    _lines(folder / "phase1_test.jsonl", [
+        _prm("What is $1+1$?", "2", [_step(("# Answer\n\n2", 1), chosen=0)])])
+    rows, skipped = load_source(SourceConfig(name="prm800k", path=str(folder)), profile)
+    _schema_ok(rows)
+    assert rows[0] == {"instruction": "What is $1+1$?", "input": "", "output": "The answer is 2.",  # phase1 file first
+                       "data_source": "MATH/PRM-800K"}
+    # the chosen +1 completion, then the first +1 one of an unchosen step; "# Answer" becomes a sentence
+    assert rows[1]["output"] == "We add the numbers.\nSo $2+3=5$.\nThe answer is 5."
+    assert rows[2]["output"] == "Let us think.\nIt is 6.\nThe answer is 6."
+    assert len(rows) == 3
+    assert skipped == Counter({"filtered:answer_mismatch": 1, "filtered:unfinished": 1, "filtered:no_final_answer": 1,
+                               "malformed:prm800k_record": 1, "malformed_json": 1})
+
+
+# ---------------------------------------------------------------- ARB (arb.duckai.org API JSON)
+def test_arb_rows(profile, tmp_path):
+    folder = tmp_path / "arb"
+    folder.mkdir()
+    (folder / "math.json").write_text(json.dumps([
+        {"_id": "1", "Problem_Statement": "Evaluate $\\int_0^1 x\\,dx$.", "Solution": "It is $1/2$.",
+         "Final_Answer": "1/2"},
+        {"_id": "2", "Problem_Statement": "No solution"}]))
+    (folder / "law.json").write_text(json.dumps([
+        {"_id": "3", "Problem Statement": "A contract was signed...", "Answer Candidates": ["Valid", "Void", "Voidable",
+                                                                                              "Unenforceable"],
+         "Final Answer": "C", "Solution": "..."}]))
+    (folder / "mcatReading.json").write_text(json.dumps([
+        {"_id": "4", "Problem Statement": "The author implies that", "Answer Candidates": ["x", "y", "z", "w"],
+         "Solution": "B. The passage says y in paragraph 2."},
+        {"_id": "5", "Problem Statement": "Q", "Answer Candidates": "not a list", "Solution": "A. x"}]))
+    rows, skipped = load_source(SourceConfig(name="arb", path=str(folder)), profile)
+    _schema_ok(rows)
+    assert rows == [
+        {"instruction": "A contract was signed...\nA. Valid\nB. Void\nC. Voidable\nD. Unenforceable",
+         "input": "Choose A, B, C or D as your solution.", "output": "C", "data_source": "ARB"},
+        {"instruction": "Evaluate $\\int_0^1 x\\,dx$.", "input": "", "output": "It is $1/2$.", "data_source": "ARB"},
+        {"instruction": "The author implies that\nA. x\nB. y\nC. z\nD. w", "input": "Choose A, B, C or D as your solution.",
+         "output": "The passage says y in paragraph 2.", "data_source": "ARB"},
+    ]
+    assert skipped == Counter({"malformed:arb_solution": 1, "malformed:arb_options": 1})
+    (folder / "chemistry.json").write_text(json.dumps([{"Problem Statement": "Q", "Answer Candidates": ["a"]}]))
+    with pytest.raises(UnknownSourceError, match="ARB subset 'chemistry'"):
+        load_source(SourceConfig(name="arb", path=str(folder)), profile)

@@ -1,0 +1,220 @@
+"""Stage 03 at scale, without a GPU: the accelerate configs, the command line the runner builds for
+several GPUs and what it does with it, the 13B/70B/Colab profiles, and the training benchmark on
+its tiny shape."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from platypus_utils import finetune as ft_mod  # noqa: E402
+from platypus_utils import runner  # noqa: E402
+from platypus_utils.artifacts import StageRun, write_json  # noqa: E402
+from platypus_utils.config import load_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE = ROOT / "accelerate"
+
+
+# ---------------------------------------------------------------- accelerate configs
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("fsdp_qlora", "FSDP"),
+                                        ("zero3", "DEEPSPEED")])
+def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
+    """accelerate's own launcher reads each file (on 4 pretend GPUs) into the environment its
+    plugins are built from; the FSDP ones give FSDP2 with the adapter gathered on save."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    path = ACCELERATE / f"{name}.yaml"
+    assert yaml.safe_load(path.read_text())["distributed_type"] == kind
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(path), "--num_processes", "4", "-m", "platypus_utils.finetune", "p.yaml"])
+    with mock.patch("torch.cuda.device_count", return_value=4), mock.patch("torch.cuda.is_available",
+                                                                          return_value=True):
+        args, defaults, _ = _validate_launch_command(args)
+    assert args.num_processes == 4 and args.mixed_precision == "bf16"
+    if kind == "DEEPSPEED":
+        args.deepspeed_fields_from_accelerate_config = list(defaults.deepspeed_config)
+        env = prepare_deepspeed_cmd_env(args)[1]
+        assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
+        assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "false"  # stage 03 checks the whole model first
+        return
+    env = prepare_multi_gpu_env(args)
+    if kind == "MULTI_GPU":
+        assert args.multi_gpu and "ACCELERATE_USE_FSDP" not in env
+        return
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    with mock.patch.dict(os.environ, env):
+        plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and "FULL_STATE_DICT" in str(plugin.state_dict_type)
+    assert plugin.cpu_ram_efficient_loading is False  # every process loads the base whole
+
+
+def _distributed_profile(tmp_path, config="ddp", num_gpus=4, **finetune) -> Path:
+    """A profile file under tmp_path/params asking for several GPUs."""
+    raw = {"name": "multi", "models": {"base": "embedded:smollm2-135m-instruct"},
+           "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
+                     "cache_dir": str(tmp_path / "cache")},
+           "finetune": {"num_gpus": num_gpus, "accelerate_config": str(ACCELERATE / f"{config}.yaml"),
+                        "max_steps": 3, **finetune}}
+    path = tmp_path / "params" / "multi.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_accelerate_command_line(tmp_path):
+    path = _distributed_profile(tmp_path, "fsdp", num_gpus=4)
+    profile = load_profile(path, {"finetune.max_steps": 7})
+    cmd = ft_mod.accelerate_command(profile, {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
+    assert cmd == [sys.executable, "-m", "accelerate.commands.launch",
+                   "--config_file", str(ACCELERATE / "fsdp.yaml"), "--num_processes", "4", "--num_machines", "1",
+                   "-m", "platypus_utils.finetune", str(path.resolve()),
+                   "--set", 'finetune.max_steps=7', "--set", 'models.base="meta-llama/Llama-2-7b-hf"']
+    # each process reads the overrides back typed, as `platypus run --set` does
+    from platypus_utils.cli import _parse_set
+
+    assert _parse_set([cmd[-3], cmd[-1]]) == {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"}
+
+
+def test_accelerate_config_is_checked_against_the_profile(tmp_path):
+    eight_bit = load_profile(_distributed_profile(tmp_path, "fsdp", load_in_8bit=True))
+    with pytest.raises(ValueError, match="load_in_8bit cannot be sharded by FSDP"):
+        ft_mod.accelerate_command(eight_bit)
+    ft_mod.accelerate_command(load_profile(_distributed_profile(tmp_path, "ddp", load_in_8bit=True)))
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(RuntimeError, match="pip install deepspeed"):
+            ft_mod.accelerate_command(load_profile(_distributed_profile(tmp_path, "zero3")))
+    missing = _distributed_profile(tmp_path, "ddp")
+    raw = yaml.safe_load(missing.read_text())
+    raw["finetune"]["accelerate_config"] = "accelerate/nowhere.yaml"
+    missing.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="finetune.accelerate_config.*nowhere.yaml not found"):
+        load_profile(missing)
+
+
+# ---------------------------------------------------------------- the runner launches, the notebook shows
+def _record_finished_run(profile, metrics: dict) -> None:
+    """What a finished distributed run leaves: metrics.json and a manifest matching the params."""
+    stage_dir = profile.run_dir("03_finetune")
+    with StageRun(stage_dir, "03_finetune", profile.fingerprint_params("03_finetune")) as run:
+        run.add_output(write_json(stage_dir / "metrics.json", metrics))
+
+
+def test_runner_launches_training_under_accelerate_then_runs_the_notebook(tmp_path, monkeypatch):
+    path = _distributed_profile(tmp_path, "ddp", num_gpus=2)
+    overrides = {"finetune.max_steps": 5}
+    profile = load_profile(path, overrides)
+    calls = []
+
+    def fake_launch(cmd, cwd=None, **kwargs):
+        calls.append(("launch", cmd, cwd))
+        _record_finished_run(profile, {"steps": 5, "world_size": 2})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    def fake_notebook(profile_, stage, overrides_, verbose=False):
+        calls.append(("notebook", stage))
+        return 0.1
+
+    monkeypatch.setattr(subprocess, "run", fake_launch)
+    monkeypatch.setattr(runner, "execute_stage", fake_notebook)
+    runner.run(path, only=["03"], overrides=overrides)
+    assert [c[0] for c in calls] == ["launch", "notebook"]
+    assert calls[0][1] == ft_mod.accelerate_command(profile, overrides) and calls[0][2] == str(tmp_path.resolve())
+
+    # the notebook, in one process, shows the finished run instead of training
+    assert ft_mod.run_finetune(profile) == {"steps": 5, "world_size": 2}
+
+    calls.clear()  # trained already (the fake notebook left no executed notebook): not relaunched
+    runner.run(path, only=["03"], overrides=overrides)
+    assert [c[0] for c in calls] == ["notebook"]
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 3))
+    with pytest.raises(runner.StageFailed, match="accelerate launch exited with status 3"):
+        runner.run(path, only=["03"], overrides=overrides, force=True)
+
+
+def test_one_process_without_a_finished_run_says_how_to_launch(tmp_path):
+    profile = load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2))
+    with pytest.raises(RuntimeError, match="num_gpus=2: training runs under accelerate launch.*"
+                                           "no successful run recorded.*accelerate.commands.launch"):
+        ft_mod.run_finetune(profile)
+    _record_finished_run(load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2, lora_r=8)), {"steps": 1})
+    with pytest.raises(RuntimeError, match="parameters changed"):  # another run's results are not shown
+        ft_mod.run_finetune(profile)
+
+
+def test_quantized_multi_gpu_loading_stores_4bit_weights_as_bf16(tmp_path):
+    """FSDP and ZeRO-3 shard the packed 4-bit weights only when they are stored as bf16."""
+    import torch
+
+    real_find_spec = importlib.util.find_spec
+
+    def with_bitsandbytes(name, *args):  # the GPU extra, as if installed
+        return object() if name == "bitsandbytes" else real_find_spec(name, *args)
+
+    multi = load_profile(_distributed_profile(tmp_path, "fsdp_qlora", num_gpus=8, load_in_4bit=True))
+    single = load_profile(_distributed_profile(tmp_path, "fsdp_qlora", num_gpus=1, load_in_4bit=True))
+    with mock.patch("torch.cuda.is_available", return_value=True), \
+            mock.patch.object(ft_mod.importlib.util, "find_spec", with_bitsandbytes):
+        sharded = ft_mod.quantization_config(multi.finetune, "cuda:3")
+        alone = ft_mod.quantization_config(single.finetune, "cuda")
+    assert sharded.load_in_4bit and sharded.bnb_4bit_quant_storage == torch.bfloat16
+    assert alone.bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default on one GPU
+
+
+# ---------------------------------------------------------------- the paper's profiles
+def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
+    profiles = {name: load_profile(ROOT / "params" / f"{name}.yaml")
+                for name in ("platypus2-13b", "platypus2-70b", "colab-a100")}
+    for name, profile in profiles.items():
+        ft = profile.finetune
+        assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05), name
+        assert ft.target_modules == ["gate_proj", "up_proj", "down_proj"], name
+        assert (ft.cutoff_len, ft.warmup_steps, ft.lr_scheduler_type, ft.num_train_epochs) == (4096, 100, "cosine", 1)
+        assert ft.per_device_train_batch_size * ft.gradient_accumulation_steps * ft.num_gpus == 16, name
+        assert ft.packing == "bfd", name
+        assert profile.models.torch_dtype == "bfloat16"
+    assert profiles["platypus2-13b"].finetune.learning_rate == 4e-4
+    assert profiles["colab-a100"].finetune.learning_rate == 4e-4
+    assert profiles["colab-a100"].finetune.num_gpus == 1 and profiles["colab-a100"].finetune.gradient_checkpointing
+
+    seventy = profiles["platypus2-70b"]
+    assert seventy.finetune.learning_rate == 3e-4 and seventy.finetune.num_gpus == 8
+    assert seventy.finetune.load_in_4bit and seventy.finetune.accelerate_config == str(ACCELERATE / "fsdp_qlora.yaml")
+    cmd = ft_mod.accelerate_command(seventy)
+    assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith(
+        "fsdp_qlora.yaml")
+
+
+# ---------------------------------------------------------------- benchmark, tiny shape
+def test_training_benchmark_tiny_shape(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "bench" / "bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    rows = bench.main(["--shape", "tiny", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)])
+    table = capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+    by_config = {r["config"]: r for r in rows}
+    assert set(by_config) == {"authors", "packed", "packed_gc"}
+    for name, row in by_config.items():
+        assert row["timed_steps"] == 1 and row["tokens_per_s"] > 0 and 0 < row["mfu_6n"] < 1, name
+        assert f"tiny  {name}" in table
+    authors, packed = by_config["authors"], by_config["packed"]
+    assert (authors["grad_accum"], authors["examples_per_step"], authors["packing"]) == (16, 16.0, "no")
+    # packed rows hold several examples; the step keeps about the authors' tokens (rounded to whole rows)
+    assert packed["grad_accum"] < 16 and packed["examples_per_step"] > 8
+    assert 0.5 < packed["tokens_per_step"] / authors["tokens_per_step"] < 2
+    assert packed["packing_isolation_rel_diff"] < 1e-4 and by_config["packed_gc"]["gradient_checkpointing"]
+    assert "matmul ceiling measured here" in table
