@@ -13,26 +13,31 @@ What it makes (each a variant: a full model in runs/<profile>/04_merge/<variant>
     (linear, cat, ties, dare_linear, dare_ties, svd), then merged into the base;
   - full-model merges (`merge.model_merges`, and the grid `merge.sweep`, variants
     "sweep-<method>-w<w1>_<w2>[-d<density>]"): linear, slerp, task_arithmetic, ties, dare_linear,
-    dare_ties over two or more fine-tunes of one base.
+    dare_ties over two or more fine-tunes of one base. Stage 05 evaluates a sweep point when its
+    name is listed in evaluate.variants; `sweep_variant_names(profile)` gives the names.
 
 How the full-model merges are computed, and why not mergekit: mergekit 0.1.5 does install here
 beside transformers 5 / torch 2.13 without changing any installed version (it adds immutables,
 protobuf, sentencepiece), and runs. It is not used, for two reasons. (1) Verification: mergekit
 seeds the global RNG once, so a DARE mask depends on the order its task graph runs; no independent
 computation can reproduce it, and the issue asks for every merge to be checked against one. Here
-each tensor's DARE draw is seeded from (profile seed, tensor name), so the check recomputes it
-exactly, whatever the order. (2) One set of formulas: the full-model methods call the same
-`peft.utils.merge_utils` functions (task_arithmetic, ties, dare_linear, dare_ties) that
-`add_weighted_adapter` uses on adapters, so "ties" means one thing in this stage; SLERP is our own
-(mergekit's formula: spherical between the two weight tensors, linear when they are nearly
-parallel). No new dependency enters the environment. The cost: mergekit's other methods (della,
-model_stock, passthrough/frankenmerges) are not offered.
+each DARE draw is seeded from (profile seed, tensor name, chunk), so the check redraws it exactly,
+whatever the order. (2) One set of formulas: the full-model methods call the same
+`peft.utils.merge_utils` functions (task_arithmetic, ties' sign election and disjoint mean,
+dare_linear, dare_ties) that `add_weighted_adapter` uses on adapters, so "ties" means one thing in
+this stage; SLERP is our own (mergekit's formula: spherical between the two weight tensors, linear
+when they are nearly parallel). No new dependency enters the environment. The cost: mergekit's
+other methods (della, model_stock, passthrough/frankenmerges) are not offered.
 
-Memory: full-model merges stream tensor by tensor. Inputs are read with plain file reads from the
-safetensors files (no mmap, whose pages would count as resident), the output's header is written
-first (every name, dtype and shape is known) and each merged tensor is written as soon as it is
-computed, so the peak is about (inputs + 1) copies of the largest tensor in float32, not a model.
-The adapter merges (merge_and_unload, mixes) hold one model in memory, as peft does.
+Memory: full-model merges stream tensor by tensor, and within a tensor CHUNK entries at a time.
+Inputs are read with plain file reads from the safetensors files (no mmap, whose pages would count
+as resident), in their own dtype; the output's header is written first (every name, dtype and
+shape is known) and each merged tensor is written as soon as it is computed. The peak is the
+largest tensor's inputs and output plus one chunk of float32 work (TIES also holds one float32
+task vector for its top-k), not a model: measured 0.9-1.2 GB above the process's start for three
+0.76 GB bf16 checkpoints (0.41 B parameters, a 100 M-entry embedding), and the check streams the
+same way. The adapter merges (merge_and_unload, mixes) hold one model in memory, as peft does.
+On CPU, ties and dare_* cost several times linear/slerp/task_arithmetic (top-k, random draws).
 
 Verification (merge.verify): every variant is checked on its temporary copy before the rename, so
 a merge that fails never appears at its path.
@@ -42,10 +47,12 @@ a merge that fails never appears at its path.
   - adapter mixes: every weight equals W + the mix computed here from the source adapters'
     factors by the method's own formula (DARE with the masks peft drew, recorded), and the unmerged
     model + the mixed adapter (saved in <variant>/mixed_adapter/) gives the same logits;
-  - full-model merges: every tensor equals a reference computed on the task vectors by
-    code that does not call peft (DARE masks replayed from the same per-tensor seed, TIES keeping
-    the same top-k), and the model loads and gives finite logits. No unmerged model exists to
-    compare logits with, so none are compared.
+  - full-model merges: every tensor equals a reference computed on the task vectors by code that
+    does not call peft (DARE masks redrawn from the same seeds, TIES keeping the same top-k;
+    tensors all inputs share must be copied bit for bit), all values are finite, the files open
+    with safetensors' own reader, and a model of up to SMOKE_LOAD_MAX_BYTES loads with
+    transformers and gives finite logits. No unmerged model exists to compare logits with, so
+    none are compared.
 Peak memory (resident, this step only where /proc allows resetting the high-water mark) is
 recorded per merge and per verification in merge_report.json.
 """
@@ -103,6 +110,8 @@ VERIFY_PROMPTS = (
 # Logits go through every layer: allow a relative error per logit scale on top of verify_atol.
 LOGIT_RTOL_FP32 = 1e-4
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearer to parallel than this, slerp is computed as lerp
+CHUNK = 1 << 22  # entries per step of a full-model merge and of its check: bounds their float32 work
+SMOKE_LOAD_MAX_BYTES = 2 << 30  # a merged model up to this size is also loaded and run by its check
 
 
 class MergeError(ValueError):
@@ -403,6 +412,7 @@ def write_safetensors(out_dir: Path, specs: list[tuple[str, "torch.dtype", tuple
                 if nbytes:
                     fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
                 weight_map[name] = fname
+                del t  # before the next tensor is made
         files.append(fname)
     if len(shards) > 1:
         write_json(out_dir / "model.safetensors.index.json",
@@ -411,59 +421,117 @@ def write_safetensors(out_dir: Path, specs: list[tuple[str, "torch.dtype", tuple
 
 
 # ---------------------------------------------------------------- tensor arithmetic: the merge
-def tensor_seed(seed: int, name: str) -> int:
-    """The seed of one tensor's random draw (DARE): fixed by the run seed and the tensor's name,
-    so a mask does not depend on the order tensors are merged in, and a check can redraw it."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+def _chunks(n: int) -> list[slice]:
+    """Consecutive slices of CHUNK entries covering a flattened tensor of n entries."""
+    return [slice(i, min(i + CHUNK, n)) for i in range(0, max(n, 1), CHUNK)]
 
 
-def slerp(t: float, v0: "torch.Tensor", v1: "torch.Tensor") -> tuple["torch.Tensor", bool]:
-    """Spherical interpolation from v0 (t=0) to v1 (t=1) of two weight tensors, as mergekit does it:
-    the angle between the flattened, normalised tensors sets the coefficients, which multiply the
-    tensors themselves. Nearly parallel (|cos| > SLERP_DOT_THRESHOLD) or zero: linear. Returns
-    (result, whether it fell back to linear)."""
+def chunk_seed(seed: int, name: str, index: int) -> int:
+    """The seed of one chunk's random draw (DARE): fixed by the run seed, the tensor's name and the
+    chunk, so a mask does not depend on the order of the work, and a check can redraw it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}:{index}".encode()).digest()[:8], "little") >> 1
+
+
+def slerp_coefficients(t: float, v0: "torch.Tensor", v1: "torch.Tensor") -> tuple[float, float, bool]:
+    """SLERP from v0 (t=0) to v1 (t=1) as mergekit computes it: the angle between the flattened,
+    normalised tensors gives coefficients (c0, c1) that multiply the tensors themselves; nearly
+    parallel (|cos| > SLERP_DOT_THRESHOLD) or zero: linear (1-t, t). Returns (c0, c1, linear)."""
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    n0 = n1 = dot = 0.0
+    for part in _chunks(a.numel()):
+        x, y = a[part].float(), b[part].float()
+        n0, n1, dot = n0 + float(x @ x), n1 + float(y @ y), dot + float(x @ y)
+    if n0 < 1e-24 or n1 < 1e-24:
+        return 1 - t, t, True
+    cos = dot / math.sqrt(n0 * n1)
+    if abs(cos) > SLERP_DOT_THRESHOLD:
+        return 1 - t, t, True
+    theta = math.acos(max(-1.0, min(1.0, cos)))
+    return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta), False
+
+
+def _top_magnitudes(tensor: "torch.Tensor", base: "torch.Tensor", density: float) -> "torch.Tensor":
+    """TIES's trim: the k = int(density·n) entries of the task vector (tensor - base) with the largest
+    magnitude, as a bool mask; among equal magnitudes at the cut, the first by position (peft leaves
+    that choice to torch.topk; kept zeros change nothing, so zeros at the cut are not kept). The
+    k-th largest magnitude is found by bisection on the float32 bit patterns (non-negative floats
+    order as their bits): about 31 counting passes over one float32 copy, where torch.topk would
+    sort-select with several copies (2 GB and 15 s for a 100 M-entry tensor here)."""
     import torch
 
-    n0, n1 = torch.linalg.vector_norm(v0), torch.linalg.vector_norm(v1)
-    if float(n0) < 1e-12 or float(n1) < 1e-12:
-        return (1 - t) * v0 + t * v1, True
-    dot = float(torch.sum(v0 * v1) / (n0 * n1))
-    if abs(dot) > SLERP_DOT_THRESHOLD:
-        return (1 - t) * v0 + t * v1, True
-    theta = math.acos(max(-1.0, min(1.0, dot)))
-    s0, s1 = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return s0 * v0 + s1 * v1, False
+    magnitude = tensor.reshape(-1).to(torch.float32, copy=True).sub_(base.reshape(-1)).abs_()  # never the input
+    k = int(density * magnitude.numel())
+    if density >= 1:
+        return torch.ones(magnitude.numel(), dtype=torch.bool)
+    if k == 0:
+        return torch.zeros(magnitude.numel(), dtype=torch.bool)
+    bits = magnitude.view(torch.int32)
+    low, high = 0, int(bits.max())  # invariant: at least k entries have bits >= low
+    while low < high:
+        middle = (low + high + 1) // 2
+        if int((bits >= middle).sum()) >= k:
+            low = middle
+        else:
+            high = middle - 1
+    keep = bits > low
+    missing = k - int(keep.sum())
+    if missing > 0 and low > 0:
+        keep[(bits == low).nonzero().squeeze(1)[:missing]] = True
+    return keep
 
 
 def merge_tensor(method: str, tensors: list["torch.Tensor"], base: "torch.Tensor | None", weights: list[float],
-                 density: float | None, majority_sign_method: str, seed: int) -> tuple["torch.Tensor", dict]:
-    """One tensor of a full-model merge, in float32, with peft's merge utilities (slerp: ours)."""
+                 density: float | None, majority_sign_method: str, seed: int, name: str,
+                 out_dtype=None) -> tuple["torch.Tensor", dict]:
+    """One tensor of a full-model merge, computed in float32 with peft's merge utilities (SLERP: ours),
+    CHUNK entries at a time after the tensor-wide choices (TIES: each task vector's top-k; SLERP: the
+    angle), so memory holds the inputs, the output and one chunk's work, not float32 copies of it all.
+    DARE draws each chunk's mask from chunk_seed(seed, name, chunk)."""
     import torch
     from peft.utils import merge_utils
 
-    if all(torch.equal(t, base if base is not None else tensors[0]) for t in tensors):
-        return (base if base is not None else tensors[0]).clone(), {"unchanged": True}  # no task vector: no work
+    out_dtype = out_dtype or tensors[0].dtype
+    same = base if base is not None else tensors[0]
+    if all(torch.equal(t, same) for t in tensors):
+        return same.to(out_dtype, copy=True), {"unchanged": True}  # no task vector: nothing to merge
     w = torch.tensor(weights, dtype=torch.float32)
-    if method == "linear":
-        return merge_utils.task_arithmetic(tensors, w / w.sum()), {}
+    info: dict[str, Any] = {}
+    flat = [t.reshape(-1) for t in tensors]
+    flat_base = base.reshape(-1) if base is not None else None
+    keep = None
     if method == "slerp":
-        merged, linear = slerp(float(w[1] / w.sum()), tensors[0], tensors[1])
-        return merged, {"slerp_linear": linear}
-    task_vectors = [t - base for t in tensors]
-    if method == "task_arithmetic":
-        mixed = merge_utils.task_arithmetic(task_vectors, w)
-    elif method == "ties":
-        mixed = merge_utils.ties(task_vectors, w, density, majority_sign_method)
-    elif method in ("dare_linear", "dare_ties"):
-        with torch.random.fork_rng(devices=[]):  # peft draws from the global generator: seed it per tensor
-            torch.manual_seed(seed)
-            if method == "dare_linear":
-                mixed = merge_utils.dare_linear(task_vectors, w, density)
-            else:
-                mixed = merge_utils.dare_ties(task_vectors, w, density, majority_sign_method)
-    else:
+        c0, c1, info["slerp_linear"] = slerp_coefficients(float(w[1] / w.sum()), tensors[0], tensors[1])
+    elif method == "ties":  # the trim is tensor-wide: each task vector's kept entries, one vector at a time
+        keep = [_top_magnitudes(t, flat_base, density) for t in flat]
+    elif method not in ("linear", "task_arithmetic", "dare_linear", "dare_ties"):
         raise MergeError(f"unknown merge method {method!r}")
-    return base + mixed, {}
+    out = torch.empty(flat[0].numel(), dtype=out_dtype)
+    for index, part in enumerate(_chunks(out.numel())):
+        xs = [t[part].float() for t in flat]
+        if method == "linear":
+            out[part] = merge_utils.task_arithmetic(xs, w / w.sum()).to(out_dtype)
+            continue
+        if method == "slerp":
+            out[part] = (c0 * xs[0] + c1 * xs[1]).to(out_dtype)
+            continue
+        b = flat_base[part].float()
+        task_vectors = [x - b for x in xs]
+        if method == "task_arithmetic":
+            mixed = merge_utils.task_arithmetic(task_vectors, w)
+        elif method == "ties":  # peft's ties() with the trim already done tensor-wide
+            trimmed = torch.stack([tv * k[part] for tv, k in zip(task_vectors, keep)])
+            signs = merge_utils.calculate_majority_sign_mask(trimmed, method=majority_sign_method)
+            weighted = trimmed * merge_utils.reshape_weight_task_tensors(trimmed, w)
+            mixed = merge_utils.disjoint_merge(weighted, signs)
+        else:
+            with torch.random.fork_rng(devices=[]):  # peft draws from the global generator: seed it per chunk
+                torch.manual_seed(chunk_seed(seed, name, index))
+                if method == "dare_linear":
+                    mixed = merge_utils.dare_linear(task_vectors, w, density)
+                else:
+                    mixed = merge_utils.dare_ties(task_vectors, w, density, majority_sign_method)
+        out[part] = (b + mixed).to(out_dtype)
+    return out.reshape(tensors[0].shape), info
 
 
 # ---------------------------------------------------------------- tensor arithmetic: the check
@@ -471,37 +539,46 @@ def merge_tensor(method: str, tensors: list["torch.Tensor"], base: "torch.Tensor
 # draw (same generator, same seed) and the top-k choice among equal magnitudes. Full-model checks
 # compute in float32 (another order of operations than peft's: a few ulps apart, far inside the
 # tolerance, at half the time and memory of float64); the small adapter-mix checks in float64.
-CHECK_CHUNK = 1 << 22  # entries per step of the check: bounds its temporaries on a large tensor
 SCALE_SAMPLE = 1 << 16  # entries per tensor for the check's scale figures
 
 
-def _reference_keep_top(x32: "torch.Tensor", density: float) -> "torch.Tensor":
-    """The entries TIES keeps: the k = int(density·n) largest magnitudes (bool mask). Found by a
-    threshold (the k-th largest magnitude: a selection, cheaper than top-k); only when magnitudes
-    tie at the threshold is the choice among them top-k's, as the merge made it."""
+def _peft_keep_top(x32: "torch.Tensor", density: float) -> "torch.Tensor":
+    """The entries peft's magnitude_based_pruning keeps (add_weighted_adapter's TIES): torch.topk's
+    k = int(density·n) largest magnitudes, its own choice among equals (bool mask)."""
     import torch
 
     if density >= 1:
         return torch.ones_like(x32, dtype=torch.bool)
-    magnitude = x32.abs().reshape(-1)
-    k = int(density * magnitude.numel())
-    if k == 0:
-        return torch.zeros_like(x32, dtype=torch.bool)
-    threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
-    keep = magnitude >= threshold
-    if int(keep.sum()) != k:  # ties at the threshold
-        keep = torch.zeros_like(keep)
-        keep[torch.topk(magnitude, k).indices] = True
+    keep = torch.zeros(x32.numel(), dtype=torch.bool)
+    keep[torch.topk(x32.reshape(-1).abs(), int(density * x32.numel())).indices] = True
     return keep.reshape(x32.shape)
 
 
-def _reference_dare_masks(shapes: list[tuple], density: float, seed: int) -> list["torch.Tensor"]:
-    """The entries DARE keeps, drawn as peft draws them (one bernoulli per task tensor, in order) from `seed`."""
+def _reference_keep_top(x32: "torch.Tensor", density: float) -> "torch.Tensor":
+    """The entries a full-model TIES keeps (see _top_magnitudes), found another way: the k-th
+    largest magnitude by torch.kthvalue, everything above it, then the first equals by position."""
+    import torch
+
+    magnitude = x32.reshape(-1).abs_()
+    k = int(density * magnitude.numel())
+    if density >= 1 or k == 0:
+        return torch.full((magnitude.numel(),), density >= 1, dtype=torch.bool)
+    threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
+    keep = magnitude > threshold
+    missing = k - int(keep.sum())
+    if missing > 0 and float(threshold) > 0:
+        keep[(magnitude == threshold).nonzero().squeeze(1)[:missing]] = True
+    return keep
+
+
+def _reference_dare_masks(length: int, count: int, density: float, seed: int) -> list["torch.Tensor"]:
+    """The entries DARE keeps in one chunk, drawn as peft draws them (one bernoulli per task vector,
+    in order) from the chunk's seed."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return [torch.bernoulli(torch.full(shape, density, dtype=torch.float32)).bool() for shape in shapes]
+        return [torch.bernoulli(torch.full((length,), density, dtype=torch.float32)).bool() for _ in range(count)]
 
 
 def _reference_combine(method: str, xs: list["torch.Tensor"], weights: list[float], density: float | None,
@@ -530,10 +607,6 @@ def _reference_combine(method: str, xs: list["torch.Tensor"], weights: list[floa
     return total / count.clamp(min=1.0)
 
 
-def _chunks(n: int) -> list[slice]:
-    return [slice(i, min(i + CHECK_CHUNK, n)) for i in range(0, max(n, 1), CHECK_CHUNK)]
-
-
 def _slerp_coefficients(t: float, v0: "torch.Tensor", v1: "torch.Tensor") -> tuple[float, float, bool]:
     """(c0, c1, linear): slerp(t, v0, v1) = c0·v0 + c1·v1, from float64 sums taken chunk by chunk."""
     a, b = v0.reshape(-1), v1.reshape(-1)
@@ -552,18 +625,20 @@ def _slerp_coefficients(t: float, v0: "torch.Tensor", v1: "torch.Tensor") -> tup
 
 
 class ReferenceMerge:
-    """The value `merge_tensor` must give for one tensor, in float32, computed chunk by chunk after
-    the tensor-wide choices (TIES top-k, DARE draws, SLERP angle), so that checking a large tensor
-    needs little more than its inputs. `stats`: what was drawn or chosen."""
+    """The value `merge_tensor` must give for one tensor, in float32, chunk by chunk after the
+    tensor-wide choices (TIES top-k, SLERP angle; DARE masks are redrawn per chunk from the chunk's
+    seed), so that checking a large tensor needs little more than its inputs. `stats`: what was
+    drawn or chosen."""
 
     def __init__(self, method: str, tensors: list["torch.Tensor"], base: "torch.Tensor | None",
-                 weights: list[float], density: float | None, majority_sign_method: str, seed: int):
+                 weights: list[float], density: float | None, majority_sign_method: str, seed: int, name: str):
         import torch
 
         self.method, self.weights, self.density, self.msm = method, list(weights), density, majority_sign_method
+        self.seed, self.name = seed, name
         self.flat = [t.reshape(-1) for t in tensors]
         self.base = base.reshape(-1) if base is not None else None
-        self.masks = None
+        self.keep = None
         self.stats: dict[str, Any] = {}
         # all inputs equal: every method gives that tensor (task vectors are zero; slerp of equal tensors)
         same = base if base is not None else tensors[0]
@@ -575,13 +650,13 @@ class ReferenceMerge:
             self.coefficients = (c0, c1)
             self.stats["slerp_linear"] = linear
         elif method == "ties":
-            self.masks = [_reference_keep_top(t.float() - base.float(), density).reshape(-1) for t in tensors]
+            self.keep = [_reference_keep_top(t.to(torch.float32, copy=True).sub_(base), density).reshape(-1)
+                         for t in tensors]
         elif method.startswith("dare") and density < 1:
-            self.masks = [m.reshape(-1) for m in _reference_dare_masks([t.shape for t in tensors], density, seed)]
-            self.stats = {"kept": sum(int(m.sum()) for m in self.masks), "entries": sum(m.numel() for m in self.masks)}
+            self.stats = {"kept": 0, "entries": 0}
 
     def chunk(self, part: slice) -> "torch.Tensor":
-        """Entries `part` of the flattened expected tensor, float32."""
+        """Entries `part` (one of _chunks) of the flattened expected tensor, float32."""
         if self.unchanged:
             return (self.base if self.base is not None else self.flat[0])[part].float()
         xs = [t[part].float() for t in self.flat]
@@ -590,7 +665,14 @@ class ReferenceMerge:
         if self.method == "slerp":
             return self.coefficients[0] * xs[0] + self.coefficients[1] * xs[1]
         b = self.base[part].float()
-        masks = [m[part] for m in self.masks] if self.masks is not None else None
+        masks = None
+        if self.keep is not None:
+            masks = [k[part] for k in self.keep]
+        elif "kept" in self.stats:
+            seed = chunk_seed(self.seed, self.name, part.start // CHUNK)
+            masks = _reference_dare_masks(part.stop - part.start, len(xs), self.density, seed)
+            self.stats["kept"] += sum(int(m.sum()) for m in masks)
+            self.stats["entries"] += sum(m.numel() for m in masks)
         return b + _reference_combine(self.method, [x - b for x in xs], self.weights, self.density, self.msm, masks)
 
 
@@ -631,7 +713,7 @@ def reference_adapter_mix(sources: list[dict[str, LoraDelta]], weights: list[flo
                 tensors = [d.lora_a if side == "A" else d.lora_b for _, d in present]
                 side_masks = None
                 if combination_type == "ties":
-                    side_masks = [_reference_keep_top(t.float(), density) for t in tensors]
+                    side_masks = [_peft_keep_top(t.float(), density) for t in tensors]
                 elif combination_type.startswith("dare") and density < 1:
                     side_masks = [next(draws).bool() for _ in tensors]
                     if any(tuple(m.shape) != tuple(t.shape) for m, t in zip(side_masks, tensors)):
@@ -979,10 +1061,9 @@ def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, se
                 if any(not torch.equal(tensors[0], t) for t in tensors[1:]):
                     raise MergeError(f"{spec.name}: non-float tensor {name} differs between the models")
                 return tensors[0]
-            tensors = [t.float() for t in tensors]
-            base_t = base.read(name).float() if base is not None else None
+            base_t = base.read(name) if base is not None else None
             merged, info = merge_tensor(spec.method, tensors, base_t, spec.weights, spec.density,
-                                        spec.majority_sign_method, tensor_seed(seed, name))
+                                        spec.majority_sign_method, seed, name, dtype)
             stats["slerp_linear_tensors"] += bool(info.get("slerp_linear"))
             stats["unchanged_tensors"] += bool(info.get("unchanged"))
             return merged.to(dtype)
@@ -1007,59 +1088,71 @@ def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, se
     return build, check
 
 
-def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int, atol: float) -> dict:
-    """Every tensor of a full-model merge equals the reference computed on the inputs
-    (within atol plus the rounding of the output dtype), the tensor set is the inputs', and the
-    model loads and gives finite logits. Streams like the merge."""
+def _check_tensor(name: str, merged: SafetensorsCheckpoint, models: list[SafetensorsCheckpoint],
+                  base: SafetensorsCheckpoint | None, spec: ModelMergeSpec, dtype, seed: int, atol: float) -> dict:
+    """One tensor of verify_model_merge: {"failure"} or its figures. A function of its own so that
+    one tensor's buffers are gone before the next is read."""
     import torch
 
+    got = merged.read(name)
+    tensors = [m.read(name) for m in models]
+    if not got.is_floating_point():
+        same = torch.equal(got, tensors[0])
+        return {} if same else {"failure": f"{name}: non-float tensor differs from {spec.labels[0]}"}
+    if got.dtype != dtype:
+        return {"failure": f"{name}: saved as {got.dtype}, not {dtype}"}
+    reference = ReferenceMerge(spec.method, tensors, base.read(name) if base is not None else None,
+                               spec.weights, spec.density, spec.majority_sign_method, seed, name)
+    if reference.unchanged and torch.equal(got, reference.flat[0].reshape(got.shape).to(dtype)):
+        return {"unchanged": 1}  # every input equal: the merge is that tensor, bit for bit
+    flat_got = got.reshape(-1)
+    if not bool(torch.isfinite(flat_got).all()):
+        return {"failure": f"{name}: non-finite values"}
+    rel = 4 * (torch.finfo(dtype).eps + torch.finfo(torch.float32).eps)  # rounding to dtype, float32 arithmetic
+    diff = excess = 0.0
+    for part in _chunks(flat_got.numel()):
+        expected = reference.chunk(part)
+        gap = (flat_got[part].float() - expected).abs_()
+        if gap.numel():
+            diff = max(diff, float(gap.max()))
+            excess = max(excess, float(gap.sub_(expected.abs_().mul_(rel)).max()))
+    out = {"diff": diff, "kept": reference.stats.get("kept", 0), "entries": reference.stats.get("entries", 0),
+           "slerp_linear": int(bool(reference.stats.get("slerp_linear")))}
+    # the check's scale, on a sample of entries: how far the merge is from the nearest input,
+    # and how far apart the inputs are
+    step = max(1, flat_got.numel() // SCALE_SAMPLE)
+    sample = flat_got[::step].float()
+    if sample.numel():
+        inputs = [t[::step].float() for t in reference.flat]
+        out["change"] = min(float((sample - t).abs().max()) for t in inputs)
+        out["moved"] = float((inputs[0] - inputs[-1]).abs().max())
+    if not excess <= atol:
+        out["failure"] = f"{name}: max abs diff {diff:.3g} from the reference (tolerance {atol:.3g} + {rel:.2g}·|value|)"
+    return out
+
+
+def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int, atol: float) -> dict:
+    """Every tensor of a full-model merge equals the reference computed on the inputs (within atol
+    plus the rounding of the output dtype) and is finite, the tensor set is the inputs', and the
+    model passes _smoke_test. Streams like the merge."""
     merged = SafetensorsCheckpoint(merged_dir)
     models, base = _open_checkpoints(spec)
     if merged.names() != models[0].names():
         raise MergeVerificationError(f"{merged_dir}: tensor names differ from {spec.labels[0]}: "
                                      f"{sorted(set(merged.names()) ^ set(models[0].names()))[:5]}")
-    rel = 4 * (torch.finfo(dtype).eps + torch.finfo(torch.float32).eps)  # rounding to dtype, float32 arithmetic
     max_diff = max_change = max_moved = 0.0
     kept = entries = slerp_linear = unchanged = 0
     failures = []
     for name in merged.names():
-        got = merged.read(name)
-        tensors = [m.read(name) for m in models]
-        if not got.is_floating_point():
-            if not torch.equal(got, tensors[0]):
-                failures.append(f"{name}: non-float tensor differs from {spec.labels[0]}")
-            continue
-        if got.dtype != dtype:
-            failures.append(f"{name}: saved as {got.dtype}, not {dtype}")
-            continue
-        reference = ReferenceMerge(spec.method, tensors, base.read(name) if base is not None else None,
-                                   spec.weights, spec.density, spec.majority_sign_method, tensor_seed(seed, name))
-        if reference.unchanged and torch.equal(got, reference.flat[0].reshape(got.shape).to(dtype)):
-            unchanged += 1  # every input equal: the merge is that tensor, bit for bit
-            continue
-        kept += reference.stats.get("kept", 0)
-        entries += reference.stats.get("entries", 0)
-        slerp_linear += bool(reference.stats.get("slerp_linear"))
-        flat_got = got.reshape(-1)
-        diff = excess = 0.0
-        for part in _chunks(flat_got.numel()):
-            expected = reference.chunk(part)
-            gap = (flat_got[part].float() - expected).abs_()
-            if gap.numel():
-                diff = max(diff, float(gap.max()))
-                excess = max(excess, float(gap.sub_(expected.abs_().mul_(rel)).max()))
-        max_diff = max(max_diff, diff)
-        # the check's scale, on a sample of entries: how far the merge is from the nearest input,
-        # and how far apart the inputs are
-        step = max(1, flat_got.numel() // SCALE_SAMPLE)
-        sample = flat_got[::step].float()
-        if sample.numel():
-            inputs = [t[::step].float() for t in reference.flat]
-            max_change = max(max_change, min(float((sample - t).abs().max()) for t in inputs))
-            max_moved = max(max_moved, float((inputs[0] - inputs[-1]).abs().max()))
-        if not excess <= atol:
-            failures.append(f"{name}: max abs diff {diff:.3g} from the reference (tolerance {atol:.3g} + "
-                            f"{rel:.2g}·|value|)")
+        one = _check_tensor(name, merged, models, base, spec, dtype, seed, atol)
+        if "failure" in one:
+            failures.append(one["failure"])
+        max_diff = max(max_diff, one.get("diff", 0.0))
+        max_change = max(max_change, one.get("change", 0.0))
+        max_moved = max(max_moved, one.get("moved", 0.0))
+        kept, entries = kept + one.get("kept", 0), entries + one.get("entries", 0)
+        slerp_linear += one.get("slerp_linear", 0)
+        unchanged += one.get("unchanged", 0)
     if failures:
         raise MergeVerificationError(f"{merged_dir}: not the {spec.method} merge of {spec.labels} "
                                      f"({len(failures)} tensors): " + "; ".join(failures[:5]))
@@ -1085,10 +1178,21 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
 
 
 def _smoke_test(model_dir: str | Path, dtype) -> dict:
-    """The saved model loads with transformers and gives finite logits on one prompt."""
+    """The saved files open with safetensors' own reader; a model of up to SMOKE_LOAD_MAX_BYTES also
+    loads with transformers and gives finite logits on one prompt. A larger one is not loaded (that
+    would hold the whole model, which the streamed merge and check avoid): its tensor names, shapes
+    and dtypes equal those of an input checkpoint, and its values are finite (checked tensor by tensor)."""
     import torch
+    from safetensors import safe_open
     from transformers import AutoTokenizer
 
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            handle.keys()
+    size = sum(f.stat().st_size for f in files)
+    if size > SMOKE_LOAD_MAX_BYTES:
+        return {"loads": None, "finite_logits": None, "safetensors_files_open": len(files)}
     model = _load_lm(str(model_dir), dtype)
     batch = AutoTokenizer.from_pretrained(str(model_dir))(VERIFY_PROMPTS[1], return_tensors="pt")
     with torch.no_grad():
@@ -1096,7 +1200,7 @@ def _smoke_test(model_dir: str | Path, dtype) -> dict:
     if not torch.isfinite(logits).all():
         raise MergeVerificationError(f"{model_dir}: the merged model gives non-finite logits")
     del model
-    return {"loads": True, "finite_logits": True}
+    return {"loads": True, "finite_logits": True, "safetensors_files_open": len(files)}
 
 
 # ---------------------------------------------------------------- the sweep

@@ -362,7 +362,7 @@ def _model_merges(paths, weights=(0.6, 0.4)):
 
 
 def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
-    monkeypatch.setattr(merge, "CHECK_CHUNK", 1000)  # the check walks every tensor in several chunks
+    monkeypatch.setattr(merge, "CHUNK", 1000)  # the merge and its check walk each tensor in several chunks
     weights = [0.6, 0.4]
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes, weights))
     report = merge.run_merge(profile)
@@ -410,10 +410,13 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
         torch.testing.assert_close(got[m]["model.embed_tokens.weight"], base["model.embed_tokens.weight"], atol=0, rtol=0)
 
 
-def test_model_merge_output_is_deterministic_and_reused(setup, finetunes):
+def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkeypatch):
+    monkeypatch.setattr(merge, "SMOKE_LOAD_MAX_BYTES", 0)  # as for a model too large to load in the check
     merges = [m for m in _model_merges(finetunes) if m["method"] in ("dare_ties", "slerp")]
     profile = setup["profile"](merge_into_base=False, model_merges=merges)
     first = merge.run_merge(profile)
+    assert all(e["verification"]["loads"] is None and e["verification"]["safetensors_files_open"] == 1
+               for e in first["models"].values())
     again = merge.run_merge(profile)
     assert all(again["models"][m]["reused"] for m in again["models"])
     forced = merge.run_merge(profile, force=True)  # made again from scratch: byte-identical (seeded DARE)
@@ -425,16 +428,19 @@ def test_model_merge_output_is_deterministic_and_reused(setup, finetunes):
         merge.run_merge(setup["profile"](merge_into_base=False, model_merges=changed))
 
 
-def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetunes, monkeypatch):
+@pytest.mark.parametrize("damage, message", [(lambda t: t + 1e-3, "from the reference"),
+                                             (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")),
+                                              "non-finite values")])
+def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetunes, monkeypatch, damage, message):
     real = merge.merge_tensor
 
-    def off_by_a_little(method, tensors, base, *args):
+    def damaged(method, tensors, base, *args):
         merged, info = real(method, tensors, base, *args)
-        return merged + 1e-3, info
+        return damage(merged), info
 
-    monkeypatch.setattr(merge, "merge_tensor", off_by_a_little)
+    monkeypatch.setattr(merge, "merge_tensor", damaged)
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes)[:1])
-    with pytest.raises(MergeVerificationError, match="not the linear merge"):
+    with pytest.raises(MergeVerificationError, match=f"not the linear merge.*{message}"):
         merge.run_merge(profile)
     assert list(profile.run_dir("04_merge").iterdir()) == []
 
@@ -604,3 +610,54 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
     # resident-memory figures depend on what else the machine runs: bench/ prints them; the
     # streaming itself is what this test pins down (one merge_tensor call per tensor, in order)
     assert memory["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"model_merges": [{"name": "s", "method": "slerp", "models": ["a", "b", "c"], "weights": [1, 1, 1]}]},
+     "slerp merges exactly 2 models"),
+    ({"model_merges": [{"name": "t", "method": "ties", "models": ["a", "b"], "weights": [1, 1]}]},
+     "density is required with method ties"),
+    ({"model_merges": [{"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1, 1], "density": 0.5}]},
+     "density is not used with method linear"),
+    ({"model_merges": [{"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1]}]},
+     "1 weights for 2 models"),
+    ({"adapter_mixes": [{"name": "m", "adapters": ["a", "b"], "weights": [1, 1], "combination_type": "cat",
+                         "svd_rank": 4}]}, "svd_rank is only used with combination_type svd"),
+    ({"sweep": {"models": ["a", "b"], "methods": ["ties"], "weights": [[1, 1]], "densities": [0]}},
+     r"densities must be in \(0, 1\]"),
+])
+def test_merge_settings_are_checked_when_the_profile_loads(tmp_path, section, message):
+    import yaml
+
+    from platypus_utils.config import ProfileError, load_profile
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "merge": section}))
+    with pytest.raises(ProfileError, match=message):
+        load_profile(path)
+
+
+def test_full_model_ties_equals_peft_ties_and_handles_ties_at_the_cut(monkeypatch):
+    from peft.utils import merge_utils
+
+    monkeypatch.setattr(merge, "CHUNK", 777)  # the chunked merge must not change the tensor-wide top-k
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 48, generator=gen)
+    fts = [base + 0.1 * torch.randn(64, 48, generator=gen) for _ in range(3)]
+    weights = [0.5, 1.0, 0.7]
+    got, _ = merge.merge_tensor("ties", fts, base, weights, 0.3, "total", 0, "w")
+    expected = base + merge_utils.ties([f - base for f in fts], torch.tensor(weights), 0.3, "total")
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # no equal magnitudes: peft's top-k exactly
+    # many equal magnitudes at the cut (quantized task vectors): the first by position are kept,
+    # and the check, which finds the cut another way, agrees
+    quantized = [base + torch.round(f - base, decimals=1) for f in fts]
+    got, _ = merge.merge_tensor("ties", quantized, base, weights, 0.3, "total", 0, "w")
+    reference = merge.ReferenceMerge("ties", quantized, base, weights, 0.3, "total", 0, "w")
+    expected = torch.cat([reference.chunk(part) for part in merge._chunks(got.numel())]).reshape(got.shape)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    tv = (quantized[0] - base).abs().reshape(-1)
+    keep = merge._top_magnitudes(quantized[0], base, 0.3)
+    k = int(0.3 * tv.numel())
+    assert int(keep.sum()) == k and tv[keep].min() >= tv[~keep].max()
+    cut = tv[keep].min()
+    assert int((tv == cut).sum()) > int((tv[keep] == cut).sum())  # the cut did split equal magnitudes
