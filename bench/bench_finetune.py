@@ -13,6 +13,7 @@ tokenizer), truncated at cutoff_len (4096, the paper's).
 
 Configurations:
   authors      micro-batch 1, unpacked, gradient accumulation 16 (the paper's / authors' trainer)
+  batched      micro-batches of 4 padded to their longest, gradient accumulation 4 (the CPU profiles)
   packed       bfd packing into cutoff_len rows (padding-free), the step kept at 16 examples' tokens
   packed_gc    the same with gradient checkpointing (less memory, ~1/3 more compute)
 
@@ -49,6 +50,9 @@ SHAPES = {
     # hidden, intermediate, layers, heads, vocab: Llama-2's; tiny keeps the same proportions small
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=1024, cutoff_len=512),
+    # SmolLM2-135M (the embedded default) at real-offline's cutoff: the CPU profiles' model
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152, cutoff_len=384, tie_word_embeddings=True),
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000, cutoff_len=4096),
     "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
@@ -57,6 +61,8 @@ SHAPES = {
 CONFIGS = {
     "authors": dict(packing=False, gradient_checkpointing=False, per_device_train_batch_size=1,
                     gradient_accumulation_steps=16),
+    "batched": dict(packing=False, gradient_checkpointing=False, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=4),  # padded micro-batches of 4, as the CPU profiles train
     "packed": dict(packing="bfd", gradient_checkpointing=False, per_device_train_batch_size=1,
                    gradient_accumulation_steps=16),
     "packed_gc": dict(packing="bfd", gradient_checkpointing=True, per_device_train_batch_size=1,
@@ -172,7 +178,7 @@ def bench_config(name: str, shape_name: str, steps: int, warmup: int, device: st
 
     shape = SHAPES[shape_name]
     cutoff = shape["cutoff_len"]
-    scale = cutoff / 4096 * 2 if shape_name == "tiny" else 1.0  # tiny: the same profile, shorter
+    scale = {"tiny": cutoff / 4096 * 2, "135m": 1.0}.get(shape_name, 1.0)  # tiny: the same profile, shorter
     ft = FinetuneConfig(**CONFIGS[name], cutoff_len=cutoff, max_steps=steps + warmup, warmup_steps=0,
                         learning_rate=1e-4, logging_steps=1000, save_steps=10 ** 6, eval_size=1)
     # enough examples for every step (an authors' step takes 16); packed steps take about as many

@@ -379,9 +379,12 @@ def _category_order(categories) -> list[str]:
 def category_delta_frame(deltas: pd.DataFrame) -> pd.DataFrame:
     """Per comparison and MMLU category (lm-eval's four groups, then "all" subjects):
     `delta` - mean of the subjects' deltas (the leaderboard's mean over subjects), error
-    sqrt(sum se_i^2) / k; `delta_weighted` - weighted by questions (lm-eval's group score)."""
+    sqrt(sum se_i^2) / k; `delta_weighted` - weighted by questions (lm-eval's group score).
+    Where some subject has no standard error (one question each, as in small CPU profiles), the
+    error is the paired one over the subjects, stdev(delta_i) / sqrt(k) (`stderr_method`)."""
     cols = ["comparison", "kind", "variant", "reference", "category", "subjects", "n", "reference_acc",
-            "variant_acc", "delta", "combined_stderr", "within_stderr", "delta_weighted", "weighted_stderr"]
+            "variant_acc", "delta", "combined_stderr", "within_stderr", "delta_weighted", "weighted_stderr",
+            "stderr_method"]
     rows = []
     for _, g in deltas.groupby("comparison", sort=False):
         first = g.iloc[0]
@@ -390,6 +393,9 @@ def category_delta_frame(deltas: pd.DataFrame) -> pd.DataFrame:
             k = len(h)
             has_se = bool(h["combined_stderr"].notna().all())
             se = math.sqrt(float((h["combined_stderr"] ** 2).sum())) / k if has_se else None
+            method = "per-subject" if has_se else None
+            if not has_se and k >= 2:
+                se, method = float(h["delta"].std(ddof=1)) / math.sqrt(k), "paired over subjects"
             delta = float(h["delta"].mean())
             n = h["n"]
             weighted = weighted_se = None
@@ -402,7 +408,7 @@ def category_delta_frame(deltas: pd.DataFrame) -> pd.DataFrame:
                          "n": int(n.sum()) if n.notna().all() else None,
                          "reference_acc": float(h["reference_acc"].mean()), "variant_acc": float(h["variant_acc"].mean()),
                          "delta": delta, "combined_stderr": se, "within_stderr": bool(se is not None and abs(delta) <= se),
-                         "delta_weighted": weighted, "weighted_stderr": weighted_se})
+                         "delta_weighted": weighted, "weighted_stderr": weighted_se, "stderr_method": method})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -653,7 +659,10 @@ def mmlu_category_figure(categories: pd.DataFrame, stem: Path, formats: list[str
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False, fontsize=9)
     caption = ["MMLU 5-shot accuracy change per lm-eval category and over all subjects (mean over the subjects), "
                "in percentage points; error bars: ±1 combined standard error sqrt(sum se_i²)/k; hatched bars "
-               "are within it. Size-weighted (lm-eval's group score) in brackets.", ""]
+               "are within it. Size-weighted (lm-eval's group score) in brackets."
+               + (" Where subjects have no standard error (a single question each), the error is the paired "
+                  "one over the subjects, stdev(delta_i)/sqrt(k)."
+                  if (categories["stderr_method"] == "paired over subjects").any() else ""), ""]
     for comp in comps:
         caption.append(f"{comp}:")
         for _, r in categories[categories["comparison"] == comp].iterrows():

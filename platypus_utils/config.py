@@ -120,6 +120,9 @@ class FinetuneConfig(_Section):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=5, ge=1)
     save_steps: int = Field(default=500, ge=1)
+    # auto: an interrupted run with the same params and data resumes from its last checkpoint;
+    # never: its checkpoints are removed and training starts again from step 0
+    resume: Literal["auto", "never"] = "auto"
     num_gpus: int = Field(default=1, ge=1)
     # accelerate config used when num_gpus > 1 (accelerate/ddp.yaml, fsdp.yaml, fsdp_qlora.yaml,
     # zero3.yaml); relative to the project root

@@ -525,6 +525,17 @@ def _n(raw: dict, task: str) -> int:
     return int(n.get("effective", n.get("original", 0)))
 
 
+def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[float | None, str | None]:
+    """The MMLU standard error when some subject has none (one question: lm-eval reports N/A).
+    With every subject the same size (a per-subject `limit`), the mean over subjects is the mean
+    over all N questions, so lm-eval's own formula applies to it: the sample standard deviation of
+    the 0/1 scores over sqrt(N), sqrt(p (1 - p) / (N - 1)). Subjects of different sizes: none."""
+    n_total = sum(subject_sizes)
+    if len(set(subject_sizes)) != 1 or n_total < 2:
+        return None, None
+    return math.sqrt(mean_acc * (1 - mean_acc) / (n_total - 1)), "pooled over questions (equal subject sizes)"
+
+
 def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[str, dict], suite: TaskSuite) -> dict:
     """lm-eval outputs -> the normalised summary 06_analysis reads (see module docstring)."""
     tasks: dict[str, dict] = {}
@@ -552,11 +563,19 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
             else:  # a subject subset on the hub: lm-eval's size weighting, done here
                 weighted = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total
                 weighted_se = None
+            value = sum(accs) / len(accs)
+            if all(se is not None for se in ses):
+                # subjects are independent samples: se(mean) = sqrt(sum se_i^2) / k
+                stderr, stderr_method = math.sqrt(sum(se * se for se in ses)) / len(ses), "per-subject"
+            else:
+                stderr, stderr_method = _pooled_question_stderr(value, [s["n"] for s in subjects.values()])
+                if weighted_se is None:
+                    weighted_se = stderr
             tasks[bench] = {
                 "metric": label,
-                "value": sum(accs) / len(accs),  # the leaderboard's: mean over subjects
-                # subjects are independent samples: se(mean) = sqrt(sum se_i^2) / k
-                "stderr": (math.sqrt(sum(se * se for se in ses)) / len(ses)) if all(se is not None for se in ses) else None,
+                "value": value,  # the leaderboard's: mean over subjects
+                "stderr": stderr,
+                "stderr_method": stderr_method,
                 "n": n_total,
                 "n_subjects": len(subjects),
                 "weighted_value": weighted,  # lm-eval's group value: mean over questions

@@ -601,11 +601,15 @@ def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict) -> Path | None:
+def _prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict, resume: str = "auto") -> Path | None:
     """Return the checkpoint to resume from, if one was trained with the same run key; checkpoints
-    from other params or data are removed (resuming them would mix two runs)."""
+    from other params or data are removed (resuming them would mix two runs), and so are all of
+    them with resume="never"."""
     key_file = ckpt_dir / RUN_KEY
     run_key = json.loads(json.dumps(run_key, sort_keys=True, default=str))  # compare as it reads back
+    if resume == "never" and ckpt_dir.is_dir():
+        log.warning("finetune: resume=never: removing the checkpoints in %s", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
     if ckpt_dir.is_dir():
         old_key = None
         if key_file.is_file():
@@ -797,7 +801,7 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
         processes = PartialState()
         run_key = {"params": params, "clean_sha256": clean_sha256, "base_model": resolved}
         if is_main:
-            resume_from = _prepare_checkpoint_dir(ckpt_dir, run_key)
+            resume_from = _prepare_checkpoint_dir(ckpt_dir, run_key, ft.resume)
         processes.wait_for_everyone()
         if not is_main:
             complete = _complete_checkpoints(ckpt_dir)

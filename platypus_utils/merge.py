@@ -1262,6 +1262,9 @@ def read_merge_info(out_dir: str | Path) -> dict | None:
         return None
 
 
+INPUTS_DIFFER = "its inputs differ: "
+
+
 def _reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
     """Whether an existing merged dir was made from exactly these inputs and is intact."""
     info = read_merge_info(out_dir)
@@ -1270,7 +1273,7 @@ def _reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
     recorded = info.get("inputs", {})
     changed = sorted(k for k in set(inputs) | set(recorded) if inputs.get(k) != recorded.get(k))
     if changed:
-        return False, "its inputs differ: " + ", ".join(f"{k} {recorded.get(k)!r} -> {inputs.get(k)!r}"
+        return False, INPUTS_DIFFER + ", ".join(f"{k} {recorded.get(k)!r} -> {inputs.get(k)!r}"
                                                        for k in changed)
     if info.get("content_sha256") != model_content_hash(out_dir):
         return False, "its files changed after the merge"
@@ -1344,8 +1347,9 @@ def _check_variant_names(profile: "Profile") -> list[str]:
 
 def run_merge(profile: "Profile", force: bool = False) -> dict:
     """Stage 04: make every variant the profile asks for (see the module docstring), verify each,
-    and write merge_report.json. An existing variant made from the same inputs is reused; one made
-    from other inputs is refused unless `force`."""
+    and write merge_report.json. An existing variant made from the same inputs is reused; one this
+    stage made from other inputs is stale and made again (logged, and `replaced` in the report says
+    what changed); a directory without this stage's record, or edited after, is refused unless `force`."""
     from transformers import AutoConfig
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -1488,11 +1492,18 @@ def run_merge(profile: "Profile", force: bool = False) -> dict:
             t0 = time.perf_counter()
             inputs = job.inputs()
             reused = False
+            replaced = None  # why an earlier merge at this path was replaced (recorded in the report)
             if out_dir.exists() and not force:
                 ok, why = _reusable(out_dir, inputs)
-                if not ok:
+                if not ok and why.startswith(INPUTS_DIFFER):
+                    # this stage made it from other inputs (an adapter trained again, new weights): it
+                    # is stale, and made again; say so, and record what changed
+                    log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
+                    replaced = why
+                elif not ok:  # not made by this stage, or edited after: never overwritten unasked
                     raise MergeError(f"{out_dir} already exists and {why}; pass --force "
                                      f"(run_merge(profile, force=True)) to overwrite it")
+            if out_dir.exists() and not force and replaced is None:
                 info = read_merge_info(out_dir)
                 if cfg.verify and "verification" not in info:
                     _, check = job.steps()
@@ -1503,7 +1514,7 @@ def run_merge(profile: "Profile", force: bool = False) -> dict:
                 reused = True
                 log.info("%s: reusing %s (same inputs)", job.variant, out_dir)
             else:
-                if out_dir.exists():
+                if out_dir.exists() and force:
                     log.warning("%s: --force: replacing %s", job.variant, out_dir)
                 log.info("%s: %s (%s)", job.variant, job.method, job.kind)
                 build, check = job.steps()
@@ -1527,6 +1538,7 @@ def run_merge(profile: "Profile", force: bool = False) -> dict:
                 "verification": verification,
                 "content_sha256": info["content_sha256"],
                 "reused": reused,
+                "replaced": replaced,
                 "peak_rss_mb": max(peaks) if peaks else None,  # this merge's (and its check's) peak, when made
                 "memory": memory,
                 "seconds": round(time.perf_counter() - t0, 2),

@@ -381,3 +381,24 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
     assert str((cur / "curation_report.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
+
+
+def test_category_error_is_paired_over_subjects_when_subjects_have_none():
+    # one question per subject (limit 1): no per-subject standard error, so the category's error is
+    # the paired one over its subjects, stdev(delta_i) / sqrt(k)
+    subjects = {"anatomy": ("stem", 1.0, 0.0), "astronomy": ("stem", 1.0, 0.0), "virology": ("stem", 1.0, 1.0),
+                "world_religions": ("humanities", 0.0, 1.0)}
+
+    def summary(index):
+        return {"mmlu_subjects": {s: {"acc": v[index], "stderr": None, "n": 1, "category": v[0]}
+                                  for s, v in subjects.items()}}
+
+    deltas = an.mmlu_delta_frame({"base": summary(2), "tuned": summary(1)}, "base")
+    cats = an.category_delta_frame(deltas).set_index("category")
+    stem = cats.loc["stem"]
+    assert stem["delta"] == pytest.approx(200 / 3)  # deltas +100, +100, 0
+    assert stem["combined_stderr"] == pytest.approx(pd.Series([100.0, 100.0, 0.0]).std() / math.sqrt(3))
+    assert stem["stderr_method"] == "paired over subjects" and not stem["within_stderr"]  # 66.7 > 33.3
+    assert pd.isna(cats.loc["humanities", "combined_stderr"])  # one subject: no error at all
+    everything = cats.loc[an.ALL_SUBJECTS]
+    assert everything["combined_stderr"] == pytest.approx(pd.Series([100.0, 100.0, 0.0, -100.0]).std() / 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import re
@@ -392,6 +393,27 @@ def test_summary_mmlu_mean_over_subjects_and_weighted():
     assert s["tasks"]["arc_challenge"] == {"metric": "acc_norm", "value": 0.25, "stderr": None, "n": 4}
     assert s["mmlu_subjects"]["world_religions"] == {"acc": 0.75, "stderr": 0.4, "n": 8, "category": "humanities"}
     assert s["average"] == pytest.approx((0.625 + 0.25) / 2)
+
+
+def test_mmlu_stderr_when_subjects_have_one_question():
+    # limit 1 per subject: lm-eval gives no per-subject stderr; the mean over subjects is then the
+    # mean over the questions, whose standard error is lm-eval's sample formula on the 0/1 scores
+    names = ["anatomy", "astronomy", "world_religions", "virology"]
+    suite = ev.TaskSuite(mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu"},
+                         mmlu_subjects={n: "stem" for n in names})
+    scores = [1.0, 0.0, 1.0, 1.0]
+    results = {f"platypus_mmlu_{n}": {"acc,none": a, "acc_stderr,none": "N/A"} for n, a in zip(names, scores)}
+    n_samples = {f"platypus_mmlu_{n}": {"effective": 1, "original": 100} for n in names}
+    s = ev.summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
+    mmlu = s["tasks"]["mmlu"]
+    assert mmlu["value"] == 0.75
+    import statistics
+    assert mmlu["stderr"] == pytest.approx(statistics.stdev(scores) / math.sqrt(4))
+    assert mmlu["weighted_stderr"] == mmlu["stderr"] and mmlu["stderr_method"].startswith("pooled")
+    # subjects of different sizes: no pooled figure
+    n_samples["platypus_mmlu_virology"]["effective"] = 3
+    s = ev.summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
+    assert s["tasks"]["mmlu"]["stderr"] is None
 
 
 def test_resolve_variant(tmp_path, monkeypatch):

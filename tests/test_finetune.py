@@ -334,6 +334,15 @@ def test_stale_checkpoints_are_not_resumed(tmp_path):
     assert not (ckpt / "checkpoint-2").exists()
 
 
+def test_resume_never_starts_again_from_step_zero(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "checkpoint-2").mkdir(parents=True)
+    (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (ckpt / ft_mod.RUN_KEY).write_text(json.dumps({"params": 1}))
+    assert ft_mod._prepare_checkpoint_dir(ckpt, {"params": 1}, "never") is None
+    assert not (ckpt / "checkpoint-2").exists()
+
+
 # ---------------------------------------------------------------- packing keeps examples apart
 def _stage_trainer(model_dir, tokenizer, rows, tmp_path, attn, **finetune):
     """The stage's trainer (prepare_trainer: SFTTrainer + LoRA + batch plan) on `rows`, in eval mode."""

@@ -203,7 +203,7 @@ def test_failed_verification_leaves_no_output(setup, monkeypatch):
     assert [p.name for p in stage_dir.iterdir()] == []  # no temp dir, no report, no manifest
 
 
-def test_existing_output_is_reused_or_refused_without_force(setup):
+def test_existing_output_is_reused_or_made_again_when_its_inputs_changed(setup):
     profile = setup["profile"]()
     first = merge.run_merge(profile)["models"]["merged"]
     again = merge.run_merge(profile)["models"]["merged"]
@@ -211,12 +211,12 @@ def test_existing_output_is_reused_or_refused_without_force(setup):
     assert again["max_abs_logit_diff"] == first["max_abs_logit_diff"]
 
     save_adapter(setup["base"], setup["adapter"], seed=7)  # stage 03 reran: a different adapter
-    with pytest.raises(MergeError, match="--force") as err:
-        merge.run_merge(profile)
-    assert "adapter_sha256" in str(err.value)
-    forced = merge.run_merge(profile, force=True)["models"]["merged"]
-    assert forced["reused"] is False and forced["content_sha256"] != first["content_sha256"]
+    remade = merge.run_merge(profile)["models"]["merged"]  # stale: made again, and the report says why
+    assert remade["reused"] is False and remade["content_sha256"] != first["content_sha256"]
+    assert remade["replaced"].startswith("its inputs differ: adapter_sha256")
     assert_weights_equal(profile.run_dir("04_merge") / "merged", expected_weights(setup["base"], setup["adapter"]))
+    forced = merge.run_merge(profile, force=True)["models"]["merged"]  # made again although up to date
+    assert forced["reused"] is False and forced["content_sha256"] == remade["content_sha256"]
 
 
 def test_tampered_or_foreign_output_is_not_reused(setup):
@@ -423,9 +423,14 @@ def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkey
     for m in first["models"]:
         assert forced["models"][m]["reused"] is False
         assert forced["models"][m]["content_sha256"] == first["models"][m]["content_sha256"]
+    # other weights: the earlier merge is stale, made again, and the report says what changed
     changed = [dict(merges[0], weights=[0.9, 0.1]), merges[1]]
-    with pytest.raises(MergeError, match=r"already exists and its inputs differ: weights.*--force"):
-        merge.run_merge(setup["profile"](merge_into_base=False, model_merges=changed))
+    remade = merge.run_merge(setup["profile"](merge_into_base=False, model_merges=changed))
+    name = merges[0]["name"]
+    assert remade["models"][name]["reused"] is False
+    assert remade["models"][name]["replaced"].startswith("its inputs differ: weights")
+    assert remade["models"][name]["content_sha256"] != first["models"][name]["content_sha256"]
+    assert remade["models"][merges[1]["name"]]["reused"] and remade["models"][merges[1]["name"]]["replaced"] is None
 
 
 @pytest.mark.parametrize("damage, message", [(lambda t: t + 1e-3, "from the reference"),
