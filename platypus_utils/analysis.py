@@ -1214,7 +1214,10 @@ def write_summary(profile, produced: dict, leaderboard: pd.DataFrame | None = No
                 _signed(by.loc[c, "delta"], by.loc[c, "combined_stderr"], by.loc[c, "within_stderr"])
                 if c in by.index else "–" for c in cats])
         doc.table(["comparison", "kind"] + [CATEGORY_LABELS.get(c, c) for c in cats], rows, numeric_from=2)
-        doc.p("Percentage points, mean over the category's subjects ± combined standard error; † within it. ",
+        paired = (categories["stderr_method"] == "paired over subjects").any()
+        doc.p("Percentage points, mean over the category's subjects ± combined standard error"
+              + (" (paired over the subjects, stdev(delta_i)/sqrt(k), where subjects have a single question)"
+                 if paired else "") + "; † within it. ",
               *_file_links(produced, "table", "mmlu_delta_categories", rel))
     else:
         doc.p("No comparison: needs the baseline and at least one other variant evaluated on MMLU.")
