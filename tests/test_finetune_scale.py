@@ -207,12 +207,13 @@ def test_training_benchmark_tiny_shape(tmp_path, capsys):
     table = capsys.readouterr().out
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
     by_config = {r["config"]: r for r in rows}
-    assert set(by_config) == {"authors", "packed", "packed_gc"}
+    assert set(by_config) == {"authors", "batched", "packed", "packed_gc"}
     for name, row in by_config.items():
         assert row["timed_steps"] == 1 and row["tokens_per_s"] > 0 and 0 < row["mfu_6n"] < 1, name
         assert f"tiny  {name}" in table
     authors, packed = by_config["authors"], by_config["packed"]
     assert (authors["grad_accum"], authors["examples_per_step"], authors["packing"]) == (16, 16.0, "no")
+    assert (by_config["batched"]["grad_accum"], by_config["batched"]["examples_per_step"]) == (4, 16.0)
     # packed rows hold several examples; the step keeps about the authors' tokens (rounded to whole rows)
     assert packed["grad_accum"] < 16 and packed["examples_per_step"] > 8
     assert 0.5 < packed["tokens_per_step"] / authors["tokens_per_step"] < 2
