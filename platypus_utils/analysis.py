@@ -610,10 +610,13 @@ def mmlu_delta_heatmap(deltas: pd.DataFrame, stem: Path, formats: list[str]) -> 
                f"error. Colour scale ±{limit:g} points." + _no_stderr_note(deltas), ""]
     for comp in comps:
         d = deltas[deltas["comparison"] == comp]
+        outside = ~d["within_stderr"] & d["combined_stderr"].notna()  # no error: neither inside nor out
+        no_se = int(d["combined_stderr"].isna().sum())
         caption.append(f"{comp}: mean {d['delta'].mean():+.2f} over {_subjects(len(d))}; "
-                       f"{int((~d['within_stderr']).sum())} outside ±1 s.e. "
-                       f"({int(((~d['within_stderr']) & (d['delta'] > 0)).sum())} up, "
-                       f"{int(((~d['within_stderr']) & (d['delta'] < 0)).sum())} down)")
+                       f"{int(outside.sum())} outside ±1 s.e. "
+                       f"({int((outside & (d['delta'] > 0)).sum())} up, {int((outside & (d['delta'] < 0)).sum())} down)"
+                       + (f"; {no_se} without a standard error ({int((d['combined_stderr'].isna() & (d['delta'] > 0)).sum())}"
+                          f" up, {int((d['combined_stderr'].isna() & (d['delta'] < 0)).sum())} down)" if no_se else ""))
     caption += ["", "subject (category): " + " | ".join(comps)]
     caption += [f"  {s} ({cat_of[s]}): " + " | ".join(
         "n/a" if pd.isna(values.at[s, c]) else f"{values.at[s, c]:+.2f}" + (" (within s.e.)" if within.at[s, c] else "")

@@ -383,7 +383,7 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
 
 
-def test_category_error_is_paired_over_subjects_when_subjects_have_none():
+def test_category_error_is_paired_over_subjects_when_subjects_have_none(tmp_path):
     # one question per subject (limit 1): no per-subject standard error, so the category's error is
     # the paired one over its subjects, stdev(delta_i) / sqrt(k)
     subjects = {"anatomy": ("stem", 1.0, 0.0), "astronomy": ("stem", 1.0, 0.0), "virology": ("stem", 1.0, 1.0),
@@ -402,3 +402,8 @@ def test_category_error_is_paired_over_subjects_when_subjects_have_none():
     assert pd.isna(cats.loc["humanities", "combined_stderr"])  # one subject: no error at all
     everything = cats.loc[an.ALL_SUBJECTS]
     assert everything["combined_stderr"] == pytest.approx(pd.Series([100.0, 100.0, 0.0, -100.0]).std() / 2)
+    # the per-subject heatmap counts subjects without an error apart, not as "outside" it
+    an.mmlu_delta_heatmap(deltas, tmp_path / "heatmap", ["png"])
+    caption = (tmp_path / "heatmap.txt").read_text()
+    assert "tuned vs base: mean +25.00 over 4 subjects; 0 outside ±1 s.e. (0 up, 0 down); " \
+           "4 without a standard error (2 up, 1 down)" in caption
