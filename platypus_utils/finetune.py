@@ -631,6 +631,18 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict, resume: str = "auto")
 
 
 # ---------------------------------------------------------------- reporting
+SPEED_KEYS = ("device", "dtype", "attn_implementation", "packing", "gradient_checkpointing", "steps",
+              "tokens_seen", "tokens_per_s", "peak_rss_mb", "peak_gpu_mem_mb", "resumed_from_checkpoint")
+
+
+def speed_tables(metrics: dict):
+    """(speed and memory, batch plan) of a finished run's metrics, as one-column DataFrames."""
+    import pandas as pd
+
+    speed = {k: metrics[k] for k in SPEED_KEYS if k in metrics}
+    return pd.Series(speed, name="run").to_frame(), pd.Series(metrics["batch_plan"], name="batch plan").to_frame()
+
+
 LOG_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "mean_token_accuracy",
                "entropy", "num_input_tokens_seen")
 

@@ -104,6 +104,14 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
+def _read_json_list(path: Path, what: str) -> list:
+    """A JSON file holding a list (of `what`), or a ValueError naming the file."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    return data
+
+
 def _read_json_lines(path: Path, skipped: Counter) -> Iterable[tuple[int, Any]]:
     """(line number, object) per non-empty line; malformed lines are counted, not fatal."""
     with open(_need(path), encoding="utf-8") as fh:
@@ -172,9 +180,7 @@ def load_jsonl(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Cou
     rows: list[dict] = []
     for f in files:
         if f.suffix == ".json":
-            data = _read_json(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{f}: expected a JSON list of rows, got {type(data).__name__}")
+            data = _read_json_list(f, "rows")
             records: Iterable[Any] = data
         else:
             records = (obj for _, obj in _read_json_lines(f, skipped))
@@ -255,9 +261,7 @@ def load_theoremqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict],
     skipped: Counter = Counter()
     rows = []
     for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{f}: expected a JSON list of questions, got {type(data).__name__}")
+        data = _read_json_list(f, "questions")
         for obj in data:
             row = format_theoremqa(obj, skipped)
             if row is not None:
@@ -315,9 +319,7 @@ def load_scibench(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], 
         if not solutions.exists():
             log.warning("%s: not found; only %s is read", solutions, book.name)
         for f in (book, solutions) if solutions.exists() else (book,):
-            data = _read_json(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{f}: expected a JSON list of problems, got {type(data).__name__}")
+            data = _read_json_list(f, "problems")
             for obj in data:
                 row = format_scibench(obj, skipped)
                 if row is not None:
@@ -402,9 +404,7 @@ def load_scienceqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict],
     skipped: Counter = Counter()
     rows = []
     for f in _files_in(_source_path(src), "*.json", exclude=("pid_splits.json",)):
-        data = _read_json(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{f}: expected a JSON list of questions, got {type(data).__name__}")
+        data = _read_json_list(f, "questions")
         for obj in data:
             row = format_scienceqa_llava(obj, skipped)
             if row is not None:
@@ -539,9 +539,7 @@ def load_arb(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Count
     skipped: Counter = Counter()
     rows = []
     for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{f}: expected a JSON list of ARB problems, got {type(data).__name__}")
+        data = _read_json_list(f, "ARB problems")
         for obj in data:
             row = format_arb(obj, f.stem, skipped)
             if row is not None:

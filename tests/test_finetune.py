@@ -499,3 +499,11 @@ def test_plan_batch_keeps_the_paper_step_in_tokens():
     assert ft_mod.plan_batch([100] * 3, explicit).steps_per_epoch == 1
     with pytest.raises(ValueError, match="no training examples"):
         ft_mod.plan_batch([], paper)
+
+
+def test_speed_tables_show_the_run_and_its_batch_plan():
+    metrics = {"device": "cpu", "tokens_per_s": 107.5, "peak_rss_mb": 2785.4, "eval_loss_after": 1.5,
+               "batch_plan": {"unit": "packed row", "gradient_accumulation_steps": 5}}
+    speed, plan = ft_mod.speed_tables(metrics)
+    assert speed["run"].to_dict() == {"device": "cpu", "tokens_per_s": 107.5, "peak_rss_mb": 2785.4}
+    assert plan["batch plan"].to_dict() == metrics["batch_plan"]
