@@ -1,20 +1,33 @@
 """Stage 04_merge: fold LoRA adapters into full models, combine adapters and models, verify every result.
 
 What it makes (each a variant: a full model in runs/<profile>/04_merge/<variant>/, listed in
-`merge_report.json["models"]` with its path, for stage 05 to evaluate when named in evaluate.variants):
+`merge_report.json["models"]` with its path, for stage 05 to evaluate when named in evaluate.variants).
+Variants are named by `layout` (layout.planned_variants gives them in the order they are made):
 
-  - "merged": the 03 adapter folded into the base it was trained on (peft `merge_and_unload`);
-  - "<partner>-platypus": the paper's merge, the same adapter added into a *different* fine-tune of
-    the same base (OpenOrca-Platypus2 = OpenOrcaxOpenChat + Platypus LoRA), after checking that
-    architecture and every target module's shape match. A partner given with `adapter:` is built
-    here first (variant "<partner>": that adapter merged into `model`), which is how the demo gets a
-    partner fine-tune: 03's second, small adapter trained on the general rows;
+  - merge.merged_name (default "merged"; the paper's "platypus2-13b"): the 03 adapter folded into
+    the base it was trained on (peft `merge_and_unload`);
+  - each partner's merged_name (default "<partner>-platypus"; e.g. Stable-Platypus2-13B =
+    StableBeluga-13B + the adapter): the paper's merge, the same adapter added into a *different*
+    fine-tune of the same base, after checking that architecture and every target module's shape
+    match; its report entry names the partner ("partner": <name>). A partner given with `adapter:`
+    is built here first (variant "<partner>": that adapter merged into `model`), which is how the
+    demo gets a partner fine-tune: 03's second, small adapter trained on the general rows;
   - adapter mixes (`merge.adapter_mixes`): several adapters combined by peft's `add_weighted_adapter`
     (linear, cat, ties, dare_linear, dare_ties, svd), then merged into the base;
   - full-model merges (`merge.model_merges`, and the grid `merge.sweep`, variants
-    "sweep-<method>-w<w1>_<w2>[-d<density>]"): linear, slerp, task_arithmetic, ties, dare_linear,
-    dare_ties over two or more fine-tunes of one base. Stage 05 evaluates a sweep point when its
-    name is listed in evaluate.variants; `sweep_variant_names(profile)` gives the names.
+    "sweep-<method>-w<w1>_<w2>[-d<density>]", layout.sweep_variant_name): linear, slerp,
+    task_arithmetic, ties, dare_linear, dare_ties over two or more fine-tunes of one base. Stage 05
+    evaluates a sweep point when its name is listed in evaluate.variants; `sweep_variant_names(profile)`
+    gives the names.
+
+Dtype (merge.dtype, default auto): a variant is stored in the dtype of the model it is made from (its
+config's torch_dtype/dtype: float16 for Llama-2, float32 for the demo's converted base; a full-model
+merge of inputs in different dtypes: float32), or in the dtype merge.dtype names. The arithmetic is
+float32 and rounded once to that dtype: the adapter's factors stay float32 in peft, so scale·B@A
+and W + it are float32 (an in-place add into a 16-bit weight computes in float32); adapter mixes
+are computed on a float32 copy of the model; full-model merges compute each chunk in float32. A sum
+done in bfloat16 for a float16 base (the fault this replaces) rounds small LoRA updates away.
+Hub access is not this stage's business: it sets no HF_* variable (the runner does, per profile).
 
 How the full-model merges are computed, and why not mergekit: mergekit 0.1.5 does install here
 beside transformers 5 / torch 2.13 without changing any installed version (it adds immutables,
@@ -36,23 +49,37 @@ shape is known) and each merged tensor is written as soon as it is computed. The
 largest tensor's inputs and output plus one chunk of float32 work (TIES also holds one float32
 task vector for its top-k), not a model: measured 0.9-1.2 GB above the process's start for three
 0.76 GB bf16 checkpoints (0.41 B parameters, a 100 M-entry embedding), and the check streams the
-same way. The adapter merges (merge_and_unload, mixes) hold one model in memory, as peft does.
+same way. The adapter merges (merge_and_unload) hold one model in memory, as peft does; an adapter mix a
+float32 copy of one (see Dtype).
 On CPU, ties and dare_* cost several times linear/slerp/task_arithmetic (top-k, random draws).
 
 Verification (merge.verify): every variant is checked on its temporary copy before the rename, so
-a merge that fails never appears at its path.
-  - adapter folded into a model (merged, partners): every weight equals W + (alpha/r)·B·A computed
-    here from the adapter's tensors, untouched weights are bit-identical, and the unmerged
-    model + adapter gives the same logits as the merged model on fixed prompts;
-  - adapter mixes: every weight equals W + the mix computed here from the source adapters'
-    factors by the method's own formula (DARE with the masks peft drew, recorded), and the unmerged
-    model + the mixed adapter (saved in <variant>/mixed_adapter/) gives the same logits;
-  - full-model merges: every tensor equals a reference computed on the task vectors by code that
+a merge that fails never appears at its path. The checks can fail: an unmerged model, one merged at
+another scale, or a 16-bit merge summed in the wrong dtype is rejected (tests/test_merge_verify.py).
+No tolerance is a fraction of a matrix's max.
+  - adapter folded into a model (merged, partners): (a) weights, element by element in float64:
+    |merged - (W + (alpha/r)·B·A)| <= half an ulp of the stored dtype at the element's magnitude
+    + COMPUTE_SLACK·(U32·|W + update| + (r+2)·U32·|scale|·(|B|@|A|)), the update computed here from
+    the adapter's tensors and W as loaded in the merge dtype (so any input rounding is in W, not in
+    the bound); untouched weights bit-identical (check_updated_weight, check_merged_weights);
+    (b) logits on fixed prompts: max |merged - (W + adapter, unmerged, peft)| <= 0.1 x max
+    |(W + adapter) - W|, the maxima over every real position and vocabulary entry: a tenth of the
+    adapter's own effect, never below the dtype's noise floor (check_merged_logits). Recorded:
+    max_weight_error_to_bound (<= 1), updates_above_bound_share (where an unmerged copy would fail),
+    max_abs_logit_diff, max_abs_adapter_logit_effect, logit_tolerance, logit_check_resolves;
+  - adapter mixes: the same two checks, the update being the mix computed here from the source
+    adapters' factors by the method's own formula (DARE with the masks peft drew, recorded), its
+    float32 allowance from the same products over magnitudes (svd: also the float32 SVD's error,
+    from the spectrum: whole-matrix, as a truncation is), and the unmerged model + the mixed adapter
+    (saved in <variant>/mixed_adapter/) for the logits;
+  - full-model merges: every element equals a reference computed on the task vectors by code that
     does not call peft (DARE masks redrawn from the same seeds, TIES keeping the same top-k;
-    tensors all inputs share must be copied bit for bit), all values are finite, the files open
-    with safetensors' own reader, and a model of up to SMOKE_LOAD_MAX_BYTES loads with
+    tensors all inputs share must be copied bit for bit) within half an ulp of the output dtype +
+    MODEL_MERGE_ULPS·U32·the size of the terms the method sums; all values are finite, the files
+    open with safetensors' own reader, and a model of up to SMOKE_LOAD_MAX_BYTES loads with
     transformers and gives finite logits. No unmerged model exists to compare logits with, so
     none are compared.
+A reused variant whose recorded check is older than VERIFY_FORMAT is checked again.
 Peak memory (resident, this step only where /proc allows resetting the high-water mark) is
 recorded per merge and per verification in merge_report.json.
 """
@@ -65,7 +92,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import resource
 import shutil
@@ -75,8 +101,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from . import layout
 from .artifacts import StageRun, atomic_path, sha256_path, write_json
-from .models import make_files_readable, model_content_hash, pick_dtype, resolve_model
+from .models import make_files_readable, model_content_hash, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -85,18 +112,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("platypus")
 
-STAGE = "04_merge"
-REPORT = "merge_report.json"
+STAGE = layout.MERGE
+REPORT = layout.MERGE_REPORT[1]
 MERGE_INFO = "merge_info.json"  # inside each merged dir: what it was made from, and its checks
-MERGED_VARIANT = "merged"
-PARTNER_SUFFIX = "-platypus"
-SWEEP_PREFIX = "sweep-"
+# Variant names live in layout (merge.merged_name, partners[].merged_name, the sweep's). These aliases
+# stay only while analysis.py still imports them; new code reads layout.
+MERGED_VARIANT = layout.DEFAULT_MERGED_VARIANT
+PARTNER_SUFFIX = layout.PARTNER_SUFFIX
 METHOD = "merge_and_unload"
 MIX_METHOD = "add_weighted_adapter"
 MIXED_ADAPTER = "mixed_adapter"  # inside an adapter-mix variant: the combined adapter, unmerged
 MERGE_FORMAT = 1  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
 KIND_ADAPTER, KIND_MIX, KIND_MODELS = "adapter_into_model", "adapter_mix", "model_merge"
-RESERVED_VARIANTS = ("base", "adapter")  # names stage 05 gives another meaning
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_SHARD_BYTES = 4 << 30
 # Config fields two checkpoints must share for one LoRA to apply to both.
@@ -107,8 +134,17 @@ VERIFY_PROMPTS = (
     "Question: What is the sum of 17 and 25?\nAnswer:",
     "The mitochondria is the powerhouse of the cell because",
 )
-# Logits go through every layer: allow a relative error per logit scale on top of verify_atol.
-LOGIT_RTOL_FP32 = 1e-4
+# The checks' bounds (see verify_merged, check_updated_weight, _check_tensor).
+U32 = 2.0 ** -24  # float32's unit roundoff: the merges compute in float32 and round once to the storage dtype
+COMPUTE_SLACK = 2  # times the float32 arithmetic allowance: merge and check sum in different orders
+LOGIT_EFFECT_SHARE = 0.1  # |logits(merged) - logits(source+adapter)| <= this x the adapter's own effect
+LOGIT_NOISE_EPS = 8  # the logit check's floor: verify_atol + this x eps(dtype) x max(1, max |logits|)
+MODEL_MERGE_ULPS = 16  # full-model merges: float32 allowance, in units of U32 x the terms' magnitude
+VERIFY_FORMAT = 2  # bump when a check changes: a reused variant whose verification is older is checked again
+WEIGHT_BOUND = ("per element: |merged - (W + update)| <= half an ulp of the stored dtype at the element's "
+                f"magnitude + {COMPUTE_SLACK} x (U32 x |W + update| + the float32 error bound of the update)")
+LOGIT_BOUND = (f"max |merged - (source + adapter)| <= {LOGIT_EFFECT_SHARE} x max |(source + adapter) - source| "
+               "over every real position of the fixed prompts and every vocabulary entry (or the noise floor)")
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearer to parallel than this, slerp is computed as lerp
 CHUNK = 1 << 22  # entries per step of a full-model merge and of its check: bounds their float32 work
 SMOKE_LOAD_MAX_BYTES = 2 << 30  # a merged model up to this size is also loaded and run by its check
@@ -146,13 +182,32 @@ class LoraDelta:
         d = (self.lora_b.float() @ self.lora_a.float()) * self.scale
         return d.T if self.fan_in_fan_out else d
 
+    def _rows(self, rows: slice, absolute: bool) -> "torch.Tensor":
+        a, b = self.lora_a.double(), self.lora_b.double()
+        if absolute:
+            a, b = a.abs(), b.abs()
+        return (b @ a[:, rows]).T if self.fan_in_fan_out else b[rows] @ a
+
+    def delta_block(self, rows: slice) -> "torch.Tensor":
+        """Rows `rows` of the weight update scale * B @ A, in float64 (exact for these sizes)."""
+        return self._rows(rows, False) * self.scale
+
+    def allowance_block(self, rows: slice) -> "torch.Tensor":
+        """Bound on the float32 error of computing those rows of scale * B @ A (a sum of r products,
+        then the scaling): (r + 2) * U32 * |scale| * (|B| @ |A|)."""
+        return self._rows(rows, True) * ((self.rank + 2) * U32 * abs(self.scale))
+
+    def max_abs(self) -> float:
+        return float(self.delta().abs().max())
+
 
 @dataclass
 class DenseDelta:
     """A weight update given in full (the expected update of an adapter mix)."""
 
     module: str
-    value: "torch.Tensor"
+    value: "torch.Tensor"  # float64
+    allowance: "torch.Tensor | float" = 0.0  # bound on the float32 error of the merge's computation of it
 
     @property
     def weight_shape(self) -> tuple[int, int]:
@@ -160,6 +215,15 @@ class DenseDelta:
 
     def delta(self) -> "torch.Tensor":
         return self.value
+
+    def delta_block(self, rows: slice) -> "torch.Tensor":
+        return self.value[rows].double()
+
+    def allowance_block(self, rows: slice) -> "torch.Tensor | float":
+        return self.allowance[rows] if hasattr(self.allowance, "shape") else self.allowance
+
+    def max_abs(self) -> float:
+        return float(self.value.abs().max())
 
 
 def _pattern_value(patterns: dict, module: str, default: Any) -> Any:
@@ -675,6 +739,21 @@ class ReferenceMerge:
             self.stats["entries"] += sum(m.numel() for m in masks)
         return b + _reference_combine(self.method, [x - b for x in xs], self.weights, self.density, self.msm, masks)
 
+    def magnitude(self, part: slice) -> "torch.Tensor":
+        """Entries `part` of the size of the terms the merge sums (float32): its float32 arithmetic
+        errs by a few U32 of this. linear: sum |w_i x_i| / |sum w|; slerp: |c0 x0| + |c1 x1|; the
+        task-vector methods: |b| + sum |w_i| (|x_i| + |b|), over density for DARE's rescaling."""
+        xs = [t[part].float().abs() for t in self.flat]
+        if self.unchanged:
+            return xs[0]
+        if self.method == "linear":
+            return sum(abs(w) * x for w, x in zip(self.weights, xs)) / abs(sum(self.weights))
+        if self.method == "slerp":
+            return abs(self.coefficients[0]) * xs[0] + abs(self.coefficients[1]) * xs[1]
+        b = self.base[part].float().abs()
+        rescale = 1 / self.density if self.method.startswith("dare") else 1.0
+        return b + sum(abs(w) * rescale * (x + b) for w, x in zip(self.weights, xs))
+
 
 def reference_adapter_mix(sources: list[dict[str, LoraDelta]], weights: list[float], combination_type: str,
                           density: float | None, svd_rank: int | None, majority_sign_method: str,
@@ -686,7 +765,11 @@ def reference_adapter_mix(sources: list[dict[str, LoraDelta]], weights: list[flo
       linear / ties / dare_*: the A factors and the B factors are combined separately, with weights
             sign(c_i)·sqrt|c_i| on A and sqrt|c_i| on B (c_i = w_i s_i), and the update is B_mix @ A_mix.
     `masks`: the DARE draws in the order peft made them (modules in `module_order`, A then B, adapters
-    in order). An adapter without a module is left out of that module's combination, as peft does."""
+    in order). An adapter without a module is left out of that module's combination, as peft does.
+    Each update carries `allowance`, a per-element bound on the float32 error of peft's computation
+    of it: (k + 4) * U32 * the same products taken over magnitudes (k the rank summed over); for svd
+    also the float32 SVD's, 8 * max(m, n) * U32 * s1^2 / (s_k - s_k+1): whole-matrix, as the
+    truncation of a spectrum is."""
     import torch
 
     modules = [m for m in module_order if any(m in s for s in sources)]
@@ -701,13 +784,18 @@ def reference_adapter_mix(sources: list[dict[str, LoraDelta]], weights: list[flo
         fifo = present[0][1].fan_in_fan_out
         if combination_type in ("cat", "svd"):
             total = sum(w * d.scale * (d.lora_b.double() @ d.lora_a.double()) for w, d in present)
+            summed_rank = sum(d.rank for _, d in present)
+            allowance = (summed_rank + 4) * U32 * sum(abs(w * d.scale) * (d.lora_b.double().abs() @ d.lora_a.double().abs())
+                                                      for w, d in present)
             if combination_type == "svd":
                 u, s, vh = torch.linalg.svd(total, full_matrices=False)
                 k = svd_rank or max_rank
                 total = (u[:, :k] * s[:k]) @ vh[:k]
+                gap = float(s[k - 1] - s[k]) if k < len(s) else float(s[0])
+                allowance = allowance + 8 * max(total.shape) * U32 * float(s[0]) ** 2 / max(gap, U32 * float(s[0]), 1e-300)
         else:
             c = [w * d.scale for w, d in present]
-            factors = {}
+            factors, magnitudes = {}, {}
             for side, weights_side in (("A", [math.copysign(math.sqrt(abs(x)), x) if x else 0.0 for x in c]),
                                        ("B", [math.sqrt(abs(x)) for x in c])):
                 tensors = [d.lora_a if side == "A" else d.lora_b for _, d in present]
@@ -720,8 +808,12 @@ def reference_adapter_mix(sources: list[dict[str, LoraDelta]], weights: list[flo
                         raise MergeVerificationError(f"{module}: recorded DARE masks do not line up with lora_{side}")
                 factors[side] = _reference_combine(combination_type, [t.double() for t in tensors], weights_side,
                                                    density, majority_sign_method, side_masks)
+                rescale = 1 / density if combination_type.startswith("dare") else 1.0
+                magnitudes[side] = sum(abs(w) * rescale * t.double().abs() for w, t in zip(weights_side, tensors))
             total = factors["B"] @ factors["A"]
-        out[module] = DenseDelta(module, total.T if fifo else total)
+            allowance = (present[0][1].rank + 4) * U32 * (magnitudes["B"] @ magnitudes["A"])
+        out[module] = DenseDelta(module, total.T if fifo else total,
+                                 allowance.T if fifo and hasattr(allowance, "T") else allowance)
     if next(draws, None) is not None:
         raise MergeVerificationError(f"peft drew {len(masks)} DARE masks; the check used fewer")
     return out
@@ -772,65 +864,111 @@ def _save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:
     return str(source)
 
 
-def _tolerances(atol: float, dtype) -> tuple[float, float]:
-    """(weight rounding allowance per unit |W|, logit relative tolerance) for the merge dtype."""
+def half_ulp(magnitude: "torch.Tensor", dtype) -> "torch.Tensor":
+    """Half the spacing of `dtype` at each |magnitude| (float64): the largest error of rounding a value
+    of that size to `dtype` once (round to nearest). Below the smallest normal number: the subnormal
+    spacing. E.g. float16 at 1.0: 2**-11; float32 at 1.0: 2**-24."""
     import torch
 
-    if dtype == torch.float32:
-        return 0.0, LOGIT_RTOL_FP32
-    eps = torch.finfo(dtype).eps  # low precision: the merged weight is rounded once to this
-    return eps, 8 * eps
+    info = torch.finfo(dtype)
+    digits = round(-math.log2(info.eps))  # stored mantissa bits: float32 23, float16 10, bfloat16 7
+    min_exp = round(math.log2(info.tiny))  # exponent of the smallest normal number
+    _, e = torch.frexp(magnitude.double().abs())  # |x| in [2**(e-1), 2**e)
+    binade = torch.where(magnitude == 0, min_exp, (e - 1).clamp(min=min_exp))
+    return torch.exp2((binade - digits - 1).double())
 
 
-def verify_merged(merged_dir: str | Path, source: str, adapter_dir: str | Path,
-                  deltas: dict[str, LoraDelta | DenseDelta], atol: float, dtype, prompts=VERIFY_PROMPTS) -> dict:
-    """Reload a merged model and check it equals source + the expected updates; raise MergeVerificationError if not.
-
-    (a) every weight: targeted ones equal W + delta (`deltas`, computed by the caller from the
-        adapter tensors), all others equal the source's; (b) the unmerged PeftModel(source,
-        adapter_dir) and the merged model give the same logits on fixed prompts.
-    """
+def check_updated_weight(got: "torch.Tensor", source: "torch.Tensor", d: "LoraDelta | DenseDelta", dtype) -> dict:
+    """One adapted weight, element by element, in float64: expected = W + update (W as loaded, the
+    update from the adapter's own tensors), and each element must satisfy
+        |got - expected| <= half_ulp(dtype, max(|expected|, |got|))      (the one rounding to storage)
+                            + COMPUTE_SLACK * (U32 * |expected| + d.allowance)   (the merge's float32 arithmetic)
+    where d.allowance bounds the float32 error of computing the update itself (for B @ A:
+    (r + 2) * U32 * |s| * (|B| @ |A|)). No fraction of the matrix's max enters. Returns the worst
+    error/bound ratio, the max error, the elements over their bound, and how many elements have an
+    update larger than their bound (where a model without the update fails the check)."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    weight_rel, logit_rtol = _tolerances(atol, dtype)
-    merged = _load_lm(str(merged_dir), dtype)
-    source_model = _load_lm(source, dtype)
+    rows_per_block = max(1, CHUNK // max(1, got.shape[-1]))
+    out = {"diff": 0.0, "ratio": 0.0, "over": 0, "resolvable": 0, "elements": got.numel()}
+    for start in range(0, got.shape[0], rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        g = got[rows].double()
+        update = d.delta_block(rows)
+        expected = source[rows].double() + update
+        bound = half_ulp(torch.maximum(expected.abs(), g.abs()), dtype)
+        bound += COMPUTE_SLACK * (U32 * expected.abs() + d.allowance_block(rows))
+        err = (g - expected).abs()
+        if err.numel():
+            out["diff"] = max(out["diff"], float(err.max()))
+            out["ratio"] = max(out["ratio"], float((err / bound).max()))
+        out["over"] += int((err > bound).sum())
+        out["resolvable"] += int((update.abs() > bound).sum())
+    return out
+
+
+def check_merged_weights(merged, source_model, deltas: dict[str, "LoraDelta | DenseDelta"], dtype,
+                         label: str = "merged model", source_label: str = "source") -> dict:
+    """Weights of `merged` against source + the expected updates: every adapted weight element by
+    element (check_updated_weight), every other weight bit-identical to the source's. Raises
+    MergeVerificationError with the numbers; returns the figures for merge_info."""
+    import torch
+
     merged_sd, source_sd = merged.state_dict(), source_model.state_dict()
     if set(merged_sd) != set(source_sd):
-        raise MergeVerificationError(f"{merged_dir}: parameter names differ from {source}: "
+        raise MergeVerificationError(f"{label}: parameter names differ from {source_label}: "
                                      f"{sorted(set(merged_sd) ^ set(source_sd))[:5]}")
     targeted = {f"{name}.weight": d for name, d in deltas.items()}
     missing = sorted(set(targeted) - set(source_sd))
     if missing:
-        raise MergeVerificationError(f"{merged_dir}: targeted weights absent: {missing[:5]}")
-    max_weight_diff = max_other_diff = max_delta = 0.0
+        raise MergeVerificationError(f"{label}: targeted weights absent: {missing[:5]}")
+    diff = ratio = other_diff = max_delta = 0.0
+    over = resolvable = elements = 0
     failures = []
     with torch.no_grad():
         for key, source_w in source_sd.items():
-            got = merged_sd[key].float()
             if key in targeted:
-                delta = targeted[key].delta()
-                expected = source_w.to(delta.dtype) + delta
-                diff = float((got.to(delta.dtype) - expected).abs().max())
-                tol = atol + weight_rel * float(expected.abs().max())
-                max_weight_diff = max(max_weight_diff, diff)
-                max_delta = max(max_delta, float(delta.abs().max()))
-            else:  # untouched by the adapter: must be bit-identical in the common case
-                diff = 0.0 if torch.equal(merged_sd[key], source_w) else float((got - source_w.float()).abs().max())
-                tol = atol
-                max_other_diff = max(max_other_diff, diff)
-            if not diff <= tol:
-                failures.append(f"{key}: max abs diff {diff:.3g} > {tol:.3g}")
+                one = check_updated_weight(merged_sd[key], source_w, targeted[key], dtype)
+                diff, ratio = max(diff, one["diff"]), max(ratio, one["ratio"])
+                over, resolvable, elements = over + one["over"], resolvable + one["resolvable"], elements + one["elements"]
+                max_delta = max(max_delta, targeted[key].max_abs())
+                if one["over"]:
+                    failures.append(f"{key}: {one['over']} of {one['elements']} elements off by more than their "
+                                    f"rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})")
+            elif not torch.equal(merged_sd[key], source_w):  # untouched by the adapter: bit-identical
+                gap = float((merged_sd[key].double() - source_w.double()).abs().max())
+                other_diff = max(other_diff, gap)
+                failures.append(f"{key}: not adapted, yet differs from {source_label} by up to {gap:.3g}")
     if failures:
-        raise MergeVerificationError(f"{merged_dir}: weights are not {source} + adapter "
+        raise MergeVerificationError(f"{label}: weights are not {source_label} + adapter "
                                      f"({len(failures)} tensors): " + "; ".join(failures[:5]))
     if max_delta == 0.0:
-        log.warning("adapter %s is a no-op (all LoRA deltas are zero): merged == source", adapter_dir)
-    del merged_sd, source_sd
+        log.warning("%s: the adapter is a no-op (all updates are zero): merged == source", label)
+    return {
+        "max_abs_weight_diff": diff,
+        "max_weight_error_to_bound": ratio,  # <= 1: every element within its own rounding bound
+        "weight_bound": WEIGHT_BOUND,
+        "updates_above_bound_share": resolvable / elements if elements else 0.0,  # where an unmerged model fails
+        "max_abs_untargeted_weight_diff": other_diff,
+        "max_abs_delta": max_delta,
+        "verified_modules": len(targeted),
+    }
 
-    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+
+def check_merged_logits(merged, source_model, adapter_dir: str | Path, tokenizer_dir: str | Path, dtype,
+                        atol: float, prompts=VERIFY_PROMPTS, label: str = "merged model") -> dict:
+    """Logits of `merged` against the unmerged source + adapter (peft) on fixed prompts:
+        max |logits(merged) - logits(source+adapter)| <= LOGIT_EFFECT_SHARE * max |logits(source+adapter) - logits(source)|
+    each max over every real (non-padding) position of the prompts and every vocabulary entry, so
+    the tolerance is a tenth of the adapter's own effect: an unmerged model (diff = the whole
+    effect) or one merged at another scale fails. The tolerance never drops below the compute
+    dtype's noise floor, atol + LOGIT_NOISE_EPS * eps(dtype) * max(1, max |logits|);
+    `logit_check_resolves` says whether the effect rises above it. Wraps `source_model` in peft."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if tokenizer.pad_token is None:  # only to batch the prompts here; padded positions are not compared
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # causal attention: real tokens never see the right padding
@@ -839,31 +977,52 @@ def verify_merged(merged_dir: str | Path, source: str, adapter_dir: str | Path,
     peft_model = PeftModel.from_pretrained(source_model, str(adapter_dir), is_trainable=False)
     peft_model.eval()
     with torch.no_grad():
-        merged_logits = merged(**batch).logits.float()[real]
-        peft_logits = peft_model(**batch).logits.float()[real]
+        merged_logits = merged(**batch).logits.double()[real]
+        peft_logits = peft_model(**batch).logits.double()[real]
         with peft_model.disable_adapter():
-            source_logits = peft_model(**batch).logits.float()[real]
-    max_logit_diff = float((merged_logits - peft_logits).abs().max())
-    max_effect = float((peft_logits - source_logits).abs().max())
-    logit_scale = float(peft_logits.abs().max())
-    logit_tol = atol + logit_rtol * max(1.0, logit_scale)
+            source_logits = peft_model(**batch).logits.double()[real]
+    diff = float((merged_logits - peft_logits).abs().max())
+    effect = float((peft_logits - source_logits).abs().max())
+    floor = atol + LOGIT_NOISE_EPS * torch.finfo(dtype).eps * max(1.0, float(peft_logits.abs().max()))
+    tolerance = max(LOGIT_EFFECT_SHARE * effect, floor)
     result = {
-        "max_abs_weight_diff": max_weight_diff,
-        "max_abs_untargeted_weight_diff": max_other_diff,
-        "max_abs_delta": max_delta,
-        "max_abs_logit_diff": max_logit_diff,
-        "max_abs_adapter_logit_effect": max_effect,  # how far the adapter moves logits: the check's scale
-        "logit_tolerance": logit_tol,
-        "verified_modules": len(targeted),
+        "max_abs_logit_diff": diff,
+        "max_abs_adapter_logit_effect": effect,  # how far the adapter moves logits: the check's scale
+        "logit_diff_to_effect": diff / effect if effect else None,
+        "logit_tolerance": tolerance,
+        "logit_noise_floor": floor,
+        "logit_check_resolves": LOGIT_EFFECT_SHARE * effect > floor,
+        "logit_bound": LOGIT_BOUND,
         "prompts": len(prompts),
     }
-    log.info("verified %s: weight diff %.3g, logit diff %.3g (adapter moves logits by %.3g)",
-             merged_dir, max_weight_diff, max_logit_diff, max_effect)
-    if not max_logit_diff <= logit_tol:
-        raise MergeVerificationError(f"{merged_dir}: merged logits differ from unmerged {source} + adapter by "
-                                     f"{max_logit_diff:.3g} > tolerance {logit_tol:.3g} (adapter effect "
-                                     f"{max_effect:.3g})")
-    del peft_model, source_model, merged
+    peft_model.unload()  # gives `source_model` back without the adapter layers
+    if not diff <= tolerance:
+        raise MergeVerificationError(f"{label}: merged logits differ from the unmerged model + adapter by "
+                                     f"{diff:.3g} > tolerance {tolerance:.3g} ({LOGIT_EFFECT_SHARE} x the "
+                                     f"adapter's effect {effect:.3g}, noise floor {floor:.3g})")
+    return result
+
+
+def verify_merged(merged_dir: str | Path, source: str, adapter_dir: str | Path,
+                  deltas: dict[str, LoraDelta | DenseDelta], atol: float, dtype, prompts=VERIFY_PROMPTS) -> dict:
+    """Reload a merged model and check it is source + the expected updates; raise MergeVerificationError if not.
+
+    (a) weights (check_merged_weights): each adapted element within its own rounding bound of
+        W + update (`deltas`, computed by the caller from the adapter's tensors), all others
+        bit-identical; (b) logits (check_merged_logits): within a tenth of the adapter's own effect
+        of the unmerged PeftModel(source, adapter_dir) on fixed prompts. Both models load in `dtype`.
+    """
+    merged = _load_lm(str(merged_dir), dtype)
+    source_model = _load_lm(source, dtype)
+    result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
+    result.update(check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts,
+                                      str(merged_dir)))
+    result.update(format=VERIFY_FORMAT, dtype=str(dtype).replace("torch.", ""))
+    log.info("verified %s: weights within %.3g of their rounding bound (max diff %.3g); logit diff %.3g, "
+             "%.3g of the adapter's effect %.3g", merged_dir, result["max_weight_error_to_bound"],
+             result["max_abs_weight_diff"], result["max_abs_logit_diff"], result["logit_diff_to_effect"] or 0.0,
+             result["max_abs_adapter_logit_effect"])
+    del source_model, merged
     gc.collect()
     return result
 
@@ -896,14 +1055,20 @@ Steps = tuple[Callable[[Path], dict], Callable[[Path], dict]]  # (build into a f
 
 def adapter_merge_steps(source: str, adapter_dir: Path, deltas: dict[str, LoraDelta], tokenizer_dirs: list[str],
                         dtype, atol: float, label: str) -> Steps:
-    """Merge an adapter into `source` with peft merge_and_unload; check with verify_merged."""
+    """Merge an adapter into `source` with peft merge_and_unload; check with verify_merged.
+
+    The model is loaded in `dtype` (its storage dtype); the adapter's factors are held in float32
+    (autocast_adapter_dtype), so peft computes scale * B @ A in float32 and adds it to each weight
+    in float32 before the one rounding to `dtype` (an in-place add of a float32 tensor into a
+    16-bit one computes in float32): the sum is never done in a 16-bit dtype."""
 
     def build(tmp: Path) -> dict:
         from peft import PeftModel
 
         model = _load_lm(source, dtype)
         check_targets(model, deltas, source)
-        merged = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
+        merged = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False,
+                                           autocast_adapter_dtype=True).merge_and_unload()
         merged.save_pretrained(tmp)
         del merged, model
         return {"tokenizer_from": _save_tokenizer(tokenizer_dirs, tmp, label)}
@@ -926,7 +1091,11 @@ def merge_adapter_into(source: str, adapter_dir: Path, out_dir: Path, deltas: di
 def adapter_mix_steps(source: str, adapter_dirs: list[Path], mix: "AdapterMixConfig", tokenizer_dirs: list[str],
                       dtype, seed: int, atol: float) -> Steps:
     """Combine adapters with peft's add_weighted_adapter and merge the mix into `source` (the mix
-    itself, unmerged, is kept in <variant>/mixed_adapter/); check against reference_adapter_mix."""
+    itself, unmerged, is kept in <variant>/mixed_adapter/); check against reference_adapter_mix.
+
+    The work is done on a float32 copy of the model, cast once to `dtype` when saved: peft creates
+    the mixed factors in the model's dtype, so in a 16-bit model the combination itself would be
+    rounded (measured: up to 244x the fp16 merge's rounding bound). It costs a float32 model in memory."""
     sources = [read_adapter(d) for d in adapter_dirs]
     ranks = [sorted(adapter_ranks(cfg)) for cfg, _ in sources]
     if mix.combination_type in ("linear", "ties", "dare_linear", "dare_ties") and len({tuple(r) for r in ranks}) > 1:
@@ -941,7 +1110,7 @@ def adapter_mix_steps(source: str, adapter_dirs: list[Path], mix: "AdapterMixCon
         import torch
         from peft import PeftModel
 
-        model = _load_lm(source, dtype)
+        model = _load_lm(source, dtype).to(torch.float32)  # W as stored in dtype (as the check loads it), exactly
         for d, (_, deltas) in zip(adapter_dirs, sources):
             check_targets(model, deltas, f"{source} (adapter {d})")
         state["module_order"] = [name for name, _ in model.named_modules()]
@@ -957,7 +1126,7 @@ def adapter_mix_steps(source: str, adapter_dirs: list[Path], mix: "AdapterMixCon
         state["masks"] = draws
         peft_model.set_adapter("default")
         peft_model.save_pretrained(str(tmp / MIXED_ADAPTER), selected_adapters=["default"])
-        merged = peft_model.merge_and_unload(adapter_names=["default"])
+        merged = peft_model.merge_and_unload(adapter_names=["default"]).to(dtype)  # the one rounding
         merged.save_pretrained(tmp)
         del merged, peft_model, model
         out = {"tokenizer_from": _save_tokenizer(tokenizer_dirs, tmp, mix.name)}
@@ -1036,7 +1205,7 @@ def check_model_merge_inputs(spec: ModelMergeSpec) -> list[str]:
     return names
 
 
-def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, seed: int, atol: float) -> Steps:
+def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, seed: int) -> Steps:
     """Merge full models tensor by tensor (see merge_tensor), streaming; check against ReferenceMerge."""
     import torch
     from peft.utils import merge_utils  # noqa: F401 - imported here, not inside the merge's memory measurement
@@ -1083,13 +1252,13 @@ def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, se
         return stats
 
     def check(path: Path) -> dict:
-        return verify_model_merge(path, spec, dtype, seed, atol)
+        return verify_model_merge(path, spec, dtype, seed)
 
     return build, check
 
 
 def _check_tensor(name: str, merged: SafetensorsCheckpoint, models: list[SafetensorsCheckpoint],
-                  base: SafetensorsCheckpoint | None, spec: ModelMergeSpec, dtype, seed: int, atol: float) -> dict:
+                  base: SafetensorsCheckpoint | None, spec: ModelMergeSpec, dtype, seed: int) -> dict:
     """One tensor of verify_model_merge: {"failure"} or its figures. A function of its own so that
     one tensor's buffers are gone before the next is read."""
     import torch
@@ -1108,16 +1277,20 @@ def _check_tensor(name: str, merged: SafetensorsCheckpoint, models: list[Safeten
     flat_got = got.reshape(-1)
     if not bool(torch.isfinite(flat_got).all()):
         return {"failure": f"{name}: non-finite values"}
-    rel = 4 * (torch.finfo(dtype).eps + torch.finfo(torch.float32).eps)  # rounding to dtype, float32 arithmetic
-    diff = excess = 0.0
+    # per element: one rounding to the output dtype + the float32 arithmetic on terms of that size
+    diff = ratio = 0.0
+    over = 0
     for part in _chunks(flat_got.numel()):
-        expected = reference.chunk(part)
-        gap = (flat_got[part].float() - expected).abs_()
+        expected = reference.chunk(part).double()
+        value = flat_got[part].double()
+        bound = half_ulp(torch.maximum(expected.abs(), value.abs()), dtype)
+        bound += MODEL_MERGE_ULPS * U32 * reference.magnitude(part).double()
+        gap = (value - expected).abs_()
         if gap.numel():
-            diff = max(diff, float(gap.max()))
-            excess = max(excess, float(gap.sub_(expected.abs_().mul_(rel)).max()))
-    out = {"diff": diff, "kept": reference.stats.get("kept", 0), "entries": reference.stats.get("entries", 0),
-           "slerp_linear": int(bool(reference.stats.get("slerp_linear")))}
+            diff, ratio = max(diff, float(gap.max())), max(ratio, float((gap / bound).max()))
+            over += int((gap > bound).sum())
+    out = {"diff": diff, "ratio": ratio, "kept": reference.stats.get("kept", 0),
+           "entries": reference.stats.get("entries", 0), "slerp_linear": int(bool(reference.stats.get("slerp_linear")))}
     # the check's scale, on a sample of entries: how far the merge is from the nearest input,
     # and how far apart the inputs are
     step = max(1, flat_got.numel() // SCALE_SAMPLE)
@@ -1126,28 +1299,30 @@ def _check_tensor(name: str, merged: SafetensorsCheckpoint, models: list[Safeten
         inputs = [t[::step].float() for t in reference.flat]
         out["change"] = min(float((sample - t).abs().max()) for t in inputs)
         out["moved"] = float((inputs[0] - inputs[-1]).abs().max())
-    if not excess <= atol:
-        out["failure"] = f"{name}: max abs diff {diff:.3g} from the reference (tolerance {atol:.3g} + {rel:.2g}·|value|)"
+    if over:
+        out["failure"] = (f"{name}: {over} elements off the reference by more than their rounding bound "
+                          f"(worst {ratio:.3g}x the bound, max abs diff {diff:.3g})")
     return out
 
 
-def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int, atol: float) -> dict:
-    """Every tensor of a full-model merge equals the reference computed on the inputs (within atol
-    plus the rounding of the output dtype) and is finite, the tensor set is the inputs', and the
-    model passes _smoke_test. Streams like the merge."""
+def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int) -> dict:
+    """Every tensor of a full-model merge equals the reference computed on the inputs, each element
+    within half an ulp of the output dtype at its magnitude + MODEL_MERGE_ULPS * U32 * the size of
+    the terms summed for it (ReferenceMerge.magnitude), and is finite; the tensor set is the
+    inputs', and the model passes _smoke_test. Streams like the merge."""
     merged = SafetensorsCheckpoint(merged_dir)
     models, base = _open_checkpoints(spec)
     if merged.names() != models[0].names():
         raise MergeVerificationError(f"{merged_dir}: tensor names differ from {spec.labels[0]}: "
                                      f"{sorted(set(merged.names()) ^ set(models[0].names()))[:5]}")
-    max_diff = max_change = max_moved = 0.0
+    max_diff = max_ratio = max_change = max_moved = 0.0
     kept = entries = slerp_linear = unchanged = 0
     failures = []
     for name in merged.names():
-        one = _check_tensor(name, merged, models, base, spec, dtype, seed, atol)
+        one = _check_tensor(name, merged, models, base, spec, dtype, seed)
         if "failure" in one:
             failures.append(one["failure"])
-        max_diff = max(max_diff, one.get("diff", 0.0))
+        max_diff, max_ratio = max(max_diff, one.get("diff", 0.0)), max(max_ratio, one.get("ratio", 0.0))
         max_change = max(max_change, one.get("change", 0.0))
         max_moved = max(max_moved, one.get("moved", 0.0))
         kept, entries = kept + one.get("kept", 0), entries + one.get("entries", 0)
@@ -1158,6 +1333,11 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
                                      f"({len(failures)} tensors): " + "; ".join(failures[:5]))
     result: dict[str, Any] = {
         "max_abs_weight_diff": max_diff,
+        "max_weight_error_to_bound": max_ratio,  # <= 1: every element within its own bound
+        "weight_bound": (f"per element: half an ulp of the stored dtype at its magnitude + {MODEL_MERGE_ULPS} x U32 x "
+                         "the magnitude of the terms the method sums"),
+        "format": VERIFY_FORMAT,
+        "dtype": str(dtype).replace("torch.", ""),
         "max_abs_distance_to_nearest_input": max_change,  # 0: the merge equals one input (sampled)
         "max_abs_input_difference": max_moved,  # how different the inputs are: the check's scale (sampled)
         "verified_tensors": len(merged.names()),
@@ -1204,51 +1384,28 @@ def _smoke_test(model_dir: str | Path, dtype) -> dict:
 
 
 # ---------------------------------------------------------------- the sweep
-def _number(x: float) -> str:
-    return f"{x:g}"
-
-
-def sweep_variant_name(method: str, weights: list[float], density: float | None = None) -> str:
-    """sweep-<method>-w<w1>_<w2>...[-d<density>], e.g. sweep-ties-w0.7_0.3-d0.5."""
-    name = f"{SWEEP_PREFIX}{method}-w{'_'.join(_number(w) for w in weights)}"
-    return name + (f"-d{_number(density)}" if density is not None else "")
-
-
 def sweep_merges(sweep: "MergeSweepConfig | None") -> list["ModelMergeConfig"]:
-    """The grid: every method x weights, and x density for the methods that take one (ties, dare_*)."""
-    from .config import _DENSITY_METHODS, ModelMergeConfig
+    """The grid (layout.sweep_points): every method x weights, and x density for the methods that
+    take one (ties, dare_*), named by layout.sweep_variant_name."""
+    from .config import ModelMergeConfig
 
-    if sweep is None:
-        return []
     out = []
-    for method in sweep.methods:
-        for weights in sweep.weights:
-            if len(weights) != len(sweep.models):
-                raise MergeError(f"merge.sweep.weights: {weights} has {len(weights)} weights for "
-                                 f"{len(sweep.models)} models")
-            for density in (sweep.densities if method in _DENSITY_METHODS else [None]):
-                try:
-                    out.append(ModelMergeConfig(name=sweep_variant_name(method, weights, density), method=method,
-                                                models=list(sweep.models), weights=list(weights), density=density,
-                                                majority_sign_method=sweep.majority_sign_method, base=sweep.base))
-                except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
-                    raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
+    for method, weights, density in layout.sweep_points(sweep):
+        if len(weights) != len(sweep.models):
+            raise MergeError(f"merge.sweep.weights: {weights} has {len(weights)} weights for "
+                             f"{len(sweep.models)} models")
+        try:
+            out.append(ModelMergeConfig(name=layout.sweep_variant_name(method, weights, density), method=method,
+                                        models=list(sweep.models), weights=list(weights), density=density,
+                                        majority_sign_method=sweep.majority_sign_method, base=sweep.base))
+        except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
+            raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
     return out
 
 
 def sweep_variant_names(profile: "Profile") -> list[str]:
     """Names of the sweep's merged models, to list in evaluate.variants (05 evaluates what is listed)."""
     return [m.name for m in sweep_merges(profile.merge.sweep)]
-
-
-def planned_variants(profile: "Profile") -> list[str]:
-    """Every variant stage 04 makes for this profile, in the order it makes them."""
-    cfg = profile.merge
-    names = [MERGED_VARIANT] if cfg.merge_into_base else []
-    for p in cfg.partners:
-        names += ([p.name] if p.adapter else []) + [p.name + PARTNER_SUFFIX]
-    names += [m.name for m in cfg.adapter_mixes] + [m.name for m in cfg.model_merges] + sweep_variant_names(profile)
-    return names
 
 
 # ---------------------------------------------------------------- existing outputs
@@ -1280,15 +1437,51 @@ def _reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
     return True, ""
 
 
+# ---------------------------------------------------------------- dtypes
+_MERGE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def stored_dtype(model_dir: str | Path) -> "torch.dtype":
+    """A checkpoint's own dtype: its config's `dtype` (transformers 5) or `torch_dtype`; float32 when
+    it names none, or one a merge does not store (logged)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(named).replace("torch.", "") if named is not None else None
+    if name in _MERGE_DTYPES:
+        return getattr(torch, name)
+    if name not in (None, "auto"):
+        log.warning("%s: config dtype %r; merging in float32", model_dir, name)
+    return torch.float32
+
+
+def merge_dtype(setting: str, own: list["torch.dtype"]) -> "torch.dtype":
+    """The dtype a merge stores: merge.dtype when set; auto: the inputs' own dtype when they share
+    one, else float32 (no input loses precision). The arithmetic is float32 in every case."""
+    import torch
+
+    if setting != "auto":
+        if setting not in _MERGE_DTYPES:
+            raise MergeError(f"merge.dtype {setting!r}: use auto, {', '.join(_MERGE_DTYPES)}")
+        return getattr(torch, setting)
+    return own[0] if own and all(d == own[0] for d in own) else torch.float32
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 # ---------------------------------------------------------------- the stage
 def adapter_dir_for(profile: "Profile") -> Path:
-    return profile.run_dir("03_finetune") / "adapter"
+    return layout.artifact(profile, layout.ADAPTER)
 
 
 def resolve_adapter(profile: "Profile", ref: str, where: str) -> Path:
     """An adapter reference: a folder of this run's 03_finetune (adapter, partner_adapter) or a path."""
     path = (Path(ref).expanduser() if ref.startswith(("/", ".", "~"))
-            else profile.run_dir("03_finetune") / ref)
+            else profile.run_dir(layout.FINETUNE) / ref)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{where}: adapter {ref!r} -> {path} has no adapter_config.json "
                                 "(a 03_finetune folder needs stage 03 to have made it)")
@@ -1313,7 +1506,7 @@ def _source_inputs(ref: str, path: str, adapter_sha: str, base_ref: str, dtype, 
         "model_content_sha256": content_sha,
         "adapter_sha256": adapter_sha,
         "adapter_base_ref": base_ref,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": _dtype_name(dtype),
     }
 
 
@@ -1324,19 +1517,20 @@ class _Job:
     method: str
     inputs: Callable[[], dict]  # identity of what it is made from; called when the job runs
     steps: Callable[[], Steps]  # (build, check), prepared when the job runs (its inputs exist then)
+    dtype: Any = None  # the torch dtype the variant is stored in
     report: dict = field(default_factory=dict)  # fields for merge_report.json
     local_inputs: list[str] = field(default_factory=list)  # folders read, for the manifest
 
 
 def _check_variant_names(profile: "Profile") -> list[str]:
     cfg = profile.merge
-    names = planned_variants(profile)
+    names = layout.planned_variants(profile)
     taken = names + [p.name for p in cfg.partners if not p.adapter]  # 05 resolves a partner's name too
     dupes = sorted({n for n in taken if taken.count(n) > 1})
     if dupes:
-        raise MergeError(f"merge: duplicate variant names {dupes} (partners, partner-platypus merges, "
+        raise MergeError(f"merge: duplicate variant names {dupes} (merge.merged_name, partners, their merged_name, "
                          "adapter_mixes, model_merges and sweep points share one namespace)")
-    reserved = sorted(set(taken) & set(RESERVED_VARIANTS))
+    reserved = sorted(set(taken) & set(layout.RESERVED_VARIANTS))
     if reserved:
         raise MergeError(f"merge: {reserved} are names stage 05 reserves for the unmerged models")
     bad = [n for n in taken if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
@@ -1345,210 +1539,282 @@ def _check_variant_names(profile: "Profile") -> list[str]:
     return names
 
 
+class _Plan:
+    """What run_merge makes, in the profile's order: one _Job per variant (layout.planned_variants),
+    each knowing its inputs, its dtype and how to build and check it. Nothing is written here."""
+
+    def __init__(self, profile: "Profile"):
+        from transformers import AutoConfig
+
+        self.profile, self.cfg = profile, profile.merge
+        self.run_dir = profile.run_dir(STAGE)
+        self.variants = _check_variant_names(profile)
+        self.cache = profile.cache_dir()
+        self.base_ref = profile.models.base
+        self.base_path = resolve_model(self.base_ref, self.cache)
+        self.base_config = AutoConfig.from_pretrained(self.base_path)
+        self.partner_models = {p.name: p.model for p in self.cfg.partners if not p.adapter}
+        self.produced: dict[str, Path] = {}  # variant -> folder, in the order the jobs make them
+        self.produced_dtype: dict[str, Any] = {}
+        self.content: dict[str, str] = {}  # folder -> model_content_hash; this stage's variants: from merge_info
+        self.jobs: list[_Job] = []
+        self.sweep = sweep_variant_names(profile)
+        self.report: dict[str, Any] = {
+            "adapter": None, "adapter_base": self.base_ref, "dtype": self.cfg.dtype, "seed": profile.seed,
+            "verify_format": VERIFY_FORMAT, "weight_bound": WEIGHT_BOUND, "logit_bound": LOGIT_BOUND,
+            "models": {}, "sweep": self.sweep}
+        self.adapter_dir = adapter_dir_for(profile)
+        self.adapter_tok: list[str] = []
+
+    def content_id(self, path: str | Path) -> str | None:
+        key = str(path)
+        if key not in self.content and Path(key).is_dir():
+            self.content[key] = model_content_hash(key)
+        return self.content.get(key)
+
+    def model_path(self, ref: str, where: str) -> str:
+        """A variant made earlier in this stage, "base", a partner's name, or a model reference."""
+        if ref in self.produced:
+            return str(self.produced[ref])
+        if ref in self.variants:
+            raise MergeError(f"{where}: {ref!r} is made later in this stage than {where}; reorder the profile")
+        if ref == layout.BASE_VARIANT:
+            return self.base_path
+        return _local_checkpoint(resolve_model(self.partner_models.get(ref, ref), self.cache))
+
+    def own_dtype(self, path: str) -> "torch.dtype":
+        """The stored dtype of a model folder or reference (a variant of this stage: the one it is made in)."""
+        made = next((v for v, p in self.produced.items() if str(p) == str(path)), None)
+        return self.produced_dtype[made] if made else stored_dtype(path)
+
+    def _add(self, job: _Job) -> None:
+        self.jobs.append(job)
+        self.produced[job.variant] = self.run_dir / job.variant
+        self.produced_dtype[job.variant] = job.dtype
+
+    def is_produced(self, path: str | None) -> bool:
+        return path in map(str, self.produced.values())
+
+    def adapter_job(self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str],
+                    partner: str | None) -> None:
+        _, deltas = read_adapter(adapter)
+        adapter_sha = sha256_path(adapter)
+        dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
+        base_ref = self.base_ref
+        self._add(_Job(
+            variant, KIND_ADAPTER, METHOD, dtype=dtype,
+            inputs=lambda: _source_inputs(ref, source, adapter_sha, base_ref, dtype, self.content_id(source)),
+            steps=lambda: adapter_merge_steps(source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol,
+                                              variant),
+            report={"base": ref, "base_path": source, "partner": partner, "adapter": str(adapter.resolve()),
+                    "adapter_base": base_ref},
+            local_inputs=[str(adapter)] + ([source] if Path(source).is_dir() and not self.is_produced(source) else [])))
+
+    def add_adapter_merges(self) -> None:
+        """The adapter into models.base (merge.merged_name) and into each partner (its merged_name)."""
+        from transformers import AutoConfig
+
+        cfg, base_path = self.cfg, self.base_path
+        if not (cfg.merge_into_base or cfg.partners):
+            return
+        if not (self.adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{self.adapter_dir}: no LoRA adapter (adapter_config.json); "
+                                    "run stage 03_finetune first")
+        adapter_config, _ = read_adapter(self.adapter_dir)
+        self.report["adapter"] = str(self.adapter_dir.resolve())
+        self.adapter_tok = [str(self.adapter_dir)] if _has_tokenizer(self.adapter_dir) else []
+        recorded_base = adapter_config.get("base_model_name_or_path")
+        if recorded_base and recorded_base not in (self.base_ref, base_path):
+            log.warning("adapter was trained on %r; merging it into models.base %r (%s)", recorded_base,
+                        self.base_ref, base_path)
+        if cfg.merge_into_base:
+            self.adapter_job(layout.merged_variant(self.profile), self.base_ref, base_path, self.adapter_dir,
+                             self.adapter_tok + [base_path], None)
+        for partner in cfg.partners:
+            path = resolve_model(partner.model, self.cache)
+            check_architecture(AutoConfig.from_pretrained(path), self.base_config,
+                               f"partner {partner.name!r} ({partner.model})",
+                               f"models.base ({self.base_ref}, the adapter's base)")
+            ref = partner.model
+            if partner.adapter:  # build the partner fine-tune here: its own adapter merged into its model
+                own = resolve_adapter(self.profile, partner.adapter, f"merge.partners[{partner.name}].adapter")
+                self.adapter_job(partner.name, partner.model, path, own, [path, str(own), base_path], None)
+                path, ref = str(self.produced[partner.name]), f"{STAGE}/{partner.name}"
+            elif path == base_path:
+                log.warning("partner %r is models.base itself: its merge equals %r", partner.name,
+                            layout.merged_variant(self.profile))
+            self.adapter_job(layout.partner_merged_variant(partner), ref, path, self.adapter_dir,
+                             [path] + self.adapter_tok + [base_path], partner.name)
+
+    def add_adapter_mixes(self) -> None:
+        from transformers import AutoConfig
+
+        for mix in self.cfg.adapter_mixes:
+            where = f"merge.adapter_mixes[{mix.name}]"
+            dirs = [resolve_adapter(self.profile, a, where) for a in mix.adapters]
+            into = self.model_path(mix.into or layout.BASE_VARIANT, where)
+            if mix.into and mix.into not in self.produced:
+                check_architecture(AutoConfig.from_pretrained(into), self.base_config, f"{where}.into ({mix.into})",
+                                   f"models.base ({self.base_ref})")
+            shas = [sha256_path(d) for d in dirs]
+            dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(into)])
+            drawn = mix.combination_type.startswith("dare")
+
+            def mix_inputs(mix=mix, into=into, shas=shas, drawn=drawn, dtype=dtype) -> dict:
+                return {"method": MIX_METHOD, "combination_type": mix.combination_type, "weights": list(mix.weights),
+                        "density": mix.density, "svd_rank": mix.svd_rank,
+                        "majority_sign_method": mix.majority_sign_method, "adapters_sha256": shas,
+                        "into_ref": mix.into or self.base_ref, "into_content_sha256": self.content_id(into),
+                        "dtype": _dtype_name(dtype), "seed": self.profile.seed if drawn else None,
+                        "format": MERGE_FORMAT}
+
+            tok = [into] + [str(d) for d in dirs if _has_tokenizer(d)] + [self.base_path]
+            self._add(_Job(
+                mix.name, KIND_MIX, f"{MIX_METHOD}:{mix.combination_type}", inputs=mix_inputs, dtype=dtype,
+                steps=lambda mix=mix, into=into, dirs=dirs, tok=tok, dtype=dtype: adapter_mix_steps(
+                    into, dirs, mix, tok, dtype, self.profile.seed, self.cfg.verify_atol),
+                report={"base": mix.into or self.base_ref, "base_path": into,
+                        "adapters": [str(d.resolve()) for d in dirs], "weights": list(mix.weights),
+                        "density": mix.density, "svd_rank": mix.svd_rank},
+                local_inputs=[str(d) for d in dirs] + ([into] if mix.into not in self.produced else [])))
+
+    def add_model_merges(self) -> None:
+        sweep_names = set(self.sweep)
+        for mm in list(self.cfg.model_merges) + sweep_merges(self.cfg.sweep):
+            where = f"merge.sweep ({mm.name})" if mm.name in sweep_names else f"merge.model_merges[{mm.name}]"
+            paths = [self.model_path(r, where) for r in mm.models]
+            uses_base = mm.method not in ("linear", "slerp")
+            base_dir = self.model_path(mm.base or layout.BASE_VARIANT, where) if uses_base else None
+            spec = ModelMergeSpec(mm.name, mm.method, paths, list(mm.models), list(mm.weights), mm.density,
+                                  mm.majority_sign_method, base_dir, (mm.base or self.base_ref) if uses_base else None)
+            dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])])
+
+            def merge_inputs(mm=mm, spec=spec, dtype=dtype) -> dict:
+                return {"method": mm.method, "weights": list(mm.weights), "density": mm.density,
+                        "majority_sign_method": mm.majority_sign_method if mm.method in ("ties", "dare_ties") else None,
+                        "models": [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)],
+                        "base": [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None,
+                        "dtype": _dtype_name(dtype), "seed": self.profile.seed if mm.method.startswith("dare") else None,
+                        "format": MERGE_FORMAT}
+
+            self._add(_Job(
+                mm.name, KIND_MODELS, mm.method, inputs=merge_inputs, dtype=dtype,
+                steps=lambda spec=spec, dtype=dtype: model_merge_steps(spec, spec.models + [self.base_path], dtype,
+                                                                       self.profile.seed),
+                report={"models": list(mm.models), "model_paths": paths, "weights": list(mm.weights),
+                        "density": mm.density, "base": spec.base_label, "base_path": base_dir,
+                        "sweep": mm.name in sweep_names},
+                local_inputs=[p for p in paths + [base_dir] if p and not self.is_produced(p)]))
+
+
+def plan_merges(profile: "Profile") -> _Plan:
+    """Every job of stage 04 for this profile, in order (layout.planned_variants), with the report's
+    header; checks names, architectures and that each input exists or is made earlier."""
+    plan = _Plan(profile)
+    plan.add_adapter_merges()
+    plan.add_adapter_mixes()
+    plan.add_model_merges()
+    if [j.variant for j in plan.jobs] != plan.variants:  # the layout and the jobs must not drift apart
+        raise RuntimeError(f"merge jobs {[j.variant for j in plan.jobs]} != layout.planned_variants {plan.variants}")
+    if not plan.jobs:
+        log.warning("nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, "
+                    "model_merges or sweep are given")
+    return plan
+
+
+def _existing_output(job: _Job, out_dir: Path, inputs: dict, force: bool) -> str | None:
+    """None when `out_dir` can be reused or does not exist; the reason when it is stale (this stage
+    made it from other inputs: made again). Raises when it is not this stage's or was edited."""
+    if not out_dir.exists() or force:
+        return None
+    ok, why = _reusable(out_dir, inputs)
+    if ok:
+        return None
+    if why.startswith(INPUTS_DIFFER):  # an adapter trained again, new weights: stale, made again
+        log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
+        return why
+    raise MergeError(f"{out_dir} already exists and {why}; pass --force "
+                     f"(run_merge(profile, force=True)) to overwrite it")
+
+
+def _run_job(job: _Job, run: StageRun, out_dir: Path, verify: bool, force: bool) -> tuple[dict, bool, str | None]:
+    """Make (or reuse) one variant; returns (its merge_info, reused, why an earlier one was replaced).
+    A reused variant whose check is missing or older than VERIFY_FORMAT is checked again."""
+    inputs = job.inputs()
+    replaced = _existing_output(job, out_dir, inputs, force)
+    if out_dir.exists() and not force and replaced is None:
+        info = read_merge_info(out_dir)
+        if verify and (info.get("verification") or {}).get("format") != VERIFY_FORMAT:
+            _, check = job.steps()
+            with measure_peak_rss() as memory:
+                info["verification"] = check(out_dir)
+            info.setdefault("memory", {})["verify_peak_rss_mb"] = memory["peak_rss_mb"]
+            write_json(out_dir / MERGE_INFO, info)
+        log.info("%s: reusing %s (same inputs)", job.variant, out_dir)
+        return info, True, None
+    if out_dir.exists() and force:
+        log.warning("%s: --force: replacing %s", job.variant, out_dir)
+    log.info("%s: %s (%s) in %s", job.variant, job.method, job.kind, _dtype_name(job.dtype))
+    build, check = job.steps()
+    with run.timed(job.variant):
+        info = _write_variant(out_dir, build, check if verify else None,
+                              {"inputs": inputs, "kind": job.kind, "method": job.method, "dtype": _dtype_name(job.dtype)})
+    return info, False, replaced
+
+
+def _report_entry(job: _Job, out_dir: Path, info: dict, verify: bool, reused: bool, replaced: str | None,
+                  seconds: float) -> dict:
+    """One variant's entry in merge_report.json: where it is, what it was made from, its checks."""
+    verification = info.get("verification") if verify else None
+    memory = info.get("memory", {})
+    peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
+    return {
+        "path": str(out_dir.resolve()),
+        "kind": job.kind,
+        "method": job.method,
+        "partner": None,
+        **job.report,
+        "dtype": _dtype_name(job.dtype),
+        "verified": verification is not None,
+        "max_abs_weight_diff": verification and verification["max_abs_weight_diff"],
+        "max_weight_error_to_bound": verification and verification.get("max_weight_error_to_bound"),
+        "max_abs_logit_diff": verification and verification.get("max_abs_logit_diff"),
+        "logit_tolerance": verification and verification.get("logit_tolerance"),
+        "verification": verification,
+        "content_sha256": info["content_sha256"],
+        "reused": reused,
+        "replaced": replaced,
+        "peak_rss_mb": max(peaks) if peaks else None,  # this merge's (and its check's) peak, when made
+        "memory": memory,
+        "seconds": round(seconds, 2),
+    }
+
+
 def run_merge(profile: "Profile", force: bool = False) -> dict:
     """Stage 04: make every variant the profile asks for (see the module docstring), verify each,
     and write merge_report.json. An existing variant made from the same inputs is reused; one this
     stage made from other inputs is stale and made again (logged, and `replaced` in the report says
-    what changed); a directory without this stage's record, or edited after, is refused unless `force`."""
-    from transformers import AutoConfig
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg = profile.merge
-    run_dir = profile.run_dir(STAGE)
-    variants = _check_variant_names(profile)
-    cache = profile.cache_dir()
-    base_ref = profile.models.base
-    base_path = resolve_model(base_ref, cache)
-    # Merging happens on CPU; "auto" is float32 there, so a small delta is not rounded away.
-    dtype = pick_dtype(profile.models.torch_dtype, "cpu")
-    dtype_name = str(dtype).replace("torch.", "")
-    atol = cfg.verify_atol
-    base_config = AutoConfig.from_pretrained(base_path)
-    partner_models = {p.name: p.model for p in cfg.partners if not p.adapter}
-    produced: dict[str, Path] = {}  # variant -> folder, in the order the jobs make them
-    content: dict[str, str] = {}  # folder -> model_content_hash; this stage's variants: from their merge_info
-
-    def content_id(path: str | Path) -> str | None:
-        key = str(path)
-        if key not in content and Path(key).is_dir():
-            content[key] = model_content_hash(key)
-        return content.get(key)
-
-    def model_path(ref: str, where: str) -> str:
-        """A variant made earlier in this stage, "base", a partner's name, or a model reference."""
-        if ref in produced:
-            return str(produced[ref])
-        if ref in variants:
-            raise MergeError(f"{where}: {ref!r} is made later in this stage than {where}; reorder the profile")
-        if ref == "base":
-            return base_path
-        return _local_checkpoint(resolve_model(partner_models.get(ref, ref), cache))
-
-    jobs: list[_Job] = []
-    adapter_tok: list[str] = []
-    adapter_dir = adapter_dir_for(profile)
-    report: dict[str, Any] = {"adapter": None, "adapter_base": base_ref, "dtype": dtype_name, "seed": profile.seed,
-                              "models": {}, "sweep": sweep_variant_names(profile)}
-
-    def adapter_job(variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str], partner) -> None:
-        _, deltas = read_adapter(adapter)
-        adapter_sha = sha256_path(adapter)
-        jobs.append(_Job(
-            variant, KIND_ADAPTER, METHOD,
-            inputs=lambda: _source_inputs(ref, source, adapter_sha, base_ref, dtype, content_id(source)),
-            steps=lambda: adapter_merge_steps(source, adapter, deltas, tokenizer_dirs, dtype, atol, variant),
-            report={"base": ref, "base_path": source, "partner": partner, "adapter": str(adapter.resolve()),
-                    "adapter_base": base_ref},
-            local_inputs=[str(adapter)] + ([source] if Path(source).is_dir() and source not in map(str, produced.values()) else [])))
-        produced[variant] = run_dir / variant
-
-    if cfg.merge_into_base or cfg.partners:
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_dir}: no LoRA adapter (adapter_config.json); run stage 03_finetune first")
-        adapter_config, _ = read_adapter(adapter_dir)
-        report["adapter"] = str(adapter_dir.resolve())
-        adapter_tok = [str(adapter_dir)] if _has_tokenizer(adapter_dir) else []
-        recorded_base = adapter_config.get("base_model_name_or_path")
-        if recorded_base and recorded_base not in (base_ref, base_path):
-            log.warning("adapter was trained on %r; merging it into models.base %r (%s)", recorded_base, base_ref, base_path)
-    if cfg.merge_into_base:
-        adapter_job(MERGED_VARIANT, base_ref, base_path, adapter_dir, adapter_tok + [base_path], None)
-    for partner in cfg.partners:
-        path = resolve_model(partner.model, cache)
-        check_architecture(AutoConfig.from_pretrained(path), base_config,
-                           f"partner {partner.name!r} ({partner.model})", f"models.base ({base_ref}, the adapter's base)")
-        ref = partner.model
-        if partner.adapter:  # build the partner fine-tune here: its own adapter merged into its model
-            own = resolve_adapter(profile, partner.adapter, f"merge.partners[{partner.name}].adapter")
-            adapter_job(partner.name, partner.model, path, own, [path, str(own), base_path], None)
-            path, ref = str(produced[partner.name]), f"{STAGE}/{partner.name}"
-        elif path == base_path:
-            log.warning("partner %r is models.base itself: its merge equals 'merged'", partner.name)
-        adapter_job(partner.name + PARTNER_SUFFIX, ref, path, adapter_dir, [path] + adapter_tok + [base_path],
-                    partner.name)
-
-    for mix in cfg.adapter_mixes:
-        where = f"merge.adapter_mixes[{mix.name}]"
-        dirs = [resolve_adapter(profile, a, where) for a in mix.adapters]
-        into = model_path(mix.into or "base", where)
-        if mix.into and mix.into not in produced:
-            check_architecture(AutoConfig.from_pretrained(into), base_config, f"{where}.into ({mix.into})",
-                               f"models.base ({base_ref})")
-        shas = [sha256_path(d) for d in dirs]
-        drawn = mix.combination_type.startswith("dare")
-
-        def mix_inputs(mix=mix, into=into, shas=shas, drawn=drawn) -> dict:
-            return {"method": MIX_METHOD, "combination_type": mix.combination_type, "weights": list(mix.weights),
-                    "density": mix.density, "svd_rank": mix.svd_rank, "majority_sign_method": mix.majority_sign_method,
-                    "adapters_sha256": shas, "into_ref": mix.into or base_ref, "into_content_sha256": content_id(into),
-                    "dtype": dtype_name, "seed": profile.seed if drawn else None, "format": MERGE_FORMAT}
-
-        tok = [into] + [str(d) for d in dirs if _has_tokenizer(d)] + [base_path]
-        jobs.append(_Job(
-            mix.name, KIND_MIX, f"{MIX_METHOD}:{mix.combination_type}", inputs=mix_inputs,
-            steps=lambda mix=mix, into=into, dirs=dirs, tok=tok: adapter_mix_steps(
-                into, dirs, mix, tok, dtype, profile.seed, atol),
-            report={"base": mix.into or base_ref, "base_path": into, "adapters": [str(d.resolve()) for d in dirs],
-                    "weights": list(mix.weights), "density": mix.density, "svd_rank": mix.svd_rank},
-            local_inputs=[str(d) for d in dirs] + ([into] if mix.into not in produced else [])))
-        produced[mix.name] = run_dir / mix.name
-
-    sweep_names = set(report["sweep"])
-    for mm in list(cfg.model_merges) + sweep_merges(cfg.sweep):
-        where = f"merge.sweep ({mm.name})" if mm.name in sweep_names else f"merge.model_merges[{mm.name}]"
-        paths = [model_path(r, where) for r in mm.models]
-        uses_base = mm.method not in ("linear", "slerp")
-        base_dir = model_path(mm.base or "base", where) if uses_base else None
-        spec = ModelMergeSpec(mm.name, mm.method, paths, list(mm.models), list(mm.weights), mm.density,
-                              mm.majority_sign_method, base_dir, (mm.base or base_ref) if uses_base else None)
-
-        def merge_inputs(mm=mm, spec=spec) -> dict:
-            return {"method": mm.method, "weights": list(mm.weights), "density": mm.density,
-                    "majority_sign_method": mm.majority_sign_method if mm.method in ("ties", "dare_ties") else None,
-                    "models": [[label, content_id(p)] for label, p in zip(spec.labels, spec.models)],
-                    "base": [spec.base_label, content_id(spec.base)] if spec.uses_base else None,
-                    "dtype": dtype_name, "seed": profile.seed if mm.method.startswith("dare") else None,
-                    "format": MERGE_FORMAT}
-
-        jobs.append(_Job(
-            mm.name, KIND_MODELS, mm.method, inputs=merge_inputs,
-            steps=lambda spec=spec: model_merge_steps(spec, spec.models + [base_path], dtype, profile.seed, atol),
-            report={"models": list(mm.models), "model_paths": paths, "weights": list(mm.weights),
-                    "density": mm.density, "base": spec.base_label, "base_path": base_dir,
-                    "sweep": mm.name in sweep_names},
-            local_inputs=[p for p in paths + [base_dir] if p and p not in map(str, produced.values())]))
-        produced[mm.name] = run_dir / mm.name
-    if not jobs:
-        log.warning("nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, "
-                    "model_merges or sweep are given")
-
-    with StageRun(run_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
-        for job in jobs:
+    what changed); a directory without this stage's record, or edited after, is refused unless `force`.
+    Hub access is the caller's (the runner sets it from the profile); this stage sets nothing."""
+    plan = plan_merges(profile)
+    verify = profile.merge.verify
+    report = plan.report
+    with StageRun(plan.run_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
+        for job in plan.jobs:
             for p in job.local_inputs:
                 if Path(p).is_dir() and str(Path(p).resolve()) not in run.inputs:
                     run.add_input(p)
-        for job in jobs:
-            out_dir = run_dir / job.variant
+        for job in plan.jobs:
+            out_dir = plan.run_dir / job.variant
             t0 = time.perf_counter()
-            inputs = job.inputs()
-            reused = False
-            replaced = None  # why an earlier merge at this path was replaced (recorded in the report)
-            if out_dir.exists() and not force:
-                ok, why = _reusable(out_dir, inputs)
-                if not ok and why.startswith(INPUTS_DIFFER):
-                    # this stage made it from other inputs (an adapter trained again, new weights): it
-                    # is stale, and made again; say so, and record what changed
-                    log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
-                    replaced = why
-                elif not ok:  # not made by this stage, or edited after: never overwritten unasked
-                    raise MergeError(f"{out_dir} already exists and {why}; pass --force "
-                                     f"(run_merge(profile, force=True)) to overwrite it")
-            if out_dir.exists() and not force and replaced is None:
-                info = read_merge_info(out_dir)
-                if cfg.verify and "verification" not in info:
-                    _, check = job.steps()
-                    with measure_peak_rss() as memory:
-                        info["verification"] = check(out_dir)
-                    info.setdefault("memory", {})["verify_peak_rss_mb"] = memory["peak_rss_mb"]
-                    write_json(out_dir / MERGE_INFO, info)
-                reused = True
-                log.info("%s: reusing %s (same inputs)", job.variant, out_dir)
-            else:
-                if out_dir.exists() and force:
-                    log.warning("%s: --force: replacing %s", job.variant, out_dir)
-                log.info("%s: %s (%s)", job.variant, job.method, job.kind)
-                build, check = job.steps()
-                with run.timed(job.variant):
-                    info = _write_variant(out_dir, build, check if cfg.verify else None,
-                                          {"inputs": inputs, "kind": job.kind, "method": job.method})
-            content[str(out_dir)] = info["content_sha256"]
-            verification = info.get("verification") if cfg.verify else None
-            memory = info.get("memory", {})
-            peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
-            entry = {
-                "path": str(out_dir.resolve()),
-                "kind": job.kind,
-                "method": job.method,
-                "partner": None,
-                **job.report,
-                "dtype": dtype_name,
-                "verified": verification is not None,
-                "max_abs_weight_diff": verification and verification["max_abs_weight_diff"],
-                "max_abs_logit_diff": verification and verification.get("max_abs_logit_diff"),
-                "verification": verification,
-                "content_sha256": info["content_sha256"],
-                "reused": reused,
-                "replaced": replaced,
-                "peak_rss_mb": max(peaks) if peaks else None,  # this merge's (and its check's) peak, when made
-                "memory": memory,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
+            info, reused, replaced = _run_job(job, run, out_dir, verify, force)
+            plan.content[str(out_dir)] = info["content_sha256"]
+            entry = _report_entry(job, out_dir, info, verify, reused, replaced, time.perf_counter() - t0)
             report["models"][job.variant] = entry
             run.add_output(out_dir)
-            run.metrics[f"{job.variant}.max_abs_weight_diff"] = entry["max_abs_weight_diff"]
-            run.metrics[f"{job.variant}.max_abs_logit_diff"] = entry["max_abs_logit_diff"]
-            run.metrics[f"{job.variant}.peak_rss_mb"] = entry["peak_rss_mb"]
-        report_path = write_json(run_dir / REPORT, report)
+            for key in ("max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb"):
+                run.metrics[f"{job.variant}.{key}"] = entry[key]
+        report_path = write_json(plan.run_dir / REPORT, report)
         run.add_output(report_path)
         run.metrics["models"] = len(report["models"])
         run.metrics["peak_rss_mb"] = peak_rss_mb()

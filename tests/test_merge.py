@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from platypus_utils import merge
+from platypus_utils import layout, merge
 from platypus_utils.artifacts import read_manifest
 from platypus_utils.merge import MergeError, MergeVerificationError
 
@@ -200,7 +200,8 @@ def test_failed_verification_leaves_no_output(setup, monkeypatch):
         merge.run_merge(profile)
     stage_dir = profile.run_dir("04_merge")
     assert not (stage_dir / "merged").exists()
-    assert [p.name for p in stage_dir.iterdir()] == []  # no temp dir, no report, no manifest
+    # no temp dir, no report, no manifest: only the attempt record (status "failed")
+    assert [p.name for p in stage_dir.iterdir()] == ["attempt.json"]
 
 
 def test_existing_output_is_reused_or_made_again_when_its_inputs_changed(setup):
@@ -433,7 +434,7 @@ def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkey
     assert remade["models"][merges[1]["name"]]["reused"] and remade["models"][merges[1]["name"]]["replaced"] is None
 
 
-@pytest.mark.parametrize("damage, message", [(lambda t: t + 1e-3, "from the reference"),
+@pytest.mark.parametrize("damage, message", [(lambda t: t + 1e-3, "off the reference"),
                                              (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")),
                                               "non-finite values")])
 def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetunes, monkeypatch, damage, message):
@@ -447,7 +448,7 @@ def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetu
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes)[:1])
     with pytest.raises(MergeVerificationError, match=f"not the linear merge.*{message}"):
         merge.run_merge(profile)
-    assert list(profile.run_dir("04_merge").iterdir()) == []
+    assert [p.name for p in profile.run_dir("04_merge").iterdir()] == ["attempt.json"]
 
 
 def test_model_merge_refuses_mismatched_models(setup, finetunes):
@@ -513,8 +514,8 @@ def test_sweep_names_grid_and_report(setup, finetunes):
     from platypus_utils.config import MergeSweepConfig
     from platypus_utils.evaluate import resolve_variant
 
-    assert merge.sweep_variant_name("ties", [0.7, 0.3], 0.5) == "sweep-ties-w0.7_0.3-d0.5"
-    assert merge.sweep_variant_name("linear", [1.0, 1.0]) == "sweep-linear-w1_1"
+    assert layout.sweep_variant_name("ties", [0.7, 0.3], 0.5) == "sweep-ties-w0.7_0.3-d0.5"
+    assert layout.sweep_variant_name("linear", [1.0, 1.0]) == "sweep-linear-w1_1"
     grid = MergeSweepConfig(models=["a", "b"], methods=["linear", "ties", "slerp"], weights=[[1, 1], [0.7, 0.3]],
                             densities=[0.3, 0.6])
     names = [m.name for m in merge.sweep_merges(grid)]
@@ -606,7 +607,7 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
     monkeypatch.setattr(merge, "merge_tensor", traced)
     spec = merge.ModelMergeSpec("big", "ties", [str(dirs[1]), str(dirs[2])], ["m1", "m2"], [1.0, 1.0], 0.5,
                                 "total", str(dirs[0]), "m0")
-    build, _ = merge.model_merge_steps(spec, [str(dirs[1])], torch.float32, 0, 1e-4)
+    build, _ = merge.model_merge_steps(spec, [str(dirs[1])], torch.float32, 0)
     out = tmp_path / "out"
     out.mkdir()
     with merge.measure_peak_rss() as memory:

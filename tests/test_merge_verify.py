@@ -1,0 +1,257 @@
+"""Stage 04's checks can fail: negative controls (an unmerged model, a model merged at the wrong
+scale, a 16-bit merge done in the wrong dtype) are rejected in float32 and float16, a correct float16
+merge passes, the merge dtype follows the base, and the variants are named by layout."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from platypus_utils import layout, merge
+from platypus_utils.merge import MergeVerificationError
+from tests.test_merge import ALPHA, DENSITY, R, TARGETS, save_adapter, save_finetune, save_tiny_llama
+
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+DTYPES = [torch.float32, torch.float16]
+
+
+def save_in_dtype(src, dst, dtype):
+    """A copy of the model at `src` stored in `dtype` (its config then names that dtype)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(src, dtype=dtype).save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def rescaled_adapter(adapter, dst, lora_alpha=None, factor=1.0):
+    """A copy of `adapter` with another lora_alpha (peft then scales it differently) and/or its B
+    factors multiplied by `factor`."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(adapter, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    if lora_alpha is not None:
+        (dst / "adapter_config.json").write_text(json.dumps(dict(cfg, lora_alpha=lora_alpha)))
+    tensors = load_file(str(dst / merge.ADAPTER_WEIGHTS))
+    save_file({k: (v * factor if ".lora_B." in k else v).contiguous() for k, v in tensors.items()},
+              str(dst / merge.ADAPTER_WEIGHTS))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verify")
+    base32 = save_tiny_llama(tmp / "base32", **SHAPE)
+    base16 = save_in_dtype(base32, tmp / "base16", torch.float16)
+    adapter = save_adapter(base32, tmp / "adapter")
+    return {"tmp": tmp, torch.float32: base32, torch.float16: base16, "adapter": adapter}
+
+
+def merged_with(models, adapter, dtype, out):
+    """`adapter` merged into the base of `dtype` by the stage's own merge step (the merger under test
+    is not the check: the check gets the true adapter)."""
+    _, deltas = merge.read_adapter(adapter)
+    build, _ = merge.adapter_merge_steps(str(models[dtype]), adapter, deltas, [str(models[dtype])], dtype, 1e-4, "x")
+    out.mkdir()
+    build(out)
+    return out
+
+
+def both_checks_reject(models, candidate, dtype):
+    """Run the weight check and the logit check on `candidate` against base + the true adapter,
+    each on its own; both must raise."""
+    _, deltas = merge.read_adapter(models["adapter"])
+    got = merge._load_lm(str(candidate), dtype)
+    source = merge._load_lm(str(models[dtype]), dtype)
+    with pytest.raises(MergeVerificationError, match="weights are not .* elements off by more than their rounding bound"):
+        merge.check_merged_weights(got, source, deltas, dtype)
+    with pytest.raises(MergeVerificationError, match="merged logits differ") as caught:
+        merge.check_merged_logits(got, source, models["adapter"], models[dtype], dtype, 1e-4)
+    with pytest.raises(MergeVerificationError):  # and the whole check, as the stage runs it
+        merge.verify_merged(candidate, str(models[dtype]), models["adapter"], deltas, 1e-4, dtype)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------- the bound itself
+def test_half_ulp_is_half_the_spacing_of_the_dtype():
+    x = torch.tensor([1.0, 1.5, 0.02, 1000.0, 6e-5, 0.0])
+    assert merge.half_ulp(x, torch.float16).tolist() == [2.0 ** -11, 2.0 ** -11, 2.0 ** -17, 0.25, 2.0 ** -25, 2.0 ** -25]
+    assert merge.half_ulp(torch.tensor([1.0]), torch.bfloat16).item() == 2.0 ** -8
+    # against torch's own spacing in float32, over many magnitudes
+    v = torch.logspace(-30, 30, 500, dtype=torch.float32)
+    spacing = (torch.nextafter(v, torch.tensor(float("inf"))) - v).double()
+    assert torch.equal(merge.half_ulp(v.double(), torch.float32), spacing / 2)
+    # and in float16: every representable positive value up to 2**15, spacing from the next one
+    h = torch.arange(1, 0x7800, dtype=torch.int16).view(torch.float16)
+    nxt = torch.arange(2, 0x7801, dtype=torch.int16).view(torch.float16)
+    assert torch.equal(merge.half_ulp(h.double(), torch.float16), (nxt.double() - h.double()) / 2)
+
+
+# ---------------------------------------------------------------- negative controls
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+def test_an_unmerged_model_is_rejected(models, dtype, tmp_path):
+    unmerged = shutil.copytree(models[dtype], tmp_path / "unmerged")  # the base's weights, called "merged"
+    message = both_checks_reject(models, unmerged, dtype)
+    assert "0.1 x the adapter's effect" in message
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("alpha", [2 * ALPHA, R], ids=["alpha-doubled", "scale-1"])
+def test_a_model_merged_at_the_wrong_scale_is_rejected(models, dtype, alpha, tmp_path):
+    wrong = rescaled_adapter(models["adapter"], tmp_path / "wrong", lora_alpha=alpha)
+    candidate = merged_with(models, wrong, dtype, tmp_path / "merged")
+    both_checks_reject(models, candidate, dtype)
+
+
+def test_a_small_update_the_old_matrix_max_tolerance_accepted_is_rejected(models, tmp_path):
+    """An adapter whose every update is below eps(fp16) x max|W| + 1e-4 (the old weight tolerance):
+    an unmerged fp16 model passed that; each element's own rounding bound does not let it."""
+    dtype = torch.float16
+    base_w = load_file(str(models[dtype] / "model.safetensors"))
+
+    def old_tolerance(name):
+        return 1e-4 + torch.finfo(dtype).eps * float(base_w[name + ".weight"].float().abs().max())
+
+    _, full = merge.read_adapter(models["adapter"])
+    factor = 0.5 * min(old_tolerance(n) / float(d.delta().abs().max()) for n, d in full.items())
+    small = rescaled_adapter(models["adapter"], tmp_path / "small", factor=factor)
+    _, deltas = merge.read_adapter(small)
+    source = merge._load_lm(str(models[dtype]), dtype)
+    for name, d in deltas.items():
+        assert float(d.delta().abs().max()) < old_tolerance(name), name
+    with pytest.raises(MergeVerificationError, match="weights are not"):
+        merge.check_merged_weights(merge._load_lm(str(models[dtype]), dtype), source, deltas, dtype)
+    good = merged_with(models, small, dtype, tmp_path / "merged")  # and the true merge of it passes
+    figures = merge.check_merged_weights(merge._load_lm(str(good), dtype), source, deltas, dtype)
+    assert figures["max_weight_error_to_bound"] <= 1 and figures["updates_above_bound_share"] > 0.3
+
+
+def test_a_16_bit_merge_done_in_bfloat16_is_rejected_in_float16(models, tmp_path):
+    """The issue's fault: an fp16 base merged in bf16 (then stored as fp16) rounds the weights to
+    bf16's 8 bits; the fp16 check sees it."""
+    from transformers import AutoModelForCausalLM
+
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(models[torch.float16], dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(model, str(models["adapter"]), autocast_adapter_dtype=False).merge_and_unload()
+    out = tmp_path / "bf16"
+    merged.to(torch.float16).save_pretrained(out)
+    _, deltas = merge.read_adapter(models["adapter"])
+    source = merge._load_lm(str(models[torch.float16]), torch.float16)
+    with pytest.raises(MergeVerificationError, match="weights are not"):
+        merge.check_merged_weights(merge._load_lm(str(out), torch.float16), source, deltas, torch.float16)
+
+
+@pytest.mark.parametrize("damage", [1e-5, -3e-6], ids=["+1e-5", "-3e-6"])
+def test_a_model_merge_off_by_less_than_the_old_absolute_tolerance_is_rejected(models, tmp_path, damage, monkeypatch):
+    fts = [save_finetune(models[torch.float32], tmp_path / f"ft{i}", seed=20 + i) for i in (1, 2)]
+    spec = merge.ModelMergeSpec("m", "task_arithmetic", [str(p) for p in fts], ["ft1", "ft2"], [0.5, 0.5], None,
+                                "total", str(models[torch.float32]), "base")
+    build, check = merge.model_merge_steps(spec, [str(fts[0])], torch.float32, 0)
+    out = tmp_path / "m"
+    out.mkdir()
+    build(out)
+    assert check(out)["max_weight_error_to_bound"] <= 1  # the true merge passes
+    real = merge.merge_tensor
+    monkeypatch.setattr(merge, "merge_tensor", lambda *a: (lambda t, i: (t + damage, i))(*real(*a)))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    build(bad)
+    with pytest.raises(MergeVerificationError, match="off the reference by more than their rounding bound"):
+        check(bad)
+
+
+# ---------------------------------------------------------------- positives, dtypes, names
+@pytest.fixture
+def profile_for(models, make_profile):
+    def _make(base_dtype=torch.float16, **merge_cfg):
+        profile = make_profile(models={"base": str(models[base_dtype])}, merge=merge_cfg)
+        adapter_dir = profile.run_dir(layout.FINETUNE) / "adapter"
+        if not adapter_dir.exists():
+            shutil.copytree(models["adapter"], adapter_dir)
+        return profile
+    return _make
+
+
+def test_a_correct_fp16_merge_passes_and_is_stored_in_fp16(profile_for, models, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the stage sets no hub variable of its own
+    profile = profile_for(torch.float16)
+    report = merge.run_merge(profile)
+    assert "HF_HUB_OFFLINE" not in os.environ
+    entry = report["models"]["merged"]
+    v = entry["verification"]
+    assert report["dtype"] == "auto" and entry["dtype"] == "float16" and v["dtype"] == "float16"
+    assert v["max_weight_error_to_bound"] <= 1 and v["max_abs_untargeted_weight_diff"] == 0.0
+    assert v["updates_above_bound_share"] > 0.9  # an unmerged model fails on nearly every element
+    assert v["max_abs_logit_diff"] <= 0.1 * v["max_abs_adapter_logit_effect"] and v["logit_check_resolves"]
+    assert v["weight_bound"] == merge.WEIGHT_BOUND and v["logit_bound"] == merge.LOGIT_BOUND
+    stored = load_file(str(profile.run_dir(layout.MERGE) / "merged" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    # independent of merge.py: W + (alpha/r) B @ A in float64, rounded once to float16
+    base = load_file(str(models[torch.float16] / "model.safetensors"))
+    adapter = load_file(str(models["adapter"] / "adapter_model.safetensors"))
+    for target in TARGETS:
+        key = f"model.layers.1.mlp.{target}"
+        a, b = (adapter[f"base_model.model.{key}.lora_{x}.weight"].double() for x in "AB")
+        exact = base[key + ".weight"].double() + (ALPHA / R) * (b @ a)
+        assert (stored[key + ".weight"].double() - exact.half().double()).abs().max() <= merge.half_ulp(exact, torch.float16).max()
+
+
+def test_merge_dtype_follows_the_base_unless_set(profile_for, models, tmp_path):
+    assert merge.stored_dtype(models[torch.float16]) == torch.float16
+    legacy = json.loads((models[torch.float32] / "config.json").read_text())  # Llama-2's config.json names torch_dtype
+    legacy.pop("dtype", None)
+    (tmp_path / "config.json").write_text(json.dumps(dict(legacy, torch_dtype="float16")))
+    assert merge.stored_dtype(tmp_path) == torch.float16
+    assert merge.stored_dtype(models[torch.float32]) == torch.float32
+    assert merge.merge_dtype("auto", [torch.float16, torch.float16]) == torch.float16
+    assert merge.merge_dtype("auto", [torch.float16, torch.bfloat16]) == torch.float32  # neither holds the other
+    assert merge.merge_dtype("bfloat16", [torch.float16]) == torch.bfloat16
+    report = merge.run_merge(profile_for(torch.float32, dtype="float16"))  # asked for: fp16 from an fp32 base
+    entry = report["models"]["merged"]
+    assert entry["dtype"] == "float16" and entry["verification"]["max_weight_error_to_bound"] <= 1
+
+
+def test_variants_are_named_by_layout(profile_for, models):
+    partner = models[torch.float16]  # the base itself as a partner: only the names matter here
+    profile = profile_for(torch.float16, merged_name="platypus-tiny",
+                          partners=[{"name": "tiny-beluga", "model": str(partner), "merged_name": "stable-platypus-tiny"},
+                                    {"name": "tiny-orca", "model": str(partner)}])
+    assert layout.planned_variants(profile) == ["platypus-tiny", "stable-platypus-tiny", "tiny-orca-platypus"]
+    report = merge.run_merge(profile)
+    assert list(report["models"]) == layout.planned_variants(profile)
+    assert report["models"]["stable-platypus-tiny"]["partner"] == "tiny-beluga"
+    assert report["models"]["tiny-orca-platypus"]["partner"] == "tiny-orca"
+    assert report["models"]["platypus-tiny"]["partner"] is None
+    assert all((profile.run_dir(layout.MERGE) / n / "merge_info.json").is_file() for n in report["models"])
+
+
+def test_a_reused_variant_with_an_older_check_is_checked_again(profile_for):
+    profile = profile_for(torch.float16)
+    merge.run_merge(profile)
+    info_path = profile.run_dir(layout.MERGE) / "merged" / "merge_info.json"
+    info = json.loads(info_path.read_text())
+    info["verification"] = {"max_abs_weight_diff": 0.0}  # as the earlier, matrix-max check left it
+    info_path.write_text(json.dumps(info))
+    entry = merge.run_merge(profile)["models"]["merged"]
+    assert entry["reused"] is True and entry["verification"]["format"] == merge.VERIFY_FORMAT
+    assert entry["verification"]["max_weight_error_to_bound"] <= 1
+
+
+def test_mixes_and_model_merges_pass_their_per_element_bounds_in_fp16(profile_for, models):
+    second = profile_for(torch.float16).run_dir(layout.FINETUNE) / "partner_adapter"
+    save_adapter(models[torch.float32], second, seed=2)
+    profile = profile_for(
+        torch.float16, adapter_mixes=[{"name": f"mix-{t}", "adapters": ["adapter", "partner_adapter"],
+                                       "weights": [0.7, 0.4], "combination_type": t,
+                                       **({"density": DENSITY} if t == "ties" else {})}
+                                      for t in ("cat", "ties", "svd")],
+        model_merges=[{"name": "soup", "method": "ties", "models": ["merged", "mix-cat"], "weights": [1, 1],
+                       "density": DENSITY}])
+    report = merge.run_merge(profile)
+    for name, entry in report["models"].items():
+        assert entry["dtype"] == "float16" and entry["verification"]["max_weight_error_to_bound"] <= 1, name
