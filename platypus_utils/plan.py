@@ -1,0 +1,474 @@
+"""`platypus plan PROFILE`: what a run will cost, before renting a GPU (a dry run; no weights).
+
+Reads the base model's config only (`--config DIR`, `plan.base_config`, a local model, a copy
+under params/model_configs/ whose `_name_or_path` is the hub id, else the hub's config.json),
+builds the model on the meta device, applies the profile's LoRA with peft there and counts.
+`make_plan` returns a dict (written as JSON), `format_plan` the table, `check_fits` raises a
+ProfileError naming the keys to change when the plan does not fit `plan.gpu_memory_gb`.
+
+Formulas (GiB = 2**30 bytes; N = base parameters, n = LoRA parameters, G = GPUs the model and
+the LoRA state are sharded over: num_gpus under FSDP or ZeRO-3, else 1; T = tokens in the
+largest micro-batch: per_device_train_batch_size x cutoff_len, or the per-device batch's
+longest examples when clean.jsonl is there (padding-free/unpacked); h hidden, k = KV heads x head
+dim, a heads, i intermediate, L layers, V vocab):
+- steps: (gradient accumulation, examples per step) = ft.examples_step_plan(num_gpus);
+  steps = ceil(epochs x ceil(train examples / examples per step)), or max_steps;
+  tokens per step = examples per step x mean example tokens; warm-up share = warmup / steps.
+  batch_unit tokens: tokens per step = tokens_per_step (or examples x mean), steps from tokens.
+- train examples: rows of runs/<profile>/02_decontaminate/clean.jsonl less finetune.eval_size
+  (capped by max_train_samples), else plan.train_examples, else Open-Platypus's 24,926 rows less
+  ~200 removed by decontamination less eval_size. Mean example tokens: the base's tokenizer when
+  it is local, else bytes of template + instruction + input + output / 3.5 bytes per token
+  (assumed for Llama-2's tokenizer on this English/LaTeX/code mix; Open-Platypus: 30,418,784
+  bytes of text in 24,926 rows, its dataset card); capped at cutoff_len.
+- weights: N x 2 bytes (bf16/fp16), 4-bit: nf4 + double quantisation = 4.127 bits per linear
+  weight (not lm_head), 8-bit: 1 byte; under k-bit the rest is fp32 (as
+  prepare_model_for_kbit_training leaves it). Divided by G; FSDP also holds 2 unsharded layers
+  (the all-gathered one and the prefetched one).
+- LoRA state: n x (4 weight + 4 gradient + 8 Adam moments) bytes, fp32, divided by G.
+- activations per token and layer (bf16 model, fp32 LoRA, sdpa/flash attention: no a x T x T
+  matrix; measured against autograd's saved tensors in tests/test_plan.py):
+  A = 8h + 8 (two RMSNorms: fp32 inputs, inverse rms) + 4h + 4k (q, attention output, k, v)
+  + 4a (log-sum-exp) + 6i (SwiGLU: gate, silu(gate), up) + sum over the layer's LoRA modules of
+  (4 d_in (fp32 input) + 1 d_in (dropout mask, CUDA bool; 4 on CPU) + 4 r). Liger kernels, when
+  installed, keep less (the estimate is without them).
+  Without checkpointing L x A x T; with it L x 2h x T (layer inputs) + A x T (one layer
+  recomputed). Logits and loss: 12 x V x T bytes (bf16 logits, fp32 copy, log-softmax, gradient).
+- peak per GPU = weights + LoRA state + activations + logits + 2 GiB (CUDA context, workspaces).
+- wall time = 6 x N' x tokens / (mfu x peak FLOP/s x num_gpus), N' = N less the input embedding
+  (bench/bench_finetune.py's MFU convention); peaks: A100 312, H100/H200 989 TFLOP/s dense bf16.
+- disk: each variant 04 makes (layout.planned_variants) is N x bytes of the config's dtype;
+  downloads are the base and each partner model; the adapter is n x 4 bytes.
+- evaluation: per task, questions (ARC-Challenge 1,172, HellaSwag 10,042, MMLU 14,042,
+  TruthfulQA 817; or the task's limit) x choices requests, each a forward pass of (few-shot + 1)
+  x item tokens (item lengths measured on ../shared/data's copies, / 3.5 bytes per token); MMLU's
+  single-token choices share one pass (lm-eval's logits cache). Time: 2 x N' per token at the same
+  MFU, on one replica (parallelize spreads layers over GPUs, it does not add throughput).
+  GPUs to hold a model for evaluation: bf16 weights / (GPU memory - 6 GiB: reserve, activations).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+from accelerate import init_empty_weights
+from peft import get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .artifacts import write_json
+from .config import Profile, ProfileError, project_root_for
+from .finetune import PROMPT_NO_INPUT, build_lora_config
+from .layout import CLEAN, artifact, planned_variants
+from .models import is_hub_reference, load_tokenizer, resolve_model
+
+GIB = 2 ** 30
+GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0}  # dense bf16, vendor figures
+BYTES_PER_TOKEN = 3.5  # assumed for Llama-2's tokenizer on Open-Platypus-like text
+OPEN_PLATYPUS_ROWS = 24_926
+OPEN_PLATYPUS_TEXT_BYTES = 30_418_784  # instruction + input + output, the dataset card's num_bytes
+DECONTAMINATION_REMOVED = 200  # "about 200 questions were removed" (dataset card)
+RUNTIME_RESERVE_GIB = 2.0  # CUDA context, cuBLAS/NCCL workspaces
+NF4_BITS = 4.127  # 4 bits + fp8 absmax per 64 + fp32 per 256 blocks (double quantisation)
+LOSS_BYTES_PER_LOGIT = 12
+# task -> (questions, mean choices, mean characters of one question with one answer, fixed prompt
+# characters, whether the choices share one forward pass: single-token answers, lm-eval's logits cache)
+EVAL_TASKS = {"arc_challenge": (1172, 4.0, 180, 0, False), "hellaswag": (10042, 4.0, 362, 0, False),
+              "mmlu": (14042, 4.0, 470, 0, True), "truthfulqa_mc2": (817, 7.2, 114, 560, False)}
+MODEL_CONFIGS = Path("params") / "model_configs"
+
+
+# ---------------------------------------------------------------- the model, on the meta device
+def _project_root(profile: Profile) -> Path:
+    return project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
+
+
+def _local_copy_of(hub_id: str, root: Path) -> Optional[Path]:
+    """A params/model_configs/*/config.json recording `hub_id` as its _name_or_path."""
+    for cfg in sorted((root / MODEL_CONFIGS).glob("*/config.json")):
+        if json.loads(cfg.read_text()).get("_name_or_path") == hub_id:
+            return cfg.parent
+    return None
+
+
+def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
+    """Where the base's config comes from: a folder, or the hub id (see the module docstring)."""
+    root = _project_root(profile)
+    chosen = config_dir or profile.plan.base_config
+    if chosen:
+        # --config is relative to the working directory, plan.base_config to the project root
+        path = Path(chosen) if config_dir or Path(chosen).is_absolute() else root / chosen
+        if not (path / "config.json").is_file():
+            key = "--config" if config_dir else "plan.base_config"
+            raise ProfileError(f"{key} {chosen!r}: no config.json in {path}")
+        return str(path.resolve())
+    base = profile.models.base
+    if not is_hub_reference(base):
+        return resolve_model(base, profile.cache_dir())
+    local = _local_copy_of(base, root)
+    return str(local) if local else base
+
+
+def load_model_config(source: str):
+    """AutoConfig from a folder or the hub (the config file only); a clear error when unreachable."""
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise ProfileError(
+            f"cannot read the config of {source!r} ({str(exc).splitlines()[0]}): for a gated repo set HF_TOKEN "
+            f"(or `hf auth login`); offline, give a folder with its config.json in plan.base_config or "
+            f"--config") from exc
+
+
+def meta_model(model_config, ft=None):
+    """The model (with the profile's LoRA when `ft` is given) on the meta device: no memory, no weights."""
+    with init_empty_weights(), warnings.catch_warnings():
+        # peft calls transformers' is_gradient_checkpointing, deprecated in transformers 5: not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = AutoModelForCausalLM.from_config(model_config)
+        if ft is not None:
+            model = get_peft_model(model, build_lora_config(ft))
+    return model
+
+
+def model_shape(model_config, ft) -> dict:
+    """Parameter counts of the base and its LoRA, and the sizes the memory formulas use."""
+    model = meta_model(model_config, ft)
+    base = model.get_base_model()
+    layers = getattr(base, base.base_model_prefix).layers
+    lm_head = base.get_output_embeddings()
+    total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    linear = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
+                 for m in base.modules() if isinstance(m, torch.nn.Linear) and m is not lm_head)
+    lora_in = [m.in_features for name, m in layers[0].named_modules() if hasattr(m, "lora_A")]
+    c = model_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return {
+        "model_type": c.model_type, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+        "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
+        "kv_dim": (getattr(c, "num_key_value_heads", None) or c.num_attention_heads) * head_dim,
+        "vocab": c.vocab_size, "config_dtype": str(getattr(c, "dtype", None) or c.torch_dtype or "float16"),
+        "total_params": total, "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "linear_params": linear, "embedding_params": base.get_input_embeddings().weight.numel(),
+        "layer_params": sum(p.numel() for n, p in layers[0].named_parameters() if "lora_" not in n),
+        "lora_in_features": lora_in,
+    }
+
+
+# ---------------------------------------------------------------- data and steps
+def _template_bytes() -> int:
+    return len(PROMPT_NO_INPUT.format(instruction="").encode())
+
+
+def data_assumptions(profile: Profile) -> dict:
+    """Train examples per epoch and their mean length in tokens, and where each figure comes from."""
+    ft, plan = profile.finetune, profile.plan
+    clean = artifact(profile, CLEAN)
+    lengths, source = None, None
+    if plan.train_examples is not None:
+        rows, source = plan.train_examples, "plan.train_examples"
+    elif clean.is_file():
+        lines = [json.loads(x) for x in clean.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rows, source = len(lines), f"{shown_path(clean)} ({len(lines)} rows)"
+        lengths = _token_lengths(profile, lines)
+    else:
+        rows = OPEN_PLATYPUS_ROWS - DECONTAMINATION_REMOVED
+        source = f"Open-Platypus {OPEN_PLATYPUS_ROWS:,} rows less ~{DECONTAMINATION_REMOVED} decontaminated"
+    train = max(rows - (ft.eval_size if plan.train_examples is None else 0), 0)
+    if ft.max_train_samples:
+        train = min(train, ft.max_train_samples)
+    if plan.mean_example_tokens is not None:
+        mean, mean_source = plan.mean_example_tokens, "plan.mean_example_tokens"
+    elif lengths is not None:
+        mean, mean_source = float(sum(min(n, ft.cutoff_len) for n in lengths[0]) / max(len(lengths[0]), 1)), lengths[1]
+    else:
+        mean = min((OPEN_PLATYPUS_TEXT_BYTES / OPEN_PLATYPUS_ROWS + _template_bytes()) / BYTES_PER_TOKEN, ft.cutoff_len)
+        mean_source = f"assumed: Open-Platypus's mean bytes per row + template / {BYTES_PER_TOKEN} bytes per token"
+    longest = sorted((min(n, ft.cutoff_len) for n in lengths[0]), reverse=True) if lengths else []
+    micro = ft.per_device_train_batch_size
+    return {"train_examples": int(train), "examples_source": source, "mean_example_tokens": round(mean, 1),
+            "mean_tokens_source": mean_source,
+            # the largest micro-batch any shuffle can draw: the per-device batch's longest examples
+            "max_micro_batch_tokens": round(sum(longest[:micro])) if len(longest) >= micro else micro * ft.cutoff_len}
+
+
+def _token_lengths(profile: Profile, rows: list[dict]) -> tuple[list[float], str]:
+    """Token counts of template + row: the base's tokenizer when it is local (no hub), else bytes / 3.5."""
+    texts = [PROMPT_NO_INPUT.format(instruction=r.get("instruction", "")) + r.get("input", "") + r.get("output", "")
+             for r in rows]
+    if not is_hub_reference(profile.models.base):
+        tok = load_tokenizer(profile.models.base, profile.cache_dir())
+        return [len(ids) + 1 for ids in tok(texts)["input_ids"]], "measured with the base's tokenizer (+ EOS)"
+    return [len(t.encode()) / BYTES_PER_TOKEN for t in texts], f"measured bytes / {BYTES_PER_TOKEN} bytes per token"
+
+
+def step_plan(profile: Profile, data: dict) -> dict:
+    """Optimizer steps, examples and tokens per step, warm-up share (the profile's batch semantics)."""
+    ft = profile.finetune
+    gas, per_step = ft.examples_step_plan(ft.num_gpus)
+    mean, examples = data["mean_example_tokens"], data["train_examples"]
+    if ft.batch_unit == "tokens":
+        tokens = float(ft.tokens_per_step or per_step * mean)
+        per_epoch = math.ceil(examples * mean / tokens)
+        per_step = tokens / mean
+    else:
+        tokens = per_step * mean
+        per_epoch = math.ceil(examples / per_step)
+    steps = ft.max_steps if ft.max_steps > 0 else math.ceil(ft.num_train_epochs * per_epoch)
+    train_tokens = min(steps * tokens, ft.num_train_epochs * examples * mean) if ft.max_steps <= 0 else steps * tokens
+    return {"batch_unit": ft.batch_unit, "gradient_accumulation_steps": gas, "examples_per_step": round(per_step, 2),
+            "tokens_per_step": round(tokens), "optimizer_steps": steps, "warmup_steps": ft.warmup_steps,
+            "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+            "train_tokens": round(train_tokens)}
+
+
+# ---------------------------------------------------------------- memory
+def sharding(profile: Profile) -> dict:
+    """How the accelerate config spreads the model: {"kind", "model_shards", "state_shards"}."""
+    ft = profile.finetune
+    if ft.num_gpus == 1:
+        return {"kind": "single GPU", "model_shards": 1, "state_shards": 1}
+    path = Path(ft.accelerate_config)
+    if not path.is_file():
+        raise ProfileError(f"finetune.accelerate_config {ft.accelerate_config!r}: file not found")
+    acc = yaml.safe_load(path.read_text()) or {}
+    kind = acc.get("distributed_type", "MULTI_GPU")
+    stage = (acc.get("deepspeed_config") or {}).get("zero_stage", 0)
+    if kind == "FSDP" or (kind == "DEEPSPEED" and stage == 3):
+        return {"kind": f"{kind.lower()} (sharded)", "model_shards": ft.num_gpus, "state_shards": ft.num_gpus}
+    state = ft.num_gpus if kind == "DEEPSPEED" and stage in (1, 2) else 1
+    return {"kind": f"{kind.lower()} (replicated)", "model_shards": 1, "state_shards": state}
+
+
+def weight_bytes(shape: dict, bits: int, dtype_bytes: int = 2) -> float:
+    """Bytes of the base weights: all in the training dtype, or linear layers in 4/8 bit and the rest in fp32."""
+    if bits >= 16:
+        return shape["total_params"] * dtype_bytes
+    per_linear = NF4_BITS / 8 if bits == 4 else 1.0
+    return shape["linear_params"] * per_linear + (shape["total_params"] - shape["linear_params"]) * 4
+
+
+def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, mask_bytes: int = 1) -> float:
+    """A in the module docstring: what autograd keeps per token in one decoder layer."""
+    h, k, a, i = shape["hidden"], shape["kv_dim"], shape["heads"], shape["intermediate"]
+    lora = sum((4 + (mask_bytes if dropout else 0)) * d + 4 * lora_r for d in shape["lora_in_features"])
+    return 8 * h + 8 + 4 * h + 4 * k + 4 * a + 6 * i + lora
+
+
+def memory_per_gpu(shape: dict, *, bits: int, checkpointing: bool, micro_tokens: int, model_shards: int,
+                   state_shards: int, lora_r: int, dropout: bool, dtype_bytes: int = 2) -> dict:
+    """Estimated peak memory of one training process, in GiB, by component (module docstring)."""
+    weights = weight_bytes(shape, bits, dtype_bytes)
+    layer = weights * shape["layer_params"] / shape["total_params"]
+    gathered = 2 * layer if model_shards > 1 else 0.0
+    per_layer = activation_bytes_per_token_layer(shape, lora_r, dropout)
+    if checkpointing:
+        act = (shape["layers"] * 2 * shape["hidden"] + per_layer) * micro_tokens
+    else:
+        act = shape["layers"] * per_layer * micro_tokens
+    parts = {"weights": weights / model_shards + gathered, "lora_state": shape["lora_params"] * 16 / state_shards,
+             "activations": act, "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * micro_tokens,
+             "runtime_reserve": RUNTIME_RESERVE_GIB * GIB}
+    out = {k: round(v / GIB, 2) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / GIB, 2)
+    return out
+
+
+def _memory_settings(profile: Profile, data: dict) -> dict:
+    ft, shard = profile.finetune, sharding(profile)
+    packed_rows = ft.batch_unit == "tokens"  # rows filled up to cutoff_len
+    micro = ft.per_device_train_batch_size * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
+    return {"bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
+            "checkpointing": ft.gradient_checkpointing, "micro_tokens": micro,
+            "model_shards": shard["model_shards"], "state_shards": shard["state_shards"], "lora_r": ft.lora_r,
+            "dropout": ft.lora_dropout > 0, "dtype_bytes": 4 if profile.models.torch_dtype == "float32" else 2}
+
+
+def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float) -> dict:
+    """Peak per GPU as planned (largest micro-batch), with and without checkpointing, at a typical
+    micro-batch (per-device batch x mean example), and the changes that would fit."""
+    settings = _memory_settings(profile, data)
+    planned = memory_per_gpu(shape, **settings)
+    typical = round(profile.finetune.per_device_train_batch_size * data["mean_example_tokens"])
+    out = {"sharding": sharding(profile)["kind"], "gpu_memory_gib": gpu_memory_gb,
+           "micro_batch_tokens": settings["micro_tokens"],
+           "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[settings["bits"]],
+           "planned": planned, "fits": planned["total"] <= gpu_memory_gb}
+    for flag in (True, False):
+        out[f"{'with' if flag else 'without'}_checkpointing"] = memory_per_gpu(
+            shape, **{**settings, "checkpointing": flag})
+    out["typical_micro_batch_tokens"] = typical
+    out["typical"] = memory_per_gpu(shape, **{**settings, "micro_tokens": typical})
+    out["changes_that_fit"] = [] if out["fits"] else _changes_that_fit(profile, shape, settings, gpu_memory_gb)
+    return out
+
+
+def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: float) -> list[dict]:
+    """Changes to the profile (each alone, and with checkpointing) that bring the peak under `limit`."""
+    ft = profile.finetune
+    candidates = []
+    if ft.per_device_train_batch_size > 1:
+        candidates.append(("finetune.per_device_train_batch_size: 1",
+                           {"micro_tokens": settings["micro_tokens"] // ft.per_device_train_batch_size}))
+    if settings["model_shards"] == 1:
+        candidates.append(("finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml",
+                           {"model_shards": 8, "state_shards": 8}))
+    if settings["bits"] == 16:
+        candidates.append(("finetune.load_in_4bit: true", {"bits": 4}))
+    if not settings["checkpointing"]:
+        ckpt = "finetune.gradient_checkpointing: true"
+        candidates = [(ckpt, {"checkpointing": True})] + candidates + [
+            (f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
+    out = []
+    for name, change in candidates:
+        total = memory_per_gpu(shape, **{**settings, **change})["total"]
+        if total <= limit:
+            out.append({"change": name, "peak_gib": total})
+    return out
+
+
+# ---------------------------------------------------------------- time, disk, evaluation
+def wall_time(shape: dict, steps: dict, num_gpus: int, gpu: str, mfu: float) -> dict:
+    n_matmul = shape["total_params"] - shape["embedding_params"]
+    flops = 6 * n_matmul * steps["train_tokens"]
+    seconds = flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * num_gpus)
+    return {"gpu": gpu, "peak_tflops": GPU_PEAK_TFLOPS[gpu], "mfu": mfu, "gpus": num_gpus,
+            "train_flops": float(f"{flops:.4g}"), "hours": round(seconds / 3600, 2)}
+
+
+def _bytes_per_param(dtype: str) -> int:
+    return 4 if "32" in dtype else 2
+
+
+def disk_plan(profile: Profile, shape: dict) -> dict:
+    """Disk for the merged models 04 writes, the models it downloads, and the adapter (GB = 1e9 bytes)."""
+    per_model = shape["total_params"] * _bytes_per_param(shape["config_dtype"]) / 1e9
+    variants = planned_variants(profile)
+    downloads = 1 + sum(1 for p in profile.merge.partners if is_hub_reference(p.model))
+    return {"variants": variants, "bytes_per_param": _bytes_per_param(shape["config_dtype"]),
+            "model_gb": round(per_model, 1), "merged_gb": round(per_model * len(variants), 1),
+            "downloads_gb": round(per_model * downloads, 1), "adapter_mb": round(shape["lora_params"] * 4 / 1e6, 1)}
+
+
+def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
+    """lm-eval's size per variant: requests and forward tokens per task, time, GPUs to hold the model."""
+    tasks = {}
+    for name, cfg in profile.evaluate.tasks.items():
+        questions, choices, chars, fixed, shared = EVAL_TASKS[name]
+        if cfg.limit is not None:
+            questions = min(questions, math.ceil(questions * cfg.limit) if cfg.limit < 1 else int(cfg.limit))
+        requests = round(questions * choices)
+        tokens = (questions if shared else requests) * ((cfg.num_fewshot + 1) * chars + fixed) / BYTES_PER_TOKEN
+        tasks[name] = {"questions": questions, "num_fewshot": cfg.num_fewshot, "requests": requests,
+                       "forward_tokens": round(tokens)}
+    per_variant = sum(t["forward_tokens"] for t in tasks.values())
+    n_variants = len(profile.evaluate.variants)
+    flops = 2 * (shape["total_params"] - shape["embedding_params"]) * per_variant * n_variants
+    weights_gib = weight_bytes(shape, 16) / GIB
+    return {"tasks": tasks, "variants": n_variants, "forward_tokens_per_variant": per_variant,
+            "hours_all_variants": round(flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12) / 3600, 2),
+            "gpus_to_hold_model": math.ceil(weights_gib / (gpu_memory_gb - RUNTIME_RESERVE_GIB - 4))}
+
+
+# ---------------------------------------------------------------- the plan
+def make_plan(profile: Profile, config_dir: Optional[str] = None, gpu: Optional[str] = None,
+              gpu_memory_gb: Optional[float] = None, mfu: Optional[float] = None) -> dict:
+    """Everything `platypus plan` prints, as a dict; arguments override the profile's plan section."""
+    gpu = gpu or profile.plan.gpu
+    gpu_memory_gb = gpu_memory_gb or profile.plan.gpu_memory_gb
+    mfu = mfu or profile.plan.mfu
+    source = config_source(profile, config_dir)
+    shape = model_shape(load_model_config(source), profile.finetune)
+    data = data_assumptions(profile)
+    steps = step_plan(profile, data)
+    return {
+        "profile": profile.name, "profile_file": profile.source_file, "config_source": source,
+        "model": {k: shape[k] for k in ("model_type", "hidden", "intermediate", "layers", "heads", "kv_dim", "vocab",
+                                        "config_dtype")},
+        "parameters": {"total": shape["total_params"], "lora_trainable": shape["lora_params"],
+                       "lora_share": round(shape["lora_params"] / shape["total_params"], 6),
+                       "lora_modules_per_layer": len(shape["lora_in_features"])},
+        "data": data, "steps": steps,
+        "memory": memory_plan(profile, shape, data, gpu_memory_gb),
+        "time": wall_time(shape, steps, profile.finetune.num_gpus, gpu, mfu),
+        "disk": disk_plan(profile, shape),
+        "evaluation": eval_plan(profile, shape, gpu, mfu, gpu_memory_gb),
+    }
+
+
+def shown_path(path: str | Path) -> str:
+    """A path relative to the working directory when it is under it (for printing)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _memory_row(name: str, m: dict) -> str:
+    return (f"  {name:<26}{m['total']:>7.1f} GiB  (weights {m['weights']:.1f}, LoRA state {m['lora_state']:.2f}, "
+            f"activations {m['activations']:.1f}, logits {m['logits_loss']:.1f}, reserve {m['runtime_reserve']:.0f})")
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as a readable table (what `platypus plan` prints)."""
+    p, s, d, m, t, k, e = (plan[x] for x in ("parameters", "steps", "data", "memory", "time", "disk", "evaluation"))
+    mo = plan["model"]
+    lines = [
+        f"plan for {plan['profile']}  (config: {shown_path(plan['config_source'])})",
+        f"  model                     {mo['model_type']}: hidden {mo['hidden']}, intermediate {mo['intermediate']}, "
+        f"{mo['layers']} layers, {mo['heads']} heads, KV dim {mo['kv_dim']}, vocab {mo['vocab']}",
+        f"  parameters                {p['total']:,} total",
+        f"  LoRA trainable            {p['lora_trainable']:,} ({100 * p['lora_share']:.3f}%, "
+        f"{p['lora_modules_per_layer']} modules per layer)",
+        f"  train examples            {d['train_examples']:,}  [{d['examples_source']}]",
+        f"  mean example tokens       {d['mean_example_tokens']:.1f}  [{d['mean_tokens_source']}]",
+        f"  examples per step         {s['examples_per_step']:g} ({s['gradient_accumulation_steps']} accumulated, "
+        f"batch_unit {s['batch_unit']})",
+        f"  tokens per step           ~{s['tokens_per_step']:,}",
+        f"  optimizer steps           {s['optimizer_steps']:,}",
+        f"  warm-up share             {s['warmup_steps']} / {s['optimizer_steps']} = {100 * s['warmup_share']:.1f}%",
+        f"  train tokens              ~{s['train_tokens']:,}",
+        f"peak memory per GPU ({m['sharding']}, {m['weights_format']} weights, largest micro-batch "
+        f"{m['micro_batch_tokens']:,} tokens; limit {m['gpu_memory_gib']:g} GiB)",
+        _memory_row("as planned", m["planned"]) + ("" if m["fits"] else "  DOES NOT FIT"),
+        _memory_row("with checkpointing", m["with_checkpointing"]),
+        _memory_row("without checkpointing", m["without_checkpointing"]),
+        _memory_row(f"typical ({m['typical_micro_batch_tokens']:,} tokens)", m["typical"]),
+        f"wall time                   ~{t['hours']:.1f} h on {t['gpus']} x {t['gpu'].upper()} "
+        f"({t['peak_tflops']:g} TFLOP/s bf16, MFU {t['mfu']:g}, {t['train_flops']:.3g} FLOPs = 6 N tokens)",
+        f"disk                        {k['model_gb']:.1f} GB per model; downloads {k['downloads_gb']:.1f} GB; "
+        f"adapter {k['adapter_mb']:.0f} MB",
+        f"  merged variants           {len(k['variants'])} x = {k['merged_gb']:.1f} GB ({', '.join(k['variants'])})",
+        f"evaluation                {e['variants']} variants x ~{e['forward_tokens_per_variant'] / 1e6:.1f} M forward "
+        f"tokens = ~{e['hours_all_variants']:.1f} h on one replica of {e['gpus_to_hold_model']} GPU(s)",
+    ]
+    lines += [f"  {name:<24}{t_['questions']:,} questions x {t_['num_fewshot']}-shot: {t_['requests']:,} requests, "
+              f"~{t_['forward_tokens'] / 1e6:.1f} M tokens" for name, t_ in e["tasks"].items()]
+    return "\n".join(lines)
+
+
+def check_fits(plan: dict) -> None:
+    """Raise a ProfileError naming the profile keys to change when the planned peak exceeds the GPU's memory."""
+    m = plan["memory"]
+    if m["fits"]:
+        return
+    changes = "; ".join(f"{c['change']} ({c['peak_gib']:.1f} GiB)" for c in m["changes_that_fit"]) or (
+        "none of finetune.gradient_checkpointing, finetune.load_in_4bit, finetune.num_gpus (FSDP) or "
+        "finetune.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs")
+    raise ProfileError(
+        f"{shown_path(plan['profile_file']) if plan['profile_file'] else plan['profile']}: "
+        f"the planned peak memory per GPU is "
+        f"{m['planned']['total']:.1f} GiB, "
+        f"over plan.gpu_memory_gb={m['gpu_memory_gib']:g} GiB (--gpu-memory-gb). Change: {changes}")
+
+
+def default_out(profile: Profile) -> Path:
+    return profile.report_dir() / "plan.json"
+
+
+def write_plan(plan: dict, out: Path) -> Path:
+    return write_json(out, plan)

@@ -1,0 +1,214 @@
+"""`platypus plan`: counts checked against arithmetic, the paper's step, memory formulas against
+autograd's saved tensors, and the exit when a plan does not fit (platypus_utils/plan.py)."""
+import json
+import math
+import socket
+
+import huggingface_hub.constants
+import pytest
+import torch
+import yaml
+
+from platypus_utils import plan as planmod
+from platypus_utils.cli import main
+from platypus_utils.config import ProfileError, load_profile
+from platypus_utils.layout import planned_variants
+
+from .conftest import ROOT
+
+LLAMA = {  # Llama-2 shapes: hidden, intermediate, layers, heads, KV heads, vocab
+    "13b": (5120, 13824, 40, 40, 40, 32000),
+    "70b": (8192, 28672, 80, 64, 8, 32000),
+}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub and no network: HF offline mode on, and any socket connection fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access during plan: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def _profile(size: str, tmp_path, **overrides):
+    return load_profile(ROOT / f"params/platypus2-{size}.yaml",
+                        overrides={"paths.runs_dir": str(tmp_path / "runs"), **overrides})
+
+
+def _llama_params(h, i, layers, heads, kv_heads, vocab):
+    kv = kv_heads * (h // heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # q, o; k, v; gate, up, down; two RMSNorms
+    return 2 * vocab * h + layers * per_layer + h  # embeddings, lm_head (untied), final norm
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """Both paper profiles planned once, offline, from the local configs found by their hub ids."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    try:
+        tmp = tmp_path_factory.mktemp("plans")
+        return {size: planmod.make_plan(_profile(size, tmp)) for size in LLAMA}
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("size,expected", [("13b", 36_372_480), ("70b", 141_557_760)])
+def test_lora_trainable_parameters_match_the_arithmetic(plans, size, expected):
+    h, i, layers, *_ = LLAMA[size]
+    p = plans[size]
+    assert p["parameters"]["lora_trainable"] == expected == 3 * 16 * (h + i) * layers  # r (in + out), 3 MLP projections
+    assert p["parameters"]["total"] == _llama_params(*LLAMA[size])
+    assert p["config_source"].endswith(f"model_configs/llama-2-{size}")
+    assert (p["model"]["hidden"], p["model"]["layers"]) == (h, layers)
+
+
+@pytest.mark.parametrize("size", list(LLAMA))
+def test_paper_step_and_warmup_share(plans, size):
+    s, d = plans[size]["steps"], plans[size]["data"]
+    assert s["examples_per_step"] == 16 and s["batch_unit"] == "examples"
+    profile = load_profile(ROOT / f"params/platypus2-{size}.yaml")
+    ft = profile.finetune
+    assert s["gradient_accumulation_steps"] * ft.per_device_train_batch_size * ft.num_gpus == 16
+    assert d["train_examples"] == planmod.OPEN_PLATYPUS_ROWS - planmod.DECONTAMINATION_REMOVED - ft.eval_size
+    assert s["optimizer_steps"] == math.ceil(d["train_examples"] / 16)
+    assert s["warmup_share"] == pytest.approx(ft.warmup_steps / s["optimizer_steps"], abs=1e-4)
+    assert s["tokens_per_step"] == round(16 * d["mean_example_tokens"])
+
+
+def test_plan_reads_clean_jsonl_when_present(tmp_path, offline):
+    profile = _profile("13b", tmp_path, **{"finetune.per_device_train_batch_size": 2})
+    clean = tmp_path / "runs" / "platypus2-13b" / "02_decontaminate" / "clean.jsonl"
+    clean.parent.mkdir(parents=True)
+    rows = [{"instruction": "x" * (35 * (k + 1)), "input": "", "output": "y"} for k in range(100)]
+    clean.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = planmod.data_assumptions(profile)
+    assert data["train_examples"] == 100 - profile.finetune.eval_size
+    template = planmod._template_bytes()
+    lengths = [(35 * (k + 1) + template + 1) / planmod.BYTES_PER_TOKEN for k in range(100)]
+    assert data["mean_example_tokens"] == pytest.approx(sum(lengths) / 100, abs=0.05)
+    assert data["max_micro_batch_tokens"] == round(lengths[-1] + lengths[-2])  # the two longest together
+    steps = planmod.step_plan(profile, data)
+    assert steps["optimizer_steps"] == math.ceil(data["train_examples"] / 16)
+
+
+def _saved_bytes_per_token(layers, *, ckpt=False, dropout=0.05, tokens=64):
+    """Bytes autograd keeps for a forward of a small bf16 Llama with the paper's LoRA (parameters excluded)."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from platypus_utils.config import FinetuneConfig
+    from platypus_utils.finetune import build_lora_config
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, vocab_size=300, attn_implementation="sdpa")
+    lora = build_lora_config(FinetuneConfig(lora_dropout=dropout))
+    model = get_peft_model(LlamaForCausalLM(cfg).to(torch.bfloat16), lora)
+    model.train()
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=torch.randint(0, 300, (1, tokens)))
+    return sum(kept.values()) / tokens, cfg
+
+
+@pytest.mark.parametrize("dropout", [0.05, 0.0])
+def test_activation_formula_matches_autograd(dropout):
+    """One more decoder layer adds what the formula says (CPU: dropout masks are fp32, 4 bytes)."""
+    two, _ = _saved_bytes_per_token(2, dropout=dropout)
+    three, cfg = _saved_bytes_per_token(3, dropout=dropout)
+    shape = {"hidden": 128, "kv_dim": 2 * 32, "heads": 4, "intermediate": 352, "lora_in_features": [128, 128, 352]}
+    predicted = planmod.activation_bytes_per_token_layer(shape, 16, dropout > 0, mask_bytes=4)
+    assert three - two == pytest.approx(predicted, rel=0.03)
+    two_ckpt, _ = _saved_bytes_per_token(2, ckpt=True)
+    three_ckpt, _ = _saved_bytes_per_token(3, ckpt=True)
+    assert three_ckpt - two_ckpt == pytest.approx(2 * cfg.hidden_size, rel=0.03)  # the layer's bf16 input
+
+
+def test_memory_components(plans):
+    m13, m70 = plans["13b"]["memory"], plans["70b"]["memory"]
+    assert m13["sharding"] == "single GPU" and m70["sharding"].startswith("fsdp")
+    gib = 2 ** 30
+    assert m13["planned"]["weights"] == pytest.approx(_llama_params(*LLAMA["13b"]) * 2 / gib, abs=0.01)
+    assert m13["planned"]["lora_state"] == pytest.approx(36_372_480 * 16 / gib, abs=0.01)
+    # FSDP over 8: an eighth of the weights plus two gathered layers
+    layer = _llama_params(*LLAMA["70b"][:5], 0) / 80 * 2 / gib
+    assert m70["planned"]["weights"] == pytest.approx(_llama_params(*LLAMA["70b"]) * 2 / gib / 8 + 2 * layer, rel=0.01)
+    for m in (m13, m70):
+        assert m["with_checkpointing"]["activations"] < m["without_checkpointing"]["activations"]
+        assert m["planned"]["total"] == pytest.approx(sum(v for k, v in m["planned"].items() if k != "total"), abs=0.05)
+
+
+def test_disk_and_evaluation(plans):
+    profile = load_profile(ROOT / "params/platypus2-70b.yaml")
+    disk = plans["70b"]["disk"]
+    assert disk["variants"] == planned_variants(profile)
+    assert disk["model_gb"] == pytest.approx(_llama_params(*LLAMA["70b"]) * 2 / 1e9, abs=0.1)
+    assert disk["merged_gb"] == pytest.approx(disk["model_gb"] * len(disk["variants"]), abs=0.2)
+    ev = plans["70b"]["evaluation"]
+    assert ev["tasks"]["mmlu"]["questions"] == 14042 and ev["tasks"]["arc_challenge"]["num_fewshot"] == 25
+    assert ev["gpus_to_hold_model"] == 2  # 128 GiB of bf16 weights on 80 GiB GPUs
+    assert plans["13b"]["evaluation"]["gpus_to_hold_model"] == 1
+
+
+def test_plan_that_does_not_fit_exits_2_naming_the_keys(tmp_path, offline, capsys):
+    out = tmp_path / "plan.json"
+    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--set",
+               "finetune.gradient_checkpointing=false", "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "plan.gpu_memory_gb" in err and "finetune.gradient_checkpointing: true" in err
+    assert json.loads(out.read_text())["memory"]["fits"] is False
+    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--gpu-memory-gb", "200",
+               "--set", "finetune.gradient_checkpointing=false", "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    assert rc == 2 and "the planned peak memory per GPU" in capsys.readouterr().err  # 330 GiB > 200
+
+
+def test_plan_that_fits_exits_0_and_prints_the_table(tmp_path, offline, capsys):
+    out = tmp_path / "plan.json"
+    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--gpu", "h100",
+               "--config", str(ROOT / "params/model_configs/llama-2-70b"),
+               "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "141,557,760" in printed and "H100" in printed and "warm-up share" in printed
+    saved = json.loads(out.read_text())
+    assert saved["config_source"] == str(ROOT / "params/model_configs/llama-2-70b")
+    assert saved["time"]["peak_tflops"] == 989.0 and saved["memory"]["fits"] is True
+
+
+def test_hub_profile_without_a_local_config_fails_offline_naming_the_key(tmp_path, offline):
+    raw = yaml.safe_load((ROOT / "params/platypus2-13b.yaml").read_text())
+    raw["models"]["base"] = "example-org/no-such-model"
+    (tmp_path / "params").mkdir()
+    path = tmp_path / "params" / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    profile = load_profile(path)
+    assert planmod.config_source(profile) == "example-org/no-such-model"
+    with pytest.raises(ProfileError, match="plan.base_config"):
+        planmod.make_plan(profile)
+    with pytest.raises(ProfileError, match="--config"):
+        planmod.config_source(profile, config_dir=str(tmp_path))  # no config.json there
+
+
+def test_sharding_follows_the_accelerate_config(tmp_path):
+    ddp = _profile("70b", tmp_path, **{"finetune.accelerate_config": str(ROOT / "accelerate/ddp.yaml")})
+    assert planmod.sharding(ddp) == {"kind": "multi_gpu (replicated)", "model_shards": 1, "state_shards": 1}
+    zero3 = _profile("70b", tmp_path, **{"finetune.accelerate_config": str(ROOT / "accelerate/zero3.yaml")})
+    assert planmod.sharding(zero3)["model_shards"] == 8
