@@ -1,26 +1,36 @@
 """Stage 06_analysis: the paper's tables and figures, and a summary report, from the run's artifacts.
 
-Reads the normalised summaries of 05_evaluate (`<variant>.json`, not the raw lm-eval output),
-04_merge's report, and what 01-03 wrote. Every input is optional: a stage that has not run
+Reads the normalised summaries of 05_evaluate (`<variant>.json`), its logged samples and lm-eval
+settings (`<variant>.samples.jsonl`, `<variant>.raw.json`, through `lmeval_io`), 04_merge's report, and what 01-03 wrote. Every input is optional: a stage that has not run
 shows as "not run", a variant that failed shows as "failed", and nothing here raises because
 an upstream artifact is absent or unreadable.
 
 Comparisons (see `comparisons`): fine-tuned vs base ("adapter", "merged"), merged vs base and
-merged vs partner ("<partner>-platypus" against the base and against "<partner>" when that
-was evaluated), partner vs base.
+merged vs partner (each merged variant of `layout.merge_pairs` and 04's merge_report.json against
+the base and against its partner when that was evaluated), partner vs base.
+
+Statistics (`paired_delta_frame`, with `stats`): where both models have logged samples
+(`<variant>.samples.jsonl`) each change is paired over the same questions - a seeded paired bootstrap
+interval (subjects resampled separately for a category or the mean over subjects), the exact McNemar
+p-value for a subject's accuracy (a paired sign-flip test for a group or for mc2), and Benjamini-
+Hochberg q-values per comparison over its subjects, its categories, and its benchmarks. Without
+samples a change falls back to the normal interval from sqrt(se_a^2 + se_b^2), named "unpaired normal"
+in the tables and captions. Comparisons whose lm-eval settings (few-shot, task version, limit) differ
+are refused and noted. `analyse` does the same for any lm-eval output folders (`platypus analyse`).
+Plot functions take an optional `ax` and return the figure; `save_figure` writes it (PDF fonts embedded).
 
 Writes to reports/<profile>/tables/:
   leaderboard.{csv,md,tex}  - every variant (and the paper's numbers with analysis.published_results),
                               scores in percent +- standard error
-  mmlu_delta.csv            - per comparison and subject: the change, the combined standard error and
-                              whether the change is within it
+  mmlu_delta.csv            - per comparison and subject: the change, its interval, p, q and whether it
+                              survives the FDR correction
   mmlu_delta_categories.{csv,md,tex} - the same per lm-eval category and over all subjects
   benchmark_deltas.csv      - per comparison and benchmark
   merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
   pipeline.{csv,md}         - status and headline numbers of every stage
 to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
   leaderboard, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories, mmlu_delta_heatmap,
-  merge_tradeoff
+  merged_vs_parts_<merged variant>, merge_tradeoff
 and reports/<profile>/summary.{md,html}: stage status, key numbers, and every table and figure
 (including 01-03's composition, contamination and loss-curve ones) with its caption.
 """
@@ -37,10 +47,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
+from . import layout, stats
 from .artifacts import MANIFEST, StageRun, read_manifest, sha256_path, write_json, write_text
-from .merge import MERGED_VARIANT, PARTNER_SUFFIX
+from .lmeval_io import (MMLU_CATEGORIES, EvalRun, is_pipeline_dir, read_lm_eval_dir, read_pipeline_variant,
+                        settings_mismatches)
+from .plotting import DIVERGING, style
+from .plotting import save_figure as _plotting_save
 
 log = logging.getLogger("platypus")
 STAGE = "06_analysis"
@@ -54,7 +74,7 @@ CATEGORY_LABELS = {"stem": "STEM", "humanities": "humanities", "social_sciences"
                    ALL_SUBJECTS: "all subjects"}
 NOT_RUN = "not run"
 PALETTE = "colorblind"  # plotting.PALETTE, without importing matplotlib here
-ADAPTER_VARIANT = "adapter"  # 05_evaluate: base + the unmerged LoRA adapter
+ADAPTER_VARIANT = layout.ADAPTER_VARIANT  # 05_evaluate: base + the unmerged LoRA adapter
 KIND_FINETUNED, KIND_MERGED, KIND_PARTNER = "fine-tuned vs base", "merged vs base", "merged vs partner"
 KIND_PARTNER_BASE, KIND_OTHER = "partner vs base", "vs base"
 ROLE_BASE, ROLE_FINETUNED, ROLE_MERGED_BASE = "base", "fine-tuned (adapter)", "fine-tuned (merged)"
@@ -62,7 +82,6 @@ ROLE_MERGED_PARTNER, ROLE_PARTNER, ROLE_OTHER = "merged into partner", "partner"
 ROLE_MARKERS = {ROLE_BASE: "o", ROLE_FINETUNED: "s", ROLE_MERGED_BASE: "D", ROLE_MERGED_PARTNER: "^",
                 ROLE_PARTNER: "v", ROLE_OTHER: "P"}
 LABEL_OFFSETS = ((7, 6, "left"), (7, -12, "left"), (-7, 6, "right"), (-7, -12, "right"))
-WITHIN_FILL, WITHIN_HATCH = (0.85, 0.85, 0.85), "////"
 # what 01-03 write into reports/<profile>/: linked from the summary, not redrawn here
 UPSTREAM = (
     ("01_curate", "figure", "01_composition", "Composition of the curated training set"),
@@ -239,39 +258,6 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path) -> list[Path]:
             write_text(table_dir / "leaderboard.tex", _latex(header, tex_rows, note, "tab:leaderboard"))]
 
 
-def leaderboard_figure(frame: pd.DataFrame, stem: Path, formats: list[str]) -> list[Path]:
-    from .plotting import save_figure, style
-
-    plt, sns = style()
-    ours = frame[frame["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    lines = ["Leaderboard scores (percent, error bars: ±1 standard error). " + METRIC_NOTE + "."]
-    if ours.empty:
-        ax.text(0.5, 0.5, "no evaluation results (05_evaluate not run)", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_axis_off()
-        lines.append("No variant was evaluated.")
-    else:
-        palette = sns.color_palette(PALETTE, len(ours))
-        width = 0.8 / len(ours)
-        for k, (_, r) in enumerate(ours.iterrows()):
-            xs, ys, es = [], [], []
-            for j, bench in enumerate(BENCHMARKS):
-                if r[bench] is not None and not pd.isna(r[bench]):
-                    xs.append(j + (k - (len(ours) - 1) / 2) * width)
-                    ys.append(r[bench])
-                    es.append(0.0 if pd.isna(r[f"{bench}_stderr"]) else r[f"{bench}_stderr"])
-            ax.bar(xs, ys, width=width, yerr=es, capsize=2, color=palette[k], label=r["variant"])
-            lines.append(f"{r['variant']}: " + ", ".join(
-                f"{LABELS[b]} {_cell(r[b], r[f'{b}_stderr'])}" for b in BENCHMARKS) + f"; average {_cell(r['average'])}")
-        ax.set_xticks(range(len(BENCHMARKS)), [LABELS[b] for b in BENCHMARKS])
-        ax.set_ylabel("score (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncols=min(4, len(ours)))
-    ax.set_title("Open LLM Leaderboard v1 benchmarks")
-    return save_figure(fig, stem, "\n".join(lines), formats=formats)
-
-
 # ---------------------------------------------------------------- comparisons
 @dataclass(frozen=True)
 class Comparison:
@@ -289,11 +275,7 @@ def merged_variants(profile, merge_report: dict | None = None) -> dict[str, str 
     """Merged variant -> the partner its adapter was merged into (None: the base it was trained on).
 
     From the profile (what 04_merge makes) and, where present, 04_merge's report (what it made)."""
-    out: dict[str, str | None] = {}
-    if profile.merge.merge_into_base:
-        out[MERGED_VARIANT] = None
-    for partner in profile.merge.partners:
-        out[partner.name + PARTNER_SUFFIX] = partner.name
+    out = dict(layout.merge_pairs(profile))
     models = (merge_report or {}).get("models")
     for name, info in (models.items() if isinstance(models, dict) else ()):
         if isinstance(info, dict):
@@ -338,109 +320,268 @@ def comparisons(variants: list[str], baseline: str, merged: dict[str, str | None
     return pairs, notes
 
 
-# ---------------------------------------------------------------- MMLU deltas
-def _se(*ses: Any) -> float | None:
-    return None if any(s is None or pd.isna(s) for s in ses) else math.sqrt(sum(float(s) ** 2 for s in ses))
+# ---------------------------------------------------------------- paired statistics
+@dataclass(frozen=True)
+class StatsSettings:
+    """How intervals and tests are made (analysis.confidence, n_bootstrap, fdr_alpha; the profile's seed)."""
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    n_boot: int = stats.DEFAULT_N_BOOT
+    alpha: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile) -> "StatsSettings":
+        cfg = profile.analysis
+        return cls(cfg.confidence, cfg.n_bootstrap, cfg.fdr_alpha, profile.seed)
 
 
-def mmlu_delta_frame(summaries: dict[str, dict], baseline: str, pairs: list[Comparison] | None = None) -> pd.DataFrame:
-    """Per comparison and subject, variant minus reference (percentage points), with the combined
-    standard error sqrt(se_v^2 + se_r^2) (ignores that both saw the same questions: conservative);
-    `within_stderr` marks |delta| <= that error. Without `pairs`: every variant vs `baseline`."""
-    if pairs is None:
-        pairs = [Comparison(v, baseline, KIND_OTHER) for v in summaries if v != baseline and baseline in summaries]
-    cols = ["comparison", "kind", "variant", "reference", "subject", "category", "reference_acc", "variant_acc",
-            "delta", "combined_stderr", "within_stderr", "n"]
-    rows = []
-    for rank, c in enumerate(pairs):
-        ref = (summaries.get(c.reference) or {}).get("mmlu_subjects") or {}
-        for subject, v in sorted(((summaries.get(c.variant) or {}).get("mmlu_subjects") or {}).items()):
-            b = ref.get(subject)
-            if not isinstance(v, dict) or not isinstance(b, dict) or v.get("acc") is None or b.get("acc") is None:
-                continue
-            delta = 100.0 * (v["acc"] - b["acc"])
-            se = _se(v.get("stderr"), b.get("stderr"))
-            se = None if se is None else 100.0 * se
-            rows.append({"comparison": c.label, "kind": c.kind, "variant": c.variant, "reference": c.reference,
-                         "subject": subject, "category": v.get("category") or b.get("category") or UNCATEGORISED,
-                         "reference_acc": 100.0 * b["acc"], "variant_acc": 100.0 * v["acc"], "delta": delta,
-                         "combined_stderr": se, "within_stderr": bool(se is not None and abs(delta) <= se),
-                         "n": v.get("n"), "_rank": rank})
-    frame = pd.DataFrame(rows, columns=cols + ["_rank"])
-    frame = frame.sort_values(["_rank", "delta", "subject"], kind="mergesort")
-    return frame.drop(columns="_rank").reset_index(drop=True)
+PAIRED, UNPAIRED, NO_ERROR = "paired bootstrap", "unpaired normal", "no error"
+DELTA_COLUMNS = ["comparison", "kind", "variant", "reference", "level", "unit", "category", "n", "reference_score",
+                 "variant_score", "delta", "se", "ci_low", "ci_high", "p_value", "q_value", "significant", "test",
+                 "interval", "discordant_b", "discordant_c", "note"]
 
 
+def runs_from_summaries(eval_dir: Path, summaries: dict[str, dict]) -> dict[str, EvalRun]:
+    """EvalRuns for 05_evaluate's variants: the summaries as read, samples and settings beside them."""
+    return {v: read_pipeline_variant(eval_dir, v, s) for v, s in summaries.items()}
+
+
+def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
+    s = run.samples
+    if s.empty:
+        return None
+    hit = s[(s["benchmark"] == bench) & (s["subject"] == subject)]
+    return None if hit.empty else hit.set_index("doc_id")["score"]
+
+
+def _unit(x: pd.Series | None, y: pd.Series | None, v: tuple, r: tuple, st: StatsSettings,
+          rng: np.random.Generator) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """One subject or benchmark: (row fields, bootstrap draws, per-question differences); v and r are
+    (score, stderr, n) from the summaries, used when per-question scores are missing (unpaired)."""
+    if x is not None and y is not None:
+        common = x.index.intersection(y.index)
+        if len(common):
+            xs, ys = x.loc[common].to_numpy(float), y.loc[common].to_numpy(float)
+            d = xs - ys
+            draws = stats.bootstrap_means(d, st.n_boot, rng)
+            lo, hi = stats.percentile_interval(draws, st.confidence)
+            binary = stats.is_binary(xs, ys)
+            b, c = stats.discordant(xs, ys) if binary else (None, None)
+            p = stats.mcnemar_exact(b, c) if binary else stats.sign_flip_p([d], st.n_boot, rng=rng)
+            dropped = max(len(x), len(y)) - len(common)
+            return ({"n": len(common), "reference_score": 100 * ys.mean(), "variant_score": 100 * xs.mean(),
+                     "delta": 100 * d.mean(), "se": 100 * float(draws.std(ddof=1)), "ci_low": 100 * lo,
+                     "ci_high": 100 * hi, "p_value": p, "test": "McNemar exact" if binary else "sign-flip",
+                     "interval": PAIRED, "discordant_b": b, "discordant_c": c,
+                     "note": f"paired on {len(common)} common questions ({dropped} in one model only)" if dropped else ""},
+                    draws, d)
+    row = {"n": v[2] if len(v) > 2 else None, "reference_score": _pct(r[0]), "variant_score": _pct(v[0]), "delta": 100 * (v[0] - r[0]),
+           "discordant_b": None, "discordant_c": None, "note": "no per-question scores: unpaired error"}
+    if v[1] is None or r[1] is None:
+        return {**row, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR}, None, None
+    lo, hi, p = stats.unpaired_interval(v[0] - r[0], v[1], r[1], st.confidence)
+    return ({**row, "se": 100 * math.hypot(v[1], r[1]), "ci_low": 100 * lo, "ci_high": 100 * hi, "p_value": p,
+             "test": "z (unpaired)", "interval": UNPAIRED}, None, None)
+
+
+def _group(rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: np.random.Generator) -> dict:
+    """The mean over subjects (a category, all of MMLU, the leaderboard average): stratified paired
+    bootstrap and sign-flip test when every member is paired, else the normal interval from
+    sqrt(sum se_i^2) / k."""
+    k = len(rows)
+    out = {"n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None,
+           "reference_score": float(np.mean([r["reference_score"] for r in rows])),
+           "variant_score": float(np.mean([r["variant_score"] for r in rows])),
+           "delta": float(np.mean([r["delta"] for r in rows])), "discordant_b": None, "discordant_c": None}
+    if all(d is not None for d in draws):
+        mean_draws = np.mean(draws, axis=0)
+        lo, hi = stats.percentile_interval(mean_draws, st.confidence)
+        b = [r["discordant_b"] for r in rows]
+        c = [r["discordant_c"] for r in rows]
+        if all(x is not None for x in b + c):
+            out.update(discordant_b=sum(b), discordant_c=sum(c))
+        return {**out, "se": 100 * float(mean_draws.std(ddof=1)), "ci_low": 100 * lo, "ci_high": 100 * hi,
+                "p_value": stats.sign_flip_p(diffs, st.n_boot, rng=rng), "test": "sign-flip (stratified)",
+                "interval": PAIRED, "note": ""}
+    ses = [r["se"] for r in rows]
+    if any(s is None or pd.isna(s) for s in ses):
+        return {**out, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR,
+                "note": "a member has no error"}
+    se = math.sqrt(sum(s * s for s in ses)) / k
+    lo, hi, p = stats.unpaired_interval(out["delta"], se, 0.0, st.confidence)
+    mixed = any(r["interval"] == PAIRED for r in rows)
+    return {**out, "se": se, "ci_low": lo, "ci_high": hi, "p_value": p, "test": "z", "interval": UNPAIRED,
+            "note": "some members without per-question scores: normal interval" if mixed else ""}
+
+
+def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
+    s = run.summary
+    if subject:
+        t = (s.get("mmlu_subjects") or {}).get(subject) or {}
+        return t.get("acc"), t.get("stderr"), t.get("n")
+    t = _task(s, bench) or {}
+    return t.get("value"), t.get("stderr"), t.get("n")
+
+
+def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: int = 0) -> tuple[list[dict], list[str]]:
+    """Every row of one comparison (subjects, categories, all, benchmarks, average) and its notes."""
+    rng = np.random.default_rng([st.seed, index])
+    v, r = runs[c.variant], runs[c.reference]
+    head = {"comparison": c.label, "kind": c.kind, "variant": c.variant, "reference": c.reference}
+    notes = []
+    vs, rs = v.summary.get("mmlu_subjects") or {}, r.summary.get("mmlu_subjects") or {}
+    common = sorted(s for s in set(vs) & set(rs) if vs[s].get("acc") is not None and rs[s].get("acc") is not None)
+    for who, mine, other in ((c.variant, vs, rs), (c.reference, rs, vs)):
+        only = sorted(set(mine) - set(other))
+        if only and common:
+            notes.append(f"{c.label}: {len(only)} MMLU subject(s) only in {who} ({', '.join(only[:5])}"
+                         + (" ..." if len(only) > 5 else "") + f"): compared on the {len(common)} common subjects")
+    rows, members = [], {}
+    for s in common:
+        cat = vs[s].get("category") or rs[s].get("category") or MMLU_CATEGORIES.get(s, UNCATEGORISED)
+        fields, draws, d = _unit(_scores(v, "mmlu", s), _scores(r, "mmlu", s), _summary_pair(v, "mmlu", s),
+                                 _summary_pair(r, "mmlu", s), st, rng)
+        rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields})
+        members.setdefault(cat, []).append((rows[-1], draws, d))
+    every = [m for cat in _category_order(members) for m in members[cat]]
+    for cat in _category_order(members) + ([ALL_SUBJECTS] if every else []):
+        group = every if cat == ALL_SUBJECTS else members[cat]
+        rows.append({**head, "level": "category", "unit": cat, "category": cat,
+                     **_group([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], st, rng)})
+    bench_rows, bench_draws = [], []
+    for bench in BENCHMARKS:
+        if bench == "mmlu":
+            if every:
+                bench_rows.append({**rows[-1], "level": "benchmark", "unit": "mmlu", "category": ""})
+                bench_draws.append(np.mean([m[1] for m in every], axis=0) if all(m[1] is not None for m in every) else None)
+            continue
+        vp, rp = _summary_pair(v, bench), _summary_pair(r, bench)
+        if vp[0] is None or rp[0] is None:
+            continue
+        fields, draws, d = _unit(_scores(v, bench, ""), _scores(r, bench, ""), vp, rp, st, rng)
+        bench_rows.append({**head, "level": "benchmark", "unit": bench, "category": "", **fields})
+        bench_draws.append(draws)
+    rows += bench_rows
+    if len(bench_rows) == len(BENCHMARKS):
+        avg = _group(bench_rows, bench_draws, [np.zeros(1)] * len(bench_rows), st, rng)
+        if avg["interval"] == PAIRED:  # the p of the average: normal from its bootstrap error
+            avg["p_value"] = stats.unpaired_interval(avg["delta"], avg["se"], 0.0, st.confidence)[2] if avg["se"] else 1.0
+            avg["test"] = "z (bootstrap error)"
+        rows.append({**head, "level": "benchmark", "unit": "average", "category": "", **avg})
+    return rows, notes
+
+
+def paired_delta_frame(runs: dict[str, EvalRun], pairs: list[Comparison],
+                       st: StatsSettings | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per comparison and unit (level: subject, category, benchmark), points (percent), with the
+    interval, p-value and Benjamini-Hochberg q-value; the FDR family is one comparison's subjects, its
+    categories (with "all"), or its benchmarks. `significant`: q <= alpha. Subjects sorted by change."""
+    st = st or StatsSettings()
+    rows, notes = [], []
+    for k, c in enumerate(pairs):
+        got, n = compare(runs, c, st, k)
+        rows += got
+        notes += n
+    frame = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    for col in ("q_value", "p_value", "ci_low", "ci_high", "se", "discordant_b", "discordant_c", "n"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    for _, idx in frame.groupby(["comparison", "level"], sort=False).groups.items():
+        frame.loc[idx, "q_value"] = stats.bh_adjust(frame.loc[idx, "p_value"].to_numpy(float))
+    frame["significant"] = frame["q_value"].le(st.alpha)
+    subject = frame["level"] == "subject"  # subjects sorted by change; categories, benchmarks as made
+    keys = pd.DataFrame({"rank": frame["comparison"].map({c.label: k for k, c in enumerate(pairs)}),
+                         "level": frame["level"].map({"subject": 0, "category": 1, "benchmark": 2}),
+                         "delta": np.where(subject, frame["delta"], 0.0),
+                         "tie": np.where(subject, frame["unit"], [f"{k:08d}" for k in range(len(frame))])})
+    order = keys.sort_values(["rank", "level", "delta", "tie"], kind="mergesort").index
+    return frame.loc[order].reset_index(drop=True), notes
+
+
+def level(frame: pd.DataFrame, name: str, comparison: str | None = None) -> pd.DataFrame:
+    out = frame[frame["level"] == name]
+    return out if comparison is None else out[out["comparison"] == comparison]
+
+
+def settings_notes(runs: dict[str, EvalRun], pairs: list[Comparison]) -> dict[str, list[str]]:
+    """Comparison label -> mismatched settings (few-shot, task version, limit); empty when they agree."""
+    return {c.label: settings_mismatches(runs[c.variant], runs[c.reference]) for c in pairs}
+
+
+def power_lines(frame: pd.DataFrame, st: StatsSettings, change: float = 5.0, power: float = 0.8) -> list[str]:
+    """Per comparison and category: questions a change of `change` points would need (two-sided
+    McNemar at alpha 0.05, `power`), with the discordance observed in that category, or assumed 0.20."""
+    out = []
+    for comp, g in level(frame, "category").groupby("comparison", sort=False):
+        parts = []
+        for _, r in g[g["unit"] != ALL_SUBJECTS].iterrows():
+            observed = (r["discordant_b"] + r["discordant_c"]) / r["n"] if pd.notna(r["discordant_b"]) and r["n"] else None
+            psi = observed if observed is not None and observed >= change / 100 else 0.20
+            need = stats.questions_for_change(change / 100, psi, 0.05, power)
+            how = f"observed discordance {psi:.2f}" if psi is observed else "assumed discordance 0.20"
+            parts.append(f"{CATEGORY_LABELS.get(r['unit'], r['unit'])} {need:,} ({how}; has {_n_text(r['n'])})")
+        if parts:
+            out.append(f"{comp}: " + "; ".join(parts))
+    return out
+
+
+def _n_text(n: Any) -> str:
+    return "n/a" if n is None or pd.isna(n) else f"{int(n):,}"
+
+
+def verdict(frame: pd.DataFrame, comparison: str, st: StatsSettings) -> str:
+    """One sentence: how many subjects change beyond chance after the FDR correction."""
+    d = level(frame, "subject", comparison)
+    sig = d[d["significant"]]
+    n = _n_text(d["n"].sum()) if d["n"].notna().all() and len(d) else "n/a"
+    tested = int(d["p_value"].notna().sum())
+    if not tested:
+        return f"{comparison}: no subject can be tested (no per-question scores or standard errors)."
+    if sig.empty:
+        return (f"{comparison}: no subject changes beyond chance at n = {n} questions over {_subjects(len(d))} "
+                f"(Benjamini-Hochberg, FDR {st.alpha:g}).")
+    up, down = int((sig["delta"] > 0).sum()), int((sig["delta"] < 0).sum())
+    return (f"{comparison}: {len(sig)} of {_subjects(tested)} change beyond chance (Benjamini-Hochberg, FDR "
+            f"{st.alpha:g}; {up} up, {down} down) at n = {n} questions: " + ", ".join(
+                f"{r['unit']} {r['delta']:+.1f}" for _, r in sig.sort_values("delta").iterrows()) + ".")
+
+
+# ---------------------------------------------------------------- tables
 def _category_order(categories) -> list[str]:
     present = set(categories)
     return [c for c in CATEGORY_ORDER if c in present] + sorted(present - set(CATEGORY_ORDER) - {ALL_SUBJECTS})
 
 
-def category_delta_frame(deltas: pd.DataFrame) -> pd.DataFrame:
-    """Per comparison and MMLU category (lm-eval's four groups, then "all" subjects):
-    `delta` - mean of the subjects' deltas (the leaderboard's mean over subjects), error
-    sqrt(sum se_i^2) / k; `delta_weighted` - weighted by questions (lm-eval's group score).
-    Where some subject has no standard error (one question each, as in small CPU profiles), the
-    error is the paired one over the subjects, stdev(delta_i) / sqrt(k) (`stderr_method`)."""
-    cols = ["comparison", "kind", "variant", "reference", "category", "subjects", "n", "reference_acc",
-            "variant_acc", "delta", "combined_stderr", "within_stderr", "delta_weighted", "weighted_stderr",
-            "stderr_method"]
-    rows = []
-    for _, g in deltas.groupby("comparison", sort=False):
-        first = g.iloc[0]
-        for category in _category_order(g["category"]) + [ALL_SUBJECTS]:
-            h = g if category == ALL_SUBJECTS else g[g["category"] == category]
-            k = len(h)
-            has_se = bool(h["combined_stderr"].notna().all())
-            se = math.sqrt(float((h["combined_stderr"] ** 2).sum())) / k if has_se else None
-            method = "per-subject" if has_se else None
-            if not has_se and k >= 2:
-                se, method = float(h["delta"].std(ddof=1)) / math.sqrt(k), "paired over subjects"
-            delta = float(h["delta"].mean())
-            n = h["n"]
-            weighted = weighted_se = None
-            if n.notna().all() and float(n.sum()) > 0:
-                w = n.astype(float) / float(n.sum())
-                weighted = float((w * h["delta"]).sum())
-                weighted_se = math.sqrt(float(((w * h["combined_stderr"]) ** 2).sum())) if has_se else None
-            rows.append({"comparison": first["comparison"], "kind": first["kind"], "variant": first["variant"],
-                         "reference": first["reference"], "category": category, "subjects": k,
-                         "n": int(n.sum()) if n.notna().all() else None,
-                         "reference_acc": float(h["reference_acc"].mean()), "variant_acc": float(h["variant_acc"].mean()),
-                         "delta": delta, "combined_stderr": se, "within_stderr": bool(se is not None and abs(delta) <= se),
-                         "delta_weighted": weighted, "weighted_stderr": weighted_se, "stderr_method": method})
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _signed(delta: float, se: Any, within: bool, tex: bool = False) -> str:
-    if se is None or pd.isna(se):
-        text = f"{delta:+.2f}"
+def _interval_text(r, tex: bool = False) -> str:
+    if r["ci_low"] is None or pd.isna(r["ci_low"]):
+        text = f"{r['delta']:+.2f}"
         return f"${text}$" if tex else text
+    mark = "*" if r["significant"] else ""
     if tex:
-        dagger = r"^\dagger" if within else ""
-        return f"${delta:+.2f} \\pm {se:.2f}{dagger}$"
-    return f"{delta:+.2f} ± {se:.2f}" + (" †" if within else "")
+        return f"${r['delta']:+.2f}{'^{*}' if mark else ''}$ [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+    return f"{r['delta']:+.2f}{mark} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
 
 
-def write_category_tables(categories: pd.DataFrame, table_dir: Path) -> list[Path]:
+def write_category_tables(frame: pd.DataFrame, table_dir: Path, st: StatsSettings | None = None) -> list[Path]:
     """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category."""
+    st = st or StatsSettings()
     table_dir = Path(table_dir)
-    cats = _category_order(categories["category"]) + [ALL_SUBJECTS]
+    cats_frame = level(frame, "category")
+    cats = _category_order(cats_frame["unit"]) + ([ALL_SUBJECTS] if not cats_frame.empty else [])
     header = ["comparison"] + [CATEGORY_LABELS.get(c, c) for c in cats]
 
     def rows(tex: bool) -> list[list[str]]:
         out = []
-        for label, g in categories.groupby("comparison", sort=False):
-            by = g.set_index("category")
-            out.append([label] + [_signed(by.loc[c, "delta"], by.loc[c, "combined_stderr"], by.loc[c, "within_stderr"], tex)
-                                  if c in by.index else "–" for c in cats])
+        for label, g in cats_frame.groupby("comparison", sort=False):
+            by = g.set_index("unit")
+            out.append([label] + [_interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats])
         return out
 
-    note = ("MMLU 5-shot accuracy change in percentage points, mean over the category's subjects ± combined "
-            "standard error; † within ±1 standard error.")
-    if categories.empty:
+    note = (f"MMLU 5-shot accuracy change in percentage points, mean over the category's subjects, "
+            f"[{st.confidence:.0%} interval: {_method_text(cats_frame)}]; * significant after Benjamini-Hochberg "
+            f"over the categories at FDR {st.alpha:g}.")
+    if cats_frame.empty:
         note += " No comparison: the baseline or 05_evaluate did not run."
-    return [write_text(table_dir / "mmlu_delta_categories.csv", categories.to_csv(index=False)),
+    return [write_text(table_dir / "mmlu_delta_categories.csv", cats_frame.to_csv(index=False)),
             write_text(table_dir / "mmlu_delta_categories.md",
                        "# MMLU change per category\n\n" + note + "\n\n" + _markdown(header, rows(False), text_columns=1)),
             write_text(table_dir / "mmlu_delta_categories.tex",
@@ -448,264 +589,276 @@ def write_category_tables(categories: pd.DataFrame, table_dir: Path) -> list[Pat
                               text_columns=1))]
 
 
-def _category_colours(sns, categories) -> dict[str, Any]:
-    palette = sns.color_palette(PALETTE, 10)
-    colours = dict(zip(CATEGORY_ORDER, [palette[k] for k in (0, 1, 2, 4)]))  # not 3: vermillion is close to orange
-    extra = sorted(set(categories) - set(CATEGORY_ORDER))
-    colours.update(zip(extra, [palette[k % 10] for k in range(5, 5 + len(extra))]))
-    return colours
-
-
-def _within_line(r) -> str:
-    se = "n/a" if r["combined_stderr"] is None or pd.isna(r["combined_stderr"]) else f"{r['combined_stderr']:.2f}"
-    return f"{r['delta']:+.2f} ± {se}" + (" (within s.e.)" if r["within_stderr"] else "")
+def _method_text(rows: pd.DataFrame) -> str:
+    methods = set(rows["interval"]) if not rows.empty else set()
+    parts = []
+    if PAIRED in methods:
+        parts.append("paired bootstrap over questions (subjects resampled separately)")
+    if UNPAIRED in methods:
+        parts.append("UNPAIRED normal sqrt(se_a² + se_b²) where a model has no logged samples")
+    if NO_ERROR in methods:
+        parts.append("none where a standard error is missing")
+    return "; ".join(parts) or "none"
 
 
 def _subjects(k: int) -> str:
     return f"{k} subject" + ("" if k == 1 else "s")
 
 
-def mmlu_delta_figure(deltas: pd.DataFrame, categories: pd.DataFrame, comparison: str,
-                      stem: Path, formats: list[str]) -> list[Path]:
-    """Sorted bar chart of one comparison's per-subject MMLU change, beside its category means."""
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
-
-    from .plotting import save_figure, style
-
-    plt, sns = style()
-    d = deltas[deltas["comparison"] == comparison].sort_values(["delta", "subject"], kind="mergesort")
-    c = categories[categories["comparison"] == comparison]
-    variant, reference = d["variant"].iloc[0], d["reference"].iloc[0]
-    colours = _category_colours(sns, d["category"])
+# ---------------------------------------------------------------- figures (return the figure; `save_figure` writes)
+def _category_colours(categories) -> dict[str, Any]:
+    palette = sns.color_palette(PALETTE, 10)
+    colours = dict(zip(CATEGORY_ORDER, [palette[k] for k in (0, 1, 2, 4)]))  # not 3: vermillion is close to orange
+    extra = sorted(set(categories) - set(CATEGORY_ORDER) - {ALL_SUBJECTS})
+    colours.update(zip(extra, [palette[k % 10] for k in range(5, 5 + len(extra))]))
     colours[ALL_SUBJECTS] = (0.25, 0.25, 0.25)
-    order = _category_order(c["category"]) + [ALL_SUBJECTS]
-    c = c.set_index("category").reindex([k for k in order if k in set(c["category"])]).reset_index()
-    per_subject_h = 0.15 if len(d) > 20 else 0.28
-    height = max(3.4, per_subject_h * len(d) + 1.5)
-    cat_h = 0.32 * len(c) + 0.9
-    fig = plt.figure(figsize=(7.2, height), layout="constrained")
-    grid = fig.add_gridspec(2, 2, width_ratios=[2.3, 1], height_ratios=[cat_h, max(height - cat_h, 1.2)])
-    ax, axc, axl = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
-    _delta_bars(ax, [s.replace("_", " ") for s in d["subject"]], d["delta"], d["combined_stderr"],
-                [colours[k] for k in d["category"]], d["within_stderr"])  # ascending: the largest gain on top
-    if len(d) > 20:
-        ax.tick_params(axis="y", labelsize=7)
-    ax.set_xlabel(f"{variant} − {reference} (percentage points)")
-    ax.set_title(f"Per subject ({len(d)})")
-    rev = c.iloc[::-1]  # STEM on top, all subjects at the bottom
-    _delta_bars(axc, [CATEGORY_LABELS.get(k, k) for k in rev["category"]], rev["delta"], rev["combined_stderr"],
-                [colours[k] for k in rev["category"]], rev["within_stderr"])
-    axc.xaxis.set_major_locator(MaxNLocator(nbins=4))
-    axc.set_title("Per category (mean)")
-    axc.set_xlabel("percentage points")
-    handles = [Patch(facecolor=colours[k], label=CATEGORY_LABELS.get(k, k)) for k in _category_order(d["category"])]
-    handles.append(Patch(facecolor=WITHIN_FILL, edgecolor="black", hatch=WITHIN_HATCH, label="within ±1 s.e."))
-    axl.set_axis_off()
-    axl.legend(handles=handles, loc="upper left", frameon=False, title="category")
-    fig.suptitle(f"MMLU change per subject: {variant} vs {reference}")
-    caption = [f"MMLU 5-shot accuracy change of {variant} against {reference}, in percentage points, sorted; "
-               "error bars: ±1 combined standard error sqrt(se_variant² + se_reference²); grey hatched bars are "
-               "within it. Right: mean change per category (lm-eval's grouping) and over all subjects."
-               + _no_stderr_note(d), "", "Per category:"]
-    caption += [f"  {CATEGORY_LABELS.get(r['category'], r['category'])} ({_subjects(r['subjects'])}): "
-                f"{r['reference_acc']:.2f} -> {r['variant_acc']:.2f}, {_within_line(r)}" for _, r in c.iterrows()]
-    caption += ["", "Per subject (reference -> variant, change):"]
-    caption += [f"  {r['subject']}: {r['reference_acc']:.2f} -> {r['variant_acc']:.2f}, {_within_line(r)}"
-                for _, r in d.iloc[::-1].iterrows()]
-    return save_figure(fig, stem, "\n".join(caption), formats=formats)
+    return colours
 
 
-def _no_stderr_note(deltas: pd.DataFrame) -> str:
-    missing = int(deltas["combined_stderr"].isna().sum())
-    if not missing:
-        return ""
-    return (" No standard error for any subject: none is marked." if missing == len(deltas)
-            else f" No standard error for {_subjects(missing)}: not marked.")
+def _axes(ax, size: tuple[float, float]):
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    plt.close(fig)  # usable, not kept in pyplot (displayed once in a notebook), as plotting.new_figure
+    return fig, ax
 
 
-def _delta_bars(axis, labels, values, errors, colours, within) -> None:
-    """Horizontal bars from 0; within ±1 s.e.: grey and hatched, edged in the bar's colour. A dot at
-    each value keeps a zero change visible."""
-    values, within = [float(v) for v in values], [bool(w) for w in within]
-    errors = [0.0 if e is None or pd.isna(e) else float(e) for e in errors]
-    ys = list(range(len(values)))
-    # one call each (not one per bar): a 57-subject chart stays quick to draw and save
-    axis.barh(ys, values, height=0.72, color=[WITHIN_FILL if w else c for c, w in zip(colours, within)],
-              edgecolor=list(colours), hatch=[WITHIN_HATCH if w else None for w in within], linewidth=0.8)
-    if any(errors):
-        axis.errorbar(values, ys, xerr=errors, fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
-    axis.plot(values, ys, marker="o", markersize=2.5, color="black", linestyle="none")
-    axis.set_yticks(range(len(labels)), labels)
-    axis.set_ylim(-0.6, len(labels) - 0.4)
-    axis.axvline(0, color="black", linewidth=0.8)
-    axis.grid(axis="y", visible=False)
+def _errors(d: pd.DataFrame) -> np.ndarray:
+    lo = (d["delta"] - d["ci_low"]).fillna(0).clip(lower=0)
+    hi = (d["ci_high"] - d["delta"]).fillna(0).clip(lower=0)
+    return np.vstack([lo.to_numpy(float), hi.to_numpy(float)])
 
 
-def mmlu_delta_heatmap(deltas: pd.DataFrame, stem: Path, formats: list[str]) -> list[Path]:
-    """Subjects (grouped by category) x comparisons, coloured by the change; within-s.e. cells hatched."""
-    from matplotlib.patches import Patch, Rectangle
+def subject_delta_figure(frame: pd.DataFrame, comparison: str, ax=None, st: StatsSettings | None = None):
+    """Per-subject change of one comparison, sorted, coloured by category, with intervals; significant
+    subjects (after BH) solid and starred, the others pale. Column width (3.5 in)."""
+    st = st or StatsSettings()
+    style()
+    d = level(frame, "subject", comparison).sort_values(["delta", "unit"], kind="mergesort")
+    fig, ax = _axes(ax, (3.5, max(2.4, 0.12 * len(d) + 1.4)))
+    colours = _category_colours(d["category"])
+    ys = np.arange(len(d))
+    cols = [colours[c] for c in d["category"]]
+    sig = d["significant"].to_numpy(bool)
+    ax.barh(ys, d["delta"], height=0.75, color=[c if s else (*c[:3], 0.35) for c, s in zip(cols, sig)],
+            edgecolor=cols, linewidth=0.6)
+    ax.errorbar(d["delta"], ys, xerr=_errors(d), fmt="none", ecolor="black", elinewidth=0.5, capsize=1)
+    ax.plot(d["delta"], ys, marker="o", markersize=1.8, color="black", linestyle="none")  # a zero stays visible
+    for y, (_, r) in zip(ys, d.iterrows()):
+        if r["significant"]:
+            edge = r["ci_high"] if r["delta"] >= 0 else r["ci_low"]
+            ax.text(edge, y, " *" if r["delta"] >= 0 else "* ", va="center", ha="left" if r["delta"] >= 0 else "right",
+                    fontsize=7, fontweight="bold")
+    ax.set_yticks(ys, [s.replace("_", " ") for s in d["unit"]], fontsize=6 if len(d) > 20 else 8)
+    ax.set_ylim(-0.6, len(d) - 0.4)
+    ax.axvline(0, color="black", linewidth=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(f"{d['variant'].iloc[0]} − {d['reference'].iloc[0]} (points)" if len(d) else "points", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    handles = [Patch(facecolor=colours[c], label=CATEGORY_LABELS.get(c, c)) for c in _category_order(d["category"])]
+    handles.append(Patch(facecolor="white", edgecolor="black", label=f"* q ≤ {st.alpha:g} (BH)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(d) < 15 else -0.05),
+              ncols=2, frameon=False, fontsize=6.5)
+    ax.set_title(comparison, fontsize=9)
+    return fig
 
-    from .plotting import DIVERGING, save_figure, style
 
-    plt, sns = style()
-    comps = list(dict.fromkeys(deltas["comparison"]))
-    cat_of = deltas.drop_duplicates("subject").set_index("subject")["category"]
+def category_delta_figure(frame: pd.DataFrame, comparisons: list[str] | None = None, ax=None,
+                          st: StatsSettings | None = None):
+    """Per category and over all subjects: each comparison's change as a dot with its interval
+    (filled: significant after BH over the categories). Categories on the y axis, so labels never collide."""
+    st = st or StatsSettings()
+    style()
+    cats_frame = level(frame, "category")
+    comps = comparisons or list(dict.fromkeys(cats_frame["comparison"]))
+    cats = _category_order(cats_frame["unit"]) + [ALL_SUBJECTS]
+    fig, ax = _axes(ax, (3.5, 0.9 + 0.28 * len(cats) * max(1, min(len(comps), 4)) ** 0.5 + 0.2 * len(comps)))
+    colours = dict(zip(comps, sns.color_palette(PALETTE, max(len(comps), 1))))
+    markers = "osD^vP"
+    step = min(0.7 / max(len(comps), 1), 0.22)
+    for j, comp in enumerate(comps):
+        by = cats_frame[cats_frame["comparison"] == comp].set_index("unit")
+        rows = by.reindex([c for c in cats if c in by.index])
+        ys = np.array([cats.index(c) for c in rows.index]) + (j - (len(comps) - 1) / 2) * step
+        ax.errorbar(rows["delta"], ys, xerr=_errors(rows), fmt="none", ecolor=colours[comp], elinewidth=0.9, capsize=1.5)
+        sig = rows["significant"].to_numpy(bool)
+        ax.scatter(rows["delta"], ys, marker=markers[j % len(markers)], s=18, edgecolors=colours[comp],
+                   facecolors=[colours[comp] if s else "white" for s in sig], linewidths=0.9, zorder=3, label=comp)
+    ax.set_yticks(range(len(cats)), [CATEGORY_LABELS.get(c, c) for c in cats], fontsize=8)
+    ax.set_ylim(len(cats) - 0.5, -0.5)
+    ax.axvline(0, color="black", linewidth=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("MMLU change (points)", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=1, frameon=False, fontsize=6.5,
+              title=f"filled: q ≤ {st.alpha:g} (BH)", title_fontsize=6.5)
+    return fig
+
+
+def delta_heatmap(frame: pd.DataFrame, ax=None):
+    """Subjects (grouped by category, colour strip on the left) x comparisons, coloured by the change;
+    a star marks a change significant after BH within its comparison."""
+    style()
+    d = level(frame, "subject")
+    comps = list(dict.fromkeys(d["comparison"]))
+    cat_of = d.drop_duplicates("unit").set_index("unit")["category"]
     cats = _category_order(cat_of)
     subjects = sorted(cat_of.index, key=lambda s: (cats.index(cat_of[s]), s))
-    values = deltas.pivot(index="subject", columns="comparison", values="delta").reindex(index=subjects, columns=comps)
-    within = (deltas.pivot(index="subject", columns="comparison", values="within_stderr")
-              .reindex(index=subjects, columns=comps))
-    limit = max(1.0, math.ceil(float(values.abs().max().max())))
+    values = d.pivot(index="unit", columns="comparison", values="delta").reindex(index=subjects, columns=comps)
+    sig = d.pivot(index="unit", columns="comparison", values="significant").reindex(index=subjects, columns=comps)
+    limit = max(1.0, math.ceil(float(np.nanmax(np.abs(values.to_numpy(float)))) if values.size else 1.0))
+    fig, ax = _axes(ax, (min(7.0, 2.6 + 0.75 * len(comps)), max(2.5, 0.13 * len(subjects) + 1.6)))
+    grid = values.to_numpy(float)
+    mesh = ax.pcolormesh(np.arange(len(comps) + 1), np.arange(len(subjects) + 1), grid, cmap=DIVERGING,
+                         vmin=-limit, vmax=limit, edgecolors="white", linewidth=0.4)
     small = len(subjects) > 20
-    height = max(3.0, (0.15 if small else 0.3) * len(subjects) + 2.0)
-    width = min(11.0, 3.4 + 0.95 * len(comps))
-    fig = plt.figure(figsize=(width, height), layout="constrained")
-    fig.get_layout_engine().set(wspace=0.01)
-    grid = fig.add_gridspec(1, 3, width_ratios=[0.18, 0.95 * len(comps), 0.18])
-    strip, ax, cax = fig.add_subplot(grid[0]), fig.add_subplot(grid[1]), fig.add_subplot(grid[2])
-    mesh = ax.pcolormesh(values.to_numpy(dtype=float), cmap=DIVERGING, vmin=-limit, vmax=limit,
-                         edgecolors="white", linewidth=0.5)
+    for i in range(len(subjects)):
+        for j in range(len(comps)):
+            v = grid[i, j]
+            text = "n/a" if np.isnan(v) else f"{v:+.1f}" + ("*" if bool(sig.iat[i, j]) else "")
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=5.5 if small else 7,
+                    color="white" if not np.isnan(v) and abs(v) > 0.6 * limit else "black")
+    colours = _category_colours(cats)
+    for i, s in enumerate(subjects):
+        ax.add_patch(Rectangle((-0.12, i), 0.1, 1, facecolor=colours[cat_of[s]], linewidth=0, clip_on=False))
     ax.set_xlim(0, len(comps))
     ax.set_ylim(len(subjects), 0)
-    ax.set_xticks([k + 0.5 for k in range(len(comps))], [c.replace(" vs ", "\nvs ") for c in comps],
-                  fontsize=8 if small else None)
+    ax.set_xticks(np.arange(len(comps)) + 0.5, [c.replace(" vs ", "\nvs ") for c in comps], fontsize=6.5)
     ax.xaxis.tick_top()
-    ax.set_yticks([])
+    ax.set_yticks(np.arange(len(subjects)) + 0.5, [s.replace("_", " ") for s in subjects], fontsize=5.5 if small else 7)
+    ax.tick_params(axis="y", pad=8, length=0)
     ax.grid(False)
-    for i, subject in enumerate(subjects):
-        for j, comp in enumerate(comps):
-            v = values.iat[i, j]
-            if pd.isna(v):
-                ax.add_patch(Rectangle((j, i), 1, 1, facecolor="white", edgecolor="0.6", hatch="xx", linewidth=0))
-                continue
-            inside = bool(within.iat[i, j])
-            if inside:
-                ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="0.55", hatch="///", linewidth=0))
-            # on hatched cells the value sits on a patch of the cell's own colour, clear of the hatching
-            ax.text(j + 0.5, i + 0.5, f"({v:+.1f})" if inside else f"{v:+.1f}", ha="center", va="center",
-                    fontsize=6.5 if small else 8, color="white" if abs(v) > 0.6 * limit else "black",
-                    bbox={"boxstyle": "square,pad=0.15", "facecolor": mesh.cmap(mesh.norm(v)), "edgecolor": "none"}
-                    if inside else None)
-    colours = _category_colours(sns, cats)
-    for i, subject in enumerate(subjects):
-        strip.add_patch(Rectangle((0, i), 1, 1, facecolor=colours[cat_of[subject]], linewidth=0))
-    strip.set_xlim(0, 1)
-    strip.set_ylim(len(subjects), 0)
-    strip.set_xticks([])
-    strip.set_yticks([k + 0.5 for k in range(len(subjects))], [s.replace("_", " ") for s in subjects],
-                     fontsize=7 if small else None)
-    strip.grid(False)
-    for k in range(1, len(subjects)):  # a rule between categories
+    for k in range(1, len(subjects)):
         if cat_of[subjects[k]] != cat_of[subjects[k - 1]]:
-            for axis in (ax, strip):
-                axis.axhline(k, color="black", linewidth=1.0)
-    fig.colorbar(mesh, cax=cax, label="change (percentage points)")
+            ax.axhline(k, color="black", linewidth=0.8)
+    bar = fig.colorbar(mesh, ax=ax, shrink=0.5, pad=0.02)
+    bar.set_label("change (points)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     handles = [Patch(facecolor=colours[c], label=CATEGORY_LABELS.get(c, c)) for c in cats]
-    handles.append(Patch(facecolor="white", edgecolor="0.55", hatch="///", label="within ±1 s.e. (value in brackets)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False, fontsize=8)
-    fig.suptitle("MMLU change per subject across comparisons")
-    caption = ["MMLU 5-shot accuracy change per subject (rows, grouped by lm-eval category) for each comparison "
-               "(columns), in percentage points; hatched cells, values in brackets: within ±1 combined standard "
-               f"error. Colour scale ±{limit:g} points." + _no_stderr_note(deltas), ""]
-    for comp in comps:
-        d = deltas[deltas["comparison"] == comp]
-        outside = ~d["within_stderr"] & d["combined_stderr"].notna()  # no error: neither inside nor out
-        no_se = int(d["combined_stderr"].isna().sum())
-        caption.append(f"{comp}: mean {d['delta'].mean():+.2f} over {_subjects(len(d))}; "
-                       f"{int(outside.sum())} outside ±1 s.e. "
-                       f"({int((outside & (d['delta'] > 0)).sum())} up, {int((outside & (d['delta'] < 0)).sum())} down)"
-                       + (f"; {no_se} without a standard error ({int((d['combined_stderr'].isna() & (d['delta'] > 0)).sum())}"
-                          f" up, {int((d['combined_stderr'].isna() & (d['delta'] < 0)).sum())} down)" if no_se else ""))
-    caption += ["", "subject (category): " + " | ".join(comps)]
-    caption += [f"  {s} ({cat_of[s]}): " + " | ".join(
-        "n/a" if pd.isna(values.at[s, c]) else f"{values.at[s, c]:+.2f}" + (" (within s.e.)" if within.at[s, c] else "")
-        for c in comps) for s in subjects]
-    return save_figure(fig, stem, "\n".join(caption), formats=formats)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncols=2, frameon=False, fontsize=6.5)
+    return fig
 
 
-def mmlu_category_figure(categories: pd.DataFrame, stem: Path, formats: list[str]) -> list[Path]:
-    """Grouped bars: the change per category (and over all subjects) for every comparison."""
-    from matplotlib.patches import Patch
-
-    from .plotting import save_figure, style
-
-    plt, sns = style()
-    comps = list(dict.fromkeys(categories["comparison"]))
-    cats = _category_order(categories["category"]) + [ALL_SUBJECTS]
-    colours = dict(zip(comps, sns.color_palette(PALETTE, len(comps))))
-    bar = min(0.8 / len(comps), 0.3)
-    fig, ax = plt.subplots(figsize=(max(5.0, min(9.0, 1.6 + len(cats) * (0.22 * len(comps) + 0.35))), 3.6),
-                           layout="constrained")
-    for j, comp in enumerate(comps):
-        by = categories[categories["comparison"] == comp].set_index("category")
-        for i, cat in enumerate(cats):
-            if cat not in by.index:
-                continue
-            r = by.loc[cat]
-            x = i + (j - (len(comps) - 1) / 2) * bar
-            inside = bool(r["within_stderr"])
-            ax.bar(x, r["delta"], width=bar * 0.9, color="white" if inside else colours[comp],
-                   edgecolor=colours[comp], hatch=WITHIN_HATCH if inside else None, linewidth=1.0)
-            if r["combined_stderr"] is not None and not pd.isna(r["combined_stderr"]) and r["combined_stderr"] > 0:
-                ax.errorbar(x, r["delta"], yerr=r["combined_stderr"], fmt="none", ecolor="black", elinewidth=0.8,
-                            capsize=2)
-            ax.plot([x], [r["delta"]], marker="o", markersize=2.5, color="black", linestyle="none")
-    ax.set_xticks(range(len(cats)), [CATEGORY_LABELS.get(c, c) for c in cats])
-    ax.set_xlim(-0.5, len(cats) - 0.5)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.grid(axis="x", visible=False)
-    ax.set_ylabel("MMLU change (points)")
-    ax.set_title("MMLU change per category")
-    handles = [Patch(facecolor=colours[c], edgecolor=colours[c], label=c) for c in comps]
-    handles.append(Patch(facecolor="white", edgecolor="black", hatch=WITHIN_HATCH, label="within ±1 s.e."))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False, fontsize=9)
-    caption = ["MMLU 5-shot accuracy change per lm-eval category and over all subjects (mean over the subjects), "
-               "in percentage points; error bars: ±1 combined standard error sqrt(sum se_i²)/k; hatched bars "
-               "are within it. Size-weighted (lm-eval's group score) in brackets."
-               + (" Where subjects have no standard error (a single question each), the error is the paired "
-                  "one over the subjects, stdev(delta_i)/sqrt(k)."
-                  if (categories["stderr_method"] == "paired over subjects").any() else ""), ""]
-    for comp in comps:
-        caption.append(f"{comp}:")
-        for _, r in categories[categories["comparison"] == comp].iterrows():
-            weighted = ("" if r["delta_weighted"] is None or pd.isna(r["delta_weighted"])
-                        else f" [weighted {r['delta_weighted']:+.2f}]")
-            caption.append(f"  {CATEGORY_LABELS.get(r['category'], r['category'])} ({_subjects(r['subjects'])}): "
-                           f"{r['reference_acc']:.2f} -> {r['variant_acc']:.2f}, {_within_line(r)}{weighted}")
-    return save_figure(fig, stem, "\n".join(caption), formats=formats)
+def merged_vs_parts_figure(frame: pd.DataFrame, merged: str, base: str | None, partner: str | None, ax=None,
+                           st: StatsSettings | None = None):
+    """The paper's Table-3 argument per category: the merged model against the base and against the
+    partner it was merged into (and the partner against the base), each change with its interval."""
+    comps = [f"{merged} vs {p}" for p in (base, partner) if p] + ([f"{partner} vs {base}"] if partner and base else [])
+    present = set(level(frame, "category")["comparison"])
+    return category_delta_figure(frame, [c for c in comps if c in present], ax=ax, st=st)
 
 
-# ---------------------------------------------------------------- benchmark deltas, merge trade-off
-def benchmark_delta_frame(summaries: dict[str, dict], pairs: list[Comparison]) -> pd.DataFrame:
-    """Per comparison and benchmark (and the average of the four), variant minus reference in points."""
-    cols = ["comparison", "kind", "variant", "reference", "benchmark", "reference_score", "variant_score",
-            "delta", "combined_stderr", "within_stderr"]
-    rows = []
-    for c in pairs:
-        scores = {}
-        for who in (c.variant, c.reference):
-            s = summaries.get(who) or {}
-            scores[who] = {b: (_pct(t["value"]), _pct(t.get("stderr"))) for b in BENCHMARKS if (t := _task(s, b))}
-        v, r = scores[c.variant], scores[c.reference]
-        common = [b for b in BENCHMARKS if b in v and b in r]
-        for bench in common:
-            delta = v[bench][0] - r[bench][0]
-            se = _se(v[bench][1], r[bench][1])
-            rows.append({"comparison": c.label, "kind": c.kind, "variant": c.variant, "reference": c.reference,
-                         "benchmark": bench, "reference_score": r[bench][0], "variant_score": v[bench][0],
-                         "delta": delta, "combined_stderr": se, "within_stderr": bool(se is not None and abs(delta) <= se)})
-        if len(common) == len(BENCHMARKS):
-            delta = sum(v[b][0] - r[b][0] for b in common) / len(common)
-            ses = [x for b in common for x in (v[b][1], r[b][1])]
-            se = None if any(x is None for x in ses) else math.sqrt(sum(x * x for x in ses)) / len(common)
-            rows.append({"comparison": c.label, "kind": c.kind, "variant": c.variant, "reference": c.reference,
-                         "benchmark": "average", "reference_score": sum(r[b][0] for b in common) / len(common),
-                         "variant_score": sum(v[b][0] for b in common) / len(common), "delta": delta,
-                         "combined_stderr": se, "within_stderr": bool(se is not None and abs(delta) <= se)})
-    return pd.DataFrame(rows, columns=cols)
+def leaderboard_figure(frame: pd.DataFrame, ax=None):
+    """Grouped bars: every evaluated variant on the four benchmarks, ±1 standard error."""
+    style()
+    ours = frame[frame["status"] == "ok"]
+    fig, ax = _axes(ax, (7.0, 3.6))
+    if ours.empty:
+        ax.text(0.5, 0.5, "no evaluation results (05_evaluate not run)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    palette = sns.color_palette(PALETTE, len(ours))
+    width = 0.8 / len(ours)
+    for k, (_, r) in enumerate(ours.iterrows()):
+        present = [j for j, b in enumerate(BENCHMARKS) if r[b] is not None and not pd.isna(r[b])]
+        ax.bar([j + (k - (len(ours) - 1) / 2) * width for j in present], [r[BENCHMARKS[j]] for j in present],
+               width=width, yerr=[_nz(r[f"{BENCHMARKS[j]}_stderr"]) for j in present], capsize=2, color=palette[k],
+               label=r["variant"])
+    ax.set_xticks(range(len(BENCHMARKS)), [LABELS[b] for b in BENCHMARKS])
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncols=min(4, len(ours)), fontsize=8)
+    ax.set_title("Open LLM Leaderboard v1 benchmarks")
+    return fig
 
 
+def leaderboard_caption(frame: pd.DataFrame) -> str:
+    ours = frame[frame["status"] == "ok"]
+    lines = ["Leaderboard scores (percent, error bars: ±1 standard error). " + METRIC_NOTE + "."]
+    if ours.empty:
+        lines.append("No variant was evaluated.")
+    for _, r in ours.iterrows():
+        lines.append(f"{r['variant']}: " + ", ".join(f"{LABELS[b]} {_cell(r[b], r[f'{b}_stderr'])}" for b in BENCHMARKS)
+                     + f"; average {_cell(r['average'])}")
+    return "\n".join(lines)
+
+
+def _row_line(r) -> str:
+    ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+    p = "" if pd.isna(r["p_value"]) else f", p {r['p_value']:.3g}, q {r['q_value']:.3g}" + (" *" if r["significant"] else "")
+    interval = "" if r["interval"] == PAIRED else f" ({r['interval']})"
+    return (f"{r['reference_score']:.2f} -> {r['variant_score']:.2f}, {r['delta']:+.2f}{ci}{p}, n {_n_text(r['n'])}"
+            f"{interval}")
+
+
+def _method_caption(rows: pd.DataFrame, st: StatsSettings) -> str:
+    return (f"Intervals: {st.confidence:.0%}, {_method_text(rows)} ({st.n_boot} resamples, seed {st.seed}). "
+            f"Tests: exact McNemar on the discordant questions for accuracy, a paired sign-flip test otherwise; "
+            f"* significant after Benjamini-Hochberg at FDR {st.alpha:g}.")
+
+
+def subject_caption(frame: pd.DataFrame, comparison: str, st: StatsSettings, notes: list[str] = ()) -> str:
+    d = level(frame, "subject", comparison)
+    c = level(frame, "category", comparison)
+    lines = [f"MMLU 5-shot accuracy change per subject, {comparison}, in percentage points, sorted. "
+             + _method_caption(d, st) + " Solid bars: significant; pale: not. Colour: lm-eval category.",
+             verdict(frame, comparison, st)]
+    lines += [n for n in notes if n.startswith(comparison + ":")]
+    lines += ["", "Per category (mean over subjects; BH over the categories):"]
+    lines += [f"  {CATEGORY_LABELS.get(r['unit'], r['unit'])}: {_row_line(r)}" for _, r in c.iterrows()]
+    lines += ["", "Per subject (reference -> variant, change [interval], p, q, n):"]
+    lines += [f"  {r['unit']} ({r['category']}): {_row_line(r)}" for _, r in d.iloc[::-1].iterrows()]
+    return "\n".join(lines)
+
+
+def category_caption(frame: pd.DataFrame, comparisons: list[str], st: StatsSettings, power: list[str] = ()) -> str:
+    c = level(frame, "category")
+    c = c[c["comparison"].isin(comparisons)]
+    lines = ["MMLU 5-shot accuracy change per lm-eval category and over all subjects (mean over subjects), in "
+             "percentage points. " + _method_caption(c, st) + " Filled markers: significant (BH over the "
+             "categories of each comparison)."]
+    for comp in comparisons:
+        lines.append(f"{comp}:")
+        lines += [f"  {CATEGORY_LABELS.get(r['unit'], r['unit'])}: {_row_line(r)}" for _, r in
+                  c[c["comparison"] == comp].iterrows()]
+    if power:
+        lines += ["", "Questions a 5-point change in one category would need (two-sided McNemar, alpha 0.05, power 0.8):"]
+        lines += [f"  {p}" for p in power if p.split(":")[0] in comparisons]
+    return "\n".join(lines)
+
+
+def heatmap_caption(frame: pd.DataFrame, st: StatsSettings) -> str:
+    d = level(frame, "subject")
+    comps = list(dict.fromkeys(d["comparison"]))
+    lines = ["MMLU 5-shot accuracy change per subject (rows, grouped by lm-eval category) for each comparison "
+             "(columns), in percentage points. " + _method_caption(d, st)]
+    lines += [verdict(frame, comp, st) for comp in comps]
+    values = d.pivot(index="unit", columns="comparison", values="delta")
+    sig = d.pivot(index="unit", columns="comparison", values="significant")
+    cat_of = d.drop_duplicates("unit").set_index("unit")["category"]
+    lines += ["", "subject (category): " + " | ".join(comps)]
+    for s in sorted(values.index, key=lambda s: (CATEGORY_ORDER.index(cat_of[s]) if cat_of[s] in CATEGORY_ORDER else 9, s)):
+        lines.append(f"  {s} ({cat_of[s]}): " + " | ".join(
+            "n/a" if c not in values.columns or pd.isna(values.at[s, c]) else
+            f"{values.at[s, c]:+.2f}" + (" *" if sig.at[s, c] is True else "") for c in comps))
+    return "\n".join(lines)
+
+
+def benchmark_caption_lines(frame: pd.DataFrame) -> list[str]:
+    b = level(frame, "benchmark")
+    return [f"  {comp}: " + "; ".join(f"{LABELS.get(r['unit'], r['unit'])} {_row_line(r)}" for _, r in g.iterrows())
+            for comp, g in b.groupby("comparison", sort=False)]
+
+
+def save_figure(fig, stem: Path, caption: str, formats) -> list[Path]:
+    """The save step: stem.<fmt> for each format (vector PDF, fonts embedded as TrueType) and stem.txt."""
+    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}):
+        return _plotting_save(fig, stem, caption, formats=formats)
+
+
+# ---------------------------------------------------------------- merge trade-off
 def tradeoff_frame(summaries: dict[str, dict], baseline: str, merged: dict[str, str | None],
                    merge_report: dict | None = None) -> pd.DataFrame:
     """Per variant: MMLU against the mean of the other three benchmarks, with the merge that made it."""
@@ -730,89 +883,85 @@ def tradeoff_frame(summaries: dict[str, dict], baseline: str, merged: dict[str, 
     return pd.DataFrame(rows, columns=cols)
 
 
-def merge_tradeoff_figure(tradeoff: pd.DataFrame, bench_deltas: pd.DataFrame, stem: Path,
-                          formats: list[str]) -> list[Path]:
+def merge_tradeoff_figure(tradeoff: pd.DataFrame, frame: pd.DataFrame, axes=None):
     """Left: MMLU against the mean of ARC, HellaSwag and TruthfulQA per variant, arrows from each
-    reference to what was made from it. Right: the change on each benchmark per comparison.
-    One colour per variant in both panels; marker shape: the role (left), the reference (right)."""
-    from matplotlib.lines import Line2D
-
-    from .plotting import save_figure, style
-
-    plt, sns = style()
-    fig, (ax, axd) = plt.subplots(1, 2, figsize=(10, 4.8), width_ratios=[1.1, 1], layout="constrained")
-    colours = dict(zip(tradeoff["variant"], sns.color_palette(PALETTE, len(tradeoff))))
+    reference to what was made from it. Right: the change on each benchmark per comparison, with its
+    interval (hollow: not significant). `axes`: two axes to draw into, or None for a new figure."""
+    style()
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.2), width_ratios=[1.1, 1], layout="constrained")
+        plt.close(fig)
+    ax, axd = axes
+    fig = ax.figure
+    bench = level(frame, "benchmark")
+    colours = dict(zip(tradeoff["variant"], sns.color_palette(PALETTE, max(len(tradeoff), 1))))
     at, handles = {}, []
     for _, r in tradeoff.iterrows():
         at[r["variant"]] = (r["mmlu"], r["others_mean"])
         marker = ROLE_MARKERS.get(r["role"], "o")
         ax.errorbar(r["mmlu"], r["others_mean"], xerr=_nz(r["mmlu_stderr"]), yerr=_nz(r["others_stderr"]),
-                    fmt=marker, color=colours[r["variant"]], markersize=8, markeredgecolor="black",
+                    fmt=marker, color=colours[r["variant"]], markersize=7, markeredgecolor="black",
                     markeredgewidth=0.6, elinewidth=0.8, capsize=2, zorder=3)
-        handles.append(Line2D([], [], marker=marker, linestyle="none", markersize=7, color=colours[r["variant"]],
+        handles.append(Line2D([], [], marker=marker, linestyle="none", markersize=6, color=colours[r["variant"]],
                               markeredgecolor="black", label=f"{r['variant']}: {r['role']}"))
-    for variant, reference in (c for c in _arrow_pairs(bench_deltas) if c[0] in at and c[1] in at):
+    for variant, reference in (c for c in _arrow_pairs(bench) if c[0] in at and c[1] in at):
         ax.annotate("", xy=at[variant], xytext=at[reference], zorder=2,
                     arrowprops={"arrowstyle": "->", "color": "0.35", "linewidth": 0.9, "shrinkA": 6, "shrinkB": 6})
     ax.margins(0.2)
-    ax.set_xlabel("MMLU (%)")
-    ax.set_ylabel("mean of ARC, HellaSwag, TruthfulQA (%)")
-    ax.set_title("Each variant (arrows: made from)")
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False, fontsize=8)
-    comps = bench_deltas.drop_duplicates("comparison")
-    benches = [b for b in list(BENCHMARKS) + ["average"] if b in set(bench_deltas["benchmark"])]
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.set_xlabel("MMLU (%)", fontsize=8)
+    ax.set_ylabel("mean of ARC, HellaSwag, TruthfulQA (%)", fontsize=8)
+    ax.set_title("Each variant (arrows: made from)", fontsize=9)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, frameon=False, fontsize=6.5)
+    comps = bench.drop_duplicates("comparison")
+    benches = [b for b in list(BENCHMARKS) + ["average"] if b in set(bench["unit"])]
     step = min(0.7 / max(len(comps), 1), 0.25)
     handles = []
     for j, (_, c) in enumerate(comps.iterrows()):
         colour = colours.get(c["variant"], "black")
         marker = "o" if c["kind"] != KIND_PARTNER else "s"  # against the partner: squares
-        by = bench_deltas[bench_deltas["comparison"] == c["comparison"]].set_index("benchmark")
-        for i, bench in enumerate(benches):
-            if bench not in by.index:
-                continue
-            r = by.loc[bench]
-            axd.errorbar(r["delta"], i + (j - (len(comps) - 1) / 2) * step, xerr=_nz(r["combined_stderr"]),
-                         fmt=marker, markersize=6, capsize=2, color=colour, elinewidth=0.8,
-                         markerfacecolor="white" if r["within_stderr"] else colour)
+        by = bench[bench["comparison"] == c["comparison"]].set_index("unit").reindex(
+            [b for b in benches if b in set(bench.loc[bench["comparison"] == c["comparison"], "unit"])])
+        ys = np.array([benches.index(b) for b in by.index]) + (j - (len(comps) - 1) / 2) * step
+        axd.errorbar(by["delta"], ys, xerr=_errors(by), fmt="none", ecolor=colour, elinewidth=0.8, capsize=2)
+        axd.scatter(by["delta"], ys, marker=marker, s=22, edgecolors=colour, zorder=3,
+                    facecolors=[colour if s else "white" for s in by["significant"].to_numpy(bool)])
         handles.append(Line2D([], [], marker=marker, linestyle="none", color=colour, label=c["comparison"]))
     handles.append(Line2D([], [], marker="o", linestyle="none", color="black", markerfacecolor="white",
-                          label="hollow: within ±1 s.e."))
+                          label="hollow: not significant"))
     if not benches:
         axd.text(0.5, 0.5, "no comparison\n(reference not evaluated)", ha="center", va="center", transform=axd.transAxes)
         axd.set_axis_off()
-    axd.set_yticks(range(len(benches)), [LABELS.get(b, b) for b in benches])
+    axd.set_yticks(range(len(benches)), [LABELS.get(b, b) for b in benches], fontsize=8)
     axd.set_ylim(max(len(benches), 1) - 0.5, -0.5)
     axd.axvline(0, color="black", linewidth=0.8)
+    axd.xaxis.set_major_locator(MaxNLocator(nbins=4))
     axd.grid(axis="y", visible=False)
-    axd.set_xlabel("change (percentage points)")
-    axd.set_title("Change against the reference")
-    axd.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False, fontsize=8)
-    fig.suptitle("Merges: what the adapter trades between benchmarks")
-    caption = ["Left: MMLU (mean over subjects) against the mean of ARC, HellaSwag and TruthfulQA for each "
-               "evaluated variant, ±1 standard error; arrows run from a reference model to the model made from "
-               "it. Right: change on each benchmark against the reference, ±1 combined standard error; hollow "
-               "markers are within it.", "", "Variants:"]
+    axd.set_xlabel("change (points)", fontsize=8)
+    axd.set_title("Change against the reference", fontsize=9)
+    axd.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, frameon=False, fontsize=6.5)
+    return fig
+
+
+def tradeoff_caption(tradeoff: pd.DataFrame, frame: pd.DataFrame, st: StatsSettings) -> str:
+    bench = level(frame, "benchmark")
+    lines = ["Left: MMLU (mean over subjects) against the mean of ARC, HellaSwag and TruthfulQA for each "
+             "evaluated variant, ±1 standard error; arrows run from a reference model to the model made from "
+             "it. Right: change on each benchmark against the reference. " + _method_caption(bench, st)
+             + " Hollow markers: not significant (BH over the benchmarks of each comparison).", "", "Variants:"]
     for _, r in tradeoff.iterrows():
         made = f", {r['method']}" + (f" into {r['partner']}" if r["partner"] else "") if r["method"] else ""
-        caption.append(f"  {r['variant']} ({r['role']}{made}): MMLU {_cell(r['mmlu'], _nan(r['mmlu_stderr']))}, "
-                       f"others {_cell(r['others_mean'], _nan(r['others_stderr']))} ({r['others_over']})")
-    caption += ["", "Changes:"]
-    for comp in comps["comparison"]:
-        by = bench_deltas[bench_deltas["comparison"] == comp]
-        caption.append(f"  {comp}: " + ", ".join(f"{LABELS.get(r['benchmark'], r['benchmark'])} {_within_line(r)}"
-                                                 for _, r in by.iterrows()))
-    return save_figure(fig, stem, "\n".join(caption), formats=formats)
+        lines.append(f"  {r['variant']} ({r['role']}{made}): MMLU {_cell(r['mmlu'], _nan(r['mmlu_stderr']))}, "
+                     f"others {_cell(r['others_mean'], _nan(r['others_stderr']))} ({r['others_over']})")
+    return "\n".join(lines + ["", "Changes:"] + benchmark_caption_lines(frame))
 
 
-def _arrow_pairs(bench_deltas: pd.DataFrame) -> list[tuple[str, str]]:
+def _arrow_pairs(bench: pd.DataFrame) -> list[tuple[str, str]]:
     """(variant, reference) to draw: each made model from what it was made from (the partner when evaluated)."""
-    pairs = bench_deltas.drop_duplicates("comparison")
+    pairs = bench.drop_duplicates("comparison")
     partnered = set(pairs.loc[pairs["kind"] == KIND_PARTNER, "variant"])
-    out = []
-    for _, r in pairs.iterrows():
-        if r["kind"] in (KIND_FINETUNED, KIND_PARTNER) or (r["kind"] == KIND_MERGED and r["variant"] not in partnered):
-            out.append((r["variant"], r["reference"]))
-    return out
+    return [(r["variant"], r["reference"]) for _, r in pairs.iterrows()
+            if r["kind"] in (KIND_FINETUNED, KIND_PARTNER) or (r["kind"] == KIND_MERGED and r["variant"] not in partnered)]
 
 
 def _nz(x: Any) -> float:
@@ -821,7 +970,6 @@ def _nz(x: Any) -> float:
 
 def _nan(x: Any) -> Any:
     return None if x is None or pd.isna(x) else x
-
 
 # ---------------------------------------------------------------- upstream stages
 def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Path]]:
@@ -1208,20 +1356,22 @@ def write_summary(profile, produced: dict, leaderboard: pd.DataFrame | None = No
     doc.p(f"Scores in percent ± standard error; {METRIC_NOTE}. ", *_file_links(produced, "table", "leaderboard", rel))
 
     doc.h(2, "MMLU change per category")
-    if categories is not None and not categories.empty:
-        cats = _category_order(categories["category"]) + [ALL_SUBJECTS]
+    cats_frame = level(categories, "category") if categories is not None and not categories.empty else None
+    if cats_frame is not None and not cats_frame.empty:
+        cats = _category_order(cats_frame["unit"]) + [ALL_SUBJECTS]
         rows = []
-        for label, g in categories.groupby("comparison", sort=False):
-            by = g.set_index("category")
-            rows.append([label, g["kind"].iloc[0]] + [
-                _signed(by.loc[c, "delta"], by.loc[c, "combined_stderr"], by.loc[c, "within_stderr"])
-                if c in by.index else "–" for c in cats])
+        for label, g in cats_frame.groupby("comparison", sort=False):
+            by = g.set_index("unit")
+            rows.append([label, g["kind"].iloc[0]] + [_interval_text(by.loc[c]) if c in by.index else "–" for c in cats])
         doc.table(["comparison", "kind"] + [CATEGORY_LABELS.get(c, c) for c in cats], rows, numeric_from=2)
-        paired = (categories["stderr_method"] == "paired over subjects").any()
-        doc.p("Percentage points, mean over the category's subjects ± combined standard error"
-              + (" (paired over the subjects, stdev(delta_i)/sqrt(k), where subjects have a single question)"
-                 if paired else "") + "; † within it. ",
-              *_file_links(produced, "table", "mmlu_delta_categories", rel))
+        doc.p(f"Percentage points, mean over the category's subjects [interval: {_method_text(cats_frame)}]; "
+              "* significant after Benjamini-Hochberg. ", *_file_links(produced, "table", "mmlu_delta_categories", rel))
+        doc.h(2, "What the sample size can show")
+        doc.bullets([str(v) for v in produced.get("verdicts", [])])
+        doc.p("Questions a change of 5 points in one category would need (two-sided exact McNemar, alpha 0.05, "
+              "power 0.8; the discordance is the share of questions on which the two models disagree, as observed "
+              "in that category, or assumed 0.20 where too few disagreements were seen):")
+        doc.bullets([str(v) for v in produced.get("power", [])])
     else:
         doc.p("No comparison: needs the baseline and at least one other variant evaluated on MMLU.")
 
@@ -1296,6 +1446,159 @@ def _file_links(produced: dict, kind: str, name: str, rel, stage: str | None = N
     return spans + (["."] if files else [])
 
 
+# ---------------------------------------------------------------- writing the comparisons
+def _refuse_mismatched(runs: dict[str, EvalRun], pairs: list[Comparison], force: bool, notes: list[str]) -> list[Comparison]:
+    """Comparisons whose variants ran with the same few-shot count, task version and limit; the others are
+    dropped with the reason in `notes` (kept, with the reason noted, when `force`)."""
+    kept = []
+    for c in pairs:
+        diff = settings_mismatches(runs[c.variant], runs[c.reference])
+        if diff:
+            head = f"{c.label}: settings differ ({'; '.join(diff[:4])}" + (" ..." if len(diff) > 4 else "") + ")"
+            notes.append(head + (": compared anyway (--force)" if force else ": comparison refused (use --force)"))
+            if not force:
+                continue
+        kept.append(c)
+    return kept
+
+
+def _figure_name(c: Comparison, baseline: str) -> str:
+    return f"mmlu_delta_{_safe(c.variant)}" + ("" if c.reference == baseline else f"_vs_{_safe(c.reference)}")
+
+
+def write_comparisons(runs: dict[str, EvalRun], pairs: list[Comparison], st: StatsSettings, tables: Path,
+                      figures: Path, formats, register, absent, produced: dict, baseline: str,
+                      merged: dict[str, str | None]) -> pd.DataFrame:
+    """The paired tables and figures of every comparison; returns the delta frame. Adds to `produced`:
+    notes (missing subjects, fallbacks), verdicts (what survives the FDR) and power lines."""
+    frame, notes = paired_delta_frame(runs, pairs, st)
+    produced["notes"] += notes
+    register("table", "mmlu_delta", "MMLU change per subject, every comparison",
+             [write_text(tables / "mmlu_delta.csv", level(frame, "subject").to_csv(index=False))])
+    register("table", "mmlu_delta_categories", "MMLU change per category, every comparison",
+             write_category_tables(frame, tables, st))
+    register("table", "benchmark_deltas", "Change per benchmark, every comparison",
+             [write_text(tables / "benchmark_deltas.csv", level(frame, "benchmark").to_csv(index=False))])
+    subjects = level(frame, "subject")
+    produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in set(subjects["comparison"])]
+    produced["power"] = power_lines(frame, st)
+    if subjects.empty:
+        why = "not drawn: no MMLU comparison (needs the baseline and another variant evaluated on MMLU)"
+        absent("figure", "mmlu_delta_categories", "MMLU change per category", why)
+        absent("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons", why)
+        return frame
+    comps = list(dict.fromkeys(subjects["comparison"]))
+    register("figure", "mmlu_delta_categories", "MMLU change per category",
+             save_figure(category_delta_figure(frame, comps, st=st), figures / "mmlu_delta_categories",
+                         category_caption(frame, comps, st, produced["power"]), formats))
+    register("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons",
+             save_figure(delta_heatmap(frame), figures / "mmlu_delta_heatmap", heatmap_caption(frame, st), formats))
+    for c in pairs:
+        if c.label in comps:
+            name = _figure_name(c, baseline)
+            register("figure", name, f"MMLU change per subject: {c.label}",
+                     save_figure(subject_delta_figure(frame, c.label, st=st), figures / name,
+                                 subject_caption(frame, c.label, st, produced["notes"]), formats))
+    for variant, partner in merged.items():
+        base = baseline if f"{variant} vs {baseline}" in comps else None
+        parts = [f"{variant} vs {p}" for p in (base, partner) if p]
+        if partner and any(p in comps for p in parts):
+            drawn = [p for p in parts + [f"{partner} vs {baseline}"] if p in comps]
+            name = f"merged_vs_parts_{_safe(variant)}"
+            register("figure", name, f"MMLU per category: {variant} against its parts",
+                     save_figure(merged_vs_parts_figure(frame, variant, base, partner, st=st), figures / name,
+                                 category_caption(frame, drawn, st, produced["power"]), formats))
+    return frame
+
+
+def _inputs(specs: list[str]) -> list[tuple[Path, str | None]]:
+    out = []
+    for spec in specs:
+        path, _, name = spec.partition("=")
+        out.append((Path(path), name or None))
+    return out
+
+
+def load_runs(specs: list[str]) -> tuple[dict[str, EvalRun], list[str]]:
+    """DIR[=NAME] inputs -> runs by name: an lm-eval output folder is one model (NAME, default its folder's
+    name); a 05_evaluate folder gives every variant in it (or only NAME)."""
+    runs: dict[str, EvalRun] = {}
+    notes: list[str] = []
+    for path, name in _inputs(specs):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        if is_pipeline_dir(path):
+            summaries, _, _ = load_summaries(path)
+            chosen = {name: summaries[name]} if name in summaries else summaries
+            if name and name not in summaries:
+                raise ValueError(f"{path}: no variant {name!r} (has {', '.join(summaries) or 'none'})")
+            got = runs_from_summaries(path, chosen)
+        else:
+            run = read_lm_eval_dir(path, name)
+            got = {run.name: run}
+        for n, run in got.items():
+            if n in runs:
+                raise ValueError(f"two inputs are both named {n!r}: name them DIR=NAME")
+            runs[n] = run
+            notes += run.notes
+    return runs, notes
+
+
+def analyse(specs: list[str], baseline: str, out: str | Path, force: bool = False, formats=("png", "pdf"),
+            st: StatsSettings | None = None, merged: dict[str, str | None] | None = None) -> dict:
+    """`platypus analyse`: the leaderboard and the paired per-subject tables and figures from lm-eval
+    output folders (or 05_evaluate folders) into out/{tables,figures}/ and out/summary.md. Every variant
+    is compared with `baseline`, and each merged variant in `merged` with its partner. Comparisons whose
+    settings differ are refused (ValueError) unless `force`."""
+    st = st or StatsSettings()
+    out = Path(out)
+    runs, notes = load_runs(specs)
+    if baseline not in runs:
+        raise ValueError(f"--baseline {baseline!r} is not among the inputs ({', '.join(runs)})")
+    merged = merged or {}
+    pairs, pair_notes = comparisons(list(runs), baseline, merged)
+    produced: dict[str, Any] = {"tables": {}, "figures": {}, "notes": notes + pair_notes, "artifacts": [],
+                                "variants": list(runs), "comparisons": [c.label for c in pairs]}
+    refused: list[str] = []
+    pairs = _refuse_mismatched(runs, pairs, force, refused)
+    produced["notes"] += refused
+    if refused and not force:
+        raise ValueError("mismatched evaluation settings; a paired comparison needs the same few-shot count, "
+                         "task version and limit (pass --force to compare anyway):\n  " + "\n  ".join(refused))
+
+    def register(kind, name, title, paths):
+        produced["tables" if kind == "table" else "figures"][name] = [str(p) for p in paths]
+
+    def absent(kind, name, title, why):
+        produced["notes"].append(f"{name} {why}")
+
+    tables, figures = out / "tables", out / "figures"
+    summaries = {n: r.summary for n, r in runs.items()}
+    board = leaderboard_frame(summaries)
+    register("table", "leaderboard", "", write_leaderboard(board, tables))
+    register("figure", "leaderboard", "", save_figure(leaderboard_figure(board), figures / "leaderboard",
+                                                      leaderboard_caption(board), list(formats)))
+    frame = write_comparisons(runs, pairs, st, tables, figures, list(formats), register, absent, produced,
+                              baseline, merged)
+    produced["summary"] = str(write_text(out / "summary.md", _analyse_summary(runs, produced, frame, st)))
+    return produced
+
+
+def _analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFrame, st: StatsSettings) -> str:
+    lines = ["# Analysis of lm-eval runs", "", "Inputs:"]
+    lines += [f"- {n}: `{r.source}` ({'per-question samples' if r.has_samples else 'NO samples: unpaired errors'})"
+              for n, r in runs.items()]
+    lines += ["", "## What the sample size can show", ""] + [f"- {v}" for v in produced.get("verdicts", [])]
+    lines += ["", "Questions a 5-point change in one category would need (two-sided exact McNemar, alpha 0.05, "
+              "power 0.8, the observed discordance or an assumed 0.20):", ""]
+    lines += [f"- {p}" for p in produced.get("power", [])]
+    if produced["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in produced["notes"]]
+    lines += ["", "## Files", ""] + [f"- {p}" for group in ("tables", "figures") for ps in produced[group].values()
+                                    for p in ps]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- the stage
 def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]:
     """Delete what an earlier 06 run wrote into the report folders and this run does not write (say
@@ -1356,44 +1659,26 @@ def run_analysis(profile) -> dict:
         register("table", "leaderboard", "Leaderboard: every variant on the four benchmarks",
                  write_leaderboard(frame, tables))
         register("figure", "leaderboard", "Leaderboard scores per benchmark",
-                 leaderboard_figure(frame, figures / "leaderboard", formats))
+                 save_figure(leaderboard_figure(frame), figures / "leaderboard", leaderboard_caption(frame), formats))
 
         pairs, pair_notes = comparisons(list(summaries), cfg.baseline, merged)
         produced["notes"] += pair_notes
         produced["comparisons"] = [{"comparison": c.label, "kind": c.kind} for c in pairs]
         if summaries and cfg.baseline not in summaries:
             produced["notes"].append(f"baseline {cfg.baseline!r} not evaluated: no MMLU deltas against it")
-        deltas = mmlu_delta_frame(summaries, cfg.baseline, pairs)
-        cats = category_delta_frame(deltas)
-        register("table", "mmlu_delta", "MMLU change per subject, every comparison",
-                 [write_text(tables / "mmlu_delta.csv", deltas.to_csv(index=False))])
-        register("table", "mmlu_delta_categories", "MMLU change per category, every comparison",
-                 write_category_tables(cats, tables))
-        if deltas.empty:
-            why = "not drawn: no MMLU comparison (needs the baseline and another variant evaluated on MMLU)"
-            absent("figure", "mmlu_delta_categories", "MMLU change per category", why)
-            absent("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons", why)
-        else:
-            register("figure", "mmlu_delta_categories", "MMLU change per category",
-                     mmlu_category_figure(cats, figures / "mmlu_delta_categories", formats))
-            register("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons",
-                     mmlu_delta_heatmap(deltas, figures / "mmlu_delta_heatmap", formats))
-        for c in pairs:
-            if c.label not in set(deltas["comparison"]):
-                continue
-            name = f"mmlu_delta_{_safe(c.variant)}" + ("" if c.reference == cfg.baseline else f"_vs_{_safe(c.reference)}")
-            register("figure", name, f"MMLU change per subject: {c.label}",
-                     mmlu_delta_figure(deltas, cats, c.label, figures / name, formats))
-
-        bench = benchmark_delta_frame(summaries, pairs)
-        register("table", "benchmark_deltas", "Change per benchmark, every comparison",
-                 [write_text(tables / "benchmark_deltas.csv", bench.to_csv(index=False))])
+        runs = runs_from_summaries(profile.run_dir("05_evaluate"), summaries)
+        produced["notes"] += [n for r in runs.values() for n in r.notes]
+        read += [Path(r.source) / f"{v}.samples.jsonl" for v, r in runs.items() if r.has_samples]
+        pairs = _refuse_mismatched(runs, pairs, False, produced["notes"])
+        deltas = write_comparisons(runs, pairs, StatsSettings.from_profile(profile), tables, figures, formats,
+                                   register, absent, produced, cfg.baseline, merged)
         trade = tradeoff_frame(summaries, cfg.baseline, merged, merge_report)
         register("table", "merge_tradeoff", "MMLU against the other benchmarks, per variant",
                  [write_text(tables / "merge_tradeoff.csv", trade.to_csv(index=False))])
         if trade["role"].isin([ROLE_MERGED_BASE, ROLE_MERGED_PARTNER]).any():
             register("figure", "merge_tradeoff", "Merge trade-off: MMLU against the other benchmarks",
-                     merge_tradeoff_figure(trade, bench, figures / "merge_tradeoff", formats))
+                     save_figure(merge_tradeoff_figure(trade, deltas), figures / "merge_tradeoff",
+                                 tradeoff_caption(trade, deltas, StatsSettings.from_profile(profile)), formats))
         else:
             why = "not drawn: no merged variant evaluated on MMLU and another benchmark"
             produced["notes"].append(f"merge trade-off {why}")
@@ -1416,7 +1701,7 @@ def run_analysis(profile) -> dict:
                                      "produce: " + ", ".join(removed))
         numbers, number_files = key_numbers(profile, summaries, failed)
         produced["key_numbers"] = numbers
-        produced["summary"] = [str(p) for p in write_summary(profile, produced, frame, cats)]
+        produced["summary"] = [str(p) for p in write_summary(profile, produced, frame, deltas)]
 
         inputs = read + stage_files + number_files + ([merge_path] if merge_report is not None else [])
         inputs += [Path(f) for a in upstream for f in a["files"]]
@@ -1436,8 +1721,10 @@ def run_analysis(profile) -> dict:
     return produced
 
 
-__all__ = ["run_analysis", "load_summaries", "leaderboard_frame", "write_leaderboard", "leaderboard_figure",
-           "Comparison", "merged_variants", "variant_role", "comparisons", "mmlu_delta_frame", "category_delta_frame",
-           "write_category_tables", "mmlu_delta_figure", "mmlu_delta_heatmap", "mmlu_category_figure",
-           "benchmark_delta_frame", "tradeoff_frame", "merge_tradeoff_figure", "pipeline_status",
+__all__ = ["run_analysis", "analyse", "load_runs", "load_summaries", "leaderboard_frame", "write_leaderboard",
+           "leaderboard_figure", "leaderboard_caption", "Comparison", "merged_variants", "variant_role", "comparisons",
+           "StatsSettings", "runs_from_summaries", "compare", "paired_delta_frame", "level", "verdict", "power_lines",
+           "write_category_tables", "write_comparisons", "subject_delta_figure", "category_delta_figure",
+           "delta_heatmap", "merged_vs_parts_figure", "subject_caption", "category_caption", "heatmap_caption",
+           "tradeoff_frame", "merge_tradeoff_figure", "tradeoff_caption", "save_figure", "pipeline_status",
            "upstream_artifacts", "key_numbers", "write_summary", "PUBLISHED"]

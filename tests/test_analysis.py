@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from platypus_utils import analysis as an
 from platypus_utils.artifacts import StageRun
@@ -126,35 +127,128 @@ def test_leaderboard_tables_match_inputs(basic_run):
         assert (profile.report_dir("figures") / f"leaderboard.{fmt}").stat().st_size > 1000
 
 
-def test_mmlu_deltas_match_inputs(basic_run):
+def test_mmlu_deltas_without_samples_fall_back_to_the_unpaired_error(basic_run):
     profile, produced = basic_run
     deltas = pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv")
     assert list(deltas["comparison"].unique()) == ["merged vs base"] and len(deltas) == len(SUBJECTS)
     assert set(deltas["kind"]) == {an.KIND_FINETUNED}  # "merged" is the adapter folded into its own base
     assert list(deltas["delta"]) == sorted(deltas["delta"])  # sorted for the bar chart
-    row = deltas.set_index("subject").loc["abstract_algebra"]
-    assert row["delta"] == pytest.approx(10.0)
-    assert row["combined_stderr"] == pytest.approx(100 * math.hypot(0.05, 0.04))
-    assert not row["within_stderr"]  # 10 points > 6.4
-    assert deltas.set_index("subject").loc["anatomy", "within_stderr"]  # 1 point < 6.4
-    cats = pd.read_csv(profile.report_dir("tables") / "mmlu_delta_categories.csv").set_index("category")
+    assert set(deltas["interval"]) == {an.UNPAIRED}  # no samples.jsonl: named as the fallback
+    row = deltas.set_index("unit").loc["abstract_algebra"]
+    se = 100 * math.hypot(0.05, 0.04)
+    assert row["delta"] == pytest.approx(10.0) and row["se"] == pytest.approx(se)
+    assert row["ci_high"] - row["delta"] == pytest.approx(1.959964 * se, rel=1e-5)
+    assert row["p_value"] == pytest.approx(2 * norm.sf(10.0 / se))
+    assert row["q_value"] == pytest.approx(min(1.0, min(
+        sorted(deltas["p_value"])[k] * 6 / (k + 1) for k in range(sorted(deltas["p_value"]).index(row["p_value"]), 6))))
+    cats = pd.read_csv(profile.report_dir("tables") / "mmlu_delta_categories.csv").set_index("unit")
     assert list(cats.index) == ["stem", "humanities", "social_sciences", "other", "all"]
     assert cats.loc["humanities", "delta"] == pytest.approx((-10.0 - 1.0) / 2)
-    assert cats.loc["humanities", "subjects"] == 2
-    assert cats.loc["humanities", "combined_stderr"] == pytest.approx(
-        100 * math.sqrt(0.03 ** 2 + 0.04 ** 2 + 0.04 ** 2 + 0.04 ** 2) / 2)
+    assert cats.loc["humanities", "se"] == pytest.approx(100 * math.sqrt(0.03 ** 2 + 0.04 ** 2 + 0.04 ** 2 + 0.04 ** 2) / 2)
     assert cats.loc["all", "delta"] == pytest.approx(deltas["delta"].mean())
-    assert cats.loc["all", "variant_acc"] == pytest.approx(100 * MERGED["tasks"]["mmlu"]["value"])
+    assert cats.loc["all", "variant_score"] == pytest.approx(100 * MERGED["tasks"]["mmlu"]["value"])
     fig = profile.report_dir("figures")
     assert produced["figures"]["mmlu_delta_merged"] == [str(fig / f"mmlu_delta_merged.{e}") for e in ("png", "pdf", "txt")]
     caption = (fig / "mmlu_delta_merged.txt").read_text()
-    assert "abstract_algebra: 25.00 -> 35.00, +10.00 ± 6.40" in caption
-    assert "anatomy: 40.00 -> 41.00, +1.00 ± 6.40 (within s.e.)" in caption
-    assert "humanities (2 subjects): 47.50 -> 42.00, -5.50" in caption
-    assert "social sciences (1 subject): 30.00 -> 32.00, +2.00" in caption
+    assert "UNPAIRED normal sqrt(se_a² + se_b²)" in caption
+    assert f"abstract_algebra (stem): 25.00 -> 35.00, +10.00 [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" in caption
+    assert "merged vs base: no subject changes beyond chance at n = 600 questions over 6 subjects" in caption
     assert "mmlu_delta_base" not in produced["figures"]  # the baseline is not compared with itself
     heat = (fig / "mmlu_delta_heatmap.txt").read_text()
-    assert "  abstract_algebra (stem): +10.00" in heat and "  anatomy (stem): +1.00 (within s.e.)" in heat
+    assert "  abstract_algebra (stem): +10.00" in heat and "  anatomy (stem): +1.00" in heat
+
+
+def samples(variant: str, scores: dict[str, list[float]], bench: str = "mmlu") -> list[dict]:
+    """05_evaluate's samples.jsonl rows: per subject (or benchmark) the per-question 0/1 scores."""
+    metric = {"mmlu": "acc", "arc_challenge": "acc_norm"}[bench]
+    rows = []
+    for unit, values in scores.items():
+        task = f"platypus_mmlu_{unit}" if bench == "mmlu" else f"platypus_{unit}"
+        rows += [{"variant": variant, "benchmark": bench, "task": task, "doc_id": k, metric: v,
+                  "doc": {"question": "q"}} for k, v in enumerate(values)]
+    return rows
+
+
+def write_samples(profile, variant: str, rows: list[dict]) -> None:
+    path = profile.run_dir("05_evaluate") / f"{variant}.samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def paired_pair(tmp_path):
+    """base and tuned with per-question scores: anatomy 8 up / 0 down of 40, world_religions 1 up / 1 down."""
+    base_s = {"anatomy": [0] * 8 + [1] * 12 + [0] * 20, "world_religions": [1, 0] + [1] * 18}
+    tuned_s = {"anatomy": [1] * 8 + [1] * 12 + [0] * 20, "world_religions": [0, 1] + [1] * 18}
+    profile = make_profile(tmp_path, variants=["base", "tuned"], formats=["pdf"])
+
+    def summ(name, sc):
+        return summary(name, {"mmlu": (None, 0.01)}, {s: (sum(v) / len(v), 0.05, len(v)) for s, v in sc.items()})
+    write_eval(profile, [summ("base", base_s), summ("tuned", tuned_s)])
+    write_samples(profile, "base", samples("base", base_s))
+    write_samples(profile, "tuned", samples("tuned", tuned_s))
+    return profile
+
+
+def test_paired_statistics_from_logged_samples(tmp_path):
+    profile = paired_pair(tmp_path)
+    produced = an.run_analysis(profile)
+    deltas = pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv").set_index("unit")
+    anatomy = deltas.loc["anatomy"]
+    assert anatomy["interval"] == an.PAIRED and anatomy["test"] == "McNemar exact"
+    assert anatomy["delta"] == pytest.approx(20.0) and anatomy["n"] == 40
+    assert (anatomy["discordant_b"], anatomy["discordant_c"]) == (8, 0)
+    assert anatomy["p_value"] == pytest.approx(2 / 2 ** 8)  # exact McNemar, 8 vs 0
+    wr = deltas.loc["world_religions"]
+    assert wr["p_value"] == pytest.approx(1.0) and wr["delta"] == pytest.approx(0.0)
+    assert anatomy["q_value"] == pytest.approx(2 * (2 / 2 ** 8))  # BH over the two subjects
+    assert anatomy["significant"] and not wr["significant"]
+    # the paired interval: the bootstrap of 40 differences (8 ones, 32 zeros) never goes below 0
+    assert 0.0 <= anatomy["ci_low"] < 20.0 < anatomy["ci_high"] <= 45.0
+    caption = (profile.report_dir("figures") / "mmlu_delta_tuned.txt").read_text()
+    assert "tuned vs base: 1 of 2 subjects change beyond chance" in caption and "anatomy +20.0" in caption
+    assert "UNPAIRED" not in caption and "paired bootstrap over questions" in caption
+    cats = pd.read_csv(profile.report_dir("tables") / "mmlu_delta_categories.csv").set_index("unit")
+    assert cats.loc["all", "delta"] == pytest.approx(10.0) and cats.loc["all", "interval"] == an.PAIRED
+    assert cats.loc["all", "test"] == "sign-flip (stratified)"
+    assert any(line.startswith("tuned vs base: STEM") for line in produced["power"])
+    md = (profile.report_dir() / "summary.md").read_text()
+    assert "What the sample size can show" in md and "questions a change of 5 points" in md.lower()
+    pdf = (profile.report_dir("figures") / "mmlu_delta_tuned.pdf").read_bytes()
+    assert b"/Subtype /Image" not in pdf and b"/FontFile2" in pdf  # vector, TrueType fonts embedded
+
+
+def test_identical_runs_show_no_change_and_say_so(tmp_path):
+    profile = paired_pair(tmp_path)
+    (profile.run_dir("05_evaluate") / "tuned.samples.jsonl").write_bytes(
+        (profile.run_dir("05_evaluate") / "base.samples.jsonl").read_bytes())
+    tuned = json.loads((profile.run_dir("05_evaluate") / "base.json").read_text())
+    tuned["variant"] = "tuned"
+    (profile.run_dir("05_evaluate") / "tuned.json").write_text(json.dumps(tuned))
+    produced = an.run_analysis(profile)
+    assert produced["verdicts"] == ["tuned vs base: no subject changes beyond chance at n = 60 questions over "
+                                    "2 subjects (Benjamini-Hochberg, FDR 0.05)."]
+    assert "assumed discordance 0.20" in produced["power"][0]
+
+
+def test_missing_subject_and_mismatched_settings_are_named(tmp_path):
+    profile = paired_pair(tmp_path)
+    ev = profile.run_dir("05_evaluate")
+    tuned = json.loads((ev / "tuned.json").read_text())
+    del tuned["mmlu_subjects"]["world_religions"]
+    (ev / "tuned.json").write_text(json.dumps(tuned))
+    runs = an.runs_from_summaries(ev, an.load_summaries(ev)[0])
+    frame, notes = an.paired_delta_frame(runs, [an.Comparison("tuned", "base", an.KIND_OTHER)])
+    assert list(an.level(frame, "subject")["unit"]) == ["anatomy"]
+    assert notes == ["tuned vs base: 1 MMLU subject(s) only in base (world_religions): compared on the 1 common subjects"]
+    raw = {"mmlu": {"results": {"platypus_mmlu_anatomy": {}}, "n-shot": {"platypus_mmlu_anatomy": 5},
+                    "versions": {"platypus_mmlu_anatomy": 1.0}, "config": {"limit": None}}}
+    (ev / "base.raw.json").write_text(json.dumps(raw))
+    raw["mmlu"]["n-shot"]["platypus_mmlu_anatomy"] = 0
+    (ev / "tuned.raw.json").write_text(json.dumps(raw))
+    produced = an.run_analysis(profile)
+    assert produced["notes"][-1].startswith("tuned vs base: settings differ (platypus_mmlu_anatomy: num_fewshot 0 in "
+                                            "tuned but 5 in base): comparison refused") or any(
+        "comparison refused" in n for n in produced["notes"])
+    assert not [k for k in produced["figures"] if k.startswith("mmlu_delta_tuned")]
 
 
 def test_comparisons_follow_the_variants_roles(tmp_path):
@@ -188,34 +282,35 @@ def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
     tables, fig = profile.report_dir("tables"), profile.report_dir("figures")
 
     cats = pd.read_csv(tables / "mmlu_delta_categories.csv")
-    vs_partner = cats[cats["comparison"] == "orca-platypus vs orca"].set_index("category")
+    vs_partner = cats[cats["comparison"] == "orca-platypus vs orca"].set_index("unit")
     assert vs_partner.loc["stem", "delta"] == pytest.approx((10.0 + 2.0) / 2)
-    assert vs_partner.loc["stem", "delta_weighted"] == pytest.approx((300 * 10.0 + 100 * 2.0) / 400)  # lm-eval's
-    assert vs_partner.loc["stem", "combined_stderr"] == pytest.approx(100 * math.sqrt(2 * (0.05 ** 2 + 0.04 ** 2)) / 2)
-    assert not vs_partner.loc["stem", "within_stderr"]
-    assert vs_partner.loc["humanities", "delta"] == pytest.approx(-2.5) and vs_partner.loc["humanities", "within_stderr"]
+    assert vs_partner.loc["stem", "se"] == pytest.approx(100 * math.sqrt(2 * (0.05 ** 2 + 0.04 ** 2)) / 2)
+    assert vs_partner.loc["humanities", "delta"] == pytest.approx(-2.5)
     assert vs_partner.loc["stem", "kind"] == an.KIND_PARTNER
     md = (tables / "mmlu_delta_categories.md").read_text()
-    assert "| orca-platypus vs orca | +6.00 ± 4.53 | -2.50 ± 3.77 † |" in md
-    assert "$-2.50 \\pm 3.77^\\dagger$" in (tables / "mmlu_delta_categories.tex").read_text()
+    lo, hi = (vs_partner.loc["stem", k] for k in ("ci_low", "ci_high"))
+    assert f"| orca-platypus vs orca | +6.00 [{lo:+.1f}, {hi:+.1f}] |" in md
     kinds = dict(zip(cats["comparison"], cats["kind"]))
     assert kinds == {"merged vs base": an.KIND_FINETUNED, "orca vs base": an.KIND_PARTNER_BASE,
                      "orca-platypus vs base": an.KIND_MERGED, "orca-platypus vs orca": an.KIND_PARTNER}
     for name in ("mmlu_delta_merged", "mmlu_delta_orca", "mmlu_delta_orca-platypus",
-                 "mmlu_delta_orca-platypus_vs_orca", "mmlu_delta_categories", "mmlu_delta_heatmap", "merge_tradeoff"):
+                 "mmlu_delta_orca-platypus_vs_orca", "mmlu_delta_categories", "mmlu_delta_heatmap", "merge_tradeoff",
+                 "merged_vs_parts_orca-platypus"):
         assert [Path(p).name for p in produced["figures"][name]] == [f"{name}.{e}" for e in ("pdf", "txt")]
-    assert "  STEM (2 subjects): 40.00 -> 46.00, +6.00 ± 4.53 [weighted +8.00]" in (
-        fig / "mmlu_delta_categories.txt").read_text()
+    parts = (fig / "merged_vs_parts_orca-platypus.txt").read_text()
+    assert "orca-platypus vs base:" in parts and "orca-platypus vs orca:" in parts and "orca vs base:" in parts
+    assert f"  STEM: 40.00 -> 46.00, +6.00 [{lo:+.2f}, {hi:+.2f}]" in parts
     heat = (fig / "mmlu_delta_heatmap.txt").read_text()
     # columns: merged, orca, orca-platypus vs base, orca-platypus vs orca
-    assert "  abstract_algebra (stem): +10.00 | +5.00 (within s.e.) | +15.00 | +10.00" in heat
+    assert "  abstract_algebra (stem): +10.00 | +5.00 | +15.00 | +10.00" in heat
     for pdf in fig.glob("*.pdf"):  # vector: text and paths; the one raster allowed is the heatmap's colour bar
         assert pdf.read_bytes().count(b"/Subtype /Image") == (pdf.stem == "mmlu_delta_heatmap"), pdf.name
+        assert b"/FontFile2" in pdf.read_bytes(), pdf.name  # fonts embedded (TrueType, pdf.fonttype 42)
 
     bench = pd.read_csv(tables / "benchmark_deltas.csv")
-    arc = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["benchmark"] == "arc_challenge")].iloc[0]
-    assert arc["delta"] == pytest.approx(6.0) and arc["combined_stderr"] == pytest.approx(100 * math.hypot(0.01, 0.01))
-    avg = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["benchmark"] == "average")].iloc[0]
+    arc = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["unit"] == "arc_challenge")].iloc[0]
+    assert arc["delta"] == pytest.approx(6.0) and arc["se"] == pytest.approx(100 * math.hypot(0.01, 0.01))
+    avg = bench[(bench["comparison"] == "orca-platypus vs orca") & (bench["unit"] == "average")].iloc[0]
     assert avg["delta"] == pytest.approx(100 * (ORCA_PLATYPUS["average"] - ORCA["average"]))
     trade = pd.read_csv(tables / "merge_tradeoff.csv").set_index("variant")
     assert trade.loc["orca-platypus", "others_mean"] == pytest.approx(100 * (0.56 + 0.59 + 0.52) / 3)
@@ -227,8 +322,9 @@ def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
     others_se = 100 * math.sqrt(0.01 ** 2 + 0.01 ** 2 + 0.02 ** 2) / 3
     assert (f"orca-platypus (merged into partner, merge_and_unload into orca): MMLU {mmlu:.2f} ± 0.40, "
             f"others 55.67 ± {others_se:.2f} (ARC HellaSwag TruthfulQA)") in caption
-    assert "orca-platypus vs orca: ARC +6.00 ± 1.41" in caption
-    assert not produced["notes"]
+    assert "orca-platypus vs orca: ARC 50.00 -> 56.00, +6.00 [+3.23, +8.77]" in caption
+    assert produced["notes"] == [f"{v}: no {v}.samples.jsonl (evaluate.log_samples off?): unpaired errors"
+                                 for v in ("base", "merged", "orca", "orca-platypus")]
 
 
 def test_summary_links_every_artifact_and_key_numbers(tmp_path):
@@ -267,7 +363,7 @@ def test_summary_links_every_artifact_and_key_numbers(tmp_path):
                  "| 03_finetune | train loss first → last logged | 2.8000 → 1.6000 |",
                  f"| 05_evaluate | merged: leaderboard average | {100 * MERGED['average']:.2f} |",
                  "| 03_finetune | ok |", "| 04_merge | failed |", "failed: MergeError: boom",
-                 "| base | this run | 30.00 ± 1.30 | 42.00 ± 0.50 |", "| merged vs base | fine-tuned vs base | +5.50 ±",
+                 "| base | this run | 30.00 ± 1.30 | 42.00 ± 0.50 |", "| merged vs base | fine-tuned vs base | +5.50 \\[",
                  "*Rows per source by curation outcome.*", "[PDF](figures/01_composition.pdf)",
                  "![Benchmark contamination of the training data](figures/02_contamination.png)",
                  "changed since 03_finetune wrote it: 03_loss_curve.txt", "| a | mmlu | 7 |"):
@@ -381,29 +477,3 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
     assert str((cur / "curation_report.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
-
-
-def test_category_error_is_paired_over_subjects_when_subjects_have_none(tmp_path):
-    # one question per subject (limit 1): no per-subject standard error, so the category's error is
-    # the paired one over its subjects, stdev(delta_i) / sqrt(k)
-    subjects = {"anatomy": ("stem", 1.0, 0.0), "astronomy": ("stem", 1.0, 0.0), "virology": ("stem", 1.0, 1.0),
-                "world_religions": ("humanities", 0.0, 1.0)}
-
-    def summary(index):
-        return {"mmlu_subjects": {s: {"acc": v[index], "stderr": None, "n": 1, "category": v[0]}
-                                  for s, v in subjects.items()}}
-
-    deltas = an.mmlu_delta_frame({"base": summary(2), "tuned": summary(1)}, "base")
-    cats = an.category_delta_frame(deltas).set_index("category")
-    stem = cats.loc["stem"]
-    assert stem["delta"] == pytest.approx(200 / 3)  # deltas +100, +100, 0
-    assert stem["combined_stderr"] == pytest.approx(pd.Series([100.0, 100.0, 0.0]).std() / math.sqrt(3))
-    assert stem["stderr_method"] == "paired over subjects" and not stem["within_stderr"]  # 66.7 > 33.3
-    assert pd.isna(cats.loc["humanities", "combined_stderr"])  # one subject: no error at all
-    everything = cats.loc[an.ALL_SUBJECTS]
-    assert everything["combined_stderr"] == pytest.approx(pd.Series([100.0, 100.0, 0.0, -100.0]).std() / 2)
-    # the per-subject heatmap counts subjects without an error apart, not as "outside" it
-    an.mmlu_delta_heatmap(deltas, tmp_path / "heatmap", ["png"])
-    caption = (tmp_path / "heatmap.txt").read_text()
-    assert "tuned vs base: mean +25.00 over 4 subjects; 0 outside ±1 s.e. (0 up, 0 down); " \
-           "4 without a standard error (2 up, 1 down)" in caption

@@ -1,0 +1,253 @@
+"""Reading lm-evaluation-harness output (component layer): results, settings and per-question scores.
+
+Two inputs give the same `EvalRun`:
+- an lm-eval output directory, as `lm_eval --output_path DIR --log_samples` writes it (0.4.x):
+  DIR/<model>/results_<date>.json and DIR/<model>/samples_<task>_<date>.jsonl (searched
+  recursively; several runs in one folder: a later date overrides a task of an earlier one);
+- this pipeline's 05_evaluate folder: `<variant>.json` (normalised summary), `<variant>.raw.json`
+  (lm-eval's output per benchmark) and `<variant>.samples.jsonl` (logged samples, with "task").
+
+Tasks are mapped to the Open LLM Leaderboard v1 benchmarks by name, with or without this
+project's `platypus_` prefix: arc_challenge, hellaswag, truthfulqa_mc2, and mmlu_<subject> for
+the 57 MMLU subjects (categories as lm-eval groups them). Other tasks are listed in `notes` and
+left out. The metric per benchmark is the leaderboard's (ARC and HellaSwag acc_norm, MMLU acc,
+TruthfulQA mc2, which lm-eval logs under "acc").
+
+`EvalRun.samples` has one row per question: benchmark, subject ("" outside MMLU), doc_id, score.
+`EvalRun.settings` has per task: benchmark, subject, num_fewshot, version, limit, n.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+PREFIX = "platypus_"  # this project's local task names (05_evaluate's TASK_PREFIX)
+# benchmark -> (lm-eval metric key, reported label); the same table as 05_evaluate's LEADERBOARD_METRICS
+METRICS = {"arc_challenge": ("acc_norm", "acc_norm"), "hellaswag": ("acc_norm", "acc_norm"),
+           "mmlu": ("acc", "acc"), "truthfulqa_mc2": ("acc", "mc2")}
+_CATEGORY_SUBJECTS = {
+    "stem": "abstract_algebra anatomy astronomy college_biology college_chemistry college_computer_science "
+            "college_mathematics college_physics computer_security conceptual_physics electrical_engineering "
+            "elementary_mathematics high_school_biology high_school_chemistry high_school_computer_science "
+            "high_school_mathematics high_school_physics high_school_statistics machine_learning",
+    "humanities": "formal_logic high_school_european_history high_school_us_history high_school_world_history "
+                  "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
+                  "prehistory professional_law world_religions",
+    "social_sciences": "econometrics high_school_geography high_school_government_and_politics "
+                       "high_school_macroeconomics high_school_microeconomics high_school_psychology "
+                       "human_sexuality professional_psychology public_relations security_studies sociology "
+                       "us_foreign_policy",
+    "other": "business_ethics clinical_knowledge college_medicine global_facts human_aging management marketing "
+             "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
+}
+MMLU_CATEGORIES = {s: c for c, subjects in _CATEGORY_SUBJECTS.items() for s in subjects.split()}
+SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
+
+
+@dataclass
+class EvalRun:
+    """One evaluated model: a summary in 05_evaluate's shape, its settings and per-question scores."""
+    name: str
+    source: str
+    summary: dict
+    settings: dict[str, dict] = field(default_factory=dict)
+    samples: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SAMPLE_COLUMNS))
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_samples(self) -> bool:
+        return not self.samples.empty
+
+
+def task_unit(task: str) -> tuple[str, str] | None:
+    """lm-eval task -> (benchmark, subject) with subject "" outside MMLU; None: not a leaderboard task."""
+    name = task.removeprefix(PREFIX)
+    if name.startswith("mmlu_") and name[5:] in MMLU_CATEGORIES:
+        return "mmlu", name[5:]
+    return (name, "") if name in METRICS and name != "mmlu" else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" for a standard error it cannot compute
+    return out if math.isfinite(out) else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable as JSON ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def task_settings(results: dict, source: str = "") -> dict[str, dict]:
+    """Per leaderboard task of one lm-eval output: num_fewshot, version, limit, n."""
+    if not isinstance(results.get("results"), dict):
+        raise ValueError(f"{source}: no 'results' object: not an lm-eval results file")
+    limit = (results.get("config") or {}).get("limit")
+    out = {}
+    for task in results["results"]:
+        unit = task_unit(task)
+        if unit is None:
+            continue
+        shots = (results.get("n-shot") or {}).get(task, ((results.get("configs") or {}).get(task) or {}).get("num_fewshot"))
+        n = (results.get("n-samples") or {}).get(task) or {}
+        out[task] = {"benchmark": unit[0], "subject": unit[1], "num_fewshot": shots,
+                     "version": (results.get("versions") or {}).get(task), "limit": limit,
+                     "n": n.get("effective", n.get("original"))}
+    return out
+
+
+def summary_from_results(name: str, results: Iterable[dict], model: str = "") -> dict:
+    """A summary in 05_evaluate's shape (tasks, mmlu_subjects) from lm-eval outputs; MMLU is the mean
+    over subjects with se sqrt(sum se_i^2) / k (None when a subject has none)."""
+    tasks: dict[str, dict] = {}
+    subjects: dict[str, dict] = {}
+    for res in results:
+        n_samples = res.get("n-samples") or {}
+        for task, r in (res.get("results") or {}).items():
+            unit = task_unit(task)
+            if unit is None or not isinstance(r, dict):
+                continue
+            bench, subject = unit
+            metric, label = METRICS[bench]
+            entry = {"value": _float(r.get(f"{metric},none")), "stderr": _float(r.get(f"{metric}_stderr,none")),
+                     "n": (n_samples.get(task) or {}).get("effective")}
+            if subject:
+                subjects[subject] = {"acc": entry["value"], "stderr": entry["stderr"], "n": entry["n"],
+                                     "category": MMLU_CATEGORIES[subject]}
+            else:
+                tasks[bench] = {"metric": label, **entry}
+    if subjects:
+        accs = [s["acc"] for s in subjects.values() if s["acc"] is not None]
+        ses = [s["stderr"] for s in subjects.values()]
+        tasks["mmlu"] = {"metric": "acc", "value": sum(accs) / len(accs) if accs else None,
+                         "stderr": None if None in ses else math.sqrt(sum(se * se for se in ses)) / len(ses),
+                         "n": sum(s["n"] or 0 for s in subjects.values()), "n_subjects": len(subjects),
+                         "aggregation": "mean over subjects (Open LLM Leaderboard)"}
+    values = [t["value"] for t in tasks.values() if t["value"] is not None]
+    return {"variant": name, "model": model, "tasks": tasks, "mmlu_subjects": dict(sorted(subjects.items())),
+            "average": sum(values) / len(values) if values else None,
+            "average_over": [b for b in METRICS if b in tasks and tasks[b]["value"] is not None]}
+
+
+def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "") -> pd.DataFrame:
+    """Logged lm-eval samples -> one row per question (benchmark, subject, doc_id, score). A row's
+    task is `task` (lm-eval's file names it) or its own "task" field (05_evaluate's)."""
+    out = []
+    for k, row in enumerate(rows):
+        name = task or row.get("task")
+        unit = task_unit(str(name)) if name else None
+        if unit is None:
+            continue
+        metric = METRICS[unit[0]][0]
+        score = _float(row.get(metric))
+        if score is None or "doc_id" not in row:
+            raise ValueError(f"{source} row {k + 1}: task {name} has no numeric '{metric}' or no 'doc_id'")
+        out.append((unit[0], unit[1], int(row["doc_id"]), score))
+    frame = pd.DataFrame(out, columns=SAMPLE_COLUMNS)
+    return frame.drop_duplicates(["benchmark", "subject", "doc_id"], keep="last").reset_index(drop=True)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for k, line in enumerate(fh):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path} line {k + 1}: not JSON ({exc})") from exc
+    return rows
+
+
+def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
+    """An lm-eval --output_path directory (or one results_*.json) -> EvalRun; name: the variant's
+    (default: the folder holding the results, lm-eval's sanitised model name)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("results_*.json"))
+    if not files:
+        raise ValueError(f"{path}: no results_*.json (write one with lm_eval --output_path {path} --log_samples)")
+    folders = {f.parent for f in files}
+    if len(folders) > 1:
+        raise ValueError(f"{path}: results of several models ({', '.join(sorted(str(f) for f in folders))}); "
+                         "pass each model's folder as its own DIR=NAME")
+    files.sort(key=lambda f: f.stem.split("_", 1)[1])  # results_<date>: chronological
+    name = name or files[0].parent.name
+    results = [_read_json(f) for f in files]
+    settings: dict[str, dict] = {}
+    samples: dict[str, pd.DataFrame] = {}
+    notes: list[str] = []
+    for f, res in zip(files, results):
+        settings.update(task_settings(res, str(f)))
+        date = f.stem.split("_", 1)[1]
+        for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
+            task = sf.stem[len("samples_"):-len(date) - 1]
+            if task_unit(task) is not None:
+                samples[task] = samples_frame(_jsonl(sf), task, str(sf))
+    other = sorted({t for res in results for t in res.get("results", {}) if task_unit(t) is None})
+    if other:
+        notes.append(f"{name}: tasks outside the leaderboard set left out: {', '.join(other[:8])}"
+                     + (" ..." if len(other) > 8 else ""))
+    missing = sorted(t for t in settings if t not in samples)
+    if missing:
+        notes.append(f"{name}: no logged samples for {len(missing)} task(s) ({', '.join(missing[:5])}"
+                     + (" ..." if len(missing) > 5 else "") + "): unpaired errors there")
+    model = str((results[-1].get("config") or {}).get("model_args") or (results[-1].get("model_name") or ""))
+    frame = pd.concat(list(samples.values()), ignore_index=True) if samples else pd.DataFrame(columns=SAMPLE_COLUMNS)
+    return EvalRun(name, str(path), summary_from_results(name, results, model), settings, frame, notes)
+
+
+def read_pipeline_variant(eval_dir: str | Path, variant: str, summary: dict | None = None) -> EvalRun:
+    """One variant of this pipeline's 05_evaluate folder -> EvalRun (its summary as 05 wrote it)."""
+    eval_dir = Path(eval_dir)
+    summary = summary or _read_json(eval_dir / f"{variant}.json")
+    settings: dict[str, dict] = {}
+    raw_path = eval_dir / f"{variant}.raw.json"
+    if raw_path.is_file():
+        for bench, res in _read_json(raw_path).items():
+            if isinstance(res, dict) and isinstance(res.get("results"), dict):
+                settings.update(task_settings(res, f"{raw_path} [{bench}]"))
+    sample_path = eval_dir / f"{variant}.samples.jsonl"
+    notes = []
+    if sample_path.is_file():
+        samples = samples_frame(_jsonl(sample_path), source=str(sample_path))
+    else:
+        samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
+        notes.append(f"{variant}: no {sample_path.name} (evaluate.log_samples off?): unpaired errors")
+    return EvalRun(variant, str(eval_dir), summary, settings, samples, notes)
+
+
+def is_pipeline_dir(path: str | Path) -> bool:
+    """True for a 05_evaluate folder (summaries beside .raw.json files), not an lm-eval output folder."""
+    path = Path(path)
+    return path.is_dir() and (any(path.glob("*.raw.json")) or (path / "evaluate_report.json").is_file())
+
+
+def settings_mismatches(a: EvalRun, b: EvalRun) -> list[str]:
+    """Differences in few-shot count, task version and limit on the tasks both ran, one line each."""
+    out = []
+    by_unit_b = {(s["benchmark"], s["subject"]): (t, s) for t, s in b.settings.items()}
+    for task, sa in sorted(a.settings.items()):
+        hit = by_unit_b.get((sa["benchmark"], sa["subject"]))
+        if hit is None:
+            continue
+        task_b, sb = hit
+        for key in ("num_fewshot", "version", "limit"):
+            if sa.get(key) != sb.get(key):
+                out.append(f"{task}: {key} {sa.get(key)!r} in {a.name} but {sb.get(key)!r} in {b.name}")
+    return out
+
+
+__all__ = ["EvalRun", "MMLU_CATEGORIES", "METRICS", "task_unit", "task_settings", "summary_from_results",
+           "samples_frame", "read_lm_eval_dir", "read_pipeline_variant", "is_pipeline_dir", "settings_mismatches"]

@@ -1,0 +1,184 @@
+"""Statistics for comparing two models on the same questions (component layer: numpy and scipy only).
+
+Contract:
+- Scores are per question, aligned by question: `x[i]` and `y[i]` are two models' scores on the
+  same question i (0/1 for accuracy, in [0, 1] for TruthfulQA's mc2).
+- `mcnemar_exact(b, c)`: the exact two-sided McNemar test on the discordant pairs (b: x right and
+  y wrong, c: the reverse): 2 * P(Binomial(b + c, 1/2) <= min(b, c)), capped at 1.
+- `bootstrap_means(d, n_boot, rng)`: the paired bootstrap over questions - resample question
+  indices with replacement, the mean of the per-question differences each time. A group of
+  subjects (an MMLU category; the leaderboard's mean over subjects) resamples each subject's
+  questions on its own and averages the subjects' means (`stratified_interval`).
+- `sign_flip_p(groups, n_perm, rng)`: a paired randomisation test for any score: under "the two
+  models are exchangeable", each question's difference is as likely to have either sign. Exact
+  enumeration would equal McNemar for one group of 0/1 scores; here it is Monte Carlo,
+  p = (1 + #{|T*| >= |T|}) / (1 + n_perm).
+- `unpaired_interval(delta, se_x, se_y)`: the fallback when per-question scores are missing: the
+  normal interval with sqrt(se_x^2 + se_y^2), which ignores that the models saw the same questions.
+- `bh_adjust(p)`: Benjamini-Hochberg adjusted p-values (q-values); `q <= alpha` controls the false
+  discovery rate at alpha over the family.
+- `questions_for_change(delta, discordance)`: questions needed to detect a paired change `delta`
+  (a proportion) with the two-sided McNemar test, given the share of questions on which the models
+  disagree (Connor 1987); `questions_for_change_unpaired` the same for independent samples.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_N_BOOT = 2000
+
+
+def _array(x) -> np.ndarray:
+    return np.asarray(x, dtype=float).reshape(-1)
+
+
+def is_binary(*arrays) -> bool:
+    """True when every value is 0 or 1 (accuracy), so McNemar applies."""
+    return all(np.isin(_array(a), (0.0, 1.0)).all() for a in arrays)
+
+
+def discordant(x, y) -> tuple[int, int]:
+    """(b, c): questions x got right and y wrong, and those y got right and x wrong."""
+    x, y = _array(x), _array(y)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores of different lengths: {x.size} and {y.size}")
+    return int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * _st.binom.cdf(min(b, c), n, 0.5)))
+
+
+def bootstrap_means(diff, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_boot` means of `diff` resampled with replacement (the paired bootstrap over questions)."""
+    d = _array(diff)
+    if d.size == 0:
+        raise ValueError("no paired questions to resample")
+    out = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // d.size)  # bounded memory for large subjects
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        out[start:stop] = d[rng.integers(0, d.size, size=(stop - start, d.size))].mean(axis=1)
+    return out
+
+
+def percentile_interval(draws, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap draws (percentile method)."""
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(_array(draws), [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean(x - y), low, high): the paired bootstrap interval of the mean difference."""
+    x, y = _array(x), _array(y)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores of different lengths: {x.size} and {y.size}")
+    d = x - y
+    lo, hi = percentile_interval(bootstrap_means(d, n_boot, np.random.default_rng(seed)), confidence)
+    return float(d.mean()), lo, hi
+
+
+def stratified_interval(groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(mean over groups of the group's mean difference, low, high): each group (subject) resampled
+    on its own, as the leaderboard averages subjects, not questions."""
+    rng = np.random.default_rng(seed)
+    draws = np.mean([bootstrap_means(g, n_boot, rng) for g in groups], axis=0)
+    lo, hi = percentile_interval(draws, confidence)
+    return float(np.mean([_array(g).mean() for g in groups])), lo, hi
+
+
+def sign_flip_p(groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0,
+                rng: np.random.Generator | None = None) -> float:
+    """Two-sided paired randomisation p-value of T = mean over groups of the mean difference."""
+    rng = rng or np.random.default_rng(seed)
+    arrays = [_array(g) for g in groups]
+    k = len(arrays)
+    weights = np.concatenate([np.full(a.size, 1.0 / (k * a.size)) for a in arrays])
+    d = np.concatenate(arrays) * weights
+    d = d[d != 0]  # a zero difference flips to itself
+    observed = abs(d.sum())
+    if d.size == 0:
+        return 1.0
+    hits = 0
+    chunk = max(1, 2_000_000 // d.size)
+    for start in range(0, n_perm, chunk):
+        m = min(chunk, n_perm - start)
+        signs = rng.integers(0, 2, size=(m, d.size)) * 2 - 1
+        hits += int((np.abs(signs @ d) >= observed - 1e-12).sum())
+    return (1 + hits) / (1 + n_perm)
+
+
+def unpaired_interval(delta: float, se_x: float, se_y: float,
+                      confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float]:
+    """(low, high, p) of a difference of two independent estimates: normal, sqrt(se_x^2 + se_y^2)."""
+    se = math.hypot(se_x, se_y)
+    if se == 0:
+        return delta, delta, (1.0 if delta == 0 else 0.0)
+    z = _st.norm.ppf(0.5 + confidence / 2.0)
+    return delta - z * se, delta + z * se, float(2.0 * _st.norm.sf(abs(delta) / se))
+
+
+def bh_adjust(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: q_(i) = min over j >= i of m p_(j) / j, capped at 1.
+    NaN entries are left out of the family and stay NaN."""
+    p = _array(pvalues)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    if ((p[ok] < 0) | (p[ok] > 1)).any():
+        raise ValueError("p-values must lie in [0, 1]")
+    order = np.argsort(p[ok], kind="mergesort")
+    ranked = p[ok][order] * m / np.arange(1, m + 1)
+    q = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    sub = np.empty(m)
+    sub[order] = q
+    out[ok] = sub
+    return out
+
+
+def _z(q: float) -> float:
+    return float(_st.norm.ppf(q))
+
+
+def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Paired questions needed to detect a change `delta` (proportion, e.g. 0.05) with the two-sided
+    McNemar test at `alpha` and `power`, when the models disagree on a share `discordance` of the
+    questions (Connor 1987: n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2)."""
+    if not 0 < abs(delta) <= discordance <= 1:
+        raise ValueError(f"need 0 < |delta| <= discordance <= 1, got delta={delta}, discordance={discordance}")
+    za, zb = _z(1 - alpha / 2), _z(power)
+    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta ** 2)) ** 2 / delta ** 2
+    return int(math.ceil(n))
+
+
+def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Questions per model to detect `delta` between independent accuracies around `accuracy`
+    (two-proportion z test, the classical formula)."""
+    p1, p2 = accuracy - delta / 2, accuracy + delta / 2
+    if not (0 < p1 < 1 and 0 < p2 < 1):
+        raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
+    pbar = (p1 + p2) / 2
+    za, zb = _z(1 - alpha / 2), _z(power)
+    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta ** 2
+    return int(math.ceil(n))
+
+
+__all__ = ["is_binary", "discordant", "mcnemar_exact", "bootstrap_means", "percentile_interval", "paired_bootstrap",
+           "stratified_interval", "sign_flip_p", "unpaired_interval", "bh_adjust", "questions_for_change",
+           "questions_for_change_unpaired", "DEFAULT_CONFIDENCE", "DEFAULT_N_BOOT"]

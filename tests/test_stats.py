@@ -1,0 +1,120 @@
+"""stats: paired interval, exact McNemar, Benjamini-Hochberg, power - against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import false_discovery_control
+
+from platypus_utils import stats
+
+# a small table: 10 questions, model x right on 7, y right on 4; discordant b = 4 (x only), c = 1 (y only)
+X = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+Y = [1, 1, 1, 0, 0, 0, 0, 1, 0, 0]
+
+
+def test_discordant_and_exact_mcnemar_by_hand():
+    assert stats.discordant(X, Y) == (4, 1)
+    # 2 * P(Bin(5, 1/2) <= 1) = 2 * (1 + 5) / 32
+    assert stats.mcnemar_exact(4, 1) == pytest.approx(12 / 32)
+    # b = 8, c = 2: 2 * (1 + 10 + 45) / 1024
+    assert stats.mcnemar_exact(8, 2) == pytest.approx(112 / 1024)
+    assert stats.mcnemar_exact(0, 0) == 1.0 and stats.mcnemar_exact(3, 3) == 1.0
+    assert stats.mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError):
+        stats.discordant([1, 0], [1])
+
+
+def test_paired_bootstrap_interval_matches_its_exact_distribution():
+    # d = x - y takes +1 four times, -1 once, 0 five times: the bootstrap mean of 10 draws has mean 0.3 and
+    # variance var(d)/10 with var(d) (population) = E[d^2] - 0.09 = 0.5 - 0.09 = 0.41
+    mean, lo, hi = stats.paired_bootstrap(X, Y, n_boot=40_000, confidence=0.95, seed=1)
+    assert mean == pytest.approx(0.3)
+    draws = stats.bootstrap_means(np.subtract(X, Y), 40_000, np.random.default_rng(1))
+    assert draws.mean() == pytest.approx(0.3, abs=0.005)
+    assert draws.std() == pytest.approx(math.sqrt(0.41 / 10), rel=0.02)
+    # the percentile interval sits on the lattice of means k/10; the exact 2.5% and 97.5% quantiles
+    # of the resampled mean are -0.1 and 0.7 (enumerated in the next test)
+    assert (lo, hi) == (pytest.approx(-0.1), pytest.approx(0.7))
+    assert stats.paired_bootstrap(X, Y, n_boot=2000, seed=3) == stats.paired_bootstrap(X, Y, n_boot=2000, seed=3)
+
+
+def test_exact_quantiles_by_enumeration():
+    # the claim above, checked: distribution of sum of 10 draws from {+1 x4, -1 x1, 0 x5}
+    from math import factorial
+    probs = {}
+    for a in range(11):          # number of +1
+        for b in range(11 - a):  # number of -1
+            c = 10 - a - b
+            p = factorial(10) / (factorial(a) * factorial(b) * factorial(c)) * 0.4 ** a * 0.1 ** b * 0.5 ** c
+            probs[a - b] = probs.get(a - b, 0) + p
+    cdf, acc = {}, 0.0
+    for k in sorted(probs):
+        acc += probs[k]
+        cdf[k] = acc
+    assert min(k for k in cdf if cdf[k] >= 0.025) == -1  # P(S <= -2) = 0.0144, P(S <= -1) = 0.0438
+    assert min(k for k in cdf if cdf[k] >= 0.975) == 7  # P(S <= 6) = 0.9634, P(S <= 7) = 0.9909
+
+
+def test_stratified_interval_averages_subjects_not_questions():
+    small, big = np.ones(2), np.zeros(98)
+    mean, lo, hi = stats.stratified_interval([small, big], n_boot=500, seed=0)
+    assert mean == pytest.approx(0.5)  # (1 + 0) / 2, not 2/100
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)  # constant within each subject
+
+
+def test_sign_flip_agrees_with_mcnemar_on_one_subject():
+    d = np.subtract(X, Y)
+    p = stats.sign_flip_p([d], n_perm=40_000, seed=0)
+    assert p == pytest.approx(12 / 32, abs=0.01)
+    assert stats.sign_flip_p([np.zeros(5)]) == 1.0
+
+
+def test_unpaired_interval_is_the_normal_one():
+    lo, hi, p = stats.unpaired_interval(0.10, 0.03, 0.04)
+    assert hi - 0.10 == pytest.approx(1.959964 * 0.05, rel=1e-5) and lo == pytest.approx(0.2 - hi)
+    assert p == pytest.approx(2 * (1 - 0.9772499), rel=1e-4)  # z = 2
+
+
+def test_benjamini_hochberg_on_the_1995_example():
+    # Benjamini & Hochberg (1995), section 4: 15 p-values; at q = 0.05 the first four are rejected
+    p = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262, 0.5719,
+         0.6528, 0.7590, 1.000]
+    q = stats.bh_adjust(p)
+    assert int((q <= 0.05).sum()) == 4
+    assert np.allclose(q, false_discovery_control(p, method="bh"))
+    assert q[0] == pytest.approx(0.0015) and q[3] == pytest.approx(0.0095 * 15 / 4)
+    shuffled = np.random.default_rng(0).permutation(15)
+    assert np.allclose(stats.bh_adjust(np.array(p)[shuffled]), q[shuffled])  # order does not matter
+    with_nan = stats.bh_adjust([0.01, np.nan, 0.04])
+    assert math.isnan(with_nan[1]) and with_nan[0] == pytest.approx(0.02) and with_nan[2] == pytest.approx(0.04)
+
+
+def test_identical_models_give_significant_subjects_at_no_more_than_the_nominal_rate():
+    # 57 subjects x 100 questions; both models answer each question right with the same probability,
+    # independently. Per-subject McNemar then BH at 0.05: the family-wise share of runs with any
+    # discovery (under the global null FDR = FWER) must not exceed 0.05, and the raw p < 0.05 rate
+    # (exact McNemar is conservative) must not exceed 5%, up to Monte Carlo error.
+    rng = np.random.default_rng(7)
+    runs, any_discovery, raw_hits, tests = 200, 0, 0, 0
+    for _ in range(runs):
+        acc = rng.uniform(0.3, 0.8, size=57)
+        x = rng.random((57, 100)) < acc[:, None]
+        y = rng.random((57, 100)) < acc[:, None]
+        p = np.array([stats.mcnemar_exact(*stats.discordant(x[k], y[k])) for k in range(57)])
+        any_discovery += bool((stats.bh_adjust(p) <= 0.05).any())
+        raw_hits += int((p < 0.05).sum())
+        tests += 57
+    assert any_discovery / runs <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs)
+    assert raw_hits / tests <= 0.05
+
+
+def test_power_calculation_by_hand():
+    # Connor (1987): psi 0.2, delta 0.05, alpha 0.05, power 0.8:
+    # (1.95996 sqrt(0.2) + 0.84162 sqrt(0.1975))^2 / 0.0025 = 625.5 -> 626
+    assert stats.questions_for_change(0.05, 0.20) == 626
+    # unpaired, accuracy 0.5: (1.95996 sqrt(0.5) + 0.84162 sqrt(0.49875))^2 / 0.0025 = 1568.6 -> 1569
+    assert stats.questions_for_change_unpaired(0.05, 0.5) == 1569
+    with pytest.raises(ValueError):
+        stats.questions_for_change(0.05, 0.01)  # a change larger than the disagreement is impossible
