@@ -1,12 +1,27 @@
-"""Artifacts shared by every stage: atomic writes, JSON lines, hashes and the stage manifest."""
+"""Artifacts shared by every stage: atomic writes, JSON lines, hashes, the stage manifest and the
+attempt record.
+
+Contract:
+- `atomic_path` writes beside its target in `.<name>.<pid>-<random>.tmp` and swaps the old version
+  out as `.<name>.old-<pid>`; an interrupted write leaves only such names, which `remove_debris`
+  (called by the runner before a stage, under the profile's run lock) deletes unless the process
+  that made them is still alive.
+- A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it is written
+  when an attempt starts ("running") and closed as "ok" or "failed". A stage whose last attempt is
+  not "ok" is out of date (runner.up_to_date), whatever its older manifest says.
+- `read_jsonl` skips undecodable and malformed lines, logging each with its file and line and
+  counting them in a `SkippedRows`; over-long string fields are handled per `limit_long_fields`.
+"""
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +32,8 @@ from typing import Any, Iterable, Iterator
 log = logging.getLogger("platypus")
 
 MANIFEST = "manifest.json"
+ATTEMPT = "attempt.json"
+RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records the attempts itself
 TRACKED_LIBRARIES = ("platypus-utils", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
                      "lm_eval", "sentence-transformers", "gguf", "papermill", "pandas", "numpy")
 
@@ -30,7 +47,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    # the pid in the name lets `remove_debris` tell a live writer's folder from a dead one's
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
     tmp_target = tmp / target.name
     try:
         yield tmp_target
@@ -43,6 +61,60 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.replace(tmp_target, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_DEBRIS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-[^.]*\.tmp|[^.]+\.tmp|old-(?P<oldpid>\d+))$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (ours counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Leftovers of interrupted `atomic_path` writes under `folder`: `.<name>.*.tmp` and
+    `.<name>.old-<pid>` entries whose writing process is gone (names without a pid count as gone)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    walker = os.walk(folder) if recursive else [(str(folder), [p.name for p in folder.iterdir() if p.is_dir()],
+                                                 [p.name for p in folder.iterdir() if not p.is_dir()])]
+    for root, dirs, files in walker:
+        for name in list(dirs) + list(files):
+            m = _DEBRIS.match(name)
+            if not m:
+                continue
+            pid = m.group("pid") or m.group("oldpid")
+            if pid is not None and int(pid) != os.getpid() and pid_alive(int(pid)):
+                log.info("%s: still being written by running process %s: left alone", Path(root) / name, pid)
+            elif pid is None or int(pid) != os.getpid():
+                found.append(Path(root) / name)
+            if name in dirs:
+                dirs.remove(name)  # never walk into a temp folder
+    return sorted(found)
+
+
+def remove_debris(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete `debris(folder)`, logging each path; returns what was removed. Call it only where no
+    other run can be writing (the runner holds the profile's run lock; a cache holds its own lock)."""
+    removed = []
+    for path in debris(folder, recursive):
+        log.warning("removing leftover of an interrupted write: %s", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -64,19 +136,95 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+class SkippedRows(collections.Counter):
+    """Rows left out, counted by reason (a Counter), plus `notes`: rows kept but changed or flagged
+    (e.g. "over_long:truncated", "over_long:kept"), and `where`: (location, reason) of each, in order."""
+
+    MAX_LOGGED = 20  # per reader: the rest are counted, not logged one by one
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.notes: collections.Counter = collections.Counter()
+        self.where: list[tuple[str, str]] = []
+
+    def skip(self, reason: str, where: str, detail: str = "") -> None:
+        self[reason] += 1
+        self._record(reason, where, detail, "skipped")
+
+    def note(self, reason: str, where: str, detail: str = "") -> None:
+        self.notes[reason] += 1
+        self._record(reason, where, detail, "kept")
+
+    def _record(self, reason: str, where: str, detail: str, verb: str) -> None:
+        self.where.append((where, reason))
+        if len(self.where) <= self.MAX_LOGGED:
+            log.warning("%s: %s%s (%s)", where, reason, f": {detail}" if detail else "", verb)
+        elif len(self.where) == self.MAX_LOGGED + 1:
+            log.warning("more rows skipped or changed: counted, not logged one by one")
+
+
+def decode_line(raw: bytes, where: str, skipped: SkippedRows) -> str | None:
+    """One line of bytes as UTF-8 text, or None (skipped, counted as "undecodable", logged with `where`)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        skipped.skip("undecodable", where, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8")
+        return None
+
+
+OVER_LONG_POLICIES = ("truncate", "drop", "keep")
+
+
+def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str,
+                      skipped: SkippedRows) -> Any:
+    """A row whose string fields are all at most `max_chars` characters comes back as it is. One
+    with a longer field is counted and logged (naming `where`, the field and its length), then:
+    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" keeps it whole."""
+    if max_chars is None or not isinstance(row, dict):
+        return row
+    long_fields = {k: len(v) for k, v in row.items() if isinstance(v, str) and len(v) > max_chars}
+    if not long_fields:
+        return row
+    if policy not in OVER_LONG_POLICIES:
+        raise ValueError(f"over-long rows: policy {policy!r}, expected one of {', '.join(OVER_LONG_POLICIES)}")
+    detail = ", ".join(f"{k} has {n:,} characters" for k, n in long_fields.items()) + f" (> {max_chars:,})"
+    if policy == "drop":
+        skipped.skip("filtered:over_long", where, detail)
+        return None
+    if policy == "truncate":
+        skipped.note("over_long:truncated", where, detail + f"; cut to {max_chars:,}")
+        return {k: (v[:max_chars] if k in long_fields else v) for k, v in row.items()}
+    skipped.note("over_long:kept", where, detail)
+    return row
+
+
+def read_jsonl(path: str | Path, skipped: SkippedRows | None = None, max_chars: int | None = None,
+               over_long: str = "keep") -> list[dict]:
+    """The JSON objects of a JSON-lines file. Lines that are not UTF-8 ("undecodable"), not JSON
+    ("malformed_json") or not an object ("not_an_object") are skipped, each logged with the file and
+    line and counted in `skipped`; fields over `max_chars` are handled per `limit_long_fields`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
+    skipped = SkippedRows() if skipped is None else skipped
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}, line {lineno}"
+            line = decode_line(raw, where, skipped)
+            if line is None or not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {lineno}: malformed JSON ({exc.msg})") from None
+                skipped.skip("malformed_json", where, f"{exc.msg} at column {exc.colno}")
+                continue
+            if not isinstance(obj, dict):
+                skipped.skip("not_an_object", where, f"a JSON {type(obj).__name__}")
+                continue
+            obj = limit_long_fields(obj, max_chars, over_long, where, skipped)
+            if obj is not None:
+                rows.append(obj)
     return rows
 
 
@@ -137,6 +285,9 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._own_attempt = not os.environ.get(RUNNER_ATTEMPT_ENV)  # run from JupyterLab or a script
+        if self._own_attempt:
+            begin_attempt(self.dir, self.stage)
         self._t0 = time.perf_counter()
         log.info("stage %s: writing to %s", self.stage, self.dir)
         return self
@@ -155,8 +306,10 @@ class StageRun:
         self.outputs[str(path.resolve())] = sha256_path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            return  # a failed stage leaves no manifest: the runner will not skip it next time
+        if exc_type is not None:  # a failed stage writes no manifest, and its attempt says why
+            if self._own_attempt:
+                end_attempt(self.dir, "failed", error=f"{exc_type.__name__}: {exc}")
+            return
         self.timings["wall_s"] = round(time.perf_counter() - self._t0, 3)
         manifest = {
             "stage": self.stage,
@@ -170,6 +323,8 @@ class StageRun:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(self.dir / MANIFEST, manifest)
+        if self._own_attempt:
+            end_attempt(self.dir, "ok")
         log.info("stage %s: done in %.1f s", self.stage, self.timings["wall_s"])
 
 
@@ -181,3 +336,45 @@ def read_manifest(stage_dir: str | Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+
+
+# ---------------------------------------------------------------- attempt record
+def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
+    """Record that an attempt at `stage` starts now (status "running"); returns the record."""
+    record = {"stage": stage, "status": "running", "pid": os.getpid(),
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+    write_json(Path(stage_dir) / ATTEMPT, record)
+    return record
+
+
+def end_attempt(stage_dir: str | Path, status: str, **info: Any) -> dict:
+    """Close the current attempt as "ok" or "failed" (with `error`, `notebook`... in `info`)."""
+    record = read_attempt(stage_dir) or {}
+    record.update(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
+    write_json(Path(stage_dir) / ATTEMPT, record)
+    return record
+
+
+def read_attempt(stage_dir: str | Path) -> dict | None:
+    """The last attempt record, or None when none was written (or it cannot be read)."""
+    path = Path(stage_dir) / ATTEMPT
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return {"status": "unreadable"}
+    return record if isinstance(record, dict) else {"status": "unreadable"}
+
+
+def attempt_problem(stage_dir: str | Path) -> str | None:
+    """Why the last attempt makes the stage out of date (None: it succeeded, or none was recorded)."""
+    record = read_attempt(stage_dir)
+    if record is None or record.get("status") == "ok":
+        return None
+    if record.get("status") == "failed":
+        return f"last attempt failed ({record.get('finished_at', '?')}): {record.get('error', 'no error recorded')}"
+    if record.get("status") == "running":
+        return (f"last attempt (PID {record.get('pid')}, started {record.get('started_at')}) never finished: "
+                "killed or crashed")
+    return f"attempt record {Path(stage_dir) / ATTEMPT} is {record.get('status')}"

@@ -1,7 +1,9 @@
 """Sentence embeddings with an on-disk cache, and blockwise cosine similarity.
 
 Shared by 01_curate (near-duplicate exclusion) and 02_decontaminate (leak detection).
-The cache is keyed by (model, sha256 of the text), so a re-run encodes only new text.
+The cache is keyed by (model, sha256 of the text), so a re-run encodes only new text. It heals:
+every chunk is verified when read (zip CRCs, keys and vectors of matching shape and width); a
+damaged chunk is logged with its path and removed, and its texts are encoded again.
 Similarity never materialises a full n x m matrix: it walks blocks and keeps only the
 pairs above a threshold, so memory is bounded by the block sizes.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_path, sha256_text
+from .artifacts import atomic_path, remove_debris, sha256_text
 
 log = logging.getLogger("platypus")
 
@@ -38,18 +41,23 @@ class EmbeddingCache:
     def __init__(self, root: str | Path, model_key: str):
         self.dir = Path(root) / "embeddings" / model_key
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_debris(self.dir, recursive=False)  # temp files of writers that died (live ones are left)
         self._table: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._table is None:
             self._table = {}
+            width = None
             for chunk in sorted(self.dir.glob("chunk-*.npz")):
                 try:
-                    with np.load(chunk, allow_pickle=False) as data:
-                        for key, vec in zip(data["keys"], data["vectors"]):
-                            self._table[str(key)] = vec
-                except (OSError, ValueError, KeyError) as exc:  # a damaged chunk only costs a re-encode
-                    log.warning("embedding cache: ignoring unreadable %s (%s)", chunk, exc)
+                    keys, vectors = read_chunk(chunk, width)
+                except DamagedChunk as exc:  # a damaged chunk only costs a re-encode of its texts
+                    log.warning("embedding cache: removing damaged %s (%s); its texts will be encoded again",
+                                chunk, exc)
+                    chunk.unlink(missing_ok=True)
+                    continue
+                width = vectors.shape[1]
+                self._table.update(zip(keys, vectors))
         return self._table
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -66,6 +74,28 @@ class EmbeddingCache:
         table = self._load()
         for k, v in zip(keys, vectors):
             table[k] = v
+
+
+class DamagedChunk(ValueError):
+    """An embedding cache chunk that cannot be trusted."""
+
+
+def read_chunk(path: Path, width: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(keys, vectors) of one cache chunk, verified: every member read in full (zip CRC-32 checked),
+    one float vector per key, of `width` columns when given. DamagedChunk otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = [str(k) for k in data["keys"]]
+            vectors = np.asarray(data["vectors"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise DamagedChunk(f"{type(exc).__name__}: {exc}") from None
+    if vectors.ndim != 2 or len(keys) != len(vectors) or not np.issubdtype(vectors.dtype, np.floating):
+        raise DamagedChunk(f"{len(keys)} keys for vectors of shape {vectors.shape} ({vectors.dtype})")
+    if width is not None and vectors.shape[1] != width:
+        raise DamagedChunk(f"vectors of width {vectors.shape[1]}, the other chunks' are {width}")
+    if not np.isfinite(vectors).all():
+        raise DamagedChunk("non-finite values")
+    return keys, vectors
 
 
 class Embedder:

@@ -1,27 +1,65 @@
 """Run a profile: execute the stage notebooks in order with papermill.
 
-Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last
-manifest records the same parameters and its recorded inputs and outputs still hash the
-same (so an upstream rerun that changes nothing does not force downstream work).
+Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
+succeeded, its manifest records the same parameters and its recorded inputs and outputs still hash
+the same (so an upstream rerun that changes nothing does not force downstream work).
+
+Trust after a crash, a kill or a second run:
+- One run per profile at a time: `runs/<profile>/run.lock` (an flock, with the holder's PID, start
+  time and command inside). A second run exits with RunLocked naming the holder, or waits with
+  `wait=True` (`--wait`); a lock left by a dead process is free again and is taken over.
+- Each stage attempt is recorded in `runs/<profile>/<stage>/attempt.json` when it starts
+  ("running") and closed "ok" or "failed"; the manifest is written only on success. A stage whose
+  last attempt is not "ok" (failed, or killed: still "running"), or whose upstream stage's last
+  attempt is not "ok", is out of date; so is 03 while it holds checkpoints of an interrupted
+  training, which then resumes on a plain `platypus run`.
+- The notebook executes into `<stage>.running.ipynb`; on success it replaces `<stage>.ipynb`, on
+  failure it becomes `<stage>.failed.ipynb` beside the last good one and the error says where.
+- Before a stage runs (under the lock) the leftovers of interrupted writes in its run folder
+  (`artifacts.debris`) and its stale `.running.ipynb` are removed.
+- `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for the stage's processes
+  (`forced()`): stages that reuse finished outputs (04's variants) rebuild them.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import shlex
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
-from .artifacts import read_manifest, sha256_path, write_json
+from .artifacts import (RUNNER_ATTEMPT_ENV, attempt_problem, begin_attempt, end_attempt, pid_alive, read_manifest,
+                        remove_debris, sha256_path, write_json)
 from .config import STAGES, Profile, ProfileError, load_profile
+from .notebook import KERNEL_ENV, kernel_name, stage_parameters
+from .preflight import preflight
 
 log = logging.getLogger("platypus")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+LOCK_FILE = "run.lock"
+FORCE_ENV = "PLATYPUS_FORCE"
+RUN_KEY_FILE = Path("checkpoints") / "run_key.json"  # finetune.CHECKPOINTS / finetune.RUN_KEY
+
+
 class StageFailed(RuntimeError):
     pass
+
+
+class RunLocked(RuntimeError):
+    """Another process is running this profile; the message names it (PID, start time, command)."""
+
+
+def forced() -> bool:
+    """Whether this process runs a stage under `platypus run --force` (rebuild, reuse nothing)."""
+    return os.environ.get(FORCE_ENV) == "1"
 
 
 def parse_stage(name: str) -> str:
@@ -50,10 +88,31 @@ def _jsonable(obj):
 
 def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     """Whether `stage` can be skipped, and why (or why not)."""
+    problem = attempt_problem(profile.run_dir(stage))
+    if problem:
+        return False, problem
+    for upstream in STAGES[:STAGES.index(stage)]:
+        upstream_problem = attempt_problem(profile.run_dir(upstream))
+        if upstream_problem:
+            return False, f"upstream stage {upstream}: {upstream_problem}"
+    interrupted = interrupted_training(profile, stage)
+    if interrupted:
+        return False, interrupted
     fresh, why = artifacts_up_to_date(profile, stage)
     if fresh and not executed_notebook(profile, stage).is_file():
         return False, "executed notebook missing"
     return fresh, why
+
+
+def interrupted_training(profile: Profile, stage: str) -> str | None:
+    """A stage folder that holds resumable checkpoints (03: removed when training finishes)."""
+    key = profile.run_dir(stage) / RUN_KEY_FILE
+    if not key.is_file():
+        return None
+    done = sorted(p.name for p in key.parent.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    if not done:
+        return None
+    return f"an interrupted training left {len(done)} checkpoint(s) in {key.parent}: it resumes from the last"
 
 
 def artifacts_up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
@@ -73,31 +132,84 @@ def artifacts_up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
 
 
 def executed_notebook(profile: Profile, stage: str) -> Path:
+    """The executed notebook of the stage's last successful attempt."""
     return profile.report_dir("notebooks") / f"{stage}.ipynb"
 
 
-def execute_stage(profile: Profile, stage: str, overrides: dict, verbose: bool = False) -> float:
+def running_notebook(profile: Profile, stage: str) -> Path:
+    """Where the notebook of the attempt in progress is written (moved when it ends)."""
+    return profile.report_dir("notebooks") / f"{stage}.running.ipynb"
+
+
+def failed_notebook(profile: Profile, stage: str) -> Path:
+    """The executed notebook of the stage's last failed attempt, kept beside the last good one."""
+    return profile.report_dir("notebooks") / f"{stage}.failed.ipynb"
+
+
+def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
+    """Remove what interrupted attempts of `stage` left: temp files/folders in its run folder and
+    the notebook of an attempt that never ended. Only under the run lock (no other run writes)."""
+    removed = remove_debris(profile.run_dir(stage))
+    stale = running_notebook(profile, stage)
+    if stale.is_file():
+        stale.unlink()
+        removed.append(stale)
+    for path in removed:
+        (say or _printer())(f"[{stage}] removed leftover of an interrupted attempt: {path}")
+    return removed
+
+
+def execute_stage(profile: Profile, stage: str, overrides: dict, verbose: bool = False,
+                  force: bool | None = None) -> float:
+    """Execute the stage's notebook with papermill; returns its wall time in seconds.
+
+    Injects the one parameter channel (`notebook.stage_parameters`): profile_path, params (the
+    stage's section as dotted keys plus the --set overrides outside it) and force (default: this
+    process's --force, `forced()`). Kernel: `notebook.kernel_name()` ("platypus" when registered for
+    this interpreter, else python3), with `notebook.KERNEL_ENV` (a headless, inline matplotlib backend).
+    """
     import papermill as pm
 
     src = NOTEBOOK_DIR / f"{stage}.ipynb"
     if not src.is_file():
         raise StageFailed(f"{src}: stage notebook not found")
-    dst = executed_notebook(profile, stage)
+    dst = running_notebook(profile, stage)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    params = {
-        "profile_path": profile.source_file,
-        "overrides": overrides,
-        "stage_params": profile.stage_params(stage),
-    }
+    params = stage_parameters(profile, stage, overrides, forced() if force is None else force)
+    saved_env = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)  # the kernel inherits this process's environment
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3",
+        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel_name(),
                             cwd=str(NOTEBOOK_DIR), progress_bar=True, log_output=verbose)
     except pm.PapermillExecutionError as exc:
+        kept = _keep_failed_notebook(profile, stage, dst)
         raise StageFailed(
-            f"stage {stage} failed in {dst}, cell {exc.cell_index} (execution count {exc.exec_count}): "
+            f"stage {stage} failed in {kept}, cell {exc.cell_index} (execution count {exc.exec_count}): "
             f"{exc.ename}: {exc.evalue}") from None
+    except Exception as exc:  # the kernel died, papermill itself failed...
+        kept = _keep_failed_notebook(profile, stage, dst)
+        raise StageFailed(f"stage {stage} stopped ({type(exc).__name__}: {exc}); its notebook so far: {kept}") from exc
+    except BaseException:  # Ctrl-C
+        _keep_failed_notebook(profile, stage, dst)
+        raise
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    os.replace(dst, executed_notebook(profile, stage))
+    failed_notebook(profile, stage).unlink(missing_ok=True)  # superseded by this successful attempt
     return time.perf_counter() - t0
+
+
+def _keep_failed_notebook(profile: Profile, stage: str, running: Path) -> Path:
+    """Move a failed attempt's notebook beside the last good one (which stays as it was)."""
+    failed = failed_notebook(profile, stage)
+    if running.is_file():
+        os.replace(running, failed)
+    return failed
 
 
 def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
@@ -126,14 +238,19 @@ def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool =
 
 
 def run(profile_path: str | Path, only: list[str] | None = None, start: str | None = None,
-        force: bool = False, overrides: dict | None = None, verbose: bool = False) -> dict:
-    """Validate the profile, then run the selected stages in order. Returns {stage: summary}."""
+        force: bool = False, overrides: dict | None = None, verbose: bool = False, wait: bool = False) -> dict:
+    """Validate the profile, take its run lock (RunLocked if another run holds it, unless `wait`),
+    then run the selected stages in order. Returns {stage: summary}."""
     overrides = overrides or {}
     profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
     stages = select_stages(only, start)
-    if not profile.needs_hub():  # nothing to fetch: never wait on a hub that cannot be reached
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            os.environ.setdefault(var, "1")
+    # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
+    preflight(profile, stages)
+    with run_lock(profile, wait=wait):
+        return _run_stages(profile, stages, force, overrides, verbose)
+
+
+def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool) -> dict:
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
     say = _printer()
@@ -150,13 +267,13 @@ def run(profile_path: str | Path, only: list[str] | None = None, start: str | No
         else:
             say(f"[{stage}] running (--force)")
         try:
-            if stage == "03_finetune" and profile.finetune.num_gpus > 1:
-                launch_distributed_finetune(profile, overrides, force, say)
-            seconds = execute_stage(profile, stage, overrides, verbose)
+            seconds = _attempt_stage(profile, stage, overrides, verbose, force, say)
         except StageFailed as exc:
             summary["stages"][stage] = {"status": "failed", "error": str(exc)}
             write_json(summary_path, summary)
             say(f"[{stage}] FAILED: {exc}")
+            if executed_notebook(profile, stage).is_file():
+                say(f"[{stage}] the last good report stays at {executed_notebook(profile, stage)}")
             raise
         say(f"[{stage}] done in {seconds:.1f} s -> {executed_notebook(profile, stage)}")
         summary["stages"][stage] = {"status": "ran", "seconds": round(seconds, 1)}
@@ -164,6 +281,89 @@ def run(profile_path: str | Path, only: list[str] | None = None, start: str | No
     write_json(summary_path, summary)
     say(f"all done in {summary['total_seconds']:.1f} s; reports in {profile.report_dir()}")
     return summary
+
+
+def _attempt_stage(profile: Profile, stage: str, overrides: dict, verbose: bool, force: bool, say) -> float:
+    """One recorded attempt at a stage: leftovers cleared, attempt.json "running" -> "ok"/"failed"."""
+    stage_dir = profile.run_dir(stage)
+    rebuild_training = force or not (artifacts_up_to_date(profile, stage)[0] and not attempt_problem(stage_dir))
+    clear_leftovers(profile, stage, say)
+    begin_attempt(stage_dir, stage, runner=True, command=shlex.join(sys.argv),
+                  notebook=str(running_notebook(profile, stage)))
+    env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the notebook kernel and accelerate workers inherit these
+    try:
+        if stage == "03_finetune" and profile.finetune.num_gpus > 1:
+            launch_distributed_finetune(profile, overrides, rebuild_training, say)
+        seconds = execute_stage(profile, stage, overrides, verbose)
+    except StageFailed as exc:
+        end_attempt(stage_dir, "failed", error=str(exc), notebook=str(failed_notebook(profile, stage)))
+        raise
+    except BaseException as exc:  # Ctrl-C, a kernel that died: the attempt is not ok
+        end_attempt(stage_dir, "failed", error=f"{type(exc).__name__}: {exc}",
+                    notebook=str(failed_notebook(profile, stage)))
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    end_attempt(stage_dir, "ok", notebook=str(executed_notebook(profile, stage)), seconds=round(seconds, 1))
+    return seconds
+
+
+# ---------------------------------------------------------------- one run per profile
+def _lock_holder(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "another process (no details recorded)"
+    return (f"PID {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
+            f" ({holder.get('command')})")
+
+
+@contextlib.contextmanager
+def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
+    """Hold runs/<profile>/run.lock for the duration: RunLocked (naming the holder) if another run
+    holds it, or wait for it with `wait`. The OS frees the lock of a process that died, so a stale
+    lock file is simply taken over (and said)."""
+    say = say or _printer()
+    path = profile.run_dir() / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(path)
+            if not wait:
+                raise RunLocked(f"profile {profile.name} is already being run by {_describe(holder)}; lock "
+                                f"{path}. Wait for it to finish, or pass --wait to queue behind it") from None
+            say(f"waiting for the run of profile {profile.name} by {_describe(holder)} to finish ({path})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        previous = _lock_holder(path)
+        if previous.get("pid") and not pid_alive(int(previous["pid"])):
+            say(f"taking over the lock {path} left by {_describe(previous)}: that process is gone")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": shlex.join(sys.argv)}
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(me) + "\n")
+        fh.flush()
+        try:
+            yield path
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _printer():

@@ -23,9 +23,17 @@ Sources (`SOURCE_LOADERS`):
   hub        one of the Open-Platypus hub sources, by `hub_id` (needs network; see HUB_SOURCES)
 
 `limit` keeps the first N rows after formatting and filtering, in file order.
+
+Bad rows, one at a time: a line (JSON lines) or list item (JSON files) that is not UTF-8 is skipped
+as "undecodable", a line that is not JSON as "malformed_json", each logged with its file and line
+(or item); the rest of the file is read. A row with a field longer than `curate.max_row_chars`
+characters is logged with its file and line and handled per `curate.over_long_rows`: "keep" (with
+the warning), "truncate" (the field cut to the limit) or "drop" (skipped as "filtered:over_long");
+kept or truncated ones are counted in the returned SkippedRows' `notes`.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -34,12 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from .artifacts import SkippedRows, decode_line, limit_long_fields
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Profile, SourceConfig
 
 log = logging.getLogger("platypus")
 
 FIELDS = ("instruction", "input", "output", "data_source")
+_LOCATION: contextvars.ContextVar[str] = contextvars.ContextVar("platypus_source_location", default="")
 
 
 class UnknownSourceError(ValueError):
@@ -78,8 +89,35 @@ def has_stem_keyword(text: str) -> bool:
 
 
 # ---------------------------------------------------------------- helpers
+class _Row(dict):
+    """A row (equal to the plain dict) that knows the file and line it was made from."""
+    __slots__ = ("where",)
+
+
 def _row(instruction: str, inp: str, output: str, source: str) -> dict:
-    return {"instruction": instruction, "input": inp, "output": output, "data_source": source}
+    row = _Row(instruction=instruction, input=inp, output=output, data_source=source)
+    row.where = _LOCATION.get()
+    return row
+
+
+def _skip(skipped: Counter, reason: str, where: str, detail: str = "") -> None:
+    """Count a skipped row; a SkippedRows also logs it with its location."""
+    if isinstance(skipped, SkippedRows):
+        skipped.skip(reason, where, detail)
+    else:
+        skipped[reason] += 1
+        log.warning("%s: %s%s (skipped)", where, reason, f": {detail}" if detail else "")
+
+
+def _has_undecodable(obj: Any) -> bool:
+    """Whether a value read with errors="surrogateescape" holds bytes that were not UTF-8."""
+    if isinstance(obj, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in obj)
+    if isinstance(obj, dict):
+        return any(_has_undecodable(k) or _has_undecodable(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_undecodable(v) for v in obj)
+    return False
 
 
 def _need(path: Path, what: str = "file") -> Path:
@@ -96,33 +134,57 @@ def _source_path(src: "SourceConfig") -> Path:
 
 
 def _read_json(path: Path) -> Any:
+    """A whole JSON file. Bytes that are not UTF-8 are kept as surrogates for `_read_json_list` to
+    skip the items holding them; a file that is not JSON at all is a ValueError naming file and line."""
     try:
-        return json.loads(_need(path).read_text(encoding="utf-8"))
+        return json.loads(_need(path).read_bytes().decode("utf-8", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def _read_json_list(path: Path, what: str) -> list:
-    """A JSON file holding a list (of `what`), or a ValueError naming the file."""
+def _read_json_list(path: Path, what: str, skipped: Counter | None = None) -> Iterable[Any]:
+    """The items of a JSON file holding a list (of `what`), or a ValueError naming the file. While
+    an item is used, rows made from it know its place ("<file>, item N"); an item with bytes that
+    are not UTF-8 is skipped and counted ("undecodable")."""
     data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
-    return data
+    skipped = Counter() if skipped is None else skipped
+
+    def items() -> Iterable[Any]:
+        for k, obj in enumerate(data, 1):
+            where = f"{path}, item {k}"
+            if _has_undecodable(obj):
+                _skip(skipped, "undecodable", where, "bytes that are not UTF-8")
+                continue
+            _LOCATION.set(where)
+            yield obj
+    return items()
 
 
 def _read_json_lines(path: Path, skipped: Counter) -> Iterable[tuple[int, Any]]:
-    """(line number, object) per non-empty line; malformed lines are counted, not fatal."""
-    with open(_need(path), encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    """(line number, object) per non-empty line; undecodable and malformed lines are counted and
+    logged with file and line, not fatal."""
+    with open(_need(path), "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}, line {lineno}"
+            if isinstance(skipped, SkippedRows):
+                line = decode_line(raw, where, skipped)
+            else:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    _skip(skipped, "undecodable", where, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
+                    continue
+            if line is None or not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError:
-                skipped["malformed_json"] += 1
-                log.debug("%s, line %d: malformed JSON, skipped", path, lineno)
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _skip(skipped, "malformed_json", where, f"{exc.msg} at column {exc.colno}")
+                continue
+            _LOCATION.set(where)
+            yield lineno, obj
 
 
 def _fields(obj: Any, required: dict[str, bool], skipped: Counter) -> Optional[dict]:
@@ -175,12 +237,12 @@ def validate_rows(records: Iterable[Any], default_source: str, skipped: Counter)
 def load_jsonl(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
     """A file in the Open-Platypus schema: JSON lines, or a .json file holding a list of rows."""
     path = _source_path(src)
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     files = _files_in(path, "*.jsonl")
     rows: list[dict] = []
     for f in files:
         if f.suffix == ".json":
-            data = _read_json_list(f, "rows")
+            data = _read_json_list(f, "rows", skipped)
             records: Iterable[Any] = data
         else:
             records = (obj for _, obj in _read_json_lines(f, skipped))
@@ -195,7 +257,7 @@ def load_demo(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Coun
     if src.path:
         log.warning("source 'demo' ignores path=%s: the demo corpus is written by the project", src.path)
     path = demo_corpus_path(profile)
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = validate_rows((obj for _, obj in _read_json_lines(path, skipped)), "demo", skipped)
     return rows, skipped
 
@@ -209,7 +271,7 @@ def load_math(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Coun
     mathematics subjects. PRM800K is not available offline, so the reference solutions are used as they
     are. The local copy is the test split too: stage 02 must find its overlap with MMLU.
     """
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.jsonl"):
         for _, obj in _read_json_lines(f, skipped):
@@ -258,10 +320,10 @@ def load_theoremqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict],
     release has only the theorem's name (`theorem`), which is what is appended here. The 53 questions
     that need a picture are skipped and counted as "filtered:image".
     """
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json_list(f, "questions")
+        data = _read_json_list(f, "questions", skipped)
         for obj in data:
             row = format_theoremqa(obj, skipped)
             if row is not None:
@@ -312,14 +374,14 @@ def load_scibench(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], 
     books = sorted(p for p in folder.glob("*.json") if not p.stem.endswith("_sol"))
     if not books:
         raise FileNotFoundError(f"{folder}: no <book>.json files")
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for book in books:
         solutions = book.with_name(f"{book.stem}_sol.json")
         if not solutions.exists():
             log.warning("%s: not found; only %s is read", solutions, book.name)
         for f in (book, solutions) if solutions.exists() else (book,):
-            data = _read_json_list(f, "problems")
+            data = _read_json_list(f, "problems", skipped)
             for obj in data:
                 row = format_scibench(obj, skipped)
                 if row is not None:
@@ -401,10 +463,10 @@ def load_scienceqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict],
     the answer letter and option text and the input is empty. The context ("Context: ...") stays
     in the instruction, since the question often cannot be answered without it.
     """
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.json", exclude=("pid_splits.json",)):
-        data = _read_json_list(f, "questions")
+        data = _read_json_list(f, "questions", skipped)
         for obj in data:
             row = format_scienceqa_llava(obj, skipped)
             if row is not None:
@@ -472,7 +534,7 @@ def load_prm800k(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], C
     folder of them. Rows are per labelled solution, so a problem can come several times; the curation's
     exact dedup keeps the longest. With the `math` source enabled too, the same dedup lets a longer PRM
     solution replace the MATH reference one, as the authors' update_MATH.py did."""
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.jsonl"):
         for _, obj in _read_json_lines(f, skipped):
@@ -536,10 +598,10 @@ def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
 def load_arb(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
     """ARB: a folder of <subset>.json files (a JSON list per subset, as the arb.duckai.org API returns it;
     the subset - math, physics, mcatReading, mcatScience, law - is read from the file name)."""
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json_list(f, "ARB problems")
+        data = _read_json_list(f, "ARB problems", skipped)
         for obj in data:
             row = format_arb(obj, f.stem, skipped)
             if row is not None:
@@ -651,11 +713,12 @@ def load_hub(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Count
     if hub_id not in HUB_SOURCES:
         raise UnknownSourceError(f"hub_id {hub_id!r} has no formatter; known: {', '.join(HUB_SOURCES)}")
     spec = HUB_SOURCES[hub_id]
-    skipped: Counter = Counter()
+    skipped: Counter = SkippedRows()
     rows = []
     for split in spec.splits:
         kwargs = {"data_files": spec.data_files} if spec.data_files else {}
-        for rec in load_dataset(hub_id, split=split, **kwargs):
+        for k, rec in enumerate(load_dataset(hub_id, split=split, **kwargs), 1):
+            _LOCATION.set(f"{hub_id} ({split}), row {k}")
             try:
                 row = spec.formatter(dict(rec), skipped)
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -664,6 +727,25 @@ def load_hub(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Count
             if row is not None:
                 rows.append(row)
     return rows, skipped
+
+
+def _limit_long_rows(rows: list[dict], skipped: Counter, profile: "Profile") -> tuple[list[dict], SkippedRows]:
+    """curate.max_row_chars / over_long_rows applied to every row, naming its file and line."""
+    if not isinstance(skipped, SkippedRows):
+        counted = SkippedRows(skipped)
+        counted.notes.update(getattr(skipped, "notes", {}))
+        skipped = counted
+    cfg = getattr(profile, "curate", None)
+    max_chars = getattr(cfg, "max_row_chars", None)
+    policy = getattr(cfg, "over_long_rows", "keep")
+    kept = []
+    for row in rows:
+        where = getattr(row, "where", "") or "source row"
+        fields = {k: row[k] for k in FIELDS if k in row}
+        limited = limit_long_fields(fields, max_chars, policy, where, skipped)
+        if limited is not None:
+            kept.append(limited)
+    return kept, skipped
 
 
 # ---------------------------------------------------------------- registry
@@ -685,10 +767,15 @@ def load_source(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Co
     loader = SOURCE_LOADERS.get(src.name)
     if loader is None:
         raise UnknownSourceError(f"unknown source {src.name!r}; known: {', '.join(SOURCE_LOADERS)}")
-    if src.name in ("theoremqa", "scienceqa") and not src.path and src.hub_id:
-        rows, skipped = load_hub(src, profile)  # the hub release of a source that also has a local format
-    else:
-        rows, skipped = loader(src, profile)
+    token = _LOCATION.set(f"source {src.name}")
+    try:
+        if src.name in ("theoremqa", "scienceqa") and not src.path and src.hub_id:
+            rows, skipped = load_hub(src, profile)  # the hub release of a source that also has a local format
+        else:
+            rows, skipped = loader(src, profile)
+    finally:
+        _LOCATION.reset(token)
+    rows, skipped = _limit_long_rows(rows, skipped, profile)
     rows = [{k: r[k] for k in FIELDS} for r in rows]  # fixed key order: byte-identical outputs downstream
     if src.limit is not None and len(rows) > src.limit:
         skipped["filtered:over_limit"] += len(rows) - src.limit

@@ -115,7 +115,8 @@ def fake_converter(monkeypatch):
             time.sleep(behaviour["delay"])
             if behaviour["fail"]:
                 raise KeyboardInterrupt  # interrupted half-way through writing
-            record = {"format": models.CONVERSION_FORMAT, "source_sha256": source_sha256}
+            record = {"format": models.CONVERSION_FORMAT, "source_sha256": source_sha256,
+                      "files": models.file_checksums(tmp)}
             (tmp / models.CONVERSION_RECORD).write_text(json.dumps(record))
         return target
 
@@ -144,6 +145,61 @@ def test_half_checkpoint_and_leftover_temp_dir_are_not_a_conversion(tmp_path, fa
     assert models.is_converted(target, sha)
     models.resolve_model("embedded:smollm2-135m-instruct", tmp_path)
     assert len(calls) == 1  # converted once, then reused
+
+
+def test_damaged_conversion_is_logged_and_converted_again(tmp_path, fake_converter, caplog):
+    calls, _ = fake_converter
+    target = models.ensure_converted_smollm2(tmp_path)
+    weights = target / "model.safetensors"
+    weights.write_text("{")  # truncated
+    with caplog.at_level("WARNING", logger="platypus"):
+        models.ensure_converted_smollm2(tmp_path)
+    assert len(calls) == 2 and f"{weights}: 1 bytes, 2 when converted" in caplog.text
+    weights.write_text("}{")  # same size, other content: caught by the checksum
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="platypus"):
+        models.ensure_converted_smollm2(tmp_path)
+    assert len(calls) == 3 and f"{weights}: content differs from its recorded sha256" in caplog.text
+    models.ensure_converted_smollm2(tmp_path)
+    assert len(calls) == 3  # whole again: reused
+
+
+def test_safetensors_damage_detects_truncation(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(64, 64)}, str(path))
+    assert models.safetensors_damage(path) is None
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    assert "truncated" in models.safetensors_damage(path) and str(path) in models.safetensors_damage(path)
+
+
+def test_target_modules_are_checked_against_the_config(tmp_path):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    ref = str(tmp_path / "llama")
+    assert models.target_module_problem(ref, ["gate_proj", "model.layers.0.mlp.up_proj", "all-linear"]) is None
+    problem = models.target_module_problem(ref, ["gate_proj", "c_fc"])
+    assert "'c_fc' not in" in problem and "gate_proj" not in problem.split("not in")[0]
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+                                                  "vocab_size": 16}))
+    assert models.target_module_problem(str(gpt2), ["c_fc", "c_attn"]) is None  # built on the meta device
+    assert "'gate_proj'" in models.target_module_problem(str(gpt2), ["gate_proj"])
+    assert models.target_module_problem("embedded:smollm2-135m-instruct", ["q_proj"], tmp_path / "empty") is None
+    assert "'w3'" in models.target_module_problem("embedded:smollm2-135m-instruct", ["w3"], tmp_path / "empty")
+    assert models.target_module_problem("someone/not-cached-anywhere", ["w3"]) is None  # no download to check
+
+
+def test_a_checkpoint_that_fails_to_load_names_its_path(tmp_path):
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(models.CheckpointError, match=str(bad)):
+        models.load_causal_lm(str(bad), device="cpu")
 
 
 def test_conversion_of_another_gguf_is_redone(tmp_path, fake_converter):

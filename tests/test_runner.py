@@ -54,7 +54,7 @@ def test_up_to_date_tracks_params_inputs_outputs(make_profile):
 
 def _notebook(path, code):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("profile_path = ''\noverrides = {}\nstage_params = {}\nforce = False")
+    params = nbformat.v4.new_code_cell("profile_path = ''\nparams = {}\nforce = False")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(code)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -71,16 +71,133 @@ def test_failing_cell_names_notebook_cell_and_error(tmp_path, make_profile, monk
         runner.execute_stage(profile, "01_curate", {})
     msg = str(err.value)
     assert "01_curate" in msg and "ValueError: bad row 7" in msg and "cell" in msg
-    kept = runner.executed_notebook(profile, "01_curate")
+    kept = runner.failed_notebook(profile, "01_curate")
+    assert str(kept) in msg  # the error says where the failed attempt's notebook is
     assert kept.is_file() and "bad row 7" in kept.read_text()  # the partly executed notebook is kept
+    assert not runner.executed_notebook(profile, "01_curate").exists()  # not in place of a good one
+    assert not runner.running_notebook(profile, "01_curate").exists()
 
 
 def test_parameters_are_injected(tmp_path, make_profile, monkeypatch):
     (tmp_path / "nbs").mkdir()
     _notebook(tmp_path / "nbs" / "06_analysis.ipynb",
-              "import json, pathlib\npathlib.Path(stage_params['baseline'] + '.json').write_text(json.dumps(overrides))")
+              "import json, pathlib\npathlib.Path(params['analysis.baseline'] + '.json').write_text(json.dumps(params))")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path / "nbs")
     profile = make_profile(analysis={"baseline": "mybase"})
     profile.source_file = str(tmp_path / "p.yaml")
     runner.execute_stage(profile, "06_analysis", {"seed": 3})
-    assert json.loads((tmp_path / "nbs" / "mybase.json").read_text()) == {"seed": 3}
+    assert json.loads((tmp_path / "nbs" / "mybase.json").read_text())["seed"] == 3
+
+
+# ---------------------------------------------------------------- attempts, leftovers, the run lock
+STAGE_CELL = """
+from platypus_utils.artifacts import StageRun
+from platypus_utils.notebook import start_stage
+profile = start_stage(profile_path, "{stage}", params, force)
+out = profile.run_dir("{stage}")
+with StageRun(out, "{stage}", profile.fingerprint_params("{stage}")) as run:
+    (out / "result.txt").write_text("done")
+    run.add_output(out / "result.txt")
+{extra}
+"""
+
+
+def _stage_notebooks(folder, fail=()):
+    folder.mkdir(exist_ok=True)
+    for stage in ("01_curate", "02_decontaminate"):
+        extra = "raise RuntimeError('report cell broke')" if stage in fail else ""
+        _notebook(folder / f"{stage}.ipynb", STAGE_CELL.format(stage=stage, extra=extra))
+
+
+def _profile_file(tmp_path):
+    path = tmp_path / "proj" / "p.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("name: p\npaths: {cache_dir: cache}\n")
+    return path
+
+
+def test_failed_attempt_is_out_of_date_and_keeps_the_good_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path / "nbs")
+    _stage_notebooks(tmp_path / "nbs")
+    path = _profile_file(tmp_path)
+    summary = runner.run(path, only=["01", "02"])
+    assert [s["status"] for s in summary["stages"].values()] == ["ran", "ran"]
+    profile = runner.load_profile(path)
+    first, second = (profile.run_dir(s) for s in ("01_curate", "02_decontaminate"))
+    assert json.loads((first / "attempt.json").read_text())["status"] == "ok"
+    good = runner.executed_notebook(profile, "01_curate").read_text()
+
+    # the stage's own work succeeds (manifest ok), then a later report cell fails
+    _stage_notebooks(tmp_path / "nbs", fail=("01_curate",))
+    with pytest.raises(runner.StageFailed, match="report cell broke"):
+        runner.run(path, only=["01", "02"], force=True)
+    attempt = json.loads((first / "attempt.json").read_text())
+    assert attempt["status"] == "failed" and attempt["notebook"] == str(runner.failed_notebook(profile, "01_curate"))
+    assert runner.executed_notebook(profile, "01_curate").read_text() == good
+    assert "report cell broke" in runner.failed_notebook(profile, "01_curate").read_text()
+    fresh, why = runner.up_to_date(profile, "01_curate")
+    assert not fresh and why.startswith("last attempt failed")
+    fresh, why = runner.up_to_date(profile, "02_decontaminate")
+    assert not fresh and why.startswith("upstream stage 01_curate")
+
+    _stage_notebooks(tmp_path / "nbs")
+    summary = runner.run(path, only=["01", "02"])  # plain run: the failed stage reruns, the rest is fresh
+    assert [s["status"] for s in summary["stages"].values()] == ["ran", "skipped"]
+    assert not runner.failed_notebook(profile, "01_curate").exists()
+    assert json.loads((second / "attempt.json").read_text())["status"] == "ok"
+
+
+def test_killed_attempt_and_interrupted_training_are_out_of_date(make_profile):
+    profile = make_profile()
+    _fake_stage_run(profile, "03_finetune")
+    assert runner.up_to_date(profile, "03_finetune")[0]
+    ckpt = profile.run_dir("03_finetune") / "checkpoints"
+    (ckpt / "checkpoint-8").mkdir(parents=True)
+    (ckpt / "run_key.json").write_text("{}")
+    assert runner.up_to_date(profile, "03_finetune")[0]  # no finished checkpoint yet
+    (ckpt / "checkpoint-8" / "trainer_state.json").write_text("{}")
+    fresh, why = runner.up_to_date(profile, "03_finetune")
+    assert not fresh and "interrupted training" in why and str(ckpt) in why
+    import shutil
+
+    shutil.rmtree(ckpt)
+    runner.begin_attempt(profile.run_dir("03_finetune"), "03_finetune")  # ... and then the process was killed
+    fresh, why = runner.up_to_date(profile, "03_finetune")
+    assert not fresh and "never finished" in why
+    assert runner.up_to_date(profile, "04_merge")[1].startswith("upstream stage 03_finetune")
+
+
+def test_leftovers_of_a_stage_are_cleared(make_profile):
+    profile = make_profile()
+    stage_dir = profile.run_dir("04_merge")
+    debris = stage_dir / ".general-platypus.x1y2.tmp"
+    (debris / "model").mkdir(parents=True)
+    running = runner.running_notebook(profile, "04_merge")
+    running.parent.mkdir(parents=True)
+    running.write_text("{}")
+    (stage_dir / "merged").mkdir()
+    removed = runner.clear_leftovers(profile, "04_merge", say=lambda msg: None)
+    assert sorted(removed) == sorted([debris, running])
+    assert not debris.exists() and not running.exists() and (stage_dir / "merged").is_dir()
+
+
+def test_one_run_per_profile(make_profile):
+    import os
+    import subprocess
+    import sys
+
+    profile = make_profile()
+    said = []
+    with runner.run_lock(profile, say=said.append) as lock:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(runner.RunLocked, match=rf"already being run by PID {os.getpid()} .*started "):
+            with runner.run_lock(profile):
+                pass
+    assert lock.read_text() == ""  # released
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    lock.write_text(json.dumps({"pid": dead, "host": "h", "started_at": "yesterday", "command": "platypus run"}))
+    with runner.run_lock(profile, say=said.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert any(f"PID {dead}" in m and "taking over" in m for m in said)

@@ -466,3 +466,36 @@ def test_arb_rows(profile, tmp_path):
     (folder / "chemistry.json").write_text(json.dumps([{"Problem Statement": "Q", "Answer Candidates": ["a"]}]))
     with pytest.raises(UnknownSourceError, match="ARB subset 'chemistry'"):
         load_source(SourceConfig(name="arb", path=str(folder)), profile)
+
+
+def test_undecodable_bytes_skip_one_row_naming_file_and_line(profile, tmp_path, caplog):
+    from platypus_utils.sources import load_source
+
+    lines = tmp_path / "math.jsonl"
+    lines.write_bytes(b'{"problem": "1+1?", "solution": "2"}\n{"problem": "caf\xe9?", "solution": "3"}\n'
+                      b'{"problem": "2+2?", "solution": "4"}\n')
+    with caplog.at_level("WARNING", logger="platypus"):
+        rows, skipped = load_source(SourceConfig(name="math", path=str(lines)), profile)
+    assert [r["output"] for r in rows] == ["2", "4"] and skipped == Counter({"undecodable": 1})
+    assert f"{lines}, line 2: undecodable" in caplog.text
+
+    listed = tmp_path / "theoremqa.json"  # a JSON list: the item holding the bad byte is skipped
+    listed.write_bytes(b'[{"Question": "Q1 caf\xe9", "Answer": 1}, {"Question": "Q2", "Answer": 2}]')
+    rows, skipped = load_source(SourceConfig(name="theoremqa", path=str(listed)), profile)
+    assert [r["output"] for r in rows] == ["2"] and skipped == Counter({"undecodable": 1})
+    assert skipped.where == [(f"{listed}, item 1", "undecodable")]
+
+
+def test_over_long_rows_are_named_with_their_line(tmp_path, caplog):
+    from platypus_utils.sources import load_source
+
+    path = _lines(tmp_path / "train.jsonl", [{"instruction": "a", "input": "", "output": "x" * 5000},
+                                              {"instruction": "b", "input": "", "output": "y"}])
+    prof = Profile.model_validate({"name": "t", "paths": {"runs_dir": str(tmp_path / "runs")},
+                                   "curate": {"max_row_chars": 100, "over_long_rows": "truncate"}})
+    with caplog.at_level("WARNING", logger="platypus"):
+        rows, skipped = load_source(SourceConfig(name="jsonl", path=str(path)), prof)
+    assert [len(r["output"]) for r in rows] == [100, 1] and skipped == Counter()
+    assert skipped.notes == Counter({"over_long:truncated": 1})
+    assert f"{path}, line 1: over_long:truncated: output has 5,000 characters" in caplog.text
+    assert all(type(r) is dict for r in rows)  # plain rows out: no location left on them
