@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 # The CPU wheel resolves from this machine's disk; on a GPU box (Colab, A100) set TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= params/demo.yaml
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
+# No HF_HUB_OFFLINE here: `platypus run` sets the hub mode from the profile (offline for demo and
+# real-offline, online for the hub profiles; platypus_utils/hub.py)
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo real-offline test lab kernel clean

@@ -1,4 +1,5 @@
-"""Command line: `platypus run PARAMS.yaml`, `platypus validate`, `platypus decontaminate`."""
+"""Command line: `platypus run PARAMS.yaml`, `platypus validate`, `platypus decontaminate`, `platypus analyse`,
+`platypus plan`."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,17 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _detectors(text: str) -> list[str]:
+    """--detectors embedding,ngram -> ["embedding", "ngram"]; an unknown name is an argparse error."""
+    from .decontaminate import DETECTORS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in names if x not in DETECTORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown detector(s) {unknown or text!r}: choose from {', '.join(DETECTORS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="platypus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,40 +45,109 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile key, e.g. --set finetune.max_steps=5")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
+    p_run.add_argument("--wait", action="store_true",
+                       help="if another run of this profile holds its lock, wait for it instead of exiting (3)")
 
     p_val = sub.add_parser("validate", help="validate profiles without running anything")
     p_val.add_argument("params", nargs="+")
 
-    p_dec = sub.add_parser("decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks")
-    p_dec.add_argument("train", help="JSON lines with instruction, input, output[, data_source]")
+    p_dec = sub.add_parser("decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; "
+                           "prints a JSON summary")
+    p_dec.add_argument("train", help="JSON lines (or a .json list) with instruction, output[, input, data_source]")
     p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
     p_dec.add_argument("--out", required=True, help="output directory")
-    p_dec.add_argument("--threshold", type=float, default=0.8)
+    p_dec.add_argument("--detectors", type=_detectors, default=None, metavar="LIST",
+                       help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
+                            "default, embedding,ngram,answer); ngram alone needs no embedding model")
+    p_dec.add_argument("--benchmark", action="append", dest="benchmark_names",
+                       choices=["arc_challenge", "hellaswag", "mmlu", "truthfulqa"],
+                       help="check only this benchmark (repeatable; default: all four)")
+    p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
+    p_dec.add_argument("--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)")
+
+    p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
+    p_an.add_argument("inputs", nargs="+", metavar="DIR[=NAME]",
+                      help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's")
+    p_an.add_argument("--baseline", required=True, help="the variant every other one is compared with")
+    p_an.add_argument("--out", required=True, help="output folder (tables/, figures/, summary.md)")
+    p_an.add_argument("--merged", action="append", default=[], metavar="VARIANT=PARTNER",
+                      help="VARIANT is PARTNER + the adapter: also compare them (repeatable)")
+    p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
+    p_an.add_argument("--confidence", type=float, default=0.95)
+    p_an.add_argument("--n-bootstrap", type=int, default=2000)
+    p_an.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
+    p_an.add_argument("--seed", type=int, default=0)
+    p_an.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
+
+    p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
+    p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
+    p_plan.add_argument("--config", metavar="DIR", help="folder with the base model's config.json (else plan.base_config, "
+                        "a params/model_configs copy, or the hub)")
+    p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
+    p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
+    p_plan.add_argument("--gpu-memory-gb", type=float, help="GiB per GPU the plan must fit (plan.gpu_memory_gb)")
+    p_plan.add_argument("--mfu", type=float, help="model-FLOP utilisation for the time estimate (plan.mfu)")
+    p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("platypus").setLevel(logging.INFO)
     try:
         if args.command == "run":
-            from .runner import StageFailed, run
+            from .runner import RunLocked, StageFailed, run
 
             try:
                 run(args.params, only=args.only, start=args.start, force=args.force,
-                    overrides=_parse_set(args.set), verbose=args.verbose)
+                    overrides=_parse_set(args.set), verbose=args.verbose, wait=args.wait)
             except StageFailed:
                 return 1
-        elif args.command == "validate":
+            except RunLocked as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 3
+        elif args.command == "validate":  # every profile is checked; exit 2 if any is bad
+            bad = 0
             for path in args.params:
-                profile = load_profile(path)
+                try:
+                    profile = load_profile(path)
+                except ProfileError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    bad += 1
+                    continue
                 print(f"{path}: ok (profile {profile.name})")
+            return 2 if bad else 0
+        elif args.command == "plan":
+            from pathlib import Path
+
+            from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
+
+            profile = load_profile(args.params, overrides=_parse_set(args.set))
+            result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb,
+                               mfu=args.mfu)
+            print(format_plan(result))
+            out = write_plan(result, Path(args.out) if args.out else default_out(profile))
+            print(f"written: {shown_path(out)}")
+            check_fits(result)  # exit 2 naming the keys to change, after the table and the JSON
         elif args.command == "decontaminate":
             from .config import DecontaminateConfig
             from .decontaminate import check_file
 
-            cfg = DecontaminateConfig(similarity_threshold=args.threshold)
-            summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model)
+            settings = {"similarity_threshold": args.threshold}
+            if args.detectors:
+                settings["detectors"] = args.detectors
+            if args.benchmark_names:
+                settings["benchmarks"] = args.benchmark_names
+            cfg = DecontaminateConfig(**settings)  # a bad value is a pydantic ValidationError, a ValueError
+            summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir)
             print(json.dumps(summary, indent=2))
+        elif args.command == "analyse":
+            from .analysis import StatsSettings, analyse
+
+            merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
+            produced = analyse(args.inputs, args.baseline, args.out, force=args.force,
+                               formats=[f for f in args.formats.split(",") if f],
+                               st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed), merged=merged)
+            print("\n".join(produced.get("verdicts", []) + produced["notes"] + [f"summary: {produced['summary']}"]))
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .colab import DRIVE_PREFIX, resolve_drive_path
+
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
 BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
@@ -25,6 +27,8 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
+    # Each may be "drive:REL": REL on Google Drive on Colab, where a disconnect keeps it (elsewhere
+    # $PLATYPUS_DRIVE_DIR/REL or runs/drive/REL; platypus_utils.colab.resolve_drive_path)
     runs_dir: str = "runs"  # artifacts: runs/<profile>/<NN_stage>/
     reports_dir: str = "reports"  # executed notebooks, figures, tables: reports/<profile>/
     cache_dir: Optional[str] = None  # converted models, embeddings; default ~/.cache/platypus
@@ -57,13 +61,30 @@ class CurateConfig(_Section):
     push_to_hub: bool = False  # upload curated rows as a hub dataset; token from $HF_TOKEN
     push_to_hub_repo: Optional[str] = None  # e.g. "me/open-platypus-rebuild"; required with push_to_hub
     push_to_hub_private: bool = True
+    # a row with a field longer than this (characters) is logged with its file and line, counted, and
+    # kept (over_long_rows: keep), cut to this length (truncate) or skipped (drop); null: no limit
+    max_row_chars: Optional[int] = Field(default=100_000, ge=1)
+    over_long_rows: Literal["keep", "truncate", "drop"] = "keep"
 
 
 class DecontaminateConfig(_Section):
     benchmarks: list[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa"]] = Field(
         default_factory=lambda: list(BENCHMARKS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
-    compare: Literal["question", "question_choices", "question_answer"] = "question"
+    # leak detectors that flag pairs: embedding (cosine >= similarity_threshold, the paper's), ngram
+    # (ngram_n-gram overlap), answer (cosine >= answer_detector_threshold, numbers and answer agree),
+    # judge (platypus_utils.leak_judge over candidates at cosine >= judge_threshold)
+    detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
+        default_factory=lambda: ["embedding", "ngram", "answer"], min_length=1)
+    # how a test item is read: "question" (the stem; HellaSwag's context) and "full" (with its choices for
+    # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view
+    views: list[Literal["question", "full"]] = Field(default_factory=lambda: ["question", "full"], min_length=1)
+    search_outputs: bool = True  # training outputs are embedded and n-gram-indexed too, not only instruction+input
+    # a training text longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded
+    # in windows of that length, each sharing this fraction with the next; its cosine is the max over windows
+    window_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
+    judge_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # candidates the judge reads (detector "judge")
+    judge_model: Optional[str] = None  # None: leak_judge's default for the machine
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     duplicate_threshold: float = Field(default=0.95, gt=0.0, le=1.0)  # cosine at/above which a pair is near-verbatim
     ngram_n: int = Field(default=13, ge=1)  # GPT-3 / lm-eval decontamination used 13-grams
@@ -109,10 +130,16 @@ class FinetuneConfig(_Section):
     # "bfd": TRL best-fit-decreasing packing, padding-free (true means "bfd"); "bfd_split" splits
     # examples longer than cutoff_len instead of truncating them. "wrapped" is refused (see below).
     packing: Literal[False, "bfd", "bfd_split"] = False
-    # optimizer-step size in tokens; None: with packing, the profile's batch in examples
-    # (per_device_train_batch_size x gradient_accumulation_steps x num_gpus) times the mean example
-    # length, so packing keeps the paper's step size (finetune.plan_batch)
-    tokens_per_step: Optional[int] = Field(default=None, ge=1)
+    # What an optimizer step holds. "examples" (default, the paper's): exactly global_batch_size
+    # examples over all GPUs (or per_device_train_batch_size x gradient_accumulation_steps x
+    # num_gpus); with packing each micro-batch of examples is flattened into one padding-free row,
+    # attention kept inside each example. "tokens" (opt-in): steps of tokens_per_step tokens (or the
+    # profile's examples x the mean example length) over packed rows (finetune.plan_batch).
+    batch_unit: Literal["examples", "tokens"] = "examples"
+    # examples per optimizer step over all GPUs; gradient_accumulation_steps is then derived as
+    # global_batch_size / (per_device_train_batch_size x num_gpus), for any number of processes
+    global_batch_size: Optional[int] = Field(default=None, ge=1)
+    tokens_per_step: Optional[int] = Field(default=None, ge=1)  # batch_unit: tokens only
     group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
     attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
                                  "flash_attention_3"] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
@@ -154,7 +181,36 @@ class FinetuneConfig(_Section):
                              "accelerate/fsdp.yaml, accelerate/fsdp_qlora.yaml or accelerate/zero3.yaml")
         if self.accelerate_config and not self.accelerate_config.endswith((".yaml", ".yml")):
             raise ValueError(f"accelerate_config {self.accelerate_config!r}: expected an accelerate YAML file")
+        if self.tokens_per_step is not None and self.batch_unit != "tokens":
+            raise ValueError("tokens_per_step sizes steps in tokens: set batch_unit: tokens (the default, "
+                             "examples, takes global_batch_size examples per step)")
+        if self.packing == "bfd_split" and self.batch_unit != "tokens":
+            raise ValueError("packing bfd_split splits long examples across packed rows: use it with "
+                             "batch_unit: tokens (batch_unit examples keeps whole examples, truncated at cutoff_len)")
+        if self.batch_unit == "tokens" and not self.packing:
+            raise ValueError("batch_unit: tokens sizes steps of packed rows: set packing: bfd")
+        self.examples_step_plan(self.num_gpus)  # a step that misses its target fails here, at load
         return self
+
+    def examples_step_plan(self, world_size: int) -> tuple[int, int]:
+        """(gradient_accumulation_steps, examples per optimizer step) on `world_size` processes.
+
+        With global_batch_size, accumulation = global / (per_device x world_size), rounded; a step
+        more than 10% off the target raises (at load, naming the keys), one within 10% is allowed
+        (and logged by the stage). Without it, the profile's accumulation stands."""
+        per_device = self.per_device_train_batch_size
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps, per_device * self.gradient_accumulation_steps * world_size
+        target = self.global_batch_size
+        gas = max(1, round(target / (per_device * world_size)))
+        got = gas * per_device * world_size
+        if abs(got - target) > 0.1 * target:
+            raise ValueError(
+                f"global_batch_size={target} cannot be met with per_device_train_batch_size={per_device} on "
+                f"{world_size} process(es): the closest step is {got} examples ({gas} accumulated), "
+                f"{abs(got - target) / target:.0%} off; choose per_device_train_batch_size x num_gpus that "
+                f"divides {target}")
+        return gas, got
 
 
 MergeMethod = Literal["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
@@ -163,8 +219,11 @@ _DENSITY_METHODS = ("ties", "dare_linear", "dare_ties")
 
 
 class MergePartnerConfig(_Section):
-    name: str
+    name: str  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
+    # the variant made by merging the Platypus adapter into this partner; None: "<name>-platypus"
+    # (the paper's names: Stable-Platypus2-13B = StableBeluga-13B + the adapter)
+    merged_name: Optional[str] = None
     # A LoRA merged into `model` first to build this partner (variant <name> in merge_report.json):
     # a folder of this run's 03_finetune (e.g. partner_adapter) or a path.
     adapter: Optional[str] = None
@@ -241,11 +300,18 @@ class MergeSweepConfig(_Section):
 
 class MergeConfig(_Section):
     merge_into_base: bool = True
+    merged_name: str = "merged"  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
     partners: list[MergePartnerConfig] = Field(default_factory=list)
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
     sweep: Optional[MergeSweepConfig] = None
+    # dtype the merged models are stored in. auto: each model's own (its config's torch_dtype/dtype:
+    # float16 for Llama-2, float32 for the demo's converted base); the sum W + scale*B@A is computed
+    # in float32 and rounded once to it (merge.py)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     verify: bool = True
+    # absolute floor of the logit check's tolerance (0.1 x the adapter's own effect on the logits);
+    # the weight checks use no absolute tolerance: each element's bound is its own rounding (merge.py)
     verify_atol: float = Field(default=1e-4, gt=0.0)
 
 
@@ -272,6 +338,10 @@ class EvaluateConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:0
     mmlu_subjects: Optional[list[str]] = None  # None: all found
     log_samples: bool = True
+    # spread a model over every visible GPU (lm-eval's parallelize, accelerate's device map) instead
+    # of one device; auto: when the model's weights do not fit one GPU's memory
+    parallelize: Literal["auto", True, False] = "auto"
+    model_args: dict[str, Any] = Field(default_factory=dict)  # extra HFLM arguments (lm-eval --model_args)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -283,6 +353,22 @@ class AnalysisConfig(_Section):
     baseline: str = "base"
     formats: list[Literal["png", "pdf", "svg"]] = Field(default_factory=lambda: ["png", "pdf"])
     published_results: bool = False  # show the paper's numbers beside ours
+    # paired statistics of the per-subject changes (analysis.StatsSettings; the bootstrap is seeded by `seed`)
+    confidence: float = Field(default=0.95, gt=0, lt=1)  # interval coverage
+    n_bootstrap: int = Field(default=2000, ge=100)  # paired bootstrap resamples (and sign-flip permutations)
+    fdr_alpha: float = Field(default=0.05, gt=0, lt=1)  # Benjamini-Hochberg false discovery rate per family
+
+
+class PlanConfig(_Section):
+    """`platypus plan` (plan.py): the GPU a run is planned for and the data assumptions; no stage reads it."""
+    # folder with the base's config.json; None: models.base's own (a local path, a params/model_configs/*
+    # copy whose _name_or_path is the hub id, else the hub); relative to the project root
+    base_config: Optional[str] = None
+    gpu: Literal["a100", "h100", "h200"] = "a100"  # dense bf16 peak: A100 312, H100/H200 989 TFLOP/s
+    gpu_memory_gb: float = Field(default=80.0, gt=0)  # GiB per GPU the plan must fit
+    mfu: float = Field(default=0.4, gt=0, le=1)  # model-FLOP utilisation assumed for wall time (6 N per token)
+    train_examples: Optional[int] = Field(default=None, ge=1)  # None: 02's clean.jsonl, else Open-Platypus's
+    mean_example_tokens: Optional[float] = Field(default=None, gt=0)  # None: measured / plan.py's default
 
 
 class Profile(_Section):
@@ -297,6 +383,7 @@ class Profile(_Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)  # `platypus plan` only
 
     # Where the profile was read from; set by load_profile, not by the YAML.
     source_file: Optional[str] = Field(default=None, exclude=True)
@@ -348,10 +435,16 @@ def _format_error(err: dict) -> str:
 
 
 def _resolve_paths(profile: Profile, root: Path) -> None:
-    """Relative paths in a profile are relative to the project root (the folder holding params/)."""
+    """Relative paths in a profile are relative to the project root (`project_root_for`); source and
+    benchmark paths to paths.data_dir when set. Model references written as ./x or ../x too."""
     for key in ("runs_dir", "reports_dir", "cache_dir", "data_dir"):
         value = getattr(profile.paths, key)
-        if value and not Path(value).is_absolute():
+        if value and value.startswith(DRIVE_PREFIX):  # drive:REL, on Google Drive (platypus_utils.colab)
+            try:
+                setattr(profile.paths, key, resolve_drive_path(value, root))
+            except ValueError as exc:
+                raise ProfileError(f"{profile.source_file}: key 'paths.{key}': {exc}") from None
+        elif value and not Path(value).is_absolute():
             setattr(profile.paths, key, str((root / value).resolve()))
     data_root = Path(profile.paths.data_dir) if profile.paths.data_dir else root
     for src in profile.curate.sources:
@@ -360,14 +453,48 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     for section in (profile.decontaminate, profile.evaluate):
         if section.benchmarks_dir not in ("demo", "hub") and not Path(section.benchmarks_dir).is_absolute():
             section.benchmarks_dir = str((data_root / section.benchmarks_dir).resolve())
+    for holder, attr in [(profile.models, "base"), (profile.models, "embedding"),
+                         *((partner, "model") for partner in profile.merge.partners)]:
+        ref = getattr(holder, attr)
+        if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
+            setattr(holder, attr, str((root / ref).resolve()))
+        elif ref.startswith("random:") and not Path(ref[7:]).is_absolute():  # random:<config folder>
+            setattr(holder, attr, "random:" + str((root / ref[7:]).resolve()))
     accelerate_config = profile.finetune.accelerate_config
     if accelerate_config and not Path(accelerate_config).is_absolute():
         profile.finetune.accelerate_config = str((root / accelerate_config).resolve())
 
 
 def project_root_for(profile_file: Path) -> Path:
-    profile_file = profile_file.resolve()
-    return profile_file.parent.parent if profile_file.parent.name == "params" else Path.cwd()
+    """The folder a profile's relative paths start from, wherever the profile lives and whatever the
+    current directory: the nearest folder above the profile file that holds a pyproject.toml or a
+    params/ folder (the project root, for any profile inside the project), else the profile's own
+    folder (a profile kept outside any project). The runner and the notebooks both use this rule."""
+    profile_file = Path(profile_file).resolve()
+    for folder in profile_file.parents:
+        if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():
+            return folder
+    return profile_file.parent
+
+
+def _check_variants(profile: Profile, path: Path) -> None:
+    """evaluate.variants must name variants that exist once 04 has run (layout.evaluable_variants)."""
+    from .layout import evaluable_variants
+
+    known = evaluable_variants(profile)
+    unknown = [v for v in profile.evaluate.variants if v not in known]
+    if unknown:
+        raise ProfileError(f"{path}: key 'evaluate.variants': unknown variant(s) {', '.join(map(repr, unknown))}; "
+                           f"this profile can evaluate: {', '.join(known)}")
+
+
+def _check_target_modules(profile: Profile, path: Path) -> None:
+    """finetune.target_modules must be modules of models.base, read from its config (not its weights)."""
+    from .models import target_module_problem
+
+    problem = target_module_problem(profile.models.base, profile.finetune.target_modules, profile.cache_dir())
+    if problem:
+        raise ProfileError(f"{path}: key 'finetune.target_modules': {problem}")
 
 
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
@@ -397,4 +524,6 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     _resolve_paths(profile, project_root_for(path))
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
+    _check_variants(profile, path)
+    _check_target_modules(profile, path)
     return profile

@@ -45,7 +45,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+from huggingface_hub import get_safetensors_metadata
+
 from .artifacts import StageRun, atomic_path, sha256_file, sha256_path, write_json, write_jsonl
+from .models import pick_device, pick_dtype
 
 log = logging.getLogger("platypus")
 STAGE = "05_evaluate"
@@ -376,28 +380,64 @@ def model_hash(spec: ModelSpec) -> str:
     return base
 
 
-def lm_settings(profile) -> dict:
-    """Device, dtype and batch size the models are run with."""
-    from .models import pick_device, pick_dtype
-
+def lm_settings(profile, spec: ModelSpec | None = None) -> dict:
+    """Device, dtype and batch size the models are run with; `parallelize` (spread over the GPUs)
+    and the profile's extra `model_args` when set."""
     device = pick_device(profile.evaluate.device)
     dtype = str(pick_dtype(profile.models.torch_dtype, device)).removeprefix("torch.")
     batch = profile.evaluate.batch_size
     if batch == "auto" and not device.startswith("cuda"):
         batch = str(CPU_BATCH_SIZE)
-    return {"device": device, "dtype": dtype, "batch_size": batch}
+    settings = {"device": device, "dtype": dtype, "batch_size": batch}
+    if spec is not None and wants_parallelize(profile.evaluate.parallelize, spec, device, dtype):
+        settings["parallelize"] = True
+    if profile.evaluate.model_args:
+        settings["model_args"] = dict(sorted(profile.evaluate.model_args.items()))
+    return settings
+
+
+def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
+    """Bytes of the model's weights in `dtype`: from a local checkpoint's files, or the hub's
+    safetensors metadata (parameter count; no download). None when neither says."""
+    path = Path(spec.pretrained)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
+    try:
+        meta = get_safetensors_metadata(spec.pretrained)
+    except Exception as exc:  # noqa: BLE001 - no metadata: the caller falls back to one device
+        log.warning("could not read the size of %s from the hub (%s): %s", spec.pretrained, type(exc).__name__, exc)
+        return None
+    per = 4 if dtype == "float32" else 2
+    return sum(meta.parameter_count.values()) * per
+
+
+def wants_parallelize(choice, spec: ModelSpec, device: str, dtype: str) -> bool:
+    """evaluate.parallelize: true/false as set; auto: on CUDA with several GPUs, when the weights
+    exceed 90% of one GPU's memory (lm-eval then spreads the model with accelerate's device map)."""
+    if choice != "auto":
+        return bool(choice)
+    if not device.startswith("cuda") or torch.cuda.device_count() < 2:
+        return False
+    size = weights_bytes(spec, dtype)
+    return size is not None and size > 0.9 * torch.cuda.get_device_properties(0).total_memory
 
 
 def make_lm(spec: ModelSpec, settings: dict):
-    """lm-eval's HFLM for a variant (what `--model hf --model_args pretrained=...` builds)."""
-    from lm_eval.models.huggingface import HFLM
-
+    """lm-eval's HFLM for a variant (what `--model hf --model_args pretrained=...` builds); with
+    `parallelize` the model is spread over every visible GPU (no single device)."""
     batch = settings["batch_size"]
     kwargs = {"pretrained": spec.pretrained, "dtype": settings["dtype"], "device": settings["device"],
               "batch_size": int(batch) if str(batch).isdigit() else batch}
+    if settings.get("parallelize"):
+        kwargs.pop("device")
+        kwargs["parallelize"] = True
     if spec.peft:
         kwargs["peft"] = spec.peft
+    kwargs.update(settings.get("model_args", {}))  # the profile's evaluate.model_args, last
     log.info("loading %s for lm-eval: %s", spec.variant, kwargs)
+    # imported here: lm-eval's model module takes ~8 s to import (measured), and only a cache miss needs it
+    from lm_eval.models.huggingface import HFLM
+
     return HFLM(**kwargs)
 
 
@@ -464,7 +504,7 @@ def evaluate_variant(profile, variant: str, suite: TaskSuite, task_manager=None,
     Returns (summary, raw per benchmark, samples, info{cached, seconds per benchmark}).
     """
     spec = spec or resolve_variant(profile, variant)
-    settings = lm_settings(profile)
+    settings = lm_settings(profile, spec)
     mhash = model_hash(spec)
     cache = EvalCache(profile.cache_dir() / "eval")
     lm = None
@@ -604,7 +644,6 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
 # ---------------------------------------------------------------- the stage
 def run_evaluate(profile) -> dict:
     """Evaluate every variant; write summaries, raw outputs, samples and the stage report."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = profile.run_dir(STAGE)
     with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
         with run.timed("prepare_s"):

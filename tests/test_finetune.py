@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.artifacts import read_manifest, write_jsonl  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -227,7 +230,7 @@ def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
             seen["gradient_accumulation_steps"] = args.gradient_accumulation_steps
 
     profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=4,
-                               per_device_train_batch_size=1, gradient_accumulation_steps=6)
+                               per_device_train_batch_size=1, gradient_accumulation_steps=6, batch_unit="tokens")
     metrics = ft_mod.run_finetune(profile, callbacks=[RecordAccumulation()])
     assert metrics["packing"] == "bfd" and metrics["steps"] == 4
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
@@ -238,6 +241,33 @@ def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
     # rows hold several examples, so fewer rows per step; the trainer used the planned accumulation
     assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] < 6
     assert metrics["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"]
+
+
+def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tmp_path):
+    """batch_unit examples with packing: each micro-batch of 2 examples is one padding-free row
+    (position ids restart at each example), and a step is 2 x 3 = 6 examples, exactly."""
+    from transformers import TrainerCallback
+
+    seen = {"rows": [], "examples": []}
+
+    class RecordBatches(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+
+    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=2,
+                               per_device_train_batch_size=2, global_batch_size=6)
+    metrics = ft_mod.run_finetune(profile, callbacks=[RecordBatches()])
+    plan = metrics["batch_plan"]
+    assert plan["unit"] == "example" and plan["examples_per_step"] == 6 and metrics["examples_per_step"] == 6
+    assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] == 3
+    assert metrics["packing_isolation"]["checked"] and metrics["packing_isolation"]["max_rel_diff"] < 1e-4
+    assert metrics["warmup_share"] == pytest.approx(min(profile.finetune.warmup_steps, 2) / 2)
+    # what the trainer's collator makes of one micro-batch: one row, two examples, no padding
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    assert batch["input_ids"].shape == (1, 5) and batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
 
 
 def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
@@ -381,15 +411,23 @@ def _loss_by_example(trainer, batch) -> tuple[float, dict]:
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_dir, tokenizer, tmp_path, attn):
-    """The same 10 examples through the stage's packed path (bfd rows, padding-free) and its unpacked
-    path (padded batch): each example's loss and the trainer's batch loss agree."""
+@pytest.mark.parametrize("unit", ["tokens", "examples"])
+def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_dir, tokenizer, tmp_path, attn,
+                                                                     unit):
+    """The same 10 examples through the stage's packed path (bfd rows of cutoff_len for batch_unit
+    tokens; one padding-free row of the micro-batch's examples for batch_unit examples) and its
+    unpacked path (padded batch): each example's loss and the trainer's batch loss agree."""
     rows = make_rows(10)
     packed_trainer, isolation = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "p", attn,
-                                               packing="bfd", cutoff_len=160)
+                                               packing="bfd", cutoff_len=160, batch_unit=unit,
+                                               per_device_train_batch_size=10 if unit == "examples" else 1,
+                                               gradient_accumulation_steps=1 if unit == "examples" else 5)
     unpacked_trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "u", attn)
     packed_rows = list(packed_trainer.train_dataset)
-    assert max(len(r["seq_lengths"]) for r in packed_rows) >= 3  # really several examples per row
+    if unit == "tokens":
+        assert max(len(r["seq_lengths"]) for r in packed_rows) >= 3  # really several examples per row
+    else:
+        assert packed_trainer.data_collator(packed_rows)["input_ids"].shape[0] == 1  # all 10 in one row
     packed_loss, packed = _loss_by_example(packed_trainer, packed_trainer.data_collator(packed_rows))
     unpacked_loss, alone = _loss_by_example(
         unpacked_trainer, unpacked_trainer.data_collator(list(unpacked_trainer.train_dataset)))
@@ -407,7 +445,8 @@ def test_isolation_check_refuses_rows_whose_attention_crosses_examples(tiny_mode
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, make_rows(10), tmp_path, "sdpa",
-                                packing="bfd", cutoff_len=160)
+                                packing="bfd", cutoff_len=160, batch_unit="tokens", per_device_train_batch_size=1,
+                                gradient_accumulation_steps=5)
     trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=False)
     with pytest.raises(RuntimeError, match="cross example boundaries.*attn_implementation='sdpa'"):
         ft_mod.check_packing_isolation(trainer)
@@ -432,7 +471,7 @@ def test_packing_schema():
 
     assert FinetuneConfig(packing=True).packing == "bfd"
     assert FinetuneConfig(packing=False).packing is False
-    assert FinetuneConfig(packing="bfd_split").packing == "bfd_split"
+    assert FinetuneConfig(packing="bfd_split", batch_unit="tokens").packing == "bfd_split"
     with pytest.raises(ValidationError, match="attention cross example boundaries"):
         FinetuneConfig(packing="wrapped")
     with pytest.raises(ValidationError, match="group_by_length"):
@@ -451,9 +490,14 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
         ft = ft_for(**finetune)
         return ft, ft_mod.build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
 
-    _, packed = args_for(packing="bfd_split", gradient_checkpointing=True)
+    _, packed = args_for(packing="bfd_split", gradient_checkpointing=True, batch_unit="tokens",
+                         per_device_train_batch_size=1)
     assert (packed.packing, packed.packing_strategy, packed.activation_checkpointing) == (True, "bfd_split", True)
     assert packed.eval_packing is False  # held-out loss is measured per example
+    _, free = args_for(packing="bfd", per_device_train_batch_size=4, global_batch_size=8)
+    assert (free.padding_free, free.packing, free.gradient_accumulation_steps) == (True, False, 2)
+    with pytest.raises(ValueError, match="bfd_split"):
+        ft_for(packing="bfd_split")  # splitting examples has no place in steps counted in examples
     _, grouped = args_for(group_by_length=True, per_device_train_batch_size=4)
     assert grouped.train_sampling_strategy == "group_by_length" and grouped.packing is False
     ft, plain = args_for()
@@ -468,7 +512,7 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
     assert ft_mod.resolve_attn_implementation(ft_for(attn_implementation="eager"), "cpu", torch.float32) == "eager"
 
 
-def test_plan_batch_keeps_the_paper_step_in_tokens():
+def test_plan_batch_in_tokens_is_an_explicit_opt_in():
     from platypus_utils.config import FinetuneConfig
 
     paper = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=16)
@@ -477,28 +521,59 @@ def test_plan_batch_keeps_the_paper_step_in_tokens():
     assert (unpacked.gradient_accumulation_steps, unpacked.tokens_per_step, unpacked.steps_per_epoch) == (16, 1600, 2)
     assert unpacked.tokens_per_step_target is None and unpacked.examples_per_step == 16
 
-    # 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
-    packed = ft_mod.plan_batch(examples, paper, row_tokens=[400] * 8)
+    # batch_unit tokens: 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
+    in_tokens = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=16, packing="bfd",
+                               batch_unit="tokens")
+    packed = ft_mod.plan_batch(examples, in_tokens, row_tokens=[400] * 8)
     assert packed.tokens_per_step_target == 1600
     assert (packed.gradient_accumulation_steps, packed.tokens_per_step, packed.examples_per_step) == (4, 1600, 16)
     assert packed.steps_per_epoch == unpacked.steps_per_epoch == 2  # the schedule keeps its length
 
-    # the 70B profile: 1 x 2 x 8 GPUs = 16 examples; rows of 400 tokens: one row per GPU is 3200
-    # tokens, more than the 1600 target, and accumulation cannot go below 1
+    # 8 GPUs with rows of 400 tokens: one row per GPU is 3200 tokens, twice the 1600 target: refused, saying why
     seventy = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=2, num_gpus=8,
-                             accelerate_config="a.yaml")
-    wide = ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
-    assert wide.tokens_per_step_target == 1600 and wide.gradient_accumulation_steps == 1
-    assert wide.tokens_per_step == 3200
-    assert wide.steps_per_epoch == 2  # 9 rows over 8 processes: 2 micro-batches each, one per step
+                             accelerate_config="a.yaml", packing="bfd", batch_unit="tokens")
+    with pytest.raises(ValueError, match="cannot be met.*100% off"):
+        ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
 
-    # an explicit step size in tokens, packed and unpacked
-    explicit = FinetuneConfig(per_device_train_batch_size=2, tokens_per_step=3200)
+    # an explicit step size in tokens
+    explicit = FinetuneConfig(per_device_train_batch_size=2, tokens_per_step=3200, packing="bfd", batch_unit="tokens")
     assert ft_mod.plan_batch(examples, explicit, row_tokens=[400] * 8).gradient_accumulation_steps == 4
-    assert ft_mod.plan_batch(examples, explicit).gradient_accumulation_steps == 16  # 3200 / (2 x 100)
-    assert ft_mod.plan_batch([100] * 3, explicit).steps_per_epoch == 1
     with pytest.raises(ValueError, match="no training examples"):
         ft_mod.plan_batch([], paper)
+    with pytest.raises(ValueError, match="batch_unit: tokens"):
+        FinetuneConfig(tokens_per_step=3200)  # tokens_per_step without batch_unit tokens
+
+
+@pytest.mark.parametrize("name", ["platypus2-13b", "platypus2-70b", "colab-a100"])
+@pytest.mark.parametrize("processes", [1, 2, 8])
+def test_paper_profiles_take_exactly_16_examples_per_step(name, processes):
+    """The paper's global batch of 16 examples, whatever the number of processes (1, 2 or 8)."""
+    from platypus_utils.config import load_profile
+
+    profile = load_profile(ROOT / "params" / f"{name}.yaml", {"finetune.num_gpus": processes,
+                                                              "finetune.accelerate_config": "accelerate/ddp.yaml"})
+    ft = profile.finetune
+    assert ft.batch_unit == "examples" and ft.global_batch_size == 16
+    gas, per_step = ft.examples_step_plan(processes)
+    assert per_step == 16 == ft.per_device_train_batch_size * gas * processes
+    lengths = list(range(50, 50 + 24926))  # Open-Platypus' row count
+    plan = ft_mod.plan_batch(lengths, ft, world_size=processes)
+    assert plan.examples_per_step == 16 and plan.gradient_accumulation_steps == gas
+    assert plan.steps_per_epoch == -(-24926 // 16)  # the paper's ~1558 steps: 100 warm-up steps are 6.4%
+    args = ft_mod.build_sft_config(ft, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False,
+                                   world_size=processes)
+    assert args.gradient_accumulation_steps == gas  # set before the trainer (and a DeepSpeed config) reads it
+    assert args.padding_free and not args.packing and args.max_length is None  # one padding-free row per micro-batch
+
+
+def test_a_step_far_from_global_batch_fails_at_load():
+    from platypus_utils.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="global_batch_size=16 cannot be met.*per_device_train_batch_size=3"):
+        FinetuneConfig(global_batch_size=16, per_device_train_batch_size=3, num_gpus=4, accelerate_config="a.yaml")
+    assert FinetuneConfig(global_batch_size=16, per_device_train_batch_size=2).examples_step_plan(8) == (1, 16)
+    with pytest.raises(ValueError, match="closest step is 32"):
+        FinetuneConfig(global_batch_size=16, per_device_train_batch_size=2).examples_step_plan(16)
 
 
 def test_speed_tables_show_the_run_and_its_batch_plan():

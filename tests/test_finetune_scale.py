@@ -182,8 +182,8 @@ def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
         assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05), name
         assert ft.target_modules == ["gate_proj", "up_proj", "down_proj"], name
         assert (ft.cutoff_len, ft.warmup_steps, ft.lr_scheduler_type, ft.num_train_epochs) == (4096, 100, "cosine", 1)
-        assert ft.per_device_train_batch_size * ft.gradient_accumulation_steps * ft.num_gpus == 16, name
-        assert ft.packing == "bfd", name
+        assert ft.examples_step_plan(ft.num_gpus)[1] == 16 and ft.batch_unit == "examples", name
+        assert ft.packing == "bfd", name  # padding-free micro-batches of whole examples
         assert profile.models.torch_dtype == "bfloat16"
     assert profiles["platypus2-13b"].finetune.learning_rate == 4e-4
     assert profiles["colab-a100"].finetune.learning_rate == 4e-4
@@ -191,10 +191,10 @@ def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
 
     seventy = profiles["platypus2-70b"]
     assert seventy.finetune.learning_rate == 3e-4 and seventy.finetune.num_gpus == 8
-    assert seventy.finetune.load_in_4bit and seventy.finetune.accelerate_config == str(ACCELERATE / "fsdp_qlora.yaml")
+    # the paper trained 70B as bf16 LoRA: FSDP-sharded, no 4-bit
+    assert not seventy.finetune.load_in_4bit and seventy.finetune.accelerate_config == str(ACCELERATE / "fsdp.yaml")
     cmd = ft_mod.accelerate_command(seventy)
-    assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith(
-        "fsdp_qlora.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith("fsdp.yaml")
 
 
 # ---------------------------------------------------------------- benchmark, tiny shape
@@ -207,14 +207,17 @@ def test_training_benchmark_tiny_shape(tmp_path, capsys):
     table = capsys.readouterr().out
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
     by_config = {r["config"]: r for r in rows}
-    assert set(by_config) == {"authors", "batched", "packed", "packed_gc"}
+    assert set(by_config) == {"authors", "batched", "padfree", "packed", "packed_gc"}
     for name, row in by_config.items():
         assert row["timed_steps"] == 1 and row["tokens_per_s"] > 0 and 0 < row["mfu_6n"] < 1, name
         assert f"tiny  {name}" in table
     authors, packed = by_config["authors"], by_config["packed"]
     assert (authors["grad_accum"], authors["examples_per_step"], authors["packing"]) == (16, 16.0, "no")
     assert (by_config["batched"]["grad_accum"], by_config["batched"]["examples_per_step"]) == (4, 16.0)
-    # packed rows hold several examples; the step keeps about the authors' tokens (rounded to whole rows)
+    # padding-free micro-batches of 4 whole examples: exactly the paper's 16 examples a step
+    assert (by_config["padfree"]["grad_accum"], by_config["padfree"]["examples_per_step"]) == (4, 16.0)
+    assert by_config["padfree"]["packing_isolation_rel_diff"] < 1e-4
+    # packed rows hold several examples; the step is 4 full rows in tokens (batch_unit tokens, opt-in)
     assert packed["grad_accum"] < 16 and packed["examples_per_step"] > 8
     assert 0.5 < packed["tokens_per_step"] / authors["tokens_per_step"] < 2
     assert packed["packing_isolation_rel_diff"] < 1e-4 and by_config["packed_gc"]["gradient_checkpointing"]

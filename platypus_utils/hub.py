@@ -1,0 +1,117 @@
+"""Hub access follows the profile (component layer).
+
+A profile that references nothing on the Hugging Face hub (embedded models, local paths, the
+project's own or local benchmark files) runs offline: `apply_hub_mode` sets HF_HUB_OFFLINE and
+HF_DATASETS_OFFLINE, so nothing can wait on, or leak to, a hub. A profile that references the hub
+runs online; no stage switches the hub off on its own. If the user's environment already says
+offline (an air-gapped node with a filled cache), that choice is kept and logged, never overridden.
+
+`hub_references` lists what a profile fetches, keyed by the profile key that names it, and
+`check_hub_access` asks the hub, before any download, whether each repo can be read with the
+token at hand (HF_TOKEN, or the hub's saved login): a gated repo (Llama-2) without a token, or
+with a token the hub refuses, is a `HubAccessError` naming the profile key and the repo.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from huggingface_hub import auth_check, get_token
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+from .config import Profile, ProfileError
+from .models import is_hub_reference
+
+log = logging.getLogger("platypus")
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+# lm-eval's own datasets for the built-in leaderboard tasks (evaluate.benchmarks_dir: hub)
+LM_EVAL_DATASETS = {"arc_challenge": "allenai/ai2_arc", "hellaswag": "Rowan/hellaswag", "mmlu": "cais/mmlu",
+                    "truthfulqa_mc2": "truthfulqa/truthful_qa"}
+
+
+class HubAccessError(ProfileError):
+    """A hub repo the profile needs cannot be read; the message names the profile key and what to do."""
+
+
+@dataclass(frozen=True)
+class HubReference:
+    key: str  # the profile key that names it, e.g. models.base or merge.partners[1].model
+    repo_id: str
+    repo_type: str = "model"  # model | dataset
+
+
+def env_offline() -> bool:
+    """Whether the environment already switches the hub off (HF_HUB_OFFLINE truthy)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_references(profile: Profile) -> list[HubReference]:
+    """Every hub repo the profile reads (models, curate sources, lm-eval's built-in task datasets)."""
+    refs = [HubReference("models.base", profile.models.base), HubReference("models.embedding", profile.models.embedding)]
+    refs += [HubReference(f"merge.partners[{i}].model", p.model) for i, p in enumerate(profile.merge.partners)]
+    refs = [r for r in refs if is_hub_reference(r.repo_id)]
+    for i, src in enumerate(profile.curate.sources):
+        if src.enabled and src.name == "hub" and src.hub_id:
+            refs.append(HubReference(f"curate.sources[{i}].hub_id", src.hub_id, "dataset"))
+    if profile.evaluate.benchmarks_dir == "hub":
+        refs += [HubReference(f"evaluate.tasks.{task}", LM_EVAL_DATASETS[task], "dataset")
+                 for task in profile.evaluate.tasks if task in LM_EVAL_DATASETS]
+    return refs
+
+
+def apply_hub_mode(profile: Profile) -> str:
+    """Set the process's hub mode from the profile (see the module docstring); returns it in words.
+    Child processes (papermill kernels, accelerate launch) inherit it."""
+    if not profile.needs_hub():
+        for var in OFFLINE_VARS:
+            os.environ[var] = "1"
+        # the hub libraries read the variables when imported: tell the ones already loaded too
+        hf_constants.HF_HUB_OFFLINE = True
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+        return "offline: the profile references nothing on the hub"
+    if env_offline():
+        log.warning("profile %s references the hub, but HF_HUB_OFFLINE is set in the environment: every hub "
+                    "model and dataset must already be in the local cache", profile.name)
+        return "offline (HF_HUB_OFFLINE from the environment): hub references must be cached"
+    return "online: the profile references the hub"
+
+
+def check_hub_access(profile: Profile, check: Optional[Callable[..., None]] = None) -> list[HubReference]:
+    """Ask the hub whether each referenced repo is readable with the token at hand; raises
+    HubAccessError naming the profile key on a gated, refused or missing repo. Skipped (returns [])
+    when the hub is off. `check` stands in for huggingface_hub.auth_check in tests."""
+    if not profile.needs_hub() or env_offline():
+        return []
+    check = check or auth_check
+    token = get_token()
+    where = profile.source_file or profile.name
+    checked = []
+    for ref in hub_references(profile):
+        try:
+            check(ref.repo_id, repo_type=ref.repo_type, token=token)
+        except GatedRepoError:
+            raise HubAccessError(_gated_message(where, ref, token)) from None
+        except RepositoryNotFoundError:
+            raise HubAccessError(f"{where}: key '{ref.key}': {ref.repo_type} repo {ref.repo_id!r} was not found on the "
+                                 "hub (or is private to an account this token does not belong to); check the id"
+                                 ) from None
+        except (HfHubHTTPError, OSError) as exc:  # network trouble: the stage's own download will say more
+            log.warning("could not check %s %s on the hub (%s): %s", ref.key, ref.repo_id, type(exc).__name__, exc)
+            continue
+        checked.append(ref)
+    return checked
+
+
+def _gated_message(where: str, ref: HubReference, token: Optional[str]) -> str:
+    url = f"https://huggingface.co/{'datasets/' if ref.repo_type == 'dataset' else ''}{ref.repo_id}"
+    if token:
+        why = "the hub refused this token: accept the licence on the repo's page with the account the token belongs to"
+    else:
+        why = "no token was found: set HF_TOKEN or run `hf auth login`, after accepting the licence on the repo's page"
+    return f"{where}: key '{ref.key}': {ref.repo_id!r} is a gated repo ({url}); {why}"

@@ -1,0 +1,104 @@
+"""Where each stage's artifacts live and what the model variants are called (core layer).
+
+Stages meet through files on disk; this module is the one place that names them, so no stage
+needs to import another to find its inputs. It imports only `config` (the profile schema).
+
+Variants (what 04_merge makes and 05_evaluate scores):
+- "base": models.base as it is; "adapter": base + the 03 LoRA, unmerged (05 only);
+- merge.merged_name (default "merged"): the adapter merged into models.base;
+- each merge.partners[] entry: the partner itself, variant <name> (built by 04 when it has an
+  adapter, else evaluated from its model reference), and the adapter merged into it, variant
+  <merged_name> (default "<name>-platypus");
+- merge.adapter_mixes[].name, merge.model_merges[].name and the sweep's generated names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import MergePartnerConfig, MergeSweepConfig, Profile
+
+# ---------------------------------------------------------------- stage directories and files
+CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = (
+    "01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
+
+CURATED = (CURATE, "curated.jsonl")
+CLEAN = (DECONTAMINATE, "clean.jsonl")
+FLAGGED_PAIRS = (DECONTAMINATE, "flagged_pairs.csv")
+ADAPTER = (FINETUNE, "adapter")
+FINETUNE_METRICS = (FINETUNE, "metrics.json")
+MERGE_REPORT = (MERGE, "merge_report.json")
+EVALUATE_REPORT = (EVALUATE, "evaluate_report.json")
+
+# ---------------------------------------------------------------- variant names
+BASE_VARIANT = "base"
+ADAPTER_VARIANT = "adapter"
+RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)  # names stage 05 gives a meaning of its own
+DEFAULT_MERGED_VARIANT = "merged"
+PARTNER_SUFFIX = "-platypus"
+SWEEP_PREFIX = "sweep-"
+
+
+def artifact(profile: "Profile", where: tuple[str, str]) -> Path:
+    """The path of a stage artifact named above, e.g. artifact(profile, CLEAN)."""
+    stage, name = where
+    return profile.run_dir(stage) / name
+
+
+def merged_variant(profile: "Profile") -> str:
+    """The variant that is the adapter merged into models.base."""
+    return profile.merge.merged_name
+
+
+def partner_merged_variant(partner: "MergePartnerConfig") -> str:
+    """The variant that is the adapter merged into this partner (e.g. stable-platypus2-13b)."""
+    return partner.merged_name or partner.name + PARTNER_SUFFIX
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def sweep_variant_name(method: str, weights: list[float], density: float | None = None) -> str:
+    """sweep-<method>-w<w1>_<w2>...[-d<density>], e.g. sweep-ties-w0.7_0.3-d0.5."""
+    name = f"{SWEEP_PREFIX}{method}-w{'_'.join(_number(w) for w in weights)}"
+    return name + (f"-d{_number(density)}" if density is not None else "")
+
+
+def sweep_points(sweep: "MergeSweepConfig | None") -> list[tuple[str, list[float], float | None]]:
+    """(method, weights, density) of every point of the merge sweep grid, in order."""
+    from .config import _DENSITY_METHODS
+
+    if sweep is None:
+        return []
+    return [(method, list(weights), density)
+            for method in sweep.methods for weights in sweep.weights
+            for density in (sweep.densities if method in _DENSITY_METHODS else [None])]
+
+
+def planned_variants(profile: "Profile") -> list[str]:
+    """Every variant stage 04 makes for this profile, in the order it makes them."""
+    cfg = profile.merge
+    names = [merged_variant(profile)] if cfg.merge_into_base else []
+    for p in cfg.partners:
+        names += ([p.name] if p.adapter else []) + [partner_merged_variant(p)]
+    names += [m.name for m in cfg.adapter_mixes] + [m.name for m in cfg.model_merges]
+    names += [sweep_variant_name(*point) for point in sweep_points(cfg.sweep)]
+    return names
+
+
+def evaluable_variants(profile: "Profile") -> list[str]:
+    """Every name evaluate.variants may list: base, adapter, the partners as they are, and what 04 makes."""
+    partners = [p.name for p in profile.merge.partners if not p.adapter]
+    return [BASE_VARIANT, ADAPTER_VARIANT, *partners, *planned_variants(profile)]
+
+
+def merge_pairs(profile: "Profile") -> dict[str, str | None]:
+    """Merged variant -> the partner variant its adapter went into (None: models.base)."""
+    out: dict[str, str | None] = {}
+    if profile.merge.merge_into_base:
+        out[merged_variant(profile)] = None
+    for p in profile.merge.partners:
+        out[partner_merged_variant(p)] = p.name
+    return out

@@ -1,0 +1,79 @@
+"""Checks a run must pass before any stage downloads weights or trains (runner layer).
+
+`platypus run` calls `preflight(profile, stages)` once, before its first stage:
+- the hub mode follows the profile (`hub.apply_hub_mode`), and every hub repo it names is
+  readable with the token at hand (`hub.check_hub_access`: gated Llama-2 without HF_TOKEN fails
+  here, naming the key);
+- partners to merge into have the base's architecture, read from their config.json only;
+- the GPUs the profile asks for exist (finetune.num_gpus, 4-/8-bit loading, evaluate.device).
+Each failure is a ProfileError naming the profile key and what to change (exit status 2).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+from transformers import AutoConfig
+
+from .config import Profile, ProfileError
+from .hub import apply_hub_mode, check_hub_access
+from .models import resolve_model
+
+log = logging.getLogger("platypus")
+
+# what must agree between a base and a fine-tune of it for the base's LoRA to merge into it
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size")
+
+
+def architecture(config) -> dict:
+    return {k: getattr(config, k, None) for k in ARCHITECTURE_KEYS}
+
+
+def check_partner_architectures(profile: Profile, load_config: Optional[Callable[[str], object]] = None) -> None:
+    """Each merge partner must be a fine-tune of models.base's shape (config.json only, no weights)."""
+    partners = [(i, p) for i, p in enumerate(profile.merge.partners) if p.model != profile.models.base]
+    if not partners:
+        return
+    cache = profile.cache_dir()
+    load_config = load_config or (lambda ref: AutoConfig.from_pretrained(resolve_model(ref, cache)))
+    base = architecture(load_config(profile.models.base))
+    for i, partner in partners:
+        theirs = architecture(load_config(partner.model))
+        differ = {k: (theirs[k], base[k]) for k in ARCHITECTURE_KEYS if theirs[k] != base[k]}
+        if differ:
+            detail = ", ".join(f"{k} {a} (base {b})" for k, (a, b) in differ.items())
+            raise ProfileError(f"{profile.source_file}: key 'merge.partners[{i}].model': {partner.model} is not a "
+                               f"fine-tune of models.base {profile.models.base}: {detail}. The adapter was trained "
+                               "on the base, so it only merges into models of the same architecture")
+
+
+def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> None:
+    """The GPUs the selected stages ask for exist on this machine."""
+    where = profile.source_file or profile.name
+    gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
+    ft = profile.finetune
+    if "03_finetune" in stages:
+        if ft.num_gpus > 1 and ft.num_gpus > gpus:
+            raise ProfileError(f"{where}: key 'finetune.num_gpus': {ft.num_gpus} GPUs asked for, {gpus} visible "
+                               f"here; set finetune.num_gpus to at most {max(gpus, 1)} (global_batch_size keeps "
+                               "the step at the same number of examples)")
+        for flag in ("load_in_4bit", "load_in_8bit"):
+            if getattr(ft, flag) and gpus == 0:
+                raise ProfileError(f"{where}: key 'finetune.{flag}': bitsandbytes quantization needs a CUDA GPU; "
+                                   "none is visible here")
+    if "05_evaluate" in stages and profile.evaluate.device.startswith("cuda") and gpus == 0:
+        raise ProfileError(f"{where}: key 'evaluate.device': {profile.evaluate.device!r} but no CUDA GPU is "
+                           "visible here; use auto or cpu")
+
+
+def preflight(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> dict:
+    """Run every check for `stages` of `profile`; returns what was checked (for the run summary)."""
+    mode = apply_hub_mode(profile)
+    log.info("hub: %s", mode)
+    check_devices(profile, stages, gpu_count)
+    checked = check_hub_access(profile) if any(s <= "05" for s in (st[:2] for st in stages)) else []
+    if "04_merge" in stages:
+        check_partner_architectures(profile)
+    return {"hub": mode, "hub_repos_checked": [f"{r.key}={r.repo_id}" for r in checked]}
