@@ -1,16 +1,23 @@
 """One figure style for every stage: readable fonts, a colour-blind-safe palette, PNG + PDF,
-and a caption file beside each figure holding the numbers it shows."""
+and a caption file beside each figure holding the numbers it shows.
+
+Contract:
+- Importing this module selects no matplotlib backend. In JupyterLab figures show inline; the
+  runner gives papermill kernels a headless one through the environment (MPLBACKEND, set by
+  `runner.execute_stage`); plain Python on a machine without a display falls back to Agg by itself.
+- Plot functions in the stages take an optional `ax`, build on `new_figure(ax, figsize)` and return
+  the figure without writing anything; `save_figure` is called by a stage's save step only.
+- `new_figure` detaches the figure it creates from pyplot, so a notebook cell that returns it shows
+  it once (not twice), and figures are not kept alive by pyplot after the cell.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-matplotlib.use("Agg")  # headless: papermill, CI
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from .artifacts import atomic_path, write_text  # noqa: E402
+from .artifacts import atomic_path, write_text
 
 PALETTE = "colorblind"
 DIVERGING = "RdBu"  # ColorBrewer diverging map, readable with the common colour-vision deficiencies
@@ -24,6 +31,20 @@ def style():
                          "pdf.fonttype": 42, "ps.fonttype": 42,  # 42: editable text in PDFs
                          "svg.hashsalt": "platypus"})  # fixed SVG element ids: same figure, same bytes
     return plt, sns
+
+
+def new_figure(ax=None, figsize: tuple[float, float] = (6.5, 4.0)):
+    """(figure, axes) in the project style: `ax`'s own figure when given, else a new figure.
+
+    A new figure is closed in pyplot straight away (it stays usable): returned from a notebook
+    cell it is displayed once by IPython, and nothing accumulates in pyplot's figure list.
+    """
+    style()
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    plt.close(fig)
+    return fig, ax
 
 
 def save_figure(fig, stem: str | Path, caption: str, formats=FORMATS) -> list[Path]:

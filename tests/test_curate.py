@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -159,7 +160,8 @@ class CountingModel:
 
     def encode(self, texts, **kwargs):
         self.seen += list(texts)
-        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(8) for t in texts]).astype(np.float32)
+        vectors = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(8) for t in texts]
+        return np.stack(vectors).astype(np.float32)
 
 
 def test_embedder_encodes_only_new_text(tmp_path):
@@ -332,3 +334,85 @@ def test_push_to_hub_is_off_by_default_and_uses_the_token(make_profile, fixture_
     assert calls == [("me/rebuild", report["totals"]["kept"], {"token": "hf_test", "private": True})]
     manifest = json.loads((pushing.run_dir("01_curate") / "manifest.json").read_text())
     assert manifest["metrics"]["pushed_to"] == "me/rebuild"
+
+
+# ---------------------------------------------------------------- the stage's steps, one by one
+def _rows_in_clusters(n=60, dim=16, seed=0):
+    """Rows with embeddings in tight clusters, so pairs spread over 0.6-1.0."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n // 4, dim))
+    vecs = centres[rng.integers(0, len(centres), n)] + rng.normal(scale=0.45, size=(n, dim))
+    rows = [row(f"q{k}", "x" * int(rng.integers(1, 30)), src=f"s{k % 3}") for k in range(n)]
+    return rows, normalise(vecs.astype(np.float32))
+
+
+def test_choose_kept_from_lower_floor_equals_a_run_at_the_threshold():
+    rows, emb = _rows_in_clusters()
+    cands = [k for k in range(len(rows)) if k % 5]  # as after exact dedup: a subset, global indices
+    pairs = curate.near_duplicate_pairs(rows, emb[cands], cands, 0.6)
+    assert list(pairs.columns) == curate.PAIR_COLUMNS and (pairs["i"] < pairs["j"]).all()
+    assert set(pairs["i"]) | set(pairs["j"]) <= set(cands)
+    assert pairs["score"].is_monotonic_decreasing and pairs["score"].min() >= np.float32(0.6)
+    first = pairs.iloc[0]
+    assert first["text_i"] == rows[first["i"]]["instruction"] and first["source_j"] == rows[first["j"]]["data_source"]
+    sub = [rows[k] for k in cands]
+    sims = emb[cands] @ emb[cands].T
+    for t in (0.6, 0.7, 0.75, 0.8, 0.9):
+        kept, removed = curate.choose_kept(rows, pairs, t, cands)
+        k2, r2 = near_dedup(sub, emb[cands], t)  # pairs computed at t itself, local indices
+        assert kept == [cands[i] for i in k2], t
+        assert [(r["index"], r["duplicate_of"], r["similarity"]) for r in removed] == \
+            [(cands[r["index"]], cands[r["duplicate_of"]], r["similarity"]) for r in r2], t
+        reference = []  # the rule itself, on the full matrix: most verbose first, drop what a kept row is close to
+        for a in sorted(range(len(sub)), key=lambda a: (-len(sub[a]["output"]), curate.row_digest(sub[a]))):
+            if not any(sims[a, b] >= np.float32(t) for b in reference):
+                reference.append(a)
+        assert kept == sorted(cands[a] for a in reference), t
+    assert len(curate.choose_kept(rows, pairs, 0.7, cands)[1]) > len(curate.choose_kept(rows, pairs, 0.9, cands)[1])
+
+
+def test_threshold_exploration_is_computed_from_the_pairs():
+    rows, emb = _rows_in_clusters(seed=1)
+    everything = list(range(len(rows)))
+    pairs = curate.near_duplicate_pairs(rows, emb, everything, 0.65)
+    effects = curate.threshold_effects(rows, pairs, everything, [0.7, 0.9], reference=0.8)
+    assert list(effects["threshold"]) == [0.7, 0.8, 0.9] and effects["reference"].tolist() == [False, True, False]
+    for e in effects.itertuples():
+        kept, removed = curate.choose_kept(rows, pairs, e.threshold, everything)
+        assert (e.rows_removed, e.rows_kept) == (len(removed), len(kept))
+        assert e.pairs == int((pairs["score"] >= np.float32(e.threshold)).sum())
+    assert effects.loc[1, "vs_reference"] == 0 and effects.loc[0, "vs_reference"] > 0 > effects.loc[2, "vs_reference"]
+    extra = curate.removed_at_only(rows, pairs, everything, 0.7, 0.8)
+    assert len(extra) >= effects.loc[0, "vs_reference"] and (extra["similarity"] < 0.8).all()
+    dist = curate.similarity_distribution(pairs, 0.8)
+    assert dist["pairs"].sum() == len(pairs)
+    assert dist.loc[dist["at_or_above_threshold"], "pairs"].sum() == (pairs["score"] >= 0.8).sum()
+
+
+def test_steps_show_rows_per_source_and_removals_side_by_side(make_profile, fixture_sources):
+    a, b = fixture_sources
+    loaded = curate.load_sources(_profile(make_profile, a, b))
+    per = loaded.per_source()
+    assert per.loc["alpha", "read"] == 12 and per.loc["alpha", "malformed"] == 3 and per.loc["alpha", "rows"] == 9
+    assert per.loc["reclor_local", "rows"] == 0 and len(loaded.frame()) == len(loaded.rows) == 11
+    assert loaded.frame()["config_source"].tolist().count("jsonl") == 11
+    assert [Path(p).name for p in loaded.inputs] == ["alpha.jsonl", "beta.jsonl"]
+    kept, removed = exact_dedup(loaded.rows)
+    frame = curate.removed_frame(loaded.rows, removed)
+    assert frame.loc[0, "reason"] == "exact_duplicate" and frame.loc[0, "kept_output_chars"] > \
+        frame.loc[0, "removed_output_chars"]
+
+
+def test_save_refuses_hand_edited_outputs_unless_forced(make_profile, fixture_sources, monkeypatch):
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    a, b = fixture_sources
+    profile = _profile(make_profile, a, b)
+    curate.run_curate(profile)
+    curate.run_curate(profile)  # unchanged outputs: saved again without force
+    curated = profile.run_dir("01_curate") / "curated.jsonl"
+    curated.write_text(curated.read_text() + "{}\n")
+    with pytest.raises(curate.CurateError, match=r"curated.jsonl changed after the run.*--only 01 --force"):
+        curate.run_curate(profile)
+    assert curated.read_text().endswith("{}\n")  # nothing was overwritten
+    curate.run_curate(profile, force=True)
+    assert not curated.read_text().endswith("{}\n")

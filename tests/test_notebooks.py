@@ -1,0 +1,228 @@
+"""The stage notebooks, executed by papermill through the runner's own `execute_stage`, checked
+through the values they `record()` (as recommenders does with scrapbook), plus the notebook
+infrastructure: the parameter channel, the kernel, prerequisites, the plotting backend.
+
+To add a stage: write `_check_NN(profile, records, tmp_path)` and add it to NOTEBOOK_CASES with
+the tiny overrides it runs under (docs/notebooks.md). Stages after 01 need their earlier stages'
+artifacts: build them in the check's fixture, or run the earlier notebooks first.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from platypus_utils import curate, notebook, runner
+from platypus_utils.artifacts import StageRun, read_manifest
+from platypus_utils.config import STAGES, ProfileError, load_profile
+from platypus_utils.demo_data import demo_corpus_labels
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "params" / "demo.yaml"
+
+
+def _tmp_paths(tmp_path, name="nb"):
+    return {"paths.runs_dir": str(tmp_path / name / "runs"), "paths.reports_dir": str(tmp_path / name / "reports")}
+
+
+def execute(stage: str, overrides: dict, force: bool = False):
+    """Run a stage notebook as `platypus run` does; returns (profile, records of the executed notebook)."""
+    profile = load_profile(DEMO, overrides)
+    runner.execute_stage(profile, stage, overrides, force=force)
+    return profile, notebook.read_records(runner.executed_notebook(profile, stage))
+
+
+# ---------------------------------------------------------------- 01_curate
+def _check_01(profile, records, tmp_path):
+    labels = demo_corpus_labels()
+    assert records["rows_loaded"] == labels["n_rows"]
+    assert records["exact_removed_rows"] == sorted(d["drop"] for d in labels["exact_duplicates"])
+    assert records["near_removed_rows"] == sorted(d["drop"] for d in labels["near_duplicates"])
+    effects = {e["threshold"]: e for e in records["threshold_effects"]}
+    assert effects[0.8]["reference"] and effects[0.8]["rows_removed"] == len(records["near_removed_rows"])
+    removed = [effects[t]["rows_removed"] for t in sorted(effects)]
+    assert removed == sorted(removed, reverse=True) and removed[0] > removed[-1]  # a lower threshold removes more
+    assert records["totals"]["kept"] == records["kept_after_dedup"] == labels["n_rows"] - len(
+        labels["exact_duplicates"]) - len(labels["near_duplicates"])
+    # the notebook's save step wrote what run_curate writes: same curated rows, same manifest entries
+    out = profile.run_dir("01_curate")
+    manifest = read_manifest(out)
+    assert manifest["outputs"][str((out / "curated.jsonl").resolve())] == records["curated_sha256"]
+    assert manifest["timings"]["notebook_s"] > 0  # the steps' time, passed by the save cell
+    direct = load_profile(DEMO, _tmp_paths(tmp_path, "direct"))
+    report = curate.run_curate(direct)
+    assert report["totals"] == records["totals"]
+    for name in ("curated.jsonl", "removed.jsonl", "curated.parquet"):
+        assert (direct.run_dir("01_curate") / name).read_bytes() == (out / name).read_bytes(), name
+    assert read_manifest(direct.run_dir("01_curate"))["params"] == manifest["params"]
+    executed = nbformat.read(str(runner.executed_notebook(profile, "01_curate")), as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the similarity histogram and the composition figure, inline, once each
+
+
+NOTEBOOK_CASES = {
+    "01_curate": ({}, _check_01),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(NOTEBOOK_CASES))
+def test_notebook_runs_and_records(stage, tmp_path):
+    extra, check = NOTEBOOK_CASES[stage]
+    profile, records = execute(stage, {**_tmp_paths(tmp_path), **extra})
+    check(profile, records, tmp_path)
+
+
+def test_01_injected_threshold_and_force_reach_the_stage(tmp_path):
+    """The runner's params and force reach the notebook's steps: a hand-edited output (which save
+    refuses without force, tests/test_curate.py) is overwritten under force, at the injected threshold."""
+    overrides = {**_tmp_paths(tmp_path), "curate.similarity_threshold": 0.9}
+    curate.run_curate(load_profile(DEMO, overrides))
+    curated = load_profile(DEMO, overrides).run_dir("01_curate") / "curated.jsonl"
+    curated.write_text(curated.read_text() + '{"edited": "by hand"}\n')
+    profile, records = execute("01_curate", overrides, force=True)
+    assert [e for e in records["threshold_effects"] if e["reference"]][0]["threshold"] == 0.9
+    assert "edited" not in curated.read_text()
+
+
+# ---------------------------------------------------------------- the parameter channel
+def test_execute_stage_injects_one_channel_kernel_and_backend(tmp_path, monkeypatch):
+    """What papermill receives from the runner: --force (through the environment, as `platypus run
+    --force` sets it), the stage's section plus outside --set keys, the kernel, a headless inline backend."""
+    import papermill
+
+    seen = {}
+
+    def fake_execute(src, dst, parameters, kernel_name, **kw):
+        seen.update(parameters=parameters, kernel=kernel_name, backend=os.environ.get("MPLBACKEND"))
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setenv(runner.FORCE_ENV, "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    overrides = {**_tmp_paths(tmp_path), "curate.similarity_threshold": 0.75, "seed": 3}
+    profile = load_profile(DEMO, overrides)
+    runner.execute_stage(profile, "01_curate", overrides)
+    params = seen["parameters"]
+    assert params["force"] is True and params["profile_path"] == str(DEMO.resolve())
+    assert params["params"]["curate.similarity_threshold"] == 0.75 and params["params"]["seed"] == 3
+    assert set(params["params"]) == {f"curate.{k}" for k in profile.stage_params("01_curate")} | {
+        "seed", "paths.runs_dir", "paths.reports_dir"}
+    assert seen["backend"] == "module://matplotlib_inline.backend_inline" and "MPLBACKEND" not in os.environ
+    assert seen["kernel"] == notebook.kernel_name() in ("platypus", "python3")
+    runner.execute_stage(profile, "01_curate", overrides, force=False)
+    assert seen["parameters"]["force"] is False
+
+
+@pytest.mark.parametrize("profile_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.stem)
+def test_injected_params_reload_to_the_same_profile(profile_file):
+    """What the runner injects, applied by start_stage, gives back the profile the runner validated."""
+    overrides = {"seed": 7, "paths.runs_dir": "/tmp/x"}
+    profile = load_profile(profile_file, overrides)
+    for stage in STAGES:
+        injected = notebook.stage_parameters(profile, stage, overrides, force=True)
+        assert set(injected) == {"profile_path", "params", "force"} and injected["force"] is True
+        assert injected["params"]["seed"] == 7 and injected["params"]["paths.runs_dir"] == "/tmp/x"
+        again = notebook.start_stage(injected["profile_path"], stage, injected["params"], injected["force"])
+        assert again.fingerprint_params(stage) == profile.fingerprint_params(stage), stage
+        assert again.run_dir(stage) == profile.run_dir(stage)
+
+
+def test_invalid_param_fails_like_profile_validation():
+    with pytest.raises(ProfileError) as from_profile:
+        load_profile(DEMO, {"curate.similarity_threshold": 1.5})
+    with pytest.raises(ProfileError) as from_notebook:
+        notebook.start_stage(str(DEMO), "01_curate", {"curate.similarity_threshold": 1.5})
+    assert str(from_notebook.value) == str(from_profile.value)
+    assert "curate.similarity_threshold" in str(from_notebook.value) and "demo.yaml" in str(from_notebook.value)
+    with pytest.raises(ProfileError, match="unknown key 'curate.treshold'"):
+        notebook.start_stage(str(DEMO), "01_curate", {"curate.treshold": 0.7})
+    with pytest.raises(ProfileError, match="params must be a dict"):
+        notebook.start_stage(str(DEMO), "01_curate", 0.7)
+
+
+def test_notebook_parameter_cells_declare_the_one_channel():
+    for stage in STAGES:
+        nb = nbformat.read(str(ROOT / "notebooks" / f"{stage}.ipynb"), as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, stage
+        names = {line.split("=")[0].strip() for line in cells[0].source.splitlines()
+                 if "=" in line and not line.lstrip().startswith("#")}
+        assert names == {"profile_path", "params", "force"}, (stage, names)
+
+
+# ---------------------------------------------------------------- prerequisites, kernel, records
+def test_require_stage_says_what_to_run(tmp_path):
+    profile = load_profile(DEMO, _tmp_paths(tmp_path))
+    with pytest.raises(notebook.StageNotRun) as err:
+        notebook.require_stage(profile, "01_curate")
+    assert "`platypus run params/demo.yaml --only 01` first" in str(err.value)
+    assert err.value._render_traceback_() == [f"StageNotRun: {err.value}"]
+    with StageRun(profile.run_dir("01_curate"), "01_curate", profile.fingerprint_params("01_curate")):
+        pass
+    assert notebook.require_stage(profile, "01_curate") == profile.run_dir("01_curate")
+
+
+def test_kernel_is_platypus_only_when_it_runs_this_python(monkeypatch):
+    class Spec:
+        argv = [sys.executable, "-m", "ipykernel_launcher"]
+
+    monkeypatch.setattr(notebook.KernelSpecManager, "get_kernel_spec", lambda self, name: Spec())
+    assert notebook.kernel_name() == "platypus"
+    Spec.argv = ["/elsewhere/bin/python", "-m", "ipykernel_launcher"]
+    assert notebook.kernel_name() == "python3"
+
+    def missing(self, name):
+        raise notebook.NoSuchKernel(name)
+
+    monkeypatch.setattr(notebook.KernelSpecManager, "get_kernel_spec", missing)
+    assert notebook.kernel_name() == "python3"
+
+
+def test_records_round_trip(tmp_path):
+    import numpy as np
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={notebook.RECORD_MIME: {"name": "n", "value": 3}})]
+    nb.cells = [cell]
+    nbformat.write(nb, str(tmp_path / "x.ipynb"))
+    assert notebook.read_records(tmp_path / "x.ipynb") == {"n": 3}
+    captured = []
+    monkey_display = lambda obj, raw, metadata: captured.append(obj)  # noqa: E731
+    original = notebook.display
+    notebook.display = monkey_display
+    try:
+        notebook.record("k", {"a": np.int64(2), "b": np.array([0.5])})
+    finally:
+        notebook.display = original
+    assert captured == [{notebook.RECORD_MIME: {"name": "k", "value": {"a": 2, "b": [0.5]}}}]
+
+
+def test_plotting_import_forces_no_backend():
+    """Importing the package's plotting leaves matplotlib's backend to the environment."""
+    code = ("import matplotlib; import platypus_utils.plotting; "
+            "print(matplotlib.rcParams._get('backend'))")
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+    text = (ROOT / "platypus_utils" / "plotting.py").read_text()
+    assert "matplotlib.use(" not in text
+
+
+def test_plot_functions_draw_on_a_given_ax_and_write_nothing(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    pairs = pd.DataFrame({"score": [0.72, 0.81, 0.95]})
+    fig, (a, b) = plt.subplots(1, 2)
+    assert curate.plot_similarity(pairs, 0.8, [0.75], ax=a) is fig
+    table = curate.composition_table({"per_source": {"s": {k: 1 for k in curate.STEPS}}})
+    assert curate.plot_composition(table, ax=b) is fig
+    assert len(a.patches) > 0 and len(b.patches) > 0
+    own = curate.plot_composition(table)
+    assert own is not fig and not plt.fignum_exists(own.number)  # not left in pyplot
+    plt.close(fig)
+    assert list(tmp_path.iterdir()) == []
