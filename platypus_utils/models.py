@@ -479,6 +479,8 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
     """(config.json as a dict, where it was read) of a model reference, without loading weights,
     converting or downloading; (None, why) when it cannot be read that way."""
     ref = ref.strip()
+    if ref.startswith(RANDOM_PREFIX):  # random:<folder>: the shape is that folder's config.json
+        ref = ref[len(RANDOM_PREFIX):]
     if ref.startswith(EMBEDDED_PREFIX):
         name = ref[len(EMBEDDED_PREFIX):]
         config = converted_smollm2_dir(cache_dir) / "config.json" if name == SMOLLM2 else None
