@@ -1,0 +1,304 @@
+"""The rewording judge: does a training row ask a benchmark test question again, possibly reworded?
+
+Stage 02 finds candidate (training row, test item) pairs by embedding cosine; verbatim rules catch the
+copies, but a rewording whose answer is reworded too slips past string tests. `judge_pairs` reads the
+candidates for meaning and says "same question" (verdict True) or "different question" (False):
+
+    judge_pairs(pairs: DataFrame, model="embedded:all-minilm-l6-v2") -> DataFrame (+ verdict, score, ...)
+
+`pairs` has one row per candidate with columns
+    train_text    the training row's prompt (instruction + input)
+    train_output  the training row's output
+    test_question the benchmark question (HellaSwag: its context)
+    test_answer   the text of the correct choice (HellaSwag: the gold ending)
+and optionally test_choices (list of str). Other columns are kept. Added columns:
+    question_cosine  max cosine of the test question (alone, and with its choices) over word windows of
+                     the training row (prompt, and prompt + output: a question restated in the output counts)
+    answer_cosine    max cosine of the test answer over the output's sentences and sentence pairs; 1.0 when
+                     the answer has numbers and all of them are in the output (answer_numbers_match)
+    numbers_differ   the test question's numbers (LaTeX as plain text, signs apart, lists split, number words
+                     on the train side) are not all in the training row
+    score, verdict   the judge's score and decision; judge, the model that decided
+Judges, by the `model` reference:
+  * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
+    question_cosine + ANSWER_WEIGHT * answer_cosine, verdict = score >= threshold and the numbers agree,
+    or question_cosine >= SAME_QUESTION_COSINE with numbers agreeing (a test question restated almost
+    word for word needs no answer check). Threshold and weights chosen on split "dev" of
+    tests/fixtures/contamination_labelled.jsonl and measured on the rest (bench/bench_detectors.py).
+  * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
+    a hub profile): the model is asked whether two texts ask the same question with the same answer;
+    score = log P(Yes) - log P(No) at the first reply token, verdict = score >= threshold (default 0), and
+    a pair whose numbers differ is never "same".
+Windowing: a training row longer than the judge's window is cut into overlapping windows (for the embedding
+judge about twice the test question's words, 32 to `window_words`, half of it as stride; for the LLM judge,
+`window_tokens` tokens), each window is judged and the
+row's score is the max over windows: nothing past the model's limit is ever cut off unread.
+Cost per 1,000 pairs is measured by bench/bench_detectors.py.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("platypus")
+
+REQUIRED = ("train_text", "train_output", "test_question", "test_answer")
+DEFAULT_MODEL = "embedded:all-minilm-l6-v2"
+LLM_PREFIX = "llm:"
+# Chosen on split "dev" of the labelled set (bench/bench_detectors.py --sweep); see the module docstring.
+ANSWER_WEIGHT = 0.8
+EMBEDDING_THRESHOLD = 1.325
+SAME_QUESTION_COSINE = 0.97
+WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
+WINDOW_TOKENS = 384
+LLM_PROMPT = ("Text A:\n{train}\n\nText B:\n{question}\nAnswer: {answer}\n\n"
+              "Do Text A and Text B ask the same question (possibly in other words) with the same answer? "
+              "Reply Yes or No.")
+
+_WORD = re.compile(r"\S+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_NUM = re.compile(r"\d+(?:\.\d+)?")
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
+_NUMBER_WORD = re.compile(r"\b(?:(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) + r"))?|("
+                          + "|".join(_UNITS) + r"|hundred|thousand))\b", re.I)
+_ORDINALS = {w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split())
+             if k}
+_ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
+
+
+# ---------------------------------------------------------------- text helpers
+def word_windows(text: str, size: int = WINDOW_WORDS, stride: Optional[int] = None) -> list[str]:
+    """Overlapping windows of `size` words (stride size // 2 by default) covering all of `text`."""
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    stride = stride or max(1, size // 2)
+    words = _WORD.findall(text)
+    if len(words) <= size:
+        return [text]
+    starts = list(range(0, len(words) - size + 1, stride))
+    if starts[-1] + size < len(words):  # the tail is always covered
+        starts.append(len(words) - size)
+    return [" ".join(words[s:s + size]) for s in starts]
+
+
+def token_windows(ids: Sequence[int], size: int, stride: Optional[int] = None) -> list[list[int]]:
+    """Overlapping windows of token ids covering all of `ids` (the LLM judge's windowing)."""
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    stride = stride or max(1, size // 2)
+    ids = list(ids)
+    if len(ids) <= size:
+        return [ids]
+    starts = list(range(0, len(ids) - size + 1, stride))
+    if starts[-1] + size < len(ids):
+        starts.append(len(ids) - size)
+    return [ids[s:s + size] for s in starts]
+
+
+def sentence_spans(text: str) -> list[str]:
+    """The output's sentences, adjacent pairs of them, and (if short) the whole text: where an answer is stated."""
+    sents = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+    spans = sents + [f"{a} {b}" for a, b in zip(sents, sents[1:])]
+    return spans + word_windows(text) if text.strip() else [""]
+
+
+def plain_numbers(text: str, number_words: bool = False) -> collections.Counter:
+    """Numbers as unsigned values: LaTeX read as plain text, thousands commas dropped, lists split, a minus
+    sign kept apart (x^3-2x+1 gives 3, 2, 1). With number_words, "fifteen" counts as 15 as well."""
+    t = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)
+    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # 3,003 -> 3003; "20, 40" stays a list
+    found = collections.Counter(_normal_number(n) for n in _NUM.findall(t))
+    if number_words:
+        for m in _NUMBER_WORD.finditer(text):
+            tens, unit, single = (g.lower() if g else g for g in m.groups())
+            if single:
+                value = {"hundred": 100, "thousand": 1000}.get(single, _UNITS.index(single) if single in _UNITS else 0)
+            else:
+                value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
+            found[str(value)] += 1
+        for m in _ORDINAL.finditer(text):  # "the Second World War" for "World War 2"
+            found[str(_ORDINALS[m.group(1).lower()])] += 1
+    return found
+
+
+def _normal_number(n: str) -> str:
+    return n.rstrip("0").rstrip(".") if "." in n else n.lstrip("0") or "0"
+
+
+def answer_numbers_match(answer: str, output: str) -> bool:
+    """Whether the test answer has numbers and every one of them is in the training output (number words
+    too): a worked solution states "81" where the embedding of "x = 3^4 = 81" says little about it."""
+    need = set(plain_numbers(answer))
+    return bool(need) and need <= set(plain_numbers(output, number_words=True))
+
+
+def numbers_differ(test_question: str, train_text: str) -> bool:
+    """Whether a number of the test question is missing from the train text (values compared, not counts)."""
+    need = set(plain_numbers(test_question))
+    return bool(need - set(plain_numbers(train_text, number_words=True)))
+
+
+# ---------------------------------------------------------------- checks
+def check_pairs(pairs: pd.DataFrame) -> None:
+    """A clear error for a frame the judge cannot read: which column, which row."""
+    if not isinstance(pairs, pd.DataFrame):
+        raise TypeError(f"judge_pairs needs a pandas DataFrame, got {type(pairs).__name__}")
+    missing = [c for c in REQUIRED if c not in pairs.columns]
+    if missing:
+        raise ValueError(f"judge_pairs: pairs lack column(s) {missing}; expected {list(REQUIRED)}")
+    for col in REQUIRED:
+        bad = [i for i, v in pairs[col].items() if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"judge_pairs: column {col!r}, row {bad[0]!r}: expected text, got {pairs[col][bad[0]]!r}")
+
+
+def _choices(row) -> list[str]:
+    got = row.get("test_choices") if hasattr(row, "get") else None
+    return [str(c) for c in got] if isinstance(got, (list, tuple, np.ndarray)) else []
+
+
+# ---------------------------------------------------------------- features
+def meaning_features(pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarray],
+                     window_words: int = WINDOW_WORDS) -> pd.DataFrame:
+    """question_cosine, answer_cosine, numbers_differ per pair, from one batched `encode` call.
+
+    `encode(texts) -> L2-normalised vectors` (Embedder.encode, or a stand-in in tests)."""
+    texts: list[str] = []
+    plan = []
+    for _, row in pairs.iterrows():
+        prompt, output = row["train_text"], row["train_output"]
+        full = f"{prompt} {output}".strip()
+        q_views = [row["test_question"]]
+        if _choices(row):
+            q_views.append(row["test_question"] + " " + " ".join(_choices(row)))
+        # windows about twice the question's length: a question inside a long row is not drowned by the rest
+        size = min(window_words, max(32, 2 * len(_WORD.findall(row["test_question"]))))
+        train_q = word_windows(prompt, size) + (word_windows(full, size) if output.strip() else [])
+        answer_spans = sentence_spans(output)
+        start = len(texts)
+        texts += q_views + train_q + [row["test_answer"]] + answer_spans
+        plan.append((start, len(q_views), len(train_q), len(answer_spans), full))
+    vecs = encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
+    out = []
+    for (start, nq, nt, na, full), (_, row) in zip(plan, pairs.iterrows()):
+        q = vecs[start:start + nq]
+        t = vecs[start + nq:start + nq + nt]
+        a = vecs[start + nq + nt]
+        spans = vecs[start + nq + nt + 1:start + nq + nt + 1 + na]
+        numeric = answer_numbers_match(row["test_answer"], row["train_output"])
+        out.append({"question_cosine": float((q @ t.T).max()),
+                    "answer_cosine": 1.0 if numeric else float((spans @ a).max()),
+                    "answer_numbers_match": numeric, "numbers_differ": numbers_differ(row["test_question"], full)})
+    return pd.DataFrame(out, index=pairs.index)
+
+
+def embedding_verdicts(features: pd.DataFrame, threshold: float = EMBEDDING_THRESHOLD,
+                       answer_weight: float = ANSWER_WEIGHT,
+                       same_question_cosine: float = SAME_QUESTION_COSINE) -> pd.DataFrame:
+    """score and verdict of the embedding judge from meaning_features' columns."""
+    score = features["question_cosine"] + answer_weight * features["answer_cosine"]
+    agree = ~features["numbers_differ"].astype(bool)
+    verdict = agree & ((score >= threshold) | (features["question_cosine"] >= same_question_cosine))
+    return pd.DataFrame({"score": score, "verdict": verdict}, index=features.index)
+
+
+# ---------------------------------------------------------------- LLM judge
+class LlmJudge:
+    """Yes/No judge with a causal LM: score = log P(Yes) - log P(No) after the chat prompt, max over windows."""
+
+    def __init__(self, model_ref: str, cache_dir: str | Path | None = None, window_tokens: int = WINDOW_TOKENS,
+                 device: str = "auto"):
+        from .models import load_causal_lm, load_tokenizer  # torch/transformers load only when an LLM judges
+
+        self.model_ref, self.window_tokens = model_ref, window_tokens
+        cache = Path(cache_dir) if cache_dir else None
+        self.tokenizer = load_tokenizer(model_ref, cache)
+        self.model = load_causal_lm(model_ref, cache, dtype="auto", device=device).eval()
+        yes = {self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes")}
+        no = {self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("No", " No")}
+        self.yes, self.no = sorted(yes), sorted(no)
+
+    def windows(self, train: str) -> list[str]:
+        ids = self.tokenizer.encode(train, add_special_tokens=False)
+        return [self.tokenizer.decode(w) for w in token_windows(ids, self.window_tokens)]
+
+    def score(self, train: str, question: str, answer: str) -> float:
+        import torch
+
+        best = -np.inf
+        for window in self.windows(train):
+            msg = LLM_PROMPT.format(train=window, question=question, answer=answer)
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                                      add_generation_prompt=True)
+            ids = self.tokenizer(text, return_tensors="pt").to(self.model.device)
+            with torch.no_grad():
+                logits = self.model(**ids).logits[0, -1].float()
+            s = float(torch.logsumexp(logits[self.yes], 0) - torch.logsumexp(logits[self.no], 0))
+            best = max(best, s)
+        return best
+
+
+# ---------------------------------------------------------------- entry point
+def judge_pairs(pairs: pd.DataFrame, model: str = DEFAULT_MODEL, threshold: Optional[float] = None,
+                cache_dir: str | Path | None = None, embedder=None, llm: Optional[LlmJudge] = None) -> pd.DataFrame:
+    """Judge candidate pairs: a copy of `pairs` with question_cosine, answer_cosine, numbers_differ, score,
+    verdict (True: same question, possibly reworded) and judge. See the module docstring for `model`.
+
+    `embedder` (an Embedder for `model`) or `llm` (an LlmJudge) may be passed to reuse a loaded model."""
+    check_pairs(pairs)
+    out = pairs.copy()
+    if not len(out):
+        for col in ("question_cosine", "answer_cosine", "score"):
+            out[col] = pd.Series(dtype=float)
+        out["numbers_differ"] = pd.Series(dtype=bool)
+        out["verdict"] = pd.Series(dtype=bool)
+        out["judge"] = pd.Series(dtype=str)
+        return out
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"judge model must be a model reference, got {model!r}")
+    if model.startswith(LLM_PREFIX):
+        return _judge_llm(out, model[len(LLM_PREFIX):], threshold, cache_dir, embedder, llm)
+    if embedder is None:
+        from .embeddings import Embedder
+        from .models import default_cache_dir
+
+        embedder = Embedder(model, cache_dir or default_cache_dir())
+    feats = meaning_features(out, lambda texts: embedder.encode(texts, desc="judge"))
+    verdicts = embedding_verdicts(feats, EMBEDDING_THRESHOLD if threshold is None else threshold)
+    return out.assign(**feats, **verdicts, judge=model)
+
+
+def _judge_llm(out: pd.DataFrame, ref: str, threshold: Optional[float], cache_dir, embedder,
+               llm: Optional[LlmJudge]) -> pd.DataFrame:
+    llm = llm or LlmJudge(ref, cache_dir)
+    diff = [numbers_differ(q, f"{t} {o}") for q, t, o in zip(out["test_question"], out["train_text"],
+                                                             out["train_output"])]
+    scores = [-np.inf if d else llm.score(f"{t}\nAnswer: {o}", q, a)
+              for d, t, o, q, a in zip(diff, out["train_text"], out["train_output"], out["test_question"],
+                                       out["test_answer"])]
+    cut = 0.0 if threshold is None else threshold
+    return out.assign(numbers_differ=diff, score=scores, verdict=[s >= cut for s in scores], judge=LLM_PREFIX + ref)
+
+
+def pairs_frame(records: list[dict]) -> pd.DataFrame:
+    """The judge's input from labelled-set records ({"train": {instruction, input, output}, "question",
+    "answer", "choices"?}) as in tests/fixtures/contamination_labelled.jsonl."""
+    rows = []
+    for k, r in enumerate(records):
+        try:
+            t = r["train"]
+            rows.append({"train_text": (t["instruction"] + " " + t.get("input", "")).strip(),
+                         "train_output": t["output"], "test_question": r["question"],
+                         "test_answer": r["answer"], "test_choices": list(r.get("choices") or [])})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"labelled record {k} ({r.get('id', '?') if isinstance(r, dict) else r!r}): "
+                             f"missing field {exc}") from None
+    return pd.DataFrame(rows)

