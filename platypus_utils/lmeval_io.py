@@ -16,34 +16,40 @@ TruthfulQA mc2, which lm-eval logs under "acc").
 `EvalRun.samples` has one row per question: benchmark, subject ("" outside MMLU), doc_id, score.
 `EvalRun.settings` has per task: benchmark, subject, num_fewshot, version, limit, n.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 PREFIX = "platypus_"  # this project's local task names (05_evaluate's TASK_PREFIX)
 # benchmark -> (lm-eval metric key, reported label); the same table as 05_evaluate's LEADERBOARD_METRICS
-METRICS = {"arc_challenge": ("acc_norm", "acc_norm"), "hellaswag": ("acc_norm", "acc_norm"),
-           "mmlu": ("acc", "acc"), "truthfulqa_mc2": ("acc", "mc2")}
+METRICS = {
+    "arc_challenge": ("acc_norm", "acc_norm"),
+    "hellaswag": ("acc_norm", "acc_norm"),
+    "mmlu": ("acc", "acc"),
+    "truthfulqa_mc2": ("acc", "mc2"),
+}
 _CATEGORY_SUBJECTS = {
     "stem": "abstract_algebra anatomy astronomy college_biology college_chemistry college_computer_science "
-            "college_mathematics college_physics computer_security conceptual_physics electrical_engineering "
-            "elementary_mathematics high_school_biology high_school_chemistry high_school_computer_science "
-            "high_school_mathematics high_school_physics high_school_statistics machine_learning",
+    "college_mathematics college_physics computer_security conceptual_physics electrical_engineering "
+    "elementary_mathematics high_school_biology high_school_chemistry high_school_computer_science "
+    "high_school_mathematics high_school_physics high_school_statistics machine_learning",
     "humanities": "formal_logic high_school_european_history high_school_us_history high_school_world_history "
-                  "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
-                  "prehistory professional_law world_religions",
+    "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
+    "prehistory professional_law world_religions",
     "social_sciences": "econometrics high_school_geography high_school_government_and_politics "
-                       "high_school_macroeconomics high_school_microeconomics high_school_psychology "
-                       "human_sexuality professional_psychology public_relations security_studies sociology "
-                       "us_foreign_policy",
+    "high_school_macroeconomics high_school_microeconomics high_school_psychology "
+    "human_sexuality professional_psychology public_relations security_studies sociology "
+    "us_foreign_policy",
     "other": "business_ethics clinical_knowledge college_medicine global_facts human_aging management marketing "
-             "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
+    "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
 }
 MMLU_CATEGORIES = {s: c for c, subjects in _CATEGORY_SUBJECTS.items() for s in subjects.split()}
 SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
@@ -52,6 +58,7 @@ SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
 @dataclass
 class EvalRun:
     """One evaluated model: a summary in 05_evaluate's shape, its settings and per-question scores."""
+
     name: str
     source: str
     summary: dict
@@ -100,11 +107,18 @@ def task_settings(results: dict, source: str = "") -> dict[str, dict]:
         unit = task_unit(task)
         if unit is None:
             continue
-        shots = (results.get("n-shot") or {}).get(task, ((results.get("configs") or {}).get(task) or {}).get("num_fewshot"))
+        shots = (results.get("n-shot") or {}).get(
+            task, ((results.get("configs") or {}).get(task) or {}).get("num_fewshot")
+        )
         n = (results.get("n-samples") or {}).get(task) or {}
-        out[task] = {"benchmark": unit[0], "subject": unit[1], "num_fewshot": shots,
-                     "version": (results.get("versions") or {}).get(task), "limit": limit,
-                     "n": n.get("effective", n.get("original"))}
+        out[task] = {
+            "benchmark": unit[0],
+            "subject": unit[1],
+            "num_fewshot": shots,
+            "version": (results.get("versions") or {}).get(task),
+            "limit": limit,
+            "n": n.get("effective", n.get("original")),
+        }
     return out
 
 
@@ -121,24 +135,40 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
                 continue
             bench, subject = unit
             metric, label = METRICS[bench]
-            entry = {"value": _float(r.get(f"{metric},none")), "stderr": _float(r.get(f"{metric}_stderr,none")),
-                     "n": (n_samples.get(task) or {}).get("effective")}
+            entry = {
+                "value": _float(r.get(f"{metric},none")),
+                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "n": (n_samples.get(task) or {}).get("effective"),
+            }
             if subject:
-                subjects[subject] = {"acc": entry["value"], "stderr": entry["stderr"], "n": entry["n"],
-                                     "category": MMLU_CATEGORIES[subject]}
+                subjects[subject] = {
+                    "acc": entry["value"],
+                    "stderr": entry["stderr"],
+                    "n": entry["n"],
+                    "category": MMLU_CATEGORIES[subject],
+                }
             else:
                 tasks[bench] = {"metric": label, **entry}
     if subjects:
         accs = [s["acc"] for s in subjects.values() if s["acc"] is not None]
         ses = [s["stderr"] for s in subjects.values()]
-        tasks["mmlu"] = {"metric": "acc", "value": sum(accs) / len(accs) if accs else None,
-                         "stderr": None if None in ses else math.sqrt(sum(se * se for se in ses)) / len(ses),
-                         "n": sum(s["n"] or 0 for s in subjects.values()), "n_subjects": len(subjects),
-                         "aggregation": "mean over subjects (Open LLM Leaderboard)"}
+        tasks["mmlu"] = {
+            "metric": "acc",
+            "value": sum(accs) / len(accs) if accs else None,
+            "stderr": None if None in ses else math.sqrt(sum(se * se for se in ses)) / len(ses),
+            "n": sum(s["n"] or 0 for s in subjects.values()),
+            "n_subjects": len(subjects),
+            "aggregation": "mean over subjects (Open LLM Leaderboard)",
+        }
     values = [t["value"] for t in tasks.values() if t["value"] is not None]
-    return {"variant": name, "model": model, "tasks": tasks, "mmlu_subjects": dict(sorted(subjects.items())),
-            "average": sum(values) / len(values) if values else None,
-            "average_over": [b for b in METRICS if b in tasks and tasks[b]["value"] is not None]}
+    return {
+        "variant": name,
+        "model": model,
+        "tasks": tasks,
+        "mmlu_subjects": dict(sorted(subjects.items())),
+        "average": sum(values) / len(values) if values else None,
+        "average_over": [b for b in METRICS if b in tasks and tasks[b]["value"] is not None],
+    }
 
 
 def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "") -> pd.DataFrame:
@@ -180,8 +210,10 @@ def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
         raise ValueError(f"{path}: no results_*.json (write one with lm_eval --output_path {path} --log_samples)")
     folders = {f.parent for f in files}
     if len(folders) > 1:
-        raise ValueError(f"{path}: results of several models ({', '.join(sorted(str(f) for f in folders))}); "
-                         "pass each model's folder as its own DIR=NAME")
+        raise ValueError(
+            f"{path}: results of several models ({', '.join(sorted(str(f) for f in folders))}); "
+            "pass each model's folder as its own DIR=NAME"
+        )
     files.sort(key=lambda f: f.stem.split("_", 1)[1])  # results_<date>: chronological
     name = name or files[0].parent.name
     results = [_read_json(f) for f in files]
@@ -192,17 +224,22 @@ def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
         settings.update(task_settings(res, str(f)))
         date = f.stem.split("_", 1)[1]
         for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
-            task = sf.stem[len("samples_"):-len(date) - 1]
+            task = sf.stem[len("samples_") : -len(date) - 1]
             if task_unit(task) is not None:
                 samples[task] = samples_frame(_jsonl(sf), task, str(sf))
     other = sorted({t for res in results for t in res.get("results", {}) if task_unit(t) is None})
     if other:
-        notes.append(f"{name}: tasks outside the leaderboard set left out: {', '.join(other[:8])}"
-                     + (" ..." if len(other) > 8 else ""))
+        notes.append(
+            f"{name}: tasks outside the leaderboard set left out: {', '.join(other[:8])}"
+            + (" ..." if len(other) > 8 else "")
+        )
     missing = sorted(t for t in settings if t not in samples)
     if missing:
-        notes.append(f"{name}: no logged samples for {len(missing)} task(s) ({', '.join(missing[:5])}"
-                     + (" ..." if len(missing) > 5 else "") + "): unpaired errors there")
+        notes.append(
+            f"{name}: no logged samples for {len(missing)} task(s) ({', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+            + "): unpaired errors there"
+        )
     model = str((results[-1].get("config") or {}).get("model_args") or (results[-1].get("model_name") or ""))
     frame = pd.concat(list(samples.values()), ignore_index=True) if samples else pd.DataFrame(columns=SAMPLE_COLUMNS)
     return EvalRun(name, str(path), summary_from_results(name, results, model), settings, frame, notes)
@@ -249,5 +286,16 @@ def settings_mismatches(a: EvalRun, b: EvalRun) -> list[str]:
     return out
 
 
-__all__ = ["EvalRun", "MMLU_CATEGORIES", "METRICS", "task_unit", "task_settings", "summary_from_results",
-           "samples_frame", "read_lm_eval_dir", "read_pipeline_variant", "is_pipeline_dir", "settings_mismatches"]
+__all__ = [
+    "EvalRun",
+    "MMLU_CATEGORIES",
+    "METRICS",
+    "task_unit",
+    "task_settings",
+    "summary_from_results",
+    "samples_frame",
+    "read_lm_eval_dir",
+    "read_pipeline_variant",
+    "is_pipeline_dir",
+    "settings_mismatches",
+]

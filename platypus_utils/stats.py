@@ -21,10 +21,11 @@ Contract:
   (a proportion) with the two-sided McNemar test, given the share of questions on which the models
   disagree (Connor 1987); `questions_for_change_unpaired` the same for independent samples.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as _st
@@ -80,8 +81,9 @@ def percentile_interval(draws, confidence: float = DEFAULT_CONFIDENCE) -> tuple[
     return float(lo), float(hi)
 
 
-def paired_bootstrap(x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE,
-                     seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean(x - y), low, high): the paired bootstrap interval of the mean difference."""
     x, y = _array(x), _array(y)
     if x.shape != y.shape:
@@ -91,8 +93,9 @@ def paired_bootstrap(x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEF
     return float(d.mean()), lo, hi
 
 
-def stratified_interval(groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE,
-                        seed: int = 0) -> tuple[float, float, float]:
+def stratified_interval(
+    groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean over groups of the group's mean difference, low, high): each group (subject) resampled
     on its own, as the leaderboard averages subjects, not questions."""
     rng = np.random.default_rng(seed)
@@ -101,8 +104,9 @@ def stratified_interval(groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confiden
     return float(np.mean([_array(g).mean() for g in groups])), lo, hi
 
 
-def sign_flip_p(groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0,
-                rng: np.random.Generator | None = None) -> float:
+def sign_flip_p(
+    groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
+) -> float:
     """Two-sided paired randomisation p-value of T = mean over groups of the mean difference."""
     rng = rng or np.random.default_rng(seed)
     arrays = [_array(g) for g in groups]
@@ -122,8 +126,9 @@ def sign_flip_p(groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0,
     return (1 + hits) / (1 + n_perm)
 
 
-def unpaired_interval(delta: float, se_x: float, se_y: float,
-                      confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float, float]:
+def unpaired_interval(
+    delta: float, se_x: float, se_y: float, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, float, float]:
     """(low, high, p) of a difference of two independent estimates: normal, sqrt(se_x^2 + se_y^2)."""
     se = math.hypot(se_x, se_y)
     if se == 0:
@@ -163,7 +168,7 @@ def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, 
     if not 0 < abs(delta) <= discordance <= 1:
         raise ValueError(f"need 0 < |delta| <= discordance <= 1, got delta={delta}, discordance={discordance}")
     za, zb = _z(1 - alpha / 2), _z(power)
-    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta ** 2)) ** 2 / delta ** 2
+    n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta**2)) ** 2 / delta**2
     return int(math.ceil(n))
 
 
@@ -175,10 +180,23 @@ def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 
         raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
     pbar = (p1 + p2) / 2
     za, zb = _z(1 - alpha / 2), _z(power)
-    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta ** 2
+    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta**2
     return int(math.ceil(n))
 
 
-__all__ = ["is_binary", "discordant", "mcnemar_exact", "bootstrap_means", "percentile_interval", "paired_bootstrap",
-           "stratified_interval", "sign_flip_p", "unpaired_interval", "bh_adjust", "questions_for_change",
-           "questions_for_change_unpaired", "DEFAULT_CONFIDENCE", "DEFAULT_N_BOOT"]
+__all__ = [
+    "is_binary",
+    "discordant",
+    "mcnemar_exact",
+    "bootstrap_means",
+    "percentile_interval",
+    "paired_bootstrap",
+    "stratified_interval",
+    "sign_flip_p",
+    "unpaired_interval",
+    "bh_adjust",
+    "questions_for_change",
+    "questions_for_change_unpaired",
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_N_BOOT",
+]

@@ -1,5 +1,6 @@
 """`platypus analyse` on output directories written by the lm_eval CLI itself (embedded SmolLM2, offline
 demo MMLU tasks, --limit 2), and lmeval_io's reading of them."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,28 @@ SUBJECTS = ["college_physics", "philosophy"]
 def run_lm_eval(tasks_dir: Path, model: Path, out: Path, shots: int) -> None:
     lm_eval = Path(sys.executable).with_name("lm_eval")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [str(lm_eval), "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-           "--tasks", ",".join(f"platypus_mmlu_{s}" for s in SUBJECTS), "--include_path", str(tasks_dir),
-           "--num_fewshot", str(shots), "--limit", "2", "--batch_size", "4", "--device", "cpu",
-           "--output_path", str(out), "--log_samples"]
+    cmd = [
+        str(lm_eval),
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model},dtype=float32",
+        "--tasks",
+        ",".join(f"platypus_mmlu_{s}" for s in SUBJECTS),
+        "--include_path",
+        str(tasks_dir),
+        "--num_fewshot",
+        str(shots),
+        "--limit",
+        "2",
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(out),
+        "--log_samples",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -47,7 +66,9 @@ def test_lm_eval_output_is_read_with_samples_and_settings(lm_eval_dirs):
     assert len(run.samples) == 2 * len(SUBJECTS) and set(run.samples["score"]) <= {0.0, 1.0}
     for subject, s in run.summary["mmlu_subjects"].items():  # the summary's accuracy is the samples' mean
         assert s["acc"] == pytest.approx(run.samples[run.samples["subject"] == subject]["score"].mean())
-    assert {v["num_fewshot"] for v in run.settings.values()} == {0} and {v["limit"] for v in run.settings.values()} == {2}
+    assert {v["num_fewshot"] for v in run.settings.values()} == {0} and {v["limit"] for v in run.settings.values()} == {
+        2
+    }
     other = lmeval_io.read_lm_eval_dir(lm_eval_dirs / "one", "one")
     assert any("num_fewshot 0 in zero but 1 in one" in m for m in lmeval_io.settings_mismatches(run, other))
 
@@ -55,8 +76,21 @@ def test_lm_eval_output_is_read_with_samples_and_settings(lm_eval_dirs):
 def test_platypus_analyse_makes_the_tables_and_figures(lm_eval_dirs, tmp_path, capsys):
     out = tmp_path / "report"
     zero = lm_eval_dirs / "zero"
-    rc = cli.main(["analyse", f"{zero}=base", f"{zero}=again", "--baseline", "base", "--out", str(out),
-                   "--n-bootstrap", "200", "--formats", "pdf"])
+    rc = cli.main(
+        [
+            "analyse",
+            f"{zero}=base",
+            f"{zero}=again",
+            "--baseline",
+            "base",
+            "--out",
+            str(out),
+            "--n-bootstrap",
+            "200",
+            "--formats",
+            "pdf",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "again vs base: no subject changes beyond chance at n = 4 questions over 2 subjects" in printed
@@ -72,8 +106,17 @@ def test_platypus_analyse_makes_the_tables_and_figures(lm_eval_dirs, tmp_path, c
 
 
 def test_mismatched_settings_are_refused_unless_forced(lm_eval_dirs, tmp_path, capsys):
-    args = ["analyse", f"{lm_eval_dirs / 'zero'}=base", f"{lm_eval_dirs / 'one'}=oneshot", "--baseline", "base",
-            "--n-bootstrap", "200", "--formats", "pdf"]
+    args = [
+        "analyse",
+        f"{lm_eval_dirs / 'zero'}=base",
+        f"{lm_eval_dirs / 'one'}=oneshot",
+        "--baseline",
+        "base",
+        "--n-bootstrap",
+        "200",
+        "--formats",
+        "pdf",
+    ]
     assert cli.main(args + ["--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "mismatched evaluation settings" in err and "num_fewshot 1 in oneshot but 0 in base" in err

@@ -1,0 +1,292 @@
+"""Frames of 06_analysis: what 05 evaluated, read into tables (no statistics, no plotting, no writing).
+
+- `load_summaries`: 05_evaluate's `<variant>.json` summaries and its failed variants;
+  `runs_from_summaries` / `load_runs`: the same with logged samples and settings (lmeval_io.EvalRun),
+  from 05's folder or from any lm-eval output folder (`platypus analyse`).
+- `leaderboard_frame`: one row per variant, each benchmark in percent with its standard error and
+  item count; with a clean-subset frame (clean.py), the clean score and its item count beside each.
+- `comparisons`: which variant is compared with which reference, and why (Comparison.kind).
+- `tradeoff_frame`: per variant, MMLU against the mean of the other three benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import layout
+from ..lmeval_io import EvalRun, is_pipeline_dir, read_lm_eval_dir, read_pipeline_variant
+from .common import (
+    ADAPTER_VARIANT,
+    BENCHMARKS,
+    KIND_FINETUNED,
+    KIND_MERGED,
+    KIND_OTHER,
+    KIND_PARTNER,
+    KIND_PARTNER_BASE,
+    LABELS,
+    PUBLISHED,
+    PUBLISHED_SOURCE,
+    ROLE_BASE,
+    ROLE_FINETUNED,
+    ROLE_MERGED_BASE,
+    ROLE_MERGED_PARTNER,
+    ROLE_OTHER,
+    ROLE_PARTNER,
+    pct,
+    read_json,
+    task_entry,
+)
+
+log = logging.getLogger("platypus")
+
+
+def load_summaries(
+    eval_dir: str | Path, order: list[str] | None = None
+) -> tuple[dict[str, dict], dict[str, str], list[Path]]:
+    """(summaries by variant, failed variants -> error, files read) from a 05_evaluate folder.
+
+    A summary is a `<variant>.json` holding "variant" and "tasks"; the raw lm-eval output,
+    the report and the manifest are skipped. Variants come in `order` first, then by name.
+    """
+    eval_dir = Path(eval_dir)
+    summaries: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    read: list[Path] = []
+    if not eval_dir.is_dir():
+        return summaries, failed, read
+    for path in sorted(eval_dir.glob("*.json")):
+        if path.name.endswith(".raw.json") or path.name in ("manifest.json", "evaluate_report.json"):
+            continue
+        data, err = read_json(path)
+        if err or not isinstance(data, dict) or "tasks" not in data or "variant" not in data:
+            log.warning("%s: not an evaluation summary (%s); skipped", path, err or "no 'variant'/'tasks'")
+            continue
+        summaries[data["variant"]] = data
+        read.append(path)
+    report = eval_dir / "evaluate_report.json"
+    data, err = read_json(report) if report.is_file() else (None, None)
+    if isinstance(data, dict):
+        read.append(report)
+        for name, info in (data.get("variants") or {}).items():
+            if isinstance(info, dict) and info.get("status") == "failed" and name not in summaries:
+                failed[name] = str(info.get("error", "failed"))
+    rank = {v: k for k, v in enumerate(order or [])}
+    ordered = sorted(summaries, key=lambda v: (rank.get(v, len(rank)), v))
+    return {v: summaries[v] for v in ordered}, failed, read
+
+
+def _variant_row(variant: str, s: dict, clean: pd.DataFrame | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"variant": variant, "source": "this run", "status": "ok", "model": s.get("model", "")}
+    for bench in BENCHMARKS:
+        t = task_entry(s, bench)
+        row[bench] = pct(t["value"]) if t else None
+        row[f"{bench}_stderr"] = pct(t.get("stderr")) if t else None
+        row[f"{bench}_n"] = t.get("n") if t else None
+    mm = task_entry(s, "mmlu")
+    row["mmlu_weighted"] = pct(mm.get("weighted_value")) if mm else None
+    present = [row[b] for b in BENCHMARKS if row[b] is not None]
+    row["average"] = sum(present) / len(present) if present else None
+    row["average_over"] = len(present)
+    if clean is not None and not clean.empty:
+        mine = clean[(clean["variant"] == variant) & (clean["level"] == "benchmark") & (clean["subset"] == "clean")]
+        by = mine.set_index("unit")
+        for bench in BENCHMARKS:
+            row[f"{bench}_clean"] = float(by.at[bench, "score"]) if bench in by.index else None
+            row[f"{bench}_clean_n"] = int(by.at[bench, "n"]) if bench in by.index else None
+        scores = [row[f"{b}_clean"] for b in BENCHMARKS]
+        row["average_clean"] = (
+            sum(scores) / len(scores) if all(x is not None and not math.isnan(x) for x in scores) else None
+        )
+    return row
+
+
+def leaderboard_frame(
+    summaries: dict[str, dict],
+    failed: dict[str, str] | None = None,
+    published: bool = False,
+    clean: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per variant: each benchmark in percent with its standard error and item count, and the
+    average; with `clean` (clean.clean_subset_frame), `<bench>_clean` and `<bench>_clean_n` (the score on
+    the items 02 did not flag, and how many) and `average_clean` (over all four, else None)."""
+    rows = [_variant_row(variant, s, clean) for variant, s in summaries.items()]
+    for variant, err in (failed or {}).items():
+        rows.append({"variant": variant, "source": "this run", "status": f"failed: {err}", "model": ""})
+    if published:
+        for name, values in PUBLISHED.items():
+            row = {
+                "variant": name,
+                "source": PUBLISHED_SOURCE,
+                "status": "published",
+                "model": name,
+                "average": values[4],
+                "average_over": 4,
+            }
+            row.update(dict(zip(BENCHMARKS, values[:4])))
+            rows.append(row)
+    cols = (
+        ["variant", "source", "status", "model"]
+        + [c for b in BENCHMARKS for c in (b, f"{b}_stderr", f"{b}_n")]
+        + ["mmlu_weighted", "average", "average_over"]
+        + [c for b in BENCHMARKS for c in (f"{b}_clean", f"{b}_clean_n")]
+        + ["average_clean"]
+    )
+    return pd.DataFrame(rows, columns=cols)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One variant against one reference model; `kind` says which of the paper's questions it answers."""
+
+    variant: str
+    reference: str
+    kind: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} vs {self.reference}"
+
+
+def merged_variants(profile, merge_report: dict | None = None) -> dict[str, str | None]:
+    """Merged variant -> the partner its adapter was merged into (None: the base it was trained on).
+
+    From the profile (what 04_merge makes) and, where present, 04_merge's report (what it made)."""
+    out = dict(layout.merge_pairs(profile))
+    models = (merge_report or {}).get("models")
+    for name, info in models.items() if isinstance(models, dict) else ():
+        if isinstance(info, dict):
+            out[name] = info.get("partner") or None
+    return out
+
+
+def variant_role(variant: str, baseline: str, merged: dict[str, str | None]) -> str:
+    if variant == baseline:
+        return ROLE_BASE
+    if variant == ADAPTER_VARIANT:
+        return ROLE_FINETUNED
+    if variant in merged:
+        return ROLE_MERGED_PARTNER if merged[variant] else ROLE_MERGED_BASE
+    if variant in {p for p in merged.values() if p}:
+        return ROLE_PARTNER
+    return ROLE_OTHER
+
+
+def comparisons(
+    variants: list[str], baseline: str, merged: dict[str, str | None]
+) -> tuple[list[Comparison], list[str]]:
+    """The comparisons the evaluated variants allow, and a note for each one they do not.
+
+    fine-tuned vs base: "adapter" (unmerged) and "merged" (the adapter folded into its own base);
+    merged vs base and merged vs partner: "<partner>-platypus" (the adapter merged into a partner);
+    partner vs base, and any other variant vs base, for context."""
+    pairs: list[Comparison] = []
+    notes: list[str] = []
+    for variant in variants:
+        if variant == baseline:
+            continue
+        role = variant_role(variant, baseline, merged)
+        if baseline in variants:
+            kind = {
+                ROLE_FINETUNED: KIND_FINETUNED,
+                ROLE_MERGED_BASE: KIND_FINETUNED,
+                ROLE_MERGED_PARTNER: KIND_MERGED,
+                ROLE_PARTNER: KIND_PARTNER_BASE,
+            }.get(role, KIND_OTHER)
+            pairs.append(Comparison(variant, baseline, kind))
+        partner = merged.get(variant)
+        if partner and partner in variants and partner != baseline:
+            pairs.append(Comparison(variant, partner, KIND_PARTNER))
+        elif partner and partner not in variants:
+            notes.append(
+                f"partner {partner!r} of {variant!r} not evaluated: no merged-vs-partner comparison "
+                "(add it to evaluate.variants)"
+            )
+    return pairs, notes
+
+
+def runs_from_summaries(eval_dir: Path, summaries: dict[str, dict]) -> dict[str, EvalRun]:
+    """EvalRuns for 05_evaluate's variants: the summaries as read, samples and settings beside them."""
+    return {v: read_pipeline_variant(eval_dir, v, s) for v, s in summaries.items()}
+
+
+def tradeoff_frame(
+    summaries: dict[str, dict], baseline: str, merged: dict[str, str | None], merge_report: dict | None = None
+) -> pd.DataFrame:
+    """Per variant: MMLU against the mean of the other three benchmarks, with the merge that made it."""
+    cols = [
+        "variant",
+        "role",
+        "method",
+        "partner",
+        "mmlu",
+        "mmlu_stderr",
+        "others_mean",
+        "others_stderr",
+        "others_over",
+    ]
+    models = (merge_report or {}).get("models") if isinstance((merge_report or {}).get("models"), dict) else {}
+    rows = []
+    for variant, s in summaries.items():
+        mm = task_entry(s, "mmlu")
+        others = [
+            (b, pct(t["value"]), pct(t.get("stderr"))) for b in BENCHMARKS if b != "mmlu" and (t := task_entry(s, b))
+        ]
+        if not mm or not others:
+            continue
+        ses = [se for _, _, se in others]
+        info = models.get(variant) if isinstance(models.get(variant), dict) else {}
+        rows.append(
+            {
+                "variant": variant,
+                "role": variant_role(variant, baseline, merged),
+                "method": info.get("method") or "",
+                "partner": merged.get(variant) or "",
+                "mmlu": pct(mm["value"]),
+                "mmlu_stderr": pct(mm.get("stderr")),
+                "others_mean": sum(v for _, v, _ in others) / len(others),
+                "others_stderr": (
+                    None if any(x is None for x in ses) else math.sqrt(sum(x * x for x in ses)) / len(ses)
+                ),
+                "others_over": " ".join(LABELS[b] for b, _, _ in others),
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _inputs(specs: list[str]) -> list[tuple[Path, str | None]]:
+    out = []
+    for spec in specs:
+        path, _, name = spec.partition("=")
+        out.append((Path(path), name or None))
+    return out
+
+
+def load_runs(specs: list[str]) -> tuple[dict[str, EvalRun], list[str]]:
+    """DIR[=NAME] inputs -> runs by name: an lm-eval output folder is one model (NAME, default its folder's
+    name); a 05_evaluate folder gives every variant in it (or only NAME)."""
+    runs: dict[str, EvalRun] = {}
+    notes: list[str] = []
+    for path, name in _inputs(specs):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        if is_pipeline_dir(path):
+            summaries, _, _ = load_summaries(path)
+            chosen = {name: summaries[name]} if name in summaries else summaries
+            if name and name not in summaries:
+                raise ValueError(f"{path}: no variant {name!r} (has {', '.join(summaries) or 'none'})")
+            got = runs_from_summaries(path, chosen)
+        else:
+            run = read_lm_eval_dir(path, name)
+            got = {run.name: run}
+        for n, run in got.items():
+            if n in runs:
+                raise ValueError(f"two inputs are both named {n!r}: name them DIR=NAME")
+            runs[n] = run
+            notes += run.notes
+    return runs, notes

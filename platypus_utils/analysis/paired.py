@@ -1,0 +1,378 @@
+"""Paired statistics of 06_analysis: each comparison's change per MMLU subject, category and benchmark.
+
+`paired_delta_frame(runs, pairs, st)`: where both models have logged samples each change is paired
+over the same questions - a seeded paired bootstrap interval (subjects resampled separately for a
+category or the mean over subjects), the exact McNemar p-value for a subject's accuracy (a paired
+sign-flip test for a group or for mc2), and Benjamini-Hochberg q-values per comparison over its
+subjects, its categories, and its benchmarks. Without samples a change falls back to the normal
+interval from sqrt(se_a^2 + se_b^2), named "unpaired normal" (UNPAIRED). The arithmetic is in stats.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..lmeval_io import MMLU_CATEGORIES, EvalRun, settings_mismatches
+from .common import (
+    ALL_SUBJECTS,
+    BENCHMARKS,
+    CATEGORY_LABELS,
+    UNCATEGORISED,
+    category_order,
+    n_text,
+    pct,
+    subjects_text,
+    task_entry,
+)
+from .frames import Comparison
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """How intervals and tests are made (analysis.confidence, n_bootstrap, fdr_alpha; the profile's seed)."""
+
+    confidence: float = stats.DEFAULT_CONFIDENCE
+    n_boot: int = stats.DEFAULT_N_BOOT
+    alpha: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile) -> StatsSettings:
+        cfg = profile.analysis
+        return cls(cfg.confidence, cfg.n_bootstrap, cfg.fdr_alpha, profile.seed)
+
+
+PAIRED, UNPAIRED, NO_ERROR = "paired bootstrap", "unpaired normal", "no error"
+DELTA_COLUMNS = [
+    "comparison",
+    "kind",
+    "variant",
+    "reference",
+    "level",
+    "unit",
+    "category",
+    "n",
+    "reference_score",
+    "variant_score",
+    "delta",
+    "se",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "q_value",
+    "significant",
+    "test",
+    "interval",
+    "discordant_b",
+    "discordant_c",
+    "note",
+]
+
+
+def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
+    s = run.samples
+    if s.empty:
+        return None
+    hit = s[(s["benchmark"] == bench) & (s["subject"] == subject)]
+    return None if hit.empty else hit.set_index("doc_id")["score"]
+
+
+def _unit(
+    x: pd.Series | None, y: pd.Series | None, v: tuple, r: tuple, st: StatsSettings, rng: np.random.Generator
+) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """One subject or benchmark: (row fields, bootstrap draws, per-question differences); v and r are
+    (score, stderr, n) from the summaries, used when per-question scores are missing (unpaired)."""
+    if x is not None and y is not None:
+        common = x.index.intersection(y.index)
+        if len(common):
+            xs, ys = x.loc[common].to_numpy(float), y.loc[common].to_numpy(float)
+            d = xs - ys
+            draws = stats.bootstrap_means(d, st.n_boot, rng)
+            lo, hi = stats.percentile_interval(draws, st.confidence)
+            binary = stats.is_binary(xs, ys)
+            b, c = stats.discordant(xs, ys) if binary else (None, None)
+            p = stats.mcnemar_exact(b, c) if binary else stats.sign_flip_p([d], st.n_boot, rng=rng)
+            dropped = max(len(x), len(y)) - len(common)
+            return (
+                {
+                    "n": len(common),
+                    "reference_score": 100 * ys.mean(),
+                    "variant_score": 100 * xs.mean(),
+                    "delta": 100 * d.mean(),
+                    "se": 100 * float(draws.std(ddof=1)),
+                    "ci_low": 100 * lo,
+                    "ci_high": 100 * hi,
+                    "p_value": p,
+                    "test": "McNemar exact" if binary else "sign-flip",
+                    "interval": PAIRED,
+                    "discordant_b": b,
+                    "discordant_c": c,
+                    "note": f"paired on {len(common)} common questions ({dropped} in one model only)"
+                    if dropped
+                    else "",
+                },
+                draws,
+                d,
+            )
+    row = {
+        "n": v[2] if len(v) > 2 else None,
+        "reference_score": pct(r[0]),
+        "variant_score": pct(v[0]),
+        "delta": 100 * (v[0] - r[0]),
+        "discordant_b": None,
+        "discordant_c": None,
+        "note": "no per-question scores: unpaired error",
+    }
+    if v[1] is None or r[1] is None:
+        return (
+            {**row, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR},
+            None,
+            None,
+        )
+    lo, hi, p = stats.unpaired_interval(v[0] - r[0], v[1], r[1], st.confidence)
+    return (
+        {
+            **row,
+            "se": 100 * math.hypot(v[1], r[1]),
+            "ci_low": 100 * lo,
+            "ci_high": 100 * hi,
+            "p_value": p,
+            "test": "z (unpaired)",
+            "interval": UNPAIRED,
+        },
+        None,
+        None,
+    )
+
+
+def _group(rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: np.random.Generator) -> dict:
+    """The mean over subjects (a category, all of MMLU, the leaderboard average): stratified paired
+    bootstrap and sign-flip test when every member is paired, else the normal interval from
+    sqrt(sum se_i^2) / k."""
+    k = len(rows)
+    out = {
+        "n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None,
+        "reference_score": float(np.mean([r["reference_score"] for r in rows])),
+        "variant_score": float(np.mean([r["variant_score"] for r in rows])),
+        "delta": float(np.mean([r["delta"] for r in rows])),
+        "discordant_b": None,
+        "discordant_c": None,
+    }
+    if all(d is not None for d in draws):
+        mean_draws = np.mean(draws, axis=0)
+        lo, hi = stats.percentile_interval(mean_draws, st.confidence)
+        b = [r["discordant_b"] for r in rows]
+        c = [r["discordant_c"] for r in rows]
+        if all(x is not None for x in b + c):
+            out.update(discordant_b=sum(b), discordant_c=sum(c))
+        return {
+            **out,
+            "se": 100 * float(mean_draws.std(ddof=1)),
+            "ci_low": 100 * lo,
+            "ci_high": 100 * hi,
+            "p_value": stats.sign_flip_p(diffs, st.n_boot, rng=rng),
+            "test": "sign-flip (stratified)",
+            "interval": PAIRED,
+            "note": "",
+        }
+    ses = [r["se"] for r in rows]
+    if any(s is None or pd.isna(s) for s in ses):
+        return {
+            **out,
+            "se": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "test": "",
+            "interval": NO_ERROR,
+            "note": "a member has no error",
+        }
+    se = math.sqrt(sum(s * s for s in ses)) / k
+    lo, hi, p = stats.unpaired_interval(out["delta"], se, 0.0, st.confidence)
+    mixed = any(r["interval"] == PAIRED for r in rows)
+    return {
+        **out,
+        "se": se,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": p,
+        "test": "z",
+        "interval": UNPAIRED,
+        "note": "some members without per-question scores: normal interval" if mixed else "",
+    }
+
+
+def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
+    s = run.summary
+    if subject:
+        t = (s.get("mmlu_subjects") or {}).get(subject) or {}
+        return t.get("acc"), t.get("stderr"), t.get("n")
+    t = task_entry(s, bench) or {}
+    return t.get("value"), t.get("stderr"), t.get("n")
+
+
+def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: int = 0) -> tuple[list[dict], list[str]]:
+    """Every row of one comparison (subjects, categories, all, benchmarks, average) and its notes."""
+    rng = np.random.default_rng([st.seed, index])
+    v, r = runs[c.variant], runs[c.reference]
+    head = {"comparison": c.label, "kind": c.kind, "variant": c.variant, "reference": c.reference}
+    notes = []
+    vs, rs = v.summary.get("mmlu_subjects") or {}, r.summary.get("mmlu_subjects") or {}
+    common = sorted(s for s in set(vs) & set(rs) if vs[s].get("acc") is not None and rs[s].get("acc") is not None)
+    for who, mine, other in ((c.variant, vs, rs), (c.reference, rs, vs)):
+        only = sorted(set(mine) - set(other))
+        if only and common:
+            notes.append(
+                f"{c.label}: {len(only)} MMLU subject(s) only in {who} ({', '.join(only[:5])}"
+                + (" ..." if len(only) > 5 else "")
+                + f"): compared on the {len(common)} common subjects"
+            )
+    rows, members = [], {}
+    for s in common:
+        cat = vs[s].get("category") or rs[s].get("category") or MMLU_CATEGORIES.get(s, UNCATEGORISED)
+        fields, draws, d = _unit(
+            _scores(v, "mmlu", s),
+            _scores(r, "mmlu", s),
+            _summary_pair(v, "mmlu", s),
+            _summary_pair(r, "mmlu", s),
+            st,
+            rng,
+        )
+        rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields})
+        members.setdefault(cat, []).append((rows[-1], draws, d))
+    every = [m for cat in category_order(members) for m in members[cat]]
+    for cat in category_order(members) + ([ALL_SUBJECTS] if every else []):
+        group = every if cat == ALL_SUBJECTS else members[cat]
+        rows.append(
+            {
+                **head,
+                "level": "category",
+                "unit": cat,
+                "category": cat,
+                **_group([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], st, rng),
+            }
+        )
+    bench_rows, bench_draws = [], []
+    for bench in BENCHMARKS:
+        if bench == "mmlu":
+            if every:
+                bench_rows.append({**rows[-1], "level": "benchmark", "unit": "mmlu", "category": ""})
+                bench_draws.append(
+                    np.mean([m[1] for m in every], axis=0) if all(m[1] is not None for m in every) else None
+                )
+            continue
+        vp, rp = _summary_pair(v, bench), _summary_pair(r, bench)
+        if vp[0] is None or rp[0] is None:
+            continue
+        fields, draws, d = _unit(_scores(v, bench, ""), _scores(r, bench, ""), vp, rp, st, rng)
+        bench_rows.append({**head, "level": "benchmark", "unit": bench, "category": "", **fields})
+        bench_draws.append(draws)
+    rows += bench_rows
+    if len(bench_rows) == len(BENCHMARKS):
+        avg = _group(bench_rows, bench_draws, [np.zeros(1)] * len(bench_rows), st, rng)
+        if avg["interval"] == PAIRED:  # the p of the average: normal from its bootstrap error
+            avg["p_value"] = (
+                stats.unpaired_interval(avg["delta"], avg["se"], 0.0, st.confidence)[2] if avg["se"] else 1.0
+            )
+            avg["test"] = "z (bootstrap error)"
+        rows.append({**head, "level": "benchmark", "unit": "average", "category": "", **avg})
+    return rows, notes
+
+
+def paired_delta_frame(
+    runs: dict[str, EvalRun], pairs: list[Comparison], st: StatsSettings | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """One row per comparison and unit (level: subject, category, benchmark), points (percent), with the
+    interval, p-value and Benjamini-Hochberg q-value; the FDR family is one comparison's subjects, its
+    categories (with "all"), or its benchmarks. `significant`: q <= alpha. Subjects sorted by change."""
+    st = st or StatsSettings()
+    rows, notes = [], []
+    for k, c in enumerate(pairs):
+        got, n = compare(runs, c, st, k)
+        rows += got
+        notes += n
+    frame = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    for col in ("q_value", "p_value", "ci_low", "ci_high", "se", "discordant_b", "discordant_c", "n"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    for _, idx in frame.groupby(["comparison", "level"], sort=False).groups.items():
+        frame.loc[idx, "q_value"] = stats.bh_adjust(frame.loc[idx, "p_value"].to_numpy(float))
+    frame["significant"] = frame["q_value"].le(st.alpha)
+    subject = frame["level"] == "subject"  # subjects sorted by change; categories, benchmarks as made
+    keys = pd.DataFrame(
+        {
+            "rank": frame["comparison"].map({c.label: k for k, c in enumerate(pairs)}),
+            "level": frame["level"].map({"subject": 0, "category": 1, "benchmark": 2}),
+            "delta": np.where(subject, frame["delta"], 0.0),
+            "tie": np.where(subject, frame["unit"], [f"{k:08d}" for k in range(len(frame))]),
+        }
+    )
+    order = keys.sort_values(["rank", "level", "delta", "tie"], kind="mergesort").index
+    return frame.loc[order].reset_index(drop=True), notes
+
+
+def level(frame: pd.DataFrame, name: str, comparison: str | None = None) -> pd.DataFrame:
+    out = frame[frame["level"] == name]
+    return out if comparison is None else out[out["comparison"] == comparison]
+
+
+def settings_notes(runs: dict[str, EvalRun], pairs: list[Comparison]) -> dict[str, list[str]]:
+    """Comparison label -> mismatched settings (few-shot, task version, limit); empty when they agree."""
+    return {c.label: settings_mismatches(runs[c.variant], runs[c.reference]) for c in pairs}
+
+
+def power_lines(frame: pd.DataFrame, st: StatsSettings, change: float = 5.0, power: float = 0.8) -> list[str]:
+    """Per comparison and category: questions a change of `change` points would need (two-sided
+    McNemar at alpha 0.05, `power`), with the discordance observed in that category, or assumed 0.20."""
+    out = []
+    for comp, g in level(frame, "category").groupby("comparison", sort=False):
+        parts = []
+        for _, r in g[g["unit"] != ALL_SUBJECTS].iterrows():
+            observed = (
+                (r["discordant_b"] + r["discordant_c"]) / r["n"] if pd.notna(r["discordant_b"]) and r["n"] else None
+            )
+            psi = observed if observed is not None and observed >= change / 100 else 0.20
+            need = stats.questions_for_change(change / 100, psi, 0.05, power)
+            how = f"observed discordance {psi:.2f}" if psi is observed else "assumed discordance 0.20"
+            parts.append(f"{CATEGORY_LABELS.get(r['unit'], r['unit'])} {need:,} ({how}; has {n_text(r['n'])})")
+        if parts:
+            out.append(f"{comp}: " + "; ".join(parts))
+    return out
+
+
+def verdict(frame: pd.DataFrame, comparison: str, st: StatsSettings) -> str:
+    """One sentence: how many subjects change beyond chance after the FDR correction."""
+    d = level(frame, "subject", comparison)
+    sig = d[d["significant"]]
+    n = n_text(d["n"].sum()) if d["n"].notna().all() and len(d) else "n/a"
+    tested = int(d["p_value"].notna().sum())
+    if not tested:
+        return f"{comparison}: no subject can be tested (no per-question scores or standard errors)."
+    if sig.empty:
+        return (
+            f"{comparison}: no subject changes beyond chance at n = {n} questions over {subjects_text(len(d))} "
+            f"(Benjamini-Hochberg, FDR {st.alpha:g})."
+        )
+    up, down = int((sig["delta"] > 0).sum()), int((sig["delta"] < 0).sum())
+    return (
+        f"{comparison}: {len(sig)} of {subjects_text(tested)} change beyond chance (Benjamini-Hochberg, FDR "
+        f"{st.alpha:g}; {up} up, {down} down) at n = {n} questions: "
+        + ", ".join(f"{r['unit']} {r['delta']:+.1f}" for _, r in sig.sort_values("delta").iterrows())
+        + "."
+    )
+
+
+def method_text(rows: pd.DataFrame) -> str:
+    methods = set(rows["interval"]) if not rows.empty else set()
+    parts = []
+    if PAIRED in methods:
+        parts.append("paired bootstrap over questions (subjects resampled separately)")
+    if UNPAIRED in methods:
+        parts.append("UNPAIRED normal sqrt(se_a² + se_b²) where a model has no logged samples")
+    if NO_ERROR in methods:
+        parts.append("none where a standard error is missing")
+    return "; ".join(parts) or "none"

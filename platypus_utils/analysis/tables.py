@@ -1,0 +1,268 @@
+"""Tables of 06_analysis: display frames, written as CSV, Markdown and LaTeX by pandas.
+
+Markdown is `DataFrame.to_markdown` (tabulate's pipe tables; a "|" inside a cell is escaped first,
+tabulate does not), LaTeX is `Styler.to_latex` with booktabs rules and `escape="latex-math"` (cells
+that are math, "$30.00 \\pm 1.30$", stay math; everything else is escaped). Only the caption is escaped
+here: Styler leaves it as given.
+
+Files (`write_*` return the paths): leaderboard.{csv,md,tex}: every variant, full scores ± standard
+error, and, where 05 logged samples and 02 ran, a "clean" row per variant with the score on the items
+02 did not flag and how many of them there were; mmlu_delta_categories.{csv,md,tex}; clean_subset
+.{csv,md,tex}: per variant and benchmark, the score on each subset with its item count and the gap;
+pipeline.{csv,md}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import write_text
+from .clean import CATEGORIES, SUBSET_LABELS
+from .common import (
+    ALL_SUBJECTS,
+    BENCHMARKS,
+    CATEGORY_LABELS,
+    LABELS,
+    METRIC_NOTE,
+    NOT_RUN,
+    category_order,
+    cell,
+    n_text,
+)
+from .paired import StatsSettings, level, method_text
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+}
+CLEAN_NOTE = (
+    "clean: the items 02_decontaminate paired with no training row (any category, whatever it did "
+    "with the row); score on them (n kept of all evaluated)"
+)
+
+
+def to_markdown(frame: pd.DataFrame, text_columns: int = 1) -> str:
+    """A pipe table: the first `text_columns` columns left-aligned, the rest right-aligned."""
+    if frame.empty:
+        return "(no rows)\n"
+    shown = frame.astype(str).apply(lambda col: col.str.replace("|", r"\|", regex=False))
+    align = ["left"] * text_columns + ["right"] * (len(frame.columns) - text_columns)
+    return shown.to_markdown(index=False, colalign=align, disable_numparse=True) + "\n"
+
+
+def tex_escape(text: str) -> str:
+    """LaTeX text mode for a caption (Styler escapes cells, not the caption)."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str, text_columns: int = 1) -> str:
+    """A booktabs table (`\\usepackage{booktabs}`): cells escaped unless they are $math$."""
+    styler = frame.style.hide(axis="index").format(escape="latex-math").format_index(escape="latex", axis=1)
+    body = styler.to_latex(
+        hrules=True,
+        column_format="l" * text_columns + "r" * (len(frame.columns) - text_columns),
+        caption=tex_escape(caption),
+        label=label,
+        position="t",
+        position_float="centering",
+    )
+    return "% requires \\usepackage{booktabs}\n" + body
+
+
+def _clean_cell(r, bench: str) -> str:
+    value, n, full_n = r.get(f"{bench}_clean"), r.get(f"{bench}_clean_n"), r.get(f"{bench}_n")
+    if value is None or pd.isna(value):
+        return NOT_RUN
+    of = f" of {n_text(full_n)}" if full_n is not None and not pd.isna(full_n) else ""
+    return f"{value:.2f} (n {n_text(n)}{of})"
+
+
+def _has_clean(frame: pd.DataFrame) -> bool:
+    cols = [f"{b}_clean" for b in BENCHMARKS]
+    return all(c in frame.columns for c in cols) and frame[cols].notna().any().any()
+
+
+def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
+    """The leaderboard as shown: model, source, items (full / clean), the four benchmarks and the average."""
+    rows = []
+    clean = _has_clean(frame)
+    for _, r in frame.iterrows():
+        head = [r["variant"], r["source"]] + (["full"] if clean else [])
+        if str(r["status"]).startswith("failed"):
+            rows.append(head + ["failed"] * (len(BENCHMARKS) + 1))
+            continue
+        avg = cell(r["average"], None, tex)
+        if avg != NOT_RUN and int(r["average_over"]) < len(BENCHMARKS):
+            avg += f" ({int(r['average_over'])} of {len(BENCHMARKS)})"
+        rows.append(head + [cell(r[b], r.get(f"{b}_stderr"), tex) for b in BENCHMARKS] + [avg])
+        if clean and r["source"] == "this run" and any(pd.notna(r.get(f"{b}_clean")) for b in BENCHMARKS):
+            rows.append(
+                [r["variant"], r["source"], "clean"]
+                + [_clean_cell(r, b) for b in BENCHMARKS]
+                + [cell(r.get("average_clean"), None, tex)]
+            )
+    header = ["model", "source"] + (["items"] if clean else []) + [LABELS[b] for b in BENCHMARKS] + ["average"]
+    return pd.DataFrame(rows, columns=header)
+
+
+def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = "") -> list[Path]:
+    """leaderboard.{csv,md,tex}; `clean_note` says why there is no clean row (02 not run, no samples)."""
+    table_dir = Path(table_dir)
+    shown, shown_tex = leaderboard_display(frame), leaderboard_display(frame, tex=True)
+    text_columns = 3 if "items" in shown.columns else 2
+    note = f"Scores in percent ± standard error. {METRIC_NOTE}."
+    if frame.empty:
+        note += " No evaluation results: 05_evaluate not run."
+    note += f" {CLEAN_NOTE}." if "items" in shown.columns else (f" {clean_note}" if clean_note else "")
+    md = "# Leaderboard\n\n" + note + "\n\n" + to_markdown(shown, text_columns)
+    weighted = [
+        f"{r['variant']} {r['mmlu_weighted']:.2f}"
+        for _, r in frame.iterrows()
+        if r["source"] == "this run" and not pd.isna(r.get("mmlu_weighted"))
+    ]
+    if weighted:
+        md += (
+            "\nMMLU above is the mean over subjects (the leaderboard's); lm-eval's size-weighted mean "
+            "over questions: " + ", ".join(weighted) + ".\n"
+        )
+    return [
+        write_text(table_dir / "leaderboard.csv", frame.to_csv(index=False)),
+        write_text(table_dir / "leaderboard.md", md),
+        write_text(table_dir / "leaderboard.tex", to_latex(shown_tex, note, "tab:leaderboard", text_columns)),
+    ]
+
+
+def interval_text(r, tex: bool = False) -> str:
+    """A change with its interval, "+5.50* [-1.0, +2.0]" (* significant after BH)."""
+    if r["ci_low"] is None or pd.isna(r["ci_low"]):
+        text = f"{r['delta']:+.2f}"
+        return f"${text}$" if tex else text
+    mark = "*" if r["significant"] else ""
+    if tex:
+        return f"${r['delta']:+.2f}{'^{*}' if mark else ''}$ [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+    return f"{r['delta']:+.2f}{mark} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+
+
+def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = False) -> pd.DataFrame:
+    """One row per comparison, one column per MMLU category and "all subjects": the change [interval]."""
+    cats_frame = level(frame, "category")
+    cats = category_order(cats_frame["unit"]) + ([ALL_SUBJECTS] if not cats_frame.empty else [])
+    rows = []
+    for label, g in cats_frame.groupby("comparison", sort=False):
+        by = g.set_index("unit")
+        rows.append(
+            [label]
+            + ([g["kind"].iloc[0]] if with_kind else [])
+            + [interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats]
+        )
+    header = ["comparison"] + (["kind"] if with_kind else []) + [CATEGORY_LABELS.get(c, c) for c in cats]
+    return pd.DataFrame(rows, columns=header)
+
+
+def write_category_tables(frame: pd.DataFrame, table_dir: Path, st: StatsSettings | None = None) -> list[Path]:
+    """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category."""
+    st = st or StatsSettings()
+    table_dir = Path(table_dir)
+    cats_frame = level(frame, "category")
+    note = (
+        f"MMLU 5-shot accuracy change in percentage points, mean over the category's subjects, "
+        f"[{st.confidence:.0%} interval: {method_text(cats_frame)}]; * significant after Benjamini-Hochberg "
+        f"over the categories at FDR {st.alpha:g}."
+    )
+    if cats_frame.empty:
+        note += " No comparison: the baseline or 05_evaluate did not run."
+    return [
+        write_text(table_dir / "mmlu_delta_categories.csv", cats_frame.to_csv(index=False)),
+        write_text(
+            table_dir / "mmlu_delta_categories.md",
+            "# MMLU change per category\n\n" + note + "\n\n" + to_markdown(category_display(frame)),
+        ),
+        write_text(
+            table_dir / "mmlu_delta_categories.tex",
+            to_latex(category_display(frame, tex=True), note, "tab:mmlu-categories"),
+        ),
+    ]
+
+
+def _gap_text(r, tex: bool = False) -> str:
+    if pd.isna(r["gap"]):
+        return "n/a"
+    se = "" if pd.isna(r["gap_se"]) else (f" \\pm {r['gap_se']:.2f}" if tex else f" ± {r['gap_se']:.2f}")
+    return f"${r['gap']:+.2f}{se}$" if tex else f"{r['gap']:+.2f}{se}"
+
+
+def clean_display(clean: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
+    """Per variant and benchmark: full (n), clean (n), the gap ± se, and each no-<category> subset (n)."""
+    bench = clean[clean["level"] == "benchmark"]
+    rows = []
+    for (variant, unit), g in bench.groupby(["variant", "unit"], sort=False):
+        by = g.set_index("subset")
+        scores = [
+            ("n/a" if pd.isna(by.at[s, "score"]) else f"{by.at[s, 'score']:.2f}") + f" ({by.at[s, 'n']:,})"
+            for s in ("full", "clean")
+        ]
+        others = [
+            ("n/a" if pd.isna(by.at[f"no_{c}", "score"]) else f"{by.at[f'no_{c}', 'score']:.2f}")
+            + f" ({by.at[f'no_{c}', 'n']:,})"
+            for c in CATEGORIES
+        ]
+        rows.append([variant, LABELS.get(unit, unit), *scores, _gap_text(by.loc["clean"], tex), *others])
+    header = [
+        "variant",
+        "benchmark",
+        "full (n)",
+        "clean (n)",
+        "clean − full ± se",
+        *[f"{SUBSET_LABELS['no_' + c]} (n)" for c in CATEGORIES],
+    ]
+    return pd.DataFrame(rows, columns=header)
+
+
+def write_clean_tables(clean: pd.DataFrame, table_dir: Path, caption: str) -> list[Path]:
+    """clean_subset.{csv,md,tex}: the clean-subset frame (every level) and its benchmark display."""
+    table_dir = Path(table_dir)
+    shown = to_markdown(clean_display(clean), 2) if not clean.empty else ""
+    return [
+        write_text(table_dir / "clean_subset.csv", clean.to_csv(index=False)),
+        write_text(table_dir / "clean_subset.md", "# Scores on the clean subset\n\n" + caption + "\n\n" + shown),
+        write_text(
+            table_dir / "clean_subset.tex",
+            to_latex(clean_display(clean, tex=True), caption.split("\n")[0], "tab:clean-subset", 2),
+        ),
+    ]
+
+
+def write_pipeline_tables(stages: pd.DataFrame, table_dir: Path) -> list[Path]:
+    """pipeline.{csv,md}: status and headline numbers of every stage."""
+    table_dir = Path(table_dir)
+    return [
+        write_text(table_dir / "pipeline.csv", stages.to_csv(index=False)),
+        write_text(table_dir / "pipeline.md", "# Pipeline status\n\n" + to_markdown(stages.iloc[:, :3], 3)),
+    ]
+
+
+__all__ = [
+    "to_markdown",
+    "to_latex",
+    "tex_escape",
+    "leaderboard_display",
+    "write_leaderboard",
+    "interval_text",
+    "category_display",
+    "write_category_tables",
+    "clean_display",
+    "write_clean_tables",
+    "write_pipeline_tables",
+    "CLEAN_NOTE",
+]

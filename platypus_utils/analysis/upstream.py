@@ -1,0 +1,288 @@
+"""What stages 01-05 left behind, for the summary report: each stage's status (from its artifact and
+manifest, and the runner's record), the tables and figures 01-03 wrote into reports/<profile>/ (each
+checked against the hash its stage recorded), and each stage's headline numbers with the file they
+come from. Nothing here raises because an upstream artifact is absent or unreadable: it is a status.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import layout
+from ..artifacts import MANIFEST, read_manifest, sha256_path
+from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read_json, task_entry
+
+
+def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Path]]:
+    """(one row per stage: status and headline numbers, contamination per benchmark or None, files read).
+
+    Status from the stage's artifact and manifest; `runner` is the stage's entry in the runner's
+    run_summary.json as found now (the runner writes it after its last stage: when 06 runs inside
+    the runner, that is the previous invocation's record)."""
+    read: list[Path] = []
+    runner = _runner_record(profile)
+    artifacts = {
+        layout.CURATE: profile.run_dir(layout.CURATE) / "curation_report.json",
+        layout.DECONTAMINATE: profile.run_dir(layout.DECONTAMINATE) / "contamination_table.csv",
+        layout.FINETUNE: profile.run_dir(layout.FINETUNE) / "metrics.json",
+        layout.MERGE: profile.run_dir(layout.MERGE) / "merge_report.json",
+        layout.EVALUATE: profile.run_dir(layout.EVALUATE) / "evaluate_report.json",
+    }
+    rows = []
+    contamination = None
+    for stage, artifact in artifacts.items():
+        manifest = read_manifest(profile.run_dir(stage))
+        if manifest and (profile.run_dir(stage) / MANIFEST).is_file():
+            read.append(profile.run_dir(stage) / MANIFEST)
+        row = {
+            "stage": stage,
+            "artifact": str(artifact),
+            "status": NOT_RUN,
+            "details": "",
+            "finished_at": (manifest or {}).get("finished_at", ""),
+            "wall_s": ((manifest or {}).get("timings") or {}).get("wall_s"),
+            "runner": runner.get(stage, ""),
+        }
+        if artifact.is_file():
+            row["status"] = "ok" if manifest and manifest.get("status") == "ok" else "ok (no manifest)"
+            details: dict[str, Any] = {}
+            if artifact.suffix == ".json":
+                data, err = read_json(artifact)
+                if err:
+                    row["status"] = err
+                elif isinstance(data, dict):
+                    details = {
+                        k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) < 80
+                    }
+                    if stage == "04_merge" and isinstance(data.get("models"), dict):
+                        details["models"] = ", ".join(sorted(data["models"]))
+                    if stage == "05_evaluate":
+                        details["failed"] = ", ".join(data.get("failed") or []) or "none"
+                    read.append(artifact)
+            else:
+                try:
+                    table = pd.read_csv(artifact)
+                    read.append(artifact)
+                    numeric = [
+                        c
+                        for c in table.columns
+                        if c not in ("data_source", "benchmark") and pd.api.types.is_numeric_dtype(table[c])
+                    ]
+                    if "benchmark" in table.columns and numeric:
+                        contamination = table.groupby("benchmark", sort=True)[numeric].sum().reset_index()
+                        details = {f"{c} (all benchmarks)": int(table[c].sum()) for c in numeric}
+                    else:
+                        details = {"rows": len(table)}
+                except Exception as exc:  # noqa: BLE001 - a bad upstream file must not stop the analysis
+                    row["status"] = f"unreadable: {type(exc).__name__}: {exc}"
+            if not details and manifest:
+                details = {k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
+            row["details"] = "; ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(details.items())
+            )
+        elif manifest:
+            row["status"] = f"artifact missing ({artifact.name})"
+        elif runner.get(stage, "").startswith("failed"):
+            row["status"] = "failed"
+        rows.append(row)
+    cols = ["stage", "status", "details", "artifact", "finished_at", "wall_s", "runner"]
+    return pd.DataFrame(rows, columns=cols), contamination, read
+
+
+def _runner_record(profile) -> dict[str, str]:
+    """Stage -> "ran (12.3 s)" / "skipped: why" / "failed: error" from run_summary.json; {} without one.
+
+    Not recorded as an input of this stage: the runner rewrites it after every invocation, which
+    would make 06 look out of date every time."""
+    data, err = read_json(profile.report_dir() / "run_summary.json")
+    stages = data.get("stages") if isinstance(data, dict) else None
+    out = {}
+    for stage, info in stages.items() if isinstance(stages, dict) else ():
+        if not isinstance(info, dict):
+            continue
+        status = str(info.get("status", "?"))
+        if info.get("seconds") is not None:
+            status += f" ({info['seconds']} s)"
+        why = info.get("error") or info.get("reason")
+        out[stage] = f"{status}: {why}" if why else status
+    return out
+
+
+def upstream_artifacts(profile) -> list[dict]:
+    """The tables and figures 01-03 wrote into reports/<profile>/, each with its status: "ok",
+    "not run", missing, or changed since its stage wrote it (hash against the stage's manifest)."""
+    out = []
+    for stage, kind, name, title in UPSTREAM:
+        folder = profile.report_dir("figures" if kind == "figure" else "tables")
+        files = [
+            folder / f"{name}.{ext}"
+            for ext in (FIGURE_EXTS if kind == "figure" else TABLE_EXTS)
+            if (folder / f"{name}.{ext}").is_file()
+        ]
+        manifest = read_manifest(profile.run_dir(stage))
+        if not files:
+            status = NOT_RUN if manifest is None else f"missing: {stage} ran but {name} is not in {folder}"
+        elif manifest is None:
+            status = "ok (no manifest)"
+        else:
+            recorded = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
+            changed = [
+                f.name for f in files if str(f.resolve()) in recorded and recorded[str(f.resolve())] != sha256_path(f)
+            ]
+            status = f"changed since {stage} wrote it: {', '.join(changed)}" if changed else "ok"
+        out.append(
+            {
+                "stage": stage,
+                "kind": kind,
+                "name": name,
+                "title": title,
+                "status": status,
+                "files": [str(f) for f in files],
+            }
+        )
+    return out
+
+
+class _Numbers:
+    """Collects key-number rows (stage, quantity, value, source) and the files they were read from."""
+
+    def __init__(self, profile) -> None:
+        self.profile, self.rows, self.read = profile, [], []
+
+    def add(self, stage: str, quantity: str, value: str, source) -> None:
+        self.rows.append({"stage": stage, "quantity": quantity, "value": value, "source": str(source)})
+
+    def load(self, stage: str, name: str) -> dict | None:
+        """The stage's JSON artifact, or None with a row saying it is not run / unreadable."""
+        path = self.profile.run_dir(stage) / name
+        if not path.is_file():
+            self.add(stage, name, NOT_RUN, path)
+            return None
+        data, err = read_json(path)
+        if err or not isinstance(data, dict):
+            self.add(stage, name, err or "unreadable: not a JSON object", path)
+            return None
+        self.read.append(path)
+        return data
+
+
+def _curate_numbers(k: _Numbers) -> None:
+    path = k.profile.run_dir(layout.CURATE) / "curation_report.json"
+    if (cur := k.load(layout.CURATE, path.name)) is None:
+        return
+    totals = cur.get("totals")
+    if not isinstance(totals, dict):
+        totals = {}
+        for counts in (cur.get("per_source") or {}).values():
+            for key, v in counts.items() if isinstance(counts, dict) else ():
+                if isinstance(v, (int, float)):
+                    totals[key] = totals.get(key, 0) + v
+    for key, label in (
+        ("loaded", "rows loaded"),
+        ("malformed", "rows malformed"),
+        ("filtered", "rows filtered"),
+        ("exact_dup", "exact duplicates removed"),
+        ("near_dup", "near duplicates removed"),
+        ("kept", "rows kept"),
+    ):
+        if key in totals:
+            k.add(layout.CURATE, label, f"{totals[key]:,}", path)
+    if isinstance(cur.get("per_source"), dict):
+        k.add(layout.CURATE, "data sources", str(len(cur["per_source"])), path)
+
+
+def _decontaminate_numbers(k: _Numbers) -> None:
+    path = k.profile.run_dir(layout.DECONTAMINATE) / "decontamination_report.json"
+    if (dec := k.load(layout.DECONTAMINATE, path.name)) is None:
+        return
+    for key, label in (
+        ("train_rows", "training rows checked"),
+        ("benchmark_items", "benchmark items compared"),
+        ("flagged_rows", "rows flagged"),
+        ("removed_rows", "leaks removed (rows)"),
+        ("clean_rows", "rows kept for training"),
+    ):
+        if isinstance(dec.get(key), (int, float)):
+            k.add(layout.DECONTAMINATE, label, f"{dec[key]:,}", path)
+    if isinstance(dec.get("pairs_by_category"), dict):
+        k.add(
+            layout.DECONTAMINATE,
+            "flagged pairs by category",
+            ", ".join(f"{c} {v}" for c, v in sorted(dec["pairs_by_category"].items())),
+            path,
+        )
+
+
+def _finetune_numbers(k: _Numbers) -> None:
+    path = layout.artifact(k.profile, layout.FINETUNE_METRICS)
+    if (ft := k.load(layout.FINETUNE, path.name)) is None:
+        return
+    before, after = ft.get("eval_loss_before"), ft.get("eval_loss_after")
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+        k.add(
+            layout.FINETUNE, "held-out loss before → after", f"{before:.4f} → {after:.4f} ({after - before:+.4f})", path
+        )
+    history = [
+        h.get("loss")
+        for h in ft.get("train_loss_history") or []
+        if isinstance(h, dict) and isinstance(h.get("loss"), (int, float))
+    ]
+    if history:
+        k.add(layout.FINETUNE, "train loss first → last logged", f"{history[0]:.4f} → {history[-1]:.4f}", path)
+    for key, label, fmt in (
+        ("steps", "optimizer steps", "{:,}"),
+        ("examples_train", "training examples", "{:,}"),
+        ("tokens_per_s", "tokens per second", "{:.1f}"),
+        ("train_wall_s", "training time (s)", "{:.0f}"),
+    ):
+        if isinstance(ft.get(key), (int, float)):
+            k.add(layout.FINETUNE, label, fmt.format(ft[key]), path)
+
+
+def _merge_numbers(k: _Numbers) -> None:
+    path = layout.artifact(k.profile, layout.MERGE_REPORT)
+    if (mr := k.load(layout.MERGE, path.name)) is None:
+        return
+    for name, info in sorted((mr.get("models") or {}).items()):
+        if not isinstance(info, dict):
+            continue
+        into = f"into partner {info['partner']}" if info.get("partner") else "into its base"
+        check = (
+            f"verified, max |Δlogit| {info['max_abs_logit_diff']:.2g}"
+            if info.get("verified") and isinstance(info.get("max_abs_logit_diff"), (int, float))
+            else "not verified"
+        )
+        k.add(layout.MERGE, f"merged model {name}", f"{info.get('method', '?')} {into}; {check}", path)
+
+
+def _evaluate_numbers(k: _Numbers, summaries: dict[str, dict] | None, failed: dict | None) -> None:
+    eval_report = layout.artifact(k.profile, layout.EVALUATE_REPORT)
+    if summaries:
+        for variant, s in summaries.items():
+            avg = s.get("average")
+            over = s.get("average_over") or [b for b in BENCHMARKS if task_entry(s, b)]
+            partial = f" (over {len(over)} of 4)" if over and len(over) < 4 else ""
+            k.add(
+                layout.EVALUATE,
+                f"{variant}: leaderboard average",
+                NOT_RUN if avg is None else f"{100 * avg:.2f}{partial}",
+                k.profile.run_dir(layout.EVALUATE) / f"{variant}.json",
+            )
+    else:
+        k.add(layout.EVALUATE, "evaluated variants", NOT_RUN, eval_report)
+    for variant, err in (failed or {}).items():
+        k.add(layout.EVALUATE, f"{variant}: leaderboard average", f"failed: {err}", eval_report)
+
+
+def key_numbers(
+    profile, summaries: dict[str, dict] | None = None, failed: dict | None = None
+) -> tuple[list[dict], list[Path]]:
+    """Headline numbers of every stage, each with the file it comes from: (rows, files read)."""
+    k = _Numbers(profile)
+    for stage_numbers in (_curate_numbers, _decontaminate_numbers, _finetune_numbers, _merge_numbers):
+        stage_numbers(k)
+    _evaluate_numbers(k, summaries, failed)
+    return k.rows, k.read
