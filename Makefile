@@ -9,7 +9,7 @@ PROFILE ?= params/demo.yaml
 # real-offline, online for the hub profiles; platypus_utils/hub.py)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo real-offline test lab kernel clean
+.PHONY: install demo real-offline reports test lint lab kernel clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,20 @@ real-offline: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# ruff (pinned in the test extra): lint, import order and formatting, over the package, tests,
+# notebooks and bench/ (configuration: pyproject.toml [tool.ruff]). `ruff check --fix` and
+# `ruff format` make the changes this target asks for.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The committed reference reports (reports/real-offline/): every stage rerun (--force, so no executed
+# notebook predates its notebook; ~35 min on 2 CPU cores), then this machine's absolute paths made
+# relative to the project root (platypus_utils/portable.py), so the committed files hold none.
+reports: install
+	$(BIN)/platypus run params/real-offline.yaml --force
+	$(BIN)/python -m platypus_utils.portable reports/real-offline
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

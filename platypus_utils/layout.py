@@ -1,7 +1,9 @@
 """Where each stage's artifacts live and what the model variants are called (core layer).
 
 Stages meet through files on disk; this module is the one place that names them, so no stage
-needs to import another to find its inputs. It imports only `config` (the profile schema).
+needs to import another to find its inputs. It imports nothing from this package: `config` (the
+profile schema) imports it to check evaluate.variants, so the functions here take a `config.Profile`
+(or one of its sections) and read it by attribute, without importing the class.
 
 Variants (what 04_merge makes and 05_evaluate scores):
 - "base": models.base as it is; "adapter": base + the 03 LoRA, unmerged (05 only);
@@ -11,17 +13,25 @@ Variants (what 04_merge makes and 05_evaluate scores):
   <merged_name> (default "<name>-platypus");
 - merge.adapter_mixes[].name, merge.model_merges[].name and the sweep's generated names.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .config import MergePartnerConfig, MergeSweepConfig, Profile
+# a config.Profile, config.MergePartnerConfig, config.MergeSweepConfig: named for the reader, typed Any
+# because config imports this module (importing config here, even for type checkers, would be a cycle)
+Profile = MergePartnerConfig = MergeSweepConfig = Any
 
 # ---------------------------------------------------------------- stage directories and files
 CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = (
-    "01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
+    "01_curate",
+    "02_decontaminate",
+    "03_finetune",
+    "04_merge",
+    "05_evaluate",
+    "06_analysis",
+)
 
 CURATED = (CURATE, "curated.jsonl")
 CLEAN = (DECONTAMINATE, "clean.jsonl")
@@ -38,20 +48,21 @@ RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)  # names stage 05 gives a me
 DEFAULT_MERGED_VARIANT = "merged"
 PARTNER_SUFFIX = "-platypus"
 SWEEP_PREFIX = "sweep-"
+DENSITY_METHODS = ("ties", "dare_linear", "dare_ties")  # merge methods that take a density (config checks it)
 
 
-def artifact(profile: "Profile", where: tuple[str, str]) -> Path:
+def artifact(profile: Profile, where: tuple[str, str]) -> Path:
     """The path of a stage artifact named above, e.g. artifact(profile, CLEAN)."""
     stage, name = where
     return profile.run_dir(stage) / name
 
 
-def merged_variant(profile: "Profile") -> str:
+def merged_variant(profile: Profile) -> str:
     """The variant that is the adapter merged into models.base."""
     return profile.merge.merged_name
 
 
-def partner_merged_variant(partner: "MergePartnerConfig") -> str:
+def partner_merged_variant(partner: MergePartnerConfig) -> str:
     """The variant that is the adapter merged into this partner (e.g. stable-platypus2-13b)."""
     return partner.merged_name or partner.name + PARTNER_SUFFIX
 
@@ -66,18 +77,19 @@ def sweep_variant_name(method: str, weights: list[float], density: float | None 
     return name + (f"-d{_number(density)}" if density is not None else "")
 
 
-def sweep_points(sweep: "MergeSweepConfig | None") -> list[tuple[str, list[float], float | None]]:
+def sweep_points(sweep: MergeSweepConfig | None) -> list[tuple[str, list[float], float | None]]:
     """(method, weights, density) of every point of the merge sweep grid, in order."""
-    from .config import _DENSITY_METHODS
-
     if sweep is None:
         return []
-    return [(method, list(weights), density)
-            for method in sweep.methods for weights in sweep.weights
-            for density in (sweep.densities if method in _DENSITY_METHODS else [None])]
+    return [
+        (method, list(weights), density)
+        for method in sweep.methods
+        for weights in sweep.weights
+        for density in (sweep.densities if method in DENSITY_METHODS else [None])
+    ]
 
 
-def planned_variants(profile: "Profile") -> list[str]:
+def planned_variants(profile: Profile) -> list[str]:
     """Every variant stage 04 makes for this profile, in the order it makes them."""
     cfg = profile.merge
     names = [merged_variant(profile)] if cfg.merge_into_base else []
@@ -88,13 +100,13 @@ def planned_variants(profile: "Profile") -> list[str]:
     return names
 
 
-def evaluable_variants(profile: "Profile") -> list[str]:
+def evaluable_variants(profile: Profile) -> list[str]:
     """Every name evaluate.variants may list: base, adapter, the partners as they are, and what 04 makes."""
     partners = [p.name for p in profile.merge.partners if not p.adapter]
     return [BASE_VARIANT, ADAPTER_VARIANT, *partners, *planned_variants(profile)]
 
 
-def merge_pairs(profile: "Profile") -> dict[str, str | None]:
+def merge_pairs(profile: Profile) -> dict[str, str | None]:
     """Merged variant -> the partner variant its adapter went into (None: models.base)."""
     out: dict[str, str | None] = {}
     if profile.merge.merge_into_base:

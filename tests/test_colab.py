@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from platypus_utils import colab
+from platypus_utils import colab, drive
 from platypus_utils.config import ProfileError, load_profile
 
 from .conftest import ROOT
@@ -47,7 +47,7 @@ def fake_colab(monkeypatch, tmp_path, outside_colab):
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setitem(sys.modules, "google.colab", module)
     mount_point = tmp_path / "content" / "drive"
-    monkeypatch.setattr(colab, "MOUNT_POINT", str(mount_point))
+    monkeypatch.setattr(drive, "MOUNT_POINT", str(mount_point))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     return types.SimpleNamespace(mounts=mounts, mount_point=mount_point, secrets=secrets)
@@ -214,7 +214,7 @@ def test_colab_profile_on_colab_without_drive_names_the_key(fake_colab):
 def test_colab_runtime_detected_from_its_environment(outside_colab, monkeypatch, tmp_path):
     """A papermill kernel or `!platypus run` on a Colab VM has not imported google.colab."""
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
-    monkeypatch.setattr(colab, "MOUNT_POINT", str(tmp_path / "drive"))
+    monkeypatch.setattr(drive, "MOUNT_POINT", str(tmp_path / "drive"))
     assert colab.in_colab()
     with pytest.raises(ValueError, match="not mounted"):
         colab.resolve_drive_path("drive:platypus/runs")

@@ -1,7 +1,10 @@
 """The demo corpus and demo benchmarks: determinism, formats, and that the labels tell the truth."""
+
 from __future__ import annotations
 
 import csv
+import fnmatch
+import hashlib
 import json
 import os
 from collections import Counter
@@ -10,10 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from platypus_utils import demo_data
 from platypus_utils.benchmarks import BENCHMARK_NAMES, load_benchmark
 from platypus_utils.config import PathsConfig, Profile
-from platypus_utils.demo_data import (demo_benchmark_item_ids, demo_benchmarks_dir, demo_corpus_labels,
-                                      demo_corpus_path, demo_corpus_rows, write_demo_benchmarks, write_demo_corpus)
+from platypus_utils.demo_data import (
+    demo_benchmark_item_ids,
+    demo_benchmarks_dir,
+    demo_corpus_labels,
+    demo_corpus_path,
+    demo_corpus_rows,
+    load_demo_table,
+    write_demo_benchmarks,
+    write_demo_corpus,
+)
+
+from .conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +83,57 @@ def test_profile_helpers_write_once_and_repair(tmp_path):
     corpus = demo_corpus_path(profile)
     assert corpus.read_bytes() == write_demo_corpus(tmp_path / "ref.jsonl").read_bytes()
     assert json.loads((corpus.parent / "demo_corpus_labels.json").read_text()) == demo_corpus_labels()
+
+
+# ---------------------------------------------------------------- the bytes the demo profile writes
+# SHA-256 of what the demo profile wrote when its data moved from Python literals (demo_data.py before
+# platypus_utils/data/demo/) into data files: the move, and any later change to the loader, must
+# leave the demo's inputs byte for byte as they were. A deliberate change of the demo data changes
+# these digests (and the cosines in the data files must then be re-measured: see the module docstring).
+CORPUS_SHA256 = "8c89e6ea574c1a0070793b801bb7d5c966f45c3ecb0504d34108401a0cab57d4"
+LABELS_SHA256 = "55d471a19d6655ba3888d2413e7c9ee443b07ee36b6ddca6ec3a381139b803e7"
+BENCHMARKS_SHA256 = "4e686a28518f693a1d2ced098957e485fee078af498c4c5eb50089447e3619ac"
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def test_demo_files_are_byte_identical_to_the_reference(tmp_path):
+    profile = Profile(name="demo", paths=PathsConfig(runs_dir=str(tmp_path / "runs")))
+    corpus = demo_corpus_path(profile)
+    assert hashlib.sha256(corpus.read_bytes()).hexdigest() == CORPUS_SHA256
+    labels = corpus.parent / "demo_corpus_labels.json"
+    assert hashlib.sha256(labels.read_bytes()).hexdigest() == LABELS_SHA256
+    assert _tree_digest(demo_benchmarks_dir(profile)) == BENCHMARKS_SHA256
+
+
+def test_data_files_are_package_data():
+    """Every demo data file is named by pyproject's package-data, so a non-editable install carries it."""
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "platypus_utils"
+    ]
+    folder = ROOT / "platypus_utils" / "data" / "demo"
+    files = sorted(p.relative_to(ROOT / "platypus_utils").as_posix() for p in folder.iterdir())
+    assert len(files) == 9
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
+
+
+def test_a_malformed_data_line_names_the_file_and_line(monkeypatch):
+    monkeypatch.setattr(demo_data, "_read", lambda name: '{"question": "ok"}\n{"question": \n')
+    with pytest.raises(ValueError, match=r"data/demo/truthfulqa.jsonl: line 2"):
+        load_demo_table("truthfulqa.jsonl")
+
+
+def test_tables_are_fresh_copies():
+    first = load_demo_table("mmlu.jsonl")
+    first[0]["question"] = "changed"
+    assert load_demo_table("mmlu.jsonl")[0]["question"] != "changed"
 
 
 # ---------------------------------------------------------------- corpus shape
@@ -157,8 +222,12 @@ def test_labelled_rows_do_not_overlap(labels):
 # ---------------------------------------------------------------- demo benchmark formats
 def test_demo_benchmarks_follow_the_release_formats(tmp_path):
     root = write_demo_benchmarks(tmp_path / "b")
-    arc = {split: [json.loads(x) for x in (root / "arc_challenge" / f"ARC-Challenge-{split}.jsonl").read_text().splitlines()]
-           for split in ("Train", "Dev", "Test")}
+    arc = {
+        split: [
+            json.loads(x) for x in (root / "arc_challenge" / f"ARC-Challenge-{split}.jsonl").read_text().splitlines()
+        ]
+        for split in ("Train", "Dev", "Test")
+    }
     assert len(arc["Train"]) >= 25 and len(arc["Dev"]) == 5 and len(arc["Test"]) == 20
     for item in arc["Test"] + arc["Train"] + arc["Dev"]:
         assert set(item) == {"id", "question", "answerKey"} and set(item["question"]) == {"stem", "choices"}
@@ -202,7 +271,9 @@ def test_similarity_facts_of_the_labels_hold(rows, labels, bench_items):
     above = {(int(a), int(b)) for a, b in zip(i, j) if sim[a, b] >= threshold}
     assert above == planted  # every pair at/over 0.8 is a planted one, and every planted one is over it
     ordinary = np.array([(int(a), int(b)) not in planted for a, b in zip(i, j)])
-    assert float(sim[i[ordinary], j[ordinary]].max()) == pytest.approx(labels["similarity"]["max_ordinary_pair_cosine"], abs=0.01)
+    assert float(sim[i[ordinary], j[ordinary]].max()) == pytest.approx(
+        labels["similarity"]["max_ordinary_pair_cosine"], abs=0.01
+    )
     for d in labels["near_duplicates"]:
         assert float(sim[d["rows"][0], d["rows"][1]]) == pytest.approx(d["cosine"], abs=0.01)
 
@@ -220,4 +291,5 @@ def test_similarity_facts_of_the_labels_hold(rows, labels, bench_items):
             assert not hits, (r, rows[r]["instruction"], hits)
     ordinary_rows = [r for r in range(len(rows)) if r not in leak_rows]
     assert float(to_bench[ordinary_rows].max()) == pytest.approx(
-        labels["similarity"]["max_ordinary_to_benchmark_cosine"], abs=0.01)
+        labels["similarity"]["max_ordinary_to_benchmark_cosine"], abs=0.01
+    )

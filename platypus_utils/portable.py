@@ -1,0 +1,102 @@
+"""Make a report folder portable: replace the absolute paths of the machine that wrote it (entry layer).
+
+Executed notebooks, run_summary.json, summary.md/.html and the tables name files by the absolute
+paths the run used: the profile file (papermill's injected `profile_path`, run_summary.json's
+`profile_file`), the run folder (`runs/<profile>/...` in logged lines and outputs), the data folder
+(`paths.data_dir`, e.g. ../shared/data), the model cache (~/.cache/platypus) and library paths in
+warnings. `make reports` runs this module over reports/real-offline/ after the run, so the committed
+reference reports read the same whoever made them.
+
+Contract: `relativize_text(text, root)` rewrites every absolute path that starts at a path boundary
+(start of text, whitespace, a quote, `(`, `=`, ...):
+- under the project root `root`  -> relative to it ("params/real-offline.yaml", "runs/..."); the root
+  itself -> ".";
+- under the folder that holds the root -> "../<rest>" (e.g. "../shared/data/benchmarks");
+- under the home folder -> "~/<rest>" (e.g. "~/.cache/platypus").
+Nothing else changes (URLs and other text are left alone). `relativize_folder(folder, root)` applies it
+to every text file (.ipynb .json .jsonl .md .html .csv .txt .tex .yaml) under `folder`, rewriting only
+the files that change, and returns them. `absolute_paths(text)` lists what still looks like an absolute
+path of a machine (/home/, /root/, /Users/, /work/, /content/, /mnt/), for a check.
+
+    python -m platypus_utils.portable reports/real-offline [--root .] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+TEXT_SUFFIXES = (".ipynb", ".json", ".jsonl", ".md", ".html", ".csv", ".txt", ".tex", ".yaml")
+# What may stand right before a path: start of text or a character that cannot be part of a path.
+_BOUNDARY = r"(?<![\w.~/:%-])"
+_MACHINE_PATH = re.compile(_BOUNDARY + r"/(?:home|root|Users|work|content|mnt)/[^\s\\\"'<>)\]},;]*")
+
+
+def _replacements(root: Path) -> list[tuple[re.Pattern, str]]:
+    """(pattern, replacement) pairs, the most specific prefix first."""
+    root = root.resolve()
+    pairs = {str(root): "."}
+    if str(root.parent) != "/":
+        pairs.setdefault(str(root.parent), "..")
+    home = str(Path.home().resolve())
+    if home != "/":
+        pairs.setdefault(home, "~")  # unless home is the root or its parent (then "." or ".." says it)
+    out = []
+    for prefix, short in sorted(pairs.items(), key=lambda p: -len(p[0])):
+        # prefix/rest -> short/rest (short "." drops itself: "./params" -> "params"), prefix alone -> short
+        out.append((re.compile(_BOUNDARY + re.escape(prefix) + r"/"), "" if short == "." else short + "/"))
+        out.append((re.compile(_BOUNDARY + re.escape(prefix) + r"(?![\w.-])"), short))
+    return out
+
+
+def relativize_text(text: str, root: str | Path) -> str:
+    """`text` with the absolute paths under `root`, its parent folder and the home folder made relative."""
+    for pattern, replacement in _replacements(Path(root)):
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def absolute_paths(text: str) -> list[str]:
+    """The substrings of `text` that look like a machine's absolute path (see the module docstring)."""
+    return _MACHINE_PATH.findall(text)
+
+
+def relativize_folder(folder: str | Path, root: str | Path) -> list[Path]:
+    """Rewrite the text files under `folder` in place (see the module docstring); the files changed."""
+    changed = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
+            continue
+        text = path.read_text(encoding="utf-8")
+        new = relativize_text(text, root)
+        if new != text:
+            path.write_text(new, encoding="utf-8", newline="")
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m platypus_utils.portable", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a report folder, e.g. reports/real-offline")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the project root (default: the current folder)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a machine path is left")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"{args.folder}: no such folder", file=sys.stderr)
+        return 2
+    if not args.check:
+        changed = relativize_folder(args.folder, args.root)
+        print(f"{len(changed)} file(s) under {args.folder} made portable")
+    left = []
+    for path in sorted(args.folder.rglob("*")):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES:
+            left += [f"{path}: {p}" for p in absolute_paths(path.read_text(encoding="utf-8"))]
+    for line in left[:20]:
+        print(f"absolute path left: {line}", file=sys.stderr)
+    return 1 if left and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Habits of the repository: notebooks committed without outputs, reference reports without this
+machine's paths (platypus_utils.portable, `make reports`), one dependency list."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from platypus_utils.portable import absolute_paths, relativize_folder, relativize_text
+
+from .conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REFERENCE_REPORTS = ROOT / "reports" / "real-offline"
+
+
+# ---------------------------------------------------------------- notebooks without outputs
+def notebook_outputs(nb: dict) -> list[str]:
+    """What a committed notebook should not hold: outputs, execution counts, papermill/widget state."""
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        if cell.get("outputs"):
+            found.append(f"cell {i}: {len(cell['outputs'])} output(s)")
+        if cell.get("execution_count") is not None:
+            found.append(f"cell {i}: execution_count {cell['execution_count']}")
+        if "papermill" in cell.get("metadata", {}) or "execution" in cell.get("metadata", {}):
+            found.append(f"cell {i}: execution metadata")
+    found += [f"notebook metadata: {key}" for key in ("papermill", "widgets") if key in nb.get("metadata", {})]
+    return found
+
+
+def test_the_output_check_can_fail():
+    executed = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": "1",
+                "outputs": [{"output_type": "stream"}],
+                "execution_count": 3,
+                "metadata": {},
+            }
+        ],
+        "metadata": {"papermill": {}},
+    }
+    assert notebook_outputs(executed) == [
+        "cell 0: 1 output(s)",
+        "cell 0: execution_count 3",
+        "notebook metadata: papermill",
+    ]
+    assert notebook_outputs({"cells": [{"cell_type": "code", "outputs": [], "execution_count": None}]}) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs(path):
+    problems = notebook_outputs(json.loads(path.read_text(encoding="utf-8")))
+    assert not problems, (
+        f"{path.relative_to(ROOT)} holds outputs ({'; '.join(problems[:5])}); clear them "
+        f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}); executed copies "
+        "belong in reports/<profile>/notebooks/"
+    )
+
+
+def test_there_are_stage_notebooks():
+    assert len(NOTEBOOKS) >= 6
+
+
+# ---------------------------------------------------------------- portable reports
+def test_paths_under_the_root_its_parent_and_home_become_relative(tmp_path, monkeypatch):
+    home = tmp_path / "home" / "me"
+    root = home / "code" / "platypus"
+    monkeypatch.setenv("HOME", str(home))
+    kept = f"https://example.org{root}/x and file://{root}/y\n"  # not a path of this machine: left alone
+    text = (
+        f'profile_path = "{root}/params/real-offline.yaml"\n'
+        f"reports in {root}/reports/real-offline; cwd {root}\n"
+        f"data_dir={root.parent}/shared/data/benchmarks\n"
+        f"cache '{home}/.cache/platypus/models/smollm2'\n"
+        f"keep ../platypus-old/x, {kept}"
+    )
+    assert relativize_text(text, root) == (
+        'profile_path = "params/real-offline.yaml"\n'
+        "reports in reports/real-offline; cwd .\n"
+        "data_dir=../shared/data/benchmarks\n"
+        "cache '~/.cache/platypus/models/smollm2'\n"
+        f"keep ../platypus-old/x, {kept}"
+    )
+
+
+def _tiny_report(folder, root):
+    """A report folder as `platypus run` leaves it: an executed notebook and a run summary."""
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": 1,
+                "metadata": {"tags": ["injected-parameters"]},
+                "source": [f'profile_path = "{root}/params/demo.yaml"\n'],
+                "outputs": [
+                    {
+                        "output_type": "stream",
+                        "name": "stdout",
+                        "text": [f"wrote {root}/runs/demo/01_curate/curated.jsonl\n"],
+                    }
+                ],
+            }
+        ],
+        "metadata": {
+            "papermill": {
+                "input_path": f"{root}/notebooks/01_curate.ipynb",
+                "parameters": {"profile_path": f"{root}/params/demo.yaml"},
+            }
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (folder / "notebooks").mkdir(parents=True)
+    (folder / "notebooks" / "01_curate.ipynb").write_text(json.dumps(nb, indent=1))
+    (folder / "run_summary.json").write_text(json.dumps({"profile_file": f"{root}/params/demo.yaml"}))
+    (folder / "figure.png").write_bytes(b"\x89PNG" + str(root).encode())
+    return nb
+
+
+def test_a_report_folder_is_rewritten_in_place(tmp_path):
+    root = tmp_path / "work" / "main"
+    folder = root / "reports" / "demo"
+    _tiny_report(folder, root)
+    changed = relativize_folder(folder, root)
+    assert sorted(p.name for p in changed) == ["01_curate.ipynb", "run_summary.json"]
+    nb = json.loads((folder / "notebooks" / "01_curate.ipynb").read_text())
+    assert nb["cells"][0]["source"] == ['profile_path = "params/demo.yaml"\n']
+    assert nb["cells"][0]["outputs"][0]["text"] == ["wrote runs/demo/01_curate/curated.jsonl\n"]
+    assert nb["metadata"]["papermill"]["parameters"]["profile_path"] == "params/demo.yaml"
+    assert json.loads((folder / "run_summary.json").read_text()) == {"profile_file": "params/demo.yaml"}
+    assert (folder / "figure.png").read_bytes().endswith(str(root).encode())  # binary files: untouched
+    assert relativize_folder(folder, root) == []  # a second pass changes nothing
+
+
+def test_the_command_line_rewrites_then_checks(tmp_path):
+    root = "/home/someone/platypus"  # the machine that wrote the report (only its text is used)
+    folder = tmp_path / "reports" / "demo"
+    _tiny_report(folder, root)
+    cmd = [sys.executable, "-m", "platypus_utils.portable", str(folder), "--root", root]
+    check = subprocess.run([*cmd, "--check"], capture_output=True, text=True)
+    assert (
+        check.returncode == 1
+        and "absolute path left" in check.stderr
+        and "/home/someone/platypus/params" in check.stderr
+    )
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    assert subprocess.run([*cmd, "--check"], capture_output=True, text=True).returncode == 0
+    assert json.loads((folder / "run_summary.json").read_text()) == {"profile_file": "params/demo.yaml"}
+
+
+def test_committed_reference_reports_hold_no_machine_paths():
+    if not REFERENCE_REPORTS.is_dir():
+        pytest.skip("no committed reference reports")
+    left = []
+    for path in sorted(REFERENCE_REPORTS.rglob("*")):
+        if path.is_file() and path.suffix in (".ipynb", ".json", ".md", ".html", ".csv", ".txt"):
+            left += [f"{path.relative_to(ROOT)}: {p}" for p in absolute_paths(path.read_text(encoding="utf-8"))]
+    assert not left, (
+        "reference reports hold absolute paths (regenerate with `make reports`, or rewrite them "
+        "with `python -m platypus_utils.portable reports/real-offline`):\n" + "\n".join(left[:10])
+    )
+
+
+# ---------------------------------------------------------------- one dependency list
+def test_environment_yml_installs_the_package_instead_of_listing_dependencies():
+    yaml = pytest.importorskip("yaml")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert pip == ["-e .[test]"]
