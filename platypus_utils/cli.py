@@ -6,20 +6,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-import yaml
-
-from .config import ProfileError, load_profile
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.max_steps=10")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)  # typed like the profile: 10 -> int, true -> bool
-    return out
+from .config import ProfileError, load_profile, parse_set
+from .preflight import check_target_modules
 
 
 def _detectors(text: str) -> list[str]:
@@ -33,10 +23,8 @@ def _detectors(text: str) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="platypus", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run(sub) -> None:
+    """`platypus run PROFILE`: the stages, as papermill notebooks."""
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
     p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
     p_run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune")
@@ -48,9 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--wait", action="store_true",
                        help="if another run of this profile holds its lock, wait for it instead of exiting (3)")
 
+
+def _add_validate(sub) -> None:
+    """`platypus validate PROFILE...`: check profiles, run nothing."""
     p_val = sub.add_parser("validate", help="validate profiles without running anything")
     p_val.add_argument("params", nargs="+")
 
+
+def _add_decontaminate(sub) -> None:
+    """`platypus decontaminate DATA --benchmarks DIR --out DIR`."""
     p_dec = sub.add_parser("decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; "
                            "prints a JSON summary")
     p_dec.add_argument("train", help="JSON lines (or a .json list) with instruction, output[, input, data_source]")
@@ -66,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
     p_dec.add_argument("--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)")
 
+
+def _add_analyse(sub) -> None:
+    """`platypus analyse DIR[=NAME]... --baseline NAME --out DIR`."""
     p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
     p_an.add_argument("inputs", nargs="+", metavar="DIR[=NAME]",
                       help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's")
@@ -80,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p_an.add_argument("--seed", type=int, default=0)
     p_an.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
 
+
+def _add_plan(sub) -> None:
+    """`platypus plan PROFILE`: the dry run before renting a GPU."""
     p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
     p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
     p_plan.add_argument("--config", metavar="DIR", help="folder with the base model's config.json (else plan.base_config, "
@@ -90,71 +90,100 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--mfu", type=float, help="model-FLOP utilisation for the time estimate (plan.mfu)")
     p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="platypus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_run, _add_validate, _add_decontaminate, _add_analyse, _add_plan):
+        add(sub)
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from .runner import RunLocked, StageFailed, run  # the runner imports every stage: only when running
+
+    try:
+        run(args.params, only=args.only, start=args.start, force=args.force,
+            overrides=parse_set(args.set), verbose=args.verbose, wait=args.wait)
+    except StageFailed:
+        return 1
+    except RunLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    """Every profile is checked; exit 2 if any is bad."""
+    bad = 0
+    for path in args.params:
+        try:
+            profile = load_profile(path)
+            check_target_modules(profile)
+        except ProfileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        print(f"{path}: ok (profile {profile.name})")
+    return 2 if bad else 0
+
+
+def _cmd_plan(args) -> int:
+    from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
+
+    profile = load_profile(args.params, overrides=parse_set(args.set))
+    result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb,
+                       mfu=args.mfu)
+    print(format_plan(result))
+    out = write_plan(result, Path(args.out) if args.out else default_out(profile))
+    print(f"written: {shown_path(out)}")
+    check_fits(result)  # exit 2 naming the keys to change, after the table and the JSON
+    return 0
+
+
+def _cmd_decontaminate(args) -> int:
+    from .config import DecontaminateConfig
+    from .decontaminate import check_file
+
+    settings = {"similarity_threshold": args.threshold}
+    if args.detectors:
+        settings["detectors"] = args.detectors
+    if args.benchmark_names:
+        settings["benchmarks"] = args.benchmark_names
+    cfg = DecontaminateConfig(**settings)  # a bad value is a pydantic ValidationError, a ValueError
+    summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_analyse(args) -> int:
+    from .analysis import StatsSettings, analyse
+
+    merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
+    produced = analyse(args.inputs, args.baseline, args.out, force=args.force,
+                       formats=[f for f in args.formats.split(",") if f],
+                       st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed), merged=merged)
+    print("\n".join(produced.get("verdicts", []) + produced["notes"] + [f"summary: {produced['summary']}"]))
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "decontaminate": _cmd_decontaminate,
+            "analyse": _cmd_analyse}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("platypus").setLevel(logging.INFO)
     try:
-        if args.command == "run":
-            from .runner import RunLocked, StageFailed, run
-
-            try:
-                run(args.params, only=args.only, start=args.start, force=args.force,
-                    overrides=_parse_set(args.set), verbose=args.verbose, wait=args.wait)
-            except StageFailed:
-                return 1
-            except RunLocked as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 3
-        elif args.command == "validate":  # every profile is checked; exit 2 if any is bad
-            bad = 0
-            for path in args.params:
-                try:
-                    profile = load_profile(path)
-                except ProfileError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    bad += 1
-                    continue
-                print(f"{path}: ok (profile {profile.name})")
-            return 2 if bad else 0
-        elif args.command == "plan":
-            from pathlib import Path
-
-            from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
-
-            profile = load_profile(args.params, overrides=_parse_set(args.set))
-            result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb,
-                               mfu=args.mfu)
-            print(format_plan(result))
-            out = write_plan(result, Path(args.out) if args.out else default_out(profile))
-            print(f"written: {shown_path(out)}")
-            check_fits(result)  # exit 2 naming the keys to change, after the table and the JSON
-        elif args.command == "decontaminate":
-            from .config import DecontaminateConfig
-            from .decontaminate import check_file
-
-            settings = {"similarity_threshold": args.threshold}
-            if args.detectors:
-                settings["detectors"] = args.detectors
-            if args.benchmark_names:
-                settings["benchmarks"] = args.benchmark_names
-            cfg = DecontaminateConfig(**settings)  # a bad value is a pydantic ValidationError, a ValueError
-            summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir)
-            print(json.dumps(summary, indent=2))
-        elif args.command == "analyse":
-            from .analysis import StatsSettings, analyse
-
-            merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
-            produced = analyse(args.inputs, args.baseline, args.out, force=args.force,
-                               formats=[f for f in args.formats.split(",") if f],
-                               st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed), merged=merged)
-            print("\n".join(produced.get("verdicts", []) + produced["notes"] + [f"summary: {produced['summary']}"]))
+        return COMMANDS[args.command](args)
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

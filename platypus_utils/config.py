@@ -11,7 +11,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .colab import DRIVE_PREFIX, resolve_drive_path
+from .drive import DRIVE_PREFIX, resolve_drive_path
+from .layout import DENSITY_METHODS, evaluable_variants
+from .refs import default_cache_dir, is_hub_reference
 
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
@@ -83,7 +85,7 @@ class DecontaminateConfig(_Section):
     # a training text longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded
     # in windows of that length, each sharing this fraction with the next; its cosine is the max over windows
     window_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
-    judge_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # candidates the judge reads (detector "judge")
+    judge_threshold: float = Field(default=0.6, gt=0.0, le=1.0)  # candidates the judge reads (detector "judge")
     judge_model: Optional[str] = None  # None: leak_judge's default for the machine
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     duplicate_threshold: float = Field(default=0.95, gt=0.0, le=1.0)  # cosine at/above which a pair is near-verbatim
@@ -215,7 +217,6 @@ class FinetuneConfig(_Section):
 
 MergeMethod = Literal["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
 AdapterCombination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
-_DENSITY_METHODS = ("ties", "dare_linear", "dare_ties")
 
 
 class MergePartnerConfig(_Section):
@@ -244,7 +245,7 @@ class AdapterMixConfig(_Section):
     def _consistent(self):
         if len(self.weights) != len(self.adapters):
             raise ValueError(f"{len(self.weights)} weights for {len(self.adapters)} adapters")
-        needs_density = self.combination_type in _DENSITY_METHODS
+        needs_density = self.combination_type in DENSITY_METHODS
         if needs_density != (self.density is not None):
             raise ValueError(f"density is {'required' if needs_density else 'not used'} with "
                              f"combination_type {self.combination_type}")
@@ -273,7 +274,7 @@ class ModelMergeConfig(_Section):
             raise ValueError(f"slerp merges exactly 2 models, got {len(self.models)}")
         if self.method in ("linear", "slerp") and sum(self.weights) == 0:
             raise ValueError(f"{self.method}: the weights sum to 0")
-        needs_density = self.method in _DENSITY_METHODS
+        needs_density = self.method in DENSITY_METHODS
         if needs_density != (self.density is not None):
             raise ValueError(f"density is {'required' if needs_density else 'not used'} with method {self.method}")
         return self
@@ -406,8 +407,6 @@ class Profile(_Section):
 
     def needs_hub(self) -> bool:
         """Whether any model or data reference in this profile is a hub id."""
-        from .models import is_hub_reference
-
         refs = [self.models.base, self.models.embedding, *(p.model for p in self.merge.partners)]
         hub_data = ("hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
                     or any(s.enabled and s.name == "hub" for s in self.curate.sources) or self.curate.push_to_hub)
@@ -422,9 +421,19 @@ class Profile(_Section):
         return base / kind if kind else base
 
     def cache_dir(self) -> Path:
-        from .models import default_cache_dir
-
         return Path(self.paths.cache_dir) if self.paths.cache_dir else default_cache_dir()
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """`--set KEY=VALUE` items -> {dotted key: value}, each value read as YAML (10 -> int, true -> bool),
+    as the profile itself is; what `platypus run --set` and `python -m platypus_utils.finetune --set` take."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.max_steps=10")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _format_error(err: dict) -> str:
@@ -439,7 +448,7 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     benchmark paths to paths.data_dir when set. Model references written as ./x or ../x too."""
     for key in ("runs_dir", "reports_dir", "cache_dir", "data_dir"):
         value = getattr(profile.paths, key)
-        if value and value.startswith(DRIVE_PREFIX):  # drive:REL, on Google Drive (platypus_utils.colab)
+        if value and value.startswith(DRIVE_PREFIX):  # drive:REL, on Google Drive (platypus_utils.drive)
             try:
                 setattr(profile.paths, key, resolve_drive_path(value, root))
             except ValueError as exc:
@@ -479,22 +488,11 @@ def project_root_for(profile_file: Path) -> Path:
 
 def _check_variants(profile: Profile, path: Path) -> None:
     """evaluate.variants must name variants that exist once 04 has run (layout.evaluable_variants)."""
-    from .layout import evaluable_variants
-
     known = evaluable_variants(profile)
     unknown = [v for v in profile.evaluate.variants if v not in known]
     if unknown:
         raise ProfileError(f"{path}: key 'evaluate.variants': unknown variant(s) {', '.join(map(repr, unknown))}; "
                            f"this profile can evaluate: {', '.join(known)}")
-
-
-def _check_target_modules(profile: Profile, path: Path) -> None:
-    """finetune.target_modules must be modules of models.base, read from its config (not its weights)."""
-    from .models import target_module_problem
-
-    problem = target_module_problem(profile.models.base, profile.finetune.target_modules, profile.cache_dir())
-    if problem:
-        raise ProfileError(f"{path}: key 'finetune.target_modules': {problem}")
 
 
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
@@ -524,6 +522,5 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     _resolve_paths(profile, project_root_for(path))
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
-    _check_variants(profile, path)
-    _check_target_modules(profile, path)
+    _check_variants(profile, path)  # finetune.target_modules: preflight.check_target_modules (reads the model config)
     return profile

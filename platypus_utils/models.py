@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .artifacts import atomic_path, sha256_file
+from .refs import EMBEDDED_PREFIX, RANDOM_PREFIX, default_cache_dir, is_hub_reference  # noqa: F401 - re-exported
+from .refs import looks_like_path as _looks_like_path
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import platypus_utils.models` must be cheap
     import torch
@@ -40,8 +42,6 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `import platypus_utils.models` mus
 
 log = logging.getLogger("platypus")
 
-EMBEDDED_PREFIX = "embedded:"
-RANDOM_PREFIX = "random:"  # random:<folder with config.json>: a seeded random-init model of that shape
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 # name -> (importable module, pip package, file or folder inside the package)
@@ -58,23 +58,6 @@ PROVENANCE_FILES = frozenset({CONVERSION_RECORD, "merge_info.json", "README.md",
 
 
 # ---------------------------------------------------------------- cache and references
-def default_cache_dir() -> Path:
-    """$PLATYPUS_CACHE if set, else ~/.cache/platypus."""
-    env = os.environ.get("PLATYPUS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "platypus"
-
-
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith(("/", ".", "~"))
-
-
-def is_hub_reference(ref: str) -> bool:
-    """True for a reference that resolve_model would hand to the hub (not embedded, not a local path)."""
-    ref = ref.strip()
-    return not (ref.startswith((EMBEDDED_PREFIX, RANDOM_PREFIX)) or _looks_like_path(ref)
-                or Path(ref).expanduser().exists())
-
-
 def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
     """Turn a profile's model reference into something `from_pretrained` accepts.
 

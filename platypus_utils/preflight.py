@@ -5,7 +5,8 @@
   readable with the token at hand (`hub.check_hub_access`: gated Llama-2 without HF_TOKEN fails
   here, naming the key);
 - partners to merge into have the base's architecture, read from their config.json only;
-- the GPUs the profile asks for exist (finetune.num_gpus, 4-/8-bit loading, evaluate.device).
+- the GPUs the profile asks for exist (finetune.num_gpus, 4-/8-bit loading, evaluate.device);
+- finetune.target_modules name modules of the base model (its config.json; `platypus validate` too).
 Each failure is a ProfileError naming the profile key and what to change (exit status 2).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transformers import AutoConfig
 
 from .config import Profile, ProfileError
 from .hub import apply_hub_mode, check_hub_access
-from .models import resolve_model
+from .models import resolve_model, target_module_problem
 
 log = logging.getLogger("platypus")
 
@@ -49,6 +50,14 @@ def check_partner_architectures(profile: Profile, load_config: Optional[Callable
                                "on the base, so it only merges into models of the same architecture")
 
 
+def check_target_modules(profile: Profile) -> None:
+    """finetune.target_modules must name modules of models.base, read from its config.json (never its
+    weights; a hub model not in the local cache is left to the stage, which checks the loaded model)."""
+    problem = target_module_problem(profile.models.base, profile.finetune.target_modules, profile.cache_dir())
+    if problem:
+        raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.target_modules': {problem}")
+
+
 def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> None:
     """The GPUs the selected stages ask for exist on this machine."""
     where = profile.source_file or profile.name
@@ -70,6 +79,7 @@ def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] 
 
 def preflight(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> dict:
     """Run every check for `stages` of `profile`; returns what was checked (for the run summary)."""
+    check_target_modules(profile)
     mode = apply_hub_mode(profile)
     log.info("hub: %s", mode)
     check_devices(profile, stages, gpu_count)

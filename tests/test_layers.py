@@ -33,7 +33,7 @@ CORE, COMPONENTS, STAGES, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", COMPONENTS: "components", STAGES: "stages", ENTRY: "entry"}
 STAGE_NAMES = ("curate", "decontaminate", "finetune", "merge", "evaluate", "analysis")
 LAYERS = {
-    **dict.fromkeys(["__init__", "config", "artifacts", "layout", "text", "drive"], CORE),
+    **dict.fromkeys(["__init__", "config", "artifacts", "layout", "text", "drive", "refs"], CORE),
     **dict.fromkeys(
         [
             "sources",
