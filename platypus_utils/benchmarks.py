@@ -1,73 +1,126 @@
-"""Benchmark test items for the contamination check (stage 02), from the Open LLM Leaderboard v1 test sets.
+"""The Open LLM Leaderboard v1 test sets: one registry, and one parser per release format (component layer).
+
+Registry (`REGISTRY`, `spec(name)`): for each benchmark its profile key (`arc_challenge`, `hellaswag`,
+`mmlu`, `truthfulqa`), the key 05/06 report it under (`truthfulqa_mc2` for TruthfulQA), lm-eval's
+built-in task (`mmlu_<subject>` per MMLU subject), the file of the evaluated split inside a benchmarks
+folder, the hub dataset, and what the "full" comparison view adds to the question (stage 02).
+`spec()` accepts either spelling.
 
 `load_benchmark(name, benchmarks_dir)` reads one benchmark in its original release format (the layout
 of ../shared/data/benchmarks, which the demo benchmarks copy) and returns items
 
-    {"benchmark", "subject", "item_id", "question", "choices", "answer"}
+    {"benchmark", "subject", "item_id", "question", "choices", "answer", "lm_eval_task", "doc_id"}
 
 from the split the leaderboard evaluates: ARC-Challenge Test, HellaSwag validation, MMLU test,
-TruthfulQA (all 817 questions, mc_task.json). `answer` is the text of the correct choice.
+TruthfulQA (all 817 questions, mc_task.json). `answer` is the text of the correct choice. The question
+text for HellaSwag is its context `ctx` (what a leaked training row would copy); for the others the stem.
 
-Item ids are stable across runs and readers:
+Ids. `item_id` is stable and readable:
   ARC            its own id (e.g. "Mercury_7175875")
   HellaSwag      "hellaswag/<ind>"
-  MMLU           "mmlu/<subject>/test/<row>"   (row: 0-based line of <subject>_test.csv)
-  TruthfulQA     "truthfulqa/<index>"          (0-based position in mc_task.json)
+  MMLU           "mmlu/<subject>/test/<k>"
+  TruthfulQA     "truthfulqa/<k>"
+(`doc_id`, `lm_eval_task`) is the item as lm-eval's per-sample logs name it: `doc_id` is the 0-based
+position of the item in the split lm-eval evaluates for that task - the non-blank lines of the JSON
+lines files, the non-empty records of `<subject>_test.csv` (k above), the list index in mc_task.json
+(k above). Stage 05 reads the same files in the same order (lm_eval_tasks/utils.py, whose process_docs
+never drop or reorder a row; HellaSwag's built-in process_docs is a map), and the hub releases hold the
+same rows in the same order, so the join with a sample log is exact; a run with `limit` N evaluates
+doc_ids 0..N-1. Local runs name their tasks with 05's `platypus_` prefix (`platypus_mmlu_anatomy`):
+strip it to join.
 
-The question text for HellaSwag is its context `ctx` (what a leaked training row would copy); for the
-others it is the question stem.
+`limit` keeps the first N items of a benchmark in file order; for MMLU the first N of *each subject*,
+so a small limit still covers every subject (a global first-N would only test abstract_algebra).
 
-`limit` keeps the first N items of a benchmark in file order; for MMLU it keeps the first N items of
-*each subject*, so a small limit still covers every subject (MMLU's 57 subjects differ a lot, and a
-global first-N would only test abstract_algebra).
+Errors: a benchmark folder that lacks a benchmark's file is a FileNotFoundError naming the file it
+expected and what it should hold; a malformed line or row a ValueError naming the file and line/row.
 
 `benchmarks_dir="hub"` loads the same splits from the Hugging Face hub (allenai/ai2_arc, Rowan/hellaswag,
-cais/mmlu, truthful_qa); that path needs network access and is not exercised by the tests.
+cais/mmlu, truthful_qa); it needs network access and is tested only with a stand-in for `datasets`.
+
+Known duplication: 05's task folder parses the same four formats again (lm_eval_tasks/utils.py). That
+file is copied next to the generated lm-eval YAMLs and must work with the plain `lm_eval` command,
+so it imports nothing from this package; its row order is what `doc_id` above relies on.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Iterator, Optional
 
 log = logging.getLogger("platypus")
 
-BENCHMARK_NAMES = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
-
-HUB_IDS = {
-    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
-    "hellaswag": ("Rowan/hellaswag", None, "validation"),
-    "mmlu": ("cais/mmlu", "all", "test"),
-    "truthfulqa": ("truthful_qa", "multiple_choice", "validation"),
-}
-
-# Relative paths of the evaluated split inside a benchmarks folder.
-TEST_FILES = {
-    "arc_challenge": "arc_challenge/ARC-Challenge-Test.jsonl",
-    "hellaswag": "hellaswag/hellaswag_val.jsonl",
-    "mmlu": "mmlu/test",
-    "truthfulqa": "truthfulqa/mc_task.json",
-}
-
 _LETTERS = "ABCDE"
+MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
 
 
-def _item(benchmark: str, item_id: str, question: str, choices: list[str], answer: str, subject: str = "") -> dict:
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str  # the profile's key (decontaminate.benchmarks)
+    leaderboard_name: str  # the key 05_evaluate and 06_analysis report it under
+    lm_eval_task: str  # lm-eval's built-in task; "{subject}" filled in for MMLU
+    test_path: str  # the evaluated split, relative to a benchmarks folder
+    expected: str  # what that file or folder holds, for error messages
+    hub: tuple[str, Optional[str], str]  # (dataset id, config, split)
+    full_view: str  # what stage 02's "full" view adds to the question: choices | gold_ending | answer
+
+    def task(self, subject: str = "") -> str:
+        """lm-eval's task name for an item of this benchmark (MMLU: per subject)."""
+        return self.lm_eval_task.format(subject=subject)
+
+
+REGISTRY: dict[str, BenchmarkSpec] = {s.name: s for s in (
+    BenchmarkSpec("arc_challenge", "arc_challenge", "arc_challenge", "arc_challenge/ARC-Challenge-Test.jsonl",
+                  "the ARC-Challenge Test split, JSON lines with id, question.stem, question.choices, answerKey",
+                  ("allenai/ai2_arc", "ARC-Challenge", "test"), "choices"),
+    BenchmarkSpec("hellaswag", "hellaswag", "hellaswag", "hellaswag/hellaswag_val.jsonl",
+                  "the HellaSwag validation split, JSON lines with ind, ctx, endings, label",
+                  ("Rowan/hellaswag", None, "validation"), "gold_ending"),
+    BenchmarkSpec("mmlu", "mmlu", "mmlu_{subject}", "mmlu/test",
+                  "a folder of <subject>_test.csv files (question, A, B, C, D, answer letter; no header)",
+                  ("cais/mmlu", "all", "test"), "choices"),
+    BenchmarkSpec("truthfulqa", "truthfulqa_mc2", "truthfulqa_mc2", "truthfulqa/mc_task.json",
+                  "TruthfulQA's mc_task.json, a JSON list of {question, mc1_targets, mc2_targets}",
+                  ("truthful_qa", "multiple_choice", "validation"), "answer"),
+)}
+BENCHMARK_NAMES = tuple(REGISTRY)
+_ALIASES = {s.leaderboard_name: s.name for s in REGISTRY.values()}
+# kept for callers of the earlier module: derived from the registry
+HUB_IDS = {name: s.hub for name, s in REGISTRY.items()}
+TEST_FILES = {name: s.test_path for name, s in REGISTRY.items()}
+
+
+def spec(name: str) -> BenchmarkSpec:
+    """The registry entry for a profile key or a leaderboard name (truthfulqa or truthfulqa_mc2)."""
+    key = _ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
+    return REGISTRY[key]
+
+
+def _item(benchmark: str, item_id: str, question: str, choices: list[str], answer: str, doc_id: int,
+          subject: str = "") -> dict:
     return {"benchmark": benchmark, "subject": subject, "item_id": item_id, "question": question,
-            "choices": choices, "answer": answer}
+            "choices": choices, "answer": answer, "lm_eval_task": REGISTRY[benchmark].task(subject), "doc_id": doc_id}
 
 
-def _need(path: Path) -> Path:
+def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
+    """The file (MMLU: folder) of `name`'s evaluated split in a benchmarks folder, which must exist: a
+    missing one is a FileNotFoundError saying what was expected there."""
+    s = spec(name)
+    path = Path(benchmarks_dir) / s.test_path
     if not path.exists():
-        raise FileNotFoundError(f"{path}: benchmark file not found")
+        raise FileNotFoundError(f"{path}: benchmark file not found - {benchmarks_dir} has no {s.name} test set; "
+                                f"expected {s.test_path} there ({s.expected})")
     return path
 
 
-def _jsonl(path: Path):
-    """Yield (line number, object) for each non-empty line; a bad line is a ValueError naming it."""
-    with open(_need(path), encoding="utf-8") as fh:
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a bad line is a ValueError naming it."""
+    with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -77,93 +130,92 @@ def _jsonl(path: Path):
                 raise ValueError(f"{path}, line {lineno}: malformed JSON ({exc.msg})") from None
 
 
-# ---------------------------------------------------------------- original formats
-def _arc_item(obj: dict) -> dict:
+# ---------------------------------------------------------------- one parser per original format
+def arc_item(obj: dict, doc_id: int) -> dict:
+    """An AI2 ARC row (id, question.stem, question.choices[{text, label}], answerKey) as an item."""
     q = obj["question"]
-    choices = q["choices"]
-    texts = [str(c["text"]) for c in choices]
-    labels = [str(c["label"]) for c in choices]
+    texts = [str(c["text"]) for c in q["choices"]]
+    labels = [str(c["label"]) for c in q["choices"]]
     key = str(obj["answerKey"])
     if key not in labels:
         raise KeyError(f"answerKey {key!r} is not one of the choice labels {labels}")
     if not isinstance(q["stem"], str) or not q["stem"].strip():
         raise KeyError("empty question.stem")
-    return _item("arc_challenge", str(obj["id"]), q["stem"], texts, texts[labels.index(key)])
+    return _item("arc_challenge", str(obj["id"]), q["stem"], texts, texts[labels.index(key)], doc_id)
 
 
-def _load_arc(root: Path) -> list[dict]:
-    path = root / TEST_FILES["arc_challenge"]
-    items = []
-    for lineno, obj in _jsonl(path):
-        try:
-            items.append(_arc_item(obj))
-        except (KeyError, TypeError, IndexError) as exc:
-            raise ValueError(f"{path}, line {lineno}: not an ARC item ({exc})") from None
-    return items
-
-
-def _hellaswag_item(obj: dict) -> dict:
+def hellaswag_item(obj: dict, doc_id: int) -> dict:
+    """A HellaSwag row (ind, ctx, endings, label; label may be a string, as on the hub) as an item."""
     endings = [str(e) for e in obj["endings"]]
-    label = int(obj["label"])  # the hub release stores it as a string
+    label = int(obj["label"])
     if not 0 <= label < len(endings):
         raise IndexError(f"label {label} out of range for {len(endings)} endings")
     ctx = obj["ctx"]
     if not isinstance(ctx, str) or not ctx.strip():
         raise KeyError("empty ctx")
-    return _item("hellaswag", f"hellaswag/{obj['ind']}", ctx, endings, endings[label])
+    return _item("hellaswag", f"hellaswag/{obj['ind']}", ctx, endings, endings[label], doc_id)
 
 
-def _load_hellaswag(root: Path) -> list[dict]:
-    path = root / TEST_FILES["hellaswag"]
-    items = []
-    for lineno, obj in _jsonl(path):
-        try:
-            items.append(_hellaswag_item(obj))
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise ValueError(f"{path}, line {lineno}: not a HellaSwag item ({exc})") from None
-    return items
-
-
-def _mmlu_subject_items(path: Path, subject: str, limit: Optional[int]) -> list[dict]:
-    items = []
+def read_mmlu_csv(path: Path) -> list[list[str]]:
+    """The records of one `<subject>_<split>.csv` (question, A, B, C, D, answer letter; no header), exact
+    strings; empty records are skipped, as lm-eval's reader does, so list positions are lm-eval doc_ids."""
+    records = []
     with open(path, encoding="utf-8", newline="") as fh:
-        for row_index, row in enumerate(csv.reader(fh)):
-            if limit is not None and row_index >= limit:
-                break
-            if len(row) != 6 or row[5].strip() not in _LETTERS[:4] or not row[0].strip():
-                raise ValueError(f"{path}, row {row_index + 1}: expected question,A,B,C,D,answer letter; got {len(row)} fields")
-            choices = row[1:5]
-            items.append(_item("mmlu", f"mmlu/{subject}/test/{row_index}", row[0], choices,
-                               choices[_LETTERS.index(row[5].strip())], subject))
-    return items
+        for k, row in enumerate(csv.reader(fh), 1):
+            if not row:
+                continue
+            if len(row) != len(MMLU_COLUMNS) or row[5].strip() not in _LETTERS[:4] or not row[0].strip():
+                raise ValueError(f"{path}, row {k}: expected question,A,B,C,D,answer letter; got {len(row)} fields")
+            records.append(row)
+    return records
 
 
-def _load_mmlu(root: Path, limit: Optional[int]) -> list[dict]:
-    folder = _need(root / TEST_FILES["mmlu"])
-    files = sorted(folder.glob("*_test.csv"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no <subject>_test.csv files")
-    items = []
-    for path in files:
-        items.extend(_mmlu_subject_items(path, path.name[: -len("_test.csv")], limit))
-    return items
+def mmlu_item(record: list[str], subject: str, doc_id: int) -> dict:
+    choices = record[1:5]
+    return _item("mmlu", f"mmlu/{subject}/test/{doc_id}", record[0], choices,
+                 choices[_LETTERS.index(record[5].strip())], doc_id, subject)
 
 
-def _truthfulqa_item(index: int, obj: dict) -> dict:
+def truthfulqa_item(obj: dict, doc_id: int) -> dict:
+    """One mc_task.json entry as an item; choices and answer from mc1_targets (one correct answer)."""
     targets = obj["mc1_targets"]
     if not isinstance(targets, dict) or not targets:
         raise KeyError("mc1_targets must be a non-empty mapping answer -> 0/1")
-    choices = list(targets)
     correct = [c for c, v in targets.items() if v == 1]
     if len(correct) != 1:
         raise KeyError(f"mc1_targets has {len(correct)} correct answers, expected 1")
     if not isinstance(obj.get("mc2_targets"), dict):
         raise KeyError("missing mc2_targets")
-    return _item("truthfulqa", f"truthfulqa/{index}", obj["question"], choices, correct[0])
+    return _item("truthfulqa", f"truthfulqa/{doc_id}", obj["question"], list(targets), correct[0], doc_id)
+
+
+# ---------------------------------------------------------------- loaders of a benchmarks folder
+def _load_jsonl_items(name: str, root: Path, parse, kind: str) -> list[dict]:
+    path = expected_path(name, root)
+    items = []
+    for lineno, obj in _jsonl(path):
+        try:
+            items.append(parse(obj, len(items)))
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"{path}, line {lineno}: not {kind} item ({exc})") from None
+    return items
+
+
+def _load_mmlu(root: Path, limit: Optional[int]) -> list[dict]:
+    folder = expected_path("mmlu", root)
+    files = sorted(folder.glob("*_test.csv"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no <subject>_test.csv files ({REGISTRY['mmlu'].expected})")
+    items = []
+    for path in files:
+        subject = path.name[: -len("_test.csv")]
+        records = read_mmlu_csv(path)[:limit]
+        items.extend(mmlu_item(rec, subject, k) for k, rec in enumerate(records))
+    return items
 
 
 def _load_truthfulqa(root: Path) -> list[dict]:
-    path = _need(root / TEST_FILES["truthfulqa"])
+    path = expected_path("truthfulqa", root)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -173,7 +225,7 @@ def _load_truthfulqa(root: Path) -> list[dict]:
     items = []
     for i, obj in enumerate(data):
         try:
-            items.append(_truthfulqa_item(i, obj))
+            items.append(truthfulqa_item(obj, i))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}, item {i}: not a TruthfulQA item ({exc})") from None
     return items
@@ -181,54 +233,43 @@ def _load_truthfulqa(root: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- hub (needs network)
 def _load_hub(name: str, limit: Optional[int]) -> list[dict]:
-    from datasets import load_dataset
+    from datasets import load_dataset  # only the hub path needs it; importing datasets costs ~1 s
 
-    hub_id, config, split = HUB_IDS[name]
+    hub_id, config, split = REGISTRY[name].hub
     ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
-    items: list[dict] = []
-    if name == "arc_challenge":
-        for row in ds:
-            texts, labels = list(row["choices"]["text"]), [str(x) for x in row["choices"]["label"]]
-            items.append(_item(name, row["id"], row["question"], texts, texts[labels.index(str(row["answerKey"]))]))
-    elif name == "hellaswag":
-        for row in ds:
-            items.append(_hellaswag_item({"ind": row["ind"], "ctx": row["ctx"], "endings": row["endings"],
-                                          "label": row["label"]}))
-    elif name == "mmlu":
+    if name == "mmlu":  # doc_id counts within a subject, as lm-eval's per-subject tasks do
         per_subject: dict[str, int] = {}
+        items = []
         for row in ds:
-            subject = row["subject"]
-            n = per_subject.get(subject, 0)
-            per_subject[subject] = n + 1
-            if limit is not None and n >= limit:
-                continue
-            choices = list(row["choices"])
-            items.append(_item(name, f"mmlu/{subject}/test/{n}", row["question"], choices, choices[int(row["answer"])], subject))
+            k = per_subject[row["subject"]] = per_subject.get(row["subject"], -1) + 1
+            if limit is None or k < limit:
+                record = [row["question"], *row["choices"], _LETTERS[int(row["answer"])]]
+                items.append(mmlu_item(record, row["subject"], k))
         return items
-    elif name == "truthfulqa":
-        for i, row in enumerate(ds):
-            mc1 = row["mc1_targets"]
-            choices = list(mc1["choices"])
-            items.append(_item(name, f"truthfulqa/{i}", row["question"], choices, choices[list(mc1["labels"]).index(1)]))
+    items = []
+    for k, row in enumerate(ds):
+        if name == "arc_challenge":
+            obj = {"id": row["id"], "answerKey": row["answerKey"],
+                   "question": {"stem": row["question"], "choices": [
+                       {"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]}}
+            items.append(arc_item(obj, k))
+        elif name == "hellaswag":
+            items.append(hellaswag_item(row, k))
+        else:
+            mc1, mc2 = row["mc1_targets"], row["mc2_targets"]
+            items.append(truthfulqa_item({"question": row["question"],
+                                          "mc1_targets": dict(zip(mc1["choices"], mc1["labels"])),
+                                          "mc2_targets": dict(zip(mc2["choices"], mc2["labels"]))}, k))
     return items if limit is None else items[:limit]
 
 
-_LOADERS: dict[str, Callable[[Path], list[dict]]] = {
-    "arc_challenge": _load_arc,
-    "hellaswag": _load_hellaswag,
-    "truthfulqa": _load_truthfulqa,
-}
-
-
 def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] = None) -> list[dict]:
-    """Test items of one benchmark. See the module docstring for the item fields and ids.
+    """Test items of one benchmark (see the module docstring for the fields and ids).
 
     benchmarks_dir: a folder in the original layout (arc_challenge/, hellaswag/, mmlu/, truthfulqa/),
-    or "hub". A missing file is a FileNotFoundError naming the expected path; a malformed line or row is a
-    ValueError naming the file and the line/row.
+    or "hub". `name` may be a profile key or a leaderboard name (truthfulqa_mc2).
     """
-    if name not in BENCHMARK_NAMES:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
+    name = spec(name).name
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if str(benchmarks_dir) == "hub":
@@ -239,10 +280,12 @@ def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] =
             raise FileNotFoundError(f"{root}: benchmarks folder not found")
         if name == "mmlu":
             items = _load_mmlu(root, limit)
+        elif name == "truthfulqa":
+            items = _load_truthfulqa(root)[:limit]
+        elif name == "arc_challenge":
+            items = _load_jsonl_items(name, root, arc_item, "an ARC")[:limit]
         else:
-            items = _LOADERS[name](root)
-            if limit is not None:
-                items = items[:limit]
+            items = _load_jsonl_items(name, root, hellaswag_item, "a HellaSwag")[:limit]
     log.info("benchmark %s: %d test items from %s", name, len(items), benchmarks_dir)
     return items
 
@@ -256,4 +299,4 @@ def benchmark_input_paths(name: str, benchmarks_dir: str | Path) -> list[Path]:
     """The files load_benchmark reads for `name` (for a stage manifest's inputs); [] for the hub."""
     if str(benchmarks_dir) == "hub":
         return []
-    return [Path(benchmarks_dir) / TEST_FILES[name]]
+    return [Path(benchmarks_dir) / spec(name).test_path]

