@@ -41,9 +41,12 @@ class TableEmbedder:
 
     def __init__(self, table: dict[str, np.ndarray]):
         self.table = table
+        dim = len(next(iter(table.values())))
+        self.other = np.zeros(dim, dtype=np.float32)  # texts the synthetic set did not plant (outputs, views)
+        self.other[0] = 1.0
 
     def encode(self, texts, desc=""):
-        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+        return np.stack([self.table.get(t, self.other) for t in texts]).astype(np.float32)
 
 
 def synthetic(n_train: int, n_items: int, seed: int = 0):

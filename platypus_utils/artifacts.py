@@ -328,6 +328,23 @@ class StageRun:
         log.info("stage %s: done in %.1f s", self.stage, self.timings["wall_s"])
 
 
+def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
+    """Whether the stage's last manifest matches the profile's params and its recorded inputs and
+    outputs still hash the same (the runner's skip test, notebook aside); and why (not)."""
+    manifest = read_manifest(profile.run_dir(stage))
+    if not manifest or manifest.get("status") != "ok":
+        return False, "no successful run recorded"
+    if manifest.get("params") != json.loads(json.dumps(profile.fingerprint_params(stage), default=str)):
+        return False, "parameters changed"
+    for kind in ("inputs", "outputs"):
+        for path, digest in manifest.get(kind, {}).items():
+            if not Path(path).exists():
+                return False, f"{kind[:-1]} missing: {path}"
+            if sha256_path(path) != digest:
+                return False, f"{kind[:-1]} changed: {path}"
+    return True, "inputs, parameters and outputs unchanged"
+
+
 def read_manifest(stage_dir: str | Path) -> dict | None:
     path = Path(stage_dir) / MANIFEST
     if not path.is_file():

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .artifacts import (RUNNER_ATTEMPT_ENV, attempt_problem, begin_attempt, end_attempt, pid_alive, read_manifest,
-                        remove_debris, sha256_path, write_json)
+from .artifacts import (RUNNER_ATTEMPT_ENV, artifacts_up_to_date, attempt_problem, begin_attempt, end_attempt,
+                        pid_alive, remove_debris, write_json)
 from .config import STAGES, Profile, ProfileError, load_profile
 from .notebook import KERNEL_ENV, kernel_name, stage_parameters
 from .preflight import preflight
@@ -82,10 +82,6 @@ def select_stages(only: list[str] | None = None, start: str | None = None) -> li
     return list(STAGES)
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
 def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     """Whether `stage` can be skipped, and why (or why not)."""
     problem = attempt_problem(profile.run_dir(stage))
@@ -113,22 +109,6 @@ def interrupted_training(profile: Profile, stage: str) -> str | None:
     if not done:
         return None
     return f"an interrupted training left {len(done)} checkpoint(s) in {key.parent}: it resumes from the last"
-
-
-def artifacts_up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
-    """Whether the stage's last manifest matches the params, inputs and outputs (notebook aside)."""
-    manifest = read_manifest(profile.run_dir(stage))
-    if not manifest or manifest.get("status") != "ok":
-        return False, "no successful run recorded"
-    if manifest.get("params") != _jsonable(profile.fingerprint_params(stage)):
-        return False, "parameters changed"
-    for kind in ("inputs", "outputs"):
-        for path, digest in manifest.get(kind, {}).items():
-            if not Path(path).exists():
-                return False, f"{kind[:-1]} missing: {path}"
-            if sha256_path(path) != digest:
-                return False, f"{kind[:-1]} changed: {path}"
-    return True, "inputs, parameters and outputs unchanged"
 
 
 def executed_notebook(profile: Profile, stage: str) -> Path:

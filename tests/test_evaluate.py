@@ -5,6 +5,7 @@ Fixtures are written here in BOTH schemas: the hub schema the built-in lm-eval t
 formats of shared/data/benchmarks. The built-in task config, pointed at the hub-schema files,
 must build exactly the requests our offline task builds from the original files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,10 @@ from platypus_utils.config import Profile  # noqa: E402
 from platypus_utils.lm_eval_tasks import utils as task_utils  # noqa: E402
 
 LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
-WORDS = ("roof shingle barbell canoe planet rotation meteorite density gravity water rock erosion moose "
-         "mud energy plant light heat magnet iron door field cell atom river cloud").split()
+WORDS = (
+    "roof shingle barbell canoe planet rotation meteorite density gravity water rock erosion moose "
+    "mud energy plant light heat magnet iron door field cell atom river cloud"
+).split()
 
 
 # ---------------------------------------------------------------- hub-schema fixtures
@@ -42,42 +45,132 @@ def arc_hub_docs(n: int, seed: int, prefix: str) -> list[dict]:
     for k in range(n):
         n_choices = rnd.choice([3, 4, 4, 5])
         labels = list("ABCDE"[:n_choices]) if k % 4 else [str(i + 1) for i in range(n_choices)]
-        docs.append({"id": f"{prefix}_{k}", "question": _sentence(rnd, 8).capitalize() + "?",
-                     "choices": {"text": [_sentence(rnd, 3) for _ in labels], "label": labels},
-                     "answerKey": rnd.choice(labels)})
+        docs.append(
+            {
+                "id": f"{prefix}_{k}",
+                "question": _sentence(rnd, 8).capitalize() + "?",
+                "choices": {"text": [_sentence(rnd, 3) for _ in labels], "label": labels},
+                "answerKey": rnd.choice(labels),
+            }
+        )
     return docs
 
 
 HELLASWAG_HUB = [
     # ActivityNet: ctx_b is the lower-case start of the last sentence
-    {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
-     "ctx_b": "then", "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.", ", the man puts on a christmas coat, knitted with netting.", ", the man continues removing the snow on his car."],
-     "source_id": "activitynet~v_-1IBHYS3L-Y", "split": "train", "split_type": "indomain", "label": "3"},
-    {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
-     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
-     "source_id": "activitynet~v_-JhWjGDPHMY", "split": "val", "split_type": "indomain", "label": "3"},
-    {"ind": 92, "activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell. She bends down and grabs the pole.",
-     "ctx_b": "the lady", "endings": ["swings and lands in her arms.", "pulls the barbell forward.", "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."],
-     "source_id": "activitynet~v_-lJS58hyo1c", "split": "val", "split_type": "zeroshot", "label": "3"},
-    {"ind": 106, "activity_label": "Canoeing", "ctx_a": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background.",
-     "ctx_b": "the child and a different man", "endings": ["are then shown paddling down a river in a boat while a woman talks.", "are driving the canoe, they go down the river flowing side to side.", "sit in a canoe while the man paddles.", "walking go down the rapids, while the man in his helicopter almost falls and goes out of canoehood."],
-     "source_id": "activitynet~v_-xQvJmC2jhk", "split": "val", "split_type": "indomain", "label": "2"},
-    {"ind": 140, "activity_label": "Painting", "ctx_a": "A \"trend routing technology\" logo appears on screen.", "ctx_b": "\" knife sharpening",
-     "endings": ["\" appears in white letters.", "is shown on a black screen.", "is written on a board.", "appears over a man sharpening a knife."],
-     "source_id": "activitynet~v_0", "split": "val", "split_type": "indomain", "label": "0"},
+    {
+        "ind": 4,
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
+        "ctx_b": "then",
+        "endings": [
+            ", the man adds wax to the windshield and cuts it.",
+            ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.",
+            ", the man puts on a christmas coat, knitted with netting.",
+            ", the man continues removing the snow on his car.",
+        ],
+        "source_id": "activitynet~v_-1IBHYS3L-Y",
+        "split": "train",
+        "split_type": "indomain",
+        "label": "3",
+    },
+    {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "source_id": "activitynet~v_-JhWjGDPHMY",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "3",
+    },
+    {
+        "ind": 92,
+        "activity_label": "Clean and jerk",
+        "ctx_a": "A lady walks to a barbell. She bends down and grabs the pole.",
+        "ctx_b": "the lady",
+        "endings": [
+            "swings and lands in her arms.",
+            "pulls the barbell forward.",
+            "pulls a rope attached to the barbell.",
+            "stands and lifts the weight over her head.",
+        ],
+        "source_id": "activitynet~v_-lJS58hyo1c",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": "3",
+    },
+    {
+        "ind": 106,
+        "activity_label": "Canoeing",
+        "ctx_a": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background.",
+        "ctx_b": "the child and a different man",
+        "endings": [
+            "are then shown paddling down a river in a boat while a woman talks.",
+            "are driving the canoe, they go down the river flowing side to side.",
+            "sit in a canoe while the man paddles.",
+            "walking go down the rapids, while the man in his helicopter almost falls and goes out of canoehood.",
+        ],
+        "source_id": "activitynet~v_-xQvJmC2jhk",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "2",
+    },
+    {
+        "ind": 140,
+        "activity_label": "Painting",
+        "ctx_a": 'A "trend routing technology" logo appears on screen.',
+        "ctx_b": '" knife sharpening',
+        "endings": [
+            '" appears in white letters.',
+            "is shown on a black screen.",
+            "is written on a board.",
+            "appears over a man sharpening a knife.",
+        ],
+        "source_id": "activitynet~v_0",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "0",
+    },
     # WikiHow: [header]/[title]/[step] markers, empty ctx_b, or a ctx_b that starts upper-case
-    {"ind": 5000, "activity_label": "Personal Care and Style",
-     "ctx_a": "[header] How to buy a wedding band for men [title] Find a ring suitable for his lifestyle. [step] Your fiancé is going to wear this ring every day, so choose one that will mesh with his daily routine.",
-     "ctx_b": "", "endings": ["Check the band's design to see what kind of engraving is common. [substeps] A good ring will have: heart attached, flowers (or gems), bow symbols or letters, etc.",
-                              "Men with active lifestyles might prefer a platinum ring, which is especially heavy-duty and not easily scratched. [substeps] \" comfort fit \" wedding rings are especially recommended for men.",
-                              "You can buy rings in black, silver, or pink. [title] Remember that black rings are a lot more expensive than pink ones.",
-                              "A girl who works a lot with her hands, for example, would definitely get a diamond engagement ring. [title] Consider the person's other interests."],
-     "source_id": "wikihow~1", "split": "val", "split_type": "zeroshot", "label": "1"},
-    {"ind": 5001, "activity_label": "Youth",
-     "ctx_a": "[header] How to avoid raising an emotional eater [title] Eat meals at the dinner table away from sources of entertainment. [step] When kids eat meals in front of the television or ipad, they are detached from the nourishment itself.",
-     "ctx_b": "Eating becomes something that is associated with entertainment instead.",
-     "endings": ["If you tell a kid that eating is good for their mental health, they will learn to enjoy it.", "Turning off electronics is a good way to avoid the temptation.", "Binge eating and sugary things keep kids from being hungry for food.", "Stop this habit and enjoy meals together at the table. [title] Have polite conversation."],
-     "source_id": "wikihow~2", "split": "val", "split_type": "indomain", "label": "3"},
+    {
+        "ind": 5000,
+        "activity_label": "Personal Care and Style",
+        "ctx_a": "[header] How to buy a wedding band for men [title] Find a ring suitable for his lifestyle. [step] Your fiancé is going to wear this ring every day, so choose one that will mesh with his daily routine.",
+        "ctx_b": "",
+        "endings": [
+            "Check the band's design to see what kind of engraving is common. [substeps] A good ring will have: heart attached, flowers (or gems), bow symbols or letters, etc.",
+            'Men with active lifestyles might prefer a platinum ring, which is especially heavy-duty and not easily scratched. [substeps] " comfort fit " wedding rings are especially recommended for men.',
+            "You can buy rings in black, silver, or pink. [title] Remember that black rings are a lot more expensive than pink ones.",
+            "A girl who works a lot with her hands, for example, would definitely get a diamond engagement ring. [title] Consider the person's other interests.",
+        ],
+        "source_id": "wikihow~1",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": "1",
+    },
+    {
+        "ind": 5001,
+        "activity_label": "Youth",
+        "ctx_a": "[header] How to avoid raising an emotional eater [title] Eat meals at the dinner table away from sources of entertainment. [step] When kids eat meals in front of the television or ipad, they are detached from the nourishment itself.",
+        "ctx_b": "Eating becomes something that is associated with entertainment instead.",
+        "endings": [
+            "If you tell a kid that eating is good for their mental health, they will learn to enjoy it.",
+            "Turning off electronics is a good way to avoid the temptation.",
+            "Binge eating and sugary things keep kids from being hungry for food.",
+            "Stop this habit and enjoy meals together at the table. [title] Have polite conversation.",
+        ],
+        "source_id": "wikihow~2",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "3",
+    },
 ]
 
 
@@ -86,11 +179,20 @@ def hellaswag_hub_docs() -> list[dict]:
     rnd = random.Random(7)
     for k in range(8):  # enough for a 10-shot pool
         ctx_b = rnd.choice(["the man", "she", "a woman", "they"])
-        docs.append({"ind": 9000 + k, "activity_label": _sentence(rnd, 2).title(),
-                     "ctx_a": _sentence(rnd, 7).capitalize() + ".", "ctx_b": ctx_b,
-                     "ctx": "", "endings": [_sentence(rnd, 5) + "." for _ in range(4)],
-                     "source_id": f"activitynet~v_{k}", "split": "val", "split_type": "indomain",
-                     "label": str(rnd.randrange(4))})
+        docs.append(
+            {
+                "ind": 9000 + k,
+                "activity_label": _sentence(rnd, 2).title(),
+                "ctx_a": _sentence(rnd, 7).capitalize() + ".",
+                "ctx_b": ctx_b,
+                "ctx": "",
+                "endings": [_sentence(rnd, 5) + "." for _ in range(4)],
+                "source_id": f"activitynet~v_{k}",
+                "split": "val",
+                "split_type": "indomain",
+                "label": str(rnd.randrange(4)),
+            }
+        )
         docs[-1]["ctx"] = f"{docs[-1]['ctx_a']} {docs[-1]['ctx_b']}"
     return docs
 
@@ -98,38 +200,59 @@ def hellaswag_hub_docs() -> list[dict]:
 def mmlu_hub_docs(subject: str, n: int, seed: int) -> list[dict]:
     rnd = random.Random(seed)
     tricky = [  # values pandas would not keep as written, and CSV quoting
-        ("Which, if any, of these is \"true\"?\nConsider all.", ["None", "1.50", "007", "True, True"]),
+        ('Which, if any, of these is "true"?\nConsider all.', ["None", "1.50", "007", "True, True"]),
         ("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.", ["0", "1", "2", "3"]),
         ("Statement 1 | NA is a value. Statement 2 | N/A is not.", ["NaN", "null", "", "#N/A"]),
     ]
     docs = []
     for k in range(n):
-        question, choices = tricky[k] if k < len(tricky) else (_sentence(rnd, 9).capitalize() + "?",
-                                                               [_sentence(rnd, 2) for _ in range(4)])
+        question, choices = (
+            tricky[k]
+            if k < len(tricky)
+            else (_sentence(rnd, 9).capitalize() + "?", [_sentence(rnd, 2) for _ in range(4)])
+        )
         docs.append({"question": question, "subject": subject, "choices": choices, "answer": rnd.randrange(4)})
     return docs
 
 
 def truthfulqa_hub_docs(n: int) -> list[dict]:
     rnd = random.Random(3)
-    docs = [{"question": "What is the smallest country in the world that is at least one square mile in area?",
-             "mc1_targets": {"choices": ["Nauru is the smallest country.", "Vatican City.", "Monaco."], "labels": [1, 0, 0]},
-             "mc2_targets": {"choices": ["Nauru is the smallest country.", "It's Nauru — café ünïcode.", "Vatican City.", "Monaco."],
-                             "labels": [1, 1, 0, 0]}}]
+    docs = [
+        {
+            "question": "What is the smallest country in the world that is at least one square mile in area?",
+            "mc1_targets": {
+                "choices": ["Nauru is the smallest country.", "Vatican City.", "Monaco."],
+                "labels": [1, 0, 0],
+            },
+            "mc2_targets": {
+                "choices": ["Nauru is the smallest country.", "It's Nauru — café ünïcode.", "Vatican City.", "Monaco."],
+                "labels": [1, 1, 0, 0],
+            },
+        }
+    ]
     for _ in range(n - 1):
         answers = [_sentence(rnd, 4).capitalize() + "." for _ in range(rnd.randint(3, 6))]
         labels = [1] + [0] * (len(answers) - 1)
-        docs.append({"question": _sentence(rnd, 7).capitalize() + "?",
-                     "mc1_targets": {"choices": answers[:3], "labels": labels[:3]},
-                     "mc2_targets": {"choices": answers, "labels": [1] + [rnd.randint(0, 1) for _ in answers[1:]]}})
+        docs.append(
+            {
+                "question": _sentence(rnd, 7).capitalize() + "?",
+                "mc1_targets": {"choices": answers[:3], "labels": labels[:3]},
+                "mc2_targets": {"choices": answers, "labels": [1] + [rnd.randint(0, 1) for _ in answers[1:]]},
+            }
+        )
     return docs
 
 
 # ---------------------------------------------------------------- hub -> original release formats
 def arc_original(doc: dict) -> dict:
-    return {"id": doc["id"], "question": {"stem": doc["question"], "choices": [
-        {"text": t, "label": lab} for t, lab in zip(doc["choices"]["text"], doc["choices"]["label"])]},
-            "answerKey": doc["answerKey"]}
+    return {
+        "id": doc["id"],
+        "question": {
+            "stem": doc["question"],
+            "choices": [{"text": t, "label": lab} for t, lab in zip(doc["choices"]["text"], doc["choices"]["label"])],
+        },
+        "answerKey": doc["answerKey"],
+    }
 
 
 def strip_markers(text: str) -> str:
@@ -142,14 +265,20 @@ def strip_markers(text: str) -> str:
 
 
 def hellaswag_original(doc: dict) -> dict:
-    return {"ind": doc["ind"], "activity_label": doc["activity_label"],
-            "ctx": strip_markers(f"{doc['ctx_a']} {doc['ctx_b']}"),
-            "endings": [strip_markers(e) for e in doc["endings"]], "label": int(doc["label"])}
+    return {
+        "ind": doc["ind"],
+        "activity_label": doc["activity_label"],
+        "ctx": strip_markers(f"{doc['ctx_a']} {doc['ctx_b']}"),
+        "endings": [strip_markers(e) for e in doc["endings"]],
+        "label": int(doc["label"]),
+    }
 
 
 def truthfulqa_original(doc: dict) -> dict:
-    return {"question": doc["question"],
-            **{f: dict(zip(doc[f]["choices"], doc[f]["labels"])) for f in ("mc1_targets", "mc2_targets")}}
+    return {
+        "question": doc["question"],
+        **{f: dict(zip(doc[f]["choices"], doc[f]["labels"])) for f in ("mc1_targets", "mc2_targets")},
+    }
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -161,10 +290,16 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def write_fixtures(root: Path, hellaswag_train: bool = False) -> tuple[Path, dict]:
     """Write one fixture set in both schemas; returns (local benchmarks dir, hub-schema data_files)."""
     local, hub = root / "benchmarks", root / "hub"
-    arc = {"train": arc_hub_docs(30, 1, "train"), "validation": arc_hub_docs(4, 2, "dev"), "test": arc_hub_docs(5, 3, "test")}
+    arc = {
+        "train": arc_hub_docs(30, 1, "train"),
+        "validation": arc_hub_docs(4, 2, "dev"),
+        "test": arc_hub_docs(5, 3, "test"),
+    }
     hs = hellaswag_hub_docs()
-    mmlu = {s: {"test": mmlu_hub_docs(s, 6, seed), "dev": mmlu_hub_docs(s, 5, seed + 50)}
-            for seed, s in enumerate(["abstract_algebra", "world_religions"])}
+    mmlu = {
+        s: {"test": mmlu_hub_docs(s, 6, seed), "dev": mmlu_hub_docs(s, 5, seed + 50)}
+        for seed, s in enumerate(["abstract_algebra", "world_religions"])
+    }
     tqa = truthfulqa_hub_docs(5)
     files: dict[str, dict] = {"arc_challenge": {}, "hellaswag": {}, "mmlu": {}, "truthfulqa_mc2": {}}
     for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test")):
@@ -186,7 +321,8 @@ def write_fixtures(root: Path, hellaswag_train: bool = False) -> tuple[Path, dic
             files["mmlu"][subject][split] = str(_jsonl(hub / "mmlu" / subject / f"{split}.jsonl", docs))
     (local / "truthfulqa").mkdir(parents=True)
     (local / "truthfulqa" / "mc_task.json").write_text(
-        json.dumps([truthfulqa_original(d) for d in tqa], indent=2, ensure_ascii=False), encoding="utf-8")
+        json.dumps([truthfulqa_original(d) for d in tqa], indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     files["truthfulqa_mc2"]["validation"] = str(_jsonl(hub / "truthfulqa" / "validation.jsonl", tqa))
     return local, files
 
@@ -221,12 +357,18 @@ def requests(task, num_fewshot: int) -> list[tuple]:
 
 def scoring(task) -> dict:
     cfg = task.config
-    return {"output_type": cfg.output_type, "description": cfg.description, "target_delimiter": cfg.target_delimiter,
-            "fewshot_delimiter": cfg.fewshot_delimiter, "metrics": cfg.metric_list,
-            "sampler": task.fewshot_cfg.sampler, "version": task.VERSION,
-            "process_results": getattr(cfg.process_results, "__qualname__", cfg.process_results),
-            "targets": [task.doc_to_target(d) for d in task.eval_docs],
-            "choices": [task.doc_to_choice(d) for d in task.eval_docs]}
+    return {
+        "output_type": cfg.output_type,
+        "description": cfg.description,
+        "target_delimiter": cfg.target_delimiter,
+        "fewshot_delimiter": cfg.fewshot_delimiter,
+        "metrics": cfg.metric_list,
+        "sampler": task.fewshot_cfg.sampler,
+        "version": task.VERSION,
+        "process_results": getattr(cfg.process_results, "__qualname__", cfg.process_results),
+        "targets": [task.doc_to_target(d) for d in task.eval_docs],
+        "choices": [task.doc_to_choice(d) for d in task.eval_docs],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +416,9 @@ def test_truthfulqa_offline_equals_builtin(fixtures):
     doc = ours.eval_docs[0]
     assert doc["mc2_targets"]["labels"] == [1, 1, 0, 0]  # key order of the JSON mapping kept
     # mc2 from the built-in process_results on our docs
-    assert ours.process_results(doc, [(-1.0, False), (-1.0, False), (-1.0, False), (-1.0, False)])["acc"] == pytest.approx(0.5)
+    assert ours.process_results(doc, [(-1.0, False), (-1.0, False), (-1.0, False), (-1.0, False)])[
+        "acc"
+    ] == pytest.approx(0.5)
 
 
 def test_hellaswag_offline_equals_builtin_zero_shot(fixtures):
@@ -293,8 +437,14 @@ def test_hellaswag_offline_few_shot_pool(fixtures, tmp_path):
     """Without a train file the pool is validation minus the evaluated item - the same as the
     built-in task given those splits; with a train file the built-in config is used unchanged."""
     ours = fixtures["tasks"]["platypus_hellaswag"]
-    theirs = builtin_task("hellaswag/hellaswag.yaml", fixtures["hub"]["hellaswag"], training_split=None,
-                          validation_split=None, test_split="validation", fewshot_split="validation")
+    theirs = builtin_task(
+        "hellaswag/hellaswag.yaml",
+        fixtures["hub"]["hellaswag"],
+        training_split=None,
+        validation_split=None,
+        test_split="validation",
+        fewshot_split="validation",
+    )
     got = requests(ours, 10)
     assert got == requests(theirs, 10)
     for inst in got:
@@ -314,9 +464,13 @@ def test_hellaswag_offline_few_shot_pool(fixtures, tmp_path):
 def test_hellaswag_context_split():
     split = task_utils.split_hellaswag_context
     assert split("A lady walks to a barbell. She bends down and grabs the pole. the lady") == (
-        "A lady walks to a barbell. She bends down and grabs the pole.", "the lady")
+        "A lady walks to a barbell. She bends down and grabs the pole.",
+        "the lady",
+    )
     assert split('The words "cut!" appear on screen. a volunteer named " irene "') == (
-        'The words "cut!" appear on screen.', 'a volunteer named " irene "')
+        'The words "cut!" appear on screen.',
+        'a volunteer named " irene "',
+    )
     wikihow = "How to qualify for food stamps. Have a valid social security number. You must be u.s. citizens."
     assert split(wikihow) == (wikihow, "")
     assert split("the man") == ("", "the man")
@@ -327,10 +481,17 @@ def test_hellaswag_known_residual_difference():
     ctx_a once joined, so its first word keeps its lower case where lm-eval capitalises it."""
     from lm_eval.tasks.hellaswag.utils import preprocess
 
-    doc = {"activity_label": "Running", "ctx_a": "A man runs.", "ctx_b": "the man stops. he then", "endings": ["x"], "label": "0"}
+    doc = {
+        "activity_label": "Running",
+        "ctx_a": "A man runs.",
+        "ctx_b": "the man stops. he then",
+        "endings": ["x"],
+        "label": "0",
+    }
     builtin = preprocess(doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize())
-    ours = task_utils.hellaswag_to_hub({"activity_label": "Running", "ctx": "A man runs. the man stops. he then",
-                                        "endings": ["x"], "label": 0})
+    ours = task_utils.hellaswag_to_hub(
+        {"activity_label": "Running", "ctx": "A man runs. the man stops. he then", "endings": ["x"], "label": 0}
+    )
     ours_query = preprocess(ours["activity_label"] + ": " + ours["ctx_a"] + " " + ours["ctx_b"].capitalize())
     assert builtin == "Running: A man runs. The man stops. he then"
     assert ours_query == "Running: A man runs. the man stops. He then"
@@ -350,40 +511,113 @@ def test_missing_data_file_is_named(tmp_path):
 
 
 def test_malformed_rows_are_named(tmp_path):
+    """Rows are checked by benchmarks.py's parser of their format; the error names file, line and field."""
     arc = tmp_path / "arc.jsonl"
     good = arc_original(arc_hub_docs(1, 0, "x")[0])
     bad = dict(good, answerKey="Z")
     _jsonl(arc, [good, bad])
-    with pytest.raises(task_utils.BenchmarkFileError, match=r"arc.jsonl, line 2: answerKey 'Z'"):
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"arc.jsonl, line 2: not an ARC row \(answerKey 'Z'"):
         task_utils.load_arc({"test": str(arc)})
     _jsonl(arc, [good, {"id": "y", "answerKey": "A"}])
-    with pytest.raises(task_utils.BenchmarkFileError, match=r"line 2: field 'question.stem' missing"):
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"line 2: not an ARC row \(field 'question' missing\)"):
         task_utils.load_arc({"test": str(arc)})
+    hs = tmp_path / "hellaswag_val.jsonl"
+    row = hellaswag_original(HELLASWAG_HUB[0])
+    _jsonl(hs, [row, {k: v for k, v in row.items() if k != "activity_label"}])
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"line 2: not a HellaSwag row \(field 'activity_label'"):
+        task_utils.load_hellaswag({"validation": str(hs)})
+    _jsonl(hs, [dict(row, label=4)])
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"line 1: not a HellaSwag row \(label 4 out of range"):
+        task_utils.load_hellaswag({"validation": str(hs)})
     mmlu = tmp_path / "x_test.csv"
     mmlu.write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
-    with pytest.raises(task_utils.BenchmarkFileError, match=r"x_test.csv, record 2: field 'answer'"):
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"x_test.csv, row 2: expected question,A,B,C,D,answer"):
         task_utils.read_mmlu_csv(mmlu)
     mmlu.write_text("q,a,b,c,A\n")
-    with pytest.raises(task_utils.BenchmarkFileError, match="expected 6 fields"):
+    with pytest.raises(task_utils.BenchmarkFileError, match="got 5 fields"):
+        task_utils.read_mmlu_csv(mmlu)
+    mmlu.write_bytes(b"q,a,b,c,d,A\nq\xe9,a,b,c,d,B\n")
+    with pytest.raises(task_utils.BenchmarkFileError, match=r"x_test.csv: 'utf-8' codec can't decode"):
         task_utils.read_mmlu_csv(mmlu)
     tqa = tmp_path / "mc_task.json"
     tqa.write_text(json.dumps([{"question": "q", "mc1_targets": {"a": 0}, "mc2_targets": {"a": 1}}]))
-    with pytest.raises(task_utils.BenchmarkFileError, match="item 0: field 'mc1_targets' has no correct"):
+    with pytest.raises(
+        task_utils.BenchmarkFileError, match="item 0: not a TruthfulQA row \\(mc1_targets has 0 correct"
+    ):
         task_utils.load_truthfulqa({"validation": str(tqa)})
+    tqa.write_text(json.dumps([{"question": "q", "mc1_targets": {"a": 1}, "mc2_targets": {"a": 0, "b": 2}}]))
+    with pytest.raises(task_utils.BenchmarkFileError, match="item 0: .*field 'mc2_targets' should map answers to 0/1"):
+        task_utils.load_truthfulqa({"validation": str(tqa)})
+
+
+def test_task_rows_in_the_order_and_number_benchmarks_reads(fixtures):
+    """One parser per format: the rows lm-eval evaluates are benchmarks.load_benchmark's items, in order
+    (its doc_ids are lm-eval's), for every benchmark of the fixture folder."""
+    from platypus_utils import benchmarks
+
+    local, tasks = fixtures["local"], fixtures["tasks"]
+    for name, task in (
+        ("arc_challenge", "platypus_arc_challenge"),
+        ("hellaswag", "platypus_hellaswag"),
+        ("truthfulqa", "platypus_truthfulqa_mc2"),
+    ):
+        items = benchmarks.load_benchmark(name, local)
+        docs = list(tasks[task].eval_docs)
+        assert len(docs) == len(items) > 0, name
+        golds = [tasks[task].doc_to_choice(d)[tasks[task].doc_to_target(d)] for d in docs]
+        if name != "hellaswag":  # HellaSwag's built-in process_docs rewrites the endings' text
+            assert [i["answer"] for i in items] == golds, name
+    mmlu = benchmarks.load_benchmark("mmlu", local)
+    for subject in ("abstract_algebra", "world_religions"):
+        docs = list(tasks[f"platypus_mmlu_{subject}"].eval_docs)
+        assert [d["question"] for d in docs] == [i["question"] for i in mmlu if i["subject"] == subject]
+
+
+def test_definition_hash_covers_the_parsers(fixtures, tmp_path, monkeypatch):
+    """utils.py reads the files with benchmarks.py's parsers: a change there is a new cache key."""
+    from platypus_utils import benchmarks
+
+    before = ev.write_task_configs(fixtures["local"], tmp_path / "a", ["truthfulqa_mc2"]).definition_hash
+    assert before == {"truthfulqa_mc2": fixtures["suite"].definition_hash["truthfulqa_mc2"]}
+    edited = tmp_path / "benchmarks.py"
+    edited.write_text(Path(benchmarks.__file__).read_text() + "\n# edited\n")
+    monkeypatch.setattr(benchmarks, "__file__", str(edited))
+    after = ev.write_task_configs(fixtures["local"], tmp_path / "b", ["truthfulqa_mc2"]).definition_hash
+    assert after["truthfulqa_mc2"] != before["truthfulqa_mc2"]
+
+
+def test_one_benchmark_list():
+    from platypus_utils import benchmarks
+
+    assert set(ev.BENCHMARK_ORDER) == {s.leaderboard_name for s in benchmarks.REGISTRY.values()}
 
 
 # ---------------------------------------------------------------- summaries
 def test_summary_mmlu_mean_over_subjects_and_weighted():
-    suite = ev.TaskSuite(mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu", "arc_challenge": "platypus_arc_challenge"},
-                         mmlu_subjects={"anatomy": "stem", "world_religions": "humanities"})
+    suite = ev.TaskSuite(
+        mode="local",
+        tasks_dir=None,
+        task_names={"mmlu": "platypus_mmlu", "arc_challenge": "platypus_arc_challenge"},
+        mmlu_subjects={"anatomy": "stem", "world_religions": "humanities"},
+    )
     raws = {
-        "mmlu": {"results": {"platypus_mmlu": {"acc,none": 0.7, "acc_stderr,none": 0.05},
-                             "platypus_mmlu_anatomy": {"acc,none": 0.5, "acc_stderr,none": 0.3},
-                             "platypus_mmlu_world_religions": {"acc,none": 0.75, "acc_stderr,none": 0.4}},
-                 "n-samples": {"platypus_mmlu_anatomy": {"effective": 2, "original": 135},
-                               "platypus_mmlu_world_religions": {"effective": 8, "original": 171}}},
-        "arc_challenge": {"results": {"platypus_arc_challenge": {"acc,none": 0.1, "acc_norm,none": 0.25, "acc_norm_stderr,none": "N/A"}},
-                          "n-samples": {"platypus_arc_challenge": {"effective": 4, "original": 1172}}},
+        "mmlu": {
+            "results": {
+                "platypus_mmlu": {"acc,none": 0.7, "acc_stderr,none": 0.05},
+                "platypus_mmlu_anatomy": {"acc,none": 0.5, "acc_stderr,none": 0.3},
+                "platypus_mmlu_world_religions": {"acc,none": 0.75, "acc_stderr,none": 0.4},
+            },
+            "n-samples": {
+                "platypus_mmlu_anatomy": {"effective": 2, "original": 135},
+                "platypus_mmlu_world_religions": {"effective": 8, "original": 171},
+            },
+        },
+        "arc_challenge": {
+            "results": {
+                "platypus_arc_challenge": {"acc,none": 0.1, "acc_norm,none": 0.25, "acc_norm_stderr,none": "N/A"}
+            },
+            "n-samples": {"platypus_arc_challenge": {"effective": 4, "original": 1172}},
+        },
     }
     s = ev.summarise("base", "m", "h", {}, raws, suite)
     assert s["tasks"]["mmlu"]["value"] == pytest.approx(0.625)  # (0.5 + 0.75) / 2, not size-weighted
@@ -399,8 +633,9 @@ def test_mmlu_stderr_when_subjects_have_one_question():
     # limit 1 per subject: lm-eval gives no per-subject stderr; the mean over subjects is then the
     # mean over the questions, whose standard error is lm-eval's sample formula on the 0/1 scores
     names = ["anatomy", "astronomy", "world_religions", "virology"]
-    suite = ev.TaskSuite(mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu"},
-                         mmlu_subjects={n: "stem" for n in names})
+    suite = ev.TaskSuite(
+        mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu"}, mmlu_subjects={n: "stem" for n in names}
+    )
     scores = [1.0, 0.0, 1.0, 1.0]
     results = {f"platypus_mmlu_{n}": {"acc,none": a, "acc_stderr,none": "N/A"} for n, a in zip(names, scores)}
     n_samples = {f"platypus_mmlu_{n}": {"effective": 1, "original": 100} for n in names}
@@ -408,6 +643,7 @@ def test_mmlu_stderr_when_subjects_have_one_question():
     mmlu = s["tasks"]["mmlu"]
     assert mmlu["value"] == 0.75
     import statistics
+
     assert mmlu["stderr"] == pytest.approx(statistics.stdev(scores) / math.sqrt(4))
     assert mmlu["weighted_stderr"] == mmlu["stderr"] and mmlu["stderr_method"].startswith("pooled")
     # subjects of different sizes: no pooled figure
@@ -420,8 +656,13 @@ def test_resolve_variant(tmp_path, monkeypatch):
     import platypus_utils.models as models
 
     monkeypatch.setattr(models, "resolve_model", lambda ref, cache_dir=None: f"/resolved/{ref}")
-    p = profile_for(tmp_path, tmp_path / "bench", "base-model", variants=["base"],
-                    merge={"partners": [{"name": "orca", "model": "org/orca"}]})
+    p = profile_for(
+        tmp_path,
+        tmp_path / "bench",
+        "base-model",
+        variants=["base"],
+        merge={"partners": [{"name": "orca", "model": "org/orca"}]},
+    )
     assert ev.resolve_variant(p, "base").pretrained == "/resolved/base-model"
     assert ev.resolve_variant(p, "orca").pretrained == "/resolved/org/orca"
     with pytest.raises(FileNotFoundError, match="adapter"):
@@ -446,15 +687,25 @@ def test_resolve_variant(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- running a tiny model
 def profile_for(tmp_path: Path, bench: Path, base: str, variants=("base",), tasks=None, **sections) -> Profile:
     tasks = tasks or {"arc_challenge": {"num_fewshot": 2, "limit": 3}, "truthfulqa_mc2": {"num_fewshot": 0, "limit": 3}}
-    return Profile.model_validate({
-        "name": "evaltest",
-        "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
-                  "cache_dir": str(tmp_path / "cache")},
-        "models": {"base": base},
-        "evaluate": {"benchmarks_dir": str(bench), "variants": list(variants), "device": "cpu", "batch_size": "4",
-                     "tasks": tasks},
-        **sections,
-    })
+    return Profile.model_validate(
+        {
+            "name": "evaltest",
+            "paths": {
+                "runs_dir": str(tmp_path / "runs"),
+                "reports_dir": str(tmp_path / "reports"),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "models": {"base": base},
+            "evaluate": {
+                "benchmarks_dir": str(bench),
+                "variants": list(variants),
+                "device": "cpu",
+                "batch_size": "4",
+                "tasks": tasks,
+            },
+            **sections,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -468,14 +719,24 @@ def tiny_model(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([" ".join(WORDS), "Question: Answer: Q: A:"] * 20, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -500,11 +761,17 @@ def test_stage_outputs(evaluated):
     assert summary["tasks"]["truthfulqa_mc2"]["metric"] == "mc2"
     assert 0.0 < summary["tasks"]["truthfulqa_mc2"]["value"] < 1.0
     assert summary["average"] == pytest.approx(
-        (summary["tasks"]["arc_challenge"]["value"] + summary["tasks"]["truthfulqa_mc2"]["value"]) / 2)
+        (summary["tasks"]["arc_challenge"]["value"] + summary["tasks"]["truthfulqa_mc2"]["value"]) / 2
+    )
     samples = [json.loads(line) for line in (out / "base.samples.jsonl").read_text().splitlines()]
-    assert sorted({(s["benchmark"], s["doc_id"]) for s in samples}) == [(b, k) for b in ("arc_challenge", "truthfulqa_mc2") for k in range(3)]
+    assert sorted({(s["benchmark"], s["doc_id"]) for s in samples}) == [
+        (b, k) for b in ("arc_challenge", "truthfulqa_mc2") for k in range(3)
+    ]
     raw = json.loads((out / "base.raw.json").read_text())
-    assert raw["arc_challenge"]["results"]["platypus_arc_challenge"]["acc_norm,none"] == summary["tasks"]["arc_challenge"]["value"]
+    assert (
+        raw["arc_challenge"]["results"]["platypus_arc_challenge"]["acc_norm,none"]
+        == summary["tasks"]["arc_challenge"]["value"]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert str(Path(evaluated["local"] / "truthfulqa" / "mc_task.json").resolve()) in manifest["inputs"]
     assert str(Path(evaluated["profile"].models.base).resolve()) in manifest["inputs"]
@@ -517,19 +784,41 @@ def test_matches_lm_eval_command_line(evaluated, tiny_model, tmp_path):
     """Same model, tasks and settings through `lm_eval` itself: same numbers, same log-likelihoods."""
     out = evaluated["profile"].run_dir(ev.STAGE)
     cli = Path(sys.executable).with_name("lm_eval")
-    cmd = [str(cli), "--model", "hf", "--model_args", f"pretrained={tiny_model},dtype=float32",
-           "--tasks", "platypus_arc_challenge,platypus_truthfulqa_mc2", "--include_path", str(out / "tasks"),
-           "--num_fewshot", "2", "--limit", "3", "--device", "cpu", "--batch_size", "4",
-           "--log_samples", "--output_path", str(tmp_path / "cli")]
+    cmd = [
+        str(cli),
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tiny_model},dtype=float32",
+        "--tasks",
+        "platypus_arc_challenge,platypus_truthfulqa_mc2",
+        "--include_path",
+        str(out / "tasks"),
+        "--num_fewshot",
+        "2",
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "cli"),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())["results"]
     summary = evaluated["result"]["summaries"]["base"]["tasks"]
-    assert summary["arc_challenge"]["value"] == pytest.approx(results["platypus_arc_challenge"]["acc_norm,none"], abs=1e-9)
+    assert summary["arc_challenge"]["value"] == pytest.approx(
+        results["platypus_arc_challenge"]["acc_norm,none"], abs=1e-9
+    )
     assert summary["truthfulqa_mc2"]["value"] == pytest.approx(results["platypus_truthfulqa_mc2"]["acc,none"], abs=1e-9)
-    ours = {(s["task"], s["doc_id"]): s["filtered_resps"]
-            for s in map(json.loads, (out / "base.samples.jsonl").read_text().splitlines())}
+    ours = {
+        (s["task"], s["doc_id"]): s["filtered_resps"]
+        for s in map(json.loads, (out / "base.samples.jsonl").read_text().splitlines())
+    }
     theirs = {}
     for path in (tmp_path / "cli").rglob("samples_*.jsonl"):
         task = re.match(r"samples_(.+)_\d{4}-", path.name).group(1)
@@ -553,15 +842,160 @@ def test_cache_reused_without_lm_eval(evaluated, monkeypatch):
     assert result["failed"] == {}
     assert {p: (out / p).read_bytes() for p in before} == before
     assert json.loads((out / "manifest.json").read_text())["metrics"]["base_cached"] == {
-        "arc_challenge": True, "truthfulqa_mc2": True}
-    # a changed setting is a different key: lm-eval would run (here it fails loudly, and the
-    # only variant failing fails the stage, leaving no stale summary behind)
+        "arc_challenge": True,
+        "truthfulqa_mc2": True,
+    }
+    # a changed setting is a different key: lm-eval would run (here it fails loudly). The only variant
+    # failing fails the stage; the last good report and the files it names stay, this run's report
+    # goes beside them
+    good_report = (out / "evaluate_report.json").read_bytes()
     changed = evaluated["profile"].model_copy(deep=True)
     changed.evaluate.tasks["arc_challenge"].limit = 2
-    with pytest.raises(ev.EvaluationError, match="every variant failed"):
+    with pytest.raises(ev.EvaluationError, match="every variant failed .*evaluate_report.failed.json .*last good"):
         ev.run_evaluate(changed)
-    assert "lm-eval called" in json.loads((out / "evaluate_report.json").read_text())["variants"]["base"]["error"]
-    assert not (out / "base.json").exists()
+    assert (out / "evaluate_report.json").read_bytes() == good_report
+    assert "lm-eval called" in json.loads((out / ev.FAILED_REPORT).read_text())["variants"]["base"]["error"]
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert json.loads((out / "attempt.json").read_text())["status"] == "failed"
+    # the next good run removes the failed report
+    ev.run_evaluate(evaluated["profile"])
+    assert not (out / ev.FAILED_REPORT).exists()
+
+
+def _entry(tmp_path):
+    cache = ev.EvalCache(tmp_path / "eval")
+    raw = {"results": {"t": {"acc,none": 0.5}}}
+    samples = [{"doc_id": 0, "resps": "café"}, {"doc_id": 1, "resps": "x"}]
+    cache.put("k", {"benchmark": "b"}, raw, samples)
+    return cache, raw, samples
+
+
+def test_eval_cache_entry_carries_the_samples_checksum(tmp_path):
+    cache, raw, samples = _entry(tmp_path)
+    path, samples_path = cache.paths("k")
+    entry = json.loads(path.read_text())
+    assert entry["samples_sha256"] == ev.cache.sha256_file(samples_path) and entry["format"] == ev.CACHE_FORMAT
+    got = cache.get("k")
+    assert got["raw"] == raw and got["samples"] == samples
+    assert cache.get("absent") is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated_samples",
+        "edited_samples",
+        "binary_entry",
+        "truncated_entry",
+        "samples_missing",
+        "entry_missing",
+        "old_format",
+        "not_a_dict",
+    ],
+)
+def test_damaged_eval_cache_entry_is_logged_removed_and_missed(tmp_path, damage, caplog):
+    cache, raw, samples = _entry(tmp_path)
+    path, samples_path = cache.paths("k")
+    if damage == "truncated_samples":
+        samples_path.write_bytes(samples_path.read_bytes()[:-7])
+    elif damage == "edited_samples":  # still valid JSON lines: only the checksum tells
+        samples_path.write_text(samples_path.read_text().replace('"x"', '"y"'))
+    elif damage == "binary_entry":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    elif damage == "truncated_entry":
+        path.write_bytes(path.read_bytes()[:20])
+    elif damage == "samples_missing":
+        samples_path.unlink()
+    elif damage == "entry_missing":  # a put killed between its two writes
+        path.unlink()
+    elif damage == "old_format":
+        path.write_text(json.dumps({**json.loads(path.read_text()), "format": 1}))
+    else:
+        path.write_text("[1, 2]")
+    with caplog.at_level("WARNING", logger="platypus"):
+        assert cache.get("k") is None
+    assert str(path) in caplog.text and "damaged" in caplog.text
+    assert not path.exists() and not samples_path.exists()
+    cache.put("k", {"benchmark": "b"}, raw, samples)  # recomputed: a good entry again
+    assert cache.get("k")["samples"] == samples
+
+
+def test_damaged_cache_entry_is_recomputed_in_a_run(evaluated, tmp_path, caplog):
+    """A run over a damaged entry evaluates that benchmark again (and only that one), same numbers."""
+    profile = evaluated["profile"]
+    base = evaluated["result"]["summaries"]["base"]
+    key = base["settings"]["tasks"]["truthfulqa_mc2"]["cache_key"]
+    cache = ev.EvalCache(profile.cache_dir() / "eval")
+    samples_path = cache.paths(key)[1]
+    samples_path.write_bytes(samples_path.read_bytes()[: samples_path.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="platypus"):
+        result = ev.run_evaluate(profile)
+    assert str(cache.paths(key)[0]) in caplog.text
+    manifest = json.loads((profile.run_dir(ev.STAGE) / "manifest.json").read_text())
+    assert manifest["metrics"]["base_cached"] == {"arc_challenge": True, "truthfulqa_mc2": False}
+    assert result["summaries"]["base"]["tasks"] == base["tasks"]
+    assert cache.get(key) is not None  # healed
+
+
+def test_steps_composed_write_what_a_run_writes(evaluated, tmp_path, monkeypatch):
+    """The notebook's steps, one by one, give run_evaluate's files; the frames show the summaries."""
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "steps")
+    assert ev.required_stages(profile) == []
+    suite = ev.prepare_tasks(profile)
+    table = ev.task_table(profile, suite)
+    assert list(table.index) == ["arc_challenge", "truthfulqa_mc2"]
+    assert table.loc["arc_challenge", ["num_fewshot", "limit", "metric"]].tolist() == [2, 3, "acc_norm"]
+    assert table.loc["truthfulqa_mc2", "data"] == "truthfulqa/mc_task.json"
+    specs, unresolved = ev.resolve_variants(profile)
+    assert unresolved == {} and ev.variants_table(specs).loc[0, "loads"] == str(profile.models.base)
+    evaluations = ev.evaluate_variants(profile, suite, specs, unresolved)
+    assert evaluations["base"].cached == {"arc_challenge": True, "truthfulqa_mc2": True}
+    summaries = {v: e.summary for v, e in evaluations.items()}
+    scores = ev.scores_frame(summaries).set_index(["variant", "benchmark"])
+    assert scores.loc[("base", "arc_challenge"), "value"] == summaries["base"]["tasks"]["arc_challenge"]["value"]
+    assert scores.loc[("base", "average"), "value"] == pytest.approx(summaries["base"]["average"])
+    ev.save(profile, suite, evaluations)
+    for name in ("base.json", "base.raw.json", "base.samples.jsonl"):
+        assert (profile.run_dir(ev.STAGE) / name).read_bytes() == (
+            evaluated["profile"].run_dir(ev.STAGE) / name
+        ).read_bytes(), name
+    # force: lm-eval runs again (the cache is not read), same numbers
+    forced = ev.evaluate_variants(profile, suite, specs, unresolved, force=True)
+    assert forced["base"].cached == {"arc_challenge": False, "truthfulqa_mc2": False}
+    assert forced["base"].summary["tasks"] == summaries["base"]["tasks"]
+
+
+def test_frames_of_summaries():
+    def summary(accs):
+        subjects = {s: {"acc": a, "stderr": 0.1, "n": 4, "category": "stem"} for s, a in accs.items()}
+        return {
+            "tasks": {"mmlu": {"metric": "acc", "value": sum(accs.values()) / len(accs), "stderr": 0.05, "n": 8}},
+            "mmlu_subjects": subjects,
+            "average": sum(accs.values()) / len(accs),
+            "average_over": ["mmlu"],
+        }
+
+    summaries = {
+        "base": summary({"anatomy": 0.25, "virology": 0.5}),
+        "merged": summary({"anatomy": 0.75, "virology": 0.5}),
+    }
+    frame = ev.mmlu_subjects_frame(summaries)
+    assert list(frame.index) == ["anatomy", "virology"] and frame.index.name == "subject"
+    assert frame.loc["anatomy", ["category", "n", "base", "merged"]].tolist() == ["stem", 4, 0.25, 0.75]
+    assert (frame["merged"] - frame["base"]).sort_values(ascending=False).index[0] == "anatomy"
+    scores = ev.scores_frame(summaries, cached={"base": {"mmlu": True}})
+    assert scores[["variant", "benchmark", "cached"]].values.tolist()[0] == ["base", "mmlu", True]
+    assert scores["benchmark"].tolist() == ["mmlu", "average"] * 2 and scores["cached"].isna().sum() == 3
+    fig = ev.plot_scores(scores)
+    assert len(fig.axes[0].patches) == 2  # one bar per variant for the one benchmark
+
+
+def test_required_stages(tmp_path):
+    p = profile_for(tmp_path, tmp_path / "bench", "m", variants=["base"])
+    assert ev.required_stages(p) == []
+    p.evaluate.variants = ["base", "adapter", "merged"]
+    assert ev.required_stages(p) == ["03_finetune", "04_merge"]
 
 
 def test_failed_variant_recorded_others_kept(evaluated, tmp_path):
@@ -586,7 +1020,9 @@ def test_failed_variant_recorded_others_kept(evaluated, tmp_path):
     profile.evaluate.variants = ["merged"]
     with pytest.raises(ev.EvaluationError, match="every variant failed"):
         ev.run_evaluate(profile)
-    assert json.loads((out / "evaluate_report.json").read_text())["failed"] == ["merged"]
+    assert json.loads((out / ev.FAILED_REPORT).read_text())["failed"] == ["merged"]
+    assert json.loads((out / "evaluate_report.json").read_text()) == stage_report  # the last good one
+    (out / ev.FAILED_REPORT).unlink()
     report.unlink()
 
 
@@ -602,8 +1038,10 @@ def test_adapter_variant_runs_unmerged_lora(evaluated):
     profile.evaluate.tasks = {"truthfulqa_mc2": profile.evaluate.tasks["truthfulqa_mc2"]}
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(profile.models.base)
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
-                                            init_lora_weights=False))  # non-zero B: the adapter changes outputs
+    lora = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False),
+    )  # non-zero B: the adapter changes outputs
     lora.save_pretrained(profile.run_dir("03_finetune") / "adapter")
     result = ev.run_evaluate(profile)
     adapter, base = result["summaries"]["adapter"], evaluated["result"]["summaries"]["base"]

@@ -1,6 +1,7 @@
 """Stage 03 (LoRA fine-tuning): the template, the prompt/label masking and EOS, the stage end to end,
 its errors, and resuming from a checkpoint. A tiny random Llama and a small byte-level BPE
 tokenizer trained here keep it fast and offline."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.artifacts import read_manifest, write_jsonl  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
 
+from .conftest import FINETUNE_EOS, FINETUNE_PAD, make_rows  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
-EOS = "<|endoftext|>"
-PAD = "<pad>"
+EOS, PAD = FINETUNE_EOS, FINETUNE_PAD  # the tiny model's special tokens (conftest.build_tiny_model)
 
 WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -33,39 +35,6 @@ NO_INPUT = (
 )
 
 
-def make_rows(n: int = 28) -> list[dict]:
-    """Learnable rows: every answer reads "The answer is <n>." (so a few steps lower the loss)."""
-    rows = []
-    for i in range(n):
-        row = {"instruction": f"What is {i} plus {i + 1}?", "input": "" if i % 3 else f"Use {i} and {i + 1}.",
-               "output": f"The answer is {2 * i + 1}.", "data_source": "demo"}
-        rows.append(row)
-    return rows
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A byte-level BPE tokenizer (EOS distinct from PAD) and a 2-layer random Llama, saved together."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    corpus = [ft_mod.format_alpaca_prompt(r["instruction"], r["input"]) + r["output"] for r in make_rows(40)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus * 3, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
@@ -74,16 +43,31 @@ def tokenizer(tiny_model_dir):
 
 
 def finetune_profile(tmp_path, model_dir, rows=None, **finetune) -> Profile:
-    settings = dict(learning_rate=1e-2, max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                    warmup_steps=0, eval_size=4, logging_steps=1, save_steps=100, cutoff_len=128)
+    settings = dict(
+        learning_rate=1e-2,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        warmup_steps=0,
+        eval_size=4,
+        logging_steps=1,
+        save_steps=100,
+        cutoff_len=128,
+    )
     settings.update(finetune)
-    profile = Profile.model_validate({
-        "name": "t", "seed": 7,
-        "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
-                  "cache_dir": str(tmp_path / "cache")},
-        "models": {"base": str(model_dir)},
-        "finetune": settings,
-    })
+    profile = Profile.model_validate(
+        {
+            "name": "t",
+            "seed": 7,
+            "paths": {
+                "runs_dir": str(tmp_path / "runs"),
+                "reports_dir": str(tmp_path / "reports"),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "models": {"base": str(model_dir)},
+            "finetune": settings,
+        }
+    )
     if rows is not None:
         write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", rows)
     return profile
@@ -115,8 +99,12 @@ def test_select_rows_skips_and_counts_bad_rows():
     ]
     kept, lines, skipped = ft_mod.select_rows(rows, "clean.jsonl", EOS)
     assert len(kept) == 5 and lines == [1, 2, 3, 4, 5]
-    assert skipped == {"missing_output": 2, "missing_instruction": 1, "input_not_a_string": 1,
-                       "output_contains_eos_text": 1}
+    assert skipped == {
+        "missing_output": 2,
+        "missing_instruction": 1,
+        "input_not_a_string": 1,
+        "output_contains_eos_text": 1,
+    }
 
 
 def test_heldout_split_is_seeded_and_disjoint():
@@ -130,8 +118,9 @@ def test_heldout_split_is_seeded_and_disjoint():
 def test_check_prepared_example_catches_double_eos_and_unmasked_prompt():
     eos = 9
     assert ft_mod.check_prepared_example([1, 2, 5, eos], [-100, -100, 5, eos], eos, truncated=False) is None
-    assert "more than once" in ft_mod.check_prepared_example([1, 2, 5, eos, eos], [-100, -100, 5, eos, eos],
-                                                             eos, truncated=False)
+    assert "more than once" in ft_mod.check_prepared_example(
+        [1, 2, 5, eos, eos], [-100, -100, 5, eos, eos], eos, truncated=False
+    )
     assert "end with EOS" in ft_mod.check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=False)
     assert ft_mod.check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=True) is None
     assert "differs" in ft_mod.check_prepared_example([1, 2, 5, eos], [-100, 2, 6, eos], eos, truncated=False)
@@ -156,9 +145,13 @@ def test_collated_batch_masks_prompt_and_padding_and_ends_with_one_eos(tiny_mode
     rows[1]["output"] = "A much longer answer, so that the other rows of the batch need padding: 1 2 3 4 5."
     profile = finetune_profile(tmp_path, tiny_model_dir)
     args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
-                         train_dataset=ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token),
-                         processing_class=tokenizer, peft_config=ft_mod.build_lora_config(profile.finetune))
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=args,
+        train_dataset=ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token),
+        processing_class=tokenizer,
+        peft_config=ft_mod.build_lora_config(profile.finetune),
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     eos = tokenizer.eos_token_id
     assert batch["labels"].shape == batch["input_ids"].shape == (len(rows), batch["input_ids"].shape[1])
@@ -168,8 +161,8 @@ def test_collated_batch_masks_prompt_and_padding_and_ends_with_one_eos(tiny_mode
         expected = prompt + completion
         n, ids, labels = len(expected), batch["input_ids"][i].tolist(), batch["labels"][i].tolist()
         assert ids[:n] == expected  # the tokens: template, output, one EOS
-        assert labels[:len(prompt)] == [-100] * len(prompt)  # prompt masked
-        assert labels[len(prompt):n] == completion  # completion kept, token by token
+        assert labels[: len(prompt)] == [-100] * len(prompt)  # prompt masked
+        assert labels[len(prompt) : n] == completion  # completion kept, token by token
         assert labels[n:] == [-100] * (len(labels) - n)  # padding masked
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (len(ids) - n)
         kept = [t for t in labels if t != -100]
@@ -214,7 +207,8 @@ def test_run_finetune_end_to_end(tiny_model_dir, tmp_path):
     assert str((profile.run_dir("02_decontaminate") / "clean.jsonl").resolve()) in inputs
     assert str(tiny_model_dir.resolve()) in inputs
     assert {str(p.resolve()) for p in (adapter, stage / "metrics.json", stage / "log_history.csv")} <= set(
-        manifest["outputs"])
+        manifest["outputs"]
+    )
     assert not (stage / "checkpoints").exists()  # a finished run keeps its adapter, not its checkpoints
 
 
@@ -229,15 +223,24 @@ def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
         def on_train_begin(self, args, state, control, **kwargs):
             seen["gradient_accumulation_steps"] = args.gradient_accumulation_steps
 
-    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=4,
-                               per_device_train_batch_size=1, gradient_accumulation_steps=6, batch_unit="tokens")
+    profile = finetune_profile(
+        tmp_path,
+        tiny_model_dir,
+        make_rows(28),
+        packing=True,
+        max_steps=4,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=6,
+        batch_unit="tokens",
+    )
     metrics = ft_mod.run_finetune(profile, callbacks=[RecordAccumulation()])
     assert metrics["packing"] == "bfd" and metrics["steps"] == 4
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["packing_isolation"]["checked"] and metrics["packing_isolation"]["max_rel_diff"] < 1e-4
     plan = metrics["batch_plan"]
     assert plan["unit"] == "packed row" and plan["tokens_per_step_target"] == pytest.approx(
-        6 * plan["mean_example_tokens"], rel=1e-3)
+        6 * plan["mean_example_tokens"], rel=1e-3
+    )
     # rows hold several examples, so fewer rows per step; the trainer used the planned accumulation
     assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] < 6
     assert metrics["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"]
@@ -254,8 +257,15 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
         def on_train_begin(self, args, state, control, **kwargs):
             seen["gradient_accumulation_steps"] = args.gradient_accumulation_steps
 
-    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(28), packing=True, max_steps=2,
-                               per_device_train_batch_size=2, global_batch_size=6)
+    profile = finetune_profile(
+        tmp_path,
+        tiny_model_dir,
+        make_rows(28),
+        packing=True,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        global_batch_size=6,
+    )
     metrics = ft_mod.run_finetune(profile, callbacks=[RecordBatches()])
     plan = metrics["batch_plan"]
     assert plan["unit"] == "example" and plan["examples_per_step"] == 6 and metrics["examples_per_step"] == 6
@@ -271,8 +281,7 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
 
 
 def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
-    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(12),
-                           target_modules=["gate_proj", "c_fc", "w3_proj"])
+    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(12), target_modules=["gate_proj", "c_fc", "w3_proj"])
     with pytest.raises(ValueError, match=r"\['c_fc', 'w3_proj'\] not found") as err:
         ft_mod.run_finetune(profile)
     assert "gate_proj" in str(err.value)  # the message lists the linear layers that do exist
@@ -358,9 +367,9 @@ def test_stale_checkpoints_are_not_resumed(tmp_path):
     (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (ckpt / "checkpoint-4").mkdir()  # interrupted while saving: no trainer_state.json
     (ckpt / ft_mod.RUN_KEY).write_text(json.dumps({"params": 1}))
-    assert ft_mod._prepare_checkpoint_dir(ckpt, {"params": 1}) == ckpt / "checkpoint-2"
+    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 1}) == ckpt / "checkpoint-2"
     assert not (ckpt / "checkpoint-4").exists()
-    assert ft_mod._prepare_checkpoint_dir(ckpt, {"params": 2}) is None
+    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 2}) is None
     assert not (ckpt / "checkpoint-2").exists()
 
 
@@ -369,7 +378,7 @@ def test_resume_never_starts_again_from_step_zero(tmp_path):
     (ckpt / "checkpoint-2").mkdir(parents=True)
     (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (ckpt / ft_mod.RUN_KEY).write_text(json.dumps({"params": 1}))
-    assert ft_mod._prepare_checkpoint_dir(ckpt, {"params": 1}, "never") is None
+    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 1}, "never") is None
     assert not (ckpt / "checkpoint-2").exists()
 
 
@@ -383,7 +392,9 @@ def _stage_trainer(model_dir, tokenizer, rows, tmp_path, attn, **finetune):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.set_attn_implementation(attn)
     dataset = ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token)
-    trainer, plan, isolation = ft_mod.prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50] * len(rows))
+    trainer, plan, isolation = ft_mod.prepare_trainer(
+        model, tokenizer, dataset, profile.finetune, args, [50] * len(rows)
+    )
     trainer.model.eval()  # no LoRA dropout: both layouts must see the same function
     return trainer, isolation
 
@@ -405,23 +416,30 @@ def _loss_by_example(trainer, batch) -> tuple[float, dict]:
         losses = ft_mod.segment_losses(logits, labels, lengths)
         start = 0
         for n, value in zip(lengths, losses):
-            out[tuple(ids[start:start + n].tolist())] = value
+            out[tuple(ids[start : start + n].tolist())] = value
             start += n
     return float(loss), out
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("unit", ["tokens", "examples"])
-def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_dir, tokenizer, tmp_path, attn,
-                                                                     unit):
+def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_dir, tokenizer, tmp_path, attn, unit):
     """The same 10 examples through the stage's packed path (bfd rows of cutoff_len for batch_unit
     tokens; one padding-free row of the micro-batch's examples for batch_unit examples) and its
     unpacked path (padded batch): each example's loss and the trainer's batch loss agree."""
     rows = make_rows(10)
-    packed_trainer, isolation = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "p", attn,
-                                               packing="bfd", cutoff_len=160, batch_unit=unit,
-                                               per_device_train_batch_size=10 if unit == "examples" else 1,
-                                               gradient_accumulation_steps=1 if unit == "examples" else 5)
+    packed_trainer, isolation = _stage_trainer(
+        tiny_model_dir,
+        tokenizer,
+        rows,
+        tmp_path / "p",
+        attn,
+        packing="bfd",
+        cutoff_len=160,
+        batch_unit=unit,
+        per_device_train_batch_size=10 if unit == "examples" else 1,
+        gradient_accumulation_steps=1 if unit == "examples" else 5,
+    )
     unpacked_trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "u", attn)
     packed_rows = list(packed_trainer.train_dataset)
     if unit == "tokens":
@@ -430,7 +448,8 @@ def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_
         assert packed_trainer.data_collator(packed_rows)["input_ids"].shape[0] == 1  # all 10 in one row
     packed_loss, packed = _loss_by_example(packed_trainer, packed_trainer.data_collator(packed_rows))
     unpacked_loss, alone = _loss_by_example(
-        unpacked_trainer, unpacked_trainer.data_collator(list(unpacked_trainer.train_dataset)))
+        unpacked_trainer, unpacked_trainer.data_collator(list(unpacked_trainer.train_dataset))
+    )
     assert packed.keys() == alone.keys() and len(packed) == 10
     for key in packed:
         assert packed[key] == pytest.approx(alone[key], rel=1e-5)
@@ -444,9 +463,18 @@ def test_isolation_check_refuses_rows_whose_attention_crosses_examples(tiny_mode
     example attend to the ones before it: the check must catch it."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, make_rows(10), tmp_path, "sdpa",
-                                packing="bfd", cutoff_len=160, batch_unit="tokens", per_device_train_batch_size=1,
-                                gradient_accumulation_steps=5)
+    trainer, _ = _stage_trainer(
+        tiny_model_dir,
+        tokenizer,
+        make_rows(10),
+        tmp_path,
+        "sdpa",
+        packing="bfd",
+        cutoff_len=160,
+        batch_unit="tokens",
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=5,
+    )
     trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=False)
     with pytest.raises(RuntimeError, match="cross example boundaries.*attn_implementation='sdpa'"):
         ft_mod.check_packing_isolation(trainer)
@@ -490,8 +518,9 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
         ft = ft_for(**finetune)
         return ft, ft_mod.build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
 
-    _, packed = args_for(packing="bfd_split", gradient_checkpointing=True, batch_unit="tokens",
-                         per_device_train_batch_size=1)
+    _, packed = args_for(
+        packing="bfd_split", gradient_checkpointing=True, batch_unit="tokens", per_device_train_batch_size=1
+    )
     assert (packed.packing, packed.packing_strategy, packed.activation_checkpointing) == (True, "bfd_split", True)
     assert packed.eval_packing is False  # held-out loss is measured per example
     _, free = args_for(packing="bfd", per_device_train_batch_size=4, global_batch_size=8)
@@ -522,16 +551,23 @@ def test_plan_batch_in_tokens_is_an_explicit_opt_in():
     assert unpacked.tokens_per_step_target is None and unpacked.examples_per_step == 16
 
     # batch_unit tokens: 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
-    in_tokens = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=16, packing="bfd",
-                               batch_unit="tokens")
+    in_tokens = FinetuneConfig(
+        per_device_train_batch_size=1, gradient_accumulation_steps=16, packing="bfd", batch_unit="tokens"
+    )
     packed = ft_mod.plan_batch(examples, in_tokens, row_tokens=[400] * 8)
     assert packed.tokens_per_step_target == 1600
     assert (packed.gradient_accumulation_steps, packed.tokens_per_step, packed.examples_per_step) == (4, 1600, 16)
     assert packed.steps_per_epoch == unpacked.steps_per_epoch == 2  # the schedule keeps its length
 
     # 8 GPUs with rows of 400 tokens: one row per GPU is 3200 tokens, twice the 1600 target: refused, saying why
-    seventy = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=2, num_gpus=8,
-                             accelerate_config="a.yaml", packing="bfd", batch_unit="tokens")
+    seventy = FinetuneConfig(
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        num_gpus=8,
+        accelerate_config="a.yaml",
+        packing="bfd",
+        batch_unit="tokens",
+    )
     with pytest.raises(ValueError, match="cannot be met.*100% off"):
         ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
 
@@ -550,8 +586,10 @@ def test_paper_profiles_take_exactly_16_examples_per_step(name, processes):
     """The paper's global batch of 16 examples, whatever the number of processes (1, 2 or 8)."""
     from platypus_utils.config import load_profile
 
-    profile = load_profile(ROOT / "params" / f"{name}.yaml", {"finetune.num_gpus": processes,
-                                                              "finetune.accelerate_config": "accelerate/ddp.yaml"})
+    profile = load_profile(
+        ROOT / "params" / f"{name}.yaml",
+        {"finetune.num_gpus": processes, "finetune.accelerate_config": "accelerate/ddp.yaml"},
+    )
     ft = profile.finetune
     assert ft.batch_unit == "examples" and ft.global_batch_size == 16
     gas, per_step = ft.examples_step_plan(processes)
@@ -560,8 +598,9 @@ def test_paper_profiles_take_exactly_16_examples_per_step(name, processes):
     plan = ft_mod.plan_batch(lengths, ft, world_size=processes)
     assert plan.examples_per_step == 16 and plan.gradient_accumulation_steps == gas
     assert plan.steps_per_epoch == -(-24926 // 16)  # the paper's ~1558 steps: 100 warm-up steps are 6.4%
-    args = ft_mod.build_sft_config(ft, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False,
-                                   world_size=processes)
+    args = ft_mod.build_sft_config(
+        ft, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False, world_size=processes
+    )
     assert args.gradient_accumulation_steps == gas  # set before the trainer (and a DeepSpeed config) reads it
     assert args.padding_free and not args.packing and args.max_length is None  # one padding-free row per micro-batch
 
@@ -577,8 +616,79 @@ def test_a_step_far_from_global_batch_fails_at_load():
 
 
 def test_speed_tables_show_the_run_and_its_batch_plan():
-    metrics = {"device": "cpu", "tokens_per_s": 107.5, "peak_rss_mb": 2785.4, "eval_loss_after": 1.5,
-               "batch_plan": {"unit": "packed row", "gradient_accumulation_steps": 5}}
+    metrics = {
+        "device": "cpu",
+        "tokens_per_s": 107.5,
+        "peak_rss_mb": 2785.4,
+        "eval_loss_after": 1.5,
+        "batch_plan": {"unit": "packed row", "gradient_accumulation_steps": 5},
+    }
     speed, plan = ft_mod.speed_tables(metrics)
     assert speed["run"].to_dict() == {"device": "cpu", "tokens_per_s": 107.5, "peak_rss_mb": 2785.4}
     assert plan["batch plan"].to_dict() == metrics["batch_plan"]
+
+
+# ---------------------------------------------------------------- the steps the notebook tells
+def test_steps_show_the_example_and_plan_the_trainer_applies(tiny_model_dir, tmp_path):
+    """The notebook's first steps, before any model: the tokenized example (prompt masked) is what
+    TRL prepares, and the batch plan previewed from the lengths is the one the trainer applies
+    (batch_unit tokens: TRL's own packing of the same lengths)."""
+    rows = make_rows(28)
+    rows[0]["output"] = "The answer is 1. " + " ".join(str(i) for i in range(60))  # truncated at 128
+    profile = finetune_profile(
+        tmp_path,
+        tiny_model_dir,
+        rows,
+        packing=True,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=6,
+        batch_unit="tokens",
+        max_steps=1,
+    )
+    data = ft_mod.load_data(profile)
+    assert data.skipped_frame().loc["train", "rows"] == len(data.train_idx) == 24
+    assert list(data.frame().query("split == 'held out'").index) == [data.row_lines[i] for i in data.eval_idx]
+    plan = ft_mod.expected_plan(data, profile.finetune)
+    setup = ft_mod.load_model(profile, data)
+    session = ft_mod.build_trainer(profile, data, setup)
+    assert session.plan == plan and plan.unit == "packed row" and plan.units < len(data.train_idx)
+    for e, i in zip(session.prepared_eval, data.eval_idx):
+        assert ft_mod.tokenize_example(data.tokenizer, data.records[i], profile.finetune.cutoff_len) == e
+    frame = ft_mod.example_frame(data.tokenizer, session.prepared_eval[0])
+    i = data.eval_idx[0]
+    assert (~frame["in_loss"]).sum() == data.prompt_len[i] and frame["in_loss"].iloc[-1]
+    assert frame["token_id"].iloc[-1] == data.tokenizer.eos_token_id
+    assert "".join(frame["token"]) == data.records[i]["prompt"] + data.records[i]["completion"]
+    table = ft_mod.plan_table(plan, profile.finetune)["batch plan"]
+    assert table["optimizer steps"] == 1 and table["warm-up share"] == 0
+
+
+def test_loss_curve_draws_on_a_given_ax_and_reads_back(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.chdir(tmp_path)
+    history = [{"step": 1, "loss": 2.0, "learning_rate": 1e-3}, {"step": 2, "loss": 1.5, "learning_rate": 5e-4}]
+    rows = ft_mod.log_rows(history, 2.2, 1.4, 2)
+    fig, ax = plt.subplots()
+    assert ft_mod.plot_loss_curve(rows, "t", ax=ax) is fig and len(ax.lines) == 2
+    plt.close(fig)
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "log.csv"
+    path.write_text(ft_mod.csv_text(rows))
+    back = ft_mod.read_log_rows(path)
+    assert [(r["step"], r["split"], r["loss"]) for r in back] == [(r["step"], r["split"], r["loss"]) for r in rows]
+    assert "before training (2.2000) and after (1.4000)" in ft_mod.loss_curve_caption(rows, "t")
+    live = ft_mod.LiveLossCurve("t")  # outside a Jupyter kernel it draws nothing
+
+    class State:
+        is_world_process_zero, log_history, global_step = True, history, 2
+
+    live.on_log(None, State(), None)
+    assert live.figure is None and live.handle is None
+
+
+def test_whole_run_train_loss_weights_the_resumed_steps():
+    history = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 1.0}, {"step": 6, "loss": 9.0}]
+    # resumed at step 4: steps 1-4 from the log (mean 2.0 over 4 steps), 2 steps this session at 0.5
+    assert ft_mod.whole_run_train_loss(history, 0.5, 6, 4) == pytest.approx((2.0 * 4 + 0.5 * 2) / 6)
+    assert ft_mod.whole_run_train_loss(history, 0.5, 6, 0) == 0.5

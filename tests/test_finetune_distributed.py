@@ -1,10 +1,10 @@
 """Stage 03's distributed path for real, without a GPU: two processes under torchrun on CPU (gloo)."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.config import load_profile  # noqa: E402
-from tests.test_finetune_scale import _distributed_profile  # noqa: E402
+
+from .conftest import build_tiny_model, distributed_profile, make_rows  # noqa: E402
 
 
 @pytest.mark.slow
@@ -24,13 +25,24 @@ def test_two_process_run_trains_once_and_records_once(tmp_path):
     import socket
 
     from platypus_utils.artifacts import read_manifest, write_jsonl
-    from tests.test_finetune import make_rows
 
     model_dir = tmp_path / "tiny-llama"
-    _build_tiny_model(model_dir)
-    path = _distributed_profile(tmp_path, "ddp", num_gpus=2, max_steps=2, per_device_train_batch_size=2,
-                                gradient_accumulation_steps=1, cutoff_len=128, eval_size=4, warmup_steps=0,
-                                learning_rate=1e-2, logging_steps=1, save_steps=1, packing="bfd")
+    build_tiny_model(model_dir)
+    path = distributed_profile(
+        tmp_path,
+        "ddp",
+        num_gpus=2,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        cutoff_len=128,
+        eval_size=4,
+        warmup_steps=0,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=1,
+        packing="bfd",
+    )
     raw = yaml.safe_load(path.read_text())
     raw["models"]["base"] = str(model_dir)
     path.write_text(yaml.safe_dump(raw))
@@ -39,10 +51,26 @@ def test_two_process_run_trains_once_and_records_once(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "platypus_utils.finetune", str(path)]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "platypus_utils.finetune",
+        str(path),
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     stage = profile.run_dir("03_finetune")
     manifest = read_manifest(stage)
@@ -53,14 +81,3 @@ def test_two_process_run_trains_once_and_records_once(tmp_path):
     assert not list(stage.glob(".adapter*"))
     shown = ft_mod.run_finetune(profile)  # one process now: the finished run's results
     assert shown["world_size"] == 2 and shown["eval_loss_after"] < shown["eval_loss_before"]
-
-
-def _build_tiny_model(out: Path) -> None:
-    from tests import test_finetune
-
-    class _Factory:
-        def mktemp(self, name):
-            out.mkdir(parents=True, exist_ok=True)
-            return out
-
-    test_finetune.tiny_model_dir.__wrapped__(_Factory())

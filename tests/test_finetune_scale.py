@@ -1,6 +1,7 @@
 """Stage 03 at scale, without a GPU: the accelerate configs, the command line the runner builds for
 several GPUs and what it does with it, the 13B/70B/Colab profiles, and the training benchmark on
 its tiny shape."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,15 +20,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils import runner  # noqa: E402
 from platypus_utils.artifacts import StageRun, write_json  # noqa: E402
-from platypus_utils.config import load_profile  # noqa: E402
+from platypus_utils.config import load_profile, parse_set  # noqa: E402
+
+from .conftest import distributed_profile as _distributed_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = ROOT / "accelerate"
 
 
 # ---------------------------------------------------------------- accelerate configs
-@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("fsdp_qlora", "FSDP"),
-                                        ("zero3", "DEEPSPEED")])
+@pytest.mark.parametrize(
+    "name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("fsdp_qlora", "FSDP"), ("zero3", "DEEPSPEED")]
+)
 def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
     """accelerate's own launcher reads each file (on 4 pretend GPUs) into the environment its
     plugins are built from; the FSDP ones give FSDP2 with the adapter gathered on save."""
@@ -37,9 +41,12 @@ def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
     path = ACCELERATE / f"{name}.yaml"
     assert yaml.safe_load(path.read_text())["distributed_type"] == kind
     args = launch_command_parser().parse_args(
-        ["--config_file", str(path), "--num_processes", "4", "-m", "platypus_utils.finetune", "p.yaml"])
-    with mock.patch("torch.cuda.device_count", return_value=4), mock.patch("torch.cuda.is_available",
-                                                                          return_value=True):
+        ["--config_file", str(path), "--num_processes", "4", "-m", "platypus_utils.finetune", "p.yaml"]
+    )
+    with (
+        mock.patch("torch.cuda.device_count", return_value=4),
+        mock.patch("torch.cuda.is_available", return_value=True),
+    ):
         args, defaults, _ = _validate_launch_command(args)
     assert args.num_processes == 4 and args.mixed_precision == "bf16"
     if kind == "DEEPSPEED":
@@ -54,37 +61,39 @@ def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
         return
     from accelerate.utils import FullyShardedDataParallelPlugin
 
+    if env["FSDP_VERSION"] == "1":  # FSDP1's plugin needs a GPU to build: check what it would be built from
+        assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
+        return
     with mock.patch.dict(os.environ, env):
         plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and "FULL_STATE_DICT" in str(plugin.state_dict_type)
-    assert plugin.cpu_ram_efficient_loading is False  # every process loads the base whole
-
-
-def _distributed_profile(tmp_path, config="ddp", num_gpus=4, **finetune) -> Path:
-    """A profile file under tmp_path/params asking for several GPUs."""
-    raw = {"name": "multi", "models": {"base": "embedded:smollm2-135m-instruct"},
-           "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
-                     "cache_dir": str(tmp_path / "cache")},
-           "finetune": {"num_gpus": num_gpus, "accelerate_config": str(ACCELERATE / f"{config}.yaml"),
-                        "max_steps": 3, **finetune}}
-    path = tmp_path / "params" / "multi.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    assert plugin.cpu_ram_efficient_loading is True  # rank 0 reads the base, the others build it on meta
 
 
 def test_accelerate_command_line(tmp_path):
     path = _distributed_profile(tmp_path, "fsdp", num_gpus=4)
     profile = load_profile(path, {"finetune.max_steps": 7})
     cmd = ft_mod.accelerate_command(profile, {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
-    assert cmd == [sys.executable, "-m", "accelerate.commands.launch",
-                   "--config_file", str(ACCELERATE / "fsdp.yaml"), "--num_processes", "4", "--num_machines", "1",
-                   "-m", "platypus_utils.finetune", str(path.resolve()),
-                   "--set", 'finetune.max_steps=7', "--set", 'models.base="meta-llama/Llama-2-7b-hf"']
+    assert cmd == [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE / "fsdp.yaml"),
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+        "-m",
+        "platypus_utils.finetune",
+        str(path.resolve()),
+        "--set",
+        "finetune.max_steps=7",
+        "--set",
+        'models.base="meta-llama/Llama-2-7b-hf"',
+    ]
     # each process reads the overrides back typed, as `platypus run --set` does
-    from platypus_utils.cli import _parse_set
-
-    assert _parse_set([cmd[-3], cmd[-1]]) == {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"}
+    assert parse_set([cmd[-3], cmd[-1]]) == {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"}
 
 
 def test_accelerate_config_is_checked_against_the_profile(tmp_path):
@@ -128,6 +137,7 @@ def test_runner_launches_training_under_accelerate_then_runs_the_notebook(tmp_pa
 
     monkeypatch.setattr(subprocess, "run", fake_launch)
     monkeypatch.setattr(runner, "execute_stage", fake_notebook)
+    monkeypatch.setattr(runner, "preflight", lambda profile, stages: None)  # no GPUs here: preflight would refuse
     runner.run(path, only=["03"], overrides=overrides)
     assert [c[0] for c in calls] == ["launch", "notebook"]
     assert calls[0][1] == ft_mod.accelerate_command(profile, overrides) and calls[0][2] == str(tmp_path.resolve())
@@ -146,8 +156,11 @@ def test_runner_launches_training_under_accelerate_then_runs_the_notebook(tmp_pa
 
 def test_one_process_without_a_finished_run_says_how_to_launch(tmp_path):
     profile = load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2))
-    with pytest.raises(RuntimeError, match="num_gpus=2: training runs under accelerate launch.*"
-                                           "no successful run recorded.*accelerate.commands.launch"):
+    with pytest.raises(
+        RuntimeError,
+        match="num_gpus=2: training runs under accelerate launch.*"
+        "no successful run recorded.*accelerate.commands.launch",
+    ):
         ft_mod.run_finetune(profile)
     _record_finished_run(load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2, lora_r=8)), {"steps": 1})
     with pytest.raises(RuntimeError, match="parameters changed"):  # another run's results are not shown
@@ -165,8 +178,10 @@ def test_quantized_multi_gpu_loading_stores_4bit_weights_as_bf16(tmp_path):
 
     multi = load_profile(_distributed_profile(tmp_path, "fsdp_qlora", num_gpus=8, load_in_4bit=True))
     single = load_profile(_distributed_profile(tmp_path, "fsdp_qlora", num_gpus=1, load_in_4bit=True))
-    with mock.patch("torch.cuda.is_available", return_value=True), \
-            mock.patch.object(ft_mod.importlib.util, "find_spec", with_bitsandbytes):
+    with (
+        mock.patch("torch.cuda.is_available", return_value=True),
+        mock.patch.object(importlib.util, "find_spec", with_bitsandbytes),
+    ):
         sharded = ft_mod.quantization_config(multi.finetune, "cuda:3")
         alone = ft_mod.quantization_config(single.finetune, "cuda")
     assert sharded.load_in_4bit and sharded.bnb_4bit_quant_storage == torch.bfloat16
@@ -175,8 +190,10 @@ def test_quantized_multi_gpu_loading_stores_4bit_weights_as_bf16(tmp_path):
 
 # ---------------------------------------------------------------- the paper's profiles
 def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
-    profiles = {name: load_profile(ROOT / "params" / f"{name}.yaml")
-                for name in ("platypus2-13b", "platypus2-70b", "colab-a100")}
+    profiles = {
+        name: load_profile(ROOT / "params" / f"{name}.yaml")
+        for name in ("platypus2-13b", "platypus2-70b", "colab-a100")
+    }
     for name, profile in profiles.items():
         ft = profile.finetune
         assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05), name

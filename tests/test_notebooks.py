@@ -6,7 +6,9 @@ To add a stage: write `_check_NN(profile, records, tmp_path)` and add it to NOTE
 the tiny overrides it runs under (docs/notebooks.md). Stages after 01 need their earlier stages'
 artifacts: build them in the check's fixture, or run the earlier notebooks first.
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,11 @@ import nbformat
 import pytest
 
 from platypus_utils import curate, notebook, runner
-from platypus_utils.artifacts import StageRun, read_manifest
+from platypus_utils.artifacts import StageRun, read_jsonl, read_manifest, write_jsonl
 from platypus_utils.config import STAGES, ProfileError, load_profile
 from platypus_utils.demo_data import demo_corpus_labels
+
+from .conftest import ALPHA, TARGETS, R, make_rows, save_adapter, save_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "params" / "demo.yaml"
@@ -62,8 +66,187 @@ def _check_01(profile, records, tmp_path):
     assert len(images) == 2  # the similarity histogram and the composition figure, inline, once each
 
 
+# ---------------------------------------------------------------- 03_finetune
+def _finetune_case(tmp_path, model_dir) -> dict:
+    """Stage 02's output for the demo profile, written here (clean.jsonl + its manifest), and tiny
+    overrides: conftest's tiny Llama, 2 steps of 8 whole examples (padding-free), 4 held-out rows, a 1-step partner adapter."""
+    overrides = {**_tmp_paths(tmp_path), "models.base": str(model_dir), "finetune.max_steps": 2, "finetune.batch_unit": "examples",
+                 "finetune.eval_size": 4, "finetune.cutoff_len": 128, "finetune.learning_rate": 1e-2,
+                 "finetune.partner_adapter.max_steps": 1, "finetune.partner_adapter.gradient_accumulation_steps": 1}
+    profile = load_profile(DEMO, overrides)
+    rows = make_rows(20) + [{"instruction": "q", "input": "", "output": "", "data_source": "demo"}]
+    for row in rows[:4]:
+        row["data_source"] = "guanaco"  # the partner adapter's slice
+    stage_dir = profile.run_dir("02_decontaminate")
+    with StageRun(stage_dir, "02_decontaminate", profile.fingerprint_params("02_decontaminate")) as run:
+        run.add_output(write_jsonl(stage_dir / "clean.jsonl", rows))
+    return overrides
+
+
+def _check_03(profile, records, tmp_path, overrides):
+    from transformers import AutoTokenizer
+
+    from platypus_utils import finetune
+
+    out = profile.run_dir("03_finetune")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert records["rows_read"] == 21 and records["examples_skipped"] == {"missing_output": 1}
+    assert (records["examples_train"], records["examples_eval"]) == (16, 4) == (
+        metrics["examples_train"], metrics["examples_eval"])
+    # the example shown: its prompt tokens masked, one EOS at the end, from the held-out rows
+    tokenizer = AutoTokenizer.from_pretrained(profile.models.base)
+    row = read_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl")[records["example_row"] - 1]
+    prompt = tokenizer(finetune.format_alpaca_prompt(row["instruction"], row["input"]))["input_ids"]
+    assert records["example_masked_tokens"] == len(prompt) and records["example_problem"] is None
+    assert records["example_row"] in metrics["heldout_rows"]
+    # the plan shown before the trainer is the one it applied; packed rows keep their examples apart
+    assert records["plan_applied"] is True and records["planned_steps"] == 2 == records["steps"] == metrics["steps"]
+    assert records["examples_per_step"] == pytest.approx(metrics["batch_plan"]["examples_per_step"], abs=0.01)
+    assert records["packing_isolation"]["checked"] and records["packing_isolation"]["max_rel_diff"] < 1e-4
+    assert records["eval_loss_before"] == metrics["eval_loss_before"] and records["eval_loss_after"] < 1e3
+    assert [h["step"] for h in records["train_loss_history"]] == [1, 2]
+    assert metrics["partner_adapter"]["steps"] == 1 and (out / "partner_adapter" / "adapter_config.json").is_file()
+    # the save cell wrote what run_finetune writes, with the notebook's time in the manifest
+    manifest = read_manifest(out)
+    assert manifest["outputs"][str((out / "metrics.json").resolve())] == records["metrics_sha256"]
+    assert manifest["timings"]["notebook_s"] > 0 and not (out / "checkpoints").exists()
+    direct = load_profile(DEMO, {**overrides, **_tmp_paths(tmp_path, "direct")})
+    (direct.run_dir("02_decontaminate")).mkdir(parents=True)
+    shutil.copy(profile.run_dir("02_decontaminate") / "clean.jsonl", direct.run_dir("02_decontaminate"))
+    again = finetune.run_finetune(direct)
+    assert set(again) == set(metrics) and again["heldout_rows"] == metrics["heldout_rows"]
+    assert again["eval_loss_before"] == pytest.approx(metrics["eval_loss_before"], rel=1e-5)
+    assert again["batch_plan"] == metrics["batch_plan"] and again["steps"] == metrics["steps"]
+
+    def names(p):
+        return sorted(Path(k).name for k in read_manifest(p.run_dir("03_finetune"))["outputs"])
+
+    assert names(direct) == names(profile)
+    executed = nbformat.read(str(runner.executed_notebook(profile, "03_finetune")), as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the live loss curve (redrawn in place) and the final one with the held-out points
+
+
+def test_03_notebook_runs_and_records(tmp_path, tiny_model_dir):
+    """Stage 03's notebook on tiny settings (its prerequisite, 02's clean.jsonl, is written first)."""
+    overrides = _finetune_case(tmp_path, tiny_model_dir)
+    profile, records = execute("03_finetune", overrides)
+    _check_03(profile, records, tmp_path, overrides)
+
+
+# ---------------------------------------------------------------- 05_evaluate
+# the base model only (needs no earlier stage), every benchmark, tiny limits, two MMLU subjects
+TINY_05 = {"evaluate.variants": ["base"], "evaluate.mmlu_subjects": ["college_physics", "philosophy"],
+           "evaluate.tasks": {"arc_challenge": {"num_fewshot": 1, "limit": 1}, "hellaswag": {"num_fewshot": 1, "limit": 1},
+                              "mmlu": {"num_fewshot": 1, "limit": 1}, "truthfulqa_mc2": {"num_fewshot": 0, "limit": 1}}}
+
+
+def _check_05(profile, records, tmp_path):
+    from platypus_utils import evaluate
+
+    tasks = {t["benchmark"]: t for t in records["tasks"]}
+    assert {b: (t["num_fewshot"], t["limit"]) for b, t in tasks.items()} == {
+        b: (c["num_fewshot"], c["limit"]) for b, c in TINY_05["evaluate.tasks"].items()}
+    assert tasks["truthfulqa_mc2"]["metric"] == "mc2" and tasks["arc_challenge"]["lm_eval_task"] == "platypus_arc_challenge"
+    assert records["mmlu_subjects_selected"] == ["college_physics", "philosophy"]
+    assert records["variants"] == [{"variant": "base", "status": "ok", "source": "models.base"}]
+    assert records["failed"] == {}
+    assert records["n"] == {"base": {"arc_challenge": 1, "hellaswag": 1, "mmlu": 2, "truthfulqa_mc2": 1}}
+    scores = records["scores"]["base"]
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert records["averages"]["base"] == sum(scores.values()) / 4
+    assert set(records["mmlu_subjects"]["base"]) == {"college_physics", "philosophy"}
+    assert sum(records["mmlu_subjects"]["base"].values()) / 2 == scores["mmlu"]
+    # the notebook's save step wrote what run_evaluate writes
+    out = profile.run_dir("05_evaluate")
+    manifest = read_manifest(out)
+    assert manifest["outputs"][str((out / "base.json").resolve())] == records["summary_sha256"]["base"]
+    assert manifest["timings"]["notebook_s"] > 0 and manifest["metrics"]["variants_ok"] == 1
+    direct = load_profile(DEMO, {**_tmp_paths(tmp_path, "direct"), **TINY_05})
+    result = evaluate.run_evaluate(direct)
+    assert {b: t["value"] for b, t in result["summaries"]["base"]["tasks"].items()} == scores
+    for name in ("base.json", "base.raw.json", "base.samples.jsonl"):
+        assert (direct.run_dir("05_evaluate") / name).read_bytes() == (out / name).read_bytes(), name
+    executed = nbformat.read(str(runner.executed_notebook(profile, "05_evaluate")), as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the scores figure, inline, once
+
+
+# ---------------------------------------------------------------- 04_merge
+MERGE_VARIANTS = ["merged", "general", "general-platypus", "adapters-ties", "slerp", "task-arithmetic"]
+
+
+def _merge_case(tmp_path) -> dict:
+    """Stage 03's output for the demo profile, made here: conftest's tiny Llama as models.base and as the
+    general partner's model, the adapter and the partner adapter on it, and 03's manifest."""
+    base = save_tiny_llama(tmp_path / "tiny-base")
+    overrides = {
+        **_tmp_paths(tmp_path),
+        "models.base": str(base),
+        "merge.partners": [{"name": "general", "model": str(base), "adapter": "partner_adapter"}],
+    }
+    profile = load_profile(DEMO, overrides)
+    stage_dir = profile.run_dir("03_finetune")
+    save_adapter(base, stage_dir / "adapter", seed=1)
+    save_adapter(base, stage_dir / "partner_adapter", seed=2)
+    with StageRun(stage_dir, "03_finetune", profile.fingerprint_params("03_finetune")):
+        pass
+    return overrides
+
+
+def _check_04(profile, records):
+    from platypus_utils import layout, merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
+
+    assert records["planned_variants"] == layout.planned_variants(profile) == MERGE_VARIANTS
+    assert records["planned_dtypes"] == dict.fromkeys(MERGE_VARIANTS, "float32")  # the tiny base is float32
+    adapter = records["adapter"]
+    assert (adapter["r"], adapter["lora_alpha"], adapter["scales"]) == (R, ALPHA, [ALPHA / R])
+    assert adapter["modules"] == 2 * len(TARGETS) and sorted(adapter["target_modules"]) == sorted(TARGETS)
+    checks = {row["variant"]: row for row in records["checks"]}
+    assert list(checks) == MERGE_VARIANTS and all(row["passed"] for row in checks.values())
+    assert all(0 <= row["weight_error_to_bound"] <= 1 for row in checks.values())
+    for name in ("merged", "general", "general-platypus"):  # an unmerged model would fail almost everywhere
+        assert 0 <= checks[name]["logit_ratio"] <= 1 and checks[name]["updates_above_bound_share"] > 0.5
+    assert checks["adapters-ties"]["logit_ratio"] <= 1
+    assert checks["slerp"]["logit_ratio"] is None and checks["task-arithmetic"]["logit_ratio"] is None
+    # the save cell wrote what run_merge writes: the report it hashes, every variant an output
+    out = profile.run_dir("04_merge")
+    manifest = read_manifest(out)
+    assert manifest["outputs"][str((out / "merge_report.json").resolve())] == records["report_sha256"]
+    assert {str((out / v).resolve()) for v in MERGE_VARIANTS} < set(manifest["outputs"])
+    assert manifest["timings"]["notebook_s"] > 0
+    # run_merge on the same profile finds every variant made from the same inputs: reused, same content
+    report = merge.run_merge(profile)
+    assert all(entry["reused"] for entry in report["models"].values())
+    assert {n: e["content_sha256"] for n, e in report["models"].items()} == {
+        n: r["content_sha256"] for n, r in records["report_models"].items()
+    }
+    again = read_manifest(out)
+    assert again["params"] == manifest["params"] and set(again["outputs"]) == set(manifest["outputs"])
+    executed = nbformat.read(str(runner.executed_notebook(profile, "04_merge")), as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the checks' figure, inline, once
+
+
+def test_04_notebook_runs_and_records(tmp_path):
+    """Stage 04's notebook on a tiny random Llama (its prerequisite, 03's adapters, is written first).
+    run_merge makes the variants first, so the runner's `force` must reach make_variant: the notebook
+    makes every variant again, byte for byte what run_merge made."""
+    from platypus_utils import merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
+
+    overrides = _merge_case(tmp_path)
+    direct = merge.run_merge(load_profile(DEMO, overrides))
+    profile, records = execute("04_merge", overrides, force=True)
+    assert not any(m["reused"] for m in records["report_models"].values())
+    assert {n: m["content_sha256"] for n, m in records["report_models"].items()} == {
+        n: e["content_sha256"] for n, e in direct["models"].items()
+    }
+    _check_04(profile, records)
+
+
 NOTEBOOK_CASES = {
     "01_curate": ({}, _check_01),
+    "05_evaluate": (TINY_05, _check_05),
 }
 
 

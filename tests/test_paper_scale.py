@@ -1,9 +1,9 @@
 """The 70B route as accelerate launches it: the FSDP plugin it builds, and rank-0 loading."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from platypus_utils import finetune as ft_mod
@@ -17,8 +17,19 @@ def _launch_env(config_file: str, processes: int) -> dict:
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", config_file, "--num_processes", str(processes),
-                                               "--num_machines", "1", "-m", "platypus_utils.finetune", "p.yaml"])
+    args = launch_command_parser().parse_args(
+        [
+            "--config_file",
+            config_file,
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "-m",
+            "platypus_utils.finetune",
+            "p.yaml",
+        ]
+    )
     args, _, _ = _validate_launch_command(args)
     return {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_"))}
 
@@ -57,8 +68,16 @@ def test_fsdp_ranks_other_than_0_build_the_model_on_meta(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tiny_model_dir = tmp_path / "tiny"
-    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=64)).save_pretrained(tiny_model_dir)
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=64,
+        )
+    ).save_pretrained(tiny_model_dir)
     profile = load_profile(ROOT / "params" / "platypus2-70b.yaml", {"models.base": str(tiny_model_dir)})
     ft = profile.finetune
     rank1 = ft_mod.load_base_model(profile, str(tiny_model_dir), "cpu", torch.float32, ft, rank=1, world_size=8)
@@ -72,10 +91,13 @@ def test_fsdp_ranks_other_than_0_build_the_model_on_meta(tmp_path):
 def test_deepspeed_gets_the_accumulation_before_the_trainer_is_built():
     """batch_unit examples sets gradient_accumulation_steps in the SFTConfig itself (DeepSpeed reads it
     when the trainer is built); batch_unit tokens is refused with ZeRO because its plan comes later."""
-    profile = load_profile(ROOT / "params" / "platypus2-13b.yaml",
-                           {"finetune.num_gpus": 8, "finetune.accelerate_config": "accelerate/ddp.yaml"})
-    args = ft_mod.build_sft_config(profile.finetune, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False,
-                                   world_size=8)
+    profile = load_profile(
+        ROOT / "params" / "platypus2-13b.yaml",
+        {"finetune.num_gpus": 8, "finetune.accelerate_config": "accelerate/ddp.yaml"},
+    )
+    args = ft_mod.build_sft_config(
+        profile.finetune, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False, world_size=8
+    )
     assert args.gradient_accumulation_steps == 1 and args.per_device_train_batch_size == 2  # 2 x 1 x 8 = 16
 
 
@@ -91,11 +113,16 @@ def test_a_70b_model_is_spread_over_the_gpus_and_model_args_reach_lm_eval(monkey
     monkeypatch.setattr(ev.torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * 2**30}))
     monkeypatch.setattr(ev, "pick_device", lambda choice: "cuda")
     params = {"70b": 68_976_648_192, "13b": 13_015_864_320}
-    monkeypatch.setattr(ev, "get_safetensors_metadata", lambda repo: type("M", (), {
-        "parameter_count": {"BF16": params["70b" if "70b" in repo else "13b"]}}))
+    monkeypatch.setattr(
+        ev,
+        "get_safetensors_metadata",
+        lambda repo: type("M", (), {"parameter_count": {"BF16": params["70b" if "70b" in repo else "13b"]}}),
+    )
 
-    seventy = load_profile(ROOT / "params" / "platypus2-70b.yaml",
-                           {"evaluate.model_args": {"max_length": 4096, "trust_remote_code": False}})
+    seventy = load_profile(
+        ROOT / "params" / "platypus2-70b.yaml",
+        {"evaluate.model_args": {"max_length": 4096, "trust_remote_code": False}},
+    )
     spec = ev.ModelSpec("base", "meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-hf")
     settings = ev.lm_settings(seventy, spec)
     assert settings["parallelize"] is True  # 138 GB of bf16 weights > one 80 GB GPU

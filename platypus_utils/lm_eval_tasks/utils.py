@@ -4,27 +4,36 @@ their ORIGINAL release formats (no hub access).
 Each task YAML `include:`s the installed built-in lm-eval task and overrides only where the
 data comes from:
   * `custom_dataset: !function utils.load_<benchmark>` reads the local files, row by row, in
-    the original format (a malformed row raises an error naming file, line and field);
+    the original format (a malformed row raises BenchmarkFileError naming file, line and field);
   * `process_docs: !function utils.process_<benchmark>` converts those rows to the hub schema
     of the dataset the built-in task was written for (allenai/ai2_arc, Rowan/hellaswag,
     cais/mmlu, truthfulqa/truthful_qa), so the built-in doc_to_text / doc_to_choice /
     doc_to_target / process_results apply unchanged.
 
-This file is copied next to the generated YAMLs (lm-eval resolves `!function utils.x` relative
-to the YAML), so it imports nothing from platypus_utils: the task folder also works with the
-plain `lm_eval` command line.
+One parser per format: each row is checked by `platypus_utils.benchmarks`' parser of its format
+(arc_item, hellaswag_item, read_mmlu_csv, truthfulqa_item - what stage 02 reads the test sets
+with), so a file 02 accepts is one 05 accepts, row for row and in the same order (the doc_ids 02's
+items carry). Here only what lm-eval's built-in tasks read beyond those items is checked (HellaSwag's
+activity_label, TruthfulQA's mc2 labels) and the rows are mapped to the hub schema.
+
+This file is copied next to the generated YAMLs (lm-eval resolves `!function utils.x` relative to
+the YAML); `platypus_utils` is importable there because the package is installed (`pip install -e .`),
+so the task folder also works with the plain `lm_eval` command line of the same environment.
 """
+
 from __future__ import annotations
 
-import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+from platypus_utils import benchmarks
+
+MMLU_COLUMNS = benchmarks.MMLU_COLUMNS
 MMLU_LETTERS = ("A", "B", "C", "D")
 
 
@@ -39,7 +48,23 @@ def _path(path: str | Path) -> Path:
     return path
 
 
-def _jsonl(path: str | Path) -> list[dict]:
+def _reason(exc: Exception) -> str:
+    """A parser's exception as words: a KeyError of one word names the missing field."""
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+        return f"field {exc.args[0]!r} missing" if " " not in exc.args[0] else exc.args[0]
+    return str(exc)
+
+
+def _check(parse: Callable, obj: Any, doc_id: int, where: str, kind: str) -> None:
+    """Run benchmarks' parser of the format on one row; its complaint becomes a BenchmarkFileError."""
+    try:
+        parse(obj, doc_id)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise BenchmarkFileError(f"{where}: not {kind} row ({_reason(exc)})") from None
+
+
+def _jsonl(path: str | Path, parse: Callable, kind: str) -> list[dict]:
+    """The non-blank lines of a JSON lines file (their order is lm-eval's doc_id), each checked by `parse`."""
     path = _path(path)
     rows = []
     with open(path, encoding="utf-8") as fh:
@@ -52,28 +77,14 @@ def _jsonl(path: str | Path) -> list[dict]:
                 raise BenchmarkFileError(f"{path}, line {lineno}: malformed JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise BenchmarkFileError(f"{path}, line {lineno}: expected a JSON object")
+            _check(parse, row, len(rows), f"{path}, line {lineno}", kind)
             row["_source"] = f"{path.name}:{lineno}"
             rows.append(row)
     return rows
 
 
-def _require(row: dict, field: str, kind: type | tuple, where: str) -> Any:
-    value = row
-    for part in field.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise BenchmarkFileError(f"{where}: field '{field}' missing")
-        value = value[part]
-    if not isinstance(value, kind):
-        raise BenchmarkFileError(f"{where}: field '{field}' should be {kind}, got {type(value).__name__}")
-    return value
-
-
 def _dataset_dict(splits: dict[str, list[dict]]) -> datasets.DatasetDict:
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
-
-
-def _line(file: str | Path, row: dict) -> str:
-    return f"{file}, line {row['_source'].rsplit(':', 1)[1]}"
 
 
 # ---------------------------------------------------------------- ARC (AI2 ARC JSON lines)
@@ -81,24 +92,20 @@ def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
     """ARC-Challenge-{Train,Dev,Test}.jsonl: id, question.stem, question.choices[{text,label}], answerKey."""
     splits = {}
     for split, file in data_files.items():
-        rows = _jsonl(file)
-        for row in rows:
-            where = _line(file, row)
-            _require(row, "id", str, where)
-            _require(row, "question.stem", str, where)
-            choices = _require(row, "question.choices", list, where)
-            labels = []
-            for k, choice in enumerate(choices):
-                _require(choice, "text", str, f"{where}, question.choices[{k}]")
-                labels.append(_require(choice, "label", str, f"{where}, question.choices[{k}]"))
-            key = _require(row, "answerKey", str, where)
-            if key not in labels:
-                raise BenchmarkFileError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
-        # the same keys on every row (Dataset.from_list takes its columns from the first row)
-        splits[split] = [{"id": r["id"], "answerKey": r["answerKey"], "_source": r["_source"],
-                          "question": {"stem": r["question"]["stem"],
-                                       "choices": [{"text": c["text"], "label": c["label"]} for c in r["question"]["choices"]]}}
-                         for r in rows]
+        rows = _jsonl(file, benchmarks.arc_item, "an ARC")
+        # the same keys and types on every row (Dataset.from_list takes its columns from the first row)
+        splits[split] = [
+            {
+                "id": str(r["id"]),
+                "answerKey": str(r["answerKey"]),
+                "_source": r["_source"],
+                "question": {
+                    "stem": r["question"]["stem"],
+                    "choices": [{"text": str(c["text"]), "label": str(c["label"])} for c in r["question"]["choices"]],
+                },
+            }
+            for r in rows
+        ]
     return _dataset_dict(splits)
 
 
@@ -118,32 +125,39 @@ def process_arc(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 # ---------------------------------------------------------------- HellaSwag (JSON lines, ctx joined)
-_HELLASWAG_KEYS = ("ind", "activity_label", "ctx", "ctx_a", "ctx_b", "endings", "label", "source_id", "split",
-                   "split_type", "_source")
+_HELLASWAG_KEYS = (
+    "ind",
+    "activity_label",
+    "ctx",
+    "ctx_a",
+    "ctx_b",
+    "endings",
+    "label",
+    "source_id",
+    "split",
+    "split_type",
+    "_source",
+)
+
+
+def _hellaswag_row(obj: dict, doc_id: int) -> None:
+    """benchmarks' HellaSwag parser, plus what lm-eval's query reads: activity_label, and ctx_a / ctx_b
+    when a full original-release row has them (else they are recovered from ctx, see below)."""
+    benchmarks.hellaswag_item(obj, doc_id)
+    if not isinstance(obj.get("activity_label"), str):
+        raise TypeError("field 'activity_label' should be a string (lm-eval's query starts with it)")
+    if "ctx_a" in obj and "ctx_b" in obj and not (isinstance(obj["ctx_a"], str) and isinstance(obj["ctx_b"], str)):
+        raise TypeError("fields 'ctx_a' and 'ctx_b' should be strings (a full original-release row)")
 
 
 def load_hellaswag(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
-    """hellaswag_<split>.jsonl: ind, activity_label, ctx, endings (4), label (0-3)."""
+    """hellaswag_<split>.jsonl: ind, activity_label, ctx (ctx_a, ctx_b when present), endings (4), label (0-3)."""
     splits = {}
     for split, file in data_files.items():
-        rows = _jsonl(file)
+        rows = _jsonl(file, _hellaswag_row, "a HellaSwag")
         for row in rows:
-            where = _line(file, row)
-            _require(row, "activity_label", str, where)
-            if "ctx_a" in row and "ctx_b" in row:  # a full original-release row: keep its split of the context
-                _require(row, "ctx_a", str, where)
-                _require(row, "ctx_b", str, where)
-            else:
-                _require(row, "ctx", str, where)
-            endings = _require(row, "endings", list, where)
-            if not endings or not all(isinstance(e, str) for e in endings):
-                raise BenchmarkFileError(f"{where}: field 'endings' should be a non-empty list of strings")
-            label = row.get("label")
-            if isinstance(label, str) and label.isdigit():
-                label = int(label)
-            if not isinstance(label, int) or not 0 <= label < len(endings):
-                raise BenchmarkFileError(f"{where}: field 'label' should be an index into endings, got {row.get('label')!r}")
-            row["label"] = label
+            row["label"] = int(row["label"])
+            row["endings"] = [str(e) for e in row["endings"]]
         splits[split] = [{k: r.get(k) for k in _HELLASWAG_KEYS} for r in rows]  # same keys on every row
     return _dataset_dict(splits)
 
@@ -193,7 +207,8 @@ def hellaswag_to_hub(doc: dict) -> dict:
 
 
 def process_hellaswag(dataset: datasets.Dataset) -> datasets.Dataset:
-    # the built-in task's own process_docs (query / choices / gold) runs on the hub-schema rows
+    # the built-in task's own process_docs (query / choices / gold) runs on the hub-schema rows; imported
+    # here: lm_eval.tasks takes ~4 s to import (measured), and inside lm-eval it is loaded already
     from lm_eval.tasks.hellaswag.utils import process_docs as builtin_process_docs
 
     return builtin_process_docs(datasets.Dataset.from_list([hellaswag_to_hub(doc) for doc in dataset]))
@@ -201,23 +216,14 @@ def process_hellaswag(dataset: datasets.Dataset) -> datasets.Dataset:
 
 # ---------------------------------------------------------------- MMLU (headerless CSV per subject)
 def read_mmlu_csv(path: str | Path) -> list[dict]:
-    """One `<subject>_<split>.csv`: question, A, B, C, D, answer letter; no header. Every value
-    is kept as the exact string in the file (pandas would turn "None" or "1.50" into other values)."""
+    """One `<subject>_<split>.csv` (question, A, B, C, D, answer letter; no header), read by benchmarks'
+    parser: exact strings (pandas would turn "None" or "1.50" into other values), empty records skipped."""
     path = _path(path)
-    rows = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        for k, rec in enumerate(csv.reader(fh), 1):
-            if not rec:
-                continue
-            if len(rec) != len(MMLU_COLUMNS):
-                raise BenchmarkFileError(f"{path}, record {k}: expected {len(MMLU_COLUMNS)} fields "
-                                         f"(question, A, B, C, D, answer), got {len(rec)}")
-            row = dict(zip(MMLU_COLUMNS, rec))
-            if row["answer"].strip() not in MMLU_LETTERS:
-                raise BenchmarkFileError(f"{path}, record {k}: field 'answer' should be one of A-D, got {row['answer']!r}")
-            row["_source"] = f"{path.name}:{k}"
-            rows.append(row)
-    return rows
+    try:
+        records = benchmarks.read_mmlu_csv(path)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BenchmarkFileError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    return [{**dict(zip(MMLU_COLUMNS, rec)), "_source": f"{path.name}:{k}"} for k, rec in enumerate(records)]
 
 
 def load_mmlu(data_files: dict[str, str], subject: str, **_metadata) -> datasets.DatasetDict:
@@ -245,6 +251,20 @@ def process_mmlu(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 # ---------------------------------------------------------------- TruthfulQA (mc_task.json)
+def _truthfulqa_row(item: Any, doc_id: int) -> None:
+    """benchmarks' TruthfulQA parser (question, mc1_targets with one correct answer), plus what the
+    built-in mc2 task reads: mc2_targets mapping answers to 0/1, at least one 1."""
+    benchmarks.truthfulqa_item(item, doc_id)
+    if not isinstance(item["question"], str):
+        raise TypeError("field 'question' should be a string")
+    for name in ("mc1_targets", "mc2_targets"):
+        targets = item[name]
+        if not targets or not all(v in (0, 1) for v in targets.values()):
+            raise ValueError(f"field '{name}' should map answers to 0/1")
+        if 1 not in targets.values():
+            raise ValueError(f"field '{name}' has no correct (1) answer")
+
+
 def load_truthfulqa(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
     """mc_task.json: a JSON list of {question, mc1_targets{answer: 0/1}, mc2_targets{answer: 0/1}}.
 
@@ -262,19 +282,14 @@ def load_truthfulqa(data_files: dict[str, str], **_metadata) -> datasets.Dataset
             raise BenchmarkFileError(f"{path}: expected a JSON list of questions")
         rows = []
         for k, item in enumerate(items):
-            where = f"{path}, item {k}"
-            if not isinstance(item, dict):
-                raise BenchmarkFileError(f"{where}: expected a JSON object")
-            _require(item, "question", str, where)
-            row = {"question": item["question"], "_source": f"{path.name}:{k}"}
-            for field in ("mc1_targets", "mc2_targets"):
-                targets = _require(item, field, dict, where)
-                if not targets or not all(v in (0, 1) for v in targets.values()):
-                    raise BenchmarkFileError(f"{where}: field '{field}' should map answers to 0/1")
-                if 1 not in targets.values():
-                    raise BenchmarkFileError(f"{where}: field '{field}' has no correct (1) answer")
-                row[field] = json.dumps(targets, ensure_ascii=False)
-            rows.append(row)
+            _check(_truthfulqa_row, item, k, f"{path}, item {k}", "a TruthfulQA")
+            rows.append(
+                {
+                    "question": item["question"],
+                    "_source": f"{path.name}:{k}",
+                    **{f: json.dumps(item[f], ensure_ascii=False) for f in ("mc1_targets", "mc2_targets")},
+                }
+            )
         splits[split] = rows
     return _dataset_dict(splits)
 

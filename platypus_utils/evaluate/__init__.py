@@ -1,0 +1,157 @@
+"""Stage 05_evaluate: the Open LLM Leaderboard v1 benchmarks with lm-evaluation-harness, as steps.
+
+    suite = prepare_tasks(profile)                   # tasks.py: TaskSuite (local task YAMLs, or the hub's)
+    task_table(profile, suite)                       #   tasks, shots, limits, metric, data source
+    specs, unresolved = resolve_variants(profile)    # models.py: what model each variant is
+    variants_table(specs, unresolved)
+    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)   # stage.py, cached
+    summaries = {v: e.summary for v, e in evaluations.items() if e.ok}
+    scores_frame(summaries); mmlu_subjects_frame(summaries); plot_scores(...)        # summary.py
+    save(profile, suite, evaluations, timings, force=force)   # variant files, report, manifest
+
+`run_evaluate(profile, force=False)` is that composition; the runner executes notebooks/05_evaluate.ipynb,
+which calls the same steps.
+
+Settings (the leaderboard's): ARC-Challenge 25-shot acc_norm, HellaSwag 10-shot acc_norm, MMLU 5-shot
+acc (mean over subjects), TruthfulQA 0-shot mc2 - per task in `profile.evaluate.tasks` ({num_fewshot,
+limit}). Data: `evaluate.benchmarks_dir` is "hub" (lm-eval's built-in tasks), "demo" (small files the
+project writes, in the original formats) or a folder in the original release formats (tasks.py).
+
+Outputs per variant in <run>/05_evaluate/: `<variant>.json` (normalised summary, read by 06_analysis),
+`<variant>.raw.json` (lm-eval's output per benchmark) and `<variant>.samples.jsonl` (logged samples),
+plus `evaluate_report.json` (a run where every variant failed writes `evaluate_report.failed.json`
+instead and fails). Caching and healing: cache.py. Failures and `force`: stage.py.
+
+Submodules: tasks (task suite), models (variants, HFLM), cache (eval cache), summary (summaries,
+frames, figure), stage (evaluation, save, run_evaluate). Their public names are re-exported here, so
+`from platypus_utils import evaluate as ev; ev.X` works for each. Setting a re-exported name on this
+package (`monkeypatch.setattr(ev, "make_lm", fake)` in tests) rebinds it in every submodule that
+holds it, so the replacement reaches the code that calls it.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch  # noqa: F401  (ev.torch: tests patch torch.cuda through it)
+
+from . import cache, models, stage, summary, tasks
+from .cache import CACHE_FORMAT, EvalCache, cache_key
+from .models import (
+    CPU_BATCH_SIZE,
+    ModelSpec,
+    get_safetensors_metadata,
+    lm_settings,
+    make_lm,
+    model_hash,
+    pick_device,
+    pick_dtype,
+    required_stages,
+    resolve_variant,
+    resolve_variants,
+    variants_table,
+    wants_parallelize,
+    weights_bytes,
+)
+from .stage import (
+    FAILED_REPORT,
+    REPORT,
+    SEEDS,
+    STAGE,
+    EvaluationError,
+    VariantEvaluation,
+    evaluate_variant,
+    evaluate_variants,
+    run_evaluate,
+    run_lm_eval,
+    save,
+    stage_report,
+)
+from .summary import mmlu_subjects_frame, plot_scores, scores_frame, summarise
+from .tasks import (
+    BENCHMARK_ORDER,
+    LEADERBOARD_METRICS,
+    MMLU_CATEGORIES,
+    TASK_PREFIX,
+    TEMPLATE_DIR,
+    TaskSuite,
+    benchmarks_in,
+    builtin_mmlu_subjects,
+    builtin_tasks_dir,
+    hub_task_suite,
+    lm_eval_version,
+    make_task_manager,
+    prepare_tasks,
+    resolve_benchmarks_dir,
+    task_table,
+    write_task_configs,
+)
+
+_SUBMODULES = (tasks, models, cache, summary, stage)
+
+
+class _Package(types.ModuleType):
+    """Forwards an assignment of a re-exported name to the submodules that hold it (see the docstring)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in __all__:
+            for module in _SUBMODULES:
+                if name in vars(module):
+                    setattr(module, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = [
+    "run_evaluate",
+    "prepare_tasks",
+    "task_table",
+    "resolve_variant",
+    "resolve_variants",
+    "variants_table",
+    "required_stages",
+    "evaluate_variant",
+    "evaluate_variants",
+    "VariantEvaluation",
+    "summarise",
+    "scores_frame",
+    "mmlu_subjects_frame",
+    "plot_scores",
+    "save",
+    "stage_report",
+    "write_task_configs",
+    "hub_task_suite",
+    "make_task_manager",
+    "builtin_tasks_dir",
+    "builtin_mmlu_subjects",
+    "resolve_benchmarks_dir",
+    "benchmarks_in",
+    "lm_eval_version",
+    "TaskSuite",
+    "ModelSpec",
+    "EvalCache",
+    "cache_key",
+    "EvaluationError",
+    "lm_settings",
+    "wants_parallelize",
+    "weights_bytes",
+    "make_lm",
+    "model_hash",
+    "run_lm_eval",
+    "pick_device",
+    "pick_dtype",
+    "get_safetensors_metadata",
+    "STAGE",
+    "REPORT",
+    "FAILED_REPORT",
+    "SEEDS",
+    "CACHE_FORMAT",
+    "CPU_BATCH_SIZE",
+    "BENCHMARK_ORDER",
+    "LEADERBOARD_METRICS",
+    "MMLU_CATEGORIES",
+    "TASK_PREFIX",
+    "TEMPLATE_DIR",
+]

@@ -1,0 +1,85 @@
+"""The eval cache: one lm-eval result per (model content hash, benchmark, settings, task definition).
+
+An entry is two files in <cache>/eval/: `<key>.samples.jsonl` (the logged samples) and `<key>.json`
+({format, key fields, raw lm-eval output, samples_sha256}); the .json is written last, so an entry
+is complete only once it exists, and it carries the sha256 of its samples file.
+
+Healing: `get` verifies an entry before it is used. An entry that cannot be read (undecodable bytes,
+malformed JSON, a missing part, another format) or whose samples file does not match its checksum is
+logged with its path, both files are deleted, and `get` returns None, so the result is computed again.
+Both writes are atomic; a reader racing a writer of the same key (two profiles sharing the cache) can
+at worst take the entry for damaged and cause one recomputation, never use a mismatched pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from ..artifacts import sha256_file, write_json, write_jsonl
+
+log = logging.getLogger("platypus")
+CACHE_FORMAT = 2  # 2: samples_sha256 in the entry
+
+
+def cache_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class EvalCache:
+    """lm-eval results on disk: <dir>/<key>.json (results) + <key>.samples.jsonl (logged samples)."""
+
+    def __init__(self, root: str | Path):
+        self.dir = Path(root)
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """(entry .json, samples .jsonl) of a key."""
+        return self.dir / f"{key}.json", self.dir / f"{key}.samples.jsonl"
+
+    def get(self, key: str) -> dict | None:
+        """The entry {format, key, raw, samples_sha256, samples} or None (absent, or damaged: removed)."""
+        path, samples = self.paths(key)
+        if not path.exists():
+            if samples.exists():  # left by a put that was killed before its .json
+                self._drop(key, "samples without an entry (interrupted write)")
+            return None
+        try:
+            entry = self._read(path, samples)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: UnicodeDecodeError, JSONDecodeError
+            self._drop(key, f"{type(exc).__name__}: {exc}")
+            return None
+        return entry
+
+    def _read(self, path: Path, samples: Path) -> dict:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+            found = entry.get("format") if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(f"format {found!r}, expected {CACHE_FORMAT}")
+        if not isinstance(entry.get("raw"), dict):
+            raise KeyError("no 'raw' lm-eval output")
+        if not samples.is_file():
+            raise FileNotFoundError(f"{samples.name} missing")
+        digest = sha256_file(samples)
+        if digest != entry.get("samples_sha256"):
+            raise ValueError(
+                f"{samples.name}: sha256 {digest[:12]}... does not match the entry's "
+                f"{str(entry.get('samples_sha256'))[:12]}..."
+            )
+        entry["samples"] = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+        return entry
+
+    def _drop(self, key: str, why: str) -> None:
+        path, samples = self.paths(key)
+        log.warning("eval cache entry %s is damaged (%s): removed, it will be computed again", path, why)
+        for p in (path, samples):
+            p.unlink(missing_ok=True)
+
+    def put(self, key: str, fields: dict, raw: dict, samples: list[dict]) -> None:
+        # samples first: an entry is complete only once its .json exists
+        path, samples_path = self.paths(key)
+        write_jsonl(samples_path, samples)
+        write_json(
+            path, {"format": CACHE_FORMAT, "key": fields, "raw": raw, "samples_sha256": sha256_file(samples_path)}
+        )

@@ -1,0 +1,312 @@
+"""Stage 05's evaluation and save steps, and `run_evaluate`, their composition.
+
+    suite = prepare_tasks(profile)                                  # tasks.py
+    specs, unresolved = resolve_variants(profile)                   # models.py
+    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
+    scores_frame({v: e.summary for v, e in evaluations.items() if e.ok})   # summary.py
+    save(profile, suite, evaluations, timings, force=force)
+
+`evaluate_variant` runs lm-eval once per benchmark (with the leaderboard's seeds), or takes the result
+from the eval cache (cache.py) when the key - model content hash, benchmark, task, shots, limit, task
+definition hash, lm-eval version, seeds, device/dtype/batch settings - is the same. `force` (the
+runner's --force) runs lm-eval again even where the cache holds the result, and replaces the entry.
+
+Failures: a variant that cannot be resolved, loaded or evaluated is logged with its error and recorded
+as failed in the report; the others' results are kept. `save` writes per variant `<variant>.json` (the
+summary 06_analysis reads), `<variant>.raw.json` and `<variant>.samples.jsonl` (when
+`evaluate.log_samples`), then `evaluate_report.json` and `manifest.json`. When every variant failed it
+raises EvaluationError after writing this run's report to `evaluate_report.failed.json`, beside the
+last good `evaluate_report.json`, which it leaves as it was (with the variant files it names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lm_eval
+
+from .. import layout
+from ..artifacts import StageRun, write_json, write_jsonl
+from .cache import EvalCache, cache_key
+from .models import ModelSpec, lm_settings, make_lm, model_hash, resolve_variant, resolve_variants
+from .summary import summarise
+from .tasks import TaskSuite, benchmarks_in, lm_eval_version, make_task_manager, prepare_tasks
+
+log = logging.getLogger("platypus")
+STAGE = layout.EVALUATE
+REPORT = layout.EVALUATE_REPORT[1]
+FAILED_REPORT = "evaluate_report.failed.json"
+VARIANT_FILES = (".json", ".raw.json", ".samples.jsonl")
+# lm-eval's defaults (also the leaderboard's): python, numpy, torch and few-shot sampler seeds
+SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
+
+
+class EvaluationError(RuntimeError):
+    """Stage-level failure (bad data folder, or every variant failed)."""
+
+
+@dataclass
+class VariantEvaluation:
+    """One variant's outcome: its summary, lm-eval's raw output per benchmark and the samples, or the error."""
+
+    variant: str
+    spec: ModelSpec | None
+    summary: dict | None = None
+    raws: dict[str, dict] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+    cached: dict[str, bool] = field(default_factory=dict)  # benchmark -> taken from the cache
+    seconds: dict[str, float] = field(default_factory=dict)  # benchmark -> wall time
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# ---------------------------------------------------------------- running lm-eval
+def _limit(limit: float | None) -> int | float | None:
+    if limit is None:
+        return None
+    return int(limit) if float(limit).is_integer() and limit >= 1 else float(limit)
+
+
+def _jsonable(obj: Any) -> Any:
+    # imported here: lm_eval.utils takes ~1 s to import (measured); it is loaded anyway once lm-eval has run
+    from lm_eval.utils import handle_non_serializable
+
+    return json.loads(json.dumps(obj, default=handle_non_serializable))
+
+
+def run_lm_eval(lm, task_manager, task_name: str, num_fewshot: int, limit) -> dict:
+    """One lm-eval call; returns its output (samples included)."""
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=task_name.split(","),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager,
+        log_samples=True,
+        **SEEDS,
+    )
+    if out is None:
+        raise RuntimeError(f"lm-eval returned no results for {task_name}")
+    return out
+
+
+class _LazyLM:
+    """The model and task manager, built on the first cache miss only (the hub index alone takes ~14 s)."""
+
+    def __init__(self, spec: ModelSpec, settings: dict, suite: TaskSuite, task_manager=None):
+        self.spec, self.settings, self.suite, self._tm, self._lm = spec, settings, suite, task_manager, None
+
+    def evaluate(self, bench: str, num_fewshot: int, limit) -> tuple[dict, list[dict]]:
+        if self._lm is None:
+            self._tm = self._tm() if callable(self._tm) else self._tm or make_task_manager(self.suite)
+            self._lm = make_lm(self.spec, self.settings)
+        task = self.suite.task_names[bench]
+        log.info("%s / %s: lm-eval %s, %d-shot, limit %s", self.spec.variant, bench, task, num_fewshot, limit)
+        out = run_lm_eval(self._lm, self._tm, task, num_fewshot, limit)
+        by_task = out.pop("samples", {}) or {}
+        samples = [_jsonable({"task": t, **s}) for t in sorted(by_task) for s in by_task[t]]
+        return _jsonable(out), samples
+
+
+def _task_settings(suite: TaskSuite, bench: str, num_fewshot: int, limit) -> dict:
+    out = {
+        "task": suite.task_names[bench],
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        "data_hash": suite.definition_hash[bench],
+    }
+    if bench in suite.notes:
+        out["note"] = suite.notes[bench]
+    return out
+
+
+def evaluate_variant(
+    profile, variant: str, suite: TaskSuite, task_manager=None, spec: ModelSpec | None = None, force: bool = False
+) -> VariantEvaluation:
+    """Evaluate one variant on every configured benchmark, each from the cache when it holds it.
+
+    `task_manager`: an lm-eval TaskManager, a callable returning one, or None (made on demand).
+    `force`: run lm-eval even where the cache holds the result. Raises on any failure.
+    """
+    spec = spec or resolve_variant(profile, variant)
+    settings, mhash = lm_settings(profile, spec), model_hash(spec)
+    cache, lm = EvalCache(profile.cache_dir() / "eval"), _LazyLM(spec, settings, suite, task_manager)
+    result, task_settings = VariantEvaluation(variant, spec), {}
+    for bench in benchmarks_in(profile):
+        tcfg = profile.evaluate.tasks[bench]
+        limit = _limit(tcfg.limit)
+        task_settings[bench] = _task_settings(suite, bench, tcfg.num_fewshot, limit)
+        fields = {
+            "model_hash": mhash,
+            "benchmark": bench,
+            "task": suite.task_names[bench],
+            "num_fewshot": tcfg.num_fewshot,
+            "limit": limit,
+            "data_hash": suite.definition_hash[bench],
+            "lm_eval": lm_eval_version(),
+            "seeds": SEEDS,
+            **settings,
+        }
+        key = task_settings[bench]["cache_key"] = cache_key(fields)
+        t0 = time.perf_counter()
+        entry = None if force else cache.get(key)
+        if entry is None:
+            raw, samples = lm.evaluate(bench, tcfg.num_fewshot, limit)
+            cache.put(key, fields, raw, samples)
+        else:
+            log.info("%s / %s: reusing cached lm-eval result %s", variant, bench, key)
+            raw, samples = entry["raw"], entry["samples"]
+        result.cached[bench], result.seconds[bench] = entry is not None, round(time.perf_counter() - t0, 3)
+        result.raws[bench] = raw
+        result.samples += [{"variant": variant, "benchmark": bench, **s} for s in samples]
+    settings_out = {
+        **settings,
+        "lm_eval": lm_eval_version(),
+        "seeds": SEEDS,
+        "tasks": task_settings,
+        "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
+    }
+    result.summary = summarise(variant, spec.model, mhash, settings_out, result.raws, suite)
+    return result
+
+
+def evaluate_variants(
+    profile,
+    suite: TaskSuite,
+    specs: dict[str, ModelSpec],
+    unresolved: dict[str, str] | None = None,
+    force: bool = False,
+) -> dict[str, VariantEvaluation]:
+    """evaluate_variant for each resolved variant, in the profile's order; a failure is kept, not raised."""
+    task_manager: list = []  # one TaskManager for all variants, made on the first cache miss
+
+    def shared_task_manager():
+        if not task_manager:
+            task_manager.append(make_task_manager(suite))
+        return task_manager[0]
+
+    out = {}
+    for variant in profile.evaluate.variants:
+        if variant not in specs:
+            out[variant] = VariantEvaluation(variant, None, error=(unresolved or {}).get(variant, "not resolved"))
+            continue
+        try:
+            out[variant] = evaluate_variant(profile, variant, suite, shared_task_manager, specs[variant], force)
+        except Exception as exc:  # noqa: BLE001 - one variant's failure must not lose the others
+            log.exception("variant %s failed: %s", variant, exc)
+            out[variant] = VariantEvaluation(variant, specs[variant], error=f"{type(exc).__name__}: {exc}")
+            continue
+        summary = out[variant].summary
+        log.info(
+            "%s: %s | average %s",
+            variant,
+            ", ".join(f"{b} {t['value']}" for b, t in summary["tasks"].items()),
+            summary["average"],
+        )
+    return out
+
+
+# ---------------------------------------------------------------- save
+def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvaluation]) -> dict:
+    """evaluate_report.json: the task suite, and per variant its status, model and summary file (or error)."""
+    variants = {}
+    for v, e in evaluations.items():
+        variants[v] = (
+            {"status": "ok", "model": e.summary["model"], "model_hash": e.summary["model_hash"], "summary": f"{v}.json"}
+            if e.ok
+            else {"status": "failed", "error": e.error}
+        )
+    return {
+        "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
+        "tasks_dir": str(suite.tasks_dir) if suite.tasks_dir else None,
+        "task_names": suite.task_names,
+        "notes": suite.notes,
+        "variants": variants,
+        "failed": sorted(v for v, e in evaluations.items() if not e.ok),
+    }
+
+
+def _save_variant(profile, run: StageRun, e: VariantEvaluation) -> list[Path]:
+    out = profile.run_dir(STAGE)
+    paths = [write_json(out / f"{e.variant}.json", e.summary), write_json(out / f"{e.variant}.raw.json", e.raws)]
+    if profile.evaluate.log_samples:
+        paths.append(write_jsonl(out / f"{e.variant}.samples.jsonl", e.samples))
+    else:
+        (out / f"{e.variant}.samples.jsonl").unlink(missing_ok=True)
+    for path in e.spec.inputs + ([Path(e.spec.pretrained)] if Path(e.spec.pretrained).is_dir() else []):
+        run.add_input(path)
+    run.timings[f"{e.variant}_s"] = round(sum(e.seconds.values()), 3)
+    for bench, seconds in e.seconds.items():
+        run.timings[f"{e.variant}/{bench}_s"] = seconds
+    run.metrics[f"{e.variant}_cached"] = e.cached
+    for bench, t in e.summary["tasks"].items():
+        run.metrics[f"{e.variant}/{bench}"] = t["value"]
+    run.metrics[f"{e.variant}/average"] = e.summary["average"]
+    return paths
+
+
+def save(
+    profile,
+    suite: TaskSuite,
+    evaluations: dict[str, VariantEvaluation],
+    timings: dict | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Write the variants' files, evaluate_report.json and manifest.json, as the runner does (see the
+    module docstring); EvaluationError when every variant failed, leaving the last good report.
+    `force` changes nothing here (it acts in evaluate_variants)."""
+    out = profile.run_dir(STAGE)
+    report = stage_report(profile, suite, evaluations)
+    with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
+        run.timings.update(timings or {})
+        for path in suite.all_files():
+            run.add_input(path)
+        if suite.tasks_dir is not None:
+            run.add_output(suite.tasks_dir)
+        run.metrics["variants_ok"] = sum(e.ok for e in evaluations.values())
+        run.metrics["variants_failed"] = report["failed"]
+        if not run.metrics["variants_ok"]:
+            failed = write_json(out / FAILED_REPORT, report)
+            kept = "the last good evaluate_report.json is kept" if (out / REPORT).is_file() else "no earlier report"
+            raise EvaluationError(
+                f"every variant failed ({', '.join(report['failed'])}); this run's report: "
+                f"{failed} ({kept}); see the log for the errors"
+            )
+        with run.timed("save_s"):
+            paths = [p for e in evaluations.values() if e.ok for p in _save_variant(profile, run, e)]
+            for e in evaluations.values():
+                if not e.ok:  # no stale numbers from an earlier run
+                    for suffix in VARIANT_FILES:
+                        (out / f"{e.variant}{suffix}").unlink(missing_ok=True)
+            paths.append(write_json(out / REPORT, report))
+            (out / FAILED_REPORT).unlink(missing_ok=True)
+        for path in paths:
+            run.add_output(path)
+    return paths
+
+
+# ---------------------------------------------------------------- the stage in one call
+def run_evaluate(profile, force: bool = False) -> dict:
+    """The whole stage: prepare tasks, resolve variants, evaluate each (cached), save.
+    Returns {"summaries": {variant: summary}, "failed": {variant: error}, "report": path}."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    suite = prepare_tasks(profile)
+    timings["prepare_s"] = round(time.perf_counter() - t0, 3)
+    specs, unresolved = resolve_variants(profile)
+    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
+    timings["evaluate_s"] = round(time.perf_counter() - t0 - timings["prepare_s"], 3)
+    save(profile, suite, evaluations, timings, force=force)
+    return {
+        "summaries": {v: e.summary for v, e in evaluations.items() if e.ok},
+        "failed": {v: e.error for v, e in evaluations.items() if not e.ok},
+        "report": str(profile.run_dir(STAGE) / REPORT),
+    }

@@ -1,0 +1,206 @@
+"""lm-eval's outputs as the normalised summary 06_analysis reads, and as frames and a figure.
+
+`summarise` turns one variant's raw lm-eval outputs (per benchmark) into
+
+    {variant, model, model_hash, settings, tasks: {benchmark: {metric, value, stderr, n, ...}},
+     mmlu_subjects: {subject: {acc, stderr, n, category}}, average, average_over}
+
+MMLU's `value` is the leaderboard's mean over subjects (`weighted_value`: lm-eval's group value, the
+mean over questions). Its standard error: subjects are independent samples, se = sqrt(sum se_i^2) / k;
+where lm-eval gives no per-subject stderr (one question each) and every subject has the same size, the
+mean over subjects is the mean over all N questions, so lm-eval's own formula applies to it.
+`average` is the mean of the benchmark values present (the leaderboard's average when all four are).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from ..plotting import new_figure
+from .tasks import LEADERBOARD_METRICS, TaskSuite
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" for a stderr it cannot compute
+    return out if math.isfinite(out) else None
+
+
+def _n(raw: dict, task: str) -> int:
+    n = raw.get("n-samples", {}).get(task, {})
+    return int(n.get("effective", n.get("original", 0)))
+
+
+def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[float | None, str | None]:
+    """The MMLU standard error when some subject has none (one question: lm-eval reports N/A).
+    With every subject the same size (a per-subject `limit`), the mean over subjects is the mean
+    over all N questions, so lm-eval's own formula applies to it: the sample standard deviation of
+    the 0/1 scores over sqrt(N), sqrt(p (1 - p) / (N - 1)). Subjects of different sizes: none."""
+    n_total = sum(subject_sizes)
+    if len(set(subject_sizes)) != 1 or n_total < 2:
+        return None, None
+    return math.sqrt(mean_acc * (1 - mean_acc) / (n_total - 1)), "pooled over questions (equal subject sizes)"
+
+
+def _mmlu_subjects(raw: dict, suite: TaskSuite, metric: str) -> dict[str, dict]:
+    results, subjects = raw["results"], {}
+    for subject, category in sorted(suite.mmlu_subjects.items()):
+        task = suite.subject_task(subject)
+        if task in results:
+            r = results[task]
+            subjects[subject] = {
+                "acc": _float(r[f"{metric},none"]),
+                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "n": _n(raw, task),
+                "category": category,
+            }
+    if not subjects:
+        raise RuntimeError(f"lm-eval output for MMLU has no subject results ({sorted(results)[:5]}...)")
+    return subjects
+
+
+def _mmlu_task(raw: dict, suite: TaskSuite, subjects: dict[str, dict], metric: str, label: str) -> dict:
+    results, n_total = raw["results"], sum(s["n"] for s in subjects.values())
+    group = suite.task_names["mmlu"]
+    if group in results:
+        weighted = _float(results[group][f"{metric},none"])
+        weighted_se = _float(results[group].get(f"{metric}_stderr,none"))
+    else:  # a subject subset on the hub: lm-eval's size weighting, done here
+        weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
+    accs, ses = [s["acc"] for s in subjects.values()], [s["stderr"] for s in subjects.values()]
+    value = sum(accs) / len(accs)
+    if all(se is not None for se in ses):
+        stderr, stderr_method = math.sqrt(sum(se * se for se in ses)) / len(ses), "per-subject"
+    else:
+        stderr, stderr_method = _pooled_question_stderr(value, [s["n"] for s in subjects.values()])
+        if weighted_se is None:
+            weighted_se = stderr
+    return {
+        "metric": label,
+        "value": value,  # the leaderboard's: mean over subjects
+        "stderr": stderr,
+        "stderr_method": stderr_method,
+        "n": n_total,
+        "n_subjects": len(subjects),
+        "weighted_value": weighted,  # lm-eval's group value: mean over questions
+        "weighted_stderr": weighted_se,
+        "aggregation": "mean over subjects (Open LLM Leaderboard)",
+        "weighted_aggregation": "mean over questions, subjects weighted by size (lm-eval's mmlu group)",
+    }
+
+
+def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[str, dict], suite: TaskSuite) -> dict:
+    """lm-eval outputs -> the normalised summary 06_analysis reads (see the module docstring)."""
+    tasks: dict[str, dict] = {}
+    subjects: dict[str, dict] = {}
+    for bench, raw in raws.items():
+        metric, label = LEADERBOARD_METRICS[bench]
+        if bench == "mmlu":
+            subjects = _mmlu_subjects(raw, suite, metric)
+            tasks[bench] = _mmlu_task(raw, suite, subjects, metric, label)
+        else:
+            task = suite.task_names[bench]
+            r = raw["results"][task]
+            tasks[bench] = {
+                "metric": label,
+                "value": _float(r[f"{metric},none"]),
+                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "n": _n(raw, task),
+            }
+    values = [t["value"] for t in tasks.values() if t["value"] is not None]
+    return {
+        "variant": variant,
+        "model": model,
+        "model_hash": mhash,
+        "settings": settings,
+        "tasks": tasks,
+        "mmlu_subjects": subjects,
+        "average": sum(values) / len(values) if values else None,
+        "average_over": [b for b, t in tasks.items() if t["value"] is not None],
+    }
+
+
+# ---------------------------------------------------------------- frames and a figure
+def scores_frame(summaries: dict[str, dict], cached: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per (variant, benchmark): metric, value, stderr, n (and whether it came from the cache)."""
+    rows = []
+    for variant, summary in summaries.items():
+        for bench, t in summary["tasks"].items():
+            row = {
+                "variant": variant,
+                "benchmark": bench,
+                "metric": t["metric"],
+                "value": t["value"],
+                "stderr": t["stderr"],
+                "n": t["n"],
+            }
+            if cached is not None:
+                row["cached"] = cached.get(variant, {}).get(bench)
+            rows.append(row)
+        rows.append(
+            {
+                "variant": variant,
+                "benchmark": "average",
+                "metric": "mean",
+                "value": summary["average"],
+                "stderr": None,
+                "n": len(summary["average_over"]),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["variant", "benchmark", "metric", "value", "stderr", "n"] + (["cached"] if cached is not None else []),
+    )
+
+
+def mmlu_subjects_frame(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per MMLU subject: category, questions, and each variant's accuracy (and stderr)."""
+    frames = []
+    for variant, summary in summaries.items():
+        subjects = summary.get("mmlu_subjects") or {}
+        frame = pd.DataFrame.from_dict(subjects, orient="index", columns=["category", "n", "acc", "stderr"])
+        frames.append(
+            frame.rename(columns={"acc": variant, "stderr": f"{variant}_stderr"}).set_index(
+                ["category", "n"], append=True
+            )
+        )
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, axis=1).reset_index(level=["category", "n"])
+    out.index.name = "subject"
+    return out.sort_index()
+
+
+def plot_scores(scores: pd.DataFrame, ax=None):
+    """Each benchmark's value per variant, with ±1 standard error where lm-eval gives one."""
+    fig, ax = new_figure(ax, (7.0, 3.8))
+    data = scores[scores["benchmark"] != "average"]
+    benches, variants = list(dict.fromkeys(data["benchmark"])), list(dict.fromkeys(data["variant"]))
+    width = 0.8 / max(len(variants), 1)
+    for k, variant in enumerate(variants):
+        rows = data[data["variant"] == variant].set_index("benchmark").reindex(benches)
+        xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(benches))]
+        ax.bar(
+            xs,
+            rows["value"].astype(float),
+            width,
+            yerr=rows["stderr"].astype(float).fillna(0),
+            capsize=3,
+            label=variant,
+        )
+    ax.set_xticks(
+        range(len(benches)),
+        [
+            f"{b}\n({m})"
+            for b, m in zip(benches, data.groupby("benchmark", sort=False)["metric"].first().reindex(benches))
+        ],
+    )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(title="variant", fontsize="small")
+    return fig

@@ -1,0 +1,414 @@
+"""The lm-eval task suite of stage 05: which tasks, from which data, defined by what.
+
+`prepare_tasks(profile)` returns a `TaskSuite`. With `evaluate.benchmarks_dir: hub` the suite names
+lm-eval's built-in tasks (their hub datasets). Otherwise ("demo" or a folder in the original release
+formats, shared/data/README.md) it writes task YAMLs into <run>/05_evaluate/tasks/ from the templates
+in `lm_eval_tasks/`: each `include:`s the installed built-in task and swaps only the data source
+(lm_eval_tasks/utils.py, which reads the files with `platypus_utils.benchmarks`' parsers), so prompts,
+few-shot pools and metrics are the built-in ones. That folder is the one thing this step writes:
+lm-eval reads task definitions from files.
+
+Known departure: HellaSwag's few-shot pool is its train split, which the offline copy lacks; without a
+`hellaswag_train.jsonl` the pool is the validation split minus the evaluated item (`suite.notes`).
+
+`definition_hash[benchmark]` covers the data files (relative paths and contents), the templates, the
+included built-in files, lm-eval's version, utils.py and benchmarks.py (the parsers utils.py calls):
+a change to any of them is a different eval-cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import string
+from dataclasses import dataclass, field
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .. import benchmarks
+from ..artifacts import atomic_path, sha256_file
+from ..demo_data import demo_benchmarks_dir
+
+log = logging.getLogger("platypus")
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
+TASK_PREFIX = "platypus_"
+
+# benchmark -> (lm-eval metric key, the name we report it under); the order is the leaderboard's
+LEADERBOARD_METRICS = {
+    "arc_challenge": ("acc_norm", "acc_norm"),
+    "hellaswag": ("acc_norm", "acc_norm"),
+    "mmlu": ("acc", "acc"),
+    "truthfulqa_mc2": ("acc", "mc2"),  # lm-eval's process_results_mc2 returns mc2 under "acc"
+}
+BENCHMARK_ORDER = tuple(LEADERBOARD_METRICS)
+MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")  # the built-in group's order
+
+
+def lm_eval_version() -> str:
+    return metadata.version("lm_eval")
+
+
+def builtin_tasks_dir() -> Path:
+    """The installed lm-eval's task folder (found without importing lm_eval.tasks: ~4 s)."""
+    return Path(util.find_spec("lm_eval.tasks").submodule_search_locations[0]).resolve()
+
+
+def benchmarks_in(profile) -> list[str]:
+    """The profile's benchmarks (evaluate.tasks), in the leaderboard's order."""
+    return [b for b in BENCHMARK_ORDER if b in profile.evaluate.tasks]
+
+
+@dataclass
+class TaskSuite:
+    """The lm-eval tasks for one stage run: names, data files and what defines them."""
+
+    mode: str  # "hub" or "local"
+    tasks_dir: Path | None  # include path (local mode)
+    task_names: dict[str, str]  # benchmark -> lm-eval task or group name
+    data_files: dict[str, list[Path]] = field(default_factory=dict)  # benchmark -> files read
+    definition_hash: dict[str, str] = field(default_factory=dict)  # benchmark -> hash of data + task definition
+    mmlu_subjects: dict[str, str] = field(default_factory=dict)  # subject -> category
+    notes: dict[str, str] = field(default_factory=dict)  # benchmark -> departures from the built-in task
+    root: Path | None = None  # the benchmarks folder (local mode)
+
+    def subject_task(self, subject: str) -> str:
+        return f"{TASK_PREFIX}mmlu_{subject}" if self.mode == "local" else f"mmlu_{subject}"
+
+    def all_files(self) -> list[Path]:
+        return sorted({p for files in self.data_files.values() for p in files})
+
+
+def builtin_mmlu_subjects() -> dict[str, str]:
+    """subject -> category, from the installed built-in MMLU task files."""
+    out = {}
+    for path in sorted((builtin_tasks_dir() / "mmlu" / "default").glob("mmlu_*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        out[cfg["dataset_name"]] = cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks")
+    return out
+
+
+# ---------------------------------------------------------------- hub tasks
+def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = None) -> TaskSuite:
+    subjects = builtin_mmlu_subjects()
+    if mmlu_subjects:
+        unknown = sorted(set(mmlu_subjects) - set(subjects))
+        if unknown:
+            raise ValueError(f"evaluate.mmlu_subjects: unknown MMLU subjects {unknown}")
+        subjects = {s: subjects[s] for s in mmlu_subjects}
+    names = {b: b for b in benchmarks_}
+    if "mmlu" in names and mmlu_subjects:
+        names["mmlu"] = ",".join(f"mmlu_{s}" for s in sorted(subjects))  # a subset: subject tasks, no group
+    version = lm_eval_version()
+    return TaskSuite(
+        mode="hub",
+        tasks_dir=None,
+        task_names=names,
+        definition_hash={b: hashlib.sha256(f"hub:{b}:{version}".encode()).hexdigest() for b in benchmarks_},
+        mmlu_subjects=subjects if "mmlu" in benchmarks_ else {},
+    )
+
+
+# ---------------------------------------------------------------- local tasks: one builder per benchmark
+@dataclass
+class _Built:
+    """What one benchmark adds to the task folder, and what defines it."""
+
+    task: str  # the lm-eval task or group name
+    files: dict[str, str]  # yaml file name -> text
+    data_files: list[Path]
+    templates: list[str]  # template names used
+    builtins: list[Path]  # built-in lm-eval files included
+    note: str | None = None
+    mmlu_subjects: dict[str, str] = field(default_factory=dict)
+
+
+def _yaml_str(value: Any) -> str:
+    """A value as a YAML flow scalar/collection (JSON is valid YAML; paths stay exact)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _render(template: str, **values: Any) -> str:
+    text = (TEMPLATE_DIR / template).read_text(encoding="utf-8")
+    return string.Template(text).substitute({k: _yaml_str(v) for k, v in values.items()})
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found (benchmark data folder {path.parent})")
+    return path
+
+
+def _single_task(
+    bench: str, folder: Path, split_files: dict[str, Path], builtin: Path, extra_builtins: list[Path], **values: Any
+) -> _Built:
+    """A benchmark that is one task (ARC, HellaSwag, TruthfulQA): one YAML from its template."""
+    task = TASK_PREFIX + bench
+    text = _render(
+        f"{bench}.yaml",
+        builtin=str(builtin),
+        task=task,
+        dataset_dir=str(folder),
+        data_files={k: str(v) for k, v in split_files.items()},
+        **values,
+    )
+    return _Built(
+        task, {f"{task}.yaml": text}, list(split_files.values()), [f"{bench}.yaml"], [builtin, *extra_builtins]
+    )
+
+
+def _arc_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
+    d = root / "arc_challenge"
+    split_files = {
+        split: _need(d / f"ARC-Challenge-{name}.jsonl", f"ARC-Challenge {name} file")
+        for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test"))
+    }
+    return _single_task(
+        "arc_challenge", d, split_files, builtin / "arc" / "arc_challenge.yaml", [builtin / "arc" / "arc_easy.yaml"]
+    )
+
+
+def _hellaswag_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
+    d = root / "hellaswag"
+    split_files = {"validation": _need(d / "hellaswag_val.jsonl", "HellaSwag validation file")}
+    note = None
+    if (d / "hellaswag_train.jsonl").is_file():
+        split_files["train"] = d / "hellaswag_train.jsonl"
+        splits = {
+            "training_split": "train",
+            "validation_split": "validation",
+            "test_split": None,
+            "fewshot_split": None,
+        }
+    else:
+        # Evaluating "validation" as the test split makes lm-eval drop the evaluated item
+        # from its own few-shot draw (it only does so when fewshot split == test split).
+        splits = {
+            "training_split": None,
+            "validation_split": None,
+            "test_split": "validation",
+            "fewshot_split": "validation",
+        }
+        note = (
+            "few-shot pool: validation split minus the evaluated item "
+            "(the built-in task draws from the train split, absent offline)"
+        )
+    built = _single_task(
+        "hellaswag",
+        d,
+        split_files,
+        builtin / "hellaswag" / "hellaswag.yaml",
+        [builtin / "hellaswag" / "utils.py"],
+        **splits,
+    )
+    built.note = note
+    return built
+
+
+def _truthfulqa_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
+    d = root / "truthfulqa"
+    split_files = {"validation": _need(d / "mc_task.json", "TruthfulQA mc_task.json")}
+    folder = builtin / "truthfulqa"
+    return _single_task(
+        "truthfulqa_mc2",
+        d,
+        split_files,
+        folder / "truthfulqa_mc2.yaml",
+        [folder / "truthfulqa_mc1.yaml", folder / "utils.py"],
+    )
+
+
+def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str]:
+    """subject -> category of the MMLU subjects to evaluate: the selected ones, else every test file."""
+    if not (d / "test").is_dir():
+        raise FileNotFoundError(f"{d / 'test'}: MMLU test folder not found")
+    present = sorted(p.name[: -len("_test.csv")] for p in (d / "test").glob("*_test.csv"))
+    if selected:
+        missing = sorted(set(selected) - set(present))
+        if missing:
+            raise FileNotFoundError(f"{d / 'test'}: no test file for selected MMLU subjects {missing}")
+        present = sorted(selected)
+    if not present:
+        raise FileNotFoundError(f"{d / 'test'}: no <subject>_test.csv files")
+    known = builtin_mmlu_subjects()
+    unknown = sorted(set(present) - set(known))
+    if unknown:
+        raise ValueError(f"{d / 'test'}: subjects {unknown} are not MMLU subjects known to lm-eval")
+    return {s: known[s] for s in present}
+
+
+def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
+    """One task per subject, a group per category present, and the MMLU group over them (as built-in)."""
+    d, default = root / "mmlu", builtin / "mmlu" / "default"
+    subjects = _mmlu_subjects_present(d, mmlu_subjects)
+    built = _Built(
+        f"{TASK_PREFIX}mmlu",
+        {},
+        [],
+        ["mmlu_subject.yaml", "mmlu_category.yaml", "mmlu.yaml"],
+        [default / "_default_template_yaml"],
+        mmlu_subjects=subjects,
+    )
+    for subject, category in subjects.items():
+        split_files = {
+            "test": _need(d / "test" / f"{subject}_test.csv", f"MMLU {subject} test file"),
+            "dev": _need(d / "dev" / f"{subject}_dev.csv", f"MMLU {subject} dev (few-shot) file"),
+        }
+        task, inc = f"{TASK_PREFIX}mmlu_{subject}", default / f"mmlu_{subject}.yaml"
+        built.files[f"{task}.yaml"] = _render(
+            "mmlu_subject.yaml",
+            builtin=str(inc),
+            task=task,
+            subject=subject,
+            dataset_dir=str(d),
+            tag=f"{TASK_PREFIX}mmlu_{category}_tasks",
+            data_files={k: str(v) for k, v in split_files.items()},
+        )
+        built.data_files += list(split_files.values())
+        built.builtins.append(inc)
+    categories = [c for c in MMLU_CATEGORIES if c in subjects.values()]
+    for category in categories:
+        inc = default / f"_mmlu_{category}.yaml"
+        built.builtins.append(inc)
+        built.files[f"_{TASK_PREFIX}mmlu_{category}.yaml"] = _render(
+            "mmlu_category.yaml",
+            builtin=str(inc),
+            group=f"{TASK_PREFIX}mmlu_{category}",
+            tag=f"{TASK_PREFIX}mmlu_{category}_tasks",
+        )
+    built.builtins.append(default / "_mmlu.yaml")
+    built.files[f"_{TASK_PREFIX}mmlu.yaml"] = _render(
+        "mmlu.yaml",
+        builtin=str(default / "_mmlu.yaml"),
+        group=built.task,
+        subgroups=[f"{TASK_PREFIX}mmlu_{c}" for c in categories],
+    )
+    return built
+
+
+_BUILDERS = {
+    "arc_challenge": _arc_tasks,
+    "hellaswag": _hellaswag_tasks,
+    "mmlu": _mmlu_tasks,
+    "truthfulqa_mc2": _truthfulqa_tasks,
+}
+
+
+def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(sha256_file(p).encode())
+    for text in extra:
+        h.update(hashlib.sha256(text.encode()).hexdigest().encode())
+    return h.hexdigest()
+
+
+def write_task_configs(
+    benchmarks_dir: str | Path, out_dir: str | Path, benchmarks_: list[str], mmlu_subjects: list[str] | None = None
+) -> TaskSuite:
+    """Write lm-eval task YAMLs (+ utils.py) for local benchmark files into `out_dir`.
+
+    The folder is replaced as a whole, so no task from an earlier run (e.g. an MMLU subject no
+    longer selected) lingers. A missing data file raises FileNotFoundError naming it.
+    """
+    root, out_dir, builtin = Path(benchmarks_dir).resolve(), Path(out_dir), builtin_tasks_dir()
+    utils_text = (TEMPLATE_DIR / "utils.py").read_text(encoding="utf-8")
+    common = [lm_eval_version(), utils_text, Path(benchmarks.__file__).read_text(encoding="utf-8")]
+    suite = TaskSuite(mode="local", tasks_dir=out_dir, task_names={}, root=root)
+    files: dict[str, str] = {}
+    for bench in benchmarks_:
+        if bench not in _BUILDERS:
+            raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARK_ORDER)}")
+        built = _BUILDERS[bench](root, builtin, mmlu_subjects)
+        files.update(built.files)
+        suite.task_names[bench] = built.task
+        suite.data_files[bench] = built.data_files
+        extra = common + [(TEMPLATE_DIR / t).read_text(encoding="utf-8") for t in built.templates]
+        suite.definition_hash[bench] = _hash_files(
+            built.data_files, root, extra + [b.read_text() for b in built.builtins]
+        )
+        suite.mmlu_subjects.update(built.mmlu_subjects)
+        if built.note:
+            suite.notes[bench] = built.note
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "utils.py").write_text(utils_text, encoding="utf-8")
+        for name, text in sorted(files.items()):
+            (tmp / name).write_text(text, encoding="utf-8")
+    log.info("wrote %d lm-eval task files for %s into %s", len(files), ", ".join(benchmarks_), out_dir)
+    return suite
+
+
+# ---------------------------------------------------------------- the step
+def resolve_benchmarks_dir(profile) -> str:
+    """'hub', or the absolute path of a folder in the original formats ('demo' is written here)."""
+    bdir = profile.evaluate.benchmarks_dir
+    if bdir == "hub":
+        return "hub"
+    path = demo_benchmarks_dir(profile) if bdir == "demo" else Path(bdir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: benchmark data folder not found (evaluate.benchmarks_dir)")
+    return str(path.resolve())
+
+
+def prepare_tasks(profile) -> TaskSuite:
+    """The task suite of the profile's benchmarks (local mode: task YAMLs written into <run>/05_evaluate/tasks)."""
+    bdir = resolve_benchmarks_dir(profile)
+    if bdir == "hub":
+        return hub_task_suite(benchmarks_in(profile), profile.evaluate.mmlu_subjects)
+    out = profile.run_dir("05_evaluate") / "tasks"
+    return write_task_configs(bdir, out, benchmarks_in(profile), profile.evaluate.mmlu_subjects)
+
+
+def _data_source(suite: TaskSuite, bench: str) -> str:
+    if suite.mode == "hub":
+        return "hub (lm-eval's built-in dataset)"
+    files = [str(p.relative_to(suite.root)) for p in sorted(suite.data_files[bench])]
+    if len(files) <= 3:
+        return ", ".join(files)
+    return f"{len(files)} files in {bench.split('_')[0]}/ ({len(suite.mmlu_subjects)} subjects: test + dev)"
+
+
+def task_table(profile, suite: TaskSuite) -> pd.DataFrame:
+    """One row per benchmark: lm-eval task, shots, limit, metric reported, data source, departures."""
+    rows = []
+    for bench in benchmarks_in(profile):
+        tcfg = profile.evaluate.tasks[bench]
+        rows.append(
+            {
+                "benchmark": bench,
+                "lm_eval_task": suite.task_names[bench],
+                "num_fewshot": tcfg.num_fewshot,
+                "limit": tcfg.limit,
+                "metric": LEADERBOARD_METRICS[bench][1],
+                "data": _data_source(suite, bench),
+                "note": suite.notes.get(bench, ""),
+            }
+        )
+    return pd.DataFrame(rows).set_index("benchmark")
+
+
+class _DropCustomDatasetHint(logging.Filter):
+    """lm-eval warns, for every task with a custom_dataset loader, how to pass --metadata; our
+    loaders need none, and MMLU would print it 57 times per call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+def make_task_manager(suite: TaskSuite):
+    """Local tasks: only our folder is indexed (the built-in index takes ~14 s to build)."""
+    # imported here: lm_eval.tasks takes ~4 s to import (measured), and only a cache miss needs it
+    from lm_eval.tasks import TaskManager
+
+    task_log = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(f, _DropCustomDatasetHint) for f in task_log.filters):
+        task_log.addFilter(_DropCustomDatasetHint())
+    if suite.mode == "local":
+        return TaskManager(include_path=str(suite.tasks_dir), include_defaults=False)
+    return TaskManager()

@@ -1,0 +1,209 @@
+"""What one optimizer step of stage 03 holds, in examples and tokens (`plan_batch`).
+
+Contract:
+- batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
+  (or per_device_train_batch_size x gradient_accumulation_steps x world_size); the accumulation is
+  derived per process count (`FinetuneConfig.examples_step_plan`) and set in the SFTConfig before
+  the trainer is built. With packing, each micro-batch of examples is one padding-free row
+  (`is_padding_free`); TRL leaves such rows untruncated, so `truncate_tokenized` cuts them.
+- batch_unit "tokens" (opt-in, packed rows): the step is fixed in tokens; a plan more than 10% off
+  its target raises, saying why.
+- `preview_row_tokens` packs the examples' lengths exactly as TRL's SFTTrainer packs the tokenized
+  rows (same function, same order), so the plan is known before the trainer is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset
+from trl.data_utils import pack_dataset
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many examples and tokens one optimizer step takes, and why."""
+
+    unit: str  # what the dataloader yields: "example" or "packed row"
+    units: int  # per epoch
+    examples: int  # per epoch
+    mean_unit_tokens: float
+    mean_example_tokens: float
+    per_device_batch: int
+    world_size: int
+    gradient_accumulation_steps: int
+    tokens_per_step_target: Optional[float]  # None: steps are sized in examples, as the profile says
+    tokens_per_step: float  # expected
+    examples_per_step: float  # expected
+    steps_per_epoch: int
+    rule: str
+
+    def as_metrics(self) -> dict:
+        out = asdict(self)
+        for key in (
+            "mean_unit_tokens",
+            "mean_example_tokens",
+            "tokens_per_step",
+            "examples_per_step",
+            "tokens_per_step_target",
+        ):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 2)
+        return out
+
+
+def is_padding_free(ft) -> bool:
+    """Whether micro-batches are padding-free rows of whole examples (packing with batch_unit
+    examples): each micro-batch of per_device_train_batch_size examples is flattened into one row,
+    so a step holds exactly the profile's examples, with no padding."""
+    return bool(ft.packing) and ft.batch_unit == "examples"
+
+
+def plan_batch(
+    example_tokens: Sequence[int], ft, world_size: int = 1, row_tokens: Optional[Sequence[int]] = None
+) -> BatchPlan:
+    """How many examples and tokens one optimizer step takes on `world_size` processes.
+
+    batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
+    (or per_device_train_batch_size x gradient_accumulation_steps x world_size), accumulation
+    derived per process count (`FinetuneConfig.examples_step_plan`); with packing, each micro-batch
+    is one padding-free row of per_device_train_batch_size whole examples.
+
+    batch_unit "tokens" (opt-in, packed rows): the step is fixed in tokens: target =
+    finetune.tokens_per_step, or the profile's examples per step x the mean example length, and
+    gradient_accumulation_steps = round(target / (per_device x world_size x mean row length)), at
+    least 1. A plan more than 10% off its target raises, saying why. Both ways the trainer averages
+    the loss over every completion token of the step (transformers' num_items_in_batch).
+
+    `example_tokens`: tokens of each training example (after truncation); `row_tokens`: tokens of
+    each packed row (batch_unit tokens), or None.
+    """
+    if not len(example_tokens):
+        raise ValueError("plan_batch: no training examples")
+    if row_tokens is not None and not len(row_tokens):
+        raise ValueError("plan_batch: no packed rows")
+    if ft.batch_unit == "examples":
+        return _plan_in_examples(example_tokens, ft, world_size)
+    return _plan_in_tokens(example_tokens, ft, world_size, row_tokens)
+
+
+def _plan_in_examples(example_tokens: Sequence[int], ft, world_size: int) -> BatchPlan:
+    per_device = ft.per_device_train_batch_size
+    gas, per_step = ft.examples_step_plan(world_size)
+    mean_example = float(np.mean(example_tokens))
+    how = (
+        f"padding-free micro-batches of {per_device} examples flattened into one row"
+        if is_padding_free(ft)
+        else f"micro-batches of {per_device} padded examples"
+    )
+    target = f"finetune.global_batch_size={ft.global_batch_size}" if ft.global_batch_size else "the profile's"
+    rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
+    batches_per_process = math.ceil(math.ceil(len(example_tokens) / world_size) / per_device)
+    return BatchPlan(
+        unit="example",
+        units=len(example_tokens),
+        examples=len(example_tokens),
+        mean_unit_tokens=mean_example,
+        mean_example_tokens=mean_example,
+        per_device_batch=per_device,
+        world_size=world_size,
+        gradient_accumulation_steps=int(gas),
+        tokens_per_step_target=None,
+        tokens_per_step=per_step * mean_example,
+        examples_per_step=float(per_step),
+        steps_per_epoch=max(1, math.ceil(batches_per_process / gas)),
+        rule=rule,
+    )
+
+
+def _plan_in_tokens(
+    example_tokens: Sequence[int], ft, world_size: int, row_tokens: Optional[Sequence[int]]
+) -> BatchPlan:
+    packed = row_tokens is not None
+    unit_tokens = row_tokens if packed else example_tokens
+    mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
+    per_device, profile_gas = ft.per_device_train_batch_size, ft.gradient_accumulation_steps
+    micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
+    if ft.tokens_per_step is not None:
+        target = float(ft.tokens_per_step)
+        rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
+    else:
+        target = per_device * profile_gas * world_size * mean_example
+        rule = (
+            f"batch_unit tokens: the profile's step of {per_device * profile_gas * world_size} examples "
+            f"in tokens ({per_device} x {profile_gas} x {world_size} x {mean_example:.1f} mean tokens)"
+        )
+    gas = max(1, round(target / micro_tokens))
+    if abs(gas * micro_tokens - target) > 0.1 * target:
+        raise ValueError(
+            f"finetune.batch_unit tokens: a step of {target:.0f} tokens cannot be met: one micro-step on "
+            f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
+            f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
+            f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower per_device_train_batch_size or "
+            "cutoff_len, raise tokens_per_step, or use batch_unit: examples"
+        )
+    units = len(unit_tokens)
+    batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
+    examples_per_unit = len(example_tokens) / units
+    return BatchPlan(
+        unit="packed row" if packed else "example",
+        units=units,
+        examples=len(example_tokens),
+        mean_unit_tokens=mean_unit,
+        mean_example_tokens=mean_example,
+        per_device_batch=per_device,
+        world_size=world_size,
+        gradient_accumulation_steps=int(gas),
+        tokens_per_step_target=target,
+        tokens_per_step=gas * micro_tokens,
+        examples_per_step=gas * per_device * world_size * examples_per_unit,
+        steps_per_epoch=max(1, math.ceil(batches_per_process / gas)),
+        rule=rule,
+    )
+
+
+def planned_steps(plan: BatchPlan, ft) -> int:
+    """Optimizer steps the run will take: finetune.max_steps, or the epochs of the plan."""
+    return ft.max_steps if ft.max_steps > 0 else math.ceil(plan.steps_per_epoch * ft.num_train_epochs)
+
+
+def plan_table(plan: BatchPlan, ft) -> pd.DataFrame:
+    """The plan as a one-column frame, with the steps it gives and the warm-up's share of them."""
+    steps = planned_steps(plan, ft)
+    shown = {
+        **plan.as_metrics(),
+        "optimizer steps": steps,
+        "warm-up steps": ft.warmup_steps,
+        "warm-up share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+    }
+    return pd.Series(shown, name="batch plan").to_frame()
+
+
+def packed_row_tokens(dataset) -> list[int]:
+    """Tokens per packed row of a TRL-packed dataset (its seq_lengths column)."""
+    return [int(sum(lengths)) for lengths in dataset["seq_lengths"]]
+
+
+def preview_row_tokens(full_tokens: Sequence[int], cutoff_len: int, strategy: str) -> list[int]:
+    """Tokens per packed row that TRL will make of examples of `full_tokens` tokens (untruncated,
+    in dataset order): its own pack_dataset on the lengths alone."""
+    ids = [[0] * int(n) for n in full_tokens]
+    rows = pack_dataset(Dataset.from_dict({"input_ids": ids, "labels": ids}), cutoff_len, strategy)
+    return packed_row_tokens(rows)
+
+
+def truncate_tokenized(dataset, cutoff_len: int):
+    """Tokenized examples ({input_ids, labels}) cut to their first cutoff_len tokens, as TRL's
+    keep_start truncation does when it is the one truncating."""
+
+    def cut(example: dict) -> dict:
+        return {"input_ids": example["input_ids"][:cutoff_len], "labels": example["labels"][:cutoff_len]}
+
+    if all(len(ids) <= cutoff_len for ids in dataset["input_ids"]):
+        return dataset
+    return dataset.map(cut, desc=f"Truncating to {cutoff_len} tokens")

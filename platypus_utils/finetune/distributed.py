@@ -1,0 +1,209 @@
+"""Stage 03 on several GPUs and quantized: processes, accelerate configs, loading the base model as
+each process needs it, and saving the adapter collectively.
+
+Contract:
+- finetune.num_gpus > 1 trains under `accelerate launch` (`accelerate_command`): one process per
+  GPU, each running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...`; the runner
+  starts it before the stage notebook, and the notebook (one process) then shows the finished
+  run's results (`distributed_result`), or says how to launch it.
+- `check_accelerate_config` refuses an engine that cannot train the profile (8-bit under FSDP or
+  ZeRO; ZeRO without deepspeed installed).
+- FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint, the other ranks build the model
+  on the meta device (`load_base_model`); 4-bit under several GPUs stores its packed weights as
+  bf16 so that FSDP/ZeRO-3 can shard them (`quantization_config`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+from peft import prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+from accelerate import init_empty_weights
+
+from ..artifacts import artifacts_up_to_date
+from ..layout import FINETUNE, FINETUNE_METRICS, artifact
+from ..models import load_causal_lm
+
+log = logging.getLogger("platypus")
+ENGINES = {"MULTI_GPU": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
+
+
+def process_info() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process, as `accelerate launch`/torchrun set them."""
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def engine_name(ft) -> str:
+    """ "ddp", "fsdp" or "deepspeed": the engine finetune.accelerate_config selects."""
+    kind = str((yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("distributed_type", ""))
+    return ENGINES.get(kind.upper(), kind.lower())
+
+
+def check_accelerate_config(ft) -> dict:
+    """Read finetune.accelerate_config and check that it can train this profile; returns the YAML."""
+    path = Path(ft.accelerate_config or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"finetune.accelerate_config: {path} not found")
+    config = yaml.safe_load(path.read_text()) or {}
+    kind = str(config.get("distributed_type", "")).upper()
+    if kind not in ENGINES:
+        raise ValueError(
+            f"{path}: distributed_type {config.get('distributed_type')!r}; stage 03 runs with {', '.join(ENGINES)}"
+        )
+    if ft.load_in_8bit and kind != "MULTI_GPU":
+        raise ValueError(
+            f"{path}: finetune.load_in_8bit cannot be sharded by {kind}: use load_in_4bit "
+            "(QLoRA; accelerate/fsdp_qlora.yaml) or accelerate/ddp.yaml"
+        )
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(f"{path}: DeepSpeed ZeRO needs the deepspeed package: pip install deepspeed")
+    return config
+
+
+def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
+    """The command that trains stage 03 on finetune.num_gpus GPUs: `accelerate launch` running
+    `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` once per GPU."""
+    ft = profile.finetune
+    if not profile.source_file:
+        raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
+    check_accelerate_config(ft)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ft.accelerate_config),
+        "--num_processes",
+        str(ft.num_gpus),
+        "--num_machines",
+        "1",
+        "-m",
+        "platypus_utils.finetune",
+        str(profile.source_file),
+    ]
+    for key, value in sorted((overrides or {}).items()):
+        cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back typed by --set
+    return cmd
+
+
+def distributed_result(profile) -> dict:
+    """In a single process with finetune.num_gpus > 1: the metrics of the finished distributed run
+    (03_finetune's manifest matches the params, inputs and outputs), or an error with the command."""
+    fresh, why = artifacts_up_to_date(profile, FINETUNE)
+    metrics_path = artifact(profile, FINETUNE_METRICS)
+    if fresh and metrics_path.is_file():
+        log.info(
+            "finetune: showing the results of the %d-GPU run in %s",
+            profile.finetune.num_gpus,
+            profile.run_dir(FINETUNE),
+        )
+        return json.loads(metrics_path.read_text())
+    cmd = " ".join(shlex.quote(c) for c in accelerate_command(profile))
+    raise RuntimeError(
+        f"finetune.num_gpus={profile.finetune.num_gpus}: training runs under accelerate launch, "
+        f"not in this process, and no finished run matches ({why}). `platypus run` launches "
+        f"it; by hand: {cmd}"
+    )
+
+
+def fsdp_settings(ft, world_size: int) -> dict | None:
+    """The FSDP settings of this run (read from finetune.accelerate_config), or None when it is not
+    an FSDP run of several processes: {version, cpu_ram_efficient_loading}."""
+    if world_size < 2 or not ft.accelerate_config or engine_name(ft) != "fsdp":
+        return None
+    config = (yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("fsdp_config", {})
+    return {
+        "version": int(config.get("fsdp_version", 1)),
+        "cpu_ram_efficient_loading": bool(config.get("fsdp_cpu_ram_efficient_loading", False)),
+    }
+
+
+def quantization_config(ft, device: str):
+    """BitsAndBytesConfig for QLoRA, or None; a clear error where it cannot run."""
+    if not (ft.load_in_4bit or ft.load_in_8bit):
+        return None
+    if ft.load_in_4bit and ft.load_in_8bit:
+        raise ValueError("finetune.load_in_4bit and finetune.load_in_8bit are exclusive: set one")
+    flag = "load_in_4bit" if ft.load_in_4bit else "load_in_8bit"
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise RuntimeError(f"finetune.{flag} (QLoRA) needs a CUDA GPU; this run's device is {device!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(f"finetune.{flag} (QLoRA) needs bitsandbytes: pip install 'platypus-utils[gpu]'")
+    if ft.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # several GPUs: FSDP/ZeRO-3 shard the packed 4-bit weights only when they are stored as bf16
+    storage = {"bnb_4bit_quant_storage": torch.bfloat16} if ft.num_gpus > 1 else {}
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        **storage,
+    )
+
+
+def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft, rank: int = 0, world_size: int = 1):
+    """The base model to train, as this process of the run needs it.
+
+    - one process, or DDP/ZeRO: the whole model on `device` (QLoRA: quantized onto this process's GPU,
+      then prepare_model_for_kbit_training);
+    - FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint into CPU memory, the other
+      ranks build the same model on the meta device (parameters only; buffers stay real) and
+      receive their shards from rank 0 when accelerate prepares the model. 4-bit under FSDP follows
+      the documented FSDP-QLoRA recipe: bf16 storage, no device map, no kbit preparation."""
+    qconfig = quantization_config(ft, device)
+    fsdp = fsdp_settings(ft, world_size)
+    if fsdp and fsdp["cpu_ram_efficient_loading"]:
+        if rank != 0 and qconfig is None:
+            config = AutoConfig.from_pretrained(resolved)
+            with init_empty_weights(include_buffers=False):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            log.info("finetune: rank %d built %s on the meta device; rank 0 sends the weights", rank, resolved)
+            return model
+        return AutoModelForCausalLM.from_pretrained(
+            resolved, dtype=torch.bfloat16 if qconfig else dtype, quantization_config=qconfig
+        )
+    if qconfig is None:
+        return load_causal_lm(resolved, cache_dir=profile.cache_dir(), dtype=dtype, device=device)
+    # each process holds its own copy on its own GPU (LOCAL_RANK under accelerate launch)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved, quantization_config=qconfig, dtype=torch.bfloat16, device_map={"": torch.device(device).index or 0}
+    )
+    if fsdp:  # FSDP without rank-0 loading: still no upcast before sharding
+        return model
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft.gradient_checkpointing)
+
+
+def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
+    """Every process joins the save (FSDP/ZeRO-3 gather the adapter); the main one writes it to a
+    fixed partial folder, then renames it into place."""
+    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
+    if is_main and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # collective; only the main process writes
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        (partial / "training_args.bin").unlink(missing_ok=True)  # not part of the adapter
+        old = adapter_dir.with_name(f".{adapter_dir.name}.old")
+        if adapter_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(adapter_dir, old)
+        os.replace(partial, adapter_dir)
+        shutil.rmtree(old, ignore_errors=True)

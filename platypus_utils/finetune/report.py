@@ -1,0 +1,208 @@
+"""What stage 03 reports: the log rows, the whole-run training loss, speed tables and the loss curve.
+
+Contract:
+- `log_rows`: one row per logged training step plus the two held-out points (step 0 before
+  training, the last step after); no timing fields, so log_history.csv is the same for the same run.
+- `whole_run_train_loss`: the mean training loss per optimizer step over the whole run, across a
+  resume as well (the trainer's own figure covers only the steps since it resumed).
+- `plot_loss_curve` draws on an optional `ax` and returns the figure; it never writes (the stage's
+  save step does). `LiveLossCurve` redraws it in place at every logging step when the trainer runs
+  in a Jupyter kernel (papermill included: the executed notebook keeps the last drawing); elsewhere
+  it does nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import resource
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+from IPython import get_ipython
+from IPython.display import display
+from matplotlib.ticker import MaxNLocator
+from transformers import TrainerCallback
+
+from ..plotting import new_figure
+
+SPEED_KEYS = (
+    "device",
+    "dtype",
+    "attn_implementation",
+    "packing",
+    "gradient_checkpointing",
+    "steps",
+    "tokens_seen",
+    "tokens_per_s",
+    "peak_rss_mb",
+    "peak_gpu_mem_mb",
+    "resumed_from_checkpoint",
+)
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "split",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "mean_token_accuracy",
+    "entropy",
+    "num_input_tokens_seen",
+)
+
+
+def speed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(speed and memory, batch plan) of a finished run's metrics, as one-column DataFrames."""
+    speed = {k: metrics[k] for k in SPEED_KEYS if k in metrics}
+    return pd.Series(speed, name="run").to_frame(), pd.Series(metrics["batch_plan"], name="batch plan").to_frame()
+
+
+def heldout_table(metrics: dict) -> pd.DataFrame:
+    """The held-out completion loss before and after training, and the change."""
+    return pd.DataFrame(
+        {
+            "held-out completion loss": {
+                "before": metrics["eval_loss_before"],
+                "after": metrics["eval_loss_after"],
+                "change": metrics["eval_loss_delta"],
+            },
+            "tokens": {"before": metrics["eval_tokens"], "after": metrics["eval_tokens"], "change": None},
+        }
+    )
+
+
+def whole_run_train_loss(
+    log_history: Sequence[dict], session_loss: float, final_step: int, resumed_from_step: int = 0
+) -> float:
+    """Mean training loss per optimizer step over the whole run, across a resume as well.
+
+    The trainer's `training_loss` covers only the steps trained since it resumed; the earlier steps
+    come from the logged losses in the checkpoint's log history (each the mean over the steps since
+    the previous log, so weighted by that span). Exact when the checkpoint step was logged (save_steps
+    a multiple of logging_steps); otherwise the unlogged steps just before the checkpoint are left out."""
+    session_steps = final_step - resumed_from_step
+    if resumed_from_step <= 0 or session_steps < 0:
+        return session_loss
+    total, steps, last = session_loss * session_steps, session_steps, 0
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        if "loss" in entry and last < step <= resumed_from_step:
+            total += float(entry["loss"]) * (step - last)
+            steps += step - last
+            last = step
+    return total / steps if steps else session_loss
+
+
+def log_rows(
+    log_history: Sequence[dict], eval_before: Optional[float], eval_after: Optional[float], final_step: int
+) -> list[dict]:
+    """One row per logged training step plus the held-out points (before: step 0, after: the last
+    step; each left out while unknown); no timing fields, so the file is the same for the same run."""
+    rows = [] if eval_before is None else [{"step": 0, "epoch": 0.0, "split": "eval", "loss": eval_before}]
+    for entry in log_history:
+        if "loss" in entry:
+            rows.append({"split": "train", **{k: entry.get(k) for k in LOG_COLUMNS if k != "split"}})
+    if eval_after is not None:
+        rows.append({"step": final_step, "epoch": None, "split": "eval", "loss": eval_after})
+    return rows
+
+
+def csv_text(rows: Sequence[dict]) -> str:
+    """log rows as log_history.csv holds them (LOG_COLUMNS, empty cells for missing values)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+    return buf.getvalue()
+
+
+def read_log_rows(path: str | Path) -> list[dict]:
+    """log_history.csv back as log rows (step int, loss float), e.g. to draw a launched run's curve."""
+    rows = []
+    for raw in csv.DictReader(io.StringIO(Path(path).read_text())):
+        row = {k: (None if v == "" else v) for k, v in raw.items()}
+        row["step"], row["loss"] = int(row["step"]), float(row["loss"])
+        rows.append(row)
+    return rows
+
+
+def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
+    """Training loss per logged step and the held-out completion loss before / after (markers: two
+    measurements, not a trajectory); returns the figure."""
+    fig, ax = new_figure(ax, (6.4, 3.8))
+    train = [r for r in rows if r["split"] == "train"]
+    evals = [r for r in rows if r["split"] == "eval"]
+    ax.plot(
+        [r["step"] for r in train],
+        [r["loss"] for r in train],
+        marker="o",
+        markersize=3,
+        label="train loss (mean over the logging interval)",
+    )
+    if evals:
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["loss"] for r in evals],
+            linestyle="none",
+            marker="D",
+            markersize=7,
+            label="held-out completion loss (before / after)",
+        )
+    for r, where in zip(evals, ("before", "after")):
+        ax.annotate(
+            f"{where}: {r['loss']:.3f}",
+            (r["step"], r["loss"]),
+            textcoords="offset points",
+            xytext=(0, 9),
+            ha="center",
+            fontsize="small",
+        )
+    ax.margins(x=0.06, y=0.15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("token cross-entropy (completion tokens)")
+    ax.set_title(title)
+    ax.legend(loc="best", frameon=True, fontsize="small")
+    return fig
+
+
+def loss_curve_caption(rows: Sequence[dict], title: str) -> str:
+    """The caption saved beside the loss-curve figure, with the numbers it shows."""
+    train = [r for r in rows if r["split"] == "train"]
+    evals = [r for r in rows if r["split"] == "eval"]
+    return (
+        f"{title}. Training loss per logged step ({len(train)} points) and the held-out completion "
+        f"loss before training ({evals[0]['loss']:.4f}) and after ({evals[-1]['loss']:.4f})."
+    )
+
+
+class LiveLossCurve(TrainerCallback):
+    """Draws the training loss in the notebook at every logging step, in place (one output that is
+    updated). Only in a Jupyter kernel and on the main process; elsewhere it does nothing."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.handle = None
+        self.figure = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or get_ipython() is None:
+            return
+        self.figure = plot_loss_curve(log_rows(state.log_history, None, None, state.global_step), self.title)
+        if self.handle is None:
+            self.handle = display(self.figure, display_id=True)
+        else:
+            self.handle.update(self.figure)
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process (MB) and, on a GPU, peak allocated GPU memory (MB)."""
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if torch.cuda.is_available():
+        out["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out

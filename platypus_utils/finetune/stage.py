@@ -1,0 +1,554 @@
+"""Stage 03_finetune as steps that return data, and `run_finetune`, those steps composed.
+
+    data = load_data(profile)                              # rows of clean.jsonl, skipped counts, held-out split
+    example = tokenize_example(data.tokenizer, data.records[i], cfg.cutoff_len)  # tokens + labels (prompt masked)
+    plan = expected_plan(data, cfg, world_size)           # examples / tokens per step, before any model
+    setup = load_model(profile, data)                      # device, dtype, SFT arguments, base model
+    session = build_trainer(profile, data, setup)          # SFTTrainer + LoRA, packing isolation, resume point
+    training = train(profile, session)                     # held-out loss before, training, held-out loss after
+    metrics = run_metrics(profile, training)               # the metrics.json of the run
+    save(profile, training, metrics)                       # adapter, metrics, log, figure, manifest
+
+Contract: see the package docstring (platypus_utils/finetune/__init__.py). `run_finetune(profile)`
+writes what the notebook (notebooks/03_finetune.ipynb) writes. With finetune.num_gpus > 1 the
+steps run once per GPU under `accelerate launch` (python -m platypus_utils.finetune); called in
+one process `run_finetune` returns the finished run's metrics (`launched_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import transformers
+from trl import SFTTrainer
+
+from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
+from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, artifact
+from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
+from ..plotting import save_figure
+from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens
+from .checkpoints import CHECKPOINTS, checkpoint_step, resume_point
+from .data import TrainingData, check_prepared_example, prepare_rows, records_dataset, select_rows, to_prompt_completion
+from .distributed import (
+    distributed_result,
+    engine_name,
+    fsdp_settings,
+    load_base_model,
+    process_info,
+    save_adapter_distributed,
+)
+from .report import csv_text, log_rows, loss_curve_caption, peak_memory, plot_loss_curve, whole_run_train_loss
+from .trainer import (
+    HeldOutLossAtStart,
+    build_lora_config,
+    build_sft_config,
+    check_target_modules,
+    completion_loss,
+    prepare_trainer,
+    resolve_attn_implementation,
+)
+
+log = logging.getLogger("platypus")
+STAGE = FINETUNE
+UPSTREAM = CLEAN[0]
+LOG_HISTORY = "log_history.csv"
+LOSS_FIGURE = "03_loss_curve"
+PARTNER_ADAPTER = "partner_adapter"
+
+
+# ---------------------------------------------------------------- step 1: the rows
+def load_data(profile) -> TrainingData:
+    """clean.jsonl as the stage trains on it, with the base model's tokenizer (see data.prepare_rows)."""
+    clean_path = artifact(profile, CLEAN)
+    raw = read_jsonl(clean_path)
+    if not raw:
+        raise ValueError(f"{clean_path}: no rows to fine-tune on (is the 02_decontaminate output empty?)")
+    cache_dir = profile.cache_dir()
+    resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
+    tokenizer = load_tokenizer(resolved, cache_dir=cache_dir)  # pad = EOS if it has no pad: labels pad with -100
+    ft = profile.finetune
+    data = prepare_rows(raw, clean_path, tokenizer, ft.cutoff_len, ft.eval_size, profile.seed, ft.max_train_samples)
+    data.base_model, data.source_sha256 = resolved, sha256_path(clean_path)
+    return data
+
+
+def expected_plan(data: TrainingData, ft, world_size: int = 1) -> BatchPlan:
+    """The batch plan the trainer will apply, from the examples' lengths alone (packed rows of
+    batch_unit tokens are packed here as TRL packs them)."""
+    rows = None
+    if ft.packing and not is_padding_free(ft):
+        rows = preview_row_tokens(data.full_len[data.train_idx], ft.cutoff_len, ft.packing)
+    return plan_batch(data.example_tokens(), ft, world_size, rows)
+
+
+# ---------------------------------------------------------------- step 2: the model
+@dataclass
+class ModelSetup:
+    """The base model loaded for this process, and how it trains."""
+
+    model: Any
+    device: str
+    dtype: torch.dtype
+    args: Any  # trl.SFTConfig
+    attn_implementation: str
+    rank: int = 0
+    world_size: int = 1
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def load_model(profile, data: TrainingData) -> ModelSetup:
+    """Seed, device and dtype, the SFT arguments (first: they set up a distributed run's process
+    group), the attention kernel, and the base model as this process needs it."""
+    ft = profile.finetune
+    rank, local_rank, world_size = process_info()
+    transformers.set_seed(profile.seed)
+    device = pick_device("auto")
+    if world_size > 1 and device == "cuda":
+        device = f"cuda:{local_rank}"  # each process loads its copy onto its own GPU
+    dtype = pick_dtype(profile.models.torch_dtype, device)
+    args = build_sft_config(
+        ft, profile.run_dir(STAGE) / CHECKPOINTS, profile.seed, device, dtype, world_size=world_size
+    )
+    attn_implementation = resolve_attn_implementation(ft, device, dtype)
+    t0 = time.perf_counter()
+    model = load_base_model(profile, data.base_model, device, dtype, ft, rank, world_size)
+    model.set_attn_implementation(attn_implementation)
+    check_target_modules(model, ft.target_modules)
+    return ModelSetup(
+        model=model,
+        device=device,
+        dtype=dtype,
+        args=args,
+        attn_implementation=attn_implementation,
+        rank=rank,
+        world_size=world_size,
+        timings={"load_model_s": round(time.perf_counter() - t0, 3)},
+    )
+
+
+# ---------------------------------------------------------------- step 3: the trainer
+@dataclass
+class Session:
+    """The trainer about to train, with what was checked and planned before any step."""
+
+    trainer: SFTTrainer
+    plan: BatchPlan
+    isolation: dict  # check_packing_isolation's report
+    resume_from: Optional[Path]
+    prepared_eval: list[dict]  # the held-out examples as TRL tokenized them
+    planned_steps: int
+    data: TrainingData
+    setup: ModelSetup
+
+
+def check_recipe(trainer, data: TrainingData, packing) -> list[dict]:
+    """TRL tokenized the data: check the recipe held (EOS once, prompt masked, nothing dropped) on the
+    held-out examples, and on the training examples when they are not packed; returns the held-out ones."""
+    eos_id = data.tokenizer.eos_token_id
+    prepared_eval = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in trainer.eval_dataset]
+    checks = [(prepared_eval, data.eval_idx)] + ([] if packing else [(trainer.train_dataset, data.train_idx)])
+    for prepared, idx in checks:
+        if len(prepared) != len(idx):
+            raise RuntimeError(
+                f"{data.source}: TRL dropped {len(idx) - len(prepared)} example(s) "
+                "while tokenizing; every row must be trained on or skipped and counted"
+            )
+        for e, i in zip(prepared, idx):
+            problem = check_prepared_example(e["input_ids"], e["labels"], eos_id, bool(data.truncated[i]))
+            if problem:
+                raise RuntimeError(f"{data.source}, row {data.row_lines[i]}, after tokenization: {problem}")
+    return prepared_eval
+
+
+def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Optional[Sequence[Any]] = None) -> Session:
+    """The stage's SFTTrainer on the model (LoRA from the profile, the batch plan applied, packing
+    isolation checked), the checkpoint to resume from, and the tokenized data checked against the recipe.
+    `callbacks`: extra transformers.TrainerCallbacks (LiveLossCurve, progress hooks, tests)."""
+    ft = profile.finetune
+    run_key = {
+        "params": profile.fingerprint_params(STAGE),
+        "clean_sha256": data.source_sha256,
+        "base_model": data.base_model,
+    }
+    resume_from = resume_point(Path(setup.args.output_dir), run_key, ft.resume, setup.is_main)
+    train_ds, eval_ds = data.datasets()
+    trainer, plan, isolation = prepare_trainer(
+        setup.model,
+        data.tokenizer,
+        train_ds,
+        ft,
+        setup.args,
+        data.example_tokens(),
+        setup.world_size,
+        eval_ds,
+        callbacks,
+    )
+    session = Session(
+        trainer=trainer,
+        plan=plan,
+        isolation=isolation,
+        resume_from=resume_from,
+        prepared_eval=check_recipe(trainer, data, ft.packing),
+        planned_steps=planned_steps(plan, ft),
+        data=data,
+        setup=setup,
+    )
+    _log_session(session, ft)
+    return session
+
+
+def _log_session(s: Session, ft) -> None:
+    data, plan, setup = s.data, s.plan, s.setup
+    log.info(
+        "finetune: %d train / %d held-out examples (%d skipped, %d truncated to %d tokens), "
+        "%d tokens per epoch; %d optimizer steps of %d x %d x %d %ss (~%.0f tokens, ~%.1f examples; %s); "
+        "%s, %s, %s attention%s%s%s",
+        len(data.train_idx),
+        len(data.eval_idx),
+        sum(data.skipped.values()),
+        int(data.truncated[data.train_idx].sum()),
+        ft.cutoff_len,
+        int(data.example_tokens().sum()),
+        s.planned_steps,
+        plan.per_device_batch,
+        plan.gradient_accumulation_steps,
+        setup.world_size,
+        plan.unit,
+        plan.tokens_per_step,
+        plan.examples_per_step,
+        plan.rule,
+        setup.device,
+        str(setup.dtype).replace("torch.", ""),
+        setup.attn_implementation,
+        ", Liger kernels" if setup.args.use_liger_kernel else "",
+        ", gradient checkpointing" if ft.gradient_checkpointing else "",
+        f"; resuming from {s.resume_from.name}" if s.resume_from else "",
+    )
+
+
+# ---------------------------------------------------------------- step 4: training
+@dataclass
+class Training:
+    """A finished training: the held-out loss before and after, the trainer's result and its time."""
+
+    session: Session
+    before: dict  # completion_loss: {loss, tokens}
+    after: dict
+    result: Any  # transformers TrainOutput
+    train_wall_s: float
+    timings: dict = field(default_factory=dict)
+
+
+def train(profile, session: Session) -> Training:
+    """Held-out completion loss, training (resuming from session.resume_from), held-out loss again.
+
+    Under FSDP with rank-0 loading the "before" loss is taken by a callback as training starts (the
+    model is sharded only then, every process in step); otherwise just before training."""
+    ft, setup, trainer = profile.finetune, session.setup, session.trainer
+    pad_id, batch = session.data.tokenizer.pad_token_id, ft.per_device_train_batch_size
+    at_start = HeldOutLossAtStart(session.prepared_eval, pad_id, batch)
+    timings = {}
+    if (fsdp_settings(ft, setup.world_size) or {}).get("cpu_ram_efficient_loading", False):
+        trainer.add_callback(at_start)  # rank 0 holds the model on CPU, the others on meta, until FSDP shards it
+    else:
+        with _timed(timings, "eval_before_s"):
+            at_start.result = completion_loss(trainer.model, session.prepared_eval, pad_id, batch)
+        log.info(
+            "finetune: held-out completion loss before training %.4f (%d tokens)",
+            at_start.result["loss"],
+            at_start.result["tokens"],
+        )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
+    train_wall = time.perf_counter() - t0
+    timings["train_s"] = round(train_wall, 3)
+    # sharded engines (FSDP, ZeRO-3) only run through their wrapper, every process in step
+    eval_model = trainer.model_wrapped if setup.world_size > 1 else trainer.model
+    with _timed(timings, "eval_after_s"):
+        after = completion_loss(eval_model, session.prepared_eval, pad_id, batch)
+    log.info("finetune: held-out completion loss after training %.4f", after["loss"])
+    return Training(
+        session=session, before=at_start.result, after=after, result=result, train_wall_s=train_wall, timings=timings
+    )
+
+
+# ---------------------------------------------------------------- step 5: metrics
+def _data_metrics(profile, data: TrainingData) -> dict:
+    ft, train, held = profile.finetune, data.train_idx, data.eval_idx
+    return {
+        "base_model": profile.models.base,
+        "base_model_resolved": data.base_model,
+        "rows_read": data.rows_read,
+        "examples_skipped": data.skipped,
+        "examples_skipped_total": int(sum(data.skipped.values())),
+        "examples_train": int(len(train)),
+        "examples_eval": int(len(held)),
+        "examples_truncated": {"train": int(data.truncated[train].sum()), "eval": int(data.truncated[held].sum())},
+        "prompt_boundary_merges": int(data.boundary_merges),
+        "cutoff_len": ft.cutoff_len,
+        "heldout_rows": [data.row_lines[i] for i in held],  # 1-based row numbers in clean.jsonl
+        "train_tokens_per_epoch": int(data.example_tokens().sum()),
+        "train_completion_tokens_per_epoch": int((data.example_tokens() - data.prompt_len[train]).sum()),
+    }
+
+
+def run_metrics(profile, training: Training) -> dict:
+    """metrics.json of the run: the data, the plan, the speed and memory, the losses (keys read by
+    the tests and by stage 06)."""
+    ft, session = profile.finetune, training.session
+    setup, plan, trainer, state = session.setup, session.plan, session.trainer, session.trainer.state
+    steps, wall = session.planned_steps, training.train_wall_s
+    session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    rows = log_rows(state.log_history, training.before["loss"], training.after["loss"], state.global_step)
+    session_loss = float(training.result.training_loss)
+    params = list(trainer.model.parameters())
+    return {
+        **_data_metrics(profile, session.data),
+        "device": setup.device,
+        "dtype": str(setup.dtype).replace("torch.", ""),
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "tokens_seen_this_session": int(session_tokens),
+        "tokens_per_s": round(session_tokens / wall, 2) if wall > 0 else None,
+        "train_wall_s": round(wall, 3),
+        "steps": int(state.global_step),
+        "steps_planned": int(steps),
+        "batch_unit": ft.batch_unit,
+        "examples_per_step": round(plan.examples_per_step, 2),
+        "tokens_per_step": round(plan.tokens_per_step, 1),
+        "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+        "epochs": round(float(state.epoch or 0.0), 4),
+        "resumed_from_checkpoint": session.resume_from.name if session.resume_from else None,
+        "train_loss_mean": round(
+            whole_run_train_loss(
+                state.log_history, session_loss, int(state.global_step), checkpoint_step(session.resume_from)
+            ),
+            6,
+        ),
+        "train_loss_mean_this_session": round(session_loss, 6),
+        "train_loss_history": [
+            {"step": r["step"], "loss": r["loss"], "learning_rate": r["learning_rate"]}
+            for r in rows
+            if r["split"] == "train"
+        ],
+        "eval_loss_before": round(training.before["loss"], 6),
+        "eval_loss_after": round(training.after["loss"], 6),
+        "eval_loss_delta": round(training.after["loss"] - training.before["loss"], 6),
+        "eval_tokens": training.before["tokens"],
+        "lora_trainable_params": int(sum(p.numel() for p in params if p.requires_grad)),
+        "model_params": int(sum(p.numel() for p in params)),
+        "packing": ft.packing,
+        "packing_isolation": session.isolation,
+        "batch_plan": plan.as_metrics(),
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "attn_implementation": setup.attn_implementation,
+        "use_liger_kernel": bool(setup.args.use_liger_kernel),
+        "gradient_checkpointing": ft.gradient_checkpointing,
+        "world_size": setup.world_size,
+        "engine": engine_name(ft) if setup.world_size > 1 else "single",
+        **peak_memory(),
+    }
+
+
+def loss_rows(training: Training) -> list[dict]:
+    """The run's log rows (log_history.csv): logged training steps and the held-out points."""
+    state = training.session.trainer.state
+    return log_rows(state.log_history, training.before["loss"], training.after["loss"], state.global_step)
+
+
+def loss_title(profile) -> str:
+    return f"LoRA fine-tuning of {Path(profile.models.base).name}"
+
+
+# ---------------------------------------------------------------- step 6: save
+def save_adapter(profile, training: Training) -> Path:
+    """The trained LoRA adapter (and the tokenizer) into 03_finetune/adapter, atomically; every
+    process of a distributed run joins (the adapter is gathered), the main one writes."""
+    session = training.session
+    adapter_dir = artifact(profile, ADAPTER)
+    if session.setup.world_size == 1:
+        with atomic_path(adapter_dir) as tmp:
+            session.trainer.model.save_pretrained(tmp)
+            session.data.tokenizer.save_pretrained(tmp)
+    else:
+        save_adapter_distributed(session.trainer, adapter_dir, session.setup.is_main)
+    return adapter_dir
+
+
+def save(profile, training: Training, metrics: dict, timings: Optional[dict] = None) -> list[Path]:
+    """Write the stage's artifacts and manifest exactly as the runner does: adapter/, metrics.json,
+    log_history.csv, the loss-curve figure (reports/<name>/figures/03_loss_curve.*), the partner
+    adapter when metrics hold one, and manifest.json; then remove the checkpoints. Other processes
+    of a distributed run only join the adapter save. Returns the paths hashed into the manifest."""
+    session, stage_dir = training.session, profile.run_dir(STAGE)
+    timings = {**(timings or {}), **session.setup.timings, **training.timings}
+    t0 = time.perf_counter()
+    adapter_dir = save_adapter(profile, training)
+    if not session.setup.is_main:
+        return []
+    with StageRun(stage_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
+        run.timings.update(timings)
+        run.add_input(session.data.source)
+        if Path(session.data.base_model).exists():
+            run.add_input(session.data.base_model)
+        rows = loss_rows(training)
+        paths = [
+            adapter_dir,
+            write_json(artifact(profile, FINETUNE_METRICS), metrics),
+            write_text(stage_dir / LOG_HISTORY, csv_text(rows)),
+        ]
+        title = loss_title(profile)
+        paths += save_figure(
+            plot_loss_curve(rows, title), profile.report_dir("figures") / LOSS_FIGURE, loss_curve_caption(rows, title)
+        )
+        if "skipped" not in metrics.get("partner_adapter", {"skipped": "none"}):
+            paths.append(stage_dir / PARTNER_ADAPTER)
+        for p in paths:
+            run.add_output(p)
+        run.metrics.update({k: v for k, v in metrics.items() if k not in ("train_loss_history", "heldout_rows")})
+        run.timings["save_s"] = round(time.perf_counter() - t0, 3)
+    # the adapter is the product; checkpoints only serve to resume an interrupted run, and a
+    # finished one left behind would turn a forced re-run into a no-op
+    shutil.rmtree(stage_dir / CHECKPOINTS, ignore_errors=True)
+    return paths
+
+
+# ---------------------------------------------------------------- the stage in one call
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    t = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t, 3)
+
+
+def launched_run(profile) -> Optional[dict]:
+    """With finetune.num_gpus > 1 in a single process: the metrics of the run `accelerate launch`
+    trained (RuntimeError with the command when none matches); None when this process trains."""
+    if profile.finetune.num_gpus > 1 and process_info()[2] == 1:
+        return distributed_result(profile)
+    return None
+
+
+def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
+    """Train a LoRA adapter on runs/<name>/02_decontaminate/clean.jsonl; return the metrics.
+
+    Writes runs/<name>/03_finetune/{adapter/, metrics.json, log_history.csv, manifest.json} and
+    reports/<name>/figures/03_loss_curve.{png,pdf,txt}. An interrupted run resumes from its last
+    checkpoint in 03_finetune/checkpoints/ (kept only while it matches the params and data).
+    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests).
+    """
+    launched = launched_run(profile)
+    if launched is not None:
+        return launched  # trained under accelerate launch; show its results
+    timings: dict = {}
+    with _timed(timings, "load_data_s"):
+        data = load_data(profile)
+    setup = load_model(profile, data)
+    with _timed(timings, "build_trainer_s"):
+        session = build_trainer(profile, data, setup, callbacks)
+    training = train(profile, session)
+    metrics = run_metrics(profile, training)
+    if setup.is_main and profile.finetune.partner_adapter is not None:  # 04_merge's partner, in miniature
+        with _timed(timings, "partner_adapter_s"):
+            metrics["partner_adapter"] = train_partner_adapter(profile, setup.world_size)
+    save(profile, training, metrics, timings)
+    return metrics
+
+
+# ---------------------------------------------------------------- the partner adapter (04's demo)
+def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
+    clean_path, wanted = artifact(profile, CLEAN), set(profile.finetune.partner_adapter.data_sources)
+    raw = read_jsonl(clean_path)
+    sliced = [r for r in raw if r.get("data_source") in wanted]
+    if not sliced:
+        found = sorted({str(r.get("data_source")) for r in raw})
+        raise ValueError(
+            f"{clean_path}: no row has a data_source in finetune.partner_adapter.data_sources "
+            f"{sorted(wanted)}; the file has {found}"
+        )
+    rows, _, skipped = select_rows(sliced, f"{clean_path} (partner slice)", tokenizer.eos_token)
+    return rows, skipped
+
+
+def _partner_settings(ft):
+    pa = ft.partner_adapter
+    return ft.model_copy(
+        update={
+            "max_steps": pa.max_steps,
+            "learning_rate": pa.learning_rate or ft.learning_rate,
+            "gradient_accumulation_steps": pa.gradient_accumulation_steps or ft.gradient_accumulation_steps,
+            "warmup_steps": min(ft.warmup_steps, pa.max_steps // 2),
+            "save_steps": pa.max_steps + 1,  # no checkpoint: a few steps, retrained if interrupted
+            "logging_steps": 1,
+        }
+    )
+
+
+def train_partner_adapter(profile, world_size: int = 1) -> dict:
+    """Train finetune.partner_adapter: a second, small LoRA with the same settings, on the rows of
+    clean.jsonl whose data_source is in partner_adapter.data_sources, for partner_adapter.max_steps
+    steps; saved atomically to 03_finetune/partner_adapter. Stage 04 merges it into the base to make
+    the "partner fine-tune" that the Platypus adapter is then merged onto (the paper's merge, in
+    miniature). Single-process runs only; returns its metrics."""
+    if world_size > 1:
+        log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
+        return {"skipped": "distributed run"}
+    stage_dir, cache_dir = profile.run_dir(STAGE), profile.cache_dir()
+    resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
+    tokenizer = load_tokenizer(resolved, cache_dir=cache_dir)
+    rows, skipped = _partner_rows(profile, tokenizer)
+    partner_ft = _partner_settings(profile.finetune)
+    transformers.set_seed(profile.seed)
+    device = pick_device("auto")
+    dtype = pick_dtype(profile.models.torch_dtype, device)
+    work_dir = stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
+    t0 = time.perf_counter()
+    model = load_base_model(profile, resolved, device, dtype, partner_ft)
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(partner_ft, work_dir, profile.seed, device, dtype),
+        train_dataset=records_dataset(to_prompt_completion(rows, tokenizer.eos_token)),
+        processing_class=tokenizer,
+        peft_config=build_lora_config(partner_ft),
+    )
+    result = trainer.train()
+    out_dir = stage_dir / PARTNER_ADAPTER
+    with atomic_path(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["data_source"]] = counts.get(r["data_source"], 0) + 1
+    metrics = {
+        "data_sources": counts,
+        "examples": len(rows),
+        "examples_skipped": skipped,
+        "steps": int(trainer.state.global_step),
+        "train_loss_mean": round(float(result.training_loss), 6),
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    log.info(
+        "finetune: partner adapter on %d rows of %s: %d steps, mean loss %.4f, %.1f s -> %s",
+        len(rows),
+        sorted(counts),
+        metrics["steps"],
+        metrics["train_loss_mean"],
+        metrics["wall_s"],
+        out_dir,
+    )
+    return metrics

@@ -1,0 +1,404 @@
+"""Stage 03's trainer: LoRA and SFT settings from the profile, the attention and Liger kernels, the
+packing-isolation check, and the held-out completion loss.
+
+Contract:
+- `build_sft_config`: prompt-completion data, loss on the completion only, truncation at
+  cutoff_len (keep_start), checkpoints every save_steps; with batch_unit examples the gradient
+  accumulation for `world_size` processes is set here, before the trainer (and a DeepSpeed config)
+  reads it. SFTConfig's own defaults (bf16, activation checkpointing) never leak: the profile decides.
+- `prepare_trainer` builds TRL's SFTTrainer with the profile's LoRA and applies the batch plan;
+  with packing it first checks, on the model about to train, that attention stays inside each
+  packed example (`check_packing_isolation`; in 16 bits on an fp32 twin of the model, `fp32_twin`).
+- `completion_loss` is a token mean of cross-entropy over completion tokens (labels != -100), not a
+  mean of per-batch means. `HeldOutLossAtStart` measures it as training starts, on the model as the
+  trainer runs it (FSDP with rank-0 loading: sharded, every process in step).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from peft import LoraConfig
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from .batching import BatchPlan, is_padding_free, packed_row_tokens, plan_batch, truncate_tokenized
+from .data import IGNORE
+from .distributed import engine_name
+
+log = logging.getLogger("platypus")
+
+
+# ---------------------------------------------------------------- settings
+def build_lora_config(ft) -> LoraConfig:
+    """peft LoraConfig from the profile's finetune section (paper: r 16, alpha 16, dropout 0.05, MLP projections)."""
+    return LoraConfig(
+        r=ft.lora_r,
+        lora_alpha=ft.lora_alpha,
+        lora_dropout=ft.lora_dropout,
+        target_modules=list(ft.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_sft_config(
+    ft,
+    output_dir: str | Path,
+    seed: int,
+    device: str,
+    dtype: torch.dtype,
+    use_liger_kernel: Optional[bool] = None,
+    world_size: int = 1,
+) -> SFTConfig:
+    """TRL SFTConfig from the profile's finetune section: prompt-completion data, loss on the
+    completion only, truncation at cutoff_len, checkpoints every save_steps in `output_dir`; the
+    speed options (packing or padding-free batches, group_by_length, gradient checkpointing, Liger:
+    `resolve_liger` when `use_liger_kernel` is None). With batch_unit examples the accumulation
+    is set here for `world_size` processes (before the trainer fills a DeepSpeed config from it)."""
+    if use_liger_kernel is None:
+        use_liger_kernel = resolve_liger(ft, device)
+    padding_free = is_padding_free(ft)
+    gradient_accumulation_steps = (
+        ft.examples_step_plan(world_size)[0] if ft.batch_unit == "examples" else ft.gradient_accumulation_steps
+    )  # tokens: set by plan_batch
+    return SFTConfig(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=ft.learning_rate,
+        num_train_epochs=ft.num_train_epochs,
+        max_steps=ft.max_steps,
+        per_device_train_batch_size=ft.per_device_train_batch_size,
+        per_device_eval_batch_size=ft.per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        warmup_steps=ft.warmup_steps,
+        lr_scheduler_type=ft.lr_scheduler_type,
+        weight_decay=ft.weight_decay,
+        optim="adamw_torch",
+        logging_steps=ft.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        report_to="none",
+        # SFTConfig defaults bf16=True and gradient checkpointing on: both are set from the profile
+        # (transformers 5 renamed gradient_checkpointing to activation_checkpointing)
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        activation_checkpointing=ft.gradient_checkpointing,
+        # padding-free micro-batches (batch_unit examples): TRL does not truncate them, so max_length is
+        # None here and prepare_trainer truncates the tokenized rows to cutoff_len (keep_start, as TRL)
+        max_length=None if padding_free else ft.cutoff_len,
+        truncation_mode="keep_start",
+        # bfd packing and padding-free batches: transformers builds a block-diagonal mask from the
+        # position ids (check_packing_isolation verifies it on the model at hand)
+        packing=bool(ft.packing) and not padding_free,
+        packing_strategy=ft.packing or "bfd",
+        eval_packing=False,
+        padding_free=padding_free,
+        train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
+        use_liger_kernel=use_liger_kernel,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable weight gets a gradient
+        completion_only_loss=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
+
+
+def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
+    """The attention kernel to train with: the profile's choice, or ("auto") flash_attention_2 where
+    flash-attn is installed and the model runs in 16 bits on a GPU, else sdpa. Packed rows stay
+    isolated with each of them (checked at run time by `check_packing_isolation`)."""
+    choice = ft.attn_implementation
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    if choice == "auto":
+        if on_gpu and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2"
+        return "sdpa"
+    if choice.startswith("flash_attention"):
+        package = "flash_attn" if choice == "flash_attention_2" else "flash_attn_interface"
+        if not on_gpu:
+            raise RuntimeError(
+                f"finetune.attn_implementation={choice} needs a CUDA GPU; this run's device is {device!r}"
+            )
+        if importlib.util.find_spec(package) is None:
+            raise RuntimeError(f"finetune.attn_implementation={choice} needs the {package} package installed")
+    return choice
+
+
+def resolve_liger(ft, device: str) -> bool:
+    """Whether to use Liger's fused kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy)."""
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    if ft.use_liger_kernel == "auto":
+        return installed and on_gpu
+    if ft.use_liger_kernel:
+        if not installed:
+            raise RuntimeError("finetune.use_liger_kernel: true needs liger-kernel: pip install liger-kernel")
+        if not on_gpu:
+            raise RuntimeError(f"finetune.use_liger_kernel: true needs a CUDA GPU; this run's device is {device!r}")
+    return bool(ft.use_liger_kernel)
+
+
+def check_target_modules(model, target_modules: Sequence[str]) -> None:
+    """Every LoRA target must name modules of the model: peft only fails when none match."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in names]
+    if missing:
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+        )
+        raise ValueError(
+            f"finetune.target_modules: {missing} not found in the base model "
+            f"({type(model).__name__}); its linear layers are {linear}"
+        )
+
+
+# ---------------------------------------------------------------- packing keeps examples apart
+def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int]) -> list[float]:
+    """Mean next-token cross-entropy over the labelled tokens of each segment of one row
+    (`lengths` tokens each, in order); the shift stays inside each segment."""
+    out, start = [], 0
+    for n in lengths:
+        lg, lb = logits[start : start + n - 1].float(), labels[start + 1 : start + n]
+        count = int((lb != IGNORE).sum())
+        loss = torch.nn.functional.cross_entropy(lg, lb, ignore_index=IGNORE, reduction="sum")
+        out.append(float(loss) / count if count else float("nan"))
+        start += n
+    return out
+
+
+def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
+    """A few single examples out of a packed (or tokenized, unpacked) dataset, shortened so that they fit one row together
+    (a probe of attention, so keeping each example's end, where the completion tokens are, is enough)."""
+    examples: list[dict] = []
+    for row in dataset:
+        start = 0
+        for n in row.get("seq_lengths") or [len(row["input_ids"])]:  # packed rows, or one example a row
+            examples.append(
+                {
+                    "input_ids": list(row["input_ids"][start : start + n]),
+                    "labels": list(row["labels"][start : start + n]),
+                }
+            )
+            start += n
+        if len(examples) >= max_examples:
+            break
+    examples = examples[:max_examples]
+    if len(examples) < 2:
+        return examples
+    room = max_length // len(examples)
+    return [{k: v[-room:] for k, v in e.items()} for e in examples]
+
+
+@torch.no_grad()
+def fp32_twin(model, device) -> torch.nn.Module:
+    """A 2-layer fp32 model of the same class, attention implementation and vocabulary as `model`
+    (peft-wrapped or not), with small random weights: what check_packing_isolation probes when the
+    model trains in 16 bits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.__class__.from_dict(base.config.to_dict())
+    heads = 4
+    shrink = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64 * heads,
+        "intermediate_size": 512,
+        "num_attention_heads": heads,
+        "num_key_value_heads": min(heads, getattr(config, "num_key_value_heads", heads) or heads),
+        "head_dim": 64,
+    }
+    for key, value in shrink.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    config._attn_implementation = base.config._attn_implementation
+    torch.manual_seed(0)
+    return type(base)(config).to(device=device, dtype=torch.float32)
+
+
+def _isolation_losses(trainer, model, device, examples: list[dict]) -> tuple[list[float], list[float]]:
+    """(each example's completion loss packed into one row, the same alone), through the trainer's collator."""
+
+    def losses(row: dict) -> list[float]:
+        batch = trainer.data_collator([row])
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits[0]
+        return segment_losses(logits, batch["labels"][0].to(device), row["seq_lengths"])
+
+    was_training = model.training
+    model.eval()  # no dropout: both passes must see the same weights
+    try:
+        packed = losses(
+            {
+                "input_ids": sum((e["input_ids"] for e in examples), []),
+                "labels": sum((e["labels"] for e in examples), []),
+                "seq_lengths": [len(e["input_ids"]) for e in examples],
+            }
+        )
+        alone = [losses({**e, "seq_lengths": [len(e["input_ids"])]})[0] for e in examples]
+    finally:
+        model.train(was_training)
+    return packed, alone
+
+
+@torch.no_grad()
+def check_packing_isolation(
+    trainer, max_examples: int = 3, tolerance: Optional[float] = None, max_length: Optional[int] = None
+) -> dict:
+    """Check, on the model and collator about to train, that attention stays inside each packed example.
+
+    A few training examples go through the model packed into one row (as the trainer will feed
+    them) and one by one; each example's completion loss must agree. transformers builds the
+    block-diagonal mask from the restarting position ids for eager, sdpa and flex attention, and
+    flash-attention gets the sequence boundaries, but only while no KV cache is in use (the trainer
+    disables it); an attention kernel or model that ignores them would let each example see the
+    ones before it. Raises RuntimeError naming the attention implementation when they disagree.
+    """
+    model = trainer.model
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    examples = _probe_examples(trainer.train_dataset, max_length or trainer.args.max_length, max_examples)
+    if len(examples) < 2:
+        return {"checked": False, "reason": "fewer than 2 training examples", "attn_implementation": impl}
+    device = next(p for p in model.parameters()).device
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    probe_on = "the model"
+    if dtype != torch.float32 and not str(impl).startswith("flash"):
+        # 16-bit rounding would hide a leak under a loose tolerance: probe the same architecture and
+        # attention code in fp32, on a small random twin (cheap on any model size)
+        model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
+    if tolerance is None:
+        tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # flash kernels have no fp32 path
+    packed, alone = _isolation_losses(trainer, model, device, examples)
+    pairs = [(p, a) for p, a in zip(packed, alone) if not math.isnan(a)]
+    worst = max((abs(p - a) / max(1.0, abs(a)) if math.isfinite(p) else math.inf) for p, a in pairs)
+    report = {
+        "checked": True,
+        "attn_implementation": impl,
+        "examples": len(examples),
+        "max_rel_diff": worst,
+        "tolerance": tolerance,
+        "probed_on": probe_on,
+        "probe_dtype": str(dtype).replace("torch.", ""),
+    }
+    if not worst <= tolerance:
+        raise RuntimeError(
+            f"packed training would let attention cross example boundaries: with attn_implementation={impl!r} "
+            f"the completion loss of {len(examples)} examples packed into one row differs from the same examples "
+            f"alone by up to {worst:.3g} (relative; tolerance {tolerance:g}): packed {packed}, alone {alone}. "
+            "Set finetune.packing: false, or finetune.attn_implementation: sdpa (or flash_attention_2 on a GPU "
+            "with flash-attn installed)."
+        )
+    return report
+
+
+def prepare_trainer(
+    model,
+    tokenizer,
+    train_ds,
+    ft,
+    args,
+    example_tokens: Sequence[int],
+    world_size: int = 1,
+    eval_ds=None,
+    callbacks: Optional[Sequence[Any]] = None,
+) -> tuple[SFTTrainer, BatchPlan, dict]:
+    """The stage's SFTTrainer (LoRA from the profile) with its batch plan applied: (trainer, BatchPlan,
+    packing-isolation report). With packing, the isolation check runs before any training step.
+    `args` from build_sft_config; `example_tokens`: tokens of each training example after truncation."""
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=build_lora_config(ft),
+        callbacks=list(callbacks or []),
+    )
+    if is_padding_free(ft):  # TRL leaves padding-free rows untruncated: cut them as it would
+        trainer.train_dataset = truncate_tokenized(trainer.train_dataset, ft.cutoff_len)
+        if trainer.eval_dataset is not None:
+            trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, ft.cutoff_len)
+    # packed rows and padding-free batches must keep their examples apart, on this model and kernel
+    isolation = (
+        check_packing_isolation(trainer, max_length=ft.cutoff_len)
+        if ft.packing
+        else {"checked": False, "reason": "no packing"}
+    )
+    packed_rows = ft.packing and not is_padding_free(ft)
+    plan = plan_batch(example_tokens, ft, world_size, packed_row_tokens(trainer.train_dataset) if packed_rows else None)
+    if plan.gradient_accumulation_steps != trainer.args.gradient_accumulation_steps:
+        if ft.accelerate_config and world_size > 1 and "deepspeed" in engine_name(ft):
+            raise ValueError(
+                "finetune.batch_unit tokens: DeepSpeed fills its config from the accumulation when the "
+                "trainer is built, before the token plan exists; use batch_unit: examples with ZeRO-3"
+            )
+        trainer.args.gradient_accumulation_steps = plan.gradient_accumulation_steps  # read when train() starts
+    return trainer, plan, isolation
+
+
+# ---------------------------------------------------------------- held-out loss
+def _pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def completion_loss(model, examples: Sequence[dict], pad_id: int, batch_size: int = 4) -> dict[str, float]:
+    """Mean token cross-entropy over the completion tokens (labels != -100) of tokenized examples
+    ({input_ids, labels}); a token mean, not a mean of per-batch means."""
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = _pad_batch(examples[start : start + batch_size], pad_id)
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+            labels = batch["labels"][:, 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            total += float(loss)
+            count += int((labels != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": total / count if count else float("nan"), "tokens": count}
+
+
+class HeldOutLossAtStart(TrainerCallback):
+    """The held-out completion loss when training starts, on the model as the trainer runs it (FSDP:
+    sharded, every process in step), before the first optimizer step."""
+
+    def __init__(self, examples: Sequence[dict], pad_id: int, batch_size: int):
+        self.examples, self.pad_id, self.batch_size = examples, pad_id, batch_size
+        self.result: Optional[dict] = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.result is None:
+            self.result = completion_loss(model, self.examples, self.pad_id, self.batch_size)
+            log.info(
+                "finetune: held-out completion loss at the start of training %.4f%s",
+                self.result["loss"],
+                f" (resumed at step {state.global_step})" if state.global_step else "",
+            )
