@@ -1,5 +1,8 @@
 """Stage 04_merge on tiny random Llama models: exactness, the partner merge, refusals, no-overwrite."""
+
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,61 +12,20 @@ from platypus_utils import layout, merge
 from platypus_utils.artifacts import read_manifest
 from platypus_utils.merge import MergeError, MergeVerificationError
 
-TARGETS = ["gate_proj", "up_proj", "down_proj"]
-R, ALPHA = 4, 8
-WORDS = sorted({w.strip(".,?:").lower() for p in merge.VERIFY_PROMPTS for w in p.split()} | {"a", "b", "c"})
+from .conftest import (
+    ALPHA,
+    DENSITY,
+    TARGETS,
+    R,
+    save_adapter,
+    save_finetune,
+    save_tiny_llama,
+    tiny_config,
+    tiny_tokenizer,
+    tiny_words,
+)
 
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "</s>"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-
-
-def tiny_config(**overrides):
-    from transformers import LlamaConfig
-
-    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=len(WORDS) + 3, max_position_embeddings=128,
-              pad_token_id=1, eos_token_id=2, bos_token_id=2)
-    kw.update(overrides)
-    return LlamaConfig(**kw)
-
-
-def save_tiny_llama(path, seed=0, perturb_from=None, **overrides):
-    """A tiny random Llama (+ tokenizer) at `path`; with perturb_from, a noisy copy of that model."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    if perturb_from is not None:
-        model = AutoModelForCausalLM.from_pretrained(perturb_from, dtype=torch.float32)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    else:
-        model = LlamaForCausalLM(tiny_config(**overrides))
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
-
-
-def save_adapter(base_dir, adapter_dir, seed=1, targets=TARGETS):
-    """A LoRA adapter with random nonzero B (init_lora_weights=False), as stage 03 would save it."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=targets,
-                                                  lora_dropout=0.0, init_lora_weights=False))
-    peft_model.save_pretrained(adapter_dir)
-    tiny_tokenizer().save_pretrained(adapter_dir)
-    return adapter_dir
+WORDS = tiny_words()
 
 
 def expected_weights(model_dir, adapter_dir):
@@ -143,9 +105,14 @@ def test_partner_merge_adds_adapter_to_the_partner_weights(setup):
     assert (load_file(str(out / "model.safetensors"))[key] - from_base[key]).abs().max() > 0.01
 
 
-@pytest.mark.parametrize("overrides, field", [({"intermediate_size": 48}, "intermediate_size"),
-                                              ({"num_hidden_layers": 3}, "num_hidden_layers"),
-                                              ({"hidden_size": 48, "num_attention_heads": 4}, "hidden_size")])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"intermediate_size": 48}, "intermediate_size"),
+        ({"num_hidden_layers": 3}, "num_hidden_layers"),
+        ({"hidden_size": 48, "num_attention_heads": 4}, "hidden_size"),
+    ],
+)
 def test_partner_of_another_architecture_is_refused(setup, overrides, field):
     other = save_tiny_llama(setup["tmp"] / "other", seed=3, **overrides)
     profile = setup["profile"](partners=[{"name": "x", "model": str(other)}])
@@ -194,7 +161,7 @@ def test_failed_verification_leaves_no_output(setup, monkeypatch):
     def broken(*args, **kwargs):
         raise MergeVerificationError("forced")
 
-    monkeypatch.setattr(merge, "verify_merged", broken)
+    monkeypatch.setattr(merge.build, "verify_merged", broken)
     profile = setup["profile"]()
     with pytest.raises(MergeVerificationError):
         merge.run_merge(profile)
@@ -247,7 +214,6 @@ def test_missing_adapter_and_unsupported_adapters_are_clear_errors(setup, make_p
 # ---------------------------------------------------------------- adapter mixes, full-model merges, sweep
 MIX_TYPES = ("linear", "cat", "ties", "dare_linear", "dare_ties", "svd")
 MODEL_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-DENSITY = 0.5
 
 
 def lora_factors(adapter_dir):
@@ -261,22 +227,6 @@ def lora_factors(adapter_dir):
     return out
 
 
-def save_finetune(base_dir, path, seed, scale=0.05, only=("mlp",)):
-    """A 'fine-tune' of the base: noise added to the tensors whose name contains one of `only`
-    (the others stay equal to the base, as LoRA leaves them)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(o in name for o in only):
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
-    model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def two_adapters(setup):
     second = save_adapter(setup["base"], setup["profile"]().run_dir("03_finetune") / "partner_adapter", seed=2)
@@ -285,9 +235,16 @@ def two_adapters(setup):
 
 def test_adapter_mixes_are_verified_and_exact_where_the_formula_is_simple(setup, two_adapters):
     weights = [0.7, 0.4]
-    mixes = [{"name": f"mix-{t}", "adapters": ["adapter", "partner_adapter"], "weights": weights,
-              "combination_type": t, **({"density": DENSITY} if t in ("ties", "dare_linear", "dare_ties") else {})}
-             for t in MIX_TYPES]
+    mixes = [
+        {
+            "name": f"mix-{t}",
+            "adapters": ["adapter", "partner_adapter"],
+            "weights": weights,
+            "combination_type": t,
+            **({"density": DENSITY} if t in ("ties", "dare_linear", "dare_ties") else {}),
+        }
+        for t in MIX_TYPES
+    ]
     profile = setup["profile"](merge_into_base=False, adapter_mixes=mixes)
     report = merge.run_merge(profile)
     assert list(report["models"]) == [f"mix-{t}" for t in MIX_TYPES]
@@ -306,8 +263,14 @@ def test_adapter_mixes_are_verified_and_exact_where_the_formula_is_simple(setup,
     order = sorted(sources[0])
     wrong = merge.reference_adapter_mix(sources, weights, "ties", 0.8, None, "total", [], order)
     with pytest.raises(MergeVerificationError, match="weights are not"):
-        merge.verify_merged(profile.run_dir("04_merge") / "mix-ties", str(setup["base"]),
-                            profile.run_dir("04_merge") / "mix-ties" / "mixed_adapter", wrong, 1e-4, torch.float32)
+        merge.verify_merged(
+            profile.run_dir("04_merge") / "mix-ties",
+            str(setup["base"]),
+            profile.run_dir("04_merge") / "mix-ties" / "mixed_adapter",
+            wrong,
+            1e-4,
+            torch.float32,
+        )
 
     # independent of merge.py: cat is exactly W + sum w_i s_i B_i A_i; linear is (sum c B)(sum c' A)
     base_w = load_file(str(setup["base"] / "model.safetensors"))
@@ -323,8 +286,9 @@ def test_adapter_mixes_are_verified_and_exact_where_the_formula_is_simple(setup,
         full = weights[0] * s * b1 @ a1 + weights[1] * s * b2 @ a2
         torch.testing.assert_close(cat[key].double(), w + full, atol=1e-5, rtol=0)
         c = [(weights[0] * s) ** 0.5, (weights[1] * s) ** 0.5]
-        torch.testing.assert_close(linear[key].double(), w + (c[0] * b1 + c[1] * b2) @ (c[0] * a1 + c[1] * a2),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            linear[key].double(), w + (c[0] * b1 + c[1] * b2) @ (c[0] * a1 + c[1] * a2), atol=1e-5, rtol=0
+        )
         # svd keeps rank R of the rank-2R sum: its error is the best possible, the tail of the spectrum
         sv = torch.linalg.svdvals(full)
         assert abs(torch.linalg.matrix_norm(svd[key].double() - w - full) - sv[R:].norm()) < 1e-5
@@ -336,34 +300,53 @@ def test_adapter_mix_of_unequal_ranks_is_refused_for_factorwise_types(setup, mak
 
     other = setup["profile"]().run_dir("03_finetune") / "rank8"
     model = AutoModelForCausalLM.from_pretrained(setup["base"], dtype=torch.float32)
-    get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
-                   ).save_pretrained(other)
-    mix = {"name": "m", "adapters": ["adapter", "rank8"], "weights": [1, 1], "combination_type": "ties",
-           "density": DENSITY}
+    get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
+    ).save_pretrained(other)
+    mix = {
+        "name": "m",
+        "adapters": ["adapter", "rank8"],
+        "weights": [1, 1],
+        "combination_type": "ties",
+        "density": DENSITY,
+    }
     with pytest.raises(MergeError, match=r"equal rank.*r=4.*r=8"):
         merge.run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
     mix = dict(mix, combination_type="cat", density=None)  # cat takes any ranks
     report = merge.run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
     assert report["models"]["m"]["verified"]
     with pytest.raises(FileNotFoundError, match="'missing'.*adapter_config.json"):
-        merge.run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[
-            dict(mix, name="n", adapters=["adapter", "missing"])]))
+        merge.run_merge(
+            setup["profile"](
+                merge_into_base=False, adapter_mixes=[dict(mix, name="n", adapters=["adapter", "missing"])]
+            )
+        )
 
 
 @pytest.fixture
 def finetunes(setup):
     tmp = setup["tmp"]
-    return (save_finetune(setup["base"], tmp / "ft1", seed=11),
-            save_finetune(setup["base"], tmp / "ft2", seed=12, only=("mlp", "self_attn.q_proj")))
+    return (
+        save_finetune(setup["base"], tmp / "ft1", seed=11),
+        save_finetune(setup["base"], tmp / "ft2", seed=12, only=("mlp", "self_attn.q_proj")),
+    )
 
 
 def _model_merges(paths, weights=(0.6, 0.4)):
-    return [{"name": f"m-{m}", "method": m, "models": [str(p) for p in paths], "weights": list(weights),
-             **({"density": DENSITY} if m in ("ties", "dare_linear", "dare_ties") else {})} for m in MODEL_METHODS]
+    return [
+        {
+            "name": f"m-{m}",
+            "method": m,
+            "models": [str(p) for p in paths],
+            "weights": list(weights),
+            **({"density": DENSITY} if m in ("ties", "dare_linear", "dare_ties") else {}),
+        }
+        for m in MODEL_METHODS
+    ]
 
 
 def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
-    monkeypatch.setattr(merge, "CHUNK", 1000)  # the merge and its check walk each tensor in several chunks
+    monkeypatch.setattr(merge.arithmetic, "CHUNK", 1000)  # the merge and its check walk each tensor in several chunks
     weights = [0.6, 0.4]
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes, weights))
     report = merge.run_merge(profile)
@@ -398,26 +381,37 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
         trimmed.append(torch.where(d.abs() >= thr, d, 0.0))
     sign = torch.where(trimmed[0] + trimmed[1] >= 0, 1.0, -1.0)
     agree = [torch.sign(t) == sign for t in trimmed]
-    mixed = (0.6 * trimmed[0] * agree[0] + 0.4 * trimmed[1] * agree[1]) / (agree[0].double() + agree[1].double()).clamp(min=1)
+    mixed = (0.6 * trimmed[0] * agree[0] + 0.4 * trimmed[1] * agree[1]) / (agree[0].double() + agree[1].double()).clamp(
+        min=1
+    )
     torch.testing.assert_close(got["ties"][key].double(), b + mixed, **close)
     # dare_linear: each entry is base + a kept-or-dropped (rescaled) share of each task vector
     delta = got["dare_linear"][key].double() - b
-    options = torch.stack([torch.zeros_like(d1), 0.6 * d1 / DENSITY, 0.4 * d2 / DENSITY,
-                           0.6 * d1 / DENSITY + 0.4 * d2 / DENSITY])
+    options = torch.stack(
+        [torch.zeros_like(d1), 0.6 * d1 / DENSITY, 0.4 * d2 / DENSITY, 0.6 * d1 / DENSITY + 0.4 * d2 / DENSITY]
+    )
     assert ((options - delta).abs().min(dim=0).values <= 1e-5).all()
-    assert 0.3 < ((options[1] - delta).abs() <= 1e-6).double().mean() + ((options[3] - delta).abs() <= 1e-6).double().mean() < 0.7
+    assert (
+        0.3
+        < ((options[1] - delta).abs() <= 1e-6).double().mean() + ((options[3] - delta).abs() <= 1e-6).double().mean()
+        < 0.7
+    )
     # tensors no fine-tune touched stay the base's under the task-vector methods
     for m in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
-        torch.testing.assert_close(got[m]["model.embed_tokens.weight"], base["model.embed_tokens.weight"], atol=0, rtol=0)
+        torch.testing.assert_close(
+            got[m]["model.embed_tokens.weight"], base["model.embed_tokens.weight"], atol=0, rtol=0
+        )
 
 
 def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkeypatch):
-    monkeypatch.setattr(merge, "SMOKE_LOAD_MAX_BYTES", 0)  # as for a model too large to load in the check
+    monkeypatch.setattr(merge.verify, "SMOKE_LOAD_MAX_BYTES", 0)  # as for a model too large to load in the check
     merges = [m for m in _model_merges(finetunes) if m["method"] in ("dare_ties", "slerp")]
     profile = setup["profile"](merge_into_base=False, model_merges=merges)
     first = merge.run_merge(profile)
-    assert all(e["verification"]["loads"] is None and e["verification"]["safetensors_files_open"] == 1
-               for e in first["models"].values())
+    assert all(
+        e["verification"]["loads"] is None and e["verification"]["safetensors_files_open"] == 1
+        for e in first["models"].values()
+    )
     again = merge.run_merge(profile)
     assert all(again["models"][m]["reused"] for m in again["models"])
     forced = merge.run_merge(profile, force=True)  # made again from scratch: byte-identical (seeded DARE)
@@ -434,9 +428,13 @@ def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkey
     assert remade["models"][merges[1]["name"]]["reused"] and remade["models"][merges[1]["name"]]["replaced"] is None
 
 
-@pytest.mark.parametrize("damage, message", [(lambda t: t + 1e-3, "off the reference"),
-                                             (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")),
-                                              "non-finite values")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t: t + 1e-3, "off the reference"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "non-finite values"),
+    ],
+)
 def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetunes, monkeypatch, damage, message):
     real = merge.merge_tensor
 
@@ -444,7 +442,7 @@ def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetu
         merged, info = real(method, tensors, base, *args)
         return damage(merged), info
 
-    monkeypatch.setattr(merge, "merge_tensor", damaged)
+    monkeypatch.setattr(merge.build, "merge_tensor", damaged)
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes)[:1])
     with pytest.raises(MergeVerificationError, match=f"not the linear merge.*{message}"):
         merge.run_merge(profile)
@@ -461,8 +459,13 @@ def test_model_merge_refuses_mismatched_models(setup, finetunes):
     (bin_only / "config.json").write_text((finetunes[0] / "config.json").read_text())
 
     def attempt(other, method="ties"):
-        m = {"name": "x", "method": method, "models": [str(finetunes[0]), str(other)], "weights": [1, 1],
-             **({"density": DENSITY} if method == "ties" else {})}
+        m = {
+            "name": "x",
+            "method": method,
+            "models": [str(finetunes[0]), str(other)],
+            "weights": [1, 1],
+            **({"density": DENSITY} if method == "ties" else {}),
+        }
         merge.run_merge(setup["profile"](merge_into_base=False, model_merges=[m]))
 
     with pytest.raises(MergeError, match="intermediate_size: 48 vs 64"):
@@ -479,10 +482,12 @@ def test_model_merge_refuses_mismatched_models(setup, finetunes):
 def test_partner_built_from_an_adapter_then_the_papers_merge_onto_it(setup, two_adapters):
     from platypus_utils.evaluate import resolve_variant
 
-    profile = setup["profile"](partners=[{"name": "general", "model": str(setup["base"]),
-                                          "adapter": "partner_adapter"}],
-                               model_merges=[{"name": "soup", "method": "ties", "models": ["merged", "general"],
-                                              "weights": [1, 1], "density": DENSITY}])
+    profile = setup["profile"](
+        partners=[{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}],
+        model_merges=[
+            {"name": "soup", "method": "ties", "models": ["merged", "general"], "weights": [1, 1], "density": DENSITY}
+        ],
+    )
     report = merge.run_merge(profile)
     assert list(report["models"]) == ["merged", "general", "general-platypus", "soup"]
     out = profile.run_dir("04_merge")
@@ -516,16 +521,21 @@ def test_sweep_names_grid_and_report(setup, finetunes):
 
     assert layout.sweep_variant_name("ties", [0.7, 0.3], 0.5) == "sweep-ties-w0.7_0.3-d0.5"
     assert layout.sweep_variant_name("linear", [1.0, 1.0]) == "sweep-linear-w1_1"
-    grid = MergeSweepConfig(models=["a", "b"], methods=["linear", "ties", "slerp"], weights=[[1, 1], [0.7, 0.3]],
-                            densities=[0.3, 0.6])
+    grid = MergeSweepConfig(
+        models=["a", "b"], methods=["linear", "ties", "slerp"], weights=[[1, 1], [0.7, 0.3]], densities=[0.3, 0.6]
+    )
     names = [m.name for m in merge.sweep_merges(grid)]
     assert len(names) == 2 + 2 * 2 + 2 == len(set(names))  # density multiplies only ties
     assert "sweep-ties-w0.7_0.3-d0.6" in names and "sweep-slerp-w1_1" in names
     with pytest.raises(MergeError, match="3 weights for 2 models"):
         merge.sweep_merges(MergeSweepConfig(models=["a", "b"], methods=["linear"], weights=[[1, 1, 1]]))
 
-    sweep = {"models": [str(p) for p in finetunes], "methods": ["task_arithmetic", "dare_linear"],
-             "weights": [[0.5, 0.5]], "densities": [0.4]}
+    sweep = {
+        "models": [str(p) for p in finetunes],
+        "methods": ["task_arithmetic", "dare_linear"],
+        "weights": [[0.5, 0.5]],
+        "densities": [0.4],
+    }
     profile = setup["profile"](merge_into_base=False, sweep=sweep)
     report = merge.run_merge(profile)
     expected = ["sweep-task_arithmetic-w0.5_0.5", "sweep-dare_linear-w0.5_0.5-d0.4"]
@@ -538,12 +548,23 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
     from platypus_utils import finetune
     from platypus_utils.artifacts import write_jsonl
 
-    rows = [{"instruction": f"question {w} a", "input": "", "output": f"answer {w} b", "data_source": src}
-            for src in ("general", "stem") for w in WORDS[:6]]
-    profile = make_profile(models={"base": str(setup["base"])}, finetune={
-        "lora_r": R, "lora_alpha": ALPHA, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
-        "cutoff_len": 32, "learning_rate": 1e-2,
-        "partner_adapter": {"data_sources": ["general"], "max_steps": 2}})
+    rows = [
+        {"instruction": f"question {w} a", "input": "", "output": f"answer {w} b", "data_source": src}
+        for src in ("general", "stem")
+        for w in WORDS[:6]
+    ]
+    profile = make_profile(
+        models={"base": str(setup["base"])},
+        finetune={
+            "lora_r": R,
+            "lora_alpha": ALPHA,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "cutoff_len": 32,
+            "learning_rate": 1e-2,
+            "partner_adapter": {"data_sources": ["general"], "max_steps": 2},
+        },
+    )
     write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", rows)
     metrics = finetune.train_partner_adapter(profile)
     assert metrics["data_sources"] == {"general": 6} and metrics["steps"] == 2
@@ -560,8 +581,12 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
 def test_streamed_safetensors_round_trip_in_shards(tmp_path):
     from safetensors.torch import load_file as st_load
 
-    tensors = {"a.weight": torch.randn(64, 32).to(torch.bfloat16), "b.weight": torch.randn(100),
-               "c.ids": torch.arange(7), "d.empty": torch.zeros(0, 4)}
+    tensors = {
+        "a.weight": torch.randn(64, 32).to(torch.bfloat16),
+        "b.weight": torch.randn(100),
+        "c.ids": torch.arange(7),
+        "d.empty": torch.zeros(0, 4),
+    }
     specs = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
     files = merge.write_safetensors(tmp_path, specs, lambda n: tensors[n], max_shard_bytes=4096)
     assert files == [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
@@ -591,9 +616,10 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
         d = tmp_path / f"m{k}"
         d.mkdir()
         gen = torch.Generator().manual_seed(k)
-        merge.write_safetensors(d, specs, lambda n: torch.randn(shapes[n], generator=gen))
-        LlamaConfig(hidden_size=1024, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8,
-                    vocab_size=8).save_pretrained(d)
+        merge.write_safetensors(d, specs, lambda n, gen=gen: torch.randn(shapes[n], generator=gen))
+        LlamaConfig(
+            hidden_size=1024, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8, vocab_size=8
+        ).save_pretrained(d)
         dirs.append(d)
     tiny_tokenizer().save_pretrained(dirs[1])
     trace = []
@@ -601,12 +627,13 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
 
     def traced(*args):
         out = real(*args)
-        trace.append(merge._proc_status_mb("VmRSS"))
+        trace.append(merge.proc_status_mb("VmRSS"))
         return out
 
-    monkeypatch.setattr(merge, "merge_tensor", traced)
-    spec = merge.ModelMergeSpec("big", "ties", [str(dirs[1]), str(dirs[2])], ["m1", "m2"], [1.0, 1.0], 0.5,
-                                "total", str(dirs[0]), "m0")
+    monkeypatch.setattr(merge.build, "merge_tensor", traced)
+    spec = merge.ModelMergeSpec(
+        "big", "ties", [str(dirs[1]), str(dirs[2])], ["m1", "m2"], [1.0, 1.0], 0.5, "total", str(dirs[0]), "m0"
+    )
     build, _ = merge.model_merge_steps(spec, [str(dirs[1])], torch.float32, 0)
     out = tmp_path / "out"
     out.mkdir()
@@ -618,20 +645,43 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
     assert memory["peak_rss_mb"] > 0
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"model_merges": [{"name": "s", "method": "slerp", "models": ["a", "b", "c"], "weights": [1, 1, 1]}]},
-     "slerp merges exactly 2 models"),
-    ({"model_merges": [{"name": "t", "method": "ties", "models": ["a", "b"], "weights": [1, 1]}]},
-     "density is required with method ties"),
-    ({"model_merges": [{"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1, 1], "density": 0.5}]},
-     "density is not used with method linear"),
-    ({"model_merges": [{"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1]}]},
-     "1 weights for 2 models"),
-    ({"adapter_mixes": [{"name": "m", "adapters": ["a", "b"], "weights": [1, 1], "combination_type": "cat",
-                         "svd_rank": 4}]}, "svd_rank is only used with combination_type svd"),
-    ({"sweep": {"models": ["a", "b"], "methods": ["ties"], "weights": [[1, 1]], "densities": [0]}},
-     r"densities must be in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        (
+            {"model_merges": [{"name": "s", "method": "slerp", "models": ["a", "b", "c"], "weights": [1, 1, 1]}]},
+            "slerp merges exactly 2 models",
+        ),
+        (
+            {"model_merges": [{"name": "t", "method": "ties", "models": ["a", "b"], "weights": [1, 1]}]},
+            "density is required with method ties",
+        ),
+        (
+            {
+                "model_merges": [
+                    {"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1, 1], "density": 0.5}
+                ]
+            },
+            "density is not used with method linear",
+        ),
+        (
+            {"model_merges": [{"name": "l", "method": "linear", "models": ["a", "b"], "weights": [1]}]},
+            "1 weights for 2 models",
+        ),
+        (
+            {
+                "adapter_mixes": [
+                    {"name": "m", "adapters": ["a", "b"], "weights": [1, 1], "combination_type": "cat", "svd_rank": 4}
+                ]
+            },
+            "svd_rank is only used with combination_type svd",
+        ),
+        (
+            {"sweep": {"models": ["a", "b"], "methods": ["ties"], "weights": [[1, 1]], "densities": [0]}},
+            r"densities must be in \(0, 1\]",
+        ),
+    ],
+)
 def test_merge_settings_are_checked_when_the_profile_loads(tmp_path, section, message):
     import yaml
 
@@ -646,7 +696,7 @@ def test_merge_settings_are_checked_when_the_profile_loads(tmp_path, section, me
 def test_full_model_ties_equals_peft_ties_and_handles_ties_at_the_cut(monkeypatch):
     from peft.utils import merge_utils
 
-    monkeypatch.setattr(merge, "CHUNK", 777)  # the chunked merge must not change the tensor-wide top-k
+    monkeypatch.setattr(merge.arithmetic, "CHUNK", 777)  # the chunked merge must not change the tensor-wide top-k
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(64, 48, generator=gen)
     fts = [base + 0.1 * torch.randn(64, 48, generator=gen) for _ in range(3)]
@@ -659,11 +709,90 @@ def test_full_model_ties_equals_peft_ties_and_handles_ties_at_the_cut(monkeypatc
     quantized = [base + torch.round(f - base, decimals=1) for f in fts]
     got, _ = merge.merge_tensor("ties", quantized, base, weights, 0.3, "total", 0, "w")
     reference = merge.ReferenceMerge("ties", quantized, base, weights, 0.3, "total", 0, "w")
-    expected = torch.cat([reference.chunk(part) for part in merge._chunks(got.numel())]).reshape(got.shape)
+    expected = torch.cat([reference.chunk(part) for part in merge.chunks(got.numel())]).reshape(got.shape)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     tv = (quantized[0] - base).abs().reshape(-1)
-    keep = merge._top_magnitudes(quantized[0], base, 0.3)
+    keep = merge.top_magnitudes(quantized[0], base, 0.3)
     k = int(0.3 * tv.numel())
     assert int(keep.sum()) == k and tv[keep].min() >= tv[~keep].max()
     cut = tv[keep].min()
     assert int((tv == cut).sum()) > int((tv[keep] == cut).sum())  # the cut did split equal magnitudes
+
+
+# ---------------------------------------------------------------- the notebook's steps
+def test_the_steps_composed_give_what_run_merge_gives(setup, two_adapters, make_profile):
+    partners = [{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}]
+    profile = setup["profile"](partners=partners)
+    adapter = merge.load_adapter(profile)
+    assert adapter.summary()["r"] == R and adapter.summary()["scales"] == [ALPHA / R]
+    assert list(adapter.frame()["module"]) == sorted(adapter.deltas) and len(adapter.deltas) == 2 * len(TARGETS)
+    plan = merge.plan_merges(profile)
+    table = merge.plan_frame(plan)
+    assert list(table.index) == plan.variants == ["merged", "general", "general-platypus"]
+    assert table.loc["general-platypus", "made_from_variants"] == "general" and set(table["dtype"]) == {"float32"}
+    with pytest.raises(MergeError, match=r"general-platypus is made from \['general'\]: make those first"):
+        merge.make_variant(plan, "general-platypus")
+    merge.begin(plan)
+    made = [merge.make_variant(plan, job) for job in plan.jobs[:2]]
+    with pytest.raises(MergeError, match=r"\['general-platypus'\] not made yet"):
+        merge.save(profile, plan, made)
+    made.append(merge.make_variant(plan, plan.jobs[2]))
+    rows = merge.check_rows(made)
+    assert all(r["passed"] and r["weight_error_to_bound"] <= 1 and r["logit_ratio"] <= 1 for r in rows)
+    assert list(merge.checks_frame(made).index) == plan.variants
+    figures = merge.verification_frame(made[0])
+    worst = made[0].entry["verification"]["max_weight_error_to_bound"]
+    assert list(figures.columns) == ["merged"] and figures.loc["max_weight_error_to_bound", "merged"] == f"{worst:.4g}"
+    paths = merge.save(profile, plan, made, {"notebook_s": 1.0})
+    stage_dir = profile.run_dir("04_merge")
+    assert paths[0] == stage_dir / "merge_report.json" and paths[-1] == stage_dir / "manifest.json"
+    manifest = read_manifest(stage_dir)
+    assert manifest["timings"]["notebook_s"] == 1.0 and set(manifest["timings"]) >= set(plan.variants)
+    assert json.loads((stage_dir / "attempt.json").read_text())["status"] == "ok"
+
+    # run_merge on another run folder with the same inputs: the same variants, byte for byte, and the
+    # same manifest entries (names) and figures
+    other = make_profile(name="other", models={"base": str(setup["base"])}, merge={"partners": partners})
+    shutil.copytree(profile.run_dir("03_finetune"), other.run_dir("03_finetune"))
+    report = merge.run_merge(other)
+    assert {n: e["content_sha256"] for n, e in report["models"].items()} == {
+        m.variant: m.entry["content_sha256"] for m in made
+    }
+    direct = read_manifest(other.run_dir("04_merge"))
+    assert sorted(Path(p).name for p in direct["outputs"]) == sorted(Path(p).name for p in manifest["outputs"])
+    assert set(direct["metrics"]) == set(manifest["metrics"])
+    frame = merge.report_frame(report)
+    assert list(frame.index) == plan.variants and frame["verified"].all()
+
+
+def test_begin_removes_a_killed_merges_leftovers_only(setup):
+    profile = setup["profile"]()
+    plan = merge.plan_merges(profile)
+    stage_dir = profile.run_dir("04_merge")
+    dead = stage_dir / ".merged.999999999-x.tmp"  # no such process: a killed merge's temp folder
+    live = stage_dir / ".merged.1-y.tmp"  # pid 1 runs: a live writer's, left alone
+    nested = stage_dir / "merged" / ".model.safetensors.999999999-z.tmp"  # inside a variant: not this step's
+    for p in (dead, live, nested):
+        p.mkdir(parents=True)
+    assert merge.begin(plan) == [dead]
+    assert not dead.exists() and live.exists() and nested.exists()
+    assert json.loads((stage_dir / "attempt.json").read_text())["status"] == "running"
+
+
+def test_force_makes_every_variant_again_and_a_failure_closes_the_attempt(setup, monkeypatch):
+    profile = setup["profile"]()
+    first = merge.run_merge(profile)["models"]["merged"]
+    plan = merge.plan_merges(profile)
+    again = merge.make_variant(plan, "merged")
+    assert again.reused and not merge.make_variant(merge.plan_merges(profile), "merged", force=True).reused
+
+    def broken(*args, **kwargs):
+        raise MergeVerificationError("forced")
+
+    monkeypatch.setattr(merge.build, "verify_merged", broken)
+    with pytest.raises(MergeVerificationError):
+        merge.make_variant(merge.plan_merges(profile), "merged", force=True)
+    attempt = json.loads((profile.run_dir("04_merge") / "attempt.json").read_text())
+    assert attempt["status"] == "failed" and "forced" in attempt["error"]
+    # the variant made before is still there, untouched: a failed remake never replaces it
+    assert merge.read_merge_info(profile.run_dir("04_merge") / "merged")["content_sha256"] == first["content_sha256"]

@@ -1,6 +1,7 @@
 """Stage 04's checks can fail: negative controls (an unmerged model, a model merged at the wrong
 scale, a 16-bit merge done in the wrong dtype) are rejected in float32 and float16, a correct float16
 merge passes, the merge dtype follows the base, and the variants are named by layout."""
+
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ from safetensors.torch import load_file
 
 from platypus_utils import layout, merge
 from platypus_utils.merge import MergeVerificationError
-from tests.test_merge import ALPHA, DENSITY, R, TARGETS, save_adapter, save_finetune, save_tiny_llama
+
+from .conftest import ALPHA, DENSITY, TARGETS, R, save_adapter, save_finetune, save_tiny_llama
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 DTYPES = [torch.float32, torch.float16]
@@ -36,8 +38,10 @@ def rescaled_adapter(adapter, dst, lora_alpha=None, factor=1.0):
     if lora_alpha is not None:
         (dst / "adapter_config.json").write_text(json.dumps(dict(cfg, lora_alpha=lora_alpha)))
     tensors = load_file(str(dst / merge.ADAPTER_WEIGHTS))
-    save_file({k: (v * factor if ".lora_B." in k else v).contiguous() for k, v in tensors.items()},
-              str(dst / merge.ADAPTER_WEIGHTS))
+    save_file(
+        {k: (v * factor if ".lora_B." in k else v).contiguous() for k, v in tensors.items()},
+        str(dst / merge.ADAPTER_WEIGHTS),
+    )
     return dst
 
 
@@ -64,9 +68,11 @@ def both_checks_reject(models, candidate, dtype):
     """Run the weight check and the logit check on `candidate` against base + the true adapter,
     each on its own; both must raise."""
     _, deltas = merge.read_adapter(models["adapter"])
-    got = merge._load_lm(str(candidate), dtype)
-    source = merge._load_lm(str(models[dtype]), dtype)
-    with pytest.raises(MergeVerificationError, match="weights are not .* elements off by more than their rounding bound"):
+    got = merge.load_lm(str(candidate), dtype)
+    source = merge.load_lm(str(models[dtype]), dtype)
+    with pytest.raises(
+        MergeVerificationError, match="weights are not .* elements off by more than their rounding bound"
+    ):
         merge.check_merged_weights(got, source, deltas, dtype)
     with pytest.raises(MergeVerificationError, match="merged logits differ") as caught:
         merge.check_merged_logits(got, source, models["adapter"], models[dtype], dtype, 1e-4)
@@ -78,8 +84,8 @@ def both_checks_reject(models, candidate, dtype):
 # ---------------------------------------------------------------- the bound itself
 def test_half_ulp_is_half_the_spacing_of_the_dtype():
     x = torch.tensor([1.0, 1.5, 0.02, 1000.0, 6e-5, 0.0])
-    assert merge.half_ulp(x, torch.float16).tolist() == [2.0 ** -11, 2.0 ** -11, 2.0 ** -17, 0.25, 2.0 ** -25, 2.0 ** -25]
-    assert merge.half_ulp(torch.tensor([1.0]), torch.bfloat16).item() == 2.0 ** -8
+    assert merge.half_ulp(x, torch.float16).tolist() == [2.0**-11, 2.0**-11, 2.0**-17, 0.25, 2.0**-25, 2.0**-25]
+    assert merge.half_ulp(torch.tensor([1.0]), torch.bfloat16).item() == 2.0**-8
     # against torch's own spacing in float32, over many magnitudes
     v = torch.logspace(-30, 30, 500, dtype=torch.float32)
     spacing = (torch.nextafter(v, torch.tensor(float("inf"))) - v).double()
@@ -119,45 +125,53 @@ def test_a_small_update_the_old_matrix_max_tolerance_accepted_is_rejected(models
     factor = 0.5 * min(old_tolerance(n) / float(d.delta().abs().max()) for n, d in full.items())
     small = rescaled_adapter(models["adapter"], tmp_path / "small", factor=factor)
     _, deltas = merge.read_adapter(small)
-    source = merge._load_lm(str(models[dtype]), dtype)
+    source = merge.load_lm(str(models[dtype]), dtype)
     for name, d in deltas.items():
         assert float(d.delta().abs().max()) < old_tolerance(name), name
     with pytest.raises(MergeVerificationError, match="weights are not"):
-        merge.check_merged_weights(merge._load_lm(str(models[dtype]), dtype), source, deltas, dtype)
+        merge.check_merged_weights(merge.load_lm(str(models[dtype]), dtype), source, deltas, dtype)
     good = merged_with(models, small, dtype, tmp_path / "merged")  # and the true merge of it passes
-    figures = merge.check_merged_weights(merge._load_lm(str(good), dtype), source, deltas, dtype)
+    figures = merge.check_merged_weights(merge.load_lm(str(good), dtype), source, deltas, dtype)
     assert figures["max_weight_error_to_bound"] <= 1 and figures["updates_above_bound_share"] > 0.3
 
 
 def test_a_16_bit_merge_done_in_bfloat16_is_rejected_in_float16(models, tmp_path):
     """The issue's fault: an fp16 base merged in bf16 (then stored as fp16) rounds the weights to
     bf16's 8 bits; the fp16 check sees it."""
-    from transformers import AutoModelForCausalLM
-
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(models[torch.float16], dtype=torch.bfloat16)
     merged = PeftModel.from_pretrained(model, str(models["adapter"]), autocast_adapter_dtype=False).merge_and_unload()
     out = tmp_path / "bf16"
     merged.to(torch.float16).save_pretrained(out)
     _, deltas = merge.read_adapter(models["adapter"])
-    source = merge._load_lm(str(models[torch.float16]), torch.float16)
+    source = merge.load_lm(str(models[torch.float16]), torch.float16)
     with pytest.raises(MergeVerificationError, match="weights are not"):
-        merge.check_merged_weights(merge._load_lm(str(out), torch.float16), source, deltas, torch.float16)
+        merge.check_merged_weights(merge.load_lm(str(out), torch.float16), source, deltas, torch.float16)
 
 
 @pytest.mark.parametrize("damage", [1e-5, -3e-6], ids=["+1e-5", "-3e-6"])
 def test_a_model_merge_off_by_less_than_the_old_absolute_tolerance_is_rejected(models, tmp_path, damage, monkeypatch):
     fts = [save_finetune(models[torch.float32], tmp_path / f"ft{i}", seed=20 + i) for i in (1, 2)]
-    spec = merge.ModelMergeSpec("m", "task_arithmetic", [str(p) for p in fts], ["ft1", "ft2"], [0.5, 0.5], None,
-                                "total", str(models[torch.float32]), "base")
+    spec = merge.ModelMergeSpec(
+        "m",
+        "task_arithmetic",
+        [str(p) for p in fts],
+        ["ft1", "ft2"],
+        [0.5, 0.5],
+        None,
+        "total",
+        str(models[torch.float32]),
+        "base",
+    )
     build, check = merge.model_merge_steps(spec, [str(fts[0])], torch.float32, 0)
     out = tmp_path / "m"
     out.mkdir()
     build(out)
     assert check(out)["max_weight_error_to_bound"] <= 1  # the true merge passes
     real = merge.merge_tensor
-    monkeypatch.setattr(merge, "merge_tensor", lambda *a: (lambda t, i: (t + damage, i))(*real(*a)))
+    monkeypatch.setattr(merge.build, "merge_tensor", lambda *a: (lambda t, i: (t + damage, i))(*real(*a)))
     bad = tmp_path / "bad"
     bad.mkdir()
     build(bad)
@@ -174,6 +188,7 @@ def profile_for(models, make_profile):
         if not adapter_dir.exists():
             shutil.copytree(models["adapter"], adapter_dir)
         return profile
+
     return _make
 
 
@@ -198,7 +213,9 @@ def test_a_correct_fp16_merge_passes_and_is_stored_in_fp16(profile_for, models, 
         key = f"model.layers.1.mlp.{target}"
         a, b = (adapter[f"base_model.model.{key}.lora_{x}.weight"].double() for x in "AB")
         exact = base[key + ".weight"].double() + (ALPHA / R) * (b @ a)
-        assert (stored[key + ".weight"].double() - exact.half().double()).abs().max() <= merge.half_ulp(exact, torch.float16).max()
+        assert (stored[key + ".weight"].double() - exact.half().double()).abs().max() <= merge.half_ulp(
+            exact, torch.float16
+        ).max()
 
 
 def test_merge_dtype_follows_the_base_unless_set(profile_for, models, tmp_path):
@@ -218,9 +235,14 @@ def test_merge_dtype_follows_the_base_unless_set(profile_for, models, tmp_path):
 
 def test_variants_are_named_by_layout(profile_for, models):
     partner = models[torch.float16]  # the base itself as a partner: only the names matter here
-    profile = profile_for(torch.float16, merged_name="platypus-tiny",
-                          partners=[{"name": "tiny-beluga", "model": str(partner), "merged_name": "stable-platypus-tiny"},
-                                    {"name": "tiny-orca", "model": str(partner)}])
+    profile = profile_for(
+        torch.float16,
+        merged_name="platypus-tiny",
+        partners=[
+            {"name": "tiny-beluga", "model": str(partner), "merged_name": "stable-platypus-tiny"},
+            {"name": "tiny-orca", "model": str(partner)},
+        ],
+    )
     assert layout.planned_variants(profile) == ["platypus-tiny", "stable-platypus-tiny", "tiny-orca-platypus"]
     report = merge.run_merge(profile)
     assert list(report["models"]) == layout.planned_variants(profile)
@@ -246,12 +268,21 @@ def test_mixes_and_model_merges_pass_their_per_element_bounds_in_fp16(profile_fo
     second = profile_for(torch.float16).run_dir(layout.FINETUNE) / "partner_adapter"
     save_adapter(models[torch.float32], second, seed=2)
     profile = profile_for(
-        torch.float16, adapter_mixes=[{"name": f"mix-{t}", "adapters": ["adapter", "partner_adapter"],
-                                       "weights": [0.7, 0.4], "combination_type": t,
-                                       **({"density": DENSITY} if t == "ties" else {})}
-                                      for t in ("cat", "ties", "svd")],
-        model_merges=[{"name": "soup", "method": "ties", "models": ["merged", "mix-cat"], "weights": [1, 1],
-                       "density": DENSITY}])
+        torch.float16,
+        adapter_mixes=[
+            {
+                "name": f"mix-{t}",
+                "adapters": ["adapter", "partner_adapter"],
+                "weights": [0.7, 0.4],
+                "combination_type": t,
+                **({"density": DENSITY} if t == "ties" else {}),
+            }
+            for t in ("cat", "ties", "svd")
+        ],
+        model_merges=[
+            {"name": "soup", "method": "ties", "models": ["merged", "mix-cat"], "weights": [1, 1], "density": DENSITY}
+        ],
+    )
     report = merge.run_merge(profile)
     for name, entry in report["models"].items():
         assert entry["dtype"] == "float16" and entry["verification"]["max_weight_error_to_bound"] <= 1, name

@@ -1,0 +1,253 @@
+"""LoRA adapters as stage 04 reads them: each adapted Linear's update scale·B@A, and whether it fits a model.
+
+Contract:
+- `read_adapter(dir)` reads adapter_config.json and adapter_model.safetensors by hand (no peft),
+  giving the config and one LoraDelta per adapted module: scale = alpha/r (alpha/sqrt(r) with
+  rsLoRA), per-module rank and alpha from rank_pattern / alpha_pattern as peft matches them. Only
+  LoRA on Linear layers is merged: DoRA, lora_bias, modules_to_save and embedding LoRA are refused
+  with a MergeError naming the file and the tensor.
+- `check_architecture` refuses two checkpoints that differ in any ARCHITECTURE_KEYS (a LoRA trained
+  on one would not apply to the other); `check_targets` refuses a model lacking a target module or
+  with another weight shape.
+- LoraDelta / DenseDelta give the update in row blocks in float64 (`delta_block`) and a bound on
+  the float32 error of the merge's computation of it (`allowance_block`), which verify.py adds to
+  each element's rounding bound.
+- `adapter_summary` / `adapter_frame`: what was read, for the notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from .arithmetic import U32
+from .errors import MergeError
+
+log = logging.getLogger("platypus")
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Config fields two checkpoints must share for one LoRA to apply to both.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+@dataclass
+class LoraDelta:
+    """One LoRA-adapted Linear module: its update is scale · B @ A."""
+
+    module: str  # name in the causal LM, e.g. model.layers.0.mlp.gate_proj
+    lora_a: torch.Tensor  # (r, in_features)
+    lora_b: torch.Tensor  # (out_features, r)
+    scale: float
+    fan_in_fan_out: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_a.shape[0])
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        shape = (self.lora_b.shape[0], self.lora_a.shape[1])
+        return shape[::-1] if self.fan_in_fan_out else shape
+
+    def delta(self) -> torch.Tensor:
+        d = (self.lora_b.float() @ self.lora_a.float()) * self.scale
+        return d.T if self.fan_in_fan_out else d
+
+    def _rows(self, rows: slice, absolute: bool) -> torch.Tensor:
+        a, b = self.lora_a.double(), self.lora_b.double()
+        if absolute:
+            a, b = a.abs(), b.abs()
+        return (b @ a[:, rows]).T if self.fan_in_fan_out else b[rows] @ a
+
+    def delta_block(self, rows: slice) -> torch.Tensor:
+        """Rows `rows` of the weight update scale * B @ A, in float64 (exact for these sizes)."""
+        return self._rows(rows, False) * self.scale
+
+    def allowance_block(self, rows: slice) -> torch.Tensor:
+        """Bound on the float32 error of computing those rows of scale * B @ A (a sum of r products,
+        then the scaling): (r + 2) * U32 * |scale| * (|B| @ |A|)."""
+        return self._rows(rows, True) * ((self.rank + 2) * U32 * abs(self.scale))
+
+    def max_abs(self) -> float:
+        return float(self.delta().abs().max())
+
+
+@dataclass
+class DenseDelta:
+    """A weight update given in full (the expected update of an adapter mix)."""
+
+    module: str
+    value: torch.Tensor  # float64
+    allowance: torch.Tensor | float = 0.0  # bound on the float32 error of the merge's computation of it
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return tuple(self.value.shape)
+
+    def delta(self) -> torch.Tensor:
+        return self.value
+
+    def delta_block(self, rows: slice) -> torch.Tensor:
+        return self.value[rows].double()
+
+    def allowance_block(self, rows: slice) -> torch.Tensor | float:
+        return self.allowance[rows] if hasattr(self.allowance, "shape") else self.allowance
+
+    def max_abs(self) -> float:
+        return float(self.value.abs().max())
+
+
+# ---------------------------------------------------------------- reading
+def pattern_value(patterns: dict, module: str, default: Any) -> Any:
+    """A per-module setting (rank_pattern, alpha_pattern), matched as peft's get_pattern_key does:
+    the pattern matches the end of the module name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _read_config(adapter_dir: Path) -> dict:
+    config_path = adapter_dir / "adapter_config.json"
+    for p in (config_path, adapter_dir / ADAPTER_WEIGHTS):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found; is {adapter_dir} a peft adapter saved by stage 03_finetune?")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type") != "LORA":
+        raise MergeError(f"{config_path}: peft_type {config.get('peft_type')!r}; only LORA adapters can be merged")
+    for flag in ("use_dora", "lora_bias"):
+        if config.get(flag):
+            raise MergeError(f"{config_path}: {flag}=true is not supported by this merge and its check")
+    return config
+
+
+def _factors(weights_path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{module: {"A": lora_A, "B": lora_B}} of an adapter's weights file."""
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(weights_path)).items():
+        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
+        if not m:
+            raise MergeError(
+                f"{weights_path}: tensor {key!r} is not a LoRA A/B factor of a Linear layer "
+                "(modules_to_save / embedding LoRA are not supported by this merge)"
+            )
+        factors.setdefault(m.group(1), {})[m.group(2)] = tensor
+    if not factors:
+        raise MergeError(f"{weights_path}: no LoRA tensors")
+    return factors
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
+    """The adapter's config and its per-module LoRA factors, read from adapter_model.safetensors."""
+    adapter_dir = Path(adapter_dir)
+    config = _read_config(adapter_dir)
+    weights_path = adapter_dir / ADAPTER_WEIGHTS
+    r_default, alpha_default = int(config["r"]), float(config["lora_alpha"])
+    deltas = {}
+    for module, ab in sorted(_factors(weights_path).items()):
+        if set(ab) != {"A", "B"}:
+            raise MergeError(f"{weights_path}: module {module!r} has lora_{''.join(ab)} but not both A and B")
+        a, b = ab["A"], ab["B"]
+        r = a.shape[0]
+        if b.shape[1] != r:
+            raise MergeError(f"{weights_path}: module {module!r}: lora_A is {tuple(a.shape)}, lora_B {tuple(b.shape)}")
+        if r != pattern_value(config.get("rank_pattern"), module, r_default):
+            raise MergeError(f"{weights_path}: module {module!r} has rank {r}, config says otherwise")
+        alpha = float(pattern_value(config.get("alpha_pattern"), module, alpha_default))
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        deltas[module] = LoraDelta(module, a, b, scale, bool(config.get("fan_in_fan_out")))
+    return config, deltas
+
+
+def adapter_ranks(config: dict) -> set[int]:
+    """Every rank an adapter uses (its r and any rank_pattern values)."""
+    return {int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())}
+
+
+# ---------------------------------------------------------------- what was read
+def adapter_summary(config: dict, deltas: dict[str, LoraDelta]) -> dict:
+    """Rank, alpha, scale(s), target modules and counts of an adapter as read (JSON-ready)."""
+    targets = config.get("target_modules")
+    return {
+        "r": int(config["r"]),
+        "lora_alpha": float(config["lora_alpha"]),
+        "scales": sorted({round(d.scale, 12) for d in deltas.values()}),
+        "use_rslora": bool(config.get("use_rslora")),
+        "target_modules": sorted(targets) if isinstance(targets, (list, set, tuple)) else targets,
+        "modules": len(deltas),
+        "lora_parameters": sum(d.lora_a.numel() + d.lora_b.numel() for d in deltas.values()),
+        "trained_on": config.get("base_model_name_or_path"),
+    }
+
+
+def adapter_frame(deltas: dict[str, LoraDelta]) -> pd.DataFrame:
+    """One row per adapted module: weight shape, rank, scale and the size of its update scale·B@A."""
+    rows = []
+    for name, d in deltas.items():
+        update = d.delta()
+        rows.append(
+            {
+                "module": name,
+                "weight_shape": tuple(d.weight_shape),
+                "rank": d.rank,
+                "scale": d.scale,
+                "max_abs_update": float(update.abs().max()),
+                "update_norm": float(update.norm()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["module", "weight_shape", "rank", "scale", "max_abs_update", "update_norm"])
+
+
+# ---------------------------------------------------------------- does it fit
+def check_architecture(config, reference, label: str, reference_label: str) -> None:
+    """Refuse to merge when `config` is not the same architecture as `reference` (the adapter's base)."""
+    problems = []
+    for key in ARCHITECTURE_KEYS:
+        a, b = getattr(config, key, None), getattr(reference, key, None)
+        if a != b:
+            problems.append(f"{key}: {a} vs {b}")
+    if problems:
+        raise MergeError(f"{label} is not the same architecture as {reference_label}: {'; '.join(problems)}")
+    if getattr(config, "vocab_size", None) != getattr(reference, "vocab_size", None):
+        log.warning(
+            "%s has vocab_size %s, %s %s: tokenizers differ, the merge may behave oddly",
+            label,
+            getattr(config, "vocab_size", None),
+            reference_label,
+            getattr(reference, "vocab_size", None),
+        )
+
+
+def check_targets(model, deltas: dict[str, LoraDelta | DenseDelta], label: str) -> None:
+    """Every LoRA target module must exist in `model` as a Linear weight of the adapter's shape."""
+    problems = []
+    for name, d in deltas.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            problems.append(f"{name}: missing")
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.dim() != 2:
+            problems.append(f"{name}: {type(module).__name__} has no 2-D weight")
+        elif tuple(weight.shape) != tuple(d.weight_shape):
+            problems.append(f"{name}: weight {tuple(weight.shape)}, adapter needs {tuple(d.weight_shape)}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} modules in all)" if len(problems) > 8 else "")
+        raise MergeError(f"the adapter does not fit {label}: {shown}")

@@ -1,0 +1,349 @@
+"""Stage 04's files and memory: checkpoints read and written one tensor at a time, variants written
+atomically, and the resident memory each merge and check takes.
+
+Contract:
+- `SafetensorsCheckpoint(dir)` reads the tensors of a local safetensors checkpoint (one file or an
+  index of shards) with plain file reads, one tensor at a time: no mmap, whose pages would count as
+  resident; memory holds only the tensor asked for.
+- `write_safetensors(dir, specs, produce)` writes the header first (every name, dtype and shape is
+  known), then asks `produce(name)` for each tensor just before it is written; more than
+  MAX_SHARD_BYTES: shards plus model.safetensors.index.json, as Hugging Face names them.
+- `write_variant(out_dir, build, verify, info)` builds a model into a temporary folder, verifies it
+  there and moves it into place in one rename: a merge that fails its check never appears at its
+  path. It writes MERGE_INFO beside the weights: what the variant was made from, its checks, the
+  memory they took and the content hash (weights, config, tokenizer; models.model_content_hash).
+- `measure_peak_rss()` gives a block's peak resident memory (Linux: the high-water mark is reset
+  first; elsewhere the process peak so far, scope "process").
+- `stored_dtype(dir)`: a checkpoint's own dtype from its config (float32 when it names none).
+- `ModelMergeSpec`: a full-model merge with its inputs resolved to local folders (what build.py
+  merges and verify.py checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import re
+import resource
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from ..artifacts import atomic_path, write_json
+from ..models import make_files_readable, model_content_hash
+from .errors import MergeError
+
+log = logging.getLogger("platypus")
+
+MERGE_INFO = "merge_info.json"  # inside each merged dir: what it was made from, and its checks
+MAX_SHARD_BYTES = 4 << 30
+MERGE_DTYPES = ("float32", "float16", "bfloat16")
+_ST_DTYPES = (
+    "F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 "
+    "U8:uint8 BOOL:bool F8_E4M3:float8_e4m3fn F8_E5M2:float8_e5m2"
+).split()
+
+
+# ---------------------------------------------------------------- memory
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (getrusage; KiB on Linux). Monotonic over the process."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def proc_status_mb(field_name: str) -> float | None:
+    """A memory figure of /proc/self/status (VmRSS, VmHWM) in MB; None where there is no /proc."""
+    try:
+        m = re.search(rf"^{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return round(int(m.group(1)) / 1024, 1) if m else None
+
+
+def release_freed_memory() -> None:
+    with contextlib.suppress(Exception):  # glibc keeps freed heap: hand it back so the next peak starts low
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def return_large_blocks_to_the_os() -> None:
+    """glibc serves freed blocks of up to 32 MiB from its heap once it has seen one freed (a dynamic
+    mmap threshold), so a stream of tensor-sized buffers fragments the heap and resident memory
+    creeps up with the number of tensors. A fixed 1 MiB threshold maps every tensor buffer on its
+    own and unmaps it when freed: memory stays at what is alive."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+@contextlib.contextmanager
+def measure_peak_rss() -> Iterator[dict]:
+    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}.
+
+    On Linux the high-water mark is reset first (/proc/self/clear_refs, "5"), so the peak is this
+    block's; elsewhere it is the process peak so far (scope "process").
+    """
+    release_freed_memory()
+    out: dict[str, Any] = {"rss_start_mb": proc_status_mb("VmRSS"), "scope": "process"}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        out["scope"] = "block"
+    except OSError:
+        pass
+    try:
+        yield out
+    finally:
+        hwm = proc_status_mb("VmHWM") if out["scope"] == "block" else None
+        out["peak_rss_mb"] = hwm if hwm is not None else peak_rss_mb()
+
+
+# ---------------------------------------------------------------- safetensors, one tensor at a time
+def st_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (e.g. BF16)."""
+    names = dict(pair.split(":") for pair in _ST_DTYPES)
+    if code not in names:
+        raise MergeError(f"safetensors dtype {code!r} is not supported by this merge")
+    return getattr(torch, names[code])
+
+
+def st_code(dtype: torch.dtype) -> str:
+    """The safetensors dtype code of a torch dtype."""
+    names = {v: k for k, v in (pair.split(":") for pair in _ST_DTYPES)}
+    return names[dtype_name(dtype)]
+
+
+@dataclass
+class TensorEntry:
+    file: Path
+    dtype: str  # safetensors code, e.g. F32
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+class SafetensorsCheckpoint:
+    """The tensors of a local safetensors checkpoint (one file or an index of shards), read one at a
+    time with plain file reads: memory holds only the tensor asked for."""
+
+    def __init__(self, model_dir: str | Path):
+        self.dir = Path(model_dir)
+        index = self.dir / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (self.dir / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise MergeError(
+                f"{self.dir}: no model.safetensors or model.safetensors.index.json; full-model "
+                "merges read safetensors checkpoints (re-save a .bin one with save_pretrained)"
+            )
+        self.entries: dict[str, TensorEntry] = {}
+        for name in files:
+            path = self.dir / name
+            with open(path, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for key, meta in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = meta["data_offsets"]
+                self.entries[key] = TensorEntry(path, meta["dtype"], tuple(meta["shape"]), 8 + n + start, 8 + n + end)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def read(self, name: str) -> torch.Tensor:
+        e = self.entries[name]
+        dtype = st_dtype(e.dtype)
+        size = e.end - e.start
+        if size == 0:
+            return torch.empty(e.shape, dtype=dtype)
+        buf = bytearray(size)
+        with open(e.file, "rb") as fh:
+            fh.seek(e.start)
+            if fh.readinto(buf) != size:
+                raise MergeError(f"{e.file}: truncated while reading tensor {name!r}")
+        return torch.frombuffer(buf, dtype=dtype).reshape(e.shape)
+
+
+def _shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int) -> list[list[tuple]]:
+    """(name, dtype, shape, bytes) of every tensor, grouped into shards of at most max_shard_bytes
+    (a larger tensor gets a shard of its own)."""
+    shards: list[list] = [[]]
+    filled = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if shards[-1] and filled + nbytes > max_shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append((name, dtype, shape, nbytes))
+        filled += nbytes
+    return shards
+
+
+def _write_shard(path: Path, shard: list[tuple], produce: Callable[[str], torch.Tensor]) -> None:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, nbytes in shard:
+        header[name] = {"dtype": st_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, dtype, shape, nbytes in shard:
+            t = produce(name)
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise RuntimeError(f"{name}: produced {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            if nbytes:
+                fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del t  # before the next tensor is made
+
+
+def write_safetensors(
+    out_dir: Path,
+    specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    produce: Callable[[str], torch.Tensor],
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> list[str]:
+    """Write tensors named in `specs` (name, dtype, shape), in that order, asking `produce(name)` for
+    each just before it is written. The header goes first, so no tensor waits in memory for the rest.
+    More than `max_shard_bytes` of tensors: shards plus model.safetensors.index.json, as HF names them.
+    Returns the file names."""
+    shards = _shards(specs, max_shard_bytes)
+    files, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        _write_shard(out_dir / fname, shard, produce)
+        weight_map.update({item[0]: fname for item in shard})
+        files.append(fname)
+    if len(shards) > 1:
+        total = sum(item[3] for shard in shards for item in shard)
+        write_json(
+            out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
+    return files
+
+
+@dataclass
+class ModelMergeSpec:
+    """A full-model merge with every reference resolved to a local checkpoint folder."""
+
+    name: str
+    method: str
+    models: list[str]  # local folders, in the order of `weights`
+    labels: list[str]  # how the profile named them (variant or reference)
+    weights: list[float]
+    density: float | None = None
+    majority_sign_method: str = "total"
+    base: str | None = None  # folder of the common base (task-vector methods)
+    base_label: str | None = None
+
+    @property
+    def uses_base(self) -> bool:
+        return self.method not in ("linear", "slerp")
+
+
+def open_checkpoints(spec: ModelMergeSpec) -> tuple[list[SafetensorsCheckpoint], SafetensorsCheckpoint | None]:
+    """The merge's input checkpoints, and its base's when the method uses one."""
+    models = [SafetensorsCheckpoint(p) for p in spec.models]
+    base = SafetensorsCheckpoint(spec.base) if spec.uses_base else None
+    return models, base
+
+
+# ---------------------------------------------------------------- models, tokenizers, dtypes
+def load_lm(path: str, dtype) -> torch.nn.Module:
+    """A causal LM from a local folder (or the hub), in `dtype`, in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    return model
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "tokenizer_config.json").is_file()
+
+
+def save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:
+    """Save the first usable tokenizer among `tokenizer_dirs` (a hub id counts as usable) into `out`."""
+    source = next((d for d in tokenizer_dirs if has_tokenizer(d) or not Path(d).exists()), None)
+    if source is None:
+        raise MergeError(f"no tokenizer found for {label} in {tokenizer_dirs}")
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return str(source)
+
+
+def local_checkpoint(path: str) -> str:
+    """A folder for a reference; a hub id is downloaded (safetensors, configs, tokenizer) or found in the hub cache."""
+    if Path(path).is_dir():
+        return path
+    return snapshot_download(path, allow_patterns=["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja"])
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def stored_dtype(model_dir: str | Path) -> torch.dtype:
+    """A checkpoint's own dtype: its config's `dtype` (transformers 5) or `torch_dtype`; float32 when
+    it names none, or one a merge does not store (logged)."""
+    config = AutoConfig.from_pretrained(str(model_dir))
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = dtype_name(named) if named is not None else None
+    if name in MERGE_DTYPES:
+        return getattr(torch, name)
+    if name not in (None, "auto"):
+        log.warning("%s: config dtype %r; merging in float32", model_dir, name)
+    return torch.float32
+
+
+# ---------------------------------------------------------------- a variant on disk
+def read_merge_info(out_dir: str | Path) -> dict | None:
+    """The MERGE_INFO record beside a variant's weights; None when absent or unreadable."""
+    path = Path(out_dir) / MERGE_INFO
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _content_hash(path: Path) -> str:
+    # looked up on the package when called: tests/test_faults.py slows `platypus_utils.merge.model_content_hash`
+    # down for a temporary folder so that its kill lands while a variant is being written
+    return getattr(sys.modules[__package__], "model_content_hash", model_content_hash)(path)
+
+
+def write_variant(
+    out_dir: Path, build: Callable[[Path], dict], verify: Callable[[Path], dict] | None, info: dict
+) -> dict:
+    """Build a model into a temporary folder, verify it there, then move it to `out_dir` in one
+    rename: a merge that fails its check never appears. Returns the merge_info written beside it."""
+    info = dict(info)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with measure_peak_rss() as memory:
+            info.update(build(tmp) or {})
+        info["memory"] = {
+            "merge_peak_rss_mb": memory["peak_rss_mb"],
+            "merge_rss_start_mb": memory["rss_start_mb"],
+            "scope": memory["scope"],
+        }
+        if verify is not None:
+            with measure_peak_rss() as memory:
+                info["verification"] = verify(tmp)
+            info["memory"].update(verify_peak_rss_mb=memory["peak_rss_mb"])
+        release_freed_memory()
+        info["content_sha256"] = _content_hash(tmp)
+        write_json(tmp / MERGE_INFO, info)
+        make_files_readable(tmp)
+    return info

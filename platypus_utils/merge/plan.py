@@ -1,0 +1,509 @@
+"""What stage 04 makes for a profile, from what, in which dtype, and whether an existing folder is reused.
+
+Contract:
+- `plan_merges(profile)` returns a Plan: one Job per variant, in layout.planned_variants order
+  (the adapter into models.base, each partner [built from its adapter first] and the adapter into
+  it, adapter mixes, model merges, sweep points). Planning writes nothing; it checks the variant
+  names (unique, not reserved by stage 05, usable as folder names), that partners share the
+  adapter's base architecture, and that every input exists or is made earlier in the stage.
+- A variant is stored in the dtype of the model it is made from (its config's dtype/torch_dtype),
+  or in merge.dtype when set; a full-model merge of inputs in different dtypes: float32
+  (`merge_dtype`). The arithmetic is float32 in every case.
+- Reuse (`existing_output`): an existing variant whose merge_info records the same inputs and whose
+  files are unchanged is reused; one this stage made from other inputs is stale and made again (the
+  reason is returned for the report); a folder without this stage's record, or edited after it, is
+  refused (MergeError) unless force. force: every variant is made again.
+- `sweep_merges` expands merge.sweep into model merges named by layout.sweep_variant_name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig
+
+from .. import layout
+from ..artifacts import sha256_path
+from ..config import MergeSweepConfig, ModelMergeConfig, Profile
+from ..models import model_content_hash, resolve_model
+from .adapter import check_architecture, read_adapter
+from .build import (
+    KIND_ADAPTER,
+    KIND_MIX,
+    KIND_MODELS,
+    METHOD,
+    MIX_METHOD,
+    Steps,
+    adapter_merge_steps,
+    adapter_mix_steps,
+    model_merge_steps,
+)
+from .errors import MergeError
+from .io import (
+    MERGE_DTYPES,
+    MERGE_INFO,
+    ModelMergeSpec,
+    dtype_name,
+    has_tokenizer,
+    local_checkpoint,
+    read_merge_info,
+    stored_dtype,
+)
+from .verify import LOGIT_BOUND, VERIFY_FORMAT, WEIGHT_BOUND
+
+log = logging.getLogger("platypus")
+
+STAGE = layout.MERGE
+MERGE_FORMAT = 1  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
+INPUTS_DIFFER = "its inputs differ: "
+
+
+# ---------------------------------------------------------------- names, adapters, dtypes
+def sweep_merges(sweep: MergeSweepConfig | None) -> list[ModelMergeConfig]:
+    """The grid (layout.sweep_points): every method x weights, and x density for the methods that
+    take one (ties, dare_*), named by layout.sweep_variant_name."""
+    out = []
+    for method, weights, density in layout.sweep_points(sweep):
+        if len(weights) != len(sweep.models):
+            raise MergeError(
+                f"merge.sweep.weights: {weights} has {len(weights)} weights for {len(sweep.models)} models"
+            )
+        try:
+            out.append(
+                ModelMergeConfig(
+                    name=layout.sweep_variant_name(method, weights, density),
+                    method=method,
+                    models=list(sweep.models),
+                    weights=list(weights),
+                    density=density,
+                    majority_sign_method=sweep.majority_sign_method,
+                    base=sweep.base,
+                )
+            )
+        except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
+            raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
+    return out
+
+
+def sweep_variant_names(profile: Profile) -> list[str]:
+    """Names of the sweep's merged models, to list in evaluate.variants (05 evaluates what is listed)."""
+    return [m.name for m in sweep_merges(profile.merge.sweep)]
+
+
+def check_variant_names(profile: Profile) -> list[str]:
+    """layout.planned_variants, refused when names repeat, are reserved by stage 05 or are no folder names."""
+    cfg = profile.merge
+    names = layout.planned_variants(profile)
+    taken = names + [p.name for p in cfg.partners if not p.adapter]  # 05 resolves a partner's name too
+    dupes = sorted({n for n in taken if taken.count(n) > 1})
+    if dupes:
+        raise MergeError(
+            f"merge: duplicate variant names {dupes} (merge.merged_name, partners, their merged_name, "
+            "adapter_mixes, model_merges and sweep points share one namespace)"
+        )
+    reserved = sorted(set(taken) & set(layout.RESERVED_VARIANTS))
+    if reserved:
+        raise MergeError(f"merge: {reserved} are names stage 05 reserves for the unmerged models")
+    bad = [n for n in taken if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
+    if bad:
+        raise MergeError(f"merge: names {bad} must be letters, digits, '.', '_' or '-' (they name folders)")
+    return names
+
+
+def adapter_dir_for(profile: Profile) -> Path:
+    """Stage 03's adapter, the one merged into models.base and the partners."""
+    return layout.artifact(profile, layout.ADAPTER)
+
+
+def needs_finetune(profile: Profile) -> bool:
+    """Whether this profile's merges read stage 03's output (its adapter, or adapters in its folder)."""
+    cfg = profile.merge
+    return bool(cfg.merge_into_base or cfg.partners or cfg.adapter_mixes)
+
+
+def resolve_adapter(profile: Profile, ref: str, where: str) -> Path:
+    """An adapter reference: a folder of this run's 03_finetune (adapter, partner_adapter) or a path."""
+    path = Path(ref).expanduser() if ref.startswith(("/", ".", "~")) else profile.run_dir(layout.FINETUNE) / ref
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{where}: adapter {ref!r} -> {path} has no adapter_config.json "
+            "(a 03_finetune folder needs stage 03 to have made it)"
+        )
+    return path
+
+
+def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
+    """The dtype a merge stores: merge.dtype when set; auto: the inputs' own dtype when they share
+    one, else float32 (no input loses precision). The arithmetic is float32 in every case."""
+    if setting != "auto":
+        if setting not in MERGE_DTYPES:
+            raise MergeError(f"merge.dtype {setting!r}: use auto, {', '.join(MERGE_DTYPES)}")
+        return getattr(torch, setting)
+    return own[0] if own and all(d == own[0] for d in own) else torch.float32
+
+
+def source_inputs(ref: str, path: str, adapter_sha: str, base_ref: str, dtype, content_sha: str | None = None) -> dict:
+    """What an adapter-into-model variant is made from (recorded in merge_info; reuse compares it)."""
+    if content_sha is None and Path(path).is_dir():
+        content_sha = model_content_hash(path)
+    return {
+        "method": METHOD,
+        "model_ref": ref,
+        "model_content_sha256": content_sha,
+        "adapter_sha256": adapter_sha,
+        "adapter_base_ref": base_ref,
+        "dtype": dtype_name(dtype),
+    }
+
+
+# ---------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    """One variant to make: what it is made from, in which dtype, and how to build and check it."""
+
+    variant: str
+    kind: str
+    method: str
+    inputs: Callable[[], dict]  # identity of what it is made from; called when the job runs
+    steps: Callable[[], Steps]  # (build, check), prepared when the job runs (its inputs exist then)
+    dtype: Any = None  # the torch dtype the variant is stored in
+    report: dict = field(default_factory=dict)  # fields for merge_report.json
+    merges: str = ""  # what goes in, for the plan's table
+    into: str = ""  # what it goes into (a model reference, a variant, or the base of a task-vector merge)
+    needs: list[str] = field(default_factory=list)  # variants of this stage it reads (made earlier)
+    local_inputs: list[str] = field(default_factory=list)  # folders read from outside this stage, for the manifest
+
+
+class Plan:
+    """What stage 04 makes, in the profile's order: one Job per variant (layout.planned_variants),
+    each knowing its inputs, its dtype and how to build and check it. Nothing is written here;
+    `content` collects the content hashes of variants as they are made (later jobs' inputs)."""
+
+    def __init__(self, profile: Profile):
+        self.profile, self.cfg = profile, profile.merge
+        self.run_dir = profile.run_dir(STAGE)
+        self.variants = check_variant_names(profile)
+        self.cache = profile.cache_dir()
+        self.base_ref = profile.models.base
+        self.base_path = resolve_model(self.base_ref, self.cache)
+        self.base_config = AutoConfig.from_pretrained(self.base_path)
+        self.partner_models = {p.name: p.model for p in self.cfg.partners if not p.adapter}
+        self.produced: dict[str, Path] = {}  # variant -> folder, in the order the jobs make them
+        self.produced_dtype: dict[str, Any] = {}
+        self.content: dict[str, str] = {}  # folder -> model_content_hash; this stage's variants: from merge_info
+        self.jobs: list[Job] = []
+        self.made: list[str] = []  # variants made (or reused) so far, in order (stage.make_variant)
+        self.sweep = sweep_variant_names(profile)
+        self.report: dict[str, Any] = {
+            "adapter": None,
+            "adapter_base": self.base_ref,
+            "dtype": self.cfg.dtype,
+            "seed": profile.seed,
+            "verify_format": VERIFY_FORMAT,
+            "weight_bound": WEIGHT_BOUND,
+            "logit_bound": LOGIT_BOUND,
+            "models": {},
+            "sweep": self.sweep,
+        }
+        self.adapter_dir = adapter_dir_for(profile)
+        self.adapter_tok: list[str] = []
+
+    def job(self, variant: str) -> Job:
+        """The job that makes `variant`."""
+        for job in self.jobs:
+            if job.variant == variant:
+                return job
+        raise KeyError(f"{variant!r} is not a variant of this plan: {self.variants}")
+
+    def content_id(self, path: str | Path) -> str | None:
+        key = str(path)
+        if key not in self.content and Path(key).is_dir():
+            self.content[key] = model_content_hash(key)
+        return self.content.get(key)
+
+    def model_path(self, ref: str, where: str) -> str:
+        """A variant made earlier in this stage, "base", a partner's name, or a model reference."""
+        if ref in self.produced:
+            return str(self.produced[ref])
+        if ref in self.variants:
+            raise MergeError(f"{where}: {ref!r} is made later in this stage than {where}; reorder the profile")
+        if ref == layout.BASE_VARIANT:
+            return self.base_path
+        return local_checkpoint(resolve_model(self.partner_models.get(ref, ref), self.cache))
+
+    def own_dtype(self, path: str) -> torch.dtype:
+        """The stored dtype of a model folder or reference (a variant of this stage: the one it is made in)."""
+        made = self.made_as(path)
+        return self.produced_dtype[made] if made else stored_dtype(path)
+
+    def made_as(self, path: str | None) -> str | None:
+        """The variant of this stage stored at `path`, if any."""
+        return next((v for v, p in self.produced.items() if str(p) == str(path)), None)
+
+    def _add(self, job: Job, reads: list[str]) -> None:
+        job.needs = [v for v in map(self.made_as, reads) if v]
+        job.local_inputs = [str(p) for p in reads if p and not self.made_as(p)]
+        self.jobs.append(job)
+        self.produced[job.variant] = self.run_dir / job.variant
+        self.produced_dtype[job.variant] = job.dtype
+
+    # ------------------------------------------------------------ the adapter into models
+    def adapter_job(
+        self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str], partner: str | None
+    ) -> None:
+        _, deltas = read_adapter(adapter)
+        adapter_sha = sha256_path(adapter)
+        dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
+        base_ref = self.base_ref
+        self._add(
+            Job(
+                variant,
+                KIND_ADAPTER,
+                METHOD,
+                dtype=dtype,
+                merges=f"{adapter.parent.name}/{adapter.name}",
+                into=ref,
+                inputs=lambda: source_inputs(ref, source, adapter_sha, base_ref, dtype, self.content_id(source)),
+                steps=lambda: adapter_merge_steps(
+                    source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
+                ),
+                report={
+                    "base": ref,
+                    "base_path": source,
+                    "partner": partner,
+                    "adapter": str(adapter.resolve()),
+                    "adapter_base": base_ref,
+                },
+            ),
+            [str(adapter), source],
+        )
+
+    def add_adapter_merges(self) -> None:
+        """The adapter into models.base (merge.merged_name) and into each partner (its merged_name)."""
+        cfg, base_path = self.cfg, self.base_path
+        if not (cfg.merge_into_base or cfg.partners):
+            return
+        if not (self.adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"{self.adapter_dir}: no LoRA adapter (adapter_config.json); run stage 03_finetune first"
+            )
+        adapter_config, _ = read_adapter(self.adapter_dir)
+        self.report["adapter"] = str(self.adapter_dir.resolve())
+        self.adapter_tok = [str(self.adapter_dir)] if has_tokenizer(self.adapter_dir) else []
+        recorded_base = adapter_config.get("base_model_name_or_path")
+        if recorded_base and recorded_base not in (self.base_ref, base_path):
+            log.warning(
+                "adapter was trained on %r; merging it into models.base %r (%s)",
+                recorded_base,
+                self.base_ref,
+                base_path,
+            )
+        if cfg.merge_into_base:
+            self.adapter_job(
+                layout.merged_variant(self.profile),
+                self.base_ref,
+                base_path,
+                self.adapter_dir,
+                self.adapter_tok + [base_path],
+                None,
+            )
+        for partner in cfg.partners:
+            self.add_partner(partner)
+
+    def add_partner(self, partner) -> None:
+        """A partner (built first from its own adapter when it has one) and the adapter merged into it."""
+        path = resolve_model(partner.model, self.cache)
+        check_architecture(
+            AutoConfig.from_pretrained(path),
+            self.base_config,
+            f"partner {partner.name!r} ({partner.model})",
+            f"models.base ({self.base_ref}, the adapter's base)",
+        )
+        ref = partner.model
+        if partner.adapter:  # build the partner fine-tune here: its own adapter merged into its model
+            own = resolve_adapter(self.profile, partner.adapter, f"merge.partners[{partner.name}].adapter")
+            self.adapter_job(partner.name, partner.model, path, own, [path, str(own), self.base_path], None)
+            path, ref = str(self.produced[partner.name]), f"{STAGE}/{partner.name}"
+        elif path == self.base_path:
+            log.warning(
+                "partner %r is models.base itself: its merge equals %r",
+                partner.name,
+                layout.merged_variant(self.profile),
+            )
+        self.adapter_job(
+            layout.partner_merged_variant(partner),
+            ref,
+            path,
+            self.adapter_dir,
+            [path] + self.adapter_tok + [self.base_path],
+            partner.name,
+        )
+
+    # ------------------------------------------------------------ adapter mixes
+    def add_adapter_mix(self, mix) -> None:
+        where = f"merge.adapter_mixes[{mix.name}]"
+        dirs = [resolve_adapter(self.profile, a, where) for a in mix.adapters]
+        into = self.model_path(mix.into or layout.BASE_VARIANT, where)
+        if mix.into and mix.into not in self.produced:
+            check_architecture(
+                AutoConfig.from_pretrained(into),
+                self.base_config,
+                f"{where}.into ({mix.into})",
+                f"models.base ({self.base_ref})",
+            )
+        shas = [sha256_path(d) for d in dirs]
+        dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(into)])
+        seed = self.profile.seed if mix.combination_type.startswith("dare") else None
+
+        def mix_inputs() -> dict:
+            return {
+                "method": MIX_METHOD,
+                "combination_type": mix.combination_type,
+                "weights": list(mix.weights),
+                "density": mix.density,
+                "svd_rank": mix.svd_rank,
+                "majority_sign_method": mix.majority_sign_method,
+                "adapters_sha256": shas,
+                "into_ref": mix.into or self.base_ref,
+                "into_content_sha256": self.content_id(into),
+                "dtype": dtype_name(dtype),
+                "seed": seed,
+                "format": MERGE_FORMAT,
+            }
+
+        tok = [into] + [str(d) for d in dirs if has_tokenizer(d)] + [self.base_path]
+        self._add(
+            Job(
+                mix.name,
+                KIND_MIX,
+                f"{MIX_METHOD}:{mix.combination_type}",
+                inputs=mix_inputs,
+                dtype=dtype,
+                merges=" + ".join(d.name for d in dirs),
+                into=mix.into or self.base_ref,
+                steps=lambda: adapter_mix_steps(into, dirs, mix, tok, dtype, self.profile.seed, self.cfg.verify_atol),
+                report={
+                    "base": mix.into or self.base_ref,
+                    "base_path": into,
+                    "adapters": [str(d.resolve()) for d in dirs],
+                    "weights": list(mix.weights),
+                    "density": mix.density,
+                    "svd_rank": mix.svd_rank,
+                },
+            ),
+            [str(d) for d in dirs] + [into],
+        )
+
+    # ------------------------------------------------------------ full-model merges
+    def add_model_merge(self, mm: ModelMergeConfig, sweep: bool) -> None:
+        where = f"merge.sweep ({mm.name})" if sweep else f"merge.model_merges[{mm.name}]"
+        paths = [self.model_path(r, where) for r in mm.models]
+        uses_base = mm.method not in ("linear", "slerp")
+        base_dir = self.model_path(mm.base or layout.BASE_VARIANT, where) if uses_base else None
+        spec = ModelMergeSpec(
+            mm.name,
+            mm.method,
+            paths,
+            list(mm.models),
+            list(mm.weights),
+            mm.density,
+            mm.majority_sign_method,
+            base_dir,
+            (mm.base or self.base_ref) if uses_base else None,
+        )
+        dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])])
+
+        def merge_inputs() -> dict:
+            return {
+                "method": mm.method,
+                "weights": list(mm.weights),
+                "density": mm.density,
+                "majority_sign_method": mm.majority_sign_method if mm.method in ("ties", "dare_ties") else None,
+                "models": [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)],
+                "base": [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None,
+                "dtype": dtype_name(dtype),
+                "seed": self.profile.seed if mm.method.startswith("dare") else None,
+                "format": MERGE_FORMAT,
+            }
+
+        self._add(
+            Job(
+                mm.name,
+                KIND_MODELS,
+                mm.method,
+                inputs=merge_inputs,
+                dtype=dtype,
+                merges=" + ".join(mm.models),
+                into=spec.base_label or "",
+                steps=lambda: model_merge_steps(spec, spec.models + [self.base_path], dtype, self.profile.seed),
+                report={
+                    "models": list(mm.models),
+                    "model_paths": paths,
+                    "weights": list(mm.weights),
+                    "density": mm.density,
+                    "base": spec.base_label,
+                    "base_path": base_dir,
+                    "sweep": sweep,
+                },
+            ),
+            paths + [base_dir],
+        )
+
+
+def plan_merges(profile: Profile) -> Plan:
+    """Every job of stage 04 for this profile, in order (layout.planned_variants), with the report's
+    header; checks names, architectures and that each input exists or is made earlier. Writes nothing."""
+    plan = Plan(profile)
+    plan.add_adapter_merges()
+    for mix in plan.cfg.adapter_mixes:
+        plan.add_adapter_mix(mix)
+    sweep = sweep_merges(plan.cfg.sweep)
+    for mm in list(plan.cfg.model_merges) + sweep:
+        plan.add_model_merge(mm, sweep=mm.name in plan.sweep)
+    if [j.variant for j in plan.jobs] != plan.variants:  # the layout and the jobs must not drift apart
+        raise RuntimeError(f"merge jobs {[j.variant for j in plan.jobs]} != layout.planned_variants {plan.variants}")
+    if not plan.jobs:
+        log.warning(
+            "nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, "
+            "model_merges or sweep are given"
+        )
+    return plan
+
+
+# ---------------------------------------------------------------- reuse
+def reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
+    """Whether an existing merged dir was made from exactly these inputs and is intact (else why not)."""
+    info = read_merge_info(out_dir)
+    if info is None:
+        return False, f"it has no readable {MERGE_INFO}"
+    recorded = info.get("inputs", {})
+    changed = sorted(k for k in set(inputs) | set(recorded) if inputs.get(k) != recorded.get(k))
+    if changed:
+        return False, INPUTS_DIFFER + ", ".join(f"{k} {recorded.get(k)!r} -> {inputs.get(k)!r}" for k in changed)
+    if info.get("content_sha256") != model_content_hash(out_dir):
+        return False, "its files changed after the merge"
+    return True, ""
+
+
+def existing_output(job: Job, out_dir: Path, inputs: dict, force: bool) -> str | None:
+    """None when `out_dir` can be reused, does not exist, or force replaces it anyway; the reason when
+    it is stale (this stage made it from other inputs: made again). Raises when it is not this
+    stage's or was edited after it was made (unless force)."""
+    if not out_dir.exists() or force:
+        return None
+    ok, why = reusable(out_dir, inputs)
+    if ok:
+        return None
+    if why.startswith(INPUTS_DIFFER):  # an adapter trained again, new weights: stale, made again
+        log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
+        return why
+    raise MergeError(
+        f"{out_dir} already exists and {why}; pass --force "
+        f"(force=True in the notebook, run_merge(profile, force=True)) to overwrite it"
+    )

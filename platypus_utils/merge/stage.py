@@ -1,0 +1,356 @@
+"""Stage 04_merge as steps that return data, and `run_merge`, their composition.
+
+    adapter = load_adapter(profile)            # 03's LoRA as read: rank, alpha, scale, targets, per module
+    plan = plan_merges(profile)                # one Job per variant: what merges into what, in which dtype
+    plan_frame(plan)                           # ... as a table
+    begin(plan)                                # leftovers of a killed merge removed; attempt recorded
+    made = [make_variant(plan, job, force) for job in plan.jobs]   # each variant built, checked, renamed
+    checks_frame(made)                         # weight bound, observed, logit ratio, pass
+    verification_frame(made[0])                # one variant's check figures in full
+    report_frame(merge_report(plan, made))     # merge_report.json's models, as a frame
+    save(profile, plan, made, timings)         # merge_report.json + manifest.json
+
+`run_merge(profile, force)` is that composition; the runner executes notebooks/04_merge.ipynb,
+which calls the same steps, so both write the same artifacts. Contract:
+- `make_variant` writes, unlike other stages' steps: a variant is a full model (tens of GB at the
+  paper's scale) and is written to runs/<profile>/04_merge/<variant>/ as it is made, in a temporary
+  folder that is checked (verify.py) before it is renamed into place. Jobs run in plan order (a job
+  that reads an earlier variant refuses to run before it).
+- Reuse: an existing variant made from the same inputs and unchanged is reused (its check is run
+  again when older than VERIFY_FORMAT); one this stage made from other inputs is stale and made
+  again (`replaced` in the report says what changed); a folder without this stage's record, or
+  edited after it, is refused with MergeError. `force` (the runner's --force, the notebook's
+  `force`): every variant is made again, nothing is reused.
+- `begin` removes leftovers of an interrupted write in the stage folder (not its subfolders; a
+  live writer's are left alone) and, outside the runner, records the attempt (attempt.json), which
+  a failing `make_variant` closes as "failed" and `save` as "ok".
+- `save` writes merge_report.json and manifest.json (inputs: the adapters and models read from
+  outside the stage; outputs: every variant folder and the report; metrics: each variant's check
+  figures and peak memory; timings: the caller's, each variant made, save_s). It refuses to save
+  a report missing a planned variant.
+Hub access is the caller's (the runner sets it from the profile); this stage sets no HF_* variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import MANIFEST, RUNNER_ATTEMPT_ENV, StageRun, begin_attempt, end_attempt, remove_debris, write_json
+from ..config import Profile
+from ..layout import MERGE_REPORT
+from ..plotting import new_figure
+from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
+from .errors import MergeError
+from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
+from .plan import STAGE, Job, Plan, adapter_dir_for, existing_output, plan_merges
+from .verify import VERIFY_FORMAT
+
+log = logging.getLogger("platypus")
+
+REPORT = MERGE_REPORT[1]
+METRIC_KEYS = ("max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb")
+
+
+# ---------------------------------------------------------------- step 1: the adapter as read
+@dataclass
+class Adapter:
+    """Stage 03's adapter as this stage reads it (adapter.read_adapter)."""
+
+    path: Path
+    config: dict
+    deltas: dict[str, LoraDelta]
+
+    def summary(self) -> dict:
+        return {"path": str(self.path), **adapter_summary(self.config, self.deltas)}
+
+    def frame(self) -> pd.DataFrame:
+        return adapter_frame(self.deltas)
+
+
+def load_adapter(profile: Profile) -> Adapter:
+    """Stage 03's adapter (03_finetune/adapter); FileNotFoundError saying to run stage 03 when absent."""
+    path = adapter_dir_for(profile)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: no LoRA adapter (adapter_config.json); run stage 03_finetune first")
+    config, deltas = read_adapter(path)
+    return Adapter(path, config, deltas)
+
+
+# ---------------------------------------------------------------- step 2: the plan as a table
+def plan_frame(plan: Plan) -> pd.DataFrame:
+    """One row per planned variant, in the order they are made: what merges into what, and the dtype."""
+    rows = [
+        {
+            "variant": j.variant,
+            "kind": j.kind,
+            "method": j.method,
+            "merges": j.merges,
+            "into": j.into,
+            "dtype": dtype_name(j.dtype),
+            "weights": j.report.get("weights"),
+            "density": j.report.get("density"),
+            "made_from_variants": ", ".join(j.needs),
+        }
+        for j in plan.jobs
+    ]
+    columns = ["variant", "kind", "method", "merges", "into", "dtype", "weights", "density", "made_from_variants"]
+    return pd.DataFrame(rows, columns=columns).set_index("variant")
+
+
+# ---------------------------------------------------------------- step 3: make each variant
+def _own_attempt() -> bool:
+    return not os.environ.get(RUNNER_ATTEMPT_ENV)  # the runner records its attempts itself
+
+
+def begin(plan: Plan) -> list[Path]:
+    """Before anything is written: remove leftovers of an interrupted merge in the stage folder (a live
+    writer's are skipped) and, outside the runner, record the attempt. Returns what was removed."""
+    removed = remove_debris(plan.run_dir, recursive=False)
+    if _own_attempt():
+        begin_attempt(plan.run_dir, STAGE)
+    return removed
+
+
+@dataclass
+class Made:
+    """One variant made or reused: its merge_report.json entry and how it came about."""
+
+    variant: str
+    entry: dict
+    reused: bool
+    replaced: str | None
+    seconds: float
+
+
+def _recheck(job: Job, out_dir: Path, info: dict) -> dict:
+    """A reused variant whose check is missing or older than VERIFY_FORMAT is checked again."""
+    _, check = job.steps()
+    with measure_peak_rss() as memory:
+        info["verification"] = check(out_dir)
+    info.setdefault("memory", {})["verify_peak_rss_mb"] = memory["peak_rss_mb"]
+    write_json(out_dir / MERGE_INFO, info)
+    return info
+
+
+def _make_or_reuse(job: Job, out_dir: Path, verify: bool, force: bool) -> tuple[dict, bool, str | None]:
+    """(merge_info, reused, why an earlier one was replaced) of one variant."""
+    inputs = job.inputs()
+    replaced = existing_output(job, out_dir, inputs, force)
+    if out_dir.exists() and not force and replaced is None:
+        info = read_merge_info(out_dir)
+        if verify and (info.get("verification") or {}).get("format") != VERIFY_FORMAT:
+            info = _recheck(job, out_dir, info)
+        log.info("%s: reusing %s (same inputs)", job.variant, out_dir)
+        return info, True, None
+    if out_dir.exists() and force:
+        log.warning("%s: force: making %s again", job.variant, out_dir)
+    log.info("%s: %s (%s) in %s", job.variant, job.method, job.kind, dtype_name(job.dtype))
+    build, check = job.steps()
+    info = write_variant(
+        out_dir,
+        build,
+        check if verify else None,
+        {"inputs": inputs, "kind": job.kind, "method": job.method, "dtype": dtype_name(job.dtype)},
+    )
+    return info, False, replaced
+
+
+def report_entry(
+    job: Job, out_dir: Path, info: dict, verify: bool, reused: bool, replaced: str | None, seconds: float
+) -> dict:
+    """One variant's entry in merge_report.json: where it is, what it was made from, its checks."""
+    verification = info.get("verification") if verify else None
+    memory = info.get("memory", {})
+    peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
+    return {
+        "path": str(out_dir.resolve()),
+        "kind": job.kind,
+        "method": job.method,
+        "partner": None,
+        **job.report,
+        "dtype": dtype_name(job.dtype),
+        "verified": verification is not None,
+        "max_abs_weight_diff": verification and verification["max_abs_weight_diff"],
+        "max_weight_error_to_bound": verification and verification.get("max_weight_error_to_bound"),
+        "max_abs_logit_diff": verification and verification.get("max_abs_logit_diff"),
+        "logit_tolerance": verification and verification.get("logit_tolerance"),
+        "verification": verification,
+        "content_sha256": info["content_sha256"],
+        "reused": reused,
+        "replaced": replaced,
+        "peak_rss_mb": max(peaks) if peaks else None,  # this merge's (and its check's) peak, when made
+        "memory": memory,
+        "seconds": round(seconds, 2),
+    }
+
+
+def make_variant(plan: Plan, job: Job | str, force: bool = False) -> Made:
+    """Make (or reuse) one planned variant, verified before it appears at its path (see the module
+    docstring for reuse and force). Jobs run in plan order: a job made from an earlier variant
+    refuses to run before that variant is made."""
+    job = plan.job(job) if isinstance(job, str) else job
+    missing = [v for v in job.needs if v not in plan.made]
+    if missing:
+        raise MergeError(f"{job.variant} is made from {missing}: make those first (plan.jobs gives the order)")
+    out_dir = plan.run_dir / job.variant
+    t0 = time.perf_counter()
+    try:
+        info, reused, replaced = _make_or_reuse(job, out_dir, plan.cfg.verify, force)
+    except BaseException as exc:  # a failed merge or check, or an interrupt: the attempt did not succeed
+        if _own_attempt():
+            end_attempt(plan.run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    plan.content[str(out_dir)] = info["content_sha256"]
+    plan.made = [v for v in plan.made if v != job.variant] + [job.variant]
+    seconds = time.perf_counter() - t0
+    entry = report_entry(job, out_dir, info, plan.cfg.verify, reused, replaced, seconds)
+    return Made(job.variant, entry, reused, replaced, seconds)
+
+
+# ---------------------------------------------------------------- the checks, as a table and a figure
+def check_rows(made: list[Made]) -> list[dict]:
+    """Per variant, JSON-ready: the observed worst error over its per-element weight bound (<= 1
+    passes), the logit difference over its tolerance (<= 1 passes; None for full-model merges, which
+    have no unmerged model to compare with) and whether every check ran and passed."""
+    rows = []
+    for m in made:
+        v = m.entry.get("verification") or {}
+        weight_ratio = v.get("max_weight_error_to_bound")
+        diff, tolerance = v.get("max_abs_logit_diff"), v.get("logit_tolerance")
+        logit_ratio = diff / tolerance if diff is not None and tolerance else None
+        passed = (
+            None
+            if not v
+            else bool(weight_ratio is not None and weight_ratio <= 1 and (logit_ratio is None or logit_ratio <= 1))
+        )
+        rows.append(
+            {
+                "variant": m.variant,
+                "kind": m.entry["kind"],
+                "dtype": m.entry["dtype"],
+                "weight_error_to_bound": weight_ratio,
+                "max_abs_weight_diff": v.get("max_abs_weight_diff"),
+                "logit_diff": diff,
+                "logit_tolerance": tolerance,
+                "logit_ratio": logit_ratio,
+                "logit_share_of_adapter_effect": v.get("logit_diff_to_effect"),
+                "updates_above_bound_share": v.get("updates_above_bound_share"),
+                "passed": passed,
+                "reused": m.reused,
+            }
+        )
+    return rows
+
+
+def checks_frame(made: list[Made]) -> pd.DataFrame:
+    """check_rows as a frame indexed by variant."""
+    return pd.DataFrame(check_rows(made)).set_index("variant")
+
+
+def verification_frame(made: Made) -> pd.DataFrame:
+    """One variant's check figures in full, numbers shown to 4 significant digits (tiny errors stay visible)."""
+    figures = made.entry.get("verification") or {}
+    shown = {key: f"{value:.4g}" if isinstance(value, float) else value for key, value in figures.items()}
+    return pd.DataFrame({made.variant: shown}, dtype=object)
+
+
+def plot_checks(checks: pd.DataFrame, ax=None):
+    """Each variant's observed error over its bound (weights, and logits where checked), log scale:
+    a bar left of the line at 1 passes. Returns the figure."""
+    fig, ax = new_figure(ax, (6.5, 0.5 + 0.45 * max(1, len(checks))))
+    y = range(len(checks))
+    floor = 1e-6  # a ratio of 0 (bit-identical) drawn at the axis' left end
+    for offset, column, label in (
+        (-0.2, "weight_error_to_bound", "weights: worst error / bound"),
+        (0.2, "logit_ratio", "logits: max diff / tolerance"),
+    ):
+        values = pd.to_numeric(checks[column], errors="coerce").clip(lower=floor)
+        ax.barh([i + offset for i in y], values.fillna(0), height=0.4, label=label)
+    ax.axvline(1.0, color="C3", lw=1.5, label="bound")
+    ax.set_xscale("log")
+    ax.set_yticks(list(y), list(checks.index))
+    ax.invert_yaxis()
+    ax.set_xlabel("observed / allowed (log)")
+    ax.set_title("merge checks: every bar left of the line passes")
+    ax.legend(frameon=False, fontsize="small", loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------- step 4: the report
+def merge_report(plan: Plan, made: list[Made]) -> dict:
+    """merge_report.json: the plan's header (adapter, dtype setting, seed, the checks' bounds, sweep)
+    and one entry per variant made."""
+    return {**plan.report, "models": {m.variant: m.entry for m in made}}
+
+
+def report_frame(report: dict) -> pd.DataFrame:
+    """The report's models as a frame (one row per variant; sortable)."""
+    columns = [
+        "kind",
+        "method",
+        "partner",
+        "base",
+        "dtype",
+        "verified",
+        "max_weight_error_to_bound",
+        "max_abs_logit_diff",
+        "reused",
+        "replaced",
+        "peak_rss_mb",
+        "seconds",
+        "path",
+    ]
+    frame = pd.DataFrame.from_dict(report["models"], orient="index")
+    return frame.reindex(columns=columns)
+
+
+# ---------------------------------------------------------------- step 5: save
+def save(profile: Profile, plan: Plan, made: list[Made], timings: dict | None = None) -> list[Path]:
+    """Write merge_report.json and manifest.json exactly as the runner does; returns the report, the
+    variant folders and the manifest. Refuses (MergeError) a report missing a planned variant."""
+    missing = [v for v in plan.variants if v not in {m.variant for m in made}]
+    if missing:
+        raise MergeError(f"{missing} not made yet: make every planned variant (make_variant) before saving")
+    report = merge_report(plan, made)
+    with StageRun(plan.run_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
+        run.timings.update(timings or {})
+        run.timings.update({m.variant: round(m.seconds, 3) for m in made if not m.reused})
+        with run.timed("save_s"):
+            for p in dict.fromkeys(p for job in plan.jobs for p in job.local_inputs):
+                if Path(p).is_dir() and str(Path(p).resolve()) not in run.inputs:
+                    run.add_input(p)
+            for m in made:
+                run.add_output(plan.run_dir / m.variant)
+                run.metrics.update({f"{m.variant}.{key}": m.entry[key] for key in METRIC_KEYS})
+            report_path = write_json(plan.run_dir / REPORT, report)
+            run.add_output(report_path)
+        run.metrics["models"] = len(report["models"])
+        run.metrics["peak_rss_mb"] = peak_rss_mb()
+    return [report_path, *(plan.run_dir / m.variant for m in made), plan.run_dir / MANIFEST]
+
+
+# ---------------------------------------------------------------- the stage in one call
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    t = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t, 3)
+
+
+def run_merge(profile: Profile, force: bool = False) -> dict:
+    """The whole stage: plan, clear leftovers, make every variant (verified), save. Returns the
+    merge report. `force`: make every variant again (see the module docstring)."""
+    timings: dict = {}
+    with _timed(timings, "plan_s"):
+        plan = plan_merges(profile)
+    begin(plan)
+    made = [make_variant(plan, job, force) for job in plan.jobs]
+    save(profile, plan, made, timings)
+    return merge_report(plan, made)
