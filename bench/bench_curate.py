@@ -15,6 +15,7 @@
 Wall times on a shared machine are pessimistic: the process CPU time is printed beside them
 (on an idle 2-core machine wall time is about CPU time / 2 for the BLAS-bound passes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ os.environ.setdefault("PLATYPUS_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from bench_similarity import naive_greedy, rows_for, synthetic  # noqa: E402
+
 from platypus_utils import curate, sources  # noqa: E402
 from platypus_utils.artifacts import sha256_file  # noqa: E402
 from platypus_utils.config import Profile, SourceConfig  # noqa: E402
@@ -86,8 +87,10 @@ def section_real(args) -> None:
         sample = texts[:: max(1, len(texts) // args.encode_sample)][: args.encode_sample]
         with Timer() as t:
             cold.encode(sample)
-        print(f"  encode rate: {len(sample) / t.wall:6.1f} texts/s wall ({len(sample)} texts, {t}; "
-              f"mean {np.mean([len(s) for s in sample]):.0f} chars)")
+        print(
+            f"  encode rate: {len(sample) / t.wall:6.1f} texts/s wall ({len(sample)} texts, {t}; "
+            f"mean {np.mean([len(s) for s in sample]):.0f} chars)"
+        )
 
     shared = Embedder(MODEL, args.cache_dir, device="cpu")
     with Timer() as t:
@@ -99,25 +102,34 @@ def section_real(args) -> None:
         kept_near, removed = curate.near_dedup(rows, emb, 0.8)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    print(f"  similarity pass (blockwise, numpy): {t}; {len(removed)} near-duplicates removed; "
-          f"peak traced {peak:.0f} MB")
+    print(
+        f"  similarity pass (blockwise, numpy): {t}; {len(removed)} near-duplicates removed; peak traced {peak:.0f} MB"
+    )
     with Timer() as t:
         n_pairs = sum(len(i) for i, _, _ in pairs_above(emb, None, 0.8))
     print(f"  pairs_above alone: {t}; {n_pairs} pairs at cosine >= 0.8")
     m = min(len(emb), args.naive_rows)
     with Timer() as t:
         k_naive = naive_greedy(emb[:m], 0.8)
-    print(f"  naive greedy (authors' notebook) on the first {m} rows: {t}; kept {k_naive} "
-          f"(first-come, not the more verbose: a different rule)")
+    print(
+        f"  naive greedy (authors' notebook) on the first {m} rows: {t}; kept {k_naive} "
+        f"(first-come, not the more verbose: a different rule)"
+    )
 
 
 def section_stage(args) -> None:
     print("\n== 2. the stage twice, empty embedding cache first")
     sources_dir = Path(args.sources_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        profile = Profile.model_validate({
-            "name": "bench", "paths": {"runs_dir": f"{tmp}/runs", "reports_dir": f"{tmp}/reports", "cache_dir": f"{tmp}/cache"},
-            "curate": {"sources": [{"name": n, "path": str(sources_dir / n), "limit": args.stage_limit} for n in REAL]}})
+        profile = Profile.model_validate(
+            {
+                "name": "bench",
+                "paths": {"runs_dir": f"{tmp}/runs", "reports_dir": f"{tmp}/reports", "cache_dir": f"{tmp}/cache"},
+                "curate": {
+                    "sources": [{"name": n, "path": str(sources_dir / n), "limit": args.stage_limit} for n in REAL]
+                },
+            }
+        )
         times, digests = [], []
         for attempt in ("first (encodes)", "second (cache)"):
             with Timer() as t:
@@ -125,10 +137,14 @@ def section_stage(args) -> None:
             times.append(t.wall)
             digests.append(sha256_file(profile.run_dir("01_curate") / "curated.jsonl"))
             timings = json.loads((profile.run_dir("01_curate") / "manifest.json").read_text()).get("timings", {})
-            print(f"  {attempt:16} {t}; kept {report['totals']['kept']}; cache {report['embedding_cache']}; "
-                  f"steps {({k: round(v, 1) for k, v in timings.items()})}")
-        print(f"  speed-up of the second run: {times[0] / times[1]:.1f}x wall; curated.jsonl "
-              f"{'byte-identical' if digests[0] == digests[1] else 'DIFFERS'} across the two runs")
+            print(
+                f"  {attempt:16} {t}; kept {report['totals']['kept']}; cache {report['embedding_cache']}; "
+                f"steps { ({k: round(v, 1) for k, v in timings.items()}) }"
+            )
+        print(
+            f"  speed-up of the second run: {times[0] / times[1]:.1f}x wall; curated.jsonl "
+            f"{'byte-identical' if digests[0] == digests[1] else 'DIFFERS'} across the two runs"
+        )
 
 
 def synthetic_child(n: int, block_size: int) -> None:
@@ -139,20 +155,38 @@ def synthetic_child(n: int, block_size: int) -> None:
         kept, removed = curate.near_dedup(rows, emb, 0.8, block_size)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    print(json.dumps({"rows": n, "wall_s": t.wall, "cpu_s": t.cpu, "kept": len(kept), "removed": len(removed),
-                      "peak_traced_mb": peak, "embeddings_mb": emb.nbytes / 2**20, "rss_before_mb": base_rss,
-                      "peak_rss_mb": rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "rows": n,
+                "wall_s": t.wall,
+                "cpu_s": t.cpu,
+                "kept": len(kept),
+                "removed": len(removed),
+                "peak_traced_mb": peak,
+                "embeddings_mb": emb.nbytes / 2**20,
+                "rss_before_mb": base_rss,
+                "peak_rss_mb": rss_mb(),
+            }
+        )
+    )
 
 
 def section_synthetic(args) -> None:
     print("\n== 3. synthetic clustered embeddings (384-d, 10% near-duplicates), one process per size")
     print(f"  {'rows':>8} {'wall s':>8} {'CPU s':>8} {'kept':>8} {'traced MB':>10} {'emb MB':>8} {'peak RSS MB':>12}")
     for n in args.synthetic_rows:
-        out = subprocess.run([sys.executable, __file__, "--synthetic-child", str(n), "--block-size", str(args.block_size)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--synthetic-child", str(n), "--block-size", str(args.block_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {r['rows']:>8} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['kept']:>8} {r['peak_traced_mb']:>10.0f} "
-              f"{r['embeddings_mb']:>8.0f} {r['peak_rss_mb']:>12.0f}")
+        print(
+            f"  {r['rows']:>8} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['kept']:>8} {r['peak_traced_mb']:>10.0f} "
+            f"{r['embeddings_mb']:>8.0f} {r['peak_rss_mb']:>12.0f}"
+        )
     m = args.naive_rows
     emb = synthetic(m)
     with Timer() as t:

@@ -14,6 +14,7 @@ answer checks and categorisation, and building the tables. The issue's target: u
 ../shared/data/benchmarks, with embeddings from the shared cache (encoded first where missing, which
 takes minutes of CPU the first time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ import resource
 import sys
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,12 +43,16 @@ class TableEmbedder:
 
     def __init__(self, table: dict[str, np.ndarray]):
         self.table = table
-        dim = len(next(iter(table.values())))
-        self.other = np.zeros(dim, dtype=np.float32)  # texts the synthetic set did not plant (outputs, views)
-        self.other[0] = 1.0
+        self.dim = len(next(iter(table.values())))
+
+    def _other(self, text: str) -> np.ndarray:
+        """A text the synthetic set did not plant (outputs, other views): a random unit vector seeded by
+        the text, so unplanted texts are unrelated to each other, as real sentences mostly are."""
+        v = np.random.default_rng(zlib.crc32(text.encode())).standard_normal(self.dim)
+        return v / np.linalg.norm(v)
 
     def encode(self, texts, desc=""):
-        return np.stack([self.table.get(t, self.other) for t in texts]).astype(np.float32)
+        return np.stack([self.table[t] if t in self.table else self._other(t) for t in texts]).astype(np.float32)
 
 
 def synthetic(n_train: int, n_items: int, seed: int = 0):
@@ -58,13 +64,28 @@ def synthetic(n_train: int, n_items: int, seed: int = 0):
     def sentence(lo, hi):
         words = vocab[rng.zipf(1.3, size=rng.integers(lo, hi)) % len(vocab)]
         nums = rng.integers(0, 1000, size=3).astype(str)
-        return " ".join(words[:len(words) // 2]) + f" {nums[0]} " + " ".join(words[len(words) // 2:]) + f" {nums[1]}?"
+        return " ".join(words[: len(words) // 2]) + f" {nums[0]} " + " ".join(words[len(words) // 2 :]) + f" {nums[1]}?"
 
-    items = [{"benchmark": ("mmlu", "arc_challenge", "hellaswag", "truthfulqa")[k % 4], "subject": "s",
-              "item_id": f"item/{k}", "question": sentence(15, 60), "choices": [], "answer": str(rng.integers(0, 100))}
-             for k in range(n_items)]
-    rows = [{"instruction": sentence(40, 160), "input": "", "output": f"so the answer is {rng.integers(0, 100)}",
-             "data_source": ("MATH", "theoremqa", "scibench", "scienceqa")[k % 4]} for k in range(n_train)]
+    items = [
+        {
+            "benchmark": ("mmlu", "arc_challenge", "hellaswag", "truthfulqa")[k % 4],
+            "subject": "s",
+            "item_id": f"item/{k}",
+            "question": sentence(15, 60),
+            "choices": [],
+            "answer": str(rng.integers(0, 100)),
+        }
+        for k in range(n_items)
+    ]
+    rows = [
+        {
+            "instruction": sentence(40, 160),
+            "input": "",
+            "output": f"so the answer is {rng.integers(0, 100)}",
+            "data_source": ("MATH", "theoremqa", "scibench", "scienceqa")[k % 4],
+        }
+        for k in range(n_train)
+    ]
     table: dict[str, np.ndarray] = {}
     for it in items:
         table[it["question"]] = rng.standard_normal(dim).astype(np.float32)
@@ -87,8 +108,9 @@ def synthetic(n_train: int, n_items: int, seed: int = 0):
     for k, (j, i) in enumerate(zip(planted, leaked_rows)):  # near vectors: verbatim ~0.99, others ~0.7-0.9
         key = (rows[i]["instruction"] + " " + rows[i]["input"]).strip()
         noise = (0.1, 0.9, 0.6)[k % 3]
-        table[key] = table[items[j]["question"]] + noise * rng.standard_normal(dim).astype(np.float32) \
-            * np.linalg.norm(table[items[j]["question"]]) / np.sqrt(dim)
+        table[key] = table[items[j]["question"]] + noise * rng.standard_normal(dim).astype(np.float32) * np.linalg.norm(
+            table[items[j]["question"]]
+        ) / np.sqrt(dim)
     table = {k: normalise(v[None])[0] for k, v in table.items()}
     return rows, items, table, n_leak
 
@@ -101,11 +123,15 @@ def run(rows, items, embedder, label: str, trace_memory: bool) -> None:
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     s = result.summary
     print(f"{label}: {len(rows)} training rows x {len(items)} benchmark items")
-    print(f"  detection once embedded: {wall:.1f} s wall, {cpu:.1f} s CPU; peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (before: {rss_before:.0f} MB)")
-    print(f"  flagged pairs {s['flagged_pairs']} {s['pairs_by_detector']}; by category {s['pairs_by_category']}; "
-          f"removed rows {s['removed_rows']}; pairs checked by (c) below the embedding threshold: "
-          f"{s['answer_detector_candidates']}")
+    print(
+        f"  detection once embedded: {wall:.1f} s wall, {cpu:.1f} s CPU; peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (before: {rss_before:.0f} MB)"
+    )
+    print(
+        f"  flagged pairs {s['flagged_pairs']} {s['pairs_by_detector']}; by category {s['pairs_by_category']}; "
+        f"removed rows {s['removed_rows']}; pairs checked by (c) below the embedding threshold: "
+        f"{s['answer_detector_candidates']}"
+    )
     if trace_memory:  # a second pass: tracemalloc slows Python code two- to threefold, so not in the timing
         tracemalloc.start()
         find_leaks(rows, items, cfg, embedder)
@@ -122,8 +148,10 @@ def main() -> None:
     args = ap.parse_args()
     t = time.perf_counter()
     rows, items, table, n_leak = synthetic(args.train, args.items)
-    print(f"synthetic data built in {time.perf_counter() - t:.1f} s; planted {n_leak} verbatim, {n_leak} reworded, "
-          f"{n_leak} other-number pairs")
+    print(
+        f"synthetic data built in {time.perf_counter() - t:.1f} s; planted {n_leak} verbatim, {n_leak} reworded, "
+        f"{n_leak} other-number pairs"
+    )
     run(rows, items, TableEmbedder(table), "synthetic", args.trace_memory)
     if args.real:
         from platypus_utils import curate, sources
@@ -135,10 +163,15 @@ def main() -> None:
         data = ROOT.parent / "shared" / "data"
         real = []
         for name in ("math", "theoremqa", "scibench", "scienceqa"):
-            real += sources.load_source(SourceConfig(name=name, path=str(data / "sources" / name)), Profile(name="b"))[0]
+            real += sources.load_source(SourceConfig(name=name, path=str(data / "sources" / name)), Profile(name="b"))[
+                0
+            ]
         real = [real[i] for i in curate.exact_dedup(real)[0]]
-        bench = [it for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
-                 for it in load_benchmark(name, data / "benchmarks")]
+        bench = [
+            it
+            for name in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
+            for it in load_benchmark(name, data / "benchmarks")
+        ]
         embedder = Embedder("embedded:all-minilm-l6-v2", default_cache_dir(), device="cpu")
         t = time.perf_counter()
         embedder.encode([curate.embedding_text(r) for r in real])

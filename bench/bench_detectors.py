@@ -27,6 +27,7 @@ smollm2-135m-instruct) on N pairs per kind: it costs seconds per pair on a CPU.
 Targets (issue 14): verbatim and reformatted 100%; rewordings >= 90%; similar-but-different removed
 <= 10%; clean removed <= 2%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,14 @@ LEAK_CATEGORIES = ("duplicate", "gray_area")
 
 
 def rates(says_leak: pd.Series, is_leak: pd.Series) -> dict:
-    return {"recall": says_leak[is_leak].mean(), "false_alarms": says_leak[~is_leak].mean(),
-            "caught": int(says_leak[is_leak].sum()), "leaks": int(is_leak.sum()),
-            "false": int(says_leak[~is_leak].sum()), "no_leaks": int((~is_leak).sum())}
+    return {
+        "recall": says_leak[is_leak].mean(),
+        "false_alarms": says_leak[~is_leak].mean(),
+        "caught": int(says_leak[is_leak].sum()),
+        "leaks": int(is_leak.sum()),
+        "false": int(says_leak[~is_leak].sum()),
+        "no_leaks": int((~is_leak).sum()),
+    }
 
 
 def detector_table(scores: pd.DataFrame, is_leak: pd.Series, cfg: DecontaminateConfig) -> pd.DataFrame:
@@ -81,8 +87,11 @@ def per_kind(says_leak: pd.Series, pairs: list[dict]) -> dict:
     kind = pd.Series([p["kind"] for p in pairs])
     is_leak = pd.Series([p["label"] == "leak" for p in pairs])
     says = says_leak.reset_index(drop=True).astype(bool)
-    row = {k: f"{says[kind == k].mean():.0%} ({int(says[kind == k].sum())}/{int((kind == k).sum())})"
-           for k in KINDS if (kind == k).any()}
+    row = {
+        k: f"{says[kind == k].mean():.0%} ({int(says[kind == k].sum())}/{int((kind == k).sum())})"
+        for k in KINDS
+        if (kind == k).any()
+    }
     row["recall"] = f"{says[is_leak].mean():.1%}"
     row["false_alarms"] = f"{says[~is_leak].mean():.1%}"
     return row
@@ -115,8 +124,9 @@ def judge_report(pairs: list[dict], scores: pd.DataFrame, embedding_model: str, 
     rows["stage rules (a)+(b)+(c) default"] = (rules, float("nan"))
     rows[f"judge (MiniLM meaning), cosine >= {CANDIDATE_COSINE:g}"] = (judge, judge_cost)
     rows["judge or stage rules"] = (judge | rules, judge_cost)
-    table = pd.DataFrame([{"detector": n, **per_kind(flag, pairs), "s/1k pairs": f"{c:.0f}"}
-                          for n, (flag, c) in rows.items()])
+    table = pd.DataFrame(
+        [{"detector": n, **per_kind(flag, pairs), "s/1k pairs": f"{c:.0f}"} for n, (flag, c) in rows.items()]
+    )
     print(f"== per kind, all {len(pairs)} pairs (cell: share said to leak)")
     print(table.to_string(index=False) + "\n")
     for split in sorted({p.get("split", "dev") for p in pairs}):
@@ -127,8 +137,10 @@ def judge_report(pairs: list[dict], scores: pd.DataFrame, embedding_model: str, 
     print("\n   judge mistakes (all pairs):")
     for k, p in enumerate(pairs):
         if bool(judge[k]) != (p["label"] == "leak"):
-            print(f"     {p['id']:22} {p['kind']:13} q {judged['question_cosine'][k]:.2f} a {judged['answer_cosine'][k]:.2f} "
-                  f"numbers differ {bool(judged['numbers_differ'][k])!s:5}  {p['question'][:60]!r}")
+            print(
+                f"     {p['id']:22} {p['kind']:13} q {judged['question_cosine'][k]:.2f} a {judged['answer_cosine'][k]:.2f} "
+                f"numbers differ {bool(judged['numbers_differ'][k])!s:5}  {p['question'][:60]!r}"
+            )
     if llm_per_kind:
         llm_report(pairs, candidate, llm_per_kind)
 
@@ -136,13 +148,20 @@ def judge_report(pairs: list[dict], scores: pd.DataFrame, embedding_model: str, 
 def llm_report(pairs: list[dict], candidate: pd.Series, per_kind_n: int) -> None:
     """The LLM judge (SmolLM2-135M-Instruct, embedded) on a sample of N pairs per kind."""
     rng = random.Random(0)
-    idx = [i for k in KINDS for i in rng.sample([j for j, p in enumerate(pairs) if p["kind"] == k],
-                                                 min(per_kind_n, sum(p["kind"] == k for p in pairs)))]
+    idx = [
+        i
+        for k in KINDS
+        for i in rng.sample(
+            [j for j, p in enumerate(pairs) if p["kind"] == k], min(per_kind_n, sum(p["kind"] == k for p in pairs))
+        )
+    ]
     sample = [pairs[i] for i in idx]
     out, cost = timed_judge(pairs_frame(sample), "llm:embedded:smollm2-135m-instruct")
     says = out["verdict"].reset_index(drop=True) & candidate[idx].reset_index(drop=True)
-    print(f"\n== LLM judge, SmolLM2-135M-Instruct, {len(sample)} pairs ({per_kind_n} per kind), "
-          f"{cost:.0f} s per 1,000 pairs (model load included)")
+    print(
+        f"\n== LLM judge, SmolLM2-135M-Instruct, {len(sample)} pairs ({per_kind_n} per kind), "
+        f"{cost:.0f} s per 1,000 pairs (model load included)"
+    )
     print("   " + str(per_kind(says, sample)))
 
 
@@ -160,9 +179,12 @@ def main() -> None:
     is_leak = pd.Series([p["label"] == "leak" for p in pairs])
     split = pd.Series([p.get("split", "dev") for p in pairs])
     fmt = {"recall": "{:.1%}".format, "false_alarms": "{:.1%}".format}
-    for name, mask in [("dev (the rules were designed on it)", split == "dev"),
-                       ("held-out (written after the rules, measured once)", split == "heldout"),
-                       ("real (written against the real test files)", split == "real"), ("all", split == split)]:
+    for name, mask in [
+        ("dev (the rules were designed on it)", split == "dev"),
+        ("held-out (written after the rules, measured once)", split == "heldout"),
+        ("real (written against the real test files)", split == "real"),
+        ("all", split == split),
+    ]:
         sub, leak = scores[mask].reset_index(drop=True), is_leak[mask].reset_index(drop=True)
         kinds = pd.Series([p["kind"] for p, m in zip(pairs, mask) if m]).value_counts().to_dict()
         print(f"== {name}: {len(sub)} pairs, {int(leak.sum())} leaks, {int((~leak).sum())} no-leaks; {kinds}")
@@ -183,14 +205,18 @@ def main() -> None:
     agree = (scores["category"] == expected)[flagged_leaks]
     print(f"\ncategory of caught leaks as expected (duplicate vs gray-area): {int(agree.sum())}/{len(agree)}")
     sbd = ~is_leak & (expected == "similar_but_different") & (scores["category"] != "")
-    print(f"similar-but-different pairs flagged and kept as similar_but_different: "
-          f"{int((scores['category'][sbd] == 'similar_but_different').sum())}/{int(sbd.sum())}")
+    print(
+        f"similar-but-different pairs flagged and kept as similar_but_different: "
+        f"{int((scores['category'][sbd] == 'similar_but_different').sum())}/{int(sbd.sum())}"
+    )
     print("\nmistakes of the default (all pairs):")
     for k, p in enumerate(pairs):
         said = scores["category"][k] in LEAK_CATEGORIES
         if said != is_leak[k] or (said and scores["category"][k] != p["category"]):
-            print(f"  {p['id']:10} {p['label']:7} expected {p['category']:21} got {scores['category'][k] or '-':21} "
-                  f"cos {scores['embedding_cosine'][k]:.3f}  {scores['rule'][k] or p.get('note', '')}")
+            print(
+                f"  {p['id']:10} {p['label']:7} expected {p['category']:21} got {scores['category'][k] or '-':21} "
+                f"cos {scores['embedding_cosine'][k]:.3f}  {scores['rule'][k] or p.get('note', '')}"
+            )
     print()
     judge_report(pairs, scores, args.embedding_model, args.llm)
 

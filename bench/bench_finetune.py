@@ -27,6 +27,7 @@ base weights' gradients (4 N per token, 6 N with checkpointing), so "work/peak" 
 Attention's own FLOPs are left out of both. "epoch min" is an Open-Platypus epoch (24,926
 examples of this length profile) at that rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,28 +52,74 @@ from platypus_utils.config import FinetuneConfig  # noqa: E402
 OPEN_PLATYPUS_EXAMPLES = 24_926
 SHAPES = {
     # hidden, intermediate, layers, heads, vocab: Llama-2's; tiny keeps the same proportions small
-    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=1024, cutoff_len=512),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=1024,
+        cutoff_len=512,
+    ),
     # SmolLM2-135M (the embedded default) at real-offline's cutoff: the CPU profiles' model
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3, vocab_size=49152, cutoff_len=384, tie_word_embeddings=True),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000, cutoff_len=4096),
-    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                num_key_value_heads=40, vocab_size=32000, cutoff_len=4096),
+    "135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        cutoff_len=384,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        cutoff_len=4096,
+    ),
+    "13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        cutoff_len=4096,
+    ),
 }
 CONFIGS = {
-    "authors": dict(packing=False, gradient_checkpointing=False, per_device_train_batch_size=1,
-                    gradient_accumulation_steps=16),
-    "batched": dict(packing=False, gradient_checkpointing=False, per_device_train_batch_size=4,
-                    gradient_accumulation_steps=4),  # padded micro-batches of 4, as the CPU profiles train
+    "authors": dict(
+        packing=False, gradient_checkpointing=False, per_device_train_batch_size=1, gradient_accumulation_steps=16
+    ),
+    "batched": dict(
+        packing=False, gradient_checkpointing=False, per_device_train_batch_size=4, gradient_accumulation_steps=4
+    ),  # padded micro-batches of 4, as the CPU profiles train
     # the paper profiles' route: padding-free micro-batches of 4 whole examples, exactly 16 a step
-    "padfree": dict(packing="bfd", batch_unit="examples", gradient_checkpointing=False, per_device_train_batch_size=4,
-                    gradient_accumulation_steps=4),
-    "packed": dict(packing="bfd", batch_unit="tokens", gradient_checkpointing=False, per_device_train_batch_size=1,
-                   gradient_accumulation_steps=16),
-    "packed_gc": dict(packing="bfd", batch_unit="tokens", gradient_checkpointing=True, per_device_train_batch_size=1,
-                      gradient_accumulation_steps=16),
+    "padfree": dict(
+        packing="bfd",
+        batch_unit="examples",
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+    ),
+    "packed": dict(
+        packing="bfd",
+        batch_unit="tokens",
+        gradient_checkpointing=False,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=16,
+    ),
+    "packed_gc": dict(
+        packing="bfd",
+        batch_unit="tokens",
+        gradient_checkpointing=True,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=16,
+    ),
 }
 PAD, EOS = 0, 1
 
@@ -114,9 +161,14 @@ def word_tokenizer(vocab: int):
 def random_llama(shape: dict, device: str, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{k: v for k, v in shape.items() if k != "cutoff_len"},
-                         max_position_embeddings=shape["cutoff_len"], pad_token_id=PAD, eos_token_id=EOS,
-                         bos_token_id=None, use_cache=False)
+    config = LlamaConfig(
+        **{k: v for k, v in shape.items() if k != "cutoff_len"},
+        max_position_embeddings=shape["cutoff_len"],
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=None,
+        use_cache=False,
+    )
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in the training dtype on the device: a 13B never exists in fp32
@@ -143,7 +195,7 @@ def matmul_ceiling(device: str, dtype: torch.dtype, seconds: float = 2.0) -> flo
             a @ b
         reps += 5
         sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 class StepClock:
@@ -178,8 +230,17 @@ class StepClock:
         return (self.tokens1 - self.tokens0) / (self.t1 - self.t0) if self.steps else float("nan")
 
 
-def bench_config(name: str, shape_name: str, steps: int, warmup: int, device: str, dtype: torch.dtype,
-                 ceiling: float, seed: int = 0, examples: int | None = None) -> dict:
+def bench_config(
+    name: str,
+    shape_name: str,
+    steps: int,
+    warmup: int,
+    device: str,
+    dtype: torch.dtype,
+    ceiling: float,
+    seed: int = 0,
+    examples: int | None = None,
+) -> dict:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     shape = SHAPES[shape_name]
@@ -188,8 +249,17 @@ def bench_config(name: str, shape_name: str, steps: int, warmup: int, device: st
     # packed rows (batch_unit tokens, opt-in): a step of 4 full rows; the paper's 16 examples are ~1.2 rows of
     # 4096 tokens, which whole rows cannot hit within 10% (plan_batch refuses that), hence an explicit target
     tokens = {"tokens_per_step": 4 * cutoff} if CONFIGS[name].get("batch_unit") == "tokens" else {}
-    ft = FinetuneConfig(**CONFIGS[name], **tokens, cutoff_len=cutoff, max_steps=steps + warmup, warmup_steps=0,
-                        learning_rate=1e-4, logging_steps=1000, save_steps=10 ** 6, eval_size=1)
+    ft = FinetuneConfig(
+        **CONFIGS[name],
+        **tokens,
+        cutoff_len=cutoff,
+        max_steps=steps + warmup,
+        warmup_steps=0,
+        learning_rate=1e-4,
+        logging_steps=1000,
+        save_steps=10**6,
+        eval_size=1,
+    )
     # enough examples for every step (an authors' step takes 16); packed steps take about as many
     n = examples or 16 * (steps + warmup) + 64
     prompt_len, total_len = synthetic_lengths(n, cutoff, scale, seed)
@@ -206,8 +276,9 @@ def bench_config(name: str, shape_name: str, steps: int, warmup: int, device: st
     clock = StepClock(warmup, device)
     with tempfile.TemporaryDirectory() as out:
         args = finetune.build_sft_config(ft, out, seed, device, dtype)
-        trainer, plan, isolation = finetune.prepare_trainer(model, tokenizer, dataset, ft, args, total_len,
-                                                            callbacks=[clock.callback])
+        trainer, plan, isolation = finetune.prepare_trainer(
+            model, tokenizer, dataset, ft, args, total_len, callbacks=[clock.callback]
+        )
         for quiet in (PrinterCallback, ProgressCallback):  # the table is the output
             trainer.remove_callback(quiet)
         t0 = time.perf_counter()
@@ -217,33 +288,46 @@ def bench_config(name: str, shape_name: str, steps: int, warmup: int, device: st
     work = (6 if ft.gradient_checkpointing else 4) * n_matmul * tps
     mean_tokens = float(total_len.mean())
     row = {
-        "shape": shape_name, "config": name, "device": device, "dtype": str(dtype).replace("torch.", ""),
-        "attn": attn, "liger": bool(args.use_liger_kernel), "packing": ft.packing or "no",
+        "shape": shape_name,
+        "config": name,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "attn": attn,
+        "liger": bool(args.use_liger_kernel),
+        "packing": ft.packing or "no",
         "gradient_checkpointing": ft.gradient_checkpointing,
-        "grad_accum": plan.gradient_accumulation_steps, "tokens_per_step": round(plan.tokens_per_step),
-        "examples_per_step": round(plan.examples_per_step, 1), "timed_steps": clock.steps,
-        "tokens_per_s": round(tps, 1), "mfu_6n": round(6 * n_matmul * tps / ceiling, 4),
+        "grad_accum": plan.gradient_accumulation_steps,
+        "tokens_per_step": round(plan.tokens_per_step),
+        "examples_per_step": round(plan.examples_per_step, 1),
+        "timed_steps": clock.steps,
+        "tokens_per_s": round(tps, 1),
+        "mfu_6n": round(6 * n_matmul * tps / ceiling, 4),
         "work_over_peak": round(work / ceiling, 4),
         "epoch_min": round(OPEN_PLATYPUS_EXAMPLES * mean_tokens / tps / 60, 1),
-        "mean_example_tokens": round(mean_tokens, 1), "params_matmul": n_matmul,
-        "packing_isolation_rel_diff": isolation.get("max_rel_diff"), "wall_s": round(wall, 1),
+        "mean_example_tokens": round(mean_tokens, 1),
+        "params_matmul": n_matmul,
+        "packing_isolation_rel_diff": isolation.get("max_rel_diff"),
+        "wall_s": round(wall, 1),
     }
     if device.startswith("cuda"):
-        row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 1)
+        row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     del trainer, model
     return row
 
 
 def format_table(rows: list[dict], ceiling: float) -> str:
-    head = (f"{'shape':<5} {'config':<10} {'attn':<18} {'liger':<5} {'gc':<5} {'accum':>5} {'tok/step':>8} "
-            f"{'ex/step':>7} {'tokens/s':>10} {'MFU 6N':>7} {'work/pk':>7} {'epoch min':>9} {'peak GB':>7}")
+    head = (
+        f"{'shape':<5} {'config':<10} {'attn':<18} {'liger':<5} {'gc':<5} {'accum':>5} {'tok/step':>8} "
+        f"{'ex/step':>7} {'tokens/s':>10} {'MFU 6N':>7} {'work/pk':>7} {'epoch min':>9} {'peak GB':>7}"
+    )
     lines = [f"matmul ceiling measured here: {ceiling / 1e12:.2f} TFLOP/s", head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['shape']:<5} {r['config']:<10} {r['attn']:<18} {str(r['liger']):<5} "
             f"{str(r['gradient_checkpointing']):<5} {r['grad_accum']:>5} {r['tokens_per_step']:>8} "
             f"{r['examples_per_step']:>7} {r['tokens_per_s']:>10.1f} {100 * r['mfu_6n']:>6.1f}% "
-            f"{100 * r['work_over_peak']:>6.1f}% {r['epoch_min']:>9.1f} {r.get('peak_mem_gb', '-'):>7}")
+            f"{100 * r['work_over_peak']:>6.1f}% {r['epoch_min']:>9.1f} {r.get('peak_mem_gb', '-'):>7}"
+        )
     return "\n".join(lines)
 
 
@@ -278,8 +362,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"{shape} {config}: out of memory ({str(exc).splitlines()[0]})", file=sys.stderr)
             if device != "cpu":  # long runs: show each row as it comes
                 print(format_table(rows[-1:], ceiling), flush=True)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
-          f"{str(dtype).replace('torch.', '')}, torch {torch.__version__}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+        f"{str(dtype).replace('torch.', '')}, torch {torch.__version__}"
+    )
     print(format_table(rows, ceiling))
     if args.json:
         args.json.write_text(json.dumps({"ceiling_flops": ceiling, "rows": rows}, indent=2))

@@ -7,6 +7,7 @@ share of rows have near-duplicates. Reports the blockwise pass time and peak mem
 naive greedy pass (each row compared with the kept set one at a time, as the authors' notebook
 did) on the same rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ def synthetic(n: int, dim: int = 384, dup_share: float = 0.1, seed: int = 0) -> 
     x = rng.standard_normal((n, dim), dtype=np.float32)
     k = int(n * dup_share)
     src = rng.integers(0, n - k, size=k)
-    x[n - k:] = x[src] + 0.3 * rng.standard_normal((k, dim), dtype=np.float32)  # cosine ~0.95
+    x[n - k :] = x[src] + 0.3 * rng.standard_normal((k, dim), dtype=np.float32)  # cosine ~0.95
     return normalise(x[rng.permutation(n)])
 
 
@@ -50,7 +51,7 @@ def kernel_pass(emb: np.ndarray, threshold: float, block_size: int, kernel: str)
         hits = 0
         for i0 in range(0, len(emb), block_size):
             for j0 in range(i0, len(emb), block_size):
-                tile = x[i0:i0 + block_size] @ x[j0:j0 + block_size].T
+                tile = x[i0 : i0 + block_size] @ x[j0 : j0 + block_size].T
                 idx = torch.nonzero(tile >= threshold)
                 hits += int((idx[:, 0] + i0 < idx[:, 1] + j0).sum())
         return hits

@@ -15,6 +15,7 @@ Steps (each timed; a failing step is recorded and the next one still runs):
 --cpu runs 1, 2 (stages 01-04, two optimizer steps, float32) and 4 (tiny shape), to check the
 script itself where no GPU is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "params" / "gpu-smoke.yaml"
-CPU_SETTINGS = ["finetune.max_steps=2", "finetune.cutoff_len=256", "finetune.per_device_train_batch_size=8",
-                "finetune.partner_adapter.max_steps=1", "models.torch_dtype=float32", "evaluate.device=cpu"]
+CPU_SETTINGS = [
+    "finetune.max_steps=2",
+    "finetune.cutoff_len=256",
+    "finetune.per_device_train_batch_size=8",
+    "finetune.partner_adapter.max_steps=1",
+    "models.torch_dtype=float32",
+    "evaluate.device=cpu",
+]
 
 
 def step(results: list, name: str, fn) -> None:
@@ -40,15 +47,24 @@ def step(results: list, name: str, fn) -> None:
         detail = fn()
         results.append({"step": name, "ok": True, "seconds": round(time.perf_counter() - t0, 1), **(detail or {})})
     except Exception as exc:  # noqa: BLE001 - the table records every step's outcome
-        results.append({"step": name, "ok": False, "seconds": round(time.perf_counter() - t0, 1),
-                        "error": f"{type(exc).__name__}: {exc}"[:400]})
+        results.append(
+            {
+                "step": name,
+                "ok": False,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "error": f"{type(exc).__name__}: {exc}"[:400],
+            }
+        )
 
 
 def environment() -> dict:
     cuda = torch.cuda.is_available()
-    return {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-            **{pkg: importlib.util.find_spec(pkg) is not None for pkg in ("flash_attn", "bitsandbytes", "liger_kernel")}}
+    return {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        **{pkg: importlib.util.find_spec(pkg) is not None for pkg in ("flash_attn", "bitsandbytes", "liger_kernel")},
+    }
 
 
 def run_profile(runs: Path, cpu: bool) -> dict:
@@ -67,8 +83,21 @@ def run_profile(runs: Path, cpu: bool) -> dict:
 
 def profile_results(run_dir: Path) -> dict:
     ft = json.loads((run_dir / "03_finetune" / "metrics.json").read_text())
-    out = {k: ft.get(k) for k in ("device", "dtype", "attn_implementation", "tokens_per_s", "peak_gpu_mem_mb",
-                                  "examples_per_step", "batch_unit", "steps", "eval_loss_before", "eval_loss_after")}
+    out = {
+        k: ft.get(k)
+        for k in (
+            "device",
+            "dtype",
+            "attn_implementation",
+            "tokens_per_s",
+            "peak_gpu_mem_mb",
+            "examples_per_step",
+            "batch_unit",
+            "steps",
+            "eval_loss_before",
+            "eval_loss_after",
+        )
+    }
     out["padding_free_isolation"] = (ft.get("packing_isolation") or {}).get("max_rel_diff")
     merge = json.loads((run_dir / "04_merge" / "merge_report.json").read_text())
     out["merges_verified"] = sorted(v for v, m in merge["models"].items() if m.get("verified", m.get("checks")))
@@ -107,26 +136,47 @@ def quantized_loading() -> dict:
 def bench(out_dir: Path, cpu: bool) -> dict:
     shapes = ["tiny"] if cpu else ["7b", "13b"]
     target = out_dir / "bench_finetune.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "bench_finetune.py"), "--shape", *shapes, "--steps", "2" if cpu else "4",
-           "--warmup", "1", "--configs", "authors", "padfree", "packed", "--json", str(target)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "bench_finetune.py"),
+        "--shape",
+        *shapes,
+        "--steps",
+        "2" if cpu else "4",
+        "--warmup",
+        "1",
+        "--configs",
+        "authors",
+        "padfree",
+        "packed",
+        "--json",
+        str(target),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"exit {done.returncode}: {done.stderr[-1500:]}")
     rows = json.loads(target.read_text())["rows"]
-    return {"rows": [{k: r.get(k) for k in ("shape", "config", "tokens_per_s", "mfu_6n", "peak_mem_gb",
-                                            "examples_per_step")} for r in rows]}
+    return {
+        "rows": [
+            {k: r.get(k) for k in ("shape", "config", "tokens_per_s", "mfu_6n", "peak_mem_gb", "examples_per_step")}
+            for r in rows
+        ]
+    }
 
 
 def markdown(results: list) -> str:
     lines = ["| step | ok | s | detail |", "|---|---|---:|---|"]
     for r in results:
-        detail = r.get("error") or ", ".join(f"{k}={v}" for k, v in r.items()
-                                               if k not in ("step", "ok", "seconds", "rows"))
+        detail = r.get("error") or ", ".join(
+            f"{k}={v}" for k, v in r.items() if k not in ("step", "ok", "seconds", "rows")
+        )
         lines.append(f"| {r['step']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']} | {detail} |")
     for r in results:
         for row in r.get("rows", []):
-            lines.append(f"| bench {row['shape']} {row['config']} | yes | | tokens/s {row['tokens_per_s']}, "
-                         f"MFU {row['mfu_6n']}, peak {row.get('peak_mem_gb')} GiB, {row['examples_per_step']} ex/step |")
+            lines.append(
+                f"| bench {row['shape']} {row['config']} | yes | | tokens/s {row['tokens_per_s']}, "
+                f"MFU {row['mfu_6n']}, peak {row.get('peak_mem_gb')} GiB, {row['examples_per_step']} ex/step |"
+            )
     return "\n".join(lines)
 
 

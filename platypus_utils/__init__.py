@@ -1,2 +1,3 @@
 """platypus_utils: the package behind the Platypus notebooks (one module per stage)."""
+
 __version__ = "0.1.0"

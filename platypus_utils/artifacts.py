@@ -12,6 +12,7 @@ Contract:
 - `read_jsonl` skips undecodable and malformed lines, logging each with its file and line and
   counting them in a `SkippedRows`; over-long string fields are handled per `limit_long_fields`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,17 +26,31 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger("platypus")
 
 MANIFEST = "manifest.json"
 ATTEMPT = "attempt.json"
 RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records the attempts itself
-TRACKED_LIBRARIES = ("platypus-utils", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
-                     "lm_eval", "sentence-transformers", "gguf", "papermill", "pandas", "numpy")
+TRACKED_LIBRARIES = (
+    "platypus-utils",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "lm_eval",
+    "sentence-transformers",
+    "gguf",
+    "papermill",
+    "pandas",
+    "numpy",
+)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -86,8 +101,17 @@ def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         return []
     found = []
-    walker = os.walk(folder) if recursive else [(str(folder), [p.name for p in folder.iterdir() if p.is_dir()],
-                                                 [p.name for p in folder.iterdir() if not p.is_dir()])]
+    walker = (
+        os.walk(folder)
+        if recursive
+        else [
+            (
+                str(folder),
+                [p.name for p in folder.iterdir() if p.is_dir()],
+                [p.name for p in folder.iterdir() if not p.is_dir()],
+            )
+        ]
+    )
     for root, dirs, files in walker:
         for name in list(dirs) + list(files):
             m = _DEBRIS.match(name)
@@ -175,8 +199,7 @@ def decode_line(raw: bytes, where: str, skipped: SkippedRows) -> str | None:
 OVER_LONG_POLICIES = ("truncate", "drop", "keep")
 
 
-def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str,
-                      skipped: SkippedRows) -> Any:
+def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
     """A row whose string fields are all at most `max_chars` characters comes back as it is. One
     with a longer field is counted and logged (naming `where`, the field and its length), then:
     "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" keeps it whole."""
@@ -198,8 +221,9 @@ def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str,
     return row
 
 
-def read_jsonl(path: str | Path, skipped: SkippedRows | None = None, max_chars: int | None = None,
-               over_long: str = "keep") -> list[dict]:
+def read_jsonl(
+    path: str | Path, skipped: SkippedRows | None = None, max_chars: int | None = None, over_long: str = "keep"
+) -> list[dict]:
     """The JSON objects of a JSON-lines file. Lines that are not UTF-8 ("undecodable"), not JSON
     ("malformed_json") or not an object ("not_an_object") are skipped, each logged with the file and
     line and counted in `skipped`; fields over `max_chars` are handled per `limit_long_fields`."""
@@ -283,7 +307,7 @@ class StageRun:
         self.timings: dict[str, float] = {}
         self._t0 = 0.0
 
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own_attempt = not os.environ.get(RUNNER_ATTEMPT_ENV)  # run from JupyterLab or a script
         if self._own_attempt:
@@ -358,8 +382,13 @@ def read_manifest(stage_dir: str | Path) -> dict | None:
 # ---------------------------------------------------------------- attempt record
 def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
     """Record that an attempt at `stage` starts now (status "running"); returns the record."""
-    record = {"stage": stage, "status": "running", "pid": os.getpid(),
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+    record = {
+        "stage": stage,
+        "status": "running",
+        "pid": os.getpid(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+    }
     write_json(Path(stage_dir) / ATTEMPT, record)
     return record
 
@@ -392,6 +421,8 @@ def attempt_problem(stage_dir: str | Path) -> str | None:
     if record.get("status") == "failed":
         return f"last attempt failed ({record.get('finished_at', '?')}): {record.get('error', 'no error recorded')}"
     if record.get("status") == "running":
-        return (f"last attempt (PID {record.get('pid')}, started {record.get('started_at')}) never finished: "
-                "killed or crashed")
+        return (
+            f"last attempt (PID {record.get('pid')}, started {record.get('started_at')}) never finished: "
+            "killed or crashed"
+        )
     return f"attempt record {Path(stage_dir) / ATTEMPT} is {record.get('status')}"

@@ -42,14 +42,16 @@ Known duplication: 05's task folder parses the same four formats again (lm_eval_
 file is copied next to the generated lm-eval YAMLs and must work with the plain `lm_eval` command,
 so it imports nothing from this package; its row order is what `doc_id` above relies on.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 log = logging.getLogger("platypus")
 
@@ -72,20 +74,47 @@ class BenchmarkSpec:
         return self.lm_eval_task.format(subject=subject)
 
 
-REGISTRY: dict[str, BenchmarkSpec] = {s.name: s for s in (
-    BenchmarkSpec("arc_challenge", "arc_challenge", "arc_challenge", "arc_challenge/ARC-Challenge-Test.jsonl",
-                  "the ARC-Challenge Test split, JSON lines with id, question.stem, question.choices, answerKey",
-                  ("allenai/ai2_arc", "ARC-Challenge", "test"), "choices"),
-    BenchmarkSpec("hellaswag", "hellaswag", "hellaswag", "hellaswag/hellaswag_val.jsonl",
-                  "the HellaSwag validation split, JSON lines with ind, ctx, endings, label",
-                  ("Rowan/hellaswag", None, "validation"), "gold_ending"),
-    BenchmarkSpec("mmlu", "mmlu", "mmlu_{subject}", "mmlu/test",
-                  "a folder of <subject>_test.csv files (question, A, B, C, D, answer letter; no header)",
-                  ("cais/mmlu", "all", "test"), "choices"),
-    BenchmarkSpec("truthfulqa", "truthfulqa_mc2", "truthfulqa_mc2", "truthfulqa/mc_task.json",
-                  "TruthfulQA's mc_task.json, a JSON list of {question, mc1_targets, mc2_targets}",
-                  ("truthful_qa", "multiple_choice", "validation"), "answer"),
-)}
+REGISTRY: dict[str, BenchmarkSpec] = {
+    s.name: s
+    for s in (
+        BenchmarkSpec(
+            "arc_challenge",
+            "arc_challenge",
+            "arc_challenge",
+            "arc_challenge/ARC-Challenge-Test.jsonl",
+            "the ARC-Challenge Test split, JSON lines with id, question.stem, question.choices, answerKey",
+            ("allenai/ai2_arc", "ARC-Challenge", "test"),
+            "choices",
+        ),
+        BenchmarkSpec(
+            "hellaswag",
+            "hellaswag",
+            "hellaswag",
+            "hellaswag/hellaswag_val.jsonl",
+            "the HellaSwag validation split, JSON lines with ind, ctx, endings, label",
+            ("Rowan/hellaswag", None, "validation"),
+            "gold_ending",
+        ),
+        BenchmarkSpec(
+            "mmlu",
+            "mmlu",
+            "mmlu_{subject}",
+            "mmlu/test",
+            "a folder of <subject>_test.csv files (question, A, B, C, D, answer letter; no header)",
+            ("cais/mmlu", "all", "test"),
+            "choices",
+        ),
+        BenchmarkSpec(
+            "truthfulqa",
+            "truthfulqa_mc2",
+            "truthfulqa_mc2",
+            "truthfulqa/mc_task.json",
+            "TruthfulQA's mc_task.json, a JSON list of {question, mc1_targets, mc2_targets}",
+            ("truthful_qa", "multiple_choice", "validation"),
+            "answer",
+        ),
+    )
+}
 BENCHMARK_NAMES = tuple(REGISTRY)
 _ALIASES = {s.leaderboard_name: s.name for s in REGISTRY.values()}
 # kept for callers of the earlier module: derived from the registry
@@ -101,10 +130,19 @@ def spec(name: str) -> BenchmarkSpec:
     return REGISTRY[key]
 
 
-def _item(benchmark: str, item_id: str, question: str, choices: list[str], answer: str, doc_id: int,
-          subject: str = "") -> dict:
-    return {"benchmark": benchmark, "subject": subject, "item_id": item_id, "question": question,
-            "choices": choices, "answer": answer, "lm_eval_task": REGISTRY[benchmark].task(subject), "doc_id": doc_id}
+def _item(
+    benchmark: str, item_id: str, question: str, choices: list[str], answer: str, doc_id: int, subject: str = ""
+) -> dict:
+    return {
+        "benchmark": benchmark,
+        "subject": subject,
+        "item_id": item_id,
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "lm_eval_task": REGISTRY[benchmark].task(subject),
+        "doc_id": doc_id,
+    }
 
 
 def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
@@ -113,8 +151,10 @@ def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
     s = spec(name)
     path = Path(benchmarks_dir) / s.test_path
     if not path.exists():
-        raise FileNotFoundError(f"{path}: benchmark file not found - {benchmarks_dir} has no {s.name} test set; "
-                                f"expected {s.test_path} there ({s.expected})")
+        raise FileNotFoundError(
+            f"{path}: benchmark file not found - {benchmarks_dir} has no {s.name} test set; "
+            f"expected {s.test_path} there ({s.expected})"
+        )
     return path
 
 
@@ -172,8 +212,15 @@ def read_mmlu_csv(path: Path) -> list[list[str]]:
 
 def mmlu_item(record: list[str], subject: str, doc_id: int) -> dict:
     choices = record[1:5]
-    return _item("mmlu", f"mmlu/{subject}/test/{doc_id}", record[0], choices,
-                 choices[_LETTERS.index(record[5].strip())], doc_id, subject)
+    return _item(
+        "mmlu",
+        f"mmlu/{subject}/test/{doc_id}",
+        record[0],
+        choices,
+        choices[_LETTERS.index(record[5].strip())],
+        doc_id,
+        subject,
+    )
 
 
 def truthfulqa_item(obj: dict, doc_id: int) -> dict:
@@ -249,17 +296,31 @@ def _load_hub(name: str, limit: Optional[int]) -> list[dict]:
     items = []
     for k, row in enumerate(ds):
         if name == "arc_challenge":
-            obj = {"id": row["id"], "answerKey": row["answerKey"],
-                   "question": {"stem": row["question"], "choices": [
-                       {"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]}}
+            obj = {
+                "id": row["id"],
+                "answerKey": row["answerKey"],
+                "question": {
+                    "stem": row["question"],
+                    "choices": [
+                        {"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])
+                    ],
+                },
+            }
             items.append(arc_item(obj, k))
         elif name == "hellaswag":
             items.append(hellaswag_item(row, k))
         else:
             mc1, mc2 = row["mc1_targets"], row["mc2_targets"]
-            items.append(truthfulqa_item({"question": row["question"],
-                                          "mc1_targets": dict(zip(mc1["choices"], mc1["labels"])),
-                                          "mc2_targets": dict(zip(mc2["choices"], mc2["labels"]))}, k))
+            items.append(
+                truthfulqa_item(
+                    {
+                        "question": row["question"],
+                        "mc1_targets": dict(zip(mc1["choices"], mc1["labels"])),
+                        "mc2_targets": dict(zip(mc2["choices"], mc2["labels"])),
+                    },
+                    k,
+                )
+            )
     return items if limit is None else items[:limit]
 
 

@@ -1,5 +1,6 @@
 """Command line: `platypus run PARAMS.yaml`, `platypus validate`, `platypus decontaminate`, `platypus analyse`,
 `platypus plan`."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,24 @@ def _add_run(sub) -> None:
     """`platypus run PROFILE`: the stages, as papermill notebooks."""
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
     p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
-    p_run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune")
+    p_run.add_argument(
+        "--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune"
+    )
     p_run.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
     p_run.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a profile key, e.g. --set finetune.max_steps=5")
+    p_run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile key, e.g. --set finetune.max_steps=5",
+    )
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
-    p_run.add_argument("--wait", action="store_true",
-                       help="if another run of this profile holds its lock, wait for it instead of exiting (3)")
+    p_run.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run of this profile holds its lock, wait for it instead of exiting (3)",
+    )
 
 
 def _add_validate(sub) -> None:
@@ -45,31 +56,52 @@ def _add_validate(sub) -> None:
 
 def _add_decontaminate(sub) -> None:
     """`platypus decontaminate DATA --benchmarks DIR --out DIR`."""
-    p_dec = sub.add_parser("decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; "
-                           "prints a JSON summary")
+    p_dec = sub.add_parser(
+        "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
+    )
     p_dec.add_argument("train", help="JSON lines (or a .json list) with instruction, output[, input, data_source]")
     p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
     p_dec.add_argument("--out", required=True, help="output directory")
-    p_dec.add_argument("--detectors", type=_detectors, default=None, metavar="LIST",
-                       help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
-                            "default, embedding,ngram,answer); ngram alone needs no embedding model")
-    p_dec.add_argument("--benchmark", action="append", dest="benchmark_names",
-                       choices=["arc_challenge", "hellaswag", "mmlu", "truthfulqa"],
-                       help="check only this benchmark (repeatable; default: all four)")
+    p_dec.add_argument(
+        "--detectors",
+        type=_detectors,
+        default=None,
+        metavar="LIST",
+        help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
+        "default, embedding,ngram,answer); ngram alone needs no embedding model",
+    )
+    p_dec.add_argument(
+        "--benchmark",
+        action="append",
+        dest="benchmark_names",
+        choices=["arc_challenge", "hellaswag", "mmlu", "truthfulqa"],
+        help="check only this benchmark (repeatable; default: all four)",
+    )
     p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
-    p_dec.add_argument("--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)")
+    p_dec.add_argument(
+        "--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)"
+    )
 
 
 def _add_analyse(sub) -> None:
     """`platypus analyse DIR[=NAME]... --baseline NAME --out DIR`."""
     p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
-    p_an.add_argument("inputs", nargs="+", metavar="DIR[=NAME]",
-                      help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's")
+    p_an.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="DIR[=NAME]",
+        help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's",
+    )
     p_an.add_argument("--baseline", required=True, help="the variant every other one is compared with")
     p_an.add_argument("--out", required=True, help="output folder (tables/, figures/, summary.md)")
-    p_an.add_argument("--merged", action="append", default=[], metavar="VARIANT=PARTNER",
-                      help="VARIANT is PARTNER + the adapter: also compare them (repeatable)")
+    p_an.add_argument(
+        "--merged",
+        action="append",
+        default=[],
+        metavar="VARIANT=PARTNER",
+        help="VARIANT is PARTNER + the adapter: also compare them (repeatable)",
+    )
     p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
     p_an.add_argument("--confidence", type=float, default=0.95)
     p_an.add_argument("--n-bootstrap", type=int, default=2000)
@@ -82,8 +114,12 @@ def _add_plan(sub) -> None:
     """`platypus plan PROFILE`: the dry run before renting a GPU."""
     p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
     p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
-    p_plan.add_argument("--config", metavar="DIR", help="folder with the base model's config.json (else plan.base_config, "
-                        "a params/model_configs copy, or the hub)")
+    p_plan.add_argument(
+        "--config",
+        metavar="DIR",
+        help="folder with the base model's config.json (else plan.base_config, "
+        "a params/model_configs copy, or the hub)",
+    )
     p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
     p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
     p_plan.add_argument("--gpu-memory-gb", type=float, help="GiB per GPU the plan must fit (plan.gpu_memory_gb)")
@@ -104,8 +140,15 @@ def _cmd_run(args) -> int:
     from .runner import RunLocked, StageFailed, run  # the runner imports every stage: only when running
 
     try:
-        run(args.params, only=args.only, start=args.start, force=args.force,
-            overrides=parse_set(args.set), verbose=args.verbose, wait=args.wait)
+        run(
+            args.params,
+            only=args.only,
+            start=args.start,
+            force=args.force,
+            overrides=parse_set(args.set),
+            verbose=args.verbose,
+            wait=args.wait,
+        )
     except StageFailed:
         return 1
     except RunLocked as exc:
@@ -133,8 +176,7 @@ def _cmd_plan(args) -> int:
     from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
 
     profile = load_profile(args.params, overrides=parse_set(args.set))
-    result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb,
-                       mfu=args.mfu)
+    result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb, mfu=args.mfu)
     print(format_plan(result))
     out = write_plan(result, Path(args.out) if args.out else default_out(profile))
     print(f"written: {shown_path(out)}")
@@ -161,15 +203,26 @@ def _cmd_analyse(args) -> int:
     from .analysis import StatsSettings, analyse
 
     merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
-    produced = analyse(args.inputs, args.baseline, args.out, force=args.force,
-                       formats=[f for f in args.formats.split(",") if f],
-                       st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed), merged=merged)
+    produced = analyse(
+        args.inputs,
+        args.baseline,
+        args.out,
+        force=args.force,
+        formats=[f for f in args.formats.split(",") if f],
+        st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed),
+        merged=merged,
+    )
     print("\n".join(produced.get("verdicts", []) + produced["notes"] + [f"summary: {produced['summary']}"]))
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "decontaminate": _cmd_decontaminate,
-            "analyse": _cmd_analyse}
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "plan": _cmd_plan,
+    "decontaminate": _cmd_decontaminate,
+    "analyse": _cmd_analyse,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

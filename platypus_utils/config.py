@@ -3,6 +3,7 @@
 A profile has a few global keys and one section per stage. Unknown or mistyped keys fail
 with a `ProfileError` naming the key and the file, before anything runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,13 +72,15 @@ class CurateConfig(_Section):
 
 class DecontaminateConfig(_Section):
     benchmarks: list[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa"]] = Field(
-        default_factory=lambda: list(BENCHMARKS))
+        default_factory=lambda: list(BENCHMARKS)
+    )
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
     # leak detectors that flag pairs: embedding (cosine >= similarity_threshold, the paper's), ngram
     # (ngram_n-gram overlap), answer (cosine >= answer_detector_threshold, numbers and answer agree),
     # judge (platypus_utils.leak_judge over candidates at cosine >= judge_threshold)
     detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
-        default_factory=lambda: ["embedding", "ngram", "answer"], min_length=1)
+        default_factory=lambda: ["embedding", "ngram", "answer"], min_length=1
+    )
     # how a test item is read: "question" (the stem; HellaSwag's context) and "full" (with its choices for
     # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view
     views: list[Literal["question", "full"]] = Field(default_factory=lambda: ["question", "full"], min_length=1)
@@ -98,7 +101,8 @@ class DecontaminateConfig(_Section):
     answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # detector (c): pairs at this
     # cosine or above are flagged when numbers agree and the test answer is in the train output; null: off
     actions: dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]] = Field(
-        default_factory=lambda: {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"})
+        default_factory=lambda: {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
+    )
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
 
@@ -107,6 +111,7 @@ class PartnerAdapterConfig(_Section):
     """A second, small LoRA trained by 03 on another slice of the data (same LoRA settings), saved as
     03_finetune/partner_adapter. Merged into the base by 04 (merge.partners[].adapter) it plays the
     paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
+
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
     max_steps: int = Field(default=4, ge=1)
     learning_rate: Optional[float] = Field(default=None, gt=0.0)  # None: finetune.learning_rate
@@ -143,8 +148,9 @@ class FinetuneConfig(_Section):
     global_batch_size: Optional[int] = Field(default=None, ge=1)
     tokens_per_step: Optional[int] = Field(default=None, ge=1)  # batch_unit: tokens only
     group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
-    attn_implementation: Literal["auto", "eager", "sdpa", "flex_attention", "flash_attention_2",
-                                 "flash_attention_3"] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
+    attn_implementation: Literal[
+        "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
     use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=5, ge=1)
@@ -170,8 +176,10 @@ class FinetuneConfig(_Section):
         if v == "wrapped":
             # wrapped packing concatenates examples and cuts them at cutoff_len: attention crosses
             # example boundaries and a response can be cut off from its prompt
-            raise ValueError("'wrapped' packing lets attention cross example boundaries and separates "
-                             "responses from their prompts; use 'bfd' (or 'bfd_split')")
+            raise ValueError(
+                "'wrapped' packing lets attention cross example boundaries and separates "
+                "responses from their prompts; use 'bfd' (or 'bfd_split')"
+            )
         return v
 
     @model_validator(mode="after")
@@ -179,16 +187,22 @@ class FinetuneConfig(_Section):
         if self.group_by_length and self.packing:
             raise ValueError("group_by_length groups unpacked examples; it has no use with packing")
         if self.num_gpus > 1 and not self.accelerate_config:
-            raise ValueError(f"num_gpus={self.num_gpus} needs accelerate_config: accelerate/ddp.yaml, "
-                             "accelerate/fsdp.yaml, accelerate/fsdp_qlora.yaml or accelerate/zero3.yaml")
+            raise ValueError(
+                f"num_gpus={self.num_gpus} needs accelerate_config: accelerate/ddp.yaml, "
+                "accelerate/fsdp.yaml, accelerate/fsdp_qlora.yaml or accelerate/zero3.yaml"
+            )
         if self.accelerate_config and not self.accelerate_config.endswith((".yaml", ".yml")):
             raise ValueError(f"accelerate_config {self.accelerate_config!r}: expected an accelerate YAML file")
         if self.tokens_per_step is not None and self.batch_unit != "tokens":
-            raise ValueError("tokens_per_step sizes steps in tokens: set batch_unit: tokens (the default, "
-                             "examples, takes global_batch_size examples per step)")
+            raise ValueError(
+                "tokens_per_step sizes steps in tokens: set batch_unit: tokens (the default, "
+                "examples, takes global_batch_size examples per step)"
+            )
         if self.packing == "bfd_split" and self.batch_unit != "tokens":
-            raise ValueError("packing bfd_split splits long examples across packed rows: use it with "
-                             "batch_unit: tokens (batch_unit examples keeps whole examples, truncated at cutoff_len)")
+            raise ValueError(
+                "packing bfd_split splits long examples across packed rows: use it with "
+                "batch_unit: tokens (batch_unit examples keeps whole examples, truncated at cutoff_len)"
+            )
         if self.batch_unit == "tokens" and not self.packing:
             raise ValueError("batch_unit: tokens sizes steps of packed rows: set packing: bfd")
         self.examples_step_plan(self.num_gpus)  # a step that misses its target fails here, at load
@@ -211,7 +225,8 @@ class FinetuneConfig(_Section):
                 f"global_batch_size={target} cannot be met with per_device_train_batch_size={per_device} on "
                 f"{world_size} process(es): the closest step is {got} examples ({gas} accumulated), "
                 f"{abs(got - target) / target:.0%} off; choose per_device_train_batch_size x num_gpus that "
-                f"divides {target}")
+                f"divides {target}"
+            )
         return gas, got
 
 
@@ -232,6 +247,7 @@ class MergePartnerConfig(_Section):
 
 class AdapterMixConfig(_Section):
     """Several LoRA adapters combined by peft's add_weighted_adapter, then merged into `into`."""
+
     name: str  # variant name in merge_report.json
     adapters: list[str] = Field(min_length=2)  # folders of this run's 03_finetune (adapter, partner_adapter) or paths
     weights: list[float]
@@ -239,7 +255,9 @@ class AdapterMixConfig(_Section):
     density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*: share of values kept
     svd_rank: Optional[int] = Field(default=None, ge=1)  # svd: None = the largest input rank
     majority_sign_method: Literal["total", "frequency"] = "total"
-    into: Optional[str] = None  # model the mix is merged into: a variant of this stage or a reference; None: models.base
+    into: Optional[str] = (
+        None  # model the mix is merged into: a variant of this stage or a reference; None: models.base
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -247,8 +265,10 @@ class AdapterMixConfig(_Section):
             raise ValueError(f"{len(self.weights)} weights for {len(self.adapters)} adapters")
         needs_density = self.combination_type in DENSITY_METHODS
         if needs_density != (self.density is not None):
-            raise ValueError(f"density is {'required' if needs_density else 'not used'} with "
-                             f"combination_type {self.combination_type}")
+            raise ValueError(
+                f"density is {'required' if needs_density else 'not used'} with "
+                f"combination_type {self.combination_type}"
+            )
         if self.svd_rank is not None and self.combination_type != "svd":
             raise ValueError("svd_rank is only used with combination_type svd")
         return self
@@ -258,6 +278,7 @@ class ModelMergeConfig(_Section):
     """Full models (fine-tunes of one base) merged tensor by tensor. weights: each model's share
     (linear: normalised by their sum; slerp: t = weights[1] / sum); task vectors θ_i - θ_base for
     task_arithmetic, ties, dare_*."""
+
     name: str
     method: MergeMethod
     models: list[str] = Field(min_length=2)  # variants of this stage (merged, a partner...) or model references
@@ -284,6 +305,7 @@ class MergeSweepConfig(_Section):
     """A grid of full-model merges: every method x weights (x density for ties/dare_*). Each point is
     a variant named sweep-<method>-w<w1>_<w2>[-d<density>]; list the names to evaluate in
     evaluate.variants (merge.sweep_variant_names(profile) gives them)."""
+
     models: list[str] = Field(min_length=2)
     methods: list[MergeMethod] = Field(min_length=1)
     weights: list[list[float]] = Field(min_length=1)
@@ -332,7 +354,8 @@ def _leaderboard_tasks() -> dict[str, TaskConfig]:
 
 class EvaluateConfig(_Section):
     tasks: dict[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2"], TaskConfig] = Field(
-        default_factory=_leaderboard_tasks)
+        default_factory=_leaderboard_tasks
+    )
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
     variants: list[str] = Field(default_factory=lambda: ["base", "merged"])
     batch_size: str = "auto"  # "auto" on GPU; an integer as a string on CPU
@@ -362,6 +385,7 @@ class AnalysisConfig(_Section):
 
 class PlanConfig(_Section):
     """`platypus plan` (plan.py): the GPU a run is planned for and the data assumptions; no stage reads it."""
+
     # folder with the base's config.json; None: models.base's own (a local path, a params/model_configs/*
     # copy whose _name_or_path is the hub id, else the hub); relative to the project root
     base_config: Optional[str] = None
@@ -408,8 +432,11 @@ class Profile(_Section):
     def needs_hub(self) -> bool:
         """Whether any model or data reference in this profile is a hub id."""
         refs = [self.models.base, self.models.embedding, *(p.model for p in self.merge.partners)]
-        hub_data = ("hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
-                    or any(s.enabled and s.name == "hub" for s in self.curate.sources) or self.curate.push_to_hub)
+        hub_data = (
+            "hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
+            or any(s.enabled and s.name == "hub" for s in self.curate.sources)
+            or self.curate.push_to_hub
+        )
         return hub_data or any(is_hub_reference(r) for r in refs)
 
     def run_dir(self, stage: str | None = None) -> Path:
@@ -462,8 +489,11 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     for section in (profile.decontaminate, profile.evaluate):
         if section.benchmarks_dir not in ("demo", "hub") and not Path(section.benchmarks_dir).is_absolute():
             section.benchmarks_dir = str((data_root / section.benchmarks_dir).resolve())
-    for holder, attr in [(profile.models, "base"), (profile.models, "embedding"),
-                         *((partner, "model") for partner in profile.merge.partners)]:
+    for holder, attr in [
+        (profile.models, "base"),
+        (profile.models, "embedding"),
+        *((partner, "model") for partner in profile.merge.partners),
+    ]:
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
             setattr(holder, attr, str((root / ref).resolve()))
@@ -491,8 +521,10 @@ def _check_variants(profile: Profile, path: Path) -> None:
     known = evaluable_variants(profile)
     unknown = [v for v in profile.evaluate.variants if v not in known]
     if unknown:
-        raise ProfileError(f"{path}: key 'evaluate.variants': unknown variant(s) {', '.join(map(repr, unknown))}; "
-                           f"this profile can evaluate: {', '.join(known)}")
+        raise ProfileError(
+            f"{path}: key 'evaluate.variants': unknown variant(s) {', '.join(map(repr, unknown))}; "
+            f"this profile can evaluate: {', '.join(known)}"
+        )
 
 
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:

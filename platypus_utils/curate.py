@@ -22,6 +22,7 @@ calls the same steps). Contract:
   outputs edited by hand after the recorded run unless `force` (the runner's --force).
 - Row indices (`i`, `j`, `index`, `duplicate_of`) always point into `loaded.rows`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -60,6 +61,7 @@ class CurateError(ValueError):
 @dataclass
 class Loaded:
     """Every row loaded from the enabled sources, in source order, with where it came from."""
+
     rows: list[dict]
     provenance: list[dict]  # per row: source (its data_source), config_source, source_row, config_index
     counts: dict[str, collections.Counter]  # per data_source: loaded, malformed, filtered
@@ -73,9 +75,18 @@ class Loaded:
 
     def per_source(self) -> pd.DataFrame:
         """Rows read, left out (malformed / filtered) and loaded, per data_source."""
-        out = pd.DataFrame([{"data_source": s, "read": c["loaded"], "malformed": c["malformed"],
-                             "filtered": c["filtered"], "rows": c["loaded"] - c["malformed"] - c["filtered"]}
-                            for s, c in sorted(self.counts.items())])
+        out = pd.DataFrame(
+            [
+                {
+                    "data_source": s,
+                    "read": c["loaded"],
+                    "malformed": c["malformed"],
+                    "filtered": c["filtered"],
+                    "rows": c["loaded"] - c["malformed"] - c["filtered"],
+                }
+                for s, c in sorted(self.counts.items())
+            ]
+        )
         return out.set_index("data_source") if len(out) else out
 
 
@@ -104,12 +115,14 @@ def load_sources(profile: Profile) -> Loaded:
         _count_skipped(loaded, src.name, src_rows, problems)
         for k, row in enumerate(src_rows):
             loaded.rows.append({f: row[f] for f in FIELDS})
-            loaded.provenance.append({"source": row["data_source"], "config_source": src.name, "source_row": k,
-                                      "config_index": config_index})
+            loaded.provenance.append(
+                {"source": row["data_source"], "config_source": src.name, "source_row": k, "config_index": config_index}
+            )
             loaded.counts[row["data_source"]]["loaded"] += 1
     if not loaded.rows:
-        raise CurateError(f"{profile.source_file}: no rows loaded from the enabled sources (curate.sources): "
-                          f"{loaded.skip_reasons}")
+        raise CurateError(
+            f"{profile.source_file}: no rows loaded from the enabled sources (curate.sources): {loaded.skip_reasons}"
+        )
     log.info("loaded %d rows from %d sources", len(loaded.rows), len(loaded.counts))
     return loaded
 
@@ -175,8 +188,9 @@ def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.nd
 PAIR_COLUMNS = ["i", "j", "score", "source_i", "source_j", "text_i", "text_j", "output_chars_i", "output_chars_j"]
 
 
-def near_duplicate_pairs(rows: list[dict], emb: np.ndarray, indices: list[int], floor: float,
-                         block_size: int = 2048, backend: str = "numpy") -> pd.DataFrame:
+def near_duplicate_pairs(
+    rows: list[dict], emb: np.ndarray, indices: list[int], floor: float, block_size: int = 2048, backend: str = "numpy"
+) -> pd.DataFrame:
     """Every pair of rows[indices] at cosine >= floor, highest score first.
 
     emb[k] is the embedding of rows[indices[k]]; i < j are indices into `rows`; `score` is float32
@@ -201,8 +215,9 @@ def near_duplicate_pairs(rows: list[dict], emb: np.ndarray, indices: list[int], 
 
 
 # ---------------------------------------------------------------- step 5: choose what to keep
-def choose_kept(rows: list[dict], pairs: pd.DataFrame, threshold: float,
-                indices: list[int] | None = None) -> tuple[list[int], list[dict]]:
+def choose_kept(
+    rows: list[dict], pairs: pd.DataFrame, threshold: float, indices: list[int] | None = None
+) -> tuple[list[int], list[dict]]:
     """Greedy exclusion in verbosity order: a row is kept unless a more verbose kept row is at
     cosine >= threshold. Pure: uses only `pairs` (which must come from a floor <= threshold).
 
@@ -212,8 +227,11 @@ def choose_kept(rows: list[dict], pairs: pd.DataFrame, threshold: float,
     indices = list(range(len(rows))) if indices is None else list(indices)
     hit = pairs["score"].to_numpy(np.float32) >= np.float32(threshold)  # as pairs_above compares, in float32
     neighbours: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
-    for i, j, s in zip(pairs["i"].to_numpy()[hit].tolist(), pairs["j"].to_numpy()[hit].tolist(),
-                       pairs["score"].to_numpy()[hit].tolist()):
+    for i, j, s in zip(
+        pairs["i"].to_numpy()[hit].tolist(),
+        pairs["j"].to_numpy()[hit].tolist(),
+        pairs["score"].to_numpy()[hit].tolist(),
+    ):
         neighbours[i].append((j, s))
         neighbours[j].append((i, s))
     kept: set[int] = set()
@@ -229,8 +247,9 @@ def choose_kept(rows: list[dict], pairs: pd.DataFrame, threshold: float,
     return sorted(kept), removed
 
 
-def near_dedup(rows: list[dict], embeddings: np.ndarray, threshold: float,
-               block_size: int = 2048, backend: str = "numpy") -> tuple[list[int], list[dict]]:
+def near_dedup(
+    rows: list[dict], embeddings: np.ndarray, threshold: float, block_size: int = 2048, backend: str = "numpy"
+) -> tuple[list[int], list[dict]]:
     """Pairs at the threshold, then choose_kept: (kept indices in input order, removal records)."""
     everything = list(range(len(rows)))
     pairs = near_duplicate_pairs(rows, embeddings, everything, threshold, block_size, backend)
@@ -246,12 +265,19 @@ def similarity_distribution(pairs: pd.DataFrame, threshold: float, width: float 
     lo = np.floor(float(pairs["score"].min()) / width) * width
     edges = np.round(np.arange(lo, 1.0 + width, width), 6)
     counts, _ = np.histogram(pairs["score"].clip(upper=1.0), bins=edges)
-    return pd.DataFrame({"bin_from": edges[:-1], "bin_to": edges[1:], "pairs": counts,
-                         "at_or_above_threshold": edges[:-1] >= threshold - 1e-9})
+    return pd.DataFrame(
+        {
+            "bin_from": edges[:-1],
+            "bin_to": edges[1:],
+            "pairs": counts,
+            "at_or_above_threshold": edges[:-1] >= threshold - 1e-9,
+        }
+    )
 
 
-def threshold_effects(rows: list[dict], pairs: pd.DataFrame, indices: list[int], thresholds,
-                      reference: float) -> pd.DataFrame:
+def threshold_effects(
+    rows: list[dict], pairs: pd.DataFrame, indices: list[int], thresholds, reference: float
+) -> pd.DataFrame:
     """What each threshold would remove, from the pairs alone (no re-embedding).
 
     One line per threshold: pairs at or above it, rows removed, rows kept, and the difference in
@@ -261,14 +287,22 @@ def threshold_effects(rows: list[dict], pairs: pd.DataFrame, indices: list[int],
     base = len(choose_kept(rows, pairs, reference, indices)[1])
     for t in sorted(set(thresholds) | {reference}):
         kept, removed = choose_kept(rows, pairs, t, indices)
-        lines.append({"threshold": t, "pairs": int((pairs["score"].to_numpy(np.float32) >= np.float32(t)).sum()),
-                      "rows_removed": len(removed), "rows_kept": len(kept),
-                      "vs_reference": len(removed) - base, "reference": t == reference})
+        lines.append(
+            {
+                "threshold": t,
+                "pairs": int((pairs["score"].to_numpy(np.float32) >= np.float32(t)).sum()),
+                "rows_removed": len(removed),
+                "rows_kept": len(kept),
+                "vs_reference": len(removed) - base,
+                "reference": t == reference,
+            }
+        )
     return pd.DataFrame(lines)
 
 
-def removed_at_only(rows: list[dict], pairs: pd.DataFrame, indices: list[int], threshold: float,
-                    reference: float) -> pd.DataFrame:
+def removed_at_only(
+    rows: list[dict], pairs: pd.DataFrame, indices: list[int], threshold: float, reference: float
+) -> pd.DataFrame:
     """Rows `threshold` removes that `reference` keeps, beside the row each would duplicate."""
     at_ref = {r["index"] for r in choose_kept(rows, pairs, reference, indices)[1]}
     extra = [r for r in choose_kept(rows, pairs, threshold, indices)[1] if r["index"] not in at_ref]
@@ -297,13 +331,20 @@ def plot_similarity(pairs: pd.DataFrame, threshold: float, others=(), ax=None, w
 @dataclass
 class Curation:
     """The stage's result: the curated rows, every removed row with its reason, and the report."""
+
     curated: list[dict]
     removed: list[dict]  # removed.jsonl records: reason, similarity, both rows and their provenance
     report: dict  # curation_report.json
 
 
-def assemble(profile: Profile, loaded: Loaded, removed_exact: list[dict], kept: list[int],
-             removed_near: list[dict], embedding_cache: dict | None = None) -> Curation:
+def assemble(
+    profile: Profile,
+    loaded: Loaded,
+    removed_exact: list[dict],
+    kept: list[int],
+    removed_near: list[dict],
+    embedding_cache: dict | None = None,
+) -> Curation:
     """Apply the source weights to the kept rows, count every row per source and step, and build
     the removal records and the report."""
     cfg, rows, prov = profile.curate, loaded.rows, loaded.provenance
@@ -321,10 +362,17 @@ def assemble(profile: Profile, loaded: Loaded, removed_exact: list[dict], kept: 
     def provenance(prefix: str, i: int | None) -> dict:
         return {f"{prefix}_{k}": (None if i is None else prov[i][k]) for k in ("source", "config_source", "source_row")}
 
-    records = [{"reason": r["reason"], "similarity": r["similarity"], **provenance("row", r["index"]),
-                "row": rows[r["index"]], **provenance("duplicate_of", r["duplicate_of"]),
-                "duplicate_of": None if r["duplicate_of"] is None else rows[r["duplicate_of"]]}
-               for r in sorted(removed, key=lambda r: r["index"])]
+    records = [
+        {
+            "reason": r["reason"],
+            "similarity": r["similarity"],
+            **provenance("row", r["index"]),
+            "row": rows[r["index"]],
+            **provenance("duplicate_of", r["duplicate_of"]),
+            "duplicate_of": None if r["duplicate_of"] is None else rows[r["duplicate_of"]],
+        }
+        for r in sorted(removed, key=lambda r: r["index"])
+    ]
     report = {
         "per_source": {s: {step: int(c.get(step, 0)) for step in STEPS} for s, c in counts.items()},
         "skipped_by_reason": loaded.skip_reasons,
@@ -333,14 +381,18 @@ def assemble(profile: Profile, loaded: Loaded, removed_exact: list[dict], kept: 
         "embedding_model": profile.models.embedding,
         "embedding_cache": embedding_cache or {},
         "similarity_backend": cfg.backend,
-        "weights": {src.name if src.path is None else f"{src.name}:{Path(src.path).name}": src.weight
-                    for src in cfg.sources if src.enabled and src.weight != 1.0},
+        "weights": {
+            src.name if src.path is None else f"{src.name}:{Path(src.path).name}": src.weight
+            for src in cfg.sources
+            if src.enabled and src.weight != 1.0
+        },
     }
     return Curation([rows[i] for i in final], records, report)
 
 
-def apply_weights(rows: list[dict], indices: list[int], group_of: list[int], weights: dict[int, float],
-                  seed: int) -> tuple[list[int], list[dict]]:
+def apply_weights(
+    rows: list[dict], indices: list[int], group_of: list[int], weights: dict[int, float], seed: int
+) -> tuple[list[int], list[dict]]:
     """Over/undersample rows per source group, deterministically.
 
     `indices` are the rows kept so far (input order); group_of[i] is row i's group (its configured
@@ -366,8 +418,11 @@ def apply_weights(rows: list[dict], indices: list[int], group_of: list[int], wei
         for i in members:
             copies[i] = whole + (1 if i in chosen else 0)
     final = [i for i in indices for _ in range(copies[i])]
-    removed = [{"index": i, "reason": "undersampled", "duplicate_of": None, "similarity": None}
-               for i in indices if copies[i] == 0]
+    removed = [
+        {"index": i, "reason": "undersampled", "duplicate_of": None, "similarity": None}
+        for i in indices
+        if copies[i] == 0
+    ]
     return final, removed
 
 
@@ -383,8 +438,12 @@ def composition_table(report: dict) -> pd.DataFrame:
 def plot_composition(table: pd.DataFrame, ax=None):
     """Bars of rows per source by curation outcome; returns the figure (nothing written)."""
     fig, ax = new_figure(ax, (6.5, 0.45 * len(table) + 1.5))
-    long = table.melt(id_vars="data_source", value_vars=["kept", "exact_dup", "near_dup", "filtered", "malformed"],
-                      var_name="outcome", value_name="rows")
+    long = table.melt(
+        id_vars="data_source",
+        value_vars=["kept", "exact_dup", "near_dup", "filtered", "malformed"],
+        var_name="outcome",
+        value_name="rows",
+    )
     sns.barplot(data=long, y="data_source", x="rows", hue="outcome", ax=ax)
     ax.legend(title="outcome", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("rows")
@@ -402,8 +461,10 @@ def check_push_settings(profile: Profile) -> None:
     """Fail before any work when curate.push_to_hub is on without a repo or a token."""
     cfg = profile.curate
     if cfg.push_to_hub and not (cfg.push_to_hub_repo and hub_token()):
-        raise CurateError(f"{profile.source_file}: curate.push_to_hub needs curate.push_to_hub_repo and a token "
-                          "in $HF_TOKEN (or turn push_to_hub off)")
+        raise CurateError(
+            f"{profile.source_file}: curate.push_to_hub needs curate.push_to_hub_repo and a token "
+            "in $HF_TOKEN (or turn push_to_hub off)"
+        )
 
 
 def edited_outputs(profile: Profile) -> list[str]:
@@ -414,8 +475,9 @@ def edited_outputs(profile: Profile) -> list[str]:
     return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]
 
 
-def save(profile: Profile, loaded: Loaded, curation: Curation, timings: dict | None = None,
-         force: bool = False) -> list[Path]:
+def save(
+    profile: Profile, loaded: Loaded, curation: Curation, timings: dict | None = None, force: bool = False
+) -> list[Path]:
     """Write the artifacts and manifest.json exactly as the runner does; push to the hub when asked.
 
     Refuses (CurateError) to overwrite outputs changed after the last recorded run unless `force`.
@@ -425,9 +487,11 @@ def save(profile: Profile, loaded: Loaded, curation: Curation, timings: dict | N
     edited = edited_outputs(profile)
     if edited and not force:
         name = Path(profile.source_file or "params/<profile>.yaml").name
-        raise CurateError(f"{', '.join(edited)} changed after the run that wrote it; rerun with "
-                          f"`platypus run params/{name} --only 01 --force` (force=True in the notebook) to "
-                          "overwrite, or move the edited files away")
+        raise CurateError(
+            f"{', '.join(edited)} changed after the run that wrote it; rerun with "
+            f"`platypus run params/{name} --only 01 --force` (force=True in the notebook) to "
+            "overwrite, or move the edited files away"
+        )
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
         for path in loaded.inputs:
@@ -439,8 +503,9 @@ def save(profile: Profile, loaded: Loaded, curation: Curation, timings: dict | N
         run.metrics.update(curation.report["totals"])
         if profile.curate.push_to_hub:
             with run.timed("push_to_hub_s"):
-                run.metrics["pushed_to"] = push_to_hub(curation.curated, profile.curate.push_to_hub_repo,
-                                                       profile.curate.push_to_hub_private)
+                run.metrics["pushed_to"] = push_to_hub(
+                    curation.curated, profile.curate.push_to_hub_repo, profile.curate.push_to_hub_private
+                )
     return paths
 
 
@@ -449,8 +514,11 @@ def write_outputs(profile: Profile, curation: Curation) -> list[Path]:
     import datasets  # measured: +0.85 s of import on 2 cores, needed only here
 
     out = profile.run_dir(STAGE)
-    paths = [write_jsonl(out / "curated.jsonl", curation.curated), write_jsonl(out / "removed.jsonl", curation.removed),
-             write_json(out / "curation_report.json", curation.report)]
+    paths = [
+        write_jsonl(out / "curated.jsonl", curation.curated),
+        write_jsonl(out / "removed.jsonl", curation.removed),
+        write_json(out / "curation_report.json", curation.report),
+    ]
     df = pd.DataFrame(curation.curated, columns=list(FIELDS))
     with atomic_path(out / "curated.parquet") as tmp:
         df.to_parquet(tmp, index=False)
@@ -504,17 +572,30 @@ def run_curate(profile: Profile, force: bool = False) -> dict:
     with _timed(timings, "similarity_s"):
         pairs = near_duplicate_pairs(loaded.rows, emb, kept, cfg.similarity_threshold, cfg.block_size, cfg.backend)
         final, removed_near = choose_kept(loaded.rows, pairs, cfg.similarity_threshold, kept)
-    log.info("exact dedup removed %d rows; similarity exclusion at %.2f removed %d, kept %d",
-             len(removed_exact), cfg.similarity_threshold, len(removed_near), len(final))
+    log.info(
+        "exact dedup removed %d rows; similarity exclusion at %.2f removed %d, kept %d",
+        len(removed_exact),
+        cfg.similarity_threshold,
+        len(removed_near),
+        len(final),
+    )
     curation = assemble(profile, loaded, removed_exact, final, removed_near, cache)
     save(profile, loaded, curation, timings, force=force)
     return curation.report
 
 
 LICENCES = {  # PLATYPUS.md §1
-    "MATH/PRM-800K": "MIT", "MATH": "MIT", "ARB": "CC BY 4.0", "scienceqa": "CC BY-NC-SA 4.0", "scibench": "MIT",
-    "theoremqa": "MIT", "reclor": "non-commercial", "tigerbot-kaggle": "Apache-2.0", "leetcode_ne": "none listed",
-    "airoboros": "other", "guanaco": "Apache-2.0",
+    "MATH/PRM-800K": "MIT",
+    "MATH": "MIT",
+    "ARB": "CC BY 4.0",
+    "scienceqa": "CC BY-NC-SA 4.0",
+    "scibench": "MIT",
+    "theoremqa": "MIT",
+    "reclor": "non-commercial",
+    "tigerbot-kaggle": "Apache-2.0",
+    "leetcode_ne": "none listed",
+    "airoboros": "other",
+    "guanaco": "Apache-2.0",
 }
 
 
@@ -522,7 +603,7 @@ def dataset_card(profile: Profile, report: dict, table: pd.DataFrame) -> str:
     lic = "\n".join(f"| {s} | {LICENCES.get(s, 'see the source')} |" for s in sorted(report["per_source"]))
     return f"""# Curated dataset — profile `{profile.name}`
 
-Built by `platypus run {Path(profile.source_file or 'params/<profile>.yaml').name} --only 01` (stage 01_curate).
+Built by `platypus run {Path(profile.source_file or "params/<profile>.yaml").name} --only 01` (stage 01_curate).
 Schema: `instruction`, `input`, `output`, `data_source` (strings), as Open-Platypus.
 
 ## Composition

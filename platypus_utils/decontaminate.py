@@ -59,6 +59,7 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
 The action per category comes from `actions` (default: remove duplicate and gray-area); a row is
 removed when any of its pairs says so.
 """
+
 from __future__ import annotations
 
 import collections
@@ -67,16 +68,24 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .artifacts import (StageRun, atomic_path, read_manifest, sha256_path, sha256_text, write_json, write_jsonl,
-                        write_text)
+from .artifacts import (
+    StageRun,
+    atomic_path,
+    read_manifest,
+    sha256_path,
+    sha256_text,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from .benchmarks import REGISTRY, load_benchmark
 from .config import DecontaminateConfig, Profile
 from .demo_data import demo_benchmarks_dir
@@ -97,28 +106,64 @@ STAGE = DECONTAMINATE
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
 SEVERITY = {c: k for k, c in enumerate(CATEGORIES)}  # lower is more severe
 DETECTORS = ("embedding", "ngram", "answer", "judge")
-PAIR_COLUMNS = ["train_index", "train_source", "train_text", "train_output", "benchmark", "subject", "test_id",
-                "lm_eval_task", "doc_id", "test_text", "test_answer", "test_view", "train_part",
-                "embedding_cosine", "ngram_overlap", "answer_match", "judge_score", "judge_verdict",
-                "by_embedding", "by_ngram", "by_answer", "by_judge", "category", "rule", "action"]
+PAIR_COLUMNS = [
+    "train_index",
+    "train_source",
+    "train_text",
+    "train_output",
+    "benchmark",
+    "subject",
+    "test_id",
+    "lm_eval_task",
+    "doc_id",
+    "test_text",
+    "test_answer",
+    "test_view",
+    "train_part",
+    "embedding_cosine",
+    "ngram_overlap",
+    "answer_match",
+    "judge_score",
+    "judge_verdict",
+    "by_embedding",
+    "by_ngram",
+    "by_answer",
+    "by_judge",
+    "category",
+    "rule",
+    "action",
+]
 _WORD = re.compile(r"\w+")
 # Numbers of a text, unsigned: thousands separators only as 1,000 (a group of three digits not followed by
 # more list items), so "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole.
 _NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
 _SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen").split()
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
 _TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
-_NUMBER_WORD = re.compile(r"\b(?:(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) + r"))?|("
-                          + "|".join(_UNITS) + r"|hundred|thousand))\b", re.I)
-_ORDINALS = {w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split())
-             if k}
+_NUMBER_WORD = re.compile(
+    r"\b(?:("
+    + "|".join(_TENS)
+    + r")(?:[- ]("
+    + "|".join(_UNITS[1:10])
+    + r"))?|("
+    + "|".join(_UNITS)
+    + r"|hundred|thousand))\b",
+    re.I,
+)
+_ORDINALS = {
+    w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
+}
 _ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)  # "the Second World War" for "World War 2"
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 # Function words left out when a long answer is compared word by word with a train output.
-_STOPWORDS = frozenset("a an the of to in on at by for with and or but if is are was were be been it its this that these "
-                       "those you your he she they them his her their we our as from into than then so do does did not no "
-                       "yes can will would there".split())
+_STOPWORDS = frozenset(
+    "a an the of to in on at by for with and or but if is are was were be been it its this that these "
+    "those you your he she they them his her their we our as from into than then so do does did not no "
+    "yes can will would there".split()
+)
 
 
 # ---------------------------------------------------------------- text comparisons
@@ -182,7 +227,7 @@ def final_answer(output: str) -> tuple[str, bool]:
         return latex_plain(boxed[-1]), True
     cues = list(_ANSWER_CUE.finditer(output))
     if cues:
-        return latex_plain(_SENTENCE_BREAK.split(output[cues[-1].end():].strip(), maxsplit=1)[0]), False
+        return latex_plain(_SENTENCE_BREAK.split(output[cues[-1].end() :].strip(), maxsplit=1)[0]), False
     sentences = [x for x in _SENTENCE_BREAK.split(output.strip()) if x.strip()]
     return latex_plain(sentences[-1] if sentences else ""), False
 
@@ -221,19 +266,21 @@ def answer_in_output(answer: str, output: str) -> bool:
     if answer_numbers:
         segment = final if boxed else final.rsplit("=", 1)[-1]
         got = [n.replace(",", "") for n in _SIGNED_NUMBER.findall(segment)]
-        return got == answer_numbers if boxed else got[-len(answer_numbers):] == answer_numbers
+        return got == answer_numbers if boxed else got[-len(answer_numbers) :] == answer_numbers
     content = [w for w in answer_words if w not in _STOPWORDS and len(w) > 1]  # not the "s" of "camel's"
     if len(content) >= 3 and all(w.isalpha() for w in content):
         output_words = words(output)
         present = set(output_words)
-        return (sum(w in present for w in content) / len(content) >= 0.75
-                and _longest_common_run(answer_words, output_words) >= 3)
+        return (
+            sum(w in present for w in content) / len(content) >= 0.75
+            and _longest_common_run(answer_words, output_words) >= 3
+        )
     return contains_phrase(final, plain)
 
 
 def _holds(hay: list[str], needle: list[str]) -> bool:
     k = len(needle)
-    return any(hay[i:i + k] == needle for i in range(len(hay) - k + 1))
+    return any(hay[i : i + k] == needle for i in range(len(hay) - k + 1))
 
 
 def contains_phrase(text: str, phrase: str) -> bool:
@@ -324,6 +371,7 @@ def piece_counter(embedder) -> tuple[int, Callable[[str], int]] | None:
         if word not in cache:
             cache[word] = max(1, len(tokenizer.tokenize(word)))
         return cache[word]
+
     return int(length) - 2, count  # [CLS] and [SEP]
 
 
@@ -340,8 +388,9 @@ def train_windows(rows: list[dict], cfg: DecontaminateConfig, embedder=None) -> 
             continue
         pieces = window_texts(text, budget[0], cfg.window_overlap, budget[1]) if budget else [text]
         out += [(i, part, w) for w in pieces]
-    return pd.DataFrame(out, columns=["row", "part", "text"]).sort_values(["row", "part"], kind="stable",
-                                                                           ignore_index=True)
+    return pd.DataFrame(out, columns=["row", "part", "text"]).sort_values(
+        ["row", "part"], kind="stable", ignore_index=True
+    )
 
 
 # ---------------------------------------------------------------- embeddings
@@ -370,6 +419,7 @@ def embed_benchmark_texts(texts: list[str], embedder) -> np.ndarray:
 @dataclass
 class Embedded:
     """Training windows and test views with their vectors (None when no detector reads embeddings)."""
+
     windows: pd.DataFrame
     views: pd.DataFrame
     window_vecs: np.ndarray | None = None
@@ -386,15 +436,24 @@ def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, e
     """Step: the training windows and test views, embedded when a detector reads cosines."""
     views = item_views(items, cfg)
     windows = train_windows(rows, cfg, embedder if uses_embeddings(cfg) else None)
-    out = Embedded(windows, views, windows_of={r: g.to_numpy() for r, g in windows.groupby("row").groups.items()},
-                   views_of={k: g.to_numpy() for k, g in views.groupby("item").groups.items()})
+    out = Embedded(
+        windows,
+        views,
+        windows_of={r: g.to_numpy() for r, g in windows.groupby("row").groups.items()},
+        views_of={k: g.to_numpy() for k, g in views.groupby("item").groups.items()},
+    )
     if uses_embeddings(cfg):
         if embedder is None:
             raise ValueError(f"detectors {cfg.detectors} read embeddings: an embedder is needed")
         out.view_vecs = embed_benchmark_texts(views["text"].tolist(), embedder)
         out.window_vecs = embedder.encode(windows["text"].tolist(), desc="training windows")
-        log.info("embedded %d training windows of %d rows, %d views of %d test items", len(windows), len(rows),
-                 len(views), len(items))
+        log.info(
+            "embedded %d training windows of %d rows, %d views of %d test items",
+            len(windows),
+            len(rows),
+            len(views),
+            len(items),
+        )
     return out
 
 
@@ -410,7 +469,7 @@ def _gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     h = np.zeros(count, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for t in range(n):
-            h = h * _GRAM_BASE + ids[t:t + count].astype(np.uint64) + np.uint64(1)
+            h = h * _GRAM_BASE + ids[t : t + count].astype(np.uint64) + np.uint64(1)
     return h
 
 
@@ -427,8 +486,11 @@ class NgramIndex:
         self.tokens = [tokenize(t) for t in train_texts]
         self._vocab: dict[str, int] = {}
         lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
-        self._flat = np.fromiter((self._vocab.setdefault(w, len(self._vocab)) for toks in self.tokens for w in toks),
-                                 dtype=np.int64, count=int(lengths.sum()))
+        self._flat = np.fromiter(
+            (self._vocab.setdefault(w, len(self._vocab)) for toks in self.tokens for w in toks),
+            dtype=np.int64,
+            count=int(lengths.sum()),
+        )
         self._row_of = np.repeat(np.arange(len(self.tokens), dtype=np.int64), lengths)
         self._room = np.concatenate([np.arange(n, 0, -1) for n in lengths]) if len(lengths) else np.zeros(0, np.int64)
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -442,8 +504,8 @@ class NgramIndex:
         """(gram hashes, texts), sorted by hash then text, one entry per distinct (gram, text)."""
         if n not in self._index:
             h = _gram_hashes(self._flat, n)
-            ok = self._room[:len(h)] >= n  # windows that stay inside their text
-            h, rows = h[ok], self._row_of[:len(ok)][ok]
+            ok = self._room[: len(h)] >= n  # windows that stay inside their text
+            h, rows = h[ok], self._row_of[: len(ok)][ok]
             order = np.lexsort((rows, h))
             h, rows = h[order], rows[order]
             keep = np.ones(len(h), dtype=bool)
@@ -480,8 +542,17 @@ class NgramIndex:
 
 
 # ---------------------------------------------------------------- candidate pairs per detector
-CANDIDATE_COLUMNS = ["train_index", "item_index", "embedding_cosine", "identifying_cosine", "embed_part", "test_view",
-                     "ngram_overlap", "ngram_part", "ngram_view"]
+CANDIDATE_COLUMNS = [
+    "train_index",
+    "item_index",
+    "embedding_cosine",
+    "identifying_cosine",
+    "embed_part",
+    "test_view",
+    "ngram_overlap",
+    "ngram_part",
+    "ngram_view",
+]
 NGRAM_COLUMNS = ["train_index", "item_index", "ngram_overlap", "ngram_part", "ngram_view"]
 
 
@@ -521,10 +592,12 @@ def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
         sims = emb.window_vecs[w] @ emb.view_vecs[v].T
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
         ident = sims[:, identifying[v]]
-        out.append((i, j, float(sims[a, b]), float(ident.max()) if ident.size else np.nan, parts[w[a]],
-                    view_names[v[b]]))
-    return pd.DataFrame(out, columns=["train_index", "item_index", "embedding_cosine", "identifying_cosine",
-                                      "embed_part", "test_view"])
+        out.append(
+            (i, j, float(sims[a, b]), float(ident.max()) if ident.size else np.nan, parts[w[a]], view_names[v[b]])
+        )
+    return pd.DataFrame(
+        out, columns=["train_index", "item_index", "embedding_cosine", "identifying_cosine", "embed_part", "test_view"]
+    )
 
 
 def candidate_threshold(cfg: DecontaminateConfig) -> float | None:
@@ -545,26 +618,39 @@ def candidate_pairs(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -
     if low is not None:
         keys |= embedding_candidates(emb, low, cfg.block_size)
     grams = ngram_candidates(rows, emb, cfg) if "ngram" in cfg.detectors else pd.DataFrame(columns=NGRAM_COLUMNS)
-    keys |= set(zip(*[grams.loc[grams["ngram_overlap"] >= cfg.ngram_overlap_threshold, c].tolist()
-                      for c in ("train_index", "item_index")]))
+    keys |= set(
+        zip(
+            *[
+                grams.loc[grams["ngram_overlap"] >= cfg.ngram_overlap_threshold, c].tolist()
+                for c in ("train_index", "item_index")
+            ]
+        )
+    )
     cos = pair_cosines(emb, sorted(keys))
     out = cos.merge(grams, on=["train_index", "item_index"], how="left")
     out["ngram_overlap"] = out["ngram_overlap"].astype(float).fillna(0.0)
     out[["ngram_part", "ngram_view"]] = out[["ngram_part", "ngram_view"]].fillna("")
-    log.info("%d candidate pairs (cosine >= %s, or %d-gram overlap >= %.2f)", len(out), low, cfg.ngram_n,
-             cfg.ngram_overlap_threshold)
+    log.info(
+        "%d candidate pairs (cosine >= %s, or %d-gram overlap >= %.2f)",
+        len(out),
+        low,
+        cfg.ngram_n,
+        cfg.ngram_overlap_threshold,
+    )
     return out[CANDIDATE_COLUMNS]
 
 
 # ---------------------------------------------------------------- detectors' verdicts
 def answer_verified(train_row: dict, item: dict) -> bool:
     """Detector "answer"'s check: the test's numbers are all in the train prompt and its answer in the output."""
-    return (not missing_numbers(item["question"], embedding_text(train_row))
-            and answer_in_output(item.get("answer") or "", train_row["output"]))
+    return not missing_numbers(item["question"], embedding_text(train_row)) and answer_in_output(
+        item.get("answer") or "", train_row["output"]
+    )
 
 
-def judge_candidates(cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig,
-                     embedder=None) -> pd.DataFrame:
+def judge_candidates(
+    cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None
+) -> pd.DataFrame:
     """Step (detector "judge"): leak_judge's score and verdict (True: the same question, possibly reworded)
     for the candidates at cosine >= judge_threshold; NaN / None for the others, and all of them when the
     judge is not selected. The judge reuses the stage's embedder when it judges with the same model."""
@@ -572,48 +658,70 @@ def judge_candidates(cands: pd.DataFrame, rows: list[dict], items: list[dict], c
     if "judge" not in cfg.detectors or cands.empty:
         return out
     if leak_judge is None:
-        raise ValueError("decontaminate.detectors includes 'judge', but platypus_utils.leak_judge is not in this "
-                         "tree; choose from embedding, ngram, answer")
+        raise ValueError(
+            "decontaminate.detectors includes 'judge', but platypus_utils.leak_judge is not in this "
+            "tree; choose from embedding, ngram, answer"
+        )
     read = cands.index[cands["embedding_cosine"].fillna(0.0) >= cfg.judge_threshold]
     if not len(read):
         return out
     pairs = [(rows[i], items[j]) for i, j in zip(cands.loc[read, "train_index"], cands.loc[read, "item_index"])]
-    frame = pd.DataFrame({
-        "train_text": [embedding_text(r) for r, _ in pairs], "train_output": [r["output"] for r, _ in pairs],
-        "test_question": [it["question"] for _, it in pairs], "test_answer": [it.get("answer") or "" for _, it in pairs],
-        "test_choices": [list(it.get("choices") or []) if _full_view(it) == "choices" else [] for _, it in pairs]})
+    frame = pd.DataFrame(
+        {
+            "train_text": [embedding_text(r) for r, _ in pairs],
+            "train_output": [r["output"] for r, _ in pairs],
+            "test_question": [it["question"] for _, it in pairs],
+            "test_answer": [it.get("answer") or "" for _, it in pairs],
+            "test_choices": [list(it.get("choices") or []) if _full_view(it) == "choices" else [] for _, it in pairs],
+        }
+    )
     model = cfg.judge_model or leak_judge.DEFAULT_MODEL
     same = embedder if getattr(embedder, "model_ref", None) == model else None
     cache = getattr(getattr(embedder, "cache", None), "dir", None)  # <root>/embeddings/<model>: the root
-    judged = leak_judge.judge_pairs(frame, model=model, embedder=same, cache_dir=Path(cache).parents[1] if cache else None)
+    judged = leak_judge.judge_pairs(
+        frame, model=model, embedder=same, cache_dir=Path(cache).parents[1] if cache else None
+    )
     out.loc[read, "judge_score"] = judged["score"].to_numpy(dtype=float)
     out.loc[read, "judge_verdict"] = judged["verdict"].astype(bool).to_numpy()
     return out
 
 
-def detector_verdicts(cosine: float, ngram: float, answer_match: bool, cfg: DecontaminateConfig,
-                      judge_verdict: bool | None = None) -> dict[str, bool]:
+def detector_verdicts(
+    cosine: float, ngram: float, answer_match: bool, cfg: DecontaminateConfig, judge_verdict: bool | None = None
+) -> dict[str, bool]:
     """Which selected detectors flag a (train row, test item) pair, from its scores (NaN cosine: none)."""
     on = set(cfg.detectors)
     cos = -1.0 if cosine != cosine else cosine  # NaN: no embeddings were read
     return {
         "by_embedding": "embedding" in on and cos >= cfg.similarity_threshold,
         "by_ngram": "ngram" in on and ngram >= cfg.ngram_overlap_threshold,
-        "by_answer": ("answer" in on and cfg.answer_detector_threshold is not None
-                      and cos >= cfg.answer_detector_threshold and bool(answer_match)),
+        "by_answer": (
+            "answer" in on
+            and cfg.answer_detector_threshold is not None
+            and cos >= cfg.answer_detector_threshold
+            and bool(answer_match)
+        ),
         "by_judge": "judge" in on and judge_verdict is True,
     }
 
 
-def flag_pairs(cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig,
-               keep_unflagged: bool = False, embedder=None) -> pd.DataFrame:
+def flag_pairs(
+    cands: pd.DataFrame,
+    rows: list[dict],
+    items: list[dict],
+    cfg: DecontaminateConfig,
+    keep_unflagged: bool = False,
+    embedder=None,
+) -> pd.DataFrame:
     """Step: each candidate's answer check, the judge's score and verdict, and each detector's verdict; only
     the flagged pairs (all of them with keep_unflagged, for measuring on a labelled set)."""
     out = cands.copy()
     out["answer_match"] = [answer_verified(rows[i], items[j]) for i, j in zip(out["train_index"], out["item_index"])]
     out[["judge_score", "judge_verdict"]] = judge_candidates(out, rows, items, cfg, embedder)
-    verdicts = [detector_verdicts(c, g, a, cfg, v) for c, g, a, v in
-                zip(out["embedding_cosine"], out["ngram_overlap"], out["answer_match"], out["judge_verdict"])]
+    verdicts = [
+        detector_verdicts(c, g, a, cfg, v)
+        for c, g, a, v in zip(out["embedding_cosine"], out["ngram_overlap"], out["answer_match"], out["judge_verdict"])
+    ]
     for name in ("by_embedding", "by_ngram", "by_answer", "by_judge"):
         out[name] = [v[name] for v in verdicts]
     flagged = out[["by_embedding", "by_ngram", "by_answer", "by_judge"]].any(axis=1)
@@ -629,7 +737,8 @@ def _ending_given(train_row: dict, item: dict) -> bool:
         return True
     answer = item.get("answer") or ""
     return answer_in_output(answer, train_row["output"]) or contains_phrase(
-        embedding_text(train_row) + "\n" + train_row["output"], answer)
+        embedding_text(train_row) + "\n" + train_row["output"], answer
+    )
 
 
 def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str | None:
@@ -647,9 +756,16 @@ def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str
     return None
 
 
-def categorise(train_row: dict, item: dict, cosine: float, ngram: float, cfg: DecontaminateConfig,
-               identifying_cosine: float | None = None, part: str = "prompt",
-               judge: tuple[bool | None, float] = (None, np.nan)) -> tuple[str, str]:
+def categorise(
+    train_row: dict,
+    item: dict,
+    cosine: float,
+    ngram: float,
+    cfg: DecontaminateConfig,
+    identifying_cosine: float | None = None,
+    part: str = "prompt",
+    judge: tuple[bool | None, float] = (None, np.nan),
+) -> tuple[str, str]:
     """(category, rule) for one flagged pair; see the module docstring for the rule order.
 
     cosine: the pair's best cosine; identifying_cosine: the best over views that identify the item (None:
@@ -668,8 +784,10 @@ def categorise(train_row: dict, item: dict, cosine: float, ngram: float, cfg: De
     cos = cosine if identifying_cosine is None else identifying_cosine
     if cos == cos and cos >= cfg.duplicate_threshold:  # cos == cos: not NaN
         whole = prompt + "\n" + train_row["output"]
-        share = max(word_share(item["question"], whole) if stem_identifies(item, cfg) and ending else 0.0,
-                    word_share(item_text(item), whole))
+        share = max(
+            word_share(item["question"], whole) if stem_identifies(item, cfg) and ending else 0.0,
+            word_share(item_text(item), whole),
+        )
         if share >= cfg.verbatim_word_share:
             return "duplicate", f"near-verbatim: cosine {cos:.3f}, {share:.0%} of the test's words in train text"
         return "gray_area", f"same meaning in other words: cosine {cos:.3f}, {share:.0%} of the test's words"
@@ -680,26 +798,54 @@ def categorise(train_row: dict, item: dict, cosine: float, ngram: float, cfg: De
     return "gray_area", f"reworded, same numbers and answer: cosine {cosine:.3f}"
 
 
-def categorise_pairs(flagged: pd.DataFrame, rows: list[dict], items: list[dict],
-                     cfg: DecontaminateConfig) -> pd.DataFrame:
+def categorise_pairs(
+    flagged: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig
+) -> pd.DataFrame:
     """Step: the report's pairs (PAIR_COLUMNS): both texts, the scores, category, rule and action."""
     records = []
     for f in flagged.itertuples(index=False):
         row, item = rows[f.train_index], items[f.item_index]
         by_gram = f.by_ngram and f.ngram_part
         part, view = (f.ngram_part, f.ngram_view) if by_gram else (f.embed_part or "prompt", f.test_view)
-        category, rule = categorise(row, item, f.embedding_cosine, f.ngram_overlap, cfg, f.identifying_cosine,
-                                    part, (f.judge_verdict, f.judge_score))
-        records.append({
-            "train_index": f.train_index, "train_source": row["data_source"], "train_text": embedding_text(row),
-            "train_output": row["output"], "benchmark": item["benchmark"], "subject": item.get("subject", ""),
-            "test_id": item.get("item_id", ""), "lm_eval_task": item.get("lm_eval_task", ""),
-            "doc_id": item.get("doc_id", -1), "test_text": item_text(item), "test_answer": item.get("answer", ""),
-            "test_view": view, "train_part": part, "embedding_cosine": round(f.embedding_cosine, 6),
-            "ngram_overlap": round(f.ngram_overlap, 6), "answer_match": f.answer_match, "judge_score": f.judge_score,
-            "judge_verdict": f.judge_verdict,
-            "by_embedding": f.by_embedding, "by_ngram": f.by_ngram, "by_answer": f.by_answer, "by_judge": f.by_judge,
-            "category": category, "rule": rule, "action": cfg.actions[category]})
+        category, rule = categorise(
+            row,
+            item,
+            f.embedding_cosine,
+            f.ngram_overlap,
+            cfg,
+            f.identifying_cosine,
+            part,
+            (f.judge_verdict, f.judge_score),
+        )
+        records.append(
+            {
+                "train_index": f.train_index,
+                "train_source": row["data_source"],
+                "train_text": embedding_text(row),
+                "train_output": row["output"],
+                "benchmark": item["benchmark"],
+                "subject": item.get("subject", ""),
+                "test_id": item.get("item_id", ""),
+                "lm_eval_task": item.get("lm_eval_task", ""),
+                "doc_id": item.get("doc_id", -1),
+                "test_text": item_text(item),
+                "test_answer": item.get("answer", ""),
+                "test_view": view,
+                "train_part": part,
+                "embedding_cosine": round(f.embedding_cosine, 6),
+                "ngram_overlap": round(f.ngram_overlap, 6),
+                "answer_match": f.answer_match,
+                "judge_score": f.judge_score,
+                "judge_verdict": f.judge_verdict,
+                "by_embedding": f.by_embedding,
+                "by_ngram": f.by_ngram,
+                "by_answer": f.by_answer,
+                "by_judge": f.by_judge,
+                "category": category,
+                "rule": rule,
+                "action": cfg.actions[category],
+            }
+        )
     return pd.DataFrame(records, columns=PAIR_COLUMNS)
 
 
@@ -728,32 +874,57 @@ def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:
 
 def worst_per_row(pairs: pd.DataFrame) -> pd.DataFrame:
     """One pair per (training row, benchmark): its most severe category."""
-    return (pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(["sev", "train_index"], kind="stable")
-            .drop_duplicates(["train_index", "benchmark"]).drop(columns="sev"))
+    return (
+        pairs.assign(sev=pairs["category"].map(SEVERITY))
+        .sort_values(["sev", "train_index"], kind="stable")
+        .drop_duplicates(["train_index", "benchmark"])
+        .drop(columns="sev")
+    )
 
 
-def summarise(pairs: pd.DataFrame, rows: list[dict], items: list[dict], removed: set[int], cfg: DecontaminateConfig,
-              cands: pd.DataFrame | None = None) -> dict:
+def summarise(
+    pairs: pd.DataFrame,
+    rows: list[dict],
+    items: list[dict],
+    removed: set[int],
+    cfg: DecontaminateConfig,
+    cands: pd.DataFrame | None = None,
+) -> dict:
     """Step: the stage's counts (decontamination_report.json; the command line prints it)."""
     by = {d: pairs[f"by_{d}"].astype(bool) for d in DETECTORS}
-    below = (0 if cands is None or cfg.answer_detector_threshold is None else int(
-        cands["embedding_cosine"].between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum()))
+    below = (
+        0
+        if cands is None or cfg.answer_detector_threshold is None
+        else int(
+            cands["embedding_cosine"].between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum()
+        )
+    )
     return {
-        "train_rows": len(rows), "benchmark_items": len(items), "flagged_pairs": len(pairs),
+        "train_rows": len(rows),
+        "benchmark_items": len(items),
+        "flagged_pairs": len(pairs),
         "flagged_rows": int(pairs["train_index"].nunique()),
-        "removed_rows": len(removed), "clean_rows": len(rows) - len(removed),
-        "detectors": list(cfg.detectors), "views": list(cfg.views), "search_outputs": cfg.search_outputs,
+        "removed_rows": len(removed),
+        "clean_rows": len(rows) - len(removed),
+        "detectors": list(cfg.detectors),
+        "views": list(cfg.views),
+        "search_outputs": cfg.search_outputs,
         "pairs_by_detector": {
             **{d: int(v.sum()) for d, v in by.items()},
             "embedding_and_ngram": int((by["embedding"] & by["ngram"]).sum()),
             "answer_only": int((by["answer"] & ~by["embedding"] & ~by["ngram"]).sum()),
-            "judge_only": int((by["judge"] & ~by["embedding"] & ~by["ngram"] & ~by["answer"]).sum())},
+            "judge_only": int((by["judge"] & ~by["embedding"] & ~by["ngram"] & ~by["answer"]).sum()),
+        },
         "pairs_by_category": {c: int((pairs["category"] == c).sum()) for c in CATEGORIES},
-        "flagged_rows_by_source": {k: int(v) for k, v in pairs.drop_duplicates("train_index")["train_source"]
-                                   .value_counts().sort_index().items()},
+        "flagged_rows_by_source": {
+            k: int(v)
+            for k, v in pairs.drop_duplicates("train_index")["train_source"].value_counts().sort_index().items()
+        },
         "removed_rows_by_source": dict(sorted(collections.Counter(rows[i]["data_source"] for i in removed).items())),
-        "flagged_items_by_benchmark": {k: int(v) for k, v in pairs.drop_duplicates(["benchmark", "test_id"])
-                                       ["benchmark"].value_counts().sort_index().items()},
+        "flagged_items_by_benchmark": {
+            k: int(v)
+            for k, v in pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"].value_counts().sort_index().items()
+        },
         "candidate_pairs": 0 if cands is None else len(cands),
         "answer_detector_candidates": below,  # candidates below the embedding threshold that "answer" checked
         "actions": dict(cfg.actions),
@@ -766,34 +937,57 @@ def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for c in names:
         others = flagged[[o for o in names if o != c]].any(axis=1) if len(names) > 1 else False
-        rows.append({"detector": c.removeprefix("by_"), "pairs": int(flagged[c].sum()),
-                     "only_this_one": int((flagged[c] & ~others).sum()),
-                     "training_rows": int(flagged.loc[flagged[c], "train_index"].nunique())})
+        rows.append(
+            {
+                "detector": c.removeprefix("by_"),
+                "pairs": int(flagged[c].sum()),
+                "only_this_one": int((flagged[c] & ~others).sum()),
+                "training_rows": int(flagged.loc[flagged[c], "train_index"].nunique()),
+            }
+        )
     return pd.DataFrame(rows, columns=["detector", "pairs", "only_this_one", "training_rows"])
 
 
 def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
     """The flagged pairs as a reviewer reads them: both texts side by side, the category and its rule."""
-    cols = ["category", "train_source", "train_text", "test_text", "benchmark", "lm_eval_task", "doc_id",
-            "embedding_cosine", "ngram_overlap", "rule"]
-    order = pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(["sev", "benchmark", "train_index"],
-                                                                          kind="stable")
+    cols = [
+        "category",
+        "train_source",
+        "train_text",
+        "test_text",
+        "benchmark",
+        "lm_eval_task",
+        "doc_id",
+        "embedding_cosine",
+        "ngram_overlap",
+        "rule",
+    ]
+    order = pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(
+        ["sev", "benchmark", "train_index"], kind="stable"
+    )
     return order[cols].reset_index(drop=True)
 
 
 def removals_under(pairs: pd.DataFrame, actions: dict[str, str]) -> dict:
     """What another policy would remove, from the categorised pairs alone: rows and test items touched."""
     hit = pairs[pairs["category"].map(actions) == "remove"] if len(pairs) else pairs
-    return {"removed_rows": int(hit["train_index"].nunique()) if len(hit) else 0,
-            "test_items": int(hit[["benchmark", "test_id"]].drop_duplicates().shape[0]) if len(hit) else 0}
+    return {
+        "removed_rows": int(hit["train_index"].nunique()) if len(hit) else 0,
+        "test_items": int(hit[["benchmark", "test_id"]].drop_duplicates().shape[0]) if len(hit) else 0,
+    }
 
 
 def category_counts(pairs: pd.DataFrame) -> pd.DataFrame:
     """Flagged training rows per source (rows) and category (columns), most severe category per benchmark."""
     if pairs.empty:
         return pd.DataFrame(columns=list(CATEGORIES))
-    return (worst_per_row(pairs).groupby(["train_source", "category"]).size().unstack(fill_value=0)
-            .reindex(columns=list(CATEGORIES), fill_value=0))
+    return (
+        worst_per_row(pairs)
+        .groupby(["train_source", "category"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=list(CATEGORIES), fill_value=0)
+    )
 
 
 def contamination_figure(pairs: pd.DataFrame, ax=None):
@@ -830,10 +1024,12 @@ class Result:
 def save_outputs(result: Result, out: Path, fig_dir: Path, table_dir: Path | None = None) -> list[Path]:
     """Step (last): clean.jsonl, flagged_pairs.csv, contamination_table.csv, the report and the figure."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [write_jsonl(out / CLEAN[1], result.clean),
-             write_text(out / FLAGGED_PAIRS[1], result.pairs.to_csv(index=False)),
-             write_text(out / "contamination_table.csv", result.table.to_csv(index=False)),
-             write_json(out / "decontamination_report.json", result.summary)]
+    paths = [
+        write_jsonl(out / CLEAN[1], result.clean),
+        write_text(out / FLAGGED_PAIRS[1], result.pairs.to_csv(index=False)),
+        write_text(out / "contamination_table.csv", result.table.to_csv(index=False)),
+        write_json(out / "decontamination_report.json", result.summary),
+    ]
     if table_dir is not None:
         table_dir.mkdir(parents=True, exist_ok=True)
         paths.append(write_text(table_dir / "contamination_table.csv", result.table.to_csv(index=False)))
@@ -845,8 +1041,9 @@ def save_outputs(result: Result, out: Path, fig_dir: Path, table_dir: Path | Non
 
 
 # ---------------------------------------------------------------- measuring on labelled pairs
-def score_pairs(pairs: list[dict], cfg: DecontaminateConfig, embedder=None,
-                cosines: list[float] | None = None) -> pd.DataFrame:
+def score_pairs(
+    pairs: list[dict], cfg: DecontaminateConfig, embedder=None, cosines: list[float] | None = None
+) -> pd.DataFrame:
     """Score given (train row, test item) pairs one by one, as find_leaks would score them.
 
     Each pair is {"train": {instruction, input, output, data_source}, "question", "answer", "benchmark",
@@ -858,27 +1055,41 @@ def score_pairs(pairs: list[dict], cfg: DecontaminateConfig, embedder=None,
     """
     rows = [{"input": "", **p["train"]} for p in pairs]
     items = [{"subject": "", "choices": [], **{k: v for k, v in p.items() if k != "train"}} for p in pairs]
-    emb = embed_texts(rows, items, cfg if cosines is None else cfg.model_copy(update={"detectors": ["ngram"]}),
-                      embedder)
+    emb = embed_texts(
+        rows, items, cfg if cosines is None else cfg.model_copy(update={"detectors": ["ngram"]}), embedder
+    )
     cands = pair_cosines(emb, [(k, k) for k in range(len(pairs))])
     if cosines is not None:
         cands["embedding_cosine"] = cands["identifying_cosine"] = [float(c) for c in cosines]
         cands["embed_part"], cands["test_view"] = "prompt", "question"
     grams = []
-    for k, (row, item) in enumerate(zip(rows, items)):
+    for k, (row, _item) in enumerate(zip(rows, items)):
         index = NgramIndex([embedding_text(row)] + ([row["output"]] if cfg.search_outputs else []))
         views = emb.views[emb.views["item"] == k]
-        hits = [(s, "prompt" if d == 0 else "output", v) for v, t in zip(views["view"], views["text"])
-                for d, s in index.overlaps(t, cfg.ngram_n, cfg.ngram_min_tokens).items()]
+        hits = [
+            (s, "prompt" if d == 0 else "output", v)
+            for v, t in zip(views["view"], views["text"])
+            for d, s in index.overlaps(t, cfg.ngram_n, cfg.ngram_min_tokens).items()
+        ]
         grams.append(max(hits, default=(0.0, "", "")))
     for c, name in enumerate(("ngram_overlap", "ngram_part", "ngram_view")):
         cands[name] = [g[c] for g in grams]
     scored = flag_pairs(cands, rows, items, cfg, keep_unflagged=True, embedder=embedder)
-    cats = [categorise(rows[k], items[k], s.embedding_cosine, s.ngram_overlap, cfg, s.identifying_cosine,
-                       s.ngram_part if s.by_ngram and s.ngram_part else (s.embed_part or "prompt"),
-                       (s.judge_verdict, s.judge_score))
-            if any((s.by_embedding, s.by_ngram, s.by_answer, s.by_judge)) else ("", "")
-            for k, s in enumerate(scored.itertuples(index=False))]
+    cats = [
+        categorise(
+            rows[k],
+            items[k],
+            s.embedding_cosine,
+            s.ngram_overlap,
+            cfg,
+            s.identifying_cosine,
+            s.ngram_part if s.by_ngram and s.ngram_part else (s.embed_part or "prompt"),
+            (s.judge_verdict, s.judge_score),
+        )
+        if any((s.by_embedding, s.by_ngram, s.by_answer, s.by_judge))
+        else ("", "")
+        for k, s in enumerate(scored.itertuples(index=False))
+    ]
     scored["category"], scored["rule"] = [c for c, _ in cats], [r for _, r in cats]
     return scored.drop(columns=["train_index", "item_index"])
 
@@ -938,6 +1149,7 @@ class DecontaminateError(RuntimeError):
 @dataclass
 class Inputs:
     """What the stage reads: 01's rows (odd ones counted), the benchmark items, and the paths to hash."""
+
     rows: list[dict]
     skipped: dict
     items: list[dict]
@@ -963,8 +1175,9 @@ def embedder_for(profile: Profile) -> Embedder | None:
     return Embedder(profile.models.embedding, profile.cache_dir()) if uses_embeddings(profile.decontaminate) else None
 
 
-def detect(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None,
-           timings: dict | None = None) -> Result:
+def detect(
+    rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, timings: dict | None = None
+) -> Result:
     """Steps 2-5 composed: embed, candidates, flag, categorise, choose removals (seconds per step into
     `timings` when given)."""
     if not rows:
@@ -1001,8 +1214,9 @@ def edited_outputs(profile: Profile) -> list[str]:
     return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]
 
 
-def save(profile: Profile, inputs: Inputs, result: Result, timings: dict | None = None,
-         force: bool = False) -> list[Path]:
+def save(
+    profile: Profile, inputs: Inputs, result: Result, timings: dict | None = None, force: bool = False
+) -> list[Path]:
     """Step 6 (last): the artifacts, figure, tables and manifest.json, exactly as the runner writes them.
 
     Refuses (DecontaminateError) to overwrite outputs changed by hand since the last recorded run - a
@@ -1010,22 +1224,29 @@ def save(profile: Profile, inputs: Inputs, result: Result, timings: dict | None 
     edited = edited_outputs(profile)
     if edited and not force:
         name = Path(profile.source_file or "params/<profile>.yaml").name
-        raise DecontaminateError(f"{', '.join(edited)} changed after the run that wrote it; rerun with `platypus run "
-                                 f"params/{name} --only 02 --force` (force=True in the notebook) to overwrite, or "
-                                 "move the edited files away")
+        raise DecontaminateError(
+            f"{', '.join(edited)} changed after the run that wrote it; rerun with `platypus run "
+            f"params/{name} --only 02 --force` (force=True in the notebook) to overwrite, or "
+            "move the edited files away"
+        )
     result.summary["skipped_train_rows"] = dict(inputs.skipped)
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
         for path in inputs.paths:
             run.add_input(path)
         with run.timed("save_s"):
-            paths = save_outputs(result, profile.run_dir(STAGE), profile.report_dir("figures"),
-                                 profile.report_dir("tables"))
+            paths = save_outputs(
+                result, profile.run_dir(STAGE), profile.report_dir("figures"), profile.report_dir("tables")
+            )
         for p in paths:
             run.add_output(p)
         run.metrics.update({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
-    log.info("decontamination: %d pairs flagged, %d rows removed, %d clean rows", result.summary["flagged_pairs"],
-             result.summary["removed_rows"], len(result.clean))
+    log.info(
+        "decontamination: %d pairs flagged, %d rows removed, %d clean rows",
+        result.summary["flagged_pairs"],
+        result.summary["removed_rows"],
+        len(result.clean),
+    )
     return paths
 
 
@@ -1040,8 +1261,14 @@ def run_decontaminate(profile: Profile, force: bool = False) -> dict:
     return result.summary
 
 
-def check_file(train_file: str | Path, benchmarks_dir: str, out: str | Path, cfg: DecontaminateConfig | None = None,
-               embedding_model: str = "embedded:all-minilm-l6-v2", cache_dir: str | Path | None = None) -> dict:
+def check_file(
+    train_file: str | Path,
+    benchmarks_dir: str,
+    out: str | Path,
+    cfg: DecontaminateConfig | None = None,
+    embedding_model: str = "embedded:all-minilm-l6-v2",
+    cache_dir: str | Path | None = None,
+) -> dict:
     """Standalone use (`platypus decontaminate`): check any dataset in the Open-Platypus schema against
     benchmarks, writing clean.jsonl, flagged_pairs.csv, contamination_table.csv, decontamination_report.json
     and the figure into `out`. Rows without data_source are counted under the file's name; odd rows are

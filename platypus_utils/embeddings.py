@@ -7,14 +7,15 @@ damaged chunk is logged with its path and removed, and its texts are encoded aga
 Similarity never materialises a full n x m matrix: it walks blocks and keeps only the
 pairs above a threshold, so memory is bounded by the block sizes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -52,8 +53,9 @@ class EmbeddingCache:
                 try:
                     keys, vectors = read_chunk(chunk, width)
                 except DamagedChunk as exc:  # a damaged chunk only costs a re-encode of its texts
-                    log.warning("embedding cache: removing damaged %s (%s); its texts will be encoded again",
-                                chunk, exc)
+                    log.warning(
+                        "embedding cache: removing damaged %s (%s); its texts will be encoded again", chunk, exc
+                    )
                     chunk.unlink(missing_ok=True)
                     continue
                 width = vectors.shape[1]
@@ -130,8 +132,11 @@ class Embedder:
             log.info("%s: encoding %d new texts (%d from cache)", desc, len(missing), len(texts) - len(missing))
             new_keys = [k for k, _ in missing]
             new_vecs = self.model.encode(
-                [t for _, t in missing], batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=_show_progress(),
+                [t for _, t in missing],
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=_show_progress(),
             ).astype(np.float32)
             self.cache.put(new_keys, new_vecs)
             found.update(zip(new_keys, new_vecs))
@@ -154,8 +159,14 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def pairs_above(a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int = 2048,
-                desc: str = "similarity", backend: str = "numpy") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pairs_above(
+    a: np.ndarray,
+    b: np.ndarray | None,
+    threshold: float,
+    block_size: int = 2048,
+    desc: str = "similarity",
+    backend: str = "numpy",
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (i, j, cosine) arrays for every pair with cosine >= threshold.
 
     `a`, `b` are L2-normalised float32. With b=None, compares a with itself and yields only i < j, and
@@ -173,10 +184,10 @@ def pairs_above(a: np.ndarray, b: np.ndarray | None, threshold: float, block_siz
     n, m = len(a), len(b)
     starts = range(0, n, block_size)
     for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
-        a_blk = a[i0:i0 + block_size]
+        a_blk = a[i0 : i0 + block_size]
         j_start = i0 if self_pairs else 0
         for j0 in range(j_start, m, block_size):
-            tile = a_blk @ b[j0:j0 + block_size].T
+            tile = a_blk @ b[j0 : j0 + block_size].T
             ii, jj = np.nonzero(tile >= threshold)
             if self_pairs and j0 == i0:  # only the diagonal tile holds pairs with i >= j
                 keep = ii < jj
@@ -193,13 +204,15 @@ def faiss_available() -> bool:
     return True
 
 
-def _pairs_above_faiss(a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int,
-                       desc: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _pairs_above_faiss(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     try:
         import faiss
     except ImportError:
-        raise ImportError("curate.backend 'faiss' needs faiss-cpu: pip install faiss-cpu "
-                          "(or pip install -e '.[faiss]')") from None
+        raise ImportError(
+            "curate.backend 'faiss' needs faiss-cpu: pip install faiss-cpu (or pip install -e '.[faiss]')"
+        ) from None
     self_pairs = b is None
     base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
     index = faiss.IndexFlatIP(base.shape[1])
@@ -209,7 +222,7 @@ def _pairs_above_faiss(a: np.ndarray, b: np.ndarray | None, threshold: float, bl
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     starts = range(0, len(a), block_size)
     for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
-        queries = np.ascontiguousarray(a[i0:i0 + block_size], dtype=np.float32)
+        queries = np.ascontiguousarray(a[i0 : i0 + block_size], dtype=np.float32)
         lims, scores, ids = index.range_search(queries, radius)
         rows = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims.astype(np.int64)))
         keep = scores >= threshold
@@ -228,12 +241,12 @@ def top_match(a: np.ndarray, b: np.ndarray, block_size: int = 2048) -> tuple[np.
     if len(b) == 0:
         return best_j, best_s
     for i0 in range(0, len(a), block_size):
-        a_blk = a[i0:i0 + block_size]
+        a_blk = a[i0 : i0 + block_size]
         for j0 in range(0, len(b), block_size):
-            tile = a_blk @ b[j0:j0 + block_size].T
+            tile = a_blk @ b[j0 : j0 + block_size].T
             j = tile.argmax(axis=1)
             s = tile[np.arange(len(tile)), j]
-            better = s > best_s[i0:i0 + len(a_blk)]
-            best_s[i0:i0 + len(a_blk)][better] = s[better]
-            best_j[i0:i0 + len(a_blk)][better] = j[better] + j0
+            better = s > best_s[i0 : i0 + len(a_blk)]
+            best_s[i0 : i0 + len(a_blk)][better] = s[better]
+            best_j[i0 : i0 + len(a_blk)][better] = j[better] + j0
     return best_j, best_s

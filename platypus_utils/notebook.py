@@ -18,6 +18,7 @@ figures inline in the executed notebook.
 Records: `record(name, value)` stores a JSON value in the cell's output under RECORD_MIME (nothing is
 shown in JupyterLab); `read_records(path)` reads them back from an executed notebook (tests).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,18 +72,30 @@ def start_stage(profile_path: str, stage: str, params: dict | None = None, force
     if stage not in STAGE_SECTIONS:
         raise ProfileError(f"unknown stage '{stage}': choose from {', '.join(STAGES)}")
     if not isinstance(params, (dict, type(None))):
-        raise ProfileError(f"{profile_path}: params must be a dict of dotted keys, e.g. "
-                           f"{{'{STAGE_SECTIONS[stage]}.<key>': value}}; got {type(params).__name__}")
+        raise ProfileError(
+            f"{profile_path}: params must be a dict of dotted keys, e.g. "
+            f"{{'{STAGE_SECTIONS[stage]}.<key>': value}}; got {type(params).__name__}"
+        )
     if not isinstance(force, bool):
         raise ProfileError(f"{profile_path}: force must be True or False, got {force!r}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
     log.setLevel(logging.INFO)
     profile = load_profile(profile_path, params or {})
     _STARTED[stage] = time.perf_counter()
     apply_hub_mode(profile)  # offline unless the profile references the hub, as under the runner
-    log.info("profile %s, stage %s, artifacts in %s%s", profile.name, stage, profile.run_dir(stage),
-             " (force)" if force else "")
+    log.info(
+        "profile %s, stage %s, artifacts in %s%s",
+        profile.name,
+        stage,
+        profile.run_dir(stage),
+        " (force)" if force else "",
+    )
     return profile
 
 
@@ -119,17 +132,22 @@ def require_stage(profile: Profile, stage: str) -> Path:
     run_dir = profile.run_dir(stage)
     manifest = read_manifest(run_dir)
     if not manifest or manifest.get("status") != "ok":
-        raise StageNotRun(f"stage {stage} has not run for profile '{profile.name}' (no finished run in "
-                          f"{run_dir}): run `{profile_command(profile, stage)}` first")
+        raise StageNotRun(
+            f"stage {stage} has not run for profile '{profile.name}' (no finished run in "
+            f"{run_dir}): run `{profile_command(profile, stage)}` first"
+        )
     if manifest.get("params") != json.loads(json.dumps(profile.fingerprint_params(stage), default=str)):
-        log.warning("stage %s ran with other parameters than the profile's now; `%s` brings it up to date",
-                    stage, profile_command(profile, stage))
+        log.warning(
+            "stage %s ran with other parameters than the profile's now; `%s` brings it up to date",
+            stage,
+            profile_command(profile, stage),
+        )
     return run_dir
 
 
 # ---------------------------------------------------------------- kernel
 def kernel_name() -> str:
-    """"platypus" when that kernel is registered and runs this interpreter, else "python3"."""
+    """ "platypus" when that kernel is registered and runs this interpreter, else "python3"."""
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL)
     except NoSuchKernel:

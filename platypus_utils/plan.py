@@ -46,6 +46,7 @@ dim, a heads, i intermediate, L layers, V vocab):
   MFU, on one replica (parallelize spreads layers over GPUs, it does not add throughput).
   GPUs to hold a model for evaluation: bf16 weights / (GPU memory - 6 GiB: reserve, activations).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,10 @@ from typing import Optional
 
 import torch
 import yaml
-from accelerate import init_empty_weights
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
+
+from accelerate import init_empty_weights
 
 from .artifacts import write_json
 from .config import Profile, ProfileError, project_root_for
@@ -66,7 +68,7 @@ from .finetune import PROMPT_NO_INPUT, build_lora_config
 from .layout import CLEAN, artifact, planned_variants
 from .models import is_hub_reference, load_tokenizer, resolve_model
 
-GIB = 2 ** 30
+GIB = 2**30
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0}  # dense bf16, vendor figures
 BYTES_PER_TOKEN = 3.5  # assumed for Llama-2's tokenizer on Open-Platypus-like text
 OPEN_PLATYPUS_ROWS = 24_926
@@ -77,8 +79,12 @@ NF4_BITS = 4.127  # 4 bits + fp8 absmax per 64 + fp32 per 256 blocks (double qua
 LOSS_BYTES_PER_LOGIT = 12
 # task -> (questions, mean choices, mean characters of one question with one answer, fixed prompt
 # characters, whether the choices share one forward pass: single-token answers, lm-eval's logits cache)
-EVAL_TASKS = {"arc_challenge": (1172, 4.0, 180, 0, False), "hellaswag": (10042, 4.0, 362, 0, False),
-              "mmlu": (14042, 4.0, 470, 0, True), "truthfulqa_mc2": (817, 7.2, 114, 560, False)}
+EVAL_TASKS = {
+    "arc_challenge": (1172, 4.0, 180, 0, False),
+    "hellaswag": (10042, 4.0, 362, 0, False),
+    "mmlu": (14042, 4.0, 470, 0, True),
+    "truthfulqa_mc2": (817, 7.2, 114, 560, False),
+}
 MODEL_CONFIGS = Path("params") / "model_configs"
 
 
@@ -121,7 +127,8 @@ def load_model_config(source: str):
         raise ProfileError(
             f"cannot read the config of {source!r} ({str(exc).splitlines()[0]}): for a gated repo set HF_TOKEN "
             f"(or `hf auth login`); offline, give a folder with its config.json in plan.base_config or "
-            f"--config") from exc
+            f"--config"
+        ) from exc
 
 
 def meta_model(model_config, ft=None):
@@ -142,18 +149,27 @@ def model_shape(model_config, ft) -> dict:
     layers = getattr(base, base.base_model_prefix).layers
     lm_head = base.get_output_embeddings()
     total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
-    linear = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
-                 for m in base.modules() if isinstance(m, torch.nn.Linear) and m is not lm_head)
+    linear = sum(
+        m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
+        for m in base.modules()
+        if isinstance(m, torch.nn.Linear) and m is not lm_head
+    )
     lora_in = [m.in_features for name, m in layers[0].named_modules() if hasattr(m, "lora_A")]
     c = model_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return {
-        "model_type": c.model_type, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
-        "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
+        "model_type": c.model_type,
+        "hidden": c.hidden_size,
+        "intermediate": c.intermediate_size,
+        "layers": c.num_hidden_layers,
+        "heads": c.num_attention_heads,
         "kv_dim": (getattr(c, "num_key_value_heads", None) or c.num_attention_heads) * head_dim,
-        "vocab": c.vocab_size, "config_dtype": str(getattr(c, "dtype", None) or c.torch_dtype or "float16"),
-        "total_params": total, "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "linear_params": linear, "embedding_params": base.get_input_embeddings().weight.numel(),
+        "vocab": c.vocab_size,
+        "config_dtype": str(getattr(c, "dtype", None) or c.torch_dtype or "float16"),
+        "total_params": total,
+        "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "linear_params": linear,
+        "embedding_params": base.get_input_embeddings().weight.numel(),
         "layer_params": sum(p.numel() for n, p in layers[0].named_parameters() if "lora_" not in n),
         "lora_in_features": lora_in,
     }
@@ -190,16 +206,22 @@ def data_assumptions(profile: Profile) -> dict:
         mean_source = f"assumed: Open-Platypus's mean bytes per row + template / {BYTES_PER_TOKEN} bytes per token"
     longest = sorted((min(n, ft.cutoff_len) for n in lengths[0]), reverse=True) if lengths else []
     micro = ft.per_device_train_batch_size
-    return {"train_examples": int(train), "examples_source": source, "mean_example_tokens": round(mean, 1),
-            "mean_tokens_source": mean_source,
-            # the largest micro-batch any shuffle can draw: the per-device batch's longest examples
-            "max_micro_batch_tokens": round(sum(longest[:micro])) if len(longest) >= micro else micro * ft.cutoff_len}
+    return {
+        "train_examples": int(train),
+        "examples_source": source,
+        "mean_example_tokens": round(mean, 1),
+        "mean_tokens_source": mean_source,
+        # the largest micro-batch any shuffle can draw: the per-device batch's longest examples
+        "max_micro_batch_tokens": round(sum(longest[:micro])) if len(longest) >= micro else micro * ft.cutoff_len,
+    }
 
 
 def _token_lengths(profile: Profile, rows: list[dict]) -> tuple[list[float], str]:
     """Token counts of template + row: the base's tokenizer when it is local (no hub), else bytes / 3.5."""
-    texts = [PROMPT_NO_INPUT.format(instruction=r.get("instruction", "")) + r.get("input", "") + r.get("output", "")
-             for r in rows]
+    texts = [
+        PROMPT_NO_INPUT.format(instruction=r.get("instruction", "")) + r.get("input", "") + r.get("output", "")
+        for r in rows
+    ]
     if not is_hub_reference(profile.models.base):
         tok = load_tokenizer(profile.models.base, profile.cache_dir())
         return [len(ids) + 1 for ids in tok(texts)["input_ids"]], "measured with the base's tokenizer (+ EOS)"
@@ -220,10 +242,16 @@ def step_plan(profile: Profile, data: dict) -> dict:
         per_epoch = math.ceil(examples / per_step)
     steps = ft.max_steps if ft.max_steps > 0 else math.ceil(ft.num_train_epochs * per_epoch)
     train_tokens = min(steps * tokens, ft.num_train_epochs * examples * mean) if ft.max_steps <= 0 else steps * tokens
-    return {"batch_unit": ft.batch_unit, "gradient_accumulation_steps": gas, "examples_per_step": round(per_step, 2),
-            "tokens_per_step": round(tokens), "optimizer_steps": steps, "warmup_steps": ft.warmup_steps,
-            "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
-            "train_tokens": round(train_tokens)}
+    return {
+        "batch_unit": ft.batch_unit,
+        "gradient_accumulation_steps": gas,
+        "examples_per_step": round(per_step, 2),
+        "tokens_per_step": round(tokens),
+        "optimizer_steps": steps,
+        "warmup_steps": ft.warmup_steps,
+        "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+        "train_tokens": round(train_tokens),
+    }
 
 
 # ---------------------------------------------------------------- memory
@@ -259,8 +287,18 @@ def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, ma
     return 8 * h + 8 + 4 * h + 4 * k + 4 * a + 6 * i + lora
 
 
-def memory_per_gpu(shape: dict, *, bits: int, checkpointing: bool, micro_tokens: int, model_shards: int,
-                   state_shards: int, lora_r: int, dropout: bool, dtype_bytes: int = 2) -> dict:
+def memory_per_gpu(
+    shape: dict,
+    *,
+    bits: int,
+    checkpointing: bool,
+    micro_tokens: int,
+    model_shards: int,
+    state_shards: int,
+    lora_r: int,
+    dropout: bool,
+    dtype_bytes: int = 2,
+) -> dict:
     """Estimated peak memory of one training process, in GiB, by component (module docstring)."""
     weights = weight_bytes(shape, bits, dtype_bytes)
     layer = weights * shape["layer_params"] / shape["total_params"]
@@ -270,9 +308,13 @@ def memory_per_gpu(shape: dict, *, bits: int, checkpointing: bool, micro_tokens:
         act = (shape["layers"] * 2 * shape["hidden"] + per_layer) * micro_tokens
     else:
         act = shape["layers"] * per_layer * micro_tokens
-    parts = {"weights": weights / model_shards + gathered, "lora_state": shape["lora_params"] * 16 / state_shards,
-             "activations": act, "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * micro_tokens,
-             "runtime_reserve": RUNTIME_RESERVE_GIB * GIB}
+    parts = {
+        "weights": weights / model_shards + gathered,
+        "lora_state": shape["lora_params"] * 16 / state_shards,
+        "activations": act,
+        "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * micro_tokens,
+        "runtime_reserve": RUNTIME_RESERVE_GIB * GIB,
+    }
     out = {k: round(v / GIB, 2) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GIB, 2)
     return out
@@ -282,10 +324,16 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
     ft, shard = profile.finetune, sharding(profile)
     packed_rows = ft.batch_unit == "tokens"  # rows filled up to cutoff_len
     micro = ft.per_device_train_batch_size * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
-    return {"bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
-            "checkpointing": ft.gradient_checkpointing, "micro_tokens": micro,
-            "model_shards": shard["model_shards"], "state_shards": shard["state_shards"], "lora_r": ft.lora_r,
-            "dropout": ft.lora_dropout > 0, "dtype_bytes": 4 if profile.models.torch_dtype == "float32" else 2}
+    return {
+        "bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
+        "checkpointing": ft.gradient_checkpointing,
+        "micro_tokens": micro,
+        "model_shards": shard["model_shards"],
+        "state_shards": shard["state_shards"],
+        "lora_r": ft.lora_r,
+        "dropout": ft.lora_dropout > 0,
+        "dtype_bytes": 4 if profile.models.torch_dtype == "float32" else 2,
+    }
 
 
 def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float) -> dict:
@@ -294,13 +342,18 @@ def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float)
     settings = _memory_settings(profile, data)
     planned = memory_per_gpu(shape, **settings)
     typical = round(profile.finetune.per_device_train_batch_size * data["mean_example_tokens"])
-    out = {"sharding": sharding(profile)["kind"], "gpu_memory_gib": gpu_memory_gb,
-           "micro_batch_tokens": settings["micro_tokens"],
-           "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[settings["bits"]],
-           "planned": planned, "fits": planned["total"] <= gpu_memory_gb}
+    out = {
+        "sharding": sharding(profile)["kind"],
+        "gpu_memory_gib": gpu_memory_gb,
+        "micro_batch_tokens": settings["micro_tokens"],
+        "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[settings["bits"]],
+        "planned": planned,
+        "fits": planned["total"] <= gpu_memory_gb,
+    }
     for flag in (True, False):
         out[f"{'with' if flag else 'without'}_checkpointing"] = memory_per_gpu(
-            shape, **{**settings, "checkpointing": flag})
+            shape, **{**settings, "checkpointing": flag}
+        )
     out["typical_micro_batch_tokens"] = typical
     out["typical"] = memory_per_gpu(shape, **{**settings, "micro_tokens": typical})
     out["changes_that_fit"] = [] if out["fits"] else _changes_that_fit(profile, shape, settings, gpu_memory_gb)
@@ -312,17 +365,28 @@ def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: floa
     ft = profile.finetune
     candidates = []
     if ft.per_device_train_batch_size > 1:
-        candidates.append(("finetune.per_device_train_batch_size: 1",
-                           {"micro_tokens": settings["micro_tokens"] // ft.per_device_train_batch_size}))
+        candidates.append(
+            (
+                "finetune.per_device_train_batch_size: 1",
+                {"micro_tokens": settings["micro_tokens"] // ft.per_device_train_batch_size},
+            )
+        )
     if settings["model_shards"] == 1:
-        candidates.append(("finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml",
-                           {"model_shards": 8, "state_shards": 8}))
+        candidates.append(
+            (
+                "finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml",
+                {"model_shards": 8, "state_shards": 8},
+            )
+        )
     if settings["bits"] == 16:
         candidates.append(("finetune.load_in_4bit: true", {"bits": 4}))
     if not settings["checkpointing"]:
         ckpt = "finetune.gradient_checkpointing: true"
-        candidates = [(ckpt, {"checkpointing": True})] + candidates + [
-            (f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
+        candidates = (
+            [(ckpt, {"checkpointing": True})]
+            + candidates
+            + [(f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
+        )
     out = []
     for name, change in candidates:
         total = memory_per_gpu(shape, **{**settings, **change})["total"]
@@ -336,8 +400,14 @@ def wall_time(shape: dict, steps: dict, num_gpus: int, gpu: str, mfu: float) -> 
     n_matmul = shape["total_params"] - shape["embedding_params"]
     flops = 6 * n_matmul * steps["train_tokens"]
     seconds = flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * num_gpus)
-    return {"gpu": gpu, "peak_tflops": GPU_PEAK_TFLOPS[gpu], "mfu": mfu, "gpus": num_gpus,
-            "train_flops": float(f"{flops:.4g}"), "hours": round(seconds / 3600, 2)}
+    return {
+        "gpu": gpu,
+        "peak_tflops": GPU_PEAK_TFLOPS[gpu],
+        "mfu": mfu,
+        "gpus": num_gpus,
+        "train_flops": float(f"{flops:.4g}"),
+        "hours": round(seconds / 3600, 2),
+    }
 
 
 def _bytes_per_param(dtype: str) -> int:
@@ -349,9 +419,14 @@ def disk_plan(profile: Profile, shape: dict) -> dict:
     per_model = shape["total_params"] * _bytes_per_param(shape["config_dtype"]) / 1e9
     variants = planned_variants(profile)
     downloads = 1 + sum(1 for p in profile.merge.partners if is_hub_reference(p.model))
-    return {"variants": variants, "bytes_per_param": _bytes_per_param(shape["config_dtype"]),
-            "model_gb": round(per_model, 1), "merged_gb": round(per_model * len(variants), 1),
-            "downloads_gb": round(per_model * downloads, 1), "adapter_mb": round(shape["lora_params"] * 4 / 1e6, 1)}
+    return {
+        "variants": variants,
+        "bytes_per_param": _bytes_per_param(shape["config_dtype"]),
+        "model_gb": round(per_model, 1),
+        "merged_gb": round(per_model * len(variants), 1),
+        "downloads_gb": round(per_model * downloads, 1),
+        "adapter_mb": round(shape["lora_params"] * 4 / 1e6, 1),
+    }
 
 
 def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
@@ -363,20 +438,33 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
             questions = min(questions, math.ceil(questions * cfg.limit) if cfg.limit < 1 else int(cfg.limit))
         requests = round(questions * choices)
         tokens = (questions if shared else requests) * ((cfg.num_fewshot + 1) * chars + fixed) / BYTES_PER_TOKEN
-        tasks[name] = {"questions": questions, "num_fewshot": cfg.num_fewshot, "requests": requests,
-                       "forward_tokens": round(tokens)}
+        tasks[name] = {
+            "questions": questions,
+            "num_fewshot": cfg.num_fewshot,
+            "requests": requests,
+            "forward_tokens": round(tokens),
+        }
     per_variant = sum(t["forward_tokens"] for t in tasks.values())
     n_variants = len(profile.evaluate.variants)
     flops = 2 * (shape["total_params"] - shape["embedding_params"]) * per_variant * n_variants
     weights_gib = weight_bytes(shape, 16) / GIB
-    return {"tasks": tasks, "variants": n_variants, "forward_tokens_per_variant": per_variant,
-            "hours_all_variants": round(flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12) / 3600, 2),
-            "gpus_to_hold_model": math.ceil(weights_gib / (gpu_memory_gb - RUNTIME_RESERVE_GIB - 4))}
+    return {
+        "tasks": tasks,
+        "variants": n_variants,
+        "forward_tokens_per_variant": per_variant,
+        "hours_all_variants": round(flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12) / 3600, 2),
+        "gpus_to_hold_model": math.ceil(weights_gib / (gpu_memory_gb - RUNTIME_RESERVE_GIB - 4)),
+    }
 
 
 # ---------------------------------------------------------------- the plan
-def make_plan(profile: Profile, config_dir: Optional[str] = None, gpu: Optional[str] = None,
-              gpu_memory_gb: Optional[float] = None, mfu: Optional[float] = None) -> dict:
+def make_plan(
+    profile: Profile,
+    config_dir: Optional[str] = None,
+    gpu: Optional[str] = None,
+    gpu_memory_gb: Optional[float] = None,
+    mfu: Optional[float] = None,
+) -> dict:
     """Everything `platypus plan` prints, as a dict; arguments override the profile's plan section."""
     gpu = gpu or profile.plan.gpu
     gpu_memory_gb = gpu_memory_gb or profile.plan.gpu_memory_gb
@@ -386,13 +474,21 @@ def make_plan(profile: Profile, config_dir: Optional[str] = None, gpu: Optional[
     data = data_assumptions(profile)
     steps = step_plan(profile, data)
     return {
-        "profile": profile.name, "profile_file": profile.source_file, "config_source": source,
-        "model": {k: shape[k] for k in ("model_type", "hidden", "intermediate", "layers", "heads", "kv_dim", "vocab",
-                                        "config_dtype")},
-        "parameters": {"total": shape["total_params"], "lora_trainable": shape["lora_params"],
-                       "lora_share": round(shape["lora_params"] / shape["total_params"], 6),
-                       "lora_modules_per_layer": len(shape["lora_in_features"])},
-        "data": data, "steps": steps,
+        "profile": profile.name,
+        "profile_file": profile.source_file,
+        "config_source": source,
+        "model": {
+            k: shape[k]
+            for k in ("model_type", "hidden", "intermediate", "layers", "heads", "kv_dim", "vocab", "config_dtype")
+        },
+        "parameters": {
+            "total": shape["total_params"],
+            "lora_trainable": shape["lora_params"],
+            "lora_share": round(shape["lora_params"] / shape["total_params"], 6),
+            "lora_modules_per_layer": len(shape["lora_in_features"]),
+        },
+        "data": data,
+        "steps": steps,
         "memory": memory_plan(profile, shape, data, gpu_memory_gb),
         "time": wall_time(shape, steps, profile.finetune.num_gpus, gpu, mfu),
         "disk": disk_plan(profile, shape),
@@ -409,8 +505,10 @@ def shown_path(path: str | Path) -> str:
 
 
 def _memory_row(name: str, m: dict) -> str:
-    return (f"  {name:<26}{m['total']:>7.1f} GiB  (weights {m['weights']:.1f}, LoRA state {m['lora_state']:.2f}, "
-            f"activations {m['activations']:.1f}, logits {m['logits_loss']:.1f}, reserve {m['runtime_reserve']:.0f})")
+    return (
+        f"  {name:<26}{m['total']:>7.1f} GiB  (weights {m['weights']:.1f}, LoRA state {m['lora_state']:.2f}, "
+        f"activations {m['activations']:.1f}, logits {m['logits_loss']:.1f}, reserve {m['runtime_reserve']:.0f})"
+    )
 
 
 def format_plan(plan: dict) -> str:
@@ -446,8 +544,11 @@ def format_plan(plan: dict) -> str:
         f"evaluation                {e['variants']} variants x ~{e['forward_tokens_per_variant'] / 1e6:.1f} M forward "
         f"tokens = ~{e['hours_all_variants']:.1f} h on one replica of {e['gpus_to_hold_model']} GPU(s)",
     ]
-    lines += [f"  {name:<24}{t_['questions']:,} questions x {t_['num_fewshot']}-shot: {t_['requests']:,} requests, "
-              f"~{t_['forward_tokens'] / 1e6:.1f} M tokens" for name, t_ in e["tasks"].items()]
+    lines += [
+        f"  {name:<24}{t_['questions']:,} questions x {t_['num_fewshot']}-shot: {t_['requests']:,} requests, "
+        f"~{t_['forward_tokens'] / 1e6:.1f} M tokens"
+        for name, t_ in e["tasks"].items()
+    ]
     return "\n".join(lines)
 
 
@@ -458,12 +559,14 @@ def check_fits(plan: dict) -> None:
         return
     changes = "; ".join(f"{c['change']} ({c['peak_gib']:.1f} GiB)" for c in m["changes_that_fit"]) or (
         "none of finetune.gradient_checkpointing, finetune.load_in_4bit, finetune.num_gpus (FSDP) or "
-        "finetune.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs")
+        "finetune.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs"
+    )
     raise ProfileError(
         f"{shown_path(plan['profile_file']) if plan['profile_file'] else plan['profile']}: "
         f"the planned peak memory per GPU is "
         f"{m['planned']['total']:.1f} GiB, "
-        f"over plan.gpu_memory_gb={m['gpu_memory_gib']:g} GiB (--gpu-memory-gb). Change: {changes}")
+        f"over plan.gpu_memory_gb={m['gpu_memory_gib']:g} GiB (--gpu-memory-gb). Change: {changes}"
+    )
 
 
 def default_out(profile: Profile) -> Path:

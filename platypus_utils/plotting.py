@@ -10,6 +10,7 @@ Contract:
 - `new_figure` detaches the figure it creates from pyplot, so a notebook cell that returns it shows
   it once (not twice), and figures are not kept alive by pyplot after the cell.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,16 @@ FORMATS = ("png", "pdf")
 def style():
     """Apply the project style; returns (plt, sns) for convenience."""
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.15)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight",
-                         "pdf.fonttype": 42, "ps.fonttype": 42,  # 42: editable text in PDFs
-                         "svg.hashsalt": "platypus"})  # fixed SVG element ids: same figure, same bytes
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 200,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,  # 42: editable text in PDFs
+            "svg.hashsalt": "platypus",
+        }
+    )  # fixed SVG element ids: same figure, same bytes
     return plt, sns
 
 

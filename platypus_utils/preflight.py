@@ -9,10 +9,12 @@
 - finetune.target_modules name modules of the base model (its config.json; `platypus validate` too).
 Each failure is a ProfileError naming the profile key and what to change (exit status 2).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from transformers import AutoConfig
@@ -24,8 +26,15 @@ from .models import resolve_model, target_module_problem
 log = logging.getLogger("platypus")
 
 # what must agree between a base and a fine-tune of it for the base's LoRA to merge into it
-ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "vocab_size")
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
 
 
 def architecture(config) -> dict:
@@ -45,9 +54,11 @@ def check_partner_architectures(profile: Profile, load_config: Optional[Callable
         differ = {k: (theirs[k], base[k]) for k in ARCHITECTURE_KEYS if theirs[k] != base[k]}
         if differ:
             detail = ", ".join(f"{k} {a} (base {b})" for k, (a, b) in differ.items())
-            raise ProfileError(f"{profile.source_file}: key 'merge.partners[{i}].model': {partner.model} is not a "
-                               f"fine-tune of models.base {profile.models.base}: {detail}. The adapter was trained "
-                               "on the base, so it only merges into models of the same architecture")
+            raise ProfileError(
+                f"{profile.source_file}: key 'merge.partners[{i}].model': {partner.model} is not a "
+                f"fine-tune of models.base {profile.models.base}: {detail}. The adapter was trained "
+                "on the base, so it only merges into models of the same architecture"
+            )
 
 
 def check_target_modules(profile: Profile) -> None:
@@ -65,16 +76,21 @@ def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] 
     ft = profile.finetune
     if "03_finetune" in stages:
         if ft.num_gpus > 1 and ft.num_gpus > gpus:
-            raise ProfileError(f"{where}: key 'finetune.num_gpus': {ft.num_gpus} GPUs asked for, {gpus} visible "
-                               f"here; set finetune.num_gpus to at most {max(gpus, 1)} (global_batch_size keeps "
-                               "the step at the same number of examples)")
+            raise ProfileError(
+                f"{where}: key 'finetune.num_gpus': {ft.num_gpus} GPUs asked for, {gpus} visible "
+                f"here; set finetune.num_gpus to at most {max(gpus, 1)} (global_batch_size keeps "
+                "the step at the same number of examples)"
+            )
         for flag in ("load_in_4bit", "load_in_8bit"):
             if getattr(ft, flag) and gpus == 0:
-                raise ProfileError(f"{where}: key 'finetune.{flag}': bitsandbytes quantization needs a CUDA GPU; "
-                                   "none is visible here")
+                raise ProfileError(
+                    f"{where}: key 'finetune.{flag}': bitsandbytes quantization needs a CUDA GPU; none is visible here"
+                )
     if "05_evaluate" in stages and profile.evaluate.device.startswith("cuda") and gpus == 0:
-        raise ProfileError(f"{where}: key 'evaluate.device': {profile.evaluate.device!r} but no CUDA GPU is "
-                           "visible here; use auto or cpu")
+        raise ProfileError(
+            f"{where}: key 'evaluate.device': {profile.evaluate.device!r} but no CUDA GPU is "
+            "visible here; use auto or cpu"
+        )
 
 
 def preflight(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> dict:

@@ -5,6 +5,7 @@ converted once into the cache) or `random:<folder with a config.json>` (seeded r
 that shape). `models.resolve_model` turns one into something `from_pretrained` accepts; this module
 only classifies, so the profile schema can tell a hub profile from an offline one.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,5 +28,6 @@ def looks_like_path(ref: str) -> bool:
 def is_hub_reference(ref: str) -> bool:
     """True for a reference that resolve_model would hand to the hub (not embedded, random or a local path)."""
     ref = ref.strip()
-    return not (ref.startswith((EMBEDDED_PREFIX, RANDOM_PREFIX)) or looks_like_path(ref)
-                or Path(ref).expanduser().exists())
+    return not (
+        ref.startswith((EMBEDDED_PREFIX, RANDOM_PREFIX)) or looks_like_path(ref) or Path(ref).expanduser().exists()
+    )

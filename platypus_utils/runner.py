@@ -20,6 +20,7 @@ Trust after a crash, a kill or a second run:
 - `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for the stage's processes
   (`forced()`): stages that reuse finished outputs (04's variants) rebuild them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,11 +32,19 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .artifacts import (RUNNER_ATTEMPT_ENV, artifacts_up_to_date, attempt_problem, begin_attempt, end_attempt,
-                        pid_alive, remove_debris, write_json)
+from .artifacts import (
+    RUNNER_ATTEMPT_ENV,
+    artifacts_up_to_date,
+    attempt_problem,
+    begin_attempt,
+    end_attempt,
+    pid_alive,
+    remove_debris,
+    write_json,
+)
 from .config import STAGES, Profile, ProfileError, load_profile
 from .notebook import KERNEL_ENV, kernel_name, stage_parameters
 from .preflight import preflight
@@ -78,7 +87,7 @@ def select_stages(only: list[str] | None = None, start: str | None = None) -> li
         return [s for s in STAGES if s in wanted]
     if start:
         first = parse_stage(start)
-        return list(STAGES[STAGES.index(first):])
+        return list(STAGES[STAGES.index(first) :])
     return list(STAGES)
 
 
@@ -87,7 +96,7 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     problem = attempt_problem(profile.run_dir(stage))
     if problem:
         return False, problem
-    for upstream in STAGES[:STAGES.index(stage)]:
+    for upstream in STAGES[: STAGES.index(stage)]:
         upstream_problem = attempt_problem(profile.run_dir(upstream))
         if upstream_problem:
             return False, f"upstream stage {upstream}: {upstream_problem}"
@@ -139,8 +148,9 @@ def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
     return removed
 
 
-def execute_stage(profile: Profile, stage: str, overrides: dict, verbose: bool = False,
-                  force: bool | None = None) -> float:
+def execute_stage(
+    profile: Profile, stage: str, overrides: dict, verbose: bool = False, force: bool | None = None
+) -> float:
     """Execute the stage's notebook with papermill; returns its wall time in seconds.
 
     Injects the one parameter channel (`notebook.stage_parameters`): profile_path, params (the
@@ -160,13 +170,21 @@ def execute_stage(profile: Profile, stage: str, overrides: dict, verbose: bool =
     os.environ.update(KERNEL_ENV)  # the kernel inherits this process's environment
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(NOTEBOOK_DIR), progress_bar=True, log_output=verbose)
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=params,
+            kernel_name=kernel_name(),
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=True,
+            log_output=verbose,
+        )
     except pm.PapermillExecutionError as exc:
         kept = _keep_failed_notebook(profile, stage, dst)
         raise StageFailed(
             f"stage {stage} failed in {kept}, cell {exc.cell_index} (execution count {exc.exec_count}): "
-            f"{exc.ename}: {exc.evalue}") from None
+            f"{exc.ename}: {exc.evalue}"
+        ) from None
     except Exception as exc:  # the kernel died, papermill itself failed...
         kept = _keep_failed_notebook(profile, stage, dst)
         raise StageFailed(f"stage {stage} stopped ({type(exc).__name__}: {exc}); its notebook so far: {kept}") from exc
@@ -217,8 +235,15 @@ def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool =
     return time.perf_counter() - t0
 
 
-def run(profile_path: str | Path, only: list[str] | None = None, start: str | None = None,
-        force: bool = False, overrides: dict | None = None, verbose: bool = False, wait: bool = False) -> dict:
+def run(
+    profile_path: str | Path,
+    only: list[str] | None = None,
+    start: str | None = None,
+    force: bool = False,
+    overrides: dict | None = None,
+    verbose: bool = False,
+    wait: bool = False,
+) -> dict:
     """Validate the profile, take its run lock (RunLocked if another run holds it, unless `wait`),
     then run the selected stages in order. Returns {stage: summary}."""
     overrides = overrides or {}
@@ -268,8 +293,9 @@ def _attempt_stage(profile: Profile, stage: str, overrides: dict, verbose: bool,
     stage_dir = profile.run_dir(stage)
     rebuild_training = force or not (artifacts_up_to_date(profile, stage)[0] and not attempt_problem(stage_dir))
     clear_leftovers(profile, stage, say)
-    begin_attempt(stage_dir, stage, runner=True, command=shlex.join(sys.argv),
-                  notebook=str(running_notebook(profile, stage)))
+    begin_attempt(
+        stage_dir, stage, runner=True, command=shlex.join(sys.argv), notebook=str(running_notebook(profile, stage))
+    )
     env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the notebook kernel and accelerate workers inherit these
@@ -281,8 +307,9 @@ def _attempt_stage(profile: Profile, stage: str, overrides: dict, verbose: bool,
         end_attempt(stage_dir, "failed", error=str(exc), notebook=str(failed_notebook(profile, stage)))
         raise
     except BaseException as exc:  # Ctrl-C, a kernel that died: the attempt is not ok
-        end_attempt(stage_dir, "failed", error=f"{type(exc).__name__}: {exc}",
-                    notebook=str(failed_notebook(profile, stage)))
+        end_attempt(
+            stage_dir, "failed", error=f"{type(exc).__name__}: {exc}", notebook=str(failed_notebook(profile, stage))
+        )
         raise
     finally:
         for k, v in saved.items():
@@ -306,8 +333,9 @@ def _lock_holder(path: Path) -> dict:
 def _describe(holder: dict) -> str:
     if not holder:
         return "another process (no details recorded)"
-    return (f"PID {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
-            f" ({holder.get('command')})")
+    return (
+        f"PID {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')} ({holder.get('command')})"
+    )
 
 
 @contextlib.contextmanager
@@ -324,15 +352,21 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
         except BlockingIOError:
             holder = _lock_holder(path)
             if not wait:
-                raise RunLocked(f"profile {profile.name} is already being run by {_describe(holder)}; lock "
-                                f"{path}. Wait for it to finish, or pass --wait to queue behind it") from None
+                raise RunLocked(
+                    f"profile {profile.name} is already being run by {_describe(holder)}; lock "
+                    f"{path}. Wait for it to finish, or pass --wait to queue behind it"
+                ) from None
             say(f"waiting for the run of profile {profile.name} by {_describe(holder)} to finish ({path})")
             fcntl.flock(fh, fcntl.LOCK_EX)
         previous = _lock_holder(path)
         if previous.get("pid") and not pid_alive(int(previous["pid"])):
             say(f"taking over the lock {path} left by {_describe(previous)}: that process is gone")
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": shlex.join(sys.argv)}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": shlex.join(sys.argv),
+        }
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps(me) + "\n")
@@ -349,5 +383,5 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
 def _printer():
     def say(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-    return say
 
+    return say

@@ -31,6 +31,7 @@ characters is logged with its file and line and handled per `curate.over_long_ro
 the warning), "truncate" (the field cut to the limit) or "drop" (skipped as "filtered:over_long");
 kept or truncated ones are counted in the returned SkippedRows' `notes`.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -38,9 +39,10 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .artifacts import SkippedRows, decode_line, limit_long_fields
 
@@ -63,22 +65,122 @@ class UnknownSourceError(ValueError):
 # lower-cased text it was searched in. Repeated entries are dropped; order is otherwise theirs.
 STEM_KEYWORDS: list[str] = [
     # mathematics
-    "algebra", "geometry", "calculus", "statistics", "probability", "theorem", "proof", "equation", "integral",
-    "derivative", "matrix", "vector", "graph", "function", "complex number", "real number", "imaginary number",
-    "differential", "fraction", "decimal", "percent", "logarithm", "sequence", "sum", "product", "difference",
-    "quotient", "prime", "composite", "factorial", "binomial", "polynomial", "exponential", "pi", "euler",
-    "infinity", "limit", "differential equation", "linear algebra", "set theory", "group theory", "ring theory",
-    "field theory", "number theory", "combinatorics", "topology", "measure theory", "game theory", "cryptology",
-    "algorithm", "computation", "percentage", "calculation",
+    "algebra",
+    "geometry",
+    "calculus",
+    "statistics",
+    "probability",
+    "theorem",
+    "proof",
+    "equation",
+    "integral",
+    "derivative",
+    "matrix",
+    "vector",
+    "graph",
+    "function",
+    "complex number",
+    "real number",
+    "imaginary number",
+    "differential",
+    "fraction",
+    "decimal",
+    "percent",
+    "logarithm",
+    "sequence",
+    "sum",
+    "product",
+    "difference",
+    "quotient",
+    "prime",
+    "composite",
+    "factorial",
+    "binomial",
+    "polynomial",
+    "exponential",
+    "pi",
+    "euler",
+    "infinity",
+    "limit",
+    "differential equation",
+    "linear algebra",
+    "set theory",
+    "group theory",
+    "ring theory",
+    "field theory",
+    "number theory",
+    "combinatorics",
+    "topology",
+    "measure theory",
+    "game theory",
+    "cryptology",
+    "algorithm",
+    "computation",
+    "percentage",
+    "calculation",
     # general STEM
-    "science", "technology", "engineering", "physics", "chemistry", "biology", "computer science",
-    "information technology", "environmental", "aerospace", "biomedical", "chemical", "robotics", "ai",
-    "artificial intelligence", "machine learning", "deep learning", "neural network", "programming", "coding",
-    "software", "hardware", "network", "database", "security", "cybersecurity", "blockchain", "virtual reality",
-    "augmented reality", "quantum", "nanotechnology", "biotechnology", "genetics", "genomics", "solar", "wind",
-    "hydro", "nuclear", "fossil fuel", "carbon", "greenhouse gas", "pollution", "conservation", "biodiversity",
-    "ecosystem", "species", "evolution", "cell", "molecule", "atom", "particle", "gravity", "relativity",
-    "momentum", "velocity", "acceleration", "mass", "heat", "light", "sound", "electricity", "magnetism",
+    "science",
+    "technology",
+    "engineering",
+    "physics",
+    "chemistry",
+    "biology",
+    "computer science",
+    "information technology",
+    "environmental",
+    "aerospace",
+    "biomedical",
+    "chemical",
+    "robotics",
+    "ai",
+    "artificial intelligence",
+    "machine learning",
+    "deep learning",
+    "neural network",
+    "programming",
+    "coding",
+    "software",
+    "hardware",
+    "network",
+    "database",
+    "security",
+    "cybersecurity",
+    "blockchain",
+    "virtual reality",
+    "augmented reality",
+    "quantum",
+    "nanotechnology",
+    "biotechnology",
+    "genetics",
+    "genomics",
+    "solar",
+    "wind",
+    "hydro",
+    "nuclear",
+    "fossil fuel",
+    "carbon",
+    "greenhouse gas",
+    "pollution",
+    "conservation",
+    "biodiversity",
+    "ecosystem",
+    "species",
+    "evolution",
+    "cell",
+    "molecule",
+    "atom",
+    "particle",
+    "gravity",
+    "relativity",
+    "momentum",
+    "velocity",
+    "acceleration",
+    "mass",
+    "heat",
+    "light",
+    "sound",
+    "electricity",
+    "magnetism",
 ]
 _STEM_RE = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in STEM_KEYWORDS) + r")\b")
 
@@ -91,6 +193,7 @@ def has_stem_keyword(text: str) -> bool:
 # ---------------------------------------------------------------- helpers
 class _Row(dict):
     """A row (equal to the plain dict) that knows the file and line it was made from."""
+
     __slots__ = ("where",)
 
 
@@ -126,10 +229,12 @@ def _need(path: Path, what: str = "file") -> Path:
     return path
 
 
-def _source_path(src: "SourceConfig") -> Path:
+def _source_path(src: SourceConfig) -> Path:
     if not src.path:
-        raise ValueError(f"source {src.name!r}: set `path` to a local copy in its original format "
-                         f"(or `hub_id`, where the source has a hub release)")
+        raise ValueError(
+            f"source {src.name!r}: set `path` to a local copy in its original format "
+            f"(or `hub_id`, where the source has a hub release)"
+        )
     return _need(Path(src.path), "path")
 
 
@@ -159,6 +264,7 @@ def _read_json_list(path: Path, what: str, skipped: Counter | None = None) -> It
                 continue
             _LOCATION.set(where)
             yield obj
+
     return items()
 
 
@@ -234,7 +340,7 @@ def validate_rows(records: Iterable[Any], default_source: str, skipped: Counter)
     return rows
 
 
-def load_jsonl(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_jsonl(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """A file in the Open-Platypus schema: JSON lines, or a .json file holding a list of rows."""
     path = _source_path(src)
     skipped: Counter = SkippedRows()
@@ -250,7 +356,7 @@ def load_jsonl(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Cou
     return rows, skipped
 
 
-def load_demo(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_demo(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """The project's demo corpus, written to runs/<profile>/00_demo_data/ first if absent or stale."""
     from .demo_data import demo_corpus_path
 
@@ -263,7 +369,7 @@ def load_demo(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Coun
 
 
 # ---------------------------------------------------------------- MATH
-def load_math(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_math(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """MATH (Hendrycks et al.): instruction = problem, output = the reference solution, data_source "MATH".
 
     The authors replaced MATH's solutions by PRM800K's step-by-step solutions (kept only when the final
@@ -313,7 +419,7 @@ def format_theoremqa(obj: Any, skipped: Counter, theorem_key: str = "theorem") -
     return _row(instruction, "", _answer_text(obj["Answer"]), "theoremqa")
 
 
-def load_theoremqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_theoremqa(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """TheoremQA: question + "\\nRelevant Theorem: " + theorem; output str(Answer) (lists as JSON).
 
     The authors appended the theorem's *definition* (`theorem_def`, from the hub CSV); the offline
@@ -363,7 +469,7 @@ def format_scibench(obj: Any, skipped: Counter) -> Optional[dict]:
     return _row(instruction, "", output, "scibench")
 
 
-def load_scibench(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_scibench(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """SciBench: every <book>.json and its <book>_sol.json, as the authors did (they read all JSON files
     of the release). The _sol files hold further problems with worked solutions (disjoint from the
     <book>.json problems in the offline release: 580 + 112 rows); duplicates, if any, are left to the
@@ -392,15 +498,24 @@ def load_scibench(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], 
 # ---------------------------------------------------------------- ScienceQA
 # Skills the authors removed (by ScienceQA's `skill` column, which the LLaVA release lacks; here they are
 # recognised from the question text).
-_CUSTOMARY_UNIT = re.compile(r"\b\d[\d,.]*\s+(?:inch(?:es)?|feet|foot|yards?|miles?|fluid ounces?|ounces?|pounds?|tons?|"
-                             r"cups?|pints?|quarts?|gallons?)\b", re.I)
+_CUSTOMARY_UNIT = re.compile(
+    r"\b\d[\d,.]*\s+(?:inch(?:es)?|feet|foot|yards?|miles?|fluid ounces?|ounces?|pounds?|tons?|"
+    r"cups?|pints?|quarts?|gallons?)\b",
+    re.I,
+)
 _SKILL_PATTERNS: list[tuple[str, Callable[[str, list[str]], bool]]] = [
-    ("customary_units", lambda text, options: "estimate" in text.lower()
-     and any(_CUSTOMARY_UNIT.search(o) for o in options)),
+    (
+        "customary_units",
+        lambda text, options: "estimate" in text.lower() and any(_CUSTOMARY_UNIT.search(o) for o in options),
+    ),
     ("run_on_sentences", lambda text, options: "run-on" in text.lower()),
-    ("sentence_structure", lambda text, options: bool(re.search(
-        r"Which is a (?:simple|compound|complex|compound-complex) sentence\?", text))
-     or any(o.strip().lower() == "compound-complex" for o in options)),
+    (
+        "sentence_structure",
+        lambda text, options: (
+            bool(re.search(r"Which is a (?:simple|compound|complex|compound-complex) sentence\?", text))
+            or any(o.strip().lower() == "compound-complex" for o in options)
+        ),
+    ),
     ("guide_words", lambda text, options: "guide words" in text.lower()),
 ]
 _OPTION_LINE = re.compile(r"^([A-E])\. ?(.*)$")
@@ -414,8 +529,13 @@ def format_scienceqa_llava(obj: Any, skipped: Counter) -> Optional[dict]:
         skipped["not_an_object"] += 1
         return None
     conv = obj.get("conversations")
-    if (not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, dict) for t in conv[:2])
-            or not isinstance(conv[0].get("value"), str) or not isinstance(conv[1].get("value"), str)):
+    if (
+        not isinstance(conv, list)
+        or len(conv) < 2
+        or not all(isinstance(t, dict) for t in conv[:2])
+        or not isinstance(conv[0].get("value"), str)
+        or not isinstance(conv[1].get("value"), str)
+    ):
         skipped["malformed:conversations"] += 1
         return None
     prompt, answer = conv[0]["value"], conv[1]["value"].strip()
@@ -452,7 +572,7 @@ def format_scienceqa_llava(obj: Any, skipped: Counter) -> Optional[dict]:
     return _row(instruction, "", output, "scienceqa")
 
 
-def load_scienceqa(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_scienceqa(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """ScienceQA, LLaVA re-release (a JSON list of {id, conversations[, image]}).
 
     Following PLATYPUS.md §1 where this release allows: text-only questions (image questions skipped,
@@ -503,8 +623,11 @@ def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
     for step in label.get("steps") or []:
         if not isinstance(step, dict):
             continue
-        good = [c for c in step.get("completions") or [] if isinstance(c, dict) and c.get("rating") == 1
-                and isinstance(c.get("text"), str)]
+        good = [
+            c
+            for c in step.get("completions") or []
+            if isinstance(c, dict) and c.get("rating") == 1 and isinstance(c.get("text"), str)
+        ]
         chosen = step.get("chosen_completion")
         completions = step.get("completions") or []
         if isinstance(chosen, int) and 0 <= chosen < len(completions) and completions[chosen] in good:
@@ -520,7 +643,7 @@ def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
     if cut == -1:
         skipped["filtered:no_final_answer"] += 1
         return None
-    found = full[cut + len(PRM_ANSWER_MARKER):].strip()
+    found = full[cut + len(PRM_ANSWER_MARKER) :].strip()
     if found != truth.strip():
         skipped["filtered:answer_mismatch"] += 1
         return None
@@ -529,7 +652,7 @@ def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
     return _row(problem.strip(), "", output, "MATH/PRM-800K")
 
 
-def load_prm800k(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_prm800k(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """PRM800K (GitHub release, openai/prm800k/prm800k/data/phase{1,2}_{train,test}.jsonl): a file or a
     folder of them. Rows are per labelled solution, so a problem can come several times; the curation's
     exact dedup keeps the longest. With the `math` source enabled too, the same dedup lets a longer PRM
@@ -595,7 +718,7 @@ def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
     return _row(instruction, ARB_CHOICE_INPUT, output.strip(), "ARB")
 
 
-def load_arb(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_arb(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """ARB: a folder of <subset>.json files (a JSON list per subset, as the arb.duckai.org API returns it;
     the subset - math, physics, mcatReading, mcatScience, law - is read from the file name)."""
     skipped: Counter = SkippedRows()
@@ -617,9 +740,14 @@ def _hub_open_platypus(rec: dict, skipped: Counter) -> Optional[dict]:
 
 def _hub_scienceqa(rec: dict, skipped: Counter) -> Optional[dict]:
     """metaeval/ScienceQA_text_only, as the authors' scienceqa_format.py did."""
-    removed = {"Choose customary units of distance", "Choose customary units of mass", "Choose customary units of volume",
-               "Is it a complete sentence or a run-on", "Is the sentence simple, compound, complex, or compound-complex",
-               "Use guide words"}
+    removed = {
+        "Choose customary units of distance",
+        "Choose customary units of mass",
+        "Choose customary units of volume",
+        "Is it a complete sentence or a run-on",
+        "Is the sentence simple, compound, complex, or compound-complex",
+        "Use guide words",
+    }
     if rec.get("skill") in removed:
         skipped["filtered:skill"] += 1
         return None
@@ -628,8 +756,17 @@ def _hub_scienceqa(rec: dict, skipped: Counter) -> Optional[dict]:
         return None
     choices = list(rec["choices"])
     instruction = rec["question"] + "\n" + "\n".join(f"{chr(65 + i)}: {c}" for i, c in enumerate(choices))
-    needs_lecture = any(k in rec["question"] for k in ("What information supports", "Based on", "Read the following",
-                                                       "Use the evidence", "Look at the", "According to a"))
+    needs_lecture = any(
+        k in rec["question"]
+        for k in (
+            "What information supports",
+            "Based on",
+            "Read the following",
+            "Use the evidence",
+            "Look at the",
+            "According to a",
+        )
+    )
     inp = (rec.get("lecture") or "") if needs_lecture else ""
     if len(inp.split()) > MAX_INPUT_WORDS:
         skipped["filtered:over_400_words"] += 1
@@ -642,8 +779,9 @@ def _hub_theoremqa(rec: dict, skipped: Counter) -> Optional[dict]:
 
 
 def _hub_reclor(rec: dict, skipped: Counter) -> Optional[dict]:
-    instruction = rec["context"] + " " + rec["question"] + "".join(
-        f"\n{chr(65 + i)}: {a}" for i, a in enumerate(rec["answers"]))
+    instruction = (
+        rec["context"] + " " + rec["question"] + "".join(f"\n{chr(65 + i)}: {a}" for i, a in enumerate(rec["answers"]))
+    )
     if not has_stem_keyword(instruction):
         skipped["filtered:no_stem_keyword"] += 1
         return None
@@ -705,7 +843,7 @@ HUB_SOURCES: dict[str, HubSource] = {
 DEFAULT_HUB_ID = "garage-bAInd/Open-Platypus"
 
 
-def load_hub(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_hub(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """One hub source by `hub_id` (default: Open-Platypus itself), shaped as the authors did."""
     from datasets import load_dataset
 
@@ -729,7 +867,7 @@ def load_hub(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Count
     return rows, skipped
 
 
-def _limit_long_rows(rows: list[dict], skipped: Counter, profile: "Profile") -> tuple[list[dict], SkippedRows]:
+def _limit_long_rows(rows: list[dict], skipped: Counter, profile: Profile) -> tuple[list[dict], SkippedRows]:
     """curate.max_row_chars / over_long_rows applied to every row, naming its file and line."""
     if not isinstance(skipped, SkippedRows):
         counted = SkippedRows(skipped)
@@ -749,7 +887,7 @@ def _limit_long_rows(rows: list[dict], skipped: Counter, profile: "Profile") -> 
 
 
 # ---------------------------------------------------------------- registry
-SOURCE_LOADERS: dict[str, Callable[["SourceConfig", "Profile"], tuple[list[dict], Counter]]] = {
+SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile], tuple[list[dict], Counter]]] = {
     "demo": load_demo,
     "jsonl": load_jsonl,
     "math": load_math,
@@ -762,7 +900,7 @@ SOURCE_LOADERS: dict[str, Callable[["SourceConfig", "Profile"], tuple[list[dict]
 }
 
 
-def load_source(src: "SourceConfig", profile: "Profile") -> tuple[list[dict], Counter]:
+def load_source(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     """Rows of one configured source in the Open-Platypus schema, and a Counter of skipped rows by reason."""
     loader = SOURCE_LOADERS.get(src.name)
     if loader is None:

@@ -8,6 +8,7 @@ Contract: pure functions on strings and Open-Platypus rows (dicts with `instruct
 - `embedding_text`: the text a row is embedded as (instruction + " " + input).
 - `row_digest`: sha256 of a row's four fields, used to break ties by content, never by position.
 """
+
 from __future__ import annotations
 
 import hashlib

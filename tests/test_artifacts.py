@@ -2,9 +2,21 @@ import json
 
 import pytest
 
-from platypus_utils.artifacts import (RUNNER_ATTEMPT_ENV, SkippedRows, StageRun, atomic_path, attempt_problem,
-                                      begin_attempt, debris, read_attempt, read_jsonl, read_manifest,
-                                      remove_debris, sha256_path, write_jsonl)
+from platypus_utils.artifacts import (
+    RUNNER_ATTEMPT_ENV,
+    SkippedRows,
+    StageRun,
+    atomic_path,
+    attempt_problem,
+    begin_attempt,
+    debris,
+    read_attempt,
+    read_jsonl,
+    read_manifest,
+    remove_debris,
+    sha256_path,
+    write_jsonl,
+)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -47,11 +59,14 @@ def test_read_jsonl_skips_bad_lines_naming_file_and_line(tmp_path, caplog):
     assert f"{path}, line 3: undecodable: byte 0xe9 at column 11" in caplog.text
 
 
-@pytest.mark.parametrize("policy, expected_output, counted", [
-    ("keep", 200_000, ("notes", "over_long:kept")),
-    ("truncate", 1_000, ("notes", "over_long:truncated")),
-    ("drop", None, ("skipped", "filtered:over_long")),
-])
+@pytest.mark.parametrize(
+    "policy, expected_output, counted",
+    [
+        ("keep", 200_000, ("notes", "over_long:kept")),
+        ("truncate", 1_000, ("notes", "over_long:truncated")),
+        ("drop", None, ("skipped", "filtered:over_long")),
+    ],
+)
 def test_over_long_rows_follow_the_policy(tmp_path, caplog, policy, expected_output, counted):
     path = tmp_path / "long.jsonl"
     write_jsonl(path, [{"output": "short"}, {"output": "x" * 200_000}, {"output": "also short"}])
@@ -73,8 +88,12 @@ def test_debris_is_removed_unless_its_writer_lives(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     (tmp_path / "sub").mkdir()
-    left = [tmp_path / f".model.{dead_pid}-abc.tmp", tmp_path / "sub" / f".x.json.{dead_pid}-q1.tmp",
-            tmp_path / f".model.old-{dead_pid}", tmp_path / ".general-platypus.k2j_x.tmp"]  # the last: old naming
+    left = [
+        tmp_path / f".model.{dead_pid}-abc.tmp",
+        tmp_path / "sub" / f".x.json.{dead_pid}-q1.tmp",
+        tmp_path / f".model.old-{dead_pid}",
+        tmp_path / ".general-platypus.k2j_x.tmp",
+    ]  # the last: old naming
     live = tmp_path / f".other.{os.getppid()}-zz.tmp"  # a live process (our parent) is still writing it
     for d in [*left, live]:
         d.mkdir()

@@ -1,4 +1,5 @@
 """Benchmark loaders: the original release formats, from small fixtures written here."""
+
 from __future__ import annotations
 
 import json
@@ -8,51 +9,101 @@ from pathlib import Path
 
 import pytest
 
-from platypus_utils.benchmarks import (BENCHMARK_NAMES, REGISTRY, benchmark_input_paths, load_benchmark, load_benchmarks,
-                                       spec)
+from platypus_utils.benchmarks import (
+    BENCHMARK_NAMES,
+    REGISTRY,
+    benchmark_input_paths,
+    load_benchmark,
+    load_benchmarks,
+    spec,
+)
 
 REAL_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 ITEM_KEYS = ["benchmark", "subject", "item_id", "question", "choices", "answer", "lm_eval_task", "doc_id"]
 
 
 def _arc(i, stem, texts, key, labels="ABCD"):
-    return {"id": f"ARC_{i}", "question": {"stem": stem, "choices": [{"text": t, "label": lab} for t, lab in zip(texts, labels)]},
-            "answerKey": key}
+    return {
+        "id": f"ARC_{i}",
+        "question": {"stem": stem, "choices": [{"text": t, "label": lab} for t, lab in zip(texts, labels)]},
+        "answerKey": key,
+    }
 
 
 @pytest.fixture
 def bench(tmp_path) -> Path:
     root = tmp_path / "benchmarks"
     (root / "arc_challenge").mkdir(parents=True)
-    (root / "arc_challenge" / "ARC-Challenge-Test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
-        _arc(1, "Which is a metal?", ["wood", "iron", "glass", "paper"], "B"),
-        _arc(2, "Which layer is liquid?", ["crust", "mantle", "outer core"], "3", labels="123"),
-    ]) + "\n")
-    (root / "arc_challenge" / "ARC-Challenge-Train.jsonl").write_text(json.dumps(_arc(9, "train only", ["a", "b"], "A")) + "\n")
+    (root / "arc_challenge" / "ARC-Challenge-Test.jsonl").write_text(
+        "".join(
+            json.dumps(x) + "\n"
+            for x in [
+                _arc(1, "Which is a metal?", ["wood", "iron", "glass", "paper"], "B"),
+                _arc(2, "Which layer is liquid?", ["crust", "mantle", "outer core"], "3", labels="123"),
+            ]
+        )
+        + "\n"
+    )
+    (root / "arc_challenge" / "ARC-Challenge-Train.jsonl").write_text(
+        json.dumps(_arc(9, "train only", ["a", "b"], "A")) + "\n"
+    )
     (root / "hellaswag").mkdir()
-    (root / "hellaswag" / "hellaswag_val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in [
-        {"ind": 4, "activity_label": "Cooking", "ctx": "A man flips a pancake. He", "endings": ["e0", "e1", "e2", "e3"], "label": 2},
-        {"ind": 7, "activity_label": "Rowing", "ctx": "A woman rows. She", "endings": ["f0", "f1", "f2", "f3"], "label": "0"},
-    ]))
+    (root / "hellaswag" / "hellaswag_val.jsonl").write_text(
+        "".join(
+            json.dumps(x) + "\n"
+            for x in [
+                {
+                    "ind": 4,
+                    "activity_label": "Cooking",
+                    "ctx": "A man flips a pancake. He",
+                    "endings": ["e0", "e1", "e2", "e3"],
+                    "label": 2,
+                },
+                {
+                    "ind": 7,
+                    "activity_label": "Rowing",
+                    "ctx": "A woman rows. She",
+                    "endings": ["f0", "f1", "f2", "f3"],
+                    "label": "0",
+                },
+            ]
+        )
+    )
     for split, subjects in (("test", {"astronomy": 3, "virology": 2}), ("dev", {"astronomy": 5})):
         (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
         for subject, n in subjects.items():
             lines = [f'"{subject} question {i}, with a comma",a{i},b{i},c{i},d{i},{"ABCD"[i % 4]}\n' for i in range(n)]
             (root / "mmlu" / split / f"{subject}_{split}.csv").write_text("".join(lines))
     (root / "truthfulqa").mkdir()
-    (root / "truthfulqa" / "mc_task.json").write_text(json.dumps([
-        {"question": "Q0?", "mc1_targets": {"true0": 1, "false0": 0}, "mc2_targets": {"true0": 1, "also": 1, "false0": 0}},
-        {"question": "Q1?", "mc1_targets": {"no": 0, "yes": 1}, "mc2_targets": {"yes": 1, "no": 0}},
-    ], indent=2))
+    (root / "truthfulqa" / "mc_task.json").write_text(
+        json.dumps(
+            [
+                {
+                    "question": "Q0?",
+                    "mc1_targets": {"true0": 1, "false0": 0},
+                    "mc2_targets": {"true0": 1, "also": 1, "false0": 0},
+                },
+                {"question": "Q1?", "mc1_targets": {"no": 0, "yes": 1}, "mc2_targets": {"yes": 1, "no": 0}},
+            ],
+            indent=2,
+        )
+    )
     return root
 
 
 def test_arc_items(bench):
     items = load_benchmark("arc_challenge", bench)
     assert all(list(it) == ITEM_KEYS for it in items)
-    assert items[0] == {"benchmark": "arc_challenge", "subject": "", "item_id": "ARC_1", "question": "Which is a metal?",
-                        "choices": ["wood", "iron", "glass", "paper"], "answer": "iron", "lm_eval_task": "arc_challenge",
-                        "doc_id": 0}
+    assert items[0] == {
+        "benchmark": "arc_challenge",
+        "subject": "",
+        "item_id": "ARC_1",
+        "question": "Which is a metal?",
+        "choices": ["wood", "iron", "glass", "paper"],
+        "answer": "iron",
+        "lm_eval_task": "arc_challenge",
+        "doc_id": 0,
+    }
     assert items[1]["answer"] == "outer core"  # numeric labels
     assert len(items) == 2  # only the Test split, blank lines ignored
 
@@ -68,13 +119,22 @@ def test_hellaswag_items(bench):
 def test_mmlu_items_and_per_subject_limit(bench):
     items = load_benchmark("mmlu", bench)
     assert [it["item_id"] for it in items] == [
-        "mmlu/astronomy/test/0", "mmlu/astronomy/test/1", "mmlu/astronomy/test/2", "mmlu/virology/test/0",
-        "mmlu/virology/test/1"]
+        "mmlu/astronomy/test/0",
+        "mmlu/astronomy/test/1",
+        "mmlu/astronomy/test/2",
+        "mmlu/virology/test/0",
+        "mmlu/virology/test/1",
+    ]
     assert items[1]["question"] == "astronomy question 1, with a comma"
     assert items[1]["choices"] == ["a1", "b1", "c1", "d1"] and items[1]["answer"] == "b1"
     assert items[3]["subject"] == "virology"
     assert [(it["lm_eval_task"], it["doc_id"]) for it in items] == [
-        ("mmlu_astronomy", 0), ("mmlu_astronomy", 1), ("mmlu_astronomy", 2), ("mmlu_virology", 0), ("mmlu_virology", 1)]
+        ("mmlu_astronomy", 0),
+        ("mmlu_astronomy", 1),
+        ("mmlu_astronomy", 2),
+        ("mmlu_virology", 0),
+        ("mmlu_virology", 1),
+    ]
     limited = load_benchmark("mmlu", bench, limit=1)
     assert [it["item_id"] for it in limited] == ["mmlu/astronomy/test/0", "mmlu/virology/test/0"]
 
@@ -109,12 +169,15 @@ def test_unknown_benchmark(bench):
         load_benchmark("gsm8k", bench)
 
 
-@pytest.mark.parametrize("name, rel", [
-    ("arc_challenge", "arc_challenge/ARC-Challenge-Test.jsonl"),
-    ("hellaswag", "hellaswag/hellaswag_val.jsonl"),
-    ("mmlu", "mmlu/test"),
-    ("truthfulqa", "truthfulqa/mc_task.json"),
-])
+@pytest.mark.parametrize(
+    "name, rel",
+    [
+        ("arc_challenge", "arc_challenge/ARC-Challenge-Test.jsonl"),
+        ("hellaswag", "hellaswag/hellaswag_val.jsonl"),
+        ("mmlu", "mmlu/test"),
+        ("truthfulqa", "truthfulqa/mc_task.json"),
+    ],
+)
 def test_missing_file_names_the_expected_path(bench, name, rel):
     target = bench / rel
     if target.is_dir():
@@ -164,12 +227,15 @@ def test_mmlu_malformed_row_names_file_and_row(bench, bad_row):
         load_benchmark("mmlu", bench)
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"question": "x"}', "expected a JSON list"),
-    ('[{"question": "x", "mc1_targets": {"a": 1, "b": 1}, "mc2_targets": {}}]', r"item 0: .*2 correct answers"),
-    ('[{"question": "x", "mc1_targets": {"a": 1}}]', r"item 0: .*mc2_targets"),
-    ('[{"question": "x",', r"mc_task.json, line 1: malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"question": "x"}', "expected a JSON list"),
+        ('[{"question": "x", "mc1_targets": {"a": 1, "b": 1}, "mc2_targets": {}}]', r"item 0: .*2 correct answers"),
+        ('[{"question": "x", "mc1_targets": {"a": 1}}]', r"item 0: .*mc2_targets"),
+        ('[{"question": "x",', r"mc_task.json, line 1: malformed JSON"),
+    ],
+)
 def test_truthfulqa_malformed(bench, content, message):
     (bench / "truthfulqa" / "mc_task.json").write_text(content)
     with pytest.raises(ValueError, match=message):
@@ -179,13 +245,29 @@ def test_truthfulqa_malformed(bench, content, message):
 # ---------------------------------------------------------------- hub path (with a stand-in for datasets)
 def test_hub_path_maps_the_hub_schemas(monkeypatch):
     tables = {
-        "allenai/ai2_arc": [{"id": "Mercury_1", "question": "Q?", "choices": {"text": ["x", "y"], "label": ["A", "B"]},
-                             "answerKey": "B"}],
-        "Rowan/hellaswag": [{"ind": 24, "ctx": "He", "endings": ["a", "b", "c", "d"], "label": "3", "activity_label": "x"}],
-        "cais/mmlu": [{"question": f"q{i}", "subject": s, "choices": ["a", "b", "c", "d"], "answer": i % 4}
-                      for s in ("anatomy", "virology") for i in range(3)],
-        "truthful_qa": [{"question": "Q", "mc1_targets": {"choices": ["no", "yes"], "labels": [0, 1]},
-                         "mc2_targets": {"choices": ["yes"], "labels": [1]}}],
+        "allenai/ai2_arc": [
+            {
+                "id": "Mercury_1",
+                "question": "Q?",
+                "choices": {"text": ["x", "y"], "label": ["A", "B"]},
+                "answerKey": "B",
+            }
+        ],
+        "Rowan/hellaswag": [
+            {"ind": 24, "ctx": "He", "endings": ["a", "b", "c", "d"], "label": "3", "activity_label": "x"}
+        ],
+        "cais/mmlu": [
+            {"question": f"q{i}", "subject": s, "choices": ["a", "b", "c", "d"], "answer": i % 4}
+            for s in ("anatomy", "virology")
+            for i in range(3)
+        ],
+        "truthful_qa": [
+            {
+                "question": "Q",
+                "mc1_targets": {"choices": ["no", "yes"], "labels": [0, 1]},
+                "mc2_targets": {"choices": ["yes"], "labels": [1]},
+            }
+        ],
     }
     calls = []
 
@@ -198,14 +280,26 @@ def test_hub_path_maps_the_hub_schemas(monkeypatch):
     assert arc[0]["item_id"] == "Mercury_1" and arc[0]["answer"] == "y"
     assert load_benchmark("hellaswag", "hub")[0]["item_id"] == "hellaswag/24"
     mmlu = load_benchmark("mmlu", "hub", limit=2)
-    assert [it["item_id"] for it in mmlu] == ["mmlu/anatomy/test/0", "mmlu/anatomy/test/1",
-                                              "mmlu/virology/test/0", "mmlu/virology/test/1"]
+    assert [it["item_id"] for it in mmlu] == [
+        "mmlu/anatomy/test/0",
+        "mmlu/anatomy/test/1",
+        "mmlu/virology/test/0",
+        "mmlu/virology/test/1",
+    ]
     assert mmlu[1]["answer"] == "b"
     assert [(it["lm_eval_task"], it["doc_id"]) for it in mmlu] == [
-        ("mmlu_anatomy", 0), ("mmlu_anatomy", 1), ("mmlu_virology", 0), ("mmlu_virology", 1)]
+        ("mmlu_anatomy", 0),
+        ("mmlu_anatomy", 1),
+        ("mmlu_virology", 0),
+        ("mmlu_virology", 1),
+    ]
     assert load_benchmark("truthfulqa", "hub")[0]["answer"] == "yes"
-    assert calls == [("allenai/ai2_arc", "ARC-Challenge", "test"), ("Rowan/hellaswag", None, "validation"),
-                     ("cais/mmlu", "all", "test"), ("truthful_qa", "multiple_choice", "validation")]
+    assert calls == [
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        ("Rowan/hellaswag", None, "validation"),
+        ("cais/mmlu", "all", "test"),
+        ("truthful_qa", "multiple_choice", "validation"),
+    ]
 
 
 # ---------------------------------------------------------------- the real offline benchmarks (optional)
@@ -232,7 +326,9 @@ def _task_docs(name: str, root: Path) -> dict[str, list[str]]:
     if name == "hellaswag":  # the built-in process_docs rewrites ctx into "query"; ctx is kept
         return {"hellaswag": [d["ctx"] for d in utils.process_hellaswag(utils.load_hellaswag(files)["test"])]}
     if name == "truthfulqa":
-        return {"truthfulqa_mc2": [d["question"] for d in utils.process_truthfulqa(utils.load_truthfulqa(files)["test"])]}
+        return {
+            "truthfulqa_mc2": [d["question"] for d in utils.process_truthfulqa(utils.load_truthfulqa(files)["test"])]
+        }
     out = {}
     for path in sorted((root / "mmlu" / "test").glob("*_test.csv")):
         subject = path.name[: -len("_test.csv")]

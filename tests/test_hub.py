@@ -1,4 +1,5 @@
 """Hub access follows the profile; gated repos, missing partners and absent GPUs fail before any stage."""
+
 from __future__ import annotations
 
 import os
@@ -64,12 +65,14 @@ def test_nothing_switches_the_hub_off_behind_the_profile():
     for path in (ROOT / "platypus_utils").rglob("*.py"):
         if path.name != "hub.py":
             assert not re.search(r"environ(\.setdefault\(|\[)\s*[\"']HF_(HUB|DATASETS)_OFFLINE", path.read_text()), path
-    assert "HF_HUB_OFFLINE" not in "".join(line for line in (ROOT / "Makefile").read_text().splitlines(True)
-                                           if not line.lstrip().startswith("#"))
+    assert "HF_HUB_OFFLINE" not in "".join(
+        line for line in (ROOT / "Makefile").read_text().splitlines(True) if not line.lstrip().startswith("#")
+    )
 
 
-@pytest.mark.parametrize("token, says", [(None, "no token was found: set HF_TOKEN"),
-                                         ("hf_refused", "the hub refused this token")])
+@pytest.mark.parametrize(
+    "token, says", [(None, "no token was found: set HF_TOKEN"), ("hf_refused", "the hub refused this token")]
+)
 def test_gated_base_without_access_names_the_key_and_repo(clean_env, token, says):
     clean_env.setattr(hub, "get_token", lambda: token)
     seen = []
@@ -80,8 +83,11 @@ def test_gated_base_without_access_names_the_key_and_repo(clean_env, token, says
             raise _error(GatedRepoError, "403 gated")
 
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
-    with pytest.raises(hub.HubAccessError, match=rf"key 'models.base': 'meta-llama/Llama-2-13b-hf' is a gated repo "
-                                                 rf"\(https://huggingface.co/meta-llama/Llama-2-13b-hf\); {says}"):
+    with pytest.raises(
+        hub.HubAccessError,
+        match=rf"key 'models.base': 'meta-llama/Llama-2-13b-hf' is a gated repo "
+        rf"\(https://huggingface.co/meta-llama/Llama-2-13b-hf\); {says}",
+    ):
         hub.check_hub_access(profile, check=stand_in)
     assert seen == [("meta-llama/Llama-2-13b-hf", "model", token)]  # the token at hand is the one asked with
 
@@ -94,26 +100,42 @@ def test_missing_partner_repo_names_its_key(clean_env):
             raise _error(RepositoryNotFoundError, "404")
 
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
-    with pytest.raises(hub.HubAccessError, match=r"key 'merge.partners\[1\].model': model repo "
-                                                 r"'stabilityai/StableBeluga-13B' was not found"):
+    with pytest.raises(
+        hub.HubAccessError,
+        match=r"key 'merge.partners\[1\].model': model repo "
+        r"'stabilityai/StableBeluga-13B' was not found",
+    ):
         hub.check_hub_access(profile, check=stand_in)
     ok = hub.check_hub_access(load_profile(ROOT / "params" / "colab-a100.yaml"), check=lambda *a, **k: None)
     assert {r.repo_id for r in ok} >= {"meta-llama/Llama-2-13b-hf", "stabilityai/StableBeluga-13B"}
 
 
 def _shape(**overrides):
-    base = dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                num_attention_heads=40, num_key_value_heads=40, vocab_size=32000)
+    base = dict(
+        model_type="llama",
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+    )
     return SimpleNamespace(**{**base, **overrides})
 
 
 def test_partner_of_another_architecture_is_refused_from_its_config():
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
-    configs = {"meta-llama/Llama-2-13b-hf": _shape(), "Open-Orca/OpenOrcaxOpenChat-Preview2-13B": _shape(),
-               "stabilityai/StableBeluga-13B": _shape(), "augtoma/qCammel-13": _shape(hidden_size=4096,
-                                                                                       num_hidden_layers=32)}
-    with pytest.raises(ProfileError, match=r"key 'merge.partners\[2\].model': augtoma/qCammel-13 is not a fine-tune "
-                                           r"of models.base .*hidden_size 4096 \(base 5120\)"):
+    configs = {
+        "meta-llama/Llama-2-13b-hf": _shape(),
+        "Open-Orca/OpenOrcaxOpenChat-Preview2-13B": _shape(),
+        "stabilityai/StableBeluga-13B": _shape(),
+        "augtoma/qCammel-13": _shape(hidden_size=4096, num_hidden_layers=32),
+    }
+    with pytest.raises(
+        ProfileError,
+        match=r"key 'merge.partners\[2\].model': augtoma/qCammel-13 is not a fine-tune "
+        r"of models.base .*hidden_size 4096 \(base 5120\)",
+    ):
         preflight.check_partner_architectures(profile, load_config=configs.__getitem__)
     configs["augtoma/qCammel-13"] = _shape()
     preflight.check_partner_architectures(profile, load_config=configs.__getitem__)

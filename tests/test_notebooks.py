@@ -6,6 +6,7 @@ To add a stage: write `_check_NN(profile, records, tmp_path)` and add it to NOTE
 the tiny overrides it runs under (docs/notebooks.md). Stages after 01 need their earlier stages'
 artifacts: build them in the check's fixture, or run the earlier notebooks first.
 """
+
 import json
 import os
 import shutil
@@ -48,8 +49,11 @@ def _check_01(profile, records, tmp_path):
     assert effects[0.8]["reference"] and effects[0.8]["rows_removed"] == len(records["near_removed_rows"])
     removed = [effects[t]["rows_removed"] for t in sorted(effects)]
     assert removed == sorted(removed, reverse=True) and removed[0] > removed[-1]  # a lower threshold removes more
-    assert records["totals"]["kept"] == records["kept_after_dedup"] == labels["n_rows"] - len(
-        labels["exact_duplicates"]) - len(labels["near_duplicates"])
+    assert (
+        records["totals"]["kept"]
+        == records["kept_after_dedup"]
+        == labels["n_rows"] - len(labels["exact_duplicates"]) - len(labels["near_duplicates"])
+    )
     # the notebook's save step wrote what run_curate writes: same curated rows, same manifest entries
     out = profile.run_dir("01_curate")
     manifest = read_manifest(out)
@@ -70,9 +74,17 @@ def _check_01(profile, records, tmp_path):
 def _finetune_case(tmp_path, model_dir) -> dict:
     """Stage 02's output for the demo profile, written here (clean.jsonl + its manifest), and tiny
     overrides: conftest's tiny Llama, 2 steps of 8 whole examples (padding-free), 4 held-out rows, a 1-step partner adapter."""
-    overrides = {**_tmp_paths(tmp_path), "models.base": str(model_dir), "finetune.max_steps": 2, "finetune.batch_unit": "examples",
-                 "finetune.eval_size": 4, "finetune.cutoff_len": 128, "finetune.learning_rate": 1e-2,
-                 "finetune.partner_adapter.max_steps": 1, "finetune.partner_adapter.gradient_accumulation_steps": 1}
+    overrides = {
+        **_tmp_paths(tmp_path),
+        "models.base": str(model_dir),
+        "finetune.max_steps": 2,
+        "finetune.batch_unit": "examples",
+        "finetune.eval_size": 4,
+        "finetune.cutoff_len": 128,
+        "finetune.learning_rate": 1e-2,
+        "finetune.partner_adapter.max_steps": 1,
+        "finetune.partner_adapter.gradient_accumulation_steps": 1,
+    }
     profile = load_profile(DEMO, overrides)
     rows = make_rows(20) + [{"instruction": "q", "input": "", "output": "", "data_source": "demo"}]
     for row in rows[:4]:
@@ -91,8 +103,11 @@ def _check_03(profile, records, tmp_path, overrides):
     out = profile.run_dir("03_finetune")
     metrics = json.loads((out / "metrics.json").read_text())
     assert records["rows_read"] == 21 and records["examples_skipped"] == {"missing_output": 1}
-    assert (records["examples_train"], records["examples_eval"]) == (16, 4) == (
-        metrics["examples_train"], metrics["examples_eval"])
+    assert (
+        (records["examples_train"], records["examples_eval"])
+        == (16, 4)
+        == (metrics["examples_train"], metrics["examples_eval"])
+    )
     # the example shown: its prompt tokens masked, one EOS at the end, from the held-out rows
     tokenizer = AutoTokenizer.from_pretrained(profile.models.base)
     row = read_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl")[records["example_row"] - 1]
@@ -136,9 +151,16 @@ def test_03_notebook_runs_and_records(tmp_path, tiny_model_dir):
 
 # ---------------------------------------------------------------- 05_evaluate
 # the base model only (needs no earlier stage), every benchmark, tiny limits, two MMLU subjects
-TINY_05 = {"evaluate.variants": ["base"], "evaluate.mmlu_subjects": ["college_physics", "philosophy"],
-           "evaluate.tasks": {"arc_challenge": {"num_fewshot": 1, "limit": 1}, "hellaswag": {"num_fewshot": 1, "limit": 1},
-                              "mmlu": {"num_fewshot": 1, "limit": 1}, "truthfulqa_mc2": {"num_fewshot": 0, "limit": 1}}}
+TINY_05 = {
+    "evaluate.variants": ["base"],
+    "evaluate.mmlu_subjects": ["college_physics", "philosophy"],
+    "evaluate.tasks": {
+        "arc_challenge": {"num_fewshot": 1, "limit": 1},
+        "hellaswag": {"num_fewshot": 1, "limit": 1},
+        "mmlu": {"num_fewshot": 1, "limit": 1},
+        "truthfulqa_mc2": {"num_fewshot": 0, "limit": 1},
+    },
+}
 
 
 def _check_05(profile, records, tmp_path):
@@ -146,8 +168,12 @@ def _check_05(profile, records, tmp_path):
 
     tasks = {t["benchmark"]: t for t in records["tasks"]}
     assert {b: (t["num_fewshot"], t["limit"]) for b, t in tasks.items()} == {
-        b: (c["num_fewshot"], c["limit"]) for b, c in TINY_05["evaluate.tasks"].items()}
-    assert tasks["truthfulqa_mc2"]["metric"] == "mc2" and tasks["arc_challenge"]["lm_eval_task"] == "platypus_arc_challenge"
+        b: (c["num_fewshot"], c["limit"]) for b, c in TINY_05["evaluate.tasks"].items()
+    }
+    assert (
+        tasks["truthfulqa_mc2"]["metric"] == "mc2"
+        and tasks["arc_challenge"]["lm_eval_task"] == "platypus_arc_challenge"
+    )
     assert records["mmlu_subjects_selected"] == ["college_physics", "philosophy"]
     assert records["variants"] == [{"variant": "base", "status": "ok", "source": "models.base"}]
     assert records["failed"] == {}
@@ -291,7 +317,10 @@ def test_execute_stage_injects_one_channel_kernel_and_backend(tmp_path, monkeypa
     assert params["force"] is True and params["profile_path"] == str(DEMO.resolve())
     assert params["params"]["curate.similarity_threshold"] == 0.75 and params["params"]["seed"] == 3
     assert set(params["params"]) == {f"curate.{k}" for k in profile.stage_params("01_curate")} | {
-        "seed", "paths.runs_dir", "paths.reports_dir"}
+        "seed",
+        "paths.runs_dir",
+        "paths.reports_dir",
+    }
     assert seen["backend"] == "module://matplotlib_inline.backend_inline" and "MPLBACKEND" not in os.environ
     assert seen["kernel"] == notebook.kernel_name() in ("platypus", "python3")
     runner.execute_stage(profile, "01_curate", overrides, force=False)
@@ -330,8 +359,11 @@ def test_notebook_parameter_cells_declare_the_one_channel():
         nb = nbformat.read(str(ROOT / "notebooks" / f"{stage}.ipynb"), as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(cells) == 1, stage
-        names = {line.split("=")[0].strip() for line in cells[0].source.splitlines()
-                 if "=" in line and not line.lstrip().startswith("#")}
+        names = {
+            line.split("=")[0].strip()
+            for line in cells[0].source.splitlines()
+            if "=" in line and not line.lstrip().startswith("#")
+        }
         assert names == {"profile_path", "params", "force"}, (stage, names)
 
 
@@ -385,8 +417,7 @@ def test_records_round_trip(tmp_path):
 
 def test_plotting_import_forces_no_backend():
     """Importing the package's plotting leaves matplotlib's backend to the environment."""
-    code = ("import matplotlib; import platypus_utils.plotting; "
-            "print(matplotlib.rcParams._get('backend'))")
+    code = "import matplotlib; import platypus_utils.plotting; print(matplotlib.rcParams._get('backend'))"
     env = {**os.environ, "MPLBACKEND": "svg"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"

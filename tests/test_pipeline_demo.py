@@ -1,5 +1,6 @@
 """The demo profile end to end through the runner, as `make demo` runs it, checking what each
 stage wrote (not only the exit code), then the skip and --force behaviour. Takes minutes."""
+
 import json
 import subprocess
 import sys
@@ -17,8 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def platypus(*args, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "platypus_utils", "run", "params/demo.yaml", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "platypus_utils", "run", "params/demo.yaml", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,4 +122,6 @@ def test_second_run_skips_and_force_reruns(demo_run):
     forced = platypus(*sets, "--only", "06", "--force", timeout=600)
     assert forced.returncode == 0, forced.stderr[-3000:]
     summary = json.loads((reports / "run_summary.json").read_text())
-    assert summary["stages"] == {"06_analysis": {"status": "ran", "seconds": summary["stages"]["06_analysis"]["seconds"]}}
+    assert summary["stages"] == {
+        "06_analysis": {"status": "ran", "seconds": summary["stages"]["06_analysis"]["seconds"]}
+    }

@@ -1,5 +1,6 @@
 """`platypus plan`: counts checked against arithmetic, the paper's step, memory formulas against
 autograd's saved tensors, and the exit when a plan does not fit (platypus_utils/plan.py)."""
+
 import json
 import math
 import socket
@@ -35,8 +36,9 @@ def offline(monkeypatch):
 
 
 def _profile(size: str, tmp_path, **overrides):
-    return load_profile(ROOT / f"params/platypus2-{size}.yaml",
-                        overrides={"paths.runs_dir": str(tmp_path / "runs"), **overrides})
+    return load_profile(
+        ROOT / f"params/platypus2-{size}.yaml", overrides={"paths.runs_dir": str(tmp_path / "runs"), **overrides}
+    )
 
 
 def _llama_params(h, i, layers, heads, kv_heads, vocab):
@@ -106,8 +108,15 @@ def _saved_bytes_per_token(layers, *, ckpt=False, dropout=0.05, tokens=64):
     from platypus_utils.finetune import build_lora_config
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2,
-                      num_hidden_layers=layers, vocab_size=300, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=352,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=layers,
+        vocab_size=300,
+        attn_implementation="sdpa",
+    )
     lora = build_lora_config(FinetuneConfig(lora_dropout=dropout))
     model = get_peft_model(LlamaForCausalLM(cfg).to(torch.bfloat16), lora)
     model.train()
@@ -144,7 +153,7 @@ def test_activation_formula_matches_autograd(dropout):
 def test_memory_components(plans):
     m13, m70 = plans["13b"]["memory"], plans["70b"]["memory"]
     assert m13["sharding"] == "single GPU" and m70["sharding"].startswith("fsdp")
-    gib = 2 ** 30
+    gib = 2**30
     assert m13["planned"]["weights"] == pytest.approx(_llama_params(*LLAMA["13b"]) * 2 / gib, abs=0.01)
     assert m13["planned"]["lora_state"] == pytest.approx(36_372_480 * 16 / gib, abs=0.01)
     # FSDP over 8: an eighth of the weights plus two gathered layers
@@ -169,22 +178,55 @@ def test_disk_and_evaluation(plans):
 
 def test_plan_that_does_not_fit_exits_2_naming_the_keys(tmp_path, offline, capsys):
     out = tmp_path / "plan.json"
-    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--set",
-               "finetune.gradient_checkpointing=false", "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    rc = main(
+        [
+            "plan",
+            str(ROOT / "params/platypus2-70b.yaml"),
+            "--out",
+            str(out),
+            "--set",
+            "finetune.gradient_checkpointing=false",
+            "--set",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "plan.gpu_memory_gb" in err and "finetune.gradient_checkpointing: true" in err
     assert json.loads(out.read_text())["memory"]["fits"] is False
-    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--gpu-memory-gb", "200",
-               "--set", "finetune.gradient_checkpointing=false", "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    rc = main(
+        [
+            "plan",
+            str(ROOT / "params/platypus2-70b.yaml"),
+            "--out",
+            str(out),
+            "--gpu-memory-gb",
+            "200",
+            "--set",
+            "finetune.gradient_checkpointing=false",
+            "--set",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+        ]
+    )
     assert rc == 2 and "the planned peak memory per GPU" in capsys.readouterr().err  # 330 GiB > 200
 
 
 def test_plan_that_fits_exits_0_and_prints_the_table(tmp_path, offline, capsys):
     out = tmp_path / "plan.json"
-    rc = main(["plan", str(ROOT / "params/platypus2-70b.yaml"), "--out", str(out), "--gpu", "h100",
-               "--config", str(ROOT / "params/model_configs/llama-2-70b"),
-               "--set", f"paths.runs_dir={tmp_path / 'runs'}"])
+    rc = main(
+        [
+            "plan",
+            str(ROOT / "params/platypus2-70b.yaml"),
+            "--out",
+            str(out),
+            "--gpu",
+            "h100",
+            "--config",
+            str(ROOT / "params/model_configs/llama-2-70b"),
+            "--set",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "141,557,760" in printed and "H100" in printed and "warm-up share" in printed

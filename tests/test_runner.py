@@ -80,8 +80,10 @@ def test_failing_cell_names_notebook_cell_and_error(tmp_path, make_profile, monk
 
 def test_parameters_are_injected(tmp_path, make_profile, monkeypatch):
     (tmp_path / "nbs").mkdir()
-    _notebook(tmp_path / "nbs" / "06_analysis.ipynb",
-              "import json, pathlib\npathlib.Path(params['analysis.baseline'] + '.json').write_text(json.dumps(params))")
+    _notebook(
+        tmp_path / "nbs" / "06_analysis.ipynb",
+        "import json, pathlib\npathlib.Path(params['analysis.baseline'] + '.json').write_text(json.dumps(params))",
+    )
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", tmp_path / "nbs")
     profile = make_profile(analysis={"baseline": "mybase"})
     profile.source_file = str(tmp_path / "p.yaml")
@@ -195,8 +197,9 @@ def test_one_run_per_profile(make_profile):
             with runner.run_lock(profile):
                 pass
     assert lock.read_text() == ""  # released
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True).stdout)
+    dead = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )
     lock.write_text(json.dumps({"pid": dead, "host": "h", "started_at": "yesterday", "command": "platypus run"}))
     with runner.run_lock(profile, say=said.append):
         assert json.loads(lock.read_text())["pid"] == os.getpid()

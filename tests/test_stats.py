@@ -1,4 +1,5 @@
 """stats: paired interval, exact McNemar, Benjamini-Hochberg, power - against hand-computed values."""
+
 from __future__ import annotations
 
 import math
@@ -43,11 +44,12 @@ def test_paired_bootstrap_interval_matches_its_exact_distribution():
 def test_exact_quantiles_by_enumeration():
     # the claim above, checked: distribution of sum of 10 draws from {+1 x4, -1 x1, 0 x5}
     from math import factorial
+
     probs = {}
-    for a in range(11):          # number of +1
+    for a in range(11):  # number of +1
         for b in range(11 - a):  # number of -1
             c = 10 - a - b
-            p = factorial(10) / (factorial(a) * factorial(b) * factorial(c)) * 0.4 ** a * 0.1 ** b * 0.5 ** c
+            p = factorial(10) / (factorial(a) * factorial(b) * factorial(c)) * 0.4**a * 0.1**b * 0.5**c
             probs[a - b] = probs.get(a - b, 0) + p
     cdf, acc = {}, 0.0
     for k in sorted(probs):
@@ -79,8 +81,23 @@ def test_unpaired_interval_is_the_normal_one():
 
 def test_benjamini_hochberg_on_the_1995_example():
     # Benjamini & Hochberg (1995), section 4: 15 p-values; at q = 0.05 the first four are rejected
-    p = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262, 0.5719,
-         0.6528, 0.7590, 1.000]
+    p = [
+        0.0001,
+        0.0004,
+        0.0019,
+        0.0095,
+        0.0201,
+        0.0278,
+        0.0298,
+        0.0344,
+        0.0459,
+        0.3240,
+        0.4262,
+        0.5719,
+        0.6528,
+        0.7590,
+        1.000,
+    ]
     q = stats.bh_adjust(p)
     assert int((q <= 0.05).sum()) == 4
     assert np.allclose(q, false_discovery_control(p, method="bh"))
