@@ -58,9 +58,14 @@ def relativize_text(text: str, root: str | Path) -> str:
     return text
 
 
+# Paths the project's own code names, the same on every machine: the Colab setup cell clones to this one
+FIXED_PATHS = frozenset({"/content/platypus"})
+
+
 def absolute_paths(text: str) -> list[str]:
-    """The substrings of `text` that look like a machine's absolute path (see the module docstring)."""
-    return _MACHINE_PATH.findall(text)
+    """The substrings of `text` that look like a machine's absolute path (see the module docstring),
+    less FIXED_PATHS (written in the notebooks' own code, not by the machine that ran them)."""
+    return [p for p in _MACHINE_PATH.findall(text) if p not in FIXED_PATHS]
 
 
 def relativize_folder(folder: str | Path, root: str | Path) -> list[Path]:

@@ -4,6 +4,7 @@ smoke test with the embedded all-MiniLM-L6-v2 (a rewording judged same, a differ
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def bag_of_words_encoder(texts):
     out = np.zeros((len(texts), 512), dtype=np.float32)
     for i, t in enumerate(texts):
         for w in t.lower().split():
-            out[i, hash(w.strip(".,?!:;")) % 512] += 1
+            out[i, zlib.crc32(w.strip(".,?!:;").encode()) % 512] += 1  # not hash(): salted per process
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 

@@ -440,3 +440,135 @@ def test_plot_functions_draw_on_a_given_ax_and_write_nothing(tmp_path, monkeypat
     assert own is not fig and not plt.fignum_exists(own.number)  # not left in pyplot
     plt.close(fig)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- 06_analysis
+# 05's per-question scores of base and merged (the demo profile's variants, merged = the adapter folded
+# into its base: one comparison, "merged vs base"). anatomy: 30 of 40 questions flip 0 -> 1 (planted);
+# abstract_algebra: unchanged; philosophy: 2 up, 1 down (+2.5 points, McNemar p = 1). ARC: unchanged.
+SCORES_06 = {
+    "base": {
+        "anatomy": [0] * 30 + [1] * 4 + [0] * 6,
+        "abstract_algebra": [1] * 10 + [0] * 30,
+        "philosophy": [0, 0, 1] + [1] * 17 + [0] * 20,
+        "arc_challenge": [1, 1, 0, 0, 1, 0, 1, 0, 0, 0],
+    },
+    "merged": {
+        "anatomy": [1] * 34 + [0] * 6,
+        "abstract_algebra": [1] * 10 + [0] * 30,
+        "philosophy": [1, 1, 0] + [1] * 17 + [0] * 20,
+        "arc_challenge": [1, 1, 0, 0, 1, 0, 1, 0, 0, 0],
+    },
+}
+CATEGORY_06 = {"anatomy": "stem", "abstract_algebra": "stem", "philosophy": "humanities"}
+# 02's flagged pairs (lm_eval_task, doc_id, category): ARC docs 0 and 1, anatomy doc 2; ARC doc 99 was
+# not evaluated; gsm8k is no leaderboard task (a note, nothing left out)
+FLAGGED_06 = [
+    ("arc_challenge", 0, "duplicate"),
+    ("arc_challenge", 1, "gray_area"),
+    ("arc_challenge", 99, "duplicate"),
+    ("mmlu_anatomy", 2, "similar_but_different"),
+    ("gsm8k", 5, "duplicate"),
+]
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def _analysis_case(tmp_path) -> dict:
+    """05's outputs (summaries, samples, report) and 02's flagged_pairs.csv, written as the stages write them."""
+    overrides = {**_tmp_paths(tmp_path), "evaluate.variants": ["base", "merged"]}
+    profile = load_profile(DEMO, overrides)
+    out = profile.run_dir("05_evaluate")
+    out.mkdir(parents=True)
+    for variant, scores in SCORES_06.items():
+        subjects = {s: v for s, v in scores.items() if s in CATEGORY_06}
+        mmlu = _mean([_mean(v) for v in subjects.values()])
+        summary = {
+            "variant": variant,
+            "model": f"/models/{variant}",
+            "settings": {},
+            "tasks": {
+                "arc_challenge": {
+                    "metric": "acc_norm",
+                    "value": _mean(scores["arc_challenge"]),
+                    "stderr": 0.1,
+                    "n": 10,
+                },
+                "mmlu": {"metric": "acc", "value": mmlu, "stderr": 0.04, "n": 120},
+            },
+            "average": (mmlu + _mean(scores["arc_challenge"])) / 2,
+            "mmlu_subjects": {
+                s: {"acc": _mean(v), "stderr": 0.07, "n": len(v), "category": CATEGORY_06[s]}
+                for s, v in subjects.items()
+            },
+        }
+        (out / f"{variant}.json").write_text(json.dumps(summary))
+        (out / f"{variant}.raw.json").write_text(json.dumps({"results": {}}))
+        rows = [
+            {"variant": variant, "task": f"platypus_{u}" if u == "arc_challenge" else f"platypus_mmlu_{u}", "doc_id": k}
+            | {("acc_norm" if u == "arc_challenge" else "acc"): float(x)}
+            for u, values in scores.items()
+            for k, x in enumerate(values)
+        ]
+        (out / f"{variant}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = {"variants": {v: {"status": "ok"} for v in SCORES_06}, "failed": []}
+    (out / "evaluate_report.json").write_text(json.dumps(report))
+    flagged = profile.run_dir("02_decontaminate") / "flagged_pairs.csv"
+    flagged.parent.mkdir(parents=True)
+    lines = ["train_index,train_source,benchmark,lm_eval_task,doc_id,test_text,category,action"]
+    lines += [f"{k},MATH,{t.split('_')[0]},{t},{d},q,{c},remove" for k, (t, d, c) in enumerate(FLAGGED_06)]
+    flagged.write_text("\n".join(lines) + "\n")
+    return overrides
+
+
+def test_06_notebook_runs_and_records(tmp_path):
+    """Stage 06's notebook on fabricated 05 and 02 outputs: the planted change is the one significant
+    subject, the category changes and the clean-subset counts are the hand-computed ones, and the
+    figures are saved and shown inline."""
+    from platypus_utils.analysis import ALL_SUBJECTS
+
+    profile, records = execute("06_analysis", _analysis_case(tmp_path))
+    label = "merged vs base"
+    assert (
+        records["comparisons"] == records["comparisons_saved"] == [{"comparison": label, "kind": "fine-tuned vs base"}]
+    )
+    assert records["questions_with_samples"] == {"base": 130, "merged": 130}
+    assert records["subjects_compared"] == {label: 3}
+    assert records["significant_subjects"] == {label: ["anatomy"]}
+    subjects = {r["unit"]: r for r in records["subject_deltas"]}
+    assert subjects["anatomy"]["delta"] == pytest.approx(75.0) and subjects["anatomy"]["p_value"] == 2 / 2**30
+    assert subjects["philosophy"]["delta"] == pytest.approx(2.5) and subjects["philosophy"]["p_value"] == 1.0
+    assert subjects["abstract_algebra"]["delta"] == 0 and not subjects["philosophy"]["significant"]
+    assert all(r["n"] == 40 for r in subjects.values())
+    assert records["category_deltas"][label] == pytest.approx(
+        {"stem": (75.0 + 0.0) / 2, "humanities": 2.5, ALL_SUBJECTS: (75.0 + 0.0 + 2.5) / 3}
+    )
+    # clean subset: ARC loses docs 0 and 1 (doc 99 was not evaluated), MMLU anatomy's doc 2
+    assert records["clean_why"] == ""
+    clean = {(r["variant"], r["benchmark"]): r for r in records["clean_rows"]}
+    assert {k: (r["n_full"], r["n_clean"]) for k, r in clean.items()} == {
+        (v, b): n for v in ("base", "merged") for b, n in (("arc_challenge", (10, 8)), ("mmlu", (120, 119)))
+    }
+    assert clean["base", "arc_challenge"]["clean_score"] == pytest.approx(100 * 2 / 8)
+    assert clean["base", "arc_challenge"]["full_score"] == pytest.approx(100 * 4 / 10)
+    assert clean["merged", "mmlu"]["clean_score"] == pytest.approx(100 * _mean([33 / 39, 10 / 40, 19 / 40]))
+    assert clean["base", "mmlu"]["clean_score"] == pytest.approx(100 * _mean([4 / 39, 10 / 40, 18 / 40]))
+    counts = {r["benchmark"]: r for r in records["flagged_counts"]}
+    assert (counts["arc_challenge"]["flagged"], counts["arc_challenge"]["flagged_evaluated"]) == (3, 2)
+    assert (counts["mmlu"]["flagged"], counts["mmlu"]["flagged_evaluated"]) == (1, 1)
+    # the figures: saved under reports/<profile>/figures in each format, shown inline once each
+    figures = records["figures_saved"]
+    assert {"clean_subset", "mmlu_delta_categories", "mmlu_delta_heatmap", "mmlu_delta_merged"} <= set(figures)
+    figure_dir = tmp_path / "nb" / "reports" / "demo" / "figures"
+    assert profile.report_dir("figures") == figure_dir
+    for name in ("clean_subset", "mmlu_delta_categories", "mmlu_delta_heatmap", "mmlu_delta_merged"):
+        assert {Path(p).name for p in figures[name]} >= {f"{name}.png", f"{name}.pdf", f"{name}.txt"}, name
+    for paths in figures.values():
+        assert all(Path(p).parent == figure_dir and Path(p).stat().st_size > 0 for p in paths)
+    assert read_manifest(profile.run_dir("06_analysis"))["metrics"]["comparisons"] == 1
+    executed = nbformat.read(str(runner.executed_notebook(profile, "06_analysis")), as_version=4)
+    images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert records["figures_shown"] == 3  # the subjects of merged vs base, the categories, the heatmap
+    assert len(images) == 1 + records["figures_shown"]  # and the clean-subset figure, inline, once each
