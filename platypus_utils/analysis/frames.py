@@ -61,7 +61,12 @@ def load_summaries(
     if not eval_dir.is_dir():
         return summaries, failed, read
     for path in sorted(eval_dir.glob("*.json")):
-        if path.name.endswith(".raw.json") or path.name in ("manifest.json", "evaluate_report.json"):
+        if path.name.endswith(".raw.json") or path.name in (
+            "manifest.json",
+            "attempt.json",
+            "evaluate_report.json",
+            "evaluate_report.failed.json",
+        ):
             continue
         data, err = read_json(path)
         if err or not isinstance(data, dict) or "tasks" not in data or "variant" not in data:
