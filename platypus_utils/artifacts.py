@@ -426,3 +426,12 @@ def attempt_problem(stage_dir: str | Path) -> str | None:
             "killed or crashed"
         )
     return f"attempt record {Path(stage_dir) / ATTEMPT} is {record.get('status')}"
+
+
+def edited_outputs(stage_dir: str | Path) -> list[str]:
+    """Outputs of the stage's last recorded run that were changed after it (by hand: a reviewed
+    flagged_pairs.csv, say); a stage's save step refuses to overwrite them unless forced."""
+    manifest = read_manifest(stage_dir)
+    if not manifest or manifest.get("status") != "ok":
+        return []
+    return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]

@@ -40,7 +40,14 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from . import sources
-from .artifacts import StageRun, atomic_path, read_manifest, sha256_path, write_json, write_jsonl, write_text
+from .artifacts import (
+    StageRun,
+    atomic_path,
+    edited_outputs,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from .config import Profile
 from .demo_data import demo_corpus_path
 from .embeddings import Embedder, pairs_above
@@ -467,14 +474,6 @@ def check_push_settings(profile: Profile) -> None:
         )
 
 
-def edited_outputs(profile: Profile) -> list[str]:
-    """Outputs of the last recorded run that were changed after it (by hand): save refuses them."""
-    manifest = read_manifest(profile.run_dir(STAGE))
-    if not manifest or manifest.get("status") != "ok":
-        return []
-    return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]
-
-
 def save(
     profile: Profile, loaded: Loaded, curation: Curation, timings: dict | None = None, force: bool = False
 ) -> list[Path]:
@@ -484,7 +483,7 @@ def save(
     `timings` (seconds per step) go into the manifest beside the save step's own.
     """
     check_push_settings(profile)
-    edited = edited_outputs(profile)
+    edited = edited_outputs(profile.run_dir(STAGE))
     if edited and not force:
         name = Path(profile.source_file or "params/<profile>.yaml").name
         raise CurateError(

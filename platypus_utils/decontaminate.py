@@ -79,8 +79,7 @@ import seaborn as sns
 from .artifacts import (
     StageRun,
     atomic_path,
-    read_manifest,
-    sha256_path,
+    edited_outputs,
     sha256_text,
     write_json,
     write_jsonl,
@@ -94,7 +93,7 @@ from .layout import CLEAN, CURATED, DECONTAMINATE, FLAGGED_PAIRS, artifact
 from .models import default_cache_dir
 from .plotting import PALETTE, new_figure, save_figure
 from .sources import validate_rows
-from .text import embedding_text, normalise_text
+from .text import embedding_text, normalise_text, spelled_numbers
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module
     from . import leak_judge
@@ -138,25 +137,6 @@ _WORD = re.compile(r"\w+")
 # more list items), so "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole.
 _NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
 _SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
-_UNITS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-_TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
-_NUMBER_WORD = re.compile(
-    r"\b(?:("
-    + "|".join(_TENS)
-    + r")(?:[- ]("
-    + "|".join(_UNITS[1:10])
-    + r"))?|("
-    + "|".join(_UNITS)
-    + r"|hundred|thousand))\b",
-    re.I,
-)
-_ORDINALS = {
-    w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
-}
-_ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)  # "the Second World War" for "World War 2"
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 # Function words left out when a long answer is compared word by word with a train output.
 _STOPWORDS = frozenset(
@@ -198,15 +178,7 @@ def numbers(text: str, number_words: bool = False) -> collections.Counter:
     count as 15, 25 and 2 too: used on the train side, so a rewording that spells a number out still agrees."""
     found = collections.Counter(n.replace(",", "") for n in _NUMBER.findall(latex_plain(text)))
     if number_words:
-        for m in _NUMBER_WORD.finditer(text):
-            tens, unit, single = (g.lower() if g else g for g in m.groups())
-            if single:
-                value = {"hundred": 100, "thousand": 1000}.get(single, _UNITS.index(single) if single in _UNITS else 0)
-            else:
-                value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
-            found[str(value)] += 1
-        for m in _ORDINAL.finditer(text):
-            found[str(_ORDINALS[m.group(1).lower()])] += 1
+        found += spelled_numbers(text)
     return found
 
 
@@ -1206,14 +1178,6 @@ def _timed(timings: dict, name: str):
     timings[name] = round(time.perf_counter() - t0, 3)
 
 
-def edited_outputs(profile: Profile) -> list[str]:
-    """Outputs of the last recorded run changed since (a reviewer's edits to flagged_pairs.csv, say)."""
-    manifest = read_manifest(profile.run_dir(STAGE))
-    if not manifest or manifest.get("status") != "ok":
-        return []
-    return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]
-
-
 def save(
     profile: Profile, inputs: Inputs, result: Result, timings: dict | None = None, force: bool = False
 ) -> list[Path]:
@@ -1221,7 +1185,7 @@ def save(
 
     Refuses (DecontaminateError) to overwrite outputs changed by hand since the last recorded run - a
     reviewed flagged_pairs.csv - unless `force` (the runner's --force)."""
-    edited = edited_outputs(profile)
+    edited = edited_outputs(profile.run_dir(STAGE))
     if edited and not force:
         name = Path(profile.source_file or "params/<profile>.yaml").name
         raise DecontaminateError(

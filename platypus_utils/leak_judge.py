@@ -48,6 +48,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from .text import spelled_numbers
+
 log = logging.getLogger("platypus")
 
 REQUIRED = ("train_text", "train_output", "test_question", "test_answer")
@@ -68,25 +70,6 @@ LLM_PROMPT = (
 _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _NUM = re.compile(r"\d+(?:\.\d+)?")
-_UNITS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-_TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
-_NUMBER_WORD = re.compile(
-    r"\b(?:("
-    + "|".join(_TENS)
-    + r")(?:[- ]("
-    + "|".join(_UNITS[1:10])
-    + r"))?|("
-    + "|".join(_UNITS)
-    + r"|hundred|thousand))\b",
-    re.I,
-)
-_ORDINALS = {
-    w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
-}
-_ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
 
 
 # ---------------------------------------------------------------- text helpers
@@ -132,15 +115,7 @@ def plain_numbers(text: str, number_words: bool = False) -> collections.Counter:
     t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # 3,003 -> 3003; "20, 40" stays a list
     found = collections.Counter(_normal_number(n) for n in _NUM.findall(t))
     if number_words:
-        for m in _NUMBER_WORD.finditer(text):
-            tens, unit, single = (g.lower() if g else g for g in m.groups())
-            if single:
-                value = {"hundred": 100, "thousand": 1000}.get(single, _UNITS.index(single) if single in _UNITS else 0)
-            else:
-                value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
-            found[str(value)] += 1
-        for m in _ORDINAL.finditer(text):  # "the Second World War" for "World War 2"
-            found[str(_ORDINALS[m.group(1).lower()])] += 1
+        found += spelled_numbers(text)
     return found
 
 

@@ -11,6 +11,7 @@ Contract: pure functions on strings and Open-Platypus rows (dicts with `instruct
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import re
 import unicodedata
@@ -36,3 +37,42 @@ def embedding_text(row: dict) -> str:
 def row_digest(row: dict) -> str:
     """sha256 hex of the row's four fields joined by a unit separator."""
     return hashlib.sha256("\x1f".join(row[f] for f in FIELDS).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- numbers written as words
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
+_TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
+_NUMBER_WORD = re.compile(
+    r"\b(?:("
+    + "|".join(_TENS)
+    + r")(?:[- ]("
+    + "|".join(_UNITS[1:10])
+    + r"))?|("
+    + "|".join(_UNITS)
+    + r"|hundred|thousand))\b",
+    re.I,
+)
+_ORDINALS = {
+    w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
+}
+_ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
+
+
+def spelled_numbers(text: str) -> collections.Counter:
+    """Numbers a text spells out, as digit strings: "fifteen" -> 15, "twenty-five" -> 25, "hundred" ->
+    100, and ordinals ("the Second World War" -> 2). The leak detectors read a training text with them,
+    so a rewording that spells a number out still agrees with the test question."""
+    found: collections.Counter = collections.Counter()
+    for m in _NUMBER_WORD.finditer(text):
+        tens, unit, single = (g.lower() if g else g for g in m.groups())
+        if single:
+            value = {"hundred": 100, "thousand": 1000}.get(single, _UNITS.index(single) if single in _UNITS else 0)
+        else:
+            value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
+        found[str(value)] += 1
+    for m in _ORDINAL.finditer(text):
+        found[str(_ORDINALS[m.group(1).lower()])] += 1
+    return found
