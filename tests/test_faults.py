@@ -300,41 +300,9 @@ def test_bad_rows_in_a_training_file_are_counted_and_named(tmp_path):
 
 # ---------------------------------------------------------------- kills mid-stage (tiny model)
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from platypus_utils.finetune import format_alpaca_prompt
-
-    corpus = [format_alpaca_prompt(f"What is {i} plus {i + 1}?") + f"The answer is {2 * i + 1}." for i in range(60)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        corpus * 3,
-        trainers.BpeTrainer(
-            vocab_size=400, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tok),
-        max_position_embeddings=512,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def tiny_llama(tiny_model_dir) -> Path:
+    """The shared tiny random Llama and its byte-level tokenizer (conftest.build_tiny_model)."""
+    return tiny_model_dir
 
 
 def _tiny_profile(folder: Path, name: str, model: Path, **finetune) -> Path:
