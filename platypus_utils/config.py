@@ -77,9 +77,10 @@ class DecontaminateConfig(_Section):
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
     # leak detectors that flag pairs: embedding (cosine >= similarity_threshold, the paper's), ngram
     # (ngram_n-gram overlap), answer (cosine >= answer_detector_threshold, numbers and answer agree),
-    # judge (platypus_utils.leak_judge over candidates at cosine >= judge_threshold)
+    # judge (platypus_utils.leak_judge over candidates at cosine >= judge_threshold whose numbers agree: catches
+    # rewordings whose answer is reworded too; on by default, measured by bench/bench_detectors.py)
     detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
-        default_factory=lambda: ["embedding", "ngram", "answer"], min_length=1
+        default_factory=lambda: ["embedding", "ngram", "answer", "judge"], min_length=1
     )
     # how a test item is read: "question" (the stem; HellaSwag's context) and "full" (with its choices for
     # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view

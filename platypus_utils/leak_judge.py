@@ -11,20 +11,27 @@ candidates for meaning and says "same question" (verdict True) or "different que
     train_output  the training row's output
     test_question the benchmark question (HellaSwag: its context)
     test_answer   the text of the correct choice (HellaSwag: the gold ending)
-and optionally test_choices (list of str). Other columns are kept. Added columns:
+and optionally test_choices (list of str: read with the question) and test_options (list of str: the item's
+answer options, HellaSwag's endings too; default test_choices). Other columns are kept. Added columns:
     question_cosine  max cosine of the test question (alone, and with its choices) over word windows of
                      the training row (prompt, and prompt + output: a question restated in the output counts)
     answer_cosine    max cosine of the test answer over the output's sentences and sentence pairs; 1.0 when
                      the answer has numbers and all of them are in the output (answer_numbers_match)
+    answer_words     the share of the answer's distinctive words (in no other option) the output states
+                     (answer_support; 0 without options)
+    answer_contradicted   the output states another option's distinctive words and none of the answer's
+    answer_numbers_missing  a number of the answer (not in the question) is not in the output
     numbers_differ   the test question's numbers (LaTeX as plain text, signs apart, lists split, number words
-                     on the train side) are not all in the training row
+                     on the train side) are not all in the training row, or the prompt swaps them for its
+                     own (numbers_substituted)
     score, verdict   the judge's score and decision; judge, the model that decided
 Judges, by the `model` reference:
   * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
-    question_cosine + ANSWER_WEIGHT * answer_cosine, verdict = score >= threshold and the numbers agree,
-    or question_cosine >= SAME_QUESTION_COSINE with numbers agreeing (a test question restated almost
-    word for word needs no answer check). Threshold and weights chosen on split "dev" of
-    tests/fixtures/contamination_labelled.jsonl and measured on the rest (bench/bench_detectors.py).
+    question_cosine + ANSWER_WEIGHT * max(answer_cosine, answer_words), verdict = score >= threshold (or
+    question_cosine >= SAME_QUESTION_COSINE), the numbers agree and the answer is neither contradicted nor
+    missing a number. Threshold and weights chosen on splits "dev" and "real" of
+    tests/fixtures/contamination_labelled.jsonl; split "real2", written afterwards without reading this
+    code, measures it (bench/bench_detectors.py).
   * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
     a hub profile): the model is asked whether two texts ask the same question with the same answer;
     score = log P(Yes) - log P(No) at the first reply token, verdict = score >= threshold (default 0), and
@@ -48,7 +55,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .text import spelled_numbers
+from .text import fraction_words, repeating_decimals, spelled_numbers
 
 log = logging.getLogger("platypus")
 
@@ -57,8 +64,9 @@ DEFAULT_MODEL = "embedded:all-minilm-l6-v2"
 LLM_PREFIX = "llm:"
 # Chosen on split "dev" of the labelled set (bench/bench_detectors.py --sweep); see the module docstring.
 ANSWER_WEIGHT = 0.8
-EMBEDDING_THRESHOLD = 1.325
+EMBEDDING_THRESHOLD = 1.35
 SAME_QUESTION_COSINE = 0.97
+CHOICE_VIEWS = ("mmlu", "arc_challenge", None)  # benchmarks whose question is read with its choices (None: unnamed)
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
 LLM_PROMPT = (
@@ -111,7 +119,7 @@ def sentence_spans(text: str) -> list[str]:
 def plain_numbers(text: str, number_words: bool = False) -> collections.Counter:
     """Numbers as unsigned values: LaTeX read as plain text, thousands commas dropped, lists split, a minus
     sign kept apart (x^3-2x+1 gives 3, 2, 1). With number_words, "fifteen" counts as 15 as well."""
-    t = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", text)
+    t = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", repeating_decimals(text))
     t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # 3,003 -> 3003; "20, 40" stays a list
     found = collections.Counter(_normal_number(n) for n in _NUM.findall(t))
     if number_words:
@@ -125,15 +133,83 @@ def _normal_number(n: str) -> str:
 
 def answer_numbers_match(answer: str, output: str) -> bool:
     """Whether the test answer has numbers and every one of them is in the training output (number words
-    too): a worked solution states "81" where the embedding of "x = 3^4 = 81" says little about it."""
+    too): a worked solution states "81" where the embedding of "x = 3^4 = 81" says little about it. A lone
+    one-digit answer ("3") is in most worked outputs by chance and settles nothing."""
     need = set(plain_numbers(answer))
-    return bool(need) and need <= set(plain_numbers(output, number_words=True))
+    return sum(map(len, need)) >= 2 and need <= set(plain_numbers(output, number_words=True))
+
+
+def answer_is_final_number(answer: str, output: str) -> bool:
+    """Whether the output's last number (digits or words) is the answer's only number: how a worked solution
+    states a one-digit result ("48 / 12 = 4, so each carton costs four dollars")."""
+    need = set(plain_numbers(answer))
+    tokens = re.findall(r"[\w.$/^-]+", output)
+    for token in reversed(tokens):
+        got = set(plain_numbers(token, number_words=True))
+        if got:
+            return len(need) == 1 and need <= got
+    return False
 
 
 def numbers_differ(test_question: str, train_text: str) -> bool:
     """Whether a number of the test question is missing from the train text (values compared, not counts)."""
-    need = set(plain_numbers(test_question))
+    need = set(plain_numbers(test_question) + fraction_words(test_question))
     return bool(need - set(plain_numbers(train_text, number_words=True)))
+
+
+def numbers_substituted(test_question: str, prompt: str, choices: Sequence[str] = ()) -> bool:
+    """Whether the training prompt swaps numbers: one of the test question's is missing from the prompt and the
+    prompt has numbers of its own (not in the question or its choices). A worked output restates numbers of all
+    kinds ("3/8" in a solution to "flipped 4 times"), so the prompt alone is read here."""
+    need = set(plain_numbers(test_question) + fraction_words(test_question))
+    have = set(plain_numbers(prompt, number_words=True))
+    own = have - need - set(plain_numbers(" ".join(choices)))
+    return bool(need - have) and bool(own)
+
+
+def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
+    """Whether the test answer states a number (one not already in the question) that the output never states:
+    a rewording keeps the answer's numbers, a same-shape question with another result does not."""
+    need = set(plain_numbers(answer)) - set(plain_numbers(question))
+    return bool(need - set(plain_numbers(output, number_words=True)))
+
+
+# content words, read by their first STEM_CHARS letters ("submit" ~ "submission", "intersexual" != "intrasexual")
+STEM_CHARS = 5
+_STOPWORDS = frozenset(
+    """a an the of to in on at by for with from and or but is are was were be been being it its this that these
+    those which what who whom whose when where why how than then so as if into onto over under about after before
+    between through during do does did has have had can could would should will shall may might must there their
+    they them he she his her him we our you your i me my also only very more most less least such each any all
+    both either neither one some other another same following best""".split()
+)
+_CONTENT = re.compile(r"[a-z0-9]+")
+
+
+def content_stems(text: str) -> set[str]:
+    """The text's content words (stopwords and bare numbers dropped), each cut to STEM_CHARS letters."""
+    return {w[:STEM_CHARS] for w in _CONTENT.findall(text.lower()) if w not in _STOPWORDS and not w.isdigit()}
+
+
+def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[float, bool, bool]:
+    """(answer_words, answer_contradicted, distinctive): how much of the test answer the training output states
+    in words, whether it states another choice instead, and whether the answer has words no other choice has.
+
+    With choices, the answer's *distinctive* words (in no other choice) are what identify it: "intersexual
+    selection" against "intrasexual selection". answer_words is the share of them in the output (of all the
+    answer's words when none is distinctive); contradicted when none of those words is there but at least half
+    of another choice's own words (those not in the answer) are ("exothermic" for "endothermic"). Without choices a
+    shared word is weak evidence ("the Sun" in "4.24 light-years from the Sun"): answer_words is 0 there and the
+    embedding's answer cosine decides."""
+    others = [content_stems(c) for c in choices if c.strip().lower() != answer.strip().lower()]
+    if not others:
+        return 0.0, False, False
+    out, gold = content_stems(output), content_stems(answer)
+    distinct = gold - set().union(*others)
+    words = distinct or gold
+    share = len(words & out) / len(words) if words else 0.0
+    rivals = max((len((o - gold) & out) / len(o - gold) for o in others if o - gold), default=0.0)
+    return share, share == 0.0 and rivals >= 0.5, bool(distinct)
 
 
 # ---------------------------------------------------------------- checks
@@ -150,12 +226,40 @@ def check_pairs(pairs: pd.DataFrame) -> None:
             raise ValueError(f"judge_pairs: column {col!r}, row {bad[0]!r}: expected text, got {pairs[col][bad[0]]!r}")
 
 
-def _choices(row) -> list[str]:
-    got = row.get("test_choices") if hasattr(row, "get") else None
+def _choices(row, column: str = "test_choices") -> list[str]:
+    got = row.get(column) if hasattr(row, "get") else None
     return [str(c) for c in got] if isinstance(got, (list, tuple, np.ndarray)) else []
 
 
+def _options(row) -> list[str]:
+    """The item's answer options for answer_support: test_options (every benchmark's choices, HellaSwag's endings
+    too) when given, else test_choices."""
+    return _choices(row, "test_options") or _choices(row)
+
+
 # ---------------------------------------------------------------- features
+def text_features(prompt: str, output: str, question: str, answer: str, options: Sequence[str]) -> dict:
+    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_match (then
+    answer_cosine 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_differ."""
+    words, contradicted, distinctive = answer_support(answer, options, output)
+    numeric = answer_numbers_match(answer, output) or (  # a one-digit answer: as the final number of a row
+        answer_is_final_number(answer, output)  # that restates the question's numbers in its prompt
+        and not numbers_differ(question, prompt)
+    )
+    # the answer's numbers in the output settle it, unless the words that tell it from the other options are
+    # all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
+    numeric = numeric and not (distinctive and not words)
+    return {
+        "answer_cosine": 1.0,
+        "answer_numbers_match": numeric,
+        "answer_words": words,
+        "answer_contradicted": contradicted,
+        "answer_numbers_missing": answer_numbers_missing(answer, question, output),
+        "numbers_differ": numbers_differ(question, f"{prompt} {output}".strip())
+        or numbers_substituted(question, prompt, options),
+    }
+
+
 def meaning_features(
     pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], window_words: int = WINDOW_WORDS
 ) -> pd.DataFrame:
@@ -176,23 +280,20 @@ def meaning_features(
         answer_spans = sentence_spans(output)
         start = len(texts)
         texts += q_views + train_q + [row["test_answer"]] + answer_spans
-        plan.append((start, len(q_views), len(train_q), len(answer_spans), full))
+        plan.append((start, len(q_views), len(train_q), len(answer_spans)))
     vecs = encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
     out = []
-    for (start, nq, nt, na, full), (_, row) in zip(plan, pairs.iterrows()):
+    for (start, nq, nt, na), (_, row) in zip(plan, pairs.iterrows()):
         q = vecs[start : start + nq]
         t = vecs[start + nq : start + nq + nt]
         a = vecs[start + nq + nt]
         spans = vecs[start + nq + nt + 1 : start + nq + nt + 1 + na]
-        numeric = answer_numbers_match(row["test_answer"], row["train_output"])
-        out.append(
-            {
-                "question_cosine": float((q @ t.T).max()),
-                "answer_cosine": 1.0 if numeric else float((spans @ a).max()),
-                "answer_numbers_match": numeric,
-                "numbers_differ": numbers_differ(row["test_question"], full),
-            }
+        feats = text_features(
+            row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
         )
+        if not feats["answer_numbers_match"]:
+            feats["answer_cosine"] = float((spans @ a).max())
+        out.append({"question_cosine": float((q @ t.T).max()), **feats})
     return pd.DataFrame(out, index=pairs.index)
 
 
@@ -202,9 +303,18 @@ def embedding_verdicts(
     answer_weight: float = ANSWER_WEIGHT,
     same_question_cosine: float = SAME_QUESTION_COSINE,
 ) -> pd.DataFrame:
-    """score and verdict of the embedding judge from meaning_features' columns."""
-    score = features["question_cosine"] + answer_weight * features["answer_cosine"]
+    """score and verdict of the embedding judge from meaning_features' columns: score = question_cosine +
+    answer_weight * (the answer's cosine or its share of distinctive words, whichever is higher); "same" when
+    the score clears the threshold (or the question is restated almost word for word), the numbers agree, the
+    output does not state another choice and does not miss a number of the answer."""
+    answer = features["answer_cosine"]
+    if "answer_words" in features:
+        answer = np.maximum(answer, features["answer_words"].astype(float))
+    score = features["question_cosine"] + answer_weight * answer
     agree = ~features["numbers_differ"].astype(bool)
+    for col in ("answer_contradicted", "answer_numbers_missing"):
+        if col in features:
+            agree &= ~features[col].astype(bool)
     verdict = agree & ((score >= threshold) | (features["question_cosine"] >= same_question_cosine))
     return pd.DataFrame({"score": score, "verdict": verdict}, index=features.index)
 
@@ -315,7 +425,10 @@ def pairs_frame(records: list[dict]) -> pd.DataFrame:
                     "train_output": t["output"],
                     "test_question": r["question"],
                     "test_answer": r["answer"],
-                    "test_choices": list(r.get("choices") or []),
+                    # as stage 02 passes them: the question is read with its choices for MMLU and ARC only,
+                    # the answer against every benchmark's options
+                    "test_choices": list(r.get("choices") or []) if r.get("benchmark") in CHOICE_VIEWS else [],
+                    "test_options": list(r.get("choices") or []),
                 }
             )
         except (KeyError, TypeError) as exc:

@@ -61,10 +61,63 @@ _ORDINALS = {
 _ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
 
 
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+_NUMBER_RUN = re.compile(
+    r"\b(?:"
+    + "|".join([*_TENS, *_UNITS, *_SCALES])
+    + r")(?:(?:[- ]|\s+and\s+)(?:"
+    + "|".join([*_TENS, *_UNITS, *_SCALES])
+    + r"))*\b",
+    re.I,
+)
+_FRACTION_WORDS = {
+    w: k
+    for k, ws in {
+        2: "half halves",
+        3: "third thirds",
+        4: "quarter quarters fourth fourths",
+        5: "fifth fifths",
+        6: "sixth sixths",
+        7: "seventh sevenths",
+        8: "eighth eighths",
+        9: "ninth ninths",
+        10: "tenth tenths",
+    }.items()
+    for w in ws.split()
+}
+_FRACTION_WORDS.update(
+    {
+        f"{w}{tail}": 10 * k
+        for k, w in enumerate("_ _ twentie thirtie fortie fiftie sixtie seventie eightie ninetie".split())
+        if k >= 2
+        for tail in ("th", "ths")
+    }
+)
+_FRACTION_WORDS.update({"hundredth": 100, "hundredths": 100, "thousandth": 1000, "thousandths": 1000})
+_FRACTION_WORD = re.compile(r"\b(" + "|".join(w for w in _FRACTION_WORDS if w not in _ORDINALS) + r")\b", re.I)
+_FRACTION = re.compile(r"\b(" + "|".join(_UNITS[1:10]) + r")[- ](" + "|".join(_FRACTION_WORDS) + r")\b", re.I)
+
+
+def _run_value(run: str) -> int:
+    """The value of a run of number words: "twenty-one thousand" -> 21000, "eight hundred and five" -> 805."""
+    total = current = 0
+    for word in re.findall(r"[a-z]+", run.lower()):
+        if word in _TENS:
+            current += _TENS[word]
+        elif word in _UNITS:
+            current += _UNITS.index(word)
+        elif word == "hundred":
+            current = (current or 1) * 100
+        elif word in _SCALES:
+            total, current = total + (current or 1) * _SCALES[word], 0
+    return total + current
+
+
 def spelled_numbers(text: str) -> collections.Counter:
-    """Numbers a text spells out, as digit strings: "fifteen" -> 15, "twenty-five" -> 25, "hundred" ->
-    100, and ordinals ("the Second World War" -> 2). The leak detectors read a training text with them,
-    so a rewording that spells a number out still agrees with the test question."""
+    """Numbers a text spells out, as digit strings: "fifteen" -> 15, "twenty-five" -> 25, "twenty-one
+    thousand" -> 21000 (and each word's own value: 20, 1, 1000), "eight hundred" -> 800, and ordinals ("the
+    Second World War" -> 2). The leak detectors read a training text with them, so a rewording that spells a
+    number out still agrees with the test question."""
     found: collections.Counter = collections.Counter()
     for m in _NUMBER_WORD.finditer(text):
         tens, unit, single = (g.lower() if g else g for g in m.groups())
@@ -73,6 +126,35 @@ def spelled_numbers(text: str) -> collections.Counter:
         else:
             value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
         found[str(value)] += 1
+    for m in _NUMBER_RUN.finditer(text):
+        value = str(_run_value(m.group(0)))
+        if value not in found:
+            found[value] += 1
     for m in _ORDINAL.finditer(text):
         found[str(_ORDINALS[m.group(1).lower()])] += 1
+    for m in _FRACTION_WORD.finditer(text):  # "a quarter" -> 4, "one-eightieth" -> 80, "thirds" -> 3
+        found[str(_FRACTION_WORDS[m.group(1).lower()])] += 1
     return found
+
+
+def fraction_words(text: str) -> collections.Counter:
+    """The numbers of fractions written in words: "one-fifth" -> 5, "two thirds" -> 2, 3. Read on the test
+    side: the 5 of a question's "one-fifth of a year" is a number its rewordings keep (as 1/5 or "a fifth")."""
+    found: collections.Counter = collections.Counter()
+    for m in _FRACTION.finditer(text):
+        numerator = _UNITS.index(m.group(1).lower())
+        if numerator > 1:  # "one-fifth" is also "a fifth": its 1 is not a number a rewording must keep
+            found[str(numerator)] += 1
+        found[str(_FRACTION_WORDS[m.group(2).lower()])] += 1
+    return found
+
+
+_OVERLINE = re.compile(r"\\overline\s*\{?\s*(\d+)\s*\}?")
+_REPEATS = re.compile(r"(\d+\.\d*?)(\d+?)\2{2,}(?=\s*(?:\.\.\.|…|\\ldots|\\dots))")
+
+
+def repeating_decimals(text: str) -> str:
+    """Repeating decimals in one form: LaTeX 0.\\overline{7} and plain 0.7777... both as 0.777 (the repeat
+    written three times), so a question reformatted from LaTeX to plain text keeps its numbers."""
+    t = _OVERLINE.sub(lambda m: m.group(1) * 3, text)
+    return _REPEATS.sub(lambda m: m.group(1) + m.group(2) * 3, t)

@@ -24,7 +24,8 @@ from platypus_utils.decontaminate import (
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
 
-CFG = DecontaminateConfig()
+# the rules without the judge (its own tests are below and in test_leak_judge.py): stand-in embedders here
+CFG = DecontaminateConfig(detectors=["embedding", "ngram", "answer"])
 DEMO = Path(__file__).resolve().parent.parent / "params" / "demo.yaml"
 
 
@@ -830,7 +831,7 @@ def test_cli_benchmark_embeddings_are_shared_across_working_folders(
 
 
 # ---------------------------------------------------------------- the rewording judge as a detector
-def test_judge_detector_reads_candidates_and_decides_after_the_number_rule(monkeypatch):
+def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
     seen = []
 
     def judge(frame, model, embedder=None, cache_dir=None):  # a stand-in for leak_judge.judge_pairs
@@ -854,14 +855,16 @@ def test_judge_detector_reads_candidates_and_decides_after_the_number_rule(monke
     with_judge = CFG.model_copy(update={"detectors": ["embedding", "ngram", "answer", "judge"]})
     result = decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
     got = {(p.train_index, p.category): p for p in result.pairs.itertuples()}
-    assert set(got) == {(0, "gray_area"), (1, "similar_but_different")}
+    # row 1 (13 x 7 against 12 x 7) is a candidate, but a number of the question is missing: similar but
+    # different by rule 3 whatever a judge says, so the judge does not read it and nothing flags it
+    assert set(got) == {(0, "gray_area")}
     assert "judge reads the same question" in got[(0, "gray_area")].rule and got[(0, "gray_area")].by_judge
-    assert "numbers differ" in got[(1, "similar_but_different")].rule  # the judge does not override numbers
     frame, model = seen[0]
-    assert len(frame) == 2 and model == "embedded:all-minilm-l6-v2"  # only candidates at cosine >= 0.6
-    assert frame["test_choices"].tolist() == [["Venus", "other"], ["84", "other"]]
+    assert len(frame) == 1 and model == "embedded:all-minilm-l6-v2"  # candidates at cosine >= 0.6, numbers agree
+    assert frame["test_choices"].tolist() == [["Venus", "other"]]
+    assert frame["test_options"].tolist() == [["Venus", "other"]]
     assert [r["instruction"] for r in result.clean] == [rows[1]["instruction"], rows[2]["instruction"]]
-    assert result.summary["pairs_by_detector"]["judge_only"] == 2
+    assert result.summary["pairs_by_detector"]["judge_only"] == 1
     without = decontaminate.detect(rows, items, CFG, FakeEmbedder(table))
     assert without.pairs.empty  # the rewording with a reworded answer is what the other detectors miss
     monkeypatch.setattr(decontaminate, "leak_judge", None)

@@ -89,6 +89,43 @@ def test_numbers_differ_and_numeric_answer_match():
     assert not lj.answer_numbers_match("Orthodox", "The Orthodox Church")  # no numbers: left to the cosine
 
 
+def test_numbers_substituted_reads_the_prompt_not_the_worked_output():
+    question = "A fair coin is flipped 3 times. What is the probability of getting exactly 2 heads?"
+    prompt = "A fair coin is flipped 4 times. What is the probability of getting exactly 2 heads?"
+    output = "C(4,2) = 6 of 16 outcomes, so 6/16 = 3/8."  # restates a 3 of its own
+    assert not lj.numbers_differ(question, f"{prompt} {output}")  # the whole row hides the swap
+    assert lj.numbers_substituted(question, prompt)
+    assert not lj.numbers_substituted(question, "Toss a fair coin three times; P(exactly two heads)?")
+    # the prompt's own numbers that are the item's options are no swap: the question is copied with its choices
+    assert not lj.numbers_substituted(
+        "Mass 2 kg, forces of 4 N: acceleration?", "Mass 2 kg, 4 N. A. 0 B. 8", ["0", "8"]
+    )
+
+
+def test_answer_numbers_missing_ignores_numbers_the_question_states():
+    assert lj.answer_numbers_missing("8 m/s^2", "mass 2 kg", "at most 4 m/s^2")
+    assert not lj.answer_numbers_missing("8 m/s^2", "mass 2 kg", "up to eight m/s^2")
+    assert not lj.answer_numbers_missing("World War 2 was won by the Allies.", "Who won World War 2?", "The Allies.")
+
+
+def test_answer_support_reads_distinctive_words_and_other_choices():
+    choices = ["pansexual selection.", "stabilizing selection.", "intrasexual selection.", "intersexual selection."]
+    words, contra, distinctive = lj.answer_support(
+        "intersexual selection.", choices, "Mate choice: intersexual selection."
+    )
+    assert words == 1.0 and not contra and distinctive
+    words, contra, _ = lj.answer_support("intersexual selection.", choices, "Male rivalry: intrasexual selection.")
+    assert words == 0.0 and contra
+    words, contra, _ = lj.answer_support("endothermic.", ["exothermic.", "endothermic."], "exothermic.")
+    assert words == 0.0 and contra
+    words, contra, _ = lj.answer_support("submission", ["Worship", "Submission", "Faith"], "to submit oneself")
+    assert words == 1.0 and not contra  # words read by their stems
+    assert lj.answer_support("the Sun", [], "4.24 light-years from the Sun") == (0.0, False, False)  # no options
+    dates = ["signed on August 2, 1776.", "signed on July 4, 1776.", "signed on July 19, 1776."]
+    words, contra, distinctive = lj.answer_support(dates[0], dates, "voted on July 2, 1776, adopted July 4, 1776")
+    assert words == 0.0 and contra and distinctive
+
+
 # ---------------------------------------------------------------- verdict logic
 def test_verdicts_need_agreeing_numbers_and_a_high_enough_score():
     feats = pd.DataFrame(
@@ -101,6 +138,14 @@ def test_verdicts_need_agreeing_numbers_and_a_high_enough_score():
     got = lj.embedding_verdicts(feats, threshold=1.3, answer_weight=0.8, same_question_cosine=0.97)
     assert got["verdict"].tolist() == [True, False, True, False, False]
     assert got["score"][0] == pytest.approx(0.85 + 0.8 * 0.7)
+    feats = feats.assign(
+        answer_words=[0.0, 1.0, 0.0, 0.0, 0.0],
+        answer_contradicted=[True, False, False, False, False],
+        answer_numbers_missing=[False, False, True, False, False],
+    )
+    got = lj.embedding_verdicts(feats, threshold=1.3, answer_weight=0.8, same_question_cosine=0.97)
+    assert got["verdict"].tolist() == [False, True, False, False, False]  # contradicted; words lift; number missing
+    assert got["score"][1] == pytest.approx(0.85 + 0.8 * 1.0)
 
 
 def test_judge_pairs_with_a_stand_in_embedder_keeps_columns_and_order():
