@@ -39,7 +39,7 @@ Detectors (`detectors`), each reported on its own and combined:
              answer is reworded too, which the string tests keep). Measured with score_pairs on the 339
              pairs of tests/fixtures/contamination_labelled.jsonl (bench/bench_detectors.py): without the
              judge the stage removes 75.0% of the leaks (rewordings 66/113) with 3.3% false alarms; with it
-             94.1% (verbatim 45/45, reformatted 30/30, rewordings 102/113), similar-but-different 5/91 and
+             94.1% (verbatim 45/45, reformatted 30/30, rewordings 102/113), similar-but-different 4/91 and
              clean 1/60 removed.
 Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
 each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
@@ -95,7 +95,15 @@ from .layout import CLEAN, CURATED, DECONTAMINATE, FLAGGED_PAIRS, artifact
 from .models import default_cache_dir
 from .plotting import PALETTE, new_figure, save_figure
 from .sources import validate_rows
-from .text import embedding_text, fraction_words, normalise_text, repeating_decimals, spelled_numbers
+from .text import (
+    embedding_text,
+    final_answer,
+    fraction_words,
+    latex_plain,
+    normalise_text,
+    repeating_decimals,
+    spelled_numbers,
+)
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module
     from . import leak_judge
@@ -139,7 +147,6 @@ _WORD = re.compile(r"\w+")
 # more list items), so "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole.
 _NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
 _SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 # Function words left out when a long answer is compared word by word with a train output.
 _STOPWORDS = frozenset(
     "a an the of to in on at by for with and or but if is are was were be been it its this that these "
@@ -163,17 +170,6 @@ def gram_words(text: str) -> list[str]:
     return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
 
 
-def latex_plain(text: str) -> str:
-    """LaTeX markup as plain text: \\frac{a}{b} -> a/b, \\text{x} -> x, no $ or spacing commands."""
-    t = re.sub(r"\\[dt]frac", r"\\frac", text)
-    for _ in range(2):  # one level of nesting
-        t = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", t)
-        t = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", t)
-    t = re.sub(r"\^\{?\\circ\}?", "", t)
-    t = re.sub(r"\\(?:left|right|[,;:!]|quad|qquad)", " ", t)
-    return t.replace("$", "").replace("\\%", "%")
-
-
 def numbers(text: str, number_words: bool = False) -> collections.Counter:
     """Numbers of a text after latex_plain, unsigned (a minus sign is an operator as often as a sign),
     thousands separators dropped, comma lists split. With number_words, "fifteen", "twenty-five" and "second"
@@ -187,23 +183,6 @@ def numbers(text: str, number_words: bool = False) -> collections.Counter:
 def missing_numbers(question: str, train_text: str) -> list[str]:
     """Numbers of the test question (with multiplicity) that the train text lacks."""
     return sorted((numbers(question) + fraction_words(question) - numbers(train_text, number_words=True)).elements())
-
-
-_ANSWER_CUE = re.compile(r"\banswer\s*(?:is|:|=)\s*", re.I)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
-def final_answer(output: str) -> tuple[str, bool]:
-    """The part of a training output that states its answer, and whether it is a \\boxed{} one: the last
-    \\boxed{}, else the sentence after the last "answer is", else the last sentence."""
-    boxed = _BOXED.findall(output)
-    if boxed:
-        return latex_plain(boxed[-1]), True
-    cues = list(_ANSWER_CUE.finditer(output))
-    if cues:
-        return latex_plain(_SENTENCE_BREAK.split(output[cues[-1].end() :].strip(), maxsplit=1)[0]), False
-    sentences = [x for x in _SENTENCE_BREAK.split(output.strip()) if x.strip()]
-    return latex_plain(sentences[-1] if sentences else ""), False
 
 
 def _longest_common_run(a: list[str], b: list[str]) -> int:

@@ -16,7 +16,8 @@ answer options, HellaSwag's endings too; default test_choices). Other columns ar
     question_cosine  max cosine of the test question (alone, and with its choices) over word windows of
                      the training row (prompt, and prompt + output: a question restated in the output counts)
     answer_cosine    max cosine of the test answer over the output's sentences and sentence pairs; 1.0 when
-                     the answer has numbers and all of them are in the output (answer_numbers_match)
+                     the answer has numbers and the output's stated answer has all of them
+                     (answer_numbers_stated)
     answer_words     the share of the answer's distinctive words (in no other option) the output states
                      (answer_support; 0 without options)
     answer_contradicted   the output states another option's distinctive words and none of the answer's
@@ -55,7 +56,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .text import fraction_words, repeating_decimals, spelled_numbers
+from .text import final_answer, fraction_words, repeating_decimals, spelled_numbers
 
 log = logging.getLogger("platypus")
 
@@ -66,6 +67,9 @@ LLM_PREFIX = "llm:"
 ANSWER_WEIGHT = 0.8
 EMBEDDING_THRESHOLD = 1.35
 SAME_QUESTION_COSINE = 0.97
+# below this question cosine no answer evidence makes a pair the same question: on the real MATH x MMLU
+# candidates (0.6-0.7) a shared topic and a common number or word are everywhere
+MIN_QUESTION_COSINE = 0.7
 CHOICE_VIEWS = ("mmlu", "arc_challenge", None)  # benchmarks whose question is read with its choices (None: unnamed)
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
@@ -131,24 +135,42 @@ def _normal_number(n: str) -> str:
     return n.rstrip("0").rstrip(".") if "." in n else n.lstrip("0") or "0"
 
 
-def answer_numbers_match(answer: str, output: str) -> bool:
-    """Whether the test answer has numbers and every one of them is in the training output (number words
-    too): a worked solution states "81" where the embedding of "x = 3^4 = 81" says little about it. A lone
-    one-digit answer ("3") is in most worked outputs by chance and settles nothing."""
-    need = set(plain_numbers(answer))
-    return sum(map(len, need)) >= 2 and need <= set(plain_numbers(output, number_words=True))
+_LETTER_ANSWER = re.compile(
+    r"^\W*(?:(?:the\s+)?(?:correct\s+)?answer\s*(?:is|:)\s*\(?([a-e])\)?(?![a-z])|\(([a-e])\)|([a-e])(?:[.:)]|$))", re.I
+)
+_OPTION = re.compile(r"(?:^|(?<=\s))\(?([A-Ea-e])[).:]\s+(.+?)(?=\s+\(?[A-Ea-e][).:]\s|\n|$)")
 
 
-def answer_is_final_number(answer: str, output: str) -> bool:
-    """Whether the output's last number (digits or words) is the answer's only number: how a worked solution
-    states a one-digit result ("48 / 12 = 4, so each carton costs four dollars")."""
+def labelled_options(prompt: str) -> dict[str, str]:
+    """The options a prompt lists with letter labels ("(a) ... (b) ...", "A. ...", "B: ...") by lower-case letter."""
+    return {m.group(1).lower(): m.group(2).strip() for m in _OPTION.finditer(prompt)}
+
+
+def answer_statements(output: str, prompt: str = "") -> str:
+    """Where an output states its answer: its first sentence and its stated answer (text.final_answer: the last
+    \\boxed{}, the sentence after "answer is", else the last sentence). A long solution mentions many words and
+    numbers on the way; a short output is all of it. An answer given as a letter ("(d).", "The answer is B")
+    is read as the option the prompt lists under that letter."""
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", output.strip()) if x.strip()]
+    parts = [sentences[0] if sentences else "", final_answer(output)[0]]
+    options = labelled_options(prompt) if prompt else {}
+    for part in list(parts):
+        m = _LETTER_ANSWER.match(part)
+        letter = next((g.lower() for g in m.groups() if g), "") if m else ""
+        if letter in options:
+            parts.append(options[letter])
+    return " ".join(dict.fromkeys(p for p in parts if p)).strip()
+
+
+def answer_numbers_stated(answer: str, output: str) -> bool:
+    """Whether the test answer has numbers and the output's stated answer (its last \\boxed{}, the sentence after
+    "answer is", else its last sentence: text.final_answer) has every one of them. A worked solution passes
+    through many numbers; the test's answer somewhere in the middle of it ("900" in "100 to 999, so 900 - 128 =
+    772") says nothing, the answer it ends on does."""
     need = set(plain_numbers(answer))
-    tokens = re.findall(r"[\w.$/^-]+", output)
-    for token in reversed(tokens):
-        got = set(plain_numbers(token, number_words=True))
-        if got:
-            return len(need) == 1 and need <= got
-    return False
+    stated, boxed = final_answer(output)
+    got = set(plain_numbers(stated, number_words=True))
+    return bool(need) and (need == got if boxed else need <= got)  # a \\boxed{36/121} does not state 36
 
 
 def numbers_differ(test_question: str, train_text: str) -> bool:
@@ -195,21 +217,26 @@ def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[fl
     """(answer_words, answer_contradicted, distinctive): how much of the test answer the training output states
     in words, whether it states another choice instead, and whether the answer has words no other choice has.
 
-    With choices, the answer's *distinctive* words (in no other choice) are what identify it: "intersexual
-    selection" against "intrasexual selection". answer_words is the share of them in the output (of all the
-    answer's words when none is distinctive); contradicted when none of those words is there but at least half
-    of another choice's own words (those not in the answer) are ("exothermic" for "endothermic"). Without choices a
+    answer_words is the share of the answer's distinctive words (in no other choice; all its words when none
+    is) in the output, counted when the words found point at the answer alone (no other choice has them all:
+    "intersexual selection" against "intrasexual selection", "aortic stenosis" against "aortic
+    insufficiency" and "mitral stenosis"), else 0;
+    contradicted when the answer has *distinctive* words (in no other choice), none of them is there, and at
+    least half of another choice's own words (those not in the answer) are ("exothermic" for "endothermic"). Without choices a
     shared word is weak evidence ("the Sun" in "4.24 light-years from the Sun"): answer_words is 0 there and the
     embedding's answer cosine decides."""
     others = [content_stems(c) for c in choices if c.strip().lower() != answer.strip().lower()]
     if not others:
         return 0.0, False, False
     out, gold = content_stems(output), content_stems(answer)
+    found = gold & out
+    # the words found must point at the answer alone: "aortic" + "stenosis" is no other choice's pair, while
+    # "Earth", "Moon", "Sun", "between" are all in "when the Moon passes between Earth and the Sun" too
     distinct = gold - set().union(*others)
-    words = distinct or gold
-    share = len(words & out) / len(words) if words else 0.0
+    words = distinct or gold  # the words that tell the answer from the others, or (none) all of its words
+    share = len(words & out) / len(words) if found and not any(found <= o for o in others) else 0.0
     rivals = max((len((o - gold) & out) / len(o - gold) for o in others if o - gold), default=0.0)
-    return share, share == 0.0 and rivals >= 0.5, bool(distinct)
+    return share, bool(distinct) and not (distinct & out) and rivals >= 0.5, bool(distinct)
 
 
 # ---------------------------------------------------------------- checks
@@ -239,19 +266,15 @@ def _options(row) -> list[str]:
 
 # ---------------------------------------------------------------- features
 def text_features(prompt: str, output: str, question: str, answer: str, options: Sequence[str]) -> dict:
-    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_match (then
+    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_stated (then
     answer_cosine 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_differ."""
-    words, contradicted, distinctive = answer_support(answer, options, output)
-    numeric = answer_numbers_match(answer, output) or (  # a one-digit answer: as the final number of a row
-        answer_is_final_number(answer, output)  # that restates the question's numbers in its prompt
-        and not numbers_differ(question, prompt)
-    )
-    # the answer's numbers in the output settle it, unless the words that tell it from the other options are
-    # all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
-    numeric = numeric and not (distinctive and not words)
+    words, contradicted, distinctive = answer_support(answer, options, answer_statements(output, prompt))
+    # the answer's numbers as the stated answer settle it, unless the words that tell it from the other options
+    # are all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
+    numeric = answer_numbers_stated(answer, output) and not (distinctive and not words)
     return {
         "answer_cosine": 1.0,
-        "answer_numbers_match": numeric,
+        "answer_numbers_stated": numeric,
         "answer_words": words,
         "answer_contradicted": contradicted,
         "answer_numbers_missing": answer_numbers_missing(answer, question, output),
@@ -291,7 +314,7 @@ def meaning_features(
         feats = text_features(
             row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
         )
-        if not feats["answer_numbers_match"]:
+        if not feats["answer_numbers_stated"]:
             feats["answer_cosine"] = float((spans @ a).max())
         out.append({"question_cosine": float((q @ t.T).max()), **feats})
     return pd.DataFrame(out, index=pairs.index)
@@ -302,6 +325,7 @@ def embedding_verdicts(
     threshold: float = EMBEDDING_THRESHOLD,
     answer_weight: float = ANSWER_WEIGHT,
     same_question_cosine: float = SAME_QUESTION_COSINE,
+    min_question_cosine: float = MIN_QUESTION_COSINE,
 ) -> pd.DataFrame:
     """score and verdict of the embedding judge from meaning_features' columns: score = question_cosine +
     answer_weight * (the answer's cosine or its share of distinctive words, whichever is higher); "same" when
@@ -315,7 +339,11 @@ def embedding_verdicts(
     for col in ("answer_contradicted", "answer_numbers_missing"):
         if col in features:
             agree &= ~features[col].astype(bool)
-    verdict = agree & ((score >= threshold) | (features["question_cosine"] >= same_question_cosine))
+    verdict = (
+        agree
+        & ((score >= threshold) | (features["question_cosine"] >= same_question_cosine))
+        & (features["question_cosine"] >= min_question_cosine)
+    )
     return pd.DataFrame({"score": score, "verdict": verdict}, index=features.index)
 
 

@@ -158,3 +158,33 @@ def repeating_decimals(text: str) -> str:
     written three times), so a question reformatted from LaTeX to plain text keeps its numbers."""
     t = _OVERLINE.sub(lambda m: m.group(1) * 3, text)
     return _REPEATS.sub(lambda m: m.group(1) + m.group(2) * 3, t)
+
+
+# ---------------------------------------------------------------- LaTeX and stated answers
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_CUE = re.compile(r"\banswer\s*(?:is|:|=)\s*", re.I)
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def latex_plain(text: str) -> str:
+    """LaTeX markup as plain text: \\frac{a}{b} -> a/b, \\text{x} -> x, no $ or spacing commands."""
+    t = re.sub(r"\\[dt]frac", r"\\frac", text)
+    for _ in range(2):  # one level of nesting
+        t = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", t)
+        t = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", t)
+    t = re.sub(r"\^\{?\\circ\}?", "", t)
+    t = re.sub(r"\\(?:left|right|[,;:!]|quad|qquad)", " ", t)
+    return t.replace("$", "").replace("\\%", "%")
+
+
+def final_answer(output: str) -> tuple[str, bool]:
+    """The part of a training output that states its answer, and whether it is a \\boxed{} one: the last
+    \\boxed{}, else the sentence after the last "answer is", else the last sentence."""
+    boxed = _BOXED.findall(output)
+    if boxed:
+        return latex_plain(boxed[-1]), True
+    cues = list(_ANSWER_CUE.finditer(output))
+    if cues:
+        return latex_plain(_SENTENCE_BREAK.split(output[cues[-1].end() :].strip(), maxsplit=1)[0]), False
+    sentences = [x for x in _SENTENCE_BREAK.split(output.strip()) if x.strip()]
+    return latex_plain(sentences[-1] if sentences else ""), False

@@ -84,9 +84,12 @@ def test_numbers_read_latex_signs_and_lists():
 def test_numbers_differ_and_numeric_answer_match():
     assert lj.numbers_differ("Roya paid $48 for 12 cartons.", "Roya paid $45 for 9 cartons.")
     assert not lj.numbers_differ("Roya paid $48 for 12 cartons.", "She spent forty-eight dollars on 12 cartons.")
-    assert lj.answer_numbers_match("3,003", "C(15, 5) = 3003 committees")
-    assert not lj.answer_numbers_match("3,003", "C(12, 4) = 495 committees")
-    assert not lj.answer_numbers_match("Orthodox", "The Orthodox Church")  # no numbers: left to the cosine
+    assert lj.answer_numbers_stated("3,003", "C(15, 5) = 3003 committees")
+    assert not lj.answer_numbers_stated("3,003", "C(12, 4) = 495 committees")
+    assert not lj.answer_numbers_stated("Orthodox", "The Orthodox Church")  # no numbers: left to the cosine
+    # the answer passed through on the way is not the answer stated
+    assert not lj.answer_numbers_stated("900", "From 100 to 999 there are 900; 900 - 128 = 772, so $\\boxed{772}$.")
+    assert lj.answer_numbers_stated("$4", "48 / 12 = 4, so each carton cost four dollars.")
 
 
 def test_numbers_substituted_reads_the_prompt_not_the_worked_output():
@@ -121,9 +124,22 @@ def test_answer_support_reads_distinctive_words_and_other_choices():
     words, contra, _ = lj.answer_support("submission", ["Worship", "Submission", "Faith"], "to submit oneself")
     assert words == 1.0 and not contra  # words read by their stems
     assert lj.answer_support("the Sun", [], "4.24 light-years from the Sun") == (0.0, False, False)  # no options
+    valves = ["aortic insufficiency", "aortic stenosis", "mitral regurgitation", "mitral stenosis"]
+    assert lj.answer_support("aortic stenosis", valves, "a calcified, stenotic aortic valve: aortic stenosis")[0] == 1.0
+    assert lj.answer_support("aortic stenosis", valves, "the aortic valve leaks")[0] == 0.0  # "aortic" alone: no say
     dates = ["signed on August 2, 1776.", "signed on July 4, 1776.", "signed on July 19, 1776."]
     words, contra, distinctive = lj.answer_support(dates[0], dates, "voted on July 2, 1776, adopted July 4, 1776")
     assert words == 0.0 and contra and distinctive
+
+
+def test_answer_statements_read_a_letter_as_the_prompts_option():
+    prompt = "Which strategy?\n(a) premium pricing (b) skimming (c) economy pricing (d) penetration pricing"
+    stated = lj.answer_statements("(d). A low entry price wins share fast. Prices rise later.", prompt)
+    assert stated == "(d). Prices rise later. penetration pricing"  # first sentence, last one, the option
+    assert lj.answer_statements("The answer is B.", "A. coal B. oil").endswith("oil")
+    assert "coal" not in lj.answer_statements("A good answer needs care.", "A. coal B. oil")  # "A" the article
+    long = "First, 900 numbers have three digits. " + "We subtract the multiples. " * 5 + "So $\\boxed{772}$."
+    assert lj.answer_statements(long) == "First, 900 numbers have three digits. 772"  # not the steps between
 
 
 # ---------------------------------------------------------------- verdict logic
