@@ -97,22 +97,49 @@ def stratified_interval(
     groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
 ) -> tuple[float, float, float]:
     """(mean over groups of the group's mean difference, low, high): each group (subject) resampled
-    on its own, as the leaderboard averages subjects, not questions."""
+    on its own, as the leaderboard averages subjects, not questions. A group of one question has no spread
+    of its own to resample, so the one-question groups are pooled into one stratum (the collapsed-strata rule
+    of survey sampling): each draws its value from all of them. With one question in every subject this is
+    the bootstrap over the subjects' differences, not a zero-width interval."""
     rng = np.random.default_rng(seed)
-    draws = np.mean([bootstrap_means(g, n_boot, rng) for g in groups], axis=0)
-    lo, hi = percentile_interval(draws, confidence)
-    return float(np.mean([_array(g).mean() for g in groups])), lo, hi
+    arrays = [_array(g) for g in groups]
+    draws = pool_singletons([bootstrap_means(a, n_boot, rng) for a in arrays], arrays, rng)
+    lo, hi = percentile_interval(np.mean(draws, axis=0), confidence)
+    return float(np.mean([a.mean() for a in arrays])), lo, hi
+
+
+def pool_singletons(draws: Sequence, groups: Sequence, rng: np.random.Generator) -> list[np.ndarray]:
+    """Bootstrap draws per group, with the draws of one-observation groups replaced by draws from all of
+    them together (collapsed strata): a group of one question resamples to itself, which would make a
+    mean over such groups look exact. Groups of two or more keep their own draws."""
+    sizes = [_array(g).size for g in groups]
+    singles = np.array([_array(g)[0] for g, n in zip(groups, sizes) if n == 1])
+    if singles.size < 2:
+        return [np.asarray(d) for d in draws]
+    out = []
+    for d, n in zip(draws, sizes):
+        out.append(singles[rng.integers(0, singles.size, size=len(d))] if n == 1 else np.asarray(d))
+    return out
 
 
 def sign_flip_p(
     groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
 ) -> float:
     """Two-sided paired randomisation p-value of T = mean over groups of the mean difference."""
-    rng = rng or np.random.default_rng(seed)
     arrays = [_array(g) for g in groups]
     k = len(arrays)
     weights = np.concatenate([np.full(a.size, 1.0 / (k * a.size)) for a in arrays])
-    d = np.concatenate(arrays) * weights
+    return weighted_sign_flip_p(np.concatenate(arrays), weights, n_perm, seed, rng)
+
+
+def weighted_sign_flip_p(
+    diffs, weights, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
+) -> float:
+    """Two-sided paired randomisation p-value of T = sum(weights * diffs): each question's difference keeps
+    or flips its sign (the two models exchangeable on it). The weights say how a question counts in a
+    nested mean (the leaderboard average: a benchmark's question 1/(4 n_b), an MMLU one 1/(4 57 n_s))."""
+    rng = rng or np.random.default_rng(seed)
+    d = _array(diffs) * _array(weights)
     d = d[d != 0]  # a zero difference flips to itself
     observed = abs(d.sum())
     if d.size == 0:

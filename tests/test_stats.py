@@ -66,6 +66,29 @@ def test_stratified_interval_averages_subjects_not_questions():
     assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)  # constant within each subject
 
 
+def test_stratified_interval_pools_one_question_subjects():
+    """One question per subject (a small evaluation): the subjects' differences are resampled together, so
+    the interval has the width of a bootstrap over them, not zero (a subject of one cannot be resampled)."""
+    diffs = [np.array([v]) for v in [1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]]
+    mean, lo, hi = stats.stratified_interval(diffs, n_boot=4000, seed=0)
+    plain = stats.paired_bootstrap(np.concatenate(diffs), np.zeros(10), n_boot=4000, seed=0)
+    assert mean == pytest.approx(0.3)
+    assert hi - lo == pytest.approx(plain[2] - plain[1], abs=0.11) and hi - lo > 0.5
+    # a larger subject keeps its own resampling beside the pooled singletons
+    mean, lo, hi = stats.stratified_interval([np.zeros(50), np.array([1.0]), np.array([-1.0])], n_boot=2000)
+    assert mean == pytest.approx(0.0) and lo < 0 < hi
+
+
+def test_weighted_sign_flip_is_the_group_test_with_its_weights():
+    groups = [np.array([1.0, 0.0, 1.0]), np.array([-1.0]), np.array([1.0, 1.0, 0.0, 1.0, 0.0])]
+    weights = np.concatenate([np.full(len(g), 1 / (3 * len(g))) for g in groups])
+    a = stats.sign_flip_p(groups, n_perm=4000, seed=3)
+    b = stats.weighted_sign_flip_p(np.concatenate(groups), weights, n_perm=4000, seed=3)
+    assert a == b
+    # a handful of questions can never give a tiny p-value: at best 1/2^k over the non-zero differences
+    assert stats.weighted_sign_flip_p(np.ones(6), np.full(6, 1 / 6), n_perm=4000, seed=0) >= 2 / 2**6 - 0.01
+
+
 def test_sign_flip_agrees_with_mcnemar_on_one_subject():
     d = np.subtract(X, Y)
     p = stats.sign_flip_p([d], n_perm=40_000, seed=0)

@@ -116,7 +116,11 @@ def subject_delta_figure(frame: pd.DataFrame, comparison: str, ax=None, st: Stat
         frameon=False,
         fontsize=6.5,
     )
-    ax.set_title(comparison, fontsize=9)
+    title = comparison
+    if len(d) and not sig.any():  # say it on the figure, not only in the caption
+        n = int(pd.to_numeric(d["n"], errors="coerce").fillna(0).sum())
+        title += f"\nno subject changes beyond chance\n(BH, FDR {st.alpha:g}; n = {n} questions, {len(d)} subjects)"
+    ax.set_title(title, fontsize=9 if title == comparison else 7.5)
     return fig
 
 
@@ -169,6 +173,9 @@ def category_delta_figure(
         title=f"filled: q ≤ {st.alpha:g} (BH)",
         title_fontsize=6.5,
     )
+    shown = cats_frame[cats_frame["comparison"].isin(comps)]
+    if len(shown) and not shown["significant"].astype(bool).any():
+        ax.set_title(f"no category changes beyond chance (BH, FDR {st.alpha:g})", fontsize=7.5)
     return fig
 
 

@@ -2,7 +2,7 @@
 
 `paired_delta_frame(runs, pairs, st)`: where both models have logged samples each change is paired
 over the same questions - a seeded paired bootstrap interval (subjects resampled separately for a
-category or the mean over subjects), the exact McNemar p-value for a subject's accuracy (a paired
+category or the mean over subjects, one-question subjects pooled: stats.stratified_interval), the exact McNemar p-value for a subject's accuracy (a paired
 sign-flip test for a group or for mc2), and Benjamini-Hochberg q-values per comparison over its
 subjects, its categories, and its benchmarks. Without samples a change falls back to the normal
 interval from sqrt(se_a^2 + se_b^2), named "unpaired normal" (UNPAIRED). The arithmetic is in stats.py.
@@ -98,23 +98,23 @@ def _unit(
             b, c = stats.discordant(xs, ys) if binary else (None, None)
             p = stats.mcnemar_exact(b, c) if binary else stats.sign_flip_p([d], st.n_boot, rng=rng)
             dropped = max(len(x), len(y)) - len(common)
+            single = len(common) == 1  # one question resamples to itself: no interval to show
+            notes = [f"paired on {len(common)} common questions ({dropped} in one model only)"] if dropped else []
             return (
                 {
                     "n": len(common),
                     "reference_score": 100 * ys.mean(),
                     "variant_score": 100 * xs.mean(),
                     "delta": 100 * d.mean(),
-                    "se": 100 * float(draws.std(ddof=1)),
-                    "ci_low": 100 * lo,
-                    "ci_high": 100 * hi,
+                    "se": None if single else 100 * float(draws.std(ddof=1)),
+                    "ci_low": None if single else 100 * lo,
+                    "ci_high": None if single else 100 * hi,
                     "p_value": p,
                     "test": "McNemar exact" if binary else "sign-flip",
                     "interval": PAIRED,
                     "discordant_b": b,
                     "discordant_c": c,
-                    "note": f"paired on {len(common)} common questions ({dropped} in one model only)"
-                    if dropped
-                    else "",
+                    "note": "; ".join(notes + (["one question: no interval"] if single else [])),
                 },
                 draws,
                 d,
@@ -150,10 +150,12 @@ def _unit(
     )
 
 
-def _group(rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: np.random.Generator) -> dict:
+def _group(
+    rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: np.random.Generator, pool: bool = True
+) -> dict:
     """The mean over subjects (a category, all of MMLU, the leaderboard average): stratified paired
-    bootstrap and sign-flip test when every member is paired, else the normal interval from
-    sqrt(sum se_i^2) / k."""
+    bootstrap (one-question subjects pooled, `pool`) and sign-flip test when every member is paired, else
+    the normal interval from sqrt(sum se_i^2) / k."""
     k = len(rows)
     out = {
         "n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None,
@@ -164,7 +166,7 @@ def _group(rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: n
         "discordant_c": None,
     }
     if all(d is not None for d in draws):
-        mean_draws = np.mean(draws, axis=0)
+        mean_draws = np.mean(stats.pool_singletons(draws, diffs, rng) if pool else draws, axis=0)
         lo, hi = stats.percentile_interval(mean_draws, st.confidence)
         b = [r["discordant_b"] for r in rows]
         c = [r["discordant_c"] for r in rows]
@@ -257,14 +259,16 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
                 **_group([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], st, rng),
             }
         )
-    bench_rows, bench_draws = [], []
+    bench_rows, bench_draws, bench_weighted = [], [], []
     for bench in BENCHMARKS:
         if bench == "mmlu":
             if every:
                 bench_rows.append({**rows[-1], "level": "benchmark", "unit": "mmlu", "category": ""})
-                bench_draws.append(
-                    np.mean([m[1] for m in every], axis=0) if all(m[1] is not None for m in every) else None
-                )
+                paired = all(m[1] is not None for m in every)
+                pooled = stats.pool_singletons([m[1] for m in every], [m[2] for m in every], rng) if paired else []
+                bench_draws.append(np.mean(pooled, axis=0) if paired else None)
+                n_subjects = len(every)
+                bench_weighted.append([(m[2], 1.0 / (n_subjects * len(m[2]))) for m in every] if paired else None)
             continue
         vp, rp = _summary_pair(v, bench), _summary_pair(r, bench)
         if vp[0] is None or rp[0] is None:
@@ -272,14 +276,21 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
         fields, draws, d = _unit(_scores(v, bench, ""), _scores(r, bench, ""), vp, rp, st, rng)
         bench_rows.append({**head, "level": "benchmark", "unit": bench, "category": "", **fields})
         bench_draws.append(draws)
+        bench_weighted.append([(d, 1.0 / len(d))] if d is not None else None)
     rows += bench_rows
     if len(bench_rows) == len(BENCHMARKS):
-        avg = _group(bench_rows, bench_draws, [np.zeros(1)] * len(bench_rows), st, rng)
-        if avg["interval"] == PAIRED:  # the p of the average: normal from its bootstrap error
-            avg["p_value"] = (
-                stats.unpaired_interval(avg["delta"], avg["se"], 0.0, st.confidence)[2] if avg["se"] else 1.0
+        avg = _group(bench_rows, bench_draws, [None] * len(bench_rows), st, rng, pool=False)
+        if avg["interval"] == PAIRED and all(w is not None for w in bench_weighted):
+            # the average's test: every question's difference sign-flipped, weighted as it counts in the
+            # average (a benchmark 1/4; within MMLU a subject 1/57 of that)
+            parts = [(d, w / len(bench_weighted)) for members in bench_weighted for d, w in members]
+            avg["p_value"] = stats.weighted_sign_flip_p(
+                np.concatenate([d for d, _ in parts]),
+                np.concatenate([np.full(len(d), w) for d, w in parts]),
+                st.n_boot,
+                rng=rng,
             )
-            avg["test"] = "z (bootstrap error)"
+            avg["test"] = "sign-flip (weighted)"
         rows.append({**head, "level": "benchmark", "unit": "average", "category": "", **avg})
     return rows, notes
 
@@ -370,7 +381,7 @@ def method_text(rows: pd.DataFrame) -> str:
     methods = set(rows["interval"]) if not rows.empty else set()
     parts = []
     if PAIRED in methods:
-        parts.append("paired bootstrap over questions (subjects resampled separately)")
+        parts.append("paired bootstrap over questions (subjects resampled separately; one-question subjects pooled)")
     if UNPAIRED in methods:
         parts.append("UNPAIRED normal sqrt(se_a² + se_b²) where a model has no logged samples")
     if NO_ERROR in methods:

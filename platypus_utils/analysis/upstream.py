@@ -16,6 +16,15 @@ from ..artifacts import MANIFEST, read_manifest, sha256_path
 from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read_json, task_entry
 
 
+def stage_seconds(timings: dict) -> float | None:
+    """A stage's wall time from its manifest's timings: the notebook's steps (notebook_s, from start_stage to
+    the save call) plus the save (wall_s, the StageRun around it); wall_s alone for a stage run as one call."""
+    wall, steps = timings.get("wall_s"), timings.get("notebook_s")
+    if steps is None:
+        return wall
+    return round(float(steps) + float(wall or 0.0), 3)
+
+
 def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Path]]:
     """(one row per stage: status and headline numbers, contamination per benchmark or None, files read).
 
@@ -43,7 +52,7 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
             "status": NOT_RUN,
             "details": "",
             "finished_at": (manifest or {}).get("finished_at", ""),
-            "wall_s": ((manifest or {}).get("timings") or {}).get("wall_s"),
+            "wall_s": stage_seconds((manifest or {}).get("timings") or {}),
             "runner": runner.get(stage, ""),
         }
         if artifact.is_file():
