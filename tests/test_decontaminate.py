@@ -639,7 +639,8 @@ def test_demo_planted_leaks_are_caught_with_their_categories(tmp_path, model_cac
     from platypus_utils.embeddings import Embedder
 
     root = write_demo_benchmarks(tmp_path / "benchmarks")
-    cfg = CFG.model_copy(update={"benchmarks_dir": str(root)})
+    cfg = DecontaminateConfig(benchmarks_dir=str(root))  # the stage's defaults, the rewording judge on
+    assert "judge" in cfg.detectors
     items, _ = decontaminate.load_benchmark_items(cfg)
     result = decontaminate.detect(
         demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache, device="cpu")
