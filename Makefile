@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # The committed reference reports (reports/real-offline/): every stage rerun (--force, so no executed
-# notebook predates its notebook; ~35 min on 2 CPU cores), then this machine's absolute paths made
+# notebook predates its notebook; ~18 min on 2 CPU cores with warm caches, ~45 cold), then this machine's absolute paths made
 # relative to the project root (platypus_utils/portable.py), so the committed files hold none.
 reports: install
 	$(BIN)/platypus run params/real-offline.yaml --force
