@@ -800,7 +800,9 @@ def categorise_pairs(
                 "embedding_cosine": round(f.embedding_cosine, 6),
                 "ngram_overlap": round(f.ngram_overlap, 6),
                 "answer_match": f.answer_match,
-                "judge_score": f.judge_score,
+                # 4 decimals: the judge's texts are encoded in batches whose make-up varies between runs
+                # (float32 differs in the 7th digit), and a rerun should write the same file
+                "judge_score": float("nan") if pd.isna(f.judge_score) else round(float(f.judge_score), 4),
                 "judge_verdict": f.judge_verdict,
                 "by_embedding": f.by_embedding,
                 "by_ngram": f.by_ngram,
