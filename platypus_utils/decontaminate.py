@@ -101,8 +101,7 @@ from .text import (
     fraction_words,
     latex_plain,
     normalise_text,
-    repeating_decimals,
-    spelled_numbers,
+    numbers,
 )
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module
@@ -143,9 +142,6 @@ PAIR_COLUMNS = [
     "action",
 ]
 _WORD = re.compile(r"\w+")
-# Numbers of a text, unsigned: thousands separators only as 1,000 (a group of three digits not followed by
-# more list items), so "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole.
-_NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
 _SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
 # Function words left out when a long answer is compared word by word with a train output.
 _STOPWORDS = frozenset(
@@ -168,16 +164,6 @@ def gram_words(text: str) -> list[str]:
     and x, 1/2 alike) without choice labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere), so a
     question copied with labelled options or other LaTeX markup still matches."""
     return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
-
-
-def numbers(text: str, number_words: bool = False) -> collections.Counter:
-    """Numbers of a text after latex_plain, unsigned (a minus sign is an operator as often as a sign),
-    thousands separators dropped, comma lists split. With number_words, "fifteen", "twenty-five" and "second"
-    count as 15, 25 and 2 too: used on the train side, so a rewording that spells a number out still agrees."""
-    found = collections.Counter(n.replace(",", "") for n in _NUMBER.findall(latex_plain(repeating_decimals(text))))
-    if number_words:
-        found += spelled_numbers(text)
-    return found
 
 
 def missing_numbers(question: str, train_text: str) -> list[str]:

@@ -46,7 +46,6 @@ Cost per 1,000 pairs is measured by bench/bench_detectors.py.
 
 from __future__ import annotations
 
-import collections
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -56,7 +55,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .text import final_answer, fraction_words, repeating_decimals, spelled_numbers
+from .benchmarks import REGISTRY
+from .text import final_answer, fraction_words, numbers
 
 log = logging.getLogger("platypus")
 
@@ -70,7 +70,6 @@ SAME_QUESTION_COSINE = 0.97
 # below this question cosine no answer evidence makes a pair the same question: on the real MATH x MMLU
 # candidates (0.6-0.7) a shared topic and a common number or word are everywhere
 MIN_QUESTION_COSINE = 0.7
-CHOICE_VIEWS = ("mmlu", "arc_challenge", None)  # benchmarks whose question is read with its choices (None: unnamed)
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
 LLM_PROMPT = (
@@ -81,7 +80,6 @@ LLM_PROMPT = (
 
 _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_NUM = re.compile(r"\d+(?:\.\d+)?")
 
 
 # ---------------------------------------------------------------- text helpers
@@ -120,21 +118,6 @@ def sentence_spans(text: str) -> list[str]:
     return spans + word_windows(text) if text.strip() else [""]
 
 
-def plain_numbers(text: str, number_words: bool = False) -> collections.Counter:
-    """Numbers as unsigned values: LaTeX read as plain text, thousands commas dropped, lists split, a minus
-    sign kept apart (x^3-2x+1 gives 3, 2, 1). With number_words, "fifteen" counts as 15 as well."""
-    t = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", repeating_decimals(text))
-    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)  # 3,003 -> 3003; "20, 40" stays a list
-    found = collections.Counter(_normal_number(n) for n in _NUM.findall(t))
-    if number_words:
-        found += spelled_numbers(text)
-    return found
-
-
-def _normal_number(n: str) -> str:
-    return n.rstrip("0").rstrip(".") if "." in n else n.lstrip("0") or "0"
-
-
 _LETTER_ANSWER = re.compile(
     r"^\W*(?:(?:the\s+)?(?:correct\s+)?answer\s*(?:is|:)\s*\(?([a-e])\)?(?![a-z])|\(([a-e])\)|([a-e])(?:[.:)]|$))", re.I
 )
@@ -151,7 +134,7 @@ def answer_statements(output: str, prompt: str = "") -> str:
     \\boxed{}, the sentence after "answer is", else the last sentence). A long solution mentions many words and
     numbers on the way; a short output is all of it. An answer given as a letter ("(d).", "The answer is B")
     is read as the option the prompt lists under that letter."""
-    sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", output.strip()) if x.strip()]
+    sentences = [x for x in _SENTENCE.split(output.strip()) if x.strip()]
     parts = [sentences[0] if sentences else "", final_answer(output)[0]]
     options = labelled_options(prompt) if prompt else {}
     for part in list(parts):
@@ -167,33 +150,33 @@ def answer_numbers_stated(answer: str, output: str) -> bool:
     "answer is", else its last sentence: text.final_answer) has every one of them. A worked solution passes
     through many numbers; the test's answer somewhere in the middle of it ("900" in "100 to 999, so 900 - 128 =
     772") says nothing, the answer it ends on does."""
-    need = set(plain_numbers(answer))
+    need = set(numbers(answer))
     stated, boxed = final_answer(output)
-    got = set(plain_numbers(stated, number_words=True))
+    got = set(numbers(stated, number_words=True))
     return bool(need) and (need == got if boxed else need <= got)  # a \\boxed{36/121} does not state 36
 
 
 def numbers_differ(test_question: str, train_text: str) -> bool:
     """Whether a number of the test question is missing from the train text (values compared, not counts)."""
-    need = set(plain_numbers(test_question) + fraction_words(test_question))
-    return bool(need - set(plain_numbers(train_text, number_words=True)))
+    need = set(numbers(test_question) + fraction_words(test_question))
+    return bool(need - set(numbers(train_text, number_words=True)))
 
 
 def numbers_substituted(test_question: str, prompt: str, choices: Sequence[str] = ()) -> bool:
     """Whether the training prompt swaps numbers: one of the test question's is missing from the prompt and the
     prompt has numbers of its own (not in the question or its choices). A worked output restates numbers of all
     kinds ("3/8" in a solution to "flipped 4 times"), so the prompt alone is read here."""
-    need = set(plain_numbers(test_question) + fraction_words(test_question))
-    have = set(plain_numbers(prompt, number_words=True))
-    own = have - need - set(plain_numbers(" ".join(choices)))
+    need = set(numbers(test_question) + fraction_words(test_question))
+    have = set(numbers(prompt, number_words=True))
+    own = have - need - set(numbers(" ".join(choices)))
     return bool(need - have) and bool(own)
 
 
 def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
     """Whether the test answer states a number (one not already in the question) that the output never states:
     a rewording keeps the answer's numbers, a same-shape question with another result does not."""
-    need = set(plain_numbers(answer)) - set(plain_numbers(question))
-    return bool(need - set(plain_numbers(output, number_words=True)))
+    need = set(numbers(answer)) - set(numbers(question))
+    return bool(need - set(numbers(output, number_words=True)))
 
 
 # content words, read by their first STEM_CHARS letters ("submit" ~ "submission", "intersexual" != "intrasexual")
@@ -266,14 +249,13 @@ def _options(row) -> list[str]:
 
 # ---------------------------------------------------------------- features
 def text_features(prompt: str, output: str, question: str, answer: str, options: Sequence[str]) -> dict:
-    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_stated (then
-    answer_cosine 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_differ."""
+    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_stated (the
+    answer's cosine is then 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_differ."""
     words, contradicted, distinctive = answer_support(answer, options, answer_statements(output, prompt))
     # the answer's numbers as the stated answer settle it, unless the words that tell it from the other options
     # are all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
     numeric = answer_numbers_stated(answer, output) and not (distinctive and not words)
     return {
-        "answer_cosine": 1.0,
         "answer_numbers_stated": numeric,
         "answer_words": words,
         "answer_contradicted": contradicted,
@@ -314,9 +296,8 @@ def meaning_features(
         feats = text_features(
             row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
         )
-        if not feats["answer_numbers_stated"]:
-            feats["answer_cosine"] = float((spans @ a).max())
-        out.append({"question_cosine": float((q @ t.T).max()), **feats})
+        answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a).max())
+        out.append({"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine, **feats})
     return pd.DataFrame(out, index=pairs.index)
 
 
@@ -440,6 +421,12 @@ def _judge_llm(
     return out.assign(numbers_differ=diff, score=scores, verdict=[s >= cut for s in scores], judge=LLM_PREFIX + ref)
 
 
+def _reads_choices(benchmark: str | None) -> bool:
+    """Whether stage 02 reads this benchmark's question with its choices (benchmarks.REGISTRY full_view); an
+    unnamed benchmark is read with them."""
+    return benchmark not in REGISTRY or REGISTRY[benchmark].full_view == "choices"
+
+
 def pairs_frame(records: list[dict]) -> pd.DataFrame:
     """The judge's input from labelled-set records ({"train": {instruction, input, output}, "question",
     "answer", "choices"?}) as in tests/fixtures/contamination_labelled.jsonl."""
@@ -455,7 +442,7 @@ def pairs_frame(records: list[dict]) -> pd.DataFrame:
                     "test_answer": r["answer"],
                     # as stage 02 passes them: the question is read with its choices for MMLU and ARC only,
                     # the answer against every benchmark's options
-                    "test_choices": list(r.get("choices") or []) if r.get("benchmark") in CHOICE_VIEWS else [],
+                    "test_choices": list(r.get("choices") or []) if _reads_choices(r.get("benchmark")) else [],
                     "test_options": list(r.get("choices") or []),
                 }
             )

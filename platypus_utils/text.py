@@ -188,3 +188,26 @@ def final_answer(output: str) -> tuple[str, bool]:
         return latex_plain(_SENTENCE_BREAK.split(output[cues[-1].end() :].strip(), maxsplit=1)[0]), False
     sentences = [x for x in _SENTENCE_BREAK.split(output.strip()) if x.strip()]
     return latex_plain(sentences[-1] if sentences else ""), False
+
+
+# ---------------------------------------------------------------- numbers of a text
+# unsigned: thousands separators only as 1,000 (a group of three digits not followed by more list items), so
+# "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole
+_NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
+
+
+def _normal_number(n: str) -> str:
+    n = n.replace(",", "")
+    return n.rstrip("0").rstrip(".") if "." in n else n.lstrip("0") or "0"
+
+
+def numbers(text: str, number_words: bool = False) -> collections.Counter:
+    """Numbers of a text as values (3.50 and 3.5 alike), read after latex_plain and repeating_decimals,
+    unsigned (a minus sign is an operator as often as a sign: x^3-2x+1 gives 3, 2, 1), thousands separators
+    dropped, comma lists split. With number_words, spelled_numbers too ("fifteen", "twenty-five", "second"):
+    used on the train side, so a rewording that spells a number out still agrees. The one reading of numbers
+    for stage 02's rules and the rewording judge."""
+    found = collections.Counter(_normal_number(n) for n in _NUMBER.findall(latex_plain(repeating_decimals(text))))
+    if number_words:
+        found += spelled_numbers(text)
+    return found

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from platypus_utils import leak_judge as lj
+from platypus_utils.text import numbers
 
 FIXTURE = Path(__file__).parent / "fixtures" / "contamination_labelled.jsonl"
 
@@ -73,12 +74,12 @@ def test_question_deep_inside_a_long_row_is_found_by_a_window():
 
 # ---------------------------------------------------------------- numbers
 def test_numbers_read_latex_signs_and_lists():
-    assert lj.plain_numbers("x^3-2x+1") == lj.plain_numbers("$x^3 - 2x + 1$")
-    assert set(lj.plain_numbers("20, 40, 60")) == {"20", "40", "60"}
-    assert set(lj.plain_numbers("3,003 ways")) == {"3003"}
-    assert set(lj.plain_numbers(r"\frac{3}{8}")) == {"3", "8"}
-    assert "48" in lj.plain_numbers("forty-eight dollars", number_words=True)
-    assert "2" in lj.plain_numbers("the Second World War", number_words=True)
+    assert numbers("x^3-2x+1") == numbers("$x^3 - 2x + 1$")
+    assert set(numbers("20, 40, 60")) == {"20", "40", "60"}
+    assert set(numbers("3,003 ways")) == {"3003"}
+    assert set(numbers(r"\frac{3}{8}")) == {"3", "8"}
+    assert "48" in numbers("forty-eight dollars", number_words=True)
+    assert "2" in numbers("the Second World War", number_words=True)
 
 
 def test_numbers_differ_and_numeric_answer_match():

@@ -2,7 +2,7 @@
 
 `paired_delta_frame(runs, pairs, st)`: where both models have logged samples each change is paired
 over the same questions - a seeded paired bootstrap interval (subjects resampled separately for a
-category or the mean over subjects, one-question subjects pooled: stats.stratified_interval), the exact McNemar p-value for a subject's accuracy (a paired
+category or the mean over subjects, one-question subjects pooled: stats.pool_singletons), the exact McNemar p-value for a subject's accuracy (a paired
 sign-flip test for a group or for mc2), and Benjamini-Hochberg q-values per comparison over its
 subjects, its categories, and its benchmarks. Without samples a change falls back to the normal
 interval from sqrt(se_a^2 + se_b^2), named "unpaired normal" (UNPAIRED). The arithmetic is in stats.py.
