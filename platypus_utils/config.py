@@ -165,6 +165,11 @@ class FinetuneConfig(_Section):
     accelerate_config: Optional[str] = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False
+    # How a step's loss weighs its examples. "examples" (the authors' objective): the mean over the
+    # step's examples of each example's own mean completion-token loss, every example counting the same
+    # (their HF Trainer with micro-batch 1 and accumulation 16). "tokens": the mean over every
+    # completion token of the step (TRL's default), so long outputs weigh more than one-letter ones.
+    loss_normalization: Literal["examples", "tokens"] = "examples"
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
     @field_validator("packing", mode="before")
@@ -353,6 +358,20 @@ def _leaderboard_tasks() -> dict[str, TaskConfig]:
     }
 
 
+class ReferenceConfig(_Section):
+    """A released model evaluated as it is, with the same tasks, settings and samples as the variants
+    (05_evaluate), to tell reproduction error from harness drift (06_analysis)."""
+
+    name: str  # its variant name in 05's results (must not clash with another variant)
+    model: str  # hub id (pin it: "org/name@<commit>"), local path, embedded: or random:
+    # the variant of this run it is the released counterpart of (e.g. platypus2-13b for
+    # garage-bAInd/Platypus2-13B): 06 compares the two on the same questions, paired
+    compare_to: Optional[str] = None
+    # its row in the published leaderboard table (platypus_utils.published): 06 compares the released
+    # model as evaluated here with its published numbers (harness drift, unpaired)
+    published: Optional[str] = None
+
+
 class EvaluateConfig(_Section):
     tasks: dict[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2"], TaskConfig] = Field(
         default_factory=_leaderboard_tasks
@@ -367,6 +386,11 @@ class EvaluateConfig(_Section):
     # of one device; auto: when the model's weights do not fit one GPU's memory
     parallelize: Literal["auto", True, False] = "auto"
     model_args: dict[str, Any] = Field(default_factory=dict)  # extra HFLM arguments (lm-eval --model_args)
+    # lm-eval's model: "hf" (transformers, HFLM) or "vllm" (lm-eval's VLLM: prefix caching, batch
+    # size auto; needs the vllm package and a CUDA GPU)
+    backend: Literal["hf", "vllm"] = "hf"
+    # released models evaluated as they are beside the variants (the base and partners are variants already)
+    references: list[ReferenceConfig] = Field(default_factory=list)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -401,6 +425,10 @@ class Profile(_Section):
     name: str
     description: str = ""
     seed: int = 42
+    # what 03 trains on: "rebuild" (01 and 02 rebuild Open-Platypus-style data from the sources) or
+    # "as_released" (the hub rows as released, already deduplicated and decontaminated by the
+    # authors: 01 and 02 pass them through, counted, with no second near-duplicate or leak pass)
+    training_data: Literal["rebuild", "as_released"] = "rebuild"
     paths: PathsConfig = Field(default_factory=PathsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
@@ -425,6 +453,7 @@ class Profile(_Section):
         return {
             "package_version": __version__,
             "seed": self.seed,
+            "training_data": self.training_data,
             "models": self.models.model_dump(mode="json"),
             "data_dir": self.paths.data_dir,
             STAGE_SECTIONS[stage]: self.stage_params(stage),
@@ -432,7 +461,12 @@ class Profile(_Section):
 
     def needs_hub(self) -> bool:
         """Whether any model or data reference in this profile is a hub id."""
-        refs = [self.models.base, self.models.embedding, *(p.model for p in self.merge.partners)]
+        refs = [
+            self.models.base,
+            self.models.embedding,
+            *(p.model for p in self.merge.partners),
+            *(r.model for r in self.evaluate.references),
+        ]
         hub_data = (
             "hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
             or any(s.enabled and s.name == "hub" for s in self.curate.sources)
@@ -494,6 +528,7 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
         (profile.models, "base"),
         (profile.models, "embedding"),
         *((partner, "model") for partner in profile.merge.partners),
+        *((reference, "model") for reference in profile.evaluate.references),
     ]:
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
@@ -518,7 +553,8 @@ def project_root_for(profile_file: Path) -> Path:
 
 
 def _check_variants(profile: Profile, path: Path) -> None:
-    """evaluate.variants must name variants that exist once 04 has run (layout.evaluable_variants)."""
+    """evaluate.variants must name variants that exist once 04 has run (layout.evaluable_variants);
+    evaluate.references need names of their own and compare_to a variant that is evaluated."""
     known = evaluable_variants(profile)
     unknown = [v for v in profile.evaluate.variants if v not in known]
     if unknown:
@@ -526,6 +562,18 @@ def _check_variants(profile: Profile, path: Path) -> None:
             f"{path}: key 'evaluate.variants': unknown variant(s) {', '.join(map(repr, unknown))}; "
             f"this profile can evaluate: {', '.join(known)}"
         )
+    seen: set[str] = set()
+    for i, ref in enumerate(profile.evaluate.references):
+        if ref.name in known or ref.name in seen:
+            raise ProfileError(
+                f"{path}: key 'evaluate.references.{i}.name': {ref.name!r} is already a variant or reference name"
+            )
+        seen.add(ref.name)
+        if ref.compare_to is not None and ref.compare_to not in profile.evaluate.variants:
+            raise ProfileError(
+                f"{path}: key 'evaluate.references.{i}.compare_to': {ref.compare_to!r} is not in "
+                f"evaluate.variants ({', '.join(profile.evaluate.variants)})"
+            )
 
 
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
