@@ -419,6 +419,14 @@ class PlanConfig(_Section):
     mfu: float = Field(default=0.4, gt=0, le=1)  # model-FLOP utilisation assumed for wall time (6 N per token)
     train_examples: Optional[int] = Field(default=None, ge=1)  # None: 02's clean.jsonl, else Open-Platypus's
     mean_example_tokens: Optional[float] = Field(default=None, gt=0)  # None: measured / plan.py's default
+    # evaluation hours (plan.py's eval model; assumptions, not measurements): GPUs stage 05 spreads the
+    # models over, one model per replica (None: finetune.num_gpus), and the MFU of each lm-eval backend
+    eval_gpus: Optional[int] = Field(default=None, ge=1)
+    eval_mfu_hf: Optional[float] = Field(default=None, gt=0, le=1)  # None: plan.mfu
+    eval_mfu_vllm: float = Field(default=0.5, gt=0, le=1)
+    # the target the plan checks evaluation against: every model in this many hours on one GPU of this kind
+    eval_target_hours: float = Field(default=4.0, gt=0)
+    eval_target_gpu: Literal["a100", "h100", "h200"] = "h100"
 
 
 class Profile(_Section):
