@@ -18,7 +18,8 @@ The stage as steps (`stage.py`; notebooks/03_finetune.ipynb tells them one by on
 
 `run_finetune(profile)` is that composition. Modules, by concern: `data` (template, rows, tokens,
 held-out split), `batching` (what a step holds), `trainer` (SFT/LoRA settings, kernels, packing
-isolation, held-out loss), `distributed` (accelerate launch, FSDP/QLoRA loading, collective save),
+isolation, held-out loss), `objective` (how a step's loss weighs its examples:
+finetune.loss_normalization, the authors' per-example mean by default), `distributed` (accelerate launch, FSDP/QLoRA loading, collective save),
 `checkpoints` (resume), `report` (log rows, losses, tables, the loss curve), `stage`.
 
 Speed and scale: bfd packing (padding-free; `check_packing_isolation` shows on the model about to
@@ -79,6 +80,7 @@ from .distributed import (
     quantization_config,
     save_adapter_distributed,
 )
+from .objective import PlatypusSFTTrainer, count_examples, example_means
 from .report import (
     LOG_COLUMNS,
     SPEED_KEYS,
@@ -206,6 +208,9 @@ __all__ = [
     "save_adapter",
     "save_adapter_distributed",
     "segment_losses",
+    "PlatypusSFTTrainer",
+    "count_examples",
+    "example_means",
     "select_rows",
     "speed_tables",
     "split_heldout",

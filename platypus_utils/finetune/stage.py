@@ -28,7 +28,6 @@ from typing import Any, Optional
 
 import torch
 import transformers
-from trl import SFTTrainer
 
 from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
 from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, artifact
@@ -45,6 +44,7 @@ from .distributed import (
     process_info,
     save_adapter_distributed,
 )
+from .objective import PlatypusSFTTrainer
 from .report import csv_text, log_rows, loss_curve_caption, peak_memory, plot_loss_curve, whole_run_train_loss
 from .trainer import (
     HeldOutLossAtStart,
@@ -143,7 +143,7 @@ def load_model(profile, data: TrainingData) -> ModelSetup:
 class Session:
     """The trainer about to train, with what was checked and planned before any step."""
 
-    trainer: SFTTrainer
+    trainer: PlatypusSFTTrainer
     plan: BatchPlan
     isolation: dict  # check_packing_isolation's report
     resume_from: Optional[Path]
@@ -328,6 +328,9 @@ def run_metrics(profile, training: Training) -> dict:
         "steps_planned": int(steps),
         "batch_unit": ft.batch_unit,
         "examples_per_step": round(plan.examples_per_step, 2),
+        # the examples each optimizer step of this session held, counted in the batches (all processes)
+        "examples_per_step_counted": list(trainer.examples_per_step),
+        "loss_normalization": ft.loss_normalization,
         "tokens_per_step": round(plan.tokens_per_step, 1),
         "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
         "epochs": round(float(state.epoch or 0.0), 4),
@@ -517,7 +520,8 @@ def train_partner_adapter(profile, world_size: int = 1) -> dict:
     work_dir = stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
     t0 = time.perf_counter()
     model = load_base_model(profile, resolved, device, dtype, partner_ft)
-    trainer = SFTTrainer(
+    trainer = PlatypusSFTTrainer(
+        loss_normalization=partner_ft.loss_normalization,
         model=model,
         args=build_sft_config(partner_ft, work_dir, profile.seed, device, dtype),
         train_dataset=records_dataset(to_prompt_completion(rows, tokenizer.eos_token)),

@@ -26,11 +26,12 @@ from typing import Any, Optional
 import torch
 from peft import LoraConfig
 from transformers import TrainerCallback
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 from .batching import BatchPlan, is_padding_free, packed_row_tokens, plan_batch, truncate_tokenized
 from .data import IGNORE
-from .distributed import engine_name
+from .distributed import engine_name, fsdp_settings
+from .objective import PlatypusSFTTrainer
 
 log = logging.getLogger("platypus")
 
@@ -201,10 +202,11 @@ def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
 
 
 @torch.no_grad()
-def fp32_twin(model, device) -> torch.nn.Module:
-    """A 2-layer fp32 model of the same class, attention implementation and vocabulary as `model`
-    (peft-wrapped or not), with small random weights: what check_packing_isolation probes when the
-    model trains in 16 bits."""
+def fp32_twin(model, device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A 2-layer model (fp32 unless `dtype` says otherwise) of the same class, attention implementation
+    and vocabulary as `model` (peft-wrapped or not, its weights real or on the meta device), with small
+    random weights on `device`: what check_packing_isolation probes when the model trains in 16 bits,
+    or when this process holds no weights of it (FSDP with rank-0 loading)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.__class__.from_dict(base.config.to_dict())
     heads = 4
@@ -221,7 +223,7 @@ def fp32_twin(model, device) -> torch.nn.Module:
             setattr(config, key, value)
     config._attn_implementation = base.config._attn_implementation
     torch.manual_seed(0)
-    return type(base)(config).to(device=device, dtype=torch.float32)
+    return type(base)(config).to(device=device, dtype=dtype)
 
 
 def _isolation_losses(trainer, model, device, examples: list[dict]) -> tuple[list[float], list[float]]:
@@ -251,7 +253,11 @@ def _isolation_losses(trainer, model, device, examples: list[dict]) -> tuple[lis
 
 @torch.no_grad()
 def check_packing_isolation(
-    trainer, max_examples: int = 3, tolerance: Optional[float] = None, max_length: Optional[int] = None
+    trainer,
+    max_examples: int = 3,
+    tolerance: Optional[float] = None,
+    max_length: Optional[int] = None,
+    rank_local: bool = False,
 ) -> dict:
     """Check, on the model and collator about to train, that attention stays inside each packed example.
 
@@ -261,6 +267,10 @@ def check_packing_isolation(
     flash-attention gets the sequence boundaries, but only while no KV cache is in use (the trainer
     disables it); an attention kernel or model that ignores them would let each example see the
     ones before it. Raises RuntimeError naming the attention implementation when they disagree.
+
+    `rank_local` (FSDP with rank-0 loading, where the other processes hold the model on the meta
+    device and rank 0 holds it on the host): every process probes its own small twin on its training
+    device instead, with the same class, attention code and vocabulary; so does a model found on meta.
     """
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -269,8 +279,16 @@ def check_packing_isolation(
         return {"checked": False, "reason": "fewer than 2 training examples", "attn_implementation": impl}
     device = next(p for p in model.parameters()).device
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    flash = str(impl).startswith("flash")
     probe_on = "the model"
-    if dtype != torch.float32 and not str(impl).startswith("flash"):
+    if rank_local or device.type == "meta":
+        # no weights here to probe (or not on the device this process trains on): a rank-local twin
+        device, dtype = trainer.args.device, dtype if flash else torch.float32
+        model, probe_on = (
+            fp32_twin(model, device, dtype),
+            f"a rank-local {dtype} twin of the model".replace("torch.", ""),
+        )
+    elif dtype != torch.float32 and not flash:
         # 16-bit rounding would hide a leak under a loose tolerance: probe the same architecture and
         # attention code in fp32, on a small random twin (cheap on any model size)
         model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
@@ -309,11 +327,13 @@ def prepare_trainer(
     world_size: int = 1,
     eval_ds=None,
     callbacks: Optional[Sequence[Any]] = None,
-) -> tuple[SFTTrainer, BatchPlan, dict]:
-    """The stage's SFTTrainer (LoRA from the profile) with its batch plan applied: (trainer, BatchPlan,
-    packing-isolation report). With packing, the isolation check runs before any training step.
-    `args` from build_sft_config; `example_tokens`: tokens of each training example after truncation."""
-    trainer = SFTTrainer(
+) -> tuple[PlatypusSFTTrainer, BatchPlan, dict]:
+    """The stage's SFTTrainer (LoRA from the profile, loss weighted by finetune.loss_normalization) with
+    its batch plan applied: (trainer, BatchPlan, packing-isolation report). With packing, the isolation
+    check runs before any training step. `args` from build_sft_config; `example_tokens`: tokens of each
+    training example after truncation."""
+    trainer = PlatypusSFTTrainer(
+        loss_normalization=ft.loss_normalization,
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -327,8 +347,9 @@ def prepare_trainer(
         if trainer.eval_dataset is not None:
             trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, ft.cutoff_len)
     # packed rows and padding-free batches must keep their examples apart, on this model and kernel
+    rank_zero_loading = (fsdp_settings(ft, world_size) or {}).get("cpu_ram_efficient_loading", False)
     isolation = (
-        check_packing_isolation(trainer, max_length=ft.cutoff_len)
+        check_packing_isolation(trainer, max_length=ft.cutoff_len, rank_local=rank_zero_loading)
         if ft.packing
         else {"checked": False, "reason": "no packing"}
     )
