@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants
+from .published import PUBLISHED
 from .refs import default_cache_dir, is_hub_reference
 
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
@@ -581,6 +582,11 @@ def _check_variants(profile: Profile, path: Path) -> None:
             raise ProfileError(
                 f"{path}: key 'evaluate.references.{i}.compare_to': {ref.compare_to!r} is not in "
                 f"evaluate.variants ({', '.join(profile.evaluate.variants)})"
+            )
+        if ref.published is not None and ref.published not in PUBLISHED:
+            raise ProfileError(
+                f"{path}: key 'evaluate.references.{i}.published': {ref.published!r} is not a row of the "
+                f"published table (platypus_utils.published): {', '.join(PUBLISHED)}"
             )
 
 

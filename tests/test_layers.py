@@ -3,7 +3,8 @@
 Layers (docs/layers.md gives the reasons), each importing only from its own layer or lower ones:
 
     0 core        profile schema, artifacts and manifests, artifact paths and variant names, text
-                  helpers, Drive paths: __init__, config, artifacts, layout, text, drive
+                  helpers, Drive paths, the published numbers: __init__, config, artifacts, layout, text,
+                  drive, refs, published
     1 components  data sources, benchmarks, models, embeddings, plots, statistics, lm-eval output,
                   hub access, the leak judge, the demo data
     2 stages      curate, decontaminate, finetune, merge, evaluate, analysis (a package named after a
@@ -33,7 +34,7 @@ CORE, COMPONENTS, STAGES, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", COMPONENTS: "components", STAGES: "stages", ENTRY: "entry"}
 STAGE_NAMES = ("curate", "decontaminate", "finetune", "merge", "evaluate", "analysis")
 LAYERS = {
-    **dict.fromkeys(["__init__", "config", "artifacts", "layout", "text", "drive", "refs"], CORE),
+    **dict.fromkeys(["__init__", "config", "artifacts", "layout", "text", "drive", "refs", "published"], CORE),
     **dict.fromkeys(
         [
             "sources",
