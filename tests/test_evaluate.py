@@ -1060,3 +1060,180 @@ def test_hub_suite_names():
     assert subset.task_names["mmlu"] == "mmlu_anatomy,mmlu_world_religions"
     with pytest.raises(ValueError, match="unknown MMLU subjects"):
         ev.hub_task_suite(["mmlu"], ["astrology"])
+
+
+# ---------------------------------------------------------------- references, resume, backends (issue 20)
+def test_reference_is_evaluated_after_the_variants_and_reuses_same_weights(evaluated, tmp_path, monkeypatch):
+    """A released model with the same weights as a variant takes that variant's cached results (no lm-eval
+    call), comes after the variants, and is marked as a reference in its summary, report and files."""
+    from platypus_utils.config import ReferenceConfig
+
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "runs")
+    profile.evaluate.references = [ReferenceConfig(name="base-release", model=profile.models.base, compare_to="base")]
+    assert ev.evaluation_names(profile) == ["base", "base-release"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("lm-eval called although the weights are the base's, whose results are cached")
+
+    monkeypatch.setattr(ev, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev, "make_lm", must_not_run)
+    specs, unresolved = ev.resolve_variants(profile)
+    table = ev.variants_table(specs, unresolved)
+    assert table[["variant", "kind", "compare_to"]].values.tolist() == [
+        ["base", "variant", ""],
+        ["base-release", "reference", "base"],
+    ]
+    result = ev.run_evaluate(profile)
+    assert list(result["summaries"]) == ["base", "base-release"] and result["failed"] == {}
+    ref, base = result["summaries"]["base-release"], result["summaries"]["base"]
+    assert (ref["kind"], ref["compare_to"], ref["published"]) == ("reference", "base", None)
+    assert base["kind"] == "variant" and ref["tasks"] == base["tasks"] and ref["model_hash"] == base["model_hash"]
+    out = profile.run_dir(ev.STAGE)
+    report = json.loads((out / "evaluate_report.json").read_text())
+    assert list(report["variants"]) == ["base", "base-release"] and report["references"] == ["base-release"]
+    assert report["variants"]["base-release"]["kind"] == "reference" and report["backend"] == "hf"
+    samples = [json.loads(line) for line in (out / "base-release.samples.jsonl").read_text().splitlines()]
+    assert {s["variant"] for s in samples} == {"base-release"} and len(samples) == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["base-release_cached"] == {"arc_challenge": True, "truthfulqa_mc2": True}
+
+
+def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypatch):
+    """Each benchmark's result is cached when lm-eval returns it: after a failure (a kill) in the second
+    benchmark, the next run evaluates only that one."""
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "runs")
+    for task in profile.evaluate.tasks.values():
+        task.limit = 2  # a new cache key for both benchmarks
+    real, calls = ev.run_lm_eval, []
+
+    def killed_on_truthfulqa(lm, task_manager, task_name, num_fewshot, limit):
+        calls.append(task_name)
+        if "truthfulqa" in task_name:
+            raise KeyboardInterrupt("killed")
+        return real(lm, task_manager, task_name, num_fewshot, limit)
+
+    monkeypatch.setattr(ev, "run_lm_eval", killed_on_truthfulqa)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
+    assert calls == ["platypus_arc_challenge", "platypus_truthfulqa_mc2"]
+
+    def counted(lm, task_manager, task_name, num_fewshot, limit):
+        calls.append(task_name)
+        return real(lm, task_manager, task_name, num_fewshot, limit)
+
+    calls.clear()
+    monkeypatch.setattr(ev, "run_lm_eval", counted)
+    resumed = ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
+    assert calls == ["platypus_truthfulqa_mc2"]
+    assert resumed.cached == {"arc_challenge": True, "truthfulqa_mc2": False}
+    assert resumed.summary["tasks"]["arc_challenge"]["n"] == 2
+
+
+def test_force_recomputes_a_key_once_per_run(evaluated, tmp_path, monkeypatch):
+    """--force reruns lm-eval, but a reference with the same weights as a variant reuses what the
+    variant computed in this run."""
+    from platypus_utils.config import ReferenceConfig
+
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "runs")
+    profile.evaluate.tasks = {"truthfulqa_mc2": profile.evaluate.tasks["truthfulqa_mc2"]}
+    profile.evaluate.references = [ReferenceConfig(name="release", model=profile.models.base)]
+    real, calls = ev.run_lm_eval, []
+
+    def counted(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(ev, "run_lm_eval", counted)
+    specs, unresolved = ev.resolve_variants(profile)
+    out = ev.evaluate_variants(profile, ev.prepare_tasks(profile), specs, unresolved, force=True)
+    assert calls == ["platypus_truthfulqa_mc2"]
+    assert out["base"].cached == {"truthfulqa_mc2": False} and out["release"].cached == {"truthfulqa_mc2": True}
+
+
+def test_reference_revision_is_split_and_hashed(tmp_path, monkeypatch):
+    import platypus_utils.models as models
+
+    monkeypatch.setattr(models, "resolve_model", lambda ref, cache_dir=None: ref)
+    from platypus_utils.config import ReferenceConfig
+
+    p = profile_for(tmp_path, tmp_path / "bench", "org/base", variants=["base"])
+    p.evaluate.references = [
+        ReferenceConfig(name="rel", model="garage-bAInd/Platypus2-13B@abc123", compare_to="base", published=None)
+    ]
+    spec = ev.resolve_variant(p, "rel")
+    assert (spec.pretrained, spec.revision, spec.kind, spec.compare_to) == (
+        "garage-bAInd/Platypus2-13B",
+        "abc123",
+        "reference",
+        "base",
+    )
+    assert ev.model_hash(spec) == "hub:garage-bAInd/Platypus2-13B@abc123"
+    assert ev.split_revision("org/name") == ("org/name", None)
+    assert ev.split_revision(str(tmp_path)) == (str(tmp_path), None)
+
+
+def test_vllm_backend_fails_before_any_work_naming_the_key(evaluated, tmp_path, monkeypatch):
+    import platypus_utils.evaluate.models as ev_models
+
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "runs")
+    profile.evaluate.backend = "vllm"
+    monkeypatch.setattr(ev_models, "find_spec", lambda name: None)
+    with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs the vllm package"):
+        ev.run_evaluate(profile)
+    monkeypatch.setattr(ev_models, "find_spec", lambda name: object())
+    monkeypatch.setattr(ev.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs a CUDA GPU"):
+        ev.run_evaluate(profile)
+    assert not profile.run_dir(ev.STAGE).exists()  # nothing written, no task folder
+    profile.evaluate.backend = "hf"
+    ev.check_backend(profile)  # hf: nothing to check
+
+
+def _vllm_init_arguments() -> set[str]:
+    """The named arguments of lm-eval's VLLM.__init__, read from the installed source (importing it needs vllm)."""
+    import ast
+    from importlib.util import find_spec
+
+    path = Path(find_spec("lm_eval.models").submodule_search_locations[0]) / "vllm_causallms.py"
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "VLLM")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert init.args.kwarg is not None  # the rest goes to vllm.LLM (enable_prefix_caching)
+    return {a.arg for a in init.args.args + init.args.kwonlyargs}
+
+
+def test_vllm_model_arguments(tmp_path, monkeypatch):
+    """lm_settings and make_lm for backend vllm: lm-eval's VLLM with prefix caching and batch size auto,
+    its argument names as the installed lm-eval 0.4.13 spells them; the adapter as a LoRA request."""
+    import types
+
+    profile = profile_for(tmp_path, tmp_path / "bench", "org/base")
+    profile.evaluate.backend = "vllm"
+    profile.evaluate.batch_size = "8"
+    monkeypatch.setattr(ev.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ev.torch.cuda, "is_bf16_supported", lambda *a, **k: True, raising=False)
+    profile.evaluate.device = "cuda"
+    settings = ev.lm_settings(profile)
+    assert settings["backend"] == "vllm" and settings["batch_size"] == "auto"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 12}))
+    spec = ev.ModelSpec("adapter", "org/base + adapter", "org/base", peft=str(adapter), revision="abc")
+    built = {}
+    fake = types.ModuleType("lm_eval.models.vllm_causallms")
+    fake.VLLM = lambda **kwargs: built.update(kwargs) or "vllm-model"
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
+    assert ev.make_lm(spec, {**settings, "parallelize": True}) == "vllm-model"
+    assert built["enable_prefix_caching"] is True and built["batch_size"] == "auto"
+    assert (built["pretrained"], built["revision"], built["lora_local_path"]) == ("org/base", "abc", str(adapter))
+    assert built["max_lora_rank"] == 16  # the smallest rank vLLM takes that holds r=12
+    assert built["tensor_parallel_size"] >= 1 and "device" not in built
+    named = _vllm_init_arguments()
+    assert set(built) - {"enable_prefix_caching"} <= named, set(built) - named
+    # the hf backend's cache keys are as before: no "backend" field
+    profile.evaluate.backend = "hf"
+    assert "backend" not in ev.lm_settings(profile)

@@ -1,13 +1,19 @@
 """Stage 05_evaluate: the Open LLM Leaderboard v1 benchmarks with lm-evaluation-harness, as steps.
 
+    check_backend(profile)                           # models.py: evaluate.backend vllm needs vllm and CUDA
     suite = prepare_tasks(profile)                   # tasks.py: TaskSuite (local task YAMLs, or the hub's)
     task_table(profile, suite)                       #   tasks, shots, limits, metric, data source
-    specs, unresolved = resolve_variants(profile)    # models.py: what model each variant is
+    specs, unresolved = resolve_variants(profile)    # models.py: what model each variant and reference is
     variants_table(specs, unresolved)
     evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)   # stage.py, cached
     summaries = {v: e.summary for v, e in evaluations.items() if e.ok}
     scores_frame(summaries); mmlu_subjects_frame(summaries); plot_scores(...)        # summary.py
     save(profile, suite, evaluations, timings, force=force)   # variant files, report, manifest
+
+References (`evaluate.references`) are released models evaluated as they are, after the variants, with
+the same tasks, settings and logged samples; 06_analysis compares them with the variant they are the
+release of (paired) and with their published numbers (harness drift). `evaluate.backend` picks lm-eval's
+model: "hf" (HFLM) or "vllm" (VLLM, prefix caching on, batch size auto; models.py).
 
 `run_evaluate(profile, force=False)` is that composition; the runner executes notebooks/05_evaluate.ipynb,
 which calls the same steps.
@@ -40,7 +46,12 @@ from . import cache, models, stage, summary, tasks
 from .cache import CACHE_FORMAT, EvalCache, cache_key
 from .models import (
     CPU_BATCH_SIZE,
+    REFERENCE,
+    VARIANT,
+    BackendError,
     ModelSpec,
+    check_backend,
+    evaluation_names,
     get_safetensors_metadata,
     lm_settings,
     make_lm,
@@ -48,9 +59,12 @@ from .models import (
     pick_device,
     pick_dtype,
     required_stages,
+    resolve_reference,
     resolve_variant,
     resolve_variants,
+    split_revision,
     variants_table,
+    vllm_kwargs,
     wants_parallelize,
     weights_bytes,
 )
@@ -110,6 +124,14 @@ __all__ = [
     "task_table",
     "resolve_variant",
     "resolve_variants",
+    "resolve_reference",
+    "evaluation_names",
+    "split_revision",
+    "check_backend",
+    "BackendError",
+    "vllm_kwargs",
+    "VARIANT",
+    "REFERENCE",
     "variants_table",
     "required_stages",
     "evaluate_variant",

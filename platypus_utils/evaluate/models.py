@@ -1,4 +1,4 @@
-"""What each variant of stage 05 is, and lm-eval's HFLM for it.
+"""What each variant and reference of stage 05 is, and lm-eval's model for it (HFLM or vLLM).
 
 Variants (`evaluate.variants`, names from `platypus_utils.layout`; unknown names are rejected when the
 profile loads, `layout.evaluable_variants`):
@@ -7,10 +7,17 @@ profile loads, `layout.evaluable_variants`):
 - a `merge.partners` entry without an `adapter`: that partner model as it is;
 - any other name: `models[name].path` of 04_merge's merge_report.json.
 
+References (`evaluate.references`): released models evaluated as they are, after the variants, with the
+same tasks and settings; their spec carries `kind` "reference", `compare_to` (the variant they are the
+released counterpart of) and `published` (their row in `platypus_utils.published`). A model reference
+written `org/name@revision` is loaded at that revision (lm-eval's `revision=`).
+
 `resolve_variants` resolves every variant, keeping the error of one that cannot be (a missing adapter or
 merge report) instead of stopping. `lm_settings` gives device, dtype and batch size, `parallelize` when
 a model must be spread over several GPUs, and the profile's extra HFLM `model_args`; `make_lm` builds
-the HFLM from them (the profile's `model_args` last, so they win).
+the model from them (the profile's `model_args` last, so they win): lm-eval's HFLM, or with
+`evaluate.backend: vllm` its VLLM (prefix caching on, batch size auto, the GPUs by tensor parallelism
+where the model must be spread); `check_backend` fails before any work when vLLM or CUDA is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +42,7 @@ log = logging.getLogger("platypus")
 # "auto" batch size on CPU (lm-eval's probe is meant for GPUs). SmolLM2-135M, ARC 25-shot, 5 questions:
 # 208 / 145 / 138 CPU-s at batch 1 / 4 / 8; 8 gains 5% for twice the logits memory.
 CPU_BATCH_SIZE = 4
+VARIANT, REFERENCE = "variant", "reference"  # ModelSpec.kind
 
 
 @dataclass
@@ -44,6 +53,47 @@ class ModelSpec:
     peft: str | None = None  # adapter dir, for the unmerged "adapter" variant
     inputs: list[Path] = field(default_factory=list)  # local files/dirs read
     source: str = ""  # where the variant comes from, in words
+    kind: str = VARIANT  # "variant" (evaluate.variants) or "reference" (evaluate.references: a released model)
+    compare_to: str | None = None  # reference: the variant of this run it is the released counterpart of
+    published: str | None = None  # reference: its row in platypus_utils.published
+    revision: str | None = None  # hub revision (a reference written org/name@revision)
+
+
+class BackendError(RuntimeError):
+    """evaluate.backend cannot run here (vLLM not installed, no CUDA GPU)."""
+
+
+def evaluation_names(profile) -> list[str]:
+    """Everything stage 05 evaluates, in order: evaluate.variants, then evaluate.references."""
+    return list(profile.evaluate.variants) + [r.name for r in profile.evaluate.references]
+
+
+def split_revision(resolved: str) -> tuple[str, str | None]:
+    """(what from_pretrained loads, revision): a hub id written `org/name@revision` is split; a local
+    path, or an id without "@", has no revision."""
+    if "@" not in resolved or Path(resolved).exists():
+        return resolved, None
+    name, _, revision = resolved.rpartition("@")
+    return name, revision or None
+
+
+def _resolved_spec(variant: str, model: str, cache: Path, **fields) -> ModelSpec:
+    pretrained, revision = split_revision(model_utils.resolve_model(model, cache_dir=cache))
+    return ModelSpec(variant, model, pretrained, revision=revision, **fields)
+
+
+def resolve_reference(profile, name: str) -> ModelSpec:
+    """A released model of evaluate.references, as it is."""
+    ref = next(r for r in profile.evaluate.references if r.name == name)
+    return _resolved_spec(
+        name,
+        ref.model,
+        profile.cache_dir(),
+        source="evaluate.references (released, as it is)",
+        kind=REFERENCE,
+        compare_to=ref.compare_to,
+        published=ref.published,
+    )
 
 
 def required_stages(profile) -> list[str]:
@@ -71,37 +121,31 @@ def _merged_spec(profile, variant: str) -> ModelSpec:
 
 
 def resolve_variant(profile, variant: str) -> ModelSpec:
-    """The model a variant name stands for (see the module docstring); an error names what is missing."""
+    """The model a variant (or reference) name stands for (see the module docstring); an error names
+    what is missing."""
     cache, base = profile.cache_dir(), profile.models.base
+    if variant in {r.name for r in profile.evaluate.references}:
+        return resolve_reference(profile, variant)
     if variant == layout.BASE_VARIANT:
-        return ModelSpec(variant, base, model_utils.resolve_model(base, cache_dir=cache), source="models.base")
+        return _resolved_spec(variant, base, cache, source="models.base")
     if variant == layout.ADAPTER_VARIANT:
         adapter = layout.artifact(profile, layout.ADAPTER)
         if not (adapter / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter}: no LoRA adapter (adapter_config.json) - has 03_finetune run?")
-        return ModelSpec(
-            variant,
-            f"{base} + {adapter}",
-            model_utils.resolve_model(base, cache_dir=cache),
-            peft=str(adapter.resolve()),
-            inputs=[adapter],
-            source="models.base + 03_finetune adapter",
-        )
+        spec = _resolved_spec(variant, base, cache, peft=str(adapter.resolve()), inputs=[adapter])
+        spec.model, spec.source = f"{base} + {adapter}", "models.base + 03_finetune adapter"
+        return spec
     for partner in profile.merge.partners:
         if partner.name == variant and not partner.adapter:  # one built from an adapter is made by 04_merge
-            return ModelSpec(
-                variant,
-                partner.model,
-                model_utils.resolve_model(partner.model, cache_dir=cache),
-                source=f"merge.partners[{partner.name}]",
-            )
+            return _resolved_spec(variant, partner.model, cache, source=f"merge.partners[{partner.name}]")
     return _merged_spec(profile, variant)
 
 
 def resolve_variants(profile) -> tuple[dict[str, ModelSpec], dict[str, str]]:
-    """({variant: spec} of those that resolve, {variant: error} of those that do not), in profile order."""
+    """({name: spec} of those that resolve, {name: error} of those that do not), in profile order: the
+    variants, then the references (`evaluation_names`)."""
     specs, errors = {}, {}
-    for variant in profile.evaluate.variants:
+    for variant in evaluation_names(profile):
         try:
             specs[variant] = resolve_variant(profile, variant)
         except Exception as exc:  # noqa: BLE001 - one variant's problem must not stop the others
@@ -111,45 +155,70 @@ def resolve_variants(profile) -> tuple[dict[str, ModelSpec], dict[str, str]]:
 
 
 def variants_table(specs: dict[str, ModelSpec], errors: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per variant: where it comes from, the model named, what lm-eval loads, or the error."""
+    """One row per variant and reference: its kind, where it comes from, the model named, what lm-eval
+    loads (and at which revision), the variant a reference is compared to, its published row, or the error."""
     rows = [
         {
             "variant": v,
+            "kind": s.kind,
             "status": "ok",
             "source": s.source,
             "model": s.model,
-            "loads": s.pretrained,
+            "loads": s.pretrained + (f"@{s.revision}" if s.revision else ""),
             "peft": s.peft or "",
+            "compare_to": s.compare_to or "",
+            "published": s.published or "",
             "error": "",
         }
         for v, s in specs.items()
     ]
-    rows += [
-        {"variant": v, "status": "unresolved", "source": "", "model": "", "loads": "", "peft": "", "error": e}
-        for v, e in (errors or {}).items()
-    ]
-    return pd.DataFrame(rows, columns=["variant", "status", "source", "model", "loads", "peft", "error"])
+    rows += [{"variant": v, "status": "unresolved", "error": e} for v, e in (errors or {}).items()]
+    columns = ["variant", "kind", "status", "source", "model", "loads", "peft", "compare_to", "published", "error"]
+    return pd.DataFrame(rows, columns=columns).fillna("")
 
 
 def model_hash(spec: ModelSpec) -> str:
     """Content hash of what is evaluated: checkpoint files (+ adapter files); a hub id by name."""
     path = Path(spec.pretrained)
-    base = model_utils.model_content_hash(path) if path.is_dir() else "hub:" + spec.pretrained
+    if path.is_dir():
+        base = model_utils.model_content_hash(path)
+    else:
+        base = "hub:" + spec.pretrained + (f"@{spec.revision}" if spec.revision else "")
     if spec.peft:
         return hashlib.sha256(f"{base}+peft:{sha256_path(spec.peft)}".encode()).hexdigest()
     return base
 
 
 # ---------------------------------------------------------------- lm-eval's model
+def check_backend(profile) -> None:
+    """Fail before any work when `evaluate.backend` cannot run here: vLLM needs the vllm package and a
+    CUDA GPU. The message names the key and the way out."""
+    if profile.evaluate.backend != "vllm":
+        return
+    if find_spec("vllm") is None:
+        raise BackendError(
+            "evaluate.backend: vllm needs the vllm package, which is not installed (pip install vllm, "
+            "on a CUDA machine); or set evaluate.backend: hf"
+        )
+    if not torch.cuda.is_available():
+        raise BackendError(
+            "evaluate.backend: vllm needs a CUDA GPU and none is visible here; set evaluate.backend: hf "
+            "(e.g. --set evaluate.backend=hf) to evaluate with transformers"
+        )
+
+
 def lm_settings(profile, spec: ModelSpec | None = None) -> dict:
     """Device, dtype and batch size the models are run with; `parallelize` (spread over the GPUs)
-    and the profile's extra `model_args` when set."""
+    and the profile's extra `model_args` when set; `backend: vllm` (batch size auto: vLLM schedules
+    its own batches) when the profile asks for vLLM. Every field is part of the eval-cache key."""
     device = pick_device(profile.evaluate.device)
     dtype = str(pick_dtype(profile.models.torch_dtype, device)).removeprefix("torch.")
     batch = profile.evaluate.batch_size
     if batch == "auto" and not device.startswith("cuda"):
         batch = str(CPU_BATCH_SIZE)
     settings = {"device": device, "dtype": dtype, "batch_size": batch}
+    if profile.evaluate.backend == "vllm":  # absent for hf: the cache keys of HFLM results stay as they were
+        settings.update(backend="vllm", batch_size="auto")
     if spec is not None and wants_parallelize(profile.evaluate.parallelize, spec, device, dtype):
         settings["parallelize"] = True
     if profile.evaluate.model_args:
@@ -164,7 +233,7 @@ def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
     try:
-        meta = get_safetensors_metadata(spec.pretrained)
+        meta = get_safetensors_metadata(spec.pretrained, revision=spec.revision)
     except Exception as exc:  # noqa: BLE001 - no metadata: the caller falls back to one device
         log.warning("could not read the size of %s from the hub (%s): %s", spec.pretrained, type(exc).__name__, exc)
         return None
@@ -183,9 +252,48 @@ def wants_parallelize(choice, spec: ModelSpec, device: str, dtype: str) -> bool:
     return size is not None and size > 0.9 * torch.cuda.get_device_properties(0).total_memory
 
 
+# the LoRA ranks vLLM's engine accepts for max_lora_rank
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_rank(adapter: str) -> int:
+    """The smallest rank vLLM accepts that holds the adapter's own (adapter_config.json's r)."""
+    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+    return next((k for k in _VLLM_LORA_RANKS if k >= r), r)
+
+
+def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
+    """lm-eval's VLLM arguments for a variant (what `--model vllm --model_args ...` takes, lm-eval 0.4.13's
+    lm_eval.models.vllm_causallms.VLLM): prefix caching on (the few-shot prompts share long prefixes),
+    batch size auto; a model to spread goes over every visible GPU by tensor parallelism; the unmerged
+    adapter as a LoRA request."""
+    kwargs: dict = {
+        "pretrained": spec.pretrained,
+        "dtype": settings["dtype"],
+        "batch_size": "auto",
+        "enable_prefix_caching": True,  # passed through to vllm.LLM
+    }
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    if settings.get("parallelize"):
+        kwargs["tensor_parallel_size"] = max(1, torch.cuda.device_count())
+    if spec.peft:
+        kwargs.update(lora_local_path=spec.peft, max_lora_rank=_lora_rank(spec.peft))
+    kwargs.update(settings.get("model_args", {}))  # the profile's evaluate.model_args, last
+    return kwargs
+
+
 def make_lm(spec: ModelSpec, settings: dict):
-    """lm-eval's HFLM for a variant (what `--model hf --model_args pretrained=...` builds); with
-    `parallelize` the model is spread over every visible GPU (no single device)."""
+    """lm-eval's model for a variant: HFLM (what `--model hf --model_args pretrained=...` builds; with
+    `parallelize` the model is spread over every visible GPU, no single device), or with
+    `backend: vllm` lm-eval's VLLM (`vllm_kwargs`)."""
+    if settings.get("backend") == "vllm":
+        kwargs = vllm_kwargs(spec, settings)
+        log.info("loading %s for lm-eval (vLLM): %s", spec.variant, kwargs)
+        # imported here: it imports vllm, installed on CUDA machines only (check_backend says so first)
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM(**kwargs)
     batch = settings["batch_size"]
     kwargs = {
         "pretrained": spec.pretrained,
@@ -198,6 +306,8 @@ def make_lm(spec: ModelSpec, settings: dict):
         kwargs["parallelize"] = True
     if spec.peft:
         kwargs["peft"] = spec.peft
+    if spec.revision:
+        kwargs["revision"] = spec.revision
     kwargs.update(settings.get("model_args", {}))  # the profile's evaluate.model_args, last
     log.info("loading %s for lm-eval: %s", spec.variant, kwargs)
     # imported here: lm-eval's model module takes ~8 s to import (measured), and only a cache miss needs it

@@ -8,8 +8,16 @@
 
 `evaluate_variant` runs lm-eval once per benchmark (with the leaderboard's seeds), or takes the result
 from the eval cache (cache.py) when the key - model content hash, benchmark, task, shots, limit, task
-definition hash, lm-eval version, seeds, device/dtype/batch settings - is the same. `force` (the
-runner's --force) runs lm-eval again even where the cache holds the result, and replaces the entry.
+definition hash, lm-eval version, seeds, device/dtype/batch settings and backend - is the same. `force`
+(the runner's --force) runs lm-eval again even where the cache holds the result, and replaces the entry
+(once per run: a key computed earlier in the same run is reused).
+
+Resume: each benchmark's result enters the cache as soon as lm-eval returns it, so a killed evaluation
+run again redoes only the benchmarks (of each variant) that had not finished; the same mechanism lets a
+reference with the same weights as a variant (the base as released, say) take that variant's results.
+
+References (`evaluate.references`): released models, evaluated after the variants exactly as they are
+(models.py); their summary, report entry and files carry `kind: reference`, `compare_to` and `published`.
 
 Failures: a variant that cannot be resolved, loaded or evaluated is logged with its error and recorded
 as failed in the report; the others' results are kept. `save` writes per variant `<variant>.json` (the
@@ -33,7 +41,18 @@ import lm_eval
 from .. import layout
 from ..artifacts import StageRun, write_json, write_jsonl
 from .cache import EvalCache, cache_key
-from .models import ModelSpec, lm_settings, make_lm, model_hash, resolve_variant, resolve_variants
+from .models import (
+    REFERENCE,
+    VARIANT,
+    ModelSpec,
+    check_backend,
+    evaluation_names,
+    lm_settings,
+    make_lm,
+    model_hash,
+    resolve_variant,
+    resolve_variants,
+)
 from .summary import summarise
 from .tasks import TaskSuite, benchmarks_in, lm_eval_version, make_task_manager, prepare_tasks
 
@@ -128,13 +147,26 @@ def _task_settings(suite: TaskSuite, bench: str, num_fewshot: int, limit) -> dic
     return out
 
 
+def _kind_fields(spec: ModelSpec) -> dict:
+    if spec.kind == REFERENCE:
+        return {"kind": REFERENCE, "compare_to": spec.compare_to, "published": spec.published}
+    return {"kind": spec.kind}
+
+
 def evaluate_variant(
-    profile, variant: str, suite: TaskSuite, task_manager=None, spec: ModelSpec | None = None, force: bool = False
+    profile,
+    variant: str,
+    suite: TaskSuite,
+    task_manager=None,
+    spec: ModelSpec | None = None,
+    force: bool = False,
+    computed: set[str] | None = None,
 ) -> VariantEvaluation:
-    """Evaluate one variant on every configured benchmark, each from the cache when it holds it.
+    """Evaluate one variant (or reference) on every configured benchmark, each from the cache when it holds it.
 
     `task_manager`: an lm-eval TaskManager, a callable returning one, or None (made on demand).
-    `force`: run lm-eval even where the cache holds the result. Raises on any failure.
+    `force`: run lm-eval even where the cache holds the result, except for the keys in `computed` (those
+    run earlier in this stage run; the keys this call computes are added to it). Raises on any failure.
     """
     spec = spec or resolve_variant(profile, variant)
     settings, mhash = lm_settings(profile, spec), model_hash(spec)
@@ -157,10 +189,12 @@ def evaluate_variant(
         }
         key = task_settings[bench]["cache_key"] = cache_key(fields)
         t0 = time.perf_counter()
-        entry = None if force else cache.get(key)
+        entry = None if force and key not in (computed or set()) else cache.get(key)
         if entry is None:
             raw, samples = lm.evaluate(bench, tcfg.num_fewshot, limit)
             cache.put(key, fields, raw, samples)
+            if computed is not None:
+                computed.add(key)
         else:
             log.info("%s / %s: reusing cached lm-eval result %s", variant, bench, key)
             raw, samples = entry["raw"], entry["samples"]
@@ -174,7 +208,7 @@ def evaluate_variant(
         "tasks": task_settings,
         "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
     }
-    result.summary = summarise(variant, spec.model, mhash, settings_out, result.raws, suite)
+    result.summary = {**summarise(variant, spec.model, mhash, settings_out, result.raws, suite), **_kind_fields(spec)}
     return result
 
 
@@ -185,8 +219,10 @@ def evaluate_variants(
     unresolved: dict[str, str] | None = None,
     force: bool = False,
 ) -> dict[str, VariantEvaluation]:
-    """evaluate_variant for each resolved variant, in the profile's order; a failure is kept, not raised."""
+    """evaluate_variant for each resolved variant, then each reference, in the profile's order; a failure
+    is kept, not raised."""
     task_manager: list = []  # one TaskManager for all variants, made on the first cache miss
+    computed: set[str] = set()  # cache keys lm-eval ran for in this call (force reruns each once)
 
     def shared_task_manager():
         if not task_manager:
@@ -194,12 +230,14 @@ def evaluate_variants(
         return task_manager[0]
 
     out = {}
-    for variant in profile.evaluate.variants:
+    for variant in evaluation_names(profile):
         if variant not in specs:
             out[variant] = VariantEvaluation(variant, None, error=(unresolved or {}).get(variant, "not resolved"))
             continue
         try:
-            out[variant] = evaluate_variant(profile, variant, suite, shared_task_manager, specs[variant], force)
+            out[variant] = evaluate_variant(
+                profile, variant, suite, shared_task_manager, specs[variant], force, computed
+            )
         except Exception as exc:  # noqa: BLE001 - one variant's failure must not lose the others
             log.exception("variant %s failed: %s", variant, exc)
             out[variant] = VariantEvaluation(variant, specs[variant], error=f"{type(exc).__name__}: {exc}")
@@ -216,7 +254,9 @@ def evaluate_variants(
 
 # ---------------------------------------------------------------- save
 def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvaluation]) -> dict:
-    """evaluate_report.json: the task suite, and per variant its status, model and summary file (or error)."""
+    """evaluate_report.json: the task suite, the backend, and per variant and reference its status, kind,
+    model and summary file (or error); a reference also its compare_to and published row."""
+    references = {r.name: r for r in profile.evaluate.references}
     variants = {}
     for v, e in evaluations.items():
         variants[v] = (
@@ -224,7 +264,13 @@ def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvalua
             if e.ok
             else {"status": "failed", "error": e.error}
         )
+        ref = references.get(v)
+        variants[v].update(
+            {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published} if ref else {"kind": VARIANT}
+        )
     return {
+        "backend": profile.evaluate.backend,
+        "references": list(references),
         "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
         "tasks_dir": str(suite.tasks_dir) if suite.tasks_dir else None,
         "task_names": suite.task_names,
@@ -297,6 +343,7 @@ def save(
 def run_evaluate(profile, force: bool = False) -> dict:
     """The whole stage: prepare tasks, resolve variants, evaluate each (cached), save.
     Returns {"summaries": {variant: summary}, "failed": {variant: error}, "report": path}."""
+    check_backend(profile)  # vLLM asked for where it cannot run: fail before any work
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     suite = prepare_tasks(profile)
