@@ -28,7 +28,8 @@ The package, by concern (each module's docstring states its contract):
   io          safetensors streamed one tensor at a time, write_variant (atomic, verified), memory
   adapter     read_adapter (LoRA factors by hand), LoraDelta, architecture and target checks
   reference   the methods written again without peft, for the checks
-  verify      the weight and logit checks and their bounds
+  verify      the weight and logit checks and their bounds; a check's status (verified, unresolvable)
+  memory      host memory of each merge and check, and when a check streams tensor by tensor
   build       (build, check) steps per kind of variant
   plan        plan_merges: jobs, variant names (layout), dtypes, sweep, reuse decisions
   stage       the notebook's steps and run_merge
@@ -43,8 +44,16 @@ mergekit's other methods (della, model_stock, passthrough) are not offered.
 Memory: full-model merges and their checks stream tensor by tensor, CHUNK entries at a time: the
 peak is the largest tensor's inputs and output plus one chunk of float32 work, not a model
 (measured 0.9-1.2 GB above the process's start for three 0.76 GB bf16 checkpoints). Adapter merges
-hold one model, as peft does; an adapter mix a float32 copy of one. Peak resident memory per merge
-and per check is recorded in merge_report.json.
+hold one model, as peft does; an adapter mix a float32 copy of one. The check of an adapter merge
+loads the merged and the source model whole (13B in float16: ~52 GB; 70B: ~276 GB) unless the host
+has less available than that (memory.needs_streaming): then it checks the weights tensor by tensor
+and skips the logit check, saying so. Peak resident memory per merge and per check is recorded in
+merge_report.json; `platypus plan` estimates both before anything runs.
+
+Status: a variant whose checks passed is "verified" only when they could have failed; when the
+adapter's update is below the stored dtype's resolution (no element's update exceeds its rounding
+bound, and a tenth of its effect on the logits is below the noise floor) it is "unresolvable", with
+the reason (merge_report.json: `status`, `status_reason`, `status_counts`).
 """
 
 from __future__ import annotations
@@ -90,6 +99,14 @@ from .io import (
     write_safetensors,
     write_variant,
 )
+from .memory import (
+    HOST_MEMORY_SHARE,
+    available_host_bytes,
+    checkpoint_bytes,
+    host_memory_plan,
+    job_host_bytes,
+    needs_streaming,
+)
 from .plan import (
     MERGE_FORMAT,
     STAGE,
@@ -107,11 +124,13 @@ from .plan import (
 )
 from .reference import ReferenceMerge, reference_adapter_mix
 from .stage import (
+    NOT_CHECKED,
     REPORT,
     Adapter,
     Made,
     begin,
     check_rows,
+    check_status,
     checks_frame,
     load_adapter,
     make_variant,
@@ -122,6 +141,7 @@ from .stage import (
     report_frame,
     run_merge,
     save,
+    status_counts,
     verification_frame,
 )
 from .verify import (
@@ -129,13 +149,18 @@ from .verify import (
     LOGIT_BOUND,
     LOGIT_EFFECT_SHARE,
     MODEL_MERGE_ULPS,
+    SKIPPED,
+    UNRESOLVABLE,
+    VERIFIED,
     VERIFY_FORMAT,
     VERIFY_PROMPTS,
     WEIGHT_BOUND,
     check_merged_logits,
     check_merged_weights,
+    check_merged_weights_streamed,
     check_updated_weight,
     half_ulp,
+    resolution,
     verify_merged,
     verify_model_merge,
 )
@@ -145,6 +170,7 @@ __all__ = [
     "ARCHITECTURE_KEYS",
     "CHUNK",
     "COMPUTE_SLACK",
+    "HOST_MEMORY_SHARE",
     "KIND_ADAPTER",
     "KIND_MIX",
     "KIND_MODELS",
@@ -156,9 +182,13 @@ __all__ = [
     "MIXED_ADAPTER",
     "MIX_METHOD",
     "MODEL_MERGE_ULPS",
+    "NOT_CHECKED",
     "REPORT",
+    "SKIPPED",
     "STAGE",
     "U32",
+    "UNRESOLVABLE",
+    "VERIFIED",
     "VERIFY_FORMAT",
     "VERIFY_PROMPTS",
     "WEIGHT_BOUND",
@@ -179,19 +209,25 @@ __all__ = [
     "adapter_mix_steps",
     "adapter_ranks",
     "adapter_summary",
+    "available_host_bytes",
     "begin",
     "check_architecture",
     "check_merged_logits",
     "check_merged_weights",
+    "check_merged_weights_streamed",
     "check_model_merge_inputs",
     "check_rows",
+    "check_status",
     "check_targets",
     "check_updated_weight",
+    "checkpoint_bytes",
     "checks_frame",
     "chunk_seed",
     "chunks",
     "existing_output",
     "half_ulp",
+    "host_memory_plan",
+    "job_host_bytes",
     "load_adapter",
     "load_lm",
     "make_variant",
@@ -203,6 +239,7 @@ __all__ = [
     "model_content_hash",
     "model_merge_steps",
     "needs_finetune",
+    "needs_streaming",
     "peak_rss_mb",
     "plan_frame",
     "plan_merges",
@@ -213,17 +250,19 @@ __all__ = [
     "reference_adapter_mix",
     "report_entry",
     "report_frame",
+    "resolution",
     "resolve_adapter",
     "reusable",
     "run_merge",
     "save",
     "slerp_coefficients",
+    "status_counts",
     "stored_dtype",
     "sweep_merges",
     "sweep_variant_names",
     "top_magnitudes",
-    "verify_merged",
     "verification_frame",
+    "verify_merged",
     "verify_model_merge",
     "write_safetensors",
     "write_variant",

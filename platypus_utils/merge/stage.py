@@ -50,12 +50,13 @@ from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
 from .errors import MergeError
 from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
 from .plan import STAGE, Job, Plan, adapter_dir_for, existing_output, plan_merges
-from .verify import VERIFY_FORMAT
+from .verify import UNRESOLVABLE, VERIFIED, VERIFY_FORMAT
 
 log = logging.getLogger("platypus")
 
 REPORT = MERGE_REPORT[1]
-METRIC_KEYS = ("max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb")
+NOT_CHECKED = "not checked"  # merge.verify: false
+METRIC_KEYS = ("status", "max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb")
 
 
 # ---------------------------------------------------------------- step 1: the adapter as read
@@ -162,11 +163,20 @@ def _make_or_reuse(job: Job, out_dir: Path, verify: bool, force: bool) -> tuple[
     return info, False, replaced
 
 
+def check_status(verification: dict | None) -> str:
+    """A variant's check status: verify.VERIFIED, verify.UNRESOLVABLE (passed, but the checks cannot
+    tell the merge from its source: verify.resolution), or NOT_CHECKED (merge.verify off)."""
+    if not verification:
+        return NOT_CHECKED
+    return verification.get("status", VERIFIED)
+
+
 def report_entry(
     job: Job, out_dir: Path, info: dict, verify: bool, reused: bool, replaced: str | None, seconds: float
 ) -> dict:
     """One variant's entry in merge_report.json: where it is, what it was made from, its checks."""
     verification = info.get("verification") if verify else None
+    status = check_status(verification)
     memory = info.get("memory", {})
     peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
     return {
@@ -176,7 +186,10 @@ def report_entry(
         "partner": None,
         **job.report,
         "dtype": dtype_name(job.dtype),
-        "verified": verification is not None,
+        # "verified" only when a check ran, passed and could have failed (verify.resolution)
+        "verified": status == VERIFIED,
+        "status": status,
+        "status_reason": (verification or {}).get("status_reason"),
         "max_abs_weight_diff": verification and verification["max_abs_weight_diff"],
         "max_weight_error_to_bound": verification and verification.get("max_weight_error_to_bound"),
         "max_abs_logit_diff": verification and verification.get("max_abs_logit_diff"),
@@ -218,7 +231,9 @@ def make_variant(plan: Plan, job: Job | str, force: bool = False) -> Made:
 def check_rows(made: list[Made]) -> list[dict]:
     """Per variant, JSON-ready: the observed worst error over its per-element weight bound (<= 1
     passes), the logit difference over its tolerance (<= 1 passes; None for full-model merges, which
-    have no unmerged model to compare with) and whether every check ran and passed."""
+    have no unmerged model to compare with, and where the check streamed), whether every check that
+    ran passed, and the status: "verified", "unresolvable" (passed, but the checks cannot tell the
+    merge from its source; `status_reason` says why) or "not checked"."""
     rows = []
     for m in made:
         v = m.entry.get("verification") or {}
@@ -243,6 +258,8 @@ def check_rows(made: list[Made]) -> list[dict]:
                 "logit_share_of_adapter_effect": v.get("logit_diff_to_effect"),
                 "updates_above_bound_share": v.get("updates_above_bound_share"),
                 "passed": passed,
+                "status": m.entry.get("status", check_status(v)),
+                "status_reason": m.entry.get("status_reason"),
                 "reused": m.reused,
             }
         )
@@ -285,9 +302,17 @@ def plot_checks(checks: pd.DataFrame, ax=None):
 
 # ---------------------------------------------------------------- step 4: the report
 def merge_report(plan: Plan, made: list[Made]) -> dict:
-    """merge_report.json: the plan's header (adapter, dtype setting, seed, the checks' bounds, sweep)
-    and one entry per variant made."""
-    return {**plan.report, "models": {m.variant: m.entry for m in made}}
+    """merge_report.json: the plan's header (adapter, dtype setting, seed, the checks' bounds, sweep),
+    one entry per variant made, and how many variants have each check status (`status_counts`)."""
+    return {**plan.report, "models": {m.variant: m.entry for m in made}, "status_counts": status_counts(made)}
+
+
+def status_counts(made: list[Made]) -> dict[str, int]:
+    """Variants per check status: verified, unresolvable, not checked (each key always present)."""
+    counts = dict.fromkeys((VERIFIED, UNRESOLVABLE, NOT_CHECKED), 0)
+    for m in made:
+        counts[m.entry["status"]] = counts.get(m.entry["status"], 0) + 1
+    return counts
 
 
 def report_frame(report: dict) -> pd.DataFrame:
@@ -298,6 +323,7 @@ def report_frame(report: dict) -> pd.DataFrame:
         "partner",
         "base",
         "dtype",
+        "status",
         "verified",
         "max_weight_error_to_bound",
         "max_abs_logit_diff",
@@ -332,6 +358,7 @@ def save(profile: Profile, plan: Plan, made: list[Made], timings: dict | None = 
             report_path = write_json(plan.run_dir / REPORT, report)
             run.add_output(report_path)
         run.metrics["models"] = len(report["models"])
+        run.metrics.update({f"status.{k}": n for k, n in report["status_counts"].items()})
         run.metrics["peak_rss_mb"] = peak_rss_mb()
     return [report_path, *(plan.run_dir / m.variant for m in made), plan.run_dir / MANIFEST]
 

@@ -13,11 +13,18 @@ tests/test_merge_verify.py):
   (b) `check_merged_logits`: on VERIFY_PROMPTS, max |merged - (W + adapter, unmerged, peft)| <=
       LOGIT_EFFECT_SHARE × max |(W + adapter) - W| over every real position and vocabulary entry,
       never below the dtype's noise floor; `logit_check_resolves` says whether the effect rises above it.
+  Both models are loaded whole unless the host is short of memory (memory.needs_streaming): then
+  (a) runs tensor by tensor (`check_merged_weights_streamed`) and (b) is skipped, with the reason.
+  Status (`resolution`): "verified" when (a) or (b) could have failed (some element's update exceeds
+  its bound, or a tenth of the logit effect rises above the noise floor); else "unresolvable", with
+  the reason: the update is below the dtype's resolution and the merge cannot be told from its source.
 - full-model merges: `verify_model_merge` = every element equals reference.ReferenceMerge within half
   an ulp of the output dtype + MODEL_MERGE_ULPS·U32·the size of the terms the method sums; tensors
   all inputs share are copied bit for bit; all values finite; the files open with safetensors' own
   reader, and a model of up to SMOKE_LOAD_MAX_BYTES loads and gives finite logits (no unmerged model
-  exists to compare logits with). Streams tensor by tensor, like the merge.
+  exists to compare logits with). Streams tensor by tensor, like the merge. Status "unresolvable"
+  when some input (or the base), copied as it is, would pass too: no element of the merge differs
+  from it by more than its bound.
 A failed check raises MergeVerificationError with the numbers. VERIFY_FORMAT is recorded with each
 result: a reused variant whose check is older is checked again.
 """
@@ -38,7 +45,8 @@ from transformers import AutoTokenizer
 from .adapter import DenseDelta, LoraDelta
 from .arithmetic import U32, chunks, rows_per_chunk
 from .errors import MergeVerificationError
-from .io import ModelMergeSpec, SafetensorsCheckpoint, dtype_name, load_lm, open_checkpoints
+from .io import ModelMergeSpec, SafetensorsCheckpoint, dtype_name, load_lm, local_checkpoint, open_checkpoints
+from .memory import available_host_bytes, checkpoint_bytes, needs_streaming, whole_check_bytes
 from .reference import ReferenceMerge
 
 log = logging.getLogger("platypus")
@@ -52,7 +60,9 @@ COMPUTE_SLACK = 2  # times the float32 arithmetic allowance: merge and check sum
 LOGIT_EFFECT_SHARE = 0.1  # |logits(merged) - logits(source+adapter)| <= this x the adapter's own effect
 LOGIT_NOISE_EPS = 8  # the logit check's floor: verify_atol + this x eps(dtype) x max(1, max |logits|)
 MODEL_MERGE_ULPS = 16  # full-model merges: float32 allowance, in units of U32 x the terms' magnitude
-VERIFY_FORMAT = 2  # bump when a check changes: a reused variant whose verification is older is checked again
+VERIFY_FORMAT = 3  # bump when a check changes: a reused variant whose verification is older is checked again
+VERIFIED, UNRESOLVABLE = "verified", "unresolvable"  # a passed check's status (`resolution`)
+SKIPPED = "skipped"  # the logit check when the check streams
 SMOKE_LOAD_MAX_BYTES = 2 << 30  # a merged model up to this size is also loaded and run by its check
 SCALE_SAMPLE = 1 << 16  # entries per tensor for the check's scale figures
 WEIGHT_BOUND = (
@@ -109,13 +119,15 @@ def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta |
     return out
 
 
-def _weight_failures(merged_sd: dict, source_sd: dict, targeted: dict, dtype, source_label: str) -> tuple[dict, list]:
-    """Totals of check_updated_weight over the adapted weights, and what failed (untargeted ones: bit-identical)."""
+def _weight_failures(pairs, targeted: dict, dtype, source_label: str) -> tuple[dict, list]:
+    """Totals of check_updated_weight over the adapted weights, and what failed (untargeted ones:
+    bit-identical). `pairs` yields (key, merged tensor, source tensor as loaded in `dtype`), whole
+    state dicts or one tensor at a time from the checkpoints."""
     totals = {"diff": 0.0, "ratio": 0.0, "other_diff": 0.0, "max_delta": 0.0, "over": 0, "resolvable": 0, "elements": 0}
     failures = []
-    for key, source_w in source_sd.items():
+    for key, merged_w, source_w in pairs:
         if key in targeted:
-            one = check_updated_weight(merged_sd[key], source_w, targeted[key], dtype)
+            one = check_updated_weight(merged_w, source_w, targeted[key], dtype)
             totals["diff"], totals["ratio"] = max(totals["diff"], one["diff"]), max(totals["ratio"], one["ratio"])
             for k in ("over", "resolvable", "elements"):
                 totals[k] += one[k]
@@ -125,11 +137,40 @@ def _weight_failures(merged_sd: dict, source_sd: dict, targeted: dict, dtype, so
                     f"{key}: {one['over']} of {one['elements']} elements off by more than their "
                     f"rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})"
                 )
-        elif not torch.equal(merged_sd[key], source_w):  # untouched by the adapter: bit-identical
-            gap = float((merged_sd[key].double() - source_w.double()).abs().max())
+        elif not torch.equal(merged_w, source_w):  # untouched by the adapter: bit-identical
+            gap = float((merged_w.double() - source_w.double()).abs().max())
             totals["other_diff"] = max(totals["other_diff"], gap)
             failures.append(f"{key}: not adapted, yet differs from {source_label} by up to {gap:.3g}")
     return totals, failures
+
+
+def _targeted(deltas: dict, names, label: str) -> dict:
+    """{weight key: delta} for the adapted modules; raises when one is absent from `names`."""
+    targeted = {f"{name}.weight": d for name, d in deltas.items()}
+    missing = sorted(set(targeted) - set(names))
+    if missing:
+        raise MergeVerificationError(f"{label}: targeted weights absent: {missing[:5]}")
+    return targeted
+
+
+def _weight_result(totals: dict, failures: list, targeted: dict, label: str, source_label: str) -> dict:
+    """Raise MergeVerificationError on failures; else the weight check's figures for merge_info."""
+    if failures:
+        raise MergeVerificationError(
+            f"{label}: weights are not {source_label} + adapter ({len(failures)} tensors): " + "; ".join(failures[:5])
+        )
+    if totals["max_delta"] == 0.0:
+        log.warning("%s: the adapter is a no-op (all updates are zero): merged == source", label)
+    return {
+        "max_abs_weight_diff": totals["diff"],
+        "max_weight_error_to_bound": totals["ratio"],  # <= 1: every element within its own rounding bound
+        "weight_bound": WEIGHT_BOUND,
+        # where an unmerged model fails; 0: the weight check cannot tell merged from unmerged
+        "updates_above_bound_share": totals["resolvable"] / totals["elements"] if totals["elements"] else 0.0,
+        "max_abs_untargeted_weight_diff": totals["other_diff"],
+        "max_abs_delta": totals["max_delta"],
+        "verified_modules": len(targeted),
+    }
 
 
 def check_merged_weights(
@@ -148,28 +189,39 @@ def check_merged_weights(
         raise MergeVerificationError(
             f"{label}: parameter names differ from {source_label}: {sorted(set(merged_sd) ^ set(source_sd))[:5]}"
         )
-    targeted = {f"{name}.weight": d for name, d in deltas.items()}
-    missing = sorted(set(targeted) - set(source_sd))
-    if missing:
-        raise MergeVerificationError(f"{label}: targeted weights absent: {missing[:5]}")
+    targeted = _targeted(deltas, source_sd, label)
     with torch.no_grad():
-        totals, failures = _weight_failures(merged_sd, source_sd, targeted, dtype, source_label)
-    if failures:
+        pairs = ((key, merged_sd[key], w) for key, w in source_sd.items())
+        totals, failures = _weight_failures(pairs, targeted, dtype, source_label)
+    return _weight_result(totals, failures, targeted, label, source_label)
+
+
+def _as_loaded(tensor: torch.Tensor, dtype) -> torch.Tensor:
+    """A checkpoint tensor as `load_lm(..., dtype)` holds it: floating tensors cast to `dtype`."""
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def check_merged_weights_streamed(
+    merged_dir: str | Path,
+    source_dir: str | Path,
+    deltas: dict[str, LoraDelta | DenseDelta],
+    dtype,
+    label: str = "merged model",
+    source_label: str = "source",
+) -> dict:
+    """check_merged_weights on the checkpoints, one tensor at a time (io.SafetensorsCheckpoint: plain
+    reads, no mmap whose pages would count as resident): memory holds one tensor of each model and
+    one block of the check's float64 work, never a model. Same bounds, same figures."""
+    merged, source = SafetensorsCheckpoint(merged_dir), SafetensorsCheckpoint(source_dir)
+    if set(merged.names()) != set(source.names()):
         raise MergeVerificationError(
-            f"{label}: weights are not {source_label} + adapter ({len(failures)} tensors): " + "; ".join(failures[:5])
+            f"{label}: tensor names differ from {source_label}: {sorted(set(merged.names()) ^ set(source.names()))[:5]}"
         )
-    if totals["max_delta"] == 0.0:
-        log.warning("%s: the adapter is a no-op (all updates are zero): merged == source", label)
-    return {
-        "max_abs_weight_diff": totals["diff"],
-        "max_weight_error_to_bound": totals["ratio"],  # <= 1: every element within its own rounding bound
-        "weight_bound": WEIGHT_BOUND,
-        # where an unmerged model fails
-        "updates_above_bound_share": totals["resolvable"] / totals["elements"] if totals["elements"] else 0.0,
-        "max_abs_untargeted_weight_diff": totals["other_diff"],
-        "max_abs_delta": totals["max_delta"],
-        "verified_modules": len(targeted),
-    }
+    targeted = _targeted(deltas, source.names(), label)
+    with torch.no_grad():
+        pairs = ((key, merged.read(key), _as_loaded(source.read(key), dtype)) for key in source.names())
+        totals, failures = _weight_failures(pairs, targeted, dtype, source_label)
+    return _weight_result(totals, failures, targeted, label, source_label)
 
 
 def _prompt_logits(merged, source_model, adapter_dir, tokenizer_dir, prompts) -> tuple[torch.Tensor, ...]:
@@ -233,6 +285,74 @@ def check_merged_logits(
     }
 
 
+def resolution(result: dict, dtype) -> tuple[str, str | None]:
+    """("verified", None) when a check that passed could also have failed: the weight check where
+    some element's update exceeds its rounding bound (an unmerged model fails there), or the logit
+    check where a tenth of the adapter's effect rises above the noise floor. Otherwise
+    ("unresolvable", why): the adapter's update is below the dtype's resolution and neither check
+    can tell the merged model from the source."""
+    if result.get("updates_above_bound_share", 0.0) > 0 or result.get("logit_check_resolves"):
+        return VERIFIED, None
+    name = dtype_name(dtype)
+    delta = result.get("max_abs_delta", 0.0)
+    weights = (
+        "the adapter's update is zero everywhere"
+        if not delta
+        else f"no element's update (max |update| {delta:.3g}) exceeds its rounding bound in {name}: the stored "
+        "weights cannot be told from the source's"
+    )
+    if result.get("logit_check") == SKIPPED:
+        logits = f"the logit check was skipped ({result['logit_check_skipped']})"
+    else:
+        logits = (
+            f"a tenth of the adapter's effect on the logits ({result['max_abs_adapter_logit_effect']:.3g}) is "
+            f"below the {name} noise floor {result['logit_noise_floor']:.3g}"
+        )
+    return UNRESOLVABLE, f"{weights}; {logits}"
+
+
+def _host_memory(merged_dir, source: str, dtype, stream: bool | None) -> dict:
+    """Whether the check streams, and the bytes behind the decision (memory.needs_streaming)."""
+    merged_bytes, _ = checkpoint_bytes(merged_dir)
+    source_bytes = checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes
+    needed = whole_check_bytes(merged_bytes, source_bytes)
+    available = available_host_bytes()
+    return {
+        "whole_check_gb": round(needed / 1e9, 3),
+        "available_gb": round(available / 1e9, 3),
+        "streamed": needs_streaming(needed, available) if stream is None else bool(stream),
+        "decided_by": "available memory" if stream is None else "caller",
+    }
+
+
+def _whole_checks(merged_dir, source, adapter_dir, deltas, atol, dtype, prompts) -> dict:
+    """Both models whole: the weight check and the logit check."""
+    merged = load_lm(str(merged_dir), dtype)
+    source_model = load_lm(source, dtype)
+    result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
+    result.update(
+        check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts, str(merged_dir))
+    )
+    result["logit_check"] = "ran"
+    del source_model, merged
+    gc.collect()
+    return result
+
+
+def _streamed_checks(merged_dir, source: str, deltas, dtype, memory: dict) -> dict:
+    """The weight check tensor by tensor; the logit check, which needs both models whole, skipped."""
+    result = check_merged_weights_streamed(merged_dir, local_checkpoint(source), deltas, dtype, str(merged_dir), source)
+    why = (
+        f"the check streamed tensor by tensor: both models whole need {memory['whole_check_gb']:.3g} GB, "
+        f"the host had {memory['available_gb']:.3g} GB available"
+        if memory["decided_by"] == "available memory"
+        else "the check was asked to stream tensor by tensor"
+    )
+    result.update(logit_check=SKIPPED, logit_check_skipped=why, max_abs_logit_diff=None, logit_tolerance=None)
+    log.warning("%s: logit check skipped: %s", merged_dir, why)
+    return result
+
+
 def verify_merged(
     merged_dir: str | Path,
     source: str,
@@ -241,33 +361,40 @@ def verify_merged(
     atol: float,
     dtype,
     prompts=VERIFY_PROMPTS,
+    stream: bool | None = None,
 ) -> dict:
-    """Reload a merged model and check it is source + the expected updates; raise MergeVerificationError if not.
+    """Check a merged model is source + the expected updates; raise MergeVerificationError if not.
 
     (a) weights (check_merged_weights): each adapted element within its own rounding bound of
         W + update (`deltas`, computed by the caller from the adapter's tensors), all others
         bit-identical; (b) logits (check_merged_logits): within a tenth of the adapter's own effect
         of the unmerged PeftModel(source, adapter_dir) on fixed prompts. Both models load in `dtype`.
+    Streams (memory.needs_streaming; `stream` forces it either way): (a) tensor by tensor
+    (check_merged_weights_streamed), (b) skipped with the reason. `status` (`resolution`):
+    "verified", or "unresolvable" with `status_reason` when neither check can tell the merge from
+    the source (the update is below the dtype's resolution).
     """
-    merged = load_lm(str(merged_dir), dtype)
-    source_model = load_lm(source, dtype)
-    result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
-    result.update(
-        check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts, str(merged_dir))
-    )
-    result.update(format=VERIFY_FORMAT, dtype=dtype_name(dtype))
+    memory = _host_memory(merged_dir, source, dtype, stream)
+    if memory["streamed"]:
+        result = _streamed_checks(merged_dir, source, deltas, dtype, memory)
+    else:
+        result = _whole_checks(merged_dir, source, adapter_dir, deltas, atol, dtype, prompts)
+    status, reason = resolution(result, dtype)
+    result.update(format=VERIFY_FORMAT, dtype=dtype_name(dtype), host_memory=memory, status=status)
+    result["status_reason"] = reason
+    if status == UNRESOLVABLE:
+        log.warning("%s: passed its checks, yet they cannot tell it from %s: %s", merged_dir, source, reason)
     log.info(
-        "verified %s: weights within %.3g of their rounding bound (max diff %.3g); logit diff %.3g, "
-        "%.3g of the adapter's effect %.3g",
+        "%s %s: weights within %.3g of their rounding bound (max diff %.3g); logit check %s",
+        status,
         merged_dir,
         result["max_weight_error_to_bound"],
         result["max_abs_weight_diff"],
-        result["max_abs_logit_diff"],
-        result["logit_diff_to_effect"] or 0.0,
-        result["max_abs_adapter_logit_effect"],
+        "skipped"
+        if result["logit_check"] == SKIPPED
+        else f"diff {result['max_abs_logit_diff']:.3g}, {result['logit_diff_to_effect'] or 0.0:.3g} of the "
+        f"adapter's effect {result['max_abs_adapter_logit_effect']:.3g}",
     )
-    del source_model, merged
-    gc.collect()
     return result
 
 
@@ -321,6 +448,8 @@ def check_tensor(
     # per element: one rounding to the output dtype + the float32 arithmetic on terms of that size
     diff = ratio = 0.0
     over = 0
+    inputs = reference.flat + ([reference.base] if reference.base is not None else [])
+    apart = [False] * len(inputs)  # whether some element of that input, copied as it is, would fail here
     for part in chunks(flat_got.numel()):
         expected = reference.chunk(part).double()
         value = flat_got[part].double()
@@ -330,7 +459,9 @@ def check_tensor(
         if gap.numel():
             diff, ratio = max(diff, float(gap.max())), max(ratio, float((gap / bound).max()))
             over += int((gap > bound).sum())
+        apart = [a or bool(((x[part].double() - expected).abs() > bound).any()) for a, x in zip(apart, inputs)]
     out = {
+        "apart": apart,
         "diff": diff,
         "ratio": ratio,
         "kept": reference.stats.get("kept", 0),
@@ -357,11 +488,13 @@ def _check_all_tensors(merged_dir, spec: ModelMergeSpec, dtype, seed: int) -> tu
         )
     totals = dict.fromkeys(("diff", "ratio", "change", "moved"), 0.0)
     totals.update(dict.fromkeys(("kept", "entries", "slerp_linear", "unchanged"), 0))
+    totals["apart"] = [False] * (len(models) + (base is not None))
     failures = []
     for name in merged.names():
         one = check_tensor(name, merged, models, base, spec, dtype, seed)
         if "failure" in one:
             failures.append(one["failure"])
+        totals["apart"] = [a or b for a, b in zip(totals["apart"], one.get("apart", totals["apart"]))]
         for key in ("diff", "ratio", "change", "moved"):
             totals[key] = max(totals[key], one.get(key, 0.0))
         for key in ("kept", "entries", "slerp_linear", "unchanged"):
@@ -402,6 +535,16 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
     if spec.method == "slerp":
         result["slerp_linear_tensors"] = totals["slerp_linear"]
     result.update(smoke_test(merged_dir, dtype))
+    labels = list(spec.labels) + ([f"base {spec.base_label}"] if spec.uses_base else [])
+    alike = [label for label, apart in zip(labels, totals["apart"]) if not apart]
+    result["status"], result["status_reason"] = VERIFIED, None
+    if alike:  # that input, copied as it is, would pass too: the check cannot tell it from the merge
+        result["status"] = UNRESOLVABLE
+        result["status_reason"] = (
+            f"no element of the merge differs from {', '.join(alike)} by more than its rounding bound in "
+            f"{dtype_name(dtype)}: the check cannot tell the merge from that input as it is"
+        )
+        log.warning("%s: passed its check, yet %s", merged_dir, result["status_reason"])
     log.info(
         "verified %s: max diff %.3g from the %s reference over %d tensors",
         merged_dir,
