@@ -712,3 +712,216 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
     assert str((cur / "curation_report.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
+
+
+# ---------------------------------------------------------------- released models as references (issue 20)
+def test_published_numbers_have_one_home_with_their_source(tmp_path):
+    from platypus_utils import published
+    from platypus_utils.config import ProfileError, load_profile
+
+    assert an.PUBLISHED is published.PUBLISHED and an.PUBLISHED_SOURCE == published.SOURCE_LABEL
+    assert set(published.PUBLISHED) == {
+        "Platypus2-70B-instruct",
+        "Camel-Platypus2-70B",
+        "OpenOrca-Platypus2-13B",
+        "Stable-Platypus2-13B",
+        "Llama-2-13b",
+    }
+    for row in published.PUBLISHED.values():
+        assert set(row.values) == set(published.BENCHMARKS)
+        assert row.average == pytest.approx(sum(row.values.values()) / 4, abs=0.006)  # published rounded
+        assert "2308.07317" in row.source and "b281b09" in row.harness and row.model.count("/") == 1
+    assert published.PUBLISHED["Stable-Platypus2-13B"].values["truthfulqa_mc2"] == 52.52
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        "evaluate:\n  variants: [base, merged]\n  references:\n"
+        "    - {name: rel, model: org/rel, compare_to: merged, published: Stable-Platypus2-7B}\n"
+    )
+    with pytest.raises(ProfileError, match=r"evaluate\.references\.0\.published.*Stable-Platypus2-7B"):
+        load_profile(profile)
+    profile.write_text(profile.read_text().replace("Stable-Platypus2-7B", "Stable-Platypus2-13B"))
+    assert load_profile(profile).evaluate.references[0].published == "Stable-Platypus2-13B"
+
+
+def eval_run(name: str, scores: dict[tuple[str, str], list[float]], stderr: float = 0.02, **summary_fields):
+    """An EvalRun with per-question scores per (benchmark, subject) and a summary made from them."""
+    from platypus_utils.lmeval_io import SAMPLE_COLUMNS, EvalRun
+
+    rows = [(b, s, k, v) for (b, s), values in scores.items() for k, v in enumerate(values)]
+    tasks, subjects = {}, {}
+    for (bench, subject), values in scores.items():
+        mean = sum(values) / len(values)
+        if bench == "mmlu":
+            subjects[subject] = {"acc": mean, "stderr": stderr, "n": len(values), "category": SUBJECTS[subject]}
+        else:
+            tasks[bench] = {"metric": "m", "value": mean, "stderr": stderr, "n": len(values)}
+    if subjects:
+        accs = [s["acc"] for s in subjects.values()]
+        tasks["mmlu"] = {"metric": "acc", "value": sum(accs) / len(accs), "stderr": stderr, "n": len(rows)}
+    summary = {"variant": name, "model": f"org/{name}", "model_hash": "h" + name, "tasks": tasks}
+    summary.update(mmlu_subjects=subjects, settings={}, **summary_fields)
+    return EvalRun(name, "memory", summary, {}, pd.DataFrame(rows, columns=SAMPLE_COLUMNS))
+
+
+RELEASE_SCORES = {  # the released model: its answers per question
+    ("arc_challenge", ""): [0] * 5 + [1] * 3 + [0] * 12,
+    ("hellaswag", ""): [1, 0, 1, 1, 0, 1],
+    ("mmlu", "anatomy"): [1, 0, 0, 0],
+    ("mmlu", "world_religions"): [1, 0],
+    ("truthfulqa_mc2", ""): [0.5, 0.6, 0.5, 0.7],
+}
+REPRO_SCORES = {  # this run's variant on the same questions: ARC 5 up 0 down, HellaSwag the same, ...
+    ("arc_challenge", ""): [1] * 5 + [1] * 3 + [0] * 12,
+    ("hellaswag", ""): [1, 0, 1, 1, 0, 1],
+    ("mmlu", "anatomy"): [1, 1, 0, 0],
+    ("mmlu", "world_religions"): [1, 0],
+    ("truthfulqa_mc2", ""): [0.6, 0.7, 0.5, 0.8],
+}
+
+
+def test_reproduction_vs_release_is_paired_from_the_samples():
+    runs = {"repro": eval_run("repro", REPRO_SCORES), "repro-released": eval_run("repro-released", RELEASE_SCORES)}
+    refs = {"repro-released": {"model": "org/x", "compare_to": "repro", "published": None}}
+    frame, notes = an.release_frame(runs, refs, an.StatsSettings(n_boot=500))
+    assert notes == []
+    by = frame.set_index("benchmark")
+    assert list(by.index) == ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "average"]
+    assert set(frame["kind"]) == {an.KIND_RELEASE} and set(frame["interval"]) == {an.PAIRED}
+    assert set(frame["comparison"]) == {"repro vs repro-released"}
+    arc = by.loc["arc_challenge"]
+    assert arc["delta"] == pytest.approx(25.0) and arc["n"] == 20 and arc["test"] == "McNemar exact"
+    assert arc["p_value"] == pytest.approx(2 / 2**5)  # exact McNemar, 5 vs 0
+    assert (arc["this_score"], arc["against_score"]) == (pytest.approx(40.0), pytest.approx(15.0))
+    assert 0.0 <= arc["ci_low"] < 25.0 < arc["ci_high"]  # paired: the differences are never negative
+    assert by.loc["hellaswag", "delta"] == 0.0 and by.loc["hellaswag", "p_value"] == 1.0
+    assert by.loc["mmlu", "delta"] == pytest.approx((25.0 + 0.0) / 2)  # mean over subjects, as the leaderboard
+    assert by.loc["truthfulqa_mc2", "delta"] == pytest.approx(7.5) and by.loc["truthfulqa_mc2", "test"] == "sign-flip"
+    assert by.loc["average", "delta"] == pytest.approx((25.0 + 0.0 + 12.5 + 7.5) / 4)
+    assert by.loc["average", "test"] == "sign-flip (weighted)"
+    # not evaluated, or settings that differ: no comparison, a note
+    frame, notes = an.release_frame({"repro": runs["repro"]}, refs)
+    assert frame.empty and notes == [
+        "repro vs repro-released (reproduction vs release): not compared, repro-released not evaluated"
+    ]
+
+
+def test_harness_drift_is_unpaired_against_the_published_row():
+    from platypus_utils.published import PUBLISHED
+
+    values = {"arc_challenge": 0.60, "hellaswag": 0.80, "mmlu": 0.58, "truthfulqa_mc2": 0.50}
+    ses = {"arc_challenge": 0.014, "hellaswag": 0.004, "mmlu": 0.0035, "truthfulqa_mc2": 0.015}
+    summary_ = {
+        "variant": "rel",
+        "model": "garage-bAInd/Stable-Platypus2-13B",
+        "tasks": {b: {"metric": "m", "value": v, "stderr": ses[b], "n": 100} for b, v in values.items()},
+        "settings": {
+            "lm_eval": "0.4.13",
+            "dtype": "bfloat16",
+            "batch_size": "auto",
+            "tasks": {"arc_challenge": {"num_fewshot": 25, "limit": 5}, "mmlu": {"num_fewshot": 3, "limit": None}},
+        },
+    }
+    from platypus_utils.lmeval_io import EvalRun
+
+    runs = {"rel": EvalRun("rel", "memory", summary_)}
+    refs = {
+        "rel": {"model": "garage-bAInd/Stable-Platypus2-13B", "compare_to": None, "published": "Stable-Platypus2-13B"},
+        "tiny": {"model": "embedded:smollm2-135m-instruct", "compare_to": None, "published": None},
+    }
+    frame, notes = an.drift_frame(runs, refs)
+    row = PUBLISHED["Stable-Platypus2-13B"]
+    by = frame.set_index("benchmark")
+    assert set(frame["kind"]) == {"harness drift"} and set(frame["interval"]) == {an.UNPAIRED}
+    assert set(frame["comparison"]) == {"rel vs published Stable-Platypus2-13B"}
+    arc = by.loc["arc_challenge"]
+    assert arc["delta"] == pytest.approx(60.0 - 62.71) and arc["se"] == pytest.approx(1.4)
+    assert arc["ci_high"] - arc["delta"] == pytest.approx(1.959964 * 1.4, rel=1e-5)
+    assert arc["p_value"] == pytest.approx(2 * norm.sf(2.71 / 1.4))
+    assert "limit 5: a subset, not the full test set" in arc["note"]
+    assert by.loc["mmlu", "note"] == "3-shot here, 5-shot published"
+    avg = by.loc["average"]
+    assert avg["this_score"] == pytest.approx(62.0) and avg["against_score"] == row.average
+    assert avg["se"] == pytest.approx(100 * math.sqrt(sum(s * s for s in ses.values())) / 4)
+    assert "harness drift of rel: here lm-eval 0.4.13, hf, bfloat16, batch size auto" in notes[0]
+    assert "no published numbers exist for it: no harness drift comparison" in notes[1] and "tiny" in notes[1]
+    lines = an.reference_lines(frame, refs)
+    assert lines[0].startswith("rel vs published Stable-Platypus2-13B (harness drift, unpaired): average 62.00 vs")
+    assert lines[1] == "harness drift: no published numbers exist for tiny (embedded:smollm2-135m-instruct)."
+
+
+def test_references_stand_beside_the_merges_in_the_tables_and_summary(tmp_path):
+    """A demo-sized run with two released models evaluated as references: one the release of "merged"
+    with a published row, one the release of the base without one."""
+    profile = Profile.model_validate(
+        {
+            "name": "refs",
+            "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports")},
+            "evaluate": {
+                "variants": ["base", "merged"],
+                "references": [
+                    {"name": "merged-released", "model": "org/m", "compare_to": "merged", "published": "Llama-2-13b"},
+                    {"name": "base-released", "model": "embedded:smollm2-135m-instruct", "compare_to": "base"},
+                ],
+            },
+            "analysis": {"formats": ["png"], "n_bootstrap": 200},
+        }
+    )
+    runs = {
+        "base": eval_run("base", RELEASE_SCORES),
+        "merged": eval_run("merged", REPRO_SCORES),
+        "merged-released": eval_run("merged-released", RELEASE_SCORES, kind="reference"),
+        "base-released": eval_run("base-released", RELEASE_SCORES, kind="reference"),
+    }
+    runs["base-released"].summary["model_hash"] = runs["base"].summary["model_hash"]
+    write_eval(profile, [r.summary for r in runs.values()])
+    for name, run in runs.items():
+        rows = [
+            {
+                "task": f"platypus_mmlu_{r.subject}" if r.benchmark == "mmlu" else f"platypus_{r.benchmark}",
+                "doc_id": r.doc_id,
+                ("acc_norm" if r.benchmark in ("arc_challenge", "hellaswag") else "acc"): r.score,
+            }
+            for r in run.samples.itertuples()
+        ]
+        write_samples(profile, name, rows)
+    produced = an.run_analysis(profile)
+    tables = profile.report_dir("tables")
+    board = pd.read_csv(tables / "leaderboard.csv")
+    assert board[["variant", "kind"]].values.tolist() == [
+        ["base", "variant"],
+        ["merged", "variant"],
+        ["merged-released", "reference"],
+        ["base-released", "reference"],
+    ]
+    md = (tables / "leaderboard.md").read_text()
+    assert has_row(md, "merged", "this run", "40.00 ± 2.00")
+    assert has_row(md, "merged-released", "this run (reference)", "15.00 ± 2.00")
+    assert "reference: a released model evaluated in this run as it is" in md
+    # the references are not compared with the baseline among the merges: they have their own comparisons
+    deltas = pd.read_csv(tables / "mmlu_delta.csv")
+    assert set(deltas["comparison"]) == {"merged vs base"}
+    refs = pd.read_csv(tables / "references.csv")
+    assert refs.groupby(["comparison", "kind"]).size().to_dict() == {
+        ("base vs base-released", "reproduction vs release"): 5,
+        ("merged vs merged-released", "reproduction vs release"): 5,
+        ("merged-released vs published Llama-2-13b", "harness drift"): 5,
+    }
+    same = refs[refs["comparison"] == "base vs base-released"]
+    assert (same["delta"] == 0).all() and same["note"].str.contains("same weights").all()
+    summary_md = (profile.report_dir() / "summary.md").read_text()
+    assert "## Released models: reproduction vs release, and harness drift" in summary_md
+    assert "merged-released vs published Llama-2-13b (harness drift, unpaired): average" in summary_md
+    assert "harness drift: no published numbers exist for base-released" in summary_md
+    assert any(
+        line.startswith("merged vs merged-released (reproduction vs release, paired") for line in produced["references"]
+    )
+    assert (tables / "references.tex").read_text().count("\\toprule") == 1
+
+
+def test_summary_says_when_no_reference_is_evaluated(basic_run):
+    profile, produced = basic_run
+    assert produced["references"] == [
+        "No released model evaluated as a reference (evaluate.references): no reproduction-vs-release and "
+        "no harness drift comparison."
+    ]
+    assert "No released model evaluated as a reference" in (profile.report_dir() / "summary.md").read_text()

@@ -4,6 +4,8 @@ A package by concern; each module's docstring states its contract:
   common    constants (benchmarks, labels, categories, roles, the paper's numbers) and small helpers
   frames    05's evaluations read into frames: summaries, runs with samples, leaderboard, comparisons
   paired    paired statistics per subject, category and benchmark (bootstrap, McNemar, BH)
+  references released models: this run's variant vs the release (paired), the release vs its published
+            numbers (harness drift, unpaired)
   clean     scores on the full test set and on the items 02 did not flag (issue 14), with item counts
   tables    display frames written as CSV, Markdown (pandas/tabulate) and LaTeX (pandas Styler)
   figures   plot functions (optional ax, return the figure) and `save_figure`
@@ -45,11 +47,13 @@ from .common import (
     BENCHMARKS,
     CATEGORY_LABELS,
     CATEGORY_ORDER,
+    KIND_DRIFT,
     KIND_FINETUNED,
     KIND_MERGED,
     KIND_OTHER,
     KIND_PARTNER,
     KIND_PARTNER_BASE,
+    KIND_RELEASE,
     LABELS,
     METRIC_NOTE,
     NOT_RUN,
@@ -61,6 +65,9 @@ from .common import (
     ROLE_MERGED_PARTNER,
     ROLE_OTHER,
     ROLE_PARTNER,
+    ROW_PUBLISHED,
+    ROW_REFERENCE,
+    ROW_VARIANT,
     STAGE,
     read_json,
 )
@@ -83,6 +90,7 @@ from .frames import (
     load_runs,
     load_summaries,
     merged_variants,
+    reference_info,
     runs_from_summaries,
     tradeoff_frame,
     variant_role,
@@ -100,6 +108,15 @@ from .paired import (
     settings_notes,
     verdict,
 )
+from .references import (
+    REFERENCE_COLUMNS,
+    drift_frame,
+    reference_display,
+    reference_frame,
+    reference_lines,
+    release_frame,
+    write_reference_tables,
+)
 from .stage import (
     Outputs,
     analyse,
@@ -110,6 +127,7 @@ from .stage import (
     write_comparisons,
     write_leaderboard_step,
     write_pipeline_step,
+    write_reference_step,
     write_tradeoff_step,
 )
 from .summary import summary_html, summary_markdown, write_summary
@@ -133,6 +151,7 @@ __all__ = [
     "write_clean_step",
     "write_tradeoff_step",
     "write_pipeline_step",
+    "write_reference_step",
     "Outputs",
     "load_runs",
     "load_summaries",
@@ -142,6 +161,14 @@ __all__ = [
     "merged_variants",
     "variant_role",
     "comparisons",
+    "reference_info",
+    "release_frame",
+    "drift_frame",
+    "reference_frame",
+    "reference_display",
+    "reference_lines",
+    "write_reference_tables",
+    "REFERENCE_COLUMNS",
     "tradeoff_frame",
     "StatsSettings",
     "compare",
@@ -211,6 +238,11 @@ __all__ = [
     "KIND_PARTNER",
     "KIND_PARTNER_BASE",
     "KIND_OTHER",
+    "KIND_RELEASE",
+    "KIND_DRIFT",
+    "ROW_VARIANT",
+    "ROW_REFERENCE",
+    "ROW_PUBLISHED",
     "ROLE_BASE",
     "ROLE_FINETUNED",
     "ROLE_MERGED_BASE",

@@ -7,7 +7,17 @@ from __future__ import annotations
 import pandas as pd
 
 from .clean import SUBSET_LABELS, SUBSETS
-from .common import BENCHMARKS, CATEGORY_LABELS, CATEGORY_ORDER, LABELS, METRIC_NOTE, cell, n_text, none_if_nan
+from .common import (
+    BENCHMARKS,
+    CATEGORY_LABELS,
+    CATEGORY_ORDER,
+    LABELS,
+    METRIC_NOTE,
+    ROW_REFERENCE,
+    cell,
+    n_text,
+    none_if_nan,
+)
 from .paired import PAIRED, StatsSettings, level, method_text, verdict
 
 
@@ -18,7 +28,7 @@ def leaderboard_caption(frame: pd.DataFrame) -> str:
         lines.append("No variant was evaluated.")
     for _, r in ours.iterrows():
         lines.append(
-            f"{r['variant']}: "
+            f"{r['variant']}{' (reference: released, evaluated here)' if r.get('kind') == ROW_REFERENCE else ''}: "
             + ", ".join(f"{LABELS[b]} {cell(r[b], r[f'{b}_stderr'])}" for b in BENCHMARKS)
             + f"; average {cell(r['average'])}"
         )

@@ -2,7 +2,8 @@
 
 Constants: the four leaderboard benchmarks and their labels, MMLU category order and labels, the
 comparison kinds and variant roles, the upstream artifacts the summary links, and the paper's
-published leaderboard numbers (PLATYPUS.md section 6). Helpers never raise on bad upstream data:
+published leaderboard numbers (their one home is `platypus_utils.published`; re-exported here as
+PUBLISHED and PUBLISHED_SOURCE). Helpers never raise on bad upstream data:
 `read_json` returns (data, error text).
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from .. import layout
+from ..published import PUBLISHED as PUBLISHED  # re-exported: analysis.PUBLISHED
+from ..published import SOURCE_LABEL
 
 STAGE = layout.ANALYSIS
 BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")
@@ -58,15 +61,12 @@ UPSTREAM = (
     ("03_finetune", "figure", "03_loss_curve", "Fine-tuning loss curves"),
 )
 FIGURE_EXTS, TABLE_EXTS = ("png", "pdf", "svg", "txt"), ("csv", "md", "tex")
-# PLATYPUS.md section 6: Open LLM Leaderboard v1 numbers reported for the paper's models (percent)
-PUBLISHED = {
-    "Platypus2-70B-instruct": (71.84, 87.94, 70.48, 62.26, 73.13),
-    "Camel-Platypus2-70B": (71.16, 87.66, 69.80, 57.77, 71.60),
-    "OpenOrca-Platypus2-13B": (62.88, 83.19, 59.50, 52.69, 64.56),
-    "Stable-Platypus2-13B": (62.71, 82.29, 58.30, 52.52, 63.96),
-    "Llama-2-13b (base)": (59.3, 82.15, 55.67, 37.39, 58.63),
-}
-PUBLISHED_SOURCE = "paper (Lee et al. 2023)"
+PUBLISHED_SOURCE = SOURCE_LABEL  # the paper's numbers (platypus_utils.published.PUBLISHED): the source cell
+# what a leaderboard row is: a variant of this run, a released model evaluated here, or published numbers
+ROW_VARIANT, ROW_REFERENCE, ROW_PUBLISHED = "variant", "reference", "published"
+# the two comparisons of a released model (references.py)
+KIND_RELEASE = "reproduction vs release"  # this run's variant vs the released model, paired over questions
+KIND_DRIFT = "harness drift"  # the released model as evaluated here vs its published numbers, unpaired
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:

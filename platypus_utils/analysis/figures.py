@@ -37,6 +37,7 @@ from .common import (
     LABELS,
     PALETTE,
     ROLE_MARKERS,
+    ROW_REFERENCE,
     category_order,
     nz,
 )
@@ -270,7 +271,8 @@ def leaderboard_figure(frame: pd.DataFrame, ax=None):
             yerr=[nz(r[f"{BENCHMARKS[j]}_stderr"]) for j in present],
             capsize=2,
             color=palette[k],
-            label=r["variant"],
+            hatch="//" if r.get("kind") == ROW_REFERENCE else None,  # a released model, evaluated here
+            label=f"{r['variant']} (reference)" if r.get("kind") == ROW_REFERENCE else r["variant"],
         )
     ax.set_xticks(range(len(BENCHMARKS)), [LABELS[b] for b in BENCHMARKS])
     ax.set_ylabel("score (%)")

@@ -3,8 +3,11 @@
 - `load_summaries`: 05_evaluate's `<variant>.json` summaries and its failed variants;
   `runs_from_summaries` / `load_runs`: the same with logged samples and settings (lmeval_io.EvalRun),
   from 05's folder or from any lm-eval output folder (`platypus analyse`).
-- `leaderboard_frame`: one row per variant, each benchmark in percent with its standard error and
-  item count; with a clean-subset frame (clean.py), the clean score and its item count beside each.
+- `leaderboard_frame`: one row per variant, then per released model evaluated as a reference (`kind`
+  "reference"), each benchmark in percent with its standard error and item count; with a clean-subset
+  frame (clean.py), the clean score and its item count beside each; the paper's rows (`kind` "published").
+- `reference_info`: the released models evaluated as references, with the variant each is compared to and
+  its published row (from the profile, else from 05's summaries).
 - `comparisons`: which variant is compared with which reference, and why (Comparison.kind).
 - `tradeoff_frame`: per variant, MMLU against the mean of the other three benchmarks.
 """
@@ -38,6 +41,9 @@ from .common import (
     ROLE_MERGED_PARTNER,
     ROLE_OTHER,
     ROLE_PARTNER,
+    ROW_PUBLISHED,
+    ROW_REFERENCE,
+    ROW_VARIANT,
     pct,
     read_json,
     task_entry,
@@ -86,8 +92,29 @@ def load_summaries(
     return {v: summaries[v] for v in ordered}, failed, read
 
 
-def _variant_row(variant: str, s: dict, clean: pd.DataFrame | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"variant": variant, "source": "this run", "status": "ok", "model": s.get("model", "")}
+def reference_info(profile=None, summaries: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Released models evaluated as references: name -> {model, compare_to, published}. The profile's
+    evaluate.references where a profile is given; otherwise the summaries 05 wrote with kind "reference"."""
+    if profile is not None:
+        return {
+            r.name: {"model": r.model, "compare_to": r.compare_to, "published": r.published}
+            for r in profile.evaluate.references
+        }
+    return {
+        name: {"model": s.get("model", ""), "compare_to": s.get("compare_to"), "published": s.get("published")}
+        for name, s in (summaries or {}).items()
+        if s.get("kind") == ROW_REFERENCE
+    }
+
+
+def _variant_row(variant: str, s: dict, clean: pd.DataFrame | None, kind: str = ROW_VARIANT) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "variant": variant,
+        "source": "this run",
+        "kind": kind,
+        "status": "ok",
+        "model": s.get("model", ""),
+    }
     for bench in BENCHMARKS:
         t = task_entry(s, bench)
         row[bench] = pct(t["value"]) if t else None
@@ -116,27 +143,39 @@ def leaderboard_frame(
     failed: dict[str, str] | None = None,
     published: bool = False,
     clean: pd.DataFrame | None = None,
+    references: list[str] | dict | None = None,
 ) -> pd.DataFrame:
-    """One row per variant: each benchmark in percent with its standard error and item count, and the
+    """One row per variant, then per reference (the names in `references`, `kind` "reference": a released
+    model evaluated as it is): each benchmark in percent with its standard error and item count, and the
     average; with `clean` (clean.clean_subset_frame), `<bench>_clean` and `<bench>_clean_n` (the score on
-    the items 02 did not flag, and how many) and `average_clean` (over all four, else None)."""
-    rows = [_variant_row(variant, s, clean) for variant, s in summaries.items()]
-    for variant, err in (failed or {}).items():
-        rows.append({"variant": variant, "source": "this run", "status": f"failed: {err}", "model": ""})
+    the items 02 did not flag, and how many) and `average_clean` (over all four, else None). With
+    `published`, the paper's rows (platypus_utils.published, `kind` "published")."""
+    refs = set(references or ())
+    rows = []
+    for kind in (ROW_VARIANT, ROW_REFERENCE):  # the variants (failed ones last), then the references
+        rows += [
+            _variant_row(v, s, clean, kind) for v, s in summaries.items() if (v in refs) == (kind == ROW_REFERENCE)
+        ]
+        rows += [
+            {"variant": v, "source": "this run", "kind": kind, "status": f"failed: {err}", "model": ""}
+            for v, err in (failed or {}).items()
+            if (v in refs) == (kind == ROW_REFERENCE)
+        ]
     if published:
-        for name, values in PUBLISHED.items():
+        for row_ in PUBLISHED.values():
             row = {
-                "variant": name,
+                "variant": row_.label,
                 "source": PUBLISHED_SOURCE,
+                "kind": ROW_PUBLISHED,
                 "status": "published",
-                "model": name,
-                "average": values[4],
-                "average_over": 4,
+                "model": row_.model,
+                "average": row_.average,
+                "average_over": len(row_.values),
             }
-            row.update(dict(zip(BENCHMARKS, values[:4])))
+            row.update(row_.values)
             rows.append(row)
     cols = (
-        ["variant", "source", "status", "model"]
+        ["variant", "source", "kind", "status", "model"]
         + [c for b in BENCHMARKS for c in (b, f"{b}_stderr", f"{b}_n")]
         + ["mmlu_weighted", "average", "average_over"]
         + [c for b in BENCHMARKS for c in (f"{b}_clean", f"{b}_clean_n")]

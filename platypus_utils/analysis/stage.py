@@ -8,10 +8,14 @@ merge_report.json, 02_decontaminate's flagged_pairs.csv (the clean subset), and 
 
 Comparisons: fine-tuned vs base ("adapter", "merged"), merged vs base and merged vs partner, partner vs
 base; those whose lm-eval settings (few-shot, task version, limit) differ are refused and noted.
+Released models evaluated as references (evaluate.references) stand beside the variants in the leaderboard
+and get their own two comparisons (references.py): this run's variant vs the release (paired) and the
+release vs its published numbers (harness drift, unpaired).
 Statistics: paired.py; clean subset: clean.py.
 
 Writes to reports/<profile>/tables/:
-  leaderboard.{csv,md,tex}  - every variant (and the paper's numbers with analysis.published_results),
+  leaderboard.{csv,md,tex}  - every variant, then every reference (a released model evaluated here,
+                              marked "reference"), and the paper's numbers with analysis.published_results,
                               full scores ± standard error, and a clean row per variant (score on the
                               items 02 did not flag, with its item count) when 02 ran and 05 logged samples
   clean_subset.{csv,md,tex} - per variant, benchmark and MMLU subject: the score on the full test set,
@@ -21,6 +25,8 @@ Writes to reports/<profile>/tables/:
   mmlu_delta_categories.{csv,md,tex} - the same per lm-eval category and over all subjects
   benchmark_deltas.csv      - per comparison and benchmark
   merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
+  references.{csv,md,tex}   - per released model, per benchmark and the average: reproduction vs release
+                              (paired) and harness drift (unpaired); notes where a comparison is impossible
   pipeline.{csv,md}         - status and headline numbers of every stage
 to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
   leaderboard, clean_subset, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories,
@@ -66,10 +72,12 @@ from .frames import (
     load_runs,
     load_summaries,
     merged_variants,
+    reference_info,
     runs_from_summaries,
     tradeoff_frame,
 )
 from .paired import StatsSettings, level, paired_delta_frame, power_lines, verdict
+from .references import reference_frame, reference_lines, write_reference_tables
 from .summary import analyse_summary, write_summary
 from .tables import write_category_tables, write_clean_tables, write_leaderboard, write_pipeline_tables
 from .upstream import key_numbers, pipeline_status, upstream_artifacts
@@ -303,6 +311,24 @@ def write_tradeoff_step(
         out.absent("figure", "merge_tradeoff", title, why)
 
 
+def write_reference_step(
+    out: Outputs, runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings
+) -> pd.DataFrame:
+    """references.{csv,md,tex}: reproduction vs release (paired) and harness drift (unpaired) of every
+    released model; `produced["references"]` holds the summary's sentences, the notes join the others."""
+    frame, notes = reference_frame(runs, refs, st)
+    out.produced["notes"] += notes
+    out.produced["references"] = reference_lines(frame, refs)
+    out.produced["reference_notes"] = notes
+    out.register(
+        "table",
+        "references",
+        "Released models: reproduction vs release, and harness drift",
+        write_reference_tables(frame, notes, out.tables, st),
+    )
+    return frame
+
+
 def write_pipeline_step(out: Outputs, profile) -> list[Path]:
     """pipeline tables and the contamination per benchmark; returns the files read."""
     stages, contamination, read = pipeline_status(profile)
@@ -323,7 +349,8 @@ def load_step(profile) -> dict[str, Any]:
     """What 04 and 05 left: summaries, failed variants, runs (with samples), the merge report and
     merged -> partner, the files read, and notes."""
     eval_dir = profile.run_dir(layout.EVALUATE)
-    summaries, failed, read = load_summaries(eval_dir, list(profile.evaluate.variants))
+    refs = reference_info(profile)
+    summaries, failed, read = load_summaries(eval_dir, list(profile.evaluate.variants) + list(refs))
     merge_path = layout.artifact(profile, layout.MERGE_REPORT)
     merge_report, _ = read_json(merge_path) if merge_path.is_file() else (None, None)
     merge_report = merge_report if isinstance(merge_report, dict) else None
@@ -337,6 +364,7 @@ def load_step(profile) -> dict[str, Any]:
         "runs": runs,
         "merge_report": merge_report,
         "merged": merged_variants(profile, merge_report),
+        "references": refs,
         "read": read,
         "notes": notes,
     }
@@ -345,7 +373,8 @@ def load_step(profile) -> dict[str, Any]:
 def compare_step(out: Outputs, profile, data: dict, st: StatsSettings) -> tuple[pd.DataFrame, int]:
     """The comparisons the evaluated variants allow, refused where settings differ; their tables and figures."""
     baseline = profile.analysis.baseline
-    pairs, pair_notes = comparisons(list(data["summaries"]), baseline, data["merged"])
+    variants = [v for v in data["summaries"] if v not in data.get("references", {})]  # references: references.py
+    pairs, pair_notes = comparisons(variants, baseline, data["merged"])
     out.produced["notes"] += pair_notes
     out.produced["comparisons"] = [{"comparison": c.label, "kind": c.kind} for c in pairs]
     if data["summaries"] and baseline not in data["summaries"]:
@@ -380,11 +409,14 @@ def run_analysis(profile) -> dict:
         out.produced["notes"] += data["notes"]
         flagged_path = layout.artifact(profile, layout.FLAGGED_PAIRS)
         clean, info = load_clean_subset(data["runs"], flagged_path)
-        board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean)
+        refs = data["references"]
+        board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean, refs)
         write_leaderboard_step(out, board, info["why"])
         write_clean_step(out, clean, info, st.confidence)
         deltas, n_pairs = compare_step(out, profile, data, st)
-        write_tradeoff_step(out, data["summaries"], deltas, cfg.baseline, data["merged"], data["merge_report"], st)
+        released = write_reference_step(out, data["runs"], refs, st)
+        variants = {v: s for v, s in data["summaries"].items() if v not in refs}
+        write_tradeoff_step(out, variants, deltas, cfg.baseline, data["merged"], data["merge_report"], st)
         stage_files = write_pipeline_step(out, profile)
         removed = _remove_stale(previous, out.produced, profile.report_dir())
         if removed:
@@ -393,7 +425,7 @@ def run_analysis(profile) -> dict:
                 "produce: " + ", ".join(removed)
             )
         out.produced["key_numbers"], number_files = key_numbers(profile, data["summaries"], data["failed"])
-        out.produced["summary"] = [str(p) for p in write_summary(profile, out.produced, board, deltas, clean)]
+        out.produced["summary"] = [str(p) for p in write_summary(profile, out.produced, board, deltas, clean, released)]
         report = write_json(profile.run_dir(STAGE) / "analysis_report.json", out.produced)
         inputs = data["read"] + stage_files + number_files + ([flagged_path] if flagged_path.is_file() else [])
         _record(run, out, inputs + [Path(f) for a in upstream for f in a["files"]], report)
@@ -430,7 +462,8 @@ def analyse(
     if baseline not in runs:
         raise ValueError(f"--baseline {baseline!r} is not among the inputs ({', '.join(runs)})")
     merged = merged or {}
-    pairs, pair_notes = comparisons(list(runs), baseline, merged)
+    refs = reference_info(None, {n: r.summary for n, r in runs.items()})  # 05 folders mark their references
+    pairs, pair_notes = comparisons([n for n in runs if n not in refs], baseline, merged)
     outputs = Outputs(
         out / "tables", out / "figures", formats, variants=list(runs), comparisons=[c.label for c in pairs]
     )
@@ -448,11 +481,13 @@ def analyse(
         if flagged_pairs
         else (pd.DataFrame(columns=CLEAN_COLUMNS), {"why": "", "notes": []})
     )
-    board = leaderboard_frame({n: r.summary for n, r in runs.items()}, clean=clean)
+    board = leaderboard_frame({n: r.summary for n, r in runs.items()}, clean=clean, references=refs)
     write_leaderboard_step(outputs, board, info["why"])
     if flagged_pairs:
         write_clean_step(outputs, clean, info, st.confidence)
     frame = write_comparisons(runs, pairs, st, outputs, baseline, merged)
+    if refs:
+        write_reference_step(outputs, runs, refs, st)
     produced = outputs.produced
     produced["summary"] = str(write_text(out / "summary.md", analyse_summary(runs, produced, frame, st)))
     return produced
@@ -468,5 +503,6 @@ __all__ = [
     "write_leaderboard_step",
     "write_clean_step",
     "write_tradeoff_step",
+    "write_reference_step",
     "write_pipeline_step",
 ]

@@ -7,9 +7,11 @@ used directly because importing nbconvert costs about 2.5 s and mistune 0.06 s (
 small HTML page with a style sheet. Free text is Markdown-escaped (`md_escape`); links are relative
 to the report, so the folder can be moved or published as it is.
 
-Sections: stage status, key numbers, the leaderboard (full and clean scores), scores on the clean
-subset, MMLU change per category and what the sample size can show, every figure (06's and those
-01-03 wrote) with its caption, every table, and any other file found in the report folders.
+Sections: stage status, key numbers, the leaderboard (full and clean scores; released models evaluated
+as references marked so), scores on the clean subset, MMLU change per category and what the sample size
+can show, the released models (reproduction vs release, paired, and harness drift against the published
+numbers, unpaired; or that no published numbers exist), every figure (06's and those 01-03 wrote) with
+its caption, every table, and any other file found in the report folders.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from ..lmeval_io import EvalRun
 from .clean import CATEGORIES
 from .common import METRIC_NOTE, STAGE
 from .paired import StatsSettings, level, method_text
-from .tables import CLEAN_NOTE, category_display, clean_display, leaderboard_display
+from .references import reference_display, reference_note
+from .tables import CLEAN_NOTE, REFERENCE_NOTE, category_display, clean_display, has_references, leaderboard_display
 
 _CSS = (
     "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:62rem;margin:2rem auto;"
@@ -121,11 +124,24 @@ def _leaderboard_section(produced: dict, leaderboard: pd.DataFrame | None, rel) 
         out.append(md_table(shown, 3 if "items" in shown.columns else 2))
     else:
         out.append("05_evaluate not run: no evaluation results.")
+    refs = leaderboard is not None and not leaderboard.empty and has_references(leaderboard)
     out.append(
-        md_escape(f"Scores in percent ± standard error; {METRIC_NOTE}.")
+        md_escape(f"Scores in percent ± standard error; {METRIC_NOTE}." + (f" {REFERENCE_NOTE}." if refs else ""))
         + " "
         + file_links(produced, "table", "leaderboard", rel)
     )
+    return out
+
+
+def _references_section(produced: dict, references: pd.DataFrame | None, rel) -> list[str]:
+    """Released models: reproduction vs release (paired) and harness drift (unpaired), or why not."""
+    if "references" not in produced:
+        return []
+    out = ["## Released models: reproduction vs release, and harness drift"]
+    if references is not None and not references.empty:
+        out += [md_table(reference_display(references), 2), md_escape(reference_note())]
+    out.append(_bullets(produced["references"] + produced.get("reference_notes", [])))
+    out.append(file_links(produced, "table", "references", rel))
     return out
 
 
@@ -243,6 +259,7 @@ def summary_markdown(
     leaderboard: pd.DataFrame | None = None,
     categories: pd.DataFrame | None = None,
     clean: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
 ) -> str:
     """The report as Markdown (see the module docstring); links relative to reports/<profile>/."""
     root = profile.report_dir()
@@ -261,6 +278,7 @@ def summary_markdown(
         blocks += ["## Notes", _bullets(produced["notes"])]
     blocks += _stages_section(produced, rel) + _leaderboard_section(produced, leaderboard, rel)
     blocks += _clean_section(produced, clean, rel) + _categories_section(produced, categories, rel)
+    blocks += _references_section(produced, references, rel)
     blocks.append("## Figures")
     for a in produced.get("artifacts", []):
         blocks += _figure_block(a, rel) if a["kind"] == "figure" else []
@@ -287,12 +305,13 @@ def write_summary(
     leaderboard: pd.DataFrame | None = None,
     categories: pd.DataFrame | None = None,
     clean: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
 ) -> list[Path]:
     """reports/<profile>/summary.md and summary.html: stage status, key numbers, and every table
     and figure (06's and those 01-03 wrote) with its caption, linked relative to the report."""
     root = profile.report_dir()
     root.mkdir(parents=True, exist_ok=True)
-    markdown = summary_markdown(profile, produced, leaderboard, categories, clean)
+    markdown = summary_markdown(profile, produced, leaderboard, categories, clean, references)
     return [
         write_text(root / "summary.md", markdown),
         write_text(root / "summary.html", summary_html(markdown, f"Run summary: {profile.name}")),
@@ -347,6 +366,9 @@ def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFram
         "",
     ]
     lines += [f"- {p}" for p in produced.get("power", [])]
+    if produced.get("references"):
+        lines += ["", "## Released models: reproduction vs release, and harness drift", ""]
+        lines += [f"- {r}" for r in produced["references"]]
     if produced["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in produced["notes"]]
     lines += ["", "## Files", ""] + [

@@ -27,6 +27,7 @@ from .common import (
     LABELS,
     METRIC_NOTE,
     NOT_RUN,
+    ROW_REFERENCE,
     category_order,
     cell,
     n_text,
@@ -46,6 +47,10 @@ _TEX_SPECIAL = {
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
 }
+REFERENCE_NOTE = (
+    "reference: a released model evaluated in this run as it is, with the same tasks, settings and samples "
+    "as the variants"
+)
 CLEAN_NOTE = (
     "clean: the items 02_decontaminate paired with no training row (any category, whatever it did "
     "with the row); score on them (n kept of all evaluated)"
@@ -93,12 +98,22 @@ def _has_clean(frame: pd.DataFrame) -> bool:
     return all(c in frame.columns for c in cols) and frame[cols].notna().any().any()
 
 
+def source_text(r) -> str:
+    """A row's source as shown: "this run", "this run (reference)" for a released model, or the paper."""
+    return f"{r['source']} (reference)" if r.get("kind") == ROW_REFERENCE else str(r["source"])
+
+
+def has_references(frame: pd.DataFrame) -> bool:
+    return "kind" in frame.columns and bool((frame["kind"] == ROW_REFERENCE).any())
+
+
 def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
-    """The leaderboard as shown: model, source, items (full / clean), the four benchmarks and the average."""
+    """The leaderboard as shown: model, source (a released model evaluated here: "this run (reference)"),
+    items (full / clean), the four benchmarks and the average."""
     rows = []
     clean = _has_clean(frame)
     for _, r in frame.iterrows():
-        head = [r["variant"], r["source"]] + (["full"] if clean else [])
+        head = [r["variant"], source_text(r)] + (["full"] if clean else [])
         if str(r["status"]).startswith("failed"):
             rows.append(head + ["failed"] * (len(BENCHMARKS) + 1))
             continue
@@ -108,7 +123,7 @@ def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
         rows.append(head + [cell(r[b], r.get(f"{b}_stderr"), tex) for b in BENCHMARKS] + [avg])
         if clean and r["source"] == "this run" and any(pd.notna(r.get(f"{b}_clean")) for b in BENCHMARKS):
             rows.append(
-                [r["variant"], r["source"], "clean"]
+                [r["variant"], source_text(r), "clean"]
                 + [_clean_cell(r, b) for b in BENCHMARKS]
                 + [cell(r.get("average_clean"), None, tex)]
             )
@@ -122,6 +137,8 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = ""
     shown, shown_tex = leaderboard_display(frame), leaderboard_display(frame, tex=True)
     text_columns = 3 if "items" in shown.columns else 2
     note = f"Scores in percent ± standard error. {METRIC_NOTE}."
+    if has_references(frame):
+        note += f" {REFERENCE_NOTE}."
     if frame.empty:
         note += " No evaluation results: 05_evaluate not run."
     note += f" {CLEAN_NOTE}." if "items" in shown.columns else (f" {clean_note}" if clean_note else "")
@@ -265,4 +282,7 @@ __all__ = [
     "write_clean_tables",
     "write_pipeline_tables",
     "CLEAN_NOTE",
+    "REFERENCE_NOTE",
+    "source_text",
+    "has_references",
 ]

@@ -1,0 +1,324 @@
+"""Released models as references (evaluate.references): two comparisons per benchmark and for the average.
+
+- **reproduction vs release** (`release_frame`, KIND_RELEASE): this run's variant against the model released
+  under its name (its `compare_to`), both evaluated here with the same tasks and settings: paired over the
+  same questions with paired.compare (bootstrap interval, McNemar or sign-flip test; the average as the
+  leaderboard takes it). `delta` = variant minus release.
+- **harness drift** (`drift_frame`, KIND_DRIFT): the released model as evaluated here against its published
+  numbers (its `published` row of platypus_utils.published: the 2023 leaderboard harness). Unpaired: the
+  published numbers have neither per-question scores nor a standard error, so the interval is this run's
+  normal interval around the difference (se of the published value taken as 0), and it is named so.
+  `delta` = here minus published. Settings that depart from the published ones (a `limit`, other shots)
+  are noted on each row: with them the difference is not drift alone.
+
+`reference_frame` gives both in one frame (REFERENCE_COLUMNS) with notes; `reference_display` and
+`write_reference_tables` show it; `reference_lines` are the sentences of the summary report. A reference
+without `published` gets the line "no published numbers exist for it".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .. import stats
+from ..artifacts import write_text
+from ..lmeval_io import EvalRun, settings_mismatches
+from ..published import PUBLISHED, SETTINGS
+from .common import BENCHMARKS, KIND_DRIFT, KIND_RELEASE, LABELS, pct, task_entry
+from .frames import Comparison
+from .paired import NO_ERROR, UNPAIRED, StatsSettings, compare
+from .tables import to_latex, to_markdown
+
+AVERAGE = "average"
+REFERENCE_COLUMNS = [
+    "comparison",
+    "kind",
+    "released",  # the reference's name
+    "this",  # what is compared: the variant (reproduction vs release) or the release as evaluated here (drift)
+    "against",  # what it is compared with: the release (evaluated here) or "published: <row>"
+    "benchmark",
+    "n",
+    "this_score",
+    "against_score",
+    "delta",
+    "se",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "test",
+    "interval",
+    "note",
+]
+DRIFT_TEST = "z (unpaired; published value without error)"
+
+
+def _same_weights(a: EvalRun, b: EvalRun) -> bool:
+    ha, hb = a.summary.get("model_hash"), b.summary.get("model_hash")
+    return bool(ha) and ha == hb
+
+
+def release_frame(
+    runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Per reference with a `compare_to`: that variant against the release, paired, per benchmark and for
+    the average (rows of REFERENCE_COLUMNS), and notes (not evaluated, settings that differ)."""
+    st = st or StatsSettings()
+    rows, notes = [], []
+    for k, (name, info) in enumerate(refs.items()):
+        variant = info.get("compare_to")
+        if not variant:
+            continue
+        label = f"{variant} vs {name}"
+        missing = [m for m in (variant, name) if m not in runs]
+        if missing:
+            notes.append(f"{label} ({KIND_RELEASE}): not compared, {' and '.join(missing)} not evaluated")
+            continue
+        diff = settings_mismatches(runs[variant], runs[name])
+        if diff:
+            notes.append(f"{label} ({KIND_RELEASE}): settings differ ({'; '.join(diff[:4])}): not compared")
+            continue
+        same = (
+            "same weights (model hash) as the release: one evaluation, no difference to find"
+            if _same_weights(runs[variant], runs[name])
+            else ""
+        )
+        got, got_notes = compare(runs, Comparison(variant, name, KIND_RELEASE), st, index=10_000 + k)
+        notes += got_notes
+        for r in got:
+            if r["level"] != "benchmark":
+                continue
+            rows.append(
+                {
+                    "comparison": label,
+                    "kind": KIND_RELEASE,
+                    "released": name,
+                    "this": variant,
+                    "against": name,
+                    "benchmark": r["unit"],
+                    "n": r["n"],
+                    "this_score": r["variant_score"],
+                    "against_score": r["reference_score"],
+                    **{c: r[c] for c in ("delta", "se", "ci_low", "ci_high", "p_value", "test", "interval")},
+                    "note": "; ".join(n for n in (r["note"], same) if n),
+                }
+            )
+    return pd.DataFrame(rows, columns=REFERENCE_COLUMNS), notes
+
+
+def _departures(summary: dict, bench: str) -> list[str]:
+    """How this run's settings for a benchmark depart from the published ones (shots, a limit)."""
+    tasks = ((summary.get("settings") or {}).get("tasks") or {}).get(bench) or {}
+    out = []
+    shots, want = tasks.get("num_fewshot"), SETTINGS[bench]["num_fewshot"]
+    if shots is not None and shots != want:
+        out.append(f"{shots}-shot here, {want}-shot published")
+    if tasks.get("limit") is not None:
+        out.append(f"limit {tasks['limit']}: a subset, not the full test set")
+    return out
+
+
+def _drift_row(name: str, key: str, bench: str, here, se, published, n, st: StatsSettings, notes) -> dict:
+    delta = here - published
+    row = {
+        "comparison": f"{name} vs published {key}",
+        "kind": KIND_DRIFT,
+        "released": name,
+        "this": name,
+        "against": f"published: {key}",
+        "benchmark": bench,
+        "n": n,
+        "this_score": here,
+        "against_score": published,
+        "delta": delta,
+        "note": "; ".join(notes),
+    }
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return {**row, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR}
+    lo, hi, p = stats.unpaired_interval(delta, se, 0.0, st.confidence)
+    return {**row, "se": se, "ci_low": lo, "ci_high": hi, "p_value": p, "test": DRIFT_TEST, "interval": UNPAIRED}
+
+
+def _drift_rows(name: str, key: str, summary: dict, st: StatsSettings) -> list[dict]:
+    published = PUBLISHED[key]
+    rows, parts = [], []
+    for bench in BENCHMARKS:
+        t, pub = task_entry(summary, bench), published.value(bench)
+        if t is None or pub is None:
+            continue
+        here, se = pct(t["value"]), pct(t.get("stderr"))
+        parts.append((here, se, pub, _departures(summary, bench)))
+        rows.append(_drift_row(name, key, bench, here, se, pub, t.get("n"), st, parts[-1][3]))
+    if not parts:
+        return rows
+    ses = [p[1] for p in parts]
+    full = len(parts) == len(BENCHMARKS)
+    notes = sorted({d for p in parts for d in p[3]})
+    if not full:
+        notes.insert(0, f"over the {len(parts)} benchmarks evaluated here (published average over {len(BENCHMARKS)})")
+    rows.append(
+        _drift_row(
+            name,
+            key,
+            AVERAGE,
+            sum(p[0] for p in parts) / len(parts),
+            None if any(s is None for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(ses),
+            published.average if full else sum(p[2] for p in parts) / len(parts),
+            len(parts),
+            st,
+            notes,
+        )
+    )
+    return rows
+
+
+def drift_frame(
+    runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Per reference with a `published` row: the release as evaluated here against its published numbers
+    (harness drift, unpaired), per benchmark and for the average; notes name each reference that has no
+    published numbers, and the harness on either side."""
+    st = st or StatsSettings()
+    rows, notes = [], []
+    for name, info in refs.items():
+        key = info.get("published")
+        if not key:
+            notes.append(
+                f"{name} ({info.get('model') or 'released model'}): no published numbers exist for it: "
+                f"no {KIND_DRIFT} comparison"
+            )
+            continue
+        if key not in PUBLISHED:
+            notes.append(f"{name}: published row {key!r} is not in platypus_utils.published: no {KIND_DRIFT}")
+            continue
+        if name not in runs:
+            notes.append(f"{name} not evaluated: no {KIND_DRIFT} comparison with published {key}")
+            continue
+        summary = runs[name].summary
+        settings = summary.get("settings") or {}
+        here = ", ".join(
+            str(x)
+            for x in (
+                f"lm-eval {settings['lm_eval']}" if settings.get("lm_eval") else "",
+                settings.get("backend", "hf"),
+                settings.get("dtype", ""),
+                f"batch size {settings['batch_size']}" if settings.get("batch_size") else "",
+            )
+            if x
+        )
+        row = PUBLISHED[key]
+        notes.append(f"{KIND_DRIFT} of {name}: here {here or 'this run'}; published ({row.source}): {row.harness}")
+        rows += _drift_rows(name, key, summary, st)
+    return pd.DataFrame(rows, columns=REFERENCE_COLUMNS), notes
+
+
+def reference_frame(
+    runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Both comparisons of the released models, one frame (REFERENCE_COLUMNS): reproduction vs release
+    (paired), then harness drift (unpaired); and their notes."""
+    release, release_notes = release_frame(runs, refs, st)
+    drift, drift_notes = drift_frame(runs, refs, st)
+    frames = [f for f in (release, drift) if not f.empty]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REFERENCE_COLUMNS)
+    for col in ("n", "this_score", "against_score", "delta", "se", "ci_low", "ci_high", "p_value"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame, release_notes + drift_notes
+
+
+def _change_text(r, tex: bool = False) -> str:
+    scores = f"{r['this_score']:.2f} vs {r['against_score']:.2f}: "
+    delta = f"{r['delta']:+.2f}"
+    if pd.isna(r["ci_low"]):
+        return scores + (f"${delta}$" if tex else delta)
+    ci = f" [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+    return scores + (f"${delta}$" if tex else delta) + ci
+
+
+def reference_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
+    """One row per comparison: kind, and per benchmark and the average "this vs against: change [interval]"."""
+    units = [b for b in (*BENCHMARKS, AVERAGE) if b in set(frame["benchmark"])]
+    rows = []
+    for (label, kind), g in frame.groupby(["comparison", "kind"], sort=False):
+        by = g.set_index("benchmark")
+        rows.append([label, kind] + [_change_text(by.loc[u], tex) if u in by.index else "–" for u in units])
+    return pd.DataFrame(rows, columns=["comparison", "kind"] + [LABELS.get(u, u) for u in units])
+
+
+def reference_note(st: StatsSettings | None = None) -> str:
+    st = st or StatsSettings()
+    return (
+        f"Percent; change in points with its {st.confidence:.0%} interval. {KIND_RELEASE}: this run's variant "
+        f"against the released model, both evaluated here, paired over the same questions (paired bootstrap; "
+        f"McNemar or sign-flip test). {KIND_DRIFT}: the released model as evaluated here against its published "
+        "numbers (platypus_utils.published), UNPAIRED: the published numbers carry no per-question scores and "
+        "no standard error, so the interval is this run's alone."
+    )
+
+
+def write_reference_tables(
+    frame: pd.DataFrame, notes: list[str], table_dir: Path, st: StatsSettings | None = None
+) -> list[Path]:
+    """references.{csv,md,tex}: both comparisons of every released model, and the notes."""
+    table_dir = Path(table_dir)
+    note = reference_note(st)
+    shown = to_markdown(reference_display(frame), 2) if not frame.empty else "(no comparison)\n"
+    md = "# Released models: reproduction vs release, and harness drift\n\n" + note + "\n\n" + shown
+    md += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    return [
+        write_text(table_dir / "references.csv", frame.to_csv(index=False)),
+        write_text(table_dir / "references.md", md),
+        write_text(
+            table_dir / "references.tex",
+            to_latex(reference_display(frame, tex=True), note, "tab:references", 2),
+        ),
+    ]
+
+
+def _sentence(g: pd.DataFrame) -> str:
+    by = g.set_index("benchmark")
+    parts = []
+    for u in (AVERAGE, *BENCHMARKS):
+        if u in by.index:
+            r = by.loc[u]
+            ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+            parts.append(f"{LABELS.get(u, u)} {r['this_score']:.2f} vs {r['against_score']:.2f}, {r['delta']:+.2f}{ci}")
+    return "; ".join(parts)
+
+
+def reference_lines(frame: pd.DataFrame, refs: dict[str, dict]) -> list[str]:
+    """The summary's sentences: per released model, each comparison it has (or why it has none)."""
+    if not refs:
+        return [
+            "No released model evaluated as a reference (evaluate.references): no reproduction-vs-release "
+            f"and no {KIND_DRIFT} comparison."
+        ]
+    out = []
+    for name, info in refs.items():
+        mine = frame[frame["released"] == name] if not frame.empty else frame
+        for kind, how in ((KIND_RELEASE, "paired over the same questions"), (KIND_DRIFT, "unpaired")):
+            g = mine[mine["kind"] == kind] if not mine.empty else mine
+            if not g.empty:
+                out.append(f"{g['comparison'].iloc[0]} ({kind}, {how}): {_sentence(g)}.")
+            elif kind == KIND_DRIFT and not info.get("published"):
+                out.append(f"{KIND_DRIFT}: no published numbers exist for {name} ({info.get('model') or ''}).")
+            elif kind == KIND_DRIFT:
+                out.append(f"{KIND_DRIFT} of {name}: not computed (see the notes).")
+            elif info.get("compare_to"):
+                out.append(f"{info['compare_to']} vs {name} ({kind}): not computed (see the notes).")
+    return out
+
+
+__all__ = [
+    "REFERENCE_COLUMNS",
+    "DRIFT_TEST",
+    "release_frame",
+    "drift_frame",
+    "reference_frame",
+    "reference_display",
+    "reference_note",
+    "reference_lines",
+    "write_reference_tables",
+]
