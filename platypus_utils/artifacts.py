@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .refs import resolved_snapshots
+
 log = logging.getLogger("platypus")
 
 MANIFEST = "manifest.json"
@@ -346,6 +348,9 @@ class StageRun:
             "libraries": library_versions(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        snapshots = resolved_snapshots(clear=True)  # hub references resolved to a commit (models.resolve_model)
+        if snapshots:
+            manifest["hub_snapshots"] = snapshots
         write_json(self.dir / MANIFEST, manifest)
         if self._own_attempt:
             end_attempt(self.dir, "ok")

@@ -158,7 +158,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    """Every profile is checked; exit 2 if any is bad."""
+    """Every profile is checked; exit 2 if any is bad. Hub references without a revision are warned
+    about (not an error): a rerun may read other weights or rows than this one."""
+    from .hub import unpinned_references
+
     bad = 0
     for path in args.params:
         try:
@@ -168,6 +171,12 @@ def _cmd_validate(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             bad += 1
             continue
+        for ref in unpinned_references(profile):
+            print(
+                f"warning: {path}: key '{ref.key}': hub {ref.repo_type} {ref.repo_id!r} is not pinned to a "
+                f"revision; write it as {ref.repo_id}@<commit sha> so a rerun reads the same files",
+                file=sys.stderr,
+            )
         print(f"{path}: ok (profile {profile.name})")
     return 2 if bad else 0
 

@@ -9,7 +9,10 @@
     save(profile, loaded, curation)                             # artifacts + manifest
 
 `run_curate(profile)` is that composition (the runner executes notebooks/01_curate.ipynb, which
-calls the same steps). Contract:
+calls the same steps). With `training_data: as_released` (`as_released(profile)`) the rows are
+Open-Platypus as the authors released it, deduplicated already: no exact dedup, no embedding and
+no near-duplicate pass; every loaded row is kept, and the report says so ("as released: N rows,
+0 removed, near-dup pass not run"). Contract:
 - Exact dedup keeps, per normalised instruction + input, the row with the longest output.
 - Near-duplicate exclusion: a row is removed when a more verbose kept row is at cosine >= the
   threshold (the paper's 0.8), greedily in verbosity order. Which rows survive does not depend on
@@ -52,6 +55,8 @@ from .config import Profile
 from .demo_data import demo_corpus_path
 from .embeddings import Embedder, pairs_above
 from .plotting import new_figure, save_figure
+from .refs import split_revision
+from .sources import DEFAULT_HUB_ID
 from .text import FIELDS, dedup_key, embedding_text, normalise_text, row_digest  # noqa: F401  (re-exported)
 
 log = logging.getLogger("platypus")
@@ -62,6 +67,31 @@ EXPLORE_FLOOR = 0.7  # the notebook's pairs floor: the authors' code used 0.7, t
 
 class CurateError(ValueError):
     """Stage 01 cannot go on; the message names the profile key or the file."""
+
+
+def as_released(profile: Profile) -> bool:
+    """training_data: as_released: the rows pass through as released (no dedup, no near-dup pass)."""
+    return profile.training_data == "as_released"
+
+
+def as_released_note(rows: int, removed: int = 0) -> str:
+    return f"as released: {rows:,} rows, {removed:,} removed, near-dup pass not run"
+
+
+def warn_if_not_open_platypus(profile: Profile) -> None:
+    """as_released means Open-Platypus from the hub; other sources pass through as they are too (logged)."""
+    others = [
+        src.hub_id or src.name
+        for src in profile.curate.sources
+        if src.enabled and not (src.name == "hub" and split_revision(src.hub_id or DEFAULT_HUB_ID)[0] == DEFAULT_HUB_ID)
+    ]
+    if others:
+        log.warning(
+            "training_data: as_released passes these sources through without dedup too: %s (as released "
+            "means %s as the authors published it)",
+            ", ".join(others),
+            DEFAULT_HUB_ID,
+        )
 
 
 # ---------------------------------------------------------------- step 1: load
@@ -193,6 +223,11 @@ def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.nd
 
 # ---------------------------------------------------------------- step 4: near-duplicate pairs
 PAIR_COLUMNS = ["i", "j", "score", "source_i", "source_j", "text_i", "text_j", "output_chars_i", "output_chars_j"]
+
+
+def empty_pairs() -> pd.DataFrame:
+    """No near-duplicate pairs (the frame near_duplicate_pairs returns when none is found)."""
+    return pd.DataFrame({c: pd.Series(dtype=np.float32 if c == "score" else object) for c in PAIR_COLUMNS})
 
 
 def near_duplicate_pairs(
@@ -381,6 +416,7 @@ def assemble(
         for r in sorted(removed, key=lambda r: r["index"])
     ]
     report = {
+        "training_data": profile.training_data,
         "per_source": {s: {step: int(c.get(step, 0)) for step in STEPS} for s, c in counts.items()},
         "skipped_by_reason": loaded.skip_reasons,
         "totals": {step: int(sum(c.get(step, 0) for c in counts.values())) for step in STEPS},
@@ -394,6 +430,9 @@ def assemble(
             if src.enabled and src.weight != 1.0
         },
     }
+    if as_released(profile):  # counted as such: nothing was deduplicated, no near-dup pass ran
+        report["as_released"] = as_released_note(len(final), len(removed))
+        report["exact_dedup"] = report["near_duplicate_pass"] = "not run (training_data: as_released)"
     return Curation([rows[i] for i in final], records, report)
 
 
@@ -500,6 +539,9 @@ def save(
         for p in paths:
             run.add_output(p)
         run.metrics.update(curation.report["totals"])
+        run.metrics["training_data"] = profile.training_data
+        if "as_released" in curation.report:
+            run.metrics["as_released"] = curation.report["as_released"]
         if profile.curate.push_to_hub:
             with run.timed("push_to_hub_s"):
                 run.metrics["pushed_to"] = push_to_hub(
@@ -564,6 +606,12 @@ def run_curate(profile: Profile, force: bool = False) -> dict:
     check_push_settings(profile)
     with _timed(timings, "load_s"):
         loaded = load_sources(profile)
+    if as_released(profile):  # the released rows, deduplicated by the authors: passed through, counted
+        warn_if_not_open_platypus(profile)
+        curation = assemble(profile, loaded, [], list(range(len(loaded.rows))), [], {})
+        log.info("%s", curation.report["as_released"])
+        save(profile, loaded, curation, timings, force=force)
+        return curation.report
     with _timed(timings, "exact_dedup_s"):
         kept, removed_exact = exact_dedup(loaded.rows) if cfg.exact_dedup else (list(range(len(loaded.rows))), [])
     with _timed(timings, "embed_s"):
@@ -598,6 +646,12 @@ LICENCES = {  # PLATYPUS.md §1
 }
 
 
+def _as_released_line(report: dict) -> str:
+    if "as_released" not in report:
+        return ""
+    return f" ({report['as_released']}; the exact dedup and similarity settings below were not applied)"
+
+
 def dataset_card(profile: Profile, report: dict, table: pd.DataFrame) -> str:
     lic = "\n".join(f"| {s} | {LICENCES.get(s, 'see the source')} |" for s in sorted(report["per_source"]))
     return f"""# Curated dataset — profile `{profile.name}`
@@ -614,6 +668,7 @@ Schema: `instruction`, `input`, `output`, `data_source` (strings), as Open-Platy
 {lic}
 
 ## Parameters
+- training data: `{profile.training_data}`{_as_released_line(report)}
 - exact dedup on normalised instruction + input, keeping the longer output: {profile.curate.exact_dedup}
 - similarity exclusion: `{profile.models.embedding}`, cosine >= {profile.curate.similarity_threshold},
   keeping the more verbose item (longer output) of each near-duplicate group; order independent

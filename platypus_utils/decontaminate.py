@@ -60,6 +60,11 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
   9. gray_area - reworded, same numbers and the test answer in the training output.
 The action per category comes from `actions` (default: remove duplicate and gray-area); a row is
 removed when any of its pairs says so.
+
+With `training_data: as_released` (Open-Platypus as the authors released it, decontaminated by them)
+no leak detection runs: `passed_through` keeps every row of 01 and the stage still writes every
+artifact later stages read (clean.jsonl = 01's rows, flagged_pairs.csv with its header and no pair,
+the empty table, the report saying why and the manifest); no benchmark is loaded.
 """
 
 from __future__ import annotations
@@ -1115,10 +1120,29 @@ class Inputs:
         return pd.Series(collections.Counter(it["benchmark"] for it in self.items), name="test items").sort_index()
 
 
+AS_RELEASED_REASON = "skipped: rows as released, already decontaminated by the authors"  # report, manifest
+
+
+def as_released(profile: Profile) -> bool:
+    """training_data: as_released: the rows pass through with no leak detection (see the module docstring)."""
+    return profile.training_data == "as_released"
+
+
+def passed_through(rows: list[dict], cfg: DecontaminateConfig) -> Result:
+    """The stage's result when no detection runs: every row kept, no pair, the reason in the summary."""
+    pairs = pd.DataFrame(columns=PAIR_COLUMNS)
+    summary = summarise(pairs, rows, [], set(), cfg)
+    summary.update(detectors=[], views=[], leak_detection=AS_RELEASED_REASON, training_data="as_released")
+    return Result(list(rows), pairs, contamination_table(pairs, set()), summary)
+
+
 def load_inputs(profile: Profile) -> Inputs:
-    """Step 1: 01_curate's curated.jsonl and the benchmark test items of the profile."""
+    """Step 1: 01_curate's curated.jsonl and the benchmark test items of the profile (none when the
+    rows are as released: nothing is compared with them)."""
     train_path = artifact(profile, CURATED)
     rows, skipped = read_training_rows(train_path)
+    if as_released(profile):
+        return Inputs(rows, dict(sorted(skipped.items())), [], [train_path])
     items, bdir = load_benchmark_items(profile.decontaminate, profile)
     return Inputs(rows, dict(sorted(skipped.items())), items, [train_path] + ([bdir] if bdir is not None else []))
 
@@ -1186,6 +1210,9 @@ def save(
         for p in paths:
             run.add_output(p)
         run.metrics.update({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+        run.metrics["training_data"] = profile.training_data
+        if "leak_detection" in result.summary:
+            run.metrics["leak_detection"] = result.summary["leak_detection"]
     log.info(
         "decontamination: %d pairs flagged, %d rows removed, %d clean rows",
         result.summary["flagged_pairs"],
@@ -1201,7 +1228,11 @@ def run_decontaminate(profile: Profile, force: bool = False) -> dict:
     timings: dict = {}
     with _timed(timings, "load_s"):
         inputs = load_inputs(profile)
-    result = detect(inputs.rows, inputs.items, profile.decontaminate, embedder_for(profile), timings)
+    if as_released(profile):
+        log.info("leak detection %s (training_data: as_released): every row of 01 is kept", AS_RELEASED_REASON)
+        result = passed_through(inputs.rows, profile.decontaminate)
+    else:
+        result = detect(inputs.rows, inputs.items, profile.decontaminate, embedder_for(profile), timings)
     save(profile, inputs, result, timings, force=force)
     return result.summary
 

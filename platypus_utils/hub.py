@@ -27,6 +27,7 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 
 from .config import Profile, ProfileError
 from .models import is_hub_reference
+from .refs import split_revision
 
 log = logging.getLogger("platypus")
 
@@ -47,8 +48,14 @@ class HubAccessError(ProfileError):
 @dataclass(frozen=True)
 class HubReference:
     key: str  # the profile key that names it, e.g. models.base or merge.partners[1].model
-    repo_id: str
+    repo_id: str  # without its revision
     repo_type: str = "model"  # model | dataset
+    revision: Optional[str] = None  # the "@<revision>" the profile pins it to; None: not pinned
+
+
+def _reference(key: str, ref: str, repo_type: str = "model") -> HubReference:
+    repo_id, revision = split_revision(ref)
+    return HubReference(key, repo_id, repo_type, revision)
 
 
 def env_offline() -> bool:
@@ -58,15 +65,13 @@ def env_offline() -> bool:
 
 def hub_references(profile: Profile) -> list[HubReference]:
     """Every hub repo the profile reads (models, curate sources, lm-eval's built-in task datasets)."""
-    refs = [
-        HubReference("models.base", profile.models.base),
-        HubReference("models.embedding", profile.models.embedding),
-    ]
-    refs += [HubReference(f"merge.partners[{i}].model", p.model) for i, p in enumerate(profile.merge.partners)]
-    refs = [r for r in refs if is_hub_reference(r.repo_id)]
+    named = [("models.base", profile.models.base), ("models.embedding", profile.models.embedding)]
+    named += [(f"merge.partners[{i}].model", p.model) for i, p in enumerate(profile.merge.partners)]
+    named += [(f"evaluate.references[{i}].model", r.model) for i, r in enumerate(profile.evaluate.references)]
+    refs = [_reference(key, ref) for key, ref in named if is_hub_reference(ref)]
     for i, src in enumerate(profile.curate.sources):
         if src.enabled and src.name == "hub" and src.hub_id:
-            refs.append(HubReference(f"curate.sources[{i}].hub_id", src.hub_id, "dataset"))
+            refs.append(_reference(f"curate.sources[{i}].hub_id", src.hub_id, "dataset"))
     if profile.evaluate.benchmarks_dir == "hub":
         refs += [
             HubReference(f"evaluate.tasks.{task}", LM_EVAL_DATASETS[task], "dataset")
@@ -74,6 +79,12 @@ def hub_references(profile: Profile) -> list[HubReference]:
             if task in LM_EVAL_DATASETS
         ]
     return refs
+
+
+def unpinned_references(profile: Profile) -> list[HubReference]:
+    """The hub models and datasets the profile names without a revision ("org/name" rather than
+    "org/name@<commit sha>"); lm-eval's own task datasets are lm-eval's to pin, not the profile's."""
+    return [r for r in hub_references(profile) if r.revision is None and not r.key.startswith("evaluate.tasks.")]
 
 
 def apply_hub_mode(profile: Profile) -> str:

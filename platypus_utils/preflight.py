@@ -21,7 +21,7 @@ from transformers import AutoConfig
 
 from .config import Profile, ProfileError
 from .hub import apply_hub_mode, check_hub_access
-from .models import resolve_model, target_module_problem
+from .models import CONFIG_FILES, resolve_model, target_module_problem
 
 log = logging.getLogger("platypus")
 
@@ -47,7 +47,10 @@ def check_partner_architectures(profile: Profile, load_config: Optional[Callable
     if not partners:
         return
     cache = profile.cache_dir()
-    load_config = load_config or (lambda ref: AutoConfig.from_pretrained(resolve_model(ref, cache)))
+    # a pinned hub reference fetches its config.json only here (resolve_model's allow_patterns)
+    load_config = load_config or (
+        lambda ref: AutoConfig.from_pretrained(resolve_model(ref, cache, allow_patterns=CONFIG_FILES))
+    )
     base = architecture(load_config(profile.models.base))
     for i, partner in partners:
         theirs = architecture(load_config(partner.model))

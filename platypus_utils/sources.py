@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .artifacts import SkippedRows, decode_line, limit_long_fields
+from .refs import is_pinned_commit, record_snapshot, split_revision
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Profile, SourceConfig
@@ -844,17 +845,26 @@ DEFAULT_HUB_ID = "garage-bAInd/Open-Platypus"
 
 
 def load_hub(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
-    """One hub source by `hub_id` (default: Open-Platypus itself), shaped as the authors did."""
+    """One hub source by `hub_id` (default: Open-Platypus itself), shaped as the authors did.
+    "org/name@<revision>" reads the dataset at that revision (recorded for the manifest); without
+    one, whatever the hub's main branch holds today is read (logged)."""
     from datasets import load_dataset
 
-    hub_id = src.hub_id or DEFAULT_HUB_ID
+    ref = src.hub_id or DEFAULT_HUB_ID
+    hub_id, revision = split_revision(ref)
     if hub_id not in HUB_SOURCES:
         raise UnknownSourceError(f"hub_id {hub_id!r} has no formatter; known: {', '.join(HUB_SOURCES)}")
+    if revision is None:
+        log.warning("hub dataset %s is not pinned: write it as %s@<commit sha> to pin it", hub_id, hub_id)
+    else:
+        record_snapshot(ref, hub_id, revision, revision if is_pinned_commit(revision) else None)
     spec = HUB_SOURCES[hub_id]
     skipped: Counter = SkippedRows()
     rows = []
     for split in spec.splits:
         kwargs = {"data_files": spec.data_files} if spec.data_files else {}
+        if revision is not None:
+            kwargs["revision"] = revision
         for k, rec in enumerate(load_dataset(hub_id, split=split, **kwargs), 1):
             _LOCATION.set(f"{hub_id} ({split}), row {k}")
             try:

@@ -463,3 +463,89 @@ def test_save_refuses_hand_edited_outputs_unless_forced(make_profile, fixture_so
     assert curated.read_text().endswith("{}\n")  # nothing was overwritten
     curate.run_curate(profile, force=True)
     assert not curated.read_text().endswith("{}\n")
+
+
+# ---------------------------------------------------------------- training_data: as_released
+RELEASED_SHA = "0123456789abcdef0123456789abcdef01234567"  # a stand-in commit: no hub is asked
+RELEASED_ROWS = [  # rows as the hub holds them, duplicates a rebuild would remove included
+    row("What is the boiling point of water at sea level?", "100 degrees Celsius.", src="scienceqa"),
+    row("what is the boiling point of water  at sea level?", "It boils at 100 C.", src="scienceqa"),  # exact dup
+    row("Name the largest planet in the solar system.", "Jupiter.", src="airoboros"),
+    row("Name the largest planet in our solar system, please.", "Jupiter is the largest.", src="guanaco"),  # near
+    row("Explain photosynthesis in one sentence.", "Plants make sugar from light.", src="MATH/PRM-800K"),
+]
+
+
+@pytest.fixture
+def released_hub(monkeypatch):
+    """datasets.load_dataset stands in for the hub: Open-Platypus's train split is RELEASED_ROWS."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(hub_id, split=None, **kwargs):
+        calls.append((hub_id, split, kwargs))
+        assert hub_id == "garage-bAInd/Open-Platypus" and split == "train"
+        return [dict(r) for r in RELEASED_ROWS]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_as_released_keeps_every_hub_row_through_01_and_02_and_says_so(make_profile, released_hub, monkeypatch):
+    from platypus_utils import decontaminate
+
+    def nothing_to_embed(*a, **k):
+        raise AssertionError("as released: nothing is embedded and no benchmark is read")
+
+    monkeypatch.setattr(curate, "Embedder", nothing_to_embed)
+    monkeypatch.setattr(decontaminate, "Embedder", nothing_to_embed)
+    monkeypatch.setattr(decontaminate, "load_benchmark_items", nothing_to_embed)
+    source = {"name": "hub", "hub_id": f"garage-bAInd/Open-Platypus@{RELEASED_SHA}"}
+    profile = make_profile(training_data="as_released", curate={"sources": [source]})
+    report = curate.run_curate(profile)
+    assert released_hub == [("garage-bAInd/Open-Platypus", "train", {"revision": RELEASED_SHA})]
+    out = profile.run_dir("01_curate")
+    curated = [json.loads(x) for x in (out / "curated.jsonl").read_text().splitlines()]
+    assert curated == RELEASED_ROWS  # every row, in the hub's order, the duplicates included
+    assert (out / "removed.jsonl").read_text() == ""
+    assert report["as_released"] == "as released: 5 rows, 0 removed, near-dup pass not run"
+    assert report["totals"]["exact_dup"] == report["totals"]["near_dup"] == 0 and report["totals"]["kept"] == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["as_released"] == report["as_released"] and manifest["params"]["training_data"] == (
+        "as_released"
+    )
+    assert manifest["hub_snapshots"] == {
+        source["hub_id"]: {"repo_id": "garage-bAInd/Open-Platypus", "revision": RELEASED_SHA, "commit": RELEASED_SHA}
+    }
+    assert "as released: 5 rows" in (out / "README.md").read_text()
+
+    summary = decontaminate.run_decontaminate(profile)
+    dec = profile.run_dir("02_decontaminate")
+    assert (dec / "clean.jsonl").read_bytes() == (out / "curated.jsonl").read_bytes()  # the rows unchanged
+    assert (dec / "flagged_pairs.csv").read_text().strip() == ",".join(decontaminate.PAIR_COLUMNS)  # header only
+    assert summary["removed_rows"] == 0 and summary["clean_rows"] == 5 and summary["benchmark_items"] == 0
+    assert summary["leak_detection"] == decontaminate.AS_RELEASED_REASON and summary["detectors"] == []
+    assert json.loads((dec / "manifest.json").read_text())["metrics"]["leak_detection"].startswith("skipped")
+    assert (dec / "contamination_table.csv").is_file() and (dec / "decontamination_report.json").is_file()
+
+
+def test_the_same_hub_rows_rebuilt_lose_their_duplicates(make_profile, released_hub, monkeypatch):
+    """What as_released keeps is what a rebuild would remove: the exact and the near duplicate."""
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    profile = make_profile(curate={"sources": [{"name": "hub"}]})  # training_data: rebuild (the default)
+    report = curate.run_curate(profile)
+    assert report["training_data"] == "rebuild" and "as_released" not in report
+    assert report["totals"]["exact_dup"] == 1 and report["totals"]["near_dup"] == 1 and report["totals"]["kept"] == 3
+    assert released_hub == [("garage-bAInd/Open-Platypus", "train", {})]  # unpinned: no revision asked
+
+
+def test_plan_counts_the_rows_stage_03_trains_on(make_profile):
+    from platypus_utils import plan
+
+    rebuilt = plan.data_assumptions(make_profile())
+    released = plan.data_assumptions(make_profile(training_data="as_released"))
+    eval_size = make_profile().finetune.eval_size
+    assert released["train_examples"] == plan.OPEN_PLATYPUS_ROWS - eval_size  # 24,926 less the held-out rows
+    assert released["examples_source"] == "Open-Platypus as released: 24,926 rows"
+    assert rebuilt["train_examples"] == plan.OPEN_PLATYPUS_ROWS - plan.DECONTAMINATION_REMOVED - eval_size

@@ -871,3 +871,40 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
     monkeypatch.setattr(decontaminate, "leak_judge", None)
     with pytest.raises(ValueError, match="includes 'judge', but platypus_utils.leak_judge is not in this tree"):
         decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
+
+
+def test_notebooks_01_and_02_pass_rows_as_released_through_as_the_stages_do(tmp_path):
+    """training_data: as_released, through the runner's notebooks: 01 keeps every row (the demo corpus's
+    planted duplicates too), 02 runs no leak detection and still writes every artifact 03 and 06 read;
+    run_curate / run_decontaminate write the same bytes."""
+    from platypus_utils import curate
+
+    def overrides(name):
+        return {
+            "training_data": "as_released",
+            "paths.runs_dir": str(tmp_path / name / "runs"),
+            "paths.reports_dir": str(tmp_path / name / "reports"),
+        }
+
+    profile = load_profile(DEMO, overrides("nb"))
+    runner.execute_stage(profile, "01_curate", overrides("nb"))
+    records = notebook.read_records(runner.executed_notebook(profile, "01_curate"))
+    n = len(demo_corpus_rows())
+    assert records["rows_loaded"] == records["kept_after_dedup"] == n and records["totals"]["kept"] == n
+    assert records["exact_removed_rows"] == records["near_removed_rows"] == []
+    runner.execute_stage(profile, "02_decontaminate", overrides("nb"))
+    records = notebook.read_records(runner.executed_notebook(profile, "02_decontaminate"))
+    assert records["train_rows"] == n and records["benchmark_items"] == {}
+    assert records["summary"]["leak_detection"] == decontaminate.AS_RELEASED_REASON
+    direct = load_profile(DEMO, overrides("direct"))
+    assert curate.run_curate(direct)["as_released"] == f"as released: {n} rows, 0 removed, near-dup pass not run"
+    assert decontaminate.run_decontaminate(direct) == records["summary"]
+    for stage, name in [
+        ("01_curate", "curated.jsonl"),
+        ("01_curate", "removed.jsonl"),
+        *(("02_decontaminate", f) for f in ("clean.jsonl", "flagged_pairs.csv", "contamination_table.csv")),
+    ]:
+        assert (direct.run_dir(stage) / name).read_bytes() == (profile.run_dir(stage) / name).read_bytes(), name
+    assert (profile.run_dir("02_decontaminate") / "clean.jsonl").read_bytes() == (
+        profile.run_dir("01_curate") / "curated.jsonl"
+    ).read_bytes()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from platypus_utils import models
-from platypus_utils.artifacts import atomic_path, sha256_file
+from platypus_utils import models, refs
+from platypus_utils.artifacts import StageRun, atomic_path, sha256_file
 
 
 # ---------------------------------------------------------------- references
@@ -295,3 +295,101 @@ def test_embedded_embedder_loads_and_embeds():
     assert vectors.shape == (3, 384)
     sims = embedder.similarity(vectors, vectors)
     assert sims[0, 1] > 0.99 and sims[0, 2] < 0.5
+
+
+# ---------------------------------------------------------------- pinned hub references (no network)
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("org/name", ("org/name", None)),
+        (f"org/name@{SHA}", ("org/name", SHA)),
+        ("org/name@v1.0", ("org/name", "v1.0")),
+        ("embedded:all-minilm-l6-v2", ("embedded:all-minilm-l6-v2", None)),
+        ("./models/run@2024", ("./models/run@2024", None)),  # a local path keeps its '@'
+        ("/abs/ckpt@1", ("/abs/ckpt@1", None)),
+    ],
+)
+def test_split_revision_reads_only_hub_references(ref, expected):
+    assert refs.split_revision(ref) == expected
+
+
+def test_split_revision_leaves_an_existing_folder_with_at_alone_and_refuses_an_empty_revision(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt@v2").mkdir()
+    assert refs.split_revision("ckpt@v2") == ("ckpt@v2", None)
+    assert models.resolve_model("ckpt@v2") == str((tmp_path / "ckpt@v2").resolve())
+    with pytest.raises(ValueError, match="org/name@<revision>"):
+        refs.split_revision("org/name@")
+    assert refs.is_pinned_commit(SHA) and not refs.is_pinned_commit("main") and not refs.is_pinned_commit(None)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """snapshot_download and HfApi stand in for the hub: a snapshot is a folder named after its commit."""
+    import huggingface_hub
+
+    calls, listing = [], {"files": ["config.json", "model.safetensors", "pytorch_model.bin"], "offline": False}
+
+    def snapshot_download(repo_id, revision=None, **kwargs):
+        calls.append((repo_id, revision, kwargs))
+        folder = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revision
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        if not kwargs.get("allow_patterns"):
+            for name in listing["files"]:
+                (folder / name).write_text("x")
+        return str(folder)
+
+    class HfApi:
+        def list_repo_files(self, repo_id, revision=None):
+            if listing["offline"]:
+                raise OSError("offline")
+            return list(listing["files"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
+    yield calls, listing
+    refs.resolved_snapshots(clear=True)  # nothing leaks into another test's manifest
+
+
+def test_pinned_hub_model_is_fetched_at_its_revision_and_recorded(fake_hub, tmp_path):
+    calls, listing = fake_hub
+    path = models.resolve_model(f"org/model@{SHA}")
+    assert Path(path).name == SHA and (Path(path) / "config.json").is_file()
+    ((repo, revision, kwargs),) = calls
+    assert (repo, revision) == ("org/model", SHA)
+    online = kwargs["ignore_patterns"]
+    assert "*.bin" in online and "*.onnx" in online  # the safetensors suffice
+    with StageRun(tmp_path / "stage", "05_evaluate", {}):
+        pass
+    manifest = json.loads((tmp_path / "stage" / "manifest.json").read_text())
+    assert manifest["hub_snapshots"] == {
+        f"org/model@{SHA}": {"repo_id": "org/model", "revision": SHA, "commit": SHA, "path": path}
+    }
+    with StageRun(tmp_path / "next", "06_analysis", {}):  # the record belongs to the stage that resolved it
+        pass
+    assert "hub_snapshots" not in json.loads((tmp_path / "next" / "manifest.json").read_text())
+
+    calls.clear()
+    listing["files"] = ["config.json", "pytorch_model.bin"]  # .bin weights only: they are fetched
+    models.resolve_model(f"org/binonly@{SHA}")
+    assert "*.bin" not in calls[0][2]["ignore_patterns"]
+    calls.clear()
+    listing["offline"] = True  # the hub cannot be listed: the cached snapshot says what the repo holds
+    models.resolve_model(f"org/model@{SHA}")
+    assert calls[0][2] == {"local_files_only": True, "allow_patterns": ["config.json"]}
+    assert calls[1][2]["ignore_patterns"] == online  # the same files as when it was downloaded
+
+
+def test_config_only_fetch_and_unpinned_warning(fake_hub, caplog):
+    calls, _ = fake_hub
+    models.resolve_model(f"org/model@{SHA}", allow_patterns=models.CONFIG_FILES)
+    assert calls == [("org/model", SHA, {"allow_patterns": ["config.json"]})]
+    with caplog.at_level(logging.WARNING, logger="platypus"):
+        assert models.resolve_model("org/unpinned-model") == "org/unpinned-model"
+        models.resolve_model("org/unpinned-model")
+    assert caplog.text.count("org/unpinned-model is not pinned") == 1  # once per process
+    assert len(calls) == 1  # an unpinned id is left to from_pretrained, as before

@@ -495,6 +495,28 @@ def test_hub_sources_are_shaped_like_the_authors_did(profile, fake_hub):
     assert ("jondurbin/airoboros-gpt4-1.4.1", "train", {"data_files": "instructions.jsonl"}) in fake_hub
 
 
+def test_a_pinned_hub_source_is_read_at_its_revision(profile, fake_hub, caplog):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    rows, _ = load_source(SourceConfig(name="hub", hub_id=f"jondurbin/airoboros-gpt4-1.4.1@{sha}"), profile)
+    assert [r["instruction"] for r in rows] == ["What is a vector?"]  # the formatter found by the bare id
+    assert fake_hub == [
+        ("jondurbin/airoboros-gpt4-1.4.1", "train", {"data_files": "instructions.jsonl", "revision": sha})
+    ]
+    fake_hub.clear()
+    with caplog.at_level("WARNING", logger="platypus"):
+        load_source(SourceConfig(name="hub", hub_id="metaeval/reclor"), profile)
+    assert fake_hub == [("metaeval/reclor", "train", {})] and "metaeval/reclor is not pinned" in caplog.text
+    from platypus_utils.refs import resolved_snapshots
+
+    assert resolved_snapshots(clear=True) == {
+        f"jondurbin/airoboros-gpt4-1.4.1@{sha}": {
+            "repo_id": "jondurbin/airoboros-gpt4-1.4.1",
+            "revision": sha,
+            "commit": sha,
+        }
+    }
+
+
 def test_unknown_hub_id_lists_the_known_ones(profile, fake_hub):
     with pytest.raises(UnknownSourceError, match="garage-bAInd/Open-Platypus"):
         load_source(SourceConfig(name="hub", hub_id="someone/else"), profile)
