@@ -28,7 +28,7 @@ def test_paper_recipes_match_the_paper():
     p13, p70 = load_profile(ROOT / "params/platypus2-13b.yaml"), load_profile(ROOT / "params/platypus2-70b.yaml")
     for p, lr, base in ((p13, 4e-4, "meta-llama/Llama-2-13b-hf"), (p70, 3e-4, "meta-llama/Llama-2-70b-hf")):
         ft = p.finetune
-        assert p.models.base == base
+        assert p.models.base.split("@")[0] == base  # pinned to a commit: org/name@<sha>
         assert ft.learning_rate == lr
         assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05)
         assert ft.target_modules == ["gate_proj", "up_proj", "down_proj"]

@@ -11,8 +11,9 @@ import pytest
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-from platypus_utils import hub, preflight, runner
+from platypus_utils import cli, hub, preflight, runner
 from platypus_utils.config import ProfileError, load_profile
+from platypus_utils.refs import split_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,10 @@ def test_hub_profiles_stay_online(clean_env, name):
     assert "HF_HUB_OFFLINE" not in os.environ and hf_constants.HF_HUB_OFFLINE is False
     keys = {r.key: r.repo_id for r in hub.hub_references(profile)}
     assert keys["models.base"].startswith("meta-llama/Llama-2-")
-    assert all(keys[f"merge.partners[{i}].model"] == p.model for i, p in enumerate(profile.merge.partners))
-    assert keys["curate.sources[0].hub_id"] == "garage-bAInd/Open-Platypus"
+    assert all(
+        keys[f"merge.partners[{i}].model"] == split_revision(p.model)[0] for i, p in enumerate(profile.merge.partners)
+    )
+    assert keys["curate.sources[0].hub_id"] == "garage-bAInd/Open-Platypus"  # the repo id, its revision apart
     assert keys["evaluate.tasks.mmlu"] == "cais/mmlu"  # lm-eval's built-in tasks read the hub too
 
 
@@ -131,14 +134,15 @@ def test_partner_of_another_architecture_is_refused_from_its_config():
         "stabilityai/StableBeluga-13B": _shape(),
         "augtoma/qCammel-13": _shape(hidden_size=4096, num_hidden_layers=32),
     }
+    load = lambda ref: configs[split_revision(ref)[0]]  # noqa: E731 - a pinned reference reads its own config
     with pytest.raises(
         ProfileError,
         match=r"key 'merge.partners\[2\].model': augtoma/qCammel-13 is not a fine-tune "
         r"of models.base .*hidden_size 4096 \(base 5120\)",
     ):
-        preflight.check_partner_architectures(profile, load_config=configs.__getitem__)
+        preflight.check_partner_architectures(profile, load_config=load)
     configs["augtoma/qCammel-13"] = _shape()
-    preflight.check_partner_architectures(profile, load_config=configs.__getitem__)
+    preflight.check_partner_architectures(profile, load_config=load)
 
 
 def test_more_gpus_than_the_machine_has_is_refused():
@@ -159,3 +163,30 @@ def test_run_of_a_gated_profile_stops_before_any_stage(clean_env, tmp_path):
     with pytest.raises(hub.HubAccessError, match="models.base"):
         runner.run(ROOT / "params" / "platypus2-13b.yaml", overrides=overrides)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------- pinned revisions
+def test_hub_references_carry_their_pinned_revision():
+    profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
+    refs = {r.key: r for r in hub.hub_references(profile)}
+    base = refs["models.base"]
+    assert (base.repo_id, base.revision) == tuple(split_revision(profile.models.base)) and len(base.revision) == 40
+    assert refs["curate.sources[0].hub_id"].revision is not None  # the dataset as released, at one commit
+    unpinned = {r.key for r in hub.unpinned_references(profile)}
+    assert "models.base" not in unpinned and not any(k.startswith("evaluate.tasks.") for k in unpinned)  # lm-eval's
+
+
+def test_validate_warns_about_unpinned_hub_references_without_failing(tmp_path, capsys):
+    profile = tmp_path / "params" / "hubby.yaml"
+    profile.parent.mkdir()
+    profile.write_text(
+        "models: {base: meta-llama/Llama-2-13b-hf@0123456789abcdef0123456789abcdef01234567,"
+        " embedding: sentence-transformers/all-MiniLM-L6-v2}\n"
+        "curate: {sources: [{name: hub, hub_id: garage-bAInd/Open-Platypus}]}\n"
+    )
+    assert cli.main(["validate", str(profile), str(ROOT / "params" / "demo.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert f"{profile}: ok" in out and "demo.yaml: ok" in out
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert [w.split("key ")[1].split(":")[0] for w in warned] == ["'models.embedding'", "'curate.sources[0].hub_id'"]
+    assert "garage-bAInd/Open-Platypus@<commit sha>" in err and "demo.yaml" not in err  # offline: nothing to pin
