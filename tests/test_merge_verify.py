@@ -1,6 +1,8 @@
 """Stage 04's checks can fail: negative controls (an unmerged model, a model merged at the wrong
-scale, a 16-bit merge done in the wrong dtype) are rejected in float32 and float16, a correct float16
-merge passes, the merge dtype follows the base, and the variants are named by layout."""
+scale, a 16-bit merge done in the wrong dtype) are rejected in float32, float16 and bfloat16, a
+correct float16 or bfloat16 merge passes, a merge whose update is below the dtype's resolution is
+"unresolvable" (not "verified"), the check streams tensor by tensor when the host is short of
+memory, the merge dtype follows the base, and the variants are named by layout."""
 
 import json
 import os
@@ -16,7 +18,8 @@ from platypus_utils.merge import MergeVerificationError
 from .conftest import ALPHA, DENSITY, TARGETS, R, save_adapter, save_finetune, save_tiny_llama
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
-DTYPES = [torch.float32, torch.float16]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
 
 def save_in_dtype(src, dst, dtype):
@@ -50,8 +53,9 @@ def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("verify")
     base32 = save_tiny_llama(tmp / "base32", **SHAPE)
     base16 = save_in_dtype(base32, tmp / "base16", torch.float16)
+    base_bf16 = save_in_dtype(base32, tmp / "base_bf16", torch.bfloat16)
     adapter = save_adapter(base32, tmp / "adapter")
-    return {"tmp": tmp, torch.float32: base32, torch.float16: base16, "adapter": adapter}
+    return {"tmp": tmp, torch.float32: base32, torch.float16: base16, torch.bfloat16: base_bf16, "adapter": adapter}
 
 
 def merged_with(models, adapter, dtype, out):
@@ -97,14 +101,14 @@ def test_half_ulp_is_half_the_spacing_of_the_dtype():
 
 
 # ---------------------------------------------------------------- negative controls
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_an_unmerged_model_is_rejected(models, dtype, tmp_path):
     unmerged = shutil.copytree(models[dtype], tmp_path / "unmerged")  # the base's weights, called "merged"
     message = both_checks_reject(models, unmerged, dtype)
     assert "0.1 x the adapter's effect" in message
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("alpha", [2 * ALPHA, R], ids=["alpha-doubled", "scale-1"])
 def test_a_model_merged_at_the_wrong_scale_is_rejected(models, dtype, alpha, tmp_path):
     wrong = rescaled_adapter(models["adapter"], tmp_path / "wrong", lora_alpha=alpha)
@@ -286,3 +290,116 @@ def test_mixes_and_model_merges_pass_their_per_element_bounds_in_fp16(profile_fo
     report = merge.run_merge(profile)
     for name, entry in report["models"].items():
         assert entry["dtype"] == "float16" and entry["verification"]["max_weight_error_to_bound"] <= 1, name
+
+
+def test_a_correct_bf16_merge_passes_and_is_verified(profile_for, models):
+    report = merge.run_merge(profile_for(torch.bfloat16))
+    entry = report["models"]["merged"]
+    v = entry["verification"]
+    assert entry["dtype"] == v["dtype"] == "bfloat16" and v["max_weight_error_to_bound"] <= 1
+    assert v["updates_above_bound_share"] > 0.5 and v["logit_check_resolves"]  # both checks could fail
+    assert entry["status"] == merge.VERIFIED and entry["verified"] is True and entry["status_reason"] is None
+    assert report["status_counts"] == {merge.VERIFIED: 1, merge.UNRESOLVABLE: 0, merge.NOT_CHECKED: 0}
+
+
+# ---------------------------------------------------------------- checks that cannot tell
+@pytest.fixture(scope="module")
+def faint(models):
+    """A base whose adapted weights are all at least 0.01 in magnitude, and an adapter whose update
+    scale·B@A is ~1e-6 at most: below half an ulp of float16 (>= 3.8e-6 there) and of bfloat16 at
+    every adapted element. (On a base with weights near zero, the elements near zero would resolve it.)"""
+    from safetensors.torch import save_file
+
+    tmp = models["tmp"] / "faint"
+    base32 = shutil.copytree(models[torch.float32], tmp / "base32")
+    weights = load_file(str(base32 / "model.safetensors"))
+    for key, w in weights.items():
+        if any(f"mlp.{t}." in key for t in TARGETS):
+            weights[key] = (torch.sign(w) + (w == 0)) * (0.01 + w.abs())
+    save_file(weights, str(base32 / "model.safetensors"), metadata={"format": "pt"})
+    out = {torch.float32: base32}
+    for dtype, name in ((torch.float16, "base16"), (torch.bfloat16, "base_bf16")):
+        out[dtype] = save_in_dtype(base32, tmp / name, dtype)
+    _, deltas = merge.read_adapter(models["adapter"])
+    largest = max(float(d.delta().abs().max()) for d in deltas.values())
+    out["adapter"] = rescaled_adapter(models["adapter"], tmp / "adapter", factor=1e-6 / largest)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_an_update_below_the_dtypes_resolution_is_unresolvable_not_verified(faint, dtype, tmp_path):
+    _, deltas = merge.read_adapter(faint["adapter"])
+    assert 0.5e-6 < max(float(d.delta().abs().max()) for d in deltas.values()) <= 1.01e-6
+    candidate = merged_with(faint, faint["adapter"], dtype, tmp_path / "merged")
+    result = merge.verify_merged(candidate, str(faint[dtype]), faint["adapter"], deltas, 1e-4, dtype)
+    assert result["max_weight_error_to_bound"] <= 1  # it passed both checks...
+    assert result["updates_above_bound_share"] == 0.0 and not result["logit_check_resolves"]  # ...which cannot fail
+    assert result["status"] == merge.UNRESOLVABLE
+    assert "exceeds its rounding bound in " + str(dtype).split(".")[1] in result["status_reason"]
+    assert "noise floor" in result["status_reason"]
+    # an unmerged model passes the same checks: that is what "unresolvable" says
+    unmerged = merge.verify_merged(faint[dtype], str(faint[dtype]), faint["adapter"], deltas, 1e-4, dtype)
+    assert unmerged["status"] == merge.UNRESOLVABLE
+
+
+def test_the_report_and_its_counts_say_unresolvable(faint, make_profile):
+    profile = make_profile(models={"base": str(faint[torch.bfloat16])})
+    shutil.copytree(faint["adapter"], profile.run_dir(layout.FINETUNE) / "adapter")
+    report = merge.run_merge(profile)
+    entry = report["models"]["merged"]
+    assert entry["status"] == merge.UNRESOLVABLE and entry["verified"] is False
+    assert "bfloat16" in entry["status_reason"]
+    assert report["status_counts"] == {merge.VERIFIED: 0, merge.UNRESOLVABLE: 1, merge.NOT_CHECKED: 0}
+    saved = json.loads((profile.run_dir(layout.MERGE) / merge.REPORT).read_text())
+    assert saved["models"]["merged"]["status"] == merge.UNRESOLVABLE
+    manifest = json.loads((profile.run_dir(layout.MERGE) / "manifest.json").read_text())
+    assert manifest["metrics"]["merged.status"] == merge.UNRESOLVABLE
+    assert manifest["metrics"]["status.unresolvable"] == 1
+    row = merge.check_rows([merge.Made("merged", entry, False, None, 0.0)])[0]
+    assert row["passed"] is True and row["status"] == merge.UNRESOLVABLE  # passed, and says it cannot tell
+
+
+# ---------------------------------------------------------------- streaming when the host is short
+def test_the_check_streams_tensor_by_tensor_when_the_host_is_short(models, tmp_path, monkeypatch):
+    dtype = torch.bfloat16
+    _, deltas = merge.read_adapter(models["adapter"])
+    good = merged_with(models, models["adapter"], dtype, tmp_path / "merged")
+    whole = merge.verify_merged(good, str(models[dtype]), models["adapter"], deltas, 1e-4, dtype, stream=False)
+    assert whole["host_memory"]["streamed"] is False and whole["logit_check"] == "ran"
+    monkeypatch.setattr(merge.memory, "available_host_bytes", lambda: 10_000)  # far less than two models
+
+    def no_whole_model(*args, **kwargs):
+        raise AssertionError("the streamed check loaded a whole model")
+
+    monkeypatch.setattr(merge.verify, "load_lm", no_whole_model)
+    streamed = merge.verify_merged(good, str(models[dtype]), models["adapter"], deltas, 1e-4, dtype)
+    memory = streamed["host_memory"]
+    assert memory["streamed"] is True and memory["decided_by"] == "available memory"
+    assert memory["whole_check_bytes"] > memory["available_bytes"] * merge.HOST_MEMORY_SHARE
+    for key in ("max_weight_error_to_bound", "max_abs_weight_diff", "updates_above_bound_share", "verified_modules"):
+        assert streamed[key] == whole[key], key  # the same weight check, one tensor at a time
+    assert streamed["logit_check"] == merge.SKIPPED and streamed["max_abs_logit_diff"] is None
+    assert "GB available" in streamed["logit_check_skipped"]
+    assert streamed["status"] == merge.VERIFIED  # the weights alone resolve the adapter here
+    with pytest.raises(MergeVerificationError, match="weights are not"):  # and it still rejects an unmerged model
+        merge.verify_merged(models[dtype], str(models[dtype]), models["adapter"], deltas, 1e-4, dtype)
+
+
+def test_a_streamed_check_that_cannot_resolve_says_why(faint, tmp_path):
+    dtype = torch.float16
+    _, deltas = merge.read_adapter(faint["adapter"])
+    candidate = merged_with(faint, faint["adapter"], dtype, tmp_path / "merged")
+    result = merge.verify_merged(candidate, str(faint[dtype]), faint["adapter"], deltas, 1e-4, dtype, stream=True)
+    assert result["status"] == merge.UNRESOLVABLE and result["host_memory"]["decided_by"] == "caller"
+    assert "the logit check was skipped (the check was asked to stream" in result["status_reason"]
+
+
+def test_host_memory_figures_and_the_streaming_decision(models):
+    params = 13_015_864_320
+    whole = merge.job_host_bytes("adapter", params, 2, 32000 * 5120, 36_372_480 * 4, 1)
+    assert whole["check_whole"] == pytest.approx(2 * params * 2 + 36_372_480 * 4)  # ~52 GB: both models whole
+    assert whole["check_streamed"] < 2e9 and whole["merge"] < whole["check_whole"]
+    assert merge.needs_streaming(52e9, available=60e9) and not merge.needs_streaming(52e9, available=70e9)
+    size, largest = merge.checkpoint_bytes(models[torch.float32], torch.float16)
+    stored, _ = merge.checkpoint_bytes(models[torch.float32])
+    assert size * 2 == stored and largest > 0  # float32 checkpoint, counted as loaded in float16

@@ -72,8 +72,8 @@ def whole_check_bytes(merged_bytes: float, source_bytes: float, adapter_bytes: f
 
 def streamed_check_bytes(largest_entries: int, dtype_bytes: int, adapter_bytes: float = 0.0) -> float:
     """An adapter merge's weight check streamed: the largest tensor of the merged and of the source
-    checkpoint (as stored, up to float32) and the source's cast, plus one block of float64 work."""
-    return 3 * largest_entries * max(dtype_bytes, FLOAT32) + BLOCK_WORK_ARRAYS * 8 * CHUNK + adapter_bytes
+    checkpoint and the source's cast to the stored dtype, plus one block of float64 work."""
+    return 3 * largest_entries * dtype_bytes + BLOCK_WORK_ARRAYS * 8 * CHUNK + adapter_bytes
 
 
 def streamed_merge_bytes(largest_entries: int, dtype_bytes: int, inputs: int) -> float:

@@ -42,11 +42,11 @@ from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
+from . import memory as host
 from .adapter import DenseDelta, LoraDelta
 from .arithmetic import U32, chunks, rows_per_chunk
 from .errors import MergeVerificationError
 from .io import ModelMergeSpec, SafetensorsCheckpoint, dtype_name, load_lm, local_checkpoint, open_checkpoints
-from .memory import available_host_bytes, checkpoint_bytes, needs_streaming, whole_check_bytes
 from .reference import ReferenceMerge
 
 log = logging.getLogger("platypus")
@@ -313,14 +313,14 @@ def resolution(result: dict, dtype) -> tuple[str, str | None]:
 
 def _host_memory(merged_dir, source: str, dtype, stream: bool | None) -> dict:
     """Whether the check streams, and the bytes behind the decision (memory.needs_streaming)."""
-    merged_bytes, _ = checkpoint_bytes(merged_dir)
-    source_bytes = checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes
-    needed = whole_check_bytes(merged_bytes, source_bytes)
-    available = available_host_bytes()
+    merged_bytes, _ = host.checkpoint_bytes(merged_dir)
+    source_bytes = host.checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes
+    needed = host.whole_check_bytes(merged_bytes, source_bytes)
+    available = host.available_host_bytes()  # looked up when called: a test may make the host short
     return {
-        "whole_check_gb": round(needed / 1e9, 3),
-        "available_gb": round(available / 1e9, 3),
-        "streamed": needs_streaming(needed, available) if stream is None else bool(stream),
+        "whole_check_bytes": int(needed),
+        "available_bytes": int(available),
+        "streamed": host.needs_streaming(needed, available) if stream is None else bool(stream),
         "decided_by": "available memory" if stream is None else "caller",
     }
 
@@ -343,8 +343,8 @@ def _streamed_checks(merged_dir, source: str, deltas, dtype, memory: dict) -> di
     """The weight check tensor by tensor; the logit check, which needs both models whole, skipped."""
     result = check_merged_weights_streamed(merged_dir, local_checkpoint(source), deltas, dtype, str(merged_dir), source)
     why = (
-        f"the check streamed tensor by tensor: both models whole need {memory['whole_check_gb']:.3g} GB, "
-        f"the host had {memory['available_gb']:.3g} GB available"
+        f"the check streamed tensor by tensor: both models whole need {memory['whole_check_bytes'] / 1e9:.3g} GB, "
+        f"the host had {memory['available_bytes'] / 1e9:.3g} GB available"
         if memory["decided_by"] == "available memory"
         else "the check was asked to stream tensor by tensor"
     )
