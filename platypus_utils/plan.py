@@ -39,12 +39,27 @@ dim, a heads, i intermediate, L layers, V vocab):
   (bench/bench_finetune.py's MFU convention); peaks: A100 312, H100/H200 989 TFLOP/s dense bf16.
 - disk: each variant 04 makes (layout.planned_variants) is N x bytes of the config's dtype;
   downloads are the base and each partner model; the adapter is n x 4 bytes.
-- evaluation: per task, questions (ARC-Challenge 1,172, HellaSwag 10,042, MMLU 14,042,
-  TruthfulQA 817; or the task's limit) x choices requests, each a forward pass of (few-shot + 1)
-  x item tokens (item lengths measured on ../shared/data's copies, / 3.5 bytes per token); MMLU's
-  single-token choices share one pass (lm-eval's logits cache). Time: 2 x N' per token at the same
-  MFU, on one replica (parallelize spreads layers over GPUs, it does not add throughput).
-  GPUs to hold a model for evaluation: bf16 weights / (GPU memory - 6 GiB: reserve, activations).
+- host memory of stage 04 (merge.memory, GB = 1e9 bytes), per job, in the dtype the variants are
+  stored in (merge.dtype, or the base config's; partners assumed alike): an adapter merge holds one
+  model (N x bytes), a mix a float32 copy, a full-model merge streams (largest tensor x (inputs + 1));
+  an adapter merge's check holds the merged and the source model whole (2 N x bytes: 13B float16
+  ~52 GB, 70B ~276 GB) unless the host has less than that / HOST_MEMORY_SHARE available when it runs:
+  then it streams (3 x the largest tensor + one block of float64 work), the logit check skipped.
+- evaluation (estimates; EVAL_TASKS, measured on ../shared/data's copies as lm-eval 0.4.13 prompts
+  them, / 3.5 bytes per token): per task and question, a prompt of shared prefix S (MMLU: the
+  subject's description and its 5 fixed dev examples; TruthfulQA: the 6-QA preamble), private
+  context P (ARC, HellaSwag: few-shot examples sampled per question, and the question) and one of k
+  options of A tokens. Forward tokens per model: hf (HFLM) questions x k x (S + P + A), one pass
+  per question when the options are one token (MMLU, its logits cache); vllm as lm-eval 0.4.13 runs
+  it: questions x k x (S + P + A) for every task (prompt logprobs turn vLLM's prefix-cache reads off,
+  and its path has no one-token grouping); vllm with the prefix cache read: S once per group, then
+  per question P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token blocks). Time:
+  2 N' per token at plan.eval_mfu_hf (plan.mfu) or plan.eval_mfu_vllm, per GPU kind, on one replica
+  of the GPUs that hold the bf16 weights (GPU memory - 6 GiB), hf one GPU busy at a time, vllm tensor
+  parallel (assumed linear); spread one model per replica over plan.eval_gpus (finetune.num_gpus):
+  ceil(models / replicas) x hours per model. Models: evaluate.variants + evaluate.references (+ the
+  trained variants again per further finetune.seeds). The target: every model within
+  plan.eval_target_hours on one plan.eval_target_gpu.
 """
 
 from __future__ import annotations
@@ -52,6 +67,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -65,7 +81,8 @@ from accelerate import init_empty_weights
 from .artifacts import write_json
 from .config import Profile, ProfileError, project_root_for
 from .finetune import PROMPT_NO_INPUT, build_lora_config
-from .layout import CLEAN, artifact, planned_variants
+from .layout import ADAPTER_VARIANT, CLEAN, artifact, planned_variants
+from .merge.memory import host_memory_plan
 from .models import is_hub_reference, load_tokenizer, resolve_model
 from .refs import split_revision
 
@@ -78,14 +95,39 @@ DECONTAMINATION_REMOVED = 200  # "about 200 questions were removed" (dataset car
 RUNTIME_RESERVE_GIB = 2.0  # CUDA context, cuBLAS/NCCL workspaces
 NF4_BITS = 4.127  # 4 bits + fp8 absmax per 64 + fp32 per 256 blocks (double quantisation)
 LOSS_BYTES_PER_LOGIT = 12
-# task -> (questions, mean choices, mean characters of one question with one answer, fixed prompt
-# characters, whether the choices share one forward pass: single-token answers, lm-eval's logits cache)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One leaderboard task as lm-eval 0.4.13 prompts it (characters measured on ../shared/data's
+    copies, the text lm-eval builds; tokens = characters / BYTES_PER_TOKEN)."""
+
+    questions: int
+    choices: float  # mean options per question: loglikelihood requests per question
+    question_chars: float  # the question as prompted, without few-shot
+    answer_chars: float  # one option as a continuation, with its target delimiter
+    shot_chars: float  # one few-shot example with its answer and the few-shot delimiter
+    fixed_chars: float  # text every question of a group shares (MMLU's description, TruthfulQA's preamble)
+    groups: int  # groups that share a prefix (MMLU: 57 subjects)
+    shots_shared: bool  # the same few-shot examples for every question of a group (sampler first_n)
+    one_token_answers: bool  # HFLM scores every option in one pass (its one-token logits cache)
+    fewshot: str  # how lm-eval draws the few-shot examples
+
+
 EVAL_TASKS = {
-    "arc_challenge": (1172, 4.0, 180, 0, False),
-    "hellaswag": (10042, 4.0, 362, 0, False),
-    "mmlu": (14042, 4.0, 470, 0, True),
-    "truthfulqa_mc2": (817, 7.2, 114, 560, False),
+    "arc_challenge": EvalTask(1172, 4.0, 150, 30, 177, 0, 1, False, False, "sampled per question, seeded"),
+    "hellaswag": EvalTask(10042, 4.0, 226, 136, 365, 0, 1, False, False, "sampled per question, seeded"),
+    "mmlu": EvalTask(14042, 4.0, 466, 2, 494, 85, 57, True, True, "first_n of dev, shared per subject"),
+    "truthfulqa_mc2": EvalTask(817, 7.2, 67, 48, 0, 573, 1, False, False, "fixed 6-QA preamble, shared"),
 }
+VLLM_BLOCK_TOKENS = 16  # vLLM's KV-cache block: prefix-cache hits are whole blocks
+EVAL_BACKENDS = ("hf", "vllm", "vllm_prefix_cached")
+EVAL_BACKEND_NAMES = {
+    "hf": "hf (lm-eval HFLM)",
+    "vllm": "vllm (lm-eval 0.4.13)",
+    "vllm_prefix_cached": "vllm, prefix cache read",
+}
+GPU_MEMORY_GIB = {"a100": 80.0, "h100": 79.6, "h200": 140.4}  # per GPU, as the driver reports it
 MODEL_CONFIGS = Path("params") / "model_configs"
 
 
@@ -433,31 +475,121 @@ def disk_plan(profile: Profile, shape: dict) -> dict:
     }
 
 
-def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
-    """lm-eval's size per variant: requests and forward tokens per task, time, GPUs to hold the model."""
+def task_tokens(task: EvalTask, questions: int, shots: int) -> dict:
+    """Forward tokens one model computes for one task, per backend (module docstring, evaluation)."""
+    shared = (task.fixed_chars + (shots * task.shot_chars if task.shots_shared else 0)) / BYTES_PER_TOKEN
+    private = ((0 if task.shots_shared else shots * task.shot_chars) + task.question_chars) / BYTES_PER_TOKEN
+    answer = max(task.answer_chars / BYTES_PER_TOKEN, 1.0)
+    request, k, half_block = shared + private + answer, task.choices, VLLM_BLOCK_TOKENS / 2
+    per_question_cached = private + answer + (k - 1) * (answer + half_block) + (half_block if shared else 0)
+    return {
+        "hf": questions * (1 if task.one_token_answers else k) * request,
+        "vllm": questions * k * request,
+        "vllm_prefix_cached": min(task.groups, questions) * shared + questions * per_question_cached,
+    }
+
+
+def eval_models(profile: Profile) -> dict:
+    """What 05 evaluates: evaluate.variants, evaluate.references (released models as they are) and,
+    with several training seeds (finetune.seeds, when the profile has it), each seed's trained variants."""
+    variants = list(profile.evaluate.variants)
+    references = [r.name for r in profile.evaluate.references]
+    seeds = len(getattr(profile.finetune, "seeds", None) or [None])
+    trained = [v for v in variants if v in set(planned_variants(profile)) | {ADAPTER_VARIANT}]
+    return {
+        "models": len(variants) + len(references) + (seeds - 1) * len(trained),
+        "variants": len(variants),
+        "references": len(references),
+        "seeds": seeds,
+    }
+
+
+def gpus_to_hold(shape: dict, gpu_memory_gib: float) -> int:
+    """GPUs a replica needs to hold the bf16 weights (GPU memory less 6 GiB: reserve, activations)."""
+    return math.ceil(weight_bytes(shape, 16) / GIB / (gpu_memory_gib - RUNTIME_RESERVE_GIB - 4))
+
+
+def eval_hours(tokens: float, n_matmul: int, mfu: float, gpu: str, replica_gpus: int, backend: str) -> float:
+    """Hours for `tokens` forward tokens on one replica: 2 N' FLOPs per token at `mfu`; hf spreads
+    the layers (one GPU busy at a time), vllm runs tensor parallel over the replica (assumed linear)."""
+    gpus = 1 if backend == "hf" else replica_gpus
+    return 2 * n_matmul * tokens / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * gpus) / 3600
+
+
+def _eval_tasks(profile: Profile) -> dict:
     tasks = {}
     for name, cfg in profile.evaluate.tasks.items():
-        questions, choices, chars, fixed, shared = EVAL_TASKS[name]
+        task = EVAL_TASKS[name]
+        questions = task.questions
         if cfg.limit is not None:
             questions = min(questions, math.ceil(questions * cfg.limit) if cfg.limit < 1 else int(cfg.limit))
-        requests = round(questions * choices)
-        tokens = (questions if shared else requests) * ((cfg.num_fewshot + 1) * chars + fixed) / BYTES_PER_TOKEN
         tasks[name] = {
             "questions": questions,
             "num_fewshot": cfg.num_fewshot,
-            "requests": requests,
-            "forward_tokens": round(tokens),
+            "fewshot": task.fewshot,
+            "requests": round(questions * task.choices),
+            "forward_tokens": {b: round(t) for b, t in task_tokens(task, questions, cfg.num_fewshot).items()},
         }
-    per_variant = sum(t["forward_tokens"] for t in tasks.values())
-    n_variants = len(profile.evaluate.variants)
-    flops = 2 * (shape["total_params"] - shape["embedding_params"]) * per_variant * n_variants
-    weights_gib = weight_bytes(shape, 16) / GIB
+    return tasks
+
+
+def _eval_assumptions(mfu: dict) -> list[str]:
+    return [
+        "estimates, not measurements: 2 N' FLOPs per forward token (N' = parameters less the input "
+        "embedding); attention over the context (4 L h per token and context token) left out",
+        f"tokens = characters / {BYTES_PER_TOKEN}; prompts as lm-eval 0.4.13 builds them, measured on "
+        "../shared/data: ARC and HellaSwag draw their few-shot examples per question (seeded), MMLU "
+        "shares the first 5 dev examples per subject, TruthfulQA a fixed preamble",
+        f"MFU assumed: hf {mfu['hf']:g}, vllm {mfu['vllm']:g}; loglikelihood requests are prefill only, so "
+        "without prefix reuse vLLM gains only its MFU (continuous batching, no padding)",
+        "vllm (lm-eval 0.4.13): it asks for prompt_logprobs, and vLLM then skips prefix-cache reads "
+        "(SamplingParams.skip_reading_prefix_cache); its vLLM path has no one-token grouping either, so "
+        "every option is a whole prompt (MMLU: 4 passes where HFLM makes 1)",
+        "vllm, prefix cache read: each group's shared prefix once, each question's context once, each "
+        f"further option its answer + half a {VLLM_BLOCK_TOKENS}-token block (hits are whole blocks), no "
+        "eviction; needs a loglikelihood path that reads the cache, which lm-eval 0.4.13's does not",
+        "several GPUs: one model per replica (hf: layers spread, one GPU busy at a time; vllm: tensor "
+        "parallel, assumed linear); wall time = ceil(models / replicas) x hours per model",
+    ]
+
+
+def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
+    """lm-eval's size and hours per backend and GPU kind, on one replica and spread one model per
+    replica over plan.eval_gpus (finetune.num_gpus), and whether the plan meets plan.eval_target_*."""
+    plan, tasks, count = profile.plan, _eval_tasks(profile), eval_models(profile)
+    per_model = {b: sum(t["forward_tokens"][b] for t in tasks.values()) for b in EVAL_BACKENDS}
+    mfus = {"hf": plan.eval_mfu_hf or mfu, "vllm": plan.eval_mfu_vllm, "vllm_prefix_cached": plan.eval_mfu_vllm}
+    n_matmul, models = shape["total_params"] - shape["embedding_params"], count["models"]
+    memory = {**GPU_MEMORY_GIB, gpu: gpu_memory_gb}
+    hold = {g: gpus_to_hold(shape, memory[g]) for g in GPU_PEAK_TFLOPS}
+    hours = {
+        b: {g: round(models * eval_hours(per_model[b], n_matmul, mfus[b], g, hold[g], b), 2) for g in hold}
+        for b in EVAL_BACKENDS
+    }
+    spread_gpus = plan.eval_gpus or profile.finetune.num_gpus
+    replicas = max(1, spread_gpus // hold[gpu])
+    rounds = math.ceil(models / replicas)
+    spread = {b: round(rounds * hours[b][gpu] / models, 2) if models else 0.0 for b in EVAL_BACKENDS}
+    target_gpu = plan.eval_target_gpu
+    fits_one = hold[target_gpu] == 1
     return {
+        **count,
         "tasks": tasks,
-        "variants": n_variants,
-        "forward_tokens_per_variant": per_variant,
-        "hours_all_variants": round(flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12) / 3600, 2),
-        "gpus_to_hold_model": math.ceil(weights_gib / (gpu_memory_gb - RUNTIME_RESERVE_GIB - 4)),
+        "forward_tokens_per_model": per_model,
+        "forward_tokens_per_variant": per_model["hf"],
+        "mfu": mfus,
+        "gpus_to_hold_model": hold[gpu],
+        "gpus_to_hold_model_by_gpu": hold,
+        "hours": hours,  # backend -> GPU kind -> every model on one replica of gpus_to_hold_model GPUs
+        "hours_all_variants": hours["hf"][gpu],
+        "spread": {"gpu": gpu, "gpus": spread_gpus, "replicas": replicas, "hours": spread},
+        "target": {
+            "hours": plan.eval_target_hours,
+            "gpu": target_gpu,
+            "one_gpu_holds_model": fits_one,
+            "met": {b: fits_one and hours[b][target_gpu] <= plan.eval_target_hours for b in EVAL_BACKENDS},
+        },
+        "assumptions": _eval_assumptions(mfus),
     }
 
 
@@ -496,8 +628,19 @@ def make_plan(
         "memory": memory_plan(profile, shape, data, gpu_memory_gb),
         "time": wall_time(shape, steps, profile.finetune.num_gpus, gpu, mfu),
         "disk": disk_plan(profile, shape),
+        "host_memory": host_memory(profile, shape),
         "evaluation": eval_plan(profile, shape, gpu, mfu, gpu_memory_gb),
     }
+
+
+def host_memory(profile: Profile, shape: dict) -> dict:
+    """Host memory of stage 04's merges and checks (merge.memory.host_memory_plan), in the dtype the
+    variants are stored in: merge.dtype, or the base config's own."""
+    dtype = profile.merge.dtype if profile.merge.dtype != "auto" else shape["config_dtype"].replace("torch.", "")
+    largest = max(shape["vocab"] * shape["hidden"], shape["intermediate"] * shape["hidden"])
+    out = host_memory_plan(profile, shape["total_params"], largest, shape["lora_params"], _bytes_per_param(dtype))
+    source = "merge.dtype" if profile.merge.dtype != "auto" else "the base config's"
+    return {"dtype": dtype, "dtype_source": source, **out}
 
 
 def shown_path(path: str | Path) -> str:
@@ -545,15 +688,74 @@ def format_plan(plan: dict) -> str:
         f"disk                        {k['model_gb']:.1f} GB per model; downloads {k['downloads_gb']:.1f} GB; "
         f"adapter {k['adapter_mb']:.0f} MB",
         f"  merged variants           {len(k['variants'])} x = {k['merged_gb']:.1f} GB ({', '.join(k['variants'])})",
-        f"evaluation                {e['variants']} variants x ~{e['forward_tokens_per_variant'] / 1e6:.1f} M forward "
-        f"tokens = ~{e['hours_all_variants']:.1f} h on one replica of {e['gpus_to_hold_model']} GPU(s)",
     ]
-    lines += [
-        f"  {name:<24}{t_['questions']:,} questions x {t_['num_fewshot']}-shot: {t_['requests']:,} requests, "
-        f"~{t_['forward_tokens'] / 1e6:.1f} M tokens"
-        for name, t_ in e["tasks"].items()
+    return "\n".join(lines + format_host_memory(plan["host_memory"]) + format_evaluation(e))
+
+
+def format_host_memory(h: dict) -> list[str]:
+    """The host-memory lines of `platypus plan`: stage 04's merges and checks."""
+    kinds = {"adapter": "adapter into model", "mix": "adapter mix (float32 copy)", "models": "model merge (streamed)"}
+    lines = [
+        f"host memory, stage 04 (estimate; GB = 1e9 bytes; {h['dtype']} weights, {h['dtype_source']}; "
+        "partners assumed alike; the process's own ~1-2 GB on top)"
     ]
-    return "\n".join(lines)
+    for j in h["jobs"]:
+        check = (
+            f"check ~{j['check_whole']:.1f} GB whole (merged + source model), ~{j['check_streamed']:.1f} GB streamed"
+            if j["check_whole"] is not None
+            else f"check ~{j['check_streamed']:.1f} GB (streamed)"
+        )
+        lines.append(f"  {j['variant']:<26}{kinds[j['kind']]}: merge ~{j['merge']:.1f} GB; {check}")
+    lines.append(
+        f"  peak host RAM             ~{h['peak_gb']:.1f} GB with the checks whole; "
+        f"~{h['peak_streamed_gb']:.1f} GB when they stream"
+    )
+    if h["streams_below_available_gb"] is not None:
+        lines.append(
+            f"  checks stream             when the host has under ~{h['streams_below_available_gb']:.1f} GB available "
+            f"(psutil, at check time; whole check / {h['host_memory_share']:g}): weights tensor by tensor, "
+            "logit check skipped, said so in the report"
+        )
+    return lines
+
+
+def format_evaluation(e: dict) -> list[str]:
+    """The evaluation lines of `platypus plan`: hours per backend and GPU kind, the target, the tasks."""
+    hold, sp, tg = e["gpus_to_hold_model_by_gpu"], e["spread"], e["target"]
+    kinds = list(hold)
+    spread_head = f"{sp['gpus']} x {sp['gpu'].upper()} ({sp['replicas']} replica{'s' if sp['replicas'] > 1 else ''})"
+    seeds = f", {e['seeds']} seeds" if e["seeds"] > 1 else ""
+    lines = [
+        f"evaluation (estimates)    {e['models']} models ({e['variants']} variants + {e['references']} references"
+        f"{seeds}) x {len(e['tasks'])} tasks",
+        "  forward tokens per model  "
+        + "; ".join(f"{EVAL_BACKEND_NAMES[b]} ~{e['forward_tokens_per_model'][b] / 1e6:.1f} M" for b in EVAL_BACKENDS),
+        f"  {'hours, every model':<26}{'MFU':>5}"
+        + "".join(f"{f'{g.upper()} x{hold[g]}':>11}" for g in kinds)
+        + f"   spread over {spread_head}",
+    ]
+    for b in EVAL_BACKENDS:
+        lines.append(
+            f"  {EVAL_BACKEND_NAMES[b]:<26}{e['mfu'][b]:>5.2f}"
+            + "".join(f"{e['hours'][b][g]:>9.1f} h" for g in kinds)
+            + f"   {sp['hours'][b]:.1f} h"
+        )
+    verdicts = "; ".join(
+        f"{EVAL_BACKEND_NAMES[b]} ~{e['hours'][b][tg['gpu']]:.1f} h: {'met' if tg['met'][b] else 'NOT met'}"
+        for b in ("vllm", "vllm_prefix_cached")
+    )
+    holds = "" if tg["one_gpu_holds_model"] else f" (one {tg['gpu'].upper()} cannot hold the model)"
+    lines.append(
+        f"  target                    every model <= {tg['hours']:g} h on one {tg['gpu'].upper()}{holds}: {verdicts}"
+    )
+    for name, t in e["tasks"].items():
+        f = t["forward_tokens"]
+        lines.append(
+            f"  {name:<24}{t['questions']:,} questions x {t['num_fewshot']}-shot ({t['fewshot']}): "
+            f"{t['requests']:,} requests; M tokens hf {f['hf'] / 1e6:.1f}, vllm {f['vllm'] / 1e6:.1f}, "
+            f"prefix cache read {f['vllm_prefix_cached'] / 1e6:.1f}"
+        )
+    return lines + ["  assumptions"] + [f"    - {a}" for a in e["assumptions"]]
 
 
 def check_fits(plan: dict) -> None:

@@ -3,6 +3,7 @@ autograd's saved tensors, and the exit when a plan does not fit (platypus_utils/
 
 import json
 import math
+import re
 import socket
 
 import huggingface_hub.constants
@@ -255,3 +256,79 @@ def test_sharding_follows_the_accelerate_config(tmp_path):
     assert planmod.sharding(ddp) == {"kind": "multi_gpu (replicated)", "model_shards": 1, "state_shards": 1}
     zero3 = _profile("70b", tmp_path, **{"finetune.accelerate_config": str(ROOT / "accelerate/zero3.yaml")})
     assert planmod.sharding(zero3)["model_shards"] == 8
+
+
+# ---------------------------------------------------------------- evaluation hours and host memory
+@pytest.mark.parametrize("size", list(LLAMA))
+def test_plan_prints_eval_hours_per_backend_and_host_memory(plans, size):
+    printed = planmod.format_plan(plans[size])
+    ev, host = plans[size]["evaluation"], plans[size]["host_memory"]
+    for backend in planmod.EVAL_BACKENDS:
+        row = next(
+            line for line in printed.splitlines() if line.startswith(f"  {planmod.EVAL_BACKEND_NAMES[backend]}  ")
+        )
+        hours = re.findall(r"\d+\.\d h", row)
+        assert len(hours) == len(planmod.GPU_PEAK_TFLOPS) + 1, row  # each GPU kind, and spread over the GPUs
+        assert f"{ev['hours'][backend]['h100']:.1f} h" in row
+    assert "evaluation (estimates)" in printed and "assumptions" in printed and "skip_reading_prefix_cache" in printed
+    assert "target                    every model <= 4 h on one H100" in printed
+    assert "host memory, stage 04 (estimate" in printed and "peak host RAM" in printed and "checks stream" in printed
+    whole = {"13b": 52.2, "70b": 276.5}[size]  # merged + source model, float16, + the adapter
+    assert host["whole_check_gb"] == pytest.approx(whole, abs=0.1) and f"check ~{whole:.1f} GB whole" in printed
+    assert host["dtype"] == "float16" and [j["variant"] for j in host["jobs"]] == plans[size]["disk"]["variants"]
+    assert host["peak_gb"] == host["whole_check_gb"] and host["peak_streamed_gb"] < host["whole_check_gb"] / 1.9
+    assert host["streams_below_available_gb"] == pytest.approx(whole / 0.8, abs=0.1)
+
+
+def test_eval_tokens_per_backend_follow_each_tasks_fewshot_structure(plans):
+    tasks = plans["13b"]["evaluation"]["tasks"]
+    arc, mmlu = planmod.EVAL_TASKS["arc_challenge"], planmod.EVAL_TASKS["mmlu"]
+    # ARC: 25 examples sampled per question, so only a question's own options share a prefix
+    request = (25 * arc.shot_chars + arc.question_chars + arc.answer_chars) / planmod.BYTES_PER_TOKEN
+    arc_tokens = tasks["arc_challenge"]["forward_tokens"]
+    assert arc_tokens["hf"] == arc_tokens["vllm"] == round(1172 * 4 * request)
+    context = (25 * arc.shot_chars + arc.question_chars) / planmod.BYTES_PER_TOKEN
+    answer = arc.answer_chars / planmod.BYTES_PER_TOKEN
+    assert arc_tokens["vllm_prefix_cached"] == round(1172 * (context + answer + 3 * (answer + 8)))
+    # MMLU: one pass per question in HFLM (one-token options), four in lm-eval's vLLM path, and the
+    # subject's 5 fixed dev examples computed once per subject when the prefix cache is read
+    shared = (mmlu.fixed_chars + 5 * mmlu.shot_chars) / planmod.BYTES_PER_TOKEN
+    mmlu_tokens = tasks["mmlu"]["forward_tokens"]
+    assert mmlu_tokens["hf"] == round(14042 * (shared + mmlu.question_chars / planmod.BYTES_PER_TOKEN + 1))
+    assert mmlu_tokens["vllm"] == pytest.approx(4 * mmlu_tokens["hf"], abs=2)
+    assert mmlu_tokens["vllm_prefix_cached"] < mmlu_tokens["hf"] / 4
+    for t in tasks.values():
+        assert t["forward_tokens"]["vllm_prefix_cached"] < t["forward_tokens"]["hf"] <= t["forward_tokens"]["vllm"]
+
+
+def test_eval_hours_count_references_spread_over_gpus_and_check_the_target(tmp_path):
+    base = planmod.make_plan(_profile("13b", tmp_path, **{"evaluate.references": []}))["evaluation"]
+    profile = _profile("13b", tmp_path, **{"plan.eval_gpus": 4, "plan.gpu": "h100"})
+    ev = planmod.make_plan(profile)["evaluation"]
+    assert ev["references"] == len(profile.evaluate.references) > 0
+    assert ev["models"] == base["models"] + ev["references"] == len(profile.evaluate.variants) + ev["references"]
+    for backend in planmod.EVAL_BACKENDS:  # hours scale with the models; 13B fits one GPU: 4 replicas
+        assert ev["hours"][backend]["a100"] == pytest.approx(
+            base["hours"][backend]["a100"] * ev["models"] / base["models"], rel=0.01
+        )
+        per_model = ev["hours"][backend]["h100"] / ev["models"]
+        assert ev["spread"]["hours"][backend] == pytest.approx(math.ceil(ev["models"] / 4) * per_model, abs=0.01)
+    assert ev["spread"]["replicas"] == 4 and ev["gpus_to_hold_model"] == 1
+    h = ev["hours"]
+    assert h["hf"]["a100"] == pytest.approx(h["hf"]["h100"] * 989 / 312, rel=0.01)  # the peak FLOP/s ratio
+    met = ev["target"]["met"]
+    assert met["vllm"] is False and h["vllm"]["h100"] > 4  # lm-eval 0.4.13's vLLM path: no prefix reuse
+    assert met["vllm_prefix_cached"] is (h["vllm_prefix_cached"]["h100"] <= 4)
+    slower = planmod.make_plan(_profile("13b", tmp_path, **{"plan.eval_mfu_vllm": 0.25}))["evaluation"]
+    assert slower["hours"]["vllm"]["h100"] == pytest.approx(2 * h["vllm"]["h100"], rel=0.01)
+
+
+def test_70b_evaluation_needs_two_gpus_per_replica(plans):
+    ev = plans["70b"]["evaluation"]
+    assert ev["gpus_to_hold_model_by_gpu"]["h100"] == 2 and ev["target"]["one_gpu_holds_model"] is False
+    assert not any(ev["target"]["met"].values())
+    assert ev["spread"]["replicas"] == 4  # 8 GPUs (finetune.num_gpus), 2 per replica
+    # hf spreads the layers (one GPU busy at a time); vllm's tensor parallel uses both
+    ratio = ev["hours"]["hf"]["h100"] / ev["hours"]["vllm"]["h100"]
+    tokens = ev["forward_tokens_per_model"]
+    assert ratio == pytest.approx(2 * tokens["hf"] / tokens["vllm"] * ev["mfu"]["vllm"] / ev["mfu"]["hf"], rel=0.01)
