@@ -77,6 +77,7 @@ OTHER_FRAMEWORK_FILES = (
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 CONFIG_FILES = ("config.json",)  # resolve_model(..., allow_patterns=CONFIG_FILES): the config only
 _UNPINNED_WARNED: set[str] = set()
+_SNAPSHOTS: dict[tuple, str] = {}  # (reference, allow_patterns) -> snapshot folder, fetched once per process
 
 
 # ---------------------------------------------------------------- cache and references
@@ -126,9 +127,12 @@ def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> s
                 ref,
             )
         return ref
-    folder = hub_snapshot(repo_id, revision, allow_patterns)
-    record_snapshot(ref, repo_id, revision, Path(folder).name, str(folder))
-    return str(folder)
+    key = (ref, tuple(allow_patterns) if allow_patterns is not None else None)
+    folder = _SNAPSHOTS.get(key)
+    if folder is None or not Path(folder).is_dir():  # one hub round trip per process, not one per loader
+        folder = _SNAPSHOTS[key] = str(hub_snapshot(repo_id, revision, allow_patterns))
+    record_snapshot(ref, repo_id, revision, Path(folder).name, folder)
+    return folder
 
 
 def hub_snapshot(repo_id: str, revision: str, allow_patterns: tuple | list | None = None) -> str:

@@ -351,6 +351,7 @@ def fake_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
+    monkeypatch.setattr(models, "_SNAPSHOTS", {})
     yield calls, listing
     refs.resolved_snapshots(clear=True)  # nothing leaks into another test's manifest
 
@@ -378,7 +379,9 @@ def test_pinned_hub_model_is_fetched_at_its_revision_and_recorded(fake_hub, tmp_
     models.resolve_model(f"org/binonly@{SHA}")
     assert "*.bin" not in calls[0][2]["ignore_patterns"]
     calls.clear()
-    listing["offline"] = True  # the hub cannot be listed: the cached snapshot says what the repo holds
+    assert models.resolve_model(f"org/model@{SHA}") == path and calls == []  # once per process
+    models._SNAPSHOTS.clear()  # a new process, the hub out of reach: the cached snapshot says what the repo holds
+    listing["offline"] = True
     models.resolve_model(f"org/model@{SHA}")
     assert calls[0][2] == {"local_files_only": True, "allow_patterns": ["config.json"]}
     assert calls[1][2]["ignore_patterns"] == online  # the same files as when it was downloaded
