@@ -11,8 +11,12 @@ Steps (each timed; a failing step is recorded and the next one still runs):
      and 05's batch size from the run's own files;
   3. 4-bit and 8-bit loading of that model with bitsandbytes (when installed): a LoRA forward and
      backward each;
-  4. bench/bench_finetune.py on 7B- and 13B-shaped models (authors' micro-batch 1, padding-free, packed).
---cpu runs 1, 2 (stages 01-04, two optimizer steps, float32) and 4 (tiny shape), to check the
+  4. stage 05 again with evaluate.backend: vllm (lm-eval's vLLM model, prefix caching) when vllm is
+     installed, its wall time beside the hf backend's;
+  5. bench/bench_finetune.py on 7B- and 13B-shaped models (authors' micro-batch 1, padding-free, packed).
+The profile step reports the objective stage 03 trained (finetune.loss_normalization: examples, the
+authors' per-example mean) and the examples each optimizer step held, counted in the batches.
+--cpu runs 1, 2 (stages 01-04, two optimizer steps, float32) and 5 (tiny shape), to check the
 script itself where no GPU is.
 """
 
@@ -96,8 +100,11 @@ def profile_results(run_dir: Path) -> dict:
             "steps",
             "eval_loss_before",
             "eval_loss_after",
+            "loss_normalization",
         )
     }
+    counted = ft.get("examples_per_step_counted") or []
+    out["examples_counted_per_step"] = f"{min(counted)}-{max(counted)}" if counted else None
     out["padding_free_isolation"] = (ft.get("packing_isolation") or {}).get("max_rel_diff")
     merge = json.loads((run_dir / "04_merge" / "merge_report.json").read_text())
     out["merges_verified"] = sorted(v for v, m in merge["models"].items() if m.get("verified", m.get("checks")))
@@ -105,7 +112,29 @@ def profile_results(run_dir: Path) -> dict:
     if report.is_file():
         ev = json.loads(report.read_text())
         out["variants_evaluated"] = sorted(v for v, r in ev["variants"].items() if r["status"] == "ok")
+        out["evaluate_s"] = _stage_seconds(run_dir / "05_evaluate")
     return out
+
+
+def _stage_seconds(stage_dir: Path):
+    manifest = stage_dir / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("timings", {}).get("wall_s")
+
+
+def vllm_backend(runs: Path) -> dict:
+    """Stage 05 once more on the same run, with lm-eval's vLLM model; its wall time beside hf's."""
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        return {"skipped": "vllm is not installed here (its wheels exceed what a device call carries)"}
+    sets = [f"paths.runs_dir={runs / 'runs'}", f"paths.reports_dir={runs / 'reports'}", "evaluate.backend=vllm"]
+    cmd = [sys.executable, "-m", "platypus_utils", "run", str(PROFILE), "--only", "05", "--force"]
+    for item in sets:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr[-1500:]}")
+    return {"evaluate_s_vllm": _stage_seconds(runs / "runs" / "gpu-smoke" / "05_evaluate")}
 
 
 def quantized_loading() -> dict:
@@ -195,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     step(results, "gpu-smoke profile", lambda: run_profile(out, args.cpu))
     if not args.cpu:
         step(results, "4-bit / 8-bit loading", quantized_loading)
+        step(results, "vllm backend", lambda: vllm_backend(out))
     step(results, "bench_finetune", lambda: bench(out, args.cpu))
     table = markdown(results)
     (out / "gpu_smoke.md").write_text(table + "\n")

@@ -120,6 +120,9 @@ def _check_03(profile, records, tmp_path, overrides):
     assert records["packing_isolation"]["checked"] and records["packing_isolation"]["max_rel_diff"] < 1e-4
     assert records["eval_loss_before"] == metrics["eval_loss_before"] and records["eval_loss_after"] < 1e3
     assert [h["step"] for h in records["train_loss_history"]] == [1, 2]
+    # every optimizer step held the plan's examples, counted in the batches the trainer drew
+    assert records["examples_per_step_counted"] == metrics["examples_per_step_counted"]
+    assert records["examples_per_step_counted"] == [round(records["examples_per_step"])] * 2
     assert metrics["partner_adapter"]["steps"] == 1 and (out / "partner_adapter" / "adapter_config.json").is_file()
     # the save cell wrote what run_finetune writes, with the notebook's time in the manifest
     manifest = read_manifest(out)
