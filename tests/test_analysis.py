@@ -842,8 +842,8 @@ def test_harness_drift_is_unpaired_against_the_published_row():
     avg = by.loc["average"]
     assert avg["this_score"] == pytest.approx(62.0) and avg["against_score"] == row.average
     assert avg["se"] == pytest.approx(100 * math.sqrt(sum(s * s for s in ses.values())) / 4)
-    assert "harness drift of rel: here lm-eval 0.4.13, hf, bfloat16, batch size auto" in notes[0]
-    assert "no published numbers exist for it: no harness drift comparison" in notes[1] and "tiny" in notes[1]
+    assert len(notes) == 1 and "harness drift of rel: here lm-eval 0.4.13, hf, bfloat16, batch size auto" in notes[0]
+    assert "b281b09" in notes[0] and "2308.07317" in notes[0]  # the other side: harness and source
     lines = an.reference_lines(frame, refs)
     assert lines[0].startswith("rel vs published Stable-Platypus2-13B (harness drift, unpaired): average 62.00 vs")
     assert lines[1] == "harness drift: no published numbers exist for tiny (embedded:smollm2-135m-instruct)."
@@ -908,6 +908,7 @@ def test_references_stand_beside_the_merges_in_the_tables_and_summary(tmp_path):
     }
     same = refs[refs["comparison"] == "base vs base-released"]
     assert (same["delta"] == 0).all() and same["note"].str.contains("same weights").all()
+    assert "one evaluation, 0 by construction" in next(r for r in produced["references"] if "base vs" in r)
     summary_md = (profile.report_dir() / "summary.md").read_text()
     assert "## Released models: reproduction vs release, and harness drift" in summary_md
     assert "merged-released vs published Llama-2-13b (harness drift, unpaired): average" in summary_md

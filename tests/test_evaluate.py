@@ -1173,6 +1173,12 @@ def test_reference_revision_is_split_and_hashed(tmp_path, monkeypatch):
     assert ev.model_hash(spec) == "hub:garage-bAInd/Platypus2-13B@abc123"
     assert ev.split_revision("org/name") == ("org/name", None)
     assert ev.split_revision(str(tmp_path)) == (str(tmp_path), None)
+    # resolve_model puts a pinned hub model in the hub's cache: hashed by its commit, not its 26 GB of files
+    snapshot = tmp_path / "hub" / "models--garage-bAInd--Platypus2-13B" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    assert ev.hub_snapshot_id(snapshot) == "hub:garage-bAInd/Platypus2-13B@" + "a" * 40
+    assert ev.model_hash(ev.ModelSpec("x", "m", str(snapshot))) == ev.hub_snapshot_id(snapshot)
+    assert ev.hub_snapshot_id(tmp_path) is None
 
 
 def test_vllm_backend_fails_before_any_work_naming_the_key(evaluated, tmp_path, monkeypatch):

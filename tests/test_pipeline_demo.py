@@ -113,6 +113,32 @@ def test_analysis_tables_and_figures_match_the_results(demo_run):
     assert (reports / "tables" / "leaderboard.tex").read_text().count("\\toprule") == 1
 
 
+def test_reference_stands_beside_the_merges_and_harness_drift_is_named(demo_run):
+    """The demo's released model (SmolLM2 as released: its base's weights) is evaluated from the base's
+    cached results, shown as a reference in the leaderboard, compared with base (paired, exactly 0),
+    and the summary says that no published numbers exist for it (no harness drift)."""
+    runs, reports, _, _ = demo_run
+    name = "smollm2-135m-instruct-release"
+    board = pd.read_csv(reports / "tables" / "leaderboard.csv")
+    assert board.loc[board["kind"] == "reference", "variant"].tolist() == [name]
+    assert board.loc[board["variant"] == name, "status"].item() == "ok"
+    assert board["kind"].tolist().index("reference") > board["variant"].tolist().index("merged")
+    assert f"| {name}" in (reports / "tables" / "leaderboard.md").read_text()
+    assert "this run (reference)" in (reports / "tables" / "leaderboard.md").read_text()
+    ref = json.loads((runs / "05_evaluate" / f"{name}.json").read_text())
+    base = json.loads((runs / "05_evaluate" / "base.json").read_text())
+    assert (ref["kind"], ref["compare_to"], ref["published"]) == ("reference", "base", None)
+    assert ref["tasks"] == base["tasks"] and ref["model_hash"] == base["model_hash"]
+    manifest = json.loads((runs / "05_evaluate" / "manifest.json").read_text())
+    assert all(manifest["metrics"][f"{name}_cached"].values())  # the base's results, no second evaluation
+    table = pd.read_csv(reports / "tables" / "references.csv")
+    assert set(table["kind"]) == {"reproduction vs release"} and (table["delta"] == 0).all()
+    assert "average" in set(table["benchmark"])
+    summary = (reports / "summary.md").read_text()
+    assert "Released models: reproduction vs release, and harness drift" in summary
+    assert f"harness drift: no published numbers exist for {name}" in summary
+
+
 def test_second_run_skips_and_force_reruns(demo_run):
     runs, reports, sets, _ = demo_run
     again = platypus(*sets, timeout=600)

@@ -178,17 +178,14 @@ def drift_frame(
     runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
     """Per reference with a `published` row: the release as evaluated here against its published numbers
-    (harness drift, unpaired), per benchmark and for the average; notes name each reference that has no
-    published numbers, and the harness on either side."""
+    (harness drift, unpaired), per benchmark and for the average; notes name the harness on either side,
+    and a reference that was not evaluated. (One without a published row has no rows here:
+    `reference_lines` says that no published numbers exist for it.)"""
     st = st or StatsSettings()
     rows, notes = [], []
     for name, info in refs.items():
         key = info.get("published")
         if not key:
-            notes.append(
-                f"{name} ({info.get('model') or 'released model'}): no published numbers exist for it: "
-                f"no {KIND_DRIFT} comparison"
-            )
             continue
         if key not in PUBLISHED:
             notes.append(f"{name}: published row {key!r} is not in platypus_utils.published: no {KIND_DRIFT}")
@@ -259,14 +256,15 @@ def reference_note(st: StatsSettings | None = None) -> str:
 
 
 def write_reference_tables(
-    frame: pd.DataFrame, notes: list[str], table_dir: Path, st: StatsSettings | None = None
+    frame: pd.DataFrame, lines: list[str], table_dir: Path, st: StatsSettings | None = None
 ) -> list[Path]:
-    """references.{csv,md,tex}: both comparisons of every released model, and the notes."""
+    """references.{csv,md,tex}: both comparisons of every released model; the Markdown ends with `lines`
+    (reference_lines and the notes)."""
     table_dir = Path(table_dir)
     note = reference_note(st)
     shown = to_markdown(reference_display(frame), 2) if not frame.empty else "(no comparison)\n"
     md = "# Released models: reproduction vs release, and harness drift\n\n" + note + "\n\n" + shown
-    md += "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    md += "".join(f"\n- {n}" for n in lines) + ("\n" if lines else "")
     return [
         write_text(table_dir / "references.csv", frame.to_csv(index=False)),
         write_text(table_dir / "references.md", md),
@@ -301,7 +299,9 @@ def reference_lines(frame: pd.DataFrame, refs: dict[str, dict]) -> list[str]:
         for kind, how in ((KIND_RELEASE, "paired over the same questions"), (KIND_DRIFT, "unpaired")):
             g = mine[mine["kind"] == kind] if not mine.empty else mine
             if not g.empty:
-                out.append(f"{g['comparison'].iloc[0]} ({kind}, {how}): {_sentence(g)}.")
+                same = g["note"].fillna("").str.contains("same weights").any()
+                tail = " Same weights (model hash) as the release: one evaluation, 0 by construction." if same else ""
+                out.append(f"{g['comparison'].iloc[0]} ({kind}, {how}): {_sentence(g)}.{tail}")
             elif kind == KIND_DRIFT and not info.get("published"):
                 out.append(f"{KIND_DRIFT}: no published numbers exist for {name} ({info.get('model') or ''}).")
             elif kind == KIND_DRIFT:

@@ -315,16 +315,16 @@ def write_reference_step(
     out: Outputs, runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings
 ) -> pd.DataFrame:
     """references.{csv,md,tex}: reproduction vs release (paired) and harness drift (unpaired) of every
-    released model; `produced["references"]` holds the summary's sentences, the notes join the others."""
+    released model; `produced["references"]` holds the summary's sentences, `reference_notes` the notes
+    (the summary shows both in its released-models section)."""
     frame, notes = reference_frame(runs, refs, st)
-    out.produced["notes"] += notes
     out.produced["references"] = reference_lines(frame, refs)
     out.produced["reference_notes"] = notes
     out.register(
         "table",
         "references",
         "Released models: reproduction vs release, and harness drift",
-        write_reference_tables(frame, notes, out.tables, st),
+        write_reference_tables(frame, out.produced["references"] + notes, out.tables, st),
     )
     return frame
 

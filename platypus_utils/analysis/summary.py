@@ -368,7 +368,7 @@ def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFram
     lines += [f"- {p}" for p in produced.get("power", [])]
     if produced.get("references"):
         lines += ["", "## Released models: reproduction vs release, and harness drift", ""]
-        lines += [f"- {r}" for r in produced["references"]]
+        lines += [f"- {r}" for r in produced["references"] + produced.get("reference_notes", [])]
     if produced["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in produced["notes"]]
     lines += ["", "## Files", ""] + [

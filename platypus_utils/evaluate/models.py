@@ -37,6 +37,7 @@ from .. import layout
 from .. import models as model_utils  # resolve_model / model_content_hash looked up per call (tests replace them)
 from ..artifacts import sha256_path
 from ..models import pick_device, pick_dtype
+from ..refs import split_revision
 
 log = logging.getLogger("platypus")
 # "auto" batch size on CPU (lm-eval's probe is meant for GPUs). SmolLM2-135M, ARC 25-shot, 5 questions:
@@ -68,16 +69,20 @@ def evaluation_names(profile) -> list[str]:
     return list(profile.evaluate.variants) + [r.name for r in profile.evaluate.references]
 
 
-def split_revision(resolved: str) -> tuple[str, str | None]:
-    """(what from_pretrained loads, revision): a hub id written `org/name@revision` is split; a local
-    path, or an id without "@", has no revision."""
-    if "@" not in resolved or Path(resolved).exists():
-        return resolved, None
-    name, _, revision = resolved.rpartition("@")
-    return name, revision or None
+def hub_snapshot_id(path: str | Path) -> str | None:
+    """The id "hub:org/name@<commit>" of a folder of the hub's cache (…/models--org--name/snapshots/<commit>),
+    where models.resolve_model puts a pinned hub model; None for any other folder. A commit fixes the
+    files, so it names the content without reading tens of GB to hash them."""
+    path = Path(path)
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo.startswith("models--") or not path.name:
+        return None
+    return "hub:" + repo.removeprefix("models--").replace("--", "/") + "@" + path.name
 
 
 def _resolved_spec(variant: str, model: str, cache: Path, **fields) -> ModelSpec:
+    # a pinned hub model comes back as its snapshot folder; should one come back as "org/name@revision",
+    # lm-eval is given the revision
     pretrained, revision = split_revision(model_utils.resolve_model(model, cache_dir=cache))
     return ModelSpec(variant, model, pretrained, revision=revision, **fields)
 
@@ -178,10 +183,11 @@ def variants_table(specs: dict[str, ModelSpec], errors: dict[str, str] | None = 
 
 
 def model_hash(spec: ModelSpec) -> str:
-    """Content hash of what is evaluated: checkpoint files (+ adapter files); a hub id by name."""
+    """Content hash of what is evaluated: checkpoint files (+ adapter files); a hub model by name and
+    revision (a snapshot of the hub's cache by its commit: `hub_snapshot_id`)."""
     path = Path(spec.pretrained)
     if path.is_dir():
-        base = model_utils.model_content_hash(path)
+        base = hub_snapshot_id(path) or model_utils.model_content_hash(path)
     else:
         base = "hub:" + spec.pretrained + (f"@{spec.revision}" if spec.revision else "")
     if spec.peft:

@@ -47,6 +47,7 @@ from .models import (
     ModelSpec,
     check_backend,
     evaluation_names,
+    hub_snapshot_id,
     lm_settings,
     make_lm,
     model_hash,
@@ -287,7 +288,8 @@ def _save_variant(profile, run: StageRun, e: VariantEvaluation) -> list[Path]:
         paths.append(write_jsonl(out / f"{e.variant}.samples.jsonl", e.samples))
     else:
         (out / f"{e.variant}.samples.jsonl").unlink(missing_ok=True)
-    for path in e.spec.inputs + ([Path(e.spec.pretrained)] if Path(e.spec.pretrained).is_dir() else []):
+    local = Path(e.spec.pretrained).is_dir() and not hub_snapshot_id(e.spec.pretrained)  # a hub commit: by name
+    for path in e.spec.inputs + ([Path(e.spec.pretrained)] if local else []):
         run.add_input(path)
     run.timings[f"{e.variant}_s"] = round(sum(e.seconds.values()), 3)
     for bench, seconds in e.seconds.items():
