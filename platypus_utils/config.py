@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .drive import DRIVE_PREFIX, resolve_drive_path
-from .layout import DENSITY_METHODS, evaluable_variants
+from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, seed_variants
 from .published import PUBLISHED
 from .refs import default_cache_dir, is_hub_reference
 
@@ -171,6 +171,11 @@ class FinetuneConfig(_Section):
     # (their HF Trainer with micro-batch 1 and accumulation 16). "tokens": the mean over every
     # completion token of the step (TRL's default), so long outputs weigh more than one-letter ones.
     loss_normalization: Literal["examples", "tokens"] = "examples"
+    # training seeds beside the profile's `seed`: each trains its own adapter on the same rows and
+    # held-out split (03_finetune/seeds/<seed>/adapter); 04 merges each into models.base (variant
+    # <merge.merged_name>-seed<seed>), 05 evaluates them wherever it evaluates that merge, and 06
+    # shows the spread across seeds. Each seed costs one more training, merge and evaluation.
+    seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
     @field_validator("packing", mode="before")
@@ -213,6 +218,8 @@ class FinetuneConfig(_Section):
         if self.batch_unit == "tokens" and not self.packing:
             raise ValueError("batch_unit: tokens sizes steps of packed rows: set packing: bfd")
         self.examples_step_plan(self.num_gpus)  # a step that misses its target fails here, at load
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds}: each seed once")
         return self
 
     def examples_step_plan(self, world_size: int) -> tuple[int, int]:
@@ -450,6 +457,22 @@ class Profile(_Section):
 
     # Where the profile was read from; set by load_profile, not by the YAML.
     source_file: Optional[str] = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _seeds_differ_from_seed(self):
+        """finetune.seeds are other seeds than `seed`; wherever evaluate.variants lists the merge into the
+        base, each seed's merge is evaluated beside it (inserted after it when not listed)."""
+        if self.seed in self.finetune.seeds:
+            raise ValueError(
+                f"finetune.seeds {self.finetune.seeds} holds the profile's own seed {self.seed}: list the others"
+            )
+        variants = self.evaluate.variants
+        merged = merged_variant(self)
+        if merged in variants:
+            missing = [v for v in seed_variants(self).values() if v not in variants]
+            at = variants.index(merged) + 1
+            self.evaluate.variants = variants[:at] + missing + variants[at:]
+        return self
 
     def stage_params(self, stage: str) -> dict:
         return getattr(self, STAGE_SECTIONS[stage]).model_dump(mode="json")

@@ -7,7 +7,8 @@ profile schema) imports it to check evaluate.variants, so the functions here tak
 
 Variants (what 04_merge makes and 05_evaluate scores):
 - "base": models.base as it is; "adapter": base + the 03 LoRA, unmerged (05 only);
-- merge.merged_name (default "merged"): the adapter merged into models.base;
+- merge.merged_name (default "merged"): the adapter merged into models.base; with finetune.seeds, each
+  seed's adapter merged into models.base too, variant <merged_name>-seed<seed>;
 - each merge.partners[] entry: the partner itself, variant <name> (built by 04 when it has an
   adapter, else evaluated from its model reference), and the adapter merged into it, variant
   <merged_name> (default "<name>-platypus");
@@ -37,6 +38,7 @@ CURATED = (CURATE, "curated.jsonl")
 CLEAN = (DECONTAMINATE, "clean.jsonl")
 FLAGGED_PAIRS = (DECONTAMINATE, "flagged_pairs.csv")
 ADAPTER = (FINETUNE, "adapter")
+SEED_RUNS = (FINETUNE, "seeds")  # seeds/<seed>/adapter: the adapters of finetune.seeds
 FINETUNE_METRICS = (FINETUNE, "metrics.json")
 MERGE_REPORT = (MERGE, "merge_report.json")
 EVALUATE_REPORT = (EVALUATE, "evaluate_report.json")
@@ -60,6 +62,25 @@ def artifact(profile: Profile, where: tuple[str, str]) -> Path:
 def merged_variant(profile: Profile) -> str:
     """The variant that is the adapter merged into models.base."""
     return profile.merge.merged_name
+
+
+def seed_adapter(profile: Profile, seed: int) -> Path:
+    """The adapter stage 03 trained with one of finetune.seeds."""
+    return artifact(profile, SEED_RUNS) / str(seed) / ADAPTER[1]
+
+
+def seed_variant(profile: Profile, seed: int) -> str:
+    """The variant that is one of finetune.seeds' adapters merged into models.base (e.g. merged-seed43)."""
+    return f"{merged_variant(profile)}-seed{seed}"
+
+
+def seed_variants(profile: Profile) -> dict[int, str]:
+    """Seed -> variant for every training seed whose merge 04 makes: the profile's seed is the merge
+    itself (merge.merged_name), each of finetune.seeds its own -seed<seed> variant. Empty without
+    finetune.seeds or without merge.merge_into_base."""
+    if not (profile.finetune.seeds and profile.merge.merge_into_base):
+        return {}
+    return {profile.seed: merged_variant(profile), **{s: seed_variant(profile, s) for s in profile.finetune.seeds}}
 
 
 def partner_merged_variant(partner: MergePartnerConfig) -> str:
@@ -92,7 +113,7 @@ def sweep_points(sweep: MergeSweepConfig | None) -> list[tuple[str, list[float],
 def planned_variants(profile: Profile) -> list[str]:
     """Every variant stage 04 makes for this profile, in the order it makes them."""
     cfg = profile.merge
-    names = [merged_variant(profile)] if cfg.merge_into_base else []
+    names = list(seed_variants(profile).values()) or ([merged_variant(profile)] if cfg.merge_into_base else [])
     for p in cfg.partners:
         names += ([p.name] if p.adapter else []) + [partner_merged_variant(p)]
     names += [m.name for m in cfg.adapter_mixes] + [m.name for m in cfg.model_merges]

@@ -123,3 +123,47 @@ def test_step_loss_weighs_examples_as_the_profile_says(tiny_model_dir, tmp_path,
         loss = float(trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count))
     expected = per_example if normalization == "examples" else per_token
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_other_seeds_train_their_own_adapters_on_the_same_split(tiny_model_dir, tmp_path):
+    """finetune.seeds: one more training per seed, same rows and held-out split, its adapter in
+    03_finetune/seeds/<seed>/adapter (in the manifest), its losses in metrics["seeds"]; no checkpoints left."""
+    from safetensors.torch import load_file
+
+    from platypus_utils import layout
+    from platypus_utils.artifacts import read_manifest, write_jsonl
+
+    profile = Profile.model_validate(
+        {
+            "name": "t",
+            "seed": 7,
+            "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports")},
+            "models": {"base": str(tiny_model_dir)},
+            "finetune": {
+                "max_steps": 2,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "warmup_steps": 0,
+                "eval_size": 4,
+                "cutoff_len": 128,
+                "learning_rate": 1e-2,
+                "seeds": [8],
+            },
+        }
+    )
+    write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", make_rows(20))
+    metrics = ft_mod.run_finetune(profile)
+    seed = metrics["seeds"]["8"]
+    assert seed["steps"] == 2 and seed["examples_per_step_counted"] == [4, 4]
+    # same held-out rows and, LoRA's B starting at zero, the same model before training; another after
+    assert seed["eval_loss_before"] == metrics["eval_loss_before"]
+    assert seed["eval_loss_after"] != metrics["eval_loss_after"]
+    main = load_file(layout.artifact(profile, layout.ADAPTER) / "adapter_model.safetensors")
+    other = load_file(layout.seed_adapter(profile, 8) / "adapter_model.safetensors")
+    assert main.keys() == other.keys() and any(not torch.equal(main[k], other[k]) for k in main)
+    outputs = read_manifest(profile.run_dir("03_finetune"))["outputs"]
+    assert str(layout.seed_adapter(profile, 8).resolve()) in outputs
+    assert not list(profile.run_dir("03_finetune").rglob("checkpoint-*"))
+    assert layout.seed_variants(profile) == {7: "merged", 8: "merged-seed8"}  # what 04 makes of them
+    with pytest.raises(ValueError, match="own seed 7"):
+        Profile.model_validate({"name": "t", "seed": 7, "finetune": {"seeds": [7, 8]}})

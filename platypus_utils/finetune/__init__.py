@@ -118,6 +118,7 @@ from .stage import (
     save_adapter,
     train,
     train_partner_adapter,
+    train_seeds,
 )
 from .trainer import (
     HeldOutLossAtStart,
@@ -219,6 +220,7 @@ __all__ = [
     "tokenize_example",
     "train",
     "train_partner_adapter",
+    "train_seeds",
     "truncate_tokenized",
     "whole_run_train_loss",
 ]

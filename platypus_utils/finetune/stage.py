@@ -30,7 +30,7 @@ import torch
 import transformers
 
 from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
-from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, artifact
+from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, SEED_RUNS, artifact, seed_adapter
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from ..plotting import save_figure
 from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens
@@ -108,19 +108,20 @@ class ModelSetup:
         return self.rank == 0
 
 
-def load_model(profile, data: TrainingData) -> ModelSetup:
+def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> ModelSetup:
     """Seed, device and dtype, the SFT arguments (first: they set up a distributed run's process
-    group), the attention kernel, and the base model as this process needs it."""
+    group), the attention kernel, and the base model as this process needs it. `seed`: one of
+    finetune.seeds (its checkpoints go to seeds/<seed>/checkpoints); None: the profile's seed."""
     ft = profile.finetune
     rank, local_rank, world_size = process_info()
-    transformers.set_seed(profile.seed)
+    seed = profile.seed if seed is None else seed
+    transformers.set_seed(seed)
     device = pick_device("auto")
     if world_size > 1 and device == "cuda":
         device = f"cuda:{local_rank}"  # each process loads its copy onto its own GPU
     dtype = pick_dtype(profile.models.torch_dtype, device)
-    args = build_sft_config(
-        ft, profile.run_dir(STAGE) / CHECKPOINTS, profile.seed, device, dtype, world_size=world_size
-    )
+    work = profile.run_dir(STAGE) if seed == profile.seed else artifact(profile, SEED_RUNS) / str(seed)
+    args = build_sft_config(ft, work / CHECKPOINTS, seed, device, dtype, world_size=world_size)
     attn_implementation = resolve_attn_implementation(ft, device, dtype)
     t0 = time.perf_counter()
     model = load_base_model(profile, data.base_model, device, dtype, ft, rank, world_size)
@@ -181,6 +182,7 @@ def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Opt
         "params": profile.fingerprint_params(STAGE),
         "clean_sha256": data.source_sha256,
         "base_model": data.base_model,
+        "train_seed": setup.args.seed,
     }
     resume_from = resume_point(Path(setup.args.output_dir), run_key, ft.resume, setup.is_main)
     train_ds, eval_ds = data.datasets()
@@ -377,11 +379,11 @@ def loss_title(profile) -> str:
 
 
 # ---------------------------------------------------------------- step 6: save
-def save_adapter(profile, training: Training) -> Path:
-    """The trained LoRA adapter (and the tokenizer) into 03_finetune/adapter, atomically; every
-    process of a distributed run joins (the adapter is gathered), the main one writes."""
+def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None) -> Path:
+    """The trained LoRA adapter (and the tokenizer) into 03_finetune/adapter (or `adapter_dir`),
+    atomically; every process of a distributed run joins (the adapter is gathered), the main one writes."""
     session = training.session
-    adapter_dir = artifact(profile, ADAPTER)
+    adapter_dir = adapter_dir or artifact(profile, ADAPTER)
     if session.setup.world_size == 1:
         with atomic_path(adapter_dir) as tmp:
             session.trainer.model.save_pretrained(tmp)
@@ -419,6 +421,7 @@ def save(profile, training: Training, metrics: dict, timings: Optional[dict] = N
         )
         if "skipped" not in metrics.get("partner_adapter", {"skipped": "none"}):
             paths.append(stage_dir / PARTNER_ADAPTER)
+        paths += [seed_adapter(profile, int(seed)) for seed in metrics.get("seeds", {})]
         for p in paths:
             run.add_output(p)
         run.metrics.update({k: v for k, v in metrics.items() if k not in ("train_loss_history", "heldout_rows")})
@@ -467,8 +470,35 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     if setup.is_main and profile.finetune.partner_adapter is not None:  # 04_merge's partner, in miniature
         with _timed(timings, "partner_adapter_s"):
             metrics["partner_adapter"] = train_partner_adapter(profile, setup.world_size)
+    if profile.finetune.seeds:
+        with _timed(timings, "seeds_s"):
+            metrics["seeds"] = train_seeds(profile, data)
     save(profile, training, metrics, timings)
     return metrics
+
+
+# ---------------------------------------------------------------- other training seeds
+def train_seeds(profile, data: TrainingData) -> dict[str, dict]:
+    """The same training once more for each of finetune.seeds (same rows and held-out split, another
+    seed for the LoRA initialisation, dropout and data order); each adapter is saved to
+    03_finetune/seeds/<seed>/adapter and its checkpoints removed. Returns each seed's losses."""
+    out = {}
+    for seed in profile.finetune.seeds:
+        log.info("finetune: training seed %d of finetune.seeds %s", seed, profile.finetune.seeds)
+        setup = load_model(profile, data, seed=seed)
+        training = train(profile, build_trainer(profile, data, setup))
+        save_adapter(profile, training, seed_adapter(profile, seed))
+        state = training.session.trainer.state
+        out[str(seed)] = {
+            "steps": int(state.global_step),
+            "train_loss_mean": round(float(training.result.training_loss), 6),
+            "eval_loss_before": round(training.before["loss"], 6),
+            "eval_loss_after": round(training.after["loss"], 6),
+            "examples_per_step_counted": list(training.session.trainer.examples_per_step),
+        }
+        if setup.is_main:
+            shutil.rmtree(Path(setup.args.output_dir), ignore_errors=True)
+    return out
 
 
 # ---------------------------------------------------------------- the partner adapter (04's demo)

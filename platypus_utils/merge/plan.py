@@ -313,6 +313,12 @@ class Plan:
                 self.adapter_tok + [base_path],
                 None,
             )
+        for seed, variant in layout.seed_variants(self.profile).items():  # finetune.seeds' adapters
+            if seed != self.profile.seed:
+                adapter = layout.seed_adapter(self.profile, seed)
+                if not (adapter / "adapter_config.json").is_file():
+                    raise FileNotFoundError(f"{adapter}: no adapter for finetune.seeds {seed}; run stage 03_finetune")
+                self.adapter_job(variant, self.base_ref, base_path, adapter, self.adapter_tok + [base_path], None)
         for partner in cfg.partners:
             self.add_partner(partner)
 
