@@ -178,10 +178,15 @@ def _check_05(profile, records, tmp_path):
         and tasks["arc_challenge"]["lm_eval_task"] == "platypus_arc_challenge"
     )
     assert records["mmlu_subjects_selected"] == ["college_physics", "philosophy"]
-    assert records["variants"] == [{"variant": "base", "status": "ok", "source": "models.base"}]
+    release = "smollm2-135m-instruct-release"  # the demo's reference: the base as released, same weights
+    assert records["variants"] == [
+        {"variant": "base", "status": "ok", "source": "models.base"},
+        {"variant": release, "status": "ok", "source": "evaluate.references (released, as it is)"},
+    ]
     assert records["failed"] == {}
-    assert records["n"] == {"base": {"arc_challenge": 1, "hellaswag": 1, "mmlu": 2, "truthfulqa_mc2": 1}}
+    assert records["n"]["base"] == {"arc_challenge": 1, "hellaswag": 1, "mmlu": 2, "truthfulqa_mc2": 1}
     scores = records["scores"]["base"]
+    assert records["scores"][release] == scores  # the base's results, from the eval cache
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert records["averages"]["base"] == sum(scores.values()) / 4
     assert set(records["mmlu_subjects"]["base"]) == {"college_physics", "philosophy"}
@@ -190,7 +195,7 @@ def _check_05(profile, records, tmp_path):
     out = profile.run_dir("05_evaluate")
     manifest = read_manifest(out)
     assert manifest["outputs"][str((out / "base.json").resolve())] == records["summary_sha256"]["base"]
-    assert manifest["timings"]["notebook_s"] > 0 and manifest["metrics"]["variants_ok"] == 1
+    assert manifest["timings"]["notebook_s"] > 0 and manifest["metrics"]["variants_ok"] == 2
     direct = load_profile(DEMO, {**_tmp_paths(tmp_path, "direct"), **TINY_05})
     result = evaluate.run_evaluate(direct)
     assert {b: t["value"] for b, t in result["summaries"]["base"]["tasks"].items()} == scores

@@ -239,7 +239,7 @@ def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
     try:
-        meta = get_safetensors_metadata(spec.pretrained, revision=spec.revision)
+        meta = get_safetensors_metadata(spec.pretrained, **({"revision": spec.revision} if spec.revision else {}))
     except Exception as exc:  # noqa: BLE001 - no metadata: the caller falls back to one device
         log.warning("could not read the size of %s from the hub (%s): %s", spec.pretrained, type(exc).__name__, exc)
         return None
@@ -270,8 +270,9 @@ def _lora_rank(adapter: str) -> int:
 
 def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
     """lm-eval's VLLM arguments for a variant (what `--model vllm --model_args ...` takes, lm-eval 0.4.13's
-    lm_eval.models.vllm_causallms.VLLM): prefix caching on (the few-shot prompts share long prefixes),
-    batch size auto; a model to spread goes over every visible GPU by tensor parallelism; the unmerged
+    lm_eval.models.vllm_causallms.VLLM): prefix caching on (the few-shot prompts share long prefixes;
+    but lm-eval 0.4.13 scores through prompt_logprobs, for which vLLM skips reading the cache), batch
+    size auto; a model to spread goes over every visible GPU by tensor parallelism; the unmerged
     adapter as a LoRA request."""
     kwargs: dict = {
         "pretrained": spec.pretrained,
