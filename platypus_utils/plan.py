@@ -57,8 +57,8 @@ dim, a heads, i intermediate, L layers, V vocab):
   2 N' per token at plan.eval_mfu_hf (plan.mfu) or plan.eval_mfu_vllm, per GPU kind, on one replica
   of the GPUs that hold the bf16 weights (GPU memory - 6 GiB), hf one GPU busy at a time, vllm tensor
   parallel (assumed linear); spread one model per replica over plan.eval_gpus (finetune.num_gpus):
-  ceil(models / replicas) x hours per model. Models: evaluate.variants + evaluate.references (+ the
-  trained variants again per further finetune.seeds). The target: every model within
+  ceil(models / replicas) x hours per model. Models: evaluate.variants (finetune.seeds' merges
+  among them) + evaluate.references. The target: every model within
   plan.eval_target_hours on one plan.eval_target_gpu.
 """
 
@@ -81,7 +81,7 @@ from accelerate import init_empty_weights
 from .artifacts import write_json
 from .config import Profile, ProfileError, project_root_for
 from .finetune import PROMPT_NO_INPUT, build_lora_config
-from .layout import ADAPTER_VARIANT, CLEAN, artifact, planned_variants
+from .layout import CLEAN, artifact, planned_variants
 from .merge.memory import host_memory_plan
 from .models import is_hub_reference, load_tokenizer, resolve_model
 from .refs import split_revision
@@ -490,17 +490,15 @@ def task_tokens(task: EvalTask, questions: int, shots: int) -> dict:
 
 
 def eval_models(profile: Profile) -> dict:
-    """What 05 evaluates: evaluate.variants, evaluate.references (released models as they are) and,
-    with several training seeds (finetune.seeds, when the profile has it), each seed's trained variants."""
+    """What 05 evaluates: evaluate.variants (each of finetune.seeds' merges among them: the profile
+    inserts them beside the merge) and evaluate.references (released models as they are)."""
     variants = list(profile.evaluate.variants)
     references = [r.name for r in profile.evaluate.references]
-    seeds = len(getattr(profile.finetune, "seeds", None) or [None])
-    trained = [v for v in variants if v in set(planned_variants(profile)) | {ADAPTER_VARIANT}]
     return {
-        "models": len(variants) + len(references) + (seeds - 1) * len(trained),
+        "models": len(variants) + len(references),
         "variants": len(variants),
         "references": len(references),
-        "seeds": seeds,
+        "seeds": 1 + len(profile.finetune.seeds),
     }
 
 

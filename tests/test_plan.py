@@ -332,3 +332,33 @@ def test_70b_evaluation_needs_two_gpus_per_replica(plans):
     ratio = ev["hours"]["hf"]["h100"] / ev["hours"]["vllm"]["h100"]
     tokens = ev["forward_tokens_per_model"]
     assert ratio == pytest.approx(2 * tokens["hf"] / tokens["vllm"] * ev["mfu"]["vllm"] / ev["mfu"]["hf"], rel=0.01)
+
+
+def test_seeds_add_their_merges_to_the_evaluation_and_to_the_host_memory_jobs(plans, tmp_path):
+    profile = _profile("13b", tmp_path, **{"finetune.seeds": [7, 8]})
+    plan = planmod.make_plan(profile)
+    ev, jobs = plan["evaluation"], {j["variant"]: j for j in plan["host_memory"]["jobs"]}
+    assert ev["models"] == plans["13b"]["evaluation"]["models"] + 2 and ev["seeds"] == 3
+    assert [v for v in jobs if "seed" in v] == ["platypus2-13b-seed7", "platypus2-13b-seed8"]
+    assert jobs["platypus2-13b-seed7"]["kind"] == "adapter" and list(jobs) == plan["disk"]["variants"]
+    assert "(8 variants + 4 references, 3 seeds)".replace("8", str(ev["variants"])) in planmod.format_plan(plan)
+
+
+def test_host_memory_of_mixes_and_model_merges(make_profile):
+    from platypus_utils import merge
+
+    profile = make_profile(
+        merge={
+            "adapter_mixes": [{"name": "mix", "adapters": ["adapter", "partner_adapter"], "weights": [1, 1]}],
+            "model_merges": [
+                {"name": "soup", "method": "ties", "models": ["merged", "mix"], "weights": [1, 1], "density": 0.5}
+            ],
+        }
+    )
+    params, largest = 1_000_000_000, 50_000_000
+    host = merge.host_memory_plan(profile, params, largest, 10_000_000, 2)
+    kinds = {j["variant"]: (j["kind"], j["merge"], j["check_whole"]) for j in host["jobs"]}
+    assert kinds["merged"] == ("adapter", 2.0, 4.0)  # one fp16 model (+ 0.04 GB adapter, rounded); check: two
+    assert kinds["mix"][:2] == ("mix", 4.0)  # a float32 copy
+    assert kinds["soup"][0] == "models" and kinds["soup"][2] is None and kinds["soup"][1] < 1.0  # streamed
+    assert host["peak_gb"] == 4.0 and host["streams_below_available_gb"] == 5.0

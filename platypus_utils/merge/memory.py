@@ -83,18 +83,19 @@ def streamed_merge_bytes(largest_entries: int, dtype_bytes: int, inputs: int) ->
 
 # ---------------------------------------------------------------- the plan's estimate, per job
 def _jobs(profile) -> list[tuple[str, str, int]]:
-    """(variant, kind, inputs) for every variant 04 makes, in layout.planned_variants order."""
+    """(variant, kind, inputs) for every variant 04 makes, in layout.planned_variants order: adapter
+    mixes and full-model merges by name, every other variant an adapter merged into a model."""
     cfg = profile.merge
-    jobs = [(layout.merged_variant(profile), "adapter", 1)] if cfg.merge_into_base else []
-    for p in cfg.partners:
-        jobs += ([(p.name, "adapter", 1)] if p.adapter else []) + [(layout.partner_merged_variant(p), "adapter", 1)]
-    jobs += [(m.name, "mix", len(m.adapters)) for m in cfg.adapter_mixes]
-    for m in cfg.model_merges:
-        jobs.append((m.name, "models", len(m.models) + (m.method not in ("linear", "slerp"))))
-    for method, weights, density in layout.sweep_points(cfg.sweep):
-        inputs = len(cfg.sweep.models) + (method not in ("linear", "slerp"))  # task-vector methods read the base
-        jobs.append((layout.sweep_variant_name(method, weights, density), "models", inputs))
-    return jobs
+    mixes = {m.name: len(m.adapters) for m in cfg.adapter_mixes}
+    models = {m.name: len(m.models) + (m.method not in ("linear", "slerp")) for m in cfg.model_merges}
+    for method, weights, density in layout.sweep_points(cfg.sweep):  # the task-vector methods read the base too
+        models[layout.sweep_variant_name(method, weights, density)] = len(cfg.sweep.models) + (
+            method not in ("linear", "slerp")
+        )
+    return [
+        (v, "mix", mixes[v]) if v in mixes else (v, "models", models[v]) if v in models else (v, "adapter", 1)
+        for v in layout.planned_variants(profile)
+    ]
 
 
 def job_host_bytes(kind: str, params: int, dtype_bytes: int, largest: int, adapter_bytes: float, inputs: int) -> dict:
