@@ -926,3 +926,41 @@ def test_summary_says_when_no_reference_is_evaluated(basic_run):
         "no harness drift comparison."
     ]
     assert "No released model evaluated as a reference" in (profile.report_dir() / "summary.md").read_text()
+
+
+def test_training_seeds_show_their_spread_beside_one_runs_error(tmp_path):
+    """finetune.seeds: 06 tabulates the merge of each seed (the profile's seed is `merged`), per benchmark
+    and the average: mean, sample sd between seeds, range, and one run's standard error; the summary says
+    whether the spread is larger than that error."""
+    profile = Profile.model_validate(
+        {
+            "name": "seeds",
+            "seed": 1,
+            "paths": {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports")},
+            "finetune": {"seeds": [2, 3]},
+            "evaluate": {"variants": ["base", "merged"]},
+        }
+    )
+    assert profile.evaluate.variants == ["base", "merged", "merged-seed2", "merged-seed3"]  # evaluated beside it
+    subjects = {"abstract_algebra": (0.3, 0.05)}
+    arc = {"merged": 0.50, "merged-seed2": 0.54, "merged-seed3": 0.58}
+    write_eval(
+        profile,
+        [summary("base", {"arc_challenge": (0.45, 0.01), "mmlu": (0.3, 0.05)}, subjects)]
+        + [summary(v, {"arc_challenge": (a, 0.01), "mmlu": (0.3, 0.05)}, subjects) for v, a in arc.items()],
+    )
+    produced = an.run_analysis(profile)
+    frame = pd.read_csv(profile.report_dir("tables") / "seed_spread.csv").set_index("benchmark")
+    assert frame.at["ARC", "seeds"] == 3 and frame.at["ARC", "mean"] == pytest.approx(54.0)
+    assert frame.at["ARC", "sd"] == pytest.approx(4.0)  # 50, 54, 58: sample sd 4 points
+    assert frame.at["ARC", "range"] == pytest.approx(8.0) and frame.at["ARC", "run_stderr"] == pytest.approx(1.0)
+    assert frame.at["ARC", "seed 1"] == pytest.approx(50.0) and frame.at["ARC", "seed 3"] == pytest.approx(58.0)
+    assert frame.at["MMLU", "sd"] == pytest.approx(0.0)
+    assert "seed spread is larger than it" in produced["seeds"][0] and "within it" in produced["seeds"][1]
+    text = (profile.report_dir() / "summary.md").read_text()
+    assert "## Training seeds" in text and "seed_spread.csv" in text
+    # without finetune.seeds: no table, no section
+    one_seed = make_profile(tmp_path / "none")
+    write_eval(one_seed, [BASE, MERGED])
+    assert "seeds" not in an.run_analysis(one_seed)
+    assert not (one_seed.report_dir("tables") / "seed_spread.csv").exists()

@@ -544,6 +544,7 @@ def test_06_notebook_runs_and_records(tmp_path):
     )
     assert records["questions_with_samples"] == {"base": 130, "merged": 130}
     assert records["subjects_compared"] == {label: 3}
+    assert records["seed_spread"] == []  # one training seed: no spread to show
     assert records["significant_subjects"] == {label: ["anatomy"]}
     subjects = {r["unit"]: r for r in records["subject_deltas"]}
     assert subjects["anatomy"]["delta"] == pytest.approx(75.0) and subjects["anatomy"]["p_value"] == 2 / 2**30

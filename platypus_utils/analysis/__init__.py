@@ -117,6 +117,7 @@ from .references import (
     release_frame,
     write_reference_tables,
 )
+from .seeds import SEED_COLUMNS, seed_display, seed_lines, seed_spread_frame, write_seed_tables
 from .stage import (
     Outputs,
     analyse,
@@ -169,6 +170,11 @@ __all__ = [
     "reference_lines",
     "write_reference_tables",
     "REFERENCE_COLUMNS",
+    "seed_spread_frame",
+    "seed_lines",
+    "seed_display",
+    "write_seed_tables",
+    "SEED_COLUMNS",
     "tradeoff_frame",
     "StatsSettings",
     "compare",

@@ -27,6 +27,8 @@ Writes to reports/<profile>/tables/:
   merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
   references.{csv,md,tex}   - per released model, per benchmark and the average: reproduction vs release
                               (paired) and harness drift (unpaired); notes where a comparison is impossible
+  seed_spread.{csv,md}      - with finetune.seeds: per benchmark and the average, each training seed's merge
+                              score, their mean, sd between seeds and range, beside one run's standard error
   pipeline.{csv,md}         - status and headline numbers of every stage
 to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
   leaderboard, clean_subset, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories,
@@ -78,6 +80,7 @@ from .frames import (
 )
 from .paired import StatsSettings, level, paired_delta_frame, power_lines, verdict
 from .references import reference_frame, reference_lines, write_reference_tables
+from .seeds import seed_lines, seed_spread_frame, write_seed_tables
 from .summary import analyse_summary, write_summary
 from .tables import write_category_tables, write_clean_tables, write_leaderboard, write_pipeline_tables
 from .upstream import key_numbers, pipeline_status, upstream_artifacts
@@ -329,6 +332,23 @@ def write_reference_step(
     return frame
 
 
+def write_seed_step(out: Outputs, board: pd.DataFrame, profile) -> pd.DataFrame | None:
+    """seed_spread.{csv,md} when the profile trains several seeds (finetune.seeds); `produced["seeds"]`
+    holds the summary's sentences. None (nothing written) without finetune.seeds."""
+    variants = layout.seed_variants(profile)
+    if not variants:
+        return None
+    frame = seed_spread_frame(board, variants)
+    out.produced["seeds"] = seed_lines(frame, variants)
+    out.register(
+        "table",
+        "seed_spread",
+        "Training seeds: spread of the merge into the base",
+        write_seed_tables(frame, out.produced["seeds"], out.tables),
+    )
+    return frame
+
+
 def write_pipeline_step(out: Outputs, profile) -> list[Path]:
     """pipeline tables and the contamination per benchmark; returns the files read."""
     stages, contamination, read = pipeline_status(profile)
@@ -412,6 +432,7 @@ def run_analysis(profile) -> dict:
         refs = data["references"]
         board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean, refs)
         write_leaderboard_step(out, board, info["why"])
+        write_seed_step(out, board, profile)
         write_clean_step(out, clean, info, st.confidence)
         deltas, n_pairs = compare_step(out, profile, data, st)
         released = write_reference_step(out, data["runs"], refs, st)

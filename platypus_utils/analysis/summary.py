@@ -253,6 +253,17 @@ def _others_section(produced: dict, root: Path, rel) -> list[str]:
     ]
 
 
+def _seeds_section(produced: dict, rel) -> list[str]:
+    """Training seeds (finetune.seeds): the spread of the merge into the base, against one run's error."""
+    if "seeds" not in produced:
+        return []
+    return [
+        "## Training seeds",
+        _bullets(produced["seeds"]),
+        file_links(produced, "table", "seed_spread", rel),
+    ]
+
+
 def summary_markdown(
     profile,
     produced: dict,
@@ -278,7 +289,7 @@ def summary_markdown(
         blocks += ["## Notes", _bullets(produced["notes"])]
     blocks += _stages_section(produced, rel) + _leaderboard_section(produced, leaderboard, rel)
     blocks += _clean_section(produced, clean, rel) + _categories_section(produced, categories, rel)
-    blocks += _references_section(produced, references, rel)
+    blocks += _references_section(produced, references, rel) + _seeds_section(produced, rel)
     blocks.append("## Figures")
     for a in produced.get("artifacts", []):
         blocks += _figure_block(a, rel) if a["kind"] == "figure" else []
