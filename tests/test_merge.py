@@ -796,3 +796,21 @@ def test_force_makes_every_variant_again_and_a_failure_closes_the_attempt(setup,
     assert attempt["status"] == "failed" and "forced" in attempt["error"]
     # the variant made before is still there, untouched: a failed remake never replaces it
     assert merge.read_merge_info(profile.run_dir("04_merge") / "merged")["content_sha256"] == first["content_sha256"]
+
+
+def test_each_training_seeds_adapter_is_merged_into_the_base(setup, make_profile):
+    """finetune.seeds: 04 merges each seed's adapter (03_finetune/seeds/<seed>/adapter) into the base as
+    <merged_name>-seed<seed>, exactly, beside the profile seed's merge; a missing one is named."""
+    from platypus_utils import layout
+
+    profile = make_profile(
+        models={"base": str(setup["base"])}, finetune={"seeds": [5]}, evaluate={"variants": ["base", "merged"]}
+    )
+    with pytest.raises(FileNotFoundError, match="finetune.seeds 5"):
+        merge.plan_merges(profile)
+    seed_adapter = save_adapter(setup["base"], layout.seed_adapter(profile, 5), seed=9)
+    report = merge.run_merge(profile)
+    assert list(report["models"]) == ["merged", "merged-seed5"]
+    assert_weights_equal(profile.run_dir("04_merge") / "merged-seed5", expected_weights(setup["base"], seed_adapter))
+    assert report["models"]["merged-seed5"]["adapter"] == str(seed_adapter.resolve())
+    assert profile.evaluate.variants == ["base", "merged", "merged-seed5"]  # and 05 evaluates it beside merged
