@@ -107,7 +107,9 @@ def profile_results(run_dir: Path) -> dict:
     out["examples_counted_per_step"] = f"{min(counted)}-{max(counted)}" if counted else None
     out["padding_free_isolation"] = (ft.get("packing_isolation") or {}).get("max_rel_diff")
     merge = json.loads((run_dir / "04_merge" / "merge_report.json").read_text())
-    out["merges_verified"] = sorted(v for v, m in merge["models"].items() if m.get("verified", m.get("checks")))
+    out["merge_status"] = {
+        v: m.get("status", "verified" if m.get("verified") else "?") for v, m in merge["models"].items()
+    }
     report = run_dir / "05_evaluate" / "evaluate_report.json"
     if report.is_file():
         ev = json.loads(report.read_text())

@@ -259,11 +259,11 @@ def _merge_numbers(k: _Numbers) -> None:
         if not isinstance(info, dict):
             continue
         into = f"into partner {info['partner']}" if info.get("partner") else "into its base"
-        check = (
-            f"verified, max |Δlogit| {info['max_abs_logit_diff']:.2g}"
-            if info.get("verified") and isinstance(info.get("max_abs_logit_diff"), (int, float))
-            else "not verified"
-        )
+        check = status = info.get("status") or ("verified" if info.get("verified") else "not verified")
+        if status == "verified" and isinstance(info.get("max_abs_logit_diff"), (int, float)):
+            check = f"verified, max |Δlogit| {info['max_abs_logit_diff']:.2g}"
+        elif info.get("status_reason"):
+            check = f"{status} ({info['status_reason']})"
         k.add(layout.MERGE, f"merged model {name}", f"{info.get('method', '?')} {into}; {check}", path)
 
 
