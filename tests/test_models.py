@@ -396,3 +396,17 @@ def test_config_only_fetch_and_unpinned_warning(fake_hub, caplog):
         models.resolve_model("org/unpinned-model")
     assert caplog.text.count("org/unpinned-model is not pinned") == 1  # once per process
     assert len(calls) == 1  # an unpinned id is left to from_pretrained, as before
+
+
+def test_an_unpinned_partner_with_bin_weights_only_is_fetched_with_them(fake_hub):
+    """Stage 04 reads a hub partner from a local folder: an unpinned one (qCammel-13 ships only .bin
+    weights) is fetched from its main branch with its weights, not configs alone."""
+    from platypus_utils.merge.io import local_checkpoint
+
+    calls, listing = fake_hub
+    listing["files"] = ["config.json", "pytorch_model.bin"]
+    folder = Path(local_checkpoint("augtoma/qCammel-13"))
+    ((repo, revision, kwargs),) = calls
+    assert (repo, revision) == ("augtoma/qCammel-13", "main") and "*.bin" not in kwargs["ignore_patterns"]
+    assert (folder / "pytorch_model.bin").is_file()
+    assert local_checkpoint(str(folder)) == str(folder)  # a folder is used as it is

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..artifacts import atomic_path, write_json
-from ..models import make_files_readable, model_content_hash
+from ..models import hub_snapshot, make_files_readable, model_content_hash
+from ..refs import split_revision
 from .errors import MergeError
 
 log = logging.getLogger("platypus")
@@ -282,10 +282,14 @@ def save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:
 
 
 def local_checkpoint(path: str) -> str:
-    """A folder for a reference; a hub id is downloaded (safetensors, configs, tokenizer) or found in the hub cache."""
+    """A folder for a reference: a folder as it is; a hub id (unpinned: its main branch) fetched as
+    models.hub_snapshot fetches a pinned one - its safetensors where the repo has them, else its .bin
+    weights (qCammel-13, Llama-2-70b-instruct-v2 ship only those), with configs and tokenizer - or
+    found in the hub cache."""
     if Path(path).is_dir():
         return path
-    return snapshot_download(path, allow_patterns=["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja"])
+    repo_id, revision = split_revision(path)
+    return hub_snapshot(repo_id, revision or "main")
 
 
 def dtype_name(dtype) -> str:
