@@ -494,13 +494,14 @@ def released_hub(monkeypatch):
 
 def test_as_released_keeps_every_hub_row_through_01_and_02_and_says_so(make_profile, released_hub, monkeypatch):
     from platypus_utils import decontaminate
+    from platypus_utils.decontaminate import stage as decontaminate_stage
 
     def nothing_to_embed(*a, **k):
         raise AssertionError("as released: nothing is embedded and no benchmark is read")
 
     monkeypatch.setattr(curate, "Embedder", nothing_to_embed)
-    monkeypatch.setattr(decontaminate, "Embedder", nothing_to_embed)
-    monkeypatch.setattr(decontaminate, "load_benchmark_items", nothing_to_embed)
+    monkeypatch.setattr(decontaminate_stage, "Embedder", nothing_to_embed)
+    monkeypatch.setattr(decontaminate_stage, "load_benchmark_items", nothing_to_embed)
     source = {"name": "hub", "hub_id": f"garage-bAInd/Open-Platypus@{RELEASED_SHA}"}
     profile = make_profile(training_data="as_released", curate={"sources": [source]})
     report = curate.run_curate(profile)

@@ -17,12 +17,12 @@ from platypus_utils.decontaminate import (
     contains_phrase,
     find_leaks,
     missing_numbers,
-    numbers,
     read_training_rows,
     score_pairs,
 )
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
+from platypus_utils.text import numbers
 
 # the rules without the judge (its own tests are below and in test_leak_judge.py): stand-in embedders here
 CFG = DecontaminateConfig(detectors=["embedding", "ngram", "answer"])
@@ -467,7 +467,7 @@ class _NoEmbedder:
 
 
 def test_check_file_bad_benchmarks_name_the_file(tmp_path, demo_benchmarks, monkeypatch):
-    monkeypatch.setattr("platypus_utils.decontaminate.Embedder", _NoEmbedder)
+    monkeypatch.setattr("platypus_utils.decontaminate.stage.Embedder", _NoEmbedder)
     train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Q", "input": "", "output": "A"}])
     arc = demo_benchmarks / "arc_challenge" / "ARC-Challenge-Test.jsonl"
     lines = arc.read_text().splitlines()
@@ -728,7 +728,7 @@ def test_save_refuses_to_overwrite_a_reviewed_flagged_pairs_file_without_force(t
 
 # ---------------------------------------------------------------- the standalone command
 def test_cli_detectors_choice_and_json_summary(tmp_path, demo_benchmarks, capsys, monkeypatch):
-    monkeypatch.setattr("platypus_utils.decontaminate.Embedder", _NoEmbedder)  # ngram alone embeds nothing
+    monkeypatch.setattr("platypus_utils.decontaminate.stage.Embedder", _NoEmbedder)  # ngram alone embeds nothing
     arc = load_benchmark("arc_challenge", demo_benchmarks)[1]
     train = _write_lines(
         tmp_path / "t.jsonl",
@@ -805,7 +805,7 @@ def test_cli_benchmark_embeddings_are_shared_across_working_folders(
             super().__init__(*a, **k)
             made.append(self)
 
-    monkeypatch.setattr("platypus_utils.decontaminate.Embedder", Spy)
+    monkeypatch.setattr("platypus_utils.decontaminate.stage.Embedder", Spy)
     monkeypatch.setenv("PLATYPUS_CACHE", str(model_cache))
     train = _write_lines(tmp_path / "t.jsonl", [{"instruction": "Name a noble gas.", "output": "Neon"}])
     for where in ("a", "b"):
@@ -839,7 +839,7 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
         seen.append((frame.copy(), model))
         return frame.assign(score=[1.5] * len(frame), verdict=[True] * len(frame))
 
-    monkeypatch.setattr(decontaminate.leak_judge, "judge_pairs", judge)
+    monkeypatch.setattr(decontaminate.detectors.leak_judge, "judge_pairs", judge)
     rows = [
         row("Which planet is the hottest one in the solar system?", "The second planet from the Sun.", "a"),
         row("What is 13 times 7?", "91", "b"),
@@ -868,7 +868,7 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
     assert result.summary["pairs_by_detector"]["judge_only"] == 1
     without = decontaminate.detect(rows, items, CFG, FakeEmbedder(table))
     assert without.pairs.empty  # the rewording with a reworded answer is what the other detectors miss
-    monkeypatch.setattr(decontaminate, "leak_judge", None)
+    monkeypatch.setattr(decontaminate.detectors, "leak_judge", None)
     with pytest.raises(ValueError, match="includes 'judge', but platypus_utils.leak_judge is not in this tree"):
         decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
 

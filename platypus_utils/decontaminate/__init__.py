@@ -1,0 +1,125 @@
+"""Stage 02_decontaminate: find training rows that leak benchmark test questions.
+
+Contract. Input: training rows in the Open-Platypus schema (instruction, input, output, data_source;
+`input` may be absent) and the benchmark test items (benchmarks.py). Output: `clean.jsonl` (the rows
+kept), `flagged_pairs.csv` (one line per flagged (train row, test item) pair: both texts, each
+detector's score and verdict, the paper's category, the rule that decided and the action, and the
+test item as lm-eval's sample logs name it: `lm_eval_task`, `doc_id`), `contamination_table.csv`
+(source x benchmark, the paper's Table 1 form), `decontamination_report.json` and the figure.
+
+Modules, one concern each: `common` (categories, pair columns), `textmatch` (words, numbers, phrases,
+answers), `views` (test item views, training windows), `embed`, `ngram` (the n-gram index), `detectors`
+(the detector REGISTRY, candidate pairs, verdicts), `rules` (the categories), `report` (tables, summary,
+figure), `scoring` (labelled pairs), `inputs` (rows and benchmark items), `stage` (the steps composed).
+
+Steps, each a public function returning data (notebook 02 runs them one by one; `detect` composes
+steps 2-5, `run_decontaminate` all of them; `check_file` is the standalone command):
+  1. load_inputs (read_training_rows, load_benchmark_items)
+  2. embed_texts: test views and training windows, embedded when a detector reads cosines
+  3. candidate_pairs: per detector; flag_pairs: each detector's verdict (and the judge's score)
+  4. categorise_pairs: the paper's category and the rule that decided, beside both texts
+  5. choose_removals, contamination_table, summarise (what-ifs: removals_under another policy)
+  6. save: artifacts, figure, tables, manifest. `force` (the runner's --force) lets it overwrite
+     outputs edited by hand since the last run (a reviewed flagged_pairs.csv); without it, it refuses.
+
+How a pair is read.
+  * Test item views: "question" (the stem; HellaSwag's context) and "full" (the question with its
+    choices for MMLU and ARC, with its gold ending for HellaSwag, with its answer for TruthfulQA). A
+    pair scores its best view. An MMLU/ARC stem under `ngram_min_tokens` words ("Which of the
+    following is true?") does not identify its item: it finds candidates, but the category rules
+    read only the full view's cosine for it, and its stem counts as verbatim only with its answer.
+  * Training side: instruction + input ("prompt") and, with `search_outputs`, the output. A text
+    longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded in
+    overlapping windows (`window_overlap`); its cosine is the max over windows.
+Detectors (`detectors`; each an entry of detectors.REGISTRY: the cosine it reads from and its verdict),
+each reported on its own and combined:
+  embedding  cosine >= similarity_threshold (the paper's), flagging *every* training row above it,
+             not only the most similar one (the authors' code kept near-copies of the row it removed);
+  ngram      share of the test view's 13-grams found in the training text >= ngram_overlap_threshold
+             (GPT-3 / lm-eval), which catches long verbatim passages; LaTeX read as plain and choice
+             labels left out on both sides, so "A: coal" matches "coal";
+  answer     cosine >= answer_detector_threshold, every number of the test question in the training
+             prompt and the test answer in the training output (rewordings below 0.8);
+  judge      (on by default) platypus_utils.leak_judge reads candidates at cosine >= judge_threshold whose
+             numbers agree and says whether they are the same question, possibly reworded (rewordings whose
+             answer is reworded too, which the string tests keep). Measured with score_pairs on the 339
+             pairs of tests/fixtures/contamination_labelled.jsonl (bench/bench_detectors.py): without the
+             judge the stage removes 75.0% of the leaks (rewordings 66/113) with 3.3% false alarms; with it
+             94.1% (verbatim 45/45, reformatted 30/30, rewordings 102/113), similar-but-different 4/91 and
+             clean 1/60 removed.
+Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
+each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
+`x^3-2x+1` and `x^3 - 2x + 1` agree.
+  1. duplicate - the whole test question is in the training text (prompt or output; words in order,
+     case, punctuation, spacing and LaTeX markup ignored); a stem that does not identify its item
+     counts only when the test answer is in the training output too, a HellaSwag context only with
+     its gold ending (rules 1, 4 and 5: a copied context with another continuation is not the item);
+  2. duplicate - the question and all its choices (gold ending, answer) are in the training text, in
+     any order and with any labels;
+  3. similar_but_different - a number of the test question is not in the training text (a long
+     passage shared with one number changed is the same shape with other numbers, not a copy);
+  4. duplicate - n-gram overlap >= verbatim_ngram_overlap (any view; near-verbatim);
+  5. duplicate - cosine >= duplicate_threshold and >= verbatim_word_share of the test's words present;
+  6. gray_area - cosine >= duplicate_threshold (same meaning in other words);
+  7. gray_area - the judge says same question (when it read the pair);
+  8. similar_but_different - the test answer is not in the training output;
+  9. gray_area - reworded, same numbers and the test answer in the training output.
+The action per category comes from `actions` (default: remove duplicate and gray-area); a row is
+removed when any of its pairs says so.
+
+With `training_data: as_released` (Open-Platypus as the authors released it, decontaminated by them)
+no leak detection runs: `passed_through` keeps every row of 01 and the stage still writes every
+artifact later stages read (clean.jsonl = 01's rows, flagged_pairs.csv with its header and no pair,
+the empty table, the report saying why and the manifest); no benchmark is loaded.
+"""
+
+from __future__ import annotations
+
+from .common import CATEGORIES, PAIR_COLUMNS, SEVERITY, STAGE
+from .detectors import (
+    DETECTORS,
+    REGISTRY,
+    Detector,
+    PairScores,
+    answer_verified,
+    candidate_pairs,
+    candidate_threshold,
+    detector_verdicts,
+    flag_pairs,
+    judge_candidates,
+    pair_cosines,
+)
+from .embed import Embedded, embed_benchmark_texts, embed_texts, uses_embeddings
+from .inputs import load_benchmark_items, read_training_rows
+from .ngram import NgramIndex
+from .report import (
+    Result,
+    category_counts,
+    contamination_figure,
+    contamination_table,
+    detector_counts,
+    figure_caption,
+    removals_under,
+    review_frame,
+    save_outputs,
+    summarise,
+    worst_per_row,
+)
+from .rules import categorise, categorise_pairs, choose_removals
+from .scoring import score_pairs
+from .stage import (
+    AS_RELEASED_REASON,
+    DecontaminateError,
+    Inputs,
+    as_released,
+    check_file,
+    detect,
+    embedder_for,
+    find_leaks,
+    load_inputs,
+    passed_through,
+    run_decontaminate,
+    save,
+)
+from .textmatch import answer_in_output, contains_phrase, gram_words, missing_numbers, word_share, words
+from .views import item_text, item_views, stem_identifies, train_windows, view_extra, window_texts

@@ -1,0 +1,61 @@
+"""The stage's inputs: the benchmark test items of a profile, and training rows in the Open-Platypus schema."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from pathlib import Path
+
+from ..benchmarks import load_benchmark
+from ..config import DecontaminateConfig, Profile
+from ..demo_data import demo_benchmarks_dir
+from ..sources import validate_rows
+
+log = logging.getLogger("platypus")
+
+
+def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = None) -> tuple[list[dict], Path | None]:
+    """Step: the test items of cfg.benchmarks from cfg.benchmarks_dir ("demo": the project's, written first;
+    "hub"; or a folder in the original formats), and that folder (None for the hub)."""
+    bdir = cfg.benchmarks_dir
+    if bdir == "demo":
+        bdir = str(demo_benchmarks_dir(profile))
+    items = []
+    for name in cfg.benchmarks:
+        items += load_benchmark(name, bdir, limit=cfg.limit_per_benchmark)
+    return items, (None if bdir == "hub" else Path(bdir))
+
+
+def read_training_rows(path: str | Path) -> tuple[list[dict], collections.Counter]:
+    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list) and a Counter of
+    the rows skipped by reason (malformed JSON, missing/empty/non-string fields): odd rows are counted, not
+    fatal. `input` may be absent or null (instruction/output datasets): it reads as "". A missing file, or
+    one with no usable row, is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training file not found")
+    skipped: collections.Counter = collections.Counter()
+    if path.suffix == ".json":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of rows, got {type(records).__name__}")
+    else:
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    skipped["malformed_json"] += 1
+    records = [{**r, "input": r.get("input") or ""} if isinstance(r, dict) else r for r in records]
+    rows = validate_rows(records, path.stem, skipped)
+    if not rows:
+        detail = f"all {sum(skipped.values())} rows unusable: {dict(sorted(skipped.items()))}" if skipped else "no rows"
+        raise ValueError(f"{path}: empty training set ({detail})")
+    if skipped:
+        log.warning("%s: skipped %d rows %s", path, sum(skipped.values()), dict(sorted(skipped.items())))
+    return rows, skipped

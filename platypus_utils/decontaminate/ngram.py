@@ -1,0 +1,91 @@
+"""The n-gram detector's index: hashed word n-grams of the test views, looked up per training text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .textmatch import gram_words, holds_run
+
+_GRAM_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial gram hash
+
+
+def _gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """64-bit hash of each window of n consecutive word ids (len(ids) - n + 1 of them); wraps mod 2**64."""
+    count = len(ids) - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for t in range(n):
+            h = h * _GRAM_BASE + ids[t : t + count].astype(np.uint64) + np.uint64(1)
+    return h
+
+
+class NgramIndex:
+    """Training texts indexed by hashed word n-grams, for one or more n.
+
+    Words (`tokenize`, default gram_words) become integer ids, each n-gram a 64-bit polynomial hash, and
+    the index for one n is two sorted arrays (gram hash, text): built with numpy over all texts at once,
+    looked up with searchsorted. Deterministic (no per-process string hashing) and a few bytes per gram.
+    """
+
+    def __init__(self, train_texts: list[str], tokenize: Callable[[str], list[str]] = gram_words):
+        self.tokenize = tokenize
+        self.tokens = [tokenize(t) for t in train_texts]
+        self._vocab: dict[str, int] = {}
+        lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
+        self._flat = np.fromiter(
+            (self._vocab.setdefault(w, len(self._vocab)) for toks in self.tokens for w in toks),
+            dtype=np.int64,
+            count=int(lengths.sum()),
+        )
+        self._row_of = np.repeat(np.arange(len(self.tokens), dtype=np.int64), lengths)
+        self._room = np.concatenate([np.arange(n, 0, -1) for n in lengths]) if len(lengths) else np.zeros(0, np.int64)
+        self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _ids(self, toks: list[str]) -> np.ndarray:
+        # a word unknown to the training texts gets an id no training gram has
+        unknown = len(self._vocab)
+        return np.array([self._vocab.get(w, unknown) for w in toks], dtype=np.int64)
+
+    def index(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(gram hashes, texts), sorted by hash then text, one entry per distinct (gram, text)."""
+        if n not in self._index:
+            h = _gram_hashes(self._flat, n)
+            ok = self._room[: len(h)] >= n  # windows that stay inside their text
+            h, rows = h[ok], self._row_of[: len(ok)][ok]
+            order = np.lexsort((rows, h))
+            h, rows = h[order], rows[order]
+            keep = np.ones(len(h), dtype=bool)
+            keep[1:] = (h[1:] != h[:-1]) | (rows[1:] != rows[:-1])
+            self._index[n] = (h[keep], rows[keep])
+        return self._index[n]
+
+    def _rows_with(self, grams: np.ndarray, n: int) -> np.ndarray:
+        """Texts holding each gram, concatenated (a text once per gram it holds)."""
+        h, rows = self.index(n)
+        lo, hi = np.searchsorted(h, grams, "left"), np.searchsorted(h, grams, "right")
+        counts = hi - lo
+        if not counts.sum():
+            return np.zeros(0, dtype=np.int64)
+        starts = np.repeat(lo - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+        return rows[starts + np.arange(counts.sum())]
+
+    def overlaps(self, text: str, n: int, min_tokens: int) -> dict[int, float]:
+        """Share of `text`'s distinct n-grams found in each training text (texts with any hit only).
+        Texts shorter than n count as one gram: their whole word sequence (share 1.0 where a text holds it)."""
+        toks = self.tokenize(text)
+        if len(toks) < min_tokens:
+            return {}
+        ids = self._ids(toks)
+        if len(toks) < n:
+            # One index of min_tokens-grams finds the candidates for every short length (not one index per
+            # length); a candidate counts when it holds the whole sequence.
+            k = min(min_tokens, len(toks))
+            candidates = np.unique(self._rows_with(_gram_hashes(ids[:k], k), k))
+            return {int(r): 1.0 for r in candidates if holds_run(self.tokens[r], toks)}
+        grams = np.unique(_gram_hashes(ids, n))
+        hit_rows, counts = np.unique(self._rows_with(grams, n), return_counts=True)
+        return {int(r): c / len(grams) for r, c in zip(hit_rows.tolist(), counts.tolist())}

@@ -1,0 +1,205 @@
+"""What the stage shows and writes: the contamination table, the summary, the review frame, the figure."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+
+from ..artifacts import (
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from ..config import DecontaminateConfig
+from ..layout import CLEAN, FLAGGED_PAIRS
+from ..plotting import PALETTE, new_figure, save_figure
+from .common import CATEGORIES, SEVERITY
+from .detectors import DETECTORS, REGISTRY
+
+
+def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:
+    """Training source x benchmark: distinct rows per category (most severe per row and benchmark)
+    and rows removed - the paper's Table 1 form."""
+    cols = ["data_source", "benchmark", *CATEGORIES, "removed"]
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for (src, bench), grp in worst_per_row(pairs).groupby(["train_source", "benchmark"], sort=True):
+        row = {"data_source": src, "benchmark": bench}
+        for c in CATEGORIES:
+            row[c] = int((grp["category"] == c).sum())
+        row["removed"] = int(grp["train_index"].isin(removed).sum())
+        out.append(row)
+    return pd.DataFrame(out, columns=cols)
+
+
+def worst_per_row(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One pair per (training row, benchmark): its most severe category."""
+    return (
+        pairs.assign(sev=pairs["category"].map(SEVERITY))
+        .sort_values(["sev", "train_index"], kind="stable")
+        .drop_duplicates(["train_index", "benchmark"])
+        .drop(columns="sev")
+    )
+
+
+def summarise(
+    pairs: pd.DataFrame,
+    rows: list[dict],
+    items: list[dict],
+    removed: set[int],
+    cfg: DecontaminateConfig,
+    cands: pd.DataFrame | None = None,
+) -> dict:
+    """Step: the stage's counts (decontamination_report.json; the command line prints it)."""
+    by = {d: pairs[f"by_{d}"].astype(bool) for d in DETECTORS}
+    below = (
+        0
+        if cands is None or cfg.answer_detector_threshold is None
+        else int(
+            cands["embedding_cosine"].between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum()
+        )
+    )
+    return {
+        "train_rows": len(rows),
+        "benchmark_items": len(items),
+        "flagged_pairs": len(pairs),
+        "flagged_rows": int(pairs["train_index"].nunique()),
+        "removed_rows": len(removed),
+        "clean_rows": len(rows) - len(removed),
+        "detectors": list(cfg.detectors),
+        "views": list(cfg.views),
+        "search_outputs": cfg.search_outputs,
+        "pairs_by_detector": {
+            **{d: int(v.sum()) for d, v in by.items()},
+            "embedding_and_ngram": int((by["embedding"] & by["ngram"]).sum()),
+            "answer_only": int((by["answer"] & ~by["embedding"] & ~by["ngram"]).sum()),
+            "judge_only": int((by["judge"] & ~by["embedding"] & ~by["ngram"] & ~by["answer"]).sum()),
+        },
+        "pairs_by_category": {c: int((pairs["category"] == c).sum()) for c in CATEGORIES},
+        "flagged_rows_by_source": {
+            k: int(v)
+            for k, v in pairs.drop_duplicates("train_index")["train_source"].value_counts().sort_index().items()
+        },
+        "removed_rows_by_source": dict(sorted(collections.Counter(rows[i]["data_source"] for i in removed).items())),
+        "flagged_items_by_benchmark": {
+            k: int(v)
+            for k, v in pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"].value_counts().sort_index().items()
+        },
+        "candidate_pairs": 0 if cands is None else len(cands),
+        "answer_detector_candidates": below,  # candidates below the embedding threshold that "answer" checked
+        "actions": dict(cfg.actions),
+    }
+
+
+def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
+    """Pairs flagged per detector, alone and with others (a frame of flag_pairs' verdicts)."""
+    names = [d.column for d in REGISTRY.values() if d.column in flagged]
+    rows = []
+    for c in names:
+        others = flagged[[o for o in names if o != c]].any(axis=1) if len(names) > 1 else False
+        rows.append(
+            {
+                "detector": c.removeprefix("by_"),
+                "pairs": int(flagged[c].sum()),
+                "only_this_one": int((flagged[c] & ~others).sum()),
+                "training_rows": int(flagged.loc[flagged[c], "train_index"].nunique()),
+            }
+        )
+    return pd.DataFrame(rows, columns=["detector", "pairs", "only_this_one", "training_rows"])
+
+
+def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The flagged pairs as a reviewer reads them: both texts side by side, the category and its rule."""
+    cols = [
+        "category",
+        "train_source",
+        "train_text",
+        "test_text",
+        "benchmark",
+        "lm_eval_task",
+        "doc_id",
+        "embedding_cosine",
+        "ngram_overlap",
+        "rule",
+    ]
+    order = pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(
+        ["sev", "benchmark", "train_index"], kind="stable"
+    )
+    return order[cols].reset_index(drop=True)
+
+
+def removals_under(pairs: pd.DataFrame, actions: dict[str, str]) -> dict:
+    """What another policy would remove, from the categorised pairs alone: rows and test items touched."""
+    hit = pairs[pairs["category"].map(actions) == "remove"] if len(pairs) else pairs
+    return {
+        "removed_rows": int(hit["train_index"].nunique()) if len(hit) else 0,
+        "test_items": int(hit[["benchmark", "test_id"]].drop_duplicates().shape[0]) if len(hit) else 0,
+    }
+
+
+def category_counts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Flagged training rows per source (rows) and category (columns), most severe category per benchmark."""
+    if pairs.empty:
+        return pd.DataFrame(columns=list(CATEGORIES))
+    return (
+        worst_per_row(pairs)
+        .groupby(["train_source", "category"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=list(CATEGORIES), fill_value=0)
+    )
+
+
+def contamination_figure(pairs: pd.DataFrame, ax=None):
+    """Flagged training rows per source and category, stacked bars; returns the figure (never saves)."""
+    fig, ax = new_figure(ax, (7, 3.8))
+    if pairs.empty:
+        ax.text(0.5, 0.5, "no flagged pairs", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        category_counts(pairs).plot.barh(stacked=True, ax=ax, color=sns.color_palette(PALETTE, 3))
+        ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("flagged training rows (most severe category per benchmark)")
+        ax.set_ylabel("")
+    ax.set_title("Benchmark contamination of the training data")
+    return fig
+
+
+def figure_caption(pairs: pd.DataFrame) -> str:
+    if pairs.empty:
+        return "No training row was flagged against any benchmark."
+    return "Flagged training rows per source and category.\n" + category_counts(pairs).to_string()
+
+
+@dataclass
+class Result:
+    clean: list[dict]
+    pairs: pd.DataFrame
+    table: pd.DataFrame
+    summary: dict
+    candidates: pd.DataFrame | None = None
+
+
+def save_outputs(result: Result, out: Path, fig_dir: Path, table_dir: Path | None = None) -> list[Path]:
+    """Step (last): clean.jsonl, flagged_pairs.csv, contamination_table.csv, the report and the figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_jsonl(out / CLEAN[1], result.clean),
+        write_text(out / FLAGGED_PAIRS[1], result.pairs.to_csv(index=False)),
+        write_text(out / "contamination_table.csv", result.table.to_csv(index=False)),
+        write_json(out / "decontamination_report.json", result.summary),
+    ]
+    if table_dir is not None:
+        table_dir.mkdir(parents=True, exist_ok=True)
+        paths.append(write_text(table_dir / "contamination_table.csv", result.table.to_csv(index=False)))
+        md = result.table.to_markdown(index=False) if len(result.table) else "_no flagged rows_"
+        paths.append(write_text(table_dir / "contamination_table.md", md + "\n"))
+    fig = contamination_figure(result.pairs)
+    paths += save_figure(fig, fig_dir / "02_contamination", figure_caption(result.pairs))
+    return paths

@@ -1,0 +1,139 @@
+"""The paper's categories, by explicit rules in order (see the package docstring), and the removals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..config import DecontaminateConfig
+from ..text import embedding_text
+from .common import PAIR_COLUMNS
+from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
+from .views import full_view_kind, item_text, stem_identifies, view_extra
+
+
+def _ending_given(train_row: dict, item: dict) -> bool:
+    """False only for a HellaSwag item whose gold ending the training row does not give: a copied context
+    with another continuation is the same start, not the test item (it is scored on its ending)."""
+    if full_view_kind(item) != "gold_ending":
+        return True
+    answer = item.get("answer") or ""
+    return answer_in_output(answer, train_row["output"]) or contains_phrase(
+        embedding_text(train_row) + "\n" + train_row["output"], answer
+    )
+
+
+def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str | None:
+    """Rules 1-2 (see the module docstring): why the pair is a verbatim copy, or None."""
+    whole = embedding_text(train_row) + "\n" + train_row["output"]
+    stem_in = contains_phrase(whole, item["question"])
+    if stem_in and stem_identifies(item, cfg) and _ending_given(train_row, item):
+        return "verbatim: the whole test question is in the train text"
+    if stem_in and answer_in_output(item.get("answer") or "", train_row["output"]):
+        return "verbatim: the whole test question (a short one) is in the train text and its answer in the output"
+    extra = view_extra(item)
+    if stem_in and extra and all(contains_phrase(whole, x) for x in extra):
+        what = {"choices": "all its choices", "gold_ending": "its gold ending", "answer": "its answer"}
+        return f"verbatim: the question and {what[full_view_kind(item)]} are in the train text"
+    return None
+
+
+def categorise(
+    train_row: dict,
+    item: dict,
+    cosine: float,
+    ngram: float,
+    cfg: DecontaminateConfig,
+    identifying_cosine: float | None = None,
+    part: str = "prompt",
+    judge: tuple[bool | None, float] = (None, np.nan),
+) -> tuple[str, str]:
+    """(category, rule) for one flagged pair; see the module docstring for the rule order.
+
+    cosine: the pair's best cosine; identifying_cosine: the best over views that identify the item (None:
+    the same); part: where the evidence was ("output": the numbers rule reads prompt and output);
+    judge: the judge's (verdict, score) when it read the pair."""
+    verbatim = _verbatim_rule(train_row, item, cfg)
+    if verbatim:
+        return "duplicate", verbatim
+    prompt = embedding_text(train_row)
+    missing = missing_numbers(item["question"], prompt + ("\n" + train_row["output"] if part == "output" else ""))
+    if missing:
+        return "similar_but_different", f"numbers differ: test has {missing} not in train text"
+    ending = _ending_given(train_row, item)
+    if ngram >= cfg.verbatim_ngram_overlap and ending:
+        return "duplicate", f"near-verbatim: {cfg.ngram_n}-gram overlap {ngram:.2f}"
+    cos = cosine if identifying_cosine is None else identifying_cosine
+    if cos == cos and cos >= cfg.duplicate_threshold:  # cos == cos: not NaN
+        whole = prompt + "\n" + train_row["output"]
+        share = max(
+            word_share(item["question"], whole) if stem_identifies(item, cfg) and ending else 0.0,
+            word_share(item_text(item), whole),
+        )
+        if share >= cfg.verbatim_word_share:
+            return "duplicate", f"near-verbatim: cosine {cos:.3f}, {share:.0%} of the test's words in train text"
+        return "gray_area", f"same meaning in other words: cosine {cos:.3f}, {share:.0%} of the test's words"
+    if judge[0] is True:
+        return "gray_area", f"the judge reads the same question, reworded: score {judge[1]:.3f}"
+    if not answer_in_output(item.get("answer") or "", train_row["output"]):
+        return "similar_but_different", f"answer differs: test answer {item.get('answer')!r} not in train output"
+    return "gray_area", f"reworded, same numbers and answer: cosine {cosine:.3f}"
+
+
+def categorise_pairs(
+    flagged: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig
+) -> pd.DataFrame:
+    """Step: the report's pairs (PAIR_COLUMNS): both texts, the scores, category, rule and action."""
+    records = []
+    for f in flagged.itertuples(index=False):
+        row, item = rows[f.train_index], items[f.item_index]
+        by_gram = f.by_ngram and f.ngram_part
+        part, view = (f.ngram_part, f.ngram_view) if by_gram else (f.embed_part or "prompt", f.test_view)
+        category, rule = categorise(
+            row,
+            item,
+            f.embedding_cosine,
+            f.ngram_overlap,
+            cfg,
+            f.identifying_cosine,
+            part,
+            (f.judge_verdict, f.judge_score),
+        )
+        records.append(
+            {
+                "train_index": f.train_index,
+                "train_source": row["data_source"],
+                "train_text": embedding_text(row),
+                "train_output": row["output"],
+                "benchmark": item["benchmark"],
+                "subject": item.get("subject", ""),
+                "test_id": item.get("item_id", ""),
+                "lm_eval_task": item.get("lm_eval_task", ""),
+                "doc_id": item.get("doc_id", -1),
+                "test_text": item_text(item),
+                "test_answer": item.get("answer", ""),
+                "test_view": view,
+                "train_part": part,
+                "embedding_cosine": round(f.embedding_cosine, 6),
+                "ngram_overlap": round(f.ngram_overlap, 6),
+                "answer_match": f.answer_match,
+                # 4 decimals: the judge's texts are encoded in batches whose make-up varies between runs
+                # (float32 differs in the 7th digit), and a rerun should write the same file
+                "judge_score": float("nan") if pd.isna(f.judge_score) else round(float(f.judge_score), 4),
+                "judge_verdict": f.judge_verdict,
+                "by_embedding": f.by_embedding,
+                "by_ngram": f.by_ngram,
+                "by_answer": f.by_answer,
+                "by_judge": f.by_judge,
+                "category": category,
+                "rule": rule,
+                "action": cfg.actions[category],
+            }
+        )
+    return pd.DataFrame(records, columns=PAIR_COLUMNS)
+
+
+def choose_removals(pairs: pd.DataFrame, rows: list[dict]) -> tuple[list[dict], set[int]]:
+    """Step: (clean rows, removed row indices): a row goes when any of its pairs' action is "remove"."""
+    removed = set(pairs.loc[pairs["action"] == "remove", "train_index"].tolist()) if len(pairs) else set()
+    return [r for k, r in enumerate(rows) if k not in removed], removed

@@ -1,0 +1,190 @@
+"""Stage 02 as steps, and the standalone command (`platypus decontaminate`): load, detect, save."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import (
+    StageRun,
+    edited_outputs,
+)
+from ..config import DecontaminateConfig, Profile
+from ..embeddings import Embedder
+from ..layout import CURATED, artifact
+from ..models import default_cache_dir
+from .common import PAIR_COLUMNS, STAGE
+from .detectors import candidate_pairs, flag_pairs
+from .embed import embed_texts, uses_embeddings
+from .inputs import load_benchmark_items, read_training_rows
+from .report import Result, contamination_table, save_outputs, summarise
+from .rules import categorise_pairs, choose_removals
+
+log = logging.getLogger("platypus")
+
+
+class DecontaminateError(RuntimeError):
+    """The stage refuses to go on; the message says why and what to do."""
+
+
+@dataclass
+class Inputs:
+    """What the stage reads: 01's rows (odd ones counted), the benchmark items, and the paths to hash."""
+
+    rows: list[dict]
+    skipped: dict
+    items: list[dict]
+    paths: list[Path]
+
+    def per_source(self) -> pd.Series:
+        return pd.Series(collections.Counter(r["data_source"] for r in self.rows), name="rows").sort_index()
+
+    def per_benchmark(self) -> pd.Series:
+        return pd.Series(collections.Counter(it["benchmark"] for it in self.items), name="test items").sort_index()
+
+
+AS_RELEASED_REASON = "skipped: rows as released, already decontaminated by the authors"  # report, manifest
+
+
+def as_released(profile: Profile) -> bool:
+    """training_data: as_released: the rows pass through with no leak detection (see the module docstring)."""
+    return profile.training_data == "as_released"
+
+
+def passed_through(rows: list[dict], cfg: DecontaminateConfig) -> Result:
+    """The stage's result when no detection runs: every row kept, no pair, the reason in the summary."""
+    pairs = pd.DataFrame(columns=PAIR_COLUMNS)
+    summary = summarise(pairs, rows, [], set(), cfg)
+    summary.update(detectors=[], views=[], leak_detection=AS_RELEASED_REASON, training_data="as_released")
+    return Result(list(rows), pairs, contamination_table(pairs, set()), summary)
+
+
+def load_inputs(profile: Profile) -> Inputs:
+    """Step 1: 01_curate's curated.jsonl and the benchmark test items of the profile (none when the
+    rows are as released: nothing is compared with them)."""
+    train_path = artifact(profile, CURATED)
+    rows, skipped = read_training_rows(train_path)
+    if as_released(profile):
+        return Inputs(rows, dict(sorted(skipped.items())), [], [train_path])
+    items, bdir = load_benchmark_items(profile.decontaminate, profile)
+    return Inputs(rows, dict(sorted(skipped.items())), items, [train_path] + ([bdir] if bdir is not None else []))
+
+
+def embedder_for(profile: Profile) -> Embedder | None:
+    """The profile's embedding model through the shared cache; None when no selected detector reads cosines."""
+    return Embedder(profile.models.embedding, profile.cache_dir()) if uses_embeddings(profile.decontaminate) else None
+
+
+def detect(
+    rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, timings: dict | None = None
+) -> Result:
+    """Steps 2-5 composed: embed, candidates, flag, categorise, choose removals (seconds per step into
+    `timings` when given)."""
+    if not rows:
+        raise ValueError("empty training set: nothing to check")
+    if not items:
+        raise ValueError("no benchmark items: nothing to check against")
+    timings = {} if timings is None else timings
+    with _timed(timings, "embed_s"):
+        emb = embed_texts(rows, items, cfg, embedder)
+    with _timed(timings, "candidates_s"):
+        cands = candidate_pairs(rows, emb, cfg)
+    with _timed(timings, "categorise_s"):
+        pairs = categorise_pairs(flag_pairs(cands, rows, items, cfg, embedder=embedder), rows, items, cfg)
+        clean, removed = choose_removals(pairs, rows)
+    summary = summarise(pairs, rows, items, removed, cfg, cands)
+    return Result(clean, pairs, contamination_table(pairs, removed), summary, cands)
+
+
+find_leaks = detect  # the name bench/ and earlier callers use
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 3)
+
+
+def save(
+    profile: Profile, inputs: Inputs, result: Result, timings: dict | None = None, force: bool = False
+) -> list[Path]:
+    """Step 6 (last): the artifacts, figure, tables and manifest.json, exactly as the runner writes them.
+
+    Refuses (DecontaminateError) to overwrite outputs changed by hand since the last recorded run - a
+    reviewed flagged_pairs.csv - unless `force` (the runner's --force)."""
+    edited = edited_outputs(profile.run_dir(STAGE))
+    if edited and not force:
+        name = Path(profile.source_file or "params/<profile>.yaml").name
+        raise DecontaminateError(
+            f"{', '.join(edited)} changed after the run that wrote it; rerun with `platypus run "
+            f"params/{name} --only 02 --force` (force=True in the notebook) to overwrite, or "
+            "move the edited files away"
+        )
+    result.summary["skipped_train_rows"] = dict(inputs.skipped)
+    with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
+        run.timings.update(timings or {})
+        for path in inputs.paths:
+            run.add_input(path)
+        with run.timed("save_s"):
+            paths = save_outputs(
+                result, profile.run_dir(STAGE), profile.report_dir("figures"), profile.report_dir("tables")
+            )
+        for p in paths:
+            run.add_output(p)
+        run.metrics.update({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+        run.metrics["training_data"] = profile.training_data
+        if "leak_detection" in result.summary:
+            run.metrics["leak_detection"] = result.summary["leak_detection"]
+    log.info(
+        "decontamination: %d pairs flagged, %d rows removed, %d clean rows",
+        result.summary["flagged_pairs"],
+        result.summary["removed_rows"],
+        len(result.clean),
+    )
+    return paths
+
+
+def run_decontaminate(profile: Profile, force: bool = False) -> dict:
+    """The whole stage, for scripts and tests (the runner executes notebook 02, the same steps): load,
+    detect, save. Returns the summary."""
+    timings: dict = {}
+    with _timed(timings, "load_s"):
+        inputs = load_inputs(profile)
+    if as_released(profile):
+        log.info("leak detection %s (training_data: as_released): every row of 01 is kept", AS_RELEASED_REASON)
+        result = passed_through(inputs.rows, profile.decontaminate)
+    else:
+        result = detect(inputs.rows, inputs.items, profile.decontaminate, embedder_for(profile), timings)
+    save(profile, inputs, result, timings, force=force)
+    return result.summary
+
+
+def check_file(
+    train_file: str | Path,
+    benchmarks_dir: str,
+    out: str | Path,
+    cfg: DecontaminateConfig | None = None,
+    embedding_model: str = "embedded:all-minilm-l6-v2",
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Standalone use (`platypus decontaminate`): check any dataset in the Open-Platypus schema against
+    benchmarks, writing clean.jsonl, flagged_pairs.csv, contamination_table.csv, decontamination_report.json
+    and the figure into `out`. Rows without data_source are counted under the file's name; odd rows are
+    skipped and counted (`skipped_train_rows`). Embeddings are cached under `cache_dir` (default
+    $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them."""
+    cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
+    rows, skipped = read_training_rows(train_file)
+    items, _ = load_benchmark_items(cfg)
+    cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
+    embedder = Embedder(embedding_model, cache) if uses_embeddings(cfg) else None
+    result = detect(rows, items, cfg, embedder)
+    result.summary["skipped_train_rows"] = dict(sorted(skipped.items()))
+    save_outputs(result, Path(out), Path(out))
+    return result.summary

@@ -1,0 +1,105 @@
+"""Text comparisons the detectors and the category rules read: words, numbers, phrases, answers."""
+
+from __future__ import annotations
+
+import re
+
+from ..text import (
+    final_answer,
+    fraction_words,
+    latex_plain,
+    normalise_text,
+    numbers,
+)
+
+WORD = re.compile(r"\w+")
+SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
+# Function words left out when a long answer is compared word by word with a train output.
+STOPWORDS = frozenset(
+    "a an the of to in on at by for with and or but if is are was were be been it its this that these "
+    "those you your he she they them his her their we our as from into than then so do does did not no "
+    "yes can will would there".split()
+)
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(normalise_text(text))
+
+
+_CHOICE_LABEL = re.compile(r"^[ \t]*\(?[A-Ea-e][.):][ \t]|\([A-Ea-e]\)", re.M)  # "A: coal", "(b) iron"
+
+
+def gram_words(text: str) -> list[str]:
+    """The words the n-gram detector compares: words() of the text read as plain (latex_plain: $x$, \\frac{1}{2}
+    and x, 1/2 alike) without choice labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere), so a
+    question copied with labelled options or other LaTeX markup still matches."""
+    return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
+
+
+def missing_numbers(question: str, train_text: str) -> list[str]:
+    """Numbers of the test question (with multiplicity) that the train text lacks."""
+    return sorted((numbers(question) + fraction_words(question) - numbers(train_text, number_words=True)).elements())
+
+
+def _longest_common_run(a: list[str], b: list[str]) -> int:
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def answer_in_output(answer: str, output: str) -> bool:
+    """Whether a test item's correct answer is given by a training row's output.
+
+    The output's final answer (final_answer: its last \\boxed{}, the sentence after "answer is", or
+    its last sentence) is what is compared, since worked solutions mention many other numbers and words:
+      * an answer with numbers ("81", "3/8", "9 J", "\\frac{1}{12}"): its numbers must be the final
+        answer's numbers - all of them for a \\boxed{} answer, the last ones (after the last "=") otherwise;
+      * an answer of three or more content words: >= 75% of them anywhere in the output and a run of
+        >= 3 of its words in order (rewordings change a word or two: "waits" for "wait", a leading "Yes,");
+      * any other answer (a name, a letter, a short phrase): its words, in order, in the final answer.
+    Case, punctuation and LaTeX markup never matter. Measured on tests/fixtures/contamination_labelled.jsonl
+    and read against the real MATH x MMLU candidates (bench/bench_detectors.py, bench_decontaminate.py).
+    """
+    plain = latex_plain(answer or "")
+    answer_words = words(plain)
+    if not answer_words:
+        return False
+    final, boxed = final_answer(output)
+    answer_numbers = [n.replace(",", "") for n in SIGNED_NUMBER.findall(plain)]
+    if answer_numbers:
+        segment = final if boxed else final.rsplit("=", 1)[-1]
+        got = [n.replace(",", "") for n in SIGNED_NUMBER.findall(segment)]
+        return got == answer_numbers if boxed else got[-len(answer_numbers) :] == answer_numbers
+    content = [w for w in answer_words if w not in STOPWORDS and len(w) > 1]  # not the "s" of "camel's"
+    if len(content) >= 3 and all(w.isalpha() for w in content):
+        output_words = words(output)
+        present = set(output_words)
+        return (
+            sum(w in present for w in content) / len(content) >= 0.75
+            and _longest_common_run(answer_words, output_words) >= 3
+        )
+    return contains_phrase(final, plain)
+
+
+def holds_run(hay: list[str], needle: list[str]) -> bool:
+    k = len(needle)
+    return any(hay[i : i + k] == needle for i in range(len(hay) - k + 1))
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whether the words of `phrase` occur in `text` in order and adjacent (case, punctuation and LaTeX
+    markup ignored)."""
+    needle = words(latex_plain(phrase))
+    return bool(needle) and holds_run(words(latex_plain(text)), needle)
+
+
+def word_share(text: str, other: str) -> float:
+    """Share of the distinct words of `text` that occur in `other`."""
+    mine = set(words(text))
+    return len(mine & set(words(other))) / len(mine) if mine else 0.0

@@ -1,0 +1,109 @@
+"""How a test item is read (its views) and a training row cut (its windows), before anything is embedded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pandas as pd
+
+from ..benchmarks import REGISTRY
+from ..config import DecontaminateConfig
+from ..text import embedding_text
+from .textmatch import words
+
+
+def full_view_kind(item: dict) -> str:
+    """What the item's benchmark adds in its full view (benchmarks.REGISTRY); "choices" for others."""
+    return REGISTRY[item["benchmark"]].full_view if item.get("benchmark") in REGISTRY else "choices"
+
+
+def view_extra(item: dict) -> list[str]:
+    """What the full view adds to the question: the choices (MMLU, ARC), the gold ending (HellaSwag) or the
+    answer (TruthfulQA); [] when the item lacks them."""
+    if full_view_kind(item) == "choices":
+        return [c for c in item.get("choices") or [] if str(c).strip()]
+    return [item["answer"]] if (item.get("answer") or "").strip() else []
+
+
+def stem_identifies(item: dict, cfg: DecontaminateConfig) -> bool:
+    """Whether the question alone names its item: always for HellaSwag and TruthfulQA; for MMLU and ARC,
+    whose choices carry the identity of a short stem, from ngram_min_tokens words on."""
+    return full_view_kind(item) != "choices" or len(words(item["question"])) >= cfg.ngram_min_tokens
+
+
+def item_views(items: list[dict], cfg: DecontaminateConfig) -> pd.DataFrame:
+    """One row per (item, view): item (index), view ("question" | "full"), text, identifying (whether the
+    category rules may read its cosine). A full view that adds nothing is left out."""
+    out = []
+    for k, it in enumerate(items):
+        extra = view_extra(it)
+        if "question" in cfg.views or not extra:
+            out.append((k, "question", it["question"], stem_identifies(it, cfg)))
+        if "full" in cfg.views and extra:
+            out.append((k, "full", "\n".join([it["question"], *extra]), True))
+    return pd.DataFrame(out, columns=["item", "view", "text", "identifying"])
+
+
+def item_text(item: dict) -> str:
+    """The test item as a reviewer reads it: the question with its choices / gold ending / answer."""
+    return "\n".join([item["question"], *view_extra(item)])
+
+
+def window_texts(text: str, max_pieces: int, overlap: float, count: Callable[[str], int]) -> list[str]:
+    """`text` cut into windows of at most `max_pieces` word pieces (count(word) pieces per whitespace word),
+    each sharing `overlap` of its pieces with the next; a text that fits is returned whole."""
+    if len(re.sub(r"\s", "", text)) <= max_pieces:  # every word piece holds at least one character
+        return [text]
+    toks = text.split()
+    sizes = [count(w) for w in toks]
+    if sum(sizes) <= max_pieces:
+        return [text]
+    windows, start = [], 0
+    while True:
+        end, total = start, 0
+        while end < len(toks) and total + sizes[end] <= max_pieces:
+            total, end = total + sizes[end], end + 1
+        end = max(end, start + 1)  # a single word longer than a window still makes one
+        windows.append(" ".join(toks[start:end]))
+        if end >= len(toks):
+            return windows
+        back, kept = end, 0
+        while back > start + 1 and kept + sizes[back - 1] <= overlap * total:
+            kept, back = kept + sizes[back - 1], back - 1
+        start = back
+
+
+def piece_counter(embedder) -> tuple[int, Callable[[str], int]] | None:
+    """(word pieces per window, pieces of a word) for the embedder's model; None when the embedder does not
+    expose a tokenizer (stand-ins in tests and benchmarks: texts are then embedded whole)."""
+    model = getattr(embedder, "model", None)  # the project's Embedder loads its SentenceTransformer here
+    tokenizer, length = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
+    if tokenizer is None or not length:
+        return None
+    cache: dict[str, int] = {}
+
+    def count(word: str) -> int:
+        if word not in cache:
+            cache[word] = max(1, len(tokenizer.tokenize(word)))
+        return cache[word]
+
+    return int(length) - 2, count  # [CLS] and [SEP]
+
+
+def train_windows(rows: list[dict], cfg: DecontaminateConfig, embedder=None) -> pd.DataFrame:
+    """One row per (training row, part, window): row (index), part ("prompt" | "output"), text."""
+    parts = [("prompt", embedding_text)] + ([("output", lambda r: r["output"])] if cfg.search_outputs else [])
+    texts = [(i, part, get(r)) for part, get in parts for i, r in enumerate(rows)]
+    budget = None
+    if any(len(t) > 254 for _, _, t in texts):  # only then is the tokenizer needed (it loads the model)
+        budget = piece_counter(embedder)
+    out = []
+    for i, part, text in texts:
+        if not text.strip():
+            continue
+        pieces = window_texts(text, budget[0], cfg.window_overlap, budget[1]) if budget else [text]
+        out += [(i, part, w) for w in pieces]
+    return pd.DataFrame(out, columns=["row", "part", "text"]).sort_values(
+        ["row", "part"], kind="stable", ignore_index=True
+    )
