@@ -124,8 +124,8 @@ VLLM_BLOCK_TOKENS = 16  # vLLM's KV-cache block: prefix-cache hits are whole blo
 EVAL_BACKENDS = ("hf", "vllm", "vllm_prefix_cached")
 EVAL_BACKEND_NAMES = {
     "hf": "hf (lm-eval HFLM)",
-    "vllm": "vllm (lm-eval 0.4.13)",
-    "vllm_prefix_cached": "vllm, prefix cache read",
+    "vllm": "vllm, lm-eval's own path",
+    "vllm_prefix_cached": "vllm, cache read (ours)",
 }
 GPU_MEMORY_GIB = {"a100": 80.0, "h100": 79.6, "h200": 140.4}  # per GPU, as the driver reports it
 MODEL_CONFIGS = Path("params") / "model_configs"
@@ -540,12 +540,12 @@ def _eval_assumptions(mfu: dict) -> list[str]:
         "shares the first 5 dev examples per subject, TruthfulQA a fixed preamble",
         f"MFU assumed: hf {mfu['hf']:g}, vllm {mfu['vllm']:g}; loglikelihood requests are prefill only, so "
         "without prefix reuse vLLM gains only its MFU (continuous batching, no padding)",
-        "vllm (lm-eval 0.4.13): it asks for prompt_logprobs, and vLLM then skips prefix-cache reads "
+        "vllm, lm-eval's own path (0.4.13): it asks for prompt_logprobs, and vLLM then skips prefix-cache reads "
         "(SamplingParams.skip_reading_prefix_cache); its vLLM path has no one-token grouping either, so "
         "every option is a whole prompt (MMLU: 4 passes where HFLM makes 1)",
-        "vllm, prefix cache read: each group's shared prefix once, each question's context once, each "
+        "vllm, cache read (ours): each group's shared prefix once, each question's context once, each "
         f"further option its answer + half a {VLLM_BLOCK_TOKENS}-token block (hits are whole blocks), no "
-        "eviction; needs a loglikelihood path that reads the cache, which lm-eval 0.4.13's does not",
+        "eviction; what evaluate.backend: vllm runs (evaluate/vllm_prefix.py: lm-eval's VLLM asking vLLM to read the cache, on a vLLM with skip_reading_prefix_cache); lm-eval 0.4.13's own path does not read it",
         "several GPUs: one model per replica (hf: layers spread, one GPU busy at a time; vllm: tensor "
         "parallel, assumed linear); wall time = ceil(models / replicas) x hours per model",
     ]

@@ -16,6 +16,7 @@ import random
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -1212,10 +1213,31 @@ def _vllm_init_arguments() -> set[str]:
     return {a.arg for a in init.args.args + init.args.kwonlyargs}
 
 
+def _fake_vllm_modules(monkeypatch, base, sampling_fields=("skip_reading_prefix_cache",)):
+    """Stand-ins for `vllm` (SamplingParams taking lm-eval's fields and `sampling_fields`) and lm-eval's
+    vllm_causallms (VLLM = `base`): vllm installs on CUDA machines only."""
+    import types
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            unknown = set(kwargs) - {"temperature", "prompt_logprobs", "max_tokens", "detokenize", *sampling_fields}
+            if unknown:
+                raise TypeError(f"unexpected keyword argument {sorted(unknown)}")
+            self.__dict__.update(kwargs)
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = SamplingParams
+    causal = types.ModuleType("lm_eval.models.vllm_causallms")
+    causal.VLLM = base
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", causal)
+    monkeypatch.delitem(sys.modules, "platypus_utils.evaluate.vllm_prefix", raising=False)
+    return SamplingParams
+
+
 def test_vllm_model_arguments(tmp_path, monkeypatch):
     """lm_settings and make_lm for backend vllm: lm-eval's VLLM with prefix caching and batch size auto,
     its argument names as the installed lm-eval 0.4.13 spells them; the adapter as a LoRA request."""
-    import types
 
     profile = profile_for(tmp_path, tmp_path / "bench", "org/base")
     profile.evaluate.backend = "vllm"
@@ -1230,10 +1252,14 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 12}))
     spec = ev.ModelSpec("adapter", "org/base + adapter", "org/base", peft=str(adapter), revision="abc")
     built = {}
-    fake = types.ModuleType("lm_eval.models.vllm_causallms")
-    fake.VLLM = lambda **kwargs: built.update(kwargs) or "vllm-model"
-    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
-    assert ev.make_lm(spec, {**settings, "parallelize": True}) == "vllm-model"
+
+    class FakeVLLM:  # lm-eval's VLLM, recording its arguments
+        def __init__(self, **kwargs):
+            built.update(kwargs)
+
+    _fake_vllm_modules(monkeypatch, FakeVLLM)
+    model = ev.make_lm(spec, {**settings, "parallelize": True})
+    assert type(model).__name__ == "PrefixCachedVLLM" and isinstance(model, FakeVLLM)
     assert built["enable_prefix_caching"] is True and built["batch_size"] == "auto"
     assert (built["pretrained"], built["revision"], built["lora_local_path"]) == ("org/base", "abc", str(adapter))
     assert built["max_lora_rank"] == 16  # the smallest rank vLLM takes that holds r=12
@@ -1243,3 +1269,82 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
     # the hf backend's cache keys are as before: no "backend" field
     profile.evaluate.backend = "hf"
     assert "backend" not in ev.lm_settings(profile)
+
+
+class _CachingEngine:
+    """vLLM's prefill as lm-eval sees it: each prompt token's log-probability (a function of the tokens
+    before it), None at position 0 and, when the request reads the prefix cache, at the positions served
+    from it (whole blocks of 4 shared with an earlier prompt, never the last token)."""
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+        self.calls: list[tuple[int, bool]] = []
+
+    @staticmethod
+    def logprob(prefix: list[int], token: int) -> float:
+        return -0.01 * (sum(prefix) % 7 + token % 5 + 1)
+
+    def generate(self, requests, params):
+        reads = getattr(params, "skip_reading_prefix_cache", True) is False
+        self.calls.append((len(requests), reads))
+        out = []
+        for toks in requests:
+            hit = 0
+            if reads:
+                for old in self.seen:
+                    shared = next((k for k, (a, b) in enumerate(zip(old, toks)) if a != b), min(len(old), len(toks)))
+                    hit = max(hit, min(shared // 4 * 4, len(toks) - 1))
+            self.seen.append(list(toks))
+            logprobs = [None] + [
+                None if i < hit else {t: self.logprob(toks[:i], t), t + 1: -9.0} for i, t in enumerate(toks) if i > 0
+            ]
+            out.append(types.SimpleNamespace(prompt_logprobs=logprobs))
+        return out
+
+
+def test_vllm_loglikelihood_reads_the_prefix_cache_and_scores_from_logits(monkeypatch):
+    """evaluate.backend vllm: loglikelihood requests ask vLLM to read its prefix cache (lm-eval 0.4.13's own
+    prompt_logprobs requests skip it); a shared few-shot context is served from the cache and each option's
+    continuation scored from logits, the same score as without the cache; a request whose continuation was
+    served from the cache (an identical prompt) is scored again without it; a vLLM without the setting runs
+    lm-eval's path."""
+
+    class FakeVLLM:  # the two methods of lm-eval 0.4.13's VLLM the subclass builds on
+        def __init__(self, **kwargs):
+            self.engine = _CachingEngine()
+
+        def _model_generate(self, requests, generate=False, sampling_params=None):
+            if not generate or sampling_params is None:
+                sampling_params = sys.modules["vllm"].SamplingParams(
+                    temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False
+                )
+            return self.engine.generate(requests, sampling_params)
+
+        @staticmethod
+        def _parse_logprobs(tokens, outputs, ctxlen):
+            dicts = outputs.prompt_logprobs
+            return sum(d.get(t) for t, d in zip(tokens[ctxlen:], dicts[ctxlen:], strict=True)), True
+
+    _fake_vllm_modules(monkeypatch, FakeVLLM)
+    from platypus_utils.evaluate.vllm_prefix import PrefixCachedVLLM
+
+    context = list(range(10, 30))  # 20 tokens of few-shot context, shared by the four options
+    options = [[1, 2], [3], [4, 5, 6], [7]]
+    lm = PrefixCachedVLLM()
+    long = context + [8, 9, 10, 11, 12]  # a continuation over a whole block, asked twice (identical prompts)
+    requests = [context + o for o in options] + [long, long]
+    outputs = lm._model_generate(requests, generate=False)
+    assert lm.engine.calls == [(6, True)]  # one batch, reading the cache
+    assert all(o.prompt_logprobs[len(context) - 1] is None for o in outputs[1:])  # the context came from the cache
+    scores = [lm._parse_logprobs(r, o, len(context))[0] for r, o in zip(requests, outputs)]
+    expected = [sum(_CachingEngine.logprob(r[:i], r[i]) for i in range(len(context), len(r))) for r in requests]
+    assert scores == pytest.approx(expected)
+    assert lm.prefix_stats == {"read_cache": 6, "rescored": 1}  # the identical prompt, scored again
+    assert lm.engine.calls[1:] == [(1, False)]
+
+    _fake_vllm_modules(monkeypatch, FakeVLLM, sampling_fields=())  # a vLLM without skip_reading_prefix_cache
+    from platypus_utils.evaluate.vllm_prefix import PrefixCachedVLLM as Older
+
+    lm = Older()
+    lm._model_generate(requests[:2], generate=False)
+    assert lm.engine.calls == [(2, False)]

@@ -293,14 +293,15 @@ def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
 def make_lm(spec: ModelSpec, settings: dict):
     """lm-eval's model for a variant: HFLM (what `--model hf --model_args pretrained=...` builds; with
     `parallelize` the model is spread over every visible GPU, no single device), or with
-    `backend: vllm` lm-eval's VLLM (`vllm_kwargs`)."""
+    `backend: vllm` lm-eval's VLLM (`vllm_kwargs`) with loglikelihood requests that read the prefix
+    cache (vllm_prefix.PrefixCachedVLLM)."""
     if settings.get("backend") == "vllm":
         kwargs = vllm_kwargs(spec, settings)
-        log.info("loading %s for lm-eval (vLLM): %s", spec.variant, kwargs)
+        log.info("loading %s for lm-eval (vLLM, prefix cache read): %s", spec.variant, kwargs)
         # imported here: it imports vllm, installed on CUDA machines only (check_backend says so first)
-        from lm_eval.models.vllm_causallms import VLLM
+        from .vllm_prefix import PrefixCachedVLLM
 
-        return VLLM(**kwargs)
+        return PrefixCachedVLLM(**kwargs)
     batch = settings["batch_size"]
     kwargs = {
         "pretrained": spec.pretrained,
