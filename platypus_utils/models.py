@@ -603,6 +603,31 @@ def _meta_module_names(config: dict) -> list[str] | None:
     return [name for name, _ in model.named_modules() if name]
 
 
+# Config fields a base and a fine-tune of it share, so that a LoRA trained on the base applies to both
+# (stage 04 refuses a merge, and `platypus run`'s preflight a partner, that differ in any of them).
+# vocab_size may differ (a fine-tune that added tokens): LoRA on the MLP projections does not touch the
+# embeddings, so that is said, not refused.
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def architecture_differences(config, reference) -> tuple[dict, dict]:
+    """({key: (config's, reference's)} for the ARCHITECTURE_KEYS that differ, the same for vocab_size)."""
+    differ = {
+        k: (getattr(config, k, None), getattr(reference, k, None))
+        for k in ARCHITECTURE_KEYS
+        if getattr(config, k, None) != getattr(reference, k, None)
+    }
+    vocab = (getattr(config, "vocab_size", None), getattr(reference, "vocab_size", None))
+    return differ, ({"vocab_size": vocab} if vocab[0] != vocab[1] else {})
+
+
 def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path | None = None) -> str | None:
     """Why LoRA `target_modules` do not fit model `ref` (read from its config.json), or None.
 

@@ -21,24 +21,9 @@ from transformers import AutoConfig
 
 from .config import Profile, ProfileError
 from .hub import apply_hub_mode, check_hub_access
-from .models import CONFIG_FILES, resolve_model, target_module_problem
+from .models import CONFIG_FILES, architecture_differences, resolve_model, target_module_problem
 
 log = logging.getLogger("platypus")
-
-# what must agree between a base and a fine-tune of it for the base's LoRA to merge into it
-ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "vocab_size",
-)
-
-
-def architecture(config) -> dict:
-    return {k: getattr(config, k, None) for k in ARCHITECTURE_KEYS}
 
 
 def check_partner_architectures(profile: Profile, load_config: Optional[Callable[[str], object]] = None) -> None:
@@ -51,10 +36,17 @@ def check_partner_architectures(profile: Profile, load_config: Optional[Callable
     load_config = load_config or (
         lambda ref: AutoConfig.from_pretrained(resolve_model(ref, cache, allow_patterns=CONFIG_FILES))
     )
-    base = architecture(load_config(profile.models.base))
+    base = load_config(profile.models.base)
     for i, partner in partners:
-        theirs = architecture(load_config(partner.model))
-        differ = {k: (theirs[k], base[k]) for k in ARCHITECTURE_KEYS if theirs[k] != base[k]}
+        differ, vocab = architecture_differences(load_config(partner.model), base)
+        if vocab:
+            log.warning(
+                "merge.partners[%d].model %s: vocab_size %s, models.base %s (a fine-tune that added tokens: the "
+                "adapter still merges, the partner's tokenizer is kept)",
+                i,
+                partner.model,
+                *vocab["vocab_size"],
+            )
         if differ:
             detail = ", ".join(f"{k} {a} (base {b})" for k, (a, b) in differ.items())
             raise ProfileError(

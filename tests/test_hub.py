@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -126,7 +127,7 @@ def _shape(**overrides):
     return SimpleNamespace(**{**base, **overrides})
 
 
-def test_partner_of_another_architecture_is_refused_from_its_config():
+def test_partner_of_another_architecture_is_refused_from_its_config(caplog):
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
     configs = {
         "meta-llama/Llama-2-13b-hf": _shape(),
@@ -143,6 +144,12 @@ def test_partner_of_another_architecture_is_refused_from_its_config():
         preflight.check_partner_architectures(profile, load_config=load)
     configs["augtoma/qCammel-13"] = _shape()
     preflight.check_partner_architectures(profile, load_config=load)
+    # a fine-tune that added tokens (OpenOrca's chat tokens, say) still takes the adapter: said, not refused,
+    # by the same rule stage 04 applies (models.architecture_differences)
+    configs["Open-Orca/OpenOrcaxOpenChat-Preview2-13B"] = _shape(vocab_size=32002)
+    with caplog.at_level(logging.WARNING, logger="platypus"):
+        preflight.check_partner_architectures(profile, load_config=load)
+    assert "merge.partners[0].model" in caplog.text and "vocab_size 32002, models.base 32000" in caplog.text
 
 
 def test_more_gpus_than_the_machine_has_is_refused():

@@ -61,7 +61,6 @@ from __future__ import annotations
 from ..models import model_content_hash  # noqa: F401  (tests/test_faults.py slows it down here; io.py looks it up)
 from .adapter import (
     ADAPTER_WEIGHTS,
-    ARCHITECTURE_KEYS,
     DenseDelta,
     LoraDelta,
     adapter_frame,
@@ -167,7 +166,6 @@ from .verify import (
 
 __all__ = [
     "ADAPTER_WEIGHTS",
-    "ARCHITECTURE_KEYS",
     "CHUNK",
     "COMPUTE_SLACK",
     "HOST_MEMORY_SHARE",

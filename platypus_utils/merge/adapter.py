@@ -6,7 +6,7 @@ Contract:
   rsLoRA), per-module rank and alpha from rank_pattern / alpha_pattern as peft matches them. Only
   LoRA on Linear layers is merged: DoRA, lora_bias, modules_to_save and embedding LoRA are refused
   with a MergeError naming the file and the tensor.
-- `check_architecture` refuses two checkpoints that differ in any ARCHITECTURE_KEYS (a LoRA trained
+- `check_architecture` refuses two checkpoints that differ in any of models.ARCHITECTURE_KEYS (a LoRA trained
   on one would not apply to the other); `check_targets` refuses a model lacking a target module or
   with another weight shape.
 - LoraDelta / DenseDelta give the update in row blocks in float64 (`delta_block`) and a bound on
@@ -29,21 +29,13 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from ..models import architecture_differences
 from .arithmetic import U32
 from .errors import MergeError
 
 log = logging.getLogger("platypus")
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# Config fields two checkpoints must share for one LoRA to apply to both.
-ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
 
 
 @dataclass
@@ -217,20 +209,17 @@ def adapter_frame(deltas: dict[str, LoraDelta]) -> pd.DataFrame:
 # ---------------------------------------------------------------- does it fit
 def check_architecture(config, reference, label: str, reference_label: str) -> None:
     """Refuse to merge when `config` is not the same architecture as `reference` (the adapter's base)."""
-    problems = []
-    for key in ARCHITECTURE_KEYS:
-        a, b = getattr(config, key, None), getattr(reference, key, None)
-        if a != b:
-            problems.append(f"{key}: {a} vs {b}")
-    if problems:
-        raise MergeError(f"{label} is not the same architecture as {reference_label}: {'; '.join(problems)}")
-    if getattr(config, "vocab_size", None) != getattr(reference, "vocab_size", None):
+    differ, vocab = architecture_differences(config, reference)
+    if differ:
+        problems = "; ".join(f"{key}: {a} vs {b}" for key, (a, b) in differ.items())
+        raise MergeError(f"{label} is not the same architecture as {reference_label}: {problems}")
+    if vocab:
         log.warning(
             "%s has vocab_size %s, %s %s: tokenizers differ, the merge may behave oddly",
             label,
-            getattr(config, "vocab_size", None),
+            vocab["vocab_size"][0],
             reference_label,
-            getattr(reference, "vocab_size", None),
+            vocab["vocab_size"][1],
         )
 
 
