@@ -56,13 +56,15 @@ def new_figure(ax=None, figsize: tuple[float, float] = (6.5, 4.0)):
 
 
 def save_figure(fig, stem: str | Path, caption: str, formats=FORMATS) -> list[Path]:
-    """Save `fig` as stem.<fmt> for each format plus stem.txt (the caption), atomically."""
+    """The save step of every stage: `fig` as stem.<fmt> for each format (vector PDF and PS with their fonts
+    embedded as TrueType, SVG with a fixed hash salt) plus stem.txt (the caption), atomically."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: a stem may hold a dot ("v1.5")
-        with atomic_path(path) as tmp:
+        rc = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}
+        with atomic_path(path) as tmp, plt.rc_context(rc):
             # metadata without dates, so re-running gives the same bytes where the backend allows
             meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt, {})
             fig.savefig(tmp, format=fmt, metadata=meta or None)

@@ -19,6 +19,7 @@ A package by concern; each module's docstring states its contract:
 
 from __future__ import annotations
 
+from ..plotting import save_figure
 from .captions import (
     benchmark_caption_lines,
     category_caption,
@@ -80,7 +81,6 @@ from .figures import (
     leaderboard_figure,
     merge_tradeoff_figure,
     merged_vs_parts_figure,
-    save_figure,
     subject_delta_figure,
 )
 from .frames import (

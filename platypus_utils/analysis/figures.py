@@ -1,5 +1,5 @@
 """Figures of 06_analysis. Each plot function takes an optional `ax` (or `axes`), draws, and returns the
-figure without saving or showing it; `save_figure` is the save step (PNG, vector PDF with TrueType
+figure without saving or showing it; `plotting.save_figure` is the save step (PNG, vector PDF with TrueType
 fonts embedded, and a `.txt` caption, captions.py). No backend is chosen here.
 
 - per comparison: `subject_delta_figure` (per MMLU subject, sorted, BH stars), `category_delta_figure`,
@@ -12,7 +12,6 @@ fonts embedded, and a `.txt` caption, captions.py). No backend is chosen here.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -25,7 +24,6 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import stats
 from ..plotting import DIVERGING, style
-from ..plotting import save_figure as _plotting_save
 from .common import (
     ALL_SUBJECTS,
     BENCHMARKS,
@@ -280,12 +278,6 @@ def leaderboard_figure(frame: pd.DataFrame, ax=None):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncols=min(4, len(ours)), fontsize=8)
     ax.set_title("Open LLM Leaderboard v1 benchmarks")
     return fig
-
-
-def save_figure(fig, stem: Path, caption: str, formats) -> list[Path]:
-    """The save step: stem.<fmt> for each format (vector PDF, fonts embedded as TrueType) and stem.txt."""
-    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}):
-        return _plotting_save(fig, stem, caption, formats=formats)
 
 
 def merge_tradeoff_figure(tradeoff: pd.DataFrame, frame: pd.DataFrame, axes=None):

@@ -47,6 +47,7 @@ import pandas as pd
 from .. import layout
 from ..artifacts import StageRun, read_manifest, sha256_path, write_json, write_text
 from ..lmeval_io import EvalRun, settings_mismatches
+from ..plotting import save_figure
 from .captions import (
     category_caption,
     clean_caption,
@@ -64,7 +65,6 @@ from .figures import (
     leaderboard_figure,
     merge_tradeoff_figure,
     merged_vs_parts_figure,
-    save_figure,
     subject_delta_figure,
 )
 from .frames import (
