@@ -1348,3 +1348,37 @@ def test_vllm_loglikelihood_reads_the_prefix_cache_and_scores_from_logits(monkey
     lm = Older()
     lm._model_generate(requests[:2], generate=False)
     assert lm.engine.calls == [(2, False)]
+
+
+def test_variants_spread_over_workers_fill_the_cache_the_stage_then_reads(evaluated, tiny_model, tmp_path, monkeypatch):
+    """Several GPUs: one worker process per GPU evaluates whole variants (spread.py); the stage's own pass
+    then finds every benchmark result in the eval cache, under the keys a sequential run uses, and writes
+    the same numbers. Run here with two CPU workers ("GPU" slots given as CUDA_VISIBLE_DEVICES values);
+    one GPU or a CPU gives no slots (the sequential path)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from platypus_utils.config import ReferenceConfig
+    from platypus_utils.evaluate import spread
+
+    profile = profile_for(tmp_path, evaluated["local"], str(tiny_model), variants=("base", "adapter"))
+    profile.evaluate.references = [ReferenceConfig(name="released", model=str(tiny_model))]
+    torch.manual_seed(1)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False),
+    )
+    lora.save_pretrained(profile.run_dir("03_finetune") / "adapter")
+    suite = ev.prepare_tasks(profile)
+    specs, unresolved = ev.resolve_variants(profile)
+    assert not unresolved and set(specs) == {"base", "adapter", "released"}
+    assert spread.gpu_slots(profile, specs) == []  # a CPU: nothing to spread over
+    failed = spread.spread_variants(profile, suite, specs, ["", ""])
+    assert failed == {}
+    evaluations = ev.evaluate_variants(profile, suite, specs, unresolved)
+    assert all(all(e.cached.values()) for e in evaluations.values())  # every result came from the workers
+    base = evaluations["base"].summary["tasks"]
+    assert base == evaluated["result"]["summaries"]["base"]["tasks"]  # the numbers of a sequential run
+    assert evaluations["released"].summary["tasks"] == base
+    assert evaluations["adapter"].summary["tasks"] != base  # another model, evaluated by a worker too

@@ -2,6 +2,7 @@
 
     suite = prepare_tasks(profile)                                  # tasks.py
     specs, unresolved = resolve_variants(profile)                   # models.py
+    spread_variants(profile, suite, specs, gpu_slots(profile, specs))  # spread.py: several GPUs only
     evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
     scores_frame({v: e.summary for v, e in evaluations.items() if e.ok})   # summary.py
     save(profile, suite, evaluations, timings, force=force)
@@ -54,6 +55,7 @@ from .models import (
     resolve_variant,
     resolve_variants,
 )
+from .spread import gpu_slots, spread_variants
 from .summary import summarise
 from .tasks import TaskSuite, benchmarks_in, lm_eval_version, make_task_manager, prepare_tasks
 
@@ -351,7 +353,9 @@ def run_evaluate(profile, force: bool = False) -> dict:
     suite = prepare_tasks(profile)
     timings["prepare_s"] = round(time.perf_counter() - t0, 3)
     specs, unresolved = resolve_variants(profile)
-    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
+    slots = gpu_slots(profile, specs)  # several GPUs: one variant per GPU at a time, filling the cache
+    spread_variants(profile, suite, specs, slots, force=force)
+    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force and not slots)
     timings["evaluate_s"] = round(time.perf_counter() - t0 - timings["prepare_s"], 3)
     save(profile, suite, evaluations, timings, force=force)
     return {

@@ -1,0 +1,80 @@
+"""Variants spread over the GPUs: one worker process per GPU, each evaluating whole variants in turn.
+
+The 13B profile evaluates 12 models (variants and references), each of which fits one 80 GB GPU; on a
+node of N GPUs stage 05 runs N of them at once instead of one after another (`platypus plan` prints
+the hours both ways). `gpu_slots` decides: several CUDA GPUs visible, and no model that must itself be
+spread over them (`evaluate.parallelize`); each slot is a CUDA_VISIBLE_DEVICES value.
+
+`spread_variants` only fills the eval cache (cache.py): each worker runs `evaluate_variant` for the
+names it takes, and every benchmark result enters the cache under the same key a sequential run uses
+(device "cuda", same dtype, batch size, seeds). The stage's own pass then finds them all there and
+writes the files as always; a variant whose worker failed is evaluated there again, in-process, and
+fails or succeeds as it would have alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+
+import torch
+
+from ..config import Profile
+from .models import ModelSpec, lm_settings
+from .tasks import TaskSuite
+
+log = logging.getLogger("platypus")
+_SLOT = {}  # this worker's CUDA_VISIBLE_DEVICES
+
+
+def gpu_slots(profile: Profile, specs: dict[str, ModelSpec]) -> list[str]:
+    """One CUDA_VISIBLE_DEVICES value per GPU when the variants should be spread over them; [] otherwise
+    (a CPU or one GPU, or a model that needs several GPUs itself)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2 or not lm_settings(profile)["device"].startswith("cuda"):
+        return []
+    if any(lm_settings(profile, spec).get("parallelize") for spec in specs.values()):
+        return []  # a model spread over every GPU leaves none for another
+    return [str(i) for i in range(count)]
+
+
+def _take_slot(slots) -> None:
+    _SLOT["devices"] = slots.get()
+    os.environ["CUDA_VISIBLE_DEVICES"] = _SLOT["devices"]  # before this process touches CUDA
+
+
+def _evaluate_one(job: tuple) -> tuple[str, str | None]:
+    from .stage import evaluate_variant  # the worker's own import: stage imports this module
+
+    profile, suite, name, spec, force = job
+    try:
+        evaluate_variant(profile, name, suite, None, spec, force)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which evaluates it again alone
+        return name, f"{type(exc).__name__}: {exc}"
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    log.info("%s: evaluated on GPU %s", name, _SLOT.get("devices"))
+    return name, None
+
+
+def spread_variants(
+    profile: Profile, suite: TaskSuite, specs: dict[str, ModelSpec], slots: list[str], force: bool = False
+) -> dict[str, str]:
+    """Evaluate `specs` in len(slots) worker processes, each with its own CUDA_VISIBLE_DEVICES, filling the
+    eval cache; returns {name: error} for the variants whose worker failed."""
+    if not slots or not specs:
+        return {}
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: CUDA is not forked
+    queue = ctx.Queue()
+    for slot in slots:
+        queue.put(slot)
+    jobs = [(profile, suite, name, spec, force) for name, spec in specs.items()]
+    log.info("evaluating %d models on %d GPUs at once (one worker per GPU)", len(jobs), len(slots))
+    with ctx.Pool(len(slots), initializer=_take_slot, initargs=(queue,)) as pool:
+        results = dict(pool.imap_unordered(_evaluate_one, jobs))
+    failed = {name: error for name, error in results.items() if error}
+    for name, error in failed.items():
+        log.warning("%s failed in its worker (%s); evaluating it again in this process", name, error)
+    return failed
