@@ -9,8 +9,10 @@ Contract:
 - A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it is written
   when an attempt starts ("running") and closed as "ok" or "failed". A stage whose last attempt is
   not "ok" is out of date (runner.up_to_date), whatever its older manifest says.
-- `read_jsonl` skips undecodable and malformed lines, logging each with its file and line and
-  counting them in a `SkippedRows`; over-long string fields are handled per `limit_long_fields`.
+- `iter_jsonl` is the one reader of JSON-lines files: undecodable lines, malformed JSON and strings
+  holding lone surrogates are skipped, each logged with its file and line and counted in a
+  `SkippedRows` (or, with strict=True, a BadJsonLine naming them); `read_jsonl` keeps its objects,
+  with over-long string fields handled per `limit_long_fields`.
 """
 
 from __future__ import annotations
@@ -154,11 +156,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """One JSON object per line, keys in insertion order, UTF-8: byte-identical for identical rows."""
+    """One JSON object per line, keys in insertion order, UTF-8: byte-identical for identical rows. A row
+    holding a lone surrogate (which UTF-8 cannot encode; `iter_jsonl` never yields one) is written with
+    ASCII escapes ("\\ud800"): still valid JSON and UTF-8, instead of a failed write."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "wb") as fh:
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                try:
+                    fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                except UnicodeEncodeError:
+                    fh.write((json.dumps(row) + "\n").encode("ascii"))
     return Path(path)
 
 
@@ -189,13 +196,68 @@ class SkippedRows(collections.Counter):
             log.warning("more rows skipped or changed: counted, not logged one by one")
 
 
-def decode_line(raw: bytes, where: str, skipped: SkippedRows) -> str | None:
-    """One line of bytes as UTF-8 text, or None (skipped, counted as "undecodable", logged with `where`)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate (U+D800..U+DFFF: valid as a JSON escape, not encodable as UTF-8) in the
+    strings of a JSON value, dict keys included, at any depth; None when it holds none."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return found.group() if found else None
+    parts = [x for kv in value.items() for x in kv] if isinstance(value, dict) else value
+    if isinstance(parts, list):
+        return next(filter(None, map(lone_surrogate, parts)), None)
+    return None
+
+
+class BadJsonLine(ValueError):
+    """A line `iter_jsonl(..., strict=True)` cannot use; the message names the file, the line and why."""
+
+
+_BAD_LINES = {"undecodable": "not UTF-8", "malformed_json": "malformed JSON", "lone_surrogate": "lone surrogate"}
+
+
+def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
+    """(value, None, "") for a usable line, else (None, reason, detail); reason "blank" for a blank line."""
     try:
-        return raw.decode("utf-8")
+        line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        skipped.skip("undecodable", where, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8")
-        return None
+        return None, "undecodable", f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8"
+    if not line.strip():
+        return None, "blank", ""
+    try:
+        value = json.loads(line)
+        # a lone surrogate can only come from a \u escape: lines without one need no search
+        ch = lone_surrogate(value) if "\\u" in line else None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; over-long integers; nesting too deep
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return None, "malformed_json", detail
+    if ch is not None:
+        return None, "lone_surrogate", f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)"
+    return value, None, ""
+
+
+def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) for each usable line of a JSON-lines file, in order; blank lines are
+    passed over. A line that is not UTF-8 ("undecodable"), not JSON ("malformed_json") or holds a lone
+    surrogate in any string, key or value, at any depth ("lone_surrogate") is skipped, logged with
+    file and line and counted in `skipped`; with strict=True it is a BadJsonLine naming file, line and
+    reason instead (for files whose line positions are ids). A missing file is a FileNotFoundError.
+    `path` may also be a package resource (importlib.resources)."""
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    skipped = SkippedRows() if skipped is None else skipped
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            value, reason, detail = _parse_line(raw)
+            if reason is None:
+                yield lineno, value
+            elif reason != "blank" and strict:
+                raise BadJsonLine(f"{path}, line {lineno}: {_BAD_LINES[reason]} ({detail})")
+            elif reason != "blank":
+                skipped.skip(reason, f"{path}, line {lineno}", detail)
 
 
 OVER_LONG_POLICIES = ("truncate", "drop", "keep")
@@ -226,31 +288,19 @@ def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, 
 def read_jsonl(
     path: str | Path, skipped: SkippedRows | None = None, max_chars: int | None = None, over_long: str = "keep"
 ) -> list[dict]:
-    """The JSON objects of a JSON-lines file. Lines that are not UTF-8 ("undecodable"), not JSON
-    ("malformed_json") or not an object ("not_an_object") are skipped, each logged with the file and
-    line and counted in `skipped`; fields over `max_chars` are handled per `limit_long_fields`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+    """The JSON objects of a JSON-lines file: `iter_jsonl`'s values, skipping (as "not_an_object") the
+    ones that are not objects, each logged with the file and line and counted in `skipped`; fields
+    over `max_chars` are handled per `limit_long_fields`."""
     skipped = SkippedRows() if skipped is None else skipped
     rows = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            where = f"{path}, line {lineno}"
-            line = decode_line(raw, where, skipped)
-            if line is None or not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                skipped.skip("malformed_json", where, f"{exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(obj, dict):
-                skipped.skip("not_an_object", where, f"a JSON {type(obj).__name__}")
-                continue
-            obj = limit_long_fields(obj, max_chars, over_long, where, skipped)
-            if obj is not None:
-                rows.append(obj)
+    for lineno, obj in iter_jsonl(path, skipped):
+        where = f"{path}, line {lineno}"
+        if not isinstance(obj, dict):
+            skipped.skip("not_an_object", where, f"a JSON {type(obj).__name__}")
+            continue
+        obj = limit_long_fields(obj, max_chars, over_long, where, skipped)
+        if obj is not None:
+            rows.append(obj)
     return rows
 
 

@@ -48,10 +48,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from .artifacts import iter_jsonl
 
 log = logging.getLogger("platypus")
 
@@ -158,18 +159,6 @@ def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
     return path
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a bad line is a ValueError naming it."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {lineno}: malformed JSON ({exc.msg})") from None
-
-
 # ---------------------------------------------------------------- one parser per original format
 def arc_item(obj: dict, doc_id: int) -> dict:
     """An AI2 ARC row (id, question.stem, question.choices[{text, label}], answerKey) as an item."""
@@ -238,9 +227,11 @@ def truthfulqa_item(obj: dict, doc_id: int) -> dict:
 
 # ---------------------------------------------------------------- loaders of a benchmarks folder
 def _load_jsonl_items(name: str, root: Path, parse, kind: str) -> list[dict]:
+    """Items of a JSON lines test set. Strict: a bad line (artifacts.iter_jsonl's rules) is a ValueError
+    naming file and line, as skipping it would shift every later doc_id and leave a test item unchecked."""
     path = expected_path(name, root)
     items = []
-    for lineno, obj in _jsonl(path):
+    for lineno, obj in iter_jsonl(path, strict=True):
         try:
             items.append(parse(obj, len(items)))
         except (KeyError, TypeError, IndexError, ValueError) as exc:

@@ -42,7 +42,6 @@ Outputs are byte-identical from call to call: no randomness beyond a fixed-seed 
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
@@ -51,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import atomic_path, write_json, write_text
+from .artifacts import atomic_path, iter_jsonl, write_json, write_text
 
 if TYPE_CHECKING:  # annotations only
     from .config import Profile
@@ -68,24 +67,17 @@ DATA_DIR = ("data", "demo")
 
 
 # ====================================================================== the data files
-@functools.cache
-def _read(name: str) -> str:
-    return resources.files(DATA_PACKAGE).joinpath(*DATA_DIR, name).read_text(encoding="utf-8")
+def _data_file(name: str):
+    return resources.files(DATA_PACKAGE).joinpath(*DATA_DIR, name)
 
 
 def load_demo_table(name: str) -> list[dict] | dict:
     """One demo data file by name ("mmlu.jsonl", "corpus_similarity.json", ...) as fresh Python objects:
-    a list of records for .jsonl, the object for .json. A malformed line is a ValueError naming file and line."""
-    text = _read(name)
+    a list of records for .jsonl, the object for .json. Strict: a bad line is a ValueError (BadJsonLine)
+    naming file and line, as the files ship with the package and the demo's labels count every row."""
     if not name.endswith(".jsonl"):
-        return json.loads(text)
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"platypus_utils/data/demo/{name}: line {number}: {exc}") from None
-    return records
+        return json.loads(_data_file(name).read_text(encoding="utf-8"))
+    return [obj for _, obj in iter_jsonl(_data_file(name), strict=True)]
 
 
 # ====================================================================== benchmarks

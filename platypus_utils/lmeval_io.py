@@ -28,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from .artifacts import iter_jsonl
+
 PREFIX = "platypus_"  # this project's local task names (05_evaluate's TASK_PREFIX)
 # benchmark -> (lm-eval metric key, reported label); the same table as 05_evaluate's LEADERBOARD_METRICS
 METRICS = {
@@ -189,16 +191,10 @@ def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "
     return frame.drop_duplicates(["benchmark", "subject", "doc_id"], keep="last").reset_index(drop=True)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for k, line in enumerate(fh):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path} line {k + 1}: not JSON ({exc})") from exc
-    return rows
+def _samples(path: Path) -> list[Any]:
+    """A samples file's records. Strict (a bad line is a BadJsonLine naming file and line): a sample
+    skipped here would silently drop a question from the paired comparison."""
+    return [obj for _, obj in iter_jsonl(path, strict=True)]
 
 
 def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
@@ -226,7 +222,7 @@ def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
         for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
             task = sf.stem[len("samples_") : -len(date) - 1]
             if task_unit(task) is not None:
-                samples[task] = samples_frame(_jsonl(sf), task, str(sf))
+                samples[task] = samples_frame(_samples(sf), task, str(sf))
     other = sorted({t for res in results for t in res.get("results", {}) if task_unit(t) is None})
     if other:
         notes.append(
@@ -258,7 +254,7 @@ def read_pipeline_variant(eval_dir: str | Path, variant: str, summary: dict | No
     sample_path = eval_dir / f"{variant}.samples.jsonl"
     notes = []
     if sample_path.is_file():
-        samples = samples_frame(_jsonl(sample_path), source=str(sample_path))
+        samples = samples_frame(_samples(sample_path), source=str(sample_path))
     else:
         samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
         notes.append(f"{variant}: no {sample_path.name} (evaluate.log_samples off?): unpaired errors")

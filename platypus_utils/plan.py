@@ -78,7 +78,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from accelerate import init_empty_weights
 
-from .artifacts import write_json
+from .artifacts import read_jsonl, write_json
 from .config import Profile, ProfileError, project_root_for
 from .finetune import PROMPT_NO_INPUT, build_lora_config
 from .layout import CLEAN, artifact, planned_variants
@@ -232,7 +232,7 @@ def data_assumptions(profile: Profile) -> dict:
     if plan.train_examples is not None:
         rows, source = plan.train_examples, "plan.train_examples"
     elif clean.is_file():
-        lines = [json.loads(x) for x in clean.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lines = read_jsonl(clean)  # the rows 03 trains on: it reads clean.jsonl with read_jsonl too
         rows, source = len(lines), f"{shown_path(clean)} ({len(lines)} rows)"
         lengths = _token_lengths(profile, lines)
     elif profile.training_data == "as_released":  # 01 and 02 pass the released rows through: none removed

@@ -24,12 +24,14 @@ Sources (`SOURCE_LOADERS`):
 
 `limit` keeps the first N rows after formatting and filtering, in file order.
 
-Bad rows, one at a time: a line (JSON lines) or list item (JSON files) that is not UTF-8 is skipped
-as "undecodable", a line that is not JSON as "malformed_json", each logged with its file and line
-(or item); the rest of the file is read. A row with a field longer than `curate.max_row_chars`
-characters is logged with its file and line and handled per `curate.over_long_rows`: "keep" (with
-the warning), "truncate" (the field cut to the limit) or "drop" (skipped as "filtered:over_long");
-kept or truncated ones are counted in the returned SkippedRows' `notes`.
+Bad rows, one at a time: a line (JSON lines, read by artifacts.iter_jsonl) or list item (JSON
+files) that is not UTF-8 is skipped as "undecodable", one with a lone surrogate ("\\ud800": valid
+JSON, but no UTF-8 file can hold it) as "lone_surrogate", a line that is not JSON as
+"malformed_json", each logged with its file and line (or item); the rest of the file is read. A
+row with a field longer than `curate.max_row_chars` characters is logged with its file and line
+and handled per `curate.over_long_rows`: "keep" (with the warning), "truncate" (the field cut to
+the limit) or "drop" (skipped as "filtered:over_long"); kept or truncated ones are counted in the
+returned SkippedRows' `notes`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .artifacts import SkippedRows, decode_line, limit_long_fields
+from .artifacts import SkippedRows, iter_jsonl, limit_long_fields, lone_surrogate
 from .refs import is_pinned_commit, record_snapshot, split_revision
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,26 +206,6 @@ def _row(instruction: str, inp: str, output: str, source: str) -> dict:
     return row
 
 
-def _skip(skipped: Counter, reason: str, where: str, detail: str = "") -> None:
-    """Count a skipped row; a SkippedRows also logs it with its location."""
-    if isinstance(skipped, SkippedRows):
-        skipped.skip(reason, where, detail)
-    else:
-        skipped[reason] += 1
-        log.warning("%s: %s%s (skipped)", where, reason, f": {detail}" if detail else "")
-
-
-def _has_undecodable(obj: Any) -> bool:
-    """Whether a value read with errors="surrogateescape" holds bytes that were not UTF-8."""
-    if isinstance(obj, str):
-        return any("\udc80" <= ch <= "\udcff" for ch in obj)
-    if isinstance(obj, dict):
-        return any(_has_undecodable(k) or _has_undecodable(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return any(_has_undecodable(v) for v in obj)
-    return False
-
-
 def _need(path: Path, what: str = "file") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: source {what} not found")
@@ -248,50 +230,35 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
 
 
-def _read_json_list(path: Path, what: str, skipped: Counter | None = None) -> Iterable[Any]:
+def _read_json_list(path: Path, what: str, skipped: SkippedRows) -> Iterable[Any]:
     """The items of a JSON file holding a list (of `what`), or a ValueError naming the file. While
     an item is used, rows made from it know its place ("<file>, item N"); an item with bytes that
-    are not UTF-8 is skipped and counted ("undecodable")."""
+    are not UTF-8 ("undecodable") or a lone surrogate ("lone_surrogate") is skipped and counted."""
     data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
-    skipped = Counter() if skipped is None else skipped
 
     def items() -> Iterable[Any]:
         for k, obj in enumerate(data, 1):
             where = f"{path}, item {k}"
-            if _has_undecodable(obj):
-                _skip(skipped, "undecodable", where, "bytes that are not UTF-8")
-                continue
-            _LOCATION.set(where)
-            yield obj
+            ch = lone_surrogate(obj)
+            if ch is not None and "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte
+                skipped.skip("undecodable", where, "bytes that are not UTF-8")
+            elif ch is not None:
+                skipped.skip("lone_surrogate", where, f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)")
+            else:
+                _LOCATION.set(where)
+                yield obj
 
     return items()
 
 
-def _read_json_lines(path: Path, skipped: Counter) -> Iterable[tuple[int, Any]]:
-    """(line number, object) per non-empty line; undecodable and malformed lines are counted and
-    logged with file and line, not fatal."""
-    with open(_need(path), "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            where = f"{path}, line {lineno}"
-            if isinstance(skipped, SkippedRows):
-                line = decode_line(raw, where, skipped)
-            else:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    _skip(skipped, "undecodable", where, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
-                    continue
-            if line is None or not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _skip(skipped, "malformed_json", where, f"{exc.msg} at column {exc.colno}")
-                continue
-            _LOCATION.set(where)
-            yield lineno, obj
+def _read_json_lines(path: Path, skipped: SkippedRows) -> Iterable[Any]:
+    """The values of a JSON lines file as artifacts.iter_jsonl reads it (bad lines skipped and counted
+    with file and line, not fatal); while a value is used, rows made from it know its file and line."""
+    for lineno, obj in iter_jsonl(_need(path), skipped):
+        _LOCATION.set(f"{path}, line {lineno}")
+        yield obj
 
 
 def _fields(obj: Any, required: dict[str, bool], skipped: Counter) -> Optional[dict]:
@@ -352,7 +319,7 @@ def load_jsonl(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter
             data = _read_json_list(f, "rows", skipped)
             records: Iterable[Any] = data
         else:
-            records = (obj for _, obj in _read_json_lines(f, skipped))
+            records = _read_json_lines(f, skipped)
         rows.extend(validate_rows(records, f.stem, skipped))
     return rows, skipped
 
@@ -365,7 +332,7 @@ def load_demo(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]
         log.warning("source 'demo' ignores path=%s: the demo corpus is written by the project", src.path)
     path = demo_corpus_path(profile)
     skipped: Counter = SkippedRows()
-    rows = validate_rows((obj for _, obj in _read_json_lines(path, skipped)), "demo", skipped)
+    rows = validate_rows(_read_json_lines(path, skipped), "demo", skipped)
     return rows, skipped
 
 
@@ -381,7 +348,7 @@ def load_math(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]
     skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.jsonl"):
-        for _, obj in _read_json_lines(f, skipped):
+        for obj in _read_json_lines(f, skipped):
             ok = _fields(obj, {"problem": False, "solution": False}, skipped)
             if ok is not None:
                 rows.append(_row(ok["problem"].strip(), "", ok["solution"].strip(), "MATH"))
@@ -661,7 +628,7 @@ def load_prm800k(src: SourceConfig, profile: Profile) -> tuple[list[dict], Count
     skipped: Counter = SkippedRows()
     rows = []
     for f in _files_in(_source_path(src), "*.jsonl"):
-        for _, obj in _read_json_lines(f, skipped):
+        for obj in _read_json_lines(f, skipped):
             row = format_prm800k(obj, skipped)
             if row is not None:
                 rows.append(row)

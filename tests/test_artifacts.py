@@ -4,12 +4,14 @@ import pytest
 
 from platypus_utils.artifacts import (
     RUNNER_ATTEMPT_ENV,
+    BadJsonLine,
     SkippedRows,
     StageRun,
     atomic_path,
     attempt_problem,
     begin_attempt,
     debris,
+    iter_jsonl,
     read_attempt,
     read_jsonl,
     read_manifest,
@@ -57,6 +59,63 @@ def test_read_jsonl_skips_bad_lines_naming_file_and_line(tmp_path, caplog):
     assert skipped == {"malformed_json": 1, "undecodable": 1, "not_an_object": 1}
     assert [w for w, _ in skipped.where] == [f"{path}, line {n}" for n in (2, 3, 4)]
     assert f"{path}, line 3: undecodable: byte 0xe9 at column 11" in caplog.text
+
+
+BAD_LINES = (
+    b'{"a": 1}\n'  # 1: good
+    b'{"b": "caf\xe9"}\n'  # 2: not UTF-8
+    b"{oops\n"  # 3: not JSON
+    b'{"c": "x\\ud800y"}\n'  # 4: a lone surrogate in a value (valid JSON)
+    b'{"d": [{"e\\udc00": 1}]}\n'  # 5: ... in a nested key
+    b"[1, 2]\n"  # 6: JSON, not an object
+    b"\n"  # 7: blank: passed over, not counted
+    b'{"f": "\\ud83d\\ude00 \\u00e9"}\n'  # 8: a surrogate *pair* is one character: good
+)
+
+
+def test_one_reader_skips_and_counts_every_kind_of_bad_line(tmp_path, caplog):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(BAD_LINES)
+    skipped = SkippedRows()
+    with caplog.at_level("WARNING", logger="platypus"):
+        rows = read_jsonl(path, skipped)
+    assert rows == [{"a": 1}, {"f": "\U0001f600 é"}]
+    assert skipped == {"undecodable": 1, "malformed_json": 1, "lone_surrogate": 2, "not_an_object": 1}
+    assert skipped.where == [
+        (f"{path}, line 2", "undecodable"),
+        (f"{path}, line 3", "malformed_json"),
+        (f"{path}, line 4", "lone_surrogate"),
+        (f"{path}, line 5", "lone_surrogate"),
+        (f"{path}, line 6", "not_an_object"),
+    ]
+    assert f"{path}, line 4: lone_surrogate: U+D800 in a string" in caplog.text
+    assert f"{path}, line 5: lone_surrogate: U+DC00" in caplog.text
+    # the iterator form yields every usable JSON value, the array included, with its line
+    assert [n for n, _ in iter_jsonl(path, SkippedRows())] == [1, 6, 8]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b'{"b": "caf\xe9"}', r"line 2: not UTF-8 \(byte 0xe9 at column 11"),
+        (b"{oops", r"line 2: malformed JSON \(Expecting property name"),
+        (b'{"x": {"y": ["\\udfff"]}}', r"line 2: lone surrogate \(U\+DFFF"),
+        (b"[" * 100_000, r"line 2: malformed JSON"),  # nested too deeply: counted, not a crash
+    ],
+)
+def test_strict_reading_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bench.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + line + b"\n")
+    with pytest.raises(BadJsonLine, match=f"bench.jsonl, {message}"):
+        list(iter_jsonl(path, strict=True))
+    skipped = SkippedRows()
+    assert list(iter_jsonl(path, skipped)) == [(1, {"a": 1})] and sum(skipped.values()) == 1
+
+
+def test_write_jsonl_escapes_a_lone_surrogate_instead_of_failing(tmp_path):
+    path = write_jsonl(tmp_path / "out.jsonl", [{"a": "é"}, {"b": "x\ud800"}])
+    assert path.read_bytes() == '{"a": "é"}\n{"b": "x\\ud800"}\n'.encode()
+    assert [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] == [{"a": "é"}, {"b": "x\ud800"}]
 
 
 @pytest.mark.parametrize(

@@ -331,6 +331,30 @@ def test_stage_counts_every_row_and_rebuilds_byte_identical(make_profile, fixtur
     assert sorted(map(key, again)) == sorted(map(key, curated))  # same rows whatever the source order
 
 
+def test_stage_skips_a_lone_surrogate_and_a_non_utf8_line_naming_file_and_line(
+    make_profile, fixture_sources, monkeypatch, tmp_path, caplog
+):
+    """Issue 21, items 6 and 9: a row holding "\\ud800" (valid JSON, not UTF-8-encodable) and a line that
+    is not UTF-8 are each skipped and counted with file and line; the stage runs and writes valid UTF-8."""
+    monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
+    a, b = fixture_sources
+    gamma = tmp_path / "gamma.jsonl"
+    good = json.dumps(row("Describe a lone surrogate.", "Half of a UTF-16 pair, alone.", src="gamma"))
+    gamma.write_bytes(
+        good.encode()
+        + b'\n{"instruction": "Q \\ud800", "input": "", "output": "A", "data_source": "gamma"}\n'
+        + b'{"instruction": "caf\xe9?", "input": "", "output": "A", "data_source": "gamma"}\n'
+    )
+    profile = make_profile(curate={"sources": [{"name": "jsonl", "path": str(p)} for p in (a, b, gamma)]})
+    with caplog.at_level("WARNING", logger="platypus"):
+        report = curate.run_curate(profile)
+    assert report["skipped_by_reason"]["gamma"] == {"lone_surrogate": 1, "undecodable": 1}
+    assert report["per_source"]["gamma"]["malformed"] == 2 and report["per_source"]["gamma"]["kept"] == 1
+    assert f"{gamma}, line 2: lone_surrogate" in caplog.text and f"{gamma}, line 3: undecodable" in caplog.text
+    curated = (profile.run_dir("01_curate") / "curated.jsonl").read_bytes().decode("utf-8")
+    assert "Half of a UTF-16 pair, alone." in curated and "\\ud800" not in curated
+
+
 def test_stage_weights_and_missing_file(make_profile, fixture_sources, monkeypatch, tmp_path):
     monkeypatch.setattr(curate, "Embedder", BagOfWordsEmbedder)
     a, b = fixture_sources

@@ -124,9 +124,10 @@ def test_data_files_are_package_data():
     assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
 
 
-def test_a_malformed_data_line_names_the_file_and_line(monkeypatch):
-    monkeypatch.setattr(demo_data, "_read", lambda name: '{"question": "ok"}\n{"question": \n')
-    with pytest.raises(ValueError, match=r"data/demo/truthfulqa.jsonl: line 2"):
+def test_a_malformed_data_line_names_the_file_and_line(monkeypatch, tmp_path):
+    (tmp_path / "truthfulqa.jsonl").write_text('{"question": "ok"}\n{"question": \n')
+    monkeypatch.setattr(demo_data, "_data_file", lambda name: tmp_path / name)
+    with pytest.raises(ValueError, match=r"truthfulqa.jsonl, line 2: malformed JSON"):
         load_demo_table("truthfulqa.jsonl")
 
 

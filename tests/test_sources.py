@@ -764,6 +764,21 @@ def test_undecodable_bytes_skip_one_row_naming_file_and_line(profile, tmp_path, 
     assert skipped.where == [(f"{listed}, item 1", "undecodable")]
 
 
+def test_lone_surrogates_skip_one_row_naming_file_and_line(profile, tmp_path):
+    from platypus_utils.sources import load_source
+
+    lines = _lines(
+        tmp_path / "math.jsonl", ['{"problem": "1+1?", "solution": "2 \\ud800"}', {"problem": "2+2?", "solution": "4"}]
+    )
+    rows, skipped = load_source(SourceConfig(name="math", path=str(lines)), profile)
+    assert [r["output"] for r in rows] == ["4"] and skipped.where == [(f"{lines}, line 1", "lone_surrogate")]
+
+    listed = tmp_path / "theoremqa.json"  # a JSON list: the item holding it is skipped
+    listed.write_text('[{"Question": "Q1", "Answer": 1}, {"Question": "Q2 \\udfff", "Answer": 2}]')
+    rows, skipped = load_source(SourceConfig(name="theoremqa", path=str(listed)), profile)
+    assert [r["output"] for r in rows] == ["1"] and skipped.where == [(f"{listed}, item 2", "lone_surrogate")]
+
+
 def test_over_long_rows_are_named_with_their_line(tmp_path, caplog):
     from platypus_utils.sources import load_source
 

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..artifacts import sha256_file, write_json, write_jsonl
+from ..artifacts import iter_jsonl, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("platypus")
 CACHE_FORMAT = 2  # 2: samples_sha256 in the entry
@@ -67,7 +67,7 @@ class EvalCache:
                 f"{samples.name}: sha256 {digest[:12]}... does not match the entry's "
                 f"{str(entry.get('samples_sha256'))[:12]}..."
             )
-        entry["samples"] = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+        entry["samples"] = [obj for _, obj in iter_jsonl(samples, strict=True)]  # a bad line: damaged entry
         return entry
 
     def _drop(self, key: str, why: str) -> None:

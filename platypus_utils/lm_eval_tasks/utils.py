@@ -32,6 +32,7 @@ from typing import Any
 import datasets
 
 from platypus_utils import benchmarks
+from platypus_utils.artifacts import BadJsonLine, iter_jsonl
 
 MMLU_COLUMNS = benchmarks.MMLU_COLUMNS
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -64,22 +65,20 @@ def _check(parse: Callable, obj: Any, doc_id: int, where: str, kind: str) -> Non
 
 
 def _jsonl(path: str | Path, parse: Callable, kind: str) -> list[dict]:
-    """The non-blank lines of a JSON lines file (their order is lm-eval's doc_id), each checked by `parse`."""
+    """The non-blank lines of a JSON lines file (their order is lm-eval's doc_id), each checked by `parse`.
+    Strict: a line artifacts.iter_jsonl cannot use is a BenchmarkFileError, as skipping it would shift
+    the doc_ids 02 gave its items."""
     path = _path(path)
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkFileError(f"{path}, line {lineno}: malformed JSON ({exc.msg})") from None
+    try:
+        for lineno, row in iter_jsonl(path, strict=True):
             if not isinstance(row, dict):
                 raise BenchmarkFileError(f"{path}, line {lineno}: expected a JSON object")
             _check(parse, row, len(rows), f"{path}, line {lineno}", kind)
             row["_source"] = f"{path.name}:{lineno}"
             rows.append(row)
+    except BadJsonLine as exc:
+        raise BenchmarkFileError(str(exc)) from None
     return rows
 
 
