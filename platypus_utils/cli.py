@@ -24,6 +24,22 @@ def _detectors(text: str) -> list[str]:
     return names
 
 
+def _number_in(low: float, high: float | None, what: str):
+    """An argparse type: a number in (low, high] (high None: no upper bound); else exit 2 naming the flag."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
+        if not (value > low and (high is None or value <= high)):
+            upper = f" and at most {high:g}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what} is above {low:g}{upper}")
+        return value
+
+    return parse
+
+
 def _add_run(sub) -> None:
     """`platypus run PROFILE`: the stages, as papermill notebooks."""
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
@@ -122,8 +138,16 @@ def _add_plan(sub) -> None:
     )
     p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
     p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
-    p_plan.add_argument("--gpu-memory-gb", type=float, help="GiB per GPU the plan must fit (plan.gpu_memory_gb)")
-    p_plan.add_argument("--mfu", type=float, help="model-FLOP utilisation for the time estimate (plan.mfu)")
+    p_plan.add_argument(
+        "--gpu-memory-gb",
+        type=_number_in(0, None, "GiB per GPU"),
+        help="GiB per GPU the plan must fit (plan.gpu_memory_gb)",
+    )
+    p_plan.add_argument(
+        "--mfu",
+        type=_number_in(0, 1, "the model-FLOP utilisation, a share"),
+        help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)",
+    )
     p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
 
 
@@ -194,6 +218,8 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_decontaminate(args) -> int:
+    from pydantic import ValidationError
+
     from .config import DecontaminateConfig
     from .decontaminate import check_file
 
@@ -202,7 +228,12 @@ def _cmd_decontaminate(args) -> int:
         settings["detectors"] = args.detectors
     if args.benchmark_names:
         settings["benchmarks"] = args.benchmark_names
-    cfg = DecontaminateConfig(**settings)  # a bad value is a pydantic ValidationError, a ValueError
+    try:
+        cfg = DecontaminateConfig(**settings)
+    except ValidationError as exc:
+        flags = {"similarity_threshold": "--threshold", "detectors": "--detectors", "benchmarks": "--benchmark"}
+        problems = "; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from None
     summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir)
     print(json.dumps(summary, indent=2))
     return 0

@@ -6,11 +6,22 @@ with a `ProfileError` naming the key and the file, before anything runs.
 
 from __future__ import annotations
 
+import copy
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, seed_variants
@@ -24,6 +35,21 @@ BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
 
 class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file and the key."""
+
+
+def _plain_name(value: str) -> str:
+    """The one rule for names that become folders (the profile's `name`, variant names): a plain folder
+    name, so every path made from it stays inside its root."""
+    bad = not value or value.strip() != value or value in (".", "..")
+    if bad or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value):
+        raise ValueError(
+            f"{value!r} is not a plain folder name (not empty, not '.' or '..', no '/' or '\\', "
+            "no leading or trailing spaces): it names a folder"
+        )
+    return value
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
 
 
 class _Section(BaseModel):
@@ -71,6 +97,9 @@ class CurateConfig(_Section):
     over_long_rows: Literal["keep", "truncate", "drop"] = "keep"
 
 
+DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
+
+
 class DecontaminateConfig(_Section):
     benchmarks: list[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa"]] = Field(
         default_factory=lambda: list(BENCHMARKS)
@@ -102,11 +131,18 @@ class DecontaminateConfig(_Section):
     # of the test's words in the train text: near-verbatim; with fewer shared words: gray-area (same meaning)
     answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # detector (c): pairs at this
     # cosine or above are flagged when numbers agree and the test answer is in the train output; null: off
+    # what happens to a training row in each category; a partial mapping keeps the others' defaults
     actions: dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]] = Field(
-        default_factory=lambda: {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
+        default_factory=lambda: dict(DEFAULT_ACTIONS)
     )
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _actions_with_defaults(cls, v: Any) -> Any:
+        """`actions: {similar_but_different: remove}` sets that category; the others keep their defaults."""
+        return {**DEFAULT_ACTIONS, **v} if isinstance(v, dict) else v
 
 
 class PartnerAdapterConfig(_Section):
@@ -249,11 +285,11 @@ AdapterCombination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties"
 
 
 class MergePartnerConfig(_Section):
-    name: str  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
+    name: PlainName  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
     # the variant made by merging the Platypus adapter into this partner; None: "<name>-platypus"
     # (the paper's names: Stable-Platypus2-13B = StableBeluga-13B + the adapter)
-    merged_name: Optional[str] = None
+    merged_name: Optional[PlainName] = None
     # A LoRA merged into `model` first to build this partner (variant <name> in merge_report.json):
     # a folder of this run's 03_finetune (e.g. partner_adapter) or a path.
     adapter: Optional[str] = None
@@ -262,7 +298,7 @@ class MergePartnerConfig(_Section):
 class AdapterMixConfig(_Section):
     """Several LoRA adapters combined by peft's add_weighted_adapter, then merged into `into`."""
 
-    name: str  # variant name in merge_report.json
+    name: PlainName  # variant name in merge_report.json
     adapters: list[str] = Field(min_length=2)  # folders of this run's 03_finetune (adapter, partner_adapter) or paths
     weights: list[float]
     combination_type: AdapterCombination = "cat"
@@ -293,7 +329,7 @@ class ModelMergeConfig(_Section):
     (linear: normalised by their sum; slerp: t = weights[1] / sum); task vectors θ_i - θ_base for
     task_arithmetic, ties, dare_*."""
 
-    name: str
+    name: PlainName
     method: MergeMethod
     models: list[str] = Field(min_length=2)  # variants of this stage (merged, a partner...) or model references
     weights: list[float]
@@ -337,7 +373,7 @@ class MergeSweepConfig(_Section):
 
 class MergeConfig(_Section):
     merge_into_base: bool = True
-    merged_name: str = "merged"  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
+    merged_name: PlainName = "merged"  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
     partners: list[MergePartnerConfig] = Field(default_factory=list)
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
@@ -357,20 +393,22 @@ class TaskConfig(_Section):
     limit: Optional[float] = Field(default=None, gt=0)  # int: items; <1: fraction (lm-eval semantics)
 
 
+LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+
+
 def _leaderboard_tasks() -> dict[str, TaskConfig]:
-    return {
-        "arc_challenge": TaskConfig(num_fewshot=25),
-        "hellaswag": TaskConfig(num_fewshot=10),
-        "mmlu": TaskConfig(num_fewshot=5),
-        "truthfulqa_mc2": TaskConfig(num_fewshot=0),
-    }
+    return {task: TaskConfig(num_fewshot=shots) for task, shots in LEADERBOARD_SHOTS.items()}
+
+
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what evaluate.device accepts
+BATCH_SIZE_RE = re.compile(r"auto(:[1-9]\d*)?|[1-9]\d*")  # lm-eval's --batch_size: auto, auto:N or N >= 1
 
 
 class ReferenceConfig(_Section):
     """A released model evaluated as it is, with the same tasks, settings and samples as the variants
     (05_evaluate), to tell reproduction error from harness drift (06_analysis)."""
 
-    name: str  # its variant name in 05's results (must not clash with another variant)
+    name: PlainName  # its variant name in 05's results (must not clash with another variant)
     model: str  # hub id (pin it: "org/name@<commit>"), local path, embedded: or random:
     # the variant of this run it is the released counterpart of (e.g. platypus2-13b for
     # garage-bAInd/Platypus2-13B): 06 compares the two on the same questions, paired
@@ -381,13 +419,15 @@ class ReferenceConfig(_Section):
 
 
 class EvaluateConfig(_Section):
+    # the tasks evaluated: a mapping lists the tasks to run (a partial one selects them, it is not
+    # merged with the four defaults); a task without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
     tasks: dict[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2"], TaskConfig] = Field(
         default_factory=_leaderboard_tasks
     )
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
     variants: list[str] = Field(default_factory=lambda: ["base", "merged"])
-    batch_size: str = "auto"  # "auto" on GPU; an integer as a string on CPU
-    device: str = "auto"  # auto | cpu | cuda | cuda:0
+    batch_size: str = "auto"  # auto | auto:N | N (lm-eval's): "auto" on GPU; an integer on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     mmlu_subjects: Optional[list[str]] = None  # None: all found
     log_samples: bool = True
     # spread a model over every visible GPU (lm-eval's parallelize, accelerate's device map) instead
@@ -400,10 +440,34 @@ class EvaluateConfig(_Section):
     # released models evaluated as they are beside the variants (the base and partners are variants already)
     references: list[ReferenceConfig] = Field(default_factory=list)
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_default_shots(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for task, settings in v.items():
+            if settings is None:
+                settings = {}
+            if isinstance(settings, dict) and "num_fewshot" not in settings and task in LEADERBOARD_SHOTS:
+                settings = {**settings, "num_fewshot": LEADERBOARD_SHOTS[task]}
+            out[task] = settings
+        return out
+
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size_str(cls, v: Any) -> str:
-        return str(v)
+        text = str(v).strip()
+        if isinstance(v, bool) or not BATCH_SIZE_RE.fullmatch(text):
+            raise ValueError("expected auto, auto:N or a positive integer (lm-eval's --batch_size)")
+        return text
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not DEVICE_RE.fullmatch(v):
+            raise ValueError("expected auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+        return v
 
 
 class AnalysisConfig(_Section):
@@ -438,7 +502,7 @@ class PlanConfig(_Section):
 
 
 class Profile(_Section):
-    name: str
+    name: PlainName  # runs/<name>/, reports/<name>/: a plain folder name
     description: str = ""
     seed: int = 42
     # what 03 trains on: "rebuild" (01 and 02 rebuild Open-Platypus-style data from the sources) or
@@ -534,7 +598,8 @@ def _format_error(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown key '{loc}'"
-    return f"key '{loc}': {err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"key '{loc}': {msg} (got {err.get('input')!r})"
 
 
 def _resolve_paths(profile: Profile, root: Path) -> None:
@@ -613,24 +678,124 @@ def _check_variants(profile: Profile, path: Path) -> None:
             )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, refusing a key written twice in one mapping (safe_load keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are allowed
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: construct_mapping says so itself
+                    continue
+                if first is not None:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(f"line {line}: key {str(key)!r} is written twice (first on line {first}); write it once")
+
+
+def read_profile_yaml(path: Path) -> dict:
+    """The profile file as a mapping: UTF-8, valid YAML, no key twice, not empty (ProfileError naming the file)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ProfileError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte position {exc.start} (line {line}); "
+            "save the profile as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None or raw == {}:
+        raise ProfileError(f"{path}: empty profile: key 'name' is missing (a profile sets at least `name:`)")
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+_DEFAULT_TREE: dict = {}
+
+
+def _default_tree() -> dict:
+    """Every key's default, as the YAML would write it: where a --set path goes through a missing key."""
+    if not _DEFAULT_TREE:
+        _DEFAULT_TREE.update(Profile(name="defaults").model_dump(mode="json"))
+    return _DEFAULT_TREE
+
+
+def _list_index(key: str, items: list, where: str, path: Path, dotted: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ProfileError(
+            f"{path}: --set {dotted}: key '{where}': {key!r} is not an index of the list "
+            f"'{where.rsplit('.', 1)[0]}' ({len(items)} item(s): 0..{len(items) - 1})"
+        )
+    return int(key)
+
+
+def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
+    """Set `dotted` (a.b.c; list items by index: curate.sources.0.limit) in the raw profile. A missing
+    mapping or list on the way starts from its default (so a partial --set keeps the other entries);
+    a path through a value (finetune.lora_r.x) is a ProfileError naming the key and the file."""
+    keys = dotted.split(".")
+    node: Any = raw
+    default: Any = _default_tree()
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[: depth + 1])
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            key = _list_index(key, node, where, path, dotted)
+            child_default = default[key] if isinstance(default, list) and key < len(default) else None
+        else:
+            child_default = default.get(key) if isinstance(default, dict) else None
+            if not last and node.get(key) is None:
+                seed = {} if depth == 0 or child_default is None else child_default
+                node[key] = copy.deepcopy(seed)
+        if last:
+            node[key] = value
+            return
+        node, default = node[key], child_default
+        if not isinstance(node, (dict, list)):
+            raise ProfileError(
+                f"{path}: --set {dotted}: key '{where}' holds a value ({node!r}), not a mapping or a list: "
+                f"set '{where}' itself"
+            )
+
+
+def _check_inside_roots(profile: Profile, path: Path) -> None:
+    """runs/<name> and reports/<name> stay inside paths.runs_dir and paths.reports_dir (compared as
+    written, so a runs folder that is a symlink to another disk is fine)."""
+    for key, root, derived in (
+        ("runs_dir", profile.paths.runs_dir, profile.run_dir()),
+        ("reports_dir", profile.paths.reports_dir, profile.report_dir()),
+    ):
+        root_n, derived_n = os.path.normpath(root), os.path.normpath(derived)
+        if os.path.dirname(derived_n) != root_n:
+            raise ProfileError(f"{path}: key 'name': {profile.name!r} puts its folder {derived_n} outside paths.{key}")
+
+
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     """Read and validate a profile. Raises ProfileError naming the file and every bad key."""
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"{path}: profile file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
+    raw = read_profile_yaml(path)
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        apply_override(raw, dotted, value, path)
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as exc:
@@ -638,6 +803,7 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
         raise ProfileError(f"{path}: {problems}") from None
     profile.source_file = str(path.resolve())
     _resolve_paths(profile, project_root_for(path))
+    _check_inside_roots(profile, path)
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
     _check_variants(profile, path)  # finetune.target_modules: preflight.check_target_modules (reads the model config)

@@ -601,8 +601,10 @@ def make_plan(
 ) -> dict:
     """Everything `platypus plan` prints, as a dict; arguments override the profile's plan section."""
     gpu = gpu or profile.plan.gpu
-    gpu_memory_gb = gpu_memory_gb or profile.plan.gpu_memory_gb
-    mfu = mfu or profile.plan.mfu
+    gpu_memory_gb = profile.plan.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb
+    mfu = profile.plan.mfu if mfu is None else mfu
+    if not 0 < mfu <= 1 or not gpu_memory_gb > 0:  # the profile's are validated; these are --mfu, --gpu-memory-gb
+        raise ValueError(f"mfu {mfu:g} (in (0, 1]) or gpu_memory_gb {gpu_memory_gb:g} (above 0) out of range")
     source = config_source(profile, config_dir)
     shape = model_shape(load_model_config(source), profile.finetune)
     data = data_assumptions(profile)

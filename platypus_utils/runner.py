@@ -125,6 +125,16 @@ def executed_notebook(profile: Profile, stage: str) -> Path:
     return profile.report_dir("notebooks") / f"{stage}.ipynb"
 
 
+def check_notebooks_apart(profile: Profile) -> None:
+    """The executed notebooks never go into notebooks/ (the committed stage notebooks): ProfileError."""
+    out, src = profile.report_dir("notebooks").resolve(), NOTEBOOK_DIR.resolve()
+    if out == src or src in out.parents:
+        raise ProfileError(
+            f"{profile.source_file}: keys 'paths.reports_dir' and 'name' put the executed notebooks in {out}, "
+            "the folder of the stage notebooks themselves: choose another reports_dir or name"
+        )
+
+
 def running_notebook(profile: Profile, stage: str) -> Path:
     """Where the notebook of the attempt in progress is written (moved when it ends)."""
     return profile.report_dir("notebooks") / f"{stage}.running.ipynb"
@@ -163,6 +173,7 @@ def execute_stage(
     src = NOTEBOOK_DIR / f"{stage}.ipynb"
     if not src.is_file():
         raise StageFailed(f"{src}: stage notebook not found")
+    check_notebooks_apart(profile)
     dst = running_notebook(profile, stage)
     dst.parent.mkdir(parents=True, exist_ok=True)
     params = stage_parameters(profile, stage, overrides, forced() if force is None else force)
@@ -248,6 +259,7 @@ def run(
     then run the selected stages in order. Returns {stage: summary}."""
     overrides = overrides or {}
     profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
+    check_notebooks_apart(profile)
     stages = select_stages(only, start)
     # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
     preflight(profile, stages)

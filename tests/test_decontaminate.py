@@ -908,3 +908,26 @@ def test_notebooks_01_and_02_pass_rows_as_released_through_as_the_stages_do(tmp_
     assert (profile.run_dir("02_decontaminate") / "clean.jsonl").read_bytes() == (
         profile.run_dir("01_curate") / "curated.jsonl"
     ).read_bytes()
+
+
+def test_training_file_with_a_non_utf8_line_and_a_lone_surrogate_is_read_row_by_row(tmp_path, caplog):
+    """The standalone command's reader is the package's one JSON-lines reader: a line that is not UTF-8
+    and a row holding a lone surrogate ("\\ud800", valid JSON) are skipped and counted with file and line,
+    as stage 01 skips them, and the other rows are read (it used to stop on the whole file)."""
+    import logging
+
+    path = tmp_path / "mixed.jsonl"
+    good = {"instruction": "What is 2 + 2?", "input": "", "output": "4", "data_source": "x"}
+    path.write_bytes(
+        json.dumps(good).encode()
+        + b"\n"
+        + b'{"instruction": "caf\xe9", "output": "1"}\n'
+        + b'{"instruction": "bad \\ud800 text", "output": "2"}\n'
+        + json.dumps({**good, "instruction": "What is 3 + 3?", "output": "6"}).encode()
+        + b"\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="platypus"):
+        rows, skipped = read_training_rows(path)
+    assert [r["output"] for r in rows] == ["4", "6"]
+    assert (skipped["undecodable"], skipped["lone_surrogate"]) == (1, 1)
+    assert f"{path}, line 2" in caplog.text and f"{path}, line 3" in caplog.text

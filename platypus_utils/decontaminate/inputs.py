@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 from pathlib import Path
 
+from ..artifacts import SkippedRows, iter_jsonl, lone_surrogate
 from ..benchmarks import load_benchmark
 from ..config import DecontaminateConfig, Profile
 from ..demo_data import demo_benchmarks_dir
@@ -27,30 +27,34 @@ def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = Non
     return items, (None if bdir == "hub" else Path(bdir))
 
 
-def read_training_rows(path: str | Path) -> tuple[list[dict], collections.Counter]:
-    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list) and a Counter of
-    the rows skipped by reason (malformed JSON, missing/empty/non-string fields): odd rows are counted, not
-    fatal. `input` may be absent or null (instruction/output datasets): it reads as "". A missing file, or
-    one with no usable row, is an error naming it."""
+def read_training_rows(path: str | Path) -> tuple[list[dict], SkippedRows]:
+    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list) and the rows
+    skipped by reason (a Counter): JSON lines through the package's one reader (artifacts.iter_jsonl:
+    undecodable, malformed and lone-surrogate lines are skipped and logged with file and line, as stage 01
+    does), then missing, empty or non-string fields. `input` may be absent or null (instruction/output
+    datasets): it reads as "". A missing file, or one with no usable row, is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training file not found")
-    skipped: collections.Counter = collections.Counter()
+    skipped = SkippedRows()
     if path.suffix == ".json":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 (byte {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
         if not isinstance(records, list):
             raise ValueError(f"{path}: expected a JSON list of rows, got {type(records).__name__}")
+        kept = []
+        for k, r in enumerate(records, 1):
+            if lone_surrogate(r) is None:
+                kept.append(r)
+            else:
+                skipped.skip("lone_surrogate", f"{path}, row {k}", "a string holds a lone surrogate")
+        records = kept
     else:
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    skipped["malformed_json"] += 1
+        records = [value for _, value in iter_jsonl(path, skipped)]
     records = [{**r, "input": r.get("input") or ""} if isinstance(r, dict) else r for r in records]
     rows = validate_rows(records, path.stem, skipped)
     if not rows:

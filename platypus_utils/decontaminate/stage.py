@@ -17,8 +17,9 @@ from ..artifacts import (
 )
 from ..config import DecontaminateConfig, Profile
 from ..embeddings import Embedder
-from ..layout import CURATED, artifact
+from ..layout import CLEAN, CURATED, FLAGGED_PAIRS, artifact
 from ..models import default_cache_dir
+from ..plotting import FORMATS
 from .common import PAIR_COLUMNS, STAGE
 from .detectors import candidate_pairs, flag_pairs
 from .embed import embed_texts, uses_embeddings
@@ -166,6 +167,29 @@ def run_decontaminate(profile: Profile, force: bool = False) -> dict:
     return result.summary
 
 
+CHECK_FILE_OUTPUTS = (
+    CLEAN[1],
+    FLAGGED_PAIRS[1],
+    "contamination_table.csv",
+    "decontamination_report.json",
+    *(f"02_contamination.{ext}" for ext in (*FORMATS, "txt")),
+)  # what check_file writes into `out` (report.save_outputs)
+
+
+def check_out_apart(train_file: str | Path, out: str | Path) -> None:
+    """Before any work: `out` is a folder (or not there yet) and none of the files written into it is
+    the input (ValueError naming the paths; the CLI exits 2)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; give the folder the outputs go into")
+    train = Path(train_file).resolve()
+    clash = [name for name in CHECK_FILE_OUTPUTS if (out / name).resolve() == train]
+    if clash:
+        raise ValueError(
+            f"--out {out}: would write {clash[0]} over the input {train_file}; choose another output folder"
+        )
+
+
 def check_file(
     train_file: str | Path,
     benchmarks_dir: str,
@@ -179,6 +203,7 @@ def check_file(
     and the figure into `out`. Rows without data_source are counted under the file's name; odd rows are
     skipped and counted (`skipped_train_rows`). Embeddings are cached under `cache_dir` (default
     $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them."""
+    check_out_apart(train_file, out)
     cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
     rows, skipped = read_training_rows(train_file)
     items, _ = load_benchmark_items(cfg)
