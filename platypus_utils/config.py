@@ -590,7 +590,13 @@ def parse_set(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.max_steps=10")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not key or "" in key.split("."):
+            raise ProfileError(f"--set {item!r}: the key {key!r} has an empty part; write KEY=VALUE, e.g. seed=1")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ProfileError(f"--set {item!r}: the value is not valid YAML ({exc.problem or exc})") from None
     return out
 
 

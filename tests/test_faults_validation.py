@@ -153,6 +153,14 @@ def test_set_through_a_value_is_a_profile_error(tmp_path, capsys, item, key):
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("item", ["finetune..lora_r=3", "=3", "seed=[1", "seed"])
+def test_malformed_set_items_are_named(tmp_path, capsys, item):
+    path = _project(tmp_path)
+    before = _snapshot(tmp_path)
+    _fails(capsys, ["run", str(path), "--set", item, "--only", "01"], f"--set {item!r}")
+    assert _snapshot(tmp_path) == before
+
+
 def test_set_into_a_list_item(tmp_path):
     path = _project(tmp_path)
     profile = load_profile(path, {"curate.sources.0.limit": 5, "merge.partners.0.adapter": None})
