@@ -120,6 +120,11 @@ def _check_03(profile, records, tmp_path, overrides):
     assert records["packing_isolation"]["checked"] and records["packing_isolation"]["max_rel_diff"] < 1e-4
     assert records["eval_loss_before"] == metrics["eval_loss_before"] and records["eval_loss_after"] < 1e3
     assert [h["step"] for h in records["train_loss_history"]] == [1, 2]
+    # the recipe shown is TRL's and peft's own objects: the profile's LoRA, learning rate and objective
+    recipe = records["recipe"]
+    assert (recipe["r"], recipe["lora_alpha"], recipe["lora_dropout"]) == ("16", "16", "0.05")
+    assert recipe["learning_rate"] == str(profile.finetune.learning_rate) and recipe["completion_only_loss"] == "True"
+    assert recipe.get("loss_normalization") == "examples" and "output_dir" not in recipe, recipe
     # every optimizer step held the plan's examples, counted in the batches the trainer drew
     assert records["examples_per_step_counted"] == metrics["examples_per_step_counted"]
     assert records["examples_per_step_counted"] == [round(records["examples_per_step"])] * 2

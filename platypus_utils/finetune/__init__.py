@@ -92,6 +92,7 @@ from .report import (
     peak_memory,
     plot_loss_curve,
     read_log_rows,
+    recipe_frame,
     speed_tables,
     whole_run_train_loss,
 )
@@ -213,6 +214,7 @@ __all__ = [
     "count_examples",
     "example_means",
     "select_rows",
+    "recipe_frame",
     "speed_tables",
     "split_heldout",
     "to_prompt_completion",

@@ -55,6 +55,72 @@ LOG_COLUMNS = (
 )
 
 
+# SFTConfig fields shown whatever their value: the precision, the step and the loss's recipe
+RECIPE_ALWAYS = (
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "completion_only_loss",
+    "packing",
+    "padding_free",
+    "max_length",
+)
+# paths, placeholders, and fields TRL resolves after init (their declared default is a stand-in)
+RECIPE_HIDDEN = (
+    "output_dir",
+    "logging_dir",
+    "hub_token",
+    "eos_token",
+    "pad_token",
+    "accelerator_config",
+    "debug",
+    "disable_tqdm",
+    "report_to",
+    "pad_to_multiple_of",
+)
+
+
+def recipe_frame(sft_config, lora_config, loss_normalization: str | None = None) -> pd.DataFrame:
+    """The recipe as the libraries hold it: the fields of TRL's SFTConfig that differ from TRL's own
+    defaults (resolved as TRL resolves them on a CPU; paths and placeholders left out) and those of
+    RECIPE_ALWAYS, then peft's LoraConfig fields that define the adapter, then the one setting the
+    project adds to TRL's trainer (finetune.loss_normalization, objective.PlatypusSFTTrainer). Columns:
+    library, setting, value, default (as text)."""
+    import dataclasses
+
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    rows = []
+    if sft_config is not None:
+        ours = sft_config.to_dict()
+        # TRL's defaults as declared (making an SFTConfig here would reset accelerate's state mid-run)
+        theirs = {
+            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+            for f in dataclasses.fields(SFTConfig)
+            if f.init and not (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        }
+        theirs = {k: getattr(v, "value", v) for k, v in theirs.items()}  # enums as to_dict writes them
+        for key in sorted(ours):
+            if key not in RECIPE_HIDDEN and (ours[key] != theirs.get(key) or key in RECIPE_ALWAYS):
+                rows.append(("trl.SFTConfig", key, ours[key], theirs.get(key)))
+    default = LoraConfig()
+    for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type", "use_rslora", "use_dora"):
+        value = getattr(lora_config, key)
+        rows.append(
+            ("peft.LoraConfig", key, sorted(value) if isinstance(value, (set, list)) else value, getattr(default, key))
+        )
+    if loss_normalization is not None:
+        rows.append(("PlatypusSFTTrainer", "loss_normalization", loss_normalization, "tokens (TRL's loss)"))
+    return pd.DataFrame(
+        [(lib, key, str(value), str(default)) for lib, key, value, default in rows],
+        columns=["library", "setting", "value", "default"],
+    )
+
+
 def speed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(speed and memory, batch plan) of a finished run's metrics, as one-column DataFrames."""
     speed = {k: metrics[k] for k in SPEED_KEYS if k in metrics}
