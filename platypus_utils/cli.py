@@ -34,7 +34,7 @@ def _number_in(low: float, high: float | None, what: str):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number ({what})") from None
         if not (value > low and (high is None or value <= high)):
             upper = f" and at most {high:g}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"{text} is out of range: {what} is above {low:g}{upper}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number above {low:g}{upper} ({what})")
         return value
 
     return parse

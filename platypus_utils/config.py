@@ -7,7 +7,6 @@ with a `ProfileError` naming the key and the file, before anything runs.
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -571,12 +570,14 @@ class Profile(_Section):
         return hub_data or any(is_hub_reference(r) for r in refs)
 
     def run_dir(self, stage: str | None = None) -> Path:
-        base = Path(self.paths.runs_dir) / self.name
-        return base / stage if stage else base
+        """runs_dir/<name>[/<stage>]: each part a plain folder name, so the path stays inside runs_dir."""
+        base = Path(self.paths.runs_dir) / _plain_name(self.name)
+        return base / _plain_name(stage) if stage else base
 
     def report_dir(self, kind: str | None = None) -> Path:
-        base = Path(self.paths.reports_dir) / self.name
-        return base / kind if kind else base
+        """reports_dir/<name>[/<kind>], inside reports_dir as run_dir is inside runs_dir."""
+        base = Path(self.paths.reports_dir) / _plain_name(self.name)
+        return base / _plain_name(kind) if kind else base
 
     def cache_dir(self) -> Path:
         return Path(self.paths.cache_dir) if self.paths.cache_dir else default_cache_dir()
@@ -781,18 +782,6 @@ def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
             )
 
 
-def _check_inside_roots(profile: Profile, path: Path) -> None:
-    """runs/<name> and reports/<name> stay inside paths.runs_dir and paths.reports_dir (compared as
-    written, so a runs folder that is a symlink to another disk is fine)."""
-    for key, root, derived in (
-        ("runs_dir", profile.paths.runs_dir, profile.run_dir()),
-        ("reports_dir", profile.paths.reports_dir, profile.report_dir()),
-    ):
-        root_n, derived_n = os.path.normpath(root), os.path.normpath(derived)
-        if os.path.dirname(derived_n) != root_n:
-            raise ProfileError(f"{path}: key 'name': {profile.name!r} puts its folder {derived_n} outside paths.{key}")
-
-
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     """Read and validate a profile. Raises ProfileError naming the file and every bad key."""
     path = Path(path)
@@ -809,7 +798,6 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
         raise ProfileError(f"{path}: {problems}") from None
     profile.source_file = str(path.resolve())
     _resolve_paths(profile, project_root_for(path))
-    _check_inside_roots(profile, path)
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
     _check_variants(profile, path)  # finetune.target_modules: preflight.check_target_modules (reads the model config)

@@ -83,6 +83,19 @@ def test_variant_names_are_plain_folder_names(tmp_path):
         assert str(path) in str(err.value)
 
 
+def test_derived_paths_stay_inside_their_roots(tmp_path):
+    """run_dir and report_dir check their parts when called: a name changed after validation fails there."""
+    profile = load_profile(_project(tmp_path))
+    assert profile.run_dir("01_curate").parent.parent == Path(profile.paths.runs_dir)
+    profile.name = ".."
+    for derive in (profile.run_dir, profile.report_dir):
+        with pytest.raises(ValueError, match="not a plain folder name"):
+            derive()
+    profile.name = "demo"
+    with pytest.raises(ValueError, match="not a plain folder name"):
+        profile.report_dir("../../notebooks")
+
+
 def test_executed_notebooks_never_land_on_the_stage_notebooks(tmp_path, capsys, monkeypatch):
     """A plain name that, with paths.reports_dir, makes reports/<name>/notebooks the notebooks/ folder."""
     sources = tmp_path / "proj" / "notebooks"
