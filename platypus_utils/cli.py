@@ -205,10 +205,22 @@ def _cmd_validate(args) -> int:
     return 2 if bad else 0
 
 
+def _check_out_file(out: Path, given: Path) -> None:
+    """--out names a file to write: not a folder, not under a file, not the input (ValueError: exit 2)."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the JSON file to write, e.g. {out / 'plan.json'}")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"--out {out}: a folder on its path is a file")
+    if out.resolve() == given.resolve():
+        raise ValueError(f"--out {out}: is the input {given}; choose another file")
+
+
 def _cmd_plan(args) -> int:
     from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
 
     profile = load_profile(args.params, overrides=parse_set(args.set))
+    if args.out:
+        _check_out_file(Path(args.out), Path(args.params))
     result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb, mfu=args.mfu)
     print(format_plan(result))
     out = write_plan(result, Path(args.out) if args.out else default_out(profile))

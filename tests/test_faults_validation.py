@@ -258,6 +258,16 @@ def test_make_plan_refuses_out_of_range_values():
             make_plan(profile, **kwargs)
 
 
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "the_profile"])
+def test_plan_out_is_checked_before_work(tmp_path, capsys, where):
+    path = _project(tmp_path)
+    (tmp_path / "a_file").write_text("keep me\n")
+    out = {"folder": tmp_path, "under_a_file": tmp_path / "a_file" / "plan.json", "the_profile": path}[where]
+    before = _snapshot(tmp_path)
+    _fails(capsys, ["plan", str(path), "--out", str(out)], "--out", str(out))
+    assert _snapshot(tmp_path) == before
+
+
 def _train_file(folder: Path, n: int = 5) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "clean.jsonl"
@@ -266,13 +276,22 @@ def _train_file(folder: Path, n: int = 5) -> Path:
     return path
 
 
-def test_decontaminate_out_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("under", [False, True])
+def test_decontaminate_out_is_a_file(tmp_path, capsys, under):
     train = _train_file(tmp_path / "in")
     out = tmp_path / "out.txt"
     out.write_text("keep me\n")
+    out = out / "sub" if under else out
     before = _snapshot(tmp_path)
     _fails(capsys, ["decontaminate", str(train), "--benchmarks", "demo", "--out", str(out)], "--out", str(out), "file")
     assert _snapshot(tmp_path) == before
+
+
+def test_decontaminate_config_merges_partial_actions():
+    from platypus_utils.config import DecontaminateConfig
+
+    cfg = DecontaminateConfig(actions={"similar_but_different": "remove"})
+    assert cfg.actions == {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "remove"}
 
 
 @pytest.mark.parametrize("spelling", ["same", "dotted", "relative"])

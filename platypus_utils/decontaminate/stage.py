@@ -182,6 +182,8 @@ def check_out_apart(train_file: str | Path, out: str | Path) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder; give the folder the outputs go into")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"--out {out}: a folder on its path is a file; give the folder the outputs go into")
     train = Path(train_file).resolve()
     clash = [name for name in CHECK_FILE_OUTPUTS if (out / name).resolve() == train]
     if clash:
