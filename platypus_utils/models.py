@@ -67,7 +67,9 @@ CONVERSION_CHECKED_FILES = ("config.json", "model.safetensors", "tokenizer.json"
 CONVERSION_FORMAT = 1
 CONVERSION_LOGIT_ATOL = 1e-4  # the saved fp32 weights are the dequantized ones: logits should match exactly
 # Provenance files written beside the weights: not part of a model's content.
-PROVENANCE_FILES = frozenset({CONVERSION_RECORD, "merge_info.json", "README.md", ".gitattributes"})
+PROVENANCE_FILES = frozenset(
+    {CONVERSION_RECORD, "merge_info.json", "mergekit_config.yml", "README.md", ".gitattributes"}
+)
 # What a pinned hub snapshot leaves out: other frameworks' weights and exports, and (PICKLED_WEIGHTS)
 # the .bin copies when the repo has safetensors too (Llama-2 ships both: 26 GB saved for 13B).
 OTHER_FRAMEWORK_FILES = (

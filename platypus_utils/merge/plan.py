@@ -55,6 +55,7 @@ from .io import (
     read_merge_info,
     stored_dtype,
 )
+from .mergekit import adapter_config, model_merge_config
 from .verify import LOGIT_BOUND, VERIFY_FORMAT, WEIGHT_BOUND
 
 log = logging.getLogger("platypus")
@@ -178,6 +179,7 @@ class Job:
     into: str = ""  # what it goes into (a model reference, a variant, or the base of a task-vector merge)
     needs: list[str] = field(default_factory=list)  # variants of this stage it reads (made earlier)
     local_inputs: list[str] = field(default_factory=list)  # folders read from outside this stage, for the manifest
+    mergekit: dict | None = None  # the same merge as a mergekit config (mergekit.py); None: mergekit has none
 
 
 class Plan:
@@ -270,6 +272,7 @@ class Plan:
                 merges=f"{adapter.parent.name}/{adapter.name}",
                 into=ref,
                 inputs=lambda: source_inputs(ref, source, adapter_sha, base_ref, dtype, self.content_id(source)),
+                mergekit=adapter_config(source, adapter, dtype),
                 steps=lambda: adapter_merge_steps(
                     source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
                 ),
@@ -448,6 +451,7 @@ class Plan:
                 merges=" + ".join(mm.models),
                 into=spec.base_label or "",
                 steps=lambda: model_merge_steps(spec, spec.models + [self.base_path], dtype, self.profile.seed),
+                mergekit=model_merge_config(spec, dtype),
                 report={
                     "models": list(mm.models),
                     "model_paths": paths,

@@ -49,6 +49,7 @@ from ..plotting import new_figure
 from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
 from .errors import MergeError
 from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
+from .mergekit import why_not, write_config
 from .plan import STAGE, Job, Plan, adapter_dir_for, existing_output, plan_merges
 from .verify import UNRESOLVABLE, VERIFIED, VERIFY_FORMAT
 
@@ -224,6 +225,11 @@ def make_variant(plan: Plan, job: Job | str, force: bool = False) -> Made:
     plan.made = [v for v in plan.made if v != job.variant] + [job.variant]
     seconds = time.perf_counter() - t0
     entry = report_entry(job, out_dir, info, plan.cfg.verify, reused, replaced, seconds)
+    # the recipe mergekit reads (a provenance file: the variant's content hash leaves it out), or why none
+    if job.mergekit is not None:
+        entry["mergekit_config"] = str(write_config(out_dir, job.mergekit, job.variant))
+    else:
+        entry["mergekit_config"], entry["mergekit_why_not"] = None, why_not(job.kind, job.method)
     return Made(job.variant, entry, reused, replaced, seconds)
 
 
