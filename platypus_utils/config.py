@@ -58,8 +58,8 @@ class _Section(BaseModel):
 class PathsConfig(_Section):
     # Each may be "drive:REL": REL on Google Drive on Colab, where a disconnect keeps it (elsewhere
     # $PLATYPUS_DRIVE_DIR/REL or runs/drive/REL; platypus_utils.colab.resolve_drive_path)
-    runs_dir: str = "runs"  # artifacts: runs/<profile>/<NN_stage>/
-    reports_dir: str = "reports"  # executed notebooks, figures, tables: reports/<profile>/
+    runs_dir: str = Field(default="runs", min_length=1)  # artifacts: runs/<profile>/<NN_stage>/
+    reports_dir: str = Field(default="reports", min_length=1)  # executed notebooks, figures, tables: reports/<profile>/
     cache_dir: Optional[str] = None  # converted models, embeddings; default ~/.cache/platypus
     data_dir: Optional[str] = None  # root of real data (e.g. ../shared/data); "demo" data is written by the project
 
@@ -712,7 +712,10 @@ class DuplicateKey(yaml.YAMLError):
 
 def read_profile_yaml(path: Path) -> dict:
     """The profile file as a mapping: UTF-8, valid YAML, no key twice, not empty (ProfileError naming the file)."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read the profile: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -746,9 +749,10 @@ def _default_tree() -> dict:
 
 def _list_index(key: str, items: list, where: str, path: Path, dotted: str) -> int:
     if not key.isdigit() or int(key) >= len(items):
+        indexes = f"indexes 0..{len(items) - 1}" if items else "the list is empty"
         raise ProfileError(
             f"{path}: --set {dotted}: key '{where}': {key!r} is not an index of the list "
-            f"'{where.rsplit('.', 1)[0]}' ({len(items)} item(s): 0..{len(items) - 1})"
+            f"'{where.rsplit('.', 1)[0]}' ({indexes}); to add items, set the whole list"
         )
     return int(key)
 

@@ -157,9 +157,11 @@ def test_tasks_mapping_selects_tasks_and_set_keeps_the_others(tmp_path):
         ("curate.sources.5.limit=5", "curate.sources.5"),
         ("curate.sources.first.limit=5", "curate.sources.first"),
         ("curate.similarity_threshold.0=1", "curate.similarity_threshold"),
+        ("finetune.seeds.0=3", "finetune.seeds.0"),
+        ("paths.runs_dir=", "paths.runs_dir"),
     ],
 )
-def test_set_through_a_value_is_a_profile_error(tmp_path, capsys, item, key):
+def test_bad_set_items_are_profile_errors(tmp_path, capsys, item, key):
     path = _project(tmp_path)
     before = _snapshot(tmp_path)
     _fails(capsys, ["run", str(path), "--set", item, "--only", "01"], f"key '{key}'", str(path), item.split("=")[0])
