@@ -162,7 +162,7 @@ class FinetuneConfig(_Section):
     target_modules: list[str] = Field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     learning_rate: float = Field(default=4e-4, gt=0.0)
     num_train_epochs: float = Field(default=1.0, gt=0.0)
-    max_steps: int = -1  # >0 overrides epochs
+    max_steps: int = Field(default=-1, ge=-1)  # >0 overrides epochs; -1 (or 0): the epochs decide
     per_device_train_batch_size: int = Field(default=1, ge=1)
     gradient_accumulation_steps: int = Field(default=16, ge=1)
     cutoff_len: int = Field(default=4096, ge=16)
@@ -212,6 +212,19 @@ class FinetuneConfig(_Section):
     # shows the spread across seeds. Each seed costs one more training, merge and evaluation.
     seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        """One of transformers' SchedulerType values (read only for a name outside the common ones)."""
+        if v in ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"):
+            return v
+        from transformers.trainer_utils import SchedulerType
+
+        known = [s.value for s in SchedulerType]
+        if v not in known:
+            raise ValueError(f"unknown scheduler; transformers has {', '.join(known)}")
+        return v
 
     @field_validator("packing", mode="before")
     @classmethod

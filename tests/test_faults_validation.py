@@ -229,6 +229,17 @@ def test_device_and_batch_size_fail_at_validation(tmp_path, capsys, key, value):
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("key, value", [("finetune.lr_scheduler_type", "cosinus"), ("finetune.max_steps", -5)])
+def test_finetune_values_fail_at_validation(tmp_path, capsys, key, value):
+    path = _project(tmp_path)
+    before = _snapshot(tmp_path)
+    _fails(capsys, ["run", str(path), "--set", f"{key}={value}", "--only", "03"], f"key '{key}'", str(path))
+    assert _snapshot(tmp_path) == before
+    assert (
+        load_profile(path, {"finetune.lr_scheduler_type": "inverse_sqrt"}).finetune.lr_scheduler_type == "inverse_sqrt"
+    )
+
+
 def test_good_devices_and_batch_sizes_validate(tmp_path):
     path = _project(tmp_path)
     for device, batch in (("cuda:1", "auto:4"), ("mps", 8), ("cuda", "auto"), ("auto", "16")):
