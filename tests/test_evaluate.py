@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from platypus_utils import evaluate as ev  # noqa: E402
+from platypus_utils.artifacts import read_manifest  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
 from platypus_utils.lm_eval_tasks import utils as task_utils  # noqa: E402
 
@@ -773,7 +774,7 @@ def test_stage_outputs(evaluated):
         raw["arc_challenge"]["results"]["platypus_arc_challenge"]["acc_norm,none"]
         == summary["tasks"]["arc_challenge"]["value"]
     )
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)  # paths absolute again
     assert str(Path(evaluated["local"] / "truthfulqa" / "mc_task.json").resolve()) in manifest["inputs"]
     assert str(Path(evaluated["profile"].models.base).resolve()) in manifest["inputs"]
     assert str((out / "base.json").resolve()) in manifest["outputs"]
@@ -1049,7 +1050,7 @@ def test_adapter_variant_runs_unmerged_lora(evaluated):
     assert adapter["model"].endswith("03_finetune/adapter")
     assert adapter["model_hash"] != base["model_hash"]
     assert adapter["tasks"]["truthfulqa_mc2"]["value"] != base["tasks"]["truthfulqa_mc2"]["value"]
-    manifest = json.loads((profile.run_dir(ev.STAGE) / "manifest.json").read_text())
+    manifest = read_manifest(profile.run_dir(ev.STAGE))  # paths absolute again
     assert str((profile.run_dir("03_finetune") / "adapter").resolve()) in manifest["inputs"]
 
 
@@ -1374,7 +1375,7 @@ def test_variants_spread_over_workers_fill_the_cache_the_stage_then_reads(evalua
     specs, unresolved = ev.resolve_variants(profile)
     assert not unresolved and set(specs) == {"base", "adapter", "released"}
     assert spread.gpu_slots(profile, specs) == []  # a CPU: nothing to spread over
-    failed = spread.spread_variants(profile, suite, specs, ["", ""])
+    failed = spread.spread_variants(profile, suite, specs, ["", ""], ev.evaluate_variant)
     assert failed == {}
     evaluations = ev.evaluate_variants(profile, suite, specs, unresolved)
     assert all(all(e.cached.values()) for e in evaluations.values())  # every result came from the workers

@@ -161,6 +161,11 @@ def test_other_seeds_train_their_own_adapters_on_the_same_split(tiny_model_dir, 
     main = load_file(layout.artifact(profile, layout.ADAPTER) / "adapter_model.safetensors")
     other = load_file(layout.seed_adapter(profile, 8) / "adapter_model.safetensors")
     assert main.keys() == other.keys() and any(not torch.equal(main[k], other[k]) for k in main)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(layout.artifact(profile, layout.ADAPTER) / "README.md")  # peft's card, filled in
+    assert card.data.library_name == "peft" and "platypus" in card.data.tags
+    assert "weighs examples by examples" in card.text and "peft.LoraConfig" in card.text and "lora_alpha" in card.text
     outputs = read_manifest(profile.run_dir("03_finetune"))["outputs"]
     assert str(layout.seed_adapter(profile, 8).resolve()) in outputs
     assert not list(profile.run_dir("03_finetune").rglob("checkpoint-*"))

@@ -38,6 +38,7 @@ LAYERS = {
     **dict.fromkeys(
         [
             "sources",
+            "cards",
             "benchmarks",
             "demo_data",
             "models",

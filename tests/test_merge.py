@@ -866,3 +866,10 @@ def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(s
         for name, tensor in theirs_t.items():
             torch.testing.assert_close(tensor, ours_t[name], atol=tol, rtol=0, msg=f"{variant} {name}")
     assert model_content_hash(out / "merged") == made["merged"]["content_sha256"]  # the config is provenance
+    # each variant's model card: the hub's front matter, the check status and the recipe (or why none)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "merged" / "README.md")
+    assert card.data.library_name == "transformers" and {"platypus", "merge", "mergekit", "lora"} <= set(card.data.tags)
+    assert "Check status: verified" in card.text and "merge_method: passthrough" in card.text
+    assert "No mergekit config: a adapter_mix" in ModelCard.load(out / "mix" / "README.md").text

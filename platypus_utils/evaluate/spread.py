@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -45,9 +46,7 @@ def _take_slot(slots) -> None:
 
 
 def _evaluate_one(job: tuple) -> tuple[str, str | None]:
-    from .stage import evaluate_variant  # the worker's own import: stage imports this module
-
-    profile, suite, name, spec, force = job
+    evaluate_variant, profile, suite, name, spec, force = job
     try:
         evaluate_variant(profile, name, suite, None, spec, force)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which evaluates it again alone
@@ -60,17 +59,23 @@ def _evaluate_one(job: tuple) -> tuple[str, str | None]:
 
 
 def spread_variants(
-    profile: Profile, suite: TaskSuite, specs: dict[str, ModelSpec], slots: list[str], force: bool = False
+    profile: Profile,
+    suite: TaskSuite,
+    specs: dict[str, ModelSpec],
+    slots: list[str],
+    evaluate_variant: Callable,
+    force: bool = False,
 ) -> dict[str, str]:
     """Evaluate `specs` in len(slots) worker processes, each with its own CUDA_VISIBLE_DEVICES, filling the
-    eval cache; returns {name: error} for the variants whose worker failed."""
+    eval cache; returns {name: error} for the variants whose worker failed. `evaluate_variant`: the stage's
+    (stage.evaluate_variant), which each worker runs per variant."""
     if not slots or not specs:
         return {}
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: CUDA is not forked
     queue = ctx.Queue()
     for slot in slots:
         queue.put(slot)
-    jobs = [(profile, suite, name, spec, force) for name, spec in specs.items()]
+    jobs = [(evaluate_variant, profile, suite, name, spec, force) for name, spec in specs.items()]
     log.info("evaluating %d models on %d GPUs at once (one worker per GPU)", len(jobs), len(slots))
     with ctx.Pool(len(slots), initializer=_take_slot, initargs=(queue,)) as pool:
         results = dict(pool.imap_unordered(_evaluate_one, jobs))

@@ -2,7 +2,7 @@
 
     suite = prepare_tasks(profile)                                  # tasks.py
     specs, unresolved = resolve_variants(profile)                   # models.py
-    spread_variants(profile, suite, specs, gpu_slots(profile, specs))  # spread.py: several GPUs only
+    spread_variants(profile, suite, specs, gpu_slots(profile, specs), evaluate_variant)  # spread.py: several GPUs
     evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
     scores_frame({v: e.summary for v, e in evaluations.items() if e.ok})   # summary.py
     save(profile, suite, evaluations, timings, force=force)
@@ -354,7 +354,7 @@ def run_evaluate(profile, force: bool = False) -> dict:
     timings["prepare_s"] = round(time.perf_counter() - t0, 3)
     specs, unresolved = resolve_variants(profile)
     slots = gpu_slots(profile, specs)  # several GPUs: one variant per GPU at a time, filling the cache
-    spread_variants(profile, suite, specs, slots, force=force)
+    spread_variants(profile, suite, specs, slots, evaluate_variant, force=force)
     evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force and not slots)
     timings["evaluate_s"] = round(time.perf_counter() - t0 - timings["prepare_s"], 3)
     save(profile, suite, evaluations, timings, force=force)

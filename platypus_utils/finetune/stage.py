@@ -30,6 +30,7 @@ import torch
 import transformers
 
 from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
+from ..cards import adapter_card, write_card
 from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, SEED_RUNS, artifact, seed_adapter
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from ..plotting import save_figure
@@ -45,7 +46,15 @@ from .distributed import (
     save_adapter_distributed,
 )
 from .objective import PlatypusSFTTrainer
-from .report import csv_text, log_rows, loss_curve_caption, peak_memory, plot_loss_curve, whole_run_train_loss
+from .report import (
+    csv_text,
+    log_rows,
+    loss_curve_caption,
+    peak_memory,
+    plot_loss_curve,
+    recipe_frame,
+    whole_run_train_loss,
+)
 from .trainer import (
     HeldOutLossAtStart,
     build_lora_config,
@@ -404,6 +413,10 @@ def save(profile, training: Training, metrics: dict, timings: Optional[dict] = N
     adapter_dir = save_adapter(profile, training)
     if not session.setup.is_main:
         return []
+    recipe = recipe_frame(
+        session.trainer.args, build_lora_config(profile.finetune), profile.finetune.loss_normalization
+    )
+    write_card(adapter_dir, adapter_card(profile, metrics, recipe))  # peft's card, filled in
     with StageRun(stage_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings)
         run.add_input(session.data.source)

@@ -43,6 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import MANIFEST, RUNNER_ATTEMPT_ENV, StageRun, begin_attempt, end_attempt, remove_debris, write_json
+from ..cards import merged_card, write_card
 from ..config import Profile
 from ..layout import MERGE_REPORT
 from ..plotting import new_figure
@@ -230,6 +231,8 @@ def make_variant(plan: Plan, job: Job | str, force: bool = False) -> Made:
         entry["mergekit_config"] = str(write_config(out_dir, job.mergekit, job.variant))
     else:
         entry["mergekit_config"], entry["mergekit_why_not"] = None, why_not(job.kind, job.method)
+    card = merged_card(plan.profile, job.variant, entry, job.mergekit, entry.get("mergekit_why_not"))
+    entry["card"] = str(write_card(out_dir, card))
     return Made(job.variant, entry, reused, replaced, seconds)
 
 
