@@ -7,8 +7,24 @@ Contract:
   (called by the runner before a stage, under the profile's run lock) deletes unless the process
   that made them is still alive.
 - A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it is written
-  when an attempt starts ("running") and closed as "ok" or "failed". A stage whose last attempt is
-  not "ok" is out of date (runner.up_to_date), whatever its older manifest says.
+  when an attempt starts ("running") and closed as "ok", "failed" or "stopped" (a signal). A stage
+  whose last attempt is not "ok" is out of date (runner.up_to_date), whatever its older manifest
+  says. A manifest or attempt record that cannot be read (not UTF-8, not JSON) is logged with its
+  path and counts as no successful run: the stage reruns.
+- Stages own their partial outputs (the write journal): while a `StageRun` is open, every
+  `atomic_path` write over one of the outputs of the last successful run (its manifest) first adds
+  the new content's hash (None for a folder) to the open attempt's `attempt.json` under "written",
+  then moves the file into place. A new attempt carries the journal of a last attempt that did not
+  end "ok" (killed, failed, stopped). `edited_outputs` compares each output with the last successful
+  manifest and blames the user only for content that no attempt since then wrote: a killed or
+  failed save never blocks a plain rerun, a hand edit still does.
+- Manifests are portable (`portable.to_project`): input and output paths under the project root
+  (`project_root_of`: the nearest folder above the stage folder holding a pyproject.toml or params/,
+  else the runs folder's parent) are written relative to it, others stay absolute; `read_manifest`
+  gives them back absolute. Parameters are compared with the root, its parent and the home folder
+  made relative (`portable.relativize_text`), so a moved project stays up to date.
+- The manifest records the code that ran (`code_fingerprint`): the hash of the stage notebook and of
+  the package source (every .py under platypus_utils/, sorted); the skip check compares both.
 - `iter_jsonl` is the one reader of JSON-lines files: undecodable lines, malformed JSON and strings
   holding lone surrogates are skipped, each logged with its file and line and counted in a
   `SkippedRows` (or, with strict=True, a BadJsonLine naming them); `read_jsonl` keeps its objects,
@@ -19,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +50,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .portable import from_project, relativize_text, to_project
 from .refs import resolved_snapshots
 
 log = logging.getLogger("platypus")
@@ -40,6 +58,9 @@ log = logging.getLogger("platypus")
 MANIFEST = "manifest.json"
 ATTEMPT = "attempt.json"
 RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records the attempts itself
+PACKAGE_DIR = Path(__file__).resolve().parent
+STAGE_NOTEBOOKS = PACKAGE_DIR.parent / "notebooks"
+_JOURNALS: list[StageRun] = []  # the StageRuns open in this process (innermost last)
 TRACKED_LIBRARIES = (
     "platypus-utils",
     "torch",
@@ -71,6 +92,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_target = tmp / target.name
     try:
         yield tmp_target
+        _journal(target, tmp_target)
         if target.is_dir() and not target.is_symlink():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -78,8 +100,32 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_target, target)
+    except OSError as exc:  # a full or read-only disk: name the file meant, not only its temp name
+        if exc.errno is not None and (exc.filename is None or str(tmp) in str(exc.filename)):
+            exc.filename = str(target)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _journal(target: Path, new: Path) -> None:
+    """Before `new` replaces `target`: when `target` is an output of the last successful run of an
+    open StageRun, add the new content's hash to that attempt's journal (see the module docstring)."""
+    for run in reversed(_JOURNALS):
+        key = str(target.resolve())
+        if key not in run.guarded:
+            continue
+        record = read_attempt(run.dir)
+        if not record or record.get("status") != "running":
+            return
+        written = record["written"] = record.get("written") if isinstance(record.get("written"), dict) else {}
+        name = to_project(key, project_root_of(run.dir))
+        digests = written[name] = written.get(name) if isinstance(written.get(name), list) else []
+        digest = sha256_file(new) if new.is_file() else None
+        if digest not in digests:
+            digests.append(digest)
+            write_json(Path(run.dir) / ATTEMPT, record)
+        return
 
 
 _DEBRIS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-[^.]*\.tmp|[^.]+\.tmp|old-(?P<oldpid>\d+))$")
@@ -331,6 +377,42 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def package_source_hash() -> str:
+    """Hash of the package's source: every .py under platypus_utils/ (relative names and contents,
+    sorted); once per process."""
+    h = hashlib.sha256()
+    for p in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(p.relative_to(PACKAGE_DIR).as_posix().encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def code_fingerprint(stage: str) -> dict[str, str | None]:
+    """The code a stage runs: hashes of its notebook (notebooks/<stage>.ipynb; None when there is
+    none) and of the package source. Recorded in the manifest, compared by the skip check."""
+    notebook = STAGE_NOTEBOOKS / f"{stage}.ipynb"
+    return {"notebook": sha256_file(notebook) if notebook.is_file() else None, "package": package_source_hash()}
+
+
+def project_root_of(stage_dir: str | Path) -> Path:
+    """The folder a manifest's paths are relative to: the nearest folder above `stage_dir` holding a
+    pyproject.toml or a params/ folder (config.project_root_for's rule), else the parent of the runs
+    folder (runs/<profile>/<stage> -> the folder holding runs/)."""
+    stage_dir = Path(stage_dir).resolve()
+    for folder in stage_dir.parents:
+        if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():
+            return folder
+    return stage_dir.parents[min(2, len(stage_dir.parents) - 1)]
+
+
+def portable_params(params: Any, stage_dir: str | Path) -> Any:
+    """`params` as JSON values with the project root, its parent and the home folder made relative:
+    what a manifest records and what the skip check compares."""
+    text = json.dumps(params, sort_keys=True, ensure_ascii=False, default=str)
+    return json.loads(relativize_text(text, project_root_of(stage_dir)))
+
+
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in TRACKED_LIBRARIES:
@@ -357,6 +439,7 @@ class StageRun:
         self.outputs: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
+        self.guarded: set[str] = set()  # outputs of the last successful run: their writes are journaled
         self._t0 = 0.0
 
     def __enter__(self) -> StageRun:
@@ -364,6 +447,8 @@ class StageRun:
         self._own_attempt = not os.environ.get(RUNNER_ATTEMPT_ENV)  # run from JupyterLab or a script
         if self._own_attempt:
             begin_attempt(self.dir, self.stage)
+        self.guarded = set((read_manifest(self.dir) or {}).get("outputs", {}))
+        _JOURNALS.append(self)
         self._t0 = time.perf_counter()
         log.info("stage %s: writing to %s", self.stage, self.dir)
         return self
@@ -382,17 +467,21 @@ class StageRun:
         self.outputs[str(path.resolve())] = sha256_path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self in _JOURNALS:
+            _JOURNALS.remove(self)
         if exc_type is not None:  # a failed stage writes no manifest, and its attempt says why
             if self._own_attempt:
                 end_attempt(self.dir, "failed", error=f"{exc_type.__name__}: {exc}")
             return
         self.timings["wall_s"] = round(time.perf_counter() - self._t0, 3)
+        root = project_root_of(self.dir)
         manifest = {
             "stage": self.stage,
             "status": "ok",
-            "params": self.params,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
+            "params": portable_params(self.params, self.dir),
+            "code": code_fingerprint(self.stage),
+            "inputs": {to_project(p, root): d for p, d in self.inputs.items()},
+            "outputs": {to_project(p, root): d for p, d in self.outputs.items()},
             "metrics": self.metrics,
             "timings": self.timings,
             "libraries": library_versions(),
@@ -408,35 +497,70 @@ class StageRun:
 
 
 def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
-    """Whether the stage's last manifest matches the profile's params and its recorded inputs and
-    outputs still hash the same (the runner's skip test, notebook aside); and why (not)."""
-    manifest = read_manifest(profile.run_dir(stage))
+    """Whether the stage's last manifest matches the profile's params and the code that would run
+    (notebook and package source), and its recorded inputs and outputs still hash the same (the
+    runner's skip test, the executed notebook aside); and why (not)."""
+    stage_dir = profile.run_dir(stage)
+    manifest = read_manifest(stage_dir)
     if not manifest or manifest.get("status") != "ok":
-        return False, "no successful run recorded"
-    if manifest.get("params") != json.loads(json.dumps(profile.fingerprint_params(stage), default=str)):
+        damaged = manifest_problem(stage_dir)
+        return False, damaged or "no successful run recorded"
+    if manifest.get("params") != portable_params(profile.fingerprint_params(stage), stage_dir):
         return False, "parameters changed"
+    code, now = manifest.get("code") or {}, code_fingerprint(stage)
+    if code.get("notebook") != now["notebook"]:
+        return False, f"stage notebook {STAGE_NOTEBOOKS / (stage + '.ipynb')} changed since the last run"
+    if code.get("package") != now["package"]:
+        return False, f"package source ({PACKAGE_DIR}) changed since the last run"
     for kind in ("inputs", "outputs"):
         for path, digest in manifest.get(kind, {}).items():
             if not Path(path).exists():
                 return False, f"{kind[:-1]} missing: {path}"
             if sha256_path(path) != digest:
                 return False, f"{kind[:-1]} changed: {path}"
-    return True, "inputs, parameters and outputs unchanged"
+    return True, "inputs, parameters, code and outputs unchanged"
+
+
+def _read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None), (None, None) when there is no file, or (None, why) when it
+    cannot be read: not UTF-8, not JSON, not an object, or an OS error."""
+    if not path.is_file():
+        return None, None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as exc:
+        return None, f"{path} cannot be read ({type(exc).__name__}: {exc})"
+    if not isinstance(value, dict):
+        return None, f"{path} holds a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def manifest_problem(stage_dir: str | Path) -> str | None:
+    """Why the stage's manifest.json is damaged (None: it is readable, or there is none)."""
+    return _read_record(Path(stage_dir) / MANIFEST)[1]
 
 
 def read_manifest(stage_dir: str | Path) -> dict | None:
-    path = Path(stage_dir) / MANIFEST
-    if not path.is_file():
+    """The stage's last manifest with its input and output paths absolute, or None when there is
+    none; a damaged one (not UTF-8, not JSON) is logged with its path and reads as None."""
+    manifest, problem = _read_record(Path(stage_dir) / MANIFEST)
+    if problem:
+        log.warning("damaged manifest: %s; the stage counts as not run", problem)
+    if not manifest:
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    root = project_root_of(stage_dir)
+    for kind in ("inputs", "outputs"):
+        if isinstance(manifest.get(kind), dict):
+            manifest[kind] = {from_project(p, root): d for p, d in manifest[kind].items()}
+    return manifest
 
 
 # ---------------------------------------------------------------- attempt record
 def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
-    """Record that an attempt at `stage` starts now (status "running"); returns the record."""
+    """Record that an attempt at `stage` starts now (status "running"); returns the record. The
+    write journal of a last attempt that did not end "ok" is carried over (module docstring)."""
+    previous = read_attempt(stage_dir) or {}
+    carried = previous.get("written") if previous.get("status") != "ok" else None
     record = {
         "stage": stage,
         "status": "running",
@@ -444,28 +568,26 @@ def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **info,
     }
+    if isinstance(carried, dict) and carried:
+        record["written"] = carried
     write_json(Path(stage_dir) / ATTEMPT, record)
     return record
 
 
 def end_attempt(stage_dir: str | Path, status: str, **info: Any) -> dict:
-    """Close the current attempt as "ok" or "failed" (with `error`, `notebook`... in `info`)."""
+    """Close the current attempt as "ok", "failed" or "stopped" (with `error`, `notebook`... in `info`)."""
     record = read_attempt(stage_dir) or {}
     record.update(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
+    if status == "ok":  # the journal of the attempts before this successful one is obsolete
+        record.pop("written", None)
     write_json(Path(stage_dir) / ATTEMPT, record)
     return record
 
 
 def read_attempt(stage_dir: str | Path) -> dict | None:
     """The last attempt record, or None when none was written (or it cannot be read)."""
-    path = Path(stage_dir) / ATTEMPT
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-        return {"status": "unreadable"}
-    return record if isinstance(record, dict) else {"status": "unreadable"}
+    record, problem = _read_record(Path(stage_dir) / ATTEMPT)
+    return {"status": "unreadable", "error": problem} if problem else record
 
 
 def attempt_problem(stage_dir: str | Path) -> str | None:
@@ -473,6 +595,8 @@ def attempt_problem(stage_dir: str | Path) -> str | None:
     record = read_attempt(stage_dir)
     if record is None or record.get("status") == "ok":
         return None
+    if record.get("status") == "stopped":
+        return f"last attempt was stopped ({record.get('finished_at', '?')}): {record.get('error', 'a signal')}"
     if record.get("status") == "failed":
         return f"last attempt failed ({record.get('finished_at', '?')}): {record.get('error', 'no error recorded')}"
     if record.get("status") == "running":
@@ -484,9 +608,22 @@ def attempt_problem(stage_dir: str | Path) -> str | None:
 
 
 def edited_outputs(stage_dir: str | Path) -> list[str]:
-    """Outputs of the stage's last recorded run that were changed after it (by hand: a reviewed
-    flagged_pairs.csv, say); a stage's save step refuses to overwrite them unless forced."""
+    """Outputs of the stage's last successful run that were changed after it by hand (a reviewed
+    flagged_pairs.csv, say); a stage's save step refuses to overwrite them unless forced. Content that
+    an attempt since then wrote (its journal: killed or failed while saving) is not a hand edit."""
     manifest = read_manifest(stage_dir)
     if not manifest or manifest.get("status") != "ok":
         return []
-    return [p for p, digest in manifest.get("outputs", {}).items() if Path(p).exists() and sha256_path(p) != digest]
+    record = read_attempt(stage_dir) or {}
+    root = project_root_of(stage_dir)
+    written = record.get("written") if record.get("status") != "ok" and isinstance(record.get("written"), dict) else {}
+    written = {from_project(p, root): digests for p, digests in written.items()}
+    edited = []
+    for path, digest in manifest.get("outputs", {}).items():
+        if not Path(path).exists():
+            continue
+        current = sha256_path(path)
+        by_stage = written.get(path) if isinstance(written.get(path), list) else []
+        if current != digest and current not in by_stage and None not in by_stage:
+            edited.append(path)
+    return edited

@@ -32,7 +32,7 @@ import pandas as pd
 from IPython.display import display
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from .artifacts import read_manifest
+from .artifacts import portable_params, read_manifest
 from .config import STAGE_SECTIONS, STAGES, Profile, ProfileError, load_profile, project_root_for
 from .hub import apply_hub_mode
 
@@ -136,7 +136,7 @@ def require_stage(profile: Profile, stage: str) -> Path:
             f"stage {stage} has not run for profile '{profile.name}' (no finished run in "
             f"{run_dir}): run `{profile_command(profile, stage)}` first"
         )
-    if manifest.get("params") != json.loads(json.dumps(profile.fingerprint_params(stage), default=str)):
+    if manifest.get("params") != portable_params(profile.fingerprint_params(stage), run_dir):
         log.warning(
             "stage %s ran with other parameters than the profile's now; `%s` brings it up to date",
             stage,

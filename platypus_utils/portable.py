@@ -1,4 +1,4 @@
-"""Make a report folder portable: replace the absolute paths of the machine that wrote it (entry layer).
+"""Make a report folder portable: replace the absolute paths of the machine that wrote it (core layer: stage manifests use it too).
 
 Executed notebooks, run_summary.json, summary.md/.html and the tables name files by the absolute
 paths the run used: the profile file (papermill's injected `profile_path`, run_summary.json's
@@ -15,7 +15,9 @@ Contract: `relativize_text(text, root)` rewrites every absolute path that starts
 - under the home folder -> "~/<rest>" (e.g. "~/.cache/platypus").
 Nothing else changes (URLs and other text are left alone). `relativize_folder(folder, root)` applies it
 to every text file (.ipynb .json .jsonl .md .html .csv .txt .tex .yaml) under `folder`, rewriting only
-the files that change, and returns them. `absolute_paths(text)` lists what still looks like an absolute
+the files that change, and returns them. `to_project(path, root)` / `from_project(text, root)` write one
+path of a stage manifest: relative (POSIX) when under `root`, absolute otherwise (outside the project -
+a shared data folder, the model cache - a path does not move with the project), and read it back. `absolute_paths(text)` lists what still looks like an absolute
 path of a machine (/home/, /root/, /Users/, /work/, /content/, /mnt/), for a check.
 
     python -m platypus_utils.portable reports/real-offline [--root .] [--check]
@@ -56,6 +58,21 @@ def relativize_text(text: str, root: str | Path) -> str:
     for pattern, replacement in _replacements(Path(root)):
         text = pattern.sub(replacement, text)
     return text
+
+
+def to_project(path: str | Path, root: str | Path) -> str:
+    """An absolute `path` under `root` as a relative POSIX path ("runs/demo/01_curate/curated.jsonl",
+    "." for the root itself); any other path unchanged (as a string)."""
+    try:
+        rel = Path(path).relative_to(Path(root))
+    except ValueError:
+        return str(path)
+    return rel.as_posix() or "."
+
+
+def from_project(text: str, root: str | Path) -> str:
+    """The inverse of `to_project`: a relative path joined to `root`, an absolute one unchanged."""
+    return text if Path(text).is_absolute() else str(Path(root) / text)
 
 
 # Paths the project's own code names, the same on every machine: the Colab setup cell clones to this one

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import norm
 
 from platypus_utils import analysis as an
-from platypus_utils.artifacts import StageRun
+from platypus_utils.artifacts import StageRun, read_manifest
 from platypus_utils.config import Profile
 
 SUBJECTS = {
@@ -602,7 +602,7 @@ def test_summary_links_every_artifact_and_key_numbers(tmp_path):
     for path in list(figs.iterdir()) + list(tabs.iterdir()):
         assert path.resolve() in linked, f"{path.name} not linked from summary.html"
     assert "Edited by hand." in "".join(page.itertext())  # captions with their numbers
-    manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
+    manifest = read_manifest(profile.run_dir("06_analysis"))  # paths absolute again
     assert str((figs / "01_composition.txt").resolve()) in manifest["inputs"]
     assert str((profile.run_dir("03_finetune") / "metrics.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir() / "run_summary.json").resolve()) not in manifest["inputs"]
@@ -709,7 +709,7 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     summary_md = (profile.report_dir() / "summary.md").read_text()
     assert has_row(summary_md, "03_finetune", "metrics.json", "unreadable: JSONDecodeError…")
     assert has_row(summary_md, "merged: leaderboard average", "40.00 (over 2 of 4)")
-    manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
+    manifest = read_manifest(profile.run_dir("06_analysis"))  # paths absolute again
     assert str((cur / "curation_report.json").resolve()) in manifest["inputs"]
     assert str((profile.report_dir("tables") / "leaderboard.tex").resolve()) in manifest["outputs"]
 

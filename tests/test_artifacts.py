@@ -214,5 +214,6 @@ def test_stage_run_writes_manifest_only_on_success(tmp_path):
         run.metrics["rows"] = 3
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "ok" and m["params"] == {"k": 1} and m["metrics"]["rows"] == 3
-    assert m["outputs"][str(f.resolve())] == sha256_path(f)
+    assert read_manifest(out)["outputs"][str(f.resolve())] == sha256_path(f)  # read back absolute
+    assert not any(k.startswith("/") for k in m["outputs"])  # written relative to the project
     assert "torch" in m["libraries"] and m["timings"]["wall_s"] >= 0

@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from platypus_utils import analysis as an
+from platypus_utils.artifacts import read_manifest
 from platypus_utils.config import Profile
 from platypus_utils.lmeval_io import EvalRun, samples_frame
 
@@ -290,7 +291,7 @@ def test_stage_shows_full_and_clean_scores(tmp_path):
     assert "flagged_pairs.csv: 2 flagged pair(s) name no lm-eval test item" in produced["notes"][-1] or any(
         n.startswith("flagged_pairs.csv: 2 flagged pair(s)") for n in produced["notes"]
     )
-    manifest = json.loads((profile.run_dir("06_analysis") / "manifest.json").read_text())
+    manifest = read_manifest(profile.run_dir("06_analysis"))  # paths absolute again
     assert str((profile.run_dir("02_decontaminate") / "flagged_pairs.csv").resolve()) in manifest["inputs"]
 
 

@@ -3,14 +3,14 @@
 Layers (docs/layers.md gives the reasons), each importing only from its own layer or lower ones:
 
     0 core        profile schema, artifacts and manifests, artifact paths and variant names, text
-                  helpers, Drive paths, the published numbers: __init__, config, artifacts, layout, text,
-                  drive, refs, published
+                  helpers, Drive paths, the published numbers, portable paths: __init__, config,
+                  artifacts, layout, text, drive, refs, published, portable
     1 components  data sources, benchmarks, models, embeddings, plots, statistics, lm-eval output,
                   hub access, the leak judge, the demo data
     2 stages      curate, decontaminate, finetune, merge, evaluate, analysis (a package named after a
                   stage, e.g. merge/, is that stage, all its modules)
     3 entry       runner, cli, plan, preflight, notebook (the notebooks' side of the runner), colab
-                  (the notebooks' setup cell), portable (report post-processing), __main__
+                  (the notebooks' setup cell), __main__
 
 Rules: every module has a layer; no module imports a higher layer; no stage imports another stage;
 no import cycles; no function longer than MAX_FUNCTION_LINES. Imports count wherever they are: at
@@ -34,7 +34,9 @@ CORE, COMPONENTS, STAGES, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", COMPONENTS: "components", STAGES: "stages", ENTRY: "entry"}
 STAGE_NAMES = ("curate", "decontaminate", "finetune", "merge", "evaluate", "analysis")
 LAYERS = {
-    **dict.fromkeys(["__init__", "config", "artifacts", "layout", "text", "drive", "refs", "published"], CORE),
+    **dict.fromkeys(
+        ["__init__", "config", "artifacts", "layout", "text", "drive", "refs", "published", "portable"], CORE
+    ),
     **dict.fromkeys(
         [
             "sources",
@@ -53,7 +55,7 @@ LAYERS = {
         COMPONENTS,
     ),
     **dict.fromkeys(STAGE_NAMES, STAGES),
-    **dict.fromkeys(["runner", "cli", "plan", "preflight", "notebook", "colab", "portable", "__main__"], ENTRY),
+    **dict.fromkeys(["runner", "cli", "plan", "preflight", "notebook", "colab", "__main__"], ENTRY),
 }
 
 
