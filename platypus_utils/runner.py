@@ -1,24 +1,32 @@
 """Run a profile: execute the stage notebooks in order with papermill.
 
 Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
-succeeded, its manifest records the same parameters and its recorded inputs and outputs still hash
-the same (so an upstream rerun that changes nothing does not force downstream work).
+succeeded, its manifest records the same parameters and code (the stage notebook's and the package
+source's hashes) and its recorded inputs and outputs still hash the same (so an upstream rerun that
+changes nothing does not force downstream work).
 
 Trust after a crash, a kill or a second run:
 - One run per profile at a time: `runs/<profile>/run.lock` (an flock, with the holder's PID, start
   time and command inside). A second run exits with RunLocked naming the holder, or waits with
   `wait=True` (`--wait`); a lock left by a dead process is free again and is taken over.
 - Each stage attempt is recorded in `runs/<profile>/<stage>/attempt.json` when it starts
-  ("running") and closed "ok" or "failed"; the manifest is written only on success. A stage whose
-  last attempt is not "ok" (failed, or killed: still "running"), or whose upstream stage's last
-  attempt is not "ok", is out of date; so is 03 while it holds checkpoints of an interrupted
-  training, which then resumes on a plain `platypus run`.
+  ("running") and closed "ok", "failed" or "stopped"; the manifest is written only on success. A
+  stage whose last attempt is not "ok" (failed, stopped, or killed: still "running"), or whose
+  upstream stage's last attempt is not "ok", is out of date; so is 03 while it holds checkpoints of
+  an interrupted training, which then resumes on a plain `platypus run`.
 - The notebook executes into `<stage>.running.ipynb`; on success it replaces `<stage>.ipynb`, on
   failure it becomes `<stage>.failed.ipynb` beside the last good one and the error says where.
 - Before a stage runs (under the lock) the leftovers of interrupted writes in its run folder
   (`artifacts.debris`) and its stale `.running.ipynb` are removed.
 - `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for the stage's processes
   (`forced()`): stages that reuse finished outputs (04's variants) rebuild them.
+- No stage starts while an earlier stage's last attempt is not "ok" (failed, killed, stopped: its
+  files may be half written): UpstreamNotOk (exit 2) names that stage and its attempt record,
+  unless --force.
+- SIGTERM and SIGINT stop the run in order: the stage's kernel (and every other child process) is
+  shut down, the attempt is closed "stopped", the lock is freed, then the runner exits (StageFailed).
+- A runs or reports folder that cannot be written (read-only, full disk) is RunFolderError (exit 2),
+  naming the path.
 """
 
 from __future__ import annotations
@@ -29,13 +37,16 @@ import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .artifacts import (
+    ATTEMPT,
     RUNNER_ATTEMPT_ENV,
     artifacts_up_to_date,
     attempt_problem,
@@ -46,7 +57,7 @@ from .artifacts import (
     write_json,
 )
 from .config import STAGES, Profile, ProfileError, load_profile
-from .notebook import KERNEL_ENV, kernel_name, stage_parameters
+from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
 from .preflight import preflight
 
 log = logging.getLogger("platypus")
@@ -64,6 +75,18 @@ class StageFailed(RuntimeError):
 
 class RunLocked(RuntimeError):
     """Another process is running this profile; the message names it (PID, start time, command)."""
+
+
+class UpstreamNotOk(ProfileError):
+    """An earlier stage's last attempt is not "ok": the message names the stage and its attempt record."""
+
+
+class RunFolderError(ProfileError):
+    """A runs or reports folder that cannot be written (read-only, full disk); the message names the path."""
+
+
+class RunStopped(BaseException):
+    """SIGTERM or SIGINT reached the runner (raised by its signal handler)."""
 
 
 def forced() -> bool:
@@ -107,6 +130,20 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     if fresh and not executed_notebook(profile, stage).is_file():
         return False, "executed notebook missing"
     return fresh, why
+
+
+def upstream_not_ok(profile: Profile, stage: str) -> str | None:
+    """Why `stage` must not start: an earlier stage whose last attempt is not "ok" (None: none is)."""
+    for upstream in STAGES[: STAGES.index(stage)]:
+        problem = attempt_problem(profile.run_dir(upstream))
+        if problem:
+            record = profile.run_dir(upstream) / ATTEMPT
+            return (
+                f"stage {stage} needs stage {upstream}, whose {problem} (attempt record {record}); its files may "
+                f"be half written: run `{profile_command(profile, upstream)}` first, or pass --force to run {stage} "
+                "on them anyway"
+            )
+    return None
 
 
 def interrupted_training(profile: Profile, stage: str) -> str | None:
@@ -263,8 +300,54 @@ def run(
     stages = select_stages(only, start)
     # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
     preflight(profile, stages)
-    with run_lock(profile, wait=wait):
-        return _run_stages(profile, stages, force, overrides, verbose)
+    try:
+        with stop_on_signals(), run_lock(profile, wait=wait):
+            return _run_stages(profile, stages, force, overrides, verbose)
+    except RunStopped as exc:
+        raise StageFailed(f"stopped by {exc}: the stage's attempt is recorded as stopped") from None
+    except OSError as exc:
+        raise RunFolderError(
+            f"cannot write {exc.filename or profile.run_dir()}: {exc.strerror or exc} (keys 'paths.runs_dir' "
+            f"and 'paths.reports_dir' of {profile.source_file}): free some space or make the folder writable"
+        ) from None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While the run lasts, SIGTERM and SIGINT kill the runner's child processes (the kernel) and raise
+    RunStopped in the main thread (where the runner waits on the kernel), so that the attempt is closed
+    and the lock freed before the process exits; further signals are ignored during that cleanup.
+    Elsewhere than in the main thread: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        stop_children()  # first: a kernel left to papermill's cleanup still runs (and writes) for a while
+        raise RunStopped(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def stop_children(timeout: float = 10.0) -> list[int]:
+    """Kill this process's child processes (the notebook kernel, accelerate workers) and wait for
+    them; returns their PIDs. SIGKILL: the attempt is abandoned, and a kernel given time to wind down
+    would go on writing (or print tracebacks of its closed sockets) after the runner is gone."""
+    import psutil  # ipykernel's dependency: there wherever a kernel runs
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=timeout)
+    return [c.pid for c in children]
 
 
 def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool) -> dict:
@@ -280,6 +363,11 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
                 say(f"[{stage}] skipped: {why} (use --force to rerun)")
                 summary["stages"][stage] = {"status": "skipped", "reason": why}
                 continue
+            blocked = upstream_not_ok(profile, stage)
+            if blocked:
+                summary["stages"][stage] = {"status": "refused", "error": blocked}
+                write_json(summary_path, summary)
+                raise UpstreamNotOk(blocked)
             say(f"[{stage}] running: {why}")
         else:
             say(f"[{stage}] running (--force)")
@@ -318,7 +406,18 @@ def _attempt_stage(profile: Profile, stage: str, overrides: dict, verbose: bool,
     except StageFailed as exc:
         end_attempt(stage_dir, "failed", error=str(exc), notebook=str(failed_notebook(profile, stage)))
         raise
-    except BaseException as exc:  # Ctrl-C, a kernel that died: the attempt is not ok
+    except RunStopped as exc:  # SIGTERM or SIGINT: the kernel goes first, so nothing is written after
+        stopped = stop_children()
+        end_attempt(
+            stage_dir,
+            "stopped",
+            error=f"stopped by {exc}; processes ended: {stopped}",
+            notebook=str(failed_notebook(profile, stage)),
+        )
+        say(f"[{stage}] stopped by {exc}; attempt recorded in {stage_dir / ATTEMPT}")
+        raise
+    except BaseException as exc:  # a kernel that died: the attempt is not ok
+        stop_children()
         end_attempt(
             stage_dir, "failed", error=f"{type(exc).__name__}: {exc}", notebook=str(failed_notebook(profile, stage))
         )
@@ -379,17 +478,28 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": shlex.join(sys.argv),
         }
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps(me) + "\n")
-        fh.flush()
+        try:
+            _rewrite(fh.fileno(), json.dumps(me) + "\n")
+        except OSError as exc:  # a full disk: leave the lock file empty, name it
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), 0)
+            exc.filename = exc.filename or str(path)
+            raise
         try:
             yield path
         finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), 0)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _rewrite(fd: int, text: str) -> None:
+    """Replace the content of an open file with `text` (unbuffered: a failed write leaves nothing
+    to flush later); OSError when it cannot be written whole."""
+    os.ftruncate(fd, 0)
+    data = text.encode("utf-8")
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _printer():

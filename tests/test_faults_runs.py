@@ -2,19 +2,25 @@
 its own (stage 01, and 02 where needed), then kills it, signals it, fails its save, damages or moves
 its files, and asserts on the files left behind (not only on exit codes).
 
-- a stage killed (SIGKILL) right after it replaced an output: a plain rerun works (the
+- a stage killed (SIGKILL) or failed right after it replaced an output: a plain rerun works (the
   attempt's journal says who wrote the file), a hand edit is still refused;
+- a stage does not start on an upstream stage whose last attempt failed (exit 2, naming it);
 - a manifest.json of non-UTF-8 bytes or invalid JSON: named in the log, the stage reruns;
 - a stage is out of date when its notebook or the package source changed; a moved project is not;
+- SIGTERM / SIGINT: attempt "stopped", kernel gone, lock free, nothing written after the runner;
+- a runs folder that cannot be written (file size limit, read-only): exit 2 naming the path.
 
 `sitecustomize.py` on PYTHONPATH holds the kernel right after it replaced a named file (or fails
-there), so that the kill lands mid-save, deterministically.
+there), so that the kill, the signal or the failure lands mid-save, deterministically.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from platypus_utils.artifacts import edited_outputs, read_manifest, sha256_path
+from platypus_utils.artifacts import edited_outputs, pid_alive, read_manifest, sha256_path
 
 from .test_faults import _env as _faults_env
 
@@ -151,6 +157,41 @@ def test_stage_killed_after_replacing_an_output_does_not_block_a_plain_rerun(cur
     assert _attempt(stage)["status"] == "ok" and "written" not in _attempt(stage)
 
 
+def test_failed_save_and_a_stage_on_a_failed_upstream(curated, tmp_path):
+    """02 fails right after replacing clean.jsonl: 03 refuses to start on it (exit 2, naming 02's
+    attempt), a plain rerun of 02 is not blocked by the file its failed attempt wrote."""
+    profile, runs = _project(curated, tmp_path)
+    stage = runs / "02_decontaminate"
+    fast = ("--set", "decontaminate.detectors=[ngram]")  # no embedding model: seconds, not a minute
+    first = _run(tmp_path, profile, "--only", "02", *fast)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recorded = read_manifest(stage)["outputs"][str(stage / "clean.jsonl")]
+    failed = _run(
+        tmp_path,
+        profile,
+        "--only",
+        "02",
+        *fast,
+        "--set",
+        "decontaminate.ngram_overlap_threshold=0.05",
+        PLATYPUS_TEST_AFTER_REPLACE="clean.jsonl",
+        PLATYPUS_TEST_FAIL="1",
+    )
+    assert failed.returncode == 1 and "injected failure" in failed.stderr
+    assert _attempt(stage)["status"] == "failed" and sha256_path(stage / "clean.jsonl") != recorded
+
+    downstream = _run(tmp_path, profile, "--only", "03")
+    assert downstream.returncode == 2, downstream.stderr[-3000:]
+    assert "stage 03_finetune needs stage 02_decontaminate" in downstream.stderr
+    assert str(stage / "attempt.json") in downstream.stderr and "last attempt failed" in downstream.stderr
+    assert "Traceback" not in downstream.stderr and not (runs / "03_finetune").exists()  # nothing started
+
+    rerun = _run(tmp_path, profile, "--only", "02", *fast)  # plain: the params are the manifest's again
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _attempt(stage)["status"] == "ok"
+    assert read_manifest(stage)["outputs"][str(stage / "clean.jsonl")] == sha256_path(stage / "clean.jsonl")
+
+
 # ---------------------------------------------------------------- 3. a damaged manifest
 def test_damaged_manifest_is_named_and_the_stage_reruns(curated, tmp_path):
     from platypus_utils.config import load_profile
@@ -202,3 +243,64 @@ def test_code_changes_make_a_stage_out_of_date_and_a_moved_project_does_not(tmp_
     assert code.returncode == 0 and "[01_curate] running: package source" in code.stderr, code.stderr[-3000:]
     last = _run(tmp_path, profile, "--only", "01", pythonpath=moved)
     assert "[01_curate] skipped" in last.stderr, last.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- 6. signals
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_attempt_the_kernel_and_frees_the_lock(curated, tmp_path, sig):
+    profile, runs = _project(curated, tmp_path)
+    stage = runs / "01_curate"
+    proc = _start(tmp_path, profile, "--only", "01", "--force", PLATYPUS_TEST_AFTER_REPLACE="curated.jsonl")
+    kernel = _wait_for_marker(proc, tmp_path)
+    assert kernel != proc.pid and pid_alive(kernel)
+    os.kill(proc.pid, sig)  # the runner only, as `kill` or Ctrl-C in a terminal would
+    assert proc.wait(timeout=60) == 1
+    after = _snapshot(tmp_path / "proj")
+    assert not pid_alive(kernel)  # shut down before the runner exited
+    attempt = _attempt(stage)
+    assert attempt["status"] == "stopped" and sig.name in attempt["error"]
+    lock = runs / "run.lock"
+    assert lock.read_text() == ""
+    with open(lock) as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
+    log = (tmp_path / "run.log").read_text()
+    assert f"stopped by {sig.name}" in log and "Traceback" not in log
+    time.sleep(1.5)
+    assert _snapshot(tmp_path / "proj") == after  # nothing written after the runner was gone
+
+
+# ---------------------------------------------------------------- 7. a runs folder that cannot be written
+def _contents(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+
+def test_full_disk_in_the_runs_folder_is_a_clear_error(curated, tmp_path):
+    profile, runs = _project(curated, tmp_path)
+    before = _contents(runs)
+    full = _run(tmp_path, profile, "--only", "01", "--force", preexec=_limit_file_size)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert f"error: cannot write {runs / 'run.lock'}: File too large" in full.stderr
+    assert "paths.runs_dir" in full.stderr and "Traceback" not in full.stderr
+    assert _contents(runs) == before  # nothing started: no attempt, no temp file, the lock file empty
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_runs_folder_is_a_clear_error(curated, tmp_path):
+    profile, runs = _project(curated, tmp_path)
+    stage = runs / "01_curate"
+    os.chmod(stage, 0o555)
+    try:
+        ro = _run(tmp_path, profile, "--only", "01", "--force")
+    finally:
+        os.chmod(stage, 0o755)
+    assert ro.returncode == 2, ro.stderr[-3000:]
+    assert f"error: cannot write {stage}" in ro.stderr and "Traceback" not in ro.stderr
