@@ -17,7 +17,10 @@ Contract:
   then moves the file into place. A new attempt carries the journal of a last attempt that did not
   end "ok" (killed, failed, stopped). `edited_outputs` compares each output with the last successful
   manifest and blames the user only for content that no attempt since then wrote: a killed or
-  failed save never blocks a plain rerun, a hand edit still does.
+  failed save never blocks a plain rerun, a hand edit still does (of a file: a folder an attempt
+  began to replace is not hashed twice, so any content of it counts as the stage's). A journal, not
+  a staging folder: every output already lands whole through `atomic_path`; what a killed attempt
+  left unsaid is only who wrote it.
 - Manifests are portable (`portable.to_project`): input and output paths under the project root
   (`project_root_of`: the nearest folder above the stage folder holding a pyproject.toml or params/,
   else the runs folder's parent) are written relative to it, others stay absolute; `read_manifest`
