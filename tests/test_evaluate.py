@@ -1383,3 +1383,32 @@ def test_variants_spread_over_workers_fill_the_cache_the_stage_then_reads(evalua
     assert base == evaluated["result"]["summaries"]["base"]["tasks"]  # the numbers of a sequential run
     assert evaluations["released"].summary["tasks"] == base
     assert evaluations["adapter"].summary["tasks"] != base  # another model, evaluated by a worker too
+
+
+@pytest.mark.parametrize(
+    ("gpus", "size_gb", "parallelize", "slots"),
+    [
+        (8, 26, "auto", ["0", "1", "2", "3", "4", "5", "6", "7"]),  # 13B in bf16: a model per GPU
+        (8, 138, "auto", ["0,1", "2,3", "4,5", "6,7"]),  # 70B in bf16: two GPUs a model, four at once
+        (2, 138, "auto", []),  # one group of two: nothing to spread
+        (1, 26, "auto", []),  # one GPU
+        (8, 26, True, []),  # every model over every GPU, as asked
+        (8, 138, False, []),  # a model larger than a GPU kept on one device: nothing to group
+        (8, None, "auto", []),  # a size not known: one model at a time
+    ],
+)
+def test_gpu_groups_follow_the_largest_model(tmp_path, monkeypatch, gpus, size_gb, parallelize, slots):
+    """Which CUDA_VISIBLE_DEVICES groups stage 05 spreads the models over (80 GB GPUs)."""
+    from platypus_utils.evaluate import spread
+
+    profile = profile_for(tmp_path, tmp_path / "bench", "org/base", variants=("base",))
+    profile.evaluate.device, profile.evaluate.parallelize = "cuda", parallelize
+    monkeypatch.setattr(spread.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(spread.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(spread.torch.cuda, "is_bf16_supported", lambda *a, **k: True, raising=False)
+    props = types.SimpleNamespace(total_memory=80 * 2**30)
+    monkeypatch.setattr(spread.torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(spread, "weights_bytes", lambda spec, dtype: None if size_gb is None else size_gb * 10**9)
+    spec = ev.ModelSpec("base", "org/base", "org/base")
+    monkeypatch.setattr(spread, "lm_settings", lambda profile, spec=None: {"device": "cuda", "dtype": "bfloat16"})
+    assert spread.gpu_slots(profile, {"base": spec, "other": spec}) == slots

@@ -2,8 +2,9 @@
 
 The 13B profile evaluates 12 models (variants and references), each of which fits one 80 GB GPU; on a
 node of N GPUs stage 05 runs N of them at once instead of one after another (`platypus plan` prints
-the hours both ways). `gpu_slots` decides: several CUDA GPUs visible, and no model that must itself be
-spread over them (`evaluate.parallelize`); each slot is a CUDA_VISIBLE_DEVICES value.
+the hours both ways); 70B models, two GPUs each, run N/2 at a time. `gpu_slots` decides: several CUDA
+GPUs visible, grouped by what the largest model needs; each slot is a CUDA_VISIBLE_DEVICES value, and
+inside it `evaluate.parallelize: auto` spreads a model over its group as it would over the node.
 
 `spread_variants` only fills the eval cache (cache.py): each worker runs `evaluate_variant` for the
 names it takes, and every benchmark result enters the cache under the same key a sequential run uses
@@ -15,6 +16,7 @@ fails or succeeds as it would have alone.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from ..config import Profile
-from .models import ModelSpec, lm_settings
+from .models import ModelSpec, lm_settings, weights_bytes
 from .tasks import TaskSuite
 
 log = logging.getLogger("platypus")
@@ -30,14 +32,28 @@ _SLOT = {}  # this worker's CUDA_VISIBLE_DEVICES
 
 
 def gpu_slots(profile: Profile, specs: dict[str, ModelSpec]) -> list[str]:
-    """One CUDA_VISIBLE_DEVICES value per GPU when the variants should be spread over them; [] otherwise
-    (a CPU or one GPU, or a model that needs several GPUs itself)."""
+    """CUDA_VISIBLE_DEVICES values, one per group of GPUs that evaluates one model at a time, when the
+    models should be spread over several groups; [] otherwise (a CPU, one GPU, a size unknown, or fewer
+    than two groups). A group is as many GPUs as the largest model needs (its weights within 90% of each
+    GPU's memory, as `evaluate.parallelize: auto` decides): 8 GPUs and 13B models give 8 groups of one,
+    70B models in bf16 4 groups of two, each spread over its two GPUs."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count < 2 or not lm_settings(profile)["device"].startswith("cuda"):
+    settings = lm_settings(profile)
+    if count < 2 or not settings["device"].startswith("cuda") or profile.evaluate.parallelize is True:
+        return []  # parallelize: true asks for every model over every GPU
+    memory = 0.9 * torch.cuda.get_device_properties(0).total_memory
+    need = 1
+    for spec in specs.values():
+        size = weights_bytes(spec, settings["dtype"])
+        if size is None:
+            return []  # not known: one model at a time, as evaluate.parallelize decides per model
+        need = max(need, math.ceil(size / memory))
+    if profile.evaluate.parallelize is False and need > 1:
+        return []  # models larger than a GPU, kept on one device by the profile: nothing to group
+    groups = count // need
+    if groups < 2:
         return []
-    if any(lm_settings(profile, spec).get("parallelize") for spec in specs.values()):
-        return []  # a model spread over every GPU leaves none for another
-    return [str(i) for i in range(count)]
+    return [",".join(str(i) for i in range(g * need, (g + 1) * need)) for g in range(groups)]
 
 
 def _take_slot(slots) -> None:
