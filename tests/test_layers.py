@@ -6,7 +6,7 @@ Layers (docs/layers.md gives the reasons), each importing only from its own laye
                   helpers, Drive paths, the published numbers, portable paths: __init__, config,
                   artifacts, layout, text, drive, refs, published, portable
     1 components  data sources, benchmarks, models, embeddings, plots, statistics, lm-eval output,
-                  hub access, the leak judge, the demo data
+                  hub access, the leak judge, the demo data, model cards
     2 stages      curate, decontaminate, finetune, merge, evaluate, analysis (a package named after a
                   stage, e.g. merge/, is that stage, all its modules)
     3 entry       runner, cli, plan, preflight, notebook (the notebooks' side of the runner), colab
