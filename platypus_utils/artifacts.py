@@ -630,3 +630,16 @@ def edited_outputs(stage_dir: str | Path) -> list[str]:
         if current != digest and current not in by_stage and None not in by_stage:
             edited.append(path)
     return edited
+
+
+def refuse_edited_outputs(stage_dir: str | Path, source_file: str | None, force: bool, error=RuntimeError) -> None:
+    """A stage's save step: raise `error` naming the outputs changed by hand since the last successful
+    run (edited_outputs) and the rerun that overwrites them, unless `force` (the runner's --force)."""
+    edited = edited_outputs(stage_dir)
+    if edited and not force:
+        name, stage = Path(source_file or "params/<profile>.yaml").name, Path(stage_dir).name
+        raise error(
+            f"{', '.join(edited)} changed after the run that wrote it; rerun with `platypus run "
+            f"params/{name} --only {stage[:2]} --force` (force=True in the notebook) to overwrite, or "
+            "move the edited files away"
+        )

@@ -46,7 +46,7 @@ from . import sources
 from .artifacts import (
     StageRun,
     atomic_path,
-    edited_outputs,
+    refuse_edited_outputs,
     write_json,
     write_jsonl,
     write_text,
@@ -522,14 +522,7 @@ def save(
     `timings` (seconds per step) go into the manifest beside the save step's own.
     """
     check_push_settings(profile)
-    edited = edited_outputs(profile.run_dir(STAGE))
-    if edited and not force:
-        name = Path(profile.source_file or "params/<profile>.yaml").name
-        raise CurateError(
-            f"{', '.join(edited)} changed after the run that wrote it; rerun with "
-            f"`platypus run params/{name} --only 01 --force` (force=True in the notebook) to "
-            "overwrite, or move the edited files away"
-        )
+    refuse_edited_outputs(profile.run_dir(STAGE), profile.source_file, force, CurateError)
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
         for path in loaded.inputs:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..artifacts import (
     StageRun,
-    edited_outputs,
+    refuse_edited_outputs,
 )
 from ..config import DecontaminateConfig, Profile
 from ..embeddings import Embedder
@@ -120,14 +120,7 @@ def save(
 
     Refuses (DecontaminateError) to overwrite outputs changed by hand since the last recorded run - a
     reviewed flagged_pairs.csv - unless `force` (the runner's --force)."""
-    edited = edited_outputs(profile.run_dir(STAGE))
-    if edited and not force:
-        name = Path(profile.source_file or "params/<profile>.yaml").name
-        raise DecontaminateError(
-            f"{', '.join(edited)} changed after the run that wrote it; rerun with `platypus run "
-            f"params/{name} --only 02 --force` (force=True in the notebook) to overwrite, or "
-            "move the edited files away"
-        )
+    refuse_edited_outputs(profile.run_dir(STAGE), profile.source_file, force, DecontaminateError)
     result.summary["skipped_train_rows"] = dict(inputs.skipped)
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
