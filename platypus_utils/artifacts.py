@@ -427,6 +427,14 @@ def library_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- manifest
+@contextlib.contextmanager
+def timed(timings: dict, name: str) -> Iterator[None]:
+    """The seconds a block takes, into `timings[name]` (rounded to ms): every stage's step timings."""
+    t = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t, 3)
+
+
 class StageRun:
     """Records one stage's run and writes its manifest.json atomically at the end.
 
@@ -456,11 +464,9 @@ class StageRun:
         log.info("stage %s: writing to %s", self.stage, self.dir)
         return self
 
-    @contextlib.contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        yield
-        self.timings[name] = round(time.perf_counter() - t, 3)
+    def timed(self, name: str):
+        """Seconds of the block into this run's timings under `name` (artifacts.timed)."""
+        return timed(self.timings, name)
 
     def add_input(self, path: str | Path) -> None:
         self.inputs[str(Path(path).resolve())] = sha256_path(path)

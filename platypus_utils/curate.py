@@ -29,11 +29,9 @@ no near-duplicate pass; every loaded row is kept, and the report says so ("as re
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from .artifacts import (
     StageRun,
     atomic_path,
     refuse_edited_outputs,
+    timed,
     write_json,
     write_jsonl,
     write_text,
@@ -585,19 +584,12 @@ def push_to_hub(curated: list[dict], repo_id: str, private: bool = True) -> str:
 
 
 # ---------------------------------------------------------------- the stage in one call
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    t = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t, 3)
-
-
 def run_curate(profile: Profile, force: bool = False) -> dict:
     """The whole stage: load, exact dedup, embed, near-duplicate pairs, choose, assemble, save.
     Returns the curation report."""
     cfg, timings = profile.curate, {}
     check_push_settings(profile)
-    with _timed(timings, "load_s"):
+    with timed(timings, "load_s"):
         loaded = load_sources(profile)
     if as_released(profile):  # the released rows, deduplicated by the authors: passed through, counted
         warn_if_not_open_platypus(profile)
@@ -605,11 +597,11 @@ def run_curate(profile: Profile, force: bool = False) -> dict:
         log.info("%s", curation.report["as_released"])
         save(profile, loaded, curation, timings, force=force)
         return curation.report
-    with _timed(timings, "exact_dedup_s"):
+    with timed(timings, "exact_dedup_s"):
         kept, removed_exact = exact_dedup(loaded.rows) if cfg.exact_dedup else (list(range(len(loaded.rows))), [])
-    with _timed(timings, "embed_s"):
+    with timed(timings, "embed_s"):
         emb, cache = embed(profile, loaded.rows, kept)
-    with _timed(timings, "similarity_s"):
+    with timed(timings, "similarity_s"):
         pairs = near_duplicate_pairs(loaded.rows, emb, kept, cfg.similarity_threshold, cfg.block_size, cfg.backend)
         final, removed_near = choose_kept(loaded.rows, pairs, cfg.similarity_threshold, kept)
     log.info(

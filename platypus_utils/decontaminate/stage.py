@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pandas as pd
 from ..artifacts import (
     StageRun,
     refuse_edited_outputs,
+    timed,
 )
 from ..config import DecontaminateConfig, Profile
 from ..embeddings import Embedder
@@ -92,11 +91,11 @@ def detect(
     if not items:
         raise ValueError("no benchmark items: nothing to check against")
     timings = {} if timings is None else timings
-    with _timed(timings, "embed_s"):
+    with timed(timings, "embed_s"):
         emb = embed_texts(rows, items, cfg, embedder)
-    with _timed(timings, "candidates_s"):
+    with timed(timings, "candidates_s"):
         cands = candidate_pairs(rows, emb, cfg)
-    with _timed(timings, "categorise_s"):
+    with timed(timings, "categorise_s"):
         pairs = categorise_pairs(flag_pairs(cands, rows, items, cfg, embedder=embedder), rows, items, cfg)
         clean, removed = choose_removals(pairs, rows)
     summary = summarise(pairs, rows, items, removed, cfg, cands)
@@ -104,13 +103,6 @@ def detect(
 
 
 find_leaks = detect  # the name bench/ and earlier callers use
-
-
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 3)
 
 
 def save(
@@ -149,7 +141,7 @@ def run_decontaminate(profile: Profile, force: bool = False) -> dict:
     """The whole stage, for scripts and tests (the runner executes notebook 02, the same steps): load,
     detect, save. Returns the summary."""
     timings: dict = {}
-    with _timed(timings, "load_s"):
+    with timed(timings, "load_s"):
         inputs = load_inputs(profile)
     if as_released(profile):
         log.info("leak detection %s (training_data: as_released): every row of 01 is kept", AS_RELEASED_REASON)

@@ -17,7 +17,6 @@ one process `run_finetune` returns the finished run's metrics (`launched_run`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -29,7 +28,7 @@ from typing import Any, Optional
 import torch
 import transformers
 
-from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, write_json, write_text
+from ..artifacts import StageRun, atomic_path, read_jsonl, sha256_path, timed, write_json, write_text
 from ..cards import adapter_card, write_card
 from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, SEED_RUNS, artifact, seed_adapter
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
@@ -274,7 +273,7 @@ def train(profile, session: Session) -> Training:
     if (fsdp_settings(ft, setup.world_size) or {}).get("cpu_ram_efficient_loading", False):
         trainer.add_callback(at_start)  # rank 0 holds the model on CPU, the others on meta, until FSDP shards it
     else:
-        with _timed(timings, "eval_before_s"):
+        with timed(timings, "eval_before_s"):
             at_start.result = completion_loss(trainer.model, session.prepared_eval, pad_id, batch)
         log.info(
             "finetune: held-out completion loss before training %.4f (%d tokens)",
@@ -289,7 +288,7 @@ def train(profile, session: Session) -> Training:
     timings["train_s"] = round(train_wall, 3)
     # sharded engines (FSDP, ZeRO-3) only run through their wrapper, every process in step
     eval_model = trainer.model_wrapped if setup.world_size > 1 else trainer.model
-    with _timed(timings, "eval_after_s"):
+    with timed(timings, "eval_after_s"):
         after = completion_loss(eval_model, session.prepared_eval, pad_id, batch)
     log.info("finetune: held-out completion loss after training %.4f", after["loss"])
     return Training(
@@ -446,13 +445,6 @@ def save(profile, training: Training, metrics: dict, timings: Optional[dict] = N
 
 
 # ---------------------------------------------------------------- the stage in one call
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    t = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t, 3)
-
-
 def launched_run(profile) -> Optional[dict]:
     """With finetune.num_gpus > 1 in a single process: the metrics of the run `accelerate launch`
     trained (RuntimeError with the command when none matches); None when this process trains."""
@@ -473,18 +465,18 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     if launched is not None:
         return launched  # trained under accelerate launch; show its results
     timings: dict = {}
-    with _timed(timings, "load_data_s"):
+    with timed(timings, "load_data_s"):
         data = load_data(profile)
     setup = load_model(profile, data)
-    with _timed(timings, "build_trainer_s"):
+    with timed(timings, "build_trainer_s"):
         session = build_trainer(profile, data, setup, callbacks)
     training = train(profile, session)
     metrics = run_metrics(profile, training)
     if setup.is_main and profile.finetune.partner_adapter is not None:  # 04_merge's partner, in miniature
-        with _timed(timings, "partner_adapter_s"):
+        with timed(timings, "partner_adapter_s"):
             metrics["partner_adapter"] = train_partner_adapter(profile, setup.world_size)
     if profile.finetune.seeds:
-        with _timed(timings, "seeds_s"):
+        with timed(timings, "seeds_s"):
             metrics["seeds"] = train_seeds(profile, data)
     save(profile, training, metrics, timings)
     return metrics

@@ -33,7 +33,6 @@ Hub access is the caller's (the runner sets it from the profile); this stage set
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -42,7 +41,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import MANIFEST, RUNNER_ATTEMPT_ENV, StageRun, begin_attempt, end_attempt, remove_debris, write_json
+from ..artifacts import (
+    MANIFEST,
+    RUNNER_ATTEMPT_ENV,
+    StageRun,
+    begin_attempt,
+    end_attempt,
+    remove_debris,
+    timed,
+    write_json,
+)
 from ..cards import merged_card, write_card
 from ..config import Profile
 from ..layout import MERGE_REPORT
@@ -373,18 +381,11 @@ def save(profile: Profile, plan: Plan, made: list[Made], timings: dict | None = 
 
 
 # ---------------------------------------------------------------- the stage in one call
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    t = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t, 3)
-
-
 def run_merge(profile: Profile, force: bool = False) -> dict:
     """The whole stage: plan, clear leftovers, make every variant (verified), save. Returns the
     merge report. `force`: make every variant again (see the module docstring)."""
     timings: dict = {}
-    with _timed(timings, "plan_s"):
+    with timed(timings, "plan_s"):
         plan = plan_merges(profile)
     begin(plan)
     made = [make_variant(plan, job, force) for job in plan.jobs]
