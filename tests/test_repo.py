@@ -175,3 +175,27 @@ def test_environment_yml_installs_the_package_instead_of_listing_dependencies():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert pip == ["-e .[test]"]
+
+
+def test_notebooks_are_committed_as_jupyterlab_saves_them():
+    """Opening a stage notebook in JupyterLab must not modify it: the platypus kernel, the full
+    language_info a Python kernel reports, and nbformat's own serialisation (sorted keys, indent 1),
+    with no outputs or execution counts."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        text = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(text, as_version=4)
+        assert nb.metadata.kernelspec == {"display_name": "Python (platypus)", "language": "python", "name": "platypus"}
+        info = nb.metadata.language_info
+        assert {
+            "codemirror_mode",
+            "file_extension",
+            "mimetype",
+            "name",
+            "nbconvert_exporter",
+            "pygments_lexer",
+            "version",
+        } <= set(info), path
+        assert nbformat.writes(nb) + "\n" == text or nbformat.writes(nb) == text, path.name
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
