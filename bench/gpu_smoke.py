@@ -26,8 +26,10 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,12 +73,29 @@ def environment() -> dict:
     }
 
 
-def run_profile(runs: Path, cpu: bool) -> dict:
+UPSTREAM_STAGES = ("01_curate", "02_decontaminate")
+
+
+def run_profile(runs: Path, cpu: bool, upstream: Path | None = None) -> dict:
+    """`platypus run` of the smoke profile. With `upstream` (a runs folder of the same profile, as
+    bench/gpu_prepare.sh makes on a CPU machine), stages 01-02 are copied from it and only 03 on run:
+    a GPU machine then needs neither the embedding model nor the embedded LLM (too large to carry)."""
     sets = [f"paths.runs_dir={runs / 'runs'}", f"paths.reports_dir={runs / 'reports'}"]
     cmd = [sys.executable, "-m", "platypus_utils", "run", str(PROFILE), "--force"]
+    stages = ["01", "02", "03", "04", "05", "06"]
+    if upstream is not None:
+        for name in UPSTREAM_STAGES:
+            source = upstream / "gpu-smoke" / name
+            if not (source / "manifest.json").is_file():
+                raise FileNotFoundError(f"{source}: no finished stage to start from (run bench/gpu_prepare.sh)")
+            shutil.copytree(source, runs / "runs" / "gpu-smoke" / name, dirs_exist_ok=True)
+        stages = stages[2:]
     if cpu:
-        cmd += ["--only", "01", "--only", "02", "--only", "03", "--only", "04"]
+        stages = [s for s in stages if s <= "04"]
         sets += CPU_SETTINGS
+    if stages != ["01", "02", "03", "04", "05", "06"]:
+        for stage in stages:
+            cmd += ["--only", stage]
     for item in sets:
         cmd += ["--set", item]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -116,6 +135,13 @@ def profile_results(run_dir: Path) -> dict:
         out["variants_evaluated"] = sorted(v for v, r in ev["variants"].items() if r["status"] == "ok")
         out["evaluate_s"] = _stage_seconds(run_dir / "05_evaluate")
     return out
+
+
+def keep_reports(run_dir: Path, out: Path) -> None:
+    """The stages' own reports beside the table, flat (a device call returns files at most two folders down)."""
+    for rel in ("03_finetune/metrics.json", "04_merge/merge_report.json", "05_evaluate/evaluate_report.json"):
+        if (run_dir / rel).is_file():
+            shutil.copyfile(run_dir / rel, out / rel.replace("/", "__"))
 
 
 def _stage_seconds(stage_dir: Path):
@@ -215,18 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="the shrunk CPU run (checks the script, not the GPU)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "reports" / "gpu-smoke"))
+    parser.add_argument("--upstream", type=Path, help="runs folder holding gpu-smoke's stages 01-02 (gpu_prepare.sh)")
+    parser.add_argument("--work", type=Path, help="where the runs go (default: a temporary folder)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     if not args.cpu and not torch.cuda.is_available():
         print("no CUDA GPU here: run with --cpu to check the script, or on the GPU machine", file=sys.stderr)
         return 3
     results: list = []
     step(results, "environment", environment)
-    step(results, "gpu-smoke profile", lambda: run_profile(out, args.cpu))
+    step(results, "gpu-smoke profile", lambda: run_profile(work, args.cpu, args.upstream))
+    keep_reports(work / "runs" / "gpu-smoke", out)
     if not args.cpu:
         step(results, "4-bit / 8-bit loading", quantized_loading)
-        step(results, "vllm backend", lambda: vllm_backend(out))
+        step(results, "vllm backend", lambda: vllm_backend(work))
     step(results, "bench_finetune", lambda: bench(out, args.cpu))
     table = markdown(results)
     (out / "gpu_smoke.md").write_text(table + "\n")

@@ -693,16 +693,23 @@ RANDOM_SEED = 0
 
 
 def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path:
-    """A model of the shape in `config_dir`/config.json with seeded random weights and the embedded
-    SmolLM2 tokenizer (vocab_size set to its length), saved once under <cache>/random/<hash>: a real
-    architecture for GPU checks that needs no hub and no weights to carry (params/gpu-smoke.yaml)."""
+    """A model of the shape in `config_dir`/config.json with seeded random weights, saved once under
+    <cache>/random/<hash>: a real architecture for GPU checks that needs no hub and no weights to carry
+    (params/gpu-smoke.yaml). Its tokenizer is the folder's own when it holds one (tokenizer.json, as a
+    GPU machine without the embedded model packages gets it from bench/gpu_prepare.sh), else the
+    embedded SmolLM2's; vocab_size is set to the tokenizer's length."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config_file = Path(config_dir) / "config.json"
+    config_dir = Path(config_dir)
+    config_file = config_dir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{RANDOM_PREFIX}{config_dir}: no config.json in {config_dir}")
-    tokenizer_dir = ensure_converted_smollm2(cache_dir)
-    key = hashlib.sha256(config_file.read_bytes() + str(RANDOM_SEED).encode()).hexdigest()[:16]
+    own_tokenizer = (config_dir / "tokenizer.json").is_file()
+    tokenizer_dir = config_dir if own_tokenizer else ensure_converted_smollm2(cache_dir)
+    key_source = config_file.read_bytes() + str(RANDOM_SEED).encode()
+    if own_tokenizer:  # another tokenizer is another model (vocab_size, special ids)
+        key_source += (config_dir / "tokenizer.json").read_bytes()
+    key = hashlib.sha256(key_source).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / "random" / key
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target

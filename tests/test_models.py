@@ -410,3 +410,32 @@ def test_an_unpinned_partner_with_bin_weights_only_is_fetched_with_them(fake_hub
     assert (repo, revision) == ("augtoma/qCammel-13", "main") and "*.bin" not in kwargs["ignore_patterns"]
     assert (folder / "pytorch_model.bin").is_file()
     assert local_checkpoint(str(folder)) == str(folder)  # a folder is used as it is
+
+
+def test_random_model_takes_the_tokenizer_of_its_own_folder(tmp_path, monkeypatch):
+    """random:<folder> with a tokenizer.json in it needs no embedded model (a GPU machine without the
+    embedded packages: bench/gpu_prepare.sh carries the tokenizer); vocab_size follows that tokenizer."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *"abcdefghij"])}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = Whitespace()
+    folder = tmp_path / "shape"
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>").save_pretrained(folder)
+    shape = dict(model_type="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    shape.update(num_attention_heads=2, num_key_value_heads=2, vocab_size=999)
+    (folder / "config.json").write_text(json.dumps(shape))
+
+    def no_embedded(*_a, **_k):
+        raise AssertionError("the embedded SmolLM2 was asked for")
+
+    monkeypatch.setattr(models, "ensure_converted_smollm2", no_embedded)
+    path = models.ensure_random_model(folder, tmp_path / "cache")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.vocab_size == len(vocab) and model.config.pad_token_id == 0
+    assert models.ensure_random_model(folder, tmp_path / "cache") == path  # built once
+    (folder / "tokenizer.json").write_text((folder / "tokenizer.json").read_text().replace('"j"', '"k"'))
+    assert models.ensure_random_model(folder, tmp_path / "cache") != path  # another tokenizer, another model
