@@ -53,6 +53,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .layout import stage_notebook
 from .portable import from_project, relativize_text, to_project
 from .refs import resolved_snapshots
 
@@ -62,7 +63,6 @@ MANIFEST = "manifest.json"
 ATTEMPT = "attempt.json"
 RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records the attempts itself
 PACKAGE_DIR = Path(__file__).resolve().parent
-STAGE_NOTEBOOKS = PACKAGE_DIR.parent / "notebooks"
 _JOURNALS: list[StageRun] = []  # the StageRuns open in this process (innermost last)
 TRACKED_LIBRARIES = (
     "platypus-utils",
@@ -394,7 +394,7 @@ def package_source_hash() -> str:
 def code_fingerprint(stage: str) -> dict[str, str | None]:
     """The code a stage runs: hashes of its notebook (notebooks/<stage>.ipynb; None when there is
     none) and of the package source. Recorded in the manifest, compared by the skip check."""
-    notebook = STAGE_NOTEBOOKS / f"{stage}.ipynb"
+    notebook = stage_notebook(stage)
     return {"notebook": sha256_file(notebook) if notebook.is_file() else None, "package": package_source_hash()}
 
 
@@ -518,7 +518,7 @@ def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
         return False, "parameters changed"
     code, now = manifest.get("code") or {}, code_fingerprint(stage)
     if code.get("notebook") != now["notebook"]:
-        return False, f"stage notebook {STAGE_NOTEBOOKS / (stage + '.ipynb')} changed since the last run"
+        return False, f"stage notebook {stage_notebook(stage)} changed since the last run"
     if code.get("package") != now["package"]:
         return False, f"package source ({PACKAGE_DIR}) changed since the last run"
     for kind in ("inputs", "outputs"):

@@ -43,6 +43,28 @@ FINETUNE_METRICS = (FINETUNE, "metrics.json")
 MERGE_REPORT = (MERGE, "merge_report.json")
 EVALUATE_REPORT = (EVALUATE, "evaluate_report.json")
 
+# ---------------------------------------------------------------- the stage notebooks
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def stage_notebook_dir(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The folder of the stage notebooks: notebooks/ beside the package in a source tree (a checkout,
+    an editable install: the files JupyterLab edits and git keeps), else the copy a wheel carries
+    inside the package as platypus_utils/notebooks/ (a `pip install .`, not editable: setup.py)."""
+    source_tree = package_dir.parent
+    if (source_tree / "pyproject.toml").is_file() and (source_tree / "notebooks").is_dir():
+        return source_tree / "notebooks"
+    return package_dir / "notebooks"
+
+
+STAGE_NOTEBOOKS = stage_notebook_dir()
+
+
+def stage_notebook(stage: str) -> Path:
+    """The notebook a stage runs, e.g. stage_notebook(CURATE) -> .../notebooks/01_curate.ipynb."""
+    return STAGE_NOTEBOOKS / f"{stage}.ipynb"
+
+
 # ---------------------------------------------------------------- variant names
 BASE_VARIANT = "base"
 ADAPTER_VARIANT = "adapter"

@@ -32,6 +32,7 @@ Trust after a crash, a kill or a second run:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import logging
@@ -39,6 +40,7 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -57,11 +59,12 @@ from .artifacts import (
     write_json,
 )
 from .config import STAGES, Profile, ProfileError, load_profile
+from .layout import STAGE_NOTEBOOKS
 from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
 from .preflight import preflight
 
 log = logging.getLogger("platypus")
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = STAGE_NOTEBOOKS  # notebooks/ of a source tree, or the copy an installed wheel carries
 
 
 LOCK_FILE = "run.lock"
@@ -172,6 +175,62 @@ def check_notebooks_apart(profile: Profile) -> None:
         )
 
 
+def _git(folder: Path, *args: str) -> str | None:
+    """stdout of `git -C folder ARGS`; None when git is missing, fails or takes over 10 s."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _cell_sources(nb: dict) -> list[str]:
+    return [
+        "".join(c.get("source", "")) if isinstance(c.get("source"), list) else str(c.get("source", ""))
+        for c in nb.get("cells", [])
+    ]
+
+
+def uncommitted_cells(notebook: Path) -> str | None:
+    """How the cells of a stage notebook differ from git HEAD's version of it ("edited cells 5, 7;
+    added 12"): cells saved in JupyterLab and not committed run too, and the runner says so. Outputs
+    and metadata do not count. None when they are the same, or outside a git checkout (an installed
+    package runs the notebooks it was built with)."""
+    top = _git(notebook.parent, "rev-parse", "--show-toplevel")
+    if not top:
+        return None
+    try:
+        rel = notebook.resolve().relative_to(Path(top.strip()).resolve())
+        committed = _git(notebook.parent, "show", f"HEAD:{rel.as_posix()}")
+        old = _cell_sources(json.loads(committed)) if committed is not None else []
+        new = _cell_sources(json.loads(notebook.read_text(encoding="utf-8")))
+    except (ValueError, OSError, UnicodeDecodeError):
+        return None
+    if committed is None:
+        return "git HEAD holds no such file"
+    changes: dict[str, list[int]] = {"edited": [], "added": [], "removed": []}
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if tag != "equal":  # new cells by their index now, removed ones by their committed index
+            both = min(i2 - i1, j2 - j1)
+            changes["edited"] += range(j1, j1 + both)
+            changes["added"] += range(j1 + both, j2)
+            changes["removed"] += range(i1 + both, i2)
+    parts = [f"{kind} cell(s) {', '.join(map(str, cells))}" for kind, cells in changes.items() if cells]
+    return "; ".join(parts) or None
+
+
+def say_which_notebook(stage: str, say) -> str | None:
+    """Say which notebook a stage runs and, in a checkout, which of its cells git HEAD does not hold
+    (see `git diff` for them); returns that difference (None: none)."""
+    notebook = NOTEBOOK_DIR / f"{stage}.ipynb"
+    changed = uncommitted_cells(notebook) if notebook.is_file() else None
+    if changed:
+        say(f"[{stage}] runs {notebook}, which differs from its committed version ({changed}): these cells run too")
+    else:
+        say(f"[{stage}] notebook {notebook}")
+    return changed
+
+
 def running_notebook(profile: Profile, stage: str) -> Path:
     """Where the notebook of the attempt in progress is written (moved when it ends)."""
     return profile.report_dir("notebooks") / f"{stage}.running.ipynb"
@@ -261,9 +320,6 @@ def _keep_failed_notebook(profile: Profile, stage: str, running: Path) -> Path:
 def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
     """finetune.num_gpus > 1: train stage 03 under `accelerate launch` (one process per GPU) before
     its notebook runs; the notebook then shows the results. Skipped when a finished run matches."""
-    import shlex
-    import subprocess
-
     from .config import project_root_for
     from .finetune import STAGE, accelerate_command
 
@@ -371,6 +427,7 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             say(f"[{stage}] running: {why}")
         else:
             say(f"[{stage}] running (--force)")
+        uncommitted = say_which_notebook(stage, say)
         try:
             seconds = _attempt_stage(profile, stage, overrides, verbose, force, say)
         except StageFailed as exc:
@@ -382,6 +439,8 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             raise
         say(f"[{stage}] done in {seconds:.1f} s -> {executed_notebook(profile, stage)}")
         summary["stages"][stage] = {"status": "ran", "seconds": round(seconds, 1)}
+        if uncommitted:
+            summary["stages"][stage]["uncommitted_cells"] = uncommitted
     summary["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(summary_path, summary)
     say(f"all done in {summary['total_seconds']:.1f} s; reports in {profile.report_dir()}")

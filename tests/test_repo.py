@@ -199,3 +199,43 @@ def test_notebooks_are_committed_as_jupyterlab_saves_them():
         } <= set(info), path
         assert nbformat.writes(nb) + "\n" == text or nbformat.writes(nb) == text, path.name
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+# ---------------------------------------------------------------- an installed package runs the pipeline
+def test_a_wheel_carries_the_stage_notebooks_and_the_demo_data(tmp_path):
+    """`pip install .` (not editable) must run `platypus run`: setup.py copies notebooks/ into the
+    wheel as platypus_utils/notebooks/ (byte for byte), beside the demo data and lm-eval task files.
+    Built from a copy of what a build reads, so the checkout gets no build/ folder."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in ("platypus_utils", "notebooks"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        str(src),
+        "-w",
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for notebook in NOTEBOOKS:
+            assert zf.read(f"platypus_utils/notebooks/{notebook.name}") == notebook.read_bytes(), notebook.name
+    demo = {f"platypus_utils/data/demo/{p.name}" for p in (ROOT / "platypus_utils" / "data" / "demo").iterdir()}
+    tasks = {
+        f"platypus_utils/lm_eval_tasks/{p.name}" for p in (ROOT / "platypus_utils" / "lm_eval_tasks").glob("*.yaml")
+    }
+    assert demo and tasks and not (demo | tasks) - names, sorted((demo | tasks) - names)

@@ -204,3 +204,62 @@ def test_one_run_per_profile(make_profile):
     with runner.run_lock(profile, say=said.append):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert any(f"PID {dead}" in m and "taking over" in m for m in said)
+
+
+# ---------------------------------------------------------------- which notebook a stage runs
+def test_stage_notebooks_are_found_in_a_checkout_and_in_an_installed_package(tmp_path):
+    from platypus_utils.layout import STAGE_NOTEBOOKS, stage_notebook_dir
+
+    from .conftest import ROOT
+
+    assert STAGE_NOTEBOOKS == ROOT / "notebooks"  # this checkout: the files JupyterLab and git see
+    tree = tmp_path / "checkout"
+    (tree / "notebooks").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text("")
+    assert stage_notebook_dir(tree / "platypus_utils") == tree / "notebooks"
+    site = tmp_path / "site-packages"
+    (site / "notebooks").mkdir(parents=True)  # another distribution's top-level folder: not ours
+    assert stage_notebook_dir(site / "platypus_utils") == site / "platypus_utils" / "notebooks"
+
+
+def _git(repo, *args):
+    import subprocess
+
+    cmd = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def test_the_runner_says_which_cells_git_does_not_hold(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "nbs").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    path = repo / "nbs" / "01_curate.ipynb"
+    _notebook(path, "x = 1")
+    untracked = runner.uncommitted_cells(path)
+    assert untracked == "git HEAD holds no such file"
+    _git(repo, "add", "nbs")
+    _git(repo, "commit", "-q", "-m", "nb")
+    assert runner.uncommitted_cells(path) is None
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="1\n")]  # run in the lab: outputs do not count
+    nb.cells[1].execution_count = 4
+    nbformat.write(nb, path)
+    assert runner.uncommitted_cells(path) is None
+    nb.cells[1].source = "x = 2"
+    nb.cells.append(nbformat.v4.new_code_cell("print('a cell saved in the lab')"))
+    nbformat.write(nb, path)
+    assert runner.uncommitted_cells(path) == "edited cell(s) 1; added cell(s) 2"
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", repo / "nbs")
+    said = []
+    assert runner.say_which_notebook("01_curate", said.append) == "edited cell(s) 1; added cell(s) 2"
+    assert said == [
+        f"[01_curate] runs {path}, which differs from its committed version (edited cell(s) 1; added "
+        "cell(s) 2): these cells run too"
+    ]
+    nb.cells = nb.cells[1:2]
+    nb.cells[0].source = "x = 1"
+    nbformat.write(nb, path)
+    assert runner.uncommitted_cells(path) == "removed cell(s) 0"  # the parameters cell, as committed
+    outside = tmp_path / "elsewhere.ipynb"  # an installed package's copy: no git to compare with
+    _notebook(outside, "x = 1")
+    assert runner.uncommitted_cells(outside) is None
