@@ -112,8 +112,12 @@ class DecontaminateConfig(_Section):
         default_factory=lambda: ["embedding", "ngram", "answer", "judge"], min_length=1
     )
     # how a test item is read: "question" (the stem; HellaSwag's context) and "full" (with its choices for
-    # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view
-    views: list[Literal["question", "full"]] = Field(default_factory=lambda: ["question", "full"], min_length=1)
+    # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view.
+    # "question_only": a long stem's question sentence(s) without the passage or context before it, read by
+    # the judge only (with the answer agreeing), so a rewording that drops the passage is found
+    views: list[Literal["question", "full", "question_only"]] = Field(
+        default_factory=lambda: ["question", "full", "question_only"], min_length=1
+    )
     search_outputs: bool = True  # training outputs are embedded and n-gram-indexed too, not only instruction+input
     # a training text longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded
     # in windows of that length, each sharing this fraction with the next; its cosine is the max over windows

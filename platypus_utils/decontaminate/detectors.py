@@ -17,7 +17,7 @@ from ..text import embedding_text
 from .embed import Embedded
 from .ngram import NgramIndex
 from .textmatch import answer_in_output, missing_numbers
-from .views import full_view_kind
+from .views import asked_text, full_view_kind
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module
     from .. import leak_judge
@@ -78,11 +78,21 @@ CANDIDATE_COLUMNS = [
     "item_index",
     "embedding_cosine",
     "identifying_cosine",
+    "question_only_cosine",
     "embed_part",
     "test_view",
     "ngram_overlap",
     "ngram_part",
     "ngram_view",
+]
+PAIR_COSINE_COLUMNS = [
+    "train_index",
+    "item_index",
+    "embedding_cosine",
+    "identifying_cosine",
+    "question_only_cosine",
+    "embed_part",
+    "test_view",
 ]
 NGRAM_COLUMNS = ["train_index", "item_index", "ngram_overlap", "ngram_part", "ngram_view"]
 
@@ -110,25 +120,34 @@ def ngram_candidates(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) 
 
 
 def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
-    """For given (row, item) pairs: the max cosine over windows x views, the max over identifying views
-    only, and where the max was (training part, test view). NaN cosines without embeddings."""
+    """For given (row, item) pairs: the max cosine over windows x views (embedding_cosine; the question_only
+    view apart), the max over identifying views only, the question_only view's (question_only_cosine: NaN
+    without one), and where the best of them was (training part, test view). NaN cosines without embeddings."""
     out = []
     parts, view_names = emb.windows["part"].to_numpy(), emb.views["view"].to_numpy()
     identifying = emb.views["identifying"].to_numpy()
     for i, j in pairs:
         w, v = emb.windows_of.get(i), emb.views_of.get(j)
         if emb.window_vecs is None or w is None or v is None:
-            out.append((i, j, np.nan, np.nan, "", ""))
+            out.append((i, j, np.nan, np.nan, np.nan, "", ""))
             continue
         sims = emb.window_vecs[w] @ emb.view_vecs[v].T
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        only = view_names[v] == "question_only"
+        whole, asked = sims[:, ~only], sims[:, only]
         ident = sims[:, identifying[v]]
         out.append(
-            (i, j, float(sims[a, b]), float(ident.max()) if ident.size else np.nan, parts[w[a]], view_names[v[b]])
+            (
+                i,
+                j,
+                float(whole.max()) if whole.size else np.nan,
+                float(ident.max()) if ident.size else np.nan,
+                float(asked.max()) if asked.size else np.nan,
+                parts[w[a]],
+                view_names[v[b]],
+            )
         )
-    return pd.DataFrame(
-        out, columns=["train_index", "item_index", "embedding_cosine", "identifying_cosine", "embed_part", "test_view"]
-    )
+    return pd.DataFrame(out, columns=PAIR_COSINE_COLUMNS)
 
 
 def candidate_threshold(cfg: DecontaminateConfig) -> float | None:
@@ -176,12 +195,39 @@ def answer_verified(train_row: dict, item: dict) -> bool:
     )
 
 
+def judged_view(cands: pd.DataFrame) -> pd.Series:
+    """Per candidate, the view the judge reads it against: "question_only" when the question part of a long
+    stem matches better than the whole item (a rewording that dropped the passage), else "" (the stem)."""
+    whole = cands["embedding_cosine"].astype(float).fillna(-1.0)
+    if "question_only_cosine" not in cands:
+        return pd.Series("", index=cands.index)
+    asked = cands["question_only_cosine"].astype(float).fillna(-1.0)
+    return pd.Series(np.where(asked > whole, "question_only", ""), index=cands.index)
+
+
+def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
+    """leak_judge's input for (training row, test item, view) triples (view: judged_view's)."""
+    return pd.DataFrame(
+        {
+            "train_text": [embedding_text(r) for r, _, _ in pairs],
+            "train_output": [r["output"] for r, _, _ in pairs],
+            "test_question": [asked_text(it, view) for _, it, view in pairs],
+            "test_answer": [it.get("answer") or "" for _, it, _ in pairs],
+            "test_choices": [
+                list(it.get("choices") or []) if full_view_kind(it) == "choices" else [] for _, it, _ in pairs
+            ],
+            "test_options": [list(it.get("choices") or []) for _, it, _ in pairs],
+        }
+    )
+
+
 def judge_candidates(
     cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None
 ) -> pd.DataFrame:
     """Step (detector "judge"): leak_judge's score and verdict (True: the same question, possibly reworded)
-    for the candidates at cosine >= judge_threshold whose numbers agree; NaN / None for the others, and all
-    of them when the judge is not selected. The judge reuses the stage's embedder when it judges with the same model."""
+    for the candidates at cosine >= judge_threshold (the whole item's, or its question_only view's: then the
+    judge reads the question part alone) whose numbers agree; NaN / None for the others, and all of them when
+    the judge is not selected. The judge reuses the stage's embedder when it judges with the same model."""
     out = pd.DataFrame({"judge_score": np.nan, "judge_verdict": None}, index=cands.index)
     if "judge" not in cfg.detectors or cands.empty:
         return out
@@ -190,33 +236,21 @@ def judge_candidates(
             "decontaminate.detectors includes 'judge', but platypus_utils.leak_judge is not in this "
             "tree; choose from embedding, ngram, answer"
         )
-    high = cands.index[cands["embedding_cosine"].fillna(0.0) >= cfg.judge_threshold]
+    views = judged_view(cands)
+    best = cands["embedding_cosine"].astype(float).fillna(0.0)
+    if "question_only_cosine" in cands:
+        best = np.maximum(best, cands["question_only_cosine"].astype(float).fillna(0.0))
     # a pair with a number of the test question missing from the whole row is similar_but_different (rule 3)
     # whatever the judge says, and the judge would say "different" too: it is not read, which keeps the judge's
     # cost to the pairs it can decide (most MATH x MMLU candidates share a topic but not their numbers)
-    read = [
-        k
-        for k in high
-        if not missing_numbers(
-            items[cands.at[k, "item_index"]]["question"],
-            f"{embedding_text(rows[cands.at[k, 'train_index']])}\n{rows[cands.at[k, 'train_index']]['output']}",
-        )
-    ]
+    read = []
+    for k in cands.index[best >= cfg.judge_threshold]:
+        row, item = rows[cands.at[k, "train_index"]], items[cands.at[k, "item_index"]]
+        if not missing_numbers(asked_text(item, views[k]), f"{embedding_text(row)}\n{row['output']}"):
+            read.append(k)
     if not read:
         return out
-    pairs = [(rows[i], items[j]) for i, j in zip(cands.loc[read, "train_index"], cands.loc[read, "item_index"])]
-    frame = pd.DataFrame(
-        {
-            "train_text": [embedding_text(r) for r, _ in pairs],
-            "train_output": [r["output"] for r, _ in pairs],
-            "test_question": [it["question"] for _, it in pairs],
-            "test_answer": [it.get("answer") or "" for _, it in pairs],
-            "test_choices": [
-                list(it.get("choices") or []) if full_view_kind(it) == "choices" else [] for _, it in pairs
-            ],
-            "test_options": [list(it.get("choices") or []) for _, it in pairs],
-        }
-    )
+    frame = judge_frame([(rows[cands.at[k, "train_index"]], items[cands.at[k, "item_index"]], views[k]) for k in read])
     model = cfg.judge_model or leak_judge.DEFAULT_MODEL
     same = embedder if getattr(embedder, "model_ref", None) == model else None
     cache = getattr(getattr(embedder, "cache", None), "dir", None)  # <root>/embeddings/<model>: the root

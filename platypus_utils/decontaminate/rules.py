@@ -9,7 +9,7 @@ from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .common import PAIR_COLUMNS
 from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
-from .views import full_view_kind, item_text, stem_identifies, view_extra
+from .views import asked_text, full_view_kind, item_text, stem_identifies, view_extra
 
 
 def _ending_given(train_row: dict, item: dict) -> bool:
@@ -47,17 +47,19 @@ def categorise(
     identifying_cosine: float | None = None,
     part: str = "prompt",
     judge: tuple[bool | None, float] = (None, np.nan),
+    view: str = "",
 ) -> tuple[str, str]:
     """(category, rule) for one flagged pair; see the module docstring for the rule order.
 
     cosine: the pair's best cosine; identifying_cosine: the best over views that identify the item (None:
     the same); part: where the evidence was ("output": the numbers rule reads prompt and output);
-    judge: the judge's (verdict, score) when it read the pair."""
+    judge: the judge's (verdict, score) when it read the pair; view: the test view the evidence was in
+    ("question_only": the row holds the question without its passage, whose numbers are then not asked for)."""
     verbatim = _verbatim_rule(train_row, item, cfg)
     if verbatim:
         return "duplicate", verbatim
     prompt = embedding_text(train_row)
-    missing = missing_numbers(item["question"], prompt + ("\n" + train_row["output"] if part == "output" else ""))
+    missing = missing_numbers(asked_text(item, view), prompt + ("\n" + train_row["output"] if part == "output" else ""))
     if missing:
         return "similar_but_different", f"numbers differ: test has {missing} not in train text"
     ending = _ending_given(train_row, item)
@@ -98,6 +100,7 @@ def categorise_pairs(
             f.identifying_cosine,
             part,
             (f.judge_verdict, f.judge_score),
+            view,
         )
         records.append(
             {

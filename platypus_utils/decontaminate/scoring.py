@@ -56,6 +56,7 @@ def score_pairs(
             s.identifying_cosine,
             s.ngram_part if s.by_ngram and s.ngram_part else (s.embed_part or "prompt"),
             (s.judge_verdict, s.judge_score),
+            s.ngram_view if s.by_ngram and s.ngram_part else s.test_view,
         )
         if any((s.by_embedding, s.by_ngram, s.by_answer, s.by_judge))
         else ("", "")

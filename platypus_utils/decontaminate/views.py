@@ -32,9 +32,49 @@ def stem_identifies(item: dict, cfg: DecontaminateConfig) -> bool:
     return full_view_kind(item) != "choices" or len(words(item["question"])) >= cfg.ngram_min_tokens
 
 
+# a stem of at least this many words is a passage (or a context) followed by its question
+LONG_STEM_WORDS = 35
+# the question part of a long stem: its last line, or its last sentence and, when that is shorter than this
+# many words ("Which would most likely happen next?"), the sentence before it too
+SHORT_QUESTION_WORDS = 12
+MIN_QUESTION_WORDS = 4  # a shorter tail ("~Z / ~X", an argument's last line) asks nothing on its own
+# a list's entry: "Statement 2 |", "Scenario 1 |", "III.", "i)", "(a) "
+_LIST_LINE = re.compile(r"^(?:(?:statement|scenario)\s*\d|\(?[ivx]+[.)]|\(?[a-h0-9][.)]\s)", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d)\]]*\s+(?=[\"'\u201c(\[]*[A-Z0-9])")
+
+
+def question_only(question: str) -> str:
+    """The question sentence(s) of a long stem (a passage or context, then the question: MMLU's history items,
+    ARC items with a setup, long HellaSwag contexts), without what precedes it; "" for a short stem, or when the
+    question part is most of the stem (nothing to drop). A rewording that keeps the question and drops the
+    passage is matched against this (view "question_only")."""
+    stem = question.strip()
+    if len(words(stem)) < LONG_STEM_WORDS:
+        return ""
+    lines = [x.strip() for x in stem.splitlines() if x.strip()]
+    if len(lines) > 1:
+        tail = lines[-1] if not _LIST_LINE.match(lines[-1]) else ""  # a list's last entry is not the question
+    else:
+        sents = [x.strip() for x in _SENTENCE_END.split(stem) if x.strip()]
+        tail = sents[-1] if sents else stem
+        if len(words(tail)) < SHORT_QUESTION_WORDS and len(sents) > 1:
+            tail = f"{sents[-2]} {tail}"
+    if "|" in tail:  # "Scenario 2 | ...", "Statement 1 | ...": the statements are the item, not a passage
+        return ""
+    return tail if MIN_QUESTION_WORDS <= len(words(tail)) <= len(words(stem)) // 2 else ""
+
+
+def asked_text(item: dict, view: str = "") -> str:
+    """The test question a pair is read against: the question part alone when the pair's evidence was in the
+    "question_only" view (a passage's numbers are not the question's), else the whole stem."""
+    return (question_only(item["question"]) or item["question"]) if view == "question_only" else item["question"]
+
+
 def item_views(items: list[dict], cfg: DecontaminateConfig) -> pd.DataFrame:
-    """One row per (item, view): item (index), view ("question" | "full"), text, identifying (whether the
-    category rules may read its cosine). A full view that adds nothing is left out."""
+    """One row per (item, view): item (index), view ("question" | "full" | "question_only"), text, identifying
+    (whether the category rules may read its cosine). A full view that adds nothing is left out; a question_only
+    view exists only for a long stem (question_only) and never identifies its item on its own: it finds
+    candidates for the judge, which then needs the answer to agree."""
     out = []
     for k, it in enumerate(items):
         extra = view_extra(it)
@@ -42,6 +82,9 @@ def item_views(items: list[dict], cfg: DecontaminateConfig) -> pd.DataFrame:
             out.append((k, "question", it["question"], stem_identifies(it, cfg)))
         if "full" in cfg.views and extra:
             out.append((k, "full", "\n".join([it["question"], *extra]), True))
+        asked = question_only(it["question"]) if "question_only" in cfg.views else ""
+        if asked:
+            out.append((k, "question_only", asked, False))
     return pd.DataFrame(out, columns=["item", "view", "text", "identifying"])
 
 

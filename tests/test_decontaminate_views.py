@@ -1,0 +1,96 @@
+"""Stage 02: the question view of passage items, and the similar-but-different rules for another object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from platypus_utils import decontaminate
+from platypus_utils.config import DecontaminateConfig
+from platypus_utils.decontaminate.views import asked_text, item_views, question_only
+from platypus_utils.embeddings import normalise
+
+PASSAGE = (
+    "This question refers to the following information.\n"
+    '"We conclude that, in the field of public education, the doctrine of separate but equal has no place. '
+    "Separate educational facilities are inherently unequal. Therefore, we hold that the plaintiffs are deprived "
+    'of the equal protection of the laws guaranteed by the Fourteenth Amendment."\n'
+    "Brown v. Board of Education, 1954\n"
+    "Desegregation of schools was, in part, a response to unfulfilled promises from which of the following initiatives?"
+)
+ASKED = (
+    "Desegregation of schools was, in part, a response to unfulfilled promises from which of the following initiatives?"
+)
+
+
+def row(instr, out, src="s"):
+    return {"instruction": instr, "input": "", "output": out, "data_source": src}
+
+
+def passage_item():
+    choices = ["The Great Society", "The Square Deal", "The New Deal", "Reconstruction"]
+    return {"benchmark": "mmlu", "subject": "us", "item_id": "t0", "question": PASSAGE, "choices": choices}
+
+
+class TableEmbedder:
+    """Known texts to fixed vectors; any other text to the zero vector (it never adds a cosine)."""
+
+    def __init__(self, table):
+        self.table, self.dim = table, len(next(iter(table.values())))
+
+    def encode(self, texts, desc=""):
+        return normalise(np.array([self.table.get(t, [0.0] * self.dim) for t in texts], dtype=np.float32))
+
+
+def test_question_only_is_the_question_of_a_long_stem():
+    assert question_only(PASSAGE) == ASKED
+    assert question_only("What is 2 + 2?") == ""  # short: nothing to drop
+    arc = (
+        "Farmers in Wyoming were concerned because some of their chickens were being preyed upon by hawks that "
+        "lived in areas around their ranches. The farmers grouped together and hunted the hawks until they were "
+        "no longer in their area. Which would most likely happen next?"
+    )
+    # a short last sentence asks nothing alone: the sentence before it comes with it
+    assert question_only(arc).startswith("The farmers grouped together") and question_only(arc).endswith("next?")
+    statements = "Statement 1 | " + "word " * 30 + "\nStatement 2 | " + "other " * 10
+    assert question_only(statements) == ""  # a list's entry is not a question
+    it = passage_item()
+    views = item_views([{**it, "answer": "Reconstruction"}], DecontaminateConfig())
+    only = views[views["view"] == "question_only"]
+    assert only["text"].tolist() == [ASKED] and not only["identifying"].any()
+    no_view = item_views([{**it, "answer": "x"}], DecontaminateConfig(views=["question", "full"]))
+    assert "question_only" not in set(no_view["view"])
+    assert asked_text(it, "question_only") == ASKED and asked_text(it, "full") == PASSAGE
+
+
+def test_a_question_without_its_passage_is_judged_against_the_question_alone(monkeypatch):
+    """A row holding the question reworded, its passage (and the passage's year) dropped: found through the
+    question_only view, judged against the question alone, and removed when the judge says same; a row as close
+    to the question whose judge says different is not flagged by the cosine alone."""
+    seen = []
+
+    def judge(frame, model, embedder=None, cache_dir=None):  # a stand-in for leak_judge.judge_pairs
+        seen.append(frame.copy())
+        return frame.assign(score=[1.5, 0.2], verdict=[True, False])
+
+    monkeypatch.setattr(decontaminate.detectors.leak_judge, "judge_pairs", judge)
+    it = {**passage_item(), "answer": "Reconstruction"}
+    rows = [
+        row("School desegregation partly answered the broken promises of which initiative?", "Reconstruction."),
+        row("School desegregation partly answered the broken promises of which program?", "The New Deal."),
+    ]
+    table = {
+        ASKED: [1, 0, 0, 0],
+        rows[0]["instruction"]: [0.9, 0.436, 0, 0],
+        rows[1]["instruction"]: [0.9, 0, 0.436, 0],
+    }
+    cfg = DecontaminateConfig(candidates="exhaustive") if "candidates" in DecontaminateConfig.model_fields else None
+    result = decontaminate.detect(rows, [it], cfg or DecontaminateConfig(), TableEmbedder(table))
+    (frame,) = seen
+    assert frame["test_question"].tolist() == [ASKED, ASKED]  # the question alone: 1954 is not asked for
+    pairs = result.pairs.set_index("train_index")
+    assert list(pairs.index) == [0]  # row 1: cosine 0.9 to the question alone, but only the judge may flag it
+    assert pairs.at[0, "category"] == "gray_area" and pairs.at[0, "test_view"] == "question_only"
+    assert not pairs.at[0, "by_embedding"] and pairs.at[0, "by_judge"]
+    assert [r["instruction"] for r in result.clean] == [rows[1]["instruction"]]
+    assert isinstance(result.pairs, pd.DataFrame)
