@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import mergekit_yaml
 from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, seed_variants
 from .published import PUBLISHED
@@ -296,7 +297,24 @@ class FinetuneConfig(_Section):
         return gas, got
 
 
-MergeMethod = Literal["linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+# Full-model merge methods: the first six mean what mergekit 0.1.5 means by them (its weights,
+# normalize, rescale, lambda, int8_mask and defaults); peft_* are peft's merge_utils definitions
+# (the ones add_weighted_adapter uses on adapters). README "Merging" states each.
+MergeMethod = Literal[
+    "linear",
+    "slerp",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "peft_ties",
+    "peft_dare_linear",
+    "peft_dare_ties",
+]
+MERGEKIT_NORMALIZE = {"linear": True, "task_arithmetic": False, "ties": True, "dare_linear": False, "dare_ties": False}
+MERGEKIT_RESCALE = {"ties": False, "dare_linear": True, "dare_ties": True}  # DARE: L1 norm kept (mergekit's rescale)
+MERGEKIT_CONSENSUS = ("ties", "dare_ties")  # sign election from the weighted task vectors; int8_mask applies
+MERGEKIT_LAMBDA = ("task_arithmetic", "ties", "dare_linear", "dare_ties")  # mergekit's `lambda` scales the mixed vector
 AdapterCombination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
 
 
@@ -341,17 +359,27 @@ class AdapterMixConfig(_Section):
 
 
 class ModelMergeConfig(_Section):
-    """Full models (fine-tunes of one base) merged tensor by tensor. weights: each model's share
-    (linear: normalised by their sum; slerp: t = weights[1] / sum); task vectors θ_i - θ_base for
-    task_arithmetic, ties, dare_*."""
+    """Full models (fine-tunes of one base) merged tensor by tensor. weights: each model's weight
+    (linear: normalised by their sum unless normalize is false; slerp: t = weights[1] / sum); task
+    vectors θ_i - θ_base for task_arithmetic, ties, dare_* and peft_*. normalize, rescale, lambda and
+    int8_mask are mergekit's parameters, with mergekit's defaults (None: the method's default).
+    A merge may instead be given as a mergekit config: `{name, mergekit: <mapping or path.yml>}`
+    (platypus_utils.mergekit_yaml translates it when the profile loads)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True, populate_by_name=True)
 
     name: PlainName
     method: MergeMethod
     models: list[str] = Field(min_length=2)  # variants of this stage (merged, a partner...) or model references
     weights: list[float]
-    density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*
-    majority_sign_method: Literal["total", "frequency"] = "total"
+    density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*, peft_*
+    majority_sign_method: Literal["total", "frequency"] = "total"  # peft_ties, peft_dare_ties
     base: Optional[str] = None  # the common base of the task vectors; None: models.base
+    normalize: Optional[bool] = None  # mergekit's: divide by the (agreeing) weights' sum (linear, ta, ties, dare_*)
+    rescale: Optional[bool] = None  # mergekit's: keep each trimmed task vector's L1 norm (ties, dare_*)
+    lambda_: float = Field(default=1.0, alias="lambda")  # mergekit's: scales the mixed task vector
+    int8_mask: bool = False  # mergekit's (ties, dare_ties): the mask's dtype there; no effect on the values
+    dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None  # stored dtype; None: merge.dtype
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -359,12 +387,38 @@ class ModelMergeConfig(_Section):
             raise ValueError(f"{len(self.weights)} weights for {len(self.models)} models")
         if self.method == "slerp" and len(self.models) != 2:
             raise ValueError(f"slerp merges exactly 2 models, got {len(self.models)}")
-        if self.method in ("linear", "slerp") and sum(self.weights) == 0:
+        if self.method == "slerp" and sum(self.weights) == 0:
             raise ValueError(f"{self.method}: the weights sum to 0")
+        if self.method == "linear" and self.normalize is not False and sum(self.weights) == 0:
+            raise ValueError("linear: the weights sum to 0 (normalize: false sums them unnormalised)")
         needs_density = self.method in DENSITY_METHODS
         if needs_density != (self.density is not None):
             raise ValueError(f"density is {'required' if needs_density else 'not used'} with method {self.method}")
+        self._check_mergekit_parameters()
         return self
+
+    def _check_mergekit_parameters(self) -> None:
+        """mergekit's parameters only where that method takes them; peft's sign rule only for peft_*."""
+        given = {
+            "normalize": self.normalize is not None,
+            "rescale": self.rescale is not None,
+            "int8_mask": self.int8_mask,
+            "lambda": self.lambda_ != 1.0,
+        }
+        takes = {
+            "normalize": MERGEKIT_NORMALIZE,
+            "rescale": MERGEKIT_RESCALE,
+            "int8_mask": MERGEKIT_CONSENSUS,
+            "lambda": MERGEKIT_LAMBDA,
+        }
+        unused = [key for key, on in given.items() if on and self.method not in takes[key]]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} not used with method {self.method}")
+        if self.majority_sign_method != "total" and self.method not in ("peft_ties", "peft_dare_ties"):
+            raise ValueError(
+                f"majority_sign_method {self.majority_sign_method!r} is peft's: use peft_ties or peft_dare_ties "
+                f"({self.method} elects the sign of the weighted sum, as mergekit does)"
+            )
 
 
 class MergeSweepConfig(_Section):
@@ -803,6 +857,20 @@ def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
             )
 
 
+def _translate_mergekit_merges(raw: dict, path: Path) -> None:
+    """merge.model_merges entries given as mergekit configs ({name, mergekit}), translated in place into
+    the project's merge schema (platypus_utils.mergekit_yaml); what has no translation fails naming the key."""
+    section = raw.get("merge")
+    merges = section.get("model_merges") if isinstance(section, dict) else None
+    for i, entry in enumerate(merges if isinstance(merges, list) else []):
+        if isinstance(entry, dict) and "mergekit" in entry:
+            source = entry["mergekit"] if isinstance(entry["mergekit"], str) else "inline"
+            try:
+                merges[i] = mergekit_yaml.translate_entry(entry, project_root_for(path))
+            except mergekit_yaml.MergekitConfigError as exc:
+                raise ProfileError(f"{path}: key 'merge.model_merges.{i}.mergekit' ({source}): {exc}") from None
+
+
 def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     """Read and validate a profile. Raises ProfileError naming the file and every bad key."""
     path = Path(path)
@@ -812,6 +880,7 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         apply_override(raw, dotted, value, path)
+    _translate_mergekit_merges(raw, path)
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as exc:

@@ -72,7 +72,8 @@ RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)  # names stage 05 gives a me
 DEFAULT_MERGED_VARIANT = "merged"
 PARTNER_SUFFIX = "-platypus"
 SWEEP_PREFIX = "sweep-"
-DENSITY_METHODS = ("ties", "dare_linear", "dare_ties")  # merge methods that take a density (config checks it)
+# merge methods that take a density (config checks it): mergekit's ties, dare_* and peft's
+DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", "peft_ties", "peft_dare_linear", "peft_dare_ties")
 
 
 def artifact(profile: Profile, where: tuple[str, str]) -> Path:

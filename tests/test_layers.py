@@ -4,7 +4,8 @@ Layers (docs/layers.md gives the reasons), each importing only from its own laye
 
     0 core        profile schema, artifacts and manifests, artifact paths and variant names, text
                   helpers, Drive paths, the published numbers, portable paths: __init__, config,
-                  artifacts, layout, text, drive, refs, published, portable
+                  artifacts, layout, text, drive, refs, published, portable, mergekit_yaml (mergekit
+                  configs in a profile)
     1 components  data sources, benchmarks, models, embeddings, plots, statistics, lm-eval output,
                   hub access, the leak judge, the demo data, model cards
     2 stages      curate, decontaminate, finetune, merge, evaluate, analysis (a package named after a
@@ -35,7 +36,19 @@ LAYER_NAMES = {CORE: "core", COMPONENTS: "components", STAGES: "stages", ENTRY: 
 STAGE_NAMES = ("curate", "decontaminate", "finetune", "merge", "evaluate", "analysis")
 LAYERS = {
     **dict.fromkeys(
-        ["__init__", "config", "artifacts", "layout", "text", "drive", "refs", "published", "portable"], CORE
+        [
+            "__init__",
+            "config",
+            "artifacts",
+            "layout",
+            "text",
+            "drive",
+            "refs",
+            "published",
+            "portable",
+            "mergekit_yaml",
+        ],
+        CORE,
     ),
     **dict.fromkeys(
         [

@@ -26,6 +26,7 @@ from .conftest import (
     tiny_tokenizer,
     tiny_words,
 )
+from .test_merge_mergekit import assert_dare_alike
 
 WORDS = tiny_words()
 
@@ -215,7 +216,7 @@ def test_missing_adapter_and_unsupported_adapters_are_clear_errors(setup, make_p
 
 # ---------------------------------------------------------------- adapter mixes, full-model merges, sweep
 MIX_TYPES = ("linear", "cat", "ties", "dare_linear", "dare_ties", "svd")
-MODEL_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+MODEL_METHODS = merge.MODEL_METHODS  # mergekit's six, then peft_ties, peft_dare_linear, peft_dare_ties
 
 
 def lora_factors(adapter_dir):
@@ -341,7 +342,7 @@ def _model_merges(paths, weights=(0.6, 0.4)):
             "method": m,
             "models": [str(p) for p in paths],
             "weights": list(weights),
-            **({"density": DENSITY} if m in ("ties", "dare_linear", "dare_ties") else {}),
+            **({"density": DENSITY} if m in layout.DENSITY_METHODS else {}),
         }
         for m in MODEL_METHODS
     ]
@@ -362,7 +363,8 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
         assert entry["verification"]["max_abs_weight_diff"] <= 1e-5 and entry["verification"]["loads"]
         assert entry["verification"]["max_abs_distance_to_nearest_input"] > 1e-3  # not a copy of an input
         assert set(got[m]) == set(base)
-    assert report["models"]["m-dare_ties"]["verification"]["dare_kept_share"] == pytest.approx(DENSITY, abs=0.02)
+    for m in ("dare_ties", "peft_dare_ties"):
+        assert report["models"][f"m-{m}"]["verification"]["dare_kept_share"] == pytest.approx(DENSITY, abs=0.02)
 
     key = "model.layers.1.mlp.up_proj.weight"  # both fine-tunes changed it
     b, x1, x2 = base[key].double(), t1[key].double(), t2[key].double()
@@ -375,20 +377,27 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
     assert theta > 0.05  # far from parallel: the spherical branch is the one tested
     expected = (torch.sin(0.6 * theta) * x1 + torch.sin(0.4 * theta) * x2) / torch.sin(theta)
     torch.testing.assert_close(got["slerp"][key].double(), expected, **close)
-    # ties: keep the top half of each |d|, elect the sign of the sum, average the agreeing weighted values
+    # ties: keep the top half of each |d|; mergekit's: elect the sign of the *weighted* sum, divide the
+    # agreeing weighted values by the agreeing weights; peft's: the sign of the unweighted sum, divide by
+    # the number that agree
     k = int(DENSITY * d1.numel())
     trimmed = []
     for d in (d1, d2):
         thr = d.abs().flatten().kthvalue(d.numel() - k + 1).values
         trimmed.append(torch.where(d.abs() >= thr, d, 0.0))
-    sign = torch.where(trimmed[0] + trimmed[1] >= 0, 1.0, -1.0)
-    agree = [torch.sign(t) == sign for t in trimmed]
-    mixed = (0.6 * trimmed[0] * agree[0] + 0.4 * trimmed[1] * agree[1]) / (agree[0].double() + agree[1].double()).clamp(
-        min=1
+    sign = torch.where(0.6 * trimmed[0] + 0.4 * trimmed[1] >= 0, 1.0, -1.0)
+    agree = [(torch.sign(t) == sign).double() for t in trimmed]
+    mixed = (0.6 * trimmed[0] * agree[0] + 0.4 * trimmed[1] * agree[1]) / (0.6 * agree[0] + 0.4 * agree[1]).where(
+        agree[0] + agree[1] > 0, 1.0
     )
     torch.testing.assert_close(got["ties"][key].double(), b + mixed, **close)
-    # dare_linear: each entry is base + a kept-or-dropped (rescaled) share of each task vector
-    delta = got["dare_linear"][key].double() - b
+    sign = torch.where(trimmed[0] + trimmed[1] >= 0, 1.0, -1.0)
+    agree = [(torch.sign(t) == sign).double() for t in trimmed]
+    mixed = (0.6 * trimmed[0] * agree[0] + 0.4 * trimmed[1] * agree[1]) / (agree[0] + agree[1]).clamp(min=1)
+    torch.testing.assert_close(got["peft_ties"][key].double(), b + mixed, **close)
+    assert (got["ties"][key] - got["peft_ties"][key]).abs().max() > 1e-3  # the two definitions differ here
+    # peft_dare_linear: each entry is base + a kept-or-dropped share of each task vector, over density
+    delta = got["peft_dare_linear"][key].double() - b
     options = torch.stack(
         [torch.zeros_like(d1), 0.6 * d1 / DENSITY, 0.4 * d2 / DENSITY, 0.6 * d1 / DENSITY + 0.4 * d2 / DENSITY]
     )
@@ -399,7 +408,7 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
         < 0.7
     )
     # tensors no fine-tune touched stay the base's under the task-vector methods
-    for m in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
+    for m in MODEL_METHODS[2:]:
         torch.testing.assert_close(
             got[m]["model.embed_tokens.weight"], base["model.embed_tokens.weight"], atol=0, rtol=0
         )
@@ -695,7 +704,7 @@ def test_merge_settings_are_checked_when_the_profile_loads(tmp_path, section, me
         load_profile(path)
 
 
-def test_full_model_ties_equals_peft_ties_and_handles_ties_at_the_cut(monkeypatch):
+def test_full_model_peft_ties_equals_peft_and_handles_ties_at_the_cut(monkeypatch):
     from peft.utils import merge_utils
 
     monkeypatch.setattr(merge.arithmetic, "CHUNK", 777)  # the chunked merge must not change the tensor-wide top-k
@@ -703,16 +712,17 @@ def test_full_model_ties_equals_peft_ties_and_handles_ties_at_the_cut(monkeypatc
     base = torch.randn(64, 48, generator=gen)
     fts = [base + 0.1 * torch.randn(64, 48, generator=gen) for _ in range(3)]
     weights = [0.5, 1.0, 0.7]
-    got, _ = merge.merge_tensor("ties", fts, base, weights, 0.3, "total", 0, "w")
+    got, _ = merge.merge_tensor("peft_ties", fts, base, weights, 0.3, "total", 0, "w")
     expected = base + merge_utils.ties([f - base for f in fts], torch.tensor(weights), 0.3, "total")
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # no equal magnitudes: peft's top-k exactly
     # many equal magnitudes at the cut (quantized task vectors): the first by position are kept,
     # and the check, which finds the cut another way, agrees
     quantized = [base + torch.round(f - base, decimals=1) for f in fts]
-    got, _ = merge.merge_tensor("ties", quantized, base, weights, 0.3, "total", 0, "w")
-    reference = merge.ReferenceMerge("ties", quantized, base, weights, 0.3, "total", 0, "w")
-    expected = torch.cat([reference.chunk(part) for part in merge.chunks(got.numel())]).reshape(got.shape)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    for method in ("peft_ties", "ties"):
+        got, _ = merge.merge_tensor(method, quantized, base, weights, 0.3, "total", 0, "w")
+        reference = merge.ReferenceMerge(method, quantized, base, weights, 0.3, "total", 0, "w")
+        expected = torch.cat([reference.chunk(part) for part in merge.chunks(got.numel())]).reshape(got.shape)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     tv = (quantized[0] - base).abs().reshape(-1)
     keep = merge.top_magnitudes(quantized[0], base, 0.3)
     k = int(0.3 * tv.numel())
@@ -820,15 +830,16 @@ def test_each_training_seeds_adapter_is_merged_into_the_base(setup, make_profile
 
 def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(setup, finetunes, two_adapters):
     """04 writes mergekit_config.yml beside each variant mergekit can make: the adapter into the base and
-    into a partner (mergekit's `model+adapter` LoRA syntax), linear, task arithmetic and slerp; `mergekit-yaml`
-    on it gives the same tensors (the adapter merges exactly, the model merges within float32 rounding). ties and adapter mixes, which
-    mergekit defines otherwise or not at all, get none and say why. The file leaves the content hash alone."""
+    into a partner (mergekit's `model+adapter` LoRA syntax), linear, task arithmetic, slerp, ties and
+    dare_ties; `mergekit-yaml` on it gives the same tensors (the adapter merges and ties exactly, the other
+    model merges within float32 rounding, DARE in distribution: its own masks). peft_ties and adapter
+    mixes, which mergekit does not offer, get none and say why. The file leaves the content hash alone."""
     from platypus_utils.models import model_content_hash
 
+    shared = ("linear", "task_arithmetic", "slerp", "ties", "dare_ties", "peft_ties")
     profile = setup["profile"](
         partners=[{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}],
-        model_merges=_model_merges(finetunes)
-        and [m for m in _model_merges(finetunes) if m["method"] in ("linear", "task_arithmetic", "slerp", "ties")],
+        model_merges=[m for m in _model_merges(finetunes) if m["method"] in shared],
         adapter_mixes=[
             {"name": "mix", "adapters": ["adapter", "partner_adapter"], "weights": [1, 1], "combination_type": "cat"}
         ],
@@ -836,10 +847,11 @@ def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(s
     report = merge.run_merge(profile)
     out = profile.run_dir("04_merge")
     made = {v: e for v, e in report["models"].items()}
-    assert made["m-ties"]["mergekit_config"] is None and "peft" in made["m-ties"]["mergekit_why_not"]
+    assert made["m-peft_ties"]["mergekit_config"] is None and "peft" in made["m-peft_ties"]["mergekit_why_not"]
     assert made["mix"]["mergekit_config"] is None and "no mergekit equivalent" in made["mix"]["mergekit_why_not"]
+    base = load_file(str(setup["base"] / "model.safetensors"))
     cli = Path(sys.executable).with_name("mergekit-yaml")
-    for variant in ("merged", "general", "general-platypus", "m-linear", "m-task_arithmetic", "m-slerp"):
+    for variant in ("merged", "general", "general-platypus", *(f"m-{m}" for m in shared[:-1])):
         config = Path(made[variant]["mergekit_config"])
         assert config == out / variant / "mergekit_config.yml" and config.read_text().startswith("# stage 04's recipe")
         theirs = setup["tmp"] / "mergekit" / variant
@@ -861,7 +873,10 @@ def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(s
         for f in sorted(theirs.glob("*.safetensors")):
             theirs_t.update(load_file(str(f)))
         assert set(theirs_t) <= set(ours_t) and theirs_t, variant
-        # the adapter merges agree exactly; the model merges within float32 rounding (mergekit sums in another order)
+        if variant == "m-dare_ties":  # other masks: the same kept share and the same size of update
+            assert_dare_alike(ours_t, theirs_t, base, DENSITY)
+            continue
+        # the adapter merges and ties agree exactly; the others within float32 rounding (another order of sums)
         tol = {"m-slerp": 1e-5, "m-linear": 1e-6, "m-task_arithmetic": 1e-6}.get(variant, 0.0)
         for name, tensor in theirs_t.items():
             torch.testing.assert_close(tensor, ours_t[name], atol=tol, rtol=0, msg=f"{variant} {name}")

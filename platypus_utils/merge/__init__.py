@@ -14,8 +14,10 @@ Variants are named by `layout` (layout.planned_variants gives them in the order 
   - adapter mixes (`merge.adapter_mixes`): several adapters combined by peft's `add_weighted_adapter`
     (linear, cat, ties, dare_linear, dare_ties, svd), then merged into the base;
   - full-model merges (`merge.model_merges`, and the grid `merge.sweep`, variants
-    "sweep-<method>-w<w1>_<w2>[-d<density>]"): linear, slerp, task_arithmetic, ties, dare_linear,
-    dare_ties over two or more fine-tunes of one base.
+    "sweep-<method>-w<w1>_<w2>[-d<density>]") over two or more fine-tunes of one base: linear, slerp,
+    task_arithmetic, ties, dare_linear, dare_ties as mergekit 0.1.5 defines them (weights, normalize,
+    rescale, lambda, int8_mask, its defaults), and peft_ties, peft_dare_linear, peft_dare_ties as peft
+    defines them. A merge may be given as a mergekit config (platypus_utils.mergekit_yaml).
 
 Dtype: a variant is stored in the dtype of the model it is made from, or in merge.dtype; the
 arithmetic is float32 and rounded once to that dtype (a sum done in bfloat16 for a float16 base
@@ -24,22 +26,25 @@ rename, against bounds stated per element (verify.py); a merge that fails never 
 
 The package, by concern (each module's docstring states its contract):
   errors      MergeError, MergeVerificationError
-  arithmetic  merge_tensor (full-model methods, chunked float32), slerp, TIES top-k, DARE seeds
+  arithmetic  merge_tensor (full-model methods, chunked float32), slerp, TIES top-k, DARE seeds, Options
   io          safetensors streamed one tensor at a time, write_variant (atomic, verified), memory
   adapter     read_adapter (LoRA factors by hand), LoraDelta, architecture and target checks
-  reference   the methods written again without peft, for the checks
+  reference   the methods written again without peft or mergekit, for the checks
+  mergekit    each variant's recipe as a mergekit config (mergekit_config.yml)
   verify      the weight and logit checks and their bounds; a check's status (verified, unresolvable)
   memory      host memory of each merge and check, and when a check streams tensor by tensor
   build       (build, check) steps per kind of variant
   plan        plan_merges: jobs, variant names (layout), dtypes, sweep, reuse decisions
   stage       the notebook's steps and run_merge
 
-Why not mergekit (0.1.5 installs beside transformers 5 / torch 2.13 and runs): (1) verification:
-mergekit seeds the global RNG once, so a DARE mask depends on the order its task graph runs and no
-independent computation can reproduce it; here each DARE draw is seeded from (profile seed, tensor
-name, chunk), so the check redraws it exactly. (2) One set of formulas: the full-model methods call
-the same `peft.utils.merge_utils` functions that `add_weighted_adapter` uses on adapters. The cost:
-mergekit's other methods (della, model_stock, passthrough) are not offered.
+mergekit and this stage (mergekit 0.1.5 installs beside transformers 5 / torch 2.13 and runs): the
+six shared methods compute what mergekit computes, in its order of operations (bit-identical in
+float32 in tests/test_merge.py, DARE with the same masks too), and every variant mergekit can make
+gets a `mergekit_config.yml` that remakes it (mergekit.py). The merge is computed here rather than
+by mergekit for verification: mergekit seeds the global RNG once, so a DARE mask depends on the order
+its task graph runs and no independent computation can reproduce it; here each DARE draw is seeded
+from (profile seed, tensor name, chunk), so the check redraws it exactly. mergekit's other methods
+(della, model_stock, breadcrumbs, ...) are not offered.
 
 Memory: full-model merges and their checks stream tensor by tensor, CHUNK entries at a time: the
 peak is the largest tensor's inputs and output plus one chunk of float32 work, not a model
@@ -70,7 +75,19 @@ from .adapter import (
     check_targets,
     read_adapter,
 )
-from .arithmetic import CHUNK, U32, chunk_seed, chunks, merge_tensor, slerp_coefficients, top_magnitudes
+from .arithmetic import (
+    CHUNK,
+    MERGEKIT_METHODS,
+    MODEL_METHODS,
+    PEFT_METHODS,
+    U32,
+    Options,
+    chunk_seed,
+    chunks,
+    merge_tensor,
+    slerp_coefficients,
+    top_magnitudes,
+)
 from .build import (
     KIND_ADAPTER,
     KIND_MIX,
@@ -175,12 +192,15 @@ __all__ = [
     "LOGIT_BOUND",
     "LOGIT_EFFECT_SHARE",
     "MERGE_FORMAT",
+    "MERGEKIT_METHODS",
     "MERGE_INFO",
     "METHOD",
     "MIXED_ADAPTER",
     "MIX_METHOD",
     "MODEL_MERGE_ULPS",
+    "MODEL_METHODS",
     "NOT_CHECKED",
+    "PEFT_METHODS",
     "REPORT",
     "SKIPPED",
     "STAGE",
@@ -198,6 +218,7 @@ __all__ = [
     "MergeError",
     "MergeVerificationError",
     "ModelMergeSpec",
+    "Options",
     "Plan",
     "ReferenceMerge",
     "SafetensorsCheckpoint",

@@ -1,14 +1,21 @@
 """The merge arithmetic of full-model merges: one tensor at a time, float32, rounded once.
 
 Contract:
-- `merge_tensor(method, tensors, base, weights, ...)` gives one tensor of a linear, slerp,
-  task_arithmetic, ties, dare_linear or dare_ties merge, computed in float32 with peft's
-  `merge_utils` (the formulas `add_weighted_adapter` uses on adapters, so "ties" means one thing in
-  this stage; SLERP is ours, mergekit's formula) and rounded once to the output dtype.
+- `merge_tensor(method, tensors, base, weights, ..., options=)` gives one tensor of a full-model
+  merge, computed in float32 and rounded once to the output dtype. linear, slerp, task_arithmetic,
+  ties, dare_linear and dare_ties are mergekit 0.1.5's definitions, written in its order of
+  operations (`_mergekit_chunk`: task vectors trimmed [ties: top-k magnitudes, k = max(1, ⌊density·n⌋);
+  dare: a random keep with probability density], rescaled to their L1 norm when `rescale`, weighted,
+  for ties/dare_ties masked to the sign of their weighted sum, summed, divided by the (agreeing)
+  weights when `normalize`, times `lambda`); `Options.of(method, ...)` fills mergekit's defaults.
+  peft_ties, peft_dare_linear and peft_dare_ties call peft's `merge_utils` (the formulas
+  `add_weighted_adapter` uses on adapters).
 - It works CHUNK entries at a time after the tensor-wide choices (TIES: each task vector's top-k;
-  SLERP: the angle), so memory holds the inputs, the output and one chunk of float32 work.
+  SLERP: the angle; mergekit's rescale: each trimmed task vector's L1 norm, a first pass), so memory
+  holds the inputs, the output and one chunk of float32 work.
 - DARE draws each chunk's mask from `chunk_seed(seed, name, chunk)`: a mask does not depend on the
-  order of the work, and the check (reference.py) redraws it exactly.
+  order of the work, and the check (reference.py) redraws it exactly. (mergekit draws from one global
+  generator: its masks differ, its merge agrees in distribution.)
 - Tensors whose inputs are all equal (no task vector) are copied bit for bit.
 - U32 (float32's unit roundoff) is the unit every float32 allowance of the checks is counted in.
 
@@ -20,17 +27,41 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from peft.utils import merge_utils
 
+from ..config import MERGEKIT_CONSENSUS, MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
 from .errors import MergeError
 
 U32 = 2.0**-24  # float32's unit roundoff: the merges compute in float32 and round once to the storage dtype
 CHUNK = 1 << 22  # entries per step of a full-model merge and of its check: bounds their float32 work
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearer to parallel than this, slerp is computed as lerp
-MODEL_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")  # mergekit's meaning
+PEFT_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")  # peft's merge_utils
+MODEL_METHODS = MERGEKIT_METHODS + PEFT_METHODS
+RESCALE_EPS = 1e-7  # mergekit's: an L1 norm below this (before or after the trim) leaves the vector unscaled
+DIVISOR_EPS = 1e-8  # mergekit's: |sum of weights| below this divides by 1 (methods without a sign election)
+
+
+@dataclass(frozen=True)
+class Options:
+    """mergekit's method parameters, resolved: normalize, rescale (L1), lambda."""
+
+    normalize: bool = False
+    rescale: bool = False
+    lam: float = 1.0
+
+    @classmethod
+    def of(cls, method: str, normalize: bool | None = None, rescale: bool | None = None, lam: float = 1.0):
+        """The options of `method`, with mergekit's default for each one not given."""
+        return cls(
+            MERGEKIT_NORMALIZE.get(method, False) if normalize is None else normalize,
+            MERGEKIT_RESCALE.get(method, False) if rescale is None else rescale,
+            lam,
+        )
 
 
 # ---------------------------------------------------------------- chunks and seeds
@@ -74,15 +105,20 @@ def slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -> tuple[fl
     return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta), False
 
 
-def top_magnitudes(tensor: torch.Tensor, base: torch.Tensor, density: float) -> torch.Tensor:
+def top_magnitudes(
+    tensor: torch.Tensor, base: torch.Tensor, density: float, at_least_one: bool = False
+) -> torch.Tensor:
     """TIES's trim: the k = int(density·n) entries of the task vector (tensor - base) with the largest
-    magnitude, as a bool mask; among equal magnitudes at the cut, the first by position (peft leaves
+    magnitude (at_least_one: k >= 1, as mergekit keeps), as a bool mask; among equal magnitudes at the
+    cut, the first by position (peft and mergekit leave
     that choice to torch.topk; kept zeros change nothing, so zeros at the cut are not kept). The
     k-th largest magnitude is found by bisection on the float32 bit patterns (non-negative floats
     order as their bits): about 31 counting passes over one float32 copy, where torch.topk would
     sort-select with several copies (2 GB and 15 s for a 100 M-entry tensor here)."""
     magnitude = tensor.reshape(-1).to(torch.float32, copy=True).sub_(base.reshape(-1)).abs_()  # never the input
     k = int(density * magnitude.numel())
+    if at_least_one and magnitude.numel():
+        k = max(1, k)
     if density >= 1:
         return torch.ones(magnitude.numel(), dtype=torch.bool)
     if k == 0:
@@ -102,8 +138,70 @@ def top_magnitudes(tensor: torch.Tensor, base: torch.Tensor, density: float) -> 
     return keep
 
 
-# ---------------------------------------------------------------- one tensor
-def _task_vector_chunk(
+# ---------------------------------------------------------------- DARE draws, mergekit's rescale
+def dare_masks(length: int, count: int, density: float, seed: int) -> list[torch.Tensor]:
+    """DARE's keep masks of one chunk (one bernoulli(density) per task vector, in order), from its seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [torch.bernoulli(torch.full((length,), density, dtype=torch.float32)).bool() for _ in range(count)]
+
+
+def trim_masks(
+    method: str, keep: list[torch.Tensor] | None, density: float, part: slice, count: int, seed: int, name: str
+) -> list[torch.Tensor] | None:
+    """The entries a mergekit ties/dare_* keeps in one chunk (None: all)."""
+    if keep is not None:
+        return [k[part] for k in keep]
+    if method.startswith("dare") and density < 1:
+        return dare_masks(part.stop - part.start, count, density, chunk_seed(seed, name, chunk_index(part)))
+    return None
+
+
+def l1_rescales(
+    method: str, flat: list[torch.Tensor], base: torch.Tensor, keep, density: float, seed: int, name: str
+) -> list[float]:
+    """mergekit's rescale: each trimmed task vector times ||δ||₁ / ||trimmed δ||₁, tensor-wide (one
+    pass over the chunks, redrawing DARE's masks); 1 where either norm is below RESCALE_EPS."""
+    before, after = [0.0] * len(flat), [0.0] * len(flat)
+    for part in chunks(base.numel()):
+        b = base[part].float()
+        masks = trim_masks(method, keep, density, part, len(flat), seed, name)
+        for i, t in enumerate(flat):
+            d = t[part].float() - b
+            before[i] += float(d.abs().sum(dtype=torch.float64))
+            after[i] += float((d * masks[i] if masks is not None else d).abs().sum(dtype=torch.float64))
+    return [x / y if x >= RESCALE_EPS and y >= RESCALE_EPS else 1.0 for x, y in zip(before, after)]
+
+
+# ---------------------------------------------------------------- one chunk
+def _mergekit_chunk(
+    method: str, deltas: list[torch.Tensor], w: torch.Tensor, masks, scales, options: Options
+) -> torch.Tensor:
+    """mergekit's generalized task arithmetic on one chunk, in its order of operations (float32)."""
+    stacked = torch.stack(
+        [d * m if masks is not None else d for d, m in zip(deltas, masks or deltas)]
+    )  # trimmed task vectors
+    if scales is not None:
+        stacked = stacked * torch.tensor(scales, dtype=torch.float32).unsqueeze(-1)
+    weights = w.unsqueeze(-1)
+    stacked = stacked * weights
+    if method in MERGEKIT_CONSENSUS:  # the sign of the weighted sum; a zero agrees with nothing
+        agree = stacked.sign() == ((stacked.sum(dim=0) >= 0).to(torch.float32) * 2 - 1)
+        mixed = (stacked * agree).sum(dim=0)
+        divisor = (weights * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < DIVISOR_EPS] = 1
+    if options.normalize:
+        mixed = mixed / divisor
+    if options.lam != 1:
+        mixed = mixed * options.lam
+    return mixed
+
+
+def _peft_chunk(
     method: str,
     task_vectors: list[torch.Tensor],
     w: torch.Tensor,
@@ -114,21 +212,28 @@ def _task_vector_chunk(
     seed: int,
     name: str,
 ) -> torch.Tensor:
-    """The combined task vector of one chunk, by peft's merge utilities."""
-    if method == "task_arithmetic":
-        return merge_utils.task_arithmetic(task_vectors, w)
-    if method == "ties":  # peft's ties() with the trim already done tensor-wide
+    """The combined task vector of one chunk, by peft's merge utilities (peft_ties, peft_dare_*)."""
+    if method == "peft_ties":  # peft's ties() with the trim already done tensor-wide
         trimmed = torch.stack([tv * k[part] for tv, k in zip(task_vectors, keep)])
         signs = merge_utils.calculate_majority_sign_mask(trimmed, method=majority_sign_method)
         weighted = trimmed * merge_utils.reshape_weight_task_tensors(trimmed, w)
         return merge_utils.disjoint_merge(weighted, signs)
     with torch.random.fork_rng(devices=[]):  # peft draws from the global generator: seed it per chunk
         torch.manual_seed(chunk_seed(seed, name, chunk_index(part)))
-        if method == "dare_linear":
+        if method == "peft_dare_linear":
             return merge_utils.dare_linear(task_vectors, w, density)
         return merge_utils.dare_ties(task_vectors, w, density, majority_sign_method)
 
 
+def _linear_chunk(xs: list[torch.Tensor], w: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """mergekit's linear: the weighted sum, divided by the weights' sum when normalize."""
+    out = torch.zeros_like(xs[0])
+    for x, c in zip(xs, w):
+        out.addcmul_(x, c)
+    return out.div_(w.sum()) if normalize else out
+
+
+# ---------------------------------------------------------------- one tensor
 def merge_tensor(
     method: str,
     tensors: list[torch.Tensor],
@@ -139,13 +244,15 @@ def merge_tensor(
     seed: int,
     name: str,
     out_dtype=None,
+    options: Options | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """One tensor of a full-model merge, computed in float32 with peft's merge utilities (SLERP: ours),
+    """One tensor of a full-model merge in float32 (module docstring: mergekit's methods, peft_*),
     CHUNK entries at a time after the tensor-wide choices (TIES: each task vector's top-k; SLERP: the
-    angle), so memory holds the inputs, the output and one chunk's work, not float32 copies of it all.
-    DARE draws each chunk's mask from chunk_seed(seed, name, chunk). Returns (tensor, info)."""
+    angle; rescale: the L1 norms), so memory holds the inputs, the output and one chunk's work. DARE
+    draws each chunk's mask from chunk_seed(seed, name, chunk). Returns (tensor, info)."""
     if method not in MODEL_METHODS:
         raise MergeError(f"unknown merge method {method!r}")
+    options = options or Options.of(method)
     out_dtype = out_dtype or tensors[0].dtype
     same = base if base is not None else tensors[0]
     if all(torch.equal(t, same) for t in tensors):
@@ -154,22 +261,28 @@ def merge_tensor(
     info: dict[str, Any] = {}
     flat = [t.reshape(-1) for t in tensors]
     flat_base = base.reshape(-1) if base is not None else None
-    keep = None
+    keep = scales = None
     if method == "slerp":
         c0, c1, info["slerp_linear"] = slerp_coefficients(float(w[1] / w.sum()), tensors[0], tensors[1])
-    elif method == "ties":  # the trim is tensor-wide: each task vector's kept entries, one vector at a time
-        keep = [top_magnitudes(t, flat_base, density) for t in flat]
+    elif method in ("ties", "peft_ties"):  # the trim is tensor-wide: each task vector's kept entries
+        keep = [top_magnitudes(t, flat_base, density, at_least_one=method == "ties") for t in flat]
+    if options.rescale and method in ("ties", "dare_linear", "dare_ties") and density < 1:
+        scales = l1_rescales(method, flat, flat_base, keep, density, seed, name)
     out = torch.empty(flat[0].numel(), dtype=out_dtype)
     for part in chunks(out.numel()):
         xs = [t[part].float() for t in flat]
         if method == "linear":
-            out[part] = merge_utils.task_arithmetic(xs, w / w.sum()).to(out_dtype)
+            out[part] = _linear_chunk(xs, w, options.normalize).to(out_dtype)
         elif method == "slerp":
             out[part] = (c0 * xs[0] + c1 * xs[1]).to(out_dtype)
+        elif method in PEFT_METHODS:
+            b = flat_base[part].float()
+            tvs = [x - b for x in xs]
+            out[part] = (b + _peft_chunk(method, tvs, w, density, majority_sign_method, keep, part, seed, name)).to(
+                out_dtype
+            )
         else:
             b = flat_base[part].float()
-            mixed = _task_vector_chunk(
-                method, [x - b for x in xs], w, density, majority_sign_method, keep, part, seed, name
-            )
-            out[part] = (b + mixed).to(out_dtype)
+            masks = trim_masks(method, keep, density or 1.0, part, len(xs), seed, name)
+            out[part] = (b + _mergekit_chunk(method, [x - b for x in xs], w, masks, scales, options)).to(out_dtype)
     return out.reshape(tensors[0].shape), info

@@ -266,7 +266,16 @@ def _merged_tensors(tmp: Path, spec: ModelMergeSpec, names: list[str], dtype, se
             return tensors[0]
         base_t = base.read(name) if base is not None else None
         merged, info = merge_tensor(
-            spec.method, tensors, base_t, spec.weights, spec.density, spec.majority_sign_method, seed, name, dtype
+            spec.method,
+            tensors,
+            base_t,
+            spec.weights,
+            spec.density,
+            spec.majority_sign_method,
+            seed,
+            name,
+            dtype,
+            spec.options,
         )
         stats["slerp_linear_tensors"] += bool(info.get("slerp_linear"))
         stats["unchanged_tensors"] += bool(info.get("unchanged"))

@@ -41,6 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from ..artifacts import atomic_path, write_json
 from ..models import hub_snapshot, make_files_readable, model_content_hash
 from ..refs import split_revision
+from .arithmetic import Options
 from .errors import MergeError
 
 log = logging.getLogger("platypus")
@@ -246,10 +247,19 @@ class ModelMergeSpec:
     majority_sign_method: str = "total"
     base: str | None = None  # folder of the common base (task-vector methods)
     base_label: str | None = None
+    normalize: bool | None = None  # mergekit's parameters as the profile gives them (None: its default)
+    rescale: bool | None = None
+    lam: float = 1.0
+    int8_mask: bool = False
 
     @property
     def uses_base(self) -> bool:
         return self.method not in ("linear", "slerp")
+
+    @property
+    def options(self) -> Options:
+        """mergekit's parameters resolved with its defaults for this method."""
+        return Options.of(self.method, self.normalize, self.rescale, self.lam)
 
 
 def open_checkpoints(spec: ModelMergeSpec) -> tuple[list[SafetensorsCheckpoint], SafetensorsCheckpoint | None]:

@@ -1,15 +1,17 @@
 """Each merged variant's recipe as a mergekit config (`mergekit_config.yml` beside its weights).
 
-`mergekit-yaml mergekit_config.yml OUT` makes the variant again from the same folders, with the formulas
-stage 04 uses where mergekit's are the same:
+`mergekit-yaml mergekit_config.yml OUT` makes the variant again from the same folders, by the same
+definitions (stage 04's linear, slerp, task_arithmetic, ties, dare_linear and dare_ties are mergekit's):
 - the adapter merged into a model (base or partner): mergekit's LoRA syntax `model+adapter` through
   `passthrough`, stored in the variant's dtype (the sum in float32, rounded once, as here);
-- `linear` (weights normalised by their sum), `task_arithmetic` (θ_base + Σ wᵢ(θᵢ − θ_base), no
-  normalisation) and `slerp` (t = w₂ / (w₁ + w₂), the first model as its base): the same definitions.
-Where mergekit means something else by the same name, or has no such merge, no config is written and the
-variant's merge_info.json says why (`mergekit`): `ties` and `dare_*` here follow peft (sign elected from
-the unweighted trimmed task vectors; mergekit elects it from the weighted ones), and adapter mixes are
-made by peft on the LoRA factors, before any weight is merged.
+- full-model merges: the method with each model's `weight` (and `density`), the base as `base_model`,
+  and `normalize`, `rescale`, `lambda`, `int8_mask` written out as resolved (mergekit's defaults unless
+  the profile set them); slerp as `t = w₂ / (w₁ + w₂)` with the first model as its base. The
+  arithmetic is asked for in float32 (`dtype`) and rounded once to the stored dtype (`out_dtype`), as
+  here. mergekit's DARE draws other masks (one global generator): the same merge in distribution.
+Where mergekit has no such merge, no config is written and the variant's merge_info.json says why
+(`mergekit`): peft_ties and peft_dare_* (peft's definitions), and adapter mixes (peft on the LoRA
+factors, before any weight is merged).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from ..config import MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
+from .arithmetic import PEFT_METHODS
 from .io import ModelMergeSpec, dtype_name
 
 CONFIG_FILE = "mergekit_config.yml"
-MERGEKIT_METHODS = ("linear", "task_arithmetic", "slerp")  # the same formulas as mergekit's
+MERGEKIT_METHODS = ("linear", "task_arithmetic", "slerp", "ties", "dare_linear", "dare_ties")  # mergekit's own
 
 
 def adapter_config(source: str | Path, adapter: str | Path, dtype) -> dict:
@@ -33,33 +37,56 @@ def adapter_config(source: str | Path, adapter: str | Path, dtype) -> dict:
     }
 
 
+def _shared_parameters(spec: ModelMergeSpec) -> dict:
+    """normalize, rescale, lambda, int8_mask as this merge resolves them (only those the method takes)."""
+    options = spec.options
+    shared: dict = {}
+    if spec.method in MERGEKIT_NORMALIZE:
+        shared["normalize"] = options.normalize
+    if spec.method in MERGEKIT_RESCALE:
+        shared["rescale"] = options.rescale
+    if options.lam != 1.0:
+        shared["lambda"] = options.lam
+    if spec.int8_mask:
+        shared["int8_mask"] = True
+    return shared
+
+
 def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
-    """A full-model merge as mergekit writes it; None where mergekit's method differs (module docstring)."""
+    """A full-model merge as mergekit writes it; None where mergekit has no such method (peft_*)."""
     if spec.method not in MERGEKIT_METHODS:
         return None
     models = [str(Path(m).resolve()) for m in spec.models]
-    config: dict = {"merge_method": spec.method, "dtype": dtype_name(dtype)}
+    config: dict = {"merge_method": spec.method}
     if spec.method == "slerp":
         config["base_model"] = models[0]
         config["models"] = [{"model": m} for m in models]
         config["parameters"] = {"t": spec.weights[1] / sum(spec.weights)}
-        return config
-    config["models"] = [{"model": m, "parameters": {"weight": w}} for m, w in zip(models, spec.weights)]
-    if spec.method == "task_arithmetic":
-        config["base_model"] = str(Path(spec.base).resolve())
+    else:
+        if spec.uses_base:
+            config["base_model"] = str(Path(spec.base).resolve())
+        own = [{"weight": w} | ({"density": spec.density} if spec.density is not None else {}) for w in spec.weights]
+        config["models"] = [{"model": m, "parameters": p} for m, p in zip(models, own)]
+        if _shared_parameters(spec):
+            config["parameters"] = _shared_parameters(spec)
+    config["dtype"] = "float32"  # the arithmetic, as here; rounded once to the stored dtype
+    if dtype_name(dtype) != "float32":
+        config["out_dtype"] = dtype_name(dtype)
     return config
 
 
 def why_not(kind: str, method: str) -> str:
     """Why a variant has no mergekit config."""
-    if method in ("ties", "dare_ties", "dare_linear"):
-        return f"{method} here follows peft's definition, not mergekit's (module platypus_utils.merge.mergekit)"
+    if method in PEFT_METHODS:
+        return f"{method} is peft's definition, which mergekit does not offer (module platypus_utils.merge.mergekit)"
     return f"a {kind} ({method}) has no mergekit equivalent: peft combines the adapters before any weight is merged"
 
 
 def write_config(out_dir: Path, config: dict, variant: str) -> Path:
     """mergekit_config.yml in the variant's folder, headed by how to use it."""
     head = f"# stage 04's recipe for {variant}, as mergekit reads it: mergekit-yaml {CONFIG_FILE} OUT\n"
+    if str(config.get("merge_method", "")).startswith("dare"):
+        head += "# DARE drops at random: mergekit draws other masks than stage 04, the same merge in distribution\n"
     path = Path(out_dir) / CONFIG_FILE
     path.write_text(head + yaml.safe_dump(config, sort_keys=False))
     return path

@@ -61,7 +61,8 @@ from .verify import LOGIT_BOUND, VERIFY_FORMAT, WEIGHT_BOUND
 log = logging.getLogger("platypus")
 
 STAGE = layout.MERGE
-MERGE_FORMAT = 1  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
+MERGE_FORMAT = 2  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
+# (2: ties and dare_* follow mergekit; peft's are peft_ties, peft_dare_*)
 INPUTS_DIFFER = "its inputs differ: "
 
 
@@ -425,19 +426,31 @@ class Plan:
             mm.majority_sign_method,
             base_dir,
             (mm.base or self.base_ref) if uses_base else None,
+            mm.normalize,
+            mm.rescale,
+            mm.lambda_,
+            mm.int8_mask,
         )
-        dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])])
+        dtype = merge_dtype(
+            mm.dtype or self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])]
+        )
+        options = spec.options
 
         def merge_inputs() -> dict:
             return {
                 "method": mm.method,
                 "weights": list(mm.weights),
                 "density": mm.density,
-                "majority_sign_method": mm.majority_sign_method if mm.method in ("ties", "dare_ties") else None,
+                "majority_sign_method": mm.majority_sign_method
+                if mm.method in ("peft_ties", "peft_dare_ties")
+                else None,
+                "normalize": options.normalize,
+                "rescale": options.rescale,
+                "lambda": options.lam,
                 "models": [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)],
                 "base": [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None,
                 "dtype": dtype_name(dtype),
-                "seed": self.profile.seed if mm.method.startswith("dare") else None,
+                "seed": self.profile.seed if "dare" in mm.method else None,
                 "format": MERGE_FORMAT,
             }
 
@@ -457,6 +470,7 @@ class Plan:
                     "model_paths": paths,
                     "weights": list(mm.weights),
                     "density": mm.density,
+                    "options": {"normalize": options.normalize, "rescale": options.rescale, "lambda": options.lam},
                     "base": spec.base_label,
                     "base_path": base_dir,
                     "sweep": sweep,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .adapter import DenseDelta, LoraDelta
-from .arithmetic import SLERP_DOT_THRESHOLD, U32, chunk_index, chunk_seed, chunks
+from .arithmetic import SLERP_DOT_THRESHOLD, U32, Options, chunk_index, chunk_seed, chunks
 from .errors import MergeError, MergeVerificationError
 
 
@@ -40,11 +40,14 @@ def peft_keep_top(x32: torch.Tensor, density: float) -> torch.Tensor:
     return keep.reshape(x32.shape)
 
 
-def reference_keep_top(x32: torch.Tensor, density: float) -> torch.Tensor:
-    """The entries a full-model TIES keeps (see arithmetic.top_magnitudes), found another way: the
-    k-th largest magnitude by torch.kthvalue, everything above it, then the first equals by position."""
+def reference_keep_top(x32: torch.Tensor, density: float, at_least_one: bool = False) -> torch.Tensor:
+    """The entries a full-model TIES keeps (see arithmetic.top_magnitudes; at_least_one: mergekit's
+    k >= 1), found another way: the k-th largest magnitude by torch.kthvalue, everything above it,
+    then the first equals by position."""
     magnitude = x32.reshape(-1).abs_()
     k = int(density * magnitude.numel())
+    if at_least_one and magnitude.numel():
+        k = max(1, k)
     if density >= 1 or k == 0:
         return torch.full((magnitude.numel(),), density >= 1, dtype=torch.bool)
     threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
@@ -112,6 +115,41 @@ def reference_combine(
     return total / count.clamp(min=1.0)
 
 
+def reference_mergekit_combine(
+    method: str,
+    xs: list[torch.Tensor],
+    weights: list[float],
+    masks: list[torch.Tensor] | None,
+    scales: list[float] | None,
+    normalize: bool,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """mergekit's task-vector methods on task vectors `xs`, from their definition: keep the entries in
+    `masks` (ties: the top magnitudes; dare_*: random), times `scales` (rescale: each vector's L1 norm
+    over its kept part's), times its weight; ties/dare_ties: only the terms whose sign is that of the
+    terms' sum (a zero agrees with nothing), divided, when normalize, by the sum of their weights (0: 1);
+    task_arithmetic/dare_linear: all terms, divided, when normalize, by the weights' sum (|.| < 1e-8: 1);
+    times lam. Returns (combined, divisor used)."""
+    terms = []
+    for i, (w, x) in enumerate(zip(weights, xs)):
+        kept = x if masks is None else torch.where(masks[i], x, torch.zeros_like(x))
+        terms.append(w * (kept * scales[i] if scales is not None else kept))
+    if method in ("ties", "dare_ties"):
+        elected = torch.where(sum(terms) >= 0, 1.0, -1.0)
+        agree = [torch.sign(t) == elected for t in terms]
+        total = sum(torch.where(a, t, torch.zeros_like(t)) for a, t in zip(agree, terms))
+        divisor = sum(w * a.to(torch.float32) for w, a in zip(weights, agree))
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    elif method in ("task_arithmetic", "dare_linear"):
+        total = sum(terms)
+        divisor = sum(weights) if abs(sum(weights)) >= 1e-8 else 1.0
+    else:
+        raise MergeError(f"unknown method {method!r}")
+    if not normalize:
+        divisor = 1.0
+    return total / divisor * lam, divisor
+
+
 def reference_slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -> tuple[float, float, bool]:
     """(c0, c1, linear): slerp(t, v0, v1) = c0·v0 + c1·v1, from float64 sums taken chunk by chunk."""
     a, b = v0.reshape(-1), v1.reshape(-1)
@@ -131,8 +169,9 @@ def reference_slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -
 
 class ReferenceMerge:
     """The value `merge_tensor` must give for one tensor, in float32, chunk by chunk after the
-    tensor-wide choices (TIES top-k, SLERP angle; DARE masks are redrawn per chunk from the chunk's
-    seed), so that checking a large tensor needs little more than its inputs. `stats`: what was
+    tensor-wide choices (TIES top-k, SLERP angle, mergekit's L1 rescale; DARE masks are redrawn per
+    chunk from the chunk's seed), so that checking a large tensor needs little more than its inputs.
+    mergekit's methods by reference_mergekit_combine, peft_* by reference_combine. `stats`: what was
     drawn or chosen."""
 
     def __init__(
@@ -145,13 +184,16 @@ class ReferenceMerge:
         majority_sign_method: str,
         seed: int,
         name: str,
+        options: Options | None = None,
     ):
         self.method, self.weights, self.density, self.msm = method, list(weights), density, majority_sign_method
+        self.options = options or Options.of(method)
         self.seed, self.name = seed, name
         self.flat = [t.reshape(-1) for t in tensors]
         self.base = base.reshape(-1) if base is not None else None
-        self.keep = None
+        self.keep = self.scales = None
         self.stats: dict[str, Any] = {}
+        self._magnitude: tuple[int, torch.Tensor] | None = None  # (part.start, magnitude) of the last chunk
         # all inputs equal: every method gives that tensor (task vectors are zero; slerp of equal tensors)
         same = base if base is not None else tensors[0]
         self.unchanged = all(torch.equal(t, same) for t in tensors)
@@ -161,12 +203,39 @@ class ReferenceMerge:
             c0, c1, linear = reference_slerp_coefficients(weights[1] / sum(weights), tensors[0], tensors[1])
             self.coefficients = (c0, c1)
             self.stats["slerp_linear"] = linear
-        elif method == "ties":
+        elif method in ("ties", "peft_ties"):
             self.keep = [
-                reference_keep_top(t.to(torch.float32, copy=True).sub_(base), density).reshape(-1) for t in tensors
+                reference_keep_top(t.to(torch.float32, copy=True).sub_(base), density, method == "ties").reshape(-1)
+                for t in tensors
             ]
-        elif method.startswith("dare") and density < 1:
+        if "dare" in method and density < 1:
             self.stats = {"kept": 0, "entries": 0}
+        if self.options.rescale and method in ("ties", "dare_linear", "dare_ties") and density < 1:
+            self.scales = self._l1_scales()
+
+    def _masks(self, part: slice, count: bool = True) -> list[torch.Tensor] | None:
+        if self.keep is not None:
+            return [k[part] for k in self.keep]
+        if "kept" not in self.stats:
+            return None
+        seed = chunk_seed(self.seed, self.name, chunk_index(part))
+        masks = reference_dare_masks(part.stop - part.start, len(self.flat), self.density, seed)
+        if count:
+            self.stats["kept"] += sum(int(m.sum()) for m in masks)
+            self.stats["entries"] += sum(m.numel() for m in masks)
+        return masks
+
+    def _l1_scales(self) -> list[float]:
+        """mergekit's rescale: ||δ_i||₁ / ||kept δ_i||₁ over the whole tensor (1 below 1e-7)."""
+        before, after = [0.0] * len(self.flat), [0.0] * len(self.flat)
+        for part in chunks(self.base.numel()):
+            b = self.base[part].double()
+            masks = self._masks(part, count=False)
+            for i, t in enumerate(self.flat):
+                d = t[part].double() - b
+                before[i] += float(d.abs().sum())
+                after[i] += float(d[masks[i]].abs().sum()) if masks is not None else float(d.abs().sum())
+        return [x / y if x >= 1e-7 and y >= 1e-7 else 1.0 for x, y in zip(before, after)]
 
     def chunk(self, part: slice) -> torch.Tensor:
         """Entries `part` (one of arithmetic.chunks) of the flattened expected tensor, float32."""
@@ -174,33 +243,44 @@ class ReferenceMerge:
             return (self.base if self.base is not None else self.flat[0])[part].float()
         xs = [t[part].float() for t in self.flat]
         if self.method == "linear":
-            return sum(w * x for w, x in zip(self.weights, xs)) / sum(self.weights)
+            total = sum(w * x for w, x in zip(self.weights, xs))
+            return total / sum(self.weights) if self.options.normalize else total
         if self.method == "slerp":
             return self.coefficients[0] * xs[0] + self.coefficients[1] * xs[1]
         b = self.base[part].float()
-        masks = None
-        if self.keep is not None:
-            masks = [k[part] for k in self.keep]
-        elif "kept" in self.stats:
-            seed = chunk_seed(self.seed, self.name, chunk_index(part))
-            masks = reference_dare_masks(part.stop - part.start, len(xs), self.density, seed)
-            self.stats["kept"] += sum(int(m.sum()) for m in masks)
-            self.stats["entries"] += sum(m.numel() for m in masks)
-        return b + reference_combine(self.method, [x - b for x in xs], self.weights, self.density, self.msm, masks)
+        masks = self._masks(part)
+        if self.method.startswith("peft_"):
+            method = self.method.removeprefix("peft_")
+            return b + reference_combine(method, [x - b for x in xs], self.weights, self.density, self.msm, masks)
+        opts = self.options
+        mixed, divisor = reference_mergekit_combine(
+            self.method, [x - b for x in xs], self.weights, masks, self.scales, opts.normalize, opts.lam
+        )
+        scales = self.scales or [1.0] * len(xs)
+        terms = sum(abs(w) * r * (x.abs() + b.abs()) for w, r, x in zip(self.weights, scales, xs))
+        self._magnitude = (part.start, b.abs() + abs(opts.lam) * terms / abs(divisor))
+        return b + mixed
 
     def magnitude(self, part: slice) -> torch.Tensor:
         """Entries `part` of the size of the terms the merge sums (float32): its float32 arithmetic
-        errs by a few U32 of this. linear: sum |w_i x_i| / |sum w|; slerp: |c0 x0| + |c1 x1|; the
-        task-vector methods: |b| + sum |w_i| (|x_i| + |b|), over density for DARE's rescaling."""
+        errs by a few U32 of this. linear: sum |w_i x_i| (/ |sum w| when normalised); slerp: |c0 x0| +
+        |c1 x1|; mergekit's task-vector methods: |b| + |λ| sum |w_i| r_i (|x_i| + |b|) / |divisor| (r_i:
+        the rescale; the divisor as reference_mergekit_combine used it, for the last `chunk(part)`);
+        peft_*: |b| + sum |w_i| (|x_i| + |b|), over density for DARE's rescaling."""
         xs = [t[part].float().abs() for t in self.flat]
         if self.unchanged:
             return xs[0]
         if self.method == "linear":
-            return sum(abs(w) * x for w, x in zip(self.weights, xs)) / abs(sum(self.weights))
+            total = sum(abs(w) * x for w, x in zip(self.weights, xs))
+            return total / abs(sum(self.weights)) if self.options.normalize else total
         if self.method == "slerp":
             return abs(self.coefficients[0]) * xs[0] + abs(self.coefficients[1]) * xs[1]
+        if not self.method.startswith("peft_"):
+            if self._magnitude is None or self._magnitude[0] != part.start:
+                self.chunk(part)
+            return self._magnitude[1]
         b = self.base[part].float().abs()
-        rescale = 1 / self.density if self.method.startswith("dare") else 1.0
+        rescale = 1 / self.density if "dare" in self.method else 1.0
         return b + sum(abs(w) * rescale * (x + b) for w, x in zip(self.weights, xs))
 
 

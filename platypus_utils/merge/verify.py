@@ -439,6 +439,7 @@ def check_tensor(
         spec.majority_sign_method,
         seed,
         name,
+        spec.options,
     )
     if reference.unchanged and torch.equal(got, reference.flat[0].reshape(got.shape).to(dtype)):
         return {"unchanged": 1}  # every input equal: the merge is that tensor, bit for bit
