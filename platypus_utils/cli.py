@@ -119,6 +119,15 @@ def _add_analyse(sub) -> None:
         help="VARIANT is PARTNER + the adapter: also compare them (repeatable)",
     )
     p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
+    p_an.add_argument(
+        "--results-file",
+        action="append",
+        default=[],
+        dest="results_files",
+        metavar="NAME|latest|all",
+        help="a folder holds several results_*.json for the same tasks: read this one (a file name; repeatable, "
+        "one per input), the latest, or all (a later file's tasks replace an earlier one's)",
+    )
     p_an.add_argument("--confidence", type=float, default=0.95)
     p_an.add_argument("--n-bootstrap", type=int, default=2000)
     p_an.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
@@ -263,8 +272,10 @@ def _cmd_analyse(args) -> int:
         formats=[f for f in args.formats.split(",") if f],
         st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed),
         merged=merged,
+        results_files=args.results_files,
     )
-    print("\n".join(produced.get("verdicts", []) + produced["notes"] + [f"summary: {produced['summary']}"]))
+    compared = produced.get("verdicts", []) or [produced.get("no_comparison", "")]
+    print("\n".join([c for c in compared if c] + produced["notes"] + [f"summary: {produced['summary']}"]))
     return 0
 
 

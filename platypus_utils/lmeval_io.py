@@ -3,7 +3,10 @@
 Two inputs give the same `EvalRun`:
 - an lm-eval output directory, as `lm_eval --output_path DIR --log_samples` writes it (0.4.x):
   DIR/<model>/results_<date>.json and DIR/<model>/samples_<task>_<date>.jsonl (searched
-  recursively; several runs in one folder: a later date overrides a task of an earlier one);
+  recursively). Several runs in one folder are listed and read only as chosen (`choose_results`:
+  a file name, "latest" or "all"), or all when their tasks do not overlap; never silently the latest;
+- a samples file that is a git-LFS pointer (content not fetched) is named in the notes and its task
+  falls back to the results file (unpaired errors); a results file that is one is an error;
 - this pipeline's 05_evaluate folder: `<variant>.json` (normalised summary), `<variant>.raw.json`
   (lm-eval's output per benchmark) and `<variant>.samples.jsonl` (logged samples, with "task").
 
@@ -191,45 +194,146 @@ def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "
     return frame.drop_duplicates(["benchmark", "subject", "doc_id"], keep="last").reset_index(drop=True)
 
 
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1"  # the first line of a git-LFS pointer file
+RESULTS_RULES = ("latest", "all")  # --results-file rules besides a file name
+
+
+def lfs_pointer(path: Path) -> dict | None:
+    """{"oid", "size"} when `path` is a git-LFS pointer (the small text file git leaves in place of content
+    it has not fetched), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    if not head.startswith(LFS_POINTER.encode()):
+        return None
+    fields = dict(line.split(" ", 1) for line in head.decode("utf-8", "replace").splitlines() if " " in line)
+    return {"oid": fields.get("oid", "?"), "size": fields.get("size", "?")}
+
+
+def lfs_text(path: Path, pointer: dict) -> str:
+    return (
+        f"{path} is a git-LFS pointer (oid {pointer['oid']}, {pointer['size']} bytes), not the file itself: "
+        f"`git lfs pull --include '{path.name}'` in its repository fetches it"
+    )
+
+
 def _samples(path: Path) -> list[Any]:
     """A samples file's records. Strict (a bad line is a BadJsonLine naming file and line): a sample
     skipped here would silently drop a question from the paired comparison."""
     return [obj for _, obj in iter_jsonl(path, strict=True)]
 
 
-def read_lm_eval_dir(path: str | Path, name: str | None = None) -> EvalRun:
+def _date(f: Path) -> str:
+    return f.stem.split("_", 1)[1]  # results_<date>
+
+
+def _results(f: Path) -> dict:
+    pointer = lfs_pointer(f)
+    if pointer:
+        raise ValueError(lfs_text(f, pointer) + "; nothing to fall back to without the results file")
+    return _read_json(f)
+
+
+def _g(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def describe_results(f: Path, res: dict) -> str:
+    """One results file in words: its date, tasks, few-shot counts, limit and gen_kwargs."""
+    settings = task_settings(res, str(f))
+    shots = sorted({str(s["num_fewshot"]) for s in settings.values()})
+    cfg = res.get("config") or {}
+    return (
+        f"{f.name}: {len(res['results'])} task(s), num_fewshot {'/'.join(shots) or '?'}, limit {_g(cfg.get('limit'))}, "
+        f"gen_kwargs {cfg.get('gen_kwargs') or 'none'}"
+    )
+
+
+def choose_results(path: Path, files: list[Path], choice: Iterable[str] = ()) -> tuple[list[Path], list[str]]:
+    """The results files of one model folder to read (chronological) and a note on the choice. One file:
+    that one. Several: the ones named in `choice` (file names), else a rule in it ("latest": the newest;
+    "all": every file, a later one overriding an earlier one's tasks), else all when their tasks do not
+    overlap; files that overlap with no choice made are a ValueError listing them."""
+    files = sorted(files, key=_date)
+    if len(files) == 1:
+        return files, []
+    results = {f: _results(f) for f in files}
+    listed = "; ".join(describe_results(f, results[f]) for f in files)
+    named = [f for f in files if f.name in set(choice) or str(f) in set(choice)]
+    rule = next((c for c in choice if c in RESULTS_RULES), None)
+    if named:
+        return named, [
+            f"{path}: of {len(files)} results files read {', '.join(f.name for f in named)} (--results-file)"
+        ]
+    if rule == "latest":
+        return files[-1:], [f"{path}: of {len(files)} results files read the latest, {files[-1].name} ({listed})"]
+    tasks = [set(results[f].get("results") or {}) for f in files]
+    overlap = sorted(set.union(*[a & b for k, a in enumerate(tasks) for b in tasks[k + 1 :]]))
+    if overlap and rule != "all":
+        raise ValueError(
+            f"{path}: {len(files)} results files hold the same tasks ({', '.join(overlap[:4])}"
+            + (" ..." if len(overlap) > 4 else "")
+            + f"), so which run to analyse is a choice: {listed}. Choose with --results-file NAME "
+            "(repeatable, one per input), --results-file latest, or --results-file all (a later file's tasks "
+            "replace an earlier one's), or pass the results file itself as the input"
+        )
+    how = "a later file's tasks replacing an earlier one's" if overlap else "their tasks do not overlap"
+    return files, [f"{path}: read all {len(files)} results files ({how}): {listed}"]
+
+
+def _read_samples(f: Path, res: dict, name: str, notes: list[str]) -> dict[str, pd.DataFrame]:
+    """Per leaderboard task, the samples logged beside one results file; a git-LFS pointer is named in
+    `notes` and its task left to the results file (unpaired)."""
+    date, out = _date(f), {}
+    for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
+        task = sf.stem[len("samples_") : -len(date) - 1]
+        if task_unit(task) is None or task not in (res.get("results") or {}):
+            continue
+        pointer = lfs_pointer(sf)
+        if pointer:
+            notes.append(
+                f"{name}: {lfs_text(sf, pointer)}; {task} falls back to the results file "
+                "(unpaired comparison, normal error from lm-eval's standard errors)"
+            )
+            continue
+        out[task] = samples_frame(_samples(sf), task, str(sf))
+    return out
+
+
+def read_lm_eval_dir(path: str | Path, name: str | None = None, results_file: Iterable[str] = ()) -> EvalRun:
     """An lm-eval --output_path directory (or one results_*.json) -> EvalRun; name: the variant's
-    (default: the folder holding the results, lm-eval's sanitised model name)."""
+    (default: the folder holding the results, lm-eval's sanitised model name). Several results files in
+    the folder: `results_file` chooses (choose_results)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob("results_*.json"))
-    if not files:
+    found = [path] if path.is_file() else sorted(path.rglob("results_*.json"))
+    if not found:
         raise ValueError(f"{path}: no results_*.json (write one with lm_eval --output_path {path} --log_samples)")
-    folders = {f.parent for f in files}
+    folders = {f.parent for f in found}
     if len(folders) > 1:
         raise ValueError(
             f"{path}: results of several models ({', '.join(sorted(str(f) for f in folders))}); "
             "pass each model's folder as its own DIR=NAME"
         )
-    files.sort(key=lambda f: f.stem.split("_", 1)[1])  # results_<date>: chronological
+    files, notes = choose_results(path, found, results_file)
     name = name or files[0].parent.name
-    results = [_read_json(f) for f in files]
+    results = [_results(f) for f in files]
     settings: dict[str, dict] = {}
     samples: dict[str, pd.DataFrame] = {}
-    notes: list[str] = []
     for f, res in zip(files, results):
         settings.update(task_settings(res, str(f)))
-        date = f.stem.split("_", 1)[1]
-        for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
-            task = sf.stem[len("samples_") : -len(date) - 1]
-            if task_unit(task) is not None:
-                samples[task] = samples_frame(_samples(sf), task, str(sf))
+        for task in res.get("results") or {}:
+            samples.pop(task, None)  # a later file's task replaces an earlier one's, samples too
+        samples.update(_read_samples(f, res, name, notes))
     other = sorted({t for res in results for t in res.get("results", {}) if task_unit(t) is None})
     if other:
         notes.append(
             f"{name}: tasks outside the leaderboard set left out: {', '.join(other[:8])}"
             + (" ..." if len(other) > 8 else "")
         )
-    missing = sorted(t for t in settings if t not in samples)
+    pointers = {t for t in settings if any(f"; {t} falls back" in n for n in notes)}  # said already
+    missing = sorted(t for t in settings if t not in samples and t not in pointers)
     if missing:
         notes.append(
             f"{name}: no logged samples for {len(missing)} task(s) ({', '.join(missing[:5])}"
@@ -253,7 +357,11 @@ def read_pipeline_variant(eval_dir: str | Path, variant: str, summary: dict | No
                 settings.update(task_settings(res, f"{raw_path} [{bench}]"))
     sample_path = eval_dir / f"{variant}.samples.jsonl"
     notes = []
-    if sample_path.is_file():
+    pointer = lfs_pointer(sample_path) if sample_path.is_file() else None
+    if pointer:
+        samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
+        notes.append(f"{variant}: {lfs_text(sample_path, pointer)}; falls back to the summary (unpaired errors)")
+    elif sample_path.is_file():
         samples = samples_frame(_samples(sample_path), source=str(sample_path))
     else:
         samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
@@ -291,6 +399,11 @@ __all__ = [
     "summary_from_results",
     "samples_frame",
     "read_lm_eval_dir",
+    "choose_results",
+    "describe_results",
+    "lfs_pointer",
+    "LFS_POINTER",
+    "RESULTS_RULES",
     "read_pipeline_variant",
     "is_pipeline_dir",
     "settings_mismatches",

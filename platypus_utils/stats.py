@@ -9,10 +9,11 @@ Contract:
   indices with replacement, the mean of the per-question differences each time. A group of
   subjects (an MMLU category; the leaderboard's mean over subjects) resamples each subject's
   questions on its own and averages the subjects' means (`stratified_interval`).
-- `sign_flip_p(groups, n_perm, rng)`: a paired randomisation test for any score: under "the two
-  models are exchangeable", each question's difference is as likely to have either sign. Exact
-  enumeration would equal McNemar for one group of 0/1 scores; here it is Monte Carlo,
-  p = (1 + #{|T*| >= |T|}) / (1 + n_perm).
+- `sign_flip_test(diffs, weights, n_perm, seed, alpha)`: a paired randomisation test for any score:
+  under "the two models are exchangeable", each question's difference is as likely to have either
+  sign. Exact (by magnitude: one binomial per distinct |difference|, convolved) when that is small -
+  for one group of 0/1 scores it equals McNemar - else Monte Carlo with its error, resampled further
+  while the p-value is near `alpha` (FlipP). `sign_flip_p` / `weighted_sign_flip_p`: its p-value.
 - `unpaired_interval(delta, se_x, se_y)`: the fallback when per-question scores are missing: the
   normal interval with sqrt(se_x^2 + se_y^2), which ignores that the models saw the same questions.
 - `bh_adjust(p)`: Benjamini-Hochberg adjusted p-values (q-values); `q <= alpha` controls the false
@@ -25,7 +26,9 @@ Contract:
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as _st
@@ -55,10 +58,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     """Exact two-sided McNemar p-value from the discordant counts."""
     if b < 0 or c < 0:
         raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    return float(min(1.0, 2.0 * _st.binom.cdf(min(b, c), n, 0.5)))
+    return float(_st.binomtest(min(b, c), b + c, 0.5).pvalue)  # = min(1, 2 P(Binomial(b + c, 1/2) <= min))
 
 
 def bootstrap_means(diff, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,35 +124,104 @@ def pool_singletons(draws: Sequence, groups: Sequence, rng: np.random.Generator)
     return out
 
 
+@dataclass(frozen=True)
+class FlipP:
+    """A sign-flip p-value: `exact` (enumerated, `mc_error` 0) or Monte Carlo over `n` resamples, with its
+    standard error sqrt(p (1 - p) / n)."""
+
+    p: float
+    mc_error: float = 0.0
+    n: int = 0
+    exact: bool = True
+
+
+EXACT_STATES = 1_000_000  # sign patterns (as magnitude counts) enumerated exactly up to this many
+MAX_FLIPS = 1_000_000  # Monte Carlo resamples at most, near the threshold
+MAX_DRAWS = 200_000_000  # resamples x distinct magnitudes: bounds the time on continuous scores
+MARGIN_SE = 4.0  # refine until the threshold is this many Monte Carlo errors away (or MAX_FLIPS)
+
+
+def _magnitudes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct |x| (to 12 significant digits) and how many of each: under the null each x_i is +-|x_i|
+    with equal chance, so T = sum x is sum_j a_j (2 B_j - n_j) with B_j ~ Binomial(n_j, 1/2)."""
+    a, n = np.unique(np.abs(x).round(12 - int(np.floor(np.log10(np.abs(x).max())))), return_counts=True)
+    return a, n
+
+
+def _exact_flip_p(a: np.ndarray, n: np.ndarray, observed: float) -> float:
+    """P(|T| >= |observed|) by convolving each magnitude's binomial: exact, for few sign patterns."""
+    values, probs = np.zeros(1), np.ones(1)
+    digits = 12 - int(np.floor(np.log10(float((a * n).sum()))))  # sums kept to 12 significant digits
+    for aj, nj in zip(a, n):
+        k = np.arange(nj + 1)
+        step_v, step_p = aj * (2 * k - nj), _st.binom.pmf(k, nj, 0.5)
+        values = (values[:, None] + step_v[None, :]).ravel()
+        probs = (probs[:, None] * step_p[None, :]).ravel()
+        values, inverse = np.unique(values.round(digits), return_inverse=True)
+        probs = np.bincount(inverse.ravel(), weights=probs)
+    tol = 1e-9 * max(1.0, abs(observed))
+    return float(min(1.0, probs[np.abs(values) >= abs(observed) - tol].sum()))
+
+
+def _mc_hits(a: np.ndarray, n: np.ndarray, observed: float, m: int, rng: np.random.Generator) -> int:
+    """How many of m null draws of T reach |observed| (one binomial draw per distinct magnitude)."""
+    hits, chunk = 0, max(1, 2_000_000 // a.size)
+    tol = 1e-9 * max(1.0, abs(observed))
+    for start in range(0, m, chunk):
+        k = min(chunk, m - start)
+        draws = rng.binomial(n, 0.5, size=(k, a.size)) if (n > 1).any() else rng.integers(0, 2, size=(k, a.size))
+        t = (2 * draws - n) @ a
+        hits += int((np.abs(t) >= abs(observed) - tol).sum())
+    return hits
+
+
+def sign_flip_test(diffs, weights=None, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, alpha: float = 0.05) -> FlipP:
+    """Two-sided paired randomisation test of T = sum(weights * diffs): each question's difference keeps or
+    flips its sign (the two models exchangeable on it). Exact when the sign patterns, counted by distinct
+    magnitude, are at most EXACT_STATES (0/1 scores in a few subjects: one binomial per subject). Otherwise
+    Monte Carlo, p = (1 + hits) / (1 + n), seeded by `seed` and the data (the same data gives the same p),
+    with n_perm resamples, doubled while `alpha` lies within MARGIN_SE Monte Carlo errors of p (at most
+    MAX_FLIPS, and MAX_DRAWS / distinct magnitudes), so a rerun cannot flip a verdict at alpha unnoticed."""
+    x = _array(diffs) * (1.0 if weights is None else _array(weights))
+    x = x[x != 0]  # a zero difference flips to itself
+    if x.size == 0:
+        return FlipP(1.0)
+    observed = float(x.sum())
+    a, n = _magnitudes(x)
+    if float(np.prod((n + 1).astype(float))) <= EXACT_STATES:
+        return FlipP(_exact_flip_p(a, n, observed))
+    rng = np.random.default_rng([seed, zlib.crc32(np.sort(x).tobytes())])
+    cap = max(n_perm, min(MAX_FLIPS, MAX_DRAWS // a.size))
+    done = hits = 0
+    m = n_perm
+    while True:
+        hits += _mc_hits(a, n, observed, m, rng)
+        done += m
+        p = (1 + hits) / (1 + done)
+        se = math.sqrt(p * (1 - p) / done)
+        if abs(p - alpha) > MARGIN_SE * se or done >= cap:
+            return FlipP(p, se, done, False)
+        m = min(done, cap - done)  # double
+
+
 def sign_flip_p(
     groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
 ) -> float:
-    """Two-sided paired randomisation p-value of T = mean over groups of the mean difference."""
+    """Two-sided paired randomisation p-value of T = mean over groups of the mean difference
+    (sign_flip_test with each question weighted 1 / (groups x its group's size)). `rng` is accepted for
+    callers of the earlier Monte Carlo version and unused: the test seeds itself from `seed` and the data."""
     arrays = [_array(g) for g in groups]
     k = len(arrays)
     weights = np.concatenate([np.full(a.size, 1.0 / (k * a.size)) for a in arrays])
-    return weighted_sign_flip_p(np.concatenate(arrays), weights, n_perm, seed, rng)
+    return weighted_sign_flip_p(np.concatenate(arrays), weights, n_perm, seed)
 
 
 def weighted_sign_flip_p(
     diffs, weights, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
 ) -> float:
-    """Two-sided paired randomisation p-value of T = sum(weights * diffs): each question's difference keeps
-    or flips its sign (the two models exchangeable on it). The weights say how a question counts in a
+    """sign_flip_test's p-value of T = sum(weights * diffs). The weights say how a question counts in a
     nested mean (the leaderboard average: a benchmark's question 1/(4 n_b), an MMLU one 1/(4 57 n_s))."""
-    rng = rng or np.random.default_rng(seed)
-    d = _array(diffs) * _array(weights)
-    d = d[d != 0]  # a zero difference flips to itself
-    observed = abs(d.sum())
-    if d.size == 0:
-        return 1.0
-    hits = 0
-    chunk = max(1, 2_000_000 // d.size)
-    for start in range(0, n_perm, chunk):
-        m = min(chunk, n_perm - start)
-        signs = rng.integers(0, 2, size=(m, d.size)) * 2 - 1
-        hits += int((np.abs(signs @ d) >= observed - 1e-12).sum())
-    return (1 + hits) / (1 + n_perm)
+    return sign_flip_test(diffs, weights, n_perm, seed).p
 
 
 def unpaired_interval(
@@ -165,22 +236,16 @@ def unpaired_interval(
 
 
 def bh_adjust(pvalues) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values: q_(i) = min over j >= i of m p_(j) / j, capped at 1.
-    NaN entries are left out of the family and stay NaN."""
+    """Benjamini-Hochberg adjusted p-values (scipy.stats.false_discovery_control): q_(i) = min over j >= i of
+    m p_(j) / j, capped at 1. NaN entries are left out of the family and stay NaN."""
     p = _array(pvalues)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
-    m = int(ok.sum())
-    if m == 0:
+    if not ok.any():
         return out
     if ((p[ok] < 0) | (p[ok] > 1)).any():
         raise ValueError("p-values must lie in [0, 1]")
-    order = np.argsort(p[ok], kind="mergesort")
-    ranked = p[ok][order] * m / np.arange(1, m + 1)
-    q = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-    sub = np.empty(m)
-    sub[order] = q
-    out[ok] = sub
+    out[ok] = _st.false_discovery_control(p[ok], method="bh")
     return out
 
 
@@ -220,6 +285,9 @@ __all__ = [
     "paired_bootstrap",
     "stratified_interval",
     "sign_flip_p",
+    "weighted_sign_flip_p",
+    "sign_flip_test",
+    "FlipP",
     "unpaired_interval",
     "bh_adjust",
     "questions_for_change",

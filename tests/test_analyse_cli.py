@@ -4,6 +4,7 @@ demo MMLU tasks, --limit 2), and lmeval_io's reading of them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from platypus_utils import cli, lmeval_io
+from platypus_utils import cli, lmeval_io, stats
 from platypus_utils.demo_data import write_demo_benchmarks
 from platypus_utils.evaluate import write_task_configs
 from platypus_utils.models import ensure_converted_smollm2
@@ -134,3 +135,165 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     (bad / "results_2024-01-01T00-00-00.json").write_text(json.dumps({"no": "results"}))
     assert cli.main(["analyse", str(tmp_path / "bad"), "--baseline", "x", "--out", str(tmp_path / "o")]) == 2
     assert "no 'results' object" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- lm-eval folders written by others (fixtures)
+FIXTURES = Path(__file__).parent / "fixtures" / "lmeval"  # make_fixtures.py writes them
+
+
+def analyse(tmp_path, *inputs: str, extra: tuple = (), baseline: str = "zero") -> tuple[int, Path]:
+    out = tmp_path / "out"
+    args = ["analyse", *(f"{FIXTURES / spec}" for spec in inputs), "--baseline", baseline, "--out", str(out)]
+    return cli.main(args + ["--n-bootstrap", "200", "--formats", "png", *extra]), out
+
+
+def test_different_few_shot_counts_are_each_labelled_with_their_own(tmp_path, capsys):
+    rc, _ = analyse(tmp_path, "zero_shot=zero", "five_shot=five")
+    assert rc == 2 and "num_fewshot 5 in five but 0 in zero" in capsys.readouterr().err
+    rc, out = analyse(tmp_path, "zero_shot=zero", "five_shot=five", extra=("--force",))
+    assert rc == 0
+    board = (out / "tables" / "leaderboard.md").read_text()
+    assert has_cells(board, "zero", "this run", "50.00 ± 16.67 (0-shot, limit 10)", "not run", "40.00 ± 11.30 (0-shot…")
+    assert has_cells(board, "five", "this run", "80.00 ± 13.33 (5-shot, limit 10)", "not run", "75.00 ± 10.14 (5-shot…")
+    assert "MMLU acc (mean over subjects) (zero 0-shot, limit 10; five 5-shot, limit 10)" in board
+    cats = (out / "tables" / "mmlu_delta_categories.md").read_text()
+    assert has_cells(cats, "five vs zero", "five 5-shot, limit 10; zero 0-shot, limit 10")
+    caption = (out / "figures" / "mmlu_delta_five.txt").read_text()
+    assert caption.startswith("MMLU accuracy change per subject, five vs zero (five 5-shot, limit 10; zero 0-shot")
+    heat = (out / "figures" / "mmlu_delta_heatmap.txt").read_text()
+    assert "Settings: five vs zero: five 5-shot, limit 10; zero 0-shot, limit 10" in heat
+    summary = (out / "summary.md").read_text()
+    assert "- zero: `" in summary and "ARC (0-shot, limit 10), MMLU 2 subjects (0-shot, limit 10)" in summary
+    assert "ARC (5-shot, limit 10), MMLU 2 subjects (5-shot, limit 10)" in summary
+    written = [p.read_text() for p in (out / "tables").glob("*.md")] + [p.read_text() for p in out.rglob("*.txt")]
+    for fixed in ("5-shot acc", "10-shot", "25-shot", "MMLU 5-shot"):  # the leaderboard's settings, never assumed
+        assert not any(fixed in text for text in written + [summary]), fixed
+    deltas = pd.read_csv(out / "tables" / "mmlu_delta.csv")
+    assert set(deltas["variant_setup"]) == {"5-shot, limit 10"} and set(deltas["reference_setup"]) == {
+        "0-shot, limit 10"
+    }
+
+
+def test_one_setup_for_every_row_goes_in_the_header(tmp_path):
+    rc, out = analyse(tmp_path, "zero_shot=zero", "zero_shot=again")
+    assert rc == 0
+    rows = md_table_rows((out / "tables" / "leaderboard.md").read_text())
+    assert rows[0] == ["model", "source", "ARC (0-shot, limit 10)", "HellaSwag", "MMLU (0-shot, limit 10)"] + [
+        "TruthfulQA",
+        "average",
+    ]
+    assert rows[1][2] == "50.00 ± 16.67"  # no suffix: the header says it
+    assert "again vs zero (MMLU both 0-shot, limit 10)" in (out / "summary.md").read_text()
+
+
+def test_lfs_pointer_samples_fall_back_to_the_results_file(tmp_path, capsys):
+    pointer = next((FIXTURES / "lfs_samples").rglob("samples_mmlu_philosophy_*.jsonl"))
+    assert lmeval_io.lfs_pointer(pointer) == {"oid": pointer.read_text().split()[3], "size": "6260"}
+    assert lmeval_io.lfs_pointer(next((FIXTURES / "five_shot").rglob("samples_*.jsonl"))) is None
+    rc, out = analyse(tmp_path, "five_shot=five", "lfs_samples=lfs", baseline="five")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"lfs: {pointer} is a git-LFS pointer (oid sha256:" in printed
+    assert "mmlu_philosophy falls back to the results file (unpaired comparison" in printed
+    summary = (out / "summary.md").read_text()
+    assert "samples are git-LFS pointers: unpaired errors from the results file" in summary
+    deltas = pd.read_csv(out / "tables" / "mmlu_delta.csv")
+    assert set(deltas["interval"]) == {"unpaired normal"} and (deltas["delta"] == 0).all()
+
+
+def test_an_lfs_pointer_results_file_is_named(tmp_path, capsys):
+    folder = tmp_path / "runs" / "model"
+    folder.mkdir(parents=True)
+    (folder / "results_2024-01-01T00-00-00.json").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
+    )
+    args = ["analyse", str(tmp_path / "runs"), "--baseline", "x", "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "results_2024-01-01T00-00-00.json is a git-LFS pointer (oid sha256:abc, 123 bytes)" in err
+    assert "git lfs pull" in err
+
+
+def test_several_results_files_are_listed_and_the_choice_is_an_option(tmp_path, capsys):
+    rc, _ = analyse(tmp_path, "zero_shot=zero", "two_results=two", extra=("--force",))
+    err = capsys.readouterr().err
+    assert rc == 2 and "2 results files hold the same tasks" in err
+    assert "results_2024-05-02T10-00-00.000000.json: 3 task(s), num_fewshot 5, limit 10, gen_kwargs none" in err
+    assert "gen_kwargs do_sample=True,temperature=0.7" in err and "--results-file" in err
+    scores = {}
+    for choice in ("results_2024-05-02T10-00-00.000000.json", "latest", "all"):
+        rc, out = analyse(
+            tmp_path / choice, "zero_shot=zero", "two_results=two", extra=("--force", "--results-file", choice)
+        )
+        assert rc == 0, capsys.readouterr().err
+        scores[choice] = (
+            pd.read_csv(out / "tables" / "leaderboard.csv").set_index("variant").loc["two", "arc_challenge"]
+        )
+        assert "two_results: of 2 results files read" in (printed := capsys.readouterr().out) or (
+            "two_results: read all 2 results files (a later file" in printed
+        )
+    assert scores == {"results_2024-05-02T10-00-00.000000.json": 80.0, "latest": 50.0, "all": 50.0}
+    rc, _ = analyse(tmp_path, "zero_shot=zero", "five_shot=five", extra=("--force", "--results-file", "nope.json"))
+    assert rc == 2 and "--results-file nope.json: no input folder holds such a results file" in capsys.readouterr().err
+
+
+def test_results_files_of_different_tasks_are_read_together_and_listed(tmp_path):
+    folder = tmp_path / "split" / "model"
+    folder.mkdir(parents=True)
+    source = next((FIXTURES / "zero_shot").rglob("results_*.json"))
+    full = json.loads(source.read_text())
+    for date, tasks in (("2024-06-01T00-00-00", ["arc_challenge"]), ("2024-06-02T00-00-00", ["mmlu_philosophy"])):
+        part = {**full, "results": {t: full["results"][t] for t in tasks}}
+        (folder / f"results_{date}.json").write_text(json.dumps(part))
+    run = lmeval_io.read_lm_eval_dir(tmp_path / "split", "split")
+    assert set(run.settings) == {"arc_challenge", "mmlu_philosophy"}
+    assert any("read all 2 results files (their tasks do not overlap)" in n for n in run.notes)
+
+
+def test_runs_with_no_task_in_common_are_explained(tmp_path, capsys):
+    rc, out = analyse(tmp_path, "zero_shot=zero", "hellaswag_only=hs")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert (
+        "hs vs zero: no task in common (hs ran HellaSwag (10-shot, limit 10); zero ran ARC (0-shot, limit 10), "
+        "MMLU 2 subjects (0-shot, limit 10)): nothing to compare" in printed
+    )
+    summary = (out / "summary.md").read_text()
+    assert "## Comparisons\n\nNo comparison: no two compared runs scored a task in common" in summary
+    assert "What the sample size can show" not in summary  # nothing was tested
+    cats = (out / "tables" / "mmlu_delta_categories.md").read_text()
+    assert "no two compared runs scored a task in common" in cats and "05_evaluate did not run" not in cats
+    assert not (out / "figures" / "mmlu_delta_heatmap.png").exists()
+
+
+def md_table_rows(text: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|") and not set(line) <= set("|:- ")
+    ]
+
+
+def has_cells(text: str, *cells: str) -> bool:
+    """Some table row holds `cells` side by side (a cell ending in "…" matches by prefix)."""
+
+    def same(got: str, want: str) -> bool:
+        return got.startswith(want[:-1]) if want.endswith("…") else got == want
+
+    rows = md_table_rows(text)
+    return any(
+        all(same(row[k + i], c) for i, c in enumerate(cells)) for row in rows for k in range(len(row) - len(cells) + 1)
+    )
+
+
+def test_monte_carlo_p_values_print_their_resampling_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(stats, "EXACT_STATES", 0)  # the fixtures' groups are small enough to count exactly
+    rc, out = analyse(tmp_path, "zero_shot=zero", "five_shot=five", extra=("--force",))
+    assert rc == 0
+    cats = pd.read_csv(out / "tables" / "mmlu_delta_categories.csv").set_index("unit")
+    p, mc, n = cats.loc["all", ["p_value", "p_mc_error", "p_resamples"]]
+    assert n >= 200 and mc == pytest.approx(math.sqrt(p * (1 - p) / n)) and abs(p - 0.05) > 4 * mc or n == 1_000_000
+    caption = (out / "figures" / "mmlu_delta_categories.txt").read_text()
+    assert f"p {p:.3g} ± {mc:.1g}, q" in caption
+    subjects = pd.read_csv(out / "tables" / "mmlu_delta.csv")
+    assert (subjects["p_mc_error"] == 0).all() and (subjects["p_resamples"] == 0).all()  # McNemar: exact

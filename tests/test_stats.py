@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
-from scipy.stats import false_discovery_control
+from scipy.stats import binomtest, false_discovery_control, permutation_test
 
 from platypus_utils import stats
 
@@ -92,8 +93,43 @@ def test_weighted_sign_flip_is_the_group_test_with_its_weights():
 def test_sign_flip_agrees_with_mcnemar_on_one_subject():
     d = np.subtract(X, Y)
     p = stats.sign_flip_p([d], n_perm=40_000, seed=0)
-    assert p == pytest.approx(12 / 32, abs=0.01)
+    assert p == pytest.approx(12 / 32, abs=1e-12)  # exact: one binomial over the 5 discordant questions
     assert stats.sign_flip_p([np.zeros(5)]) == 1.0
+    many = np.array([1.0] * 60 + [-1.0] * 35 + [0.0] * 20)  # 95 discordant: still exact, equals McNemar
+    got = stats.sign_flip_test(many)
+    assert got.exact and got.mc_error == 0 and got.p == pytest.approx(binomtest(35, 95, 0.5).pvalue, rel=1e-9)
+
+
+def test_exact_sign_flip_is_scipys_permutation_test():
+    x = np.random.default_rng(1).normal(0.3, 1.0, 14)  # 14 distinct magnitudes: 2^14 sign patterns
+    want = permutation_test(
+        (x,), lambda a, axis: a.sum(axis=axis), permutation_type="samples", n_resamples=np.inf, vectorized=True
+    ).pvalue
+    got = stats.sign_flip_test(x)
+    assert got.exact and got.p == pytest.approx(want, rel=1e-9)
+    # two groups (subjects) of 0/1 differences weighted 1/(2 n_s): the exact law of the mean of the means
+    groups = [np.array([1.0, 1, 1, -1, 1, 0]), np.array([1.0, 1, -1, 1])]
+    by_hand = 0.0
+    t_obs = np.mean([g.mean() for g in groups])
+    for signs in itertools.product([-1, 1], repeat=9):
+        s1, s2 = np.array(signs[:5]), np.array(signs[5:])
+        t = (s1.sum() / 6 + s2.sum() / 4) / 2
+        by_hand += (abs(t) >= abs(t_obs) - 1e-12) / 2**9
+    assert stats.sign_flip_p(groups) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_monte_carlo_sign_flip_is_seeded_by_the_data_and_resamples_more_near_alpha(monkeypatch):
+    x = np.random.default_rng(2).normal(0.5, 1.0, 12)
+    exact = stats.sign_flip_test(x).p
+    monkeypatch.setattr(stats, "EXACT_STATES", 0)  # force the Monte Carlo path on a case known exactly
+    monkeypatch.setattr(stats, "MAX_FLIPS", 64_000)
+    far = stats.sign_flip_test(x, n_perm=1000, alpha=exact + 0.3)
+    assert not far.exact and far.n == 1000 and far.mc_error == pytest.approx(math.sqrt(far.p * (1 - far.p) / 1000))
+    # the same data in another order, or in another row of the table, gives the same p-value
+    assert stats.sign_flip_test(x[::-1], n_perm=1000, alpha=exact + 0.3) == far
+    near = stats.sign_flip_test(x, n_perm=1000, alpha=exact)  # p sits on the threshold: resample to the cap
+    assert near.n == 64_000 and abs(near.p - exact) < 4.5 * near.mc_error and near.mc_error < far.mc_error / 7
+    assert stats.sign_flip_test(x, n_perm=1000, seed=1, alpha=exact + 0.3) != far  # the seed still counts
 
 
 def test_unpaired_interval_is_the_normal_one():
@@ -124,6 +160,8 @@ def test_benjamini_hochberg_on_the_1995_example():
     q = stats.bh_adjust(p)
     assert int((q <= 0.05).sum()) == 4
     assert np.allclose(q, false_discovery_control(p, method="bh"))
+    by_hand = [min(min(p[j] * 15 / (j + 1) for j in range(i, 15)), 1.0) for i in range(15)]  # q_(i) = min_j>=i
+    assert np.allclose(q, by_hand)
     assert q[0] == pytest.approx(0.0015) and q[3] == pytest.approx(0.0095 * 15 / 4)
     shuffled = np.random.default_rng(0).permutation(15)
     assert np.allclose(stats.bh_adjust(np.array(p)[shuffled]), q[shuffled])  # order does not matter

@@ -4,6 +4,7 @@ A package by concern; each module's docstring states its contract:
   common    constants (benchmarks, labels, categories, roles, the paper's numbers) and small helpers
   frames    05's evaluations read into frames: summaries, runs with samples, leaderboard, comparisons
   paired    paired statistics per subject, category and benchmark (bootstrap, McNemar, BH)
+  setups    each run's own settings in words (few-shot, limit, version) for captions and table headers
   references released models: this run's variant vs the release (paired), the release vs its published
             numbers (harness drift, unpaired)
   clean     scores on the full test set and on the items 02 did not flag (issue 14), with item counts

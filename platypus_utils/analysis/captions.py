@@ -12,27 +12,35 @@ from .common import (
     CATEGORY_LABELS,
     CATEGORY_ORDER,
     LABELS,
-    METRIC_NOTE,
     ROW_REFERENCE,
     cell,
     n_text,
     none_if_nan,
 )
 from .paired import PAIRED, StatsSettings, level, method_text, verdict
+from .setups import column_labels, comparison_setup, metric_note
 
 
 def leaderboard_caption(frame: pd.DataFrame) -> str:
-    ours = frame[frame["status"] == "ok"]
-    lines = ["Leaderboard scores (percent, error bars: ±1 standard error). " + METRIC_NOTE + "."]
-    if ours.empty:
+    labels = column_labels(frame)
+    lines = ["Leaderboard scores (percent, error bars: ±1 standard error). " + metric_note(frame) + "."]
+    if not (frame["status"] == "ok").any():
         lines.append("No variant was evaluated.")
-    for _, r in ours.iterrows():
+    for k, (_, r) in enumerate(frame.iterrows()):
+        if r["status"] != "ok":
+            continue
         lines.append(
             f"{r['variant']}{' (reference: released, evaluated here)' if r.get('kind') == ROW_REFERENCE else ''}: "
-            + ", ".join(f"{LABELS[b]} {cell(r[b], r[f'{b}_stderr'])}" for b in BENCHMARKS)
+            + ", ".join(f"{LABELS[b]} {cell(r[b], r[f'{b}_stderr'])}{labels[b][1][k]}" for b in BENCHMARKS)
             + f"; average {cell(r['average'])}"
         )
     return "\n".join(lines)
+
+
+def _mc_text(r) -> str:
+    """ " ± 0.0007" after a Monte Carlo p-value: its resampling error (exact and analytic ones have none)."""
+    mc = r.get("p_mc_error")
+    return f" ± {mc:.1g}" if mc is not None and pd.notna(mc) and mc > 0 else ""
 
 
 def _row_line(r) -> str:
@@ -40,7 +48,7 @@ def _row_line(r) -> str:
     p = (
         ""
         if pd.isna(r["p_value"])
-        else f", p {r['p_value']:.3g}, q {r['q_value']:.3g}" + (" *" if r["significant"] else "")
+        else f", p {r['p_value']:.3g}{_mc_text(r)}, q {r['q_value']:.3g}" + (" *" if r["significant"] else "")
     )
     interval = "" if r["interval"] == PAIRED else f" ({r['interval']})"
     return (
@@ -52,7 +60,9 @@ def _row_line(r) -> str:
 def _method_caption(rows: pd.DataFrame, st: StatsSettings) -> str:
     return (
         f"Intervals: {st.confidence:.0%}, {method_text(rows)} ({st.n_boot} resamples, seed {st.seed}). "
-        f"Tests: exact McNemar on the discordant questions for accuracy, a paired sign-flip test otherwise; "
+        f"Tests: exact McNemar on the discordant questions for accuracy, a paired sign-flip test otherwise "
+        f"(exact where the sign patterns can be counted, else Monte Carlo from {st.n_boot} resamples, more while "
+        f"p is near {st.alpha:g}; ± its resampling error); "
         f"* significant after Benjamini-Hochberg at FDR {st.alpha:g}."
     )
 
@@ -60,10 +70,10 @@ def _method_caption(rows: pd.DataFrame, st: StatsSettings) -> str:
 def subject_caption(frame: pd.DataFrame, comparison: str, st: StatsSettings, notes: list[str] = ()) -> str:
     d = level(frame, "subject", comparison)
     c = level(frame, "category", comparison)
+    setup = comparison_setup(frame, comparison)
     lines = [
-        f"MMLU 5-shot accuracy change per subject, {comparison}, in percentage points, sorted. "
-        + _method_caption(d, st)
-        + " Solid bars: significant; pale: not. Colour: lm-eval category.",
+        f"MMLU accuracy change per subject, {comparison}{f' ({setup})' if setup else ''}, in percentage points, "
+        "sorted. " + _method_caption(d, st) + " Solid bars: significant; pale: not. Colour: lm-eval category.",
         verdict(frame, comparison, st),
     ]
     lines += [n for n in notes if n.startswith(comparison + ":")]
@@ -78,12 +88,13 @@ def category_caption(frame: pd.DataFrame, comparisons: list[str], st: StatsSetti
     c = level(frame, "category")
     c = c[c["comparison"].isin(comparisons)]
     lines = [
-        "MMLU 5-shot accuracy change per lm-eval category and over all subjects (mean over subjects), in "
+        "MMLU accuracy change per lm-eval category and over all subjects (mean over subjects), in "
         "percentage points. " + _method_caption(c, st) + " Filled markers: significant (BH over the "
         "categories of each comparison)."
     ]
     for comp in comparisons:
-        lines.append(f"{comp}:")
+        setup = comparison_setup(frame, comp)
+        lines.append(f"{comp}{f' ({setup})' if setup else ''}:")
         lines += [
             f"  {CATEGORY_LABELS.get(r['unit'], r['unit'])}: {_row_line(r)}"
             for _, r in c[c["comparison"] == comp].iterrows()
@@ -101,9 +112,11 @@ def heatmap_caption(frame: pd.DataFrame, st: StatsSettings) -> str:
     d = level(frame, "subject")
     comps = list(dict.fromkeys(d["comparison"]))
     lines = [
-        "MMLU 5-shot accuracy change per subject (rows, grouped by lm-eval category) for each comparison "
+        "MMLU accuracy change per subject (rows, grouped by lm-eval category) for each comparison "
         "(columns), in percentage points. " + _method_caption(d, st)
     ]
+    setups = [(comp, comparison_setup(frame, comp)) for comp in comps]
+    lines += [f"Settings: {comp}: {text}" for comp, text in setups if text]
     lines += [verdict(frame, comp, st) for comp in comps]
     values = d.pivot(index="unit", columns="comparison", values="delta")
     sig = d.pivot(index="unit", columns="comparison", values="significant")

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .. import layout
-from ..lmeval_io import EvalRun, is_pipeline_dir, read_lm_eval_dir, read_pipeline_variant
+from ..lmeval_io import RESULTS_RULES, EvalRun, is_pipeline_dir, read_lm_eval_dir, read_pipeline_variant
 from .common import (
     ADAPTER_VARIANT,
     BENCHMARKS,
@@ -144,12 +144,14 @@ def leaderboard_frame(
     published: bool = False,
     clean: pd.DataFrame | None = None,
     references: list[str] | dict | None = None,
+    setups: dict[str, dict[str, str]] | None = None,
 ) -> pd.DataFrame:
     """One row per variant, then per reference (the names in `references`, `kind` "reference": a released
     model evaluated as it is): each benchmark in percent with its standard error and item count, and the
     average; with `clean` (clean.clean_subset_frame), `<bench>_clean` and `<bench>_clean_n` (the score on
     the items 02 did not flag, and how many) and `average_clean` (over all four, else None). With
-    `published`, the paper's rows (platypus_utils.published, `kind` "published")."""
+    `published`, the paper's rows (platypus_utils.published, `kind` "published"). `setups` (setups.run_setups):
+    variant -> benchmark -> how it was evaluated ("5-shot, limit 10"), as `<bench>_setup`."""
     refs = set(references or ())
     rows = []
     for kind in (ROW_VARIANT, ROW_REFERENCE):  # the variants (failed ones last), then the references
@@ -180,7 +182,11 @@ def leaderboard_frame(
         + ["mmlu_weighted", "average", "average_over"]
         + [c for b in BENCHMARKS for c in (f"{b}_clean", f"{b}_clean_n")]
         + ["average_clean"]
+        + [f"{b}_setup" for b in BENCHMARKS]
     )
+    for row in rows:
+        if row["kind"] != ROW_PUBLISHED:
+            row.update({f"{b}_setup": (setups or {}).get(row["variant"], {}).get(b, "") for b in BENCHMARKS})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -311,11 +317,14 @@ def _inputs(specs: list[str]) -> list[tuple[Path, str | None]]:
     return out
 
 
-def load_runs(specs: list[str]) -> tuple[dict[str, EvalRun], list[str]]:
+def load_runs(specs: list[str], results_files: list[str] | tuple = ()) -> tuple[dict[str, EvalRun], list[str]]:
     """DIR[=NAME] inputs -> runs by name: an lm-eval output folder is one model (NAME, default its folder's
-    name); a 05_evaluate folder gives every variant in it (or only NAME)."""
+    name); a 05_evaluate folder gives every variant in it (or only NAME). `results_files`: which results
+    file of a folder holding several (file names, or the rule "latest" or "all"; lmeval_io.choose_results);
+    a name no input holds is a ValueError."""
     runs: dict[str, EvalRun] = {}
     notes: list[str] = []
+    used: set[str] = set()
     for path, name in _inputs(specs):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
@@ -326,11 +335,16 @@ def load_runs(specs: list[str]) -> tuple[dict[str, EvalRun], list[str]]:
                 raise ValueError(f"{path}: no variant {name!r} (has {', '.join(summaries) or 'none'})")
             got = runs_from_summaries(path, chosen)
         else:
-            run = read_lm_eval_dir(path, name)
+            run = read_lm_eval_dir(path, name, results_files)
             got = {run.name: run}
+            held = {f.name for f in ([path] if path.is_file() else path.rglob("results_*.json"))}
+            used |= held & set(results_files)
         for n, run in got.items():
             if n in runs:
                 raise ValueError(f"two inputs are both named {n!r}: name them DIR=NAME")
             runs[n] = run
             notes += run.notes
+    unused = [f for f in results_files if f not in RESULTS_RULES and f not in used and Path(f).name not in used]
+    if unused:
+        raise ValueError(f"--results-file {', '.join(unused)}: no input folder holds such a results file")
     return runs, notes

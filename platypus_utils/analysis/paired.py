@@ -30,6 +30,7 @@ from .common import (
     task_entry,
 )
 from .frames import Comparison
+from .setups import setup_text
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ DELTA_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "p_mc_error",
+    "p_resamples",
     "q_value",
     "significant",
     "test",
@@ -71,6 +74,8 @@ DELTA_COLUMNS = [
     "discordant_b",
     "discordant_c",
     "note",
+    "variant_setup",
+    "reference_setup",
 ]
 
 
@@ -80,6 +85,14 @@ def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
         return None
     hit = s[(s["benchmark"] == bench) & (s["subject"] == subject)]
     return None if hit.empty else hit.set_index("doc_id")["score"]
+
+
+def _flip_test(groups: list, st: StatsSettings) -> stats.FlipP:
+    """The sign-flip test of the mean over groups of their mean differences (exact, or Monte Carlo with its
+    error and resampled further near alpha: stats.sign_flip_test)."""
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    weights = np.concatenate([np.full(a.size, 1.0 / (len(arrays) * a.size)) for a in arrays])
+    return stats.sign_flip_test(np.concatenate(arrays), weights, st.n_boot, st.seed, st.alpha)
 
 
 def _unit(
@@ -96,7 +109,7 @@ def _unit(
             lo, hi = stats.percentile_interval(draws, st.confidence)
             binary = stats.is_binary(xs, ys)
             b, c = stats.discordant(xs, ys) if binary else (None, None)
-            p = stats.mcnemar_exact(b, c) if binary else stats.sign_flip_p([d], st.n_boot, rng=rng)
+            flip = stats.FlipP(stats.mcnemar_exact(b, c)) if binary else _flip_test([d], st)
             dropped = max(len(x), len(y)) - len(common)
             single = len(common) == 1  # one question resamples to itself: no interval to show
             notes = [f"paired on {len(common)} common questions ({dropped} in one model only)"] if dropped else []
@@ -109,7 +122,9 @@ def _unit(
                     "se": None if single else 100 * float(draws.std(ddof=1)),
                     "ci_low": None if single else 100 * lo,
                     "ci_high": None if single else 100 * hi,
-                    "p_value": p,
+                    "p_value": flip.p,
+                    "p_mc_error": flip.mc_error,
+                    "p_resamples": flip.n,
                     "test": "McNemar exact" if binary else "sign-flip",
                     "interval": PAIRED,
                     "discordant_b": b,
@@ -167,6 +182,7 @@ def _group(
     }
     if all(d is not None for d in draws):
         mean_draws = np.mean(stats.pool_singletons(draws, diffs, rng) if pool else draws, axis=0)
+        flip = _flip_test(diffs, st) if all(d is not None for d in diffs) else stats.FlipP(math.nan)
         lo, hi = stats.percentile_interval(mean_draws, st.confidence)
         b = [r["discordant_b"] for r in rows]
         c = [r["discordant_c"] for r in rows]
@@ -177,7 +193,9 @@ def _group(
             "se": 100 * float(mean_draws.std(ddof=1)),
             "ci_low": 100 * lo,
             "ci_high": 100 * hi,
-            "p_value": stats.sign_flip_p(diffs, st.n_boot, rng=rng),
+            "p_value": flip.p,
+            "p_mc_error": flip.mc_error,
+            "p_resamples": flip.n,
             "test": "sign-flip (stratified)",
             "interval": PAIRED,
             "note": "",
@@ -218,6 +236,11 @@ def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
     return t.get("value"), t.get("stderr"), t.get("n")
 
 
+def _setups(v: EvalRun, r: EvalRun, bench: str, subject: str = "") -> dict:
+    """The two runs' own settings for a unit (setups.setup_text): what captions and headers label."""
+    return {"variant_setup": setup_text(v, bench, subject), "reference_setup": setup_text(r, bench, subject)}
+
+
 def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: int = 0) -> tuple[list[dict], list[str]]:
     """Every row of one comparison (subjects, categories, all, benchmarks, average) and its notes."""
     rng = np.random.default_rng([st.seed, index])
@@ -245,7 +268,7 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
             st,
             rng,
         )
-        rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields})
+        rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields, **_setups(v, r, "mmlu", s)})
         members.setdefault(cat, []).append((rows[-1], draws, d))
     every = [m for cat in category_order(members) for m in members[cat]]
     for cat in category_order(members) + ([ALL_SUBJECTS] if every else []):
@@ -257,6 +280,7 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
                 "unit": cat,
                 "category": cat,
                 **_group([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], st, rng),
+                **_setups(v, r, "mmlu"),
             }
         )
     bench_rows, bench_draws, bench_weighted = [], [], []
@@ -274,7 +298,9 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
         if vp[0] is None or rp[0] is None:
             continue
         fields, draws, d = _unit(_scores(v, bench, ""), _scores(r, bench, ""), vp, rp, st, rng)
-        bench_rows.append({**head, "level": "benchmark", "unit": bench, "category": "", **fields})
+        bench_rows.append(
+            {**head, "level": "benchmark", "unit": bench, "category": "", **fields, **_setups(v, r, bench)}
+        )
         bench_draws.append(draws)
         bench_weighted.append([(d, 1.0 / len(d))] if d is not None else None)
     rows += bench_rows
@@ -284,13 +310,14 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
             # the average's test: every question's difference sign-flipped, weighted as it counts in the
             # average (a benchmark 1/4; within MMLU a subject 1/57 of that)
             parts = [(d, w / len(bench_weighted)) for members in bench_weighted for d, w in members]
-            avg["p_value"] = stats.weighted_sign_flip_p(
+            flip = stats.sign_flip_test(
                 np.concatenate([d for d, _ in parts]),
                 np.concatenate([np.full(len(d), w) for d, w in parts]),
                 st.n_boot,
-                rng=rng,
+                st.seed,
+                st.alpha,
             )
-            avg["test"] = "sign-flip (weighted)"
+            avg.update(p_value=flip.p, p_mc_error=flip.mc_error, p_resamples=flip.n, test="sign-flip (weighted)")
         rows.append({**head, "level": "benchmark", "unit": "average", "category": "", **avg})
     return rows, notes
 
@@ -308,7 +335,18 @@ def paired_delta_frame(
         rows += got
         notes += n
     frame = pd.DataFrame(rows, columns=DELTA_COLUMNS)
-    for col in ("q_value", "p_value", "ci_low", "ci_high", "se", "discordant_b", "discordant_c", "n"):
+    for col in (
+        "q_value",
+        "p_value",
+        "p_mc_error",
+        "p_resamples",
+        "ci_low",
+        "ci_high",
+        "se",
+        "discordant_b",
+        "discordant_c",
+        "n",
+    ):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for _, idx in frame.groupby(["comparison", "level"], sort=False).groups.items():
         frame.loc[idx, "q_value"] = stats.bh_adjust(frame.loc[idx, "p_value"].to_numpy(float))

@@ -81,8 +81,15 @@ from .frames import (
 from .paired import StatsSettings, level, paired_delta_frame, power_lines, verdict
 from .references import reference_frame, reference_lines, write_reference_tables
 from .seeds import seed_lines, seed_spread_frame, write_seed_tables
+from .setups import no_common_task, ran_units, run_setups
 from .summary import analyse_summary, write_summary
-from .tables import write_category_tables, write_clean_tables, write_leaderboard, write_pipeline_tables
+from .tables import (
+    NO_COMPARISON,
+    write_category_tables,
+    write_clean_tables,
+    write_leaderboard,
+    write_pipeline_tables,
+)
 from .upstream import key_numbers, pipeline_status, upstream_artifacts
 
 
@@ -145,9 +152,11 @@ def write_comparisons(
     out: Outputs,
     baseline: str,
     merged: dict[str, str | None],
+    empty_why: str = NO_COMPARISON,
 ) -> pd.DataFrame:
     """The paired tables and figures of every comparison; returns the delta frame. Adds to `out.produced`:
-    notes (missing subjects, fallbacks), verdicts (what survives the FDR) and power lines."""
+    notes (missing subjects, fallbacks), verdicts (what survives the FDR) and power lines. `empty_why`:
+    why there is no MMLU comparison, said in the tables and for the figures not drawn."""
     produced, tables = out.produced, out.tables
     frame, notes = paired_delta_frame(runs, pairs, st)
     produced["notes"] += notes
@@ -162,7 +171,7 @@ def write_comparisons(
         "table",
         "mmlu_delta_categories",
         "MMLU change per category, every comparison",
-        write_category_tables(frame, tables, st),
+        write_category_tables(frame, tables, st, empty_why),
     )
     out.register(
         "table",
@@ -173,7 +182,7 @@ def write_comparisons(
     produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in set(subjects["comparison"])]
     produced["power"] = power_lines(frame, st)
     if subjects.empty:
-        why = "not drawn: no MMLU comparison (needs the baseline and another variant evaluated on MMLU)"
+        why = f"not drawn: no MMLU comparison ({empty_why.removeprefix('No comparison: ').rstrip('.')})"
         out.absent("figure", "mmlu_delta_categories", "MMLU change per category", why)
         out.absent("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons", why)
     else:
@@ -430,7 +439,8 @@ def run_analysis(profile) -> dict:
         flagged_path = layout.artifact(profile, layout.FLAGGED_PAIRS)
         clean, info = load_clean_subset(data["runs"], flagged_path)
         refs = data["references"]
-        board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean, refs)
+        setups = run_setups(data["runs"])
+        board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean, refs, setups)
         write_leaderboard_step(out, board, info["why"])
         write_seed_step(out, board, profile)
         write_clean_step(out, clean, info, st.confidence)
@@ -462,6 +472,30 @@ def run_analysis(profile) -> dict:
     return out.produced
 
 
+def _comparable(runs: dict[str, EvalRun], pairs: list[Comparison], notes: list[str]) -> list[Comparison]:
+    """The comparisons whose two runs scored some task in common; each other one explained in `notes`."""
+    kept = []
+    for c in pairs:
+        why = no_common_task(runs[c.variant], runs[c.reference])
+        if why:
+            notes.append(why + ": nothing to compare")
+        else:
+            kept.append(c)
+    return kept
+
+
+def _no_mmlu_why(runs: dict[str, EvalRun], pairs: list[Comparison], asked: int) -> str:
+    """Why `platypus analyse` has no MMLU comparison, for its tables, figures and summary."""
+    if not asked:
+        return "No comparison: give at least two inputs, one of them the --baseline."
+    if not pairs:
+        return "No comparison: no two compared runs scored a task in common (see the notes)."
+    shared = [ran_units(runs[c.variant]) & ran_units(runs[c.reference]) for c in pairs]
+    if not any(bench == "mmlu" for units in shared for bench, _ in units):
+        return "No comparison on MMLU: no compared pair of runs scored an MMLU subject in common."
+    return NO_COMPARISON
+
+
 def analyse(
     specs: list[str],
     baseline: str,
@@ -471,24 +505,27 @@ def analyse(
     st: StatsSettings | None = None,
     merged: dict[str, str | None] | None = None,
     flagged_pairs: str | Path | None = None,
+    results_files: list[str] | tuple = (),
 ) -> dict:
     """`platypus analyse`: the leaderboard and the paired per-subject tables and figures from lm-eval
     output folders (or 05_evaluate folders) into out/{tables,figures}/ and out/summary.md. Every variant
     is compared with `baseline`, and each merged variant in `merged` with its partner; with `flagged_pairs`
     (a stage-02 flagged_pairs.csv) the clean-subset table and figure too. Comparisons whose settings
-    differ are refused (ValueError) unless `force`."""
+    differ are refused (ValueError) unless `force`; those of runs with no task in common are explained.
+    `results_files`: which results file of a folder holding several (lmeval_io.choose_results)."""
     st = st or StatsSettings()
     out = Path(out)
-    runs, notes = load_runs(specs)
+    runs, notes = load_runs(specs, results_files)
     if baseline not in runs:
         raise ValueError(f"--baseline {baseline!r} is not among the inputs ({', '.join(runs)})")
     merged = merged or {}
     refs = reference_info(None, {n: r.summary for n, r in runs.items()})  # 05 folders mark their references
-    pairs, pair_notes = comparisons([n for n in runs if n not in refs], baseline, merged)
+    asked, pair_notes = comparisons([n for n in runs if n not in refs], baseline, merged)
     outputs = Outputs(
-        out / "tables", out / "figures", formats, variants=list(runs), comparisons=[c.label for c in pairs]
+        out / "tables", out / "figures", formats, variants=list(runs), comparisons=[c.label for c in asked]
     )
     outputs.produced["notes"] += notes + pair_notes
+    pairs = _comparable(runs, asked, outputs.produced["notes"])
     refused: list[str] = []
     pairs = _refuse_mismatched(runs, pairs, force, refused)
     outputs.produced["notes"] += refused
@@ -502,11 +539,15 @@ def analyse(
         if flagged_pairs
         else (pd.DataFrame(columns=CLEAN_COLUMNS), {"why": "", "notes": []})
     )
-    board = leaderboard_frame({n: r.summary for n, r in runs.items()}, clean=clean, references=refs)
+    board = leaderboard_frame(
+        {n: r.summary for n, r in runs.items()}, clean=clean, references=refs, setups=run_setups(runs)
+    )
     write_leaderboard_step(outputs, board, info["why"])
     if flagged_pairs:
         write_clean_step(outputs, clean, info, st.confidence)
-    frame = write_comparisons(runs, pairs, st, outputs, baseline, merged)
+    why = _no_mmlu_why(runs, pairs, len(asked))
+    frame = write_comparisons(runs, pairs, st, outputs, baseline, merged, why)
+    outputs.produced.update(compared=[c.label for c in pairs], no_comparison=why)
     if refs:
         write_reference_step(outputs, runs, refs, st)
     produced = outputs.produced

@@ -27,10 +27,19 @@ import pandas as pd
 from ..artifacts import write_text
 from ..lmeval_io import EvalRun
 from .clean import CATEGORIES
-from .common import METRIC_NOTE, STAGE
+from .common import STAGE
 from .paired import StatsSettings, level, method_text
 from .references import reference_display, reference_note
-from .tables import CLEAN_NOTE, REFERENCE_NOTE, category_display, clean_display, has_references, leaderboard_display
+from .setups import comparison_setup, metric_note, ran_text
+from .tables import (
+    CLEAN_NOTE,
+    REFERENCE_NOTE,
+    category_display,
+    category_text_columns,
+    clean_display,
+    has_references,
+    leaderboard_display,
+)
 
 _CSS = (
     "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:62rem;margin:2rem auto;"
@@ -126,7 +135,9 @@ def _leaderboard_section(produced: dict, leaderboard: pd.DataFrame | None, rel) 
         out.append("05_evaluate not run: no evaluation results.")
     refs = leaderboard is not None and not leaderboard.empty and has_references(leaderboard)
     out.append(
-        md_escape(f"Scores in percent ± standard error; {METRIC_NOTE}." + (f" {REFERENCE_NOTE}." if refs else ""))
+        md_escape(
+            f"Scores in percent ± standard error; {metric_note(leaderboard)}." + (f" {REFERENCE_NOTE}." if refs else "")
+        )
         + " "
         + file_links(produced, "table", "leaderboard", rel)
     )
@@ -180,7 +191,7 @@ def _categories_section(produced: dict, categories: pd.DataFrame | None, rel) ->
     if cats_frame is None or cats_frame.empty:
         return out + ["No comparison: needs the baseline and at least one other variant evaluated on MMLU."]
     out += [
-        md_table(category_display(categories, with_kind=True), 2),
+        md_table(shown := category_display(categories, with_kind=True), category_text_columns(shown)),
         md_escape(
             f"Percentage points, mean over the category's subjects [interval: {method_text(cats_frame)}]; "
             "* significant after Benjamini-Hochberg."
@@ -362,21 +373,47 @@ def file_links(produced: dict, kind: str, name: str, rel, stage: str | None = No
     return ("Files: " + ", ".join(link(Path(f).name, rel(f)) for f in files) + ".") if files else ""
 
 
+def _input_line(name: str, run: EvalRun) -> str:
+    """An input as the summary lists it: its folder, what it ran with its own settings, its samples."""
+    if run.has_samples:
+        samples = "per-question samples"
+    elif any("git-LFS pointer" in n for n in run.notes):
+        samples = "samples are git-LFS pointers: unpaired errors from the results file"
+    else:
+        samples = "NO samples: unpaired errors"
+    return f"- {name}: `{run.source}`: {ran_text(run)}; {samples}"
+
+
+def _comparison_lines(produced: dict, frame: pd.DataFrame) -> list[str]:
+    """The comparisons made, each with the two runs' own MMLU settings, or why there is none."""
+    made = produced.get("compared", [])
+    if not made:
+        return [produced.get("no_comparison") or "No comparison."]
+    out = []
+    for label in made:
+        setup = comparison_setup(frame, label) or comparison_setup(frame, label, "benchmark")
+        out.append(f"- {label}" + (f" (MMLU {setup})" if setup else ""))
+    return out
+
+
 def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFrame, st: StatsSettings) -> str:
-    """out/summary.md of `platypus analyse`: inputs, verdicts, power, notes and the files written."""
+    """out/summary.md of `platypus analyse`: inputs (each with its own settings), the comparisons, what the
+    sample size can show (only where a comparison was tested), notes and the files written."""
     lines = ["# Analysis of lm-eval runs", "", "Inputs:"]
-    lines += [
-        f"- {n}: `{r.source}` ({'per-question samples' if r.has_samples else 'NO samples: unpaired errors'})"
-        for n, r in runs.items()
-    ]
-    lines += ["", "## What the sample size can show", ""] + [f"- {v}" for v in produced.get("verdicts", [])]
-    lines += [
-        "",
-        "Questions a 5-point change in one category would need (two-sided exact McNemar, alpha 0.05, "
-        "power 0.8, the observed discordance or an assumed 0.20):",
-        "",
-    ]
-    lines += [f"- {p}" for p in produced.get("power", [])]
+    lines += [_input_line(n, r) for n, r in runs.items()]
+    lines += ["", "## Comparisons", ""] + _comparison_lines(produced, frame)
+    verdicts, power = produced.get("verdicts", []), produced.get("power", [])
+    if verdicts or power:
+        lines += ["", "## What the sample size can show", ""] + [f"- {v}" for v in verdicts]
+        lines += ["", f"Tests and intervals: {_method_line(frame, st)}"]
+    if power:
+        lines += [
+            "",
+            "Questions a 5-point change in one category would need (two-sided exact McNemar, alpha 0.05, "
+            "power 0.8, the observed discordance or an assumed 0.20):",
+            "",
+        ]
+        lines += [f"- {p}" for p in power]
     if produced.get("references"):
         lines += ["", "## Released models: reproduction vs release, and harness drift", ""]
         lines += [f"- {r}" for r in produced["references"] + produced.get("reference_notes", [])]
@@ -386,6 +423,14 @@ def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFram
         f"- {p}" for group in ("tables", "figures") for ps in produced[group].values() for p in ps
     ]
     return "\n".join(lines) + "\n"
+
+
+def _method_line(frame: pd.DataFrame, st: StatsSettings) -> str:
+    rows = frame[frame["level"] == "subject"] if not frame.empty else frame
+    return (
+        f"{st.confidence:.0%} intervals, {method_text(rows)}; exact McNemar for accuracy, a paired sign-flip "
+        f"test otherwise; Benjamini-Hochberg at FDR {st.alpha:g}."
+    )
 
 
 __all__ = [

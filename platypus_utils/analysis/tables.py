@@ -25,7 +25,6 @@ from .common import (
     BENCHMARKS,
     CATEGORY_LABELS,
     LABELS,
-    METRIC_NOTE,
     NOT_RUN,
     ROW_REFERENCE,
     category_order,
@@ -33,6 +32,7 @@ from .common import (
     n_text,
 )
 from .paired import StatsSettings, level, method_text
+from .setups import column_labels, comparison_setup, metric_note
 
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -112,7 +112,8 @@ def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     items (full / clean), the four benchmarks and the average."""
     rows = []
     clean = _has_clean(frame)
-    for _, r in frame.iterrows():
+    labels = column_labels(frame)  # each benchmark's setup: in its header, or in each cell where rows differ
+    for k, (_, r) in enumerate(frame.iterrows()):
         head = [r["variant"], source_text(r)] + (["full"] if clean else [])
         if str(r["status"]).startswith("failed"):
             rows.append(head + ["failed"] * (len(BENCHMARKS) + 1))
@@ -120,14 +121,15 @@ def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
         avg = cell(r["average"], None, tex)
         if avg != NOT_RUN and int(r["average_over"]) < len(BENCHMARKS):
             avg += f" ({int(r['average_over'])} of {len(BENCHMARKS)})"
-        rows.append(head + [cell(r[b], r.get(f"{b}_stderr"), tex) for b in BENCHMARKS] + [avg])
+        scores = [cell(r[b], r.get(f"{b}_stderr"), tex) for b in BENCHMARKS]
+        rows.append(head + [s if s == NOT_RUN else s + labels[b][1][k] for s, b in zip(scores, BENCHMARKS)] + [avg])
         if clean and r["source"] == "this run" and any(pd.notna(r.get(f"{b}_clean")) for b in BENCHMARKS):
             rows.append(
                 [r["variant"], source_text(r), "clean"]
                 + [_clean_cell(r, b) for b in BENCHMARKS]
                 + [cell(r.get("average_clean"), None, tex)]
             )
-    header = ["model", "source"] + (["items"] if clean else []) + [LABELS[b] for b in BENCHMARKS] + ["average"]
+    header = ["model", "source"] + (["items"] if clean else []) + [labels[b][0] for b in BENCHMARKS] + ["average"]
     return pd.DataFrame(rows, columns=header)
 
 
@@ -136,7 +138,7 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = ""
     table_dir = Path(table_dir)
     shown, shown_tex = leaderboard_display(frame), leaderboard_display(frame, tex=True)
     text_columns = 3 if "items" in shown.columns else 2
-    note = f"Scores in percent ± standard error. {METRIC_NOTE}."
+    note = f"Scores in percent ± standard error. {metric_note(frame)}."
     if has_references(frame):
         note += f" {REFERENCE_NOTE}."
     if frame.empty:
@@ -172,42 +174,64 @@ def interval_text(r, tex: bool = False) -> str:
 
 
 def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = False) -> pd.DataFrame:
-    """One row per comparison, one column per MMLU category and "all subjects": the change [interval]."""
+    """One row per comparison, one column per MMLU category and "all subjects": the change [interval]; a
+    "settings" column (each run's own few-shot count and limit, setups.comparison_setup) where recorded."""
     cats_frame = level(frame, "category")
     cats = category_order(cats_frame["unit"]) + ([ALL_SUBJECTS] if not cats_frame.empty else [])
+    labels = list(dict.fromkeys(cats_frame["comparison"]))
+    setups = {label: comparison_setup(frame, label) for label in labels}
+    with_setup = any(setups.values())
     rows = []
     for label, g in cats_frame.groupby("comparison", sort=False):
         by = g.set_index("unit")
         rows.append(
             [label]
             + ([g["kind"].iloc[0]] if with_kind else [])
+            + ([setups[label]] if with_setup else [])
             + [interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats]
         )
-    header = ["comparison"] + (["kind"] if with_kind else []) + [CATEGORY_LABELS.get(c, c) for c in cats]
+    header = (
+        ["comparison"]
+        + (["kind"] if with_kind else [])
+        + (["settings"] if with_setup else [])
+        + [CATEGORY_LABELS.get(c, c) for c in cats]
+    )
     return pd.DataFrame(rows, columns=header)
 
 
-def write_category_tables(frame: pd.DataFrame, table_dir: Path, st: StatsSettings | None = None) -> list[Path]:
-    """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category."""
+def category_text_columns(shown: pd.DataFrame) -> int:
+    """How many leading columns of a category display are text (comparison, kind, settings)."""
+    return sum(c in ("comparison", "kind", "settings") for c in shown.columns)
+
+
+NO_COMPARISON = "No comparison: the baseline or 05_evaluate did not run."
+
+
+def write_category_tables(
+    frame: pd.DataFrame, table_dir: Path, st: StatsSettings | None = None, empty_why: str = NO_COMPARISON
+) -> list[Path]:
+    """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category; `empty_why`
+    says why there is none."""
     st = st or StatsSettings()
     table_dir = Path(table_dir)
     cats_frame = level(frame, "category")
     note = (
-        f"MMLU 5-shot accuracy change in percentage points, mean over the category's subjects, "
+        f"MMLU accuracy change in percentage points, mean over the category's subjects, "
         f"[{st.confidence:.0%} interval: {method_text(cats_frame)}]; * significant after Benjamini-Hochberg "
         f"over the categories at FDR {st.alpha:g}."
     )
     if cats_frame.empty:
-        note += " No comparison: the baseline or 05_evaluate did not run."
+        note += f" {empty_why}"
+    shown, shown_tex = category_display(frame), category_display(frame, tex=True)
     return [
         write_text(table_dir / "mmlu_delta_categories.csv", cats_frame.to_csv(index=False)),
         write_text(
             table_dir / "mmlu_delta_categories.md",
-            "# MMLU change per category\n\n" + note + "\n\n" + to_markdown(category_display(frame)),
+            "# MMLU change per category\n\n" + note + "\n\n" + to_markdown(shown, category_text_columns(shown)),
         ),
         write_text(
             table_dir / "mmlu_delta_categories.tex",
-            to_latex(category_display(frame, tex=True), note, "tab:mmlu-categories"),
+            to_latex(shown_tex, note, "tab:mmlu-categories", category_text_columns(shown_tex)),
         ),
     ]
 
@@ -278,6 +302,8 @@ __all__ = [
     "interval_text",
     "category_display",
     "write_category_tables",
+    "category_text_columns",
+    "NO_COMPARISON",
     "clean_display",
     "write_clean_tables",
     "write_pipeline_tables",

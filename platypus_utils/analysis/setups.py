@@ -1,0 +1,202 @@
+"""How each run was evaluated, in words, for captions and table headers: the few-shot count, the `limit`
+and the task version each run's own lm-eval output records (lmeval_io.EvalRun.settings; for a 05 summary
+without its raw output, the summary's "settings"), never the leaderboard's settings assumed.
+
+- `setup_text(run, bench, subject)`: "5-shot, limit 10" ("" when the inputs record nothing);
+- `run_setups(runs)`: variant -> benchmark -> that text, what leaderboard_frame takes as `setups`;
+- `pair_text(variant, v, reference, r)`: "both 5-shot" or "oneshot 1-shot, base 0-shot";
+- `metric_note(board)`: the metric and the settings of every benchmark, from the leaderboard's
+  `<bench>_setup` columns (each run labelled with its own where they differ);
+- `column_labels(board)`: per benchmark, the header (with the setup when every row shares it) and
+  the per-row suffix (where rows differ).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..lmeval_io import EvalRun
+from ..published import SETTINGS as PUBLISHED_SETTINGS
+from .common import BENCHMARKS, LABELS, ROW_PUBLISHED
+
+METRICS = {
+    "arc_challenge": "acc_norm",
+    "hellaswag": "acc_norm",
+    "mmlu": "acc (mean over subjects)",
+    "truthfulqa_mc2": "mc2",
+}
+NOT_RECORDED = "few-shot counts not recorded in the inputs"
+
+
+def _number(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _distinct(items: list[dict], key: str) -> list[str]:
+    return sorted({_number(s[key]) for s in items if s.get(key) is not None}, key=lambda v: (len(v), v))
+
+
+def _recorded(run: EvalRun, bench: str, subject: str = "") -> list[dict]:
+    """The settings of the run's tasks for a benchmark (one subject, or all of MMLU's); from the summary's
+    "settings" (05_evaluate) when the run has no lm-eval settings for it."""
+    items = [s for s in run.settings.values() if s["benchmark"] == bench and (not subject or s["subject"] == subject)]
+    if items:
+        return items
+    tasks = ((run.summary.get("settings") or {}).get("tasks") or {}) if isinstance(run.summary, dict) else {}
+    entry = tasks.get(bench) if isinstance(tasks, dict) else None
+    return [entry] if isinstance(entry, dict) else []
+
+
+def setup_text(run: EvalRun, bench: str, subject: str = "", versions: bool = False) -> str:
+    """ "5-shot, limit 10" (with `versions`, ", version 1.0") for one benchmark or MMLU subject; several
+    values (subjects run differently) joined by "/"; "" when the run records none."""
+    items = _recorded(run, bench, subject)
+    shots = _distinct(items, "num_fewshot")
+    if not shots:
+        return ""
+    parts = [f"{'/'.join(shots)}-shot"]
+    limits = _distinct(items, "limit")
+    parts += [f"limit {'/'.join(limits)}"] if limits else []
+    vers = _distinct(items, "version") if versions else []
+    parts += [f"version {'/'.join(vers)}"] if vers else []
+    return ", ".join(parts)
+
+
+def run_setups(runs: dict[str, EvalRun]) -> dict[str, dict[str, str]]:
+    """variant -> benchmark -> setup_text (benchmarks the run records nothing for left out)."""
+    return {name: {b: t for b in BENCHMARKS if (t := setup_text(run, b))} for name, run in runs.items()}
+
+
+def pair_text(variant: str, v: str, reference: str, r: str) -> str:
+    """The two runs' setups of one comparison: "both 5-shot", "tuned 1-shot, base 0-shot", or ""."""
+    if not v and not r:
+        return ""
+    if v == r:
+        return f"both {v}"
+    return f"{variant} {v or 'not recorded'}; {reference} {r or 'not recorded'}"
+
+
+def published_setup(bench: str) -> str:
+    return f"{PUBLISHED_SETTINGS[bench]['num_fewshot']}-shot"
+
+
+def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
+    """Each row's setup for a benchmark (published rows: the leaderboard's), or None when no evaluated row
+    records one (the headers then stay as they were, with no setup)."""
+    col = f"{bench}_setup"
+    if col not in board.columns:
+        return None
+    ours = board["kind"] != ROW_PUBLISHED if "kind" in board.columns else pd.Series(True, index=board.index)
+    texts = [str(t) if isinstance(t, str) else "" for t in board[col]]
+    if not any(t for t, o in zip(texts, ours) if o):
+        return None
+    return [published_setup(bench) if not o else t for t, o in zip(texts, ours)]
+
+
+def column_labels(board: pd.DataFrame) -> dict[str, tuple[str, list[str]]]:
+    """Per benchmark: (header, per-row suffix). Every row with a score sharing one setup: it goes in the
+    header ("MMLU (5-shot)"), no suffix; rows that differ: the header is the name and each cell carries its
+    own (" (0-shot)")."""
+    out = {}
+    for bench in BENCHMARKS:
+        texts = _row_setups(board, bench)
+        if texts is None:
+            out[bench] = (LABELS[bench], [""] * len(board))
+            continue
+        scored = [t for t, v in zip(texts, board[bench] if bench in board else []) if pd.notna(v)]
+        if len(set(scored)) == 1 and scored[0]:
+            out[bench] = (f"{LABELS[bench]} ({scored[0]})", [""] * len(board))
+        else:
+            out[bench] = (LABELS[bench], [f" ({t or 'not recorded'})" for t in texts])
+    return out
+
+
+def metric_note(board: pd.DataFrame | None) -> str:
+    """The metrics and each benchmark's settings as the inputs record them, e.g. "ARC acc_norm (25-shot),
+    MMLU acc (mean over subjects) (base 0-shot; tuned 1-shot)"; the leaderboard's metrics and a note
+    when no input records its settings."""
+    parts, known = [], False
+    for bench in BENCHMARKS:
+        texts = _row_setups(board, bench) if board is not None and not board.empty else None
+        if texts is None:
+            parts.append(f"{LABELS[bench]} {METRICS[bench]}")
+            continue
+        known = True
+        rows = [
+            (str(v), t)
+            for v, t, k, s in zip(board["variant"], texts, board["kind"], board[bench])
+            if k != ROW_PUBLISHED and pd.notna(s)
+        ]
+        distinct = sorted({t for _, t in rows})
+        if len(distinct) <= 1:
+            parts.append(f"{LABELS[bench]} {METRICS[bench]} ({distinct[0] if distinct else 'not run'})")
+        else:
+            each = "; ".join(f"{v} {t or 'not recorded'}" for v, t in rows)
+            parts.append(f"{LABELS[bench]} {METRICS[bench]} ({each})")
+    return ", ".join(parts) + ("" if known else f"; {NOT_RECORDED}")
+
+
+__all__ = [
+    "setup_text",
+    "run_setups",
+    "pair_text",
+    "published_setup",
+    "column_labels",
+    "metric_note",
+    "NOT_RECORDED",
+]
+
+
+def _text(x) -> str:
+    return x if isinstance(x, str) else ""
+
+
+def comparison_setup(frame: pd.DataFrame, comparison: str, unit_level: str = "category") -> str:
+    """One comparison's MMLU settings from its delta rows (the "all subjects" row, made last): pair_text."""
+    if frame.empty or "variant_setup" not in frame.columns:
+        return ""
+    rows = frame[(frame["comparison"] == comparison) & (frame["level"] == unit_level)]
+    if rows.empty:
+        return ""
+    r = rows.iloc[-1]
+    return pair_text(str(r["variant"]), _text(r["variant_setup"]), str(r["reference"]), _text(r["reference_setup"]))
+
+
+__all__ += ["comparison_setup"]
+
+
+def ran_units(run: EvalRun) -> set[tuple[str, str]]:
+    """(benchmark, subject) of every score the run holds ("" as subject outside MMLU)."""
+    s = run.summary
+    units = {(b, "") for b, t in (s.get("tasks") or {}).items() if b != "mmlu" and isinstance(t, dict)}
+    units |= {("mmlu", x) for x, t in (s.get("mmlu_subjects") or {}).items() if (t or {}).get("acc") is not None}
+    return {(b, x) for b, x in units if b in BENCHMARKS and (x or task_value(s, b))}
+
+
+def task_value(summary: dict, bench: str) -> bool:
+    t = (summary.get("tasks") or {}).get(bench)
+    return isinstance(t, dict) and isinstance(t.get("value"), (int, float))
+
+
+def ran_text(run: EvalRun) -> str:
+    """What a run evaluated, with its settings: "ARC (0-shot, limit 10), MMLU 2 subjects (0-shot)"."""
+    units = ran_units(run)
+    parts = []
+    for bench in BENCHMARKS:
+        subjects = sorted(x for b, x in units if b == bench and x)
+        if not subjects and (bench, "") not in units:
+            continue
+        what = f"{LABELS[bench]} {len(subjects)} subject{'s' * (len(subjects) != 1)}" if subjects else LABELS[bench]
+        setup = setup_text(run, bench)
+        parts.append(f"{what} ({setup})" if setup else what)
+    return ", ".join(parts) or "no leaderboard task"
+
+
+def no_common_task(v: EvalRun, r: EvalRun) -> str | None:
+    """Why a comparison has nothing to compare (no benchmark or MMLU subject scored by both), or None."""
+    if ran_units(v) & ran_units(r):
+        return None
+    return f"{v.name} vs {r.name}: no task in common ({v.name} ran {ran_text(v)}; {r.name} ran {ran_text(r)})"
+
+
+__all__ += ["ran_units", "ran_text", "no_common_task"]
