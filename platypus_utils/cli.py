@@ -1,5 +1,5 @@
 """Command line: `platypus run PARAMS.yaml`, `platypus validate`, `platypus decontaminate`, `platypus analyse`,
-`platypus plan`."""
+`platypus plan`, `platypus push`."""
 
 from __future__ import annotations
 
@@ -160,11 +160,19 @@ def _add_plan(sub) -> None:
     p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
 
 
+def _add_push(sub) -> None:
+    """`platypus push PROFILE`: the run's adapter and merged models, with their cards, to the hub."""
+    p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards (export.push_to_hub)")
+    p_push.add_argument("params", help="profile YAML with export.push_to_hub: true")
+    p_push.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
+    p_push.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="platypus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_run, _add_validate, _add_decontaminate, _add_analyse, _add_plan):
+    for add in (_add_run, _add_validate, _add_decontaminate, _add_analyse, _add_plan, _add_push):
         add(sub)
     return parser
 
@@ -279,12 +287,23 @@ def _cmd_analyse(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    from .export import push_to_hub
+
+    records = push_to_hub(load_profile(args.params, overrides=parse_set(args.set)), dry_run=args.dry_run)
+    for r in records:
+        done = f"pushed, commit {r['commit']}" if r["pushed"] else "would push (--dry-run)"
+        print(f"{r['variant']}: {r['folder']} -> {r['repo_id']}: {done}")
+    return 0
+
+
 COMMANDS = {
     "run": _cmd_run,
     "validate": _cmd_validate,
     "plan": _cmd_plan,
     "decontaminate": _cmd_decontaminate,
     "analyse": _cmd_analyse,
+    "push": _cmd_push,
 }
 
 

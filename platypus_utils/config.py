@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -24,7 +25,7 @@ from pydantic import (
 
 from . import mergekit_yaml
 from .drive import DRIVE_PREFIX, resolve_drive_path
-from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, seed_variants
+from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, planned_variants, seed_variants
 from .published import PUBLISHED
 from .refs import default_cache_dir, is_hub_reference
 
@@ -550,6 +551,32 @@ class AnalysisConfig(_Section):
     fdr_alpha: float = Field(default=0.05, gt=0, lt=1)  # Benjamini-Hochberg false discovery rate per family
 
 
+HUB_PLACEHOLDERS = ("profile", "variant")  # what export.repo_id may name
+
+
+class ExportConfig(_Section):
+    """`platypus push PROFILE` (export.py): the run's LoRA adapter and merged models, each with its model
+    card, uploaded to the hub. Off by default; a profile that runs offline (references nothing on the hub)
+    cannot turn it on."""
+
+    push_to_hub: bool = False
+    # the hub repo of each variant: {profile} and {variant} filled in; without "namespace/", the token's user
+    repo_id: str = "{profile}-{variant}"
+    private: bool = True
+    variants: list[str] = Field(default_factory=list)  # empty: the adapter and every variant 04 made
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_pattern(cls, v: str) -> str:
+        names = {f[1] for f in string.Formatter().parse(v) if f[1] is not None}
+        if names - set(HUB_PLACEHOLDERS) or "variant" not in names:
+            raise ValueError("name {variant} (one repo per variant) and only {profile} and {variant}")
+        filled = v.format(profile="p", variant="v")
+        if not re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*", filled):
+            raise ValueError("expected [namespace/]name: letters, digits, '.', '_' and '-'")
+        return v
+
+
 class PlanConfig(_Section):
     """`platypus plan` (plan.py): the GPU a run is planned for and the data assumptions; no stage reads it."""
 
@@ -588,6 +615,7 @@ class Profile(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)  # `platypus plan` only
+    export: ExportConfig = Field(default_factory=ExportConfig)  # `platypus push` only
 
     # Where the profile was read from; set by load_profile, not by the YAML.
     source_file: Optional[str] = Field(default=None, exclude=True)
@@ -725,6 +753,21 @@ def project_root_for(profile_file: Path) -> Path:
         if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():
             return folder
     return profile_file.parent
+
+
+def _check_export(profile: Profile, path: Path) -> None:
+    """export.push_to_hub only on a profile that uses the hub; export.variants only what the run makes."""
+    cfg = profile.export
+    if cfg.push_to_hub and not profile.needs_hub():
+        raise ProfileError(
+            f"{path}: key 'export.push_to_hub': this profile references nothing on the hub, so it runs offline "
+            "(its stages set HF_HUB_OFFLINE); an offline profile cannot push: turn export.push_to_hub off, or "
+            "use a profile with hub models"
+        )
+    known = ["adapter", *planned_variants(profile)]
+    unknown = [v for v in cfg.variants if v not in known]
+    if unknown:
+        raise ProfileError(f"{path}: key 'export.variants': {unknown} not made by this run (choose from {known})")
 
 
 def _check_variants(profile: Profile, path: Path) -> None:
@@ -891,4 +934,5 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
     _check_variants(profile, path)  # finetune.target_modules: preflight.check_target_modules (reads the model config)
+    _check_export(profile, path)
     return profile

@@ -64,6 +64,7 @@ LAYERS = {
             "hub",
             "leak_judge",
             "lm_eval_tasks",
+            "export",
         ],
         COMPONENTS,
     ),

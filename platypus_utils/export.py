@@ -1,0 +1,130 @@
+"""A hub route for a run's models (component layer): `platypus push PROFILE` uploads stage 03's LoRA adapter
+and every model stage 04 made, each with the model card its stage wrote (cards.py), to the Hugging Face hub.
+
+Off by default (export.push_to_hub); a profile that runs offline cannot turn it on (config refuses it), and
+an environment that switches the hub off (HF_HUB_OFFLINE) is refused here, before any upload. Each variant
+goes to its own repo, export.repo_id with {profile} and {variant} filled in (no namespace: the token's
+user), created if absent (`HfApi.create_repo(exist_ok=True)`, private unless export.private is false), then
+`HfApi.upload_folder` of the variant's folder. A folder without its card is refused: the card is what
+tells the hub the base model, the library and the recipe. What was pushed, and the commit, is written to
+runs/<profile>/export/pushed.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, get_token
+
+from . import layout
+from .artifacts import write_text
+from .cards import CARD
+from .config import Profile, ProfileError
+from .hub import env_offline
+
+ADAPTER = "adapter"
+IGNORE = ["*.tmp", ".*", "__pycache__/*", "manifest.json", "attempt.json"]  # the run's bookkeeping stays here
+
+
+class ExportError(ProfileError):
+    """A push that cannot be made; the message names the profile key or the folder and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    variant: str
+    folder: Path
+    repo_id: str
+
+
+def repo_for(profile: Profile, variant: str) -> str:
+    """export.repo_id with {profile} and {variant} filled in."""
+    return profile.export.repo_id.format(profile=profile.name, variant=variant)
+
+
+def _made(profile: Profile) -> dict[str, Path]:
+    """Variant -> folder of what 03 and 04 left: the adapter, and every model in 04's merge report."""
+    out: dict[str, Path] = {}
+    adapter = layout.artifact(profile, layout.ADAPTER)
+    if adapter.is_dir():
+        out[ADAPTER] = adapter
+    report = layout.artifact(profile, layout.MERGE_REPORT)
+    if report.is_file():
+        models = json.loads(report.read_text(encoding="utf-8")).get("models") or {}
+        for name, entry in models.items() if isinstance(models, dict) else ():
+            path = Path(str((entry or {}).get("path") or profile.run_dir(layout.MERGE) / name))
+            out[name] = path if path.is_dir() else profile.run_dir(layout.MERGE) / name
+    return out
+
+
+def push_targets(profile: Profile) -> list[Target]:
+    """What `platypus push` uploads: export.variants (empty: all that 03 and 04 made), each folder with its card."""
+    made = _made(profile)
+    wanted = profile.export.variants or list(made)
+    where = profile.source_file or profile.name
+    if not wanted:
+        raise ExportError(f"{where}: nothing to push: stage 03 left no adapter and stage 04 no merged model")
+    targets = []
+    for variant in wanted:
+        folder = made.get(variant)
+        if folder is None or not folder.is_dir():
+            stage = "03_finetune" if variant == ADAPTER else "04_merge"
+            raise ExportError(f"{where}: key 'export.variants': {variant!r} has no folder: run {stage} first")
+        if not (folder / CARD).is_file():
+            raise ExportError(
+                f"{folder}: no {CARD} (model card): rerun the stage that made {variant!r} so it writes one"
+            )
+        targets.append(Target(variant, folder, repo_for(profile, variant)))
+    return targets
+
+
+def _refuse(profile: Profile) -> None:
+    where = profile.source_file or profile.name
+    if not profile.export.push_to_hub:
+        raise ExportError(f"{where}: key 'export.push_to_hub' is off: set it to true to push this run's models")
+    if not profile.needs_hub():
+        raise ExportError(f"{where}: key 'export.push_to_hub': an offline profile (no hub reference) cannot push")
+    if env_offline():
+        raise ExportError(f"{where}: HF_HUB_OFFLINE is set in this environment: unset it to push to the hub")
+    if not get_token():
+        raise ExportError(f"{where}: no hub token: set HF_TOKEN or run `hf auth login` (a token that can write)")
+
+
+def push_to_hub(profile: Profile, api: Any = None, dry_run: bool = False) -> list[dict]:
+    """Upload every push target (see the module docstring); `api` stands in for huggingface_hub.HfApi in
+    tests. With `dry_run`, only say what would go where. Returns one record per variant."""
+    _refuse(profile)
+    targets = push_targets(profile)
+    if dry_run:
+        return [{"variant": t.variant, "folder": str(t.folder), "repo_id": t.repo_id, "pushed": False} for t in targets]
+    api = api or HfApi()
+    records = []
+    for t in targets:
+        url = api.create_repo(t.repo_id, repo_type="model", private=profile.export.private, exist_ok=True)
+        repo_id = getattr(url, "repo_id", None) or t.repo_id  # the full id, namespace included
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(t.folder),
+            commit_message=f"platypus {profile.name}: {t.variant}",
+            ignore_patterns=IGNORE,
+        )
+        records.append(
+            {
+                "variant": t.variant,
+                "folder": str(t.folder),
+                "repo_id": repo_id,
+                "private": profile.export.private,
+                "commit": getattr(commit, "oid", None),
+                "url": getattr(commit, "commit_url", None) or str(commit),
+                "pushed": True,
+            }
+        )
+    write_text(profile.run_dir("export") / "pushed.json", json.dumps(records, indent=2) + "\n")
+    return records
+
+
+__all__ = ["ExportError", "Target", "push_targets", "push_to_hub", "repo_for"]
