@@ -67,7 +67,8 @@ reports: install
 # JupyterLab on the stage notebooks. As root (a container) jupyter refuses to start without
 # --allow-root; without a display it opens no browser. LAB_PORT=8889 picks another port.
 LAB_PORT ?= 8888
-LAB_FLAGS := --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(if $(DISPLAY),,--no-browser)
+LAB_UID ?= $(shell id -u)
+LAB_FLAGS = --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(LAB_UID)),--allow-root) $(if $(DISPLAY),,--no-browser)
 lab: install
 	@echo "JupyterLab on notebooks/, kernel 'Python (platypus)'. Open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL"
 	@echo "it prints below (JupyterLab moves to the next free port if $(LAB_PORT) is taken). On a remote machine,"

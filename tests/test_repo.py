@@ -290,3 +290,52 @@ def test_the_git_filter_applies_to_the_stage_notebooks_only():
         pytest.skip(f"not a git checkout: {done.stderr.strip()}")
     filters = dict(line.rsplit(": filter: ", 1) for line in done.stdout.splitlines())
     assert filters == {**{p: "nbstripout" for p in paths[:-1]}, paths[-1]: "unspecified"}
+
+
+# ---------------------------------------------------------------- make clean, make lab
+def _scratch_checkout(tmp_path):
+    """A git work tree with this Makefile and .gitignore, a committed report and what runs leave."""
+    import shutil
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    for name in ("Makefile", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    made = {
+        "reports/real-offline/summary.md": True,  # committed
+        "reports/real-offline/plan.json": False,  # ignored: `platypus plan` output
+        "reports/demo/notebooks/01_curate.ipynb": False,
+        "runs/demo/01_curate/manifest.json": False,
+        "build/lib/x.py": False,
+        "notes/mine.md": True,
+    }
+    for rel in made:
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("x\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-f", *[rel for rel, tracked in made.items() if tracked]], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    return repo, made
+
+
+def test_make_clean_leaves_committed_files_alone(tmp_path):
+    repo, made = _scratch_checkout(tmp_path)
+    done = subprocess.run(["make", "-C", str(repo), "clean"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {rel: (repo / rel).exists() for rel in made} == made  # the tracked stay, the rest is gone
+    assert not (repo / "runs").exists() and not (repo / "build").exists()
+
+
+@pytest.mark.parametrize("uid", ["0", "1000", None], ids=["root", "a user", "whoever runs the tests"])
+def test_make_lab_allows_root_only_as_root(tmp_path, uid):
+    import os
+
+    repo, _ = _scratch_checkout(tmp_path)
+    cmd = ["make", "-C", str(repo), "-n", "-o", "install", "lab", *([f"LAB_UID={uid}"] if uid else [])]
+    dry = subprocess.run(cmd, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    command = next(line for line in dry.stdout.splitlines() if "jupyter lab" in line and "echo" not in line)
+    assert "--notebook-dir=notebooks" in command
+    assert ("--allow-root" in command) == (int(uid or os.geteuid()) == 0), command
+    assert "lab?token=" in dry.stdout  # it says which URL to open
