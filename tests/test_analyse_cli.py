@@ -124,6 +124,14 @@ def test_mismatched_settings_are_refused_unless_forced(lm_eval_dirs, tmp_path, c
     assert not (tmp_path / "refused" / "tables").exists()
     assert cli.main(args + ["--out", str(tmp_path / "forced"), "--force"]) == 0
     assert "compared anyway (--force)" in (tmp_path / "forced" / "summary.md").read_text()
+    # each run labelled with its own few-shot count, as lm-eval recorded it (not the leaderboard's 5-shot)
+    board = (tmp_path / "forced" / "tables" / "leaderboard.md").read_text()
+    assert "MMLU acc (mean over subjects) (base 0-shot, limit 2; oneshot 1-shot, limit 2)" in board
+    mmlu = {row[0]: row[4] for row in md_table_rows(board)}
+    assert mmlu["model"] == "MMLU" and mmlu["base"].endswith(" (0-shot, limit 2)")
+    assert mmlu["oneshot"].endswith(" (1-shot, limit 2)")
+    caption = (tmp_path / "forced" / "figures" / "mmlu_delta_oneshot.txt").read_text()
+    assert "oneshot vs base (oneshot 1-shot, limit 2; base 0-shot, limit 2)" in caption and "5-shot" not in caption
 
 
 def test_bad_inputs_name_the_file(tmp_path, capsys):
