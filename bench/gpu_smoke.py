@@ -251,17 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA GPU here: run with --cpu to check the script, or on the GPU machine", file=sys.stderr)
         return 3
     results: list = []
-    step(results, "environment", environment)
-    step(results, "gpu-smoke profile", lambda: run_profile(work, args.cpu, args.upstream))
+
+    def record(name: str, fn) -> None:  # the table is rewritten after each step: a run cut short keeps it
+        step(results, name, fn)
+        (out / "gpu_smoke.md").write_text(markdown(results) + "\n")
+        (out / "gpu_smoke.json").write_text(json.dumps(results, indent=2, default=str))
+        print(markdown(results[-1:]), flush=True)
+
+    record("environment", environment)
+    record("gpu-smoke profile", lambda: run_profile(work, args.cpu, args.upstream))
     keep_reports(work / "runs" / "gpu-smoke", out)
+    record("bench_finetune", lambda: bench(out, args.cpu))
     if not args.cpu:
-        step(results, "4-bit / 8-bit loading", quantized_loading)
-        step(results, "vllm backend", lambda: vllm_backend(work))
-    step(results, "bench_finetune", lambda: bench(out, args.cpu))
-    table = markdown(results)
-    (out / "gpu_smoke.md").write_text(table + "\n")
-    (out / "gpu_smoke.json").write_text(json.dumps(results, indent=2, default=str))
-    print(table)
+        record("4-bit / 8-bit loading", quantized_loading)
+        record("vllm backend", lambda: vllm_backend(work))
+    print(markdown(results))
     return 0 if all(r["ok"] for r in results) else 1
 
 
