@@ -75,9 +75,24 @@ def _add_decontaminate(sub) -> None:
     p_dec = sub.add_parser(
         "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
     )
-    p_dec.add_argument("train", help="JSON lines (or a .json list) with instruction, output[, input, data_source]")
+    p_dec.add_argument(
+        "train", nargs="?", help="JSON lines (or a .json list) with instruction, output[, input, data_source]"
+    )
     p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
-    p_dec.add_argument("--out", required=True, help="output directory")
+    p_dec.add_argument("--out", help="output directory (needed with a training file)")
+    p_dec.add_argument(
+        "--build-index",
+        metavar="FILE",
+        help="write the benchmark side (views, first-pass index, vectors, model) to FILE and stop; "
+        "another machine passes it with --index",
+    )
+    p_dec.add_argument("--index", metavar="FILE", help="a --build-index file, read instead of embedding the benchmarks")
+    p_dec.add_argument(
+        "--candidates",
+        choices=["first_pass", "exhaustive"],
+        default="first_pass",
+        help="items the exact pass reads: a lexical first pass's candidates (default) or every item",
+    )
     p_dec.add_argument(
         "--detectors",
         type=_detectors,
@@ -252,7 +267,7 @@ def _cmd_decontaminate(args) -> int:
     from .config import DecontaminateConfig
     from .decontaminate import check_file
 
-    settings = {"similarity_threshold": args.threshold}
+    settings = {"similarity_threshold": args.threshold, "candidates": args.candidates}
     if args.detectors:
         settings["detectors"] = args.detectors
     if args.benchmark_names:
@@ -263,7 +278,17 @@ def _cmd_decontaminate(args) -> int:
         flags = {"similarity_threshold": "--threshold", "detectors": "--detectors", "benchmarks": "--benchmark"}
         problems = "; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
         raise ValueError(problems) from None
-    summary = check_file(args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir)
+    if args.build_index:
+        from .decontaminate import build_benchmark_index
+
+        meta = build_benchmark_index(args.benchmarks, args.build_index, cfg, args.embedding_model, args.cache_dir)
+        print(json.dumps(meta, indent=2))
+        return 0
+    if not args.train or not args.out:
+        raise ValueError("give a training file and --out (or --build-index FILE to index the benchmarks only)")
+    summary = check_file(
+        args.train, args.benchmarks, args.out, cfg, args.embedding_model, args.cache_dir, index=args.index
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

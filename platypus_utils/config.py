@@ -142,6 +142,12 @@ class DecontaminateConfig(_Section):
     )
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
+    # which test items the exact pass (embedding, judge, rules) reads: "first_pass" (default) only the items a
+    # cheap lexical pass finds for some training window (its first_pass_top_k nearest by TF-IDF, and the n-gram
+    # detector's hits), so a cold run costs what the training set costs; "exhaustive" every item's views
+    # (decontaminate/candidates.py; recall printed by bench/bench_decontaminate.py --recall)
+    candidates: Literal["first_pass", "exhaustive"] = "first_pass"
+    first_pass_top_k: int = Field(default=20, ge=1)
 
     @field_validator("actions", mode="before")
     @classmethod

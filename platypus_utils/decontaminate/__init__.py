@@ -8,7 +8,8 @@ test item as lm-eval's sample logs name it: `lm_eval_task`, `doc_id`), `contamin
 (source x benchmark, the paper's Table 1 form), `decontamination_report.json` and the figure.
 
 Modules, one concern each: `common` (categories, pair columns), `textmatch` (words, numbers, phrases,
-answers), `views` (test item views, training windows), `embed`, `ngram` (the n-gram index), `detectors`
+answers), `views` (test item views, training windows), `candidates` (the lexical first pass: which items the
+exact pass reads), `embed`, `index` (the benchmark side in one shared file), `ngram` (the n-gram index), `detectors`
 (the detector REGISTRY, candidate pairs, verdicts), `rules` (the categories), `report` (tables, summary,
 figure), `scoring` (labelled pairs), `inputs` (rows and benchmark items), `stage` (the steps composed).
 
@@ -75,6 +76,7 @@ the empty table, the report saying why and the manifest); no benchmark is loaded
 
 from __future__ import annotations
 
+from .candidates import FirstPassIndex, LexicalIndex, first_pass_items
 from .common import CATEGORIES, PAIR_COLUMNS, SEVERITY, STAGE
 from .detectors import (
     DETECTORS,
@@ -90,6 +92,7 @@ from .detectors import (
     pair_cosines,
 )
 from .embed import Embedded, embed_benchmark_texts, embed_texts, uses_embeddings
+from .index import BenchmarkIndex, IndexMismatch, build_index, load_index
 from .inputs import load_benchmark_items, read_training_rows
 from .ngram import NgramIndex
 from .report import (
@@ -112,6 +115,7 @@ from .stage import (
     DecontaminateError,
     Inputs,
     as_released,
+    build_benchmark_index,
     check_file,
     detect,
     embedder_for,

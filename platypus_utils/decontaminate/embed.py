@@ -14,6 +14,8 @@ from ..artifacts import (
     sha256_text,
 )
 from ..config import DecontaminateConfig
+from ..text import embedding_text
+from .candidates import first_pass_items
 from .views import item_views, train_windows
 
 log = logging.getLogger("platypus")
@@ -57,26 +59,52 @@ def uses_embeddings(cfg: DecontaminateConfig) -> bool:
     return bool(set(cfg.detectors) & {"embedding", "answer", "judge"})
 
 
-def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None) -> Embedded:
-    """Step: the training windows and test views, embedded when a detector reads cosines."""
-    views = item_views(items, cfg)
+def ngram_texts(rows: list[dict], cfg: DecontaminateConfig) -> list[str]:
+    """The training texts the n-gram detector indexes: prompts, then outputs with search_outputs."""
+    return [embedding_text(r) for r in rows] + ([r["output"] for r in rows] if cfg.search_outputs else [])
+
+
+def candidate_views(
+    views: pd.DataFrame, windows: pd.DataFrame, rows: list[dict], cfg: DecontaminateConfig, first=None
+) -> pd.DataFrame:
+    """The views the exact pass reads: all of them (candidates: exhaustive), or the first pass's items' views,
+    each with `position`, its row in the full view table (an index file's vectors are in that order)."""
+    views = views.assign(position=np.arange(len(views)))
+    if cfg.candidates == "exhaustive":
+        return views
+    keep = first_pass_items(windows, views, ngram_texts(rows, cfg), cfg, first)
+    return views[views["item"].isin(keep)].reset_index(drop=True)
+
+
+def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, index=None) -> Embedded:
+    """Step: the training windows and the test views the exact pass reads (candidates: all of them, or the first
+    pass's), embedded when a detector reads cosines. `index` (index.BenchmarkIndex, from --index) holds the
+    benchmark side already computed: its views, lexical index and vectors are read instead of recomputed."""
     windows = train_windows(rows, cfg, embedder if uses_embeddings(cfg) else None)
+    full = index.views if index is not None else item_views(items, cfg)
+    views = candidate_views(full, windows, rows, cfg, index.first if index is not None else None)
     out = Embedded(
         windows,
-        views,
+        views.drop(columns="position"),
         windows_of={r: g.to_numpy() for r, g in windows.groupby("row").groups.items()},
         views_of={k: g.to_numpy() for k, g in views.groupby("item").groups.items()},
     )
     if uses_embeddings(cfg):
         if embedder is None:
             raise ValueError(f"detectors {cfg.detectors} read embeddings: an embedder is needed")
-        out.view_vecs = embed_benchmark_texts(views["text"].tolist(), embedder)
+        if index is not None:
+            out.view_vecs = index.vectors[views["position"].to_numpy()]
+        elif len(views) == len(full):
+            out.view_vecs = embed_benchmark_texts(views["text"].tolist(), embedder)
+        else:  # a subset differs from run to run: through the per-text cache, not one file per set
+            out.view_vecs = embedder.encode(views["text"].tolist(), desc="candidate benchmark views")
         out.window_vecs = embedder.encode(windows["text"].tolist(), desc="training windows")
         log.info(
-            "embedded %d training windows of %d rows, %d views of %d test items",
+            "embedded %d training windows of %d rows, %d views of %d test items (%d items in the benchmarks)",
             len(windows),
             len(rows),
             len(views),
+            views["item"].nunique(),
             len(items),
         )
     return out

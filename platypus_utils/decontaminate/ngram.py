@@ -89,3 +89,33 @@ class NgramIndex:
         grams = np.unique(_gram_hashes(ids, n))
         hit_rows, counts = np.unique(self._rows_with(grams, n), return_counts=True)
         return {int(r): c / len(grams) for r, c in zip(hit_rows.tolist(), counts.tolist())}
+
+    def may_overlap(self, token_lists: list[list[str]], n: int, min_tokens: int) -> np.ndarray:
+        """For many texts at once (as `tokenize` words), whether `overlaps` could find any training text for
+        each: False means it returns {} (no n-gram of the text is in the index, or for a text shorter than n,
+        not its first min_tokens words). A vectorised prefilter, exact on the False side."""
+        lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+        out = np.zeros(len(token_lists), dtype=bool)
+        if not len(token_lists) or not lengths.sum():
+            return out
+        flat = np.concatenate([self._ids(t) for t in token_lists if t])
+        doc = np.repeat(np.arange(len(token_lists), dtype=np.int64), lengths)
+        room = np.concatenate([np.arange(k, 0, -1) for k in lengths if k])  # words left in the text from here
+        long_h = _gram_hashes(flat, n)
+        ok = room[: len(long_h)] >= n
+        hit = ok & _sorted_isin(long_h, self.index(n)[0])
+        out[np.unique(doc[: len(long_h)][hit])] = True
+        short = (lengths >= min_tokens) & (lengths < n)
+        if short.any():
+            starts = (np.cumsum(lengths) - lengths)[short]
+            first = _gram_hashes(flat, min_tokens)[starts]
+            out[np.flatnonzero(short)[_sorted_isin(first, self.index(min_tokens)[0])]] = True
+        return out & (lengths >= min_tokens)
+
+
+def _sorted_isin(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """values in sorted_keys (sorted ascending), by binary search."""
+    if not len(sorted_keys):
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[pos] == values

@@ -24,6 +24,7 @@ def score_pairs(
     category and rule (category "" when no detector flags it). Used to measure the detectors on a
     labelled set (bench/bench_detectors.py).
     """
+    cfg = cfg.model_copy(update={"candidates": "exhaustive"})  # given pairs: every item is read
     rows = [{"input": "", **p["train"]} for p in pairs]
     items = [{"subject": "", "choices": [], **{k: v for k, v in p.items() if k != "train"}} for p in pairs]
     emb = embed_texts(

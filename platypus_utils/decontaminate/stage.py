@@ -22,6 +22,7 @@ from ..plotting import FORMATS
 from .common import PAIR_COLUMNS, STAGE
 from .detectors import candidate_pairs, flag_pairs
 from .embed import embed_texts, uses_embeddings
+from .index import build_index, load_index
 from .inputs import load_benchmark_items, read_training_rows
 from .report import Result, contamination_table, save_outputs, summarise
 from .rules import categorise_pairs, choose_removals
@@ -82,17 +83,22 @@ def embedder_for(profile: Profile) -> Embedder | None:
 
 
 def detect(
-    rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, timings: dict | None = None
+    rows: list[dict],
+    items: list[dict],
+    cfg: DecontaminateConfig,
+    embedder=None,
+    timings: dict | None = None,
+    index=None,
 ) -> Result:
     """Steps 2-5 composed: embed, candidates, flag, categorise, choose removals (seconds per step into
-    `timings` when given)."""
+    `timings` when given; `index`: a loaded benchmark index file, index.load_index)."""
     if not rows:
         raise ValueError("empty training set: nothing to check")
     if not items:
         raise ValueError("no benchmark items: nothing to check against")
     timings = {} if timings is None else timings
     with timed(timings, "embed_s"):
-        emb = embed_texts(rows, items, cfg, embedder)
+        emb = embed_texts(rows, items, cfg, embedder, index)
     with timed(timings, "candidates_s"):
         cands = candidate_pairs(rows, emb, cfg)
     with timed(timings, "categorise_s"):
@@ -177,6 +183,11 @@ def check_out_apart(train_file: str | Path, out: str | Path) -> None:
         )
 
 
+def _embedder(cfg: DecontaminateConfig, embedding_model: str, cache_dir: str | Path | None) -> Embedder | None:
+    cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
+    return Embedder(embedding_model, cache) if uses_embeddings(cfg) else None
+
+
 def check_file(
     train_file: str | Path,
     benchmarks_dir: str,
@@ -184,19 +195,37 @@ def check_file(
     cfg: DecontaminateConfig | None = None,
     embedding_model: str = "embedded:all-minilm-l6-v2",
     cache_dir: str | Path | None = None,
+    index: str | Path | None = None,
 ) -> dict:
     """Standalone use (`platypus decontaminate`): check any dataset in the Open-Platypus schema against
     benchmarks, writing clean.jsonl, flagged_pairs.csv, contamination_table.csv, decontamination_report.json
     and the figure into `out`. Rows without data_source are counted under the file's name; odd rows are
     skipped and counted (`skipped_train_rows`). Embeddings are cached under `cache_dir` (default
-    $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them."""
+    $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them. `index`: a
+    benchmark index file (--build-index) read instead of embedding the benchmark side (checked on load)."""
     check_out_apart(train_file, out)
     cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
     rows, skipped = read_training_rows(train_file)
     items, _ = load_benchmark_items(cfg)
-    cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
-    embedder = Embedder(embedding_model, cache) if uses_embeddings(cfg) else None
-    result = detect(rows, items, cfg, embedder)
+    embedder = _embedder(cfg, embedding_model, cache_dir)
+    loaded = load_index(index, items, cfg, embedder) if index is not None else None
+    result = detect(rows, items, cfg, embedder, index=loaded)
     result.summary["skipped_train_rows"] = dict(sorted(skipped.items()))
     save_outputs(result, Path(out), Path(out))
     return result.summary
+
+
+def build_benchmark_index(
+    benchmarks_dir: str,
+    out: str | Path,
+    cfg: DecontaminateConfig | None = None,
+    embedding_model: str = "embedded:all-minilm-l6-v2",
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """`platypus decontaminate --build-index OUT`: the benchmark side (views, first-pass index, vectors, model)
+    in one file that `check_file(index=OUT)` reads on another machine; returns its meta."""
+    cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
+    if Path(out).is_dir():
+        raise ValueError(f"--build-index {out}: is a folder; give the file to write")
+    items, _ = load_benchmark_items(cfg)
+    return build_index(items, cfg, _embedder(cfg, embedding_model, cache_dir), out)

@@ -1,0 +1,183 @@
+"""The first pass (decontaminate.candidates: first_pass): which benchmark items each training row could leak.
+
+Embedding every view of every benchmark item costs the whole benchmark on each cold run (the four
+leaderboard test sets: 52k view texts, ~10 minutes of MiniLM on 2 CPU cores) whatever the size of the
+training set. The first pass reads words instead, which costs seconds:
+
+  * a TF-IDF index of the test views (word unigrams and bigrams of `gram_words`: LaTeX read as plain,
+    choice labels left out, as the n-gram detector reads them; sublinear term frequency, smoothed idf,
+    rows L2-normalised), built once per benchmark set (`LexicalIndex`, storable in a shared index file);
+  * per training window (the texts the embedding detector reads), the `first_pass_top_k` items whose
+    best view is most similar to it;
+  * every item some view of which shares n-grams with a training text at the n-gram detector's threshold
+    (the n-gram index over all views, as the detector itself reads them): the n-gram detector finds the
+    same pairs with either setting.
+
+The exact embedding, the judge and the rules then read only the candidate items' views. Recall is
+measured, not assumed: bench/bench_decontaminate.py --recall prints the share of the pairs the exhaustive
+pass flags that the first pass keeps, on the demo, the labelled pairs and the real benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from ..config import DecontaminateConfig
+from .ngram import NgramIndex
+from .textmatch import gram_words
+
+log = logging.getLogger("platypus")
+
+
+# terms in more than MAX_DF of the views and in more than MIN_COMMON views ("the", "of", "which") weigh nothing:
+# they rank nothing and would make the sparse products dense (a small set keeps all its terms)
+MAX_DF, MIN_COMMON = 0.05, 100
+
+
+@dataclass
+class LexicalIndex:
+    """TF-IDF vectors of the benchmark views over word unigrams and bigrams (`gram_words`): `words` (word ->
+    column), `bigrams` (sorted keys first_word_column << 32 | second_word_column; bigram column =
+    len(words) + position), `idf` per column (0 for a common term: MAX_DF, MIN_COMMON) and `matrix`
+    (views x columns, CSR; sublinear term frequency x idf, rows L2-normalised). Plain arrays, so an index
+    file can hold it (index.py)."""
+
+    words: dict[str, int]
+    bigrams: np.ndarray
+    idf: np.ndarray
+    matrix: sparse.csr_matrix
+
+    @classmethod
+    def build(cls, token_lists: list[list[str]]) -> LexicalIndex:
+        words: dict[str, int] = {}
+        doc, uni = _flat_ids(token_lists, lambda w: words.setdefault(w, len(words)))
+        bdoc, keys = _bigram_keys(doc, uni)
+        bigrams, bcol = np.unique(keys, return_inverse=True)
+        cols = np.concatenate([uni, len(words) + bcol.astype(np.int64)])
+        counts = _counts(np.concatenate([doc, bdoc]), cols, len(token_lists), len(words) + len(bigrams))
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        idf = (np.log((1 + len(token_lists)) / (1 + df)) + 1.0).astype(np.float32)
+        idf[(df > MAX_DF * len(token_lists)) & (df > MIN_COMMON)] = 0.0
+        index = cls(words, bigrams, idf, counts)
+        index.matrix = index._weights(counts)
+        return index
+
+    def _weights(self, counts: sparse.csr_matrix) -> sparse.csr_matrix:
+        """Sublinear tf x idf, rows L2-normalised, from a count matrix."""
+        w = counts.astype(np.float32, copy=True)
+        w.data = (1.0 + np.log(w.data)) * self.idf[w.indices]
+        w.eliminate_zeros()
+        norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
+        return sparse.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ w
+
+    def vectors(self, token_lists: list[list[str]]) -> sparse.csr_matrix:
+        """TF-IDF vectors of other texts (terms the views do not hold are left out: they match nothing)."""
+        doc, uni = _flat_ids(token_lists, lambda w: self.words.get(w, -1))
+        bdoc, keys = _bigram_keys(doc, uni)
+        pos = np.minimum(np.searchsorted(self.bigrams, keys), max(len(self.bigrams) - 1, 0))
+        known = (self.bigrams[pos] == keys) if len(self.bigrams) else np.zeros(len(keys), dtype=bool)
+        doc = np.concatenate([doc[uni >= 0], bdoc[known]])
+        cols = np.concatenate([uni[uni >= 0], len(self.words) + pos[known]])
+        return self._weights(_counts(doc, cols, len(token_lists), len(self.idf)))
+
+
+def _flat_ids(token_lists: list[list[str]], word_id) -> tuple[np.ndarray, np.ndarray]:
+    """(text, word column) of every word of every text, in order (-1: a word without a column)."""
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    ids = np.fromiter((word_id(w) for toks in token_lists for w in toks), dtype=np.int64, count=int(lengths.sum()))
+    return np.repeat(np.arange(len(token_lists), dtype=np.int64), lengths), ids
+
+
+def _bigram_keys(doc: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text, key) of each pair of consecutive known words inside one text."""
+    ok = (doc[1:] == doc[:-1]) & (ids[1:] >= 0) & (ids[:-1] >= 0)
+    return doc[:-1][ok], (ids[:-1][ok] << 32) | ids[1:][ok]
+
+
+def _counts(doc: np.ndarray, cols: np.ndarray, n_docs: int, n_cols: int) -> sparse.csr_matrix:
+    m = sparse.csr_matrix((np.ones(len(doc), dtype=np.float32), (doc, cols)), shape=(n_docs, n_cols))
+    m.sum_duplicates()
+    return m
+
+
+def top_items(
+    index: LexicalIndex, view_item: np.ndarray, token_lists: list[list[str]], k: int, block: int = 256
+) -> list[np.ndarray]:
+    """For each text, the (up to) k items whose best view has the highest TF-IDF cosine with it (cosine > 0).
+    `view_item` is the item of each row of the index, in ascending order; blockwise (memory: block x views)."""
+    if len(view_item) and np.any(np.diff(view_item) < 0):
+        raise ValueError("top_items: the index's views must be grouped by item, in ascending order")
+    items, starts = np.unique(view_item, return_index=True)
+    by_view = index.matrix.T.tocsr()
+    out: list[np.ndarray] = []
+    for b0 in range(0, len(token_lists), block):
+        queries = index.vectors(token_lists[b0 : b0 + block])
+        scores = (queries @ by_view).toarray()
+        per_item = np.maximum.reduceat(scores, starts, axis=1) if len(items) else scores
+        kk = min(k, per_item.shape[1])
+        best = np.argpartition(-per_item, kk - 1, axis=1)[:, :kk] if kk else np.zeros((len(per_item), 0), int)
+        for r in range(len(per_item)):
+            out.append(items[best[r][per_item[r, best[r]] > 0]])
+    return out
+
+
+def ngram_items(
+    train_texts: list[str], views: pd.DataFrame, view_tokens: list[list[str]], cfg: DecontaminateConfig
+) -> set[int]:
+    """Items with a view whose n-gram overlap with some training text reaches the n-gram detector's threshold
+    (the detector's own lookup, for the views that share any n-gram with the training texts)."""
+    index = NgramIndex(train_texts)
+    maybe = np.flatnonzero(index.may_overlap(view_tokens, cfg.ngram_n, cfg.ngram_min_tokens))
+    found: set[int] = set()
+    items, texts = views["item"].to_numpy(), views["text"].tolist()
+    for v in maybe.tolist():
+        if items[v] not in found:
+            hits = index.overlaps(texts[v], cfg.ngram_n, cfg.ngram_min_tokens)
+            if any(share >= cfg.ngram_overlap_threshold for share in hits.values()):
+                found.add(int(items[v]))
+    return found
+
+
+@dataclass
+class FirstPassIndex:
+    """The benchmark side of the first pass: each view's words (`gram_words`) and their LexicalIndex."""
+
+    tokens: list[list[str]]
+    lexical: LexicalIndex
+
+    @classmethod
+    def build(cls, view_texts: list[str]) -> FirstPassIndex:
+        tokens = [gram_words(t) for t in view_texts]
+        return cls(tokens, LexicalIndex.build(tokens))
+
+
+def first_pass_items(
+    windows: pd.DataFrame,
+    views: pd.DataFrame,
+    train_texts: list[str],
+    cfg: DecontaminateConfig,
+    first: FirstPassIndex | None = None,
+) -> np.ndarray:
+    """Step (candidates: first_pass): the sorted items whose views the exact pass reads: each training window's
+    first_pass_top_k lexical neighbours, and the n-gram detector's items. `train_texts` are the texts the
+    n-gram detector indexes (prompts, and outputs with search_outputs); `first` is over `views` (built if None)."""
+    first = first or FirstPassIndex.build(views["text"].tolist())
+    view_item = views["item"].to_numpy()
+    near = top_items(first.lexical, view_item, [gram_words(t) for t in windows["text"]], cfg.first_pass_top_k)
+    found = set(np.concatenate(near).tolist()) if near else set()
+    if "ngram" in cfg.detectors:
+        found |= ngram_items(train_texts, views, first.tokens, cfg)
+    log.info(
+        "first pass: %d of %d test items are candidates of %d training windows (top %d lexical neighbours%s)",
+        len(found),
+        len(np.unique(view_item)),
+        len(windows),
+        cfg.first_pass_top_k,
+        " and n-gram hits" if "ngram" in cfg.detectors else "",
+    )
+    return np.array(sorted(found), dtype=np.int64)
