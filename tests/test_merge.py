@@ -828,18 +828,46 @@ def test_each_training_seeds_adapter_is_merged_into_the_base(setup, make_profile
     assert profile.evaluate.variants == ["base", "merged", "merged-seed5"]  # and 05 evaluates it beside merged
 
 
+def run_mergekit_yaml(config: Path, out: Path, lora_cache: Path, command: bool = False) -> None:
+    """`mergekit-yaml CONFIG OUT` (command: the command itself; else what it runs, in this process: its
+    start-up, torch and transformers imported again, costs ~5 s a call on 2 cores)."""
+    if command:
+        cli = Path(sys.executable).with_name("mergekit-yaml")
+        args = [str(cli), str(config), str(out), "--lora-merge-cache", str(lora_cache), "--no-copy-tokenizer"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    text = config.read_text()
+    options = MergeOptions(lora_merge_cache=str(lora_cache), copy_tokenizer=False, quiet=True)
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(out), options, config_source=text)
+
+
 def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(setup, finetunes, two_adapters):
     """04 writes mergekit_config.yml beside each variant mergekit can make: the adapter into the base and
     into a partner (mergekit's `model+adapter` LoRA syntax), linear, task arithmetic, slerp, ties and
     dare_ties; `mergekit-yaml` on it gives the same tensors (the adapter merges and ties exactly, the other
     model merges within float32 rounding, DARE in distribution: its own masks). peft_ties and adapter
     mixes, which mergekit does not offer, get none and say why. The file leaves the content hash alone."""
+    from platypus_utils import mergekit_yaml
     from platypus_utils.models import model_content_hash
 
     shared = ("linear", "task_arithmetic", "slerp", "ties", "dare_ties", "peft_ties")
+    merges = [m for m in _model_merges(finetunes) if m["method"] in shared and m["method"] != "task_arithmetic"]
+    recipe = {  # YAML in: a merge given as a mergekit config, translated as the profile loads
+        "merge_method": "task_arithmetic",
+        "base_model": str(setup["base"]),
+        "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(finetunes, (0.6, 0.4))],
+        "parameters": {"normalize": True, "lambda": 0.8},
+    }
+    merges.insert(1, mergekit_yaml.translate_entry({"name": "m-task_arithmetic", "mergekit": recipe}, setup["tmp"]))
     profile = setup["profile"](
         partners=[{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}],
-        model_merges=[m for m in _model_merges(finetunes) if m["method"] in shared],
+        model_merges=merges,
         adapter_mixes=[
             {"name": "mix", "adapters": ["adapter", "partner_adapter"], "weights": [1, 1], "combination_type": "cat"}
         ],
@@ -850,25 +878,17 @@ def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(s
     assert made["m-peft_ties"]["mergekit_config"] is None and "peft" in made["m-peft_ties"]["mergekit_why_not"]
     assert made["mix"]["mergekit_config"] is None and "no mergekit equivalent" in made["mix"]["mergekit_why_not"]
     base = load_file(str(setup["base"] / "model.safetensors"))
-    cli = Path(sys.executable).with_name("mergekit-yaml")
+    key, fts = "model.layers.1.mlp.up_proj.weight", [load_file(str(f / "model.safetensors")) for f in finetunes]
+    ta = load_file(str(out / "m-task_arithmetic" / "model.safetensors"))[key].double()
+    expected = base[key].double() + 0.8 * sum(
+        w * (ft[key].double() - base[key].double()) for w, ft in zip((0.6, 0.4), fts)
+    )
+    torch.testing.assert_close(ta, expected, atol=1e-5, rtol=0)  # normalize: divided by 0.6 + 0.4 = 1
     for variant in ("merged", "general", "general-platypus", *(f"m-{m}" for m in shared[:-1])):
         config = Path(made[variant]["mergekit_config"])
         assert config == out / variant / "mergekit_config.yml" and config.read_text().startswith("# stage 04's recipe")
         theirs = setup["tmp"] / "mergekit" / variant
-        done = subprocess.run(
-            [
-                str(cli),
-                str(config),
-                str(theirs),
-                "--lora-merge-cache",
-                str(setup["tmp"] / "lora-cache"),
-                "--no-copy-tokenizer",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+        run_mergekit_yaml(config, theirs, setup["tmp"] / "lora-cache", command=variant == "general-platypus")
         ours_t, theirs_t = load_file(str(out / variant / "model.safetensors")), {}
         for f in sorted(theirs.glob("*.safetensors")):
             theirs_t.update(load_file(str(f)))

@@ -178,9 +178,7 @@ def _mergekit_chunk(
     method: str, deltas: list[torch.Tensor], w: torch.Tensor, masks, scales, options: Options
 ) -> torch.Tensor:
     """mergekit's generalized task arithmetic on one chunk, in its order of operations (float32)."""
-    stacked = torch.stack(
-        [d * m if masks is not None else d for d, m in zip(deltas, masks or deltas)]
-    )  # trimmed task vectors
+    stacked = torch.stack(deltas if masks is None else [d * m for d, m in zip(deltas, masks)])  # trimmed
     if scales is not None:
         stacked = stacked * torch.tensor(scales, dtype=torch.float32).unsqueeze(-1)
     weights = w.unsqueeze(-1)
