@@ -196,3 +196,17 @@ def test_power_calculation_by_hand():
     assert stats.questions_for_change_unpaired(0.05, 0.5) == 1569
     with pytest.raises(ValueError):
         stats.questions_for_change(0.05, 0.01)  # a change larger than the disagreement is impossible
+
+
+def test_monte_carlo_of_several_subjects_draws_each_subjects_binomial(monkeypatch):
+    # three subjects of 30 discordant questions: the exact p is countable; the Monte Carlo path (one
+    # Binomial(30, 1/2) per subject, by its inverse CDF) must find it within its own error
+    groups = [
+        np.array([1.0] * 19 + [-1.0] * 11),
+        np.array([1.0] * 17 + [-1.0] * 13),
+        np.array([1.0] * 20 + [-1.0] * 10),
+    ]
+    exact = stats.sign_flip_p(groups)
+    monkeypatch.setattr(stats, "EXACT_STATES", 0)
+    mc = stats.sign_flip_test(np.concatenate(groups), np.full(90, 1 / 90), n_perm=200_000, alpha=0.5)
+    assert not mc.exact and mc.n == 200_000 and abs(mc.p - exact) < 4.5 * mc.mc_error

@@ -119,6 +119,7 @@ from .references import (
     write_reference_tables,
 )
 from .seeds import SEED_COLUMNS, seed_display, seed_lines, seed_spread_frame, write_seed_tables
+from .setups import metric_note, run_setups, setup_text
 from .stage import (
     Outputs,
     analyse,
@@ -177,6 +178,9 @@ __all__ = [
     "write_seed_tables",
     "SEED_COLUMNS",
     "tradeoff_frame",
+    "run_setups",
+    "setup_text",
+    "metric_note",
     "StatsSettings",
     "compare",
     "paired_delta_frame",
