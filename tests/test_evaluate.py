@@ -20,6 +20,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -838,8 +839,8 @@ def test_cache_reused_without_lm_eval(evaluated, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("lm-eval called although the result is cached")
 
-    monkeypatch.setattr(ev, "run_lm_eval", must_not_run)
-    monkeypatch.setattr(ev, "make_lm", must_not_run)
+    monkeypatch.setattr(ev.stage, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev.stage, "make_lm", must_not_run)
     result = ev.run_evaluate(evaluated["profile"])
     assert result["failed"] == {}
     assert {p: (out / p).read_bytes() for p in before} == before
@@ -1078,8 +1079,8 @@ def test_reference_is_evaluated_after_the_variants_and_reuses_same_weights(evalu
     def must_not_run(*args, **kwargs):
         raise AssertionError("lm-eval called although the weights are the base's, whose results are cached")
 
-    monkeypatch.setattr(ev, "run_lm_eval", must_not_run)
-    monkeypatch.setattr(ev, "make_lm", must_not_run)
+    monkeypatch.setattr(ev.stage, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev.stage, "make_lm", must_not_run)
     specs, unresolved = ev.resolve_variants(profile)
     table = ev.variants_table(specs, unresolved)
     assert table[["variant", "kind", "compare_to"]].values.tolist() == [
@@ -1116,7 +1117,7 @@ def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypa
             raise KeyboardInterrupt("killed")
         return real(lm, task_manager, task_name, num_fewshot, limit)
 
-    monkeypatch.setattr(ev, "run_lm_eval", killed_on_truthfulqa)
+    monkeypatch.setattr(ev.stage, "run_lm_eval", killed_on_truthfulqa)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
     assert calls == ["platypus_arc_challenge", "platypus_truthfulqa_mc2"]
@@ -1126,7 +1127,7 @@ def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypa
         return real(lm, task_manager, task_name, num_fewshot, limit)
 
     calls.clear()
-    monkeypatch.setattr(ev, "run_lm_eval", counted)
+    monkeypatch.setattr(ev.stage, "run_lm_eval", counted)
     resumed = ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
     assert calls == ["platypus_truthfulqa_mc2"]
     assert resumed.cached == {"arc_challenge": True, "truthfulqa_mc2": False}
@@ -1148,7 +1149,7 @@ def test_force_recomputes_a_key_once_per_run(evaluated, tmp_path, monkeypatch):
         calls.append(args[2])
         return real(*args)
 
-    monkeypatch.setattr(ev, "run_lm_eval", counted)
+    monkeypatch.setattr(ev.stage, "run_lm_eval", counted)
     specs, unresolved = ev.resolve_variants(profile)
     out = ev.evaluate_variants(profile, ev.prepare_tasks(profile), specs, unresolved, force=True)
     assert calls == ["platypus_truthfulqa_mc2"]
@@ -1193,7 +1194,7 @@ def test_vllm_backend_fails_before_any_work_naming_the_key(evaluated, tmp_path, 
     with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs the vllm package"):
         ev.run_evaluate(profile)
     monkeypatch.setattr(ev_models, "find_spec", lambda name: object())
-    monkeypatch.setattr(ev.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs a CUDA GPU"):
         ev.run_evaluate(profile)
     assert not profile.run_dir(ev.STAGE).exists()  # nothing written, no task folder
@@ -1243,8 +1244,8 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
     profile = profile_for(tmp_path, tmp_path / "bench", "org/base")
     profile.evaluate.backend = "vllm"
     profile.evaluate.batch_size = "8"
-    monkeypatch.setattr(ev.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(ev.torch.cuda, "is_bf16_supported", lambda *a, **k: True, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True, raising=False)
     profile.evaluate.device = "cuda"
     settings = ev.lm_settings(profile)
     assert settings["backend"] == "vllm" and settings["batch_size"] == "auto"

@@ -109,12 +109,12 @@ def test_a_70b_model_is_spread_over_the_gpus_and_model_args_reach_lm_eval(monkey
 
     seen = {}
     monkeypatch.setattr(lm_hf, "HFLM", lambda **kwargs: seen.update(kwargs) or "lm")
-    monkeypatch.setattr(ev.torch.cuda, "device_count", lambda: 8)
-    monkeypatch.setattr(ev.torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * 2**30}))
-    monkeypatch.setattr(ev, "pick_device", lambda choice: "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * 2**30}))
+    monkeypatch.setattr(ev.models, "pick_device", lambda choice: "cuda")
     params = {"70b": 68_976_648_192, "13b": 13_015_864_320}
     monkeypatch.setattr(
-        ev,
+        ev.models,
         "get_safetensors_metadata",
         lambda repo: type("M", (), {"parameter_count": {"BF16": params["70b" if "70b" in repo else "13b"]}}),
     )

@@ -29,18 +29,12 @@ plus `evaluate_report.json` (a run where every variant failed writes `evaluate_r
 instead and fails). Caching and healing: cache.py. Failures and `force`: stage.py.
 
 Submodules: tasks (task suite), models (variants, HFLM), cache (eval cache), summary (summaries,
-frames, figure), stage (evaluation, save, run_evaluate). Their public names are re-exported here, so
-`from platypus_utils import evaluate as ev; ev.X` works for each. Setting a re-exported name on this
-package (`monkeypatch.setattr(ev, "make_lm", fake)` in tests) rebinds it in every submodule that
-holds it, so the replacement reaches the code that calls it.
+frames, figure), stage (evaluation, save, run_evaluate). Their public names are imported here once
+(no list repeats them), so `from platypus_utils import evaluate as ev; ev.X` works for each. A test that
+replaces a function replaces it where it is called (`ev.stage.make_lm`), as with any module.
 """
 
 from __future__ import annotations
-
-import sys
-import types
-
-import torch  # noqa: F401  (ev.torch: tests patch torch.cuda through it)
 
 from . import cache, models, stage, summary, tasks
 from .cache import CACHE_FORMAT, EvalCache, cache_key
@@ -102,80 +96,3 @@ from .tasks import (
     task_table,
     write_task_configs,
 )
-
-_SUBMODULES = (tasks, models, cache, summary, stage)
-
-
-class _Package(types.ModuleType):
-    """Forwards an assignment of a re-exported name to the submodules that hold it (see the docstring)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in __all__:
-            for module in _SUBMODULES:
-                if name in vars(module):
-                    setattr(module, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-__all__ = [
-    "run_evaluate",
-    "prepare_tasks",
-    "task_table",
-    "resolve_variant",
-    "resolve_variants",
-    "resolve_reference",
-    "evaluation_names",
-    "split_revision",
-    "hub_snapshot_id",
-    "check_backend",
-    "BackendError",
-    "vllm_kwargs",
-    "VARIANT",
-    "REFERENCE",
-    "variants_table",
-    "required_stages",
-    "evaluate_variant",
-    "evaluate_variants",
-    "VariantEvaluation",
-    "summarise",
-    "scores_frame",
-    "mmlu_subjects_frame",
-    "plot_scores",
-    "save",
-    "stage_report",
-    "write_task_configs",
-    "hub_task_suite",
-    "make_task_manager",
-    "builtin_tasks_dir",
-    "builtin_mmlu_subjects",
-    "resolve_benchmarks_dir",
-    "benchmarks_in",
-    "lm_eval_version",
-    "TaskSuite",
-    "ModelSpec",
-    "EvalCache",
-    "cache_key",
-    "EvaluationError",
-    "lm_settings",
-    "wants_parallelize",
-    "weights_bytes",
-    "make_lm",
-    "model_hash",
-    "run_lm_eval",
-    "pick_device",
-    "pick_dtype",
-    "get_safetensors_metadata",
-    "STAGE",
-    "REPORT",
-    "FAILED_REPORT",
-    "SEEDS",
-    "CACHE_FORMAT",
-    "CPU_BATCH_SIZE",
-    "BENCHMARK_ORDER",
-    "LEADERBOARD_METRICS",
-    "MMLU_CATEGORIES",
-    "TASK_PREFIX",
-    "TEMPLATE_DIR",
-]
