@@ -171,8 +171,11 @@ def test_different_few_shot_counts_are_each_labelled_with_their_own(tmp_path, ca
     heat = (out / "figures" / "mmlu_delta_heatmap.txt").read_text()
     assert "Settings: five vs zero: five 5-shot, limit 10; zero 0-shot, limit 10" in heat
     summary = (out / "summary.md").read_text()
-    assert "- zero: `" in summary and "ARC (0-shot, limit 10), MMLU 2 subjects (0-shot, limit 10)" in summary
-    assert "ARC (5-shot, limit 10), MMLU 2 subjects (5-shot, limit 10)" in summary
+    assert (
+        "- zero: `" in summary
+        and "ARC (0-shot, limit 10, version 1), MMLU 2 subjects (0-shot, limit 10, version 1)" in summary
+    )
+    assert "ARC (5-shot, limit 10, version 1), MMLU 2 subjects (5-shot, limit 10, version 1)" in summary
     written = [p.read_text() for p in (out / "tables").glob("*.md")] + [p.read_text() for p in out.rglob("*.txt")]
     for fixed in ("5-shot acc", "10-shot", "25-shot", "MMLU 5-shot"):  # the leaderboard's settings, never assumed
         assert not any(fixed in text for text in written + [summary]), fixed
@@ -263,8 +266,8 @@ def test_runs_with_no_task_in_common_are_explained(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert (
-        "hs vs zero: no task in common (hs ran HellaSwag (10-shot, limit 10); zero ran ARC (0-shot, limit 10), "
-        "MMLU 2 subjects (0-shot, limit 10)): nothing to compare" in printed
+        "hs vs zero: no task in common (hs ran HellaSwag (10-shot, limit 10, version 1); zero ran ARC (0-shot, limit 10, "
+        "version 1), MMLU 2 subjects (0-shot, limit 10, version 1)): nothing to compare" in printed
     )
     summary = (out / "summary.md").read_text()
     assert "## Comparisons\n\nNo comparison: no two compared runs scored a task in common" in summary
@@ -305,3 +308,24 @@ def test_monte_carlo_p_values_print_their_resampling_error(tmp_path, monkeypatch
     assert f"p {p:.3g} ± {mc:.1g}, q" in caption
     subjects = pd.read_csv(out / "tables" / "mmlu_delta.csv")
     assert (subjects["p_mc_error"] == 0).all() and (subjects["p_resamples"] == 0).all()  # McNemar: exact
+
+
+def test_task_versions_are_named_where_they_differ(tmp_path, capsys):
+    source = next((FIXTURES / "zero_shot").rglob("results_*.json"))
+    folder = tmp_path / "newer" / source.parent.name
+    folder.mkdir(parents=True)
+    for f in source.parent.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    results = json.loads(source.read_text())
+    results["versions"]["mmlu_philosophy"] = 2.0
+    (folder / source.name).write_text(json.dumps(results))
+    args = [f"{FIXTURES / 'zero_shot'}=zero", f"{tmp_path / 'newer'}=newer", "--baseline", "zero"]
+    assert cli.main(["analyse", *args, "--out", str(tmp_path / "refused")]) == 2
+    assert "mmlu_philosophy: version 2.0 in newer but 1.0 in zero" in capsys.readouterr().err
+    assert cli.main(["analyse", *args, "--out", str(tmp_path / "o"), "--force", "--formats", "png"]) == 0
+    deltas = pd.read_csv(tmp_path / "o" / "tables" / "mmlu_delta.csv").set_index("unit")
+    assert deltas.loc["philosophy", "variant_setup"] == "0-shot, limit 10, version 2"
+    assert deltas.loc["philosophy", "reference_setup"] == "0-shot, limit 10, version 1"
+    assert deltas.loc["college_physics", "variant_setup"] == "0-shot, limit 10"  # the same version: not repeated
+    caption = (tmp_path / "o" / "figures" / "mmlu_delta_newer.txt").read_text()
+    assert "newer 0-shot, limit 10, version 1/2; zero 0-shot, limit 10, version 1" in caption

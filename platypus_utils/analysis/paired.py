@@ -30,7 +30,7 @@ from .common import (
     task_entry,
 )
 from .frames import Comparison
-from .setups import setup_text
+from .setups import setup_text, version_text
 
 
 @dataclass(frozen=True)
@@ -237,8 +237,13 @@ def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
 
 
 def _setups(v: EvalRun, r: EvalRun, bench: str, subject: str = "") -> dict:
-    """The two runs' own settings for a unit (setups.setup_text): what captions and headers label."""
-    return {"variant_setup": setup_text(v, bench, subject), "reference_setup": setup_text(r, bench, subject)}
+    """The two runs' own settings for a unit (setups.setup_text): what captions and headers label; the task
+    versions too where they differ."""
+    versions = version_text(v, bench, subject) != version_text(r, bench, subject)
+    return {
+        "variant_setup": setup_text(v, bench, subject, versions),
+        "reference_setup": setup_text(r, bench, subject, versions),
+    }
 
 
 def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: int = 0) -> tuple[list[dict], list[str]]:

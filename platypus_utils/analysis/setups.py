@@ -62,6 +62,11 @@ def setup_text(run: EvalRun, bench: str, subject: str = "", versions: bool = Fal
     return ", ".join(parts)
 
 
+def version_text(run: EvalRun, bench: str, subject: str = "") -> str:
+    """The task version(s) the run records for a benchmark or subject ("1/2"), "" when none."""
+    return "/".join(_distinct(_recorded(run, bench, subject), "version"))
+
+
 def run_setups(runs: dict[str, EvalRun]) -> dict[str, dict[str, str]]:
     """variant -> benchmark -> setup_text (benchmarks the run records nothing for left out)."""
     return {name: {b: t for b in BENCHMARKS if (t := setup_text(run, b))} for name, run in runs.items()}
@@ -138,6 +143,7 @@ def metric_note(board: pd.DataFrame | None) -> str:
 
 __all__ = [
     "setup_text",
+    "version_text",
     "run_setups",
     "pair_text",
     "published_setup",
@@ -179,7 +185,7 @@ def task_value(summary: dict, bench: str) -> bool:
 
 
 def ran_text(run: EvalRun) -> str:
-    """What a run evaluated, with its settings: "ARC (0-shot, limit 10), MMLU 2 subjects (0-shot)"."""
+    """What a run evaluated, with its settings: "ARC (0-shot, limit 10, version 1), MMLU 2 subjects (0-shot)"."""
     units = ran_units(run)
     parts = []
     for bench in BENCHMARKS:
@@ -187,7 +193,7 @@ def ran_text(run: EvalRun) -> str:
         if not subjects and (bench, "") not in units:
             continue
         what = f"{LABELS[bench]} {len(subjects)} subject{'s' * (len(subjects) != 1)}" if subjects else LABELS[bench]
-        setup = setup_text(run, bench)
+        setup = setup_text(run, bench, versions=True)
         parts.append(f"{what} ({setup})" if setup else what)
     return ", ".join(parts) or "no leaderboard task"
 
