@@ -172,6 +172,55 @@ def numbers_substituted(test_question: str, prompt: str, choices: Sequence[str] 
     return bool(need - have) and bool(own)
 
 
+# a training prompt at most this many times the test question's words (and at least OWN_NUMBERS_MIN_WORDS) is read
+# as one question: its own numbers are then what it asks about; a longer prompt holds other matter too
+OWN_NUMBERS_PROMPT_RATIO = 2.0
+OWN_NUMBERS_MIN_WORDS = 40
+_SMALL_NUMBER_WORDS = "two three four five six seven eight nine ten eleven twelve".split()
+_LONE_NUMBER_WORD = re.compile(
+    rf"(?<![\w-])({'|'.join(_SMALL_NUMBER_WORDS)})(?![\w-])(?!\s+(?:hundred|thousand|million|billion))", re.I
+)
+_LIST_LABEL = re.compile(r"(?m)^\s*\(?\d{1,2}[.)]\s")  # "1. ", "(2) ": a list's labels, not its content
+
+
+def own_numbers(test_question: str, prompt: str, choices: Sequence[str] = (), answer: str = "") -> set[str]:
+    """Numbers a short training prompt asks about that the test item has nowhere (question, choices, answer):
+    the same shape of question about another object ("a subgroup of order five" against "order seven", "S_7"
+    against "S_6", "Z_24" against "Z_26"). Only for a test question with numbers of its own (a hexagon implies
+    six sides); the value 1 is left out ("which one of these"), and so are list labels; a prompt much longer than
+    the question (another passage, several questions) is not read."""
+    limit = max(OWN_NUMBERS_MIN_WORDS, OWN_NUMBERS_PROMPT_RATIO * len(_WORD.findall(test_question)))
+    if len(_WORD.findall(prompt)) > limit:
+        return set()
+    if not set(numbers(test_question, number_words=True)) - {"1"}:
+        return set()  # a question without numbers implies some ("a hexagon": "six-sided" is no other object)
+    item = " ".join([test_question, *choices, answer])
+    have = set(numbers(item, number_words=True)) | set(fraction_words(item))
+    text = _LIST_LABEL.sub(" ", prompt)
+    # digits, and number words standing alone ("order five"): a compound's parts ("twenty-one thousand" reads
+    # 20, 1, 1000 too) are no numbers of the prompt's own
+    asked = set(numbers(text)) | {
+        str(_SMALL_NUMBER_WORDS.index(m.lower()) + 2) for m in _LONE_NUMBER_WORD.findall(text)
+    }
+    return asked - have - {"1"}
+
+
+_UNINFORMATIVE = re.compile(
+    r"^\W*(?:(?:true|false|yes|no|wrong|not wrong)(?:\W+(?:true|false|yes|no|wrong|not wrong))*"
+    r"|(?:[ivx]+|[a-d])(?:\s*(?:,|and|&)\s*(?:[ivx]+|[a-d]))*(?:\s+only)?"
+    r"|(?:all|none|both|neither)(?: of)?(?: the)?(?: above| options| these| choices| options given are correct)?"
+    r"|all of the options given are correct|both of the options given are correct)\W*$",
+    re.I,
+)
+
+
+def uninformative_answer(answer: str) -> bool:
+    """Whether the answer says nothing of its question: "True, False", "II only", "I and III", "All of the
+    above", "Both", "Not wrong, Wrong". Many items share it, so a training output that states it is no sign of
+    the same item: the question itself must agree."""
+    return bool(_UNINFORMATIVE.match(answer.strip()))
+
+
 def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
     """Whether the test answer states a number (one not already in the question) that the output never states:
     a rewording keeps the answer's numbers, a same-shape question with another result does not."""
@@ -255,13 +304,16 @@ def text_features(prompt: str, output: str, question: str, answer: str, options:
     # the answer's numbers as the stated answer settle it, unless the words that tell it from the other options
     # are all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
     numeric = answer_numbers_stated(answer, output) and not (distinctive and not words)
+    vague = uninformative_answer(answer)  # its words and numbers say nothing: the question must agree alone
     return {
-        "answer_numbers_stated": numeric,
-        "answer_words": words,
+        "answer_numbers_stated": numeric and not vague,
+        "answer_words": 0.0 if vague else words,
+        "answer_uninformative": vague,
         "answer_contradicted": contradicted,
         "answer_numbers_missing": answer_numbers_missing(answer, question, output),
         "numbers_differ": numbers_differ(question, f"{prompt} {output}".strip())
-        or numbers_substituted(question, prompt, options),
+        or numbers_substituted(question, prompt, options)
+        or bool(own_numbers(question, prompt, options, answer)),
     }
 
 
@@ -297,6 +349,7 @@ def meaning_features(
             row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
         )
         answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a).max())
+        answer_cosine = 0.0 if feats["answer_uninformative"] else answer_cosine
         out.append({"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine, **feats})
     return pd.DataFrame(out, index=pairs.index)
 

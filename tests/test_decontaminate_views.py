@@ -94,3 +94,61 @@ def test_a_question_without_its_passage_is_judged_against_the_question_alone(mon
     assert not pairs.at[0, "by_embedding"] and pairs.at[0, "by_judge"]
     assert [r["instruction"] for r in result.clean] == [rows[1]["instruction"]]
     assert isinstance(result.pairs, pd.DataFrame)
+
+
+# ---------------------------------------------------------------- similar but different: another object
+def test_own_numbers_find_the_same_question_about_another_object():
+    from platypus_utils.leak_judge import own_numbers
+
+    seven = "If the finite group G contains a subgroup of order seven but no element is its own inverse, |G| could be"
+    assert own_numbers(seven, seven.replace("seven", "five")) == {"5"}
+    assert own_numbers("Compute the product (20)(-8) in Z_26.", "Compute the product (20)(-8) in Z_24.") == {"24"}
+    assert own_numbers(seven, seven) == set()
+    # a hexagon implies six sides; spelled compounds are their own value, not their parts; list labels are no
+    # numbers of the question; a prompt much longer than the question holds other matter
+    assert (
+        own_numbers("What is the sum of the interior angles of a hexagon?", "Sum the angles of a six-sided polygon.")
+        == set()
+    )
+    gdp = "If real GDP per capita was $20000 in 1980 and $21000 in 1990, how much did it grow?"
+    assert (
+        own_numbers(gdp, "GDP per head was twenty thousand in 1980 and twenty-one thousand in 1990: growth?") == set()
+    )
+    assert own_numbers(seven, "1. What is 2+2?\n2. " + seven) == {"2"}  # the 2 of 2+2, not the labels
+    assert own_numbers(seven, "Passage. " + "word " * 60 + seven.replace("seven", "five")) == set()
+
+
+def test_uninformative_answers_do_not_count_as_agreement():
+    from platypus_utils.decontaminate.rules import categorise
+    from platypus_utils.leak_judge import uninformative_answer
+
+    assert all(map(uninformative_answer, ["True, False", "False, False", "II only", "I and III", "All of the above"]))
+    assert not any(map(uninformative_answer, ["Reconstruction", "35", "True statements are rare", "Both parents"]))
+    it = {
+        "benchmark": "mmlu",
+        "question": "Statement 1 | Every permutation is a cycle. Statement 2 | Every cycle is a permutation.",
+        "choices": ["True, True", "False, False", "True, False", "False, True"],
+        "answer": "False, True",
+    }
+    other = row(
+        "Statement 1 | Every symmetric group is cyclic. Statement 2 | Every group is isomorphic to a permutation group.",
+        "The answer is: False, True",
+    )
+    category, rule = categorise(other, it, 0.61, 0.0, DecontaminateConfig())
+    assert category == "similar_but_different" and "says nothing" in rule, rule
+
+
+def test_a_row_sharing_only_the_passage_is_similar_but_different():
+    """MMLU asks several questions of one passage: a row with the passage and another question (and answer) is
+    not this item, whatever its n-gram overlap; with this item's question in it, it is."""
+    from platypus_utils.decontaminate.rules import categorise
+
+    it = {**passage_item(), "answer": "Reconstruction"}
+    passage = PASSAGE.rsplit("\n", 1)[0]
+    other = row(passage + "\nThe decision above overturned which earlier ruling?", "The answer is: Plessy v. Ferguson")
+    category, rule = categorise(other, it, 0.97, 0.95, DecontaminateConfig())
+    assert category == "similar_but_different" and rule.startswith("passage shared"), rule
+    same = row(PASSAGE, "The answer is: Reconstruction")
+    assert categorise(same, it, 0.99, 1.0, DecontaminateConfig())[0] == "duplicate"
+    judged = categorise(other, it, 0.97, 0.95, DecontaminateConfig(), judge=(True, 1.5))
+    assert judged[0] == "duplicate"  # the judge read the same question: the passage rule does not apply

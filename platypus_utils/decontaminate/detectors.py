@@ -21,8 +21,13 @@ from .views import asked_text, full_view_kind
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module
     from .. import leak_judge
+    from ..leak_judge import own_numbers, uninformative_answer
 except ImportError:  # pragma: no cover - depends on the tree
-    leak_judge = None
+    leak_judge = own_numbers = None
+
+    def uninformative_answer(answer: str) -> bool:
+        return False
+
 
 log = logging.getLogger("platypus")
 
@@ -190,8 +195,11 @@ def candidate_pairs(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -
 # ---------------------------------------------------------------- detectors' verdicts
 def answer_verified(train_row: dict, item: dict) -> bool:
     """Detector "answer"'s check: the test's numbers are all in the train prompt and its answer in the output."""
-    return not missing_numbers(item["question"], embedding_text(train_row)) and answer_in_output(
-        item.get("answer") or "", train_row["output"]
+    answer = item.get("answer") or ""
+    return (
+        not missing_numbers(item["question"], embedding_text(train_row))
+        and not uninformative_answer(answer)
+        and answer_in_output(answer, train_row["output"])
     )
 
 

@@ -8,8 +8,9 @@ import pandas as pd
 from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .common import PAIR_COLUMNS
+from .detectors import own_numbers, uninformative_answer
 from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
-from .views import asked_text, full_view_kind, item_text, stem_identifies, view_extra
+from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
 
 
 def _ending_given(train_row: dict, item: dict) -> bool:
@@ -21,6 +22,26 @@ def _ending_given(train_row: dict, item: dict) -> bool:
     return answer_in_output(answer, train_row["output"]) or contains_phrase(
         embedding_text(train_row) + "\n" + train_row["output"], answer
     )
+
+
+def _own_numbers(item: dict, prompt: str, view: str) -> set[str]:
+    """leak_judge.own_numbers for a pair: numbers the (short) training prompt asks about that the item lacks."""
+    if own_numbers is None:  # pragma: no cover - depends on the tree
+        return set()
+    return own_numbers(asked_text(item, view), prompt, list(item.get("choices") or []), item.get("answer") or "")
+
+
+def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | None:
+    """Why the pair shares only a passage (MMLU's history items ask several questions of one source): the item's
+    question part is not in the training text, its answer is not in the output and the judge (when it read the
+    pair) does not read the same question: the row asks another question of the same passage (an MMLU val item)."""
+    asked = question_only(item["question"])
+    if not asked or judge_says_same:
+        return None
+    whole = embedding_text(train_row) + "\n" + train_row["output"]
+    if contains_phrase(whole, asked) or answer_in_output(item.get("answer") or "", train_row["output"]):
+        return None
+    return "passage shared, not its question: the test's question is not in the train text nor its answer in the output"
 
 
 def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str | None:
@@ -62,9 +83,15 @@ def categorise(
     missing = missing_numbers(asked_text(item, view), prompt + ("\n" + train_row["output"] if part == "output" else ""))
     if missing:
         return "similar_but_different", f"numbers differ: test has {missing} not in train text"
+    shared = _passage_only(train_row, item, judge[0] is True)
+    if shared:
+        return "similar_but_different", shared
     ending = _ending_given(train_row, item)
     if ngram >= cfg.verbatim_ngram_overlap and ending:
         return "duplicate", f"near-verbatim: {cfg.ngram_n}-gram overlap {ngram:.2f}"
+    own = _own_numbers(item, prompt, view)
+    if own:
+        return "similar_but_different", f"another object: train asks about {sorted(own)}, not in the test item"
     cos = cosine if identifying_cosine is None else identifying_cosine
     if cos == cos and cos >= cfg.duplicate_threshold:  # cos == cos: not NaN
         whole = prompt + "\n" + train_row["output"]
@@ -79,6 +106,8 @@ def categorise(
         return "gray_area", f"the judge reads the same question, reworded: score {judge[1]:.3f}"
     if not answer_in_output(item.get("answer") or "", train_row["output"]):
         return "similar_but_different", f"answer differs: test answer {item.get('answer')!r} not in train output"
+    if uninformative_answer(item.get("answer") or ""):
+        return "similar_but_different", f"the answer {item.get('answer')!r} says nothing of the question, which differs"
     return "gray_area", f"reworded, same numbers and answer: cosine {cosine:.3f}"
 
 
