@@ -51,8 +51,8 @@ def _patch():
                 return original(self, *a, **k)
             trainer.training_step = slow_step
             done_trainer = True
-        if not done_merge and hash_delay and "platypus_utils.merge" in sys.modules:
-            merge = sys.modules["platypus_utils.merge"]
+        if not done_merge and hash_delay and "platypus_utils.merge.io" in sys.modules:
+            merge = sys.modules["platypus_utils.merge.io"]  # where write_variant calls it
             if hasattr(merge, "model_content_hash"):
                 original_hash = merge.model_content_hash
                 def slow_hash(path, _original=original_hash):

@@ -29,7 +29,6 @@ import math
 import re
 import resource
 import struct
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,12 +330,6 @@ def read_merge_info(out_dir: str | Path) -> dict | None:
         return None
 
 
-def _content_hash(path: Path) -> str:
-    # looked up on the package when called: tests/test_faults.py slows `platypus_utils.merge.model_content_hash`
-    # down for a temporary folder so that its kill lands while a variant is being written
-    return getattr(sys.modules[__package__], "model_content_hash", model_content_hash)(path)
-
-
 def write_variant(
     out_dir: Path, build: Callable[[Path], dict], verify: Callable[[Path], dict] | None, info: dict
 ) -> dict:
@@ -357,7 +350,7 @@ def write_variant(
                 info["verification"] = verify(tmp)
             info["memory"].update(verify_peak_rss_mb=memory["peak_rss_mb"])
         release_freed_memory()
-        info["content_sha256"] = _content_hash(tmp)
+        info["content_sha256"] = model_content_hash(tmp)
         write_json(tmp / MERGE_INFO, info)
         make_files_readable(tmp)
     return info
