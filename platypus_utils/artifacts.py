@@ -530,7 +530,7 @@ def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
     return True, "inputs, parameters, code and outputs unchanged"
 
 
-def _read_record(path: Path) -> tuple[dict | None, str | None]:
+def read_record(path: Path) -> tuple[dict | None, str | None]:
     """(the JSON object in `path`, None), (None, None) when there is no file, or (None, why) when it
     cannot be read: not UTF-8, not JSON, not an object, or an OS error."""
     if not path.is_file():
@@ -546,13 +546,13 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
 
 def manifest_problem(stage_dir: str | Path) -> str | None:
     """Why the stage's manifest.json is damaged (None: it is readable, or there is none)."""
-    return _read_record(Path(stage_dir) / MANIFEST)[1]
+    return read_record(Path(stage_dir) / MANIFEST)[1]
 
 
 def read_manifest(stage_dir: str | Path) -> dict | None:
     """The stage's last manifest with its input and output paths absolute, or None when there is
     none; a damaged one (not UTF-8, not JSON) is logged with its path and reads as None."""
-    manifest, problem = _read_record(Path(stage_dir) / MANIFEST)
+    manifest, problem = read_record(Path(stage_dir) / MANIFEST)
     if problem:
         log.warning("damaged manifest: %s; the stage counts as not run", problem)
     if not manifest:
@@ -595,7 +595,7 @@ def end_attempt(stage_dir: str | Path, status: str, **info: Any) -> dict:
 
 def read_attempt(stage_dir: str | Path) -> dict | None:
     """The last attempt record, or None when none was written (or it cannot be read)."""
-    record, problem = _read_record(Path(stage_dir) / ATTEMPT)
+    record, problem = read_record(Path(stage_dir) / ATTEMPT)
     return {"status": "unreadable", "error": problem} if problem else record
 
 

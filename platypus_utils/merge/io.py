@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from ..artifacts import atomic_path, write_json
+from ..artifacts import atomic_path, read_record, write_json
 from ..models import hub_snapshot, make_files_readable, model_content_hash
 from ..refs import split_revision
 from .arithmetic import Options
@@ -320,14 +320,12 @@ def stored_dtype(model_dir: str | Path) -> torch.dtype:
 
 # ---------------------------------------------------------------- a variant on disk
 def read_merge_info(out_dir: str | Path) -> dict | None:
-    """The MERGE_INFO record beside a variant's weights; None when absent or unreadable."""
-    path = Path(out_dir) / MERGE_INFO
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    """The MERGE_INFO record beside a variant's weights; None when absent, or damaged (logged: the
+    variant then counts as not made)."""
+    info, problem = read_record(Path(out_dir) / MERGE_INFO)
+    if problem:
+        log.warning("damaged merge record: %s; the variant counts as not made", problem)
+    return info
 
 
 def write_variant(
