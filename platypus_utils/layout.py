@@ -82,6 +82,12 @@ def artifact(profile: Profile, where: tuple[str, str]) -> Path:
     return profile.run_dir(stage) / name
 
 
+def variant_summary(profile: Profile, variant: str) -> Path:
+    """The summary stage 05 writes for one variant or reference (stage 06 reads it), e.g.
+    variant_summary(profile, "base") -> runs/<profile>/05_evaluate/base.json."""
+    return profile.run_dir(EVALUATE) / f"{variant}.json"
+
+
 def merged_variant(profile: Profile) -> str:
     """The variant that is the adapter merged into models.base."""
     return profile.merge.merged_name

@@ -285,7 +285,8 @@ def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvalua
 
 def _save_variant(profile, run: StageRun, e: VariantEvaluation) -> list[Path]:
     out = profile.run_dir(STAGE)
-    paths = [write_json(out / f"{e.variant}.json", e.summary), write_json(out / f"{e.variant}.raw.json", e.raws)]
+    summary = write_json(layout.variant_summary(profile, e.variant), e.summary)
+    paths = [summary, write_json(out / f"{e.variant}.raw.json", e.raws)]
     if profile.evaluate.log_samples:
         paths.append(write_jsonl(out / f"{e.variant}.samples.jsonl", e.samples))
     else:
