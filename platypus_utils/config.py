@@ -142,6 +142,9 @@ class DecontaminateConfig(_Section):
     )
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
+    # a reviewer's decisions on flagged pairs: a CSV (pair_id,decision) or YAML (pair_id: keep | remove) file,
+    # relative to the project root; each decision replaces the policy's action for its pair (decisions.py)
+    decisions: Optional[str] = None
     # which test items the exact pass (embedding, judge, rules) reads: "first_pass" (default) only the items a
     # cheap lexical pass finds for some training window (its first_pass_top_k nearest by TF-IDF, and the n-gram
     # detector's hits), so a cold run costs what the training set costs; "exhaustive" every item's views
@@ -733,6 +736,9 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     for section in (profile.decontaminate, profile.evaluate):
         if section.benchmarks_dir not in ("demo", "hub") and not Path(section.benchmarks_dir).is_absolute():
             section.benchmarks_dir = str((data_root / section.benchmarks_dir).resolve())
+    decisions = profile.decontaminate.decisions
+    if decisions and not Path(decisions).is_absolute():
+        profile.decontaminate.decisions = str((root / decisions).resolve())
     for holder, attr in [
         (profile.models, "base"),
         (profile.models, "embedding"),

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 from .candidates import FirstPassIndex, LexicalIndex, first_pass_items
 from .common import CATEGORIES, PAIR_COLUMNS, SEVERITY, STAGE
+from .decisions import apply_decisions, decide, pair_id, read_decisions
 from .detectors import (
     DETECTORS,
     REGISTRY,

@@ -8,6 +8,7 @@ STAGE = DECONTAMINATE
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
 SEVERITY = {c: k for k, c in enumerate(CATEGORIES)}  # lower is more severe
 PAIR_COLUMNS = [
+    "pair_id",
     "train_index",
     "train_source",
     "train_text",
@@ -33,4 +34,5 @@ PAIR_COLUMNS = [
     "category",
     "rule",
     "action",
+    "decision",
 ]

@@ -8,6 +8,7 @@ import pandas as pd
 from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .common import PAIR_COLUMNS
+from .decisions import pair_id
 from .detectors import own_numbers, uninformative_answer
 from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
@@ -133,6 +134,7 @@ def categorise_pairs(
         )
         records.append(
             {
+                "pair_id": pair_id(row, item),
                 "train_index": f.train_index,
                 "train_source": row["data_source"],
                 "train_text": embedding_text(row),
@@ -160,6 +162,7 @@ def categorise_pairs(
                 "category": category,
                 "rule": rule,
                 "action": cfg.actions[category],
+                "decision": "",
             }
         )
     return pd.DataFrame(records, columns=PAIR_COLUMNS)

@@ -20,6 +20,7 @@ from ..layout import CLEAN, CURATED, FLAGGED_PAIRS, artifact
 from ..models import default_cache_dir
 from ..plotting import FORMATS
 from .common import PAIR_COLUMNS, STAGE
+from .decisions import decide
 from .detectors import candidate_pairs, flag_pairs
 from .embed import embed_texts, uses_embeddings
 from .index import build_index, load_index
@@ -103,8 +104,9 @@ def detect(
         cands = candidate_pairs(rows, emb, cfg)
     with timed(timings, "categorise_s"):
         pairs = categorise_pairs(flag_pairs(cands, rows, items, cfg, embedder=embedder), rows, items, cfg)
+        pairs, decided = decide(pairs, cfg)  # a reviewer's decisions file (decontaminate.decisions), if any
         clean, removed = choose_removals(pairs, rows)
-    summary = summarise(pairs, rows, items, removed, cfg, cands)
+    summary = {**summarise(pairs, rows, items, removed, cfg, cands), **decided}
     return Result(clean, pairs, contamination_table(pairs, removed), summary, cands)
 
 
@@ -132,6 +134,10 @@ def save(
             run.add_output(p)
         run.metrics.update({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
         run.metrics["training_data"] = profile.training_data
+        if profile.decontaminate.decisions and "decisions" in result.summary:  # the reviewer's file, hashed
+            run.add_input(profile.decontaminate.decisions)
+            run.metrics["overruled_pairs"] = result.summary["overruled_pairs"]
+            run.metrics["unmatched_decisions"] = result.summary["unmatched_decisions"]
         if "leak_detection" in result.summary:
             run.metrics["leak_detection"] = result.summary["leak_detection"]
     log.info(
