@@ -1,6 +1,7 @@
 """Benchmark the similarity passes of 01_curate and 02_decontaminate (prints figures; not a test).
 
     .venv/bin/python bench/bench_similarity.py [--rows 25000 200000] [--naive-rows 5000]
+    .venv/bin/python bench/bench_similarity.py --approx 200000 1000000   # curate.backend faiss_ivf vs exact
 
 Synthetic, clustered, L2-normalised 384-d embeddings (all-MiniLM-L6-v2's width), so that a
 share of rows have near-duplicates. Reports the blockwise pass time and peak memory, beside a
@@ -16,8 +17,9 @@ import time
 import tracemalloc
 
 import numpy as np
+import pandas as pd
 
-from platypus_utils.curate import near_dedup
+from platypus_utils.curate import choose_kept, near_dedup
 from platypus_utils.embeddings import normalise, pairs_above
 
 
@@ -74,6 +76,53 @@ def compare_kernels(n: int, threshold: float) -> None:
             print(f"  {kernel:6} {bs:5} {time.perf_counter() - t:8.2f} {time.process_time() - c:8.2f} {hits:8}")
 
 
+def collect(emb: np.ndarray, threshold: float, block_size: int, backend: str) -> tuple[pd.DataFrame, float]:
+    """Every self-pair at the threshold as a frame (i < j, score), and the wall seconds it took."""
+    t = time.perf_counter()
+    parts = list(pairs_above(emb, None, threshold, block_size, backend=backend))
+    wall = time.perf_counter() - t
+    cat = [np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(3)]
+    return pd.DataFrame({"i": cat[0].astype(np.int64), "j": cat[1].astype(np.int64), "score": cat[2]}), wall
+
+
+def sampled_exact(emb: np.ndarray, queries: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    """The exact pairs (i < j) at the threshold that touch the query rows."""
+    found: set[tuple[int, int]] = set()
+    for q0 in range(0, len(queries), 256):
+        q = queries[q0 : q0 + 256]
+        for j0 in range(0, len(emb), 65536):
+            ii, jj = np.nonzero(emb[q] @ emb[j0 : j0 + 65536].T >= threshold)
+            a, b = q[ii], jj + j0
+            found.update((int(x), int(y)) for x, y in zip(np.minimum(a, b), np.maximum(a, b)) if x != y)
+    return found
+
+
+def approx(ns: list[int], threshold: float, block_size: int, exact_up_to: int = 200_000) -> None:
+    """--approx: curate.backend faiss_ivf against the exact pass: time, recall of the pairs at the threshold,
+    kept rows. Exact over all pairs up to `exact_up_to` rows; above, exact for 2,000 sampled rows."""
+    print(f"{'rows':>8} {'ivf s':>8} {'exact s':>8} {'pairs':>8} {'recall':>8}  kept rows")
+    for n in ns:
+        emb, rows = synthetic(n), rows_for(n)
+        ivf, t_ivf = collect(emb, threshold, block_size, "faiss_ivf")
+        got = set(zip(ivf["i"].tolist(), ivf["j"].tolist()))
+        if n <= exact_up_to:
+            exact, t_exact = collect(emb, threshold, block_size, "numpy")
+            want = set(zip(exact["i"].tolist(), exact["j"].tolist()))
+            kept = choose_kept(rows, ivf, threshold)[0], choose_kept(rows, exact, threshold)[0]
+            same = "same as exact" if kept[0] == kept[1] else f"{len(set(kept[0]) ^ set(kept[1]))} differ"
+            note = f"{len(kept[0])} kept, {same}"
+        else:
+            queries = np.sort(np.random.default_rng(1).choice(n, size=2000, replace=False))
+            t = time.perf_counter()
+            want = sampled_exact(emb, queries, threshold)
+            t_exact, touched = time.perf_counter() - t, set(queries.tolist())
+            got = {p for p in got if p[0] in touched or p[1] in touched}
+            note = f"recall over the pairs of 2,000 sampled rows (exact for those: {t_exact:.0f} s)"
+            t_exact = float("nan")
+        rec = len(got & want) / len(want) if want else 1.0
+        print(f"{n:>8} {t_ivf:>8.1f} {t_exact:>8.1f} {len(want):>8} {rec:>8.2%}  {note}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[25_000, 200_000])
@@ -81,7 +130,13 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=2048)
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--kernels", type=int, metavar="ROWS", help="only compare numpy/torch/faiss and tile sizes on ROWS")
+    ap.add_argument(
+        "--approx", type=int, nargs="+", metavar="ROWS", help="faiss_ivf vs exact on ROWS (e.g. 200000 1000000)"
+    )
     args = ap.parse_args()
+    if args.approx:
+        approx(args.approx, args.threshold, args.block_size)
+        return
     if args.kernels:
         compare_kernels(args.kernels, args.threshold)
         return

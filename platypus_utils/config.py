@@ -88,7 +88,9 @@ class CurateConfig(_Section):
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # paper: 0.8 (authors' code used 0.7)
     embed_batch_size: int = Field(default=64, ge=1)
     block_size: int = Field(default=2048, ge=1)  # rows per similarity block: bounds memory
-    backend: Literal["numpy", "faiss"] = "numpy"  # faiss: pip install faiss-cpu (extra "faiss"); same pairs
+    backend: Literal["numpy", "faiss", "faiss_ivf"] = "numpy"  # faiss: pip install faiss-cpu (extra "faiss"); same
+    # pairs. faiss_ivf: approximate neighbours from 50k rows on (1M rows in minutes; recall printed by
+    # bench/bench_similarity.py --approx), exact below
     push_to_hub: bool = False  # upload curated rows as a hub dataset; token from $HF_TOKEN
     push_to_hub_repo: Optional[str] = None  # e.g. "me/open-platypus-rebuild"; required with push_to_hub
     push_to_hub_private: bool = True

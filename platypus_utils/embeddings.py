@@ -172,13 +172,17 @@ def pairs_above(
     `a`, `b` are L2-normalised float32. With b=None, compares a with itself and yields only i < j, and
     only the tiles on or above the diagonal are computed. Peak extra memory is one block_size x
     block_size float32 tile (numpy) or one block of results (faiss). backend "faiss" uses an exact
-    inner-product index (faiss-cpu) and yields the same pairs.
+    inner-product index (faiss-cpu) and yields the same pairs. backend "faiss_ivf" is approximate from
+    IVF_MIN_ROWS rows on (exact below): an inverted-file index (IVF_LISTS_PER_SQRT_N x sqrt(n) lists, IVF_NPROBE
+    of them searched per query), each pair once (i < j for self-pairs), at exact cosines; its recall against
+    the exact pass is printed by bench/bench_similarity.py --approx.
     """
-    if backend == "faiss":
-        yield from _pairs_above_faiss(a, b, threshold, block_size, desc)
+    if backend in ("faiss", "faiss_ivf"):
+        approximate = backend == "faiss_ivf" and len(a if b is None else b) >= IVF_MIN_ROWS
+        yield from (_pairs_above_ivf if approximate else _pairs_above_faiss)(a, b, threshold, block_size, desc)
         return
     if backend != "numpy":
-        raise ValueError(f"similarity backend {backend!r}: expected 'numpy' or 'faiss'")
+        raise ValueError(f"similarity backend {backend!r}: expected 'numpy', 'faiss' or 'faiss_ivf'")
     self_pairs = b is None
     b = a if b is None else b
     n, m = len(a), len(b)
@@ -204,15 +208,68 @@ def faiss_available() -> bool:
     return True
 
 
-def _pairs_above_faiss(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+IVF_MIN_ROWS = 50_000  # below this the exact pass is fast and the IVF lists would be too few to train well
+# 4 sqrt(n) lists with 16 probed balance the cost of assigning rows to lists against scanning the probed lists
+# (both ~n x 4 sqrt(n) x dim); k-means on 24 rows per list, 8 iterations (faiss's default 25 cost more than the
+# search at 1M rows). bench/bench_similarity.py --approx prints the recall and time at these settings.
+IVF_LISTS_PER_SQRT_N, IVF_NPROBE, IVF_TRAIN_PER_LIST, IVF_TRAIN_ITERATIONS = 4, 16, 24, 8
+
+
+def _import_faiss():
     try:
         import faiss
     except ImportError:
         raise ImportError(
             "curate.backend 'faiss' needs faiss-cpu: pip install faiss-cpu (or pip install -e '.[faiss]')"
         ) from None
+    return faiss
+
+
+def ivf_index(base: np.ndarray, seed: int = 0):
+    """An IVF-Flat inner-product index over `base` (L2-normalised float32), trained on a seeded sample."""
+    faiss = _import_faiss()
+    n, dim = base.shape
+    lists = max(1, int(IVF_LISTS_PER_SQRT_N * np.sqrt(n)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = IVF_TRAIN_ITERATIONS
+    sample = np.random.default_rng(seed).choice(n, size=min(n, IVF_TRAIN_PER_LIST * lists), replace=False)
+    index.train(np.ascontiguousarray(base[np.sort(sample)]))
+    index.add(base)
+    index.nprobe = min(IVF_NPROBE, lists)
+    return index
+
+
+def _pairs_above_ivf(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """pairs_above's approximate backend (faiss_ivf): each pair once, sorted by (i, j), in blocks."""
+    self_pairs = b is None
+    base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
+    index = ivf_index(base)
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # as _pairs_above_faiss
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    starts = range(0, len(a), block_size)
+    for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
+        lims, scores, ids = index.range_search(np.ascontiguousarray(a[i0 : i0 + block_size], dtype=np.float32), radius)
+        rows = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64))) + i0
+        ids = ids.astype(np.int64)
+        keep = (scores >= threshold) & (ids != rows if self_pairs else True)
+        i, j = (np.minimum(rows, ids), np.maximum(rows, ids)) if self_pairs else (rows, ids)
+        found.append((i[keep], j[keep], scores[keep].astype(np.float32)))
+    if not found:
+        return
+    i, j, s = (np.concatenate([f[k] for f in found]) for k in range(3))
+    # a self-pair is found from either end: once each, in (i, j) order
+    _, first = np.unique(i * len(base) + j, return_index=True)
+    i, j, s = i[first], j[first], s[first]
+    for k0 in range(0, len(i), block_size):
+        yield i[k0 : k0 + block_size], j[k0 : k0 + block_size], s[k0 : k0 + block_size]
+
+
+def _pairs_above_faiss(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    faiss = _import_faiss()
     self_pairs = b is None
     base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
     index = faiss.IndexFlatIP(base.shape[1])

@@ -128,6 +128,28 @@ def test_faiss_backend_gives_the_numpy_pairs():
     assert [(r["index"], r["duplicate_of"]) for r in r_faiss] == [(r["index"], r["duplicate_of"]) for r in r_numpy]
 
 
+def test_faiss_ivf_backend_is_exact_below_its_size_and_close_above(monkeypatch):
+    pytest.importorskip("faiss")
+    from platypus_utils import embeddings
+
+    a = _clustered(4000, dim=32, seed=2)
+    want = _pair_set(pairs_above(a, None, 0.8, block_size=512))
+    rows = [row(f"q{i}", "x" * (i % 13)) for i in range(len(a))]
+    (k_ivf, r_ivf), (k_numpy, r_numpy) = (
+        near_dedup(rows, a, 0.8, 512, backend="faiss_ivf"),
+        near_dedup(rows, a, 0.8, 512),
+    )
+    assert k_ivf == k_numpy and [(r["index"], r["duplicate_of"]) for r in r_ivf] == [  # exact below its size
+        (r["index"], r["duplicate_of"]) for r in r_numpy
+    ]
+    monkeypatch.setattr(embeddings, "IVF_MIN_ROWS", 1000)
+    monkeypatch.setattr(embeddings, "IVF_NPROBE", 2)  # few lists probed, so that some pairs can be missed
+    got = _pair_set(pairs_above(a, None, 0.8, block_size=512, backend="faiss_ivf"))
+    assert set(got) <= set(want) and all(i < j for i, j in got)  # each pair once, at its exact cosine
+    assert all(abs(got[k] - want[k]) < 1e-5 for k in got)
+    assert 0.9 * len(want) <= len(got) and len(want) >= 500
+
+
 def test_unknown_backend_and_missing_faiss_are_clear(monkeypatch):
     a = _clustered(8)
     with pytest.raises(ValueError, match="backend 'annoy'"):
