@@ -94,6 +94,17 @@ def _add_decontaminate(sub) -> None:
         help="items the exact pass reads: a lexical first pass's candidates (default) or every item",
     )
     p_dec.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where the steps run: this process (default) or Ray Data over blocks of rows (the `ray` extra; docs/ray.md)",
+    )
+    p_dec.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: a running cluster's address (default: start a local one)",
+    )
+    p_dec.add_argument(
         "--detectors",
         type=_detectors,
         default=None,
@@ -267,7 +278,9 @@ def _cmd_decontaminate(args) -> int:
     from .config import DecontaminateConfig
     from .decontaminate import check_file
 
-    settings = {"similarity_threshold": args.threshold, "candidates": args.candidates}
+    settings = {"similarity_threshold": args.threshold, "candidates": args.candidates, "engine": args.engine}
+    if args.ray_address:
+        settings["ray_address"] = args.ray_address
     if args.detectors:
         settings["detectors"] = args.detectors
     if args.benchmark_names:

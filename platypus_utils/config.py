@@ -153,6 +153,16 @@ class DecontaminateConfig(_Section):
     # (decontaminate/candidates.py; recall printed by bench/bench_decontaminate.py --recall)
     candidates: Literal["first_pass", "exhaustive"] = "first_pass"
     first_pass_top_k: int = Field(default=20, ge=1)
+    # where the steps run: "local" (this process) or "ray" (Ray Data over blocks of ray_block_rows training rows,
+    # the same steps and outputs; decontaminate/engine_ray.py, docs/ray.md; needs the `ray` extra)
+    engine: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None  # a running cluster ("auto", "ray://head:10001"); None: start a local one
+    ray_num_cpus: Optional[int] = Field(default=None, ge=1)  # the local cluster's CPUs (None: all of this machine's)
+    ray_block_rows: int = Field(default=1000, ge=1)  # training rows per block (one map_batches call)
+    ray_actors: Optional[int] = Field(default=None, ge=1)  # actors per pool, each holding the embedding model
+    # (None: as many as the cluster's CPUs, or its GPUs with ray_gpus_per_actor, allow)
+    ray_cpus_per_actor: float = Field(default=1.0, gt=0.0)  # also the torch threads of each actor
+    ray_gpus_per_actor: float = Field(default=0.0, ge=0.0)  # > 0: the embedder runs on the actor's GPU
 
     @field_validator("actions", mode="before")
     @classmethod

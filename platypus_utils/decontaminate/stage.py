@@ -83,6 +83,26 @@ def embedder_for(profile: Profile) -> Embedder | None:
     return Embedder(profile.models.embedding, profile.cache_dir()) if uses_embeddings(profile.decontaminate) else None
 
 
+def row_pairs(
+    rows: list[dict],
+    items: list[dict],
+    cfg: DecontaminateConfig,
+    embedder=None,
+    timings: dict | None = None,
+    index=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Steps 2-4, which read each training row on its own (engine: ray runs them per block of rows): embed,
+    candidates, flag, categorise. (candidate pairs, flagged pairs with their categories)."""
+    timings = {} if timings is None else timings
+    with timed(timings, "embed_s"):
+        emb = embed_texts(rows, items, cfg, embedder, index)
+    with timed(timings, "candidates_s"):
+        cands = candidate_pairs(rows, emb, cfg)
+    with timed(timings, "categorise_s"):
+        pairs = categorise_pairs(flag_pairs(cands, rows, items, cfg, embedder=embedder), rows, items, cfg)
+    return cands, pairs
+
+
 def detect(
     rows: list[dict],
     items: list[dict],
@@ -91,21 +111,22 @@ def detect(
     timings: dict | None = None,
     index=None,
 ) -> Result:
-    """Steps 2-5 composed: embed, candidates, flag, categorise, choose removals (seconds per step into
+    """Steps 2-5 composed: embed, candidates, flag, categorise (row_pairs, here or with `engine: ray` over blocks
+    of rows on a Ray cluster: engine_ray.py), then over the whole set: choose removals (seconds per step into
     `timings` when given; `index`: a loaded benchmark index file, index.load_index)."""
     if not rows:
         raise ValueError("empty training set: nothing to check")
     if not items:
         raise ValueError("no benchmark items: nothing to check against")
     timings = {} if timings is None else timings
-    with timed(timings, "embed_s"):
-        emb = embed_texts(rows, items, cfg, embedder, index)
-    with timed(timings, "candidates_s"):
-        cands = candidate_pairs(rows, emb, cfg)
-    with timed(timings, "categorise_s"):
-        pairs = categorise_pairs(flag_pairs(cands, rows, items, cfg, embedder=embedder), rows, items, cfg)
-        pairs, decided = decide(pairs, cfg)  # a reviewer's decisions file (decontaminate.decisions), if any
-        clean, removed = choose_removals(pairs, rows)
+    if cfg.engine == "ray":
+        from .engine_ray import pairs_on_ray
+
+        cands, pairs = pairs_on_ray(rows, items, cfg, embedder, timings, index, local=row_pairs)
+    else:
+        cands, pairs = row_pairs(rows, items, cfg, embedder, timings, index)
+    pairs, decided = decide(pairs, cfg)  # a reviewer's decisions file (decontaminate.decisions), if any
+    clean, removed = choose_removals(pairs, rows)
     summary = {**summarise(pairs, rows, items, removed, cfg, cands), **decided}
     return Result(clean, pairs, contamination_table(pairs, removed), summary, cands)
 
