@@ -120,6 +120,19 @@ def _add_decontaminate(sub) -> None:
         help="check only this benchmark (repeatable; default: all four)",
     )
     p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
+    p_dec.add_argument(
+        "--judge",
+        metavar="MODEL",
+        default=None,
+        help="the rewording judge's model: a sentence-embedding reference (default embedded:all-minilm-l6-v2) or "
+        "llm:<causal LM> to ask it the LLM-Decontaminator question (batched; meant for a GPU)",
+    )
+    p_dec.add_argument(
+        "--decisions",
+        metavar="FILE",
+        default=None,
+        help="a reviewer's decisions on flagged pairs (CSV pair_id,decision or YAML pair_id: keep|remove)",
+    )
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
     p_dec.add_argument(
         "--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)"
@@ -285,6 +298,10 @@ def _cmd_decontaminate(args) -> int:
         settings["detectors"] = args.detectors
     if args.benchmark_names:
         settings["benchmarks"] = args.benchmark_names
+    if args.judge:
+        settings["judge_model"] = args.judge
+    if args.decisions:
+        settings["decisions"] = str(Path(args.decisions).resolve())
     try:
         cfg = DecontaminateConfig(**settings)
     except ValidationError as exc:

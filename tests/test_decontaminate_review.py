@@ -80,3 +80,32 @@ def test_decisions_files_are_read_strictly(tmp_path):
     out, info = decontaminate.apply_decisions(pairs, {"a": "keep", "b": "keep", "z": "remove"})
     assert out["action"].tolist() == ["keep", "keep"] and out["decision"].tolist() == ["keep", "keep"]
     assert info["decisions_overruled"] == 1 and info["unmatched_decisions"] == ["z"]
+
+
+def test_cli_passes_the_judge_model_and_the_decisions_file(tmp_path, monkeypatch, capsys):
+    from platypus_utils import cli
+
+    seen = {}
+
+    def check_file(train, benchmarks, out, cfg, *args, **kw):  # a stand-in: the command's settings only
+        seen["cfg"] = cfg
+        return {"removed_rows": 0}
+
+    monkeypatch.setattr(decontaminate, "check_file", check_file)
+    decisions = tmp_path / "d.csv"
+    decisions.write_text("pair_id,decision\n")
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "decontaminate",
+        "mine.jsonl",
+        "--benchmarks",
+        "b",
+        "--out",
+        "o",
+        "--judge",
+        "llm:embedded:smollm2-135m-instruct",
+    ]
+    assert cli.main([*argv, "--decisions", "d.csv"]) == 0
+    assert seen["cfg"].judge_model == "llm:embedded:smollm2-135m-instruct" and "judge" in seen["cfg"].detectors
+    assert seen["cfg"].decisions == str(decisions.resolve())
+    assert json.loads(capsys.readouterr().out) == {"removed_rows": 0}
