@@ -29,6 +29,10 @@ How a pair is read.
     pair scores its best view. An MMLU/ARC stem under `ngram_min_tokens` words ("Which of the
     following is true?") does not identify its item: it finds candidates, but the category rules
     read only the full view's cosine for it, and its stem counts as verbatim only with its answer.
+    A long stem (a passage or context, then its question) has a third view, "question_only": its
+    question sentence(s) alone (views.question_only). It never identifies its item and no cosine
+    rule reads it: it finds candidates for the judge, which reads them against the question alone
+    and needs the answer to agree (a rewording that keeps the question and drops the passage).
   * Training side: instruction + input ("prompt") and, with `search_outputs`, the output. A text
     longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded in
     overlapping windows (`window_overlap`); its cosine is the max over windows.
@@ -43,11 +47,12 @@ each reported on its own and combined:
              prompt and the test answer in the training output (rewordings below 0.8);
   judge      (on by default) platypus_utils.leak_judge reads candidates at cosine >= judge_threshold whose
              numbers agree and says whether they are the same question, possibly reworded (rewordings whose
-             answer is reworded too, which the string tests keep). Measured with score_pairs on the 339
-             pairs of tests/fixtures/contamination_labelled.jsonl (bench/bench_detectors.py): without the
-             judge the stage removes 75.0% of the leaks (rewordings 66/113) with 3.3% false alarms; with it
-             94.1% (verbatim 45/45, reformatted 30/30, rewordings 102/113), similar-but-different 4/91 and
-             clean 1/60 removed.
+             answer is reworded too, which the string tests keep); a long stem's question_only view is read by
+             the judge alone, against the question without its passage. Measured with score_pairs on the
+             labelled pairs (tests/fixtures/contamination_labelled.jsonl, bench/bench_detectors.py, per split):
+             on split frozen1, written with the judge frozen and never tuned on, the stage removes 87.5% of
+             the rewordings (91/104), 6.7% of the similar-but-different pairs (5/75) and none of the clean
+             ones (0/15); the tuned splits' figures are in-sample.
 Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
 each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
 `x^3-2x+1` and `x^3 - 2x + 1` agree.
@@ -58,14 +63,21 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
   2. duplicate - the question and all its choices (gold ending, answer) are in the training text, in
      any order and with any labels;
   3. similar_but_different - a number of the test question is not in the training text (a long
-     passage shared with one number changed is the same shape with other numbers, not a copy);
+     passage shared with one number changed is the same shape with other numbers, not a copy); the
+     question part alone when the pair was found through the question_only view;
+  3b. similar_but_different - the row shares only a passage: the item's question part is not in it, its
+     answer not in the output, and the judge did not read the same question;
   4. duplicate - n-gram overlap >= verbatim_ngram_overlap (any view; near-verbatim);
+  4b. similar_but_different - a short training prompt asks about numbers the test item has nowhere
+     (another object: order five against order seven, Z_24 against Z_26; leak_judge.own_numbers);
   5. duplicate - cosine >= duplicate_threshold and >= verbatim_word_share of the test's words present;
   6. gray_area - cosine >= duplicate_threshold (same meaning in other words);
   7. gray_area - the judge says same question (when it read the pair);
-  8. similar_but_different - the test answer is not in the training output;
+  8. similar_but_different - the test answer is not in the training output, or it names nothing
+     ("True, False", "II only": leak_judge.uninformative_answer);
   9. gray_area - reworded, same numbers and the test answer in the training output.
-The action per category comes from `actions` (default: remove duplicate and gray-area); a row is
+The action per category comes from `actions` (default: remove duplicate and gray-area); a reviewer's
+decisions file (`decisions`: pair_id -> keep / remove, see decisions.py) overrules it pair by pair; a row is
 removed when any of its pairs says so.
 
 With `training_data: as_released` (Open-Platypus as the authors released it, decontaminated by them)
