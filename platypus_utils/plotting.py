@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.transforms import ScaledTranslation
 
 from .artifacts import atomic_path, write_text
 
@@ -53,6 +54,29 @@ def new_figure(ax=None, figsize: tuple[float, float] = (6.5, 4.0)):
     fig, ax = plt.subplots(figsize=figsize)
     plt.close(fig)
     return fig, ax
+
+
+def legend_below(ax, gap: float = 2.0, **kwargs):
+    """A frameless legend centred under `ax`, `gap` points below its x tick labels and x label.
+
+    The offset is the depth of the drawn x axis, measured in points, so the legend clears the label on a
+    short axes too (an offset in axes fractions, bbox_to_anchor=(0.5, -0.1), lands on the label when the
+    axes is an inch tall). The depth does not change with the axes' size, so a layout engine that resizes
+    the axes afterwards keeps the legend clear; kwargs go to `ax.legend`."""
+    fig = ax.figure
+    axis = ax.xaxis.get_tightbbox()  # the renderer of the figure's canvas, whichever it is
+    depth = max(0.0, ax.get_window_extent().y0 - axis.y0) * 72 / fig.dpi if axis is not None else 0.0
+    below = ax.transAxes + ScaledTranslation(0, -(depth + gap) / 72, fig.dpi_scale_trans)
+    kwargs.setdefault("frameon", False)
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, **kwargs)
+
+
+def at_least(ax, half_width: float = 1.0) -> None:
+    """Widen the x limits to at least [-half_width, half_width]: changes that are all zero (or nearly) would
+    otherwise get matplotlib's default span of ±0.05, which reads as fractions on an axis in points."""
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2 * half_width:
+        ax.set_xlim(min(lo, -half_width), max(hi, half_width))
 
 
 def save_figure(fig, stem: str | Path, caption: str, formats=FORMATS) -> list[Path]:

@@ -964,3 +964,48 @@ def test_training_seeds_show_their_spread_beside_one_runs_error(tmp_path):
     write_eval(one_seed, [BASE, MERGED])
     assert "seeds" not in an.run_analysis(one_seed)
     assert not (one_seed.report_dir("tables") / "seed_spread.csv").exists()
+
+
+def test_the_save_step_writes_what_the_steps_computed(tmp_path):
+    """save_analysis writes the frames and figures it is given and recomputes nothing (notebook 06 saves what
+    its kernel shows): a leaderboard cut to one row and a caption changed after the steps are what the files
+    hold; run_analysis composes the same steps and saves the same figures."""
+    profile = make_profile(tmp_path, formats=["png"])
+    write_eval(profile, [BASE, MERGED])
+    result = an.compute_analysis(profile)
+    figures = an.stage_figures(profile, result)
+    assert [f.name for f in figures if f.figure is None] == []
+    result.board = result.board[result.board["variant"] == "base"]
+    figures[-1].caption = "as drawn in the kernel"
+    produced = an.save_analysis(profile, result, figures, {"notebook_s": 1.5})
+    assert list(pd.read_csv(profile.report_dir("tables") / "leaderboard.csv")["variant"]) == ["base"]
+    assert (profile.report_dir("figures") / f"{figures[-1].name}.txt").read_text() == "as drawn in the kernel\n"
+    manifest = read_manifest(profile.run_dir("06_analysis"))
+    assert manifest["timings"]["notebook_s"] == 1.5 and manifest["metrics"]["comparisons"] == len(result.pairs) == 1
+    assert produced["comparisons"] == [{"comparison": "merged vs base", "kind": "fine-tuned vs base"}]
+    assert sorted(an.run_analysis(profile)["figures"]) == sorted(produced["figures"]) == sorted(f.name for f in figures)
+
+
+def test_figure_legends_clear_the_x_label_and_no_change_spans_a_point(tmp_path):
+    """Under a short figure (two subjects) the legend sits below the x-axis label, not over it (an offset in
+    axes fractions put it there); and changes that are all zero span ±1 point on an axis labelled in
+    points, not matplotlib's ±0.05, which reads as fractions."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    profile = paired_pair(tmp_path)
+    eval_dir = profile.run_dir("05_evaluate")
+    (eval_dir / "tuned.samples.jsonl").write_bytes((eval_dir / "base.samples.jsonl").read_bytes())
+    tuned = json.loads((eval_dir / "base.json").read_text())
+    (eval_dir / "tuned.json").write_text(json.dumps(tuned | {"variant": "tuned"}))
+    figures = {f.name: f.figure for f in an.stage_figures(profile, an.compute_analysis(profile))}
+    for name in ("mmlu_delta_tuned", "mmlu_delta_categories"):
+        fig = figures[name]
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        ax = fig.axes[0]
+        renderer = canvas.get_renderer()
+        legend, label = ax.get_legend().get_window_extent(renderer), ax.xaxis.label.get_window_extent(renderer)
+        ticks = ax.xaxis.get_tightbbox(renderer)
+        assert legend.y1 <= label.y0 and legend.y1 <= ticks.y0, name
+        lo, hi = ax.get_xlim()
+        assert lo <= -1 and hi >= 1 and "points" in ax.get_xlabel(), (name, lo, hi)

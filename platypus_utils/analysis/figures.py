@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from .. import stats
-from ..plotting import DIVERGING, style
+from ..plotting import DIVERGING, at_least, legend_below, style
 from .common import (
     ALL_SUBJECTS,
     BENCHMARKS,
@@ -105,16 +106,10 @@ def subject_delta_figure(frame: pd.DataFrame, comparison: str, ax=None, st: Stat
     ax.grid(axis="y", visible=False)
     ax.set_xlabel(f"{d['variant'].iloc[0]} − {d['reference'].iloc[0]} (points)" if len(d) else "points", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
+    at_least(ax, 1.0)  # an axis in points: no change at all still spans ±1 point, not matplotlib's ±0.05
     handles = [Patch(facecolor=colours[c], label=CATEGORY_LABELS.get(c, c)) for c in category_order(d["category"])]
     handles.append(Patch(facecolor="white", edgecolor="black", label=f"* q ≤ {st.alpha:g} (BH)"))
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12 if len(d) < 15 else -0.05),
-        ncols=2,
-        frameon=False,
-        fontsize=6.5,
-    )
+    legend_below(ax, handles=handles, ncols=2, fontsize=6.5)
     title = comparison
     if len(d) and not sig.any():  # say it on the figure, not only in the caption
         n = int(pd.to_numeric(d["n"], errors="coerce").fillna(0).sum())
@@ -163,15 +158,8 @@ def category_delta_figure(
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("MMLU change (points)", fontsize=8)
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.18),
-        ncols=1,
-        frameon=False,
-        fontsize=6.5,
-        title=f"filled: q ≤ {st.alpha:g} (BH)",
-        title_fontsize=6.5,
-    )
+    at_least(ax, 1.0)
+    legend_below(ax, ncols=1, fontsize=6.5, title=f"filled: q ≤ {st.alpha:g} (BH)", title_fontsize=6.5)
     shown = cats_frame[cats_frame["comparison"].isin(comps)]
     if len(shown) and not shown["significant"].astype(bool).any():
         ax.set_title(f"no category changes beyond chance (BH, FDR {st.alpha:g})", fontsize=7.5)
@@ -217,14 +205,24 @@ def delta_heatmap(frame: pd.DataFrame, ax=None):
                 color="white" if not np.isnan(v) and abs(v) > 0.6 * limit else "black",
             )
     colours = _category_colours(cats)
+    # the category strip: 5 points wide, 4.5 points left of the axes whatever its width (the tick labels clear it)
+    strip = blended_transform_factory(ax.transAxes, ax.transData) + ScaledTranslation(-7 / 72, 0, fig.dpi_scale_trans)
     for i, s in enumerate(subjects):
-        ax.add_patch(Rectangle((-0.12, i), 0.1, 1, facecolor=colours[cat_of[s]], linewidth=0, clip_on=False))
+        ax.plot(
+            [0, 0],
+            [i, i + 1],
+            transform=strip,
+            color=colours[cat_of[s]],
+            linewidth=5,
+            solid_capstyle="butt",
+            clip_on=False,
+        )
     ax.set_xlim(0, len(comps))
     ax.set_ylim(len(subjects), 0)
     ax.set_xticks(np.arange(len(comps)) + 0.5, [c.replace(" vs ", "\nvs ") for c in comps], fontsize=6.5)
     ax.xaxis.tick_top()
     ax.set_yticks(np.arange(len(subjects)) + 0.5, [s.replace("_", " ") for s in subjects], fontsize=5.5 if small else 7)
-    ax.tick_params(axis="y", pad=8, length=0)
+    ax.tick_params(axis="y", pad=12, length=0)
     ax.grid(False)
     for k in range(1, len(subjects)):
         if cat_of[subjects[k]] != cat_of[subjects[k - 1]]:
@@ -233,7 +231,7 @@ def delta_heatmap(frame: pd.DataFrame, ax=None):
     bar.set_label("change (points)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     handles = [Patch(facecolor=colours[c], label=CATEGORY_LABELS.get(c, c)) for c in cats]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncols=2, frameon=False, fontsize=6.5)
+    legend_below(ax, handles=handles, ncols=2, fontsize=6.5)
     return fig
 
 
@@ -275,7 +273,7 @@ def leaderboard_figure(frame: pd.DataFrame, ax=None):
     ax.set_xticks(range(len(BENCHMARKS)), [LABELS[b] for b in BENCHMARKS])
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncols=min(4, len(ours)), fontsize=8)
+    legend_below(ax, ncols=min(4, len(ours)), fontsize=8)
     ax.set_title("Open LLM Leaderboard v1 benchmarks")
     return fig
 
@@ -340,7 +338,7 @@ def _tradeoff_scatter(ax, tradeoff: pd.DataFrame, bench: pd.DataFrame, colours: 
     ax.set_xlabel("MMLU (%)", fontsize=8)
     ax.set_ylabel("mean of ARC, HellaSwag, TruthfulQA (%)", fontsize=8)
     ax.set_title("Each variant (arrows: made from)", fontsize=9)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, frameon=False, fontsize=6.5)
+    legend_below(ax, handles=handles, ncols=1, fontsize=6.5)
 
 
 def _tradeoff_changes(axd, bench: pd.DataFrame, colours: dict) -> None:
@@ -392,7 +390,9 @@ def _tradeoff_changes(axd, bench: pd.DataFrame, colours: dict) -> None:
     axd.grid(axis="y", visible=False)
     axd.set_xlabel("change (points)", fontsize=8)
     axd.set_title("Change against the reference", fontsize=9)
-    axd.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=1, frameon=False, fontsize=6.5)
+    if benches:
+        at_least(axd, 1.0)
+    legend_below(axd, handles=handles, ncols=1, fontsize=6.5)
 
 
 def _arrow_pairs(bench: pd.DataFrame) -> list[tuple[str, str]]:
@@ -441,6 +441,7 @@ def _gap_points(ax, rows: pd.DataFrame, units: list[str], confidence: float) -> 
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("clean − full (points)", fontsize=8)
+    at_least(ax, 1.0)
 
 
 def clean_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confidence: float = 0.95):
@@ -465,7 +466,7 @@ def clean_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confidence: fl
         fontsize=7,
     )
     ax.set_title("Per benchmark" + (f"\n{why}" if why else ""), fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=2, frameon=False, fontsize=6.5)
+    legend_below(ax, ncols=2, fontsize=6.5)
     return fig
 
 

@@ -1,5 +1,11 @@
-"""Stage 06_analysis: the steps composed - `run_analysis(profile)` for the runner and notebook 06, and
+"""Stage 06_analysis: the steps composed - `run_analysis(profile)` for the runner, and
 `analyse(specs, ...)` for `platypus analyse` on any lm-eval output folders.
+
+The stage computes, then saves: `compute_analysis` runs every step into an `Analysis` (load_step,
+stage_comparisons, paired_delta_frame, reference_frame, load_clean_subset, stage_leaderboard,
+seed_spread_frame, stage_tradeoff), `stage_figures` draws every figure from it, and `save_analysis` writes
+those frames and figures as they are, with the manifest. Notebook 06 runs the same steps one per cell and
+saves what its kernel shows; `run_analysis` is `save_analysis(profile, compute_analysis(profile))`.
 
 Reads (every input optional; a stage that has not run shows as "not run", a failed variant as
 "failed", and nothing raises because an upstream artifact is absent or unreadable): 05_evaluate's
@@ -39,6 +45,7 @@ and reports/<profile>/summary.{md,html} (summary.py), and runs/<profile>/06_anal
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +130,25 @@ class Outputs:
             {"stage": STAGE, "kind": kind, "name": name, "title": title, "status": why, "files": []}
         )
 
+    def save(self, f: StageFigure) -> None:
+        """A figure as drawn (files and caption), or the reason it was not drawn."""
+        if f.figure is None:
+            self.absent("figure", f.name, f.title, f.why)
+        else:
+            self.figure(f.name, f.title, f.figure, f.caption)
+
+
+@dataclass
+class StageFigure:
+    """One figure of the stage: its file name (figures/<name>.*), title and caption (every number it shows),
+    and the figure as drawn - or None, with `why` it is not drawn."""
+
+    name: str
+    title: str
+    figure: Any = None
+    caption: str = ""
+    why: str = ""
+
 
 def _refuse_mismatched(
     runs: dict[str, EvalRun], pairs: list[Comparison], force: bool, notes: list[str]
@@ -157,75 +183,98 @@ def write_comparisons(
     """The paired tables and figures of every comparison; returns the delta frame. Adds to `out.produced`:
     notes (missing subjects, fallbacks), verdicts (what survives the FDR) and power lines. `empty_why`:
     why there is no MMLU comparison, said in the tables and for the figures not drawn."""
-    produced, tables = out.produced, out.tables
+    produced = out.produced
     frame, notes = paired_delta_frame(runs, pairs, st)
     produced["notes"] += notes
     subjects = level(frame, "subject")
+    write_delta_tables(out, frame, st, empty_why)
+    produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in set(subjects["comparison"])]
+    produced["power"] = power_lines(frame, st)
+    for f in comparison_figures(frame, pairs, st, baseline, merged, produced["notes"], empty_why):
+        out.save(f)
+    return frame
+
+
+def write_delta_tables(out: Outputs, frame: pd.DataFrame, st: StatsSettings, empty_why: str = NO_COMPARISON) -> None:
+    """mmlu_delta.csv (per subject), mmlu_delta_categories.{csv,md,tex} and benchmark_deltas.csv of `frame`."""
     out.register(
         "table",
         "mmlu_delta",
         "MMLU change per subject, every comparison",
-        [write_text(tables / "mmlu_delta.csv", subjects.to_csv(index=False))],
+        [write_text(out.tables / "mmlu_delta.csv", level(frame, "subject").to_csv(index=False))],
     )
     out.register(
         "table",
         "mmlu_delta_categories",
         "MMLU change per category, every comparison",
-        write_category_tables(frame, tables, st, empty_why),
+        write_category_tables(frame, out.tables, st, empty_why),
     )
     out.register(
         "table",
         "benchmark_deltas",
         "Change per benchmark, every comparison",
-        [write_text(tables / "benchmark_deltas.csv", level(frame, "benchmark").to_csv(index=False))],
+        [write_text(out.tables / "benchmark_deltas.csv", level(frame, "benchmark").to_csv(index=False))],
     )
-    produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in set(subjects["comparison"])]
-    produced["power"] = power_lines(frame, st)
-    if subjects.empty:
-        why = f"not drawn: no MMLU comparison ({empty_why.removeprefix('No comparison: ').rstrip('.')})"
-        out.absent("figure", "mmlu_delta_categories", "MMLU change per category", why)
-        out.absent("figure", "mmlu_delta_heatmap", "MMLU change per subject across comparisons", why)
-    else:
-        write_comparison_figures(frame, pairs, st, out, baseline, merged)
-    return frame
 
 
-def write_comparison_figures(
-    frame: pd.DataFrame, pairs: list[Comparison], st: StatsSettings, out: Outputs, baseline: str, merged: dict
-) -> None:
-    """Categories and heatmap across comparisons, each comparison's subjects, each merged model against its parts."""
-    power = out.produced["power"]
+def comparison_figures(
+    frame: pd.DataFrame,
+    pairs: list[Comparison],
+    st: StatsSettings,
+    baseline: str,
+    merged: dict,
+    notes: list[str] = (),
+    empty_why: str = NO_COMPARISON,
+) -> list[StageFigure]:
+    """Categories and heatmap across comparisons, each comparison's subjects, each merged model against its
+    parts; without an MMLU comparison the first two, not drawn, with `empty_why`. `notes`: those a subject
+    figure's caption repeats (its comparison's fallbacks and missing subjects)."""
     comps = list(dict.fromkeys(level(frame, "subject")["comparison"]))
-    out.figure(
-        "mmlu_delta_categories",
-        "MMLU change per category",
-        category_delta_figure(frame, comps, st=st),
-        category_caption(frame, comps, st, power),
-    )
-    out.figure(
-        "mmlu_delta_heatmap",
-        "MMLU change per subject across comparisons",
-        delta_heatmap(frame),
-        heatmap_caption(frame, st),
-    )
-    for c in (c for c in pairs if c.label in comps):
-        out.figure(
+    if not comps:
+        why = f"not drawn: no MMLU comparison ({empty_why.removeprefix('No comparison: ').rstrip('.')})"
+        return [
+            StageFigure("mmlu_delta_categories", "MMLU change per category", why=why),
+            StageFigure("mmlu_delta_heatmap", "MMLU change per subject across comparisons", why=why),
+        ]
+    power = power_lines(frame, st)
+    figures = [
+        StageFigure(
+            "mmlu_delta_categories",
+            "MMLU change per category",
+            category_delta_figure(frame, comps, st=st),
+            category_caption(frame, comps, st, power),
+        ),
+        StageFigure(
+            "mmlu_delta_heatmap",
+            "MMLU change per subject across comparisons",
+            delta_heatmap(frame),
+            heatmap_caption(frame, st),
+        ),
+    ]
+    figures += [
+        StageFigure(
             _figure_name(c, baseline),
             f"MMLU change per subject: {c.label}",
             subject_delta_figure(frame, c.label, st=st),
-            subject_caption(frame, c.label, st, out.produced["notes"]),
+            subject_caption(frame, c.label, st, list(notes)),
         )
+        for c in pairs
+        if c.label in comps
+    ]
     for variant, partner in merged.items():
         base = baseline if f"{variant} vs {baseline}" in comps else None
         parts = [f"{variant} vs {p}" for p in (base, partner) if p]
         if partner and any(p in comps for p in parts):
             drawn = [p for p in parts + [f"{partner} vs {baseline}"] if p in comps]
-            out.figure(
-                f"merged_vs_parts_{safe_name(variant)}",
-                f"MMLU per category: {variant} against its parts",
-                merged_vs_parts_figure(frame, variant, base, partner, st=st),
-                category_caption(frame, drawn, st, power),
+            figures.append(
+                StageFigure(
+                    f"merged_vs_parts_{safe_name(variant)}",
+                    f"MMLU per category: {variant} against its parts",
+                    merged_vs_parts_figure(frame, variant, base, partner, st=st),
+                    category_caption(frame, drawn, st, power),
+                )
             )
+    return figures
 
 
 def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]:
@@ -249,13 +298,17 @@ def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]
     return removed
 
 
-def write_leaderboard_step(out: Outputs, frame: pd.DataFrame, clean_why: str = "") -> None:
+def write_leaderboard_table(out: Outputs, frame: pd.DataFrame, clean_why: str = "") -> None:
     out.register(
         "table",
         "leaderboard",
         "Leaderboard: every variant on the four benchmarks",
         write_leaderboard(frame, out.tables, clean_why),
     )
+
+
+def write_leaderboard_step(out: Outputs, frame: pd.DataFrame, clean_why: str = "") -> None:
+    write_leaderboard_table(out, frame, clean_why)
     out.register(
         "figure",
         "leaderboard",
@@ -264,17 +317,21 @@ def write_leaderboard_step(out: Outputs, frame: pd.DataFrame, clean_why: str = "
     )
 
 
-def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> None:
-    """clean_subset tables and figure; the figure says why when there is nothing to draw."""
-    caption = clean_caption(clean, info.get("why", ""), info.get("notes", []), confidence)
-    out.produced["clean_subset"] = info
-    out.produced["notes"] += [n for n in [info.get("why", "")] + info.get("notes", []) if n]
+def write_clean_table(out: Outputs, clean: pd.DataFrame, caption: str) -> None:
     out.register(
         "table",
         "clean_subset",
         "Scores on the full test set and on the clean subset",
         write_clean_tables(clean, out.tables, caption),
     )
+
+
+def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> None:
+    """clean_subset tables and figure; the figure says why when there is nothing to draw."""
+    caption = clean_caption(clean, info.get("why", ""), info.get("notes", []), confidence)
+    out.produced["clean_subset"] = info
+    out.produced["notes"] += [n for n in [info.get("why", "")] + info.get("notes", []) if n]
+    write_clean_table(out, clean, caption)
     out.register(
         "figure",
         "clean_subset",
@@ -286,41 +343,6 @@ def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, confidence: 
             out.formats,
         ),
     )
-
-
-def write_tradeoff_step(
-    out: Outputs,
-    summaries: dict,
-    deltas: pd.DataFrame,
-    baseline: str,
-    merged: dict,
-    merge_report: dict | None,
-    st: StatsSettings,
-) -> None:
-    trade = tradeoff_frame(summaries, baseline, merged, merge_report)
-    out.register(
-        "table",
-        "merge_tradeoff",
-        "MMLU against the other benchmarks, per variant",
-        [write_text(out.tables / "merge_tradeoff.csv", trade.to_csv(index=False))],
-    )
-    title = "Merge trade-off: MMLU against the other benchmarks"
-    if trade["role"].isin([ROLE_MERGED_BASE, ROLE_MERGED_PARTNER]).any():
-        out.register(
-            "figure",
-            "merge_tradeoff",
-            title,
-            save_figure(
-                merge_tradeoff_figure(trade, deltas),
-                out.figures / "merge_tradeoff",
-                tradeoff_caption(trade, deltas, st),
-                out.formats,
-            ),
-        )
-    else:
-        why = "not drawn: no merged variant evaluated on MMLU and another benchmark"
-        out.produced["notes"].append(f"merge trade-off {why}")
-        out.absent("figure", "merge_tradeoff", title, why)
 
 
 def write_reference_step(
@@ -337,23 +359,6 @@ def write_reference_step(
         "references",
         "Released models: reproduction vs release, and harness drift",
         write_reference_tables(frame, out.produced["references"] + notes, out.tables, st),
-    )
-    return frame
-
-
-def write_seed_step(out: Outputs, board: pd.DataFrame, profile) -> pd.DataFrame | None:
-    """seed_spread.{csv,md} when the profile trains several seeds (finetune.seeds); `produced["seeds"]`
-    holds the summary's sentences. None (nothing written) without finetune.seeds."""
-    variants = layout.seed_variants(profile)
-    if not variants:
-        return None
-    frame = seed_spread_frame(board, variants)
-    out.produced["seeds"] = seed_lines(frame, variants)
-    out.register(
-        "table",
-        "seed_spread",
-        "Training seeds: spread of the merge into the base",
-        write_seed_tables(frame, out.produced["seeds"], out.tables),
     )
     return frame
 
@@ -399,18 +404,206 @@ def load_step(profile) -> dict[str, Any]:
     }
 
 
-def compare_step(out: Outputs, profile, data: dict, st: StatsSettings) -> tuple[pd.DataFrame, int]:
-    """The comparisons the evaluated variants allow, refused where settings differ; their tables and figures."""
+def stage_comparisons(profile, data: dict) -> tuple[list[Comparison], list[str]]:
+    """The comparisons the evaluated variants allow (references apart: references.py), those whose lm-eval
+    settings differ refused; and the notes: comparisons left out, a baseline not evaluated, the runs' own
+    notes, each refusal with its reason."""
     baseline = profile.analysis.baseline
-    variants = [v for v in data["summaries"] if v not in data.get("references", {})]  # references: references.py
-    pairs, pair_notes = comparisons(variants, baseline, data["merged"])
-    out.produced["notes"] += pair_notes
-    out.produced["comparisons"] = [{"comparison": c.label, "kind": c.kind} for c in pairs]
+    variants = [v for v in data["summaries"] if v not in data.get("references", {})]
+    pairs, notes = comparisons(variants, baseline, data["merged"])
     if data["summaries"] and baseline not in data["summaries"]:
-        out.produced["notes"].append(f"baseline {baseline!r} not evaluated: no MMLU deltas against it")
-    out.produced["notes"] += [n for r in data["runs"].values() for n in r.notes]
-    pairs = _refuse_mismatched(data["runs"], pairs, False, out.produced["notes"])
-    return write_comparisons(data["runs"], pairs, st, out, baseline, data["merged"]), len(pairs)
+        notes.append(f"baseline {baseline!r} not evaluated: no MMLU deltas against it")
+    notes += [n for r in data["runs"].values() for n in r.notes]
+    return _refuse_mismatched(data["runs"], pairs, False, notes), notes
+
+
+def stage_leaderboard(profile, data: dict, clean: pd.DataFrame) -> pd.DataFrame:
+    """Every variant, then every reference, with its clean row, and the paper's numbers with
+    analysis.published_results (frames.leaderboard_frame on what `load_step` read)."""
+    return leaderboard_frame(
+        data["summaries"],
+        data["failed"],
+        profile.analysis.published_results,
+        clean,
+        data["references"],
+        run_setups(data["runs"]),
+    )
+
+
+def stage_tradeoff(profile, data: dict) -> pd.DataFrame:
+    """Per variant (references apart): MMLU against the mean of the other three benchmarks, with its role."""
+    variants = {v: s for v, s in data["summaries"].items() if v not in data["references"]}
+    return tradeoff_frame(variants, profile.analysis.baseline, data["merged"], data["merge_report"])
+
+
+@dataclass
+class Analysis:
+    """What stage 06 computes before it writes anything, each from the step of that name: `load_step`'s
+    data, `stage_comparisons` (pairs and their notes), `paired_delta_frame` (deltas and their notes),
+    `reference_frame` (released), `load_clean_subset` (clean and clean_info), `stage_leaderboard` (board),
+    `seed_spread_frame` (None without finetune.seeds) and `stage_tradeoff`. `save_analysis` writes these
+    frames and the figures drawn from them (`stage_figures`), nothing recomputed."""
+
+    data: dict
+    pairs: list[Comparison]
+    pair_notes: list[str]
+    deltas: pd.DataFrame
+    delta_notes: list[str]
+    released: pd.DataFrame
+    released_notes: list[str]
+    clean: pd.DataFrame
+    clean_info: dict
+    board: pd.DataFrame
+    seed_spread: pd.DataFrame | None
+    tradeoff: pd.DataFrame
+
+
+def compute_analysis(profile) -> Analysis:
+    """Every step of the stage before its save, as notebook 06 runs them one by one."""
+    st = StatsSettings.from_profile(profile)
+    data = load_step(profile)
+    pairs, pair_notes = stage_comparisons(profile, data)
+    deltas, delta_notes = paired_delta_frame(data["runs"], pairs, st)
+    released, released_notes = reference_frame(data["runs"], data["references"], st)
+    clean, clean_info = load_clean_subset(data["runs"], layout.artifact(profile, layout.FLAGGED_PAIRS))
+    board = stage_leaderboard(profile, data, clean)
+    seeds = layout.seed_variants(profile)
+    return Analysis(
+        data,
+        pairs,
+        pair_notes,
+        deltas,
+        delta_notes,
+        released,
+        released_notes,
+        clean,
+        clean_info,
+        board,
+        seed_spread_frame(board, seeds) if seeds else None,
+        stage_tradeoff(profile, data),
+    )
+
+
+def stage_figures(profile, result: Analysis) -> list[StageFigure]:
+    """Every figure the stage saves, drawn from `result`'s frames: the leaderboard, the clean subset, the
+    comparisons (`comparison_figures`) and the merge trade-off (or why it is not drawn)."""
+    st, baseline = StatsSettings.from_profile(profile), profile.analysis.baseline
+    why, notes = result.clean_info.get("why", ""), result.clean_info.get("notes", [])
+    figures = [
+        StageFigure(
+            "leaderboard",
+            "Leaderboard scores per benchmark",
+            leaderboard_figure(result.board),
+            leaderboard_caption(result.board),
+        ),
+        StageFigure(
+            "clean_subset",
+            "Clean subset minus full score, per benchmark and MMLU subject",
+            clean_subset_figure(result.clean, why=why, confidence=st.confidence),
+            clean_caption(result.clean, why, notes, st.confidence),
+        ),
+    ]
+    merged = result.data["merged"]
+    figures += comparison_figures(result.deltas, result.pairs, st, baseline, merged, _notes(result))
+    title = "Merge trade-off: MMLU against the other benchmarks"
+    if result.tradeoff["role"].isin([ROLE_MERGED_BASE, ROLE_MERGED_PARTNER]).any():
+        drawn = merge_tradeoff_figure(result.tradeoff, result.deltas)
+        caption = tradeoff_caption(result.tradeoff, result.deltas, st)
+        figures.append(StageFigure("merge_tradeoff", title, drawn, caption))
+    else:
+        figures.append(StageFigure("merge_tradeoff", title, why=TRADEOFF_NOT_DRAWN))
+    return figures
+
+
+TRADEOFF_NOT_DRAWN = "not drawn: no merged variant evaluated on MMLU and another benchmark"
+
+
+def _notes(result: Analysis) -> list[str]:
+    """The notes of the run in the order the summary lists them."""
+    info = result.clean_info
+    clean_notes = [n for n in [info.get("why", "")] + info.get("notes", []) if n]
+    return result.data["notes"] + clean_notes + result.pair_notes + result.delta_notes
+
+
+def _write_tables(profile, out: Outputs, result: Analysis, figures: dict[str, StageFigure]) -> None:
+    """Every table of `result` and every figure in `figures`, in the order the summary walks them."""
+    st, produced = StatsSettings.from_profile(profile), out.produced
+    write_leaderboard_table(out, result.board, result.clean_info["why"])
+    out.save(figures["leaderboard"])
+    if result.seed_spread is not None:
+        seeds = layout.seed_variants(profile)
+        produced["seeds"] = seed_lines(result.seed_spread, seeds)
+        tables = write_seed_tables(result.seed_spread, produced["seeds"], out.tables)
+        out.register("table", "seed_spread", "Training seeds: spread of the merge into the base", tables)
+    produced["clean_subset"] = result.clean_info
+    write_clean_table(out, result.clean, figures["clean_subset"].caption)
+    out.save(figures["clean_subset"])
+    write_delta_tables(out, result.deltas, st)
+    subjects = set(level(result.deltas, "subject")["comparison"])
+    produced["verdicts"] = [verdict(result.deltas, c.label, st) for c in result.pairs if c.label in subjects]
+    produced["power"] = power_lines(result.deltas, st)
+    for name, f in figures.items():
+        if name not in ("leaderboard", "clean_subset", "merge_tradeoff"):
+            out.save(f)
+    produced["references"] = reference_lines(result.released, result.data["references"])
+    produced["reference_notes"] = result.released_notes
+    lines = produced["references"] + result.released_notes
+    tables = write_reference_tables(result.released, lines, out.tables, st)
+    out.register("table", "references", "Released models: reproduction vs release, and harness drift", tables)
+    out.register(
+        "table",
+        "merge_tradeoff",
+        "MMLU against the other benchmarks, per variant",
+        [write_text(out.tables / "merge_tradeoff.csv", result.tradeoff.to_csv(index=False))],
+    )
+    out.save(figures["merge_tradeoff"])
+
+
+def save_analysis(
+    profile, result: Analysis, figures: list[StageFigure] | None = None, timings: dict | None = None
+) -> dict:
+    """The save step: `result`'s frames as tables, `figures` as drawn (default: `stage_figures(result)`), the
+    pipeline tables, the summary report and analysis_report.json, each file written atomically and recorded
+    with the stage manifest; an earlier run's files this one does not write are removed. Returns what was
+    produced (file names by table and figure, notes, verdicts, key numbers)."""
+    figures = {f.name: f for f in (figures if figures is not None else stage_figures(profile, result))}
+    out = Outputs(profile.report_dir("tables"), profile.report_dir("figures"), profile.analysis.formats)
+    previous = (read_manifest(profile.run_dir(STAGE)) or {}).get("outputs")
+    data, produced = result.data, out.produced
+    with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
+        run.timings.update(timings or {})
+        upstream = upstream_artifacts(profile)
+        produced["artifacts"] += upstream
+        produced["upstream"] = {f"{a['kind']}:{a['name']}": a["status"] for a in upstream}
+        produced.update(variants=list(data["summaries"]), failed_variants=data["failed"], notes=_notes(result))
+        produced["comparisons"] = [{"comparison": c.label, "kind": c.kind} for c in result.pairs]
+        _write_tables(profile, out, result, figures)
+        if figures["merge_tradeoff"].figure is None:
+            produced["notes"].append(f"merge trade-off {figures['merge_tradeoff'].why}")
+        stage_files = write_pipeline_step(out, profile)
+        removed = _remove_stale(previous, produced, profile.report_dir())
+        if removed:
+            produced["notes"].append(
+                "removed figures and tables of an earlier analysis that this one does not produce: "
+                + ", ".join(removed)
+            )
+        produced["key_numbers"], number_files = key_numbers(profile, data["summaries"], data["failed"])
+        paths = write_summary(profile, produced, result.board, result.deltas, result.clean, result.released)
+        produced["summary"] = [str(p) for p in paths]
+        report = write_json(profile.run_dir(STAGE) / "analysis_report.json", produced)
+        flagged = layout.artifact(profile, layout.FLAGGED_PAIRS)
+        inputs = data["read"] + stage_files + number_files + ([flagged] if flagged.is_file() else [])
+        _record(run, out, inputs + [Path(f) for a in upstream for f in a["files"]], report)
+        run.metrics.update(
+            {
+                "variants": len(data["summaries"]),
+                "failed_variants": len(data["failed"]),
+                "comparisons": len(result.pairs),
+                "figures": sum(len(v) for v in produced["figures"].values()),
+            }
+        )
+        produced["report"] = str(report)
+    return produced
 
 
 def _record(run: StageRun, out: Outputs, inputs: list[Path], report: Path) -> None:
@@ -425,51 +618,9 @@ def _record(run: StageRun, out: Outputs, inputs: list[Path], report: Path) -> No
 
 
 def run_analysis(profile) -> dict:
-    """Write the tables, figures and summary report; returns what was produced and what was missing."""
-    cfg, st = profile.analysis, StatsSettings.from_profile(profile)
-    out = Outputs(profile.report_dir("tables"), profile.report_dir("figures"), cfg.formats)
-    previous = (read_manifest(profile.run_dir(STAGE)) or {}).get("outputs")
-    with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
-        upstream = upstream_artifacts(profile)
-        out.produced["artifacts"] += upstream
-        out.produced["upstream"] = {f"{a['kind']}:{a['name']}": a["status"] for a in upstream}
-        data = load_step(profile)
-        out.produced.update(variants=list(data["summaries"]), failed_variants=data["failed"])
-        out.produced["notes"] += data["notes"]
-        flagged_path = layout.artifact(profile, layout.FLAGGED_PAIRS)
-        clean, info = load_clean_subset(data["runs"], flagged_path)
-        refs = data["references"]
-        setups = run_setups(data["runs"])
-        board = leaderboard_frame(data["summaries"], data["failed"], cfg.published_results, clean, refs, setups)
-        write_leaderboard_step(out, board, info["why"])
-        write_seed_step(out, board, profile)
-        write_clean_step(out, clean, info, st.confidence)
-        deltas, n_pairs = compare_step(out, profile, data, st)
-        released = write_reference_step(out, data["runs"], refs, st)
-        variants = {v: s for v, s in data["summaries"].items() if v not in refs}
-        write_tradeoff_step(out, variants, deltas, cfg.baseline, data["merged"], data["merge_report"], st)
-        stage_files = write_pipeline_step(out, profile)
-        removed = _remove_stale(previous, out.produced, profile.report_dir())
-        if removed:
-            out.produced["notes"].append(
-                "removed figures and tables of an earlier analysis that this one does not "
-                "produce: " + ", ".join(removed)
-            )
-        out.produced["key_numbers"], number_files = key_numbers(profile, data["summaries"], data["failed"])
-        out.produced["summary"] = [str(p) for p in write_summary(profile, out.produced, board, deltas, clean, released)]
-        report = write_json(profile.run_dir(STAGE) / "analysis_report.json", out.produced)
-        inputs = data["read"] + stage_files + number_files + ([flagged_path] if flagged_path.is_file() else [])
-        _record(run, out, inputs + [Path(f) for a in upstream for f in a["files"]], report)
-        run.metrics.update(
-            {
-                "variants": len(data["summaries"]),
-                "failed_variants": len(data["failed"]),
-                "comparisons": n_pairs,
-                "figures": sum(len(v) for v in out.produced["figures"].values()),
-            }
-        )
-        out.produced["report"] = str(report)
-    return out.produced
+    """The whole stage, as `platypus run` runs it: every step (`compute_analysis`), then `save_analysis`.
+    Returns what was produced and what was missing."""
+    return save_analysis(profile, compute_analysis(profile))
 
 
 def _comparable(runs: dict[str, EvalRun], pairs: list[Comparison], notes: list[str]) -> list[Comparison]:
@@ -560,11 +711,18 @@ __all__ = [
     "run_analysis",
     "analyse",
     "load_step",
-    "compare_step",
+    "stage_comparisons",
+    "stage_leaderboard",
+    "stage_tradeoff",
+    "Analysis",
+    "StageFigure",
+    "compute_analysis",
+    "stage_figures",
+    "comparison_figures",
+    "save_analysis",
     "write_comparisons",
     "write_leaderboard_step",
     "write_clean_step",
-    "write_tradeoff_step",
     "write_reference_step",
     "write_pipeline_step",
 ]
