@@ -84,8 +84,7 @@ def test_a_question_without_its_passage_is_judged_against_the_question_alone(mon
         rows[0]["instruction"]: [0.9, 0.436, 0, 0],
         rows[1]["instruction"]: [0.9, 0, 0.436, 0],
     }
-    cfg = DecontaminateConfig(candidates="exhaustive") if "candidates" in DecontaminateConfig.model_fields else None
-    result = decontaminate.detect(rows, [it], cfg or DecontaminateConfig(), TableEmbedder(table))
+    result = decontaminate.detect(rows, [it], DecontaminateConfig(candidates="exhaustive"), TableEmbedder(table))
     (frame,) = seen
     assert frame["test_question"].tolist() == [ASKED, ASKED]  # the question alone: 1954 is not asked for
     pairs = result.pairs.set_index("train_index")
