@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "params" / "gpu-smoke.yaml"
 CPU_SETTINGS = [
-    "finetune.max_steps=2",
+    "finetune.sft.max_steps=2",
     "finetune.cutoff_len=256",
-    "finetune.per_device_train_batch_size=8",
-    "finetune.partner_adapter.max_steps=1",
+    "finetune.sft.per_device_train_batch_size=8",
+    "finetune.partner_adapter.sft.max_steps=1",
     "models.torch_dtype=float32",
     "evaluate.device=cpu",
 ]

@@ -54,7 +54,7 @@ def _add_run(sub) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a profile key, e.g. --set finetune.max_steps=5",
+        help="override a profile key, e.g. --set finetune.sft.max_steps=5",
     )
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
     p_run.add_argument(

@@ -28,6 +28,14 @@ from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, planned_variants, seed_variants
 from .published import PUBLISHED
 from .refs import default_cache_dir, is_hub_reference
+from .training_options import (
+    LORA_DEFAULTS,
+    MOVED_FINETUNE_KEYS,
+    SFT_DEFAULTS,
+    OptionError,
+    check_lora,
+    check_sft,
+)
 
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
@@ -171,54 +179,76 @@ class DecontaminateConfig(_Section):
         return {**DEFAULT_ACTIONS, **v} if isinstance(v, dict) else v
 
 
+def _no_moved_keys(data: Any, moved: dict[str, str]) -> Any:
+    """A key of earlier profiles that moved (finetune.learning_rate -> finetune.sft.learning_rate) fails
+    saying where it lives now."""
+    if isinstance(data, dict):
+        for key in data:
+            if key in moved:
+                raise OptionError(key, f"moved: write it as {moved[key]}")
+    return data
+
+
+PARTNER_SFT_DEFAULTS = {"max_steps": 4}  # partner_adapter.sft's own default, over finetune.sft
+PARTNER_MOVED_KEYS = ("max_steps", "learning_rate", "gradient_accumulation_steps")  # now under partner_adapter.sft
+
+
 class PartnerAdapterConfig(_Section):
-    """A second, small LoRA trained by 03 on another slice of the data (same LoRA settings), saved as
-    03_finetune/partner_adapter. Merged into the base by 04 (merge.partners[].adapter) it plays the
-    paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
+    """A second, small LoRA trained by 03 on another slice of the data (finetune.lora, and finetune.sft with
+    this section's `sft` over it), saved as 03_finetune/partner_adapter. Merged into the base by 04
+    (merge.partners[].adapter) it plays the paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
 
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
-    max_steps: int = Field(default=4, ge=1)
-    learning_rate: Optional[float] = Field(default=None, gt=0.0)  # None: finetune.learning_rate
-    gradient_accumulation_steps: Optional[int] = Field(default=None, ge=1)  # None: finetune's
+    # SFTConfig options over finetune.sft for this adapter (max_steps 4 unless set); the stage also sets
+    # logging every step, no checkpoint and warm-up at most half the steps (finetune/stage.py)
+    sft: dict[str, Any] = Field(default_factory=lambda: dict(PARTNER_SFT_DEFAULTS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _no_moved_keys(data, {k: f"finetune.partner_adapter.sft.{k}" for k in PARTNER_MOVED_KEYS})
+
+    @field_validator("sft", mode="before")
+    @classmethod
+    def _sft_over_defaults(cls, v: Any) -> Any:
+        return {**PARTNER_SFT_DEFAULTS, **v} if isinstance(v, dict) else v
+
+    @field_validator("sft")
+    @classmethod
+    def _sft_declared(cls, v: dict) -> dict:
+        return check_sft(v)
 
 
 class FinetuneConfig(_Section):
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    learning_rate: float = Field(default=4e-4, gt=0.0)
-    num_train_epochs: float = Field(default=1.0, gt=0.0)
-    max_steps: int = Field(default=-1, ge=-1)  # >0 overrides epochs; -1 (or 0): the epochs decide
-    per_device_train_batch_size: int = Field(default=1, ge=1)
-    gradient_accumulation_steps: int = Field(default=16, ge=1)
-    cutoff_len: int = Field(default=4096, ge=16)
-    warmup_steps: int = Field(default=100, ge=0)
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    # TRL and peft own the training settings: `sft` is passed to trl.SFTConfig(**sft) and `lora` to
+    # peft.LoraConfig(**lora) (platypus_utils.training_options: the paper's values as defaults, a partial
+    # mapping overriding them key by key, every key checked against the class when the profile loads). The
+    # stage sets the options listed in training_options.SFT_PROJECT_KEYS itself (output_dir, seed, bf16/fp16
+    # from models.torch_dtype, max_length from cutoff_len, packing, ...; a profile setting one is refused),
+    # and gradient_accumulation_steps from global_batch_size. The keys below are the project's own.
+    sft: dict[str, Any] = Field(default_factory=lambda: dict(SFT_DEFAULTS))
+    lora: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(LORA_DEFAULTS))
+    cutoff_len: int = Field(default=4096, ge=16)  # tokens per example (SFTConfig.max_length; rows cut keep_start)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
     # "bfd": TRL best-fit-decreasing packing, padding-free (true means "bfd"); "bfd_split" splits
     # examples longer than cutoff_len instead of truncating them. "wrapped" is refused (see below).
     packing: Literal[False, "bfd", "bfd_split"] = False
     # What an optimizer step holds. "examples" (default, the paper's): exactly global_batch_size
-    # examples over all GPUs (or per_device_train_batch_size x gradient_accumulation_steps x
-    # num_gpus); with packing each micro-batch of examples is flattened into one padding-free row,
-    # attention kept inside each example. "tokens" (opt-in): steps of tokens_per_step tokens (or the
-    # profile's examples x the mean example length) over packed rows (finetune.plan_batch).
+    # examples over all GPUs; with packing each micro-batch of examples is flattened into one
+    # padding-free row, attention kept inside each example. "tokens" (opt-in): steps of tokens_per_step
+    # tokens (or global_batch_size x the mean example length) over packed rows (finetune.plan_batch).
     batch_unit: Literal["examples", "tokens"] = "examples"
-    # examples per optimizer step over all GPUs; gradient_accumulation_steps is then derived as
-    # global_batch_size / (per_device_train_batch_size x num_gpus), for any number of processes
-    global_batch_size: Optional[int] = Field(default=None, ge=1)
+    # examples per optimizer step over all GPUs (the paper's 16): gradient_accumulation_steps is derived
+    # as global_batch_size / (sft.per_device_train_batch_size x num_gpus), for any number of processes.
+    # null: the step is sft.per_device_train_batch_size x sft.gradient_accumulation_steps x num_gpus
+    global_batch_size: Optional[int] = Field(default=16, ge=1)
     tokens_per_step: Optional[int] = Field(default=None, ge=1)  # batch_unit: tokens only
     group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
     attn_implementation: Literal[
         "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
     ] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
     use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(default=5, ge=1)
-    save_steps: int = Field(default=500, ge=1)
     # auto: an interrupted run with the same params and data resumes from its last checkpoint;
     # never: its checkpoints are removed and training starts again from step 0
     resume: Literal["auto", "never"] = "auto"
@@ -240,18 +270,30 @@ class FinetuneConfig(_Section):
     seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
-    @field_validator("lr_scheduler_type")
+    @model_validator(mode="before")
     @classmethod
-    def _known_scheduler(cls, v: str) -> str:
-        """One of transformers' SchedulerType values (read only for a name outside the common ones)."""
-        if v in ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"):
-            return v
-        from transformers.trainer_utils import SchedulerType
+    def _moved(cls, data: Any) -> Any:
+        return _no_moved_keys(data, MOVED_FINETUNE_KEYS)
 
-        known = [s.value for s in SchedulerType]
-        if v not in known:
-            raise ValueError(f"unknown scheduler; transformers has {', '.join(known)}")
-        return v
+    @field_validator("sft", mode="before")
+    @classmethod
+    def _sft_over_defaults(cls, v: Any) -> Any:
+        return {**SFT_DEFAULTS, **v} if isinstance(v, dict) else v
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_over_defaults(cls, v: Any) -> Any:
+        return {**copy.deepcopy(LORA_DEFAULTS), **v} if isinstance(v, dict) else v
+
+    @field_validator("sft")
+    @classmethod
+    def _sft_declared(cls, v: dict) -> dict:
+        return check_sft(v)
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_declared(cls, v: dict) -> dict:
+        return check_lora(v)
 
     @field_validator("packing", mode="before")
     @classmethod
@@ -292,28 +334,44 @@ class FinetuneConfig(_Section):
             )
         if self.batch_unit == "tokens" and not self.packing:
             raise ValueError("batch_unit: tokens sizes steps of packed rows: set packing: bfd")
+        self._accumulation_set_once()
         self.examples_step_plan(self.num_gpus)  # a step that misses its target fails here, at load
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds}: each seed once")
         return self
+
+    def _accumulation_set_once(self) -> None:
+        """gradient_accumulation_steps comes from global_batch_size, or from sft where that is null."""
+        sections = [("sft", self.sft)]
+        if self.partner_adapter is not None:
+            sections.append(("partner_adapter.sft", self.partner_adapter.sft))
+        for where, options in sections:
+            if self.global_batch_size is not None and "gradient_accumulation_steps" in options:
+                raise OptionError(
+                    f"{where}.gradient_accumulation_steps",
+                    f"finetune.global_batch_size ({self.global_batch_size} examples per step) sets the "
+                    "accumulation for any number of GPUs; change it, or set global_batch_size: null to set "
+                    "the accumulation here",
+                )
 
     def examples_step_plan(self, world_size: int) -> tuple[int, int]:
         """(gradient_accumulation_steps, examples per optimizer step) on `world_size` processes.
 
         With global_batch_size, accumulation = global / (per_device x world_size), rounded; a step
         more than 10% off the target raises (at load, naming the keys), one within 10% is allowed
-        (and logged by the stage). Without it, the profile's accumulation stands."""
-        per_device = self.per_device_train_batch_size
+        (and logged by the stage). Without it, sft's accumulation (TRL's default 1) stands."""
+        per_device = self.sft["per_device_train_batch_size"]
         if self.global_batch_size is None:
-            return self.gradient_accumulation_steps, per_device * self.gradient_accumulation_steps * world_size
+            gas = self.sft.get("gradient_accumulation_steps", 1)
+            return gas, per_device * gas * world_size
         target = self.global_batch_size
         gas = max(1, round(target / (per_device * world_size)))
         got = gas * per_device * world_size
         if abs(got - target) > 0.1 * target:
             raise ValueError(
-                f"global_batch_size={target} cannot be met with per_device_train_batch_size={per_device} on "
+                f"global_batch_size={target} cannot be met with sft.per_device_train_batch_size={per_device} on "
                 f"{world_size} process(es): the closest step is {got} examples ({gas} accumulated), "
-                f"{abs(got - target) / target:.0%} off; choose per_device_train_batch_size x num_gpus that "
+                f"{abs(got - target) / target:.0%} off; choose sft.per_device_train_batch_size x num_gpus that "
                 f"divides {target}"
             )
         return gas, got
@@ -709,7 +767,7 @@ def parse_set(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.max_steps=10")
+            raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. finetune.sft.max_steps=10")
         key, value = item.split("=", 1)
         key = key.strip()
         if not key or "" in key.split("."):
@@ -723,6 +781,9 @@ def parse_set(items: list[str] | None) -> dict:
 
 def _format_error(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"])
+    option = err.get("ctx", {}).get("error")
+    if isinstance(option, OptionError):  # finetune.sft / finetune.lora: the key inside the mapping
+        return f"key '{'.'.join(p for p in (loc, option.key) if p)}': {option}"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{loc}'"
     msg = err["msg"].removeprefix("Value error, ")
@@ -898,7 +959,7 @@ def _list_index(key: str, items: list, where: str, path: Path, dotted: str) -> i
 def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
     """Set `dotted` (a.b.c; list items by index: curate.sources.0.limit) in the raw profile. A missing
     mapping or list on the way starts from its default (so a partial --set keeps the other entries);
-    a path through a value (finetune.lora_r.x) is a ProfileError naming the key and the file."""
+    a path through a value (finetune.cutoff_len.x) is a ProfileError naming the key and the file."""
     keys = dotted.split(".")
     node: Any = raw
     default: Any = _default_tree()
@@ -957,6 +1018,6 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     _resolve_paths(profile, project_root_for(path))
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
-    _check_variants(profile, path)  # finetune.target_modules: preflight.check_target_modules (reads the model config)
+    _check_variants(profile, path)  # finetune.lora.target_modules: preflight.check_target_modules (model config)
     _check_export(profile, path)
     return profile

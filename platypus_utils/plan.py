@@ -251,7 +251,7 @@ def data_assumptions(profile: Profile) -> dict:
         mean = min((OPEN_PLATYPUS_TEXT_BYTES / OPEN_PLATYPUS_ROWS + _template_bytes()) / BYTES_PER_TOKEN, ft.cutoff_len)
         mean_source = f"assumed: Open-Platypus's mean bytes per row + template / {BYTES_PER_TOKEN} bytes per token"
     longest = sorted((min(n, ft.cutoff_len) for n in lengths[0]), reverse=True) if lengths else []
-    micro = ft.per_device_train_batch_size
+    micro = ft.sft["per_device_train_batch_size"]
     return {
         "train_examples": int(train),
         "examples_source": source,
@@ -286,16 +286,17 @@ def step_plan(profile: Profile, data: dict) -> dict:
     else:
         tokens = per_step * mean
         per_epoch = math.ceil(examples / per_step)
-    steps = ft.max_steps if ft.max_steps > 0 else math.ceil(ft.num_train_epochs * per_epoch)
-    train_tokens = min(steps * tokens, ft.num_train_epochs * examples * mean) if ft.max_steps <= 0 else steps * tokens
+    max_steps, epochs = ft.sft["max_steps"], ft.sft["num_train_epochs"]
+    steps = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
+    train_tokens = min(steps * tokens, epochs * examples * mean) if max_steps <= 0 else steps * tokens
     return {
         "batch_unit": ft.batch_unit,
         "gradient_accumulation_steps": gas,
         "examples_per_step": round(per_step, 2),
         "tokens_per_step": round(tokens),
         "optimizer_steps": steps,
-        "warmup_steps": ft.warmup_steps,
-        "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+        "warmup_steps": ft.sft["warmup_steps"],
+        "warmup_share": round(min(ft.sft["warmup_steps"], steps) / steps, 4) if steps else None,
         "train_tokens": round(train_tokens),
     }
 
@@ -369,15 +370,15 @@ def memory_per_gpu(
 def _memory_settings(profile: Profile, data: dict) -> dict:
     ft, shard = profile.finetune, sharding(profile)
     packed_rows = ft.batch_unit == "tokens"  # rows filled up to cutoff_len
-    micro = ft.per_device_train_batch_size * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
+    micro = ft.sft["per_device_train_batch_size"] * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
     return {
         "bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
-        "checkpointing": ft.gradient_checkpointing,
+        "checkpointing": bool(ft.sft["activation_checkpointing"]),
         "micro_tokens": micro,
         "model_shards": shard["model_shards"],
         "state_shards": shard["state_shards"],
-        "lora_r": ft.lora_r,
-        "dropout": ft.lora_dropout > 0,
+        "lora_r": ft.lora["r"],
+        "dropout": ft.lora["lora_dropout"] > 0,
         "dtype_bytes": 4 if profile.models.torch_dtype == "float32" else 2,
     }
 
@@ -387,7 +388,7 @@ def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float)
     micro-batch (per-device batch x mean example), and the changes that would fit."""
     settings = _memory_settings(profile, data)
     planned = memory_per_gpu(shape, **settings)
-    typical = round(profile.finetune.per_device_train_batch_size * data["mean_example_tokens"])
+    typical = round(profile.finetune.sft["per_device_train_batch_size"] * data["mean_example_tokens"])
     out = {
         "sharding": sharding(profile)["kind"],
         "gpu_memory_gib": gpu_memory_gb,
@@ -410,11 +411,12 @@ def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: floa
     """Changes to the profile (each alone, and with checkpointing) that bring the peak under `limit`."""
     ft = profile.finetune
     candidates = []
-    if ft.per_device_train_batch_size > 1:
+    per_device = ft.sft["per_device_train_batch_size"]
+    if per_device > 1:
         candidates.append(
             (
-                "finetune.per_device_train_batch_size: 1",
-                {"micro_tokens": settings["micro_tokens"] // ft.per_device_train_batch_size},
+                "finetune.sft.per_device_train_batch_size: 1",
+                {"micro_tokens": settings["micro_tokens"] // per_device},
             )
         )
     if settings["model_shards"] == 1:
@@ -427,7 +429,7 @@ def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: floa
     if settings["bits"] == 16:
         candidates.append(("finetune.load_in_4bit: true", {"bits": 4}))
     if not settings["checkpointing"]:
-        ckpt = "finetune.gradient_checkpointing: true"
+        ckpt = "finetune.sft.activation_checkpointing: true"
         candidates = (
             [(ckpt, {"checkpointing": True})]
             + candidates
@@ -764,8 +766,8 @@ def check_fits(plan: dict) -> None:
     if m["fits"]:
         return
     changes = "; ".join(f"{c['change']} ({c['peak_gib']:.1f} GiB)" for c in m["changes_that_fit"]) or (
-        "none of finetune.gradient_checkpointing, finetune.load_in_4bit, finetune.num_gpus (FSDP) or "
-        "finetune.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs"
+        "none of finetune.sft.activation_checkpointing, finetune.load_in_4bit, finetune.num_gpus (FSDP) or "
+        "finetune.sft.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs"
     )
     raise ProfileError(
         f"{shown_path(plan['profile_file']) if plan['profile_file'] else plan['profile']}: "

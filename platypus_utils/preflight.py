@@ -6,7 +6,7 @@
   here, naming the key);
 - partners to merge into have the base's architecture, read from their config.json only;
 - the GPUs the profile asks for exist (finetune.num_gpus, 4-/8-bit loading, evaluate.device);
-- finetune.target_modules name modules of the base model (its config.json; `platypus validate` too).
+- finetune.lora.target_modules name modules of the base model (its config.json; `platypus validate` too).
 Each failure is a ProfileError naming the profile key and what to change (exit status 2).
 """
 
@@ -57,11 +57,15 @@ def check_partner_architectures(profile: Profile, load_config: Optional[Callable
 
 
 def check_target_modules(profile: Profile) -> None:
-    """finetune.target_modules must name modules of models.base, read from its config.json (never its
-    weights; a hub model not in the local cache is left to the stage, which checks the loaded model)."""
-    problem = target_module_problem(profile.models.base, profile.finetune.target_modules, profile.cache_dir())
+    """finetune.lora.target_modules must name modules of models.base, read from its config.json (never its
+    weights; a hub model not in the local cache is left to the stage, which checks the loaded model). A
+    string (a regular expression) is peft's to match."""
+    targets = profile.finetune.lora.get("target_modules")
+    if not isinstance(targets, list):
+        return
+    problem = target_module_problem(profile.models.base, targets, profile.cache_dir())
     if problem:
-        raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.target_modules': {problem}")
+        raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.lora.target_modules': {problem}")
 
 
 def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> None:

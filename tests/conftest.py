@@ -216,8 +216,8 @@ def distributed_profile(tmp_path, config="ddp", num_gpus=4, **finetune) -> Path:
         "finetune": {
             "num_gpus": num_gpus,
             "accelerate_config": str(ROOT / "accelerate" / f"{config}.yaml"),
-            "max_steps": 3,
             **finetune,
+            "sft": {"max_steps": 3, **finetune.get("sft", {})},
         },
     }
     path = tmp_path / "params" / "multi.yaml"

@@ -8,7 +8,7 @@ from .conftest import ROOT
 
 def test_mistyped_key_fails_before_any_stage(tmp_path):
     raw = yaml.safe_load((ROOT / "params/demo.yaml").read_text())
-    raw["finetune"]["learning_rat"] = 1e-3
+    raw["finetune"]["sft"]["learning_rat"] = 1e-3
     raw["paths"] = {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports")}
     bad = tmp_path / "demo-typo.yaml"
     bad.write_text(yaml.safe_dump(raw))
@@ -16,7 +16,8 @@ def test_mistyped_key_fails_before_any_stage(tmp_path):
         [sys.executable, "-m", "platypus_utils", "run", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert proc.returncode == 2
-    assert "finetune.learning_rat" in proc.stderr and str(bad) in proc.stderr
+    assert "key 'finetune.sft.learning_rat'" in proc.stderr and str(bad) in proc.stderr
+    assert "did you mean learning_rate" in proc.stderr  # TRL's SFTConfig field it was meant to be
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
 
 

@@ -195,10 +195,10 @@ def test_typos_are_rejected_before_any_work(tmp_path):
         assert "merged" in done.stderr  # the names it could have been
     assert not (tmp_path / "prof" / "runs").exists() and not (tmp_path / "prof" / "reports").exists()
 
-    lacks = _write_profile(tmp_path / "prof", "lacks", finetune={"target_modules": ["gate_proj", "c_fc"]})
+    lacks = _write_profile(tmp_path / "prof", "lacks", finetune={"lora": {"target_modules": ["gate_proj", "c_fc"]}})
     done = _run([*PLATYPUS, "run", str(lacks)], tmp_path)
     assert done.returncode == 2
-    assert "key 'finetune.target_modules'" in done.stderr and "'c_fc'" in done.stderr
+    assert "key 'finetune.lora.target_modules'" in done.stderr and "'c_fc'" in done.stderr
     assert "gate_proj" not in done.stderr.split("not in")[0]  # only the missing one is named
     assert not (tmp_path / "prof" / "runs").exists()
     good = _write_profile(tmp_path / "prof", "good")
@@ -305,19 +305,10 @@ def tiny_llama(tiny_model_dir) -> Path:
     return tiny_model_dir
 
 
-def _tiny_profile(folder: Path, name: str, model: Path, **finetune) -> Path:
-    settings = dict(
-        learning_rate=1e-2,
-        max_steps=16,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
-        eval_size=4,
-        logging_steps=1,
-        save_steps=4,
-        cutoff_len=256,
-    )
-    settings.update(finetune)
+def _tiny_profile(folder: Path, name: str, model: Path, **sft) -> Path:
+    """16 steps of 2 examples on the tiny model (`sft`: finetune.sft options over these)."""
+    options = dict(learning_rate=1e-2, max_steps=16, per_device_train_batch_size=2, warmup_steps=0, logging_steps=1)
+    settings = dict(sft={**options, "save_steps": 4, **sft}, global_batch_size=2, eval_size=4, cutoff_len=256)
     path = _write_profile(folder, name, models={"base": str(model)}, finetune=settings)
     rows = [
         {

@@ -152,7 +152,8 @@ def test_tasks_mapping_selects_tasks_and_set_keeps_the_others(tmp_path):
 @pytest.mark.parametrize(
     "item, key",
     [
-        ("finetune.lora_r.x=3", "finetune.lora_r"),
+        ("finetune.cutoff_len.x=3", "finetune.cutoff_len"),
+        ("finetune.sft.max_steps.x=3", "finetune.sft.max_steps"),
         ("seed.x=1", "seed"),
         ("curate.sources.5.limit=5", "curate.sources.5"),
         ("curate.sources.first.limit=5", "curate.sources.first"),
@@ -168,7 +169,7 @@ def test_bad_set_items_are_profile_errors(tmp_path, capsys, item, key):
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("item", ["finetune..lora_r=3", "=3", "seed=[1", "seed"])
+@pytest.mark.parametrize("item", ["finetune..cutoff_len=3", "=3", "seed=[1", "seed"])
 def test_malformed_set_items_are_named(tmp_path, capsys, item):
     path = _project(tmp_path)
     before = _snapshot(tmp_path)
@@ -195,19 +196,19 @@ def test_empty_profile_is_refused(tmp_path, capsys, text):
 
 
 def test_duplicate_key_is_refused_with_its_line(tmp_path, capsys):
-    path = _project(tmp_path, "name: dup\nfinetune:\n  lora_r: 8\n  lora_alpha: 16\n  lora_r: 64\n", "dup.yaml")
-    _fails(capsys, ["validate", str(path)], str(path), "line 5", "'lora_r'", "first on line 3")
+    path = _project(tmp_path, "name: dup\nfinetune:\n  cutoff_len: 8\n  eval_size: 16\n  cutoff_len: 64\n", "dup.yaml")
+    _fails(capsys, ["validate", str(path)], str(path), "line 5", "'cutoff_len'", "first on line 3")
     flow = _project(tmp_path, "name: dup\nseed: 1\nseed: 2\n", "dup2.yaml")
     _fails(capsys, ["validate", str(flow)], str(flow), "line 3", "'seed'")
 
 
 def test_anchors_and_merge_keys_still_load(tmp_path):
-    text = "name: anchors\nx: &lr 0.001\nfinetune:\n  learning_rate: *lr\n"
+    text = "name: anchors\nx: &lr 0.001\nfinetune:\n  sft:\n    learning_rate: *lr\n"
     with pytest.raises(ProfileError, match="unknown key 'x'"):  # an unknown key, not a duplicate
         load_profile(_project(tmp_path, text, "a.yaml"))
-    merged = "name: m\nfinetune:\n  <<: {lora_r: 8, lora_alpha: 8}\n  lora_r: 16\n"  # a merge key, overridden
-    finetune = load_profile(_project(tmp_path, merged, "m.yaml")).finetune
-    assert (finetune.lora_r, finetune.lora_alpha) == (16, 8)
+    merged = "name: m\nfinetune:\n  lora:\n    <<: {r: 8, lora_alpha: 8}\n    r: 16\n"  # a merge key, overridden
+    lora = load_profile(_project(tmp_path, merged, "m.yaml")).finetune.lora
+    assert (lora["r"], lora["lora_alpha"]) == (16, 8)
 
 
 def test_non_utf8_profile_names_file_and_byte(tmp_path, capsys):
@@ -229,15 +230,17 @@ def test_device_and_batch_size_fail_at_validation(tmp_path, capsys, key, value):
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("key, value", [("finetune.lr_scheduler_type", "cosinus"), ("finetune.max_steps", -5)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("finetune.sft.lr_scheduler_type", "cosinus"), ("finetune.sft.max_steps", -5), ("finetune.lora.r", 0)],
+)
 def test_finetune_values_fail_at_validation(tmp_path, capsys, key, value):
     path = _project(tmp_path)
     before = _snapshot(tmp_path)
     _fails(capsys, ["run", str(path), "--set", f"{key}={value}", "--only", "03"], f"key '{key}'", str(path))
     assert _snapshot(tmp_path) == before
-    assert (
-        load_profile(path, {"finetune.lr_scheduler_type": "inverse_sqrt"}).finetune.lr_scheduler_type == "inverse_sqrt"
-    )
+    scheduler = load_profile(path, {"finetune.sft.lr_scheduler_type": "inverse_sqrt"}).finetune.sft["lr_scheduler_type"]
+    assert scheduler == "inverse_sqrt"
 
 
 def test_good_devices_and_batch_sizes_validate(tmp_path):

@@ -42,19 +42,14 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def finetune_profile(tmp_path, model_dir, rows=None, **finetune) -> Profile:
-    settings = dict(
-        learning_rate=1e-2,
-        max_steps=6,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
-        eval_size=4,
-        logging_steps=1,
-        save_steps=100,
-        cutoff_len=128,
-    )
+def finetune_profile(tmp_path, model_dir, rows=None, sft=None, lora=None, **finetune) -> Profile:
+    """A profile on the tiny model: 6 steps of 4 examples at lr 1e-2; `sft` and `lora` over these
+    (finetune.sft / finetune.lora), the other keyword arguments the project's finetune keys."""
+    options = dict(learning_rate=1e-2, max_steps=6, per_device_train_batch_size=4, warmup_steps=0, logging_steps=1)
+    settings = dict(sft={**options, "save_steps": 100, **(sft or {})}, eval_size=4, cutoff_len=128, global_batch_size=4)
     settings.update(finetune)
+    if lora is not None:
+        settings["lora"] = lora
     profile = Profile.model_validate(
         {
             "name": "t",
@@ -128,7 +123,7 @@ def test_check_prepared_example_catches_double_eos_and_unmasked_prompt():
 
 def test_sft_config_overrides_trl_defaults_on_cpu(tiny_model_dir, tmp_path):
     """SFTConfig defaults to bf16 and activation checkpointing; the profile decides both."""
-    profile = finetune_profile(tmp_path, tiny_model_dir, gradient_checkpointing=False)
+    profile = finetune_profile(tmp_path, tiny_model_dir, sft={"activation_checkpointing": False})
     args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 5, "cpu", torch.float32)
     assert (args.bf16, args.fp16, args.activation_checkpointing, args.use_cpu) == (False, False, False, True)
     assert (args.completion_only_loss, args.max_length, args.seed, args.data_seed) == (True, 128, 5, 5)
@@ -228,9 +223,8 @@ def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
         tiny_model_dir,
         make_rows(28),
         packing=True,
-        max_steps=4,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=6,
+        sft={"max_steps": 4, "per_device_train_batch_size": 1},
+        global_batch_size=6,
         batch_unit="tokens",
     )
     metrics = ft_mod.run_finetune(profile, callbacks=[RecordAccumulation()])
@@ -262,8 +256,7 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
         tiny_model_dir,
         make_rows(28),
         packing=True,
-        max_steps=2,
-        per_device_train_batch_size=2,
+        sft={"max_steps": 2, "per_device_train_batch_size": 2},
         global_batch_size=6,
     )
     metrics = ft_mod.run_finetune(profile, callbacks=[RecordBatches()])
@@ -271,7 +264,7 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
     assert plan["unit"] == "example" and plan["examples_per_step"] == 6 and metrics["examples_per_step"] == 6
     assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] == 3
     assert metrics["packing_isolation"]["checked"] and metrics["packing_isolation"]["max_rel_diff"] < 1e-4
-    assert metrics["warmup_share"] == pytest.approx(min(profile.finetune.warmup_steps, 2) / 2)
+    assert metrics["warmup_share"] == pytest.approx(min(profile.finetune.sft["warmup_steps"], 2) / 2)
     # what the trainer's collator makes of one micro-batch: one row, two examples, no padding
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -281,7 +274,9 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
 
 
 def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
-    profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(12), target_modules=["gate_proj", "c_fc", "w3_proj"])
+    profile = finetune_profile(
+        tmp_path, tiny_model_dir, make_rows(12), lora={"target_modules": ["gate_proj", "c_fc", "w3_proj"]}
+    )
     with pytest.raises(ValueError, match=r"\['c_fc', 'w3_proj'\] not found") as err:
         ft_mod.run_finetune(profile)
     assert "gate_proj" in str(err.value)  # the message lists the linear layers that do exist
@@ -335,7 +330,7 @@ class StopAfter:
 def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    settings = dict(max_steps=4, save_steps=2, per_device_train_batch_size=2)
+    settings = dict(sft={"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 2}, global_batch_size=2)
     profile = finetune_profile(tmp_path / "a", tiny_model_dir, make_rows(24), **settings)
     with pytest.raises(Interrupted):
         ft_mod.run_finetune(profile, callbacks=[StopAfter(3).callback])
@@ -437,8 +432,8 @@ def test_packed_and_unpacked_training_give_the_same_per_example_loss(tiny_model_
         packing="bfd",
         cutoff_len=160,
         batch_unit=unit,
-        per_device_train_batch_size=10 if unit == "examples" else 1,
-        gradient_accumulation_steps=1 if unit == "examples" else 5,
+        sft={"per_device_train_batch_size": 10 if unit == "examples" else 1},
+        global_batch_size=10 if unit == "examples" else 5,
     )
     unpacked_trainer, _ = _stage_trainer(tiny_model_dir, tokenizer, rows, tmp_path / "u", attn)
     packed_rows = list(packed_trainer.train_dataset)
@@ -472,8 +467,8 @@ def test_isolation_check_refuses_rows_whose_attention_crosses_examples(tiny_mode
         packing="bfd",
         cutoff_len=160,
         batch_unit="tokens",
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=5,
+        sft={"per_device_train_batch_size": 1},
+        global_batch_size=5,
     )
     trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=False)
     with pytest.raises(RuntimeError, match="cross example boundaries.*attn_implementation='sdpa'"):
@@ -508,6 +503,22 @@ def test_packing_schema():
         FinetuneConfig(num_gpus=2)
 
 
+def test_a_trl_option_the_project_never_names_reaches_the_trainer(tiny_model_dir, tokenizer, tmp_path):
+    """finetune.sft goes to SFTConfig whole: weight_decay (no project key of its own) and max_grad_norm
+    reach the arguments of the stage's trainer and its optimizer; the project's own options stand beside them."""
+    trainer, _ = _stage_trainer(
+        tiny_model_dir, tokenizer, make_rows(8), tmp_path, "sdpa", sft={"weight_decay": 0.1, "max_grad_norm": 0.5}
+    )
+    assert (trainer.args.weight_decay, trainer.args.max_grad_norm) == (0.1, 0.5)
+    assert (trainer.args.output_dir, trainer.args.max_length) == (str(tmp_path / "ckpt"), 128)
+    decays = {group["weight_decay"] for group in trainer.create_optimizer().param_groups if group["params"]}
+    assert 0.1 in decays  # the LoRA weights decay as the profile says (biases and norms: 0)
+    lora = ft_mod.build_lora_config(
+        finetune_profile(tmp_path, tiny_model_dir, lora={"r": 4, "use_rslora": True}).finetune
+    )
+    assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.task_type) == (4, 16, True, "CAUSAL_LM")
+
+
 def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
     import importlib.util
 
@@ -519,15 +530,17 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
         return ft, ft_mod.build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
 
     _, packed = args_for(
-        packing="bfd_split", gradient_checkpointing=True, batch_unit="tokens", per_device_train_batch_size=1
+        packing="bfd_split",
+        batch_unit="tokens",
+        sft={"activation_checkpointing": True, "per_device_train_batch_size": 1},
     )
     assert (packed.packing, packed.packing_strategy, packed.activation_checkpointing) == (True, "bfd_split", True)
     assert packed.eval_packing is False  # held-out loss is measured per example
-    _, free = args_for(packing="bfd", per_device_train_batch_size=4, global_batch_size=8)
+    _, free = args_for(packing="bfd", sft={"per_device_train_batch_size": 4}, global_batch_size=8)
     assert (free.padding_free, free.packing, free.gradient_accumulation_steps) == (True, False, 2)
     with pytest.raises(ValueError, match="bfd_split"):
         ft_for(packing="bfd_split")  # splitting examples has no place in steps counted in examples
-    _, grouped = args_for(group_by_length=True, per_device_train_batch_size=4)
+    _, grouped = args_for(group_by_length=True, sft={"per_device_train_batch_size": 4})
     assert grouped.train_sampling_strategy == "group_by_length" and grouped.packing is False
     ft, plain = args_for()
     assert plain.train_sampling_strategy == "random" and plain.use_liger_kernel is False  # auto, on CPU
@@ -544,16 +557,14 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
 def test_plan_batch_in_tokens_is_an_explicit_opt_in():
     from platypus_utils.config import FinetuneConfig
 
-    paper = FinetuneConfig(per_device_train_batch_size=1, gradient_accumulation_steps=16)
+    paper = FinetuneConfig(sft={"per_device_train_batch_size": 1}, global_batch_size=16)
     examples = [100] * 32
     unpacked = ft_mod.plan_batch(examples, paper)
     assert (unpacked.gradient_accumulation_steps, unpacked.tokens_per_step, unpacked.steps_per_epoch) == (16, 1600, 2)
     assert unpacked.tokens_per_step_target is None and unpacked.examples_per_step == 16
 
     # batch_unit tokens: 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
-    in_tokens = FinetuneConfig(
-        per_device_train_batch_size=1, gradient_accumulation_steps=16, packing="bfd", batch_unit="tokens"
-    )
+    in_tokens = FinetuneConfig(sft={"per_device_train_batch_size": 1}, packing="bfd", batch_unit="tokens")
     packed = ft_mod.plan_batch(examples, in_tokens, row_tokens=[400] * 8)
     assert packed.tokens_per_step_target == 1600
     assert (packed.gradient_accumulation_steps, packed.tokens_per_step, packed.examples_per_step) == (4, 1600, 16)
@@ -561,8 +572,8 @@ def test_plan_batch_in_tokens_is_an_explicit_opt_in():
 
     # 8 GPUs with rows of 400 tokens: one row per GPU is 3200 tokens, twice the 1600 target: refused, saying why
     seventy = FinetuneConfig(
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=2,
+        sft={"per_device_train_batch_size": 1},
+        global_batch_size=16,
         num_gpus=8,
         accelerate_config="a.yaml",
         packing="bfd",
@@ -572,7 +583,9 @@ def test_plan_batch_in_tokens_is_an_explicit_opt_in():
         ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
 
     # an explicit step size in tokens
-    explicit = FinetuneConfig(per_device_train_batch_size=2, tokens_per_step=3200, packing="bfd", batch_unit="tokens")
+    explicit = FinetuneConfig(
+        sft={"per_device_train_batch_size": 2}, tokens_per_step=3200, packing="bfd", batch_unit="tokens"
+    )
     assert ft_mod.plan_batch(examples, explicit, row_tokens=[400] * 8).gradient_accumulation_steps == 4
     with pytest.raises(ValueError, match="no training examples"):
         ft_mod.plan_batch([], paper)
@@ -593,7 +606,7 @@ def test_paper_profiles_take_exactly_16_examples_per_step(name, processes):
     ft = profile.finetune
     assert ft.batch_unit == "examples" and ft.global_batch_size == 16
     gas, per_step = ft.examples_step_plan(processes)
-    assert per_step == 16 == ft.per_device_train_batch_size * gas * processes
+    assert per_step == 16 == ft.sft["per_device_train_batch_size"] * gas * processes
     lengths = list(range(50, 50 + 24926))  # Open-Platypus' row count
     plan = ft_mod.plan_batch(lengths, ft, world_size=processes)
     assert plan.examples_per_step == 16 and plan.gradient_accumulation_steps == gas
@@ -609,10 +622,13 @@ def test_a_step_far_from_global_batch_fails_at_load():
     from platypus_utils.config import FinetuneConfig
 
     with pytest.raises(ValueError, match="global_batch_size=16 cannot be met.*per_device_train_batch_size=3"):
-        FinetuneConfig(global_batch_size=16, per_device_train_batch_size=3, num_gpus=4, accelerate_config="a.yaml")
-    assert FinetuneConfig(global_batch_size=16, per_device_train_batch_size=2).examples_step_plan(8) == (1, 16)
+        FinetuneConfig(
+            global_batch_size=16, sft={"per_device_train_batch_size": 3}, num_gpus=4, accelerate_config="a.yaml"
+        )
+    two = FinetuneConfig(global_batch_size=16, sft={"per_device_train_batch_size": 2})
+    assert two.examples_step_plan(8) == (1, 16)
     with pytest.raises(ValueError, match="closest step is 32"):
-        FinetuneConfig(global_batch_size=16, per_device_train_batch_size=2).examples_step_plan(16)
+        two.examples_step_plan(16)
 
 
 def test_speed_tables_show_the_run_and_its_batch_plan():
@@ -640,10 +656,9 @@ def test_steps_show_the_example_and_plan_the_trainer_applies(tiny_model_dir, tmp
         tiny_model_dir,
         rows,
         packing=True,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=6,
+        sft={"per_device_train_batch_size": 1, "max_steps": 1},
+        global_batch_size=6,
         batch_unit="tokens",
-        max_steps=1,
     )
     data = ft_mod.load_data(profile)
     assert data.skipped_frame().loc["train", "rows"] == len(data.train_idx) == 24

@@ -51,16 +51,18 @@ def _profile(tmp_path: Path, model_dir: Path, engine: str) -> Path:
         tmp_path,
         engine,
         num_gpus=2,
-        max_steps=STEPS,
-        per_device_train_batch_size=2,
+        sft=dict(
+            max_steps=STEPS,
+            per_device_train_batch_size=2,
+            warmup_steps=0,
+            learning_rate=1e-2,
+            logging_steps=1,
+            save_steps=2,
+        ),
+        lora=dict(lora_dropout=0.0),  # dropout masks are drawn per process: none, so both runs see one function
         global_batch_size=GLOBAL_BATCH,
         cutoff_len=128,
         eval_size=4,
-        warmup_steps=0,
-        learning_rate=1e-2,
-        lora_dropout=0.0,  # dropout masks are drawn per process: none, so both runs see one function
-        logging_steps=1,
-        save_steps=2,
         packing="bfd",
     )
     raw = yaml.safe_load(path.read_text())

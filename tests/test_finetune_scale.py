@@ -72,8 +72,8 @@ def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
 
 def test_accelerate_command_line(tmp_path):
     path = _distributed_profile(tmp_path, "fsdp", num_gpus=4)
-    profile = load_profile(path, {"finetune.max_steps": 7})
-    cmd = ft_mod.accelerate_command(profile, {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
+    profile = load_profile(path, {"finetune.sft.max_steps": 7})
+    cmd = ft_mod.accelerate_command(profile, {"finetune.sft.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
     assert cmd == [
         sys.executable,
         "-m",
@@ -88,12 +88,12 @@ def test_accelerate_command_line(tmp_path):
         "platypus_utils.finetune",
         str(path.resolve()),
         "--set",
-        "finetune.max_steps=7",
+        "finetune.sft.max_steps=7",
         "--set",
         'models.base="meta-llama/Llama-2-7b-hf"',
     ]
     # each process reads the overrides back typed, as `platypus run --set` does
-    assert parse_set([cmd[-3], cmd[-1]]) == {"finetune.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"}
+    assert parse_set([cmd[-3], cmd[-1]]) == {"finetune.sft.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"}
 
 
 def test_accelerate_config_is_checked_against_the_profile(tmp_path):
@@ -122,11 +122,13 @@ def _record_finished_run(profile, metrics: dict) -> None:
 
 def test_runner_launches_training_under_accelerate_then_runs_the_notebook(tmp_path, monkeypatch):
     path = _distributed_profile(tmp_path, "ddp", num_gpus=2)
-    overrides = {"finetune.max_steps": 5}
+    overrides = {"finetune.sft.max_steps": 5}
     profile = load_profile(path, overrides)
-    calls = []
+    calls, real_run = [], subprocess.run
 
     def fake_launch(cmd, cwd=None, **kwargs):
+        if cmd[0] == "git":  # the runner reads which notebook cells git HEAD holds
+            return real_run(cmd, cwd=cwd, **kwargs)
         calls.append(("launch", cmd, cwd))
         _record_finished_run(profile, {"steps": 5, "world_size": 2})
         return subprocess.CompletedProcess(cmd, 0)
@@ -162,7 +164,7 @@ def test_one_process_without_a_finished_run_says_how_to_launch(tmp_path):
         "no successful run recorded.*accelerate.commands.launch",
     ):
         ft_mod.run_finetune(profile)
-    _record_finished_run(load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2, lora_r=8)), {"steps": 1})
+    _record_finished_run(load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2, lora={"r": 8})), {"steps": 1})
     with pytest.raises(RuntimeError, match="parameters changed"):  # another run's results are not shown
         ft_mod.run_finetune(profile)
 
@@ -195,19 +197,20 @@ def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
         for name in ("platypus2-13b", "platypus2-70b", "colab-a100")
     }
     for name, profile in profiles.items():
-        ft = profile.finetune
-        assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout) == (16, 16, 0.05), name
-        assert ft.target_modules == ["gate_proj", "up_proj", "down_proj"], name
-        assert (ft.cutoff_len, ft.warmup_steps, ft.lr_scheduler_type, ft.num_train_epochs) == (4096, 100, "cosine", 1)
+        ft, sft, lora = profile.finetune, profile.finetune.sft, profile.finetune.lora
+        assert (lora["r"], lora["lora_alpha"], lora["lora_dropout"]) == (16, 16, 0.05), name
+        assert lora["target_modules"] == ["gate_proj", "up_proj", "down_proj"], name
+        recipe = (ft.cutoff_len, sft["warmup_steps"], sft["lr_scheduler_type"], sft["num_train_epochs"])
+        assert recipe == (4096, 100, "cosine", 1), name
         assert ft.examples_step_plan(ft.num_gpus)[1] == 16 and ft.batch_unit == "examples", name
         assert ft.packing == "bfd", name  # padding-free micro-batches of whole examples
         assert profile.models.torch_dtype == "bfloat16"
-    assert profiles["platypus2-13b"].finetune.learning_rate == 4e-4
-    assert profiles["colab-a100"].finetune.learning_rate == 4e-4
-    assert profiles["colab-a100"].finetune.num_gpus == 1 and profiles["colab-a100"].finetune.gradient_checkpointing
+    assert profiles["platypus2-13b"].finetune.sft["learning_rate"] == 4e-4
+    colab = profiles["colab-a100"].finetune
+    assert colab.sft["learning_rate"] == 4e-4 and colab.num_gpus == 1 and colab.sft["activation_checkpointing"]
 
     seventy = profiles["platypus2-70b"]
-    assert seventy.finetune.learning_rate == 3e-4 and seventy.finetune.num_gpus == 8
+    assert seventy.finetune.sft["learning_rate"] == 3e-4 and seventy.finetune.num_gpus == 8
     # the paper trained 70B as bf16 LoRA: FSDP-sharded, no 4-bit
     assert not seventy.finetune.load_in_4bit and seventy.finetune.accelerate_config == str(ACCELERATE / "fsdp.yaml")
     cmd = ft_mod.accelerate_command(seventy)

@@ -567,13 +567,11 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
     profile = make_profile(
         models={"base": str(setup["base"])},
         finetune={
-            "lora_r": R,
-            "lora_alpha": ALPHA,
-            "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 1,
+            "lora": {"r": R, "lora_alpha": ALPHA},
+            "sft": {"per_device_train_batch_size": 2, "learning_rate": 1e-2},
+            "global_batch_size": 2,
             "cutoff_len": 32,
-            "learning_rate": 1e-2,
-            "partner_adapter": {"data_sources": ["general"], "max_steps": 2},
+            "partner_adapter": {"data_sources": ["general"], "sft": {"max_steps": 2}},
         },
     )
     write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", rows)

@@ -77,13 +77,12 @@ def _finetune_case(tmp_path, model_dir) -> dict:
     overrides = {
         **_tmp_paths(tmp_path),
         "models.base": str(model_dir),
-        "finetune.max_steps": 2,
+        "finetune.sft.max_steps": 2,
         "finetune.batch_unit": "examples",
         "finetune.eval_size": 4,
         "finetune.cutoff_len": 128,
-        "finetune.learning_rate": 1e-2,
-        "finetune.partner_adapter.max_steps": 1,
-        "finetune.partner_adapter.gradient_accumulation_steps": 1,
+        "finetune.sft.learning_rate": 1e-2,
+        "finetune.partner_adapter.sft.max_steps": 1,
     }
     profile = load_profile(DEMO, overrides)
     rows = make_rows(20) + [{"instruction": "q", "input": "", "output": "", "data_source": "demo"}]
@@ -123,7 +122,10 @@ def _check_03(profile, records, tmp_path, overrides):
     # the recipe shown is TRL's and peft's own objects: the profile's LoRA, learning rate and objective
     recipe = records["recipe"]
     assert (recipe["r"], recipe["lora_alpha"], recipe["lora_dropout"]) == ("16", "16", "0.05")
-    assert recipe["learning_rate"] == str(profile.finetune.learning_rate) and recipe["completion_only_loss"] == "True"
+    assert (
+        recipe["learning_rate"] == str(profile.finetune.sft["learning_rate"])
+        and recipe["completion_only_loss"] == "True"
+    )
     assert recipe.get("loss_normalization") == "examples" and "output_dir" not in recipe, recipe
     # every optimizer step held the plan's examples, counted in the batches the trainer drew
     assert records["examples_per_step_counted"] == metrics["examples_per_step_counted"]

@@ -77,16 +77,16 @@ def test_paper_step_and_warmup_share(plans, size):
     assert s["examples_per_step"] == 16 and s["batch_unit"] == "examples"
     profile = load_profile(ROOT / f"params/platypus2-{size}.yaml")
     ft = profile.finetune
-    assert s["gradient_accumulation_steps"] * ft.per_device_train_batch_size * ft.num_gpus == 16
+    assert s["gradient_accumulation_steps"] * ft.sft["per_device_train_batch_size"] * ft.num_gpus == 16
     removed = 0 if profile.training_data == "as_released" else planmod.DECONTAMINATION_REMOVED  # what 03 trains on
     assert d["train_examples"] == planmod.OPEN_PLATYPUS_ROWS - removed - ft.eval_size
     assert s["optimizer_steps"] == math.ceil(d["train_examples"] / 16)
-    assert s["warmup_share"] == pytest.approx(ft.warmup_steps / s["optimizer_steps"], abs=1e-4)
+    assert s["warmup_share"] == pytest.approx(ft.sft["warmup_steps"] / s["optimizer_steps"], abs=1e-4)
     assert s["tokens_per_step"] == round(16 * d["mean_example_tokens"])
 
 
 def test_plan_reads_clean_jsonl_when_present(tmp_path, offline):
-    profile = _profile("13b", tmp_path, **{"finetune.per_device_train_batch_size": 2})
+    profile = _profile("13b", tmp_path, **{"finetune.sft.per_device_train_batch_size": 2})
     clean = tmp_path / "runs" / "platypus2-13b" / "02_decontaminate" / "clean.jsonl"
     clean.parent.mkdir(parents=True)
     rows = [{"instruction": "x" * (35 * (k + 1)), "input": "", "output": "y"} for k in range(100)]
@@ -119,7 +119,7 @@ def _saved_bytes_per_token(layers, *, ckpt=False, dropout=0.05, tokens=64):
         vocab_size=300,
         attn_implementation="sdpa",
     )
-    lora = build_lora_config(FinetuneConfig(lora_dropout=dropout))
+    lora = build_lora_config(FinetuneConfig(lora={"lora_dropout": dropout}))
     model = get_peft_model(LlamaForCausalLM(cfg).to(torch.bfloat16), lora)
     model.train()
     if ckpt:
@@ -187,14 +187,14 @@ def test_plan_that_does_not_fit_exits_2_naming_the_keys(tmp_path, offline, capsy
             "--out",
             str(out),
             "--set",
-            "finetune.gradient_checkpointing=false",
+            "finetune.sft.activation_checkpointing=false",
             "--set",
             f"paths.runs_dir={tmp_path / 'runs'}",
         ]
     )
     err = capsys.readouterr().err
     assert rc == 2
-    assert "plan.gpu_memory_gb" in err and "finetune.gradient_checkpointing: true" in err
+    assert "plan.gpu_memory_gb" in err and "finetune.sft.activation_checkpointing: true" in err
     assert json.loads(out.read_text())["memory"]["fits"] is False
     rc = main(
         [
@@ -205,7 +205,7 @@ def test_plan_that_does_not_fit_exits_2_naming_the_keys(tmp_path, offline, capsy
             "--gpu-memory-gb",
             "200",
             "--set",
-            "finetune.gradient_checkpointing=false",
+            "finetune.sft.activation_checkpointing=false",
             "--set",
             f"paths.runs_dir={tmp_path / 'runs'}",
         ]

@@ -41,7 +41,7 @@ def test_up_to_date_tracks_params_inputs_outputs(make_profile):
     assert runner.up_to_date(profile, stage)[0]
     changed = make_profile(curate={"similarity_threshold": 0.7})
     assert runner.up_to_date(changed, stage) == (False, "parameters changed")
-    other_stage_change = make_profile(finetune={"lora_r": 8})
+    other_stage_change = make_profile(finetune={"lora": {"r": 8}})
     assert runner.up_to_date(other_stage_change, stage)[0]  # only this stage's section counts
     src.write_text("new input")
     assert runner.up_to_date(profile, stage)[1].startswith("input changed")

@@ -2,7 +2,9 @@
 
 The recipe: prompt = Alpaca template, completion = output + EOS (appended here, exactly once:
 the authors' code appended it while documenting that it did not); loss on the completion only;
-LoRA r/alpha/dropout 16/16/0.05 on gate/up/down_proj; cosine schedule with warmup. Training runs
+LoRA r/alpha/dropout 16/16/0.05 on gate/up/down_proj; cosine schedule with warmup. TRL and peft own
+those settings: finetune.sft is passed to `trl.SFTConfig` and finetune.lora to `peft.LoraConfig`
+(`build_sft_config`, `build_lora_config`; checked at load by platypus_utils.training_options). Training runs
 through TRL's `SFTTrainer` (prompt-completion data); a held-out split drawn with the profile seed
 gives the completion loss before and after training, the evidence that training did something.
 

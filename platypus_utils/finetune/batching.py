@@ -2,7 +2,7 @@
 
 Contract:
 - batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
-  (or per_device_train_batch_size x gradient_accumulation_steps x world_size); the accumulation is
+  (or sft.per_device_train_batch_size x sft.gradient_accumulation_steps x world_size); the accumulation is
   derived per process count (`FinetuneConfig.examples_step_plan`) and set in the SFTConfig before
   the trainer is built. With packing, each micro-batch of examples is one padding-free row
   (`is_padding_free`); TRL leaves such rows untruncated, so `truncate_tokenized` cuts them.
@@ -70,7 +70,7 @@ def plan_batch(
     """How many examples and tokens one optimizer step takes on `world_size` processes.
 
     batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
-    (or per_device_train_batch_size x gradient_accumulation_steps x world_size), accumulation
+    (or sft.per_device_train_batch_size x sft.gradient_accumulation_steps x world_size), accumulation
     derived per process count (`FinetuneConfig.examples_step_plan`); with packing, each micro-batch
     is one padding-free row of per_device_train_batch_size whole examples.
 
@@ -93,7 +93,7 @@ def plan_batch(
 
 
 def _plan_in_examples(example_tokens: Sequence[int], ft, world_size: int) -> BatchPlan:
-    per_device = ft.per_device_train_batch_size
+    per_device = ft.sft["per_device_train_batch_size"]
     gas, per_step = ft.examples_step_plan(world_size)
     mean_example = float(np.mean(example_tokens))
     how = (
@@ -127,16 +127,16 @@ def _plan_in_tokens(
     packed = row_tokens is not None
     unit_tokens = row_tokens if packed else example_tokens
     mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
-    per_device, profile_gas = ft.per_device_train_batch_size, ft.gradient_accumulation_steps
+    per_device, (_, profile_examples) = ft.sft["per_device_train_batch_size"], ft.examples_step_plan(world_size)
     micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
     if ft.tokens_per_step is not None:
         target = float(ft.tokens_per_step)
         rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
     else:
-        target = per_device * profile_gas * world_size * mean_example
+        target = profile_examples * mean_example
         rule = (
-            f"batch_unit tokens: the profile's step of {per_device * profile_gas * world_size} examples "
-            f"in tokens ({per_device} x {profile_gas} x {world_size} x {mean_example:.1f} mean tokens)"
+            f"batch_unit tokens: the profile's step of {profile_examples} examples in tokens "
+            f"({profile_examples} x {mean_example:.1f} mean tokens)"
         )
     gas = max(1, round(target / micro_tokens))
     if abs(gas * micro_tokens - target) > 0.1 * target:
@@ -144,7 +144,7 @@ def _plan_in_tokens(
             f"finetune.batch_unit tokens: a step of {target:.0f} tokens cannot be met: one micro-step on "
             f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
             f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
-            f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower per_device_train_batch_size or "
+            f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower sft.per_device_train_batch_size or "
             "cutoff_len, raise tokens_per_step, or use batch_unit: examples"
         )
     units = len(unit_tokens)
@@ -168,18 +168,19 @@ def _plan_in_tokens(
 
 
 def planned_steps(plan: BatchPlan, ft) -> int:
-    """Optimizer steps the run will take: finetune.max_steps, or the epochs of the plan."""
-    return ft.max_steps if ft.max_steps > 0 else math.ceil(plan.steps_per_epoch * ft.num_train_epochs)
+    """Optimizer steps the run will take: finetune.sft.max_steps, or the epochs of the plan."""
+    max_steps = ft.sft["max_steps"]
+    return max_steps if max_steps > 0 else math.ceil(plan.steps_per_epoch * ft.sft["num_train_epochs"])
 
 
 def plan_table(plan: BatchPlan, ft) -> pd.DataFrame:
     """The plan as a one-column frame, with the steps it gives and the warm-up's share of them."""
-    steps = planned_steps(plan, ft)
+    steps, warmup = planned_steps(plan, ft), ft.sft["warmup_steps"]
     shown = {
         **plan.as_metrics(),
         "optimizer steps": steps,
-        "warm-up steps": ft.warmup_steps,
-        "warm-up share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+        "warm-up steps": warmup,
+        "warm-up share": round(min(warmup, steps) / steps, 4) if steps else None,
     }
     return pd.Series(shown, name="batch plan").to_frame()
 

@@ -187,7 +187,7 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
     )
     if fsdp:  # FSDP without rank-0 loading: still no upcast before sharding
         return model
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft.gradient_checkpointing)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(ft.sft["activation_checkpointing"]))
 
 
 def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:

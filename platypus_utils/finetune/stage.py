@@ -134,7 +134,7 @@ def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> Model
     t0 = time.perf_counter()
     model = load_base_model(profile, data.base_model, device, dtype, ft, rank, world_size)
     model.set_attn_implementation(attn_implementation)
-    check_target_modules(model, ft.target_modules)
+    check_target_modules(model, ft.lora["target_modules"])
     return ModelSetup(
         model=model,
         device=device,
@@ -243,7 +243,7 @@ def _log_session(s: Session, ft) -> None:
         str(setup.dtype).replace("torch.", ""),
         setup.attn_implementation,
         ", Liger kernels" if setup.args.use_liger_kernel else "",
-        ", gradient checkpointing" if ft.gradient_checkpointing else "",
+        ", gradient checkpointing" if ft.sft["activation_checkpointing"] else "",
         f"; resuming from {s.resume_from.name}" if s.resume_from else "",
     )
 
@@ -267,7 +267,7 @@ def train(profile, session: Session) -> Training:
     Under FSDP with rank-0 loading the "before" loss is taken by a callback as training starts (the
     model is sharded only then, every process in step); otherwise just before training."""
     ft, setup, trainer = profile.finetune, session.setup, session.trainer
-    pad_id, batch = session.data.tokenizer.pad_token_id, ft.per_device_train_batch_size
+    pad_id, batch = session.data.tokenizer.pad_token_id, ft.sft["per_device_train_batch_size"]
     at_start = HeldOutLossAtStart(session.prepared_eval, pad_id, batch)
     timings = {}
     if (fsdp_settings(ft, setup.world_size) or {}).get("cpu_ram_efficient_loading", False):
@@ -342,7 +342,7 @@ def run_metrics(profile, training: Training) -> dict:
         "examples_per_step_counted": list(trainer.examples_per_step),
         "loss_normalization": ft.loss_normalization,
         "tokens_per_step": round(plan.tokens_per_step, 1),
-        "warmup_share": round(min(ft.warmup_steps, steps) / steps, 4) if steps else None,
+        "warmup_share": round(min(ft.sft["warmup_steps"], steps) / steps, 4) if steps else None,
         "epochs": round(float(state.epoch or 0.0), 4),
         "resumed_from_checkpoint": session.resume_from.name if session.resume_from else None,
         "train_loss_mean": round(
@@ -369,7 +369,7 @@ def run_metrics(profile, training: Training) -> dict:
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
         "attn_implementation": setup.attn_implementation,
         "use_liger_kernel": bool(setup.args.use_liger_kernel),
-        "gradient_checkpointing": ft.gradient_checkpointing,
+        "gradient_checkpointing": bool(ft.sft["activation_checkpointing"]),
         "world_size": setup.world_size,
         "engine": engine_name(ft) if setup.world_size > 1 else "single",
         **peak_memory(),
@@ -522,22 +522,17 @@ def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
 
 
 def _partner_settings(ft):
+    """finetune with the partner's SFT options: finetune.sft, the stage's few steps (logging each,
+    no checkpoint, warm-up at most half of them), then partner_adapter.sft over both."""
     pa = ft.partner_adapter
-    return ft.model_copy(
-        update={
-            "max_steps": pa.max_steps,
-            "learning_rate": pa.learning_rate or ft.learning_rate,
-            "gradient_accumulation_steps": pa.gradient_accumulation_steps or ft.gradient_accumulation_steps,
-            "warmup_steps": min(ft.warmup_steps, pa.max_steps // 2),
-            "save_steps": pa.max_steps + 1,  # no checkpoint: a few steps, retrained if interrupted
-            "logging_steps": 1,
-        }
-    )
+    steps = pa.sft.get("max_steps", ft.sft["max_steps"])
+    short = {"warmup_steps": min(ft.sft["warmup_steps"], steps // 2), "save_steps": steps + 1, "logging_steps": 1}
+    return ft.model_copy(update={"sft": {**ft.sft, **short, **pa.sft}})
 
 
 def train_partner_adapter(profile, world_size: int = 1) -> dict:
     """Train finetune.partner_adapter: a second, small LoRA with the same settings, on the rows of
-    clean.jsonl whose data_source is in partner_adapter.data_sources, for partner_adapter.max_steps
+    clean.jsonl whose data_source is in partner_adapter.data_sources, for partner_adapter.sft.max_steps
     steps; saved atomically to 03_finetune/partner_adapter. Stage 04 merges it into the base to make
     the "partner fine-tune" that the Platypus adapter is then merged onto (the paper's merge, in
     miniature). Single-process runs only; returns its metrics."""

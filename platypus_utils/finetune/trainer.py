@@ -2,10 +2,10 @@
 packing-isolation check, and the held-out completion loss.
 
 Contract:
-- `build_sft_config`: prompt-completion data, loss on the completion only, truncation at
-  cutoff_len (keep_start), checkpoints every save_steps; with batch_unit examples the gradient
-  accumulation for `world_size` processes is set here, before the trainer (and a DeepSpeed config)
-  reads it. SFTConfig's own defaults (bf16, activation checkpointing) never leak: the profile decides.
+- `build_sft_config`: `SFTConfig(**finetune.sft, **the stage's options)`: prompt-completion data, loss
+  on the completion only, truncation at cutoff_len (keep_start), precision from models.torch_dtype; with
+  batch_unit examples the gradient accumulation for `world_size` processes is set here, before the
+  trainer (and a DeepSpeed config) reads it. `build_lora_config`: `LoraConfig(**finetune.lora)`.
 - `prepare_trainer` builds TRL's SFTTrainer with the profile's LoRA and applies the batch plan;
   with packing it first checks, on the model about to train, that attention stays inside each
   packed example (`check_packing_isolation`; in 16 bits on an fp32 twin of the model, `fp32_twin`).
@@ -38,15 +38,43 @@ log = logging.getLogger("platypus")
 
 # ---------------------------------------------------------------- settings
 def build_lora_config(ft) -> LoraConfig:
-    """peft LoraConfig from the profile's finetune section (paper: r 16, alpha 16, dropout 0.05, MLP projections)."""
-    return LoraConfig(
-        r=ft.lora_r,
-        lora_alpha=ft.lora_alpha,
-        lora_dropout=ft.lora_dropout,
-        target_modules=list(ft.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    """peft's LoraConfig from finetune.lora (paper: r 16, alpha 16, dropout 0.05, MLP projections), for a
+    causal LM: `LoraConfig(**ft.lora, task_type="CAUSAL_LM")`."""
+    return LoraConfig(**ft.lora, task_type="CAUSAL_LM")
+
+
+def project_sft_options(
+    ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype, use_liger_kernel: bool, world_size: int
+) -> dict:
+    """The SFTConfig options the stage sets itself (training_options.SFT_PROJECT_KEYS; a profile cannot
+    set them under finetune.sft), and the accumulation that global_batch_size derives."""
+    padding_free = is_padding_free(ft)
+    options = {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "data_seed": seed,
+        # SFTConfig defaults bf16=True: the precision follows models.torch_dtype
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "use_cpu": device == "cpu",
+        # padding-free micro-batches (batch_unit examples): TRL does not truncate them, so max_length is
+        # None here and prepare_trainer truncates the tokenized rows to cutoff_len (keep_start, as TRL)
+        "max_length": None if padding_free else ft.cutoff_len,
+        "truncation_mode": "keep_start",
+        # bfd packing and padding-free batches: transformers builds a block-diagonal mask from the
+        # position ids (check_packing_isolation verifies it on the model at hand)
+        "packing": bool(ft.packing) and not padding_free,
+        "packing_strategy": ft.packing or "bfd",
+        "eval_packing": False,
+        "padding_free": padding_free,
+        "train_sampling_strategy": "group_by_length" if ft.group_by_length else "random",
+        "use_liger_kernel": use_liger_kernel,
+        "completion_only_loss": True,
+        "include_num_input_tokens_seen": "non_padding",
+    }
+    if ft.global_batch_size is not None and ft.batch_unit == "examples":
+        options["gradient_accumulation_steps"] = ft.examples_step_plan(world_size)[0]  # tokens: plan_batch
+    return options
 
 
 def build_sft_config(
@@ -58,61 +86,19 @@ def build_sft_config(
     use_liger_kernel: Optional[bool] = None,
     world_size: int = 1,
 ) -> SFTConfig:
-    """TRL SFTConfig from the profile's finetune section: prompt-completion data, loss on the
-    completion only, truncation at cutoff_len, checkpoints every save_steps in `output_dir`; the
-    speed options (packing or padding-free batches, group_by_length, gradient checkpointing, Liger:
-    `resolve_liger` when `use_liger_kernel` is None). With batch_unit examples the accumulation
-    is set here for `world_size` processes (before the trainer fills a DeepSpeed config from it)."""
+    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))`, the profile's options and the
+    stage's (prompt-completion data, loss on the completion only, truncation at cutoff_len, checkpoints in
+    `output_dir`, precision from the dtype, packing or padding-free batches, group_by_length, Liger:
+    `resolve_liger` when `use_liger_kernel` is None). With batch_unit examples the accumulation is set
+    here for `world_size` processes (before the trainer fills a DeepSpeed config from it)."""
     if use_liger_kernel is None:
         use_liger_kernel = resolve_liger(ft, device)
-    padding_free = is_padding_free(ft)
-    gradient_accumulation_steps = (
-        ft.examples_step_plan(world_size)[0] if ft.batch_unit == "examples" else ft.gradient_accumulation_steps
-    )  # tokens: set by plan_batch
-    return SFTConfig(
-        output_dir=str(output_dir),
-        seed=seed,
-        data_seed=seed,
-        learning_rate=ft.learning_rate,
-        num_train_epochs=ft.num_train_epochs,
-        max_steps=ft.max_steps,
-        per_device_train_batch_size=ft.per_device_train_batch_size,
-        per_device_eval_batch_size=ft.per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        warmup_steps=ft.warmup_steps,
-        lr_scheduler_type=ft.lr_scheduler_type,
-        weight_decay=ft.weight_decay,
-        optim="adamw_torch",
-        logging_steps=ft.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=ft.save_steps,
-        save_total_limit=2,
-        eval_strategy="no",
-        report_to="none",
-        # SFTConfig defaults bf16=True and gradient checkpointing on: both are set from the profile
-        # (transformers 5 renamed gradient_checkpointing to activation_checkpointing)
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device == "cpu",
-        activation_checkpointing=ft.gradient_checkpointing,
-        # padding-free micro-batches (batch_unit examples): TRL does not truncate them, so max_length is
-        # None here and prepare_trainer truncates the tokenized rows to cutoff_len (keep_start, as TRL)
-        max_length=None if padding_free else ft.cutoff_len,
-        truncation_mode="keep_start",
-        # bfd packing and padding-free batches: transformers builds a block-diagonal mask from the
-        # position ids (check_packing_isolation verifies it on the model at hand)
-        packing=bool(ft.packing) and not padding_free,
-        packing_strategy=ft.packing or "bfd",
-        eval_packing=False,
-        padding_free=padding_free,
-        train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
-        use_liger_kernel=use_liger_kernel,
-        ddp_find_unused_parameters=False,  # LoRA: every trainable weight gets a gradient
-        completion_only_loss=True,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-    )
+    ours = project_sft_options(ft, output_dir, seed, device, dtype, use_liger_kernel, world_size)
+    options = {**ft.sft, **ours}  # finetune.sft never holds the project's keys (checked at load)
+    try:
+        return SFTConfig(**options)
+    except (TypeError, ValueError) as exc:  # SFTConfig's own cross-checks (built only here)
+        raise ValueError(f"finetune.sft: TRL's SFTConfig refuses these options: {exc}") from exc
 
 
 def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
@@ -150,8 +136,11 @@ def resolve_liger(ft, device: str) -> bool:
     return bool(ft.use_liger_kernel)
 
 
-def check_target_modules(model, target_modules: Sequence[str]) -> None:
-    """Every LoRA target must name modules of the model: peft only fails when none match."""
+def check_target_modules(model, target_modules: Sequence[str] | str | None) -> None:
+    """Every LoRA target must name modules of the model: peft only fails when none match. A string
+    (a regular expression, "all-linear") is peft's to match."""
+    if isinstance(target_modules, str):
+        return
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in target_modules if m not in names]
     if missing:
@@ -159,7 +148,7 @@ def check_target_modules(model, target_modules: Sequence[str]) -> None:
             {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
         )
         raise ValueError(
-            f"finetune.target_modules: {missing} not found in the base model "
+            f"finetune.lora.target_modules: {missing} not found in the base model "
             f"({type(model).__name__}); its linear layers are {linear}"
         )
 
