@@ -189,6 +189,7 @@ SPLITS = {
     "real2": ("written after the judge without reading its code; fixes made after its first run", True),
     "dev2": ("passage items with the passage dropped; the question_only view tuned on it", True),
     "dev3": ("written after frozen1's second figure to look for misses elsewhere; 35 pairs", True),
+    "dev4": ("second round: passage items of other MMLU subjects, ARC setups, other numbers / answers", True),
     "frozen1": ("written after the judge was frozen (f76cd87, 2026-12-06); never used to change it", False),
 }
 GROUPS = {

@@ -11,8 +11,9 @@ candidates for meaning and says "same question" (verdict True) or "different que
     train_output  the training row's output
     test_question the benchmark question (HellaSwag: its context)
     test_answer   the text of the correct choice (HellaSwag: the gold ending)
-and optionally test_choices (list of str: read with the question) and test_options (list of str: the item's
-answer options, HellaSwag's endings too; default test_choices). Other columns are kept. Added columns:
+and optionally test_choices (list of str: read with the question), test_options (list of str: the item's
+answer options, HellaSwag's endings too; default test_choices) and test_view ("question_only" when
+test_question is the question part of a passage item, read alone). Other columns are kept. Added columns:
     question_cosine  max cosine of the test question (alone, and with its choices) over word windows of
                      the training row (prompt, and prompt + output: a question restated in the output counts)
     answer_cosine    max cosine of the test answer over the output's sentences and sentence pairs; 1.0 when
@@ -24,7 +25,9 @@ answer options, HellaSwag's endings too; default test_choices). Other columns ar
     answer_numbers_missing  a number of the answer (not in the question) is not in the output
     numbers_differ   the test question's numbers (LaTeX as plain text, signs apart, lists split, number words
                      on the train side) are not all in the training row, or the prompt swaps them for its
-                     own (numbers_substituted)
+                     own (numbers_substituted); not when they were only left out (numbers_dropped:
+                     context_numbers_dropped, the answer's distinctive words all stated)
+    question_only    whether test_question was the question part alone (its cosine floor is then lower)
     score, verdict   the judge's score and decision; judge, the model that decided
 Judges, by the `model` reference:
   * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
@@ -72,6 +75,10 @@ SAME_QUESTION_COSINE = 0.97
 # below this question cosine no answer evidence makes a pair the same question: on the real MATH x MMLU
 # candidates (0.6-0.7) a shared topic and a common number or word are everywhere
 MIN_QUESTION_COSINE = 0.7
+# the question part of a passage item alone (view "question_only": "Which ideology are the sentiments of the
+# excerpt most consistent with?") is short and says less: 0.65 is enough there when the output states every
+# distinctive word of the answer (chosen on split dev3)
+MIN_QUESTION_ONLY_COSINE = 0.65
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
 LLM_BATCH = 8  # prompts per forward pass of the LLM judge
@@ -230,6 +237,28 @@ def uninformative_answer(answer: str) -> bool:
     return bool(_UNINFORMATIVE.match(answer.strip()))
 
 
+# the share of the answer's distinctive words a row that left the question's numbers out must state (dev3, dev4)
+DROPPED_ANSWER_WORDS = 0.75
+
+
+def context_numbers_dropped(question: str, prompt: str, output: str, answer: str, options: Sequence[str]) -> bool:
+    """Whether a rewording left numbers of the test question out instead of changing them: some are missing from
+    the row, the row (prompt and output) names no number the item lacks (no other quantity in their place), the
+    answer holds no number (a count or a result the numbers would decide) and names its item (not "II only"),
+    and the output states at least DROPPED_ANSWER_WORDS of its distinctive words (answer_support: words no other
+    option has). An ARC setup retold without its "20 plants", a history question without its "between 1450 and
+    1750 C.E."."""
+    row = f"{prompt} {output}"
+    if not numbers_differ(question, row) or numbers(answer) or uninformative_answer(answer):
+        return False
+    item = " ".join([question, *options, answer])
+    have = set(numbers(item, number_words=True)) | set(fraction_words(item))
+    if set(numbers(row, number_words=True)) - have - {"1"}:
+        return False
+    words, _, distinctive = answer_support(answer, options, answer_statements(output, prompt))
+    return distinctive and words >= DROPPED_ANSWER_WORDS
+
+
 def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
     """Whether the test answer states a number (one not already in the question) that the output never states:
     a rewording keeps the answer's numbers, a same-shape question with another result does not."""
@@ -249,9 +278,15 @@ _STOPWORDS = frozenset(
 _CONTENT = re.compile(r"[a-z0-9]+")
 
 
+def _stem(word: str) -> str:
+    """A word's first STEM_CHARS letters after a plural "s" ("debts" ~ "debt", not "class" ~ "clas")."""
+    return (word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)[:STEM_CHARS]
+
+
 def content_stems(text: str) -> set[str]:
-    """The text's content words (stopwords and bare numbers dropped), each cut to STEM_CHARS letters."""
-    return {w[:STEM_CHARS] for w in _CONTENT.findall(text.lower()) if w not in _STOPWORDS and not w.isdigit()}
+    """The text's content words (stopwords and bare numbers dropped), each cut to STEM_CHARS letters after a
+    plural "s"."""
+    return {_stem(w) for w in _CONTENT.findall(text.lower()) if w not in _STOPWORDS and not w.isdigit()}
 
 
 def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[float, bool, bool]:
@@ -308,19 +343,22 @@ def _options(row) -> list[str]:
 # ---------------------------------------------------------------- features
 def text_features(prompt: str, output: str, question: str, answer: str, options: Sequence[str]) -> dict:
     """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_stated (the
-    answer's cosine is then 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_differ."""
+    answer's cosine is then 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_dropped
+    (context_numbers_dropped: then not counted as differing), numbers_differ."""
     words, contradicted, distinctive = answer_support(answer, options, answer_statements(output, prompt))
     # the answer's numbers as the stated answer settle it, unless the words that tell it from the other options
     # are all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
     numeric = answer_numbers_stated(answer, output) and not (distinctive and not words)
     vague = uninformative_answer(answer)  # its words and numbers say nothing: the question must agree alone
+    dropped = context_numbers_dropped(question, prompt, output, answer, options)
     return {
         "answer_numbers_stated": numeric and not vague,
         "answer_words": 0.0 if vague else words,
         "answer_uninformative": vague,
         "answer_contradicted": contradicted,
         "answer_numbers_missing": answer_numbers_missing(answer, question, output),
-        "numbers_differ": numbers_differ(question, f"{prompt} {output}".strip())
+        "numbers_dropped": dropped,
+        "numbers_differ": (numbers_differ(question, f"{prompt} {output}".strip()) and not dropped)
         or numbers_substituted(question, prompt, options)
         or bool(own_numbers(question, prompt, options, answer)),
     }
@@ -359,7 +397,11 @@ def meaning_features(
         )
         answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a).max())
         answer_cosine = 0.0 if feats["answer_uninformative"] else answer_cosine
-        out.append({"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine, **feats})
+        asked_alone = row.get("test_view") == "question_only"
+        out.append(
+            {"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine, "question_only": asked_alone}
+            | feats
+        )
     return pd.DataFrame(out, index=pairs.index)
 
 
@@ -373,7 +415,9 @@ def embedding_verdicts(
     """score and verdict of the embedding judge from meaning_features' columns: score = question_cosine +
     answer_weight * (the answer's cosine or its share of distinctive words, whichever is higher); "same" when
     the score clears the threshold (or the question is restated almost word for word), the numbers agree, the
-    output does not state another choice and does not miss a number of the answer."""
+    output does not state another choice and does not miss a number of the answer. Below min_question_cosine a
+    pair is never "same", except a question_only pair (the question of a passage item read alone) whose output
+    states all of the answer's distinctive words: its floor is MIN_QUESTION_ONLY_COSINE."""
     answer = features["answer_cosine"]
     if "answer_words" in features:
         answer = np.maximum(answer, features["answer_words"].astype(float))
@@ -382,10 +426,14 @@ def embedding_verdicts(
     for col in ("answer_contradicted", "answer_numbers_missing"):
         if col in features:
             agree &= ~features[col].astype(bool)
+    floor = pd.Series(min_question_cosine, index=features.index)
+    if "question_only" in features and "answer_words" in features:
+        named = features["question_only"].astype(bool) & (features["answer_words"].astype(float) >= 1.0)
+        floor = floor.where(~named, min(min_question_cosine, MIN_QUESTION_ONLY_COSINE))
     verdict = (
         agree
         & ((score >= threshold) | (features["question_cosine"] >= same_question_cosine))
-        & (features["question_cosine"] >= min_question_cosine)
+        & (features["question_cosine"] >= floor)
     )
     return pd.DataFrame({"score": score, "verdict": verdict}, index=features.index)
 

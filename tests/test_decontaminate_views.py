@@ -151,3 +151,26 @@ def test_a_row_sharing_only_the_passage_is_similar_but_different():
     assert categorise(same, it, 0.99, 1.0, DecontaminateConfig())[0] == "duplicate"
     judged = categorise(other, it, 0.97, 0.95, DecontaminateConfig(), judge=(True, 1.5))
     assert judged[0] == "duplicate"  # the judge read the same question: the passage rule does not apply
+
+
+def test_a_rewording_that_leaves_the_years_out_is_judged_and_not_another_object():
+    """Rule 3 (numbers differ) gives way to the judge's "same" when the row left the question's numbers out,
+    named none of its own and states the answer; a row with other years stays similar but different."""
+    from platypus_utils.decontaminate.detectors import judge_reads
+    from platypus_utils.decontaminate.rules import categorise
+
+    it = {
+        "benchmark": "mmlu",
+        "question": "Which development helped Western Europe reach global hegemony between 1450 and 1750 C.E.?",
+        "choices": ["The conquest of the Aztec Empire", "The Black Death", "The Crusades", "The printing of Bibles"],
+        "answer": "The conquest of the Aztec Empire",
+    }
+    left_out = row(
+        "Which development helped Western Europe reach global dominance?", "The conquest of the Aztec Empire."
+    )
+    other_years = row("Which development helped Western Europe reach dominance after 1800?", "The Aztec conquest.")
+    assert judge_reads(left_out, it, "") and not judge_reads(other_years, it, "")
+    cfg = DecontaminateConfig()
+    assert categorise(left_out, it, 0.85, 0.0, cfg, judge=(True, 1.6))[0] == "gray_area"
+    assert categorise(left_out, it, 0.85, 0.0, cfg)[0] == "similar_but_different"  # without the judge: rule 3
+    assert categorise(other_years, it, 0.85, 0.0, cfg, judge=(True, 1.6))[0] == "similar_but_different"

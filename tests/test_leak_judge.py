@@ -166,6 +166,44 @@ def test_verdicts_need_agreeing_numbers_and_a_high_enough_score():
     assert got["score"][1] == pytest.approx(0.85 + 0.8 * 1.0)
 
 
+def test_question_only_pairs_have_a_lower_floor_when_the_answer_is_named():
+    feats = pd.DataFrame(
+        {
+            "question_cosine": [0.68, 0.68, 0.68, 0.62],
+            "answer_cosine": [1.0] * 4,
+            "answer_words": [1.0, 0.5, 1.0, 1.0],
+            "numbers_differ": [False] * 4,
+            "question_only": [True, True, False, True],
+        }
+    )
+    got = lj.embedding_verdicts(feats, threshold=1.35, answer_weight=0.8)
+    # the question part alone with the whole answer named; half of it; a whole stem; below the lower floor
+    assert got["verdict"].tolist() == [True, False, False, False]
+
+
+def test_numbers_left_out_are_not_numbers_changed():
+    question = (
+        "Students grow 20 tomato plants. Each plant receives the same amount of water but different amounts of "
+        "sunlight. What is the dependent variable in this investigation?"
+    )
+    options = ["amount of water", "amount of sunlight", "number of fruits", "type of plant"]
+    prompt = (
+        "Plants get the same water but different sunlight and students count fruits: what is the dependent variable?"
+    )
+    assert lj.context_numbers_dropped(question, prompt, "The number of fruits.", "number of fruits", options)
+    # another number in their place; an answer not stated; a numeric answer; nothing missing
+    assert not lj.context_numbers_dropped(
+        question, prompt + " (12 plants)", "Number of fruits.", "number of fruits", options
+    )
+    assert not lj.context_numbers_dropped(question, prompt, "The amount of sunlight.", "number of fruits", options)
+    assert not lj.context_numbers_dropped(
+        "Of 20 plants 5 die; how many live?", "How many live?", "15", "15", ["5", "15"]
+    )
+    assert not lj.context_numbers_dropped(question, question, "The number of fruits.", "number of fruits", options)
+    feats = lj.text_features(prompt, "The number of fruits.", question, "number of fruits", options)
+    assert feats["numbers_dropped"] and not feats["numbers_differ"]
+
+
 def test_judge_pairs_with_a_stand_in_embedder_keeps_columns_and_order():
     class StandIn:
         def encode(self, texts, desc=""):

@@ -64,7 +64,9 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
      any order and with any labels;
   3. similar_but_different - a number of the test question is not in the training text (a long
      passage shared with one number changed is the same shape with other numbers, not a copy); the
-     question part alone when the pair was found through the question_only view;
+     question part alone when the pair was found through the question_only view; not when the judge reads the
+     same question and the row only left the numbers out (named none of its own, its output stating the answer:
+     leak_judge.context_numbers_dropped);
   3b. similar_but_different - the row shares only a passage: the item's question part is not in it, its
      answer not in the output, and the judge did not read the same question;
   4. duplicate - n-gram overlap >= verbatim_ngram_overlap (any view; near-verbatim);

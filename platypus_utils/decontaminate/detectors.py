@@ -213,6 +213,16 @@ def judged_view(cands: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(asked > whole, "question_only", ""), index=cands.index)
 
 
+def judge_reads(row: dict, item: dict, view: str) -> bool:
+    """Whether the judge reads a candidate: the test question's numbers are all in the row, or the row left them
+    out without naming others, its output stating the answer (leak_judge.context_numbers_dropped)."""
+    asked, prompt = asked_text(item, view), embedding_text(row)
+    if not missing_numbers(asked, f"{prompt}\n{row['output']}"):
+        return True
+    answer, options = item.get("answer") or "", list(item.get("choices") or [])
+    return leak_judge.context_numbers_dropped(asked, prompt, row["output"], answer, options)
+
+
 def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
     """leak_judge's input for (training row, test item, view) triples (view: judged_view's)."""
     return pd.DataFrame(
@@ -225,6 +235,7 @@ def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
                 list(it.get("choices") or []) if full_view_kind(it) == "choices" else [] for _, it, _ in pairs
             ],
             "test_options": [list(it.get("choices") or []) for _, it, _ in pairs],
+            "test_view": [view for _, _, view in pairs],
         }
     )
 
@@ -250,12 +261,13 @@ def judge_candidates(
         best = np.maximum(best, cands["question_only_cosine"].astype(float).fillna(0.0))
     # a pair with a number of the test question missing from the whole row is similar_but_different (rule 3)
     # whatever the judge says, and the judge would say "different" too: it is not read, which keeps the judge's
-    # cost to the pairs it can decide (most MATH x MMLU candidates share a topic but not their numbers)
-    read = []
-    for k in cands.index[best >= cfg.judge_threshold]:
-        row, item = rows[cands.at[k, "train_index"]], items[cands.at[k, "item_index"]]
-        if not missing_numbers(asked_text(item, views[k]), f"{embedding_text(row)}\n{row['output']}"):
-            read.append(k)
+    # cost to the pairs it can decide (most MATH x MMLU candidates share a topic but not their numbers); unless
+    # the row only left them out (leak_judge.context_numbers_dropped)
+    read = [
+        k
+        for k in cands.index[best >= cfg.judge_threshold]
+        if judge_reads(rows[cands.at[k, "train_index"]], items[cands.at[k, "item_index"]], views[k])
+    ]
     if not read:
         return out
     frame = judge_frame([(rows[cands.at[k, "train_index"]], items[cands.at[k, "item_index"]], views[k]) for k in read])

@@ -9,7 +9,7 @@ from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .common import PAIR_COLUMNS
 from .decisions import pair_id
-from .detectors import own_numbers, uninformative_answer
+from .detectors import leak_judge, own_numbers, uninformative_answer
 from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
 
@@ -30,6 +30,16 @@ def _own_numbers(item: dict, prompt: str, view: str) -> set[str]:
     if own_numbers is None:  # pragma: no cover - depends on the tree
         return set()
     return own_numbers(asked_text(item, view), prompt, list(item.get("choices") or []), item.get("answer") or "")
+
+
+def _numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
+    """leak_judge.context_numbers_dropped for a pair: the row left the question's numbers out (named no others)
+    and its output states the answer; with the judge's "same", rule 3 (numbers differ) then does not apply."""
+    if leak_judge is None:  # pragma: no cover - depends on the tree
+        return False
+    answer, options = item.get("answer") or "", list(item.get("choices") or [])
+    prompt = embedding_text(train_row)
+    return leak_judge.context_numbers_dropped(asked_text(item, view), prompt, train_row["output"], answer, options)
 
 
 def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | None:
@@ -82,7 +92,7 @@ def categorise(
         return "duplicate", verbatim
     prompt = embedding_text(train_row)
     missing = missing_numbers(asked_text(item, view), prompt + ("\n" + train_row["output"] if part == "output" else ""))
-    if missing:
+    if missing and not (judge[0] is True and _numbers_dropped(train_row, item, view)):
         return "similar_but_different", f"numbers differ: test has {missing} not in train text"
     shared = _passage_only(train_row, item, judge[0] is True)
     if shared:
