@@ -30,8 +30,9 @@ written with the judge frozen.
 
 Every figure is reported per split, and each split is marked: "tuned" (the rules, the judge or their fixes were
 chosen on it: its figures are in-sample) or "frozen" (written after the judge was frozen and never used to change
-it: the headline). Split frozen1 (tests/fixtures/contamination_labelled.md: written 2026-12-06 with the judge
-frozen at commit f76cd87) is the only frozen one; its per-pair mistakes are never printed, so no fix can be
+it: the headline). Splits frozen1 (tests/fixtures/contamination_labelled.md: written 2026-12-06 with the judge
+frozen at commit f76cd87) and frozen2 (written 2026-12-06 with the judge frozen at 90dd102, after a second round of
+changes tuned on dev3 and dev4) are the frozen ones; their per-pair mistakes are never printed, so no fix can be
 written against them. The rows per kind:
   cosine >= 0.8 alone                 every pair at the paper's cosine removed, none reviewed
   paper's procedure: 0.8 + rules      flagged at cosine >= 0.8, then kept or removed by the category rules (the
@@ -190,7 +191,12 @@ SPLITS = {
     "dev2": ("passage items with the passage dropped; the question_only view tuned on it", True),
     "dev3": ("written after frozen1's second figure to look for misses elsewhere; 35 pairs", True),
     "dev4": ("second round: passage items of other MMLU subjects, ARC setups, other numbers / answers", True),
-    "frozen1": ("written after the judge was frozen (f76cd87, 2026-12-06); never used to change it", False),
+    "frozen1": (
+        "written after the judge was frozen (f76cd87, 2026-12-06); never used to change it; re-measured after a "
+        "second round of changes (90dd102) made without looking at it",
+        False,
+    ),
+    "frozen2": ("written after the second round froze the judge (90dd102, 2026-12-06); never used to change it", False),
 }
 GROUPS = {
     "verbatim": ("verbatim",),
@@ -214,12 +220,20 @@ def split_label(split: str) -> str:
 def kind_table(pairs: list[dict], rows: dict[str, pd.Series]) -> pd.DataFrame:
     """Share removed per group of kinds ("caught/total"), one row per detector."""
     kind = pd.Series([p["kind"] for p in pairs])
+    # the rewordings that keep a passage item's question and drop its passage, and the others (short items, setups)
+    dropped = kind.eq("reworded") & pd.Series(["passage dropped" in p.get("note", "") for p in pairs])
+    masks = {group: kind.isin(kinds) for group, kinds in GROUPS.items()}
+    masks = {
+        **dict(list(masks.items())[:3]),
+        "  passage dropped": dropped,
+        "  other rewordings": kind.isin(GROUPS["reworded + translated"]) & ~dropped,
+        **dict(list(masks.items())[3:]),
+    }
     out = []
     for name, says in rows.items():
         says = says.reset_index(drop=True).astype(bool)
         row = {"detector": name}
-        for group, kinds in GROUPS.items():
-            m = kind.isin(kinds)
+        for group, m in masks.items():
             if m.any():
                 row[group] = f"{says[m].mean():.1%} ({int(says[m].sum())}/{int(m.sum())})"
         out.append(row)
