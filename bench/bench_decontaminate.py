@@ -13,14 +13,37 @@ answer checks and categorisation, and building the tables. The issue's target: u
 --real: the real offline sources (after exact dedup) against the real benchmarks in
 ../shared/data/benchmarks, with embeddings from the shared cache (encoded first where missing, which
 takes minutes of CPU the first time).
+
+The first pass (decontaminate.candidates: first_pass), issue 24:
+
+    nice -n 19 .venv/bin/python bench/bench_decontaminate.py --recall [--rows 1000]
+    nice -n 19 .venv/bin/python bench/bench_decontaminate.py --cold 1000
+
+--recall: the share of the pairs the exhaustive pass flags that the first pass keeps, on the demo, on the
+labelled pairs (tests/fixtures/contamination_labelled.jsonl) and on `--rows` rows of the real offline
+sources, with MiniLM's cosines and the judge (the stage's defaults). The first pass always searches the
+whole of ../shared/data/benchmarks (and the labelled items); the exhaustive pass it is compared with reads
+the STEM subjects of MMLU and ARC (~3.9k of the 26k items, where the sources' flagged pairs are: embedding
+all 60k views takes most of an hour on 2 busy cores), so the recall printed is over the flagged pairs of
+those items. Printed per setting of first_pass_top_k: the items the first pass reads (its cost) and the
+recall, as the stage has it (an item read for any row counts for every row) and per row (the item among
+that row's own neighbours: a lower bound that does not grow with the training set).
+
+--cold N: `platypus decontaminate` (check_file) of N real rows against the whole benchmarks folder with an
+empty embedding cache: wall time, items read, texts embedded (the issue's target: 1,000 rows in 2 minutes
+on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import re
 import resource
 import sys
+import tempfile
 import time
 import tracemalloc
 import zlib
@@ -116,7 +139,7 @@ def synthetic(n_train: int, n_items: int, seed: int = 0):
 
 
 def run(rows, items, embedder, label: str, trace_memory: bool) -> None:
-    cfg = DecontaminateConfig()
+    cfg = DecontaminateConfig(candidates="exhaustive")  # detection once embedded, every item read
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t, c = time.perf_counter(), time.process_time()
     result = find_leaks(rows, items, cfg, embedder)
@@ -139,13 +162,153 @@ def run(rows, items, embedder, label: str, trace_memory: bool) -> None:
         tracemalloc.stop()
 
 
+DATA = ROOT.parent / "shared" / "data"
+STEM = re.compile("math|physics|chemistry|statistics|computer|algebra|astronomy|electrical|econometrics|machine")
+KS = (1, 2, 3, 5, 10, 20, 50)
+
+
+def real_rows(n: int | None = None, seed: int = 0) -> list[dict]:
+    """The real offline sources after exact dedup (as --real reads them); `n` of them drawn with `seed`."""
+    from platypus_utils import curate, sources
+    from platypus_utils.config import Profile, SourceConfig
+
+    real = []
+    for name in ("math", "theoremqa", "scibench", "scienceqa"):
+        source = SourceConfig(name=name, path=str(DATA / "sources" / name))
+        real += sources.load_source(source, Profile(name="b"))[0]
+    real = [real[i] for i in curate.exact_dedup(real)[0]]
+    return real if n is None else [real[i] for i in sorted(random.Random(seed).sample(range(len(real)), n))]
+
+
+def labelled() -> tuple[list[dict], list[dict]]:
+    """The labelled pairs as training rows and benchmark items (one of each per pair)."""
+    pairs = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "contamination_labelled.jsonl").open()]
+    rows = [{"input": "", **p["train"]} for p in pairs]
+    items = [
+        {"subject": "", "choices": [], "item_id": p["id"], **{k: v for k, v in p.items() if k != "train"}}
+        for p in pairs
+    ]
+    return rows, items
+
+
+def flagged_ids(result) -> set[tuple[int, str, str]]:
+    return {(int(p.train_index), str(p.test_id), str(p.action)) for p in result.pairs.itertuples()}
+
+
+def share(kept: list[bool]) -> str:
+    return f"{sum(kept) / len(kept):.2%} ({sum(kept)}/{len(kept)})" if kept else "-"
+
+
+def first_pass_recall(rows, items, flagged, cfg, embedder) -> None:
+    """Print, per first_pass_top_k, the items the first pass reads for `rows` among `items` (each window's k
+    nearest by words and by static vectors, and the n-gram hits) and the share of `flagged` ((row, item_id,
+    action) triples) it keeps: as the stage reads them, and per row; all flagged pairs, and those removed."""
+    from platypus_utils.decontaminate import item_views, train_windows
+    from platypus_utils.decontaminate.candidates import FirstPassIndex, ngram_items, top_items, with_twins
+    from platypus_utils.decontaminate.embed import ngram_texts
+    from platypus_utils.decontaminate.static import top_items_static
+    from platypus_utils.decontaminate.textmatch import gram_words
+
+    t = time.perf_counter()
+    views, windows = item_views(items, cfg), train_windows(rows, cfg, embedder)
+    first = FirstPassIndex.build(views["text"].tolist(), embedder)
+    view_item, texts = views["item"].to_numpy(), windows["text"].tolist()
+    by_words = top_items(first.lexical, view_item, [gram_words(x) for x in texts], max(KS))
+    by_static = top_items_static(first.static, view_item, embedder, texts, max(KS))
+    grams = ngram_items(ngram_texts(rows, cfg), views, first.tokens, cfg)
+    print(f"  first pass over {len(items)} items, {len(windows)} windows: {time.perf_counter() - t:.1f} s")
+    ids = [it["item_id"] for it in items]
+    win_row = windows["row"].to_numpy()
+    gram_ids, at = {ids[j] for j in grams}, {i: j for j, i in enumerate(ids)}
+    for k in KS:
+        own: dict[int, set] = {}
+        for r, a, b in zip(win_row.tolist(), by_words, by_static):
+            own.setdefault(r, set()).update(ids[j] for j in (*a[:k].tolist(), *b[:k].tolist()))
+        union = {ids[j] for j in with_twins({at[i] for i in set().union(*own.values())}, views)} | gram_ids
+        kept = [j in union for _, j, _ in flagged]
+        kept_row = [j in own.get(i, set()) or j in gram_ids for i, j, _ in flagged]
+        removed = [ok for ok, (_, _, action) in zip(kept, flagged) if action == "remove"]
+        print(
+            f"  top {k:>2}: reads {len(union):>5} of {len(items)} items; keeps {share(kept)} of the flagged pairs "
+            f"(per row {share(kept_row)}), {share(removed)} of those removed"
+        )
+
+
+def recall(n_rows: int) -> None:
+    """--recall: exhaustive vs first pass on the demo, the labelled pairs and n_rows real rows."""
+    from platypus_utils.benchmarks import load_benchmark
+    from platypus_utils.decontaminate import detect, load_benchmark_items
+    from platypus_utils.demo_data import demo_corpus_rows, write_demo_benchmarks
+    from platypus_utils.embeddings import Embedder
+    from platypus_utils.models import default_cache_dir
+
+    embedder = Embedder("embedded:all-minilm-l6-v2", default_cache_dir(), device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = DecontaminateConfig(benchmarks_dir=str(write_demo_benchmarks(Path(tmp) / "b")))
+        items, _ = load_benchmark_items(cfg)
+        full = detect(demo_corpus_rows(), items, cfg.model_copy(update={"candidates": "exhaustive"}), embedder)
+        first = detect(demo_corpus_rows(), items, cfg, embedder)
+    same = flagged_ids(first) == flagged_ids(full) and first.summary["removed_rows"] == full.summary["removed_rows"]
+    print(f"demo: {len(full.pairs)} pairs flagged exhaustively; first pass (defaults): same pairs and removals: {same}")
+    bench = [
+        it
+        for b in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
+        for it in load_benchmark(b, DATA / "benchmarks")
+    ]
+    stem = [it for it in bench if it["benchmark"] == "arc_challenge" or STEM.search(it.get("subject") or "")]
+    cfg = DecontaminateConfig(benchmarks_dir=str(DATA / "benchmarks"))
+    for label, rows, extra in (("labelled pairs", *labelled()), (f"{n_rows} real rows", real_rows(n_rows), [])):
+        t = time.perf_counter()
+        full = detect(rows, extra + stem, cfg.model_copy(update={"candidates": "exhaustive"}), embedder)
+        print(
+            f"{label}: exhaustive over {len(extra + stem)} items in {time.perf_counter() - t:.0f} s: {len(full.pairs)} flagged pairs"
+        )
+        first_pass_recall(rows, extra + bench, flagged_ids(full), cfg, embedder)
+
+
+def cold(n_rows: int) -> None:
+    """--cold: the standalone command's work on n_rows real rows, empty embedding cache."""
+    from platypus_utils.decontaminate import detect, load_benchmark_items
+    from platypus_utils.embeddings import Embedder
+
+    rows = real_rows(n_rows)
+    cfg = DecontaminateConfig(benchmarks_dir=str(DATA / "benchmarks"))
+    for candidates in ("first_pass",):
+        with tempfile.TemporaryDirectory() as cache:
+            t, timings = time.perf_counter(), {}
+            items, _ = load_benchmark_items(cfg)
+            embedder = Embedder("embedded:all-minilm-l6-v2", cache, device="cpu")
+            result = detect(rows, items, cfg.model_copy(update={"candidates": candidates}), embedder, timings)
+            wall = time.perf_counter() - t
+            sample = [it["question"] for it in random.Random(0).sample(items, 512)]
+            t = time.perf_counter()  # the encoder alone (sentence-transformers sorts each call's texts by length)
+            embedder.model.encode(sample, batch_size=embedder.batch_size, normalize_embeddings=True)
+            rate = len(sample) / (time.perf_counter() - t)
+        s = result.summary
+        print(
+            f"cold {candidates}: {len(rows)} rows x {len(items)} items in {wall:.0f} s wall (empty cache, model load "
+            f"included; steps { ({k: round(v) for k, v in timings.items()}) }); texts embedded {embedder.stats['encoded']}; "
+            f"flagged {s['flagged_pairs']}, removed {s['removed_rows']}; MiniLM (PyTorch, CPU) {rate:.0f} texts/s on "
+            f"512 test questions; load average {os.getloadavg()[0]:.1f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=int, default=25_000)
     ap.add_argument("--items", type=int, default=26_000)
     ap.add_argument("--real", action="store_true")
     ap.add_argument("--trace-memory", action="store_true", help="a second, traced pass for peak Python memory")
+    ap.add_argument("--recall", action="store_true", help="the first pass's recall against the exhaustive pass")
+    ap.add_argument("--rows", type=int, default=1000, help="real rows for --recall")
+    ap.add_argument("--cold", type=int, default=0, metavar="N", help="a cold run of N real rows, empty cache")
     args = ap.parse_args()
+    if args.recall or args.cold:
+        if args.recall:
+            recall(args.rows)
+        if args.cold:
+            cold(args.cold)
+        return
     t = time.perf_counter()
     rows, items, table, n_leak = synthetic(args.train, args.items)
     print(

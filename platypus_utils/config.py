@@ -156,11 +156,14 @@ class DecontaminateConfig(_Section):
     # relative to the project root; each decision replaces the policy's action for its pair (decisions.py)
     decisions: Optional[str] = None
     # which test items the exact pass (embedding, judge, rules) reads: "first_pass" (default) only the items a
-    # cheap lexical pass finds for some training window (its first_pass_top_k nearest by TF-IDF, and the n-gram
-    # detector's hits), so a cold run costs what the training set costs; "exhaustive" every item's views
-    # (decontaminate/candidates.py; recall printed by bench/bench_decontaminate.py --recall)
+    # cheap pass finds for some training window (its first_pass_top_k nearest by TF-IDF words and by static
+    # word-piece vectors distilled from the embedding model, items with the same text, and the n-gram detector's
+    # hits), so a cold run costs what the training set costs; "exhaustive" every item's views. Default 10: the
+    # smallest k that kept every pair the exhaustive pass flags on the demo, the labelled pairs and 1,000
+    # real-offline rows (k=5 missed 1 of 32 there), reading ~6k of the 26k items for those 1,000 rows
+    # (decontaminate/candidates.py; bench/bench_decontaminate.py --recall prints the figures)
     candidates: Literal["first_pass", "exhaustive"] = "first_pass"
-    first_pass_top_k: int = Field(default=20, ge=1)
+    first_pass_top_k: int = Field(default=10, ge=1)
     # where the steps run: "local" (this process) or "ray" (Ray Data over blocks of ray_block_rows training rows,
     # the same steps and outputs; decontaminate/engine_ray.py, docs/ray.md; needs the `ray` extra)
     engine: Literal["local", "ray"] = "local"

@@ -48,8 +48,7 @@ def test_lexical_index_ranks_by_rare_shared_words_and_bigrams():
     queries = ["At sea level, water boils at how many degrees Celsius?", "Name the red planet.", "what is the"]
     near = top_items(index, np.arange(len(views)), [gram_words(q) for q in queries], k=1)
     assert [n.tolist() for n in near] == [[0], [2], []]  # only common words shared: no candidate at all
-    two = top_items(index, np.arange(len(views)), [gram_words(queries[0])], k=2)[0]
-    assert two[0] == 0 or two[1] == 0  # the k best, in no particular order
+    assert top_items(index, np.arange(len(views)), [gram_words(queries[0])], k=3)[0][0] == 0  # best first
 
 
 def test_top_items_scores_an_item_by_its_best_view():
@@ -77,6 +76,29 @@ def test_ngram_prefilter_never_drops_a_text_the_index_finds():
     cfg = DecontaminateConfig(ngram_n=5, ngram_min_tokens=3)
     plain = {k for k, t in enumerate(tests) if any(s >= 0.5 for s in index.overlaps(t, 5, 3).values())}
     assert ngram_items(train, views, [gram_words(t) for t in tests], cfg) == plain and plain
+
+
+def test_items_with_the_same_text_are_candidates_together():
+    from platypus_utils.decontaminate.candidates import with_twins
+
+    views = pd.DataFrame({"item": [0, 0, 1, 2, 3], "text": ["a", "a full", "a", "b", "c"]})
+    assert with_twins({0}, views) == {0, 1} and with_twins({2}, views) == {2} and with_twins(set(), views) == set()
+
+
+def test_static_vectors_rank_the_reworded_question_first(minilm):
+    from platypus_utils.decontaminate.static import static_index, top_items_static
+
+    views = [
+        "What is the capital city of France?",
+        "Which planet is known as the red planet?",
+        "How many legs does a spider have?",
+        "Who painted the Mona Lisa?",
+    ]
+    index = static_index(minilm, views)
+    assert index.pieces.shape == (30522, 384) and index.views.shape == (4, 384)
+    queries = ["Name the French capital.", "Mars is called the what planet?", "Leonardo's famous portrait"]
+    near = top_items_static(index, np.arange(4), minilm, queries, k=1)
+    assert [n.tolist() for n in near] == [[0], [1], [3]]
 
 
 # ---------------------------------------------------------------- recall on the demo, with the model's cosines
@@ -107,7 +129,8 @@ def test_first_pass_flags_and_removes_what_the_exhaustive_pass_does_on_the_demo(
     # a first pass that reads fewer items than all still keeps >= 99.5% of the flagged pairs
     emb = decontaminate.embed_texts(rows, items, cfg.model_copy(update={"candidates": "exhaustive"}), minilm)
     narrow = cfg.model_copy(update={"first_pass_top_k": 2})
-    kept = set(decontaminate.first_pass_items(emb.windows, emb.views, ngram_texts(rows, narrow), narrow).tolist())
+    kept = decontaminate.first_pass_items(emb.windows, emb.views, ngram_texts(rows, narrow), narrow, None, minilm)
+    kept = set(kept.tolist())
     assert len(kept) < len(items)
     flagged = _flagged(full, items)
     assert sum(j in kept for _, j in flagged) >= 0.995 * len(flagged)

@@ -29,6 +29,7 @@ from scipy import sparse
 
 from ..config import DecontaminateConfig
 from .ngram import NgramIndex
+from .static import StaticIndex, static_index, top_items_static
 from .textmatch import gram_words
 
 log = logging.getLogger("platypus")
@@ -108,7 +109,8 @@ def _counts(doc: np.ndarray, cols: np.ndarray, n_docs: int, n_cols: int) -> spar
 def top_items(
     index: LexicalIndex, view_item: np.ndarray, token_lists: list[list[str]], k: int, block: int = 256
 ) -> list[np.ndarray]:
-    """For each text, the (up to) k items whose best view has the highest TF-IDF cosine with it (cosine > 0).
+    """For each text, the (up to) k items whose best view has the highest TF-IDF cosine with it (cosine > 0), best
+    first.
     `view_item` is the item of each row of the index, in ascending order; blockwise (memory: block x views)."""
     if len(view_item) and np.any(np.diff(view_item) < 0):
         raise ValueError("top_items: the index's views must be grouped by item, in ascending order")
@@ -122,7 +124,8 @@ def top_items(
         kk = min(k, per_item.shape[1])
         best = np.argpartition(-per_item, kk - 1, axis=1)[:, :kk] if kk else np.zeros((len(per_item), 0), int)
         for r in range(len(per_item)):
-            out.append(items[best[r][per_item[r, best[r]] > 0]])
+            top = best[r][np.argsort(-per_item[r, best[r]], kind="stable")]
+            out.append(items[top[per_item[r, top] > 0]])
     return out
 
 
@@ -143,17 +146,32 @@ def ngram_items(
     return found
 
 
+def with_twins(found: set[int], views: pd.DataFrame) -> set[int]:
+    """`found` and every item with a view text identical to a view of a found item (MMLU repeats questions
+    across subjects: a top-k that picked one of two identical items would miss the other)."""
+    text_items = views.groupby("text")["item"].agg(list)
+    twins = text_items[text_items.map(len) > 1]
+    out = set(found)
+    for group in twins:
+        if not out.isdisjoint(group):
+            out.update(group)
+    return out
+
+
 @dataclass
 class FirstPassIndex:
-    """The benchmark side of the first pass: each view's words (`gram_words`) and their LexicalIndex."""
+    """The benchmark side of the first pass: each view's words (`gram_words`), their LexicalIndex, and the views'
+    static vectors (static.py; None without an embedding model)."""
 
     tokens: list[list[str]]
     lexical: LexicalIndex
+    static: StaticIndex | None = None
 
     @classmethod
-    def build(cls, view_texts: list[str]) -> FirstPassIndex:
+    def build(cls, view_texts: list[str], embedder=None, pieces: np.ndarray | None = None) -> FirstPassIndex:
         tokens = [gram_words(t) for t in view_texts]
-        return cls(tokens, LexicalIndex.build(tokens))
+        static = static_index(embedder, view_texts, pieces) if embedder is not None else None
+        return cls(tokens, LexicalIndex.build(tokens), static)
 
 
 def first_pass_items(
@@ -162,22 +180,31 @@ def first_pass_items(
     train_texts: list[str],
     cfg: DecontaminateConfig,
     first: FirstPassIndex | None = None,
+    embedder=None,
 ) -> np.ndarray:
-    """Step (candidates: first_pass): the sorted items whose views the exact pass reads: each training window's
-    first_pass_top_k lexical neighbours, and the n-gram detector's items. `train_texts` are the texts the
-    n-gram detector indexes (prompts, and outputs with search_outputs); `first` is over `views` (built if None)."""
-    first = first or FirstPassIndex.build(views["text"].tolist())
-    view_item = views["item"].to_numpy()
-    near = top_items(first.lexical, view_item, [gram_words(t) for t in windows["text"]], cfg.first_pass_top_k)
-    found = set(np.concatenate(near).tolist()) if near else set()
+    """Step (candidates: first_pass): the sorted items whose views the exact pass reads. With an `embedder` (a
+    detector reads cosines): each training window's first_pass_top_k nearest items by words (TF-IDF) and by
+    static vectors; always: the n-gram detector's items. `train_texts` are the texts the n-gram detector indexes
+    (prompts, and outputs with search_outputs); `first` is over `views` (built if None)."""
+    found: set[int] = set()
+    view_item, k = views["item"].to_numpy(), cfg.first_pass_top_k
+    if embedder is not None:
+        first = first or FirstPassIndex.build(views["text"].tolist(), embedder)
+        near = top_items(first.lexical, view_item, [gram_words(t) for t in windows["text"]], k)
+        if first.static is not None:
+            near += top_items_static(first.static, view_item, embedder, windows["text"].tolist(), k)
+        found = with_twins(set(np.concatenate(near).tolist()) if near else set(), views)
     if "ngram" in cfg.detectors:
-        found |= ngram_items(train_texts, views, first.tokens, cfg)
+        tokens = first.tokens if first is not None else [gram_words(t) for t in views["text"]]
+        found |= ngram_items(train_texts, views, tokens, cfg)
     log.info(
-        "first pass: %d of %d test items are candidates of %d training windows (top %d lexical neighbours%s)",
+        "first pass: %d of %d test items are candidates of %d training windows (%s)",
         len(found),
         len(np.unique(view_item)),
         len(windows),
-        cfg.first_pass_top_k,
-        " and n-gram hits" if "ngram" in cfg.detectors else "",
+        ", ".join(
+            ([f"top {k} by words and by static vectors"] if embedder is not None else [])
+            + (["n-gram hits"] if "ngram" in cfg.detectors else [])
+        ),
     )
     return np.array(sorted(found), dtype=np.int64)

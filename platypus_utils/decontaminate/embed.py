@@ -65,14 +65,20 @@ def ngram_texts(rows: list[dict], cfg: DecontaminateConfig) -> list[str]:
 
 
 def candidate_views(
-    views: pd.DataFrame, windows: pd.DataFrame, rows: list[dict], cfg: DecontaminateConfig, first=None
+    views: pd.DataFrame,
+    windows: pd.DataFrame,
+    rows: list[dict],
+    cfg: DecontaminateConfig,
+    first=None,
+    embedder=None,
 ) -> pd.DataFrame:
     """The views the exact pass reads: all of them (candidates: exhaustive), or the first pass's items' views,
     each with `position`, its row in the full view table (an index file's vectors are in that order)."""
     views = views.assign(position=np.arange(len(views)))
     if cfg.candidates == "exhaustive":
         return views
-    keep = first_pass_items(windows, views, ngram_texts(rows, cfg), cfg, first)
+    embedder = embedder if uses_embeddings(cfg) else None  # without cosines to read, the n-gram hits suffice
+    keep = first_pass_items(windows, views, ngram_texts(rows, cfg), cfg, first, embedder)
     return views[views["item"].isin(keep)].reset_index(drop=True)
 
 
@@ -82,7 +88,7 @@ def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, e
     benchmark side already computed: its views, lexical index and vectors are read instead of recomputed."""
     windows = train_windows(rows, cfg, embedder if uses_embeddings(cfg) else None)
     full = index.views if index is not None else item_views(items, cfg)
-    views = candidate_views(full, windows, rows, cfg, index.first if index is not None else None)
+    views = candidate_views(full, windows, rows, cfg, index.first if index is not None else None, embedder)
     out = Embedded(
         windows,
         views.drop(columns="position"),

@@ -1,7 +1,8 @@
 """A benchmark index file: the benchmark side of stage 02 computed once and read elsewhere.
 
 `platypus decontaminate --benchmarks DIR --build-index FILE` writes, in one .npz (written atomically):
-the test views (item, view, text, identifying), the first pass's words and TF-IDF index (candidates.py),
+the test views (item, view, text, identifying), the first pass's words, TF-IDF index and distilled word
+pieces (candidates.py, static.py),
 the views' embedding vectors when a selected detector reads cosines, and `meta` (JSON): the format, the
 embedding model (reference, sha256 of its weight files, sentence-transformers version), the hash of the
 benchmark items and their views, and the decontaminate settings that shape the views. Another machine or
@@ -26,6 +27,7 @@ from ..artifacts import atomic_path, sha256_file, sha256_text
 from ..config import DecontaminateConfig
 from .candidates import FirstPassIndex, LexicalIndex
 from .embed import embed_benchmark_texts, uses_embeddings
+from .static import static_index
 from .views import item_views
 
 log = logging.getLogger("platypus")
@@ -87,8 +89,9 @@ def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str
     """Write the benchmark index of `items` under `cfg` to `path` (vectors when a selected detector reads
     cosines, through the embedder's cache); returns its meta."""
     views = item_views(items, cfg)
-    first = FirstPassIndex.build(views["text"].tolist())
-    vectors = embed_benchmark_texts(views["text"].tolist(), embedder) if uses_embeddings(cfg) else None
+    embedder = embedder if uses_embeddings(cfg) else None
+    first = FirstPassIndex.build(views["text"].tolist(), embedder)
+    vectors = embed_benchmark_texts(views["text"].tolist(), embedder) if embedder is not None else None
     meta = {
         "format": FORMAT,
         "benchmark_sha256": benchmark_sha256(items, views),
@@ -117,6 +120,8 @@ def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str
         arrays[f"{name}_data"], arrays[f"{name}_ends"] = _pack(strings)
     if vectors is not None:
         arrays["vectors"] = np.asarray(vectors, dtype=np.float32)
+    if first.static is not None:  # the distilled word pieces: the views' static vectors are remade from them
+        arrays["static_pieces"] = first.static.pieces
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -179,8 +184,14 @@ def load_index(path: str | Path, items: list[dict], cfg: DecontaminateConfig, em
     matrix = sparse.csr_matrix(
         (a["matrix_data"], a["matrix_indices"], a["matrix_indptr"]), shape=(len(stored), len(a["idf"]))
     )
+    pieces = a.get("static_pieces")
+    static = (
+        static_index(embedder, strings["view_text"], pieces) if pieces is not None and embedder is not None else None
+    )
     first = FirstPassIndex(
-        [t.split(" ") if t else [] for t in strings["tokens"]], LexicalIndex(words, a["bigrams"], a["idf"], matrix)
+        [t.split(" ") if t else [] for t in strings["tokens"]],
+        LexicalIndex(words, a["bigrams"], a["idf"], matrix),
+        static,
     )
     log.info("benchmark index %s: %d items, %d views, model %s", path, meta["items"], len(stored), meta["model"])
     return BenchmarkIndex(stored, first, a.get("vectors"), meta)

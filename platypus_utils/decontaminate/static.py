@@ -1,0 +1,150 @@
+"""Static word-piece vectors distilled from the embedding model, for the first pass (candidates.py).
+
+model2vec's recipe, done here with the model already loaded (model2vec's own distiller pins an older
+transformers): every word piece a text holds is passed alone through the sentence-transformer
+([CLS] piece [SEP], its pooling and normalisation), giving one vector per piece. A text's static vector is
+the mean of its pieces' vectors weighted by their inverse document frequency over the test views, less
+the views' mean direction (the component all texts share), L2-normalised: no attention, so 60k views take seconds, and its cosines follow the model's closely enough
+to rank the neighbours the model would find (recall printed by bench/bench_decontaminate.py --recall).
+Only the pieces the views and the training windows hold are distilled, each once per model: they are
+cached in a .npy beside the embedding cache (~45 MB for MiniLM's whole vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from ..artifacts import atomic_path
+
+log = logging.getLogger("platypus")
+
+
+def _sentence_transformer(embedder):
+    model = getattr(embedder, "model", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    return (model, tokenizer) if tokenizer is not None and callable(model) else (None, None)
+
+
+def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """One L2-normalised vector per vocabulary piece, distilled for the `needed` piece ids (others: zeros, they
+    match no view). Cached under the embedder's cache folder (pieces not yet distilled are NaN rows there), so
+    each piece is distilled once per model."""
+    model, tokenizer = _sentence_transformer(embedder)
+    cache_dir = getattr(getattr(embedder, "cache", None), "dir", None)
+    path = Path(cache_dir) / "static_pieces.npy" if cache_dir is not None else None
+    vecs = None
+    if path is not None and path.is_file():
+        try:
+            vecs = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:  # a damaged file only costs a distillation
+            log.warning("static vectors: ignoring unreadable %s (%s)", path, exc)
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    if vecs is None or vecs.shape != (len(tokenizer), dim):
+        vecs = np.full((len(tokenizer), dim), np.nan, dtype=np.float32)
+    todo = np.asarray(needed, dtype=np.int64)[np.isnan(vecs[np.asarray(needed, dtype=np.int64), 0])]
+    if len(todo):
+        t0 = time.perf_counter()
+        vecs[todo] = _distil(model, tokenizer, todo, batch)
+        log.info("static vectors: %d word pieces distilled in %.1f s", len(todo), time.perf_counter() - t0)
+        if path is not None:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, vecs)
+    out = np.zeros_like(vecs)  # the same vectors whatever else the cache holds
+    out[needed] = vecs[needed]
+    return out
+
+
+def _distil(model, tokenizer, ids: np.ndarray, batch: int) -> np.ndarray:
+    """Each piece alone through the sentence-transformer: [CLS] piece [SEP], its pooling and normalisation."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for b0 in range(0, len(ids), batch):
+            col = torch.from_numpy(ids[b0 : b0 + batch])[:, None]
+            x = torch.cat(
+                [torch.full_like(col, tokenizer.cls_token_id), col, torch.full_like(col, tokenizer.sep_token_id)], 1
+            )
+            feats = {"input_ids": x, "attention_mask": torch.ones_like(x), "token_type_ids": torch.zeros_like(x)}
+            out.append(model(feats)["sentence_embedding"].float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def piece_counts(embedder, texts: list[str]) -> sparse.csr_matrix:
+    """texts x vocabulary word-piece counts (the model's tokenizer, no special pieces, no truncation)."""
+    _, tokenizer = _sentence_transformer(embedder)
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    cols = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+    m = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(ids), len(tokenizer)))
+    m.sum_duplicates()
+    return m
+
+
+class StaticIndex:
+    """Static vectors of the test views, and the same map for training windows. `pieces` holds the vectors of
+    the pieces read so far (zeros elsewhere); a text's pieces are distilled when first read (`ensure`), so a
+    vector never depends on what else was read before."""
+
+    def __init__(self, pieces: np.ndarray, view_counts: sparse.csr_matrix):
+        df = np.bincount(view_counts.indices, minlength=view_counts.shape[1])
+        self.pieces = pieces
+        self.known = np.zeros(len(pieces), dtype=bool)
+        self.known[np.unique(view_counts.indices)] = True
+        self.weights = (np.log((1 + view_counts.shape[0]) / (1 + df)) + 1.0).astype(np.float32)
+        self.center = np.zeros(pieces.shape[1], dtype=np.float32)
+        raw = self._raw(view_counts)
+        self.center = raw.mean(axis=0) if len(raw) else self.center  # the direction all texts share
+        self.views = self.vectors(view_counts)
+
+    def ensure(self, embedder, counts: sparse.csr_matrix) -> None:
+        """The vectors of the pieces of `counts` not read yet (from the embedder's cache, or distilled)."""
+        ids = np.unique(counts.indices)
+        missing = ids[~self.known[ids]]
+        if len(missing):
+            self.pieces[missing] = piece_vectors(embedder, missing)[missing]
+            self.known[missing] = True
+
+    def _raw(self, counts: sparse.csr_matrix) -> np.ndarray:
+        out = np.asarray(counts @ sparse.diags(self.weights) @ self.pieces, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def vectors(self, counts: sparse.csr_matrix) -> np.ndarray:
+        """Weighted mean of the pieces, less the views' mean direction, L2-normalised."""
+        out = self._raw(counts) - self.center
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def static_index(embedder, view_texts: list[str], pieces: np.ndarray | None = None) -> StaticIndex | None:
+    """The views' static index with the embedder's pieces, or `pieces` (an index file's, the views' pieces
+    distilled); None without a sentence-transformer."""
+    if _sentence_transformer(embedder)[0] is None:
+        return None
+    counts = piece_counts(embedder, view_texts)
+    pieces = piece_vectors(embedder, np.unique(counts.indices)) if pieces is None else pieces.copy()
+    return StaticIndex(pieces, counts)
+
+
+def top_items_static(
+    index: StaticIndex, view_item: np.ndarray, embedder, texts: list[str], k: int, block: int = 512
+) -> list[np.ndarray]:
+    """For each text, the k items whose best view's static vector is closest to its own, best first (views
+    grouped by item, ascending)."""
+    items, starts = np.unique(view_item, return_index=True)
+    counts = piece_counts(embedder, texts)
+    index.ensure(embedder, counts)
+    queries = index.vectors(counts)
+    out: list[np.ndarray] = []
+    for b0 in range(0, len(queries), block):
+        per_item = np.maximum.reduceat(queries[b0 : b0 + block] @ index.views.T, starts, axis=1)
+        kk = min(k, per_item.shape[1])
+        best = np.argpartition(-per_item, kk - 1, axis=1)[:, :kk]
+        for r in range(len(per_item)):
+            out.append(items[best[r][np.argsort(-per_item[r, best[r]], kind="stable")]])
+    return out
