@@ -82,6 +82,14 @@ def test_ray_engine_without_a_model_over_every_item(ray_session, demo):
     assert ray.summary == local.summary
 
 
+def test_gpu_actors_on_a_cluster_without_gpus_fail_naming_the_key(ray_session, demo):
+    cfg, items = demo
+    on_gpus = cfg.model_copy(update={"engine": "ray", "ray_gpus_per_actor": 0.5, "detectors": ["embedding"]})
+    with pytest.raises(ValueError, match="decontaminate.ray_gpus_per_actor is 0.5, but the Ray cluster has no GPU"):
+        engine_ray.actor_pool(ray_session, on_gpus, gpus=True)
+    assert "num_gpus" not in engine_ray.actor_pool(ray_session, on_gpus, gpus=False)  # the first pass: CPUs only
+
+
 def test_engine_is_a_profile_key_and_a_flag(tmp_path, monkeypatch):
     with pytest.raises(ValidationError, match="engine"):
         DecontaminateConfig(engine="spark")

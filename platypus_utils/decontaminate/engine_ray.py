@@ -23,6 +23,7 @@ a text is encoded in another batch. Running on a cluster, and the cost per milli
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -36,8 +37,9 @@ import pandas as pd
 from ..artifacts import timed
 from ..config import DecontaminateConfig
 from ..embeddings import Embedder
-from .candidates import FirstPassIndex, first_pass_items
-from .embed import ngram_texts, uses_embeddings
+from .candidates import FirstPassIndex
+from .embed import candidate_views as block_candidate_views
+from .embed import uses_embeddings
 from .index import BenchmarkIndex
 from .views import item_views, train_windows
 
@@ -92,10 +94,12 @@ def actor_pool(ray, cfg: DecontaminateConfig, gpus: bool) -> dict:
     """map_batches' arguments for an actor pool of `ray_actors` (None: as many as the cluster's CPUs, or its
     GPUs when the pool's actors take `ray_gpus_per_actor`, allow) with each actor's CPUs and GPUs."""
     per_gpu = cfg.ray_gpus_per_actor if gpus else 0.0
+    total = ray.cluster_resources()
+    if per_gpu and not total.get("GPU"):  # the actors would wait for a GPU forever
+        raise ValueError(f"decontaminate.ray_gpus_per_actor is {per_gpu}, but the Ray cluster has no GPU; set it to 0")
     size = cfg.ray_actors
     if size is None:
-        free = ray.cluster_resources()
-        size = int(free.get("GPU", 0) // per_gpu) if per_gpu else int(free.get("CPU", 1) // cfg.ray_cpus_per_actor)
+        size = int(total.get("GPU", 0) // per_gpu) if per_gpu else int(total.get("CPU", 1) // cfg.ray_cpus_per_actor)
     pool = {"compute": ray.data.ActorPoolStrategy(size=max(1, size)), "num_cpus": cfg.ray_cpus_per_actor}
     return pool | ({"num_gpus": per_gpu} if per_gpu else {})
 
@@ -113,24 +117,31 @@ def _block(batch: pd.DataFrame) -> tuple[np.ndarray, list[dict]]:
 
 
 class _Actor:
-    """One actor of a pool: its embedder (built once, the model loaded on first use) and the shared objects."""
+    """One actor of a pool: its embedder (built once, the model loaded on first use) and the shared objects (read
+    only from the object store; `writable`: the actor's own copy)."""
+
+    writable = False
 
     def __init__(self, make: Callable | None, cfg: DecontaminateConfig, shared: list):
         import ray
 
         self.embedder = make() if make is not None else None
         self.cfg = cfg
-        self.shared = ray.get(shared[0])
+        self.shared = copy.deepcopy(ray.get(shared[0])) if self.writable else ray.get(shared[0])
 
 
 class _Search(_Actor):
-    """Step 1 on a block: the items first_pass_items finds for its rows (shared: the views and their index)."""
+    """Step 1 on a block: the items of the views embed.candidate_views chooses for its rows (shared: every view and
+    the first pass's index of them; its static vectors grow with the pieces the block's windows hold)."""
+
+    writable = True
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         _, rows = _block(batch)
         views, first = self.shared
         windows = train_windows(rows, self.cfg, self.embedder)
-        return pd.DataFrame({"item": first_pass_items(windows, views, ngram_texts(rows, self.cfg), self.cfg, first)})
+        chosen = block_candidate_views(views, windows, rows, self.cfg, first, self.embedder)
+        return pd.DataFrame({"item": chosen["item"].unique()})
 
 
 class _Encode(_Actor):
@@ -166,13 +177,14 @@ def _gathered(outputs: list[dict], column: str, order: list[str]) -> pd.DataFram
     return pd.concat(frames, ignore_index=True).sort_values(order, kind="stable", ignore_index=True)
 
 
-def candidate_views(ray, ds, full: pd.DataFrame, cfg: DecontaminateConfig, make, first) -> pd.DataFrame:
-    """Step 1: the views the exact pass reads, each with its `position` in `full` (as embed.candidate_views
-    gives them): all of them (candidates: exhaustive), or those of the union of the blocks' first-pass items."""
-    full = full.assign(position=np.arange(len(full)))
+def candidate_views(ray, ds, full: pd.DataFrame, cfg: DecontaminateConfig, make, embedder, first) -> pd.DataFrame:
+    """Step 1: the views the exact pass reads, each with its `position` in `full` (as embed.candidate_views gives
+    them): all of them (candidates: exhaustive), or those of the union of the blocks' candidate items. The first
+    pass's index of the views is built once here, as the local engine builds it (or read from an index file)."""
     if cfg.candidates == "exhaustive":
-        return full
-    shared = [ray.put((full.drop(columns="position"), first or FirstPassIndex.build(full["text"].tolist())))]
+        return full.assign(position=np.arange(len(full)))
+    first = first or FirstPassIndex.build(full["text"].tolist(), embedder)
+    shared = [ray.put((full, first))]
     found = ds.map_batches(
         _Search,
         batch_size=cfg.ray_block_rows,
@@ -183,6 +195,7 @@ def candidate_views(ray, ds, full: pd.DataFrame, cfg: DecontaminateConfig, make,
     parts = [b["item"] for b in found.iter_batches(batch_format="numpy", batch_size=None)]
     keep = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     log.info("ray first pass: %d of %d test items are candidates", len(keep), full["item"].nunique())
+    full = full.assign(position=np.arange(len(full)))
     return full[full["item"].isin(keep)].reset_index(drop=True)
 
 
@@ -236,11 +249,12 @@ def pairs_on_ray(
     """stage.row_pairs on Ray (steps 1-3 of the module docstring): (candidate pairs, flagged pairs) of every row, as
     `local` (stage.row_pairs, which each block runs) gives them over the whole set."""
     ray = connect(cfg)
-    make = embedder_factory(embedder if uses_embeddings(cfg) else None)
+    embedder = embedder if uses_embeddings(cfg) else None
+    make = embedder_factory(embedder)
     ds = row_dataset(ray, rows, cfg)
     full = index.views if index is not None else item_views(items, cfg)
     with timed(timings, "ray_first_pass_s"):
-        views = candidate_views(ray, ds, full, cfg, make, index.first if index is not None else None)
+        views = candidate_views(ray, ds, full, cfg, make, embedder, index.first if index is not None else None)
     with timed(timings, "ray_embed_views_s"):
         side = BenchmarkIndex(views.drop(columns="position"), None, view_vectors(ray, views, cfg, make, index), {})
     with timed(timings, "ray_exact_pass_s"):
