@@ -34,8 +34,9 @@ Judges, by the `model` reference:
     question_cosine + ANSWER_WEIGHT * max(answer_cosine, answer_words), verdict = score >= threshold (or
     question_cosine >= SAME_QUESTION_COSINE), the numbers agree and the answer is neither contradicted nor
     missing a number. Threshold and weights chosen on splits "dev" and "real" of
-    tests/fixtures/contamination_labelled.jsonl; split "frozen1", written with the judge frozen and never
-    tuned on, measures it (bench/bench_detectors.py reports every split and which were tuned on).
+    tests/fixtures/contamination_labelled.jsonl (the numbers-left-out rule and the question_only floor on dev3
+    and dev4); splits "frozen1" and "frozen2", written with the judge frozen and never tuned on, measure it
+    (bench/bench_detectors.py reports every split and which were tuned on).
   * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
     a hub profile): the model is asked the LLM-Decontaminator question (the test question with its answer and
     the training row in braces: the same question? True / False), in left-padded batches of LLM_BATCH prompts

@@ -50,9 +50,10 @@ each reported on its own and combined:
              answer is reworded too, which the string tests keep); a long stem's question_only view is read by
              the judge alone, against the question without its passage. Measured with score_pairs on the
              labelled pairs (tests/fixtures/contamination_labelled.jsonl, bench/bench_detectors.py, per split):
-             on split frozen1, written with the judge frozen and never tuned on, the stage removes 87.5% of
-             the rewordings (91/104), 6.7% of the similar-but-different pairs (5/75) and none of the clean
-             ones (0/15); the tuned splits' figures are in-sample.
+             on split frozen2, written with the judge frozen at 90dd102 and never tuned on, the stage removes
+             97.1% of the rewordings (102/105), 1.6% of the similar-but-different pairs (1/63) and 1 of 16
+             clean ones; on frozen1 (frozen earlier, re-measured) 90.4% (94/104), 6.7% (5/75) and 0/15; the
+             tuned splits' figures are in-sample.
 Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
 each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
 `x^3-2x+1` and `x^3 - 2x + 1` agree.
