@@ -121,7 +121,9 @@ def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str
     if vectors is not None:
         arrays["vectors"] = np.asarray(vectors, dtype=np.float32)
     if first.static is not None:  # the distilled word pieces: the views' static vectors are remade from them
-        arrays["static_pieces"] = first.static.pieces
+        ids = np.flatnonzero(first.static.known)  # the views' pieces (the others are zeros until read)
+        arrays["static_piece_ids"], arrays["static_pieces"] = ids, first.static.pieces[ids]
+        arrays["static_vocabulary"] = np.array([len(first.static.pieces)], dtype=np.int64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -184,7 +186,10 @@ def load_index(path: str | Path, items: list[dict], cfg: DecontaminateConfig, em
     matrix = sparse.csr_matrix(
         (a["matrix_data"], a["matrix_indices"], a["matrix_indptr"]), shape=(len(stored), len(a["idf"]))
     )
-    pieces = a.get("static_pieces")
+    pieces = None
+    if "static_pieces" in a:
+        pieces = np.zeros((int(a["static_vocabulary"][0]), a["static_pieces"].shape[1]), dtype=np.float32)
+        pieces[a["static_piece_ids"]] = a["static_pieces"]
     static = (
         static_index(embedder, strings["view_text"], pieces) if pieces is not None and embedder is not None else None
     )
