@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
@@ -88,6 +90,15 @@ def test_gpu_actors_on_a_cluster_without_gpus_fail_naming_the_key(ray_session, d
     with pytest.raises(ValueError, match="decontaminate.ray_gpus_per_actor is 0.5, but the Ray cluster has no GPU"):
         engine_ray.actor_pool(ray_session, on_gpus, gpus=True)
     assert "num_gpus" not in engine_ray.actor_pool(ray_session, on_gpus, gpus=False)  # the first pass: CPUs only
+
+
+def test_an_index_files_vectors_are_read_at_the_candidate_views_positions(demo):
+    """With --index, step 2 embeds nothing: each candidate view's vector is the index's at its position."""
+    cfg, _ = demo
+    views = pd.DataFrame({"item": [3, 7], "text": ["a", "b"], "position": [5, 1]})
+    index = SimpleNamespace(vectors=np.arange(12, dtype=np.float32).reshape(6, 2))
+    assert engine_ray.view_vectors(None, views, cfg, None, index).tolist() == [[10, 11], [2, 3]]
+    assert engine_ray.view_vectors(None, views, cfg.model_copy(update={"detectors": ["ngram"]}), None, index) is None
 
 
 def test_engine_is_a_profile_key_and_a_flag(tmp_path, monkeypatch):
