@@ -5,7 +5,7 @@ Layers (docs/layers.md gives the reasons), each importing only from its own laye
     0 core        profile schema, artifacts and manifests, artifact paths and variant names, text
                   helpers, Drive paths, the published numbers, portable paths: __init__, config,
                   artifacts, layout, text, drive, refs, published, portable, mergekit_yaml (mergekit
-                  configs in a profile)
+                  configs in a profile), training_options (finetune.sft / finetune.lora checked)
     1 components  data sources, benchmarks, models, embeddings, plots, statistics, lm-eval output,
                   hub access, the leak judge, the demo data, model cards
     2 stages      curate, decontaminate, finetune, merge, evaluate, analysis (a package named after a
@@ -47,6 +47,7 @@ LAYERS = {
             "published",
             "portable",
             "mergekit_yaml",
+            "training_options",
         ],
         CORE,
     ),
