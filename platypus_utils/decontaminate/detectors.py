@@ -78,18 +78,6 @@ REGISTRY: dict[str, Detector] = {
 }
 DETECTORS = tuple(REGISTRY)
 
-CANDIDATE_COLUMNS = [
-    "train_index",
-    "item_index",
-    "embedding_cosine",
-    "identifying_cosine",
-    "question_only_cosine",
-    "embed_part",
-    "test_view",
-    "ngram_overlap",
-    "ngram_part",
-    "ngram_view",
-]
 PAIR_COSINE_COLUMNS = [
     "train_index",
     "item_index",
@@ -100,6 +88,7 @@ PAIR_COSINE_COLUMNS = [
     "test_view",
 ]
 NGRAM_COLUMNS = ["train_index", "item_index", "ngram_overlap", "ngram_part", "ngram_view"]
+CANDIDATE_COLUMNS = PAIR_COSINE_COLUMNS + NGRAM_COLUMNS[2:]  # one row per (train, item): both detectors' columns
 
 
 def embedding_candidates(emb: Embedded, threshold: float, block_size: int) -> set[tuple[int, int]]:
