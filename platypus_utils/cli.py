@@ -324,7 +324,8 @@ def _cmd_decontaminate(args) -> int:
 
 
 def _cmd_analyse(args) -> int:
-    from .analysis import StatsSettings, analyse
+    from .analysis.paired import StatsSettings
+    from .analysis.stage import analyse
 
     merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
     produced = analyse(

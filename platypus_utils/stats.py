@@ -279,24 +279,3 @@ def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 
     za, zb = _z(1 - alpha / 2), _z(power)
     n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta**2
     return int(math.ceil(n))
-
-
-__all__ = [
-    "is_binary",
-    "discordant",
-    "mcnemar_exact",
-    "bootstrap_means",
-    "percentile_interval",
-    "paired_bootstrap",
-    "stratified_interval",
-    "sign_flip_p",
-    "weighted_sign_flip_p",
-    "sign_flip_test",
-    "FlipP",
-    "unpaired_interval",
-    "bh_adjust",
-    "questions_for_change",
-    "questions_for_change_unpaired",
-    "DEFAULT_CONFIDENCE",
-    "DEFAULT_N_BOOT",
-]

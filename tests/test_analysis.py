@@ -13,9 +13,24 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from platypus_utils import analysis as an
+from platypus_utils.analysis.common import (
+    KIND_FINETUNED,
+    KIND_MERGED,
+    KIND_OTHER,
+    KIND_PARTNER,
+    KIND_PARTNER_BASE,
+    KIND_RELEASE,
+    NOT_RUN,
+    ROLE_MERGED_PARTNER,
+    ROLE_PARTNER,
+)
+from platypus_utils.analysis.frames import Comparison, comparisons, load_summaries, merged_variants, runs_from_summaries
+from platypus_utils.analysis.paired import PAIRED, UNPAIRED, StatsSettings, level, paired_delta_frame
+from platypus_utils.analysis.references import drift_frame, reference_lines, release_frame
+from platypus_utils.analysis.stage import compute_analysis, run_analysis, save_analysis, stage_figures
 from platypus_utils.artifacts import StageRun, read_manifest
 from platypus_utils.config import Profile
+from platypus_utils.published import PUBLISHED, SOURCE_LABEL
 
 SUBJECTS = {
     "abstract_algebra": "stem",
@@ -174,7 +189,7 @@ def basic_run(tmp_path_factory):
     """base + merged evaluated, adapter failed: one analysis shared by the tests that only read it."""
     profile = make_profile(tmp_path_factory.mktemp("basic"), published_results=True)
     write_eval(profile, [MERGED, BASE], failed={"adapter": "FileNotFoundError: no adapter"})
-    return profile, an.run_analysis(profile)
+    return profile, run_analysis(profile)
 
 
 def test_leaderboard_tables_match_inputs(basic_run):
@@ -191,9 +206,9 @@ def test_leaderboard_tables_match_inputs(basic_run):
         assert row["mmlu_weighted"] == pytest.approx(50.0)
         assert row["average"] == pytest.approx(100 * s["average"])
     assert ours.loc["adapter", "status"].startswith("failed: FileNotFoundError")
-    paper = frame[frame["source"] == an.PUBLISHED_SOURCE].set_index("variant")
+    paper = frame[frame["source"] == SOURCE_LABEL].set_index("variant")
     assert paper.loc["Llama-2-13b (base)", "truthfulqa_mc2"] == 37.39
-    assert len(paper) == len(an.PUBLISHED)
+    assert len(paper) == len(PUBLISHED)
 
     md = (tables / "leaderboard.md").read_text()
     assert has_row(
@@ -207,7 +222,7 @@ def test_leaderboard_tables_match_inputs(basic_run):
     tex = (tables / "leaderboard.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "$30.00 \\pm 1.30$" in tex and "Llama-2-13b (base)" in tex and "Lee et al. 2023" in tex
-    assert tex.count(" \\\\") == 1 + 3 + len(an.PUBLISHED)  # header + our 3 rows + paper rows
+    assert tex.count(" \\\\") == 1 + 3 + len(PUBLISHED)  # header + our 3 rows + paper rows
     assert produced["failed_variants"] == {"adapter": "FileNotFoundError: no adapter"}
     caption = (profile.report_dir("figures") / "leaderboard.txt").read_text()
     assert "base: ARC 30.00 ± 1.30" in caption
@@ -219,9 +234,9 @@ def test_mmlu_deltas_without_samples_fall_back_to_the_unpaired_error(basic_run):
     profile, produced = basic_run
     deltas = pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv")
     assert list(deltas["comparison"].unique()) == ["merged vs base"] and len(deltas) == len(SUBJECTS)
-    assert set(deltas["kind"]) == {an.KIND_FINETUNED}  # "merged" is the adapter folded into its own base
+    assert set(deltas["kind"]) == {KIND_FINETUNED}  # "merged" is the adapter folded into its own base
     assert list(deltas["delta"]) == sorted(deltas["delta"])  # sorted for the bar chart
-    assert set(deltas["interval"]) == {an.UNPAIRED}  # no samples.jsonl: named as the fallback
+    assert set(deltas["interval"]) == {UNPAIRED}  # no samples.jsonl: named as the fallback
     row = deltas.set_index("unit").loc["abstract_algebra"]
     se = 100 * math.hypot(0.05, 0.04)
     assert row["delta"] == pytest.approx(10.0) and row["se"] == pytest.approx(se)
@@ -290,10 +305,10 @@ def paired_pair(tmp_path):
 
 def test_paired_statistics_from_logged_samples(tmp_path):
     profile = paired_pair(tmp_path)
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     deltas = pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv").set_index("unit")
     anatomy = deltas.loc["anatomy"]
-    assert anatomy["interval"] == an.PAIRED and anatomy["test"] == "McNemar exact"
+    assert anatomy["interval"] == PAIRED and anatomy["test"] == "McNemar exact"
     assert anatomy["delta"] == pytest.approx(20.0) and anatomy["n"] == 40
     assert (anatomy["discordant_b"], anatomy["discordant_c"]) == (8, 0)
     assert anatomy["p_value"] == pytest.approx(2 / 2**8)  # exact McNemar, 8 vs 0
@@ -307,7 +322,7 @@ def test_paired_statistics_from_logged_samples(tmp_path):
     assert "tuned vs base: 1 of 2 subjects change beyond chance" in caption and "anatomy +20.0" in caption
     assert "UNPAIRED" not in caption and "paired bootstrap over questions" in caption
     cats = pd.read_csv(profile.report_dir("tables") / "mmlu_delta_categories.csv").set_index("unit")
-    assert cats.loc["all", "delta"] == pytest.approx(10.0) and cats.loc["all", "interval"] == an.PAIRED
+    assert cats.loc["all", "delta"] == pytest.approx(10.0) and cats.loc["all", "interval"] == PAIRED
     assert cats.loc["all", "test"] == "sign-flip (stratified)"
     assert any(line.startswith("tuned vs base: STEM") for line in produced["power"])
     md = (profile.report_dir() / "summary.md").read_text()
@@ -324,7 +339,7 @@ def test_identical_runs_show_no_change_and_say_so(tmp_path):
     tuned = json.loads((profile.run_dir("05_evaluate") / "base.json").read_text())
     tuned["variant"] = "tuned"
     (profile.run_dir("05_evaluate") / "tuned.json").write_text(json.dumps(tuned))
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     assert produced["verdicts"] == [
         "tuned vs base: no subject changes beyond chance at n = 60 questions over "
         "2 subjects (Benjamini-Hochberg, FDR 0.05)."
@@ -338,9 +353,9 @@ def test_missing_subject_and_mismatched_settings_are_named(tmp_path):
     tuned = json.loads((ev / "tuned.json").read_text())
     del tuned["mmlu_subjects"]["world_religions"]
     (ev / "tuned.json").write_text(json.dumps(tuned))
-    runs = an.runs_from_summaries(ev, an.load_summaries(ev)[0])
-    frame, notes = an.paired_delta_frame(runs, [an.Comparison("tuned", "base", an.KIND_OTHER)])
-    assert list(an.level(frame, "subject")["unit"]) == ["anatomy"]
+    runs = runs_from_summaries(ev, load_summaries(ev)[0])
+    frame, notes = paired_delta_frame(runs, [Comparison("tuned", "base", KIND_OTHER)])
+    assert list(level(frame, "subject")["unit"]) == ["anatomy"]
     assert notes == [
         "tuned vs base: 1 MMLU subject(s) only in base (world_religions): compared on the 1 common subjects"
     ]
@@ -355,7 +370,7 @@ def test_missing_subject_and_mismatched_settings_are_named(tmp_path):
     (ev / "base.raw.json").write_text(json.dumps(raw))
     raw["mmlu"]["n-shot"]["platypus_mmlu_anatomy"] = 0
     (ev / "tuned.raw.json").write_text(json.dumps(raw))
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     assert produced["notes"][-1].startswith(
         "tuned vs base: settings differ (platypus_mmlu_anatomy: num_fewshot 0 in "
         "tuned but 5 in base): comparison refused"
@@ -372,24 +387,24 @@ def test_comparisons_follow_the_variants_roles(tmp_path):
             "stable-platypus": {"partner": "stable"},
         }
     }
-    merged = an.merged_variants(profile, report)
+    merged = merged_variants(profile, report)
     assert merged == {"merged": None, "orca-platypus": "orca", "stable-platypus": "stable"}
-    pairs, notes = an.comparisons(
+    pairs, notes = comparisons(
         ["base", "adapter", "merged", "orca", "orca-platypus", "stable-platypus"], "base", merged
     )
     assert [(c.label, c.kind) for c in pairs] == [
-        ("adapter vs base", an.KIND_FINETUNED),
-        ("merged vs base", an.KIND_FINETUNED),
-        ("orca vs base", an.KIND_PARTNER_BASE),
-        ("orca-platypus vs base", an.KIND_MERGED),
-        ("orca-platypus vs orca", an.KIND_PARTNER),
-        ("stable-platypus vs base", an.KIND_MERGED),
+        ("adapter vs base", KIND_FINETUNED),
+        ("merged vs base", KIND_FINETUNED),
+        ("orca vs base", KIND_PARTNER_BASE),
+        ("orca-platypus vs base", KIND_MERGED),
+        ("orca-platypus vs orca", KIND_PARTNER),
+        ("stable-platypus vs base", KIND_MERGED),
     ]
     assert notes == [
         "partner 'stable' of 'stable-platypus' not evaluated: no merged-vs-partner comparison "
         "(add it to evaluate.variants)"
     ]
-    pairs, _ = an.comparisons(["orca", "orca-platypus"], "base", merged)  # no baseline: only vs the partner
+    pairs, _ = comparisons(["orca", "orca-platypus"], "base", merged)  # no baseline: only vs the partner
     assert [c.label for c in pairs] == ["orca-platypus vs orca"]
 
 
@@ -421,7 +436,7 @@ def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
             }
         )
     )
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     tables, fig = profile.report_dir("tables"), profile.report_dir("figures")
 
     cats = pd.read_csv(tables / "mmlu_delta_categories.csv")
@@ -429,16 +444,16 @@ def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
     assert vs_partner.loc["stem", "delta"] == pytest.approx((10.0 + 2.0) / 2)
     assert vs_partner.loc["stem", "se"] == pytest.approx(100 * math.sqrt(2 * (0.05**2 + 0.04**2)) / 2)
     assert vs_partner.loc["humanities", "delta"] == pytest.approx(-2.5)
-    assert vs_partner.loc["stem", "kind"] == an.KIND_PARTNER
+    assert vs_partner.loc["stem", "kind"] == KIND_PARTNER
     md = (tables / "mmlu_delta_categories.md").read_text()
     lo, hi = (vs_partner.loc["stem", k] for k in ("ci_low", "ci_high"))
     assert has_row(md, "orca-platypus vs orca", f"+6.00 [{lo:+.1f}, {hi:+.1f}]")
     kinds = dict(zip(cats["comparison"], cats["kind"]))
     assert kinds == {
-        "merged vs base": an.KIND_FINETUNED,
-        "orca vs base": an.KIND_PARTNER_BASE,
-        "orca-platypus vs base": an.KIND_MERGED,
-        "orca-platypus vs orca": an.KIND_PARTNER,
+        "merged vs base": KIND_FINETUNED,
+        "orca vs base": KIND_PARTNER_BASE,
+        "orca-platypus vs base": KIND_MERGED,
+        "orca-platypus vs orca": KIND_PARTNER,
     }
     for name in (
         "mmlu_delta_merged",
@@ -469,10 +484,8 @@ def test_partner_merge_categories_and_tradeoff_match_inputs(tmp_path):
     trade = pd.read_csv(tables / "merge_tradeoff.csv").set_index("variant")
     assert trade.loc["orca-platypus", "others_mean"] == pytest.approx(100 * (0.56 + 0.59 + 0.52) / 3)
     assert trade.loc["orca-platypus", "mmlu"] == pytest.approx(100 * ORCA_PLATYPUS["tasks"]["mmlu"]["value"])
-    assert (
-        trade.loc["orca-platypus", "role"] == an.ROLE_MERGED_PARTNER and trade.loc["orca-platypus", "partner"] == "orca"
-    )
-    assert trade.loc["orca", "role"] == an.ROLE_PARTNER and trade.loc["merged", "method"] == "merge_and_unload"
+    assert trade.loc["orca-platypus", "role"] == ROLE_MERGED_PARTNER and trade.loc["orca-platypus", "partner"] == "orca"
+    assert trade.loc["orca", "role"] == ROLE_PARTNER and trade.loc["merged", "method"] == "merge_and_unload"
     caption = (fig / "merge_tradeoff.txt").read_text()
     mmlu = 100 * ORCA_PLATYPUS["tasks"]["mmlu"]["value"]
     others_se = 100 * math.sqrt(0.01**2 + 0.01**2 + 0.02**2) / 3
@@ -564,7 +577,7 @@ def test_summary_links_every_artifact_and_key_numbers(tmp_path):
             }
         )
     )
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
 
     md = (profile.report_dir() / "summary.md").read_text()
     for cells in (
@@ -622,16 +635,16 @@ def test_figures_and_tables_are_reproducible(basic_run):
         profile.report_dir() / "summary.html",
     ]
     first = [p.read_bytes() for p in files]
-    an.run_analysis(profile)
+    run_analysis(profile)
     assert [p.read_bytes() for p in files] == first
 
 
 def test_nothing_run_yet(tmp_path):
     profile = make_profile(tmp_path, formats=["png"])
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     assert produced["variants"] == [] and "05_evaluate not run (no evaluation summaries)" in produced["notes"]
-    assert set(produced["stages"].values()) == {an.NOT_RUN}
-    assert set(produced["upstream"].values()) == {an.NOT_RUN}
+    assert set(produced["stages"].values()) == {NOT_RUN}
+    assert set(produced["upstream"].values()) == {NOT_RUN}
     md = (profile.report_dir("tables") / "leaderboard.md").read_text()
     assert "05_evaluate not run" in md
     assert pd.read_csv(profile.report_dir("tables") / "mmlu_delta.csv").empty
@@ -653,11 +666,11 @@ def test_nothing_run_yet(tmp_path):
 def test_stale_figures_of_an_earlier_analysis_are_removed(tmp_path):
     profile = make_profile(tmp_path, formats=["png"])
     write_eval(profile, [BASE, MERGED])
-    an.run_analysis(profile)
+    run_analysis(profile)
     figs = profile.report_dir("figures")
     (figs / "mmlu_delta_heatmap.txt").write_text("annotated by hand\n")  # edited: must survive
     (profile.run_dir("05_evaluate") / "merged.json").unlink()  # merged no longer evaluated
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     assert not (figs / "mmlu_delta_merged.png").exists() and not (figs / "merge_tradeoff.txt").exists()
     assert (figs / "mmlu_delta_heatmap.txt").read_text() == "annotated by hand\n"
     note = next(n for n in produced["notes"] if n.startswith("removed figures and tables"))
@@ -688,7 +701,7 @@ def test_partial_runs_and_upstream_artifacts(tmp_path):
     (ft / "metrics.json").write_text("{truncated")
     (profile.run_dir("04_merge")).mkdir(parents=True)
     (profile.run_dir("04_merge") / "merge_report.json").write_text("[]")  # not an object: ignored
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
 
     assert produced["variants"] == ["merged"]
     assert "baseline 'base' not evaluated: no MMLU deltas against it" in produced["notes"]
@@ -719,7 +732,7 @@ def test_published_numbers_have_one_home_with_their_source(tmp_path):
     from platypus_utils import published
     from platypus_utils.config import ProfileError, load_profile
 
-    assert an.PUBLISHED is published.PUBLISHED and an.PUBLISHED_SOURCE == published.SOURCE_LABEL
+    assert PUBLISHED is published.PUBLISHED and SOURCE_LABEL == published.SOURCE_LABEL
     assert set(published.PUBLISHED) == {
         "Platypus2-70B-instruct",
         "Camel-Platypus2-70B",
@@ -782,11 +795,11 @@ REPRO_SCORES = {  # this run's variant on the same questions: ARC 5 up 0 down, H
 def test_reproduction_vs_release_is_paired_from_the_samples():
     runs = {"repro": eval_run("repro", REPRO_SCORES), "repro-released": eval_run("repro-released", RELEASE_SCORES)}
     refs = {"repro-released": {"model": "org/x", "compare_to": "repro", "published": None}}
-    frame, notes = an.release_frame(runs, refs, an.StatsSettings(n_boot=500))
+    frame, notes = release_frame(runs, refs, StatsSettings(n_boot=500))
     assert notes == []
     by = frame.set_index("benchmark")
     assert list(by.index) == ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "average"]
-    assert set(frame["kind"]) == {an.KIND_RELEASE} and set(frame["interval"]) == {an.PAIRED}
+    assert set(frame["kind"]) == {KIND_RELEASE} and set(frame["interval"]) == {PAIRED}
     assert set(frame["comparison"]) == {"repro vs repro-released"}
     arc = by.loc["arc_challenge"]
     assert arc["delta"] == pytest.approx(25.0) and arc["n"] == 20 and arc["test"] == "McNemar exact"
@@ -799,7 +812,7 @@ def test_reproduction_vs_release_is_paired_from_the_samples():
     assert by.loc["average", "delta"] == pytest.approx((25.0 + 0.0 + 12.5 + 7.5) / 4)
     assert by.loc["average", "test"] == "sign-flip (weighted)"
     # not evaluated, or settings that differ: no comparison, a note
-    frame, notes = an.release_frame({"repro": runs["repro"]}, refs)
+    frame, notes = release_frame({"repro": runs["repro"]}, refs)
     assert frame.empty and notes == [
         "repro vs repro-released (reproduction vs release): not compared, repro-released not evaluated"
     ]
@@ -828,10 +841,10 @@ def test_harness_drift_is_unpaired_against_the_published_row():
         "rel": {"model": "garage-bAInd/Stable-Platypus2-13B", "compare_to": None, "published": "Stable-Platypus2-13B"},
         "tiny": {"model": "embedded:smollm2-135m-instruct", "compare_to": None, "published": None},
     }
-    frame, notes = an.drift_frame(runs, refs)
+    frame, notes = drift_frame(runs, refs)
     row = PUBLISHED["Stable-Platypus2-13B"]
     by = frame.set_index("benchmark")
-    assert set(frame["kind"]) == {"harness drift"} and set(frame["interval"]) == {an.UNPAIRED}
+    assert set(frame["kind"]) == {"harness drift"} and set(frame["interval"]) == {UNPAIRED}
     assert set(frame["comparison"]) == {"rel vs published Stable-Platypus2-13B"}
     arc = by.loc["arc_challenge"]
     assert arc["delta"] == pytest.approx(60.0 - 62.71) and arc["se"] == pytest.approx(1.4)
@@ -844,7 +857,7 @@ def test_harness_drift_is_unpaired_against_the_published_row():
     assert avg["se"] == pytest.approx(100 * math.sqrt(sum(s * s for s in ses.values())) / 4)
     assert len(notes) == 1 and "harness drift of rel: here lm-eval 0.4.13, hf, bfloat16, batch size auto" in notes[0]
     assert "b281b09" in notes[0] and "2308.07317" in notes[0]  # the other side: harness and source
-    lines = an.reference_lines(frame, refs)
+    lines = reference_lines(frame, refs)
     assert lines[0].startswith("rel vs published Stable-Platypus2-13B (harness drift, unpaired): average 62.00 vs")
     assert lines[1] == "harness drift: no published numbers exist for tiny (embedded:smollm2-135m-instruct)."
 
@@ -884,7 +897,7 @@ def test_references_stand_beside_the_merges_in_the_tables_and_summary(tmp_path):
             for r in run.samples.itertuples()
         ]
         write_samples(profile, name, rows)
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     tables = profile.report_dir("tables")
     board = pd.read_csv(tables / "leaderboard.csv")
     assert board[["variant", "kind"]].values.tolist() == [
@@ -949,7 +962,7 @@ def test_training_seeds_show_their_spread_beside_one_runs_error(tmp_path):
         [summary("base", {"arc_challenge": (0.45, 0.01), "mmlu": (0.3, 0.05)}, subjects)]
         + [summary(v, {"arc_challenge": (a, 0.01), "mmlu": (0.3, 0.05)}, subjects) for v, a in arc.items()],
     )
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     frame = pd.read_csv(profile.report_dir("tables") / "seed_spread.csv").set_index("benchmark")
     assert frame.at["ARC", "seeds"] == 3 and frame.at["ARC", "mean"] == pytest.approx(54.0)
     assert frame.at["ARC", "sd"] == pytest.approx(4.0)  # 50, 54, 58: sample sd 4 points
@@ -962,7 +975,7 @@ def test_training_seeds_show_their_spread_beside_one_runs_error(tmp_path):
     # without finetune.seeds: no table, no section
     one_seed = make_profile(tmp_path / "none")
     write_eval(one_seed, [BASE, MERGED])
-    assert "seeds" not in an.run_analysis(one_seed)
+    assert "seeds" not in run_analysis(one_seed)
     assert not (one_seed.report_dir("tables") / "seed_spread.csv").exists()
 
 
@@ -972,18 +985,18 @@ def test_the_save_step_writes_what_the_steps_computed(tmp_path):
     hold; run_analysis composes the same steps and saves the same figures."""
     profile = make_profile(tmp_path, formats=["png"])
     write_eval(profile, [BASE, MERGED])
-    result = an.compute_analysis(profile)
-    figures = an.stage_figures(profile, result)
+    result = compute_analysis(profile)
+    figures = stage_figures(profile, result)
     assert [f.name for f in figures if f.figure is None] == []
     result.board = result.board[result.board["variant"] == "base"]
     figures[-1].caption = "as drawn in the kernel"
-    produced = an.save_analysis(profile, result, figures, {"notebook_s": 1.5})
+    produced = save_analysis(profile, result, figures, {"notebook_s": 1.5})
     assert list(pd.read_csv(profile.report_dir("tables") / "leaderboard.csv")["variant"]) == ["base"]
     assert (profile.report_dir("figures") / f"{figures[-1].name}.txt").read_text() == "as drawn in the kernel\n"
     manifest = read_manifest(profile.run_dir("06_analysis"))
     assert manifest["timings"]["notebook_s"] == 1.5 and manifest["metrics"]["comparisons"] == len(result.pairs) == 1
     assert produced["comparisons"] == [{"comparison": "merged vs base", "kind": "fine-tuned vs base"}]
-    assert sorted(an.run_analysis(profile)["figures"]) == sorted(produced["figures"]) == sorted(f.name for f in figures)
+    assert sorted(run_analysis(profile)["figures"]) == sorted(produced["figures"]) == sorted(f.name for f in figures)
 
 
 def test_figure_legends_clear_the_x_label_and_no_change_spans_a_point(tmp_path):
@@ -997,7 +1010,7 @@ def test_figure_legends_clear_the_x_label_and_no_change_spans_a_point(tmp_path):
     (eval_dir / "tuned.samples.jsonl").write_bytes((eval_dir / "base.samples.jsonl").read_bytes())
     tuned = json.loads((eval_dir / "base.json").read_text())
     (eval_dir / "tuned.json").write_text(json.dumps(tuned | {"variant": "tuned"}))
-    figures = {f.name: f.figure for f in an.stage_figures(profile, an.compute_analysis(profile))}
+    figures = {f.name: f.figure for f in stage_figures(profile, compute_analysis(profile))}
     for name in ("mmlu_delta_tuned", "mmlu_delta_categories"):
         fig = figures[name]
         canvas = FigureCanvasAgg(fig)

@@ -13,10 +13,20 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from platypus_utils import analysis as an
+from platypus_utils.analysis.captions import clean_caption
+from platypus_utils.analysis.clean import (
+    clean_subset_frame,
+    flagged_counts,
+    load_clean_subset,
+    read_flagged_items,
+    subset_gap,
+)
+from platypus_utils.analysis.figures import clean_gap_figure, clean_subset_figure
+from platypus_utils.analysis.stage import run_analysis
 from platypus_utils.artifacts import read_manifest
 from platypus_utils.config import Profile
 from platypus_utils.lmeval_io import EvalRun, samples_frame
+from platypus_utils.plotting import save_figure
 
 # ARC: 10 questions, 4 right. Flagged: doc 0 duplicate, doc 1 gray_area (twice: two training rows),
 # doc 4 similar_but_different; doc 99 was not evaluated. Clean: docs 2,3,5-9 -> 2 right of 7.
@@ -93,7 +103,7 @@ def run_of(name: str, rows: list[dict]) -> EvalRun:
 def flagged(tmp_path):
     path = tmp_path / "flagged_pairs.csv"
     path.write_text(pairs_csv())
-    return an.read_flagged_items(path)
+    return read_flagged_items(path)
 
 
 def test_flagged_pairs_are_read_by_lm_eval_ids(flagged):
@@ -118,7 +128,7 @@ def test_flagged_pairs_are_read_by_lm_eval_ids(flagged):
 
 
 def test_clean_scores_and_counts_are_exact(flagged):
-    clean = an.clean_subset_frame({"base": run_of("base", sample_rows())}, flagged[0])
+    clean = clean_subset_frame({"base": run_of("base", sample_rows())}, flagged[0])
     bench = clean[clean["level"] == "benchmark"].set_index(["unit", "subset"])
     arc = bench.loc["arc_challenge"]
     assert arc.loc["full", ["n", "n_flagged"]].tolist() == [10, 0] and arc.loc["full", "score"] == pytest.approx(40.0)
@@ -145,7 +155,7 @@ def test_clean_scores_and_counts_are_exact(flagged):
     assert mmlu.loc["no_duplicate", "score"] == pytest.approx((100 * 2 / 3 + 50) / 2)
     assert mmlu.loc["no_similar_but_different", "gap"] == pytest.approx(0.0)
     assert "hellaswag" not in bench.index.get_level_values(0)  # flagged, but not evaluated
-    counts = an.flagged_counts(flagged[0], clean).set_index("benchmark")
+    counts = flagged_counts(flagged[0], clean).set_index("benchmark")
     assert counts.loc["arc_challenge", ["flagged", "duplicate", "evaluated", "flagged_evaluated"]].tolist() == [
         4,
         2,
@@ -156,10 +166,10 @@ def test_clean_scores_and_counts_are_exact(flagged):
 
 
 def test_subset_gap_edges():
-    assert an.subset_gap(pd.Series([1.0, 0.0]).to_numpy(), pd.Series([False, False]).to_numpy()) == (0.5, 0.0, 0.0)
-    mean, gap, se = an.subset_gap(pd.Series([1.0, 0.0]).to_numpy(), pd.Series([True, True]).to_numpy())
+    assert subset_gap(pd.Series([1.0, 0.0]).to_numpy(), pd.Series([False, False]).to_numpy()) == (0.5, 0.0, 0.0)
+    mean, gap, se = subset_gap(pd.Series([1.0, 0.0]).to_numpy(), pd.Series([True, True]).to_numpy())
     assert math.isnan(mean) and math.isnan(gap) and math.isnan(se)
-    mean, gap, se = an.subset_gap(pd.Series([1.0, 0.0, 0.0]).to_numpy(), pd.Series([True, False, False]).to_numpy())
+    mean, gap, se = subset_gap(pd.Series([1.0, 0.0, 0.0]).to_numpy(), pd.Series([True, False, False]).to_numpy())
     assert (mean, gap) == (0.0, pytest.approx(-1 / 3)) and math.isnan(se)  # one item left out: no variance
 
 
@@ -167,39 +177,39 @@ def test_bad_flagged_files_name_the_problem(tmp_path):
     path = tmp_path / "flagged_pairs.csv"
     path.write_text("train_index,benchmark,category\n0,mmlu,duplicate\n")
     with pytest.raises(ValueError, match=r"flagged_pairs.csv: no column\(s\) lm_eval_task, doc_id"):
-        an.read_flagged_items(path)
+        read_flagged_items(path)
     path.write_text(pairs_csv([("arc_challenge", 1, "duplicate")]).replace(",1,", ",x,"))
     with pytest.raises(ValueError, match=r"flagged_pairs.csv line 2: doc_id 'x' is not a non-negative integer"):
-        an.read_flagged_items(path)
+        read_flagged_items(path)
     path.write_text(pairs_csv([("arc_challenge", 1, "leak")]))
     with pytest.raises(ValueError, match="line 2: category 'leak' is not one of"):
-        an.read_flagged_items(path)
-    clean, info = an.load_clean_subset({"base": run_of("base", sample_rows())}, path)
+        read_flagged_items(path)
+    clean, info = load_clean_subset({"base": run_of("base", sample_rows())}, path)
     assert clean.empty and info["why"].startswith("clean subset not computed:") and "category 'leak'" in info["why"]
     path.write_text("")
     with pytest.raises(ValueError, match="flagged_pairs.csv: empty, not even a header"):
-        an.read_flagged_items(path)
+        read_flagged_items(path)
 
 
 def test_figure_is_returned_and_saved(flagged, tmp_path):
-    clean = an.clean_subset_frame(
+    clean = clean_subset_frame(
         {"base": run_of("base", sample_rows()), "tuned": run_of("tuned", sample_rows(arc=[1] * 10))}, flagged[0]
     )
-    fig = an.clean_subset_figure(clean)
+    fig = clean_subset_figure(clean)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     left, right = fig.axes
     assert [t.get_text().split("\n")[0] for t in left.get_yticklabels()] == ["ARC", "MMLU"]
     assert [t.get_text() for t in right.get_yticklabels()] == ["anatomy (1/4)", "philosophy (2/2)"]
     one = matplotlib.pyplot.figure()
     ax = one.add_subplot()
-    assert an.clean_gap_figure(clean, ax=ax) is one  # draws into the given axes
-    caption = an.clean_caption(clean)
+    assert clean_gap_figure(clean, ax=ax) is one  # draws into the given axes
+    caption = clean_caption(clean)
     assert "base ARC: full 40.00 n 10; clean 28.57 (-11.43 ± 11.43) n 7" in caption
     assert "tuned ARC: full 100.00 n 10; clean 100.00 (+0.00 ± 0.00) n 7" in caption
-    paths = an.save_figure(fig, tmp_path / "clean_subset", caption, ["png"])
+    paths = save_figure(fig, tmp_path / "clean_subset", caption, ["png"])
     assert [p.name for p in paths] == ["clean_subset.png", "clean_subset.txt"]
     assert paths[0].stat().st_size > 1000 and paths[1].read_text().startswith("Score on the clean subset")
-    empty = an.clean_subset_figure(an.clean_subset_frame({}, flagged[0]), why="02_decontaminate not run")
+    empty = clean_subset_figure(clean_subset_frame({}, flagged[0]), why="02_decontaminate not run")
     assert isinstance(empty, Figure) and "02_decontaminate not run" in empty.axes[0].texts[0].get_text()
 
 
@@ -256,7 +266,7 @@ def write_run(profile, pairs: str | None, samples: bool = True) -> None:
 def test_stage_shows_full_and_clean_scores(tmp_path):
     profile = make_profile(tmp_path)
     write_run(profile, pairs_csv())
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     tables, figures = profile.report_dir("tables"), profile.report_dir("figures")
     board = pd.read_csv(tables / "leaderboard.csv").set_index("variant")
     assert board.loc["base", "arc_challenge_clean"] == pytest.approx(100 * 2 / 7)
@@ -299,7 +309,7 @@ def test_stage_shows_full_and_clean_scores(tmp_path):
 def test_stage_without_flags_or_samples_says_so(tmp_path, case):
     profile = make_profile(tmp_path)
     write_run(profile, pairs_csv([]) if case == "nothing flagged" else pairs_csv(), samples=case != "no samples")
-    produced = an.run_analysis(profile)
+    produced = run_analysis(profile)
     why = {
         "nothing flagged": "02_decontaminate flagged no test item: the clean subset is the full test set.",
         "no samples": "no per-question samples (05's <variant>.samples.jsonl",

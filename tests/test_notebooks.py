@@ -542,7 +542,7 @@ def test_06_notebook_runs_and_records(tmp_path):
     """Stage 06's notebook on fabricated 05 and 02 outputs: the planted change is the one significant
     subject, the category changes and the clean-subset counts are the hand-computed ones, and the
     figures are saved and shown inline."""
-    from platypus_utils.analysis import ALL_SUBJECTS
+    from platypus_utils.analysis.common import ALL_SUBJECTS
 
     profile, records = execute("06_analysis", _analysis_case(tmp_path))
     label = "merged vs base"

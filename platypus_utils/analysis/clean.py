@@ -47,19 +47,7 @@ SUBSET_LABELS = {
 }
 ID_COLUMNS = ("lm_eval_task", "doc_id", "category")
 FLAGGED_COLUMNS = ["benchmark", "subject", "doc_id", "category"]
-CLEAN_COLUMNS = [
-    "variant",
-    "level",
-    "unit",
-    "category",
-    "subset",
-    "n",
-    "n_flagged",
-    "score",
-    "full_score",
-    "gap",
-    "gap_se",
-]
+CLEAN_COLUMNS = "variant level unit category subset n n_flagged score full_score gap gap_se".split()
 
 
 def read_flagged_items(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -275,19 +263,3 @@ def load_clean_subset(runs: dict[str, EvalRun], flagged_path: str | Path) -> tup
         )
     info["flagged_counts"] = json.loads(flagged_counts(flagged, frame).to_json(orient="records"))  # plain ints, None
     return frame, info
-
-
-__all__ = [
-    "CATEGORIES",
-    "SUBSETS",
-    "SUBSET_LABELS",
-    "CLEAN_COLUMNS",
-    "FLAGGED_COLUMNS",
-    "read_flagged_items",
-    "flag_samples",
-    "subset_gap",
-    "variant_clean_rows",
-    "clean_subset_frame",
-    "flagged_counts",
-    "load_clean_subset",
-]

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from .. import stats
-from ..plotting import DIVERGING, at_least, legend_below, style
+from ..plotting import DIVERGING, PALETTE, at_least, legend_below, style
 from .common import (
     ALL_SUBJECTS,
     BENCHMARKS,
@@ -34,13 +34,21 @@ from .common import (
     KIND_MERGED,
     KIND_PARTNER,
     LABELS,
-    PALETTE,
-    ROLE_MARKERS,
+    ROLE_BASE,
+    ROLE_FINETUNED,
+    ROLE_MERGED_BASE,
+    ROLE_MERGED_PARTNER,
+    ROLE_OTHER,
+    ROLE_PARTNER,
     ROW_REFERENCE,
     category_order,
     nz,
 )
 from .paired import StatsSettings, level
+
+ROLE_MARKERS = dict(
+    zip((ROLE_BASE, ROLE_FINETUNED, ROLE_MERGED_BASE, ROLE_MERGED_PARTNER, ROLE_PARTNER, ROLE_OTHER), "osD^vP")
+)
 
 
 def _category_colours(categories) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .. import layout
 from ..lmeval_io import RESULTS_RULES, EvalRun, is_pipeline_dir, read_lm_eval_dir, read_pipeline_variant
+from ..published import PUBLISHED, SOURCE_LABEL
 from .common import (
     ADAPTER_VARIANT,
     BENCHMARKS,
@@ -33,8 +34,6 @@ from .common import (
     KIND_PARTNER,
     KIND_PARTNER_BASE,
     LABELS,
-    PUBLISHED,
-    PUBLISHED_SOURCE,
     ROLE_BASE,
     ROLE_FINETUNED,
     ROLE_MERGED_BASE,
@@ -167,7 +166,7 @@ def leaderboard_frame(
         for row_ in PUBLISHED.values():
             row = {
                 "variant": row_.label,
-                "source": PUBLISHED_SOURCE,
+                "source": SOURCE_LABEL,
                 "kind": ROW_PUBLISHED,
                 "status": "published",
                 "model": row_.model,

@@ -49,34 +49,11 @@ class StatsSettings:
 
 
 PAIRED, UNPAIRED, NO_ERROR = "paired bootstrap", "unpaired normal", "no error"
-DELTA_COLUMNS = [
-    "comparison",
-    "kind",
-    "variant",
-    "reference",
-    "level",
-    "unit",
-    "category",
-    "n",
-    "reference_score",
-    "variant_score",
-    "delta",
-    "se",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_mc_error",
-    "p_resamples",
-    "q_value",
-    "significant",
-    "test",
-    "interval",
-    "discordant_b",
-    "discordant_c",
-    "note",
-    "variant_setup",
-    "reference_setup",
-]
+DELTA_COLUMNS = (
+    "comparison kind variant reference level unit category n reference_score variant_score delta se "
+    "ci_low ci_high p_value p_mc_error p_resamples q_value significant test interval discordant_b "
+    "discordant_c note variant_setup reference_setup"
+).split()
 
 
 def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:

@@ -33,25 +33,12 @@ from .paired import NO_ERROR, UNPAIRED, StatsSettings, compare
 from .tables import to_latex, to_markdown
 
 AVERAGE = "average"
-REFERENCE_COLUMNS = [
-    "comparison",
-    "kind",
-    "released",  # the reference's name
-    "this",  # what is compared: the variant (reproduction vs release) or the release as evaluated here (drift)
-    "against",  # what it is compared with: the release (evaluated here) or "published: <row>"
-    "benchmark",
-    "n",
-    "this_score",
-    "against_score",
-    "delta",
-    "se",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "test",
-    "interval",
-    "note",
-]
+# released: the reference's name; this: the variant (reproduction vs release) or the release as evaluated here
+# (drift); against: the release (evaluated here) or "published: <row>"
+REFERENCE_COLUMNS = (
+    "comparison kind released this against benchmark n this_score against_score delta se ci_low ci_high "
+    "p_value test interval note"
+).split()
 DRIFT_TEST = "z (unpaired; published value without error)"
 
 
@@ -309,16 +296,3 @@ def reference_lines(frame: pd.DataFrame, refs: dict[str, dict]) -> list[str]:
             elif info.get("compare_to"):
                 out.append(f"{info['compare_to']} vs {name} ({kind}): not computed (see the notes).")
     return out
-
-
-__all__ = [
-    "REFERENCE_COLUMNS",
-    "DRIFT_TEST",
-    "release_frame",
-    "drift_frame",
-    "reference_frame",
-    "reference_display",
-    "reference_note",
-    "reference_lines",
-    "write_reference_tables",
-]

@@ -141,18 +141,6 @@ def metric_note(board: pd.DataFrame | None) -> str:
     return ", ".join(parts) + ("" if known else f"; {NOT_RECORDED}")
 
 
-__all__ = [
-    "setup_text",
-    "version_text",
-    "run_setups",
-    "pair_text",
-    "published_setup",
-    "column_labels",
-    "metric_note",
-    "NOT_RECORDED",
-]
-
-
 def _text(x) -> str:
     return x if isinstance(x, str) else ""
 
@@ -166,9 +154,6 @@ def comparison_setup(frame: pd.DataFrame, comparison: str, unit_level: str = "ca
         return ""
     r = rows.iloc[-1]
     return pair_text(str(r["variant"]), _text(r["variant_setup"]), str(r["reference"]), _text(r["reference_setup"]))
-
-
-__all__ += ["comparison_setup"]
 
 
 def ran_units(run: EvalRun) -> set[tuple[str, str]]:
@@ -203,6 +188,3 @@ def no_common_task(v: EvalRun, r: EvalRun) -> str | None:
     if ran_units(v) & ran_units(r):
         return None
     return f"{v.name} vs {r.name}: no task in common ({v.name} ran {ran_text(v)}; {r.name} ran {ran_text(r)})"
-
-
-__all__ += ["ran_units", "ran_text", "no_common_task"]

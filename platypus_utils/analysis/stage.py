@@ -704,25 +704,3 @@ def analyse(
     produced = outputs.produced
     produced["summary"] = str(write_text(out / "summary.md", analyse_summary(runs, produced, frame, st)))
     return produced
-
-
-__all__ = [
-    "Outputs",
-    "run_analysis",
-    "analyse",
-    "load_step",
-    "stage_comparisons",
-    "stage_leaderboard",
-    "stage_tradeoff",
-    "Analysis",
-    "StageFigure",
-    "compute_analysis",
-    "stage_figures",
-    "comparison_figures",
-    "save_analysis",
-    "write_comparisons",
-    "write_leaderboard_step",
-    "write_clean_step",
-    "write_reference_step",
-    "write_pipeline_step",
-]

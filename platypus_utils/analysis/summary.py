@@ -431,16 +431,3 @@ def _method_line(frame: pd.DataFrame, st: StatsSettings) -> str:
         f"{st.confidence:.0%} intervals, {method_text(rows)}; exact McNemar for accuracy, a paired sign-flip "
         f"test otherwise; Benjamini-Hochberg at FDR {st.alpha:g}."
     )
-
-
-__all__ = [
-    "write_summary",
-    "summary_markdown",
-    "summary_html",
-    "md_escape",
-    "md_table",
-    "caption_text",
-    "small_table",
-    "file_links",
-    "analyse_summary",
-]

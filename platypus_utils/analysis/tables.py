@@ -291,24 +291,3 @@ def write_pipeline_tables(stages: pd.DataFrame, table_dir: Path) -> list[Path]:
         write_text(table_dir / "pipeline.csv", stages.to_csv(index=False)),
         write_text(table_dir / "pipeline.md", "# Pipeline status\n\n" + to_markdown(stages.iloc[:, :3], 3)),
     ]
-
-
-__all__ = [
-    "to_markdown",
-    "to_latex",
-    "tex_escape",
-    "leaderboard_display",
-    "write_leaderboard",
-    "interval_text",
-    "category_display",
-    "write_category_tables",
-    "category_text_columns",
-    "NO_COMPARISON",
-    "clean_display",
-    "write_clean_tables",
-    "write_pipeline_tables",
-    "CLEAN_NOTE",
-    "REFERENCE_NOTE",
-    "source_text",
-    "has_references",
-]
