@@ -1,26 +1,16 @@
 """Statistics for comparing two models on the same questions (component layer: numpy and scipy only).
 
-Contract:
-- Scores are per question, aligned by question: `x[i]` and `y[i]` are two models' scores on the
-  same question i (0/1 for accuracy, in [0, 1] for TruthfulQA's mc2).
-- `mcnemar_exact(b, c)`: the exact two-sided McNemar test on the discordant pairs (b: x right and
-  y wrong, c: the reverse): 2 * P(Binomial(b + c, 1/2) <= min(b, c)), capped at 1.
-- `bootstrap_means(d, n_boot, rng)`: the paired bootstrap over questions - resample question
-  indices with replacement, the mean of the per-question differences each time. A group of
-  subjects (an MMLU category; the leaderboard's mean over subjects) resamples each subject's
-  questions on its own and averages the subjects' means (`stratified_interval`).
-- `sign_flip_test(diffs, weights, n_perm, seed, alpha)`: a paired randomisation test for any score:
-  under "the two models are exchangeable", each question's difference is as likely to have either
-  sign. Exact (by magnitude: one binomial per distinct |difference|, convolved) when that is small -
-  for one group of 0/1 scores it equals McNemar - else Monte Carlo with its error, resampled further
-  while the p-value is near `alpha` (FlipP). `sign_flip_p` / `weighted_sign_flip_p`: its p-value.
-- `unpaired_interval(delta, se_x, se_y)`: the fallback when per-question scores are missing: the
-  normal interval with sqrt(se_x^2 + se_y^2), which ignores that the models saw the same questions.
-- `bh_adjust(p)`: Benjamini-Hochberg adjusted p-values (q-values); `q <= alpha` controls the false
-  discovery rate at alpha over the family.
-- `questions_for_change(delta, discordance)`: questions needed to detect a paired change `delta`
-  (a proportion) with the two-sided McNemar test, given the share of questions on which the models
-  disagree (Connor 1987); `questions_for_change_unpaired` the same for independent samples.
+Scores are per question and aligned: `x[i]`, `y[i]` are two models' scores on question i (0/1 for
+accuracy, in [0, 1] for TruthfulQA's mc2). scipy does the textbook parts: the exact McNemar test
+(`binomtest` on the discordant pairs), the paired percentile bootstrap (`bootstrap(paired=True)`), the
+normal interval and Benjamini-Hochberg (`false_discovery_control`). Written here, because scipy has no
+equivalent:
+- the stratified bootstrap of a mean over groups (MMLU subjects resampled each on its own, one-question
+  subjects pooled: `pool_singletons`), which needs each group's bootstrap draws;
+- `sign_flip_test`: the paired randomisation test of a weighted sum of differences, exact by distinct
+  magnitude (one binomial each, convolved) where `permutation_test` would enumerate 2^n sign patterns,
+  else Monte Carlo, resampled further while p is near alpha;
+- `questions_for_change`: the McNemar sample size (Connor 1987).
 """
 
 from __future__ import annotations
@@ -64,16 +54,16 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def bootstrap_means(diff, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """`n_boot` means of `diff` resampled with replacement (the paired bootstrap over questions)."""
+    """`n_boot` means of `diff` resampled with replacement (the paired bootstrap over questions): scipy's
+    bootstrap distribution, drawn from `rng`. One question resamples to itself (scipy needs two)."""
     d = _array(diff)
     if d.size == 0:
         raise ValueError("no paired questions to resample")
-    out = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // d.size)  # bounded memory for large subjects
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        out[start:stop] = d[rng.integers(0, d.size, size=(stop - start, d.size))].mean(axis=1)
-    return out
+    if d.size == 1:
+        return np.full(n_boot, d[0])
+    batch = max(1, 2_000_000 // d.size)  # bounded memory for large subjects
+    kw = {"n_resamples": n_boot, "batch": batch, "method": "percentile", "vectorized": True, "rng": rng}
+    return _st.bootstrap((d,), np.mean, **kw).bootstrap_distribution
 
 
 def percentile_interval(draws, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
@@ -86,13 +76,21 @@ def percentile_interval(draws, confidence: float = DEFAULT_CONFIDENCE) -> tuple[
 def paired_bootstrap(
     x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(mean(x - y), low, high): the paired bootstrap interval of the mean difference."""
+    """(mean(x - y), low, high): scipy's paired percentile bootstrap interval of the mean difference."""
     x, y = _array(x), _array(y)
     if x.shape != y.shape:
         raise ValueError(f"paired scores of different lengths: {x.size} and {y.size}")
-    d = x - y
-    lo, hi = percentile_interval(bootstrap_means(d, n_boot, np.random.default_rng(seed)), confidence)
-    return float(d.mean()), lo, hi
+    d = float((x - y).mean())
+    if x.size < 2:
+        return d, d, d
+
+    def mean_diff(a, b, axis):
+        return (a - b).mean(axis=axis)
+
+    rng = np.random.default_rng(seed)
+    kw = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile", "rng": rng}
+    got = _st.bootstrap((x, y), mean_diff, paired=True, **kw).confidence_interval
+    return d, float(got.low), float(got.high)
 
 
 def stratified_interval(
@@ -209,24 +207,12 @@ def sign_flip_test(diffs, weights=None, n_perm: int = DEFAULT_N_BOOT, seed: int 
         m = min(done, cap - done)  # double
 
 
-def sign_flip_p(
-    groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
-) -> float:
-    """Two-sided paired randomisation p-value of T = mean over groups of the mean difference
-    (sign_flip_test with each question weighted 1 / (groups x its group's size)). `rng` is accepted for
-    callers of the earlier Monte Carlo version and unused: the test seeds itself from `seed` and the data."""
+def sign_flip_groups(groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, alpha: float = 0.05) -> FlipP:
+    """sign_flip_test of T = mean over groups of the group's mean difference: each question weighted
+    1 / (groups x its group's size)."""
     arrays = [_array(g) for g in groups]
-    k = len(arrays)
-    weights = np.concatenate([np.full(a.size, 1.0 / (k * a.size)) for a in arrays])
-    return weighted_sign_flip_p(np.concatenate(arrays), weights, n_perm, seed)
-
-
-def weighted_sign_flip_p(
-    diffs, weights, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, rng: np.random.Generator | None = None
-) -> float:
-    """sign_flip_test's p-value of T = sum(weights * diffs). The weights say how a question counts in a
-    nested mean (the leaderboard average: a benchmark's question 1/(4 n_b), an MMLU one 1/(4 57 n_s))."""
-    return sign_flip_test(diffs, weights, n_perm, seed).p
+    weights = np.concatenate([np.full(a.size, 1.0 / (len(arrays) * a.size)) for a in arrays])
+    return sign_flip_test(np.concatenate(arrays), weights, n_perm, seed, alpha)
 
 
 def unpaired_interval(

@@ -40,6 +40,9 @@ def test_paired_bootstrap_interval_matches_its_exact_distribution():
     # of the resampled mean are -0.1 and 0.7 (enumerated in the next test)
     assert (lo, hi) == (pytest.approx(-0.1), pytest.approx(0.7))
     assert stats.paired_bootstrap(X, Y, n_boot=2000, seed=3) == stats.paired_bootstrap(X, Y, n_boot=2000, seed=3)
+    # scipy's bootstrap draws from the generator it is given: the same seed, the same draws
+    again = stats.bootstrap_means(np.subtract(X, Y), 40_000, np.random.default_rng(1))
+    assert (draws == again).all() and stats.bootstrap_means([0.5], 3, np.random.default_rng(0)).tolist() == [0.5] * 3
 
 
 def test_exact_quantiles_by_enumeration():
@@ -83,18 +86,18 @@ def test_stratified_interval_pools_one_question_subjects():
 def test_weighted_sign_flip_is_the_group_test_with_its_weights():
     groups = [np.array([1.0, 0.0, 1.0]), np.array([-1.0]), np.array([1.0, 1.0, 0.0, 1.0, 0.0])]
     weights = np.concatenate([np.full(len(g), 1 / (3 * len(g))) for g in groups])
-    a = stats.sign_flip_p(groups, n_perm=4000, seed=3)
-    b = stats.weighted_sign_flip_p(np.concatenate(groups), weights, n_perm=4000, seed=3)
+    a = stats.sign_flip_groups(groups, n_perm=4000, seed=3).p
+    b = stats.sign_flip_test(np.concatenate(groups), weights, n_perm=4000, seed=3).p
     assert a == b
     # a handful of questions can never give a tiny p-value: at best 1/2^k over the non-zero differences
-    assert stats.weighted_sign_flip_p(np.ones(6), np.full(6, 1 / 6), n_perm=4000, seed=0) >= 2 / 2**6 - 0.01
+    assert stats.sign_flip_test(np.ones(6), np.full(6, 1 / 6), n_perm=4000, seed=0).p >= 2 / 2**6 - 0.01
 
 
 def test_sign_flip_agrees_with_mcnemar_on_one_subject():
     d = np.subtract(X, Y)
-    p = stats.sign_flip_p([d], n_perm=40_000, seed=0)
+    p = stats.sign_flip_groups([d], n_perm=40_000, seed=0).p
     assert p == pytest.approx(12 / 32, abs=1e-12)  # exact: one binomial over the 5 discordant questions
-    assert stats.sign_flip_p([np.zeros(5)]) == 1.0
+    assert stats.sign_flip_groups([np.zeros(5)]).p == 1.0
     many = np.array([1.0] * 60 + [-1.0] * 35 + [0.0] * 20)  # 95 discordant: still exact, equals McNemar
     got = stats.sign_flip_test(many)
     assert got.exact and got.mc_error == 0 and got.p == pytest.approx(binomtest(35, 95, 0.5).pvalue, rel=1e-9)
@@ -115,7 +118,7 @@ def test_exact_sign_flip_is_scipys_permutation_test():
         s1, s2 = np.array(signs[:5]), np.array(signs[5:])
         t = (s1.sum() / 6 + s2.sum() / 4) / 2
         by_hand += (abs(t) >= abs(t_obs) - 1e-12) / 2**9
-    assert stats.sign_flip_p(groups) == pytest.approx(by_hand, rel=1e-12)
+    assert stats.sign_flip_groups(groups).p == pytest.approx(by_hand, rel=1e-12)
 
 
 def test_monte_carlo_sign_flip_is_seeded_by_the_data_and_resamples_more_near_alpha(monkeypatch):
@@ -206,7 +209,7 @@ def test_monte_carlo_of_several_subjects_draws_each_subjects_binomial(monkeypatc
         np.array([1.0] * 17 + [-1.0] * 13),
         np.array([1.0] * 20 + [-1.0] * 10),
     ]
-    exact = stats.sign_flip_p(groups)
+    exact = stats.sign_flip_groups(groups).p
     monkeypatch.setattr(stats, "EXACT_STATES", 0)
     mc = stats.sign_flip_test(np.concatenate(groups), np.full(90, 1 / 90), n_perm=200_000, alpha=0.5)
     assert not mc.exact and mc.n == 200_000 and abs(mc.p - exact) < 4.5 * mc.mc_error

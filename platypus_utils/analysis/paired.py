@@ -64,14 +64,6 @@ def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
     return None if hit.empty else hit.set_index("doc_id")["score"]
 
 
-def _flip_test(groups: list, st: StatsSettings) -> stats.FlipP:
-    """The sign-flip test of the mean over groups of their mean differences (exact, or Monte Carlo with its
-    error and resampled further near alpha: stats.sign_flip_test)."""
-    arrays = [np.asarray(g, dtype=float) for g in groups]
-    weights = np.concatenate([np.full(a.size, 1.0 / (len(arrays) * a.size)) for a in arrays])
-    return stats.sign_flip_test(np.concatenate(arrays), weights, st.n_boot, st.seed, st.alpha)
-
-
 def _unit(
     x: pd.Series | None, y: pd.Series | None, v: tuple, r: tuple, st: StatsSettings, rng: np.random.Generator
 ) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
@@ -86,7 +78,11 @@ def _unit(
             lo, hi = stats.percentile_interval(draws, st.confidence)
             binary = stats.is_binary(xs, ys)
             b, c = stats.discordant(xs, ys) if binary else (None, None)
-            flip = stats.FlipP(stats.mcnemar_exact(b, c)) if binary else _flip_test([d], st)
+            flip = (
+                stats.FlipP(stats.mcnemar_exact(b, c))
+                if binary
+                else stats.sign_flip_groups([d], st.n_boot, st.seed, st.alpha)
+            )
             dropped = max(len(x), len(y)) - len(common)
             single = len(common) == 1  # one question resamples to itself: no interval to show
             notes = [f"paired on {len(common)} common questions ({dropped} in one model only)"] if dropped else []
@@ -159,7 +155,11 @@ def _group(
     }
     if all(d is not None for d in draws):
         mean_draws = np.mean(stats.pool_singletons(draws, diffs, rng) if pool else draws, axis=0)
-        flip = _flip_test(diffs, st) if all(d is not None for d in diffs) else stats.FlipP(math.nan)
+        flip = (
+            stats.sign_flip_groups(diffs, st.n_boot, st.seed, st.alpha)
+            if all(d is not None for d in diffs)
+            else stats.FlipP(math.nan)
+        )
         lo, hi = stats.percentile_interval(mean_draws, st.confidence)
         b = [r["discordant_b"] for r in rows]
         c = [r["discordant_c"] for r in rows]

@@ -108,34 +108,28 @@ class Outputs:
         self.tables, self.figures, self.formats = Path(tables), Path(figures), list(formats)
         self.produced: dict[str, Any] = {"tables": {}, "figures": {}, "notes": [], "artifacts": [], **extra}
 
+    def _add(self, kind: str, name: str, title: str, status: str, paths) -> None:
+        files = [str(p) for p in paths]
+        self.produced["artifacts"].append(
+            {"stage": STAGE, "kind": kind, "name": name, "title": title, "status": status, "files": files}
+        )
+
     def register(self, kind: str, name: str, title: str, paths: list[Path]) -> None:
         self.produced["tables" if kind == "table" else "figures"][name] = [str(p) for p in paths]
-        self.produced["artifacts"].append(
-            {
-                "stage": STAGE,
-                "kind": kind,
-                "name": name,
-                "title": title,
-                "status": "ok",
-                "files": [str(p) for p in paths],
-            }
-        )
+        self._add(kind, name, title, "ok", paths)
 
-    def figure(self, name: str, title: str, fig, caption: str) -> None:
-        """The save step of one figure: figures/<name>.<format> and .txt, registered."""
-        self.register("figure", name, title, save_figure(fig, self.figures / name, caption, self.formats))
-
-    def absent(self, kind: str, name: str, title: str, why: str) -> None:
-        self.produced["artifacts"].append(
-            {"stage": STAGE, "kind": kind, "name": name, "title": title, "status": why, "files": []}
-        )
+    def csv(self, name: str, title: str, frame: pd.DataFrame) -> None:
+        """tables/<name>.csv of `frame`, registered."""
+        self.register("table", name, title, [write_text(self.tables / f"{name}.csv", frame.to_csv(index=False))])
 
     def save(self, f: StageFigure) -> None:
-        """A figure as drawn (files and caption), or the reason it was not drawn."""
+        """A figure as drawn (figures/<name>.<format> and its .txt caption), or the reason it was not drawn."""
         if f.figure is None:
-            self.absent("figure", f.name, f.title, f.why)
+            self._add("figure", f.name, f.title, f.why, [])
         else:
-            self.figure(f.name, f.title, f.figure, f.caption)
+            self.register(
+                "figure", f.name, f.title, save_figure(f.figure, self.figures / f.name, f.caption, self.formats)
+            )
 
 
 @dataclass
@@ -180,41 +174,29 @@ def write_comparisons(
     merged: dict[str, str | None],
     empty_why: str = NO_COMPARISON,
 ) -> pd.DataFrame:
-    """The paired tables and figures of every comparison; returns the delta frame. Adds to `out.produced`:
-    notes (missing subjects, fallbacks), verdicts (what survives the FDR) and power lines. `empty_why`:
-    why there is no MMLU comparison, said in the tables and for the figures not drawn."""
-    produced = out.produced
+    """The paired tables and figures of every comparison (`platypus analyse`); returns the delta frame and
+    adds its notes (missing subjects, fallbacks) to `out.produced`. `empty_why`: why there is no MMLU
+    comparison, said in the tables and for the figures not drawn."""
     frame, notes = paired_delta_frame(runs, pairs, st)
-    produced["notes"] += notes
-    subjects = level(frame, "subject")
-    write_delta_tables(out, frame, st, empty_why)
-    produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in set(subjects["comparison"])]
-    produced["power"] = power_lines(frame, st)
-    for f in comparison_figures(frame, pairs, st, baseline, merged, produced["notes"], empty_why):
+    out.produced["notes"] += notes
+    write_delta_tables(out, frame, pairs, st, empty_why)
+    for f in comparison_figures(frame, pairs, st, baseline, merged, out.produced["notes"], empty_why):
         out.save(f)
     return frame
 
 
-def write_delta_tables(out: Outputs, frame: pd.DataFrame, st: StatsSettings, empty_why: str = NO_COMPARISON) -> None:
-    """mmlu_delta.csv (per subject), mmlu_delta_categories.{csv,md,tex} and benchmark_deltas.csv of `frame`."""
-    out.register(
-        "table",
-        "mmlu_delta",
-        "MMLU change per subject, every comparison",
-        [write_text(out.tables / "mmlu_delta.csv", level(frame, "subject").to_csv(index=False))],
-    )
-    out.register(
-        "table",
-        "mmlu_delta_categories",
-        "MMLU change per category, every comparison",
-        write_category_tables(frame, out.tables, st, empty_why),
-    )
-    out.register(
-        "table",
-        "benchmark_deltas",
-        "Change per benchmark, every comparison",
-        [write_text(out.tables / "benchmark_deltas.csv", level(frame, "benchmark").to_csv(index=False))],
-    )
+def write_delta_tables(
+    out: Outputs, frame: pd.DataFrame, pairs: list[Comparison], st: StatsSettings, empty_why: str = NO_COMPARISON
+) -> None:
+    """mmlu_delta.csv (per subject), mmlu_delta_categories.{csv,md,tex} and benchmark_deltas.csv of `frame`;
+    the verdicts (what survives the FDR) and power lines into `out.produced`."""
+    out.csv("mmlu_delta", "MMLU change per subject, every comparison", level(frame, "subject"))
+    tables = write_category_tables(frame, out.tables, st, empty_why)
+    out.register("table", "mmlu_delta_categories", "MMLU change per category, every comparison", tables)
+    out.csv("benchmark_deltas", "Change per benchmark, every comparison", level(frame, "benchmark"))
+    subjects = set(level(frame, "subject")["comparison"])
+    out.produced["verdicts"] = [verdict(frame, c.label, st) for c in pairs if c.label in subjects]
+    out.produced["power"] = power_lines(frame, st)
 
 
 def comparison_figures(
@@ -298,69 +280,45 @@ def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]
     return removed
 
 
-def write_leaderboard_table(out: Outputs, frame: pd.DataFrame, clean_why: str = "") -> None:
-    out.register(
-        "table",
-        "leaderboard",
-        "Leaderboard: every variant on the four benchmarks",
-        write_leaderboard(frame, out.tables, clean_why),
+def board_figure(board: pd.DataFrame) -> StageFigure:
+    return StageFigure(
+        "leaderboard", "Leaderboard scores per benchmark", leaderboard_figure(board), leaderboard_caption(board)
     )
 
 
-def write_leaderboard_step(out: Outputs, frame: pd.DataFrame, clean_why: str = "") -> None:
-    write_leaderboard_table(out, frame, clean_why)
-    out.register(
-        "figure",
-        "leaderboard",
-        "Leaderboard scores per benchmark",
-        save_figure(leaderboard_figure(frame), out.figures / "leaderboard", leaderboard_caption(frame), out.formats),
-    )
-
-
-def write_clean_table(out: Outputs, clean: pd.DataFrame, caption: str) -> None:
-    out.register(
-        "table",
-        "clean_subset",
-        "Scores on the full test set and on the clean subset",
-        write_clean_tables(clean, out.tables, caption),
-    )
-
-
-def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> None:
-    """clean_subset tables and figure; the figure says why when there is nothing to draw."""
-    caption = clean_caption(clean, info.get("why", ""), info.get("notes", []), confidence)
-    out.produced["clean_subset"] = info
-    out.produced["notes"] += [n for n in [info.get("why", "")] + info.get("notes", []) if n]
-    write_clean_table(out, clean, caption)
-    out.register(
-        "figure",
+def clean_figure(clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> StageFigure:
+    why, notes = info.get("why", ""), info.get("notes", [])
+    return StageFigure(
         "clean_subset",
         "Clean subset minus full score, per benchmark and MMLU subject",
-        save_figure(
-            clean_subset_figure(clean, why=info.get("why", ""), confidence=confidence),
-            out.figures / "clean_subset",
-            caption,
-            out.formats,
-        ),
+        clean_subset_figure(clean, why=why, confidence=confidence),
+        clean_caption(clean, why, notes, confidence),
     )
+
+
+def write_leaderboard_step(out: Outputs, board: pd.DataFrame, clean_why: str, figure: StageFigure) -> None:
+    tables = write_leaderboard(board, out.tables, clean_why)
+    out.register("table", "leaderboard", "Leaderboard: every variant on the four benchmarks", tables)
+    out.save(figure)
+
+
+def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, figure: StageFigure) -> None:
+    """clean_subset tables and figure; the figure says why when there is nothing to draw."""
+    out.produced["clean_subset"] = info
+    tables = write_clean_tables(clean, out.tables, figure.caption)
+    out.register("table", "clean_subset", "Scores on the full test set and on the clean subset", tables)
+    out.save(figure)
 
 
 def write_reference_step(
-    out: Outputs, runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings
-) -> pd.DataFrame:
+    out: Outputs, frame: pd.DataFrame, notes: list[str], refs: dict[str, dict], st: StatsSettings
+) -> None:
     """references.{csv,md,tex}: reproduction vs release (paired) and harness drift (unpaired) of every
-    released model; `produced["references"]` holds the summary's sentences, `reference_notes` the notes
-    (the summary shows both in its released-models section)."""
-    frame, notes = reference_frame(runs, refs, st)
+    released model; `produced["references"]` holds the summary's sentences, `reference_notes` the notes."""
     out.produced["references"] = reference_lines(frame, refs)
     out.produced["reference_notes"] = notes
-    out.register(
-        "table",
-        "references",
-        "Released models: reproduction vs release, and harness drift",
-        write_reference_tables(frame, out.produced["references"] + notes, out.tables, st),
-    )
-    return frame
+    tables = write_reference_tables(frame, out.produced["references"] + notes, out.tables, st)
+    out.register("table", "references", "Released models: reproduction vs release, and harness drift", tables)
 
 
 def write_pipeline_step(out: Outputs, profile) -> list[Path]:
@@ -370,12 +328,7 @@ def write_pipeline_step(out: Outputs, profile) -> list[Path]:
     out.produced["pipeline"] = json.loads(stages.to_json(orient="records"))
     out.register("table", "pipeline", "Pipeline status", write_pipeline_tables(stages, out.tables))
     if contamination is not None:
-        out.register(
-            "table",
-            "contamination_by_benchmark",
-            "Contamination per benchmark (all sources)",
-            [write_text(out.tables / "contamination_by_benchmark.csv", contamination.to_csv(index=False))],
-        )
+        out.csv("contamination_by_benchmark", "Contamination per benchmark (all sources)", contamination)
     return read
 
 
@@ -488,21 +441,7 @@ def stage_figures(profile, result: Analysis) -> list[StageFigure]:
     """Every figure the stage saves, drawn from `result`'s frames: the leaderboard, the clean subset, the
     comparisons (`comparison_figures`) and the merge trade-off (or why it is not drawn)."""
     st, baseline = StatsSettings.from_profile(profile), profile.analysis.baseline
-    why, notes = result.clean_info.get("why", ""), result.clean_info.get("notes", [])
-    figures = [
-        StageFigure(
-            "leaderboard",
-            "Leaderboard scores per benchmark",
-            leaderboard_figure(result.board),
-            leaderboard_caption(result.board),
-        ),
-        StageFigure(
-            "clean_subset",
-            "Clean subset minus full score, per benchmark and MMLU subject",
-            clean_subset_figure(result.clean, why=why, confidence=st.confidence),
-            clean_caption(result.clean, why, notes, st.confidence),
-        ),
-    ]
+    figures = [board_figure(result.board), clean_figure(result.clean, result.clean_info, st.confidence)]
     merged = result.data["merged"]
     figures += comparison_figures(result.deltas, result.pairs, st, baseline, merged, _notes(result))
     title = "Merge trade-off: MMLU against the other benchmarks"
@@ -528,34 +467,19 @@ def _notes(result: Analysis) -> list[str]:
 def _write_tables(profile, out: Outputs, result: Analysis, figures: dict[str, StageFigure]) -> None:
     """Every table of `result` and every figure in `figures`, in the order the summary walks them."""
     st, produced = StatsSettings.from_profile(profile), out.produced
-    write_leaderboard_table(out, result.board, result.clean_info["why"])
-    out.save(figures["leaderboard"])
+    write_leaderboard_step(out, result.board, result.clean_info["why"], figures["leaderboard"])
     if result.seed_spread is not None:
         seeds = layout.seed_variants(profile)
         produced["seeds"] = seed_lines(result.seed_spread, seeds)
         tables = write_seed_tables(result.seed_spread, produced["seeds"], out.tables)
         out.register("table", "seed_spread", "Training seeds: spread of the merge into the base", tables)
-    produced["clean_subset"] = result.clean_info
-    write_clean_table(out, result.clean, figures["clean_subset"].caption)
-    out.save(figures["clean_subset"])
-    write_delta_tables(out, result.deltas, st)
-    subjects = set(level(result.deltas, "subject")["comparison"])
-    produced["verdicts"] = [verdict(result.deltas, c.label, st) for c in result.pairs if c.label in subjects]
-    produced["power"] = power_lines(result.deltas, st)
+    write_clean_step(out, result.clean, result.clean_info, figures["clean_subset"])
+    write_delta_tables(out, result.deltas, result.pairs, st)
     for name, f in figures.items():
         if name not in ("leaderboard", "clean_subset", "merge_tradeoff"):
             out.save(f)
-    produced["references"] = reference_lines(result.released, result.data["references"])
-    produced["reference_notes"] = result.released_notes
-    lines = produced["references"] + result.released_notes
-    tables = write_reference_tables(result.released, lines, out.tables, st)
-    out.register("table", "references", "Released models: reproduction vs release, and harness drift", tables)
-    out.register(
-        "table",
-        "merge_tradeoff",
-        "MMLU against the other benchmarks, per variant",
-        [write_text(out.tables / "merge_tradeoff.csv", result.tradeoff.to_csv(index=False))],
-    )
+    write_reference_step(out, result.released, result.released_notes, result.data["references"], st)
+    out.csv("merge_tradeoff", "MMLU against the other benchmarks, per variant", result.tradeoff)
     out.save(figures["merge_tradeoff"])
 
 
@@ -693,14 +617,15 @@ def analyse(
     board = leaderboard_frame(
         {n: r.summary for n, r in runs.items()}, clean=clean, references=refs, setups=run_setups(runs)
     )
-    write_leaderboard_step(outputs, board, info["why"])
+    write_leaderboard_step(outputs, board, info["why"], board_figure(board))
     if flagged_pairs:
-        write_clean_step(outputs, clean, info, st.confidence)
+        outputs.produced["notes"] += [n for n in [info["why"], *info["notes"]] if n]
+        write_clean_step(outputs, clean, info, clean_figure(clean, info, st.confidence))
     why = _no_mmlu_why(runs, pairs, len(asked))
     frame = write_comparisons(runs, pairs, st, outputs, baseline, merged, why)
     outputs.produced.update(compared=[c.label for c in pairs], no_comparison=why)
     if refs:
-        write_reference_step(outputs, runs, refs, st)
+        write_reference_step(outputs, *reference_frame(runs, refs, st), refs, st)
     produced = outputs.produced
     produced["summary"] = str(write_text(out / "summary.md", analyse_summary(runs, produced, frame, st)))
     return produced

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 import mistune
 import pandas as pd
 
@@ -321,19 +322,12 @@ def summary_html(markdown: str, title: str) -> str:
     )
 
 
-def write_summary(
-    profile,
-    produced: dict,
-    leaderboard: pd.DataFrame | None = None,
-    categories: pd.DataFrame | None = None,
-    clean: pd.DataFrame | None = None,
-    references: pd.DataFrame | None = None,
-) -> list[Path]:
-    """reports/<profile>/summary.md and summary.html: stage status, key numbers, and every table
-    and figure (06's and those 01-03 wrote) with its caption, linked relative to the report."""
+def write_summary(profile, produced: dict, *frames: pd.DataFrame | None) -> list[Path]:
+    """reports/<profile>/summary.md and summary.html (`frames`: summary_markdown's leaderboard, categories,
+    clean and references)."""
     root = profile.report_dir()
     root.mkdir(parents=True, exist_ok=True)
-    markdown = summary_markdown(profile, produced, leaderboard, categories, clean, references)
+    markdown = summary_markdown(profile, produced, *frames)
     return [
         write_text(root / "summary.md", markdown),
         write_text(root / "summary.html", summary_html(markdown, f"Run summary: {profile.name}")),
@@ -373,15 +367,21 @@ def file_links(produced: dict, kind: str, name: str, rel, stage: str | None = No
     return ("Files: " + ", ".join(link(Path(f).name, rel(f)) for f in files) + ".") if files else ""
 
 
-def _input_line(name: str, run: EvalRun) -> str:
-    """An input as the summary lists it: its folder, what it ran with its own settings, its samples."""
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _samples_text(run: EvalRun) -> str:
     if run.has_samples:
-        samples = "per-question samples"
-    elif any("git-LFS pointer" in n for n in run.notes):
-        samples = "samples are git-LFS pointers: unpaired errors from the results file"
-    else:
-        samples = "NO samples: unpaired errors"
-    return f"- {name}: `{run.source}`: {ran_text(run)}; {samples}"
+        return "per-question samples"
+    if any("git-LFS pointer" in n for n in run.notes):
+        return "samples are git-LFS pointers: unpaired errors from the results file"
+    return "NO samples: unpaired errors"
 
 
 def _comparison_lines(produced: dict, frame: pd.DataFrame) -> list[str]:
@@ -389,45 +389,23 @@ def _comparison_lines(produced: dict, frame: pd.DataFrame) -> list[str]:
     made = produced.get("compared", [])
     if not made:
         return [produced.get("no_comparison") or "No comparison."]
-    out = []
-    for label in made:
-        setup = comparison_setup(frame, label) or comparison_setup(frame, label, "benchmark")
-        out.append(f"- {label}" + (f" (MMLU {setup})" if setup else ""))
-    return out
+    setups = {c: comparison_setup(frame, c) or comparison_setup(frame, c, "benchmark") for c in made}
+    return [f"- {c}" + (f" (MMLU {setups[c]})" if setups[c] else "") for c in made]
 
 
 def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFrame, st: StatsSettings) -> str:
-    """out/summary.md of `platypus analyse`: inputs (each with its own settings), the comparisons, what the
-    sample size can show (only where a comparison was tested), notes and the files written."""
-    lines = ["# Analysis of lm-eval runs", "", "Inputs:"]
-    lines += [_input_line(n, r) for n, r in runs.items()]
-    lines += ["", "## Comparisons", ""] + _comparison_lines(produced, frame)
-    verdicts, power = produced.get("verdicts", []), produced.get("power", [])
-    if verdicts or power:
-        lines += ["", "## What the sample size can show", ""] + [f"- {v}" for v in verdicts]
-        lines += ["", f"Tests and intervals: {_method_line(frame, st)}"]
-    if power:
-        lines += [
-            "",
-            "Questions a 5-point change in one category would need (two-sided exact McNemar, alpha 0.05, "
-            "power 0.8, the observed discordance or an assumed 0.20):",
-            "",
-        ]
-        lines += [f"- {p}" for p in power]
-    if produced.get("references"):
-        lines += ["", "## Released models: reproduction vs release, and harness drift", ""]
-        lines += [f"- {r}" for r in produced["references"] + produced.get("reference_notes", [])]
-    if produced["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in produced["notes"]]
-    lines += ["", "## Files", ""] + [
-        f"- {p}" for group in ("tables", "figures") for ps in produced[group].values() for p in ps
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _method_line(frame: pd.DataFrame, st: StatsSettings) -> str:
+    """out/summary.md of `platypus analyse` (templates/analyse_summary.md.j2): inputs (each with its own
+    settings), the comparisons, what the sample size can show (only where a comparison was tested), notes and
+    the files written."""
     rows = frame[frame["level"] == "subject"] if not frame.empty else frame
-    return (
-        f"{st.confidence:.0%} intervals, {method_text(rows)}; exact McNemar for accuracy, a paired sign-flip "
-        f"test otherwise; Benjamini-Hochberg at FDR {st.alpha:g}."
+    return _TEMPLATES.get_template("analyse_summary.md.j2").render(
+        inputs=[(n, r.source, ran_text(r), _samples_text(r)) for n, r in runs.items()],
+        comparisons=_comparison_lines(produced, frame),
+        verdicts=produced.get("verdicts", []),
+        power=produced.get("power", []),
+        method=f"{st.confidence:.0%} intervals, {method_text(rows)}; exact McNemar for accuracy, a paired "
+        f"sign-flip test otherwise; Benjamini-Hochberg at FDR {st.alpha:g}.",
+        references=produced["references"] + produced.get("reference_notes", []) if produced.get("references") else [],
+        notes=produced["notes"],
+        files=[p for group in ("tables", "figures") for ps in produced[group].values() for p in ps],
     )
