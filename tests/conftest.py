@@ -49,9 +49,9 @@ DENSITY = 0.5  # the density of the ties / dare merges in the merge tests
 @functools.cache
 def tiny_words() -> list[str]:
     """The word-level vocabulary of `tiny_tokenizer`: every word of stage 04's verification prompts."""
-    from platypus_utils import merge
+    from platypus_utils.merge.verify import VERIFY_PROMPTS
 
-    return sorted({w.strip(".,?:").lower() for p in merge.VERIFY_PROMPTS for w in p.split()} | {"a", "b", "c"})
+    return sorted({w.strip(".,?:").lower() for p in VERIFY_PROMPTS for w in p.split()} | {"a", "b", "c"})
 
 
 def tiny_tokenizer():

@@ -10,9 +10,35 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from platypus_utils import layout, merge
+from platypus_utils import layout
 from platypus_utils.artifacts import read_manifest
-from platypus_utils.merge import MergeError, MergeVerificationError
+from platypus_utils.merge.adapter import check_targets, read_adapter
+from platypus_utils.merge.arithmetic import MODEL_METHODS, chunks, merge_tensor, top_magnitudes
+from platypus_utils.merge.build import model_merge_steps
+from platypus_utils.merge.errors import MergeError, MergeVerificationError
+from platypus_utils.merge.io import (
+    ModelMergeSpec,
+    SafetensorsCheckpoint,
+    load_lm,
+    measure_peak_rss,
+    proc_status_mb,
+    read_merge_info,
+    write_safetensors,
+)
+from platypus_utils.merge.jobs import merge_jobs, sweep_merges, sweep_variant_names
+from platypus_utils.merge.stage import (
+    begin,
+    check_rows,
+    checks_frame,
+    jobs_frame,
+    load_adapter,
+    make_variant,
+    report_frame,
+    run_merge,
+    save,
+    verification_frame,
+)
+from platypus_utils.merge.verify import check_merged_weights, verify_merged
 
 from .conftest import (
     ALPHA,
@@ -26,6 +52,7 @@ from .conftest import (
     tiny_tokenizer,
     tiny_words,
 )
+from .merge_oracles import ReferenceMerge, assert_model_merge_matches, recording_bernoulli, reference_adapter_mix
 from .test_merge_mergekit import assert_dare_alike
 
 WORDS = tiny_words()
@@ -67,7 +94,7 @@ def assert_weights_equal(model_dir, expected, atol=1e-5):
 
 def test_merge_into_base_is_exact_in_weights_and_logits(setup):
     profile = setup["profile"]()
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
 
     entry = report["models"]["merged"]
     out = profile.run_dir("04_merge") / "merged"
@@ -94,7 +121,7 @@ def test_merge_into_base_is_exact_in_weights_and_logits(setup):
 def test_partner_merge_adds_adapter_to_the_partner_weights(setup):
     partner = save_tiny_llama(setup["tmp"] / "partner", seed=5, perturb_from=setup["base"])
     profile = setup["profile"](partners=[{"name": "orca", "model": str(partner)}], merge_into_base=False)
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
 
     assert list(report["models"]) == ["orca-platypus"]
     entry = report["models"]["orca-platypus"]
@@ -120,7 +147,7 @@ def test_partner_of_another_architecture_is_refused(setup, overrides, field):
     other = save_tiny_llama(setup["tmp"] / "other", seed=3, **overrides)
     profile = setup["profile"](partners=[{"name": "x", "model": str(other)}])
     with pytest.raises(MergeError, match=field):
-        merge.run_merge(profile)
+        run_merge(profile)
     assert not (profile.run_dir("04_merge") / "x-platypus").exists()
     assert read_manifest(profile.run_dir("04_merge")) is None
 
@@ -128,21 +155,21 @@ def test_partner_of_another_architecture_is_refused(setup, overrides, field):
 def test_missing_or_misshaped_target_module_is_refused(setup):
     from transformers import AutoModelForCausalLM
 
-    _, deltas = merge.read_adapter(setup["adapter"])
+    _, deltas = read_adapter(setup["adapter"])
     one_layer = AutoModelForCausalLM.from_config(tiny_config(num_hidden_layers=1))
     with pytest.raises(MergeError, match=r"model\.layers\.1\.mlp\.gate_proj: missing"):
-        merge.check_targets(one_layer, deltas, "one-layer model")
+        check_targets(one_layer, deltas, "one-layer model")
     narrow = AutoModelForCausalLM.from_config(tiny_config(intermediate_size=48))
     with pytest.raises(MergeError, match=r"gate_proj: weight \(48, 32\), adapter needs \(64, 32\)"):
-        merge.check_targets(narrow, deltas, "narrow model")
-    merge.check_targets(AutoModelForCausalLM.from_config(tiny_config()), deltas, "same shape")  # no error
+        check_targets(narrow, deltas, "narrow model")
+    check_targets(AutoModelForCausalLM.from_config(tiny_config()), deltas, "same shape")  # no error
 
 
 def test_verification_fails_on_a_model_that_is_not_base_plus_adapter(setup):
-    _, deltas = merge.read_adapter(setup["adapter"])
+    _, deltas = read_adapter(setup["adapter"])
     # the unmerged base is not base + adapter: both checks must notice
     with pytest.raises(MergeVerificationError, match="weights are not"):
-        merge.verify_merged(setup["base"], str(setup["base"]), setup["adapter"], deltas, 1e-4, torch.float32)
+        verify_merged(setup["base"], str(setup["base"]), setup["adapter"], deltas, 1e-4, torch.float32)
 
 
 def test_verification_fails_when_logits_disagree(setup, tmp_path):
@@ -150,24 +177,24 @@ def test_verification_fails_when_logits_disagree(setup, tmp_path):
 
     profile = setup["profile"]()
     merged_dir = profile.run_dir("04_merge") / "merged"
-    merge.run_merge(profile)
-    _, deltas = merge.read_adapter(setup["adapter"])
+    run_merge(profile)
+    _, deltas = read_adapter(setup["adapter"])
     # same LoRA factors, but peft would scale them differently than the merge did
     other = shutil.copytree(setup["adapter"], tmp_path / "rescaled")
     cfg = json.loads((other / "adapter_config.json").read_text())
     (other / "adapter_config.json").write_text(json.dumps(dict(cfg, lora_alpha=2 * ALPHA)))
     with pytest.raises(MergeVerificationError, match="merged logits differ"):
-        merge.verify_merged(merged_dir, str(setup["base"]), other, deltas, 1e-4, torch.float32)
+        verify_merged(merged_dir, str(setup["base"]), other, deltas, 1e-4, torch.float32)
 
 
 def test_failed_verification_leaves_no_output(setup, monkeypatch):
     def broken(*args, **kwargs):
         raise MergeVerificationError("forced")
 
-    monkeypatch.setattr(merge.build, "verify_merged", broken)
+    monkeypatch.setattr("platypus_utils.merge.build.verify_merged", broken)
     profile = setup["profile"]()
     with pytest.raises(MergeVerificationError):
-        merge.run_merge(profile)
+        run_merge(profile)
     stage_dir = profile.run_dir("04_merge")
     assert not (stage_dir / "merged").exists()
     # no temp dir, no report, no manifest: only the attempt record (status "failed")
@@ -176,47 +203,46 @@ def test_failed_verification_leaves_no_output(setup, monkeypatch):
 
 def test_existing_output_is_reused_or_made_again_when_its_inputs_changed(setup):
     profile = setup["profile"]()
-    first = merge.run_merge(profile)["models"]["merged"]
-    again = merge.run_merge(profile)["models"]["merged"]
+    first = run_merge(profile)["models"]["merged"]
+    again = run_merge(profile)["models"]["merged"]
     assert again["reused"] is True and again["content_sha256"] == first["content_sha256"]
     assert again["max_abs_logit_diff"] == first["max_abs_logit_diff"]
 
     save_adapter(setup["base"], setup["adapter"], seed=7)  # stage 03 reran: a different adapter
-    remade = merge.run_merge(profile)["models"]["merged"]  # stale: made again, and the report says why
+    remade = run_merge(profile)["models"]["merged"]  # stale: made again, and the report says why
     assert remade["reused"] is False and remade["content_sha256"] != first["content_sha256"]
     assert remade["replaced"].startswith("its inputs differ: adapter_sha256")
     assert_weights_equal(profile.run_dir("04_merge") / "merged", expected_weights(setup["base"], setup["adapter"]))
-    forced = merge.run_merge(profile, force=True)["models"]["merged"]  # made again although up to date
+    forced = run_merge(profile, force=True)["models"]["merged"]  # made again although up to date
     assert forced["reused"] is False and forced["content_sha256"] == remade["content_sha256"]
 
 
 def test_tampered_or_foreign_output_is_not_reused(setup):
     profile = setup["profile"]()
-    merge.run_merge(profile)
+    run_merge(profile)
     out = profile.run_dir("04_merge") / "merged"
     (out / "config.json").write_text((out / "config.json").read_text().replace('"silu"', '"gelu"'))
     with pytest.raises(MergeError, match="files changed"):
-        merge.run_merge(profile)
+        run_merge(profile)
     (out / "merge_info.json").unlink()
     with pytest.raises(MergeError, match="no readable merge_info.json"):
-        merge.run_merge(profile)
+        run_merge(profile)
 
 
 def test_missing_adapter_and_unsupported_adapters_are_clear_errors(setup, make_profile):
     with pytest.raises(FileNotFoundError, match="run stage 03_finetune first"):
-        merge.run_merge(make_profile(name="other", models={"base": str(setup["base"])}))
+        run_merge(make_profile(name="other", models={"base": str(setup["base"])}))
     cfg_path = setup["adapter"] / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps(dict(cfg, use_dora=True)))
     with pytest.raises(MergeError, match="use_dora"):
-        merge.read_adapter(setup["adapter"])
+        read_adapter(setup["adapter"])
     with pytest.raises(MergeError, match="duplicate"):
-        merge.run_merge(setup["profile"](partners=[{"name": "a", "model": str(setup["base"])}] * 2))
+        run_merge(setup["profile"](partners=[{"name": "a", "model": str(setup["base"])}] * 2))
 
 
 # ---------------------------------------------------------------- adapter mixes, full-model merges, sweep
 MIX_TYPES = ("linear", "cat", "ties", "dare_linear", "dare_ties", "svd")
-MODEL_METHODS = merge.MODEL_METHODS  # mergekit's six, then peft_ties, peft_dare_linear, peft_dare_ties
 
 
 def lora_factors(adapter_dir):
@@ -249,7 +275,8 @@ def test_adapter_mixes_are_verified_and_exact_where_the_formula_is_simple(setup,
         for t in MIX_TYPES
     ]
     profile = setup["profile"](merge_into_base=False, adapter_mixes=mixes)
-    report = merge.run_merge(profile)
+    with recording_bernoulli() as draws:  # peft's DARE masks, which the oracle must reuse
+        report = run_merge(profile)
     assert list(report["models"]) == [f"mix-{t}" for t in MIX_TYPES]
     for t in MIX_TYPES:
         entry = report["models"][f"mix-{t}"]
@@ -259,21 +286,23 @@ def test_adapter_mixes_are_verified_and_exact_where_the_formula_is_simple(setup,
         assert v["max_abs_logit_diff"] <= v["logit_tolerance"] and v["max_abs_delta"] > 0.01, t
         assert (profile.run_dir("04_merge") / f"mix-{t}" / "mixed_adapter" / "adapter_config.json").is_file()
         assert entry["peak_rss_mb"] > 0
-    for t in ("dare_linear", "dare_ties"):
-        assert report["models"][f"mix-{t}"]["verification"]["dare_masks_checked"] == 4 * 2 * len(TARGETS)
-    # the check has teeth: the ties mix is not what ties with another density would give
-    sources = [merge.read_adapter(a)[1] for a in two_adapters]
-    order = sorted(sources[0])
-    wrong = merge.reference_adapter_mix(sources, weights, "ties", 0.8, None, "total", [], order)
+    # peft's combination is the definition's (tests/merge_oracles.py), within peft's float32 error
+    sources = [read_adapter(a)[1] for a in two_adapters]
+    base_model = load_lm(str(setup["base"]), torch.float32)
+    order = [name for name, _ in base_model.named_modules()]
+    per_mix = 4 * 2 * len(TARGETS)  # a mask per module, factor (A, B) and adapter
+    masks = {"dare_linear": draws[:per_mix], "dare_ties": draws[per_mix : 2 * per_mix]}
+    assert len(draws) == 2 * per_mix
+    for t in MIX_TYPES:
+        density = DENSITY if t in ("ties", "dare_linear", "dare_ties") else None
+        expected = reference_adapter_mix(sources, weights, t, density, None, "total", masks.get(t, []), order)
+        mixed = load_lm(str(profile.run_dir("04_merge") / f"mix-{t}"), torch.float32)
+        assert check_merged_weights(mixed, base_model, expected, torch.float32)["max_weight_error_to_bound"] <= 1, t
+    # the comparison has teeth: the ties mix is not what ties with another density would give
+    wrong = reference_adapter_mix(sources, weights, "ties", 0.8, None, "total", [], order)
     with pytest.raises(MergeVerificationError, match="weights are not"):
-        merge.verify_merged(
-            profile.run_dir("04_merge") / "mix-ties",
-            str(setup["base"]),
-            profile.run_dir("04_merge") / "mix-ties" / "mixed_adapter",
-            wrong,
-            1e-4,
-            torch.float32,
-        )
+        mixed = load_lm(str(profile.run_dir("04_merge") / "mix-ties"), torch.float32)
+        check_merged_weights(mixed, base_model, wrong, torch.float32)
 
     # independent of merge.py: cat is exactly W + sum w_i s_i B_i A_i; linear is (sum c B)(sum c' A)
     base_w = load_file(str(setup["base"] / "model.safetensors"))
@@ -314,12 +343,12 @@ def test_adapter_mix_of_unequal_ranks_is_refused_for_factorwise_types(setup, mak
         "density": DENSITY,
     }
     with pytest.raises(MergeError, match=r"equal rank.*r=4.*r=8"):
-        merge.run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
+        run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
     mix = dict(mix, combination_type="cat", density=None)  # cat takes any ranks
-    report = merge.run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
+    report = run_merge(setup["profile"](merge_into_base=False, adapter_mixes=[mix]))
     assert report["models"]["m"]["verified"]
     with pytest.raises(FileNotFoundError, match="'missing'.*adapter_config.json"):
-        merge.run_merge(
+        run_merge(
             setup["profile"](
                 merge_into_base=False, adapter_mixes=[dict(mix, name="n", adapters=["adapter", "missing"])]
             )
@@ -349,10 +378,12 @@ def _model_merges(paths, weights=(0.6, 0.4)):
 
 
 def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
-    monkeypatch.setattr(merge.arithmetic, "CHUNK", 1000)  # the merge and its check walk each tensor in several chunks
+    monkeypatch.setattr(
+        "platypus_utils.merge.arithmetic.CHUNK", 1000
+    )  # the merge and its check walk each tensor in several chunks
     weights = [0.6, 0.4]
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes, weights))
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     out = profile.run_dir("04_merge")
     base = load_file(str(setup["base"] / "model.safetensors"))
     t1, t2 = (load_file(str(p / "model.safetensors")) for p in finetunes)
@@ -363,8 +394,15 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
         assert entry["verification"]["max_abs_weight_diff"] <= 1e-5 and entry["verification"]["loads"]
         assert entry["verification"]["max_abs_distance_to_nearest_input"] > 1e-3  # not a copy of an input
         assert set(got[m]) == set(base)
-    for m in ("dare_ties", "peft_dare_ties"):
-        assert report["models"][f"m-{m}"]["verification"]["dare_kept_share"] == pytest.approx(DENSITY, abs=0.02)
+    # every method against its definition (tests/merge_oracles.py), with DARE's masks redrawn
+    for m in MODEL_METHODS:
+        spec = ModelMergeSpec(m, m, [str(p) for p in finetunes], ["ft1", "ft2"], weights, None, "total")
+        if m not in ("linear", "slerp"):
+            spec.base, spec.base_label = str(setup["base"]), "base"
+        spec.density = DENSITY if m in layout.DENSITY_METHODS else None
+        figures = assert_model_merge_matches(out / f"m-{m}", spec, torch.float32, profile.seed)
+        if "dare" in m:
+            assert figures["kept"] / figures["entries"] == pytest.approx(DENSITY, abs=0.02), m
 
     key = "model.layers.1.mlp.up_proj.weight"  # both fine-tunes changed it
     b, x1, x2 = base[key].double(), t1[key].double(), t2[key].double()
@@ -415,23 +453,25 @@ def test_model_merges_equal_the_methods_formulas(setup, finetunes, monkeypatch):
 
 
 def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkeypatch):
-    monkeypatch.setattr(merge.verify, "SMOKE_LOAD_MAX_BYTES", 0)  # as for a model too large to load in the check
+    monkeypatch.setattr(
+        "platypus_utils.merge.verify.SMOKE_LOAD_MAX_BYTES", 0
+    )  # as for a model too large to load in the check
     merges = [m for m in _model_merges(finetunes) if m["method"] in ("dare_ties", "slerp")]
     profile = setup["profile"](merge_into_base=False, model_merges=merges)
-    first = merge.run_merge(profile)
+    first = run_merge(profile)
     assert all(
         e["verification"]["loads"] is None and e["verification"]["safetensors_files_open"] == 1
         for e in first["models"].values()
     )
-    again = merge.run_merge(profile)
+    again = run_merge(profile)
     assert all(again["models"][m]["reused"] for m in again["models"])
-    forced = merge.run_merge(profile, force=True)  # made again from scratch: byte-identical (seeded DARE)
+    forced = run_merge(profile, force=True)  # made again from scratch: byte-identical (seeded DARE)
     for m in first["models"]:
         assert forced["models"][m]["reused"] is False
         assert forced["models"][m]["content_sha256"] == first["models"][m]["content_sha256"]
     # other weights: the earlier merge is stale, made again, and the report says what changed
     changed = [dict(merges[0], weights=[0.9, 0.1]), merges[1]]
-    remade = merge.run_merge(setup["profile"](merge_into_base=False, model_merges=changed))
+    remade = run_merge(setup["profile"](merge_into_base=False, model_merges=changed))
     name = merges[0]["name"]
     assert remade["models"][name]["reused"] is False
     assert remade["models"][name]["replaced"].startswith("its inputs differ: weights")
@@ -442,21 +482,21 @@ def test_model_merge_output_is_deterministic_and_reused(setup, finetunes, monkey
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda t: t + 1e-3, "off the reference"),
+        (lambda t: t + 1e-3, "off the recomputed merge"),
         (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "non-finite values"),
     ],
 )
 def test_a_wrong_model_merge_fails_verification_and_leaves_nothing(setup, finetunes, monkeypatch, damage, message):
-    real = merge.merge_tensor
+    real = merge_tensor
 
     def damaged(method, tensors, base, *args):
         merged, info = real(method, tensors, base, *args)
         return damage(merged), info
 
-    monkeypatch.setattr(merge.build, "merge_tensor", damaged)
+    monkeypatch.setattr("platypus_utils.merge.build.merge_tensor", damaged)
     profile = setup["profile"](merge_into_base=False, model_merges=_model_merges(finetunes)[:1])
     with pytest.raises(MergeVerificationError, match=f"not the linear merge.*{message}"):
-        merge.run_merge(profile)
+        run_merge(profile)
     assert [p.name for p in profile.run_dir("04_merge").iterdir()] == ["attempt.json"]
 
 
@@ -477,7 +517,7 @@ def test_model_merge_refuses_mismatched_models(setup, finetunes):
             "weights": [1, 1],
             **({"density": DENSITY} if method == "ties" else {}),
         }
-        merge.run_merge(setup["profile"](merge_into_base=False, model_merges=[m]))
+        run_merge(setup["profile"](merge_into_base=False, model_merges=[m]))
 
     with pytest.raises(MergeError, match="intermediate_size: 48 vs 64"):
         attempt(wider)
@@ -499,7 +539,7 @@ def test_partner_built_from_an_adapter_then_the_papers_merge_onto_it(setup, two_
             {"name": "soup", "method": "ties", "models": ["merged", "general"], "weights": [1, 1], "density": DENSITY}
         ],
     )
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     assert list(report["models"]) == ["merged", "general", "general-platypus", "soup"]
     out = profile.run_dir("04_merge")
     partner_expected = expected_weights(setup["base"], two_adapters[1])
@@ -519,11 +559,11 @@ def test_variant_names_and_order_are_checked(setup, finetunes):
     m = {"name": "soup", "method": "linear", "models": [str(finetunes[0]), "later"], "weights": [1, 1]}
     later = {"name": "later", "method": "linear", "models": [str(p) for p in finetunes], "weights": [1, 1]}
     with pytest.raises(MergeError, match="'later' is made later"):
-        merge.run_merge(setup["profile"](merge_into_base=False, model_merges=[m, later]))
+        run_merge(setup["profile"](merge_into_base=False, model_merges=[m, later]))
     with pytest.raises(MergeError, match="reserves"):
-        merge.run_merge(setup["profile"](merge_into_base=False, model_merges=[dict(later, name="base")]))
+        run_merge(setup["profile"](merge_into_base=False, model_merges=[dict(later, name="base")]))
     with pytest.raises(MergeError, match=r"duplicate variant names \['merged'\]"):
-        merge.run_merge(setup["profile"](model_merges=[dict(later, name="merged")]))
+        run_merge(setup["profile"](model_merges=[dict(later, name="merged")]))
 
 
 def test_sweep_names_grid_and_report(setup, finetunes):
@@ -535,11 +575,11 @@ def test_sweep_names_grid_and_report(setup, finetunes):
     grid = MergeSweepConfig(
         models=["a", "b"], methods=["linear", "ties", "slerp"], weights=[[1, 1], [0.7, 0.3]], densities=[0.3, 0.6]
     )
-    names = [m.name for m in merge.sweep_merges(grid)]
+    names = [m.name for m in sweep_merges(grid)]
     assert len(names) == 2 + 2 * 2 + 2 == len(set(names))  # density multiplies only ties
     assert "sweep-ties-w0.7_0.3-d0.6" in names and "sweep-slerp-w1_1" in names
     with pytest.raises(MergeError, match="3 weights for 2 models"):
-        merge.sweep_merges(MergeSweepConfig(models=["a", "b"], methods=["linear"], weights=[[1, 1, 1]]))
+        sweep_merges(MergeSweepConfig(models=["a", "b"], methods=["linear"], weights=[[1, 1, 1]]))
 
     sweep = {
         "models": [str(p) for p in finetunes],
@@ -548,9 +588,9 @@ def test_sweep_names_grid_and_report(setup, finetunes):
         "densities": [0.4],
     }
     profile = setup["profile"](merge_into_base=False, sweep=sweep)
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     expected = ["sweep-task_arithmetic-w0.5_0.5", "sweep-dare_linear-w0.5_0.5-d0.4"]
-    assert report["sweep"] == expected == merge.sweep_variant_names(profile) == list(report["models"])
+    assert report["sweep"] == expected == sweep_variant_names(profile) == list(report["models"])
     assert all(report["models"][n]["sweep"] and report["models"][n]["verified"] for n in expected)
     assert resolve_variant(profile, expected[1]).pretrained == report["models"][expected[1]]["path"]
 
@@ -578,7 +618,7 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
     metrics = finetune.train_partner_adapter(profile)
     assert metrics["data_sources"] == {"general": 6} and metrics["steps"] == 2
     out = profile.run_dir("03_finetune") / "partner_adapter"
-    _, deltas = merge.read_adapter(out)
+    _, deltas = read_adapter(out)
     assert len(deltas) == 2 * len(TARGETS) and max(float(d.delta().abs().max()) for d in deltas.values()) > 0
     assert not (profile.run_dir("03_finetune") / "partner_adapter_checkpoints").exists()
 
@@ -597,19 +637,19 @@ def test_streamed_safetensors_round_trip_in_shards(tmp_path):
         "d.empty": torch.zeros(0, 4),
     }
     specs = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    files = merge.write_safetensors(tmp_path, specs, lambda n: tensors[n], max_shard_bytes=4096)
+    files = write_safetensors(tmp_path, specs, lambda n: tensors[n], max_shard_bytes=4096)
     assert files == [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(tensors)
     loaded = {}
     for f in files:  # the reference reader accepts what was written
         loaded.update(st_load(str(tmp_path / f)))
-    ckpt = merge.SafetensorsCheckpoint(tmp_path)
+    ckpt = SafetensorsCheckpoint(tmp_path)
     for n, t in tensors.items():
         assert torch.equal(loaded[n], t) and torch.equal(ckpt.read(n), t) and ckpt.read(n).dtype == t.dtype
     (tmp_path / "x").mkdir()
     with pytest.raises(RuntimeError, match="header says"):
-        merge.write_safetensors(tmp_path / "x", specs, lambda n: tensors[n].float())
+        write_safetensors(tmp_path / "x", specs, lambda n: tensors[n].float())
 
 
 def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_path, monkeypatch):
@@ -625,28 +665,28 @@ def test_full_model_merge_streams_its_memory_does_not_grow_with_the_model(tmp_pa
         d = tmp_path / f"m{k}"
         d.mkdir()
         gen = torch.Generator().manual_seed(k)
-        merge.write_safetensors(d, specs, lambda n, gen=gen: torch.randn(shapes[n], generator=gen))
+        write_safetensors(d, specs, lambda n, gen=gen: torch.randn(shapes[n], generator=gen))
         LlamaConfig(
             hidden_size=1024, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8, vocab_size=8
         ).save_pretrained(d)
         dirs.append(d)
     tiny_tokenizer().save_pretrained(dirs[1])
     trace = []
-    real = merge.merge_tensor
+    real = merge_tensor
 
     def traced(*args):
         out = real(*args)
-        trace.append(merge.proc_status_mb("VmRSS"))
+        trace.append(proc_status_mb("VmRSS"))
         return out
 
-    monkeypatch.setattr(merge.build, "merge_tensor", traced)
-    spec = merge.ModelMergeSpec(
+    monkeypatch.setattr("platypus_utils.merge.build.merge_tensor", traced)
+    spec = ModelMergeSpec(
         "big", "ties", [str(dirs[1]), str(dirs[2])], ["m1", "m2"], [1.0, 1.0], 0.5, "total", str(dirs[0]), "m0"
     )
-    build, _ = merge.model_merge_steps(spec, [str(dirs[1])], torch.float32, 0)
+    build, _ = model_merge_steps(spec, [str(dirs[1])], torch.float32, 0)
     out = tmp_path / "out"
     out.mkdir()
-    with merge.measure_peak_rss() as memory:
+    with measure_peak_rss() as memory:
         build(out)
     assert (out / "model.safetensors").stat().st_size > 48 << 20 and len(trace) == 12
     # resident-memory figures depend on what else the machine runs: bench/ prints them; the
@@ -705,24 +745,26 @@ def test_merge_settings_are_checked_when_the_profile_loads(tmp_path, section, me
 def test_full_model_peft_ties_equals_peft_and_handles_ties_at_the_cut(monkeypatch):
     from peft.utils import merge_utils
 
-    monkeypatch.setattr(merge.arithmetic, "CHUNK", 777)  # the chunked merge must not change the tensor-wide top-k
+    monkeypatch.setattr(
+        "platypus_utils.merge.arithmetic.CHUNK", 777
+    )  # the chunked merge must not change the tensor-wide top-k
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(64, 48, generator=gen)
     fts = [base + 0.1 * torch.randn(64, 48, generator=gen) for _ in range(3)]
     weights = [0.5, 1.0, 0.7]
-    got, _ = merge.merge_tensor("peft_ties", fts, base, weights, 0.3, "total", 0, "w")
+    got, _ = merge_tensor("peft_ties", fts, base, weights, 0.3, "total", 0, "w")
     expected = base + merge_utils.ties([f - base for f in fts], torch.tensor(weights), 0.3, "total")
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # no equal magnitudes: peft's top-k exactly
     # many equal magnitudes at the cut (quantized task vectors): the first by position are kept,
     # and the check, which finds the cut another way, agrees
     quantized = [base + torch.round(f - base, decimals=1) for f in fts]
     for method in ("peft_ties", "ties"):
-        got, _ = merge.merge_tensor(method, quantized, base, weights, 0.3, "total", 0, "w")
-        reference = merge.ReferenceMerge(method, quantized, base, weights, 0.3, "total", 0, "w")
-        expected = torch.cat([reference.chunk(part) for part in merge.chunks(got.numel())]).reshape(got.shape)
+        got, _ = merge_tensor(method, quantized, base, weights, 0.3, "total", 0, "w")
+        reference = ReferenceMerge(method, quantized, base, weights, 0.3, "total", 0, "w")
+        expected = torch.cat([reference.chunk(part) for part in chunks(got.numel())]).reshape(got.shape)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     tv = (quantized[0] - base).abs().reshape(-1)
-    keep = merge.top_magnitudes(quantized[0], base, 0.3)
+    keep = top_magnitudes(quantized[0], base, 0.3)
     k = int(0.3 * tv.numel())
     assert int(keep.sum()) == k and tv[keep].min() >= tv[~keep].max()
     cut = tv[keep].min()
@@ -733,27 +775,27 @@ def test_full_model_peft_ties_equals_peft_and_handles_ties_at_the_cut(monkeypatc
 def test_the_steps_composed_give_what_run_merge_gives(setup, two_adapters, make_profile):
     partners = [{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}]
     profile = setup["profile"](partners=partners)
-    adapter = merge.load_adapter(profile)
+    adapter = load_adapter(profile)
     assert adapter.summary()["r"] == R and adapter.summary()["scales"] == [ALPHA / R]
     assert list(adapter.frame()["module"]) == sorted(adapter.deltas) and len(adapter.deltas) == 2 * len(TARGETS)
-    plan = merge.plan_merges(profile)
-    table = merge.plan_frame(plan)
+    plan = merge_jobs(profile)
+    table = jobs_frame(plan)
     assert list(table.index) == plan.variants == ["merged", "general", "general-platypus"]
     assert table.loc["general-platypus", "made_from_variants"] == "general" and set(table["dtype"]) == {"float32"}
     with pytest.raises(MergeError, match=r"general-platypus is made from \['general'\]: make those first"):
-        merge.make_variant(plan, "general-platypus")
-    merge.begin(plan)
-    made = [merge.make_variant(plan, job) for job in plan.jobs[:2]]
+        make_variant(plan, "general-platypus")
+    begin(plan)
+    made = [make_variant(plan, job) for job in plan.jobs[:2]]
     with pytest.raises(MergeError, match=r"\['general-platypus'\] not made yet"):
-        merge.save(profile, plan, made)
-    made.append(merge.make_variant(plan, plan.jobs[2]))
-    rows = merge.check_rows(made)
+        save(profile, plan, made)
+    made.append(make_variant(plan, plan.jobs[2]))
+    rows = check_rows(made)
     assert all(r["passed"] and r["weight_error_to_bound"] <= 1 and r["logit_ratio"] <= 1 for r in rows)
-    assert list(merge.checks_frame(made).index) == plan.variants
-    figures = merge.verification_frame(made[0])
+    assert list(checks_frame(made).index) == plan.variants
+    figures = verification_frame(made[0])
     worst = made[0].entry["verification"]["max_weight_error_to_bound"]
     assert list(figures.columns) == ["merged"] and figures.loc["max_weight_error_to_bound", "merged"] == f"{worst:.4g}"
-    paths = merge.save(profile, plan, made, {"notebook_s": 1.0})
+    paths = save(profile, plan, made, {"notebook_s": 1.0})
     stage_dir = profile.run_dir("04_merge")
     assert paths[0] == stage_dir / "merge_report.json" and paths[-1] == stage_dir / "manifest.json"
     manifest = read_manifest(stage_dir)
@@ -764,48 +806,48 @@ def test_the_steps_composed_give_what_run_merge_gives(setup, two_adapters, make_
     # same manifest entries (names) and figures
     other = make_profile(name="other", models={"base": str(setup["base"])}, merge={"partners": partners})
     shutil.copytree(profile.run_dir("03_finetune"), other.run_dir("03_finetune"))
-    report = merge.run_merge(other)
+    report = run_merge(other)
     assert {n: e["content_sha256"] for n, e in report["models"].items()} == {
         m.variant: m.entry["content_sha256"] for m in made
     }
     direct = read_manifest(other.run_dir("04_merge"))
     assert sorted(Path(p).name for p in direct["outputs"]) == sorted(Path(p).name for p in manifest["outputs"])
     assert set(direct["metrics"]) == set(manifest["metrics"])
-    frame = merge.report_frame(report)
+    frame = report_frame(report)
     assert list(frame.index) == plan.variants and frame["verified"].all()
 
 
 def test_begin_removes_a_killed_merges_leftovers_only(setup):
     profile = setup["profile"]()
-    plan = merge.plan_merges(profile)
+    plan = merge_jobs(profile)
     stage_dir = profile.run_dir("04_merge")
     dead = stage_dir / ".merged.999999999-x.tmp"  # no such process: a killed merge's temp folder
     live = stage_dir / ".merged.1-y.tmp"  # pid 1 runs: a live writer's, left alone
     nested = stage_dir / "merged" / ".model.safetensors.999999999-z.tmp"  # inside a variant: not this step's
     for p in (dead, live, nested):
         p.mkdir(parents=True)
-    assert merge.begin(plan) == [dead]
+    assert begin(plan) == [dead]
     assert not dead.exists() and live.exists() and nested.exists()
     assert json.loads((stage_dir / "attempt.json").read_text())["status"] == "running"
 
 
 def test_force_makes_every_variant_again_and_a_failure_closes_the_attempt(setup, monkeypatch):
     profile = setup["profile"]()
-    first = merge.run_merge(profile)["models"]["merged"]
-    plan = merge.plan_merges(profile)
-    again = merge.make_variant(plan, "merged")
-    assert again.reused and not merge.make_variant(merge.plan_merges(profile), "merged", force=True).reused
+    first = run_merge(profile)["models"]["merged"]
+    plan = merge_jobs(profile)
+    again = make_variant(plan, "merged")
+    assert again.reused and not make_variant(merge_jobs(profile), "merged", force=True).reused
 
     def broken(*args, **kwargs):
         raise MergeVerificationError("forced")
 
-    monkeypatch.setattr(merge.build, "verify_merged", broken)
+    monkeypatch.setattr("platypus_utils.merge.build.verify_merged", broken)
     with pytest.raises(MergeVerificationError):
-        merge.make_variant(merge.plan_merges(profile), "merged", force=True)
+        make_variant(merge_jobs(profile), "merged", force=True)
     attempt = json.loads((profile.run_dir("04_merge") / "attempt.json").read_text())
     assert attempt["status"] == "failed" and "forced" in attempt["error"]
     # the variant made before is still there, untouched: a failed remake never replaces it
-    assert merge.read_merge_info(profile.run_dir("04_merge") / "merged")["content_sha256"] == first["content_sha256"]
+    assert read_merge_info(profile.run_dir("04_merge") / "merged")["content_sha256"] == first["content_sha256"]
 
 
 def test_each_training_seeds_adapter_is_merged_into_the_base(setup, make_profile):
@@ -817,9 +859,9 @@ def test_each_training_seeds_adapter_is_merged_into_the_base(setup, make_profile
         models={"base": str(setup["base"])}, finetune={"seeds": [5]}, evaluate={"variants": ["base", "merged"]}
     )
     with pytest.raises(FileNotFoundError, match="finetune.seeds 5"):
-        merge.plan_merges(profile)
+        merge_jobs(profile)
     seed_adapter = save_adapter(setup["base"], layout.seed_adapter(profile, 5), seed=9)
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     assert list(report["models"]) == ["merged", "merged-seed5"]
     assert_weights_equal(profile.run_dir("04_merge") / "merged-seed5", expected_weights(setup["base"], seed_adapter))
     assert report["models"]["merged-seed5"]["adapter"] == str(seed_adapter.resolve())
@@ -870,7 +912,7 @@ def test_each_merged_variant_writes_a_mergekit_config_that_mergekit_reproduces(s
             {"name": "mix", "adapters": ["adapter", "partner_adapter"], "weights": [1, 1], "combination_type": "cat"}
         ],
     )
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     out = profile.run_dir("04_merge")
     made = {v: e for v, e in report["models"].items()}
     assert made["m-peft_ties"]["mergekit_config"] is None and "peft" in made["m-peft_ties"]["mergekit_why_not"]

@@ -15,8 +15,9 @@ from mergekit import sparsify
 from mergekit.merge_methods import registry
 from mergekit.merge_methods.base import TensorGroup
 
-from platypus_utils import merge
 from platypus_utils.merge import arithmetic
+from platypus_utils.merge.arithmetic import Options, merge_tensor
+from platypus_utils.merge.io import ModelMergeSpec
 
 SHAPE = (96, 64)
 WEIGHTS = [0.7, 0.3, -0.2]  # a negative weight: the weighted sign election differs from peft's count
@@ -43,9 +44,9 @@ def theirs(method, base, models, weights, density=None, **shared):
 
 
 def ours(method, base, models, weights, density=None, seed=0, **shared):
-    options = merge.Options.of(method, shared.get("normalize"), shared.get("rescale"), shared.get("lambda", 1.0))
+    options = Options.of(method, shared.get("normalize"), shared.get("rescale"), shared.get("lambda", 1.0))
     uses_base = method not in ("linear", "slerp")
-    out, _ = merge.merge_tensor(
+    out, _ = merge_tensor(
         method, models, base if uses_base else None, weights, density, "total", seed, "w", options=options
     )
     return out
@@ -339,7 +340,7 @@ def test_the_config_stage_04_writes_translates_back_to_the_same_merge(tmp_path, 
     from platypus_utils.merge.mergekit import model_merge_config
 
     paths = [str(tmp_path / "a"), str(tmp_path / "b")]
-    spec = merge.ModelMergeSpec(
+    spec = ModelMergeSpec(
         "v",
         method,
         paths,
@@ -359,5 +360,5 @@ def test_the_config_stage_04_writes_translates_back_to_the_same_merge(tmp_path, 
     )
     assert back.method == method and back.models == paths and back.weights == pytest.approx([0.6, 0.4])
     assert back.density == spec.density and back.base == spec.base and back.dtype == "bfloat16"
-    assert merge.Options.of(method, back.normalize, back.rescale, back.lambda_) == spec.options
+    assert Options.of(method, back.normalize, back.rescale, back.lambda_) == spec.options
     assert back.int8_mask == spec.int8_mask

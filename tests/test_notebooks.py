@@ -236,7 +236,8 @@ def _merge_case(tmp_path) -> dict:
 
 
 def _check_04(profile, records):
-    from platypus_utils import layout, merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
+    from platypus_utils import layout
+    from platypus_utils.merge.stage import run_merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
 
     assert records["planned_variants"] == layout.planned_variants(profile) == MERGE_VARIANTS
     assert records["planned_dtypes"] == dict.fromkeys(MERGE_VARIANTS, "float32")  # the tiny base is float32
@@ -257,7 +258,7 @@ def _check_04(profile, records):
     assert {str((out / v).resolve()) for v in MERGE_VARIANTS} < set(manifest["outputs"])
     assert manifest["timings"]["notebook_s"] > 0
     # run_merge on the same profile finds every variant made from the same inputs: reused, same content
-    report = merge.run_merge(profile)
+    report = run_merge(profile)
     assert all(entry["reused"] for entry in report["models"].values())
     assert {n: e["content_sha256"] for n, e in report["models"].items()} == {
         n: r["content_sha256"] for n, r in records["report_models"].items()
@@ -273,10 +274,10 @@ def test_04_notebook_runs_and_records(tmp_path):
     """Stage 04's notebook on a tiny random Llama (its prerequisite, 03's adapters, is written first).
     run_merge makes the variants first, so the runner's `force` must reach make_variant: the notebook
     makes every variant again, byte for byte what run_merge made."""
-    from platypus_utils import merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
+    from platypus_utils.merge.stage import run_merge  # here: importing merge (torch, peft) costs every test ~2 s CPU
 
     overrides = _merge_case(tmp_path)
-    direct = merge.run_merge(load_profile(DEMO, overrides))
+    direct = run_merge(load_profile(DEMO, overrides))
     profile, records = execute("04_merge", overrides, force=True)
     assert not any(m["reused"] for m in records["report_models"].values())
     assert {n: m["content_sha256"] for n, m in records["report_models"].items()} == {

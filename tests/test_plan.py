@@ -345,7 +345,7 @@ def test_seeds_add_their_merges_to_the_evaluation_and_to_the_host_memory_jobs(pl
 
 
 def test_host_memory_of_mixes_and_model_merges(make_profile):
-    from platypus_utils import merge
+    from platypus_utils.merge.memory import host_memory_plan
 
     profile = make_profile(
         merge={
@@ -356,7 +356,7 @@ def test_host_memory_of_mixes_and_model_merges(make_profile):
         }
     )
     params, largest = 1_000_000_000, 50_000_000
-    host = merge.host_memory_plan(profile, params, largest, 10_000_000, 2)
+    host = host_memory_plan(profile, params, largest, 10_000_000, 2)
     kinds = {j["variant"]: (j["kind"], j["merge"], j["check_whole"]) for j in host["jobs"]}
     assert kinds["merged"] == ("adapter", 2.0, 4.0)  # one fp16 model (+ 0.04 GB adapter, rounded); check: two
     assert kinds["mix"][:2] == ("mix", 4.0)  # a float32 copy

@@ -1,18 +1,9 @@
 """LoRA adapters as stage 04 reads them: each adapted Linear's update scale·B@A, and whether it fits a model.
 
-Contract:
-- `read_adapter(dir)` reads adapter_config.json and adapter_model.safetensors by hand (no peft),
-  giving the config and one LoraDelta per adapted module: scale = alpha/r (alpha/sqrt(r) with
-  rsLoRA), per-module rank and alpha from rank_pattern / alpha_pattern as peft matches them. Only
-  LoRA on Linear layers is merged: DoRA, lora_bias, modules_to_save and embedding LoRA are refused
-  with a MergeError naming the file and the tensor.
-- `check_architecture` refuses two checkpoints that differ in any of models.ARCHITECTURE_KEYS (a LoRA trained
-  on one would not apply to the other); `check_targets` refuses a model lacking a target module or
-  with another weight shape.
-- LoraDelta / DenseDelta give the update in row blocks in float64 (`delta_block`) and a bound on
-  the float32 error of the merge's computation of it (`allowance_block`), which verify.py adds to
-  each element's rounding bound.
-- `adapter_summary` / `adapter_frame`: what was read, for the notebook.
+`read_adapter` reads the factors by hand (not through peft), so that the check compares the merged
+weights with the adapter's own numbers: scale = alpha/r (alpha/sqrt(r) with rsLoRA), per-module rank
+and alpha from rank_pattern / alpha_pattern as peft matches them. Only LoRA on Linear layers is merged:
+DoRA, lora_bias, modules_to_save and embedding LoRA are refused naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -68,44 +59,18 @@ class LoraDelta:
         return (b @ a[:, rows]).T if self.fan_in_fan_out else b[rows] @ a
 
     def delta_block(self, rows: slice) -> torch.Tensor:
-        """Rows `rows` of the weight update scale * B @ A, in float64 (exact for these sizes)."""
+        """Rows `rows` of the update, in float64 (exact for these sizes)."""
         return self._rows(rows, False) * self.scale
 
     def allowance_block(self, rows: slice) -> torch.Tensor:
-        """Bound on the float32 error of computing those rows of scale * B @ A (a sum of r products,
-        then the scaling): (r + 2) * U32 * |scale| * (|B| @ |A|)."""
+        """Bound on the float32 error of computing those rows (r products summed, then scaled):
+        (r + 2)·U32·|scale|·(|B| @ |A|)."""
         return self._rows(rows, True) * ((self.rank + 2) * U32 * abs(self.scale))
 
     def max_abs(self) -> float:
         return float(self.delta().abs().max())
 
 
-@dataclass
-class DenseDelta:
-    """A weight update given in full (the expected update of an adapter mix)."""
-
-    module: str
-    value: torch.Tensor  # float64
-    allowance: torch.Tensor | float = 0.0  # bound on the float32 error of the merge's computation of it
-
-    @property
-    def weight_shape(self) -> tuple[int, int]:
-        return tuple(self.value.shape)
-
-    def delta(self) -> torch.Tensor:
-        return self.value
-
-    def delta_block(self, rows: slice) -> torch.Tensor:
-        return self.value[rows].double()
-
-    def allowance_block(self, rows: slice) -> torch.Tensor | float:
-        return self.allowance[rows] if hasattr(self.allowance, "shape") else self.allowance
-
-    def max_abs(self) -> float:
-        return float(self.value.abs().max())
-
-
-# ---------------------------------------------------------------- reading
 def pattern_value(patterns: dict, module: str, default: Any) -> Any:
     """A per-module setting (rank_pattern, alpha_pattern), matched as peft's get_pattern_key does:
     the pattern matches the end of the module name."""
@@ -172,7 +137,6 @@ def adapter_ranks(config: dict) -> set[int]:
     return {int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())}
 
 
-# ---------------------------------------------------------------- what was read
 def adapter_summary(config: dict, deltas: dict[str, LoraDelta]) -> dict:
     """Rank, alpha, scale(s), target modules and counts of an adapter as read (JSON-ready)."""
     targets = config.get("target_modules")
@@ -193,20 +157,11 @@ def adapter_frame(deltas: dict[str, LoraDelta]) -> pd.DataFrame:
     rows = []
     for name, d in deltas.items():
         update = d.delta()
-        rows.append(
-            {
-                "module": name,
-                "weight_shape": tuple(d.weight_shape),
-                "rank": d.rank,
-                "scale": d.scale,
-                "max_abs_update": float(update.abs().max()),
-                "update_norm": float(update.norm()),
-            }
-        )
+        shape, size = tuple(d.weight_shape), (float(update.abs().max()), float(update.norm()))
+        rows.append((name, shape, d.rank, d.scale, *size))
     return pd.DataFrame(rows, columns=["module", "weight_shape", "rank", "scale", "max_abs_update", "update_norm"])
 
 
-# ---------------------------------------------------------------- does it fit
 def check_architecture(config, reference, label: str, reference_label: str) -> None:
     """Refuse to merge when `config` is not the same architecture as `reference` (the adapter's base)."""
     differ, vocab = architecture_differences(config, reference)
@@ -223,7 +178,7 @@ def check_architecture(config, reference, label: str, reference_label: str) -> N
         )
 
 
-def check_targets(model, deltas: dict[str, LoraDelta | DenseDelta], label: str) -> None:
+def check_targets(model, deltas: dict[str, LoraDelta], label: str) -> None:
     """Every LoRA target module must exist in `model` as a Linear weight of the adapter's shape."""
     problems = []
     for name, d in deltas.items():

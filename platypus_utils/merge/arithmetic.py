@@ -1,26 +1,12 @@
-"""The merge arithmetic of full-model merges: one tensor at a time, float32, rounded once.
+"""Full-model merge arithmetic: one tensor at a time, in float32, rounded once to the stored dtype.
 
-Contract:
-- `merge_tensor(method, tensors, base, weights, ..., options=)` gives one tensor of a full-model
-  merge, computed in float32 and rounded once to the output dtype. linear, slerp, task_arithmetic,
-  ties, dare_linear and dare_ties are mergekit 0.1.5's definitions, written in its order of
-  operations (`_mergekit_chunk`: task vectors trimmed [ties: top-k magnitudes, k = max(1, ⌊density·n⌋);
-  dare: a random keep with probability density], rescaled to their L1 norm when `rescale`, weighted,
-  for ties/dare_ties masked to the sign of their weighted sum, summed, divided by the (agreeing)
-  weights when `normalize`, times `lambda`); `Options.of(method, ...)` fills mergekit's defaults.
-  peft_ties, peft_dare_linear and peft_dare_ties call peft's `merge_utils` (the formulas
-  `add_weighted_adapter` uses on adapters).
-- It works CHUNK entries at a time after the tensor-wide choices (TIES: each task vector's top-k;
-  SLERP: the angle; mergekit's rescale: each trimmed task vector's L1 norm, a first pass), so memory
-  holds the inputs, the output and one chunk of float32 work.
-- DARE draws each chunk's mask from `chunk_seed(seed, name, chunk)`: a mask does not depend on the
-  order of the work, and the check (reference.py) redraws it exactly. (mergekit draws from one global
-  generator: its masks differ, its merge agrees in distribution.)
-- Tensors whose inputs are all equal (no task vector) are copied bit for bit.
-- U32 (float32's unit roundoff) is the unit every float32 allowance of the checks is counted in.
-
-CHUNK is read when called (`chunks`, `chunk_index`, `rows_per_chunk`), so a test may lower it to
-make the merge and its check walk small tensors in several chunks.
+linear, slerp, task_arithmetic, ties, dare_linear and dare_ties are mergekit 0.1.5's definitions in its
+order of operations (README, "Merging"); peft_ties and peft_dare_* call peft's `merge_utils`. The work
+goes CHUNK entries at a time after the tensor-wide choices (TIES top-k, SLERP angle, L1 rescale), so
+memory holds the inputs, the output and one chunk of float32 work. DARE draws each chunk's mask from
+`chunk_seed(seed, name, chunk)`: unlike mergekit's one global generator, a mask then does not depend on
+the order of the work, so a merge is reproducible byte for byte. CHUNK is read when called, so a test
+may lower it to walk small tensors in several chunks.
 """
 
 from __future__ import annotations
@@ -36,11 +22,11 @@ from peft.utils import merge_utils
 from ..config import MERGEKIT_CONSENSUS, MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
 from .errors import MergeError
 
-U32 = 2.0**-24  # float32's unit roundoff: the merges compute in float32 and round once to the storage dtype
-CHUNK = 1 << 22  # entries per step of a full-model merge and of its check: bounds their float32 work
+U32 = 2.0**-24  # float32's unit roundoff: the unit of every float32 allowance of the checks
+CHUNK = 1 << 22  # entries per step of a full-model merge: bounds its float32 work
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearer to parallel than this, slerp is computed as lerp
-MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")  # mergekit's meaning
-PEFT_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")  # peft's merge_utils
+MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+PEFT_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
 MODEL_METHODS = MERGEKIT_METHODS + PEFT_METHODS
 RESCALE_EPS = 1e-7  # mergekit's: an L1 norm below this (before or after the trim) leaves the vector unscaled
 DIVISOR_EPS = 1e-8  # mergekit's: |sum of weights| below this divides by 1 (methods without a sign election)
@@ -64,65 +50,43 @@ class Options:
         )
 
 
-# ---------------------------------------------------------------- chunks and seeds
 def chunks(n: int) -> list[slice]:
     """Consecutive slices of CHUNK entries covering a flattened tensor of n entries."""
     return [slice(i, min(i + CHUNK, n)) for i in range(0, max(n, 1), CHUNK)]
 
 
-def chunk_index(part: slice) -> int:
-    """The number of a slice given by `chunks`."""
-    return part.start // CHUNK
-
-
-def rows_per_chunk(width: int) -> int:
-    """Rows of a matrix `width` wide that make about one chunk (at least one)."""
-    return max(1, CHUNK // max(1, width))
-
-
 def chunk_seed(seed: int, name: str, index: int) -> int:
-    """The seed of one chunk's random draw (DARE): fixed by the run seed, the tensor's name and the
-    chunk, so a mask does not depend on the order of the work, and a check can redraw it."""
+    """The seed of chunk `index`'s DARE draw: fixed by the run seed, the tensor's name and the chunk."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}:{index}".encode()).digest()[:8], "little") >> 1
 
 
-# ---------------------------------------------------------------- tensor-wide choices
 def slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -> tuple[float, float, bool]:
-    """SLERP from v0 (t=0) to v1 (t=1) as mergekit computes it: the angle between the flattened,
-    normalised tensors gives coefficients (c0, c1) that multiply the tensors themselves; nearly
-    parallel (|cos| > SLERP_DOT_THRESHOLD) or zero: linear (1-t, t). Returns (c0, c1, linear)."""
+    """mergekit's SLERP as (c0, c1, linear): c0·v0 + c1·v1 from the angle between the flattened,
+    normalised tensors; nearly parallel or zero: (1-t, t, True)."""
     a, b = v0.reshape(-1), v1.reshape(-1)
     n0 = n1 = dot = 0.0
     for part in chunks(a.numel()):
         x, y = a[part].float(), b[part].float()
         n0, n1, dot = n0 + float(x @ x), n1 + float(y @ y), dot + float(x @ y)
-    if n0 < 1e-24 or n1 < 1e-24:
+    if n0 < 1e-24 or n1 < 1e-24 or abs(dot / math.sqrt(n0 * n1)) > SLERP_DOT_THRESHOLD:
         return 1 - t, t, True
-    cos = dot / math.sqrt(n0 * n1)
-    if abs(cos) > SLERP_DOT_THRESHOLD:
-        return 1 - t, t, True
-    theta = math.acos(max(-1.0, min(1.0, cos)))
+    theta = math.acos(max(-1.0, min(1.0, dot / math.sqrt(n0 * n1))))
     return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta), False
 
 
 def top_magnitudes(
     tensor: torch.Tensor, base: torch.Tensor, density: float, at_least_one: bool = False
 ) -> torch.Tensor:
-    """TIES's trim: the k = int(density·n) entries of the task vector (tensor - base) with the largest
-    magnitude (at_least_one: k >= 1, as mergekit keeps), as a bool mask; among equal magnitudes at the
-    cut, the first by position (peft and mergekit leave
-    that choice to torch.topk; kept zeros change nothing, so zeros at the cut are not kept). The
-    k-th largest magnitude is found by bisection on the float32 bit patterns (non-negative floats
-    order as their bits): about 31 counting passes over one float32 copy, where torch.topk would
-    sort-select with several copies (2 GB and 15 s for a 100 M-entry tensor here)."""
+    """TIES's trim as a bool mask: the k = int(density·n) largest |tensor - base| (at_least_one: k >= 1,
+    as mergekit keeps); among equal magnitudes at the cut, the first by position. The k-th magnitude is
+    found by bisection on the float32 bit patterns (non-negative floats order as their bits): ~31
+    counting passes over one float32 copy, where torch.topk takes 2 GB and 15 s for 100 M entries."""
     magnitude = tensor.reshape(-1).to(torch.float32, copy=True).sub_(base.reshape(-1)).abs_()  # never the input
     k = int(density * magnitude.numel())
     if at_least_one and magnitude.numel():
         k = max(1, k)
-    if density >= 1:
-        return torch.ones(magnitude.numel(), dtype=torch.bool)
-    if k == 0:
-        return torch.zeros(magnitude.numel(), dtype=torch.bool)
+    if density >= 1 or k == 0:
+        return torch.full((magnitude.numel(),), density >= 1, dtype=torch.bool)
     bits = magnitude.view(torch.int32)
     low, high = 0, int(bits.max())  # invariant: at least k entries have bits >= low
     while low < high:
@@ -138,7 +102,6 @@ def top_magnitudes(
     return keep
 
 
-# ---------------------------------------------------------------- DARE draws, mergekit's rescale
 def dare_masks(length: int, count: int, density: float, seed: int) -> list[torch.Tensor]:
     """DARE's keep masks of one chunk (one bernoulli(density) per task vector, in order), from its seed."""
     with torch.random.fork_rng(devices=[]):
@@ -146,22 +109,18 @@ def dare_masks(length: int, count: int, density: float, seed: int) -> list[torch
         return [torch.bernoulli(torch.full((length,), density, dtype=torch.float32)).bool() for _ in range(count)]
 
 
-def trim_masks(
-    method: str, keep: list[torch.Tensor] | None, density: float, part: slice, count: int, seed: int, name: str
-) -> list[torch.Tensor] | None:
+def trim_masks(method, keep, density: float, part: slice, count: int, seed: int, name: str):
     """The entries a mergekit ties/dare_* keeps in one chunk (None: all)."""
     if keep is not None:
         return [k[part] for k in keep]
     if method.startswith("dare") and density < 1:
-        return dare_masks(part.stop - part.start, count, density, chunk_seed(seed, name, chunk_index(part)))
+        return dare_masks(part.stop - part.start, count, density, chunk_seed(seed, name, part.start // CHUNK))
     return None
 
 
-def l1_rescales(
-    method: str, flat: list[torch.Tensor], base: torch.Tensor, keep, density: float, seed: int, name: str
-) -> list[float]:
-    """mergekit's rescale: each trimmed task vector times ||δ||₁ / ||trimmed δ||₁, tensor-wide (one
-    pass over the chunks, redrawing DARE's masks); 1 where either norm is below RESCALE_EPS."""
+def l1_rescales(method, flat, base, keep, density: float, seed: int, name: str) -> list[float]:
+    """mergekit's rescale, tensor-wide: each trimmed task vector times ||δ||₁ / ||trimmed δ||₁ (one pass
+    over the chunks, redrawing DARE's masks); 1 where either norm is below RESCALE_EPS."""
     before, after = [0.0] * len(flat), [0.0] * len(flat)
     for part in chunks(base.numel()):
         b = base[part].float()
@@ -173,10 +132,7 @@ def l1_rescales(
     return [x / y if x >= RESCALE_EPS and y >= RESCALE_EPS else 1.0 for x, y in zip(before, after)]
 
 
-# ---------------------------------------------------------------- one chunk
-def _mergekit_chunk(
-    method: str, deltas: list[torch.Tensor], w: torch.Tensor, masks, scales, options: Options
-) -> torch.Tensor:
+def _mergekit_chunk(method: str, deltas, w: torch.Tensor, masks, scales, options: Options) -> torch.Tensor:
     """mergekit's generalized task arithmetic on one chunk, in its order of operations (float32)."""
     stacked = torch.stack(deltas if masks is None else [d * m for d, m in zip(deltas, masks)])  # trimmed
     if scales is not None:
@@ -194,22 +150,10 @@ def _mergekit_chunk(
         divisor[divisor.abs() < DIVISOR_EPS] = 1
     if options.normalize:
         mixed = mixed / divisor
-    if options.lam != 1:
-        mixed = mixed * options.lam
-    return mixed
+    return mixed * options.lam if options.lam != 1 else mixed
 
 
-def _peft_chunk(
-    method: str,
-    task_vectors: list[torch.Tensor],
-    w: torch.Tensor,
-    density: float | None,
-    majority_sign_method: str,
-    keep: list[torch.Tensor] | None,
-    part: slice,
-    seed: int,
-    name: str,
-) -> torch.Tensor:
+def _peft_chunk(method, task_vectors, w, density, majority_sign_method, keep, part, seed, name) -> torch.Tensor:
     """The combined task vector of one chunk, by peft's merge utilities (peft_ties, peft_dare_*)."""
     if method == "peft_ties":  # peft's ties() with the trim already done tensor-wide
         trimmed = torch.stack([tv * k[part] for tv, k in zip(task_vectors, keep)])
@@ -217,21 +161,12 @@ def _peft_chunk(
         weighted = trimmed * merge_utils.reshape_weight_task_tensors(trimmed, w)
         return merge_utils.disjoint_merge(weighted, signs)
     with torch.random.fork_rng(devices=[]):  # peft draws from the global generator: seed it per chunk
-        torch.manual_seed(chunk_seed(seed, name, chunk_index(part)))
+        torch.manual_seed(chunk_seed(seed, name, part.start // CHUNK))
         if method == "peft_dare_linear":
             return merge_utils.dare_linear(task_vectors, w, density)
         return merge_utils.dare_ties(task_vectors, w, density, majority_sign_method)
 
 
-def _linear_chunk(xs: list[torch.Tensor], w: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """mergekit's linear: the weighted sum, divided by the weights' sum when normalize."""
-    out = torch.zeros_like(xs[0])
-    for x, c in zip(xs, w):
-        out.addcmul_(x, c)
-    return out.div_(w.sum()) if normalize else out
-
-
-# ---------------------------------------------------------------- one tensor
 def merge_tensor(
     method: str,
     tensors: list[torch.Tensor],
@@ -244,17 +179,15 @@ def merge_tensor(
     out_dtype=None,
     options: Options | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """One tensor of a full-model merge in float32 (module docstring: mergekit's methods, peft_*),
-    CHUNK entries at a time after the tensor-wide choices (TIES: each task vector's top-k; SLERP: the
-    angle; rescale: the L1 norms), so memory holds the inputs, the output and one chunk's work. DARE
-    draws each chunk's mask from chunk_seed(seed, name, chunk). Returns (tensor, info)."""
+    """One tensor of a full-model merge (module docstring). Tensors whose inputs are all equal (no task
+    vector) are copied bit for bit. Returns (tensor in out_dtype, info)."""
     if method not in MODEL_METHODS:
         raise MergeError(f"unknown merge method {method!r}")
     options = options or Options.of(method)
     out_dtype = out_dtype or tensors[0].dtype
     same = base if base is not None else tensors[0]
     if all(torch.equal(t, same) for t in tensors):
-        return same.to(out_dtype, copy=True), {"unchanged": True}  # no task vector: nothing to merge
+        return same.to(out_dtype, copy=True), {"unchanged": True}
     w = torch.tensor(weights, dtype=torch.float32)
     info: dict[str, Any] = {}
     flat = [t.reshape(-1) for t in tensors]
@@ -270,17 +203,19 @@ def merge_tensor(
     for part in chunks(out.numel()):
         xs = [t[part].float() for t in flat]
         if method == "linear":
-            out[part] = _linear_chunk(xs, w, options.normalize).to(out_dtype)
+            value = torch.zeros_like(xs[0])
+            for x, c in zip(xs, w):
+                value.addcmul_(x, c)  # mergekit's order: bit for bit in float32
+            value = value / w.sum() if options.normalize else value
         elif method == "slerp":
-            out[part] = (c0 * xs[0] + c1 * xs[1]).to(out_dtype)
-        elif method in PEFT_METHODS:
-            b = flat_base[part].float()
-            tvs = [x - b for x in xs]
-            out[part] = (b + _peft_chunk(method, tvs, w, density, majority_sign_method, keep, part, seed, name)).to(
-                out_dtype
-            )
+            value = c0 * xs[0] + c1 * xs[1]
         else:
             b = flat_base[part].float()
-            masks = trim_masks(method, keep, density or 1.0, part, len(xs), seed, name)
-            out[part] = (b + _mergekit_chunk(method, [x - b for x in xs], w, masks, scales, options)).to(out_dtype)
+            tvs = [x - b for x in xs]
+            if method in PEFT_METHODS:
+                value = b + _peft_chunk(method, tvs, w, density, majority_sign_method, keep, part, seed, name)
+            else:
+                masks = trim_masks(method, keep, density or 1.0, part, len(xs), seed, name)
+                value = b + _mergekit_chunk(method, tvs, w, masks, scales, options)
+        out[part] = value.to(out_dtype)
     return out.reshape(tensors[0].shape), info

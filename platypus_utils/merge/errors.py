@@ -1,8 +1,4 @@
-"""The two ways stage 04 refuses: a merge that must not happen, and a result that fails its check.
-
-Both name what was wrong (the profile key, the folder, the tensor) and, for a failed check, the
-numbers: the observed error against its bound.
-"""
+"""The two ways stage 04 refuses: a merge that must not happen, and a result that fails its check."""
 
 from __future__ import annotations
 

@@ -1,22 +1,9 @@
 """Stage 04's files and memory: checkpoints read and written one tensor at a time, variants written
 atomically, and the resident memory each merge and check takes.
 
-Contract:
-- `SafetensorsCheckpoint(dir)` reads the tensors of a local safetensors checkpoint (one file or an
-  index of shards) with plain file reads, one tensor at a time: no mmap, whose pages would count as
-  resident; memory holds only the tensor asked for.
-- `write_safetensors(dir, specs, produce)` writes the header first (every name, dtype and shape is
-  known), then asks `produce(name)` for each tensor just before it is written; more than
-  MAX_SHARD_BYTES: shards plus model.safetensors.index.json, as Hugging Face names them.
-- `write_variant(out_dir, build, verify, info)` builds a model into a temporary folder, verifies it
-  there and moves it into place in one rename: a merge that fails its check never appears at its
-  path. It writes MERGE_INFO beside the weights: what the variant was made from, its checks, the
-  memory they took and the content hash (weights, config, tokenizer; models.model_content_hash).
-- `measure_peak_rss()` gives a block's peak resident memory (Linux: the high-water mark is reset
-  first; elsewhere the process peak so far, scope "process").
-- `stored_dtype(dir)`: a checkpoint's own dtype from its config (float32 when it names none).
-- `ModelMergeSpec`: a full-model merge with its inputs resolved to local folders (what build.py
-  merges and verify.py checks).
+Checkpoints are read with plain file reads, not safetensors' mmap, whose pages would count as resident:
+memory holds only the tensor asked for. `write_safetensors` writes the header first (every name, dtype
+and shape is known) and asks for each tensor just before writing it, so no tensor waits for the rest.
 """
 
 from __future__ import annotations
@@ -48,15 +35,21 @@ log = logging.getLogger("platypus")
 MERGE_INFO = "merge_info.json"  # inside each merged dir: what it was made from, and its checks
 MAX_SHARD_BYTES = 4 << 30
 MERGE_DTYPES = ("float32", "float16", "bfloat16")
-_ST_DTYPES = (
-    "F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 "
-    "U8:uint8 BOOL:bool F8_E4M3:float8_e4m3fn F8_E5M2:float8_e5m2"
-).split()
+ST_DTYPES = {  # safetensors' dtype codes
+    code: getattr(torch, name)
+    for code, name in (
+        pair.split(":")
+        for pair in (
+            "F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 U8:uint8 "
+            "BOOL:bool F8_E4M3:float8_e4m3fn F8_E5M2:float8_e5m2"
+        ).split()
+    )
+}
 
 
 # ---------------------------------------------------------------- memory
 def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (getrusage; KiB on Linux). Monotonic over the process."""
+    """The process's peak resident memory so far (getrusage; KiB on Linux)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -75,28 +68,23 @@ def release_freed_memory() -> None:
 
 
 def return_large_blocks_to_the_os() -> None:
-    """glibc serves freed blocks of up to 32 MiB from its heap once it has seen one freed (a dynamic
-    mmap threshold), so a stream of tensor-sized buffers fragments the heap and resident memory
-    creeps up with the number of tensors. A fixed 1 MiB threshold maps every tensor buffer on its
-    own and unmaps it when freed: memory stays at what is alive."""
+    """glibc's dynamic mmap threshold serves freed blocks of up to 32 MiB from its heap, so a stream of
+    tensor-sized buffers fragments it and resident memory creeps up with the number of tensors. A fixed
+    1 MiB threshold maps each tensor buffer on its own and unmaps it when freed."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 @contextlib.contextmanager
 def measure_peak_rss() -> Iterator[dict]:
-    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}.
-
-    On Linux the high-water mark is reset first (/proc/self/clear_refs, "5"), so the peak is this
-    block's; elsewhere it is the process peak so far (scope "process").
-    """
+    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}. On Linux the
+    high-water mark is reset first (/proc/self/clear_refs), so the peak is the block's ("block");
+    elsewhere the process peak so far ("process")."""
     release_freed_memory()
     out: dict[str, Any] = {"rss_start_mb": proc_status_mb("VmRSS"), "scope": "process"}
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
         out["scope"] = "block"
-    except OSError:
-        pass
     try:
         yield out
     finally:
@@ -107,16 +95,9 @@ def measure_peak_rss() -> Iterator[dict]:
 # ---------------------------------------------------------------- safetensors, one tensor at a time
 def st_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (e.g. BF16)."""
-    names = dict(pair.split(":") for pair in _ST_DTYPES)
-    if code not in names:
+    if code not in ST_DTYPES:
         raise MergeError(f"safetensors dtype {code!r} is not supported by this merge")
-    return getattr(torch, names[code])
-
-
-def st_code(dtype: torch.dtype) -> str:
-    """The safetensors dtype code of a torch dtype."""
-    names = {v: k for k, v in (pair.split(":") for pair in _ST_DTYPES)}
-    return names[dtype_name(dtype)]
+    return ST_DTYPES[code]
 
 
 @dataclass
@@ -129,8 +110,7 @@ class TensorEntry:
 
 
 class SafetensorsCheckpoint:
-    """The tensors of a local safetensors checkpoint (one file or an index of shards), read one at a
-    time with plain file reads: memory holds only the tensor asked for."""
+    """The tensors of a local safetensors checkpoint (one file or an index of shards), read one at a time."""
 
     def __init__(self, model_dir: str | Path):
         self.dir = Path(model_dir)
@@ -150,9 +130,8 @@ class SafetensorsCheckpoint:
             with open(path, "rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))
                 header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
             for key, meta in header.items():
-                if key == "__metadata__":
-                    continue
                 start, end = meta["data_offsets"]
                 self.entries[key] = TensorEntry(path, meta["dtype"], tuple(meta["shape"]), 8 + n + start, 8 + n + end)
 
@@ -161,8 +140,7 @@ class SafetensorsCheckpoint:
 
     def read(self, name: str) -> torch.Tensor:
         e = self.entries[name]
-        dtype = st_dtype(e.dtype)
-        size = e.end - e.start
+        dtype, size = st_dtype(e.dtype), e.end - e.start
         if size == 0:
             return torch.empty(e.shape, dtype=dtype)
         buf = bytearray(size)
@@ -173,26 +151,12 @@ class SafetensorsCheckpoint:
         return torch.frombuffer(buf, dtype=dtype).reshape(e.shape)
 
 
-def _shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int) -> list[list[tuple]]:
-    """(name, dtype, shape, bytes) of every tensor, grouped into shards of at most max_shard_bytes
-    (a larger tensor gets a shard of its own)."""
-    shards: list[list] = [[]]
-    filled = 0
-    for name, dtype, shape in specs:
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if shards[-1] and filled + nbytes > max_shard_bytes:
-            shards.append([])
-            filled = 0
-        shards[-1].append((name, dtype, shape, nbytes))
-        filled += nbytes
-    return shards
-
-
 def _write_shard(path: Path, shard: list[tuple], produce: Callable[[str], torch.Tensor]) -> None:
+    codes = {v: k for k, v in ST_DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, dtype, shape, nbytes in shard:
-        header[name] = {"dtype": st_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": codes[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
@@ -214,11 +178,18 @@ def write_safetensors(
     produce: Callable[[str], torch.Tensor],
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[str]:
-    """Write tensors named in `specs` (name, dtype, shape), in that order, asking `produce(name)` for
-    each just before it is written. The header goes first, so no tensor waits in memory for the rest.
-    More than `max_shard_bytes` of tensors: shards plus model.safetensors.index.json, as HF names them.
-    Returns the file names."""
-    shards = _shards(specs, max_shard_bytes)
+    """Write the tensors of `specs` (name, dtype, shape) in order, asking `produce(name)` for each just
+    before it is written; more than max_shard_bytes: shards and model.safetensors.index.json, as Hugging
+    Face names them (a larger tensor gets a shard of its own). Returns the file names."""
+    shards: list[list[tuple]] = [[]]
+    filled = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if shards[-1] and filled + nbytes > max_shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append((name, dtype, shape, nbytes))
+        filled += nbytes
     files, weight_map = [], {}
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -257,15 +228,12 @@ class ModelMergeSpec:
 
     @property
     def options(self) -> Options:
-        """mergekit's parameters resolved with its defaults for this method."""
         return Options.of(self.method, self.normalize, self.rescale, self.lam)
 
-
-def open_checkpoints(spec: ModelMergeSpec) -> tuple[list[SafetensorsCheckpoint], SafetensorsCheckpoint | None]:
-    """The merge's input checkpoints, and its base's when the method uses one."""
-    models = [SafetensorsCheckpoint(p) for p in spec.models]
-    base = SafetensorsCheckpoint(spec.base) if spec.uses_base else None
-    return models, base
+    def checkpoints(self) -> tuple[list[SafetensorsCheckpoint], SafetensorsCheckpoint | None]:
+        """The input checkpoints, and the base's when the method uses one."""
+        base = SafetensorsCheckpoint(self.base) if self.uses_base else None
+        return [SafetensorsCheckpoint(p) for p in self.models], base
 
 
 # ---------------------------------------------------------------- models, tokenizers, dtypes
@@ -292,9 +260,7 @@ def save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:
 
 def local_checkpoint(path: str) -> str:
     """A folder for a reference: a folder as it is; a hub id (unpinned: its main branch) fetched as
-    models.hub_snapshot fetches a pinned one - its safetensors where the repo has them, else its .bin
-    weights (qCammel-13, Llama-2-70b-instruct-v2 ship only those), with configs and tokenizer - or
-    found in the hub cache."""
+    models.hub_snapshot fetches a pinned one (its .bin weights where it ships no safetensors)."""
     if Path(path).is_dir():
         return path
     repo_id, revision = split_revision(path)
@@ -331,8 +297,9 @@ def read_merge_info(out_dir: str | Path) -> dict | None:
 def write_variant(
     out_dir: Path, build: Callable[[Path], dict], verify: Callable[[Path], dict] | None, info: dict
 ) -> dict:
-    """Build a model into a temporary folder, verify it there, then move it to `out_dir` in one
-    rename: a merge that fails its check never appears. Returns the merge_info written beside it."""
+    """Build a model into a temporary folder, verify it there, then move it to `out_dir` in one rename:
+    a merge that fails its check never appears. Writes MERGE_INFO beside it (what it was made from, its
+    checks, their memory, the content hash) and returns that."""
     info = dict(info)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

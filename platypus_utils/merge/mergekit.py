@@ -1,17 +1,10 @@
 """Each merged variant's recipe as a mergekit config (`mergekit_config.yml` beside its weights).
 
-`mergekit-yaml mergekit_config.yml OUT` makes the variant again from the same folders, by the same
-definitions (stage 04's linear, slerp, task_arithmetic, ties, dare_linear and dare_ties are mergekit's):
-- the adapter merged into a model (base or partner): mergekit's LoRA syntax `model+adapter` through
-  `passthrough`, stored in the variant's dtype (the sum in float32, rounded once, as here);
-- full-model merges: the method with each model's `weight` (and `density`), the base as `base_model`,
-  and `normalize`, `rescale`, `lambda`, `int8_mask` written out as resolved (mergekit's defaults unless
-  the profile set them); slerp as `t = w₂ / (w₁ + w₂)` with the first model as its base. The
-  arithmetic is asked for in float32 (`dtype`) and rounded once to the stored dtype (`out_dtype`), as
-  here. mergekit's DARE draws other masks (one global generator): the same merge in distribution.
-Where mergekit has no such merge, no config is written and the variant's merge_info.json says why
-(`mergekit`): peft_ties and peft_dare_* (peft's definitions), and adapter mixes (peft on the LoRA
-factors, before any weight is merged).
+`mergekit-yaml mergekit_config.yml OUT` makes the variant again from the same folders by the same
+definitions: the adapter into a model as mergekit's `model+adapter` through `passthrough`; a full-model
+merge with its parameters written out as resolved, the arithmetic in float32 (`dtype`) rounded once to
+the stored dtype (`out_dtype`), as here (DARE: other masks, the same merge in distribution). peft_*
+merges and adapter mixes have no mergekit equivalent: no config, and merge_info.json says why.
 """
 
 from __future__ import annotations
@@ -21,11 +14,10 @@ from pathlib import Path
 import yaml
 
 from ..config import MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
-from .arithmetic import PEFT_METHODS
+from .arithmetic import MERGEKIT_METHODS, PEFT_METHODS
 from .io import ModelMergeSpec, dtype_name
 
 CONFIG_FILE = "mergekit_config.yml"
-MERGEKIT_METHODS = ("linear", "task_arithmetic", "slerp", "ties", "dare_linear", "dare_ties")  # mergekit's own
 
 
 def adapter_config(source: str | Path, adapter: str | Path, dtype) -> dict:

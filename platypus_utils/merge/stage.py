@@ -1,34 +1,20 @@
 """Stage 04_merge as steps that return data, and `run_merge`, their composition.
 
     adapter = load_adapter(profile)            # 03's LoRA as read: rank, alpha, scale, targets, per module
-    plan = plan_merges(profile)                # one Job per variant: what merges into what, in which dtype
-    plan_frame(plan)                           # ... as a table
-    begin(plan)                                # leftovers of a killed merge removed; attempt recorded
-    made = [make_variant(plan, job, force) for job in plan.jobs]   # each variant built, checked, renamed
-    checks_frame(made)                         # weight bound, observed, logit ratio, pass
-    verification_frame(made[0])                # one variant's check figures in full
-    report_frame(merge_report(plan, made))     # merge_report.json's models, as a frame
-    save(profile, plan, made, timings)         # merge_report.json + manifest.json
+    jobs = merge_jobs(profile)                 # jobs.py: one Job per variant, what merges into what, dtype
+    jobs_frame(jobs)                           # ... as a table
+    begin(jobs)                                # leftovers of a killed merge removed; attempt recorded
+    made = [make_variant(jobs, job, force) for job in jobs]   # each variant built, checked, renamed
+    checks_frame(made); plot_checks(...); verification_frame(made[0])
+    report_frame(merge_report(jobs, made))     # merge_report.json's models, as a frame
+    save(profile, jobs, made, timings)         # merge_report.json + manifest.json
 
-`run_merge(profile, force)` is that composition; the runner executes notebooks/04_merge.ipynb,
-which calls the same steps, so both write the same artifacts. Contract:
-- `make_variant` writes, unlike other stages' steps: a variant is a full model (tens of GB at the
-  paper's scale) and is written to runs/<profile>/04_merge/<variant>/ as it is made, in a temporary
-  folder that is checked (verify.py) before it is renamed into place. Jobs run in plan order (a job
-  that reads an earlier variant refuses to run before it).
-- Reuse: an existing variant made from the same inputs and unchanged is reused (its check is run
-  again when older than VERIFY_FORMAT); one this stage made from other inputs is stale and made
-  again (`replaced` in the report says what changed); a folder without this stage's record, or
-  edited after it, is refused with MergeError. `force` (the runner's --force, the notebook's
-  `force`): every variant is made again, nothing is reused.
-- `begin` removes leftovers of an interrupted write in the stage folder (not its subfolders; a
-  live writer's are left alone) and, outside the runner, records the attempt (attempt.json), which
-  a failing `make_variant` closes as "failed" and `save` as "ok".
-- `save` writes merge_report.json and manifest.json (inputs: the adapters and models read from
-  outside the stage; outputs: every variant folder and the report; metrics: each variant's check
-  figures and peak memory; timings: the caller's, each variant made, save_s). It refuses to save
-  a report missing a planned variant.
-Hub access is the caller's (the runner sets it from the profile); this stage sets no HF_* variable.
+The runner executes notebooks/04_merge.ipynb, which calls the same steps as `run_merge`. Unlike other
+stages' steps, `make_variant` writes: a variant is a full model (tens of GB at the paper's scale),
+written to runs/<profile>/04_merge/<variant>/ through a temporary folder that is checked before it is
+renamed into place. A reused variant whose check is older than verify.VERIFY_FORMAT is checked again.
+Outside the runner, `begin` records the attempt (attempt.json), closed "failed" by a failing
+`make_variant` and "ok" by `save`. Hub access is the caller's: this stage sets no HF_* variable.
 """
 
 from __future__ import annotations
@@ -58,8 +44,8 @@ from ..plotting import new_figure
 from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
 from .errors import MergeError
 from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
+from .jobs import STAGE, Job, MergeJobs, adapter_dir_for, existing_output, merge_jobs
 from .mergekit import why_not, write_config
-from .plan import STAGE, Job, Plan, adapter_dir_for, existing_output, plan_merges
 from .verify import UNRESOLVABLE, VERIFIED, VERIFY_FORMAT
 
 log = logging.getLogger("platypus")
@@ -94,22 +80,13 @@ def load_adapter(profile: Profile) -> Adapter:
     return Adapter(path, config, deltas)
 
 
-# ---------------------------------------------------------------- step 2: the plan as a table
-def plan_frame(plan: Plan) -> pd.DataFrame:
-    """One row per planned variant, in the order they are made: what merges into what, and the dtype."""
+# ---------------------------------------------------------------- step 2: the jobs as a table
+def jobs_frame(jobs: MergeJobs) -> pd.DataFrame:
+    """One row per variant, in the order they are made: what merges into what, and the dtype."""
     rows = [
-        {
-            "variant": j.variant,
-            "kind": j.kind,
-            "method": j.method,
-            "merges": j.merges,
-            "into": j.into,
-            "dtype": dtype_name(j.dtype),
-            "weights": j.report.get("weights"),
-            "density": j.report.get("density"),
-            "made_from_variants": ", ".join(j.needs),
-        }
-        for j in plan.jobs
+        (j.variant, j.kind, j.method, j.merges, j.into, dtype_name(j.dtype))
+        + (j.report.get("weights"), j.report.get("density"), ", ".join(j.needs))
+        for j in jobs
     ]
     columns = ["variant", "kind", "method", "merges", "into", "dtype", "weights", "density", "made_from_variants"]
     return pd.DataFrame(rows, columns=columns).set_index("variant")
@@ -120,12 +97,12 @@ def _own_attempt() -> bool:
     return not os.environ.get(RUNNER_ATTEMPT_ENV)  # the runner records its attempts itself
 
 
-def begin(plan: Plan) -> list[Path]:
+def begin(jobs: MergeJobs) -> list[Path]:
     """Before anything is written: remove leftovers of an interrupted merge in the stage folder (a live
     writer's are skipped) and, outside the runner, record the attempt. Returns what was removed."""
-    removed = remove_debris(plan.run_dir, recursive=False)
+    removed = remove_debris(jobs.run_dir, recursive=False)
     if _own_attempt():
-        begin_attempt(plan.run_dir, STAGE)
+        begin_attempt(jobs.run_dir, STAGE)
     return removed
 
 
@@ -174,8 +151,7 @@ def _make_or_reuse(job: Job, out_dir: Path, verify: bool, force: bool) -> tuple[
 
 
 def check_status(verification: dict | None) -> str:
-    """A variant's check status: verify.VERIFIED, verify.UNRESOLVABLE (passed, but the checks cannot
-    tell the merge from its source: verify.resolution), or NOT_CHECKED (merge.verify off)."""
+    """verify.VERIFIED, verify.UNRESOLVABLE (verify.resolution), or NOT_CHECKED (merge.verify off)."""
     if not verification:
         return NOT_CHECKED
     return verification.get("status", VERIFIED)
@@ -214,43 +190,40 @@ def report_entry(
     }
 
 
-def make_variant(plan: Plan, job: Job | str, force: bool = False) -> Made:
-    """Make (or reuse) one planned variant, verified before it appears at its path (see the module
-    docstring for reuse and force). Jobs run in plan order: a job made from an earlier variant
-    refuses to run before that variant is made."""
-    job = plan.job(job) if isinstance(job, str) else job
-    missing = [v for v in job.needs if v not in plan.made]
+def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
+    """Make (or reuse) one variant, checked before it appears at its path. A variant made from the same
+    inputs is reused (force: made again); one made from an earlier variant refuses to run before it."""
+    job = jobs.job(job) if isinstance(job, str) else job
+    missing = [v for v in job.needs if v not in jobs.made]
     if missing:
-        raise MergeError(f"{job.variant} is made from {missing}: make those first (plan.jobs gives the order)")
-    out_dir = plan.run_dir / job.variant
+        raise MergeError(f"{job.variant} is made from {missing}: make those first (in the order of the jobs)")
+    out_dir = jobs.run_dir / job.variant
     t0 = time.perf_counter()
     try:
-        info, reused, replaced = _make_or_reuse(job, out_dir, plan.cfg.verify, force)
+        info, reused, replaced = _make_or_reuse(job, out_dir, jobs.cfg.verify, force)
     except BaseException as exc:  # a failed merge or check, or an interrupt: the attempt did not succeed
         if _own_attempt():
-            end_attempt(plan.run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+            end_attempt(jobs.run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    plan.content[str(out_dir)] = info["content_sha256"]
-    plan.made = [v for v in plan.made if v != job.variant] + [job.variant]
+    jobs.content[str(out_dir)] = info["content_sha256"]
+    jobs.made = [v for v in jobs.made if v != job.variant] + [job.variant]
     seconds = time.perf_counter() - t0
-    entry = report_entry(job, out_dir, info, plan.cfg.verify, reused, replaced, seconds)
+    entry = report_entry(job, out_dir, info, jobs.cfg.verify, reused, replaced, seconds)
     # the recipe mergekit reads (a provenance file: the variant's content hash leaves it out), or why none
     if job.mergekit is not None:
         entry["mergekit_config"] = str(write_config(out_dir, job.mergekit, job.variant))
     else:
         entry["mergekit_config"], entry["mergekit_why_not"] = None, why_not(job.kind, job.method)
-    card = merged_card(plan.profile, job.variant, entry, job.mergekit, entry.get("mergekit_why_not"))
+    card = merged_card(jobs.profile, job.variant, entry, job.mergekit, entry.get("mergekit_why_not"))
     entry["card"] = str(write_card(out_dir, card))
     return Made(job.variant, entry, reused, replaced, seconds)
 
 
 # ---------------------------------------------------------------- the checks, as a table and a figure
 def check_rows(made: list[Made]) -> list[dict]:
-    """Per variant, JSON-ready: the observed worst error over its per-element weight bound (<= 1
-    passes), the logit difference over its tolerance (<= 1 passes; None for full-model merges, which
-    have no unmerged model to compare with, and where the check streamed), whether every check that
-    ran passed, and the status: "verified", "unresolvable" (passed, but the checks cannot tell the
-    merge from its source; `status_reason` says why) or "not checked"."""
+    """Per variant, JSON-ready: the worst error over its per-element weight bound and the logit
+    difference over its tolerance (each <= 1 passes; no logit check for full-model merges, nor where
+    the check streamed), whether every check that ran passed, and the status with its reason."""
     rows = []
     for m in made:
         v = m.entry.get("verification") or {}
@@ -318,10 +291,10 @@ def plot_checks(checks: pd.DataFrame, ax=None):
 
 
 # ---------------------------------------------------------------- step 4: the report
-def merge_report(plan: Plan, made: list[Made]) -> dict:
-    """merge_report.json: the plan's header (adapter, dtype setting, seed, the checks' bounds, sweep),
+def merge_report(jobs: MergeJobs, made: list[Made]) -> dict:
+    """merge_report.json: the jobs' header (adapter, dtype setting, seed, the checks' bounds, sweep),
     one entry per variant made, and how many variants have each check status (`status_counts`)."""
-    return {**plan.report, "models": {m.variant: m.entry for m in made}, "status_counts": status_counts(made)}
+    return {**jobs.report, "models": {m.variant: m.entry for m in made}, "status_counts": status_counts(made)}
 
 
 def status_counts(made: list[Made]) -> dict[str, int]:
@@ -334,60 +307,46 @@ def status_counts(made: list[Made]) -> dict[str, int]:
 
 def report_frame(report: dict) -> pd.DataFrame:
     """The report's models as a frame (one row per variant; sortable)."""
-    columns = [
-        "kind",
-        "method",
-        "partner",
-        "base",
-        "dtype",
-        "status",
-        "verified",
-        "max_weight_error_to_bound",
-        "max_abs_logit_diff",
-        "reused",
-        "replaced",
-        "peak_rss_mb",
-        "seconds",
-        "path",
-    ]
+    columns = "kind method partner base dtype status verified max_weight_error_to_bound max_abs_logit_diff".split()
+    columns += ["reused", "replaced", "peak_rss_mb", "seconds", "path"]
     frame = pd.DataFrame.from_dict(report["models"], orient="index")
     return frame.reindex(columns=columns)
 
 
 # ---------------------------------------------------------------- step 5: save
-def save(profile: Profile, plan: Plan, made: list[Made], timings: dict | None = None) -> list[Path]:
+def save(profile: Profile, jobs: MergeJobs, made: list[Made], timings: dict | None = None) -> list[Path]:
     """Write merge_report.json and manifest.json exactly as the runner does; returns the report, the
-    variant folders and the manifest. Refuses (MergeError) a report missing a planned variant."""
-    missing = [v for v in plan.variants if v not in {m.variant for m in made}]
+    variant folders and the manifest. Refuses (MergeError) a report missing a variant of the jobs."""
+    missing = [v for v in jobs.variants if v not in {m.variant for m in made}]
     if missing:
         raise MergeError(f"{missing} not made yet: make every planned variant (make_variant) before saving")
-    report = merge_report(plan, made)
-    with StageRun(plan.run_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
+    report = merge_report(jobs, made)
+    with StageRun(jobs.run_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
         run.timings.update({m.variant: round(m.seconds, 3) for m in made if not m.reused})
         with run.timed("save_s"):
-            for p in dict.fromkeys(p for job in plan.jobs for p in job.local_inputs):
+            for p in dict.fromkeys(p for job in jobs for p in job.local_inputs):
                 if Path(p).is_dir() and str(Path(p).resolve()) not in run.inputs:
                     run.add_input(p)
             for m in made:
-                run.add_output(plan.run_dir / m.variant)
+                run.add_output(jobs.run_dir / m.variant)
                 run.metrics.update({f"{m.variant}.{key}": m.entry[key] for key in METRIC_KEYS})
-            report_path = write_json(plan.run_dir / REPORT, report)
+            report_path = write_json(jobs.run_dir / REPORT, report)
             run.add_output(report_path)
         run.metrics["models"] = len(report["models"])
         run.metrics.update({f"status.{k}": n for k, n in report["status_counts"].items()})
         run.metrics["peak_rss_mb"] = peak_rss_mb()
-    return [report_path, *(plan.run_dir / m.variant for m in made), plan.run_dir / MANIFEST]
+    return [report_path, *(jobs.run_dir / m.variant for m in made), jobs.run_dir / MANIFEST]
 
 
 # ---------------------------------------------------------------- the stage in one call
 def run_merge(profile: Profile, force: bool = False) -> dict:
-    """The whole stage: plan, clear leftovers, make every variant (verified), save. Returns the
-    merge report. `force`: make every variant again (see the module docstring)."""
+    """The whole stage: the jobs, leftovers cleared, every variant made (checked), saved. Returns the
+    merge report. `force`: make every variant again."""
     timings: dict = {}
-    with timed(timings, "plan_s"):
-        plan = plan_merges(profile)
-    begin(plan)
-    made = [make_variant(plan, job, force) for job in plan.jobs]
-    save(profile, plan, made, timings)
-    return merge_report(plan, made)
+    with timed(timings, "plan_s"):  # the manifest's name for it
+        jobs = merge_jobs(profile)
+    begin(jobs)
+    made = [make_variant(jobs, job, force) for job in jobs]
+    save(profile, jobs, made, timings)
+    return merge_report(jobs, made)

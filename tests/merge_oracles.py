@@ -1,18 +1,16 @@
-"""The arithmetic the checks compare against: every merge method written again from its definition.
+"""Stage 04's merge methods written again from their definitions, without peft or mergekit: the
+oracles the tests compare the stage with. Shared with the merge are only the random draws (the same
+generator and seeds: arithmetic.dare_masks for full-model DARE, peft's own draws recorded for DARE
+mixes) and the choice among equal magnitudes at the TIES cut, so agreement means the merge computes
+what the method defines.
 
-Contract: written without peft, from the methods' definitions. Shared with the merge are only the
-random draw (same generator, same seed) and the top-k choice among equal magnitudes, so a check
-passes only when the merge computed what the method defines.
-- `ReferenceMerge(...)` gives, chunk by chunk, the value `arithmetic.merge_tensor` must give for one
-  tensor (float32: another order of operations than peft's, a few ulps apart, far inside the
-  tolerance, at half the time and memory of float64), and `magnitude(part)`, the size of the terms
-  the merge sums, which scales the check's float32 allowance. DARE masks are redrawn per chunk from
-  the chunk's seed; TIES finds the same top-k another way (torch.kthvalue).
-- `reference_adapter_mix(...)` gives each module's expected update after peft's
-  add_weighted_adapter + merge, in float64, with a per-element `allowance` bounding the float32
-  error of peft's computation of it (svd: also the float32 SVD's, from the spectrum).
-- `recording_bernoulli()` records the DARE masks peft draws for an adapter mix, which the check
-  must reuse (they cannot be redrawn: peft draws from the global generator in its own order).
+- `ReferenceMerge(...)`: chunk by chunk, the value `arithmetic.merge_tensor` must give for one tensor
+  (float32, another order of operations), and `magnitude(part)`, the size of the terms the merge sums,
+  which scales the float32 allowance of `assert_model_merge_matches`.
+- `reference_adapter_mix(...)`: each module's expected update after peft's add_weighted_adapter and
+  the merge, in float64, with a per-element `allowance` bounding the float32 error of peft's
+  computation of it (svd: also the float32 SVD's, from the spectrum); `recording_bernoulli()` records
+  the DARE masks peft draws, which the oracle must reuse.
 """
 
 from __future__ import annotations
@@ -20,13 +18,45 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .adapter import DenseDelta, LoraDelta
-from .arithmetic import SLERP_DOT_THRESHOLD, U32, Options, chunk_index, chunk_seed, chunks
-from .errors import MergeError, MergeVerificationError
+from platypus_utils.merge import arithmetic
+from platypus_utils.merge.adapter import LoraDelta
+from platypus_utils.merge.arithmetic import SLERP_DOT_THRESHOLD, U32, Options, chunk_seed, chunks, dare_masks
+from platypus_utils.merge.io import ModelMergeSpec, SafetensorsCheckpoint
+from platypus_utils.merge.verify import half_ulp
+
+MODEL_MERGE_ULPS = 16  # full-model merges: float32 allowance, in units of U32 x the terms' magnitude
+
+
+def chunk_index(part: slice) -> int:
+    return part.start // arithmetic.CHUNK
+
+
+@dataclass
+class DenseDelta:
+    """A weight update given in full (the expected update of an adapter mix), as verify's weight check reads it."""
+
+    module: str
+    value: torch.Tensor  # float64
+    allowance: torch.Tensor | float = 0.0  # bound on the float32 error of the merge's computation of it
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return tuple(self.value.shape)
+
+    def delta_block(self, rows: slice) -> torch.Tensor:
+        return self.value[rows].double()
+
+    def allowance_block(self, rows: slice) -> torch.Tensor | float:
+        return self.allowance[rows] if hasattr(self.allowance, "shape") else self.allowance
+
+    def max_abs(self) -> float:
+        return float(self.value.abs().max())
 
 
 # ---------------------------------------------------------------- what is kept
@@ -56,14 +86,6 @@ def reference_keep_top(x32: torch.Tensor, density: float, at_least_one: bool = F
     if missing > 0 and float(threshold) > 0:
         keep[(magnitude == threshold).nonzero().squeeze(1)[:missing]] = True
     return keep
-
-
-def reference_dare_masks(length: int, count: int, density: float, seed: int) -> list[torch.Tensor]:
-    """The entries DARE keeps in one chunk, drawn as peft draws them (one bernoulli per task vector,
-    in order) from the chunk's seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return [torch.bernoulli(torch.full((length,), density, dtype=torch.float32)).bool() for _ in range(count)]
 
 
 @contextlib.contextmanager
@@ -100,7 +122,7 @@ def reference_combine(
     if method in ("linear", "task_arithmetic"):
         return sum(w * x for w, x in zip(weights, xs))
     if method not in ("ties", "dare_linear", "dare_ties"):
-        raise MergeError(f"unknown method {method!r}")
+        raise ValueError(f"unknown method {method!r}")
     kept = xs if masks is None else [x * m for x, m in zip(xs, masks)]
     if method.startswith("dare") and masks is not None:
         kept = [x / density for x in kept]
@@ -144,7 +166,7 @@ def reference_mergekit_combine(
         total = sum(terms)
         divisor = sum(weights) if abs(sum(weights)) >= 1e-8 else 1.0
     else:
-        raise MergeError(f"unknown method {method!r}")
+        raise ValueError(f"unknown method {method!r}")
     if not normalize:
         divisor = 1.0
     return total / divisor * lam, divisor
@@ -219,7 +241,7 @@ class ReferenceMerge:
         if "kept" not in self.stats:
             return None
         seed = chunk_seed(self.seed, self.name, chunk_index(part))
-        masks = reference_dare_masks(part.stop - part.start, len(self.flat), self.density, seed)
+        masks = dare_masks(part.stop - part.start, len(self.flat), self.density, seed)
         if count:
             self.stats["kept"] += sum(int(m.sum()) for m in masks)
             self.stats["entries"] += sum(m.numel() for m in masks)
@@ -329,7 +351,7 @@ def _mix_factorwise(
         elif combination_type.startswith("dare") and density < 1:
             side_masks = [next(draws).bool() for _ in tensors]
             if any(tuple(m.shape) != tuple(t.shape) for m, t in zip(side_masks, tensors)):
-                raise MergeVerificationError(f"{module}: recorded DARE masks do not line up with lora_{side}")
+                raise AssertionError(f"{module}: recorded DARE masks do not line up with lora_{side}")
         factors[side] = reference_combine(
             combination_type, [t.double() for t in tensors], weights_side, density, majority_sign_method, side_masks
         )
@@ -364,7 +386,7 @@ def reference_adapter_mix(
     modules = [m for m in module_order if any(m in s for s in sources)]
     missing = sorted({m for s in sources for m in s} - set(modules))
     if missing:
-        raise MergeVerificationError(f"adapter modules not in the model: {missing[:5]}")
+        raise AssertionError(f"adapter modules not in the model: {missing[:5]}")
     max_rank = max(d.rank for s in sources for d in s.values())
     draws = iter(masks)
     out = {}
@@ -379,5 +401,37 @@ def reference_adapter_mix(
             module, total.T if fifo else total, allowance.T if fifo and hasattr(allowance, "T") else allowance
         )
     if next(draws, None) is not None:
-        raise MergeVerificationError(f"peft drew {len(masks)} DARE masks; the check used fewer")
+        raise AssertionError(f"peft drew {len(masks)} DARE masks; the check used fewer")
+    return out
+
+
+# ---------------------------------------------------------------- a full-model merge on disk
+def assert_model_merge_matches(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int) -> dict:
+    """Every tensor of a merged checkpoint equals ReferenceMerge on its inputs, each element within half
+    an ulp of `dtype` at its magnitude + MODEL_MERGE_ULPS·U32·the size of the terms summed for it.
+    Returns {"ratio": worst error over its bound, "kept", "entries": DARE's draws}; raises
+    AssertionError naming the tensors off by more."""
+    merged = SafetensorsCheckpoint(merged_dir)
+    models, base = spec.checkpoints()
+    out = {"ratio": 0.0, "kept": 0, "entries": 0}
+    failures = []
+    for name in merged.names():
+        got = merged.read(name).reshape(-1)
+        if not got.is_floating_point():
+            continue
+        tensors = [m.read(name) for m in models]
+        base_t = base.read(name) if base is not None else None
+        args = (spec.weights, spec.density, spec.majority_sign_method, seed, name, spec.options)
+        reference = ReferenceMerge(spec.method, tensors, base_t, *args)
+        for part in chunks(got.numel()):
+            expected, value = reference.chunk(part).double(), got[part].double()
+            bound = half_ulp(torch.maximum(expected.abs(), value.abs()), dtype)
+            bound += MODEL_MERGE_ULPS * U32 * reference.magnitude(part).double()
+            ratio = float(((value - expected).abs() / bound).max()) if value.numel() else 0.0
+            out["ratio"] = max(out["ratio"], ratio)
+            if ratio > 1:
+                failures.append(f"{name}: {ratio:.3g}x its bound")
+        out["kept"] += reference.stats.get("kept", 0)
+        out["entries"] += reference.stats.get("entries", 0)
+    assert not failures, f"{merged_dir}: not the {spec.method} merge by its definition: {failures[:5]}"
     return out

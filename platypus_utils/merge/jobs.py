@@ -1,19 +1,13 @@
-"""What stage 04 makes for a profile, from what, in which dtype, and whether an existing folder is reused.
+"""The jobs of stage 04: what it makes for a profile, from what, in which dtype, and whether an
+existing folder is reused.
 
-Contract:
-- `plan_merges(profile)` returns a Plan: one Job per variant, in layout.planned_variants order
-  (the adapter into models.base, each partner [built from its adapter first] and the adapter into
-  it, adapter mixes, model merges, sweep points). Planning writes nothing; it checks the variant
-  names (unique, not reserved by stage 05, usable as folder names), that partners share the
-  adapter's base architecture, and that every input exists or is made earlier in the stage.
-- A variant is stored in the dtype of the model it is made from (its config's dtype/torch_dtype),
-  or in merge.dtype when set; a full-model merge of inputs in different dtypes: float32
-  (`merge_dtype`). The arithmetic is float32 in every case.
-- Reuse (`existing_output`): an existing variant whose merge_info records the same inputs and whose
-  files are unchanged is reused; one this stage made from other inputs is stale and made again (the
-  reason is returned for the report); a folder without this stage's record, or edited after it, is
-  refused (MergeError) unless force. force: every variant is made again.
-- `sweep_merges` expands merge.sweep into model merges named by layout.sweep_variant_name.
+`merge_jobs(profile)` gives one Job per variant, in layout.planned_variants order; it writes nothing,
+and checks the variant names, that partners share the adapter's base architecture, and that every
+input exists or is made earlier in the stage. A variant is stored in the dtype of the model it is made
+from, or merge.dtype; inputs in different dtypes: float32 (`merge_dtype`). Reuse (`existing_output`):
+an existing variant made from the same inputs, unchanged, is reused; one this stage made from other
+inputs is stale and made again; a folder without this stage's record, or edited after it, is refused
+unless force.
 """
 
 from __future__ import annotations
@@ -150,10 +144,8 @@ def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
     return own[0] if own and all(d == own[0] for d in own) else torch.float32
 
 
-def source_inputs(ref: str, path: str, adapter_sha: str, base_ref: str, dtype, content_sha: str | None = None) -> dict:
+def source_inputs(ref: str, adapter_sha: str, base_ref: str, dtype, content_sha: str | None) -> dict:
     """What an adapter-into-model variant is made from (recorded in merge_info; reuse compares it)."""
-    if content_sha is None and Path(path).is_dir():
-        content_sha = model_content_hash(path)
     return {
         "method": METHOD,
         "model_ref": ref,
@@ -176,17 +168,16 @@ class Job:
     steps: Callable[[], Steps]  # (build, check), prepared when the job runs (its inputs exist then)
     dtype: Any = None  # the torch dtype the variant is stored in
     report: dict = field(default_factory=dict)  # fields for merge_report.json
-    merges: str = ""  # what goes in, for the plan's table
+    merges: str = ""  # what goes in, for the jobs' table
     into: str = ""  # what it goes into (a model reference, a variant, or the base of a task-vector merge)
     needs: list[str] = field(default_factory=list)  # variants of this stage it reads (made earlier)
     local_inputs: list[str] = field(default_factory=list)  # folders read from outside this stage, for the manifest
     mergekit: dict | None = None  # the same merge as a mergekit config (mergekit.py); None: mergekit has none
 
 
-class Plan:
-    """What stage 04 makes, in the profile's order: one Job per variant (layout.planned_variants),
-    each knowing its inputs, its dtype and how to build and check it. Nothing is written here;
-    `content` collects the content hashes of variants as they are made (later jobs' inputs)."""
+class MergeJobs:
+    """Stage 04's jobs in the profile's order (iterable), with the report's header; `content` collects
+    the content hashes of variants as they are made (later jobs' inputs)."""
 
     def __init__(self, profile: Profile):
         self.profile, self.cfg = profile, profile.merge
@@ -217,12 +208,15 @@ class Plan:
         self.adapter_dir = adapter_dir_for(profile)
         self.adapter_tok: list[str] = []
 
+    def __iter__(self):
+        return iter(self.jobs)
+
     def job(self, variant: str) -> Job:
         """The job that makes `variant`."""
         for job in self.jobs:
             if job.variant == variant:
                 return job
-        raise KeyError(f"{variant!r} is not a variant of this plan: {self.variants}")
+        raise KeyError(f"{variant!r} is not a variant of these merge jobs: {self.variants}")
 
     def content_id(self, path: str | Path) -> str | None:
         key = str(path)
@@ -272,7 +266,7 @@ class Plan:
                 dtype=dtype,
                 merges=f"{adapter.parent.name}/{adapter.name}",
                 into=ref,
-                inputs=lambda: source_inputs(ref, source, adapter_sha, base_ref, dtype, self.content_id(source)),
+                inputs=lambda: source_inputs(ref, adapter_sha, base_ref, dtype, self.content_id(source)),
                 mergekit=adapter_config(source, adapter, dtype),
                 steps=lambda: adapter_merge_steps(
                     source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
@@ -374,11 +368,9 @@ class Plan:
         def mix_inputs() -> dict:
             return {
                 "method": MIX_METHOD,
-                "combination_type": mix.combination_type,
-                "weights": list(mix.weights),
-                "density": mix.density,
-                "svd_rank": mix.svd_rank,
-                "majority_sign_method": mix.majority_sign_method,
+                **mix.model_dump(
+                    include={"combination_type", "weights", "density", "svd_rank", "majority_sign_method"}
+                ),
                 "adapters_sha256": shas,
                 "into_ref": mix.into or self.base_ref,
                 "into_content_sha256": self.content_id(into),
@@ -417,19 +409,13 @@ class Plan:
         uses_base = mm.method not in ("linear", "slerp")
         base_dir = self.model_path(mm.base or layout.BASE_VARIANT, where) if uses_base else None
         spec = ModelMergeSpec(
-            mm.name,
-            mm.method,
-            paths,
-            list(mm.models),
-            list(mm.weights),
-            mm.density,
-            mm.majority_sign_method,
-            base_dir,
-            (mm.base or self.base_ref) if uses_base else None,
-            mm.normalize,
-            mm.rescale,
-            mm.lambda_,
-            mm.int8_mask,
+            **mm.model_dump(include=set("name method weights density majority_sign_method normalize rescale".split())),
+            int8_mask=mm.int8_mask,
+            models=paths,
+            labels=list(mm.models),
+            base=base_dir,
+            base_label=(mm.base or self.base_ref) if uses_base else None,
+            lam=mm.lambda_,
         )
         dtype = merge_dtype(
             mm.dtype or self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])]
@@ -480,24 +466,23 @@ class Plan:
         )
 
 
-def plan_merges(profile: Profile) -> Plan:
-    """Every job of stage 04 for this profile, in order (layout.planned_variants), with the report's
-    header; checks names, architectures and that each input exists or is made earlier. Writes nothing."""
-    plan = Plan(profile)
-    plan.add_adapter_merges()
-    for mix in plan.cfg.adapter_mixes:
-        plan.add_adapter_mix(mix)
-    sweep = sweep_merges(plan.cfg.sweep)
-    for mm in list(plan.cfg.model_merges) + sweep:
-        plan.add_model_merge(mm, sweep=mm.name in plan.sweep)
-    if [j.variant for j in plan.jobs] != plan.variants:  # the layout and the jobs must not drift apart
-        raise RuntimeError(f"merge jobs {[j.variant for j in plan.jobs]} != layout.planned_variants {plan.variants}")
-    if not plan.jobs:
+def merge_jobs(profile: Profile) -> MergeJobs:
+    """Every job of stage 04 for this profile (module docstring). Writes nothing."""
+    jobs = MergeJobs(profile)
+    jobs.add_adapter_merges()
+    for mix in jobs.cfg.adapter_mixes:
+        jobs.add_adapter_mix(mix)
+    sweep = sweep_merges(jobs.cfg.sweep)
+    for mm in list(jobs.cfg.model_merges) + sweep:
+        jobs.add_model_merge(mm, sweep=mm.name in jobs.sweep)
+    if [j.variant for j in jobs.jobs] != jobs.variants:  # the layout and the jobs must not drift apart
+        raise RuntimeError(f"merge jobs {[j.variant for j in jobs.jobs]} != layout.planned_variants {jobs.variants}")
+    if not jobs.jobs:
         log.warning(
             "nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, "
             "model_merges or sweep are given"
         )
-    return plan
+    return jobs
 
 
 # ---------------------------------------------------------------- reuse
