@@ -27,6 +27,8 @@ KIND_FINETUNED, KIND_MERGED, KIND_PARTNER = "fine-tuned vs base", "merged vs bas
 KIND_PARTNER_BASE, KIND_OTHER = "partner vs base", "vs base"
 ROLE_BASE, ROLE_FINETUNED, ROLE_MERGED_BASE = "base", "fine-tuned (adapter)", "fine-tuned (merged)"
 ROLE_MERGED_PARTNER, ROLE_PARTNER, ROLE_OTHER = "merged into partner", "partner", "other"
+ROLES = (ROLE_BASE, ROLE_FINETUNED, ROLE_MERGED_BASE, ROLE_MERGED_PARTNER, ROLE_PARTNER, ROLE_OTHER)
+ROLE_MARKERS = dict(zip(ROLES, "osD^vP"))  # matplotlib markers, one per role
 # what 01-03 write into reports/<profile>/: linked from the summary, not redrawn here
 UPSTREAM = (
     ("01_curate", "figure", "01_composition", "Composition of the curated training set"),
@@ -58,6 +60,12 @@ def task_entry(summary: dict, bench: str) -> dict | None:
 
 def missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x)) or bool(pd.isna(x))
+
+
+def mean_se(ses) -> float | None:
+    """The standard error of a mean of k independent estimates, sqrt(sum se_i^2) / k; None if one has none."""
+    ses = list(ses)
+    return None if any(missing(s) for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(ses)
 
 
 def pct(x: Any) -> float | None:

@@ -34,21 +34,12 @@ from .common import (
     KIND_MERGED,
     KIND_PARTNER,
     LABELS,
-    ROLE_BASE,
-    ROLE_FINETUNED,
-    ROLE_MERGED_BASE,
-    ROLE_MERGED_PARTNER,
-    ROLE_OTHER,
-    ROLE_PARTNER,
+    ROLE_MARKERS,
     ROW_REFERENCE,
     category_order,
     nz,
 )
 from .paired import StatsSettings, level
-
-ROLE_MARKERS = dict(
-    zip((ROLE_BASE, ROLE_FINETUNED, ROLE_MERGED_BASE, ROLE_MERGED_PARTNER, ROLE_PARTNER, ROLE_OTHER), "osD^vP")
-)
 
 
 def _category_colours(categories) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from .common import (
     ROW_PUBLISHED,
     ROW_REFERENCE,
     ROW_VARIANT,
+    mean_se,
     pct,
     read_json,
     task_entry,
@@ -299,9 +300,7 @@ def tradeoff_frame(
                 "mmlu": pct(mm["value"]),
                 "mmlu_stderr": pct(mm.get("stderr")),
                 "others_mean": sum(v for _, v, _ in others) / len(others),
-                "others_stderr": (
-                    None if any(x is None for x in ses) else math.sqrt(sum(x * x for x in ses)) / len(ses)
-                ),
+                "others_stderr": mean_se(ses),
                 "others_over": " ".join(LABELS[b] for b, _, _ in others),
             }
         )

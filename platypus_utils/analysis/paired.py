@@ -24,6 +24,7 @@ from .common import (
     CATEGORY_LABELS,
     UNCATEGORISED,
     category_order,
+    mean_se,
     n_text,
     pct,
     subjects_text,
@@ -144,7 +145,6 @@ def _group(
     """The mean over subjects (a category, all of MMLU, the leaderboard average): stratified paired
     bootstrap (one-question subjects pooled, `pool`) and sign-flip test when every member is paired, else
     the normal interval from sqrt(sum se_i^2) / k."""
-    k = len(rows)
     out = {
         "n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None,
         "reference_score": float(np.mean([r["reference_score"] for r in rows])),
@@ -189,7 +189,7 @@ def _group(
             "interval": NO_ERROR,
             "note": "a member has no error",
         }
-    se = math.sqrt(sum(s * s for s in ses)) / k
+    se = mean_se(ses)
     lo, hi, p = stats.unpaired_interval(out["delta"], se, 0.0, st.confidence)
     mixed = any(r["interval"] == PAIRED for r in rows)
     return {

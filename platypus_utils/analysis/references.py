@@ -27,7 +27,7 @@ from .. import stats
 from ..artifacts import write_text
 from ..lmeval_io import EvalRun, settings_mismatches
 from ..published import PUBLISHED, SETTINGS
-from .common import BENCHMARKS, KIND_DRIFT, KIND_RELEASE, LABELS, pct, task_entry
+from .common import BENCHMARKS, KIND_DRIFT, KIND_RELEASE, LABELS, mean_se, pct, task_entry
 from .frames import Comparison
 from .paired import NO_ERROR, UNPAIRED, StatsSettings, compare
 from .tables import to_latex, to_markdown
@@ -151,7 +151,7 @@ def _drift_rows(name: str, key: str, summary: dict, st: StatsSettings) -> list[d
             key,
             AVERAGE,
             sum(p[0] for p in parts) / len(parts),
-            None if any(s is None for s in ses) else math.sqrt(sum(s * s for s in ses)) / len(ses),
+            mean_se(ses),
             published.average if full else sum(p[2] for p in parts) / len(parts),
             len(parts),
             st,
