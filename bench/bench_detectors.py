@@ -39,11 +39,21 @@ written against them. The rows per kind:
                                       paper had a person review each flagged pair; the rules stand in for them)
   rules without the judge             detectors (a)+(b)+(c), then the category rules
   stage default (rules + judge)       what stage 02 does
+
+--val-clean runs the stage itself (detect, candidates: first_pass, the default config) on real MMLU questions that
+are not test items: the 1,531 val and 285 dev questions, each as a training row (the question with its lettered
+choices as the instruction, the gold answer's text as the output), against the real test files
+(--benchmarks, default ../shared/data/benchmarks). A removed row is a wrong removal, unless the question is a copy
+of a test item (same answer, question text at least COPY_RATIO alike, no number of either missing from the other:
+MMLU repeats a few questions across splits); those are listed and left out of the share. Embeddings go through the
+shared cache (a cold run embeds ~30k texts: minutes on 2 cores). --val-format plain drops the choices.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import difflib
 import json
 import os
 import random
@@ -56,8 +66,12 @@ os.environ.setdefault("PLATYPUS_PROGRESS", "0")
 
 import pandas as pd  # noqa: E402
 
+from platypus_utils.benchmarks import read_mmlu_csv  # noqa: E402
 from platypus_utils.config import DecontaminateConfig  # noqa: E402
 from platypus_utils.decontaminate import score_pairs  # noqa: E402
+from platypus_utils.decontaminate.inputs import load_benchmark_items  # noqa: E402
+from platypus_utils.decontaminate.stage import detect  # noqa: E402
+from platypus_utils.decontaminate.textmatch import missing_numbers, words  # noqa: E402
 from platypus_utils.embeddings import Embedder  # noqa: E402
 from platypus_utils.leak_judge import judge_pairs, pairs_frame  # noqa: E402
 from platypus_utils.models import default_cache_dir  # noqa: E402
@@ -305,6 +319,91 @@ def stage_mistakes(pairs: list[dict], with_judge: pd.DataFrame) -> None:
             )
 
 
+# ---------------------------------------------------------------- real MMLU val / dev questions as clean rows
+COPY_RATIO = 0.9  # question texts this alike (difflib, on their words), same answer, same numbers: a copy
+LETTERS = "ABCD"
+
+
+def val_rows(mmlu_dir: Path, fmt: str = "choices") -> list[dict]:
+    """MMLU's val and dev questions as training rows: instruction = question (with "A. ..." choices for fmt
+    "choices"), output = the gold answer's text; each row keeps its split, subject and position."""
+    rows = []
+    for split in ("val", "dev"):
+        for path in sorted((mmlu_dir / split).glob(f"*_{split}.csv")):
+            subject = path.name[: -len(f"_{split}.csv")]
+            for k, rec in enumerate(read_mmlu_csv(path)):
+                choices, answer = rec[1:5], rec[1:5][LETTERS.index(rec[5].strip())]
+                listed = "\n".join(f"{x}. {c}" for x, c in zip(LETTERS, choices))
+                rows.append(
+                    {
+                        "instruction": f"{rec[0]}\n{listed}" if fmt == "choices" else rec[0],
+                        "input": "",
+                        "output": answer,
+                        "data_source": f"mmlu_{split}",
+                        "val_id": f"mmlu/{subject}/{split}/{k}",
+                        "question": rec[0],
+                        "answer": answer,
+                    }
+                )
+    return rows
+
+
+def copy_of(row: dict, item: dict) -> bool:
+    """Whether a val/dev row is a copy of a test item (a real leak, not a wrong removal): the same answer, the
+    questions' words at least COPY_RATIO alike, and no number of either question missing from the other."""
+    a, b = words(row["question"]), words(item["question"])
+    if words(row["answer"]) != words(item.get("answer") or ""):
+        return False
+    if missing_numbers(row["question"], item["question"]) or missing_numbers(item["question"], row["question"]):
+        return False
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= COPY_RATIO
+
+
+def val_clean(benchmarks: Path, embedding_model: str, cache_dir: str, fmt: str, show: int) -> None:
+    """The stage's share of real MMLU val / dev questions removed (none is a test item), copies of a test item
+    listed and left out; each wrong removal with the rule, the test item and the scores."""
+    rows = val_rows(benchmarks / "mmlu", fmt)
+    cfg = DecontaminateConfig(benchmarks_dir=str(benchmarks))  # the stage's defaults: first pass, judge on
+    items, _ = load_benchmark_items(cfg)
+    start = time.perf_counter()
+    result = detect(rows, items, cfg, Embedder(embedding_model, cache_dir))
+    seconds = time.perf_counter() - start
+    pairs = result.pairs
+    removing = pairs[pairs["action"] == "remove"]
+    by_id = {it["item_id"]: it for it in items}
+    removed = sorted(set(removing["train_index"]))
+    copies = {
+        i
+        for i in removed
+        if any(copy_of(rows[i], by_id[t]) for t in removing.loc[removing["train_index"] == i, "test_id"])
+    }
+    print(f"== MMLU val + dev questions as training rows ({fmt}), stage default, {seconds:.0f} s")
+    print(f"   copies of a test item (real leaks, left out): {len(copies)}")
+    for i in sorted(copies):
+        ids = removing.loc[removing["train_index"] == i, "test_id"].tolist()
+        print(f"     {rows[i]['val_id']:45} ~ {', '.join(ids)}  {rows[i]['question'][:70]!r}")
+    for split in ("val", "dev", "all"):
+        idx = [k for k, r in enumerate(rows) if split == "all" or r["data_source"] == f"mmlu_{split}"]
+        kept = [k for k in idx if k not in copies]
+        wrong = [k for k in kept if k in set(removed)]
+        print(f"   {split:4}: {len(wrong)}/{len(kept)} removed ({len(wrong) / max(1, len(kept)):.1%}), copies left out")
+    wrong = [i for i in removed if i not in copies]
+    rules = collections.Counter(
+        r.split(":")[0] for i in wrong for r in removing.loc[removing["train_index"] == i, "rule"].head(1)
+    )
+    print(f"   wrong removals by rule (first removing pair): {dict(rules.most_common())}")
+    subjects = collections.Counter(rows[i]["val_id"].split("/")[1] for i in wrong)
+    print(f"   by subject: {dict(subjects.most_common(12))}")
+    for i in wrong[:show]:
+        for p in removing[removing["train_index"] == i].head(1).itertuples(index=False):
+            print(
+                f"     {rows[i]['val_id']:40} {p.test_id:40} {p.category:10} cos {p.embedding_cosine:.3f} "
+                f"judge {p.judge_score:.2f} view {p.test_view or '-'}: {p.rule[:90]}\n"
+                f"       train {rows[i]['question'][:150]!r} -> {rows[i]['answer'][:60]!r}\n"
+                f"       test  {p.test_text[:150]!r} -> {p.test_answer[:60]!r}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", default=str(ROOT / "tests" / "fixtures" / "contamination_labelled.jsonl"))
@@ -313,7 +412,16 @@ def main() -> None:
     ap.add_argument("--llm", type=int, default=0, metavar="N", help="also run the LLM judge on N pairs per kind")
     ap.add_argument("--split", action="append", help="only these splits (repeatable; default: all)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep and the judge's report")
+    ap.add_argument(
+        "--val-clean", action="store_true", help="only: the stage on MMLU val + dev questions (not test items)"
+    )
+    ap.add_argument("--val-format", choices=("choices", "plain"), default="choices")
+    ap.add_argument("--benchmarks", default=str(ROOT.parent / "shared" / "data" / "benchmarks"))
+    ap.add_argument("--show", type=int, default=200, help="--val-clean: wrong removals printed")
     args = ap.parse_args()
+    if args.val_clean:
+        val_clean(Path(args.benchmarks), args.embedding_model, args.cache_dir, args.val_format, args.show)
+        return
     pairs = [json.loads(line) for line in Path(args.pairs).read_text(encoding="utf-8").splitlines() if line.strip()]
     if args.split:
         pairs = [p for p in pairs if p.get("split", "dev") in args.split]

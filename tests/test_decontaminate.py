@@ -931,3 +931,62 @@ def test_training_file_with_a_non_utf8_line_and_a_lone_surrogate_is_read_row_by_
     assert [r["output"] for r in rows] == ["4", "6"]
     assert (skipped["undecodable"], skipped["lone_surrogate"]) == (1, 1)
     assert f"{path}, line 2" in caplog.text and f"{path}, line 3" in caplog.text
+
+
+# MMLU val questions as training rows (bench_detectors.py --val-clean): another item that shares a generic stem or
+# a passage item's question sentence is not a copy of the test item
+TYPE_ERRORS = {
+    **item("Which of the following is a correct statement?", "Choosing a significance level sets the Type I error."),
+    "choices": [
+        "The probability of a Type II error does not depend on the probability of a Type I error.",
+        "It is possible to make both a Type I and a Type II error at once.",
+        "A Type II error results from assuming the data are normal.",
+        "Choosing a significance level sets the Type I error.",
+    ],
+}
+
+
+def test_a_row_listing_other_options_is_another_item():
+    other = row(
+        "Which of the following is a correct statement?\nA. A slope of 1 means a correlation of 1.\n"
+        "B. A correlation of 0 means an undefined slope.\nC. Swapping x and y changes the sign of r.\n"
+        "D. r is the slope of the z-score regression line.",
+        "r is the slope of the z-score regression line.",
+    )
+    category, rule = categorise(other, TYPE_ERRORS, 0.9, 1.0, CFG)
+    assert category == "similar_but_different" and "other options" in rule
+    # the same question with its options reworded (not another item), and one listing no options, are read on
+    reworded = row(
+        "Which of these is correct? Pick one:\nA. a Type II error's chance does not depend on a Type I error's\n"
+        "B. one can make a Type I and a Type II error at the same time\nC. assuming normal data causes a Type II "
+        "error\nD. the significance level you choose sets the chance of a Type I error",
+        "D",
+    )
+    assert "other options" not in categorise(reworded, TYPE_ERRORS, 0.97, 0.0, CFG)[1]
+    assert categorise(row("Which of the following is a correct statement?", "x"), TYPE_ERRORS, 0.97, 0.0, CFG)[0] != (
+        "similar_but_different"
+    )
+    # "vitamin A." in a sentence is no list of options
+    vitamin = row("Which vitamin is made in the skin? Not vitamin A. Sunlight helps.", "vitamin D")
+    assert decontaminate.rules.other_options(vitamin, TYPE_ERRORS) == []
+
+
+def test_a_passage_items_question_sentence_copied_is_no_copy_without_its_answer():
+    vignette = {
+        **item(
+            "A 67-year-old woman has had left hip pain for 2 months after a fall; examination shows pain on motion of "
+            "the hip. Which of the following is the most likely cause of this patient's symptoms?",
+            "Avascular necrosis of the femoral head",
+        ),
+        "choices": ["Avascular necrosis of the femoral head", "Herniated nucleus pulposus", "Osteoporosis"],
+    }
+    other_patient = row(
+        "A 23-year-old man has had a cough and fever for 3 days. Which of the following is the most likely cause of "
+        "this patient's symptoms?",
+        "Streptococcus pneumoniae",
+    )
+    category, rule = categorise(other_patient, vignette, 0.5, 1.0, CFG, part="prompt", view="question_only")
+    assert category == "similar_but_different", rule
+    # the question kept and the answer stated: a rewording that dropped the passage, near-verbatim
+    same = row(other_patient["instruction"].replace("A 23-year-old man", "An older patient"), vignette["answer"])
+    assert categorise(same, vignette, 0.5, 1.0, CFG, part="prompt", view="question_only")[0] == "duplicate"

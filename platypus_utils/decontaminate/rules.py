@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+
 import numpy as np
 import pandas as pd
 
 from ..config import DecontaminateConfig
-from ..text import embedding_text
+from ..text import embedding_text, latex_plain
 from .common import PAIR_COLUMNS
 from .decisions import pair_id
 from .detectors import leak_judge, own_numbers, uninformative_answer
-from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share
+from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share, words
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
 
 
@@ -40,6 +43,42 @@ def _numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
     answer, options = item.get("answer") or "", list(item.get("choices") or [])
     prompt = embedding_text(train_row)
     return leak_judge.context_numbers_dropped(asked_text(item, view), prompt, train_row["output"], answer, options)
+
+
+# a training prompt that lists at least this many lettered options is a multiple-choice question of its own; when
+# fewer than OPTIONS_SHARED of the test item's choices are among them, it is another item (MMLU asks "Which of the
+# following is a correct statement?" of many option sets; its val questions share stems and answers with test items)
+MIN_LISTED_OPTIONS = 3
+OPTIONS_SHARED = 0.5
+
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def _same_option(choice: str, option: str) -> bool:
+    """Whether a listed option is the test's choice, possibly reworded: half of the shorter one's content words
+    (leak_judge.content_stems) in the other ("charging a premium" ~ "Premium pricing."), or the same characters
+    once markup and spaces are gone ("$C_2H_6 + 3O_2$" ~ "C_{2}H_{6} + 3O_{2}")."""
+    a, b = leak_judge.content_stems(choice), leak_judge.content_stems(option)
+    if a and b and len(a & b) >= 0.5 * min(len(a), len(b)):
+        return True
+    x, y = (_NOT_ALNUM.sub("", latex_plain(t).lower()) for t in (choice, option))
+    return bool(x) and bool(y) and difflib.SequenceMatcher(None, x, y, autojunk=False).ratio() >= 0.8
+
+
+def other_options(train_row: dict, item: dict) -> list[str]:
+    """The options a training prompt lists ("A. ...", "(b) ...") when it lists MIN_LISTED_OPTIONS or more and fewer
+    than OPTIONS_SHARED of the test item's choices are among them (same words, or nearly: a relabelled or lightly
+    reworded choice still counts): the row asks another multiple-choice item. Else []."""
+    choices = [c for c in item.get("choices") or [] if words(c)]
+    if leak_judge is None or len(choices) < 2:
+        return []
+    labelled = leak_judge.labelled_options(embedding_text(train_row))
+    if len(labelled) < MIN_LISTED_OPTIONS or not {"a", "b", "c"} <= set(labelled):  # a list, not "vitamin A. It"
+        return []
+    listed = list(labelled.values())
+    shared = sum(any(_same_option(c, o) for o in listed) for c in choices)
+    return listed if shared < OPTIONS_SHARED * len(choices) else []
 
 
 def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | None:
@@ -87,6 +126,9 @@ def categorise(
     the same); part: where the evidence was ("output": the numbers rule reads prompt and output);
     judge: the judge's (verdict, score) when it read the pair; view: the test view the evidence was in
     ("question_only": the row holds the question without its passage, whose numbers are then not asked for)."""
+    listed = other_options(train_row, item)
+    if listed:
+        return "similar_but_different", f"other options: the train row lists {len(listed)} options, not the test's"
     verbatim = _verbatim_rule(train_row, item, cfg)
     if verbatim:
         return "duplicate", verbatim
@@ -98,7 +140,10 @@ def categorise(
     if shared:
         return "similar_but_different", shared
     ending = _ending_given(train_row, item)
-    if ngram >= cfg.verbatim_ngram_overlap and ending:
+    # the question part of a passage item alone ("Which of the following is the most likely diagnosis?") never
+    # identifies its item: copied, it counts only with the test's answer in the output
+    asked_only = view == "question_only" and not answer_in_output(item.get("answer") or "", train_row["output"])
+    if ngram >= cfg.verbatim_ngram_overlap and ending and not asked_only:
         return "duplicate", f"near-verbatim: {cfg.ngram_n}-gram overlap {ngram:.2f}"
     own = _own_numbers(item, prompt, view)
     if own:
