@@ -29,6 +29,9 @@ those items. Printed per setting of first_pass_top_k: the items the first pass r
 recall, as the stage has it (an item read for any row counts for every row) and per row (the item among
 that row's own neighbours: a lower bound that does not grow with the training set).
 
+--encoders: MiniLM's texts/s with PyTorch and with OpenVINO (models.embedding_backend; bf16 on a CPU with
+bfloat16 units), and each backend's largest cosine difference from PyTorch fp32 on the labelled pairs.
+
 --cold N: `platypus decontaminate` (check_file) of N real rows against the whole benchmarks folder with an
 empty embedding cache: wall time, items read, texts embedded (the issue's target: 1,000 rows in 2 minutes
 on 2 cores).
@@ -281,16 +284,47 @@ def cold(n_rows: int) -> None:
             result = detect(rows, items, cfg.model_copy(update={"candidates": candidates}), embedder, timings)
             wall = time.perf_counter() - t
             sample = [it["question"] for it in random.Random(0).sample(items, 512)]
-            t = time.perf_counter()  # the encoder alone (sentence-transformers sorts each call's texts by length)
-            embedder.model.encode(sample, batch_size=embedder.batch_size, normalize_embeddings=True)
+            t = time.perf_counter()  # the encoder alone (each call's texts sorted by length)
+            embedder._encode(sample)
             rate = len(sample) / (time.perf_counter() - t)
         s = result.summary
         print(
             f"cold {candidates}: {len(rows)} rows x {len(items)} items in {wall:.0f} s wall (empty cache, model load "
             f"included; steps { ({k: round(v) for k, v in timings.items()}) }); texts embedded {embedder.stats['encoded']}; "
-            f"flagged {s['flagged_pairs']}, removed {s['removed_rows']}; MiniLM (PyTorch, CPU) {rate:.0f} texts/s on "
+            f"flagged {s['flagged_pairs']}, removed {s['removed_rows']}; MiniLM ({embedder.backend}, CPU) {rate:.0f} texts/s on "
             f"512 test questions; load average {os.getloadavg()[0]:.1f}"
         )
+
+
+def encoders() -> None:
+    """--encoders: MiniLM's texts/s with each backend (models.embedding_backend) on 512 test questions, and how far
+    each backend's cosines are from PyTorch fp32's on every labelled pair (training row against its test item)."""
+    from platypus_utils.embeddings import Embedder
+
+    pairs = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "contamination_labelled.jsonl").open()]
+    rows = [(p["train"]["instruction"] + " " + p["train"].get("input", "")).strip() for p in pairs]
+    items = [p["question"] for p in pairs]
+    sample = [it["question"] for it in random.Random(0).sample(real_items(), 512)]
+    cos = {}
+    for backend in ("torch", "openvino"):
+        with tempfile.TemporaryDirectory() as cache:
+            e = Embedder("embedded:all-minilm-l6-v2", cache, device="cpu", backend=backend)
+            e._encode(sample[:8])  # model load and (OpenVINO) compile
+            t = time.perf_counter()
+            e._encode(sample)
+            rate = len(sample) / (time.perf_counter() - t)
+            cos[backend] = (e.encode(rows) * e.encode(items)).sum(1)
+        diff = np.abs(cos[backend] - cos["torch"])
+        print(
+            f"{e.backend}: {rate:.0f} texts/s on 512 test questions (load average {os.getloadavg()[0]:.1f}); "
+            f"labelled pairs ({len(pairs)}): |cosine - PyTorch's| max {diff.max():.4f}, mean {diff.mean():.5f}"
+        )
+
+
+def real_items() -> list[dict]:
+    from platypus_utils.benchmarks import load_benchmark
+
+    return [it for b in ("arc_challenge", "mmlu") for it in load_benchmark(b, DATA / "benchmarks")]
 
 
 def main() -> None:
@@ -302,8 +336,11 @@ def main() -> None:
     ap.add_argument("--recall", action="store_true", help="the first pass's recall against the exhaustive pass")
     ap.add_argument("--rows", type=int, default=1000, help="real rows for --recall")
     ap.add_argument("--cold", type=int, default=0, metavar="N", help="a cold run of N real rows, empty cache")
+    ap.add_argument("--encoders", action="store_true", help="texts/s and cosines of each embedding backend")
     args = ap.parse_args()
-    if args.recall or args.cold:
+    if args.recall or args.cold or args.encoders:
+        if args.encoders:
+            encoders()
         if args.recall:
             recall(args.rows)
         if args.cold:

@@ -78,6 +78,9 @@ class ModelsConfig(_Section):
     base: str = "embedded:smollm2-135m-instruct"  # hub id, local path or embedded:<name>
     embedding: str = "embedded:all-minilm-l6-v2"
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
+    # what encodes the embedding model's texts: auto = OpenVINO on the CPU (bf16 where the CPU has it: ~4x PyTorch
+    # here, cosines within 0.005), PyTorch on a GPU; torch = PyTorch always (embeddings.resolve_backend)
+    embedding_backend: Literal["auto", "torch", "openvino"] = "auto"
 
 
 class SourceConfig(_Section):

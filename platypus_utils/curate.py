@@ -215,7 +215,12 @@ def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.nd
     Vectors come from the embedding cache under profile.cache_dir() when present. Returns
     (embeddings, cache counts {"cached", "encoded"}).
     """
-    embedder = Embedder(profile.models.embedding, profile.cache_dir(), profile.curate.embed_batch_size)
+    embedder = Embedder(
+        profile.models.embedding,
+        profile.cache_dir(),
+        profile.curate.embed_batch_size,
+        backend=profile.models.embedding_backend,
+    )
     emb = embedder.encode([embedding_text(rows[i]) for i in indices], desc="curate")
     return emb, dict(embedder.stats)
 

@@ -103,15 +103,20 @@ def read_chunk(path: Path, width: int | None = None) -> tuple[list[str], np.ndar
 class Embedder:
     """Encodes texts with a SentenceTransformer, through the cache; returns L2-normalised float32."""
 
-    def __init__(self, model_ref: str, cache_dir: str | Path, batch_size: int = 64, device: str = "auto"):
+    def __init__(
+        self, model_ref: str, cache_dir: str | Path, batch_size: int = 64, device: str = "auto", backend: str = "auto"
+    ):
         from .models import resolve_model
 
         self.model_ref = model_ref
         self.resolved = resolve_model(model_ref, Path(cache_dir))
-        self.cache = EmbeddingCache(cache_dir, _model_key(self.resolved))
-        self.batch_size = batch_size
         self.device = device
+        self.backend = resolve_backend(backend, device)  # "torch" or "openvino-<precision>"
+        key = _model_key(self.resolved) if self.backend == "torch" else _model_key(f"{self.resolved}|{self.backend}")
+        self.cache = EmbeddingCache(cache_dir, key)  # vectors of another backend or precision never mix
+        self.batch_size = batch_size
         self._model = None
+        self._encoder = None
         self.stats = {"cached": 0, "encoded": 0}
 
     @property
@@ -119,7 +124,7 @@ class Embedder:
         if self._model is None:
             from .models import load_embedder
 
-            log.info("loading embedding model %s", self.model_ref)
+            log.info("loading embedding model %s (encoding with %s)", self.model_ref, self.backend)
             self._model = load_embedder(self.model_ref, device=self.device)
         return self._model
 
@@ -131,13 +136,7 @@ class Embedder:
         if missing:
             log.info("%s: encoding %d new texts (%d from cache)", desc, len(missing), len(texts) - len(missing))
             new_keys = [k for k, _ in missing]
-            new_vecs = self.model.encode(
-                [t for _, t in missing],
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=_show_progress(),
-            ).astype(np.float32)
+            new_vecs = self._encode([t for _, t in missing])
             self.cache.put(new_keys, new_vecs)
             found.update(zip(new_keys, new_vecs))
             self.stats["encoded"] += len(missing)
@@ -146,8 +145,42 @@ class Embedder:
         out = np.stack([found[k] for k in keys]).astype(np.float32)
         return normalise(out)
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if self.backend == "torch":
+            return self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=_show_progress(),
+            ).astype(np.float32)
+        if self._encoder is None:
+            from .openvino_encoder import OpenVINOEncoder
+
+            self._encoder = OpenVINOEncoder(self.model, self.backend.split("-", 1)[1], self.resolved)
+        return self._encoder.encode(texts, self.batch_size, _show_progress())
+
     def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
+
+
+def resolve_backend(backend: str, device: str = "auto") -> str:
+    """What encodes (models.embedding_backend): "torch", or "openvino-bf16" / "openvino-f32" (OpenVINO, on
+    CPU: openvino_encoder.py). "auto": OpenVINO when the model runs on the CPU and openvino is installed."""
+    from . import openvino_encoder
+    from .models import pick_device
+
+    if backend not in ("auto", "torch", "openvino"):
+        raise ValueError(f"embedding backend {backend!r}: expected auto, torch or openvino")
+    on_cpu = pick_device(device) == "cpu"
+    if backend == "openvino" and not (on_cpu and openvino_encoder.available()):
+        raise ValueError(
+            "embedding backend 'openvino' needs the CPU and the openvino package (pip install openvino); "
+            f"device here: {pick_device(device)}, openvino installed: {openvino_encoder.available()}"
+        )
+    if backend == "torch" or not (on_cpu and openvino_encoder.available()):
+        return "torch"
+    return f"openvino-{openvino_encoder.precision()}"
 
 
 def _show_progress() -> bool:

@@ -80,7 +80,9 @@ def load_inputs(profile: Profile) -> Inputs:
 
 def embedder_for(profile: Profile) -> Embedder | None:
     """The profile's embedding model through the shared cache; None when no selected detector reads cosines."""
-    return Embedder(profile.models.embedding, profile.cache_dir()) if uses_embeddings(profile.decontaminate) else None
+    if not uses_embeddings(profile.decontaminate):
+        return None
+    return Embedder(profile.models.embedding, profile.cache_dir(), backend=profile.models.embedding_backend)
 
 
 def row_pairs(
