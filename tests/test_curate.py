@@ -201,7 +201,8 @@ def test_embedder_encodes_only_new_text(tmp_path):
     first._model = CountingModel()
     v1 = first.encode(["alpha", "beta", "alpha"])
     assert sorted(first._model.seen) == ["alpha", "beta"] and first.stats == {"cached": 1, "encoded": 2}
-    second = Embedder("embedded:all-minilm-l6-v2", tmp_path, backend="torch")  # a new process: reads the cache from disk
+    # a new process: reads the cache from disk
+    second = Embedder("embedded:all-minilm-l6-v2", tmp_path, backend="torch")
     second._model = CountingModel()
     v2 = second.encode(["alpha", "beta", "alpha"])
     assert second._model.seen == [] and second.stats == {"cached": 3, "encoded": 0}

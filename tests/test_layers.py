@@ -59,6 +59,7 @@ LAYERS = {
             "demo_data",
             "models",
             "embeddings",
+            "openvino_encoder",
             "plotting",
             "stats",
             "lmeval_io",
