@@ -77,6 +77,7 @@ from platypus_utils.leak_judge import judge_pairs, pairs_frame  # noqa: E402
 from platypus_utils.models import default_cache_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 LEAK_CATEGORIES = ("duplicate", "gray_area")
 
 
@@ -211,6 +212,11 @@ SPLITS = {
         False,
     ),
     "frozen2": ("written after the second round froze the judge (90dd102, 2026-12-06); never used to change it", False),
+    "frozen3": (
+        "written during the third round by a helper that did not see it and ran no detector; judge frozen at 60febe5 "
+        "(2026-12-06) before its first run; never used to change it",
+        False,
+    ),
 }
 GROUPS = {
     "verbatim": ("verbatim",),
@@ -406,7 +412,12 @@ def val_clean(benchmarks: Path, embedding_model: str, cache_dir: str, fmt: str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", default=str(ROOT / "tests" / "fixtures" / "contamination_labelled.jsonl"))
+    ap.add_argument(
+        "--pairs",
+        action="append",
+        help="labelled pairs files (repeatable; default: contamination_labelled.jsonl and contamination_frozen3.jsonl)",
+    )
+    ap.add_argument("--embedding-backend", default="auto", choices=("auto", "torch", "openvino"))
     ap.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
     ap.add_argument("--cache-dir", default=str(default_cache_dir()))
     ap.add_argument("--llm", type=int, default=0, metavar="N", help="also run the LLM judge on N pairs per kind")
@@ -422,10 +433,12 @@ def main() -> None:
     if args.val_clean:
         val_clean(Path(args.benchmarks), args.embedding_model, args.cache_dir, args.val_format, args.show)
         return
-    pairs = [json.loads(line) for line in Path(args.pairs).read_text(encoding="utf-8").splitlines() if line.strip()]
+    files = args.pairs or [FIXTURES / "contamination_labelled.jsonl", FIXTURES / "contamination_frozen3.jsonl"]
+    pairs = [json.loads(x) for f in files for x in Path(f).read_text(encoding="utf-8").splitlines() if x.strip()]
     if args.split:
         pairs = [p for p in pairs if p.get("split", "dev") in args.split]
-    embedder = Embedder(args.embedding_model, args.cache_dir)
+    embedder = Embedder(args.embedding_model, args.cache_dir, backend=args.embedding_backend)
+    print(f"embedding backend: {embedder.backend}")
     cfg = DecontaminateConfig(detectors=["embedding", "ngram", "answer"])  # the rules without the judge
     rules = score_pairs(pairs, cfg, embedder)
     with_judge = score_pairs(pairs, DecontaminateConfig(), embedder)  # the stage's default: the judge on
