@@ -49,14 +49,17 @@ each reported on its own and combined:
              numbers agree and says whether they are the same question, possibly reworded (rewordings whose
              answer is reworded too, which the string tests keep); a long stem's question_only view is read by
              the judge alone, against the question without its passage. Measured with score_pairs on the
-             labelled pairs (tests/fixtures/contamination_labelled.jsonl, bench/bench_detectors.py, per split):
-             on split frozen2, written with the judge frozen at 90dd102 and never tuned on, the stage removes
-             97.1% of the rewordings (102/105), 1.6% of the similar-but-different pairs (1/63) and 1 of 16
-             clean ones; on frozen1 (frozen earlier, re-measured) 90.4% (94/104), 6.7% (5/75) and 0/15; the
-             tuned splits' figures are in-sample.
+             labelled pairs (tests/fixtures/contamination_labelled.jsonl and contamination_frozen3.jsonl,
+             bench/bench_detectors.py, per split): on split frozen3, written before any detector ran on it and
+             measured once with the judge frozen at 60febe5, the stage removes 94.4% of the rewordings (117/124),
+             0/71 similar-but-different pairs and 0/104 clean ones; frozen2 (frozen at 90dd102) 97.1%, 1/63,
+             1/16; frozen1 90.4%, 5/75, 0/15; the tuned splits' figures are in-sample.
 Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
 each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
 `x^3-2x+1` and `x^3 - 2x + 1` agree.
+  0. similar_but_different - other options: the training prompt lists 3+ lettered options that hold fewer
+     than half of the test item's choices (reworded choices still count): another item with MMLU's generic
+     stem ("Which of the following is a correct statement?");
   1. duplicate - the whole test question is in the training text (prompt or output; words in order,
      case, punctuation, spacing and LaTeX markup ignored); a stem that does not identify its item
      counts only when the test answer is in the training output too, a HellaSwag context only with
@@ -70,7 +73,8 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
      leak_judge.context_numbers_dropped);
   3b. similar_but_different - the row shares only a passage: the item's question part is not in it, its
      answer not in the output, and the judge did not read the same question;
-  4. duplicate - n-gram overlap >= verbatim_ngram_overlap (any view; near-verbatim);
+  4. duplicate - n-gram overlap >= verbatim_ngram_overlap (any view; near-verbatim; through the question_only
+     view only with the test answer in the output: a passage item's generic question sentence is not its item);
   4b. similar_but_different - a short training prompt asks about numbers the test item has nowhere
      (another object: order five against order seven, Z_24 against Z_26; leak_judge.own_numbers);
   5. duplicate - cosine >= duplicate_threshold and >= verbatim_word_share of the test's words present;
