@@ -188,6 +188,10 @@ def test_index_file_gives_the_same_result_and_refuses_another_model_or_set(tmp_p
         decontaminate.load_index(tmp_path / "bench.npz", items, CFG.model_copy(update={"views": ["question"]}), model)
     with pytest.raises(decontaminate.IndexMismatch, match="vectors of model stand-in .* this run embeds with"):
         decontaminate.load_index(tmp_path / "bench.npz", items, CFG, StandIn(tmp_path / "m2", b"w2"))
+    bf16 = StandIn(tmp_path / "m")
+    bf16.backend = "openvino-bf16"  # the same weights through another encoder: vectors differ in the 3rd digit
+    with pytest.raises(decontaminate.IndexMismatch, match="vectors encoded with torch, this run encodes with openvino"):
+        decontaminate.load_index(tmp_path / "bench.npz", items, CFG, bf16)
     grams = CFG.model_copy(update={"detectors": ["ngram"]})
     decontaminate.build_index(items, grams, None, tmp_path / "ngram.npz")
     assert decontaminate.load_index(tmp_path / "ngram.npz", items, grams).vectors is None

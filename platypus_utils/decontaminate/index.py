@@ -59,7 +59,7 @@ def benchmark_sha256(items: list[dict], views: pd.DataFrame) -> str:
 
 def model_identity(embedder) -> dict:
     """The embedding model as an index records it: reference, sha256 of its weight files (of the reference when
-    it is no folder), sentence-transformers version."""
+    it is no folder), sentence-transformers version, and what encoded (embeddings.resolve_backend)."""
     resolved = Path(str(getattr(embedder, "resolved", "") or ""))
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")) if resolved.is_dir() else []
     ref = str(getattr(embedder, "model_ref", type(embedder).__name__))
@@ -68,7 +68,10 @@ def model_identity(embedder) -> dict:
         st_version = metadata.version("sentence-transformers")
     except metadata.PackageNotFoundError:  # pragma: no cover - it is a dependency
         st_version = None
-    return {"model": ref, "model_sha256": digest, "sentence_transformers": st_version}
+    encoder = str(
+        getattr(embedder, "backend", "torch")
+    )  # "openvino-bf16" vectors differ from PyTorch's in the 3rd digit
+    return {"model": ref, "model_sha256": digest, "sentence_transformers": st_version, "encoder": encoder}
 
 
 def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +166,11 @@ def _check(path: Path, meta: dict, items: list[dict], views: pd.DataFrame, cfg: 
                 f"{path}: vectors of model {meta['model']} (weights sha256 {meta['model_sha256'][:12]}), this run "
                 f"embeds with {mine['model']} (sha256 {mine['model_sha256'][:12]}); {rebuild} --embedding-model "
                 f"{mine['model']}"
+            )
+        if meta.get("encoder", "torch") != mine["encoder"]:  # files written before the encoder was recorded: torch
+            raise IndexMismatch(
+                f"{path}: vectors encoded with {meta.get('encoder', 'torch')}, this run encodes with {mine['encoder']} "
+                f"(models.embedding_backend); {rebuild} on a machine with the same encoder"
             )
 
 
