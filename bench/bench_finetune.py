@@ -46,8 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from platypus_utils import finetune  # noqa: E402
 from platypus_utils.config import FinetuneConfig  # noqa: E402
+from platypus_utils.finetune.trainer import build_sft_config, prepare_trainer, resolve_attn_implementation  # noqa: E402
 
 OPEN_PLATYPUS_EXAMPLES = 24_926
 SHAPES = {
@@ -249,13 +249,13 @@ def bench_config(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = random_llama(shape, device, dtype)
-    attn = finetune.resolve_attn_implementation(ft, device, dtype)
+    attn = resolve_attn_implementation(ft, device, dtype)
     model.set_attn_implementation(attn)
     n_matmul = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_)
     clock = StepClock(warmup, device)
     with tempfile.TemporaryDirectory() as out:
-        args = finetune.build_sft_config(ft, out, seed, device, dtype)
-        trainer, plan, isolation = finetune.prepare_trainer(
+        args = build_sft_config(ft, out, seed, device, dtype)
+        trainer, plan, isolation = prepare_trainer(
             model, tokenizer, dataset, ft, args, total_len, callbacks=[clock.callback]
         )
         for quiet in (PrinterCallback, ProgressCallback):  # the table is the output

@@ -170,8 +170,9 @@ def quantized_loading() -> dict:
         return {"skipped": "needs bitsandbytes and a CUDA GPU"}
     from peft import get_peft_model
 
-    from platypus_utils import finetune
     from platypus_utils.config import load_profile
+    from platypus_utils.finetune.distributed import load_base_model
+    from platypus_utils.finetune.trainer import build_lora_config
     from platypus_utils.models import resolve_model
 
     profile = load_profile(PROFILE)
@@ -180,8 +181,8 @@ def quantized_loading() -> dict:
     for flag in ("load_in_4bit", "load_in_8bit"):
         ft = profile.finetune.model_copy(update={flag: True})
         torch.cuda.reset_peak_memory_stats()
-        model = finetune.load_base_model(profile, path, "cuda", torch.bfloat16, ft)
-        model = get_peft_model(model, finetune.build_lora_config(ft))
+        model = load_base_model(profile, path, "cuda", torch.bfloat16, ft)
+        model = get_peft_model(model, build_lora_config(ft))
         ids = torch.randint(0, 1000, (2, 256), device="cuda")
         model(input_ids=ids, labels=ids).loss.backward()
         out[flag] = f"ok, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"

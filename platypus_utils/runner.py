@@ -321,7 +321,8 @@ def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool =
     """finetune.num_gpus > 1: train stage 03 under `accelerate launch` (one process per GPU) before
     its notebook runs; the notebook then shows the results. Skipped when a finished run matches."""
     from .config import project_root_for
-    from .finetune import STAGE, accelerate_command
+    from .finetune.distributed import accelerate_command
+    from .finetune.stage import STAGE
 
     say = say or _printer()
     if not force and artifacts_up_to_date(profile, STAGE)[0]:

@@ -163,7 +163,7 @@ def build_tiny_model(out: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from platypus_utils.finetune import format_alpaca_prompt
+    from platypus_utils.finetune.data import format_alpaca_prompt
 
     corpus = [format_alpaca_prompt(r["instruction"], r["input"]) + r["output"] for r in make_rows(40)]
     bpe = Tokenizer(models.BPE())

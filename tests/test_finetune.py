@@ -14,9 +14,40 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.artifacts import read_manifest, write_jsonl  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
+from platypus_utils.finetune.batching import plan_batch, plan_table  # noqa: E402
+from platypus_utils.finetune.checkpoints import RUN_KEY, prepare_checkpoint_dir  # noqa: E402
+from platypus_utils.finetune.data import (  # noqa: E402
+    build_prompt_completion_dataset,
+    check_prepared_example,
+    example_frame,
+    format_alpaca_prompt,
+    select_rows,
+    split_heldout,
+    tokenize_example,
+)
+from platypus_utils.finetune.distributed import quantization_config  # noqa: E402
+from platypus_utils.finetune.report import (  # noqa: E402
+    LiveLossCurve,
+    csv_text,
+    log_rows,
+    loss_curve_caption,
+    plot_loss_curve,
+    read_log_rows,
+    speed_tables,
+    whole_run_train_loss,
+)
+from platypus_utils.finetune.stage import build_trainer, expected_plan, load_data, load_model, run_finetune  # noqa: E402
+from platypus_utils.finetune.trainer import (  # noqa: E402
+    build_lora_config,
+    build_sft_config,
+    check_packing_isolation,
+    prepare_trainer,
+    resolve_attn_implementation,
+    resolve_liger,
+    segment_losses,
+)
 
 from .conftest import FINETUNE_EOS, FINETUNE_PAD, make_rows  # noqa: E402
 
@@ -70,16 +101,16 @@ def finetune_profile(tmp_path, model_dir, rows=None, sft=None, lora=None, **fine
 
 # ---------------------------------------------------------------- template and data
 def test_alpaca_template_exact_strings():
-    assert ft_mod.format_alpaca_prompt("Add the numbers.", "2 and 3") == WITH_INPUT
-    assert ft_mod.format_alpaca_prompt("Name a prime.", "") == NO_INPUT
-    assert ft_mod.format_alpaca_prompt("Name a prime.") == NO_INPUT
+    assert format_alpaca_prompt("Add the numbers.", "2 and 3") == WITH_INPUT
+    assert format_alpaca_prompt("Name a prime.", "") == NO_INPUT
+    assert format_alpaca_prompt("Name a prime.") == NO_INPUT
     latex = "Find $x$ if $\\frac{x}{2} = {3}$."  # braces in the data are text, not template fields
-    assert ft_mod.format_alpaca_prompt(latex, "{input}").count(latex + "\n\n### Input:\n{input}\n\n") == 1
+    assert format_alpaca_prompt(latex, "{input}").count(latex + "\n\n### Input:\n{input}\n\n") == 1
 
 
 def test_prompt_completion_appends_eos_once():
     rows = [{"instruction": "Name a prime.", "input": "", "output": "7"}]
-    ds = ft_mod.build_prompt_completion_dataset(rows, EOS)
+    ds = build_prompt_completion_dataset(rows, EOS)
     assert ds.column_names == ["prompt", "completion"]
     assert ds[0] == {"prompt": NO_INPUT, "completion": "7" + EOS}
 
@@ -92,7 +123,7 @@ def test_select_rows_skips_and_counts_bad_rows():
         {"instruction": "q", "input": 3, "output": "a"},
         {"instruction": "q", "input": "", "output": "stop" + EOS},
     ]
-    kept, lines, skipped = ft_mod.select_rows(rows, "clean.jsonl", EOS)
+    kept, lines, skipped = select_rows(rows, "clean.jsonl", EOS)
     assert len(kept) == 5 and lines == [1, 2, 3, 4, 5]
     assert skipped == {
         "missing_output": 2,
@@ -103,28 +134,28 @@ def test_select_rows_skips_and_counts_bad_rows():
 
 
 def test_heldout_split_is_seeded_and_disjoint():
-    train, held = ft_mod.split_heldout(50, 8, seed=3)
-    assert (train, held) == ft_mod.split_heldout(50, 8, seed=3)
-    assert held != ft_mod.split_heldout(50, 8, seed=4)[1]
+    train, held = split_heldout(50, 8, seed=3)
+    assert (train, held) == split_heldout(50, 8, seed=3)
+    assert held != split_heldout(50, 8, seed=4)[1]
     assert len(held) == 8 and not set(train) & set(held) and len(train) + len(held) == 50
-    assert len(ft_mod.split_heldout(50, 8, seed=3, max_train=10)[0]) == 10
+    assert len(split_heldout(50, 8, seed=3, max_train=10)[0]) == 10
 
 
 def test_check_prepared_example_catches_double_eos_and_unmasked_prompt():
     eos = 9
-    assert ft_mod.check_prepared_example([1, 2, 5, eos], [-100, -100, 5, eos], eos, truncated=False) is None
-    assert "more than once" in ft_mod.check_prepared_example(
+    assert check_prepared_example([1, 2, 5, eos], [-100, -100, 5, eos], eos, truncated=False) is None
+    assert "more than once" in check_prepared_example(
         [1, 2, 5, eos, eos], [-100, -100, 5, eos, eos], eos, truncated=False
     )
-    assert "end with EOS" in ft_mod.check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=False)
-    assert ft_mod.check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=True) is None
-    assert "differs" in ft_mod.check_prepared_example([1, 2, 5, eos], [-100, 2, 6, eos], eos, truncated=False)
+    assert "end with EOS" in check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=False)
+    assert check_prepared_example([1, 2, 5], [-100, -100, 5], eos, truncated=True) is None
+    assert "differs" in check_prepared_example([1, 2, 5, eos], [-100, 2, 6, eos], eos, truncated=False)
 
 
 def test_sft_config_overrides_trl_defaults_on_cpu(tiny_model_dir, tmp_path):
     """SFTConfig defaults to bf16 and activation checkpointing; the profile decides both."""
     profile = finetune_profile(tmp_path, tiny_model_dir, sft={"activation_checkpointing": False})
-    args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 5, "cpu", torch.float32)
+    args = build_sft_config(profile.finetune, tmp_path / "ckpt", 5, "cpu", torch.float32)
     assert (args.bf16, args.fp16, args.activation_checkpointing, args.use_cpu) == (False, False, False, True)
     assert (args.completion_only_loss, args.max_length, args.seed, args.data_seed) == (True, 128, 5, 5)
     assert args.report_to in ([], "none", ["none"])
@@ -139,19 +170,19 @@ def test_collated_batch_masks_prompt_and_padding_and_ends_with_one_eos(tiny_mode
     rows = make_rows(6)
     rows[1]["output"] = "A much longer answer, so that the other rows of the batch need padding: 1 2 3 4 5."
     profile = finetune_profile(tmp_path, tiny_model_dir)
-    args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
+    args = build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         args=args,
-        train_dataset=ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token),
+        train_dataset=build_prompt_completion_dataset(rows, tokenizer.eos_token),
         processing_class=tokenizer,
-        peft_config=ft_mod.build_lora_config(profile.finetune),
+        peft_config=build_lora_config(profile.finetune),
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     eos = tokenizer.eos_token_id
     assert batch["labels"].shape == batch["input_ids"].shape == (len(rows), batch["input_ids"].shape[1])
     for i, row in enumerate(rows):
-        prompt = tokenizer(ft_mod.format_alpaca_prompt(row["instruction"], row["input"]))["input_ids"]
+        prompt = tokenizer(format_alpaca_prompt(row["instruction"], row["input"]))["input_ids"]
         completion = tokenizer(row["output"])["input_ids"] + [eos]
         expected = prompt + completion
         n, ids, labels = len(expected), batch["input_ids"][i].tolist(), batch["labels"][i].tolist()
@@ -170,7 +201,7 @@ def test_run_finetune_end_to_end(tiny_model_dir, tmp_path):
     rows = make_rows(28) + [{"instruction": "q", "input": "", "output": ""}]
     rows[0]["output"] = "The answer is 1. " + " ".join(str(i) for i in range(60))  # past cutoff_len
     profile = finetune_profile(tmp_path, tiny_model_dir, rows)
-    metrics = ft_mod.run_finetune(profile)
+    metrics = run_finetune(profile)
 
     stage = profile.run_dir("03_finetune")
     adapter = stage / "adapter"
@@ -227,7 +258,7 @@ def test_run_finetune_with_packing(tiny_model_dir, tmp_path):
         global_batch_size=6,
         batch_unit="tokens",
     )
-    metrics = ft_mod.run_finetune(profile, callbacks=[RecordAccumulation()])
+    metrics = run_finetune(profile, callbacks=[RecordAccumulation()])
     assert metrics["packing"] == "bfd" and metrics["steps"] == 4
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["packing_isolation"]["checked"] and metrics["packing_isolation"]["max_rel_diff"] < 1e-4
@@ -259,7 +290,7 @@ def test_padding_free_steps_hold_exactly_the_profile_examples(tiny_model_dir, tm
         sft={"max_steps": 2, "per_device_train_batch_size": 2},
         global_batch_size=6,
     )
-    metrics = ft_mod.run_finetune(profile, callbacks=[RecordBatches()])
+    metrics = run_finetune(profile, callbacks=[RecordBatches()])
     plan = metrics["batch_plan"]
     assert plan["unit"] == "example" and plan["examples_per_step"] == 6 and metrics["examples_per_step"] == 6
     assert seen["gradient_accumulation_steps"] == plan["gradient_accumulation_steps"] == 3
@@ -278,7 +309,7 @@ def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
         tmp_path, tiny_model_dir, make_rows(12), lora={"target_modules": ["gate_proj", "c_fc", "w3_proj"]}
     )
     with pytest.raises(ValueError, match=r"\['c_fc', 'w3_proj'\] not found") as err:
-        ft_mod.run_finetune(profile)
+        run_finetune(profile)
     assert "gate_proj" in str(err.value)  # the message lists the linear layers that do exist
     assert read_manifest(profile.run_dir("03_finetune")) is None
 
@@ -286,23 +317,23 @@ def test_missing_target_modules_are_named(tiny_model_dir, tmp_path):
 def test_empty_dataset_error_names_the_file(tiny_model_dir, tmp_path):
     profile = finetune_profile(tmp_path, tiny_model_dir, [])
     with pytest.raises(ValueError, match="clean.jsonl: no rows"):
-        ft_mod.run_finetune(profile)
+        run_finetune(profile)
 
 
 def test_too_few_rows_for_the_heldout_split(tiny_model_dir, tmp_path):
     profile = finetune_profile(tmp_path, tiny_model_dir, make_rows(4), eval_size=4)
     with pytest.raises(ValueError, match="eval_size=4"):
-        ft_mod.run_finetune(profile)
+        run_finetune(profile)
 
 
 def test_quantized_loading_needs_cuda(tiny_model_dir, tmp_path):
     profile = finetune_profile(tmp_path, tiny_model_dir, load_in_4bit=True)
     with pytest.raises(RuntimeError, match="load_in_4bit.*CUDA"):
-        ft_mod.quantization_config(profile.finetune, "cpu")
+        quantization_config(profile.finetune, "cpu")
     both = finetune_profile(tmp_path, tiny_model_dir, load_in_4bit=True, load_in_8bit=True)
     with pytest.raises(ValueError, match="exclusive"):
-        ft_mod.quantization_config(both.finetune, "cpu")
-    assert ft_mod.quantization_config(finetune_profile(tmp_path, tiny_model_dir).finetune, "cpu") is None
+        quantization_config(both.finetune, "cpu")
+    assert quantization_config(finetune_profile(tmp_path, tiny_model_dir).finetune, "cpu") is None
 
 
 # ---------------------------------------------------------------- resume
@@ -333,12 +364,12 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     settings = dict(sft={"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 2}, global_batch_size=2)
     profile = finetune_profile(tmp_path / "a", tiny_model_dir, make_rows(24), **settings)
     with pytest.raises(Interrupted):
-        ft_mod.run_finetune(profile, callbacks=[StopAfter(3).callback])
+        run_finetune(profile, callbacks=[StopAfter(3).callback])
     stage = profile.run_dir("03_finetune")
     assert (stage / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert read_manifest(stage) is None and not (stage / "adapter").exists()
 
-    resumed = ft_mod.run_finetune(profile)
+    resumed = run_finetune(profile)
     assert resumed["resumed_from_checkpoint"] == "checkpoint-2"
     assert resumed["steps"] == 4
     assert [h["step"] for h in resumed["train_loss_history"]] == [1, 2, 3, 4]  # steps 1-2 from the checkpoint
@@ -346,7 +377,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
 
     # the same run without the interruption ends with the same adapter
     straight_profile = finetune_profile(tmp_path / "b", tiny_model_dir, make_rows(24), **settings)
-    straight = ft_mod.run_finetune(straight_profile)
+    straight = run_finetune(straight_profile)
     assert straight["resumed_from_checkpoint"] is None
     a = load_file(stage / "adapter" / "adapter_model.safetensors")
     b = load_file(straight_profile.run_dir("03_finetune") / "adapter" / "adapter_model.safetensors")
@@ -361,10 +392,10 @@ def test_stale_checkpoints_are_not_resumed(tmp_path):
     (ckpt / "checkpoint-2").mkdir(parents=True)
     (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (ckpt / "checkpoint-4").mkdir()  # interrupted while saving: no trainer_state.json
-    (ckpt / ft_mod.RUN_KEY).write_text(json.dumps({"params": 1}))
-    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 1}) == ckpt / "checkpoint-2"
+    (ckpt / RUN_KEY).write_text(json.dumps({"params": 1}))
+    assert prepare_checkpoint_dir(ckpt, {"params": 1}) == ckpt / "checkpoint-2"
     assert not (ckpt / "checkpoint-4").exists()
-    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 2}) is None
+    assert prepare_checkpoint_dir(ckpt, {"params": 2}) is None
     assert not (ckpt / "checkpoint-2").exists()
 
 
@@ -372,8 +403,8 @@ def test_resume_never_starts_again_from_step_zero(tmp_path):
     ckpt = tmp_path / "checkpoints"
     (ckpt / "checkpoint-2").mkdir(parents=True)
     (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (ckpt / ft_mod.RUN_KEY).write_text(json.dumps({"params": 1}))
-    assert ft_mod.prepare_checkpoint_dir(ckpt, {"params": 1}, "never") is None
+    (ckpt / RUN_KEY).write_text(json.dumps({"params": 1}))
+    assert prepare_checkpoint_dir(ckpt, {"params": 1}, "never") is None
     assert not (ckpt / "checkpoint-2").exists()
 
 
@@ -383,13 +414,11 @@ def _stage_trainer(model_dir, tokenizer, rows, tmp_path, attn, **finetune):
     from transformers import AutoModelForCausalLM
 
     profile = finetune_profile(tmp_path, model_dir, **finetune)
-    args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
+    args = build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.set_attn_implementation(attn)
-    dataset = ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token)
-    trainer, plan, isolation = ft_mod.prepare_trainer(
-        model, tokenizer, dataset, profile.finetune, args, [50] * len(rows)
-    )
+    dataset = build_prompt_completion_dataset(rows, tokenizer.eos_token)
+    trainer, plan, isolation = prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50] * len(rows))
     trainer.model.eval()  # no LoRA dropout: both layouts must see the same function
     return trainer, isolation
 
@@ -408,7 +437,7 @@ def _loss_by_example(trainer, batch) -> tuple[float, dict]:
             lengths = [b - a for a, b in zip(starts, starts[1:])]
         else:
             lengths = [int(batch["attention_mask"][row].sum())]
-        losses = ft_mod.segment_losses(logits, labels, lengths)
+        losses = segment_losses(logits, labels, lengths)
         start = 0
         for n, value in zip(lengths, losses):
             out[tuple(ids[start : start + n].tolist())] = value
@@ -472,17 +501,17 @@ def test_isolation_check_refuses_rows_whose_attention_crosses_examples(tiny_mode
     )
     trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=False)
     with pytest.raises(RuntimeError, match="cross example boundaries.*attn_implementation='sdpa'"):
-        ft_mod.check_packing_isolation(trainer)
+        check_packing_isolation(trainer)
 
 
 def test_segment_losses_shift_inside_each_segment():
     logits = torch.zeros(5, 3)
     logits[0, 1] = logits[1, 2] = logits[3, 2] = 10.0  # predicts 1 after position 0, 2 after 1 and 3
     labels = torch.tensor([-100, 1, 0, -100, 2])
-    first, second = ft_mod.segment_losses(logits, labels, [2, 3])
+    first, second = segment_losses(logits, labels, [2, 3])
     assert first == pytest.approx(0.0, abs=1e-3) and second == pytest.approx(0.0, abs=1e-3)
     # as one segment, position 1 would predict position 2's label (0) across the boundary: wrong
-    (whole,) = ft_mod.segment_losses(logits, labels, [5])
+    (whole,) = segment_losses(logits, labels, [5])
     assert whole == pytest.approx(10.0 / 3, rel=1e-3)
 
 
@@ -513,9 +542,7 @@ def test_a_trl_option_the_project_never_names_reaches_the_trainer(tiny_model_dir
     assert (trainer.args.output_dir, trainer.args.max_length) == (str(tmp_path / "ckpt"), 128)
     decays = {group["weight_decay"] for group in trainer.create_optimizer().param_groups if group["params"]}
     assert 0.1 in decays  # the LoRA weights decay as the profile says (biases and norms: 0)
-    lora = ft_mod.build_lora_config(
-        finetune_profile(tmp_path, tiny_model_dir, lora={"r": 4, "use_rslora": True}).finetune
-    )
+    lora = build_lora_config(finetune_profile(tmp_path, tiny_model_dir, lora={"r": 4, "use_rslora": True}).finetune)
     assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.task_type) == (4, 16, True, "CAUSAL_LM")
 
 
@@ -527,7 +554,7 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
 
     def args_for(**finetune):
         ft = ft_for(**finetune)
-        return ft, ft_mod.build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
+        return ft, build_sft_config(ft, tmp_path / "ckpt", 0, "cpu", torch.float32)
 
     _, packed = args_for(
         packing="bfd_split",
@@ -544,14 +571,14 @@ def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
     assert grouped.train_sampling_strategy == "group_by_length" and grouped.packing is False
     ft, plain = args_for()
     assert plain.train_sampling_strategy == "random" and plain.use_liger_kernel is False  # auto, on CPU
-    assert ft_mod.resolve_attn_implementation(ft, "cpu", torch.float32) == "sdpa"
+    assert resolve_attn_implementation(ft, "cpu", torch.float32) == "sdpa"
     liger_installed = importlib.util.find_spec("liger_kernel") is not None
     with pytest.raises(RuntimeError, match="needs a CUDA GPU" if liger_installed else "needs liger-kernel"):
-        ft_mod.build_sft_config(ft_for(use_liger_kernel=True), tmp_path / "ckpt", 0, "cpu", torch.float32)
-    assert ft_mod.resolve_liger(ft_for(use_liger_kernel=False), "cpu") is False
+        build_sft_config(ft_for(use_liger_kernel=True), tmp_path / "ckpt", 0, "cpu", torch.float32)
+    assert resolve_liger(ft_for(use_liger_kernel=False), "cpu") is False
     with pytest.raises(RuntimeError, match="flash_attention_2 needs a CUDA GPU"):
-        ft_mod.resolve_attn_implementation(ft_for(attn_implementation="flash_attention_2"), "cpu", torch.bfloat16)
-    assert ft_mod.resolve_attn_implementation(ft_for(attn_implementation="eager"), "cpu", torch.float32) == "eager"
+        resolve_attn_implementation(ft_for(attn_implementation="flash_attention_2"), "cpu", torch.bfloat16)
+    assert resolve_attn_implementation(ft_for(attn_implementation="eager"), "cpu", torch.float32) == "eager"
 
 
 def test_plan_batch_in_tokens_is_an_explicit_opt_in():
@@ -559,13 +586,13 @@ def test_plan_batch_in_tokens_is_an_explicit_opt_in():
 
     paper = FinetuneConfig(sft={"per_device_train_batch_size": 1}, global_batch_size=16)
     examples = [100] * 32
-    unpacked = ft_mod.plan_batch(examples, paper)
+    unpacked = plan_batch(examples, paper)
     assert (unpacked.gradient_accumulation_steps, unpacked.tokens_per_step, unpacked.steps_per_epoch) == (16, 1600, 2)
     assert unpacked.tokens_per_step_target is None and unpacked.examples_per_step == 16
 
     # batch_unit tokens: 32 examples of 100 tokens packed into 8 rows of 400: 4 rows a step keep 16 examples' tokens
     in_tokens = FinetuneConfig(sft={"per_device_train_batch_size": 1}, packing="bfd", batch_unit="tokens")
-    packed = ft_mod.plan_batch(examples, in_tokens, row_tokens=[400] * 8)
+    packed = plan_batch(examples, in_tokens, row_tokens=[400] * 8)
     assert packed.tokens_per_step_target == 1600
     assert (packed.gradient_accumulation_steps, packed.tokens_per_step, packed.examples_per_step) == (4, 1600, 16)
     assert packed.steps_per_epoch == unpacked.steps_per_epoch == 2  # the schedule keeps its length
@@ -580,15 +607,15 @@ def test_plan_batch_in_tokens_is_an_explicit_opt_in():
         batch_unit="tokens",
     )
     with pytest.raises(ValueError, match="cannot be met.*100% off"):
-        ft_mod.plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
+        plan_batch(examples, seventy, world_size=8, row_tokens=[400] * 9)
 
     # an explicit step size in tokens
     explicit = FinetuneConfig(
         sft={"per_device_train_batch_size": 2}, tokens_per_step=3200, packing="bfd", batch_unit="tokens"
     )
-    assert ft_mod.plan_batch(examples, explicit, row_tokens=[400] * 8).gradient_accumulation_steps == 4
+    assert plan_batch(examples, explicit, row_tokens=[400] * 8).gradient_accumulation_steps == 4
     with pytest.raises(ValueError, match="no training examples"):
-        ft_mod.plan_batch([], paper)
+        plan_batch([], paper)
     with pytest.raises(ValueError, match="batch_unit: tokens"):
         FinetuneConfig(tokens_per_step=3200)  # tokens_per_step without batch_unit tokens
 
@@ -608,12 +635,10 @@ def test_paper_profiles_take_exactly_16_examples_per_step(name, processes):
     gas, per_step = ft.examples_step_plan(processes)
     assert per_step == 16 == ft.sft["per_device_train_batch_size"] * gas * processes
     lengths = list(range(50, 50 + 24926))  # Open-Platypus' row count
-    plan = ft_mod.plan_batch(lengths, ft, world_size=processes)
+    plan = plan_batch(lengths, ft, world_size=processes)
     assert plan.examples_per_step == 16 and plan.gradient_accumulation_steps == gas
     assert plan.steps_per_epoch == -(-24926 // 16)  # the paper's ~1558 steps: 100 warm-up steps are 6.4%
-    args = ft_mod.build_sft_config(
-        ft, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False, world_size=processes
-    )
+    args = build_sft_config(ft, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False, world_size=processes)
     assert args.gradient_accumulation_steps == gas  # set before the trainer (and a DeepSpeed config) reads it
     assert args.padding_free and not args.packing and args.max_length is None  # one padding-free row per micro-batch
 
@@ -639,7 +664,7 @@ def test_speed_tables_show_the_run_and_its_batch_plan():
         "eval_loss_after": 1.5,
         "batch_plan": {"unit": "packed row", "gradient_accumulation_steps": 5},
     }
-    speed, plan = ft_mod.speed_tables(metrics)
+    speed, plan = speed_tables(metrics)
     assert speed["run"].to_dict() == {"device": "cpu", "tokens_per_s": 107.5, "peak_rss_mb": 2785.4}
     assert plan["batch plan"].to_dict() == metrics["batch_plan"]
 
@@ -660,21 +685,21 @@ def test_steps_show_the_example_and_plan_the_trainer_applies(tiny_model_dir, tmp
         global_batch_size=6,
         batch_unit="tokens",
     )
-    data = ft_mod.load_data(profile)
+    data = load_data(profile)
     assert data.skipped_frame().loc["train", "rows"] == len(data.train_idx) == 24
     assert list(data.frame().query("split == 'held out'").index) == [data.row_lines[i] for i in data.eval_idx]
-    plan = ft_mod.expected_plan(data, profile.finetune)
-    setup = ft_mod.load_model(profile, data)
-    session = ft_mod.build_trainer(profile, data, setup)
+    plan = expected_plan(data, profile.finetune)
+    setup = load_model(profile, data)
+    session = build_trainer(profile, data, setup)
     assert session.plan == plan and plan.unit == "packed row" and plan.units < len(data.train_idx)
     for e, i in zip(session.prepared_eval, data.eval_idx):
-        assert ft_mod.tokenize_example(data.tokenizer, data.records[i], profile.finetune.cutoff_len) == e
-    frame = ft_mod.example_frame(data.tokenizer, session.prepared_eval[0])
+        assert tokenize_example(data.tokenizer, data.records[i], profile.finetune.cutoff_len) == e
+    frame = example_frame(data.tokenizer, session.prepared_eval[0])
     i = data.eval_idx[0]
     assert (~frame["in_loss"]).sum() == data.prompt_len[i] and frame["in_loss"].iloc[-1]
     assert frame["token_id"].iloc[-1] == data.tokenizer.eos_token_id
     assert "".join(frame["token"]) == data.records[i]["prompt"] + data.records[i]["completion"]
-    table = ft_mod.plan_table(plan, profile.finetune)["batch plan"]
+    table = plan_table(plan, profile.finetune)["batch plan"]
     assert table["optimizer steps"] == 1 and table["warm-up share"] == 0
 
 
@@ -683,17 +708,17 @@ def test_loss_curve_draws_on_a_given_ax_and_reads_back(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     history = [{"step": 1, "loss": 2.0, "learning_rate": 1e-3}, {"step": 2, "loss": 1.5, "learning_rate": 5e-4}]
-    rows = ft_mod.log_rows(history, 2.2, 1.4, 2)
+    rows = log_rows(history, 2.2, 1.4, 2)
     fig, ax = plt.subplots()
-    assert ft_mod.plot_loss_curve(rows, "t", ax=ax) is fig and len(ax.lines) == 2
+    assert plot_loss_curve(rows, "t", ax=ax) is fig and len(ax.lines) == 2
     plt.close(fig)
     assert list(tmp_path.iterdir()) == []
     path = tmp_path / "log.csv"
-    path.write_text(ft_mod.csv_text(rows))
-    back = ft_mod.read_log_rows(path)
+    path.write_text(csv_text(rows))
+    back = read_log_rows(path)
     assert [(r["step"], r["split"], r["loss"]) for r in back] == [(r["step"], r["split"], r["loss"]) for r in rows]
-    assert "before training (2.2000) and after (1.4000)" in ft_mod.loss_curve_caption(rows, "t")
-    live = ft_mod.LiveLossCurve("t")  # outside a Jupyter kernel it draws nothing
+    assert "before training (2.2000) and after (1.4000)" in loss_curve_caption(rows, "t")
+    live = LiveLossCurve("t")  # outside a Jupyter kernel it draws nothing
 
     class State:
         is_world_process_zero, log_history, global_step = True, history, 2
@@ -705,5 +730,5 @@ def test_loss_curve_draws_on_a_given_ax_and_reads_back(tmp_path, monkeypatch):
 def test_whole_run_train_loss_weights_the_resumed_steps():
     history = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 1.0}, {"step": 6, "loss": 9.0}]
     # resumed at step 4: steps 1-4 from the log (mean 2.0 over 4 steps), 2 steps this session at 0.5
-    assert ft_mod.whole_run_train_loss(history, 0.5, 6, 4) == pytest.approx((2.0 * 4 + 0.5 * 2) / 6)
-    assert ft_mod.whole_run_train_loss(history, 0.5, 6, 0) == 0.5
+    assert whole_run_train_loss(history, 0.5, 6, 4) == pytest.approx((2.0 * 4 + 0.5 * 2) / 6)
+    assert whole_run_train_loss(history, 0.5, 6, 0) == 0.5

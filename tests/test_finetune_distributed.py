@@ -22,9 +22,10 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.artifacts import read_manifest, write_jsonl  # noqa: E402
 from platypus_utils.config import load_profile  # noqa: E402
+from platypus_utils.finetune.distributed import accelerate_command  # noqa: E402
+from platypus_utils.finetune.stage import run_finetune  # noqa: E402
 
 from .conftest import ROOT, distributed_profile, make_rows  # noqa: E402
 
@@ -99,7 +100,7 @@ def one_process(tmp_path_factory, tiny_model_dir):
 def test_two_processes_train_the_steps_one_process_trains(tmp_path, tiny_model_dir, one_process, engine):
     path = _profile(tmp_path, tiny_model_dir, engine)
     profile = load_profile(path)
-    _run(ft_mod.accelerate_command(profile), tmp_path)  # what `platypus run` launches
+    _run(accelerate_command(profile), tmp_path)  # what `platypus run` launches
 
     stage = profile.run_dir("03_finetune")
     manifest = read_manifest(stage)
@@ -125,5 +126,5 @@ def test_two_processes_train_the_steps_one_process_trains(tmp_path, tiny_model_d
     assert not (stage / "adapter" / "training_args.bin").exists() and not (stage / "checkpoints").exists()
     assert not list(stage.glob(".adapter*"))
 
-    shown = ft_mod.run_finetune(profile)  # one process now: the finished run's results
+    shown = run_finetune(profile)  # one process now: the finished run's results
     assert shown["world_size"] == 2 and shown["engine"] == engine

@@ -11,8 +11,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
+from platypus_utils.finetune.data import build_prompt_completion_dataset  # noqa: E402
+from platypus_utils.finetune.objective import count_examples, example_means  # noqa: E402
+from platypus_utils.finetune.stage import run_finetune  # noqa: E402
+from platypus_utils.finetune.trainer import build_sft_config, prepare_trainer  # noqa: E402
 
 from .conftest import make_rows  # noqa: E402
 
@@ -28,7 +31,7 @@ def test_example_means_by_hand_padded_and_padding_free():
     loss[0, a_len - 2] = 2.0
     mask[1, 9:] = True
     loss[1, 9:] = 1.0
-    means = ft_mod.example_means(loss, mask)
+    means = example_means(loss, mask)
     assert sorted(means.tolist()) == pytest.approx([1.0, 2.0])
     assert float(means.mean()) == pytest.approx(1.5)
     assert float((loss * mask).sum() / mask.sum()) == pytest.approx(102 / 101)
@@ -42,17 +45,17 @@ def test_example_means_by_hand_padded_and_padding_free():
     row_loss[0, a_len + 9 :] = 1.0
     # the shift that predicts B's first token from A's last is a prompt label (-100) in a real batch
     positions = torch.cat([torch.arange(a_len), torch.arange(b_len)]).unsqueeze(0)
-    means = ft_mod.example_means(row_loss, row_mask, positions)
+    means = example_means(row_loss, row_mask, positions)
     assert means.tolist() == pytest.approx([2.0, 1.0])
     # read as one example (no positions), the row would be a token mean: the thing "examples" avoids
-    assert ft_mod.example_means(row_loss, row_mask).tolist() == pytest.approx([102 / 101])
+    assert example_means(row_loss, row_mask).tolist() == pytest.approx([102 / 101])
 
 
 def test_count_examples_skips_an_example_without_completion_tokens():
     labels = torch.tensor([[-100, -100, 5, 6, -100, -100, -100, -100, 9]])
     positions = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1, 2]])  # three examples; the second has no label
-    assert ft_mod.count_examples(labels, positions) == 2
-    assert ft_mod.count_examples(labels) == 1
+    assert count_examples(labels, positions) == 2
+    assert count_examples(labels) == 1
 
 
 def _trainer(tiny_model_dir, tmp_path, normalization, padding_free):
@@ -76,10 +79,10 @@ def _trainer(tiny_model_dir, tmp_path, normalization, padding_free):
     short["output"] = "7"  # one completion token (plus EOS)
     long["output"] = " ".join(["The answer is 3."] * 25)
     rows = [short, long]
-    args = ft_mod.build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
+    args = build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    dataset = ft_mod.build_prompt_completion_dataset(rows, tokenizer.eos_token)
-    trainer, _, _ = ft_mod.prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50, 150])
+    dataset = build_prompt_completion_dataset(rows, tokenizer.eos_token)
+    trainer, _, _ = prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50, 150])
     trainer.model.eval()
     return trainer
 
@@ -148,7 +151,7 @@ def test_other_seeds_train_their_own_adapters_on_the_same_split(tiny_model_dir, 
         }
     )
     write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", make_rows(20))
-    metrics = ft_mod.run_finetune(profile)
+    metrics = run_finetune(profile)
     seed = metrics["seeds"]["8"]
     assert seed["steps"] == 2 and seed["examples_per_step_counted"] == [4, 4]
     # same held-out rows and, LoRA's B starting at zero, the same model before training; another after

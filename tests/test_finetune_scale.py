@@ -17,10 +17,11 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from platypus_utils import finetune as ft_mod  # noqa: E402
 from platypus_utils import runner  # noqa: E402
 from platypus_utils.artifacts import StageRun, write_json  # noqa: E402
 from platypus_utils.config import load_profile, parse_set  # noqa: E402
+from platypus_utils.finetune.distributed import accelerate_command, quantization_config  # noqa: E402
+from platypus_utils.finetune.stage import run_finetune  # noqa: E402
 
 from .conftest import distributed_profile as _distributed_profile  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_accelerate_configs_are_read_by_accelerate_launch(name, kind):
 def test_accelerate_command_line(tmp_path):
     path = _distributed_profile(tmp_path, "fsdp", num_gpus=4)
     profile = load_profile(path, {"finetune.sft.max_steps": 7})
-    cmd = ft_mod.accelerate_command(profile, {"finetune.sft.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
+    cmd = accelerate_command(profile, {"finetune.sft.max_steps": 7, "models.base": "meta-llama/Llama-2-7b-hf"})
     assert cmd == [
         sys.executable,
         "-m",
@@ -99,11 +100,11 @@ def test_accelerate_command_line(tmp_path):
 def test_accelerate_config_is_checked_against_the_profile(tmp_path):
     eight_bit = load_profile(_distributed_profile(tmp_path, "fsdp", load_in_8bit=True))
     with pytest.raises(ValueError, match="load_in_8bit cannot be sharded by FSDP"):
-        ft_mod.accelerate_command(eight_bit)
-    ft_mod.accelerate_command(load_profile(_distributed_profile(tmp_path, "ddp", load_in_8bit=True)))
+        accelerate_command(eight_bit)
+    accelerate_command(load_profile(_distributed_profile(tmp_path, "ddp", load_in_8bit=True)))
     if importlib.util.find_spec("deepspeed") is None:
         with pytest.raises(RuntimeError, match="pip install deepspeed"):
-            ft_mod.accelerate_command(load_profile(_distributed_profile(tmp_path, "zero3")))
+            accelerate_command(load_profile(_distributed_profile(tmp_path, "zero3")))
     missing = _distributed_profile(tmp_path, "ddp")
     raw = yaml.safe_load(missing.read_text())
     raw["finetune"]["accelerate_config"] = "accelerate/nowhere.yaml"
@@ -142,10 +143,10 @@ def test_runner_launches_training_under_accelerate_then_runs_the_notebook(tmp_pa
     monkeypatch.setattr(runner, "preflight", lambda profile, stages: None)  # no GPUs here: preflight would refuse
     runner.run(path, only=["03"], overrides=overrides)
     assert [c[0] for c in calls] == ["launch", "notebook"]
-    assert calls[0][1] == ft_mod.accelerate_command(profile, overrides) and calls[0][2] == str(tmp_path.resolve())
+    assert calls[0][1] == accelerate_command(profile, overrides) and calls[0][2] == str(tmp_path.resolve())
 
     # the notebook, in one process, shows the finished run instead of training
-    assert ft_mod.run_finetune(profile) == {"steps": 5, "world_size": 2}
+    assert run_finetune(profile) == {"steps": 5, "world_size": 2}
 
     calls.clear()  # trained already (the fake notebook left no executed notebook): not relaunched
     runner.run(path, only=["03"], overrides=overrides)
@@ -163,10 +164,10 @@ def test_one_process_without_a_finished_run_says_how_to_launch(tmp_path):
         match="num_gpus=2: training runs under accelerate launch.*"
         "no successful run recorded.*accelerate.commands.launch",
     ):
-        ft_mod.run_finetune(profile)
+        run_finetune(profile)
     _record_finished_run(load_profile(_distributed_profile(tmp_path, "ddp", num_gpus=2, lora={"r": 8})), {"steps": 1})
     with pytest.raises(RuntimeError, match="parameters changed"):  # another run's results are not shown
-        ft_mod.run_finetune(profile)
+        run_finetune(profile)
 
 
 def test_quantized_multi_gpu_loading_stores_4bit_weights_as_bf16(tmp_path):
@@ -184,8 +185,8 @@ def test_quantized_multi_gpu_loading_stores_4bit_weights_as_bf16(tmp_path):
         mock.patch("torch.cuda.is_available", return_value=True),
         mock.patch.object(importlib.util, "find_spec", with_bitsandbytes),
     ):
-        sharded = ft_mod.quantization_config(multi.finetune, "cuda:3")
-        alone = ft_mod.quantization_config(single.finetune, "cuda")
+        sharded = quantization_config(multi.finetune, "cuda:3")
+        alone = quantization_config(single.finetune, "cuda")
     assert sharded.load_in_4bit and sharded.bnb_4bit_quant_storage == torch.bfloat16
     assert alone.bnb_4bit_quant_storage == torch.uint8  # bitsandbytes' default on one GPU
 
@@ -213,7 +214,7 @@ def test_paper_and_colab_profiles_validate_and_keep_the_recipe():
     assert seventy.finetune.sft["learning_rate"] == 3e-4 and seventy.finetune.num_gpus == 8
     # the paper trained 70B as bf16 LoRA: FSDP-sharded, no 4-bit
     assert not seventy.finetune.load_in_4bit and seventy.finetune.accelerate_config == str(ACCELERATE / "fsdp.yaml")
-    cmd = ft_mod.accelerate_command(seventy)
+    cmd = accelerate_command(seventy)
     assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith("fsdp.yaml")
 
 

@@ -531,7 +531,7 @@ def test_model_merge_refuses_mismatched_models(setup, finetunes):
 
 
 def test_partner_built_from_an_adapter_then_the_papers_merge_onto_it(setup, two_adapters):
-    from platypus_utils.evaluate import resolve_variant
+    from platypus_utils.evaluate.models import resolve_variant
 
     profile = setup["profile"](
         partners=[{"name": "general", "model": str(setup["base"]), "adapter": "partner_adapter"}],
@@ -568,7 +568,7 @@ def test_variant_names_and_order_are_checked(setup, finetunes):
 
 def test_sweep_names_grid_and_report(setup, finetunes):
     from platypus_utils.config import MergeSweepConfig
-    from platypus_utils.evaluate import resolve_variant
+    from platypus_utils.evaluate.models import resolve_variant
 
     assert layout.sweep_variant_name("ties", [0.7, 0.3], 0.5) == "sweep-ties-w0.7_0.3-d0.5"
     assert layout.sweep_variant_name("linear", [1.0, 1.0]) == "sweep-linear-w1_1"
@@ -596,8 +596,8 @@ def test_sweep_names_grid_and_report(setup, finetunes):
 
 
 def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
-    from platypus_utils import finetune
     from platypus_utils.artifacts import write_jsonl
+    from platypus_utils.finetune.stage import train_partner_adapter
 
     rows = [
         {"instruction": f"question {w} a", "input": "", "output": f"answer {w} b", "data_source": src}
@@ -615,7 +615,7 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
         },
     )
     write_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl", rows)
-    metrics = finetune.train_partner_adapter(profile)
+    metrics = train_partner_adapter(profile)
     assert metrics["data_sources"] == {"general": 6} and metrics["steps"] == 2
     out = profile.run_dir("03_finetune") / "partner_adapter"
     _, deltas = read_adapter(out)
@@ -624,7 +624,7 @@ def test_partner_adapter_is_trained_on_its_slice_only(setup, make_profile):
 
     profile.finetune.partner_adapter.data_sources = ["poetry"]
     with pytest.raises(ValueError, match=r"no row has a data_source in .*\['poetry'\].*\['general', 'stem'\]"):
-        finetune.train_partner_adapter(profile)
+        train_partner_adapter(profile)
 
 
 def test_streamed_safetensors_round_trip_in_shards(tmp_path):

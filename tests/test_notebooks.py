@@ -97,7 +97,8 @@ def _finetune_case(tmp_path, model_dir) -> dict:
 def _check_03(profile, records, tmp_path, overrides):
     from transformers import AutoTokenizer
 
-    from platypus_utils import finetune
+    from platypus_utils.finetune.data import format_alpaca_prompt
+    from platypus_utils.finetune.stage import run_finetune
 
     out = profile.run_dir("03_finetune")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -110,7 +111,7 @@ def _check_03(profile, records, tmp_path, overrides):
     # the example shown: its prompt tokens masked, one EOS at the end, from the held-out rows
     tokenizer = AutoTokenizer.from_pretrained(profile.models.base)
     row = read_jsonl(profile.run_dir("02_decontaminate") / "clean.jsonl")[records["example_row"] - 1]
-    prompt = tokenizer(finetune.format_alpaca_prompt(row["instruction"], row["input"]))["input_ids"]
+    prompt = tokenizer(format_alpaca_prompt(row["instruction"], row["input"]))["input_ids"]
     assert records["example_masked_tokens"] == len(prompt) and records["example_problem"] is None
     assert records["example_row"] in metrics["heldout_rows"]
     # the plan shown before the trainer is the one it applied; packed rows keep their examples apart
@@ -138,7 +139,7 @@ def _check_03(profile, records, tmp_path, overrides):
     direct = load_profile(DEMO, {**overrides, **_tmp_paths(tmp_path, "direct")})
     (direct.run_dir("02_decontaminate")).mkdir(parents=True)
     shutil.copy(profile.run_dir("02_decontaminate") / "clean.jsonl", direct.run_dir("02_decontaminate"))
-    again = finetune.run_finetune(direct)
+    again = run_finetune(direct)
     assert set(again) == set(metrics) and again["heldout_rows"] == metrics["heldout_rows"]
     assert again["eval_loss_before"] == pytest.approx(metrics["eval_loss_before"], rel=1e-5)
     assert again["batch_plan"] == metrics["batch_plan"] and again["steps"] == metrics["steps"]
@@ -174,7 +175,7 @@ TINY_05 = {
 
 
 def _check_05(profile, records, tmp_path):
-    from platypus_utils import evaluate
+    from platypus_utils.evaluate.stage import run_evaluate
 
     tasks = {t["benchmark"]: t for t in records["tasks"]}
     assert {b: (t["num_fewshot"], t["limit"]) for b, t in tasks.items()} == {
@@ -204,7 +205,7 @@ def _check_05(profile, records, tmp_path):
     assert manifest["outputs"][str((out / "base.json").resolve())] == records["summary_sha256"]["base"]
     assert manifest["timings"]["notebook_s"] > 0 and manifest["metrics"]["variants_ok"] == 2
     direct = load_profile(DEMO, {**_tmp_paths(tmp_path, "direct"), **TINY_05})
-    result = evaluate.run_evaluate(direct)
+    result = run_evaluate(direct)
     assert {b: t["value"] for b, t in result["summaries"]["base"]["tasks"].items()} == scores
     for name in ("base.json", "base.raw.json", "base.samples.jsonl"):
         assert (direct.run_dir("05_evaluate") / name).read_bytes() == (out / name).read_bytes(), name

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from platypus_utils import finetune as ft_mod
 from platypus_utils.config import load_profile
+from platypus_utils.finetune.distributed import accelerate_command, fsdp_settings, load_base_model
+from platypus_utils.finetune.trainer import build_sft_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_the_70b_profile_builds_an_fsdp2_plugin_with_rank0_loading(monkeypatch):
     profile = load_profile(ROOT / "params" / "platypus2-70b.yaml")
     ft = profile.finetune
     assert (ft.num_gpus, ft.load_in_4bit, ft.load_in_8bit, profile.models.torch_dtype) == (8, False, False, "bfloat16")
-    cmd = ft_mod.accelerate_command(profile)
+    cmd = accelerate_command(profile)
     env = _launch_env(cmd[cmd.index("--config_file") + 1], ft.num_gpus)
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
     for key, value in env.items():
@@ -52,8 +53,8 @@ def test_the_70b_profile_builds_an_fsdp2_plugin_with_rank0_loading(monkeypatch):
     assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT  # the adapter is gathered to save it
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"  # one shard unit per decoder layer
     assert not plugin.activation_checkpointing  # the trainer's gradient checkpointing is used instead
-    assert ft_mod.fsdp_settings(ft, 8) == {"version": 2, "cpu_ram_efficient_loading": True}
-    assert ft_mod.fsdp_settings(ft, 1) is None  # one process: no FSDP
+    assert fsdp_settings(ft, 8) == {"version": 2, "cpu_ram_efficient_loading": True}
+    assert fsdp_settings(ft, 1) is None  # one process: no FSDP
 
 
 def test_the_fsdp_qlora_config_is_the_documented_fsdp1_recipe():
@@ -80,10 +81,10 @@ def test_fsdp_ranks_other_than_0_build_the_model_on_meta(tmp_path):
     ).save_pretrained(tiny_model_dir)
     profile = load_profile(ROOT / "params" / "platypus2-70b.yaml", {"models.base": str(tiny_model_dir)})
     ft = profile.finetune
-    rank1 = ft_mod.load_base_model(profile, str(tiny_model_dir), "cpu", torch.float32, ft, rank=1, world_size=8)
+    rank1 = load_base_model(profile, str(tiny_model_dir), "cpu", torch.float32, ft, rank=1, world_size=8)
     assert {p.device.type for p in rank1.parameters()} == {"meta"}
     assert all(b.device.type != "meta" for b in rank1.buffers())  # rotary tables are not broadcast by FSDP
-    rank0 = ft_mod.load_base_model(profile, str(tiny_model_dir), "cpu", torch.float32, ft, rank=0, world_size=8)
+    rank0 = load_base_model(profile, str(tiny_model_dir), "cpu", torch.float32, ft, rank=0, world_size=8)
     assert {p.device.type for p in rank0.parameters()} == {"cpu"}
     assert [n for n, _ in rank0.named_parameters()] == [n for n, _ in rank1.named_parameters()]
 
@@ -95,7 +96,7 @@ def test_deepspeed_gets_the_accumulation_before_the_trainer_is_built():
         ROOT / "params" / "platypus2-13b.yaml",
         {"finetune.num_gpus": 8, "finetune.accelerate_config": "accelerate/ddp.yaml"},
     )
-    args = ft_mod.build_sft_config(
+    args = build_sft_config(
         profile.finetune, "/tmp/unused", 0, "cpu", torch.float32, use_liger_kernel=False, world_size=8
     )
     assert args.gradient_accumulation_steps == 1 and args.per_device_train_batch_size == 2  # 2 x 1 x 8 = 16
@@ -105,16 +106,17 @@ def test_deepspeed_gets_the_accumulation_before_the_trainer_is_built():
 def test_a_70b_model_is_spread_over_the_gpus_and_model_args_reach_lm_eval(monkeypatch):
     import lm_eval.models.huggingface as lm_hf
 
-    from platypus_utils import evaluate as ev
+    from platypus_utils.evaluate import models as ev_models
+    from platypus_utils.evaluate.models import ModelSpec, lm_settings, make_lm
 
     seen = {}
     monkeypatch.setattr(lm_hf, "HFLM", lambda **kwargs: seen.update(kwargs) or "lm")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * 2**30}))
-    monkeypatch.setattr(ev.models, "pick_device", lambda choice: "cuda")
+    monkeypatch.setattr(ev_models, "pick_device", lambda choice: "cuda")
     params = {"70b": 68_976_648_192, "13b": 13_015_864_320}
     monkeypatch.setattr(
-        ev.models,
+        ev_models,
         "get_safetensors_metadata",
         lambda repo: type("M", (), {"parameter_count": {"BF16": params["70b" if "70b" in repo else "13b"]}}),
     )
@@ -123,23 +125,23 @@ def test_a_70b_model_is_spread_over_the_gpus_and_model_args_reach_lm_eval(monkey
         ROOT / "params" / "platypus2-70b.yaml",
         {"evaluate.model_args": {"max_length": 4096, "trust_remote_code": False}},
     )
-    spec = ev.ModelSpec("base", "meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-hf")
-    settings = ev.lm_settings(seventy, spec)
+    spec = ModelSpec("base", "meta-llama/Llama-2-70b-hf", "meta-llama/Llama-2-70b-hf")
+    settings = lm_settings(seventy, spec)
     assert settings["parallelize"] is True  # 138 GB of bf16 weights > one 80 GB GPU
-    assert ev.make_lm(spec, settings) == "lm"
+    assert make_lm(spec, settings) == "lm"
     assert seen["parallelize"] is True and "device" not in seen and seen["max_length"] == 4096
     assert seen["pretrained"] == "meta-llama/Llama-2-70b-hf" and seen["dtype"] == "bfloat16"
 
     thirteen = load_profile(ROOT / "params" / "platypus2-13b.yaml")
-    spec13 = ev.ModelSpec("base", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-hf")
-    assert "parallelize" not in ev.lm_settings(thirteen, spec13)  # 26 GB fits one GPU: one replica, faster
+    spec13 = ModelSpec("base", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-hf")
+    assert "parallelize" not in lm_settings(thirteen, spec13)  # 26 GB fits one GPU: one replica, faster
     forced = load_profile(ROOT / "params" / "platypus2-13b.yaml", {"evaluate.parallelize": True})
-    assert ev.lm_settings(forced, spec13)["parallelize"] is True
+    assert lm_settings(forced, spec13)["parallelize"] is True
 
 
 def test_cpu_profiles_evaluate_on_one_device(monkeypatch):
-    from platypus_utils import evaluate as ev
+    from platypus_utils.evaluate.models import ModelSpec, lm_settings
 
     demo = load_profile(ROOT / "params" / "demo.yaml")
-    spec = ev.ModelSpec("base", "x", "/nonexistent")
-    assert ev.lm_settings(demo, spec) == {"device": "cpu", "dtype": "float32", "batch_size": "8"}
+    spec = ModelSpec("base", "x", "/nonexistent")
+    assert lm_settings(demo, spec) == {"device": "cpu", "dtype": "float32", "batch_size": "8"}

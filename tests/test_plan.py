@@ -107,7 +107,7 @@ def _saved_bytes_per_token(layers, *, ckpt=False, dropout=0.05, tokens=64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from platypus_utils.config import FinetuneConfig
-    from platypus_utils.finetune import build_lora_config
+    from platypus_utils.finetune.trainer import build_lora_config
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
