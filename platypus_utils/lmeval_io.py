@@ -26,37 +26,41 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import util
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from .artifacts import iter_jsonl
 
-PREFIX = "platypus_"  # this project's local task names (05_evaluate's TASK_PREFIX)
-# benchmark -> (lm-eval metric key, reported label); the same table as 05_evaluate's LEADERBOARD_METRICS
-METRICS = {
+TASK_PREFIX = "platypus_"  # this project's local task names (stage 05 writes them)
+# benchmark -> (lm-eval metric key, the name it is reported under), in the leaderboard's order
+LEADERBOARD_METRICS = {
     "arc_challenge": ("acc_norm", "acc_norm"),
     "hellaswag": ("acc_norm", "acc_norm"),
     "mmlu": ("acc", "acc"),
-    "truthfulqa_mc2": ("acc", "mc2"),
+    "truthfulqa_mc2": ("acc", "mc2"),  # lm-eval's process_results_mc2 returns mc2 under "acc"
 }
-_CATEGORY_SUBJECTS = {
-    "stem": "abstract_algebra anatomy astronomy college_biology college_chemistry college_computer_science "
-    "college_mathematics college_physics computer_security conceptual_physics electrical_engineering "
-    "elementary_mathematics high_school_biology high_school_chemistry high_school_computer_science "
-    "high_school_mathematics high_school_physics high_school_statistics machine_learning",
-    "humanities": "formal_logic high_school_european_history high_school_us_history high_school_world_history "
-    "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
-    "prehistory professional_law world_religions",
-    "social_sciences": "econometrics high_school_geography high_school_government_and_politics "
-    "high_school_macroeconomics high_school_microeconomics high_school_psychology "
-    "human_sexuality professional_psychology public_relations security_studies sociology "
-    "us_foreign_policy",
-    "other": "business_ethics clinical_knowledge college_medicine global_facts human_aging management marketing "
-    "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
+
+
+def builtin_tasks_dir() -> Path:
+    """The installed lm-eval's task folder (found without importing lm_eval.tasks: ~4 s)."""
+    return Path(util.find_spec("lm_eval.tasks").submodule_search_locations[0]).resolve()
+
+
+def _read_yaml(path: Path) -> dict:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+_MMLU_DIR = builtin_tasks_dir() / "mmlu" / "default"
+# subject -> category, as lm-eval's MMLU task files tag them; the categories in its group file's order
+MMLU_CATEGORIES = {
+    cfg["dataset_name"]: cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks")
+    for cfg in map(_read_yaml, sorted(_MMLU_DIR.glob("mmlu_*.yaml")))
 }
-MMLU_CATEGORIES = {s: c for c, subjects in _CATEGORY_SUBJECTS.items() for s in subjects.split()}
+MMLU_CATEGORY_ORDER = tuple(t.removeprefix("mmlu_") for t in _read_yaml(_MMLU_DIR / "_mmlu.yaml")["task"])
 SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
 
 
@@ -78,13 +82,14 @@ class EvalRun:
 
 def task_unit(task: str) -> tuple[str, str] | None:
     """lm-eval task -> (benchmark, subject) with subject "" outside MMLU; None: not a leaderboard task."""
-    name = task.removeprefix(PREFIX)
+    name = task.removeprefix(TASK_PREFIX)
     if name.startswith("mmlu_") and name[5:] in MMLU_CATEGORIES:
         return "mmlu", name[5:]
-    return (name, "") if name in METRICS and name != "mmlu" else None
+    return (name, "") if name in LEADERBOARD_METRICS and name != "mmlu" else None
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A metric as a finite float, else None."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -139,10 +144,10 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
             if unit is None or not isinstance(r, dict):
                 continue
             bench, subject = unit
-            metric, label = METRICS[bench]
+            metric, label = LEADERBOARD_METRICS[bench]
             entry = {
-                "value": _float(r.get(f"{metric},none")),
-                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "value": as_float(r.get(f"{metric},none")),
+                "stderr": as_float(r.get(f"{metric}_stderr,none")),
                 "n": (n_samples.get(task) or {}).get("effective"),
             }
             if subject:
@@ -172,7 +177,7 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
         "tasks": tasks,
         "mmlu_subjects": dict(sorted(subjects.items())),
         "average": sum(values) / len(values) if values else None,
-        "average_over": [b for b in METRICS if b in tasks and tasks[b]["value"] is not None],
+        "average_over": [b for b in LEADERBOARD_METRICS if b in tasks and tasks[b]["value"] is not None],
     }
 
 
@@ -185,8 +190,8 @@ def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "
         unit = task_unit(str(name)) if name else None
         if unit is None:
             continue
-        metric = METRICS[unit[0]][0]
-        score = _float(row.get(metric))
+        metric = LEADERBOARD_METRICS[unit[0]][0]
+        score = as_float(row.get(metric))
         if score is None or "doc_id" not in row:
             raise ValueError(f"{source} row {k + 1}: task {name} has no numeric '{metric}' or no 'doc_id'")
         out.append((unit[0], unit[1], int(row["doc_id"]), score))
@@ -388,23 +393,3 @@ def settings_mismatches(a: EvalRun, b: EvalRun) -> list[str]:
             if sa.get(key) != sb.get(key):
                 out.append(f"{task}: {key} {sa.get(key)!r} in {a.name} but {sb.get(key)!r} in {b.name}")
     return out
-
-
-__all__ = [
-    "EvalRun",
-    "MMLU_CATEGORIES",
-    "METRICS",
-    "task_unit",
-    "task_settings",
-    "summary_from_results",
-    "samples_frame",
-    "read_lm_eval_dir",
-    "choose_results",
-    "describe_results",
-    "lfs_pointer",
-    "LFS_POINTER",
-    "RESULTS_RULES",
-    "read_pipeline_variant",
-    "is_pipeline_dir",
-    "settings_mismatches",
-]

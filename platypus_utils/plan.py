@@ -80,7 +80,8 @@ from accelerate import init_empty_weights
 
 from .artifacts import read_jsonl, write_json
 from .config import Profile, ProfileError, project_root_for
-from .finetune import PROMPT_NO_INPUT, build_lora_config
+from .finetune.data import PROMPT_NO_INPUT
+from .finetune.trainer import build_lora_config
 from .layout import CLEAN, artifact, planned_variants
 from .merge.memory import host_memory_plan
 from .models import is_hub_reference, load_tokenizer, resolve_model

@@ -15,7 +15,7 @@ import pytest
 
 from platypus_utils import cli, lmeval_io, stats
 from platypus_utils.demo_data import write_demo_benchmarks
-from platypus_utils.evaluate import write_task_configs
+from platypus_utils.evaluate.tasks import write_task_configs
 from platypus_utils.models import ensure_converted_smollm2
 
 SUBJECTS = ["college_physics", "philosophy"]

@@ -25,10 +25,48 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from platypus_utils import evaluate as ev  # noqa: E402
-from platypus_utils.artifacts import read_manifest  # noqa: E402
+from platypus_utils.artifacts import read_manifest, sha256_file  # noqa: E402
 from platypus_utils.config import Profile  # noqa: E402
+from platypus_utils.evaluate import models as ev_models  # noqa: E402
+from platypus_utils.evaluate import stage as ev_stage  # noqa: E402
+from platypus_utils.evaluate.cache import CACHE_FORMAT, EvalCache  # noqa: E402
+from platypus_utils.evaluate.models import (  # noqa: E402
+    BackendError,
+    ModelSpec,
+    check_backend,
+    evaluation_names,
+    hub_snapshot_id,
+    lm_settings,
+    make_lm,
+    model_hash,
+    required_stages,
+    resolve_variant,
+    resolve_variants,
+    variants_table,
+)
+from platypus_utils.evaluate.stage import (  # noqa: E402
+    FAILED_REPORT,
+    SEEDS,
+    STAGE,
+    EvaluationError,
+    evaluate_variant,
+    evaluate_variants,
+    run_evaluate,
+    run_lm_eval,
+    save,
+)
+from platypus_utils.evaluate.summary import mmlu_subjects_frame, plot_scores, scores_frame, summarise  # noqa: E402
+from platypus_utils.evaluate.tasks import (  # noqa: E402
+    TaskSuite,
+    hub_task_suite,
+    make_task_manager,
+    prepare_tasks,
+    task_table,
+    write_task_configs,
+)
 from platypus_utils.lm_eval_tasks import utils as task_utils  # noqa: E402
+from platypus_utils.lmeval_io import LEADERBOARD_METRICS, builtin_tasks_dir  # noqa: E402
+from platypus_utils.refs import split_revision  # noqa: E402
 
 LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
 WORDS = (
@@ -336,7 +374,7 @@ def builtin_task(rel_yaml: str, data_files: dict, **overrides):
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    cfg = load_yaml(ev.builtin_tasks_dir() / rel_yaml, resolve_func=True)
+    cfg = load_yaml(builtin_tasks_dir() / rel_yaml, resolve_func=True)
     cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": data_files}, **overrides)
     for key in ("tag", "group"):
         cfg.pop(key, None)
@@ -344,14 +382,14 @@ def builtin_task(rel_yaml: str, data_files: dict, **overrides):
 
 
 def offline_tasks(local: Path, out: Path, benchmarks: list[str]):
-    suite = ev.write_task_configs(local, out, benchmarks)
-    loaded = ev.make_task_manager(suite).load([suite.task_names[b] for b in benchmarks])
+    suite = write_task_configs(local, out, benchmarks)
+    loaded = make_task_manager(suite).load([suite.task_names[b] for b in benchmarks])
     return suite, loaded
 
 
 def requests(task, num_fewshot: int) -> list[tuple]:
     task.set_config(key="num_fewshot", value=num_fewshot)
-    task.set_fewshot_seed(seed=ev.SEEDS["fewshot_random_seed"])
+    task.set_fewshot_seed(seed=SEEDS["fewshot_random_seed"])
     task.build_all_requests(limit=None, rank=0, world_size=1)
     out = [(i.doc_id, i.idx, i.request_type, i.arguments) for i in task.instances]
     assert out, "no requests built"
@@ -505,12 +543,12 @@ def test_missing_data_file_is_named(tmp_path):
     local, _ = write_fixtures(tmp_path)
     (local / "arc_challenge" / "ARC-Challenge-Train.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="ARC-Challenge-Train.jsonl"):
-        ev.write_task_configs(local, tmp_path / "tasks", ["arc_challenge"])
+        write_task_configs(local, tmp_path / "tasks", ["arc_challenge"])
     (local / "mmlu" / "dev" / "world_religions_dev.csv").unlink()
     with pytest.raises(FileNotFoundError, match="world_religions_dev.csv"):
-        ev.write_task_configs(local, tmp_path / "tasks", ["mmlu"])
+        write_task_configs(local, tmp_path / "tasks", ["mmlu"])
     with pytest.raises(FileNotFoundError, match="no test file for selected MMLU subjects"):
-        ev.write_task_configs(local, tmp_path / "tasks", ["mmlu"], mmlu_subjects=["anatomy"])
+        write_task_configs(local, tmp_path / "tasks", ["mmlu"], mmlu_subjects=["anatomy"])
 
 
 def test_malformed_rows_are_named(tmp_path):
@@ -580,24 +618,24 @@ def test_definition_hash_covers_the_parsers(fixtures, tmp_path, monkeypatch):
     """utils.py reads the files with benchmarks.py's parsers: a change there is a new cache key."""
     from platypus_utils import benchmarks
 
-    before = ev.write_task_configs(fixtures["local"], tmp_path / "a", ["truthfulqa_mc2"]).definition_hash
+    before = write_task_configs(fixtures["local"], tmp_path / "a", ["truthfulqa_mc2"]).definition_hash
     assert before == {"truthfulqa_mc2": fixtures["suite"].definition_hash["truthfulqa_mc2"]}
     edited = tmp_path / "benchmarks.py"
     edited.write_text(Path(benchmarks.__file__).read_text() + "\n# edited\n")
     monkeypatch.setattr(benchmarks, "__file__", str(edited))
-    after = ev.write_task_configs(fixtures["local"], tmp_path / "b", ["truthfulqa_mc2"]).definition_hash
+    after = write_task_configs(fixtures["local"], tmp_path / "b", ["truthfulqa_mc2"]).definition_hash
     assert after["truthfulqa_mc2"] != before["truthfulqa_mc2"]
 
 
 def test_one_benchmark_list():
     from platypus_utils import benchmarks
 
-    assert set(ev.BENCHMARK_ORDER) == {s.leaderboard_name for s in benchmarks.REGISTRY.values()}
+    assert set(LEADERBOARD_METRICS) == {s.leaderboard_name for s in benchmarks.REGISTRY.values()}
 
 
 # ---------------------------------------------------------------- summaries
 def test_summary_mmlu_mean_over_subjects_and_weighted():
-    suite = ev.TaskSuite(
+    suite = TaskSuite(
         mode="local",
         tasks_dir=None,
         task_names={"mmlu": "platypus_mmlu", "arc_challenge": "platypus_arc_challenge"},
@@ -622,7 +660,7 @@ def test_summary_mmlu_mean_over_subjects_and_weighted():
             "n-samples": {"platypus_arc_challenge": {"effective": 4, "original": 1172}},
         },
     }
-    s = ev.summarise("base", "m", "h", {}, raws, suite)
+    s = summarise("base", "m", "h", {}, raws, suite)
     assert s["tasks"]["mmlu"]["value"] == pytest.approx(0.625)  # (0.5 + 0.75) / 2, not size-weighted
     assert s["tasks"]["mmlu"]["weighted_value"] == 0.7
     assert s["tasks"]["mmlu"]["stderr"] == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
@@ -636,13 +674,13 @@ def test_mmlu_stderr_when_subjects_have_one_question():
     # limit 1 per subject: lm-eval gives no per-subject stderr; the mean over subjects is then the
     # mean over the questions, whose standard error is lm-eval's sample formula on the 0/1 scores
     names = ["anatomy", "astronomy", "world_religions", "virology"]
-    suite = ev.TaskSuite(
+    suite = TaskSuite(
         mode="local", tasks_dir=None, task_names={"mmlu": "platypus_mmlu"}, mmlu_subjects={n: "stem" for n in names}
     )
     scores = [1.0, 0.0, 1.0, 1.0]
     results = {f"platypus_mmlu_{n}": {"acc,none": a, "acc_stderr,none": "N/A"} for n, a in zip(names, scores)}
     n_samples = {f"platypus_mmlu_{n}": {"effective": 1, "original": 100} for n in names}
-    s = ev.summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
+    s = summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
     mmlu = s["tasks"]["mmlu"]
     assert mmlu["value"] == 0.75
     import statistics
@@ -651,7 +689,7 @@ def test_mmlu_stderr_when_subjects_have_one_question():
     assert mmlu["weighted_stderr"] == mmlu["stderr"] and mmlu["stderr_method"].startswith("pooled")
     # subjects of different sizes: no pooled figure
     n_samples["platypus_mmlu_virology"]["effective"] = 3
-    s = ev.summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
+    s = summarise("base", "m", "h", {}, {"mmlu": {"results": results, "n-samples": n_samples}}, suite)
     assert s["tasks"]["mmlu"]["stderr"] is None
 
 
@@ -666,25 +704,25 @@ def test_resolve_variant(tmp_path, monkeypatch):
         variants=["base"],
         merge={"partners": [{"name": "orca", "model": "org/orca"}]},
     )
-    assert ev.resolve_variant(p, "base").pretrained == "/resolved/base-model"
-    assert ev.resolve_variant(p, "orca").pretrained == "/resolved/org/orca"
+    assert resolve_variant(p, "base").pretrained == "/resolved/base-model"
+    assert resolve_variant(p, "orca").pretrained == "/resolved/org/orca"
     with pytest.raises(FileNotFoundError, match="adapter"):
-        ev.resolve_variant(p, "adapter")
+        resolve_variant(p, "adapter")
     adapter = p.run_dir("03_finetune") / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
-    spec = ev.resolve_variant(p, "adapter")
+    spec = resolve_variant(p, "adapter")
     assert (spec.pretrained, spec.peft) == ("/resolved/base-model", str(adapter.resolve()))
     with pytest.raises(FileNotFoundError, match="merge_report.json"):
-        ev.resolve_variant(p, "merged")
+        resolve_variant(p, "merged")
     merged = tmp_path / "merged_model"
     merged.mkdir()
     report = p.run_dir("04_merge") / "merge_report.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"models": {"merged": {"path": str(merged)}}}))
-    assert ev.resolve_variant(p, "merged").pretrained == str(merged)
+    assert resolve_variant(p, "merged").pretrained == str(merged)
     with pytest.raises(KeyError, match="other"):
-        ev.resolve_variant(p, "other")
+        resolve_variant(p, "other")
 
 
 # ---------------------------------------------------------------- running a tiny model
@@ -751,12 +789,12 @@ def evaluated(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("run")
     local, _ = write_fixtures(root)
     profile = profile_for(root, local, str(tiny_model))
-    result = ev.run_evaluate(profile)
+    result = run_evaluate(profile)
     return {"profile": profile, "result": result, "local": local, "root": root}
 
 
 def test_stage_outputs(evaluated):
-    out = evaluated["profile"].run_dir(ev.STAGE)
+    out = evaluated["profile"].run_dir(STAGE)
     summary = json.loads((out / "base.json").read_text())
     assert summary == evaluated["result"]["summaries"]["base"]
     assert set(summary["tasks"]) == {"arc_challenge", "truthfulqa_mc2"}
@@ -785,7 +823,7 @@ def test_stage_outputs(evaluated):
 
 def test_matches_lm_eval_command_line(evaluated, tiny_model, tmp_path):
     """Same model, tasks and settings through `lm_eval` itself: same numbers, same log-likelihoods."""
-    out = evaluated["profile"].run_dir(ev.STAGE)
+    out = evaluated["profile"].run_dir(STAGE)
     cli = Path(sys.executable).with_name("lm_eval")
     cmd = [
         str(cli),
@@ -833,15 +871,15 @@ def test_matches_lm_eval_command_line(evaluated, tiny_model, tmp_path):
 
 
 def test_cache_reused_without_lm_eval(evaluated, monkeypatch):
-    out = evaluated["profile"].run_dir(ev.STAGE)
+    out = evaluated["profile"].run_dir(STAGE)
     before = {p.name: p.read_bytes() for p in (out / "base.json", out / "base.samples.jsonl")}
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("lm-eval called although the result is cached")
 
-    monkeypatch.setattr(ev.stage, "run_lm_eval", must_not_run)
-    monkeypatch.setattr(ev.stage, "make_lm", must_not_run)
-    result = ev.run_evaluate(evaluated["profile"])
+    monkeypatch.setattr(ev_stage, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev_stage, "make_lm", must_not_run)
+    result = run_evaluate(evaluated["profile"])
     assert result["failed"] == {}
     assert {p: (out / p).read_bytes() for p in before} == before
     assert json.loads((out / "manifest.json").read_text())["metrics"]["base_cached"] == {
@@ -854,19 +892,19 @@ def test_cache_reused_without_lm_eval(evaluated, monkeypatch):
     good_report = (out / "evaluate_report.json").read_bytes()
     changed = evaluated["profile"].model_copy(deep=True)
     changed.evaluate.tasks["arc_challenge"].limit = 2
-    with pytest.raises(ev.EvaluationError, match="every variant failed .*evaluate_report.failed.json .*last good"):
-        ev.run_evaluate(changed)
+    with pytest.raises(EvaluationError, match="every variant failed .*evaluate_report.failed.json .*last good"):
+        run_evaluate(changed)
     assert (out / "evaluate_report.json").read_bytes() == good_report
-    assert "lm-eval called" in json.loads((out / ev.FAILED_REPORT).read_text())["variants"]["base"]["error"]
+    assert "lm-eval called" in json.loads((out / FAILED_REPORT).read_text())["variants"]["base"]["error"]
     assert {p: (out / p).read_bytes() for p in before} == before
     assert json.loads((out / "attempt.json").read_text())["status"] == "failed"
     # the next good run removes the failed report
-    ev.run_evaluate(evaluated["profile"])
-    assert not (out / ev.FAILED_REPORT).exists()
+    run_evaluate(evaluated["profile"])
+    assert not (out / FAILED_REPORT).exists()
 
 
 def _entry(tmp_path):
-    cache = ev.EvalCache(tmp_path / "eval")
+    cache = EvalCache(tmp_path / "eval")
     raw = {"results": {"t": {"acc,none": 0.5}}}
     samples = [{"doc_id": 0, "resps": "café"}, {"doc_id": 1, "resps": "x"}]
     cache.put("k", {"benchmark": "b"}, raw, samples)
@@ -877,7 +915,7 @@ def test_eval_cache_entry_carries_the_samples_checksum(tmp_path):
     cache, raw, samples = _entry(tmp_path)
     path, samples_path = cache.paths("k")
     entry = json.loads(path.read_text())
-    assert entry["samples_sha256"] == ev.cache.sha256_file(samples_path) and entry["format"] == ev.CACHE_FORMAT
+    assert entry["samples_sha256"] == sha256_file(samples_path) and entry["format"] == CACHE_FORMAT
     got = cache.get("k")
     assert got["raw"] == raw and got["samples"] == samples
     assert cache.get("absent") is None
@@ -928,13 +966,13 @@ def test_damaged_cache_entry_is_recomputed_in_a_run(evaluated, tmp_path, caplog)
     profile = evaluated["profile"]
     base = evaluated["result"]["summaries"]["base"]
     key = base["settings"]["tasks"]["truthfulqa_mc2"]["cache_key"]
-    cache = ev.EvalCache(profile.cache_dir() / "eval")
+    cache = EvalCache(profile.cache_dir() / "eval")
     samples_path = cache.paths(key)[1]
     samples_path.write_bytes(samples_path.read_bytes()[: samples_path.stat().st_size // 2])
     with caplog.at_level("WARNING", logger="platypus"):
-        result = ev.run_evaluate(profile)
+        result = run_evaluate(profile)
     assert str(cache.paths(key)[0]) in caplog.text
-    manifest = json.loads((profile.run_dir(ev.STAGE) / "manifest.json").read_text())
+    manifest = json.loads((profile.run_dir(STAGE) / "manifest.json").read_text())
     assert manifest["metrics"]["base_cached"] == {"arc_challenge": True, "truthfulqa_mc2": False}
     assert result["summaries"]["base"]["tasks"] == base["tasks"]
     assert cache.get(key) is not None  # healed
@@ -944,27 +982,27 @@ def test_steps_composed_write_what_a_run_writes(evaluated, tmp_path, monkeypatch
     """The notebook's steps, one by one, give run_evaluate's files; the frames show the summaries."""
     profile = evaluated["profile"].model_copy(deep=True)
     profile.paths.runs_dir = str(tmp_path / "steps")
-    assert ev.required_stages(profile) == []
-    suite = ev.prepare_tasks(profile)
-    table = ev.task_table(profile, suite)
+    assert required_stages(profile) == []
+    suite = prepare_tasks(profile)
+    table = task_table(profile, suite)
     assert list(table.index) == ["arc_challenge", "truthfulqa_mc2"]
     assert table.loc["arc_challenge", ["num_fewshot", "limit", "metric"]].tolist() == [2, 3, "acc_norm"]
     assert table.loc["truthfulqa_mc2", "data"] == "truthfulqa/mc_task.json"
-    specs, unresolved = ev.resolve_variants(profile)
-    assert unresolved == {} and ev.variants_table(specs).loc[0, "loads"] == str(profile.models.base)
-    evaluations = ev.evaluate_variants(profile, suite, specs, unresolved)
+    specs, unresolved = resolve_variants(profile)
+    assert unresolved == {} and variants_table(specs).loc[0, "loads"] == str(profile.models.base)
+    evaluations = evaluate_variants(profile, suite, specs, unresolved)
     assert evaluations["base"].cached == {"arc_challenge": True, "truthfulqa_mc2": True}
     summaries = {v: e.summary for v, e in evaluations.items()}
-    scores = ev.scores_frame(summaries).set_index(["variant", "benchmark"])
+    scores = scores_frame(summaries).set_index(["variant", "benchmark"])
     assert scores.loc[("base", "arc_challenge"), "value"] == summaries["base"]["tasks"]["arc_challenge"]["value"]
     assert scores.loc[("base", "average"), "value"] == pytest.approx(summaries["base"]["average"])
-    ev.save(profile, suite, evaluations)
+    save(profile, suite, evaluations)
     for name in ("base.json", "base.raw.json", "base.samples.jsonl"):
-        assert (profile.run_dir(ev.STAGE) / name).read_bytes() == (
-            evaluated["profile"].run_dir(ev.STAGE) / name
+        assert (profile.run_dir(STAGE) / name).read_bytes() == (
+            evaluated["profile"].run_dir(STAGE) / name
         ).read_bytes(), name
     # force: lm-eval runs again (the cache is not read), same numbers
-    forced = ev.evaluate_variants(profile, suite, specs, unresolved, force=True)
+    forced = evaluate_variants(profile, suite, specs, unresolved, force=True)
     assert forced["base"].cached == {"arc_challenge": False, "truthfulqa_mc2": False}
     assert forced["base"].summary["tasks"] == summaries["base"]["tasks"]
 
@@ -983,22 +1021,22 @@ def test_frames_of_summaries():
         "base": summary({"anatomy": 0.25, "virology": 0.5}),
         "merged": summary({"anatomy": 0.75, "virology": 0.5}),
     }
-    frame = ev.mmlu_subjects_frame(summaries)
+    frame = mmlu_subjects_frame(summaries)
     assert list(frame.index) == ["anatomy", "virology"] and frame.index.name == "subject"
     assert frame.loc["anatomy", ["category", "n", "base", "merged"]].tolist() == ["stem", 4, 0.25, 0.75]
     assert (frame["merged"] - frame["base"]).sort_values(ascending=False).index[0] == "anatomy"
-    scores = ev.scores_frame(summaries, cached={"base": {"mmlu": True}})
+    scores = scores_frame(summaries, cached={"base": {"mmlu": True}})
     assert scores[["variant", "benchmark", "cached"]].values.tolist()[0] == ["base", "mmlu", True]
     assert scores["benchmark"].tolist() == ["mmlu", "average"] * 2 and scores["cached"].isna().sum() == 3
-    fig = ev.plot_scores(scores)
+    fig = plot_scores(scores)
     assert len(fig.axes[0].patches) == 2  # one bar per variant for the one benchmark
 
 
 def test_required_stages(tmp_path):
     p = profile_for(tmp_path, tmp_path / "bench", "m", variants=["base"])
-    assert ev.required_stages(p) == []
+    assert required_stages(p) == []
     p.evaluate.variants = ["base", "adapter", "merged"]
-    assert ev.required_stages(p) == ["03_finetune", "04_merge"]
+    assert required_stages(p) == ["03_finetune", "04_merge"]
 
 
 def test_failed_variant_recorded_others_kept(evaluated, tmp_path):
@@ -1010,22 +1048,22 @@ def test_failed_variant_recorded_others_kept(evaluated, tmp_path):
     report = profile.run_dir("04_merge") / "merge_report.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"models": {"merged": {"path": str(broken)}}}))
-    result = ev.run_evaluate(profile)
+    result = run_evaluate(profile)
     assert set(result["summaries"]) == {"base"}
     assert set(result["failed"]) == {"merged", "adapter"}
     assert "adapter_config.json" in result["failed"]["adapter"]
-    out = profile.run_dir(ev.STAGE)
+    out = profile.run_dir(STAGE)
     stage_report = json.loads((out / "evaluate_report.json").read_text())
     assert stage_report["variants"]["merged"]["status"] == "failed"
     assert stage_report["failed"] == ["adapter", "merged"]
     assert json.loads((out / "manifest.json").read_text())["metrics"]["variants_failed"] == ["adapter", "merged"]
 
     profile.evaluate.variants = ["merged"]
-    with pytest.raises(ev.EvaluationError, match="every variant failed"):
-        ev.run_evaluate(profile)
-    assert json.loads((out / ev.FAILED_REPORT).read_text())["failed"] == ["merged"]
+    with pytest.raises(EvaluationError, match="every variant failed"):
+        run_evaluate(profile)
+    assert json.loads((out / FAILED_REPORT).read_text())["failed"] == ["merged"]
     assert json.loads((out / "evaluate_report.json").read_text()) == stage_report  # the last good one
-    (out / ev.FAILED_REPORT).unlink()
+    (out / FAILED_REPORT).unlink()
     report.unlink()
 
 
@@ -1046,23 +1084,23 @@ def test_adapter_variant_runs_unmerged_lora(evaluated):
         LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False),
     )  # non-zero B: the adapter changes outputs
     lora.save_pretrained(profile.run_dir("03_finetune") / "adapter")
-    result = ev.run_evaluate(profile)
+    result = run_evaluate(profile)
     adapter, base = result["summaries"]["adapter"], evaluated["result"]["summaries"]["base"]
     assert adapter["model"].endswith("03_finetune/adapter")
     assert adapter["model_hash"] != base["model_hash"]
     assert adapter["tasks"]["truthfulqa_mc2"]["value"] != base["tasks"]["truthfulqa_mc2"]["value"]
-    manifest = read_manifest(profile.run_dir(ev.STAGE))  # paths absolute again
+    manifest = read_manifest(profile.run_dir(STAGE))  # paths absolute again
     assert str((profile.run_dir("03_finetune") / "adapter").resolve()) in manifest["inputs"]
 
 
 def test_hub_suite_names():
-    suite = ev.hub_task_suite(["arc_challenge", "mmlu", "truthfulqa_mc2"])
+    suite = hub_task_suite(["arc_challenge", "mmlu", "truthfulqa_mc2"])
     assert suite.task_names == {"arc_challenge": "arc_challenge", "mmlu": "mmlu", "truthfulqa_mc2": "truthfulqa_mc2"}
     assert len(suite.mmlu_subjects) == 57 and suite.mmlu_subjects["anatomy"] == "stem"
-    subset = ev.hub_task_suite(["mmlu"], ["world_religions", "anatomy"])
+    subset = hub_task_suite(["mmlu"], ["world_religions", "anatomy"])
     assert subset.task_names["mmlu"] == "mmlu_anatomy,mmlu_world_religions"
     with pytest.raises(ValueError, match="unknown MMLU subjects"):
-        ev.hub_task_suite(["mmlu"], ["astrology"])
+        hub_task_suite(["mmlu"], ["astrology"])
 
 
 # ---------------------------------------------------------------- references, resume, backends (issue 20)
@@ -1074,25 +1112,25 @@ def test_reference_is_evaluated_after_the_variants_and_reuses_same_weights(evalu
     profile = evaluated["profile"].model_copy(deep=True)
     profile.paths.runs_dir = str(tmp_path / "runs")
     profile.evaluate.references = [ReferenceConfig(name="base-release", model=profile.models.base, compare_to="base")]
-    assert ev.evaluation_names(profile) == ["base", "base-release"]
+    assert evaluation_names(profile) == ["base", "base-release"]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("lm-eval called although the weights are the base's, whose results are cached")
 
-    monkeypatch.setattr(ev.stage, "run_lm_eval", must_not_run)
-    monkeypatch.setattr(ev.stage, "make_lm", must_not_run)
-    specs, unresolved = ev.resolve_variants(profile)
-    table = ev.variants_table(specs, unresolved)
+    monkeypatch.setattr(ev_stage, "run_lm_eval", must_not_run)
+    monkeypatch.setattr(ev_stage, "make_lm", must_not_run)
+    specs, unresolved = resolve_variants(profile)
+    table = variants_table(specs, unresolved)
     assert table[["variant", "kind", "compare_to"]].values.tolist() == [
         ["base", "variant", ""],
         ["base-release", "reference", "base"],
     ]
-    result = ev.run_evaluate(profile)
+    result = run_evaluate(profile)
     assert list(result["summaries"]) == ["base", "base-release"] and result["failed"] == {}
     ref, base = result["summaries"]["base-release"], result["summaries"]["base"]
     assert (ref["kind"], ref["compare_to"], ref["published"]) == ("reference", "base", None)
     assert base["kind"] == "variant" and ref["tasks"] == base["tasks"] and ref["model_hash"] == base["model_hash"]
-    out = profile.run_dir(ev.STAGE)
+    out = profile.run_dir(STAGE)
     report = json.loads((out / "evaluate_report.json").read_text())
     assert list(report["variants"]) == ["base", "base-release"] and report["references"] == ["base-release"]
     assert report["variants"]["base-release"]["kind"] == "reference" and report["backend"] == "hf"
@@ -1109,7 +1147,7 @@ def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypa
     profile.paths.runs_dir = str(tmp_path / "runs")
     for task in profile.evaluate.tasks.values():
         task.limit = 2  # a new cache key for both benchmarks
-    real, calls = ev.run_lm_eval, []
+    real, calls = run_lm_eval, []
 
     def killed_on_truthfulqa(lm, task_manager, task_name, num_fewshot, limit):
         calls.append(task_name)
@@ -1117,9 +1155,9 @@ def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypa
             raise KeyboardInterrupt("killed")
         return real(lm, task_manager, task_name, num_fewshot, limit)
 
-    monkeypatch.setattr(ev.stage, "run_lm_eval", killed_on_truthfulqa)
+    monkeypatch.setattr(ev_stage, "run_lm_eval", killed_on_truthfulqa)
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
+        evaluate_variant(profile, "base", prepare_tasks(profile))
     assert calls == ["platypus_arc_challenge", "platypus_truthfulqa_mc2"]
 
     def counted(lm, task_manager, task_name, num_fewshot, limit):
@@ -1127,8 +1165,8 @@ def test_a_killed_evaluation_resumes_per_benchmark(evaluated, tmp_path, monkeypa
         return real(lm, task_manager, task_name, num_fewshot, limit)
 
     calls.clear()
-    monkeypatch.setattr(ev.stage, "run_lm_eval", counted)
-    resumed = ev.evaluate_variant(profile, "base", ev.prepare_tasks(profile))
+    monkeypatch.setattr(ev_stage, "run_lm_eval", counted)
+    resumed = evaluate_variant(profile, "base", prepare_tasks(profile))
     assert calls == ["platypus_truthfulqa_mc2"]
     assert resumed.cached == {"arc_challenge": True, "truthfulqa_mc2": False}
     assert resumed.summary["tasks"]["arc_challenge"]["n"] == 2
@@ -1143,15 +1181,15 @@ def test_force_recomputes_a_key_once_per_run(evaluated, tmp_path, monkeypatch):
     profile.paths.runs_dir = str(tmp_path / "runs")
     profile.evaluate.tasks = {"truthfulqa_mc2": profile.evaluate.tasks["truthfulqa_mc2"]}
     profile.evaluate.references = [ReferenceConfig(name="release", model=profile.models.base)]
-    real, calls = ev.run_lm_eval, []
+    real, calls = run_lm_eval, []
 
     def counted(*args):
         calls.append(args[2])
         return real(*args)
 
-    monkeypatch.setattr(ev.stage, "run_lm_eval", counted)
-    specs, unresolved = ev.resolve_variants(profile)
-    out = ev.evaluate_variants(profile, ev.prepare_tasks(profile), specs, unresolved, force=True)
+    monkeypatch.setattr(ev_stage, "run_lm_eval", counted)
+    specs, unresolved = resolve_variants(profile)
+    out = evaluate_variants(profile, prepare_tasks(profile), specs, unresolved, force=True)
     assert calls == ["platypus_truthfulqa_mc2"]
     assert out["base"].cached == {"truthfulqa_mc2": False} and out["release"].cached == {"truthfulqa_mc2": True}
 
@@ -1166,40 +1204,38 @@ def test_reference_revision_is_split_and_hashed(tmp_path, monkeypatch):
     p.evaluate.references = [
         ReferenceConfig(name="rel", model="garage-bAInd/Platypus2-13B@abc123", compare_to="base", published=None)
     ]
-    spec = ev.resolve_variant(p, "rel")
+    spec = resolve_variant(p, "rel")
     assert (spec.pretrained, spec.revision, spec.kind, spec.compare_to) == (
         "garage-bAInd/Platypus2-13B",
         "abc123",
         "reference",
         "base",
     )
-    assert ev.model_hash(spec) == "hub:garage-bAInd/Platypus2-13B@abc123"
-    assert ev.split_revision("org/name") == ("org/name", None)
-    assert ev.split_revision(str(tmp_path)) == (str(tmp_path), None)
+    assert model_hash(spec) == "hub:garage-bAInd/Platypus2-13B@abc123"
+    assert split_revision("org/name") == ("org/name", None)
+    assert split_revision(str(tmp_path)) == (str(tmp_path), None)
     # resolve_model puts a pinned hub model in the hub's cache: hashed by its commit, not its 26 GB of files
     snapshot = tmp_path / "hub" / "models--garage-bAInd--Platypus2-13B" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    assert ev.hub_snapshot_id(snapshot) == "hub:garage-bAInd/Platypus2-13B@" + "a" * 40
-    assert ev.model_hash(ev.ModelSpec("x", "m", str(snapshot))) == ev.hub_snapshot_id(snapshot)
-    assert ev.hub_snapshot_id(tmp_path) is None
+    assert hub_snapshot_id(snapshot) == "hub:garage-bAInd/Platypus2-13B@" + "a" * 40
+    assert model_hash(ModelSpec("x", "m", str(snapshot))) == hub_snapshot_id(snapshot)
+    assert hub_snapshot_id(tmp_path) is None
 
 
 def test_vllm_backend_fails_before_any_work_naming_the_key(evaluated, tmp_path, monkeypatch):
-    import platypus_utils.evaluate.models as ev_models
-
     profile = evaluated["profile"].model_copy(deep=True)
     profile.paths.runs_dir = str(tmp_path / "runs")
     profile.evaluate.backend = "vllm"
     monkeypatch.setattr(ev_models, "find_spec", lambda name: None)
-    with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs the vllm package"):
-        ev.run_evaluate(profile)
+    with pytest.raises(BackendError, match=r"evaluate\.backend: vllm needs the vllm package"):
+        run_evaluate(profile)
     monkeypatch.setattr(ev_models, "find_spec", lambda name: object())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ev.BackendError, match=r"evaluate\.backend: vllm needs a CUDA GPU"):
-        ev.run_evaluate(profile)
-    assert not profile.run_dir(ev.STAGE).exists()  # nothing written, no task folder
+    with pytest.raises(BackendError, match=r"evaluate\.backend: vllm needs a CUDA GPU"):
+        run_evaluate(profile)
+    assert not profile.run_dir(STAGE).exists()  # nothing written, no task folder
     profile.evaluate.backend = "hf"
-    ev.check_backend(profile)  # hf: nothing to check
+    check_backend(profile)  # hf: nothing to check
 
 
 def _vllm_init_arguments() -> set[str]:
@@ -1247,12 +1283,12 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True, raising=False)
     profile.evaluate.device = "cuda"
-    settings = ev.lm_settings(profile)
+    settings = lm_settings(profile)
     assert settings["backend"] == "vllm" and settings["batch_size"] == "auto"
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 12}))
-    spec = ev.ModelSpec("adapter", "org/base + adapter", "org/base", peft=str(adapter), revision="abc")
+    spec = ModelSpec("adapter", "org/base + adapter", "org/base", peft=str(adapter), revision="abc")
     built = {}
 
     class FakeVLLM:  # lm-eval's VLLM, recording its arguments
@@ -1260,7 +1296,7 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
             built.update(kwargs)
 
     _fake_vllm_modules(monkeypatch, FakeVLLM)
-    model = ev.make_lm(spec, {**settings, "parallelize": True})
+    model = make_lm(spec, {**settings, "parallelize": True})
     assert type(model).__name__ == "PrefixCachedVLLM" and isinstance(model, FakeVLLM)
     assert built["enable_prefix_caching"] is True and built["batch_size"] == "auto"
     assert (built["pretrained"], built["revision"], built["lora_local_path"]) == ("org/base", "abc", str(adapter))
@@ -1270,7 +1306,7 @@ def test_vllm_model_arguments(tmp_path, monkeypatch):
     assert set(built) - {"enable_prefix_caching"} <= named, set(built) - named
     # the hf backend's cache keys are as before: no "backend" field
     profile.evaluate.backend = "hf"
-    assert "backend" not in ev.lm_settings(profile)
+    assert "backend" not in lm_settings(profile)
 
 
 class _CachingEngine:
@@ -1372,13 +1408,13 @@ def test_variants_spread_over_workers_fill_the_cache_the_stage_then_reads(evalua
         LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False),
     )
     lora.save_pretrained(profile.run_dir("03_finetune") / "adapter")
-    suite = ev.prepare_tasks(profile)
-    specs, unresolved = ev.resolve_variants(profile)
+    suite = prepare_tasks(profile)
+    specs, unresolved = resolve_variants(profile)
     assert not unresolved and set(specs) == {"base", "adapter", "released"}
     assert spread.gpu_slots(profile, specs) == []  # a CPU: nothing to spread over
-    failed = spread.spread_variants(profile, suite, specs, ["", ""], ev.evaluate_variant)
+    failed = spread.spread_variants(profile, suite, specs, ["", ""], evaluate_variant)
     assert failed == {}
-    evaluations = ev.evaluate_variants(profile, suite, specs, unresolved)
+    evaluations = evaluate_variants(profile, suite, specs, unresolved)
     assert all(all(e.cached.values()) for e in evaluations.values())  # every result came from the workers
     base = evaluations["base"].summary["tasks"]
     assert base == evaluated["result"]["summaries"]["base"]["tasks"]  # the numbers of a sequential run
@@ -1410,6 +1446,6 @@ def test_gpu_groups_follow_the_largest_model(tmp_path, monkeypatch, gpus, size_g
     props = types.SimpleNamespace(total_memory=80 * 2**30)
     monkeypatch.setattr(spread.torch.cuda, "get_device_properties", lambda i: props)
     monkeypatch.setattr(spread, "weights_bytes", lambda spec, dtype: None if size_gb is None else size_gb * 10**9)
-    spec = ev.ModelSpec("base", "org/base", "org/base")
+    spec = ModelSpec("base", "org/base", "org/base")
     monkeypatch.setattr(spread, "lm_settings", lambda profile, spec=None: {"device": "cuda", "dtype": "bfloat16"})
     assert spread.gpu_slots(profile, {"base": spec, "other": spec}) == slots

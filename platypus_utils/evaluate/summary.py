@@ -15,20 +15,12 @@ mean over subjects is the mean over all N questions, so lm-eval's own formula ap
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 
+from ..lmeval_io import LEADERBOARD_METRICS, as_float
 from ..plotting import new_figure
-from .tasks import LEADERBOARD_METRICS, TaskSuite
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None  # lm-eval writes "N/A" for a stderr it cannot compute
-    return out if math.isfinite(out) else None
+from .tasks import TaskSuite
 
 
 def _n(raw: dict, task: str) -> int:
@@ -54,8 +46,8 @@ def _mmlu_subjects(raw: dict, suite: TaskSuite, metric: str) -> dict[str, dict]:
         if task in results:
             r = results[task]
             subjects[subject] = {
-                "acc": _float(r[f"{metric},none"]),
-                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "acc": as_float(r[f"{metric},none"]),
+                "stderr": as_float(r.get(f"{metric}_stderr,none")),
                 "n": _n(raw, task),
                 "category": category,
             }
@@ -68,8 +60,8 @@ def _mmlu_task(raw: dict, suite: TaskSuite, subjects: dict[str, dict], metric: s
     results, n_total = raw["results"], sum(s["n"] for s in subjects.values())
     group = suite.task_names["mmlu"]
     if group in results:
-        weighted = _float(results[group][f"{metric},none"])
-        weighted_se = _float(results[group].get(f"{metric}_stderr,none"))
+        weighted = as_float(results[group][f"{metric},none"])
+        weighted_se = as_float(results[group].get(f"{metric}_stderr,none"))
     else:  # a subject subset on the hub: lm-eval's size weighting, done here
         weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
     accs, ses = [s["acc"] for s in subjects.values()], [s["stderr"] for s in subjects.values()]
@@ -108,8 +100,8 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
             r = raw["results"][task]
             tasks[bench] = {
                 "metric": label,
-                "value": _float(r[f"{metric},none"]),
-                "stderr": _float(r.get(f"{metric}_stderr,none")),
+                "value": as_float(r[f"{metric},none"]),
+                "stderr": as_float(r.get(f"{metric}_stderr,none")),
                 "n": _n(raw, task),
             }
     values = [t["value"] for t in tasks.values() if t["value"] is not None]

@@ -23,44 +23,28 @@ import json
 import logging
 import string
 from dataclasses import dataclass, field
-from importlib import metadata, util
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from .. import benchmarks
 from ..artifacts import atomic_path, sha256_file
 from ..demo_data import demo_benchmarks_dir
+from ..lmeval_io import LEADERBOARD_METRICS, MMLU_CATEGORIES, MMLU_CATEGORY_ORDER, TASK_PREFIX, builtin_tasks_dir
 
 log = logging.getLogger("platypus")
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
-TASK_PREFIX = "platypus_"
-
-# benchmark -> (lm-eval metric key, the name we report it under); the order is the leaderboard's
-LEADERBOARD_METRICS = {
-    "arc_challenge": ("acc_norm", "acc_norm"),
-    "hellaswag": ("acc_norm", "acc_norm"),
-    "mmlu": ("acc", "acc"),
-    "truthfulqa_mc2": ("acc", "mc2"),  # lm-eval's process_results_mc2 returns mc2 under "acc"
-}
-BENCHMARK_ORDER = tuple(LEADERBOARD_METRICS)
-MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")  # the built-in group's order
 
 
 def lm_eval_version() -> str:
     return metadata.version("lm_eval")
 
 
-def builtin_tasks_dir() -> Path:
-    """The installed lm-eval's task folder (found without importing lm_eval.tasks: ~4 s)."""
-    return Path(util.find_spec("lm_eval.tasks").submodule_search_locations[0]).resolve()
-
-
 def benchmarks_in(profile) -> list[str]:
     """The profile's benchmarks (evaluate.tasks), in the leaderboard's order."""
-    return [b for b in BENCHMARK_ORDER if b in profile.evaluate.tasks]
+    return [b for b in LEADERBOARD_METRICS if b in profile.evaluate.tasks]
 
 
 @dataclass
@@ -83,18 +67,9 @@ class TaskSuite:
         return sorted({p for files in self.data_files.values() for p in files})
 
 
-def builtin_mmlu_subjects() -> dict[str, str]:
-    """subject -> category, from the installed built-in MMLU task files."""
-    out = {}
-    for path in sorted((builtin_tasks_dir() / "mmlu" / "default").glob("mmlu_*.yaml")):
-        cfg = yaml.safe_load(path.read_text())
-        out[cfg["dataset_name"]] = cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks")
-    return out
-
-
 # ---------------------------------------------------------------- hub tasks
 def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = None) -> TaskSuite:
-    subjects = builtin_mmlu_subjects()
+    subjects = dict(MMLU_CATEGORIES)
     if mmlu_subjects:
         unknown = sorted(set(mmlu_subjects) - set(subjects))
         if unknown:
@@ -234,11 +209,10 @@ def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str
         present = sorted(selected)
     if not present:
         raise FileNotFoundError(f"{d / 'test'}: no <subject>_test.csv files")
-    known = builtin_mmlu_subjects()
-    unknown = sorted(set(present) - set(known))
+    unknown = sorted(set(present) - set(MMLU_CATEGORIES))
     if unknown:
         raise ValueError(f"{d / 'test'}: subjects {unknown} are not MMLU subjects known to lm-eval")
-    return {s: known[s] for s in present}
+    return {s: MMLU_CATEGORIES[s] for s in present}
 
 
 def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
@@ -270,7 +244,7 @@ def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
         )
         built.data_files += list(split_files.values())
         built.builtins.append(inc)
-    categories = [c for c in MMLU_CATEGORIES if c in subjects.values()]
+    categories = [c for c in MMLU_CATEGORY_ORDER if c in subjects.values()]
     for category in categories:
         inc = default / f"_mmlu_{category}.yaml"
         built.builtins.append(inc)
@@ -323,7 +297,7 @@ def write_task_configs(
     files: dict[str, str] = {}
     for bench in benchmarks_:
         if bench not in _BUILDERS:
-            raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARK_ORDER)}")
+            raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(LEADERBOARD_METRICS)}")
         built = _BUILDERS[bench](root, builtin, mmlu_subjects)
         files.update(built.files)
         suite.task_names[bench] = built.task
