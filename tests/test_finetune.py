@@ -19,12 +19,13 @@ from platypus_utils.config import Profile  # noqa: E402
 from platypus_utils.finetune.batching import plan_batch, plan_table  # noqa: E402
 from platypus_utils.finetune.checkpoints import RUN_KEY, prepare_checkpoint_dir  # noqa: E402
 from platypus_utils.finetune.data import (  # noqa: E402
-    build_prompt_completion_dataset,
     check_prepared_example,
     example_frame,
     format_alpaca_prompt,
+    records_dataset,
     select_rows,
     split_heldout,
+    to_prompt_completion,
     tokenize_example,
 )
 from platypus_utils.finetune.distributed import quantization_config  # noqa: E402
@@ -110,7 +111,7 @@ def test_alpaca_template_exact_strings():
 
 def test_prompt_completion_appends_eos_once():
     rows = [{"instruction": "Name a prime.", "input": "", "output": "7"}]
-    ds = build_prompt_completion_dataset(rows, EOS)
+    ds = records_dataset(to_prompt_completion(rows, EOS))
     assert ds.column_names == ["prompt", "completion"]
     assert ds[0] == {"prompt": NO_INPUT, "completion": "7" + EOS}
 
@@ -174,7 +175,7 @@ def test_collated_batch_masks_prompt_and_padding_and_ends_with_one_eos(tiny_mode
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         args=args,
-        train_dataset=build_prompt_completion_dataset(rows, tokenizer.eos_token),
+        train_dataset=records_dataset(to_prompt_completion(rows, tokenizer.eos_token)),
         processing_class=tokenizer,
         peft_config=build_lora_config(profile.finetune),
     )
@@ -417,7 +418,7 @@ def _stage_trainer(model_dir, tokenizer, rows, tmp_path, attn, **finetune):
     args = build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.set_attn_implementation(attn)
-    dataset = build_prompt_completion_dataset(rows, tokenizer.eos_token)
+    dataset = records_dataset(to_prompt_completion(rows, tokenizer.eos_token))
     trainer, plan, isolation = prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50] * len(rows))
     trainer.model.eval()  # no LoRA dropout: both layouts must see the same function
     return trainer, isolation

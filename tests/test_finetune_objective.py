@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from platypus_utils.config import Profile  # noqa: E402
-from platypus_utils.finetune.data import build_prompt_completion_dataset  # noqa: E402
+from platypus_utils.finetune.data import records_dataset, to_prompt_completion  # noqa: E402
 from platypus_utils.finetune.objective import count_examples, example_means  # noqa: E402
 from platypus_utils.finetune.stage import run_finetune  # noqa: E402
 from platypus_utils.finetune.trainer import build_sft_config, prepare_trainer  # noqa: E402
@@ -81,7 +81,7 @@ def _trainer(tiny_model_dir, tmp_path, normalization, padding_free):
     rows = [short, long]
     args = build_sft_config(profile.finetune, tmp_path / "ckpt", 0, "cpu", torch.float32)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    dataset = build_prompt_completion_dataset(rows, tokenizer.eos_token)
+    dataset = records_dataset(to_prompt_completion(rows, tokenizer.eos_token))
     trainer, _, _ = prepare_trainer(model, tokenizer, dataset, profile.finetune, args, [50, 150])
     trainer.model.eval()
     return trainer

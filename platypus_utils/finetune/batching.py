@@ -1,16 +1,5 @@
-"""What one optimizer step of stage 03 holds, in examples and tokens (`plan_batch`).
-
-Contract:
-- batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
-  (or sft.per_device_train_batch_size x sft.gradient_accumulation_steps x world_size); the accumulation is
-  derived per process count (`FinetuneConfig.examples_step_plan`) and set in the SFTConfig before
-  the trainer is built. With packing, each micro-batch of examples is one padding-free row
-  (`is_padding_free`); TRL leaves such rows untruncated, so `truncate_tokenized` cuts them.
-- batch_unit "tokens" (opt-in, packed rows): the step is fixed in tokens; a plan more than 10% off
-  its target raises, saying why.
-- `preview_row_tokens` packs the examples' lengths exactly as TRL's SFTTrainer packs the tokenized
-  rows (same function, same order), so the plan is known before the trainer is built.
-"""
+"""What one optimizer step of stage 03 holds, in examples and tokens (`plan_batch`), known from the
+examples' lengths before the trainer is built."""
 
 from __future__ import annotations
 
@@ -44,17 +33,7 @@ class BatchPlan:
     rule: str
 
     def as_metrics(self) -> dict:
-        out = asdict(self)
-        for key in (
-            "mean_unit_tokens",
-            "mean_example_tokens",
-            "tokens_per_step",
-            "examples_per_step",
-            "tokens_per_step_target",
-        ):
-            if out[key] is not None:
-                out[key] = round(float(out[key]), 2)
-        return out
+        return {k: round(float(v), 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def is_padding_free(ft) -> bool:
@@ -71,14 +50,13 @@ def plan_batch(
 
     batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
     (or sft.per_device_train_batch_size x sft.gradient_accumulation_steps x world_size), accumulation
-    derived per process count (`FinetuneConfig.examples_step_plan`); with packing, each micro-batch
-    is one padding-free row of per_device_train_batch_size whole examples.
+    derived per process count (`FinetuneConfig.examples_step_plan`) and set in the SFTConfig before
+    the trainer is built; with packing, each micro-batch is one padding-free row of whole examples.
 
-    batch_unit "tokens" (opt-in, packed rows): the step is fixed in tokens: target =
-    finetune.tokens_per_step, or the profile's examples per step x the mean example length, and
-    gradient_accumulation_steps = round(target / (per_device x world_size x mean row length)), at
-    least 1. A plan more than 10% off its target raises, saying why. Both ways the trainer averages
-    the loss over every completion token of the step (transformers' num_items_in_batch).
+    batch_unit "tokens" (opt-in, packed rows): target = finetune.tokens_per_step, or the profile's
+    examples per step x the mean example length; gradient_accumulation_steps = round(target /
+    (per_device x world_size x mean row length)), at least 1; a plan more than 10% off raises.
+    Both ways the trainer averages the loss over the step (transformers' num_items_in_batch).
 
     `example_tokens`: tokens of each training example (after truncation); `row_tokens`: tokens of
     each packed row (batch_unit tokens), or None.

@@ -1,19 +1,6 @@
-"""Stage 03's data: clean.jsonl rows -> Alpaca prompt/completion pairs -> token lengths and the held-out split.
-
-Contract:
-- prompt = the Alpaca template (`format_alpaca_prompt`, PLATYPUS.md §4); completion = output + EOS,
-  appended here exactly once (the authors' code appended it while documenting that it did not).
-- `select_rows` keeps rows with a non-empty string instruction and output (input may be absent or
-  empty) whose output does not contain the EOS text; every other row is counted per reason, never
-  dropped silently. `prepare_rows` also skips rows whose prompt alone fills cutoff_len (no
-  completion token would be left to learn from), counted as "prompt_longer_than_cutoff".
-- The held-out split is drawn with the profile seed (`split_heldout`); row numbers are 1-based
-  lines of clean.jsonl.
-- `tokenize_example` tokenizes one record as TRL's SFTTrainer does (prompt, then prompt +
-  completion; labels -100 on their common token prefix) and `check_prepared_example` says how a
-  tokenized example breaks the recipe (EOS once at the end, prompt masked).
-Nothing here reads or writes files.
-"""
+"""Stage 03's data: clean.jsonl rows -> Alpaca prompt/completion pairs -> token lengths and the held-out
+split. Every row not trained on is counted per reason, never dropped silently. Nothing here reads or
+writes files."""
 
 from __future__ import annotations
 
@@ -97,11 +84,6 @@ def to_prompt_completion(rows: Iterable[dict], eos_token: str) -> list[dict]:
     ]
 
 
-def build_prompt_completion_dataset(rows: Iterable[dict], eos_token: str) -> Dataset:
-    """A `datasets.Dataset` with string columns `prompt` and `completion` (see `to_prompt_completion`)."""
-    return records_dataset(to_prompt_completion(rows, eos_token))
-
-
 def records_dataset(records: Sequence[dict]) -> Dataset:
     """prompt/completion records as the `datasets.Dataset` TRL's SFTTrainer takes."""
     return Dataset.from_dict(
@@ -110,12 +92,7 @@ def records_dataset(records: Sequence[dict]) -> Dataset:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, int]:

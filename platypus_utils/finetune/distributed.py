@@ -1,17 +1,7 @@
 """Stage 03 on several GPUs and quantized: processes, accelerate configs, loading the base model as
-each process needs it, and saving the adapter collectively.
-
-Contract:
-- finetune.num_gpus > 1 trains under `accelerate launch` (`accelerate_command`): one process per
-  GPU, each running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...`; the runner
-  starts it before the stage notebook, and the notebook (one process) then shows the finished
-  run's results (`distributed_result`), or says how to launch it.
-- `check_accelerate_config` refuses an engine that cannot train the profile (8-bit under FSDP or
-  ZeRO; ZeRO without deepspeed installed).
-- FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint, the other ranks build the model
-  on the meta device (`load_base_model`); 4-bit under several GPUs stores its packed weights as
-  bf16 so that FSDP/ZeRO-3 can shard them (`quantization_config`).
-"""
+each process needs it, and saving the adapter collectively. The runner runs `accelerate_command`
+before the stage notebook; the notebook (one process) then shows the finished run's results
+(`distributed_result`)."""
 
 from __future__ import annotations
 
@@ -49,9 +39,13 @@ def process_info() -> tuple[int, int, int]:
     )
 
 
+def _accelerate_yaml(path) -> dict:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
 def engine_name(ft) -> str:
     """ "ddp", "fsdp" or "deepspeed": the engine finetune.accelerate_config selects."""
-    kind = str((yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("distributed_type", ""))
+    kind = str(_accelerate_yaml(ft.accelerate_config).get("distributed_type", ""))
     return ENGINES.get(kind.upper(), kind.lower())
 
 
@@ -60,7 +54,7 @@ def check_accelerate_config(ft) -> dict:
     path = Path(ft.accelerate_config or "")
     if not path.is_file():
         raise FileNotFoundError(f"finetune.accelerate_config: {path} not found")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = _accelerate_yaml(path)
     kind = str(config.get("distributed_type", "")).upper()
     if kind not in ENGINES:
         raise ValueError(
@@ -127,7 +121,7 @@ def fsdp_settings(ft, world_size: int) -> dict | None:
     an FSDP run of several processes: {version, cpu_ram_efficient_loading}."""
     if world_size < 2 or not ft.accelerate_config or engine_name(ft) != "fsdp":
         return None
-    config = (yaml.safe_load(Path(ft.accelerate_config).read_text()) or {}).get("fsdp_config", {})
+    config = _accelerate_yaml(ft.accelerate_config).get("fsdp_config", {})
     return {
         "version": int(config.get("fsdp_version", 1)),
         "cpu_ram_efficient_loading": bool(config.get("fsdp_cpu_ram_efficient_loading", False)),

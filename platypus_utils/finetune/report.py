@@ -1,15 +1,5 @@
-"""What stage 03 reports: the log rows, the whole-run training loss, speed tables and the loss curve.
-
-Contract:
-- `log_rows`: one row per logged training step plus the two held-out points (step 0 before
-  training, the last step after); no timing fields, so log_history.csv is the same for the same run.
-- `whole_run_train_loss`: the mean training loss per optimizer step over the whole run, across a
-  resume as well (the trainer's own figure covers only the steps since it resumed).
-- `plot_loss_curve` draws on an optional `ax` and returns the figure; it never writes (the stage's
-  save step does). `LiveLossCurve` redraws it in place at every logging step when the trainer runs
-  in a Jupyter kernel (papermill included: the executed notebook keeps the last drawing); elsewhere
-  it does nothing.
-"""
+"""What stage 03 reports: the log rows, the whole-run training loss, the recipe, speed tables and the
+loss curve. Nothing here writes files (the stage's save step does)."""
 
 from __future__ import annotations
 

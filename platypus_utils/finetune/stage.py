@@ -1,25 +1,14 @@
-"""Stage 03_finetune as steps that return data, and `run_finetune`, those steps composed.
-
-    data = load_data(profile)                              # rows of clean.jsonl, skipped counts, held-out split
-    example = tokenize_example(data.tokenizer, data.records[i], cfg.cutoff_len)  # tokens + labels (prompt masked)
-    plan = expected_plan(data, cfg, world_size)           # examples / tokens per step, before any model
-    setup = load_model(profile, data)                      # device, dtype, SFT arguments, base model
-    session = build_trainer(profile, data, setup)          # SFTTrainer + LoRA, packing isolation, resume point
-    training = train(profile, session)                     # held-out loss before, training, held-out loss after
-    metrics = run_metrics(profile, training)               # the metrics.json of the run
-    save(profile, training, metrics)                       # adapter, metrics, log, figure, manifest
-
-Contract: see the package docstring (platypus_utils/finetune/__init__.py). `run_finetune(profile)`
-writes what the notebook (notebooks/03_finetune.ipynb) writes. With finetune.num_gpus > 1 the
-steps run once per GPU under `accelerate launch` (python -m platypus_utils.finetune); called in
-one process `run_finetune` returns the finished run's metrics (`launched_run`).
-"""
+"""Stage 03_finetune as steps that return data (listed in the package docstring), and `run_finetune`,
+those steps composed: it writes what notebooks/03_finetune.ipynb writes. With finetune.num_gpus > 1
+the steps run once per GPU under `accelerate launch`; called in one process `run_finetune` returns
+the finished run's metrics (`launched_run`)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +55,6 @@ from .trainer import (
 
 log = logging.getLogger("platypus")
 STAGE = FINETUNE
-UPSTREAM = CLEAN[0]
 LOG_HISTORY = "log_history.csv"
 LOSS_FIGURE = "03_loss_curve"
 PARTNER_ADAPTER = "partner_adapter"
@@ -323,7 +311,7 @@ def run_metrics(profile, training: Training) -> dict:
     setup, plan, trainer, state = session.setup, session.plan, session.trainer, session.trainer.state
     steps, wall = session.planned_steps, training.train_wall_s
     session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
-    rows = log_rows(state.log_history, training.before["loss"], training.after["loss"], state.global_step)
+    rows = loss_rows(training)
     session_loss = float(training.result.training_loss)
     params = list(trainer.model.parameters())
     return {
@@ -387,15 +375,19 @@ def loss_title(profile) -> str:
 
 
 # ---------------------------------------------------------------- step 6: save
+def _save_pretrained(out_dir: Path, *objects) -> None:
+    with atomic_path(out_dir) as tmp:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+
+
 def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None) -> Path:
     """The trained LoRA adapter (and the tokenizer) into 03_finetune/adapter (or `adapter_dir`),
     atomically; every process of a distributed run joins (the adapter is gathered), the main one writes."""
     session = training.session
     adapter_dir = adapter_dir or artifact(profile, ADAPTER)
     if session.setup.world_size == 1:
-        with atomic_path(adapter_dir) as tmp:
-            session.trainer.model.save_pretrained(tmp)
-            session.data.tokenizer.save_pretrained(tmp)
+        _save_pretrained(adapter_dir, session.trainer.model, session.data.tokenizer)
     else:
         save_adapter_distributed(session.trainer, adapter_dir, session.setup.is_main)
     return adapter_dir
@@ -560,13 +552,9 @@ def train_partner_adapter(profile, world_size: int = 1) -> dict:
     )
     result = trainer.train()
     out_dir = stage_dir / PARTNER_ADAPTER
-    with atomic_path(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    _save_pretrained(out_dir, trainer.model, tokenizer)
     shutil.rmtree(work_dir, ignore_errors=True)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["data_source"]] = counts.get(r["data_source"], 0) + 1
+    counts = dict(Counter(r["data_source"] for r in rows))
     metrics = {
         "data_sources": counts,
         "examples": len(rows),

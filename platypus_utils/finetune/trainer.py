@@ -1,18 +1,5 @@
-"""Stage 03's trainer: LoRA and SFT settings from the profile, the attention and Liger kernels, the
-packing-isolation check, and the held-out completion loss.
-
-Contract:
-- `build_sft_config`: `SFTConfig(**finetune.sft, **the stage's options)`: prompt-completion data, loss
-  on the completion only, truncation at cutoff_len (keep_start), precision from models.torch_dtype; with
-  batch_unit examples the gradient accumulation for `world_size` processes is set here, before the
-  trainer (and a DeepSpeed config) reads it. `build_lora_config`: `LoraConfig(**finetune.lora)`.
-- `prepare_trainer` builds TRL's SFTTrainer with the profile's LoRA and applies the batch plan;
-  with packing it first checks, on the model about to train, that attention stays inside each
-  packed example (`check_packing_isolation`; in 16 bits on an fp32 twin of the model, `fp32_twin`).
-- `completion_loss` is a token mean of cross-entropy over completion tokens (labels != -100), not a
-  mean of per-batch means. `HeldOutLossAtStart` measures it as training starts, on the model as the
-  trainer runs it (FSDP with rank-0 loading: sharded, every process in step).
-"""
+"""Stage 03's trainer: SFTConfig and LoraConfig from the profile, the attention and Liger kernels, the
+check that packed examples cannot attend to each other, and the held-out completion loss."""
 
 from __future__ import annotations
 
@@ -86,11 +73,8 @@ def build_sft_config(
     use_liger_kernel: Optional[bool] = None,
     world_size: int = 1,
 ) -> SFTConfig:
-    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))`, the profile's options and the
-    stage's (prompt-completion data, loss on the completion only, truncation at cutoff_len, checkpoints in
-    `output_dir`, precision from the dtype, packing or padding-free batches, group_by_length, Liger:
-    `resolve_liger` when `use_liger_kernel` is None). With batch_unit examples the accumulation is set
-    here for `world_size` processes (before the trainer fills a DeepSpeed config from it)."""
+    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))`; Liger as `resolve_liger` says
+    when `use_liger_kernel` is None."""
     if use_liger_kernel is None:
         use_liger_kernel = resolve_liger(ft, device)
     ours = project_sft_options(ft, output_dir, seed, device, dtype, use_liger_kernel, world_size)
@@ -174,12 +158,7 @@ def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
     for row in dataset:
         start = 0
         for n in row.get("seq_lengths") or [len(row["input_ids"])]:  # packed rows, or one example a row
-            examples.append(
-                {
-                    "input_ids": list(row["input_ids"][start : start + n]),
-                    "labels": list(row["labels"][start : start + n]),
-                }
-            )
+            examples.append({k: list(row[k][start : start + n]) for k in ("input_ids", "labels")})
             start += n
         if len(examples) >= max_examples:
             break
@@ -227,13 +206,8 @@ def _isolation_losses(trainer, model, device, examples: list[dict]) -> tuple[lis
     was_training = model.training
     model.eval()  # no dropout: both passes must see the same weights
     try:
-        packed = losses(
-            {
-                "input_ids": sum((e["input_ids"] for e in examples), []),
-                "labels": sum((e["labels"] for e in examples), []),
-                "seq_lengths": [len(e["input_ids"]) for e in examples],
-            }
-        )
+        row = {k: sum((e[k] for e in examples), []) for k in ("input_ids", "labels")}
+        packed = losses({**row, "seq_lengths": [len(e["input_ids"]) for e in examples]})
         alone = [losses({**e, "seq_lengths": [len(e["input_ids"])]})[0] for e in examples]
     finally:
         model.train(was_training)
@@ -356,16 +330,16 @@ def prepare_trainer(
 
 # ---------------------------------------------------------------- held-out loss
 def _pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def pad(rows: list, value: int) -> torch.Tensor:
+        tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+        return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
+
+    ids = [e["input_ids"] for e in examples]
+    return {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(i) for i in ids], 0),
+        "labels": pad([e["labels"] for e in examples], IGNORE),
+    }
 
 
 @torch.no_grad()
