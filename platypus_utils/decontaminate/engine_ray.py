@@ -86,7 +86,8 @@ def embedder_factory(embedder) -> Callable | None:
         return None
     if isinstance(embedder, Embedder):
         root = embedder.cache.dir.parents[1]  # <root>/embeddings/<model key>
-        return functools.partial(Embedder, embedder.model_ref, root, embedder.batch_size, embedder.device)
+        backend = "torch" if embedder.backend == "torch" else "openvino"  # the driver's encoder, on every worker
+        return functools.partial(Embedder, embedder.model_ref, root, embedder.batch_size, embedder.device, backend)
     return functools.partial(_itself, embedder)
 
 
