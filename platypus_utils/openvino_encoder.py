@@ -10,11 +10,13 @@ the labelled pairs); elsewhere in fp32, with PyTorch's cosines to 1e-6.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -27,11 +29,34 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+@contextlib.contextmanager
+def telemetry_declined() -> Iterator[None]:
+    """OpenVINO's model conversion sends anonymous usage events to Google Analytics unless the user opted out
+    (openvino_telemetry: consent is assumed when no consent file exists); it checks when `openvino` is imported
+    and again in convert_model. Both run under CI=true, the library's own switch that declines (disable_in_ci),
+    so an offline profile reaches no network through it; the variable is restored afterwards."""
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
+def _openvino():
+    with telemetry_declined():
+        import openvino
+
+    return openvino
+
+
 def precision() -> str:
     """ "bf16" where the CPU computes bfloat16 natively, else "f32" (what OpenVINO would pick on its own,
     named so that the embedding cache keeps the two apart)."""
-    import openvino as ov
-
+    ov = _openvino()
     return "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
@@ -51,8 +76,9 @@ class OpenVINOEncoder:
             _COMPILED[key, inference_precision] = self.compiled
 
     def _compile(self, sample):
-        import openvino as ov
         import torch
+
+        ov = _openvino()
 
         t0 = time.perf_counter()
         transformer, names = self.model[0].auto_model, self.inputs
@@ -65,7 +91,11 @@ class OpenVINOEncoder:
             def forward(self, *args):
                 return self.inner(**dict(zip(names, args))).last_hidden_state
 
-        with torch.no_grad(), warnings.catch_warnings():  # tracing warns of branches fixed for a bidirectional encoder
+        with (
+            torch.no_grad(),
+            warnings.catch_warnings(),
+            telemetry_declined(),
+        ):  # tracing warns of branches fixed for a bidirectional encoder
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which convert_model calls
             converted = ov.convert_model(Wrapped().eval(), example_input=tuple(sample[k] for k in names))

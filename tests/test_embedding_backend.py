@@ -47,3 +47,12 @@ def test_openvino_cosines_within_0_01_of_pytorch_on_labelled_pairs(tmp_path):
         assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
         cos[backend] = (a * b).sum(1)
     assert np.abs(cos["torch"] - cos["openvino"]).max() < 0.01
+
+
+@needs_openvino
+def test_openvino_usage_telemetry_is_declined(tmp_path):
+    """openvino sends usage events to Google Analytics unless declined: an offline profile must reach no network."""
+    Embedder("embedded:all-minilm-l6-v2", tmp_path, device="cpu", backend="openvino").encode(["a text"])
+    import openvino_telemetry
+
+    assert openvino_telemetry.Telemetry().consent is False
