@@ -90,27 +90,13 @@ SFT_RANGES: dict[str, tuple[float, bool]] = {
 LORA_RANGES: dict[str, tuple[float, bool]] = {"r": (1, True), "lora_alpha": (0, False), "lora_dropout": (0.0, True)}
 
 # the flat finetune keys of earlier profiles, and where each lives now
+_FLAT_SFT = "learning_rate num_train_epochs max_steps per_device_train_batch_size warmup_steps lr_scheduler_type"
 MOVED_FINETUNE_KEYS: dict[str, str] = {
-    **{
-        key: f"finetune.sft.{key}"
-        for key in (
-            "learning_rate",
-            "num_train_epochs",
-            "max_steps",
-            "per_device_train_batch_size",
-            "warmup_steps",
-            "lr_scheduler_type",
-            "weight_decay",
-            "logging_steps",
-            "save_steps",
-        )
-    },
+    **{key: f"finetune.sft.{key}" for key in (*_FLAT_SFT.split(), "weight_decay", "logging_steps", "save_steps")},
     "gradient_checkpointing": "finetune.sft.activation_checkpointing",
     "gradient_accumulation_steps": "finetune.global_batch_size (examples per optimizer step over all GPUs)",
     "lora_r": "finetune.lora.r",
-    "lora_alpha": "finetune.lora.lora_alpha",
-    "lora_dropout": "finetune.lora.lora_dropout",
-    "target_modules": "finetune.lora.target_modules",
+    **{key: f"finetune.lora.{key}" for key in ("lora_alpha", "lora_dropout", "target_modules")},
 }
 
 

@@ -65,48 +65,48 @@ def plan_batch(
         raise ValueError("plan_batch: no training examples")
     if row_tokens is not None and not len(row_tokens):
         raise ValueError("plan_batch: no packed rows")
+    packed = ft.batch_unit != "examples" and row_tokens is not None
+    unit_tokens = row_tokens if packed else example_tokens
+    mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
+    per_device, (gas, per_step) = ft.sft["per_device_train_batch_size"], ft.examples_step_plan(world_size)
+    micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
     if ft.batch_unit == "examples":
-        return _plan_in_examples(example_tokens, ft, world_size)
-    return _plan_in_tokens(example_tokens, ft, world_size, row_tokens)
-
-
-def _plan_in_examples(example_tokens: Sequence[int], ft, world_size: int) -> BatchPlan:
-    per_device = ft.sft["per_device_train_batch_size"]
-    gas, per_step = ft.examples_step_plan(world_size)
-    mean_example = float(np.mean(example_tokens))
-    how = (
-        f"padding-free micro-batches of {per_device} examples flattened into one row"
-        if is_padding_free(ft)
-        else f"micro-batches of {per_device} padded examples"
-    )
-    target = f"finetune.global_batch_size={ft.global_batch_size}" if ft.global_batch_size else "the profile's"
-    rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
-    batches_per_process = math.ceil(math.ceil(len(example_tokens) / world_size) / per_device)
+        how = (
+            f"padding-free micro-batches of {per_device} examples flattened into one row"
+            if is_padding_free(ft)
+            else f"micro-batches of {per_device} padded examples"
+        )
+        target = f"finetune.global_batch_size={ft.global_batch_size}" if ft.global_batch_size else "the profile's"
+        tokens_target = None
+        rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
+    else:
+        gas, tokens_target, rule = _token_accumulation(ft, world_size, per_step, mean_example, mean_unit, packed)
+    units = len(unit_tokens)
+    batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
     return BatchPlan(
-        unit="example",
-        units=len(example_tokens),
+        unit="packed row" if packed else "example",
+        units=units,
         examples=len(example_tokens),
-        mean_unit_tokens=mean_example,
+        mean_unit_tokens=mean_unit,
         mean_example_tokens=mean_example,
         per_device_batch=per_device,
         world_size=world_size,
         gradient_accumulation_steps=int(gas),
-        tokens_per_step_target=None,
-        tokens_per_step=per_step * mean_example,
-        examples_per_step=float(per_step),
+        tokens_per_step_target=tokens_target,
+        tokens_per_step=gas * micro_tokens,
+        examples_per_step=gas * per_device * world_size * (len(example_tokens) / units),
         steps_per_epoch=max(1, math.ceil(batches_per_process / gas)),
         rule=rule,
     )
 
 
-def _plan_in_tokens(
-    example_tokens: Sequence[int], ft, world_size: int, row_tokens: Optional[Sequence[int]]
-) -> BatchPlan:
-    packed = row_tokens is not None
-    unit_tokens = row_tokens if packed else example_tokens
-    mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
-    per_device, (_, profile_examples) = ft.sft["per_device_train_batch_size"], ft.examples_step_plan(world_size)
-    micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
+def _token_accumulation(
+    ft, world_size: int, profile_examples: int, mean_example: float, mean_unit: float, packed: bool
+):
+    """batch_unit tokens: (accumulation, the step's target in tokens, the rule), or ValueError saying why
+    the target cannot be met within 10%."""
+    per_device = ft.sft["per_device_train_batch_size"]
+    micro_tokens = per_device * world_size * mean_unit
     if ft.tokens_per_step is not None:
         target = float(ft.tokens_per_step)
         rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
@@ -125,24 +125,7 @@ def _plan_in_tokens(
             f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower sft.per_device_train_batch_size or "
             "cutoff_len, raise tokens_per_step, or use batch_unit: examples"
         )
-    units = len(unit_tokens)
-    batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
-    examples_per_unit = len(example_tokens) / units
-    return BatchPlan(
-        unit="packed row" if packed else "example",
-        units=units,
-        examples=len(example_tokens),
-        mean_unit_tokens=mean_unit,
-        mean_example_tokens=mean_example,
-        per_device_batch=per_device,
-        world_size=world_size,
-        gradient_accumulation_steps=int(gas),
-        tokens_per_step_target=target,
-        tokens_per_step=gas * micro_tokens,
-        examples_per_step=gas * per_device * world_size * examples_per_unit,
-        steps_per_epoch=max(1, math.ceil(batches_per_process / gas)),
-        rule=rule,
-    )
+    return gas, target, rule
 
 
 def planned_steps(plan: BatchPlan, ft) -> int:
