@@ -97,6 +97,11 @@ def as_float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+def _n(results: dict, task: str) -> int | None:
+    n = (results.get("n-samples") or {}).get(task) or {}
+    return n.get("effective", n.get("original"))
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -120,14 +125,13 @@ def task_settings(results: dict, source: str = "") -> dict[str, dict]:
         shots = (results.get("n-shot") or {}).get(
             task, ((results.get("configs") or {}).get(task) or {}).get("num_fewshot")
         )
-        n = (results.get("n-samples") or {}).get(task) or {}
         out[task] = {
             "benchmark": unit[0],
             "subject": unit[1],
             "num_fewshot": shots,
             "version": (results.get("versions") or {}).get(task),
             "limit": limit,
-            "n": n.get("effective", n.get("original")),
+            "n": _n(results, task),
         }
     return out
 
@@ -138,7 +142,6 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
     tasks: dict[str, dict] = {}
     subjects: dict[str, dict] = {}
     for res in results:
-        n_samples = res.get("n-samples") or {}
         for task, r in (res.get("results") or {}).items():
             unit = task_unit(task)
             if unit is None or not isinstance(r, dict):
@@ -148,7 +151,7 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
             entry = {
                 "value": as_float(r.get(f"{metric},none")),
                 "stderr": as_float(r.get(f"{metric}_stderr,none")),
-                "n": (n_samples.get(task) or {}).get("effective"),
+                "n": _n(res, task),
             }
             if subject:
                 subjects[subject] = {

@@ -410,38 +410,22 @@ def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float)
 
 def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: float) -> list[dict]:
     """Changes to the profile (each alone, and with checkpointing) that bring the peak under `limit`."""
-    ft = profile.finetune
+    per_device = profile.finetune.sft["per_device_train_batch_size"]
     candidates = []
-    per_device = ft.sft["per_device_train_batch_size"]
     if per_device > 1:
-        candidates.append(
-            (
-                "finetune.sft.per_device_train_batch_size: 1",
-                {"micro_tokens": settings["micro_tokens"] // per_device},
-            )
-        )
+        per_one = {"micro_tokens": settings["micro_tokens"] // per_device}
+        candidates.append(("finetune.sft.per_device_train_batch_size: 1", per_one))
     if settings["model_shards"] == 1:
-        candidates.append(
-            (
-                "finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml",
-                {"model_shards": 8, "state_shards": 8},
-            )
-        )
+        fsdp = "finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml"
+        candidates.append((fsdp, {"model_shards": 8, "state_shards": 8}))
     if settings["bits"] == 16:
         candidates.append(("finetune.load_in_4bit: true", {"bits": 4}))
     if not settings["checkpointing"]:
         ckpt = "finetune.sft.activation_checkpointing: true"
-        candidates = (
-            [(ckpt, {"checkpointing": True})]
-            + candidates
-            + [(f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
-        )
-    out = []
-    for name, change in candidates:
-        total = memory_per_gpu(shape, **{**settings, **change})["total"]
-        if total <= limit:
-            out.append({"change": name, "peak_gib": total})
-    return out
+        with_ckpt = [(f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
+        candidates = [(ckpt, {"checkpointing": True}), *candidates, *with_ckpt]
+    totals = [(name, memory_per_gpu(shape, **{**settings, **change})["total"]) for name, change in candidates]
+    return [{"change": name, "peak_gib": total} for name, total in totals if total <= limit]
 
 
 # ---------------------------------------------------------------- time, disk, evaluation

@@ -7,17 +7,8 @@ profile loads, `layout.evaluable_variants`):
 - a `merge.partners` entry without an `adapter`: that partner model as it is;
 - any other name: `models[name].path` of 04_merge's merge_report.json.
 
-References (`evaluate.references`): released models evaluated as they are, after the variants, with the
-same tasks and settings; their spec carries `kind` "reference", `compare_to` (the variant they are the
-released counterpart of) and `published` (their row in `platypus_utils.published`). A model reference
-written `org/name@revision` is loaded at that revision (lm-eval's `revision=`).
-
-`resolve_variants` resolves every variant, keeping the error of one that cannot be (a missing adapter or
-merge report) instead of stopping. `lm_settings` gives device, dtype and batch size, `parallelize` when
-a model must be spread over several GPUs, and the profile's extra HFLM `model_args`; `make_lm` builds
-the model from them (the profile's `model_args` last, so they win): lm-eval's HFLM, or with
-`evaluate.backend: vllm` its VLLM (prefix caching on, batch size auto, the GPUs by tensor parallelism
-where the model must be spread); `check_backend` fails before any work when vLLM or CUDA is missing.
+References (`evaluate.references`): released models evaluated as they are, after the variants; their
+spec carries `kind` "reference", `compare_to` and `published`; `org/name@revision` loads that revision.
 """
 
 from __future__ import annotations
@@ -268,26 +259,27 @@ def _lora_rank(adapter: str) -> int:
     return next((k for k in _VLLM_LORA_RANKS if k >= r), r)
 
 
+def _lm_kwargs(spec: ModelSpec, settings: dict, own: dict) -> dict:
+    """lm-eval's model arguments: the checkpoint, dtype and revision, the backend's `own`, and the
+    profile's evaluate.model_args last, so they win."""
+    kwargs = {"pretrained": spec.pretrained, "dtype": settings["dtype"], **own}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    return {**kwargs, **settings.get("model_args", {})}
+
+
 def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
     """lm-eval's VLLM arguments for a variant (what `--model vllm --model_args ...` takes, lm-eval 0.4.13's
     lm_eval.models.vllm_causallms.VLLM): prefix caching on (the few-shot prompts share long prefixes;
     but lm-eval 0.4.13 scores through prompt_logprobs, for which vLLM skips reading the cache), batch
     size auto; a model to spread goes over every visible GPU by tensor parallelism; the unmerged
     adapter as a LoRA request."""
-    kwargs: dict = {
-        "pretrained": spec.pretrained,
-        "dtype": settings["dtype"],
-        "batch_size": "auto",
-        "enable_prefix_caching": True,  # passed through to vllm.LLM
-    }
-    if spec.revision:
-        kwargs["revision"] = spec.revision
+    own: dict = {"batch_size": "auto", "enable_prefix_caching": True}  # passed through to vllm.LLM
     if settings.get("parallelize"):
-        kwargs["tensor_parallel_size"] = max(1, torch.cuda.device_count())
+        own["tensor_parallel_size"] = max(1, torch.cuda.device_count())
     if spec.peft:
-        kwargs.update(lora_local_path=spec.peft, max_lora_rank=_lora_rank(spec.peft))
-    kwargs.update(settings.get("model_args", {}))  # the profile's evaluate.model_args, last
-    return kwargs
+        own.update(lora_local_path=spec.peft, max_lora_rank=_lora_rank(spec.peft))
+    return _lm_kwargs(spec, settings, own)
 
 
 def make_lm(spec: ModelSpec, settings: dict):
@@ -303,20 +295,11 @@ def make_lm(spec: ModelSpec, settings: dict):
 
         return PrefixCachedVLLM(**kwargs)
     batch = settings["batch_size"]
-    kwargs = {
-        "pretrained": spec.pretrained,
-        "dtype": settings["dtype"],
-        "device": settings["device"],
-        "batch_size": int(batch) if str(batch).isdigit() else batch,
-    }
-    if settings.get("parallelize"):
-        kwargs.pop("device")
-        kwargs["parallelize"] = True
+    own = {"parallelize": True} if settings.get("parallelize") else {"device": settings["device"]}
+    own["batch_size"] = int(batch) if str(batch).isdigit() else batch
     if spec.peft:
-        kwargs["peft"] = spec.peft
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    kwargs.update(settings.get("model_args", {}))  # the profile's evaluate.model_args, last
+        own["peft"] = spec.peft
+    kwargs = _lm_kwargs(spec, settings, own)
     log.info("loading %s for lm-eval: %s", spec.variant, kwargs)
     # imported here: lm-eval's model module takes ~8 s to import (measured), and only a cache miss needs it
     from lm_eval.models.huggingface import HFLM

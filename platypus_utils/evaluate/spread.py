@@ -1,16 +1,10 @@
-"""Variants spread over the GPUs: one worker process per GPU, each evaluating whole variants in turn.
+"""Variants spread over the GPUs: one worker process per group of GPUs, each evaluating whole variants.
 
-The 13B profile evaluates 12 models (variants and references), each of which fits one 80 GB GPU; on a
-node of N GPUs stage 05 runs N of them at once instead of one after another (`platypus plan` prints
-the hours both ways); 70B models, two GPUs each, run N/2 at a time. `gpu_slots` decides: several CUDA
-GPUs visible, grouped by what the largest model needs; each slot is a CUDA_VISIBLE_DEVICES value, and
-inside it `evaluate.parallelize: auto` spreads a model over its group as it would over the node.
-
-`spread_variants` only fills the eval cache (cache.py): each worker runs `evaluate_variant` for the
-names it takes, and every benchmark result enters the cache under the same key a sequential run uses
-(device "cuda", same dtype, batch size, seeds). The stage's own pass then finds them all there and
-writes the files as always; a variant whose worker failed is evaluated there again, in-process, and
-fails or succeeds as it would have alone.
+A group is as many GPUs as the largest model needs (`gpu_slots`); each is a CUDA_VISIBLE_DEVICES value,
+inside which `evaluate.parallelize: auto` spreads a model as it would over the node. The workers only
+fill the eval cache (cache.py), under the keys a sequential run uses; the stage's own pass then finds
+every result there and writes the files as always, and evaluates again, in-process, a variant whose
+worker failed, so it fails or succeeds as it would have alone.
 """
 
 from __future__ import annotations

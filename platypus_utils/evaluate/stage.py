@@ -1,35 +1,20 @@
-"""Stage 05's evaluation and save steps, and `run_evaluate`, their composition.
+"""Stage 05's evaluation and save steps, and `run_evaluate`, their composition (steps: the package docstring).
 
-    suite = prepare_tasks(profile)                                  # tasks.py
-    specs, unresolved = resolve_variants(profile)                   # models.py
-    spread_variants(profile, suite, specs, gpu_slots(profile, specs), evaluate_variant)  # spread.py: several GPUs
-    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force)
-    scores_frame({v: e.summary for v, e in evaluations.items() if e.ok})   # summary.py
-    save(profile, suite, evaluations, timings, force=force)
+`evaluate_variant` runs lm-eval once per benchmark with the leaderboard's seeds, or takes the result from
+the eval cache (cache.py) when its key is the same: model content hash, benchmark, task, shots, limit,
+task definition hash, lm-eval version, seeds and the model settings (device, dtype, batch size, backend).
+Each result enters the cache as soon as lm-eval returns it, so a killed run redoes only the benchmarks
+that had not finished, and a reference with a variant's weights takes that variant's results. `force`
+runs lm-eval again and replaces the entry, once per stage run (a key computed earlier in it is reused).
 
-`evaluate_variant` runs lm-eval once per benchmark (with the leaderboard's seeds), or takes the result
-from the eval cache (cache.py) when the key - model content hash, benchmark, task, shots, limit, task
-definition hash, lm-eval version, seeds, device/dtype/batch settings and backend - is the same. `force`
-(the runner's --force) runs lm-eval again even where the cache holds the result, and replaces the entry
-(once per run: a key computed earlier in the same run is reused).
-
-Resume: each benchmark's result enters the cache as soon as lm-eval returns it, so a killed evaluation
-run again redoes only the benchmarks (of each variant) that had not finished; the same mechanism lets a
-reference with the same weights as a variant (the base as released, say) take that variant's results.
-
-References (`evaluate.references`): released models, evaluated after the variants exactly as they are
-(models.py); their summary, report entry and files carry `kind: reference`, `compare_to` and `published`.
-
-Failures: a variant that cannot be resolved, loaded or evaluated is logged with its error and recorded
-as failed in the report; the others' results are kept. `save` writes per variant `<variant>.json` (the
-summary 06_analysis reads), `<variant>.raw.json` and `<variant>.samples.jsonl` (when
-`evaluate.log_samples`), then `evaluate_report.json` and `manifest.json`. When every variant failed it
-raises EvaluationError after writing this run's report to `evaluate_report.failed.json`, beside the
-last good `evaluate_report.json`, which it leaves as it was (with the variant files it names).
+A variant that cannot be resolved, loaded or evaluated is recorded as failed and the others are kept.
+When every variant failed, `save` writes this run's report to `evaluate_report.failed.json`, leaves the
+last good `evaluate_report.json` (and the variant files it names) as they were, and raises EvaluationError.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -138,22 +123,9 @@ class _LazyLM:
         return _jsonable(out), samples
 
 
-def _task_settings(suite: TaskSuite, bench: str, num_fewshot: int, limit) -> dict:
-    out = {
-        "task": suite.task_names[bench],
-        "num_fewshot": num_fewshot,
-        "limit": limit,
-        "data_hash": suite.definition_hash[bench],
-    }
-    if bench in suite.notes:
-        out["note"] = suite.notes[bench]
-    return out
-
-
-def _kind_fields(spec: ModelSpec) -> dict:
-    if spec.kind == REFERENCE:
-        return {"kind": REFERENCE, "compare_to": spec.compare_to, "published": spec.published}
-    return {"kind": spec.kind}
+def _kind_fields(ref) -> dict:
+    """kind (and a reference's compare_to and published), for a reference's spec or profile entry, or None."""
+    return {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published} if ref else {"kind": VARIANT}
 
 
 def evaluate_variant(
@@ -178,19 +150,17 @@ def evaluate_variant(
     for bench in benchmarks_in(profile):
         tcfg = profile.evaluate.tasks[bench]
         limit = _limit(tcfg.limit)
-        task_settings[bench] = _task_settings(suite, bench, tcfg.num_fewshot, limit)
-        fields = {
-            "model_hash": mhash,
-            "benchmark": bench,
+        shown = {
             "task": suite.task_names[bench],
             "num_fewshot": tcfg.num_fewshot,
             "limit": limit,
             "data_hash": suite.definition_hash[bench],
-            "lm_eval": lm_eval_version(),
-            "seeds": SEEDS,
-            **settings,
         }
-        key = task_settings[bench]["cache_key"] = cache_key(fields)
+        fields = {"model_hash": mhash, "benchmark": bench, **shown, "lm_eval": lm_eval_version(), "seeds": SEEDS}
+        fields.update(settings)
+        key = cache_key(fields)
+        note = {"note": suite.notes[bench]} if bench in suite.notes else {}
+        task_settings[bench] = {**shown, **note, "cache_key": key}
         t0 = time.perf_counter()
         entry = None if force and key not in (computed or set()) else cache.get(key)
         if entry is None:
@@ -211,7 +181,8 @@ def evaluate_variant(
         "tasks": task_settings,
         "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
     }
-    result.summary = {**summarise(variant, spec.model, mhash, settings_out, result.raws, suite), **_kind_fields(spec)}
+    ref = spec if spec.kind == REFERENCE else None
+    result.summary = {**summarise(variant, spec.model, mhash, settings_out, result.raws, suite), **_kind_fields(ref)}
     return result
 
 
@@ -224,14 +195,8 @@ def evaluate_variants(
 ) -> dict[str, VariantEvaluation]:
     """evaluate_variant for each resolved variant, then each reference, in the profile's order; a failure
     is kept, not raised."""
-    task_manager: list = []  # one TaskManager for all variants, made on the first cache miss
+    shared_task_manager = functools.cache(lambda: make_task_manager(suite))  # one, made on the first cache miss
     computed: set[str] = set()  # cache keys lm-eval ran for in this call (force reruns each once)
-
-    def shared_task_manager():
-        if not task_manager:
-            task_manager.append(make_task_manager(suite))
-        return task_manager[0]
-
     out = {}
     for variant in evaluation_names(profile):
         if variant not in specs:
@@ -267,10 +232,7 @@ def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvalua
             if e.ok
             else {"status": "failed", "error": e.error}
         )
-        ref = references.get(v)
-        variants[v].update(
-            {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published} if ref else {"kind": VARIANT}
-        )
+        variants[v].update(_kind_fields(references.get(v)))
     return {
         "backend": profile.evaluate.backend,
         "references": list(references),

@@ -18,14 +18,9 @@ import math
 
 import pandas as pd
 
-from ..lmeval_io import LEADERBOARD_METRICS, as_float
+from ..lmeval_io import LEADERBOARD_METRICS, as_float, summary_from_results
 from ..plotting import new_figure
 from .tasks import TaskSuite
-
-
-def _n(raw: dict, task: str) -> int:
-    n = raw.get("n-samples", {}).get(task, {})
-    return int(n.get("effective", n.get("original", 0)))
 
 
 def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[float | None, str | None]:
@@ -37,23 +32,6 @@ def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[
     if len(set(subject_sizes)) != 1 or n_total < 2:
         return None, None
     return math.sqrt(mean_acc * (1 - mean_acc) / (n_total - 1)), "pooled over questions (equal subject sizes)"
-
-
-def _mmlu_subjects(raw: dict, suite: TaskSuite, metric: str) -> dict[str, dict]:
-    results, subjects = raw["results"], {}
-    for subject, category in sorted(suite.mmlu_subjects.items()):
-        task = suite.subject_task(subject)
-        if task in results:
-            r = results[task]
-            subjects[subject] = {
-                "acc": as_float(r[f"{metric},none"]),
-                "stderr": as_float(r.get(f"{metric}_stderr,none")),
-                "n": _n(raw, task),
-                "category": category,
-            }
-    if not subjects:
-        raise RuntimeError(f"lm-eval output for MMLU has no subject results ({sorted(results)[:5]}...)")
-    return subjects
 
 
 def _mmlu_task(raw: dict, suite: TaskSuite, subjects: dict[str, dict], metric: str, label: str) -> dict:
@@ -87,23 +65,20 @@ def _mmlu_task(raw: dict, suite: TaskSuite, subjects: dict[str, dict], metric: s
 
 
 def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[str, dict], suite: TaskSuite) -> dict:
-    """lm-eval outputs -> the normalised summary 06_analysis reads (see the module docstring)."""
-    tasks: dict[str, dict] = {}
-    subjects: dict[str, dict] = {}
-    for bench, raw in raws.items():
-        metric, label = LEADERBOARD_METRICS[bench]
-        if bench == "mmlu":
-            subjects = _mmlu_subjects(raw, suite, metric)
-            tasks[bench] = _mmlu_task(raw, suite, subjects, metric, label)
-        else:
-            task = suite.task_names[bench]
-            r = raw["results"][task]
-            tasks[bench] = {
-                "metric": label,
-                "value": as_float(r[f"{metric},none"]),
-                "stderr": as_float(r.get(f"{metric}_stderr,none")),
-                "n": _n(raw, task),
-            }
+    """lm-eval outputs -> the normalised summary 06_analysis reads (see the module docstring): lmeval_io's
+    summary of them, with MMLU's standard error and lm-eval's weighted group value added."""
+    read = summary_from_results(variant, raws.values(), model)
+    tasks, subjects = read["tasks"], read["mmlu_subjects"]
+    if "mmlu" in raws:
+        if not subjects:
+            raise RuntimeError(
+                f"lm-eval output for MMLU has no subject results ({sorted(raws['mmlu']['results'])[:5]}...)"
+            )
+        tasks["mmlu"] = _mmlu_task(raws["mmlu"], suite, subjects, *LEADERBOARD_METRICS["mmlu"])
+    missing = sorted(set(raws) - set(tasks))
+    if missing:
+        raise RuntimeError(f"lm-eval output has no result for {missing}")
+    tasks = {b: tasks[b] for b in raws}
     values = [t["value"] for t in tasks.values() if t["value"] is not None]
     return {
         "variant": variant,
