@@ -35,7 +35,3 @@ where installed, gradient checkpointing; several GPUs through `accelerate launch
 interrupted run resumes from matching checkpoints unless finetune.resume: never); the runner uses
 --force to relaunch a multi-GPU training that is up to date.
 """
-
-# plan.py (another owner's file) still imports these two from the package; its import line moves them
-from .data import PROMPT_NO_INPUT  # noqa: F401
-from .trainer import build_lora_config  # noqa: F401

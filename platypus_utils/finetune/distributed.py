@@ -77,20 +77,9 @@ def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
     if not profile.source_file:
         raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
     check_accelerate_config(ft)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ft.accelerate_config),
-        "--num_processes",
-        str(ft.num_gpus),
-        "--num_machines",
-        "1",
-        "-m",
-        "platypus_utils.finetune",
-        str(profile.source_file),
-    ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ft.accelerate_config)]
+    cmd += ["--num_processes", str(ft.num_gpus), "--num_machines", "1"]
+    cmd += ["-m", "platypus_utils.finetune", str(profile.source_file)]
     for key, value in sorted((overrides or {}).items()):
         cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back typed by --set
     return cmd
