@@ -15,6 +15,7 @@ last good `evaluate_report.json` (and the variant files it names) as they were, 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -49,8 +50,9 @@ STAGE = layout.EVALUATE
 REPORT = layout.EVALUATE_REPORT[1]
 FAILED_REPORT = "evaluate_report.failed.json"
 VARIANT_FILES = (".json", ".raw.json", ".samples.jsonl")
-# lm-eval's defaults (also the leaderboard's): python, numpy, torch and few-shot sampler seeds
-SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
+# python, numpy, torch and few-shot sampler seeds: lm-eval's own defaults (the leaderboard's), read from
+# simple_evaluate, recorded in each summary and the eval-cache key
+SEEDS = {k: p.default for k, p in inspect.signature(lm_eval.simple_evaluate).parameters.items() if k.endswith("_seed")}
 
 
 class EvaluationError(RuntimeError):

@@ -148,53 +148,32 @@ def _arc_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
 
 
 def _hellaswag_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
-    d = root / "hellaswag"
+    d, folder = root / "hellaswag", builtin / "hellaswag"
     split_files = {"validation": _need(d / "hellaswag_val.jsonl", "HellaSwag validation file")}
-    note = None
     if (d / "hellaswag_train.jsonl").is_file():
         split_files["train"] = d / "hellaswag_train.jsonl"
-        splits = {
-            "training_split": "train",
-            "validation_split": "validation",
-            "test_split": None,
-            "fewshot_split": None,
-        }
+        splits, note = ("train", "validation", None, None), None
     else:
         # Evaluating "validation" as the test split makes lm-eval drop the evaluated item
         # from its own few-shot draw (it only does so when fewshot split == test split).
-        splits = {
-            "training_split": None,
-            "validation_split": None,
-            "test_split": "validation",
-            "fewshot_split": "validation",
-        }
+        splits = (None, None, "validation", "validation")
         note = (
             "few-shot pool: validation split minus the evaluated item "
             "(the built-in task draws from the train split, absent offline)"
         )
+    names = ("training_split", "validation_split", "test_split", "fewshot_split")
     built = _single_task(
-        "hellaswag",
-        d,
-        split_files,
-        builtin / "hellaswag" / "hellaswag.yaml",
-        [builtin / "hellaswag" / "utils.py"],
-        **splits,
+        "hellaswag", d, split_files, folder / "hellaswag.yaml", [folder / "utils.py"], **dict(zip(names, splits))
     )
     built.note = note
     return built
 
 
 def _truthfulqa_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
-    d = root / "truthfulqa"
+    d, folder = root / "truthfulqa", builtin / "truthfulqa"
     split_files = {"validation": _need(d / "mc_task.json", "TruthfulQA mc_task.json")}
-    folder = builtin / "truthfulqa"
-    return _single_task(
-        "truthfulqa_mc2",
-        d,
-        split_files,
-        folder / "truthfulqa_mc2.yaml",
-        [folder / "truthfulqa_mc1.yaml", folder / "utils.py"],
-    )
+    extra = [folder / "truthfulqa_mc1.yaml", folder / "utils.py"]
+    return _single_task("truthfulqa_mc2", d, split_files, folder / "truthfulqa_mc2.yaml", extra)
 
 
 def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str]:
