@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from accelerate import init_empty_weights
 
-from ..artifacts import artifacts_up_to_date
+from ..artifacts import artifacts_up_to_date, atomic_path
 from ..layout import FINETUNE, FINETUNE_METRICS, artifact
 from ..models import load_causal_lm
 
@@ -174,8 +174,8 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
 
 
 def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
-    """Every process joins the save (FSDP/ZeRO-3 gather the adapter); the main one writes it to a
-    fixed partial folder, then renames it into place."""
+    """Every process joins the save (FSDP/ZeRO-3 gather the adapter) into a fixed partial folder that
+    the main one writes; it then moves it into place (`atomic_path`)."""
     partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
     if is_main and partial.exists():
         shutil.rmtree(partial)
@@ -184,9 +184,5 @@ def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
     trainer.accelerator.wait_for_everyone()
     if is_main:
         (partial / "training_args.bin").unlink(missing_ok=True)  # not part of the adapter
-        old = adapter_dir.with_name(f".{adapter_dir.name}.old")
-        if adapter_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(adapter_dir, old)
-        os.replace(partial, adapter_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_path(adapter_dir) as tmp:
+            os.replace(partial, tmp)
