@@ -22,7 +22,6 @@ TruthfulQA mc2, which lm-eval logs under "acc").
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .artifacts import iter_jsonl
+from .artifacts import iter_jsonl, read_record
 
 TASK_PREFIX = "platypus_"  # this project's local task names (stage 05 writes them)
 # benchmark -> (lm-eval metric key, the name it is reported under), in the leaderboard's order
@@ -103,12 +102,9 @@ def _n(results: dict, task: str) -> int | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable as JSON ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    data, problem = read_record(path)
+    if data is None:
+        raise ValueError(problem or f"{path}: no such file")
     return data
 
 
@@ -364,15 +360,13 @@ def read_pipeline_variant(eval_dir: str | Path, variant: str, summary: dict | No
             if isinstance(res, dict) and isinstance(res.get("results"), dict):
                 settings.update(task_settings(res, f"{raw_path} [{bench}]"))
     sample_path = eval_dir / f"{variant}.samples.jsonl"
-    notes = []
+    notes, samples = [], pd.DataFrame(columns=SAMPLE_COLUMNS)
     pointer = lfs_pointer(sample_path) if sample_path.is_file() else None
     if pointer:
-        samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
         notes.append(f"{variant}: {lfs_text(sample_path, pointer)}; falls back to the summary (unpaired errors)")
     elif sample_path.is_file():
         samples = samples_frame(_samples(sample_path), source=str(sample_path))
     else:
-        samples = pd.DataFrame(columns=SAMPLE_COLUMNS)
         notes.append(f"{variant}: no {sample_path.name} (evaluate.log_samples off?): unpaired errors")
     return EvalRun(variant, str(eval_dir), summary, settings, samples, notes)
 

@@ -13,7 +13,6 @@ spec carries `kind` "reference", `compare_to` and `published`; `org/name@revisio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from huggingface_hub import get_safetensors_metadata
 
 from .. import layout
 from .. import models as model_utils  # resolve_model / model_content_hash looked up per call (tests replace them)
-from ..artifacts import sha256_path
+from ..artifacts import sha256_path, sha256_text
 from ..models import pick_device, pick_dtype
 from ..refs import split_revision
 
@@ -155,16 +154,11 @@ def variants_table(specs: dict[str, ModelSpec], errors: dict[str, str] | None = 
     loads (and at which revision), the variant a reference is compared to, its published row, or the error."""
     rows = [
         {
+            **vars(s),
             "variant": v,
-            "kind": s.kind,
             "status": "ok",
-            "source": s.source,
-            "model": s.model,
-            "loads": s.pretrained + (f"@{s.revision}" if s.revision else ""),
             "peft": s.peft or "",
-            "compare_to": s.compare_to or "",
-            "published": s.published or "",
-            "error": "",
+            "loads": s.pretrained + (f"@{s.revision}" if s.revision else ""),
         }
         for v, s in specs.items()
     ]
@@ -182,7 +176,7 @@ def model_hash(spec: ModelSpec) -> str:
     else:
         base = "hub:" + spec.pretrained + (f"@{spec.revision}" if spec.revision else "")
     if spec.peft:
-        return hashlib.sha256(f"{base}+peft:{sha256_path(spec.peft)}".encode()).hexdigest()
+        return sha256_text(f"{base}+peft:{sha256_path(spec.peft)}")
     return base
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from .. import benchmarks
-from ..artifacts import atomic_path, sha256_file
+from ..artifacts import atomic_path, sha256_file, sha256_text
 from ..demo_data import demo_benchmarks_dir
 from ..lmeval_io import LEADERBOARD_METRICS, MMLU_CATEGORIES, MMLU_CATEGORY_ORDER, TASK_PREFIX, builtin_tasks_dir
 
@@ -83,7 +83,7 @@ def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = Non
         mode="hub",
         tasks_dir=None,
         task_names=names,
-        definition_hash={b: hashlib.sha256(f"hub:{b}:{version}".encode()).hexdigest() for b in benchmarks_},
+        definition_hash={b: sha256_text(f"hub:{b}:{version}") for b in benchmarks_},
         mmlu_subjects=subjects if "mmlu" in benchmarks_ else {},
     )
 
@@ -257,7 +257,7 @@ def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
         h.update(str(p.relative_to(root)).encode())
         h.update(sha256_file(p).encode())
     for text in extra:
-        h.update(hashlib.sha256(text.encode()).hexdigest().encode())
+        h.update(sha256_text(text).encode())
     return h.hexdigest()
 
 
