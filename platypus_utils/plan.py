@@ -122,8 +122,7 @@ EVAL_TASKS = {
     "truthfulqa_mc2": EvalTask(817, 7.2, 67, 48, 0, 573, 1, False, False, "fixed 6-QA preamble, shared"),
 }
 VLLM_BLOCK_TOKENS = 16  # vLLM's KV-cache block: prefix-cache hits are whole blocks
-EVAL_BACKENDS = ("hf", "vllm", "vllm_prefix_cached")
-EVAL_BACKEND_NAMES = {
+EVAL_BACKENDS = {  # backend -> its name in the printed plan
     "hf": "hf (lm-eval HFLM)",
     "vllm": "vllm, lm-eval's own path",
     "vllm_prefix_cached": "vllm, cache read (ours)",
@@ -716,19 +715,19 @@ def format_evaluation(e: dict) -> list[str]:
         f"evaluation (estimates)    {e['models']} models ({e['variants']} variants + {e['references']} references"
         f"{seeds}) x {len(e['tasks'])} tasks",
         "  forward tokens per model  "
-        + "; ".join(f"{EVAL_BACKEND_NAMES[b]} ~{e['forward_tokens_per_model'][b] / 1e6:.1f} M" for b in EVAL_BACKENDS),
+        + "; ".join(f"{EVAL_BACKENDS[b]} ~{e['forward_tokens_per_model'][b] / 1e6:.1f} M" for b in EVAL_BACKENDS),
         f"  {'hours, every model':<26}{'MFU':>5}"
         + "".join(f"{f'{g.upper()} x{hold[g]}':>11}" for g in kinds)
         + f"   spread over {spread_head}",
     ]
     for b in EVAL_BACKENDS:
         lines.append(
-            f"  {EVAL_BACKEND_NAMES[b]:<26}{e['mfu'][b]:>5.2f}"
+            f"  {EVAL_BACKENDS[b]:<26}{e['mfu'][b]:>5.2f}"
             + "".join(f"{e['hours'][b][g]:>9.1f} h" for g in kinds)
             + f"   {sp['hours'][b]:.1f} h"
         )
     verdicts = "; ".join(
-        f"{EVAL_BACKEND_NAMES[b]} ~{e['hours'][b][tg['gpu']]:.1f} h: {'met' if tg['met'][b] else 'NOT met'}"
+        f"{EVAL_BACKENDS[b]} ~{e['hours'][b][tg['gpu']]:.1f} h: {'met' if tg['met'][b] else 'NOT met'}"
         for b in ("vllm", "vllm_prefix_cached")
     )
     holds = "" if tg["one_gpu_holds_model"] else f" (one {tg['gpu'].upper()} cannot hold the model)"

@@ -264,9 +264,7 @@ def test_plan_prints_eval_hours_per_backend_and_host_memory(plans, size):
     printed = planmod.format_plan(plans[size])
     ev, host = plans[size]["evaluation"], plans[size]["host_memory"]
     for backend in planmod.EVAL_BACKENDS:
-        row = next(
-            line for line in printed.splitlines() if line.startswith(f"  {planmod.EVAL_BACKEND_NAMES[backend]}  ")
-        )
+        row = next(line for line in printed.splitlines() if line.startswith(f"  {planmod.EVAL_BACKENDS[backend]}  "))
         hours = re.findall(r"\d+\.\d h", row)
         assert len(hours) == len(planmod.GPU_PEAK_TFLOPS) + 1, row  # each GPU kind, and spread over the GPUs
         assert f"{ev['hours'][backend]['h100']:.1f} h" in row
