@@ -45,6 +45,7 @@ from platypus_utils.finetune.trainer import (  # noqa: E402
     build_sft_config,
     check_packing_isolation,
     prepare_trainer,
+    project_sft_options,
     resolve_attn_implementation,
     resolve_liger,
     segment_losses,
@@ -545,6 +546,16 @@ def test_a_trl_option_the_project_never_names_reaches_the_trainer(tiny_model_dir
     assert 0.1 in decays  # the LoRA weights decay as the profile says (biases and norms: 0)
     lora = build_lora_config(finetune_profile(tmp_path, tiny_model_dir, lora={"r": 4, "use_rslora": True}).finetune)
     assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.task_type) == (4, 16, True, "CAUSAL_LM")
+
+
+def test_the_sft_options_the_stage_sets_are_the_ones_a_profile_may_not(tiny_model_dir, tmp_path):
+    """training_options.SFT_PROJECT_KEYS (refused under finetune.sft) names every SFTConfig option the
+    stage sets, and only those (gradient_checkpointing: refused for its transformers 5 name)."""
+    from platypus_utils.training_options import SFT_PROJECT_KEYS
+
+    ft = finetune_profile(tmp_path, tiny_model_dir, global_batch_size=None).finetune
+    set_here = project_sft_options(ft, tmp_path, 0, "cpu", torch.float32, False, 1)
+    assert set(set_here) == set(SFT_PROJECT_KEYS) - {"gradient_checkpointing"}
 
 
 def test_speed_options_reach_the_trainer_arguments(tiny_model_dir, tmp_path):
