@@ -98,31 +98,14 @@ def scores_frame(summaries: dict[str, dict], cached: dict[str, dict] | None = No
     rows = []
     for variant, summary in summaries.items():
         for bench, t in summary["tasks"].items():
-            row = {
-                "variant": variant,
-                "benchmark": bench,
-                "metric": t["metric"],
-                "value": t["value"],
-                "stderr": t["stderr"],
-                "n": t["n"],
-            }
+            row = {"variant": variant, "benchmark": bench, **{k: t[k] for k in ("metric", "value", "stderr", "n")}}
             if cached is not None:
                 row["cached"] = cached.get(variant, {}).get(bench)
             rows.append(row)
-        rows.append(
-            {
-                "variant": variant,
-                "benchmark": "average",
-                "metric": "mean",
-                "value": summary["average"],
-                "stderr": None,
-                "n": len(summary["average_over"]),
-            }
-        )
-    return pd.DataFrame(
-        rows,
-        columns=["variant", "benchmark", "metric", "value", "stderr", "n"] + (["cached"] if cached is not None else []),
-    )
+        average = {"metric": "mean", "value": summary["average"], "stderr": None, "n": len(summary["average_over"])}
+        rows.append({"variant": variant, "benchmark": "average", **average})
+    columns = ["variant", "benchmark", "metric", "value", "stderr", "n"] + (["cached"] if cached is not None else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def mmlu_subjects_frame(summaries: dict[str, dict]) -> pd.DataFrame:
