@@ -990,3 +990,30 @@ def test_a_passage_items_question_sentence_copied_is_no_copy_without_its_answer(
     # the question kept and the answer stated: a rewording that dropped the passage, near-verbatim
     same = row(other_patient["instruction"].replace("A 23-year-old man", "An older patient"), vignette["answer"])
     assert categorise(same, vignette, 0.5, 1.0, CFG, part="prompt", view="question_only")[0] == "duplicate"
+
+
+# MMLU val questions as training rows (bench_detectors.py --val-clean): same-subject items share their options and
+# answers ("Valid"); the numbers-and-answer fallback (rule 9) does not overrule the judge on a multiple-choice row
+ARGUMENT = {
+    **item(
+        "Use indirect truth tables to determine whether the following argument is valid. P ⊃ Q / Q ⊃ R / P ⊃ R",
+        "Valid",
+    ),
+    "choices": ["Valid", "Invalid. Counterexample when P is true", "Invalid. Counterexample when Q is true", "None"],
+}
+
+
+def test_a_multiple_choice_row_the_judge_calls_different_is_not_removed_by_the_answer_alone():
+    listing = row(
+        "Use indirect truth tables to determine whether this argument is valid. ~S ∨ T / T ⊃ U / S ⊃ U\n"
+        "A. Valid\nB. Invalid. Counterexample when S is true\nC. Invalid. Counterexample when T is true\nD. None",
+        "Valid",
+    )
+    category, rule = categorise(listing, ARGUMENT, 0.66, 0.0, CFG, judge=(False, 1.41))
+    assert category == "similar_but_different" and "another multiple-choice item" in rule
+    # not read by the judge, or a free-form row (no options of its own): the fallback still removes it
+    assert categorise(listing, ARGUMENT, 0.66, 0.0, CFG)[0] == "gray_area"
+    free = row("Is the argument P ⊃ Q, Q ⊃ R, therefore P ⊃ R valid by an indirect truth table?", "Valid")
+    assert categorise(free, ARGUMENT, 0.66, 0.0, CFG, judge=(False, 1.2))[0] == "gray_area"
+    # the judge's "same" still decides first
+    assert categorise(listing, ARGUMENT, 0.66, 0.0, CFG, judge=(True, 1.5))[0] == "gray_area"

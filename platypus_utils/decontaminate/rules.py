@@ -66,6 +66,17 @@ def _same_option(choice: str, option: str) -> bool:
     return bool(x) and bool(y) and difflib.SequenceMatcher(None, x, y, autojunk=False).ratio() >= 0.8
 
 
+def listed_options(train_row: dict) -> list[str]:
+    """The options a training prompt lists ("A. ...", "(b) ..."), when it lists MIN_LISTED_OPTIONS or more labelled
+    a, b, c...: the row is a multiple-choice question of its own. Else []."""
+    if leak_judge is None:
+        return []
+    labelled = leak_judge.labelled_options(embedding_text(train_row))
+    if len(labelled) < MIN_LISTED_OPTIONS or not {"a", "b", "c"} <= set(labelled):  # a list, not "vitamin A. It"
+        return []
+    return list(labelled.values())
+
+
 def other_options(train_row: dict, item: dict) -> list[str]:
     """The options a training prompt lists ("A. ...", "(b) ...") when it lists MIN_LISTED_OPTIONS or more and fewer
     than OPTIONS_SHARED of the test item's choices are among them (same words, or nearly: a relabelled or lightly
@@ -73,10 +84,9 @@ def other_options(train_row: dict, item: dict) -> list[str]:
     choices = [c for c in item.get("choices") or [] if words(c)]
     if leak_judge is None or len(choices) < 2:
         return []
-    labelled = leak_judge.labelled_options(embedding_text(train_row))
-    if len(labelled) < MIN_LISTED_OPTIONS or not {"a", "b", "c"} <= set(labelled):  # a list, not "vitamin A. It"
+    listed = listed_options(train_row)
+    if not listed:
         return []
-    listed = list(labelled.values())
     shared = sum(any(_same_option(c, o) for o in listed) for c in choices)
     return listed if shared < OPTIONS_SHARED * len(choices) else []
 
@@ -164,6 +174,14 @@ def categorise(
         return "similar_but_different", f"answer differs: test answer {item.get('answer')!r} not in train output"
     if uninformative_answer(item.get("answer") or ""):
         return "similar_but_different", f"the answer {item.get('answer')!r} says nothing of the question, which differs"
+    # a multiple-choice row of its own that the judge read (its options with it) and called another question: its
+    # output names one of its options, and rule 0 let it through because it shares half of the test's, so the test
+    # answer in it says little (same-subject MMLU questions share options: "Valid", "Consistent", "II and IV only")
+    if judge[0] is not None and judge[0] == judge[0] and not judge[0] and listed_options(train_row):
+        return (
+            "similar_but_different",
+            f"another multiple-choice item: the judge reads another question, score {judge[1]:.3f}",
+        )
     return "gray_area", f"reworded, same numbers and answer: cosine {cosine:.3f}"
 
 
