@@ -82,7 +82,9 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
   7. gray_area - the judge says same question (when it read the pair);
   8. similar_but_different - the test answer is not in the training output, or it names nothing
      ("True, False", "II only": leak_judge.uninformative_answer);
-  9. gray_area - reworded, same numbers and the test answer in the training output.
+  9. gray_area - reworded, same numbers and the test answer in the training output; not for a row that lists
+     its own lettered options when the judge read the pair and called it another question (its answer is one of
+     the options both items share: similar_but_different).
 The action per category comes from `actions` (default: remove duplicate and gray-area); a reviewer's
 decisions file (`decisions`: pair_id -> keep / remove, see decisions.py) overrules it pair by pair; a row is
 removed when any of its pairs says so.
