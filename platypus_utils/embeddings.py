@@ -25,9 +25,10 @@ from .artifacts import atomic_path, remove_debris, sha256_text
 log = logging.getLogger("platypus")
 
 
-def _model_key(resolved: str) -> str:
-    """A cache key for a model: its reference plus, for a local checkpoint, its weight files."""
-    h = hashlib.sha256(resolved.encode())
+def _model_key(resolved: str, encoder: str = "torch") -> str:
+    """A cache key for a model: its reference plus, for a local checkpoint, its weight files, and what encodes it
+    (another backend or precision gives other vectors; "torch" keeps the keys caches were written under)."""
+    h = hashlib.sha256(resolved.encode() if encoder == "torch" else f"{resolved}|{encoder}".encode())
     path = Path(resolved)
     if path.is_dir():
         for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
@@ -112,8 +113,7 @@ class Embedder:
         self.resolved = resolve_model(model_ref, Path(cache_dir))
         self.device = device
         self.backend = resolve_backend(backend, device)  # "torch" or "openvino-<precision>"
-        key = _model_key(self.resolved) if self.backend == "torch" else _model_key(f"{self.resolved}|{self.backend}")
-        self.cache = EmbeddingCache(cache_dir, key)  # vectors of another backend or precision never mix
+        self.cache = EmbeddingCache(cache_dir, _model_key(self.resolved, self.backend))
         self.batch_size = batch_size
         self._model = None
         self._encoder = None

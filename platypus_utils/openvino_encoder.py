@@ -11,6 +11,7 @@ the labelled pairs); elsewhere in fp32, with PyTorch's cosines to 1e-6.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -53,6 +54,7 @@ def _openvino():
     return openvino
 
 
+@functools.cache
 def precision() -> str:
     """ "bf16" where the CPU computes bfloat16 natively, else "f32" (what OpenVINO would pick on its own,
     named so that the embedding cache keeps the two apart)."""

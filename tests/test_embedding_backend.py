@@ -56,3 +56,14 @@ def test_openvino_usage_telemetry_is_declined(tmp_path):
     import openvino_telemetry
 
     assert openvino_telemetry.Telemetry().consent is False
+
+
+def test_cache_key_follows_the_weights_whatever_the_encoder(tmp_path):
+    from platypus_utils.embeddings import _model_key
+
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 10)
+    before = {enc: _model_key(str(tmp_path), enc) for enc in ("torch", "openvino-bf16")}
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 11)  # weights replaced in place
+    after = {enc: _model_key(str(tmp_path), enc) for enc in ("torch", "openvino-bf16")}
+    assert before["torch"] != before["openvino-bf16"]
+    assert all(before[enc] != after[enc] for enc in before)
