@@ -77,18 +77,15 @@ def listed_options(train_row: dict) -> list[str]:
     return list(labelled.values())
 
 
-def other_options(train_row: dict, item: dict) -> list[str]:
-    """The options a training prompt lists ("A. ...", "(b) ...") when it lists MIN_LISTED_OPTIONS or more and fewer
-    than OPTIONS_SHARED of the test item's choices are among them (same words, or nearly: a relabelled or lightly
-    reworded choice still counts): the row asks another multiple-choice item. Else []."""
+def other_options(listed: list[str], item: dict) -> bool:
+    """Whether the options a training prompt lists (listed_options) hold fewer than OPTIONS_SHARED of the test
+    item's choices (same words, or nearly: a relabelled or lightly reworded choice still counts): the row asks
+    another multiple-choice item."""
     choices = [c for c in item.get("choices") or [] if words(c)]
-    if leak_judge is None or len(choices) < 2:
-        return []
-    listed = listed_options(train_row)
-    if not listed:
-        return []
+    if not listed or len(choices) < 2:
+        return False
     shared = sum(any(_same_option(c, o) for o in listed) for c in choices)
-    return listed if shared < OPTIONS_SHARED * len(choices) else []
+    return shared < OPTIONS_SHARED * len(choices)
 
 
 def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | None:
@@ -136,8 +133,8 @@ def categorise(
     the same); part: where the evidence was ("output": the numbers rule reads prompt and output);
     judge: the judge's (verdict, score) when it read the pair; view: the test view the evidence was in
     ("question_only": the row holds the question without its passage, whose numbers are then not asked for)."""
-    listed = other_options(train_row, item)
-    if listed:
+    listed = listed_options(train_row)
+    if other_options(listed, item):
         return "similar_but_different", f"other options: the train row lists {len(listed)} options, not the test's"
     verbatim = _verbatim_rule(train_row, item, cfg)
     if verbatim:
@@ -177,7 +174,7 @@ def categorise(
     # a multiple-choice row of its own that the judge read (its options with it) and called another question: its
     # output names one of its options, and rule 0 let it through because it shares half of the test's, so the test
     # answer in it says little (same-subject MMLU questions share options: "Valid", "Consistent", "II and IV only")
-    if judge[0] is not None and judge[0] == judge[0] and not judge[0] and listed_options(train_row):
+    if listed and judge[0] is not None and not pd.isna(judge[0]) and not judge[0]:
         return (
             "similar_but_different",
             f"another multiple-choice item: the judge reads another question, score {judge[1]:.3f}",
