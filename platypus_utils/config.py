@@ -9,13 +9,15 @@ from __future__ import annotations
 import copy
 import re
 import string
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -26,7 +28,7 @@ from pydantic import (
 from . import mergekit_yaml
 from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, planned_variants, seed_variants
-from .published import PUBLISHED
+from .published import BENCHMARKS, PUBLISHED, SETTINGS, TEST_SETS
 from .refs import default_cache_dir, is_hub_reference
 from .training_options import (
     LORA_DEFAULTS,
@@ -39,7 +41,6 @@ from .training_options import (
 
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
-BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa")
 
 
 class ProfileError(ValueError):
@@ -115,9 +116,8 @@ DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_di
 
 
 class DecontaminateConfig(_Section):
-    benchmarks: list[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa"]] = Field(
-        default_factory=lambda: list(BENCHMARKS)
-    )
+    # by test set (published.TEST_SETS: "truthfulqa" for TruthfulQA's one test file, scored as truthfulqa_mc2)
+    benchmarks: list[Literal[TEST_SETS]] = Field(default_factory=lambda: list(TEST_SETS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
     # leak detectors that flag pairs: embedding (cosine >= similarity_threshold, the paper's), ngram
     # (ngram_n-gram overlap), answer (cosine >= answer_detector_threshold, numbers and answer agree),
@@ -185,55 +185,59 @@ class DecontaminateConfig(_Section):
         return {**DEFAULT_ACTIONS, **v} if isinstance(v, dict) else v
 
 
-def _no_moved_keys(data: Any, moved: dict[str, str]) -> Any:
-    """A key of earlier profiles that moved (finetune.learning_rate -> finetune.sft.learning_rate) fails
-    saying where it lives now."""
-    if isinstance(data, dict):
-        for key in data:
-            if key in moved:
-                raise OptionError(key, f"moved: write it as {moved[key]}")
-    return data
+def _options_over(defaults: dict[str, Any], check) -> Any:
+    """A mapping of library options (finetune.sft, finetune.lora): a profile's partial mapping overrides
+    `defaults` key by key, and `check` (training_options) checks every key against the library's class."""
+
+    def over_defaults(v: Any) -> Any:
+        return {**copy.deepcopy(defaults), **v} if isinstance(v, dict) else v
+
+    return Annotated[dict[str, Any], BeforeValidator(over_defaults), AfterValidator(check)]
+
+
+class _OptionsSection(_Section):
+    """A section with option mappings: a flat key of earlier profiles that moved into one (finetune.learning_rate
+    -> finetune.sft.learning_rate) fails saying where it lives now (MOVED)."""
+
+    MOVED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        for key in data if isinstance(data, dict) else ():
+            if key in cls.MOVED:
+                raise OptionError(key, f"moved: write it as {cls.MOVED[key]}")
+        return data
 
 
 PARTNER_SFT_DEFAULTS = {"max_steps": 4}  # partner_adapter.sft's own default, over finetune.sft
 PARTNER_MOVED_KEYS = ("max_steps", "learning_rate", "gradient_accumulation_steps")  # now under partner_adapter.sft
 
 
-class PartnerAdapterConfig(_Section):
+class PartnerAdapterConfig(_OptionsSection):
     """A second, small LoRA trained by 03 on another slice of the data (finetune.lora, and finetune.sft with
     this section's `sft` over it), saved as 03_finetune/partner_adapter. Merged into the base by 04
     (merge.partners[].adapter) it plays the paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
 
+    MOVED: ClassVar[dict[str, str]] = {k: f"finetune.partner_adapter.sft.{k}" for k in PARTNER_MOVED_KEYS}
+
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
     # SFTConfig options over finetune.sft for this adapter (max_steps 4 unless set); the stage also sets
     # logging every step, no checkpoint and warm-up at most half the steps (finetune/stage.py)
-    sft: dict[str, Any] = Field(default_factory=lambda: dict(PARTNER_SFT_DEFAULTS))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        return _no_moved_keys(data, {k: f"finetune.partner_adapter.sft.{k}" for k in PARTNER_MOVED_KEYS})
-
-    @field_validator("sft", mode="before")
-    @classmethod
-    def _sft_over_defaults(cls, v: Any) -> Any:
-        return {**PARTNER_SFT_DEFAULTS, **v} if isinstance(v, dict) else v
-
-    @field_validator("sft")
-    @classmethod
-    def _sft_declared(cls, v: dict) -> dict:
-        return check_sft(v)
+    sft: _options_over(PARTNER_SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(_OptionsSection):
     # TRL and peft own the training settings: `sft` is passed to trl.SFTConfig(**sft) and `lora` to
     # peft.LoraConfig(**lora) (platypus_utils.training_options: the paper's values as defaults, a partial
     # mapping overriding them key by key, every key checked against the class when the profile loads). The
     # stage sets the options listed in training_options.SFT_PROJECT_KEYS itself (output_dir, seed, bf16/fp16
     # from models.torch_dtype, max_length from cutoff_len, packing, ...; a profile setting one is refused),
     # and gradient_accumulation_steps from global_batch_size. The keys below are the project's own.
-    sft: dict[str, Any] = Field(default_factory=lambda: dict(SFT_DEFAULTS))
-    lora: dict[str, Any] = Field(default_factory=lambda: copy.deepcopy(LORA_DEFAULTS))
+    MOVED: ClassVar[dict[str, str]] = MOVED_FINETUNE_KEYS
+
+    sft: _options_over(SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
+    lora: _options_over(LORA_DEFAULTS, check_lora) = Field(default_factory=dict)
     cutoff_len: int = Field(default=4096, ge=16)  # tokens per example (SFTConfig.max_length; rows cut keep_start)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
@@ -275,31 +279,6 @@ class FinetuneConfig(_Section):
     # shows the spread across seeds. Each seed costs one more training, merge and evaluation.
     seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        return _no_moved_keys(data, MOVED_FINETUNE_KEYS)
-
-    @field_validator("sft", mode="before")
-    @classmethod
-    def _sft_over_defaults(cls, v: Any) -> Any:
-        return {**SFT_DEFAULTS, **v} if isinstance(v, dict) else v
-
-    @field_validator("lora", mode="before")
-    @classmethod
-    def _lora_over_defaults(cls, v: Any) -> Any:
-        return {**copy.deepcopy(LORA_DEFAULTS), **v} if isinstance(v, dict) else v
-
-    @field_validator("sft")
-    @classmethod
-    def _sft_declared(cls, v: dict) -> dict:
-        return check_sft(v)
-
-    @field_validator("lora")
-    @classmethod
-    def _lora_declared(cls, v: dict) -> dict:
-        return check_lora(v)
 
     @field_validator("packing", mode="before")
     @classmethod
@@ -549,7 +528,7 @@ class TaskConfig(_Section):
     limit: Optional[float] = Field(default=None, gt=0)  # int: items; <1: fraction (lm-eval semantics)
 
 
-LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+LEADERBOARD_SHOTS = {b: SETTINGS[b]["num_fewshot"] for b in BENCHMARKS}
 
 
 def _leaderboard_tasks() -> dict[str, TaskConfig]:
@@ -577,9 +556,7 @@ class ReferenceConfig(_Section):
 class EvaluateConfig(_Section):
     # the tasks evaluated: a mapping lists the tasks to run (a partial one selects them, it is not
     # merged with the four defaults); a task without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
-    tasks: dict[Literal["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2"], TaskConfig] = Field(
-        default_factory=_leaderboard_tasks
-    )
+    tasks: dict[Literal[BENCHMARKS], TaskConfig] = Field(default_factory=_leaderboard_tasks)
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
     variants: list[str] = Field(default_factory=lambda: ["base", "merged"])
     batch_size: str = "auto"  # auto | auto:N | N (lm-eval's): "auto" on GPU; an integer on CPU
@@ -942,14 +919,10 @@ def read_profile_yaml(path: Path) -> dict:
     return raw
 
 
-_DEFAULT_TREE: dict = {}
-
-
+@cache
 def _default_tree() -> dict:
     """Every key's default, as the YAML would write it: where a --set path goes through a missing key."""
-    if not _DEFAULT_TREE:
-        _DEFAULT_TREE.update(Profile(name="defaults").model_dump(mode="json"))
-    return _DEFAULT_TREE
+    return Profile(name="defaults").model_dump(mode="json")
 
 
 def _list_index(key: str, items: list, where: str, path: Path, dotted: str) -> int:

@@ -1,30 +1,28 @@
-"""The paper's published leaderboard numbers, in one table with their source (core layer: imports
-nothing from the package).
+"""The paper's published leaderboard numbers and the benchmarks' names (core layer: imports nothing
+from the package).
 
 `PUBLISHED[row]` is one released model as the paper reports it (Lee, Hunter, Ruiz 2023, arXiv 2308.07317;
 PLATYPUS.md section 6): its hub id, its score on each Open LLM Leaderboard v1 benchmark in percent, the
-average, the harness and settings the numbers were made with, and where they come from. A profile's
-`evaluate.references[].published` names a row (checked when the profile loads); 06_analysis sets the
-released model as this run evaluates it against that row ("harness drift") and, with
-`analysis.published_results`, shows every row beside the run's own.
-
+average, and the harness and settings behind them. A profile's `evaluate.references[].published` names a
+row; 06_analysis compares the released model as this run evaluates it with that row ("harness drift").
 The numbers carry no standard error and no per-question scores: a comparison with them is unpaired.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")  # the leaderboard's order
-SETTINGS = {
+BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")  # the leaderboard's order, lm-eval's names
+# Stage 02 (decontaminate.benchmarks, benchmarks.REGISTRY) names a benchmark by its test set, the folder of
+# its test file: TruthfulQA's (mc_task.json) serves mc1 and mc2 alike, so there it is "truthfulqa".
+TEST_SET_NAMES = {"truthfulqa_mc2": "truthfulqa"}
+TEST_SETS = tuple(TEST_SET_NAMES.get(b, b) for b in BENCHMARKS)
+SETTINGS = {  # the leaderboard's shots and metric per benchmark (evaluate.tasks defaults to its shots)
     "arc_challenge": {"num_fewshot": 25, "metric": "acc_norm"},
     "hellaswag": {"num_fewshot": 10, "metric": "acc_norm"},
     "mmlu": {"num_fewshot": 5, "metric": "acc (mean over the 57 subjects)"},
     "truthfulqa_mc2": {"num_fewshot": 0, "metric": "mc2"},
 }
-SETTINGS_TEXT = (
-    "ARC 25-shot acc_norm, HellaSwag 10-shot acc_norm, MMLU 5-shot acc (mean over subjects), TruthfulQA 0-shot mc2"
-)
 HARNESS = (
     "EleutherAI lm-evaluation-harness as the Open LLM Leaderboard v1 ran it in 2023 (its pinned commit "
     "b281b09, hf-causal-experimental, the model's submitted precision), full test sets"
@@ -43,10 +41,7 @@ class PublishedRow:
     values: dict[str, float]  # benchmark -> percent
     average: float  # as published (the mean of the four, rounded)
     harness: str = HARNESS
-    settings: str = SETTINGS_TEXT
     source: str = PAPER
-    source_label: str = SOURCE_LABEL
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     def value(self, benchmark: str) -> float | None:
         return self.values.get(benchmark)
@@ -69,23 +64,3 @@ PUBLISHED: dict[str, PublishedRow] = {
         _row("Llama-2-13b", "meta-llama/Llama-2-13b-hf", 59.3, 82.15, 55.67, 37.39, 58.63, "Llama-2-13b (base)"),
     )
 }
-
-
-def published_row(key: str) -> PublishedRow:
-    """The row named `key`; KeyError naming the rows there are."""
-    if key not in PUBLISHED:
-        raise KeyError(f"no published row {key!r}; the table has: {', '.join(PUBLISHED)}")
-    return PUBLISHED[key]
-
-
-__all__ = [
-    "BENCHMARKS",
-    "SETTINGS",
-    "SETTINGS_TEXT",
-    "HARNESS",
-    "PAPER",
-    "SOURCE_LABEL",
-    "PublishedRow",
-    "PUBLISHED",
-    "published_row",
-]
