@@ -3,13 +3,12 @@ Open-Platypus rows `{"instruction", "input", "output", "data_source"}` (all stri
 
     rows, skipped = load_source(source_config, profile)
 
-`skipped` is a Counter of rows left out, by reason ("malformed_json", "missing_field:output",
-"empty_field:instruction", "non_string_field:input", "filtered:image", "filtered:no_stem_keyword",
-"filtered:over_limit", ...): nothing is dropped without being counted. Reasons starting with
-"filtered:" are deliberate choices (images, skills, keyword filters, `limit`); every other reason is
-input that could not be used. A missing file or folder is a
-FileNotFoundError naming it; an unknown source name is an UnknownSourceError (a ValueError) listing
-the known names; a source whose whole file cannot be parsed is a ValueError naming the file.
+`skipped` (a SkippedRows Counter) counts the rows left out, by reason ("malformed_json",
+"missing_field:output", "filtered:image", "filtered:over_limit", ...): nothing is dropped without
+being counted. Reasons starting with "filtered:" are deliberate choices (images, skills, keyword
+filters, `limit`); every other reason is input that could not be used. A missing file or folder is
+a FileNotFoundError naming it; an unknown source name an UnknownSourceError (a ValueError) listing
+the known names; a file that cannot be parsed as a whole a ValueError naming it.
 
 Sources (`SOURCE_LOADERS`):
   demo       the corpus the project writes itself (platypus_utils.demo_data)
@@ -24,24 +23,19 @@ Sources (`SOURCE_LOADERS`):
 
 `limit` keeps the first N rows after formatting and filtering, in file order.
 
-Bad rows, one at a time: a line (JSON lines, read by artifacts.iter_jsonl) or list item (JSON
-files) that is not UTF-8 is skipped as "undecodable", one with a lone surrogate ("\\ud800": valid
-JSON, but no UTF-8 file can hold it) as "lone_surrogate", a line that is not JSON as
-"malformed_json", each logged with its file and line (or item); the rest of the file is read. A
-row with a field longer than `curate.max_row_chars` characters is logged with its file and line
-and handled per `curate.over_long_rows`: "keep" (with the warning), "truncate" (the field cut to
-the limit) or "drop" (skipped as "filtered:over_long"); kept or truncated ones are counted in the
-returned SkippedRows' `notes`.
+Bad rows, one at a time: a JSON line (read by artifacts.iter_jsonl) or list item that is not UTF-8
+is skipped as "undecodable", one with a lone surrogate ("\\ud800": valid JSON, but no UTF-8 file
+can hold it) as "lone_surrogate", a line that is not JSON as "malformed_json", each logged with its
+file and line (or item). A row with a field longer than `curate.max_row_chars` is logged with its
+file and line and handled per `curate.over_long_rows` (artifacts.limit_long_fields).
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -54,8 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("platypus")
 
-FIELDS = ("instruction", "input", "output", "data_source")
-_LOCATION: contextvars.ContextVar[str] = contextvars.ContextVar("platypus_source_location", default="")
+# A loader yields (where, row) per record read: where names the file and line (or item), row is None
+# for a record left out (counted in `skipped` by the loader).
+Records = Iterator[tuple[str, Optional[dict]]]
 
 
 class UnknownSourceError(ValueError):
@@ -194,22 +189,8 @@ def has_stem_keyword(text: str) -> bool:
 
 
 # ---------------------------------------------------------------- helpers
-class _Row(dict):
-    """A row (equal to the plain dict) that knows the file and line it was made from."""
-
-    __slots__ = ("where",)
-
-
 def _row(instruction: str, inp: str, output: str, source: str) -> dict:
-    row = _Row(instruction=instruction, input=inp, output=output, data_source=source)
-    row.where = _LOCATION.get()
-    return row
-
-
-def _need(path: Path, what: str = "file") -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: source {what} not found")
-    return path
+    return {"instruction": instruction, "input": inp, "output": output, "data_source": source}
 
 
 def _source_path(src: SourceConfig) -> Path:
@@ -218,50 +199,50 @@ def _source_path(src: SourceConfig) -> Path:
             f"source {src.name!r}: set `path` to a local copy in its original format "
             f"(or `hub_id`, where the source has a hub release)"
         )
-    return _need(Path(src.path), "path")
+    path = Path(src.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: source path not found")
+    return path
 
 
-def _read_json(path: Path) -> Any:
-    """A whole JSON file. Bytes that are not UTF-8 are kept as surrogates for `_read_json_list` to
-    skip the items holding them; a file that is not JSON at all is a ValueError naming file and line."""
-    try:
-        return json.loads(_need(path).read_bytes().decode("utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+def _files_in(path: Path, pattern: str, exclude: tuple[str, ...] = ()) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.glob(pattern) if p.name not in exclude)
+    if not files:
+        raise FileNotFoundError(f"{path}: no {pattern} files in this folder")
+    return files
 
 
-def _read_json_list(path: Path, what: str, skipped: SkippedRows) -> Iterable[Any]:
-    """The items of a JSON file holding a list (of `what`), or a ValueError naming the file. While
-    an item is used, rows made from it know its place ("<file>, item N"); an item with bytes that
-    are not UTF-8 ("undecodable") or a lone surrogate ("lone_surrogate") is skipped and counted."""
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+def _json_lines(files: Iterable[Path], skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
+    """(file and line, value) of each usable line, as artifacts.iter_jsonl reads them."""
+    for f in files:
+        for lineno, obj in iter_jsonl(f, skipped):
+            yield f"{f}, line {lineno}", obj
 
-    def items() -> Iterable[Any]:
+
+def _json_list(files: Iterable[Path], what: str, skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
+    """(file and item, value) of JSON files each holding a list of `what`; anything else is a ValueError
+    naming the file. Bytes that are not UTF-8 are read as surrogates so that only the items holding them
+    are skipped ("undecodable"), as are items with a lone surrogate ("lone_surrogate")."""
+    for path in files:
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
         for k, obj in enumerate(data, 1):
-            where = f"{path}, item {k}"
-            ch = lone_surrogate(obj)
-            if ch is not None and "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte
+            where, ch = f"{path}, item {k}", lone_surrogate(obj)
+            if ch is None:
+                yield where, obj
+            elif "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte
                 skipped.skip("undecodable", where, "bytes that are not UTF-8")
-            elif ch is not None:
-                skipped.skip("lone_surrogate", where, f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)")
             else:
-                _LOCATION.set(where)
-                yield obj
-
-    return items()
+                skipped.skip("lone_surrogate", where, f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)")
 
 
-def _read_json_lines(path: Path, skipped: SkippedRows) -> Iterable[Any]:
-    """The values of a JSON lines file as artifacts.iter_jsonl reads it (bad lines skipped and counted
-    with file and line, not fatal); while a value is used, rows made from it know its file and line."""
-    for lineno, obj in iter_jsonl(_need(path), skipped):
-        _LOCATION.set(f"{path}, line {lineno}")
-        yield obj
-
-
-def _fields(obj: Any, required: dict[str, bool], skipped: Counter) -> Optional[dict]:
+def _fields(obj: Any, required: dict[str, bool], skipped: SkippedRows) -> Optional[dict]:
     """Check the named fields of one record. required: field -> may be empty. None (counted) if bad."""
     if not isinstance(obj, dict):
         skipped["not_an_object"] += 1
@@ -279,65 +260,48 @@ def _fields(obj: Any, required: dict[str, bool], skipped: Counter) -> Optional[d
     return obj
 
 
-def _files_in(path: Path, pattern: str, exclude: tuple[str, ...] = ()) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.glob(pattern) if p.name not in exclude)
-    if not files:
-        raise FileNotFoundError(f"{path}: no {pattern} files in this folder")
-    return files
-
-
 # ---------------------------------------------------------------- demo and jsonl
-def validate_rows(records: Iterable[Any], default_source: str, skipped: Counter) -> list[dict]:
-    """Open-Platypus rows from records that should already have the schema; bad ones are counted.
+def open_platypus_row(obj: Any, default_source: str, skipped: SkippedRows) -> Optional[dict]:
+    """An Open-Platypus row from a record that should already have the schema; None (counted) if bad.
 
     instruction and output must be non-empty strings, input a string (may be empty); data_source,
     when present, a string (an empty or absent one becomes `default_source`). Extra keys are dropped.
     """
-    rows = []
-    for obj in records:
-        ok = _fields(obj, {"instruction": False, "input": True, "output": False}, skipped)
-        if ok is None:
-            continue
-        source = ok.get("data_source")
-        if source is not None and not isinstance(source, str):
-            skipped["non_string_field:data_source"] += 1
-            continue
-        rows.append(_row(ok["instruction"], ok["input"], ok["output"], source or default_source))
-    return rows
+    ok = _fields(obj, {"instruction": False, "input": True, "output": False}, skipped)
+    if ok is None:
+        return None
+    source = ok.get("data_source")
+    if source is not None and not isinstance(source, str):
+        skipped["non_string_field:data_source"] += 1
+        return None
+    return _row(ok["instruction"], ok["input"], ok["output"], source or default_source)
 
 
-def load_jsonl(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def validate_rows(records: Iterable[Any], default_source: str, skipped: SkippedRows) -> list[dict]:
+    """open_platypus_row of each record, the bad ones left out (counted)."""
+    return [row for obj in records if (row := open_platypus_row(obj, default_source, skipped)) is not None]
+
+
+def load_jsonl(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """A file in the Open-Platypus schema: JSON lines, or a .json file holding a list of rows."""
-    path = _source_path(src)
-    skipped: Counter = SkippedRows()
-    files = _files_in(path, "*.jsonl")
-    rows: list[dict] = []
-    for f in files:
-        if f.suffix == ".json":
-            data = _read_json_list(f, "rows", skipped)
-            records: Iterable[Any] = data
-        else:
-            records = _read_json_lines(f, skipped)
-        rows.extend(validate_rows(records, f.stem, skipped))
-    return rows, skipped
+    for f in _files_in(_source_path(src), "*.jsonl"):
+        records = _json_list([f], "rows", skipped) if f.suffix == ".json" else _json_lines([f], skipped)
+        for where, obj in records:
+            yield where, open_platypus_row(obj, f.stem, skipped)
 
 
-def load_demo(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_demo(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """The project's demo corpus, written to runs/<profile>/00_demo_data/ first if absent or stale."""
     from .demo_data import demo_corpus_path
 
     if src.path:
         log.warning("source 'demo' ignores path=%s: the demo corpus is written by the project", src.path)
-    path = demo_corpus_path(profile)
-    skipped: Counter = SkippedRows()
-    rows = validate_rows(_read_json_lines(path, skipped), "demo", skipped)
-    return rows, skipped
+    for where, obj in _json_lines([demo_corpus_path(profile)], skipped):
+        yield where, open_platypus_row(obj, "demo", skipped)
 
 
 # ---------------------------------------------------------------- MATH
-def load_math(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_math(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """MATH (Hendrycks et al.): instruction = problem, output = the reference solution, data_source "MATH".
 
     The authors replaced MATH's solutions by PRM800K's step-by-step solutions (kept only when the final
@@ -345,36 +309,25 @@ def load_math(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]
     mathematics subjects. PRM800K is not available offline, so the reference solutions are used as they
     are. The local copy is the test split too: stage 02 must find its overlap with MMLU.
     """
-    skipped: Counter = SkippedRows()
-    rows = []
-    for f in _files_in(_source_path(src), "*.jsonl"):
-        for obj in _read_json_lines(f, skipped):
-            ok = _fields(obj, {"problem": False, "solution": False}, skipped)
-            if ok is not None:
-                rows.append(_row(ok["problem"].strip(), "", ok["solution"].strip(), "MATH"))
-    return rows, skipped
+    for where, obj in _json_lines(_files_in(_source_path(src), "*.jsonl"), skipped):
+        ok = _fields(obj, {"problem": False, "solution": False}, skipped)
+        yield where, None if ok is None else _row(ok["problem"].strip(), "", ok["solution"].strip(), "MATH")
 
 
 # ---------------------------------------------------------------- TheoremQA
-def _answer_text(answer: Any) -> str:
-    if isinstance(answer, (list, dict)):
-        return json.dumps(answer, ensure_ascii=False)
-    return str(answer)
-
-
-def format_theoremqa(obj: Any, skipped: Counter, theorem_key: str = "theorem") -> Optional[dict]:
+def format_theoremqa(obj: Any, skipped: SkippedRows, theorem_key: str = "theorem") -> Optional[dict]:
     """One TheoremQA record -> row, as the authors shaped it: question + "\\nRelevant Theorem: " + theorem,
-    output the answer. Image questions are skipped (the authors' set is text-only)."""
+    output the answer (lists and dicts as JSON). Image questions are skipped (the authors' set is text-only)."""
     if not isinstance(obj, dict):
         skipped["not_an_object"] += 1
         return None
     if obj.get("Picture"):
         skipped["filtered:image"] += 1
         return None
-    ok = _fields(obj, {"Question": False}, skipped)
-    if ok is None:
+    if _fields(obj, {"Question": False}, skipped) is None:
         return None
-    if obj.get("Answer") is None or (isinstance(obj["Answer"], str) and not obj["Answer"].strip()):
+    answer = obj.get("Answer")
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
         skipped["filtered:no_answer"] += 1
         return None
     theorem = obj.get(theorem_key) or obj.get("theorem") or ""
@@ -384,39 +337,29 @@ def format_theoremqa(obj: Any, skipped: Counter, theorem_key: str = "theorem") -
     instruction = obj["Question"].strip()
     if theorem.strip():
         instruction += "\nRelevant Theorem: " + theorem.strip()
-    return _row(instruction, "", _answer_text(obj["Answer"]), "theoremqa")
+    output = json.dumps(answer, ensure_ascii=False) if isinstance(answer, (list, dict)) else str(answer)
+    return _row(instruction, "", output, "theoremqa")
 
 
-def load_theoremqa(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_theoremqa(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """TheoremQA: question + "\\nRelevant Theorem: " + theorem; output str(Answer) (lists as JSON).
 
     The authors appended the theorem's *definition* (`theorem_def`, from the hub CSV); the offline
     release has only the theorem's name (`theorem`), which is what is appended here. The 53 questions
     that need a picture are skipped and counted as "filtered:image".
     """
-    skipped: Counter = SkippedRows()
-    rows = []
-    for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json_list(f, "questions", skipped)
-        for obj in data:
-            row = format_theoremqa(obj, skipped)
-            if row is not None:
-                rows.append(row)
-    return rows, skipped
+    for where, obj in _json_list(_files_in(_source_path(src), "*.json"), "questions", skipped):
+        yield where, format_theoremqa(obj, skipped)
 
 
 # ---------------------------------------------------------------- SciBench
-def _clean_unit(unit: Any) -> str:
-    return unit.strip() if isinstance(unit, str) else ""
-
-
-def format_scibench(obj: Any, skipped: Counter) -> Optional[dict]:
+def format_scibench(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     """instruction = problem_text (+ " The unit of the answer is {unit}."); output = the worked solution
     followed by the final answer where a solution exists, else the answer with its unit."""
     ok = _fields(obj, {"problem_text": False}, skipped)
     if ok is None:
         return None
-    unit = _clean_unit(obj.get("unit"))
+    unit = obj["unit"].strip() if isinstance(obj.get("unit"), str) else ""
     answer = obj.get("answer_number")
     if not isinstance(answer, str) or not answer.strip():
         answer = obj.get("answer_latex")
@@ -437,7 +380,7 @@ def format_scibench(obj: Any, skipped: Counter) -> Optional[dict]:
     return _row(instruction, "", output, "scibench")
 
 
-def load_scibench(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_scibench(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """SciBench: every <book>.json and its <book>_sol.json, as the authors did (they read all JSON files
     of the release). The _sol files hold further problems with worked solutions (disjoint from the
     <book>.json problems in the offline release: 580 + 112 rows); duplicates, if any, are left to the
@@ -448,19 +391,12 @@ def load_scibench(src: SourceConfig, profile: Profile) -> tuple[list[dict], Coun
     books = sorted(p for p in folder.glob("*.json") if not p.stem.endswith("_sol"))
     if not books:
         raise FileNotFoundError(f"{folder}: no <book>.json files")
-    skipped: Counter = SkippedRows()
-    rows = []
     for book in books:
         solutions = book.with_name(f"{book.stem}_sol.json")
         if not solutions.exists():
             log.warning("%s: not found; only %s is read", solutions, book.name)
-        for f in (book, solutions) if solutions.exists() else (book,):
-            data = _read_json_list(f, "problems", skipped)
-            for obj in data:
-                row = format_scibench(obj, skipped)
-                if row is not None:
-                    rows.append(row)
-    return rows, skipped
+        for where, obj in _json_list([book, solutions] if solutions.exists() else [book], "problems", skipped):
+            yield where, format_scibench(obj, skipped)
 
 
 # ---------------------------------------------------------------- ScienceQA
@@ -490,7 +426,7 @@ _OPTION_LINE = re.compile(r"^([A-E])\. ?(.*)$")
 MAX_INPUT_WORDS = 400
 
 
-def format_scienceqa_llava(obj: Any, skipped: Counter) -> Optional[dict]:
+def format_scienceqa_llava(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     """One LLaVA ScienceQA record -> row: instruction = the prompt (context, question) with options as
     "A: ..." lines, input "", output "The answer is B: <option text>". Image questions are skipped."""
     if not isinstance(obj, dict):
@@ -500,9 +436,7 @@ def format_scienceqa_llava(obj: Any, skipped: Counter) -> Optional[dict]:
     if (
         not isinstance(conv, list)
         or len(conv) < 2
-        or not all(isinstance(t, dict) for t in conv[:2])
-        or not isinstance(conv[0].get("value"), str)
-        or not isinstance(conv[1].get("value"), str)
+        or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2])
     ):
         skipped["malformed:conversations"] += 1
         return None
@@ -512,35 +446,32 @@ def format_scienceqa_llava(obj: Any, skipped: Counter) -> Optional[dict]:
         return None
     lines = prompt.strip().split("\n")
     first_option = next((i for i, line in enumerate(lines) if line.startswith("A. ")), None)
-    if first_option is None or first_option == 0:
+    if not first_option:  # none, or no question before the options
         skipped["malformed:no_options"] += 1
         return None
-    options: list[tuple[str, str]] = []
+    options: dict[str, str] = {}
     for line in lines[first_option:]:
         m = _OPTION_LINE.match(line)
         if m and len(options) < 5 and m.group(1) == "ABCDE"[len(options)]:
-            options.append((m.group(1), m.group(2)))
+            options[m.group(1)] = m.group(2)
         elif options:  # an option text that spans lines (e.g. a letter closing "Thanks,\nAnne")
-            options[-1] = (options[-1][0], options[-1][1] + "\n" + line)
-    letters = [letter for letter, _ in options]
-    if answer not in letters:
+            options[list(options)[-1]] += "\n" + line
+    if answer not in options:
         skipped["malformed:answer_not_in_options"] += 1
         return None
     body = "\n".join(lines[:first_option]).strip()
-    option_texts = [t for _, t in options]
     for skill, matches in _SKILL_PATTERNS:
-        if matches(body, option_texts):
+        if matches(body, list(options.values())):
             skipped[f"filtered:skill:{skill}"] += 1
             return None
     if len(body.split()) > MAX_INPUT_WORDS:
         skipped["filtered:over_400_words"] += 1
         return None
-    instruction = body + "\n" + "\n".join(f"{letter}: {text}" for letter, text in options)
-    output = f"The answer is {answer}: {dict(options)[answer]}"
-    return _row(instruction, "", output, "scienceqa")
+    instruction = body + "\n" + "\n".join(f"{letter}: {text}" for letter, text in options.items())
+    return _row(instruction, "", f"The answer is {answer}: {options[answer]}", "scienceqa")
 
 
-def load_scienceqa(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_scienceqa(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """ScienceQA, LLaVA re-release (a JSON list of {id, conversations[, image]}).
 
     Following PLATYPUS.md §1 where this release allows: text-only questions (image questions skipped,
@@ -551,30 +482,42 @@ def load_scienceqa(src: SourceConfig, profile: Profile) -> tuple[list[dict], Cou
     the answer letter and option text and the input is empty. The context ("Context: ...") stays
     in the instruction, since the question often cannot be answered without it.
     """
-    skipped: Counter = SkippedRows()
-    rows = []
-    for f in _files_in(_source_path(src), "*.json", exclude=("pid_splits.json",)):
-        data = _read_json_list(f, "questions", skipped)
-        for obj in data:
-            row = format_scienceqa_llava(obj, skipped)
-            if row is not None:
-                rows.append(row)
-    return rows, skipped
+    files = _files_in(_source_path(src), "*.json", exclude=("pid_splits.json",))
+    for where, obj in _json_list(files, "questions", skipped):
+        yield where, format_scienceqa_llava(obj, skipped)
 
 
 # ---------------------------------------------------------------- PRM800K
 PRM_ANSWER_MARKER = "# Answer\n\n"
 
 
-def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
+def _prm_step_texts(step: Any) -> list[str]:
+    """The texts a PRM800K step contributes: the labeller's chosen completion when rated +1, else the
+    first +1 completion that gives the answer, else the first +1 one; then a human completion rated +1."""
+    if not isinstance(step, dict):
+        return []
+    texts = []
+    completions = step.get("completions") or []
+    good = [c for c in completions if isinstance(c, dict) and c.get("rating") == 1 and isinstance(c.get("text"), str)]
+    chosen = step.get("chosen_completion")
+    if isinstance(chosen, int) and 0 <= chosen < len(completions) and completions[chosen] in good:
+        texts.append(completions[chosen]["text"])
+    elif good:
+        texts.append(([c for c in good if PRM_ANSWER_MARKER in c["text"]] or good)[0]["text"])
+    human = step.get("human_completion")
+    if isinstance(human, dict) and human.get("rating") == 1 and isinstance(human.get("text"), str):
+        texts.append(human["text"])
+    return texts
+
+
+def format_prm800k(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     """One PRM800K record (openai/prm800k phase*_*.jsonl) -> row, as the authors' convert_prm.py shaped it:
     only finished solutions (finish_reason "solution"), each step's completion rated +1 (a human
     completion rated +1 too), the final answer after "# Answer" equal to the ground truth.
 
-    Fixes: the authors drew among the +1 completions with an unseeded random.choice; here the labeller's
-    chosen completion is taken when rated +1, else the first +1 completion that gives the answer, else the
-    first +1 one (deterministic). They also deleted the "# Answer" line with the answer; here the marker is
-    replaced by "The answer is ...", so the output states its answer. Steps are joined by newlines.
+    Fixes: the authors drew among the +1 completions with an unseeded random.choice; here the choice is
+    deterministic (_prm_step_texts). They also deleted the "# Answer" line with the answer; here the marker
+    is replaced by "The answer is ...", so the output states its answer. Steps are joined by newlines.
     """
     if not isinstance(obj, dict) or not isinstance(obj.get("question"), dict) or not isinstance(obj.get("label"), dict):
         skipped["malformed:prm800k_record"] += 1
@@ -587,26 +530,8 @@ def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
     if not isinstance(problem, str) or not problem.strip() or not isinstance(truth, str) or not truth.strip():
         skipped["malformed:prm800k_question"] += 1
         return None
-    texts: list[str] = []
-    for step in label.get("steps") or []:
-        if not isinstance(step, dict):
-            continue
-        good = [
-            c
-            for c in step.get("completions") or []
-            if isinstance(c, dict) and c.get("rating") == 1 and isinstance(c.get("text"), str)
-        ]
-        chosen = step.get("chosen_completion")
-        completions = step.get("completions") or []
-        if isinstance(chosen, int) and 0 <= chosen < len(completions) and completions[chosen] in good:
-            texts.append(completions[chosen]["text"])
-        elif good:
-            with_answer = [c for c in good if PRM_ANSWER_MARKER in c["text"]]
-            texts.append((with_answer or good)[0]["text"])
-        human = step.get("human_completion")
-        if isinstance(human, dict) and human.get("rating") == 1 and isinstance(human.get("text"), str):
-            texts.append(human["text"])
-    full = "\n".join(t.strip() for t in texts if t.strip())
+    texts = [t.strip() for step in label.get("steps") or [] for t in _prm_step_texts(step)]
+    full = "\n".join(t for t in texts if t)
     cut = full.rfind(PRM_ANSWER_MARKER)
     if cut == -1:
         skipped["filtered:no_final_answer"] += 1
@@ -620,33 +545,25 @@ def format_prm800k(obj: Any, skipped: Counter) -> Optional[dict]:
     return _row(problem.strip(), "", output, "MATH/PRM-800K")
 
 
-def load_prm800k(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_prm800k(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """PRM800K (GitHub release, openai/prm800k/prm800k/data/phase{1,2}_{train,test}.jsonl): a file or a
     folder of them. Rows are per labelled solution, so a problem can come several times; the curation's
     exact dedup keeps the longest. With the `math` source enabled too, the same dedup lets a longer PRM
     solution replace the MATH reference one, as the authors' update_MATH.py did."""
-    skipped: Counter = SkippedRows()
-    rows = []
-    for f in _files_in(_source_path(src), "*.jsonl"):
-        for obj in _read_json_lines(f, skipped):
-            row = format_prm800k(obj, skipped)
-            if row is not None:
-                rows.append(row)
-    return rows, skipped
+    for where, obj in _json_lines(_files_in(_source_path(src), "*.jsonl"), skipped):
+        yield where, format_prm800k(obj, skipped)
 
 
 # ---------------------------------------------------------------- ARB
 ARB_CHOICE_INPUT = "Choose A, B, C or D as your solution."
 
 
-def _arb_field(obj: dict, *names: str) -> Any:
-    for name in names:
-        if name in obj:
-            return obj[name]
-    return None
+def _arb_field(obj: dict, name: str) -> Any:
+    """A field as the API spells it ("Problem Statement") or with underscores ("Problem_Statement")."""
+    return obj.get(name, obj.get(name.replace(" ", "_")))
 
 
-def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
+def format_arb(obj: Any, subset: str, skipped: SkippedRows) -> Optional[dict]:
     """One ARB record (arb.duckai.org API JSON) -> row, as the authors' duckai_format.py shaped it.
 
     math, physics: instruction = Problem_Statement, output = Solution. mcatReading, mcatScience:
@@ -657,26 +574,26 @@ def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
     if not isinstance(obj, dict):
         skipped["not_an_object"] += 1
         return None
-    problem = _arb_field(obj, "Problem Statement", "Problem_Statement")
+    problem = _arb_field(obj, "Problem Statement")
     if not isinstance(problem, str) or not problem.strip():
         skipped["malformed:arb_problem"] += 1
         return None
     kind = subset.lower()
     if kind.startswith(("math", "physics")):
-        solution = _arb_field(obj, "Solution")
+        solution = obj.get("Solution")
         if not isinstance(solution, str) or not solution.strip():
             skipped["malformed:arb_solution"] += 1
             return None
         return _row(problem.strip(), "", solution.strip(), "ARB")
-    options = _arb_field(obj, "Answer Candidates", "Answer_Candidates")
+    options = _arb_field(obj, "Answer Candidates")
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
         skipped["malformed:arb_options"] += 1
         return None
     instruction = problem.strip() + "".join(f"\n{chr(65 + i)}. {o}" for i, o in enumerate(options))
     if kind.startswith("law"):
-        output = _arb_field(obj, "Final Answer", "Final_Answer")
+        output = _arb_field(obj, "Final Answer")
     elif kind.startswith("mcat"):
-        output = _arb_field(obj, "Solution")
+        output = obj.get("Solution")
         output = output.split(".", 1)[-1].lstrip() if isinstance(output, str) else None
     else:
         raise UnknownSourceError(f"ARB subset {subset!r}: expected math, physics, mcatReading, mcatScience or law")
@@ -686,55 +603,43 @@ def format_arb(obj: Any, subset: str, skipped: Counter) -> Optional[dict]:
     return _row(instruction, ARB_CHOICE_INPUT, output.strip(), "ARB")
 
 
-def load_arb(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_arb(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """ARB: a folder of <subset>.json files (a JSON list per subset, as the arb.duckai.org API returns it;
     the subset - math, physics, mcatReading, mcatScience, law - is read from the file name)."""
-    skipped: Counter = SkippedRows()
-    rows = []
     for f in _files_in(_source_path(src), "*.json"):
-        data = _read_json_list(f, "ARB problems", skipped)
-        for obj in data:
-            row = format_arb(obj, f.stem, skipped)
-            if row is not None:
-                rows.append(row)
-    return rows, skipped
+        for where, obj in _json_list([f], "ARB problems", skipped):
+            yield where, format_arb(obj, f.stem, skipped)
 
 
 # ---------------------------------------------------------------- hub sources (network)
-def _hub_open_platypus(rec: dict, skipped: Counter) -> Optional[dict]:
-    rows = validate_rows([rec], "open-platypus", skipped)
-    return rows[0] if rows else None
+_SCIENCEQA_REMOVED_SKILLS = {
+    "Choose customary units of distance",
+    "Choose customary units of mass",
+    "Choose customary units of volume",
+    "Is it a complete sentence or a run-on",
+    "Is the sentence simple, compound, complex, or compound-complex",
+    "Use guide words",
+}
+_SCIENCEQA_LECTURE_CUES = (
+    "What information supports",
+    "Based on",
+    "Read the following",
+    "Use the evidence",
+    "Look at the",
+    "According to a",
+)
 
 
-def _hub_scienceqa(rec: dict, skipped: Counter) -> Optional[dict]:
+def _hub_scienceqa(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     """metaeval/ScienceQA_text_only, as the authors' scienceqa_format.py did."""
-    removed = {
-        "Choose customary units of distance",
-        "Choose customary units of mass",
-        "Choose customary units of volume",
-        "Is it a complete sentence or a run-on",
-        "Is the sentence simple, compound, complex, or compound-complex",
-        "Use guide words",
-    }
-    if rec.get("skill") in removed:
+    if rec.get("skill") in _SCIENCEQA_REMOVED_SKILLS:
         skipped["filtered:skill"] += 1
         return None
     if not (rec.get("solution") or "").strip():
         skipped["filtered:no_solution"] += 1
         return None
-    choices = list(rec["choices"])
-    instruction = rec["question"] + "\n" + "\n".join(f"{chr(65 + i)}: {c}" for i, c in enumerate(choices))
-    needs_lecture = any(
-        k in rec["question"]
-        for k in (
-            "What information supports",
-            "Based on",
-            "Read the following",
-            "Use the evidence",
-            "Look at the",
-            "According to a",
-        )
-    )
+    instruction = rec["question"] + "\n" + "\n".join(f"{chr(65 + i)}: {c}" for i, c in enumerate(rec["choices"]))
+    needs_lecture = any(k in rec["question"] for k in _SCIENCEQA_LECTURE_CUES)
     inp = (rec.get("lecture") or "") if needs_lecture else ""
     if len(inp.split()) > MAX_INPUT_WORDS:
         skipped["filtered:over_400_words"] += 1
@@ -742,21 +647,29 @@ def _hub_scienceqa(rec: dict, skipped: Counter) -> Optional[dict]:
     return _row(instruction, inp, rec["solution"], "scienceqa")
 
 
-def _hub_theoremqa(rec: dict, skipped: Counter) -> Optional[dict]:
-    return format_theoremqa(rec, skipped, theorem_key="theorem_def")
+def _no_stem_keyword(text: str, skipped: SkippedRows) -> bool:
+    """The authors' filter: True (counted) when the text holds no STEM keyword."""
+    if has_stem_keyword(text):
+        return False
+    skipped["filtered:no_stem_keyword"] += 1
+    return True
 
 
-def _hub_reclor(rec: dict, skipped: Counter) -> Optional[dict]:
-    instruction = (
-        rec["context"] + " " + rec["question"] + "".join(f"\n{chr(65 + i)}: {a}" for i, a in enumerate(rec["answers"]))
-    )
-    if not has_stem_keyword(instruction):
-        skipped["filtered:no_stem_keyword"] += 1
+def _hub_reclor(rec: dict, skipped: SkippedRows) -> Optional[dict]:
+    options = "".join(f"\n{chr(65 + i)}: {a}" for i, a in enumerate(rec["answers"]))
+    instruction = rec["context"] + " " + rec["question"] + options
+    if _no_stem_keyword(instruction, skipped):
         return None
-    return _row(instruction, "Choose A, B, C or D as your solution.", chr(65 + int(rec["label"])), "reclor")
+    return _row(instruction, ARB_CHOICE_INPUT, chr(65 + int(rec["label"])), "reclor")
 
 
-def _hub_tigerbot(rec: dict, skipped: Counter) -> Optional[dict]:
+def _hub_airoboros(rec: dict, skipped: SkippedRows) -> Optional[dict]:
+    if _no_stem_keyword(rec["instruction"], skipped):
+        return None
+    return _row(rec["instruction"], "", rec["response"], "airoboros")
+
+
+def _hub_tigerbot(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     if "python" not in rec["instruction"]:
         skipped["filtered:not_python"] += 1
         return None
@@ -764,28 +677,16 @@ def _hub_tigerbot(rec: dict, skipped: Counter) -> Optional[dict]:
     return _row(rec["input"], "", rec["output"], "tigerbot-kaggle")
 
 
-def _hub_leetcode(rec: dict, skipped: Counter) -> Optional[dict]:
-    return _row(rec["prompt"], "", rec["full_code"], "leetcode_ne")
-
-
-def _hub_airoboros(rec: dict, skipped: Counter) -> Optional[dict]:
-    if not has_stem_keyword(rec["instruction"]):
-        skipped["filtered:no_stem_keyword"] += 1
-        return None
-    return _row(rec["instruction"], "", rec["response"], "airoboros")
-
-
-def _hub_guanaco(rec: dict, skipped: Counter) -> Optional[dict]:
+def _hub_guanaco(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     text = rec["text"]
     if "### Assistant:" not in text:
         skipped["malformed:no_assistant_turn"] += 1
         return None
     human, rest = text.split("### Assistant:", 1)
-    instruction = human.replace("### Human:", "").strip()
     # Only the first exchange: the authors kept later turns inside the output with renamed markers.
+    instruction = human.replace("### Human:", "").strip()
     output = rest.split("### Human:", 1)[0].strip()
-    if not has_stem_keyword(instruction):
-        skipped["filtered:no_stem_keyword"] += 1
+    if _no_stem_keyword(instruction, skipped):
         return None
     return _row(instruction, "", output, "guanaco")
 
@@ -793,25 +694,29 @@ def _hub_guanaco(rec: dict, skipped: Counter) -> Optional[dict]:
 @dataclass(frozen=True)
 class HubSource:
     splits: tuple[str, ...]
-    formatter: Callable[[dict, Counter], Optional[dict]]
+    formatter: Callable[[dict, SkippedRows], Optional[dict]]
     data_files: Optional[str] = None
 
 
 # Default hub ids from PLATYPUS.md §1. PRM800K, ARB and SciBench were never hub datasets (local loaders above).
 HUB_SOURCES: dict[str, HubSource] = {
-    "garage-bAInd/Open-Platypus": HubSource(("train",), _hub_open_platypus),
+    "garage-bAInd/Open-Platypus": HubSource(("train",), lambda r, s: open_platypus_row(r, "open-platypus", s)),
     "metaeval/ScienceQA_text_only": HubSource(("train",), _hub_scienceqa),
-    "wenhu/TheoremQA": HubSource(("train",), _hub_theoremqa, data_files="test.csv"),
+    "wenhu/TheoremQA": HubSource(
+        ("train",), lambda r, s: format_theoremqa(r, s, theorem_key="theorem_def"), data_files="test.csv"
+    ),
     "metaeval/reclor": HubSource(("train",), _hub_reclor),
     "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k": HubSource(("train",), _hub_tigerbot),
-    "nuprl/leetcode-solutions-python-testgen-gpt4": HubSource(("train",), _hub_leetcode),
+    "nuprl/leetcode-solutions-python-testgen-gpt4": HubSource(
+        ("train",), lambda r, s: _row(r["prompt"], "", r["full_code"], "leetcode_ne")
+    ),
     "jondurbin/airoboros-gpt4-1.4.1": HubSource(("train",), _hub_airoboros, data_files="instructions.jsonl"),
     "timdettmers/openassistant-guanaco": HubSource(("train", "test"), _hub_guanaco),
 }
 DEFAULT_HUB_ID = "garage-bAInd/Open-Platypus"
 
 
-def load_hub(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
+def load_hub(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """One hub source by `hub_id` (default: Open-Platypus itself), shaped as the authors did.
     "org/name@<revision>" reads the dataset at that revision (recorded for the manifest); without
     one, whatever the hub's main branch holds today is read (logged)."""
@@ -826,45 +731,21 @@ def load_hub(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
     else:
         record_snapshot(ref, hub_id, revision, revision if is_pinned_commit(revision) else None)
     spec = HUB_SOURCES[hub_id]
-    skipped: Counter = SkippedRows()
-    rows = []
+    kwargs = {"data_files": spec.data_files} if spec.data_files else {}
+    if revision is not None:
+        kwargs["revision"] = revision
     for split in spec.splits:
-        kwargs = {"data_files": spec.data_files} if spec.data_files else {}
-        if revision is not None:
-            kwargs["revision"] = revision
         for k, rec in enumerate(load_dataset(hub_id, split=split, **kwargs), 1):
-            _LOCATION.set(f"{hub_id} ({split}), row {k}")
             try:
                 row = spec.formatter(dict(rec), skipped)
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
                 skipped[f"malformed:{type(exc).__name__}"] += 1
                 continue
-            if row is not None:
-                rows.append(row)
-    return rows, skipped
-
-
-def _limit_long_rows(rows: list[dict], skipped: Counter, profile: Profile) -> tuple[list[dict], SkippedRows]:
-    """curate.max_row_chars / over_long_rows applied to every row, naming its file and line."""
-    if not isinstance(skipped, SkippedRows):
-        counted = SkippedRows(skipped)
-        counted.notes.update(getattr(skipped, "notes", {}))
-        skipped = counted
-    cfg = getattr(profile, "curate", None)
-    max_chars = getattr(cfg, "max_row_chars", None)
-    policy = getattr(cfg, "over_long_rows", "keep")
-    kept = []
-    for row in rows:
-        where = getattr(row, "where", "") or "source row"
-        fields = {k: row[k] for k in FIELDS if k in row}
-        limited = limit_long_fields(fields, max_chars, policy, where, skipped)
-        if limited is not None:
-            kept.append(limited)
-    return kept, skipped
+            yield f"{hub_id} ({split}), row {k}", row
 
 
 # ---------------------------------------------------------------- registry
-SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile], tuple[list[dict], Counter]]] = {
+SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile, SkippedRows], Records]] = {
     "demo": load_demo,
     "jsonl": load_jsonl,
     "math": load_math,
@@ -877,21 +758,19 @@ SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile], tuple[list[dict], Co
 }
 
 
-def load_source(src: SourceConfig, profile: Profile) -> tuple[list[dict], Counter]:
-    """Rows of one configured source in the Open-Platypus schema, and a Counter of skipped rows by reason."""
+def load_source(src: SourceConfig, profile: Profile) -> tuple[list[dict], SkippedRows]:
+    """Rows of one configured source in the Open-Platypus schema, and the skipped rows by reason."""
     loader = SOURCE_LOADERS.get(src.name)
     if loader is None:
         raise UnknownSourceError(f"unknown source {src.name!r}; known: {', '.join(SOURCE_LOADERS)}")
-    token = _LOCATION.set(f"source {src.name}")
-    try:
-        if src.name in ("theoremqa", "scienceqa") and not src.path and src.hub_id:
-            rows, skipped = load_hub(src, profile)  # the hub release of a source that also has a local format
-        else:
-            rows, skipped = loader(src, profile)
-    finally:
-        _LOCATION.reset(token)
-    rows, skipped = _limit_long_rows(rows, skipped, profile)
-    rows = [{k: r[k] for k in FIELDS} for r in rows]  # fixed key order: byte-identical outputs downstream
+    if src.name in ("theoremqa", "scienceqa") and not src.path and src.hub_id:
+        loader = load_hub  # the hub release of a source that also has a local format
+    cfg, skipped, rows = profile.curate, SkippedRows(), []
+    for where, row in loader(src, profile, skipped):
+        if row is not None:
+            row = limit_long_fields(row, cfg.max_row_chars, cfg.over_long_rows, where, skipped)
+        if row is not None:
+            rows.append(row)
     if src.limit is not None and len(rows) > src.limit:
         skipped["filtered:over_limit"] += len(rows) - src.limit
         rows = rows[: src.limit]
