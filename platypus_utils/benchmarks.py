@@ -23,24 +23,18 @@ Ids. `item_id` is stable and readable:
 (`doc_id`, `lm_eval_task`) is the item as lm-eval's per-sample logs name it: `doc_id` is the 0-based
 position of the item in the split lm-eval evaluates for that task - the non-blank lines of the JSON
 lines files, the non-empty records of `<subject>_test.csv` (k above), the list index in mc_task.json
-(k above). Stage 05 reads the same files in the same order (lm_eval_tasks/utils.py, whose process_docs
-never drop or reorder a row; HellaSwag's built-in process_docs is a map), and the hub releases hold the
-same rows in the same order, so the join with a sample log is exact; a run with `limit` N evaluates
-doc_ids 0..N-1. Local runs name their tasks with 05's `platypus_` prefix (`platypus_mmlu_anatomy`):
-strip it to join.
+(k above). Stage 05's task functions (lm_eval_tasks/utils.py) check each row with the parsers here and
+never drop or reorder one, and the hub releases hold the same rows in the same order, so the join with
+a sample log is exact; a run with `limit` N evaluates doc_ids 0..N-1. Local runs name their tasks with
+05's `platypus_` prefix (`platypus_mmlu_anatomy`): strip it to join.
 
 `limit` keeps the first N items of a benchmark in file order; for MMLU the first N of *each subject*,
 so a small limit still covers every subject (a global first-N would only test abstract_algebra).
 
 Errors: a benchmark folder that lacks a benchmark's file is a FileNotFoundError naming the file it
 expected and what it should hold; a malformed line or row a ValueError naming the file and line/row.
-
 `benchmarks_dir="hub"` loads the same splits from the Hugging Face hub (allenai/ai2_arc, Rowan/hellaswag,
 cais/mmlu, truthful_qa); it needs network access and is tested only with a stand-in for `datasets`.
-
-Known duplication: 05's task folder parses the same four formats again (lm_eval_tasks/utils.py). That
-file is copied next to the generated lm-eval YAMLs and must work with the plain `lm_eval` command,
-so it imports nothing from this package; its row order is what `doc_id` above relies on.
 """
 
 from __future__ import annotations
@@ -118,9 +112,6 @@ REGISTRY: dict[str, BenchmarkSpec] = {
 }
 BENCHMARK_NAMES = tuple(REGISTRY)
 _ALIASES = {s.leaderboard_name: s.name for s in REGISTRY.values()}
-# kept for callers of the earlier module: derived from the registry
-HUB_IDS = {name: s.hub for name, s in REGISTRY.items()}
-TEST_FILES = {name: s.test_path for name, s in REGISTRY.items()}
 
 
 def spec(name: str) -> BenchmarkSpec:
@@ -201,15 +192,8 @@ def read_mmlu_csv(path: Path) -> list[list[str]]:
 
 def mmlu_item(record: list[str], subject: str, doc_id: int) -> dict:
     choices = record[1:5]
-    return _item(
-        "mmlu",
-        f"mmlu/{subject}/test/{doc_id}",
-        record[0],
-        choices,
-        choices[_LETTERS.index(record[5].strip())],
-        doc_id,
-        subject,
-    )
+    answer = choices[_LETTERS.index(record[5].strip())]
+    return _item("mmlu", f"mmlu/{subject}/test/{doc_id}", record[0], choices, answer, doc_id, subject)
 
 
 def truthfulqa_item(obj: dict, doc_id: int) -> dict:
@@ -225,17 +209,36 @@ def truthfulqa_item(obj: dict, doc_id: int) -> dict:
     return _item("truthfulqa", f"truthfulqa/{doc_id}", obj["question"], list(targets), correct[0], doc_id)
 
 
+_PARSERS = {  # the formats read from a file of items (MMLU is a folder of CSVs)
+    "arc_challenge": (arc_item, "an ARC"),
+    "hellaswag": (hellaswag_item, "a HellaSwag"),
+    "truthfulqa": (truthfulqa_item, "a TruthfulQA"),
+}
+
+
 # ---------------------------------------------------------------- loaders of a benchmarks folder
-def _load_jsonl_items(name: str, root: Path, parse, kind: str) -> list[dict]:
-    """Items of a JSON lines test set. Strict: a bad line (artifacts.iter_jsonl's rules) is a ValueError
-    naming file and line, as skipping it would shift every later doc_id and leave a test item unchecked."""
+def _load_file(name: str, root: Path) -> list[dict]:
+    """Items of a JSON lines test set (ARC, HellaSwag) or of a JSON list (TruthfulQA). Strict: a bad line
+    (artifacts.iter_jsonl's rules) or item is a ValueError naming file and line (item), as skipping it
+    would shift every later doc_id and leave a test item unchecked."""
     path = expected_path(name, root)
+    parse, kind = _PARSERS[name]
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
+        numbered = ((f"item {i}", obj) for i, obj in enumerate(data))
+    else:
+        numbered = ((f"line {lineno}", obj) for lineno, obj in iter_jsonl(path, strict=True))
     items = []
-    for lineno, obj in iter_jsonl(path, strict=True):
+    for where, obj in numbered:
         try:
             items.append(parse(obj, len(items)))
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise ValueError(f"{path}, line {lineno}: not {kind} item ({exc})") from None
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}, {where}: not {kind} item ({exc})") from None
     return items
 
 
@@ -247,72 +250,40 @@ def _load_mmlu(root: Path, limit: Optional[int]) -> list[dict]:
     items = []
     for path in files:
         subject = path.name[: -len("_test.csv")]
-        records = read_mmlu_csv(path)[:limit]
-        items.extend(mmlu_item(rec, subject, k) for k, rec in enumerate(records))
-    return items
-
-
-def _load_truthfulqa(root: Path) -> list[dict]:
-    path = expected_path("truthfulqa", root)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
-    items = []
-    for i, obj in enumerate(data):
-        try:
-            items.append(truthfulqa_item(obj, i))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}, item {i}: not a TruthfulQA item ({exc})") from None
+        items += [mmlu_item(rec, subject, k) for k, rec in enumerate(read_mmlu_csv(path)[:limit])]
     return items
 
 
 # ---------------------------------------------------------------- hub (needs network)
+def _original_row(name: str, row: dict) -> dict:
+    """A hub row in the shape of the original release, for the parsers above."""
+    if name == "arc_challenge":
+        choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
+        return {
+            "id": row["id"],
+            "answerKey": row["answerKey"],
+            "question": {"stem": row["question"], "choices": choices},
+        }
+    if name == "truthfulqa":
+        targets = ("mc1_targets", "mc2_targets")
+        return {"question": row["question"], **{t: dict(zip(row[t]["choices"], row[t]["labels"])) for t in targets}}
+    return row
+
+
 def _load_hub(name: str, limit: Optional[int]) -> list[dict]:
     from datasets import load_dataset  # only the hub path needs it; importing datasets costs ~1 s
 
     hub_id, config, split = REGISTRY[name].hub
-    ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
-    if name == "mmlu":  # doc_id counts within a subject, as lm-eval's per-subject tasks do
-        per_subject: dict[str, int] = {}
-        items = []
-        for row in ds:
-            k = per_subject[row["subject"]] = per_subject.get(row["subject"], -1) + 1
-            if limit is None or k < limit:
-                record = [row["question"], *row["choices"], _LETTERS[int(row["answer"])]]
-                items.append(mmlu_item(record, row["subject"], k))
-        return items
+    ds = load_dataset(hub_id, config, split=split)
+    if name != "mmlu":
+        return [_PARSERS[name][0](_original_row(name, row), k) for k, row in enumerate(ds)][:limit]
+    per_subject: dict[str, int] = {}  # doc_id counts within a subject, as lm-eval's per-subject tasks do
     items = []
-    for k, row in enumerate(ds):
-        if name == "arc_challenge":
-            obj = {
-                "id": row["id"],
-                "answerKey": row["answerKey"],
-                "question": {
-                    "stem": row["question"],
-                    "choices": [
-                        {"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])
-                    ],
-                },
-            }
-            items.append(arc_item(obj, k))
-        elif name == "hellaswag":
-            items.append(hellaswag_item(row, k))
-        else:
-            mc1, mc2 = row["mc1_targets"], row["mc2_targets"]
-            items.append(
-                truthfulqa_item(
-                    {
-                        "question": row["question"],
-                        "mc1_targets": dict(zip(mc1["choices"], mc1["labels"])),
-                        "mc2_targets": dict(zip(mc2["choices"], mc2["labels"])),
-                    },
-                    k,
-                )
-            )
-    return items if limit is None else items[:limit]
+    for row in ds:
+        k = per_subject[row["subject"]] = per_subject.get(row["subject"], -1) + 1
+        if limit is None or k < limit:
+            items.append(mmlu_item([row["question"], *row["choices"], _LETTERS[int(row["answer"])]], row["subject"], k))
+    return items
 
 
 def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] = None) -> list[dict]:
@@ -326,18 +297,12 @@ def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] =
         raise ValueError(f"limit must be >= 1, got {limit}")
     if str(benchmarks_dir) == "hub":
         items = _load_hub(name, limit)
+    elif not Path(benchmarks_dir).is_dir():
+        raise FileNotFoundError(f"{benchmarks_dir}: benchmarks folder not found")
+    elif name == "mmlu":
+        items = _load_mmlu(Path(benchmarks_dir), limit)
     else:
-        root = Path(benchmarks_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: benchmarks folder not found")
-        if name == "mmlu":
-            items = _load_mmlu(root, limit)
-        elif name == "truthfulqa":
-            items = _load_truthfulqa(root)[:limit]
-        elif name == "arc_challenge":
-            items = _load_jsonl_items(name, root, arc_item, "an ARC")[:limit]
-        else:
-            items = _load_jsonl_items(name, root, hellaswag_item, "a HellaSwag")[:limit]
+        items = _load_file(name, Path(benchmarks_dir))[:limit]
     log.info("benchmark %s: %d test items from %s", name, len(items), benchmarks_dir)
     return items
 
@@ -349,6 +314,4 @@ def load_benchmarks(names, benchmarks_dir: str | Path, limit: Optional[int] = No
 
 def benchmark_input_paths(name: str, benchmarks_dir: str | Path) -> list[Path]:
     """The files load_benchmark reads for `name` (for a stage manifest's inputs); [] for the hub."""
-    if str(benchmarks_dir) == "hub":
-        return []
-    return [Path(benchmarks_dir) / spec(name).test_path]
+    return [] if str(benchmarks_dir) == "hub" else [Path(benchmarks_dir) / spec(name).test_path]
