@@ -15,7 +15,7 @@ from .preflight import check_target_modules
 
 def _detectors(text: str) -> list[str]:
     """--detectors embedding,ngram -> ["embedding", "ngram"]; an unknown name is an argparse error."""
-    from .decontaminate import DETECTORS
+    from .decontaminate.detectors import DETECTORS
 
     names = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [x for x in names if x not in DETECTORS]
@@ -40,6 +40,10 @@ def _number_in(low: float, high: float | None, what: str):
     return parse
 
 
+def _add_set(parser, help: str = "override a profile key") -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _add_run(sub) -> None:
     """`platypus run PROFILE`: the stages, as papermill notebooks."""
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
@@ -49,18 +53,17 @@ def _add_run(sub) -> None:
     )
     p_run.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
     p_run.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    p_run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a profile key, e.g. --set finetune.sft.max_steps=5",
-    )
+    _add_set(p_run, "override a profile key, e.g. --set finetune.sft.max_steps=5")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
     p_run.add_argument(
         "--wait",
         action="store_true",
         help="if another run of this profile holds its lock, wait for it instead of exiting (3)",
+    )
+    p_run.add_argument(
+        "--allow-edited-notebooks",
+        action="store_true",
+        help="run stage notebooks whose code cells differ from their committed version (else refused)",
     )
 
 
@@ -196,7 +199,7 @@ def _add_plan(sub) -> None:
         type=_number_in(0, 1, "the model-FLOP utilisation, a share"),
         help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)",
     )
-    p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
+    _add_set(p_plan)
 
 
 def _add_push(sub) -> None:
@@ -204,7 +207,7 @@ def _add_push(sub) -> None:
     p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards (export.push_to_hub)")
     p_push.add_argument("params", help="profile YAML with export.push_to_hub: true")
     p_push.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
-    p_push.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile key")
+    _add_set(p_push)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +231,7 @@ def _cmd_run(args) -> int:
             overrides=parse_set(args.set),
             verbose=args.verbose,
             wait=args.wait,
+            allow_edited_notebooks=args.allow_edited_notebooks,
         )
     except StageFailed:
         return 1
@@ -289,7 +293,7 @@ def _cmd_decontaminate(args) -> int:
     from pydantic import ValidationError
 
     from .config import DecontaminateConfig
-    from .decontaminate import check_file
+    from .decontaminate.stage import check_file
 
     settings = {"similarity_threshold": args.threshold, "candidates": args.candidates, "engine": args.engine}
     if args.ray_address:
@@ -309,7 +313,7 @@ def _cmd_decontaminate(args) -> int:
         problems = "; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors())
         raise ValueError(problems) from None
     if args.build_index:
-        from .decontaminate import build_benchmark_index
+        from .decontaminate.stage import build_benchmark_index
 
         meta = build_benchmark_index(args.benchmarks, args.build_index, cfg, args.embedding_model, args.cache_dir)
         print(json.dumps(meta, indent=2))

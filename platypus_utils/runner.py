@@ -32,7 +32,6 @@ Trust after a crash, a kill or a second run:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import fcntl
 import json
 import logging
@@ -184,51 +183,44 @@ def _git(folder: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _cell_sources(nb: dict) -> list[str]:
-    return [
-        "".join(c.get("source", "")) if isinstance(c.get("source"), list) else str(c.get("source", ""))
-        for c in nb.get("cells", [])
-    ]
+class EditedNotebook(ProfileError):
+    """A stage notebook holds code cells its committed version does not (run with --allow-edited-notebooks)."""
 
 
-def uncommitted_cells(notebook: Path) -> str | None:
-    """How the cells of a stage notebook differ from git HEAD's version of it ("edited cells 5, 7;
-    added 12"): cells saved in JupyterLab and not committed run too, and the runner says so. Outputs
-    and metadata do not count. None when they are the same, or outside a git checkout (an installed
-    package runs the notebooks it was built with)."""
+def _code_cells(text: str) -> dict[str, str]:
+    cells = json.loads(text).get("cells", [])
+    return {c.get("id", f"#{i}"): "".join(c.get("source", "")) for i, c in enumerate(cells) if c["cell_type"] == "code"}
+
+
+def edited_cells(notebook: Path) -> list[str]:
+    """The code cells of a stage notebook that git HEAD's version does not hold (added, or their source
+    changed), compared by cell id, as "<id>: <first line>"; outputs and metadata do not count. [] outside a
+    git checkout: an installed wheel's notebooks are the shipped copy, with nothing to compare them to."""
     top = _git(notebook.parent, "rev-parse", "--show-toplevel")
     if not top:
-        return None
-    try:
-        rel = notebook.resolve().relative_to(Path(top.strip()).resolve())
-        committed = _git(notebook.parent, "show", f"HEAD:{rel.as_posix()}")
-        old = _cell_sources(json.loads(committed)) if committed is not None else []
-        new = _cell_sources(json.loads(notebook.read_text(encoding="utf-8")))
-    except (ValueError, OSError, UnicodeDecodeError):
-        return None
-    if committed is None:
-        return "git HEAD holds no such file"
-    changes: dict[str, list[int]] = {"edited": [], "added": [], "removed": []}
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        if tag != "equal":  # new cells by their index now, removed ones by their committed index
-            both = min(i2 - i1, j2 - j1)
-            changes["edited"] += range(j1, j1 + both)
-            changes["added"] += range(j1 + both, j2)
-            changes["removed"] += range(i1 + both, i2)
-    parts = [f"{kind} cell(s) {', '.join(map(str, cells))}" for kind, cells in changes.items() if cells]
-    return "; ".join(parts) or None
+        return []
+    rel = notebook.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
+    committed = _git(notebook.parent, "show", f"HEAD:{rel}")
+    shipped = _code_cells(committed) if committed is not None else {}
+    now = _code_cells(notebook.read_text(encoding="utf-8"))
+    return [f"{i}: {(s.strip() or '(empty)').splitlines()[0]}" for i, s in now.items() if shipped.get(i) != s]
 
 
-def say_which_notebook(stage: str, say) -> str | None:
-    """Say which notebook a stage runs and, in a checkout, which of its cells git HEAD does not hold
-    (see `git diff` for them); returns that difference (None: none)."""
-    notebook = NOTEBOOK_DIR / f"{stage}.ipynb"
-    changed = uncommitted_cells(notebook) if notebook.is_file() else None
-    if changed:
-        say(f"[{stage}] runs {notebook}, which differs from its committed version ({changed}): these cells run too")
-    else:
-        say(f"[{stage}] notebook {notebook}")
-    return changed
+def check_notebooks_shipped(stages: list[str], allow: bool, say) -> dict[str, list[str]]:
+    """{stage: edited cells} of the stage notebooks whose code cells differ from the committed version
+    (JupyterLab saves them; papermill would run them as part of the stage): EditedNotebook naming the
+    notebooks and cells, unless `allow` (--allow-edited-notebooks), when the runner says which run."""
+    edited = {s: edited_cells(NOTEBOOK_DIR / f"{s}.ipynb") for s in stages if (NOTEBOOK_DIR / f"{s}.ipynb").is_file()}
+    edited = {s: cells for s, cells in edited.items() if cells}
+    listed = "; ".join(f"{NOTEBOOK_DIR / s}.ipynb: cells {', '.join(c)}" for s, c in edited.items())
+    if edited and not allow:
+        raise EditedNotebook(
+            f"stage notebooks differ from their committed version ({listed}): commit or undo these cells "
+            "(`git diff notebooks/`), or pass --allow-edited-notebooks to run them"
+        )
+    if edited:
+        say(f"running edited notebook cells (--allow-edited-notebooks): {listed}")
+    return edited
 
 
 def running_notebook(profile: Profile, stage: str) -> Path:
@@ -273,48 +265,50 @@ def execute_stage(
     dst = running_notebook(profile, stage)
     dst.parent.mkdir(parents=True, exist_ok=True)
     params = stage_parameters(profile, stage, overrides, forced() if force is None else force)
-    saved_env = {k: os.environ.get(k) for k in KERNEL_ENV}
-    os.environ.update(KERNEL_ENV)  # the kernel inherits this process's environment
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            str(src),
-            str(dst),
-            parameters=params,
-            kernel_name=kernel_name(),
-            cwd=str(NOTEBOOK_DIR),
-            progress_bar=True,
-            log_output=verbose,
-        )
-    except pm.PapermillExecutionError as exc:
-        kept = _keep_failed_notebook(profile, stage, dst)
-        raise StageFailed(
-            f"stage {stage} failed in {kept}, cell {exc.cell_index} (execution count {exc.exec_count}): "
-            f"{exc.ename}: {exc.evalue}"
-        ) from None
-    except Exception as exc:  # the kernel died, papermill itself failed...
-        kept = _keep_failed_notebook(profile, stage, dst)
-        raise StageFailed(f"stage {stage} stopped ({type(exc).__name__}: {exc}); its notebook so far: {kept}") from exc
-    except BaseException:  # Ctrl-C
-        _keep_failed_notebook(profile, stage, dst)
-        raise
-    finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _environ(KERNEL_ENV):  # the kernel inherits this process's environment
+            pm.execute_notebook(
+                str(src),
+                str(dst),
+                parameters=params,
+                kernel_name=kernel_name(),
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=True,
+                log_output=verbose,
+            )
+    except BaseException as exc:  # the failed attempt's notebook goes beside the last good one
+        kept = failed_notebook(profile, stage)
+        if dst.is_file():
+            os.replace(dst, kept)
+        if isinstance(exc, pm.PapermillExecutionError):
+            raise StageFailed(
+                f"stage {stage} failed in {kept}, cell {exc.cell_index} (execution count {exc.exec_count}): "
+                f"{exc.ename}: {exc.evalue}"
+            ) from None
+        if isinstance(exc, Exception):  # the kernel died, papermill itself failed...
+            raise StageFailed(
+                f"stage {stage} stopped ({type(exc).__name__}: {exc}); its notebook so far: {kept}"
+            ) from exc
+        raise  # Ctrl-C, a signal
     os.replace(dst, executed_notebook(profile, stage))
     failed_notebook(profile, stage).unlink(missing_ok=True)  # superseded by this successful attempt
     return time.perf_counter() - t0
 
 
-def _keep_failed_notebook(profile: Profile, stage: str, running: Path) -> Path:
-    """Move a failed attempt's notebook beside the last good one (which stays as it was)."""
-    failed = failed_notebook(profile, stage)
-    if running.is_file():
-        os.replace(running, failed)
-    return failed
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block (child processes inherit them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
@@ -348,18 +342,21 @@ def run(
     overrides: dict | None = None,
     verbose: bool = False,
     wait: bool = False,
+    allow_edited_notebooks: bool = False,
 ) -> dict:
-    """Validate the profile, take its run lock (RunLocked if another run holds it, unless `wait`),
+    """Validate the profile, refuse stage notebooks with uncommitted code cells (unless
+    `allow_edited_notebooks`), take its run lock (RunLocked if another run holds it, unless `wait`),
     then run the selected stages in order. Returns {stage: summary}."""
     overrides = overrides or {}
     profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
     check_notebooks_apart(profile)
     stages = select_stages(only, start)
+    edited = check_notebooks_shipped(stages, allow_edited_notebooks, _printer())
     # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
     preflight(profile, stages)
     try:
         with stop_on_signals(), run_lock(profile, wait=wait):
-            return _run_stages(profile, stages, force, overrides, verbose)
+            return _run_stages(profile, stages, force, overrides, verbose, edited)
     except RunStopped as exc:
         raise StageFailed(f"stopped by {exc}: the stage's attempt is recorded as stopped") from None
     except OSError as exc:
@@ -407,7 +404,7 @@ def stop_children(timeout: float = 10.0) -> list[int]:
     return [c.pid for c in children]
 
 
-def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool) -> dict:
+def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool, edited: dict) -> dict:
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
     say = _printer()
@@ -428,9 +425,8 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             say(f"[{stage}] running: {why}")
         else:
             say(f"[{stage}] running (--force)")
-        uncommitted = say_which_notebook(stage, say)
         try:
-            seconds = _attempt_stage(profile, stage, overrides, verbose, force, say)
+            seconds = _attempt_stage(profile, stage, overrides, verbose, force, say, edited.get(stage))
         except StageFailed as exc:
             summary["stages"][stage] = {"status": "failed", "error": str(exc)}
             write_json(summary_path, summary)
@@ -440,54 +436,44 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             raise
         say(f"[{stage}] done in {seconds:.1f} s -> {executed_notebook(profile, stage)}")
         summary["stages"][stage] = {"status": "ran", "seconds": round(seconds, 1)}
-        if uncommitted:
-            summary["stages"][stage]["uncommitted_cells"] = uncommitted
+        if edited.get(stage):
+            summary["stages"][stage]["edited_cells"] = edited[stage]
     summary["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(summary_path, summary)
     say(f"all done in {summary['total_seconds']:.1f} s; reports in {profile.report_dir()}")
     return summary
 
 
-def _attempt_stage(profile: Profile, stage: str, overrides: dict, verbose: bool, force: bool, say) -> float:
-    """One recorded attempt at a stage: leftovers cleared, attempt.json "running" -> "ok"/"failed"."""
+def _attempt_stage(
+    profile: Profile, stage: str, overrides: dict, verbose: bool, force: bool, say, edited: list | None
+) -> float:
+    """One recorded attempt at a stage: leftovers cleared, attempt.json "running" -> "ok"/"failed"
+    (with the notebook's `edited` cells, run under --allow-edited-notebooks)."""
     stage_dir = profile.run_dir(stage)
     rebuild_training = force or not (artifacts_up_to_date(profile, stage)[0] and not attempt_problem(stage_dir))
     clear_leftovers(profile, stage, say)
-    begin_attempt(
-        stage_dir, stage, runner=True, command=shlex.join(sys.argv), notebook=str(running_notebook(profile, stage))
-    )
-    env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the notebook kernel and accelerate workers inherit these
+    notebook = str(running_notebook(profile, stage))
+    info = {"edited_cells": edited} if edited else {}
+    begin_attempt(stage_dir, stage, runner=True, command=shlex.join(sys.argv), notebook=notebook, **info)
+    env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}  # the kernel and accelerate workers'
     try:
-        if stage == "03_finetune" and profile.finetune.num_gpus > 1:
-            launch_distributed_finetune(profile, overrides, rebuild_training, say)
-        seconds = execute_stage(profile, stage, overrides, verbose)
-    except StageFailed as exc:
-        end_attempt(stage_dir, "failed", error=str(exc), notebook=str(failed_notebook(profile, stage)))
+        with _environ(env):
+            if stage == "03_finetune" and profile.finetune.num_gpus > 1:
+                launch_distributed_finetune(profile, overrides, rebuild_training, say)
+            seconds = execute_stage(profile, stage, overrides, verbose)
+    except BaseException as exc:
+        failed = str(failed_notebook(profile, stage))
+        if isinstance(exc, StageFailed):
+            end_attempt(stage_dir, "failed", error=str(exc), notebook=failed)
+        elif isinstance(exc, RunStopped):  # SIGTERM or SIGINT: the kernel goes first, so nothing is written after
+            end_attempt(
+                stage_dir, "stopped", error=f"stopped by {exc}; processes ended: {stop_children()}", notebook=failed
+            )
+            say(f"[{stage}] stopped by {exc}; attempt recorded in {stage_dir / ATTEMPT}")
+        else:  # a kernel that died: the attempt is not ok
+            stop_children()
+            end_attempt(stage_dir, "failed", error=f"{type(exc).__name__}: {exc}", notebook=failed)
         raise
-    except RunStopped as exc:  # SIGTERM or SIGINT: the kernel goes first, so nothing is written after
-        stopped = stop_children()
-        end_attempt(
-            stage_dir,
-            "stopped",
-            error=f"stopped by {exc}; processes ended: {stopped}",
-            notebook=str(failed_notebook(profile, stage)),
-        )
-        say(f"[{stage}] stopped by {exc}; attempt recorded in {stage_dir / ATTEMPT}")
-        raise
-    except BaseException as exc:  # a kernel that died: the attempt is not ok
-        stop_children()
-        end_attempt(
-            stage_dir, "failed", error=f"{type(exc).__name__}: {exc}", notebook=str(failed_notebook(profile, stage))
-        )
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     end_attempt(stage_dir, "ok", notebook=str(executed_notebook(profile, stage)), seconds=round(seconds, 1))
     return seconds
 

@@ -1,4 +1,5 @@
 import json
+from unittest.mock import ANY
 
 import nbformat
 import pytest
@@ -229,37 +230,61 @@ def _git(repo, *args):
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def test_the_runner_says_which_cells_git_does_not_hold(tmp_path, monkeypatch):
+def test_the_runner_refuses_notebook_cells_git_does_not_hold_unless_allowed(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "nbs").mkdir(parents=True)
     _git(repo, "init", "-q")
     path = repo / "nbs" / "01_curate.ipynb"
     _notebook(path, "x = 1")
-    untracked = runner.uncommitted_cells(path)
-    assert untracked == "git HEAD holds no such file"
+    nb = nbformat.read(path, as_version=4)
+    params_id, code_id = nb.cells[0].id, nb.cells[1].id
+    assert runner.edited_cells(path) == [f"{params_id}: profile_path = ''", f"{code_id}: x = 1"]  # not committed
     _git(repo, "add", "nbs")
     _git(repo, "commit", "-q", "-m", "nb")
-    assert runner.uncommitted_cells(path) is None
-    nb = nbformat.read(path, as_version=4)
+    assert runner.edited_cells(path) == []
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="1\n")]  # run in the lab: outputs do not count
     nb.cells[1].execution_count = 4
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("a note"))  # markdown and moved cells do not run code
     nbformat.write(nb, path)
-    assert runner.uncommitted_cells(path) is None
-    nb.cells[1].source = "x = 2"
-    nb.cells.append(nbformat.v4.new_code_cell("print('a cell saved in the lab')"))
+    assert runner.edited_cells(path) == []
+    nb.cells[2].source = "x = 2"
+    added = nbformat.v4.new_code_cell("\nprint('a cell saved in the lab')")
+    nb.cells.append(added)
     nbformat.write(nb, path)
-    assert runner.uncommitted_cells(path) == "edited cell(s) 1; added cell(s) 2"
+    edited = [f"{code_id}: x = 2", f"{added.id}: print('a cell saved in the lab')"]
+    assert runner.edited_cells(path) == edited
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", repo / "nbs")
     said = []
-    assert runner.say_which_notebook("01_curate", said.append) == "edited cell(s) 1; added cell(s) 2"
-    assert said == [
-        f"[01_curate] runs {path}, which differs from its committed version (edited cell(s) 1; added "
-        "cell(s) 2): these cells run too"
-    ]
-    nb.cells = nb.cells[1:2]
-    nb.cells[0].source = "x = 1"
+    with pytest.raises(runner.EditedNotebook, match=f"01_curate.ipynb: cells {code_id}: x = 2, {added.id}: print"):
+        runner.check_notebooks_shipped(["01_curate", "02_decontaminate"], False, said.append)
+    assert said == []
+    assert runner.check_notebooks_shipped(["01_curate"], True, said.append) == {"01_curate": edited}
+    assert "--allow-edited-notebooks" in said[0] and f"{code_id}: x = 2" in said[0]
+    nb.cells = nb.cells[:2]  # a removed cell runs nothing new
     nbformat.write(nb, path)
-    assert runner.uncommitted_cells(path) == "removed cell(s) 0"  # the parameters cell, as committed
+    assert runner.check_notebooks_shipped(["01_curate"], False, said.append) == {}
     outside = tmp_path / "elsewhere.ipynb"  # an installed package's copy: no git to compare with
     _notebook(outside, "x = 1")
-    assert runner.uncommitted_cells(outside) is None
+    assert runner.edited_cells(outside) == []
+
+
+def test_run_refuses_an_edited_notebook_before_any_stage(tmp_path, monkeypatch):
+    nbs = tmp_path / "nbs"
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
+    _stage_notebooks(nbs)
+    _git(nbs, "init", "-q")
+    _git(nbs, "add", ".")
+    _git(nbs, "commit", "-q", "-m", "shipped")
+    nb = nbformat.read(nbs / "01_curate.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("edited_in_the_lab = True"))
+    nbformat.write(nb, nbs / "01_curate.ipynb")
+    path = _profile_file(tmp_path)
+    with pytest.raises(runner.EditedNotebook, match=f"01_curate.ipynb: cells {nb.cells[-1].id}: edited_in_the_lab"):
+        runner.run(path, only=["01", "02"])
+    profile = runner.load_profile(path)
+    assert not (profile.run_dir("01_curate") / "attempt.json").exists()  # refused before any stage
+    summary = runner.run(path, only=["01", "02"], allow_edited_notebooks=True)
+    edited = [f"{nb.cells[-1].id}: edited_in_the_lab = True"]
+    assert summary["stages"]["01_curate"] == {"status": "ran", "seconds": ANY, "edited_cells": edited}
+    assert "edited_cells" not in summary["stages"]["02_decontaminate"]
+    assert json.loads((profile.run_dir("01_curate") / "attempt.json").read_text())["edited_cells"] == edited
