@@ -1,65 +1,57 @@
 """`platypus plan PROFILE`: what a run will cost, before renting a GPU (a dry run; no weights).
 
-Reads the base model's config only (`--config DIR`, `plan.base_config`, a local model, a copy
-under params/model_configs/ whose `_name_or_path` is the hub id, else the hub's config.json),
-builds the model on the meta device, applies the profile's LoRA with peft there and counts.
-`make_plan` returns a dict (written as JSON), `format_plan` the table, `check_fits` raises a
-ProfileError naming the keys to change when the plan does not fit `plan.gpu_memory_gb`.
+Reads the base model's config only (`--config DIR`, `plan.base_config`, a local model, a copy under
+params/model_configs/ whose `_name_or_path` is the hub id, else the hub's config.json), builds the
+model on the meta device, applies the profile's LoRA with peft there and counts. `make_plan` returns
+a dict (written as JSON), `format_plan` the table, `check_fits` raises a ProfileError naming the keys
+to change when the plan does not fit `plan.gpu_memory_gb`.
 
-Formulas (GiB = 2**30 bytes; N = base parameters, n = LoRA parameters, G = GPUs the model and
-the LoRA state are sharded over: num_gpus under FSDP or ZeRO-3, else 1; T = tokens in the
-largest micro-batch: per_device_train_batch_size x cutoff_len, or the per-device batch's
-longest examples when clean.jsonl is there (padding-free/unpacked); h hidden, k = KV heads x head
-dim, a heads, i intermediate, L layers, V vocab):
-- steps: (gradient accumulation, examples per step) = ft.examples_step_plan(num_gpus);
-  steps = ceil(epochs x ceil(train examples / examples per step)), or max_steps;
-  tokens per step = examples per step x mean example tokens; warm-up share = warmup / steps.
-  batch_unit tokens: tokens per step = tokens_per_step (or examples x mean), steps from tokens.
-- train examples: rows of runs/<profile>/02_decontaminate/clean.jsonl less finetune.eval_size
-  (capped by max_train_samples), else plan.train_examples, else Open-Platypus's 24,926 rows less
-  ~200 removed by decontamination less eval_size. Mean example tokens: the base's tokenizer when
-  it is local, else bytes of template + instruction + input + output / 3.5 bytes per token
-  (assumed for Llama-2's tokenizer on this English/LaTeX/code mix; Open-Platypus: 30,418,784
-  bytes of text in 24,926 rows, its dataset card); capped at cutoff_len.
-- weights: N x 2 bytes (bf16/fp16), 4-bit: nf4 + double quantisation = 4.127 bits per linear
-  weight (not lm_head), 8-bit: 1 byte; under k-bit the rest is fp32 (as
-  prepare_model_for_kbit_training leaves it). Divided by G; FSDP also holds 2 unsharded layers
-  (the all-gathered one and the prefetched one).
+Formulas (GiB = 2**30 bytes; N = base parameters, n = LoRA parameters, G = GPUs the model and the
+LoRA state are sharded over: num_gpus under FSDP or ZeRO-3, else 1; T = tokens in the largest
+micro-batch: per_device_train_batch_size x cutoff_len, or the per-device batch's longest examples
+when clean.jsonl is there; h hidden, k = KV heads x head dim, a heads, i intermediate, L layers,
+V vocab):
+- steps = ceil(epochs x ceil(train examples / examples per step)), or max_steps; examples per step
+  from FinetuneConfig.examples_step_plan; batch_unit tokens: steps of tokens_per_step (or examples
+  x mean) tokens. Warm-up share = warmup / steps.
+- train examples: rows of 02's clean.jsonl less finetune.eval_size (capped by max_train_samples),
+  else plan.train_examples, else Open-Platypus's 24,926 rows less ~200 removed by decontamination
+  less eval_size. Mean example tokens: the base's tokenizer when it is local, else bytes of template
+  + instruction + input + output / 3.5 bytes per token (assumed for Llama-2's tokenizer on this
+  English/LaTeX/code mix; Open-Platypus: 30,418,784 bytes of text in 24,926 rows, its dataset card);
+  capped at cutoff_len.
+- weights: N x 2 bytes (bf16/fp16); 4-bit: nf4 + double quantisation = 4.127 bits per linear weight
+  (not lm_head), 8-bit: 1 byte, and then the rest fp32 (as prepare_model_for_kbit_training leaves
+  it). Divided by G; FSDP also holds 2 unsharded layers (the all-gathered one and the prefetched one).
 - LoRA state: n x (4 weight + 4 gradient + 8 Adam moments) bytes, fp32, divided by G.
 - activations per token and layer (bf16 model, fp32 LoRA, sdpa/flash attention: no a x T x T
-  matrix; measured against autograd's saved tensors in tests/test_plan.py):
+  matrix; checked against autograd's saved tensors in tests/test_plan.py):
   A = 8h + 8 (two RMSNorms: fp32 inputs, inverse rms) + 4h + 4k (q, attention output, k, v)
-  + 4a (log-sum-exp) + 6i (SwiGLU: gate, silu(gate), up) + sum over the layer's LoRA modules of
-  (4 d_in (fp32 input) + 1 d_in (dropout mask, CUDA bool; 4 on CPU) + 4 r). Liger kernels, when
-  installed, keep less (the estimate is without them).
+  + 4a (log-sum-exp) + 6i (SwiGLU: gate, silu(gate), up) + per LoRA module of the layer
+  4 d_in (fp32 input) + 1 d_in (dropout mask, CUDA bool; 4 on CPU) + 4 r. Liger kernels keep less.
   Without checkpointing L x A x T; with it L x 2h x T (layer inputs) + A x T (one layer
   recomputed). Logits and loss: 12 x V x T bytes (bf16 logits, fp32 copy, log-softmax, gradient).
 - peak per GPU = weights + LoRA state + activations + logits + 2 GiB (CUDA context, workspaces).
 - wall time = 6 x N' x tokens / (mfu x peak FLOP/s x num_gpus), N' = N less the input embedding
   (bench/bench_finetune.py's MFU convention); peaks: A100 312, H100/H200 989 TFLOP/s dense bf16.
-- disk: each variant 04 makes (layout.planned_variants) is N x bytes of the config's dtype;
-  downloads are the base and each partner model; the adapter is n x 4 bytes.
-- host memory of stage 04 (merge.memory, GB = 1e9 bytes), per job, in the dtype the variants are
-  stored in (merge.dtype, or the base config's; partners assumed alike): an adapter merge holds one
-  model (N x bytes), a mix a float32 copy, a full-model merge streams (largest tensor x (inputs + 1));
-  an adapter merge's check holds the merged and the source model whole (2 N x bytes: 13B float16
-  ~52 GB, 70B ~276 GB) unless the host has less than that / HOST_MEMORY_SHARE available when it runs:
-  then it streams (3 x the largest tensor + one block of float64 work), the logit check skipped.
-- evaluation (estimates; EVAL_TASKS, measured on ../shared/data's copies as lm-eval 0.4.13 prompts
-  them, / 3.5 bytes per token): per task and question, a prompt of shared prefix S (MMLU: the
-  subject's description and its 5 fixed dev examples; TruthfulQA: the 6-QA preamble), private
-  context P (ARC, HellaSwag: few-shot examples sampled per question, and the question) and one of k
-  options of A tokens. Forward tokens per model: hf (HFLM) questions x k x (S + P + A), one pass
-  per question when the options are one token (MMLU, its logits cache); vllm as lm-eval 0.4.13 runs
-  it: questions x k x (S + P + A) for every task (prompt logprobs turn vLLM's prefix-cache reads off,
-  and its path has no one-token grouping); vllm with the prefix cache read: S once per group, then
-  per question P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token blocks). Time:
-  2 N' per token at plan.eval_mfu_hf (plan.mfu) or plan.eval_mfu_vllm, per GPU kind, on one replica
-  of the GPUs that hold the bf16 weights (GPU memory - 6 GiB), hf one GPU busy at a time, vllm tensor
-  parallel (assumed linear); spread one model per replica over plan.eval_gpus (finetune.num_gpus):
-  ceil(models / replicas) x hours per model. Models: evaluate.variants (finetune.seeds' merges
-  among them) + evaluate.references. The target: every model within
-  plan.eval_target_hours on one plan.eval_target_gpu.
+- disk: each variant 04 makes is N x bytes of the config's dtype; downloads are the base and each
+  hub partner; the adapter is n x 4 bytes.
+- host memory of stage 04 (GB = 1e9 bytes): merge.memory.host_memory_plan, in the dtype the variants
+  are stored in (merge.dtype, or the base config's; partners assumed alike).
+- evaluation (estimates; EVAL_TASKS as lm-eval 0.4.13 prompts ../shared/data's copies, / 3.5 bytes
+  per token): a prompt is a shared prefix S (MMLU: the subject's description and its 5 fixed dev
+  examples; TruthfulQA: the 6-QA preamble), a private context P (ARC, HellaSwag: few-shot examples
+  sampled per question, and the question) and one of k options of A tokens. Forward tokens per
+  model: hf (HFLM) questions x k x (S + P + A), one pass per question when the options are one token
+  (MMLU, its logits cache); vllm as lm-eval 0.4.13 runs it: questions x k x (S + P + A) for every
+  task (prompt logprobs turn vLLM's prefix-cache reads off); vllm with the prefix cache read: S once
+  per group, then per question P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token
+  blocks). Time: 2 N' per token at plan.eval_mfu_hf (plan.mfu) or plan.eval_mfu_vllm on one replica
+  of the GPUs that hold the bf16 weights (GPU memory - 6 GiB), hf one GPU busy at a time, vllm
+  tensor parallel (assumed linear); one model per replica over plan.eval_gpus (finetune.num_gpus):
+  ceil(models / replicas) x hours per model. Models: evaluate.variants (finetune.seeds' merges among
+  them) + evaluate.references. The target: every model within plan.eval_target_hours on one
+  plan.eval_target_gpu.
 """
 
 from __future__ import annotations
@@ -89,6 +81,7 @@ from .refs import split_revision
 
 GIB = 2**30
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0}  # dense bf16, vendor figures
+GPU_MEMORY_GIB = {"a100": 80.0, "h100": 79.6, "h200": 140.4}  # per GPU, as the driver reports it
 BYTES_PER_TOKEN = 3.5  # assumed for Llama-2's tokenizer on Open-Platypus-like text
 OPEN_PLATYPUS_ROWS = 24_926
 OPEN_PLATYPUS_TEXT_BYTES = 30_418_784  # instruction + input + output, the dataset card's num_bytes
@@ -96,6 +89,8 @@ DECONTAMINATION_REMOVED = 200  # "about 200 questions were removed" (dataset car
 RUNTIME_RESERVE_GIB = 2.0  # CUDA context, cuBLAS/NCCL workspaces
 NF4_BITS = 4.127  # 4 bits + fp8 absmax per 64 + fp32 per 256 blocks (double quantisation)
 LOSS_BYTES_PER_LOGIT = 12
+VLLM_BLOCK_TOKENS = 16  # vLLM's KV-cache block: prefix-cache hits are whole blocks
+MODEL_CONFIGS = Path("params") / "model_configs"
 
 
 @dataclass(frozen=True)
@@ -121,32 +116,17 @@ EVAL_TASKS = {
     "mmlu": EvalTask(14042, 4.0, 466, 2, 494, 85, 57, True, True, "first_n of dev, shared per subject"),
     "truthfulqa_mc2": EvalTask(817, 7.2, 67, 48, 0, 573, 1, False, False, "fixed 6-QA preamble, shared"),
 }
-VLLM_BLOCK_TOKENS = 16  # vLLM's KV-cache block: prefix-cache hits are whole blocks
 EVAL_BACKENDS = {  # backend -> its name in the printed plan
     "hf": "hf (lm-eval HFLM)",
     "vllm": "vllm, lm-eval's own path",
     "vllm_prefix_cached": "vllm, cache read (ours)",
 }
-GPU_MEMORY_GIB = {"a100": 80.0, "h100": 79.6, "h200": 140.4}  # per GPU, as the driver reports it
-MODEL_CONFIGS = Path("params") / "model_configs"
 
 
 # ---------------------------------------------------------------- the model, on the meta device
-def _project_root(profile: Profile) -> Path:
-    return project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
-
-
-def _local_copy_of(hub_id: str, root: Path) -> Optional[Path]:
-    """A params/model_configs/*/config.json recording `hub_id` as its _name_or_path."""
-    for cfg in sorted((root / MODEL_CONFIGS).glob("*/config.json")):
-        if json.loads(cfg.read_text()).get("_name_or_path") == hub_id:
-            return cfg.parent
-    return None
-
-
 def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
     """Where the base's config comes from: a folder, or the hub id (see the module docstring)."""
-    root = _project_root(profile)
+    root = project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
     chosen = config_dir or profile.plan.base_config
     if chosen:
         # --config is relative to the working directory, plan.base_config to the project root
@@ -159,47 +139,35 @@ def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
     if not is_hub_reference(base):
         return resolve_model(base, profile.cache_dir())
     base = split_revision(base)[0]  # the config's shape does not depend on the pinned revision
-    local = _local_copy_of(base, root)
-    return str(local) if local else base
+    for cfg in sorted((root / MODEL_CONFIGS).glob("*/config.json")):  # a copy recording base as _name_or_path
+        if json.loads(cfg.read_text()).get("_name_or_path") == base:
+            return str(cfg.parent)
+    return base
 
 
-def load_model_config(source: str):
-    """AutoConfig from a folder or the hub (the config file only); a clear error when unreachable."""
+def model_shape(source: str, ft) -> dict:
+    """Parameter counts of the base and its LoRA, and the sizes the memory formulas use, from the config
+    alone: the model and the profile's LoRA are built on the meta device (no memory, no weights)."""
     try:
-        return AutoConfig.from_pretrained(source)
+        c = AutoConfig.from_pretrained(source)
     except OSError as exc:
         raise ProfileError(
             f"cannot read the config of {source!r} ({str(exc).splitlines()[0]}): for a gated repo set HF_TOKEN "
             f"(or `hf auth login`); offline, give a folder with its config.json in plan.base_config or "
             f"--config"
         ) from exc
-
-
-def meta_model(model_config, ft=None):
-    """The model (with the profile's LoRA when `ft` is given) on the meta device: no memory, no weights."""
     with init_empty_weights(), warnings.catch_warnings():
         # peft calls transformers' is_gradient_checkpointing, deprecated in transformers 5: not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = AutoModelForCausalLM.from_config(model_config)
-        if ft is not None:
-            model = get_peft_model(model, build_lora_config(ft))
-    return model
-
-
-def model_shape(model_config, ft) -> dict:
-    """Parameter counts of the base and its LoRA, and the sizes the memory formulas use."""
-    model = meta_model(model_config, ft)
+        model = get_peft_model(AutoModelForCausalLM.from_config(c), build_lora_config(ft))
     base = model.get_base_model()
     layers = getattr(base, base.base_model_prefix).layers
     lm_head = base.get_output_embeddings()
-    total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
     linear = sum(
         m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
         for m in base.modules()
         if isinstance(m, torch.nn.Linear) and m is not lm_head
     )
-    lora_in = [m.in_features for name, m in layers[0].named_modules() if hasattr(m, "lora_A")]
-    c = model_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return {
         "model_type": c.model_type,
@@ -210,12 +178,12 @@ def model_shape(model_config, ft) -> dict:
         "kv_dim": (getattr(c, "num_key_value_heads", None) or c.num_attention_heads) * head_dim,
         "vocab": c.vocab_size,
         "config_dtype": str(getattr(c, "dtype", None) or c.torch_dtype or "float16"),
-        "total_params": total,
+        "total_params": sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n),
         "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "linear_params": linear,
         "embedding_params": base.get_input_embeddings().weight.numel(),
         "layer_params": sum(p.numel() for n, p in layers[0].named_parameters() if "lora_" not in n),
-        "lora_in_features": lora_in,
+        "lora_in_features": [m.in_features for m in layers[0].modules() if hasattr(m, "lora_A")],
     }
 
 
@@ -334,37 +302,24 @@ def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, ma
     return 8 * h + 8 + 4 * h + 4 * k + 4 * a + 6 * i + lora
 
 
-def memory_per_gpu(
-    shape: dict,
-    *,
-    bits: int,
-    checkpointing: bool,
-    micro_tokens: int,
-    model_shards: int,
-    state_shards: int,
-    lora_r: int,
-    dropout: bool,
-    dtype_bytes: int = 2,
-) -> dict:
-    """Estimated peak memory of one training process, in GiB, by component (module docstring)."""
-    weights = weight_bytes(shape, bits, dtype_bytes)
-    layer = weights * shape["layer_params"] / shape["total_params"]
-    gathered = 2 * layer if model_shards > 1 else 0.0
-    per_layer = activation_bytes_per_token_layer(shape, lora_r, dropout)
-    if checkpointing:
-        act = (shape["layers"] * 2 * shape["hidden"] + per_layer) * micro_tokens
+def memory_per_gpu(shape: dict, s: dict) -> dict:
+    """Estimated peak memory of one training process, in GiB, by component, for settings `s`
+    (_memory_settings: bits, checkpointing, micro_tokens, model_shards, state_shards, lora_r, dropout)."""
+    weights = weight_bytes(shape, s["bits"], s["dtype_bytes"])
+    gathered = 2 * (weights * shape["layer_params"] / shape["total_params"]) if s["model_shards"] > 1 else 0.0
+    per_layer = activation_bytes_per_token_layer(shape, s["lora_r"], s["dropout"])
+    if s["checkpointing"]:
+        act = (shape["layers"] * 2 * shape["hidden"] + per_layer) * s["micro_tokens"]
     else:
-        act = shape["layers"] * per_layer * micro_tokens
+        act = shape["layers"] * per_layer * s["micro_tokens"]
     parts = {
-        "weights": weights / model_shards + gathered,
-        "lora_state": shape["lora_params"] * 16 / state_shards,
+        "weights": weights / s["model_shards"] + gathered,
+        "lora_state": shape["lora_params"] * 16 / s["state_shards"],
         "activations": act,
-        "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * micro_tokens,
+        "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * s["micro_tokens"],
         "runtime_reserve": RUNTIME_RESERVE_GIB * GIB,
     }
-    out = {k: round(v / GIB, 2) for k, v in parts.items()}
-    out["total"] = round(sum(parts.values()) / GIB, 2)
-    return out
+    return {**{k: round(v / GIB, 2) for k, v in parts.items()}, "total": round(sum(parts.values()) / GIB, 2)}
 
 
 def _memory_settings(profile: Profile, data: dict) -> dict:
@@ -372,6 +327,7 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
     packed_rows = ft.batch_unit == "tokens"  # rows filled up to cutoff_len
     micro = ft.sft["per_device_train_batch_size"] * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
     return {
+        "sharding": shard["kind"],
         "bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
         "checkpointing": bool(ft.sft["activation_checkpointing"]),
         "micro_tokens": micro,
@@ -386,59 +342,60 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
 def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float) -> dict:
     """Peak per GPU as planned (largest micro-batch), with and without checkpointing, at a typical
     micro-batch (per-device batch x mean example), and the changes that would fit."""
-    settings = _memory_settings(profile, data)
-    planned = memory_per_gpu(shape, **settings)
+    s = _memory_settings(profile, data)
+    planned = memory_per_gpu(shape, s)
     typical = round(profile.finetune.sft["per_device_train_batch_size"] * data["mean_example_tokens"])
-    out = {
-        "sharding": sharding(profile)["kind"],
+    fits = planned["total"] <= gpu_memory_gb
+    return {
+        "sharding": s["sharding"],
         "gpu_memory_gib": gpu_memory_gb,
-        "micro_batch_tokens": settings["micro_tokens"],
-        "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[settings["bits"]],
+        "micro_batch_tokens": s["micro_tokens"],
+        "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[s["bits"]],
         "planned": planned,
-        "fits": planned["total"] <= gpu_memory_gb,
+        "fits": fits,
+        "with_checkpointing": memory_per_gpu(shape, {**s, "checkpointing": True}),
+        "without_checkpointing": memory_per_gpu(shape, {**s, "checkpointing": False}),
+        "typical_micro_batch_tokens": typical,
+        "typical": memory_per_gpu(shape, {**s, "micro_tokens": typical}),
+        "changes_that_fit": [] if fits else _changes_that_fit(profile, shape, s, gpu_memory_gb),
     }
-    for flag in (True, False):
-        out[f"{'with' if flag else 'without'}_checkpointing"] = memory_per_gpu(
-            shape, **{**settings, "checkpointing": flag}
-        )
-    out["typical_micro_batch_tokens"] = typical
-    out["typical"] = memory_per_gpu(shape, **{**settings, "micro_tokens": typical})
-    out["changes_that_fit"] = [] if out["fits"] else _changes_that_fit(profile, shape, settings, gpu_memory_gb)
-    return out
 
 
-def _changes_that_fit(profile: Profile, shape: dict, settings: dict, limit: float) -> list[dict]:
+def _changes_that_fit(profile: Profile, shape: dict, s: dict, limit: float) -> list[dict]:
     """Changes to the profile (each alone, and with checkpointing) that bring the peak under `limit`."""
     per_device = profile.finetune.sft["per_device_train_batch_size"]
     candidates = []
     if per_device > 1:
-        per_one = {"micro_tokens": settings["micro_tokens"] // per_device}
-        candidates.append(("finetune.sft.per_device_train_batch_size: 1", per_one))
-    if settings["model_shards"] == 1:
+        candidates.append(
+            ("finetune.sft.per_device_train_batch_size: 1", {"micro_tokens": s["micro_tokens"] // per_device})
+        )
+    if s["model_shards"] == 1:
         fsdp = "finetune.num_gpus: 8 with finetune.accelerate_config: accelerate/fsdp.yaml"
         candidates.append((fsdp, {"model_shards": 8, "state_shards": 8}))
-    if settings["bits"] == 16:
+    if s["bits"] == 16:
         candidates.append(("finetune.load_in_4bit: true", {"bits": 4}))
-    if not settings["checkpointing"]:
+    if not s["checkpointing"]:
         ckpt = "finetune.sft.activation_checkpointing: true"
         with_ckpt = [(f"{name} and {ckpt}", {**change, "checkpointing": True}) for name, change in candidates]
         candidates = [(ckpt, {"checkpointing": True}), *candidates, *with_ckpt]
-    totals = [(name, memory_per_gpu(shape, **{**settings, **change})["total"]) for name, change in candidates]
+    totals = [(name, memory_per_gpu(shape, {**s, **change})["total"]) for name, change in candidates]
     return [{"change": name, "peak_gib": total} for name, total in totals if total <= limit]
 
 
 # ---------------------------------------------------------------- time, disk, evaluation
+def _hours(flops: float, mfu: float, gpu: str, gpus: int) -> float:
+    return flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * gpus) / 3600
+
+
 def wall_time(shape: dict, steps: dict, num_gpus: int, gpu: str, mfu: float) -> dict:
-    n_matmul = shape["total_params"] - shape["embedding_params"]
-    flops = 6 * n_matmul * steps["train_tokens"]
-    seconds = flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * num_gpus)
+    flops = 6 * (shape["total_params"] - shape["embedding_params"]) * steps["train_tokens"]
     return {
         "gpu": gpu,
         "peak_tflops": GPU_PEAK_TFLOPS[gpu],
         "mfu": mfu,
         "gpus": num_gpus,
         "train_flops": float(f"{flops:.4g}"),
-        "hours": round(seconds / 3600, 2),
+        "hours": round(_hours(flops, mfu, gpu, num_gpus), 2),
     }
 
 
@@ -475,29 +432,9 @@ def task_tokens(task: EvalTask, questions: int, shots: int) -> dict:
     }
 
 
-def eval_models(profile: Profile) -> dict:
-    """What 05 evaluates: evaluate.variants (each of finetune.seeds' merges among them: the profile
-    inserts them beside the merge) and evaluate.references (released models as they are)."""
-    variants = list(profile.evaluate.variants)
-    references = [r.name for r in profile.evaluate.references]
-    return {
-        "models": len(variants) + len(references),
-        "variants": len(variants),
-        "references": len(references),
-        "seeds": 1 + len(profile.finetune.seeds),
-    }
-
-
 def gpus_to_hold(shape: dict, gpu_memory_gib: float) -> int:
     """GPUs a replica needs to hold the bf16 weights (GPU memory less 6 GiB: reserve, activations)."""
     return math.ceil(weight_bytes(shape, 16) / GIB / (gpu_memory_gib - RUNTIME_RESERVE_GIB - 4))
-
-
-def eval_hours(tokens: float, n_matmul: int, mfu: float, gpu: str, replica_gpus: int, backend: str) -> float:
-    """Hours for `tokens` forward tokens on one replica: 2 N' FLOPs per token at `mfu`; hf spreads
-    the layers (one GPU busy at a time), vllm runs tensor parallel over the replica (assumed linear)."""
-    gpus = 1 if backend == "hf" else replica_gpus
-    return 2 * n_matmul * tokens / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * gpus) / 3600
 
 
 def _eval_tasks(profile: Profile) -> dict:
@@ -531,7 +468,8 @@ def _eval_assumptions(mfu: dict) -> list[str]:
         "every option is a whole prompt (MMLU: 4 passes where HFLM makes 1)",
         "vllm, cache read (ours): each group's shared prefix once, each question's context once, each "
         f"further option its answer + half a {VLLM_BLOCK_TOKENS}-token block (hits are whole blocks), no "
-        "eviction; what evaluate.backend: vllm runs (evaluate/vllm_prefix.py: lm-eval's VLLM asking vLLM to read the cache, on a vLLM with skip_reading_prefix_cache); lm-eval 0.4.13's own path does not read it",
+        "eviction; what evaluate.backend: vllm runs (evaluate/vllm_prefix.py, on a vLLM with "
+        "skip_reading_prefix_cache); lm-eval 0.4.13's own path does not read it",
         "several GPUs: one model per replica (hf: layers spread, one GPU busy at a time; vllm: tensor "
         "parallel, assumed linear); wall time = ceil(models / replicas) x hours per model",
     ]
@@ -539,15 +477,21 @@ def _eval_assumptions(mfu: dict) -> list[str]:
 
 def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
     """lm-eval's size and hours per backend and GPU kind, on one replica and spread one model per
-    replica over plan.eval_gpus (finetune.num_gpus), and whether the plan meets plan.eval_target_*."""
-    plan, tasks, count = profile.plan, _eval_tasks(profile), eval_models(profile)
+    replica over plan.eval_gpus (finetune.num_gpus), and whether the plan meets plan.eval_target_*.
+    The models: evaluate.variants (finetune.seeds' merges among them) and evaluate.references."""
+    plan, tasks = profile.plan, _eval_tasks(profile)
+    variants, references = len(profile.evaluate.variants), len(profile.evaluate.references)
+    models = variants + references
     per_model = {b: sum(t["forward_tokens"][b] for t in tasks.values()) for b in EVAL_BACKENDS}
     mfus = {"hf": plan.eval_mfu_hf or mfu, "vllm": plan.eval_mfu_vllm, "vllm_prefix_cached": plan.eval_mfu_vllm}
-    n_matmul, models = shape["total_params"] - shape["embedding_params"], count["models"]
+    n_matmul = shape["total_params"] - shape["embedding_params"]
     memory = {**GPU_MEMORY_GIB, gpu: gpu_memory_gb}
     hold = {g: gpus_to_hold(shape, memory[g]) for g in GPU_PEAK_TFLOPS}
-    hours = {
-        b: {g: round(models * eval_hours(per_model[b], n_matmul, mfus[b], g, hold[g], b), 2) for g in hold}
+    hours = {  # hf spreads the layers (one GPU busy at a time), vllm runs tensor parallel over the replica
+        b: {
+            g: round(models * _hours(2 * n_matmul * per_model[b], mfus[b], g, 1 if b == "hf" else hold[g]), 2)
+            for g in hold
+        }
         for b in EVAL_BACKENDS
     }
     spread_gpus = plan.eval_gpus or profile.finetune.num_gpus
@@ -557,15 +501,16 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
     target_gpu = plan.eval_target_gpu
     fits_one = hold[target_gpu] == 1
     return {
-        **count,
+        "models": models,
+        "variants": variants,
+        "references": references,
+        "seeds": 1 + len(profile.finetune.seeds),
         "tasks": tasks,
         "forward_tokens_per_model": per_model,
-        "forward_tokens_per_variant": per_model["hf"],
         "mfu": mfus,
         "gpus_to_hold_model": hold[gpu],
         "gpus_to_hold_model_by_gpu": hold,
         "hours": hours,  # backend -> GPU kind -> every model on one replica of gpus_to_hold_model GPUs
-        "hours_all_variants": hours["hf"][gpu],
         "spread": {"gpu": gpu, "gpus": spread_gpus, "replicas": replicas, "hours": spread},
         "target": {
             "hours": plan.eval_target_hours,
@@ -592,7 +537,7 @@ def make_plan(
     if not 0 < mfu <= 1 or not gpu_memory_gb > 0:  # the profile's are validated; these are --mfu, --gpu-memory-gb
         raise ValueError(f"mfu {mfu:g} (in (0, 1]) or gpu_memory_gb {gpu_memory_gb:g} (above 0) out of range")
     source = config_source(profile, config_dir)
-    shape = model_shape(load_model_config(source), profile.finetune)
+    shape = model_shape(source, profile.finetune)
     data = data_assumptions(profile)
     steps = step_plan(profile, data)
     return {
