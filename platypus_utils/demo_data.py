@@ -4,18 +4,17 @@ Nothing here is read from a hub or from ../shared/data. All text is hand-written
 kept as data files in the package, `platypus_utils/data/demo/` (JSON lines, one record per item);
 this module reads them (`load_demo_table`) and writes the demo files from them.
 
-* The corpus (`write_demo_corpus`) has the Open-Platypus schema (instruction, input, output,
-  data_source), a few hundred short STEM/logic rows from several "sources", and planted
-  problems that stages 01 and 02 must find. `demo_corpus_labels()` lists them by row index:
-  exact duplicates (same instruction+input; dedup keeps the longer output), near-duplicates
-  (rewordings with MiniLM cosine >= 0.8; keep the more verbose one) and leaks of the demo
-  benchmark test questions (verbatim copies, rewordings with the same answer, and
-  similar-but-different questions). The cosines in the labels were measured with
-  all-MiniLM-L6-v2 (normalized embeddings of `instruction + " " + input`; for leaks, against
-  the benchmark question text) and are re-checked by tests/test_demo_data.py.
-* The benchmarks (`write_demo_benchmarks`) use exactly the layout and file formats of the
-  original releases (see ../shared/data/README.md), so the same loaders and lm-eval tasks read
-  the demo and the real data.
+* The corpus (`write_demo_corpus`) has the Open-Platypus schema, a few hundred short STEM/logic rows
+  from several "sources", and planted problems that stages 01 and 02 must find. `demo_corpus_labels()`
+  lists them by row index: exact duplicates (same instruction+input; dedup keeps the longer output),
+  near-duplicates (rewordings with MiniLM cosine >= 0.8; keep the more verbose one) and leaks of the
+  demo benchmark test questions (verbatim copies, rewordings with the same answer, and
+  similar-but-different questions). The cosines in the labels were measured with all-MiniLM-L6-v2
+  (normalized embeddings of `instruction + " " + input`; for leaks, against the benchmark question
+  text) and are re-checked by tests/test_demo_data.py.
+* The benchmarks (`write_demo_benchmarks`) use exactly the layout and file formats of the original
+  releases (see ../shared/data/README.md), so the same loaders and lm-eval tasks read the demo and
+  the real data.
 
 The data files (platypus_utils/data/demo/):
   corpus_rows.jsonl              ordinary rows {data_source, instruction, input, output}; no two
@@ -50,7 +49,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import atomic_path, iter_jsonl, write_json, write_text
+from .artifacts import atomic_path, iter_jsonl, write_text
+from .text import FIELDS
 
 if TYPE_CHECKING:  # annotations only
     from .config import Profile
@@ -62,13 +62,10 @@ CORPUS_FILE = "demo_corpus.jsonl"
 LABELS_FILE = "demo_corpus_labels.json"
 BENCHMARKS_SUBDIR = "benchmarks"
 _SHUFFLE_SEED = 20230815  # fixed: the corpus order (and so the label indices) never changes
-DATA_PACKAGE = "platypus_utils"
-DATA_DIR = ("data", "demo")
 
 
-# ====================================================================== the data files
 def _data_file(name: str):
-    return resources.files(DATA_PACKAGE).joinpath(*DATA_DIR, name)
+    return resources.files("platypus_utils").joinpath("data", "demo", name)
 
 
 def load_demo_table(name: str) -> list[dict] | dict:
@@ -80,52 +77,43 @@ def load_demo_table(name: str) -> list[dict] | dict:
     return [obj for _, obj in iter_jsonl(_data_file(name), strict=True)]
 
 
+def _holds(path: Path, text: str) -> bool:
+    """Whether `path` is a file holding exactly `text` (a demo file is rewritten when absent or stale)."""
+    return path.is_file() and path.read_bytes() == text.encode("utf-8")
+
+
 # ====================================================================== benchmarks
-def _hellaswag_label(ind: int) -> int:
-    return (3 * ind + 1) % 4
+def _json_line(obj: dict, **kw) -> str:
+    return json.dumps(obj, ensure_ascii=False, **kw) + "\n"
 
 
-def _arc_line(item: dict) -> str:
-    n = len(item["choices"])
-    labels = [str(i + 1) for i in range(n)] if item.get("numeric_labels") else [chr(65 + i) for i in range(n)]
-    row = {
-        "id": item["id"],
-        "question": {
-            "stem": item["stem"],
-            "choices": [{"text": t, "label": lab} for t, lab in zip(item["choices"], labels)],
-        },
-        "answerKey": item["answerKey"],
-    }
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))  # the release's compact style
+def _arc_text(items: list[dict]) -> str:
+    lines = []
+    for item in items:
+        n = len(item["choices"])
+        labels = [str(i + 1) for i in range(n)] if item.get("numeric_labels") else [chr(65 + i) for i in range(n)]
+        choices = [{"text": t, "label": lab} for t, lab in zip(item["choices"], labels)]
+        row = {"id": item["id"], "question": {"stem": item["stem"], "choices": choices}, "answerKey": item["answerKey"]}
+        lines.append(_json_line(row, separators=(",", ":")))  # the release's compact style
+    return "".join(lines)
 
 
 def _mmlu_csv(items: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")  # the release uses bare \n
-    for item in items:
-        writer.writerow([item["question"], *item["choices"], item["answer"]])
+    writer.writerows([item["question"], *item["choices"], item["answer"]] for item in items)
     return buf.getvalue()
 
 
 def _hellaswag_text() -> str:
     lines = []
     for ind, item in enumerate(load_demo_table("hellaswag.jsonl")):
-        label = _hellaswag_label(ind)
+        label = (3 * ind + 1) % 4
         endings = list(item["wrong"])
         endings.insert(label, item["correct"])
-        lines.append(
-            json.dumps(
-                {
-                    "ind": ind,
-                    "activity_label": item["activity_label"],
-                    "ctx": item["ctx"],
-                    "endings": endings,
-                    "label": label,
-                },
-                ensure_ascii=False,
-            )
-        )
-    return "".join(line + "\n" for line in lines)
+        row = {"ind": ind, "activity_label": item["activity_label"], "ctx": item["ctx"], "endings": endings}
+        lines.append(_json_line({**row, "label": label}))
+    return "".join(lines)
 
 
 def _truthfulqa_text() -> str:
@@ -148,10 +136,8 @@ def _grouped(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
 
 def demo_benchmark_files() -> dict[str, str]:
     """Relative path -> file text of every demo benchmark file, in the original release formats."""
-    files: dict[str, str] = {}
     arc = _grouped(load_demo_table("arc_challenge.jsonl"), "split")
-    for split in ("Train", "Dev", "Test"):
-        files[f"arc_challenge/ARC-Challenge-{split}.jsonl"] = "".join(_arc_line(it) + "\n" for it in arc[(split,)])
+    files = {f"arc_challenge/ARC-Challenge-{s}.jsonl": _arc_text(arc[(s,)]) for s in ("Train", "Dev", "Test")}
     files["hellaswag/hellaswag_val.jsonl"] = _hellaswag_text()
     for (subject, split), items in _grouped(load_demo_table("mmlu.jsonl"), "subject", "split").items():
         files[f"mmlu/{split}/{subject}_{split}.csv"] = _mmlu_csv(items)
@@ -174,19 +160,10 @@ def write_demo_benchmarks(root: str | Path) -> Path:
     return root
 
 
-def _is_complete(root: Path, files: dict[str, str]) -> bool:
-    for rel, text in files.items():
-        p = root / rel
-        if not p.is_file() or p.read_bytes() != text.encode("utf-8"):
-            return False
-    return True
-
-
 def demo_benchmarks_dir(profile: Profile) -> Path:
-    """The demo benchmarks folder of this profile's run, written first if absent,
-    incomplete or stale."""
+    """The demo benchmarks folder of this profile's run, written first if absent, incomplete or stale."""
     root = profile.run_dir(DEMO_STAGE) / BENCHMARKS_SUBDIR
-    if not _is_complete(root, demo_benchmark_files()):
+    if not all(_holds(root / rel, text) for rel, text in demo_benchmark_files().items()):
         write_demo_benchmarks(root)
     return root
 
@@ -203,31 +180,22 @@ def demo_benchmark_item_ids() -> dict[str, set[str]]:
 
 
 # ====================================================================== corpus
-def _row(source: str, instruction: str, inp: str, output: str) -> dict:
-    return {"instruction": instruction, "input": inp, "output": output, "data_source": source}
+def _row(record: dict, **override: str) -> dict:
+    """An Open-Platypus row of a data-file record's fields (or `override`'s)."""
+    return {f: override.get(f, record.get(f)) for f in FIELDS}
 
 
 def _tagged_rows() -> list[tuple[str, dict]]:
     """(tag, row) of every corpus row in its final (shuffled) order; tags name each row's planted role."""
-    tagged: list[tuple[str, dict]] = []
-    for i, r in enumerate(load_demo_table("corpus_rows.jsonl")):
-        tagged.append((f"base:{i}", _row(r["data_source"], r["instruction"], r["input"], r["output"])))
+    tagged = [(f"base:{i}", _row(r)) for i, r in enumerate(load_demo_table("corpus_rows.jsonl"))]
     for i, r in enumerate(load_demo_table("corpus_exact_duplicates.jsonl")):
-        first, second = (
-            (r["longer_output"], r["shorter_output"])
-            if r["longer_first"]
-            else (r["shorter_output"], r["longer_output"])
-        )
-        tagged.append((f"exact:{i}:a", _row(r["data_source"], r["instruction"], r["input"], first)))
-        tagged.append((f"exact:{i}:b", _row(r["data_source"], r["instruction"], r["input"], second)))
+        outputs = (r["longer_output"], r["shorter_output"])
+        first, second = outputs if r["longer_first"] else outputs[::-1]
+        tagged += [(f"exact:{i}:a", _row(r, output=first)), (f"exact:{i}:b", _row(r, output=second))]
     for i, r in enumerate(load_demo_table("corpus_near_duplicates.jsonl")):
         for side in ("terse", "verbose"):
-            text = r[side]
-            tagged.append(
-                (f"near:{i}:{side}", _row(r["data_source"], text["instruction"], text["input"], text["output"]))
-            )
-    for r in load_demo_table("corpus_leaks.jsonl"):
-        tagged.append((f"leak:{r['item_id']}", _row(r["data_source"], r["instruction"], r["input"], r["output"])))
+            tagged.append((f"near:{i}:{side}", _row(r[side], data_source=r["data_source"])))
+    tagged += [(f"leak:{r['item_id']}", _row(r)) for r in load_demo_table("corpus_leaks.jsonl")]
     random.Random(_SHUFFLE_SEED).shuffle(tagged)
     return tagged
 
@@ -237,20 +205,14 @@ def _labels(rows: list[dict], index: dict[str, int]) -> dict:
     exact = []
     for i, r in enumerate(load_demo_table("corpus_exact_duplicates.jsonl")):
         a, b = index[f"exact:{i}:a"], index[f"exact:{i}:b"]
-        keep = a if r["longer_first"] else b
-        exact.append({"rows": sorted([a, b]), "keep": keep, "drop": b if keep == a else a})
+        keep, drop = (a, b) if r["longer_first"] else (b, a)
+        exact.append({"rows": sorted([a, b]), "keep": keep, "drop": drop})
     near = []
     for i, r in enumerate(load_demo_table("corpus_near_duplicates.jsonl")):
         terse, verbose = index[f"near:{i}:terse"], index[f"near:{i}:verbose"]
         near.append({"rows": sorted([terse, verbose]), "keep": verbose, "drop": terse, "cosine": r["cosine"]})
     leaks = [
-        {
-            "row": index[f"leak:{r['item_id']}"],
-            "benchmark": r["benchmark"],
-            "item_id": r["item_id"],
-            "category": r["category"],
-            "cosine": r["cosine"],
-        }
+        {"row": index[f"leak:{r['item_id']}"], **{k: r[k] for k in ("benchmark", "item_id", "category", "cosine")}}
         for r in load_demo_table("corpus_leaks.jsonl")
     ]
     return {
@@ -281,7 +243,7 @@ def demo_corpus_labels() -> dict:
 
 
 def _corpus_text() -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in demo_corpus_rows())
+    return "".join(_json_line(r) for r in demo_corpus_rows())
 
 
 def write_demo_corpus(path: str | Path) -> Path:
@@ -292,11 +254,8 @@ def write_demo_corpus(path: str | Path) -> Path:
 def demo_corpus_path(profile: Profile) -> Path:
     """The demo corpus of this profile's run (with its labels beside it), written if absent or stale."""
     folder = profile.run_dir(DEMO_STAGE)
-    path = folder / CORPUS_FILE
-    if not path.is_file() or path.read_bytes() != _corpus_text().encode("utf-8"):
-        write_demo_corpus(path)
-    labels_path = folder / LABELS_FILE
-    labels_text = json.dumps(demo_corpus_labels(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    if not labels_path.is_file() or labels_path.read_text(encoding="utf-8") != labels_text:
-        write_json(labels_path, demo_corpus_labels())
-    return path
+    labels = json.dumps(demo_corpus_labels(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    for path, text in ((folder / CORPUS_FILE, _corpus_text()), (folder / LABELS_FILE, labels)):
+        if not _holds(path, text):
+            write_text(path, text)
+    return folder / CORPUS_FILE
