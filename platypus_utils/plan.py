@@ -76,8 +76,8 @@ from .finetune.data import PROMPT_NO_INPUT
 from .finetune.trainer import build_lora_config
 from .layout import CLEAN, artifact, planned_variants
 from .merge.memory import host_memory_plan
-from .models import is_hub_reference, load_tokenizer, resolve_model
-from .refs import split_revision
+from .models import load_tokenizer, resolve_model
+from .refs import is_hub_reference, split_revision
 
 GIB = 2**30
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0}  # dense bf16, vendor figures
