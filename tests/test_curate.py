@@ -3,8 +3,9 @@ from pathlib import Path
 
 import numpy as np
 
-from platypus_utils.curate import exact_dedup, near_dedup, normalise_text
+from platypus_utils.curate import exact_dedup, near_dedup
 from platypus_utils.embeddings import EmbeddingCache, normalise, pairs_above, top_match
+from platypus_utils.text import normalise_text
 
 
 def row(instr, out, inp="", src="s"):
