@@ -134,16 +134,20 @@ def planned_steps(plan: BatchPlan, ft) -> int:
     return max_steps if max_steps > 0 else math.ceil(plan.steps_per_epoch * ft.sft["num_train_epochs"])
 
 
+def warmup_share(steps: int, ft) -> float | None:
+    """The share of `steps` optimizer steps spent warming up (finetune.sft.warmup_steps)."""
+    return round(min(ft.sft["warmup_steps"], steps) / steps, 4) if steps else None
+
+
 def plan_table(plan: BatchPlan, ft) -> pd.DataFrame:
     """The plan as a one-column frame, with the steps it gives and the warm-up's share of them."""
-    steps, warmup = planned_steps(plan, ft), ft.sft["warmup_steps"]
+    steps = planned_steps(plan, ft)
     shown = {
-        **plan.as_metrics(),
         "optimizer steps": steps,
-        "warm-up steps": warmup,
-        "warm-up share": round(min(warmup, steps) / steps, 4) if steps else None,
+        "warm-up steps": ft.sft["warmup_steps"],
+        "warm-up share": warmup_share(steps, ft),
     }
-    return pd.Series(shown, name="batch plan").to_frame()
+    return pd.Series({**plan.as_metrics(), **shown}, name="batch plan").to_frame()
 
 
 def packed_row_tokens(dataset) -> list[int]:
@@ -162,10 +166,7 @@ def preview_row_tokens(full_tokens: Sequence[int], cutoff_len: int, strategy: st
 def truncate_tokenized(dataset, cutoff_len: int):
     """Tokenized examples ({input_ids, labels}) cut to their first cutoff_len tokens, as TRL's
     keep_start truncation does when it is the one truncating."""
-
-    def cut(example: dict) -> dict:
-        return {"input_ids": example["input_ids"][:cutoff_len], "labels": example["labels"][:cutoff_len]}
-
     if all(len(ids) <= cutoff_len for ids in dataset["input_ids"]):
         return dataset
-    return dataset.map(cut, desc=f"Truncating to {cutoff_len} tokens")
+    keys = ("input_ids", "labels")
+    return dataset.map(lambda e: {k: e[k][:cutoff_len] for k in keys}, desc=f"Truncating to {cutoff_len} tokens")

@@ -5,6 +5,7 @@ writes files."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,21 +58,13 @@ def select_rows(
     A row needs a non-empty string `instruction` and `output`; `input` may be absent or empty.
     An output that contains the EOS text is skipped: the tokenizer would read it as a stop token.
     """
-    kept: list[dict] = []
-    kept_lines: list[int] = []
-    skipped: dict[str, int] = {}
-    first_bad: dict[str, int] = {}
-    for lineno, row in enumerate(rows, 1):
-        problem = _row_problem(row, eos_token)
-        if problem:
-            skipped[problem] = skipped.get(problem, 0) + 1
-            first_bad.setdefault(problem, lineno)
-        else:
-            kept.append(row)
-            kept_lines.append(lineno)
+    problems = [_row_problem(row, eos_token) for row in rows]
+    kept_lines = [lineno for lineno, problem in enumerate(problems, 1) if problem is None]
+    skipped = dict(Counter(p for p in problems if p))
     for reason, n in skipped.items():
-        log.warning("%s: skipped %d row(s) with %s (first at row %d)", source, n, reason, first_bad[reason])
-    return kept, kept_lines, skipped
+        first = problems.index(reason) + 1
+        log.warning("%s: skipped %d row(s) with %s (first at row %d)", source, n, reason, first)
+    return [rows[i - 1] for i in kept_lines], kept_lines, skipped
 
 
 def to_prompt_completion(rows: Iterable[dict], eos_token: str) -> list[dict]:
@@ -86,9 +79,7 @@ def to_prompt_completion(rows: Iterable[dict], eos_token: str) -> list[dict]:
 
 def records_dataset(records: Sequence[dict]) -> Dataset:
     """prompt/completion records as the `datasets.Dataset` TRL's SFTTrainer takes."""
-    return Dataset.from_dict(
-        {"prompt": [r["prompt"] for r in records], "completion": [r["completion"] for r in records]}
-    )
+    return Dataset.from_dict({k: [r[k] for r in records] for k in ("prompt", "completion")})
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -236,13 +227,8 @@ def prepare_rows(
     prompt_len, full_len, merges = token_lengths(tokenizer, records)
     too_long = prompt_len >= cutoff_len  # a prompt that fills cutoff_len leaves no completion token
     if too_long.any():
-        skipped["prompt_longer_than_cutoff"] = int(too_long.sum())
-        log.warning(
-            "%s: skipped %d row(s) whose prompt alone has >= cutoff_len=%d tokens",
-            source,
-            int(too_long.sum()),
-            cutoff_len,
-        )
+        skipped["prompt_longer_than_cutoff"] = n = int(too_long.sum())
+        log.warning("%s: skipped %d row(s) whose prompt alone has >= cutoff_len=%d tokens", source, n, cutoff_len)
     usable = np.flatnonzero(~too_long)
     if len(usable) <= eval_size:
         raise ValueError(
@@ -250,18 +236,7 @@ def prepare_rows(
             f"finetune.eval_size={eval_size} to hold some out and still train"
         )
     train_pos, eval_pos = split_heldout(len(usable), eval_size, seed, max_train)
+    counted, split = (prompt_len, full_len, merges), (usable[train_pos], usable[eval_pos])
     return TrainingData(
-        source=Path(source),
-        rows_read=len(raw),
-        rows=rows,
-        row_lines=row_lines,
-        skipped=skipped,
-        records=records,
-        prompt_len=prompt_len,
-        full_len=full_len,
-        boundary_merges=merges,
-        train_idx=usable[train_pos],
-        eval_idx=usable[eval_pos],
-        cutoff_len=cutoff_len,
-        tokenizer=tokenizer,
+        Path(source), len(raw), rows, row_lines, skipped, records, *counted, *split, cutoff_len, tokenizer
     )

@@ -32,11 +32,8 @@ ENGINES = {"MULTI_GPU": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
 
 def process_info() -> tuple[int, int, int]:
     """(rank, local rank, world size) of this process, as `accelerate launch`/torchrun set them."""
-    return (
-        int(os.environ.get("RANK", "0")),
-        int(os.environ.get("LOCAL_RANK", "0")),
-        int(os.environ.get("WORLD_SIZE", "1")),
-    )
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
 
 
 def _accelerate_yaml(path) -> dict:
@@ -91,11 +88,7 @@ def distributed_result(profile) -> dict:
     fresh, why = artifacts_up_to_date(profile, FINETUNE)
     metrics_path = artifact(profile, FINETUNE_METRICS)
     if fresh and metrics_path.is_file():
-        log.info(
-            "finetune: showing the results of the %d-GPU run in %s",
-            profile.finetune.num_gpus,
-            profile.run_dir(FINETUNE),
-        )
+        log.info("finetune: showing the results of the %d-GPU run in %s", profile.finetune.num_gpus, metrics_path)
         return json.loads(metrics_path.read_text())
     cmd = " ".join(shlex.quote(c) for c in accelerate_command(profile))
     raise RuntimeError(
@@ -146,10 +139,9 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
 
     - one process, or DDP/ZeRO: the whole model on `device` (QLoRA: quantized onto this process's GPU,
       then prepare_model_for_kbit_training);
-    - FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint into CPU memory, the other
-      ranks build the same model on the meta device (parameters only; buffers stay real) and
-      receive their shards from rank 0 when accelerate prepares the model. 4-bit under FSDP follows
-      the documented FSDP-QLoRA recipe: bf16 storage, no device map, no kbit preparation."""
+    - FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint into CPU memory, the other ranks
+      build it on the meta device (buffers stay real) and receive their shards from rank 0. 4-bit under
+      FSDP follows the FSDP-QLoRA recipe: bf16 storage, no device map, no kbit preparation."""
     qconfig = quantization_config(ft, device)
     fsdp = fsdp_settings(ft, world_size)
     if fsdp and fsdp["cpu_ram_efficient_loading"]:

@@ -3,8 +3,7 @@ loss curve. Nothing here writes files (the stage's save step does)."""
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import resource
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,9 @@ import torch
 from IPython import get_ipython
 from IPython.display import display
 from matplotlib.ticker import MaxNLocator
+from peft import LoraConfig
 from transformers import TrainerCallback
+from trl import SFTConfig
 
 from ..plotting import new_figure
 
@@ -73,38 +74,32 @@ RECIPE_HIDDEN = (
 )
 
 
-def recipe_frame(sft_config, lora_config, loss_normalization: str | None = None) -> pd.DataFrame:
+def recipe_frame(sft_config, lora_config, loss_normalization: str) -> pd.DataFrame:
     """The recipe as the libraries hold it: the fields of TRL's SFTConfig that differ from TRL's own
     defaults (resolved as TRL resolves them on a CPU; paths and placeholders left out) and those of
     RECIPE_ALWAYS, then peft's LoraConfig fields that define the adapter, then the one setting the
     project adds to TRL's trainer (finetune.loss_normalization, objective.PlatypusSFTTrainer). Columns:
     library, setting, value, default (as text)."""
-    import dataclasses
-
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    rows = []
-    if sft_config is not None:
-        ours = sft_config.to_dict()
-        # TRL's defaults as declared (making an SFTConfig here would reset accelerate's state mid-run)
-        theirs = {
-            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-            for f in dataclasses.fields(SFTConfig)
-            if f.init and not (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-        }
-        theirs = {k: getattr(v, "value", v) for k, v in theirs.items()}  # enums as to_dict writes them
-        for key in sorted(ours):
-            if key not in RECIPE_HIDDEN and (ours[key] != theirs.get(key) or key in RECIPE_ALWAYS):
-                rows.append(("trl.SFTConfig", key, ours[key], theirs.get(key)))
+    ours = sft_config.to_dict()
+    # TRL's defaults as declared (making an SFTConfig here would reset accelerate's state mid-run)
+    theirs = {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(SFTConfig)
+        if f.init and not (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    }
+    theirs = {k: getattr(v, "value", v) for k, v in theirs.items()}  # enums as to_dict writes them
+    rows = [
+        ("trl.SFTConfig", key, ours[key], theirs.get(key))
+        for key in sorted(ours)
+        if key not in RECIPE_HIDDEN and (ours[key] != theirs.get(key) or key in RECIPE_ALWAYS)
+    ]
     default = LoraConfig()
     for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type", "use_rslora", "use_dora"):
         value = getattr(lora_config, key)
         rows.append(
             ("peft.LoraConfig", key, sorted(value) if isinstance(value, (set, list)) else value, getattr(default, key))
         )
-    if loss_normalization is not None:
-        rows.append(("PlatypusSFTTrainer", "loss_normalization", loss_normalization, "tokens (TRL's loss)"))
+    rows.append(("PlatypusSFTTrainer", "loss_normalization", loss_normalization, "tokens (TRL's loss)"))
     return pd.DataFrame(
         [(lib, key, str(value), str(default)) for lib, key, value, default in rows],
         columns=["library", "setting", "value", "default"],
@@ -169,30 +164,24 @@ def log_rows(
 
 def csv_text(rows: Sequence[dict]) -> str:
     """log rows as log_history.csv holds them (LOG_COLUMNS, empty cells for missing values)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
-    return buf.getvalue()
+    return pd.DataFrame(list(rows), columns=list(LOG_COLUMNS), dtype=object).to_csv(index=False, lineterminator="\n")
 
 
 def read_log_rows(path: str | Path) -> list[dict]:
-    """log_history.csv back as log rows (step int, loss float), e.g. to draw a launched run's curve."""
-    rows = []
-    for raw in csv.DictReader(io.StringIO(Path(path).read_text())):
-        row = {k: (None if v == "" else v) for k, v in raw.items()}
-        row["step"], row["loss"] = int(row["step"]), float(row["loss"])
-        rows.append(row)
-    return rows
+    """log_history.csv back as log rows (numbers as numbers, None for empty cells)."""
+    frame = pd.read_csv(path)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _by_split(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "eval"]
 
 
 def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
     """Training loss per logged step and the held-out completion loss before / after (markers: two
     measurements, not a trajectory); returns the figure."""
     fig, ax = new_figure(ax, (6.4, 3.8))
-    train = [r for r in rows if r["split"] == "train"]
-    evals = [r for r in rows if r["split"] == "eval"]
+    train, evals = _by_split(rows)
     ax.plot(
         [r["step"] for r in train],
         [r["loss"] for r in train],
@@ -229,8 +218,7 @@ def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
 
 def loss_curve_caption(rows: Sequence[dict], title: str) -> str:
     """The caption saved beside the loss-curve figure, with the numbers it shows."""
-    train = [r for r in rows if r["split"] == "train"]
-    evals = [r for r in rows if r["split"] == "eval"]
+    train, evals = _by_split(rows)
     return (
         f"{title}. Training loss per logged step ({len(train)} points) and the held-out completion "
         f"loss before training ({evals[0]['loss']:.4f}) and after ({evals[-1]['loss']:.4f})."

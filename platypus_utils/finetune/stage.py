@@ -1,7 +1,7 @@
 """Stage 03_finetune as steps that return data (listed in the package docstring), and `run_finetune`,
 those steps composed: it writes what notebooks/03_finetune.ipynb writes. With finetune.num_gpus > 1
-the steps run once per GPU under `accelerate launch`; called in one process `run_finetune` returns
-the finished run's metrics (`launched_run`)."""
+the steps run once per GPU under `accelerate launch`; in one process `fit` and `run_finetune` read
+the finished run instead of training."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..cards import adapter_card, write_card
 from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, SEED_RUNS, artifact, seed_adapter
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from ..plotting import save_figure
-from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens
+from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens, warmup_share
 from .checkpoints import CHECKPOINTS, checkpoint_step, resume_point
 from .data import TrainingData, check_prepared_example, prepare_rows, records_dataset, select_rows, to_prompt_completion
 from .distributed import (
@@ -40,6 +40,7 @@ from .report import (
     loss_curve_caption,
     peak_memory,
     plot_loss_curve,
+    read_log_rows,
     recipe_frame,
     whole_run_train_loss,
 )
@@ -61,15 +62,17 @@ PARTNER_ADAPTER = "partner_adapter"
 
 
 # ---------------------------------------------------------------- step 1: the rows
+def _base_tokenizer(profile) -> tuple[str, Any]:
+    """(the resolved models.base, its tokenizer: pad = EOS if it has no pad, labels pad with -100)."""
+    resolved = resolve_model(profile.models.base, cache_dir=profile.cache_dir())
+    return resolved, load_tokenizer(resolved, cache_dir=profile.cache_dir())
+
+
 def load_data(profile) -> TrainingData:
     """clean.jsonl as the stage trains on it, with the base model's tokenizer (see data.prepare_rows)."""
     clean_path = artifact(profile, CLEAN)
     raw = read_jsonl(clean_path)
-    if not raw:
-        raise ValueError(f"{clean_path}: no rows to fine-tune on (is the 02_decontaminate output empty?)")
-    cache_dir = profile.cache_dir()
-    resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
-    tokenizer = load_tokenizer(resolved, cache_dir=cache_dir)  # pad = EOS if it has no pad: labels pad with -100
+    resolved, tokenizer = _base_tokenizer(profile)
     ft = profile.finetune
     data = prepare_rows(raw, clean_path, tokenizer, ft.cutoff_len, ft.eval_size, profile.seed, ft.max_train_samples)
     data.base_model, data.source_sha256 = resolved, sha256_path(clean_path)
@@ -123,16 +126,8 @@ def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> Model
     model = load_base_model(profile, data.base_model, device, dtype, ft, rank, world_size)
     model.set_attn_implementation(attn_implementation)
     check_target_modules(model, ft.lora["target_modules"])
-    return ModelSetup(
-        model=model,
-        device=device,
-        dtype=dtype,
-        args=args,
-        attn_implementation=attn_implementation,
-        rank=rank,
-        world_size=world_size,
-        timings={"load_model_s": round(time.perf_counter() - t0, 3)},
-    )
+    timings = {"load_model_s": round(time.perf_counter() - t0, 3)}
+    return ModelSetup(model, device, dtype, args, attn_implementation, rank, world_size, timings)
 
 
 # ---------------------------------------------------------------- step 3: the trainer
@@ -208,25 +203,17 @@ def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Opt
 
 
 def _log_session(s: Session, ft) -> None:
-    data, plan, setup = s.data, s.plan, s.setup
+    data, setup = s.data, s.setup
     log.info(
-        "finetune: %d train / %d held-out examples (%d skipped, %d truncated to %d tokens), "
-        "%d tokens per epoch; %d optimizer steps of %d x %d x %d %ss (~%.0f tokens, ~%.1f examples; %s); "
-        "%s, %s, %s attention%s%s%s",
+        "finetune: %d train / %d held-out examples (%d skipped, %d truncated to %d tokens); %d optimizer steps, "
+        "%s; %s, %s, %s attention%s%s%s",
         len(data.train_idx),
         len(data.eval_idx),
         sum(data.skipped.values()),
         int(data.truncated[data.train_idx].sum()),
         ft.cutoff_len,
-        int(data.example_tokens().sum()),
         s.planned_steps,
-        plan.per_device_batch,
-        plan.gradient_accumulation_steps,
-        setup.world_size,
-        plan.unit,
-        plan.tokens_per_step,
-        plan.examples_per_step,
-        plan.rule,
+        s.plan.rule,
         setup.device,
         str(setup.dtype).replace("torch.", ""),
         setup.attn_implementation,
@@ -279,9 +266,7 @@ def train(profile, session: Session) -> Training:
     with timed(timings, "eval_after_s"):
         after = completion_loss(eval_model, session.prepared_eval, pad_id, batch)
     log.info("finetune: held-out completion loss after training %.4f", after["loss"])
-    return Training(
-        session=session, before=at_start.result, after=after, result=result, train_wall_s=train_wall, timings=timings
-    )
+    return Training(session, at_start.result, after, result, train_wall, timings)
 
 
 # ---------------------------------------------------------------- step 5: metrics
@@ -313,6 +298,8 @@ def run_metrics(profile, training: Training) -> dict:
     session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     rows = loss_rows(training)
     session_loss = float(training.result.training_loss)
+    resumed_at = checkpoint_step(session.resume_from)
+    whole_run_loss = whole_run_train_loss(state.log_history, session_loss, int(state.global_step), resumed_at)
     params = list(trainer.model.parameters())
     return {
         **_data_metrics(profile, session.data),
@@ -330,20 +317,13 @@ def run_metrics(profile, training: Training) -> dict:
         "examples_per_step_counted": list(trainer.examples_per_step),
         "loss_normalization": ft.loss_normalization,
         "tokens_per_step": round(plan.tokens_per_step, 1),
-        "warmup_share": round(min(ft.sft["warmup_steps"], steps) / steps, 4) if steps else None,
+        "warmup_share": warmup_share(steps, ft),
         "epochs": round(float(state.epoch or 0.0), 4),
         "resumed_from_checkpoint": session.resume_from.name if session.resume_from else None,
-        "train_loss_mean": round(
-            whole_run_train_loss(
-                state.log_history, session_loss, int(state.global_step), checkpoint_step(session.resume_from)
-            ),
-            6,
-        ),
+        "train_loss_mean": round(whole_run_loss, 6),
         "train_loss_mean_this_session": round(session_loss, 6),
         "train_loss_history": [
-            {"step": r["step"], "loss": r["loss"], "learning_rate": r["learning_rate"]}
-            for r in rows
-            if r["split"] == "train"
+            {k: r[k] for k in ("step", "loss", "learning_rate")} for r in rows if r["split"] == "train"
         ],
         "eval_loss_before": round(training.before["loss"], 6),
         "eval_loss_after": round(training.after["loss"], 6),
@@ -393,12 +373,16 @@ def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None
     return adapter_dir
 
 
-def save(profile, training: Training, metrics: dict, timings: Optional[dict] = None) -> list[Path]:
+def save(profile, fitted: Fitted, timings: Optional[dict] = None) -> list[Path]:
     """Write the stage's artifacts and manifest exactly as the runner does: adapter/, metrics.json,
     log_history.csv, the loss-curve figure (reports/<name>/figures/03_loss_curve.*), the partner
     adapter when metrics hold one, and manifest.json; then remove the checkpoints. Other processes
-    of a distributed run only join the adapter save. Returns the paths hashed into the manifest."""
-    session, stage_dir = training.session, profile.run_dir(STAGE)
+    of a distributed run only join the adapter save; a run trained under accelerate launch saved its
+    own (nothing is written). Returns the paths hashed into the manifest."""
+    training, metrics, stage_dir = fitted.training, fitted.metrics, profile.run_dir(STAGE)
+    if training is None:
+        return []
+    session = training.session
     timings = {**(timings or {}), **session.setup.timings, **training.timings}
     t0 = time.perf_counter()
     adapter_dir = save_adapter(profile, training)
@@ -413,7 +397,7 @@ def save(profile, training: Training, metrics: dict, timings: Optional[dict] = N
         run.add_input(session.data.source)
         if Path(session.data.base_model).exists():
             run.add_input(session.data.base_model)
-        rows = loss_rows(training)
+        rows = fitted.rows
         paths = [
             adapter_dir,
             write_json(artifact(profile, FINETUNE_METRICS), metrics),
@@ -436,13 +420,49 @@ def save(profile, training: Training, metrics: dict, timings: Optional[dict] = N
     return paths
 
 
-# ---------------------------------------------------------------- the stage in one call
-def launched_run(profile) -> Optional[dict]:
-    """With finetune.num_gpus > 1 in a single process: the metrics of the run `accelerate launch`
-    trained (RuntimeError with the command when none matches); None when this process trains."""
-    if profile.finetune.num_gpus > 1 and process_info()[2] == 1:
-        return distributed_result(profile)
-    return None
+# ---------------------------------------------------------------- steps 2-5 in one call
+@dataclass
+class Fitted:
+    """A finished training, here or under `accelerate launch`: what the notebook shows and `save` writes."""
+
+    metrics: dict
+    rows: list[dict]  # log_history.csv's rows
+    sft_config: Any  # the trl.SFTConfig it trained with
+    lora_config: Any  # the peft.LoraConfig of its adapter
+    training: Optional[Training] = None  # None: trained under accelerate launch, which saved its artifacts
+
+
+def _launched(profile) -> bool:
+    """finetune.num_gpus > 1 in a single process: the training runs under `accelerate launch`."""
+    return profile.finetune.num_gpus > 1 and process_info()[2] == 1
+
+
+def fit(profile, data: TrainingData, callbacks: Sequence[Any] | None = None, timings: Optional[dict] = None) -> Fitted:
+    """Load the model, build the trainer, train, and train the partner adapter and the other seeds
+    when the profile asks for them. With finetune.num_gpus > 1 in one process, the run `accelerate
+    launch` trained (the runner launches it before the notebook) is read back instead (RuntimeError
+    with the command when none matches). `callbacks`: extra transformers.TrainerCallbacks (LiveLossCurve,
+    progress hooks, tests); `timings` collects the steps' seconds."""
+    ft, timings = profile.finetune, {} if timings is None else timings
+    if _launched(profile):
+        metrics = distributed_result(profile)
+        rows = read_log_rows(profile.run_dir(STAGE) / LOG_HISTORY)
+        dtype = getattr(torch, metrics["dtype"])  # the arguments each process of the launched run built
+        args = build_sft_config(ft, CHECKPOINTS, profile.seed, metrics["device"], dtype, world_size=ft.num_gpus)
+        return Fitted(metrics, rows, args, build_lora_config(ft))
+    setup = load_model(profile, data)
+    with timed(timings, "build_trainer_s"):
+        session = build_trainer(profile, data, setup, callbacks)
+    training = train(profile, session)
+    metrics = run_metrics(profile, training)
+    if setup.is_main and ft.partner_adapter is not None:  # 04_merge's partner, in miniature
+        with timed(timings, "partner_adapter_s"):
+            metrics["partner_adapter"] = train_partner_adapter(profile, setup.world_size)
+    if ft.seeds:
+        with timed(timings, "seeds_s"):
+            metrics["seeds"] = train_seeds(profile, data)
+    lora_config = session.trainer.model.peft_config["default"]
+    return Fitted(metrics, loss_rows(training), setup.args, lora_config, training)
 
 
 def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
@@ -453,25 +473,14 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     checkpoint in 03_finetune/checkpoints/ (kept only while it matches the params and data).
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests).
     """
-    launched = launched_run(profile)
-    if launched is not None:
-        return launched  # trained under accelerate launch; show its results
+    if _launched(profile):
+        return distributed_result(profile)  # trained under accelerate launch; its results
     timings: dict = {}
     with timed(timings, "load_data_s"):
         data = load_data(profile)
-    setup = load_model(profile, data)
-    with timed(timings, "build_trainer_s"):
-        session = build_trainer(profile, data, setup, callbacks)
-    training = train(profile, session)
-    metrics = run_metrics(profile, training)
-    if setup.is_main and profile.finetune.partner_adapter is not None:  # 04_merge's partner, in miniature
-        with timed(timings, "partner_adapter_s"):
-            metrics["partner_adapter"] = train_partner_adapter(profile, setup.world_size)
-    if profile.finetune.seeds:
-        with timed(timings, "seeds_s"):
-            metrics["seeds"] = train_seeds(profile, data)
-    save(profile, training, metrics, timings)
-    return metrics
+    fitted = fit(profile, data, callbacks, timings)
+    save(profile, fitted, timings)
+    return fitted.metrics
 
 
 # ---------------------------------------------------------------- other training seeds
@@ -523,17 +532,15 @@ def _partner_settings(ft):
 
 
 def train_partner_adapter(profile, world_size: int = 1) -> dict:
-    """Train finetune.partner_adapter: a second, small LoRA with the same settings, on the rows of
-    clean.jsonl whose data_source is in partner_adapter.data_sources, for partner_adapter.sft.max_steps
-    steps; saved atomically to 03_finetune/partner_adapter. Stage 04 merges it into the base to make
-    the "partner fine-tune" that the Platypus adapter is then merged onto (the paper's merge, in
-    miniature). Single-process runs only; returns its metrics."""
+    """Train finetune.partner_adapter: a second, small LoRA with the same settings on the rows of
+    clean.jsonl whose data_source is in partner_adapter.data_sources, saved atomically to
+    03_finetune/partner_adapter. Stage 04 merges it into the base to make the "partner fine-tune"
+    the Platypus adapter is then merged onto (the paper's merge, in miniature). Single-process
+    runs only; returns its metrics."""
     if world_size > 1:
         log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
         return {"skipped": "distributed run"}
-    stage_dir, cache_dir = profile.run_dir(STAGE), profile.cache_dir()
-    resolved = resolve_model(profile.models.base, cache_dir=cache_dir)
-    tokenizer = load_tokenizer(resolved, cache_dir=cache_dir)
+    stage_dir, (resolved, tokenizer) = profile.run_dir(STAGE), _base_tokenizer(profile)
     rows, skipped = _partner_rows(profile, tokenizer)
     partner_ft = _partner_settings(profile.finetune)
     transformers.set_seed(profile.seed)
@@ -554,9 +561,8 @@ def train_partner_adapter(profile, world_size: int = 1) -> dict:
     out_dir = stage_dir / PARTNER_ADAPTER
     _save_pretrained(out_dir, trainer.model, tokenizer)
     shutil.rmtree(work_dir, ignore_errors=True)
-    counts = dict(Counter(r["data_source"] for r in rows))
     metrics = {
-        "data_sources": counts,
+        "data_sources": dict(Counter(r["data_source"] for r in rows)),
         "examples": len(rows),
         "examples_skipped": skipped,
         "steps": int(trainer.state.global_step),
@@ -564,13 +570,5 @@ def train_partner_adapter(profile, world_size: int = 1) -> dict:
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
         "wall_s": round(time.perf_counter() - t0, 3),
     }
-    log.info(
-        "finetune: partner adapter on %d rows of %s: %d steps, mean loss %.4f, %.1f s -> %s",
-        len(rows),
-        sorted(counts),
-        metrics["steps"],
-        metrics["train_loss_mean"],
-        metrics["wall_s"],
-        out_dir,
-    )
+    log.info("finetune: partner adapter -> %s: %s", out_dir, metrics)
     return metrics

@@ -25,8 +25,7 @@ log = logging.getLogger("platypus")
 
 # ---------------------------------------------------------------- settings
 def build_lora_config(ft) -> LoraConfig:
-    """peft's LoraConfig from finetune.lora (paper: r 16, alpha 16, dropout 0.05, MLP projections), for a
-    causal LM: `LoraConfig(**ft.lora, task_type="CAUSAL_LM")`."""
+    """peft's LoraConfig from finetune.lora (paper: r 16, alpha 16, dropout 0.05, MLP projections)."""
     return LoraConfig(**ft.lora, task_type="CAUSAL_LM")
 
 
@@ -73,24 +72,25 @@ def build_sft_config(
     use_liger_kernel: Optional[bool] = None,
     world_size: int = 1,
 ) -> SFTConfig:
-    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))`; Liger as `resolve_liger` says
-    when `use_liger_kernel` is None."""
+    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))` (finetune.sft never holds the
+    project's keys: checked at load); Liger as `resolve_liger` says when `use_liger_kernel` is None."""
     if use_liger_kernel is None:
         use_liger_kernel = resolve_liger(ft, device)
     ours = project_sft_options(ft, output_dir, seed, device, dtype, use_liger_kernel, world_size)
-    options = {**ft.sft, **ours}  # finetune.sft never holds the project's keys (checked at load)
     try:
-        return SFTConfig(**options)
+        return SFTConfig(**ft.sft, **ours)
     except (TypeError, ValueError) as exc:  # SFTConfig's own cross-checks (built only here)
         raise ValueError(f"finetune.sft: TRL's SFTConfig refuses these options: {exc}") from exc
 
 
+def _on_gpu(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
 def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
     """The attention kernel to train with: the profile's choice, or ("auto") flash_attention_2 where
-    flash-attn is installed and the model runs in 16 bits on a GPU, else sdpa. Packed rows stay
-    isolated with each of them (checked at run time by `check_packing_isolation`)."""
-    choice = ft.attn_implementation
-    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    flash-attn is installed and the model runs in 16 bits on a GPU, else sdpa."""
+    choice, on_gpu = ft.attn_implementation, _on_gpu(device)
     if choice == "auto":
         if on_gpu and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
             return "flash_attention_2"
@@ -108,8 +108,7 @@ def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
 
 def resolve_liger(ft, device: str) -> bool:
     """Whether to use Liger's fused kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy)."""
-    installed = importlib.util.find_spec("liger_kernel") is not None
-    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    installed, on_gpu = importlib.util.find_spec("liger_kernel") is not None, _on_gpu(device)
     if ft.use_liger_kernel == "auto":
         return installed and on_gpu
     if ft.use_liger_kernel:
@@ -125,12 +124,10 @@ def check_target_modules(model, target_modules: Sequence[str] | str | None) -> N
     (a regular expression, "all-linear") is peft's to match."""
     if isinstance(target_modules, str):
         return
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in target_modules if m not in names]
+    leaves = {name.rsplit(".", 1)[-1]: mod for name, mod in model.named_modules()}
+    missing = [m for m in target_modules if m not in leaves]
     if missing:
-        linear = sorted(
-            {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-        )
+        linear = sorted(name for name, mod in leaves.items() if isinstance(mod, torch.nn.Linear))
         raise ValueError(
             f"finetune.lora.target_modules: {missing} not found in the base model "
             f"({type(model).__name__}); its linear layers are {linear}"
@@ -152,8 +149,8 @@ def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence
 
 
 def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
-    """A few single examples out of a packed (or tokenized, unpacked) dataset, shortened so that they fit one row together
-    (a probe of attention, so keeping each example's end, where the completion tokens are, is enough)."""
+    """A few single examples out of a packed (or unpacked) tokenized dataset, each cut to its end (where
+    the completion tokens are) so that together they fit one row."""
     examples: list[dict] = []
     for row in dataset:
         start = 0
@@ -171,10 +168,9 @@ def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
 
 @torch.no_grad()
 def fp32_twin(model, device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A 2-layer model (fp32 unless `dtype` says otherwise) of the same class, attention implementation
-    and vocabulary as `model` (peft-wrapped or not, its weights real or on the meta device), with small
-    random weights on `device`: what check_packing_isolation probes when the model trains in 16 bits,
-    or when this process holds no weights of it (FSDP with rank-0 loading)."""
+    """A small random 2-layer model of the same class, attention implementation and vocabulary as
+    `model` (peft-wrapped or not, real or on the meta device), on `device`: what check_packing_isolation
+    probes when the model trains in 16 bits or this process holds no weights of it."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.__class__.from_dict(base.config.to_dict())
     heads = 4
@@ -224,16 +220,14 @@ def check_packing_isolation(
 ) -> dict:
     """Check, on the model and collator about to train, that attention stays inside each packed example.
 
-    A few training examples go through the model packed into one row (as the trainer will feed
-    them) and one by one; each example's completion loss must agree. transformers builds the
-    block-diagonal mask from the restarting position ids for eager, sdpa and flex attention, and
-    flash-attention gets the sequence boundaries, but only while no KV cache is in use (the trainer
-    disables it); an attention kernel or model that ignores them would let each example see the
-    ones before it. Raises RuntimeError naming the attention implementation when they disagree.
+    A few training examples go through the model packed into one row (as the trainer feeds them) and
+    one by one; each example's completion loss must agree. transformers builds the block-diagonal mask
+    from the restarting position ids (flash-attention gets the sequence boundaries) only while no KV
+    cache is in use; a kernel or model that ignores them lets each example see the ones before it.
+    Raises RuntimeError naming the attention implementation when they disagree.
 
-    `rank_local` (FSDP with rank-0 loading, where the other processes hold the model on the meta
-    device and rank 0 holds it on the host): every process probes its own small twin on its training
-    device instead, with the same class, attention code and vocabulary; so does a model found on meta.
+    `rank_local` (FSDP with rank-0 loading: the other processes hold the model on the meta device):
+    every process probes its own small twin (`fp32_twin`) on its training device; so does a model on meta.
     """
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -292,9 +286,8 @@ def prepare_trainer(
     callbacks: Optional[Sequence[Any]] = None,
 ) -> tuple[PlatypusSFTTrainer, BatchPlan, dict]:
     """The stage's SFTTrainer (LoRA from the profile, loss weighted by finetune.loss_normalization) with
-    its batch plan applied: (trainer, BatchPlan, packing-isolation report). With packing, the isolation
-    check runs before any training step. `args` from build_sft_config; `example_tokens`: tokens of each
-    training example after truncation."""
+    its batch plan applied: (trainer, BatchPlan, packing-isolation report). `args` from build_sft_config;
+    `example_tokens`: tokens of each training example after truncation."""
     trainer = PlatypusSFTTrainer(
         loss_normalization=ft.loss_normalization,
         model=model,
@@ -372,7 +365,7 @@ def completion_loss(model, examples: Sequence[dict], pad_id: int, batch_size: in
 
 class HeldOutLossAtStart(TrainerCallback):
     """The held-out completion loss when training starts, on the model as the trainer runs it (FSDP:
-    sharded, every process in step), before the first optimizer step."""
+    sharded, every process in step)."""
 
     def __init__(self, examples: Sequence[dict], pad_id: int, batch_size: int):
         self.examples, self.pad_id, self.batch_size = examples, pad_id, batch_size
