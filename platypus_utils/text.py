@@ -119,13 +119,8 @@ def spelled_numbers(text: str) -> collections.Counter:
     Second World War" -> 2). The leak detectors read a training text with them, so a rewording that spells a
     number out still agrees with the test question."""
     found: collections.Counter = collections.Counter()
-    for m in _NUMBER_WORD.finditer(text):
-        tens, unit, single = (g.lower() if g else g for g in m.groups())
-        if single:
-            value = {"hundred": 100, "thousand": 1000}.get(single, _UNITS.index(single) if single in _UNITS else 0)
-        else:
-            value = _TENS[tens] + (_UNITS.index(unit) if unit else 0)
-        found[str(value)] += 1
+    for m in _NUMBER_WORD.finditer(text):  # each word (or tens-unit pair) on its own
+        found[str(_run_value(m.group(0)))] += 1
     for m in _NUMBER_RUN.finditer(text):
         value = str(_run_value(m.group(0)))
         if value not in found:
