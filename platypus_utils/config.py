@@ -29,7 +29,7 @@ from . import mergekit_yaml
 from .drive import DRIVE_PREFIX, resolve_drive_path
 from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, planned_variants, seed_variants
 from .published import BENCHMARKS, PUBLISHED, SETTINGS, TEST_SETS
-from .refs import default_cache_dir, is_hub_reference
+from .refs import RANDOM_PREFIX, default_cache_dir, is_hub_reference
 from .training_options import (
     LORA_DEFAULTS,
     MOVED_FINETUNE_KEYS,
@@ -404,9 +404,7 @@ class AdapterMixConfig(_Section):
     density: Optional[float] = Field(default=None, gt=0.0, le=1.0)  # ties, dare_*: share of values kept
     svd_rank: Optional[int] = Field(default=None, ge=1)  # svd: None = the largest input rank
     majority_sign_method: Literal["total", "frequency"] = "total"
-    into: Optional[str] = (
-        None  # model the mix is merged into: a variant of this stage or a reference; None: models.base
-    )
+    into: Optional[str] = None  # what the mix is merged into: a variant of this stage or a reference; None: models.base
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -464,19 +462,13 @@ class ModelMergeConfig(_Section):
 
     def _check_mergekit_parameters(self) -> None:
         """mergekit's parameters only where that method takes them; peft's sign rule only for peft_*."""
-        given = {
-            "normalize": self.normalize is not None,
-            "rescale": self.rescale is not None,
-            "int8_mask": self.int8_mask,
-            "lambda": self.lambda_ != 1.0,
+        given = {  # parameter: (set, the methods that take it)
+            "normalize": (self.normalize is not None, MERGEKIT_NORMALIZE),
+            "rescale": (self.rescale is not None, MERGEKIT_RESCALE),
+            "int8_mask": (self.int8_mask, MERGEKIT_CONSENSUS),
+            "lambda": (self.lambda_ != 1.0, MERGEKIT_LAMBDA),
         }
-        takes = {
-            "normalize": MERGEKIT_NORMALIZE,
-            "rescale": MERGEKIT_RESCALE,
-            "int8_mask": MERGEKIT_CONSENSUS,
-            "lambda": MERGEKIT_LAMBDA,
-        }
-        unused = [key for key, on in given.items() if on and self.method not in takes[key]]
+        unused = [key for key, (on, methods) in given.items() if on and self.method not in methods]
         if unused:
             raise ValueError(f"{', '.join(unused)} not used with method {self.method}")
         if self.majority_sign_method != "total" and self.method not in ("peft_ties", "peft_dare_ties"):
@@ -580,10 +572,9 @@ class EvaluateConfig(_Section):
             return v
         out = {}
         for task, settings in v.items():
-            if settings is None:
-                settings = {}
-            if isinstance(settings, dict) and "num_fewshot" not in settings and task in LEADERBOARD_SHOTS:
-                settings = {**settings, "num_fewshot": LEADERBOARD_SHOTS[task]}
+            settings = {} if settings is None else settings
+            if isinstance(settings, dict) and task in LEADERBOARD_SHOTS:
+                settings = {"num_fewshot": LEADERBOARD_SHOTS[task], **settings}
             out[task] = settings
         return out
 
@@ -775,26 +766,29 @@ def _format_error(err: dict) -> str:
 
 def _resolve_paths(profile: Profile, root: Path) -> None:
     """Relative paths in a profile are relative to the project root (`project_root_for`); source and
-    benchmark paths to paths.data_dir when set. Model references written as ./x or ../x too."""
+    benchmark paths to paths.data_dir when set. Model references written as ./x, ../x or random:x too."""
+
+    def under(base: Path, value: str) -> str:
+        return value if Path(value).is_absolute() else str((base / value).resolve())
+
     for key in ("runs_dir", "reports_dir", "cache_dir", "data_dir"):
         value = getattr(profile.paths, key)
         if value and value.startswith(DRIVE_PREFIX):  # drive:REL, on Google Drive (platypus_utils.drive)
             try:
-                setattr(profile.paths, key, resolve_drive_path(value, root))
+                value = resolve_drive_path(value, root)
             except ValueError as exc:
                 raise ProfileError(f"{profile.source_file}: key 'paths.{key}': {exc}") from None
-        elif value and not Path(value).is_absolute():
-            setattr(profile.paths, key, str((root / value).resolve()))
-    data_root = Path(profile.paths.data_dir) if profile.paths.data_dir else root
+        setattr(profile.paths, key, value and under(root, value))
+    data_root = Path(profile.paths.data_dir or root)
     for src in profile.curate.sources:
-        if src.path and not Path(src.path).is_absolute():
-            src.path = str((data_root / src.path).resolve())
+        src.path = src.path and under(data_root, src.path)
     for section in (profile.decontaminate, profile.evaluate):
-        if section.benchmarks_dir not in ("demo", "hub") and not Path(section.benchmarks_dir).is_absolute():
-            section.benchmarks_dir = str((data_root / section.benchmarks_dir).resolve())
-    decisions = profile.decontaminate.decisions
-    if decisions and not Path(decisions).is_absolute():
-        profile.decontaminate.decisions = str((root / decisions).resolve())
+        if section.benchmarks_dir not in ("demo", "hub"):
+            section.benchmarks_dir = under(data_root, section.benchmarks_dir)
+    profile.decontaminate.decisions = profile.decontaminate.decisions and under(root, profile.decontaminate.decisions)
+    profile.finetune.accelerate_config = profile.finetune.accelerate_config and under(
+        root, profile.finetune.accelerate_config
+    )
     for holder, attr in [
         (profile.models, "base"),
         (profile.models, "embedding"),
@@ -804,11 +798,8 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
             setattr(holder, attr, str((root / ref).resolve()))
-        elif ref.startswith("random:") and not Path(ref[7:]).is_absolute():  # random:<config folder>
-            setattr(holder, attr, "random:" + str((root / ref[7:]).resolve()))
-    accelerate_config = profile.finetune.accelerate_config
-    if accelerate_config and not Path(accelerate_config).is_absolute():
-        profile.finetune.accelerate_config = str((root / accelerate_config).resolve())
+        elif ref.startswith(RANDOM_PREFIX):  # random:<config folder>
+            setattr(holder, attr, RANDOM_PREFIX + under(root, ref.removeprefix(RANDOM_PREFIX)))
 
 
 def project_root_for(profile_file: Path) -> Path:
