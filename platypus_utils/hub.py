@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,8 +25,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from .config import Profile, ProfileError
-from .models import is_hub_reference
-from .refs import split_revision
+from .refs import is_hub_reference, split_revision
 
 log = logging.getLogger("platypus")
 
@@ -108,19 +106,18 @@ def apply_hub_mode(profile: Profile) -> str:
     return "online: the profile references the hub"
 
 
-def check_hub_access(profile: Profile, check: Optional[Callable[..., None]] = None) -> list[HubReference]:
+def check_hub_access(profile: Profile) -> list[HubReference]:
     """Ask the hub whether each referenced repo is readable with the token at hand; raises
     HubAccessError naming the profile key on a gated, refused or missing repo. Skipped (returns [])
-    when the hub is off. `check` stands in for huggingface_hub.auth_check in tests."""
+    when the hub is off."""
     if not profile.needs_hub() or env_offline():
         return []
-    check = check or auth_check
     token = get_token()
     where = profile.source_file or profile.name
     checked = []
     for ref in hub_references(profile):
         try:
-            check(ref.repo_id, repo_type=ref.repo_type, token=token)
+            auth_check(ref.repo_id, repo_type=ref.repo_type, token=token)
         except GatedRepoError:
             raise HubAccessError(_gated_message(where, ref, token)) from None
         except RepositoryNotFoundError:

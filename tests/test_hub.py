@@ -61,7 +61,8 @@ def test_a_users_offline_choice_is_kept_and_logged(clean_env, caplog):
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
     assert "must be cached" in hub.apply_hub_mode(profile)
     assert os.environ["HF_HUB_OFFLINE"] == "1" and "HF_HUB_OFFLINE is set" in caplog.text
-    assert hub.check_hub_access(profile, check=lambda *a, **k: pytest.fail("no hub call when offline")) == []
+    clean_env.setattr(hub, "auth_check", lambda *a, **k: pytest.fail("no hub call when offline"))
+    assert hub.check_hub_access(profile) == []
 
 
 def test_nothing_switches_the_hub_off_behind_the_profile():
@@ -86,13 +87,14 @@ def test_gated_base_without_access_names_the_key_and_repo(clean_env, token, says
         if repo_id.startswith("meta-llama/"):
             raise _error(GatedRepoError, "403 gated")
 
+    clean_env.setattr(hub, "auth_check", stand_in)
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
     with pytest.raises(
         hub.HubAccessError,
         match=rf"key 'models.base': 'meta-llama/Llama-2-13b-hf' is a gated repo "
         rf"\(https://huggingface.co/meta-llama/Llama-2-13b-hf\); {says}",
     ):
-        hub.check_hub_access(profile, check=stand_in)
+        hub.check_hub_access(profile)
     assert seen == [("meta-llama/Llama-2-13b-hf", "model", token)]  # the token at hand is the one asked with
 
 
@@ -103,14 +105,16 @@ def test_missing_partner_repo_names_its_key(clean_env):
         if repo_id == "stabilityai/StableBeluga-13B":
             raise _error(RepositoryNotFoundError, "404")
 
+    clean_env.setattr(hub, "auth_check", stand_in)
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
     with pytest.raises(
         hub.HubAccessError,
         match=r"key 'merge.partners\[1\].model': model repo "
         r"'stabilityai/StableBeluga-13B' was not found",
     ):
-        hub.check_hub_access(profile, check=stand_in)
-    ok = hub.check_hub_access(load_profile(ROOT / "params" / "colab-a100.yaml"), check=lambda *a, **k: None)
+        hub.check_hub_access(profile)
+    clean_env.setattr(hub, "auth_check", lambda *a, **k: None)
+    ok = hub.check_hub_access(load_profile(ROOT / "params" / "colab-a100.yaml"))
     assert {r.repo_id for r in ok} >= {"meta-llama/Llama-2-13b-hf", "stabilityai/StableBeluga-13B"}
 
 
