@@ -272,13 +272,9 @@ def choose_kept(
     records with the most similar kept row as duplicate_of).
     """
     indices = list(range(len(rows))) if indices is None else list(indices)
-    hit = pairs["score"].to_numpy(np.float32) >= np.float32(threshold)  # as pairs_above compares, in float32
+    hit = pairs[pairs["score"].to_numpy(np.float32) >= np.float32(threshold)]  # as pairs_above compares
     neighbours: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
-    for i, j, s in zip(
-        pairs["i"].to_numpy()[hit].tolist(),
-        pairs["j"].to_numpy()[hit].tolist(),
-        pairs["score"].to_numpy()[hit].tolist(),
-    ):
+    for i, j, s in zip(hit["i"].tolist(), hit["j"].tolist(), hit["score"].tolist()):
         neighbours[i].append((j, s))
         neighbours[j].append((i, s))
     kept: set[int] = set()
