@@ -58,7 +58,7 @@ os.environ.setdefault("PLATYPUS_PROGRESS", "0")
 import numpy as np  # noqa: E402
 
 from platypus_utils.config import DecontaminateConfig  # noqa: E402
-from platypus_utils.decontaminate import find_leaks  # noqa: E402
+from platypus_utils.decontaminate.stage import detect as find_leaks  # noqa: E402
 from platypus_utils.embeddings import normalise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,11 +206,11 @@ def first_pass_recall(rows, items, flagged, cfg, embedder) -> None:
     """Print, per first_pass_top_k, the items the first pass reads for `rows` among `items` (each window's k
     nearest by words and by static vectors, and the n-gram hits) and the share of `flagged` ((row, item_id,
     action) triples) it keeps: as the stage reads them, and per row; all flagged pairs, and those removed."""
-    from platypus_utils.decontaminate import item_views, train_windows
     from platypus_utils.decontaminate.candidates import FirstPassIndex, ngram_items, top_items, with_twins
     from platypus_utils.decontaminate.embed import ngram_texts
     from platypus_utils.decontaminate.static import top_items_static
     from platypus_utils.decontaminate.textmatch import gram_words
+    from platypus_utils.decontaminate.views import item_views, train_windows
 
     t = time.perf_counter()
     views, windows = item_views(items, cfg), train_windows(rows, cfg, embedder)
@@ -240,7 +240,8 @@ def first_pass_recall(rows, items, flagged, cfg, embedder) -> None:
 def recall(n_rows: int) -> None:
     """--recall: exhaustive vs first pass on the demo, the labelled pairs and n_rows real rows."""
     from platypus_utils.benchmarks import load_benchmark
-    from platypus_utils.decontaminate import detect, load_benchmark_items
+    from platypus_utils.decontaminate.inputs import load_benchmark_items
+    from platypus_utils.decontaminate.stage import detect
     from platypus_utils.demo_data import demo_corpus_rows, write_demo_benchmarks
     from platypus_utils.embeddings import Embedder
     from platypus_utils.models import default_cache_dir
@@ -271,7 +272,8 @@ def recall(n_rows: int) -> None:
 
 def cold(n_rows: int) -> None:
     """--cold: the standalone command's work on n_rows real rows, empty embedding cache."""
-    from platypus_utils.decontaminate import detect, load_benchmark_items
+    from platypus_utils.decontaminate.inputs import load_benchmark_items
+    from platypus_utils.decontaminate.stage import detect
     from platypus_utils.embeddings import Embedder
 
     rows = real_rows(n_rows)

@@ -27,8 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from platypus_utils import decontaminate  # noqa: E402
 from platypus_utils.config import DecontaminateConfig  # noqa: E402
+from platypus_utils.decontaminate.inputs import load_benchmark_items  # noqa: E402
+from platypus_utils.decontaminate.stage import detect  # noqa: E402
+from platypus_utils.decontaminate.views import train_windows  # noqa: E402
 from platypus_utils.demo_data import demo_corpus_rows, write_demo_benchmarks  # noqa: E402
 from platypus_utils.embeddings import Embedder  # noqa: E402
 
@@ -75,7 +77,7 @@ def actor_rate(ray, texts: list[str]) -> float:
 
 def windows_per_row(rows: list[dict], embedder) -> float:
     cfg = DecontaminateConfig()
-    return len(decontaminate.train_windows(rows, cfg, embedder)) / len(rows)
+    return len(train_windows(rows, cfg, embedder)) / len(rows)
 
 
 def real_windows(embedder, n: int = 2000) -> str:
@@ -98,7 +100,7 @@ def engines(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, cpus:
             timings: dict = {}
             t = time.perf_counter()
             run = cfg.model_copy(update={"engine": engine, "ray_block_rows": block, "ray_num_cpus": cpus})
-            results[engine] = decontaminate.detect(rows, items, run, Embedder(MODEL, cache, device="cpu"), timings)
+            results[engine] = detect(rows, items, run, Embedder(MODEL, cache, device="cpu"), timings)
             wall = time.perf_counter() - t
         steps = {k: round(v, 1) for k, v in timings.items()}
         print(f"{engine}: {len(rows)} rows in {wall:.0f} s ({len(rows) / wall:.1f} rows/s); steps {steps}; {load()}")
@@ -120,13 +122,13 @@ def main() -> None:
     rows = rows_of(args.rows)
     with tempfile.TemporaryDirectory() as cache:
         embedder = Embedder(MODEL, cache, device="cpu")
-        windows = decontaminate.train_windows(rows, DecontaminateConfig(), embedder)["text"].tolist()
+        windows = train_windows(rows, DecontaminateConfig(), embedder)["text"].tolist()
         print(f"{len(windows) / len(rows):.2f} windows per row on these rows; {real_windows(embedder)}")
     rate = actor_rate(ray, windows[:1000])
     print(f"MiniLM in one Ray actor with 1 CPU: {rate:.1f} texts/s on {min(1000, len(windows))} windows; {load()}")
     root = write_demo_benchmarks(Path(tempfile.mkdtemp()) / "benchmarks")
     cfg = DecontaminateConfig(benchmarks_dir=str(root))
-    items, _ = decontaminate.load_benchmark_items(cfg)
+    items, _ = load_benchmark_items(cfg)
     engines(rows, items, cfg, args.cpus, args.block)
 
 

@@ -68,8 +68,8 @@ import pandas as pd  # noqa: E402
 
 from platypus_utils.benchmarks import read_mmlu_csv  # noqa: E402
 from platypus_utils.config import DecontaminateConfig  # noqa: E402
-from platypus_utils.decontaminate import score_pairs  # noqa: E402
 from platypus_utils.decontaminate.inputs import load_benchmark_items  # noqa: E402
+from platypus_utils.decontaminate.scoring import score_pairs  # noqa: E402
 from platypus_utils.decontaminate.stage import detect  # noqa: E402
 from platypus_utils.decontaminate.textmatch import missing_numbers, words  # noqa: E402
 from platypus_utils.embeddings import Embedder  # noqa: E402

@@ -1,53 +1,34 @@
 """The rewording judge: does a training row ask a benchmark test question again, possibly reworded?
 
 Stage 02 finds candidate (training row, test item) pairs by embedding cosine; verbatim rules catch the
-copies, but a rewording whose answer is reworded too slips past string tests. `judge_pairs` reads the
-candidates for meaning and says "same question" (verdict True) or "different question" (False):
+copies, but a rewording whose answer is reworded too slips past string tests. `judge_pairs(pairs, model)`
+reads the candidates for meaning and says "same question" (verdict True) or "different question" (False).
 
-    judge_pairs(pairs: DataFrame, model="embedded:all-minilm-l6-v2") -> DataFrame (+ verdict, score, ...)
-
-`pairs` has one row per candidate with columns
-    train_text    the training row's prompt (instruction + input)
-    train_output  the training row's output
-    test_question the benchmark question (HellaSwag: its context)
-    test_answer   the text of the correct choice (HellaSwag: the gold ending)
-and optionally test_choices (list of str: read with the question), test_options (list of str: the item's
-answer options, HellaSwag's endings too; default test_choices) and test_view ("question_only" when
-test_question is the question part of a passage item, read alone). Other columns are kept. Added columns:
-    question_cosine  max cosine of the test question (alone, and with its choices) over word windows of
-                     the training row (prompt, and prompt + output: a question restated in the output counts)
-    answer_cosine    max cosine of the test answer over the output's sentences and sentence pairs; 1.0 when
-                     the answer has numbers and the output's stated answer has all of them
-                     (answer_numbers_stated)
-    answer_words     the share of the answer's distinctive words (in no other option) the output states
-                     (answer_support; 0 without options)
-    answer_contradicted   the output states another option's distinctive words and none of the answer's
-    answer_numbers_missing  a number of the answer (not in the question) is not in the output
-    numbers_differ   the test question's numbers (LaTeX as plain text, signs apart, lists split, number words
-                     on the train side) are not all in the training row, or the prompt swaps them for its
-                     own (numbers_substituted); not when they were only left out (numbers_dropped:
-                     context_numbers_dropped, the answer's distinctive words all stated)
-    question_only    whether test_question was the question part alone (its cosine floor is then lower)
-    score, verdict   the judge's score and decision; judge, the model that decided
+`pairs` has one row per candidate with columns train_text (the prompt: instruction + input), train_output,
+test_question (HellaSwag: its context) and test_answer (the correct choice's text; HellaSwag: the gold
+ending); optionally test_choices (read with the question), test_options (the item's answer options, default
+test_choices) and test_view ("question_only": test_question is a passage item's question part, read alone).
+Other columns are kept; added: question_cosine (max over word windows of the prompt, and of prompt + output:
+a question restated in the output counts), answer_cosine (max over the output's sentences and sentence pairs;
+1.0 when the output's stated answer has all the answer's numbers), answer_words, answer_contradicted,
+answer_numbers_missing, numbers_differ (text_features and the checks it calls), question_only, score, verdict
+and judge (the model that decided).
 Judges, by the `model` reference:
   * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
     question_cosine + ANSWER_WEIGHT * max(answer_cosine, answer_words), verdict = score >= threshold (or
     question_cosine >= SAME_QUESTION_COSINE), the numbers agree and the answer is neither contradicted nor
     missing a number. Threshold and weights chosen on splits "dev" and "real" of
     tests/fixtures/contamination_labelled.jsonl (the numbers-left-out rule and the question_only floor on dev3
-    and dev4); splits "frozen1" and "frozen2", written with the judge frozen and never tuned on, measure it
-    (bench/bench_detectors.py reports every split and which were tuned on).
+    and dev4); the frozen splits, never tuned on, measure it (bench/bench_detectors.py reports every split).
   * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
     a hub profile): the model is asked the LLM-Decontaminator question (the test question with its answer and
     the training row in braces: the same question? True / False), in left-padded batches of LLM_BATCH prompts
     (transformers); score = log P(True) - log P(False) at the first reply token, verdict = score >= threshold
     (default 0), and a pair whose numbers differ is never "same" (nor asked). The embedded SmolLM2-135M tests
     the plumbing on a CPU only; a judge worth its figures is a 7B+ instruction model on a GPU.
-Windowing: a training row longer than the judge's window is cut into overlapping windows (for the embedding
-judge about twice the test question's words, 32 to `window_words`, half of it as stride; for the LLM judge,
-`window_tokens` tokens), each window is judged and the
-row's score is the max over windows: nothing past the model's limit is ever cut off unread.
-Cost per 1,000 pairs is measured by bench/bench_detectors.py.
+A training row longer than the judge's window is cut into overlapping windows (embedding judge: about twice
+the test question's words, 32 to `window_words`, half as stride; LLM judge: `window_tokens` tokens) and its
+score is the max over windows: nothing past the model's limit is cut off unread.
 """
 
 from __future__ import annotations
@@ -56,7 +37,6 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -100,22 +80,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 # ---------------------------------------------------------------- text helpers
-def word_windows(text: str, size: int = WINDOW_WORDS, stride: Optional[int] = None) -> list[str]:
-    """Overlapping windows of `size` words (stride size // 2 by default) covering all of `text`."""
-    if size < 1:
-        raise ValueError(f"window size must be >= 1, got {size}")
-    stride = stride or max(1, size // 2)
-    words = _WORD.findall(text)
-    if len(words) <= size:
-        return [text]
-    starts = list(range(0, len(words) - size + 1, stride))
-    if starts[-1] + size < len(words):  # the tail is always covered
-        starts.append(len(words) - size)
-    return [" ".join(words[s : s + size]) for s in starts]
-
-
-def token_windows(ids: Sequence[int], size: int, stride: Optional[int] = None) -> list[list[int]]:
-    """Overlapping windows of token ids covering all of `ids` (the LLM judge's windowing)."""
+def token_windows(ids: Sequence, size: int, stride: int | None = None) -> list[list]:
+    """Overlapping windows of `size` tokens (words, token ids; stride size // 2 by default) covering all of `ids`."""
     if size < 1:
         raise ValueError(f"window size must be >= 1, got {size}")
     stride = stride or max(1, size // 2)
@@ -123,9 +89,16 @@ def token_windows(ids: Sequence[int], size: int, stride: Optional[int] = None) -
     if len(ids) <= size:
         return [ids]
     starts = list(range(0, len(ids) - size + 1, stride))
-    if starts[-1] + size < len(ids):
+    if starts[-1] + size < len(ids):  # the tail is always covered
         starts.append(len(ids) - size)
     return [ids[s : s + size] for s in starts]
+
+
+def word_windows(text: str, size: int = WINDOW_WORDS, stride: int | None = None) -> list[str]:
+    """Overlapping windows of `size` words covering all of `text` (the text itself when it is no longer)."""
+    words = _WORD.findall(text)
+    windows = token_windows(words, size, stride)
+    return [text] if len(words) <= size else [" ".join(w) for w in windows]
 
 
 def sentence_spans(text: str) -> list[str]:
@@ -299,9 +272,9 @@ def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[fl
     "intersexual selection" against "intrasexual selection", "aortic stenosis" against "aortic
     insufficiency" and "mitral stenosis"), else 0;
     contradicted when the answer has *distinctive* words (in no other choice), none of them is there, and at
-    least half of another choice's own words (those not in the answer) are ("exothermic" for "endothermic"). Without choices a
-    shared word is weak evidence ("the Sun" in "4.24 light-years from the Sun"): answer_words is 0 there and the
-    embedding's answer cosine decides."""
+    least half of another choice's own words (those not in the answer) are ("exothermic" for "endothermic").
+    Without choices a shared word is weak evidence ("the Sun" in "4.24 light-years from the Sun"): answer_words
+    is 0 there and the embedding's answer cosine decides."""
     others = [content_stems(c) for c in choices if c.strip().lower() != answer.strip().lower()]
     if not others:
         return 0.0, False, False
@@ -498,18 +471,15 @@ class LlmJudge:
             best[k] = max(best[k], s)
         return best
 
-    def score(self, train: str, question: str, answer: str) -> float:
-        return self.score_many([(train, question, answer)])[0]
-
 
 # ---------------------------------------------------------------- entry point
 def judge_pairs(
     pairs: pd.DataFrame,
     model: str = DEFAULT_MODEL,
-    threshold: Optional[float] = None,
+    threshold: float | None = None,
     cache_dir: str | Path | None = None,
     embedder=None,
-    llm: Optional[LlmJudge] = None,
+    llm: LlmJudge | None = None,
 ) -> pd.DataFrame:
     """Judge candidate pairs: a copy of `pairs` with question_cosine, answer_cosine, numbers_differ, score,
     verdict (True: same question, possibly reworded) and judge. See the module docstring for `model`.
@@ -518,12 +488,8 @@ def judge_pairs(
     check_pairs(pairs)
     out = pairs.copy()
     if not len(out):
-        for col in ("question_cosine", "answer_cosine", "score"):
-            out[col] = pd.Series(dtype=float)
-        out["numbers_differ"] = pd.Series(dtype=bool)
-        out["verdict"] = pd.Series(dtype=bool)
-        out["judge"] = pd.Series(dtype=str)
-        return out
+        empty = dict.fromkeys(("question_cosine", "answer_cosine", "score"), float) | {"numbers_differ": bool}
+        return out.assign(**{c: pd.Series(dtype=t) for c, t in (empty | {"verdict": bool, "judge": str}).items()})
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"judge model must be a model reference, got {model!r}")
     if model.startswith(LLM_PREFIX):
@@ -539,7 +505,7 @@ def judge_pairs(
 
 
 def _judge_llm(
-    out: pd.DataFrame, ref: str, threshold: Optional[float], cache_dir, embedder, llm: Optional[LlmJudge]
+    out: pd.DataFrame, ref: str, threshold: float | None, cache_dir, embedder, llm: LlmJudge | None
 ) -> pd.DataFrame:
     llm = llm or LlmJudge(ref, cache_dir)
     diff = [

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("platypus")
 
-_COMPILED: dict[tuple[str, str], object] = {}  # (model path, precision) -> compiled model
+_COMPILED: dict[tuple, object] = {}  # (model path, precision) -> compiled model
 
 
 def available() -> bool:
@@ -66,16 +66,14 @@ class OpenVINOEncoder:
     """encode(texts) as SentenceTransformer.encode(texts, normalize_embeddings=True) computes it, with the
     transformer module (model[0]) run by OpenVINO and the modules after it (pooling, normalisation) by torch."""
 
-    def __init__(self, model, inference_precision: str, key: str = ""):
+    def __init__(self, model, inference_precision: str, key):
+        """`key` names the model (its resolved path): it is compiled once per process, model and precision."""
         self.model, self.precision = model, inference_precision
         sample = model.preprocess(["an example sentence", "another"])
         self.inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample]
-        if key and (key, inference_precision) in _COMPILED:  # compiled once per process and model
-            self.compiled = _COMPILED[key, inference_precision]
-            return
-        self.compiled = self._compile(sample)
-        if key:
-            _COMPILED[key, inference_precision] = self.compiled
+        if (key, inference_precision) not in _COMPILED:
+            _COMPILED[key, inference_precision] = self._compile(sample)
+        self.compiled = _COMPILED[key, inference_precision]
 
     def _compile(self, sample):
         import torch
@@ -93,12 +91,8 @@ class OpenVINOEncoder:
             def forward(self, *args):
                 return self.inner(**dict(zip(names, args))).last_hidden_state
 
-        with (
-            torch.no_grad(),
-            warnings.catch_warnings(),
-            telemetry_declined(),
-        ):  # tracing warns of branches fixed for a bidirectional encoder
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad(), warnings.catch_warnings(), telemetry_declined():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # branches fixed for a bidirectional encoder
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which convert_model calls
             converted = ov.convert_model(Wrapped().eval(), example_input=tuple(sample[k] for k in names))
         compiled = ov.Core().compile_model(

@@ -541,7 +541,7 @@ def released_hub(monkeypatch):
 
 
 def test_as_released_keeps_every_hub_row_through_01_and_02_and_says_so(make_profile, released_hub, monkeypatch):
-    from platypus_utils import decontaminate
+    from platypus_utils.decontaminate import stage as decontaminate
     from platypus_utils.decontaminate import stage as decontaminate_stage
 
     def nothing_to_embed(*a, **k):

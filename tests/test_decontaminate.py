@@ -5,21 +5,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platypus_utils import cli, decontaminate, notebook, runner
+from platypus_utils import cli, notebook, runner
 from platypus_utils.artifacts import StageRun, read_manifest, write_jsonl
 from platypus_utils.benchmarks import load_benchmark
 from platypus_utils.config import DecontaminateConfig, load_profile
-from platypus_utils.decontaminate import (
-    NgramIndex,
-    answer_in_output,
-    categorise,
+from platypus_utils.decontaminate import detectors, rules
+from platypus_utils.decontaminate.detectors import pair_cosines
+from platypus_utils.decontaminate.embed import embed_benchmark_texts, embed_texts
+from platypus_utils.decontaminate.inputs import load_benchmark_items, read_training_rows
+from platypus_utils.decontaminate.ngram import NgramIndex
+from platypus_utils.decontaminate.rules import categorise
+from platypus_utils.decontaminate.scoring import score_pairs
+from platypus_utils.decontaminate.stage import (
+    AS_RELEASED_REASON,
+    DecontaminateError,
     check_file,
-    contains_phrase,
-    find_leaks,
-    missing_numbers,
-    read_training_rows,
-    score_pairs,
+    detect,
+    run_decontaminate,
 )
+from platypus_utils.decontaminate.textmatch import answer_in_output, contains_phrase, missing_numbers
+from platypus_utils.decontaminate.views import item_views, window_texts
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
 from platypus_utils.text import numbers
@@ -125,7 +130,7 @@ class FakeEmbedder:
         return normalise(np.array([self.table.get(t, [0.0] * self.dim) for t in texts], dtype=np.float32))
 
 
-def test_find_leaks_flags_every_row_above_threshold_and_applies_policy():
+def test_detect_flags_every_row_above_threshold_and_applies_policy():
     rows = [
         row("What is 12 times 7?", "84", "a"),
         row("Compute 12 times 7 please.", "It is 84.", "b"),
@@ -139,7 +144,7 @@ def test_find_leaks_flags_every_row_above_threshold_and_applies_policy():
         "What is 13 times 7?": [0.97, 0.24, 0],
         "Name a prime.": [0, 0, 1],
     }
-    result = find_leaks(rows, items, CFG, FakeEmbedder(table))
+    result = detect(rows, items, CFG, FakeEmbedder(table))
     cats = dict(zip(result.pairs["train_index"], result.pairs["category"]))
     assert cats == {0: "duplicate", 1: "gray_area", 2: "similar_but_different"}
     assert [r["instruction"] for r in result.clean] == ["What is 13 times 7?", "Name a prime."]
@@ -149,9 +154,9 @@ def test_find_leaks_flags_every_row_above_threshold_and_applies_policy():
     assert t.loc["b", "gray_area"] == 1
 
 
-def test_find_leaks_rejects_empty_training_set():
+def test_detect_rejects_empty_training_set():
     with pytest.raises(ValueError, match="empty training set"):
-        find_leaks([], [item("q", "a")], CFG, FakeEmbedder({}))
+        detect([], [item("q", "a")], CFG, FakeEmbedder({}))
 
 
 # ---------------------------------------------------------------- answer comparison and the category rules
@@ -312,13 +317,13 @@ def test_answer_detector_flags_rewordings_below_the_embedding_threshold():
         rows[2]["instruction"]: [0, 0, 1],
         items[0]["question"]: [1, 0, 0],
     }
-    result = find_leaks(rows, items, CFG, FakeEmbedder(table))
+    result = detect(rows, items, CFG, FakeEmbedder(table))
     assert result.pairs["train_index"].tolist() == [0]  # row 1 is as similar but does not give the answer
     pair = result.pairs.iloc[0]
     assert pair["by_answer"] and not pair["by_embedding"] and pair["answer_match"]
     assert pair["category"] == "gray_area" and pair["action"] == "remove"
     assert result.summary["pairs_by_detector"]["answer_only"] == 1
-    off = find_leaks(rows, items, CFG.model_copy(update={"answer_detector_threshold": None}), FakeEmbedder(table))
+    off = detect(rows, items, CFG.model_copy(update={"answer_detector_threshold": None}), FakeEmbedder(table))
     assert off.pairs.empty and len(off.clean) == 3
 
 
@@ -560,12 +565,12 @@ class _Tokenizer:
 def test_long_rows_are_embedded_in_overlapping_windows():
     count = lambda w: len(_Tokenizer().tokenize(w))  # noqa: E731
     text = " ".join(f"w{k:03d}" for k in range(100))  # 100 words of 2 pieces
-    windows = decontaminate.window_texts(text, 40, 0.5, count)
+    windows = window_texts(text, 40, 0.5, count)
     assert all(sum(count(w) for w in win.split()) <= 40 for win in windows)
     assert windows[0].split()[0] == "w000" and windows[-1].split()[-1] == "w099"
     for a, b in zip(windows, windows[1:]):  # consecutive windows share half their words
         assert len(set(a.split()) & set(b.split())) == 10
-    assert decontaminate.window_texts("short text", 40, 0.5, count) == ["short text"]
+    assert window_texts("short text", 40, 0.5, count) == ["short text"]
 
     class Embedder:  # a stand-in exposing a tokenizer, as the project's Embedder does through .model
         model = type("M", (), {"tokenizer": _Tokenizer(), "max_seq_length": 42})()
@@ -577,9 +582,9 @@ def test_long_rows_are_embedded_in_overlapping_windows():
     question = "LEAKED question about the melting point of ice at sea level in kelvin"
     long_row = row(" ".join(f"filler{k}" for k in range(300)) + " " + question, "273 K")
     cfg = CFG.model_copy(update={"detectors": ["embedding"]})
-    emb = decontaminate.embed_texts([long_row], [item(question, "273 K")], cfg, Embedder())
+    emb = embed_texts([long_row], [item(question, "273 K")], cfg, Embedder())
     assert len(emb.windows) > 3  # the row was cut; only its last window holds the question
-    cos = decontaminate.pair_cosines(emb, [(0, 0)]).iloc[0]
+    cos = pair_cosines(emb, [(0, 0)]).iloc[0]
     assert cos["embedding_cosine"] == pytest.approx(1.0) and cos["embed_part"] == "prompt"
 
 
@@ -589,14 +594,14 @@ def test_views_compare_question_with_choices_ending_and_answer():
         {**item("A man flips a pancake. He", "catches it.", "hellaswag"), "choices": ["drops it.", "catches it."]},
         item("What happens if you swallow gum?", "It passes through you.", "truthfulqa"),
     ]
-    views = decontaminate.item_views(items, CFG)
+    views = item_views(items, CFG)
     full = dict(zip(views.loc[views["view"] == "full", "item"], views.loc[views["view"] == "full", "text"]))
     assert full[0] == "Which of the following is true?\nA whale is a mammal.\nother"  # MMLU: with its choices
     assert full[1] == "A man flips a pancake. He\ncatches it."  # HellaSwag: context and gold ending only
     assert full[2] == "What happens if you swallow gum?\nIt passes through you."  # TruthfulQA: with its answer
     ident = dict(zip(zip(views["item"], views["view"]), views["identifying"]))
     assert ident[(0, "question")] is False and ident[(0, "full")] and ident[(2, "question")]
-    only_stem = decontaminate.item_views(items, CFG.model_copy(update={"views": ["question"]}))
+    only_stem = item_views(items, CFG.model_copy(update={"views": ["question"]}))
     assert only_stem["view"].tolist() == ["question"] * 3
 
 
@@ -608,10 +613,10 @@ def test_training_outputs_are_searched():
         row("Name a prime.", "2"),
     ]
     cfg = CFG.model_copy(update={"detectors": ["ngram"]})
-    result = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")], cfg)
+    result = detect(rows, [item(q, "femur", "truthfulqa")], cfg)
     hit = result.pairs.iloc[0]
     assert hit["train_index"] == 0 and hit["train_part"] == "output" and hit["category"] == "duplicate"
-    off = decontaminate.detect(rows, [item(q, "femur", "truthfulqa")], cfg.model_copy(update={"search_outputs": False}))
+    off = detect(rows, [item(q, "femur", "truthfulqa")], cfg.model_copy(update={"search_outputs": False}))
     assert off.pairs.empty
 
 
@@ -626,11 +631,11 @@ def test_benchmark_embeddings_are_cached_once_per_model_and_set(tmp_path):
             return super().encode(texts, desc)
 
     texts = ["q one", "q two"]
-    first = decontaminate.embed_benchmark_texts(texts, Cached({"q one": [1, 0], "q two": [0, 1]}))
-    again = decontaminate.embed_benchmark_texts(texts, Cached({}))  # read back: the (empty) model is not asked
+    first = embed_benchmark_texts(texts, Cached({"q one": [1, 0], "q two": [0, 1]}))
+    again = embed_benchmark_texts(texts, Cached({}))  # read back: the (empty) model is not asked
     assert calls == [2] and np.array_equal(first, again)
     assert len(list((tmp_path / "embeddings" / "model-a" / "benchmark_sets").glob("*.npy"))) == 1
-    decontaminate.embed_benchmark_texts(texts + ["q three"], Cached({"q one": [1, 0], "q two": [0, 1]}))
+    embed_benchmark_texts(texts + ["q three"], Cached({"q one": [1, 0], "q two": [0, 1]}))
     assert calls == [2, 3]  # another set is another file
 
 
@@ -641,10 +646,8 @@ def test_demo_planted_leaks_are_caught_with_their_categories(tmp_path, model_cac
     root = write_demo_benchmarks(tmp_path / "benchmarks")
     cfg = DecontaminateConfig(benchmarks_dir=str(root))  # the stage's defaults, the rewording judge on
     assert "judge" in cfg.detectors
-    items, _ = decontaminate.load_benchmark_items(cfg)
-    result = decontaminate.detect(
-        demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache, device="cpu")
-    )
+    items, _ = load_benchmark_items(cfg)
+    result = detect(demo_corpus_rows(), items, cfg, Embedder("embedded:all-minilm-l6-v2", model_cache, device="cpu"))
     got = {(p.test_id, p.category) for p in result.pairs.itertuples()}
     leaks = demo_corpus_labels()["leaks"]
     assert {(d["item_id"], d["category"]) for d in leaks} <= got
@@ -696,7 +699,7 @@ def test_notebook_02_tells_the_steps_and_saves_what_the_stage_saves(tmp_path, mo
         },
     )
     _curated_demo(direct)
-    summary = decontaminate.run_decontaminate(direct)
+    summary = run_decontaminate(direct)
     assert summary == records["summary"]
     for name in ("clean.jsonl", "flagged_pairs.csv", "contamination_table.csv"):
         assert (direct.run_dir("02_decontaminate") / name).read_bytes() == (
@@ -717,12 +720,12 @@ def test_save_refuses_to_overwrite_a_reviewed_flagged_pairs_file_without_force(t
         },
     )
     _curated_demo(profile)
-    decontaminate.run_decontaminate(profile)
+    run_decontaminate(profile)
     reviewed = profile.run_dir("02_decontaminate") / "flagged_pairs.csv"
     reviewed.write_text(reviewed.read_text() + "reviewed by hand\n")
-    with pytest.raises(decontaminate.DecontaminateError, match=r"flagged_pairs.csv changed .* --only 02 --force"):
-        decontaminate.run_decontaminate(profile)
-    decontaminate.run_decontaminate(profile, force=True)
+    with pytest.raises(DecontaminateError, match=r"flagged_pairs.csv changed .* --only 02 --force"):
+        run_decontaminate(profile)
+    run_decontaminate(profile, force=True)
     assert "reviewed by hand" not in reviewed.read_text()
 
 
@@ -839,7 +842,7 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
         seen.append((frame.copy(), model))
         return frame.assign(score=[1.5] * len(frame), verdict=[True] * len(frame))
 
-    monkeypatch.setattr(decontaminate.detectors.leak_judge, "judge_pairs", judge)
+    monkeypatch.setattr(detectors.leak_judge, "judge_pairs", judge)
     rows = [
         row("Which planet is the hottest one in the solar system?", "The second planet from the Sun.", "a"),
         row("What is 13 times 7?", "91", "b"),
@@ -854,7 +857,7 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
         items[1]["question"]: [0, 0, 1, 0],
     }
     with_judge = CFG.model_copy(update={"detectors": ["embedding", "ngram", "answer", "judge"]})
-    result = decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
+    result = detect(rows, items, with_judge, FakeEmbedder(table))
     got = {(p.train_index, p.category): p for p in result.pairs.itertuples()}
     # row 1 (13 x 7 against 12 x 7) is a candidate, but a number of the question is missing: similar but
     # different by rule 3 whatever a judge says, so the judge does not read it and nothing flags it
@@ -866,11 +869,11 @@ def test_judge_detector_reads_candidates_whose_numbers_agree(monkeypatch):
     assert frame["test_options"].tolist() == [["Venus", "other"]]
     assert [r["instruction"] for r in result.clean] == [rows[1]["instruction"], rows[2]["instruction"]]
     assert result.summary["pairs_by_detector"]["judge_only"] == 1
-    without = decontaminate.detect(rows, items, CFG, FakeEmbedder(table))
+    without = detect(rows, items, CFG, FakeEmbedder(table))
     assert without.pairs.empty  # the rewording with a reworded answer is what the other detectors miss
-    monkeypatch.setattr(decontaminate.detectors, "leak_judge", None)
+    monkeypatch.setattr(detectors, "leak_judge", None)
     with pytest.raises(ValueError, match="includes 'judge', but platypus_utils.leak_judge is not in this tree"):
-        decontaminate.detect(rows, items, with_judge, FakeEmbedder(table))
+        detect(rows, items, with_judge, FakeEmbedder(table))
 
 
 def test_notebooks_01_and_02_pass_rows_as_released_through_as_the_stages_do(tmp_path):
@@ -895,10 +898,10 @@ def test_notebooks_01_and_02_pass_rows_as_released_through_as_the_stages_do(tmp_
     runner.execute_stage(profile, "02_decontaminate", overrides("nb"))
     records = notebook.read_records(runner.executed_notebook(profile, "02_decontaminate"))
     assert records["train_rows"] == n and records["benchmark_items"] == {}
-    assert records["summary"]["leak_detection"] == decontaminate.AS_RELEASED_REASON
+    assert records["summary"]["leak_detection"] == AS_RELEASED_REASON
     direct = load_profile(DEMO, overrides("direct"))
     assert curate.run_curate(direct)["as_released"] == f"as released: {n} rows, 0 removed, near-dup pass not run"
-    assert decontaminate.run_decontaminate(direct) == records["summary"]
+    assert run_decontaminate(direct) == records["summary"]
     for stage, name in [
         ("01_curate", "curated.jsonl"),
         ("01_curate", "removed.jsonl"),
@@ -968,8 +971,8 @@ def test_a_row_listing_other_options_is_another_item():
     )
     # "vitamin A." in a sentence is no list of options
     vitamin = row("Which vitamin is made in the skin? Not vitamin A. Sunlight helps.", "vitamin D")
-    assert decontaminate.rules.listed_options(vitamin) == []
-    assert not decontaminate.rules.other_options(decontaminate.rules.listed_options(vitamin), TYPE_ERRORS)
+    assert rules.listed_options(vitamin) == []
+    assert not rules.other_options(rules.listed_options(vitamin), TYPE_ERRORS)
 
 
 def test_a_passage_items_question_sentence_copied_is_no_copy_without_its_answer():

@@ -9,12 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platypus_utils import cli, decontaminate
+from platypus_utils import cli
 from platypus_utils.config import DecontaminateConfig
-from platypus_utils.decontaminate.candidates import LexicalIndex, ngram_items, top_items
-from platypus_utils.decontaminate.embed import ngram_texts
+from platypus_utils.decontaminate.candidates import LexicalIndex, first_pass_items, ngram_items, top_items
+from platypus_utils.decontaminate.embed import embed_texts, ngram_texts
+from platypus_utils.decontaminate.index import IndexMismatch, build_index, load_index
+from platypus_utils.decontaminate.inputs import load_benchmark_items
 from platypus_utils.decontaminate.ngram import NgramIndex
+from platypus_utils.decontaminate.stage import detect
 from platypus_utils.decontaminate.textmatch import gram_words
+from platypus_utils.decontaminate.views import train_windows
 from platypus_utils.demo_data import demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
 
@@ -119,17 +123,17 @@ def test_first_pass_flags_and_removes_what_the_exhaustive_pass_does_on_the_demo(
     root = write_demo_benchmarks(tmp_path / "benchmarks")
     cfg = DecontaminateConfig(benchmarks_dir=str(root))  # the stage's defaults: candidates first_pass, judge on
     assert cfg.candidates == "first_pass"
-    items, _ = decontaminate.load_benchmark_items(cfg)
+    items, _ = load_benchmark_items(cfg)
     rows = demo_corpus_rows()
-    full = decontaminate.detect(rows, items, cfg.model_copy(update={"candidates": "exhaustive"}), minilm)
-    first = decontaminate.detect(rows, items, cfg, minilm)
+    full = detect(rows, items, cfg.model_copy(update={"candidates": "exhaustive"}), minilm)
+    first = detect(rows, items, cfg, minilm)
     assert _flagged(first, items) == _flagged(full, items) and len(full.pairs) >= 10
     assert [r["instruction"] for r in first.clean] == [r["instruction"] for r in full.clean]
     assert first.summary["removed_rows"] == full.summary["removed_rows"] > 0
     # a first pass that reads fewer items than all still keeps >= 99.5% of the flagged pairs
-    emb = decontaminate.embed_texts(rows, items, cfg.model_copy(update={"candidates": "exhaustive"}), minilm)
+    emb = embed_texts(rows, items, cfg.model_copy(update={"candidates": "exhaustive"}), minilm)
     narrow = cfg.model_copy(update={"first_pass_top_k": 2})
-    kept = decontaminate.first_pass_items(emb.windows, emb.views, ngram_texts(rows, narrow), narrow, None, minilm)
+    kept = first_pass_items(emb.windows, emb.views, ngram_texts(rows, narrow), narrow, None, minilm)
     kept = set(kept.tolist())
     assert len(kept) < len(items)
     flagged = _flagged(full, items)
@@ -172,34 +176,34 @@ def _tiny():
 def test_index_file_gives_the_same_result_and_refuses_another_model_or_set(tmp_path):
     items, rows = _tiny()
     model = StandIn(tmp_path / "m")
-    meta = decontaminate.build_index(items, CFG, model, tmp_path / "bench.npz")
+    meta = build_index(items, CFG, model, tmp_path / "bench.npz")
     assert meta["items"] == 3 and meta["model"] == "stand-in" and len(meta["model_sha256"]) == 64
-    index = decontaminate.load_index(tmp_path / "bench.npz", items, CFG, model)
+    index = load_index(tmp_path / "bench.npz", items, CFG, model)
     assert index.vectors.shape == (len(index.views), 64)
     model.calls.clear()
-    with_index = decontaminate.detect(rows, items, CFG, model, index=index)
-    assert model.calls == [len(decontaminate.train_windows(rows, CFG))]  # the training windows only
-    plain = decontaminate.detect(rows, items, CFG, model)
+    with_index = detect(rows, items, CFG, model, index=index)
+    assert model.calls == [len(train_windows(rows, CFG))]  # the training windows only
+    plain = detect(rows, items, CFG, model)
     assert _flagged(with_index, items) == _flagged(plain, items) and len(plain.pairs) >= 1
     other = [dict(items[0], question="What is 13 times 7 when both are whole numbers?")] + items[1:]
-    with pytest.raises(decontaminate.IndexMismatch, match="other benchmark items or views"):
-        decontaminate.load_index(tmp_path / "bench.npz", other, CFG, model)
-    with pytest.raises(decontaminate.IndexMismatch, match="other benchmark items or views"):
-        decontaminate.load_index(tmp_path / "bench.npz", items, CFG.model_copy(update={"views": ["question"]}), model)
-    with pytest.raises(decontaminate.IndexMismatch, match="vectors of model stand-in .* this run embeds with"):
-        decontaminate.load_index(tmp_path / "bench.npz", items, CFG, StandIn(tmp_path / "m2", b"w2"))
+    with pytest.raises(IndexMismatch, match="other benchmark items or views"):
+        load_index(tmp_path / "bench.npz", other, CFG, model)
+    with pytest.raises(IndexMismatch, match="other benchmark items or views"):
+        load_index(tmp_path / "bench.npz", items, CFG.model_copy(update={"views": ["question"]}), model)
+    with pytest.raises(IndexMismatch, match="vectors of model stand-in .* this run embeds with"):
+        load_index(tmp_path / "bench.npz", items, CFG, StandIn(tmp_path / "m2", b"w2"))
     bf16 = StandIn(tmp_path / "m")
     bf16.backend = "openvino-bf16"  # the same weights through another encoder: vectors differ in the 3rd digit
-    with pytest.raises(decontaminate.IndexMismatch, match="vectors encoded with torch, this run encodes with openvino"):
-        decontaminate.load_index(tmp_path / "bench.npz", items, CFG, bf16)
+    with pytest.raises(IndexMismatch, match="vectors encoded with torch, this run encodes with openvino"):
+        load_index(tmp_path / "bench.npz", items, CFG, bf16)
     grams = CFG.model_copy(update={"detectors": ["ngram"]})
-    decontaminate.build_index(items, grams, None, tmp_path / "ngram.npz")
-    assert decontaminate.load_index(tmp_path / "ngram.npz", items, grams).vectors is None
-    with pytest.raises(decontaminate.IndexMismatch, match="holds no vectors"):
-        decontaminate.load_index(tmp_path / "ngram.npz", items, CFG, model)
+    build_index(items, grams, None, tmp_path / "ngram.npz")
+    assert load_index(tmp_path / "ngram.npz", items, grams).vectors is None
+    with pytest.raises(IndexMismatch, match="holds no vectors"):
+        load_index(tmp_path / "ngram.npz", items, CFG, model)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(decontaminate.IndexMismatch, match="not a readable benchmark index"):
-        decontaminate.load_index(tmp_path / "bad.npz", items, CFG, model)
+    with pytest.raises(IndexMismatch, match="not a readable benchmark index"):
+        load_index(tmp_path / "bad.npz", items, CFG, model)
 
 
 def test_cli_builds_an_index_and_checks_a_file_with_it(tmp_path, capsys):

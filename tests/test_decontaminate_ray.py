@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from platypus_utils import cli, decontaminate
+from platypus_utils import cli
 from platypus_utils.config import DecontaminateConfig
 from platypus_utils.decontaminate import engine_ray
+from platypus_utils.decontaminate.inputs import load_benchmark_items
+from platypus_utils.decontaminate.stage import detect
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 
 FLOATS = ["embedding_cosine", "judge_score"]  # the blocks encode their texts in other batches: float32's last digits
@@ -36,7 +38,7 @@ def ray_session():
 def demo(tmp_path_factory):
     root = write_demo_benchmarks(tmp_path_factory.mktemp("benchmarks"))
     cfg = DecontaminateConfig(benchmarks_dir=str(root))  # the stage's defaults: first pass, every detector, the judge
-    items, _ = decontaminate.load_benchmark_items(cfg)
+    items, _ = load_benchmark_items(cfg)
     return cfg, items
 
 
@@ -50,11 +52,11 @@ def _embedder(tmp_path_factory, name):
 def test_ray_engine_gives_the_local_engines_outputs_on_the_demo(ray_session, demo, tmp_path_factory):
     cfg, items = demo
     rows = demo_corpus_rows()
-    local = decontaminate.detect(rows, items, cfg, _embedder(tmp_path_factory, "cache_local"))
+    local = detect(rows, items, cfg, _embedder(tmp_path_factory, "cache_local"))
     # 4 blocks of 64 rows, each embedded afresh in the actors (their own cache), gathered back in row order
     on_ray = cfg.model_copy(update={"engine": "ray", "ray_block_rows": 64, "ray_actors": 1})
     timings: dict = {}
-    ray = decontaminate.detect(rows, items, on_ray, _embedder(tmp_path_factory, "cache_ray"), timings)
+    ray = detect(rows, items, on_ray, _embedder(tmp_path_factory, "cache_ray"), timings)
     assert {"ray_first_pass_s", "ray_embed_views_s", "ray_exact_pass_s"} <= set(timings)  # it ran on Ray
     leaks = demo_corpus_labels()["leaks"]
     assert len(local.pairs) == len(leaks) and local.summary["removed_rows"] > 0  # something to compare
@@ -75,9 +77,9 @@ def test_ray_engine_without_a_model_over_every_item(ray_session, demo):
     cfg, items = demo
     rows = demo_corpus_rows()
     plain = cfg.model_copy(update={"detectors": ["ngram"], "candidates": "exhaustive"})
-    local = decontaminate.detect(rows, items, plain)
+    local = detect(rows, items, plain)
     on_ray = plain.model_copy(update={"engine": "ray", "ray_block_rows": 100, "ray_actors": 1})
-    ray = decontaminate.detect(rows, items, on_ray)
+    ray = detect(rows, items, on_ray)
     assert len(local.pairs) > 0
     pd.testing.assert_frame_equal(ray.pairs, local.pairs)
     pd.testing.assert_frame_equal(ray.candidates, local.candidates)
@@ -106,7 +108,7 @@ def test_engine_is_a_profile_key_and_a_flag(tmp_path, monkeypatch):
         DecontaminateConfig(engine="spark")
     seen = {}
     monkeypatch.setattr(
-        "platypus_utils.decontaminate.check_file", lambda *a, **k: seen.update(cfg=a[3]) or {"flagged_pairs": 0}
+        "platypus_utils.decontaminate.stage.check_file", lambda *a, **k: seen.update(cfg=a[3]) or {"flagged_pairs": 0}
     )
     args = ["decontaminate", "train.jsonl", "--benchmarks", "b", "--out", str(tmp_path / "o"), "--engine", "ray"]
     assert cli.main([*args, "--ray-address", "ray://head:10001"]) == 0

@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from platypus_utils import decontaminate
 from platypus_utils.artifacts import StageRun, read_manifest, write_jsonl
 from platypus_utils.config import load_profile
+from platypus_utils.decontaminate import stage
+from platypus_utils.decontaminate.decisions import apply_decisions, read_decisions
+from platypus_utils.decontaminate.stage import run_decontaminate
 from platypus_utils.demo_data import demo_corpus_rows
 
 DEMO = Path(__file__).resolve().parent.parent / "params" / "demo.yaml"
@@ -35,7 +37,7 @@ def _curated_demo(profile):
 def test_a_decisions_file_overrules_one_flagged_pair_in_the_demo(tmp_path):
     profile = _profile(tmp_path)
     _curated_demo(profile)
-    first = decontaminate.run_decontaminate(profile)
+    first = run_decontaminate(profile)
     stage_dir = profile.run_dir("02_decontaminate")
     pairs = pd.read_csv(stage_dir / "flagged_pairs.csv", keep_default_na=False)
     removed_rows = pairs.loc[pairs["action"] == "remove", "train_index"]
@@ -46,7 +48,7 @@ def test_a_decisions_file_overrules_one_flagged_pair_in_the_demo(tmp_path):
     decisions.write_text(f"pair_id,decision,note\n{target.pair_id},keep,reviewed: not the test item\n")
 
     again = _profile(tmp_path, **{"decontaminate.decisions": str(decisions)})
-    second = decontaminate.run_decontaminate(again)
+    second = run_decontaminate(again)
     assert second["removed_rows"] == first["removed_rows"] - 1
     assert second["decisions_overruled"] == 1 and second["overruled_pairs"] == [target.pair_id]
     rerun = pd.read_csv(stage_dir / "flagged_pairs.csv", keep_default_na=False).set_index("pair_id")
@@ -63,21 +65,21 @@ def test_a_decisions_file_overrules_one_flagged_pair_in_the_demo(tmp_path):
 def test_decisions_files_are_read_strictly(tmp_path):
     good = tmp_path / "d.yaml"
     good.write_text("abc:mmlu/x/test/1: keep\ndef:arc/2: REMOVE\n")
-    assert decontaminate.read_decisions(good) == {"abc:mmlu/x/test/1": "keep", "def:arc/2": "remove"}
+    assert read_decisions(good) == {"abc:mmlu/x/test/1": "keep", "def:arc/2": "remove"}
     bad = tmp_path / "d.csv"
     bad.write_text("pair_id,decision\nabc:x,keep\nabd:y,drop\n")
     with pytest.raises(ValueError, match=r"d.csv: line 3: decision must be keep or remove, got 'drop'"):
-        decontaminate.read_decisions(bad)
+        read_decisions(bad)
     bad.write_text("id,decision\nabc:x,keep\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['pair_id'\]"):
-        decontaminate.read_decisions(bad)
+        read_decisions(bad)
     bad.write_text("pair_id,decision\nabc:x,keep\nabc:x,remove\n")
     with pytest.raises(ValueError, match="decided both keep and remove"):
-        decontaminate.read_decisions(bad)
+        read_decisions(bad)
     with pytest.raises(ValueError, match="not found"):
-        decontaminate.read_decisions(tmp_path / "none.csv")
+        read_decisions(tmp_path / "none.csv")
     pairs = pd.DataFrame({"pair_id": ["a", "b"], "action": ["remove", "keep"]})
-    out, info = decontaminate.apply_decisions(pairs, {"a": "keep", "b": "keep", "z": "remove"})
+    out, info = apply_decisions(pairs, {"a": "keep", "b": "keep", "z": "remove"})
     assert out["action"].tolist() == ["keep", "keep"] and out["decision"].tolist() == ["keep", "keep"]
     assert info["decisions_overruled"] == 1 and info["unmatched_decisions"] == ["z"]
 
@@ -91,7 +93,7 @@ def test_cli_passes_the_judge_model_and_the_decisions_file(tmp_path, monkeypatch
         seen["cfg"] = cfg
         return {"removed_rows": 0}
 
-    monkeypatch.setattr(decontaminate, "check_file", check_file)
+    monkeypatch.setattr(stage, "check_file", check_file)
     decisions = tmp_path / "d.csv"
     decisions.write_text("pair_id,decision\n")
     monkeypatch.chdir(tmp_path)

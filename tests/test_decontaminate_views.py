@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from platypus_utils import decontaminate
 from platypus_utils.config import DecontaminateConfig
+from platypus_utils.decontaminate import detectors
+from platypus_utils.decontaminate.stage import detect
 from platypus_utils.decontaminate.views import asked_text, item_views, question_only
 from platypus_utils.embeddings import normalise
 
@@ -73,7 +74,7 @@ def test_a_question_without_its_passage_is_judged_against_the_question_alone(mon
         seen.append(frame.copy())
         return frame.assign(score=[1.5, 0.2], verdict=[True, False])
 
-    monkeypatch.setattr(decontaminate.detectors.leak_judge, "judge_pairs", judge)
+    monkeypatch.setattr(detectors.leak_judge, "judge_pairs", judge)
     it = {**passage_item(), "answer": "Reconstruction"}
     rows = [
         row("School desegregation partly answered the broken promises of which initiative?", "Reconstruction."),
@@ -84,7 +85,7 @@ def test_a_question_without_its_passage_is_judged_against_the_question_alone(mon
         rows[0]["instruction"]: [0.9, 0.436, 0, 0],
         rows[1]["instruction"]: [0.9, 0, 0.436, 0],
     }
-    result = decontaminate.detect(rows, [it], DecontaminateConfig(candidates="exhaustive"), TableEmbedder(table))
+    result = detect(rows, [it], DecontaminateConfig(candidates="exhaustive"), TableEmbedder(table))
     (frame,) = seen
     assert frame["test_question"].tolist() == [ASKED, ASKED]  # the question alone: 1954 is not asked for
     pairs = result.pairs.set_index("train_index")

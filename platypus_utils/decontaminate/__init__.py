@@ -7,11 +7,13 @@ detector's score and verdict, the paper's category, the rule that decided and th
 test item as lm-eval's sample logs name it: `lm_eval_task`, `doc_id`), `contamination_table.csv`
 (source x benchmark, the paper's Table 1 form), `decontamination_report.json` and the figure.
 
-Modules, one concern each: `common` (categories, pair columns), `textmatch` (words, numbers, phrases,
-answers), `views` (test item views, training windows), `candidates` (the lexical first pass: which items the
-exact pass reads), `embed`, `index` (the benchmark side in one shared file), `ngram` (the n-gram index), `detectors`
-(the detector REGISTRY, candidate pairs, verdicts), `rules` (the categories), `report` (tables, summary,
-figure), `scoring` (labelled pairs), `inputs` (rows and benchmark items), `stage` (the steps composed).
+Modules, one concern each (import each name from the module that defines it): `common` (categories,
+pair columns), `textmatch` (words, numbers, phrases, answers), `views` (test item views, training windows),
+`candidates` (the lexical first pass: which items the exact pass reads), `static` (its static-vector half),
+`embed`, `index` (the benchmark side in one shared file), `ngram` (the n-gram index), `detectors` (the
+detector REGISTRY, candidate pairs, verdicts), `rules` (the categories), `decisions` (a reviewer's file),
+`report` (tables, summary, figure), `scoring` (labelled pairs), `inputs` (rows and benchmark items),
+`engine_ray` (the same steps on Ray Data), `stage` (the steps composed).
 
 Steps, each a public function returning data (notebook 02 runs them one by one; `detect` composes
 steps 2-5, `run_decontaminate` all of them; `check_file` is the standalone command):
@@ -49,11 +51,8 @@ each reported on its own and combined:
              numbers agree and says whether they are the same question, possibly reworded (rewordings whose
              answer is reworded too, which the string tests keep); a long stem's question_only view is read by
              the judge alone, against the question without its passage. Measured with score_pairs on the
-             labelled pairs (tests/fixtures/contamination_labelled.jsonl and contamination_frozen3.jsonl,
-             bench/bench_detectors.py, per split): on split frozen3, written before any detector ran on it and
-             measured once with the judge frozen at 60febe5, the stage removes 94.4% of the rewordings (117/124),
-             0/71 similar-but-different pairs and 0/104 clean ones; frozen2 (frozen at 90dd102) 97.1%, 1/63,
-             1/16; frozen1 90.4%, 5/75, 0/15; the tuned splits' figures are in-sample.
+             labelled pairs, per split (bench/bench_detectors.py; the figures of the splits held out from
+             tuning: README, "Leaks, rewordings included").
 Categories (the paper's) by explicit rules, in this order; the rule that decided is written beside
 each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma lists split, so
 `x^3-2x+1` and `x^3 - 2x + 1` agree.
@@ -94,58 +93,3 @@ no leak detection runs: `passed_through` keeps every row of 01 and the stage sti
 artifact later stages read (clean.jsonl = 01's rows, flagged_pairs.csv with its header and no pair,
 the empty table, the report saying why and the manifest); no benchmark is loaded.
 """
-
-from __future__ import annotations
-
-from .candidates import FirstPassIndex, LexicalIndex, first_pass_items
-from .common import CATEGORIES, PAIR_COLUMNS, SEVERITY, STAGE
-from .decisions import apply_decisions, decide, pair_id, read_decisions
-from .detectors import (
-    DETECTORS,
-    REGISTRY,
-    Detector,
-    PairScores,
-    answer_verified,
-    candidate_pairs,
-    candidate_threshold,
-    detector_verdicts,
-    flag_pairs,
-    judge_candidates,
-    pair_cosines,
-)
-from .embed import Embedded, embed_benchmark_texts, embed_texts, uses_embeddings
-from .index import BenchmarkIndex, IndexMismatch, build_index, load_index
-from .inputs import load_benchmark_items, read_training_rows
-from .ngram import NgramIndex
-from .report import (
-    Result,
-    category_counts,
-    contamination_figure,
-    contamination_table,
-    detector_counts,
-    figure_caption,
-    removals_under,
-    review_frame,
-    save_outputs,
-    summarise,
-    worst_per_row,
-)
-from .rules import categorise, categorise_pairs, choose_removals
-from .scoring import score_pairs
-from .stage import (
-    AS_RELEASED_REASON,
-    DecontaminateError,
-    Inputs,
-    as_released,
-    build_benchmark_index,
-    check_file,
-    detect,
-    embedder_for,
-    find_leaks,
-    load_inputs,
-    passed_through,
-    run_decontaminate,
-    save,
-)
-from .textmatch import answer_in_output, contains_phrase, gram_words, missing_numbers, word_share, words
-from .views import item_text, item_views, stem_identifies, train_windows, view_extra, window_texts

@@ -28,8 +28,8 @@ import pandas as pd
 from scipy import sparse
 
 from ..config import DecontaminateConfig
-from .ngram import NgramIndex
-from .static import StaticIndex, static_index, top_items_static
+from .ngram import NgramIndex, flat_ids
+from .static import StaticIndex, best_items, count_matrix, smooth_idf, static_index, top_items_static
 from .textmatch import gram_words
 
 log = logging.getLogger("platypus")
@@ -56,13 +56,13 @@ class LexicalIndex:
     @classmethod
     def build(cls, token_lists: list[list[str]]) -> LexicalIndex:
         words: dict[str, int] = {}
-        doc, uni = _flat_ids(token_lists, lambda w: words.setdefault(w, len(words)))
+        doc, uni = flat_ids(token_lists, lambda w: words.setdefault(w, len(words)))
         bdoc, keys = _bigram_keys(doc, uni)
         bigrams, bcol = np.unique(keys, return_inverse=True)
         cols = np.concatenate([uni, len(words) + bcol.astype(np.int64)])
-        counts = _counts(np.concatenate([doc, bdoc]), cols, len(token_lists), len(words) + len(bigrams))
+        counts = count_matrix(np.concatenate([doc, bdoc]), cols, len(token_lists), len(words) + len(bigrams))
         df = np.bincount(counts.indices, minlength=counts.shape[1])
-        idf = (np.log((1 + len(token_lists)) / (1 + df)) + 1.0).astype(np.float32)
+        idf = smooth_idf(df, len(token_lists))
         idf[(df > MAX_DF * len(token_lists)) & (df > MIN_COMMON)] = 0.0
         index = cls(words, bigrams, idf, counts)
         index.matrix = index._weights(counts)
@@ -78,32 +78,19 @@ class LexicalIndex:
 
     def vectors(self, token_lists: list[list[str]]) -> sparse.csr_matrix:
         """TF-IDF vectors of other texts (terms the views do not hold are left out: they match nothing)."""
-        doc, uni = _flat_ids(token_lists, lambda w: self.words.get(w, -1))
+        doc, uni = flat_ids(token_lists, lambda w: self.words.get(w, -1))
         bdoc, keys = _bigram_keys(doc, uni)
         pos = np.minimum(np.searchsorted(self.bigrams, keys), max(len(self.bigrams) - 1, 0))
         known = (self.bigrams[pos] == keys) if len(self.bigrams) else np.zeros(len(keys), dtype=bool)
         doc = np.concatenate([doc[uni >= 0], bdoc[known]])
         cols = np.concatenate([uni[uni >= 0], len(self.words) + pos[known]])
-        return self._weights(_counts(doc, cols, len(token_lists), len(self.idf)))
-
-
-def _flat_ids(token_lists: list[list[str]], word_id) -> tuple[np.ndarray, np.ndarray]:
-    """(text, word column) of every word of every text, in order (-1: a word without a column)."""
-    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
-    ids = np.fromiter((word_id(w) for toks in token_lists for w in toks), dtype=np.int64, count=int(lengths.sum()))
-    return np.repeat(np.arange(len(token_lists), dtype=np.int64), lengths), ids
+        return self._weights(count_matrix(doc, cols, len(token_lists), len(self.idf)))
 
 
 def _bigram_keys(doc: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(text, key) of each pair of consecutive known words inside one text."""
     ok = (doc[1:] == doc[:-1]) & (ids[1:] >= 0) & (ids[:-1] >= 0)
     return doc[:-1][ok], (ids[:-1][ok] << 32) | ids[1:][ok]
-
-
-def _counts(doc: np.ndarray, cols: np.ndarray, n_docs: int, n_cols: int) -> sparse.csr_matrix:
-    m = sparse.csr_matrix((np.ones(len(doc), dtype=np.float32), (doc, cols)), shape=(n_docs, n_cols))
-    m.sum_duplicates()
-    return m
 
 
 def top_items(
@@ -114,18 +101,10 @@ def top_items(
     `view_item` is the item of each row of the index, in ascending order; blockwise (memory: block x views)."""
     if len(view_item) and np.any(np.diff(view_item) < 0):
         raise ValueError("top_items: the index's views must be grouped by item, in ascending order")
-    items, starts = np.unique(view_item, return_index=True)
     by_view = index.matrix.T.tocsr()
     out: list[np.ndarray] = []
     for b0 in range(0, len(token_lists), block):
-        queries = index.vectors(token_lists[b0 : b0 + block])
-        scores = (queries @ by_view).toarray()
-        per_item = np.maximum.reduceat(scores, starts, axis=1) if len(items) else scores
-        kk = min(k, per_item.shape[1])
-        best = np.argpartition(-per_item, kk - 1, axis=1)[:, :kk] if kk else np.zeros((len(per_item), 0), int)
-        for r in range(len(per_item)):
-            top = best[r][np.argsort(-per_item[r, best[r]], kind="stable")]
-            out.append(items[top[per_item[r, top] > 0]])
+        out += best_items((index.vectors(token_lists[b0 : b0 + block]) @ by_view).toarray(), view_item, k, True)
     return out
 
 
@@ -187,24 +166,18 @@ def first_pass_items(
     static vectors; always: the n-gram detector's items. `train_texts` are the texts the n-gram detector indexes
     (prompts, and outputs with search_outputs); `first` is over `views` (built if None)."""
     found: set[int] = set()
-    view_item, k = views["item"].to_numpy(), cfg.first_pass_top_k
+    view_item, k, how = views["item"].to_numpy(), cfg.first_pass_top_k, []
     if embedder is not None:
         first = first or FirstPassIndex.build(views["text"].tolist(), embedder)
         near = top_items(first.lexical, view_item, [gram_words(t) for t in windows["text"]], k)
         if first.static is not None:
             near += top_items_static(first.static, view_item, embedder, windows["text"].tolist(), k)
         found = with_twins(set(np.concatenate(near).tolist()) if near else set(), views)
+        how.append(f"top {k} by words and by static vectors")
     if "ngram" in cfg.detectors:
         tokens = first.tokens if first is not None else [gram_words(t) for t in views["text"]]
         found |= ngram_items(train_texts, views, tokens, cfg)
-    log.info(
-        "first pass: %d of %d test items are candidates of %d training windows (%s)",
-        len(found),
-        len(np.unique(view_item)),
-        len(windows),
-        ", ".join(
-            ([f"top {k} by words and by static vectors"] if embedder is not None else [])
-            + (["n-gram hits"] if "ngram" in cfg.detectors else [])
-        ),
-    )
+        how.append("n-gram hits")
+    counts = (len(found), len(np.unique(view_item)), len(windows))
+    log.info("first pass: %d of %d test items are candidates of %d training windows (%s)", *counts, ", ".join(how))
     return np.array(sorted(found), dtype=np.int64)

@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts import (
-    atomic_path,
-    sha256_text,
-)
+from ..artifacts import atomic_path, sha256_text
 from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .candidates import first_pass_items
@@ -65,12 +62,7 @@ def ngram_texts(rows: list[dict], cfg: DecontaminateConfig) -> list[str]:
 
 
 def candidate_views(
-    views: pd.DataFrame,
-    windows: pd.DataFrame,
-    rows: list[dict],
-    cfg: DecontaminateConfig,
-    first=None,
-    embedder=None,
+    views: pd.DataFrame, windows: pd.DataFrame, rows: list[dict], cfg: DecontaminateConfig, first=None, embedder=None
 ) -> pd.DataFrame:
     """The views the exact pass reads: all of them (candidates: exhaustive), or the first pass's items' views,
     each with `position`, its row in the full view table (an index file's vectors are in that order)."""

@@ -105,6 +105,14 @@ def actor_pool(ray, cfg: DecontaminateConfig, gpus: bool) -> dict:
     return pool | ({"num_gpus": per_gpu} if per_gpu else {})
 
 
+def _mapped(ray, ds, actor: type, cfg: DecontaminateConfig, make, shared, size: int, fmt: str, gpus: bool):
+    """ds.map_batches in batches of `size` rows (`fmt`: pandas or numpy) through an actor pool of `actor`, each
+    built with the embedder factory, cfg and `shared` (put in the object store once)."""
+    kwargs = {"make": make, "cfg": cfg, "shared": [ray.put(shared)]}
+    pool = actor_pool(ray, cfg, gpus)
+    return ds.map_batches(actor, batch_size=size, batch_format=fmt, fn_constructor_kwargs=kwargs, **pool)
+
+
 def row_dataset(ray, rows: list[dict], cfg: DecontaminateConfig):
     """The training rows as a Ray dataset of blocks of ray_block_rows: one record per row, its index and the row
     as JSON (rows differ in their keys: `input` may be absent)."""
@@ -160,7 +168,7 @@ class _Exact(_Actor):
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         ids, rows = _block(batch)
         local, items, side = self.shared
-        cands, pairs = local(rows, items, self.cfg, self.embedder, index=side)
+        cands, pairs = local(rows, items, self.cfg, self.embedder, {}, side)
         return pd.DataFrame({"cands": [_renumbered(cands, ids)], "pairs": [_renumbered(pairs, ids)]})
 
 
@@ -185,14 +193,7 @@ def candidate_views(ray, ds, full: pd.DataFrame, cfg: DecontaminateConfig, make,
     if cfg.candidates == "exhaustive":
         return full.assign(position=np.arange(len(full)))
     first = first or FirstPassIndex.build(full["text"].tolist(), embedder)
-    shared = [ray.put((full, first))]
-    found = ds.map_batches(
-        _Search,
-        batch_size=cfg.ray_block_rows,
-        batch_format="pandas",
-        fn_constructor_kwargs={"make": make, "cfg": cfg, "shared": shared},
-        **actor_pool(ray, cfg, gpus=False),
-    )
+    found = _mapped(ray, ds, _Search, cfg, make, (full, first), cfg.ray_block_rows, "pandas", gpus=False)
     parts = [b["item"] for b in found.iter_batches(batch_format="numpy", batch_size=None)]
     keep = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     log.info("ray first pass: %d of %d test items are candidates", len(keep), full["item"].nunique())
@@ -212,13 +213,7 @@ def view_vectors(ray, views: pd.DataFrame, cfg: DecontaminateConfig, make, index
     if views.empty:  # as the local engine's encode of no text: (0, the model's width)
         return make().encode([], desc="candidate benchmark views")
     texts = ray.data.from_items([{"k": k, "text": t} for k, t in enumerate(views["text"])])
-    encoded = texts.map_batches(
-        _Encode,
-        batch_size=max(64, cfg.ray_block_rows),
-        batch_format="numpy",
-        fn_constructor_kwargs={"make": make, "cfg": cfg, "shared": [ray.put(None)]},
-        **actor_pool(ray, cfg, gpus=True),
-    )
+    encoded = _mapped(ray, texts, _Encode, cfg, make, None, max(64, cfg.ray_block_rows), "numpy", gpus=True)
     batches = list(encoded.iter_batches(batch_format="numpy", batch_size=None))
     k = np.concatenate([b["k"] for b in batches])
     return np.concatenate([b["vec"] for b in batches]).astype(np.float32)[np.argsort(k)]
@@ -228,25 +223,12 @@ def exact_pass(ray, ds, local: Callable, items: list[dict], side: BenchmarkIndex
     """Step 3: the local engine's steps per block against the candidate side, every view of which it reads; the
     blocks' (candidate pairs, flagged pairs) gathered in the local engine's order."""
     block_cfg = cfg.model_copy(update={"engine": "local", "candidates": "exhaustive"})
-    out = ds.map_batches(
-        _Exact,
-        batch_size=cfg.ray_block_rows,
-        batch_format="pandas",
-        fn_constructor_kwargs={"make": make, "cfg": block_cfg, "shared": [ray.put((local, items, side))]},
-        **actor_pool(ray, cfg, gpus=True),
-    ).take_all()
+    shared = (local, items, side)
+    out = _mapped(ray, ds, _Exact, block_cfg, make, shared, cfg.ray_block_rows, "pandas", gpus=True).take_all()
     return _gathered(out, "cands", ["train_index", "item_index"]), _gathered(out, "pairs", ["train_index"])
 
 
-def pairs_on_ray(
-    rows: list[dict],
-    items: list[dict],
-    cfg: DecontaminateConfig,
-    embedder,
-    timings: dict,
-    index,
-    local: Callable,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def pairs_on_ray(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder, timings: dict, index, local):
     """stage.row_pairs on Ray (steps 1-3 of the module docstring): (candidate pairs, flagged pairs) of every row, as
     `local` (stage.row_pairs, which each block runs) gives them over the whole set."""
     ray = connect(cfg)

@@ -2,13 +2,12 @@
 
 `platypus decontaminate --benchmarks DIR --build-index FILE` writes, in one .npz (written atomically):
 the test views (item, view, text, identifying), the first pass's words, TF-IDF index and distilled word
-pieces (candidates.py, static.py),
-the views' embedding vectors when a selected detector reads cosines, and `meta` (JSON): the format, the
-embedding model (reference, sha256 of its weight files, sentence-transformers version), the hash of the
-benchmark items and their views, and the decontaminate settings that shape the views. Another machine or
-CI passes it with `--index FILE` and embeds only its training rows. On load the file is checked against
-the items and settings of this run (benchmark hash) and the embedder of this run (model hash): a mismatch
-is an IndexMismatch naming both sides and how to rebuild, never a silent mix of two models or two sets.
+pieces (candidates.py, static.py), the views' embedding vectors when a selected detector reads cosines, and
+`meta` (JSON): the format, the embedding model (reference, sha256 of its weight files, sentence-transformers
+version, encoder), the hash of the benchmark items and their views, and the settings that shape the views.
+Another machine or CI passes it with `--index FILE` and embeds only its training rows. On load the file is
+checked against this run's items and settings (benchmark hash) and embedder (model hash): a mismatch is an
+IndexMismatch naming both sides and how to rebuild, never a silent mix of two models or two sets.
 """
 
 from __future__ import annotations
@@ -64,13 +63,8 @@ def model_identity(embedder) -> dict:
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")) if resolved.is_dir() else []
     ref = str(getattr(embedder, "model_ref", type(embedder).__name__))
     digest = sha256_text("".join(sha256_file(w) for w in weights)) if weights else sha256_text(ref)
-    try:
-        st_version = metadata.version("sentence-transformers")
-    except metadata.PackageNotFoundError:  # pragma: no cover - it is a dependency
-        st_version = None
-    encoder = str(
-        getattr(embedder, "backend", "torch")
-    )  # "openvino-bf16" vectors differ from PyTorch's in the 3rd digit
+    encoder = str(getattr(embedder, "backend", "torch"))  # "openvino-bf16" vectors differ from torch's in the 3rd digit
+    st_version = metadata.version("sentence-transformers")
     return {"model": ref, "model_sha256": digest, "sentence_transformers": st_version, "encoder": encoder}
 
 
@@ -194,17 +188,12 @@ def load_index(path: str | Path, items: list[dict], cfg: DecontaminateConfig, em
     matrix = sparse.csr_matrix(
         (a["matrix_data"], a["matrix_indices"], a["matrix_indptr"]), shape=(len(stored), len(a["idf"]))
     )
-    pieces = None
-    if "static_pieces" in a:
+    static = None
+    if "static_pieces" in a and embedder is not None:
         pieces = np.zeros((int(a["static_vocabulary"][0]), a["static_pieces"].shape[1]), dtype=np.float32)
         pieces[a["static_piece_ids"]] = a["static_pieces"]
-    static = (
-        static_index(embedder, strings["view_text"], pieces) if pieces is not None and embedder is not None else None
-    )
-    first = FirstPassIndex(
-        [t.split(" ") if t else [] for t in strings["tokens"]],
-        LexicalIndex(words, a["bigrams"], a["idf"], matrix),
-        static,
-    )
+        static = static_index(embedder, strings["view_text"], pieces)
+    tokens = [t.split(" ") if t else [] for t in strings["tokens"]]
+    first = FirstPassIndex(tokens, LexicalIndex(words, a["bigrams"], a["idf"], matrix), static)
     log.info("benchmark index %s: %d items, %d views, model %s", path, meta["items"], len(stored), meta["model"])
     return BenchmarkIndex(stored, first, a.get("vectors"), meta)

@@ -11,6 +11,13 @@ from .textmatch import gram_words, holds_run
 _GRAM_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial gram hash
 
 
+def flat_ids(token_lists: list, word_id: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """(text, id) of every word of every text, in order: one flat array over all texts."""
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    ids = np.fromiter((word_id(w) for toks in token_lists for w in toks), dtype=np.int64, count=int(lengths.sum()))
+    return np.repeat(np.arange(len(token_lists), dtype=np.int64), lengths), ids
+
+
 def _gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     """64-bit hash of each window of n consecutive word ids (len(ids) - n + 1 of them); wraps mod 2**64."""
     count = len(ids) - n + 1
@@ -35,14 +42,9 @@ class NgramIndex:
         self.tokenize = tokenize
         self.tokens = [tokenize(t) for t in train_texts]
         self._vocab: dict[str, int] = {}
-        lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
-        self._flat = np.fromiter(
-            (self._vocab.setdefault(w, len(self._vocab)) for toks in self.tokens for w in toks),
-            dtype=np.int64,
-            count=int(lengths.sum()),
-        )
-        self._row_of = np.repeat(np.arange(len(self.tokens), dtype=np.int64), lengths)
-        self._room = np.concatenate([np.arange(n, 0, -1) for n in lengths]) if len(lengths) else np.zeros(0, np.int64)
+        self._row_of, self._flat = flat_ids(self.tokens, lambda w: self._vocab.setdefault(w, len(self._vocab)))
+        lengths = [len(t) for t in self.tokens]
+        self._room = np.concatenate([np.arange(n, 0, -1) for n in lengths]) if lengths else np.zeros(0, np.int64)
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _ids(self, toks: list[str]) -> np.ndarray:

@@ -9,11 +9,7 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
-from ..artifacts import (
-    write_json,
-    write_jsonl,
-    write_text,
-)
+from ..artifacts import write_json, write_jsonl, write_text
 from ..config import DecontaminateConfig
 from ..layout import CLEAN, FLAGGED_PAIRS
 from ..plotting import PALETTE, new_figure, save_figure
@@ -57,13 +53,10 @@ def summarise(
 ) -> dict:
     """Step: the stage's counts (decontamination_report.json; the command line prints it)."""
     by = {d: pairs[f"by_{d}"].astype(bool) for d in DETECTORS}
-    below = (
-        0
-        if cands is None or cfg.answer_detector_threshold is None
-        else int(
-            cands["embedding_cosine"].between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum()
-        )
-    )
+    below = 0  # candidates below the embedding threshold that "answer" checked
+    if cands is not None and cfg.answer_detector_threshold is not None:
+        cosine = cands["embedding_cosine"]
+        below = int(cosine.between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum())
     return {
         "train_rows": len(rows),
         "benchmark_items": len(items),
@@ -91,7 +84,7 @@ def summarise(
             for k, v in pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"].value_counts().sort_index().items()
         },
         "candidate_pairs": 0 if cands is None else len(cands),
-        "answer_detector_candidates": below,  # candidates below the embedding threshold that "answer" checked
+        "answer_detector_candidates": below,
         "actions": dict(cfg.actions),
     }
 

@@ -15,7 +15,7 @@ from .rules import categorise
 def score_pairs(
     pairs: list[dict], cfg: DecontaminateConfig, embedder=None, cosines: list[float] | None = None
 ) -> pd.DataFrame:
-    """Score given (train row, test item) pairs one by one, as find_leaks would score them.
+    """Score given (train row, test item) pairs one by one, as stage.detect would score them.
 
     Each pair is {"train": {instruction, input, output, data_source}, "question", "answer", "benchmark",
     ["choices"], ...}, as in tests/fixtures/contamination_labelled.jsonl. Cosines come from `embedder`
@@ -35,7 +35,7 @@ def score_pairs(
         cands["embedding_cosine"] = cands["identifying_cosine"] = [float(c) for c in cosines]
         cands["embed_part"], cands["test_view"] = "prompt", "question"
     grams = []
-    for k, (row, _item) in enumerate(zip(rows, items)):
+    for k, row in enumerate(rows):
         index = NgramIndex([embedding_text(row)] + ([row["output"]] if cfg.search_outputs else []))
         views = emb.views[emb.views["item"] == k]
         hits = [

@@ -9,11 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import (
-    StageRun,
-    refuse_edited_outputs,
-    timed,
-)
+from ..artifacts import StageRun, refuse_edited_outputs, timed
 from ..config import DecontaminateConfig, Profile
 from ..embeddings import Embedder
 from ..layout import CLEAN, CURATED, FLAGGED_PAIRS, artifact
@@ -85,17 +81,9 @@ def embedder_for(profile: Profile) -> Embedder | None:
     return Embedder(profile.models.embedding, profile.cache_dir(), backend=profile.models.embedding_backend)
 
 
-def row_pairs(
-    rows: list[dict],
-    items: list[dict],
-    cfg: DecontaminateConfig,
-    embedder=None,
-    timings: dict | None = None,
-    index=None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def row_pairs(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder, timings: dict, index):
     """Steps 2-4, which read each training row on its own (engine: ray runs them per block of rows): embed,
-    candidates, flag, categorise. (candidate pairs, flagged pairs with their categories)."""
-    timings = {} if timings is None else timings
+    candidates, flag, categorise; returns (candidate pairs, flagged pairs with their categories)."""
     with timed(timings, "embed_s"):
         emb = embed_texts(rows, items, cfg, embedder, index)
     with timed(timings, "candidates_s"):
@@ -120,20 +108,17 @@ def detect(
         raise ValueError("empty training set: nothing to check")
     if not items:
         raise ValueError("no benchmark items: nothing to check against")
-    timings = {} if timings is None else timings
+    steps = (rows, items, cfg, embedder, {} if timings is None else timings, index)
     if cfg.engine == "ray":
         from .engine_ray import pairs_on_ray
 
-        cands, pairs = pairs_on_ray(rows, items, cfg, embedder, timings, index, local=row_pairs)
+        cands, pairs = pairs_on_ray(*steps, local=row_pairs)
     else:
-        cands, pairs = row_pairs(rows, items, cfg, embedder, timings, index)
+        cands, pairs = row_pairs(*steps)
     pairs, decided = decide(pairs, cfg)  # a reviewer's decisions file (decontaminate.decisions), if any
     clean, removed = choose_removals(pairs, rows)
     summary = {**summarise(pairs, rows, items, removed, cfg, cands), **decided}
     return Result(clean, pairs, contamination_table(pairs, removed), summary, cands)
-
-
-find_leaks = detect  # the name bench/ and earlier callers use
 
 
 def save(
@@ -212,9 +197,12 @@ def check_out_apart(train_file: str | Path, out: str | Path) -> None:
         )
 
 
-def _embedder(cfg: DecontaminateConfig, embedding_model: str, cache_dir: str | Path | None) -> Embedder | None:
+def _benchmark_side(benchmarks_dir: str, cfg: DecontaminateConfig | None, embedding_model: str, cache_dir):
+    """The standalone commands' settings (`cfg` with the benchmarks' folder), test items and embedder."""
+    cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
+    items, _ = load_benchmark_items(cfg)
     cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
-    return Embedder(embedding_model, cache) if uses_embeddings(cfg) else None
+    return cfg, items, Embedder(embedding_model, cache) if uses_embeddings(cfg) else None
 
 
 def check_file(
@@ -233,10 +221,8 @@ def check_file(
     $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them. `index`: a
     benchmark index file (--build-index) read instead of embedding the benchmark side (checked on load)."""
     check_out_apart(train_file, out)
-    cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
     rows, skipped = read_training_rows(train_file)
-    items, _ = load_benchmark_items(cfg)
-    embedder = _embedder(cfg, embedding_model, cache_dir)
+    cfg, items, embedder = _benchmark_side(benchmarks_dir, cfg, embedding_model, cache_dir)
     loaded = load_index(index, items, cfg, embedder) if index is not None else None
     result = detect(rows, items, cfg, embedder, index=loaded)
     result.summary["skipped_train_rows"] = dict(sorted(skipped.items()))
@@ -253,8 +239,7 @@ def build_benchmark_index(
 ) -> dict:
     """`platypus decontaminate --build-index OUT`: the benchmark side (views, first-pass index, vectors, model)
     in one file that `check_file(index=OUT)` reads on another machine; returns its meta."""
-    cfg = (cfg or DecontaminateConfig()).model_copy(update={"benchmarks_dir": str(benchmarks_dir)})
     if Path(out).is_dir():
         raise ValueError(f"--build-index {out}: is a folder; give the file to write")
-    items, _ = load_benchmark_items(cfg)
-    return build_index(items, cfg, _embedder(cfg, embedding_model, cache_dir), out)
+    cfg, items, embedder = _benchmark_side(benchmarks_dir, cfg, embedding_model, cache_dir)
+    return build_index(items, cfg, embedder, out)

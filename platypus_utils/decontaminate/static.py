@@ -4,8 +4,9 @@ model2vec's recipe, done here with the model already loaded (model2vec's own dis
 transformers): every word piece a text holds is passed alone through the sentence-transformer
 ([CLS] piece [SEP], its pooling and normalisation), giving one vector per piece. A text's static vector is
 the mean of its pieces' vectors weighted by their inverse document frequency over the test views, less
-the views' mean direction (the component all texts share), L2-normalised: no attention, so 60k views take seconds, and its cosines follow the model's closely enough
-to rank the neighbours the model would find (recall printed by bench/bench_decontaminate.py --recall).
+the views' mean direction (the component all texts share), L2-normalised: no attention, so 60k views take
+seconds, and its cosines follow the model's closely enough to rank the neighbours the model would find
+(recall printed by bench/bench_decontaminate.py --recall).
 Only the pieces the views and the training windows hold are distilled, each once per model: they are
 cached in a .npy beside the embedding cache (~45 MB for MiniLM's whole vocabulary).
 """
@@ -20,6 +21,7 @@ import numpy as np
 from scipy import sparse
 
 from ..artifacts import atomic_path
+from .ngram import flat_ids
 
 log = logging.getLogger("platypus")
 
@@ -43,7 +45,7 @@ def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray
             vecs = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:  # a damaged file only costs a distillation
             log.warning("static vectors: ignoring unreadable %s (%s)", path, exc)
-    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    dim = model.get_embedding_dimension()
     if vecs is None or vecs.shape != (len(tokenizer), dim):
         vecs = np.full((len(tokenizer), dim), np.nan, dtype=np.float32)
     todo = np.asarray(needed, dtype=np.int64)[np.isnan(vecs[np.asarray(needed, dtype=np.int64), 0])]
@@ -79,12 +81,34 @@ def piece_counts(embedder, texts: list[str]) -> sparse.csr_matrix:
     """texts x vocabulary word-piece counts (the model's tokenizer, no special pieces, no truncation)."""
     _, tokenizer = _sentence_transformer(embedder)
     ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    cols = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))
-    rows = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
-    m = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(ids), len(tokenizer)))
+    return count_matrix(*flat_ids(ids, int), len(ids), len(tokenizer))
+
+
+def count_matrix(doc: np.ndarray, cols: np.ndarray, n_docs: int, n_cols: int) -> sparse.csr_matrix:
+    """texts x columns counts (CSR) of (text, column) occurrences."""
+    m = sparse.csr_matrix((np.ones(len(doc), dtype=np.float32), (doc, cols)), shape=(n_docs, n_cols))
     m.sum_duplicates()
     return m
+
+
+def smooth_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
+    """Smoothed inverse document frequency, ln((1 + n) / (1 + df)) + 1 (scikit-learn's smooth_idf)."""
+    return (np.log((1 + n_docs) / (1 + df)) + 1.0).astype(np.float32)
+
+
+def best_items(scores: np.ndarray, view_item: np.ndarray, k: int, positive: bool = False) -> list[np.ndarray]:
+    """Per row of `scores` (texts x views, views grouped by item in ascending order): the (up to) k items whose
+    best view scores highest, best first (`positive`: scores > 0 only)."""
+    items, starts = np.unique(view_item, return_index=True)
+    per_item = np.maximum.reduceat(scores, starts, axis=1) if len(items) else scores
+    kk = min(k, per_item.shape[1])
+    if not kk:
+        return [items[:0] for _ in per_item]
+    out = []
+    for r, best in enumerate(np.argpartition(-per_item, kk - 1, axis=1)[:, :kk]):
+        top = best[np.argsort(-per_item[r, best], kind="stable")]
+        out.append(items[top[per_item[r, top] > 0]] if positive else items[top])
+    return out
 
 
 class StaticIndex:
@@ -97,7 +121,7 @@ class StaticIndex:
         self.pieces = pieces
         self.known = np.zeros(len(pieces), dtype=bool)
         self.known[np.unique(view_counts.indices)] = True
-        self.weights = (np.log((1 + view_counts.shape[0]) / (1 + df)) + 1.0).astype(np.float32)
+        self.weights = smooth_idf(df, view_counts.shape[0])
         self.center = np.zeros(pieces.shape[1], dtype=np.float32)
         raw = self._raw(view_counts)
         self.center = raw.mean(axis=0) if len(raw) else self.center  # the direction all texts share
@@ -136,15 +160,10 @@ def top_items_static(
 ) -> list[np.ndarray]:
     """For each text, the k items whose best view's static vector is closest to its own, best first (views
     grouped by item, ascending)."""
-    items, starts = np.unique(view_item, return_index=True)
     counts = piece_counts(embedder, texts)
     index.ensure(embedder, counts)
     queries = index.vectors(counts)
     out: list[np.ndarray] = []
     for b0 in range(0, len(queries), block):
-        per_item = np.maximum.reduceat(queries[b0 : b0 + block] @ index.views.T, starts, axis=1)
-        kk = min(k, per_item.shape[1])
-        best = np.argpartition(-per_item, kk - 1, axis=1)[:, :kk]
-        for r in range(len(per_item)):
-            out.append(items[best[r][np.argsort(-per_item[r, best[r]], kind="stable")]])
+        out += best_items(queries[b0 : b0 + block] @ index.views.T, view_item, k)
     return out

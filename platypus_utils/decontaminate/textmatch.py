@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 
-from ..text import (
-    final_answer,
-    fraction_words,
-    latex_plain,
-    normalise_text,
-    numbers,
-)
+from ..text import final_answer, fraction_words, latex_plain, normalise_text, numbers
 
 WORD = re.compile(r"\w+")
 SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
@@ -41,18 +36,6 @@ def missing_numbers(question: str, train_text: str) -> list[str]:
     return sorted((numbers(question) + fraction_words(question) - numbers(train_text, number_words=True)).elements())
 
 
-def _longest_common_run(a: list[str], b: list[str]) -> int:
-    best, prev = 0, [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            if x == y:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
-        prev = cur
-    return best
-
-
 def answer_in_output(answer: str, output: str) -> bool:
     """Whether a test item's correct answer is given by a training row's output.
 
@@ -80,10 +63,9 @@ def answer_in_output(answer: str, output: str) -> bool:
     if len(content) >= 3 and all(w.isalpha() for w in content):
         output_words = words(output)
         present = set(output_words)
-        return (
-            sum(w in present for w in content) / len(content) >= 0.75
-            and _longest_common_run(answer_words, output_words) >= 3
-        )
+        if sum(w in present for w in content) / len(content) < 0.75:
+            return False
+        return SequenceMatcher(None, answer_words, output_words, autojunk=False).find_longest_match().size >= 3
     return contains_phrase(final, plain)
 
 
