@@ -27,7 +27,16 @@ from pydantic import (
 
 from . import mergekit_yaml
 from .drive import DRIVE_PREFIX, resolve_drive_path
-from .layout import DENSITY_METHODS, evaluable_variants, merged_variant, planned_variants, seed_variants
+from .layout import (
+    BASE_VARIANT,
+    DEFAULT_MERGED_VARIANT,
+    DENSITY_METHODS,
+    STAGES,
+    evaluable_variants,
+    merged_variant,
+    planned_variants,
+    seed_variants,
+)
 from .published import BENCHMARKS, PUBLISHED, SETTINGS, TEST_SETS
 from .refs import RANDOM_PREFIX, default_cache_dir, is_hub_reference
 from .training_options import (
@@ -39,7 +48,6 @@ from .training_options import (
     check_sft,
 )
 
-STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
 
 
@@ -89,8 +97,8 @@ class SourceConfig(_Section):
     path: Optional[str] = None  # local copy in the source's original release format
     hub_id: Optional[str] = None
     limit: Optional[int] = Field(default=None, ge=1)
-    weight: float = Field(default=1.0, gt=0.0)  # after dedup: <1 keeps a seeded sample, >1 repeats rows (1.5: all once,
-    # a seeded half twice)
+    # after dedup: <1 keeps a seeded sample, >1 repeats rows (1.5: all once, a seeded half twice)
+    weight: float = Field(default=1.0, gt=0.0)
     enabled: bool = True
 
 
@@ -100,16 +108,25 @@ class CurateConfig(_Section):
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # paper: 0.8 (authors' code used 0.7)
     embed_batch_size: int = Field(default=64, ge=1)
     block_size: int = Field(default=2048, ge=1)  # rows per similarity block: bounds memory
-    backend: Literal["numpy", "faiss", "faiss_ivf"] = "numpy"  # faiss: pip install faiss-cpu (extra "faiss"); same
-    # pairs. faiss_ivf: approximate neighbours from 50k rows on (1M rows in minutes; recall printed by
-    # bench/bench_similarity.py --approx), exact below
+    # faiss (extra "faiss"): the same pairs. faiss_ivf: approximate neighbours from 50k rows on, exact below
+    # (1M rows in minutes; bench/bench_similarity.py --approx prints the recall)
+    backend: Literal["numpy", "faiss", "faiss_ivf"] = "numpy"
     push_to_hub: bool = False  # upload curated rows as a hub dataset; token from $HF_TOKEN
     push_to_hub_repo: Optional[str] = None  # e.g. "me/open-platypus-rebuild"; required with push_to_hub
     push_to_hub_private: bool = True
-    # a row with a field longer than this (characters) is logged with its file and line, counted, and
-    # kept (over_long_rows: keep), cut to this length (truncate) or skipped (drop); null: no limit
+    # a row with a field over this many characters is logged, counted, and kept, cut or dropped; null: no limit
     max_row_chars: Optional[int] = Field(default=100_000, ge=1)
     over_long_rows: Literal["keep", "truncate", "drop"] = "keep"
+
+
+def _over_defaults(defaults: dict[str, Any], kind: Any = dict[str, Any], *checks) -> Any:
+    """A mapping whose partial value in a profile overrides `defaults` key by key, then passes `checks`
+    (finetune.sft and finetune.lora: training_options checks every key against the library's class)."""
+
+    def over(v: Any) -> Any:
+        return {**copy.deepcopy(defaults), **v} if isinstance(v, dict) else v
+
+    return Annotated[(kind, BeforeValidator(over), *(AfterValidator(c) for c in checks))]
 
 
 DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
@@ -119,23 +136,21 @@ class DecontaminateConfig(_Section):
     # by test set (published.TEST_SETS: "truthfulqa" for TruthfulQA's one test file, scored as truthfulqa_mc2)
     benchmarks: list[Literal[TEST_SETS]] = Field(default_factory=lambda: list(TEST_SETS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
-    # leak detectors that flag pairs: embedding (cosine >= similarity_threshold, the paper's), ngram
-    # (ngram_n-gram overlap), answer (cosine >= answer_detector_threshold, numbers and answer agree),
-    # judge (platypus_utils.leak_judge over candidates at cosine >= judge_threshold whose numbers agree: catches
-    # rewordings whose answer is reworded too; on by default, measured by bench/bench_detectors.py)
+    # leak detectors: embedding (cosine >= similarity_threshold, the paper's), ngram (n-gram overlap), answer
+    # (cosine >= answer_detector_threshold, numbers and answer agree), judge (leak_judge over candidates at
+    # cosine >= judge_threshold whose numbers agree: rewordings with a reworded answer; bench/bench_detectors.py)
     detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
         default_factory=lambda: ["embedding", "ngram", "answer", "judge"], min_length=1
     )
-    # how a test item is read: "question" (the stem; HellaSwag's context) and "full" (with its choices for
-    # MMLU and ARC, its gold ending for HellaSwag, its answer for TruthfulQA); a pair scores its best view.
-    # "question_only": a long stem's question sentence(s) without the passage or context before it, read by
-    # the judge only (with the answer agreeing), so a rewording that drops the passage is found
+    # how a test item is read (a pair scores its best view): "question" (the stem; HellaSwag's context), "full"
+    # (with its choices, gold ending or answer), "question_only" (a long stem's question sentences without the
+    # passage before them; the judge's only, with the answer agreeing: finds a rewording that drops the passage)
     views: list[Literal["question", "full", "question_only"]] = Field(
         default_factory=lambda: ["question", "full", "question_only"], min_length=1
     )
     search_outputs: bool = True  # training outputs are embedded and n-gram-indexed too, not only instruction+input
-    # a training text longer than the embedding model reads (all-MiniLM-L6-v2: 256 word pieces) is embedded
-    # in windows of that length, each sharing this fraction with the next; its cosine is the max over windows
+    # a training text longer than the embedding model reads (256 word pieces) is embedded in windows sharing
+    # this fraction with the next; its cosine is the max over windows
     window_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
     judge_threshold: float = Field(default=0.6, gt=0.0, le=1.0)  # candidates the judge reads (detector "judge")
     judge_model: Optional[str] = None  # None: leak_judge's default for the machine
@@ -145,54 +160,34 @@ class DecontaminateConfig(_Section):
     ngram_min_tokens: int = Field(default=8, ge=1)  # shorter test texts are left to the embedding detector
     ngram_overlap_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # share of the test text's n-grams found
     verbatim_ngram_overlap: float = Field(default=0.8, gt=0.0, le=1.0)  # at/above: near-verbatim
-    verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)  # cosine >= duplicate_threshold and this share
-    # of the test's words in the train text: near-verbatim; with fewer shared words: gray-area (same meaning)
-    answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # detector (c): pairs at this
-    # cosine or above are flagged when numbers agree and the test answer is in the train output; null: off
+    # cosine >= duplicate_threshold and this share of the test's words in the train text: near-verbatim; fewer
+    # shared words: gray-area (same meaning)
+    verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)
+    answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # null: the answer detector off
     # what happens to a training row in each category; a partial mapping keeps the others' defaults
-    actions: dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]] = Field(
-        default_factory=lambda: dict(DEFAULT_ACTIONS)
-    )
+    actions: _over_defaults(
+        DEFAULT_ACTIONS, dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]]
+    ) = Field(default_factory=dict)
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
     # a reviewer's decisions on flagged pairs: a CSV (pair_id,decision) or YAML (pair_id: keep | remove) file,
     # relative to the project root; each decision replaces the policy's action for its pair (decisions.py)
     decisions: Optional[str] = None
-    # which test items the exact pass (embedding, judge, rules) reads: "first_pass" (default) only the items a
-    # cheap pass finds for some training window (its first_pass_top_k nearest by TF-IDF words and by static
-    # word-piece vectors distilled from the embedding model, items with the same text, and the n-gram detector's
-    # hits), so a cold run costs what the training set costs; "exhaustive" every item's views. Default 10: the
-    # smallest k that kept every pair the exhaustive pass flags on the demo, the labelled pairs and 1,000
-    # real-offline rows (k=5 missed 1 of 32 there), reading ~6k of the 26k items for those 1,000 rows
-    # (decontaminate/candidates.py; bench/bench_decontaminate.py --recall prints the figures)
+    # which test items the exact pass reads: "first_pass" only those a cheap pass finds for some training window
+    # (first_pass_top_k nearest by TF-IDF and by static word-piece vectors, same-text items, n-gram hits), so a
+    # cold run costs what the training set costs; "exhaustive" all. k=10: the smallest that kept every pair the
+    # exhaustive pass flags on the demo, the labelled pairs and 1,000 real-offline rows (k=5 missed 1 of 32),
+    # reading ~6k of 26k items (decontaminate/candidates.py; bench/bench_decontaminate.py --recall)
     candidates: Literal["first_pass", "exhaustive"] = "first_pass"
     first_pass_top_k: int = Field(default=10, ge=1)
-    # where the steps run: "local" (this process) or "ray" (Ray Data over blocks of ray_block_rows training rows,
-    # the same steps and outputs; decontaminate/engine_ray.py, docs/ray.md; needs the `ray` extra)
+    # "ray": Ray Data over blocks of ray_block_rows training rows, the same steps and outputs (docs/ray.md)
     engine: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None  # a running cluster ("auto", "ray://head:10001"); None: start a local one
     ray_num_cpus: Optional[int] = Field(default=None, ge=1)  # the local cluster's CPUs (None: all of this machine's)
     ray_block_rows: int = Field(default=1000, ge=1)  # training rows per block (one map_batches call)
-    ray_actors: Optional[int] = Field(default=None, ge=1)  # actors per pool, each holding the embedding model
-    # (None: as many as the cluster's CPUs, or its GPUs with ray_gpus_per_actor, allow)
+    ray_actors: Optional[int] = Field(default=None, ge=1)  # per pool, each holding the embedder; None: what fits
     ray_cpus_per_actor: float = Field(default=1.0, gt=0.0)  # also the torch threads of each actor
     ray_gpus_per_actor: float = Field(default=0.0, ge=0.0)  # > 0: the embedder runs on the actor's GPU
-
-    @field_validator("actions", mode="before")
-    @classmethod
-    def _actions_with_defaults(cls, v: Any) -> Any:
-        """`actions: {similar_but_different: remove}` sets that category; the others keep their defaults."""
-        return {**DEFAULT_ACTIONS, **v} if isinstance(v, dict) else v
-
-
-def _options_over(defaults: dict[str, Any], check) -> Any:
-    """A mapping of library options (finetune.sft, finetune.lora): a profile's partial mapping overrides
-    `defaults` key by key, and `check` (training_options) checks every key against the library's class."""
-
-    def over_defaults(v: Any) -> Any:
-        return {**copy.deepcopy(defaults), **v} if isinstance(v, dict) else v
-
-    return Annotated[dict[str, Any], BeforeValidator(over_defaults), AfterValidator(check)]
 
 
 class _OptionsSection(_Section):
@@ -224,34 +219,30 @@ class PartnerAdapterConfig(_OptionsSection):
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
     # SFTConfig options over finetune.sft for this adapter (max_steps 4 unless set); the stage also sets
     # logging every step, no checkpoint and warm-up at most half the steps (finetune/stage.py)
-    sft: _options_over(PARTNER_SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
+    sft: _over_defaults(PARTNER_SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
 
 
 class FinetuneConfig(_OptionsSection):
-    # TRL and peft own the training settings: `sft` is passed to trl.SFTConfig(**sft) and `lora` to
-    # peft.LoraConfig(**lora) (platypus_utils.training_options: the paper's values as defaults, a partial
-    # mapping overriding them key by key, every key checked against the class when the profile loads). The
-    # stage sets the options listed in training_options.SFT_PROJECT_KEYS itself (output_dir, seed, bf16/fp16
-    # from models.torch_dtype, max_length from cutoff_len, packing, ...; a profile setting one is refused),
-    # and gradient_accumulation_steps from global_batch_size. The keys below are the project's own.
+    # TRL and peft own the training settings: `sft` goes to trl.SFTConfig(**sft), `lora` to peft.LoraConfig
+    # (training_options: the paper's values as defaults, every key checked against the class at load). The
+    # stage sets training_options.SFT_PROJECT_KEYS itself, and gradient_accumulation_steps from
+    # global_batch_size. The other keys are the project's own.
     MOVED: ClassVar[dict[str, str]] = MOVED_FINETUNE_KEYS
 
-    sft: _options_over(SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
-    lora: _options_over(LORA_DEFAULTS, check_lora) = Field(default_factory=dict)
+    sft: _over_defaults(SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
+    lora: _over_defaults(LORA_DEFAULTS, dict[str, Any], check_lora) = Field(default_factory=dict)
     cutoff_len: int = Field(default=4096, ge=16)  # tokens per example (SFTConfig.max_length; rows cut keep_start)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
-    # "bfd": TRL best-fit-decreasing packing, padding-free (true means "bfd"); "bfd_split" splits
-    # examples longer than cutoff_len instead of truncating them. "wrapped" is refused (see below).
+    # "bfd" (or true): TRL best-fit-decreasing packing, padding-free; "bfd_split" splits examples longer than
+    # cutoff_len instead of truncating them
     packing: Literal[False, "bfd", "bfd_split"] = False
-    # What an optimizer step holds. "examples" (default, the paper's): exactly global_batch_size
-    # examples over all GPUs; with packing each micro-batch of examples is flattened into one
-    # padding-free row, attention kept inside each example. "tokens" (opt-in): steps of tokens_per_step
-    # tokens (or global_batch_size x the mean example length) over packed rows (finetune.plan_batch).
+    # what an optimizer step holds: "examples" (the paper's): global_batch_size examples over all GPUs (packed:
+    # each micro-batch one padding-free row); "tokens": tokens_per_step tokens (or global_batch_size x the mean
+    # example length) of packed rows (finetune.plan_batch)
     batch_unit: Literal["examples", "tokens"] = "examples"
-    # examples per optimizer step over all GPUs (the paper's 16): gradient_accumulation_steps is derived
-    # as global_batch_size / (sft.per_device_train_batch_size x num_gpus), for any number of processes.
-    # null: the step is sft.per_device_train_batch_size x sft.gradient_accumulation_steps x num_gpus
+    # examples per optimizer step over all GPUs (the paper's 16; examples_step_plan derives the accumulation).
+    # null: sft.per_device_train_batch_size x sft.gradient_accumulation_steps x num_gpus
     global_batch_size: Optional[int] = Field(default=16, ge=1)
     tokens_per_step: Optional[int] = Field(default=None, ge=1)  # batch_unit: tokens only
     group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
@@ -259,24 +250,20 @@ class FinetuneConfig(_OptionsSection):
         "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
     ] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
     use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
-    # auto: an interrupted run with the same params and data resumes from its last checkpoint;
-    # never: its checkpoints are removed and training starts again from step 0
+    # auto: an interrupted run with the same params and data resumes from its last checkpoint; never: step 0
     resume: Literal["auto", "never"] = "auto"
     num_gpus: int = Field(default=1, ge=1)
-    # accelerate config used when num_gpus > 1 (accelerate/ddp.yaml, fsdp.yaml, fsdp_qlora.yaml,
-    # zero3.yaml); relative to the project root
+    # with num_gpus > 1: accelerate/ddp.yaml, fsdp.yaml, fsdp_qlora.yaml or zero3.yaml (project root relative)
     accelerate_config: Optional[str] = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False
-    # How a step's loss weighs its examples. "examples" (the authors' objective): the mean over the
-    # step's examples of each example's own mean completion-token loss, every example counting the same
-    # (their HF Trainer with micro-batch 1 and accumulation 16). "tokens": the mean over every
-    # completion token of the step (TRL's default), so long outputs weigh more than one-letter ones.
+    # "examples" (the authors' objective: HF Trainer, micro-batch 1, accumulation 16): the mean over the step's
+    # examples of each one's mean completion-token loss; "tokens" (TRL's): the mean over the step's completion
+    # tokens, so long outputs weigh more than one-letter ones
     loss_normalization: Literal["examples", "tokens"] = "examples"
-    # training seeds beside the profile's `seed`: each trains its own adapter on the same rows and
-    # held-out split (03_finetune/seeds/<seed>/adapter); 04 merges each into models.base (variant
-    # <merge.merged_name>-seed<seed>), 05 evaluates them wherever it evaluates that merge, and 06
-    # shows the spread across seeds. Each seed costs one more training, merge and evaluation.
+    # seeds beside `seed`: each trains its own adapter on the same rows (03_finetune/seeds/<seed>/adapter), 04
+    # merges it into models.base (<merge.merged_name>-seed<seed>), 05 evaluates it beside that merge, 06 shows
+    # the spread; each costs one more training, merge and evaluation
     seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
@@ -500,7 +487,9 @@ class MergeSweepConfig(_Section):
 
 class MergeConfig(_Section):
     merge_into_base: bool = True
-    merged_name: PlainName = "merged"  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
+    merged_name: PlainName = (
+        DEFAULT_MERGED_VARIANT  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
+    )
     partners: list[MergePartnerConfig] = Field(default_factory=list)
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
@@ -550,7 +539,7 @@ class EvaluateConfig(_Section):
     # merged with the four defaults); a task without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
     tasks: dict[Literal[BENCHMARKS], TaskConfig] = Field(default_factory=_leaderboard_tasks)
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
-    variants: list[str] = Field(default_factory=lambda: ["base", "merged"])
+    variants: list[str] = Field(default_factory=lambda: [BASE_VARIANT, DEFAULT_MERGED_VARIANT])
     batch_size: str = "auto"  # auto | auto:N | N (lm-eval's): "auto" on GPU; an integer on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     mmlu_subjects: Optional[list[str]] = None  # None: all found
@@ -595,7 +584,7 @@ class EvaluateConfig(_Section):
 
 
 class AnalysisConfig(_Section):
-    baseline: str = "base"
+    baseline: str = BASE_VARIANT
     formats: list[Literal["png", "pdf", "svg"]] = Field(default_factory=lambda: ["png", "pdf"])
     published_results: bool = False  # show the paper's numbers beside ours
     # paired statistics of the per-subject changes (analysis.StatsSettings; the bootstrap is seeded by `seed`)

@@ -25,7 +25,7 @@ from typing import Any
 Profile = MergePartnerConfig = MergeSweepConfig = Any
 
 # ---------------------------------------------------------------- stage directories and files
-CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = (
+STAGES = CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = (
     "01_curate",
     "02_decontaminate",
     "03_finetune",
