@@ -188,16 +188,8 @@ def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Opt
         eval_ds,
         callbacks,
     )
-    session = Session(
-        trainer=trainer,
-        plan=plan,
-        isolation=isolation,
-        resume_from=resume_from,
-        prepared_eval=check_recipe(trainer, data, ft.packing),
-        planned_steps=planned_steps(plan, ft),
-        data=data,
-        setup=setup,
-    )
+    prepared_eval = check_recipe(trainer, data, ft.packing)
+    session = Session(trainer, plan, isolation, resume_from, prepared_eval, planned_steps(plan, ft), data, setup)
     _log_session(session, ft)
     return session
 
