@@ -352,17 +352,9 @@ class FinetuneConfig(_OptionsSection):
 # Full-model merge methods: the first six mean what mergekit 0.1.5 means by them (its weights,
 # normalize, rescale, lambda, int8_mask and defaults); peft_* are peft's merge_utils definitions
 # (the ones add_weighted_adapter uses on adapters). README "Merging" states each.
-MergeMethod = Literal[
-    "linear",
-    "slerp",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "peft_ties",
-    "peft_dare_linear",
-    "peft_dare_ties",
-]
+MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
+MergeMethod = Literal[MERGEKIT_METHODS + PEFT_MERGE_METHODS]
 MERGEKIT_NORMALIZE = {"linear": True, "task_arithmetic": False, "ties": True, "dare_linear": False, "dare_ties": False}
 MERGEKIT_RESCALE = {"ties": False, "dare_linear": True, "dare_ties": True}  # DARE: L1 norm kept (mergekit's rescale)
 MERGEKIT_CONSENSUS = ("ties", "dare_ties")  # sign election from the weighted task vectors; int8_mask applies
@@ -487,20 +479,17 @@ class MergeSweepConfig(_Section):
 
 class MergeConfig(_Section):
     merge_into_base: bool = True
-    merged_name: PlainName = (
-        DEFAULT_MERGED_VARIANT  # the variant: the adapter merged into models.base (e.g. platypus2-13b)
-    )
+    merged_name: PlainName = DEFAULT_MERGED_VARIANT  # the adapter merged into models.base (e.g. platypus2-13b)
     partners: list[MergePartnerConfig] = Field(default_factory=list)
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
     sweep: Optional[MergeSweepConfig] = None
-    # dtype the merged models are stored in. auto: each model's own (its config's torch_dtype/dtype:
-    # float16 for Llama-2, float32 for the demo's converted base); the sum W + scale*B@A is computed
-    # in float32 and rounded once to it (merge.py)
+    # dtype the merged models are stored in (auto: each model's own); W + scale*B@A is computed in float32
+    # and rounded once to it
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     verify: bool = True
-    # absolute floor of the logit check's tolerance (0.1 x the adapter's own effect on the logits);
-    # the weight checks use no absolute tolerance: each element's bound is its own rounding (merge.py)
+    # absolute floor of the logit check's tolerance (0.1 x the adapter's own effect on the logits); the weight
+    # checks bound each element by its own rounding
     verify_atol: float = Field(default=1e-4, gt=0.0)
 
 
@@ -510,10 +499,6 @@ class TaskConfig(_Section):
 
 
 LEADERBOARD_SHOTS = {b: SETTINGS[b]["num_fewshot"] for b in BENCHMARKS}
-
-
-def _leaderboard_tasks() -> dict[str, TaskConfig]:
-    return {task: TaskConfig(num_fewshot=shots) for task, shots in LEADERBOARD_SHOTS.items()}
 
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what evaluate.device accepts
@@ -535,21 +520,19 @@ class ReferenceConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    # the tasks evaluated: a mapping lists the tasks to run (a partial one selects them, it is not
-    # merged with the four defaults); a task without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
-    tasks: dict[Literal[BENCHMARKS], TaskConfig] = Field(default_factory=_leaderboard_tasks)
+    # the tasks to run (a partial mapping selects them, it is not merged with the four defaults); a task
+    # without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
+    tasks: dict[Literal[BENCHMARKS], TaskConfig] = Field(default_factory=lambda: dict.fromkeys(BENCHMARKS))
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
     variants: list[str] = Field(default_factory=lambda: [BASE_VARIANT, DEFAULT_MERGED_VARIANT])
     batch_size: str = "auto"  # auto | auto:N | N (lm-eval's): "auto" on GPU; an integer on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     mmlu_subjects: Optional[list[str]] = None  # None: all found
     log_samples: bool = True
-    # spread a model over every visible GPU (lm-eval's parallelize, accelerate's device map) instead
-    # of one device; auto: when the model's weights do not fit one GPU's memory
+    # spread a model over every visible GPU (lm-eval's parallelize); auto: when its weights do not fit one GPU
     parallelize: Literal["auto", True, False] = "auto"
     model_args: dict[str, Any] = Field(default_factory=dict)  # extra HFLM arguments (lm-eval --model_args)
-    # lm-eval's model: "hf" (transformers, HFLM) or "vllm" (lm-eval's VLLM: prefix caching, batch
-    # size auto; needs the vllm package and a CUDA GPU)
+    # lm-eval's model: "hf" (HFLM) or "vllm" (prefix caching, batch size auto; the vllm package and a CUDA GPU)
     backend: Literal["hf", "vllm"] = "hf"
     # released models evaluated as they are beside the variants (the base and partners are variants already)
     references: list[ReferenceConfig] = Field(default_factory=list)
@@ -630,8 +613,8 @@ class PlanConfig(_Section):
     mfu: float = Field(default=0.4, gt=0, le=1)  # model-FLOP utilisation assumed for wall time (6 N per token)
     train_examples: Optional[int] = Field(default=None, ge=1)  # None: 02's clean.jsonl, else Open-Platypus's
     mean_example_tokens: Optional[float] = Field(default=None, gt=0)  # None: measured / plan.py's default
-    # evaluation hours (plan.py's eval model; assumptions, not measurements): GPUs stage 05 spreads the
-    # models over, one model per replica (None: finetune.num_gpus), and the MFU of each lm-eval backend
+    # evaluation hours (plan.py's estimates): the GPUs 05 spreads the models over (None: finetune.num_gpus),
+    # and each lm-eval backend's MFU
     eval_gpus: Optional[int] = Field(default=None, ge=1)
     eval_mfu_hf: Optional[float] = Field(default=None, gt=0, le=1)  # None: plan.mfu
     eval_mfu_vllm: float = Field(default=0.5, gt=0, le=1)
@@ -645,8 +628,7 @@ class Profile(_Section):
     description: str = ""
     seed: int = 42
     # what 03 trains on: "rebuild" (01 and 02 rebuild Open-Platypus-style data from the sources) or
-    # "as_released" (the hub rows as released, already deduplicated and decontaminated by the
-    # authors: 01 and 02 pass them through, counted, with no second near-duplicate or leak pass)
+    # "as_released" (the authors' released rows: 01 and 02 pass them through, counted, with no second pass)
     training_data: Literal["rebuild", "as_released"] = "rebuild"
     paths: PathsConfig = Field(default_factory=PathsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -695,20 +677,23 @@ class Profile(_Section):
             STAGE_SECTIONS[stage]: self.stage_params(stage),
         }
 
+    def model_refs(self) -> list[tuple[Any, str]]:
+        """(section, attribute) of every model reference: models.base and .embedding, partners, references."""
+        return [
+            (self.models, "base"),
+            (self.models, "embedding"),
+            *((partner, "model") for partner in self.merge.partners),
+            *((reference, "model") for reference in self.evaluate.references),
+        ]
+
     def needs_hub(self) -> bool:
         """Whether any model or data reference in this profile is a hub id."""
-        refs = [
-            self.models.base,
-            self.models.embedding,
-            *(p.model for p in self.merge.partners),
-            *(r.model for r in self.evaluate.references),
-        ]
         hub_data = (
             "hub" in (self.decontaminate.benchmarks_dir, self.evaluate.benchmarks_dir)
             or any(s.enabled and s.name == "hub" for s in self.curate.sources)
             or self.curate.push_to_hub
         )
-        return hub_data or any(is_hub_reference(r) for r in refs)
+        return hub_data or any(is_hub_reference(getattr(section, a)) for section, a in self.model_refs())
 
     def run_dir(self, stage: str | None = None) -> Path:
         """runs_dir/<name>[/<stage>]: each part a plain folder name, so the path stays inside runs_dir."""
@@ -778,12 +763,7 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     profile.finetune.accelerate_config = profile.finetune.accelerate_config and under(
         root, profile.finetune.accelerate_config
     )
-    for holder, attr in [
-        (profile.models, "base"),
-        (profile.models, "embedding"),
-        *((partner, "model") for partner in profile.merge.partners),
-        *((reference, "model") for reference in profile.evaluate.references),
-    ]:
+    for holder, attr in profile.model_refs():
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
             setattr(holder, attr, str((root / ref).resolve()))
