@@ -70,30 +70,11 @@ _NUMBER_RUN = re.compile(
     + r"))*\b",
     re.I,
 )
-_FRACTION_WORDS = {
-    w: k
-    for k, ws in {
-        2: "half halves",
-        3: "third thirds",
-        4: "quarter quarters fourth fourths",
-        5: "fifth fifths",
-        6: "sixth sixths",
-        7: "seventh sevenths",
-        8: "eighth eighths",
-        9: "ninth ninths",
-        10: "tenth tenths",
-    }.items()
-    for w in ws.split()
-}
-_FRACTION_WORDS.update(
-    {
-        f"{w}{tail}": 10 * k
-        for k, w in enumerate("_ _ twentie thirtie fortie fiftie sixtie seventie eightie ninetie".split())
-        if k >= 2
-        for tail in ("th", "ths")
-    }
-)
-_FRACTION_WORDS.update({"hundredth": 100, "hundredths": 100, "thousandth": 1000, "thousandths": 1000})
+# fraction denominators in words: "half", "quarter(s)", the ordinals from "third(s)" on, "twentieth(s)", ...
+_FRACTION_WORDS = {"half": 2, "halves": 2, "quarter": 4, "quarters": 4}
+_FRACTION_WORDS |= {w + s: k for w, k in _ORDINALS.items() if k > 2 for s in ("", "s")}
+_FRACTION_WORDS |= {f"{w[:-1]}ieth{s}": k for w, k in _TENS.items() for s in ("", "s")}
+_FRACTION_WORDS |= {f"{w}th{s}": k for w, k in (("hundred", 100), ("thousand", 1000)) for s in ("", "s")}
 _FRACTION_WORD = re.compile(r"\b(" + "|".join(w for w in _FRACTION_WORDS if w not in _ORDINALS) + r")\b", re.I)
 _FRACTION = re.compile(r"\b(" + "|".join(_UNITS[1:10]) + r")[- ](" + "|".join(_FRACTION_WORDS) + r")\b", re.I)
 
