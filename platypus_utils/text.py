@@ -45,15 +45,8 @@ _UNITS = (
     "seventeen eighteen nineteen"
 ).split()
 _TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k >= 2}
-_NUMBER_WORD = re.compile(
-    r"\b(?:("
-    + "|".join(_TENS)
-    + r")(?:[- ]("
-    + "|".join(_UNITS[1:10])
-    + r"))?|("
-    + "|".join(_UNITS)
-    + r"|hundred|thousand))\b",
-    re.I,
+_NUMBER_WORD = re.compile(  # one number word, or a tens-unit pair ("twenty-five")
+    rf"\b(?:(?:{'|'.join(_TENS)})(?:[- ](?:{'|'.join(_UNITS[1:10])}))?|{'|'.join(_UNITS)}|hundred|thousand)\b", re.I
 )
 _ORDINALS = {
     w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
@@ -62,14 +55,8 @@ _ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
 
 
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
-_NUMBER_RUN = re.compile(
-    r"\b(?:"
-    + "|".join([*_TENS, *_UNITS, *_SCALES])
-    + r")(?:(?:[- ]|\s+and\s+)(?:"
-    + "|".join([*_TENS, *_UNITS, *_SCALES])
-    + r"))*\b",
-    re.I,
-)
+_ANY_NUMBER_WORD = "|".join([*_TENS, *_UNITS, *_SCALES])
+_NUMBER_RUN = re.compile(rf"\b(?:{_ANY_NUMBER_WORD})(?:(?:[- ]|\s+and\s+)(?:{_ANY_NUMBER_WORD}))*\b", re.I)
 # fraction denominators in words: "half", "quarter(s)", the ordinals from "third(s)" on, "twentieth(s)", ...
 _FRACTION_WORDS = {"half": 2, "halves": 2, "quarter": 4, "quarters": 4}
 _FRACTION_WORDS |= {w + s: k for w, k in _ORDINALS.items() if k > 2 for s in ("", "s")}
