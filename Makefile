@@ -69,7 +69,7 @@ reports: install
 LAB_PORT ?= 8888
 LAB_UID ?= $(shell id -u)
 LAB_FLAGS = --notebook-dir=notebooks --port=$(LAB_PORT) $(if $(filter 0,$(LAB_UID)),--allow-root) $(if $(DISPLAY),,--no-browser)
-lab: install
+lab: install kernel
 	@echo "JupyterLab on notebooks/, kernel 'Python (platypus)'. Open the http://127.0.0.1:$(LAB_PORT)/lab?token=... URL"
 	@echo "it prints below (JupyterLab moves to the next free port if $(LAB_PORT) is taken). On a remote machine,"
 	@echo "forward the port first: ssh -L $(LAB_PORT):127.0.0.1:$(LAB_PORT) USER@HOST. Ctrl-C twice stops it."
