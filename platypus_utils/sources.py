@@ -307,21 +307,21 @@ _CUSTOMARY_UNIT = re.compile(
     r"cups?|pints?|quarts?|gallons?)\b",
     re.I,
 )
-_SKILL_PATTERNS: list[tuple[str, Callable[[str, list[str]], bool]]] = [
-    (
-        "customary_units",
-        lambda text, options: "estimate" in text.lower() and any(_CUSTOMARY_UNIT.search(o) for o in options),
-    ),
-    ("run_on_sentences", lambda text, options: "run-on" in text.lower()),
-    (
-        "sentence_structure",
-        lambda text, options: (
-            bool(re.search(r"Which is a (?:simple|compound|complex|compound-complex) sentence\?", text))
-            or any(o.strip().lower() == "compound-complex" for o in options)
-        ),
-    ),
-    ("guide_words", lambda text, options: "guide words" in text.lower()),
-]
+_SENTENCE_KIND = re.compile(r"Which is a (?:simple|compound|complex|compound-complex) sentence\?")
+
+
+def _removed_skill(text: str, options: list[str]) -> Optional[str]:
+    """The skill the authors removed that a question (its text and options) belongs to, if any."""
+    lower = text.lower()
+    if "estimate" in lower and any(_CUSTOMARY_UNIT.search(o) for o in options):
+        return "customary_units"
+    if "run-on" in lower:
+        return "run_on_sentences"
+    if _SENTENCE_KIND.search(text) or any(o.strip().lower() == "compound-complex" for o in options):
+        return "sentence_structure"
+    return "guide_words" if "guide words" in lower else None
+
+
 _OPTION_LINE = re.compile(r"^([A-E])\. ?(.*)$")
 MAX_INPUT_WORDS = 400
 
@@ -360,10 +360,10 @@ def format_scienceqa_llava(obj: Any, skipped: SkippedRows) -> Optional[dict]:
         skipped["malformed:answer_not_in_options"] += 1
         return None
     body = "\n".join(lines[:first_option]).strip()
-    for skill, matches in _SKILL_PATTERNS:
-        if matches(body, list(options.values())):
-            skipped[f"filtered:skill:{skill}"] += 1
-            return None
+    skill = _removed_skill(body, list(options.values()))
+    if skill is not None:
+        skipped[f"filtered:skill:{skill}"] += 1
+        return None
     if len(body.split()) > MAX_INPUT_WORDS:
         skipped["filtered:over_400_words"] += 1
         return None
