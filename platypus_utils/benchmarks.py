@@ -1,10 +1,7 @@
 """The Open LLM Leaderboard v1 test sets: one registry, and one parser per release format (component layer).
 
-Registry (`REGISTRY`, `spec(name)`): for each benchmark its profile key (`arc_challenge`, `hellaswag`,
-`mmlu`, `truthfulqa`), the key 05/06 report it under (`truthfulqa_mc2` for TruthfulQA), lm-eval's
-built-in task (`mmlu_<subject>` per MMLU subject), the file of the evaluated split inside a benchmarks
-folder, the hub dataset, and what the "full" comparison view adds to the question (stage 02).
-`spec()` accepts either spelling.
+Registry (`REGISTRY`): one BenchmarkSpec per benchmark; `spec(name)` finds it by the profile key
+(`truthfulqa`) or by the key 05/06 report it under (`truthfulqa_mc2`).
 
 `load_benchmark(name, benchmarks_dir)` reads one benchmark in its original release format (the layout
 of ../shared/data/benchmarks, which the demo benchmarks copy) and returns items
