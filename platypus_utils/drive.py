@@ -1,16 +1,10 @@
 """Google Drive paths in profiles (core layer): where a "drive:REL" path points.
 
-Contract:
-- A profile path "drive:REL" (paths.runs_dir, reports_dir, cache_dir, data_dir; config resolves them)
-  is REL under the Google Drive folder: $PLATYPUS_DRIVE_DIR where set (any machine); on Colab
-  MOUNT_POINT/MyDrive, an error (DriveNotMounted) when Drive is not mounted (never a silent local
-  folder, which a disconnect would wipe); elsewhere the local fallback <project root>/runs/drive
-  (git-ignored), so the profile validates, plans and runs on any machine.
-- `in_colab()`: True in a Colab runtime (`google.colab` imported, or $COLAB_RELEASE_TAG set, as it is
-  for every process on a Colab VM, papermill kernels included).
-
-Only the standard library is imported, and nothing from this package: `config` (the profile schema)
-imports this module, and `colab` (the notebooks' setup cell, which mounts Drive) builds on it.
+A profile path "drive:REL" (paths.runs_dir, reports_dir, cache_dir, data_dir) is REL under
+$PLATYPUS_DRIVE_DIR where set; on Colab under MOUNT_POINT/MyDrive (DriveNotMounted when Drive is not
+mounted: never a silent local folder, which a disconnect would wipe); elsewhere under the git-ignored
+<project root>/runs/drive, so the profile validates, plans and runs on any machine. Only the standard
+library is imported: `config` imports this module, and `colab` (which mounts Drive) builds on it.
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ class DriveNotMounted(ValueError):
 
 def in_colab() -> bool:
     """True in a Colab runtime: the notebook's kernel imports google.colab; every process on the VM
-    (a papermill kernel, `!platypus run`) has COLAB_RELEASE_TAG in its environment."""
+    (a papermill kernel, `!platypus run`) has COLAB_RELEASE_TAG set."""
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 

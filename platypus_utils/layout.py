@@ -25,14 +25,8 @@ from typing import Any
 Profile = MergePartnerConfig = MergeSweepConfig = Any
 
 # ---------------------------------------------------------------- stage directories and files
-STAGES = CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = (
-    "01_curate",
-    "02_decontaminate",
-    "03_finetune",
-    "04_merge",
-    "05_evaluate",
-    "06_analysis",
-)
+STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
+CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = STAGES
 
 CURATED = (CURATE, "curated.jsonl")
 CLEAN = (DECONTAMINATE, "clean.jsonl")
@@ -98,18 +92,14 @@ def seed_adapter(profile: Profile, seed: int) -> Path:
     return artifact(profile, SEED_RUNS) / str(seed) / ADAPTER[1]
 
 
-def seed_variant(profile: Profile, seed: int) -> str:
-    """The variant that is one of finetune.seeds' adapters merged into models.base (e.g. merged-seed43)."""
-    return f"{merged_variant(profile)}-seed{seed}"
-
-
 def seed_variants(profile: Profile) -> dict[int, str]:
     """Seed -> variant for every training seed whose merge 04 makes: the profile's seed is the merge
-    itself (merge.merged_name), each of finetune.seeds its own -seed<seed> variant. Empty without
-    finetune.seeds or without merge.merge_into_base."""
+    itself (merge.merged_name), each of finetune.seeds its adapter merged into models.base, variant
+    <merged_name>-seed<seed>. Empty without finetune.seeds or without merge.merge_into_base."""
     if not (profile.finetune.seeds and profile.merge.merge_into_base):
         return {}
-    return {profile.seed: merged_variant(profile), **{s: seed_variant(profile, s) for s in profile.finetune.seeds}}
+    merged = merged_variant(profile)
+    return {profile.seed: merged, **{s: f"{merged}-seed{s}" for s in profile.finetune.seeds}}
 
 
 def partner_merged_variant(partner: MergePartnerConfig) -> str:

