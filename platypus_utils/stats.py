@@ -240,17 +240,13 @@ def bh_adjust(pvalues) -> np.ndarray:
     return out
 
 
-def _z(q: float) -> float:
-    return float(_st.norm.ppf(q))
-
-
 def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, power: float = 0.8) -> int:
     """Paired questions needed to detect a change `delta` (proportion, e.g. 0.05) with the two-sided
     McNemar test at `alpha` and `power`, when the models disagree on a share `discordance` of the
     questions (Connor 1987: n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2)."""
     if not 0 < abs(delta) <= discordance <= 1:
         raise ValueError(f"need 0 < |delta| <= discordance <= 1, got delta={delta}, discordance={discordance}")
-    za, zb = _z(1 - alpha / 2), _z(power)
+    za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
     n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta**2)) ** 2 / delta**2
     return int(math.ceil(n))
 
@@ -262,6 +258,6 @@ def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 
     if not (0 < p1 < 1 and 0 < p2 < 1):
         raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
     pbar = (p1 + p2) / 2
-    za, zb = _z(1 - alpha / 2), _z(power)
+    za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
     n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta**2
     return int(math.ceil(n))

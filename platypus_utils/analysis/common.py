@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pandas as pd
 
 from .. import layout
@@ -42,6 +43,15 @@ FIGURE_EXTS, TABLE_EXTS = ("png", "pdf", "svg", "txt"), ("csv", "md", "tex")
 ROW_VARIANT, ROW_REFERENCE, ROW_PUBLISHED = "variant", "reference", "published"
 KIND_RELEASE = "reproduction vs release"  # this run's variant vs the released model, paired over questions
 KIND_DRIFT = "harness drift"  # the released model as evaluated here vs its published numbers, unpaired
+# the reports' templates (templates/*.j2): Markdown and plain text, so nothing is HTML-escaped
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+)
+TEMPLATES.filters["fmt"] = format  # {{ x | fmt(".0%") }} as f"{x:.0%}"
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:
@@ -59,7 +69,7 @@ def task_entry(summary: dict, bench: str) -> dict | None:
 
 
 def missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or bool(pd.isna(x))
+    return bool(pd.isna(x))
 
 
 def mean_se(ses) -> float | None:
@@ -95,6 +105,11 @@ def subjects_text(k: int) -> str:
 
 def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+
+
+def ci_text(r) -> str:
+    """ " [-1.0, +2.0]": a row's interval (ci_low, ci_high) in points, "" without one."""
+    return "" if missing(r["ci_low"]) else f" [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
 
 
 def cell(value: Any, stderr: Any = None, tex: bool = False) -> str:

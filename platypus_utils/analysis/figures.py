@@ -1,12 +1,6 @@
 """Figures of 06_analysis. Each plot function takes an optional `ax` (or `axes`), draws, and returns the
 figure without saving or showing it; `plotting.save_figure` is the save step (PNG, vector PDF with TrueType
 fonts embedded, and a `.txt` caption, captions.py). No backend is chosen here.
-
-- per comparison: `subject_delta_figure` (per MMLU subject, sorted, BH stars), `category_delta_figure`,
-  `delta_heatmap` (subjects x comparisons), `merged_vs_parts_figure` (the paper's Table-3 argument);
-- per variant: `leaderboard_figure`, `merge_tradeoff_figure` (MMLU against the other three);
-- clean subset: `clean_gap_figure` (per benchmark), `clean_subject_gap_figure` (per MMLU subject with a
-  flagged item), `clean_subset_figure` (both side by side).
 """
 
 from __future__ import annotations
@@ -59,6 +53,17 @@ def _axes(ax, size: tuple[float, float]):
     return fig, ax
 
 
+def _change_axis(ax, xlabel: str) -> None:
+    """An x axis of changes in points: a line at zero, about five ticks, and at least ±1 point (at_least: no
+    change at all still spans ±1 point, not matplotlib's ±0.05)."""
+    ax.axvline(0, color="black", linewidth=0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(xlabel, fontsize=8)
+    at_least(ax, 1.0)
+
+
 def _errors(d: pd.DataFrame) -> np.ndarray:
     lo = (d["delta"] - d["ci_low"]).fillna(0).clip(lower=0)
     hi = (d["ci_high"] - d["delta"]).fillna(0).clip(lower=0)
@@ -100,12 +105,7 @@ def subject_delta_figure(frame: pd.DataFrame, comparison: str, ax=None, st: Stat
             )
     ax.set_yticks(ys, [s.replace("_", " ") for s in d["unit"]], fontsize=6 if len(d) > 20 else 8)
     ax.set_ylim(-0.6, len(d) - 0.4)
-    ax.axvline(0, color="black", linewidth=0.7)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel(f"{d['variant'].iloc[0]} − {d['reference'].iloc[0]} (points)" if len(d) else "points", fontsize=8)
-    ax.tick_params(axis="x", labelsize=7)
-    at_least(ax, 1.0)  # an axis in points: no change at all still spans ±1 point, not matplotlib's ±0.05
+    _change_axis(ax, f"{d['variant'].iloc[0]} − {d['reference'].iloc[0]} (points)" if len(d) else "points")
     handles = [Patch(facecolor=colours[c], label=CATEGORY_LABELS.get(c, c)) for c in category_order(d["category"])]
     handles.append(Patch(facecolor="white", edgecolor="black", label=f"* q ≤ {st.alpha:g} (BH)"))
     legend_below(ax, handles=handles, ncols=2, fontsize=6.5)
@@ -152,12 +152,7 @@ def category_delta_figure(
         )
     ax.set_yticks(range(len(cats)), [CATEGORY_LABELS.get(c, c) for c in cats], fontsize=8)
     ax.set_ylim(len(cats) - 0.5, -0.5)
-    ax.axvline(0, color="black", linewidth=0.7)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.tick_params(axis="x", labelsize=7)
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel("MMLU change (points)", fontsize=8)
-    at_least(ax, 1.0)
+    _change_axis(ax, "MMLU change (points)")
     legend_below(ax, ncols=1, fontsize=6.5, title=f"filled: q ≤ {st.alpha:g} (BH)", title_fontsize=6.5)
     shown = cats_frame[cats_frame["comparison"].isin(comps)]
     if len(shown) and not shown["significant"].astype(bool).any():
@@ -434,13 +429,8 @@ def _gap_points(ax, rows: pd.DataFrame, units: list[str], confidence: float) -> 
     for y, unit in enumerate(units):
         if empty.get(unit, False):
             ax.text(0, y, " every item flagged: no clean score", va="center", fontsize=6.5, color="0.3")
-    ax.axvline(0, color="black", linewidth=0.7)
     ax.set_ylim(len(units) - 0.5, -0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.tick_params(axis="x", labelsize=7)
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel("clean − full (points)", fontsize=8)
-    at_least(ax, 1.0)
+    _change_axis(ax, "clean − full (points)")
 
 
 def clean_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confidence: float = 0.95):

@@ -1,15 +1,7 @@
-"""Frames of 06_analysis: what 05 evaluated, read into tables (no statistics, no plotting, no writing).
-
-- `load_summaries`: 05_evaluate's `<variant>.json` summaries and its failed variants;
-  `runs_from_summaries` / `load_runs`: the same with logged samples and settings (lmeval_io.EvalRun),
-  from 05's folder or from any lm-eval output folder (`platypus analyse`).
-- `leaderboard_frame`: one row per variant, then per released model evaluated as a reference (`kind`
-  "reference"), each benchmark in percent with its standard error and item count; with a clean-subset
-  frame (clean.py), the clean score and its item count beside each; the paper's rows (`kind` "published").
-- `reference_info`: the released models evaluated as references, with the variant each is compared to and
-  its published row (from the profile, else from 05's summaries).
-- `comparisons`: which variant is compared with which reference, and why (Comparison.kind).
-- `tradeoff_frame`: per variant, MMLU against the mean of the other three benchmarks.
+"""Frames of 06_analysis: what 05 evaluated, read into tables (no statistics, no plotting, no writing):
+the summaries and runs (from 05's folder or any lm-eval output folder), the leaderboard (variants, then
+released models evaluated as references, then the paper's rows), which variant is compared with which
+reference and why, and the merge trade-off.
 """
 
 from __future__ import annotations
@@ -50,6 +42,7 @@ from .common import (
 )
 
 log = logging.getLogger("platypus")
+NOT_SUMMARIES = ("manifest.json", "attempt.json", "evaluate_report.json", "evaluate_report.failed.json")
 
 
 def load_summaries(
@@ -67,12 +60,7 @@ def load_summaries(
     if not eval_dir.is_dir():
         return summaries, failed, read
     for path in sorted(eval_dir.glob("*.json")):
-        if path.name.endswith(".raw.json") or path.name in (
-            "manifest.json",
-            "attempt.json",
-            "evaluate_report.json",
-            "evaluate_report.failed.json",
-        ):
+        if path.name.endswith(".raw.json") or path.name in NOT_SUMMARIES:
             continue
         data, err = read_json(path)
         if err or not isinstance(data, dict) or "tasks" not in data or "variant" not in data:
@@ -269,17 +257,7 @@ def tradeoff_frame(
     summaries: dict[str, dict], baseline: str, merged: dict[str, str | None], merge_report: dict | None = None
 ) -> pd.DataFrame:
     """Per variant: MMLU against the mean of the other three benchmarks, with the merge that made it."""
-    cols = [
-        "variant",
-        "role",
-        "method",
-        "partner",
-        "mmlu",
-        "mmlu_stderr",
-        "others_mean",
-        "others_stderr",
-        "others_over",
-    ]
+    cols = "variant role method partner mmlu mmlu_stderr others_mean others_stderr others_over".split()
     models = (merge_report or {}).get("models") if isinstance((merge_report or {}).get("models"), dict) else {}
     rows = []
     for variant, s in summaries.items():
@@ -307,14 +285,6 @@ def tradeoff_frame(
     return pd.DataFrame(rows, columns=cols)
 
 
-def _inputs(specs: list[str]) -> list[tuple[Path, str | None]]:
-    out = []
-    for spec in specs:
-        path, _, name = spec.partition("=")
-        out.append((Path(path), name or None))
-    return out
-
-
 def load_runs(specs: list[str], results_files: list[str] | tuple = ()) -> tuple[dict[str, EvalRun], list[str]]:
     """DIR[=NAME] inputs -> runs by name: an lm-eval output folder is one model (NAME, default its folder's
     name); a 05_evaluate folder gives every variant in it (or only NAME). `results_files`: which results
@@ -323,7 +293,8 @@ def load_runs(specs: list[str], results_files: list[str] | tuple = ()) -> tuple[
     runs: dict[str, EvalRun] = {}
     notes: list[str] = []
     used: set[str] = set()
-    for path, name in _inputs(specs):
+    for path, _, name in (spec.partition("=") for spec in specs):
+        path, name = Path(path), name or None
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
         if is_pipeline_dir(path):

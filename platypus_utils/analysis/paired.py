@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..lmeval_io import MMLU_CATEGORIES, EvalRun, settings_mismatches
+from ..lmeval_io import MMLU_CATEGORIES, EvalRun
 from .common import (
     ALL_SUBJECTS,
     BENCHMARKS,
@@ -25,6 +25,7 @@ from .common import (
     UNCATEGORISED,
     category_order,
     mean_se,
+    missing,
     n_text,
     pct,
     subjects_text,
@@ -55,6 +56,18 @@ DELTA_COLUMNS = (
     "ci_low ci_high p_value p_mc_error p_resamples q_value significant test interval discordant_b "
     "discordant_c note variant_setup reference_setup"
 ).split()
+
+
+NO_ERROR_FIELDS = {"se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR}
+
+
+def normal_fields(delta: float, se, st: StatsSettings, test: str) -> dict:
+    """se, interval and p of a change (in points) from its standard error: normal, UNPAIRED; without a
+    standard error, none (NO_ERROR)."""
+    if missing(se):
+        return NO_ERROR_FIELDS
+    lo, hi, p = stats.unpaired_interval(delta, se, 0.0, st.confidence)
+    return {"se": se, "ci_low": lo, "ci_high": hi, "p_value": p, "test": test, "interval": UNPAIRED}
 
 
 def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
@@ -118,11 +131,7 @@ def _unit(
         "note": "no per-question scores: unpaired error",
     }
     if v[1] is None or r[1] is None:
-        return (
-            {**row, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR},
-            None,
-            None,
-        )
+        return {**row, **NO_ERROR_FIELDS}, None, None
     lo, hi, p = stats.unpaired_interval(v[0] - r[0], v[1], r[1], st.confidence)
     return (
         {
@@ -177,31 +186,13 @@ def _group(
             "interval": PAIRED,
             "note": "",
         }
-    ses = [r["se"] for r in rows]
-    if any(s is None or pd.isna(s) for s in ses):
-        return {
-            **out,
-            "se": None,
-            "ci_low": None,
-            "ci_high": None,
-            "p_value": None,
-            "test": "",
-            "interval": NO_ERROR,
-            "note": "a member has no error",
-        }
-    se = mean_se(ses)
-    lo, hi, p = stats.unpaired_interval(out["delta"], se, 0.0, st.confidence)
-    mixed = any(r["interval"] == PAIRED for r in rows)
-    return {
-        **out,
-        "se": se,
-        "ci_low": lo,
-        "ci_high": hi,
-        "p_value": p,
-        "test": "z",
-        "interval": UNPAIRED,
-        "note": "some members without per-question scores: normal interval" if mixed else "",
-    }
+    se = mean_se(r["se"] for r in rows)
+    note = (
+        "some members without per-question scores: normal interval"
+        if any(r["interval"] == PAIRED for r in rows)
+        else ""
+    )
+    return {**out, **normal_fields(out["delta"], se, st, "z"), "note": "a member has no error" if se is None else note}
 
 
 def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
@@ -317,18 +308,7 @@ def paired_delta_frame(
         rows += got
         notes += n
     frame = pd.DataFrame(rows, columns=DELTA_COLUMNS)
-    for col in (
-        "q_value",
-        "p_value",
-        "p_mc_error",
-        "p_resamples",
-        "ci_low",
-        "ci_high",
-        "se",
-        "discordant_b",
-        "discordant_c",
-        "n",
-    ):
+    for col in "q_value p_value p_mc_error p_resamples ci_low ci_high se discordant_b discordant_c n".split():
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for _, idx in frame.groupby(["comparison", "level"], sort=False).groups.items():
         frame.loc[idx, "q_value"] = stats.bh_adjust(frame.loc[idx, "p_value"].to_numpy(float))
@@ -349,11 +329,6 @@ def paired_delta_frame(
 def level(frame: pd.DataFrame, name: str, comparison: str | None = None) -> pd.DataFrame:
     out = frame[frame["level"] == name]
     return out if comparison is None else out[out["comparison"] == comparison]
-
-
-def settings_notes(runs: dict[str, EvalRun], pairs: list[Comparison]) -> dict[str, list[str]]:
-    """Comparison label -> mismatched settings (few-shot, task version, limit); empty when they agree."""
-    return {c.label: settings_mismatches(runs[c.variant], runs[c.reference]) for c in pairs}
 
 
 def power_lines(frame: pd.DataFrame, st: StatsSettings, change: float = 5.0, power: float = 0.8) -> list[str]:

@@ -18,19 +18,16 @@ without `published` gets the line "no published numbers exist for it".
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from .. import stats
-from ..artifacts import write_text
 from ..lmeval_io import EvalRun, settings_mismatches
 from ..published import PUBLISHED, SETTINGS
-from .common import BENCHMARKS, KIND_DRIFT, KIND_RELEASE, LABELS, mean_se, pct, task_entry
+from .common import BENCHMARKS, KIND_DRIFT, KIND_RELEASE, LABELS, ci_text, mean_se, pct, task_entry
 from .frames import Comparison
-from .paired import NO_ERROR, UNPAIRED, StatsSettings, compare
-from .tables import to_latex, to_markdown
+from .paired import StatsSettings, compare, normal_fields
+from .tables import md_document, to_latex, to_markdown, write_table
 
 AVERAGE = "average"
 # released: the reference's name; this: the variant (reproduction vs release) or the release as evaluated here
@@ -40,11 +37,6 @@ REFERENCE_COLUMNS = (
     "p_value test interval note"
 ).split()
 DRIFT_TEST = "z (unpaired; published value without error)"
-
-
-def _same_weights(a: EvalRun, b: EvalRun) -> bool:
-    ha, hb = a.summary.get("model_hash"), b.summary.get("model_hash")
-    return bool(ha) and ha == hb
 
 
 def release_frame(
@@ -67,11 +59,9 @@ def release_frame(
         if diff:
             notes.append(f"{label} ({KIND_RELEASE}): settings differ ({'; '.join(diff[:4])}): not compared")
             continue
-        same = (
-            "same weights (model hash) as the release: one evaluation, no difference to find"
-            if _same_weights(runs[variant], runs[name])
-            else ""
-        )
+        weights = runs[variant].summary.get("model_hash")
+        same = weights and weights == runs[name].summary.get("model_hash")
+        same = "same weights (model hash) as the release: one evaluation, no difference to find" if same else ""
         got, got_notes = compare(runs, Comparison(variant, name, KIND_RELEASE), st, index=10_000 + k)
         notes += got_notes
         for r in got:
@@ -122,10 +112,7 @@ def _drift_row(name: str, key: str, bench: str, here, se, published, n, st: Stat
         "delta": delta,
         "note": "; ".join(notes),
     }
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return {**row, "se": None, "ci_low": None, "ci_high": None, "p_value": None, "test": "", "interval": NO_ERROR}
-    lo, hi, p = stats.unpaired_interval(delta, se, 0.0, st.confidence)
-    return {**row, "se": se, "ci_low": lo, "ci_high": hi, "p_value": p, "test": DRIFT_TEST, "interval": UNPAIRED}
+    return {**row, **normal_fields(delta, se, st, DRIFT_TEST)}
 
 
 def _drift_rows(name: str, key: str, summary: dict, st: StatsSettings) -> list[dict]:
@@ -213,12 +200,8 @@ def reference_frame(
 
 
 def _change_text(r, tex: bool = False) -> str:
-    scores = f"{r['this_score']:.2f} vs {r['against_score']:.2f}: "
-    delta = f"{r['delta']:+.2f}"
-    if pd.isna(r["ci_low"]):
-        return scores + (f"${delta}$" if tex else delta)
-    ci = f" [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
-    return scores + (f"${delta}$" if tex else delta) + ci
+    delta = f"${r['delta']:+.2f}$" if tex else f"{r['delta']:+.2f}"
+    return f"{r['this_score']:.2f} vs {r['against_score']:.2f}: {delta}{ci_text(r)}"
 
 
 def reference_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
@@ -247,19 +230,12 @@ def write_reference_tables(
 ) -> list[Path]:
     """references.{csv,md,tex}: both comparisons of every released model; the Markdown ends with `lines`
     (reference_lines and the notes)."""
-    table_dir = Path(table_dir)
     note = reference_note(st)
-    shown = to_markdown(reference_display(frame), 2) if not frame.empty else "(no comparison)\n"
-    md = "# Released models: reproduction vs release, and harness drift\n\n" + note + "\n\n" + shown
-    md += "".join(f"\n- {n}" for n in lines) + ("\n" if lines else "")
-    return [
-        write_text(table_dir / "references.csv", frame.to_csv(index=False)),
-        write_text(table_dir / "references.md", md),
-        write_text(
-            table_dir / "references.tex",
-            to_latex(reference_display(frame, tex=True), note, "tab:references", 2),
-        ),
-    ]
+    shown = to_markdown(reference_display(frame), 2) if not frame.empty else "(no comparison)"
+    md = md_document(shown, "Released models: reproduction vs release, and harness drift", note, lines)
+    return write_table(
+        table_dir, "references", frame, md, to_latex(reference_display(frame, tex=True), note, "tab:references", 2)
+    )
 
 
 def _sentence(g: pd.DataFrame) -> str:
@@ -268,8 +244,8 @@ def _sentence(g: pd.DataFrame) -> str:
     for u in (AVERAGE, *BENCHMARKS):
         if u in by.index:
             r = by.loc[u]
-            ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
-            parts.append(f"{LABELS.get(u, u)} {r['this_score']:.2f} vs {r['against_score']:.2f}, {r['delta']:+.2f}{ci}")
+            scores = f"{r['this_score']:.2f} vs {r['against_score']:.2f}"
+            parts.append(f"{LABELS.get(u, u)} {scores}, {r['delta']:+.2f}{ci_text(r)}")
     return "; ".join(parts)
 
 

@@ -11,14 +11,12 @@ percent, from the leaderboard frame.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import write_text
-from .common import BENCHMARKS, LABELS
-from .tables import to_markdown
+from .common import BENCHMARKS, LABELS, missing, none_if_nan
+from .tables import md_document, to_markdown, write_table
 
 AVERAGE = "average"
 SEED_COLUMNS = ["benchmark", "seeds", "mean", "sd", "min", "max", "range", "run_stderr"]
@@ -28,8 +26,8 @@ def _score(board: pd.DataFrame, variant: str, column: str) -> float | None:
     rows = board[(board["variant"] == variant) & (board["status"] == "ok")]
     if rows.empty or column not in rows.columns:
         return None
-    value = rows.iloc[0][column]
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    value = none_if_nan(rows.iloc[0][column])
+    return None if value is None else float(value)
 
 
 def seed_spread_frame(board: pd.DataFrame, seed_variants: dict[int, str]) -> pd.DataFrame:
@@ -72,7 +70,7 @@ def seed_lines(frame: pd.DataFrame, seed_variants: dict[int, str]) -> list[str]:
             f"{r.benchmark}: {r.mean:.2f} on average over {r.seeds} training seeds, sd {r.sd:.2f} "
             f"(range {r.min:.2f}-{r.max:.2f})"
         )
-        if r.run_stderr is not None and not math.isnan(r.run_stderr):
+        if not missing(r.run_stderr):
             larger = "larger than" if r.sd > r.run_stderr else "within"
             text += (
                 f"; one run's standard error over the questions is {r.run_stderr:.2f}: the seed spread is {larger} it"
@@ -88,10 +86,4 @@ def seed_display(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_seed_tables(frame: pd.DataFrame, lines: list[str], tables: Path) -> list[Path]:
     """seed_spread.csv and seed_spread.md (the table and its sentences)."""
-    return [
-        write_text(tables / "seed_spread.csv", frame.to_csv(index=False)),
-        write_text(
-            tables / "seed_spread.md",
-            to_markdown(seed_display(frame)) + "\n" + "\n".join(f"- {line}" for line in lines) + "\n",
-        ),
-    ]
+    return write_table(tables, "seed_spread", frame, md_document(to_markdown(seed_display(frame)), lines=lines))

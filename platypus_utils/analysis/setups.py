@@ -1,14 +1,7 @@
 """How each run was evaluated, in words, for captions and table headers: the few-shot count, the `limit`
 and the task version each run's own lm-eval output records (lmeval_io.EvalRun.settings; for a 05 summary
-without its raw output, the summary's "settings"), never the leaderboard's settings assumed.
-
-- `setup_text(run, bench, subject)`: "5-shot, limit 10" ("" when the inputs record nothing);
-- `run_setups(runs)`: variant -> benchmark -> that text, what leaderboard_frame takes as `setups`;
-- `pair_text(variant, v, reference, r)`: "both 5-shot" or "oneshot 1-shot, base 0-shot";
-- `metric_note(board)`: the metric and the settings of every benchmark, from the leaderboard's
-  `<bench>_setup` columns (each run labelled with its own where they differ);
-- `column_labels(board)`: per benchmark, the header (with the setup when every row shares it) and
-  the per-row suffix (where rows differ).
+without its raw output, the summary's "settings"), never the leaderboard's settings assumed. Where the rows
+of a leaderboard column share one setup it goes in the header ("MMLU (5-shot)"), else in each cell.
 """
 
 from __future__ import annotations
@@ -17,7 +10,7 @@ import pandas as pd
 
 from ..lmeval_io import EvalRun
 from ..published import SETTINGS as PUBLISHED_SETTINGS
-from .common import BENCHMARKS, LABELS, ROW_PUBLISHED
+from .common import BENCHMARKS, LABELS, ROW_PUBLISHED, task_entry
 
 METRICS = {
     "arc_challenge": "acc_norm",
@@ -81,10 +74,6 @@ def pair_text(variant: str, v: str, reference: str, r: str) -> str:
     return f"{variant} {v or 'not recorded'}; {reference} {r or 'not recorded'}"
 
 
-def published_setup(bench: str) -> str:
-    return f"{PUBLISHED_SETTINGS[bench]['num_fewshot']}-shot"
-
-
 def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
     """Each row's setup for a benchmark (published rows: the leaderboard's), or None when no evaluated row
     records one (the headers then stay as they were, with no setup)."""
@@ -95,7 +84,7 @@ def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
     texts = [str(t) if isinstance(t, str) else "" for t in board[col]]
     if not any(t for t, o in zip(texts, ours) if o):
         return None
-    return [published_setup(bench) if not o else t for t, o in zip(texts, ours)]
+    return [t if o else f"{PUBLISHED_SETTINGS[bench]['num_fewshot']}-shot" for t, o in zip(texts, ours)]
 
 
 def column_labels(board: pd.DataFrame) -> dict[str, tuple[str, list[str]]]:
@@ -161,12 +150,7 @@ def ran_units(run: EvalRun) -> set[tuple[str, str]]:
     s = run.summary
     units = {(b, "") for b, t in (s.get("tasks") or {}).items() if b != "mmlu" and isinstance(t, dict)}
     units |= {("mmlu", x) for x, t in (s.get("mmlu_subjects") or {}).items() if (t or {}).get("acc") is not None}
-    return {(b, x) for b, x in units if b in BENCHMARKS and (x or task_value(s, b))}
-
-
-def task_value(summary: dict, bench: str) -> bool:
-    t = (summary.get("tasks") or {}).get(bench)
-    return isinstance(t, dict) and isinstance(t.get("value"), (int, float))
+    return {(b, x) for b, x in units if b in BENCHMARKS and (x or task_entry(s, b))}
 
 
 def ran_text(run: EvalRun) -> str:

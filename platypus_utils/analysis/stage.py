@@ -1,40 +1,25 @@
-"""Stage 06_analysis: the steps composed - `run_analysis(profile)` for the runner, and
-`analyse(specs, ...)` for `platypus analyse` on any lm-eval output folders.
+"""Stage 06_analysis: `run_analysis(profile)` for the runner, and `analyse(specs, ...)` for `platypus analyse`
+on any lm-eval output folders.
 
-The stage computes, then saves: `compute_analysis` runs every step into an `Analysis` (load_step,
-stage_comparisons, paired_delta_frame, reference_frame, load_clean_subset, stage_leaderboard,
-seed_spread_frame, stage_tradeoff), `stage_figures` draws every figure from it, and `save_analysis` writes
-those frames and figures as they are, with the manifest. Notebook 06 runs the same steps one per cell and
-saves what its kernel shows; `run_analysis` is `save_analysis(profile, compute_analysis(profile))`.
-
-Reads (every input optional; a stage that has not run shows as "not run", a failed variant as
-"failed", and nothing raises because an upstream artifact is absent or unreadable): 05_evaluate's
-summaries, logged samples and settings (`<variant>.json`, `.samples.jsonl`, `.raw.json`), 04_merge's
-merge_report.json, 02_decontaminate's flagged_pairs.csv (the clean subset), and what 01-03 wrote.
-
-Comparisons: fine-tuned vs base ("adapter", "merged"), merged vs base and merged vs partner, partner vs
-base; those whose lm-eval settings (few-shot, task version, limit) differ are refused and noted.
-Released models evaluated as references (evaluate.references) stand beside the variants in the leaderboard
-and get their own two comparisons (references.py): this run's variant vs the release (paired) and the
-release vs its published numbers (harness drift, unpaired).
-Statistics: paired.py; clean subset: clean.py.
+`compute_analysis` runs every step into an `Analysis`, `stage_figures` draws every figure from it, and
+`save_analysis` writes those frames and figures as they are, with the manifest; notebook 06 runs the same
+steps one per cell. Every input is optional: a stage that has not run shows as "not run", a failed variant
+as "failed", and nothing raises because an upstream artifact is absent or unreadable. Comparisons whose
+lm-eval settings (few-shot, task version, limit) differ are refused and noted. Statistics: paired.py;
+released models: references.py; clean subset: clean.py.
 
 Writes to reports/<profile>/tables/:
-  leaderboard.{csv,md,tex}  - every variant, then every reference (a released model evaluated here,
-                              marked "reference"), and the paper's numbers with analysis.published_results,
-                              full scores ± standard error, and a clean row per variant (score on the
-                              items 02 did not flag, with its item count) when 02 ran and 05 logged samples
-  clean_subset.{csv,md,tex} - per variant, benchmark and MMLU subject: the score on the full test set,
-                              the clean subset and each no-<category> subset, with item counts and the gap
-  mmlu_delta.csv            - per comparison and subject: the change, its interval, p, q and whether it
-                              survives the FDR correction
+  leaderboard.{csv,md,tex}  - every variant, then every reference (a released model evaluated here), and
+                              the paper's numbers with analysis.published_results; full scores ± standard
+                              error and, when 02 ran and 05 logged samples, a clean row per variant
+  clean_subset.{csv,md,tex} - per variant, benchmark and MMLU subject: scores on the full test set, the
+                              clean subset and each no-<category> subset, with item counts and the gap
+  mmlu_delta.csv            - per comparison and subject: the change, its interval, p, q and significance
   mmlu_delta_categories.{csv,md,tex} - the same per lm-eval category and over all subjects
   benchmark_deltas.csv      - per comparison and benchmark
   merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
-  references.{csv,md,tex}   - per released model, per benchmark and the average: reproduction vs release
-                              (paired) and harness drift (unpaired); notes where a comparison is impossible
-  seed_spread.{csv,md}      - with finetune.seeds: per benchmark and the average, each training seed's merge
-                              score, their mean, sd between seeds and range, beside one run's standard error
+  references.{csv,md,tex}   - per released model: reproduction vs release (paired), harness drift (unpaired)
+  seed_spread.{csv,md}      - with finetune.seeds: each training seed's merge score and their spread
   pipeline.{csv,md}         - status and headline numbers of every stage
 to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
   leaderboard, clean_subset, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories,

@@ -1,34 +1,25 @@
 """The summary report of 06_analysis: reports/<profile>/summary.md and summary.html.
 
-The report is written once, as Markdown: headings and paragraphs as text, tables by pandas
-(`DataFrame.to_markdown`), figures as images with their caption and links, and each figure's numbers
-in a <details> block. summary.html is that Markdown rendered by mistune - nbconvert's Markdown engine,
-used directly because importing nbconvert costs about 2.5 s and mistune 0.06 s (measured) - inside a
-small HTML page with a style sheet. Free text is Markdown-escaped (`md_escape`); links are relative
-to the report, so the folder can be moved or published as it is.
-
-Sections: stage status, key numbers, the leaderboard (full and clean scores; released models evaluated
-as references marked so), scores on the clean subset, MMLU change per category and what the sample size
-can show, the released models (reproduction vs release, paired, and harness drift against the published
-numbers, unpaired; or that no published numbers exist), every figure (06's and those 01-03 wrote) with
-its caption, every table, and any other file found in the report folders.
+The report is rendered from templates/summary.md.j2: tables by pandas (`DataFrame.to_markdown`), figures as
+images with their caption and links, and each figure's numbers in a <details> block. summary.html is that
+Markdown rendered by mistune - nbconvert's Markdown engine, used directly because importing nbconvert costs
+about 2.5 s and mistune 0.06 s (measured) - in templates/summary.html.j2. Free text is Markdown-escaped
+(`md_escape`); links are relative to the report, so the folder can be moved or published as it is.
 """
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from urllib.parse import quote
 
-import jinja2
 import mistune
 import pandas as pd
 
 from ..artifacts import write_text
 from ..lmeval_io import EvalRun
 from .clean import CATEGORIES
-from .common import STAGE
+from .common import STAGE, TEMPLATES
 from .paired import StatsSettings, level, method_text
 from .references import reference_display, reference_note
 from .setups import comparison_setup, metric_note, ran_text
@@ -40,16 +31,9 @@ from .tables import (
     clean_display,
     has_references,
     leaderboard_display,
+    to_markdown,
 )
 
-_CSS = (
-    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:62rem;margin:2rem auto;"
-    "padding:0 1rem;line-height:1.45;color:#222}table{border-collapse:collapse;margin:1rem 0;font-size:0.9rem}"
-    "th,td{border-bottom:1px solid #ccc;padding:0.25rem 0.6rem;vertical-align:top}"
-    "th{border-bottom:2px solid #444}td{font-variant-numeric:tabular-nums}"
-    "img{max-width:100%;height:auto;border:1px solid #eee}"
-    "pre{font-size:0.8rem;overflow-x:auto;background:#f6f6f6;padding:0.5rem}code{font-size:0.9em}"
-)
 _RENDER = mistune.create_markdown(escape=False, plugins=["table"])  # raw HTML kept: only <details> is written
 
 
@@ -73,11 +57,12 @@ def link(text: str, href: str) -> str:
 
 def md_table(frame: pd.DataFrame, text_columns: int = 1, links: tuple[str, ...] = ()) -> str:
     """A pipe table of `frame`, every cell escaped except those of the `links` columns (already Markdown)."""
-    if frame.empty:
-        return "(no rows)"
     shown = frame.astype(str).apply(lambda col: col if col.name in links else col.map(md_escape))
-    align = ["left"] * text_columns + ["right"] * (len(frame.columns) - text_columns)
-    return shown.to_markdown(index=False, colalign=align, disable_numparse=True)
+    return to_markdown(shown, text_columns, escape=False).rstrip("\n")
+
+
+def _bullets(items: list, escape: bool = True) -> str:
+    return "\n".join("- " + (md_escape(str(i)) if escape else str(i)) for i in items)
 
 
 def caption_text(paths: list[str]) -> tuple[str, str]:
@@ -90,252 +75,6 @@ def caption_text(paths: list[str]) -> tuple[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         return f"caption unreadable: {exc}", ""
     return text.strip().splitlines()[0] if text.strip() else "", text.rstrip()
-
-
-def _stages_section(produced: dict, rel) -> list[str]:
-    rows = [
-        [
-            r["stage"],
-            r["status"],
-            r.get("finished_at") or "",
-            r.get("runner") or "–",
-            "" if r.get("wall_s") is None or pd.isna(r.get("wall_s")) else f"{float(r['wall_s']):.1f}",
-        ]
-        for r in produced.get("pipeline", [])
-    ] + [[STAGE, "this report", "", "–", ""]]
-    stages = pd.DataFrame(rows, columns=["stage", "status", "finished", "runner record", "wall time (s)"])
-    numbers = pd.DataFrame(
-        [
-            [
-                n["stage"],
-                n["quantity"],
-                n["value"],
-                link(Path(n["source"]).name, rel(n["source"])) if Path(n["source"]).is_file() else "–",
-            ]
-            for n in produced.get("key_numbers", [])
-        ],
-        columns=["stage", "quantity", "value", "from"],
-    )
-    return [
-        "## Stages",
-        md_table(stages, 4),
-        "Status and timing from each stage's manifest.json; runner record from `run_summary.json` as found "
-        "when this report was written (the runner writes it after its last stage, so when 06 ran inside the "
-        "runner it describes the invocation before).",
-        "## Key numbers",
-        md_table(numbers, 3, links=("from",)),
-    ]
-
-
-def _leaderboard_section(produced: dict, leaderboard: pd.DataFrame | None, rel) -> list[str]:
-    out = ["## Leaderboard"]
-    if leaderboard is not None and not leaderboard.empty:
-        shown = leaderboard_display(leaderboard)
-        out.append(md_table(shown, 3 if "items" in shown.columns else 2))
-    else:
-        out.append("05_evaluate not run: no evaluation results.")
-    refs = leaderboard is not None and not leaderboard.empty and has_references(leaderboard)
-    out.append(
-        md_escape(
-            f"Scores in percent ± standard error; {metric_note(leaderboard)}." + (f" {REFERENCE_NOTE}." if refs else "")
-        )
-        + " "
-        + file_links(produced, "table", "leaderboard", rel)
-    )
-    return out
-
-
-def _references_section(produced: dict, references: pd.DataFrame | None, rel) -> list[str]:
-    """Released models: reproduction vs release (paired) and harness drift (unpaired), or why not."""
-    if "references" not in produced:
-        return []
-    out = ["## Released models: reproduction vs release, and harness drift"]
-    if references is not None and not references.empty:
-        out += [md_table(reference_display(references), 2), md_escape(reference_note())]
-    out.append(_bullets(produced["references"] + produced.get("reference_notes", [])))
-    out.append(file_links(produced, "table", "references", rel))
-    return out
-
-
-def _clean_section(produced: dict, clean: pd.DataFrame | None, rel) -> list[str]:
-    out = ["## Scores on the clean subset"]
-    info = produced.get("clean_subset") or {}
-    if clean is not None and not clean.empty:
-        out += [
-            md_escape(
-                CLEAN_NOTE + "; gap: clean − full in points ± its standard error; no <category>: the "
-                f"items with no flagged pair of that category ({', '.join(CATEGORIES)})."
-            ),
-            md_table(clean_display(clean), 2),
-        ]
-    out += [md_escape(line) for line in [info.get("why", "")] + info.get("notes", []) if line]
-    counts = info.get("flagged_counts")
-    if counts:
-        out += [
-            "Test items 02 flagged, per benchmark and category, and how many of them were evaluated:",
-            md_table(
-                pd.DataFrame(counts).apply(
-                    lambda col: (
-                        col if col.name == "benchmark" else col.map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
-                    )
-                ),
-                1,
-            ),
-        ]
-    out.append(file_links(produced, "table", "clean_subset", rel))
-    return out
-
-
-def _categories_section(produced: dict, categories: pd.DataFrame | None, rel) -> list[str]:
-    out = ["## MMLU change per category"]
-    cats_frame = level(categories, "category") if categories is not None and not categories.empty else None
-    if cats_frame is None or cats_frame.empty:
-        return out + ["No comparison: needs the baseline and at least one other variant evaluated on MMLU."]
-    out += [
-        md_table(shown := category_display(categories, with_kind=True), category_text_columns(shown)),
-        md_escape(
-            f"Percentage points, mean over the category's subjects [interval: {method_text(cats_frame)}]; "
-            "* significant after Benjamini-Hochberg."
-        )
-        + " "
-        + file_links(produced, "table", "mmlu_delta_categories", rel),
-        "## What the sample size can show",
-        _bullets(produced.get("verdicts", [])),
-        "Questions a change of 5 points in one category would need (two-sided exact McNemar, alpha 0.05, "
-        "power 0.8; the discordance is the share of questions on which the two models disagree, as observed "
-        "in that category, or assumed 0.20 where too few disagreements were seen):",
-        _bullets(produced.get("power", [])),
-    ]
-    return out
-
-
-def _figure_block(a: dict, rel) -> list[str]:
-    out = [f"### {md_escape(a['title'])} ({a['stage']})"]
-    if not a["files"]:
-        return out + [md_escape(f"{a['status']}.")]
-    caption, numbers = caption_text(a["files"])
-    image = next((f for f in a["files"] if f.endswith(".png")), None) or next(
-        (f for f in a["files"] if f.endswith(".svg")), None
-    )
-    status = "" if a["status"] == "ok" else f" [{a['status']}]"
-    out += [f"![{md_escape(a['title'])}]({_href(rel(image))})"] if image else []
-    out += [f"*{md_escape(caption + status)}*"] if caption + status else []
-    out.append(
-        " · ".join(
-            link("caption and numbers" if f.endswith(".txt") else Path(f).suffix[1:].upper(), rel(f))
-            for f in a["files"]
-        )
-    )
-    if numbers:
-        out += ["<details><summary>numbers shown</summary>", f"~~~~text\n{numbers}\n~~~~", "</details>"]
-    return out
-
-
-def _table_block(produced: dict, a: dict, rel) -> list[str]:
-    out = [f"### {md_escape(a['title'])} ({a['stage']})"]
-    if not a["files"]:
-        return out + [md_escape(f"{a['status']}.")]
-    csv = next((Path(f) for f in a["files"] if f.endswith(".csv")), None)
-    small = (
-        small_table(csv)
-        if csv is not None and a["name"] not in ("leaderboard", "mmlu_delta_categories", "clean_subset")
-        else None
-    )
-    if small is not None:
-        out.append(md_table(*small))
-    status = "" if a["status"] == "ok" else md_escape(f"Status: {a['status']}. ")
-    return out + [status + file_links(produced, "table", a["name"], rel, stage=a["stage"])]
-
-
-def _others_section(produced: dict, root: Path, rel) -> list[str]:
-    linked = {str(Path(f)) for a in produced.get("artifacts", []) for f in a["files"]}
-    others = sorted(
-        str(p)
-        for kind in ("figures", "tables")
-        if (root / kind).is_dir()
-        for p in (root / kind).iterdir()
-        if p.is_file() and str(p) not in linked and not p.name.startswith(".")
-    )
-    if not others:
-        return []
-    return [
-        "## Other files in the report folders",
-        "Not written by this analysis nor listed above for 01-03: possibly left by an earlier run.",
-        _bullets([link(rel(p), rel(p)) for p in others], escape=False),
-    ]
-
-
-def _seeds_section(produced: dict, rel) -> list[str]:
-    """Training seeds (finetune.seeds): the spread of the merge into the base, against one run's error."""
-    if "seeds" not in produced:
-        return []
-    return [
-        "## Training seeds",
-        _bullets(produced["seeds"]),
-        file_links(produced, "table", "seed_spread", rel),
-    ]
-
-
-def summary_markdown(
-    profile,
-    produced: dict,
-    leaderboard: pd.DataFrame | None = None,
-    categories: pd.DataFrame | None = None,
-    clean: pd.DataFrame | None = None,
-    references: pd.DataFrame | None = None,
-) -> str:
-    """The report as Markdown (see the module docstring); links relative to reports/<profile>/."""
-    root = profile.report_dir()
-
-    def rel(path) -> str:
-        return os.path.relpath(Path(path), root)
-
-    blocks = [f"# Run summary: {md_escape(profile.name)}"]
-    blocks += [md_escape(profile.description.strip())] if profile.description else []
-    blocks.append(
-        f"Profile `{profile.source_file or '(not from a file)'}`. Written by 06_analysis from the run's "
-        f"artifacts in `{profile.run_dir()}`; every table and figure below is a file beside this report. "
-        'Status "not run": the stage has left no artifact.'
-    )
-    if produced.get("notes"):
-        blocks += ["## Notes", _bullets(produced["notes"])]
-    blocks += _stages_section(produced, rel) + _leaderboard_section(produced, leaderboard, rel)
-    blocks += _clean_section(produced, clean, rel) + _categories_section(produced, categories, rel)
-    blocks += _references_section(produced, references, rel) + _seeds_section(produced, rel)
-    blocks.append("## Figures")
-    for a in produced.get("artifacts", []):
-        blocks += _figure_block(a, rel) if a["kind"] == "figure" else []
-    blocks.append("## Tables")
-    for a in produced.get("artifacts", []):
-        blocks += _table_block(produced, a, rel) if a["kind"] == "table" else []
-    blocks += _others_section(produced, root, rel)
-    return "\n\n".join(b for b in blocks if b) + "\n"
-
-
-def summary_html(markdown: str, title: str) -> str:
-    """The Markdown report rendered to a standalone HTML page."""
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8" />\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + _RENDER(markdown)
-        + "</body>\n</html>\n"
-    )
-
-
-def write_summary(profile, produced: dict, *frames: pd.DataFrame | None) -> list[Path]:
-    """reports/<profile>/summary.md and summary.html (`frames`: summary_markdown's leaderboard, categories,
-    clean and references)."""
-    root = profile.report_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    markdown = summary_markdown(profile, produced, *frames)
-    return [
-        write_text(root / "summary.md", markdown),
-        write_text(root / "summary.html", summary_html(markdown, f"Run summary: {profile.name}")),
-    ]
-
-
-def _bullets(items: list, escape: bool = True) -> str:
-    return "\n".join("- " + (md_escape(str(i)) if escape else str(i)) for i in items)
 
 
 def small_table(csv: Path, max_rows: int = 20, max_cols: int = 10) -> tuple[pd.DataFrame, int] | None:
@@ -367,13 +106,180 @@ def file_links(produced: dict, kind: str, name: str, rel, stage: str | None = No
     return ("Files: " + ", ".join(link(Path(f).name, rel(f)) for f in files) + ".") if files else ""
 
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
-)
+def _stage_tables(produced: dict, rel) -> dict:
+    """The stages' status and timing, and their key numbers, as Markdown tables."""
+    stages = [
+        [
+            r["stage"],
+            r["status"],
+            r.get("finished_at") or "",
+            r.get("runner") or "–",
+            "" if r.get("wall_s") is None or pd.isna(r.get("wall_s")) else f"{float(r['wall_s']):.1f}",
+        ]
+        for r in produced.get("pipeline", [])
+    ] + [[STAGE, "this report", "", "–", ""]]
+    numbers = [
+        [n["stage"], n["quantity"], n["value"], link(Path(n["source"]).name, rel(n["source"]))]
+        if Path(n["source"]).is_file()
+        else [n["stage"], n["quantity"], n["value"], "–"]
+        for n in produced.get("key_numbers", [])
+    ]
+    columns = ["stage", "status", "finished", "runner record", "wall time (s)"]
+    return {
+        "stages": md_table(pd.DataFrame(stages, columns=columns), 4),
+        "numbers": md_table(pd.DataFrame(numbers, columns=["stage", "quantity", "value", "from"]), 3, ("from",)),
+    }
+
+
+def _results(produced: dict, board, categories, clean, references, files) -> dict:
+    """The leaderboard, clean-subset, category, reference and seed sections' tables and sentences."""
+    board = board if board is not None and not board.empty else None
+    shown = leaderboard_display(board) if board is not None else None
+    note = f"Scores in percent ± standard error; {metric_note(board)}."
+    note += f" {REFERENCE_NOTE}." if board is not None and has_references(board) else ""
+    info = produced.get("clean_subset") or {}
+    counts = pd.DataFrame(info.get("flagged_counts") or [])
+    counts = counts.apply(
+        lambda col: col if col.name == "benchmark" else col.map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
+    )
+    cats = level(categories, "category") if categories is not None and not categories.empty else None
+    cats = cats if cats is not None and not cats.empty else None
+    shown_cats = category_display(categories, with_kind=True) if cats is not None else None
+    refs = references is not None and not references.empty
+    return {
+        "leaderboard": md_table(shown, 3 if "items" in shown.columns else 2) if shown is not None else "",
+        "leaderboard_note": md_escape(note) + " " + files("leaderboard"),
+        "clean": md_table(clean_display(clean), 2) if clean is not None and not clean.empty else "",
+        "clean_note": md_escape(
+            CLEAN_NOTE + "; gap: clean − full in points ± its standard error; no <category>: the "
+            f"items with no flagged pair of that category ({', '.join(CATEGORIES)})."
+        ),
+        "clean_lines": [md_escape(line) for line in [info.get("why", ""), *info.get("notes", [])] if line],
+        "flagged_counts": md_table(counts, 1) if info.get("flagged_counts") else "",
+        "clean_files": files("clean_subset"),
+        "categories": md_table(shown_cats, category_text_columns(shown_cats)) if cats is not None else "",
+        "categories_note": md_escape(
+            f"Percentage points, mean over the category's subjects [interval: {method_text(cats)}]; "
+            "* significant after Benjamini-Hochberg."
+        )
+        + " "
+        + files("mmlu_delta_categories")
+        if cats is not None
+        else "",
+        "verdicts": _bullets(produced.get("verdicts", [])),
+        "power": _bullets(produced.get("power", [])),
+        "released": "references" in produced,
+        "references": md_table(reference_display(references), 2) if refs else "",
+        "references_note": md_escape(reference_note()),
+        "reference_lines": _bullets(produced.get("references", []) + produced.get("reference_notes", [])),
+        "reference_files": files("references"),
+        "seeds": _bullets(produced["seeds"]) if "seeds" in produced else None,
+        "seed_files": files("seed_spread"),
+    }
+
+
+def _figure(a: dict, rel) -> dict:
+    """A figure's heading, image, caption (first line of its .txt), links and the numbers it shows."""
+    caption, numbers = caption_text(a["files"])
+    image = next((f for ext in (".png", ".svg") for f in a["files"] if f.endswith(ext)), None)
+    caption += "" if a["status"] == "ok" else f" [{a['status']}]"
+    return {
+        "image": _href(rel(image)) if image else "",
+        "caption": md_escape(caption),
+        "numbers": numbers,
+        "links": " · ".join(
+            link("caption and numbers" if f.endswith(".txt") else Path(f).suffix[1:].upper(), rel(f))
+            for f in a["files"]
+        ),
+    }
+
+
+def _table(produced: dict, a: dict, rel) -> dict:
+    """A table's links, and the table itself when it is small and not shown in a section above."""
+    csv = next((Path(f) for f in a["files"] if f.endswith(".csv")), None)
+    shown = ("leaderboard", "mmlu_delta_categories", "clean_subset")
+    small = small_table(csv) if csv is not None and a["name"] not in shown else None
+    status = "" if a["status"] == "ok" else md_escape(f"Status: {a['status']}. ")
+    return {
+        "small": md_table(*small) if small is not None else "",
+        "links": status + file_links(produced, "table", a["name"], rel, stage=a["stage"]),
+    }
+
+
+def _artifacts(produced: dict, kind: str, rel) -> list[dict]:
+    """Every figure or table of the run (06's and those 01-03 wrote), or why it is missing."""
+    out = []
+    for a in produced.get("artifacts", []):
+        if a["kind"] != kind:
+            continue
+        entry = {"title": md_escape(a["title"]), "stage": a["stage"], "missing": md_escape(f"{a['status']}.")}
+        if a["files"]:
+            entry.update(missing="", **(_figure(a, rel) if kind == "figure" else _table(produced, a, rel)))
+        out.append(entry)
+    return out
+
+
+def _others(produced: dict, root: Path, rel) -> str:
+    """Links to files in the report folders that nothing above lists (an earlier run's, say)."""
+    linked = {str(Path(f)) for a in produced.get("artifacts", []) for f in a["files"]}
+    others = sorted(
+        str(p)
+        for kind in ("figures", "tables")
+        if (root / kind).is_dir()
+        for p in (root / kind).iterdir()
+        if p.is_file() and str(p) not in linked and not p.name.startswith(".")
+    )
+    return _bullets([link(rel(p), rel(p)) for p in others], escape=False)
+
+
+def summary_markdown(
+    profile,
+    produced: dict,
+    leaderboard: pd.DataFrame | None = None,
+    categories: pd.DataFrame | None = None,
+    clean: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
+) -> str:
+    """The report as Markdown (templates/summary.md.j2); links relative to reports/<profile>/.
+
+    Sections: stage status, key numbers, the leaderboard (full and clean scores; released models evaluated
+    as references marked so), scores on the clean subset, MMLU change per category and what the sample size
+    can show, the released models (reproduction vs release, paired, and harness drift against the published
+    numbers, unpaired; or that no published numbers exist), the training seeds, every figure (06's and those
+    01-03 wrote) with its caption, every table, and any other file found in the report folders."""
+    root = profile.report_dir()
+
+    def rel(path) -> str:
+        return os.path.relpath(Path(path), root)
+
+    def files(name: str) -> str:
+        return file_links(produced, "table", name, rel)
+
+    text = TEMPLATES.get_template("summary.md.j2").render(
+        name=md_escape(profile.name),
+        description=md_escape(profile.description.strip()) if profile.description else "",
+        source_file=profile.source_file or "(not from a file)",
+        run_dir=profile.run_dir(),
+        notes=_bullets(produced.get("notes", [])),
+        **_stage_tables(produced, rel),
+        **_results(produced, leaderboard, categories, clean, references, files),
+        figures=_artifacts(produced, "figure", rel),
+        tables=_artifacts(produced, "table", rel),
+        others=_others(produced, root, rel),
+    )
+    return text.rstrip("\n") + "\n"
+
+
+def write_summary(profile, produced: dict, *frames: pd.DataFrame | None) -> list[Path]:
+    """reports/<profile>/summary.md and summary.html (templates/summary.html.j2; `frames`: summary_markdown's
+    leaderboard, categories, clean and references)."""
+    root = profile.report_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    markdown = summary_markdown(profile, produced, *frames)
+    page = TEMPLATES.get_template("summary.html.j2").render(
+        title=f"Run summary: {profile.name}", body=_RENDER(markdown)
+    )
+    return [write_text(root / "summary.md", markdown), write_text(root / "summary.html", page)]
 
 
 def _samples_text(run: EvalRun) -> str:
@@ -398,7 +304,7 @@ def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFram
     settings), the comparisons, what the sample size can show (only where a comparison was tested), notes and
     the files written."""
     rows = frame[frame["level"] == "subject"] if not frame.empty else frame
-    return _TEMPLATES.get_template("analyse_summary.md.j2").render(
+    return TEMPLATES.get_template("analyse_summary.md.j2").render(
         inputs=[(n, r.source, ran_text(r), _samples_text(r)) for n, r in runs.items()],
         comparisons=_comparison_lines(produced, frame),
         verdicts=produced.get("verdicts", []),

@@ -3,13 +3,7 @@
 Markdown is `DataFrame.to_markdown` (tabulate's pipe tables; a "|" inside a cell is escaped first,
 tabulate does not), LaTeX is `Styler.to_latex` with booktabs rules and `escape="latex-math"` (cells
 that are math, "$30.00 \\pm 1.30$", stay math; everything else is escaped). Only the caption is escaped
-here: Styler leaves it as given.
-
-Files (`write_*` return the paths): leaderboard.{csv,md,tex}: every variant, full scores ± standard
-error, and, where 05 logged samples and 02 ran, a "clean" row per variant with the score on the items
-02 did not flag and how many of them there were; mmlu_delta_categories.{csv,md,tex}; clean_subset
-.{csv,md,tex}: per variant and benchmark, the score on each subset with its item count and the gap;
-pipeline.{csv,md}.
+here: Styler leaves it as given. What each file holds: stage.py's docstring.
 """
 
 from __future__ import annotations
@@ -27,8 +21,10 @@ from .common import (
     LABELS,
     NOT_RUN,
     ROW_REFERENCE,
+    TEMPLATES,
     category_order,
     cell,
+    ci_text,
     n_text,
 )
 from .paired import StatsSettings, level, method_text
@@ -57,13 +53,28 @@ CLEAN_NOTE = (
 )
 
 
-def to_markdown(frame: pd.DataFrame, text_columns: int = 1) -> str:
-    """A pipe table: the first `text_columns` columns left-aligned, the rest right-aligned."""
+def to_markdown(frame: pd.DataFrame, text_columns: int = 1, escape: bool = True) -> str:
+    """A pipe table: the first `text_columns` columns left-aligned, the rest right-aligned; "|" in a cell
+    escaped unless `escape` is False (cells already Markdown)."""
     if frame.empty:
         return "(no rows)\n"
-    shown = frame.astype(str).apply(lambda col: col.str.replace("|", r"\|", regex=False))
+    shown = frame.astype(str)
+    shown = shown.apply(lambda col: col.str.replace("|", r"\|", regex=False)) if escape else shown
     align = ["left"] * text_columns + ["right"] * (len(frame.columns) - text_columns)
     return shown.to_markdown(index=False, colalign=align, disable_numparse=True) + "\n"
+
+
+def md_document(table: str, title: str = "", note: str = "", lines=(), after: str = "") -> str:
+    """A table's Markdown file (templates/table.md.j2): title, note, table, bullets, a closing paragraph."""
+    values = {"title": title, "note": note, "table": table.rstrip("\n"), "lines": lines, "after": after}
+    return TEMPLATES.get_template("table.md.j2").render(values)
+
+
+def write_table(table_dir: Path, name: str, frame: pd.DataFrame, md: str, tex: str | None = None) -> list[Path]:
+    """<name>.csv of `frame`, <name>.md (`md`), and <name>.tex (`tex`) when given."""
+    paths = [write_text(Path(table_dir) / f"{name}.csv", frame.to_csv(index=False))]
+    paths.append(write_text(Path(table_dir) / f"{name}.md", md))
+    return paths + ([write_text(Path(table_dir) / f"{name}.tex", tex)] if tex is not None else [])
 
 
 def tex_escape(text: str) -> str:
@@ -135,7 +146,6 @@ def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
 
 def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = "") -> list[Path]:
     """leaderboard.{csv,md,tex}; `clean_note` says why there is no clean row (02 not run, no samples)."""
-    table_dir = Path(table_dir)
     shown, shown_tex = leaderboard_display(frame), leaderboard_display(frame, tex=True)
     text_columns = 3 if "items" in shown.columns else 2
     note = f"Scores in percent ± standard error. {metric_note(frame)}."
@@ -144,33 +154,25 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = ""
     if frame.empty:
         note += " No evaluation results: 05_evaluate not run."
     note += f" {CLEAN_NOTE}." if "items" in shown.columns else (f" {clean_note}" if clean_note else "")
-    md = "# Leaderboard\n\n" + note + "\n\n" + to_markdown(shown, text_columns)
     weighted = [
         f"{r['variant']} {r['mmlu_weighted']:.2f}"
         for _, r in frame.iterrows()
         if r["source"] == "this run" and not pd.isna(r.get("mmlu_weighted"))
     ]
-    if weighted:
-        md += (
-            "\nMMLU above is the mean over subjects (the leaderboard's); lm-eval's size-weighted mean "
-            "over questions: " + ", ".join(weighted) + ".\n"
-        )
-    return [
-        write_text(table_dir / "leaderboard.csv", frame.to_csv(index=False)),
-        write_text(table_dir / "leaderboard.md", md),
-        write_text(table_dir / "leaderboard.tex", to_latex(shown_tex, note, "tab:leaderboard", text_columns)),
-    ]
+    after = (
+        "MMLU above is the mean over subjects (the leaderboard's); lm-eval's size-weighted mean over questions: "
+        + ", ".join(weighted)
+        + "."
+    )
+    md = md_document(to_markdown(shown, text_columns), "Leaderboard", note, after=after if weighted else "")
+    return write_table(table_dir, "leaderboard", frame, md, to_latex(shown_tex, note, "tab:leaderboard", text_columns))
 
 
 def interval_text(r, tex: bool = False) -> str:
     """A change with its interval, "+5.50* [-1.0, +2.0]" (* significant after BH)."""
-    if r["ci_low"] is None or pd.isna(r["ci_low"]):
-        text = f"{r['delta']:+.2f}"
-        return f"${text}$" if tex else text
-    mark = "*" if r["significant"] else ""
-    if tex:
-        return f"${r['delta']:+.2f}{'^{*}' if mark else ''}$ [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
-    return f"{r['delta']:+.2f}{mark} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+    ci = ci_text(r)
+    delta = f"{r['delta']:+.2f}" + (("^{*}" if tex else "*") if ci and r["significant"] else "")
+    return (f"${delta}$" if tex else delta) + ci
 
 
 def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = False) -> pd.DataFrame:
@@ -213,7 +215,6 @@ def write_category_tables(
     """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category; `empty_why`
     says why there is none."""
     st = st or StatsSettings()
-    table_dir = Path(table_dir)
     cats_frame = level(frame, "category")
     note = (
         f"MMLU accuracy change in percentage points, mean over the category's subjects, "
@@ -223,17 +224,9 @@ def write_category_tables(
     if cats_frame.empty:
         note += f" {empty_why}"
     shown, shown_tex = category_display(frame), category_display(frame, tex=True)
-    return [
-        write_text(table_dir / "mmlu_delta_categories.csv", cats_frame.to_csv(index=False)),
-        write_text(
-            table_dir / "mmlu_delta_categories.md",
-            "# MMLU change per category\n\n" + note + "\n\n" + to_markdown(shown, category_text_columns(shown)),
-        ),
-        write_text(
-            table_dir / "mmlu_delta_categories.tex",
-            to_latex(shown_tex, note, "tab:mmlu-categories", category_text_columns(shown_tex)),
-        ),
-    ]
+    md = md_document(to_markdown(shown, category_text_columns(shown)), "MMLU change per category", note)
+    tex = to_latex(shown_tex, note, "tab:mmlu-categories", category_text_columns(shown_tex))
+    return write_table(table_dir, "mmlu_delta_categories", cats_frame, md, tex)
 
 
 def _gap_text(r, tex: bool = False) -> str:
@@ -249,16 +242,11 @@ def clean_display(clean: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     rows = []
     for (variant, unit), g in bench.groupby(["variant", "unit"], sort=False):
         by = g.set_index("subset")
-        scores = [
+        cells = [
             ("n/a" if pd.isna(by.at[s, "score"]) else f"{by.at[s, 'score']:.2f}") + f" ({by.at[s, 'n']:,})"
-            for s in ("full", "clean")
+            for s in ("full", "clean", *(f"no_{c}" for c in CATEGORIES))
         ]
-        others = [
-            ("n/a" if pd.isna(by.at[f"no_{c}", "score"]) else f"{by.at[f'no_{c}', 'score']:.2f}")
-            + f" ({by.at[f'no_{c}', 'n']:,})"
-            for c in CATEGORIES
-        ]
-        rows.append([variant, LABELS.get(unit, unit), *scores, _gap_text(by.loc["clean"], tex), *others])
+        rows.append([variant, LABELS.get(unit, unit), *cells[:2], _gap_text(by.loc["clean"], tex), *cells[2:]])
     header = [
         "variant",
         "benchmark",
@@ -272,22 +260,15 @@ def clean_display(clean: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
 
 def write_clean_tables(clean: pd.DataFrame, table_dir: Path, caption: str) -> list[Path]:
     """clean_subset.{csv,md,tex}: the clean-subset frame (every level) and its benchmark display."""
-    table_dir = Path(table_dir)
-    shown = to_markdown(clean_display(clean), 2) if not clean.empty else ""
-    return [
-        write_text(table_dir / "clean_subset.csv", clean.to_csv(index=False)),
-        write_text(table_dir / "clean_subset.md", "# Scores on the clean subset\n\n" + caption + "\n\n" + shown),
-        write_text(
-            table_dir / "clean_subset.tex",
-            to_latex(clean_display(clean, tex=True), caption.split("\n")[0], "tab:clean-subset", 2),
-        ),
-    ]
+    md = md_document(
+        to_markdown(clean_display(clean), 2) if not clean.empty else "", "Scores on the clean subset", caption
+    )
+    tex = to_latex(clean_display(clean, tex=True), caption.split("\n")[0], "tab:clean-subset", 2)
+    return write_table(table_dir, "clean_subset", clean, md, tex)
 
 
 def write_pipeline_tables(stages: pd.DataFrame, table_dir: Path) -> list[Path]:
     """pipeline.{csv,md}: status and headline numbers of every stage."""
-    table_dir = Path(table_dir)
-    return [
-        write_text(table_dir / "pipeline.csv", stages.to_csv(index=False)),
-        write_text(table_dir / "pipeline.md", "# Pipeline status\n\n" + to_markdown(stages.iloc[:, :3], 3)),
-    ]
+    return write_table(
+        table_dir, "pipeline", stages, md_document(to_markdown(stages.iloc[:, :3], 3), "Pipeline status")
+    )

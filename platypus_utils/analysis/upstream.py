@@ -164,6 +164,12 @@ class _Numbers:
     def add(self, stage: str, quantity: str, value: str, source) -> None:
         self.rows.append({"stage": stage, "quantity": quantity, "value": value, "source": str(source)})
 
+    def counts(self, stage: str, data: dict, labels: tuple, source) -> None:
+        """A row per (key, label) whose value in `data` is a number, as "1,234"."""
+        for key, label in labels:
+            if isinstance(data.get(key), (int, float)):
+                self.add(stage, label, f"{data[key]:,}", source)
+
     def load(self, stage: str, name: str) -> dict | None:
         """The stage's JSON artifact, or None with a row saying it is not run / unreadable."""
         path = self.profile.run_dir(stage) / name
@@ -189,16 +195,15 @@ def _curate_numbers(k: _Numbers) -> None:
             for key, v in counts.items() if isinstance(counts, dict) else ():
                 if isinstance(v, (int, float)):
                     totals[key] = totals.get(key, 0) + v
-    for key, label in (
+    labels = (
         ("loaded", "rows loaded"),
         ("malformed", "rows malformed"),
         ("filtered", "rows filtered"),
         ("exact_dup", "exact duplicates removed"),
         ("near_dup", "near duplicates removed"),
         ("kept", "rows kept"),
-    ):
-        if key in totals:
-            k.add(layout.CURATE, label, f"{totals[key]:,}", path)
+    )
+    k.counts(layout.CURATE, totals, labels, path)
     if isinstance(cur.get("per_source"), dict):
         k.add(layout.CURATE, "data sources", str(len(cur["per_source"])), path)
 
@@ -207,15 +212,14 @@ def _decontaminate_numbers(k: _Numbers) -> None:
     path = k.profile.run_dir(layout.DECONTAMINATE) / "decontamination_report.json"
     if (dec := k.load(layout.DECONTAMINATE, path.name)) is None:
         return
-    for key, label in (
+    labels = (
         ("train_rows", "training rows checked"),
         ("benchmark_items", "benchmark items compared"),
         ("flagged_rows", "rows flagged"),
         ("removed_rows", "leaks removed (rows)"),
         ("clean_rows", "rows kept for training"),
-    ):
-        if isinstance(dec.get(key), (int, float)):
-            k.add(layout.DECONTAMINATE, label, f"{dec[key]:,}", path)
+    )
+    k.counts(layout.DECONTAMINATE, dec, labels, path)
     if isinstance(dec.get("pairs_by_category"), dict):
         k.add(
             layout.DECONTAMINATE,
