@@ -1,14 +1,11 @@
 """finetune.sft and finetune.lora: options of TRL's `SFTConfig` and peft's `LoraConfig`, checked at load.
 
-TRL and peft own these settings, as in the alignment-handbook recipes: the profile's `finetune.sft`
-mapping is passed to `trl.SFTConfig(**...)` and `finetune.lora` to `peft.LoraConfig(**...)` by the
-stage (finetune/trainer.py). A key either mapping does not declare, or a value of the wrong type,
-fails when the profile loads, naming `finetune.sft.<key>` (`OptionError`; config.py adds the file).
-
-What the checks read is the classes' own declarations (their dataclass fields and type hints) and
-`LoraConfig`'s own validation; `SFTConfig` itself is only built by the stage, since building one
-sets up accelerate's process state. A few ranges the classes leave open but the project computes with
-(a batch of 0, max_steps -5, r -1) are checked here too (`SFT_RANGES`, `LORA_RANGES`).
+TRL and peft own these settings, as in the alignment-handbook recipes: the stage passes `finetune.sft` to
+`trl.SFTConfig(**...)` and `finetune.lora` to `peft.LoraConfig(**...)` (finetune/trainer.py). An option
+the class does not declare, or a value of the wrong type, fails when the profile loads (`OptionError`).
+The checks read the classes' dataclass fields and type hints, and run `LoraConfig`'s own validation;
+`SFTConfig` is not built here (building one sets up accelerate's process state). Ranges the classes
+leave open but the project computes with (a batch of 0, max_steps -5, r -1) are checked too.
 """
 
 from __future__ import annotations
@@ -20,9 +17,10 @@ import typing
 from functools import cache
 from typing import Any
 
-# The paper's recipe (PLATYPUS.md §4) and the project's habits, as SFTConfig options. A profile's
-# finetune.sft overrides them key by key (a partial mapping keeps the others) and may add any other
-# SFTConfig option. gradient_accumulation_steps is not here: finetune.global_batch_size sets it.
+from pydantic import TypeAdapter, ValidationError
+
+# The paper's recipe (PLATYPUS.md §4) as SFTConfig options, overridden key by key by finetune.sft.
+# gradient_accumulation_steps is not here: finetune.global_batch_size sets it.
 SFT_DEFAULTS: dict[str, Any] = {
     "learning_rate": 4e-4,
     "num_train_epochs": 1.0,
@@ -43,8 +41,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "ddp_find_unused_parameters": False,  # LoRA: every trainable weight gets a gradient
 }
 
-# SFTConfig options the stage sets itself (finetune/trainer.py build_sft_config): a profile that sets
-# one under finetune.sft is refused, told which key decides it.
+# SFTConfig options the stage sets itself (finetune/trainer.py), refused under finetune.sft naming the key that decides
 SFT_PROJECT_KEYS: dict[str, str] = {
     "output_dir": "the run folder (03_finetune/checkpoints)",
     "seed": "the profile's `seed` (and finetune.seeds)",
@@ -65,7 +62,7 @@ SFT_PROJECT_KEYS: dict[str, str] = {
     "gradient_checkpointing": "finetune.sft.activation_checkpointing (transformers 5's name)",
 }
 
-# The paper's LoRA; finetune.lora overrides key by key and may add any other LoraConfig option.
+# The paper's LoRA, overridden key by key by finetune.lora.
 LORA_DEFAULTS: dict[str, Any] = {
     "r": 16,
     "lora_alpha": 16,
@@ -75,7 +72,7 @@ LORA_DEFAULTS: dict[str, Any] = {
 }
 LORA_PROJECT_KEYS: dict[str, str] = {"task_type": "the stage (CAUSAL_LM)"}
 
-# (lowest, whether the lowest itself is allowed): ranges the classes do not check but the project relies on
+# (lowest, whether the lowest itself is allowed)
 SFT_RANGES: dict[str, tuple[float, bool]] = {
     "learning_rate": (0.0, False),
     "num_train_epochs": (0.0, False),
@@ -116,17 +113,13 @@ def _declared(cls: type) -> dict[str, Any]:
 
 
 @cache
-def _adapter(hint: Any):
-    from pydantic import TypeAdapter
-
+def _adapter(hint: Any) -> TypeAdapter:
     return TypeAdapter(hint)
 
 
 def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
     """`value` as the field's type hint reads it (lax: "4e-4" is a float); an enum-or-str field (a
     scheduler, an optimizer, a strategy) takes only the enum's values, as the class converts it."""
-    from pydantic import ValidationError
-
     try:
         read = _adapter(hint).validate_python(value)
     except ValidationError as exc:
