@@ -32,9 +32,7 @@ IGNORE = -100  # the label of a token left out of the loss
 
 def format_alpaca_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - the dataset's field name
     """The Alpaca prompt the Platypus models were trained with, ending at "### Response:\\n"."""
-    if input:
-        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
-    return PROMPT_NO_INPUT.format(instruction=instruction)
+    return (PROMPT_WITH_INPUT if input else PROMPT_NO_INPUT).format(instruction=instruction, input=input)
 
 
 def _row_problem(row: dict, eos_token: str | None) -> str | None:
@@ -126,11 +124,7 @@ def example_frame(tokenizer, example: dict) -> pd.DataFrame:
 def split_heldout(n: int, eval_size: int, seed: int, max_train: int | None = None) -> tuple[list[int], list[int]]:
     """(train indices, held-out indices), drawn with `seed`; both sorted (the trainer shuffles, seeded)."""
     perm = np.random.default_rng(seed).permutation(n)
-    heldout = sorted(int(i) for i in perm[:eval_size])
-    train = perm[eval_size:]
-    if max_train is not None:
-        train = train[:max_train]
-    return sorted(int(i) for i in train), heldout
+    return sorted(int(i) for i in perm[eval_size:][:max_train]), sorted(int(i) for i in perm[:eval_size])
 
 
 def check_prepared_example(input_ids: Sequence[int], labels: Sequence[int], eos_id: int, truncated: bool) -> str | None:

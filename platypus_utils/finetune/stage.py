@@ -241,12 +241,7 @@ def train(profile, session: Session) -> Training:
         trainer.add_callback(at_start)  # rank 0 holds the model on CPU, the others on meta, until FSDP shards it
     else:
         with timed(timings, "eval_before_s"):
-            at_start.result = completion_loss(trainer.model, session.prepared_eval, pad_id, batch)
-        log.info(
-            "finetune: held-out completion loss before training %.4f (%d tokens)",
-            at_start.result["loss"],
-            at_start.result["tokens"],
-        )
+            at_start.measure(trainer.model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -380,22 +375,19 @@ def save(profile, fitted: Fitted, timings: Optional[dict] = None) -> list[Path]:
     adapter_dir = save_adapter(profile, training)
     if not session.setup.is_main:
         return []
-    recipe = recipe_frame(
-        session.trainer.args, build_lora_config(profile.finetune), profile.finetune.loss_normalization
-    )
+    recipe = recipe_frame(fitted.sft_config, fitted.lora_config, profile.finetune.loss_normalization)
     write_card(adapter_dir, adapter_card(profile, metrics, recipe))  # peft's card, filled in
     with StageRun(stage_dir, STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings)
         run.add_input(session.data.source)
         if Path(session.data.base_model).exists():
             run.add_input(session.data.base_model)
-        rows = fitted.rows
+        rows, title = fitted.rows, loss_title(profile)
         paths = [
             adapter_dir,
             write_json(artifact(profile, FINETUNE_METRICS), metrics),
             write_text(stage_dir / LOG_HISTORY, csv_text(rows)),
         ]
-        title = loss_title(profile)
         paths += save_figure(
             plot_loss_curve(rows, title), profile.report_dir("figures") / LOSS_FIGURE, loss_curve_caption(rows, title)
         )

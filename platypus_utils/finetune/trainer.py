@@ -371,11 +371,14 @@ class HeldOutLossAtStart(TrainerCallback):
         self.examples, self.pad_id, self.batch_size = examples, pad_id, batch_size
         self.result: Optional[dict] = None
 
+    def measure(self, model, step: int = 0) -> dict:
+        self.result = completion_loss(model, self.examples, self.pad_id, self.batch_size)
+        when = f"at the start of training (resumed at step {step})" if step else "before training"
+        log.info(
+            "finetune: held-out completion loss %s %.4f (%d tokens)", when, self.result["loss"], self.result["tokens"]
+        )
+        return self.result
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.result is None:
-            self.result = completion_loss(model, self.examples, self.pad_id, self.batch_size)
-            log.info(
-                "finetune: held-out completion loss at the start of training %.4f%s",
-                self.result["loss"],
-                f" (resumed at step {state.global_step})" if state.global_step else "",
-            )
+            self.measure(model, state.global_step)
