@@ -362,6 +362,15 @@ MERGEKIT_LAMBDA = ("task_arithmetic", "ties", "dare_linear", "dare_ties")  # mer
 AdapterCombination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
 
 
+def _check_weights_and_density(weights: list, inputs: list, kind: str, method: str, density, how: str) -> None:
+    """One weight per input, and a density exactly where the method takes one (an adapter mix, a merge)."""
+    if len(weights) != len(inputs):
+        raise ValueError(f"{len(weights)} weights for {len(inputs)} {kind}")
+    needs_density = method in DENSITY_METHODS
+    if needs_density != (density is not None):
+        raise ValueError(f"density is {'required' if needs_density else 'not used'} with {how} {method}")
+
+
 class MergePartnerConfig(_Section):
     name: PlainName  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
@@ -387,14 +396,9 @@ class AdapterMixConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if len(self.weights) != len(self.adapters):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.adapters)} adapters")
-        needs_density = self.combination_type in DENSITY_METHODS
-        if needs_density != (self.density is not None):
-            raise ValueError(
-                f"density is {'required' if needs_density else 'not used'} with "
-                f"combination_type {self.combination_type}"
-            )
+        _check_weights_and_density(
+            self.weights, self.adapters, "adapters", self.combination_type, self.density, "combination_type"
+        )
         if self.svd_rank is not None and self.combination_type != "svd":
             raise ValueError("svd_rank is only used with combination_type svd")
         return self
@@ -425,17 +429,13 @@ class ModelMergeConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if len(self.weights) != len(self.models):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.models)} models")
+        _check_weights_and_density(self.weights, self.models, "models", self.method, self.density, "method")
         if self.method == "slerp" and len(self.models) != 2:
             raise ValueError(f"slerp merges exactly 2 models, got {len(self.models)}")
         if self.method == "slerp" and sum(self.weights) == 0:
             raise ValueError(f"{self.method}: the weights sum to 0")
         if self.method == "linear" and self.normalize is not False and sum(self.weights) == 0:
             raise ValueError("linear: the weights sum to 0 (normalize: false sums them unnormalised)")
-        needs_density = self.method in DENSITY_METHODS
-        if needs_density != (self.density is not None):
-            raise ValueError(f"density is {'required' if needs_density else 'not used'} with method {self.method}")
         self._check_mergekit_parameters()
         return self
 
