@@ -1,20 +1,16 @@
 """Reading lm-evaluation-harness output (component layer): results, settings and per-question scores.
 
 Two inputs give the same `EvalRun`:
-- an lm-eval output directory, as `lm_eval --output_path DIR --log_samples` writes it (0.4.x):
-  DIR/<model>/results_<date>.json and DIR/<model>/samples_<task>_<date>.jsonl (searched
-  recursively). Several runs in one folder are listed and read only as chosen (`choose_results`:
-  a file name, "latest" or "all"), or all when their tasks do not overlap; never silently the latest;
-- a samples file that is a git-LFS pointer (content not fetched) is named in the notes and its task
-  falls back to the results file (unpaired errors); a results file that is one is an error;
-- this pipeline's 05_evaluate folder: `<variant>.json` (normalised summary), `<variant>.raw.json`
-  (lm-eval's output per benchmark) and `<variant>.samples.jsonl` (logged samples, with "task").
+- an lm-eval output directory (`lm_eval --output_path DIR --log_samples`, 0.4.x): results_<date>.json
+  and samples_<task>_<date>.jsonl, searched recursively. Several runs in one folder are read only as
+  chosen (`choose_results`), or all when their tasks do not overlap; never silently the latest. A
+  samples file that is a git-LFS pointer is named in the notes and its task falls back to the results
+  file (unpaired errors);
+- this pipeline's 05_evaluate folder: `<variant>.json`, `<variant>.raw.json`, `<variant>.samples.jsonl`.
 
-Tasks are mapped to the Open LLM Leaderboard v1 benchmarks by name, with or without this
-project's `platypus_` prefix: arc_challenge, hellaswag, truthfulqa_mc2, and mmlu_<subject> for
-the 57 MMLU subjects (categories as lm-eval groups them). Other tasks are listed in `notes` and
-left out. The metric per benchmark is the leaderboard's (ARC and HellaSwag acc_norm, MMLU acc,
-TruthfulQA mc2, which lm-eval logs under "acc").
+Tasks map to the Open LLM Leaderboard v1 benchmarks by name, with or without this project's
+`platypus_` prefix (mmlu_<subject> for the 57 MMLU subjects); other tasks are listed in `notes` and left
+out. The metric per benchmark is the leaderboard's (TruthfulQA's mc2 is logged by lm-eval as "acc").
 
 `EvalRun.samples` has one row per question: benchmark, subject ("" outside MMLU), doc_id, score.
 `EvalRun.settings` has per task: benchmark, subject, num_fewshot, version, limit, n.
@@ -240,6 +236,10 @@ def _results(f: Path) -> dict:
     return _read_json(f)
 
 
+def _first(items: list[str], n: int) -> str:
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
+
+
 def _g(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
@@ -277,9 +277,7 @@ def choose_results(path: Path, files: list[Path], choice: Iterable[str] = ()) ->
     overlap = sorted(set.union(*[a & b for k, a in enumerate(tasks) for b in tasks[k + 1 :]]))
     if overlap and rule != "all":
         raise ValueError(
-            f"{path}: {len(files)} results files hold the same tasks ({', '.join(overlap[:4])}"
-            + (" ..." if len(overlap) > 4 else "")
-            + f"), so which run to analyse is a choice: {listed}. Choose with --results-file NAME "
+            f"{path}: {len(files)} results files hold the same tasks ({_first(overlap, 4)}), so which run to analyse is a choice: {listed}. Choose with --results-file NAME "
             "(repeatable, one per input), --results-file latest, or --results-file all (a later file's tasks "
             "replace an earlier one's), or pass the results file itself as the input"
         )
@@ -332,17 +330,12 @@ def read_lm_eval_dir(path: str | Path, name: str | None = None, results_file: It
         samples.update(_read_samples(f, res, name, notes))
     other = sorted({t for res in results for t in res.get("results", {}) if task_unit(t) is None})
     if other:
-        notes.append(
-            f"{name}: tasks outside the leaderboard set left out: {', '.join(other[:8])}"
-            + (" ..." if len(other) > 8 else "")
-        )
+        notes.append(f"{name}: tasks outside the leaderboard set left out: {_first(other, 8)}")
     pointers = {t for t in settings if any(f"; {t} falls back" in n for n in notes)}  # said already
     missing = sorted(t for t in settings if t not in samples and t not in pointers)
     if missing:
         notes.append(
-            f"{name}: no logged samples for {len(missing)} task(s) ({', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else "")
-            + "): unpaired errors there"
+            f"{name}: no logged samples for {len(missing)} task(s) ({_first(missing, 5)}): unpaired errors there"
         )
     model = str((results[-1].get("config") or {}).get("model_args") or (results[-1].get("model_name") or ""))
     frame = pd.concat(list(samples.values()), ignore_index=True) if samples else pd.DataFrame(columns=SAMPLE_COLUMNS)

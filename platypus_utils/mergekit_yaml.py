@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 
 METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 TRIMS = ("ties", "dare_linear", "dare_ties")  # mergekit's rescale has an effect only where a trim is
 ELECTS = ("ties", "dare_ties")  # and int8_mask only where a sign is elected
 SHARED = ("normalize", "rescale", "lambda", "int8_mask")
@@ -61,10 +60,9 @@ def read_config(value: Any, root: Path) -> tuple[dict, Path]:
     path = path if path.is_absolute() else root / path
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MergekitConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise MergekitConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        why = f"cannot read it: {exc.strerror or exc}" if isinstance(exc, OSError) else f"not valid YAML: {exc}"
+        raise MergekitConfigError(f"{path}: {why}") from None
     if not isinstance(config, dict):
         raise MergekitConfigError(f"{path}: a mergekit config is a mapping, got {type(config).__name__}")
     return config, path.parent
@@ -124,14 +122,6 @@ def _per_model(models: list[tuple[str, dict]], shared: dict, key: str, default: 
     return values
 
 
-def _check_top_keys(config: dict) -> None:
-    for key in config:
-        if key in NOT_TRANSLATED:
-            raise MergekitConfigError(f"{key}: {NOT_TRANSLATED[key]}")
-        if key not in KNOWN:
-            raise MergekitConfigError(f"{key}: not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
-
-
 def _check_parameters(config: dict, method: str, models: list[tuple[str, dict]]) -> None:
     own_keys = {"slerp": set(), "linear": {"weight"}}.get(method, {"weight", "density"})
     for i, (_, own) in enumerate(models):
@@ -169,7 +159,9 @@ def _dtype(config: dict) -> str | None:
 
 def translate(name: str, config: dict, folder: Path) -> dict:
     """The profile's merge entry (config.ModelMergeConfig's keys) for mergekit config `config`."""
-    _check_top_keys(config)
+    for key in set(config) - KNOWN:
+        why = NOT_TRANSLATED.get(key, f"not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
+        raise MergekitConfigError(f"{key}: {why}")
     method = config.get("merge_method")
     if method not in METHODS:
         raise MergekitConfigError(

@@ -11,7 +11,5 @@
     save(profile, suite, evaluations, timings, force=force)   # variant files, report, manifest
 
 `run_evaluate(profile, force=False)` (stage.py) is that composition; the runner executes
-notebooks/05_evaluate.ipynb, which calls the same steps. Each name is imported from its module
-(`from platypus_utils.evaluate.stage import run_evaluate`); caching and healing: cache.py; several
-GPUs: spread.py; the vLLM backend's prefix-cache reads: vllm_prefix.py.
+notebooks/05_evaluate.ipynb. The eval cache: cache.py; several GPUs: spread.py; vLLM: vllm_prefix.py.
 """

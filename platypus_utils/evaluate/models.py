@@ -77,20 +77,6 @@ def _resolved_spec(variant: str, model: str, cache: Path, **fields) -> ModelSpec
     return ModelSpec(variant, model, pretrained, revision=revision, **fields)
 
 
-def resolve_reference(profile, name: str) -> ModelSpec:
-    """A released model of evaluate.references, as it is."""
-    ref = next(r for r in profile.evaluate.references if r.name == name)
-    return _resolved_spec(
-        name,
-        ref.model,
-        profile.cache_dir(),
-        source="evaluate.references (released, as it is)",
-        kind=REFERENCE,
-        compare_to=ref.compare_to,
-        published=ref.published,
-    )
-
-
 def required_stages(profile) -> list[str]:
     """The earlier stages whose artifacts the profile's variants need (03 for "adapter", 04 for merges)."""
     variants = set(profile.evaluate.variants)
@@ -119,8 +105,11 @@ def resolve_variant(profile, variant: str) -> ModelSpec:
     """The model a variant (or reference) name stands for (see the module docstring); an error names
     what is missing."""
     cache, base = profile.cache_dir(), profile.models.base
-    if variant in {r.name for r in profile.evaluate.references}:
-        return resolve_reference(profile, variant)
+    for ref in profile.evaluate.references:  # a released model, as it is
+        if ref.name == variant:
+            source = "evaluate.references (released, as it is)"
+            fields = {"compare_to": ref.compare_to, "published": ref.published}
+            return _resolved_spec(variant, ref.model, cache, source=source, kind=REFERENCE, **fields)
     if variant == layout.BASE_VARIANT:
         return _resolved_spec(variant, base, cache, source="models.base")
     if variant == layout.ADAPTER_VARIANT:
@@ -263,11 +252,9 @@ def _lm_kwargs(spec: ModelSpec, settings: dict, own: dict) -> dict:
 
 
 def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
-    """lm-eval's VLLM arguments for a variant (what `--model vllm --model_args ...` takes, lm-eval 0.4.13's
-    lm_eval.models.vllm_causallms.VLLM): prefix caching on (the few-shot prompts share long prefixes;
-    but lm-eval 0.4.13 scores through prompt_logprobs, for which vLLM skips reading the cache), batch
-    size auto; a model to spread goes over every visible GPU by tensor parallelism; the unmerged
-    adapter as a LoRA request."""
+    """lm-eval's VLLM arguments for a variant (`--model vllm --model_args ...`): prefix caching on (the
+    few-shot prompts share long prefixes), batch size auto; a model to spread goes over every visible
+    GPU by tensor parallelism; the unmerged adapter as a LoRA request."""
     own: dict = {"batch_size": "auto", "enable_prefix_caching": True}  # passed through to vllm.LLM
     if settings.get("parallelize"):
         own["tensor_parallel_size"] = max(1, torch.cuda.device_count())

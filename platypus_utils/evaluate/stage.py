@@ -26,7 +26,7 @@ from typing import Any
 import lm_eval
 
 from .. import layout
-from ..artifacts import StageRun, write_json, write_jsonl
+from ..artifacts import StageRun, timed, write_json, write_jsonl
 from .cache import EvalCache, cache_key
 from .models import (
     REFERENCE,
@@ -126,7 +126,7 @@ class _LazyLM:
 
 
 def _kind_fields(ref) -> dict:
-    """kind (and a reference's compare_to and published), for a reference's spec or profile entry, or None."""
+    """kind, and a reference's compare_to and published (`ref`: its spec or profile entry, or None)."""
     return {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published} if ref else {"kind": VARIANT}
 
 
@@ -314,14 +314,13 @@ def run_evaluate(profile, force: bool = False) -> dict:
     Returns {"summaries": {variant: summary}, "failed": {variant: error}, "report": path}."""
     check_backend(profile)  # vLLM asked for where it cannot run: fail before any work
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    suite = prepare_tasks(profile)
-    timings["prepare_s"] = round(time.perf_counter() - t0, 3)
-    specs, unresolved = resolve_variants(profile)
-    slots = gpu_slots(profile, specs)  # several GPUs: one variant per GPU at a time, filling the cache
-    spread_variants(profile, suite, specs, slots, evaluate_variant, force=force)
-    evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force and not slots)
-    timings["evaluate_s"] = round(time.perf_counter() - t0 - timings["prepare_s"], 3)
+    with timed(timings, "prepare_s"):
+        suite = prepare_tasks(profile)
+    with timed(timings, "evaluate_s"):
+        specs, unresolved = resolve_variants(profile)
+        slots = gpu_slots(profile, specs)  # several GPUs: one variant per GPU at a time, filling the cache
+        spread_variants(profile, suite, specs, slots, evaluate_variant, force=force)
+        evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force and not slots)
     save(profile, suite, evaluations, timings, force=force)
     return {
         "summaries": {v: e.summary for v, e in evaluations.items() if e.ok},

@@ -18,7 +18,7 @@ import math
 
 import pandas as pd
 
-from ..lmeval_io import LEADERBOARD_METRICS, as_float, summary_from_results
+from ..lmeval_io import as_float, summary_from_results
 from ..plotting import new_figure
 from .tasks import TaskSuite
 
@@ -34,32 +34,25 @@ def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[
     return math.sqrt(mean_acc * (1 - mean_acc) / (n_total - 1)), "pooled over questions (equal subject sizes)"
 
 
-def _mmlu_task(raw: dict, suite: TaskSuite, subjects: dict[str, dict], metric: str, label: str) -> dict:
-    results, n_total = raw["results"], sum(s["n"] for s in subjects.values())
+def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict]) -> dict:
+    """lmeval_io's MMLU entry (mean over subjects, per-subject stderr), with the pooled stderr where a
+    subject has none and lm-eval's group value (mean over questions) as `weighted_value`."""
+    results, n_total = raw["results"], task["n"]
     group = suite.task_names["mmlu"]
     if group in results:
-        weighted = as_float(results[group][f"{metric},none"])
-        weighted_se = as_float(results[group].get(f"{metric}_stderr,none"))
+        weighted = as_float(results[group]["acc,none"])
+        weighted_se = as_float(results[group].get("acc_stderr,none"))
     else:  # a subject subset on the hub: lm-eval's size weighting, done here
         weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
-    accs, ses = [s["acc"] for s in subjects.values()], [s["stderr"] for s in subjects.values()]
-    value = sum(accs) / len(accs)
-    if all(se is not None for se in ses):
-        stderr, stderr_method = math.sqrt(sum(se * se for se in ses)) / len(ses), "per-subject"
-    else:
-        stderr, stderr_method = _pooled_question_stderr(value, [s["n"] for s in subjects.values()])
-        if weighted_se is None:
-            weighted_se = stderr
-    return {
-        "metric": label,
-        "value": value,  # the leaderboard's: mean over subjects
-        "stderr": stderr,
-        "stderr_method": stderr_method,
-        "n": n_total,
-        "n_subjects": len(subjects),
+    task = {**task, "stderr_method": "per-subject"}
+    if task["stderr"] is None:
+        task["stderr"], task["stderr_method"] = _pooled_question_stderr(
+            task["value"], [s["n"] for s in subjects.values()]
+        )
+        weighted_se = task["stderr"] if weighted_se is None else weighted_se
+    return task | {
         "weighted_value": weighted,  # lm-eval's group value: mean over questions
         "weighted_stderr": weighted_se,
-        "aggregation": "mean over subjects (Open LLM Leaderboard)",
         "weighted_aggregation": "mean over questions, subjects weighted by size (lm-eval's mmlu group)",
     }
 
@@ -74,22 +67,11 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
             raise RuntimeError(
                 f"lm-eval output for MMLU has no subject results ({sorted(raws['mmlu']['results'])[:5]}...)"
             )
-        tasks["mmlu"] = _mmlu_task(raws["mmlu"], suite, subjects, *LEADERBOARD_METRICS["mmlu"])
+        tasks["mmlu"] = _mmlu_task(raws["mmlu"], suite, tasks["mmlu"], subjects)
     missing = sorted(set(raws) - set(tasks))
     if missing:
         raise RuntimeError(f"lm-eval output has no result for {missing}")
-    tasks = {b: tasks[b] for b in raws}
-    values = [t["value"] for t in tasks.values() if t["value"] is not None]
-    return {
-        "variant": variant,
-        "model": model,
-        "model_hash": mhash,
-        "settings": settings,
-        "tasks": tasks,
-        "mmlu_subjects": subjects,
-        "average": sum(values) / len(values) if values else None,
-        "average_over": [b for b, t in tasks.items() if t["value"] is not None],
-    }
+    return {**read, "model_hash": mhash, "settings": settings, "tasks": {b: tasks[b] for b in raws}}
 
 
 # ---------------------------------------------------------------- frames and a figure

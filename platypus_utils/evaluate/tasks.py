@@ -2,11 +2,9 @@
 
 `prepare_tasks(profile)` returns a `TaskSuite`. With `evaluate.benchmarks_dir: hub` the suite names
 lm-eval's built-in tasks (their hub datasets). Otherwise ("demo" or a folder in the original release
-formats, shared/data/README.md) it writes task YAMLs into <run>/05_evaluate/tasks/ from the templates
-in `lm_eval_tasks/`: each `include:`s the installed built-in task and swaps only the data source
-(lm_eval_tasks/utils.py, which reads the files with `platypus_utils.benchmarks`' parsers), so prompts,
-few-shot pools and metrics are the built-in ones. That folder is the one thing this step writes:
-lm-eval reads task definitions from files.
+formats) it writes task YAMLs into <run>/05_evaluate/tasks/ from the templates in `lm_eval_tasks/`:
+each `include:`s the installed built-in task and swaps only the data source (lm_eval_tasks/utils.py),
+so prompts, few-shot pools and metrics are the built-in ones.
 
 Known departure: HellaSwag's few-shot pool is its train split, which the offline copy lacks; without a
 `hellaswag_train.jsonl` the pool is the validation split minus the evaluated item (`suite.notes`).
@@ -59,9 +57,6 @@ class TaskSuite:
     mmlu_subjects: dict[str, str] = field(default_factory=dict)  # subject -> category
     notes: dict[str, str] = field(default_factory=dict)  # benchmark -> departures from the built-in task
     root: Path | None = None  # the benchmarks folder (local mode)
-
-    def subject_task(self, subject: str) -> str:
-        return f"{TASK_PREFIX}mmlu_{subject}" if self.mode == "local" else f"mmlu_{subject}"
 
     def all_files(self) -> list[Path]:
         return sorted({p for files in self.data_files.values() for p in files})
@@ -264,11 +259,8 @@ def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
 def write_task_configs(
     benchmarks_dir: str | Path, out_dir: str | Path, benchmarks_: list[str], mmlu_subjects: list[str] | None = None
 ) -> TaskSuite:
-    """Write lm-eval task YAMLs (+ utils.py) for local benchmark files into `out_dir`.
-
-    The folder is replaced as a whole, so no task from an earlier run (e.g. an MMLU subject no
-    longer selected) lingers. A missing data file raises FileNotFoundError naming it.
-    """
+    """Write lm-eval task YAMLs (+ utils.py) for local benchmark files into `out_dir`, replaced as a whole
+    (no task of an earlier run lingers). A missing data file raises FileNotFoundError naming it."""
     root, out_dir, builtin = Path(benchmarks_dir).resolve(), Path(out_dir), builtin_tasks_dir()
     utils_text = (TEMPLATE_DIR / "utils.py").read_text(encoding="utf-8")
     common = [lm_eval_version(), utils_text, Path(benchmarks.__file__).read_text(encoding="utf-8")]
@@ -329,29 +321,25 @@ def _data_source(suite: TaskSuite, bench: str) -> str:
 
 def task_table(profile, suite: TaskSuite) -> pd.DataFrame:
     """One row per benchmark: lm-eval task, shots, limit, metric reported, data source, departures."""
-    rows = []
-    for bench in benchmarks_in(profile):
-        tcfg = profile.evaluate.tasks[bench]
-        rows.append(
-            {
-                "benchmark": bench,
-                "lm_eval_task": suite.task_names[bench],
-                "num_fewshot": tcfg.num_fewshot,
-                "limit": tcfg.limit,
-                "metric": LEADERBOARD_METRICS[bench][1],
-                "data": _data_source(suite, bench),
-                "note": suite.notes.get(bench, ""),
-            }
-        )
+    rows = [
+        {
+            "benchmark": bench,
+            "lm_eval_task": suite.task_names[bench],
+            "num_fewshot": profile.evaluate.tasks[bench].num_fewshot,
+            "limit": profile.evaluate.tasks[bench].limit,
+            "metric": LEADERBOARD_METRICS[bench][1],
+            "data": _data_source(suite, bench),
+            "note": suite.notes.get(bench, ""),
+        }
+        for bench in benchmarks_in(profile)
+    ]
     return pd.DataFrame(rows).set_index("benchmark")
 
 
-class _DropCustomDatasetHint(logging.Filter):
+def _drop_custom_dataset_hint(record: logging.LogRecord) -> bool:
     """lm-eval warns, for every task with a custom_dataset loader, how to pass --metadata; our
     loaders need none, and MMLU would print it 57 times per call."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
+    return "Custom kwargs can be passed" not in record.getMessage()
 
 
 def make_task_manager(suite: TaskSuite):
@@ -359,9 +347,7 @@ def make_task_manager(suite: TaskSuite):
     # imported here: lm_eval.tasks takes ~4 s to import (measured), and only a cache miss needs it
     from lm_eval.tasks import TaskManager
 
-    task_log = logging.getLogger("lm_eval.api.task")
-    if not any(isinstance(f, _DropCustomDatasetHint) for f in task_log.filters):
-        task_log.addFilter(_DropCustomDatasetHint())
+    logging.getLogger("lm_eval.api.task").addFilter(_drop_custom_dataset_hint)  # added once: a no-op after
     if suite.mode == "local":
         return TaskManager(include_path=str(suite.tasks_dir), include_defaults=False)
     return TaskManager()

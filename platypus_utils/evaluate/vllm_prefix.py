@@ -6,14 +6,11 @@ for such requests): a cached position has no logits, so it could return no log-p
 option of every question is then a whole prefill, and the few-shot context the options share is
 computed again for each (MMLU: four prompts a question, each with the subject's five examples).
 
-`PrefixCachedVLLM` asks for the cache to be read. The positions served from the cache come back without a
-log-probability (None); the context is what the options share, so those are context positions, and the
-continuation - what is scored - is computed. A request whose continuation did fall inside the cached part
-(two identical prompts) is scored again without reading the cache, so every score is computed from logits,
-as lm-eval's own path computes it. A vLLM without the setting (older than the field) runs lm-eval's path
-unchanged, and says so once.
-
-Imported only where vllm is installed (a CUDA machine): `evaluate.models.make_lm` imports it for the vllm backend.
+`PrefixCachedVLLM` asks for the cache to be read. Positions served from the cache come back without a
+log-probability (None): context positions, while the continuation - what is scored - is computed. A
+request whose continuation did fall inside the cached part (two identical prompts) is scored again
+without reading the cache. A vLLM without the setting runs lm-eval's path unchanged, and says so once.
+Imported only where vllm is installed (`evaluate.models.make_lm`, vllm backend).
 """
 
 from __future__ import annotations

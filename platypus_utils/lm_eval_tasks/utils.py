@@ -1,24 +1,19 @@
 """lm-eval task functions for the Open LLM Leaderboard v1 benchmarks read from local files in
 their ORIGINAL release formats (no hub access).
 
-Each task YAML `include:`s the installed built-in lm-eval task and overrides only where the
-data comes from:
-  * `custom_dataset: !function utils.load_<benchmark>` reads the local files, row by row, in
-    the original format (a malformed row raises BenchmarkFileError naming file, line and field);
-  * `process_docs: !function utils.process_<benchmark>` converts those rows to the hub schema
-    of the dataset the built-in task was written for (allenai/ai2_arc, Rowan/hellaswag,
-    cais/mmlu, truthfulqa/truthful_qa), so the built-in doc_to_text / doc_to_choice /
-    doc_to_target / process_results apply unchanged.
+Each task YAML `include:`s the installed built-in lm-eval task and overrides only where the data comes
+from: `custom_dataset: !function utils.load_<benchmark>` reads the local files row by row (a malformed
+row raises BenchmarkFileError naming file, line and field); `process_docs: !function
+utils.process_<benchmark>` converts the rows to the hub schema the built-in task was written for
+(allenai/ai2_arc, Rowan/hellaswag, cais/mmlu, truthfulqa/truthful_qa), so its doc_to_text,
+doc_to_choice, doc_to_target and process_results apply unchanged.
 
-One parser per format: each row is checked by `platypus_utils.benchmarks`' parser of its format
-(arc_item, hellaswag_item, read_mmlu_csv, truthfulqa_item - what stage 02 reads the test sets
-with), so a file 02 accepts is one 05 accepts, row for row and in the same order (the doc_ids 02's
-items carry). Here only what lm-eval's built-in tasks read beyond those items is checked (HellaSwag's
-activity_label, TruthfulQA's mc2 labels) and the rows are mapped to the hub schema.
+One parser per format: each row is checked by `platypus_utils.benchmarks`' parser of its format (what
+stage 02 reads the test sets with), so a file 02 accepts is one 05 accepts, row for row and in the same
+order (the doc_ids 02's items carry); here only what the built-in tasks read beyond that is checked.
 
-This file is copied next to the generated YAMLs (lm-eval resolves `!function utils.x` relative to
-the YAML); `platypus_utils` is importable there because the package is installed (`pip install -e .`),
-so the task folder also works with the plain `lm_eval` command line of the same environment.
+This file is copied next to the generated YAMLs (lm-eval resolves `!function utils.x` relative to the
+YAML); `platypus_utils` is importable there because the package is installed.
 """
 
 from __future__ import annotations
@@ -56,44 +51,45 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _check(parse: Callable, obj: Any, doc_id: int, where: str, kind: str) -> None:
-    """Run benchmarks' parser of the format on one row; its complaint becomes a BenchmarkFileError."""
-    try:
-        parse(obj, doc_id)
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-        raise BenchmarkFileError(f"{where}: not {kind} row ({_reason(exc)})") from None
-
-
-def _jsonl(path: str | Path, parse: Callable, kind: str) -> list[dict]:
-    """The non-blank lines of a JSON lines file (their order is lm-eval's doc_id), each checked by `parse`.
-    Strict: a line artifacts.iter_jsonl cannot use is a BenchmarkFileError, as skipping it would shift
-    the doc_ids 02 gave its items."""
+def _rows(path: str | Path, parse: Callable, kind: str) -> list[dict]:
+    """The rows of a JSON lines file (non-blank lines) or of a JSON list (.json), in order (lm-eval's
+    doc_id), each checked by `parse`, benchmarks' parser of the format. Strict: a row that cannot be
+    used is a BenchmarkFileError naming file and row, as skipping it would shift the doc_ids 02 gave."""
     path = _path(path)
-    rows = []
     try:
-        for lineno, row in iter_jsonl(path, strict=True):
-            if not isinstance(row, dict):
-                raise BenchmarkFileError(f"{path}, line {lineno}: expected a JSON object")
-            _check(parse, row, len(rows), f"{path}, line {lineno}", kind)
-            row["_source"] = f"{path.name}:{lineno}"
-            rows.append(row)
+        if path.suffix == ".json":
+            items = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(items, list):
+                raise BenchmarkFileError(f"{path}: expected a JSON list")
+            numbered = [(f"item {k}", k, item) for k, item in enumerate(items)]
+        else:
+            numbered = [(f"line {n}", n, row) for n, row in iter_jsonl(path, strict=True)]
+    except json.JSONDecodeError as exc:
+        raise BenchmarkFileError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
     except BadJsonLine as exc:
         raise BenchmarkFileError(str(exc)) from None
+    rows = []
+    for where, number, row in numbered:
+        try:
+            if not isinstance(row, dict):
+                raise TypeError("expected a JSON object")
+            parse(row, len(rows))
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise BenchmarkFileError(f"{path}, {where}: not {kind} row ({_reason(exc)})") from None
+        rows.append({**row, "_source": f"{path.name}:{number}"})
     return rows
 
 
-def _dataset_dict(splits: dict[str, list[dict]]) -> datasets.DatasetDict:
-    return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+def _dataset_dict(load_split: Callable[[str], list[dict]], data_files: dict[str, str]) -> datasets.DatasetDict:
+    return datasets.DatasetDict({s: datasets.Dataset.from_list(load_split(f)) for s, f in data_files.items()})
 
 
 # ---------------------------------------------------------------- ARC (AI2 ARC JSON lines)
 def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
     """ARC-Challenge-{Train,Dev,Test}.jsonl: id, question.stem, question.choices[{text,label}], answerKey."""
-    splits = {}
-    for split, file in data_files.items():
-        rows = _jsonl(file, benchmarks.arc_item, "an ARC")
-        # the same keys and types on every row (Dataset.from_list takes its columns from the first row)
-        splits[split] = [
+
+    def rows(file: str) -> list[dict]:  # the same keys and types on every row (Dataset.from_list takes the first's)
+        return [
             {
                 "id": str(r["id"]),
                 "answerKey": str(r["answerKey"]),
@@ -103,9 +99,10 @@ def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
                     "choices": [{"text": str(c["text"]), "label": str(c["label"])} for c in r["question"]["choices"]],
                 },
             }
-            for r in rows
+            for r in _rows(file, benchmarks.arc_item, "an ARC")
         ]
-    return _dataset_dict(splits)
+
+    return _dataset_dict(rows, data_files)
 
 
 def arc_to_hub(doc: dict) -> dict:
@@ -151,14 +148,15 @@ def _hellaswag_row(obj: dict, doc_id: int) -> None:
 
 def load_hellaswag(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
     """hellaswag_<split>.jsonl: ind, activity_label, ctx (ctx_a, ctx_b when present), endings (4), label (0-3)."""
-    splits = {}
-    for split, file in data_files.items():
-        rows = _jsonl(file, _hellaswag_row, "a HellaSwag")
-        for row in rows:
-            row["label"] = int(row["label"])
-            row["endings"] = [str(e) for e in row["endings"]]
-        splits[split] = [{k: r.get(k) for k in _HELLASWAG_KEYS} for r in rows]  # same keys on every row
-    return _dataset_dict(splits)
+
+    def rows(file: str) -> list[dict]:  # the same keys on every row
+        return [
+            {k: r.get(k) for k in _HELLASWAG_KEYS}
+            | {"label": int(r["label"]), "endings": [str(e) for e in r["endings"]]}
+            for r in _rows(file, _hellaswag_row, "a HellaSwag")
+        ]
+
+    return _dataset_dict(rows, data_files)
 
 
 # The last sentence of an ActivityNet context is cut after a few words; that fragment is ctx_b
@@ -167,16 +165,11 @@ _LAST_SENTENCE = re.compile(r"^(?P<a>.*[.!?][\"')\]]*)\s+(?P<b>[^.!?]*[^.!?\s])$
 
 
 def split_hellaswag_context(ctx: str) -> tuple[str, str]:
-    """Recover (ctx_a, ctx_b) from a context where they were joined as ctx_a + " " + ctx_b.
-
-    lm-eval builds the query from ctx_a + " " + ctx_b.capitalize(), so the only place the
-    split matters is ctx_b's capitalisation. ctx_b is taken to be a trailing fragment that
-    starts lower-case after the last sentence end (ActivityNet items: "... the pole. the lady");
-    otherwise ctx_b is "" (WikiHow items end with a full sentence, and their ctx_b is empty
-    or starts with a capital, so .capitalize() leaves them unchanged apart from the rare
-    upper-case letter later in the fragment - the one residual difference, documented).
-    A context with no sentence end that starts lower-case is treated as all ctx_b.
-    """
+    """Recover (ctx_a, ctx_b) from a context joined as ctx_a + " " + ctx_b. lm-eval's query is
+    ctx_a + " " + ctx_b.capitalize(), so only ctx_b's capitalisation matters: ctx_b is a trailing
+    fragment starting lower-case after the last sentence end (ActivityNet: "... the pole. the lady"),
+    else "" (WikiHow items end with a full sentence; the one residual difference is a capital later in
+    the fragment, documented). A context with no sentence end that starts lower-case is all ctx_b."""
     m = _LAST_SENTENCE.match(ctx)
     if m and m.group("b")[:1].islower():
         return m.group("a"), m.group("b")
@@ -226,13 +219,7 @@ def read_mmlu_csv(path: str | Path) -> list[dict]:
 
 
 def load_mmlu(data_files: dict[str, str], subject: str, **_metadata) -> datasets.DatasetDict:
-    splits = {}
-    for split, file in data_files.items():
-        rows = read_mmlu_csv(file)
-        for row in rows:
-            row["subject"] = subject
-        splits[split] = rows
-    return _dataset_dict(splits)
+    return _dataset_dict(lambda file: [{**row, "subject": subject} for row in read_mmlu_csv(file)], data_files)
 
 
 def mmlu_to_hub(doc: dict) -> dict:
@@ -265,32 +252,20 @@ def _truthfulqa_row(item: Any, doc_id: int) -> None:
 
 
 def load_truthfulqa(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
-    """mc_task.json: a JSON list of {question, mc1_targets{answer: 0/1}, mc2_targets{answer: 0/1}}.
+    """mc_task.json: a JSON list of {question, mc1_targets{answer: 0/1}, mc2_targets{answer: 0/1}}. Arrow
+    cannot hold a mapping whose keys differ per row: each is kept as JSON text, process_docs reads it."""
 
-    Arrow cannot hold a mapping whose keys differ per row, so each targets mapping is kept
-    as its JSON text (key order preserved); process_docs turns it into the hub's lists.
-    """
-    splits = {}
-    for split, file in data_files.items():
-        path = _path(file)
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BenchmarkFileError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
-        if not isinstance(items, list):
-            raise BenchmarkFileError(f"{path}: expected a JSON list of questions")
-        rows = []
-        for k, item in enumerate(items):
-            _check(_truthfulqa_row, item, k, f"{path}, item {k}", "a TruthfulQA")
-            rows.append(
-                {
-                    "question": item["question"],
-                    "_source": f"{path.name}:{k}",
-                    **{f: json.dumps(item[f], ensure_ascii=False) for f in ("mc1_targets", "mc2_targets")},
-                }
-            )
-        splits[split] = rows
-    return _dataset_dict(splits)
+    def rows(file: str) -> list[dict]:
+        return [
+            {
+                "question": item["question"],
+                "_source": item["_source"],
+                **{f: json.dumps(item[f], ensure_ascii=False) for f in ("mc1_targets", "mc2_targets")},
+            }
+            for item in _rows(file, _truthfulqa_row, "a TruthfulQA")
+        ]
+
+    return _dataset_dict(rows, data_files)
 
 
 def truthfulqa_to_hub(doc: dict) -> dict:

@@ -84,7 +84,7 @@ def _read_config(adapter_dir: Path) -> dict:
     config_path = adapter_dir / "adapter_config.json"
     for p in (config_path, adapter_dir / ADAPTER_WEIGHTS):
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: not found; is {adapter_dir} a peft adapter saved by stage 03_finetune?")
+            raise FileNotFoundError(f"{p}: not found: no LoRA adapter in {adapter_dir}; run stage 03_finetune first")
     config = json.loads(config_path.read_text())
     if config.get("peft_type") != "LORA":
         raise MergeError(f"{config_path}: peft_type {config.get('peft_type')!r}; only LORA adapters can be merged")

@@ -1,13 +1,10 @@
 """The jobs of stage 04: what it makes for a profile, from what, in which dtype, and whether an
 existing folder is reused.
 
-`merge_jobs(profile)` gives one Job per variant, in layout.planned_variants order; it writes nothing,
-and checks the variant names, that partners share the adapter's base architecture, and that every
-input exists or is made earlier in the stage. A variant is stored in the dtype of the model it is made
-from, or merge.dtype; inputs in different dtypes: float32 (`merge_dtype`). Reuse (`existing_output`):
-an existing variant made from the same inputs, unchanged, is reused; one this stage made from other
-inputs is stale and made again; a folder without this stage's record, or edited after it, is refused
-unless force.
+`merge_jobs(profile)` gives one Job per variant, in layout.planned_variants order, and writes nothing.
+Reuse (`existing_output`): a variant made from the same inputs, unchanged, is reused; one this stage
+made from other inputs is stale and made again; a folder without this stage's record, or edited after
+it, is refused unless force.
 """
 
 from __future__ import annotations
@@ -112,11 +109,6 @@ def check_variant_names(profile: Profile) -> list[str]:
     return names
 
 
-def adapter_dir_for(profile: Profile) -> Path:
-    """Stage 03's adapter, the one merged into models.base and the partners."""
-    return layout.artifact(profile, layout.ADAPTER)
-
-
 def needs_finetune(profile: Profile) -> bool:
     """Whether this profile's merges read stage 03's output (its adapter, or adapters in its folder)."""
     cfg = profile.merge
@@ -142,18 +134,6 @@ def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
             raise MergeError(f"merge.dtype {setting!r}: use auto, {', '.join(MERGE_DTYPES)}")
         return getattr(torch, setting)
     return own[0] if own and all(d == own[0] for d in own) else torch.float32
-
-
-def source_inputs(ref: str, adapter_sha: str, base_ref: str, dtype, content_sha: str | None) -> dict:
-    """What an adapter-into-model variant is made from (recorded in merge_info; reuse compares it)."""
-    return {
-        "method": METHOD,
-        "model_ref": ref,
-        "model_content_sha256": content_sha,
-        "adapter_sha256": adapter_sha,
-        "adapter_base_ref": base_ref,
-        "dtype": dtype_name(dtype),
-    }
 
 
 # ---------------------------------------------------------------- jobs
@@ -189,7 +169,6 @@ class MergeJobs:
         self.base_config = AutoConfig.from_pretrained(self.base_path)
         self.partner_models = {p.name: p.model for p in self.cfg.partners if not p.adapter}
         self.produced: dict[str, Path] = {}  # variant -> folder, in the order the jobs make them
-        self.produced_dtype: dict[str, Any] = {}
         self.content: dict[str, str] = {}  # folder -> model_content_hash; this stage's variants: from merge_info
         self.jobs: list[Job] = []
         self.made: list[str] = []  # variants made (or reused) so far, in order (stage.make_variant)
@@ -205,7 +184,7 @@ class MergeJobs:
             "models": {},
             "sweep": self.sweep,
         }
-        self.adapter_dir = adapter_dir_for(profile)
+        self.adapter_dir = layout.artifact(profile, layout.ADAPTER)
         self.adapter_tok: list[str] = []
 
     def __iter__(self):
@@ -237,7 +216,7 @@ class MergeJobs:
     def own_dtype(self, path: str) -> torch.dtype:
         """The stored dtype of a model folder or reference (a variant of this stage: the one it is made in)."""
         made = self.made_as(path)
-        return self.produced_dtype[made] if made else stored_dtype(path)
+        return self.job(made).dtype if made else stored_dtype(path)
 
     def made_as(self, path: str | None) -> str | None:
         """The variant of this stage stored at `path`, if any."""
@@ -248,16 +227,21 @@ class MergeJobs:
         job.local_inputs = [str(p) for p in reads if p and not self.made_as(p)]
         self.jobs.append(job)
         self.produced[job.variant] = self.run_dir / job.variant
-        self.produced_dtype[job.variant] = job.dtype
 
     # ------------------------------------------------------------ the adapter into models
     def adapter_job(
         self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str], partner: str | None
     ) -> None:
         _, deltas = read_adapter(adapter)
-        adapter_sha = sha256_path(adapter)
         dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
         base_ref = self.base_ref
+        made_from = {  # what reuse compares (merge_info's inputs)
+            "method": METHOD,
+            "model_ref": ref,
+            "adapter_sha256": sha256_path(adapter),
+            "adapter_base_ref": base_ref,
+            "dtype": dtype_name(dtype),
+        }
         self._add(
             Job(
                 variant,
@@ -266,7 +250,7 @@ class MergeJobs:
                 dtype=dtype,
                 merges=f"{adapter.parent.name}/{adapter.name}",
                 into=ref,
-                inputs=lambda: source_inputs(ref, adapter_sha, base_ref, dtype, self.content_id(source)),
+                inputs=lambda: made_from | {"model_content_sha256": self.content_id(source)},
                 mergekit=adapter_config(source, adapter, dtype),
                 steps=lambda: adapter_merge_steps(
                     source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
@@ -287,10 +271,6 @@ class MergeJobs:
         cfg, base_path = self.cfg, self.base_path
         if not (cfg.merge_into_base or cfg.partners):
             return
-        if not (self.adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"{self.adapter_dir}: no LoRA adapter (adapter_config.json); run stage 03_finetune first"
-            )
         adapter_config, _ = read_adapter(self.adapter_dir)
         self.report["adapter"] = str(self.adapter_dir.resolve())
         self.adapter_tok = [str(self.adapter_dir)] if has_tokenizer(self.adapter_dir) else []

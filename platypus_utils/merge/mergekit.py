@@ -59,8 +59,8 @@ def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
             config["base_model"] = str(Path(spec.base).resolve())
         own = [{"weight": w} | ({"density": spec.density} if spec.density is not None else {}) for w in spec.weights]
         config["models"] = [{"model": m, "parameters": p} for m, p in zip(models, own)]
-        if _shared_parameters(spec):
-            config["parameters"] = _shared_parameters(spec)
+        if shared := _shared_parameters(spec):
+            config["parameters"] = shared
     config["dtype"] = "float32"  # the arithmetic, as here; rounded once to the stored dtype
     if dtype_name(dtype) != "float32":
         config["out_dtype"] = dtype_name(dtype)

@@ -9,12 +9,10 @@
     report_frame(merge_report(jobs, made))     # merge_report.json's models, as a frame
     save(profile, jobs, made, timings)         # merge_report.json + manifest.json
 
-The runner executes notebooks/04_merge.ipynb, which calls the same steps as `run_merge`. Unlike other
-stages' steps, `make_variant` writes: a variant is a full model (tens of GB at the paper's scale),
-written to runs/<profile>/04_merge/<variant>/ through a temporary folder that is checked before it is
-renamed into place. A reused variant whose check is older than verify.VERIFY_FORMAT is checked again.
-Outside the runner, `begin` records the attempt (attempt.json), closed "failed" by a failing
-`make_variant` and "ok" by `save`. Hub access is the caller's: this stage sets no HF_* variable.
+The runner executes notebooks/04_merge.ipynb, which calls the same steps. Unlike other stages' steps,
+`make_variant` writes: a variant is a full model (tens of GB at the paper's scale), written through a
+temporary folder that is checked before it is renamed into place. Outside the runner, `begin` records
+the attempt (attempt.json), closed "failed" by a failing `make_variant` and "ok" by `save`.
 """
 
 from __future__ import annotations
@@ -22,11 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .. import layout
 from ..artifacts import (
     MANIFEST,
     RUNNER_ATTEMPT_ENV,
@@ -39,19 +39,19 @@ from ..artifacts import (
 )
 from ..cards import merged_card, write_card
 from ..config import Profile
-from ..layout import MERGE_REPORT
 from ..plotting import new_figure
 from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
 from .errors import MergeError
 from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
-from .jobs import STAGE, Job, MergeJobs, adapter_dir_for, existing_output, merge_jobs
+from .jobs import STAGE, Job, MergeJobs, existing_output, merge_jobs
 from .mergekit import why_not, write_config
 from .verify import UNRESOLVABLE, VERIFIED, VERIFY_FORMAT
 
 log = logging.getLogger("platypus")
 
-REPORT = MERGE_REPORT[1]
+REPORT = layout.MERGE_REPORT[1]
 NOT_CHECKED = "not checked"  # merge.verify: false
+FIGURES = ("max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "logit_tolerance")
 METRIC_KEYS = ("status", "max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb")
 
 
@@ -73,9 +73,7 @@ class Adapter:
 
 def load_adapter(profile: Profile) -> Adapter:
     """Stage 03's adapter (03_finetune/adapter); FileNotFoundError saying to run stage 03 when absent."""
-    path = adapter_dir_for(profile)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: no LoRA adapter (adapter_config.json); run stage 03_finetune first")
+    path = layout.artifact(profile, layout.ADAPTER)
     config, deltas = read_adapter(path)
     return Adapter(path, config, deltas)
 
@@ -175,11 +173,7 @@ def report_entry(
         # "verified" only when a check ran, passed and could have failed (verify.resolution)
         "verified": status == VERIFIED,
         "status": status,
-        "status_reason": (verification or {}).get("status_reason"),
-        "max_abs_weight_diff": verification and verification["max_abs_weight_diff"],
-        "max_weight_error_to_bound": verification and verification.get("max_weight_error_to_bound"),
-        "max_abs_logit_diff": verification and verification.get("max_abs_logit_diff"),
-        "logit_tolerance": verification and verification.get("logit_tolerance"),
+        **{k: (verification or {}).get(k) for k in ("status_reason", *FIGURES)},
         "verification": verification,
         "content_sha256": info["content_sha256"],
         "reused": reused,
@@ -299,10 +293,7 @@ def merge_report(jobs: MergeJobs, made: list[Made]) -> dict:
 
 def status_counts(made: list[Made]) -> dict[str, int]:
     """Variants per check status: verified, unresolvable, not checked (each key always present)."""
-    counts = dict.fromkeys((VERIFIED, UNRESOLVABLE, NOT_CHECKED), 0)
-    for m in made:
-        counts[m.entry["status"]] = counts.get(m.entry["status"], 0) + 1
-    return counts
+    return dict.fromkeys((VERIFIED, UNRESOLVABLE, NOT_CHECKED), 0) | Counter(m.entry["status"] for m in made)
 
 
 def report_frame(report: dict) -> pd.DataFrame:

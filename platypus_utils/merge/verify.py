@@ -25,7 +25,6 @@ import gc
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel
@@ -327,36 +326,30 @@ def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: M
         return {} if torch.equal(got, tensors[0]) else {"failure": f"{name}: non-float tensor differs"}
     if got.dtype != dtype:
         return {"failure": f"{name}: saved as {got.dtype}, not {dtype}"}
-    flat_got = got.reshape(-1)
-    if not bool(torch.isfinite(flat_got).all()):
+    got = got.reshape(-1)
+    if not bool(torch.isfinite(got).all()):
         return {"failure": f"{name}: non-finite values"}
     base_t = base.read(name) if base is not None else None
-    inputs = [t.reshape(-1) for t in tensors + ([base_t] if base is not None else [])]
     args = (spec.weights, spec.density, spec.majority_sign_method, seed, name, dtype, spec.options)
-    expected, info = merge_tensor(spec.method, tensors, base_t, *args)
-    expected = expected.reshape(-1)
+    expected = merge_tensor(spec.method, tensors, base_t, *args)[0].reshape(-1)
+    inputs = [t.reshape(-1) for t in tensors + ([base_t] if base is not None else [])]
+    apart = [False] * len(inputs)  # whether some element of that input, copied as it is, would fail here
     diff = ratio = 0.0
     over = 0
-    apart = [False] * len(inputs)  # whether some element of that input, copied as it is, would fail here
-    for part in chunks(flat_got.numel()):
-        e, value = expected[part].double(), flat_got[part].double()
+    for part in chunks(got.numel()):
+        e, value = expected[part].double(), got[part].double()
         bound = 2 * half_ulp(torch.maximum(e.abs(), value.abs()), dtype)
         gap = (value - e).abs_()
         if gap.numel():
             diff, ratio = max(diff, float(gap.max())), max(ratio, float((gap / bound).max()))
             over += int((gap > bound).sum())
         apart = [a or bool(((x[part].double() - e).abs() > bound).any()) for a, x in zip(apart, inputs)]
-    step = max(1, flat_got.numel() // SCALE_SAMPLE)  # on a sample: distance to the nearest input, input spread
-    sample, sampled = flat_got[::step].float(), [t[::step].float() for t in inputs[: len(tensors)]]
-    out = {
-        "apart": apart,
-        "diff": diff,
-        "ratio": ratio,
-        "unchanged": int(bool(info.get("unchanged"))),
-        "slerp_linear": int(bool(info.get("slerp_linear"))),
-        "change": min(float((sample - t).abs().max()) for t in sampled) if sample.numel() else 0.0,
-        "moved": float((sampled[0] - sampled[-1]).abs().max()) if sample.numel() else 0.0,
-    }
+    step = max(1, got.numel() // SCALE_SAMPLE)  # on a sample: the distance to the nearest input
+    sample = got[::step].float()
+    change = (
+        min(float((sample - t[::step].float()).abs().max()) for t in inputs[: len(tensors)]) if got.numel() else 0.0
+    )
+    out = {"apart": apart, "diff": diff, "ratio": ratio, "change": change}
     if over:
         out["failure"] = (
             f"{name}: {over} elements off the recomputed merge by more than an ulp of {dtype_name(dtype)} "
@@ -370,53 +363,46 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
     (or the base), copied as it is, would pass too."""
     merged = SafetensorsCheckpoint(merged_dir)
     models, base = spec.checkpoints()
-    if merged.names() != models[0].names():
+    names = merged.names()
+    if names != models[0].names():
         raise MergeVerificationError(
-            f"{merged_dir}: tensor names differ from {spec.labels[0]}: "
-            f"{sorted(set(merged.names()) ^ set(models[0].names()))[:5]}"
+            f"{merged_dir}: tensor names differ from {spec.labels[0]}: {sorted(set(names) ^ set(models[0].names()))[:5]}"
         )
-    totals: dict[str, Any] = dict.fromkeys(("diff", "ratio", "change", "moved", "slerp_linear", "unchanged"), 0)
-    totals["apart"] = [False] * (len(models) + (base is not None))
-    failures = []
-    for name in merged.names():
+    totals = {"diff": 0.0, "ratio": 0.0, "change": 0.0}
+    apart, failures = [False] * (len(models) + (base is not None)), []
+    for name in names:
         one = check_tensor(name, merged, models, base, spec, dtype, seed)
-        if "failure" in one:
-            failures.append(one["failure"])
-        totals["apart"] = [a or b for a, b in zip(totals["apart"], one.get("apart", totals["apart"]))]
-        for key in ("diff", "ratio", "change", "moved"):
-            totals[key] = max(totals[key], one.get(key, 0.0))
-        for key in ("slerp_linear", "unchanged"):
-            totals[key] += one.get(key, 0)
+        failures += [one["failure"]] if "failure" in one else []
+        apart = [a or b for a, b in zip(apart, one.get("apart", apart))]
+        totals = {k: max(v, one.get(k, 0.0)) for k, v in totals.items()}
     if failures:
         raise MergeVerificationError(
             f"{merged_dir}: not the {spec.method} merge of {spec.labels} ({len(failures)} tensors): "
             + "; ".join(failures[:5])
         )
-    result: dict[str, Any] = {
+    labels = list(spec.labels) + ([f"base {spec.base_label}"] if spec.uses_base else [])
+    alike = [label for label, a in zip(labels, apart) if not a]
+    reason = (
+        f"no element of the merge differs from {', '.join(alike)} by more than its bound in "
+        f"{dtype_name(dtype)}: the check cannot tell the merge from that input as it is"
+        if alike
+        else None
+    )
+    if reason:
+        log.warning("%s: passed its check, yet %s", merged_dir, reason)
+    log.info("verified %s: max diff %.3g over %d tensors", merged_dir, totals["diff"], len(names))
+    return {
         "max_abs_weight_diff": totals["diff"],
         "max_weight_error_to_bound": totals["ratio"],  # <= 1: every element within its bound
         "weight_bound": MODEL_WEIGHT_BOUND,
         "format": VERIFY_FORMAT,
         "dtype": dtype_name(dtype),
         "max_abs_distance_to_nearest_input": totals["change"],  # 0: the merge equals one input (sampled)
-        "max_abs_input_difference": totals["moved"],  # how different the inputs are (sampled)
-        "verified_tensors": len(merged.names()),
-        "unchanged_tensors": totals["unchanged"],  # every input equal (no task vector): copied
-        **({"slerp_linear_tensors": totals["slerp_linear"]} if spec.method == "slerp" else {}),
+        "verified_tensors": len(names),
         **smoke_test(merged_dir, dtype),
+        "status": UNRESOLVABLE if alike else VERIFIED,
+        "status_reason": reason,
     }
-    labels = list(spec.labels) + ([f"base {spec.base_label}"] if spec.uses_base else [])
-    alike = [label for label, apart in zip(labels, totals["apart"]) if not apart]
-    result["status"], result["status_reason"] = VERIFIED, None
-    if alike:
-        result["status"] = UNRESOLVABLE
-        result["status_reason"] = (
-            f"no element of the merge differs from {', '.join(alike)} by more than its bound in "
-            f"{dtype_name(dtype)}: the check cannot tell the merge from that input as it is"
-        )
-        log.warning("%s: passed its check, yet %s", merged_dir, result["status_reason"])
-    log.info("verified %s: max diff %.3g over %d tensors", merged_dir, totals["diff"], len(merged.names()))
-    return result
 
 
 def smoke_test(model_dir: str | Path, dtype) -> dict:
