@@ -111,19 +111,13 @@ class Loaded:
 
     def per_source(self) -> pd.DataFrame:
         """Rows read, left out (malformed / filtered) and loaded, per data_source."""
+        names, steps = sorted(self.counts), ["loaded", "malformed", "filtered"]
         out = pd.DataFrame(
-            [
-                {
-                    "data_source": s,
-                    "read": c["loaded"],
-                    "malformed": c["malformed"],
-                    "filtered": c["filtered"],
-                    "rows": c["loaded"] - c["malformed"] - c["filtered"],
-                }
-                for s, c in sorted(self.counts.items())
-            ]
+            [[self.counts[s][k] for k in steps] for s in names], pd.Index(names, name="data_source"), steps
         )
-        return out.set_index("data_source") if len(out) else out
+        out = out.rename(columns={"loaded": "read"})
+        out["rows"] = out["read"] - out["malformed"] - out["filtered"]
+        return out
 
 
 def load_sources(profile: Profile) -> Loaded:

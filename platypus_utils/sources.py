@@ -593,25 +593,23 @@ def _hub_guanaco(rec: dict, skipped: SkippedRows) -> Optional[dict]:
 
 @dataclass(frozen=True)
 class HubSource:
-    splits: tuple[str, ...]
     formatter: Callable[[dict, SkippedRows], Optional[dict]]
     data_files: Optional[str] = None
+    splits: tuple[str, ...] = ("train",)
 
 
 # Default hub ids from PLATYPUS.md §1. PRM800K, ARB and SciBench were never hub datasets (local loaders above).
 HUB_SOURCES: dict[str, HubSource] = {
-    "garage-bAInd/Open-Platypus": HubSource(("train",), lambda r, s: open_platypus_row(r, "open-platypus", s)),
-    "metaeval/ScienceQA_text_only": HubSource(("train",), _hub_scienceqa),
-    "wenhu/TheoremQA": HubSource(
-        ("train",), lambda r, s: format_theoremqa(r, s, theorem_key="theorem_def"), data_files="test.csv"
-    ),
-    "metaeval/reclor": HubSource(("train",), _hub_reclor),
-    "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k": HubSource(("train",), _hub_tigerbot),
+    "garage-bAInd/Open-Platypus": HubSource(lambda r, s: open_platypus_row(r, "open-platypus", s)),
+    "metaeval/ScienceQA_text_only": HubSource(_hub_scienceqa),
+    "wenhu/TheoremQA": HubSource(lambda r, s: format_theoremqa(r, s, theorem_key="theorem_def"), data_files="test.csv"),
+    "metaeval/reclor": HubSource(_hub_reclor),
+    "TigerResearch/tigerbot-kaggle-leetcodesolutions-en-2k": HubSource(_hub_tigerbot),
     "nuprl/leetcode-solutions-python-testgen-gpt4": HubSource(
-        ("train",), lambda r, s: _row(r["prompt"], "", r["full_code"], "leetcode_ne")
+        lambda r, s: _row(r["prompt"], "", r["full_code"], "leetcode_ne")
     ),
-    "jondurbin/airoboros-gpt4-1.4.1": HubSource(("train",), _hub_airoboros, data_files="instructions.jsonl"),
-    "timdettmers/openassistant-guanaco": HubSource(("train", "test"), _hub_guanaco),
+    "jondurbin/airoboros-gpt4-1.4.1": HubSource(_hub_airoboros, data_files="instructions.jsonl"),
+    "timdettmers/openassistant-guanaco": HubSource(_hub_guanaco, splits=("train", "test")),
 }
 DEFAULT_HUB_ID = "garage-bAInd/Open-Platypus"
 
