@@ -362,14 +362,11 @@ def meaning_features(
     vecs = encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
     out = []
     for (start, nq, nt, na), (_, row) in zip(plan, pairs.iterrows()):
-        q = vecs[start : start + nq]
-        t = vecs[start + nq : start + nq + nt]
-        a = vecs[start + nq + nt]
-        spans = vecs[start + nq + nt + 1 : start + nq + nt + 1 + na]
+        q, t, a, spans = np.split(vecs[start : start + nq + nt + 1 + na], np.cumsum([nq, nt, 1]))
         feats = text_features(
             row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
         )
-        answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a).max())
+        answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a[0]).max())
         answer_cosine = 0.0 if feats["answer_uninformative"] else answer_cosine
         asked_alone = row.get("test_view") == "question_only"
         out.append(
@@ -466,10 +463,7 @@ class LlmJudge:
             for window in self.windows(train):
                 owner.append(k)
                 prompts.append(self.prompt(window, question, answer))
-        best = [-np.inf] * len(triples)
-        for k, s in zip(owner, self.score_prompts(prompts)):
-            best[k] = max(best[k], s)
-        return best
+        return pd.Series(self.score_prompts(prompts), dtype=float).groupby(owner).max().tolist()
 
 
 # ---------------------------------------------------------------- entry point
@@ -493,7 +487,7 @@ def judge_pairs(
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"judge model must be a model reference, got {model!r}")
     if model.startswith(LLM_PREFIX):
-        return _judge_llm(out, model[len(LLM_PREFIX) :], threshold, cache_dir, embedder, llm)
+        return _judge_llm(out, model[len(LLM_PREFIX) :], threshold, cache_dir, llm)
     if embedder is None:
         from .embeddings import Embedder
         from .models import default_cache_dir
@@ -504,29 +498,16 @@ def judge_pairs(
     return out.assign(**feats, **verdicts, judge=model)
 
 
-def _judge_llm(
-    out: pd.DataFrame, ref: str, threshold: float | None, cache_dir, embedder, llm: LlmJudge | None
-) -> pd.DataFrame:
+def _judge_llm(out: pd.DataFrame, ref: str, threshold: float | None, cache_dir, llm: LlmJudge | None) -> pd.DataFrame:
     llm = llm or LlmJudge(ref, cache_dir)
-    diff = [
-        numbers_differ(q, f"{t} {o}") for q, t, o in zip(out["test_question"], out["train_text"], out["train_output"])
-    ]
-    asked = [k for k, d in enumerate(diff) if not d]  # a pair whose numbers differ is never "same": not asked
-    got = llm.score_many(
-        [
-            (
-                f"{out['train_text'].iat[k]}\nAnswer: {out['train_output'].iat[k]}",
-                out["test_question"].iat[k],
-                out["test_answer"].iat[k],
-            )
-            for k in asked
-        ]
-    )
-    scores = [-np.inf] * len(out)
-    for k, s in zip(asked, got):
-        scores[k] = s
+    texts = zip(out["test_question"], out["train_text"], out["train_output"])
+    differ = np.array([numbers_differ(q, f"{t} {o}") for q, t, o in texts], dtype=bool)
+    asked = out[~differ]  # a pair whose numbers differ is never "same": not asked
+    trains = asked["train_text"] + "\nAnswer: " + asked["train_output"]
+    scores = np.full(len(out), -np.inf)
+    scores[~differ] = llm.score_many(list(zip(trains, asked["test_question"], asked["test_answer"])))
     cut = 0.0 if threshold is None else threshold
-    return out.assign(numbers_differ=diff, score=scores, verdict=[s >= cut for s in scores], judge=LLM_PREFIX + ref)
+    return out.assign(numbers_differ=differ, score=scores, verdict=scores >= cut, judge=LLM_PREFIX + ref)
 
 
 def _reads_choices(benchmark: str | None) -> bool:
