@@ -23,14 +23,11 @@ def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:
     cols = ["data_source", "benchmark", *CATEGORIES, "removed"]
     if pairs.empty:
         return pd.DataFrame(columns=cols)
-    out = []
-    for (src, bench), grp in worst_per_row(pairs).groupby(["train_source", "benchmark"], sort=True):
-        row = {"data_source": src, "benchmark": bench}
-        for c in CATEGORIES:
-            row[c] = int((grp["category"] == c).sum())
-        row["removed"] = int(grp["train_index"].isin(removed).sum())
-        out.append(row)
-    return pd.DataFrame(out, columns=cols)
+    worst = worst_per_row(pairs).rename(columns={"train_source": "data_source"})
+    keys = [worst["data_source"], worst["benchmark"]]
+    out = pd.crosstab(keys, worst["category"]).reindex(columns=list(CATEGORIES), fill_value=0)
+    out["removed"] = worst["train_index"].isin(removed).groupby(keys).sum()
+    return out.reset_index().rename_axis(columns=None)[cols]
 
 
 def worst_per_row(pairs: pd.DataFrame) -> pd.DataFrame:
