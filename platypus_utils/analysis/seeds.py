@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import BENCHMARKS, LABELS, missing, none_if_nan
+from .common import BENCHMARKS, LABELS, missing
 from .tables import md_document, to_markdown, write_table
 
 AVERAGE = "average"
@@ -26,8 +26,7 @@ def _score(board: pd.DataFrame, variant: str, column: str) -> float | None:
     rows = board[(board["variant"] == variant) & (board["status"] == "ok")]
     if rows.empty or column not in rows.columns:
         return None
-    value = none_if_nan(rows.iloc[0][column])
-    return None if value is None else float(value)
+    return None if missing(value := rows.iloc[0][column]) else float(value)
 
 
 def seed_spread_frame(board: pd.DataFrame, seed_variants: dict[int, str]) -> pd.DataFrame:

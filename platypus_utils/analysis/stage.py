@@ -150,26 +150,6 @@ def _figure_name(c: Comparison, baseline: str) -> str:
     return f"mmlu_delta_{safe_name(c.variant)}" + ("" if c.reference == baseline else f"_vs_{safe_name(c.reference)}")
 
 
-def write_comparisons(
-    runs: dict[str, EvalRun],
-    pairs: list[Comparison],
-    st: StatsSettings,
-    out: Outputs,
-    baseline: str,
-    merged: dict[str, str | None],
-    empty_why: str = NO_COMPARISON,
-) -> pd.DataFrame:
-    """The paired tables and figures of every comparison (`platypus analyse`); returns the delta frame and
-    adds its notes (missing subjects, fallbacks) to `out.produced`. `empty_why`: why there is no MMLU
-    comparison, said in the tables and for the figures not drawn."""
-    frame, notes = paired_delta_frame(runs, pairs, st)
-    out.produced["notes"] += notes
-    write_delta_tables(out, frame, pairs, st, empty_why)
-    for f in comparison_figures(frame, pairs, st, baseline, merged, out.produced["notes"], empty_why):
-        out.save(f)
-    return frame
-
-
 def write_delta_tables(
     out: Outputs, frame: pd.DataFrame, pairs: list[Comparison], st: StatsSettings, empty_why: str = NO_COMPARISON
 ) -> None:
@@ -376,11 +356,8 @@ def stage_tradeoff(profile, data: dict) -> pd.DataFrame:
 
 @dataclass
 class Analysis:
-    """What stage 06 computes before it writes anything, each from the step of that name: `load_step`'s
-    data, `stage_comparisons` (pairs and their notes), `paired_delta_frame` (deltas and their notes),
-    `reference_frame` (released), `load_clean_subset` (clean and clean_info), `stage_leaderboard` (board),
-    `seed_spread_frame` (None without finetune.seeds) and `stage_tradeoff`. `save_analysis` writes these
-    frames and the figures drawn from them (`stage_figures`), nothing recomputed."""
+    """What stage 06 computes before it writes anything, each field from its step (compute_analysis;
+    seed_spread None without finetune.seeds): `save_analysis` writes them as they are, nothing recomputed."""
 
     data: dict
     pairs: list[Comparison]
@@ -607,7 +584,11 @@ def analyse(
         outputs.produced["notes"] += [n for n in [info["why"], *info["notes"]] if n]
         write_clean_step(outputs, clean, info, clean_figure(clean, info, st.confidence))
     why = _no_mmlu_why(runs, pairs, len(asked))
-    frame = write_comparisons(runs, pairs, st, outputs, baseline, merged, why)
+    frame, delta_notes = paired_delta_frame(runs, pairs, st)
+    outputs.produced["notes"] += delta_notes  # missing subjects, fallbacks: the subject figures repeat them
+    write_delta_tables(outputs, frame, pairs, st, why)
+    for f in comparison_figures(frame, pairs, st, baseline, merged, outputs.produced["notes"], why):
+        outputs.save(f)
     outputs.produced.update(compared=[c.label for c in pairs], no_comparison=why)
     if refs:
         write_reference_step(outputs, *reference_frame(runs, refs, st), refs, st)
