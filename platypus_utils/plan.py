@@ -38,20 +38,12 @@ V vocab):
   hub partner; the adapter is n x 4 bytes.
 - host memory of stage 04 (GB = 1e9 bytes): merge.memory.host_memory_plan, in the dtype the variants
   are stored in (merge.dtype, or the base config's; partners assumed alike).
-- evaluation (estimates; EVAL_TASKS as lm-eval 0.4.13 prompts ../shared/data's copies, / 3.5 bytes
-  per token): a prompt is a shared prefix S (MMLU: the subject's description and its 5 fixed dev
-  examples; TruthfulQA: the 6-QA preamble), a private context P (ARC, HellaSwag: few-shot examples
-  sampled per question, and the question) and one of k options of A tokens. Forward tokens per
-  model: hf (HFLM) questions x k x (S + P + A), one pass per question when the options are one token
-  (MMLU, its logits cache); vllm as lm-eval 0.4.13 runs it: questions x k x (S + P + A) for every
-  task (prompt logprobs turn vLLM's prefix-cache reads off); vllm with the prefix cache read: S once
-  per group, then per question P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token
-  blocks). Time: 2 N' per token at plan.eval_mfu_hf (plan.mfu) or plan.eval_mfu_vllm on one replica
-  of the GPUs that hold the bf16 weights (GPU memory - 6 GiB), hf one GPU busy at a time, vllm
-  tensor parallel (assumed linear); one model per replica over plan.eval_gpus (finetune.num_gpus):
-  ceil(models / replicas) x hours per model. Models: evaluate.variants (finetune.seeds' merges among
-  them) + evaluate.references. The target: every model within plan.eval_target_hours on one
-  plan.eval_target_gpu.
+- evaluation (estimates; EVAL_TASKS measured on ../shared/data's copies as lm-eval 0.4.13 prompts
+  them): forward tokens per model and backend by task_tokens, at 2 N' FLOPs per token, on one replica
+  of the GPUs that hold the bf16 weights, then one model per replica over plan.eval_gpus; the
+  assumptions are printed with every plan (_eval_assumptions). Models: evaluate.variants (finetune.seeds'
+  merges among them) + evaluate.references. The target: every model within plan.eval_target_hours on
+  one plan.eval_target_gpu.
 """
 
 from __future__ import annotations
@@ -419,7 +411,13 @@ def disk_plan(profile: Profile, shape: dict) -> dict:
 
 
 def task_tokens(task: EvalTask, questions: int, shots: int) -> dict:
-    """Forward tokens one model computes for one task, per backend (module docstring, evaluation)."""
+    """Forward tokens one model computes for one task, per backend. A prompt is a shared prefix S (MMLU:
+    the subject's description and 5 dev examples; TruthfulQA: the 6-QA preamble), a private context P
+    (ARC, HellaSwag: few-shot examples sampled per question, and the question) and one of k options of
+    A tokens. hf (HFLM): questions x k x (S + P + A), one pass per question when the options are one
+    token (MMLU); vllm as lm-eval 0.4.13 runs it: questions x k x (S + P + A) (prompt logprobs turn the
+    prefix-cache reads off); vllm reading the cache: S once per group, then per question
+    P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token blocks)."""
     shared = (task.fixed_chars + (shots * task.shot_chars if task.shots_shared else 0)) / BYTES_PER_TOKEN
     private = ((0 if task.shots_shared else shots * task.shot_chars) + task.question_chars) / BYTES_PER_TOKEN
     answer = max(task.answer_chars / BYTES_PER_TOKEN, 1.0)
