@@ -106,22 +106,10 @@ def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
 def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
     """The flagged pairs as a reviewer reads them: the pair's id (for a decisions file), both texts side by side,
     the category, its rule, the action and the reviewer's decision (if a decisions file gave one)."""
-    cols = [
-        "pair_id",
-        "category",
-        "train_source",
-        "train_text",
-        "test_text",
-        "benchmark",
-        "lm_eval_task",
-        "doc_id",
-        "embedding_cosine",
-        "ngram_overlap",
-        "test_view",
-        "rule",
-        "action",
-        "decision",
-    ]
+    cols = (
+        "pair_id category train_source train_text test_text benchmark lm_eval_task doc_id embedding_cosine "
+        "ngram_overlap test_view rule action decision"
+    ).split()
     order = pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(
         ["sev", "benchmark", "train_index"], kind="stable"
     )
