@@ -516,7 +516,7 @@ class ReferenceConfig(_Section):
     compare_to: Optional[str] = None
     # its row in the published leaderboard table (platypus_utils.published): 06 compares the released
     # model as evaluated here with its published numbers (harness drift, unpaired)
-    published: Optional[str] = None
+    published: Optional[Literal[tuple(PUBLISHED)]] = None
 
 
 class EvaluateConfig(_Section):
@@ -819,11 +819,6 @@ def _check_variants(profile: Profile, path: Path) -> None:
             raise ProfileError(
                 f"{path}: key 'evaluate.references.{i}.compare_to': {ref.compare_to!r} is not in "
                 f"evaluate.variants ({', '.join(profile.evaluate.variants)})"
-            )
-        if ref.published is not None and ref.published not in PUBLISHED:
-            raise ProfileError(
-                f"{path}: key 'evaluate.references.{i}.published': {ref.published!r} is not a row of the "
-                f"published table (platypus_utils.published): {', '.join(PUBLISHED)}"
             )
 
 
