@@ -1,14 +1,10 @@
 """The eval cache: one lm-eval result per (model content hash, benchmark, settings, task definition).
 
 An entry is two files in <cache>/eval/: `<key>.samples.jsonl` (the logged samples) and `<key>.json`
-({format, key fields, raw lm-eval output, samples_sha256}); the .json is written last, so an entry
-is complete only once it exists, and it carries the sha256 of its samples file.
-
-Healing: `get` verifies an entry before it is used. An entry that cannot be read (undecodable bytes,
-malformed JSON, a missing part, another format) or whose samples file does not match its checksum is
-logged with its path, both files are deleted, and `get` returns None, so the result is computed again.
-Both writes are atomic; a reader racing a writer of the same key (two profiles sharing the cache) can
-at worst take the entry for damaged and cause one recomputation, never use a mismatched pair.
+({format, key fields, raw lm-eval output, samples_sha256}), written last: an entry is complete once it
+exists. Healing: an entry `get` cannot read, or whose samples do not match their checksum, is logged,
+deleted, and computed again. Both writes are atomic; a reader racing a writer of the same key can at
+worst cause one recomputation, never use a mismatched pair.
 """
 
 from __future__ import annotations

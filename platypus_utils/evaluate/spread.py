@@ -1,10 +1,8 @@
 """Variants spread over the GPUs: one worker process per group of GPUs, each evaluating whole variants.
 
-A group is as many GPUs as the largest model needs (`gpu_slots`); each is a CUDA_VISIBLE_DEVICES value,
-inside which `evaluate.parallelize: auto` spreads a model as it would over the node. The workers only
-fill the eval cache (cache.py), under the keys a sequential run uses; the stage's own pass then finds
-every result there and writes the files as always, and evaluates again, in-process, a variant whose
-worker failed, so it fails or succeeds as it would have alone.
+A group is as many GPUs as the largest model needs (`gpu_slots`), a CUDA_VISIBLE_DEVICES value. The
+workers only fill the eval cache (cache.py) under the keys a sequential run uses; the stage's own pass
+then finds every result there, and evaluates again, in-process, a variant whose worker failed.
 """
 
 from __future__ import annotations

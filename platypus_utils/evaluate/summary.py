@@ -1,15 +1,11 @@
 """lm-eval's outputs as the normalised summary 06_analysis reads, and as frames and a figure.
 
-`summarise` turns one variant's raw lm-eval outputs (per benchmark) into
-
-    {variant, model, model_hash, settings, tasks: {benchmark: {metric, value, stderr, n, ...}},
-     mmlu_subjects: {subject: {acc, stderr, n, category}}, average, average_over}
-
-MMLU's `value` is the leaderboard's mean over subjects (`weighted_value`: lm-eval's group value, the
-mean over questions). Its standard error: subjects are independent samples, se = sqrt(sum se_i^2) / k;
-where lm-eval gives no per-subject stderr (one question each) and every subject has the same size, the
-mean over subjects is the mean over all N questions, so lm-eval's own formula applies to it.
-`average` is the mean of the benchmark values present (the leaderboard's average when all four are).
+`summarise` turns one variant's raw lm-eval outputs (per benchmark) into {variant, model, model_hash,
+settings, tasks: {benchmark: {metric, value, stderr, n, ...}}, mmlu_subjects: {subject: {acc, stderr,
+n, category}}, average, average_over}. MMLU's `value` is the leaderboard's mean over subjects
+(`weighted_value`: lm-eval's group value, the mean over questions), se = sqrt(sum se_i^2) / k; where
+lm-eval gives no per-subject stderr, see `_pooled_question_stderr`. `average` is the mean of the
+benchmark values present (the leaderboard's average when all four are).
 """
 
 from __future__ import annotations

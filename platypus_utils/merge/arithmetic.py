@@ -5,8 +5,7 @@ order of operations (README, "Merging"); peft_ties and peft_dare_* call peft's `
 goes CHUNK entries at a time after the tensor-wide choices (TIES top-k, SLERP angle, L1 rescale), so
 memory holds the inputs, the output and one chunk of float32 work. DARE draws each chunk's mask from
 `chunk_seed(seed, name, chunk)`: unlike mergekit's one global generator, a mask then does not depend on
-the order of the work, so a merge is reproducible byte for byte. CHUNK is read when called, so a test
-may lower it to walk small tensors in several chunks.
+the order of the work, so a merge is reproducible byte for byte.
 """
 
 from __future__ import annotations
