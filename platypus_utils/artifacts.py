@@ -1,37 +1,24 @@
 """Artifacts shared by every stage: atomic writes, JSON lines, hashes, the stage manifest and the
 attempt record.
 
-Contract:
 - `atomic_path` writes beside its target in `.<name>.<pid>-<random>.tmp` and swaps the old version
-  out as `.<name>.old-<pid>`; an interrupted write leaves only such names, which `remove_debris`
-  (called by the runner before a stage, under the profile's run lock) deletes unless the process
-  that made them is still alive.
-- A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it is written
-  when an attempt starts ("running") and closed as "ok", "failed" or "stopped" (a signal). A stage
-  whose last attempt is not "ok" is out of date (runner.up_to_date), whatever its older manifest
-  says. A manifest or attempt record that cannot be read (not UTF-8, not JSON) is logged with its
-  path and counts as no successful run: the stage reruns.
-- Stages own their partial outputs (the write journal): while a `StageRun` is open, every
-  `atomic_path` write over one of the outputs of the last successful run (its manifest) first adds
-  the new content's hash (None for a folder) to the open attempt's `attempt.json` under "written",
-  then moves the file into place. A new attempt carries the journal of a last attempt that did not
-  end "ok" (killed, failed, stopped). `edited_outputs` compares each output with the last successful
-  manifest and blames the user only for content that no attempt since then wrote: a killed or
-  failed save never blocks a plain rerun, a hand edit still does (of a file: a folder an attempt
-  began to replace is not hashed twice, so any content of it counts as the stage's). A journal, not
-  a staging folder: every output already lands whole through `atomic_path`; what a killed attempt
-  left unsaid is only who wrote it.
-- Manifests are portable (`portable.to_project`): input and output paths under the project root
-  (`project_root_of`: the nearest folder above the stage folder holding a pyproject.toml or params/,
-  else the runs folder's parent) are written relative to it, others stay absolute; `read_manifest`
-  gives them back absolute. Parameters are compared with the root, its parent and the home folder
-  made relative (`portable.relativize_text`), so a moved project stays up to date.
-- The manifest records the code that ran (`code_fingerprint`): the hash of the stage notebook and of
-  the package source (every .py under platypus_utils/, sorted); the skip check compares both.
-- `iter_jsonl` is the one reader of JSON-lines files: undecodable lines, malformed JSON and strings
-  holding lone surrogates are skipped, each logged with its file and line and counted in a
-  `SkippedRows` (or, with strict=True, a BadJsonLine naming them); `read_jsonl` keeps its objects,
-  with over-long string fields handled per `limit_long_fields`.
+  out as `.<name>.old-<pid>`; `remove_debris` (the runner, before a stage, under the run lock)
+  deletes what an interrupted write left, unless the process that made it is still alive.
+- A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it when an
+  attempt starts ("running"), then closed "ok", "failed" or "stopped". A stage whose last attempt is
+  not "ok" is out of date, whatever its older manifest says; an unreadable record counts as no run.
+- The write journal: while a `StageRun` is open, an `atomic_path` write over an output of the last
+  successful run first adds the new content's hash (None for a folder) to the attempt's "written".
+  A new attempt carries the journal of a last attempt that did not end "ok". `edited_outputs` blames
+  the user only for content no attempt since the last success wrote: a killed save never blocks a
+  rerun, a hand edit does.
+- Manifests are portable: paths under the project root (`project_root_of`) are written relative to
+  it (`portable.to_project`) and read back absolute; parameters are compared with the root, its
+  parent and the home folder made relative, so a moved project stays up to date. The manifest also
+  records the code that ran (`code_fingerprint`: the stage notebook's and the package source's hashes).
+- `iter_jsonl` is the one reader of JSON-lines files: undecodable lines, malformed JSON and lone
+  surrogates are skipped, logged with file and line and counted in a `SkippedRows` (strict=True: a
+  BadJsonLine); `read_jsonl` keeps the objects, over-long fields handled per `limit_long_fields`.
 """
 
 from __future__ import annotations
@@ -53,6 +40,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .layout import stage_notebook
 from .portable import from_project, relativize_text, to_project
 from .refs import resolved_snapshots
@@ -65,20 +54,9 @@ RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _JOURNALS: list[StageRun] = []  # the StageRuns open in this process (innermost last)
 TRACKED_LIBRARIES = (
-    "platypus-utils",
-    "torch",
-    "transformers",
-    "peft",
-    "trl",
-    "datasets",
-    "accelerate",
-    "lm_eval",
-    "sentence-transformers",
-    "gguf",
-    "papermill",
-    "pandas",
-    "numpy",
-)
+    "platypus-utils", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval",
+    "sentence-transformers", "gguf", "papermill", "pandas", "numpy",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -136,15 +114,7 @@ _DEBRIS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-[^.]*\.tmp|[^.]+\.tmp|ol
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine (ours counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    return pid > 0 and psutil.pid_exists(pid)
 
 
 def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -154,18 +124,8 @@ def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         return []
     found = []
-    walker = (
-        os.walk(folder)
-        if recursive
-        else [
-            (
-                str(folder),
-                [p.name for p in folder.iterdir() if p.is_dir()],
-                [p.name for p in folder.iterdir() if not p.is_dir()],
-            )
-        ]
-    )
-    for root, dirs, files in walker:
+    walker = os.walk(folder)
+    for root, dirs, files in walker if recursive else [next(walker)]:
         for name in list(dirs) + list(files):
             m = _DEBRIS.match(name)
             if not m:
@@ -363,15 +323,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_path(path: str | Path) -> str:
-    """Hash of a file, or of a directory tree (relative names and contents, sorted)."""
+    """Hash of a file, or of a directory tree (`tree_sha256` of its files, hidden ones left out)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not found")
+    return tree_sha256(path, (q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")))
+
+
+def tree_sha256(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over the names (relative to `root`) and contents of `files`, sorted."""
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode())
+    for p in sorted(files):
+        h.update(p.relative_to(root).as_posix().encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 
@@ -382,13 +347,8 @@ def sha256_text(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def package_source_hash() -> str:
-    """Hash of the package's source: every .py under platypus_utils/ (relative names and contents,
-    sorted); once per process."""
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE_DIR.rglob("*.py")):
-        h.update(p.relative_to(PACKAGE_DIR).as_posix().encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    """Hash of the package's source: every .py under platypus_utils/; once per process."""
+    return tree_sha256(PACKAGE_DIR, PACKAGE_DIR.rglob("*.py"))
 
 
 def code_fingerprint(stage: str) -> dict[str, str | None]:
@@ -512,8 +472,7 @@ def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
     stage_dir = profile.run_dir(stage)
     manifest = read_manifest(stage_dir)
     if not manifest or manifest.get("status") != "ok":
-        damaged = manifest_problem(stage_dir)
-        return False, damaged or "no successful run recorded"
+        return False, read_record(Path(stage_dir) / MANIFEST)[1] or "no successful run recorded"
     if manifest.get("params") != portable_params(profile.fingerprint_params(stage), stage_dir):
         return False, "parameters changed"
     code, now = manifest.get("code") or {}, code_fingerprint(stage)
@@ -542,11 +501,6 @@ def read_record(path: Path) -> tuple[dict | None, str | None]:
     if not isinstance(value, dict):
         return None, f"{path} holds a JSON {type(value).__name__}, not an object"
     return value, None
-
-
-def manifest_problem(stage_dir: str | Path) -> str | None:
-    """Why the stage's manifest.json is damaged (None: it is readable, or there is none)."""
-    return read_record(Path(stage_dir) / MANIFEST)[1]
 
 
 def read_manifest(stage_dir: str | Path) -> dict | None:

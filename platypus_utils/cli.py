@@ -45,7 +45,6 @@ def _add_set(parser, help: str = "override a profile key") -> None:
 
 
 def _add_run(sub) -> None:
-    """`platypus run PROFILE`: the stages, as papermill notebooks."""
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
     p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
     p_run.add_argument(
@@ -68,13 +67,11 @@ def _add_run(sub) -> None:
 
 
 def _add_validate(sub) -> None:
-    """`platypus validate PROFILE...`: check profiles, run nothing."""
     p_val = sub.add_parser("validate", help="validate profiles without running anything")
     p_val.add_argument("params", nargs="+")
 
 
 def _add_decontaminate(sub) -> None:
-    """`platypus decontaminate DATA --benchmarks DIR --out DIR`."""
     p_dec = sub.add_parser(
         "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
     )
@@ -143,7 +140,6 @@ def _add_decontaminate(sub) -> None:
 
 
 def _add_analyse(sub) -> None:
-    """`platypus analyse DIR[=NAME]... --baseline NAME --out DIR`."""
     p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
     p_an.add_argument(
         "inputs",
@@ -178,7 +174,6 @@ def _add_analyse(sub) -> None:
 
 
 def _add_plan(sub) -> None:
-    """`platypus plan PROFILE`: the dry run before renting a GPU."""
     p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
     p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
     p_plan.add_argument(
@@ -203,7 +198,6 @@ def _add_plan(sub) -> None:
 
 
 def _add_push(sub) -> None:
-    """`platypus push PROFILE`: the run's adapter and merged models, with their cards, to the hub."""
     p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards (export.push_to_hub)")
     p_push.add_argument("params", help="profile YAML with export.push_to_hub: true")
     p_push.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
@@ -296,16 +290,14 @@ def _cmd_decontaminate(args) -> int:
     from .decontaminate.stage import check_file
 
     settings = {"similarity_threshold": args.threshold, "candidates": args.candidates, "engine": args.engine}
-    if args.ray_address:
-        settings["ray_address"] = args.ray_address
-    if args.detectors:
-        settings["detectors"] = args.detectors
-    if args.benchmark_names:
-        settings["benchmarks"] = args.benchmark_names
-    if args.judge:
-        settings["judge_model"] = args.judge
-    if args.decisions:
-        settings["decisions"] = str(Path(args.decisions).resolve())
+    optional = {  # a flag not given keeps the config's default
+        "ray_address": args.ray_address,
+        "detectors": args.detectors,
+        "benchmarks": args.benchmark_names,
+        "judge_model": args.judge,
+        "decisions": args.decisions and str(Path(args.decisions).resolve()),
+    }
+    settings.update({k: v for k, v in optional.items() if v})
     try:
         cfg = DecontaminateConfig(**settings)
     except ValidationError as exc:
@@ -373,10 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("platypus").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)
-    except ProfileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (ProfileError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

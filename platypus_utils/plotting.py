@@ -24,21 +24,14 @@ from .artifacts import atomic_path, write_text
 PALETTE = "colorblind"
 DIVERGING = "RdBu"  # ColorBrewer diverging map, readable with the common colour-vision deficiencies
 FORMATS = ("png", "pdf")
+# fonts embedded as TrueType (42: editable text in PDF and PS); fixed SVG element ids (same figure, same bytes)
+SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}
 
 
 def style():
     """Apply the project style; returns (plt, sns) for convenience."""
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.15)
-    plt.rcParams.update(
-        {
-            "figure.dpi": 110,
-            "savefig.dpi": 200,
-            "savefig.bbox": "tight",
-            "pdf.fonttype": 42,
-            "ps.fonttype": 42,  # 42: editable text in PDFs
-            "svg.hashsalt": "platypus",
-        }
-    )  # fixed SVG element ids: same figure, same bytes
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", **SAVE_RC})
     return plt, sns
 
 
@@ -87,8 +80,7 @@ def save_figure(fig, stem: str | Path, caption: str, formats=FORMATS) -> list[Pa
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: a stem may hold a dot ("v1.5")
-        rc = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}
-        with atomic_path(path) as tmp, plt.rc_context(rc):
+        with atomic_path(path) as tmp, plt.rc_context(SAVE_RC):
             # metadata without dates, so re-running gives the same bytes where the backend allows
             meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt, {})
             fig.savefig(tmp, format=fmt, metadata=meta or None)

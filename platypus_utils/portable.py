@@ -1,24 +1,15 @@
-"""Make a report folder portable: replace the absolute paths of the machine that wrote it (core layer: stage manifests use it too).
+"""Make a report folder portable: replace the absolute paths of the machine that wrote it (core layer: stage
+manifests use it too).
 
-Executed notebooks, run_summary.json, summary.md/.html and the tables name files by the absolute
-paths the run used: the profile file (papermill's injected `profile_path`, run_summary.json's
-`profile_file`), the run folder (`runs/<profile>/...` in logged lines and outputs), the data folder
-(`paths.data_dir`, e.g. ../shared/data), the model cache (~/.cache/platypus) and library paths in
-warnings. `make reports` runs this module over reports/real-offline/ after the run, so the committed
-reference reports read the same whoever made them.
+Executed notebooks, run summaries and tables name files by the absolute paths the run used (the profile,
+runs/, the data folder, the model cache, library paths in warnings). `make reports` runs this module over
+reports/real-offline/ so the committed reference reports read the same whoever made them.
 
-Contract: `relativize_text(text, root)` rewrites every absolute path that starts at a path boundary
-(start of text, whitespace, a quote, `(`, `=`, ...):
-- under the project root `root`  -> relative to it ("params/real-offline.yaml", "runs/..."); the root
-  itself -> ".";
-- under the folder that holds the root -> "../<rest>" (e.g. "../shared/data/benchmarks");
-- under the home folder -> "~/<rest>" (e.g. "~/.cache/platypus").
-Nothing else changes (URLs and other text are left alone). `relativize_folder(folder, root)` applies it
-to every text file (.ipynb .json .jsonl .md .html .csv .txt .tex .yaml) under `folder`, rewriting only
-the files that change, and returns them. `to_project(path, root)` / `from_project(text, root)` write one
-path of a stage manifest: relative (POSIX) when under `root`, absolute otherwise (outside the project -
-a shared data folder, the model cache - a path does not move with the project), and read it back. `absolute_paths(text)` lists what still looks like an absolute
-path of a machine (/home/, /root/, /Users/, /work/, /content/, /mnt/), for a check.
+`relativize_text(text, root)` rewrites every absolute path that starts at a path boundary (start of text,
+whitespace, a quote, `(`, `=`, ...): under the project root -> relative to it (the root itself -> "."); under
+the root's parent -> "../<rest>"; under the home folder -> "~/<rest>". URLs and other text are left alone.
+`to_project` / `from_project` write and read one path of a stage manifest: relative (POSIX) under the root,
+absolute otherwise (a shared data folder or the model cache does not move with the project).
 
     python -m platypus_utils.portable reports/real-offline [--root .] [--check]
 """
@@ -88,15 +79,17 @@ def absolute_paths(text: str) -> list[str]:
 def relativize_folder(folder: str | Path, root: str | Path) -> list[Path]:
     """Rewrite the text files under `folder` in place (see the module docstring); the files changed."""
     changed = []
-    for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
-            continue
+    for path in _text_files(folder):
         text = path.read_text(encoding="utf-8")
         new = relativize_text(text, root)
         if new != text:
             path.write_text(new, encoding="utf-8", newline="")
             changed.append(path)
     return changed
+
+
+def _text_files(folder: str | Path) -> list[Path]:
+    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.suffix in TEXT_SUFFIXES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         changed = relativize_folder(args.folder, args.root)
         print(f"{len(changed)} file(s) under {args.folder} made portable")
-    left = []
-    for path in sorted(args.folder.rglob("*")):
-        if path.is_file() and path.suffix in TEXT_SUFFIXES:
-            left += [f"{path}: {p}" for p in absolute_paths(path.read_text(encoding="utf-8"))]
+    left = [f"{f}: {p}" for f in _text_files(args.folder) for p in absolute_paths(f.read_text(encoding="utf-8"))]
     for line in left[:20]:
         print(f"absolute path left: {line}", file=sys.stderr)
     return 1 if left and args.check else 0

@@ -92,13 +92,12 @@ def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] 
         )
 
 
-def preflight(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> dict:
-    """Run every check for `stages` of `profile`; returns what was checked (for the run summary)."""
+def preflight(profile: Profile, stages: list[str]) -> None:
+    """Run every check for `stages` of `profile`."""
     check_target_modules(profile)
-    mode = apply_hub_mode(profile)
-    log.info("hub: %s", mode)
-    check_devices(profile, stages, gpu_count)
-    checked = check_hub_access(profile) if any(s <= "05" for s in (st[:2] for st in stages)) else []
+    log.info("hub: %s", apply_hub_mode(profile))
+    check_devices(profile, stages)
+    if any(s[:2] <= "05" for s in stages):
+        check_hub_access(profile)
     if "04_merge" in stages:
         check_partner_architectures(profile)
-    return {"hub": mode, "hub_repos_checked": [f"{r.key}={r.repo_id}" for r in checked]}

