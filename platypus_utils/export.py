@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import HfApi, get_token
 
@@ -82,14 +81,14 @@ def _refuse(profile: Profile) -> None:
         raise ExportError(f"{where}: no hub token: set HF_TOKEN or run `hf auth login` (a token that can write)")
 
 
-def push_to_hub(profile: Profile, api: Any = None, dry_run: bool = False) -> list[dict]:
-    """Upload every push target (see the module docstring); `api` stands in for huggingface_hub.HfApi in
-    tests. With `dry_run`, only say what would go where. Returns one record per variant."""
+def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
+    """Upload every push target (see the module docstring); with `dry_run`, only say what would go where.
+    Returns one record per variant."""
     _refuse(profile)
     targets = push_targets(profile)
     if dry_run:
         return [{**t, "pushed": False} for t in targets]
-    api = api or HfApi()
+    api = HfApi()
     records = []
     for t in targets:
         url = api.create_repo(t["repo_id"], repo_type="model", private=profile.export.private, exist_ok=True)

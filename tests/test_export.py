@@ -72,7 +72,8 @@ def test_push_uploads_the_adapter_and_each_merged_model_with_its_card(tmp_path, 
     write_outputs(tmp_path)
     profile = load_profile(write_profile(tmp_path, push_to_hub=True, repo_id="my-org/{profile}-{variant}"))
     hub = FakeHub()
-    records = export.push_to_hub(profile, api=hub)
+    monkeypatch.setattr(export, "HfApi", lambda: hub)
+    records = export.push_to_hub(profile)
     assert hub.repos == {
         "my-org/hubrun-adapter": {"private": True, "repo_type": "model"},
         "my-org/hubrun-merged": {"private": True, "repo_type": "model"},
@@ -130,16 +131,17 @@ def test_an_offline_environment_a_missing_token_or_card_is_refused(tmp_path, mon
     profile = load_profile(write_profile(tmp_path, push_to_hub=True))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(export.ExportError, match="HF_HUB_OFFLINE is set"):
-        export.push_to_hub(profile, api=FakeHub())
+        export.push_to_hub(profile)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(export, "get_token", lambda: None)
     with pytest.raises(export.ExportError, match="no hub token"):
-        export.push_to_hub(profile, api=FakeHub())
+        export.push_to_hub(profile)
     monkeypatch.setattr(export, "get_token", lambda: "hf_test")
     hub = FakeHub()
+    monkeypatch.setattr(export, "HfApi", lambda: hub)
     with pytest.raises(export.ExportError, match=r"adapter: no README.md \(model card\)"):
-        export.push_to_hub(profile, api=hub)
+        export.push_to_hub(profile)
     assert hub.repos == {}  # nothing created before every folder was checked
 
 
@@ -164,4 +166,4 @@ def test_a_variant_not_made_yet_names_its_stage(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     profile = load_profile(write_profile(tmp_path, push_to_hub=True, variants=["adapter"]))
     with pytest.raises(export.ExportError, match="'adapter' has no folder: run 03_finetune first"):
-        export.push_to_hub(profile, api=FakeHub())
+        export.push_to_hub(profile)
