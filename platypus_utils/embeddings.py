@@ -11,6 +11,7 @@ pairs above a threshold, so memory is bounded by the block sizes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import zipfile
@@ -234,11 +235,7 @@ def pairs_above(
 
 
 def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("faiss") is not None
 
 
 IVF_MIN_ROWS = 50_000  # below this the exact pass is fast and the IVF lists would be too few to train well
