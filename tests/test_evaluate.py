@@ -51,6 +51,7 @@ from platypus_utils.evaluate.stage import (  # noqa: E402
     EvaluationError,
     evaluate_variant,
     evaluate_variants,
+    lm_eval_calls,
     run_evaluate,
     run_lm_eval,
     save,
@@ -1192,6 +1193,32 @@ def test_force_recomputes_a_key_once_per_run(evaluated, tmp_path, monkeypatch):
     out = evaluate_variants(profile, prepare_tasks(profile), specs, unresolved, force=True)
     assert calls == ["platypus_truthfulqa_mc2"]
     assert out["base"].cached == {"truthfulqa_mc2": False} and out["release"].cached == {"truthfulqa_mc2": True}
+
+
+def test_the_recipe_frame_is_what_lm_eval_is_called_with(evaluated, tmp_path, monkeypatch):
+    """Notebook 05's recipe cell (lm_eval_calls) shows the arguments simple_evaluate then receives, call by
+    call, and the model lm-eval builds from its model_args."""
+    import lm_eval.models.huggingface as lm_hf
+
+    profile = evaluated["profile"].model_copy(deep=True)
+    profile.paths.runs_dir = str(tmp_path / "runs")
+    suite = prepare_tasks(profile)
+    specs = {"base": resolve_variants(profile)[0]["base"]}
+    calls = lm_eval_calls(profile, suite, specs)
+    assert list(calls["benchmark"]) == list(profile.evaluate.tasks) and set(calls["model"]) == {"hf"}
+    real_evaluate, real_hflm, seen, built = ev_stage.lm_eval.simple_evaluate, lm_hf.HFLM, [], []
+    monkeypatch.setattr(
+        ev_stage.lm_eval,
+        "simple_evaluate",
+        lambda model, task_manager, **kw: (
+            seen.append(kw) or real_evaluate(model=model, task_manager=task_manager, **kw)
+        ),
+    )
+    monkeypatch.setattr(lm_hf, "HFLM", lambda **kw: built.append(kw) or real_hflm(**kw))
+    evaluate_variant(profile, "base", suite, spec=specs["base"], force=True)
+    columns = [c for c in calls.columns if c not in ("variant", "benchmark", "model", "model_args")]
+    assert seen == [{c: row[c] for c in columns} for row in calls.to_dict(orient="records")]
+    assert set(calls["model_args"]) == {",".join(f"{k}={v}" for k, v in built[0].items())}
 
 
 def test_reference_revision_is_split_and_hashed(tmp_path, monkeypatch):

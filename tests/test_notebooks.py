@@ -192,6 +192,15 @@ def _check_05(profile, records, tmp_path):
         {"variant": release, "status": "ok", "source": "evaluate.references (released, as it is)"},
     ]
     assert records["failed"] == {}
+    # the recipe cell: lm-eval's own arguments per variant and benchmark, the leaderboard's seeds among them
+    from platypus_utils.evaluate.stage import SEEDS
+
+    calls = {(c["variant"], c["benchmark"]): c for c in records["lm_eval_calls"]}
+    assert set(calls) == {(v, b) for v in ("base", release) for b in TINY_05["evaluate.tasks"]}
+    for (_, b), c in calls.items():
+        expected = TINY_05["evaluate.tasks"][b]
+        assert (c["num_fewshot"], c["limit"], c["model"], c["log_samples"]) == (expected["num_fewshot"], 1, "hf", True)
+        assert {k: c[k] for k in SEEDS} == SEEDS and c["tasks"] == [tasks[b]["lm_eval_task"]]
     assert records["n"]["base"] == {"arc_challenge": 1, "hellaswag": 1, "mmlu": 2, "truthfulqa_mc2": 1}
     scores = records["scores"]["base"]
     assert records["scores"][release] == scores  # the base's results, from the eval cache

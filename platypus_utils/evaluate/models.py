@@ -263,25 +263,30 @@ def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
     return _lm_kwargs(spec, settings, own)
 
 
-def make_lm(spec: ModelSpec, settings: dict):
-    """lm-eval's model for a variant: HFLM (what `--model hf --model_args pretrained=...` builds; with
-    `parallelize` the model is spread over every visible GPU, no single device), or with
-    `backend: vllm` lm-eval's VLLM (`vllm_kwargs`) with loglikelihood requests that read the prefix
-    cache (vllm_prefix.PrefixCachedVLLM)."""
+def model_args(spec: ModelSpec, settings: dict) -> tuple[str, dict]:
+    """lm-eval's model for a variant as lm-eval names it and the arguments it is built with: "hf" (HFLM,
+    what `--model hf --model_args pretrained=...` builds; with `parallelize` the model is spread over every
+    visible GPU, no single device), or with `backend: vllm` "vllm" (`vllm_kwargs`)."""
     if settings.get("backend") == "vllm":
-        kwargs = vllm_kwargs(spec, settings)
-        log.info("loading %s for lm-eval (vLLM, prefix cache read): %s", spec.variant, kwargs)
-        # imported here: it imports vllm, installed on CUDA machines only (check_backend says so first)
-        from .vllm_prefix import PrefixCachedVLLM
-
-        return PrefixCachedVLLM(**kwargs)
+        return "vllm", vllm_kwargs(spec, settings)
     batch = settings["batch_size"]
     own = {"parallelize": True} if settings.get("parallelize") else {"device": settings["device"]}
     own["batch_size"] = int(batch) if str(batch).isdigit() else batch
     if spec.peft:
         own["peft"] = spec.peft
-    kwargs = _lm_kwargs(spec, settings, own)
-    log.info("loading %s for lm-eval: %s", spec.variant, kwargs)
+    return "hf", _lm_kwargs(spec, settings, own)
+
+
+def make_lm(spec: ModelSpec, settings: dict):
+    """lm-eval's model for a variant, built from `model_args`: HFLM, or lm-eval's VLLM with loglikelihood
+    requests that read the prefix cache (vllm_prefix.PrefixCachedVLLM)."""
+    kind, kwargs = model_args(spec, settings)
+    log.info("loading %s for lm-eval (%s): %s", spec.variant, kind, kwargs)
+    if kind == "vllm":
+        # imported here: it imports vllm, installed on CUDA machines only (check_backend says so first)
+        from .vllm_prefix import PrefixCachedVLLM
+
+        return PrefixCachedVLLM(**kwargs)
     # imported here: lm-eval's model module takes ~8 s to import (measured), and only a cache miss needs it
     from lm_eval.models.huggingface import HFLM
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lm_eval
+import pandas as pd
 
 from .. import layout
 from ..artifacts import StageRun, timed, write_json, write_jsonl
@@ -37,6 +38,7 @@ from .models import (
     hub_snapshot_id,
     lm_settings,
     make_lm,
+    model_args,
     model_hash,
     resolve_variant,
     resolve_variants,
@@ -91,20 +93,35 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=handle_non_serializable))
 
 
+def simple_evaluate_args(task_name: str, num_fewshot: int, limit) -> dict:
+    """lm_eval.simple_evaluate's arguments for one benchmark, the model and task manager aside: the task,
+    its shots and limit, the per-question samples, and the leaderboard's seeds (lm-eval's defaults)."""
+    return {"tasks": task_name.split(","), "num_fewshot": num_fewshot, "limit": limit, "log_samples": True, **SEEDS}
+
+
 def run_lm_eval(lm, task_manager, task_name: str, num_fewshot: int, limit) -> dict:
     """One lm-eval call; returns its output (samples included)."""
     out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=task_name.split(","),
-        num_fewshot=num_fewshot,
-        limit=limit,
-        task_manager=task_manager,
-        log_samples=True,
-        **SEEDS,
+        model=lm, task_manager=task_manager, **simple_evaluate_args(task_name, num_fewshot, limit)
     )
     if out is None:
         raise RuntimeError(f"lm-eval returned no results for {task_name}")
     return out
+
+
+def lm_eval_calls(profile, suite: TaskSuite, specs: dict[str, ModelSpec]) -> pd.DataFrame:
+    """Step: the recipe of step 3, one row per variant and benchmark: lm-eval's model ("hf": HFLM) and the
+    arguments it is built with, written as lm-eval's `--model_args`, then simple_evaluate's own arguments, as
+    `evaluate_variant` passes them (a result the eval cache holds is reused instead of calling lm-eval)."""
+    rows = []
+    for variant, spec in specs.items():
+        kind, kwargs = model_args(spec, lm_settings(profile, spec))
+        for bench in benchmarks_in(profile):
+            tcfg = profile.evaluate.tasks[bench]
+            call = simple_evaluate_args(suite.task_names[bench], tcfg.num_fewshot, _limit(tcfg.limit))
+            args = ",".join(f"{k}={v}" for k, v in kwargs.items())
+            rows.append({"variant": variant, "benchmark": bench, "model": kind, "model_args": args, **call})
+    return pd.DataFrame(rows)
 
 
 class _LazyLM:
