@@ -31,6 +31,8 @@ from .layout import (
     BASE_VARIANT,
     DEFAULT_MERGED_VARIANT,
     DENSITY_METHODS,
+    MERGEKIT_METHODS,
+    PEFT_MERGE_METHODS,
     STAGES,
     evaluable_variants,
     merged_variant,
@@ -349,11 +351,6 @@ class FinetuneConfig(_OptionsSection):
         return gas, got
 
 
-# Full-model merge methods: the first six mean what mergekit 0.1.5 means by them (its weights,
-# normalize, rescale, lambda, int8_mask and defaults); peft_* are peft's merge_utils definitions
-# (the ones add_weighted_adapter uses on adapters). README "Merging" states each.
-MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
 MergeMethod = Literal[MERGEKIT_METHODS + PEFT_MERGE_METHODS]
 MERGEKIT_NORMALIZE = {"linear": True, "task_arithmetic": False, "ties": True, "dare_linear": False, "dare_ties": False}
 MERGEKIT_RESCALE = {"ties": False, "dare_linear": True, "dare_ties": True}  # DARE: L1 norm kept (mergekit's rescale)

@@ -66,8 +66,13 @@ RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)  # names stage 05 gives a me
 DEFAULT_MERGED_VARIANT = "merged"
 PARTNER_SUFFIX = "-platypus"
 SWEEP_PREFIX = "sweep-"
+# Full-model merge methods: the first six mean what mergekit 0.1.5 means by them (its weights, normalize,
+# rescale, lambda, int8_mask and defaults); peft_* are peft's merge_utils definitions (the ones
+# add_weighted_adapter uses on adapters). README "Merging" states each.
+MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
 # merge methods that take a density (config checks it): mergekit's ties, dare_* and peft's
-DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", "peft_ties", "peft_dare_linear", "peft_dare_ties")
+DENSITY_METHODS = MERGEKIT_METHODS[3:] + PEFT_MERGE_METHODS
 
 
 def artifact(profile: Profile, where: tuple[str, str]) -> Path:

@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+from .layout import MERGEKIT_METHODS
+
 TRIMS = ("ties", "dare_linear", "dare_ties")  # mergekit's rescale has an effect only where a trim is
 ELECTS = ("ties", "dare_ties")  # and int8_mask only where a sign is elected
 SHARED = ("normalize", "rescale", "lambda", "int8_mask")
@@ -163,9 +164,9 @@ def translate(name: str, config: dict, folder: Path) -> dict:
         why = NOT_TRANSLATED.get(key, f"not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
         raise MergekitConfigError(f"{key}: {why}")
     method = config.get("merge_method")
-    if method not in METHODS:
+    if method not in MERGEKIT_METHODS:
         raise MergekitConfigError(
-            f"merge_method: {method!r}; stage 04 translates {', '.join(METHODS)} (mergekit's others, e.g. della "
+            f"merge_method: {method!r}; stage 04 translates {', '.join(MERGEKIT_METHODS)} (mergekit's others, e.g. della "
             "or model_stock, have no counterpart here)"
         )
     models = _models(config, folder)

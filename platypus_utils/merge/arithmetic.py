@@ -19,14 +19,13 @@ import torch
 from peft.utils import merge_utils
 
 from ..config import MERGEKIT_CONSENSUS, MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
+from ..layout import MERGEKIT_METHODS, PEFT_MERGE_METHODS
 from .errors import MergeError
 
 U32 = 2.0**-24  # float32's unit roundoff: the unit of every float32 allowance of the checks
 CHUNK = 1 << 22  # entries per step of a full-model merge: bounds its float32 work
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearer to parallel than this, slerp is computed as lerp
-MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-PEFT_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
-MODEL_METHODS = MERGEKIT_METHODS + PEFT_METHODS
+MODEL_METHODS = MERGEKIT_METHODS + PEFT_MERGE_METHODS
 RESCALE_EPS = 1e-7  # mergekit's: an L1 norm below this (before or after the trim) leaves the vector unscaled
 DIVISOR_EPS = 1e-8  # mergekit's: |sum of weights| below this divides by 1 (methods without a sign election)
 
@@ -211,7 +210,7 @@ def merge_tensor(
         else:
             b = flat_base[part].float()
             tvs = [x - b for x in xs]
-            if method in PEFT_METHODS:
+            if method in PEFT_MERGE_METHODS:
                 value = b + _peft_chunk(method, tvs, w, density, majority_sign_method, keep, part, seed, name)
             else:
                 masks = trim_masks(method, keep, density or 1.0, part, len(xs), seed, name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..config import MERGEKIT_NORMALIZE, MERGEKIT_RESCALE
-from .arithmetic import MERGEKIT_METHODS, PEFT_METHODS
+from ..layout import MERGEKIT_METHODS, PEFT_MERGE_METHODS
 from .io import ModelMergeSpec, dtype_name
 
 CONFIG_FILE = "mergekit_config.yml"
@@ -69,7 +69,7 @@ def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
 
 def why_not(kind: str, method: str) -> str:
     """Why a variant has no mergekit config."""
-    if method in PEFT_METHODS:
+    if method in PEFT_MERGE_METHODS:
         return f"{method} is peft's definition, which mergekit does not offer (module platypus_utils.merge.mergekit)"
     return f"a {kind} ({method}) has no mergekit equivalent: peft combines the adapters before any weight is merged"
 
