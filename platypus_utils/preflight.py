@@ -13,8 +13,6 @@ Each failure is a ProfileError naming the profile key and what to change (exit s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Optional
 
 import torch
 from transformers import AutoConfig
@@ -26,19 +24,19 @@ from .models import CONFIG_FILES, architecture_differences, resolve_model, targe
 log = logging.getLogger("platypus")
 
 
-def check_partner_architectures(profile: Profile, load_config: Optional[Callable[[str], object]] = None) -> None:
+def _load_config(ref: str, cache_dir):
+    """A model's config: a pinned hub reference fetches its config.json only (resolve_model's allow_patterns)."""
+    return AutoConfig.from_pretrained(resolve_model(ref, cache_dir, allow_patterns=CONFIG_FILES))
+
+
+def check_partner_architectures(profile: Profile) -> None:
     """Each merge partner must be a fine-tune of models.base's shape (config.json only, no weights)."""
     partners = [(i, p) for i, p in enumerate(profile.merge.partners) if p.model != profile.models.base]
     if not partners:
         return
-    cache = profile.cache_dir()
-    # a pinned hub reference fetches its config.json only here (resolve_model's allow_patterns)
-    load_config = load_config or (
-        lambda ref: AutoConfig.from_pretrained(resolve_model(ref, cache, allow_patterns=CONFIG_FILES))
-    )
-    base = load_config(profile.models.base)
+    base = _load_config(profile.models.base, profile.cache_dir())
     for i, partner in partners:
-        differ, vocab = architecture_differences(load_config(partner.model), base)
+        differ, vocab = architecture_differences(_load_config(partner.model, profile.cache_dir()), base)
         if vocab:
             log.warning(
                 "merge.partners[%d].model %s: vocab_size %s, models.base %s (a fine-tune that added tokens: the "
@@ -68,10 +66,10 @@ def check_target_modules(profile: Profile) -> None:
         raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.lora.target_modules': {problem}")
 
 
-def check_devices(profile: Profile, stages: list[str], gpu_count: Optional[int] = None) -> None:
+def check_devices(profile: Profile, stages: list[str]) -> None:
     """The GPUs the selected stages ask for exist on this machine."""
     where = profile.source_file or profile.name
-    gpus = torch.cuda.device_count() if gpu_count is None else gpu_count
+    gpus = torch.cuda.device_count()
     ft = profile.finetune
     if "03_finetune" in stages:
         if ft.num_gpus > 1 and ft.num_gpus > gpus:

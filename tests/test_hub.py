@@ -131,7 +131,7 @@ def _shape(**overrides):
     return SimpleNamespace(**{**base, **overrides})
 
 
-def test_partner_of_another_architecture_is_refused_from_its_config(caplog):
+def test_partner_of_another_architecture_is_refused_from_its_config(caplog, monkeypatch):
     profile = load_profile(ROOT / "params" / "platypus2-13b.yaml")
     configs = {
         "meta-llama/Llama-2-13b-hf": _shape(),
@@ -139,31 +139,37 @@ def test_partner_of_another_architecture_is_refused_from_its_config(caplog):
         "stabilityai/StableBeluga-13B": _shape(),
         "augtoma/qCammel-13": _shape(hidden_size=4096, num_hidden_layers=32),
     }
-    load = lambda ref: configs[split_revision(ref)[0]]  # noqa: E731 - a pinned reference reads its own config
+    # a pinned reference reads its own config
+    monkeypatch.setattr(preflight, "_load_config", lambda ref, cache_dir: configs[split_revision(ref)[0]])
     with pytest.raises(
         ProfileError,
         match=r"key 'merge.partners\[2\].model': augtoma/qCammel-13 is not a fine-tune "
         r"of models.base .*hidden_size 4096 \(base 5120\)",
     ):
-        preflight.check_partner_architectures(profile, load_config=load)
+        preflight.check_partner_architectures(profile)
     configs["augtoma/qCammel-13"] = _shape()
-    preflight.check_partner_architectures(profile, load_config=load)
+    preflight.check_partner_architectures(profile)
     # a fine-tune that added tokens (OpenOrca's chat tokens, say) still takes the adapter: said, not refused,
     # by the same rule stage 04 applies (models.architecture_differences)
     configs["Open-Orca/OpenOrcaxOpenChat-Preview2-13B"] = _shape(vocab_size=32002)
     with caplog.at_level(logging.WARNING, logger="platypus"):
-        preflight.check_partner_architectures(profile, load_config=load)
+        preflight.check_partner_architectures(profile)
     assert "merge.partners[0].model" in caplog.text and "vocab_size 32002, models.base 32000" in caplog.text
 
 
-def test_more_gpus_than_the_machine_has_is_refused():
+def test_more_gpus_than_the_machine_has_is_refused(monkeypatch):
     profile = load_profile(ROOT / "params" / "platypus2-70b.yaml")
+
+    def check(stages, gpus):
+        monkeypatch.setattr(preflight.torch.cuda, "device_count", lambda: gpus)
+        preflight.check_devices(profile, stages)
+
     with pytest.raises(ProfileError, match=r"key 'finetune.num_gpus': 8 GPUs asked for, 2 visible"):
-        preflight.check_devices(profile, ["03_finetune"], gpu_count=2)
-    preflight.check_devices(profile, ["03_finetune"], gpu_count=8)
+        check(["03_finetune"], 2)
+    check(["03_finetune"], 8)
     with pytest.raises(ProfileError, match=r"key 'evaluate.device'"):
-        preflight.check_devices(profile, ["05_evaluate"], gpu_count=0)
-    preflight.check_devices(profile, ["01_curate"], gpu_count=0)  # curating needs no GPU
+        check(["05_evaluate"], 0)
+    check(["01_curate"], 0)  # curating needs no GPU
 
 
 def test_run_of_a_gated_profile_stops_before_any_stage(clean_env, tmp_path):
