@@ -975,6 +975,25 @@ def test_a_row_listing_other_options_is_another_item():
     assert not rules.other_options(rules.listed_options(vitamin), TYPE_ERRORS)
 
 
+def test_a_near_copy_answering_another_choice_is_another_question():
+    """Rule 2b: MMLU abstract algebra dev/0 against test/47 (the same words, another polynomial, another answer)."""
+    field = {
+        **item("Find all c in Z_3 such that Z_3[x]/(x^3 + x^2 + c) is a field.", "2"),
+        "choices": ["0", "2", "1", "3"],
+    }
+    other = row("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.", "1")
+    category, rule = categorise(other, field, 0.952, 0.9, CFG)
+    assert category == "similar_but_different" and rule.startswith("another answer") and "'1'" in rule
+    # the test's answer, a longer output naming a choice, or a verbatim copy with a wrong answer: not this rule
+    assert not categorise(row(other["instruction"], "2"), field, 0.952, 0.9, CFG)[1].startswith("another answer")
+    assert rules.other_choice_given(row(other["instruction"], "c = 1, since x^2 + 1 has no root"), field) is None
+    copied = row("Find all c in Z_3 such that Z_3[x]/(x^3 + x^2 + c) is a field.", "1")
+    assert categorise(copied, field, 1.0, 1.0, CFG)[0] == "duplicate"
+    # signs and markup: "-1" is not the choice "1"; "$1$." is
+    assert rules.other_choice_given(row("q", "-1"), field) is None
+    assert rules.other_choice_given(row("q", "$1$."), field) == "1"
+
+
 def test_a_passage_items_question_sentence_copied_is_no_copy_without_its_answer():
     vignette = {
         **item(

@@ -65,6 +65,9 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
      its gold ending (rules 1, 4 and 5: a copied context with another continuation is not the item);
   2. duplicate - the question and all its choices (gold ending, answer) are in the training text, in
      any order and with any labels;
+  2b. similar_but_different - another answer: the training output is one of the test item's other choices (the
+     whole output, LaTeX, case and spacing aside) and does not give its answer: the same shape asked of another
+     object ("Z_3[x]/(x^2 + c)" -> 1 against the test's "Z_3[x]/(x^3 + x^2 + c)" -> 2);
   3. similar_but_different - a number of the test question is not in the training text (a long
      passage shared with one number changed is the same shape with other numbers, not a copy); the
      question part alone when the pair was found through the question_only view; not when the judge reads the

@@ -88,6 +88,23 @@ def other_options(listed: list[str], item: dict) -> bool:
     return shared < OPTIONS_SHARED * len(choices)
 
 
+def _plain_choice(text: str) -> str:
+    """A choice or a short output as compared by rule 2b: LaTeX as plain, case and spacing ignored, no final period
+    ("$x^2$." ~ "x^2"); signs and every other character kept ("-1" is not "1")."""
+    return " ".join(latex_plain(text).lower().split()).rstrip(".").strip()
+
+
+def other_choice_given(train_row: dict, item: dict) -> str | None:
+    """Rule 2b: the test choice, other than its answer, that the training output is (the whole output, compared
+    by _plain_choice), when the output does not give the test answer: the row answers another question of the
+    same shape ("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field." -> 1, against the test's x^3 + x^2 + c,
+    answer 2). None otherwise (an item without choices, a long output, the test answer given)."""
+    answer, output = item.get("answer") or "", _plain_choice(train_row["output"])
+    if not output or answer_in_output(answer, train_row["output"]):
+        return None
+    return next((c for c in item.get("choices") or [] if c != answer and _plain_choice(c) == output), None)
+
+
 def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | None:
     """Why the pair shares only a passage (MMLU's history items ask several questions of one source): the item's
     question part is not in the training text, its answer is not in the output and the judge (when it read the
@@ -139,6 +156,12 @@ def categorise(
     verbatim = _verbatim_rule(train_row, item, cfg)
     if verbatim:
         return "duplicate", verbatim
+    other = other_choice_given(train_row, item)
+    if other is not None:
+        return (
+            "similar_but_different",
+            f"another answer: the train output is the test's choice {other!r}, not its answer",
+        )
     prompt = embedding_text(train_row)
     missing = missing_numbers(asked_text(item, view), prompt + ("\n" + train_row["output"] if part == "output" else ""))
     if missing and not (judge[0] is True and _numbers_dropped(train_row, item, view)):
