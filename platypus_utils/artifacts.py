@@ -269,20 +269,16 @@ def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: boo
                 skipped.skip(reason, f"{path}, line {lineno}", detail)
 
 
-OVER_LONG_POLICIES = ("truncate", "drop", "keep")
-
-
 def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
     """A row whose string fields are all at most `max_chars` characters comes back as it is. One
     with a longer field is counted and logged (naming `where`, the field and its length), then:
-    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" keeps it whole."""
+    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" (or any other: config
+    allows only these three) keeps it whole."""
     if max_chars is None or not isinstance(row, dict):
         return row
     long_fields = {k: len(v) for k, v in row.items() if isinstance(v, str) and len(v) > max_chars}
     if not long_fields:
         return row
-    if policy not in OVER_LONG_POLICIES:
-        raise ValueError(f"over-long rows: policy {policy!r}, expected one of {', '.join(OVER_LONG_POLICIES)}")
     detail = ", ".join(f"{k} has {n:,} characters" for k, n in long_fields.items()) + f" (> {max_chars:,})"
     if policy == "drop":
         skipped.skip("filtered:over_long", where, detail)

@@ -106,10 +106,7 @@ def select_stages(only: list[str] | None = None, start: str | None = None) -> li
     if only:
         wanted = {parse_stage(s) for s in only}
         return [s for s in STAGES if s in wanted]
-    if start:
-        first = parse_stage(start)
-        return list(STAGES[STAGES.index(first) :])
-    return list(STAGES)
+    return list(STAGES[STAGES.index(parse_stage(start)) :] if start else STAGES)
 
 
 def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
