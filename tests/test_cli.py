@@ -42,3 +42,13 @@ def test_validate_command():
         timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.count(": ok") == len(profiles) >= 4
+
+
+def test_run_passes_allow_edited_notebooks_to_the_runner(monkeypatch):
+    from platypus_utils import cli, runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run", lambda *a, **kw: calls.append(kw["allow_edited_notebooks"]))
+    assert cli.main(["run", "params/demo.yaml"]) == 0
+    assert cli.main(["run", "params/demo.yaml", "--allow-edited-notebooks"]) == 0
+    assert calls == [False, True]
