@@ -269,6 +269,38 @@ def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: boo
                 skipped.skip(reason, f"{path}, line {lineno}", detail)
 
 
+def iter_json_list(
+    path: str | Path, skipped: SkippedRows | None = None, strict: bool = False, start: int = 1, what: str = "rows"
+) -> Iterator[tuple[int, Any]]:
+    """(item number, counted from `start`; value) for each usable item of a JSON file holding one list: the
+    JSON-list twin of iter_jsonl, with its rules for a bad item. Bytes that are not UTF-8 are read as surrogates,
+    so only the items holding them are skipped ("undecodable"), as are items with a lone surrogate
+    ("lone_surrogate"): logged with file and item and counted in `skipped`, or with strict=True a BadJsonLine
+    naming them. A file that is not JSON, or holds no list (of `what`), is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    skipped = SkippedRows() if skipped is None else skipped
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    for k, obj in enumerate(data, start):
+        where, ch = f"{path}, item {k}", lone_surrogate(obj)
+        if ch is None:
+            yield k, obj
+            continue
+        if "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte
+            reason, detail = "undecodable", "bytes that are not UTF-8"
+        else:
+            reason, detail = "lone_surrogate", f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)"
+        if strict:
+            raise BadJsonLine(f"{where}: {detail}")
+        skipped.skip(reason, where, detail)
+
+
 def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
     """A row whose string fields are all at most `max_chars` characters comes back as it is. One
     with a longer field is counted and logged (naming `where`, the field and its length), then:

@@ -37,13 +37,12 @@ cais/mmlu, truthful_qa); it needs network access and is tested only with a stand
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import iter_jsonl
+from .artifacts import iter_json_list, iter_jsonl
 
 log = logging.getLogger("platypus")
 
@@ -221,13 +220,7 @@ def _load_file(name: str, root: Path) -> list[dict]:
     path = expected_path(name, root)
     parse, kind = _PARSERS[name]
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
-        numbered = ((f"item {i}", obj) for i, obj in enumerate(data))
+        numbered = ((f"item {i}", obj) for i, obj in iter_json_list(path, strict=True, start=0, what="questions"))
     else:
         numbered = ((f"line {lineno}", obj) for lineno, obj in iter_jsonl(path, strict=True))
     items = []

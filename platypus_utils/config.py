@@ -78,7 +78,7 @@ class _Section(BaseModel):
 
 class PathsConfig(_Section):
     # Each may be "drive:REL": REL on Google Drive on Colab, where a disconnect keeps it (elsewhere
-    # $PLATYPUS_DRIVE_DIR/REL or runs/drive/REL; platypus_utils.colab.resolve_drive_path)
+    # $PLATYPUS_DRIVE_DIR/REL or runs/drive/REL; platypus_utils.drive.resolve_drive_path)
     runs_dir: str = Field(default="runs", min_length=1)  # artifacts: runs/<profile>/<NN_stage>/
     reports_dir: str = Field(default="reports", min_length=1)  # executed notebooks, figures, tables: reports/<profile>/
     cache_dir: Optional[str] = None  # converted models, embeddings; default ~/.cache/platypus

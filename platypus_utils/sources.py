@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .artifacts import SkippedRows, iter_jsonl, limit_long_fields, lone_surrogate
+from .artifacts import SkippedRows, iter_json_list, iter_jsonl, limit_long_fields
 from .refs import is_pinned_commit, record_snapshot, split_revision
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,24 +122,10 @@ def _json_lines(files: Iterable[Path], skipped: SkippedRows) -> Iterator[tuple[s
 
 
 def _json_list(files: Iterable[Path], what: str, skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
-    """(file and item, value) of JSON files each holding a list of `what`; anything else is a ValueError
-    naming the file. Bytes that are not UTF-8 are read as surrogates so that only the items holding them
-    are skipped ("undecodable"), as are items with a lone surrogate ("lone_surrogate")."""
+    """(file and item, value) of JSON files each holding a list of `what` (artifacts.iter_json_list's rules)."""
     for path in files:
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
-        for k, obj in enumerate(data, 1):
-            where, ch = f"{path}, item {k}", lone_surrogate(obj)
-            if ch is None:
-                yield where, obj
-            elif "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte
-                skipped.skip("undecodable", where, "bytes that are not UTF-8")
-            else:
-                skipped.skip("lone_surrogate", where, f"U+{ord(ch):04X} in a string (UTF-8 cannot encode it)")
+        for k, obj in iter_json_list(path, skipped, what=what):
+            yield f"{path}, item {k}", obj
 
 
 def _fields(obj: Any, required: dict[str, bool], skipped: SkippedRows) -> Optional[dict]:

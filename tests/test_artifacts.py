@@ -217,3 +217,24 @@ def test_stage_run_writes_manifest_only_on_success(tmp_path):
     assert read_manifest(out)["outputs"][str(f.resolve())] == sha256_path(f)  # read back absolute
     assert not any(k.startswith("/") for k in m["outputs"])  # written relative to the project
     assert "torch" in m["libraries"] and m["timings"]["wall_s"] >= 0
+
+
+def test_json_lists_have_the_json_lines_rules(tmp_path):
+    """artifacts.iter_json_list, the one JSON-list reader (sources, stage 02's training file, benchmark files): an
+    item holding bytes that are not UTF-8 or a lone surrogate is skipped and counted, or with strict=True an error
+    naming file and item; a file that is not JSON or not a list is an error naming it."""
+    from platypus_utils.artifacts import BadJsonLine, SkippedRows, iter_json_list
+
+    path = tmp_path / "rows.json"
+    path.write_bytes(b'[{"a": "ok"}, {"a": "caf\xe9"}, {"a": "\\ud800"}, {"a": "fine"}]')
+    skipped = SkippedRows()
+    assert list(iter_json_list(path, skipped)) == [(1, {"a": "ok"}), (4, {"a": "fine"})]
+    assert skipped.where == [(f"{path}, item 2", "undecodable"), (f"{path}, item 3", "lone_surrogate")]
+    with pytest.raises(BadJsonLine, match=r"rows.json, item 1: bytes that are not UTF-8"):
+        list(iter_json_list(path, strict=True, start=0))
+    path.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="rows.json: expected a JSON list of questions, got dict"):
+        list(iter_json_list(path, what="questions"))
+    path.write_text('[{"a": 1},')
+    with pytest.raises(ValueError, match=r"rows.json, line 1: malformed JSON"):
+        list(iter_json_list(path))

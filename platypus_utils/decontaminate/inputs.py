@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from ..artifacts import SkippedRows, iter_jsonl, lone_surrogate
+from ..artifacts import SkippedRows, iter_json_list, iter_jsonl
 from ..benchmarks import load_benchmark
 from ..config import DecontaminateConfig, Profile
 from ..demo_data import demo_benchmarks_dir
@@ -37,24 +36,8 @@ def read_training_rows(path: str | Path) -> tuple[list[dict], SkippedRows]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training file not found")
     skipped = SkippedRows()
-    if path.suffix == ".json":
-        try:
-            records = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(records).__name__}")
-        kept = []
-        for k, r in enumerate(records, 1):
-            if lone_surrogate(r) is None:
-                kept.append(r)
-            else:
-                skipped.skip("lone_surrogate", f"{path}, row {k}", "a string holds a lone surrogate")
-        records = kept
-    else:
-        records = [value for _, value in iter_jsonl(path, skipped)]
+    read = iter_json_list if path.suffix == ".json" else iter_jsonl
+    records = [value for _, value in read(path, skipped)]
     records = [{**r, "input": r.get("input") or ""} if isinstance(r, dict) else r for r in records]
     rows = validate_rows(records, path.stem, skipped)
     if not rows:

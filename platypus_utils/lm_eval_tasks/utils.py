@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 
 from platypus_utils import benchmarks
-from platypus_utils.artifacts import BadJsonLine, iter_jsonl
+from platypus_utils.artifacts import iter_json_list, iter_jsonl
 
 MMLU_COLUMNS = benchmarks.MMLU_COLUMNS
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -58,15 +58,10 @@ def _rows(path: str | Path, parse: Callable, kind: str) -> list[dict]:
     path = _path(path)
     try:
         if path.suffix == ".json":
-            items = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(items, list):
-                raise BenchmarkFileError(f"{path}: expected a JSON list")
-            numbered = [(f"item {k}", k, item) for k, item in enumerate(items)]
+            numbered = [(f"item {k}", k, item) for k, item in iter_json_list(path, strict=True, start=0)]
         else:
             numbered = [(f"line {n}", n, row) for n, row in iter_jsonl(path, strict=True)]
-    except json.JSONDecodeError as exc:
-        raise BenchmarkFileError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
-    except BadJsonLine as exc:
+    except ValueError as exc:  # BadJsonLine, malformed JSON or no list: the message names file and line
         raise BenchmarkFileError(str(exc)) from None
     rows = []
     for where, number, row in numbered:
