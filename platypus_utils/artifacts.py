@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -421,6 +422,11 @@ def timed(timings: dict, name: str) -> Iterator[None]:
     t = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - t, 3)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (getrusage: KiB on Linux): stages 03 and 04 report it."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class StageRun:

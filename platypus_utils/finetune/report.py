@@ -4,7 +4,6 @@ loss curve. Nothing here writes files (the stage's save step does)."""
 from __future__ import annotations
 
 import dataclasses
-import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import SFTConfig
 
+from ..artifacts import peak_rss_mb
 from ..plotting import new_figure
 
 SPEED_KEYS = (
@@ -246,7 +246,7 @@ class LiveLossCurve(TrainerCallback):
 
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process (MB) and, on a GPU, peak allocated GPU memory (MB)."""
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    out = {"peak_rss_mb": peak_rss_mb()}
     if torch.cuda.is_available():
         out["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

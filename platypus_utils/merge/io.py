@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import resource
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from ..artifacts import atomic_path, read_record, write_json
+from ..artifacts import atomic_path, peak_rss_mb, read_record, write_json
 from ..models import hub_snapshot, make_files_readable, model_content_hash
 from ..refs import split_revision
 from .arithmetic import Options
@@ -48,11 +47,6 @@ ST_DTYPES = {  # safetensors' dtype codes
 
 
 # ---------------------------------------------------------------- memory
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (getrusage; KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def proc_status_mb(field_name: str) -> float | None:
     """A memory figure of /proc/self/status (VmRSS, VmHWM) in MB; None where there is no /proc."""
     try:

@@ -33,6 +33,7 @@ from ..artifacts import (
     StageRun,
     begin_attempt,
     end_attempt,
+    peak_rss_mb,
     remove_debris,
     timed,
     write_json,
@@ -42,7 +43,7 @@ from ..config import Profile
 from ..plotting import new_figure
 from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
 from .errors import MergeError
-from .io import MERGE_INFO, dtype_name, measure_peak_rss, peak_rss_mb, read_merge_info, write_variant
+from .io import MERGE_INFO, dtype_name, measure_peak_rss, read_merge_info, write_variant
 from .jobs import STAGE, Job, MergeJobs, existing_output, merge_jobs
 from .mergekit import why_not, write_config
 from .verify import UNRESOLVABLE, VERIFIED, VERIFY_FORMAT
