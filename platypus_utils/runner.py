@@ -26,7 +26,6 @@ Trust after a crash, a kill, a second run or an edit:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -39,6 +38,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .artifacts import (
     ATTEMPT,
@@ -481,24 +482,26 @@ def _describe(holder: dict) -> str:
 
 @contextlib.contextmanager
 def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
-    """Hold runs/<profile>/run.lock for the duration: RunLocked (naming the holder) if another run
-    holds it, or wait for it with `wait`. The OS frees the lock of a process that died, so a stale
-    lock file is simply taken over (and said)."""
+    """Hold the profile's run lock for the duration (filelock on runs/<profile>/.run.lock) and name the holder
+    in runs/<profile>/run.lock (pid, host, start, command; yielded): RunLocked naming the holder if another run
+    holds it, or wait for it with `wait`. The OS frees the lock of a process that died, so a holder record
+    left behind is simply taken over (and said)."""
     say = say or _say
     path = profile.run_dir() / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = read_record(path)[0] or {}
-            if not wait:
-                raise RunLocked(
-                    f"profile {profile.name} is already being run by {_describe(holder)}; lock "
-                    f"{path}. Wait for it to finish, or pass --wait to queue behind it"
-                ) from None
-            say(f"waiting for the run of profile {profile.name} by {_describe(holder)} to finish ({path})")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    lock = FileLock(path.with_name("." + path.name))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = read_record(path)[0] or {}
+        if not wait:
+            raise RunLocked(
+                f"profile {profile.name} is already being run by {_describe(holder)}; lock "
+                f"{path}. Wait for it to finish, or pass --wait to queue behind it"
+            ) from None
+        say(f"waiting for the run of profile {profile.name} by {_describe(holder)} to finish ({path})")
+        lock.acquire()
+    try:
         previous = read_record(path)[0] or {}
         if previous.get("pid") and not pid_alive(int(previous["pid"])):
             say(f"taking over the lock {path} left by {_describe(previous)}: that process is gone")
@@ -508,22 +511,18 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": shlex.join(sys.argv),
         }
-        try:  # unbuffered: a failed write leaves nothing to flush later
-            os.ftruncate(fh.fileno(), 0)
-            data = (json.dumps(me) + "\n").encode("utf-8")
-            while data:  # a short write (a full disk) fails on the next one
-                data = data[os.write(fh.fileno(), data) :]
-        except OSError as exc:  # a full disk: leave the lock file empty, name it
+        try:
+            path.write_text(json.dumps(me) + "\n", encoding="utf-8")
+        except OSError as exc:  # a full disk: leave the holder record empty, name it
             with contextlib.suppress(OSError):
-                os.ftruncate(fh.fileno(), 0)
+                path.write_text("")
             exc.filename = exc.filename or str(path)
             raise
-        try:
-            yield path
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fh.fileno(), 0)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.write_text("")
+        lock.release()
 
 
 def _say(msg: str) -> None:

@@ -207,6 +207,33 @@ def test_one_run_per_profile(make_profile):
     assert any(f"PID {dead}" in m and "taking over" in m for m in said)
 
 
+def test_a_waiting_run_takes_the_lock_when_the_holder_ends(make_profile):
+    """run_lock(wait=True) (platypus run --wait): says whom it waits for, then holds the lock once the holder ends."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    import time
+
+    profile = make_profile()
+    profile_file = pathlib.Path(profile.paths.runs_dir).parent / "t.yaml"
+    profile_file.write_text(json.dumps({"name": profile.name, "paths": profile.paths.model_dump(exclude_none=True)}))
+    code = (
+        "import sys, time; from platypus_utils import runner; from platypus_utils.config import load_profile; "
+        "p = load_profile(sys.argv[1]);\nwith runner.run_lock(p):\n    print('locked', flush=True); time.sleep(3)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(profile_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        said, t0 = [], time.monotonic()
+        with runner.run_lock(profile, wait=True, say=said.append) as lock:
+            assert time.monotonic() - t0 > 0.5 and json.loads(lock.read_text())["pid"] == os.getpid()
+        assert any(f"waiting for the run of profile {profile.name} by PID {holder.pid}" in m for m in said)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ---------------------------------------------------------------- which notebook a stage runs
 def test_stage_notebooks_are_found_in_a_checkout_and_in_an_installed_package(tmp_path):
     from platypus_utils.layout import STAGE_NOTEBOOKS, stage_notebook_dir
