@@ -5,9 +5,9 @@ succeeded, its manifest records the same parameters and code (the stage notebook
 source's hashes) and its recorded inputs and outputs still hash the same.
 
 Trust after a crash, a kill, a second run or an edit:
-- One run per profile at a time: `runs/<profile>/run.lock` (an flock, with the holder's PID, start
-  time and command inside): a second run exits with RunLocked naming the holder, or waits (`--wait`);
-  the lock of a dead process is free again.
+- One run per profile at a time: a filelock on `runs/<profile>/.run.lock`, the holder's PID, start time and
+  command in `run.lock`: a second run exits with RunLocked naming the holder, or waits (`--wait`); the lock
+  of a dead process is free again.
 - Each attempt is recorded in `runs/<profile>/<stage>/attempt.json` ("running", then "ok", "failed"
   or "stopped"). A stage whose own or upstream last attempt is not "ok" is out of date; so is 03 while
   it holds checkpoints of an interrupted training (which resumes). No stage starts on an upstream
