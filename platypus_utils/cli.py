@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ProfileError, load_profile, parse_set
 from .preflight import check_target_modules
+from .published import TEST_SETS
 
 
 def _detectors(text: str) -> list[str]:
@@ -116,7 +117,7 @@ def _add_decontaminate(sub) -> None:
         "--benchmark",
         action="append",
         dest="benchmark_names",
-        choices=["arc_challenge", "hellaswag", "mmlu", "truthfulqa"],
+        choices=TEST_SETS,
         help="check only this benchmark (repeatable; default: all four)",
     )
     p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")

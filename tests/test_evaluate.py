@@ -67,9 +67,9 @@ from platypus_utils.evaluate.tasks import (  # noqa: E402
 )
 from platypus_utils.lm_eval_tasks import utils as task_utils  # noqa: E402
 from platypus_utils.lmeval_io import LEADERBOARD_METRICS, builtin_tasks_dir  # noqa: E402
+from platypus_utils.published import BENCHMARKS  # noqa: E402
 from platypus_utils.refs import split_revision  # noqa: E402
 
-LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
 WORDS = (
     "roof shingle barbell canoe planet rotation meteorite density gravity water rock erosion moose "
     "mud energy plant light heat magnet iron door field cell atom river cloud"
@@ -417,7 +417,7 @@ def scoring(task) -> dict:
 def fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     local, hub = write_fixtures(root)
-    suite, loaded = offline_tasks(local, root / "tasks", list(LEADERBOARD_SHOTS))
+    suite, loaded = offline_tasks(local, root / "tasks", list(BENCHMARKS))
     return {"local": local, "hub": hub, "suite": suite, "tasks": loaded["tasks"], "loaded": loaded, "root": root}
 
 
