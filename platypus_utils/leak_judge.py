@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .benchmarks import REGISTRY
-from .text import final_answer, fraction_words, numbers
+from .text import FUNCTION_WORDS, final_answer, fraction_words, numbers
 
 log = logging.getLogger("platypus")
 
@@ -242,11 +242,9 @@ def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
 
 # content words, read by their first STEM_CHARS letters ("submit" ~ "submission", "intersexual" != "intrasexual")
 STEM_CHARS = 5
-_STOPWORDS = frozenset(
-    """a an the of to in on at by for with from and or but is are was were be been being it its this that these
-    those which what who whom whose when where why how than then so as if into onto over under about after before
-    between through during do does did has have had can could would should will shall may might must there their
-    they them he she his her him we our you your i me my also only very more most less least such each any all
+_STOPWORDS = FUNCTION_WORDS | frozenset(
+    """being which what who whom whose when where why how onto over under about after before between through during
+    has have had could should shall may might must him i me my also only very more most less least such each any all
     both either neither one some other another same following best""".split()
 )
 _CONTENT = re.compile(r"[a-z0-9]+")

@@ -17,6 +17,13 @@ import re
 import unicodedata
 
 FIELDS = ("instruction", "input", "output", "data_source")
+# English function words, the one list stage 02's text comparisons start from: its answer check adds "yes", "no" and
+# "not" (decontaminate.textmatch.STOPWORDS), the judge's content words add quantifiers, wh-words and modals and keep
+# "not", which changes what a question asks (leak_judge.content_stems)
+FUNCTION_WORDS = frozenset(
+    "a an the of to in on at by for with and or but if is are was were be been it its this that these those you your "
+    "he she they them his her their we our as from into than then so do does did can will would there".split()
+)
 
 
 def normalise_text(text: str) -> str:

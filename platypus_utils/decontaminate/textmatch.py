@@ -5,16 +5,12 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-from ..text import final_answer, fraction_words, latex_plain, normalise_text, numbers
+from ..text import FUNCTION_WORDS, final_answer, fraction_words, latex_plain, normalise_text, numbers
 
 WORD = re.compile(r"\w+")
 SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
-# Function words left out when a long answer is compared word by word with a train output.
-STOPWORDS = frozenset(
-    "a an the of to in on at by for with and or but if is are was were be been it its this that these "
-    "those you your he she they them his her their we our as from into than then so do does did not no "
-    "yes can will would there".split()
-)
+# Words left out when a long answer is compared word by word with a train output.
+STOPWORDS = FUNCTION_WORDS | {"not", "no", "yes"}
 
 
 def words(text: str) -> list[str]:
