@@ -71,10 +71,11 @@ from platypus_utils.config import DecontaminateConfig  # noqa: E402
 from platypus_utils.decontaminate.inputs import load_benchmark_items  # noqa: E402
 from platypus_utils.decontaminate.scoring import score_pairs  # noqa: E402
 from platypus_utils.decontaminate.stage import detect  # noqa: E402
-from platypus_utils.decontaminate.textmatch import missing_numbers, words  # noqa: E402
+from platypus_utils.decontaminate.textmatch import words  # noqa: E402
 from platypus_utils.embeddings import Embedder  # noqa: E402
 from platypus_utils.leak_judge import judge_pairs, pairs_frame  # noqa: E402
 from platypus_utils.models import default_cache_dir  # noqa: E402
+from platypus_utils.text import missing_numbers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

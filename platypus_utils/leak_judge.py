@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .benchmarks import REGISTRY
-from .text import FUNCTION_WORDS, final_answer, fraction_words, numbers
+from .text import FUNCTION_WORDS, final_answer, fraction_words, missing_numbers, numbers
 
 log = logging.getLogger("platypus")
 
@@ -148,8 +148,7 @@ def answer_numbers_stated(answer: str, output: str) -> bool:
 
 def numbers_differ(test_question: str, train_text: str) -> bool:
     """Whether a number of the test question is missing from the train text (values compared, not counts)."""
-    need = set(numbers(test_question) + fraction_words(test_question))
-    return bool(need - set(numbers(train_text, number_words=True)))
+    return bool(missing_numbers(test_question, train_text, counted=False))
 
 
 def numbers_substituted(test_question: str, prompt: str, choices: Sequence[str] = ()) -> bool:

@@ -181,3 +181,11 @@ def numbers(text: str, number_words: bool = False) -> collections.Counter:
     if number_words:
         found += spelled_numbers(text)
     return found
+
+
+def missing_numbers(question: str, train_text: str, counted: bool = True) -> list[str]:
+    """Numbers of a test question (its spelled fractions too) that a training text lacks (read with its number
+    words): counted, each as often as the question holds it more than the text ("Is 2 + 2 = 4?" against "Is 2 = 4?"
+    lacks a 2), as stage 02's rules read them; else the values the text has none of, as the judge reads them."""
+    need, have = numbers(question) + fraction_words(question), numbers(train_text, number_words=True)
+    return sorted((need - have).elements()) if counted else sorted(set(need) - set(have))

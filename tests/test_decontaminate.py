@@ -23,11 +23,11 @@ from platypus_utils.decontaminate.stage import (
     detect,
     run_decontaminate,
 )
-from platypus_utils.decontaminate.textmatch import answer_in_output, contains_phrase, missing_numbers
+from platypus_utils.decontaminate.textmatch import answer_in_output, contains_phrase
 from platypus_utils.decontaminate.views import item_views, window_texts
 from platypus_utils.demo_data import demo_corpus_labels, demo_corpus_rows, write_demo_benchmarks
 from platypus_utils.embeddings import normalise
-from platypus_utils.text import numbers
+from platypus_utils.text import missing_numbers, numbers
 
 # the rules without the judge (its own tests are below and in test_leak_judge.py): stand-in embedders here
 CFG = DecontaminateConfig(detectors=["embedding", "ngram", "answer"])

@@ -13,10 +13,10 @@ import pandas as pd
 
 from ..config import DecontaminateConfig
 from ..embeddings import pairs_above
-from ..text import embedding_text
+from ..text import embedding_text, missing_numbers
 from .embed import Embedded
 from .ngram import NgramIndex
-from .textmatch import answer_in_output, missing_numbers
+from .textmatch import answer_in_output
 from .views import asked_text, full_view_kind
 
 try:  # the rewording judge (detector "judge") is optional: it lands in its own module

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import DecontaminateConfig
-from ..text import embedding_text, latex_plain
+from ..text import embedding_text, latex_plain, missing_numbers
 from .common import PAIR_COLUMNS
 from .decisions import pair_id
 from .detectors import leak_judge, own_numbers, uninformative_answer
-from .textmatch import answer_in_output, contains_phrase, missing_numbers, word_share, words
+from .textmatch import answer_in_output, contains_phrase, word_share, words
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-from ..text import FUNCTION_WORDS, final_answer, fraction_words, latex_plain, normalise_text, numbers
+from ..text import FUNCTION_WORDS, final_answer, latex_plain, normalise_text
 
 WORD = re.compile(r"\w+")
 SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
@@ -25,11 +25,6 @@ def gram_words(text: str) -> list[str]:
     and x, 1/2 alike) without choice labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere), so a
     question copied with labelled options or other LaTeX markup still matches."""
     return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
-
-
-def missing_numbers(question: str, train_text: str) -> list[str]:
-    """Numbers of the test question (with multiplicity) that the train text lacks."""
-    return sorted((numbers(question) + fraction_words(question) - numbers(train_text, number_words=True)).elements())
 
 
 def answer_in_output(answer: str, output: str) -> bool:
