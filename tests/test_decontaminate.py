@@ -975,6 +975,22 @@ def test_a_row_listing_other_options_is_another_item():
     assert not rules.other_options(rules.listed_options(vitamin), TYPE_ERRORS)
 
 
+def test_an_identifying_question_copied_whole_is_a_copy_whatever_options_it_lists():
+    """Rule 0 (other options) is for generic stems: a question of ngram_n words or more, copied word for word with
+    three other distractors, is still the test item."""
+    question = (
+        "Which psychologist ran the obedience experiments in which participants were told to give what they believed "
+        "were increasingly strong electric shocks to a learner?"
+    )
+    milgram = {**item(question, "Stanley Milgram"), "choices": ["Stanley Milgram", "Philip Zimbardo", "Solomon Asch"]}
+    copied = row(
+        f"{question}\nA. Stanley Milgram\nB. Albert Bandura\nC. B. F. Skinner\nD. Leon Festinger", "Stanley Milgram"
+    )
+    assert rules.other_options(rules.listed_options(copied), milgram)  # rule 0 alone would keep it
+    category, rule = categorise(copied, milgram, 0.95, 1.0, CFG)
+    assert category == "duplicate" and rule.startswith("verbatim")
+
+
 def test_a_near_copy_answering_another_choice_is_another_question():
     """Rule 2b: MMLU abstract algebra dev/0 against test/47 (the same words, another polynomial, another answer)."""
     field = {

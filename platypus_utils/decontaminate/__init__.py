@@ -58,7 +58,8 @@ each pair. Numbers are compared after LaTeX-to-plain, signs apart and comma list
 `x^3-2x+1` and `x^3 - 2x + 1` agree.
   0. similar_but_different - other options: the training prompt lists 3+ lettered options that hold fewer
      than half of the test item's choices (reworded choices still count): another item with MMLU's generic
-     stem ("Which of the following is a correct statement?");
+     stem ("Which of the following is a correct statement?"); not when a question of ngram_n words or more is
+     copied whole (rule 1 then: it is the item, whatever options the row lists);
   1. duplicate - the whole test question is in the training text (prompt or output; words in order,
      case, punctuation, spacing and LaTeX markup ignored); a stem that does not identify its item
      counts only when the test answer is in the training output too, a HellaSwag context only with

@@ -151,9 +151,12 @@ def categorise(
     judge: the judge's (verdict, score) when it read the pair; view: the test view the evidence was in
     ("question_only": the row holds the question without its passage, whose numbers are then not asked for)."""
     listed = listed_options(train_row)
-    if other_options(listed, item):
-        return "similar_but_different", f"other options: the train row lists {len(listed)} options, not the test's"
     verbatim = _verbatim_rule(train_row, item, cfg)
+    # rule 0 is for MMLU's generic stems; a question of at least one n-gram (ngram_n words) copied whole is the item
+    # whatever options the row lists with it
+    distinctive = verbatim and len(words(item["question"])) >= cfg.ngram_n
+    if other_options(listed, item) and not distinctive:
+        return "similar_but_different", f"other options: the train row lists {len(listed)} options, not the test's"
     if verbatim:
         return "duplicate", verbatim
     other = other_choice_given(train_row, item)
