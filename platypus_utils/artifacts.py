@@ -424,6 +424,21 @@ def timed(timings: dict, name: str) -> Iterator[None]:
     timings[name] = round(time.perf_counter() - t, 3)
 
 
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block (child processes inherit them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB (getrusage: KiB on Linux): stages 03 and 04 report it."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -32,6 +32,7 @@ from typing import Optional
 
 from . import drive
 from .drive import in_colab
+from .layout import git_output
 from .refs import EMBEDDED_PREFIX
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,15 +65,6 @@ def github_repo(root: Path = PROJECT_ROOT) -> str:
     if os.environ.get(GITHUB_REPO_ENV):
         return os.environ[GITHUB_REPO_ENV].strip()
     return parse_github_remote(git_output(root, "remote", "get-url", "origin") or "") or PLACEHOLDER_REPO
-
-
-def git_output(folder: Path, *args: str) -> str | None:
-    """stdout of `git -C folder ARGS`; None when git is missing, fails or takes over 10 s."""
-    try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def colab_url(notebook: str, repo: str) -> str:

@@ -17,6 +17,7 @@ Variants (what 04_merge makes and 05_evaluate scores):
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,12 @@ def merge_pairs(profile: Profile) -> dict[str, str | None]:
     for p in profile.merge.partners:
         out[partner_merged_variant(p)] = p.name
     return out
+
+
+def git_output(folder: Path, *args: str) -> str | None:
+    """stdout of `git -C folder ARGS`; None when git is missing, fails or takes over 10 s."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None

@@ -14,12 +14,13 @@ import contextlib
 import functools
 import importlib.util
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from .artifacts import environ
 
 log = logging.getLogger("platypus")
 
@@ -36,15 +37,8 @@ def telemetry_declined() -> Iterator[None]:
     (openvino_telemetry: consent is assumed when no consent file exists); it checks when `openvino` is imported
     and again in convert_model. Both run under CI=true, the library's own switch that declines (disable_in_ci),
     so an offline profile reaches no network through it; the variable is restored afterwards."""
-    saved = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
+    with environ({"CI": "true"}):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = saved
 
 
 def _openvino():

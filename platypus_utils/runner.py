@@ -48,14 +48,14 @@ from .artifacts import (
     attempt_problem,
     begin_attempt,
     end_attempt,
+    environ,
     pid_alive,
     read_record,
     remove_debris,
     write_json,
 )
-from .colab import git_output
 from .config import STAGES, Profile, ProfileError, load_profile
-from .layout import STAGE_NOTEBOOKS
+from .layout import STAGE_NOTEBOOKS, git_output
 from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
 from .preflight import preflight
 
@@ -178,25 +178,42 @@ class EditedNotebook(ProfileError):
     """A stage notebook holds code cells its committed version does not (run with --allow-edited-notebooks)."""
 
 
-def _code_cells(text: str) -> dict[str, str]:
-    cells = json.loads(text).get("cells", [])
-    return {c.get("id", f"#{i}"): "".join(c.get("source", "")) for i, c in enumerate(cells) if c["cell_type"] == "code"}
+def _code_cells(text: str, where: Path | str) -> list[tuple[str, str]]:
+    """(id, source) of a notebook's code cells, in order; a file that is not a notebook is EditedNotebook."""
+    try:
+        cells = json.loads(text).get("cells", [])
+        return [
+            (c.get("id", f"#{i}"), "".join(c.get("source", "")))
+            for i, c in enumerate(cells)
+            if c.get("cell_type") == "code"
+        ]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise EditedNotebook(f"{where}: not a notebook ({type(exc).__name__}: {exc})") from None
 
 
 def edited_cells(notebook: Path) -> list[str]:
-    """The code cells of a stage notebook that git HEAD's version does not hold (added, or their source
-    changed), compared by cell id, as "<id>: <first line>"; outputs and metadata do not count. [] outside a
-    git checkout: an installed wheel's notebooks are the shipped copy, with nothing to compare them to."""
+    """The code cells of a stage notebook that differ from git HEAD's version, compared by cell id, as "<id>: <first
+    line>" (added, or their source changed), "<id>: removed" or "<id>: moved" (papermill runs the cells in order);
+    outputs, metadata and markdown do not count. [] outside a git checkout: an installed wheel's notebooks are the
+    shipped copy, with nothing to compare them to."""
     top = git_output(notebook.parent, "rev-parse", "--show-toplevel")
     if not top:
         return []
-    rel = notebook.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
+    try:
+        rel = notebook.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
+    except ValueError:  # not under the checkout's folder (a link elsewhere): nothing to compare it to
+        return []
     committed = git_output(notebook.parent, "show", f"HEAD:{rel}")
     if committed is None and git_output(notebook.parent, "check-ignore", "-q", str(notebook.resolve())) is not None:
         return []  # a wheel installed in a venv inside a checkout: git does not track its copy
-    shipped = _code_cells(committed) if committed is not None else {}
-    now = _code_cells(notebook.read_text(encoding="utf-8"))
-    return [f"{i}: {(s.strip() or '(empty)').splitlines()[0]}" for i, s in now.items() if shipped.get(i) != s]
+    shipped = dict(_code_cells(committed, f"HEAD:{rel}")) if committed is not None else {}
+    now = _code_cells(notebook.read_text(encoding="utf-8"), notebook)
+    changed = [f"{i}: {(s.strip() or '(empty)').splitlines()[0]}" for i, s in now if shipped.get(i) != s]
+    ids = {i for i, _ in now}
+    kept_now = [i for i, _ in now if i in shipped]
+    kept_shipped = [i for i in shipped if i in ids]
+    moved = [f"{a}: moved" for a, b in zip(kept_now, kept_shipped) if a != b]
+    return changed + [f"{i}: removed" for i in shipped if i not in ids] + moved
 
 
 def check_notebooks_shipped(stages: list[str], allow: bool, say) -> dict[str, list[str]]:
@@ -260,7 +277,7 @@ def execute_stage(
     params = stage_parameters(profile, stage, overrides, forced() if force is None else force)
     t0 = time.perf_counter()
     try:
-        with _environ(KERNEL_ENV):  # the kernel inherits this process's environment
+        with environ(KERNEL_ENV):  # the kernel inherits this process's environment
             pm.execute_notebook(
                 str(src),
                 str(dst),
@@ -287,21 +304,6 @@ def execute_stage(
     os.replace(dst, executed_notebook(profile, stage))
     failed_notebook(profile, stage).unlink(missing_ok=True)  # superseded by this successful attempt
     return time.perf_counter() - t0
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """`values` set in os.environ for the block (child processes inherit them), then restored."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
@@ -418,6 +420,7 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             say(f"[{stage}] running: {why}")
         else:
             say(f"[{stage}] running (--force)")
+        say(f"[{stage}] notebook {NOTEBOOK_DIR / f'{stage}.ipynb'}")  # the checkout's, or an installed wheel's
         try:
             seconds = _attempt_stage(profile, stage, overrides, verbose, force, say, edited.get(stage))
         except StageFailed as exc:
@@ -450,7 +453,7 @@ def _attempt_stage(
     begin_attempt(stage_dir, stage, runner=True, command=shlex.join(sys.argv), notebook=notebook, **info)
     env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}  # the kernel and accelerate workers'
     try:
-        with _environ(env):
+        with environ(env):
             if stage == "03_finetune" and profile.finetune.num_gpus > 1:
                 launch_distributed_finetune(profile, overrides, rebuild_training, say)
             seconds = execute_stage(profile, stage, overrides, verbose)

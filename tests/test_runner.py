@@ -287,9 +287,19 @@ def test_the_runner_refuses_notebook_cells_git_does_not_hold_unless_allowed(tmp_
     assert said == []
     assert runner.check_notebooks_shipped(["01_curate"], True, said.append) == {"01_curate": edited}
     assert "--allow-edited-notebooks" in said[0] and f"{code_id}: x = 2" in said[0]
-    nb.cells = nb.cells[:2]  # a removed cell runs nothing new
+    nb.cells = nb.cells[:3]  # back to the committed code cells, behind the markdown note: nothing to refuse
+    nb.cells[2].source = "x = 1"
     nbformat.write(nb, path)
     assert runner.check_notebooks_shipped(["01_curate"], False, said.append) == {}
+    code_cell = nb.cells.pop(2)  # the code cell x = 1 removed: papermill would run less
+    nbformat.write(nb, path)
+    assert runner.edited_cells(path) == [f"{code_id}: removed"]
+    nb.cells.insert(1, code_cell)  # back, before the parameters cell: the code runs in another order
+    nbformat.write(nb, path)
+    assert runner.edited_cells(path) == [f"{code_id}: moved", f"{params_id}: moved"]
+    path.write_text("{not json")
+    with pytest.raises(runner.EditedNotebook, match="01_curate.ipynb: not a notebook"):
+        runner.edited_cells(path)
     outside = tmp_path / "elsewhere.ipynb"  # an installed package's copy: no git to compare with
     _notebook(outside, "x = 1")
     assert runner.edited_cells(outside) == []
