@@ -305,8 +305,10 @@ def iter_json_list(
 def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
     """A row whose string fields are all at most `max_chars` characters comes back as it is. One
     with a longer field is counted and logged (naming `where`, the field and its length), then:
-    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" (or any other: config
-    allows only these three) keeps it whole."""
+    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" keeps it whole; any other
+    policy is a ValueError (a typo would keep over-long rows)."""
+    if policy not in ("truncate", "drop", "keep"):
+        raise ValueError(f"over-long rows: policy {policy!r}, expected one of truncate, drop, keep")
     if max_chars is None or not isinstance(row, dict):
         return row
     long_fields = {k: len(v) for k, v in row.items() if isinstance(v, str) and len(v) > max_chars}

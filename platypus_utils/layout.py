@@ -73,7 +73,7 @@ SWEEP_PREFIX = "sweep-"
 MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
 # merge methods that take a density (config checks it): mergekit's ties, dare_* and peft's
-DENSITY_METHODS = MERGEKIT_METHODS[3:] + PEFT_MERGE_METHODS
+DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", *PEFT_MERGE_METHODS)
 
 
 def artifact(profile: Profile, where: tuple[str, str]) -> Path:

@@ -160,7 +160,7 @@ def _dtype(config: dict) -> str | None:
 
 def translate(name: str, config: dict, folder: Path) -> dict:
     """The profile's merge entry (config.ModelMergeConfig's keys) for mergekit config `config`."""
-    for key in set(config) - KNOWN:
+    for key in (k for k in config if k not in KNOWN):  # the first in the file
         why = NOT_TRANSLATED.get(key, f"not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
         raise MergekitConfigError(f"{key}: {why}")
     method = config.get("merge_method")

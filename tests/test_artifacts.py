@@ -238,3 +238,10 @@ def test_json_lists_have_the_json_lines_rules(tmp_path):
     path.write_text('[{"a": 1},')
     with pytest.raises(ValueError, match=r"rows.json, line 1: malformed JSON"):
         list(iter_json_list(path))
+
+
+def test_an_unknown_over_long_policy_is_an_error():
+    from platypus_utils.artifacts import SkippedRows, limit_long_fields
+
+    with pytest.raises(ValueError, match="policy 'trunc', expected one of truncate, drop, keep"):
+        limit_long_fields({"a": "x" * 10}, 5, "trunc", "f, line 1", SkippedRows())

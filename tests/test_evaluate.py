@@ -669,6 +669,10 @@ def test_summary_mmlu_mean_over_subjects_and_weighted():
     assert s["tasks"]["arc_challenge"] == {"metric": "acc_norm", "value": 0.25, "stderr": None, "n": 4}
     assert s["mmlu_subjects"]["world_religions"] == {"acc": 0.75, "stderr": 0.4, "n": 8, "category": "humanities"}
     assert s["average"] == pytest.approx((0.625 + 0.25) / 2)
+    # a benchmark lm-eval ran without the leaderboard's metric fails the variant instead of leaving the average
+    del raws["arc_challenge"]["results"]["platypus_arc_challenge"]["acc_norm,none"]
+    with pytest.raises(RuntimeError, match=r"no result for \['arc_challenge'\]"):
+        summarise("base", "m", "h", {}, raws, suite)
 
 
 def test_mmlu_stderr_when_subjects_have_one_question():
@@ -1206,6 +1210,16 @@ def test_the_recipe_frame_is_what_lm_eval_is_called_with(evaluated, tmp_path, mo
     specs = {"base": resolve_variants(profile)[0]["base"]}
     calls = lm_eval_calls(profile, suite, specs)
     assert list(calls["benchmark"]) == list(profile.evaluate.tasks) and set(calls["model"]) == {"hf"}
+    # what a reader checks the recipe against: the profile's shots and limits, the leaderboard's seeds, the weights
+    for row in calls.to_dict(orient="records"):
+        task = profile.evaluate.tasks[row["benchmark"]]
+        assert (row["num_fewshot"], row["limit"], row["log_samples"]) == (task.num_fewshot, task.limit, True)
+        assert (row["random_seed"], row["numpy_random_seed"], row["torch_random_seed"]) == (0, 1234, 1234)
+        assert row["fewshot_random_seed"] == 1234 and row["tasks"] == [f"platypus_{row['benchmark']}"]
+        assert (
+            row["model_args"].startswith(f"pretrained={specs['base'].pretrained},")
+            and "device=cpu" in row["model_args"]
+        )
     real_evaluate, real_hflm, seen, built = ev_stage.lm_eval.simple_evaluate, lm_hf.HFLM, [], []
     monkeypatch.setattr(
         ev_stage.lm_eval,

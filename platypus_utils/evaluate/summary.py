@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from ..lmeval_io import as_float, summary_from_results
+from ..lmeval_io import LEADERBOARD_METRICS, as_float, summary_from_results
 from ..plotting import new_figure
 from .tasks import TaskSuite
 
@@ -36,7 +36,7 @@ def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict
     results, n_total = raw["results"], task["n"]
     group = suite.task_names["mmlu"]
     if group in results:
-        weighted = as_float(results[group]["acc,none"])
+        weighted = as_float(results[group][f"{LEADERBOARD_METRICS['mmlu'][0]},none"])
         weighted_se = as_float(results[group].get("acc_stderr,none"))
     else:  # a subject subset on the hub: lm-eval's size weighting, done here
         weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
@@ -64,7 +64,8 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
                 f"lm-eval output for MMLU has no subject results ({sorted(raws['mmlu']['results'])[:5]}...)"
             )
         tasks["mmlu"] = _mmlu_task(raws["mmlu"], suite, tasks["mmlu"], subjects)
-    missing = sorted(set(raws) - set(tasks))
+    # a benchmark lm-eval ran without the leaderboard metric fails the variant (its average would silently cover fewer)
+    missing = sorted(b for b in raws if b not in tasks or tasks[b]["value"] is None)
     if missing:
         raise RuntimeError(f"lm-eval output has no result for {missing}")
     return {**read, "model_hash": mhash, "settings": settings, "tasks": {b: tasks[b] for b in raws}}
