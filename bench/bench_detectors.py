@@ -366,14 +366,16 @@ def copy_of(row: dict, item: dict) -> bool:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= COPY_RATIO
 
 
-def val_clean(benchmarks: Path, embedding_model: str, cache_dir: str, fmt: str, show: int) -> None:
+def val_clean(
+    benchmarks: Path, embedding_model: str, cache_dir: str, fmt: str, show: int, backend: str = "auto"
+) -> None:
     """The stage's share of real MMLU val / dev questions removed (none is a test item), copies of a test item
     listed and left out; each wrong removal with the rule, the test item and the scores."""
     rows = val_rows(benchmarks / "mmlu", fmt)
     cfg = DecontaminateConfig(benchmarks_dir=str(benchmarks))  # the stage's defaults: first pass, judge on
     items, _ = load_benchmark_items(cfg)
     start = time.perf_counter()
-    result = detect(rows, items, cfg, Embedder(embedding_model, cache_dir))
+    result = detect(rows, items, cfg, Embedder(embedding_model, cache_dir, backend=backend))
     seconds = time.perf_counter() - start
     pairs = result.pairs
     removing = pairs[pairs["action"] == "remove"]
@@ -432,7 +434,14 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=200, help="--val-clean: wrong removals printed")
     args = ap.parse_args()
     if args.val_clean:
-        val_clean(Path(args.benchmarks), args.embedding_model, args.cache_dir, args.val_format, args.show)
+        val_clean(
+            Path(args.benchmarks),
+            args.embedding_model,
+            args.cache_dir,
+            args.val_format,
+            args.show,
+            args.embedding_backend,
+        )
         return
     files = args.pairs or [FIXTURES / "contamination_labelled.jsonl", FIXTURES / "contamination_frozen3.jsonl"]
     pairs = [json.loads(x) for f in files for x in Path(f).read_text(encoding="utf-8").splitlines() if x.strip()]
