@@ -1,8 +1,5 @@
 """Run profiles: one YAML file per run, validated against a typed schema before any work.
-
-A profile has a few global keys and one section per stage. Unknown or mistyped keys fail
-with a `ProfileError` naming the key and the file, before anything runs.
-"""
+Unknown or mistyped keys fail with a `ProfileError` naming the key and the file."""
 
 from __future__ import annotations
 
@@ -58,8 +55,7 @@ class ProfileError(ValueError):
 
 
 def _plain_name(value: str) -> str:
-    """The one rule for names that become folders (the profile's `name`, variant names): a plain folder
-    name, so every path made from it stays inside its root."""
+    """A name that becomes a folder (profile, variant): plain, so paths made from it stay inside their root."""
     bad = not value or value.strip() != value or value in (".", "..")
     if bad or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value):
         raise ValueError(
@@ -77,8 +73,7 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
-    # Each may be "drive:REL": REL on Google Drive on Colab, where a disconnect keeps it (elsewhere
-    # $PLATYPUS_DRIVE_DIR/REL or runs/drive/REL; platypus_utils.drive.resolve_drive_path)
+    # each may be "drive:REL" (Google Drive on Colab; drive.resolve_drive_path)
     runs_dir: str = Field(default="runs", min_length=1)  # artifacts: runs/<profile>/<NN_stage>/
     reports_dir: str = Field(default="reports", min_length=1)  # executed notebooks, figures, tables: reports/<profile>/
     cache_dir: Optional[str] = None  # converted models, embeddings; default ~/.cache/platypus
@@ -89,8 +84,7 @@ class ModelsConfig(_Section):
     base: str = "embedded:smollm2-135m-instruct"  # hub id, local path or embedded:<name>
     embedding: str = "embedded:all-minilm-l6-v2"
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
-    # what encodes the embedding model's texts: auto = OpenVINO on the CPU (bf16 where the CPU has it: ~4x PyTorch
-    # here, cosines within 0.005), PyTorch on a GPU; torch = PyTorch always (embeddings.resolve_backend)
+    # auto: OpenVINO on the CPU, PyTorch on a GPU (embeddings.resolve_backend)
     embedding_backend: Literal["auto", "torch", "openvino"] = "auto"
 
 
@@ -110,8 +104,7 @@ class CurateConfig(_Section):
     similarity_threshold: float = Field(default=0.8, gt=0.0, le=1.0)  # paper: 0.8 (authors' code used 0.7)
     embed_batch_size: int = Field(default=64, ge=1)
     block_size: int = Field(default=2048, ge=1)  # rows per similarity block: bounds memory
-    # faiss (extra "faiss"): the same pairs. faiss_ivf: approximate neighbours from 50k rows on, exact below
-    # (1M rows in minutes; bench/bench_similarity.py --approx prints the recall)
+    # faiss (extra "faiss"): the same pairs; faiss_ivf: approximate from 50k rows on, exact below
     backend: Literal["numpy", "faiss", "faiss_ivf"] = "numpy"
     push_to_hub: bool = False  # upload curated rows as a hub dataset; token from $HF_TOKEN
     push_to_hub_repo: Optional[str] = None  # e.g. "me/open-platypus-rebuild"; required with push_to_hub
@@ -122,8 +115,7 @@ class CurateConfig(_Section):
 
 
 def _over_defaults(defaults: dict[str, Any], kind: Any = dict[str, Any], *checks) -> Any:
-    """A mapping whose partial value in a profile overrides `defaults` key by key, then passes `checks`
-    (finetune.sft and finetune.lora: training_options checks every key against the library's class)."""
+    """A mapping whose partial value overrides `defaults` key by key, then passes `checks`."""
 
     def over(v: Any) -> Any:
         return {**copy.deepcopy(defaults), **v} if isinstance(v, dict) else v
@@ -135,24 +127,19 @@ DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_di
 
 
 class DecontaminateConfig(_Section):
-    # by test set (published.TEST_SETS: "truthfulqa" for TruthfulQA's one test file, scored as truthfulqa_mc2)
+    # by test set (published.TEST_SETS)
     benchmarks: list[Literal[TEST_SETS]] = Field(default_factory=lambda: list(TEST_SETS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
-    # leak detectors: embedding (cosine >= similarity_threshold, the paper's), ngram (n-gram overlap), answer
-    # (cosine >= answer_detector_threshold, numbers and answer agree), judge (leak_judge over candidates at
-    # cosine >= judge_threshold whose numbers agree: rewordings with a reworded answer; bench/bench_detectors.py)
+    # embedding (cosine), ngram (overlap), answer (cosine and answer agree), judge (leak_judge over candidates)
     detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
         default_factory=lambda: ["embedding", "ngram", "answer", "judge"], min_length=1
     )
-    # how a test item is read (a pair scores its best view): "question" (the stem; HellaSwag's context), "full"
-    # (with its choices, gold ending or answer), "question_only" (a long stem's question sentences without the
-    # passage before them; the judge's only, with the answer agreeing: finds a rewording that drops the passage)
+    # how a test item is read (a pair scores its best view); "question_only" is read by the judge only
     views: list[Literal["question", "full", "question_only"]] = Field(
         default_factory=lambda: ["question", "full", "question_only"], min_length=1
     )
     search_outputs: bool = True  # training outputs are embedded and n-gram-indexed too, not only instruction+input
-    # a training text longer than the embedding model reads (256 word pieces) is embedded in windows sharing
-    # this fraction with the next; its cosine is the max over windows
+    # long training texts are embedded in windows sharing this fraction; cosine = max over windows
     window_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
     judge_threshold: float = Field(default=0.6, gt=0.0, le=1.0)  # candidates the judge reads (detector "judge")
     judge_model: Optional[str] = None  # None: leak_judge's default for the machine
@@ -162,27 +149,21 @@ class DecontaminateConfig(_Section):
     ngram_min_tokens: int = Field(default=8, ge=1)  # shorter test texts are left to the embedding detector
     ngram_overlap_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # share of the test text's n-grams found
     verbatim_ngram_overlap: float = Field(default=0.8, gt=0.0, le=1.0)  # at/above: near-verbatim
-    # cosine >= duplicate_threshold and this share of the test's words in the train text: near-verbatim; fewer
-    # shared words: gray-area (same meaning)
+    # at duplicate_threshold, this share of the test's words in the train text: near-verbatim, else gray-area
     verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)
     answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # null: the answer detector off
-    # what happens to a training row in each category; a partial mapping keeps the others' defaults
+    # per category; a partial mapping keeps the others' defaults
     actions: _over_defaults(
         DEFAULT_ACTIONS, dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]]
     ) = Field(default_factory=dict)
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
-    # a reviewer's decisions on flagged pairs: a CSV (pair_id,decision) or YAML (pair_id: keep | remove) file,
-    # relative to the project root; each decision replaces the policy's action for its pair (decisions.py)
+    # reviewer's decisions per pair_id: CSV (pair_id,decision) or YAML (pair_id: keep | remove) (decisions.py)
     decisions: Optional[str] = None
-    # which test items the exact pass reads: "first_pass" only those a cheap pass finds for some training window
-    # (first_pass_top_k nearest by TF-IDF and by static word-piece vectors, same-text items, n-gram hits), so a
-    # cold run costs what the training set costs; "exhaustive" all. k=10: the smallest that kept every pair the
-    # exhaustive pass flags on the demo, the labelled pairs and 1,000 real-offline rows (k=5 missed 1 of 32),
-    # reading ~6k of 26k items (decontaminate/candidates.py; bench/bench_decontaminate.py --recall)
+    # test items the exact pass reads: "first_pass" those a cheap pass finds (decontaminate/candidates.py)
     candidates: Literal["first_pass", "exhaustive"] = "first_pass"
     first_pass_top_k: int = Field(default=10, ge=1)
-    # "ray": Ray Data over blocks of ray_block_rows training rows, the same steps and outputs (docs/ray.md)
+    # "ray": Ray Data over blocks of ray_block_rows training rows, same outputs (docs/ray.md)
     engine: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None  # a running cluster ("auto", "ray://head:10001"); None: start a local one
     ray_num_cpus: Optional[int] = Field(default=None, ge=1)  # the local cluster's CPUs (None: all of this machine's)
@@ -193,13 +174,11 @@ class DecontaminateConfig(_Section):
 
 
 class _OptionsSection(_Section):
-    """A section with option mappings: a flat key of earlier profiles that moved into one (finetune.learning_rate
-    -> finetune.sft.learning_rate) fails saying where it lives now (MOVED)."""
+    """A section whose flat keys that moved into an option mapping fail saying where they live now (MOVED)."""
 
     MOVED: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
-    @classmethod
     def _moved(cls, data: Any) -> Any:
         for key in data if isinstance(data, dict) else ():
             if key in cls.MOVED:
@@ -212,23 +191,17 @@ PARTNER_MOVED_KEYS = ("max_steps", "learning_rate", "gradient_accumulation_steps
 
 
 class PartnerAdapterConfig(_OptionsSection):
-    """A second, small LoRA trained by 03 on another slice of the data (finetune.lora, and finetune.sft with
-    this section's `sft` over it), saved as 03_finetune/partner_adapter. Merged into the base by 04
-    (merge.partners[].adapter) it plays the paper's partner fine-tune (OpenOrca, StableBeluga...) in miniature."""
+    """A second, small LoRA trained by 03 on another slice of the data (03_finetune/partner_adapter)."""
 
     MOVED: ClassVar[dict[str, str]] = {k: f"finetune.partner_adapter.sft.{k}" for k in PARTNER_MOVED_KEYS}
 
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
-    # SFTConfig options over finetune.sft for this adapter (max_steps 4 unless set); the stage also sets
-    # logging every step, no checkpoint and warm-up at most half the steps (finetune/stage.py)
+    # SFTConfig options over finetune.sft (max_steps 4 unless set)
     sft: _over_defaults(PARTNER_SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
 
 
 class FinetuneConfig(_OptionsSection):
-    # TRL and peft own the training settings: `sft` goes to trl.SFTConfig(**sft), `lora` to peft.LoraConfig
-    # (training_options: the paper's values as defaults, every key checked against the class at load). The
-    # stage sets training_options.SFT_PROJECT_KEYS itself, and gradient_accumulation_steps from
-    # global_batch_size. The other keys are the project's own.
+    # `sft` goes to trl.SFTConfig(**sft), `lora` to peft.LoraConfig (keys checked at load: training_options)
     MOVED: ClassVar[dict[str, str]] = MOVED_FINETUNE_KEYS
 
     sft: _over_defaults(SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
@@ -236,15 +209,11 @@ class FinetuneConfig(_OptionsSection):
     cutoff_len: int = Field(default=4096, ge=16)  # tokens per example (SFTConfig.max_length; rows cut keep_start)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
-    # "bfd" (or true): TRL best-fit-decreasing packing, padding-free; "bfd_split" splits examples longer than
-    # cutoff_len instead of truncating them
+    # "bfd" (or true): TRL best-fit-decreasing packing; "bfd_split" splits examples over cutoff_len
     packing: Literal[False, "bfd", "bfd_split"] = False
-    # what an optimizer step holds: "examples" (the paper's): global_batch_size examples over all GPUs (packed:
-    # each micro-batch one padding-free row); "tokens": tokens_per_step tokens (or global_batch_size x the mean
-    # example length) of packed rows (finetune.plan_batch)
+    # an optimizer step holds global_batch_size "examples" (the paper's) or tokens_per_step "tokens"
     batch_unit: Literal["examples", "tokens"] = "examples"
-    # examples per optimizer step over all GPUs (the paper's 16; examples_step_plan derives the accumulation).
-    # null: sft.per_device_train_batch_size x sft.gradient_accumulation_steps x num_gpus
+    # examples per optimizer step over all GPUs (the paper's 16); null: from sft's batch and accumulation
     global_batch_size: Optional[int] = Field(default=16, ge=1)
     tokens_per_step: Optional[int] = Field(default=None, ge=1)  # batch_unit: tokens only
     group_by_length: bool = False  # unpacked batches of similar lengths (less padding); not with packing
@@ -252,33 +221,26 @@ class FinetuneConfig(_OptionsSection):
         "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
     ] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
     use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
-    # auto: an interrupted run with the same params and data resumes from its last checkpoint; never: step 0
+    # auto: an interrupted run with the same params and data resumes from its last checkpoint
     resume: Literal["auto", "never"] = "auto"
     num_gpus: int = Field(default=1, ge=1)
-    # with num_gpus > 1: accelerate/ddp.yaml, fsdp.yaml, fsdp_qlora.yaml or zero3.yaml (project root relative)
+    # with num_gpus > 1: accelerate/{ddp,fsdp,fsdp_qlora,zero3}.yaml
     accelerate_config: Optional[str] = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False
-    # "examples" (the authors' objective: HF Trainer, micro-batch 1, accumulation 16): the mean over the step's
-    # examples of each one's mean completion-token loss; "tokens" (TRL's): the mean over the step's completion
-    # tokens, so long outputs weigh more than one-letter ones
+    # "examples" (the authors'): mean of each example's mean token loss; "tokens" (TRL's): mean over tokens
     loss_normalization: Literal["examples", "tokens"] = "examples"
-    # seeds beside `seed`: each trains its own adapter on the same rows (03_finetune/seeds/<seed>/adapter), 04
-    # merges it into models.base (<merge.merged_name>-seed<seed>), 05 evaluates it beside that merge, 06 shows
-    # the spread; each costs one more training, merge and evaluation
+    # seeds beside `seed`: each trains, merges and is evaluated as <merge.merged_name>-seed<seed>
     seeds: list[int] = Field(default_factory=list)
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
     @field_validator("packing", mode="before")
-    @classmethod
     def _packing_strategy(cls, v: Any) -> Any:
         if v is True:
             return "bfd"
         if v in (None, "none", "no"):
             return False
         if v == "wrapped":
-            # wrapped packing concatenates examples and cuts them at cutoff_len: attention crosses
-            # example boundaries and a response can be cut off from its prompt
             raise ValueError(
                 "'wrapped' packing lets attention cross example boundaries and separates "
                 "responses from their prompts; use 'bfd' (or 'bfd_split')"
@@ -316,10 +278,8 @@ class FinetuneConfig(_OptionsSection):
 
     def _accumulation_set_once(self) -> None:
         """gradient_accumulation_steps comes from global_batch_size, or from sft where that is null."""
-        sections = [("sft", self.sft)]
-        if self.partner_adapter is not None:
-            sections.append(("partner_adapter.sft", self.partner_adapter.sft))
-        for where, options in sections:
+        partner = self.partner_adapter.sft if self.partner_adapter else {}
+        for where, options in (("sft", self.sft), ("partner_adapter.sft", partner)):
             if self.global_batch_size is not None and "gradient_accumulation_steps" in options:
                 raise OptionError(
                     f"{where}.gradient_accumulation_steps",
@@ -329,11 +289,8 @@ class FinetuneConfig(_OptionsSection):
                 )
 
     def examples_step_plan(self, world_size: int) -> tuple[int, int]:
-        """(gradient_accumulation_steps, examples per optimizer step) on `world_size` processes.
-
-        With global_batch_size, accumulation = global / (per_device x world_size), rounded; a step
-        more than 10% off the target raises (at load, naming the keys), one within 10% is allowed
-        (and logged by the stage). Without it, sft's accumulation (TRL's default 1) stands."""
+        """(gradient_accumulation_steps, examples per optimizer step) on `world_size` processes; ValueError
+        when global_batch_size cannot be met within 10%."""
         per_device = self.sft["per_device_train_batch_size"]
         if self.global_batch_size is None:
             gas = self.sft.get("gradient_accumulation_steps", 1)
@@ -371,11 +328,9 @@ def _check_weights_and_density(weights: list, inputs: list, kind: str, method: s
 class MergePartnerConfig(_Section):
     name: PlainName  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
-    # the variant made by merging the Platypus adapter into this partner; None: "<name>-platypus"
-    # (the paper's names: Stable-Platypus2-13B = StableBeluga-13B + the adapter)
+    # the adapter merged into this partner; None: "<name>-platypus"
     merged_name: Optional[PlainName] = None
-    # A LoRA merged into `model` first to build this partner (variant <name> in merge_report.json):
-    # a folder of this run's 03_finetune (e.g. partner_adapter) or a path.
+    # a LoRA merged into `model` first: a folder of this run's 03_finetune (partner_adapter) or a path
     adapter: Optional[str] = None
 
 
@@ -402,12 +357,8 @@ class AdapterMixConfig(_Section):
 
 
 class ModelMergeConfig(_Section):
-    """Full models (fine-tunes of one base) merged tensor by tensor. weights: each model's weight
-    (linear: normalised by their sum unless normalize is false; slerp: t = weights[1] / sum); task
-    vectors θ_i - θ_base for task_arithmetic, ties, dare_* and peft_*. normalize, rescale, lambda and
-    int8_mask are mergekit's parameters, with mergekit's defaults (None: the method's default).
-    A merge may instead be given as a mergekit config: `{name, mergekit: <mapping or path.yml>}`
-    (platypus_utils.mergekit_yaml translates it when the profile loads)."""
+    """Full models (fine-tunes of one base) merged tensor by tensor; normalize, rescale, lambda and int8_mask are
+    mergekit's (None: the method's default). `{name, mergekit: <mapping or path.yml>}` is translated at load."""
 
     model_config = ConfigDict(extra="forbid", strict=False, validate_default=True, populate_by_name=True)
 
@@ -437,7 +388,6 @@ class ModelMergeConfig(_Section):
         return self
 
     def _check_mergekit_parameters(self) -> None:
-        """mergekit's parameters only where that method takes them; peft's sign rule only for peft_*."""
         given = {  # parameter: (set, the methods that take it)
             "normalize": (self.normalize is not None, MERGEKIT_NORMALIZE),
             "rescale": (self.rescale is not None, MERGEKIT_RESCALE),
@@ -455,9 +405,7 @@ class ModelMergeConfig(_Section):
 
 
 class MergeSweepConfig(_Section):
-    """A grid of full-model merges: every method x weights (x density for ties/dare_*). Each point is
-    a variant named sweep-<method>-w<w1>_<w2>[-d<density>]; list the names to evaluate in
-    evaluate.variants (merge.sweep_variant_names(profile) gives them)."""
+    """A grid of full-model merges, variants sweep-<method>-w<w1>_<w2>[-d<density>] (merge.sweep_variant_names)."""
 
     models: list[str] = Field(min_length=2)
     methods: list[MergeMethod] = Field(min_length=1)
@@ -467,7 +415,6 @@ class MergeSweepConfig(_Section):
     base: Optional[str] = None
 
     @field_validator("densities")
-    @classmethod
     def _densities_in_range(cls, v: list[float]) -> list[float]:
         if not v or any(not 0.0 < d <= 1.0 for d in v):
             raise ValueError(f"densities must be in (0, 1], got {v}")
@@ -481,12 +428,10 @@ class MergeConfig(_Section):
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
     sweep: Optional[MergeSweepConfig] = None
-    # dtype the merged models are stored in (auto: each model's own); W + scale*B@A is computed in float32
-    # and rounded once to it
+    # stored dtype (auto: each model's own); merges are computed in float32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     verify: bool = True
-    # absolute floor of the logit check's tolerance (0.1 x the adapter's own effect on the logits); the weight
-    # checks bound each element by its own rounding
+    # absolute floor of the logit check's tolerance
     verify_atol: float = Field(default=1e-4, gt=0.0)
 
 
@@ -503,22 +448,17 @@ BATCH_SIZE_RE = re.compile(r"auto(:[1-9]\d*)?|[1-9]\d*")  # lm-eval's --batch_si
 
 
 class ReferenceConfig(_Section):
-    """A released model evaluated as it is, with the same tasks, settings and samples as the variants
-    (05_evaluate), to tell reproduction error from harness drift (06_analysis)."""
+    """A released model evaluated as it is beside the variants (reproduction error vs harness drift)."""
 
     name: PlainName  # its variant name in 05's results (must not clash with another variant)
     model: str  # hub id (pin it: "org/name@<commit>"), local path, embedded: or random:
-    # the variant of this run it is the released counterpart of (e.g. platypus2-13b for
-    # garage-bAInd/Platypus2-13B): 06 compares the two on the same questions, paired
-    compare_to: Optional[str] = None
-    # its row in the published leaderboard table (platypus_utils.published): 06 compares the released
-    # model as evaluated here with its published numbers (harness drift, unpaired)
+    compare_to: Optional[str] = None  # the variant it is the released counterpart of (compared paired)
+    # its row in published.PUBLISHED (compared unpaired)
     published: Optional[Literal[tuple(PUBLISHED)]] = None
 
 
 class EvaluateConfig(_Section):
-    # the tasks to run (a partial mapping selects them, it is not merged with the four defaults); a task
-    # without num_fewshot gets the leaderboard's (LEADERBOARD_SHOTS)
+    # the tasks to run (not merged with the defaults); num_fewshot defaults to LEADERBOARD_SHOTS
     tasks: dict[Literal[BENCHMARKS], TaskConfig] = Field(default_factory=lambda: dict.fromkeys(BENCHMARKS))
     benchmarks_dir: str = "demo"  # "demo", "hub" (built-in lm-eval tasks) or a directory in original formats
     variants: list[str] = Field(default_factory=lambda: [BASE_VARIANT, DEFAULT_MERGED_VARIANT])
@@ -526,16 +466,14 @@ class EvaluateConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     mmlu_subjects: Optional[list[str]] = None  # None: all found
     log_samples: bool = True
-    # spread a model over every visible GPU (lm-eval's parallelize); auto: when its weights do not fit one GPU
+    # lm-eval's parallelize; auto: when the weights do not fit one GPU
     parallelize: Literal["auto", True, False] = "auto"
     model_args: dict[str, Any] = Field(default_factory=dict)  # extra HFLM arguments (lm-eval --model_args)
-    # lm-eval's model: "hf" (HFLM) or "vllm" (prefix caching, batch size auto; the vllm package and a CUDA GPU)
+    # lm-eval's model: "hf" (HFLM) or "vllm" (needs vllm and a CUDA GPU)
     backend: Literal["hf", "vllm"] = "hf"
-    # released models evaluated as they are beside the variants (the base and partners are variants already)
     references: list[ReferenceConfig] = Field(default_factory=list)
 
     @field_validator("tasks", mode="before")
-    @classmethod
     def _tasks_default_shots(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
@@ -548,7 +486,6 @@ class EvaluateConfig(_Section):
         return out
 
     @field_validator("batch_size", mode="before")
-    @classmethod
     def _batch_size_str(cls, v: Any) -> str:
         text = str(v).strip()
         if isinstance(v, bool) or not BATCH_SIZE_RE.fullmatch(text):
@@ -556,7 +493,6 @@ class EvaluateConfig(_Section):
         return text
 
     @field_validator("device")
-    @classmethod
     def _known_device(cls, v: str) -> str:
         if not DEVICE_RE.fullmatch(v):
             raise ValueError("expected auto, cpu, cuda, cuda:N (N a GPU index) or mps")
@@ -567,7 +503,6 @@ class AnalysisConfig(_Section):
     baseline: str = BASE_VARIANT
     formats: list[Literal["png", "pdf", "svg"]] = Field(default_factory=lambda: ["png", "pdf"])
     published_results: bool = False  # show the paper's numbers beside ours
-    # paired statistics of the per-subject changes (analysis.StatsSettings; the bootstrap is seeded by `seed`)
     confidence: float = Field(default=0.95, gt=0, lt=1)  # interval coverage
     n_bootstrap: int = Field(default=2000, ge=100)  # paired bootstrap resamples (and sign-flip permutations)
     fdr_alpha: float = Field(default=0.05, gt=0, lt=1)  # Benjamini-Hochberg false discovery rate per family
@@ -577,18 +512,15 @@ HUB_PLACEHOLDERS = ("profile", "variant")  # what export.repo_id may name
 
 
 class ExportConfig(_Section):
-    """`platypus push PROFILE` (export.py): the run's LoRA adapter and merged models, each with its model
-    card, uploaded to the hub. Off by default; a profile that runs offline (references nothing on the hub)
-    cannot turn it on."""
+    """`platypus push PROFILE` (export.py): the adapter and merged models uploaded to the hub."""
 
     push_to_hub: bool = False
-    # the hub repo of each variant: {profile} and {variant} filled in; without "namespace/", the token's user
+    # {profile} and {variant} filled in; without "namespace/", the token's user
     repo_id: str = "{profile}-{variant}"
     private: bool = True
     variants: list[str] = Field(default_factory=list)  # empty: the adapter and every variant 04 made
 
     @field_validator("repo_id")
-    @classmethod
     def _repo_pattern(cls, v: str) -> str:
         names = {f[1] for f in string.Formatter().parse(v) if f[1] is not None}
         if names - set(HUB_PLACEHOLDERS) or "variant" not in names:
@@ -602,20 +534,17 @@ class ExportConfig(_Section):
 class PlanConfig(_Section):
     """`platypus plan` (plan.py): the GPU a run is planned for and the data assumptions; no stage reads it."""
 
-    # folder with the base's config.json; None: models.base's own (a local path, a params/model_configs/*
-    # copy whose _name_or_path is the hub id, else the hub); relative to the project root
+    # folder with the base's config.json; None: models.base's own
     base_config: Optional[str] = None
     gpu: Literal["a100", "h100", "h200"] = "a100"  # dense bf16 peak: A100 312, H100/H200 989 TFLOP/s
     gpu_memory_gb: float = Field(default=80.0, gt=0)  # GiB per GPU the plan must fit
     mfu: float = Field(default=0.4, gt=0, le=1)  # model-FLOP utilisation assumed for wall time (6 N per token)
     train_examples: Optional[int] = Field(default=None, ge=1)  # None: 02's clean.jsonl, else Open-Platypus's
     mean_example_tokens: Optional[float] = Field(default=None, gt=0)  # None: measured / plan.py's default
-    # evaluation hours (plan.py's estimates): the GPUs 05 spreads the models over (None: finetune.num_gpus),
-    # and each lm-eval backend's MFU
     eval_gpus: Optional[int] = Field(default=None, ge=1)
     eval_mfu_hf: Optional[float] = Field(default=None, gt=0, le=1)  # None: plan.mfu
     eval_mfu_vllm: float = Field(default=0.5, gt=0, le=1)
-    # the target the plan checks evaluation against: every model in this many hours on one GPU of this kind
+    # evaluation target: every model in this many hours on one GPU of this kind
     eval_target_hours: float = Field(default=4.0, gt=0)
     eval_target_gpu: Literal["a100", "h100", "h200"] = "h100"
 
@@ -624,8 +553,7 @@ class Profile(_Section):
     name: PlainName  # runs/<name>/, reports/<name>/: a plain folder name
     description: str = ""
     seed: int = 42
-    # what 03 trains on: "rebuild" (01 and 02 rebuild Open-Platypus-style data from the sources) or
-    # "as_released" (the authors' released rows: 01 and 02 pass them through, counted, with no second pass)
+    # "rebuild" from the sources, or "as_released" (the authors' rows, passed through by 01 and 02)
     training_data: Literal["rebuild", "as_released"] = "rebuild"
     paths: PathsConfig = Field(default_factory=PathsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -637,14 +565,11 @@ class Profile(_Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)  # `platypus plan` only
     export: ExportConfig = Field(default_factory=ExportConfig)  # `platypus push` only
-
-    # Where the profile was read from; set by load_profile, not by the YAML.
-    source_file: Optional[str] = Field(default=None, exclude=True)
+    source_file: Optional[str] = Field(default=None, exclude=True)  # set by load_profile
 
     @model_validator(mode="after")
     def _seeds_differ_from_seed(self):
-        """finetune.seeds are other seeds than `seed`; wherever evaluate.variants lists the merge into the
-        base, each seed's merge is evaluated beside it (inserted after it when not listed)."""
+        """finetune.seeds exclude `seed`; each seed's merge is evaluated after the merge into the base."""
         if self.seed in self.finetune.seeds:
             raise ValueError(
                 f"finetune.seeds {self.finetune.seeds} holds the profile's own seed {self.seed}: list the others"
@@ -661,8 +586,7 @@ class Profile(_Section):
         return getattr(self, STAGE_SECTIONS[stage]).model_dump(mode="json")
 
     def fingerprint_params(self, stage: str) -> dict:
-        """What a stage's result depends on besides its input files: recorded in its manifest,
-        compared by the runner to decide whether the stage can be skipped."""
+        """What a stage's result depends on besides its input files (the runner's skip check)."""
         from . import __version__
 
         return {
@@ -675,7 +599,7 @@ class Profile(_Section):
         }
 
     def model_refs(self) -> list[tuple[Any, str]]:
-        """(section, attribute) of every model reference: models.base and .embedding, partners, references."""
+        """(section, attribute) of every model reference."""
         return [
             (self.models, "base"),
             (self.models, "embedding"),
@@ -707,8 +631,7 @@ class Profile(_Section):
 
 
 def parse_set(items: list[str] | None) -> dict:
-    """`--set KEY=VALUE` items -> {dotted key: value}, each value read as YAML (10 -> int, true -> bool),
-    as the profile itself is; what `platypus run --set` and `python -m platypus_utils.finetune --set` take."""
+    """`--set KEY=VALUE` items -> {dotted key: value}, each value read as YAML."""
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -736,15 +659,14 @@ def _format_error(err: dict) -> str:
 
 
 def _resolve_paths(profile: Profile, root: Path) -> None:
-    """Relative paths in a profile are relative to the project root (`project_root_for`); source and
-    benchmark paths to paths.data_dir when set. Model references written as ./x, ../x or random:x too."""
+    """Relative paths from the project root; source and benchmark paths from paths.data_dir when set."""
 
     def under(base: Path, value: str) -> str:
         return value if Path(value).is_absolute() else str((base / value).resolve())
 
     for key in ("runs_dir", "reports_dir", "cache_dir", "data_dir"):
         value = getattr(profile.paths, key)
-        if value and value.startswith(DRIVE_PREFIX):  # drive:REL, on Google Drive (platypus_utils.drive)
+        if value and value.startswith(DRIVE_PREFIX):
             try:
                 value = resolve_drive_path(value, root)
             except ValueError as exc:
@@ -762,17 +684,15 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     )
     for holder, attr in profile.model_refs():
         ref = getattr(holder, attr)
-        if ref.startswith(("./", "../")):  # a local model: the same folder from the runner and the notebooks
+        if ref.startswith(("./", "../")):
             setattr(holder, attr, str((root / ref).resolve()))
         elif ref.startswith(RANDOM_PREFIX):  # random:<config folder>
             setattr(holder, attr, RANDOM_PREFIX + under(root, ref.removeprefix(RANDOM_PREFIX)))
 
 
 def project_root_for(profile_file: Path) -> Path:
-    """The folder a profile's relative paths start from, wherever the profile lives and whatever the
-    current directory: the nearest folder above the profile file that holds a pyproject.toml or a
-    params/ folder (the project root, for any profile inside the project), else the profile's own
-    folder (a profile kept outside any project). The runner and the notebooks both use this rule."""
+    """Where a profile's relative paths start: the nearest folder above it with a pyproject.toml or a
+    params/ folder, else the profile's own folder."""
     profile_file = Path(profile_file).resolve()
     for folder in profile_file.parents:
         if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():
@@ -781,7 +701,6 @@ def project_root_for(profile_file: Path) -> Path:
 
 
 def _check_export(profile: Profile, path: Path) -> None:
-    """export.push_to_hub only on a profile that uses the hub; export.variants only what the run makes."""
     cfg = profile.export
     if cfg.push_to_hub and not profile.needs_hub():
         raise ProfileError(
@@ -796,8 +715,6 @@ def _check_export(profile: Profile, path: Path) -> None:
 
 
 def _check_variants(profile: Profile, path: Path) -> None:
-    """evaluate.variants must name variants that exist once 04 has run (layout.evaluable_variants);
-    evaluate.references need names of their own and compare_to a variant that is evaluated."""
     known = evaluable_variants(profile)
     unknown = [v for v in profile.evaluate.variants if v not in known]
     if unknown:
@@ -820,7 +737,7 @@ def _check_variants(profile: Profile, path: Path) -> None:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's SafeLoader, refusing a key written twice in one mapping (safe_load keeps the last silently)."""
+    """yaml's SafeLoader, refusing a key written twice in one mapping."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -873,7 +790,7 @@ def read_profile_yaml(path: Path) -> dict:
 
 @cache
 def _default_tree() -> dict:
-    """Every key's default, as the YAML would write it: where a --set path goes through a missing key."""
+    """Every key's default, as the YAML would write it."""
     return Profile(name="defaults").model_dump(mode="json")
 
 
@@ -888,9 +805,8 @@ def _list_index(key: str, items: list, where: str, path: Path, dotted: str) -> i
 
 
 def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
-    """Set `dotted` (a.b.c; list items by index: curate.sources.0.limit) in the raw profile. A missing
-    mapping or list on the way starts from its default (so a partial --set keeps the other entries);
-    a path through a value (finetune.cutoff_len.x) is a ProfileError naming the key and the file."""
+    """Set `dotted` (list items by index: curate.sources.0.limit) in the raw profile; a missing mapping or
+    list on the way starts from its default; a path through a value is a ProfileError."""
     keys = dotted.split(".")
     node: Any = raw
     default: Any = _default_tree()
@@ -917,8 +833,7 @@ def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
 
 
 def _translate_mergekit_merges(raw: dict, path: Path) -> None:
-    """merge.model_merges entries given as mergekit configs ({name, mergekit}), translated in place into
-    the project's merge schema (platypus_utils.mergekit_yaml); what has no translation fails naming the key."""
+    """merge.model_merges entries given as mergekit configs ({name, mergekit}), translated in place."""
     section = raw.get("merge")
     merges = section.get("model_merges") if isinstance(section, dict) else None
     for i, entry in enumerate(merges if isinstance(merges, list) else []):
@@ -949,6 +864,6 @@ def load_profile(path: str | Path, overrides: dict | None = None) -> Profile:
     _resolve_paths(profile, project_root_for(path))
     if profile.finetune.accelerate_config and not Path(profile.finetune.accelerate_config).is_file():
         raise ProfileError(f"{path}: key 'finetune.accelerate_config': {profile.finetune.accelerate_config} not found")
-    _check_variants(profile, path)  # finetune.lora.target_modules: preflight.check_target_modules (model config)
+    _check_variants(profile, path)
     _check_export(profile, path)
     return profile

@@ -8,22 +8,9 @@
     curation = assemble(profile, loaded, removed_exact, final, removed_near, cache)
     save(profile, loaded, curation)                             # artifacts + manifest
 
-`run_curate(profile)` is that composition (the runner executes notebooks/01_curate.ipynb, which
-calls the same steps). With `training_data: as_released` (`as_released(profile)`) the rows are
-Open-Platypus as the authors released it, deduplicated already: no exact dedup, no embedding and
-no near-duplicate pass; every loaded row is kept, and the report says so ("as released: N rows,
-0 removed, near-dup pass not run"). Contract:
-- Exact dedup keeps, per normalised instruction + input, the row with the longest output.
-- Near-duplicate exclusion: a row is removed when a more verbose kept row is at cosine >= the
-  threshold (the paper's 0.8), greedily in verbosity order. Which rows survive does not depend on
-  input order (ties are broken by content, never by position).
-- `near_duplicate_pairs` at a floor below the threshold holds every pair the threshold needs, so
-  `choose_kept` at any threshold >= the floor gives exactly what a run at that threshold gives.
-- Per-source weights are applied after dedup (seeded sample / repeats).
-- `save` writes curated.jsonl/.parquet, hf_dataset/, removed.jsonl, curation_report.json, the
-  dataset card, the composition table and figure, and manifest.json. It refuses to overwrite
-  outputs edited by hand after the recorded run unless `force` (the runner's --force).
-- Row indices (`i`, `j`, `index`, `duplicate_of`) always point into `loaded.rows`.
+`run_curate(profile)` is that composition. With `training_data: as_released` every loaded row is
+kept (no dedup, no embedding). Which rows survive never depends on input order (ties broken by
+content); row indices (`i`, `j`, `index`, `duplicate_of`) point into `loaded.rows`.
 """
 
 from __future__ import annotations
@@ -78,7 +65,6 @@ def as_released_note(rows: int, removed: int = 0) -> str:
 
 
 def warn_if_not_open_platypus(profile: Profile) -> None:
-    """as_released means Open-Platypus from the hub; other sources pass through as they are too (logged)."""
     others = [
         src.hub_id or src.name
         for src in profile.curate.sources
@@ -93,7 +79,6 @@ def warn_if_not_open_platypus(profile: Profile) -> None:
         )
 
 
-# ---------------------------------------------------------------- step 1: load
 @dataclass
 class Loaded:
     """Every row loaded from the enabled sources, in source order, with where it came from."""
@@ -110,7 +95,6 @@ class Loaded:
         return pd.concat([pd.DataFrame(self.rows, columns=list(FIELDS)), prov], axis=1)
 
     def per_source(self) -> pd.DataFrame:
-        """Rows read, left out (malformed / filtered) and loaded, per data_source."""
         names, steps = sorted(self.counts), ["loaded", "malformed", "filtered"]
         out = pd.DataFrame(
             [[self.counts[s][k] for k in steps] for s in names], pd.Index(names, name="data_source"), steps
@@ -121,12 +105,7 @@ class Loaded:
 
 
 def load_sources(profile: Profile) -> Loaded:
-    """Load every enabled source of `profile.curate.sources` with its formatter.
-
-    Rows are counted under their `data_source`; rows skipped before they had one are counted under
-    the source's single data_source when it has one, else under the configured source name. An
-    unknown source is counted (and logged) and the others still load; a missing file raises.
-    """
+    """Every enabled source's rows, counted per data_source; an unknown source is counted and logged."""
     loaded = Loaded([], [], collections.defaultdict(collections.Counter), {})
     for config_index, src in enumerate(profile.curate.sources):
         if not src.enabled:
@@ -142,7 +121,13 @@ def load_sources(profile: Profile) -> Loaded:
             loaded.inputs.append(demo_corpus_path(profile))
         elif src.path:
             loaded.inputs.append(Path(src.path))
-        _count_skipped(loaded, src.name, src_rows, problems)
+        if problems:  # under the source's single data_source, else its configured name
+            labels = {r["data_source"] for r in src_rows}
+            label = labels.pop() if len(labels) == 1 else src.name
+            n_filtered = sum(v for k, v in problems.items() if k.startswith("filtered"))
+            n_read = sum(problems.values())
+            loaded.counts[label].update(loaded=n_read, malformed=n_read - n_filtered, filtered=n_filtered)
+            loaded.skip_reasons[label] = dict(sorted(problems.items()))
         loaded.rows += src_rows
         for k, row in enumerate(src_rows):
             loaded.provenance.append(
@@ -157,19 +142,6 @@ def load_sources(profile: Profile) -> Loaded:
     return loaded
 
 
-def _count_skipped(loaded: Loaded, name: str, src_rows: list[dict], problems: collections.Counter) -> None:
-    """A source's skipped rows, counted under its single data_source, else under its configured name
-    (load_source has logged them)."""
-    if problems:
-        labels = {r["data_source"] for r in src_rows}
-        label = next(iter(labels)) if len(labels) == 1 else name
-        n_filtered = sum(v for k, v in problems.items() if k.startswith("filtered"))
-        n_read = sum(problems.values())
-        loaded.counts[label].update(loaded=n_read, malformed=n_read - n_filtered, filtered=n_filtered)
-        loaded.skip_reasons[label] = dict(sorted(problems.items()))
-
-
-# ---------------------------------------------------------------- step 2: exact duplicates
 def verbosity_order(rows: list[dict], indices=None) -> list[int]:
     """Indices (all, or `indices`) from most to least verbose (output length), ties by content."""
     indices = range(len(rows)) if indices is None else indices
@@ -177,10 +149,7 @@ def verbosity_order(rows: list[dict], indices=None) -> list[int]:
 
 
 def exact_dedup(rows: list[dict]) -> tuple[list[int], list[dict]]:
-    """Keep, per normalised instruction+input, the row with the longest output.
-
-    Returns (kept indices in input order, removal records: index, reason, duplicate_of, similarity).
-    """
+    """Keep, per normalised instruction+input, the row with the longest output: (kept indices, removal records)."""
     winner: dict[str, int] = {}
     for i in verbosity_order(rows):
         winner.setdefault(dedup_key(rows[i]), i)
@@ -203,13 +172,8 @@ def removed_frame(rows: list[dict], removed: list[dict]) -> pd.DataFrame:
     return out
 
 
-# ---------------------------------------------------------------- step 3: embed
 def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.ndarray, dict]:
-    """L2-normalised embeddings of rows[indices] (instruction + input) with models.embedding.
-
-    Vectors come from the embedding cache under profile.cache_dir() when present. Returns
-    (embeddings, cache counts {"cached", "encoded"}).
-    """
+    """L2-normalised embeddings of rows[indices] (cached) and the cache counts {"cached", "encoded"}."""
     embedder = Embedder(
         profile.models.embedding,
         profile.cache_dir(),
@@ -220,32 +184,23 @@ def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.nd
     return emb, dict(embedder.stats)
 
 
-# ---------------------------------------------------------------- step 4: near-duplicate pairs
 PAIR_COLUMNS = ["i", "j", "score", "source_i", "source_j", "text_i", "text_j", "output_chars_i", "output_chars_j"]
 
 
 def empty_pairs() -> pd.DataFrame:
-    """No near-duplicate pairs (the frame near_duplicate_pairs returns when none is found)."""
     return pd.DataFrame({c: pd.Series(dtype=np.float32 if c == "score" else object) for c in PAIR_COLUMNS})
 
 
 def near_duplicate_pairs(
     rows: list[dict], emb: np.ndarray, indices: list[int], floor: float, block_size: int = 2048, backend: str = "numpy"
 ) -> pd.DataFrame:
-    """Every pair of rows[indices] at cosine >= floor, highest score first.
-
-    emb[k] is the embedding of rows[indices[k]]; i < j are indices into `rows`; `score` is float32
-    as computed. Both texts and output lengths are included so a pair can be read side by side.
-    """
-    ii_all, jj_all, ss_all = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    for ii, jj, ss in pairs_above(emb, None, floor, block_size, desc="near-dup pairs", backend=backend):
-        ii_all.append(ii)
-        jj_all.append(jj)
-        ss_all.append(ss.astype(np.float32))
+    """Every pair of rows[indices] at cosine >= floor (emb[k] embeds rows[indices[k]]), highest score first."""
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    found += pairs_above(emb, None, floor, block_size, desc="near-dup pairs", backend=backend)
+    ii, jj, ss = (np.concatenate(col) for col in zip(*found))
     idx = np.asarray(indices, dtype=np.int64)
-    a, b = idx[np.concatenate(ii_all)], idx[np.concatenate(jj_all)]
-    i, j = np.minimum(a, b), np.maximum(a, b)
-    pairs = pd.DataFrame({"i": i, "j": j, "score": np.concatenate(ss_all)})
+    i, j = np.minimum(idx[ii], idx[jj]), np.maximum(idx[ii], idx[jj])
+    pairs = pd.DataFrame({"i": i, "j": j, "score": ss.astype(np.float32)})
     texts = {k: embedding_text(rows[k]) for k in set(i.tolist()) | set(j.tolist())}  # one string per row, shared
     for side in ("i", "j"):
         pairs[f"source_{side}"] = [rows[k]["data_source"] for k in pairs[side]]
@@ -255,16 +210,11 @@ def near_duplicate_pairs(
     return pairs.reset_index(drop=True)[PAIR_COLUMNS]
 
 
-# ---------------------------------------------------------------- step 5: choose what to keep
 def choose_kept(
     rows: list[dict], pairs: pd.DataFrame, threshold: float, indices: list[int] | None = None
 ) -> tuple[list[int], list[dict]]:
-    """Greedy exclusion in verbosity order: a row is kept unless a more verbose kept row is at
-    cosine >= threshold. Pure: uses only `pairs` (which must come from a floor <= threshold).
-
-    `indices`: the candidate rows (default all). Returns (kept indices in input order, removal
-    records with the most similar kept row as duplicate_of).
-    """
+    """Greedy exclusion in verbosity order: a row is kept unless a more verbose kept row is at cosine >=
+    threshold; `pairs` must come from a floor <= threshold. Returns (kept indices, removal records)."""
     indices = list(range(len(rows))) if indices is None else list(indices)
     hit = pairs[pairs["score"].to_numpy(np.float32) >= np.float32(threshold)]  # as pairs_above compares
     neighbours: dict[int, list[tuple[int, float]]] = collections.defaultdict(list)
@@ -287,16 +237,13 @@ def choose_kept(
 def near_dedup(
     rows: list[dict], embeddings: np.ndarray, threshold: float, block_size: int = 2048, backend: str = "numpy"
 ) -> tuple[list[int], list[dict]]:
-    """Pairs at the threshold, then choose_kept: (kept indices in input order, removal records)."""
     everything = list(range(len(rows)))
     pairs = near_duplicate_pairs(rows, embeddings, everything, threshold, block_size, backend)
     return choose_kept(rows, pairs, threshold, everything)
 
 
-# ---------------------------------------------------------------- exploring the threshold
 def similarity_distribution(pairs: pd.DataFrame, threshold: float, width: float = 0.025) -> pd.DataFrame:
-    """Pairs per similarity bin of `width` from the lowest score to 1, and the share at or above
-    the threshold: how the pair scores spread around it."""
+    """Pairs per similarity bin of `width` from the lowest score to 1, and whether it is at or above the threshold."""
     if not len(pairs):
         return pd.DataFrame(columns=["bin_from", "bin_to", "pairs", "at_or_above_threshold"])
     lo = np.floor(float(pairs["score"].min()) / width) * width
@@ -315,11 +262,7 @@ def similarity_distribution(pairs: pd.DataFrame, threshold: float, width: float 
 def threshold_effects(
     rows: list[dict], pairs: pd.DataFrame, indices: list[int], thresholds, reference: float
 ) -> pd.DataFrame:
-    """What each threshold would remove, from the pairs alone (no re-embedding).
-
-    One line per threshold: pairs at or above it, rows removed, rows kept, and the difference in
-    rows removed against `reference` (the profile's threshold).
-    """
+    """What each threshold would remove, from the pairs alone, against `reference`."""
     chosen = {t: choose_kept(rows, pairs, t, indices) for t in sorted(set(thresholds) | {reference})}
     scores = pairs["score"].to_numpy(np.float32)
     return pd.DataFrame(
@@ -362,11 +305,8 @@ def plot_similarity(pairs: pd.DataFrame, threshold: float, others=(), ax=None, w
     return fig
 
 
-# ---------------------------------------------------------------- step 6: assemble
 @dataclass
 class Curation:
-    """The stage's result: the curated rows, every removed row with its reason, and the report."""
-
     curated: list[dict]
     removed: list[dict]  # removed.jsonl records: reason, similarity, both rows and their provenance
     report: dict  # curation_report.json
@@ -380,8 +320,7 @@ def assemble(
     removed_near: list[dict],
     embedding_cache: dict | None = None,
 ) -> Curation:
-    """Apply the source weights to the kept rows, count every row per source and step, and build
-    the removal records and the report."""
+    """Apply the source weights, count every row per source and step, build the removal records and report."""
     cfg, rows, prov = profile.curate, loaded.rows, loaded.provenance
     weights = {k: src.weight for k, src in enumerate(cfg.sources)}
     final, removed_weight = apply_weights(rows, kept, [p["config_index"] for p in prov], weights, profile.seed)
@@ -423,7 +362,7 @@ def assemble(
             if src.enabled and src.weight != 1.0
         },
     }
-    if as_released(profile):  # counted as such: nothing was deduplicated, no near-dup pass ran
+    if as_released(profile):
         report["as_released"] = as_released_note(len(final), len(removed))
         report["exact_dedup"] = report["near_duplicate_pass"] = "not run (training_data: as_released)"
     return Curation([rows[i] for i in final], records, report)
@@ -432,15 +371,9 @@ def assemble(
 def apply_weights(
     rows: list[dict], indices: list[int], group_of: list[int], weights: dict[int, float], seed: int
 ) -> tuple[list[int], list[dict]]:
-    """Over/undersample rows per source group, deterministically.
-
-    `indices` are the rows kept so far (input order); group_of[i] is row i's group (its configured
-    source); weights[group] its weight. A group of n rows with weight w gets round(n * w) rows: every row
-    floor(w) times, plus a sample of the rest; with w < 1, a sample only. The sample is drawn from the
-    group's rows in content order (row_digest) with a Random seeded by (seed, group), so it depends on
-    neither input order nor other groups. Returns (the final row indices, repeats adjacent and in input
-    order; records for the rows left out, reason "undersampled").
-    """
+    """Over/undersample rows per source group: n rows of weight w give round(n * w), every row floor(w) times
+    plus a sample seeded by (seed, group) in content order. Returns (final indices, repeats adjacent;
+    "undersampled" records)."""
     copies = {i: 1 for i in indices}
     by_group: dict[int, list[int]] = collections.defaultdict(list)
     for i in indices:
@@ -466,7 +399,6 @@ def apply_weights(
 
 
 def composition_table(report: dict) -> pd.DataFrame:
-    """Rows per data_source and step, and each source's share of the kept rows."""
     rows = [{"data_source": s, **c} for s, c in sorted(report["per_source"].items())]
     df = pd.DataFrame(rows, columns=["data_source", *STEPS])
     total = df["kept"].sum()
@@ -475,7 +407,7 @@ def composition_table(report: dict) -> pd.DataFrame:
 
 
 def plot_composition(table: pd.DataFrame, ax=None):
-    """Bars of rows per source by curation outcome; returns the figure (nothing written)."""
+    """Bars of rows per source by curation outcome (nothing written)."""
     fig, ax = new_figure(ax, (6.5, 0.45 * len(table) + 1.5))
     long = table.melt(
         id_vars="data_source",
@@ -491,13 +423,11 @@ def plot_composition(table: pd.DataFrame, ax=None):
     return fig
 
 
-# ---------------------------------------------------------------- step 7: save
 def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
 def check_push_settings(profile: Profile) -> None:
-    """Fail before any work when curate.push_to_hub is on without a repo or a token."""
     cfg = profile.curate
     if cfg.push_to_hub and not (cfg.push_to_hub_repo and hub_token()):
         raise CurateError(
@@ -509,11 +439,8 @@ def check_push_settings(profile: Profile) -> None:
 def save(
     profile: Profile, loaded: Loaded, curation: Curation, timings: dict | None = None, force: bool = False
 ) -> list[Path]:
-    """Write the artifacts and manifest.json exactly as the runner does; push to the hub when asked.
-
-    Refuses (CurateError) to overwrite outputs changed after the last recorded run unless `force`.
-    `timings` (seconds per step) go into the manifest beside the save step's own.
-    """
+    """Write the artifacts and manifest.json; push to the hub when asked. CurateError on outputs edited
+    after the recorded run unless `force`."""
     check_push_settings(profile)
     refuse_edited_outputs(profile.run_dir(STAGE), profile.source_file, force, CurateError)
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
@@ -537,8 +464,7 @@ def save(
 
 
 def _hf_dataset(rows: list[dict]):
-    """The rows as a `datasets.Dataset` with the four columns."""
-    import datasets  # measured: +0.85 s of import on 2 cores, needed only here
+    import datasets
 
     return datasets.Dataset.from_pandas(pd.DataFrame(rows, columns=list(FIELDS)), preserve_index=False)
 
@@ -579,15 +505,13 @@ def push_to_hub(curated: list[dict], repo_id: str, private: bool = True) -> str:
     return repo_id
 
 
-# ---------------------------------------------------------------- the stage in one call
 def run_curate(profile: Profile, force: bool = False) -> dict:
-    """The whole stage: load, exact dedup, embed, near-duplicate pairs, choose, assemble, save.
-    Returns the curation report."""
+    """The whole stage; returns the curation report."""
     cfg, timings = profile.curate, {}
     check_push_settings(profile)
     with timed(timings, "load_s"):
         loaded = load_sources(profile)
-    if as_released(profile):  # the released rows, deduplicated by the authors: passed through, counted
+    if as_released(profile):
         warn_if_not_open_platypus(profile)
         curation = assemble(profile, loaded, [], list(range(len(loaded.rows))), [], {})
         log.info("%s", curation.report["as_released"])
@@ -627,14 +551,10 @@ LICENCES = {  # PLATYPUS.md §1
 }
 
 
-def _as_released_line(report: dict) -> str:
-    if "as_released" not in report:
-        return ""
-    return f" ({report['as_released']}; the exact dedup and similarity settings below were not applied)"
-
-
 def dataset_card(profile: Profile, report: dict, table: pd.DataFrame) -> str:
     lic = "\n".join(f"| {s} | {LICENCES.get(s, 'see the source')} |" for s in sorted(report["per_source"]))
+    note = report.get("as_released")
+    note = f" ({note}; the exact dedup and similarity settings below were not applied)" if note else ""
     return f"""# Curated dataset — profile `{profile.name}`
 
 Built by `platypus run {Path(profile.source_file or "params/<profile>.yaml").name} --only 01` (stage 01_curate).
@@ -649,7 +569,7 @@ Schema: `instruction`, `input`, `output`, `data_source` (strings), as Open-Platy
 {lic}
 
 ## Parameters
-- training data: `{profile.training_data}`{_as_released_line(report)}
+- training data: `{profile.training_data}`{note}
 - exact dedup on normalised instruction + input, keeping the longer output: {profile.curate.exact_dedup}
 - similarity exclusion: `{profile.models.embedding}`, cosine >= {profile.curate.similarity_threshold},
   keeping the more verbose item (longer output) of each near-duplicate group; order independent
