@@ -1,10 +1,7 @@
 """The eval cache: one lm-eval result per (model content hash, benchmark, settings, task definition).
 
-An entry is two files in <cache>/eval/: `<key>.samples.jsonl` (the logged samples) and `<key>.json`
-({format, key fields, raw lm-eval output, samples_sha256}), written last: an entry is complete once it
-exists. Healing: an entry `get` cannot read, or whose samples do not match their checksum, is logged,
-deleted, and computed again. Both writes are atomic; a reader racing a writer of the same key can at
-worst cause one recomputation, never use a mismatched pair.
+An entry is `<key>.samples.jsonl` then `<key>.json` ({format, key, raw, samples_sha256}), written last.
+An entry that cannot be read or whose samples fail their checksum is logged, deleted and recomputed.
 """
 
 from __future__ import annotations
@@ -26,12 +23,10 @@ def cache_key(fields: dict) -> str:
 
 class EvalCache:
     """lm-eval results on disk: <dir>/<key>.json (results) + <key>.samples.jsonl (logged samples)."""
-
     def __init__(self, root: str | Path):
         self.dir = Path(root)
 
     def paths(self, key: str) -> tuple[Path, Path]:
-        """(entry .json, samples .jsonl) of a key."""
         return self.dir / f"{key}.json", self.dir / f"{key}.samples.jsonl"
 
     def get(self, key: str) -> dict | None:
@@ -42,11 +37,10 @@ class EvalCache:
                 self._drop(key, "samples without an entry (interrupted write)")
             return None
         try:
-            entry = self._read(path, samples)
+            return self._read(path, samples)
         except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: UnicodeDecodeError, JSONDecodeError
             self._drop(key, f"{type(exc).__name__}: {exc}")
             return None
-        return entry
 
     def _read(self, path: Path, samples: Path) -> dict:
         entry = json.loads(path.read_text(encoding="utf-8"))
@@ -73,7 +67,6 @@ class EvalCache:
             p.unlink(missing_ok=True)
 
     def put(self, key: str, fields: dict, raw: dict, samples: list[dict]) -> None:
-        # samples first: an entry is complete only once its .json exists
         path, samples_path = self.paths(key)
         write_jsonl(samples_path, samples)
         write_json(

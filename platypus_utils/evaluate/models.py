@@ -1,14 +1,8 @@
 """What each variant and reference of stage 05 is, and lm-eval's model for it (HFLM or vLLM).
 
-Variants (`evaluate.variants`, names from `platypus_utils.layout`; unknown names are rejected when the
-profile loads, `layout.evaluable_variants`):
-- "base": `models.base`;
-- "adapter": `models.base` + the 03_finetune LoRA adapter, unmerged (lm-eval's `peft=`);
-- a `merge.partners` entry without an `adapter`: that partner model as it is;
-- any other name: `models[name].path` of 04_merge's merge_report.json.
-
-References (`evaluate.references`): released models evaluated as they are, after the variants; their
-spec carries `kind` "reference", `compare_to` and `published`; `org/name@revision` loads that revision.
+Variants: "base" (`models.base`); "adapter" (base + the 03_finetune LoRA adapter, unmerged); a
+`merge.partners` entry without an adapter (that model); any other name: `models[name].path` of 04_merge's
+merge_report.json. References (`evaluate.references`): released models as they are, evaluated last.
 """
 
 from __future__ import annotations
@@ -30,9 +24,7 @@ from ..models import pick_device, pick_dtype
 from ..refs import split_revision
 
 log = logging.getLogger("platypus")
-# "auto" batch size on CPU (lm-eval's probe is meant for GPUs). SmolLM2-135M, ARC 25-shot, 5 questions:
-# 208 / 145 / 138 CPU-s at batch 1 / 4 / 8; 8 gains 5% for twice the logits memory.
-CPU_BATCH_SIZE = 4
+CPU_BATCH_SIZE = 4  # "auto" on CPU (lm-eval's probe is for GPUs): 4 was near 8's speed at half the memory
 VARIANT, REFERENCE = "variant", "reference"  # ModelSpec.kind
 
 
@@ -44,10 +36,10 @@ class ModelSpec:
     peft: str | None = None  # adapter dir, for the unmerged "adapter" variant
     inputs: list[Path] = field(default_factory=list)  # local files/dirs read
     source: str = ""  # where the variant comes from, in words
-    kind: str = VARIANT  # "variant" (evaluate.variants) or "reference" (evaluate.references: a released model)
-    compare_to: str | None = None  # reference: the variant of this run it is the released counterpart of
+    kind: str = VARIANT  # or REFERENCE
+    compare_to: str | None = None  # reference: the variant it is the released counterpart of
     published: str | None = None  # reference: its row in platypus_utils.published
-    revision: str | None = None  # hub revision (a reference written org/name@revision)
+    revision: str | None = None  # hub revision
 
 
 class BackendError(RuntimeError):
@@ -60,9 +52,7 @@ def evaluation_names(profile) -> list[str]:
 
 
 def hub_snapshot_id(path: str | Path) -> str | None:
-    """The id "hub:org/name@<commit>" of a folder of the hub's cache (…/models--org--name/snapshots/<commit>),
-    where models.resolve_model puts a pinned hub model; None for any other folder. A commit fixes the
-    files, so it names the content without reading tens of GB to hash them."""
+    """ "hub:org/name@<commit>" for a hub cache folder (.../models--org--name/snapshots/<commit>), else None."""
     path = Path(path)
     repo = path.parent.parent.name
     if path.parent.name != "snapshots" or not repo.startswith("models--") or not path.name:
@@ -71,8 +61,6 @@ def hub_snapshot_id(path: str | Path) -> str | None:
 
 
 def _resolved_spec(variant: str, model: str, cache: Path, **fields) -> ModelSpec:
-    # a pinned hub model comes back as its snapshot folder; should one come back as "org/name@revision",
-    # lm-eval is given the revision
     pretrained, revision = split_revision(model_utils.resolve_model(model, cache_dir=cache))
     return ModelSpec(variant, model, pretrained, revision=revision, **fields)
 
@@ -102,14 +90,14 @@ def _merged_spec(profile, variant: str) -> ModelSpec:
 
 
 def resolve_variant(profile, variant: str) -> ModelSpec:
-    """The model a variant (or reference) name stands for (see the module docstring); an error names
-    what is missing."""
+    """The model a variant (or reference) name stands for; an error names what is missing."""
     cache, base = profile.cache_dir(), profile.models.base
-    for ref in profile.evaluate.references:  # a released model, as it is
+    for ref in profile.evaluate.references:
         if ref.name == variant:
-            source = "evaluate.references (released, as it is)"
-            fields = {"compare_to": ref.compare_to, "published": ref.published}
-            return _resolved_spec(variant, ref.model, cache, source=source, kind=REFERENCE, **fields)
+            fields = {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published}
+            return _resolved_spec(
+                variant, ref.model, cache, source="evaluate.references (released, as it is)", **fields
+            )
     if variant == layout.BASE_VARIANT:
         return _resolved_spec(variant, base, cache, source="models.base")
     if variant == layout.ADAPTER_VARIANT:
@@ -126,8 +114,7 @@ def resolve_variant(profile, variant: str) -> ModelSpec:
 
 
 def resolve_variants(profile) -> tuple[dict[str, ModelSpec], dict[str, str]]:
-    """({name: spec} of those that resolve, {name: error} of those that do not), in profile order: the
-    variants, then the references (`evaluation_names`)."""
+    """({name: spec}, {name: error} of those that do not resolve), in `evaluation_names` order."""
     specs, errors = {}, {}
     for variant in evaluation_names(profile):
         try:
@@ -139,8 +126,7 @@ def resolve_variants(profile) -> tuple[dict[str, ModelSpec], dict[str, str]]:
 
 
 def variants_table(specs: dict[str, ModelSpec], errors: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per variant and reference: its kind, where it comes from, the model named, what lm-eval
-    loads (and at which revision), the variant a reference is compared to, its published row, or the error."""
+    """One row per variant and reference: kind, source, model, what lm-eval loads, or the error."""
     rows = [
         {
             **vars(s),
@@ -157,8 +143,7 @@ def variants_table(specs: dict[str, ModelSpec], errors: dict[str, str] | None = 
 
 
 def model_hash(spec: ModelSpec) -> str:
-    """Content hash of what is evaluated: checkpoint files (+ adapter files); a hub model by name and
-    revision (a snapshot of the hub's cache by its commit: `hub_snapshot_id`)."""
+    """Content hash of what is evaluated: checkpoint (+ adapter) files; a hub model by name and revision."""
     path = Path(spec.pretrained)
     if path.is_dir():
         base = hub_snapshot_id(path) or model_utils.model_content_hash(path)
@@ -169,10 +154,8 @@ def model_hash(spec: ModelSpec) -> str:
     return base
 
 
-# ---------------------------------------------------------------- lm-eval's model
 def check_backend(profile) -> None:
-    """Fail before any work when `evaluate.backend` cannot run here: vLLM needs the vllm package and a
-    CUDA GPU. The message names the key and the way out."""
+    """BackendError when `evaluate.backend: vllm` cannot run here (no vllm package or no CUDA GPU)."""
     if profile.evaluate.backend != "vllm":
         return
     if find_spec("vllm") is None:
@@ -188,16 +171,14 @@ def check_backend(profile) -> None:
 
 
 def lm_settings(profile, spec: ModelSpec | None = None) -> dict:
-    """Device, dtype and batch size the models are run with; `parallelize` (spread over the GPUs)
-    and the profile's extra `model_args` when set; `backend: vllm` (batch size auto: vLLM schedules
-    its own batches) when the profile asks for vLLM. Every field is part of the eval-cache key."""
+    """Device, dtype, batch size, and when set `backend`, `parallelize`, `model_args`: all in the cache key."""
     device = pick_device(profile.evaluate.device)
     dtype = str(pick_dtype(profile.models.torch_dtype, device)).removeprefix("torch.")
     batch = profile.evaluate.batch_size
     if batch == "auto" and not device.startswith("cuda"):
         batch = str(CPU_BATCH_SIZE)
     settings = {"device": device, "dtype": dtype, "batch_size": batch}
-    if profile.evaluate.backend == "vllm":  # absent for hf: the cache keys of HFLM results stay as they were
+    if profile.evaluate.backend == "vllm":  # absent for hf: HFLM cache keys unchanged
         settings.update(backend="vllm", batch_size="auto")
     if spec is not None and wants_parallelize(profile.evaluate.parallelize, spec, device, dtype):
         settings["parallelize"] = True
@@ -207,8 +188,7 @@ def lm_settings(profile, spec: ModelSpec | None = None) -> dict:
 
 
 def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
-    """Bytes of the model's weights in `dtype`: from a local checkpoint's files, or the hub's
-    safetensors metadata (parameter count; no download). None when neither says."""
+    """Bytes of the weights in `dtype`: local safetensors files, or the hub's metadata; None if unknown."""
     path = Path(spec.pretrained)
     if path.is_dir():
         return sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
@@ -222,8 +202,7 @@ def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
 
 
 def wants_parallelize(choice, spec: ModelSpec, device: str, dtype: str) -> bool:
-    """evaluate.parallelize: true/false as set; auto: on CUDA with several GPUs, when the weights
-    exceed 90% of one GPU's memory (lm-eval then spreads the model with accelerate's device map)."""
+    """evaluate.parallelize as set; auto: several CUDA GPUs and weights over 90% of one GPU's memory."""
     if choice != "auto":
         return bool(choice)
     if not device.startswith("cuda") or torch.cuda.device_count() < 2:
@@ -232,62 +211,41 @@ def wants_parallelize(choice, spec: ModelSpec, device: str, dtype: str) -> bool:
     return size is not None and size > 0.9 * torch.cuda.get_device_properties(0).total_memory
 
 
-# the LoRA ranks vLLM's engine accepts for max_lora_rank
-_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def _lora_rank(adapter: str) -> int:
-    """The smallest rank vLLM accepts that holds the adapter's own (adapter_config.json's r)."""
-    r = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
-    return next((k for k in _VLLM_LORA_RANKS if k >= r), r)
-
-
-def _lm_kwargs(spec: ModelSpec, settings: dict, own: dict) -> dict:
-    """lm-eval's model arguments: the checkpoint, dtype and revision, the backend's `own`, and the
-    profile's evaluate.model_args last, so they win."""
-    kwargs = {"pretrained": spec.pretrained, "dtype": settings["dtype"], **own}
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    return {**kwargs, **settings.get("model_args", {})}
-
-
-def vllm_kwargs(spec: ModelSpec, settings: dict) -> dict:
-    """lm-eval's VLLM arguments for a variant (`--model vllm --model_args ...`): prefix caching on (the
-    few-shot prompts share long prefixes), batch size auto; a model to spread goes over every visible
-    GPU by tensor parallelism; the unmerged adapter as a LoRA request."""
-    own: dict = {"batch_size": "auto", "enable_prefix_caching": True}  # passed through to vllm.LLM
-    if settings.get("parallelize"):
-        own["tensor_parallel_size"] = max(1, torch.cuda.device_count())
-    if spec.peft:
-        own.update(lora_local_path=spec.peft, max_lora_rank=_lora_rank(spec.peft))
-    return _lm_kwargs(spec, settings, own)
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts for max_lora_rank
 
 
 def model_args(spec: ModelSpec, settings: dict) -> tuple[str, dict]:
-    """lm-eval's model for a variant as lm-eval names it and the arguments it is built with: "hf" (HFLM,
-    what `--model hf --model_args pretrained=...` builds; with `parallelize` the model is spread over every
-    visible GPU, no single device), or with `backend: vllm` "vllm" (`vllm_kwargs`)."""
-    if settings.get("backend") == "vllm":
-        return "vllm", vllm_kwargs(spec, settings)
-    batch = settings["batch_size"]
-    own = {"parallelize": True} if settings.get("parallelize") else {"device": settings["device"]}
-    own["batch_size"] = int(batch) if str(batch).isdigit() else batch
-    if spec.peft:
-        own["peft"] = spec.peft
-    return "hf", _lm_kwargs(spec, settings, own)
+    """lm-eval's model name ("hf" or "vllm") and its arguments; the profile's evaluate.model_args win.
+    vLLM: prefix caching, batch size auto, tensor parallel over every GPU when spread, the adapter as
+    LoRA (max_lora_rank: the smallest vLLM accepts that holds its r)."""
+    kind = settings.get("backend", "hf")
+    if kind == "vllm":
+        own: dict = {"batch_size": "auto", "enable_prefix_caching": True}
+        if settings.get("parallelize"):
+            own["tensor_parallel_size"] = max(1, torch.cuda.device_count())
+        if spec.peft:
+            r = int(json.loads((Path(spec.peft) / "adapter_config.json").read_text()).get("r", 16))
+            own.update(lora_local_path=spec.peft, max_lora_rank=next((k for k in _VLLM_LORA_RANKS if k >= r), r))
+    else:
+        batch = settings["batch_size"]
+        own = {"parallelize": True} if settings.get("parallelize") else {"device": settings["device"]}
+        own["batch_size"] = int(batch) if str(batch).isdigit() else batch
+        if spec.peft:
+            own["peft"] = spec.peft
+    kwargs = {"pretrained": spec.pretrained, "dtype": settings["dtype"], **own}
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    return kind, {**kwargs, **settings.get("model_args", {})}
 
 
 def make_lm(spec: ModelSpec, settings: dict):
-    """lm-eval's model for a variant, built from `model_args`: HFLM, or lm-eval's VLLM with loglikelihood
-    requests that read the prefix cache (vllm_prefix.PrefixCachedVLLM)."""
+    """lm-eval's model for a variant, built from `model_args`: HFLM, or vllm_prefix.PrefixCachedVLLM."""
     kind, kwargs = model_args(spec, settings)
     log.info("loading %s for lm-eval (%s): %s", spec.variant, kind, kwargs)
     if kind == "vllm":
-        # imported here: it imports vllm, installed on CUDA machines only (check_backend says so first)
-        from .vllm_prefix import PrefixCachedVLLM
+        from .vllm_prefix import PrefixCachedVLLM  # imports vllm, on CUDA machines only
 
         return PrefixCachedVLLM(**kwargs)
-    # imported here: lm-eval's model module takes ~8 s to import (measured), and only a cache miss needs it
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # ~8 s to import: only a cache miss needs it
 
     return HFLM(**kwargs)

@@ -1,8 +1,7 @@
 """Variants spread over the GPUs: one worker process per group of GPUs, each evaluating whole variants.
 
-A group is as many GPUs as the largest model needs (`gpu_slots`), a CUDA_VISIBLE_DEVICES value. The
-workers only fill the eval cache (cache.py) under the keys a sequential run uses; the stage's own pass
-then finds every result there, and evaluates again, in-process, a variant whose worker failed.
+The workers only fill the eval cache under the keys a sequential run uses; the stage's own pass then
+finds every result there, and evaluates again, in-process, a variant whose worker failed.
 """
 
 from __future__ import annotations
@@ -24,11 +23,9 @@ _SLOT = {}  # this worker's CUDA_VISIBLE_DEVICES
 
 
 def gpu_slots(profile: Profile, specs: dict[str, ModelSpec]) -> list[str]:
-    """CUDA_VISIBLE_DEVICES values, one per group of GPUs that evaluates one model at a time, when the
-    models should be spread over several groups; [] otherwise (a CPU, one GPU, a size unknown, or fewer
-    than two groups). A group is as many GPUs as the largest model needs (its weights within 90% of each
-    GPU's memory, as `evaluate.parallelize: auto` decides): 8 GPUs and 13B models give 8 groups of one,
-    70B models in bf16 4 groups of two, each spread over its two GPUs."""
+    """CUDA_VISIBLE_DEVICES values, one per group of GPUs evaluating one model at a time; [] when there
+    are not two groups (a CPU, one GPU, a size unknown). A group is as many GPUs as the largest model
+    needs (weights within 90% of each GPU's memory): 8 GPUs and 70B bf16 models give 4 groups of two."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     settings = lm_settings(profile)
     if count < 2 or not settings["device"].startswith("cuda") or profile.evaluate.parallelize is True:
@@ -43,9 +40,7 @@ def gpu_slots(profile: Profile, specs: dict[str, ModelSpec]) -> list[str]:
     if profile.evaluate.parallelize is False and need > 1:
         return []  # models larger than a GPU, kept on one device by the profile: nothing to group
     groups = count // need
-    if groups < 2:
-        return []
-    return [",".join(str(i) for i in range(g * need, (g + 1) * need)) for g in range(groups)]
+    return [",".join(map(str, range(g * need, (g + 1) * need))) for g in range(groups)] if groups > 1 else []
 
 
 def _take_slot(slots) -> None:
@@ -74,9 +69,8 @@ def spread_variants(
     evaluate_variant: Callable,
     force: bool = False,
 ) -> dict[str, str]:
-    """Evaluate `specs` in len(slots) worker processes, each with its own CUDA_VISIBLE_DEVICES, filling the
-    eval cache; returns {name: error} for the variants whose worker failed. `evaluate_variant`: the stage's
-    (stage.evaluate_variant), which each worker runs per variant."""
+    """Run `evaluate_variant` (stage.evaluate_variant) for each spec in len(slots) worker processes, each
+    with its own CUDA_VISIBLE_DEVICES, filling the eval cache; returns {name: error} of failed workers."""
     if not slots or not specs:
         return {}
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: CUDA is not forked

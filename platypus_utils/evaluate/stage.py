@@ -1,15 +1,9 @@
-"""Stage 05's evaluation and save steps, and `run_evaluate`, their composition (steps: the package docstring).
+"""Stage 05's evaluation and save steps, and `run_evaluate`, their composition.
 
-`evaluate_variant` runs lm-eval once per benchmark with the leaderboard's seeds, or takes the result from
-the eval cache (cache.py) when its key is the same: model content hash, benchmark, task, shots, limit,
-task definition hash, lm-eval version, seeds and the model settings (device, dtype, batch size, backend).
-Each result enters the cache as soon as lm-eval returns it, so a killed run redoes only the benchmarks
-that had not finished, and a reference with a variant's weights takes that variant's results. `force`
-runs lm-eval again and replaces the entry, once per stage run (a key computed earlier in it is reused).
-
-A variant that cannot be resolved, loaded or evaluated is recorded as failed and the others are kept.
-When every variant failed, `save` writes this run's report to `evaluate_report.failed.json`, leaves the
-last good `evaluate_report.json` (and the variant files it names) as they were, and raises EvaluationError.
+Each (variant, benchmark) result is cached under its key (model content hash, task, shots, limit, task
+definition hash, lm-eval version, seeds, model settings) as soon as lm-eval returns it. A variant that
+fails is recorded and the others kept; when all fail, `save` writes evaluate_report.failed.json, keeps
+the last good report and raises EvaluationError.
 """
 
 from __future__ import annotations
@@ -52,8 +46,7 @@ STAGE = layout.EVALUATE
 REPORT = layout.EVALUATE_REPORT[1]
 FAILED_REPORT = "evaluate_report.failed.json"
 VARIANT_FILES = (".json", ".raw.json", ".samples.jsonl")
-# python, numpy, torch and few-shot sampler seeds: lm-eval's own defaults (the leaderboard's), read from
-# simple_evaluate, recorded in each summary and the eval-cache key
+# lm-eval's default seeds (the leaderboard's): recorded in each summary and the eval-cache key
 SEEDS = {k: p.default for k, p in inspect.signature(lm_eval.simple_evaluate).parameters.items() if k.endswith("_seed")}
 
 
@@ -79,7 +72,6 @@ class VariantEvaluation:
         return self.error is None
 
 
-# ---------------------------------------------------------------- running lm-eval
 def _limit(limit: float | None) -> int | float | None:
     if limit is None:
         return None
@@ -87,15 +79,13 @@ def _limit(limit: float | None) -> int | float | None:
 
 
 def _jsonable(obj: Any) -> Any:
-    # imported here: lm_eval.utils takes ~1 s to import (measured); it is loaded anyway once lm-eval has run
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # ~1 s to import
 
     return json.loads(json.dumps(obj, default=handle_non_serializable))
 
 
 def simple_evaluate_args(task_name: str, num_fewshot: int, limit) -> dict:
-    """lm_eval.simple_evaluate's arguments for one benchmark, the model and task manager aside: the task,
-    its shots and limit, the per-question samples, and the leaderboard's seeds (lm-eval's defaults)."""
+    """lm_eval.simple_evaluate's arguments for one benchmark, the model and task manager aside."""
     return {"tasks": task_name.split(","), "num_fewshot": num_fewshot, "limit": limit, "log_samples": True, **SEEDS}
 
 
@@ -110,16 +100,15 @@ def run_lm_eval(lm, task_manager, task_name: str, num_fewshot: int, limit) -> di
 
 
 def lm_eval_calls(profile, suite: TaskSuite, specs: dict[str, ModelSpec]) -> pd.DataFrame:
-    """Step: the recipe of step 3, one row per variant and benchmark: lm-eval's model ("hf": HFLM) and the
-    arguments it is built with, written as lm-eval's `--model_args`, then simple_evaluate's own arguments, as
-    `evaluate_variant` passes them (a result the eval cache holds is reused instead of calling lm-eval)."""
+    """Step: one row per variant and benchmark: lm-eval's model, its `--model_args`, and simple_evaluate's
+    arguments, as `evaluate_variant` passes them."""
     rows = []
     for variant, spec in specs.items():
         kind, kwargs = model_args(spec, lm_settings(profile, spec))
+        args = ",".join(f"{k}={v}" for k, v in kwargs.items())
         for bench in benchmarks_in(profile):
             tcfg = profile.evaluate.tasks[bench]
             call = simple_evaluate_args(suite.task_names[bench], tcfg.num_fewshot, _limit(tcfg.limit))
-            args = ",".join(f"{k}={v}" for k, v in kwargs.items())
             rows.append({"variant": variant, "benchmark": bench, "model": kind, "model_args": args, **call})
     return pd.DataFrame(rows)
 
@@ -143,7 +132,6 @@ class _LazyLM:
 
 
 def _kind_fields(ref) -> dict:
-    """kind, and a reference's compare_to and published (`ref`: its spec or profile entry, or None)."""
     return {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published} if ref else {"kind": VARIANT}
 
 
@@ -158,9 +146,8 @@ def evaluate_variant(
 ) -> VariantEvaluation:
     """Evaluate one variant (or reference) on every configured benchmark, each from the cache when it holds it.
 
-    `task_manager`: an lm-eval TaskManager, a callable returning one, or None (made on demand).
-    `force`: run lm-eval even where the cache holds the result, except for the keys in `computed` (those
-    run earlier in this stage run; the keys this call computes are added to it). Raises on any failure.
+    `task_manager`: a TaskManager, a callable returning one, or None. `force`: rerun lm-eval except for
+    the keys in `computed` (run earlier in this stage run; this call adds its own). Raises on failure.
     """
     spec = spec or resolve_variant(profile, variant)
     settings, mhash = lm_settings(profile, spec), model_hash(spec)
@@ -212,10 +199,9 @@ def evaluate_variants(
     unresolved: dict[str, str] | None = None,
     force: bool = False,
 ) -> dict[str, VariantEvaluation]:
-    """evaluate_variant for each resolved variant, then each reference, in the profile's order; a failure
-    is kept, not raised."""
-    shared_task_manager = functools.cache(lambda: make_task_manager(suite))  # one, made on the first cache miss
-    computed: set[str] = set()  # cache keys lm-eval ran for in this call (force reruns each once)
+    """evaluate_variant for each variant, then each reference; a failure is kept, not raised."""
+    shared_task_manager = functools.cache(lambda: make_task_manager(suite))  # made on the first cache miss
+    computed: set[str] = set()  # force reruns each key once
     out = {}
     for variant in evaluation_names(profile):
         if variant not in specs:
@@ -239,19 +225,19 @@ def evaluate_variants(
     return out
 
 
-# ---------------------------------------------------------------- save
 def stage_report(profile, suite: TaskSuite, evaluations: dict[str, VariantEvaluation]) -> dict:
     """evaluate_report.json: the task suite, the backend, and per variant and reference its status, kind,
-    model and summary file (or error); a reference also its compare_to and published row."""
+    model and summary file (or error)."""
     references = {r.name: r for r in profile.evaluate.references}
-    variants = {}
-    for v, e in evaluations.items():
-        variants[v] = (
+    variants = {
+        v: (
             {"status": "ok", "model": e.summary["model"], "model_hash": e.summary["model_hash"], "summary": f"{v}.json"}
             if e.ok
             else {"status": "failed", "error": e.error}
         )
-        variants[v].update(_kind_fields(references.get(v)))
+        | _kind_fields(references.get(v))
+        for v, e in evaluations.items()
+    }
     return {
         "backend": profile.evaluate.backend,
         "references": list(references),
@@ -292,9 +278,8 @@ def save(
     timings: dict | None = None,
     force: bool = False,
 ) -> list[Path]:
-    """Write the variants' files, evaluate_report.json and manifest.json, as the runner does (see the
-    module docstring); EvaluationError when every variant failed, leaving the last good report.
-    `force` changes nothing here (it acts in evaluate_variants)."""
+    """Write the variants' files, evaluate_report.json and manifest.json; EvaluationError when every
+    variant failed, leaving the last good report. `force` is unused here (it acts in evaluate_variants)."""
     out = profile.run_dir(STAGE)
     report = stage_report(profile, suite, evaluations)
     with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
@@ -325,17 +310,16 @@ def save(
     return paths
 
 
-# ---------------------------------------------------------------- the stage in one call
 def run_evaluate(profile, force: bool = False) -> dict:
     """The whole stage: prepare tasks, resolve variants, evaluate each (cached), save.
     Returns {"summaries": {variant: summary}, "failed": {variant: error}, "report": path}."""
-    check_backend(profile)  # vLLM asked for where it cannot run: fail before any work
+    check_backend(profile)
     timings: dict[str, float] = {}
     with timed(timings, "prepare_s"):
         suite = prepare_tasks(profile)
     with timed(timings, "evaluate_s"):
         specs, unresolved = resolve_variants(profile)
-        slots = gpu_slots(profile, specs)  # several GPUs: one variant per GPU at a time, filling the cache
+        slots = gpu_slots(profile, specs)
         spread_variants(profile, suite, specs, slots, evaluate_variant, force=force)
         evaluations = evaluate_variants(profile, suite, specs, unresolved, force=force and not slots)
     save(profile, suite, evaluations, timings, force=force)

@@ -1,11 +1,7 @@
 """lm-eval's outputs as the normalised summary 06_analysis reads, and as frames and a figure.
 
-`summarise` turns one variant's raw lm-eval outputs (per benchmark) into {variant, model, model_hash,
-settings, tasks: {benchmark: {metric, value, stderr, n, ...}}, mmlu_subjects: {subject: {acc, stderr,
-n, category}}, average, average_over}. MMLU's `value` is the leaderboard's mean over subjects
-(`weighted_value`: lm-eval's group value, the mean over questions), se = sqrt(sum se_i^2) / k; where
-lm-eval gives no per-subject stderr, see `_pooled_question_stderr`. `average` is the mean of the
-benchmark values present (the leaderboard's average when all four are).
+MMLU's `value` is the leaderboard's mean over subjects, se = sqrt(sum se_i^2) / k; `weighted_value` is
+lm-eval's group value (mean over questions). `average`: the mean of the benchmark values present.
 """
 
 from __future__ import annotations
@@ -20,10 +16,8 @@ from .tasks import TaskSuite
 
 
 def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[float | None, str | None]:
-    """The MMLU standard error when some subject has none (one question: lm-eval reports N/A).
-    With every subject the same size (a per-subject `limit`), the mean over subjects is the mean
-    over all N questions, so lm-eval's own formula applies to it: the sample standard deviation of
-    the 0/1 scores over sqrt(N), sqrt(p (1 - p) / (N - 1)). Subjects of different sizes: none."""
+    """The MMLU stderr when some subject has none (one question: lm-eval reports N/A): with equal subject
+    sizes the mean over subjects is the mean over all N questions, sqrt(p (1 - p) / (N - 1)); else None."""
     n_total = sum(subject_sizes)
     if len(set(subject_sizes)) != 1 or n_total < 2:
         return None, None
@@ -31,8 +25,7 @@ def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[
 
 
 def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict]) -> dict:
-    """lmeval_io's MMLU entry (mean over subjects, per-subject stderr), with the pooled stderr where a
-    subject has none and lm-eval's group value (mean over questions) as `weighted_value`."""
+    """lmeval_io's MMLU entry, with the pooled stderr where a subject has none and `weighted_value`."""
     results, n_total = raw["results"], task["n"]
     group = suite.task_names["mmlu"]
     if group in results:
@@ -47,15 +40,14 @@ def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict
         )
         weighted_se = task["stderr"] if weighted_se is None else weighted_se
     return task | {
-        "weighted_value": weighted,  # lm-eval's group value: mean over questions
+        "weighted_value": weighted,
         "weighted_stderr": weighted_se,
         "weighted_aggregation": "mean over questions, subjects weighted by size (lm-eval's mmlu group)",
     }
 
 
 def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[str, dict], suite: TaskSuite) -> dict:
-    """lm-eval outputs -> the normalised summary 06_analysis reads (see the module docstring): lmeval_io's
-    summary of them, with MMLU's standard error and lm-eval's weighted group value added."""
+    """lm-eval outputs -> the normalised summary 06_analysis reads; RuntimeError when a benchmark has no result."""
     read = summary_from_results(variant, raws.values(), model)
     tasks, subjects = read["tasks"], read["mmlu_subjects"]
     if "mmlu" in raws:
@@ -64,14 +56,12 @@ def summarise(variant: str, model: str, mhash: str, settings: dict, raws: dict[s
                 f"lm-eval output for MMLU has no subject results ({sorted(raws['mmlu']['results'])[:5]}...)"
             )
         tasks["mmlu"] = _mmlu_task(raws["mmlu"], suite, tasks["mmlu"], subjects)
-    # a benchmark lm-eval ran without the leaderboard metric fails the variant (its average would silently cover fewer)
     missing = sorted(b for b in raws if b not in tasks or tasks[b]["value"] is None)
     if missing:
         raise RuntimeError(f"lm-eval output has no result for {missing}")
     return {**read, "model_hash": mhash, "settings": settings, "tasks": {b: tasks[b] for b in raws}}
 
 
-# ---------------------------------------------------------------- frames and a figure
 def scores_frame(summaries: dict[str, dict], cached: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (variant, benchmark): metric, value, stderr, n (and whether it came from the cache)."""
     rows = []
@@ -89,15 +79,12 @@ def scores_frame(summaries: dict[str, dict], cached: dict[str, dict] | None = No
 
 def mmlu_subjects_frame(summaries: dict[str, dict]) -> pd.DataFrame:
     """One row per MMLU subject: category, questions, and each variant's accuracy (and stderr)."""
-    frames = []
-    for variant, summary in summaries.items():
-        subjects = summary.get("mmlu_subjects") or {}
-        frame = pd.DataFrame.from_dict(subjects, orient="index", columns=["category", "n", "acc", "stderr"])
-        frames.append(
-            frame.rename(columns={"acc": variant, "stderr": f"{variant}_stderr"}).set_index(
-                ["category", "n"], append=True
-            )
-        )
+    frames = [
+        pd.DataFrame.from_dict(s.get("mmlu_subjects") or {}, orient="index", columns=["category", "n", "acc", "stderr"])
+        .rename(columns={"acc": v, "stderr": f"{v}_stderr"})
+        .set_index(["category", "n"], append=True)
+        for v, s in summaries.items()
+    ]
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, axis=1).reset_index(level=["category", "n"])
@@ -114,21 +101,10 @@ def plot_scores(scores: pd.DataFrame, ax=None):
     for k, variant in enumerate(variants):
         rows = data[data["variant"] == variant].set_index("benchmark").reindex(benches)
         xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(benches))]
-        ax.bar(
-            xs,
-            rows["value"].astype(float),
-            width,
-            yerr=rows["stderr"].astype(float).fillna(0),
-            capsize=3,
-            label=variant,
-        )
-    ax.set_xticks(
-        range(len(benches)),
-        [
-            f"{b}\n({m})"
-            for b, m in zip(benches, data.groupby("benchmark", sort=False)["metric"].first().reindex(benches))
-        ],
-    )
+        yerr = rows["stderr"].astype(float).fillna(0)
+        ax.bar(xs, rows["value"].astype(float), width, yerr=yerr, capsize=3, label=variant)
+    metrics = data.groupby("benchmark", sort=False)["metric"].first().reindex(benches)
+    ax.set_xticks(range(len(benches)), [f"{b}\n({m})" for b, m in zip(benches, metrics)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
     ax.legend(title="variant", fontsize="small")

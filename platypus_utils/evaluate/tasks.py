@@ -1,17 +1,10 @@
 """The lm-eval task suite of stage 05: which tasks, from which data, defined by what.
 
-`prepare_tasks(profile)` returns a `TaskSuite`. With `evaluate.benchmarks_dir: hub` the suite names
-lm-eval's built-in tasks (their hub datasets). Otherwise ("demo" or a folder in the original release
-formats) it writes task YAMLs into <run>/05_evaluate/tasks/ from the templates in `lm_eval_tasks/`:
-each `include:`s the installed built-in task and swaps only the data source (lm_eval_tasks/utils.py),
-so prompts, few-shot pools and metrics are the built-in ones.
-
-Known departure: HellaSwag's few-shot pool is its train split, which the offline copy lacks; without a
-`hellaswag_train.jsonl` the pool is the validation split minus the evaluated item (`suite.notes`).
-
-`definition_hash[benchmark]` covers the data files (relative paths and contents), the templates, the
-included built-in files, lm-eval's version, utils.py and benchmarks.py (the parsers utils.py calls):
-a change to any of them is a different eval-cache key.
+`evaluate.benchmarks_dir: hub` names lm-eval's built-in tasks. Otherwise task YAMLs are written from the
+templates in `lm_eval_tasks/`: each `include:`s the built-in task and swaps only the data source. Without
+`hellaswag_train.jsonl`, HellaSwag's few-shot pool is the validation split minus the evaluated item.
+`definition_hash` covers data files, templates, included built-in files, lm-eval's version, utils.py and
+benchmarks.py: a change to any is a different eval-cache key.
 """
 
 from __future__ import annotations
@@ -62,7 +55,6 @@ class TaskSuite:
         return sorted({p for files in self.data_files.values() for p in files})
 
 
-# ---------------------------------------------------------------- hub tasks
 def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = None) -> TaskSuite:
     subjects = dict(MMLU_CATEGORIES)
     if mmlu_subjects:
@@ -83,7 +75,6 @@ def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = Non
     )
 
 
-# ---------------------------------------------------------------- local tasks: one builder per benchmark
 @dataclass
 class _Built:
     """What one benchmark adds to the task folder, and what defines it."""
@@ -97,14 +88,9 @@ class _Built:
     mmlu_subjects: dict[str, str] = field(default_factory=dict)
 
 
-def _yaml_str(value: Any) -> str:
-    """A value as a YAML flow scalar/collection (JSON is valid YAML; paths stay exact)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
 def _render(template: str, **values: Any) -> str:
-    text = (TEMPLATE_DIR / template).read_text(encoding="utf-8")
-    return string.Template(text).substitute({k: _yaml_str(v) for k, v in values.items()})
+    text = (TEMPLATE_DIR / template).read_text(encoding="utf-8")  # values as JSON: valid YAML, paths exact
+    return string.Template(text).substitute({k: json.dumps(v, ensure_ascii=False) for k, v in values.items()})
 
 
 def _need(path: Path, what: str) -> Path:
@@ -116,7 +102,6 @@ def _need(path: Path, what: str) -> Path:
 def _single_task(
     bench: str, folder: Path, split_files: dict[str, Path], builtin: Path, extra_builtins: list[Path], **values: Any
 ) -> _Built:
-    """A benchmark that is one task (ARC, HellaSwag, TruthfulQA): one YAML from its template."""
     task = TASK_PREFIX + bench
     text = _render(
         f"{bench}.yaml",
@@ -148,9 +133,7 @@ def _hellaswag_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
     if (d / "hellaswag_train.jsonl").is_file():
         split_files["train"] = d / "hellaswag_train.jsonl"
         splits, note = ("train", "validation", None, None), None
-    else:
-        # Evaluating "validation" as the test split makes lm-eval drop the evaluated item
-        # from its own few-shot draw (it only does so when fewshot split == test split).
+    else:  # lm-eval drops the evaluated item from the few-shot draw only when fewshot split == test split
         splits = (None, None, "validation", "validation")
         note = (
             "few-shot pool: validation split minus the evaluated item "
@@ -172,7 +155,6 @@ def _truthfulqa_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
 
 
 def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str]:
-    """subject -> category of the MMLU subjects to evaluate: the selected ones, else every test file."""
     if not (d / "test").is_dir():
         raise FileNotFoundError(f"{d / 'test'}: MMLU test folder not found")
     present = sorted(p.name[: -len("_test.csv")] for p in (d / "test").glob("*_test.csv"))
@@ -190,7 +172,6 @@ def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str
 
 
 def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
-    """One task per subject, a group per category present, and the MMLU group over them (as built-in)."""
     d, default = root / "mmlu", builtin / "mmlu" / "default"
     subjects = _mmlu_subjects_present(d, mmlu_subjects)
     built = _Built(
@@ -259,8 +240,8 @@ def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
 def write_task_configs(
     benchmarks_dir: str | Path, out_dir: str | Path, benchmarks_: list[str], mmlu_subjects: list[str] | None = None
 ) -> TaskSuite:
-    """Write lm-eval task YAMLs (+ utils.py) for local benchmark files into `out_dir`, replaced as a whole
-    (no task of an earlier run lingers). A missing data file raises FileNotFoundError naming it."""
+    """Write lm-eval task YAMLs (+ utils.py) for local benchmark files into `out_dir`, replaced as a whole.
+    A missing data file raises FileNotFoundError naming it."""
     root, out_dir, builtin = Path(benchmarks_dir).resolve(), Path(out_dir), builtin_tasks_dir()
     utils_text = (TEMPLATE_DIR / "utils.py").read_text(encoding="utf-8")
     common = [lm_eval_version(), utils_text, Path(benchmarks.__file__).read_text(encoding="utf-8")]
@@ -273,10 +254,9 @@ def write_task_configs(
         files.update(built.files)
         suite.task_names[bench] = built.task
         suite.data_files[bench] = built.data_files
-        extra = common + [(TEMPLATE_DIR / t).read_text(encoding="utf-8") for t in built.templates]
-        suite.definition_hash[bench] = _hash_files(
-            built.data_files, root, extra + [b.read_text() for b in built.builtins]
-        )
+        extra = [(TEMPLATE_DIR / t).read_text(encoding="utf-8") for t in built.templates]
+        extra += [b.read_text() for b in built.builtins]
+        suite.definition_hash[bench] = _hash_files(built.data_files, root, common + extra)
         suite.mmlu_subjects.update(built.mmlu_subjects)
         if built.note:
             suite.notes[bench] = built.note
@@ -289,7 +269,6 @@ def write_task_configs(
     return suite
 
 
-# ---------------------------------------------------------------- the step
 def resolve_benchmarks_dir(profile) -> str:
     """'hub', or the absolute path of a folder in the original formats ('demo' is written here)."""
     bdir = profile.evaluate.benchmarks_dir
@@ -302,7 +281,7 @@ def resolve_benchmarks_dir(profile) -> str:
 
 
 def prepare_tasks(profile) -> TaskSuite:
-    """The task suite of the profile's benchmarks (local mode: task YAMLs written into <run>/05_evaluate/tasks)."""
+    """The task suite of the profile's benchmarks (local: YAMLs written into <run>/05_evaluate/tasks)."""
     bdir = resolve_benchmarks_dir(profile)
     if bdir == "hub":
         return hub_task_suite(benchmarks_in(profile), profile.evaluate.mmlu_subjects)
@@ -337,17 +316,15 @@ def task_table(profile, suite: TaskSuite) -> pd.DataFrame:
 
 
 def _drop_custom_dataset_hint(record: logging.LogRecord) -> bool:
-    """lm-eval warns, for every task with a custom_dataset loader, how to pass --metadata; our
-    loaders need none, and MMLU would print it 57 times per call."""
+    """Drop lm-eval's per-task --metadata hint for custom_dataset loaders (57 times for MMLU)."""
     return "Custom kwargs can be passed" not in record.getMessage()
 
 
 def make_task_manager(suite: TaskSuite):
     """Local tasks: only our folder is indexed (the built-in index takes ~14 s to build)."""
-    # imported here: lm_eval.tasks takes ~4 s to import (measured), and only a cache miss needs it
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # ~4 s to import: only a cache miss needs it
 
-    logging.getLogger("lm_eval.api.task").addFilter(_drop_custom_dataset_hint)  # added once: a no-op after
+    logging.getLogger("lm_eval.api.task").addFilter(_drop_custom_dataset_hint)  # a no-op once added
     if suite.mode == "local":
         return TaskManager(include_path=str(suite.tasks_dir), include_defaults=False)
     return TaskManager()

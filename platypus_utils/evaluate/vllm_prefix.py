@@ -1,16 +1,9 @@
 """lm-eval's vLLM model, with loglikelihood requests that read vLLM's prefix cache (`evaluate.backend: vllm`).
 
-lm-eval 0.4.13 scores an answer by asking vLLM for the prompt's log-probabilities (`prompt_logprobs=1`),
-and vLLM then skips *reading* its prefix cache (`SamplingParams.skip_reading_prefix_cache` defaults to on
-for such requests): a cached position has no logits, so it could return no log-probability for it. Every
-option of every question is then a whole prefill, and the few-shot context the options share is
-computed again for each (MMLU: four prompts a question, each with the subject's five examples).
-
-`PrefixCachedVLLM` asks for the cache to be read. Positions served from the cache come back without a
-log-probability (None): context positions, while the continuation - what is scored - is computed. A
-request whose continuation did fall inside the cached part (two identical prompts) is scored again
-without reading the cache. A vLLM without the setting runs lm-eval's path unchanged, and says so once.
-Imported only where vllm is installed (`evaluate.models.make_lm`, vllm backend).
+lm-eval asks for prompt log-probabilities, for which vLLM skips reading its prefix cache by default, so
+the few-shot context the options share is prefilled again for each. Here the cache is read; a request
+whose continuation came from the cache (no log-probabilities) is scored again without it. A vLLM without
+`skip_reading_prefix_cache` runs lm-eval's path unchanged, with one warning.
 """
 
 from __future__ import annotations
@@ -35,8 +28,7 @@ def cache_reading_params() -> SamplingParams | None:
 
 
 class PrefixCachedVLLM(VLLM):
-    """lm-eval's VLLM whose loglikelihood requests read the prefix cache (see the module docstring).
-    `prefix_stats`: requests sent reading the cache, and requests scored again without it."""
+    """`prefix_stats`: requests sent reading the cache, and requests scored again without it."""
 
     prefix_stats: dict[str, int]
 
