@@ -1,16 +1,9 @@
 """Statistics for comparing two models on the same questions (component layer: numpy and scipy only).
 
-Scores are per question and aligned: `x[i]`, `y[i]` are two models' scores on question i (0/1 for
-accuracy, in [0, 1] for TruthfulQA's mc2). scipy does the textbook parts: the exact McNemar test
-(`binomtest` on the discordant pairs), the paired percentile bootstrap (`bootstrap(paired=True)`), the
-normal interval and Benjamini-Hochberg (`false_discovery_control`). Written here, because scipy has no
-equivalent:
-- the stratified bootstrap of a mean over groups (MMLU subjects resampled each on its own, one-question
-  subjects pooled: `pool_singletons`), which needs each group's bootstrap draws;
-- `sign_flip_test`: the paired randomisation test of a weighted sum of differences, exact by distinct
-  magnitude (one binomial each, convolved) where `permutation_test` would enumerate 2^n sign patterns,
-  else Monte Carlo, resampled further while p is near alpha;
-- `questions_for_change`: the McNemar sample size (Connor 1987).
+`x[i]`, `y[i]` are two models' scores on question i (0/1, or in [0, 1] for TruthfulQA's mc2). scipy does
+McNemar, the paired bootstrap, the normal interval and Benjamini-Hochberg. Written here: the stratified
+bootstrap over groups (one-question groups pooled), the sign-flip test (exact by distinct magnitude, else
+Monte Carlo refined near alpha), and the McNemar sample size (Connor 1987).
 """
 
 from __future__ import annotations
@@ -50,12 +43,11 @@ def mcnemar_exact(b: int, c: int) -> float:
         raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
     if b + c == 0:
         return 1.0
-    return float(_st.binomtest(min(b, c), b + c, 0.5).pvalue)  # = min(1, 2 P(Binomial(b + c, 1/2) <= min))
+    return float(_st.binomtest(min(b, c), b + c, 0.5).pvalue)
 
 
 def bootstrap_means(diff, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """`n_boot` means of `diff` resampled with replacement (the paired bootstrap over questions): scipy's
-    bootstrap distribution, drawn from `rng`. One question resamples to itself (scipy needs two)."""
+    """`n_boot` means of `diff` resampled with replacement, drawn from `rng`; one question resamples to itself."""
     d = _array(diff)
     if d.size == 0:
         raise ValueError("no paired questions to resample")
@@ -83,24 +75,17 @@ def paired_bootstrap(
     d = float((x - y).mean())
     if x.size < 2:
         return d, d, d
-
-    def mean_diff(a, b, axis):
-        return (a - b).mean(axis=axis)
-
+    kw = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile", "paired": True}
     rng = np.random.default_rng(seed)
-    kw = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile", "rng": rng}
-    got = _st.bootstrap((x, y), mean_diff, paired=True, **kw).confidence_interval
+    got = _st.bootstrap((x, y), lambda a, b, axis: (a - b).mean(axis=axis), rng=rng, **kw).confidence_interval
     return d, float(got.low), float(got.high)
 
 
 def stratified_interval(
     groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(mean over groups of the group's mean difference, low, high): each group (subject) resampled
-    on its own, as the leaderboard averages subjects, not questions. A group of one question has no spread
-    of its own to resample, so the one-question groups are pooled into one stratum (the collapsed-strata rule
-    of survey sampling): each draws its value from all of them. With one question in every subject this is
-    the bootstrap over the subjects' differences, not a zero-width interval."""
+    """(mean over groups of the group's mean difference, low, high): each group resampled on its own,
+    the one-question groups pooled into one stratum (`pool_singletons`)."""
     rng = np.random.default_rng(seed)
     arrays = [_array(g) for g in groups]
     draws = pool_singletons([bootstrap_means(a, n_boot, rng) for a in arrays], arrays, rng)
@@ -109,23 +94,20 @@ def stratified_interval(
 
 
 def pool_singletons(draws: Sequence, groups: Sequence, rng: np.random.Generator) -> list[np.ndarray]:
-    """Bootstrap draws per group, with the draws of one-observation groups replaced by draws from all of
-    them together (collapsed strata): a group of one question resamples to itself, which would make a
-    mean over such groups look exact. Groups of two or more keep their own draws."""
+    """Bootstrap draws per group, those of one-observation groups replaced by draws from all of them
+    together (collapsed strata), so a mean over such groups does not look exact."""
     sizes = [_array(g).size for g in groups]
     singles = np.array([_array(g)[0] for g, n in zip(groups, sizes) if n == 1])
     if singles.size < 2:
         return [np.asarray(d) for d in draws]
-    out = []
-    for d, n in zip(draws, sizes):
-        out.append(singles[rng.integers(0, singles.size, size=len(d))] if n == 1 else np.asarray(d))
-    return out
+    return [
+        singles[rng.integers(0, singles.size, size=len(d))] if n == 1 else np.asarray(d) for d, n in zip(draws, sizes)
+    ]
 
 
 @dataclass(frozen=True)
 class FlipP:
-    """A sign-flip p-value: `exact` (enumerated, `mc_error` 0) or Monte Carlo over `n` resamples, with its
-    standard error sqrt(p (1 - p) / n)."""
+    """A sign-flip p-value: `exact`, or Monte Carlo over `n` resamples with standard error `mc_error`."""
 
     p: float
     mc_error: float = 0.0
@@ -140,14 +122,12 @@ MARGIN_SE = 4.0  # refine until the threshold is this many Monte Carlo errors aw
 
 
 def _magnitudes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct |x| (to 12 significant digits) and how many of each: under the null each x_i is +-|x_i|
-    with equal chance, so T = sum x is sum_j a_j (2 B_j - n_j) with B_j ~ Binomial(n_j, 1/2)."""
-    a, n = np.unique(np.abs(x).round(12 - int(np.floor(np.log10(np.abs(x).max())))), return_counts=True)
-    return a, n
+    """Distinct |x| (to 12 significant digits) and their counts: T = sum_j a_j (2 B_j - n_j), B_j ~ Bin(n_j, 1/2)."""
+    return np.unique(np.abs(x).round(12 - int(np.floor(np.log10(np.abs(x).max())))), return_counts=True)
 
 
 def _exact_flip_p(a: np.ndarray, n: np.ndarray, observed: float) -> float:
-    """P(|T| >= |observed|) by convolving each magnitude's binomial: exact, for few sign patterns."""
+    """P(|T| >= |observed|) by convolving each magnitude's binomial."""
     values, probs = np.zeros(1), np.ones(1)
     digits = 12 - int(np.floor(np.log10(float((a * n).sum()))))  # sums kept to 12 significant digits
     for aj, nj in zip(a, n):
@@ -162,8 +142,7 @@ def _exact_flip_p(a: np.ndarray, n: np.ndarray, observed: float) -> float:
 
 
 def _mc_hits(a: np.ndarray, n: np.ndarray, observed: float, m: int, rng: np.random.Generator) -> int:
-    """How many of m null draws of T reach |observed|: a fair coin per magnitude held by one question, one
-    binomial draw per magnitude held by several."""
+    """How many of m null draws of T reach |observed|."""
     hits, chunk = 0, max(1, 2_000_000 // a.size)
     tol = 1e-9 * max(1.0, abs(observed))
     single = n == 1
@@ -179,12 +158,10 @@ def _mc_hits(a: np.ndarray, n: np.ndarray, observed: float, m: int, rng: np.rand
 
 
 def sign_flip_test(diffs, weights=None, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, alpha: float = 0.05) -> FlipP:
-    """Two-sided paired randomisation test of T = sum(weights * diffs): each question's difference keeps or
-    flips its sign (the two models exchangeable on it). Exact when the sign patterns, counted by distinct
-    magnitude, are at most EXACT_STATES (0/1 scores in a few subjects: one binomial per subject). Otherwise
-    Monte Carlo, p = (1 + hits) / (1 + n), seeded by `seed` and the data (the same data gives the same p),
-    with n_perm resamples, doubled while `alpha` lies within MARGIN_SE Monte Carlo errors of p (at most
-    MAX_FLIPS, and MAX_DRAWS / distinct magnitudes), so a rerun cannot flip a verdict at alpha unnoticed."""
+    """Two-sided paired randomisation test of T = sum(weights * diffs), each difference keeping or flipping
+    its sign. Exact up to EXACT_STATES sign patterns (by distinct magnitude); else Monte Carlo,
+    p = (1 + hits) / (1 + n), seeded by `seed` and the data, n_perm resamples doubled while `alpha` lies
+    within MARGIN_SE Monte Carlo errors of p (at most MAX_FLIPS, and MAX_DRAWS / distinct magnitudes)."""
     x = _array(diffs) * (1.0 if weights is None else _array(weights))
     x = x[x != 0]  # a zero difference flips to itself
     if x.size == 0:
@@ -195,8 +172,7 @@ def sign_flip_test(diffs, weights=None, n_perm: int = DEFAULT_N_BOOT, seed: int 
         return FlipP(_exact_flip_p(a, n, observed))
     rng = np.random.default_rng([seed, zlib.crc32(np.sort(x).tobytes())])
     cap = max(n_perm, min(MAX_FLIPS, MAX_DRAWS // a.size))
-    done = hits = 0
-    m = n_perm
+    done, hits, m = 0, 0, n_perm
     while True:
         hits += _mc_hits(a, n, observed, m, rng)
         done += m
@@ -208,8 +184,7 @@ def sign_flip_test(diffs, weights=None, n_perm: int = DEFAULT_N_BOOT, seed: int 
 
 
 def sign_flip_groups(groups: Sequence, n_perm: int = DEFAULT_N_BOOT, seed: int = 0, alpha: float = 0.05) -> FlipP:
-    """sign_flip_test of T = mean over groups of the group's mean difference: each question weighted
-    1 / (groups x its group's size)."""
+    """sign_flip_test of T = mean over groups of the group's mean difference."""
     arrays = [_array(g) for g in groups]
     weights = np.concatenate([np.full(a.size, 1.0 / (len(arrays) * a.size)) for a in arrays])
     return sign_flip_test(np.concatenate(arrays), weights, n_perm, seed, alpha)
@@ -227,8 +202,7 @@ def unpaired_interval(
 
 
 def bh_adjust(pvalues) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (scipy.stats.false_discovery_control): q_(i) = min over j >= i of
-    m p_(j) / j, capped at 1. NaN entries are left out of the family and stay NaN."""
+    """Benjamini-Hochberg adjusted p-values; NaN entries are left out of the family and stay NaN."""
     p = _array(pvalues)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -241,9 +215,8 @@ def bh_adjust(pvalues) -> np.ndarray:
 
 
 def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Paired questions needed to detect a change `delta` (proportion, e.g. 0.05) with the two-sided
-    McNemar test at `alpha` and `power`, when the models disagree on a share `discordance` of the
-    questions (Connor 1987: n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2)."""
+    """Paired questions for the two-sided McNemar test to detect `delta` (a proportion) when the models
+    disagree on a share `discordance` (Connor 1987: n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2)."""
     if not 0 < abs(delta) <= discordance <= 1:
         raise ValueError(f"need 0 < |delta| <= discordance <= 1, got delta={delta}, discordance={discordance}")
     za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
@@ -252,8 +225,7 @@ def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, 
 
 
 def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Questions per model to detect `delta` between independent accuracies around `accuracy`
-    (two-proportion z test, the classical formula)."""
+    """Questions per model to detect `delta` between independent accuracies around `accuracy` (z test)."""
     p1, p2 = accuracy - delta / 2, accuracy + delta / 2
     if not (0 < p1 < 1 and 0 < p2 < 1):
         raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
