@@ -1,49 +1,14 @@
 """`platypus plan PROFILE`: what a run will cost, before renting a GPU (a dry run; no weights).
 
-Reads the base model's config only (`--config DIR`, `plan.base_config`, a local model, a copy under
-params/model_configs/ whose `_name_or_path` is the hub id, else the hub's config.json), builds the
-model on the meta device, applies the profile's LoRA with peft there and counts. `make_plan` returns
-a dict (written as JSON), `format_plan` the table, `check_fits` raises a ProfileError naming the keys
-to change when the plan does not fit `plan.gpu_memory_gb`.
-
-Formulas (GiB = 2**30 bytes; N = base parameters, n = LoRA parameters, G = GPUs the model and the
-LoRA state are sharded over: num_gpus under FSDP or ZeRO-3, else 1; T = tokens in the largest
-micro-batch: per_device_train_batch_size x cutoff_len, or the per-device batch's longest examples
-when clean.jsonl is there; h hidden, k = KV heads x head dim, a heads, i intermediate, L layers,
-V vocab):
-- steps = ceil(epochs x ceil(train examples / examples per step)), or max_steps; examples per step
-  from FinetuneConfig.examples_step_plan; batch_unit tokens: steps of tokens_per_step (or examples
-  x mean) tokens. Warm-up share = warmup / steps.
-- train examples: rows of 02's clean.jsonl less finetune.eval_size (capped by max_train_samples),
-  else plan.train_examples, else Open-Platypus's 24,926 rows less ~200 removed by decontamination
-  less eval_size. Mean example tokens: the base's tokenizer when it is local, else bytes of template
-  + instruction + input + output / 3.5 bytes per token (assumed for Llama-2's tokenizer on this
-  English/LaTeX/code mix; Open-Platypus: 30,418,784 bytes of text in 24,926 rows, its dataset card);
-  capped at cutoff_len.
-- weights: N x 2 bytes (bf16/fp16); 4-bit: nf4 + double quantisation = 4.127 bits per linear weight
-  (not lm_head), 8-bit: 1 byte, and then the rest fp32 (as prepare_model_for_kbit_training leaves
-  it). Divided by G; FSDP also holds 2 unsharded layers (the all-gathered one and the prefetched one).
-- LoRA state: n x (4 weight + 4 gradient + 8 Adam moments) bytes, fp32, divided by G.
-- activations per token and layer (bf16 model, fp32 LoRA, sdpa/flash attention: no a x T x T
-  matrix; checked against autograd's saved tensors in tests/test_plan.py):
-  A = 8h + 8 (two RMSNorms: fp32 inputs, inverse rms) + 4h + 4k (q, attention output, k, v)
-  + 4a (log-sum-exp) + 6i (SwiGLU: gate, silu(gate), up) + per LoRA module of the layer
-  4 d_in (fp32 input) + 1 d_in (dropout mask, CUDA bool; 4 on CPU) + 4 r. Liger kernels keep less.
-  Without checkpointing L x A x T; with it L x 2h x T (layer inputs) + A x T (one layer
-  recomputed). Logits and loss: 12 x V x T bytes (bf16 logits, fp32 copy, log-softmax, gradient).
-- peak per GPU = weights + LoRA state + activations + logits + 2 GiB (CUDA context, workspaces).
-- wall time = 6 x N' x tokens / (mfu x peak FLOP/s x num_gpus), N' = N less the input embedding
-  (bench/bench_finetune.py's MFU convention); peaks: A100 312, H100/H200 989 TFLOP/s dense bf16.
-- disk: each variant 04 makes is N x bytes of the config's dtype; downloads are the base and each
-  hub partner; the adapter is n x 4 bytes.
-- host memory of stage 04 (GB = 1e9 bytes): merge.memory.host_memory_plan, in the dtype the variants
-  are stored in (merge.dtype, or the base config's; partners assumed alike).
-- evaluation (estimates; EVAL_TASKS measured on ../shared/data's copies as lm-eval 0.4.13 prompts
-  them): forward tokens per model and backend by task_tokens, at 2 N' FLOPs per token, on one replica
-  of the GPUs that hold the bf16 weights, then one model per replica over plan.eval_gpus; the
-  assumptions are printed with every plan (_eval_assumptions). Models: evaluate.variants (finetune.seeds'
-  merges among them) + evaluate.references. The target: every model within plan.eval_target_hours on
-  one plan.eval_target_gpu.
+The base's config (`--config DIR`, `plan.base_config`, a local model, a copy under params/model_configs/
+whose `_name_or_path` is the hub id, else the hub's) is built on the meta device with the profile's LoRA.
+`make_plan` returns a dict (written as JSON), `format_plan` the table, `check_fits` raises a ProfileError
+naming the keys to change. GiB = 2**30 bytes, GB = 1e9. Assumptions: 3.5 bytes per token (Llama-2's
+tokenizer on Open-Platypus; 30,418,784 bytes of text in 24,926 rows, its dataset card); nf4 with double
+quantisation 4.127 bits per linear weight, the rest fp32; LoRA state 16 bytes per parameter; activations
+per token and layer as `activation_bytes_per_token_layer` (sdpa/flash, checked against autograd's saved
+tensors in tests/test_plan.py), with checkpointing L x 2h x T + one layer; logits 12 x V x T bytes; 2 GiB
+reserve; wall time 6 N' tokens / (mfu x peak x GPUs), N' = parameters less the input embedding.
 """
 
 from __future__ import annotations
@@ -87,8 +52,7 @@ MODEL_CONFIGS = Path("params") / "model_configs"
 
 @dataclass(frozen=True)
 class EvalTask:
-    """One leaderboard task as lm-eval 0.4.13 prompts it (characters measured on ../shared/data's
-    copies, the text lm-eval builds; tokens = characters / BYTES_PER_TOKEN)."""
+    """One leaderboard task as lm-eval 0.4.13 prompts it (characters measured on ../shared/data's copies)."""
 
     questions: int
     choices: float  # mean options per question: loglikelihood requests per question
@@ -115,7 +79,6 @@ EVAL_BACKENDS = {  # backend -> its name in the printed plan
 }
 
 
-# ---------------------------------------------------------------- the model, on the meta device
 def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
     """Where the base's config comes from: a folder, or the hub id (see the module docstring)."""
     root = project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
@@ -138,8 +101,7 @@ def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
 
 
 def model_shape(source: str, ft) -> dict:
-    """Parameter counts of the base and its LoRA, and the sizes the memory formulas use, from the config
-    alone: the model and the profile's LoRA are built on the meta device (no memory, no weights)."""
+    """Parameter counts of the base and its LoRA and the sizes the formulas use, built on the meta device."""
     try:
         c = AutoConfig.from_pretrained(source)
     except OSError as exc:
@@ -179,7 +141,6 @@ def model_shape(source: str, ft) -> dict:
     }
 
 
-# ---------------------------------------------------------------- data and steps
 def _template_bytes() -> int:
     return len(PROMPT_NO_INPUT.format(instruction="").encode())
 
@@ -261,7 +222,6 @@ def step_plan(profile: Profile, data: dict) -> dict:
     }
 
 
-# ---------------------------------------------------------------- memory
 def sharding(profile: Profile) -> dict:
     """How the accelerate config spreads the model: {"kind", "model_shards", "state_shards"}."""
     ft = profile.finetune
@@ -295,8 +255,7 @@ def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, ma
 
 
 def memory_per_gpu(shape: dict, s: dict) -> dict:
-    """Estimated peak memory of one training process, in GiB, by component, for settings `s`
-    (_memory_settings: bits, checkpointing, micro_tokens, model_shards, state_shards, lora_r, dropout)."""
+    """Estimated peak memory of one training process in GiB, by component, for `_memory_settings` `s`."""
     weights = weight_bytes(shape, s["bits"], s["dtype_bytes"])
     gathered = 2 * (weights * shape["layer_params"] / shape["total_params"]) if s["model_shards"] > 1 else 0.0
     per_layer = activation_bytes_per_token_layer(shape, s["lora_r"], s["dropout"])
@@ -333,7 +292,7 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
 
 def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float) -> dict:
     """Peak per GPU as planned (largest micro-batch), with and without checkpointing, at a typical
-    micro-batch (per-device batch x mean example), and the changes that would fit."""
+    micro-batch, and the changes that would fit."""
     s = _memory_settings(profile, data)
     planned = memory_per_gpu(shape, s)
     typical = round(profile.finetune.sft["per_device_train_batch_size"] * data["mean_example_tokens"])
@@ -374,7 +333,6 @@ def _changes_that_fit(profile: Profile, shape: dict, s: dict, limit: float) -> l
     return [{"change": name, "peak_gib": total} for name, total in totals if total <= limit]
 
 
-# ---------------------------------------------------------------- time, disk, evaluation
 def _hours(flops: float, mfu: float, gpu: str, gpus: int) -> float:
     return flops / (mfu * GPU_PEAK_TFLOPS[gpu] * 1e12 * gpus) / 3600
 
@@ -411,13 +369,9 @@ def disk_plan(profile: Profile, shape: dict) -> dict:
 
 
 def task_tokens(task: EvalTask, questions: int, shots: int) -> dict:
-    """Forward tokens one model computes for one task, per backend. A prompt is a shared prefix S (MMLU:
-    the subject's description and 5 dev examples; TruthfulQA: the 6-QA preamble), a private context P
-    (ARC, HellaSwag: few-shot examples sampled per question, and the question) and one of k options of
-    A tokens. hf (HFLM): questions x k x (S + P + A), one pass per question when the options are one
-    token (MMLU); vllm as lm-eval 0.4.13 runs it: questions x k x (S + P + A) (prompt logprobs turn the
-    prefix-cache reads off); vllm reading the cache: S once per group, then per question
-    P + A + (k - 1)(A + 8) (+ 8 after a shared S: hits are whole 16-token blocks)."""
+    """Forward tokens one model computes for one task, per backend: a shared prefix S, a private context
+    P and k options of A tokens. hf and vllm (lm-eval's path): questions x k x (S + P + A), hf one pass per
+    question for one-token options; the prefix cache: S once per group, then P + A + (k - 1)(A + 8)."""
     shared = (task.fixed_chars + (shots * task.shot_chars if task.shots_shared else 0)) / BYTES_PER_TOKEN
     private = ((0 if task.shots_shared else shots * task.shot_chars) + task.question_chars) / BYTES_PER_TOKEN
     answer = max(task.answer_chars / BYTES_PER_TOKEN, 1.0)
@@ -474,9 +428,8 @@ def _eval_assumptions(mfu: dict) -> list[str]:
 
 
 def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
-    """lm-eval's size and hours per backend and GPU kind, on one replica and spread one model per
-    replica over plan.eval_gpus (finetune.num_gpus), and whether the plan meets plan.eval_target_*.
-    The models: evaluate.variants (finetune.seeds' merges among them) and evaluate.references."""
+    """lm-eval's size and hours per backend and GPU kind, on one replica and spread over plan.eval_gpus
+    (one model per replica), and whether it meets plan.eval_target_*."""
     plan, tasks = profile.plan, _eval_tasks(profile)
     variants, references = len(profile.evaluate.variants), len(profile.evaluate.references)
     models = variants + references
@@ -520,7 +473,6 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
     }
 
 
-# ---------------------------------------------------------------- the plan
 def make_plan(
     profile: Profile,
     config_dir: Optional[str] = None,
@@ -563,8 +515,7 @@ def make_plan(
 
 
 def host_memory(profile: Profile, shape: dict) -> dict:
-    """Host memory of stage 04's merges and checks (merge.memory.host_memory_plan), in the dtype the
-    variants are stored in: merge.dtype, or the base config's own."""
+    """Host memory of stage 04's merges and checks, in merge.dtype or the base config's."""
     dtype = profile.merge.dtype if profile.merge.dtype != "auto" else shape["config_dtype"].replace("torch.", "")
     largest = max(shape["vocab"] * shape["hidden"], shape["intermediate"] * shape["hidden"])
     out = host_memory_plan(profile, shape["total_params"], largest, shape["lora_params"], _bytes_per_param(dtype))
@@ -697,10 +648,9 @@ def check_fits(plan: dict) -> None:
         "finetune.sft.per_device_train_batch_size alone fits: lower finetune.cutoff_len or use larger GPUs"
     )
     raise ProfileError(
-        f"{shown_path(plan['profile_file']) if plan['profile_file'] else plan['profile']}: "
-        f"the planned peak memory per GPU is "
-        f"{m['planned']['total']:.1f} GiB, "
-        f"over plan.gpu_memory_gb={m['gpu_memory_gib']:g} GiB (--gpu-memory-gb). Change: {changes}"
+        f"{shown_path(plan['profile_file']) if plan['profile_file'] else plan['profile']}: the planned peak "
+        f"memory per GPU is {m['planned']['total']:.1f} GiB, over plan.gpu_memory_gb={m['gpu_memory_gib']:g} "
+        f"GiB (--gpu-memory-gb). Change: {changes}"
     )
 
 

@@ -1,11 +1,7 @@
 """finetune.sft and finetune.lora: options of TRL's `SFTConfig` and peft's `LoraConfig`, checked at load.
 
-TRL and peft own these settings, as in the alignment-handbook recipes: the stage passes `finetune.sft` to
-`trl.SFTConfig(**...)` and `finetune.lora` to `peft.LoraConfig(**...)` (finetune/trainer.py). An option
-the class does not declare, or a value of the wrong type, fails when the profile loads (`OptionError`).
-The checks read the classes' dataclass fields and type hints, and run `LoraConfig`'s own validation;
-`SFTConfig` is not built here (building one sets up accelerate's process state). Ranges the classes
-leave open but the project computes with (a batch of 0, max_steps -5, r -1) are checked too.
+An undeclared option, a value of the wrong type or out of range raises `OptionError` when the profile loads.
+`SFTConfig` is not built here (building one sets up accelerate's process state); `LoraConfig` is.
 """
 
 from __future__ import annotations
@@ -19,8 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-# The paper's recipe (PLATYPUS.md §4) as SFTConfig options, overridden key by key by finetune.sft.
-# gradient_accumulation_steps is not here: finetune.global_batch_size sets it.
+# The paper's recipe (PLATYPUS.md §4), overridden key by key by finetune.sft (global_batch_size sets the accumulation)
 SFT_DEFAULTS: dict[str, Any] = {
     "learning_rate": 4e-4,
     "num_train_epochs": 1.0,
@@ -41,7 +36,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "ddp_find_unused_parameters": False,  # LoRA: every trainable weight gets a gradient
 }
 
-# SFTConfig options the stage sets itself (finetune/trainer.py), refused under finetune.sft naming the key that decides
+# SFTConfig options the stage sets itself, refused under finetune.sft naming the key that decides
 SFT_PROJECT_KEYS: dict[str, str] = {
     "output_dir": "the run folder (03_finetune/checkpoints)",
     "seed": "the profile's `seed` (and finetune.seeds)",
@@ -118,8 +113,8 @@ def _adapter(hint: Any) -> TypeAdapter:
 
 
 def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
-    """`value` as the field's type hint reads it (lax: "4e-4" is a float); an enum-or-str field (a
-    scheduler, an optimizer, a strategy) takes only the enum's values, as the class converts it."""
+    """`value` as the field's type hint reads it (lax: "4e-4" is a float); an enum-or-str field takes only
+    the enum's values."""
     try:
         read = _adapter(hint).validate_python(value)
     except ValidationError as exc:
@@ -146,8 +141,7 @@ def _check_range(key: str, value: Any, ranges: dict[str, tuple[float, bool]]) ->
 def check_options(
     options: Any, cls: type, owner: str, project_keys: dict[str, str], ranges: dict[str, tuple[float, bool]]
 ) -> dict[str, Any]:
-    """`options` checked against `cls`'s declared fields: each key declared, not one the project sets,
-    its value of the declared type and in range. Returns the values as the types read them."""
+    """`options` checked against `cls`'s declared fields, types and `ranges`; returns the values as read."""
     if not isinstance(options, dict):
         raise OptionError("", f"a mapping of {owner} options is expected, got {type(options).__name__}")
     declared, out = _declared(cls), {}
@@ -165,14 +159,14 @@ def check_options(
 
 
 def check_sft(options: Any) -> dict[str, Any]:
-    """finetune.sft (partial or whole) checked against TRL's SFTConfig (the class is not built here)."""
+    """finetune.sft (partial or whole) checked against TRL's SFTConfig."""
     from trl import SFTConfig
 
     return check_options(options, SFTConfig, "SFTConfig", SFT_PROJECT_KEYS, SFT_RANGES)
 
 
 def check_lora(options: Any) -> dict[str, Any]:
-    """finetune.lora checked against peft's LoraConfig, which is built once to run its own validation."""
+    """finetune.lora checked against peft's LoraConfig, and its own validation."""
     from peft import LoraConfig
 
     checked = check_options(options, LoraConfig, "LoraConfig", LORA_PROJECT_KEYS, LORA_RANGES)

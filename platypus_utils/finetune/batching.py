@@ -37,9 +37,7 @@ class BatchPlan:
 
 
 def is_padding_free(ft) -> bool:
-    """Whether micro-batches are padding-free rows of whole examples (packing with batch_unit
-    examples): each micro-batch of per_device_train_batch_size examples is flattened into one row,
-    so a step holds exactly the profile's examples, with no padding."""
+    """Packing with batch_unit examples: each micro-batch is flattened into one padding-free row."""
     return bool(ft.packing) and ft.batch_unit == "examples"
 
 
@@ -48,18 +46,10 @@ def plan_batch(
 ) -> BatchPlan:
     """How many examples and tokens one optimizer step takes on `world_size` processes.
 
-    batch_unit "examples" (the default, the paper's): a step is exactly global_batch_size examples
-    (or sft.per_device_train_batch_size x sft.gradient_accumulation_steps x world_size), accumulation
-    derived per process count (`FinetuneConfig.examples_step_plan`) and set in the SFTConfig before
-    the trainer is built; with packing, each micro-batch is one padding-free row of whole examples.
-
-    batch_unit "tokens" (opt-in, packed rows): target = finetune.tokens_per_step, or the profile's
-    examples per step x the mean example length; gradient_accumulation_steps = round(target /
-    (per_device x world_size x mean row length)), at least 1; a plan more than 10% off raises.
-    Both ways the trainer averages the loss over the step (transformers' num_items_in_batch).
-
-    `example_tokens`: tokens of each training example (after truncation); `row_tokens`: tokens of
-    each packed row (batch_unit tokens), or None.
+    batch_unit "examples": exactly the profile's examples per step (`FinetuneConfig.examples_step_plan`).
+    batch_unit "tokens": accumulation = round(target / tokens of one micro-step), at least 1, the target
+    finetune.tokens_per_step or the profile's examples x the mean example; ValueError when over 10% off.
+    `example_tokens`: per training example, after truncation; `row_tokens`: per packed row, or None.
     """
     if not len(example_tokens):
         raise ValueError("plan_batch: no training examples")
@@ -80,7 +70,7 @@ def plan_batch(
         tokens_target = None
         rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
     else:
-        gas, tokens_target, rule = _token_accumulation(ft, world_size, per_step, mean_example, mean_unit, packed)
+        gas, tokens_target, rule = _token_accumulation(ft, world_size, per_step, mean_example, micro_tokens, packed)
     units = len(unit_tokens)
     batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
     return BatchPlan(
@@ -101,12 +91,11 @@ def plan_batch(
 
 
 def _token_accumulation(
-    ft, world_size: int, profile_examples: int, mean_example: float, mean_unit: float, packed: bool
+    ft, world_size: int, profile_examples: int, mean_example: float, micro_tokens: float, packed: bool
 ):
-    """batch_unit tokens: (accumulation, the step's target in tokens, the rule), or ValueError saying why
-    the target cannot be met within 10%."""
+    """batch_unit tokens: (accumulation, the step's target in tokens, the rule)."""
     per_device = ft.sft["per_device_train_batch_size"]
-    micro_tokens = per_device * world_size * mean_unit
+    mean_unit = micro_tokens / (per_device * world_size)
     if ft.tokens_per_step is not None:
         target = float(ft.tokens_per_step)
         rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
@@ -156,16 +145,14 @@ def packed_row_tokens(dataset) -> list[int]:
 
 
 def preview_row_tokens(full_tokens: Sequence[int], cutoff_len: int, strategy: str) -> list[int]:
-    """Tokens per packed row that TRL will make of examples of `full_tokens` tokens (untruncated,
-    in dataset order): its own pack_dataset on the lengths alone."""
+    """Tokens per packed row TRL's pack_dataset makes of examples of `full_tokens` (untruncated) tokens."""
     ids = [[0] * int(n) for n in full_tokens]
     rows = pack_dataset(Dataset.from_dict({"input_ids": ids, "labels": ids}), cutoff_len, strategy)
     return packed_row_tokens(rows)
 
 
 def truncate_tokenized(dataset, cutoff_len: int):
-    """Tokenized examples ({input_ids, labels}) cut to their first cutoff_len tokens, as TRL's
-    keep_start truncation does when it is the one truncating."""
+    """Tokenized examples ({input_ids, labels}) cut to their first cutoff_len tokens (TRL's keep_start)."""
     if all(len(ids) <= cutoff_len for ids in dataset["input_ids"]):
         return dataset
     keys = ("input_ids", "labels")

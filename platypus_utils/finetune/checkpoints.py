@@ -1,11 +1,5 @@
-"""Resuming an interrupted stage 03 from its checkpoints.
-
-Checkpoints live in 03_finetune/checkpoints/ beside run_key.json (the params, the sha256 of
-clean.jsonl and the resolved base model they were trained with), and are resumed only while that
-key matches (finetune.resume: auto). Checkpoints of other params or data, incomplete ones (no
-trainer_state.json: interrupted while saving) and, with resume: never, all of them are removed.
-The stage removes the folder once the adapter is saved.
-"""
+"""Resuming an interrupted stage 03 from its checkpoints, only while run_key.json (params, clean.jsonl's
+sha256, the resolved base) matches; others, incomplete ones and, with resume: never, all are removed."""
 
 from __future__ import annotations
 
@@ -31,8 +25,7 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict, resume: str = "auto") -> Path | None:
-    """The checkpoint to resume from, if one was trained with the same run key; checkpoints from
-    other params or data are removed (resuming them would mix two runs), and all with resume="never"."""
+    """The checkpoint to resume from, if one was trained with the same run key."""
     ckpt_dir = Path(ckpt_dir)
     key_file = ckpt_dir / RUN_KEY
     run_key = json.loads(json.dumps(run_key, sort_keys=True, default=str))  # compare as it reads back
@@ -56,8 +49,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict, resume: str = "auto") 
 
 
 def resume_point(ckpt_dir: Path, run_key: dict, resume: str, is_main: bool) -> Path | None:
-    """The checkpoint this process resumes from: the main process prepares the folder
-    (`prepare_checkpoint_dir`), every other one waits for it and reads the same answer."""
+    """The checkpoint this process resumes from: the main process prepares the folder, the others wait."""
     found = prepare_checkpoint_dir(ckpt_dir, run_key, resume) if is_main else None
     PartialState().wait_for_everyone()
     return found if is_main else _last_checkpoint(ckpt_dir)

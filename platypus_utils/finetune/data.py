@@ -1,6 +1,5 @@
 """Stage 03's data: clean.jsonl rows -> Alpaca prompt/completion pairs -> token lengths and the held-out
-split. Every row not trained on is counted per reason, never dropped silently. Nothing here reads or
-writes files."""
+split. Every row not trained on is counted per reason."""
 
 from __future__ import annotations
 
@@ -51,11 +50,8 @@ def _row_problem(row: dict, eos_token: str | None) -> str | None:
 def select_rows(
     rows: Sequence[dict], source: str | Path = "<rows>", eos_token: str | None = None
 ) -> tuple[list[dict], list[int], dict[str, int]]:
-    """Keep the rows usable for training: (kept rows, their 1-based row numbers, count skipped per reason).
-
-    A row needs a non-empty string `instruction` and `output`; `input` may be absent or empty.
-    An output that contains the EOS text is skipped: the tokenizer would read it as a stop token.
-    """
+    """(kept rows, their 1-based row numbers, count skipped per reason): a row needs a non-empty string
+    `instruction` and `output`, and an output without the EOS text (it would read as a stop token)."""
     problems = [_row_problem(row, eos_token) for row in rows]
     kept_lines = [lineno for lineno, problem in enumerate(problems, 1) if problem is None]
     skipped = dict(Counter(p for p in problems if p))
@@ -85,9 +81,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(prompt tokens, prompt+completion tokens) per record, tokenized as TRL does, and the number
-    of records whose prompt is not a token prefix of prompt+completion (tokens merged across the
-    boundary; TRL then starts the completion where the two diverge)."""
+    """(prompt tokens, prompt+completion tokens) per record, tokenized as TRL does, and the number of
+    records whose prompt is not a token prefix of prompt+completion (TRL starts the completion where
+    they diverge)."""
     if not records:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
     prompts = tokenizer([r["prompt"] for r in records])["input_ids"]
@@ -98,9 +94,8 @@ def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.nd
 
 
 def tokenize_example(tokenizer, record: dict, cutoff_len: Optional[int] = None) -> dict:
-    """One prompt/completion record tokenized as the trainer sees it: {input_ids, labels}, labels
-    IGNORE on the prompt (the common token prefix of prompt and prompt + completion), cut to
-    cutoff_len from the start (keep_start, as TRL)."""
+    """One record tokenized as the trainer sees it: {input_ids, labels}, labels IGNORE on the prompt,
+    cut to cutoff_len (keep_start, as TRL)."""
     prompt = tokenizer(record["prompt"])["input_ids"]
     full = tokenizer(record["prompt"] + record["completion"])["input_ids"]
     start = _common_prefix(prompt, full)
@@ -128,8 +123,7 @@ def split_heldout(n: int, eval_size: int, seed: int, max_train: int | None = Non
 
 
 def check_prepared_example(input_ids: Sequence[int], labels: Sequence[int], eos_id: int, truncated: bool) -> str | None:
-    """Why a tokenized example breaks the recipe, or None: labels are -100 on a prompt prefix, then
-    equal the ids; an untruncated example ends with EOS, and EOS appears once in its completion."""
+    """Why a tokenized example breaks the recipe (prompt masked, labels = ids, EOS once at the end), or None."""
     if len(input_ids) != len(labels):
         return "labels and input_ids differ in length"
     start = next((i for i, lab in enumerate(labels) if lab != IGNORE), None)
@@ -147,8 +141,8 @@ def check_prepared_example(input_ids: Sequence[int], labels: Sequence[int], eos_
 
 @dataclass
 class TrainingData:
-    """The rows of clean.jsonl as the stage trains on them. Indices (`train_idx`, `eval_idx`) point
-    into `records` / `rows` / `row_lines`; `row_lines` are 1-based lines of `source`."""
+    """The rows of clean.jsonl as the stage trains on them; `train_idx`, `eval_idx` index `records`,
+    `rows` and `row_lines` (1-based lines of `source`)."""
 
     source: Path
     rows_read: int
@@ -162,9 +156,9 @@ class TrainingData:
     train_idx: np.ndarray
     eval_idx: np.ndarray
     cutoff_len: int
-    tokenizer: Any = None  # the base model's (pad = EOS when it has no pad: labels pad with -100)
-    base_model: str = ""  # the resolved base model the tokenizer came from (stage.load_data)
-    source_sha256: str = ""  # of `source` (stage.load_data)
+    tokenizer: Any = None
+    base_model: str = ""  # resolved
+    source_sha256: str = ""
 
     @property
     def truncated(self) -> np.ndarray:
@@ -212,8 +206,8 @@ def prepare_rows(
     seed: int,
     max_train: int | None = None,
 ) -> TrainingData:
-    """Select the usable rows, make prompt/completion records, count tokens and draw the held-out split.
-    Raises ValueError naming `source` when it has no rows, or too few to hold eval_size out."""
+    """Usable rows as prompt/completion records, their tokens and the held-out split; ValueError naming
+    `source` when it has no rows, or too few to hold eval_size out."""
     if not raw:
         raise ValueError(f"{source}: no rows to fine-tune on (is the 02_decontaminate output empty?)")
     rows, row_lines, skipped = select_rows(raw, source, tokenizer.eos_token)

@@ -1,7 +1,5 @@
-"""Stage 03 on several GPUs and quantized: processes, accelerate configs, loading the base model as
-each process needs it, and saving the adapter collectively. The runner runs `accelerate_command`
-before the stage notebook; the notebook (one process) then shows the finished run's results
-(`distributed_result`)."""
+"""Stage 03 on several GPUs and quantized: processes, accelerate configs, loading the base model as each
+process needs it, and saving the adapter collectively."""
 
 from __future__ import annotations
 
@@ -41,7 +39,7 @@ def _accelerate_yaml(path) -> dict:
 
 
 def engine_name(ft) -> str:
-    """ "ddp", "fsdp" or "deepspeed": the engine finetune.accelerate_config selects."""
+    """ "ddp", "fsdp" or "deepspeed", as finetune.accelerate_config selects."""
     kind = str(_accelerate_yaml(ft.accelerate_config).get("distributed_type", ""))
     return ENGINES.get(kind.upper(), kind.lower())
 
@@ -68,8 +66,7 @@ def check_accelerate_config(ft) -> dict:
 
 
 def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
-    """The command that trains stage 03 on finetune.num_gpus GPUs: `accelerate launch` running
-    `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` once per GPU."""
+    """`accelerate launch` running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` per GPU."""
     ft = profile.finetune
     if not profile.source_file:
         raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
@@ -83,8 +80,7 @@ def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
 
 
 def distributed_result(profile) -> dict:
-    """In a single process with finetune.num_gpus > 1: the metrics of the finished distributed run
-    (03_finetune's manifest matches the params, inputs and outputs), or an error with the command."""
+    """The metrics of the finished, up-to-date distributed run, or a RuntimeError with the command."""
     fresh, why = artifacts_up_to_date(profile, FINETUNE)
     metrics_path = artifact(profile, FINETUNE_METRICS)
     if fresh and metrics_path.is_file():
@@ -99,8 +95,7 @@ def distributed_result(profile) -> dict:
 
 
 def fsdp_settings(ft, world_size: int) -> dict | None:
-    """The FSDP settings of this run (read from finetune.accelerate_config), or None when it is not
-    an FSDP run of several processes: {version, cpu_ram_efficient_loading}."""
+    """{version, cpu_ram_efficient_loading} of an FSDP run of several processes, else None."""
     if world_size < 2 or not ft.accelerate_config or engine_name(ft) != "fsdp":
         return None
     config = _accelerate_yaml(ft.accelerate_config).get("fsdp_config", {})
@@ -135,13 +130,9 @@ def quantization_config(ft, device: str):
 
 
 def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft, rank: int = 0, world_size: int = 1):
-    """The base model to train, as this process of the run needs it.
-
-    - one process, or DDP/ZeRO: the whole model on `device` (QLoRA: quantized onto this process's GPU,
-      then prepare_model_for_kbit_training);
-    - FSDP with cpu_ram_efficient_loading: rank 0 reads the checkpoint into CPU memory, the other ranks
-      build it on the meta device (buffers stay real) and receive their shards from rank 0. 4-bit under
-      FSDP follows the FSDP-QLoRA recipe: bf16 storage, no device map, no kbit preparation."""
+    """The base model as this process needs it: the whole model on `device` (QLoRA: quantized onto this
+    GPU, kbit-prepared except under FSDP); FSDP with cpu_ram_efficient_loading: rank 0 on the CPU, the
+    others on the meta device (4-bit: every rank loads, FSDP-QLoRA's bf16 storage)."""
     qconfig = quantization_config(ft, device)
     fsdp = fsdp_settings(ft, world_size)
     if fsdp and fsdp["cpu_ram_efficient_loading"]:
@@ -156,7 +147,6 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
         )
     if qconfig is None:
         return load_causal_lm(resolved, cache_dir=profile.cache_dir(), dtype=dtype, device=device)
-    # each process holds its own copy on its own GPU (LOCAL_RANK under accelerate launch)
     model = AutoModelForCausalLM.from_pretrained(
         resolved, quantization_config=qconfig, dtype=torch.bfloat16, device_map={"": torch.device(device).index or 0}
     )
@@ -166,8 +156,7 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
 
 
 def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
-    """Every process joins the save (FSDP/ZeRO-3 gather the adapter) into a fixed partial folder that
-    the main one writes; it then moves it into place (`atomic_path`)."""
+    """Every process joins the save (FSDP/ZeRO-3 gather the adapter); the main one writes and moves it."""
     partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
     if is_main and partial.exists():
         shutil.rmtree(partial)

@@ -1,22 +1,11 @@
 """Stage 03's training objective: how a step's loss weighs its examples (finetune.loss_normalization).
 
-- "tokens": TRL's own loss, the mean over every completion token of the optimizer step (all
-  micro-batches, all processes). A 2,000-token proof weighs 2,000 times a one-letter answer.
-- "examples" (the authors'): the mean over the step's examples of each example's own mean
-  completion-token loss. The authors trained with micro-batch 1 and accumulation to 16, and the
-  HF Trainer of mid-2023 divided each micro-batch's mean by the accumulation, so every example
-  counted the same whatever its length (Open-Platypus has thousands of one-letter outputs:
-  ReClor, ARB multiple choice).
+- "tokens": TRL's own loss, the mean over every completion token of the optimizer step.
+- "examples" (the authors': micro-batch 1, accumulation 16, mid-2023 HF Trainer): the mean over the
+  step's examples (all micro-batches and processes) of each example's mean completion-token loss.
 
-`PlatypusSFTTrainer` is TRL's SFTTrainer with that one change. It keeps TRL's fused LM head, its
-metrics and its gradient accumulation; for "examples" it counts the examples of the whole optimizer
-step (every micro-batch, gathered over the processes) where TRL counts tokens, and divides the sum
-of the examples' means by that count. The count of each step is kept (`examples_per_step`): the
-examples a real optimizer step held, not the arithmetic of the plan.
-
-An example is a row of a padded batch, or a segment of a padding-free / packed row (its position
-ids restart at 0); one whose completion was cut away entirely has no completion token and is not
-counted.
+An example is a row of a padded batch, or a segment of a packed row (its position ids restart at 0);
+one with no completion token left is not counted.
 """
 
 from __future__ import annotations
@@ -30,8 +19,7 @@ from .data import IGNORE
 
 
 def segment_ids(shape: tuple[int, int], position_ids: Optional[torch.Tensor], device=None) -> torch.Tensor:
-    """An id per token, unique per example over the whole batch (shape (batch, seq)): each row is one
-    example, or, with position ids, a new example starts wherever they restart at 0."""
+    """An id per token, unique per example over the batch (shape (batch, seq)); position ids restart at 0."""
     rows, width = shape
     starts = torch.zeros(shape, dtype=torch.long, device=device)
     if position_ids is not None:
@@ -47,8 +35,7 @@ def example_means(
     """Each example's mean loss over its completion tokens, one value per example that has any.
 
     `token_loss` and `label_mask` are aligned with the shifted labels (batch, seq - 1), as TRL's fused
-    LM head returns them; `position_ids` (batch, seq) as the collator made them, or None (one example a row).
-    A label at position t + 1 belongs to the example of token t + 1."""
+    LM head returns them; `position_ids` (batch, seq), or None (one example a row)."""
     rows, width = label_mask.shape
     seq = width + 1 if position_ids is None or position_ids.shape[1] == width + 1 else width
     ids = segment_ids((rows, seq), position_ids, token_loss.device)[:, seq - width :]
@@ -78,8 +65,7 @@ class PlatypusSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
-        """Called once per optimizer step with its micro-batches: TRL's token count, and the step's
-        examples over every process (kept in examples_per_step); "examples" divides by the latter."""
+        """Once per optimizer step: TRL's token count, or ("examples") the step's examples on every process."""
         tokens = super()._get_num_items_in_batch(batch_samples, device)
         local = sum(count_examples(b["labels"], b.get("position_ids")) for b in batch_samples if "labels" in b)
         count = torch.tensor([local], device=device)
@@ -99,9 +85,7 @@ class PlatypusSFTTrainer(SFTTrainer):
         means = example_means(-outputs.log_probs, outputs.label_mask, inputs.get("position_ids"))
         if num_items_in_batch is None:  # evaluation, or a model without loss kwargs: this micro-batch's mean
             loss = means.sum() / max(means.numel(), 1)
-        else:
-            # the count holds every process's examples and DDP/FSDP average the gradients over the
-            # processes: scale back so the step's gradient is the mean over all its examples
+        else:  # the count is over every process, and DDP/FSDP average the gradients over them
             loss = means.sum() / torch.as_tensor(num_items_in_batch).clamp(min=1) * self.accelerator.num_processes
         self._record_token_metrics(outputs, inputs)
         if return_outputs:

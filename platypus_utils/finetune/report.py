@@ -1,5 +1,5 @@
 """What stage 03 reports: the log rows, the whole-run training loss, the recipe, speed tables and the
-loss curve. Nothing here writes files (the stage's save step does)."""
+loss curve (nothing here writes files)."""
 
 from __future__ import annotations
 
@@ -20,66 +20,30 @@ from trl import SFTConfig
 from ..artifacts import peak_rss_mb
 from ..plotting import new_figure
 
-SPEED_KEYS = (
-    "device",
-    "dtype",
-    "attn_implementation",
-    "packing",
-    "gradient_checkpointing",
-    "steps",
-    "tokens_seen",
-    "tokens_per_s",
-    "peak_rss_mb",
-    "peak_gpu_mem_mb",
-    "resumed_from_checkpoint",
+SPEED_KEYS = tuple(
+    """device dtype attn_implementation packing gradient_checkpointing steps tokens_seen tokens_per_s peak_rss_mb
+    peak_gpu_mem_mb resumed_from_checkpoint""".split()
 )
-LOG_COLUMNS = (
-    "step",
-    "epoch",
-    "split",
-    "loss",
-    "learning_rate",
-    "grad_norm",
-    "mean_token_accuracy",
-    "entropy",
-    "num_input_tokens_seen",
+LOG_COLUMNS = tuple(
+    "step epoch split loss learning_rate grad_norm mean_token_accuracy entropy num_input_tokens_seen".split()
 )
 
 
 # SFTConfig fields shown whatever their value: the precision, the step and the loss's recipe
-RECIPE_ALWAYS = (
-    "bf16",
-    "fp16",
-    "use_cpu",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "completion_only_loss",
-    "packing",
-    "padding_free",
-    "max_length",
+RECIPE_ALWAYS = tuple(
+    """bf16 fp16 use_cpu per_device_train_batch_size gradient_accumulation_steps learning_rate completion_only_loss
+    packing padding_free max_length""".split()
 )
 # paths, placeholders, and fields TRL resolves after init (their declared default is a stand-in)
-RECIPE_HIDDEN = (
-    "output_dir",
-    "logging_dir",
-    "hub_token",
-    "eos_token",
-    "pad_token",
-    "accelerator_config",
-    "debug",
-    "disable_tqdm",
-    "report_to",
-    "pad_to_multiple_of",
+RECIPE_HIDDEN = tuple(
+    """output_dir logging_dir hub_token eos_token pad_token accelerator_config debug disable_tqdm report_to
+    pad_to_multiple_of""".split()
 )
 
 
 def recipe_frame(sft_config, lora_config, loss_normalization: str) -> pd.DataFrame:
-    """The recipe as the libraries hold it: the fields of TRL's SFTConfig that differ from TRL's own
-    defaults (resolved as TRL resolves them on a CPU; paths and placeholders left out) and those of
-    RECIPE_ALWAYS, then peft's LoraConfig fields that define the adapter, then the one setting the
-    project adds to TRL's trainer (finetune.loss_normalization, objective.PlatypusSFTTrainer). Columns:
-    library, setting, value, default (as text)."""
+    """The recipe as the libraries hold it (library, setting, value, default, as text): SFTConfig fields
+    that differ from TRL's defaults or are in RECIPE_ALWAYS, LoraConfig's adapter fields, loss_normalization."""
     ours = sft_config.to_dict()
     # TRL's defaults as declared (making an SFTConfig here would reset accelerate's state mid-run)
     theirs = {
@@ -129,12 +93,8 @@ def heldout_table(metrics: dict) -> pd.DataFrame:
 def whole_run_train_loss(
     log_history: Sequence[dict], session_loss: float, final_step: int, resumed_from_step: int = 0
 ) -> float:
-    """Mean training loss per optimizer step over the whole run, across a resume as well.
-
-    The trainer's `training_loss` covers only the steps trained since it resumed; the earlier steps
-    come from the logged losses in the checkpoint's log history (each the mean over the steps since
-    the previous log, so weighted by that span). Exact when the checkpoint step was logged (save_steps
-    a multiple of logging_steps); otherwise the unlogged steps just before the checkpoint are left out."""
+    """Mean training loss per optimizer step over the whole run, across a resume: the steps before it
+    from the logged losses, each weighted by its span (unlogged steps just before the checkpoint left out)."""
     session_steps = final_step - resumed_from_step
     if resumed_from_step <= 0 or session_steps < 0:
         return session_loss
@@ -151,8 +111,7 @@ def whole_run_train_loss(
 def log_rows(
     log_history: Sequence[dict], eval_before: Optional[float], eval_after: Optional[float], final_step: int
 ) -> list[dict]:
-    """One row per logged training step plus the held-out points (before: step 0, after: the last
-    step; each left out while unknown); no timing fields, so the file is the same for the same run."""
+    """One row per logged training step plus the held-out points (step 0 and the last, when known)."""
     rows = [] if eval_before is None else [{"step": 0, "epoch": 0.0, "split": "eval", "loss": eval_before}]
     for entry in log_history:
         if "loss" in entry:
@@ -178,8 +137,7 @@ def _by_split(rows: Sequence[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
-    """Training loss per logged step and the held-out completion loss before / after (markers: two
-    measurements, not a trajectory); returns the figure."""
+    """Training loss per logged step and the held-out completion loss before / after; returns the figure."""
     fig, ax = new_figure(ax, (6.4, 3.8))
     train, evals = _by_split(rows)
     ax.plot(
@@ -226,13 +184,10 @@ def loss_curve_caption(rows: Sequence[dict], title: str) -> str:
 
 
 class LiveLossCurve(TrainerCallback):
-    """Draws the training loss in the notebook at every logging step, in place (one output that is
-    updated). Only in a Jupyter kernel and on the main process; elsewhere it does nothing."""
+    """Draws the training loss in place at every logging step, in a Jupyter kernel on the main process."""
 
     def __init__(self, title: str):
-        self.title = title
-        self.handle = None
-        self.figure = None
+        self.title, self.handle, self.figure = title, None, None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or get_ipython() is None:

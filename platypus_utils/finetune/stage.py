@@ -1,7 +1,6 @@
 """Stage 03_finetune as steps that return data (listed in the package docstring), and `run_finetune`,
-those steps composed: it writes what notebooks/03_finetune.ipynb writes. With finetune.num_gpus > 1
-the steps run once per GPU under `accelerate launch`; in one process `fit` and `run_finetune` read
-the finished run instead of training."""
+those steps composed. With finetune.num_gpus > 1 in one process, `fit` and `run_finetune` read the run
+`accelerate launch` finished instead of training."""
 
 from __future__ import annotations
 
@@ -61,15 +60,14 @@ LOSS_FIGURE = "03_loss_curve"
 PARTNER_ADAPTER = "partner_adapter"
 
 
-# ---------------------------------------------------------------- step 1: the rows
 def _base_tokenizer(profile) -> tuple[str, Any]:
-    """(the resolved models.base, its tokenizer: pad = EOS if it has no pad, labels pad with -100)."""
+    """(the resolved models.base, its tokenizer)."""
     resolved = resolve_model(profile.models.base, cache_dir=profile.cache_dir())
     return resolved, load_tokenizer(resolved, cache_dir=profile.cache_dir())
 
 
 def load_data(profile) -> TrainingData:
-    """clean.jsonl as the stage trains on it, with the base model's tokenizer (see data.prepare_rows)."""
+    """clean.jsonl as the stage trains on it, with the base model's tokenizer."""
     clean_path = artifact(profile, CLEAN)
     raw = read_jsonl(clean_path)
     resolved, tokenizer = _base_tokenizer(profile)
@@ -80,15 +78,13 @@ def load_data(profile) -> TrainingData:
 
 
 def expected_plan(data: TrainingData, ft, world_size: int = 1) -> BatchPlan:
-    """The batch plan the trainer will apply, from the examples' lengths alone (packed rows of
-    batch_unit tokens are packed here as TRL packs them)."""
+    """The batch plan the trainer will apply, from the examples' lengths alone."""
     rows = None
     if ft.packing and not is_padding_free(ft):
         rows = preview_row_tokens(data.full_len[data.train_idx], ft.cutoff_len, ft.packing)
     return plan_batch(data.example_tokens(), ft, world_size, rows)
 
 
-# ---------------------------------------------------------------- step 2: the model
 @dataclass
 class ModelSetup:
     """The base model loaded for this process, and how it trains."""
@@ -108,16 +104,15 @@ class ModelSetup:
 
 
 def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> ModelSetup:
-    """Seed, device and dtype, the SFT arguments (first: they set up a distributed run's process
-    group), the attention kernel, and the base model as this process needs it. `seed`: one of
-    finetune.seeds (its checkpoints go to seeds/<seed>/checkpoints); None: the profile's seed."""
+    """Seed, device, dtype, the SFT arguments (first: they set up the process group), the attention kernel
+    and the base model as this process needs it. `seed`: one of finetune.seeds; None: the profile's."""
     ft = profile.finetune
     rank, local_rank, world_size = process_info()
     seed = profile.seed if seed is None else seed
     transformers.set_seed(seed)
     device = pick_device("auto")
     if world_size > 1 and device == "cuda":
-        device = f"cuda:{local_rank}"  # each process loads its copy onto its own GPU
+        device = f"cuda:{local_rank}"
     dtype = pick_dtype(profile.models.torch_dtype, device)
     work = profile.run_dir(STAGE) if seed == profile.seed else artifact(profile, SEED_RUNS) / str(seed)
     args = build_sft_config(ft, work / CHECKPOINTS, seed, device, dtype, world_size=world_size)
@@ -130,7 +125,6 @@ def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> Model
     return ModelSetup(model, device, dtype, args, attn_implementation, rank, world_size, timings)
 
 
-# ---------------------------------------------------------------- step 3: the trainer
 @dataclass
 class Session:
     """The trainer about to train, with what was checked and planned before any step."""
@@ -146,8 +140,7 @@ class Session:
 
 
 def check_recipe(trainer, data: TrainingData, packing) -> list[dict]:
-    """TRL tokenized the data: check the recipe held (EOS once, prompt masked, nothing dropped) on the
-    held-out examples, and on the training examples when they are not packed; returns the held-out ones."""
+    """Check the recipe held in TRL's tokenized held-out (and unpacked training) examples; returns the held-out."""
     eos_id = data.tokenizer.eos_token_id
     prepared_eval = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in trainer.eval_dataset]
     checks = [(prepared_eval, data.eval_idx)] + ([] if packing else [(trainer.train_dataset, data.train_idx)])
@@ -165,9 +158,8 @@ def check_recipe(trainer, data: TrainingData, packing) -> list[dict]:
 
 
 def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Optional[Sequence[Any]] = None) -> Session:
-    """The stage's SFTTrainer on the model (LoRA from the profile, the batch plan applied, packing
-    isolation checked), the checkpoint to resume from, and the tokenized data checked against the recipe.
-    `callbacks`: extra transformers.TrainerCallbacks (LiveLossCurve, progress hooks, tests)."""
+    """The stage's SFTTrainer on the model, the checkpoint to resume from, and the tokenized data checked
+    against the recipe. `callbacks`: extra transformers.TrainerCallbacks."""
     ft = profile.finetune
     run_key = {
         "params": profile.fingerprint_params(STAGE),
@@ -215,7 +207,6 @@ def _log_session(s: Session, ft) -> None:
     )
 
 
-# ---------------------------------------------------------------- step 4: training
 @dataclass
 class Training:
     """A finished training: the held-out loss before and after, the trainer's result and its time."""
@@ -229,16 +220,14 @@ class Training:
 
 
 def train(profile, session: Session) -> Training:
-    """Held-out completion loss, training (resuming from session.resume_from), held-out loss again.
-
-    Under FSDP with rank-0 loading the "before" loss is taken by a callback as training starts (the
-    model is sharded only then, every process in step); otherwise just before training."""
+    """Held-out completion loss, training (resuming from session.resume_from), held-out loss again (FSDP
+    with rank-0 loading: the "before" loss as training starts, once the model is sharded)."""
     ft, setup, trainer = profile.finetune, session.setup, session.trainer
     pad_id, batch = session.data.tokenizer.pad_token_id, ft.sft["per_device_train_batch_size"]
     at_start = HeldOutLossAtStart(session.prepared_eval, pad_id, batch)
     timings = {}
     if (fsdp_settings(ft, setup.world_size) or {}).get("cpu_ram_efficient_loading", False):
-        trainer.add_callback(at_start)  # rank 0 holds the model on CPU, the others on meta, until FSDP shards it
+        trainer.add_callback(at_start)
     else:
         with timed(timings, "eval_before_s"):
             at_start.measure(trainer.model)
@@ -248,7 +237,6 @@ def train(profile, session: Session) -> Training:
     result = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
     train_wall = time.perf_counter() - t0
     timings["train_s"] = round(train_wall, 3)
-    # sharded engines (FSDP, ZeRO-3) only run through their wrapper, every process in step
     eval_model = trainer.model_wrapped if setup.world_size > 1 else trainer.model
     with timed(timings, "eval_after_s"):
         after = completion_loss(eval_model, session.prepared_eval, pad_id, batch)
@@ -256,7 +244,6 @@ def train(profile, session: Session) -> Training:
     return Training(session, at_start.result, after, result, train_wall, timings)
 
 
-# ---------------------------------------------------------------- step 5: metrics
 def _data_metrics(profile, data: TrainingData) -> dict:
     ft, train, held = profile.finetune, data.train_idx, data.eval_idx
     return {
@@ -277,8 +264,7 @@ def _data_metrics(profile, data: TrainingData) -> dict:
 
 
 def run_metrics(profile, training: Training) -> dict:
-    """metrics.json of the run: the data, the plan, the speed and memory, the losses (keys read by
-    the tests and by stage 06)."""
+    """metrics.json of the run: the data, the plan, the speed and memory, the losses."""
     ft, session = profile.finetune, training.session
     setup, plan, trainer, state = session.setup, session.plan, session.trainer, session.trainer.state
     steps, wall = session.planned_steps, training.train_wall_s
@@ -300,7 +286,6 @@ def run_metrics(profile, training: Training) -> dict:
         "steps_planned": int(steps),
         "batch_unit": ft.batch_unit,
         "examples_per_step": round(plan.examples_per_step, 2),
-        # the examples each optimizer step of this session held, counted in the batches (all processes)
         "examples_per_step_counted": list(trainer.examples_per_step),
         "loss_normalization": ft.loss_normalization,
         "tokens_per_step": round(plan.tokens_per_step, 1),
@@ -341,7 +326,6 @@ def loss_title(profile) -> str:
     return f"LoRA fine-tuning of {Path(profile.models.base).name}"
 
 
-# ---------------------------------------------------------------- step 6: save
 def _save_pretrained(out_dir: Path, *objects) -> None:
     with atomic_path(out_dir) as tmp:
         for obj in objects:
@@ -349,8 +333,8 @@ def _save_pretrained(out_dir: Path, *objects) -> None:
 
 
 def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None) -> Path:
-    """The trained LoRA adapter (and the tokenizer) into 03_finetune/adapter (or `adapter_dir`),
-    atomically; every process of a distributed run joins (the adapter is gathered), the main one writes."""
+    """The LoRA adapter and tokenizer into 03_finetune/adapter (or `adapter_dir`), atomically; every
+    process of a distributed run joins."""
     session = training.session
     adapter_dir = adapter_dir or artifact(profile, ADAPTER)
     if session.setup.world_size == 1:
@@ -361,11 +345,9 @@ def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None
 
 
 def save(profile, fitted: Fitted, timings: Optional[dict] = None) -> list[Path]:
-    """Write the stage's artifacts and manifest exactly as the runner does: adapter/, metrics.json,
-    log_history.csv, the loss-curve figure (reports/<name>/figures/03_loss_curve.*), the partner
-    adapter when metrics hold one, and manifest.json; then remove the checkpoints. Other processes
-    of a distributed run only join the adapter save; a run trained under accelerate launch saved its
-    own (nothing is written). Returns the paths hashed into the manifest."""
+    """Write adapter/, metrics.json, log_history.csv, the loss-curve figure and manifest.json, then remove
+    the checkpoints; other processes only join the adapter save, and a run trained under accelerate
+    launch saved its own. Returns the paths hashed into the manifest."""
     training, metrics, stage_dir = fitted.training, fitted.metrics, profile.run_dir(STAGE)
     if training is None:
         return []
@@ -398,13 +380,11 @@ def save(profile, fitted: Fitted, timings: Optional[dict] = None) -> list[Path]:
             run.add_output(p)
         run.metrics.update({k: v for k, v in metrics.items() if k not in ("train_loss_history", "heldout_rows")})
         run.timings["save_s"] = round(time.perf_counter() - t0, 3)
-    # the adapter is the product; checkpoints only serve to resume an interrupted run, and a
-    # finished one left behind would turn a forced re-run into a no-op
+    # a finished run's checkpoints would turn a forced re-run into a no-op
     shutil.rmtree(stage_dir / CHECKPOINTS, ignore_errors=True)
     return paths
 
 
-# ---------------------------------------------------------------- steps 2-5 in one call
 @dataclass
 class Fitted:
     """A finished training, here or under `accelerate launch`: what the notebook shows and `save` writes."""
@@ -422,16 +402,14 @@ def _launched(profile) -> bool:
 
 
 def fit(profile, data: TrainingData, callbacks: Sequence[Any] | None = None, timings: Optional[dict] = None) -> Fitted:
-    """Load the model, build the trainer, train, and train the partner adapter and the other seeds
-    when the profile asks for them. With finetune.num_gpus > 1 in one process, the run `accelerate
-    launch` trained (the runner launches it before the notebook) is read back instead (RuntimeError
-    with the command when none matches). `callbacks`: extra transformers.TrainerCallbacks (LiveLossCurve,
-    progress hooks, tests); `timings` collects the steps' seconds."""
+    """Load the model, build the trainer, train, and the partner adapter and other seeds when the profile
+    asks; with finetune.num_gpus > 1 in one process, the launched run read back (RuntimeError with the
+    command when none matches). `timings` collects the steps' seconds."""
     ft, timings = profile.finetune, {} if timings is None else timings
     if _launched(profile):
         metrics = distributed_result(profile)
         rows = read_log_rows(profile.run_dir(STAGE) / LOG_HISTORY)
-        dtype = getattr(torch, metrics["dtype"])  # the arguments each process of the launched run built
+        dtype = getattr(torch, metrics["dtype"])
         args = build_sft_config(ft, CHECKPOINTS, profile.seed, metrics["device"], dtype, world_size=ft.num_gpus)
         return Fitted(metrics, rows, args, build_lora_config(ft))
     setup = load_model(profile, data)
@@ -450,15 +428,9 @@ def fit(profile, data: TrainingData, callbacks: Sequence[Any] | None = None, tim
 
 
 def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
-    """Train a LoRA adapter on runs/<name>/02_decontaminate/clean.jsonl; return the metrics.
-
-    Writes runs/<name>/03_finetune/{adapter/, metrics.json, log_history.csv, manifest.json} and
-    reports/<name>/figures/03_loss_curve.{png,pdf,txt}. An interrupted run resumes from its last
-    checkpoint in 03_finetune/checkpoints/ (kept only while it matches the params and data).
-    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests).
-    """
+    """Train a LoRA adapter on 02_decontaminate/clean.jsonl, write the stage's artifacts; return the metrics."""
     if _launched(profile):
-        return distributed_result(profile)  # trained under accelerate launch; its results
+        return distributed_result(profile)
     timings: dict = {}
     with timed(timings, "load_data_s"):
         data = load_data(profile)
@@ -467,11 +439,9 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
     return fitted.metrics
 
 
-# ---------------------------------------------------------------- other training seeds
 def train_seeds(profile, data: TrainingData) -> dict[str, dict]:
-    """The same training once more for each of finetune.seeds (same rows and held-out split, another
-    seed for the LoRA initialisation, dropout and data order); each adapter is saved to
-    03_finetune/seeds/<seed>/adapter and its checkpoints removed. Returns each seed's losses."""
+    """The same training once more for each of finetune.seeds (same rows and split), each adapter saved to
+    03_finetune/seeds/<seed>/adapter; returns each seed's losses."""
     out = {}
     for seed in profile.finetune.seeds:
         log.info("finetune: training seed %d of finetune.seeds %s", seed, profile.finetune.seeds)
@@ -491,7 +461,6 @@ def train_seeds(profile, data: TrainingData) -> dict[str, dict]:
     return out
 
 
-# ---------------------------------------------------------------- the partner adapter (04's demo)
 def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
     clean_path, wanted = artifact(profile, CLEAN), set(profile.finetune.partner_adapter.data_sources)
     raw = read_jsonl(clean_path)
@@ -507,8 +476,7 @@ def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
 
 
 def _partner_settings(ft):
-    """finetune with the partner's SFT options: finetune.sft, the stage's few steps (logging each,
-    no checkpoint, warm-up at most half of them), then partner_adapter.sft over both."""
+    """finetune.sft for a few steps (logging each, no checkpoint, warm-up at most half), then partner_adapter.sft."""
     pa = ft.partner_adapter
     steps = pa.sft.get("max_steps", ft.sft["max_steps"])
     short = {"warmup_steps": min(ft.sft["warmup_steps"], steps // 2), "save_steps": steps + 1, "logging_steps": 1}
@@ -516,11 +484,8 @@ def _partner_settings(ft):
 
 
 def train_partner_adapter(profile, world_size: int = 1) -> dict:
-    """Train finetune.partner_adapter: a second, small LoRA with the same settings on the rows of
-    clean.jsonl whose data_source is in partner_adapter.data_sources, saved atomically to
-    03_finetune/partner_adapter. Stage 04 merges it into the base to make the "partner fine-tune"
-    the Platypus adapter is then merged onto (the paper's merge, in miniature). Single-process
-    runs only; returns its metrics."""
+    """Train finetune.partner_adapter (single-process runs only): a small LoRA on the rows whose data_source
+    is in partner_adapter.data_sources, saved to 03_finetune/partner_adapter for 04's merge; its metrics."""
     if world_size > 1:
         log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
         return {"skipped": "distributed run"}

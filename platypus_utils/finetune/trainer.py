@@ -32,23 +32,19 @@ def build_lora_config(ft) -> LoraConfig:
 def project_sft_options(
     ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype, use_liger_kernel: bool, world_size: int
 ) -> dict:
-    """The SFTConfig options the stage sets itself (training_options.SFT_PROJECT_KEYS; a profile cannot
-    set them under finetune.sft), and the accumulation that global_batch_size derives."""
+    """The SFTConfig options the stage sets itself (training_options.SFT_PROJECT_KEYS), and the
+    accumulation global_batch_size derives."""
     padding_free = is_padding_free(ft)
     options = {
         "output_dir": str(output_dir),
         "seed": seed,
         "data_seed": seed,
-        # SFTConfig defaults bf16=True: the precision follows models.torch_dtype
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
         "use_cpu": device == "cpu",
-        # padding-free micro-batches (batch_unit examples): TRL does not truncate them, so max_length is
-        # None here and prepare_trainer truncates the tokenized rows to cutoff_len (keep_start, as TRL)
+        # TRL does not truncate padding-free micro-batches: prepare_trainer does
         "max_length": None if padding_free else ft.cutoff_len,
         "truncation_mode": "keep_start",
-        # bfd packing and padding-free batches: transformers builds a block-diagonal mask from the
-        # position ids (check_packing_isolation verifies it on the model at hand)
         "packing": bool(ft.packing) and not padding_free,
         "packing_strategy": ft.packing or "bfd",
         "eval_packing": False,
@@ -72,8 +68,7 @@ def build_sft_config(
     use_liger_kernel: Optional[bool] = None,
     world_size: int = 1,
 ) -> SFTConfig:
-    """TRL's SFTConfig: `SFTConfig(**ft.sft, **project_sft_options(...))` (finetune.sft never holds the
-    project's keys: checked at load); Liger as `resolve_liger` says when `use_liger_kernel` is None."""
+    """`SFTConfig(**ft.sft, **project_sft_options(...))`; Liger as `resolve_liger` says when None."""
     if use_liger_kernel is None:
         use_liger_kernel = resolve_liger(ft, device)
     ours = project_sft_options(ft, output_dir, seed, device, dtype, use_liger_kernel, world_size)
@@ -88,8 +83,7 @@ def _on_gpu(device: str) -> bool:
 
 
 def resolve_attn_implementation(ft, device: str, dtype: torch.dtype) -> str:
-    """The attention kernel to train with: the profile's choice, or ("auto") flash_attention_2 where
-    flash-attn is installed and the model runs in 16 bits on a GPU, else sdpa."""
+    """The profile's attention kernel, or ("auto") flash_attention_2 where installed on a GPU in 16 bits, else sdpa."""
     choice, on_gpu = ft.attn_implementation, _on_gpu(device)
     if choice == "auto":
         if on_gpu and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
@@ -120,8 +114,7 @@ def resolve_liger(ft, device: str) -> bool:
 
 
 def check_target_modules(model, target_modules: Sequence[str] | str | None) -> None:
-    """Every LoRA target must name modules of the model: peft only fails when none match. A string
-    (a regular expression, "all-linear") is peft's to match."""
+    """Every LoRA target must name modules of the model (peft only fails when none match); a string is peft's."""
     if isinstance(target_modules, str):
         return
     leaves = {name.rsplit(".", 1)[-1]: mod for name, mod in model.named_modules()}
@@ -136,8 +129,7 @@ def check_target_modules(model, target_modules: Sequence[str] | str | None) -> N
 
 # ---------------------------------------------------------------- packing keeps examples apart
 def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int]) -> list[float]:
-    """Mean next-token cross-entropy over the labelled tokens of each segment of one row
-    (`lengths` tokens each, in order); the shift stays inside each segment."""
+    """Mean next-token cross-entropy over the labelled tokens of each segment (`lengths`) of one row."""
     out, start = [], 0
     for n in lengths:
         lg, lb = logits[start : start + n - 1].float(), labels[start + 1 : start + n]
@@ -149,8 +141,7 @@ def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence
 
 
 def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
-    """A few single examples out of a packed (or unpacked) tokenized dataset, each cut to its end (where
-    the completion tokens are) so that together they fit one row."""
+    """A few single examples of a tokenized dataset, each cut to its end so that together they fit one row."""
     examples: list[dict] = []
     for row in dataset:
         start = 0
@@ -168,9 +159,7 @@ def _probe_examples(dataset, max_length: int, max_examples: int) -> list[dict]:
 
 @torch.no_grad()
 def fp32_twin(model, device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A small random 2-layer model of the same class, attention implementation and vocabulary as
-    `model` (peft-wrapped or not, real or on the meta device), on `device`: what check_packing_isolation
-    probes when the model trains in 16 bits or this process holds no weights of it."""
+    """A small random 2-layer model of `model`'s class, attention implementation and vocabulary, on `device`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.__class__.from_dict(base.config.to_dict())
     heads = 4
@@ -218,17 +207,10 @@ def check_packing_isolation(
     max_length: Optional[int] = None,
     rank_local: bool = False,
 ) -> dict:
-    """Check, on the model and collator about to train, that attention stays inside each packed example.
-
-    A few training examples go through the model packed into one row (as the trainer feeds them) and
-    one by one; each example's completion loss must agree. transformers builds the block-diagonal mask
-    from the restarting position ids (flash-attention gets the sequence boundaries) only while no KV
-    cache is in use; a kernel or model that ignores them lets each example see the ones before it.
-    Raises RuntimeError naming the attention implementation when they disagree.
-
-    `rank_local` (FSDP with rank-0 loading: the other processes hold the model on the meta device):
-    every process probes its own small twin (`fp32_twin`) on its training device; so does a model on meta.
-    """
+    """Check, on the model and collator about to train, that attention stays inside each packed example:
+    a few examples' completion losses packed into one row and alone must agree (RuntimeError naming the
+    attention implementation). A 16-bit model (not flash), one on meta or `rank_local` (FSDP rank-0
+    loading) is probed through `fp32_twin`."""
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     examples = _probe_examples(trainer.train_dataset, max_length or trainer.args.max_length, max_examples)
@@ -239,15 +221,12 @@ def check_packing_isolation(
     flash = str(impl).startswith("flash")
     probe_on = "the model"
     if rank_local or device.type == "meta":
-        # no weights here to probe (or not on the device this process trains on): a rank-local twin
         device, dtype = trainer.args.device, dtype if flash else torch.float32
         model, probe_on = (
             fp32_twin(model, device, dtype),
             f"a rank-local {dtype} twin of the model".replace("torch.", ""),
         )
-    elif dtype != torch.float32 and not flash:
-        # 16-bit rounding would hide a leak under a loose tolerance: probe the same architecture and
-        # attention code in fp32, on a small random twin (cheap on any model size)
+    elif dtype != torch.float32 and not flash:  # 16-bit rounding would hide a leak
         model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
     if tolerance is None:
         tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # flash kernels have no fp32 path
@@ -285,9 +264,8 @@ def prepare_trainer(
     eval_ds=None,
     callbacks: Optional[Sequence[Any]] = None,
 ) -> tuple[PlatypusSFTTrainer, BatchPlan, dict]:
-    """The stage's SFTTrainer (LoRA from the profile, loss weighted by finetune.loss_normalization) with
-    its batch plan applied: (trainer, BatchPlan, packing-isolation report). `args` from build_sft_config;
-    `example_tokens`: tokens of each training example after truncation."""
+    """(the stage's SFTTrainer with its batch plan applied, BatchPlan, packing-isolation report); `args`
+    from build_sft_config, `example_tokens` per training example after truncation."""
     trainer = PlatypusSFTTrainer(
         loss_normalization=ft.loss_normalization,
         model=model,
@@ -302,7 +280,6 @@ def prepare_trainer(
         trainer.train_dataset = truncate_tokenized(trainer.train_dataset, ft.cutoff_len)
         if trainer.eval_dataset is not None:
             trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, ft.cutoff_len)
-    # packed rows and padding-free batches must keep their examples apart, on this model and kernel
     rank_zero_loading = (fsdp_settings(ft, world_size) or {}).get("cpu_ram_efficient_loading", False)
     isolation = (
         check_packing_isolation(trainer, max_length=ft.cutoff_len, rank_local=rank_zero_loading)
@@ -337,8 +314,7 @@ def _pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]
 
 @torch.no_grad()
 def completion_loss(model, examples: Sequence[dict], pad_id: int, batch_size: int = 4) -> dict[str, float]:
-    """Mean token cross-entropy over the completion tokens (labels != -100) of tokenized examples
-    ({input_ids, labels}); a token mean, not a mean of per-batch means."""
+    """{loss: mean cross-entropy over the completion tokens of tokenized examples, tokens: their count}."""
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
@@ -364,8 +340,7 @@ def completion_loss(model, examples: Sequence[dict], pad_id: int, batch_size: in
 
 
 class HeldOutLossAtStart(TrainerCallback):
-    """The held-out completion loss when training starts, on the model as the trainer runs it (FSDP:
-    sharded, every process in step)."""
+    """The held-out completion loss when training starts, on the model as the trainer runs it (FSDP: sharded)."""
 
     def __init__(self, examples: Sequence[dict], pad_id: int, batch_size: int):
         self.examples, self.pad_id, self.batch_size = examples, pad_id, batch_size
