@@ -45,6 +45,13 @@ def _numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
     return leak_judge.context_numbers_dropped(asked_text(item, view), prompt, train_row["output"], answer, options)
 
 
+# the embedding judge's score (question cosine + ANSWER_WEIGHT x the answer's evidence) under which a pair it read,
+# its answer in the output, asks another question (~0.35 question cosine): "Describe the rock cycle." against "Which
+# type of rock forms from cooled magma?" -> igneous rock; the fallback of "same numbers and answer" does not remove it
+# (split dev and heldout: rewordings it removed scored 1.19 and up, topical and other-answer rows 1.11-1.13)
+JUDGE_FLOOR = 1.15
+
+
 # a training prompt that lists at least this many lettered options is a multiple-choice question of its own; when
 # fewer than OPTIONS_SHARED of the test item's choices are among them, it is another item (MMLU asks "Which of the
 # following is a correct statement?" of many option sets; its val questions share stems and answers with test items)
@@ -200,7 +207,11 @@ def categorise(
     # a multiple-choice row of its own that the judge read (its options with it) and called another question: its
     # output names one of its options, and rule 0 let it through because it shares half of the test's, so the test
     # answer in it says little (same-subject MMLU questions share options: "Valid", "Consistent", "II and IV only")
-    if listed and judge[0] is not None and not pd.isna(judge[0]) and not judge[0]:
+    read = judge[0] is not None and not pd.isna(judge[0])
+    embedding_judge = not (cfg.judge_model or "").startswith(leak_judge.LLM_PREFIX)
+    if read and not judge[0] and embedding_judge and judge[1] < JUDGE_FLOOR:
+        return "similar_but_different", f"another question: the judge read the pair, score {judge[1]:.3f}"
+    if listed and read and not judge[0]:
         return (
             "similar_but_different",
             f"another multiple-choice item: the judge reads another question, score {judge[1]:.3f}",
