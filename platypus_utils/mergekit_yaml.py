@@ -1,25 +1,9 @@
-"""mergekit configs in a profile: a `merge.model_merges` entry written as a mergekit recipe.
-
-An entry `{name: <variant>, mergekit: <mapping, or the path of a mergekit .yml>}` is translated when the
-profile loads (config.load_profile) into the project's merge schema (config.ModelMergeConfig), which
-means what mergekit 0.1.5 means for the six methods both have:
-
-  merge_method        linear, slerp, task_arithmetic, ties, dare_linear, dare_ties (others: refused)
-  models[].model      a model reference or a variant of this stage ("./x", "../x": from the .yml's folder,
-                      or the project root for an inline mapping); `model+lora` is refused (use a partner)
-  base_model          `base` (task-vector methods); slerp: its first model (t = 0); linear: only as one of
-                      `models` (mergekit would merge it as one more input)
-  weight, density     per model (or in the top-level `parameters`); one density for all models; density
-                      defaults to mergekit's 1.0
-  slerp's t           weights [1 - t, t]
-  normalize, rescale, lambda, int8_mask   the same parameters (dropped where mergekit ignores them:
-                      rescale without a trim, int8_mask without a sign election)
-  out_dtype or dtype  the stored dtype (the arithmetic is float32 here in every case)
-
-What has no translation is a MergekitConfigError naming the mergekit key (config.py adds the profile's
-file and key): slices and layer ranges, modules, gradients and filtered values (one value per model
-for the whole model here), tokenizer settings and chat templates, other methods and parameters.
-Imports only the standard library and yaml (a core module: config imports it).
+"""mergekit configs in a profile: a `merge.model_merges` entry `{name, mergekit: <mapping or .yml path>}`,
+translated when the profile loads into config.ModelMergeConfig's keys with mergekit 0.1.5's meaning for
+linear, slerp (t: weights [1 - t, t]), task_arithmetic, ties, dare_linear and dare_ties. Relative model
+paths ("./x") start from the .yml's folder (an inline mapping: the project root). What has no translation
+(slices, modules, gradients, tokenizer settings, model+lora, other methods) is a MergekitConfigError
+naming the mergekit key. Imports only the standard library and yaml (config imports it).
 """
 
 from __future__ import annotations
@@ -34,8 +18,8 @@ from .layout import MERGEKIT_METHODS
 TRIMS = ("ties", "dare_linear", "dare_ties")  # mergekit's rescale has an effect only where a trim is
 ELECTS = ("ties", "dare_ties")  # and int8_mask only where a sign is elected
 SHARED = ("normalize", "rescale", "lambda", "int8_mask")
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16"}
-DTYPES |= {"bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+DTYPES |= {d: d for d in ("float32", "float16", "bfloat16")}
 NOT_TRANSLATED = {
     "slices": "layer ranges are not translated: stage 04 merges whole models (list them under `models`)",
     "modules": "per-module merges are not translated: stage 04 merges whole models",
@@ -51,8 +35,7 @@ class MergekitConfigError(ValueError):
 
 
 def read_config(value: Any, root: Path) -> tuple[dict, Path]:
-    """The mergekit config of a profile entry (a mapping, or a .yml path from the project root) and the
-    folder its relative model paths start from."""
+    """A profile entry's mergekit config (a mapping, or a .yml path from `root`) and the folder of its paths."""
     if isinstance(value, dict):
         return value, root
     if not isinstance(value, str) or not value:
@@ -138,13 +121,10 @@ def _check_parameters(config: dict, method: str, models: list[tuple[str, dict]])
 def _shared_options(method: str, shared: dict) -> dict:
     """normalize, rescale, lambda, int8_mask as the profile's keys, dropping those mergekit ignores here."""
     out: dict = {}
-    for key in SHARED:
-        if key not in shared:
-            continue
+    for key in (k for k in SHARED if k in shared):
         value = _scalar(shared[key], f"parameters.{key}", float if key == "lambda" else bool)
-        if (key == "rescale" and method not in TRIMS) or (key == "int8_mask" and method not in ELECTS):
-            continue  # mergekit accepts it and it changes nothing there
-        out[key] = value
+        if not (key == "rescale" and method not in TRIMS or key == "int8_mask" and method not in ELECTS):
+            out[key] = value
     return out
 
 
@@ -200,8 +180,8 @@ def translate(name: str, config: dict, folder: Path) -> dict:
             out["density"] = densities[0]
     if method != "slerp":
         out |= _shared_options(method, shared)
-    if _dtype(config):
-        out["dtype"] = _dtype(config)
+    if dtype := _dtype(config):
+        out["dtype"] = dtype
     return out
 
 

@@ -1,9 +1,7 @@
-"""LoRA adapters as stage 04 reads them: each adapted Linear's update scale·B@A, and whether it fits a model.
-
-`read_adapter` reads the factors by hand (not through peft), so that the check compares the merged
-weights with the adapter's own numbers: scale = alpha/r (alpha/sqrt(r) with rsLoRA), per-module rank
-and alpha from rank_pattern / alpha_pattern as peft matches them. Only LoRA on Linear layers is merged:
-DoRA, lora_bias, modules_to_save and embedding LoRA are refused naming the file and the tensor.
+"""LoRA adapters as stage 04 reads them (by hand, not through peft, so the check uses the adapter's own
+numbers): each adapted Linear's update scale·B@A, scale = alpha/r (alpha/sqrt(r) with rsLoRA), per-module
+rank and alpha from rank_pattern / alpha_pattern. DoRA, lora_bias, modules_to_save and embedding LoRA are
+refused naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -63,8 +61,7 @@ class LoraDelta:
         return self._rows(rows, False) * self.scale
 
     def allowance_block(self, rows: slice) -> torch.Tensor:
-        """Bound on the float32 error of computing those rows (r products summed, then scaled):
-        (r + 2)·U32·|scale|·(|B| @ |A|)."""
+        """Bound on the float32 error of computing those rows: (r + 2)·U32·|scale|·(|B| @ |A|)."""
         return self._rows(rows, True) * ((self.rank + 2) * U32 * abs(self.scale))
 
     def max_abs(self) -> float:
@@ -72,8 +69,7 @@ class LoraDelta:
 
 
 def pattern_value(patterns: dict, module: str, default: Any) -> Any:
-    """A per-module setting (rank_pattern, alpha_pattern), matched as peft's get_pattern_key does:
-    the pattern matches the end of the module name."""
+    """A per-module setting (rank_pattern, alpha_pattern) as peft matches it: on the end of the module name."""
     for key, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({key})$", module):
             return value
@@ -94,8 +90,11 @@ def _read_config(adapter_dir: Path) -> dict:
     return config
 
 
-def _factors(weights_path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """{module: {"A": lora_A, "B": lora_B}} of an adapter's weights file."""
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
+    """The adapter's config and its per-module LoRA factors, read from adapter_model.safetensors."""
+    adapter_dir = Path(adapter_dir)
+    config = _read_config(adapter_dir)
+    weights_path = adapter_dir / ADAPTER_WEIGHTS
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(str(weights_path)).items():
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
@@ -107,17 +106,9 @@ def _factors(weights_path: Path) -> dict[str, dict[str, torch.Tensor]]:
         factors.setdefault(m.group(1), {})[m.group(2)] = tensor
     if not factors:
         raise MergeError(f"{weights_path}: no LoRA tensors")
-    return factors
-
-
-def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
-    """The adapter's config and its per-module LoRA factors, read from adapter_model.safetensors."""
-    adapter_dir = Path(adapter_dir)
-    config = _read_config(adapter_dir)
-    weights_path = adapter_dir / ADAPTER_WEIGHTS
     r_default, alpha_default = int(config["r"]), float(config["lora_alpha"])
     deltas = {}
-    for module, ab in sorted(_factors(weights_path).items()):
+    for module, ab in sorted(factors.items()):
         if set(ab) != {"A", "B"}:
             raise MergeError(f"{weights_path}: module {module!r} has lora_{''.join(ab)} but not both A and B")
         a, b = ab["A"], ab["B"]
@@ -157,8 +148,7 @@ def adapter_frame(deltas: dict[str, LoraDelta]) -> pd.DataFrame:
     rows = []
     for name, d in deltas.items():
         update = d.delta()
-        shape, size = tuple(d.weight_shape), (float(update.abs().max()), float(update.norm()))
-        rows.append((name, shape, d.rank, d.scale, *size))
+        rows.append((name, tuple(d.weight_shape), d.rank, d.scale, float(update.abs().max()), float(update.norm())))
     return pd.DataFrame(rows, columns=["module", "weight_shape", "rank", "scale", "max_abs_update", "update_norm"])
 
 
@@ -169,12 +159,9 @@ def check_architecture(config, reference, label: str, reference_label: str) -> N
         problems = "; ".join(f"{key}: {a} vs {b}" for key, (a, b) in differ.items())
         raise MergeError(f"{label} is not the same architecture as {reference_label}: {problems}")
     if vocab:
+        ours, theirs = vocab["vocab_size"]
         log.warning(
-            "%s has vocab_size %s, %s %s: tokenizers differ, the merge may behave oddly",
-            label,
-            vocab["vocab_size"][0],
-            reference_label,
-            vocab["vocab_size"][1],
+            f"{label} has vocab_size {ours}, {reference_label} {theirs}: tokenizers differ, the merge may behave oddly"
         )
 
 

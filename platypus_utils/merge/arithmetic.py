@@ -1,11 +1,7 @@
-"""Full-model merge arithmetic: one tensor at a time, in float32, rounded once to the stored dtype.
-
-linear, slerp, task_arithmetic, ties, dare_linear and dare_ties are mergekit 0.1.5's definitions in its
-order of operations (README, "Merging"); peft_ties and peft_dare_* call peft's `merge_utils`. The work
-goes CHUNK entries at a time after the tensor-wide choices (TIES top-k, SLERP angle, L1 rescale), so
-memory holds the inputs, the output and one chunk of float32 work. DARE draws each chunk's mask from
-`chunk_seed(seed, name, chunk)`: unlike mergekit's one global generator, a mask then does not depend on
-the order of the work, so a merge is reproducible byte for byte.
+"""Full-model merge arithmetic, one tensor at a time in float32, rounded once to the stored dtype:
+mergekit 0.1.5's linear, slerp, task_arithmetic, ties, dare_linear, dare_ties; peft's merge_utils for
+peft_*. Work goes CHUNK entries at a time after the tensor-wide choices (TIES top-k, SLERP angle, L1
+rescale). DARE seeds each chunk by `chunk_seed(seed, name, chunk)`, so a merge is reproducible byte for byte.
 """
 
 from __future__ import annotations
@@ -41,11 +37,8 @@ class Options:
     @classmethod
     def of(cls, method: str, normalize: bool | None = None, rescale: bool | None = None, lam: float = 1.0):
         """The options of `method`, with mergekit's default for each one not given."""
-        return cls(
-            MERGEKIT_NORMALIZE.get(method, False) if normalize is None else normalize,
-            MERGEKIT_RESCALE.get(method, False) if rescale is None else rescale,
-            lam,
-        )
+        normalize = MERGEKIT_NORMALIZE.get(method, False) if normalize is None else normalize
+        return cls(normalize, MERGEKIT_RESCALE.get(method, False) if rescale is None else rescale, lam)
 
 
 def chunks(n: int) -> list[slice]:
@@ -59,8 +52,7 @@ def chunk_seed(seed: int, name: str, index: int) -> int:
 
 
 def slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -> tuple[float, float, bool]:
-    """mergekit's SLERP as (c0, c1, linear): c0·v0 + c1·v1 from the angle between the flattened,
-    normalised tensors; nearly parallel or zero: (1-t, t, True)."""
+    """mergekit's SLERP as (c0, c1, linear) for c0·v0 + c1·v1; nearly parallel or zero: (1-t, t, True)."""
     a, b = v0.reshape(-1), v1.reshape(-1)
     n0 = n1 = dot = 0.0
     for part in chunks(a.numel()):
@@ -76,9 +68,8 @@ def top_magnitudes(
     tensor: torch.Tensor, base: torch.Tensor, density: float, at_least_one: bool = False
 ) -> torch.Tensor:
     """TIES's trim as a bool mask: the k = int(density·n) largest |tensor - base| (at_least_one: k >= 1,
-    as mergekit keeps); among equal magnitudes at the cut, the first by position. The k-th magnitude is
-    found by bisection on the float32 bit patterns (non-negative floats order as their bits): ~31
-    counting passes over one float32 copy, where torch.topk takes 2 GB and 15 s for 100 M entries."""
+    as mergekit); ties at the cut: the first by position. The k-th magnitude is found by bisection on the
+    float32 bit patterns (~31 counting passes; torch.topk takes 2 GB and 15 s for 100 M entries)."""
     magnitude = tensor.reshape(-1).to(torch.float32, copy=True).sub_(base.reshape(-1)).abs_()  # never the input
     k = int(density * magnitude.numel())
     if at_least_one and magnitude.numel():
@@ -101,7 +92,7 @@ def top_magnitudes(
 
 
 def dare_masks(length: int, count: int, density: float, seed: int) -> list[torch.Tensor]:
-    """DARE's keep masks of one chunk (one bernoulli(density) per task vector, in order), from its seed."""
+    """DARE's keep masks of one chunk (one bernoulli(density) per task vector), from its seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [torch.bernoulli(torch.full((length,), density, dtype=torch.float32)).bool() for _ in range(count)]
@@ -117,8 +108,7 @@ def trim_masks(method, keep, density: float, part: slice, count: int, seed: int,
 
 
 def l1_rescales(method, flat, base, keep, density: float, seed: int, name: str) -> list[float]:
-    """mergekit's rescale, tensor-wide: each trimmed task vector times ||δ||₁ / ||trimmed δ||₁ (one pass
-    over the chunks, redrawing DARE's masks); 1 where either norm is below RESCALE_EPS."""
+    """mergekit's rescale, tensor-wide: ||δ||₁ / ||trimmed δ||₁ per task vector; 1 where either is below RESCALE_EPS."""
     before, after = [0.0] * len(flat), [0.0] * len(flat)
     for part in chunks(base.numel()):
         b = base[part].float()
@@ -177,8 +167,7 @@ def merge_tensor(
     out_dtype=None,
     options: Options | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """One tensor of a full-model merge (module docstring). Tensors whose inputs are all equal (no task
-    vector) are copied bit for bit. Returns (tensor in out_dtype, info)."""
+    """One tensor of a full-model merge: (tensor in out_dtype, info); equal inputs are copied bit for bit."""
     if method not in MODEL_METHODS:
         raise MergeError(f"unknown merge method {method!r}")
     options = options or Options.of(method)
@@ -193,7 +182,7 @@ def merge_tensor(
     keep = scales = None
     if method == "slerp":
         c0, c1, info["slerp_linear"] = slerp_coefficients(float(w[1] / w.sum()), tensors[0], tensors[1])
-    elif method in ("ties", "peft_ties"):  # the trim is tensor-wide: each task vector's kept entries
+    elif method in ("ties", "peft_ties"):  # the trim is tensor-wide
         keep = [top_magnitudes(t, flat_base, density, at_least_one=method == "ties") for t in flat]
     if options.rescale and method in ("ties", "dare_linear", "dare_ties") and density < 1:
         scales = l1_rescales(method, flat, flat_base, keep, density, seed, name)

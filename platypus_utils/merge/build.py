@@ -1,11 +1,7 @@
-"""How each kind of variant is made and checked: `*_steps(...)` return (build into a folder, check a
-folder); io.write_variant runs them on a temporary folder and renames it into place only after the check.
-
-The 16-bit rounding is done once: an adapter merge keeps the adapter's factors in float32
-(autocast_adapter_dtype), so peft computes scale·B@A and W + it in float32 (an in-place add into a
-16-bit weight computes in float32); an adapter mix is made on a float32 copy of the model, because peft
-creates the mixed factors in the model's dtype (in a 16-bit model up to 244x the merge's rounding bound,
-measured); full-model merges compute in float32 (arithmetic.py).
+"""Each kind of variant's (build into a folder, check a folder) steps; io.write_variant runs them on a
+temporary folder. The 16-bit rounding happens once: adapter factors stay float32 (autocast_adapter_dtype),
+an adapter mix is made on a float32 copy of the model (peft makes mixed factors in the model's dtype: up
+to 244x the merge's rounding bound in 16 bits, measured), full-model merges compute in float32.
 """
 
 from __future__ import annotations
@@ -65,47 +61,11 @@ def adapter_merge_steps(
     return build, check
 
 
-def _build_mix(tmp: Path, source: str, adapter_dirs: list[Path], sources, mix: AdapterMixConfig, tok, dtype, seed):
-    """The mix made on a float32 copy of `source`, saved unmerged (MIXED_ADAPTER) and merged (cast once)."""
-    model = load_lm(source, dtype).to(torch.float32)  # W as stored in dtype (as the check loads it), exactly
-    for d, (_, deltas) in zip(adapter_dirs, sources):
-        check_targets(model, deltas, f"{source} (adapter {d})")
-    names = [f"source{i}" for i in range(len(adapter_dirs))]
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0], is_trainable=False)
-    for name, d in zip(names[1:], adapter_dirs[1:]):
-        peft_model.load_adapter(str(d), adapter_name=name, is_trainable=False)
-    with torch.random.fork_rng(devices=[]):  # DARE draws from the global generator
-        torch.manual_seed(seed)
-        peft_model.add_weighted_adapter(
-            names,
-            list(mix.weights),
-            "default",
-            combination_type=mix.combination_type,
-            svd_rank=mix.svd_rank,
-            density=mix.density,
-            majority_sign_method=mix.majority_sign_method,
-        )
-    peft_model.set_adapter("default")
-    peft_model.save_pretrained(str(tmp / MIXED_ADAPTER), selected_adapters=["default"])
-    # peft writes target_modules from a set, in an order that changes with the process's string hashing:
-    # sorted, the variant's files (and content hash) are the same in every process
-    config_path = tmp / MIXED_ADAPTER / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    merged = peft_model.merge_and_unload(adapter_names=["default"]).to(dtype)  # the one rounding
-    merged.save_pretrained(tmp)
-    del merged, peft_model, model
-    return {"tokenizer_from": save_tokenizer(tok, tmp, mix.name)}
-
-
 def adapter_mix_steps(
     source: str, adapter_dirs: list[Path], mix: AdapterMixConfig, tokenizer_dirs: list[str], dtype, seed: int, atol
 ) -> Steps:
-    """peft's add_weighted_adapter, then the mix merged into `source` (the mix itself, unmerged, is kept
-    in <variant>/mixed_adapter/); checked by verify_merged against that mixed adapter. The combination
-    itself is peft's, checked in the tests against the definitions (tests/merge_oracles.py)."""
+    """peft's add_weighted_adapter on a float32 copy of `source`, kept unmerged in <variant>/mixed_adapter/
+    and merged (cast once); checked by verify_merged against that mixed adapter."""
     sources = [read_adapter(d) for d in adapter_dirs]
     ranks = [sorted(adapter_ranks(cfg)) for cfg, _ in sources]
     if mix.combination_type in FACTORWISE_MIXES and len({tuple(r) for r in ranks}) > 1:
@@ -116,7 +76,36 @@ def adapter_mix_steps(
         )
 
     def build(tmp: Path) -> dict:
-        return _build_mix(tmp, source, adapter_dirs, sources, mix, tokenizer_dirs, dtype, seed)
+        model = load_lm(source, dtype).to(torch.float32)  # W as stored in dtype (as the check loads it), exactly
+        for d, (_, deltas) in zip(adapter_dirs, sources):
+            check_targets(model, deltas, f"{source} (adapter {d})")
+        names = [f"source{i}" for i in range(len(adapter_dirs))]
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0], is_trainable=False)
+        for name, d in zip(names[1:], adapter_dirs[1:]):
+            peft_model.load_adapter(str(d), adapter_name=name, is_trainable=False)
+        with torch.random.fork_rng(devices=[]):  # DARE draws from the global generator
+            torch.manual_seed(seed)
+            peft_model.add_weighted_adapter(
+                names,
+                list(mix.weights),
+                "default",
+                combination_type=mix.combination_type,
+                svd_rank=mix.svd_rank,
+                density=mix.density,
+                majority_sign_method=mix.majority_sign_method,
+            )
+        peft_model.set_adapter("default")
+        peft_model.save_pretrained(str(tmp / MIXED_ADAPTER), selected_adapters=["default"])
+        # peft writes target_modules from a set in hash order: sorted, the files are the same in every process
+        config_path = tmp / MIXED_ADAPTER / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        merged = peft_model.merge_and_unload(adapter_names=["default"]).to(dtype)  # the one rounding
+        merged.save_pretrained(tmp)
+        del merged, peft_model, model
+        return {"tokenizer_from": save_tokenizer(tokenizer_dirs, tmp, mix.name)}
 
     def check(path: Path) -> dict:
         _, deltas = read_adapter(path / MIXED_ADAPTER)
@@ -126,8 +115,7 @@ def adapter_mix_steps(
 
 
 def check_model_merge_inputs(spec: ModelMergeSpec) -> list[str]:
-    """Refuse inputs that are not fine-tunes of one architecture with identical tensor names and
-    shapes; return the tensor names (sorted)."""
+    """The sorted tensor names; refuses models of other architectures, tensor names or shapes."""
     labelled = list(zip(spec.labels, spec.models))
     if spec.uses_base:
         labelled.append((f"base {spec.base_label}", spec.base))
@@ -157,10 +145,8 @@ def _merged_tensors(tmp: Path, spec: ModelMergeSpec, names: list[str], dtype, se
     """Stream every tensor through merge_tensor into tmp's safetensors; returns the counts."""
     models, base = spec.checkpoints()
     stats = {"tensors": len(names), "unchanged_tensors": 0, "slerp_linear_tensors": 0, "non_float_tensors": 0}
-    specs = []
-    for n in names:
-        src = st_dtype(models[0].entries[n].dtype)
-        specs.append((n, dtype if src.is_floating_point else src, models[0].entries[n].shape))
+    sources = {n: st_dtype(models[0].entries[n].dtype) for n in names}
+    specs = [(n, dtype if sources[n].is_floating_point else sources[n], models[0].entries[n].shape) for n in names]
 
     def produce(name: str) -> torch.Tensor:
         tensors = [m.read(name) for m in models]
@@ -183,8 +169,7 @@ def _merged_tensors(tmp: Path, spec: ModelMergeSpec, names: list[str], dtype, se
 
 
 def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, seed: int) -> Steps:
-    """Full models merged tensor by tensor, streamed from and to safetensors (memory holds the largest
-    tensor's inputs and output plus one chunk of float32 work); checked by verify_model_merge."""
+    """Full models merged tensor by tensor, streamed from and to safetensors; checked by verify_model_merge."""
     return_large_blocks_to_the_os()
     names = check_model_merge_inputs(spec)
 

@@ -1,9 +1,5 @@
-"""Stage 04's files and memory: checkpoints read and written one tensor at a time, variants written
-atomically, and the resident memory each merge and check takes.
-
-Checkpoints are read with plain file reads, not safetensors' mmap, whose pages would count as resident:
-memory holds only the tensor asked for. `write_safetensors` writes the header first (every name, dtype
-and shape is known) and asks for each tensor just before writing it, so no tensor waits for the rest.
+"""Stage 04's files and memory: checkpoints read and written one tensor at a time (plain reads, not
+mmap, whose pages would count as resident), variants written atomically, and their peak resident memory.
 """
 
 from __future__ import annotations
@@ -34,19 +30,13 @@ log = logging.getLogger("platypus")
 MERGE_INFO = "merge_info.json"  # inside each merged dir: what it was made from, and its checks
 MAX_SHARD_BYTES = 4 << 30
 MERGE_DTYPES = ("float32", "float16", "bfloat16")
+_ST_NAMES = "F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 U8:uint8"
 ST_DTYPES = {  # safetensors' dtype codes
     code: getattr(torch, name)
-    for code, name in (
-        pair.split(":")
-        for pair in (
-            "F64:float64 F32:float32 F16:float16 BF16:bfloat16 I64:int64 I32:int32 I16:int16 I8:int8 U8:uint8 "
-            "BOOL:bool F8_E4M3:float8_e4m3fn F8_E5M2:float8_e5m2"
-        ).split()
-    )
+    for code, name in (p.split(":") for p in f"{_ST_NAMES} BOOL:bool F8_E4M3:float8_e4m3fn F8_E5M2:float8_e5m2".split())
 }
 
 
-# ---------------------------------------------------------------- memory
 def proc_status_mb(field_name: str) -> float | None:
     """A memory figure of /proc/self/status (VmRSS, VmHWM) in MB; None where there is no /proc."""
     try:
@@ -62,18 +52,16 @@ def release_freed_memory() -> None:
 
 
 def return_large_blocks_to_the_os() -> None:
-    """glibc's dynamic mmap threshold serves freed blocks of up to 32 MiB from its heap, so a stream of
-    tensor-sized buffers fragments it and resident memory creeps up with the number of tensors. A fixed
-    1 MiB threshold maps each tensor buffer on its own and unmaps it when freed."""
+    """A fixed 1 MiB glibc mmap threshold: each tensor buffer is unmapped when freed (the dynamic one lets
+    a stream of tensors fragment the heap, resident memory creeping up with the number of tensors)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 @contextlib.contextmanager
 def measure_peak_rss() -> Iterator[dict]:
-    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}. On Linux the
-    high-water mark is reset first (/proc/self/clear_refs), so the peak is the block's ("block");
-    elsewhere the process peak so far ("process")."""
+    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}; scope "block" where
+    /proc/self/clear_refs resets the high-water mark (Linux), else "process" (the process peak so far)."""
     release_freed_memory()
     out: dict[str, Any] = {"rss_start_mb": proc_status_mb("VmRSS"), "scope": "process"}
     with contextlib.suppress(OSError):
@@ -86,7 +74,6 @@ def measure_peak_rss() -> Iterator[dict]:
         out["peak_rss_mb"] = hwm if hwm is not None else peak_rss_mb()
 
 
-# ---------------------------------------------------------------- safetensors, one tensor at a time
 def st_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (e.g. BF16)."""
     if code not in ST_DTYPES:
@@ -145,36 +132,14 @@ class SafetensorsCheckpoint:
         return torch.frombuffer(buf, dtype=dtype).reshape(e.shape)
 
 
-def _write_shard(path: Path, shard: list[tuple], produce: Callable[[str], torch.Tensor]) -> None:
-    codes = {v: k for k, v in ST_DTYPES.items()}
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, dtype, shape, nbytes in shard:
-        header[name] = {"dtype": codes[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for name, dtype, shape, nbytes in shard:
-            t = produce(name)
-            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise RuntimeError(f"{name}: produced {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
-            if nbytes:
-                fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
-            del t  # before the next tensor is made
-
-
 def write_safetensors(
     out_dir: Path,
     specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
     produce: Callable[[str], torch.Tensor],
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[str]:
-    """Write the tensors of `specs` (name, dtype, shape) in order, asking `produce(name)` for each just
-    before it is written; more than max_shard_bytes: shards and model.safetensors.index.json, as Hugging
-    Face names them (a larger tensor gets a shard of its own). Returns the file names."""
+    """Write `specs` (name, dtype, shape) in order, asking `produce(name)` for each just before writing it;
+    over max_shard_bytes: Hugging Face's shards and index. Returns the file names."""
     shards: list[list[tuple]] = [[]]
     filled = 0
     for name, dtype, shape in specs:
@@ -184,11 +149,28 @@ def write_safetensors(
             filled = 0
         shards[-1].append((name, dtype, shape, nbytes))
         filled += nbytes
+    codes = {v: k for k, v in ST_DTYPES.items()}
     files, weight_map = [], {}
     for i, shard in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_shard(out_dir / fname, shard, produce)
-        weight_map.update({item[0]: fname for item in shard})
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape, nbytes in shard:
+            header[name] = {"dtype": codes[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = fname
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
+        with open(out_dir / fname, "wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)))
+            fh.write(raw)
+            for name, dtype, shape, nbytes in shard:
+                t = produce(name)
+                if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                    raise RuntimeError(f"{name}: produced {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+                if nbytes:
+                    fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                del t  # before the next tensor is made
         files.append(fname)
     if len(shards) > 1:
         total = sum(item[3] for shard in shards for item in shard)
@@ -230,12 +212,9 @@ class ModelMergeSpec:
         return [SafetensorsCheckpoint(p) for p in self.models], base
 
 
-# ---------------------------------------------------------------- models, tokenizers, dtypes
 def load_lm(path: str, dtype) -> torch.nn.Module:
     """A causal LM from a local folder (or the hub), in `dtype`, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.eval()
-    return model
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -253,8 +232,7 @@ def save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:
 
 
 def local_checkpoint(path: str) -> str:
-    """A folder for a reference: a folder as it is; a hub id (unpinned: its main branch) fetched as
-    models.hub_snapshot fetches a pinned one (its .bin weights where it ships no safetensors)."""
+    """A folder for a reference: a folder as it is; a hub id fetched by models.hub_snapshot (unpinned: main)."""
     if Path(path).is_dir():
         return path
     repo_id, revision = split_revision(path)
@@ -266,8 +244,7 @@ def dtype_name(dtype) -> str:
 
 
 def stored_dtype(model_dir: str | Path) -> torch.dtype:
-    """A checkpoint's own dtype: its config's `dtype` (transformers 5) or `torch_dtype`; float32 when
-    it names none, or one a merge does not store (logged)."""
+    """A checkpoint's config `dtype` or `torch_dtype`; float32 when it names none or one not in MERGE_DTYPES."""
     config = AutoConfig.from_pretrained(str(model_dir))
     named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = dtype_name(named) if named is not None else None
@@ -278,10 +255,8 @@ def stored_dtype(model_dir: str | Path) -> torch.dtype:
     return torch.float32
 
 
-# ---------------------------------------------------------------- a variant on disk
 def read_merge_info(out_dir: str | Path) -> dict | None:
-    """The MERGE_INFO record beside a variant's weights; None when absent, or damaged (logged: the
-    variant then counts as not made)."""
+    """The MERGE_INFO record beside a variant's weights; None when absent or damaged (logged)."""
     info, problem = read_record(Path(out_dir) / MERGE_INFO)
     if problem:
         log.warning("damaged merge record: %s; the variant counts as not made", problem)
@@ -291,9 +266,8 @@ def read_merge_info(out_dir: str | Path) -> dict | None:
 def write_variant(
     out_dir: Path, build: Callable[[Path], dict], verify: Callable[[Path], dict] | None, info: dict
 ) -> dict:
-    """Build a model into a temporary folder, verify it there, then move it to `out_dir` in one rename:
-    a merge that fails its check never appears. Writes MERGE_INFO beside it (what it was made from, its
-    checks, their memory, the content hash) and returns that."""
+    """Build into a temporary folder, verify there, then rename to `out_dir` (a failed check never appears);
+    writes and returns MERGE_INFO (inputs, checks, their memory, the content hash)."""
     info = dict(info)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -1,10 +1,6 @@
-"""The jobs of stage 04: what it makes for a profile, from what, in which dtype, and whether an
-existing folder is reused.
-
-`merge_jobs(profile)` gives one Job per variant, in layout.planned_variants order, and writes nothing.
-Reuse (`existing_output`): a variant made from the same inputs, unchanged, is reused; one this stage
-made from other inputs is stale and made again; a folder without this stage's record, or edited after
-it, is refused unless force.
+"""Stage 04's jobs: what it makes for a profile, from what, in which dtype (`merge_jobs`, writes nothing),
+and whether an existing folder is reused (`existing_output`): same inputs, unchanged: reused; this stage's
+from other inputs: made again; not this stage's, or edited after it: refused unless force.
 """
 
 from __future__ import annotations
@@ -53,14 +49,11 @@ log = logging.getLogger("platypus")
 
 STAGE = layout.MERGE
 MERGE_FORMAT = 2  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
-# (2: ties and dare_* follow mergekit; peft's are peft_ties, peft_dare_*)
 INPUTS_DIFFER = "its inputs differ: "
 
 
-# ---------------------------------------------------------------- names, adapters, dtypes
 def sweep_merges(sweep: MergeSweepConfig | None) -> list[ModelMergeConfig]:
-    """The grid (layout.sweep_points): every method x weights, and x density for the methods that
-    take one (ties, dare_*), named by layout.sweep_variant_name."""
+    """The grid of layout.sweep_points as merges named by layout.sweep_variant_name."""
     out = []
     for method, weights, density in layout.sweep_points(sweep):
         if len(weights) != len(sweep.models):
@@ -91,9 +84,8 @@ def sweep_variant_names(profile: Profile) -> list[str]:
 
 def check_variant_names(profile: Profile) -> list[str]:
     """layout.planned_variants, refused when names repeat, are reserved by stage 05 or are no folder names."""
-    cfg = profile.merge
     names = layout.planned_variants(profile)
-    taken = names + [p.name for p in cfg.partners if not p.adapter]  # 05 resolves a partner's name too
+    taken = names + [p.name for p in profile.merge.partners if not p.adapter]  # 05 resolves a partner's name too
     dupes = sorted({n for n in taken if taken.count(n) > 1})
     if dupes:
         raise MergeError(
@@ -110,7 +102,7 @@ def check_variant_names(profile: Profile) -> list[str]:
 
 
 def needs_finetune(profile: Profile) -> bool:
-    """Whether this profile's merges read stage 03's output (its adapter, or adapters in its folder)."""
+    """Whether this profile's merges read stage 03's adapters."""
     cfg = profile.merge
     return bool(cfg.merge_into_base or cfg.partners or cfg.adapter_mixes)
 
@@ -127,8 +119,7 @@ def resolve_adapter(profile: Profile, ref: str, where: str) -> Path:
 
 
 def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
-    """The dtype a merge stores: merge.dtype when set; auto: the inputs' own dtype when they share
-    one, else float32 (no input loses precision). The arithmetic is float32 in every case."""
+    """The stored dtype: merge.dtype when set; auto: the inputs' own when they share one, else float32."""
     if setting != "auto":
         if setting not in MERGE_DTYPES:
             raise MergeError(f"merge.dtype {setting!r}: use auto, {', '.join(MERGE_DTYPES)}")
@@ -136,7 +127,6 @@ def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
     return own[0] if own and all(d == own[0] for d in own) else torch.float32
 
 
-# ---------------------------------------------------------------- jobs
 @dataclass
 class Job:
     """One variant to make: what it is made from, in which dtype, and how to build and check it."""
@@ -156,8 +146,7 @@ class Job:
 
 
 class MergeJobs:
-    """Stage 04's jobs in the profile's order (iterable), with the report's header; `content` collects
-    the content hashes of variants as they are made (later jobs' inputs)."""
+    """Stage 04's jobs in the profile's order (iterable), with the report's header."""
 
     def __init__(self, profile: Profile):
         self.profile, self.cfg = profile, profile.merge
@@ -191,10 +180,8 @@ class MergeJobs:
         return iter(self.jobs)
 
     def job(self, variant: str) -> Job:
-        """The job that makes `variant`."""
-        for job in self.jobs:
-            if job.variant == variant:
-                return job
+        if job := next((j for j in self.jobs if j.variant == variant), None):
+            return job
         raise KeyError(f"{variant!r} is not a variant of these merge jobs: {self.variants}")
 
     def content_id(self, path: str | Path) -> str | None:
@@ -214,7 +201,7 @@ class MergeJobs:
         return local_checkpoint(resolve_model(self.partner_models.get(ref, ref), self.cache))
 
     def own_dtype(self, path: str) -> torch.dtype:
-        """The stored dtype of a model folder or reference (a variant of this stage: the one it is made in)."""
+        """The stored dtype of a model folder (a variant of this stage: the one it is made in)."""
         made = self.made_as(path)
         return self.job(made).dtype if made else stored_dtype(path)
 
@@ -228,20 +215,15 @@ class MergeJobs:
         self.jobs.append(job)
         self.produced[job.variant] = self.run_dir / job.variant
 
-    # ------------------------------------------------------------ the adapter into models
     def adapter_job(
         self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str], partner: str | None
     ) -> None:
         _, deltas = read_adapter(adapter)
         dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
-        base_ref = self.base_ref
-        made_from = {  # what reuse compares (merge_info's inputs)
-            "method": METHOD,
-            "model_ref": ref,
-            "adapter_sha256": sha256_path(adapter),
-            "adapter_base_ref": base_ref,
-            "dtype": dtype_name(dtype),
-        }
+        made_from = {"method": METHOD, "model_ref": ref, "adapter_sha256": sha256_path(adapter)}
+        made_from |= {"adapter_base_ref": self.base_ref, "dtype": dtype_name(dtype)}
+        report = dict(base=ref, base_path=source, partner=partner, adapter=str(adapter.resolve()))
+        report["adapter_base"] = self.base_ref
         self._add(
             Job(
                 variant,
@@ -255,13 +237,7 @@ class MergeJobs:
                 steps=lambda: adapter_merge_steps(
                     source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
                 ),
-                report={
-                    "base": ref,
-                    "base_path": source,
-                    "partner": partner,
-                    "adapter": str(adapter.resolve()),
-                    "adapter_base": base_ref,
-                },
+                report=report,
             ),
             [str(adapter), source],
         )
@@ -277,38 +253,26 @@ class MergeJobs:
         recorded_base = adapter_config.get("base_model_name_or_path")
         if recorded_base and recorded_base not in (self.base_ref, base_path):
             log.warning(
-                "adapter was trained on %r; merging it into models.base %r (%s)",
-                recorded_base,
-                self.base_ref,
-                base_path,
+                f"adapter was trained on {recorded_base!r}; merging it into models.base {self.base_ref!r} ({base_path})"
             )
+        tok = self.adapter_tok + [base_path]
         if cfg.merge_into_base:
-            self.adapter_job(
-                layout.merged_variant(self.profile),
-                self.base_ref,
-                base_path,
-                self.adapter_dir,
-                self.adapter_tok + [base_path],
-                None,
-            )
+            self.adapter_job(layout.merged_variant(self.profile), self.base_ref, base_path, self.adapter_dir, tok, None)
         for seed, variant in layout.seed_variants(self.profile).items():  # finetune.seeds' adapters
             if seed != self.profile.seed:
                 adapter = layout.seed_adapter(self.profile, seed)
                 if not (adapter / "adapter_config.json").is_file():
                     raise FileNotFoundError(f"{adapter}: no adapter for finetune.seeds {seed}; run stage 03_finetune")
-                self.adapter_job(variant, self.base_ref, base_path, adapter, self.adapter_tok + [base_path], None)
+                self.adapter_job(variant, self.base_ref, base_path, adapter, tok, None)
         for partner in cfg.partners:
             self.add_partner(partner)
 
     def add_partner(self, partner) -> None:
         """A partner (built first from its own adapter when it has one) and the adapter merged into it."""
         path = resolve_model(partner.model, self.cache)
-        check_architecture(
-            AutoConfig.from_pretrained(path),
-            self.base_config,
-            f"partner {partner.name!r} ({partner.model})",
-            f"models.base ({self.base_ref}, the adapter's base)",
-        )
+        label = f"partner {partner.name!r} ({partner.model})"
+        base_label = f"models.base ({self.base_ref}, the adapter's base)"
+        check_architecture(AutoConfig.from_pretrained(path), self.base_config, label, base_label)
         ref = partner.model
         if partner.adapter:  # build the partner fine-tune here: its own adapter merged into its model
             own = resolve_adapter(self.profile, partner.adapter, f"merge.partners[{partner.name}].adapter")
@@ -316,73 +280,42 @@ class MergeJobs:
             path, ref = str(self.produced[partner.name]), f"{STAGE}/{partner.name}"
         elif path == self.base_path:
             log.warning(
-                "partner %r is models.base itself: its merge equals %r",
-                partner.name,
-                layout.merged_variant(self.profile),
+                f"partner {partner.name!r} is models.base itself: its merge equals {layout.merged_variant(self.profile)!r}"
             )
-        self.adapter_job(
-            layout.partner_merged_variant(partner),
-            ref,
-            path,
-            self.adapter_dir,
-            [path] + self.adapter_tok + [self.base_path],
-            partner.name,
-        )
+        tok = [path] + self.adapter_tok + [self.base_path]
+        self.adapter_job(layout.partner_merged_variant(partner), ref, path, self.adapter_dir, tok, partner.name)
 
-    # ------------------------------------------------------------ adapter mixes
     def add_adapter_mix(self, mix) -> None:
         where = f"merge.adapter_mixes[{mix.name}]"
         dirs = [resolve_adapter(self.profile, a, where) for a in mix.adapters]
         into = self.model_path(mix.into or layout.BASE_VARIANT, where)
         if mix.into and mix.into not in self.produced:
-            check_architecture(
-                AutoConfig.from_pretrained(into),
-                self.base_config,
-                f"{where}.into ({mix.into})",
-                f"models.base ({self.base_ref})",
-            )
-        shas = [sha256_path(d) for d in dirs]
+            label, base_label = f"{where}.into ({mix.into})", f"models.base ({self.base_ref})"
+            check_architecture(AutoConfig.from_pretrained(into), self.base_config, label, base_label)
         dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(into)])
-        seed = self.profile.seed if mix.combination_type.startswith("dare") else None
-
-        def mix_inputs() -> dict:
-            return {
-                "method": MIX_METHOD,
-                **mix.model_dump(
-                    include={"combination_type", "weights", "density", "svd_rank", "majority_sign_method"}
-                ),
-                "adapters_sha256": shas,
-                "into_ref": mix.into or self.base_ref,
-                "into_content_sha256": self.content_id(into),
-                "dtype": dtype_name(dtype),
-                "seed": seed,
-                "format": MERGE_FORMAT,
-            }
-
+        keys = {"combination_type", "weights", "density", "svd_rank", "majority_sign_method"}
+        made_from = {"method": MIX_METHOD, **mix.model_dump(include=keys)}
+        made_from |= {"adapters_sha256": [sha256_path(d) for d in dirs], "into_ref": mix.into or self.base_ref}
+        made_from |= {"dtype": dtype_name(dtype), "format": MERGE_FORMAT}
+        made_from["seed"] = self.profile.seed if mix.combination_type.startswith("dare") else None
+        report = dict(base=mix.into or self.base_ref, base_path=into, adapters=[str(d.resolve()) for d in dirs])
+        report |= dict(weights=list(mix.weights), density=mix.density, svd_rank=mix.svd_rank)
         tok = [into] + [str(d) for d in dirs if has_tokenizer(d)] + [self.base_path]
         self._add(
             Job(
                 mix.name,
                 KIND_MIX,
                 f"{MIX_METHOD}:{mix.combination_type}",
-                inputs=mix_inputs,
+                inputs=lambda: made_from | {"into_content_sha256": self.content_id(into)},
                 dtype=dtype,
                 merges=" + ".join(d.name for d in dirs),
                 into=mix.into or self.base_ref,
                 steps=lambda: adapter_mix_steps(into, dirs, mix, tok, dtype, self.profile.seed, self.cfg.verify_atol),
-                report={
-                    "base": mix.into or self.base_ref,
-                    "base_path": into,
-                    "adapters": [str(d.resolve()) for d in dirs],
-                    "weights": list(mix.weights),
-                    "density": mix.density,
-                    "svd_rank": mix.svd_rank,
-                },
+                report=report,
             ),
             [str(d) for d in dirs] + [into],
         )
 
-    # ------------------------------------------------------------ full-model merges
     def add_model_merge(self, mm: ModelMergeConfig, sweep: bool) -> None:
         where = f"merge.sweep ({mm.name})" if sweep else f"merge.model_merges[{mm.name}]"
         paths = [self.model_path(r, where) for r in mm.models]
@@ -397,28 +330,18 @@ class MergeJobs:
             base_label=(mm.base or self.base_ref) if uses_base else None,
             lam=mm.lambda_,
         )
-        dtype = merge_dtype(
-            mm.dtype or self.cfg.dtype, [self.own_dtype(p) for p in paths + ([base_dir] if base_dir else [])]
-        )
+        dtype = merge_dtype(mm.dtype or self.cfg.dtype, [self.own_dtype(p) for p in [*paths, base_dir] if p])
         options = spec.options
+        opts = {"normalize": options.normalize, "rescale": options.rescale, "lambda": options.lam}
+        sign = mm.majority_sign_method if mm.method in ("peft_ties", "peft_dare_ties") else None
+        made_from = dict(method=mm.method, weights=list(mm.weights), density=mm.density, majority_sign_method=sign)
+        made_from |= opts | {"dtype": dtype_name(dtype), "format": MERGE_FORMAT}
+        made_from["seed"] = self.profile.seed if "dare" in mm.method else None
 
         def merge_inputs() -> dict:
-            return {
-                "method": mm.method,
-                "weights": list(mm.weights),
-                "density": mm.density,
-                "majority_sign_method": mm.majority_sign_method
-                if mm.method in ("peft_ties", "peft_dare_ties")
-                else None,
-                "normalize": options.normalize,
-                "rescale": options.rescale,
-                "lambda": options.lam,
-                "models": [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)],
-                "base": [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None,
-                "dtype": dtype_name(dtype),
-                "seed": self.profile.seed if "dare" in mm.method else None,
-                "format": MERGE_FORMAT,
-            }
+            models = [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)]
+            base = [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None
+            return made_from | {"models": models, "base": base}
 
         self._add(
             Job(
@@ -431,29 +354,20 @@ class MergeJobs:
                 into=spec.base_label or "",
                 steps=lambda: model_merge_steps(spec, spec.models + [self.base_path], dtype, self.profile.seed),
                 mergekit=model_merge_config(spec, dtype),
-                report={
-                    "models": list(mm.models),
-                    "model_paths": paths,
-                    "weights": list(mm.weights),
-                    "density": mm.density,
-                    "options": {"normalize": options.normalize, "rescale": options.rescale, "lambda": options.lam},
-                    "base": spec.base_label,
-                    "base_path": base_dir,
-                    "sweep": sweep,
-                },
+                report=dict(models=list(mm.models), model_paths=paths, weights=list(mm.weights), density=mm.density)
+                | dict(options=opts, base=spec.base_label, base_path=base_dir, sweep=sweep),
             ),
             paths + [base_dir],
         )
 
 
 def merge_jobs(profile: Profile) -> MergeJobs:
-    """Every job of stage 04 for this profile (module docstring). Writes nothing."""
+    """Every job of stage 04 for this profile. Writes nothing."""
     jobs = MergeJobs(profile)
     jobs.add_adapter_merges()
     for mix in jobs.cfg.adapter_mixes:
         jobs.add_adapter_mix(mix)
-    sweep = sweep_merges(jobs.cfg.sweep)
-    for mm in list(jobs.cfg.model_merges) + sweep:
+    for mm in list(jobs.cfg.model_merges) + sweep_merges(jobs.cfg.sweep):
         jobs.add_model_merge(mm, sweep=mm.name in jobs.sweep)
     if [j.variant for j in jobs.jobs] != jobs.variants:  # the layout and the jobs must not drift apart
         raise RuntimeError(f"merge jobs {[j.variant for j in jobs.jobs]} != layout.planned_variants {jobs.variants}")
@@ -465,7 +379,6 @@ def merge_jobs(profile: Profile) -> MergeJobs:
     return jobs
 
 
-# ---------------------------------------------------------------- reuse
 def reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
     """Whether an existing merged dir was made from exactly these inputs and is intact (else why not)."""
     info = read_merge_info(out_dir)
@@ -481,9 +394,8 @@ def reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
 
 
 def existing_output(job: Job, out_dir: Path, inputs: dict, force: bool) -> str | None:
-    """None when `out_dir` can be reused, does not exist, or force replaces it anyway; the reason when
-    it is stale (this stage made it from other inputs: made again). Raises when it is not this
-    stage's or was edited after it was made (unless force)."""
+    """None when `out_dir` can be reused, does not exist, or force replaces it; the reason when it is stale
+    (made again). Raises MergeError when it is not this stage's or was edited after (unless force)."""
     if not out_dir.exists() or force:
         return None
     ok, why = reusable(out_dir, inputs)

@@ -1,14 +1,8 @@
-"""Host memory of stage 04: what a merge and its check hold, and when the check streams.
-
-Estimates in bytes, from tensor counts and dtypes before any weight is read (the interpreter, torch
-and transformers, ~1-2 GB, come on top):
-- an adapter into a model: one model in its stored dtype (peft merges in place) and the adapter;
-- an adapter mix: a float32 copy of the model (the mix is made there and cast once);
-- a full-model merge, and its check: streamed, the largest tensor of every input and of the output,
-  plus one CHUNK of float32 work;
-- the check of an adapter merge or mix: the merged and the source model whole, plus the adapter;
-  streamed (tensor by tensor, no logit check) when that exceeds HOST_MEMORY_SHARE of the memory the
-  host has available (`needs_streaming`), so it never needs both models on a host without room.
+"""Host memory of stage 04 in bytes, estimated from tensor counts and dtypes (the interpreter and libraries,
+~1-2 GB, come on top). An adapter merge holds one model (peft merges in place), a mix a float32 copy; a
+full-model merge and its check stream (the largest tensor of each input and the output, one CHUNK of
+float32 work); an adapter check holds both models whole unless that exceeds HOST_MEMORY_SHARE of the
+available memory (`needs_streaming`).
 """
 
 from __future__ import annotations
@@ -41,8 +35,8 @@ def needs_streaming(needed_bytes: float, available: float | None = None) -> bool
 
 
 def checkpoint_bytes(model_dir: str | Path, dtype: torch.dtype | None = None) -> tuple[int, int]:
-    """(bytes of a local checkpoint loaded with its floating tensors in `dtype` (None: as stored),
-    entries of its largest tensor). A folder without safetensors: the size of its weight files."""
+    """(bytes of a local checkpoint with its floating tensors in `dtype` (None: as stored), entries of its
+    largest tensor); without safetensors: (the size of its weight files, 0)."""
     try:
         entries = SafetensorsCheckpoint(model_dir).entries.values()
     except MergeError:
@@ -62,9 +56,8 @@ def _jobs(profile) -> list[tuple[str, str, int]]:
     mixes = {m.name: len(m.adapters) for m in cfg.adapter_mixes}
     models = {m.name: len(m.models) + (m.method not in ("linear", "slerp")) for m in cfg.model_merges}
     for method, weights, density in layout.sweep_points(cfg.sweep):  # the task-vector methods read the base too
-        models[layout.sweep_variant_name(method, weights, density)] = len(cfg.sweep.models) + (
-            method not in ("linear", "slerp")
-        )
+        uses_base = method not in ("linear", "slerp")
+        models[layout.sweep_variant_name(method, weights, density)] = len(cfg.sweep.models) + uses_base
     return [
         (v, "mix", mixes[v]) if v in mixes else (v, "models", models[v]) if v in models else (v, "adapter", 1)
         for v in layout.planned_variants(profile)
@@ -86,16 +79,14 @@ def job_host_bytes(kind: str, params: int, dtype_bytes: int, largest: int, adapt
 
 
 def host_memory_plan(profile, params: int, largest: int, adapter_params: int, dtype_bytes: int) -> dict:
-    """For `platypus plan`: per job of stage 04, the host memory (GB = 1e9 bytes) its merge and its
-    check take, the peak over the stage, and the available memory below which the checks stream.
-    Partners are assumed to have the base's size and dtype."""
+    """For `platypus plan`: per job, the host memory (GB = 1e9 bytes) of its merge and check, the stage's
+    peak, and the available memory below which the checks stream (partners: the base's size and dtype)."""
     adapter_bytes = adapter_params * FLOAT32
     jobs = []
     for variant, kind, inputs in _jobs(profile):
         b = job_host_bytes(kind, params, dtype_bytes, largest, adapter_bytes, inputs)
-        jobs.append(
-            {"variant": variant, "kind": kind, **{k: None if v is None else round(v / 1e9, 1) for k, v in b.items()}}
-        )
+        gb = {k: None if v is None else round(v / 1e9, 1) for k, v in b.items()}
+        jobs.append({"variant": variant, "kind": kind, **gb})
     whole = [j["check_whole"] for j in jobs if j["check_whole"] is not None]
     merges = [j["merge"] for j in jobs]
     return {

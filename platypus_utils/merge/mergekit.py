@@ -1,10 +1,7 @@
-"""Each merged variant's recipe as a mergekit config (`mergekit_config.yml` beside its weights).
-
-`mergekit-yaml mergekit_config.yml OUT` makes the variant again from the same folders by the same
-definitions: the adapter into a model as mergekit's `model+adapter` through `passthrough`; a full-model
-merge with its parameters written out as resolved, the arithmetic in float32 (`dtype`) rounded once to
-the stored dtype (`out_dtype`), as here (DARE: other masks, the same merge in distribution). peft_*
-merges and adapter mixes have no mergekit equivalent: no config, and merge_info.json says why.
+"""Each variant's recipe as a mergekit config (`mergekit_config.yml`, for `mergekit-yaml` to make it again):
+an adapter merge as `model+adapter` through passthrough; a full-model merge with its parameters resolved,
+float32 arithmetic rounded once to `out_dtype` (DARE: other masks, the same merge in distribution).
+peft_* merges and adapter mixes have no mergekit equivalent (`why_not`).
 """
 
 from __future__ import annotations
@@ -29,21 +26,6 @@ def adapter_config(source: str | Path, adapter: str | Path, dtype) -> dict:
     }
 
 
-def _shared_parameters(spec: ModelMergeSpec) -> dict:
-    """normalize, rescale, lambda, int8_mask as this merge resolves them (only those the method takes)."""
-    options = spec.options
-    shared: dict = {}
-    if spec.method in MERGEKIT_NORMALIZE:
-        shared["normalize"] = options.normalize
-    if spec.method in MERGEKIT_RESCALE:
-        shared["rescale"] = options.rescale
-    if options.lam != 1.0:
-        shared["lambda"] = options.lam
-    if spec.int8_mask:
-        shared["int8_mask"] = True
-    return shared
-
-
 def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
     """A full-model merge as mergekit writes it; None where mergekit has no such method (peft_*)."""
     if spec.method not in MERGEKIT_METHODS:
@@ -59,7 +41,16 @@ def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
             config["base_model"] = str(Path(spec.base).resolve())
         own = [{"weight": w} | ({"density": spec.density} if spec.density is not None else {}) for w in spec.weights]
         config["models"] = [{"model": m, "parameters": p} for m, p in zip(models, own)]
-        if shared := _shared_parameters(spec):
+        options, shared = spec.options, {}  # normalize, rescale, lambda, int8_mask where the method takes them
+        if spec.method in MERGEKIT_NORMALIZE:
+            shared["normalize"] = options.normalize
+        if spec.method in MERGEKIT_RESCALE:
+            shared["rescale"] = options.rescale
+        if options.lam != 1.0:
+            shared["lambda"] = options.lam
+        if spec.int8_mask:
+            shared["int8_mask"] = True
+        if shared:
             config["parameters"] = shared
     config["dtype"] = "float32"  # the arithmetic, as here; rounded once to the stored dtype
     if dtype_name(dtype) != "float32":

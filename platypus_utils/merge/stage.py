@@ -1,17 +1,7 @@
-"""Stage 04_merge as steps that return data, and `run_merge`, their composition.
-
-    adapter = load_adapter(profile)            # 03's LoRA as read: rank, alpha, scale, targets, per module
-    jobs = merge_jobs(profile)                 # jobs.py: one Job per variant, what merges into what, dtype
-    jobs_frame(jobs)                           # ... as a table
-    begin(jobs)                                # leftovers of a killed merge removed; attempt recorded
-    made = [make_variant(jobs, job, force) for job in jobs]   # each variant built, checked, renamed
-    checks_frame(made); plot_checks(...); verification_frame(made[0])
-    report_frame(merge_report(jobs, made))     # merge_report.json's models, as a frame
-    save(profile, jobs, made, timings)         # merge_report.json + manifest.json
-
-The runner executes notebooks/04_merge.ipynb, which calls the same steps. Unlike other stages' steps,
-`make_variant` writes: a variant is a full model (tens of GB at the paper's scale), written through a
-temporary folder that is checked before it is renamed into place. Outside the runner, `begin` records
+"""Stage 04_merge as the steps notebooks/04_merge.ipynb calls, and `run_merge`, their composition:
+load_adapter, merge_jobs (jobs.py), jobs_frame, begin, make_variant per job, checks_frame / plot_checks /
+verification_frame, merge_report / report_frame, save. Unlike other stages' steps, `make_variant` writes
+(each variant through a temporary folder, checked before the rename). Outside the runner, `begin` records
 the attempt (attempt.json), closed "failed" by a failing `make_variant` and "ok" by `save`.
 """
 
@@ -56,7 +46,6 @@ FIGURES = ("max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_di
 METRIC_KEYS = ("status", "max_abs_weight_diff", "max_weight_error_to_bound", "max_abs_logit_diff", "peak_rss_mb")
 
 
-# ---------------------------------------------------------------- step 1: the adapter as read
 @dataclass
 class Adapter:
     """Stage 03's adapter as this stage reads it (adapter.read_adapter)."""
@@ -79,7 +68,6 @@ def load_adapter(profile: Profile) -> Adapter:
     return Adapter(path, config, deltas)
 
 
-# ---------------------------------------------------------------- step 2: the jobs as a table
 def jobs_frame(jobs: MergeJobs) -> pd.DataFrame:
     """One row per variant, in the order they are made: what merges into what, and the dtype."""
     rows = [
@@ -91,14 +79,13 @@ def jobs_frame(jobs: MergeJobs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).set_index("variant")
 
 
-# ---------------------------------------------------------------- step 3: make each variant
 def _own_attempt() -> bool:
     return not os.environ.get(RUNNER_ATTEMPT_ENV)  # the runner records its attempts itself
 
 
 def begin(jobs: MergeJobs) -> list[Path]:
-    """Before anything is written: remove leftovers of an interrupted merge in the stage folder (a live
-    writer's are skipped) and, outside the runner, record the attempt. Returns what was removed."""
+    """Remove leftovers of an interrupted merge (not a live writer's) and, outside the runner, record the
+    attempt. Returns what was removed."""
     removed = remove_debris(jobs.run_dir, recursive=False)
     if _own_attempt():
         begin_attempt(jobs.run_dir, STAGE)
@@ -116,55 +103,56 @@ class Made:
     seconds: float
 
 
-def _recheck(job: Job, out_dir: Path, info: dict) -> dict:
-    """A reused variant whose check is missing or older than VERIFY_FORMAT is checked again."""
-    _, check = job.steps()
-    with measure_peak_rss() as memory:
-        info["verification"] = check(out_dir)
-    info.setdefault("memory", {})["verify_peak_rss_mb"] = memory["peak_rss_mb"]
-    write_json(out_dir / MERGE_INFO, info)
-    return info
-
-
 def _make_or_reuse(job: Job, out_dir: Path, verify: bool, force: bool) -> tuple[dict, bool, str | None]:
     """(merge_info, reused, why an earlier one was replaced) of one variant."""
     inputs = job.inputs()
     replaced = existing_output(job, out_dir, inputs, force)
     if out_dir.exists() and not force and replaced is None:
         info = read_merge_info(out_dir)
-        if verify and (info.get("verification") or {}).get("format") != VERIFY_FORMAT:
-            info = _recheck(job, out_dir, info)
+        if verify and (info.get("verification") or {}).get("format") != VERIFY_FORMAT:  # missing or older: again
+            _, check = job.steps()
+            with measure_peak_rss() as memory:
+                info["verification"] = check(out_dir)
+            info.setdefault("memory", {})["verify_peak_rss_mb"] = memory["peak_rss_mb"]
+            write_json(out_dir / MERGE_INFO, info)
         log.info("%s: reusing %s (same inputs)", job.variant, out_dir)
         return info, True, None
     if out_dir.exists() and force:
         log.warning("%s: force: making %s again", job.variant, out_dir)
     log.info("%s: %s (%s) in %s", job.variant, job.method, job.kind, dtype_name(job.dtype))
     build, check = job.steps()
-    info = write_variant(
-        out_dir,
-        build,
-        check if verify else None,
-        {"inputs": inputs, "kind": job.kind, "method": job.method, "dtype": dtype_name(job.dtype)},
-    )
-    return info, False, replaced
+    info = {"inputs": inputs, "kind": job.kind, "method": job.method, "dtype": dtype_name(job.dtype)}
+    return write_variant(out_dir, build, check if verify else None, info), False, replaced
 
 
 def check_status(verification: dict | None) -> str:
     """verify.VERIFIED, verify.UNRESOLVABLE (verify.resolution), or NOT_CHECKED (merge.verify off)."""
-    if not verification:
-        return NOT_CHECKED
-    return verification.get("status", VERIFIED)
+    return verification.get("status", VERIFIED) if verification else NOT_CHECKED
 
 
-def report_entry(
-    job: Job, out_dir: Path, info: dict, verify: bool, reused: bool, replaced: str | None, seconds: float
-) -> dict:
-    """One variant's entry in merge_report.json: where it is, what it was made from, its checks."""
-    verification = info.get("verification") if verify else None
+def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
+    """Make (or reuse: same inputs, unless force) one variant, checked before it appears at its path;
+    MergeError when a variant it is made from is not made yet."""
+    job = jobs.job(job) if isinstance(job, str) else job
+    missing = [v for v in job.needs if v not in jobs.made]
+    if missing:
+        raise MergeError(f"{job.variant} is made from {missing}: make those first (in the order of the jobs)")
+    out_dir = jobs.run_dir / job.variant
+    t0 = time.perf_counter()
+    try:
+        info, reused, replaced = _make_or_reuse(job, out_dir, jobs.cfg.verify, force)
+    except BaseException as exc:  # a failed merge or check, or an interrupt: the attempt did not succeed
+        if _own_attempt():
+            end_attempt(jobs.run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    jobs.content[str(out_dir)] = info["content_sha256"]
+    jobs.made = [v for v in jobs.made if v != job.variant] + [job.variant]
+    seconds = time.perf_counter() - t0
+    verification = info.get("verification") if jobs.cfg.verify else None
     status = check_status(verification)
     memory = info.get("memory", {})
     peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
-    return {
+    entry = {
         "path": str(out_dir.resolve()),
         "kind": job.kind,
         "method": job.method,
@@ -183,27 +171,6 @@ def report_entry(
         "memory": memory,
         "seconds": round(seconds, 2),
     }
-
-
-def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
-    """Make (or reuse) one variant, checked before it appears at its path. A variant made from the same
-    inputs is reused (force: made again); one made from an earlier variant refuses to run before it."""
-    job = jobs.job(job) if isinstance(job, str) else job
-    missing = [v for v in job.needs if v not in jobs.made]
-    if missing:
-        raise MergeError(f"{job.variant} is made from {missing}: make those first (in the order of the jobs)")
-    out_dir = jobs.run_dir / job.variant
-    t0 = time.perf_counter()
-    try:
-        info, reused, replaced = _make_or_reuse(job, out_dir, jobs.cfg.verify, force)
-    except BaseException as exc:  # a failed merge or check, or an interrupt: the attempt did not succeed
-        if _own_attempt():
-            end_attempt(jobs.run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    jobs.content[str(out_dir)] = info["content_sha256"]
-    jobs.made = [v for v in jobs.made if v != job.variant] + [job.variant]
-    seconds = time.perf_counter() - t0
-    entry = report_entry(job, out_dir, info, jobs.cfg.verify, reused, replaced, seconds)
     # the recipe mergekit reads (a provenance file: the variant's content hash leaves it out), or why none
     if job.mergekit is not None:
         entry["mergekit_config"] = str(write_config(out_dir, job.mergekit, job.variant))
@@ -214,22 +181,16 @@ def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
     return Made(job.variant, entry, reused, replaced, seconds)
 
 
-# ---------------------------------------------------------------- the checks, as a table and a figure
 def check_rows(made: list[Made]) -> list[dict]:
-    """Per variant, JSON-ready: the worst error over its per-element weight bound and the logit
-    difference over its tolerance (each <= 1 passes; no logit check for full-model merges, nor where
-    the check streamed), whether every check that ran passed, and the status with its reason."""
+    """Per variant, JSON-ready: weight error / bound and logit diff / tolerance (each <= 1 passes; None where
+    that check did not run), whether every check that ran passed, and the status with its reason."""
     rows = []
     for m in made:
         v = m.entry.get("verification") or {}
         weight_ratio = v.get("max_weight_error_to_bound")
         diff, tolerance = v.get("max_abs_logit_diff"), v.get("logit_tolerance")
         logit_ratio = diff / tolerance if diff is not None and tolerance else None
-        passed = (
-            None
-            if not v
-            else bool(weight_ratio is not None and weight_ratio <= 1 and (logit_ratio is None or logit_ratio <= 1))
-        )
+        passed = weight_ratio is not None and weight_ratio <= 1 and (logit_ratio is None or logit_ratio <= 1)
         rows.append(
             {
                 "variant": m.variant,
@@ -242,7 +203,7 @@ def check_rows(made: list[Made]) -> list[dict]:
                 "logit_ratio": logit_ratio,
                 "logit_share_of_adapter_effect": v.get("logit_diff_to_effect"),
                 "updates_above_bound_share": v.get("updates_above_bound_share"),
-                "passed": passed,
+                "passed": bool(passed) if v else None,
                 "status": m.entry.get("status", check_status(v)),
                 "status_reason": m.entry.get("status_reason"),
                 "reused": m.reused,
@@ -257,15 +218,14 @@ def checks_frame(made: list[Made]) -> pd.DataFrame:
 
 
 def verification_frame(made: Made) -> pd.DataFrame:
-    """One variant's check figures in full, numbers shown to 4 significant digits (tiny errors stay visible)."""
+    """One variant's check figures in full, numbers to 4 significant digits (tiny errors stay visible)."""
     figures = made.entry.get("verification") or {}
     shown = {key: f"{value:.4g}" if isinstance(value, float) else value for key, value in figures.items()}
     return pd.DataFrame({made.variant: shown}, dtype=object)
 
 
 def plot_checks(checks: pd.DataFrame, ax=None):
-    """Each variant's observed error over its bound (weights, and logits where checked), log scale:
-    a bar left of the line at 1 passes. Returns the figure."""
+    """Each variant's error / bound (weights, and logits where checked), log scale. Returns the figure."""
     fig, ax = new_figure(ax, (6.5, 0.5 + 0.45 * max(1, len(checks))))
     y = range(len(checks))
     floor = 1e-6  # a ratio of 0 (bit-identical) drawn at the axis' left end
@@ -285,10 +245,8 @@ def plot_checks(checks: pd.DataFrame, ax=None):
     return fig
 
 
-# ---------------------------------------------------------------- step 4: the report
 def merge_report(jobs: MergeJobs, made: list[Made]) -> dict:
-    """merge_report.json: the jobs' header (adapter, dtype setting, seed, the checks' bounds, sweep),
-    one entry per variant made, and how many variants have each check status (`status_counts`)."""
+    """merge_report.json: the jobs' header, one entry per variant made, and `status_counts`."""
     return {**jobs.report, "models": {m.variant: m.entry for m in made}, "status_counts": status_counts(made)}
 
 
@@ -305,10 +263,9 @@ def report_frame(report: dict) -> pd.DataFrame:
     return frame.reindex(columns=columns)
 
 
-# ---------------------------------------------------------------- step 5: save
 def save(profile: Profile, jobs: MergeJobs, made: list[Made], timings: dict | None = None) -> list[Path]:
-    """Write merge_report.json and manifest.json exactly as the runner does; returns the report, the
-    variant folders and the manifest. Refuses (MergeError) a report missing a variant of the jobs."""
+    """Write merge_report.json and manifest.json as the runner does; returns the report, the variant folders
+    and the manifest. MergeError when a variant of the jobs is missing."""
     missing = [v for v in jobs.variants if v not in {m.variant for m in made}]
     if missing:
         raise MergeError(f"{missing} not made yet: make every planned variant (make_variant) before saving")
@@ -331,10 +288,8 @@ def save(profile: Profile, jobs: MergeJobs, made: list[Made], timings: dict | No
     return [report_path, *(jobs.run_dir / m.variant for m in made), jobs.run_dir / MANIFEST]
 
 
-# ---------------------------------------------------------------- the stage in one call
 def run_merge(profile: Profile, force: bool = False) -> dict:
-    """The whole stage: the jobs, leftovers cleared, every variant made (checked), saved. Returns the
-    merge report. `force`: make every variant again."""
+    """The whole stage; returns the merge report. `force`: make every variant again."""
     timings: dict = {}
     with timed(timings, "plan_s"):  # the manifest's name for it
         jobs = merge_jobs(profile)

@@ -1,21 +1,12 @@
-"""The checks every variant passes before it appears at its path, and their bounds (README, "Merges
-that can fail"; tests/test_merge_verify.py shows each can fail).
+"""The checks every variant passes before it appears at its path (tests/test_merge_verify.py shows each can fail).
 
-- An adapter folded into a model (merged, partners; a mix against the mixed adapter peft made, kept in
-  <variant>/mixed_adapter): `verify_merged` =
-  (a) weights, element by element in float64: |merged - (W + scale·B@A)| <= half an ulp of the stored
-      dtype at the element's magnitude + COMPUTE_SLACK·(U32·|W + update| + the update's float32
-      allowance), the update from the adapter's own tensors (adapter.py); other weights bit-identical;
-  (b) logits on VERIFY_PROMPTS: |merged - (W + adapter, unmerged, peft)| <= LOGIT_EFFECT_SHARE × the
-      adapter's own effect, never below the dtype's noise floor.
-  Both models are loaded whole unless the host is short of memory (memory.needs_streaming): then (a)
-  runs tensor by tensor and (b) is skipped, with the reason. A passed check is "verified" only where it
-  could have failed (`resolution`); else "unresolvable", with the reason.
-- A full-model merge: `verify_model_merge`: the files hold what arithmetic.merge_tensor computes from
-  the inputs read back (each element within one ulp of the stored dtype), the inputs' tensor names,
-  finite values; the model opens and, up to SMOKE_LOAD_MAX_BYTES, gives finite logits. Streams like the
-  merge. The methods themselves are checked in the tests, against independent implementations
-  (tests/merge_oracles.py) and mergekit's own kernels (tests/test_merge_mergekit.py).
+- An adapter folded into a model (a mix: against the mixed adapter kept in <variant>/mixed_adapter):
+  `verify_merged` = (a) weights in float64 within WEIGHT_BOUND of W + scale·B@A (adapter.py), other weights
+  bit-identical; (b) logits on VERIFY_PROMPTS within LOGIT_BOUND of the unmerged model + adapter (peft).
+  Where the host is short of memory (memory.needs_streaming), (a) runs tensor by tensor and (b) is skipped.
+  A passed check is "verified" only where it could have failed (`resolution`), else "unresolvable".
+- A full-model merge: `verify_model_merge`: each element within one ulp of arithmetic.merge_tensor on the
+  inputs read back, the inputs' tensor names, finite values; `smoke_test` opens (and runs) the model.
 VERIFY_FORMAT is recorded with each result: a reused variant whose check is older is checked again.
 """
 
@@ -64,8 +55,7 @@ MODEL_WEIGHT_BOUND = "per element: one ulp of the stored dtype from the merge re
 
 
 def half_ulp(magnitude: torch.Tensor, dtype) -> torch.Tensor:
-    """Half the spacing of `dtype` at each |magnitude| (float64): the largest error of rounding a value
-    of that size to `dtype` once; below the smallest normal number, the subnormal spacing."""
+    """Half the spacing of `dtype` at each |magnitude| (float64; subnormal spacing below the smallest normal)."""
     info = torch.finfo(dtype)
     digits = round(-math.log2(info.eps))  # stored mantissa bits: float32 23, float16 10, bfloat16 7
     min_exp = round(math.log2(info.tiny))  # exponent of the smallest normal number
@@ -74,11 +64,9 @@ def half_ulp(magnitude: torch.Tensor, dtype) -> torch.Tensor:
     return torch.exp2((binade - digits - 1).double())
 
 
-# ---------------------------------------------------------------- an adapter folded into a model
 def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta, dtype) -> dict:
-    """One adapted weight against W + update, in row blocks of about CHUNK entries (module docstring's
-    bound (a)). Returns the worst error/bound ratio, the max error, the elements over their bound, and
-    how many elements have an update larger than their bound (where an unmerged model fails)."""
+    """One adapted weight against W + update in row blocks of ~CHUNK entries: the worst error/bound ratio,
+    the max error, elements over their bound, and elements whose update exceeds it (an unmerged model fails)."""
     rows_per_block = max(1, CHUNK // max(1, got.shape[-1]))
     out = {"diff": 0.0, "ratio": 0.0, "over": 0, "resolvable": 0, "elements": got.numel()}
     for start in range(0, got.shape[0], rows_per_block):
@@ -98,9 +86,8 @@ def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta, 
 
 
 def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, source_label: str) -> dict:
-    """check_updated_weight over the adapted weights, every other weight bit-identical; `pair`: the
-    functions giving a key's merged tensor and its source tensor as loaded in `dtype`. Raises MergeVerificationError with the
-    numbers; returns the figures for merge_info."""
+    """check_updated_weight over the adapted weights, every other one bit-identical; `pair`: functions giving a
+    key's merged and source tensor (as loaded in `dtype`). Raises MergeVerificationError; returns the figures."""
     if set(names) != set(source_names):
         raise MergeVerificationError(
             f"{label}: tensor names differ from {source_label}: {sorted(set(names) ^ set(source_names))[:5]}"
@@ -155,8 +142,13 @@ def check_merged_weights(merged, source_model, deltas, dtype, label="merged mode
     return _check_weights(list(merged_sd), list(source_sd), pair, deltas, dtype, label, source_label)
 
 
-def _prompt_logits(merged, source_model, adapter_dir, tokenizer_dir, prompts) -> tuple[torch.Tensor, ...]:
-    """Logits (float64, real positions only) of merged, source + adapter (peft) and source, on `prompts`."""
+def check_merged_logits(
+    merged, source_model, adapter_dir, tokenizer_dir, dtype, atol: float, prompts=VERIFY_PROMPTS, label="merged model"
+) -> dict:
+    """Check (b): max |logits(merged) - logits(source+adapter)| over every real position and vocabulary entry
+    within LOGIT_EFFECT_SHARE of the adapter's own effect (an unmerged model, or one merged at another scale,
+    fails), never below atol + LOGIT_NOISE_EPS·eps(dtype)·max(1, max |logits|). Wraps `source_model` in peft,
+    then unloads."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if tokenizer.pad_token is None:  # only to batch the prompts here; padded positions are not compared
         tokenizer.pad_token = tokenizer.eos_token
@@ -171,19 +163,6 @@ def _prompt_logits(merged, source_model, adapter_dir, tokenizer_dir, prompts) ->
         with peft_model.disable_adapter():
             source_logits = peft_model(**batch).logits.double()[real]
     peft_model.unload()  # gives `source_model` back without the adapter layers
-    return merged_logits, peft_logits, source_logits
-
-
-def check_merged_logits(
-    merged, source_model, adapter_dir, tokenizer_dir, dtype, atol: float, prompts=VERIFY_PROMPTS, label="merged model"
-) -> dict:
-    """Check (b): max |logits(merged) - logits(source+adapter)| over every real position and vocabulary
-    entry within LOGIT_EFFECT_SHARE of max |logits(source+adapter) - logits(source)|, so an unmerged
-    model (diff = the whole effect) or one merged at another scale fails; never below the noise floor
-    atol + LOGIT_NOISE_EPS·eps(dtype)·max(1, max |logits|). Wraps `source_model` in peft, then unloads."""
-    merged_logits, peft_logits, source_logits = _prompt_logits(
-        merged, source_model, adapter_dir, tokenizer_dir, prompts
-    )
     diff = float((merged_logits - peft_logits).abs().max())
     effect = float((peft_logits - source_logits).abs().max())
     floor = atol + LOGIT_NOISE_EPS * torch.finfo(dtype).eps * max(1.0, float(peft_logits.abs().max()))
@@ -207,9 +186,8 @@ def check_merged_logits(
 
 
 def resolution(result: dict, dtype) -> tuple[str, str | None]:
-    """("verified", None) when a passed check could also have failed: some element's update exceeds its
-    rounding bound (an unmerged model fails there), or a tenth of the adapter's logit effect rises above
-    the noise floor. Otherwise ("unresolvable", why): neither check can tell the merge from its source."""
+    """("verified", None) when a passed check could also have failed (some update exceeds its rounding bound,
+    or LOGIT_EFFECT_SHARE of the adapter's logit effect exceeds the noise floor), else ("unresolvable", why)."""
     if result.get("updates_above_bound_share", 0.0) > 0 or result.get("logit_check_resolves"):
         return VERIFIED, None
     name = dtype_name(dtype)
@@ -230,36 +208,8 @@ def resolution(result: dict, dtype) -> tuple[str, str | None]:
     return UNRESOLVABLE, f"{weights}; {logits}"
 
 
-def _host_memory(merged_dir, source: str, dtype, stream: bool | None) -> dict:
-    """Whether the check streams, and the bytes behind the decision (memory.needs_streaming)."""
-    merged_bytes, _ = checkpoint_bytes(merged_dir)
-    needed = merged_bytes + (checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes)
-    available = available_host_bytes()
-    return {
-        "whole_check_bytes": int(needed),
-        "available_bytes": int(available),
-        "streamed": needs_streaming(needed, available) if stream is None else bool(stream),
-        "decided_by": "available memory" if stream is None else "caller",
-    }
-
-
-def _whole_checks(merged_dir, source, adapter_dir, deltas, atol, dtype, prompts) -> dict:
-    """Both models whole: the weight check and the logit check."""
-    merged = load_lm(str(merged_dir), dtype)
-    source_model = load_lm(source, dtype)
-    result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
-    result.update(
-        check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts, str(merged_dir))
-    )
-    result["logit_check"] = "ran"
-    del source_model, merged
-    gc.collect()
-    return result
-
-
 def _streamed_checks(merged_dir, source: str, deltas, dtype, memory: dict) -> dict:
-    """The weight check tensor by tensor (one tensor of each model at a time: never a whole model); the
-    logit check, which needs both models whole, skipped."""
+    """The weight check tensor by tensor (never a whole model); the logit check skipped."""
     merged, source_ckpt = SafetensorsCheckpoint(merged_dir), SafetensorsCheckpoint(local_checkpoint(source))
 
     def as_loaded(key):  # a source tensor as load_lm(source, dtype) holds it
@@ -280,23 +230,30 @@ def _streamed_checks(merged_dir, source: str, deltas, dtype, memory: dict) -> di
 
 
 def verify_merged(
-    merged_dir,
-    source: str,
-    adapter_dir,
-    deltas: dict[str, LoraDelta],
-    atol: float,
-    dtype,
-    prompts=VERIFY_PROMPTS,
-    stream: bool | None = None,
+    merged_dir, source: str, adapter_dir, deltas: dict, atol: float, dtype, prompts=VERIFY_PROMPTS, stream=None
 ) -> dict:
-    """Checks (a) and (b) of a model that should be `source` + the adapter at `adapter_dir` (`deltas`:
-    its updates as read); both models load in `dtype`. `stream` forces streaming either way (None: the
-    host's available memory decides). Raises MergeVerificationError; returns the figures and `status`."""
-    memory = _host_memory(merged_dir, source, dtype, stream)
+    """Checks (a) and (b) of a model that should be `source` + the adapter (`deltas`: its updates as read),
+    both loaded in `dtype`. `stream`: True/False forces it, None: the host's available memory decides.
+    Raises MergeVerificationError; returns the figures and `status`."""
+    merged_bytes, _ = checkpoint_bytes(merged_dir)
+    needed = merged_bytes + (checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes)
+    available = available_host_bytes()
+    memory = {
+        "whole_check_bytes": int(needed),
+        "available_bytes": int(available),
+        "streamed": needs_streaming(needed, available) if stream is None else bool(stream),
+        "decided_by": "available memory" if stream is None else "caller",
+    }
     if memory["streamed"]:
         result = _streamed_checks(merged_dir, source, deltas, dtype, memory)
-    else:
-        result = _whole_checks(merged_dir, source, adapter_dir, deltas, atol, dtype, prompts)
+    else:  # both models whole: the weight check and the logit check
+        merged, source_model = load_lm(str(merged_dir), dtype), load_lm(source, dtype)
+        result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
+        label = str(merged_dir)
+        result |= check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts, label)
+        result["logit_check"] = "ran"
+        del source_model, merged
+        gc.collect()
     status, reason = resolution(result, dtype)
     result.update(format=VERIFY_FORMAT, dtype=dtype_name(dtype), host_memory=memory, status=status)
     result["status_reason"] = reason
@@ -308,10 +265,8 @@ def verify_merged(
     return result
 
 
-# ---------------------------------------------------------------- full-model merges
 def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: ModelMergeSpec, dtype, seed) -> dict:
-    """One tensor of verify_model_merge: {"failure"} or its figures (a function of its own, so that one
-    tensor's buffers are gone before the next is read)."""
+    """One tensor of verify_model_merge: {"failure"} or its figures (its buffers freed before the next)."""
     got = merged.read(name)
     tensors = [m.read(name) for m in models]
     if not got.is_floating_point():
@@ -351,8 +306,7 @@ def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: M
 
 
 def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed: int) -> dict:
-    """The full-model merge check (module docstring), tensor by tensor; "unresolvable" when some input
-    (or the base), copied as it is, would pass too."""
+    """The full-model merge check, tensor by tensor; "unresolvable" when an input (or the base) would pass too."""
     merged = SafetensorsCheckpoint(merged_dir)
     models, base = spec.checkpoints()
     names = merged.names()
@@ -398,9 +352,8 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
 
 
 def smoke_test(model_dir: str | Path, dtype) -> dict:
-    """The saved files open with safetensors' own reader; a model of up to SMOKE_LOAD_MAX_BYTES also
-    loads with transformers and gives finite logits on one prompt (a larger one is not loaded: that
-    would hold the whole model, which the streamed merge and check avoid)."""
+    """The saved files open with safetensors; a model of up to SMOKE_LOAD_MAX_BYTES also loads with
+    transformers and gives finite logits on one prompt (a larger one would be held whole)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
