@@ -38,14 +38,7 @@ from .layout import (
 )
 from .published import BENCHMARKS, PUBLISHED, SETTINGS, TEST_SETS
 from .refs import RANDOM_PREFIX, default_cache_dir, is_hub_reference
-from .training_options import (
-    LORA_DEFAULTS,
-    MOVED_FINETUNE_KEYS,
-    SFT_DEFAULTS,
-    OptionError,
-    check_lora,
-    check_sft,
-)
+from .training_options import LORA_DEFAULTS, MOVED_FINETUNE_KEYS, SFT_DEFAULTS, OptionError, check_lora, check_sft
 
 STAGE_SECTIONS = {s: s.split("_", 1)[1] for s in STAGES}  # "01_curate" -> "curate"
 
@@ -84,8 +77,7 @@ class ModelsConfig(_Section):
     base: str = "embedded:smollm2-135m-instruct"  # hub id, local path or embedded:<name>
     embedding: str = "embedded:all-minilm-l6-v2"
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
-    # auto: OpenVINO on the CPU, PyTorch on a GPU (embeddings.resolve_backend)
-    embedding_backend: Literal["auto", "torch", "openvino"] = "auto"
+    embedding_backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on the CPU, else torch
 
 
 class SourceConfig(_Section):
@@ -127,7 +119,6 @@ DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_di
 
 
 class DecontaminateConfig(_Section):
-    # by test set (published.TEST_SETS)
     benchmarks: list[Literal[TEST_SETS]] = Field(default_factory=lambda: list(TEST_SETS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
     # embedding (cosine), ngram (overlap), answer (cosine and answer agree), judge (leak_judge over candidates)
@@ -152,7 +143,7 @@ class DecontaminateConfig(_Section):
     # at duplicate_threshold, this share of the test's words in the train text: near-verbatim, else gray-area
     verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)
     answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # null: the answer detector off
-    # per category; a partial mapping keeps the others' defaults
+    # per category (a partial mapping keeps the others' defaults)
     actions: _over_defaults(
         DEFAULT_ACTIONS, dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]]
     ) = Field(default_factory=dict)
@@ -163,8 +154,7 @@ class DecontaminateConfig(_Section):
     # test items the exact pass reads: "first_pass" those a cheap pass finds (decontaminate/candidates.py)
     candidates: Literal["first_pass", "exhaustive"] = "first_pass"
     first_pass_top_k: int = Field(default=10, ge=1)
-    # "ray": Ray Data over blocks of ray_block_rows training rows, same outputs (docs/ray.md)
-    engine: Literal["local", "ray"] = "local"
+    engine: Literal["local", "ray"] = "local"  # "ray": Ray Data over blocks of ray_block_rows (docs/ray.md)
     ray_address: Optional[str] = None  # a running cluster ("auto", "ray://head:10001"); None: start a local one
     ray_num_cpus: Optional[int] = Field(default=None, ge=1)  # the local cluster's CPUs (None: all of this machine's)
     ray_block_rows: int = Field(default=1000, ge=1)  # training rows per block (one map_batches call)
@@ -221,17 +211,14 @@ class FinetuneConfig(_OptionsSection):
         "auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"
     ] = "auto"  # auto: flash_attention_2 if installed on GPU, else sdpa
     use_liger_kernel: Literal["auto", True, False] = "auto"  # auto: on when liger-kernel is installed, on GPU
-    # auto: an interrupted run with the same params and data resumes from its last checkpoint
-    resume: Literal["auto", "never"] = "auto"
+    resume: Literal["auto", "never"] = "auto"  # auto: resume from the last checkpoint of the same params and data
     num_gpus: int = Field(default=1, ge=1)
-    # with num_gpus > 1: accelerate/{ddp,fsdp,fsdp_qlora,zero3}.yaml
-    accelerate_config: Optional[str] = None
+    accelerate_config: Optional[str] = None  # with num_gpus > 1: accelerate/{ddp,fsdp,fsdp_qlora,zero3}.yaml
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     # "examples" (the authors'): mean of each example's mean token loss; "tokens" (TRL's): mean over tokens
     loss_normalization: Literal["examples", "tokens"] = "examples"
-    # seeds beside `seed`: each trains, merges and is evaluated as <merge.merged_name>-seed<seed>
-    seeds: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)  # beside `seed`: variants <merge.merged_name>-seed<seed>
     partner_adapter: Optional[PartnerAdapterConfig] = None  # a second LoRA: see PartnerAdapterConfig
 
     @field_validator("packing", mode="before")
@@ -328,10 +315,8 @@ def _check_weights_and_density(weights: list, inputs: list, kind: str, method: s
 class MergePartnerConfig(_Section):
     name: PlainName  # the partner's own variant name (evaluated as it is: e.g. stablebeluga-13b)
     model: str  # a different fine-tune of the same base (hub id, path, embedded:)
-    # the adapter merged into this partner; None: "<name>-platypus"
-    merged_name: Optional[PlainName] = None
-    # a LoRA merged into `model` first: a folder of this run's 03_finetune (partner_adapter) or a path
-    adapter: Optional[str] = None
+    merged_name: Optional[PlainName] = None  # the adapter merged into this partner; None: "<name>-platypus"
+    adapter: Optional[str] = None  # a LoRA merged into `model` first: a folder of 03_finetune or a path
 
 
 class AdapterMixConfig(_Section):
@@ -428,11 +413,9 @@ class MergeConfig(_Section):
     adapter_mixes: list[AdapterMixConfig] = Field(default_factory=list)
     model_merges: list[ModelMergeConfig] = Field(default_factory=list)
     sweep: Optional[MergeSweepConfig] = None
-    # stored dtype (auto: each model's own); merges are computed in float32
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # stored; auto: each model's own
     verify: bool = True
-    # absolute floor of the logit check's tolerance
-    verify_atol: float = Field(default=1e-4, gt=0.0)
+    verify_atol: float = Field(default=1e-4, gt=0.0)  # absolute floor of the logit check's tolerance
 
 
 class TaskConfig(_Section):
@@ -453,8 +436,7 @@ class ReferenceConfig(_Section):
     name: PlainName  # its variant name in 05's results (must not clash with another variant)
     model: str  # hub id (pin it: "org/name@<commit>"), local path, embedded: or random:
     compare_to: Optional[str] = None  # the variant it is the released counterpart of (compared paired)
-    # its row in published.PUBLISHED (compared unpaired)
-    published: Optional[Literal[tuple(PUBLISHED)]] = None
+    published: Optional[Literal[tuple(PUBLISHED)]] = None  # its row in published.PUBLISHED (compared unpaired)
 
 
 class EvaluateConfig(_Section):
@@ -466,11 +448,9 @@ class EvaluateConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     mmlu_subjects: Optional[list[str]] = None  # None: all found
     log_samples: bool = True
-    # lm-eval's parallelize; auto: when the weights do not fit one GPU
-    parallelize: Literal["auto", True, False] = "auto"
+    parallelize: Literal["auto", True, False] = "auto"  # lm-eval's; auto: when the model does not fit one GPU
     model_args: dict[str, Any] = Field(default_factory=dict)  # extra HFLM arguments (lm-eval --model_args)
-    # lm-eval's model: "hf" (HFLM) or "vllm" (needs vllm and a CUDA GPU)
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"  # lm-eval's model: "hf" (HFLM) or "vllm" (needs vllm and a CUDA GPU)
     references: list[ReferenceConfig] = Field(default_factory=list)
 
     @field_validator("tasks", mode="before")
@@ -515,8 +495,7 @@ class ExportConfig(_Section):
     """`platypus push PROFILE` (export.py): the adapter and merged models uploaded to the hub."""
 
     push_to_hub: bool = False
-    # {profile} and {variant} filled in; without "namespace/", the token's user
-    repo_id: str = "{profile}-{variant}"
+    repo_id: str = "{profile}-{variant}"  # {profile} and {variant} filled in; without "namespace/", the token's user
     private: bool = True
     variants: list[str] = Field(default_factory=list)  # empty: the adapter and every variant 04 made
 
@@ -534,8 +513,7 @@ class ExportConfig(_Section):
 class PlanConfig(_Section):
     """`platypus plan` (plan.py): the GPU a run is planned for and the data assumptions; no stage reads it."""
 
-    # folder with the base's config.json; None: models.base's own
-    base_config: Optional[str] = None
+    base_config: Optional[str] = None  # folder with the base's config.json; None: models.base's own
     gpu: Literal["a100", "h100", "h200"] = "a100"  # dense bf16 peak: A100 312, H100/H200 989 TFLOP/s
     gpu_memory_gb: float = Field(default=80.0, gt=0)  # GiB per GPU the plan must fit
     mfu: float = Field(default=0.4, gt=0, le=1)  # model-FLOP utilisation assumed for wall time (6 N per token)
@@ -544,8 +522,7 @@ class PlanConfig(_Section):
     eval_gpus: Optional[int] = Field(default=None, ge=1)
     eval_mfu_hf: Optional[float] = Field(default=None, gt=0, le=1)  # None: plan.mfu
     eval_mfu_vllm: float = Field(default=0.5, gt=0, le=1)
-    # evaluation target: every model in this many hours on one GPU of this kind
-    eval_target_hours: float = Field(default=4.0, gt=0)
+    eval_target_hours: float = Field(default=4.0, gt=0)  # every model in this many hours on one eval_target_gpu
     eval_target_gpu: Literal["a100", "h100", "h200"] = "h100"
 
 
@@ -678,10 +655,8 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
     for section in (profile.decontaminate, profile.evaluate):
         if section.benchmarks_dir not in ("demo", "hub"):
             section.benchmarks_dir = under(data_root, section.benchmarks_dir)
-    profile.decontaminate.decisions = profile.decontaminate.decisions and under(root, profile.decontaminate.decisions)
-    profile.finetune.accelerate_config = profile.finetune.accelerate_config and under(
-        root, profile.finetune.accelerate_config
-    )
+    for section, key in ((profile.decontaminate, "decisions"), (profile.finetune, "accelerate_config")):
+        setattr(section, key, getattr(section, key) and under(root, getattr(section, key)))
     for holder, attr in profile.model_refs():
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):

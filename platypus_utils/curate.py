@@ -28,15 +28,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from . import sources
-from .artifacts import (
-    StageRun,
-    atomic_path,
-    refuse_edited_outputs,
-    timed,
-    write_json,
-    write_jsonl,
-    write_text,
-)
+from .artifacts import StageRun, atomic_path, refuse_edited_outputs, timed, write_json, write_jsonl, write_text
 from .config import Profile
 from .demo_data import demo_corpus_path
 from .embeddings import Embedder, pairs_above

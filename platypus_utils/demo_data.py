@@ -1,41 +1,7 @@
-"""Data the project writes itself for the `demo` profile: a small training corpus and small benchmarks.
-
-Nothing here is read from a hub or from ../shared/data. All text is hand-written for this project and
-kept as data files in the package, `platypus_utils/data/demo/` (JSON lines, one record per item);
-this module reads them (`load_demo_table`) and writes the demo files from them.
-
-* The corpus (`write_demo_corpus`) has the Open-Platypus schema, a few hundred short STEM/logic rows
-  from several "sources", and planted problems that stages 01 and 02 must find. `demo_corpus_labels()`
-  lists them by row index: exact duplicates (same instruction+input; dedup keeps the longer output),
-  near-duplicates (rewordings with MiniLM cosine >= 0.8; keep the more verbose one) and leaks of the
-  demo benchmark test questions (verbatim copies, rewordings with the same answer, and
-  similar-but-different questions). The cosines in the labels were measured with all-MiniLM-L6-v2
-  (normalized embeddings of `instruction + " " + input`; for leaks, against the benchmark question
-  text) and are re-checked by tests/test_demo_data.py.
-* The benchmarks (`write_demo_benchmarks`) use exactly the layout and file formats of the original
-  releases (see ../shared/data/README.md), so the same loaders and lm-eval tasks read the demo and
-  the real data.
-
-The data files (platypus_utils/data/demo/):
-  corpus_rows.jsonl              ordinary rows {data_source, instruction, input, output}; no two
-                                 reach cosine 0.8 (measured)
-  corpus_exact_duplicates.jsonl  {data_source, instruction, input, longer_output, shorter_output,
-                                 longer_first}: both copies enter the corpus
-  corpus_near_duplicates.jsonl   {data_source, cosine, terse, verbose}: two rewordings; curation keeps
-                                 the verbose one
-  corpus_leaks.jsonl             {benchmark, item_id, category, cosine, data_source, instruction, input,
-                                 output}; category duplicate (verbatim copy), gray_area (reworded, same
-                                 answer) or similar_but_different (same shape, another question)
-  corpus_similarity.json         the similarity facts the labels state (model, threshold, largest
-                                 cosines between ordinary rows and to the benchmark questions)
-  arc_challenge.jsonl            {split, id, stem, choices, answerKey[, numeric_labels]}
-  hellaswag.jsonl                {activity_label, ctx, correct, wrong}; `label` is where the correct
-                                 ending lands (a fixed rotation, so answers spread over 0-3)
-  mmlu.jsonl                     {subject, split, question, choices, answer}; dev has 5 per subject
-  truthfulqa.jsonl               {question, best, more_true, false}: mc1 = best + the first three false
-                                 answers, mc2 = every true and every false answer
-
-Outputs are byte-identical from call to call: no randomness beyond a fixed-seed shuffle.
+"""The `demo` profile's data, hand-written in platypus_utils/data/demo/: a small training corpus with
+planted exact duplicates, near-duplicates and benchmark leaks (`demo_corpus_labels()` lists them by row
+index), and small benchmarks in the original releases' layouts and formats. Outputs are byte-identical
+from call to call (a fixed-seed shuffle only).
 """
 
 from __future__ import annotations
@@ -52,7 +18,7 @@ from typing import TYPE_CHECKING
 from .artifacts import atomic_path, iter_jsonl, write_text
 from .text import FIELDS
 
-if TYPE_CHECKING:  # annotations only
+if TYPE_CHECKING:
     from .config import Profile
 
 log = logging.getLogger("platypus")
@@ -69,20 +35,16 @@ def _data_file(name: str):
 
 
 def load_demo_table(name: str) -> list[dict] | dict:
-    """One demo data file by name ("mmlu.jsonl", "corpus_similarity.json", ...) as fresh Python objects:
-    a list of records for .jsonl, the object for .json. Strict: a bad line is a ValueError (BadJsonLine)
-    naming file and line, as the files ship with the package and the demo's labels count every row."""
+    """One demo data file by name as fresh objects (.jsonl: a list of records); a bad line is a ValueError."""
     if not name.endswith(".jsonl"):
         return json.loads(_data_file(name).read_text(encoding="utf-8"))
     return [obj for _, obj in iter_jsonl(_data_file(name), strict=True)]
 
 
 def _holds(path: Path, text: str) -> bool:
-    """Whether `path` is a file holding exactly `text` (a demo file is rewritten when absent or stale)."""
     return path.is_file() and path.read_bytes() == text.encode("utf-8")
 
 
-# ====================================================================== benchmarks
 def _json_line(obj: dict, **kw) -> str:
     return json.dumps(obj, ensure_ascii=False, **kw) + "\n"
 
@@ -127,7 +89,6 @@ def _truthfulqa_text() -> str:
 
 
 def _grouped(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    """Records grouped by the values of `keys`, groups and records in file order."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault(tuple(record[k] for k in keys), []).append(record)
@@ -146,10 +107,7 @@ def demo_benchmark_files() -> dict[str, str]:
 
 
 def write_demo_benchmarks(root: str | Path) -> Path:
-    """Write the demo benchmarks under `root` (arc_challenge/, hellaswag/, mmlu/, truthfulqa/), atomically.
-
-    `root` is replaced as a whole: it should be a folder this project owns.
-    """
+    """Write the demo benchmarks under `root`, atomically: `root` is replaced as a whole."""
     root = Path(root)
     with atomic_path(root) as tmp:
         for rel, text in demo_benchmark_files().items():
@@ -179,14 +137,12 @@ def demo_benchmark_item_ids() -> dict[str, set[str]]:
     }
 
 
-# ====================================================================== corpus
 def _row(record: dict, **override: str) -> dict:
-    """An Open-Platypus row of a data-file record's fields (or `override`'s)."""
     return {f: override.get(f, record.get(f)) for f in FIELDS}
 
 
 def _tagged_rows() -> list[tuple[str, dict]]:
-    """(tag, row) of every corpus row in its final (shuffled) order; tags name each row's planted role."""
+    """(tag, row) of every corpus row in its final order; tags name each row's planted role."""
     tagged = [(f"base:{i}", _row(r)) for i, r in enumerate(load_demo_table("corpus_rows.jsonl"))]
     for i, r in enumerate(load_demo_table("corpus_exact_duplicates.jsonl")):
         outputs = (r["longer_output"], r["shorter_output"])
@@ -201,7 +157,6 @@ def _tagged_rows() -> list[tuple[str, dict]]:
 
 
 def _labels(rows: list[dict], index: dict[str, int]) -> dict:
-    """What was planted where, by row index (`index`: tag -> row)."""
     exact = []
     for i, r in enumerate(load_demo_table("corpus_exact_duplicates.jsonl")):
         a, b = index[f"exact:{i}:a"], index[f"exact:{i}:b"]
@@ -226,14 +181,12 @@ def _labels(rows: list[dict], index: dict[str, int]) -> dict:
 
 
 def _build() -> tuple[list[dict], dict]:
-    """The corpus rows in their final order and the labels that point into it."""
     tagged = _tagged_rows()
     rows = [row for _, row in tagged]
     return rows, _labels(rows, {tag: i for i, (tag, _) in enumerate(tagged)})
 
 
 def demo_corpus_rows() -> list[dict]:
-    """The demo corpus as a list of Open-Platypus rows (fresh copies)."""
     return _build()[0]
 
 
@@ -247,7 +200,7 @@ def _corpus_text() -> str:
 
 
 def write_demo_corpus(path: str | Path) -> Path:
-    """Write the demo corpus as JSON lines (byte-identical on every call), atomically."""
+    """Write the demo corpus as JSON lines, atomically."""
     return write_text(path, _corpus_text())
 
 

@@ -1,11 +1,5 @@
-"""Sentence embeddings with an on-disk cache, and blockwise cosine similarity.
-
-Shared by 01_curate (near-duplicate exclusion) and 02_decontaminate (leak detection).
-The cache is keyed by (model, sha256 of the text), so a re-run encodes only new text. It heals:
-every chunk is verified when read (zip CRCs, keys and vectors of matching shape and width); a
-damaged chunk is logged with its path and removed, and its texts are encoded again.
-Similarity never materialises a full n x m matrix: it walks blocks and keeps only the
-pairs above a threshold, so memory is bounded by the block sizes.
+"""Sentence embeddings with an on-disk cache keyed by (model, sha256 of the text), and blockwise cosine
+similarity (memory bounded by the block sizes). A damaged cache chunk is logged, removed and re-encoded.
 """
 
 from __future__ import annotations
@@ -27,8 +21,7 @@ log = logging.getLogger("platypus")
 
 
 def _model_key(resolved: str, encoder: str = "torch") -> str:
-    """A cache key for a model: its reference plus, for a local checkpoint, its weight files, and what encodes it
-    (another backend or precision gives other vectors; "torch" keeps the keys caches were written under)."""
+    """A cache key for a model: its reference, a local checkpoint's weight files, and what encodes it."""
     h = hashlib.sha256(resolved.encode() if encoder == "torch" else f"{resolved}|{encoder}".encode())
     path = Path(resolved)
     if path.is_dir():
@@ -44,7 +37,7 @@ class EmbeddingCache:
     def __init__(self, root: str | Path, model_key: str):
         self.dir = Path(root) / "embeddings" / model_key
         self.dir.mkdir(parents=True, exist_ok=True)
-        remove_debris(self.dir, recursive=False)  # temp files of writers that died (live ones are left)
+        remove_debris(self.dir, recursive=False)
         self._table: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
@@ -54,7 +47,7 @@ class EmbeddingCache:
             for chunk in sorted(self.dir.glob("chunk-*.npz")):
                 try:
                     keys, vectors = read_chunk(chunk, width)
-                except DamagedChunk as exc:  # a damaged chunk only costs a re-encode of its texts
+                except DamagedChunk as exc:
                     log.warning(
                         "embedding cache: removing damaged %s (%s); its texts will be encoded again", chunk, exc
                     )
@@ -75,9 +68,7 @@ class EmbeddingCache:
         with atomic_path(self.dir / f"chunk-{name}.npz") as tmp:
             with open(tmp, "wb") as fh:  # np.savez would append .npz to a bare path
                 np.savez(fh, keys=np.array(keys), vectors=vectors.astype(np.float32))
-        table = self._load()
-        for k, v in zip(keys, vectors):
-            table[k] = v
+        self._load().update(zip(keys, vectors))
 
 
 class DamagedChunk(ValueError):
@@ -85,8 +76,7 @@ class DamagedChunk(ValueError):
 
 
 def read_chunk(path: Path, width: int | None = None) -> tuple[list[str], np.ndarray]:
-    """(keys, vectors) of one cache chunk, verified: every member read in full (zip CRC-32 checked),
-    one float vector per key, of `width` columns when given. DamagedChunk otherwise."""
+    """(keys, vectors) of one cache chunk, verified (CRCs, shapes, `width`, finite); DamagedChunk otherwise."""
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = [str(k) for k in data["keys"]]
@@ -113,11 +103,10 @@ class Embedder:
         self.model_ref = model_ref
         self.resolved = resolve_model(model_ref, Path(cache_dir))
         self.device = device
-        self.backend = resolve_backend(backend, device)  # "torch" or "openvino-<precision>"
+        self.backend = resolve_backend(backend, device)
         self.cache = EmbeddingCache(cache_dir, _model_key(self.resolved, self.backend))
         self.batch_size = batch_size
-        self._model = None
-        self._encoder = None
+        self._model = self._encoder = None
         self.stats = {"cached": 0, "encoded": 0}
 
     @property
@@ -143,8 +132,7 @@ class Embedder:
             self.stats["encoded"] += len(missing)
         if not texts:
             return np.zeros((0, self.dimension()), dtype=np.float32)
-        out = np.stack([found[k] for k in keys]).astype(np.float32)
-        return normalise(out)
+        return normalise(np.stack([found[k] for k in keys]).astype(np.float32))
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.backend == "torch":
@@ -166,8 +154,8 @@ class Embedder:
 
 
 def resolve_backend(backend: str, device: str = "auto") -> str:
-    """What encodes (models.embedding_backend): "torch", or "openvino-bf16" / "openvino-f32" (OpenVINO, on
-    CPU: openvino_encoder.py). "auto": OpenVINO when the model runs on the CPU and openvino is installed."""
+    """ "torch" or "openvino-<precision>"; "auto": OpenVINO when the model runs on the CPU and openvino is
+    installed."""
     from . import openvino_encoder
     from .models import pick_device
 
@@ -189,8 +177,7 @@ def _show_progress() -> bool:
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def pairs_above(
@@ -201,15 +188,10 @@ def pairs_above(
     desc: str = "similarity",
     backend: str = "numpy",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (i, j, cosine) arrays for every pair with cosine >= threshold.
+    """Yield (i, j, cosine) arrays for every pair with cosine >= threshold (a, b L2-normalised float32).
 
-    `a`, `b` are L2-normalised float32. With b=None, compares a with itself and yields only i < j, and
-    only the tiles on or above the diagonal are computed. Peak extra memory is one block_size x
-    block_size float32 tile (numpy) or one block of results (faiss). backend "faiss" uses an exact
-    inner-product index (faiss-cpu) and yields the same pairs. backend "faiss_ivf" is approximate from
-    IVF_MIN_ROWS rows on (exact below): an inverted-file index (IVF_LISTS_PER_SQRT_N x sqrt(n) lists, IVF_NPROBE
-    of them searched per query), each pair once (i < j for self-pairs), at exact cosines; its recall against
-    the exact pass is printed by bench/bench_similarity.py --approx.
+    With b=None, a against itself, i < j only. "faiss" gives the same pairs; "faiss_ivf" is approximate
+    from IVF_MIN_ROWS rows on (exact below), each pair once, at exact cosines.
     """
     if backend in ("faiss", "faiss_ivf"):
         approximate = backend == "faiss_ivf" and len(a if b is None else b) >= IVF_MIN_ROWS
@@ -238,10 +220,8 @@ def faiss_available() -> bool:
     return importlib.util.find_spec("faiss") is not None
 
 
-IVF_MIN_ROWS = 50_000  # below this the exact pass is fast and the IVF lists would be too few to train well
-# 4 sqrt(n) lists with 16 probed balance the cost of assigning rows to lists against scanning the probed lists
-# (both ~n x 4 sqrt(n) x dim); k-means on 24 rows per list, 8 iterations (faiss's default 25 cost more than the
-# search at 1M rows). bench/bench_similarity.py --approx prints the recall and time at these settings.
+IVF_MIN_ROWS = 50_000
+# lists per sqrt(n), lists probed, k-means rows per list and iterations (bench/bench_similarity.py --approx)
 IVF_LISTS_PER_SQRT_N, IVF_NPROBE, IVF_TRAIN_PER_LIST, IVF_TRAIN_ITERATIONS = 4, 16, 24, 8
 
 
@@ -272,8 +252,8 @@ def ivf_index(base: np.ndarray, seed: int = 0):
 def _pairs_above_faiss(
     a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str, approximate: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """pairs_above's faiss backends: range searches over an exact (IndexFlatIP) or an IVF index, pairs
-    by row then column. IVF may find a self-pair from one end only: all are kept, then each pair once."""
+    """pairs_above's faiss backends: range searches over an exact or an IVF index, pairs by row then column.
+    IVF may find a self-pair from one end only: all are kept, then each pair once."""
     faiss = _import_faiss()
     self_pairs = b is None
     base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)
@@ -282,8 +262,7 @@ def _pairs_above_faiss(
     else:
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(base)
-    # range_search keeps scores strictly above the radius: step one float below the threshold, then
-    # filter with >= so the threshold is inclusive, as in the numpy path.
+    # range_search keeps scores strictly above the radius: one float below, then >= as the numpy path
     radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     starts = range(0, len(a), block_size)
@@ -313,8 +292,6 @@ def top_match(a: np.ndarray, b: np.ndarray, block_size: int = 2048) -> tuple[np.
     """For each row of a, the index in b of its most similar row and that cosine (blockwise)."""
     best_j = np.full(len(a), -1, dtype=np.int64)
     best_s = np.full(len(a), -np.inf, dtype=np.float32)
-    if len(b) == 0:
-        return best_j, best_s
     for i0 in range(0, len(a), block_size):
         a_blk = a[i0 : i0 + block_size]
         for j0 in range(0, len(b), block_size):

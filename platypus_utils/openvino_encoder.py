@@ -1,22 +1,16 @@
-"""A SentenceTransformer's encoder compiled by OpenVINO, for CPU runs (models.embedding_backend).
-
-sentence-transformers' own OpenVINO and ONNX backends go through optimum, whose releases pin
-transformers 4 (this project runs transformers 5), so the transformer module is converted here with
-`openvino.convert_model` and the model's own pooling and normalisation modules run after it. On a CPU
-with bfloat16 units (AMX, AVX512-BF16) OpenVINO computes in bf16: ~4x PyTorch's fp32 on this project's
-2-core machine, cosines within 0.005 of PyTorch's (bench/bench_decontaminate.py --encoders prints both on
-the labelled pairs); elsewhere in fp32, with PyTorch's cosines to 1e-6.
+"""A SentenceTransformer's transformer module compiled by OpenVINO, for CPU runs (models.embedding_backend);
+its pooling and normalisation modules run after it in torch. bf16 where the CPU has it (cosines within
+0.005 of PyTorch's), else fp32 (within 1e-6).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,24 +19,15 @@ from .artifacts import environ
 log = logging.getLogger("platypus")
 
 _COMPILED: dict[tuple, object] = {}  # (model path, precision) -> compiled model
+NO_TELEMETRY = {"CI": "true"}  # openvino_telemetry's own switch that declines its usage events
 
 
 def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-@contextlib.contextmanager
-def telemetry_declined() -> Iterator[None]:
-    """OpenVINO's model conversion sends anonymous usage events to Google Analytics unless the user opted out
-    (openvino_telemetry: consent is assumed when no consent file exists); it checks when `openvino` is imported
-    and again in convert_model. Both run under CI=true, the library's own switch that declines (disable_in_ci),
-    so an offline profile reaches no network through it; the variable is restored afterwards."""
-    with environ({"CI": "true"}):
-        yield
-
-
 def _openvino():
-    with telemetry_declined():
+    with environ(NO_TELEMETRY):
         import openvino
 
     return openvino
@@ -50,18 +35,16 @@ def _openvino():
 
 @functools.cache
 def precision() -> str:
-    """ "bf16" where the CPU computes bfloat16 natively, else "f32" (what OpenVINO would pick on its own,
-    named so that the embedding cache keeps the two apart)."""
+    """ "bf16" where the CPU computes bfloat16 natively, else "f32"."""
     ov = _openvino()
     return "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
 class OpenVINOEncoder:
-    """encode(texts) as SentenceTransformer.encode(texts, normalize_embeddings=True) computes it, with the
-    transformer module (model[0]) run by OpenVINO and the modules after it (pooling, normalisation) by torch."""
+    """SentenceTransformer.encode(texts, normalize_embeddings=True), model[0] run by OpenVINO; compiled once
+    per process, `key` (the model's resolved path) and precision."""
 
     def __init__(self, model, inference_precision: str, key):
-        """`key` names the model (its resolved path): it is compiled once per process, model and precision."""
         self.model, self.precision = model, inference_precision
         sample = model.preprocess(["an example sentence", "another"])
         self.inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample]
@@ -73,7 +56,6 @@ class OpenVINOEncoder:
         import torch
 
         ov = _openvino()
-
         t0 = time.perf_counter()
         transformer, names = self.model[0].auto_model, self.inputs
 
@@ -85,7 +67,7 @@ class OpenVINOEncoder:
             def forward(self, *args):
                 return self.inner(**dict(zip(names, args))).last_hidden_state
 
-        with torch.no_grad(), warnings.catch_warnings(), telemetry_declined():
+        with torch.no_grad(), warnings.catch_warnings(), environ(NO_TELEMETRY):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # branches fixed for a bidirectional encoder
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which convert_model calls
             converted = ov.convert_model(Wrapped().eval(), example_input=tuple(sample[k] for k in names))

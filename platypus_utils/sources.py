@@ -1,33 +1,10 @@
-"""Source loaders for stage 01: each reads one source in its original release format and returns
-Open-Platypus rows `{"instruction", "input", "output", "data_source"}` (all strings).
+"""Source loaders for stage 01 (`SOURCE_LOADERS`): each reads one source in its original release format
+and returns Open-Platypus rows `{"instruction", "input", "output", "data_source"}` (all strings).
 
-    rows, skipped = load_source(source_config, profile)
-
-`skipped` (a SkippedRows Counter) counts the rows left out, by reason ("malformed_json",
-"missing_field:output", "filtered:image", "filtered:over_limit", ...): nothing is dropped without
-being counted. Reasons starting with "filtered:" are deliberate choices (images, skills, keyword
-filters, `limit`); every other reason is input that could not be used. A missing file or folder is
-a FileNotFoundError naming it; an unknown source name an UnknownSourceError (a ValueError) listing
-the known names; a file that cannot be parsed as a whole a ValueError naming it.
-
-Sources (`SOURCE_LOADERS`):
-  demo       the corpus the project writes itself (platypus_utils.demo_data)
-  jsonl      any file already in the Open-Platypus schema (.jsonl, or a .json list)
-  math       MATH (Hendrycks et al.), JSON lines problem/level/type/solution
-  theoremqa  TheoremQA, a JSON list of Question/Answer/Picture/theorem/...
-  scibench   SciBench, a folder of <book>.json and <book>_sol.json
-  scienceqa  ScienceQA as re-released for LLaVA (conversations)
-  prm800k    PRM800K (GitHub release): step-by-step MATH solutions with step ratings
-  arb        ARB (arb.duckai.org API JSON): math, physics, mcatReading, mcatScience, law
-  hub        one of the Open-Platypus hub sources, by `hub_id` (needs network; see HUB_SOURCES)
-
-`limit` keeps the first N rows after formatting and filtering, in file order.
-
-Bad rows, one at a time: a JSON line (read by artifacts.iter_jsonl) or list item that is not UTF-8
-is skipped as "undecodable", one with a lone surrogate ("\\ud800": valid JSON, but no UTF-8 file
-can hold it) as "lone_surrogate", a line that is not JSON as "malformed_json", each logged with its
-file and line (or item). A row with a field longer than `curate.max_row_chars` is logged with its
-file and line and handled per `curate.over_long_rows` (artifacts.limit_long_fields).
+`load_source(src, profile)` -> (rows, skipped): `skipped` counts every row left out by reason; "filtered:*"
+reasons are deliberate choices, the others unusable input. A missing file or folder is a FileNotFoundError,
+an unknown source an UnknownSourceError (a ValueError) listing the known names. `limit` keeps the first N
+rows after filtering, in file order.
 """
 
 from __future__ import annotations
@@ -48,8 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("platypus")
 
-# A loader yields (where, row) per record read: where names the file and line (or item), row is None
-# for a record left out (counted in `skipped` by the loader).
+# (where: file and line or item, row or None for a record left out and counted in `skipped`)
 Records = Iterator[tuple[str, Optional[dict]]]
 
 
@@ -57,11 +33,7 @@ class UnknownSourceError(ValueError):
     """A source name that has no loader; the message lists the known names."""
 
 
-# ---------------------------------------------------------------- STEM keyword filter
-# The authors' list (data_pipeline/*_format.py) with its two bugs fixed: a missing comma had fused
-# "calculation" and "science" into "calculationscience", and the upper-case "AI" could never match the
-# lower-cased text it was searched in. Repeated entries are dropped; order is otherwise theirs: mathematics,
-# then general STEM from "science" on. Kept as the comma-separated text it is (phrases hold spaces).
+# The authors' list (data_pipeline/*_format.py), with "calculation, science" split and "AI" lower-cased.
 STEM_KEYWORDS: list[str] = [
     k.strip()
     for k in """
@@ -88,7 +60,11 @@ def has_stem_keyword(text: str) -> bool:
     return bool(_STEM_RE.search(text.lower()))
 
 
-# ---------------------------------------------------------------- helpers
+def _skip(skipped: SkippedRows, reason: str) -> None:
+    """Count a record left out (`return _skip(...)` returns None)."""
+    skipped[reason] += 1
+
+
 def _row(instruction: str, inp: str, output: str, source: str) -> dict:
     return {"instruction": instruction, "input": inp, "output": output, "data_source": source}
 
@@ -115,14 +91,12 @@ def _files_in(path: Path, pattern: str, exclude: tuple[str, ...] = ()) -> list[P
 
 
 def _json_lines(files: Iterable[Path], skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
-    """(file and line, value) of each usable line, as artifacts.iter_jsonl reads them."""
     for f in files:
         for lineno, obj in iter_jsonl(f, skipped):
             yield f"{f}, line {lineno}", obj
 
 
 def _json_list(files: Iterable[Path], what: str, skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
-    """(file and item, value) of JSON files each holding a list of `what` (artifacts.iter_json_list's rules)."""
     for path in files:
         for k, obj in iter_json_list(path, skipped, what=what):
             yield f"{path}, item {k}", obj
@@ -131,45 +105,33 @@ def _json_list(files: Iterable[Path], what: str, skipped: SkippedRows) -> Iterat
 def _fields(obj: Any, required: dict[str, bool], skipped: SkippedRows) -> Optional[dict]:
     """Check the named fields of one record. required: field -> may be empty. None (counted) if bad."""
     if not isinstance(obj, dict):
-        skipped["not_an_object"] += 1
-        return None
+        return _skip(skipped, "not_an_object")
     for field, may_be_empty in required.items():
         if field not in obj or obj[field] is None:
-            skipped[f"missing_field:{field}"] += 1
-            return None
+            return _skip(skipped, f"missing_field:{field}")
         if not isinstance(obj[field], str):
-            skipped[f"non_string_field:{field}"] += 1
-            return None
+            return _skip(skipped, f"non_string_field:{field}")
         if not may_be_empty and not obj[field].strip():
-            skipped[f"empty_field:{field}"] += 1
-            return None
+            return _skip(skipped, f"empty_field:{field}")
     return obj
 
 
-# ---------------------------------------------------------------- demo and jsonl
 def open_platypus_row(obj: Any, default_source: str, skipped: SkippedRows) -> Optional[dict]:
-    """An Open-Platypus row from a record that should already have the schema; None (counted) if bad.
-
-    instruction and output must be non-empty strings, input a string (may be empty); data_source,
-    when present, a string (an empty or absent one becomes `default_source`). Extra keys are dropped.
-    """
+    """A record already in the schema as a row (no data_source: `default_source`); None (counted) if bad."""
     ok = _fields(obj, {"instruction": False, "input": True, "output": False}, skipped)
     if ok is None:
         return None
     source = ok.get("data_source")
     if source is not None and not isinstance(source, str):
-        skipped["non_string_field:data_source"] += 1
-        return None
+        return _skip(skipped, "non_string_field:data_source")
     return _row(ok["instruction"], ok["input"], ok["output"], source or default_source)
 
 
 def validate_rows(records: Iterable[Any], default_source: str, skipped: SkippedRows) -> list[dict]:
-    """open_platypus_row of each record, the bad ones left out (counted)."""
     return [row for obj in records if (row := open_platypus_row(obj, default_source, skipped)) is not None]
 
 
 def load_jsonl(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """A file in the Open-Platypus schema: JSON lines, or a .json file holding a list of rows."""
     for f in _files_in(_source_path(src), "*.jsonl"):
         records = _json_list([f], "rows", skipped) if f.suffix == ".json" else _json_lines([f], skipped)
         for where, obj in records:
@@ -177,7 +139,6 @@ def load_jsonl(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Rec
 
 
 def load_demo(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """The project's demo corpus, written to runs/<profile>/00_demo_data/ first if absent or stale."""
     from .demo_data import demo_corpus_path
 
     if src.path:
@@ -186,40 +147,38 @@ def load_demo(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Reco
         yield where, open_platypus_row(obj, "demo", skipped)
 
 
-# ---------------------------------------------------------------- MATH
-def load_math(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """MATH (Hendrycks et al.): instruction = problem, output = the reference solution, data_source "MATH".
+def _file_loader(pattern: str, formatter: Callable[[Any, SkippedRows], Optional[dict]], what: str = "", exclude=()):
+    """A loader of the source's files matching `pattern`: JSON lines, or JSON lists of `what`."""
 
-    The authors replaced MATH's solutions by PRM800K's step-by-step solutions (kept only when the final
-    answer matched, "# Answer" stripped) and trained on the MATH *test* split, which overlaps MMLU's
-    mathematics subjects. PRM800K is not available offline, so the reference solutions are used as they
-    are. The local copy is the test split too: stage 02 must find its overlap with MMLU.
-    """
-    for where, obj in _json_lines(_files_in(_source_path(src), "*.jsonl"), skipped):
-        ok = _fields(obj, {"problem": False, "solution": False}, skipped)
-        yield where, None if ok is None else _row(ok["problem"].strip(), "", ok["solution"].strip(), "MATH")
+    def load(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
+        files = _files_in(_source_path(src), pattern, exclude)
+        for where, obj in _json_list(files, what, skipped) if what else _json_lines(files, skipped):
+            yield where, formatter(obj, skipped)
+
+    return load
 
 
-# ---------------------------------------------------------------- TheoremQA
+def format_math(obj: Any, skipped: SkippedRows) -> Optional[dict]:
+    """MATH (Hendrycks et al.): instruction = problem, output = the reference solution."""
+    ok = _fields(obj, {"problem": False, "solution": False}, skipped)
+    return None if ok is None else _row(ok["problem"].strip(), "", ok["solution"].strip(), "MATH")
+
+
 def format_theoremqa(obj: Any, skipped: SkippedRows, theorem_key: str = "theorem") -> Optional[dict]:
-    """One TheoremQA record -> row, as the authors shaped it: question + "\\nRelevant Theorem: " + theorem,
-    output the answer (lists and dicts as JSON). Image questions are skipped (the authors' set is text-only)."""
+    """One TheoremQA record: question + "\\nRelevant Theorem: " + theorem, output the answer (lists as JSON);
+    image questions are skipped."""
     if not isinstance(obj, dict):
-        skipped["not_an_object"] += 1
-        return None
+        return _skip(skipped, "not_an_object")
     if obj.get("Picture"):
-        skipped["filtered:image"] += 1
-        return None
+        return _skip(skipped, "filtered:image")
     if _fields(obj, {"Question": False}, skipped) is None:
         return None
     answer = obj.get("Answer")
     if answer is None or (isinstance(answer, str) and not answer.strip()):
-        skipped["filtered:no_answer"] += 1
-        return None
+        return _skip(skipped, "filtered:no_answer")
     theorem = obj.get(theorem_key) or obj.get("theorem") or ""
     if not isinstance(theorem, str):
-        skipped[f"non_string_field:{theorem_key}"] += 1
-        return None
+        return _skip(skipped, f"non_string_field:{theorem_key}")
     instruction = obj["Question"].strip()
     if theorem.strip():
         instruction += "\nRelevant Theorem: " + theorem.strip()
@@ -227,18 +186,6 @@ def format_theoremqa(obj: Any, skipped: SkippedRows, theorem_key: str = "theorem
     return _row(instruction, "", output, "theoremqa")
 
 
-def load_theoremqa(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """TheoremQA: question + "\\nRelevant Theorem: " + theorem; output str(Answer) (lists as JSON).
-
-    The authors appended the theorem's *definition* (`theorem_def`, from the hub CSV); the offline
-    release has only the theorem's name (`theorem`), which is what is appended here. The 53 questions
-    that need a picture are skipped and counted as "filtered:image".
-    """
-    for where, obj in _json_list(_files_in(_source_path(src), "*.json"), "questions", skipped):
-        yield where, format_theoremqa(obj, skipped)
-
-
-# ---------------------------------------------------------------- SciBench
 def format_scibench(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     """instruction = problem_text (+ " The unit of the answer is {unit}."); output = the worked solution
     followed by the final answer where a solution exists, else the answer with its unit."""
@@ -253,8 +200,7 @@ def format_scibench(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     solution = obj.get("solution")
     solution = solution.replace("\r\n", "\n").strip() if isinstance(solution, str) else ""  # the release has CRLF
     if not answer and not solution:
-        skipped["filtered:no_answer"] += 1
-        return None
+        return _skip(skipped, "filtered:no_answer")
     final = f"{answer} {unit}".strip() if answer else ""
     if solution:
         output = solution + (f"\nThe answer is {final}." if final else "")
@@ -267,10 +213,7 @@ def format_scibench(obj: Any, skipped: SkippedRows) -> Optional[dict]:
 
 
 def load_scibench(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """SciBench: every <book>.json and its <book>_sol.json, as the authors did (they read all JSON files
-    of the release). The _sol files hold further problems with worked solutions (disjoint from the
-    <book>.json problems in the offline release: 580 + 112 rows); duplicates, if any, are left to the
-    curation's exact dedup."""
+    """SciBench: every <book>.json and its <book>_sol.json (further problems with worked solutions)."""
     folder = _source_path(src)
     if not folder.is_dir():
         raise ValueError(f"{folder}: the scibench source is a folder of <book>.json and <book>_sol.json files")
@@ -285,9 +228,7 @@ def load_scibench(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> 
             yield where, format_scibench(obj, skipped)
 
 
-# ---------------------------------------------------------------- ScienceQA
-# Skills the authors removed (by ScienceQA's `skill` column, which the LLaVA release lacks; here they are
-# recognised from the question text).
+# the skills the authors removed, recognised from the question text (the LLaVA release has no `skill`)
 _CUSTOMARY_UNIT = re.compile(
     r"\b\d[\d,.]*\s+(?:inch(?:es)?|feet|foot|yards?|miles?|fluid ounces?|ounces?|pounds?|tons?|"
     r"cups?|pints?|quarts?|gallons?)\b",
@@ -297,7 +238,6 @@ _SENTENCE_KIND = re.compile(r"Which is a (?:simple|compound|complex|compound-com
 
 
 def _removed_skill(text: str, options: list[str]) -> Optional[str]:
-    """The skill the authors removed that a question (its text and options) belongs to, if any."""
     lower = text.lower()
     if "estimate" in lower and any(_CUSTOMARY_UNIT.search(o) for o in options):
         return "customary_units"
@@ -313,28 +253,23 @@ MAX_INPUT_WORDS = 400
 
 
 def format_scienceqa_llava(obj: Any, skipped: SkippedRows) -> Optional[dict]:
-    """One LLaVA ScienceQA record -> row: instruction = the prompt (context, question) with options as
-    "A: ..." lines, input "", output "The answer is B: <option text>". Image questions are skipped."""
+    """One LLaVA ScienceQA record: the prompt with "A: ..." option lines, output "The answer is B: <option>"."""
     if not isinstance(obj, dict):
-        skipped["not_an_object"] += 1
-        return None
+        return _skip(skipped, "not_an_object")
     conv = obj.get("conversations")
     if (
         not isinstance(conv, list)
         or len(conv) < 2
         or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2])
     ):
-        skipped["malformed:conversations"] += 1
-        return None
+        return _skip(skipped, "malformed:conversations")
     prompt, answer = conv[0]["value"], conv[1]["value"].strip()
     if obj.get("image") or "<image>" in prompt:
-        skipped["filtered:image"] += 1
-        return None
+        return _skip(skipped, "filtered:image")
     lines = prompt.strip().split("\n")
     first_option = next((i for i, line in enumerate(lines) if line.startswith("A. ")), None)
     if not first_option:  # none, or no question before the options
-        skipped["malformed:no_options"] += 1
-        return None
+        return _skip(skipped, "malformed:no_options")
     options: dict[str, str] = {}
     for line in lines[first_option:]:
         m = _OPTION_LINE.match(line)
@@ -343,43 +278,23 @@ def format_scienceqa_llava(obj: Any, skipped: SkippedRows) -> Optional[dict]:
         elif options:  # an option text that spans lines (e.g. a letter closing "Thanks,\nAnne")
             options[list(options)[-1]] += "\n" + line
     if answer not in options:
-        skipped["malformed:answer_not_in_options"] += 1
-        return None
+        return _skip(skipped, "malformed:answer_not_in_options")
     body = "\n".join(lines[:first_option]).strip()
     skill = _removed_skill(body, list(options.values()))
     if skill is not None:
-        skipped[f"filtered:skill:{skill}"] += 1
-        return None
+        return _skip(skipped, f"filtered:skill:{skill}")
     if len(body.split()) > MAX_INPUT_WORDS:
-        skipped["filtered:over_400_words"] += 1
-        return None
+        return _skip(skipped, "filtered:over_400_words")
     instruction = body + "\n" + "\n".join(f"{letter}: {text}" for letter, text in options.items())
     return _row(instruction, "", f"The answer is {answer}: {options[answer]}", "scienceqa")
 
 
-def load_scienceqa(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """ScienceQA, LLaVA re-release (a JSON list of {id, conversations[, image]}).
-
-    Following PLATYPUS.md §1 where this release allows: text-only questions (image questions skipped,
-    "filtered:image"); the six skills the authors removed, recognised from the question text
-    ("filtered:skill:*"); questions over 400 words dropped. Not possible here: the authors kept only
-    rows with a long-form `solution` and used it as the output, and used the `lecture` as input for
-    "Based on / Read the following ..." questions; this release has neither field, so the output is
-    the answer letter and option text and the input is empty. The context ("Context: ...") stays
-    in the instruction, since the question often cannot be answered without it.
-    """
-    files = _files_in(_source_path(src), "*.json", exclude=("pid_splits.json",))
-    for where, obj in _json_list(files, "questions", skipped):
-        yield where, format_scienceqa_llava(obj, skipped)
-
-
-# ---------------------------------------------------------------- PRM800K
 PRM_ANSWER_MARKER = "# Answer\n\n"
 
 
 def _prm_step_texts(step: Any) -> list[str]:
-    """The texts a PRM800K step contributes: the labeller's chosen completion when rated +1, else the
-    first +1 completion that gives the answer, else the first +1 one; then a human completion rated +1."""
+    """A step's texts: the chosen completion if rated +1, else the first +1 one giving the answer, else the
+    first +1 one; then a human completion rated +1."""
     if not isinstance(step, dict):
         return []
     texts = []
@@ -397,50 +312,29 @@ def _prm_step_texts(step: Any) -> list[str]:
 
 
 def format_prm800k(obj: Any, skipped: SkippedRows) -> Optional[dict]:
-    """One PRM800K record (openai/prm800k phase*_*.jsonl) -> row, as the authors' convert_prm.py shaped it:
-    only finished solutions (finish_reason "solution"), each step's completion rated +1 (a human
-    completion rated +1 too), the final answer after "# Answer" equal to the ground truth.
-
-    Fixes: the authors drew among the +1 completions with an unseeded random.choice; here the choice is
-    deterministic (_prm_step_texts). They also deleted the "# Answer" line with the answer; here the marker
-    is replaced by "The answer is ...", so the output states its answer. Steps are joined by newlines.
-    """
+    """One PRM800K record as the authors' convert_prm.py shaped it: finished solutions whose +1-rated steps
+    end in the ground-truth answer, "# Answer" replaced by "The answer is ..." (a deterministic choice)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("question"), dict) or not isinstance(obj.get("label"), dict):
-        skipped["malformed:prm800k_record"] += 1
-        return None
+        return _skip(skipped, "malformed:prm800k_record")
     question, label = obj["question"], obj["label"]
     if label.get("finish_reason") != "solution":
-        skipped["filtered:unfinished"] += 1
-        return None
+        return _skip(skipped, "filtered:unfinished")
     problem, truth = question.get("problem"), question.get("ground_truth_answer")
     if not isinstance(problem, str) or not problem.strip() or not isinstance(truth, str) or not truth.strip():
-        skipped["malformed:prm800k_question"] += 1
-        return None
+        return _skip(skipped, "malformed:prm800k_question")
     texts = [t.strip() for step in label.get("steps") or [] for t in _prm_step_texts(step)]
     full = "\n".join(t for t in texts if t)
     cut = full.rfind(PRM_ANSWER_MARKER)
     if cut == -1:
-        skipped["filtered:no_final_answer"] += 1
-        return None
+        return _skip(skipped, "filtered:no_final_answer")
     found = full[cut + len(PRM_ANSWER_MARKER) :].strip()
     if found != truth.strip():
-        skipped["filtered:answer_mismatch"] += 1
-        return None
+        return _skip(skipped, "filtered:answer_mismatch")
     body = full[:cut].strip()
     output = (body + "\n" if body else "") + f"The answer is {found}."
     return _row(problem.strip(), "", output, "MATH/PRM-800K")
 
 
-def load_prm800k(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """PRM800K (GitHub release, openai/prm800k/prm800k/data/phase{1,2}_{train,test}.jsonl): a file or a
-    folder of them. Rows are per labelled solution, so a problem can come several times; the curation's
-    exact dedup keeps the longest. With the `math` source enabled too, the same dedup lets a longer PRM
-    solution replace the MATH reference one, as the authors' update_MATH.py did."""
-    for where, obj in _json_lines(_files_in(_source_path(src), "*.jsonl"), skipped):
-        yield where, format_prm800k(obj, skipped)
-
-
-# ---------------------------------------------------------------- ARB
 ARB_CHOICE_INPUT = "Choose A, B, C or D as your solution."
 
 
@@ -450,31 +344,22 @@ def _arb_field(obj: dict, name: str) -> Any:
 
 
 def format_arb(obj: Any, subset: str, skipped: SkippedRows) -> Optional[dict]:
-    """One ARB record (arb.duckai.org API JSON) -> row, as the authors' duckai_format.py shaped it.
-
-    math, physics: instruction = Problem_Statement, output = Solution. mcatReading, mcatScience:
-    instruction = problem + "\nA. ..." option lines, input "Choose A, B, C or D as your solution.",
-    output = the solution without its leading "X." answer letter. law: the same instruction and input,
-    output = the Final Answer.
-    """
+    """One ARB record as the authors' duckai_format.py shaped it: math, physics: problem -> Solution; mcat*,
+    law: problem with "A. ..." options, output the solution without its answer letter (law: Final Answer)."""
     if not isinstance(obj, dict):
-        skipped["not_an_object"] += 1
-        return None
+        return _skip(skipped, "not_an_object")
     problem = _arb_field(obj, "Problem Statement")
     if not isinstance(problem, str) or not problem.strip():
-        skipped["malformed:arb_problem"] += 1
-        return None
+        return _skip(skipped, "malformed:arb_problem")
     kind = subset.lower()
     if kind.startswith(("math", "physics")):
         solution = obj.get("Solution")
         if not isinstance(solution, str) or not solution.strip():
-            skipped["malformed:arb_solution"] += 1
-            return None
+            return _skip(skipped, "malformed:arb_solution")
         return _row(problem.strip(), "", solution.strip(), "ARB")
     options = _arb_field(obj, "Answer Candidates")
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
-        skipped["malformed:arb_options"] += 1
-        return None
+        return _skip(skipped, "malformed:arb_options")
     instruction = problem.strip() + "".join(f"\n{chr(65 + i)}. {o}" for i, o in enumerate(options))
     if kind.startswith("law"):
         output = _arb_field(obj, "Final Answer")
@@ -484,20 +369,17 @@ def format_arb(obj: Any, subset: str, skipped: SkippedRows) -> Optional[dict]:
     else:
         raise UnknownSourceError(f"ARB subset {subset!r}: expected math, physics, mcatReading, mcatScience or law")
     if not isinstance(output, str) or not output.strip():
-        skipped["malformed:arb_answer"] += 1
-        return None
+        return _skip(skipped, "malformed:arb_answer")
     return _row(instruction, ARB_CHOICE_INPUT, output.strip(), "ARB")
 
 
 def load_arb(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """ARB: a folder of <subset>.json files (a JSON list per subset, as the arb.duckai.org API returns it;
-    the subset - math, physics, mcatReading, mcatScience, law - is read from the file name)."""
+    """ARB: a folder of <subset>.json files (the subset read from the file name)."""
     for f in _files_in(_source_path(src), "*.json"):
         for where, obj in _json_list([f], "ARB problems", skipped):
             yield where, format_arb(obj, f.stem, skipped)
 
 
-# ---------------------------------------------------------------- hub sources (network)
 _SCIENCEQA_REMOVED_SKILLS = {
     "Choose customary units of distance",
     "Choose customary units of mass",
@@ -517,24 +399,19 @@ _SCIENCEQA_LECTURE_CUES = (
 
 
 def _hub_scienceqa(rec: dict, skipped: SkippedRows) -> Optional[dict]:
-    """metaeval/ScienceQA_text_only, as the authors' scienceqa_format.py did."""
     if rec.get("skill") in _SCIENCEQA_REMOVED_SKILLS:
-        skipped["filtered:skill"] += 1
-        return None
+        return _skip(skipped, "filtered:skill")
     if not (rec.get("solution") or "").strip():
-        skipped["filtered:no_solution"] += 1
-        return None
+        return _skip(skipped, "filtered:no_solution")
     instruction = rec["question"] + "\n" + "\n".join(f"{chr(65 + i)}: {c}" for i, c in enumerate(rec["choices"]))
     needs_lecture = any(k in rec["question"] for k in _SCIENCEQA_LECTURE_CUES)
     inp = (rec.get("lecture") or "") if needs_lecture else ""
     if len(inp.split()) > MAX_INPUT_WORDS:
-        skipped["filtered:over_400_words"] += 1
-        return None
+        return _skip(skipped, "filtered:over_400_words")
     return _row(instruction, inp, rec["solution"], "scienceqa")
 
 
 def _no_stem_keyword(text: str, skipped: SkippedRows) -> bool:
-    """The authors' filter: True (counted) when the text holds no STEM keyword."""
     if has_stem_keyword(text):
         return False
     skipped["filtered:no_stem_keyword"] += 1
@@ -557,19 +434,17 @@ def _hub_airoboros(rec: dict, skipped: SkippedRows) -> Optional[dict]:
 
 def _hub_tigerbot(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     if "python" not in rec["instruction"]:
-        skipped["filtered:not_python"] += 1
-        return None
-    # The authors swapped the fields: the problem statement is in `input`.
+        return _skip(skipped, "filtered:not_python")
+    # the problem statement is in `input`
     return _row(rec["input"], "", rec["output"], "tigerbot-kaggle")
 
 
 def _hub_guanaco(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     text = rec["text"]
     if "### Assistant:" not in text:
-        skipped["malformed:no_assistant_turn"] += 1
-        return None
+        return _skip(skipped, "malformed:no_assistant_turn")
     human, rest = text.split("### Assistant:", 1)
-    # Only the first exchange: the authors kept later turns inside the output with renamed markers.
+    # the first exchange only
     instruction = human.replace("### Human:", "").strip()
     output = rest.split("### Human:", 1)[0].strip()
     if _no_stem_keyword(instruction, skipped):
@@ -584,7 +459,6 @@ class HubSource:
     splits: tuple[str, ...] = ("train",)
 
 
-# Default hub ids from PLATYPUS.md §1. PRM800K, ARB and SciBench were never hub datasets (local loaders above).
 HUB_SOURCES: dict[str, HubSource] = {
     "garage-bAInd/Open-Platypus": HubSource(lambda r, s: open_platypus_row(r, "open-platypus", s)),
     "metaeval/ScienceQA_text_only": HubSource(_hub_scienceqa),
@@ -601,9 +475,7 @@ DEFAULT_HUB_ID = "garage-bAInd/Open-Platypus"
 
 
 def load_hub(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
-    """One hub source by `hub_id` (default: Open-Platypus itself), shaped as the authors did.
-    "org/name@<revision>" reads the dataset at that revision (recorded for the manifest); without
-    one, whatever the hub's main branch holds today is read (logged)."""
+    """One hub source by `hub_id` (default: Open-Platypus), "org/name@<revision>" pinned (else logged)."""
     from datasets import load_dataset
 
     ref = src.hub_id or DEFAULT_HUB_ID
@@ -628,22 +500,21 @@ def load_hub(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Recor
             yield f"{hub_id} ({split}), row {k}", row
 
 
-# ---------------------------------------------------------------- registry
 SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile, SkippedRows], Records]] = {
     "demo": load_demo,
     "jsonl": load_jsonl,
-    "math": load_math,
-    "theoremqa": load_theoremqa,
+    "math": _file_loader("*.jsonl", format_math),
+    "theoremqa": _file_loader("*.json", format_theoremqa, "questions"),  # offline: the theorem's name appended
     "scibench": load_scibench,
-    "scienceqa": load_scienceqa,
-    "prm800k": load_prm800k,
+    # LLaVA release: no `solution` or `lecture`, so the output is the answer and the input empty
+    "scienceqa": _file_loader("*.json", format_scienceqa_llava, "questions", ("pid_splits.json",)),
+    "prm800k": _file_loader("*.jsonl", format_prm800k),  # a row per labelled solution: exact dedup keeps the longest
     "arb": load_arb,
     "hub": load_hub,
 }
 
 
 def load_source(src: SourceConfig, profile: Profile) -> tuple[list[dict], SkippedRows]:
-    """Rows of one configured source in the Open-Platypus schema, and the skipped rows by reason."""
     loader = SOURCE_LOADERS.get(src.name)
     if loader is None:
         raise UnknownSourceError(f"unknown source {src.name!r}; known: {', '.join(SOURCE_LOADERS)}")

@@ -1,13 +1,5 @@
-"""Core text helpers shared by the stages (curate, decontaminate).
-
-Contract: pure functions on strings and Open-Platypus rows (dicts with `instruction`, `input`,
-`output`, `data_source`); no I/O, no imports from other platypus modules, so any layer may use them.
-
-- `normalise_text`: Unicode NFKC, whitespace collapsed, case-folded (the exact-dedup key).
-- `dedup_key`: normalised instruction + input, the key two rows share when they are exact duplicates.
-- `embedding_text`: the text a row is embedded as (instruction + " " + input).
-- `row_digest`: sha256 of a row's four fields, used to break ties by content, never by position.
-"""
+"""Pure text helpers on strings and Open-Platypus rows, shared by the stages: no I/O and no imports
+from other platypus modules, so any layer may use them."""
 
 from __future__ import annotations
 
@@ -17,9 +9,7 @@ import re
 import unicodedata
 
 FIELDS = ("instruction", "input", "output", "data_source")
-# English function words, the one list stage 02's text comparisons start from: its answer check adds "yes", "no" and
-# "not" (decontaminate.textmatch.STOPWORDS), the judge's content words add quantifiers, wh-words and modals and keep
-# "not", which changes what a question asks (leak_judge.content_stems)
+# English function words: the list stage 02's text comparisons start from
 FUNCTION_WORDS = frozenset(
     "a an the of to in on at by for with and or but if is are was were be been it its this that these those you your "
     "he she they them his her their we our as from into than then so do does did can will would there".split()
@@ -46,7 +36,6 @@ def row_digest(row: dict) -> str:
     return hashlib.sha256("\x1f".join(row[f] for f in FIELDS).encode()).hexdigest()
 
 
-# ---------------------------------------------------------------- numbers written as words
 _UNITS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen"
@@ -59,8 +48,6 @@ _ORDINALS = {
     w: k for k, w in enumerate("_ first second third fourth fifth sixth seventh eighth ninth tenth".split()) if k
 }
 _ORDINAL = re.compile(r"\b(" + "|".join(_ORDINALS) + r")\b", re.I)
-
-
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 _ANY_NUMBER_WORD = "|".join([*_TENS, *_UNITS, *_SCALES])
 _NUMBER_RUN = re.compile(rf"\b(?:{_ANY_NUMBER_WORD})(?:(?:[- ]|\s+and\s+)(?:{_ANY_NUMBER_WORD}))*\b", re.I)
@@ -89,10 +76,8 @@ def _run_value(run: str) -> int:
 
 
 def spelled_numbers(text: str) -> collections.Counter:
-    """Numbers a text spells out, as digit strings: "fifteen" -> 15, "twenty-five" -> 25, "twenty-one
-    thousand" -> 21000 (and each word's own value: 20, 1, 1000), "eight hundred" -> 800, and ordinals ("the
-    Second World War" -> 2). The leak detectors read a training text with them, so a rewording that spells a
-    number out still agrees with the test question."""
+    """Numbers a text spells out, as digit strings: "twenty-one thousand" -> 21000 (and each word's own value:
+    20, 1, 1000), ordinals ("Second" -> 2) and fraction denominators ("a quarter" -> 4)."""
     found: collections.Counter = collections.Counter()
     for m in _NUMBER_WORD.finditer(text):  # each word (or tens-unit pair) on its own
         found[str(_run_value(m.group(0)))] += 1
@@ -102,14 +87,13 @@ def spelled_numbers(text: str) -> collections.Counter:
             found[value] += 1
     for m in _ORDINAL.finditer(text):
         found[str(_ORDINALS[m.group(1).lower()])] += 1
-    for m in _FRACTION_WORD.finditer(text):  # "a quarter" -> 4, "one-eightieth" -> 80, "thirds" -> 3
+    for m in _FRACTION_WORD.finditer(text):
         found[str(_FRACTION_WORDS[m.group(1).lower()])] += 1
     return found
 
 
 def fraction_words(text: str) -> collections.Counter:
-    """The numbers of fractions written in words: "one-fifth" -> 5, "two thirds" -> 2, 3. Read on the test
-    side: the 5 of a question's "one-fifth of a year" is a number its rewordings keep (as 1/5 or "a fifth")."""
+    """The numbers of fractions written in words: "one-fifth" -> 5, "two thirds" -> 2, 3."""
     found: collections.Counter = collections.Counter()
     for m in _FRACTION.finditer(text):
         numerator = _UNITS.index(m.group(1).lower())
@@ -124,13 +108,11 @@ _REPEATS = re.compile(r"(\d+\.\d*?)(\d+?)\2{2,}(?=\s*(?:\.\.\.|…|\\ldots|\\dot
 
 
 def repeating_decimals(text: str) -> str:
-    """Repeating decimals in one form: LaTeX 0.\\overline{7} and plain 0.7777... both as 0.777 (the repeat
-    written three times), so a question reformatted from LaTeX to plain text keeps its numbers."""
+    """Repeating decimals in one form: LaTeX 0.\\overline{7} and plain 0.7777... both as 0.777."""
     t = _OVERLINE.sub(lambda m: m.group(1) * 3, text)
     return _REPEATS.sub(lambda m: m.group(1) + m.group(2) * 3, t)
 
 
-# ---------------------------------------------------------------- LaTeX and stated answers
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _ANSWER_CUE = re.compile(r"\banswer\s*(?:is|:|=)\s*", re.I)
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -160,9 +142,7 @@ def final_answer(output: str) -> tuple[str, bool]:
     return latex_plain(sentences[-1] if sentences else ""), False
 
 
-# ---------------------------------------------------------------- numbers of a text
-# unsigned: thousands separators only as 1,000 (a group of three digits not followed by more list items), so
-# "1,2,3" and "1, 2, 3" are three numbers; decimals kept whole
+# unsigned; 1,000 is one number, "1,2,3" three; decimals kept whole
 _NUMBER = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,]*\d)|\d+(?:\.\d+)?")
 
 
@@ -172,11 +152,8 @@ def _normal_number(n: str) -> str:
 
 
 def numbers(text: str, number_words: bool = False) -> collections.Counter:
-    """Numbers of a text as values (3.50 and 3.5 alike), read after latex_plain and repeating_decimals,
-    unsigned (a minus sign is an operator as often as a sign: x^3-2x+1 gives 3, 2, 1), thousands separators
-    dropped, comma lists split. With number_words, spelled_numbers too ("fifteen", "twenty-five", "second"):
-    used on the train side, so a rewording that spells a number out still agrees. The one reading of numbers
-    for stage 02's rules and the rewording judge."""
+    """Numbers of a text as values (3.50 and 3.5 alike), unsigned, after latex_plain and repeating_decimals;
+    with number_words, spelled_numbers too (the train side)."""
     found = collections.Counter(_normal_number(n) for n in _NUMBER.findall(latex_plain(repeating_decimals(text))))
     if number_words:
         found += spelled_numbers(text)
@@ -184,8 +161,7 @@ def numbers(text: str, number_words: bool = False) -> collections.Counter:
 
 
 def missing_numbers(question: str, train_text: str, counted: bool = True) -> list[str]:
-    """Numbers of a test question (its spelled fractions too) that a training text lacks (read with its number
-    words): counted, each as often as the question holds it more than the text ("Is 2 + 2 = 4?" against "Is 2 = 4?"
-    lacks a 2), as stage 02's rules read them; else the values the text has none of, as the judge reads them."""
+    """Numbers of a test question that a training text lacks: counted (as often as the question holds one more
+    than the text: the rules), else the values the text has none of (the judge)."""
     need, have = numbers(question) + fraction_words(question), numbers(train_text, number_words=True)
     return sorted((need - have).elements()) if counted else sorted(set(need) - set(have))
