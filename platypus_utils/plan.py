@@ -259,14 +259,11 @@ def memory_per_gpu(shape: dict, s: dict) -> dict:
     weights = weight_bytes(shape, s["bits"], s["dtype_bytes"])
     gathered = 2 * (weights * shape["layer_params"] / shape["total_params"]) if s["model_shards"] > 1 else 0.0
     per_layer = activation_bytes_per_token_layer(shape, s["lora_r"], s["dropout"])
-    if s["checkpointing"]:
-        act = (shape["layers"] * 2 * shape["hidden"] + per_layer) * s["micro_tokens"]
-    else:
-        act = shape["layers"] * per_layer * s["micro_tokens"]
+    kept = shape["layers"] * 2 * shape["hidden"] + per_layer if s["checkpointing"] else shape["layers"] * per_layer
     parts = {
         "weights": weights / s["model_shards"] + gathered,
         "lora_state": shape["lora_params"] * 16 / s["state_shards"],
-        "activations": act,
+        "activations": kept * s["micro_tokens"],
         "logits_loss": LOSS_BYTES_PER_LOGIT * shape["vocab"] * s["micro_tokens"],
         "runtime_reserve": RUNTIME_RESERVE_GIB * GIB,
     }
@@ -278,12 +275,10 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
     packed_rows = ft.batch_unit == "tokens"  # rows filled up to cutoff_len
     micro = ft.sft["per_device_train_batch_size"] * ft.cutoff_len if packed_rows else data["max_micro_batch_tokens"]
     return {
-        "sharding": shard["kind"],
+        **shard,  # kind, model_shards, state_shards
         "bits": 4 if ft.load_in_4bit else 8 if ft.load_in_8bit else 16,
         "checkpointing": bool(ft.sft["activation_checkpointing"]),
         "micro_tokens": micro,
-        "model_shards": shard["model_shards"],
-        "state_shards": shard["state_shards"],
         "lora_r": ft.lora["r"],
         "dropout": ft.lora["lora_dropout"] > 0,
         "dtype_bytes": 4 if profile.models.torch_dtype == "float32" else 2,
@@ -298,7 +293,7 @@ def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float)
     typical = round(profile.finetune.sft["per_device_train_batch_size"] * data["mean_example_tokens"])
     fits = planned["total"] <= gpu_memory_gb
     return {
-        "sharding": s["sharding"],
+        "sharding": s["kind"],
         "gpu_memory_gib": gpu_memory_gb,
         "micro_batch_tokens": s["micro_tokens"],
         "weights_format": {16: "bf16/fp16", 8: "8-bit", 4: "4-bit nf4"}[s["bits"]],

@@ -107,9 +107,7 @@ def _declared(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 
-@cache
-def _adapter(hint: Any) -> TypeAdapter:
-    return TypeAdapter(hint)
+_adapter = cache(TypeAdapter)  # one TypeAdapter per type hint
 
 
 def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
@@ -130,14 +128,6 @@ def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def _check_range(key: str, value: Any, ranges: dict[str, tuple[float, bool]]) -> None:
-    if key not in ranges or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    low, inclusive = ranges[key]
-    if value < low or (value == low and not inclusive):
-        raise OptionError(key, f"must be {'>=' if inclusive else '>'} {low} (got {value!r})")
-
-
 def check_options(
     options: Any, cls: type, owner: str, project_keys: dict[str, str], ranges: dict[str, tuple[float, bool]]
 ) -> dict[str, Any]:
@@ -153,8 +143,11 @@ def check_options(
             close = difflib.get_close_matches(key, declared, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise OptionError(key, f"{owner} has no option {key!r}{hint}")
-        out[key] = _check_value(key, declared[key], value, owner)
-        _check_range(key, out[key], ranges)
+        out[key] = value = _check_value(key, declared[key], value, owner)
+        if key in ranges and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, inclusive = ranges[key]
+            if value < low or (value == low and not inclusive):
+                raise OptionError(key, f"must be {'>=' if inclusive else '>'} {low} (got {value!r})")
     return out
 
 

@@ -59,7 +59,7 @@ def plan_batch(
     unit_tokens = row_tokens if packed else example_tokens
     mean_example, mean_unit = float(np.mean(example_tokens)), float(np.mean(unit_tokens))
     per_device, (gas, per_step) = ft.sft["per_device_train_batch_size"], ft.examples_step_plan(world_size)
-    micro_tokens = per_device * world_size * mean_unit  # tokens in one accumulation micro-step, all processes
+    micro_tokens = per_device * world_size * mean_unit  # one accumulation micro-step, all processes
     if ft.batch_unit == "examples":
         how = (
             f"padding-free micro-batches of {per_device} examples flattened into one row"
@@ -70,7 +70,23 @@ def plan_batch(
         tokens_target = None
         rule = f"{target}: {per_step} examples per step = {per_device} x {gas} accumulated x {world_size} processes ({how})"
     else:
-        gas, tokens_target, rule = _token_accumulation(ft, world_size, per_step, mean_example, micro_tokens, packed)
+        if ft.tokens_per_step is not None:
+            tokens_target, rule = float(ft.tokens_per_step), f"finetune.tokens_per_step={ft.tokens_per_step}"
+        else:
+            tokens_target = per_step * mean_example
+            rule = (
+                f"batch_unit tokens: the profile's step of {per_step} examples in tokens "
+                f"({per_step} x {mean_example:.1f} mean tokens)"
+            )
+        gas = max(1, round(tokens_target / micro_tokens))
+        if abs(gas * micro_tokens - tokens_target) > 0.1 * tokens_target:
+            raise ValueError(
+                f"finetune.batch_unit tokens: a step of {tokens_target:.0f} tokens cannot be met: one micro-step on "
+                f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
+                f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
+                f"({abs(gas * micro_tokens - tokens_target) / tokens_target:.0%} off). Lower "
+                "sft.per_device_train_batch_size or cutoff_len, raise tokens_per_step, or use batch_unit: examples"
+            )
     units = len(unit_tokens)
     batches_per_process = math.ceil(math.ceil(units / world_size) / per_device)
     return BatchPlan(
@@ -88,33 +104,6 @@ def plan_batch(
         steps_per_epoch=max(1, math.ceil(batches_per_process / gas)),
         rule=rule,
     )
-
-
-def _token_accumulation(
-    ft, world_size: int, profile_examples: int, mean_example: float, micro_tokens: float, packed: bool
-):
-    """batch_unit tokens: (accumulation, the step's target in tokens, the rule)."""
-    per_device = ft.sft["per_device_train_batch_size"]
-    mean_unit = micro_tokens / (per_device * world_size)
-    if ft.tokens_per_step is not None:
-        target = float(ft.tokens_per_step)
-        rule = f"finetune.tokens_per_step={ft.tokens_per_step}"
-    else:
-        target = profile_examples * mean_example
-        rule = (
-            f"batch_unit tokens: the profile's step of {profile_examples} examples in tokens "
-            f"({profile_examples} x {mean_example:.1f} mean tokens)"
-        )
-    gas = max(1, round(target / micro_tokens))
-    if abs(gas * micro_tokens - target) > 0.1 * target:
-        raise ValueError(
-            f"finetune.batch_unit tokens: a step of {target:.0f} tokens cannot be met: one micro-step on "
-            f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
-            f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
-            f"({abs(gas * micro_tokens - target) / target:.0%} off). Lower sft.per_device_train_batch_size or "
-            "cutoff_len, raise tokens_per_step, or use batch_unit: examples"
-        )
-    return gas, target, rule
 
 
 def planned_steps(plan: BatchPlan, ft) -> int:

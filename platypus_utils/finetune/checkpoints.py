@@ -53,8 +53,3 @@ def resume_point(ckpt_dir: Path, run_key: dict, resume: str, is_main: bool) -> P
     found = prepare_checkpoint_dir(ckpt_dir, run_key, resume) if is_main else None
     PartialState().wait_for_everyone()
     return found if is_main else _last_checkpoint(ckpt_dir)
-
-
-def checkpoint_step(checkpoint: Path | None) -> int:
-    """The optimizer step a checkpoint-N folder was saved at (0: no checkpoint)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0

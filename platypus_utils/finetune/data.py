@@ -171,10 +171,7 @@ class TrainingData:
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         """(train, held-out) prompt/completion datasets, in index order."""
-        return (
-            records_dataset([self.records[i] for i in self.train_idx]),
-            records_dataset([self.records[i] for i in self.eval_idx]),
-        )
+        return tuple(records_dataset([self.records[i] for i in idx]) for idx in (self.train_idx, self.eval_idx))
 
     def skipped_frame(self) -> pd.DataFrame:
         """Rows read, skipped per reason, and the split of those kept."""
@@ -198,13 +195,7 @@ class TrainingData:
 
 
 def prepare_rows(
-    raw: Sequence[dict],
-    source: Path,
-    tokenizer,
-    cutoff_len: int,
-    eval_size: int,
-    seed: int,
-    max_train: int | None = None,
+    raw: list[dict], source: Path, tokenizer, cutoff_len: int, eval_size: int, seed: int, max_train: int | None = None
 ) -> TrainingData:
     """Usable rows as prompt/completion records, their tokens and the held-out split; ValueError naming
     `source` when it has no rows, or too few to hold eval_size out."""

@@ -30,8 +30,7 @@ ENGINES = {"MULTI_GPU": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
 
 def process_info() -> tuple[int, int, int]:
     """(rank, local rank, world size) of this process, as `accelerate launch`/torchrun set them."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _accelerate_yaml(path) -> dict:
@@ -44,8 +43,12 @@ def engine_name(ft) -> str:
     return ENGINES.get(kind.upper(), kind.lower())
 
 
-def check_accelerate_config(ft) -> dict:
-    """Read finetune.accelerate_config and check that it can train this profile; returns the YAML."""
+def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
+    """`accelerate launch` running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` per GPU,
+    once finetune.accelerate_config is checked to train this profile."""
+    ft = profile.finetune
+    if not profile.source_file:
+        raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
     path = Path(ft.accelerate_config or "")
     if not path.is_file():
         raise FileNotFoundError(f"finetune.accelerate_config: {path} not found")
@@ -62,15 +65,6 @@ def check_accelerate_config(ft) -> dict:
         )
     if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise RuntimeError(f"{path}: DeepSpeed ZeRO needs the deepspeed package: pip install deepspeed")
-    return config
-
-
-def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
-    """`accelerate launch` running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` per GPU."""
-    ft = profile.finetune
-    if not profile.source_file:
-        raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
-    check_accelerate_config(ft)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ft.accelerate_config)]
     cmd += ["--num_processes", str(ft.num_gpus), "--num_machines", "1"]
     cmd += ["-m", "platypus_utils.finetune", str(profile.source_file)]
@@ -88,9 +82,8 @@ def distributed_result(profile) -> dict:
         return json.loads(metrics_path.read_text())
     cmd = " ".join(shlex.quote(c) for c in accelerate_command(profile))
     raise RuntimeError(
-        f"finetune.num_gpus={profile.finetune.num_gpus}: training runs under accelerate launch, "
-        f"not in this process, and no finished run matches ({why}). `platypus run` launches "
-        f"it; by hand: {cmd}"
+        f"finetune.num_gpus={profile.finetune.num_gpus}: training runs under accelerate launch, not in this "
+        f"process, and no finished run matches ({why}). `platypus run` launches it; by hand: {cmd}"
     )
 
 
@@ -120,21 +113,15 @@ def quantization_config(ft, device: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     # several GPUs: FSDP/ZeRO-3 shard the packed 4-bit weights only when they are stored as bf16
     storage = {"bnb_4bit_quant_storage": torch.bfloat16} if ft.num_gpus > 1 else {}
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        **storage,
-    )
+    nf4 = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": torch.bfloat16}
+    return BitsAndBytesConfig(load_in_4bit=True, **nf4, **storage)
 
 
 def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft, rank: int = 0, world_size: int = 1):
     """The base model as this process needs it: the whole model on `device` (QLoRA: quantized onto this
     GPU, kbit-prepared except under FSDP); FSDP with cpu_ram_efficient_loading: rank 0 on the CPU, the
     others on the meta device (4-bit: every rank loads, FSDP-QLoRA's bf16 storage)."""
-    qconfig = quantization_config(ft, device)
-    fsdp = fsdp_settings(ft, world_size)
+    qconfig, fsdp = quantization_config(ft, device), fsdp_settings(ft, world_size)
     if fsdp and fsdp["cpu_ram_efficient_loading"]:
         if rank != 0 and qconfig is None:
             config = AutoConfig.from_pretrained(resolved)

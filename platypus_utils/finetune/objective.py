@@ -39,11 +39,9 @@ def example_means(
     rows, width = label_mask.shape
     seq = width + 1 if position_ids is None or position_ids.shape[1] == width + 1 else width
     ids = segment_ids((rows, seq), position_ids, token_loss.device)[:, seq - width :]
-    mask = label_mask.to(token_loss.dtype)
-    sums = torch.zeros(rows * seq, dtype=token_loss.dtype, device=token_loss.device)
-    counts = torch.zeros(rows * seq, dtype=token_loss.dtype, device=token_loss.device)
-    sums = sums.index_add(0, ids.reshape(-1), (token_loss * mask).reshape(-1))
-    counts = counts.index_add(0, ids.reshape(-1), mask.reshape(-1))
+    mask, ids, zeros = label_mask.to(token_loss.dtype), ids.reshape(-1), token_loss.new_zeros(rows * seq)
+    sums = zeros.index_add(0, ids, (token_loss * mask).reshape(-1))
+    counts = zeros.index_add(0, ids, mask.reshape(-1))
     has_tokens = counts > 0
     return sums[has_tokens] / counts[has_tokens]
 

@@ -78,16 +78,13 @@ def speed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def heldout_table(metrics: dict) -> pd.DataFrame:
     """The held-out completion loss before and after training, and the change."""
-    return pd.DataFrame(
-        {
-            "held-out completion loss": {
-                "before": metrics["eval_loss_before"],
-                "after": metrics["eval_loss_after"],
-                "change": metrics["eval_loss_delta"],
-            },
-            "tokens": {"before": metrics["eval_tokens"], "after": metrics["eval_tokens"], "change": None},
-        }
-    )
+    loss = {
+        "before": metrics["eval_loss_before"],
+        "after": metrics["eval_loss_after"],
+        "change": metrics["eval_loss_delta"],
+    }
+    tokens = {"before": metrics["eval_tokens"], "after": metrics["eval_tokens"], "change": None}
+    return pd.DataFrame({"held-out completion loss": loss, "tokens": tokens})
 
 
 def whole_run_train_loss(
@@ -140,36 +137,21 @@ def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
     """Training loss per logged step and the held-out completion loss before / after; returns the figure."""
     fig, ax = new_figure(ax, (6.4, 3.8))
     train, evals = _by_split(rows)
-    ax.plot(
-        [r["step"] for r in train],
-        [r["loss"] for r in train],
-        marker="o",
-        markersize=3,
-        label="train loss (mean over the logging interval)",
-    )
+    steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+    ax.plot(steps, losses, marker="o", markersize=3, label="train loss (mean over the logging interval)")
     if evals:
+        steps, losses = [r["step"] for r in evals], [r["loss"] for r in evals]
         ax.plot(
-            [r["step"] for r in evals],
-            [r["loss"] for r in evals],
-            linestyle="none",
-            marker="D",
-            markersize=7,
-            label="held-out completion loss (before / after)",
+            steps, losses, linestyle="none", marker="D", markersize=7, label="held-out completion loss (before / after)"
         )
     for r, where in zip(evals, ("before", "after")):
+        point = (r["step"], r["loss"])
         ax.annotate(
-            f"{where}: {r['loss']:.3f}",
-            (r["step"], r["loss"]),
-            textcoords="offset points",
-            xytext=(0, 9),
-            ha="center",
-            fontsize="small",
+            f"{where}: {r['loss']:.3f}", point, textcoords="offset points", xytext=(0, 9), ha="center", fontsize="small"
         )
     ax.margins(x=0.06, y=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token cross-entropy (completion tokens)")
-    ax.set_title(title)
+    ax.set(xlabel="optimizer step", ylabel="token cross-entropy (completion tokens)", title=title)
     ax.legend(loc="best", frameon=True, fontsize="small")
     return fig
 

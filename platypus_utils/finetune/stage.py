@@ -22,7 +22,7 @@ from ..layout import ADAPTER, CLEAN, FINETUNE, FINETUNE_METRICS, SEED_RUNS, arti
 from ..models import load_tokenizer, pick_device, pick_dtype, resolve_model
 from ..plotting import save_figure
 from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens, warmup_share
-from .checkpoints import CHECKPOINTS, checkpoint_step, resume_point
+from .checkpoints import CHECKPOINTS, resume_point
 from .data import TrainingData, check_prepared_example, prepare_rows, records_dataset, select_rows, to_prompt_completion
 from .distributed import (
     distributed_result,
@@ -181,30 +181,16 @@ def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Opt
         callbacks,
     )
     prepared_eval = check_recipe(trainer, data, ft.packing)
-    session = Session(trainer, plan, isolation, resume_from, prepared_eval, planned_steps(plan, ft), data, setup)
-    _log_session(session, ft)
-    return session
-
-
-def _log_session(s: Session, ft) -> None:
-    data, setup = s.data, s.setup
+    steps = planned_steps(plan, ft)
     log.info(
-        "finetune: %d train / %d held-out examples (%d skipped, %d truncated to %d tokens); %d optimizer steps, "
-        "%s; %s, %s, %s attention%s%s%s",
-        len(data.train_idx),
-        len(data.eval_idx),
-        sum(data.skipped.values()),
-        int(data.truncated[data.train_idx].sum()),
-        ft.cutoff_len,
-        s.planned_steps,
-        s.plan.rule,
-        setup.device,
-        str(setup.dtype).replace("torch.", ""),
-        setup.attn_implementation,
-        ", Liger kernels" if setup.args.use_liger_kernel else "",
-        ", gradient checkpointing" if ft.sft["activation_checkpointing"] else "",
-        f"; resuming from {s.resume_from.name}" if s.resume_from else "",
+        f"finetune: {len(data.train_idx)} train / {len(data.eval_idx)} held-out examples ({sum(data.skipped.values())} "
+        f"skipped, {int(data.truncated[data.train_idx].sum())} truncated to {ft.cutoff_len} tokens); {steps} optimizer "
+        f"steps, {plan.rule}; {setup.device}, {str(setup.dtype).replace('torch.', '')}, {setup.attn_implementation} "
+        f"attention{', Liger kernels' if setup.args.use_liger_kernel else ''}"
+        f"{', gradient checkpointing' if ft.sft['activation_checkpointing'] else ''}"
+        f"{f'; resuming from {resume_from.name}' if resume_from else ''}"
     )
+    return Session(trainer, plan, isolation, resume_from, prepared_eval, steps, data, setup)
 
 
 @dataclass
@@ -244,8 +230,16 @@ def train(profile, session: Session) -> Training:
     return Training(session, at_start.result, after, result, train_wall, timings)
 
 
-def _data_metrics(profile, data: TrainingData) -> dict:
-    ft, train, held = profile.finetune, data.train_idx, data.eval_idx
+def run_metrics(profile, training: Training) -> dict:
+    """metrics.json of the run: the data, the plan, the speed and memory, the losses."""
+    ft, session, data = profile.finetune, training.session, training.session.data
+    setup, plan, trainer, state = session.setup, session.plan, session.trainer, session.trainer.state
+    steps, wall, train, held = session.planned_steps, training.train_wall_s, data.train_idx, data.eval_idx
+    session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    session_loss = float(training.result.training_loss)
+    resumed_at = int(session.resume_from.name.rsplit("-", 1)[-1]) if session.resume_from else 0
+    whole_run_loss = whole_run_train_loss(state.log_history, session_loss, int(state.global_step), resumed_at)
+    params = list(trainer.model.parameters())
     return {
         "base_model": profile.models.base,
         "base_model_resolved": data.base_model,
@@ -260,22 +254,6 @@ def _data_metrics(profile, data: TrainingData) -> dict:
         "heldout_rows": [data.row_lines[i] for i in held],  # 1-based row numbers in clean.jsonl
         "train_tokens_per_epoch": int(data.example_tokens().sum()),
         "train_completion_tokens_per_epoch": int((data.example_tokens() - data.prompt_len[train]).sum()),
-    }
-
-
-def run_metrics(profile, training: Training) -> dict:
-    """metrics.json of the run: the data, the plan, the speed and memory, the losses."""
-    ft, session = profile.finetune, training.session
-    setup, plan, trainer, state = session.setup, session.plan, session.trainer, session.trainer.state
-    steps, wall = session.planned_steps, training.train_wall_s
-    session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
-    rows = loss_rows(training)
-    session_loss = float(training.result.training_loss)
-    resumed_at = checkpoint_step(session.resume_from)
-    whole_run_loss = whole_run_train_loss(state.log_history, session_loss, int(state.global_step), resumed_at)
-    params = list(trainer.model.parameters())
-    return {
-        **_data_metrics(profile, session.data),
         "device": setup.device,
         "dtype": str(setup.dtype).replace("torch.", ""),
         "tokens_seen": int(state.num_input_tokens_seen),
@@ -295,7 +273,7 @@ def run_metrics(profile, training: Training) -> dict:
         "train_loss_mean": round(whole_run_loss, 6),
         "train_loss_mean_this_session": round(session_loss, 6),
         "train_loss_history": [
-            {k: r[k] for k in ("step", "loss", "learning_rate")} for r in rows if r["split"] == "train"
+            {k: r[k] for k in ("step", "loss", "learning_rate")} for r in loss_rows(training) if r["split"] == "train"
         ],
         "eval_loss_before": round(training.before["loss"], 6),
         "eval_loss_after": round(training.after["loss"], 6),
@@ -461,9 +439,15 @@ def train_seeds(profile, data: TrainingData) -> dict[str, dict]:
     return out
 
 
-def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
-    clean_path, wanted = artifact(profile, CLEAN), set(profile.finetune.partner_adapter.data_sources)
-    raw = read_jsonl(clean_path)
+def train_partner_adapter(profile, world_size: int = 1) -> dict:
+    """Train finetune.partner_adapter (single-process runs only): a small LoRA on the rows whose data_source
+    is in partner_adapter.data_sources, saved to 03_finetune/partner_adapter for 04's merge; its metrics."""
+    if world_size > 1:
+        log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
+        return {"skipped": "distributed run"}
+    stage_dir, (resolved, tokenizer) = profile.run_dir(STAGE), _base_tokenizer(profile)
+    ft, pa, clean_path = profile.finetune, profile.finetune.partner_adapter, artifact(profile, CLEAN)
+    raw, wanted = read_jsonl(clean_path), set(pa.data_sources)
     sliced = [r for r in raw if r.get("data_source") in wanted]
     if not sliced:
         found = sorted({str(r.get("data_source")) for r in raw})
@@ -472,30 +456,13 @@ def _partner_rows(profile, tokenizer) -> tuple[list[dict], dict]:
             f"{sorted(wanted)}; the file has {found}"
         )
     rows, _, skipped = select_rows(sliced, f"{clean_path} (partner slice)", tokenizer.eos_token)
-    return rows, skipped
-
-
-def _partner_settings(ft):
-    """finetune.sft for a few steps (logging each, no checkpoint, warm-up at most half), then partner_adapter.sft."""
-    pa = ft.partner_adapter
+    # finetune.sft for a few steps (logging each, no checkpoint, warm-up at most half), then partner_adapter.sft
     steps = pa.sft.get("max_steps", ft.sft["max_steps"])
     short = {"warmup_steps": min(ft.sft["warmup_steps"], steps // 2), "save_steps": steps + 1, "logging_steps": 1}
-    return ft.model_copy(update={"sft": {**ft.sft, **short, **pa.sft}})
-
-
-def train_partner_adapter(profile, world_size: int = 1) -> dict:
-    """Train finetune.partner_adapter (single-process runs only): a small LoRA on the rows whose data_source
-    is in partner_adapter.data_sources, saved to 03_finetune/partner_adapter for 04's merge; its metrics."""
-    if world_size > 1:
-        log.warning("finetune.partner_adapter is trained in single-process runs only; skipped")
-        return {"skipped": "distributed run"}
-    stage_dir, (resolved, tokenizer) = profile.run_dir(STAGE), _base_tokenizer(profile)
-    rows, skipped = _partner_rows(profile, tokenizer)
-    partner_ft = _partner_settings(profile.finetune)
+    partner_ft = ft.model_copy(update={"sft": {**ft.sft, **short, **pa.sft}})
     transformers.set_seed(profile.seed)
     device = pick_device("auto")
-    dtype = pick_dtype(profile.models.torch_dtype, device)
-    work_dir = stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
+    dtype, work_dir = pick_dtype(profile.models.torch_dtype, device), stage_dir / f"{PARTNER_ADAPTER}_{CHECKPOINTS}"
     t0 = time.perf_counter()
     model = load_base_model(profile, resolved, device, dtype, partner_ft)
     trainer = PlatypusSFTTrainer(

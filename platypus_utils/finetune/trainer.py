@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 from peft import LoraConfig
+from torch.nn.functional import cross_entropy
 from transformers import TrainerCallback
 from trl import SFTConfig
 
@@ -23,7 +24,6 @@ from .objective import PlatypusSFTTrainer
 log = logging.getLogger("platypus")
 
 
-# ---------------------------------------------------------------- settings
 def build_lora_config(ft) -> LoraConfig:
     """peft's LoraConfig from finetune.lora (paper: r 16, alpha 16, dropout 0.05, MLP projections)."""
     return LoraConfig(**ft.lora, task_type="CAUSAL_LM")
@@ -127,14 +127,13 @@ def check_target_modules(model, target_modules: Sequence[str] | str | None) -> N
         )
 
 
-# ---------------------------------------------------------------- packing keeps examples apart
 def segment_losses(logits: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int]) -> list[float]:
     """Mean next-token cross-entropy over the labelled tokens of each segment (`lengths`) of one row."""
     out, start = [], 0
     for n in lengths:
         lg, lb = logits[start : start + n - 1].float(), labels[start + 1 : start + n]
         count = int((lb != IGNORE).sum())
-        loss = torch.nn.functional.cross_entropy(lg, lb, ignore_index=IGNORE, reduction="sum")
+        loss = cross_entropy(lg, lb, ignore_index=IGNORE, reduction="sum")
         out.append(float(loss) / count if count else float("nan"))
         start += n
     return out
@@ -222,10 +221,8 @@ def check_packing_isolation(
     probe_on = "the model"
     if rank_local or device.type == "meta":
         device, dtype = trainer.args.device, dtype if flash else torch.float32
-        model, probe_on = (
-            fp32_twin(model, device, dtype),
-            f"a rank-local {dtype} twin of the model".replace("torch.", ""),
-        )
+        model = fp32_twin(model, device, dtype)
+        probe_on = f"a rank-local {dtype} twin of the model".replace("torch.", "")
     elif dtype != torch.float32 and not flash:  # 16-bit rounding would hide a leak
         model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
     if tolerance is None:
@@ -281,11 +278,9 @@ def prepare_trainer(
         if trainer.eval_dataset is not None:
             trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, ft.cutoff_len)
     rank_zero_loading = (fsdp_settings(ft, world_size) or {}).get("cpu_ram_efficient_loading", False)
-    isolation = (
-        check_packing_isolation(trainer, max_length=ft.cutoff_len, rank_local=rank_zero_loading)
-        if ft.packing
-        else {"checked": False, "reason": "no packing"}
-    )
+    isolation = {"checked": False, "reason": "no packing"}
+    if ft.packing:
+        isolation = check_packing_isolation(trainer, max_length=ft.cutoff_len, rank_local=rank_zero_loading)
     packed_rows = ft.packing and not is_padding_free(ft)
     plan = plan_batch(example_tokens, ft, world_size, packed_row_tokens(trainer.train_dataset) if packed_rows else None)
     if plan.gradient_accumulation_steps != trainer.args.gradient_accumulation_steps:
@@ -298,39 +293,24 @@ def prepare_trainer(
     return trainer, plan, isolation
 
 
-# ---------------------------------------------------------------- held-out loss
-def _pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    def pad(rows: list, value: int) -> torch.Tensor:
-        tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
-        return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value)
-
-    ids = [e["input_ids"] for e in examples]
-    return {
-        "input_ids": pad(ids, pad_id),
-        "attention_mask": pad([[1] * len(i) for i in ids], 0),
-        "labels": pad([e["labels"] for e in examples], IGNORE),
-    }
-
-
 @torch.no_grad()
 def completion_loss(model, examples: Sequence[dict], pad_id: int, batch_size: int = 4) -> dict[str, float]:
     """{loss: mean cross-entropy over the completion tokens of tokenized examples, tokens: their count}."""
-    was_training = model.training
+
+    def pad(rows: list, value: int) -> torch.Tensor:
+        tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+        return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=value).to(device)
+
+    was_training, device = model.training, next(p for p in model.parameters()).device
     model.eval()
-    device = next(p for p in model.parameters()).device
     total, count = 0.0, 0
     try:
         for start in range(0, len(examples), batch_size):
-            batch = _pad_batch(examples[start : start + batch_size], pad_id)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            labels = batch["labels"][:, 1:].to(device)
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                labels.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="sum",
+            chunk = examples[start : start + batch_size]
+            ids, labels = [e["input_ids"] for e in chunk], pad([e["labels"] for e in chunk], IGNORE)[:, 1:]
+            logits = model(input_ids=pad(ids, pad_id), attention_mask=pad([[1] * len(i) for i in ids], 0)).logits
+            loss = cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
             )
             total += float(loss)
             count += int((labels != IGNORE).sum())
