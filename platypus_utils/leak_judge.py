@@ -1,39 +1,19 @@
 """The rewording judge: does a training row ask a benchmark test question again, possibly reworded?
 
-Stage 02 finds candidate (training row, test item) pairs by embedding cosine; verbatim rules catch the
-copies, but a rewording whose answer is reworded too slips past string tests. `judge_pairs(pairs, model)`
-reads the candidates for meaning and says "same question" (verdict True) or "different question" (False).
-
-`pairs` has one row per candidate with columns train_text (the prompt: instruction + input), train_output,
-test_question (HellaSwag: its context) and test_answer (the correct choice's text; HellaSwag: the gold
-ending); optionally test_choices (read with the question), test_options (the item's answer options, default
-test_choices) and test_view ("question_only": test_question is a passage item's question part, read alone).
-Other columns are kept; added: question_cosine (max over word windows of the prompt, and of prompt + output:
-a question restated in the output counts), answer_cosine (max over the output's sentences and sentence pairs;
-1.0 when the output's stated answer has all the answer's numbers), answer_words, answer_contradicted,
-answer_numbers_missing, numbers_differ (text_features and the checks it calls), question_only, score, verdict
-and judge (the model that decided).
-Judges, by the `model` reference:
-  * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
-    question_cosine + ANSWER_WEIGHT * max(answer_cosine, answer_words), verdict = score >= threshold (or
-    question_cosine >= SAME_QUESTION_COSINE), the numbers agree and the answer is neither contradicted nor
-    missing a number. Threshold and weights chosen on splits "dev" and "real" of
-    tests/fixtures/contamination_labelled.jsonl (the numbers-left-out rule and the question_only floor on dev3
-    and dev4); the frozen splits, never tuned on, measure it (bench/bench_detectors.py reports every split).
-  * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
-    a hub profile): the model is asked the LLM-Decontaminator question (the test question with its answer and
-    the training row in braces: the same question? True / False), in left-padded batches of LLM_BATCH prompts
-    (transformers); score = log P(True) - log P(False) at the first reply token, verdict = score >= threshold
-    (default 0), and a pair whose numbers differ is never "same" (nor asked). The embedded SmolLM2-135M tests
-    the plumbing on a CPU only; a judge worth its figures is a 7B+ instruction model on a GPU.
-A training row longer than the judge's window is cut into overlapping windows (embedding judge: about twice
-the test question's words, 32 to `window_words`, half as stride; LLM judge: `window_tokens` tokens) and its
-score is the max over windows: nothing past the model's limit is cut off unread.
+`judge_pairs(pairs, model)` reads candidate pairs (columns train_text, train_output, test_question, test_answer;
+optionally test_choices, test_options, test_view) and adds question_cosine, answer_cosine, the string features,
+score, verdict (True: same question) and judge. Judges, by `model`:
+  * a sentence-embedding model (default): score = question_cosine + ANSWER_WEIGHT * max(answer_cosine,
+    answer_words); "same" when score >= threshold (or question_cosine >= SAME_QUESTION_COSINE), the numbers agree
+    and the answer is neither contradicted nor missing a number. Tuned on splits "dev" and "real" of
+    tests/fixtures/contamination_labelled.jsonl; the frozen splits measure it (bench/bench_detectors.py).
+  * "llm:<causal LM ref>": the LLM-Decontaminator question (Yang et al. 2023); score = log P(True) - log P(False)
+    at the first reply token, verdict = score >= threshold (default 0); a pair whose numbers differ is never "same".
+A long training row is read in overlapping windows; its score is the max over windows.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,28 +24,20 @@ import pandas as pd
 from .benchmarks import REGISTRY
 from .text import FUNCTION_WORDS, final_answer, fraction_words, missing_numbers, numbers
 
-log = logging.getLogger("platypus")
-
 REQUIRED = ("train_text", "train_output", "test_question", "test_answer")
 DEFAULT_MODEL = "embedded:all-minilm-l6-v2"
 LLM_PREFIX = "llm:"
-# Chosen on split "dev" of the labelled set (bench/bench_detectors.py --sweep); see the module docstring.
+# chosen on split "dev" of the labelled set (bench/bench_detectors.py --sweep)
 ANSWER_WEIGHT = 0.8
 EMBEDDING_THRESHOLD = 1.35
 SAME_QUESTION_COSINE = 0.97
-# below this question cosine no answer evidence makes a pair the same question: on the real MATH x MMLU
-# candidates (0.6-0.7) a shared topic and a common number or word are everywhere
-MIN_QUESTION_COSINE = 0.7
-# the question part of a passage item alone (view "question_only": "Which ideology are the sentiments of the
-# excerpt most consistent with?") is short and says less: 0.65 is enough there when the output states every
-# distinctive word of the answer (chosen on split dev3)
+MIN_QUESTION_COSINE = 0.7  # below it no answer evidence makes a pair the same question
+# the floor for a question_only pair whose output states every distinctive word of the answer (split dev3)
 MIN_QUESTION_ONLY_COSINE = 0.65
 WINDOW_WORDS = 120  # all-MiniLM-L6-v2 reads 256 word pieces: 120 words stay well inside it
 WINDOW_TOKENS = 384
 LLM_BATCH = 8  # prompts per forward pass of the LLM judge
-# the LLM-Decontaminator question (Yang et al. 2023, lm-sys/llm-decontaminator, its "knowledge" instruction, in
-# our words): a system message with the instruction, the two texts in braces, a one-word reply True / False;
-# score = log P(True) - log P(False) at the first reply token
+# the LLM-Decontaminator question (lm-sys/llm-decontaminator's "knowledge" instruction, in our words)
 LLM_INSTRUCTION = (
     "You will be shown two questions, each enclosed in curly braces {}. Decide whether they are the same "
     "question. Ignore names and small changes in wording or word order. If the two prompts are very similar and "
@@ -79,7 +51,6 @@ _WORD = re.compile(r"\S+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-# ---------------------------------------------------------------- text helpers
 def token_windows(ids: Sequence, size: int, stride: int | None = None) -> list[list]:
     """Overlapping windows of `size` tokens (words, token ids; stride size // 2 by default) covering all of `ids`."""
     if size < 1:
@@ -120,10 +91,8 @@ def labelled_options(prompt: str) -> dict[str, str]:
 
 
 def answer_statements(output: str, prompt: str = "") -> str:
-    """Where an output states its answer: its first sentence and its stated answer (text.final_answer: the last
-    \\boxed{}, the sentence after "answer is", else the last sentence). A long solution mentions many words and
-    numbers on the way; a short output is all of it. An answer given as a letter ("(d).", "The answer is B")
-    is read as the option the prompt lists under that letter."""
+    """Where an output states its answer: its first sentence and text.final_answer; an answer given as a letter
+    ("(d).", "The answer is B") also as the option the prompt lists under that letter."""
     sentences = [x for x in _SENTENCE.split(output.strip()) if x.strip()]
     parts = [sentences[0] if sentences else "", final_answer(output)[0]]
     options = labelled_options(prompt) if prompt else {}
@@ -136,10 +105,8 @@ def answer_statements(output: str, prompt: str = "") -> str:
 
 
 def answer_numbers_stated(answer: str, output: str) -> bool:
-    """Whether the test answer has numbers and the output's stated answer (its last \\boxed{}, the sentence after
-    "answer is", else its last sentence: text.final_answer) has every one of them. A worked solution passes
-    through many numbers; the test's answer somewhere in the middle of it ("900" in "100 to 999, so 900 - 128 =
-    772") says nothing, the answer it ends on does."""
+    """Whether the test answer has numbers and the output's stated answer (text.final_answer) has every one of them
+    (exactly them for a \\boxed{} answer)."""
     need = set(numbers(answer))
     stated, boxed = final_answer(output)
     got = set(numbers(stated, number_words=True))
@@ -152,17 +119,15 @@ def numbers_differ(test_question: str, train_text: str) -> bool:
 
 
 def numbers_substituted(test_question: str, prompt: str, choices: Sequence[str] = ()) -> bool:
-    """Whether the training prompt swaps numbers: one of the test question's is missing from the prompt and the
-    prompt has numbers of its own (not in the question or its choices). A worked output restates numbers of all
-    kinds ("3/8" in a solution to "flipped 4 times"), so the prompt alone is read here."""
+    """Whether the training prompt (alone) swaps numbers: one of the test question's is missing and the prompt has
+    numbers of its own (not in the question or its choices)."""
     need = set(numbers(test_question) + fraction_words(test_question))
     have = set(numbers(prompt, number_words=True))
     own = have - need - set(numbers(" ".join(choices)))
     return bool(need - have) and bool(own)
 
 
-# a training prompt at most this many times the test question's words (and at least OWN_NUMBERS_MIN_WORDS) is read
-# as one question: its own numbers are then what it asks about; a longer prompt holds other matter too
+# a prompt up to this many times the question's words (at least OWN_NUMBERS_MIN_WORDS) is read as one question
 OWN_NUMBERS_PROMPT_RATIO = 2.0
 OWN_NUMBERS_MIN_WORDS = 40
 _SMALL_NUMBER_WORDS = "two three four five six seven eight nine ten eleven twelve".split()
@@ -173,11 +138,8 @@ _LIST_LABEL = re.compile(r"(?m)^\s*\(?\d{1,2}[.)]\s")  # "1. ", "(2) ": a list's
 
 
 def own_numbers(test_question: str, prompt: str, choices: Sequence[str] = (), answer: str = "") -> set[str]:
-    """Numbers a short training prompt asks about that the test item has nowhere (question, choices, answer):
-    the same shape of question about another object ("a subgroup of order five" against "order seven", "S_7"
-    against "S_6", "Z_24" against "Z_26"). Only for a test question with numbers of its own (a hexagon implies
-    six sides); the value 1 is left out ("which one of these"), and so are list labels; a prompt much longer than
-    the question (another passage, several questions) is not read."""
+    """Numbers a short training prompt asks about that the test item has nowhere ("order five" against "order
+    seven", "Z_24" against "Z_26"); only for a question with numbers other than 1; list labels and 1 left out."""
     limit = max(OWN_NUMBERS_MIN_WORDS, OWN_NUMBERS_PROMPT_RATIO * len(_WORD.findall(test_question)))
     if len(_WORD.findall(prompt)) > limit:
         return set()
@@ -186,8 +148,7 @@ def own_numbers(test_question: str, prompt: str, choices: Sequence[str] = (), an
     item = " ".join([test_question, *choices, answer])
     have = set(numbers(item, number_words=True)) | set(fraction_words(item))
     text = _LIST_LABEL.sub(" ", prompt)
-    # digits, and number words standing alone ("order five"): a compound's parts ("twenty-one thousand" reads
-    # 20, 1, 1000 too) are no numbers of the prompt's own
+    # digits, and number words standing alone ("order five"), not a compound's parts ("twenty-one thousand")
     asked = set(numbers(text)) | {
         str(_SMALL_NUMBER_WORDS.index(m.lower()) + 2) for m in _LONE_NUMBER_WORD.findall(text)
     }
@@ -204,9 +165,7 @@ _UNINFORMATIVE = re.compile(
 
 
 def uninformative_answer(answer: str) -> bool:
-    """Whether the answer says nothing of its question: "True, False", "II only", "I and III", "All of the
-    above", "Both", "Not wrong, Wrong". Many items share it, so a training output that states it is no sign of
-    the same item: the question itself must agree."""
+    """Whether the answer says nothing of its question: "True, False", "II only", "All of the above", "Both"."""
     return bool(_UNINFORMATIVE.match(answer.strip()))
 
 
@@ -216,11 +175,8 @@ DROPPED_ANSWER_WORDS = 0.75
 
 def context_numbers_dropped(question: str, prompt: str, output: str, answer: str, options: Sequence[str]) -> bool:
     """Whether a rewording left numbers of the test question out instead of changing them: some are missing from
-    the row, the row (prompt and output) names no number the item lacks (no other quantity in their place), the
-    answer holds no number (a count or a result the numbers would decide) and names its item (not "II only"),
-    and the output states at least DROPPED_ANSWER_WORDS of its distinctive words (answer_support: words no other
-    option has). An ARC setup retold without its "20 plants", a history question without its "between 1450 and
-    1750 C.E."."""
+    the row, the row names no number the item lacks, the answer holds no number and names its item, and the output
+    states at least DROPPED_ANSWER_WORDS of its distinctive words (answer_support)."""
     row = f"{prompt} {output}"
     if not numbers_differ(question, row) or numbers(answer) or uninformative_answer(answer):
         return False
@@ -233,8 +189,7 @@ def context_numbers_dropped(question: str, prompt: str, output: str, answer: str
 
 
 def answer_numbers_missing(answer: str, question: str, output: str) -> bool:
-    """Whether the test answer states a number (one not already in the question) that the output never states:
-    a rewording keeps the answer's numbers, a same-shape question with another result does not."""
+    """Whether the test answer states a number (not in the question) that the output never states."""
     need = set(numbers(answer)) - set(numbers(question))
     return bool(need - set(numbers(output, number_words=True)))
 
@@ -250,43 +205,32 @@ _CONTENT = re.compile(r"[a-z0-9]+")
 
 
 def _stem(word: str) -> str:
-    """A word's first STEM_CHARS letters after a plural "s" ("debts" ~ "debt", not "class" ~ "clas")."""
+    """A word's first STEM_CHARS letters after a plural "s" ("debts" ~ "debt", "class" stays)."""
     return (word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)[:STEM_CHARS]
 
 
 def content_stems(text: str) -> set[str]:
-    """The text's content words (stopwords and bare numbers dropped), each cut to STEM_CHARS letters after a
-    plural "s"."""
+    """The text's content words (no stopwords or bare numbers), each _stem'd."""
     return {_stem(w) for w in _CONTENT.findall(text.lower()) if w not in _STOPWORDS and not w.isdigit()}
 
 
 def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[float, bool, bool]:
-    """(answer_words, answer_contradicted, distinctive): how much of the test answer the training output states
-    in words, whether it states another choice instead, and whether the answer has words no other choice has.
-
-    answer_words is the share of the answer's distinctive words (in no other choice; all its words when none
-    is) in the output, counted when the words found point at the answer alone (no other choice has them all:
-    "intersexual selection" against "intrasexual selection", "aortic stenosis" against "aortic
-    insufficiency" and "mitral stenosis"), else 0;
-    contradicted when the answer has *distinctive* words (in no other choice), none of them is there, and at
-    least half of another choice's own words (those not in the answer) are ("exothermic" for "endothermic").
-    Without choices a shared word is weak evidence ("the Sun" in "4.24 light-years from the Sun"): answer_words
-    is 0 there and the embedding's answer cosine decides."""
+    """(answer_words, answer_contradicted, distinctive) of a training output against the test answer and choices:
+    answer_words, the share of the answer's distinctive words (in no other choice; all its words when none is) in
+    the output, 0 unless the words found point at the answer alone; contradicted when none of its distinctive
+    words is there and at least half of another choice's own words are; (0, False, False) without choices."""
     others = [content_stems(c) for c in choices if c.strip().lower() != answer.strip().lower()]
     if not others:
         return 0.0, False, False
     out, gold = content_stems(output), content_stems(answer)
     found = gold & out
-    # the words found must point at the answer alone: "aortic" + "stenosis" is no other choice's pair, while
-    # "Earth", "Moon", "Sun", "between" are all in "when the Moon passes between Earth and the Sun" too
     distinct = gold - set().union(*others)
-    words = distinct or gold  # the words that tell the answer from the others, or (none) all of its words
+    words = distinct or gold
     share = len(words & out) / len(words) if found and not any(found <= o for o in others) else 0.0
     rivals = max((len((o - gold) & out) / len(o - gold) for o in others if o - gold), default=0.0)
     return share, bool(distinct) and not (distinct & out) and rivals >= 0.5, bool(distinct)
 
 
-# ---------------------------------------------------------------- checks
 def check_pairs(pairs: pd.DataFrame) -> None:
     """A clear error for a frame the judge cannot read: which column, which row."""
     if not isinstance(pairs, pd.DataFrame):
@@ -305,20 +249,10 @@ def _choices(row, column: str = "test_choices") -> list[str]:
     return [str(c) for c in got] if isinstance(got, (list, tuple, np.ndarray)) else []
 
 
-def _options(row) -> list[str]:
-    """The item's answer options for answer_support: test_options (every benchmark's choices, HellaSwag's endings
-    too) when given, else test_choices."""
-    return _choices(row, "test_options") or _choices(row)
-
-
-# ---------------------------------------------------------------- features
 def text_features(prompt: str, output: str, question: str, answer: str, options: Sequence[str]) -> dict:
-    """The judge's string features of one pair (meaning_features adds the cosines): answer_numbers_stated (the
-    answer's cosine is then 1.0), answer_words, answer_contradicted, answer_numbers_missing, numbers_dropped
-    (context_numbers_dropped: then not counted as differing), numbers_differ."""
+    """The judge's string features of one pair (meaning_features adds the cosines)."""
     words, contradicted, distinctive = answer_support(answer, options, answer_statements(output, prompt))
-    # the answer's numbers as the stated answer settle it, unless the words that tell it from the other options
-    # are all missing ("July 2, 1776" states the 2 and the 1776 of "August 2, 1776")
+    # the answer's numbers settle it unless its distinctive words are all missing ("July 2, 1776" for "August 2")
     numeric = answer_numbers_stated(answer, output) and not (distinctive and not words)
     vague = uninformative_answer(answer)  # its words and numbers say nothing: the question must agree alone
     dropped = context_numbers_dropped(question, prompt, output, answer, options)
@@ -338,9 +272,7 @@ def text_features(prompt: str, output: str, question: str, answer: str, options:
 def meaning_features(
     pairs: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], window_words: int = WINDOW_WORDS
 ) -> pd.DataFrame:
-    """question_cosine, answer_cosine, numbers_differ per pair, from one batched `encode` call.
-
-    `encode(texts) -> L2-normalised vectors` (Embedder.encode, or a stand-in in tests)."""
+    """question_cosine, answer_cosine and text_features per pair, from one batched `encode` call."""
     texts: list[str] = []
     plan = []
     for _, row in pairs.iterrows():
@@ -360,16 +292,13 @@ def meaning_features(
     out = []
     for (start, nq, nt, na), (_, row) in zip(plan, pairs.iterrows()):
         q, t, a, spans = np.split(vecs[start : start + nq + nt + 1 + na], np.cumsum([nq, nt, 1]))
-        feats = text_features(
-            row["train_text"], row["train_output"], row["test_question"], row["test_answer"], _options(row)
-        )
+        options = _choices(row, "test_options") or _choices(row)
+        feats = text_features(row["train_text"], row["train_output"], row["test_question"], row["test_answer"], options)
         answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a[0]).max())
         answer_cosine = 0.0 if feats["answer_uninformative"] else answer_cosine
         asked_alone = row.get("test_view") == "question_only"
-        out.append(
-            {"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine, "question_only": asked_alone}
-            | feats
-        )
+        cosines = {"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine}
+        out.append(cosines | {"question_only": asked_alone} | feats)
     return pd.DataFrame(out, index=pairs.index)
 
 
@@ -380,12 +309,9 @@ def embedding_verdicts(
     same_question_cosine: float = SAME_QUESTION_COSINE,
     min_question_cosine: float = MIN_QUESTION_COSINE,
 ) -> pd.DataFrame:
-    """score and verdict of the embedding judge from meaning_features' columns: score = question_cosine +
-    answer_weight * (the answer's cosine or its share of distinctive words, whichever is higher); "same" when
-    the score clears the threshold (or the question is restated almost word for word), the numbers agree, the
-    output does not state another choice and does not miss a number of the answer. Below min_question_cosine a
-    pair is never "same", except a question_only pair (the question of a passage item read alone) whose output
-    states all of the answer's distinctive words: its floor is MIN_QUESTION_ONLY_COSINE."""
+    """score and verdict of the embedding judge from meaning_features' columns (module docstring); never "same"
+    below min_question_cosine, or MIN_QUESTION_ONLY_COSINE for a question_only pair stating all the answer's
+    distinctive words."""
     answer = features["answer_cosine"]
     if "answer_words" in features:
         answer = np.maximum(answer, features["answer_words"].astype(float))
@@ -406,10 +332,9 @@ def embedding_verdicts(
     return pd.DataFrame({"score": score, "verdict": verdict}, index=features.index)
 
 
-# ---------------------------------------------------------------- LLM judge
 class LlmJudge:
-    """The LLM-Decontaminator question to a causal LM (transformers): score = log P(True) - log P(False) at the
-    first reply token, the max over the training text's windows; prompts scored in left-padded batches."""
+    """The LLM-Decontaminator question to a causal LM: the max over the training text's windows of
+    log P(True) - log P(False) at the first reply token."""
 
     def __init__(
         self,
@@ -463,7 +388,6 @@ class LlmJudge:
         return pd.Series(self.score_prompts(prompts), dtype=float).groupby(owner).max().tolist()
 
 
-# ---------------------------------------------------------------- entry point
 def judge_pairs(
     pairs: pd.DataFrame,
     model: str = DEFAULT_MODEL,
@@ -472,10 +396,8 @@ def judge_pairs(
     embedder=None,
     llm: LlmJudge | None = None,
 ) -> pd.DataFrame:
-    """Judge candidate pairs: a copy of `pairs` with question_cosine, answer_cosine, numbers_differ, score,
-    verdict (True: same question, possibly reworded) and judge. See the module docstring for `model`.
-
-    `embedder` (an Embedder for `model`) or `llm` (an LlmJudge) may be passed to reuse a loaded model."""
+    """A copy of `pairs` with the judge's features, score, verdict (True: same question) and judge (module
+    docstring); `embedder` or `llm` reuse a loaded model."""
     check_pairs(pairs)
     out = pairs.copy()
     if not len(out):
@@ -507,28 +429,21 @@ def _judge_llm(out: pd.DataFrame, ref: str, threshold: float | None, cache_dir, 
     return out.assign(numbers_differ=differ, score=scores, verdict=scores >= cut, judge=LLM_PREFIX + ref)
 
 
-def _reads_choices(benchmark: str | None) -> bool:
-    """Whether stage 02 reads this benchmark's question with its choices (benchmarks.REGISTRY full_view); an
-    unnamed benchmark is read with them."""
-    return benchmark not in REGISTRY or REGISTRY[benchmark].full_view == "choices"
-
-
 def pairs_frame(records: list[dict]) -> pd.DataFrame:
-    """The judge's input from labelled-set records ({"train": {instruction, input, output}, "question",
-    "answer", "choices"?}) as in tests/fixtures/contamination_labelled.jsonl."""
+    """The judge's input from labelled-set records ({"train": {instruction, input, output}, "question", "answer",
+    "choices"?}); ValueError naming a record that lacks a field."""
     rows = []
     for k, r in enumerate(records):
         try:
-            t = r["train"]
+            t, bench = r["train"], r.get("benchmark")
+            reads_choices = bench not in REGISTRY or REGISTRY[bench].full_view == "choices"  # as stage 02 does
             rows.append(
                 {
                     "train_text": (t["instruction"] + " " + t.get("input", "")).strip(),
                     "train_output": t["output"],
                     "test_question": r["question"],
                     "test_answer": r["answer"],
-                    # as stage 02 passes them: the question is read with its choices for MMLU and ARC only,
-                    # the answer against every benchmark's options
-                    "test_choices": list(r.get("choices") or []) if _reads_choices(r.get("benchmark")) else [],
+                    "test_choices": list(r.get("choices") or []) if reads_choices else [],
                     "test_options": list(r.get("choices") or []),
                 }
             )

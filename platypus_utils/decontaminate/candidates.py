@@ -1,21 +1,8 @@
-"""The first pass (decontaminate.candidates: first_pass): which benchmark items each training row could leak.
+"""The first pass (candidates: first_pass): which benchmark items each training row could leak, read by words.
 
-Embedding every view of every benchmark item costs the whole benchmark on each cold run (the four
-leaderboard test sets: 52k view texts, ~10 minutes of MiniLM on 2 CPU cores) whatever the size of the
-training set. The first pass reads words instead, which costs seconds:
-
-  * a TF-IDF index of the test views (word unigrams and bigrams of `gram_words`: LaTeX read as plain,
-    choice labels left out, as the n-gram detector reads them; sublinear term frequency, smoothed idf,
-    rows L2-normalised), built once per benchmark set (`LexicalIndex`, storable in a shared index file);
-  * per training window (the texts the embedding detector reads), the `first_pass_top_k` items whose
-    best view is most similar to it;
-  * every item some view of which shares n-grams with a training text at the n-gram detector's threshold
-    (the n-gram index over all views, as the detector itself reads them): the n-gram detector finds the
-    same pairs with either setting.
-
-The exact embedding, the judge and the rules then read only the candidate items' views. Recall is
-measured, not assumed: bench/bench_decontaminate.py --recall prints the share of the pairs the exhaustive
-pass flags that the first pass keeps, on the demo, the labelled pairs and the real benchmarks.
+Per training window, the first_pass_top_k items nearest by TF-IDF (word unigrams and bigrams of `gram_words`) and
+by static vectors (static.py), plus every item the n-gram detector would flag; the exact pass reads only those.
+Recall: bench/bench_decontaminate.py --recall.
 """
 
 from __future__ import annotations
@@ -34,19 +21,14 @@ from .textmatch import gram_words
 
 log = logging.getLogger("platypus")
 
-
-# terms in more than MAX_DF of the views and in more than MIN_COMMON views ("the", "of", "which") weigh nothing:
-# they rank nothing and would make the sparse products dense (a small set keeps all its terms)
+# terms in more than MAX_DF of the views and more than MIN_COMMON views weigh nothing (a small set keeps them all)
 MAX_DF, MIN_COMMON = 0.05, 100
 
 
 @dataclass
 class LexicalIndex:
-    """TF-IDF vectors of the benchmark views over word unigrams and bigrams (`gram_words`): `words` (word ->
-    column), `bigrams` (sorted keys first_word_column << 32 | second_word_column; bigram column =
-    len(words) + position), `idf` per column (0 for a common term: MAX_DF, MIN_COMMON) and `matrix`
-    (views x columns, CSR; sublinear term frequency x idf, rows L2-normalised). Plain arrays, so an index
-    file can hold it (index.py)."""
+    """TF-IDF of the views: `words` (word -> column), `bigrams` (sorted keys first << 32 | second; column
+    len(words) + position), `idf` per column and `matrix` (views x columns, sublinear tf x idf, L2-normalised)."""
 
     words: dict[str, int]
     bigrams: np.ndarray
@@ -96,9 +78,8 @@ def _bigram_keys(doc: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def top_items(
     index: LexicalIndex, view_item: np.ndarray, token_lists: list[list[str]], k: int, block: int = 256
 ) -> list[np.ndarray]:
-    """For each text, the (up to) k items whose best view has the highest TF-IDF cosine with it (cosine > 0), best
-    first.
-    `view_item` is the item of each row of the index, in ascending order; blockwise (memory: block x views)."""
+    """Per text, the (up to) k items whose best view has the highest TF-IDF cosine (> 0), best first
+    (`view_item`: each view's item, ascending)."""
     if len(view_item) and np.any(np.diff(view_item) < 0):
         raise ValueError("top_items: the index's views must be grouped by item, in ascending order")
     by_view = index.matrix.T.tocsr()
@@ -111,8 +92,7 @@ def top_items(
 def ngram_items(
     train_texts: list[str], views: pd.DataFrame, view_tokens: list[list[str]], cfg: DecontaminateConfig
 ) -> set[int]:
-    """Items with a view whose n-gram overlap with some training text reaches the n-gram detector's threshold
-    (the detector's own lookup, for the views that share any n-gram with the training texts)."""
+    """Items with a view whose n-gram overlap with some training text reaches the n-gram detector's threshold."""
     index = NgramIndex(train_texts)
     maybe = np.flatnonzero(index.may_overlap(view_tokens, cfg.ngram_n, cfg.ngram_min_tokens))
     found: set[int] = set()
@@ -126,8 +106,7 @@ def ngram_items(
 
 
 def with_twins(found: set[int], views: pd.DataFrame) -> set[int]:
-    """`found` and every item with a view text identical to a view of a found item (MMLU repeats questions
-    across subjects: a top-k that picked one of two identical items would miss the other)."""
+    """`found` and every item with a view text identical to a found item's (MMLU repeats questions)."""
     text_items = views.groupby("text")["item"].agg(list)
     twins = text_items[text_items.map(len) > 1]
     out = set(found)
@@ -139,8 +118,7 @@ def with_twins(found: set[int], views: pd.DataFrame) -> set[int]:
 
 @dataclass
 class FirstPassIndex:
-    """The benchmark side of the first pass: each view's words (`gram_words`), their LexicalIndex, and the views'
-    static vectors (static.py; None without an embedding model)."""
+    """The views' words (`gram_words`), their LexicalIndex and static vectors (None without an embedding model)."""
 
     tokens: list[list[str]]
     lexical: LexicalIndex
@@ -161,10 +139,8 @@ def first_pass_items(
     first: FirstPassIndex | None = None,
     embedder=None,
 ) -> np.ndarray:
-    """Step (candidates: first_pass): the sorted items whose views the exact pass reads. With an `embedder` (a
-    detector reads cosines): each training window's first_pass_top_k nearest items by words (TF-IDF) and by
-    static vectors; always: the n-gram detector's items. `train_texts` are the texts the n-gram detector indexes
-    (prompts, and outputs with search_outputs); `first` is over `views` (built if None)."""
+    """Step: the sorted items whose views the exact pass reads: with an `embedder`, each window's first_pass_top_k
+    nearest items by words and static vectors; always the n-gram detector's items (over `train_texts`)."""
     found: set[int] = set()
     view_item, k, how = views["item"].to_numpy(), cfg.first_pass_top_k, []
     if embedder is not None:

@@ -1,17 +1,7 @@
 """A reviewer's decisions on flagged pairs (`decontaminate.decisions`), applied on the next run.
 
-The paper had a person read every flagged pair and keep the similar-but-different ones. Each line of
-`flagged_pairs.csv` has a `pair_id` (a hash of the training row's text and the test item's id: it survives a
-rerun and a reordered training file); a decisions file names pairs and what to do with each:
-
-    pair_id,decision,note                      # CSV (other columns are kept for the reviewer, not read)
-    3f2a9c01b7de:mmlu/abstract_algebra/test/35,keep,Q(sqrt 2) is another field
-
-    3f2a9c01b7de:mmlu/abstract_algebra/test/35: keep     # or YAML: a mapping pair_id -> keep | remove
-
-A decision replaces the action the category's policy gave the pair (`decision` column beside `action`); a row
-is removed when any of its pairs' actions says so. Decisions naming no flagged pair are reported (the pair may
-no longer be flagged), never silently dropped.
+A CSV (columns pair_id, decision; others ignored) or YAML mapping pair_id -> keep | remove. A decision replaces
+the pair's `action` (shown in `decision`); decisions naming no flagged pair are reported, never dropped.
 """
 
 from __future__ import annotations
@@ -31,8 +21,7 @@ DECISIONS = ("keep", "remove")
 
 
 def pair_id(row: dict, item: dict) -> str:
-    """A flagged pair's id: the first 12 hex digits of the training row's text (prompt and output) and the test
-    item's id, "3f2a9c01b7de:mmlu/abstract_algebra/test/35"."""
+    """sha256 of the row's prompt and output (12 hex digits) and the item id: "3f2a9c01b7de:mmlu/.../test/35"."""
     return f"{sha256_text(embedding_text(row) + chr(10) + row['output'])[:12]}:{item.get('item_id', '')}"
 
 
@@ -46,13 +35,11 @@ def _checked(path: Path, where: str, pid, decision) -> tuple[str, str]:
 
 
 def read_decisions(path: str | Path) -> dict[str, str]:
-    """pair_id -> "keep" | "remove" from a CSV (columns pair_id, decision) or YAML (mapping) file; ValueError
-    naming the file and the line or key for anything else, and for a pair decided twice differently."""
+    """pair_id -> "keep" | "remove"; ValueError naming the file and line or key, also for a pair decided both ways."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"decisions file {path}: not found (decontaminate.decisions)")
     text = path.read_text(encoding="utf-8")
-    entries: list[tuple[str, str]] = []
     if path.suffix.lower() in (".yaml", ".yml"):
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
@@ -73,27 +60,23 @@ def read_decisions(path: str | Path) -> dict[str, str]:
 
 
 def apply_decisions(pairs: pd.DataFrame, decisions: dict[str, str]) -> tuple[pd.DataFrame, dict]:
-    """The pairs with each decision in `decision` and as their `action`, and what was done: decisions read,
-    applied (naming a flagged pair), overruled (changing the policy's action) and the unmatched pair ids."""
+    """The pairs with each decision in `decision` and `action`, and counts of decisions read, applied, overruled."""
     out = pairs.copy()
-    given = out["pair_id"].map(decisions).fillna("") if len(out) else pd.Series(dtype=str)
-    out["decision"] = given
+    out["decision"] = given = out["pair_id"].map(decisions).fillna("") if len(out) else pd.Series(dtype=str)
     changed = (given != "") & (given != out["action"])
     out.loc[given != "", "action"] = given[given != ""]
     matched = set(out["pair_id"]) & set(decisions)
-    info = {
+    return out, {
         "decisions": len(decisions),
         "decisions_applied": len(matched),
         "decisions_overruled": int(changed.sum()),
         "overruled_pairs": sorted(out.loc[changed, "pair_id"].tolist()),
         "unmatched_decisions": sorted(set(decisions) - matched),
     }
-    return out, info
 
 
 def decide(pairs: pd.DataFrame, cfg: DecontaminateConfig) -> tuple[pd.DataFrame, dict]:
-    """Step (between categorise and choose removals): the profile's decisions file applied (apply_decisions), or
-    the pairs as they are and {} without one."""
+    """Step: the profile's decisions file applied, or the pairs as they are and {} without one."""
     if not cfg.decisions:
         return pairs, {}
     return apply_decisions(pairs, read_decisions(cfg.decisions))

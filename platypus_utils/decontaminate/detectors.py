@@ -11,28 +11,19 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .. import leak_judge
 from ..config import DecontaminateConfig
 from ..embeddings import pairs_above
+from ..leak_judge import own_numbers, uninformative_answer  # noqa: F401 (rules.py imports it from here)
 from ..text import embedding_text, missing_numbers
-from .embed import Embedded
+from .embed import Embedded, ngram_texts
 from .ngram import NgramIndex
 from .textmatch import answer_in_output
 from .views import asked_text, full_view_kind
 
-try:  # the rewording judge (detector "judge") is optional: it lands in its own module
-    from .. import leak_judge
-    from ..leak_judge import own_numbers, uninformative_answer
-except ImportError:  # pragma: no cover - depends on the tree
-    leak_judge = own_numbers = None
-
-    def uninformative_answer(answer: str) -> bool:
-        return False
-
-
 log = logging.getLogger("platypus")
 
 
-# ---------------------------------------------------------------- the detector registry
 class PairScores(NamedTuple):
     """What the detectors read of a candidate pair (cosine -1 where no embedding was read)."""
 
@@ -44,8 +35,7 @@ class PairScores(NamedTuple):
 
 @dataclass(frozen=True)
 class Detector:
-    """A leak detector (decontaminate.detectors names them): the lowest cosine whose candidates it reads
-    (None: it finds its own, as the n-gram index does) and its verdict on a pair's scores."""
+    """A leak detector: the lowest cosine whose candidates it reads (None: it finds its own) and its verdict."""
 
     name: str
     lowest_cosine: Callable[[DecontaminateConfig], float | None]
@@ -64,35 +54,25 @@ def _answer_flags(s: PairScores, cfg: DecontaminateConfig) -> bool:
 REGISTRY: dict[str, Detector] = {
     d.name: d
     for d in (
-        # the paper's: every training row at cosine >= similarity_threshold (not only the most similar one)
         Detector(
             "embedding", lambda cfg: cfg.similarity_threshold, lambda s, cfg: s.cosine >= cfg.similarity_threshold
         ),
-        # the share of the test view's n-grams found in the training text (GPT-3 / lm-eval)
         Detector("ngram", lambda cfg: None, lambda s, cfg: s.ngram >= cfg.ngram_overlap_threshold),
-        # a rewording below 0.8 whose numbers all agree and whose output holds the test answer
         Detector("answer", lambda cfg: cfg.answer_detector_threshold, _answer_flags),
-        # platypus_utils.leak_judge: the same question, possibly reworded with its answer
         Detector("judge", lambda cfg: cfg.judge_threshold, lambda s, cfg: s.judge_verdict is True),
     )
 }
 DETECTORS = tuple(REGISTRY)
 
-PAIR_COSINE_COLUMNS = [
-    "train_index",
-    "item_index",
-    "embedding_cosine",
-    "identifying_cosine",
-    "question_only_cosine",
-    "embed_part",
-    "test_view",
-]
-NGRAM_COLUMNS = ["train_index", "item_index", "ngram_overlap", "ngram_part", "ngram_view"]
+PAIR_COSINE_COLUMNS = (
+    "train_index item_index embedding_cosine identifying_cosine question_only_cosine embed_part test_view".split()
+)
+NGRAM_COLUMNS = "train_index item_index ngram_overlap ngram_part ngram_view".split()
 CANDIDATE_COLUMNS = PAIR_COSINE_COLUMNS + NGRAM_COLUMNS[2:]  # one row per (train, item): both detectors' columns
 
 
 def embedding_candidates(emb: Embedded, threshold: float, block_size: int) -> set[tuple[int, int]]:
-    """(row, item) pairs with a window x view cosine >= threshold (blockwise: memory bounded by the blocks)."""
+    """(row, item) pairs with a window x view cosine >= threshold."""
     win_row, view_item = emb.windows["row"].to_numpy(), emb.views["item"].to_numpy()
     found: set[tuple[int, int]] = set()
     for ii, jj, _ in pairs_above(emb.window_vecs, emb.view_vecs, threshold, block_size, desc="train x benchmark"):
@@ -102,8 +82,7 @@ def embedding_candidates(emb: Embedded, threshold: float, block_size: int) -> se
 
 def ngram_candidates(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -> pd.DataFrame:
     """Per (row, item): the best n-gram overlap over views and training parts, and the part it was in."""
-    texts = [embedding_text(r) for r in rows] + ([r["output"] for r in rows] if cfg.search_outputs else [])
-    index = NgramIndex(texts)
+    index = NgramIndex(ngram_texts(rows, cfg))
     best: dict[tuple[int, int], tuple[float, str, str]] = {}
     for item, view, text in zip(emb.views["item"].tolist(), emb.views["view"].tolist(), emb.views["text"].tolist()):
         for doc, share in index.overlaps(text, cfg.ngram_n, cfg.ngram_min_tokens).items():
@@ -114,9 +93,8 @@ def ngram_candidates(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) 
 
 
 def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
-    """For given (row, item) pairs: the max cosine over windows x views (embedding_cosine; the question_only
-    view apart), the max over identifying views only, the question_only view's (question_only_cosine: NaN
-    without one), and where the best of them was (training part, test view). NaN cosines without embeddings."""
+    """Per (row, item): max cosine over windows x views (question_only apart), over identifying views, of the
+    question_only view, and where the best was (training part, test view); NaN without embeddings."""
     out = []
     parts, view_names = emb.windows["part"].to_numpy(), emb.views["view"].to_numpy()
     identifying = emb.views["identifying"].to_numpy()
@@ -128,45 +106,21 @@ def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
         sims = emb.window_vecs[w] @ emb.view_vecs[v].T
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
         only = view_names[v] == "question_only"
-        whole, asked = sims[:, ~only], sims[:, only]
-        ident = sims[:, identifying[v]]
-        out.append(
-            (
-                i,
-                j,
-                float(whole.max()) if whole.size else np.nan,
-                float(ident.max()) if ident.size else np.nan,
-                float(asked.max()) if asked.size else np.nan,
-                parts[w[a]],
-                view_names[v[b]],
-            )
-        )
+        peaks = [float(m.max()) if m.size else np.nan for m in (sims[:, ~only], sims[:, identifying[v]], sims[:, only])]
+        out.append((i, j, *peaks, parts[w[a]], view_names[v[b]]))
     return pd.DataFrame(out, columns=PAIR_COSINE_COLUMNS)
 
 
-def candidate_threshold(cfg: DecontaminateConfig) -> float | None:
-    """The lowest cosine any selected embedding-reading detector looks at (None: no such detector)."""
-    lows = [REGISTRY[d].lowest_cosine(cfg) for d in cfg.detectors]
-    lows = [x for x in lows if x is not None]
-    return min(lows) if lows else None
-
-
 def candidate_pairs(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -> pd.DataFrame:
-    """Step: every (row, item) pair some selected detector might flag, with its cosines and n-gram overlap
-    (CANDIDATE_COLUMNS): embedding candidates at the lowest cosine read, n-gram ones above their threshold."""
+    """Step: every (row, item) pair some selected detector might flag, with its cosines and n-gram overlap."""
     keys: set[tuple[int, int]] = set()
-    low = candidate_threshold(cfg)
+    # the lowest cosine a selected detector reads (None: no detector reads cosines)
+    low = min((x for d in cfg.detectors if (x := REGISTRY[d].lowest_cosine(cfg)) is not None), default=None)
     if low is not None:
         keys |= embedding_candidates(emb, low, cfg.block_size)
     grams = ngram_candidates(rows, emb, cfg) if "ngram" in cfg.detectors else pd.DataFrame(columns=NGRAM_COLUMNS)
-    keys |= set(
-        zip(
-            *[
-                grams.loc[grams["ngram_overlap"] >= cfg.ngram_overlap_threshold, c].tolist()
-                for c in ("train_index", "item_index")
-            ]
-        )
-    )
+    hits = grams[grams["ngram_overlap"] >= cfg.ngram_overlap_threshold]
+    keys |= set(zip(hits["train_index"].tolist(), hits["item_index"].tolist()))
     cos = pair_cosines(emb, sorted(keys))
     out = cos.merge(grams, on=["train_index", "item_index"], how="left")
     out["ngram_overlap"] = out["ngram_overlap"].astype(float).fillna(0.0)
@@ -181,7 +135,6 @@ def candidate_pairs(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -
     return out[CANDIDATE_COLUMNS]
 
 
-# ---------------------------------------------------------------- detectors' verdicts
 def answer_verified(train_row: dict, item: dict) -> bool:
     """Detector "answer"'s check: the test's numbers are all in the train prompt and its answer in the output."""
     answer = item.get("answer") or ""
@@ -193,8 +146,7 @@ def answer_verified(train_row: dict, item: dict) -> bool:
 
 
 def judged_view(cands: pd.DataFrame) -> pd.Series:
-    """Per candidate, the view the judge reads it against: "question_only" when the question part of a long
-    stem matches better than the whole item (a rewording that dropped the passage), else "" (the stem)."""
+    """Per candidate, the view the judge reads: "question_only" when it matches better than the whole item, else ""."""
     whole = cands["embedding_cosine"].astype(float).fillna(-1.0)
     if "question_only_cosine" not in cands:
         return pd.Series("", index=cands.index)
@@ -203,8 +155,8 @@ def judged_view(cands: pd.DataFrame) -> pd.Series:
 
 
 def judge_reads(row: dict, item: dict, view: str) -> bool:
-    """Whether the judge reads a candidate: the test question's numbers are all in the row, or the row left them
-    out without naming others, its output stating the answer (leak_judge.context_numbers_dropped)."""
+    """Whether the judge reads a candidate: the question's numbers are all in the row, or the row only left them
+    out (leak_judge.context_numbers_dropped)."""
     asked, prompt = asked_text(item, view), embedding_text(row)
     if not missing_numbers(asked, f"{prompt}\n{row['output']}"):
         return True
@@ -213,7 +165,7 @@ def judge_reads(row: dict, item: dict, view: str) -> bool:
 
 
 def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
-    """leak_judge's input for (training row, test item, view) triples (view: judged_view's)."""
+    """leak_judge's input for (training row, test item, view) triples."""
     return pd.DataFrame(
         {
             "train_text": [embedding_text(r) for r, _, _ in pairs],
@@ -232,10 +184,8 @@ def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
 def judge_candidates(
     cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None
 ) -> pd.DataFrame:
-    """Step (detector "judge"): leak_judge's score and verdict (True: the same question, possibly reworded)
-    for the candidates at cosine >= judge_threshold (the whole item's, or its question_only view's: then the
-    judge reads the question part alone) whose numbers agree; NaN / None for the others, and all of them when
-    the judge is not selected. The judge reuses the stage's embedder when it judges with the same model."""
+    """Step: leak_judge's score and verdict for the candidates at cosine >= judge_threshold (whole item or
+    question_only view) that judge_reads; NaN / None for the others. Reuses the embedder of the same model."""
     out = pd.DataFrame({"judge_score": np.nan, "judge_verdict": None}, index=cands.index)
     if "judge" not in cfg.detectors or cands.empty:
         return out
@@ -248,10 +198,7 @@ def judge_candidates(
     best = cands["embedding_cosine"].astype(float).fillna(0.0)
     if "question_only_cosine" in cands:
         best = np.maximum(best, cands["question_only_cosine"].astype(float).fillna(0.0))
-    # a pair with a number of the test question missing from the whole row is similar_but_different (rule 3)
-    # whatever the judge says, and the judge would say "different" too: it is not read, which keeps the judge's
-    # cost to the pairs it can decide (most MATH x MMLU candidates share a topic but not their numbers); unless
-    # the row only left them out (leak_judge.context_numbers_dropped)
+    # a pair missing a number of the question is similar_but_different whatever the judge says (rule 3): not read
     read = [
         k
         for k in cands.index[best >= cfg.judge_threshold]
@@ -274,8 +221,7 @@ def judge_candidates(
 def detector_verdicts(
     cosine: float, ngram: float, answer_match: bool, cfg: DecontaminateConfig, judge_verdict: bool | None = None
 ) -> dict[str, bool]:
-    """Which selected detectors flag a (train row, test item) pair, from its scores (NaN cosine: none):
-    {"by_<detector>": verdict} for every detector of the REGISTRY, False for those not selected."""
+    """{"by_<detector>": verdict} for every detector of the REGISTRY (False when not selected; NaN cosine: -1)."""
     scores = PairScores(-1.0 if cosine != cosine else cosine, ngram, bool(answer_match), judge_verdict)
     return {d.column: d.name in cfg.detectors and d.flags(scores, cfg) for d in REGISTRY.values()}
 
@@ -288,8 +234,8 @@ def flag_pairs(
     keep_unflagged: bool = False,
     embedder=None,
 ) -> pd.DataFrame:
-    """Step: each candidate's answer check, the judge's score and verdict, and each detector's verdict; only
-    the flagged pairs (all of them with keep_unflagged, for measuring on a labelled set)."""
+    """Step: each candidate's answer check, judge score and verdict, and detectors' verdicts; only the flagged
+    pairs unless keep_unflagged."""
     out = cands.copy()
     out["answer_match"] = [answer_verified(rows[i], items[j]) for i, j in zip(out["train_index"], out["item_index"])]
     out[["judge_score", "judge_verdict"]] = judge_candidates(out, rows, items, cfg, embedder)

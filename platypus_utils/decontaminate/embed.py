@@ -19,8 +19,7 @@ log = logging.getLogger("platypus")
 
 
 def embed_benchmark_texts(texts: list[str], embedder) -> np.ndarray:
-    """Embeddings of a benchmark set's view texts, cached once per model and set (a single .npy under the
-    embedder's cache folder, which is absolute: the same file whichever folder the command runs from)."""
+    """Embeddings of a benchmark set's view texts, cached in one .npy per model and set."""
     cache_dir = getattr(getattr(embedder, "cache", None), "dir", None)
     if cache_dir is None:
         return embedder.encode(texts, desc="benchmark items")
@@ -64,8 +63,7 @@ def ngram_texts(rows: list[dict], cfg: DecontaminateConfig) -> list[str]:
 def candidate_views(
     views: pd.DataFrame, windows: pd.DataFrame, rows: list[dict], cfg: DecontaminateConfig, first=None, embedder=None
 ) -> pd.DataFrame:
-    """The views the exact pass reads: all of them (candidates: exhaustive), or the first pass's items' views,
-    each with `position`, its row in the full view table (an index file's vectors are in that order)."""
+    """The views the exact pass reads (all, or the first pass's items'), each with `position` in the full table."""
     views = views.assign(position=np.arange(len(views)))
     if cfg.candidates == "exhaustive":
         return views
@@ -75,9 +73,8 @@ def candidate_views(
 
 
 def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, index=None) -> Embedded:
-    """Step: the training windows and the test views the exact pass reads (candidates: all of them, or the first
-    pass's), embedded when a detector reads cosines. `index` (index.BenchmarkIndex, from --index) holds the
-    benchmark side already computed: its views, lexical index and vectors are read instead of recomputed."""
+    """Step: the training windows and the test views the exact pass reads, embedded when a detector reads
+    cosines; `index` (index.BenchmarkIndex) supplies the benchmark side instead of recomputing it."""
     windows = train_windows(rows, cfg, embedder if uses_embeddings(cfg) else None)
     full = index.views if index is not None else item_views(items, cfg)
     views = candidate_views(full, windows, rows, cfg, index.first if index is not None else None, embedder)

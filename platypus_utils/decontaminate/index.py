@@ -1,13 +1,8 @@
-"""A benchmark index file: the benchmark side of stage 02 computed once and read elsewhere.
+"""A benchmark index file (`--build-index FILE`, read with `--index FILE`): stage 02's benchmark side in one .npz.
 
-`platypus decontaminate --benchmarks DIR --build-index FILE` writes, in one .npz (written atomically):
-the test views (item, view, text, identifying), the first pass's words, TF-IDF index and distilled word
-pieces (candidates.py, static.py), the views' embedding vectors when a selected detector reads cosines, and
-`meta` (JSON): the format, the embedding model (reference, sha256 of its weight files, sentence-transformers
-version, encoder), the hash of the benchmark items and their views, and the settings that shape the views.
-Another machine or CI passes it with `--index FILE` and embeds only its training rows. On load the file is
-checked against this run's items and settings (benchmark hash) and embedder (model hash): a mismatch is an
-IndexMismatch naming both sides and how to rebuild, never a silent mix of two models or two sets.
+It holds the views, the first pass's index, the views' vectors (when a detector reads cosines) and `meta` (JSON:
+format, model identity, benchmark hash, view settings). On load a file built from other items, settings or model
+is an IndexMismatch naming both sides and how to rebuild.
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ class IndexMismatch(ValueError):
 
 @dataclass
 class BenchmarkIndex:
-    """The benchmark side, as embed_texts reads it: views, first pass, vectors (None: built without a model)."""
+    """The benchmark side as embed_texts reads it (vectors None: built without a model)."""
 
     views: pd.DataFrame
     first: FirstPassIndex
@@ -57,8 +52,8 @@ def benchmark_sha256(items: list[dict], views: pd.DataFrame) -> str:
 
 
 def model_identity(embedder) -> dict:
-    """The embedding model as an index records it: reference, sha256 of its weight files (of the reference when
-    it is no folder), sentence-transformers version, and what encoded (embeddings.resolve_backend)."""
+    """The model as an index records it: reference, sha256 of its weight files (else of the reference),
+    sentence-transformers version and encoder."""
     resolved = Path(str(getattr(embedder, "resolved", "") or ""))
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")) if resolved.is_dir() else []
     ref = str(getattr(embedder, "model_ref", type(embedder).__name__))
@@ -69,8 +64,7 @@ def model_identity(embedder) -> dict:
 
 
 def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as one UTF-8 byte array and their end offsets (numpy's fixed-width strings would pad each to
-    the longest)."""
+    """Strings as one UTF-8 byte array and their end offsets (fixed-width strings would pad each)."""
     encoded = [s.encode("utf-8") for s in strings]
     ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
     return np.frombuffer(b"".join(encoded), dtype=np.uint8), ends
@@ -83,8 +77,7 @@ def _unpack(data: np.ndarray, ends: np.ndarray) -> list[str]:
 
 
 def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str | Path) -> dict:
-    """Write the benchmark index of `items` under `cfg` to `path` (vectors when a selected detector reads
-    cosines, through the embedder's cache); returns its meta."""
+    """Write the benchmark index of `items` under `cfg` to `path`; returns its meta."""
     views = item_views(items, cfg)
     embedder = embedder if uses_embeddings(cfg) else None
     first = FirstPassIndex.build(views["text"].tolist(), embedder)
@@ -117,8 +110,8 @@ def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str
         arrays[f"{name}_data"], arrays[f"{name}_ends"] = _pack(strings)
     if vectors is not None:
         arrays["vectors"] = np.asarray(vectors, dtype=np.float32)
-    if first.static is not None:  # the distilled word pieces: the views' static vectors are remade from them
-        ids = np.flatnonzero(first.static.known)  # the views' pieces (the others are zeros until read)
+    if first.static is not None:  # the views' distilled word pieces: their static vectors are remade from them
+        ids = np.flatnonzero(first.static.known)
         arrays["static_piece_ids"], arrays["static_pieces"] = ids, first.static.pieces[ids]
         arrays["static_vocabulary"] = np.array([len(first.static.pieces)], dtype=np.int64)
     path = Path(path)

@@ -15,8 +15,8 @@ log = logging.getLogger("platypus")
 
 
 def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = None) -> tuple[list[dict], Path | None]:
-    """Step: the test items of cfg.benchmarks from cfg.benchmarks_dir ("demo": the project's, written first;
-    "hub"; or a folder in the original formats), and that folder (None for the hub)."""
+    """Step: the test items of cfg.benchmarks from cfg.benchmarks_dir ("demo", "hub" or a folder), and that folder
+    (None for the hub)."""
     bdir = cfg.benchmarks_dir
     if bdir == "demo":
         bdir = str(demo_benchmarks_dir(profile))
@@ -27,11 +27,8 @@ def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = Non
 
 
 def read_training_rows(path: str | Path) -> tuple[list[dict], SkippedRows]:
-    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list) and the rows
-    skipped by reason (a Counter): JSON lines through the package's one reader (artifacts.iter_jsonl:
-    undecodable, malformed and lone-surrogate lines are skipped and logged with file and line, as stage 01
-    does), then missing, empty or non-string fields. `input` may be absent or null (instruction/output
-    datasets): it reads as "". A missing file, or one with no usable row, is an error naming it."""
+    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list; a missing or null
+    `input` reads as "") and the rows skipped by reason. A missing file, or one with no usable row, is an error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training file not found")

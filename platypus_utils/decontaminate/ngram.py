@@ -31,12 +31,8 @@ def _gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 class NgramIndex:
-    """Training texts indexed by hashed word n-grams, for one or more n.
-
-    Words (`tokenize`, default gram_words) become integer ids, each n-gram a 64-bit polynomial hash, and
-    the index for one n is two sorted arrays (gram hash, text): built with numpy over all texts at once,
-    looked up with searchsorted. Deterministic (no per-process string hashing) and a few bytes per gram.
-    """
+    """Training texts indexed by 64-bit hashes of word n-grams (`tokenize`'s words), per n two sorted arrays
+    (gram hash, text) looked up with searchsorted."""
 
     def __init__(self, train_texts: list[str], tokenize: Callable[[str], list[str]] = gram_words):
         self.tokenize = tokenize
@@ -48,7 +44,6 @@ class NgramIndex:
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _ids(self, toks: list[str]) -> np.ndarray:
-        # a word unknown to the training texts gets an id no training gram has
         unknown = len(self._vocab)
         return np.array([self._vocab.get(w, unknown) for w in toks], dtype=np.int64)
 
@@ -76,15 +71,14 @@ class NgramIndex:
         return rows[starts + np.arange(counts.sum())]
 
     def overlaps(self, text: str, n: int, min_tokens: int) -> dict[int, float]:
-        """Share of `text`'s distinct n-grams found in each training text (texts with any hit only).
-        Texts shorter than n count as one gram: their whole word sequence (share 1.0 where a text holds it)."""
+        """Share of `text`'s distinct n-grams found in each training text with any hit; a text shorter than n counts
+        as one gram, its whole word sequence."""
         toks = self.tokenize(text)
         if len(toks) < min_tokens:
             return {}
         ids = self._ids(toks)
         if len(toks) < n:
-            # One index of min_tokens-grams finds the candidates for every short length (not one index per
-            # length); a candidate counts when it holds the whole sequence.
+            # one index of min_tokens-grams finds the candidates for every short length
             k = min(min_tokens, len(toks))
             candidates = np.unique(self._rows_with(_gram_hashes(ids[:k], k), k))
             return {int(r): 1.0 for r in candidates if holds_run(self.tokens[r], toks)}
@@ -93,9 +87,8 @@ class NgramIndex:
         return {int(r): c / len(grams) for r, c in zip(hit_rows.tolist(), counts.tolist())}
 
     def may_overlap(self, token_lists: list[list[str]], n: int, min_tokens: int) -> np.ndarray:
-        """For many texts at once (as `tokenize` words), whether `overlaps` could find any training text for
-        each: False means it returns {} (no n-gram of the text is in the index, or for a text shorter than n,
-        not its first min_tokens words). A vectorised prefilter, exact on the False side."""
+        """Per text (as `tokenize` words), whether `overlaps` could find any training text: a vectorised prefilter,
+        exact on the False side."""
         lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
         out = np.zeros(len(token_lists), dtype=bool)
         if not len(token_lists) or not lengths.sum():

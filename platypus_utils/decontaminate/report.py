@@ -18,8 +18,7 @@ from .detectors import DETECTORS, REGISTRY
 
 
 def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:
-    """Training source x benchmark: distinct rows per category (most severe per row and benchmark)
-    and rows removed - the paper's Table 1 form."""
+    """Training source x benchmark: rows per category (most severe per row and benchmark) and rows removed."""
     cols = ["data_source", "benchmark", *CATEGORIES, "removed"]
     if pairs.empty:
         return pd.DataFrame(columns=cols)
@@ -54,6 +53,8 @@ def summarise(
     if cands is not None and cfg.answer_detector_threshold is not None:
         cosine = cands["embedding_cosine"]
         below = int(cosine.between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum())
+    by_source = pairs.drop_duplicates("train_index")["train_source"]
+    by_benchmark = pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"]
     return {
         "train_rows": len(rows),
         "benchmark_items": len(items),
@@ -71,15 +72,9 @@ def summarise(
             "judge_only": int((by["judge"] & ~by["embedding"] & ~by["ngram"] & ~by["answer"]).sum()),
         },
         "pairs_by_category": {c: int((pairs["category"] == c).sum()) for c in CATEGORIES},
-        "flagged_rows_by_source": {
-            k: int(v)
-            for k, v in pairs.drop_duplicates("train_index")["train_source"].value_counts().sort_index().items()
-        },
+        "flagged_rows_by_source": by_source.value_counts().sort_index().to_dict(),
         "removed_rows_by_source": dict(sorted(collections.Counter(rows[i]["data_source"] for i in removed).items())),
-        "flagged_items_by_benchmark": {
-            k: int(v)
-            for k, v in pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"].value_counts().sort_index().items()
-        },
+        "flagged_items_by_benchmark": by_benchmark.value_counts().sort_index().to_dict(),
         "candidate_pairs": 0 if cands is None else len(cands),
         "answer_detector_candidates": below,
         "actions": dict(cfg.actions),
@@ -104,8 +99,7 @@ def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
 
 
 def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The flagged pairs as a reviewer reads them: the pair's id (for a decisions file), both texts side by side,
-    the category, its rule, the action and the reviewer's decision (if a decisions file gave one)."""
+    """The flagged pairs as a reviewer reads them: pair_id, both texts, category, rule, action and decision."""
     cols = (
         "pair_id category train_source train_text test_text benchmark lm_eval_task doc_id embedding_cosine "
         "ngram_overlap test_view rule action decision"

@@ -15,16 +15,10 @@ from .rules import categorise
 def score_pairs(
     pairs: list[dict], cfg: DecontaminateConfig, embedder=None, cosines: list[float] | None = None
 ) -> pd.DataFrame:
-    """Score given (train row, test item) pairs one by one, as stage.detect would score them.
-
-    Each pair is {"train": {instruction, input, output, data_source}, "question", "answer", "benchmark",
-    ["choices"], ...}, as in tests/fixtures/contamination_labelled.jsonl. Cosines come from `embedder`
-    (views and windows as in the stage), or are given (`cosines`, one per pair, read as the best cosine).
-    Returns one row per pair: the candidate columns, answer_match, judge_score, each detector's verdict,
-    category and rule (category "" when no detector flags it). Used to measure the detectors on a
-    labelled set (bench/bench_detectors.py).
-    """
-    cfg = cfg.model_copy(update={"candidates": "exhaustive"})  # given pairs: every item is read
+    """Score labelled pairs ({"train": row, "question", "answer", "benchmark", "choices"?}) one by one as
+    stage.detect would: candidate columns, detector verdicts, category and rule ("" when no detector flags it).
+    Cosines come from `embedder`, or are given (`cosines`, one per pair)."""
+    cfg = cfg.model_copy(update={"candidates": "exhaustive"})
     rows = [{"input": "", **p["train"]} for p in pairs]
     items = [{"subject": "", "choices": [], **{k: v for k, v in p.items() if k != "train"}} for p in pairs]
     emb = embed_texts(

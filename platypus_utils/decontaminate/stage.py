@@ -51,7 +51,7 @@ AS_RELEASED_REASON = "skipped: rows as released, already decontaminated by the a
 
 
 def as_released(profile: Profile) -> bool:
-    """training_data: as_released: the rows pass through with no leak detection (see the module docstring)."""
+    """training_data: as_released: the rows pass through with no leak detection."""
     return profile.training_data == "as_released"
 
 
@@ -64,13 +64,10 @@ def passed_through(rows: list[dict], cfg: DecontaminateConfig) -> Result:
 
 
 def load_inputs(profile: Profile) -> Inputs:
-    """Step 1: 01_curate's curated.jsonl and the benchmark test items of the profile (none when the
-    rows are as released: nothing is compared with them)."""
+    """Step 1: 01_curate's curated.jsonl and the profile's benchmark test items (none when as released)."""
     train_path = artifact(profile, CURATED)
     rows, skipped = read_training_rows(train_path)
-    if as_released(profile):
-        return Inputs(rows, dict(sorted(skipped.items())), [], [train_path])
-    items, bdir = load_benchmark_items(profile.decontaminate, profile)
+    items, bdir = ([], None) if as_released(profile) else load_benchmark_items(profile.decontaminate, profile)
     return Inputs(rows, dict(sorted(skipped.items())), items, [train_path] + ([bdir] if bdir is not None else []))
 
 
@@ -82,8 +79,7 @@ def embedder_for(profile: Profile) -> Embedder | None:
 
 
 def row_pairs(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder, timings: dict, index):
-    """Steps 2-4, which read each training row on its own (engine: ray runs them per block of rows): embed,
-    candidates, flag, categorise; returns (candidate pairs, flagged pairs with their categories)."""
+    """Steps 2-4, per training row (engine: ray runs them per block): (candidate pairs, categorised flagged pairs)."""
     with timed(timings, "embed_s"):
         emb = embed_texts(rows, items, cfg, embedder, index)
     with timed(timings, "candidates_s"):
@@ -101,9 +97,8 @@ def detect(
     timings: dict | None = None,
     index=None,
 ) -> Result:
-    """Steps 2-5 composed: embed, candidates, flag, categorise (row_pairs, here or with `engine: ray` over blocks
-    of rows on a Ray cluster: engine_ray.py), then over the whole set: choose removals (seconds per step into
-    `timings` when given; `index`: a loaded benchmark index file, index.load_index)."""
+    """Steps 2-5: row_pairs (locally or on Ray), a reviewer's decisions, removals and summary (seconds per step
+    into `timings`; `index`: a loaded benchmark index file)."""
     if not rows:
         raise ValueError("empty training set: nothing to check")
     if not items:
@@ -115,7 +110,7 @@ def detect(
         cands, pairs = pairs_on_ray(*steps, local=row_pairs)
     else:
         cands, pairs = row_pairs(*steps)
-    pairs, decided = decide(pairs, cfg)  # a reviewer's decisions file (decontaminate.decisions), if any
+    pairs, decided = decide(pairs, cfg)
     clean, removed = choose_removals(pairs, rows)
     summary = {**summarise(pairs, rows, items, removed, cfg, cands), **decided}
     return Result(clean, pairs, contamination_table(pairs, removed), summary, cands)
@@ -124,28 +119,24 @@ def detect(
 def save(
     profile: Profile, inputs: Inputs, result: Result, timings: dict | None = None, force: bool = False
 ) -> list[Path]:
-    """Step 6 (last): the artifacts, figure, tables and manifest.json, exactly as the runner writes them.
-
-    Refuses (DecontaminateError) to overwrite outputs changed by hand since the last recorded run - a
-    reviewed flagged_pairs.csv - unless `force` (the runner's --force)."""
-    refuse_edited_outputs(profile.run_dir(STAGE), profile.source_file, force, DecontaminateError)
+    """Step 6: the artifacts, figure, tables and manifest.json; DecontaminateError instead of overwriting outputs
+    edited by hand since the last run (a reviewed flagged_pairs.csv) unless `force`."""
+    out = profile.run_dir(STAGE)
+    refuse_edited_outputs(out, profile.source_file, force, DecontaminateError)
     result.summary["skipped_train_rows"] = dict(inputs.skipped)
-    with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:
+    with StageRun(out, STAGE, profile.fingerprint_params(STAGE)) as run:
         run.timings.update(timings or {})
         for path in inputs.paths:
             run.add_input(path)
         with run.timed("save_s"):
-            paths = save_outputs(
-                result, profile.run_dir(STAGE), profile.report_dir("figures"), profile.report_dir("tables")
-            )
+            paths = save_outputs(result, out, profile.report_dir("figures"), profile.report_dir("tables"))
         for p in paths:
             run.add_output(p)
         run.metrics.update({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
         run.metrics["training_data"] = profile.training_data
         if profile.decontaminate.decisions and "decisions" in result.summary:  # the reviewer's file, hashed
             run.add_input(profile.decontaminate.decisions)
-            run.metrics["overruled_pairs"] = result.summary["overruled_pairs"]
-            run.metrics["unmatched_decisions"] = result.summary["unmatched_decisions"]
+            run.metrics.update({k: result.summary[k] for k in ("overruled_pairs", "unmatched_decisions")})
         if "leak_detection" in result.summary:
             run.metrics["leak_detection"] = result.summary["leak_detection"]
     log.info(
@@ -158,8 +149,7 @@ def save(
 
 
 def run_decontaminate(profile: Profile, force: bool = False) -> dict:
-    """The whole stage, for scripts and tests (the runner executes notebook 02, the same steps): load,
-    detect, save. Returns the summary."""
+    """The whole stage (load, detect, save) for scripts and tests; returns the summary."""
     timings: dict = {}
     with timed(timings, "load_s"):
         inputs = load_inputs(profile)
@@ -172,18 +162,14 @@ def run_decontaminate(profile: Profile, force: bool = False) -> dict:
     return result.summary
 
 
-CHECK_FILE_OUTPUTS = (
-    CLEAN[1],
-    FLAGGED_PAIRS[1],
-    "contamination_table.csv",
-    "decontamination_report.json",
+CHECK_FILE_OUTPUTS = (  # what check_file writes into `out` (report.save_outputs)
+    *(CLEAN[1], FLAGGED_PAIRS[1], "contamination_table.csv", "decontamination_report.json"),
     *(f"02_contamination.{ext}" for ext in (*FORMATS, "txt")),
-)  # what check_file writes into `out` (report.save_outputs)
+)
 
 
 def check_out_apart(train_file: str | Path, out: str | Path) -> None:
-    """Before any work: `out` is a folder (or not there yet) and none of the files written into it is
-    the input (ValueError naming the paths; the CLI exits 2)."""
+    """ValueError unless `out` is a folder (or not there yet) and no file written into it is the input."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder; give the folder the outputs go into")
@@ -214,12 +200,9 @@ def check_file(
     cache_dir: str | Path | None = None,
     index: str | Path | None = None,
 ) -> dict:
-    """Standalone use (`platypus decontaminate`): check any dataset in the Open-Platypus schema against
-    benchmarks, writing clean.jsonl, flagged_pairs.csv, contamination_table.csv, decontamination_report.json
-    and the figure into `out`. Rows without data_source are counted under the file's name; odd rows are
-    skipped and counted (`skipped_train_rows`). Embeddings are cached under `cache_dir` (default
-    $PLATYPUS_CACHE or ~/.cache/platypus), made absolute, so every working folder shares them. `index`: a
-    benchmark index file (--build-index) read instead of embedding the benchmark side (checked on load)."""
+    """`platypus decontaminate`: check a dataset in the Open-Platypus schema against benchmarks, writing the
+    stage's outputs (CHECK_FILE_OUTPUTS) into `out`. Embeddings are cached under `cache_dir` (default
+    $PLATYPUS_CACHE or ~/.cache/platypus); `index`: a benchmark index file read instead of embedding benchmarks."""
     check_out_apart(train_file, out)
     rows, skipped = read_training_rows(train_file)
     cfg, items, embedder = _benchmark_side(benchmarks_dir, cfg, embedding_model, cache_dir)
@@ -237,8 +220,7 @@ def build_benchmark_index(
     embedding_model: str = "embedded:all-minilm-l6-v2",
     cache_dir: str | Path | None = None,
 ) -> dict:
-    """`platypus decontaminate --build-index OUT`: the benchmark side (views, first-pass index, vectors, model)
-    in one file that `check_file(index=OUT)` reads on another machine; returns its meta."""
+    """`platypus decontaminate --build-index OUT`: the benchmark side in one file (check_file(index=OUT)); its meta."""
     if Path(out).is_dir():
         raise ValueError(f"--build-index {out}: is a folder; give the file to write")
     cfg, items, embedder = _benchmark_side(benchmarks_dir, cfg, embedding_model, cache_dir)

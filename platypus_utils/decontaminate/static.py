@@ -1,14 +1,8 @@
-"""Static word-piece vectors distilled from the embedding model, for the first pass (candidates.py).
+"""Static word-piece vectors distilled from the embedding model (model2vec's recipe), for the first pass.
 
-model2vec's recipe, done here with the model already loaded (model2vec's own distiller pins an older
-transformers): every word piece a text holds is passed alone through the sentence-transformer
-([CLS] piece [SEP], its pooling and normalisation), giving one vector per piece. A text's static vector is
-the mean of its pieces' vectors weighted by their inverse document frequency over the test views, less
-the views' mean direction (the component all texts share), L2-normalised: no attention, so 60k views take
-seconds, and its cosines follow the model's closely enough to rank the neighbours the model would find
-(recall printed by bench/bench_decontaminate.py --recall).
-Only the pieces the views and the training windows hold are distilled, each once per model: they are
-cached in a .npy beside the embedding cache (~45 MB for MiniLM's whole vocabulary).
+Each word piece alone through the sentence-transformer gives its vector; a text's static vector is the idf-weighted
+mean of its pieces' vectors less the views' mean direction, L2-normalised. Pieces are distilled once per model and
+cached in a .npy beside the embedding cache.
 """
 
 from __future__ import annotations
@@ -33,9 +27,8 @@ def _sentence_transformer(embedder):
 
 
 def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """One L2-normalised vector per vocabulary piece, distilled for the `needed` piece ids (others: zeros, they
-    match no view). Cached under the embedder's cache folder (pieces not yet distilled are NaN rows there), so
-    each piece is distilled once per model."""
+    """One L2-normalised vector per vocabulary piece, distilled for the `needed` ids (others: zeros), through the
+    embedder's cache folder (NaN rows there: not distilled yet)."""
     model, tokenizer = _sentence_transformer(embedder)
     cache_dir = getattr(getattr(embedder, "cache", None), "dir", None)
     path = Path(cache_dir) / "static_pieces.npy" if cache_dir is not None else None
@@ -97,8 +90,8 @@ def smooth_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
 
 
 def best_items(scores: np.ndarray, view_item: np.ndarray, k: int, positive: bool = False) -> list[np.ndarray]:
-    """Per row of `scores` (texts x views, views grouped by item in ascending order): the (up to) k items whose
-    best view scores highest, best first (`positive`: scores > 0 only)."""
+    """Per row of `scores` (texts x views grouped by item, ascending): the (up to) k items whose best view scores
+    highest, best first (`positive`: scores > 0 only)."""
     items, starts = np.unique(view_item, return_index=True)
     per_item = np.maximum.reduceat(scores, starts, axis=1) if len(items) else scores
     kk = min(k, per_item.shape[1])
@@ -112,9 +105,8 @@ def best_items(scores: np.ndarray, view_item: np.ndarray, k: int, positive: bool
 
 
 class StaticIndex:
-    """Static vectors of the test views, and the same map for training windows. `pieces` holds the vectors of
-    the pieces read so far (zeros elsewhere); a text's pieces are distilled when first read (`ensure`), so a
-    vector never depends on what else was read before."""
+    """Static vectors of the test views and of other texts; `pieces` holds the vectors of the pieces read so far
+    (`ensure` distils a text's pieces when first read)."""
 
     def __init__(self, pieces: np.ndarray, view_counts: sparse.csr_matrix):
         df = np.bincount(view_counts.indices, minlength=view_counts.shape[1])
@@ -146,8 +138,8 @@ class StaticIndex:
 
 
 def static_index(embedder, view_texts: list[str], pieces: np.ndarray | None = None) -> StaticIndex | None:
-    """The views' static index with the embedder's pieces, or `pieces` (an index file's, the views' pieces
-    distilled); None without a sentence-transformer."""
+    """The views' static index with the embedder's pieces, or `pieces` (an index file's); None without a
+    sentence-transformer."""
     if _sentence_transformer(embedder)[0] is None:
         return None
     counts = piece_counts(embedder, view_texts)
@@ -158,8 +150,7 @@ def static_index(embedder, view_texts: list[str], pieces: np.ndarray | None = No
 def top_items_static(
     index: StaticIndex, view_item: np.ndarray, embedder, texts: list[str], k: int, block: int = 512
 ) -> list[np.ndarray]:
-    """For each text, the k items whose best view's static vector is closest to its own, best first (views
-    grouped by item, ascending)."""
+    """Per text, the k items whose best view's static vector is closest to its own, best first."""
     counts = piece_counts(embedder, texts)
     index.ensure(embedder, counts)
     queries = index.vectors(counts)

@@ -9,8 +9,7 @@ from ..text import FUNCTION_WORDS, final_answer, latex_plain, normalise_text
 
 WORD = re.compile(r"\w+")
 SIGNED_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")  # answers: there the sign is part of the value
-# Words left out when a long answer is compared word by word with a train output.
-STOPWORDS = FUNCTION_WORDS | {"not", "no", "yes"}
+STOPWORDS = FUNCTION_WORDS | {"not", "no", "yes"}  # left out when a long answer is compared word by word
 
 
 def words(text: str) -> list[str]:
@@ -21,25 +20,16 @@ _CHOICE_LABEL = re.compile(r"^[ \t]*\(?[A-Ea-e][.):][ \t]|\([A-Ea-e]\)", re.M)  
 
 
 def gram_words(text: str) -> list[str]:
-    """The words the n-gram detector compares: words() of the text read as plain (latex_plain: $x$, \\frac{1}{2}
-    and x, 1/2 alike) without choice labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere), so a
-    question copied with labelled options or other LaTeX markup still matches."""
+    """The words the n-gram detector compares: words() of the text read as plain (latex_plain), without choice
+    labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere)."""
     return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
 
 
 def answer_in_output(answer: str, output: str) -> bool:
-    """Whether a test item's correct answer is given by a training row's output.
-
-    The output's final answer (final_answer: its last \\boxed{}, the sentence after "answer is", or
-    its last sentence) is what is compared, since worked solutions mention many other numbers and words:
-      * an answer with numbers ("81", "3/8", "9 J", "\\frac{1}{12}"): its numbers must be the final
-        answer's numbers - all of them for a \\boxed{} answer, the last ones (after the last "=") otherwise;
-      * an answer of three or more content words: >= 75% of them anywhere in the output and a run of
-        >= 3 of its words in order (rewordings change a word or two: "waits" for "wait", a leading "Yes,");
-      * any other answer (a name, a letter, a short phrase): its words, in order, in the final answer.
-    Case, punctuation and LaTeX markup never matter. Measured on tests/fixtures/contamination_labelled.jsonl
-    and read against the real MATH x MMLU candidates (bench/bench_detectors.py, bench_decontaminate.py).
-    """
+    """Whether a training row's output gives a test item's answer, read against its final answer (text.final_answer):
+    an answer with numbers: they are the final answer's (all of a \\boxed{}, else the last ones after the last "=");
+    three or more content words: >= 75% of them in the output and a run of >= 3 of its words in order; any other
+    answer: its words, in order, in the final answer. Case, punctuation and LaTeX markup never matter."""
     plain = latex_plain(answer or "")
     answer_words = words(plain)
     if not answer_words:
@@ -66,8 +56,7 @@ def holds_run(hay: list[str], needle: list[str]) -> bool:
 
 
 def contains_phrase(text: str, phrase: str) -> bool:
-    """Whether the words of `phrase` occur in `text` in order and adjacent (case, punctuation and LaTeX
-    markup ignored)."""
+    """Whether the words of `phrase` occur in `text` in order and adjacent (case, punctuation, LaTeX aside)."""
     needle = words(latex_plain(phrase))
     return bool(needle) and holds_run(words(latex_plain(text)), needle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -19,35 +20,29 @@ def full_view_kind(item: dict) -> str:
 
 
 def view_extra(item: dict) -> list[str]:
-    """What the full view adds to the question: the choices (MMLU, ARC), the gold ending (HellaSwag) or the
-    answer (TruthfulQA); [] when the item lacks them."""
+    """What the full view adds to the question: the choices, gold ending or answer ([] when the item lacks them)."""
     if full_view_kind(item) == "choices":
         return [c for c in item.get("choices") or [] if str(c).strip()]
     return [item["answer"]] if (item.get("answer") or "").strip() else []
 
 
 def stem_identifies(item: dict, cfg: DecontaminateConfig) -> bool:
-    """Whether the question alone names its item: always for HellaSwag and TruthfulQA; for MMLU and ARC,
-    whose choices carry the identity of a short stem, from ngram_min_tokens words on."""
+    """Whether the question alone names its item: always when the full view adds no choices, else from
+    ngram_min_tokens words on."""
     return full_view_kind(item) != "choices" or len(words(item["question"])) >= cfg.ngram_min_tokens
 
 
-# a stem of at least this many words is a passage (or a context) followed by its question
-LONG_STEM_WORDS = 35
-# the question part of a long stem: its last line, or its last sentence and, when that is shorter than this
-# many words ("Which would most likely happen next?"), the sentence before it too
-SHORT_QUESTION_WORDS = 12
-MIN_QUESTION_WORDS = 4  # a shorter tail ("~Z / ~X", an argument's last line) asks nothing on its own
+LONG_STEM_WORDS = 35  # a stem this long is a passage (or a context) followed by its question
+SHORT_QUESTION_WORDS = 12  # a last sentence shorter than this takes the sentence before it too
+MIN_QUESTION_WORDS = 4  # a shorter tail asks nothing on its own
 # a list's entry: "Statement 2 |", "Scenario 1 |", "III.", "i)", "(a) "
 _LIST_LINE = re.compile(r"^(?:(?:statement|scenario)\s*\d|\(?[ivx]+[.)]|\(?[a-h0-9][.)]\s)", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d)\]]*\s+(?=[\"'\u201c(\[]*[A-Z0-9])")
 
 
 def question_only(question: str) -> str:
-    """The question sentence(s) of a long stem (a passage or context, then the question: MMLU's history items,
-    ARC items with a setup, long HellaSwag contexts), without what precedes it; "" for a short stem, or when the
-    question part is most of the stem (nothing to drop). A rewording that keeps the question and drops the
-    passage is matched against this (view "question_only")."""
+    """The question sentence(s) of a long stem (its last line, or last sentence(s)) without the passage before
+    it; "" for a short stem, a list, or when the question part is most of the stem."""
     stem = question.strip()
     if len(words(stem)) < LONG_STEM_WORDS:
         return ""
@@ -65,16 +60,13 @@ def question_only(question: str) -> str:
 
 
 def asked_text(item: dict, view: str = "") -> str:
-    """The test question a pair is read against: the question part alone when the pair's evidence was in the
-    "question_only" view (a passage's numbers are not the question's), else the whole stem."""
+    """The test question a pair is read against: the question part alone for the "question_only" view."""
     return (question_only(item["question"]) or item["question"]) if view == "question_only" else item["question"]
 
 
 def item_views(items: list[dict], cfg: DecontaminateConfig) -> pd.DataFrame:
-    """One row per (item, view): item (index), view ("question" | "full" | "question_only"), text, identifying
-    (whether the category rules may read its cosine). A full view that adds nothing is left out; a question_only
-    view exists only for a long stem (question_only) and never identifies its item on its own: it finds
-    candidates for the judge, which then needs the answer to agree."""
+    """One row per (item, view): item, view ("question" | "full" | "question_only"), text and identifying (whether
+    the category rules may read its cosine; never for question_only)."""
     out = []
     for k, it in enumerate(items):
         extra = view_extra(it)
@@ -94,8 +86,8 @@ def item_text(item: dict) -> str:
 
 
 def window_texts(text: str, max_pieces: int, overlap: float, count: Callable[[str], int]) -> list[str]:
-    """`text` cut into windows of at most `max_pieces` word pieces (count(word) pieces per whitespace word),
-    each sharing `overlap` of its pieces with the next; a text that fits is returned whole."""
+    """`text` in windows of at most `max_pieces` word pieces (count(word) per word), each sharing `overlap` of its
+    pieces with the next; a text that fits is returned whole."""
     if len(re.sub(r"\s", "", text)) <= max_pieces:  # every word piece holds at least one character
         return [text]
     toks = text.split()
@@ -118,19 +110,12 @@ def window_texts(text: str, max_pieces: int, overlap: float, count: Callable[[st
 
 
 def piece_counter(embedder) -> tuple[int, Callable[[str], int]] | None:
-    """(word pieces per window, pieces of a word) for the embedder's model; None when the embedder does not
-    expose a tokenizer (stand-ins in tests and benchmarks: texts are then embedded whole)."""
+    """(word pieces per window, pieces of a word) for the embedder's model; None without a tokenizer."""
     model = getattr(embedder, "model", None)  # the project's Embedder loads its SentenceTransformer here
     tokenizer, length = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
     if tokenizer is None or not length:
         return None
-    cache: dict[str, int] = {}
-
-    def count(word: str) -> int:
-        if word not in cache:
-            cache[word] = max(1, len(tokenizer.tokenize(word)))
-        return cache[word]
-
+    count = functools.lru_cache(maxsize=None)(lambda word: max(1, len(tokenizer.tokenize(word))))
     return int(length) - 2, count  # [CLS] and [SEP]
 
 
@@ -138,9 +123,8 @@ def train_windows(rows: list[dict], cfg: DecontaminateConfig, embedder=None) -> 
     """One row per (training row, part, window): row (index), part ("prompt" | "output"), text."""
     parts = [("prompt", embedding_text)] + ([("output", lambda r: r["output"])] if cfg.search_outputs else [])
     texts = [(i, part, get(r)) for part, get in parts for i, r in enumerate(rows)]
-    budget = None
-    if any(len(t) > 254 for _, _, t in texts):  # only then is the tokenizer needed (it loads the model)
-        budget = piece_counter(embedder)
+    # only a text over 254 characters can need windows: only then is the tokenizer (the model) loaded
+    budget = piece_counter(embedder) if any(len(t) > 254 for _, _, t in texts) else None
     out = []
     for i, part, text in texts:
         if not text.strip():
