@@ -276,8 +276,7 @@ class FinetuneConfig(_OptionsSection):
                 )
 
     def examples_step_plan(self, world_size: int) -> tuple[int, int]:
-        """(gradient_accumulation_steps, examples per optimizer step) on `world_size` processes; ValueError
-        when global_batch_size cannot be met within 10%."""
+        """(accumulation steps, examples per step) on `world_size` processes; ValueError when over 10% off target."""
         per_device = self.sft["per_device_train_batch_size"]
         if self.global_batch_size is None:
             gas = self.sft.get("gradient_accumulation_steps", 1)
@@ -666,8 +665,7 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
 
 
 def project_root_for(profile_file: Path) -> Path:
-    """Where a profile's relative paths start: the nearest folder above it with a pyproject.toml or a
-    params/ folder, else the profile's own folder."""
+    """Where relative paths start: the nearest folder above the profile with pyproject.toml or params/, else its own."""
     profile_file = Path(profile_file).resolve()
     for folder in profile_file.parents:
         if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():

@@ -166,11 +166,9 @@ def removed_frame(rows: list[dict], removed: list[dict]) -> pd.DataFrame:
 
 def embed(profile: Profile, rows: list[dict], indices: list[int]) -> tuple[np.ndarray, dict]:
     """L2-normalised embeddings of rows[indices] (cached) and the cache counts {"cached", "encoded"}."""
+    models = profile.models
     embedder = Embedder(
-        profile.models.embedding,
-        profile.cache_dir(),
-        profile.curate.embed_batch_size,
-        backend=profile.models.embedding_backend,
+        models.embedding, profile.cache_dir(), profile.curate.embed_batch_size, backend=models.embedding_backend
     )
     emb = embedder.encode([embedding_text(rows[i]) for i in indices], desc="curate")
     return emb, dict(embedder.stats)
@@ -431,8 +429,7 @@ def check_push_settings(profile: Profile) -> None:
 def save(
     profile: Profile, loaded: Loaded, curation: Curation, timings: dict | None = None, force: bool = False
 ) -> list[Path]:
-    """Write the artifacts and manifest.json; push to the hub when asked. CurateError on outputs edited
-    after the recorded run unless `force`."""
+    """Write the artifacts and manifest.json, push when asked; CurateError on outputs edited since, unless `force`."""
     check_push_settings(profile)
     refuse_edited_outputs(profile.run_dir(STAGE), profile.source_file, force, CurateError)
     with StageRun(profile.run_dir(STAGE), STAGE, profile.fingerprint_params(STAGE)) as run:

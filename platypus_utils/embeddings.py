@@ -154,8 +154,7 @@ class Embedder:
 
 
 def resolve_backend(backend: str, device: str = "auto") -> str:
-    """ "torch" or "openvino-<precision>"; "auto": OpenVINO when the model runs on the CPU and openvino is
-    installed."""
+    """ "torch" or "openvino-<precision>"; "auto": OpenVINO on the CPU when openvino is installed."""
     from . import openvino_encoder
     from .models import pick_device
 
@@ -188,11 +187,8 @@ def pairs_above(
     desc: str = "similarity",
     backend: str = "numpy",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (i, j, cosine) arrays for every pair with cosine >= threshold (a, b L2-normalised float32).
-
-    With b=None, a against itself, i < j only. "faiss" gives the same pairs; "faiss_ivf" is approximate
-    from IVF_MIN_ROWS rows on (exact below), each pair once, at exact cosines.
-    """
+    """Yield (i, j, cosine) arrays for every pair with cosine >= threshold (a, b L2-normalised float32); b=None:
+    a against itself, i < j. "faiss" gives the same pairs, "faiss_ivf" approximate ones from IVF_MIN_ROWS rows."""
     if backend in ("faiss", "faiss_ivf"):
         approximate = backend == "faiss_ivf" and len(a if b is None else b) >= IVF_MIN_ROWS
         yield from _pairs_above_faiss(a, b, threshold, block_size, desc, approximate)
@@ -252,8 +248,7 @@ def ivf_index(base: np.ndarray, seed: int = 0):
 def _pairs_above_faiss(
     a: np.ndarray, b: np.ndarray | None, threshold: float, block_size: int, desc: str, approximate: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """pairs_above's faiss backends: range searches over an exact or an IVF index, pairs by row then column.
-    IVF may find a self-pair from one end only: all are kept, then each pair once."""
+    """pairs_above's faiss backends (exact or IVF range searches): pairs by row then column, each once."""
     faiss = _import_faiss()
     self_pairs = b is None
     base = np.ascontiguousarray(a if b is None else b, dtype=np.float32)

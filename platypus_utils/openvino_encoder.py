@@ -41,8 +41,7 @@ def precision() -> str:
 
 
 class OpenVINOEncoder:
-    """SentenceTransformer.encode(texts, normalize_embeddings=True), model[0] run by OpenVINO; compiled once
-    per process, `key` (the model's resolved path) and precision."""
+    """SentenceTransformer.encode(normalize_embeddings=True) with model[0] compiled by OpenVINO once per `key`."""
 
     def __init__(self, model, inference_precision: str, key):
         self.model, self.precision = model, inference_precision
