@@ -1,9 +1,7 @@
-"""mergekit configs in a profile: a `merge.model_merges` entry `{name, mergekit: <mapping or .yml path>}`,
-translated when the profile loads into config.ModelMergeConfig's keys with mergekit 0.1.5's meaning for
-linear, slerp (t: weights [1 - t, t]), task_arithmetic, ties, dare_linear and dare_ties. Relative model
-paths ("./x") start from the .yml's folder (an inline mapping: the project root). What has no translation
-(slices, modules, gradients, tokenizer settings, model+lora, other methods) is a MergekitConfigError
-naming the mergekit key. Imports only the standard library and yaml (config imports it).
+"""mergekit configs in a profile: a `merge.model_merges` entry `{name, mergekit: <mapping or .yml path>}`
+translated when the profile loads into config.ModelMergeConfig's keys, as mergekit 0.1.5 means them
+(slerp's t: weights [1 - t, t]; "./x" paths from the .yml's folder). What has no translation is a
+MergekitConfigError naming the mergekit key. Imports only the standard library and yaml.
 """
 
 from __future__ import annotations
@@ -56,8 +54,7 @@ def _scalar(value: Any, key: str, kind: type) -> Any:
     """One value for the whole model: gradients (lists) and filtered values have no translation."""
     if isinstance(value, (list, dict)):
         raise MergekitConfigError(
-            f"{key}: {value!r} varies by layer or tensor (a gradient or a filter); stage 04 takes one value "
-            "for the whole model"
+            f"{key}: {value!r} varies by layer or tensor (a gradient or a filter); stage 04 takes one value for the whole model"
         )
     if kind is bool and not isinstance(value, bool):
         raise MergekitConfigError(f"{key}: true or false, got {value!r}")
@@ -71,8 +68,7 @@ def _reference(value: Any, key: str, folder: Path) -> str:
         raise MergekitConfigError(f"{key}: a model reference (a string), got {value!r}")
     if "+" in value:
         raise MergekitConfigError(
-            f"{key}: {value!r} is mergekit's model+LoRA syntax; give the adapter to stage 04 as a partner's "
-            "`adapter` (merge.partners) and merge that variant"
+            f"{key}: {value!r} is mergekit's model+LoRA syntax; give the adapter to stage 04 as a partner's `adapter` (merge.partners) and merge that variant"
         )
     return str((folder / value).resolve()) if value.startswith(("./", "../")) else value
 
@@ -106,7 +102,17 @@ def _per_model(models: list[tuple[str, dict]], shared: dict, key: str, default: 
     return values
 
 
-def _check_parameters(config: dict, method: str, models: list[tuple[str, dict]]) -> None:
+def translate(name: str, config: dict, folder: Path) -> dict:
+    """The profile's merge entry (config.ModelMergeConfig's keys) for mergekit config `config`."""
+    for key in (k for k in config if k not in KNOWN):  # the first in the file
+        why = NOT_TRANSLATED.get(key, f"not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
+        raise MergekitConfigError(f"{key}: {why}")
+    method = config.get("merge_method")
+    if method not in MERGEKIT_METHODS:
+        raise MergekitConfigError(
+            f"merge_method: {method!r}; stage 04 translates {', '.join(MERGEKIT_METHODS)} (mergekit's others, e.g. della or model_stock, have no counterpart here)"
+        )
+    models = _models(config, folder)
     own_keys = {"slerp": set(), "linear": {"weight"}}.get(method, {"weight", "density"})
     for i, (_, own) in enumerate(models):
         for key in set(own) - own_keys:
@@ -116,41 +122,6 @@ def _check_parameters(config: dict, method: str, models: list[tuple[str, dict]])
     allowed = own_keys | ({"t"} if method == "slerp" else {"normalize"} if method == "linear" else set(SHARED))
     for key in set(config.get("parameters") or {}) - allowed:
         raise MergekitConfigError(f"parameters.{key}: not a parameter of {method} that stage 04 translates")
-
-
-def _shared_options(method: str, shared: dict) -> dict:
-    """normalize, rescale, lambda, int8_mask as the profile's keys, dropping those mergekit ignores here."""
-    out: dict = {}
-    for key in (k for k in SHARED if k in shared):
-        value = _scalar(shared[key], f"parameters.{key}", float if key == "lambda" else bool)
-        if not (key == "rescale" and method not in TRIMS or key == "int8_mask" and method not in ELECTS):
-            out[key] = value
-    return out
-
-
-def _dtype(config: dict) -> str | None:
-    key = "out_dtype" if config.get("out_dtype") else "dtype"
-    value = config.get(key)
-    if value is None:
-        return None
-    if value not in DTYPES:
-        raise MergekitConfigError(f"{key}: {value!r}; stage 04 stores float32, float16 or bfloat16")
-    return DTYPES[value]
-
-
-def translate(name: str, config: dict, folder: Path) -> dict:
-    """The profile's merge entry (config.ModelMergeConfig's keys) for mergekit config `config`."""
-    for key in (k for k in config if k not in KNOWN):  # the first in the file
-        why = NOT_TRANSLATED.get(key, f"not a mergekit key stage 04 translates ({', '.join(sorted(KNOWN))})")
-        raise MergekitConfigError(f"{key}: {why}")
-    method = config.get("merge_method")
-    if method not in MERGEKIT_METHODS:
-        raise MergekitConfigError(
-            f"merge_method: {method!r}; stage 04 translates {', '.join(MERGEKIT_METHODS)} (mergekit's others, e.g. della "
-            "or model_stock, have no counterpart here)"
-        )
-    models = _models(config, folder)
-    _check_parameters(config, method, models)
     shared = config.get("parameters") or {}
     base = _reference(config["base_model"], "base_model", folder) if config.get("base_model") else None
     out: dict = {"name": name, "method": method}
@@ -178,10 +149,15 @@ def translate(name: str, config: dict, folder: Path) -> dict:
             if len(set(densities)) > 1:
                 raise MergekitConfigError(f"density: {densities} differ by model; stage 04 takes one density")
             out["density"] = densities[0]
-    if method != "slerp":
-        out |= _shared_options(method, shared)
-    if dtype := _dtype(config):
-        out["dtype"] = dtype
+    for key in (k for k in SHARED if k in shared):  # slerp takes none of them (refused above)
+        value = _scalar(shared[key], f"parameters.{key}", float if key == "lambda" else bool)
+        if not ((key == "rescale" and method not in TRIMS) or (key == "int8_mask" and method not in ELECTS)):
+            out[key] = value  # else dropped: mergekit accepts it and it changes nothing there
+    key = "out_dtype" if config.get("out_dtype") else "dtype"
+    if config.get(key) is not None:
+        if config[key] not in DTYPES:
+            raise MergekitConfigError(f"{key}: {config[key]!r}; stage 04 stores float32, float16 or bfloat16")
+        out["dtype"] = DTYPES[config[key]]
     return out
 
 

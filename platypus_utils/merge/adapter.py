@@ -76,9 +76,11 @@ def pattern_value(patterns: dict, module: str, default: Any) -> Any:
     return default
 
 
-def _read_config(adapter_dir: Path) -> dict:
-    config_path = adapter_dir / "adapter_config.json"
-    for p in (config_path, adapter_dir / ADAPTER_WEIGHTS):
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
+    """The adapter's config and its per-module LoRA factors, read from adapter_model.safetensors."""
+    adapter_dir = Path(adapter_dir)
+    config_path, weights_path = adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_WEIGHTS
+    for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found: no LoRA adapter in {adapter_dir}; run stage 03_finetune first")
     config = json.loads(config_path.read_text())
@@ -87,21 +89,12 @@ def _read_config(adapter_dir: Path) -> dict:
     for flag in ("use_dora", "lora_bias"):
         if config.get(flag):
             raise MergeError(f"{config_path}: {flag}=true is not supported by this merge and its check")
-    return config
-
-
-def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
-    """The adapter's config and its per-module LoRA factors, read from adapter_model.safetensors."""
-    adapter_dir = Path(adapter_dir)
-    config = _read_config(adapter_dir)
-    weights_path = adapter_dir / ADAPTER_WEIGHTS
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(str(weights_path)).items():
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
         if not m:
             raise MergeError(
-                f"{weights_path}: tensor {key!r} is not a LoRA A/B factor of a Linear layer "
-                "(modules_to_save / embedding LoRA are not supported by this merge)"
+                f"{weights_path}: tensor {key!r} is not a LoRA A/B factor of a Linear layer (modules_to_save / embedding LoRA are not supported by this merge)"
             )
         factors.setdefault(m.group(1), {})[m.group(2)] = tensor
     if not factors:

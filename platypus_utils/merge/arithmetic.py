@@ -64,12 +64,9 @@ def slerp_coefficients(t: float, v0: torch.Tensor, v1: torch.Tensor) -> tuple[fl
     return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta), False
 
 
-def top_magnitudes(
-    tensor: torch.Tensor, base: torch.Tensor, density: float, at_least_one: bool = False
-) -> torch.Tensor:
-    """TIES's trim as a bool mask: the k = int(density·n) largest |tensor - base| (at_least_one: k >= 1,
-    as mergekit); ties at the cut: the first by position. The k-th magnitude is found by bisection on the
-    float32 bit patterns (~31 counting passes; torch.topk takes 2 GB and 15 s for 100 M entries)."""
+def top_magnitudes(tensor: torch.Tensor, base: torch.Tensor, density: float, at_least_one=False) -> torch.Tensor:
+    """TIES's trim as a bool mask: the k = int(density·n) largest |tensor - base| (at_least_one: k >= 1),
+    ties at the cut by position; the k-th magnitude by bisection on float32 bits (torch.topk: 2 GB per 100 M)."""
     magnitude = tensor.reshape(-1).to(torch.float32, copy=True).sub_(base.reshape(-1)).abs_()  # never the input
     k = int(density * magnitude.numel())
     if at_least_one and magnitude.numel():
@@ -108,7 +105,7 @@ def trim_masks(method, keep, density: float, part: slice, count: int, seed: int,
 
 
 def l1_rescales(method, flat, base, keep, density: float, seed: int, name: str) -> list[float]:
-    """mergekit's rescale, tensor-wide: ||δ||₁ / ||trimmed δ||₁ per task vector; 1 where either is below RESCALE_EPS."""
+    """mergekit's rescale, tensor-wide: ||δ||₁ / ||trimmed δ||₁ per task vector (1 below RESCALE_EPS)."""
     before, after = [0.0] * len(flat), [0.0] * len(flat)
     for part in chunks(base.numel()):
         b = base[part].float()

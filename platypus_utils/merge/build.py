@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,10 +33,7 @@ from .io import (
 )
 from .verify import verify_merged, verify_model_merge
 
-METHOD = "merge_and_unload"
-MIX_METHOD = "add_weighted_adapter"
 MIXED_ADAPTER = "mixed_adapter"  # inside an adapter-mix variant: the combined adapter, unmerged
-KIND_ADAPTER, KIND_MIX, KIND_MODELS = "adapter_into_model", "adapter_mix", "model_merge"
 FACTORWISE_MIXES = ("linear", "ties", "dare_linear", "dare_ties")  # combine LoRA factors entry by entry
 Steps = tuple[Callable[[Path], dict], Callable[[Path], dict]]  # (build into a folder, verify a folder)
 
@@ -55,24 +53,19 @@ def adapter_merge_steps(
         del merged, model
         return {"tokenizer_from": save_tokenizer(tokenizer_dirs, tmp, label)}
 
-    def check(path: Path) -> dict:
-        return verify_merged(path, source, adapter_dir, deltas, atol, dtype)
-
-    return build, check
+    return build, partial(verify_merged, source=source, adapter_dir=adapter_dir, deltas=deltas, atol=atol, dtype=dtype)
 
 
 def adapter_mix_steps(
     source: str, adapter_dirs: list[Path], mix: AdapterMixConfig, tokenizer_dirs: list[str], dtype, seed: int, atol
 ) -> Steps:
-    """peft's add_weighted_adapter on a float32 copy of `source`, kept unmerged in <variant>/mixed_adapter/
-    and merged (cast once); checked by verify_merged against that mixed adapter."""
+    """peft's add_weighted_adapter on a float32 `source`, kept in <variant>/mixed_adapter/ and merged (cast once)."""
     sources = [read_adapter(d) for d in adapter_dirs]
     ranks = [sorted(adapter_ranks(cfg)) for cfg, _ in sources]
     if mix.combination_type in FACTORWISE_MIXES and len({tuple(r) for r in ranks}) > 1:
         shown = ", ".join(f"{d} r={'/'.join(map(str, r))}" for d, r in zip(adapter_dirs, ranks))
         raise MergeError(
-            f"adapter mix {mix.name!r}: combination_type {mix.combination_type} combines the LoRA "
-            f"factors entry by entry and needs adapters of equal rank; got {shown} (cat and svd take any ranks)"
+            f"adapter mix {mix.name!r}: combination_type {mix.combination_type} combines the LoRA factors entry by entry and needs adapters of equal rank; got {shown} (cat and svd take any ranks)"
         )
 
     def build(tmp: Path) -> dict:
@@ -85,15 +78,8 @@ def adapter_mix_steps(
             peft_model.load_adapter(str(d), adapter_name=name, is_trainable=False)
         with torch.random.fork_rng(devices=[]):  # DARE draws from the global generator
             torch.manual_seed(seed)
-            peft_model.add_weighted_adapter(
-                names,
-                list(mix.weights),
-                "default",
-                combination_type=mix.combination_type,
-                svd_rank=mix.svd_rank,
-                density=mix.density,
-                majority_sign_method=mix.majority_sign_method,
-            )
+            options = mix.model_dump(include={"combination_type", "svd_rank", "density", "majority_sign_method"})
+            peft_model.add_weighted_adapter(names, list(mix.weights), "default", **options)
         peft_model.set_adapter("default")
         peft_model.save_pretrained(str(tmp / MIXED_ADAPTER), selected_adapters=["default"])
         # peft writes target_modules from a set in hash order: sorted, the files are the same in every process
@@ -129,8 +115,7 @@ def check_model_merge_inputs(spec: ModelMergeSpec) -> list[str]:
         if ckpt.names() != names:
             only_ref, only_here = sorted(set(names) - set(ckpt.names())), sorted(set(ckpt.names()) - set(names))
             raise MergeError(
-                f"{spec.name}: {label} does not have the tensors of {ref_label}: missing "
-                f"{only_ref[:5]}, extra {only_here[:5]}"
+                f"{spec.name}: {label} does not have the tensors of {ref_label}: missing {only_ref[:5]}, extra {only_here[:5]}"
             )
         for n in names:
             a, b = checkpoints[0].entries[n], ckpt.entries[n]
@@ -141,40 +126,34 @@ def check_model_merge_inputs(spec: ModelMergeSpec) -> list[str]:
     return names
 
 
-def _merged_tensors(tmp: Path, spec: ModelMergeSpec, names: list[str], dtype, seed: int) -> dict:
-    """Stream every tensor through merge_tensor into tmp's safetensors; returns the counts."""
-    models, base = spec.checkpoints()
-    stats = {"tensors": len(names), "unchanged_tensors": 0, "slerp_linear_tensors": 0, "non_float_tensors": 0}
-    sources = {n: st_dtype(models[0].entries[n].dtype) for n in names}
-    specs = [(n, dtype if sources[n].is_floating_point else sources[n], models[0].entries[n].shape) for n in names]
-
-    def produce(name: str) -> torch.Tensor:
-        tensors = [m.read(name) for m in models]
-        if not tensors[0].is_floating_point():  # ids, masks: must agree, are copied
-            stats["non_float_tensors"] += 1
-            if any(not torch.equal(tensors[0], t) for t in tensors[1:]):
-                raise MergeError(f"{spec.name}: non-float tensor {name} differs between the models")
-            return tensors[0]
-        base_t = base.read(name) if base is not None else None
-        args = (spec.weights, spec.density, spec.majority_sign_method, seed, name, dtype, spec.options)
-        merged, info = merge_tensor(spec.method, tensors, base_t, *args)
-        stats["slerp_linear_tensors"] += bool(info.get("slerp_linear"))
-        stats["unchanged_tensors"] += bool(info.get("unchanged"))
-        return merged.to(dtype)
-
-    stats["files"] = write_safetensors(tmp, specs, produce)
-    if spec.method != "slerp":
-        stats.pop("slerp_linear_tensors")
-    return stats
-
-
 def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, seed: int) -> Steps:
     """Full models merged tensor by tensor, streamed from and to safetensors; checked by verify_model_merge."""
     return_large_blocks_to_the_os()
     names = check_model_merge_inputs(spec)
 
-    def build(tmp: Path) -> dict:
-        stats = _merged_tensors(tmp, spec, names, dtype, seed)
+    def build(tmp: Path) -> dict:  # every tensor streamed through merge_tensor into tmp's safetensors
+        models, base = spec.checkpoints()
+        stats = {"tensors": len(names), "unchanged_tensors": 0, "slerp_linear_tensors": 0, "non_float_tensors": 0}
+        sources = {n: st_dtype(models[0].entries[n].dtype) for n in names}
+        specs = [(n, dtype if sources[n].is_floating_point else sources[n], models[0].entries[n].shape) for n in names]
+
+        def produce(name: str) -> torch.Tensor:
+            tensors = [m.read(name) for m in models]
+            if not tensors[0].is_floating_point():  # ids, masks: must agree, are copied
+                stats["non_float_tensors"] += 1
+                if any(not torch.equal(tensors[0], t) for t in tensors[1:]):
+                    raise MergeError(f"{spec.name}: non-float tensor {name} differs between the models")
+                return tensors[0]
+            base_t = base.read(name) if base is not None else None
+            args = (spec.weights, spec.density, spec.majority_sign_method, seed, name, dtype, spec.options)
+            merged, info = merge_tensor(spec.method, tensors, base_t, *args)
+            stats["slerp_linear_tensors"] += bool(info.get("slerp_linear"))
+            stats["unchanged_tensors"] += bool(info.get("unchanged"))
+            return merged.to(dtype)
+
+        stats["files"] = write_safetensors(tmp, specs, produce)
+        if spec.method != "slerp":
+            stats.pop("slerp_linear_tensors")
         config = json.loads((Path(spec.models[0]) / "config.json").read_text())
         for key in ("dtype", "torch_dtype"):
             if key in config:
@@ -186,7 +165,4 @@ def model_merge_steps(spec: ModelMergeSpec, tokenizer_dirs: list[str], dtype, se
         stats["tokenizer_from"] = save_tokenizer(tokenizer_dirs, tmp, spec.name)
         return stats
 
-    def check(path: Path) -> dict:
-        return verify_model_merge(path, spec, dtype, seed)
-
-    return build, check
+    return build, partial(verify_model_merge, spec=spec, dtype=dtype, seed=seed)

@@ -52,16 +52,14 @@ def release_freed_memory() -> None:
 
 
 def return_large_blocks_to_the_os() -> None:
-    """A fixed 1 MiB glibc mmap threshold: each tensor buffer is unmapped when freed (the dynamic one lets
-    a stream of tensors fragment the heap, resident memory creeping up with the number of tensors)."""
+    """A fixed 1 MiB glibc mmap threshold: freed tensor buffers are unmapped, not left to fragment the heap."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 @contextlib.contextmanager
 def measure_peak_rss() -> Iterator[dict]:
-    """Peak resident memory of the block: {"peak_rss_mb", "rss_start_mb", "scope"}; scope "block" where
-    /proc/self/clear_refs resets the high-water mark (Linux), else "process" (the process peak so far)."""
+    """Peak resident memory of the block {"peak_rss_mb", "rss_start_mb", "scope"}: "block" (Linux) or "process"."""
     release_freed_memory()
     out: dict[str, Any] = {"rss_start_mb": proc_status_mb("VmRSS"), "scope": "process"}
     with contextlib.suppress(OSError):
@@ -102,8 +100,7 @@ class SafetensorsCheckpoint:
             files = ["model.safetensors"]
         else:
             raise MergeError(
-                f"{self.dir}: no model.safetensors or model.safetensors.index.json; full-model "
-                "merges read safetensors checkpoints (re-save a .bin one with save_pretrained)"
+                f"{self.dir}: no model.safetensors or model.safetensors.index.json; full-model merges read safetensors checkpoints (re-save a .bin one with save_pretrained)"
             )
         self.entries: dict[str, TensorEntry] = {}
         for name in files:
@@ -133,13 +130,9 @@ class SafetensorsCheckpoint:
 
 
 def write_safetensors(
-    out_dir: Path,
-    specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
-    produce: Callable[[str], torch.Tensor],
-    max_shard_bytes: int = MAX_SHARD_BYTES,
+    out_dir: Path, specs: list[tuple], produce: Callable[[str], torch.Tensor], max_shard_bytes: int = MAX_SHARD_BYTES
 ) -> list[str]:
-    """Write `specs` (name, dtype, shape) in order, asking `produce(name)` for each just before writing it;
-    over max_shard_bytes: Hugging Face's shards and index. Returns the file names."""
+    """Write `specs` (name, dtype, shape), asking `produce(name)` just before each; sharded over max_shard_bytes."""
     shards: list[list[tuple]] = [[]]
     filled = 0
     for name, dtype, shape in specs:
@@ -263,21 +256,15 @@ def read_merge_info(out_dir: str | Path) -> dict | None:
     return info
 
 
-def write_variant(
-    out_dir: Path, build: Callable[[Path], dict], verify: Callable[[Path], dict] | None, info: dict
-) -> dict:
-    """Build into a temporary folder, verify there, then rename to `out_dir` (a failed check never appears);
-    writes and returns MERGE_INFO (inputs, checks, their memory, the content hash)."""
+def write_variant(out_dir: Path, build: Callable[[Path], dict], verify: Callable | None, info: dict) -> dict:
+    """Build and verify in a temporary folder renamed to `out_dir` after; writes and returns MERGE_INFO."""
     info = dict(info)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         with measure_peak_rss() as memory:
             info.update(build(tmp) or {})
-        info["memory"] = {
-            "merge_peak_rss_mb": memory["peak_rss_mb"],
-            "merge_rss_start_mb": memory["rss_start_mb"],
-            "scope": memory["scope"],
-        }
+        info["memory"] = {"merge_peak_rss_mb": memory["peak_rss_mb"], "merge_rss_start_mb": memory["rss_start_mb"]}
+        info["memory"]["scope"] = memory["scope"]
         if verify is not None:
             with measure_peak_rss() as memory:
                 info["verification"] = verify(tmp)

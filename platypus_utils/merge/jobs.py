@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,7 @@ from ..artifacts import sha256_path
 from ..config import MergeSweepConfig, ModelMergeConfig, Profile
 from ..models import model_content_hash, resolve_model
 from .adapter import check_architecture, read_adapter
-from .build import (
-    KIND_ADAPTER,
-    KIND_MIX,
-    KIND_MODELS,
-    METHOD,
-    MIX_METHOD,
-    Steps,
-    adapter_merge_steps,
-    adapter_mix_steps,
-    model_merge_steps,
-)
+from .build import Steps, adapter_merge_steps, adapter_mix_steps, model_merge_steps
 from .errors import MergeError
 from .io import (
     MERGE_DTYPES,
@@ -48,6 +39,8 @@ from .verify import LOGIT_BOUND, VERIFY_FORMAT, WEIGHT_BOUND
 log = logging.getLogger("platypus")
 
 STAGE = layout.MERGE
+METHOD, MIX_METHOD = "merge_and_unload", "add_weighted_adapter"
+KIND_ADAPTER, KIND_MIX, KIND_MODELS = "adapter_into_model", "adapter_mix", "model_merge"
 MERGE_FORMAT = 2  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
 INPUTS_DIFFER = "its inputs differ: "
 
@@ -60,18 +53,10 @@ def sweep_merges(sweep: MergeSweepConfig | None) -> list[ModelMergeConfig]:
             raise MergeError(
                 f"merge.sweep.weights: {weights} has {len(weights)} weights for {len(sweep.models)} models"
             )
+        name = layout.sweep_variant_name(method, weights, density)
+        kw = dict(name=name, method=method, models=list(sweep.models), weights=list(weights), density=density)
         try:
-            out.append(
-                ModelMergeConfig(
-                    name=layout.sweep_variant_name(method, weights, density),
-                    method=method,
-                    models=list(sweep.models),
-                    weights=list(weights),
-                    density=density,
-                    majority_sign_method=sweep.majority_sign_method,
-                    base=sweep.base,
-                )
-            )
+            out.append(ModelMergeConfig(**kw, majority_sign_method=sweep.majority_sign_method, base=sweep.base))
         except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
             raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
     return out
@@ -89,8 +74,7 @@ def check_variant_names(profile: Profile) -> list[str]:
     dupes = sorted({n for n in taken if taken.count(n) > 1})
     if dupes:
         raise MergeError(
-            f"merge: duplicate variant names {dupes} (merge.merged_name, partners, their merged_name, "
-            "adapter_mixes, model_merges and sweep points share one namespace)"
+            f"merge: duplicate variant names {dupes} (merge.merged_name, partners, their merged_name, adapter_mixes, model_merges and sweep points share one namespace)"
         )
     reserved = sorted(set(taken) & set(layout.RESERVED_VARIANTS))
     if reserved:
@@ -112,8 +96,7 @@ def resolve_adapter(profile: Profile, ref: str, where: str) -> Path:
     path = Path(ref).expanduser() if ref.startswith(("/", ".", "~")) else profile.run_dir(layout.FINETUNE) / ref
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(
-            f"{where}: adapter {ref!r} -> {path} has no adapter_config.json "
-            "(a 03_finetune folder needs stage 03 to have made it)"
+            f"{where}: adapter {ref!r} -> {path} has no adapter_config.json (a 03_finetune folder needs stage 03 to have made it)"
         )
     return path
 
@@ -162,17 +145,9 @@ class MergeJobs:
         self.jobs: list[Job] = []
         self.made: list[str] = []  # variants made (or reused) so far, in order (stage.make_variant)
         self.sweep = sweep_variant_names(profile)
-        self.report: dict[str, Any] = {
-            "adapter": None,
-            "adapter_base": self.base_ref,
-            "dtype": self.cfg.dtype,
-            "seed": profile.seed,
-            "verify_format": VERIFY_FORMAT,
-            "weight_bound": WEIGHT_BOUND,
-            "logit_bound": LOGIT_BOUND,
-            "models": {},
-            "sweep": self.sweep,
-        }
+        self.report = dict(adapter=None, adapter_base=self.base_ref, dtype=self.cfg.dtype, seed=profile.seed)
+        self.report |= dict(verify_format=VERIFY_FORMAT, weight_bound=WEIGHT_BOUND, logit_bound=LOGIT_BOUND)
+        self.report |= dict(models={}, sweep=self.sweep)
         self.adapter_dir = layout.artifact(profile, layout.ADAPTER)
         self.adapter_tok: list[str] = []
 
@@ -215,32 +190,23 @@ class MergeJobs:
         self.jobs.append(job)
         self.produced[job.variant] = self.run_dir / job.variant
 
-    def adapter_job(
-        self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list[str], partner: str | None
-    ) -> None:
+    def adapter_job(self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list, partner) -> None:
         _, deltas = read_adapter(adapter)
         dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
         made_from = {"method": METHOD, "model_ref": ref, "adapter_sha256": sha256_path(adapter)}
         made_from |= {"adapter_base_ref": self.base_ref, "dtype": dtype_name(dtype)}
         report = dict(base=ref, base_path=source, partner=partner, adapter=str(adapter.resolve()))
         report["adapter_base"] = self.base_ref
-        self._add(
-            Job(
-                variant,
-                KIND_ADAPTER,
-                METHOD,
-                dtype=dtype,
-                merges=f"{adapter.parent.name}/{adapter.name}",
-                into=ref,
-                inputs=lambda: made_from | {"model_content_sha256": self.content_id(source)},
-                mergekit=adapter_config(source, adapter, dtype),
-                steps=lambda: adapter_merge_steps(
-                    source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
-                ),
-                report=report,
-            ),
-            [str(adapter), source],
+
+        def inputs() -> dict:
+            return made_from | {"model_content_sha256": self.content_id(source)}
+
+        steps = partial(
+            adapter_merge_steps, source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
         )
+        job = Job(variant, KIND_ADAPTER, METHOD, inputs, steps, dtype, report, f"{adapter.parent.name}/{adapter.name}")
+        job.into, job.mergekit = ref, adapter_config(source, adapter, dtype)
+        self._add(job, [str(adapter), source])
 
     def add_adapter_merges(self) -> None:
         """The adapter into models.base (merge.merged_name) and into each partner (its merged_name)."""
@@ -301,35 +267,23 @@ class MergeJobs:
         report = dict(base=mix.into or self.base_ref, base_path=into, adapters=[str(d.resolve()) for d in dirs])
         report |= dict(weights=list(mix.weights), density=mix.density, svd_rank=mix.svd_rank)
         tok = [into] + [str(d) for d in dirs if has_tokenizer(d)] + [self.base_path]
-        self._add(
-            Job(
-                mix.name,
-                KIND_MIX,
-                f"{MIX_METHOD}:{mix.combination_type}",
-                inputs=lambda: made_from | {"into_content_sha256": self.content_id(into)},
-                dtype=dtype,
-                merges=" + ".join(d.name for d in dirs),
-                into=mix.into or self.base_ref,
-                steps=lambda: adapter_mix_steps(into, dirs, mix, tok, dtype, self.profile.seed, self.cfg.verify_atol),
-                report=report,
-            ),
-            [str(d) for d in dirs] + [into],
-        )
+
+        def inputs() -> dict:
+            return made_from | {"into_content_sha256": self.content_id(into)}
+
+        steps = partial(adapter_mix_steps, into, dirs, mix, tok, dtype, self.profile.seed, self.cfg.verify_atol)
+        job = Job(mix.name, KIND_MIX, f"{MIX_METHOD}:{mix.combination_type}", inputs, steps, dtype, report)
+        job.merges, job.into = " + ".join(d.name for d in dirs), mix.into or self.base_ref
+        self._add(job, [str(d) for d in dirs] + [into])
 
     def add_model_merge(self, mm: ModelMergeConfig, sweep: bool) -> None:
         where = f"merge.sweep ({mm.name})" if sweep else f"merge.model_merges[{mm.name}]"
         paths = [self.model_path(r, where) for r in mm.models]
         uses_base = mm.method not in ("linear", "slerp")
         base_dir = self.model_path(mm.base or layout.BASE_VARIANT, where) if uses_base else None
-        spec = ModelMergeSpec(
-            **mm.model_dump(include=set("name method weights density majority_sign_method normalize rescale".split())),
-            int8_mask=mm.int8_mask,
-            models=paths,
-            labels=list(mm.models),
-            base=base_dir,
-            base_label=(mm.base or self.base_ref) if uses_base else None,
-            lam=mm.lambda_,
-        )
+        keys = set("name method weights density majority_sign_method normalize rescale int8_mask".split())
+        kw = mm.model_dump(include=keys) | dict(models=paths, labels=list(mm.models), base=base_dir)
+        spec = ModelMergeSpec(**kw, base_label=(mm.base or self.base_ref) if uses_base else None, lam=mm.lambda_)
         dtype = merge_dtype(mm.dtype or self.cfg.dtype, [self.own_dtype(p) for p in [*paths, base_dir] if p])
         options = spec.options
         opts = {"normalize": options.normalize, "rescale": options.rescale, "lambda": options.lam}
@@ -338,27 +292,18 @@ class MergeJobs:
         made_from |= opts | {"dtype": dtype_name(dtype), "format": MERGE_FORMAT}
         made_from["seed"] = self.profile.seed if "dare" in mm.method else None
 
-        def merge_inputs() -> dict:
+        report = dict(models=list(mm.models), model_paths=paths, weights=list(mm.weights), density=mm.density)
+        report |= dict(options=opts, base=spec.base_label, base_path=base_dir, sweep=sweep)
+
+        def inputs() -> dict:
             models = [[label, self.content_id(p)] for label, p in zip(spec.labels, spec.models)]
             base = [spec.base_label, self.content_id(spec.base)] if spec.uses_base else None
             return made_from | {"models": models, "base": base}
 
-        self._add(
-            Job(
-                mm.name,
-                KIND_MODELS,
-                mm.method,
-                inputs=merge_inputs,
-                dtype=dtype,
-                merges=" + ".join(mm.models),
-                into=spec.base_label or "",
-                steps=lambda: model_merge_steps(spec, spec.models + [self.base_path], dtype, self.profile.seed),
-                mergekit=model_merge_config(spec, dtype),
-                report=dict(models=list(mm.models), model_paths=paths, weights=list(mm.weights), density=mm.density)
-                | dict(options=opts, base=spec.base_label, base_path=base_dir, sweep=sweep),
-            ),
-            paths + [base_dir],
-        )
+        steps = partial(model_merge_steps, spec, spec.models + [self.base_path], dtype, self.profile.seed)
+        job = Job(mm.name, KIND_MODELS, mm.method, inputs, steps, dtype, report, " + ".join(mm.models))
+        job.into, job.mergekit = spec.base_label or "", model_merge_config(spec, dtype)
+        self._add(job, paths + [base_dir])
 
 
 def merge_jobs(profile: Profile) -> MergeJobs:
@@ -373,8 +318,7 @@ def merge_jobs(profile: Profile) -> MergeJobs:
         raise RuntimeError(f"merge jobs {[j.variant for j in jobs.jobs]} != layout.planned_variants {jobs.variants}")
     if not jobs.jobs:
         log.warning(
-            "nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, "
-            "model_merges or sweep are given"
+            "nothing to merge: merge.merge_into_base is false and no partners, adapter_mixes, model_merges or sweep are given"
         )
     return jobs
 
@@ -394,8 +338,7 @@ def reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
 
 
 def existing_output(job: Job, out_dir: Path, inputs: dict, force: bool) -> str | None:
-    """None when `out_dir` can be reused, does not exist, or force replaces it; the reason when it is stale
-    (made again). Raises MergeError when it is not this stage's or was edited after (unless force)."""
+    """None: reuse, absent or forced; the reason when stale (made again). MergeError: not this stage's, or edited."""
     if not out_dir.exists() or force:
         return None
     ok, why = reusable(out_dir, inputs)
@@ -405,6 +348,5 @@ def existing_output(job: Job, out_dir: Path, inputs: dict, force: bool) -> str |
         log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
         return why
     raise MergeError(
-        f"{out_dir} already exists and {why}; pass --force "
-        f"(force=True in the notebook, run_merge(profile, force=True)) to overwrite it"
+        f"{out_dir} already exists and {why}; pass --force (force=True in the notebook, run_merge(profile, force=True)) to overwrite it"
     )

@@ -1,8 +1,6 @@
-"""Host memory of stage 04 in bytes, estimated from tensor counts and dtypes (the interpreter and libraries,
-~1-2 GB, come on top). An adapter merge holds one model (peft merges in place), a mix a float32 copy; a
-full-model merge and its check stream (the largest tensor of each input and the output, one CHUNK of
-float32 work); an adapter check holds both models whole unless that exceeds HOST_MEMORY_SHARE of the
-available memory (`needs_streaming`).
+"""Host memory of stage 04 in bytes, from tensor counts and dtypes (plus ~1-2 GB of libraries): an adapter
+merge holds one model, a mix a float32 copy, full-model merges and checks stream; an adapter check holds
+both models unless that exceeds HOST_MEMORY_SHARE of the available memory (`needs_streaming`).
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ def needs_streaming(needed_bytes: float, available: float | None = None) -> bool
 
 
 def checkpoint_bytes(model_dir: str | Path, dtype: torch.dtype | None = None) -> tuple[int, int]:
-    """(bytes of a local checkpoint with its floating tensors in `dtype` (None: as stored), entries of its
-    largest tensor); without safetensors: (the size of its weight files, 0)."""
+    """(bytes, floating tensors in `dtype` (None: as stored), largest tensor's entries); no safetensors: (files, 0)."""
     try:
         entries = SafetensorsCheckpoint(model_dir).entries.values()
     except MergeError:
@@ -48,20 +45,6 @@ def checkpoint_bytes(model_dir: str | Path, dtype: torch.dtype | None = None) ->
         total += numel * (dtype if dtype is not None and stored.is_floating_point else stored).itemsize
         largest = max(largest, numel)
     return total, largest
-
-
-def _jobs(profile) -> list[tuple[str, str, int]]:
-    """(variant, kind, inputs) for every variant 04 makes, in layout.planned_variants order."""
-    cfg = profile.merge
-    mixes = {m.name: len(m.adapters) for m in cfg.adapter_mixes}
-    models = {m.name: len(m.models) + (m.method not in ("linear", "slerp")) for m in cfg.model_merges}
-    for method, weights, density in layout.sweep_points(cfg.sweep):  # the task-vector methods read the base too
-        uses_base = method not in ("linear", "slerp")
-        models[layout.sweep_variant_name(method, weights, density)] = len(cfg.sweep.models) + uses_base
-    return [
-        (v, "mix", mixes[v]) if v in mixes else (v, "models", models[v]) if v in models else (v, "adapter", 1)
-        for v in layout.planned_variants(profile)
-    ]
 
 
 def job_host_bytes(kind: str, params: int, dtype_bytes: int, largest: int, adapter_bytes: float, inputs: int) -> dict:
@@ -79,22 +62,23 @@ def job_host_bytes(kind: str, params: int, dtype_bytes: int, largest: int, adapt
 
 
 def host_memory_plan(profile, params: int, largest: int, adapter_params: int, dtype_bytes: int) -> dict:
-    """For `platypus plan`: per job, the host memory (GB = 1e9 bytes) of its merge and check, the stage's
-    peak, and the available memory below which the checks stream (partners: the base's size and dtype)."""
-    adapter_bytes = adapter_params * FLOAT32
-    jobs = []
-    for variant, kind, inputs in _jobs(profile):
+    """For `platypus plan`: per job GB (1e9 bytes) of merge and check, the peak, and when checks stream."""
+    cfg = profile.merge  # (kind, inputs) per variant; the task-vector methods read the base too
+    kinds = {m.name: ("models", len(m.models) + (m.method not in ("linear", "slerp"))) for m in cfg.model_merges}
+    for method, weights, density in layout.sweep_points(cfg.sweep):
+        uses_base = method not in ("linear", "slerp")
+        kinds[layout.sweep_variant_name(method, weights, density)] = ("models", len(cfg.sweep.models) + uses_base)
+    kinds |= {m.name: ("mix", len(m.adapters)) for m in cfg.adapter_mixes}
+    adapter_bytes, jobs = adapter_params * FLOAT32, []
+    for variant in layout.planned_variants(profile):
+        kind, inputs = kinds.get(variant, ("adapter", 1))
         b = job_host_bytes(kind, params, dtype_bytes, largest, adapter_bytes, inputs)
         gb = {k: None if v is None else round(v / 1e9, 1) for k, v in b.items()}
         jobs.append({"variant": variant, "kind": kind, **gb})
     whole = [j["check_whole"] for j in jobs if j["check_whole"] is not None]
     merges = [j["merge"] for j in jobs]
-    return {
-        "dtype_bytes": dtype_bytes,
-        "jobs": jobs,
-        "peak_gb": max(merges + whole, default=0.0),  # the checks held whole
-        "peak_streamed_gb": max(merges + [j["check_streamed"] for j in jobs], default=0.0),
-        "whole_check_gb": max(whole, default=None),
-        "streams_below_available_gb": round(max(whole) / HOST_MEMORY_SHARE, 1) if whole else None,
-        "host_memory_share": HOST_MEMORY_SHARE,
-    }
+    out = {"dtype_bytes": dtype_bytes, "jobs": jobs, "peak_gb": max(merges + whole, default=0.0)}  # checks whole
+    out["peak_streamed_gb"] = max(merges + [j["check_streamed"] for j in jobs], default=0.0)
+    out["whole_check_gb"] = max(whole, default=None)
+    out["streams_below_available_gb"] = round(max(whole) / HOST_MEMORY_SHARE, 1) if whole else None
+    return out | {"host_memory_share": HOST_MEMORY_SHARE}

@@ -1,8 +1,6 @@
-"""Stage 04_merge as the steps notebooks/04_merge.ipynb calls, and `run_merge`, their composition:
-load_adapter, merge_jobs (jobs.py), jobs_frame, begin, make_variant per job, checks_frame / plot_checks /
-verification_frame, merge_report / report_frame, save. Unlike other stages' steps, `make_variant` writes
-(each variant through a temporary folder, checked before the rename). Outside the runner, `begin` records
-the attempt (attempt.json), closed "failed" by a failing `make_variant` and "ok" by `save`.
+"""Stage 04_merge as the steps notebooks/04_merge.ipynb calls, and `run_merge`, their composition.
+Unlike other stages' steps, `make_variant` writes (through a temporary folder, checked before the rename).
+Outside the runner, `begin` records the attempt, closed "failed" by a failing `make_variant`, "ok" by `save`.
 """
 
 from __future__ import annotations
@@ -84,8 +82,7 @@ def _own_attempt() -> bool:
 
 
 def begin(jobs: MergeJobs) -> list[Path]:
-    """Remove leftovers of an interrupted merge (not a live writer's) and, outside the runner, record the
-    attempt. Returns what was removed."""
+    """Remove an interrupted merge's leftovers and, outside the runner, record the attempt; returns the removed."""
     removed = remove_debris(jobs.run_dir, recursive=False)
     if _own_attempt():
         begin_attempt(jobs.run_dir, STAGE)
@@ -131,8 +128,7 @@ def check_status(verification: dict | None) -> str:
 
 
 def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
-    """Make (or reuse: same inputs, unless force) one variant, checked before it appears at its path;
-    MergeError when a variant it is made from is not made yet."""
+    """Make (or reuse: same inputs, unless force) one variant, checked before it appears at its path."""
     job = jobs.job(job) if isinstance(job, str) else job
     missing = [v for v in job.needs if v not in jobs.made]
     if missing:
@@ -152,25 +148,13 @@ def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
     status = check_status(verification)
     memory = info.get("memory", {})
     peaks = [memory.get(k) for k in ("merge_peak_rss_mb", "verify_peak_rss_mb") if memory.get(k)]
-    entry = {
-        "path": str(out_dir.resolve()),
-        "kind": job.kind,
-        "method": job.method,
-        "partner": None,
-        **job.report,
-        "dtype": dtype_name(job.dtype),
-        # "verified" only when a check ran, passed and could have failed (verify.resolution)
-        "verified": status == VERIFIED,
-        "status": status,
-        **{k: (verification or {}).get(k) for k in ("status_reason", *FIGURES)},
-        "verification": verification,
-        "content_sha256": info["content_sha256"],
-        "reused": reused,
-        "replaced": replaced,
-        "peak_rss_mb": max(peaks) if peaks else None,  # this merge's (and its check's) peak, when made
-        "memory": memory,
-        "seconds": round(seconds, 2),
-    }
+    entry = {"path": str(out_dir.resolve()), "kind": job.kind, "method": job.method, "partner": None, **job.report}
+    # "verified" only when a check ran, passed and could have failed (verify.resolution)
+    entry |= {"dtype": dtype_name(job.dtype), "verified": status == VERIFIED, "status": status}
+    entry |= {k: (verification or {}).get(k) for k in ("status_reason", *FIGURES)}
+    entry |= {"verification": verification, "content_sha256": info["content_sha256"], "reused": reused}
+    entry |= {"replaced": replaced, "peak_rss_mb": max(peaks) if peaks else None, "memory": memory}
+    entry["seconds"] = round(seconds, 2)
     # the recipe mergekit reads (a provenance file: the variant's content hash leaves it out), or why none
     if job.mergekit is not None:
         entry["mergekit_config"] = str(write_config(out_dir, job.mergekit, job.variant))
@@ -182,8 +166,7 @@ def make_variant(jobs: MergeJobs, job: Job | str, force: bool = False) -> Made:
 
 
 def check_rows(made: list[Made]) -> list[dict]:
-    """Per variant, JSON-ready: weight error / bound and logit diff / tolerance (each <= 1 passes; None where
-    that check did not run), whether every check that ran passed, and the status with its reason."""
+    """Per variant, JSON-ready: error / bound for weights and logits (<= 1 passes), passed, status and reason."""
     rows = []
     for m in made:
         v = m.entry.get("verification") or {}
@@ -191,24 +174,13 @@ def check_rows(made: list[Made]) -> list[dict]:
         diff, tolerance = v.get("max_abs_logit_diff"), v.get("logit_tolerance")
         logit_ratio = diff / tolerance if diff is not None and tolerance else None
         passed = weight_ratio is not None and weight_ratio <= 1 and (logit_ratio is None or logit_ratio <= 1)
-        rows.append(
-            {
-                "variant": m.variant,
-                "kind": m.entry["kind"],
-                "dtype": m.entry["dtype"],
-                "weight_error_to_bound": weight_ratio,
-                "max_abs_weight_diff": v.get("max_abs_weight_diff"),
-                "logit_diff": diff,
-                "logit_tolerance": tolerance,
-                "logit_ratio": logit_ratio,
-                "logit_share_of_adapter_effect": v.get("logit_diff_to_effect"),
-                "updates_above_bound_share": v.get("updates_above_bound_share"),
-                "passed": bool(passed) if v else None,
-                "status": m.entry.get("status", check_status(v)),
-                "status_reason": m.entry.get("status_reason"),
-                "reused": m.reused,
-            }
-        )
+        row = {"variant": m.variant, "kind": m.entry["kind"], "dtype": m.entry["dtype"]}
+        row |= {"weight_error_to_bound": weight_ratio, "max_abs_weight_diff": v.get("max_abs_weight_diff")}
+        row |= {"logit_diff": diff, "logit_tolerance": tolerance, "logit_ratio": logit_ratio}
+        row |= {"logit_share_of_adapter_effect": v.get("logit_diff_to_effect")}
+        row |= {"updates_above_bound_share": v.get("updates_above_bound_share"), "passed": bool(passed) if v else None}
+        row |= {"status": m.entry.get("status", check_status(v)), "status_reason": m.entry.get("status_reason")}
+        rows.append(row | {"reused": m.reused})
     return rows
 
 
@@ -259,13 +231,11 @@ def report_frame(report: dict) -> pd.DataFrame:
     """The report's models as a frame (one row per variant; sortable)."""
     columns = "kind method partner base dtype status verified max_weight_error_to_bound max_abs_logit_diff".split()
     columns += ["reused", "replaced", "peak_rss_mb", "seconds", "path"]
-    frame = pd.DataFrame.from_dict(report["models"], orient="index")
-    return frame.reindex(columns=columns)
+    return pd.DataFrame.from_dict(report["models"], orient="index").reindex(columns=columns)
 
 
 def save(profile: Profile, jobs: MergeJobs, made: list[Made], timings: dict | None = None) -> list[Path]:
-    """Write merge_report.json and manifest.json as the runner does; returns the report, the variant folders
-    and the manifest. MergeError when a variant of the jobs is missing."""
+    """Write merge_report.json and manifest.json as the runner does; returns their paths and the variants'."""
     missing = [v for v in jobs.variants if v not in {m.variant for m in made}]
     if missing:
         raise MergeError(f"{missing} not made yet: make every planned variant (make_variant) before saving")

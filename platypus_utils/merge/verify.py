@@ -1,13 +1,9 @@
 """The checks every variant passes before it appears at its path (tests/test_merge_verify.py shows each can fail).
 
-- An adapter folded into a model (a mix: against the mixed adapter kept in <variant>/mixed_adapter):
-  `verify_merged` = (a) weights in float64 within WEIGHT_BOUND of W + scale·B@A (adapter.py), other weights
-  bit-identical; (b) logits on VERIFY_PROMPTS within LOGIT_BOUND of the unmerged model + adapter (peft).
-  Where the host is short of memory (memory.needs_streaming), (a) runs tensor by tensor and (b) is skipped.
-  A passed check is "verified" only where it could have failed (`resolution`), else "unresolvable".
-- A full-model merge: `verify_model_merge`: each element within one ulp of arithmetic.merge_tensor on the
-  inputs read back, the inputs' tensor names, finite values; `smoke_test` opens (and runs) the model.
-VERIFY_FORMAT is recorded with each result: a reused variant whose check is older is checked again.
+`verify_merged` (an adapter into a model; a mix against <variant>/mixed_adapter): (a) weights within
+WEIGHT_BOUND of W + scale·B@A, others bit-identical; (b) logits within LOGIT_BOUND (skipped when the check
+streams for lack of memory). `verify_model_merge`: within an ulp of arithmetic.merge_tensor on the inputs.
+"verified" only where a check could have failed (`resolution`). A check older than VERIFY_FORMAT is rerun.
 """
 
 from __future__ import annotations
@@ -43,14 +39,8 @@ VERIFIED, UNRESOLVABLE = "verified", "unresolvable"  # a passed check's status (
 SKIPPED = "skipped"  # the logit check when the check streams
 SMOKE_LOAD_MAX_BYTES = 2 << 30  # a merged model up to this size is also loaded and run by its check
 SCALE_SAMPLE = 1 << 16  # entries per tensor for the check's scale figures
-WEIGHT_BOUND = (
-    "per element: |merged - (W + update)| <= half an ulp of the stored dtype at the element's "
-    f"magnitude + {COMPUTE_SLACK} x (U32 x |W + update| + the float32 error bound of the update)"
-)
-LOGIT_BOUND = (
-    f"max |merged - (source + adapter)| <= {LOGIT_EFFECT_SHARE} x max |(source + adapter) - source| "
-    "over every real position of the fixed prompts and every vocabulary entry (or the noise floor)"
-)
+WEIGHT_BOUND = f"per element: |merged - (W + update)| <= half an ulp of the stored dtype at the element's magnitude + {COMPUTE_SLACK} x (U32 x |W + update| + the float32 error bound of the update)"
+LOGIT_BOUND = f"max |merged - (source + adapter)| <= {LOGIT_EFFECT_SHARE} x max |(source + adapter) - source| over every real position of the fixed prompts and every vocabulary entry (or the noise floor)"
 MODEL_WEIGHT_BOUND = "per element: one ulp of the stored dtype from the merge recomputed on the inputs read back"
 
 
@@ -65,8 +55,7 @@ def half_ulp(magnitude: torch.Tensor, dtype) -> torch.Tensor:
 
 
 def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta, dtype) -> dict:
-    """One adapted weight against W + update in row blocks of ~CHUNK entries: the worst error/bound ratio,
-    the max error, elements over their bound, and elements whose update exceeds it (an unmerged model fails)."""
+    """One adapted weight against W + update, in row blocks of ~CHUNK entries: its error figures and counts."""
     rows_per_block = max(1, CHUNK // max(1, got.shape[-1]))
     out = {"diff": 0.0, "ratio": 0.0, "over": 0, "resolvable": 0, "elements": got.numel()}
     for start in range(0, got.shape[0], rows_per_block):
@@ -86,8 +75,7 @@ def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta, 
 
 
 def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, source_label: str) -> dict:
-    """check_updated_weight over the adapted weights, every other one bit-identical; `pair`: functions giving a
-    key's merged and source tensor (as loaded in `dtype`). Raises MergeVerificationError; returns the figures."""
+    """Check (a): `pair` gives a key's merged and source tensor. Raises MergeVerificationError; returns figures."""
     if set(names) != set(source_names):
         raise MergeVerificationError(
             f"{label}: tensor names differ from {source_label}: {sorted(set(names) ^ set(source_names))[:5]}"
@@ -114,8 +102,7 @@ def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, s
             totals["max_delta"] = max(totals["max_delta"], targeted[key].max_abs())
             if one["over"]:
                 failures.append(
-                    f"{key}: {one['over']} of {one['elements']} elements off by more than their "
-                    f"rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})"
+                    f"{key}: {one['over']} of {one['elements']} elements off by more than their rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})"
                 )
     if failures:
         raise MergeVerificationError(
@@ -123,16 +110,12 @@ def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, s
         )
     if totals["max_delta"] == 0.0:
         log.warning("%s: the adapter is a no-op (all updates are zero): merged == source", label)
-    return {
-        "max_abs_weight_diff": totals["diff"],
-        "max_weight_error_to_bound": totals["ratio"],  # <= 1: every element within its own rounding bound
-        "weight_bound": WEIGHT_BOUND,
-        # where an unmerged model fails; 0: the weight check cannot tell merged from unmerged
-        "updates_above_bound_share": totals["resolvable"] / totals["elements"] if totals["elements"] else 0.0,
-        "max_abs_untargeted_weight_diff": totals["other_diff"],
-        "max_abs_delta": totals["max_delta"],
-        "verified_modules": len(targeted),
-    }
+    # <= 1: every element within its rounding bound; share 0: the check cannot tell merged from unmerged
+    out = {"max_abs_weight_diff": totals["diff"], "max_weight_error_to_bound": totals["ratio"]}
+    out["weight_bound"] = WEIGHT_BOUND
+    out["updates_above_bound_share"] = totals["resolvable"] / max(1, totals["elements"])
+    out |= {"max_abs_untargeted_weight_diff": totals["other_diff"], "max_abs_delta": totals["max_delta"]}
+    return out | {"verified_modules": len(targeted)}
 
 
 def check_merged_weights(merged, source_model, deltas, dtype, label="merged model", source_label="source") -> dict:
@@ -145,10 +128,7 @@ def check_merged_weights(merged, source_model, deltas, dtype, label="merged mode
 def check_merged_logits(
     merged, source_model, adapter_dir, tokenizer_dir, dtype, atol: float, prompts=VERIFY_PROMPTS, label="merged model"
 ) -> dict:
-    """Check (b): max |logits(merged) - logits(source+adapter)| over every real position and vocabulary entry
-    within LOGIT_EFFECT_SHARE of the adapter's own effect (an unmerged model, or one merged at another scale,
-    fails), never below atol + LOGIT_NOISE_EPS·eps(dtype)·max(1, max |logits|). Wraps `source_model` in peft,
-    then unloads."""
+    """Check (b) (LOGIT_BOUND; floor atol + LOGIT_NOISE_EPS·eps(dtype)·max(1, max |logits|)). Unwraps peft after."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if tokenizer.pad_token is None:  # only to batch the prompts here; padded positions are not compared
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,83 +149,54 @@ def check_merged_logits(
     tolerance = max(LOGIT_EFFECT_SHARE * effect, floor)
     if not diff <= tolerance:
         raise MergeVerificationError(
-            f"{label}: merged logits differ from the unmerged model + adapter by "
-            f"{diff:.3g} > tolerance {tolerance:.3g} ({LOGIT_EFFECT_SHARE} x the "
-            f"adapter's effect {effect:.3g}, noise floor {floor:.3g})"
+            f"{label}: merged logits differ from the unmerged model + adapter by {diff:.3g} > tolerance {tolerance:.3g} ({LOGIT_EFFECT_SHARE} x the adapter's effect {effect:.3g}, noise floor {floor:.3g})"
         )
-    return {
-        "max_abs_logit_diff": diff,
-        "max_abs_adapter_logit_effect": effect,  # how far the adapter moves logits: the check's scale
-        "logit_diff_to_effect": diff / effect if effect else None,
-        "logit_tolerance": tolerance,
-        "logit_noise_floor": floor,
-        "logit_check_resolves": LOGIT_EFFECT_SHARE * effect > floor,
-        "logit_bound": LOGIT_BOUND,
-        "prompts": len(prompts),
-    }
+    out = {"max_abs_logit_diff": diff, "max_abs_adapter_logit_effect": effect}  # effect: the check's scale
+    out |= {"logit_diff_to_effect": diff / effect if effect else None, "logit_tolerance": tolerance}
+    out |= {"logit_noise_floor": floor, "logit_check_resolves": LOGIT_EFFECT_SHARE * effect > floor}
+    return out | {"logit_bound": LOGIT_BOUND, "prompts": len(prompts)}
 
 
 def resolution(result: dict, dtype) -> tuple[str, str | None]:
-    """("verified", None) when a passed check could also have failed (some update exceeds its rounding bound,
-    or LOGIT_EFFECT_SHARE of the adapter's logit effect exceeds the noise floor), else ("unresolvable", why)."""
+    """("verified", None) when a passed check could also have failed, else ("unresolvable", why)."""
     if result.get("updates_above_bound_share", 0.0) > 0 or result.get("logit_check_resolves"):
         return VERIFIED, None
     name = dtype_name(dtype)
     delta = result.get("max_abs_delta", 0.0)
-    weights = (
-        "the adapter's update is zero everywhere"
-        if not delta
-        else f"no element's update (max |update| {delta:.3g}) exceeds its rounding bound in {name}: the stored "
-        "weights cannot be told from the source's"
-    )
+    weights = "the adapter's update is zero everywhere"
+    if delta:
+        weights = f"no element's update (max |update| {delta:.3g}) exceeds its rounding bound in {name}: the stored weights cannot be told from the source's"
     if result.get("logit_check") == SKIPPED:
         logits = f"the logit check was skipped ({result['logit_check_skipped']})"
     else:
-        logits = (
-            f"a tenth of the adapter's effect on the logits ({result['max_abs_adapter_logit_effect']:.3g}) is "
-            f"below the {name} noise floor {result['logit_noise_floor']:.3g}"
-        )
+        logits = f"a tenth of the adapter's effect on the logits ({result['max_abs_adapter_logit_effect']:.3g}) is below the {name} noise floor {result['logit_noise_floor']:.3g}"
     return UNRESOLVABLE, f"{weights}; {logits}"
-
-
-def _streamed_checks(merged_dir, source: str, deltas, dtype, memory: dict) -> dict:
-    """The weight check tensor by tensor (never a whole model); the logit check skipped."""
-    merged, source_ckpt = SafetensorsCheckpoint(merged_dir), SafetensorsCheckpoint(local_checkpoint(source))
-
-    def as_loaded(key):  # a source tensor as load_lm(source, dtype) holds it
-        tensor = source_ckpt.read(key)
-        return tensor.to(dtype) if tensor.is_floating_point() else tensor
-
-    pair = merged.read, as_loaded
-    result = _check_weights(merged.names(), source_ckpt.names(), pair, deltas, dtype, str(merged_dir), source)
-    why = (
-        f"the check streamed tensor by tensor: both models whole need {memory['whole_check_bytes'] / 1e9:.3g} GB, "
-        f"the host had {memory['available_bytes'] / 1e9:.3g} GB available"
-        if memory["decided_by"] == "available memory"
-        else "the check was asked to stream tensor by tensor"
-    )
-    result.update(logit_check=SKIPPED, logit_check_skipped=why, max_abs_logit_diff=None, logit_tolerance=None)
-    log.warning("%s: logit check skipped: %s", merged_dir, why)
-    return result
 
 
 def verify_merged(
     merged_dir, source: str, adapter_dir, deltas: dict, atol: float, dtype, prompts=VERIFY_PROMPTS, stream=None
 ) -> dict:
-    """Checks (a) and (b) of a model that should be `source` + the adapter (`deltas`: its updates as read),
-    both loaded in `dtype`. `stream`: True/False forces it, None: the host's available memory decides.
-    Raises MergeVerificationError; returns the figures and `status`."""
+    """Checks (a) and (b) in `dtype`; `stream` None: available memory decides. Raises MergeVerificationError."""
     merged_bytes, _ = checkpoint_bytes(merged_dir)
     needed = merged_bytes + (checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes)
     available = available_host_bytes()
-    memory = {
-        "whole_check_bytes": int(needed),
-        "available_bytes": int(available),
-        "streamed": needs_streaming(needed, available) if stream is None else bool(stream),
-        "decided_by": "available memory" if stream is None else "caller",
-    }
-    if memory["streamed"]:
-        result = _streamed_checks(merged_dir, source, deltas, dtype, memory)
+    memory = {"whole_check_bytes": int(needed), "available_bytes": int(available)}
+    memory["streamed"] = needs_streaming(needed, available) if stream is None else bool(stream)
+    memory["decided_by"] = "available memory" if stream is None else "caller"
+    if memory["streamed"]:  # the weight check tensor by tensor (never a whole model), no logit check
+        merged, source_ckpt = SafetensorsCheckpoint(merged_dir), SafetensorsCheckpoint(local_checkpoint(source))
+
+        def as_loaded(key):  # a source tensor as load_lm(source, dtype) holds it
+            tensor = source_ckpt.read(key)
+            return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+        pair = merged.read, as_loaded
+        result = _check_weights(merged.names(), source_ckpt.names(), pair, deltas, dtype, str(merged_dir), source)
+        why = "the check was asked to stream tensor by tensor"
+        if memory["decided_by"] == "available memory":
+            why = f"the check streamed tensor by tensor: both models whole need {memory['whole_check_bytes'] / 1e9:.3g} GB, the host had {memory['available_bytes'] / 1e9:.3g} GB available"
+        result.update(logit_check=SKIPPED, logit_check_skipped=why, max_abs_logit_diff=None, logit_tolerance=None)
+        log.warning("%s: logit check skipped: %s", merged_dir, why)
     else:  # both models whole: the weight check and the logit check
         merged, source_model = load_lm(str(merged_dir), dtype), load_lm(source, dtype)
         result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
@@ -281,8 +232,7 @@ def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: M
     expected = merge_tensor(spec.method, tensors, base_t, *args)[0].reshape(-1)
     inputs = [t.reshape(-1) for t in tensors + ([base_t] if base is not None else [])]
     apart = [False] * len(inputs)  # whether some element of that input, copied as it is, would fail here
-    diff = ratio = 0.0
-    over = 0
+    diff, ratio, over = 0.0, 0.0, 0
     for part in chunks(got.numel()):
         e, value = expected[part].double(), got[part].double()
         bound = 2 * half_ulp(torch.maximum(e.abs(), value.abs()), dtype)
@@ -299,8 +249,7 @@ def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: M
     out = {"apart": apart, "diff": diff, "ratio": ratio, "change": change}
     if over:
         out["failure"] = (
-            f"{name}: {over} elements off the recomputed merge by more than an ulp of {dtype_name(dtype)} "
-            f"(worst {ratio:.3g}x the bound, max abs diff {diff:.3g})"
+            f"{name}: {over} elements off the recomputed merge by more than an ulp of {dtype_name(dtype)} (worst {ratio:.3g}x the bound, max abs diff {diff:.3g})"
         )
     return out
 
@@ -322,38 +271,27 @@ def verify_model_merge(merged_dir: str | Path, spec: ModelMergeSpec, dtype, seed
         apart = [a or b for a, b in zip(apart, one.get("apart", apart))]
         totals = {k: max(v, one.get(k, 0.0)) for k, v in totals.items()}
     if failures:
+        why = "; ".join(failures[:5])
         raise MergeVerificationError(
-            f"{merged_dir}: not the {spec.method} merge of {spec.labels} ({len(failures)} tensors): "
-            + "; ".join(failures[:5])
+            f"{merged_dir}: not the {spec.method} merge of {spec.labels} ({len(failures)} tensors): {why}"
         )
     labels = list(spec.labels) + ([f"base {spec.base_label}"] if spec.uses_base else [])
     alike = [label for label, a in zip(labels, apart) if not a]
-    reason = (
-        f"no element of the merge differs from {', '.join(alike)} by more than its bound in "
-        f"{dtype_name(dtype)}: the check cannot tell the merge from that input as it is"
-        if alike
-        else None
-    )
-    if reason:
+    reason = None
+    if alike:
+        reason = f"no element of the merge differs from {', '.join(alike)} by more than its bound in {dtype_name(dtype)}: the check cannot tell the merge from that input as it is"
         log.warning("%s: passed its check, yet %s", merged_dir, reason)
     log.info("verified %s: max diff %.3g over %d tensors", merged_dir, totals["diff"], len(names))
-    return {
-        "max_abs_weight_diff": totals["diff"],
-        "max_weight_error_to_bound": totals["ratio"],  # <= 1: every element within its bound
-        "weight_bound": MODEL_WEIGHT_BOUND,
-        "format": VERIFY_FORMAT,
-        "dtype": dtype_name(dtype),
-        "max_abs_distance_to_nearest_input": totals["change"],  # 0: the merge equals one input (sampled)
-        "verified_tensors": len(names),
-        **smoke_test(merged_dir, dtype),
-        "status": UNRESOLVABLE if alike else VERIFIED,
-        "status_reason": reason,
-    }
+    out = {"max_abs_weight_diff": totals["diff"], "max_weight_error_to_bound": totals["ratio"]}  # <= 1 passes
+    out |= {"weight_bound": MODEL_WEIGHT_BOUND, "format": VERIFY_FORMAT, "dtype": dtype_name(dtype)}
+    # distance 0: the merge equals one input (sampled)
+    out |= {"max_abs_distance_to_nearest_input": totals["change"], "verified_tensors": len(names)}
+    out |= smoke_test(merged_dir, dtype)
+    return out | {"status": UNRESOLVABLE if alike else VERIFIED, "status_reason": reason}
 
 
 def smoke_test(model_dir: str | Path, dtype) -> dict:
-    """The saved files open with safetensors; a model of up to SMOKE_LOAD_MAX_BYTES also loads with
-    transformers and gives finite logits on one prompt (a larger one would be held whole)."""
+    """The files open with safetensors; up to SMOKE_LOAD_MAX_BYTES the model also runs to finite logits."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
