@@ -239,13 +239,9 @@ def similarity_distribution(pairs: pd.DataFrame, threshold: float, width: float 
     lo = np.floor(float(pairs["score"].min()) / width) * width
     edges = np.round(np.arange(lo, 1.0 + width, width), 6)
     counts, _ = np.histogram(pairs["score"].clip(upper=1.0), bins=edges)
+    start, end = edges[:-1], edges[1:]
     return pd.DataFrame(
-        {
-            "bin_from": edges[:-1],
-            "bin_to": edges[1:],
-            "pairs": counts,
-            "at_or_above_threshold": edges[:-1] >= threshold - 1e-9,
-        }
+        {"bin_from": start, "bin_to": end, "pairs": counts, "at_or_above_threshold": start >= threshold - 1e-9}
     )
 
 
