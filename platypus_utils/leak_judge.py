@@ -105,8 +105,7 @@ def answer_statements(output: str, prompt: str = "") -> str:
 
 
 def answer_numbers_stated(answer: str, output: str) -> bool:
-    """Whether the test answer has numbers and the output's stated answer (text.final_answer) has every one of them
-    (exactly them for a \\boxed{} answer)."""
+    """Whether the test answer has numbers, all of them in the output's stated answer (text.final_answer)."""
     need = set(numbers(answer))
     stated, boxed = final_answer(output)
     got = set(numbers(stated, number_words=True))
@@ -333,8 +332,7 @@ def embedding_verdicts(
 
 
 class LlmJudge:
-    """The LLM-Decontaminator question to a causal LM: the max over the training text's windows of
-    log P(True) - log P(False) at the first reply token."""
+    """The LLM-Decontaminator question to a causal LM, scored over the training text's windows."""
 
     def __init__(
         self,
@@ -396,8 +394,7 @@ def judge_pairs(
     embedder=None,
     llm: LlmJudge | None = None,
 ) -> pd.DataFrame:
-    """A copy of `pairs` with the judge's features, score, verdict (True: same question) and judge (module
-    docstring); `embedder` or `llm` reuse a loaded model."""
+    """A copy of `pairs` with the judge's features, score, verdict (True: same question) and judge."""
     check_pairs(pairs)
     out = pairs.copy()
     if not len(out):

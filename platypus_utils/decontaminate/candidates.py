@@ -78,8 +78,7 @@ def _bigram_keys(doc: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def top_items(
     index: LexicalIndex, view_item: np.ndarray, token_lists: list[list[str]], k: int, block: int = 256
 ) -> list[np.ndarray]:
-    """Per text, the (up to) k items whose best view has the highest TF-IDF cosine (> 0), best first
-    (`view_item`: each view's item, ascending)."""
+    """Per text, the (up to) k items whose best view has the highest TF-IDF cosine (> 0), best first."""
     if len(view_item) and np.any(np.diff(view_item) < 0):
         raise ValueError("top_items: the index's views must be grouped by item, in ascending order")
     by_view = index.matrix.T.tocsr()

@@ -93,8 +93,7 @@ def ngram_candidates(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) 
 
 
 def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
-    """Per (row, item): max cosine over windows x views (question_only apart), over identifying views, of the
-    question_only view, and where the best was (training part, test view); NaN without embeddings."""
+    """Per (row, item): max cosines (all views but question_only, identifying views, question_only) and where."""
     out = []
     parts, view_names = emb.windows["part"].to_numpy(), emb.views["view"].to_numpy()
     identifying = emb.views["identifying"].to_numpy()
@@ -155,8 +154,7 @@ def judged_view(cands: pd.DataFrame) -> pd.Series:
 
 
 def judge_reads(row: dict, item: dict, view: str) -> bool:
-    """Whether the judge reads a candidate: the question's numbers are all in the row, or the row only left them
-    out (leak_judge.context_numbers_dropped)."""
+    """Whether the judge reads a candidate: the question's numbers are in the row, or it only left them out."""
     asked, prompt = asked_text(item, view), embedding_text(row)
     if not missing_numbers(asked, f"{prompt}\n{row['output']}"):
         return True
@@ -184,8 +182,7 @@ def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
 def judge_candidates(
     cands: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None
 ) -> pd.DataFrame:
-    """Step: leak_judge's score and verdict for the candidates at cosine >= judge_threshold (whole item or
-    question_only view) that judge_reads; NaN / None for the others. Reuses the embedder of the same model."""
+    """Step: leak_judge's score and verdict for candidates at cosine >= judge_threshold it reads; NaN / None else."""
     out = pd.DataFrame({"judge_score": np.nan, "judge_verdict": None}, index=cands.index)
     if "judge" not in cfg.detectors or cands.empty:
         return out
@@ -234,8 +231,7 @@ def flag_pairs(
     keep_unflagged: bool = False,
     embedder=None,
 ) -> pd.DataFrame:
-    """Step: each candidate's answer check, judge score and verdict, and detectors' verdicts; only the flagged
-    pairs unless keep_unflagged."""
+    """Step: answer check, judge and detectors' verdicts per candidate; only the flagged unless keep_unflagged."""
     out = cands.copy()
     out["answer_match"] = [answer_verified(rows[i], items[j]) for i, j in zip(out["train_index"], out["item_index"])]
     out[["judge_score", "judge_verdict"]] = judge_candidates(out, rows, items, cfg, embedder)

@@ -73,8 +73,7 @@ def candidate_views(
 
 
 def embed_texts(rows: list[dict], items: list[dict], cfg: DecontaminateConfig, embedder=None, index=None) -> Embedded:
-    """Step: the training windows and the test views the exact pass reads, embedded when a detector reads
-    cosines; `index` (index.BenchmarkIndex) supplies the benchmark side instead of recomputing it."""
+    """Step: training windows and test views, embedded when a detector reads cosines (`index`: a BenchmarkIndex)."""
     windows = train_windows(rows, cfg, embedder if uses_embeddings(cfg) else None)
     full = index.views if index is not None else item_views(items, cfg)
     views = candidate_views(full, windows, rows, cfg, index.first if index is not None else None, embedder)

@@ -47,8 +47,7 @@ def import_ray():
 
 
 def connect(cfg: DecontaminateConfig):
-    """The Ray session: this process's, `ray_address`'s cluster, or a local one of `ray_num_cpus` CPUs (no usage
-    statistics unless RAY_USAGE_STATS_ENABLED says so)."""
+    """The Ray session: this process's, `ray_address`'s cluster, or a local one (no usage statistics by default)."""
     ray = import_ray()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -60,8 +59,7 @@ def connect(cfg: DecontaminateConfig):
 
 
 def embedder_factory(embedder) -> Callable | None:
-    """What an actor builds its embedder from (an Embedder by its settings, each actor loads its own model; a
-    stand-in as it is; None for none)."""
+    """What an actor builds its embedder from (an Embedder: its settings, each actor loads the model)."""
     if embedder is None:
         return None
     if isinstance(embedder, Embedder):

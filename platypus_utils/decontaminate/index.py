@@ -52,8 +52,7 @@ def benchmark_sha256(items: list[dict], views: pd.DataFrame) -> str:
 
 
 def model_identity(embedder) -> dict:
-    """The model as an index records it: reference, sha256 of its weight files (else of the reference),
-    sentence-transformers version and encoder."""
+    """The model as an index records it: reference, sha256 of its weights, sentence-transformers, encoder."""
     resolved = Path(str(getattr(embedder, "resolved", "") or ""))
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin")) if resolved.is_dir() else []
     ref = str(getattr(embedder, "model_ref", type(embedder).__name__))
@@ -97,9 +96,7 @@ def build_index(items: list[dict], cfg: DecontaminateConfig, embedder, path: str
         "view_identifying": views["identifying"].to_numpy(bool),
         "bigrams": lex.bigrams,
         "idf": lex.idf,
-        "matrix_data": lex.matrix.data,
-        "matrix_indices": lex.matrix.indices,
-        "matrix_indptr": lex.matrix.indptr,
+        **{f"matrix_{k}": getattr(lex.matrix, k) for k in ("data", "indices", "indptr")},
     }
     for name, strings in (
         ("view_name", views["view"].tolist()),
@@ -169,14 +166,8 @@ def load_index(path: str | Path, items: list[dict], cfg: DecontaminateConfig, em
     views = item_views(items, cfg)
     _check(path, meta, items, views, cfg, embedder)
     strings = {n: _unpack(a[f"{n}_data"], a[f"{n}_ends"]) for n in ("view_name", "view_text", "tokens", "words")}
-    stored = pd.DataFrame(
-        {
-            "item": a["view_item"],
-            "view": strings["view_name"],
-            "text": strings["view_text"],
-            "identifying": a["view_identifying"],
-        }
-    )
+    stored = pd.DataFrame({"item": a["view_item"], "view": strings["view_name"], "text": strings["view_text"]})
+    stored["identifying"] = a["view_identifying"]
     words = {w: k for k, w in enumerate(strings["words"])}
     matrix = sparse.csr_matrix(
         (a["matrix_data"], a["matrix_indices"], a["matrix_indptr"]), shape=(len(stored), len(a["idf"]))

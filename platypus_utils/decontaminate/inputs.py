@@ -15,8 +15,7 @@ log = logging.getLogger("platypus")
 
 
 def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = None) -> tuple[list[dict], Path | None]:
-    """Step: the test items of cfg.benchmarks from cfg.benchmarks_dir ("demo", "hub" or a folder), and that folder
-    (None for the hub)."""
+    """Step: the test items of cfg.benchmarks and their folder (None for "hub")."""
     bdir = cfg.benchmarks_dir
     if bdir == "demo":
         bdir = str(demo_benchmarks_dir(profile))
@@ -27,8 +26,7 @@ def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = Non
 
 
 def read_training_rows(path: str | Path) -> tuple[list[dict], SkippedRows]:
-    """Step: rows of a training set in the Open-Platypus schema (JSON lines, or a .json list; a missing or null
-    `input` reads as "") and the rows skipped by reason. A missing file, or one with no usable row, is an error."""
+    """Step: rows in the Open-Platypus schema (.jsonl or .json list) and those skipped by reason; errors when none."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training file not found")

@@ -87,8 +87,7 @@ class NgramIndex:
         return {int(r): c / len(grams) for r, c in zip(hit_rows.tolist(), counts.tolist())}
 
     def may_overlap(self, token_lists: list[list[str]], n: int, min_tokens: int) -> np.ndarray:
-        """Per text (as `tokenize` words), whether `overlaps` could find any training text: a vectorised prefilter,
-        exact on the False side."""
+        """Per text (`tokenize` words), whether `overlaps` could find anything: a prefilter, exact on the False side."""
         lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
         out = np.zeros(len(token_lists), dtype=bool)
         if not len(token_lists) or not lengths.sum():

@@ -97,8 +97,7 @@ def detect(
     timings: dict | None = None,
     index=None,
 ) -> Result:
-    """Steps 2-5: row_pairs (locally or on Ray), a reviewer's decisions, removals and summary (seconds per step
-    into `timings`; `index`: a loaded benchmark index file)."""
+    """Steps 2-5: row_pairs (locally or on Ray), a reviewer's decisions, removals and summary."""
     if not rows:
         raise ValueError("empty training set: nothing to check")
     if not items:
@@ -200,9 +199,8 @@ def check_file(
     cache_dir: str | Path | None = None,
     index: str | Path | None = None,
 ) -> dict:
-    """`platypus decontaminate`: check a dataset in the Open-Platypus schema against benchmarks, writing the
-    stage's outputs (CHECK_FILE_OUTPUTS) into `out`. Embeddings are cached under `cache_dir` (default
-    $PLATYPUS_CACHE or ~/.cache/platypus); `index`: a benchmark index file read instead of embedding benchmarks."""
+    """`platypus decontaminate`: check a dataset against benchmarks, writing CHECK_FILE_OUTPUTS into `out`
+    (`cache_dir`: default $PLATYPUS_CACHE or ~/.cache/platypus; `index`: a benchmark index file)."""
     check_out_apart(train_file, out)
     rows, skipped = read_training_rows(train_file)
     cfg, items, embedder = _benchmark_side(benchmarks_dir, cfg, embedding_model, cache_dir)

@@ -27,8 +27,7 @@ def _sentence_transformer(embedder):
 
 
 def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """One L2-normalised vector per vocabulary piece, distilled for the `needed` ids (others: zeros), through the
-    embedder's cache folder (NaN rows there: not distilled yet)."""
+    """One L2-normalised vector per vocabulary piece for the `needed` ids (others: zeros), cached per model."""
     model, tokenizer = _sentence_transformer(embedder)
     cache_dir = getattr(getattr(embedder, "cache", None), "dir", None)
     path = Path(cache_dir) / "static_pieces.npy" if cache_dir is not None else None
@@ -90,8 +89,7 @@ def smooth_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
 
 
 def best_items(scores: np.ndarray, view_item: np.ndarray, k: int, positive: bool = False) -> list[np.ndarray]:
-    """Per row of `scores` (texts x views grouped by item, ascending): the (up to) k items whose best view scores
-    highest, best first (`positive`: scores > 0 only)."""
+    """Per row of `scores` (texts x views grouped by item), the k items whose best view scores highest, best first."""
     items, starts = np.unique(view_item, return_index=True)
     per_item = np.maximum.reduceat(scores, starts, axis=1) if len(items) else scores
     kk = min(k, per_item.shape[1])
@@ -105,8 +103,7 @@ def best_items(scores: np.ndarray, view_item: np.ndarray, k: int, positive: bool
 
 
 class StaticIndex:
-    """Static vectors of the test views and of other texts; `pieces` holds the vectors of the pieces read so far
-    (`ensure` distils a text's pieces when first read)."""
+    """Static vectors of the test views and of other texts (`ensure` distils a text's pieces when first read)."""
 
     def __init__(self, pieces: np.ndarray, view_counts: sparse.csr_matrix):
         df = np.bincount(view_counts.indices, minlength=view_counts.shape[1])
@@ -138,8 +135,7 @@ class StaticIndex:
 
 
 def static_index(embedder, view_texts: list[str], pieces: np.ndarray | None = None) -> StaticIndex | None:
-    """The views' static index with the embedder's pieces, or `pieces` (an index file's); None without a
-    sentence-transformer."""
+    """The views' static index (`pieces`: an index file's); None without a sentence-transformer."""
     if _sentence_transformer(embedder)[0] is None:
         return None
     counts = piece_counts(embedder, view_texts)

@@ -20,8 +20,7 @@ _CHOICE_LABEL = re.compile(r"^[ \t]*\(?[A-Ea-e][.):][ \t]|\([A-Ea-e]\)", re.M)  
 
 
 def gram_words(text: str) -> list[str]:
-    """The words the n-gram detector compares: words() of the text read as plain (latex_plain), without choice
-    labels ("A:", "B.", "(c)" at a line start, "(d)" anywhere)."""
+    """The words the n-gram detector compares: words() of latex_plain(text) without choice labels."""
     return words(_CHOICE_LABEL.sub(" ", latex_plain(text)))
 
 

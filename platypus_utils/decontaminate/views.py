@@ -27,8 +27,7 @@ def view_extra(item: dict) -> list[str]:
 
 
 def stem_identifies(item: dict, cfg: DecontaminateConfig) -> bool:
-    """Whether the question alone names its item: always when the full view adds no choices, else from
-    ngram_min_tokens words on."""
+    """Whether the question alone names its item: choice-less benchmarks always, others from ngram_min_tokens."""
     return full_view_kind(item) != "choices" or len(words(item["question"])) >= cfg.ngram_min_tokens
 
 
@@ -65,8 +64,7 @@ def asked_text(item: dict, view: str = "") -> str:
 
 
 def item_views(items: list[dict], cfg: DecontaminateConfig) -> pd.DataFrame:
-    """One row per (item, view): item, view ("question" | "full" | "question_only"), text and identifying (whether
-    the category rules may read its cosine; never for question_only)."""
+    """One row per (item, view): item, view, text, identifying (whether the category rules read its cosine)."""
     out = []
     for k, it in enumerate(items):
         extra = view_extra(it)
