@@ -211,8 +211,7 @@ def load_lm(path: str, dtype) -> torch.nn.Module:
 
 
 def has_tokenizer(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "tokenizer_config.json").is_file()
+    return (Path(path) / "tokenizer_config.json").is_file()
 
 
 def save_tokenizer(tokenizer_dirs: list[str], out: Path, label: str) -> str:

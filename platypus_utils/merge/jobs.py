@@ -190,7 +190,7 @@ class MergeJobs:
         self.jobs.append(job)
         self.produced[job.variant] = self.run_dir / job.variant
 
-    def adapter_job(self, variant: str, ref: str, source: str, adapter: Path, tokenizer_dirs: list, partner) -> None:
+    def adapter_job(self, variant: str, ref: str, source: str, adapter: Path, tok: list[str], partner) -> None:
         _, deltas = read_adapter(adapter)
         dtype = merge_dtype(self.cfg.dtype, [self.own_dtype(source)])
         made_from = {"method": METHOD, "model_ref": ref, "adapter_sha256": sha256_path(adapter)}
@@ -201,9 +201,7 @@ class MergeJobs:
         def inputs() -> dict:
             return made_from | {"model_content_sha256": self.content_id(source)}
 
-        steps = partial(
-            adapter_merge_steps, source, adapter, deltas, tokenizer_dirs, dtype, self.cfg.verify_atol, variant
-        )
+        steps = partial(adapter_merge_steps, source, adapter, deltas, tok, dtype, self.cfg.verify_atol, variant)
         job = Job(variant, KIND_ADAPTER, METHOD, inputs, steps, dtype, report, f"{adapter.parent.name}/{adapter.name}")
         job.into, job.mergekit = ref, adapter_config(source, adapter, dtype)
         self._add(job, [str(adapter), source])
