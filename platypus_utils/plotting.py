@@ -1,14 +1,5 @@
-"""One figure style for every stage: readable fonts, a colour-blind-safe palette, PNG + PDF,
-and a caption file beside each figure holding the numbers it shows.
-
-Contract:
-- Importing this module selects no matplotlib backend. In JupyterLab figures show inline; the
-  runner gives papermill kernels a headless one through the environment (MPLBACKEND, set by
-  `runner.execute_stage`); plain Python on a machine without a display falls back to Agg by itself.
-- Plot functions in the stages take an optional `ax`, build on `new_figure(ax, figsize)` and return
-  the figure without writing anything; `save_figure` is called by a stage's save step only.
-- `new_figure` detaches the figure it creates from pyplot, so a notebook cell that returns it shows
-  it once (not twice), and figures are not kept alive by pyplot after the cell.
+"""One figure style for every stage (colour-blind-safe palette), PNG + PDF and a caption file; no backend chosen.
+Plot functions take an optional `ax`, build on `new_figure` and return the figure; a save step calls `save_figure`.
 """
 
 from __future__ import annotations
@@ -29,33 +20,26 @@ SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "platypus"}
 
 
 def style():
-    """Apply the project style; returns (plt, sns) for convenience."""
+    """Apply the project style; returns (plt, sns)."""
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.15)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", **SAVE_RC})
     return plt, sns
 
 
-def new_figure(ax=None, figsize: tuple[float, float] = (6.5, 4.0)):
-    """(figure, axes) in the project style: `ax`'s own figure when given, else a new figure.
-
-    A new figure is closed in pyplot straight away (it stays usable): returned from a notebook
-    cell it is displayed once by IPython, and nothing accumulates in pyplot's figure list.
-    """
+def new_figure(ax=None, figsize: tuple[float, float] = (6.5, 4.0), **subplots):
+    """(figure, axes) in the project style: `ax`'s own figure, else a new one (`subplots` to plt.subplots) detached
+    from pyplot (usable; a notebook cell returning it shows it once)."""
     style()
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(figsize=figsize, **subplots)
     plt.close(fig)
     return fig, ax
 
 
 def legend_below(ax, gap: float = 2.0, **kwargs):
-    """A frameless legend centred under `ax`, `gap` points below its x tick labels and x label.
-
-    The offset is the depth of the drawn x axis, measured in points, so the legend clears the label on a
-    short axes too (an offset in axes fractions, bbox_to_anchor=(0.5, -0.1), lands on the label when the
-    axes is an inch tall). The depth does not change with the axes' size, so a layout engine that resizes
-    the axes afterwards keeps the legend clear; kwargs go to `ax.legend`."""
+    """A frameless legend centred under `ax`, `gap` points below its x tick labels and x label (an offset in
+    points, so it clears the label on a short axes and after a layout engine resizes it); kwargs to `ax.legend`."""
     fig = ax.figure
     axis = ax.xaxis.get_tightbbox()  # the renderer of the figure's canvas, whichever it is
     depth = max(0.0, ax.get_window_extent().y0 - axis.y0) * 72 / fig.dpi if axis is not None else 0.0
@@ -65,23 +49,21 @@ def legend_below(ax, gap: float = 2.0, **kwargs):
 
 
 def at_least(ax, half_width: float = 1.0) -> None:
-    """Widen the x limits to at least [-half_width, half_width]: changes that are all zero (or nearly) would
-    otherwise get matplotlib's default span of ±0.05, which reads as fractions on an axis in points."""
+    """Widen the x limits to at least [-half_width, half_width] (not matplotlib's ±0.05 for all-zero changes)."""
     lo, hi = ax.get_xlim()
     if hi - lo < 2 * half_width:
         ax.set_xlim(min(lo, -half_width), max(hi, half_width))
 
 
 def save_figure(fig, stem: str | Path, caption: str, formats=FORMATS) -> list[Path]:
-    """The save step of every stage: `fig` as stem.<fmt> for each format (vector PDF and PS with their fonts
-    embedded as TrueType, SVG with a fixed hash salt) plus stem.txt (the caption), atomically."""
+    """The save step of every stage: `fig` as stem.<fmt> per format plus stem.txt (the caption), atomically;
+    without dates in the metadata, so re-running gives the same bytes where the backend allows."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: a stem may hold a dot ("v1.5")
         with atomic_path(path) as tmp, plt.rc_context(SAVE_RC):
-            # metadata without dates, so re-running gives the same bytes where the backend allows
             meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt, {})
             fig.savefig(tmp, format=fmt, metadata=meta or None)
         paths.append(path)
