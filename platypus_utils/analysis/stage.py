@@ -1,30 +1,6 @@
-"""Stage 06_analysis: `run_analysis(profile)` for the runner, and `analyse(specs, ...)` for `platypus analyse`
-on any lm-eval output folders.
-
-`compute_analysis` runs every step into an `Analysis`, `stage_figures` draws every figure from it, and
-`save_analysis` writes those frames and figures as they are, with the manifest; notebook 06 runs the same
-steps one per cell. Every input is optional: a stage that has not run shows as "not run", a failed variant
-as "failed", and nothing raises because an upstream artifact is absent or unreadable. Comparisons whose
-lm-eval settings (few-shot, task version, limit) differ are refused and noted. Statistics: paired.py;
-released models: references.py; clean subset: clean.py.
-
-Writes to reports/<profile>/tables/:
-  leaderboard.{csv,md,tex}  - every variant, then every reference (a released model evaluated here), and
-                              the paper's numbers with analysis.published_results; full scores ± standard
-                              error and, when 02 ran and 05 logged samples, a clean row per variant
-  clean_subset.{csv,md,tex} - per variant, benchmark and MMLU subject: scores on the full test set, the
-                              clean subset and each no-<category> subset, with item counts and the gap
-  mmlu_delta.csv            - per comparison and subject: the change, its interval, p, q and significance
-  mmlu_delta_categories.{csv,md,tex} - the same per lm-eval category and over all subjects
-  benchmark_deltas.csv      - per comparison and benchmark
-  merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
-  references.{csv,md,tex}   - per released model: reproduction vs release (paired), harness drift (unpaired)
-  seed_spread.{csv,md}      - with finetune.seeds: each training seed's merge score and their spread
-  pipeline.{csv,md}         - status and headline numbers of every stage
-to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
-  leaderboard, clean_subset, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories,
-  mmlu_delta_heatmap, merged_vs_parts_<merged variant>, merge_tradeoff
-and reports/<profile>/summary.{md,html} (summary.py), and runs/<profile>/06_analysis/analysis_report.json.
+"""Stage 06_analysis: `run_analysis(profile)` for the runner (notebook 06 runs its steps one per cell) and
+`analyse(specs, ...)` for `platypus analyse`. Missing upstream artifacts show as "not run", never raise;
+comparisons whose lm-eval settings differ are refused and noted.
 """
 
 from __future__ import annotations
@@ -86,41 +62,33 @@ from .upstream import key_numbers, pipeline_status, upstream_artifacts
 
 
 class Outputs:
-    """Where a run writes (tables/, figures/, formats) and what it produced: `produced` holds tables and
-    figures by name, the artifact list the summary walks (with the reason for each one not drawn), notes."""
+    """Where a run writes (tables/, figures/, formats) and what it `produced` (files by name, artifacts, notes)."""
 
     def __init__(self, tables: Path, figures: Path, formats, **extra) -> None:
         self.tables, self.figures, self.formats = Path(tables), Path(figures), list(formats)
         self.produced: dict[str, Any] = {"tables": {}, "figures": {}, "notes": [], "artifacts": [], **extra}
 
     def _add(self, kind: str, name: str, title: str, status: str, paths) -> None:
-        files = [str(p) for p in paths]
-        self.produced["artifacts"].append(
-            {"stage": STAGE, "kind": kind, "name": name, "title": title, "status": status, "files": files}
-        )
+        entry = {"stage": STAGE, "kind": kind, "name": name, "title": title, "status": status}
+        self.produced["artifacts"].append({**entry, "files": [str(p) for p in paths]})
 
     def register(self, kind: str, name: str, title: str, paths: list[Path]) -> None:
         self.produced["tables" if kind == "table" else "figures"][name] = [str(p) for p in paths]
         self._add(kind, name, title, "ok", paths)
 
     def csv(self, name: str, title: str, frame: pd.DataFrame) -> None:
-        """tables/<name>.csv of `frame`, registered."""
         self.register("table", name, title, [write_text(self.tables / f"{name}.csv", frame.to_csv(index=False))])
 
     def save(self, f: StageFigure) -> None:
         """A figure as drawn (figures/<name>.<format> and its .txt caption), or the reason it was not drawn."""
         if f.figure is None:
-            self._add("figure", f.name, f.title, f.why, [])
-        else:
-            self.register(
-                "figure", f.name, f.title, save_figure(f.figure, self.figures / f.name, f.caption, self.formats)
-            )
+            return self._add("figure", f.name, f.title, f.why, [])
+        self.register("figure", f.name, f.title, save_figure(f.figure, self.figures / f.name, f.caption, self.formats))
 
 
 @dataclass
 class StageFigure:
-    """One figure of the stage: its file name (figures/<name>.*), title and caption (every number it shows),
-    and the figure as drawn - or None, with `why` it is not drawn."""
+    """One figure: file name (figures/<name>.*), title, caption, and the figure - or None, with `why` not."""
 
     name: str
     title: str
@@ -129,11 +97,14 @@ class StageFigure:
     why: str = ""
 
 
+CATEGORIES_FIGURE = ("mmlu_delta_categories", "MMLU change per category")
+HEATMAP_FIGURE = ("mmlu_delta_heatmap", "MMLU change per subject across comparisons")
+
+
 def _refuse_mismatched(
     runs: dict[str, EvalRun], pairs: list[Comparison], force: bool, notes: list[str]
 ) -> list[Comparison]:
-    """Comparisons whose variants ran with the same few-shot count, task version and limit; the others are
-    dropped with the reason in `notes` (kept, with the reason noted, when `force`)."""
+    """Comparisons whose runs share few-shot count, task version and limit; others noted, dropped unless `force`."""
     kept = []
     for c in pairs:
         diff = settings_mismatches(runs[c.variant], runs[c.reference])
@@ -146,15 +117,10 @@ def _refuse_mismatched(
     return kept
 
 
-def _figure_name(c: Comparison, baseline: str) -> str:
-    return f"mmlu_delta_{safe_name(c.variant)}" + ("" if c.reference == baseline else f"_vs_{safe_name(c.reference)}")
-
-
 def write_delta_tables(
     out: Outputs, frame: pd.DataFrame, pairs: list[Comparison], st: StatsSettings, empty_why: str = NO_COMPARISON
 ) -> None:
-    """mmlu_delta.csv (per subject), mmlu_delta_categories.{csv,md,tex} and benchmark_deltas.csv of `frame`;
-    the verdicts (what survives the FDR) and power lines into `out.produced`."""
+    """mmlu_delta.csv, mmlu_delta_categories.{csv,md,tex} and benchmark_deltas.csv; verdicts and power lines."""
     out.csv("mmlu_delta", "MMLU change per subject, every comparison", level(frame, "subject"))
     tables = write_category_tables(frame, out.tables, st, empty_why)
     out.register("table", "mmlu_delta_categories", "MMLU change per category, every comparison", tables)
@@ -173,66 +139,41 @@ def comparison_figures(
     notes: list[str] = (),
     empty_why: str = NO_COMPARISON,
 ) -> list[StageFigure]:
-    """Categories and heatmap across comparisons, each comparison's subjects, each merged model against its
-    parts; without an MMLU comparison the first two, not drawn, with `empty_why`. `notes`: those a subject
-    figure's caption repeats (its comparison's fallbacks and missing subjects)."""
+    """Categories and heatmap, each comparison's subjects, each merged model against its parts; without an MMLU
+    comparison the first two, not drawn, with `empty_why`. `notes`: for the subject captions."""
     comps = list(dict.fromkeys(level(frame, "subject")["comparison"]))
     if not comps:
         why = f"not drawn: no MMLU comparison ({empty_why.removeprefix('No comparison: ').rstrip('.')})"
-        return [
-            StageFigure("mmlu_delta_categories", "MMLU change per category", why=why),
-            StageFigure("mmlu_delta_heatmap", "MMLU change per subject across comparisons", why=why),
-        ]
+        return [StageFigure(*CATEGORIES_FIGURE, why=why), StageFigure(*HEATMAP_FIGURE, why=why)]
     power = power_lines(frame, st)
+    categories = category_delta_figure(frame, comps, st=st), category_caption(frame, comps, st, power)
     figures = [
-        StageFigure(
-            "mmlu_delta_categories",
-            "MMLU change per category",
-            category_delta_figure(frame, comps, st=st),
-            category_caption(frame, comps, st, power),
-        ),
-        StageFigure(
-            "mmlu_delta_heatmap",
-            "MMLU change per subject across comparisons",
-            delta_heatmap(frame),
-            heatmap_caption(frame, st),
-        ),
+        StageFigure(*CATEGORIES_FIGURE, *categories),
+        StageFigure(*HEATMAP_FIGURE, delta_heatmap(frame), heatmap_caption(frame, st)),
     ]
-    figures += [
-        StageFigure(
-            _figure_name(c, baseline),
-            f"MMLU change per subject: {c.label}",
-            subject_delta_figure(frame, c.label, st=st),
-            subject_caption(frame, c.label, st, list(notes)),
-        )
-        for c in pairs
-        if c.label in comps
-    ]
+    for c in (c for c in pairs if c.label in comps):
+        drawn = subject_delta_figure(frame, c.label, st=st), subject_caption(frame, c.label, st, list(notes))
+        against = "" if c.reference == baseline else f"_vs_{safe_name(c.reference)}"
+        name = f"mmlu_delta_{safe_name(c.variant)}{against}"
+        figures.append(StageFigure(name, f"MMLU change per subject: {c.label}", *drawn))
     for variant, partner in merged.items():
         base = baseline if f"{variant} vs {baseline}" in comps else None
         parts = [f"{variant} vs {p}" for p in (base, partner) if p]
         if partner and any(p in comps for p in parts):
-            drawn = [p for p in parts + [f"{partner} vs {baseline}"] if p in comps]
-            figures.append(
-                StageFigure(
-                    f"merged_vs_parts_{safe_name(variant)}",
-                    f"MMLU per category: {variant} against its parts",
-                    merged_vs_parts_figure(frame, variant, base, partner, st=st),
-                    category_caption(frame, drawn, st, power),
-                )
-            )
+            shown = [p for p in parts + [f"{partner} vs {baseline}"] if p in comps]
+            drawn = merged_vs_parts_figure(frame, variant, base, partner, st=st)
+            title = f"MMLU per category: {variant} against its parts"
+            caption = category_caption(frame, shown, st, power)
+            figures.append(StageFigure(f"merged_vs_parts_{safe_name(variant)}", title, drawn, caption))
     return figures
 
 
 def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]:
-    """Delete what an earlier 06 run wrote into the report folders and this run does not write (say
-    mmlu_delta_<v>.* of a variant no longer evaluated), so no stale figure sits beside fresh ones.
-    Only files whose content is still what 06 recorded: anything edited since is left alone."""
+    """Delete files an earlier 06 run wrote into the report folders that this run does not write, when unedited."""
     if not isinstance(previous, dict):
         return []
-    now = {
-        str(Path(p).resolve()) for group in ("tables", "figures") for paths in produced[group].values() for p in paths
-    }
+    written = (p for group in ("tables", "figures") for paths in produced[group].values() for p in paths)
+    now = {str(Path(p).resolve()) for p in written}
     folders = [str((report_root / kind).resolve()) for kind in ("tables", "figures")]
     removed = []
     for path, digest in sorted(previous.items()):
@@ -246,9 +187,8 @@ def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]
 
 
 def board_figure(board: pd.DataFrame) -> StageFigure:
-    return StageFigure(
-        "leaderboard", "Leaderboard scores per benchmark", leaderboard_figure(board), leaderboard_caption(board)
-    )
+    drawn = leaderboard_figure(board), leaderboard_caption(board)
+    return StageFigure("leaderboard", "Leaderboard scores per benchmark", *drawn)
 
 
 def clean_figure(clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> StageFigure:
@@ -268,7 +208,6 @@ def write_leaderboard_step(out: Outputs, board: pd.DataFrame, clean_why: str, fi
 
 
 def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, figure: StageFigure) -> None:
-    """clean_subset tables and figure; the figure says why when there is nothing to draw."""
     out.produced["clean_subset"] = info
     tables = write_clean_tables(clean, out.tables, figure.caption)
     out.register("table", "clean_subset", "Scores on the full test set and on the clean subset", tables)
@@ -278,8 +217,7 @@ def write_clean_step(out: Outputs, clean: pd.DataFrame, info: dict, figure: Stag
 def write_reference_step(
     out: Outputs, frame: pd.DataFrame, notes: list[str], refs: dict[str, dict], st: StatsSettings
 ) -> None:
-    """references.{csv,md,tex}: reproduction vs release (paired) and harness drift (unpaired) of every
-    released model; `produced["references"]` holds the summary's sentences, `reference_notes` the notes."""
+    """references.{csv,md,tex}; the summary's sentences in `produced["references"]`, notes in "reference_notes"."""
     out.produced["references"] = reference_lines(frame, refs)
     out.produced["reference_notes"] = notes
     tables = write_reference_tables(frame, out.produced["references"] + notes, out.tables, st)
@@ -298,8 +236,7 @@ def write_pipeline_step(out: Outputs, profile) -> list[Path]:
 
 
 def load_step(profile) -> dict[str, Any]:
-    """What 04 and 05 left: summaries, failed variants, runs (with samples), the merge report and
-    merged -> partner, the files read, and notes."""
+    """What 04 and 05 left: summaries, failed, runs, merge report, merged -> partner, references, files read, notes."""
     eval_dir = profile.run_dir(layout.EVALUATE)
     refs = reference_info(profile)
     summaries, failed, read = load_summaries(eval_dir, list(profile.evaluate.variants) + list(refs))
@@ -310,22 +247,12 @@ def load_step(profile) -> dict[str, Any]:
     notes = [] if summaries else ["05_evaluate not run (no evaluation summaries)"]
     read += [Path(r.source) / f"{v}.samples.jsonl" for v, r in runs.items() if r.has_samples]
     read += [merge_path] if merge_report is not None else []
-    return {
-        "summaries": summaries,
-        "failed": failed,
-        "runs": runs,
-        "merge_report": merge_report,
-        "merged": merged_variants(profile, merge_report),
-        "references": refs,
-        "read": read,
-        "notes": notes,
-    }
+    data = {"summaries": summaries, "failed": failed, "runs": runs, "merge_report": merge_report}
+    return data | {"merged": merged_variants(profile, merge_report), "references": refs, "read": read, "notes": notes}
 
 
 def stage_comparisons(profile, data: dict) -> tuple[list[Comparison], list[str]]:
-    """The comparisons the evaluated variants allow (references apart: references.py), those whose lm-eval
-    settings differ refused; and the notes: comparisons left out, a baseline not evaluated, the runs' own
-    notes, each refusal with its reason."""
+    """The comparisons the evaluated variants allow (references apart), mismatched settings refused; and notes."""
     baseline = profile.analysis.baseline
     variants = [v for v in data["summaries"] if v not in data.get("references", {})]
     pairs, notes = comparisons(variants, baseline, data["merged"])
@@ -336,16 +263,9 @@ def stage_comparisons(profile, data: dict) -> tuple[list[Comparison], list[str]]
 
 
 def stage_leaderboard(profile, data: dict, clean: pd.DataFrame) -> pd.DataFrame:
-    """Every variant, then every reference, with its clean row, and the paper's numbers with
-    analysis.published_results (frames.leaderboard_frame on what `load_step` read)."""
-    return leaderboard_frame(
-        data["summaries"],
-        data["failed"],
-        profile.analysis.published_results,
-        clean,
-        data["references"],
-        run_setups(data["runs"]),
-    )
+    """frames.leaderboard_frame of what `load_step` read (the paper's rows with analysis.published_results)."""
+    published, setups = profile.analysis.published_results, run_setups(data["runs"])
+    return leaderboard_frame(data["summaries"], data["failed"], published, clean, data["references"], setups)
 
 
 def stage_tradeoff(profile, data: dict) -> pd.DataFrame:
@@ -356,8 +276,7 @@ def stage_tradeoff(profile, data: dict) -> pd.DataFrame:
 
 @dataclass
 class Analysis:
-    """What stage 06 computes before it writes anything, each field from its step (compute_analysis;
-    seed_spread None without finetune.seeds): `save_analysis` writes them as they are, nothing recomputed."""
+    """What stage 06 computes before writing (seed_spread None without finetune.seeds); saved as it is."""
 
     data: dict
     pairs: list[Comparison]
@@ -375,33 +294,18 @@ class Analysis:
 
 def compute_analysis(profile) -> Analysis:
     """Every step of the stage before its save, as notebook 06 runs them one by one."""
-    st = StatsSettings.from_profile(profile)
-    data = load_step(profile)
-    pairs, pair_notes = stage_comparisons(profile, data)
-    deltas, delta_notes = paired_delta_frame(data["runs"], pairs, st)
-    released, released_notes = reference_frame(data["runs"], data["references"], st)
-    clean, clean_info = load_clean_subset(data["runs"], layout.artifact(profile, layout.FLAGGED_PAIRS))
-    board = stage_leaderboard(profile, data, clean)
-    seeds = layout.seed_variants(profile)
-    return Analysis(
-        data,
-        pairs,
-        pair_notes,
-        deltas,
-        delta_notes,
-        released,
-        released_notes,
-        clean,
-        clean_info,
-        board,
-        seed_spread_frame(board, seeds) if seeds else None,
-        stage_tradeoff(profile, data),
-    )
+    st, data = StatsSettings.from_profile(profile), load_step(profile)
+    compared = stage_comparisons(profile, data)  # (pairs, notes), as each step below: (frame, notes or info)
+    deltas = paired_delta_frame(data["runs"], compared[0], st)
+    released = reference_frame(data["runs"], data["references"], st)
+    clean = load_clean_subset(data["runs"], layout.artifact(profile, layout.FLAGGED_PAIRS))
+    board, seeds = stage_leaderboard(profile, data, clean[0]), layout.seed_variants(profile)
+    spread = seed_spread_frame(board, seeds) if seeds else None
+    return Analysis(data, *compared, *deltas, *released, *clean, board, spread, stage_tradeoff(profile, data))
 
 
 def stage_figures(profile, result: Analysis) -> list[StageFigure]:
-    """Every figure the stage saves, drawn from `result`'s frames: the leaderboard, the clean subset, the
-    comparisons (`comparison_figures`) and the merge trade-off (or why it is not drawn)."""
+    """Every figure the stage saves, drawn from `result` (or why it is not drawn)."""
     st, baseline = StatsSettings.from_profile(profile), profile.analysis.baseline
     figures = [board_figure(result.board), clean_figure(result.clean, result.clean_info, st.confidence)]
     merged = result.data["merged"]
@@ -420,14 +324,13 @@ TRADEOFF_NOT_DRAWN = "not drawn: no merged variant evaluated on MMLU and another
 
 
 def _notes(result: Analysis) -> list[str]:
-    """The notes of the run in the order the summary lists them."""
     info = result.clean_info
     clean_notes = [n for n in [info.get("why", "")] + info.get("notes", []) if n]
     return result.data["notes"] + clean_notes + result.pair_notes + result.delta_notes
 
 
 def _write_tables(profile, out: Outputs, result: Analysis, figures: dict[str, StageFigure]) -> None:
-    """Every table of `result` and every figure in `figures`, in the order the summary walks them."""
+    """Every table and figure, in the order the summary walks them."""
     st, produced = StatsSettings.from_profile(profile), out.produced
     write_leaderboard_step(out, result.board, result.clean_info["why"], figures["leaderboard"])
     if result.seed_spread is not None:
@@ -448,10 +351,8 @@ def _write_tables(profile, out: Outputs, result: Analysis, figures: dict[str, St
 def save_analysis(
     profile, result: Analysis, figures: list[StageFigure] | None = None, timings: dict | None = None
 ) -> dict:
-    """The save step: `result`'s frames as tables, `figures` as drawn (default: `stage_figures(result)`), the
-    pipeline tables, the summary report and analysis_report.json, each file written atomically and recorded
-    with the stage manifest; an earlier run's files this one does not write are removed. Returns what was
-    produced (file names by table and figure, notes, verdicts, key numbers)."""
+    """The save step: tables, `figures` (default `stage_figures`), pipeline tables, summary and
+    analysis_report.json, recorded in the manifest; stale files of an earlier run removed. Returns `produced`."""
     figures = {f.name: f for f in (figures if figures is not None else stage_figures(profile, result))}
     out = Outputs(profile.report_dir("tables"), profile.report_dir("figures"), profile.analysis.formats)
     previous = (read_manifest(profile.run_dir(STAGE)) or {}).get("outputs")
@@ -467,12 +368,9 @@ def save_analysis(
         if figures["merge_tradeoff"].figure is None:
             produced["notes"].append(f"merge trade-off {figures['merge_tradeoff'].why}")
         stage_files = write_pipeline_step(out, profile)
-        removed = _remove_stale(previous, produced, profile.report_dir())
-        if removed:
-            produced["notes"].append(
-                "removed figures and tables of an earlier analysis that this one does not produce: "
-                + ", ".join(removed)
-            )
+        if removed := _remove_stale(previous, produced, profile.report_dir()):
+            stale = "removed figures and tables of an earlier analysis that this one does not produce: "
+            produced["notes"].append(stale + ", ".join(removed))
         produced["key_numbers"], number_files = key_numbers(profile, data["summaries"], data["failed"])
         paths = write_summary(profile, produced, result.board, result.deltas, result.clean, result.released)
         produced["summary"] = [str(p) for p in paths]
@@ -480,14 +378,9 @@ def save_analysis(
         flagged = layout.artifact(profile, layout.FLAGGED_PAIRS)
         inputs = data["read"] + stage_files + number_files + ([flagged] if flagged.is_file() else [])
         _record(run, out, inputs + [Path(f) for a in upstream for f in a["files"]], report)
-        run.metrics.update(
-            {
-                "variants": len(data["summaries"]),
-                "failed_variants": len(data["failed"]),
-                "comparisons": len(result.pairs),
-                "figures": sum(len(v) for v in produced["figures"].values()),
-            }
-        )
+        figure_files = sum(len(v) for v in produced["figures"].values())
+        run.metrics.update(variants=len(data["summaries"]), failed_variants=len(data["failed"]))
+        run.metrics.update(comparisons=len(result.pairs), figures=figure_files)
         produced["report"] = str(report)
     return produced
 
@@ -495,34 +388,24 @@ def save_analysis(
 def _record(run: StageRun, out: Outputs, inputs: list[Path], report: Path) -> None:
     for path in dict.fromkeys(Path(p) for p in inputs):
         run.add_input(path)
-    for group in ("tables", "figures"):
-        for paths in out.produced[group].values():
-            for p in paths:
-                run.add_output(p)
-    for p in out.produced["summary"] + [report]:
+    written = [p for group in ("tables", "figures") for paths in out.produced[group].values() for p in paths]
+    for p in written + out.produced["summary"] + [report]:
         run.add_output(p)
 
 
 def run_analysis(profile) -> dict:
-    """The whole stage, as `platypus run` runs it: every step (`compute_analysis`), then `save_analysis`.
-    Returns what was produced and what was missing."""
+    """The whole stage as `platypus run` runs it: `compute_analysis`, then `save_analysis`."""
     return save_analysis(profile, compute_analysis(profile))
 
 
 def _comparable(runs: dict[str, EvalRun], pairs: list[Comparison], notes: list[str]) -> list[Comparison]:
-    """The comparisons whose two runs scored some task in common; each other one explained in `notes`."""
-    kept = []
-    for c in pairs:
-        why = no_common_task(runs[c.variant], runs[c.reference])
-        if why:
-            notes.append(why + ": nothing to compare")
-        else:
-            kept.append(c)
-    return kept
+    """The comparisons whose runs scored a task in common; each other one explained in `notes`."""
+    whys = {c: no_common_task(runs[c.variant], runs[c.reference]) for c in pairs}
+    notes += [why + ": nothing to compare" for why in whys.values() if why]
+    return [c for c in pairs if not whys[c]]
 
 
 def _no_mmlu_why(runs: dict[str, EvalRun], pairs: list[Comparison], asked: int) -> str:
-    """Why `platypus analyse` has no MMLU comparison, for its tables, figures and summary."""
     if not asked:
         return "No comparison: give at least two inputs, one of them the --baseline."
     if not pairs:
@@ -544,12 +427,9 @@ def analyse(
     flagged_pairs: str | Path | None = None,
     results_files: list[str] | tuple = (),
 ) -> dict:
-    """`platypus analyse`: the leaderboard and the paired per-subject tables and figures from lm-eval
-    output folders (or 05_evaluate folders) into out/{tables,figures}/ and out/summary.md. Every variant
-    is compared with `baseline`, and each merged variant in `merged` with its partner; with `flagged_pairs`
-    (a stage-02 flagged_pairs.csv) the clean-subset table and figure too. Comparisons whose settings
-    differ are refused (ValueError) unless `force`; those of runs with no task in common are explained.
-    `results_files`: which results file of a folder holding several (lmeval_io.choose_results)."""
+    """`platypus analyse`: leaderboard, paired deltas, tables and figures of lm-eval (or 05) output folders into
+    out/{tables,figures}/ and out/summary.md; every variant vs `baseline`, each merged one vs its partner;
+    `flagged_pairs` (02's csv) adds the clean subset. Raises ValueError on mismatched settings unless `force`."""
     st = st or StatsSettings()
     out = Path(out)
     runs, notes = load_runs(specs, results_files)
@@ -558,9 +438,8 @@ def analyse(
     merged = merged or {}
     refs = reference_info(None, {n: r.summary for n, r in runs.items()})  # 05 folders mark their references
     asked, pair_notes = comparisons([n for n in runs if n not in refs], baseline, merged)
-    outputs = Outputs(
-        out / "tables", out / "figures", formats, variants=list(runs), comparisons=[c.label for c in asked]
-    )
+    labels = [c.label for c in asked]
+    outputs = Outputs(out / "tables", out / "figures", formats, variants=list(runs), comparisons=labels)
     outputs.produced["notes"] += notes + pair_notes
     pairs = _comparable(runs, asked, outputs.produced["notes"])
     refused: list[str] = []
@@ -571,14 +450,11 @@ def analyse(
             "mismatched evaluation settings; a paired comparison needs the same few-shot count, "
             "task version and limit (pass --force to compare anyway):\n  " + "\n  ".join(refused)
         )
-    clean, info = (
-        load_clean_subset(runs, flagged_pairs)
-        if flagged_pairs
-        else (pd.DataFrame(columns=CLEAN_COLUMNS), {"why": "", "notes": []})
-    )
-    board = leaderboard_frame(
-        {n: r.summary for n, r in runs.items()}, clean=clean, references=refs, setups=run_setups(runs)
-    )
+    clean, info = pd.DataFrame(columns=CLEAN_COLUMNS), {"why": "", "notes": []}
+    if flagged_pairs:
+        clean, info = load_clean_subset(runs, flagged_pairs)
+    summaries = {n: r.summary for n, r in runs.items()}
+    board = leaderboard_frame(summaries, clean=clean, references=refs, setups=run_setups(runs))
     write_leaderboard_step(outputs, board, info["why"], board_figure(board))
     if flagged_pairs:
         outputs.produced["notes"] += [n for n in [info["why"], *info["notes"]] if n]
