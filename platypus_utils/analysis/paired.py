@@ -1,11 +1,6 @@
-"""Paired statistics of 06_analysis: each comparison's change per MMLU subject, category and benchmark.
-
-`paired_delta_frame(runs, pairs, st)`: where both models have logged samples each change is paired
-over the same questions - a seeded paired bootstrap interval (subjects resampled separately for a
-category or the mean over subjects, one-question subjects pooled: stats.pool_singletons), the exact McNemar p-value for a subject's accuracy (a paired
-sign-flip test for a group or for mc2), and Benjamini-Hochberg q-values per comparison over its
-subjects, its categories, and its benchmarks. Without samples a change falls back to the normal
-interval from sqrt(se_a^2 + se_b^2), named "unpaired normal" (UNPAIRED). The arithmetic is in stats.py.
+"""Paired statistics: each comparison's change per MMLU subject, category and benchmark. With both models'
+samples a seeded paired bootstrap (subjects resampled separately, one-question subjects pooled), exact McNemar
+(sign-flip for a group or mc2) and BH q-values per comparison and level; else normal from sqrt(se_a^2 + se_b^2).
 """
 
 from __future__ import annotations
@@ -62,8 +57,7 @@ NO_ERROR_FIELDS = {"se": None, "ci_low": None, "ci_high": None, "p_value": None,
 
 
 def normal_fields(delta: float, se, st: StatsSettings, test: str) -> dict:
-    """se, interval and p of a change (in points) from its standard error: normal, UNPAIRED; without a
-    standard error, none (NO_ERROR)."""
+    """se, normal interval and p of a change in points (UNPAIRED); NO_ERROR without a standard error."""
     if missing(se):
         return NO_ERROR_FIELDS
     lo, hi, p = stats.unpaired_interval(delta, se, 0.0, st.confidence)
@@ -81,8 +75,8 @@ def _scores(run: EvalRun, bench: str, subject: str) -> pd.Series | None:
 def _unit(
     x: pd.Series | None, y: pd.Series | None, v: tuple, r: tuple, st: StatsSettings, rng: np.random.Generator
 ) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """One subject or benchmark: (row fields, bootstrap draws, per-question differences); v and r are
-    (score, stderr, n) from the summaries, used when per-question scores are missing (unpaired)."""
+    """One subject or benchmark: (row fields, bootstrap draws, per-question differences); v and r: (score,
+    stderr, n) from the summaries, used (unpaired) without per-question scores."""
     if x is not None and y is not None:
         common = x.index.intersection(y.index)
         if len(common):
@@ -92,106 +86,51 @@ def _unit(
             lo, hi = stats.percentile_interval(draws, st.confidence)
             binary = stats.is_binary(xs, ys)
             b, c = stats.discordant(xs, ys) if binary else (None, None)
-            flip = (
-                stats.FlipP(stats.mcnemar_exact(b, c))
-                if binary
-                else stats.sign_flip_groups([d], st.n_boot, st.seed, st.alpha)
-            )
+            exact = stats.FlipP(stats.mcnemar_exact(b, c)) if binary else None
+            flip = exact or stats.sign_flip_groups([d], st.n_boot, st.seed, st.alpha)
             dropped = max(len(x), len(y)) - len(common)
             single = len(common) == 1  # one question resamples to itself: no interval to show
             notes = [f"paired on {len(common)} common questions ({dropped} in one model only)"] if dropped else []
-            return (
-                {
-                    "n": len(common),
-                    "reference_score": 100 * ys.mean(),
-                    "variant_score": 100 * xs.mean(),
-                    "delta": 100 * d.mean(),
-                    "se": None if single else 100 * float(draws.std(ddof=1)),
-                    "ci_low": None if single else 100 * lo,
-                    "ci_high": None if single else 100 * hi,
-                    "p_value": flip.p,
-                    "p_mc_error": flip.mc_error,
-                    "p_resamples": flip.n,
-                    "test": "McNemar exact" if binary else "sign-flip",
-                    "interval": PAIRED,
-                    "discordant_b": b,
-                    "discordant_c": c,
-                    "note": "; ".join(notes + (["one question: no interval"] if single else [])),
-                },
-                draws,
-                d,
-            )
-    row = {
-        "n": v[2] if len(v) > 2 else None,
-        "reference_score": pct(r[0]),
-        "variant_score": pct(v[0]),
-        "delta": 100 * (v[0] - r[0]),
-        "discordant_b": None,
-        "discordant_c": None,
-        "note": "no per-question scores: unpaired error",
-    }
+            fields = {"n": len(common), "reference_score": 100 * ys.mean(), "variant_score": 100 * xs.mean()}
+            fields.update(delta=100 * d.mean(), se=None, ci_low=None, ci_high=None, interval=PAIRED)
+            if not single:
+                fields.update(se=100 * float(draws.std(ddof=1)), ci_low=100 * lo, ci_high=100 * hi)
+            fields.update(p_value=flip.p, p_mc_error=flip.mc_error, p_resamples=flip.n, discordant_b=b, discordant_c=c)
+            fields["test"] = "McNemar exact" if binary else "sign-flip"
+            fields["note"] = "; ".join(notes + (["one question: no interval"] if single else []))
+            return fields, draws, d
+    row = {"n": v[2] if len(v) > 2 else None, "reference_score": pct(r[0]), "variant_score": pct(v[0])}
+    row.update(delta=100 * (v[0] - r[0]), discordant_b=None, discordant_c=None)
+    row["note"] = "no per-question scores: unpaired error"
     if v[1] is None or r[1] is None:
         return {**row, **NO_ERROR_FIELDS}, None, None
     lo, hi, p = stats.unpaired_interval(v[0] - r[0], v[1], r[1], st.confidence)
-    return (
-        {
-            **row,
-            "se": 100 * math.hypot(v[1], r[1]),
-            "ci_low": 100 * lo,
-            "ci_high": 100 * hi,
-            "p_value": p,
-            "test": "z (unpaired)",
-            "interval": UNPAIRED,
-        },
-        None,
-        None,
-    )
+    row.update(se=100 * math.hypot(v[1], r[1]), ci_low=100 * lo, ci_high=100 * hi, p_value=p)
+    return {**row, "test": "z (unpaired)", "interval": UNPAIRED}, None, None
 
 
 def _group(
     rows: list[dict], draws: list, diffs: list, st: StatsSettings, rng: np.random.Generator, pool: bool = True
 ) -> dict:
-    """The mean over subjects (a category, all of MMLU, the leaderboard average): stratified paired
-    bootstrap (one-question subjects pooled, `pool`) and sign-flip test when every member is paired, else
-    the normal interval from sqrt(sum se_i^2) / k."""
-    out = {
-        "n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None,
-        "reference_score": float(np.mean([r["reference_score"] for r in rows])),
-        "variant_score": float(np.mean([r["variant_score"] for r in rows])),
-        "delta": float(np.mean([r["delta"] for r in rows])),
-        "discordant_b": None,
-        "discordant_c": None,
-    }
+    """The mean over members (a category, all of MMLU, the average): stratified paired bootstrap (one-question
+    subjects pooled, `pool`) and sign-flip test when every member is paired, else normal from sqrt(sum se_i^2)/k."""
+    out = {"n": sum(int(r["n"]) for r in rows) if all(r["n"] for r in rows) else None}
+    out.update({k: float(np.mean([r[k] for r in rows])) for k in ("reference_score", "variant_score", "delta")})
+    out.update(discordant_b=None, discordant_c=None)
     if all(d is not None for d in draws):
         mean_draws = np.mean(stats.pool_singletons(draws, diffs, rng) if pool else draws, axis=0)
-        flip = (
-            stats.sign_flip_groups(diffs, st.n_boot, st.seed, st.alpha)
-            if all(d is not None for d in diffs)
-            else stats.FlipP(math.nan)
-        )
+        paired = all(d is not None for d in diffs)
+        flip = stats.sign_flip_groups(diffs, st.n_boot, st.seed, st.alpha) if paired else stats.FlipP(math.nan)
         lo, hi = stats.percentile_interval(mean_draws, st.confidence)
-        b = [r["discordant_b"] for r in rows]
-        c = [r["discordant_c"] for r in rows]
+        b, c = [r["discordant_b"] for r in rows], [r["discordant_c"] for r in rows]
         if all(x is not None for x in b + c):
             out.update(discordant_b=sum(b), discordant_c=sum(c))
-        return {
-            **out,
-            "se": 100 * float(mean_draws.std(ddof=1)),
-            "ci_low": 100 * lo,
-            "ci_high": 100 * hi,
-            "p_value": flip.p,
-            "p_mc_error": flip.mc_error,
-            "p_resamples": flip.n,
-            "test": "sign-flip (stratified)",
-            "interval": PAIRED,
-            "note": "",
-        }
+        out.update(se=100 * float(mean_draws.std(ddof=1)), ci_low=100 * lo, ci_high=100 * hi, p_value=flip.p)
+        out.update(p_mc_error=flip.mc_error, p_resamples=flip.n, test="sign-flip (stratified)", interval=PAIRED)
+        return {**out, "note": ""}
     se = mean_se(r["se"] for r in rows)
-    note = (
-        "some members without per-question scores: normal interval"
-        if any(r["interval"] == PAIRED for r in rows)
-        else ""
-    )
+    partly = any(r["interval"] == PAIRED for r in rows)
+    note = "some members without per-question scores: normal interval" if partly else ""
     return {**out, **normal_fields(out["delta"], se, st, "z"), "note": "a member has no error" if se is None else note}
 
 
@@ -205,8 +144,7 @@ def _summary_pair(run: EvalRun, bench: str, subject: str = "") -> tuple:
 
 
 def _setups(v: EvalRun, r: EvalRun, bench: str, subject: str = "") -> dict:
-    """The two runs' own settings for a unit (setups.setup_text): what captions and headers label; the task
-    versions too where they differ."""
+    """The two runs' own settings for a unit (setups.setup_text), with task versions where they differ."""
     versions = version_text(v, bench, subject) != version_text(r, bench, subject)
     return {
         "variant_setup": setup_text(v, bench, subject, versions),
@@ -225,37 +163,21 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
     for who, mine, other in ((c.variant, vs, rs), (c.reference, rs, vs)):
         only = sorted(set(mine) - set(other))
         if only and common:
-            notes.append(
-                f"{c.label}: {len(only)} MMLU subject(s) only in {who} ({', '.join(only[:5])}"
-                + (" ..." if len(only) > 5 else "")
-                + f"): compared on the {len(common)} common subjects"
-            )
+            shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
+            note = f"{c.label}: {len(only)} MMLU subject(s) only in {who} ({shown}): "
+            notes.append(note + f"compared on the {len(common)} common subjects")
     rows, members = [], {}
     for s in common:
         cat = vs[s].get("category") or rs[s].get("category") or MMLU_CATEGORIES.get(s, UNCATEGORISED)
-        fields, draws, d = _unit(
-            _scores(v, "mmlu", s),
-            _scores(r, "mmlu", s),
-            _summary_pair(v, "mmlu", s),
-            _summary_pair(r, "mmlu", s),
-            st,
-            rng,
-        )
+        summary = _summary_pair(v, "mmlu", s), _summary_pair(r, "mmlu", s)
+        fields, draws, d = _unit(_scores(v, "mmlu", s), _scores(r, "mmlu", s), *summary, st, rng)
         rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields, **_setups(v, r, "mmlu", s)})
         members.setdefault(cat, []).append((rows[-1], draws, d))
     every = [m for cat in category_order(members) for m in members[cat]]
     for cat in category_order(members) + ([ALL_SUBJECTS] if every else []):
-        group = every if cat == ALL_SUBJECTS else members[cat]
-        rows.append(
-            {
-                **head,
-                "level": "category",
-                "unit": cat,
-                "category": cat,
-                **_group([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], st, rng),
-                **_setups(v, r, "mmlu"),
-            }
-        )
+        group_rows, group_draws, group_diffs = zip(*(every if cat == ALL_SUBJECTS else members[cat]))
+        fields = _group(group_rows, group_draws, group_diffs, st, rng)
+        rows.append({**head, "level": "category", "unit": cat, "category": cat, **fields, **_setups(v, r, "mmlu")})
     bench_rows, bench_draws, bench_weighted = [], [], []
     for bench in BENCHMARKS:
         if bench == "mmlu":
@@ -271,9 +193,8 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
         if vp[0] is None or rp[0] is None:
             continue
         fields, draws, d = _unit(_scores(v, bench, ""), _scores(r, bench, ""), vp, rp, st, rng)
-        bench_rows.append(
-            {**head, "level": "benchmark", "unit": bench, "category": "", **fields, **_setups(v, r, bench)}
-        )
+        unit = {**head, "level": "benchmark", "unit": bench, "category": ""}
+        bench_rows.append({**unit, **fields, **_setups(v, r, bench)})
         bench_draws.append(draws)
         bench_weighted.append([(d, 1.0 / len(d))] if d is not None else None)
     rows += bench_rows
@@ -283,13 +204,8 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
             # the average's test: every question's difference sign-flipped, weighted as it counts in the
             # average (a benchmark 1/4; within MMLU a subject 1/57 of that)
             parts = [(d, w / len(bench_weighted)) for members in bench_weighted for d, w in members]
-            flip = stats.sign_flip_test(
-                np.concatenate([d for d, _ in parts]),
-                np.concatenate([np.full(len(d), w) for d, w in parts]),
-                st.n_boot,
-                st.seed,
-                st.alpha,
-            )
+            weights = np.concatenate([np.full(len(d), w) for d, w in parts])
+            flip = stats.sign_flip_test(np.concatenate([d for d, _ in parts]), weights, st.n_boot, st.seed, st.alpha)
             avg.update(p_value=flip.p, p_mc_error=flip.mc_error, p_resamples=flip.n, test="sign-flip (weighted)")
         rows.append({**head, "level": "benchmark", "unit": "average", "category": "", **avg})
     return rows, notes
@@ -298,15 +214,11 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
 def paired_delta_frame(
     runs: dict[str, EvalRun], pairs: list[Comparison], st: StatsSettings | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """One row per comparison and unit (level: subject, category, benchmark), points (percent), with the
-    interval, p-value and Benjamini-Hochberg q-value; the FDR family is one comparison's subjects, its
-    categories (with "all"), or its benchmarks. `significant`: q <= alpha. Subjects sorted by change."""
+    """One row per comparison and unit (level: subject, category, benchmark) in points, with interval, p and BH
+    q-value (family: one comparison's units of one level); `significant`: q <= alpha. Subjects sorted by change."""
     st = st or StatsSettings()
-    rows, notes = [], []
-    for k, c in enumerate(pairs):
-        got, n = compare(runs, c, st, k)
-        rows += got
-        notes += n
+    compared = [compare(runs, c, st, k) for k, c in enumerate(pairs)]
+    rows, notes = [r for got, _ in compared for r in got], [n for _, ns in compared for n in ns]
     frame = pd.DataFrame(rows, columns=DELTA_COLUMNS)
     for col in "q_value p_value p_mc_error p_resamples ci_low ci_high se discordant_b discordant_c n".split():
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
@@ -332,15 +244,14 @@ def level(frame: pd.DataFrame, name: str, comparison: str | None = None) -> pd.D
 
 
 def power_lines(frame: pd.DataFrame, st: StatsSettings, change: float = 5.0, power: float = 0.8) -> list[str]:
-    """Per comparison and category: questions a change of `change` points would need (two-sided
-    McNemar at alpha 0.05, `power`), with the discordance observed in that category, or assumed 0.20."""
+    """Per comparison and category: questions a `change`-point change needs (two-sided McNemar, alpha 0.05,
+    `power`) at the discordance observed there, or an assumed 0.20."""
     out = []
     for comp, g in level(frame, "category").groupby("comparison", sort=False):
         parts = []
         for _, r in g[g["unit"] != ALL_SUBJECTS].iterrows():
-            observed = (
-                (r["discordant_b"] + r["discordant_c"]) / r["n"] if pd.notna(r["discordant_b"]) and r["n"] else None
-            )
+            discordant = r["discordant_b"] + r["discordant_c"]
+            observed = discordant / r["n"] if pd.notna(r["discordant_b"]) and r["n"] else None
             psi = observed if observed is not None and observed >= change / 100 else 0.20
             need = stats.questions_for_change(change / 100, psi, 0.05, power)
             how = f"observed discordance {psi:.2f}" if psi is observed else "assumed discordance 0.20"

@@ -1,19 +1,7 @@
-"""Released models as references (evaluate.references): two comparisons per benchmark and for the average.
-
-- **reproduction vs release** (`release_frame`, KIND_RELEASE): this run's variant against the model released
-  under its name (its `compare_to`), both evaluated here with the same tasks and settings: paired over the
-  same questions with paired.compare (bootstrap interval, McNemar or sign-flip test; the average as the
-  leaderboard takes it). `delta` = variant minus release.
-- **harness drift** (`drift_frame`, KIND_DRIFT): the released model as evaluated here against its published
-  numbers (its `published` row of platypus_utils.published: the 2023 leaderboard harness). Unpaired: the
-  published numbers have neither per-question scores nor a standard error, so the interval is this run's
-  normal interval around the difference (se of the published value taken as 0), and it is named so.
-  `delta` = here minus published. Settings that depart from the published ones (a `limit`, other shots)
-  are noted on each row: with them the difference is not drift alone.
-
-`reference_frame` gives both in one frame (REFERENCE_COLUMNS) with notes; `reference_display` and
-`write_reference_tables` show it; `reference_lines` are the sentences of the summary report. A reference
-without `published` gets the line "no published numbers exist for it".
+"""Released models as references (evaluate.references), per benchmark and for the average:
+reproduction vs release (KIND_RELEASE, paired over the same questions; delta = variant - release) and harness
+drift (KIND_DRIFT, the release as evaluated here vs its published numbers; unpaired, the published value taken
+without error; delta = here - published; departing settings noted on each row).
 """
 
 from __future__ import annotations
@@ -30,8 +18,7 @@ from .paired import StatsSettings, compare, normal_fields
 from .tables import md_document, to_latex, to_markdown, write_table
 
 AVERAGE = "average"
-# released: the reference's name; this: the variant (reproduction vs release) or the release as evaluated here
-# (drift); against: the release (evaluated here) or "published: <row>"
+# this: the variant (vs release) or the release as evaluated here (drift); against: the release or "published: <row>"
 REFERENCE_COLUMNS = (
     "comparison kind released this against benchmark n this_score against_score delta se ci_low ci_high "
     "p_value test interval note"
@@ -42,8 +29,8 @@ DRIFT_TEST = "z (unpaired; published value without error)"
 def release_frame(
     runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Per reference with a `compare_to`: that variant against the release, paired, per benchmark and for
-    the average (rows of REFERENCE_COLUMNS), and notes (not evaluated, settings that differ)."""
+    """Per reference with a `compare_to`: that variant against the release, paired, per benchmark and for the
+    average; and notes (not evaluated, settings that differ)."""
     st = st or StatsSettings()
     rows, notes = [], []
     for k, (name, info) in enumerate(refs.items()):
@@ -64,24 +51,12 @@ def release_frame(
         same = "same weights (model hash) as the release: one evaluation, no difference to find" if same else ""
         got, got_notes = compare(runs, Comparison(variant, name, KIND_RELEASE), st, index=10_000 + k)
         notes += got_notes
-        for r in got:
-            if r["level"] != "benchmark":
-                continue
-            rows.append(
-                {
-                    "comparison": label,
-                    "kind": KIND_RELEASE,
-                    "released": name,
-                    "this": variant,
-                    "against": name,
-                    "benchmark": r["unit"],
-                    "n": r["n"],
-                    "this_score": r["variant_score"],
-                    "against_score": r["reference_score"],
-                    **{c: r[c] for c in ("delta", "se", "ci_low", "ci_high", "p_value", "test", "interval")},
-                    "note": "; ".join(n for n in (r["note"], same) if n),
-                }
-            )
+        head = {"comparison": label, "kind": KIND_RELEASE, "released": name, "this": variant, "against": name}
+        for r in (r for r in got if r["level"] == "benchmark"):
+            row = {**head, "benchmark": r["unit"], "n": r["n"], "this_score": r["variant_score"]}
+            row.update({c: r[c] for c in ("delta", "se", "ci_low", "ci_high", "p_value", "test", "interval")})
+            note = "; ".join(n for n in (r["note"], same) if n)
+            rows.append({**row, "against_score": r["reference_score"], "note": note})
     return pd.DataFrame(rows, columns=REFERENCE_COLUMNS), notes
 
 
@@ -99,20 +74,9 @@ def _departures(summary: dict, bench: str) -> list[str]:
 
 def _drift_row(name: str, key: str, bench: str, here, se, published, n, st: StatsSettings, notes) -> dict:
     delta = here - published
-    row = {
-        "comparison": f"{name} vs published {key}",
-        "kind": KIND_DRIFT,
-        "released": name,
-        "this": name,
-        "against": f"published: {key}",
-        "benchmark": bench,
-        "n": n,
-        "this_score": here,
-        "against_score": published,
-        "delta": delta,
-        "note": "; ".join(notes),
-    }
-    return {**row, **normal_fields(delta, se, st, DRIFT_TEST)}
+    row = {"comparison": f"{name} vs published {key}", "kind": KIND_DRIFT, "released": name, "this": name}
+    row.update(against=f"published: {key}", benchmark=bench, n=n, this_score=here, against_score=published)
+    return {**row, "delta": delta, "note": "; ".join(notes), **normal_fields(delta, se, st, DRIFT_TEST)}
 
 
 def _drift_rows(name: str, key: str, summary: dict, st: StatsSettings) -> list[dict]:
@@ -127,34 +91,20 @@ def _drift_rows(name: str, key: str, summary: dict, st: StatsSettings) -> list[d
         rows.append(_drift_row(name, key, bench, here, se, pub, t.get("n"), st, parts[-1][3]))
     if not parts:
         return rows
-    ses = [p[1] for p in parts]
     full = len(parts) == len(BENCHMARKS)
     notes = sorted({d for p in parts for d in p[3]})
     if not full:
         notes.insert(0, f"over the {len(parts)} benchmarks evaluated here (published average over {len(BENCHMARKS)})")
-    rows.append(
-        _drift_row(
-            name,
-            key,
-            AVERAGE,
-            sum(p[0] for p in parts) / len(parts),
-            mean_se(ses),
-            published.average if full else sum(p[2] for p in parts) / len(parts),
-            len(parts),
-            st,
-            notes,
-        )
-    )
-    return rows
+    here = sum(p[0] for p in parts) / len(parts)
+    pub = published.average if full else sum(p[2] for p in parts) / len(parts)
+    return rows + [_drift_row(name, key, AVERAGE, here, mean_se(p[1] for p in parts), pub, len(parts), st, notes)]
 
 
 def drift_frame(
     runs: dict[str, EvalRun], refs: dict[str, dict], st: StatsSettings | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
     """Per reference with a `published` row: the release as evaluated here against its published numbers
-    (harness drift, unpaired), per benchmark and for the average; notes name the harness on either side,
-    and a reference that was not evaluated. (One without a published row has no rows here:
-    `reference_lines` says that no published numbers exist for it.)"""
+    (unpaired), per benchmark and for the average; notes name the harness on either side."""
     st = st or StatsSettings()
     rows, notes = [], []
     for name, info in refs.items():
@@ -169,16 +119,9 @@ def drift_frame(
             continue
         summary = runs[name].summary
         settings = summary.get("settings") or {}
-        here = ", ".join(
-            str(x)
-            for x in (
-                f"lm-eval {settings['lm_eval']}" if settings.get("lm_eval") else "",
-                settings.get("backend", "hf"),
-                settings.get("dtype", ""),
-                f"batch size {settings['batch_size']}" if settings.get("batch_size") else "",
-            )
-            if x
-        )
+        lm_eval, batch = settings.get("lm_eval"), settings.get("batch_size")
+        parts = [f"lm-eval {lm_eval}" if lm_eval else "", settings.get("backend", "hf"), settings.get("dtype", "")]
+        here = ", ".join(str(x) for x in parts + [f"batch size {batch}" if batch else ""] if x)
         row = PUBLISHED[key]
         notes.append(f"{KIND_DRIFT} of {name}: here {here or 'this run'}; published ({row.source}): {row.harness}")
         rows += _drift_rows(name, key, summary, st)
@@ -228,14 +171,12 @@ def reference_note(st: StatsSettings | None = None) -> str:
 def write_reference_tables(
     frame: pd.DataFrame, lines: list[str], table_dir: Path, st: StatsSettings | None = None
 ) -> list[Path]:
-    """references.{csv,md,tex}: both comparisons of every released model; the Markdown ends with `lines`
-    (reference_lines and the notes)."""
+    """references.{csv,md,tex}; the Markdown ends with `lines`."""
     note = reference_note(st)
     shown = to_markdown(reference_display(frame), 2) if not frame.empty else "(no comparison)"
     md = md_document(shown, "Released models: reproduction vs release, and harness drift", note, lines)
-    return write_table(
-        table_dir, "references", frame, md, to_latex(reference_display(frame, tex=True), note, "tab:references", 2)
-    )
+    tex = to_latex(reference_display(frame, tex=True), note, "tab:references", 2)
+    return write_table(table_dir, "references", frame, md, tex)
 
 
 def _sentence(g: pd.DataFrame) -> str:

@@ -1,13 +1,4 @@
-"""Training seeds (finetune.seeds): how much the merge into the base moves when only the training seed changes.
-
-Stage 03 trains one adapter per seed on the same rows, 04 merges each into the base
-(layout.seed_variants: the profile's seed is the merge itself, each other seed <merged>-seed<seed>) and 05
-evaluates them on the same questions. `seed_spread_frame` gives, per benchmark and for the average, each
-seed's score, their mean, sample standard deviation (between seeds), range, and the mean of the runs' own
-standard errors (the sampling error of one run over the questions): a spread across seeds larger than that
-error means a one-seed difference between two models can be the seed, not the method. Scores are in
-percent, from the leaderboard frame.
-"""
+"""Training seeds (finetune.seeds): the spread of the merge into the base across seeds, against one run's error."""
 
 from __future__ import annotations
 
@@ -30,8 +21,8 @@ def _score(board: pd.DataFrame, variant: str, column: str) -> float | None:
 
 
 def seed_spread_frame(board: pd.DataFrame, seed_variants: dict[int, str]) -> pd.DataFrame:
-    """One row per benchmark (and the average) that at least two seeds' merges were scored on: SEED_COLUMNS,
-    then a column per seed ("seed <s>") with its score. Empty without two evaluated seeds."""
+    """One row per benchmark (and the average) that two or more seeds' merges were scored on: SEED_COLUMNS,
+    then "seed <s>" per seed. Empty without two evaluated seeds."""
     rows = []
     for bench in [*BENCHMARKS, AVERAGE]:
         scores = {s: _score(board, v, bench) for s, v in seed_variants.items()}
@@ -41,21 +32,11 @@ def seed_spread_frame(board: pd.DataFrame, seed_variants: dict[int, str]) -> pd.
         values = pd.Series(list(scores.values()))
         errors = [_score(board, seed_variants[s], f"{bench}_stderr") for s in scores] if bench != AVERAGE else []
         errors = [e for e in errors if e is not None]
-        row = {
-            "benchmark": LABELS.get(bench, bench),
-            "seeds": len(scores),
-            "mean": values.mean(),
-            "sd": values.std(ddof=1),
-            "min": values.min(),
-            "max": values.max(),
-            "range": values.max() - values.min(),
-            "run_stderr": sum(errors) / len(errors) if errors else None,
-        }
-        row.update({f"seed {s}": x for s, x in scores.items()})
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=SEED_COLUMNS)
-    return pd.DataFrame(rows)
+        row = {"benchmark": LABELS.get(bench, bench), "seeds": len(scores), "mean": values.mean()}
+        row.update(sd=values.std(ddof=1), min=values.min(), max=values.max(), range=values.max() - values.min())
+        row["run_stderr"] = sum(errors) / len(errors) if errors else None
+        rows.append(row | {f"seed {s}": x for s, x in scores.items()})
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=SEED_COLUMNS)
 
 
 def seed_lines(frame: pd.DataFrame, seed_variants: dict[int, str]) -> list[str]:
@@ -71,18 +52,16 @@ def seed_lines(frame: pd.DataFrame, seed_variants: dict[int, str]) -> list[str]:
         )
         if not missing(r.run_stderr):
             larger = "larger than" if r.sd > r.run_stderr else "within"
-            text += (
-                f"; one run's standard error over the questions is {r.run_stderr:.2f}: the seed spread is {larger} it"
-            )
+            text += f"; one run's standard error over the questions is {r.run_stderr:.2f}: "
+            text += f"the seed spread is {larger} it"
         lines.append(text)
     return lines
 
 
 def seed_display(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame rounded to two decimals, for the notebook and the report."""
     return frame.round(2)
 
 
 def write_seed_tables(frame: pd.DataFrame, lines: list[str], tables: Path) -> list[Path]:
-    """seed_spread.csv and seed_spread.md (the table and its sentences)."""
+    """seed_spread.csv and seed_spread.md (the table and `lines`)."""
     return write_table(tables, "seed_spread", frame, md_document(to_markdown(seed_display(frame)), lines=lines))
