@@ -1,7 +1,5 @@
-"""Captions of 06_analysis's figures: the method in words and every number drawn, one line each, so a
-figure's `.txt` beside it can be read (and diffed) without the image. The words are in
-templates/captions.txt.j2 (one macro per figure); the numbers are formatted here.
-"""
+"""Captions of 06_analysis's figures: the method and every number drawn, one line each (words in
+templates/captions.txt.j2)."""
 
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ def _render(macro: str, **values) -> str:
 
 
 def _labelled(frame: pd.DataFrame, comparison: str) -> str:
-    """ "tuned vs base (both 5-shot)": a comparison with its two runs' MMLU settings, where recorded."""
     setup = comparison_setup(frame, comparison)
     return f"{comparison} ({setup})" if setup else comparison
 
@@ -53,10 +50,8 @@ def _row_line(r) -> str:
     p = "" if pd.isna(r["p_value"]) else f", p {r['p_value']:.3g}{mc}, q {r['q_value']:.3g}"
     p += " *" if p and r["significant"] else ""
     interval = "" if r["interval"] == PAIRED else f" ({r['interval']})"
-    return (
-        f"{r['reference_score']:.2f} -> {r['variant_score']:.2f}, {r['delta']:+.2f}{ci}{p}, n {n_text(r['n'])}"
-        f"{interval}"
-    )
+    scores = f"{r['reference_score']:.2f} -> {r['variant_score']:.2f}, {r['delta']:+.2f}"
+    return f"{scores}{ci}{p}, n {n_text(r['n'])}{interval}"
 
 
 def _category_lines(rows: pd.DataFrame) -> list[str]:
@@ -104,9 +99,8 @@ def heatmap_caption(frame: pd.DataFrame, st: StatsSettings) -> str:
             for c in comps
         )
 
-    order = sorted(
-        values.index, key=lambda s: (CATEGORY_ORDER.index(cat_of[s]) if cat_of[s] in CATEGORY_ORDER else 9, s)
-    )
+    rank = {c: k for k, c in enumerate(CATEGORY_ORDER)}
+    order = sorted(values.index, key=lambda s: (rank.get(cat_of[s], 9), s))
     return _render(
         "heatmap",
         intervals=method_text(d),
@@ -122,10 +116,9 @@ def tradeoff_caption(tradeoff: pd.DataFrame, frame: pd.DataFrame, st: StatsSetti
     variants = []
     for _, r in tradeoff.iterrows():
         made = f", {r['method']}" + (f" into {r['partner']}" if r["partner"] else "") if r["method"] else ""
-        variants.append(
-            f"{r['variant']} ({r['role']}{made}): MMLU {cell(r['mmlu'], none_if_nan(r['mmlu_stderr']))}, "
-            f"others {cell(r['others_mean'], none_if_nan(r['others_stderr']))} ({r['others_over']})"
-        )
+        mmlu = f"MMLU {cell(r['mmlu'], none_if_nan(r['mmlu_stderr']))}"
+        others = f"others {cell(r['others_mean'], none_if_nan(r['others_stderr']))} ({r['others_over']})"
+        variants.append(f"{r['variant']} ({r['role']}{made}): {mmlu}, {others}")
     bench = level(frame, "benchmark")
     changes = [
         f"{comp}: " + "; ".join(f"{LABELS.get(r['unit'], r['unit'])} {_row_line(r)}" for _, r in g.iterrows())
@@ -137,22 +130,15 @@ def tradeoff_caption(tradeoff: pd.DataFrame, frame: pd.DataFrame, st: StatsSetti
 def _subset_line(g: pd.DataFrame) -> str:
     by = g.set_index("subset")
     parts = []
-    for subset in SUBSETS:
-        if subset not in by.index:
-            continue
-        r = by.loc[subset]
+    for subset, r in ((s, by.loc[s]) for s in SUBSETS if s in by.index):
         score = "n/a" if pd.isna(r["score"]) else f"{r['score']:.2f}"
-        gap = (
-            ""
-            if subset == "full" or pd.isna(r["gap"])
-            else f" ({r['gap']:+.2f}" + ("" if pd.isna(r["gap_se"]) else f" ± {r['gap_se']:.2f}") + ")"
-        )
+        se = "" if pd.isna(r["gap_se"]) else f" ± {r['gap_se']:.2f}"
+        gap = "" if subset == "full" or pd.isna(r["gap"]) else f" ({r['gap']:+.2f}{se})"
         parts.append(f"{SUBSET_LABELS[subset]} {score}{gap} n {r['n']:,}")
     return "; ".join(parts)
 
 
 def _subset_lines(rows: pd.DataFrame, units=None) -> list[str]:
-    """ "<variant> <unit>: <subset line>" per variant and unit of `rows` (only `units` when given)."""
     return [
         f"{variant} {LABELS.get(unit, unit)}: {_subset_line(g)}"
         for (variant, unit), g in rows.groupby(["variant", "unit"], sort=False)
@@ -161,7 +147,6 @@ def _subset_lines(rows: pd.DataFrame, units=None) -> list[str]:
 
 
 def clean_caption(clean: pd.DataFrame, why: str = "", notes: list[str] = (), confidence: float = 0.95) -> str:
-    """The clean-subset figure's caption: what clean means, how the gap's interval is made, every number."""
     subjects = clean[clean["level"] == "subject"]
     flagged = set(subjects.loc[subjects["n_flagged"] > 0, "unit"])
     return _render(

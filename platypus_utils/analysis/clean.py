@@ -1,27 +1,8 @@
-"""Scores on the clean subset (issue 14, part 4): each benchmark on its full test set and on the items
-stage 02 did not flag, from the per-question scores 05 already logged (no extra evaluation).
-
-Contract.
-  Inputs: each variant's per-question scores (`EvalRun.samples`: benchmark, subject, doc_id, score;
-  05's `<variant>.samples.jsonl` read through lmeval_io) and stage 02's `flagged_pairs.csv`, whose
-  columns `lm_eval_task` and `doc_id` name each test item as lm-eval's sample logs do (a `platypus_`
-  prefix is stripped, as lmeval_io.task_unit does). The join is exact, on (benchmark, subject, doc_id).
-  Flagged: a test item is flagged in a category when 02 paired it with at least one training row in
-  that category (duplicate, gray_area, similar_but_different), whatever 02 then did with the row:
-  a removed row still reached the base model's and a partner's pre-training, if anywhere.
-  Subsets (SUBSETS): full (every evaluated item), clean (no flagged pair of any category) and
-  no_<category> (no flagged pair of that category).
-  Scores (percent): a benchmark's score on a subset is the mean of its items' scores (ARC and
-  HellaSwag acc_norm, TruthfulQA mc2); MMLU's is the mean over subjects of each subject's mean (the
-  leaderboard's rule) over the subjects that keep at least one item. Each row has n (items kept) and
-  n_flagged (items left out).
-  Gap: subset score - full score, in points. With full = (n_c m_c + n_f m_f) / N the gap is
-  (n_f / N)(m_c - m_f); its standard error treats the kept and the left-out items as two independent
-  samples, (n_f / N) sqrt(s_c^2 / n_c + s_f^2 / n_f) with sample variances (None under two items on
-  a side); for MMLU sqrt(sum se_s^2) / K over its K subjects, only when every subject keeps an item.
-Errors: `read_flagged_items` raises ValueError naming the file, and the row and field, for a file
-without the id columns or with a bad doc_id or category; a pair whose task is not a leaderboard task
-or whose doc_id is blank / -1 cannot be joined and is reported in the returned notes.
+"""Scores on the clean subset (issue 14): the items 02 did not flag, from 05's per-question scores joined exactly
+on (benchmark, subject, doc_id) with 02's flagged_pairs.csv; flagged in a category when 02 paired the item with a
+training row of it, whatever 02 did with the row. Subsets: full, clean, no_<category>. Percent; MMLU's the mean over
+subjects keeping an item. Gap = subset - full = (n_f / N)(m_c - m_f), se (n_f / N) sqrt(s_c^2/n_c + s_f^2/n_f)
+(None under two items on a side); MMLU's sqrt(sum se_s^2) / K when every subject keeps an item.
 """
 
 from __future__ import annotations
@@ -38,20 +19,16 @@ from .common import BENCHMARKS, UNCATEGORISED
 
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")  # stage 02's, most severe first
 SUBSETS = ("full", "clean") + tuple(f"no_{c}" for c in CATEGORIES)
-SUBSET_LABELS = {
-    "full": "full",
-    "clean": "clean",
-    "no_duplicate": "no duplicate",
-    "no_gray_area": "no gray area",
-    "no_similar_but_different": "no similar-but-different",
-}
+SUBSET_LABELS = {"full": "full", "clean": "clean", "no_duplicate": "no duplicate", "no_gray_area": "no gray area"}
+SUBSET_LABELS["no_similar_but_different"] = "no similar-but-different"
 ID_COLUMNS = ("lm_eval_task", "doc_id", "category")
 FLAGGED_COLUMNS = ["benchmark", "subject", "doc_id", "category"]
 CLEAN_COLUMNS = "variant level unit category subset n n_flagged score full_score gap gap_se".split()
 
 
 def read_flagged_items(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """flagged_pairs.csv -> (one row per flagged test item and category: FLAGGED_COLUMNS, notes)."""
+    """flagged_pairs.csv -> (one row per flagged test item and category: FLAGGED_COLUMNS, notes); ValueError
+    naming the file, line and field for missing id columns or a bad doc_id or category."""
     path = Path(path)
     try:
         pairs = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -79,16 +56,11 @@ def read_flagged_items(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         if doc_id is None or doc_id < 0:
             raise ValueError(f"{path} line {k}: doc_id {r.doc_id!r} is not a non-negative integer")
         rows.append((unit[0], unit[1], doc_id, r.category))
-    notes = []
-    if unjoinable:
-        notes.append(
-            f"{path.name}: {len(unjoinable)} flagged pair(s) name no lm-eval test item (task outside the "
-            f"leaderboard or no doc_id; lines {', '.join(map(str, unjoinable[:8]))}"
-            + (" ..." if len(unjoinable) > 8 else "")
-            + "): the clean subsets cannot leave them out"
-        )
+    lines = ", ".join(map(str, unjoinable[:8])) + (" ..." if len(unjoinable) > 8 else "")
+    note = f"{path.name}: {len(unjoinable)} flagged pair(s) name no lm-eval test item (task outside the leaderboard "
+    note += f"or no doc_id; lines {lines}): the clean subsets cannot leave them out"
     frame = pd.DataFrame(rows, columns=FLAGGED_COLUMNS).drop_duplicates().reset_index(drop=True)
-    return frame, notes
+    return frame, [note] if unjoinable else []
 
 
 def flag_samples(samples: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFrame:
@@ -104,14 +76,8 @@ def flag_samples(samples: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _drop_masks(flags: pd.DataFrame) -> dict[str, np.ndarray]:
-    masks = {"full": np.zeros(len(flags), bool), "clean": flags[list(CATEGORIES)].any(axis=1).to_numpy()}
-    masks.update({f"no_{c}": flags[c].to_numpy(bool) for c in CATEGORIES})
-    return masks
-
-
 def subset_gap(scores: np.ndarray, drop: np.ndarray) -> tuple[float, float, float]:
-    """(subset mean, gap = subset mean - full mean, its standard error), as fractions; see the contract."""
+    """(subset mean, gap = subset mean - full mean, its standard error), as fractions (module docstring)."""
     kept, out = scores[~drop], scores[drop]
     if not len(kept):
         return math.nan, math.nan, math.nan
@@ -128,21 +94,13 @@ def subset_gap(scores: np.ndarray, drop: np.ndarray) -> tuple[float, float, floa
 def _unit_rows(flags: pd.DataFrame, head: dict) -> list[dict]:
     scores = flags["score"].to_numpy(float)
     full = float(scores.mean())
+    masks = {"full": np.zeros(len(flags), bool), "clean": flags[list(CATEGORIES)].any(axis=1).to_numpy()}
+    masks.update({f"no_{c}": flags[c].to_numpy(bool) for c in CATEGORIES})
     rows = []
-    for subset, drop in _drop_masks(flags).items():
+    for subset, drop in masks.items():
         mean, gap, se = subset_gap(scores, drop)
-        rows.append(
-            {
-                **head,
-                "subset": subset,
-                "n": int((~drop).sum()),
-                "n_flagged": int(drop.sum()),
-                "score": 100 * mean,
-                "full_score": 100 * full,
-                "gap": 100 * gap,
-                "gap_se": 100 * se,
-            }
-        )
+        row = {**head, "subset": subset, "n": int((~drop).sum()), "n_flagged": int(drop.sum()), "score": 100 * mean}
+        rows.append({**row, "full_score": 100 * full, "gap": 100 * gap, "gap_se": 100 * se})
     return rows
 
 
@@ -153,21 +111,11 @@ def _mmlu_rows(subject_rows: list[dict], variant: str) -> list[dict]:
     for subset, g in frame.groupby("subset", sort=False):
         kept = g[g["n"] > 0]
         complete = len(kept) == len(g) and g["gap_se"].notna().all()
-        out.append(
-            {
-                "variant": variant,
-                "level": "benchmark",
-                "unit": "mmlu",
-                "category": "",
-                "subset": subset,
-                "n": int(g["n"].sum()),
-                "n_flagged": int(g["n_flagged"].sum()),
-                "score": float(kept["score"].mean()) if len(kept) else math.nan,
-                "full_score": float(g["full_score"].mean()),
-                "gap": float(kept["score"].mean() - g["full_score"].mean()) if len(kept) else math.nan,
-                "gap_se": float(np.sqrt((g["gap_se"] ** 2).sum()) / len(g)) if complete else math.nan,
-            }
-        )
+        score, full = float(kept["score"].mean()) if len(kept) else math.nan, float(g["full_score"].mean())
+        row = {"variant": variant, "level": "benchmark", "unit": "mmlu", "category": "", "subset": subset}
+        row.update(n=int(g["n"].sum()), n_flagged=int(g["n_flagged"].sum()), score=score, full_score=full)
+        gap_se = float(np.sqrt((g["gap_se"] ** 2).sum()) / len(g)) if complete else math.nan
+        out.append({**row, "gap": float(kept["score"].mean() - full) if len(kept) else math.nan, "gap_se": gap_se})
     return out
 
 
@@ -183,29 +131,20 @@ def variant_clean_rows(run: EvalRun, flagged: pd.DataFrame) -> list[dict]:
             rows += _unit_rows(part, {"variant": run.name, "level": "benchmark", "unit": bench, "category": ""})
             continue
         for subject, g in part.groupby("subject", sort=True):
-            subjects += _unit_rows(
-                g,
-                {
-                    "variant": run.name,
-                    "level": "subject",
-                    "unit": subject,
-                    "category": MMLU_CATEGORIES.get(subject, UNCATEGORISED),
-                },
-            )
+            category = MMLU_CATEGORIES.get(subject, UNCATEGORISED)
+            subjects += _unit_rows(g, {"variant": run.name, "level": "subject", "unit": subject, "category": category})
         rows += _mmlu_rows(subjects, run.name)
     return rows + subjects
 
 
 def clean_subset_frame(runs: dict[str, EvalRun], flagged: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant, level (benchmark, subject), unit and subset (CLEAN_COLUMNS); variants
-    without logged samples have no rows."""
+    """One row per variant with logged samples, level (benchmark, subject), unit and subset (CLEAN_COLUMNS)."""
     rows = [r for run in runs.values() if run.has_samples for r in variant_clean_rows(run, flagged)]
     return pd.DataFrame(rows, columns=CLEAN_COLUMNS)
 
 
 def flagged_counts(flagged: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
-    """Per benchmark: test items flagged (any category, and per category) by 02, and how many of them
-    were among the items evaluated (the first variant's)."""
+    """Per benchmark: test items 02 flagged (any category, and per category), and how many were evaluated."""
     cols = ["benchmark", "flagged", *CATEGORIES, "evaluated", "flagged_evaluated"]
     bench = clean[(clean["level"] == "benchmark") & (clean["subset"] == "clean")]
     bench = bench.drop_duplicates("unit").set_index("unit") if not bench.empty else bench
@@ -213,45 +152,34 @@ def flagged_counts(flagged: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
     for b in BENCHMARKS:
         f = flagged[flagged["benchmark"] == b]
         items = f.drop_duplicates(["subject", "doc_id"])
-        row = {
-            "benchmark": b,
-            "flagged": len(items),
-            **{c: int(f.loc[f["category"] == c, ["subject", "doc_id"]].drop_duplicates().shape[0]) for c in CATEGORIES},
-        }
+        row = {c: int(f.loc[f["category"] == c, ["subject", "doc_id"]].drop_duplicates().shape[0]) for c in CATEGORIES}
+        row.update(benchmark=b, flagged=len(items))
         if b in getattr(bench, "index", []):
-            row.update(
-                evaluated=int(bench.at[b, "n"] + bench.at[b, "n_flagged"]),
-                flagged_evaluated=int(bench.at[b, "n_flagged"]),
-            )
+            n_out = int(bench.at[b, "n_flagged"])
+            row.update(evaluated=int(bench.at[b, "n"]) + n_out, flagged_evaluated=n_out)
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 
 
 def load_clean_subset(runs: dict[str, EvalRun], flagged_path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The clean-subset frame of every variant with samples, and what to say about it: {"why": the reason
-    there is none or why clean equals full ("" otherwise), "notes", "flagged_counts" (records)}. Never
-    raises for a missing or unreadable flagged_pairs.csv: that is the "why"."""
+    """The clean-subset frame of every variant with samples and {"why": why there is none or clean equals full,
+    "notes", "flagged_counts"}; a missing or unreadable flagged_pairs.csv is the "why", never raised."""
     flagged_path = Path(flagged_path)
     info: dict = {"why": "", "notes": [], "flagged_counts": []}
     empty = pd.DataFrame(columns=CLEAN_COLUMNS)
     if not runs:
         return empty, {**info, "why": "05_evaluate not run: no scores, so no clean subset."}
     if not flagged_path.is_file():
-        return empty, {
-            **info,
-            "why": f"02_decontaminate not run ({flagged_path.name} absent): no clean subset; full scores only.",
-        }
+        why = f"02_decontaminate not run ({flagged_path.name} absent): no clean subset; full scores only."
+        return empty, {**info, "why": why}
     try:
         flagged, info["notes"] = read_flagged_items(flagged_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         return empty, {**info, "why": f"clean subset not computed: {exc}"}
     with_samples = {name: run for name, run in runs.items() if run.has_samples}
     if not with_samples:
-        return empty, {
-            **info,
-            "why": "no per-question samples (05's <variant>.samples.jsonl; evaluate.log_samples "
-            "off?): the clean subset needs them; full scores only.",
-        }
+        why = "no per-question samples (05's <variant>.samples.jsonl; evaluate.log_samples off?): "
+        return empty, {**info, "why": why + "the clean subset needs them; full scores only."}
     info["notes"] += [f"{name}: no logged samples: no clean-subset scores" for name in runs if name not in with_samples]
     frame = clean_subset_frame(with_samples, flagged)
     if flagged.empty:
