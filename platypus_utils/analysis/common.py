@@ -1,8 +1,4 @@
-"""Names and small helpers every part of 06_analysis shares (no plotting, no file writing).
-
-The benchmarks and the paper's numbers have their home in `platypus_utils.published`. Helpers never raise
-on bad upstream data: `read_json` returns (data, error text).
-"""
+"""Names and small helpers every part of 06_analysis shares; helpers never raise on bad upstream data."""
 
 from __future__ import annotations
 
@@ -44,12 +40,9 @@ ROW_VARIANT, ROW_REFERENCE, ROW_PUBLISHED = "variant", "reference", "published"
 KIND_RELEASE = "reproduction vs release"  # this run's variant vs the released model, paired over questions
 KIND_DRIFT = "harness drift"  # the released model as evaluated here vs its published numbers, unpaired
 # the reports' templates (templates/*.j2): Markdown and plain text, so nothing is HTML-escaped
+_LOADER = jinja2.FileSystemLoader(Path(__file__).parent / "templates")
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    undefined=jinja2.StrictUndefined,
+    loader=_LOADER, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
 )
 TEMPLATES.filters["fmt"] = format  # {{ x | fmt(".0%") }} as f"{x:.0%}"
 

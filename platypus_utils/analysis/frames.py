@@ -1,8 +1,4 @@
-"""Frames of 06_analysis: what 05 evaluated, read into tables (no statistics, no plotting, no writing):
-the summaries and runs (from 05's folder or any lm-eval output folder), the leaderboard (variants, then
-released models evaluated as references, then the paper's rows), which variant is compared with which
-reference and why, and the merge trade-off.
-"""
+"""Frames of 06_analysis: 05's summaries and runs, the leaderboard, the comparisons and the merge trade-off."""
 
 from __future__ import annotations
 
@@ -48,15 +44,10 @@ NOT_SUMMARIES = ("manifest.json", "attempt.json", "evaluate_report.json", "evalu
 def load_summaries(
     eval_dir: str | Path, order: list[str] | None = None
 ) -> tuple[dict[str, dict], dict[str, str], list[Path]]:
-    """(summaries by variant, failed variants -> error, files read) from a 05_evaluate folder.
-
-    A summary is a `<variant>.json` holding "variant" and "tasks"; the raw lm-eval output,
-    the report and the manifest are skipped. Variants come in `order` first, then by name.
-    """
+    """(summaries by variant, failed variants -> error, files read) from a 05_evaluate folder: each `<variant>.json`
+    holding "variant" and "tasks", in `order` first, then by name."""
     eval_dir = Path(eval_dir)
-    summaries: dict[str, dict] = {}
-    failed: dict[str, str] = {}
-    read: list[Path] = []
+    summaries, failed, read = {}, {}, []
     if not eval_dir.is_dir():
         return summaries, failed, read
     for path in sorted(eval_dir.glob("*.json")):
@@ -81,8 +72,8 @@ def load_summaries(
 
 
 def reference_info(profile=None, summaries: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Released models evaluated as references: name -> {model, compare_to, published}. The profile's
-    evaluate.references where a profile is given; otherwise the summaries 05 wrote with kind "reference"."""
+    """Released models evaluated as references: name -> {model, compare_to, published}, from the profile's
+    evaluate.references, or else the summaries 05 wrote with kind "reference"."""
     if profile is not None:
         return {
             r.name: {"model": r.model, "compare_to": r.compare_to, "published": r.published}
@@ -96,13 +87,8 @@ def reference_info(profile=None, summaries: dict[str, dict] | None = None) -> di
 
 
 def _variant_row(variant: str, s: dict, clean: pd.DataFrame | None, kind: str = ROW_VARIANT) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "variant": variant,
-        "source": "this run",
-        "kind": kind,
-        "status": "ok",
-        "model": s.get("model", ""),
-    }
+    row: dict[str, Any] = {"variant": variant, "source": "this run", "kind": kind, "status": "ok"}
+    row["model"] = s.get("model", "")
     for bench in BENCHMARKS:
         t = task_entry(s, bench)
         row[bench] = pct(t["value"]) if t else None
@@ -120,9 +106,8 @@ def _variant_row(variant: str, s: dict, clean: pd.DataFrame | None, kind: str = 
             row[f"{bench}_clean"] = float(by.at[bench, "score"]) if bench in by.index else None
             row[f"{bench}_clean_n"] = int(by.at[bench, "n"]) if bench in by.index else None
         scores = [row[f"{b}_clean"] for b in BENCHMARKS]
-        row["average_clean"] = (
-            sum(scores) / len(scores) if all(x is not None and not math.isnan(x) for x in scores) else None
-        )
+        complete = all(x is not None and not math.isnan(x) for x in scores)
+        row["average_clean"] = sum(scores) / len(scores) if complete else None
     return row
 
 
@@ -134,36 +119,20 @@ def leaderboard_frame(
     references: list[str] | dict | None = None,
     setups: dict[str, dict[str, str]] | None = None,
 ) -> pd.DataFrame:
-    """One row per variant, then per reference (the names in `references`, `kind` "reference": a released
-    model evaluated as it is): each benchmark in percent with its standard error and item count, and the
-    average; with `clean` (clean.clean_subset_frame), `<bench>_clean` and `<bench>_clean_n` (the score on
-    the items 02 did not flag, and how many) and `average_clean` (over all four, else None). With
-    `published`, the paper's rows (platypus_utils.published, `kind` "published"). `setups` (setups.run_setups):
-    variant -> benchmark -> how it was evaluated ("5-shot, limit 10"), as `<bench>_setup`."""
+    """One row per variant, then per reference: each benchmark in percent with standard error and item count,
+    and the average; with `clean`, `<bench>_clean[_n]` and `average_clean` (over all four, else None); with
+    `published`, the paper's rows; `setups` (setups.run_setups) as `<bench>_setup`."""
     refs = set(references or ())
     rows = []
     for kind in (ROW_VARIANT, ROW_REFERENCE):  # the variants (failed ones last), then the references
-        rows += [
-            _variant_row(v, s, clean, kind) for v, s in summaries.items() if (v in refs) == (kind == ROW_REFERENCE)
-        ]
-        rows += [
-            {"variant": v, "source": "this run", "kind": kind, "status": f"failed: {err}", "model": ""}
-            for v, err in (failed or {}).items()
-            if (v in refs) == (kind == ROW_REFERENCE)
-        ]
+        ours = {v for v in [*summaries, *(failed or {})] if (v in refs) == (kind == ROW_REFERENCE)}
+        rows += [_variant_row(v, s, clean, kind) for v, s in summaries.items() if v in ours]
+        failed_row = {"source": "this run", "kind": kind, "model": ""}
+        rows += [{"variant": v, **failed_row, "status": f"failed: {e}"} for v, e in (failed or {}).items() if v in ours]
     if published:
-        for row_ in PUBLISHED.values():
-            row = {
-                "variant": row_.label,
-                "source": SOURCE_LABEL,
-                "kind": ROW_PUBLISHED,
-                "status": "published",
-                "model": row_.model,
-                "average": row_.average,
-                "average_over": len(row_.values),
-            }
-            row.update(row_.values)
-            rows.append(row)
+        for p in PUBLISHED.values():
+            row = {"variant": p.label, "source": SOURCE_LABEL, "kind": ROW_PUBLISHED, "status": "published"}
+            rows.append({**row, "model": p.model, "average": p.average, "average_over": len(p.values), **p.values})
     cols = (
         ["variant", "source", "kind", "status", "model"]
         + [c for b in BENCHMARKS for c in (b, f"{b}_stderr", f"{b}_n")]
@@ -192,9 +161,8 @@ class Comparison:
 
 
 def merged_variants(profile, merge_report: dict | None = None) -> dict[str, str | None]:
-    """Merged variant -> the partner its adapter was merged into (None: the base it was trained on).
-
-    From the profile (what 04_merge makes) and, where present, 04_merge's report (what it made)."""
+    """Merged variant -> the partner its adapter was merged into (None: its own base), from the profile and, where
+    present, 04_merge's report."""
     out = dict(layout.merge_pairs(profile))
     models = (merge_report or {}).get("models")
     for name, info in models.items() if isinstance(models, dict) else ():
@@ -215,27 +183,21 @@ def variant_role(variant: str, baseline: str, merged: dict[str, str | None]) -> 
     return ROLE_OTHER
 
 
+ROLE_KINDS = {ROLE_FINETUNED: KIND_FINETUNED, ROLE_MERGED_BASE: KIND_FINETUNED, ROLE_MERGED_PARTNER: KIND_MERGED}
+ROLE_KINDS[ROLE_PARTNER] = KIND_PARTNER_BASE  # a comparison with the base: its kind by the variant's role
+
+
 def comparisons(
     variants: list[str], baseline: str, merged: dict[str, str | None]
 ) -> tuple[list[Comparison], list[str]]:
-    """The comparisons the evaluated variants allow, and a note for each one they do not.
-
-    fine-tuned vs base: "adapter" (unmerged) and "merged" (the adapter folded into its own base);
-    merged vs base and merged vs partner: "<partner>-platypus" (the adapter merged into a partner);
-    partner vs base, and any other variant vs base, for context."""
-    pairs: list[Comparison] = []
-    notes: list[str] = []
+    """The comparisons the evaluated variants allow (each vs the base; a merged one vs its partner too), and a
+    note for each one they do not."""
+    pairs, notes = [], []
     for variant in variants:
         if variant == baseline:
             continue
-        role = variant_role(variant, baseline, merged)
         if baseline in variants:
-            kind = {
-                ROLE_FINETUNED: KIND_FINETUNED,
-                ROLE_MERGED_BASE: KIND_FINETUNED,
-                ROLE_MERGED_PARTNER: KIND_MERGED,
-                ROLE_PARTNER: KIND_PARTNER_BASE,
-            }.get(role, KIND_OTHER)
+            kind = ROLE_KINDS.get(variant_role(variant, baseline, merged), KIND_OTHER)
             pairs.append(Comparison(variant, baseline, kind))
         partner = merged.get(variant)
         if partner and partner in variants and partner != baseline:
@@ -249,7 +211,6 @@ def comparisons(
 
 
 def runs_from_summaries(eval_dir: Path, summaries: dict[str, dict]) -> dict[str, EvalRun]:
-    """EvalRuns for 05_evaluate's variants: the summaries as read, samples and settings beside them."""
     return {v: read_pipeline_variant(eval_dir, v, s) for v, s in summaries.items()}
 
 
@@ -262,37 +223,24 @@ def tradeoff_frame(
     rows = []
     for variant, s in summaries.items():
         mm = task_entry(s, "mmlu")
-        others = [
-            (b, pct(t["value"]), pct(t.get("stderr"))) for b in BENCHMARKS if b != "mmlu" and (t := task_entry(s, b))
-        ]
+        entries = {b: task_entry(s, b) for b in BENCHMARKS if b != "mmlu"}
+        others = [(b, pct(t["value"]), pct(t.get("stderr"))) for b, t in entries.items() if t]
         if not mm or not others:
             continue
-        ses = [se for _, _, se in others]
         info = models.get(variant) if isinstance(models.get(variant), dict) else {}
-        rows.append(
-            {
-                "variant": variant,
-                "role": variant_role(variant, baseline, merged),
-                "method": info.get("method") or "",
-                "partner": merged.get(variant) or "",
-                "mmlu": pct(mm["value"]),
-                "mmlu_stderr": pct(mm.get("stderr")),
-                "others_mean": sum(v for _, v, _ in others) / len(others),
-                "others_stderr": mean_se(ses),
-                "others_over": " ".join(LABELS[b] for b, _, _ in others),
-            }
-        )
+        role, partner = variant_role(variant, baseline, merged), merged.get(variant) or ""
+        row = [variant, role, info.get("method") or "", partner, pct(mm["value"]), pct(mm.get("stderr"))]
+        mean = sum(v for _, v, _ in others) / len(others)
+        rows.append(row + [mean, mean_se(se for _, _, se in others), " ".join(LABELS[b] for b, _, _ in others)])
     return pd.DataFrame(rows, columns=cols)
 
 
 def load_runs(specs: list[str], results_files: list[str] | tuple = ()) -> tuple[dict[str, EvalRun], list[str]]:
-    """DIR[=NAME] inputs -> runs by name: an lm-eval output folder is one model (NAME, default its folder's
-    name); a 05_evaluate folder gives every variant in it (or only NAME). `results_files`: which results
-    file of a folder holding several (file names, or the rule "latest" or "all"; lmeval_io.choose_results);
-    a name no input holds is a ValueError."""
+    """DIR[=NAME] inputs -> (runs by name, notes): an lm-eval output folder is one model (NAME, default its
+    folder's name), a 05_evaluate folder every variant in it (or only NAME). `results_files`: which results file
+    of a folder holding several (lmeval_io.choose_results); one no input holds is a ValueError."""
     runs: dict[str, EvalRun] = {}
-    notes: list[str] = []
-    used: set[str] = set()
+    notes, used = [], set()
     for path, _, name in (spec.partition("=") for spec in specs):
         path, name = Path(path), name or None
         if not path.exists():

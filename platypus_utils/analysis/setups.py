@@ -1,7 +1,5 @@
-"""How each run was evaluated, in words, for captions and table headers: the few-shot count, the `limit`
-and the task version each run's own lm-eval output records (lmeval_io.EvalRun.settings; for a 05 summary
-without its raw output, the summary's "settings"), never the leaderboard's settings assumed. Where the rows
-of a leaderboard column share one setup it goes in the header ("MMLU (5-shot)"), else in each cell.
+"""How each run was evaluated, in words (few-shot, limit, task version as its own lm-eval output records, never
+assumed), for captions and table headers: shared by a column's rows, in the header, else in each cell.
 """
 
 from __future__ import annotations
@@ -12,26 +10,18 @@ from ..lmeval_io import EvalRun
 from ..published import SETTINGS as PUBLISHED_SETTINGS
 from .common import BENCHMARKS, LABELS, ROW_PUBLISHED, task_entry
 
-METRICS = {
-    "arc_challenge": "acc_norm",
-    "hellaswag": "acc_norm",
-    "mmlu": "acc (mean over subjects)",
-    "truthfulqa_mc2": "mc2",
-}
+METRICS = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm", "truthfulqa_mc2": "mc2"}
+METRICS["mmlu"] = "acc (mean over subjects)"
 NOT_RECORDED = "few-shot counts not recorded in the inputs"
 
 
-def _number(x) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def _distinct(items: list[dict], key: str) -> list[str]:
-    return sorted({_number(s[key]) for s in items if s.get(key) is not None}, key=lambda v: (len(v), v))
+    values = {f"{x:g}" if isinstance(x, float) else str(x) for s in items if (x := s.get(key)) is not None}
+    return sorted(values, key=lambda v: (len(v), v))
 
 
 def _recorded(run: EvalRun, bench: str, subject: str = "") -> list[dict]:
-    """The settings of the run's tasks for a benchmark (one subject, or all of MMLU's); from the summary's
-    "settings" (05_evaluate) when the run has no lm-eval settings for it."""
+    """The settings of the run's tasks for a benchmark (one subject, or all of MMLU's), else the summary's."""
     items = [s for s in run.settings.values() if s["benchmark"] == bench and (not subject or s["subject"] == subject)]
     if items:
         return items
@@ -41,8 +31,8 @@ def _recorded(run: EvalRun, bench: str, subject: str = "") -> list[dict]:
 
 
 def setup_text(run: EvalRun, bench: str, subject: str = "", versions: bool = False) -> str:
-    """ "5-shot, limit 10" (with `versions`, ", version 1.0") for one benchmark or MMLU subject; several
-    values (subjects run differently) joined by "/"; "" when the run records none."""
+    """ "5-shot, limit 10" (with `versions`, ", version 1.0") for a benchmark or MMLU subject; several values
+    joined by "/"; "" when the run records none."""
     items = _recorded(run, bench, subject)
     shots = _distinct(items, "num_fewshot")
     if not shots:
@@ -56,7 +46,6 @@ def setup_text(run: EvalRun, bench: str, subject: str = "", versions: bool = Fal
 
 
 def version_text(run: EvalRun, bench: str, subject: str = "") -> str:
-    """The task version(s) the run records for a benchmark or subject ("1/2"), "" when none."""
     return "/".join(_distinct(_recorded(run, bench, subject), "version"))
 
 
@@ -75,8 +64,7 @@ def pair_text(variant: str, v: str, reference: str, r: str) -> str:
 
 
 def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
-    """Each row's setup for a benchmark (published rows: the leaderboard's), or None when no evaluated row
-    records one (the headers then stay as they were, with no setup)."""
+    """Each row's setup for a benchmark (published rows: the leaderboard's), or None when no evaluated row has one."""
     col = f"{bench}_setup"
     if col not in board.columns:
         return None
@@ -88,9 +76,8 @@ def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
 
 
 def column_labels(board: pd.DataFrame) -> dict[str, tuple[str, list[str]]]:
-    """Per benchmark: (header, per-row suffix). Every row with a score sharing one setup: it goes in the
-    header ("MMLU (5-shot)"), no suffix; rows that differ: the header is the name and each cell carries its
-    own (" (0-shot)")."""
+    """Per benchmark: (header, per-row suffix): "MMLU (5-shot)" when every scored row shares one setup, else
+    "MMLU" and each row's own (" (0-shot)")."""
     out = {}
     for bench in BENCHMARKS:
         texts = _row_setups(board, bench)
@@ -106,9 +93,8 @@ def column_labels(board: pd.DataFrame) -> dict[str, tuple[str, list[str]]]:
 
 
 def metric_note(board: pd.DataFrame | None) -> str:
-    """The metrics and each benchmark's settings as the inputs record them, e.g. "ARC acc_norm (25-shot),
-    MMLU acc (mean over subjects) (base 0-shot; tuned 1-shot)"; the leaderboard's metrics and a note
-    when no input records its settings."""
+    """The metrics and each benchmark's settings as recorded: "ARC acc_norm (25-shot), MMLU acc (mean over
+    subjects) (base 0-shot; tuned 1-shot)"; with NOT_RECORDED when no input records them."""
     parts, known = [], False
     for bench in BENCHMARKS:
         texts = _row_setups(board, bench) if board is not None and not board.empty else None
@@ -116,17 +102,12 @@ def metric_note(board: pd.DataFrame | None) -> str:
             parts.append(f"{LABELS[bench]} {METRICS[bench]}")
             continue
         known = True
-        rows = [
-            (str(v), t)
-            for v, t, k, s in zip(board["variant"], texts, board["kind"], board[bench])
-            if k != ROW_PUBLISHED and pd.notna(s)
-        ]
+        ours = zip(board["variant"], texts, board["kind"], board[bench])
+        rows = [(str(v), t) for v, t, k, s in ours if k != ROW_PUBLISHED and pd.notna(s)]
         distinct = sorted({t for _, t in rows})
-        if len(distinct) <= 1:
-            parts.append(f"{LABELS[bench]} {METRICS[bench]} ({distinct[0] if distinct else 'not run'})")
-        else:
-            each = "; ".join(f"{v} {t or 'not recorded'}" for v, t in rows)
-            parts.append(f"{LABELS[bench]} {METRICS[bench]} ({each})")
+        each = "; ".join(f"{v} {t or 'not recorded'}" for v, t in rows)
+        shown = each if len(distinct) > 1 else distinct[0] if distinct else "not run"
+        parts.append(f"{LABELS[bench]} {METRICS[bench]} ({shown})")
     return ", ".join(parts) + ("" if known else f"; {NOT_RECORDED}")
 
 
@@ -135,7 +116,7 @@ def _text(x) -> str:
 
 
 def comparison_setup(frame: pd.DataFrame, comparison: str, unit_level: str = "category") -> str:
-    """One comparison's MMLU settings from its delta rows (the "all subjects" row, made last): pair_text."""
+    """One comparison's MMLU settings from its delta rows (the last, "all subjects" row): pair_text."""
     if frame.empty or "variant_setup" not in frame.columns:
         return ""
     rows = frame[(frame["comparison"] == comparison) & (frame["level"] == unit_level)]
@@ -146,7 +127,6 @@ def comparison_setup(frame: pd.DataFrame, comparison: str, unit_level: str = "ca
 
 
 def ran_units(run: EvalRun) -> set[tuple[str, str]]:
-    """(benchmark, subject) of every score the run holds ("" as subject outside MMLU)."""
     s = run.summary
     units = {(b, "") for b, t in (s.get("tasks") or {}).items() if b != "mmlu" and isinstance(t, dict)}
     units |= {("mmlu", x) for x, t in (s.get("mmlu_subjects") or {}).items() if (t or {}).get("acc") is not None}

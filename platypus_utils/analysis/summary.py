@@ -1,10 +1,5 @@
-"""The summary report of 06_analysis: reports/<profile>/summary.md and summary.html.
-
-The report is rendered from templates/summary.md.j2: tables by pandas (`DataFrame.to_markdown`), figures as
-images with their caption and links, and each figure's numbers in a <details> block. summary.html is that
-Markdown rendered by mistune - nbconvert's Markdown engine, used directly because importing nbconvert costs
-about 2.5 s and mistune 0.06 s (measured) - in templates/summary.html.j2. Free text is Markdown-escaped
-(`md_escape`); links are relative to the report, so the folder can be moved or published as it is.
+"""The summary report of 06_analysis: reports/<profile>/summary.md (templates/summary.md.j2) and summary.html
+(that Markdown rendered by mistune: importing nbconvert costs 2.5 s). Free text is escaped; links are relative.
 """
 
 from __future__ import annotations
@@ -87,43 +82,28 @@ def small_table(csv: Path, max_rows: int = 20, max_cols: int = 10) -> tuple[pd.D
         return None
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
     first = next((k for k in range(len(numeric)) if all(numeric[k:])), len(numeric))
-    shown = frame.apply(
-        lambda col: col.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
-    )
+    shown = frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
     return shown, first
 
 
 def file_links(produced: dict, kind: str, name: str, rel, stage: str | None = None) -> str:
     """ "Files: a.csv, a.md, a.tex." for one artifact (Markdown links), or "" when it has none."""
-    files = next(
-        (
-            a["files"]
-            for a in produced.get("artifacts", [])
-            if a["kind"] == kind and a["name"] == name and stage in (None, a["stage"])
-        ),
-        [],
-    )
+    arts = [a for a in produced.get("artifacts", []) if (a["kind"], a["name"]) == (kind, name)]
+    files = next((a["files"] for a in arts if stage in (None, a["stage"])), [])
     return ("Files: " + ", ".join(link(Path(f).name, rel(f)) for f in files) + ".") if files else ""
 
 
 def _stage_tables(produced: dict, rel) -> dict:
     """The stages' status and timing, and their key numbers, as Markdown tables."""
-    stages = [
-        [
-            r["stage"],
-            r["status"],
-            r.get("finished_at") or "",
-            r.get("runner") or "–",
-            "" if r.get("wall_s") is None or pd.isna(r.get("wall_s")) else f"{float(r['wall_s']):.1f}",
-        ]
-        for r in produced.get("pipeline", [])
-    ] + [[STAGE, "this report", "", "–", ""]]
-    numbers = [
-        [n["stage"], n["quantity"], n["value"], link(Path(n["source"]).name, rel(n["source"]))]
-        if Path(n["source"]).is_file()
-        else [n["stage"], n["quantity"], n["value"], "–"]
-        for n in produced.get("key_numbers", [])
-    ]
+    stages = []
+    for r in produced.get("pipeline", []):
+        wall = "" if r.get("wall_s") is None or pd.isna(r.get("wall_s")) else f"{float(r['wall_s']):.1f}"
+        stages.append([r["stage"], r["status"], r.get("finished_at") or "", r.get("runner") or "–", wall])
+    stages.append([STAGE, "this report", "", "–", ""])
+    numbers = []
+    for n in produced.get("key_numbers", []):
+        source = link(Path(n["source"]).name, rel(n["source"])) if Path(n["source"]).is_file() else "–"
+        numbers.append([n["stage"], n["quantity"], n["value"], source])
     columns = ["stage", "status", "finished", "runner record", "wall time (s)"]
     return {
         "stages": md_table(pd.DataFrame(stages, columns=columns), 4),
@@ -146,6 +126,11 @@ def _results(produced: dict, board, categories, clean, references, files) -> dic
     cats = cats if cats is not None and not cats.empty else None
     shown_cats = category_display(categories, with_kind=True) if cats is not None else None
     refs = references is not None and not references.empty
+    cats_note = ""
+    if cats is not None:
+        cats_note = f"Percentage points, mean over the category's subjects [interval: {method_text(cats)}]; "
+        cats_note = md_escape(cats_note + "* significant after Benjamini-Hochberg.")
+        cats_note += " " + files("mmlu_delta_categories")
     return {
         "leaderboard": md_table(shown, 3 if "items" in shown.columns else 2) if shown is not None else "",
         "leaderboard_note": md_escape(note) + " " + files("leaderboard"),
@@ -158,14 +143,7 @@ def _results(produced: dict, board, categories, clean, references, files) -> dic
         "flagged_counts": md_table(counts, 1) if info.get("flagged_counts") else "",
         "clean_files": files("clean_subset"),
         "categories": md_table(shown_cats, category_text_columns(shown_cats)) if cats is not None else "",
-        "categories_note": md_escape(
-            f"Percentage points, mean over the category's subjects [interval: {method_text(cats)}]; "
-            "* significant after Benjamini-Hochberg."
-        )
-        + " "
-        + files("mmlu_delta_categories")
-        if cats is not None
-        else "",
+        "categories_note": cats_note,
         "verdicts": _bullets(produced.get("verdicts", [])),
         "power": _bullets(produced.get("power", [])),
         "released": "references" in produced,
@@ -183,14 +161,13 @@ def _figure(a: dict, rel) -> dict:
     caption, numbers = caption_text(a["files"])
     image = next((f for ext in (".png", ".svg") for f in a["files"] if f.endswith(ext)), None)
     caption += "" if a["status"] == "ok" else f" [{a['status']}]"
+    names = ["caption and numbers" if f.endswith(".txt") else Path(f).suffix[1:].upper() for f in a["files"]]
+    links = " · ".join(link(n, rel(f)) for n, f in zip(names, a["files"]))
     return {
         "image": _href(rel(image)) if image else "",
         "caption": md_escape(caption),
         "numbers": numbers,
-        "links": " · ".join(
-            link("caption and numbers" if f.endswith(".txt") else Path(f).suffix[1:].upper(), rel(f))
-            for f in a["files"]
-        ),
+        "links": links,
     }
 
 
@@ -207,11 +184,9 @@ def _table(produced: dict, a: dict, rel) -> dict:
 
 
 def _artifacts(produced: dict, kind: str, rel) -> list[dict]:
-    """Every figure or table of the run (06's and those 01-03 wrote), or why it is missing."""
+    """Every figure or table of the run (06's and 01-03's), or why it is missing."""
     out = []
-    for a in produced.get("artifacts", []):
-        if a["kind"] != kind:
-            continue
+    for a in (a for a in produced.get("artifacts", []) if a["kind"] == kind):
         entry = {"title": md_escape(a["title"]), "stage": a["stage"], "missing": md_escape(f"{a['status']}.")}
         if a["files"]:
             entry.update(missing="", **(_figure(a, rel) if kind == "figure" else _table(produced, a, rel)))
@@ -220,15 +195,11 @@ def _artifacts(produced: dict, kind: str, rel) -> list[dict]:
 
 
 def _others(produced: dict, root: Path, rel) -> str:
-    """Links to files in the report folders that nothing above lists (an earlier run's, say)."""
+    """Links to files in the report folders that nothing above lists."""
     linked = {str(Path(f)) for a in produced.get("artifacts", []) for f in a["files"]}
-    others = sorted(
-        str(p)
-        for kind in ("figures", "tables")
-        if (root / kind).is_dir()
-        for p in (root / kind).iterdir()
-        if p.is_file() and str(p) not in linked and not p.name.startswith(".")
-    )
+    folders = [root / kind for kind in ("figures", "tables") if (root / kind).is_dir()]
+    files = (p for folder in folders for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    others = sorted(str(p) for p in files if str(p) not in linked)
     return _bullets([link(rel(p), rel(p)) for p in others], escape=False)
 
 
@@ -240,13 +211,7 @@ def summary_markdown(
     clean: pd.DataFrame | None = None,
     references: pd.DataFrame | None = None,
 ) -> str:
-    """The report as Markdown (templates/summary.md.j2); links relative to reports/<profile>/.
-
-    Sections: stage status, key numbers, the leaderboard (full and clean scores; released models evaluated
-    as references marked so), scores on the clean subset, MMLU change per category and what the sample size
-    can show, the released models (reproduction vs release, paired, and harness drift against the published
-    numbers, unpaired; or that no published numbers exist), the training seeds, every figure (06's and those
-    01-03 wrote) with its caption, every table, and any other file found in the report folders."""
+    """The report as Markdown (templates/summary.md.j2); links relative to reports/<profile>/."""
     root = profile.report_dir()
 
     def rel(path) -> str:
@@ -271,14 +236,13 @@ def summary_markdown(
 
 
 def write_summary(profile, produced: dict, *frames: pd.DataFrame | None) -> list[Path]:
-    """reports/<profile>/summary.md and summary.html (templates/summary.html.j2; `frames`: summary_markdown's
-    leaderboard, categories, clean and references)."""
+    """reports/<profile>/summary.md and summary.html; `frames`: summary_markdown's leaderboard, categories, clean
+    and references."""
     root = profile.report_dir()
     root.mkdir(parents=True, exist_ok=True)
     markdown = summary_markdown(profile, produced, *frames)
-    page = TEMPLATES.get_template("summary.html.j2").render(
-        title=f"Run summary: {profile.name}", body=_RENDER(markdown)
-    )
+    body = _RENDER(markdown)
+    page = TEMPLATES.get_template("summary.html.j2").render(title=f"Run summary: {profile.name}", body=body)
     return [write_text(root / "summary.md", markdown), write_text(root / "summary.html", page)]
 
 
@@ -300,9 +264,7 @@ def _comparison_lines(produced: dict, frame: pd.DataFrame) -> list[str]:
 
 
 def analyse_summary(runs: dict[str, EvalRun], produced: dict, frame: pd.DataFrame, st: StatsSettings) -> str:
-    """out/summary.md of `platypus analyse` (templates/analyse_summary.md.j2): inputs (each with its own
-    settings), the comparisons, what the sample size can show (only where a comparison was tested), notes and
-    the files written."""
+    """out/summary.md of `platypus analyse` (templates/analyse_summary.md.j2)."""
     rows = frame[frame["level"] == "subject"] if not frame.empty else frame
     return TEMPLATES.get_template("analyse_summary.md.j2").render(
         inputs=[(n, r.source, ran_text(r), _samples_text(r)) for n, r in runs.items()],

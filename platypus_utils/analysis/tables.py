@@ -1,9 +1,5 @@
-"""Tables of 06_analysis: display frames, written as CSV, Markdown and LaTeX by pandas.
-
-Markdown is `DataFrame.to_markdown` (tabulate's pipe tables; a "|" inside a cell is escaped first,
-tabulate does not), LaTeX is `Styler.to_latex` with booktabs rules and `escape="latex-math"` (cells
-that are math, "$30.00 \\pm 1.30$", stay math; everything else is escaped). Only the caption is escaped
-here: Styler leaves it as given. What each file holds: stage.py's docstring.
+"""Tables of 06_analysis: display frames written as CSV, Markdown (`to_markdown`, "|" escaped) and booktabs
+LaTeX (`Styler.to_latex`, escape="latex-math": "$30.00 \\pm 1.30$" stays math; the caption escaped here).
 """
 
 from __future__ import annotations
@@ -30,19 +26,8 @@ from .common import (
 from .paired import StatsSettings, level, method_text
 from .setups import column_labels, comparison_setup, metric_note
 
-_TEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "_": r"\_",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-}
+_TEX_SPECIAL = {c: "\\" + c for c in "&%_#${}"}  # LaTeX text mode
+_TEX_SPECIAL |= {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
 REFERENCE_NOTE = (
     "reference: a released model evaluated in this run as it is, with the same tasks, settings and samples "
     "as the variants"
@@ -54,8 +39,7 @@ CLEAN_NOTE = (
 
 
 def to_markdown(frame: pd.DataFrame, text_columns: int = 1, escape: bool = True) -> str:
-    """A pipe table: the first `text_columns` columns left-aligned, the rest right-aligned; "|" in a cell
-    escaped unless `escape` is False (cells already Markdown)."""
+    """A pipe table, the first `text_columns` columns left-aligned; "|" in a cell escaped unless `escape` is False."""
     if frame.empty:
         return "(no rows)\n"
     shown = frame.astype(str)
@@ -77,22 +61,13 @@ def write_table(table_dir: Path, name: str, frame: pd.DataFrame, md: str, tex: s
     return paths + ([write_text(Path(table_dir) / f"{name}.tex", tex)] if tex is not None else [])
 
 
-def tex_escape(text: str) -> str:
-    """LaTeX text mode for a caption (Styler escapes cells, not the caption)."""
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
-
-
 def to_latex(frame: pd.DataFrame, caption: str, label: str, text_columns: int = 1) -> str:
     """A booktabs table (`\\usepackage{booktabs}`): cells escaped unless they are $math$."""
     styler = frame.style.hide(axis="index").format(escape="latex-math").format_index(escape="latex", axis=1)
-    body = styler.to_latex(
-        hrules=True,
-        column_format="l" * text_columns + "r" * (len(frame.columns) - text_columns),
-        caption=tex_escape(caption),
-        label=label,
-        position="t",
-        position_float="centering",
-    )
+    caption = "".join(_TEX_SPECIAL.get(ch, ch) for ch in caption)  # Styler escapes cells, not the caption
+    place = {"position": "t", "position_float": "centering", "hrules": True}
+    columns = "l" * text_columns + "r" * (len(frame.columns) - text_columns)
+    body = styler.to_latex(column_format=columns, caption=caption, label=label, **place)
     return "% requires \\usepackage{booktabs}\n" + body
 
 
@@ -102,11 +77,6 @@ def _clean_cell(r, bench: str) -> str:
         return NOT_RUN
     of = f" of {n_text(full_n)}" if full_n is not None and not pd.isna(full_n) else ""
     return f"{value:.2f} (n {n_text(n)}{of})"
-
-
-def _has_clean(frame: pd.DataFrame) -> bool:
-    cols = [f"{b}_clean" for b in BENCHMARKS]
-    return all(c in frame.columns for c in cols) and frame[cols].notna().any().any()
 
 
 def source_text(r) -> str:
@@ -119,10 +89,9 @@ def has_references(frame: pd.DataFrame) -> bool:
 
 
 def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
-    """The leaderboard as shown: model, source (a released model evaluated here: "this run (reference)"),
-    items (full / clean), the four benchmarks and the average."""
-    rows = []
-    clean = _has_clean(frame)
+    """The leaderboard as shown: model, source, items (full / clean), the four benchmarks and the average."""
+    rows, cols = [], [f"{b}_clean" for b in BENCHMARKS]
+    clean = all(c in frame.columns for c in cols) and frame[cols].notna().any().any()
     labels = column_labels(frame)  # each benchmark's setup: in its header, or in each cell where rows differ
     for k, (_, r) in enumerate(frame.iterrows()):
         head = [r["variant"], source_text(r)] + (["full"] if clean else [])
@@ -154,17 +123,11 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = ""
     if frame.empty:
         note += " No evaluation results: 05_evaluate not run."
     note += f" {CLEAN_NOTE}." if "items" in shown.columns else (f" {clean_note}" if clean_note else "")
-    weighted = [
-        f"{r['variant']} {r['mmlu_weighted']:.2f}"
-        for _, r in frame.iterrows()
-        if r["source"] == "this run" and not pd.isna(r.get("mmlu_weighted"))
-    ]
-    after = (
-        "MMLU above is the mean over subjects (the leaderboard's); lm-eval's size-weighted mean over questions: "
-        + ", ".join(weighted)
-        + "."
-    )
-    md = md_document(to_markdown(shown, text_columns), "Leaderboard", note, after=after if weighted else "")
+    ours = (r for _, r in frame.iterrows() if r["source"] == "this run" and not pd.isna(r.get("mmlu_weighted")))
+    weighted = [f"{r['variant']} {r['mmlu_weighted']:.2f}" for r in ours]
+    after = "MMLU above is the mean over subjects (the leaderboard's); lm-eval's size-weighted mean over questions: "
+    after = f"{after}{', '.join(weighted)}." if weighted else ""
+    md = md_document(to_markdown(shown, text_columns), "Leaderboard", note, after=after)
     return write_table(table_dir, "leaderboard", frame, md, to_latex(shown_tex, note, "tab:leaderboard", text_columns))
 
 
@@ -176,33 +139,23 @@ def interval_text(r, tex: bool = False) -> str:
 
 
 def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = False) -> pd.DataFrame:
-    """One row per comparison, one column per MMLU category and "all subjects": the change [interval]; a
-    "settings" column (each run's own few-shot count and limit, setups.comparison_setup) where recorded."""
+    """One row per comparison, one column per MMLU category and "all subjects": the change [interval]; "kind"
+    with `with_kind`, and "settings" (setups.comparison_setup) where recorded."""
     cats_frame = level(frame, "category")
     cats = category_order(cats_frame["unit"]) + ([ALL_SUBJECTS] if not cats_frame.empty else [])
     labels = list(dict.fromkeys(cats_frame["comparison"]))
     setups = {label: comparison_setup(frame, label) for label in labels}
     with_setup = any(setups.values())
+    head = ["comparison"] + (["kind"] if with_kind else []) + (["settings"] if with_setup else [])
     rows = []
     for label, g in cats_frame.groupby("comparison", sort=False):
         by = g.set_index("unit")
-        rows.append(
-            [label]
-            + ([g["kind"].iloc[0]] if with_kind else [])
-            + ([setups[label]] if with_setup else [])
-            + [interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats]
-        )
-    header = (
-        ["comparison"]
-        + (["kind"] if with_kind else [])
-        + (["settings"] if with_setup else [])
-        + [CATEGORY_LABELS.get(c, c) for c in cats]
-    )
-    return pd.DataFrame(rows, columns=header)
+        texts = {"comparison": label, "kind": g["kind"].iloc[0], "settings": setups[label]}
+        rows.append([texts[h] for h in head] + [interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats])
+    return pd.DataFrame(rows, columns=head + [CATEGORY_LABELS.get(c, c) for c in cats])
 
 
 def category_text_columns(shown: pd.DataFrame) -> int:
-    """How many leading columns of a category display are text (comparison, kind, settings)."""
     return sum(c in ("comparison", "kind", "settings") for c in shown.columns)
 
 
@@ -212,8 +165,7 @@ NO_COMPARISON = "No comparison: the baseline or 05_evaluate did not run."
 def write_category_tables(
     frame: pd.DataFrame, table_dir: Path, st: StatsSettings | None = None, empty_why: str = NO_COMPARISON
 ) -> list[Path]:
-    """mmlu_delta_categories.{csv,md,tex}: one row per comparison, one column per category; `empty_why`
-    says why there is none."""
+    """mmlu_delta_categories.{csv,md,tex}; `empty_why` says why there is no comparison."""
     st = st or StatsSettings()
     cats_frame = level(frame, "category")
     note = (
@@ -247,28 +199,19 @@ def clean_display(clean: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             for s in ("full", "clean", *(f"no_{c}" for c in CATEGORIES))
         ]
         rows.append([variant, LABELS.get(unit, unit), *cells[:2], _gap_text(by.loc["clean"], tex), *cells[2:]])
-    header = [
-        "variant",
-        "benchmark",
-        "full (n)",
-        "clean (n)",
-        "clean − full ± se",
-        *[f"{SUBSET_LABELS['no_' + c]} (n)" for c in CATEGORIES],
-    ]
-    return pd.DataFrame(rows, columns=header)
+    subsets = [f"{SUBSET_LABELS['no_' + c]} (n)" for c in CATEGORIES]
+    return pd.DataFrame(rows, columns=["variant", "benchmark", "full (n)", "clean (n)", "clean − full ± se", *subsets])
 
 
 def write_clean_tables(clean: pd.DataFrame, table_dir: Path, caption: str) -> list[Path]:
     """clean_subset.{csv,md,tex}: the clean-subset frame (every level) and its benchmark display."""
-    md = md_document(
-        to_markdown(clean_display(clean), 2) if not clean.empty else "", "Scores on the clean subset", caption
-    )
+    shown = to_markdown(clean_display(clean), 2) if not clean.empty else ""
+    md = md_document(shown, "Scores on the clean subset", caption)
     tex = to_latex(clean_display(clean, tex=True), caption.split("\n")[0], "tab:clean-subset", 2)
     return write_table(table_dir, "clean_subset", clean, md, tex)
 
 
 def write_pipeline_tables(stages: pd.DataFrame, table_dir: Path) -> list[Path]:
     """pipeline.{csv,md}: status and headline numbers of every stage."""
-    return write_table(
-        table_dir, "pipeline", stages, md_document(to_markdown(stages.iloc[:, :3], 3), "Pipeline status")
-    )
+    md = md_document(to_markdown(stages.iloc[:, :3], 3), "Pipeline status")
+    return write_table(table_dir, "pipeline", stages, md)

@@ -1,7 +1,5 @@
-"""What stages 01-05 left behind, for the summary report: each stage's status (from its artifact and
-manifest, and the runner's record), the tables and figures 01-03 wrote into reports/<profile>/ (each
-checked against the hash its stage recorded), and each stage's headline numbers with the file they
-come from. Nothing here raises because an upstream artifact is absent or unreadable: it is a status.
+"""What stages 01-05 left, for the summary: each stage's status, 01-03's report files (checked against their
+recorded hashes) and headline numbers with their source file. Never raises on a bad upstream artifact.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read
 
 
 def stage_seconds(timings: dict) -> float | None:
-    """A stage's wall time from its manifest's timings: the notebook's steps (notebook_s, from start_stage to
-    the save call) plus the save (wall_s, the StageRun around it); wall_s alone for a stage run as one call."""
+    """A stage's wall time from its manifest's timings: notebook steps (notebook_s) plus the save (wall_s)."""
     wall, steps = timings.get("wall_s"), timings.get("notebook_s")
     if steps is None:
         return wall
@@ -26,11 +23,8 @@ def stage_seconds(timings: dict) -> float | None:
 
 
 def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Path]]:
-    """(one row per stage: status and headline numbers, contamination per benchmark or None, files read).
-
-    Status from the stage's artifact and manifest; `runner` is the stage's entry in the runner's
-    run_summary.json as found now (the runner writes it after its last stage: when 06 runs inside
-    the runner, that is the previous invocation's record)."""
+    """(one row per stage: status and headline numbers, contamination per benchmark or None, files read);
+    `runner`: the stage's entry in run_summary.json as found now (inside the runner: the previous invocation's)."""
     read: list[Path] = []
     runner = _runner_record(profile)
     artifacts = {
@@ -46,15 +40,10 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
         manifest = read_manifest(profile.run_dir(stage))
         if manifest and (profile.run_dir(stage) / MANIFEST).is_file():
             read.append(profile.run_dir(stage) / MANIFEST)
-        row = {
-            "stage": stage,
-            "artifact": str(artifact),
-            "status": NOT_RUN,
-            "details": "",
-            "finished_at": (manifest or {}).get("finished_at", ""),
-            "wall_s": stage_seconds((manifest or {}).get("timings") or {}),
-            "runner": runner.get(stage, ""),
-        }
+        recorded = manifest or {}
+        row = {"stage": stage, "artifact": str(artifact), "status": NOT_RUN, "details": ""}
+        row.update(finished_at=recorded.get("finished_at", ""), wall_s=stage_seconds(recorded.get("timings") or {}))
+        row["runner"] = runner.get(stage, "")
         if artifact.is_file():
             row["status"] = "ok" if manifest and manifest.get("status") == "ok" else "ok (no manifest)"
             details: dict[str, Any] = {}
@@ -63,9 +52,8 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
                 if err:
                     row["status"] = err
                 elif isinstance(data, dict):
-                    details = {
-                        k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) < 80
-                    }
+                    details = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
+                    details = {k: v for k, v in details.items() if len(str(v)) < 80}
                     if stage == "04_merge" and isinstance(data.get("models"), dict):
                         details["models"] = ", ".join(sorted(data["models"]))
                     if stage == "05_evaluate":
@@ -75,11 +63,8 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
                 try:
                     table = pd.read_csv(artifact)
                     read.append(artifact)
-                    numeric = [
-                        c
-                        for c in table.columns
-                        if c not in ("data_source", "benchmark") and pd.api.types.is_numeric_dtype(table[c])
-                    ]
+                    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+                    numeric = [c for c in numeric if c not in ("data_source", "benchmark")]
                     if "benchmark" in table.columns and numeric:
                         contamination = table.groupby("benchmark", sort=True)[numeric].sum().reset_index()
                         details = {f"{c} (all benchmarks)": int(table[c].sum()) for c in numeric}
@@ -89,9 +74,8 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
                     row["status"] = f"unreadable: {type(exc).__name__}: {exc}"
             if not details and manifest:
                 details = {k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
-            row["details"] = "; ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(details.items())
-            )
+            shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(details.items()))
+            row["details"] = "; ".join(shown)
         elif manifest:
             row["status"] = f"artifact missing ({artifact.name})"
         elif runner.get(stage, "").startswith("failed"):
@@ -103,9 +87,7 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
 
 def _runner_record(profile) -> dict[str, str]:
     """Stage -> "ran (12.3 s)" / "skipped: why" / "failed: error" from run_summary.json; {} without one.
-
-    Not recorded as an input of this stage: the runner rewrites it after every invocation, which
-    would make 06 look out of date every time."""
+    Not an input of this stage: the runner rewrites it every invocation."""
     data, err = read_json(profile.report_dir() / "run_summary.json")
     stages = data.get("stages") if isinstance(data, dict) else None
     out = {}
@@ -121,8 +103,8 @@ def _runner_record(profile) -> dict[str, str]:
 
 
 def upstream_artifacts(profile) -> list[dict]:
-    """The tables and figures 01-03 wrote into reports/<profile>/, each with its status: "ok",
-    "not run", missing, or changed since its stage wrote it (hash against the stage's manifest)."""
+    """The tables and figures 01-03 wrote into reports/<profile>/, each with its status: "ok", "not run",
+    missing, or changed since its stage wrote it (hash against its manifest)."""
     out = []
     for stage, kind, name, title in UPSTREAM:
         folder = profile.report_dir("figures" if kind == "figure" else "tables")
@@ -142,21 +124,13 @@ def upstream_artifacts(profile) -> list[dict]:
                 f.name for f in files if str(f.resolve()) in recorded and recorded[str(f.resolve())] != sha256_path(f)
             ]
             status = f"changed since {stage} wrote it: {', '.join(changed)}" if changed else "ok"
-        out.append(
-            {
-                "stage": stage,
-                "kind": kind,
-                "name": name,
-                "title": title,
-                "status": status,
-                "files": [str(f) for f in files],
-            }
-        )
+        entry = {"stage": stage, "kind": kind, "name": name, "title": title}
+        out.append({**entry, "status": status, "files": [str(f) for f in files]})
     return out
 
 
 class _Numbers:
-    """Collects key-number rows (stage, quantity, value, source) and the files they were read from."""
+    """Key-number rows (stage, quantity, value, source) and the files they were read from."""
 
     def __init__(self, profile) -> None:
         self.profile, self.rows, self.read = profile, [], []
@@ -173,10 +147,7 @@ class _Numbers:
     def load(self, stage: str, name: str) -> dict | None:
         """The stage's JSON artifact, or None with a row saying it is not run / unreadable."""
         path = self.profile.run_dir(stage) / name
-        if not path.is_file():
-            self.add(stage, name, NOT_RUN, path)
-            return None
-        data, err = read_json(path)
+        data, err = read_json(path) if path.is_file() else (None, NOT_RUN)
         if err or not isinstance(data, dict):
             self.add(stage, name, err or "unreadable: not a JSON object", path)
             return None
@@ -195,15 +166,9 @@ def _curate_numbers(k: _Numbers) -> None:
             for key, v in counts.items() if isinstance(counts, dict) else ():
                 if isinstance(v, (int, float)):
                     totals[key] = totals.get(key, 0) + v
-    labels = (
-        ("loaded", "rows loaded"),
-        ("malformed", "rows malformed"),
-        ("filtered", "rows filtered"),
-        ("exact_dup", "exact duplicates removed"),
-        ("near_dup", "near duplicates removed"),
-        ("kept", "rows kept"),
-    )
-    k.counts(layout.CURATE, totals, labels, path)
+    labels = {key: f"rows {key}" for key in ("loaded", "malformed", "filtered")}
+    labels |= {"exact_dup": "exact duplicates removed", "near_dup": "near duplicates removed", "kept": "rows kept"}
+    k.counts(layout.CURATE, totals, labels.items(), path)
     if isinstance(cur.get("per_source"), dict):
         k.add(layout.CURATE, "data sources", str(len(cur["per_source"])), path)
 
@@ -212,21 +177,16 @@ def _decontaminate_numbers(k: _Numbers) -> None:
     path = k.profile.run_dir(layout.DECONTAMINATE) / "decontamination_report.json"
     if (dec := k.load(layout.DECONTAMINATE, path.name)) is None:
         return
-    labels = (
-        ("train_rows", "training rows checked"),
-        ("benchmark_items", "benchmark items compared"),
-        ("flagged_rows", "rows flagged"),
-        ("removed_rows", "leaks removed (rows)"),
-        ("clean_rows", "rows kept for training"),
-    )
-    k.counts(layout.DECONTAMINATE, dec, labels, path)
+    labels = {"train_rows": "training rows checked", "benchmark_items": "benchmark items compared"}
+    labels |= {
+        "flagged_rows": "rows flagged",
+        "removed_rows": "leaks removed (rows)",
+        "clean_rows": "rows kept for training",
+    }
+    k.counts(layout.DECONTAMINATE, dec, labels.items(), path)
     if isinstance(dec.get("pairs_by_category"), dict):
-        k.add(
-            layout.DECONTAMINATE,
-            "flagged pairs by category",
-            ", ".join(f"{c} {v}" for c, v in sorted(dec["pairs_by_category"].items())),
-            path,
-        )
+        by = ", ".join(f"{c} {v}" for c, v in sorted(dec["pairs_by_category"].items()))
+        k.add(layout.DECONTAMINATE, "flagged pairs by category", by, path)
 
 
 def _finetune_numbers(k: _Numbers) -> None:
@@ -235,9 +195,8 @@ def _finetune_numbers(k: _Numbers) -> None:
         return
     before, after = ft.get("eval_loss_before"), ft.get("eval_loss_after")
     if isinstance(before, (int, float)) and isinstance(after, (int, float)):
-        k.add(
-            layout.FINETUNE, "held-out loss before → after", f"{before:.4f} → {after:.4f} ({after - before:+.4f})", path
-        )
+        change = f"{before:.4f} → {after:.4f} ({after - before:+.4f})"
+        k.add(layout.FINETUNE, "held-out loss before → after", change, path)
     history = [
         h.get("loss")
         for h in ft.get("train_loss_history") or []
@@ -278,12 +237,8 @@ def _evaluate_numbers(k: _Numbers, summaries: dict[str, dict] | None, failed: di
             avg = s.get("average")
             over = s.get("average_over") or [b for b in BENCHMARKS if task_entry(s, b)]
             partial = f" (over {len(over)} of 4)" if over and len(over) < 4 else ""
-            k.add(
-                layout.EVALUATE,
-                f"{variant}: leaderboard average",
-                NOT_RUN if avg is None else f"{100 * avg:.2f}{partial}",
-                k.profile.run_dir(layout.EVALUATE) / f"{variant}.json",
-            )
+            value, source = NOT_RUN if avg is None else f"{100 * avg:.2f}{partial}", k.profile.run_dir(layout.EVALUATE)
+            k.add(layout.EVALUATE, f"{variant}: leaderboard average", value, source / f"{variant}.json")
     else:
         k.add(layout.EVALUATE, "evaluated variants", NOT_RUN, eval_report)
     for variant, err in (failed or {}).items():
