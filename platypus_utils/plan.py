@@ -107,8 +107,7 @@ def model_shape(source: str, ft) -> dict:
     except OSError as exc:
         raise ProfileError(
             f"cannot read the config of {source!r} ({str(exc).splitlines()[0]}): for a gated repo set HF_TOKEN "
-            f"(or `hf auth login`); offline, give a folder with its config.json in plan.base_config or "
-            f"--config"
+            "(or `hf auth login`); offline, give a folder with its config.json in plan.base_config or --config"
         ) from exc
     with init_empty_weights(), warnings.catch_warnings():
         # peft calls transformers' is_gradient_checkpointing, deprecated in transformers 5: not ours to fix
@@ -147,8 +146,7 @@ def _template_bytes() -> int:
 
 def data_assumptions(profile: Profile) -> dict:
     """Train examples per epoch and their mean length in tokens, and where each figure comes from."""
-    ft, plan = profile.finetune, profile.plan
-    clean = artifact(profile, CLEAN)
+    ft, plan, clean = profile.finetune, profile.plan, artifact(profile, CLEAN)
     lengths, source = None, None
     if plan.train_examples is not None:
         rows, source = plan.train_examples, "plan.train_examples"
@@ -286,8 +284,7 @@ def _memory_settings(profile: Profile, data: dict) -> dict:
 
 
 def memory_plan(profile: Profile, shape: dict, data: dict, gpu_memory_gb: float) -> dict:
-    """Peak per GPU as planned (largest micro-batch), with and without checkpointing, at a typical
-    micro-batch, and the changes that would fit."""
+    """Peak per GPU as planned, with and without checkpointing, typical, and the changes that would fit."""
     s = _memory_settings(profile, data)
     planned = memory_per_gpu(shape, s)
     typical = round(profile.finetune.sft["per_device_train_batch_size"] * data["mean_example_tokens"])
@@ -423,8 +420,7 @@ def _eval_assumptions(mfu: dict) -> list[str]:
 
 
 def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb: float) -> dict:
-    """lm-eval's size and hours per backend and GPU kind, on one replica and spread over plan.eval_gpus
-    (one model per replica), and whether it meets plan.eval_target_*."""
+    """lm-eval's size and hours per backend and GPU kind, and whether it meets plan.eval_target_*."""
     plan, tasks = profile.plan, _eval_tasks(profile)
     variants, references = len(profile.evaluate.variants), len(profile.evaluate.references)
     models = variants + references

@@ -111,8 +111,7 @@ _adapter = cache(TypeAdapter)  # one TypeAdapter per type hint
 
 
 def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
-    """`value` as the field's type hint reads it (lax: "4e-4" is a float); an enum-or-str field takes only
-    the enum's values."""
+    """`value` as the type hint reads it (lax: "4e-4" is a float); an enum-or-str field takes the enum's values."""
     try:
         read = _adapter(hint).validate_python(value)
     except ValidationError as exc:

@@ -45,12 +45,10 @@ def plan_batch(
     example_tokens: Sequence[int], ft, world_size: int = 1, row_tokens: Optional[Sequence[int]] = None
 ) -> BatchPlan:
     """How many examples and tokens one optimizer step takes on `world_size` processes.
-
     batch_unit "examples": exactly the profile's examples per step (`FinetuneConfig.examples_step_plan`).
     batch_unit "tokens": accumulation = round(target / tokens of one micro-step), at least 1, the target
     finetune.tokens_per_step or the profile's examples x the mean example; ValueError when over 10% off.
-    `example_tokens`: per training example, after truncation; `row_tokens`: per packed row, or None.
-    """
+    `example_tokens`: per training example, after truncation; `row_tokens`: per packed row, or None."""
     if not len(example_tokens):
         raise ValueError("plan_batch: no training examples")
     if row_tokens is not None and not len(row_tokens):
@@ -81,10 +79,10 @@ def plan_batch(
         gas = max(1, round(tokens_target / micro_tokens))
         if abs(gas * micro_tokens - tokens_target) > 0.1 * tokens_target:
             raise ValueError(
-                f"finetune.batch_unit tokens: a step of {tokens_target:.0f} tokens cannot be met: one micro-step on "
-                f"{world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x {mean_unit:.0f}-token "
-                f"{'rows' if packed else 'examples'}), so {gas} accumulated give {gas * micro_tokens:.0f} "
-                f"({abs(gas * micro_tokens - tokens_target) / tokens_target:.0%} off). Lower "
+                f"finetune.batch_unit tokens: a step of {tokens_target:.0f} tokens cannot be met: one micro-step "
+                f"on {world_size} process(es) already takes {micro_tokens:.0f} tokens ({per_device} x "
+                f"{mean_unit:.0f}-token {'rows' if packed else 'examples'}), so {gas} accumulated give "
+                f"{gas * micro_tokens:.0f} ({abs(gas * micro_tokens - tokens_target) / tokens_target:.0%} off). Lower "
                 "sft.per_device_train_batch_size or cutoff_len, raise tokens_per_step, or use batch_unit: examples"
             )
     units = len(unit_tokens)

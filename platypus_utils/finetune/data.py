@@ -94,8 +94,7 @@ def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.nd
 
 
 def tokenize_example(tokenizer, record: dict, cutoff_len: Optional[int] = None) -> dict:
-    """One record tokenized as the trainer sees it: {input_ids, labels}, labels IGNORE on the prompt,
-    cut to cutoff_len (keep_start, as TRL)."""
+    """One record as the trainer sees it: {input_ids, labels}, prompt labels IGNORE, cut as TRL's keep_start."""
     prompt = tokenizer(record["prompt"])["input_ids"]
     full = tokenizer(record["prompt"] + record["completion"])["input_ids"]
     start = _common_prefix(prompt, full)
@@ -141,8 +140,7 @@ def check_prepared_example(input_ids: Sequence[int], labels: Sequence[int], eos_
 
 @dataclass
 class TrainingData:
-    """The rows of clean.jsonl as the stage trains on them; `train_idx`, `eval_idx` index `records`,
-    `rows` and `row_lines` (1-based lines of `source`)."""
+    """clean.jsonl as trained on; `train_idx`, `eval_idx` index records, rows and row_lines (1-based)."""
 
     source: Path
     rows_read: int
@@ -197,8 +195,7 @@ class TrainingData:
 def prepare_rows(
     raw: list[dict], source: Path, tokenizer, cutoff_len: int, eval_size: int, seed: int, max_train: int | None = None
 ) -> TrainingData:
-    """Usable rows as prompt/completion records, their tokens and the held-out split; ValueError naming
-    `source` when it has no rows, or too few to hold eval_size out."""
+    """Usable rows as records, their tokens and the held-out split; ValueError when too few rows."""
     if not raw:
         raise ValueError(f"{source}: no rows to fine-tune on (is the 02_decontaminate output empty?)")
     rows, row_lines, skipped = select_rows(raw, source, tokenizer.eos_token)

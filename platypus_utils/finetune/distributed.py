@@ -1,5 +1,5 @@
-"""Stage 03 on several GPUs and quantized: processes, accelerate configs, loading the base model as each
-process needs it, and saving the adapter collectively."""
+"""Stage 03 on several GPUs and quantized: processes, accelerate configs, and loading the base model as each
+process needs it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from accelerate import init_empty_weights
 
-from ..artifacts import artifacts_up_to_date, atomic_path
+from ..artifacts import artifacts_up_to_date
 from ..layout import FINETUNE, FINETUNE_METRICS, artifact
 from ..models import load_causal_lm
 
@@ -44,8 +43,7 @@ def engine_name(ft) -> str:
 
 
 def accelerate_command(profile, overrides: Optional[dict] = None) -> list[str]:
-    """`accelerate launch` running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` per GPU,
-    once finetune.accelerate_config is checked to train this profile."""
+    """`accelerate launch` running `python -m platypus_utils.finetune PROFILE --set KEY=VALUE...` per GPU."""
     ft = profile.finetune
     if not profile.source_file:
         raise ValueError("a distributed run needs a profile loaded from a file (load_profile)")
@@ -140,17 +138,3 @@ def load_base_model(profile, resolved: str, device: str, dtype: torch.dtype, ft,
     if fsdp:  # FSDP without rank-0 loading: still no upcast before sharding
         return model
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(ft.sft["activation_checkpointing"]))
-
-
-def save_adapter_distributed(trainer, adapter_dir: Path, is_main: bool) -> None:
-    """Every process joins the save (FSDP/ZeRO-3 gather the adapter); the main one writes and moves it."""
-    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
-    if is_main and partial.exists():
-        shutil.rmtree(partial)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(partial))  # collective; only the main process writes
-    trainer.accelerator.wait_for_everyone()
-    if is_main:
-        (partial / "training_args.bin").unlink(missing_ok=True)  # not part of the adapter
-        with atomic_path(adapter_dir) as tmp:
-            os.replace(partial, tmp)

@@ -32,10 +32,8 @@ def segment_ids(shape: tuple[int, int], position_ids: Optional[torch.Tensor], de
 def example_means(
     token_loss: torch.Tensor, label_mask: torch.Tensor, position_ids: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Each example's mean loss over its completion tokens, one value per example that has any.
-
-    `token_loss` and `label_mask` are aligned with the shifted labels (batch, seq - 1), as TRL's fused
-    LM head returns them; `position_ids` (batch, seq), or None (one example a row)."""
+    """Each example's mean loss over its completion tokens, one value per example that has any; `token_loss`
+    and `label_mask` (batch, seq - 1) as TRL's fused LM head returns them, `position_ids` (batch, seq) or None."""
     rows, width = label_mask.shape
     seq = width + 1 if position_ids is None or position_ids.shape[1] == width + 1 else width
     ids = segment_ids((rows, seq), position_ids, token_loss.device)[:, seq - width :]

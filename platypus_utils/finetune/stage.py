@@ -5,6 +5,7 @@ those steps composed. With finetune.num_gpus > 1 in one process, `fit` and `run_
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -24,14 +25,7 @@ from ..plotting import save_figure
 from .batching import BatchPlan, is_padding_free, plan_batch, planned_steps, preview_row_tokens, warmup_share
 from .checkpoints import CHECKPOINTS, resume_point
 from .data import TrainingData, check_prepared_example, prepare_rows, records_dataset, select_rows, to_prompt_completion
-from .distributed import (
-    distributed_result,
-    engine_name,
-    fsdp_settings,
-    load_base_model,
-    process_info,
-    save_adapter_distributed,
-)
+from .distributed import distributed_result, engine_name, fsdp_settings, load_base_model, process_info
 from .objective import PlatypusSFTTrainer
 from .report import (
     csv_text,
@@ -68,10 +62,8 @@ def _base_tokenizer(profile) -> tuple[str, Any]:
 
 def load_data(profile) -> TrainingData:
     """clean.jsonl as the stage trains on it, with the base model's tokenizer."""
-    clean_path = artifact(profile, CLEAN)
-    raw = read_jsonl(clean_path)
-    resolved, tokenizer = _base_tokenizer(profile)
-    ft = profile.finetune
+    ft, clean_path = profile.finetune, artifact(profile, CLEAN)
+    raw, (resolved, tokenizer) = read_jsonl(clean_path), _base_tokenizer(profile)
     data = prepare_rows(raw, clean_path, tokenizer, ft.cutoff_len, ft.eval_size, profile.seed, ft.max_train_samples)
     data.base_model, data.source_sha256 = resolved, sha256_path(clean_path)
     return data
@@ -106,8 +98,7 @@ class ModelSetup:
 def load_model(profile, data: TrainingData, seed: Optional[int] = None) -> ModelSetup:
     """Seed, device, dtype, the SFT arguments (first: they set up the process group), the attention kernel
     and the base model as this process needs it. `seed`: one of finetune.seeds; None: the profile's."""
-    ft = profile.finetune
-    rank, local_rank, world_size = process_info()
+    ft, (rank, local_rank, world_size) = profile.finetune, process_info()
     seed = profile.seed if seed is None else seed
     transformers.set_seed(seed)
     device = pick_device("auto")
@@ -158,8 +149,7 @@ def check_recipe(trainer, data: TrainingData, packing) -> list[dict]:
 
 
 def build_trainer(profile, data: TrainingData, setup: ModelSetup, callbacks: Optional[Sequence[Any]] = None) -> Session:
-    """The stage's SFTTrainer on the model, the checkpoint to resume from, and the tokenized data checked
-    against the recipe. `callbacks`: extra transformers.TrainerCallbacks."""
+    """The stage's SFTTrainer on the model, the checkpoint to resume from, the data checked against the recipe."""
     ft = profile.finetune
     run_key = {
         "params": profile.fingerprint_params(STAGE),
@@ -311,14 +301,23 @@ def _save_pretrained(out_dir: Path, *objects) -> None:
 
 
 def save_adapter(profile, training: Training, adapter_dir: Optional[Path] = None) -> Path:
-    """The LoRA adapter and tokenizer into 03_finetune/adapter (or `adapter_dir`), atomically; every
-    process of a distributed run joins."""
-    session = training.session
-    adapter_dir = adapter_dir or artifact(profile, ADAPTER)
+    """The LoRA adapter and tokenizer into 03_finetune/adapter (or `adapter_dir`). Every process of a distributed
+    run joins the save (FSDP/ZeRO-3 gather the adapter) into a partial folder the main one moves into place."""
+    session, adapter_dir = training.session, adapter_dir or artifact(profile, ADAPTER)
+    trainer, is_main = session.trainer, session.setup.is_main
     if session.setup.world_size == 1:
-        _save_pretrained(adapter_dir, session.trainer.model, session.data.tokenizer)
-    else:
-        save_adapter_distributed(session.trainer, adapter_dir, session.setup.is_main)
+        _save_pretrained(adapter_dir, trainer.model, session.data.tokenizer)
+        return adapter_dir
+    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial")
+    if is_main and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # collective; only the main process writes
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        (partial / "training_args.bin").unlink(missing_ok=True)  # not part of the adapter
+        with atomic_path(adapter_dir) as tmp:
+            os.replace(partial, tmp)
     return adapter_dir
 
 
@@ -418,8 +417,7 @@ def run_finetune(profile, callbacks: Sequence[Any] | None = None) -> dict:
 
 
 def train_seeds(profile, data: TrainingData) -> dict[str, dict]:
-    """The same training once more for each of finetune.seeds (same rows and split), each adapter saved to
-    03_finetune/seeds/<seed>/adapter; returns each seed's losses."""
+    """The same training for each of finetune.seeds, adapters in 03_finetune/seeds/<seed>/; each seed's losses."""
     out = {}
     for seed in profile.finetune.seeds:
         log.info("finetune: training seed %d of finetune.seeds %s", seed, profile.finetune.seeds)

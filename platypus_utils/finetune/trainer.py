@@ -32,8 +32,7 @@ def build_lora_config(ft) -> LoraConfig:
 def project_sft_options(
     ft, output_dir: str | Path, seed: int, device: str, dtype: torch.dtype, use_liger_kernel: bool, world_size: int
 ) -> dict:
-    """The SFTConfig options the stage sets itself (training_options.SFT_PROJECT_KEYS), and the
-    accumulation global_batch_size derives."""
+    """The SFTConfig options the stage sets itself (training_options.SFT_PROJECT_KEYS)."""
     padding_free = is_padding_free(ft)
     options = {
         "output_dir": str(output_dir),
@@ -261,8 +260,7 @@ def prepare_trainer(
     eval_ds=None,
     callbacks: Optional[Sequence[Any]] = None,
 ) -> tuple[PlatypusSFTTrainer, BatchPlan, dict]:
-    """(the stage's SFTTrainer with its batch plan applied, BatchPlan, packing-isolation report); `args`
-    from build_sft_config, `example_tokens` per training example after truncation."""
+    """(the stage's SFTTrainer with its batch plan applied, BatchPlan, packing-isolation report)."""
     trainer = PlatypusSFTTrainer(
         loss_normalization=ft.loss_normalization,
         model=model,
