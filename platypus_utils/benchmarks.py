@@ -1,37 +1,13 @@
 """The Open LLM Leaderboard v1 test sets: one registry, and one parser per release format (component layer).
 
-Registry (`REGISTRY`): one BenchmarkSpec per benchmark; `spec(name)` finds it by the profile key
-(`truthfulqa`) or by the key 05/06 report it under (`truthfulqa_mc2`).
-
-`load_benchmark(name, benchmarks_dir)` reads one benchmark in its original release format (the layout
-of ../shared/data/benchmarks, which the demo benchmarks copy) and returns items
-
-    {"benchmark", "subject", "item_id", "question", "choices", "answer", "lm_eval_task", "doc_id"}
-
-from the split the leaderboard evaluates: ARC-Challenge Test, HellaSwag validation, MMLU test,
-TruthfulQA (all 817 questions, mc_task.json). `answer` is the text of the correct choice. The question
-text for HellaSwag is its context `ctx` (what a leaked training row would copy); for the others the stem.
-
-Ids. `item_id` is stable and readable:
-  ARC            its own id (e.g. "Mercury_7175875")
-  HellaSwag      "hellaswag/<ind>"
-  MMLU           "mmlu/<subject>/test/<k>"
-  TruthfulQA     "truthfulqa/<k>"
-(`doc_id`, `lm_eval_task`) is the item as lm-eval's per-sample logs name it: `doc_id` is the 0-based
-position of the item in the split lm-eval evaluates for that task - the non-blank lines of the JSON
-lines files, the non-empty records of `<subject>_test.csv` (k above), the list index in mc_task.json
-(k above). Stage 05's task functions (lm_eval_tasks/utils.py) check each row with the parsers here and
-never drop or reorder one, and the hub releases hold the same rows in the same order, so the join with
-a sample log is exact; a run with `limit` N evaluates doc_ids 0..N-1. Local runs name their tasks with
-05's `platypus_` prefix (`platypus_mmlu_anatomy`): strip it to join.
-
-`limit` keeps the first N items of a benchmark in file order; for MMLU the first N of *each subject*,
-so a small limit still covers every subject (a global first-N would only test abstract_algebra).
-
-Errors: a benchmark folder that lacks a benchmark's file is a FileNotFoundError naming the file it
-expected and what it should hold; a malformed line or row a ValueError naming the file and line/row.
-`benchmarks_dir="hub"` loads the same splits from the Hugging Face hub (allenai/ai2_arc, Rowan/hellaswag,
-cais/mmlu, truthful_qa); it needs network access and is tested only with a stand-in for `datasets`.
+`load_benchmark(name, benchmarks_dir, limit)` reads the split the leaderboard evaluates (ARC-Challenge
+Test, HellaSwag validation, MMLU test, TruthfulQA mc_task.json) as items {benchmark, subject, item_id,
+question, choices, answer (the correct choice's text), lm_eval_task, doc_id}; HellaSwag's question is its
+`ctx`. item_id: ARC's own id, "hellaswag/<ind>", "mmlu/<subject>/test/<k>", "truthfulqa/<k>". doc_id is
+the item's 0-based position in the split lm-eval evaluates (non-blank lines, non-empty CSV records, list
+index), so it joins exactly with lm-eval's sample logs (strip 05's `platypus_` task prefix). `limit` keeps
+the first N items (MMLU: of each subject). A missing file is a FileNotFoundError saying what was
+expected; a malformed row a ValueError naming file and line. `benchmarks_dir="hub"` reads the hub.
 """
 
 from __future__ import annotations
@@ -61,7 +37,6 @@ class BenchmarkSpec:
     full_view: str  # what stage 02's "full" view adds to the question: choices | gold_ending | answer
 
     def task(self, subject: str = "") -> str:
-        """lm-eval's task name for an item of this benchmark (MMLU: per subject)."""
         return self.lm_eval_task.format(subject=subject)
 
 
@@ -111,7 +86,7 @@ _ALIASES = {s.leaderboard_name: s.name for s in REGISTRY.values()}
 
 
 def spec(name: str) -> BenchmarkSpec:
-    """The registry entry for a profile key or a leaderboard name (truthfulqa or truthfulqa_mc2)."""
+    """The registry entry for a profile key or a leaderboard name (truthfulqa_mc2)."""
     key = _ALIASES.get(name, name)
     if key not in REGISTRY:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
@@ -134,8 +109,7 @@ def _item(
 
 
 def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
-    """The file (MMLU: folder) of `name`'s evaluated split in a benchmarks folder, which must exist: a
-    missing one is a FileNotFoundError saying what was expected there."""
+    """The file (MMLU: folder) of `name`'s evaluated split; FileNotFoundError saying what was expected."""
     s = spec(name)
     path = Path(benchmarks_dir) / s.test_path
     if not path.exists():
@@ -146,7 +120,6 @@ def expected_path(name: str, benchmarks_dir: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- one parser per original format
 def arc_item(obj: dict, doc_id: int) -> dict:
     """An AI2 ARC row (id, question.stem, question.choices[{text, label}], answerKey) as an item."""
     q = obj["question"]
@@ -173,8 +146,7 @@ def hellaswag_item(obj: dict, doc_id: int) -> dict:
 
 
 def read_mmlu_csv(path: Path) -> list[list[str]]:
-    """The records of one `<subject>_<split>.csv` (question, A, B, C, D, answer letter; no header), exact
-    strings; empty records are skipped, as lm-eval's reader does, so list positions are lm-eval doc_ids."""
+    """The records of one headerless `<subject>_<split>.csv`, exact strings; empty records skipped (as lm-eval)."""
     records = []
     with open(path, encoding="utf-8", newline="") as fh:
         for k, row in enumerate(csv.reader(fh), 1):
@@ -212,11 +184,9 @@ _PARSERS = {  # the formats read from a file of items (MMLU is a folder of CSVs)
 }
 
 
-# ---------------------------------------------------------------- loaders of a benchmarks folder
 def _load_file(name: str, root: Path) -> list[dict]:
-    """Items of a JSON lines test set (ARC, HellaSwag) or of a JSON list (TruthfulQA). Strict: a bad line
-    (artifacts.iter_jsonl's rules) or item is a ValueError naming file and line (item), as skipping it
-    would shift every later doc_id and leave a test item unchecked."""
+    """Items of a JSON lines (ARC, HellaSwag) or JSON list (TruthfulQA) test set; strict, as a skipped row
+    would shift every later doc_id."""
     path = expected_path(name, root)
     parse, kind = _PARSERS[name]
     if path.suffix == ".json":
@@ -244,7 +214,6 @@ def _load_mmlu(root: Path, limit: Optional[int]) -> list[dict]:
     return items
 
 
-# ---------------------------------------------------------------- hub (needs network)
 def _original_row(name: str, row: dict) -> dict:
     """A hub row in the shape of the original release, for the parsers above."""
     if name == "arc_challenge":
@@ -261,7 +230,7 @@ def _original_row(name: str, row: dict) -> dict:
 
 
 def _load_hub(name: str, limit: Optional[int]) -> list[dict]:
-    from datasets import load_dataset  # only the hub path needs it; importing datasets costs ~1 s
+    from datasets import load_dataset  # ~1 s to import
 
     hub_id, config, split = REGISTRY[name].hub
     ds = load_dataset(hub_id, config, split=split)
@@ -277,11 +246,7 @@ def _load_hub(name: str, limit: Optional[int]) -> list[dict]:
 
 
 def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] = None) -> list[dict]:
-    """Test items of one benchmark (see the module docstring for the fields and ids).
-
-    benchmarks_dir: a folder in the original layout (arc_challenge/, hellaswag/, mmlu/, truthfulqa/),
-    or "hub". `name` may be a profile key or a leaderboard name (truthfulqa_mc2).
-    """
+    """Test items of one benchmark from a folder in the original layout, or "hub"."""
     name = spec(name).name
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")

@@ -1,19 +1,10 @@
 """Reading lm-evaluation-harness output (component layer): results, settings and per-question scores.
 
-Two inputs give the same `EvalRun`:
-- an lm-eval output directory (`lm_eval --output_path DIR --log_samples`, 0.4.x): results_<date>.json
-  and samples_<task>_<date>.jsonl, searched recursively. Several runs in one folder are read only as
-  chosen (`choose_results`), or all when their tasks do not overlap; never silently the latest. A
-  samples file that is a git-LFS pointer is named in the notes and its task falls back to the results
-  file (unpaired errors);
-- this pipeline's 05_evaluate folder: `<variant>.json`, `<variant>.raw.json`, `<variant>.samples.jsonl`.
-
-Tasks map to the Open LLM Leaderboard v1 benchmarks by name, with or without this project's
-`platypus_` prefix (mmlu_<subject> for the 57 MMLU subjects); other tasks are listed in `notes` and left
-out. The metric per benchmark is the leaderboard's (TruthfulQA's mc2 is logged by lm-eval as "acc").
-
-`EvalRun.samples` has one row per question: benchmark, subject ("" outside MMLU), doc_id, score.
-`EvalRun.settings` has per task: benchmark, subject, num_fewshot, version, limit, n.
+Two inputs give an `EvalRun`: an lm-eval output directory (results_<date>.json and
+samples_<task>_<date>.jsonl, searched recursively; several runs are read only as `choose_results`
+decides, never silently the latest; a git-LFS pointer falls back to the results file), or this
+pipeline's 05_evaluate folder (<variant>.json, .raw.json, .samples.jsonl). Tasks map to the leaderboard
+benchmarks with or without the `platypus_` prefix; others are listed in `notes` and left out.
 """
 
 from __future__ import annotations
@@ -41,7 +32,7 @@ LEADERBOARD_METRICS = {
 
 
 def builtin_tasks_dir() -> Path:
-    """The installed lm-eval's task folder (found without importing lm_eval.tasks: ~4 s)."""
+    """The installed lm-eval's task folder (without importing lm_eval.tasks: ~4 s)."""
     return Path(util.find_spec("lm_eval.tasks").submodule_search_locations[0]).resolve()
 
 
@@ -61,7 +52,8 @@ SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
 
 @dataclass
 class EvalRun:
-    """One evaluated model: a summary in 05_evaluate's shape, its settings and per-question scores."""
+    """One evaluated model: a summary in 05_evaluate's shape, per-task settings (benchmark, subject,
+    num_fewshot, version, limit, n) and per-question scores (benchmark, subject, doc_id, score)."""
 
     name: str
     source: str
@@ -114,13 +106,11 @@ def task_settings(results: dict, source: str = "") -> dict[str, dict]:
         unit = task_unit(task)
         if unit is None:
             continue
-        shots = (results.get("n-shot") or {}).get(
-            task, ((results.get("configs") or {}).get(task) or {}).get("num_fewshot")
-        )
+        shots = ((results.get("configs") or {}).get(task) or {}).get("num_fewshot")
         out[task] = {
             "benchmark": unit[0],
             "subject": unit[1],
-            "num_fewshot": shots,
+            "num_fewshot": (results.get("n-shot") or {}).get(task, shots),
             "version": (results.get("versions") or {}).get(task),
             "limit": limit,
             "n": _n(results, task),
@@ -140,20 +130,12 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
                 continue
             bench, subject = unit
             metric, label = LEADERBOARD_METRICS[bench]
-            entry = {
-                "value": as_float(r.get(f"{metric},none")),
-                "stderr": as_float(r.get(f"{metric}_stderr,none")),
-                "n": _n(res, task),
-            }
+            value, stderr = as_float(r.get(f"{metric},none")), as_float(r.get(f"{metric}_stderr,none"))
+            n = _n(res, task)
             if subject:
-                subjects[subject] = {
-                    "acc": entry["value"],
-                    "stderr": entry["stderr"],
-                    "n": entry["n"],
-                    "category": MMLU_CATEGORIES[subject],
-                }
+                subjects[subject] = {"acc": value, "stderr": stderr, "n": n, "category": MMLU_CATEGORIES[subject]}
             else:
-                tasks[bench] = {"metric": label, **entry}
+                tasks[bench] = {"metric": label, "value": value, "stderr": stderr, "n": n}
     if subjects:
         accs = [s["acc"] for s in subjects.values() if s["acc"] is not None]
         ses = [s["stderr"] for s in subjects.values()]
@@ -177,8 +159,7 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
 
 
 def samples_frame(rows: Iterable[dict], task: str | None = None, source: str = "") -> pd.DataFrame:
-    """Logged lm-eval samples -> one row per question (benchmark, subject, doc_id, score). A row's
-    task is `task` (lm-eval's file names it) or its own "task" field (05_evaluate's)."""
+    """Logged lm-eval samples -> one row per question; a row's task is `task`, else its own "task" field."""
     out = []
     for k, row in enumerate(rows):
         name = task or row.get("task")
@@ -199,8 +180,7 @@ RESULTS_RULES = ("latest", "all")  # --results-file rules besides a file name
 
 
 def lfs_pointer(path: Path) -> dict | None:
-    """{"oid", "size"} when `path` is a git-LFS pointer (the small text file git leaves in place of content
-    it has not fetched), else None."""
+    """{"oid", "size"} when `path` is a git-LFS pointer (content git has not fetched), else None."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(1024)
@@ -220,8 +200,7 @@ def lfs_text(path: Path, pointer: dict) -> str:
 
 
 def _samples(path: Path) -> list[Any]:
-    """A samples file's records. Strict (a bad line is a BadJsonLine naming file and line): a sample
-    skipped here would silently drop a question from the paired comparison."""
+    # strict: a skipped line would silently drop a question from the paired comparison
     return [obj for _, obj in iter_jsonl(path, strict=True)]
 
 
@@ -240,26 +219,22 @@ def _first(items: list[str], n: int) -> str:
     return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
 
 
-def _g(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def describe_results(f: Path, res: dict) -> str:
-    """One results file in words: its date, tasks, few-shot counts, limit and gen_kwargs."""
+    """One results file in words: tasks, few-shot counts, limit and gen_kwargs."""
     settings = task_settings(res, str(f))
     shots = sorted({str(s["num_fewshot"]) for s in settings.values()})
     cfg = res.get("config") or {}
+    limit = f"{cfg['limit']:g}" if isinstance(cfg.get("limit"), float) else str(cfg.get("limit"))
     return (
-        f"{f.name}: {len(res['results'])} task(s), num_fewshot {'/'.join(shots) or '?'}, limit {_g(cfg.get('limit'))}, "
+        f"{f.name}: {len(res['results'])} task(s), num_fewshot {'/'.join(shots) or '?'}, limit {limit}, "
         f"gen_kwargs {cfg.get('gen_kwargs') or 'none'}"
     )
 
 
 def choose_results(path: Path, files: list[Path], choice: Iterable[str] = ()) -> tuple[list[Path], list[str]]:
-    """The results files of one model folder to read (chronological) and a note on the choice. One file:
-    that one. Several: the ones named in `choice` (file names), else a rule in it ("latest": the newest;
-    "all": every file, a later one overriding an earlier one's tasks), else all when their tasks do not
-    overlap; files that overlap with no choice made are a ValueError listing them."""
+    """The results files of one model folder to read (chronological) and a note on the choice: the files
+    named in `choice`, else its rule ("latest"; "all": a later file's tasks override), else all when
+    their tasks do not overlap; overlapping files with no choice are a ValueError listing them."""
     files = sorted(files, key=_date)
     if len(files) == 1:
         return files, []
@@ -286,8 +261,7 @@ def choose_results(path: Path, files: list[Path], choice: Iterable[str] = ()) ->
 
 
 def _read_samples(f: Path, res: dict, name: str, notes: list[str]) -> dict[str, pd.DataFrame]:
-    """Per leaderboard task, the samples logged beside one results file; a git-LFS pointer is named in
-    `notes` and its task left to the results file (unpaired)."""
+    """Per leaderboard task, the samples logged beside one results file; a git-LFS pointer goes to `notes`."""
     date, out = _date(f), {}
     for sf in sorted(f.parent.glob(f"samples_*_{date}.jsonl")):
         task = sf.stem[len("samples_") : -len(date) - 1]
@@ -305,9 +279,8 @@ def _read_samples(f: Path, res: dict, name: str, notes: list[str]) -> dict[str, 
 
 
 def read_lm_eval_dir(path: str | Path, name: str | None = None, results_file: Iterable[str] = ()) -> EvalRun:
-    """An lm-eval --output_path directory (or one results_*.json) -> EvalRun; name: the variant's
-    (default: the folder holding the results, lm-eval's sanitised model name). Several results files in
-    the folder: `results_file` chooses (choose_results)."""
+    """An lm-eval --output_path directory (or one results_*.json) -> EvalRun; `name` defaults to the
+    folder holding the results; `results_file` chooses among several (choose_results)."""
     path = Path(path)
     found = [path] if path.is_file() else sorted(path.rglob("results_*.json"))
     if not found:
@@ -343,7 +316,7 @@ def read_lm_eval_dir(path: str | Path, name: str | None = None, results_file: It
 
 
 def read_pipeline_variant(eval_dir: str | Path, variant: str, summary: dict | None = None) -> EvalRun:
-    """One variant of this pipeline's 05_evaluate folder -> EvalRun (its summary as 05 wrote it)."""
+    """One variant of this pipeline's 05_evaluate folder -> EvalRun."""
     eval_dir = Path(eval_dir)
     summary = summary or _read_json(eval_dir / f"{variant}.json")
     settings: dict[str, dict] = {}
@@ -373,12 +346,11 @@ def is_pipeline_dir(path: str | Path) -> bool:
 def settings_mismatches(a: EvalRun, b: EvalRun) -> list[str]:
     """Differences in few-shot count, task version and limit on the tasks both ran, one line each."""
     out = []
-    by_unit_b = {(s["benchmark"], s["subject"]): (t, s) for t, s in b.settings.items()}
+    by_unit_b = {(s["benchmark"], s["subject"]): s for s in b.settings.values()}
     for task, sa in sorted(a.settings.items()):
-        hit = by_unit_b.get((sa["benchmark"], sa["subject"]))
-        if hit is None:
+        sb = by_unit_b.get((sa["benchmark"], sa["subject"]))
+        if sb is None:
             continue
-        task_b, sb = hit
         for key in ("num_fewshot", "version", "limit"):
             if sa.get(key) != sb.get(key):
                 out.append(f"{task}: {key} {sa.get(key)!r} in {a.name} but {sb.get(key)!r} in {b.name}")

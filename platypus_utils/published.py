@@ -1,11 +1,6 @@
 """The paper's published leaderboard numbers and the benchmarks' names (core layer: imports nothing
-from the package).
-
-`PUBLISHED[row]` is one released model as the paper reports it (Lee, Hunter, Ruiz 2023, arXiv 2308.07317;
-PLATYPUS.md section 6): its hub id, its score on each Open LLM Leaderboard v1 benchmark in percent, the
-average, and the harness and settings behind them. A profile's `evaluate.references[].published` names a
-row; 06_analysis compares the released model as this run evaluates it with that row ("harness drift").
-The numbers carry no standard error and no per-question scores: a comparison with them is unpaired.
+from the package). `PUBLISHED[row]`: one released model's Open LLM Leaderboard v1 scores in percent, as
+Lee, Hunter, Ruiz 2023 (arXiv 2308.07317) report them; no standard errors, so comparisons are unpaired.
 """
 
 from __future__ import annotations
@@ -13,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")  # the leaderboard's order, lm-eval's names
-# Stage 02 (decontaminate.benchmarks, benchmarks.REGISTRY) names a benchmark by its test set, the folder of
-# its test file: TruthfulQA's (mc_task.json) serves mc1 and mc2 alike, so there it is "truthfulqa".
+# stage 02 names a benchmark by its test set: TruthfulQA's serves mc1 and mc2 alike
 TEST_SET_NAMES = {"truthfulqa_mc2": "truthfulqa"}
 TEST_SETS = tuple(TEST_SET_NAMES.get(b, b) for b in BENCHMARKS)
 SETTINGS = {  # the leaderboard's shots and metric per benchmark (evaluate.tasks defaults to its shots)
@@ -35,7 +29,7 @@ SOURCE_LABEL = "paper (Lee et al. 2023)"  # how a table names the source in one 
 class PublishedRow:
     """One released model's published numbers (percent) and where they come from."""
 
-    key: str  # the row's name, as evaluate.references[].published writes it
+    key: str  # as evaluate.references[].published names it
     label: str  # as a table shows it
     model: str  # the released model on the hub
     values: dict[str, float]  # benchmark -> percent

@@ -187,8 +187,8 @@ def evaluate_variant(
         "tasks": task_settings,
         "benchmarks_dir": "hub" if suite.mode == "hub" else str(profile.evaluate.benchmarks_dir),
     }
-    ref = spec if spec.kind == REFERENCE else None
-    result.summary = {**summarise(variant, spec.model, mhash, settings_out, result.raws, suite), **_kind_fields(ref)}
+    summary = summarise(variant, spec.model, mhash, settings_out, result.raws, suite)
+    result.summary = summary | _kind_fields(spec if spec.kind == REFERENCE else None)
     return result
 
 
@@ -216,12 +216,8 @@ def evaluate_variants(
             out[variant] = VariantEvaluation(variant, specs[variant], error=f"{type(exc).__name__}: {exc}")
             continue
         summary = out[variant].summary
-        log.info(
-            "%s: %s | average %s",
-            variant,
-            ", ".join(f"{b} {t['value']}" for b, t in summary["tasks"].items()),
-            summary["average"],
-        )
+        scores = ", ".join(f"{b} {t['value']}" for b, t in summary["tasks"].items())
+        log.info("%s: %s | average %s", variant, scores, summary["average"])
     return out
 
 
@@ -262,11 +258,9 @@ def _save_variant(profile, run: StageRun, e: VariantEvaluation) -> list[Path]:
     for path in e.spec.inputs + ([Path(e.spec.pretrained)] if local else []):
         run.add_input(path)
     run.timings[f"{e.variant}_s"] = round(sum(e.seconds.values()), 3)
-    for bench, seconds in e.seconds.items():
-        run.timings[f"{e.variant}/{bench}_s"] = seconds
+    run.timings.update({f"{e.variant}/{bench}_s": seconds for bench, seconds in e.seconds.items()})
     run.metrics[f"{e.variant}_cached"] = e.cached
-    for bench, t in e.summary["tasks"].items():
-        run.metrics[f"{e.variant}/{bench}"] = t["value"]
+    run.metrics.update({f"{e.variant}/{bench}": t["value"] for bench, t in e.summary["tasks"].items()})
     run.metrics[f"{e.variant}/average"] = e.summary["average"]
     return paths
 

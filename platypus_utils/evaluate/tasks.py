@@ -230,8 +230,7 @@ _BUILDERS = {
 def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
     h = hashlib.sha256()
     for p in sorted(files):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(sha256_file(p).encode())
+        h.update(str(p.relative_to(root)).encode() + sha256_file(p).encode())
     for text in extra:
         h.update(sha256_text(text).encode())
     return h.hexdigest()

@@ -1,19 +1,9 @@
-"""lm-eval task functions for the Open LLM Leaderboard v1 benchmarks read from local files in
-their ORIGINAL release formats (no hub access).
+"""lm-eval task functions for the leaderboard benchmarks read from local files in their original formats.
 
-Each task YAML `include:`s the installed built-in lm-eval task and overrides only where the data comes
-from: `custom_dataset: !function utils.load_<benchmark>` reads the local files row by row (a malformed
-row raises BenchmarkFileError naming file, line and field); `process_docs: !function
-utils.process_<benchmark>` converts the rows to the hub schema the built-in task was written for
-(allenai/ai2_arc, Rowan/hellaswag, cais/mmlu, truthfulqa/truthful_qa), so its doc_to_text,
-doc_to_choice, doc_to_target and process_results apply unchanged.
-
-One parser per format: each row is checked by `platypus_utils.benchmarks`' parser of its format (what
-stage 02 reads the test sets with), so a file 02 accepts is one 05 accepts, row for row and in the same
-order (the doc_ids 02's items carry); here only what the built-in tasks read beyond that is checked.
-
-This file is copied next to the generated YAMLs (lm-eval resolves `!function utils.x` relative to the
-YAML); `platypus_utils` is importable there because the package is installed.
+Each task YAML `include:`s the built-in task and overrides only the data: `utils.load_<benchmark>` reads
+the rows, each checked by `platypus_utils.benchmarks`' parser (stage 02's, so doc_ids agree; a bad row is
+a BenchmarkFileError naming file, row and field), and `utils.process_<benchmark>` converts them to the hub
+schema the built-in task was written for. Copied next to the generated YAMLs.
 """
 
 from __future__ import annotations
@@ -45,16 +35,14 @@ def _path(path: str | Path) -> Path:
 
 
 def _reason(exc: Exception) -> str:
-    """A parser's exception as words: a KeyError of one word names the missing field."""
     if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
         return f"field {exc.args[0]!r} missing" if " " not in exc.args[0] else exc.args[0]
     return str(exc)
 
 
 def _rows(path: str | Path, parse: Callable, kind: str) -> list[dict]:
-    """The rows of a JSON lines file (non-blank lines) or of a JSON list (.json), in order (lm-eval's
-    doc_id), each checked by `parse`, benchmarks' parser of the format. Strict: a row that cannot be
-    used is a BenchmarkFileError naming file and row, as skipping it would shift the doc_ids 02 gave."""
+    """The rows of a JSON lines file or a JSON list (.json), in order, each checked by `parse`; strict,
+    as a skipped row would shift the doc_ids."""
     path = _path(path)
     try:
         if path.suffix == ".json":
@@ -79,11 +67,10 @@ def _dataset_dict(load_split: Callable[[str], list[dict]], data_files: dict[str,
     return datasets.DatasetDict({s: datasets.Dataset.from_list(load_split(f)) for s, f in data_files.items()})
 
 
-# ---------------------------------------------------------------- ARC (AI2 ARC JSON lines)
 def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
     """ARC-Challenge-{Train,Dev,Test}.jsonl: id, question.stem, question.choices[{text,label}], answerKey."""
 
-    def rows(file: str) -> list[dict]:  # the same keys and types on every row (Dataset.from_list takes the first's)
+    def rows(file: str) -> list[dict]:  # the same keys and types on every row (Dataset.from_list)
         return [
             {
                 "id": str(r["id"]),
@@ -101,7 +88,7 @@ def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
 
 
 def arc_to_hub(doc: dict) -> dict:
-    """Original ARC row -> allenai/ai2_arc row (id, question, choices{text,label}, answerKey)."""
+    """Original ARC row -> allenai/ai2_arc row."""
     choices = doc["question"]["choices"]
     return {
         "id": doc["id"],
@@ -115,25 +102,11 @@ def process_arc(dataset: datasets.Dataset) -> datasets.Dataset:
     return datasets.Dataset.from_list([arc_to_hub(doc) for doc in dataset])
 
 
-# ---------------------------------------------------------------- HellaSwag (JSON lines, ctx joined)
-_HELLASWAG_KEYS = (
-    "ind",
-    "activity_label",
-    "ctx",
-    "ctx_a",
-    "ctx_b",
-    "endings",
-    "label",
-    "source_id",
-    "split",
-    "split_type",
-    "_source",
-)
+_HELLASWAG_KEYS = tuple("ind activity_label ctx ctx_a ctx_b endings label source_id split split_type _source".split())
 
 
 def _hellaswag_row(obj: dict, doc_id: int) -> None:
-    """benchmarks' HellaSwag parser, plus what lm-eval's query reads: activity_label, and ctx_a / ctx_b
-    when a full original-release row has them (else they are recovered from ctx, see below)."""
+    """benchmarks' HellaSwag parser, plus what lm-eval's query reads: activity_label, ctx_a / ctx_b if present."""
     benchmarks.hellaswag_item(obj, doc_id)
     if not isinstance(obj.get("activity_label"), str):
         raise TypeError("field 'activity_label' should be a string (lm-eval's query starts with it)")
@@ -154,17 +127,14 @@ def load_hellaswag(data_files: dict[str, str], **_metadata) -> datasets.DatasetD
     return _dataset_dict(rows, data_files)
 
 
-# The last sentence of an ActivityNet context is cut after a few words; that fragment is ctx_b
-# (lower-case, e.g. "the lady"). It follows the last sentence end of ctx_a.
+# ActivityNet's ctx_b: a lower-case fragment ("the lady") after the last sentence end of ctx_a
 _LAST_SENTENCE = re.compile(r"^(?P<a>.*[.!?][\"')\]]*)\s+(?P<b>[^.!?]*[^.!?\s])$", re.DOTALL)
 
 
 def split_hellaswag_context(ctx: str) -> tuple[str, str]:
-    """Recover (ctx_a, ctx_b) from a context joined as ctx_a + " " + ctx_b. lm-eval's query is
-    ctx_a + " " + ctx_b.capitalize(), so only ctx_b's capitalisation matters: ctx_b is a trailing
-    fragment starting lower-case after the last sentence end (ActivityNet: "... the pole. the lady"),
-    else "" (WikiHow items end with a full sentence; the one residual difference is a capital later in
-    the fragment, documented). A context with no sentence end that starts lower-case is all ctx_b."""
+    """Recover (ctx_a, ctx_b) from ctx_a + " " + ctx_b (lm-eval's query capitalises ctx_b): ctx_b is a
+    trailing lower-case fragment after the last sentence end, else ""; a lower-case context with no
+    sentence end is all ctx_b."""
     m = _LAST_SENTENCE.match(ctx)
     if m and m.group("b")[:1].islower():
         return m.group("a"), m.group("b")
@@ -174,7 +144,7 @@ def split_hellaswag_context(ctx: str) -> tuple[str, str]:
 
 
 def hellaswag_to_hub(doc: dict) -> dict:
-    """Local HellaSwag row -> Rowan/hellaswag row (label as a string, as on the hub)."""
+    """Local HellaSwag row -> Rowan/hellaswag row (label a string, as on the hub)."""
     if doc.get("ctx_a") is not None and doc.get("ctx_b") is not None:
         ctx_a, ctx_b = doc["ctx_a"], doc["ctx_b"]
     else:
@@ -194,17 +164,14 @@ def hellaswag_to_hub(doc: dict) -> dict:
 
 
 def process_hellaswag(dataset: datasets.Dataset) -> datasets.Dataset:
-    # the built-in task's own process_docs (query / choices / gold) runs on the hub-schema rows; imported
-    # here: lm_eval.tasks takes ~4 s to import (measured), and inside lm-eval it is loaded already
+    # the built-in process_docs runs on the hub-schema rows; lm_eval.tasks takes ~4 s to import
     from lm_eval.tasks.hellaswag.utils import process_docs as builtin_process_docs
 
     return builtin_process_docs(datasets.Dataset.from_list([hellaswag_to_hub(doc) for doc in dataset]))
 
 
-# ---------------------------------------------------------------- MMLU (headerless CSV per subject)
 def read_mmlu_csv(path: str | Path) -> list[dict]:
-    """One `<subject>_<split>.csv` (question, A, B, C, D, answer letter; no header), read by benchmarks'
-    parser: exact strings (pandas would turn "None" or "1.50" into other values), empty records skipped."""
+    """One headerless `<subject>_<split>.csv` read by benchmarks' parser (exact strings, empty records skipped)."""
     path = _path(path)
     try:
         records = benchmarks.read_mmlu_csv(path)
@@ -218,7 +185,7 @@ def load_mmlu(data_files: dict[str, str], subject: str, **_metadata) -> datasets
 
 
 def mmlu_to_hub(doc: dict) -> dict:
-    """Local MMLU row -> cais/mmlu row (question, subject, choices[4], answer index)."""
+    """Local MMLU row -> cais/mmlu row."""
     return {
         "question": doc["question"],
         "subject": doc["subject"],
@@ -231,10 +198,8 @@ def process_mmlu(dataset: datasets.Dataset) -> datasets.Dataset:
     return datasets.Dataset.from_list([mmlu_to_hub(doc) for doc in dataset])
 
 
-# ---------------------------------------------------------------- TruthfulQA (mc_task.json)
 def _truthfulqa_row(item: Any, doc_id: int) -> None:
-    """benchmarks' TruthfulQA parser (question, mc1_targets with one correct answer), plus what the
-    built-in mc2 task reads: mc2_targets mapping answers to 0/1, at least one 1."""
+    """benchmarks' TruthfulQA parser, plus what mc2 reads: both targets map answers to 0/1, with a 1."""
     benchmarks.truthfulqa_item(item, doc_id)
     if not isinstance(item["question"], str):
         raise TypeError("field 'question' should be a string")
@@ -247,8 +212,8 @@ def _truthfulqa_row(item: Any, doc_id: int) -> None:
 
 
 def load_truthfulqa(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
-    """mc_task.json: a JSON list of {question, mc1_targets{answer: 0/1}, mc2_targets{answer: 0/1}}. Arrow
-    cannot hold a mapping whose keys differ per row: each is kept as JSON text, process_docs reads it."""
+    """mc_task.json: a JSON list of {question, mc1_targets, mc2_targets}; the targets kept as JSON text
+    (Arrow cannot hold a mapping whose keys differ per row)."""
 
     def rows(file: str) -> list[dict]:
         return [
