@@ -87,13 +87,9 @@ def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for c in names:
         others = flagged[[o for o in names if o != c]].any(axis=1) if len(names) > 1 else False
+        hit, only = flagged[c], flagged[c] & ~others
         rows.append(
-            {
-                "detector": c.removeprefix("by_"),
-                "pairs": int(flagged[c].sum()),
-                "only_this_one": int((flagged[c] & ~others).sum()),
-                "training_rows": int(flagged.loc[flagged[c], "train_index"].nunique()),
-            }
+            (c.removeprefix("by_"), int(hit.sum()), int(only.sum()), int(flagged.loc[hit, "train_index"].nunique()))
         )
     return pd.DataFrame(rows, columns=["detector", "pairs", "only_this_one", "training_rows"])
 
@@ -104,9 +100,8 @@ def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
         "pair_id category train_source train_text test_text benchmark lm_eval_task doc_id embedding_cosine "
         "ngram_overlap test_view rule action decision"
     ).split()
-    order = pairs.assign(sev=pairs["category"].map(SEVERITY)).sort_values(
-        ["sev", "benchmark", "train_index"], kind="stable"
-    )
+    sev = pairs["category"].map(SEVERITY)
+    order = pairs.assign(sev=sev).sort_values(["sev", "benchmark", "train_index"], kind="stable")
     return order[cols].reset_index(drop=True)
 
 
