@@ -23,6 +23,7 @@ def cache_key(fields: dict) -> str:
 
 class EvalCache:
     """lm-eval results on disk: <dir>/<key>.json (results) + <key>.samples.jsonl (logged samples)."""
+
     def __init__(self, root: str | Path):
         self.dir = Path(root)
 

@@ -52,7 +52,7 @@ def evaluation_names(profile) -> list[str]:
 
 
 def hub_snapshot_id(path: str | Path) -> str | None:
-    """ "hub:org/name@<commit>" for a hub cache folder (.../models--org--name/snapshots/<commit>), else None."""
+    """The id "hub:org/name@<commit>" of a hub cache folder (.../models--org--name/snapshots/<commit>), else None."""
     path = Path(path)
     repo = path.parent.parent.name
     if path.parent.name != "snapshots" or not repo.startswith("models--") or not path.name:
@@ -94,10 +94,9 @@ def resolve_variant(profile, variant: str) -> ModelSpec:
     cache, base = profile.cache_dir(), profile.models.base
     for ref in profile.evaluate.references:
         if ref.name == variant:
+            source = "evaluate.references (released, as it is)"
             fields = {"kind": REFERENCE, "compare_to": ref.compare_to, "published": ref.published}
-            return _resolved_spec(
-                variant, ref.model, cache, source="evaluate.references (released, as it is)", **fields
-            )
+            return _resolved_spec(variant, ref.model, cache, source=source, **fields)
     if variant == layout.BASE_VARIANT:
         return _resolved_spec(variant, base, cache, source="models.base")
     if variant == layout.ADAPTER_VARIANT:

@@ -15,17 +15,10 @@ from ..plotting import new_figure
 from .tasks import TaskSuite
 
 
-def _pooled_question_stderr(mean_acc: float, subject_sizes: list[int]) -> tuple[float | None, str | None]:
-    """The MMLU stderr when some subject has none (one question: lm-eval reports N/A): with equal subject
-    sizes the mean over subjects is the mean over all N questions, sqrt(p (1 - p) / (N - 1)); else None."""
-    n_total = sum(subject_sizes)
-    if len(set(subject_sizes)) != 1 or n_total < 2:
-        return None, None
-    return math.sqrt(mean_acc * (1 - mean_acc) / (n_total - 1)), "pooled over questions (equal subject sizes)"
-
-
 def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict]) -> dict:
-    """lmeval_io's MMLU entry, with the pooled stderr where a subject has none and `weighted_value`."""
+    """lmeval_io's MMLU entry, with `weighted_value` and a pooled stderr where a subject has none (one
+    question: N/A): with equal subject sizes the mean over subjects is the mean over all N questions,
+    se sqrt(p (1 - p) / (N - 1)); other sizes: None."""
     results, n_total = raw["results"], task["n"]
     group = suite.task_names["mmlu"]
     if group in results:
@@ -35,9 +28,11 @@ def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict
         weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
     task = {**task, "stderr_method": "per-subject"}
     if task["stderr"] is None:
-        task["stderr"], task["stderr_method"] = _pooled_question_stderr(
-            task["value"], [s["n"] for s in subjects.values()]
-        )
+        sizes = {s["n"] for s in subjects.values()}
+        task["stderr"], task["stderr_method"] = None, None
+        if len(sizes) == 1 and n_total >= 2:
+            task["stderr"] = math.sqrt(task["value"] * (1 - task["value"]) / (n_total - 1))
+            task["stderr_method"] = "pooled over questions (equal subject sizes)"
         weighted_se = task["stderr"] if weighted_se is None else weighted_se
     return task | {
         "weighted_value": weighted,

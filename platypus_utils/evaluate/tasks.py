@@ -90,7 +90,9 @@ class _Built:
 
 def _render(template: str, **values: Any) -> str:
     text = (TEMPLATE_DIR / template).read_text(encoding="utf-8")  # values as JSON: valid YAML, paths exact
-    return string.Template(text).substitute({k: json.dumps(v, ensure_ascii=False) for k, v in values.items()})
+    return string.Template(text).substitute(
+        {k: json.dumps(v, ensure_ascii=False, default=str) for k, v in values.items()}
+    )
 
 
 def _need(path: Path, what: str) -> Path:
@@ -103,14 +105,7 @@ def _single_task(
     bench: str, folder: Path, split_files: dict[str, Path], builtin: Path, extra_builtins: list[Path], **values: Any
 ) -> _Built:
     task = TASK_PREFIX + bench
-    text = _render(
-        f"{bench}.yaml",
-        builtin=str(builtin),
-        task=task,
-        dataset_dir=str(folder),
-        data_files={k: str(v) for k, v in split_files.items()},
-        **values,
-    )
+    text = _render(f"{bench}.yaml", builtin=builtin, task=task, dataset_dir=folder, data_files=split_files, **values)
     return _Built(
         task, {f"{task}.yaml": text}, list(split_files.values()), [f"{bench}.yaml"], [builtin, *extra_builtins]
     )
@@ -174,13 +169,9 @@ def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str
 def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
     d, default = root / "mmlu", builtin / "mmlu" / "default"
     subjects = _mmlu_subjects_present(d, mmlu_subjects)
+    templates = ["mmlu_subject.yaml", "mmlu_category.yaml", "mmlu.yaml"]
     built = _Built(
-        f"{TASK_PREFIX}mmlu",
-        {},
-        [],
-        ["mmlu_subject.yaml", "mmlu_category.yaml", "mmlu.yaml"],
-        [default / "_default_template_yaml"],
-        mmlu_subjects=subjects,
+        f"{TASK_PREFIX}mmlu", {}, [], templates, [default / "_default_template_yaml"], mmlu_subjects=subjects
     )
     for subject, category in subjects.items():
         split_files = {
@@ -190,31 +181,24 @@ def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
         task, inc = f"{TASK_PREFIX}mmlu_{subject}", default / f"mmlu_{subject}.yaml"
         built.files[f"{task}.yaml"] = _render(
             "mmlu_subject.yaml",
-            builtin=str(inc),
+            builtin=inc,
             task=task,
             subject=subject,
-            dataset_dir=str(d),
+            dataset_dir=d,
             tag=f"{TASK_PREFIX}mmlu_{category}_tasks",
-            data_files={k: str(v) for k, v in split_files.items()},
+            data_files=split_files,
         )
         built.data_files += list(split_files.values())
         built.builtins.append(inc)
     categories = [c for c in MMLU_CATEGORY_ORDER if c in subjects.values()]
     for category in categories:
-        inc = default / f"_mmlu_{category}.yaml"
+        inc, group = default / f"_mmlu_{category}.yaml", f"{TASK_PREFIX}mmlu_{category}"
         built.builtins.append(inc)
-        built.files[f"_{TASK_PREFIX}mmlu_{category}.yaml"] = _render(
-            "mmlu_category.yaml",
-            builtin=str(inc),
-            group=f"{TASK_PREFIX}mmlu_{category}",
-            tag=f"{TASK_PREFIX}mmlu_{category}_tasks",
-        )
+        built.files[f"_{group}.yaml"] = _render("mmlu_category.yaml", builtin=inc, group=group, tag=f"{group}_tasks")
     built.builtins.append(default / "_mmlu.yaml")
-    built.files[f"_{TASK_PREFIX}mmlu.yaml"] = _render(
-        "mmlu.yaml",
-        builtin=str(default / "_mmlu.yaml"),
-        group=built.task,
-        subgroups=[f"{TASK_PREFIX}mmlu_{c}" for c in categories],
+    subgroups = [f"{TASK_PREFIX}mmlu_{c}" for c in categories]
+    built.files[f"_{built.task}.yaml"] = _render(
+        "mmlu.yaml", builtin=default / "_mmlu.yaml", group=built.task, subgroups=subgroups
     )
     return built
 
