@@ -24,8 +24,8 @@ Categories (the paper's) by these rules, in order; the rule that decided is writ
   6. gray_area - cosine >= duplicate_threshold;
   7. gray_area - the judge says same question;
   8. similar_but_different - the answer is not in the output, or names nothing (leak_judge.uninformative_answer);
-  9. gray_area - reworded, same numbers, the answer in the output (not a row with its own lettered options that
-     the judge called another question).
+  9. gray_area - reworded, same numbers, the answer in the output (not a pair the embedding judge read and scored
+     under rules.JUDGE_FLOOR, nor a row with its own lettered options that the judge called another question).
 `actions` maps category to action; a reviewer's decisions file (decisions.py) overrules it pair by pair; a row is
 removed when any of its pairs says so. `training_data: as_released` runs no detection (stage.passed_through).
 """

@@ -14,7 +14,7 @@ import pandas as pd
 from .. import leak_judge
 from ..config import DecontaminateConfig
 from ..embeddings import pairs_above
-from ..leak_judge import own_numbers, uninformative_answer  # noqa: F401 (rules.py imports it from here)
+from ..leak_judge import uninformative_answer
 from ..text import embedding_text, missing_numbers
 from .embed import Embedded, ngram_texts
 from .ngram import NgramIndex

@@ -8,11 +8,12 @@ import re
 import numpy as np
 import pandas as pd
 
+from .. import leak_judge
 from ..config import DecontaminateConfig
+from ..leak_judge import own_numbers, uninformative_answer
 from ..text import embedding_text, latex_plain, missing_numbers
 from .common import PAIR_COLUMNS
 from .decisions import pair_id
-from .detectors import leak_judge, own_numbers, uninformative_answer
 from .textmatch import answer_in_output, contains_phrase, word_share, words
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
 
@@ -30,16 +31,12 @@ def _ending_given(train_row: dict, item: dict) -> bool:
 
 def _own_numbers(item: dict, prompt: str, view: str) -> set[str]:
     """leak_judge.own_numbers for a pair: numbers the (short) training prompt asks about that the item lacks."""
-    if own_numbers is None:  # pragma: no cover - depends on the tree
-        return set()
     return own_numbers(asked_text(item, view), prompt, list(item.get("choices") or []), item.get("answer") or "")
 
 
 def _numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
     """leak_judge.context_numbers_dropped for a pair: the row left the question's numbers out (named no others)
     and its output states the answer; with the judge's "same", rule 3 (numbers differ) then does not apply."""
-    if leak_judge is None:  # pragma: no cover - depends on the tree
-        return False
     answer, options = item.get("answer") or "", list(item.get("choices") or [])
     prompt = embedding_text(train_row)
     return leak_judge.context_numbers_dropped(asked_text(item, view), prompt, train_row["output"], answer, options)
@@ -76,8 +73,6 @@ def _same_option(choice: str, option: str) -> bool:
 def listed_options(train_row: dict) -> list[str]:
     """The options a training prompt lists ("A. ...", "(b) ..."), when it lists MIN_LISTED_OPTIONS or more labelled
     a, b, c...: the row is a multiple-choice question of its own. Else []."""
-    if leak_judge is None:
-        return []
     labelled = leak_judge.labelled_options(embedding_text(train_row))
     if len(labelled) < MIN_LISTED_OPTIONS or not {"a", "b", "c"} <= set(labelled):  # a list, not "vitamin A. It"
         return []
