@@ -51,13 +51,7 @@ from .references import reference_frame, reference_lines, write_reference_tables
 from .seeds import seed_lines, seed_spread_frame, write_seed_tables
 from .setups import no_common_task, ran_units, run_setups
 from .summary import analyse_summary, write_summary
-from .tables import (
-    NO_COMPARISON,
-    write_category_tables,
-    write_clean_tables,
-    write_leaderboard,
-    write_pipeline_tables,
-)
+from .tables import NO_COMPARISON, write_category_tables, write_clean_tables, write_leaderboard, write_pipeline_tables
 from .upstream import key_numbers, pipeline_status, upstream_artifacts
 
 
@@ -430,13 +424,13 @@ def analyse(
     """`platypus analyse`: leaderboard, paired deltas, tables and figures of lm-eval (or 05) output folders into
     out/{tables,figures}/ and out/summary.md; every variant vs `baseline`, each merged one vs its partner;
     `flagged_pairs` (02's csv) adds the clean subset. Raises ValueError on mismatched settings unless `force`."""
-    st = st or StatsSettings()
-    out = Path(out)
+    st, out = st or StatsSettings(), Path(out)
     runs, notes = load_runs(specs, results_files)
     if baseline not in runs:
         raise ValueError(f"--baseline {baseline!r} is not among the inputs ({', '.join(runs)})")
     merged = merged or {}
-    refs = reference_info(None, {n: r.summary for n, r in runs.items()})  # 05 folders mark their references
+    summaries = {n: r.summary for n, r in runs.items()}
+    refs = reference_info(None, summaries)  # 05 folders mark their references
     asked, pair_notes = comparisons([n for n in runs if n not in refs], baseline, merged)
     labels = [c.label for c in asked]
     outputs = Outputs(out / "tables", out / "figures", formats, variants=list(runs), comparisons=labels)
@@ -453,7 +447,6 @@ def analyse(
     clean, info = pd.DataFrame(columns=CLEAN_COLUMNS), {"why": "", "notes": []}
     if flagged_pairs:
         clean, info = load_clean_subset(runs, flagged_pairs)
-    summaries = {n: r.summary for n, r in runs.items()}
     board = leaderboard_frame(summaries, clean=clean, references=refs, setups=run_setups(runs))
     write_leaderboard_step(outputs, board, info["why"], board_figure(board))
     if flagged_pairs:

@@ -104,11 +104,8 @@ def leaderboard_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
         scores = [cell(r[b], r.get(f"{b}_stderr"), tex) for b in BENCHMARKS]
         rows.append(head + [s if s == NOT_RUN else s + labels[b][1][k] for s, b in zip(scores, BENCHMARKS)] + [avg])
         if clean and r["source"] == "this run" and any(pd.notna(r.get(f"{b}_clean")) for b in BENCHMARKS):
-            rows.append(
-                [r["variant"], source_text(r), "clean"]
-                + [_clean_cell(r, b) for b in BENCHMARKS]
-                + [cell(r.get("average_clean"), None, tex)]
-            )
+            clean_row = [_clean_cell(r, b) for b in BENCHMARKS] + [cell(r.get("average_clean"), None, tex)]
+            rows.append([r["variant"], source_text(r), "clean"] + clean_row)
     header = ["model", "source"] + (["items"] if clean else []) + [labels[b][0] for b in BENCHMARKS] + ["average"]
     return pd.DataFrame(rows, columns=header)
 

@@ -13,6 +13,10 @@ from .. import layout
 from ..artifacts import MANIFEST, read_manifest, sha256_path
 from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read_json, task_entry
 
+ARTIFACTS = {layout.CURATE: "curation_report.json", layout.DECONTAMINATE: "contamination_table.csv"}
+ARTIFACTS |= {layout.FINETUNE: "metrics.json", layout.MERGE: "merge_report.json"}  # each stage's, in its run folder
+ARTIFACTS[layout.EVALUATE] = "evaluate_report.json"
+
 
 def stage_seconds(timings: dict) -> float | None:
     """A stage's wall time from its manifest's timings: notebook steps (notebook_s) plus the save (wall_s)."""
@@ -27,16 +31,8 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
     `runner`: the stage's entry in run_summary.json as found now (inside the runner: the previous invocation's)."""
     read: list[Path] = []
     runner = _runner_record(profile)
-    artifacts = {
-        layout.CURATE: profile.run_dir(layout.CURATE) / "curation_report.json",
-        layout.DECONTAMINATE: profile.run_dir(layout.DECONTAMINATE) / "contamination_table.csv",
-        layout.FINETUNE: profile.run_dir(layout.FINETUNE) / "metrics.json",
-        layout.MERGE: profile.run_dir(layout.MERGE) / "merge_report.json",
-        layout.EVALUATE: profile.run_dir(layout.EVALUATE) / "evaluate_report.json",
-    }
-    rows = []
-    contamination = None
-    for stage, artifact in artifacts.items():
+    rows, contamination = [], None
+    for stage, artifact in ((s, profile.run_dir(s) / name) for s, name in ARTIFACTS.items()):
         manifest = read_manifest(profile.run_dir(stage))
         if manifest and (profile.run_dir(stage) / MANIFEST).is_file():
             read.append(profile.run_dir(stage) / MANIFEST)
