@@ -1,24 +1,10 @@
-"""Artifacts shared by every stage: atomic writes, JSON lines, hashes, the stage manifest and the
-attempt record.
+"""Artifacts shared by every stage: atomic writes, JSON lines, hashes, the stage manifest and the attempt record.
 
-- `atomic_path` writes beside its target in `.<name>.<pid>-<random>.tmp` and swaps the old version
-  out as `.<name>.old-<pid>`; `remove_debris` (the runner, before a stage, under the run lock)
-  deletes what an interrupted write left, unless the process that made it is still alive.
-- A stage's `manifest.json` is written only when it succeeds; `attempt.json` beside it when an
-  attempt starts ("running"), then closed "ok", "failed" or "stopped". A stage whose last attempt is
-  not "ok" is out of date, whatever its older manifest says; an unreadable record counts as no run.
-- The write journal: while a `StageRun` is open, an `atomic_path` write over an output of the last
-  successful run first adds the new content's hash (None for a folder) to the attempt's "written".
-  A new attempt carries the journal of a last attempt that did not end "ok". `edited_outputs` blames
-  the user only for content no attempt since the last success wrote: a killed save never blocks a
-  rerun, a hand edit does.
-- Manifests are portable: paths under the project root (`project_root_of`) are written relative to
-  it (`portable.to_project`) and read back absolute; parameters are compared with the root, its
-  parent and the home folder made relative, so a moved project stays up to date. The manifest also
-  records the code that ran (`code_fingerprint`: the stage notebook's and the package source's hashes).
-- `iter_jsonl` is the one reader of JSON-lines files: undecodable lines, malformed JSON and lone
-  surrogates are skipped, logged with file and line and counted in a `SkippedRows` (strict=True: a
-  BadJsonLine); `read_jsonl` keeps the objects, over-long fields handled per `limit_long_fields`.
+A stage's `manifest.json` is written only when it succeeds; `attempt.json` when an attempt starts ("running"),
+then closed "ok", "failed" or "stopped": a stage whose last attempt is not "ok" is out of date. While a
+`StageRun` is open, a write over an output of the last successful run is journaled in the attempt's "written"
+(hashes; None for a folder), so `edited_outputs` blames the user only for hand edits. Manifest paths under the
+project root are stored relative to it.
 """
 
 from __future__ import annotations
@@ -54,22 +40,15 @@ ATTEMPT = "attempt.json"
 RUNNER_ATTEMPT_ENV = "PLATYPUS_RUNNER_ATTEMPT"  # set by the runner: it records the attempts itself
 PACKAGE_DIR = Path(__file__).resolve().parent
 _JOURNALS: list[StageRun] = []  # the StageRuns open in this process (innermost last)
-TRACKED_LIBRARIES = (
-    "platypus-utils", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval",
-    "sentence-transformers", "gguf", "papermill", "pandas", "numpy",
-)  # fmt: skip
+TRACKED_LIBRARIES = ("platypus-utils", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval",
+                     "sentence-transformers", "gguf", "papermill", "pandas", "numpy")  # fmt: skip
 
 
-# ---------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success move it into place in one rename.
-
-    Works for files and directories: an interrupted write never leaves a half artifact.
-    """
+    """Yield a temporary path beside `target` (file or folder); on success move it into place in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # the pid in the name lets `remove_debris` tell a live writer's folder from a dead one's
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
     tmp_target = tmp / target.name
     try:
@@ -91,23 +70,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def _journal(target: Path, new: Path) -> None:
-    """Before `new` replaces `target`: when `target` is an output of the last successful run of an
-    open StageRun, add the new content's hash to that attempt's journal (see the module docstring)."""
-    for run in reversed(_JOURNALS):
-        key = str(target.resolve())
-        if key not in run.guarded:
-            continue
-        record = read_attempt(run.dir)
-        if not record or record.get("status") != "running":
-            return
-        written = record["written"] = record.get("written") if isinstance(record.get("written"), dict) else {}
-        name = to_project(key, project_root_of(run.dir))
-        digests = written[name] = written.get(name) if isinstance(written.get(name), list) else []
-        digest = sha256_file(new) if new.is_file() else None
-        if digest not in digests:
-            digests.append(digest)
-            write_json(Path(run.dir) / ATTEMPT, record)
+    """When `target` is a guarded output of an open StageRun, add `new`'s hash to its attempt's journal."""
+    key = str(target.resolve())
+    run = next((run for run in reversed(_JOURNALS) if key in run.guarded), None)
+    record = read_attempt(run.dir) if run else None
+    if not record or record.get("status") != "running":
         return
+    written = record["written"] = record.get("written") if isinstance(record.get("written"), dict) else {}
+    name = to_project(key, project_root_of(run.dir))
+    digests = written[name] = written.get(name) if isinstance(written.get(name), list) else []
+    digest = sha256_file(new) if new.is_file() else None
+    if digest not in digests:
+        digests.append(digest)
+        write_json(Path(run.dir) / ATTEMPT, record)
 
 
 _DEBRIS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-[^.]*\.tmp|[^.]+\.tmp|old-(?P<oldpid>\d+))$")
@@ -119,8 +94,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Leftovers of interrupted `atomic_path` writes under `folder`: `.<name>.*.tmp` and
-    `.<name>.old-<pid>` entries whose writing process is gone (names without a pid count as gone)."""
+    """Leftovers of interrupted `atomic_path` writes under `folder` whose writing process is gone."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -128,8 +102,7 @@ def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
     walker = os.walk(folder)
     for root, dirs, files in walker if recursive else [next(walker)]:
         for name in list(dirs) + list(files):
-            m = _DEBRIS.match(name)
-            if not m:
+            if not (m := _DEBRIS.match(name)):
                 continue
             pid = m.group("pid") or m.group("oldpid")
             if pid is not None and int(pid) != os.getpid() and pid_alive(int(pid)):
@@ -142,8 +115,7 @@ def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 
 def remove_debris(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Delete `debris(folder)`, logging each path; returns what was removed. Call it only where no
-    other run can be writing (the runner holds the profile's run lock; a cache holds its own lock)."""
+    """Delete `debris(folder)`, logging each path; returns what was removed. Only under a lock."""
     removed = []
     for path in debris(folder, recursive):
         log.warning("removing leftover of an interrupted write: %s", path)
@@ -166,9 +138,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """One JSON object per line, keys in insertion order, UTF-8: byte-identical for identical rows. A row
-    holding a lone surrogate (which UTF-8 cannot encode; `iter_jsonl` never yields one) is written with
-    ASCII escapes ("\\ud800"): still valid JSON and UTF-8, instead of a failed write."""
+    """One JSON object per line, UTF-8; a row holding a lone surrogate is written with ASCII escapes."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             for row in rows:
@@ -180,10 +150,9 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 class SkippedRows(collections.Counter):
-    """Rows left out, counted by reason (a Counter), plus `notes`: rows kept but changed or flagged
-    (e.g. "over_long:truncated", "over_long:kept"), and `where`: (location, reason) of each, in order."""
+    """Rows left out, counted by reason; `notes`: rows kept but changed; `where`: (location, reason) of each."""
 
-    MAX_LOGGED = 20  # per reader: the rest are counted, not logged one by one
+    MAX_LOGGED = 20
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -210,8 +179,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def lone_surrogate(value: Any) -> str | None:
-    """The first lone surrogate (U+D800..U+DFFF: valid as a JSON escape, not encodable as UTF-8) in the
-    strings of a JSON value, dict keys included, at any depth; None when it holds none."""
+    """The first lone surrogate (U+D800..U+DFFF) in the strings and keys of a JSON value, at any depth; else None."""
     if isinstance(value, str):
         found = _SURROGATE.search(value)
         return found.group() if found else None
@@ -222,7 +190,7 @@ def lone_surrogate(value: Any) -> str | None:
 
 
 class BadJsonLine(ValueError):
-    """A line `iter_jsonl(..., strict=True)` cannot use; the message names the file, the line and why."""
+    """A line `iter_jsonl(..., strict=True)` cannot use; the message names the file and line."""
 
 
 _BAD_LINES = {"undecodable": "not UTF-8", "malformed_json": "malformed JSON", "lone_surrogate": "lone surrogate"}
@@ -238,7 +206,6 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
         return None, "blank", ""
     try:
         value = json.loads(line)
-        # a lone surrogate can only come from a \u escape: lines without one need no search
         ch = lone_surrogate(value) if "\\u" in line else None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError; over-long integers; nesting too deep
         detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
@@ -249,12 +216,9 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
 
 
 def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) for each usable line of a JSON-lines file, in order; blank lines are
-    passed over. A line that is not UTF-8 ("undecodable"), not JSON ("malformed_json") or holds a lone
-    surrogate in any string, key or value, at any depth ("lone_surrogate") is skipped, logged with
-    file and line and counted in `skipped`; with strict=True it is a BadJsonLine naming file, line and
-    reason instead (for files whose line positions are ids). A missing file is a FileNotFoundError.
-    `path` may also be a package resource (importlib.resources)."""
+    """(line number, JSON value) of each usable line; blank lines are passed over. Lines that are not UTF-8,
+    not JSON or hold a lone surrogate are skipped and counted in `skipped` (strict=True: BadJsonLine).
+    `path` may be a package resource."""
     path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -273,11 +237,8 @@ def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: boo
 def iter_json_list(
     path: str | Path, skipped: SkippedRows | None = None, strict: bool = False, start: int = 1, what: str = "rows"
 ) -> Iterator[tuple[int, Any]]:
-    """(item number, counted from `start`; value) for each usable item of a JSON file holding one list: the
-    JSON-list twin of iter_jsonl, with its rules for a bad item. Bytes that are not UTF-8 are read as surrogates,
-    so only the items holding them are skipped ("undecodable"), as are items with a lone surrogate
-    ("lone_surrogate"): logged with file and item and counted in `skipped`, or with strict=True a BadJsonLine
-    naming them. A file that is not JSON, or holds no list (of `what`), is a ValueError naming it."""
+    """(item number from `start`, value) of each usable item of a JSON list file, with iter_jsonl's rules for
+    a bad item. A file that is not JSON, or not a list, is a ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -303,16 +264,13 @@ def iter_json_list(
 
 
 def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
-    """A row whose string fields are all at most `max_chars` characters comes back as it is. One
-    with a longer field is counted and logged (naming `where`, the field and its length), then:
-    "truncate" cuts the field to max_chars, "drop" returns None (skipped), "keep" keeps it whole; any other
-    policy is a ValueError (a typo would keep over-long rows)."""
+    """A row with a string field over `max_chars` is logged, then per `policy`: "truncate" cuts it, "drop"
+    returns None, "keep" keeps it. Any other policy is a ValueError."""
     if policy not in ("truncate", "drop", "keep"):
         raise ValueError(f"over-long rows: policy {policy!r}, expected one of truncate, drop, keep")
     if max_chars is None or not isinstance(row, dict):
         return row
-    long_fields = {k: len(v) for k, v in row.items() if isinstance(v, str) and len(v) > max_chars}
-    if not long_fields:
+    if not (long_fields := {k: len(v) for k, v in row.items() if isinstance(v, str) and len(v) > max_chars}):
         return row
     detail = ", ".join(f"{k} has {n:,} characters" for k, n in long_fields.items()) + f" (> {max_chars:,})"
     if policy == "drop":
@@ -328,9 +286,7 @@ def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, 
 def read_jsonl(
     path: str | Path, skipped: SkippedRows | None = None, max_chars: int | None = None, over_long: str = "keep"
 ) -> list[dict]:
-    """The JSON objects of a JSON-lines file: `iter_jsonl`'s values, skipping (as "not_an_object") the
-    ones that are not objects, each logged with the file and line and counted in `skipped`; fields
-    over `max_chars` are handled per `limit_long_fields`."""
+    """The JSON objects of a JSON-lines file (others skipped as "not_an_object"), per `limit_long_fields`."""
     skipped = SkippedRows() if skipped is None else skipped
     rows = []
     for lineno, obj in iter_jsonl(path, skipped):
@@ -344,7 +300,6 @@ def read_jsonl(
     return rows
 
 
-# ---------------------------------------------------------------- hashes
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -354,7 +309,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_path(path: str | Path) -> str:
-    """Hash of a file, or of a directory tree (`tree_sha256` of its files, hidden ones left out)."""
+    """Hash of a file, or of a directory tree (hidden files left out)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
@@ -378,21 +333,18 @@ def sha256_text(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def package_source_hash() -> str:
-    """Hash of the package's source: every .py under platypus_utils/; once per process."""
+    """Hash of every .py under platypus_utils/; once per process."""
     return tree_sha256(PACKAGE_DIR, PACKAGE_DIR.rglob("*.py"))
 
 
 def code_fingerprint(stage: str) -> dict[str, str | None]:
-    """The code a stage runs: hashes of its notebook (notebooks/<stage>.ipynb; None when there is
-    none) and of the package source. Recorded in the manifest, compared by the skip check."""
+    """Hashes of the stage's notebook (None when absent) and of the package source."""
     notebook = stage_notebook(stage)
     return {"notebook": sha256_file(notebook) if notebook.is_file() else None, "package": package_source_hash()}
 
 
 def project_root_of(stage_dir: str | Path) -> Path:
-    """The folder a manifest's paths are relative to: the nearest folder above `stage_dir` holding a
-    pyproject.toml or a params/ folder (config.project_root_for's rule), else the parent of the runs
-    folder (runs/<profile>/<stage> -> the folder holding runs/)."""
+    """The nearest folder above `stage_dir` holding pyproject.toml or params/, else the one holding runs/."""
     stage_dir = Path(stage_dir).resolve()
     for folder in stage_dir.parents:
         if (folder / "pyproject.toml").is_file() or (folder / "params").is_dir():
@@ -401,8 +353,7 @@ def project_root_of(stage_dir: str | Path) -> Path:
 
 
 def portable_params(params: Any, stage_dir: str | Path) -> Any:
-    """`params` as JSON values with the project root, its parent and the home folder made relative:
-    what a manifest records and what the skip check compares."""
+    """`params` as JSON values with the project root, its parent and the home folder made relative."""
     text = json.dumps(params, sort_keys=True, ensure_ascii=False, default=str)
     return json.loads(relativize_text(text, project_root_of(stage_dir)))
 
@@ -410,17 +361,18 @@ def portable_params(params: Any, stage_dir: str | Path) -> Any:
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in TRACKED_LIBRARIES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
-# ---------------------------------------------------------------- manifest
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 @contextlib.contextmanager
 def timed(timings: dict, name: str) -> Iterator[None]:
-    """The seconds a block takes, into `timings[name]` (rounded to ms): every stage's step timings."""
+    """The seconds a block takes, into `timings[name]` (rounded to ms)."""
     t = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - t, 3)
@@ -428,7 +380,6 @@ def timed(timings: dict, name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def environ(values: dict[str, str]) -> Iterator[None]:
-    """`values` set in os.environ for the block (child processes inherit them), then restored."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -442,16 +393,12 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (getrusage: KiB on Linux): stages 03 and 04 report it."""
+    """This process's peak resident memory so far, in MB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class StageRun:
-    """Records one stage's run and writes its manifest.json atomically at the end.
-
-    with StageRun(stage_dir, "01_curate", params) as run:
-        run.add_input(path); ...; run.add_output(path); run.metrics["rows"] = 3
-    """
+    """Records one stage's run and writes its manifest.json atomically at the end."""
 
     def __init__(self, stage_dir: str | Path, stage: str, params: dict):
         self.dir = Path(stage_dir)
@@ -461,12 +408,11 @@ class StageRun:
         self.outputs: dict[str, str] = {}
         self.metrics: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
-        self.guarded: set[str] = set()  # outputs of the last successful run: their writes are journaled
-        self._t0 = 0.0
+        self.guarded: set[str] = set()
 
     def __enter__(self) -> StageRun:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._own_attempt = not os.environ.get(RUNNER_ATTEMPT_ENV)  # run from JupyterLab or a script
+        self._own_attempt = not os.environ.get(RUNNER_ATTEMPT_ENV)
         if self._own_attempt:
             begin_attempt(self.dir, self.stage)
         self.guarded = set((read_manifest(self.dir) or {}).get("outputs", {}))
@@ -476,20 +422,18 @@ class StageRun:
         return self
 
     def timed(self, name: str):
-        """Seconds of the block into this run's timings under `name` (artifacts.timed)."""
         return timed(self.timings, name)
 
     def add_input(self, path: str | Path) -> None:
         self.inputs[str(Path(path).resolve())] = sha256_path(path)
 
     def add_output(self, path: str | Path) -> None:
-        path = Path(path)
-        self.outputs[str(path.resolve())] = sha256_path(path)
+        self.outputs[str(Path(path).resolve())] = sha256_path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self in _JOURNALS:
             _JOURNALS.remove(self)
-        if exc_type is not None:  # a failed stage writes no manifest, and its attempt says why
+        if exc_type is not None:
             if self._own_attempt:
                 end_attempt(self.dir, "failed", error=f"{exc_type.__name__}: {exc}")
             return
@@ -505,10 +449,9 @@ class StageRun:
             "metrics": self.metrics,
             "timings": self.timings,
             "libraries": library_versions(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished_at": _now(),
         }
-        snapshots = resolved_snapshots(clear=True)  # hub references resolved to a commit (models.resolve_model)
-        if snapshots:
+        if snapshots := resolved_snapshots(clear=True):
             manifest["hub_snapshots"] = snapshots
         write_json(self.dir / MANIFEST, manifest)
         if self._own_attempt:
@@ -517,9 +460,7 @@ class StageRun:
 
 
 def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
-    """Whether the stage's last manifest matches the profile's params and the code that would run
-    (notebook and package source), and its recorded inputs and outputs still hash the same (the
-    runner's skip test, the executed notebook aside); and why (not)."""
+    """Whether the stage's manifest matches the profile's params, the code and its files' hashes; and why (not)."""
     stage_dir = profile.run_dir(stage)
     manifest = read_manifest(stage_dir)
     if not manifest or manifest.get("status") != "ok":
@@ -541,8 +482,7 @@ def artifacts_up_to_date(profile, stage: str) -> tuple[bool, str]:
 
 
 def read_record(path: Path) -> tuple[dict | None, str | None]:
-    """(the JSON object in `path`, None), (None, None) when there is no file, or (None, why) when it
-    cannot be read: not UTF-8, not JSON, not an object, or an OS error."""
+    """(JSON object, None); (None, None) without a file; (None, why) when it cannot be read."""
     if not path.is_file():
         return None, None
     try:
@@ -555,8 +495,7 @@ def read_record(path: Path) -> tuple[dict | None, str | None]:
 
 
 def read_manifest(stage_dir: str | Path) -> dict | None:
-    """The stage's last manifest with its input and output paths absolute, or None when there is
-    none; a damaged one (not UTF-8, not JSON) is logged with its path and reads as None."""
+    """The stage's last manifest with absolute paths; None when there is none (a damaged one is logged)."""
     manifest, problem = read_record(Path(stage_dir) / MANIFEST)
     if problem:
         log.warning("damaged manifest: %s; the stage counts as not run", problem)
@@ -569,19 +508,11 @@ def read_manifest(stage_dir: str | Path) -> dict | None:
     return manifest
 
 
-# ---------------------------------------------------------------- attempt record
 def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
-    """Record that an attempt at `stage` starts now (status "running"); returns the record. The
-    write journal of a last attempt that did not end "ok" is carried over (module docstring)."""
+    """Record that an attempt starts now ("running"), carrying the journal of a last attempt not "ok"."""
     previous = read_attempt(stage_dir) or {}
     carried = previous.get("written") if previous.get("status") != "ok" else None
-    record = {
-        "stage": stage,
-        "status": "running",
-        "pid": os.getpid(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **info,
-    }
+    record = {"stage": stage, "status": "running", "pid": os.getpid(), "started_at": _now(), **info}
     if isinstance(carried, dict) and carried:
         record["written"] = carried
     write_json(Path(stage_dir) / ATTEMPT, record)
@@ -589,42 +520,38 @@ def begin_attempt(stage_dir: str | Path, stage: str, **info: Any) -> dict:
 
 
 def end_attempt(stage_dir: str | Path, status: str, **info: Any) -> dict:
-    """Close the current attempt as "ok", "failed" or "stopped" (with `error`, `notebook`... in `info`)."""
+    """Close the current attempt as "ok", "failed" or "stopped"."""
     record = read_attempt(stage_dir) or {}
-    record.update(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
-    if status == "ok":  # the journal of the attempts before this successful one is obsolete
+    record.update(status=status, finished_at=_now(), **info)
+    if status == "ok":
         record.pop("written", None)
     write_json(Path(stage_dir) / ATTEMPT, record)
     return record
 
 
 def read_attempt(stage_dir: str | Path) -> dict | None:
-    """The last attempt record, or None when none was written (or it cannot be read)."""
+    """The last attempt record; None when none was written, "unreadable" status when damaged."""
     record, problem = read_record(Path(stage_dir) / ATTEMPT)
     return {"status": "unreadable", "error": problem} if problem else record
 
 
 def attempt_problem(stage_dir: str | Path) -> str | None:
     """Why the last attempt makes the stage out of date (None: it succeeded, or none was recorded)."""
-    record = read_attempt(stage_dir)
-    if record is None or record.get("status") == "ok":
+    if (record := read_attempt(stage_dir)) is None or record.get("status") == "ok":
         return None
-    if record.get("status") == "stopped":
-        return f"last attempt was stopped ({record.get('finished_at', '?')}): {record.get('error', 'a signal')}"
-    if record.get("status") == "failed":
-        return f"last attempt failed ({record.get('finished_at', '?')}): {record.get('error', 'no error recorded')}"
-    if record.get("status") == "running":
-        return (
-            f"last attempt (PID {record.get('pid')}, started {record.get('started_at')}) never finished: "
-            "killed or crashed"
-        )
-    return f"attempt record {Path(stage_dir) / ATTEMPT} is {record.get('status')}"
+    status, when = record.get("status"), record.get("finished_at", "?")
+    if status == "stopped":
+        return f"last attempt was stopped ({when}): {record.get('error', 'a signal')}"
+    if status == "failed":
+        return f"last attempt failed ({when}): {record.get('error', 'no error recorded')}"
+    if status == "running":
+        pid, started = record.get("pid"), record.get("started_at")
+        return f"last attempt (PID {pid}, started {started}) never finished: killed or crashed"
+    return f"attempt record {Path(stage_dir) / ATTEMPT} is {status}"
 
 
 def edited_outputs(stage_dir: str | Path) -> list[str]:
-    """Outputs of the stage's last successful run that were changed after it by hand (a reviewed
-    flagged_pairs.csv, say); a stage's save step refuses to overwrite them unless forced. Content that
-    an attempt since then wrote (its journal: killed or failed while saving) is not a hand edit."""
+    """Outputs of the last successful run changed since by hand (not by a journaled attempt)."""
     manifest = read_manifest(stage_dir)
     if not manifest or manifest.get("status") != "ok":
         return []
@@ -644,8 +571,7 @@ def edited_outputs(stage_dir: str | Path) -> list[str]:
 
 
 def refuse_edited_outputs(stage_dir: str | Path, source_file: str | None, force: bool, error=RuntimeError) -> None:
-    """A stage's save step: raise `error` naming the outputs changed by hand since the last successful
-    run (edited_outputs) and the rerun that overwrites them, unless `force` (the runner's --force)."""
+    """Raise `error` naming the outputs edited by hand since the last successful run, unless `force`."""
     edited = edited_outputs(stage_dir)
     if edited and not force:
         name, stage = Path(source_file or "params/<profile>.yaml").name, Path(stage_dir).name

@@ -1,10 +1,5 @@
-"""Model cards (README.md with the hub's front matter) for what stages 03 and 04 write: the LoRA adapter
-(peft's card, filled in) and each merged variant.
-
-The front matter is huggingface_hub's ModelCardData (`base_model`, `library_name`, `tags`, `datasets`), so
-the hub reads it as it reads any card; the body says how the model was made, from the run's own records,
-and nothing that changes between two runs of the same recipe (no times, no paths of this machine beyond
-the profile's references). A card is a provenance file: model content hashes leave it out.
+"""Model cards (README.md with huggingface_hub's ModelCardData front matter) for the adapter stage 03 writes
+and each variant stage 04 makes; the body holds nothing that changes between two runs of the same recipe.
 """
 
 from __future__ import annotations
@@ -23,12 +18,12 @@ PAPER = "Platypus: Quick, Cheap, and Powerful Refinement of LLMs (Lee, Hunter, R
 
 
 def hub_id(ref: str | None) -> str | None:
-    """A profile reference as the hub names it ("org/name"), or None for a local or embedded model."""
+    """A hub reference as "org/name", or None for a local or embedded model."""
     return split_revision(ref)[0] if ref and is_hub_reference(ref) else None
 
 
 def trained_datasets(profile) -> list[str]:
-    """The hub datasets the profile's training rows come from (its hub sources), revision left out."""
+    """The hub datasets the profile's training rows come from, revision left out."""
     return sorted({split_revision(s.hub_id)[0] for s in profile.curate.sources if s.enabled and s.hub_id})
 
 
@@ -38,7 +33,7 @@ def _card(data: ModelCardData, title: str, sections: list[tuple[str, str]]) -> s
 
 
 def adapter_card(profile, metrics: dict, recipe: pd.DataFrame) -> str:
-    """The LoRA adapter's card: base model, data, the recipe as TRL and peft held it, the held-out losses."""
+    """The LoRA adapter's card: base model, data, recipe, held-out losses."""
     data = ModelCardData(
         base_model=hub_id(profile.models.base),
         library_name="peft",
@@ -62,8 +57,7 @@ def adapter_card(profile, metrics: dict, recipe: pd.DataFrame) -> str:
 
 
 def merged_card(profile, variant: str, entry: dict, mergekit: dict | None, why_not: str | None) -> str:
-    """A merged variant's card: what went in (base, partner, adapter or models), its check status, and the
-    recipe as a mergekit config (or why mergekit has none)."""
+    """A merged variant's card: what went in, its check status, and the recipe as a mergekit config."""
     bases = [entry.get("base")] + list(entry.get("models") or [])
     data = ModelCardData(
         base_model=[b for b in map(hub_id, bases) if b] or None,
@@ -75,9 +69,8 @@ def merged_card(profile, variant: str, entry: dict, mergekit: dict | None, why_n
         f"`{variant}`, made by stage 04 of the platypus project ({PAPER}), profile `{profile.name}`: "
         f"{entry.get('method')} ({entry.get('kind')}), stored in {entry.get('dtype')}."
     )
-    checks = f"Check status: {entry.get('status')}" + (
-        f" ({entry['status_reason']})." if entry.get("status_reason") else "."
-    )
+    reason = f" ({entry['status_reason']})" if entry.get("status_reason") else ""
+    checks = f"Check status: {entry.get('status')}{reason}."
     recipe = (
         f"```yaml\n{yaml.safe_dump(mergekit, sort_keys=False)}```" if mergekit else f"No mergekit config: {why_not}."
     )

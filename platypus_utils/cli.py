@@ -15,7 +15,7 @@ from .published import TEST_SETS
 
 
 def _detectors(text: str) -> list[str]:
-    """--detectors embedding,ngram -> ["embedding", "ngram"]; an unknown name is an argparse error."""
+    """--detectors embedding,ngram -> ["embedding", "ngram"]."""
     from .decontaminate.detectors import DETECTORS
 
     names = [x.strip() for x in text.split(",") if x.strip()]
@@ -26,7 +26,7 @@ def _detectors(text: str) -> list[str]:
 
 
 def _number_in(low: float, high: float | None, what: str):
-    """An argparse type: a number in (low, high] (high None: no upper bound); else exit 2 naming the flag."""
+    """An argparse type: a number in (low, high] (high None: no upper bound)."""
 
     def parse(text: str) -> float:
         try:
@@ -48,23 +48,13 @@ def _add_set(parser, help: str = "override a profile key") -> None:
 def _add_run(sub) -> None:
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
     p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
-    p_run.add_argument(
-        "--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune"
-    )
+    p_run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03")
     p_run.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
     p_run.add_argument("--force", action="store_true", help="rerun stages even when up to date")
     _add_set(p_run, "override a profile key, e.g. --set finetune.sft.max_steps=5")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
-    p_run.add_argument(
-        "--wait",
-        action="store_true",
-        help="if another run of this profile holds its lock, wait for it instead of exiting (3)",
-    )
-    p_run.add_argument(
-        "--allow-edited-notebooks",
-        action="store_true",
-        help="run stage notebooks whose code cells differ from their committed version (else refused)",
-    )
+    p_run.add_argument("--wait", action="store_true", help="wait for another run of this profile, not exit (3)")
+    p_run.add_argument("--allow-edited-notebooks", action="store_true", help="run uncommitted notebook code cells")
 
 
 def _add_validate(sub) -> None:
@@ -73,100 +63,32 @@ def _add_validate(sub) -> None:
 
 
 def _add_decontaminate(sub) -> None:
-    p_dec = sub.add_parser(
-        "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
-    )
-    p_dec.add_argument(
-        "train", nargs="?", help="JSON lines (or a .json list) with instruction, output[, input, data_source]"
-    )
+    p_dec = sub.add_parser("decontaminate", help="check Open-Platypus-schema JSONL against benchmarks")
+    p_dec.add_argument("train", nargs="?", help="JSON lines (or a .json list): instruction, output[, input]")
     p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
     p_dec.add_argument("--out", help="output directory (needed with a training file)")
-    p_dec.add_argument(
-        "--build-index",
-        metavar="FILE",
-        help="write the benchmark side (views, first-pass index, vectors, model) to FILE and stop; "
-        "another machine passes it with --index",
-    )
+    p_dec.add_argument("--build-index", metavar="FILE", help="write the benchmark index to FILE and stop")
     p_dec.add_argument("--index", metavar="FILE", help="a --build-index file, read instead of embedding the benchmarks")
-    p_dec.add_argument(
-        "--candidates",
-        choices=["first_pass", "exhaustive"],
-        default="first_pass",
-        help="items the exact pass reads: a lexical first pass's candidates (default) or every item",
-    )
-    p_dec.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        default="local",
-        help="where the steps run: this process (default) or Ray Data over blocks of rows (the `ray` extra; docs/ray.md)",
-    )
-    p_dec.add_argument(
-        "--ray-address",
-        default=None,
-        help="with --engine ray: a running cluster's address (default: start a local one)",
-    )
-    p_dec.add_argument(
-        "--detectors",
-        type=_detectors,
-        default=None,
-        metavar="LIST",
-        help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
-        "default, embedding,ngram,answer); ngram alone needs no embedding model",
-    )
-    p_dec.add_argument(
-        "--benchmark",
-        action="append",
-        dest="benchmark_names",
-        choices=TEST_SETS,
-        help="check only this benchmark (repeatable; default: all four)",
-    )
+    p_dec.add_argument("--candidates", choices=["first_pass", "exhaustive"], default="first_pass")
+    p_dec.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (docs/ray.md)")
+    p_dec.add_argument("--ray-address", help="with --engine ray: a running cluster's address")
+    p_dec.add_argument("--detectors", type=_detectors, metavar="LIST", help="from embedding, ngram, answer, judge")
+    p_dec.add_argument("--benchmark", action="append", dest="benchmark_names", choices=TEST_SETS, help="repeatable")
     p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
-    p_dec.add_argument(
-        "--judge",
-        metavar="MODEL",
-        default=None,
-        help="the rewording judge's model: a sentence-embedding reference (default embedded:all-minilm-l6-v2) or "
-        "llm:<causal LM> to ask it the LLM-Decontaminator question (batched; meant for a GPU)",
-    )
-    p_dec.add_argument(
-        "--decisions",
-        metavar="FILE",
-        default=None,
-        help="a reviewer's decisions on flagged pairs (CSV pair_id,decision or YAML pair_id: keep|remove)",
-    )
+    p_dec.add_argument("--judge", metavar="MODEL", help="the rewording judge: an embedding model or llm:<causal LM>")
+    p_dec.add_argument("--decisions", metavar="FILE", help="reviewed flagged pairs (CSV or YAML: keep|remove)")
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
-    p_dec.add_argument(
-        "--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)"
-    )
+    p_dec.add_argument("--cache-dir", help="embedding cache (default $PLATYPUS_CACHE)")
 
 
 def _add_analyse(sub) -> None:
     p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
-    p_an.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="DIR[=NAME]",
-        help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's",
-    )
+    p_an.add_argument("inputs", nargs="+", metavar="DIR[=NAME]", help="lm-eval output or 05_evaluate folders")
     p_an.add_argument("--baseline", required=True, help="the variant every other one is compared with")
     p_an.add_argument("--out", required=True, help="output folder (tables/, figures/, summary.md)")
-    p_an.add_argument(
-        "--merged",
-        action="append",
-        default=[],
-        metavar="VARIANT=PARTNER",
-        help="VARIANT is PARTNER + the adapter: also compare them (repeatable)",
-    )
+    p_an.add_argument("--merged", action="append", default=[], metavar="VARIANT=PARTNER", help="also compare them")
     p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
-    p_an.add_argument(
-        "--results-file",
-        action="append",
-        default=[],
-        dest="results_files",
-        metavar="NAME|latest|all",
-        help="a folder holds several results_*.json for the same tasks: read this one (a file name; repeatable, "
-        "one per input), the latest, or all (a later file's tasks replace an earlier one's)",
-    )
+    p_an.add_argument("--results-file", action="append", default=[], dest="results_files", metavar="NAME|latest|all")
     p_an.add_argument("--confidence", type=float, default=0.95)
     p_an.add_argument("--n-bootstrap", type=int, default=2000)
     p_an.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
@@ -177,29 +99,16 @@ def _add_analyse(sub) -> None:
 def _add_plan(sub) -> None:
     p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
     p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
-    p_plan.add_argument(
-        "--config",
-        metavar="DIR",
-        help="folder with the base model's config.json (else plan.base_config, "
-        "a params/model_configs copy, or the hub)",
-    )
+    p_plan.add_argument("--config", metavar="DIR", help="folder with the base model's config.json")
     p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
     p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
-    p_plan.add_argument(
-        "--gpu-memory-gb",
-        type=_number_in(0, None, "GiB per GPU"),
-        help="GiB per GPU the plan must fit (plan.gpu_memory_gb)",
-    )
-    p_plan.add_argument(
-        "--mfu",
-        type=_number_in(0, 1, "the model-FLOP utilisation, a share"),
-        help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)",
-    )
+    p_plan.add_argument("--gpu-memory-gb", type=_number_in(0, None, "GiB per GPU"), help="plan.gpu_memory_gb")
+    p_plan.add_argument("--mfu", type=_number_in(0, 1, "the model-FLOP utilisation, a share"), help="plan.mfu")
     _add_set(p_plan)
 
 
 def _add_push(sub) -> None:
-    p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards (export.push_to_hub)")
+    p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards")
     p_push.add_argument("params", help="profile YAML with export.push_to_hub: true")
     p_push.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
     _add_set(p_push)
@@ -208,26 +117,17 @@ def _add_push(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="platypus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
     for add in (_add_run, _add_validate, _add_decontaminate, _add_analyse, _add_plan, _add_push):
         add(sub)
     return parser
 
 
 def _cmd_run(args) -> int:
-    from .runner import RunLocked, StageFailed, run  # the runner imports every stage: only when running
+    from .runner import RunLocked, StageFailed, run
 
     try:
-        run(
-            args.params,
-            only=args.only,
-            start=args.start,
-            force=args.force,
-            overrides=parse_set(args.set),
-            verbose=args.verbose,
-            wait=args.wait,
-            allow_edited_notebooks=args.allow_edited_notebooks,
-        )
+        flags = {k: getattr(args, k) for k in ("only", "start", "force", "verbose", "wait", "allow_edited_notebooks")}
+        run(args.params, overrides=parse_set(args.set), **flags)
     except StageFailed:
         return 1
     except RunLocked as exc:
@@ -237,8 +137,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    """Every profile is checked; exit 2 if any is bad. Hub references without a revision are warned
-    about (not an error): a rerun may read other weights or rows than this one."""
+    """Every profile is checked; exit 2 if any is bad; unpinned hub references are warned about."""
     from .hub import unpinned_references
 
     bad = 0
@@ -261,7 +160,7 @@ def _cmd_validate(args) -> int:
 
 
 def _check_out_file(out: Path, given: Path) -> None:
-    """--out names a file to write: not a folder, not under a file, not the input (ValueError: exit 2)."""
+    """--out names a file to write: not a folder, not under a file, not the input (else ValueError)."""
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; give the JSON file to write, e.g. {out / 'plan.json'}")
     if any(p.exists() and not p.is_dir() for p in out.parents):
@@ -280,7 +179,7 @@ def _cmd_plan(args) -> int:
     print(format_plan(result))
     out = write_plan(result, Path(args.out) if args.out else default_out(profile))
     print(f"written: {shown_path(out)}")
-    check_fits(result)  # exit 2 naming the keys to change, after the table and the JSON
+    check_fits(result)
     return 0
 
 
@@ -291,7 +190,7 @@ def _cmd_decontaminate(args) -> int:
     from .decontaminate.stage import check_file
 
     settings = {"similarity_threshold": args.threshold, "candidates": args.candidates, "engine": args.engine}
-    optional = {  # a flag not given keeps the config's default
+    optional = {  # a flag not given keeps the default
         "ray_address": args.ray_address,
         "detectors": args.detectors,
         "benchmarks": args.benchmark_names,

@@ -1,10 +1,6 @@
-"""Google Drive paths in profiles (core layer): where a "drive:REL" path points.
-
-A profile path "drive:REL" (paths.runs_dir, reports_dir, cache_dir, data_dir) is REL under
-$PLATYPUS_DRIVE_DIR where set; on Colab under MOUNT_POINT/MyDrive (DriveNotMounted when Drive is not
-mounted: never a silent local folder, which a disconnect would wipe); elsewhere under the git-ignored
-<project root>/runs/drive, so the profile validates, plans and runs on any machine. Only the standard
-library is imported: `config` imports this module, and `colab` (which mounts Drive) builds on it.
+"""Google Drive paths in profiles (core layer): "drive:REL" is REL under $PLATYPUS_DRIVE_DIR where set;
+on Colab under MOUNT_POINT/MyDrive (DriveNotMounted when not mounted); elsewhere under <project root>/runs/drive.
+Only the standard library is imported.
 """
 
 from __future__ import annotations
@@ -17,8 +13,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DRIVE_PREFIX = "drive:"
 DRIVE_DIR_ENV = "PLATYPUS_DRIVE_DIR"
-MOUNT_POINT = "/content/drive"  # where colab.setup() mounts Google Drive; "My Drive" is MOUNT_POINT/MyDrive
-LOCAL_DRIVE_FALLBACK = ("runs", "drive")  # outside Colab: <project root>/runs/drive (runs/ is git-ignored)
+MOUNT_POINT = "/content/drive"
+LOCAL_DRIVE_FALLBACK = ("runs", "drive")
 
 
 class DriveNotMounted(ValueError):
@@ -26,13 +22,11 @@ class DriveNotMounted(ValueError):
 
 
 def in_colab() -> bool:
-    """True in a Colab runtime: the notebook's kernel imports google.colab; every process on the VM
-    (a papermill kernel, `!platypus run`) has COLAB_RELEASE_TAG set."""
+    """True in a Colab runtime (google.colab imported, or COLAB_RELEASE_TAG set)."""
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
 def drive_root(project_root: Path = PROJECT_ROOT) -> Path:
-    """The folder drive: paths are relative to (see the module docstring)."""
     if os.environ.get(DRIVE_DIR_ENV):
         return Path(os.environ[DRIVE_DIR_ENV]).expanduser()
     if in_colab():
@@ -48,9 +42,7 @@ def drive_root(project_root: Path = PROJECT_ROOT) -> Path:
 
 
 def resolve_drive_path(value: str, project_root: Path = PROJECT_ROOT) -> str:
-    """'drive:platypus/runs' -> '<drive root>/platypus/runs' (absolute). Raises ValueError for a
-    drive: path that is empty, absolute or climbs out with '..', DriveNotMounted (a ValueError) on
-    Colab without Drive."""
+    """'drive:platypus/runs' -> '<drive root>/platypus/runs'; ValueError for an empty, absolute or '..' path."""
     if not value.startswith(DRIVE_PREFIX):
         raise ValueError(f"{value!r} is not a {DRIVE_PREFIX} path")
     rel = value[len(DRIVE_PREFIX) :].strip()

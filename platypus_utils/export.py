@@ -1,13 +1,6 @@
-"""A hub route for a run's models (component layer): `platypus push PROFILE` uploads stage 03's LoRA adapter
-and every model stage 04 made, each with the model card its stage wrote (cards.py), to the Hugging Face hub.
-
-Off by default (export.push_to_hub); a profile that runs offline cannot turn it on (config refuses it), and
-an environment that switches the hub off (HF_HUB_OFFLINE) is refused here, before any upload. Each variant
-goes to its own repo, export.repo_id with {profile} and {variant} filled in (no namespace: the token's
-user), created if absent (`HfApi.create_repo(exist_ok=True)`, private unless export.private is false), then
-`HfApi.upload_folder` of the variant's folder. A folder without its card is refused: the card is what
-tells the hub the base model, the library and the recipe. What was pushed, and the commit, is written to
-runs/<profile>/export/pushed.json.
+"""`platypus push PROFILE` (component layer): upload stage 03's adapter and every model stage 04 made, each
+with its model card, to the Hugging Face hub, one repo per variant (export.repo_id; created if absent, private
+unless export.private is false). Off by default; refused offline. Records go to runs/<profile>/export/pushed.json.
 """
 
 from __future__ import annotations
@@ -24,15 +17,15 @@ from .config import Profile, ProfileError
 from .hub import env_offline
 
 ADAPTER = "adapter"
-IGNORE = ["*.tmp", ".*", "__pycache__/*", "manifest.json", "attempt.json"]  # the run's bookkeeping stays here
+IGNORE = ["*.tmp", ".*", "__pycache__/*", "manifest.json", "attempt.json"]
 
 
 class ExportError(ProfileError):
-    """A push that cannot be made; the message names the profile key or the folder and what to do."""
+    """A push that cannot be made; the message names the profile key or the folder."""
 
 
 def _made(profile: Profile) -> dict[str, Path]:
-    """Variant -> folder of what 03 and 04 left: the adapter, and every model in 04's merge report."""
+    """Variant -> folder of the adapter and of every model in 04's merge report."""
     out: dict[str, Path] = {}
     adapter = layout.artifact(profile, layout.ADAPTER)
     if adapter.is_dir():
@@ -47,8 +40,7 @@ def _made(profile: Profile) -> dict[str, Path]:
 
 
 def push_targets(profile: Profile) -> list[dict]:
-    """What `platypus push` uploads: export.variants (empty: all that 03 and 04 made), each folder with its card,
-    and its repo (export.repo_id with {profile} and {variant} filled in)."""
+    """{variant, folder, repo_id} of export.variants (empty: all that 03 and 04 made), each with its card."""
     made = _made(profile)
     wanted = profile.export.variants or list(made)
     where = profile.source_file or profile.name
@@ -69,7 +61,8 @@ def push_targets(profile: Profile) -> list[dict]:
     return targets
 
 
-def _refuse(profile: Profile) -> None:
+def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
+    """Upload every push target; with `dry_run`, only say what would go where. Returns one record per variant."""
     where = profile.source_file or profile.name
     if not profile.export.push_to_hub:
         raise ExportError(f"{where}: key 'export.push_to_hub' is off: set it to true to push this run's models")
@@ -79,12 +72,6 @@ def _refuse(profile: Profile) -> None:
         raise ExportError(f"{where}: HF_HUB_OFFLINE is set in this environment: unset it to push to the hub")
     if not get_token():
         raise ExportError(f"{where}: no hub token: set HF_TOKEN or run `hf auth login` (a token that can write)")
-
-
-def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
-    """Upload every push target (see the module docstring); with `dry_run`, only say what would go where.
-    Returns one record per variant."""
-    _refuse(profile)
     targets = push_targets(profile)
     if dry_run:
         return [{**t, "pushed": False} for t in targets]
@@ -92,7 +79,7 @@ def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
     records = []
     for t in targets:
         url = api.create_repo(t["repo_id"], repo_type="model", private=profile.export.private, exist_ok=True)
-        repo_id = getattr(url, "repo_id", None) or t["repo_id"]  # the full id, namespace included
+        repo_id = getattr(url, "repo_id", None) or t["repo_id"]  # with its namespace
         commit = api.upload_folder(
             repo_id=repo_id,
             repo_type="model",
@@ -100,15 +87,7 @@ def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
             commit_message=f"platypus {profile.name}: {t['variant']}",
             ignore_patterns=IGNORE,
         )
-        records.append(
-            {
-                **t,
-                "repo_id": repo_id,
-                "private": profile.export.private,
-                "commit": getattr(commit, "oid", None),
-                "url": getattr(commit, "commit_url", None) or str(commit),
-                "pushed": True,
-            }
-        )
+        done = {**t, "repo_id": repo_id, "private": profile.export.private, "commit": getattr(commit, "oid", None)}
+        records.append({**done, "url": getattr(commit, "commit_url", None) or str(commit), "pushed": True})
     write_text(profile.run_dir("export") / "pushed.json", json.dumps(records, indent=2) + "\n")
     return records

@@ -1,15 +1,9 @@
 """Hub access follows the profile (component layer).
 
-A profile that references nothing on the Hugging Face hub (embedded models, local paths, the
-project's own or local benchmark files) runs offline: `apply_hub_mode` sets HF_HUB_OFFLINE and
-HF_DATASETS_OFFLINE, so nothing can wait on, or leak to, a hub. A profile that references the hub
-runs online; no stage switches the hub off on its own. If the user's environment already says
-offline (an air-gapped node with a filled cache), that choice is kept and logged, never overridden.
-
-`hub_references` lists what a profile fetches, keyed by the profile key that names it, and
-`check_hub_access` asks the hub, before any download, whether each repo can be read with the
-token at hand (HF_TOKEN, or the hub's saved login): a gated repo (Llama-2) without a token, or
-with a token the hub refuses, is a `HubAccessError` naming the profile key and the repo.
+A profile that references nothing on the hub runs offline (`apply_hub_mode` sets HF_HUB_OFFLINE and
+HF_DATASETS_OFFLINE); one that does runs online, unless the environment already says offline.
+`check_hub_access` asks the hub before any download whether each repo can be read with the token at hand:
+a gated repo without an accepted token is a `HubAccessError` naming the profile key.
 """
 
 from __future__ import annotations
@@ -30,7 +24,7 @@ from .refs import is_hub_reference, split_revision
 log = logging.getLogger("platypus")
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-# lm-eval's own datasets for the built-in leaderboard tasks (evaluate.benchmarks_dir: hub)
+# lm-eval's datasets for the built-in leaderboard tasks
 LM_EVAL_DATASETS = {
     "arc_challenge": "allenai/ai2_arc",
     "hellaswag": "Rowan/hellaswag",
@@ -80,14 +74,12 @@ def hub_references(profile: Profile) -> list[HubReference]:
 
 
 def unpinned_references(profile: Profile) -> list[HubReference]:
-    """The hub models and datasets the profile names without a revision ("org/name" rather than
-    "org/name@<commit sha>"); lm-eval's own task datasets are lm-eval's to pin, not the profile's."""
+    """The hub models and datasets the profile names without a revision (lm-eval's task datasets aside)."""
     return [r for r in hub_references(profile) if r.revision is None and not r.key.startswith("evaluate.tasks.")]
 
 
 def apply_hub_mode(profile: Profile) -> str:
-    """Set the process's hub mode from the profile (see the module docstring); returns it in words.
-    Child processes (papermill kernels, accelerate launch) inherit it."""
+    """Set the process's (and its children's) hub mode from the profile; returns it in words."""
     if not profile.needs_hub():
         for var in OFFLINE_VARS:
             os.environ[var] = "1"
@@ -107,9 +99,8 @@ def apply_hub_mode(profile: Profile) -> str:
 
 
 def check_hub_access(profile: Profile) -> list[HubReference]:
-    """Ask the hub whether each referenced repo is readable with the token at hand; raises
-    HubAccessError naming the profile key on a gated, refused or missing repo. Skipped (returns [])
-    when the hub is off."""
+    """The referenced repos the hub says are readable; HubAccessError naming the profile key on a gated,
+    refused or missing repo. [] when the hub is off."""
     if not profile.needs_hub() or env_offline():
         return []
     token = get_token()
@@ -125,7 +116,7 @@ def check_hub_access(profile: Profile) -> list[HubReference]:
                 f"{where}: key '{ref.key}': {ref.repo_type} repo {ref.repo_id!r} was not found on the "
                 "hub (or is private to an account this token does not belong to); check the id"
             ) from None
-        except (HfHubHTTPError, OSError) as exc:  # network trouble: the stage's own download will say more
+        except (HfHubHTTPError, OSError) as exc:  # network trouble: the stage's download will say more
             log.warning("could not check %s %s on the hub (%s): %s", ref.key, ref.repo_id, type(exc).__name__, exc)
             continue
         checked.append(ref)

@@ -1,18 +1,9 @@
 """Where each stage's artifacts live and what the model variants are called (core layer).
 
-Stages meet through files on disk; this module is the one place that names them, so no stage
-needs to import another to find its inputs. It imports nothing from this package: `config` (the
-profile schema) imports it to check evaluate.variants, so the functions here take a `config.Profile`
-(or one of its sections) and read it by attribute, without importing the class.
-
-Variants (what 04_merge makes and 05_evaluate scores):
-- "base": models.base as it is; "adapter": base + the 03 LoRA, unmerged (05 only);
-- merge.merged_name (default "merged"): the adapter merged into models.base; with finetune.seeds, each
-  seed's adapter merged into models.base too, variant <merged_name>-seed<seed>;
-- each merge.partners[] entry: the partner itself, variant <name> (built by 04 when it has an
-  adapter, else evaluated from its model reference), and the adapter merged into it, variant
-  <merged_name> (default "<name>-platypus");
-- merge.adapter_mixes[].name, merge.model_merges[].name and the sweep's generated names.
+It imports nothing from this package (`config` imports it), so the functions take a `config.Profile` (or
+a section) and read it by attribute. Variants: "base", "adapter", merge.merged_name (and
+<merged_name>-seed<seed>), each partner and its <name>-platypus merge, the adapter mixes, model merges
+and sweep points.
 """
 
 from __future__ import annotations
@@ -21,11 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-# a config.Profile, config.MergePartnerConfig, config.MergeSweepConfig: named for the reader, typed Any
-# because config imports this module (importing config here, even for type checkers, would be a cycle)
+# config's classes, typed Any: config imports this module
 Profile = MergePartnerConfig = MergeSweepConfig = Any
 
-# ---------------------------------------------------------------- stage directories and files
 STAGES = ("01_curate", "02_decontaminate", "03_finetune", "04_merge", "05_evaluate", "06_analysis")
 CURATE, DECONTAMINATE, FINETUNE, MERGE, EVALUATE, ANALYSIS = STAGES
 
@@ -38,14 +27,11 @@ FINETUNE_METRICS = (FINETUNE, "metrics.json")
 MERGE_REPORT = (MERGE, "merge_report.json")
 EVALUATE_REPORT = (EVALUATE, "evaluate_report.json")
 
-# ---------------------------------------------------------------- the stage notebooks
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def stage_notebook_dir(package_dir: Path = PACKAGE_DIR) -> Path:
-    """The folder of the stage notebooks: notebooks/ beside the package in a source tree (a checkout,
-    an editable install: the files JupyterLab edits and git keeps), else the copy a wheel carries
-    inside the package as platypus_utils/notebooks/ (a `pip install .`, not editable: setup.py)."""
+    """notebooks/ beside the package in a source tree, else the copy a wheel carries in the package."""
     source_tree = package_dir.parent
     if (source_tree / "pyproject.toml").is_file() and (source_tree / "notebooks").is_dir():
         return source_tree / "notebooks"
@@ -56,23 +42,19 @@ STAGE_NOTEBOOKS = stage_notebook_dir()
 
 
 def stage_notebook(stage: str) -> Path:
-    """The notebook a stage runs, e.g. stage_notebook(CURATE) -> .../notebooks/01_curate.ipynb."""
     return STAGE_NOTEBOOKS / f"{stage}.ipynb"
 
 
-# ---------------------------------------------------------------- variant names
 BASE_VARIANT = "base"
 ADAPTER_VARIANT = "adapter"
-RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)  # names stage 05 gives a meaning of its own
+RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)
 DEFAULT_MERGED_VARIANT = "merged"
 PARTNER_SUFFIX = "-platypus"
 SWEEP_PREFIX = "sweep-"
-# Full-model merge methods: the first six mean what mergekit 0.1.5 means by them (its weights, normalize,
-# rescale, lambda, int8_mask and defaults); peft_* are peft's merge_utils definitions (the ones
-# add_weighted_adapter uses on adapters). README "Merging" states each.
+# mergekit 0.1.5's methods, and peft merge_utils' (README "Merging")
 MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
-# merge methods that take a density (config checks it): mergekit's ties, dare_* and peft's
+# merge methods that take a density
 DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", *PEFT_MERGE_METHODS)
 
 
@@ -83,8 +65,7 @@ def artifact(profile: Profile, where: tuple[str, str]) -> Path:
 
 
 def variant_summary(profile: Profile, variant: str) -> Path:
-    """The summary stage 05 writes for one variant or reference (stage 06 reads it), e.g.
-    variant_summary(profile, "base") -> runs/<profile>/05_evaluate/base.json."""
+    """The summary stage 05 writes for one variant, runs/<profile>/05_evaluate/<variant>.json."""
     return profile.run_dir(EVALUATE) / f"{variant}.json"
 
 
@@ -94,14 +75,12 @@ def merged_variant(profile: Profile) -> str:
 
 
 def seed_adapter(profile: Profile, seed: int) -> Path:
-    """The adapter stage 03 trained with one of finetune.seeds."""
     return artifact(profile, SEED_RUNS) / str(seed) / ADAPTER[1]
 
 
 def seed_variants(profile: Profile) -> dict[int, str]:
-    """Seed -> variant for every training seed whose merge 04 makes: the profile's seed is the merge
-    itself (merge.merged_name), each of finetune.seeds its adapter merged into models.base, variant
-    <merged_name>-seed<seed>. Empty without finetune.seeds or without merge.merge_into_base."""
+    """Seed -> variant of each training seed's merge into models.base: the profile's seed is merge.merged_name,
+    each of finetune.seeds <merged_name>-seed<seed>. Empty without finetune.seeds or merge.merge_into_base."""
     if not (profile.finetune.seeds and profile.merge.merge_into_base):
         return {}
     merged = merged_variant(profile)
@@ -113,14 +92,10 @@ def partner_merged_variant(partner: MergePartnerConfig) -> str:
     return partner.merged_name or partner.name + PARTNER_SUFFIX
 
 
-def _number(x: float) -> str:
-    return f"{x:g}"
-
-
 def sweep_variant_name(method: str, weights: list[float], density: float | None = None) -> str:
     """sweep-<method>-w<w1>_<w2>...[-d<density>], e.g. sweep-ties-w0.7_0.3-d0.5."""
-    name = f"{SWEEP_PREFIX}{method}-w{'_'.join(_number(w) for w in weights)}"
-    return name + (f"-d{_number(density)}" if density is not None else "")
+    name = f"{SWEEP_PREFIX}{method}-w{'_'.join(f'{w:g}' for w in weights)}"
+    return name + (f"-d{density:g}" if density is not None else "")
 
 
 def sweep_points(sweep: MergeSweepConfig | None) -> list[tuple[str, list[float], float | None]]:
@@ -147,19 +122,14 @@ def planned_variants(profile: Profile) -> list[str]:
 
 
 def evaluable_variants(profile: Profile) -> list[str]:
-    """Every name evaluate.variants may list: base, adapter, the partners as they are, and what 04 makes."""
     partners = [p.name for p in profile.merge.partners if not p.adapter]
     return [BASE_VARIANT, ADAPTER_VARIANT, *partners, *planned_variants(profile)]
 
 
 def merge_pairs(profile: Profile) -> dict[str, str | None]:
     """Merged variant -> the partner variant its adapter went into (None: models.base)."""
-    out: dict[str, str | None] = {}
-    if profile.merge.merge_into_base:
-        out[merged_variant(profile)] = None
-    for p in profile.merge.partners:
-        out[partner_merged_variant(p)] = p.name
-    return out
+    out: dict[str, str | None] = {merged_variant(profile): None} if profile.merge.merge_into_base else {}
+    return out | {partner_merged_variant(p): p.name for p in profile.merge.partners}
 
 
 def git_output(folder: Path, *args: str) -> str | None:

