@@ -216,9 +216,7 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
 
 
 def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) of each usable line; blank lines are passed over. Lines that are not UTF-8,
-    not JSON or hold a lone surrogate are skipped and counted in `skipped` (strict=True: BadJsonLine).
-    `path` may be a package resource."""
+    """(line number, JSON value) of each usable line; bad lines are counted in `skipped` (strict: BadJsonLine)."""
     path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -237,8 +235,7 @@ def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: boo
 def iter_json_list(
     path: str | Path, skipped: SkippedRows | None = None, strict: bool = False, start: int = 1, what: str = "rows"
 ) -> Iterator[tuple[int, Any]]:
-    """(item number from `start`, value) of each usable item of a JSON list file, with iter_jsonl's rules for
-    a bad item. A file that is not JSON, or not a list, is a ValueError naming it."""
+    """(item number, value) of a JSON list file's items, iter_jsonl's rules; not a JSON list: ValueError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -264,8 +261,7 @@ def iter_json_list(
 
 
 def limit_long_fields(row: Any, max_chars: int | None, policy: str, where: str, skipped: SkippedRows) -> Any:
-    """A row with a string field over `max_chars` is logged, then per `policy`: "truncate" cuts it, "drop"
-    returns None, "keep" keeps it. Any other policy is a ValueError."""
+    """A row with a string over `max_chars`, logged, then truncated, dropped (None) or kept per `policy`."""
     if policy not in ("truncate", "drop", "keep"):
         raise ValueError(f"over-long rows: policy {policy!r}, expected one of truncate, drop, keep")
     if max_chars is None or not isinstance(row, dict):

@@ -23,7 +23,6 @@ def hub_id(ref: str | None) -> str | None:
 
 
 def trained_datasets(profile) -> list[str]:
-    """The hub datasets the profile's training rows come from, revision left out."""
     return sorted({split_revision(s.hub_id)[0] for s in profile.curate.sources if s.enabled and s.hub_id})
 
 

@@ -132,9 +132,7 @@ def _loaded_versions() -> dict[str, str]:
 def setup(
     profile: Optional[str] = None, *, repo: Optional[str] = None, repo_dir: str | Path | None = None
 ) -> ColabSetup:
-    """Prepare a Colab session for the notebooks; outside Colab do nothing. repo_dir: default this module's
-    checkout, else REPO_DIR. profile (relative to the repository): the embedded models are installed only
-    if it uses them (None: installed)."""
+    """Prepare a Colab session (nothing elsewhere); embedded models only if `profile` uses them (None: it does)."""
     if not in_colab():
         return ColabSetup(in_colab=False)
     mount_point = drive.MOUNT_POINT
@@ -182,8 +180,7 @@ def _say(result: ColabSetup) -> None:
 
 
 def setup_cell_source(repo: str) -> str:
-    """The first code cell of every stage notebook: clones the repository on Colab, then calls setup().
-    Written as `ruff format` leaves it."""
+    """The first code cell of every stage notebook (as `ruff format` leaves it): clone on Colab, setup()."""
     return (
         "# Colab setup (platypus_utils/colab.py): on Google Colab, clones and installs the project and mounts\n"
         "# Google Drive; anywhere else it does nothing. On Colab, choose the profile in the parameters cell.\n"
@@ -223,8 +220,7 @@ def badge_cell(notebook: str, repo: str) -> dict:
 
 
 def ensure_setup_cell(nb_path: str | Path, repo: Optional[str] = None) -> bool:
-    """Put the current badge and setup cells first in the notebook, replacing earlier ones (by tag); returns
-    whether the file changed."""
+    """Put the badge and setup cells first, replacing earlier ones (by tag); whether the file changed."""
     nb_path = Path(nb_path)
     repo = repo or github_repo()
     text = nb_path.read_text(encoding="utf-8")

@@ -99,8 +99,7 @@ def apply_hub_mode(profile: Profile) -> str:
 
 
 def check_hub_access(profile: Profile) -> list[HubReference]:
-    """The referenced repos the hub says are readable; HubAccessError naming the profile key on a gated,
-    refused or missing repo. [] when the hub is off."""
+    """The referenced repos the hub says are readable ([] offline); HubAccessError naming the profile key."""
     if not profile.needs_hub() or env_offline():
         return []
     token = get_token()

@@ -59,7 +59,6 @@ DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", *PEFT_MERGE_METHODS)
 
 
 def artifact(profile: Profile, where: tuple[str, str]) -> Path:
-    """The path of a stage artifact named above, e.g. artifact(profile, CLEAN)."""
     stage, name = where
     return profile.run_dir(stage) / name
 
@@ -79,8 +78,7 @@ def seed_adapter(profile: Profile, seed: int) -> Path:
 
 
 def seed_variants(profile: Profile) -> dict[int, str]:
-    """Seed -> variant of each training seed's merge into models.base: the profile's seed is merge.merged_name,
-    each of finetune.seeds <merged_name>-seed<seed>. Empty without finetune.seeds or merge.merge_into_base."""
+    """Seed -> merged variant: the profile's seed merge.merged_name, each of finetune.seeds <merged_name>-seed<seed>."""
     if not (profile.finetune.seeds and profile.merge.merge_into_base):
         return {}
     merged = merged_variant(profile)

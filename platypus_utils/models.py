@@ -58,8 +58,7 @@ _SNAPSHOTS: dict[tuple, str] = {}  # (reference, allow_patterns) -> snapshot fol
 
 
 def resolve_model(ref: str, cache_dir: Path | None = None, allow_patterns: tuple | list | None = None) -> str:
-    """A profile's model reference as something `from_pretrained` accepts (see the module docstring);
-    `allow_patterns` (e.g. CONFIG_FILES) fetches only those files of a pinned hub model."""
+    """A model reference as `from_pretrained` accepts it; `allow_patterns` limits a pinned hub model's files."""
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
@@ -128,8 +127,7 @@ def _repo_files(repo_id: str, revision: str) -> list[str]:
 
 
 def _embedded_path(name: str, check: str | None = None) -> Path:
-    """The file or folder an embedded model's package ships (with `check` inside it, for a folder); the
-    package is found without importing it."""
+    """The file or folder an embedded model's package ships (found without importing the package)."""
     module, pip_name, inside = EMBEDDED_MODELS[name]
     spec = find_spec(module)
     if spec is None:
@@ -240,8 +238,7 @@ def make_files_readable(folder: Path) -> None:
 
 
 def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None = None) -> Path:
-    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, atomically; the reloaded
-    checkpoint must give the GGUF model's logits (a gguf quantization_config would block save_pretrained)."""
+    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, checked against the GGUF logits."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -460,8 +457,7 @@ def architecture_differences(config, reference) -> tuple[dict, dict]:
 
 
 def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path | None = None) -> str | None:
-    """Why LoRA `target_modules` do not fit model `ref` (read from its config.json, matched as peft does), or
-    None; also None when the config cannot be read without a download or a conversion."""
+    """Why LoRA `target_modules` do not fit model `ref`'s config.json (matched as peft does); None if unreadable."""
     config, where = _model_config(ref, cache_dir)
     if config is None:
         log.info("target modules not checked before loading: %s", where)
@@ -502,8 +498,7 @@ RANDOM_SEED = 0
 
 
 def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path:
-    """A model of the shape in `config_dir`/config.json with seeded random weights, saved once under
-    <cache>/random/<hash>; tokenizer: the folder's tokenizer.json, else the embedded SmolLM2's."""
+    """A seeded random model of `config_dir`/config.json's shape, saved once (tokenizer: its own, else SmolLM2's)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config_dir = Path(config_dir)

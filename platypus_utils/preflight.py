@@ -57,7 +57,6 @@ def check_target_modules(profile: Profile) -> None:
 
 
 def check_devices(profile: Profile, stages: list[str]) -> None:
-    """The GPUs the selected stages ask for exist on this machine."""
     where = profile.source_file or profile.name
     gpus = torch.cuda.device_count()
     ft = profile.finetune

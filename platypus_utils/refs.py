@@ -38,8 +38,7 @@ def is_hub_reference(ref: str) -> bool:
 
 
 def split_revision(ref: str) -> tuple[str, str | None]:
-    """(repo id, revision or None) of "org/name[@revision]"; other references come back whole. An empty
-    revision is a ValueError."""
+    """(repo id, revision or None) of "org/name[@revision]"; other references whole; "org/name@": ValueError."""
     ref = ref.strip()
     if REVISION_SEPARATOR not in ref or not is_hub_reference(ref):
         return ref, None

@@ -169,8 +169,7 @@ def _code_cells(text: str, where: Path | str) -> list[tuple[str, str]]:
 
 
 def edited_cells(notebook: Path) -> list[str]:
-    """The code cells that differ from git HEAD's version, by cell id: "<id>: <first line>" (added or changed),
-    "<id>: removed" or "<id>: moved"; [] outside a git checkout."""
+    """Code cells differing from git HEAD's, by id ("<id>: <first line>", "<id>: removed", "<id>: moved")."""
     if not (top := git_output(notebook.parent, "rev-parse", "--show-toplevel")):
         return []
     try:
@@ -297,8 +296,7 @@ def run(
     wait: bool = False,
     allow_edited_notebooks: bool = False,
 ) -> dict:
-    """Validate the profile, run the preflight checks, take its run lock (RunLocked unless `wait`), then run
-    the selected stages in order. Returns the run summary."""
+    """Validate, run the preflight checks, take the run lock (RunLocked unless `wait`), run the stages."""
     overrides = overrides or {}
     profile = load_profile(profile_path, overrides)
     check_notebooks_apart(profile)
@@ -432,8 +430,7 @@ def _describe(holder: dict) -> str:
 
 @contextlib.contextmanager
 def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
-    """Hold the profile's run lock, naming the holder in run.lock (yielded); RunLocked naming the holder if
-    another run holds it, unless `wait`. A dead process's lock is taken over."""
+    """Hold the profile's run lock, the holder named in run.lock (yielded); RunLocked if held, unless `wait`."""
     say = say or _say
     path = profile.run_dir() / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
