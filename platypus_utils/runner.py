@@ -409,9 +409,8 @@ def _attempt_stage(
         if isinstance(exc, StageFailed):
             end_attempt(stage_dir, "failed", error=str(exc), notebook=failed)
         elif isinstance(exc, RunStopped):
-            end_attempt(
-                stage_dir, "stopped", error=f"stopped by {exc}; processes ended: {stop_children()}", notebook=failed
-            )
+            error = f"stopped by {exc}; processes ended: {stop_children()}"
+            end_attempt(stage_dir, "stopped", error=error, notebook=failed)
             say(f"[{stage}] stopped by {exc}; attempt recorded in {stage_dir / ATTEMPT}")
         else:  # a kernel that died: the attempt is not ok
             stop_children()
