@@ -574,13 +574,13 @@ class Profile(_Section):
             STAGE_SECTIONS[stage]: self.stage_params(stage),
         }
 
-    def model_refs(self) -> list[tuple[Any, str]]:
-        """(section, attribute) of every model reference."""
+    def model_refs(self) -> list[tuple[str, Any, str]]:
+        """(profile key, section, attribute) of every model reference: the one list of them (hub.hub_references)."""
         return [
-            (self.models, "base"),
-            (self.models, "embedding"),
-            *((partner, "model") for partner in self.merge.partners),
-            *((reference, "model") for reference in self.evaluate.references),
+            ("models.base", self.models, "base"),
+            ("models.embedding", self.models, "embedding"),
+            *((f"merge.partners[{i}].model", p, "model") for i, p in enumerate(self.merge.partners)),
+            *((f"evaluate.references[{i}].model", r, "model") for i, r in enumerate(self.evaluate.references)),
         ]
 
     def needs_hub(self) -> bool:
@@ -590,7 +590,7 @@ class Profile(_Section):
             or any(s.enabled and s.name == "hub" for s in self.curate.sources)
             or self.curate.push_to_hub
         )
-        return hub_data or any(is_hub_reference(getattr(section, a)) for section, a in self.model_refs())
+        return hub_data or any(is_hub_reference(getattr(section, a)) for _, section, a in self.model_refs())
 
     def run_dir(self, stage: str | None = None) -> Path:
         """runs_dir/<name>[/<stage>]: each part a plain folder name, so the path stays inside runs_dir."""
@@ -656,7 +656,7 @@ def _resolve_paths(profile: Profile, root: Path) -> None:
             section.benchmarks_dir = under(data_root, section.benchmarks_dir)
     for section, key in ((profile.decontaminate, "decisions"), (profile.finetune, "accelerate_config")):
         setattr(section, key, getattr(section, key) and under(root, getattr(section, key)))
-    for holder, attr in profile.model_refs():
+    for _, holder, attr in profile.model_refs():
         ref = getattr(holder, attr)
         if ref.startswith(("./", "../")):
             setattr(holder, attr, str((root / ref).resolve()))

@@ -57,9 +57,7 @@ def env_offline() -> bool:
 
 def hub_references(profile: Profile) -> list[HubReference]:
     """Every hub repo the profile reads (models, curate sources, lm-eval's built-in task datasets)."""
-    named = [("models.base", profile.models.base), ("models.embedding", profile.models.embedding)]
-    named += [(f"merge.partners[{i}].model", p.model) for i, p in enumerate(profile.merge.partners)]
-    named += [(f"evaluate.references[{i}].model", r.model) for i, r in enumerate(profile.evaluate.references)]
+    named = [(key, getattr(holder, attr)) for key, holder, attr in profile.model_refs()]
     refs = [_reference(key, ref) for key, ref in named if is_hub_reference(ref)]
     for i, src in enumerate(profile.curate.sources):
         if src.enabled and src.name == "hub" and src.hub_id:
