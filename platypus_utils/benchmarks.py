@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .artifacts import iter_json_list, iter_jsonl
+from .published import BENCHMARKS, TEST_SET_NAMES, TEST_SETS
 
 log = logging.getLogger("platypus")
 
@@ -40,49 +41,42 @@ class BenchmarkSpec:
         return self.lm_eval_task.format(subject=subject)
 
 
-REGISTRY: dict[str, BenchmarkSpec] = {
-    s.name: s
-    for s in (
-        BenchmarkSpec(
-            "arc_challenge",
-            "arc_challenge",
-            "arc_challenge",
-            "arc_challenge/ARC-Challenge-Test.jsonl",
-            "the ARC-Challenge Test split, JSON lines with id, question.stem, question.choices, answerKey",
-            ("allenai/ai2_arc", "ARC-Challenge", "test"),
-            "choices",
-        ),
-        BenchmarkSpec(
-            "hellaswag",
-            "hellaswag",
-            "hellaswag",
-            "hellaswag/hellaswag_val.jsonl",
-            "the HellaSwag validation split, JSON lines with ind, ctx, endings, label",
-            ("Rowan/hellaswag", None, "validation"),
-            "gold_ending",
-        ),
-        BenchmarkSpec(
-            "mmlu",
-            "mmlu",
-            "mmlu_{subject}",
-            "mmlu/test",
-            "a folder of <subject>_test.csv files (question, A, B, C, D, answer letter; no header)",
-            ("cais/mmlu", "all", "test"),
-            "choices",
-        ),
-        BenchmarkSpec(
-            "truthfulqa",
-            "truthfulqa_mc2",
-            "truthfulqa_mc2",
-            "truthfulqa/mc_task.json",
-            "TruthfulQA's mc_task.json, a JSON list of {question, mc1_targets, mc2_targets}",
-            ("truthful_qa", "multiple_choice", "validation"),
-            "answer",
-        ),
-    )
+# the rest of each benchmark's spec, by its leaderboard name (published.BENCHMARKS names them, in order)
+_SPECS = {
+    "arc_challenge": (
+        "arc_challenge",
+        "arc_challenge/ARC-Challenge-Test.jsonl",
+        "the ARC-Challenge Test split, JSON lines with id, question.stem, question.choices, answerKey",
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        "choices",
+    ),
+    "hellaswag": (
+        "hellaswag",
+        "hellaswag/hellaswag_val.jsonl",
+        "the HellaSwag validation split, JSON lines with ind, ctx, endings, label",
+        ("Rowan/hellaswag", None, "validation"),
+        "gold_ending",
+    ),
+    "mmlu": (
+        "mmlu_{subject}",
+        "mmlu/test",
+        "a folder of <subject>_test.csv files (question, A, B, C, D, answer letter; no header)",
+        ("cais/mmlu", "all", "test"),
+        "choices",
+    ),
+    "truthfulqa_mc2": (
+        "truthfulqa_mc2",
+        "truthfulqa/mc_task.json",
+        "TruthfulQA's mc_task.json, a JSON list of {question, mc1_targets, mc2_targets}",
+        ("truthful_qa", "multiple_choice", "validation"),
+        "answer",
+    ),
 }
-BENCHMARK_NAMES = tuple(REGISTRY)
-_ALIASES = {s.leaderboard_name: s.name for s in REGISTRY.values()}
+REGISTRY: dict[str, BenchmarkSpec] = {
+    name: BenchmarkSpec(name, b, *_SPECS[b]) for name, b in zip(TEST_SETS, BENCHMARKS)
+}
+BENCHMARK_NAMES = TEST_SETS
+_ALIASES = TEST_SET_NAMES  # leaderboard name -> test set
 
 
 def spec(name: str) -> BenchmarkSpec:
