@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .artifacts import iter_json_list, iter_jsonl
 from .published import BENCHMARKS, TEST_SET_NAMES, TEST_SETS
@@ -178,17 +179,20 @@ _PARSERS = {  # the formats read from a file of items (MMLU is a folder of CSVs)
 }
 
 
+def numbered_records(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """(where, number, value) of each record of a JSON lines file (ARC, HellaSwag) or a JSON list (.json,
+    TruthfulQA), in order; strict (a ValueError naming file and line), as a skipped row would shift every doc_id."""
+    if path.suffix == ".json":
+        return ((f"item {k}", k, obj) for k, obj in iter_json_list(path, strict=True, start=0, what="questions"))
+    return ((f"line {n}", n, obj) for n, obj in iter_jsonl(path, strict=True))
+
+
 def _load_file(name: str, root: Path) -> list[dict]:
-    """Items of a JSON lines (ARC, HellaSwag) or JSON list (TruthfulQA) test set; strict, as a skipped row
-    would shift every later doc_id."""
+    """Items of a JSON lines or JSON list test set (numbered_records)."""
     path = expected_path(name, root)
     parse, kind = _PARSERS[name]
-    if path.suffix == ".json":
-        numbered = ((f"item {i}", obj) for i, obj in iter_json_list(path, strict=True, start=0, what="questions"))
-    else:
-        numbered = ((f"line {lineno}", obj) for lineno, obj in iter_jsonl(path, strict=True))
     items = []
-    for where, obj in numbered:
+    for where, _, obj in numbered_records(path):
         try:
             items.append(parse(obj, len(items)))
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:

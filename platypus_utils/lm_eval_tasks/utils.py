@@ -17,7 +17,6 @@ from typing import Any
 import datasets
 
 from platypus_utils import benchmarks
-from platypus_utils.artifacts import iter_json_list, iter_jsonl
 
 MMLU_COLUMNS = benchmarks.MMLU_COLUMNS
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -45,10 +44,7 @@ def _rows(path: str | Path, parse: Callable, kind: str) -> list[dict]:
     as a skipped row would shift the doc_ids."""
     path = _path(path)
     try:
-        if path.suffix == ".json":
-            numbered = [(f"item {k}", k, item) for k, item in iter_json_list(path, strict=True, start=0)]
-        else:
-            numbered = [(f"line {n}", n, row) for n, row in iter_jsonl(path, strict=True)]
+        numbered = list(benchmarks.numbered_records(path))
     except ValueError as exc:  # BadJsonLine, malformed JSON or no list: the message names file and line
         raise BenchmarkFileError(str(exc)) from None
     rows = []
