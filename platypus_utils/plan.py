@@ -246,7 +246,9 @@ def weight_bytes(shape: dict, bits: int, dtype_bytes: int = 2) -> float:
 
 
 def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, mask_bytes: int = 1) -> float:
-    """A in the module docstring: what autograd keeps per token in one decoder layer."""
+    """Bytes autograd keeps per token in one decoder layer (bf16 model, fp32 LoRA, sdpa/flash attention):
+    8h + 8 (two RMSNorms: fp32 input, inverse rms) + 4h + 4k (q, attention output, k, v) + 4a (log-sum-exp)
+    + 6i (SwiGLU: gate, silu(gate), up) + per LoRA module 4 d_in (fp32 input) + mask_bytes d_in (dropout) + 4r."""
     h, k, a, i = shape["hidden"], shape["kv_dim"], shape["heads"], shape["intermediate"]
     lora = sum((4 + (mask_bytes if dropout else 0)) * d + 4 * lora_r for d in shape["lora_in_features"])
     return 8 * h + 8 + 4 * h + 4 * k + 4 * a + 6 * i + lora
