@@ -1,7 +1,7 @@
 """The `demo` profile's data, hand-written in platypus_utils/data/demo/: a small training corpus with
 planted exact duplicates, near-duplicates and benchmark leaks (`demo_corpus_labels()` lists them by row
 index), and small benchmarks in the original releases' layouts and formats. Outputs are byte-identical
-from call to call (a fixed-seed shuffle only).
+from call to call (a fixed-seed shuffle only). The data files and how their cosines were measured: data/demo/README.md.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_profile_helpers_write_once_and_repair(tmp_path):
 # SHA-256 of what the demo profile wrote when its data moved from Python literals (demo_data.py before
 # platypus_utils/data/demo/) into data files: the move, and any later change to the loader, must
 # leave the demo's inputs byte for byte as they were. A deliberate change of the demo data changes
-# these digests (and the cosines in the data files must then be re-measured: see the module docstring).
+# these digests (and the cosines in the data files must then be re-measured: see platypus_utils/data/demo/README.md).
 CORPUS_SHA256 = "8c89e6ea574c1a0070793b801bb7d5c966f45c3ecb0504d34108401a0cab57d4"
 LABELS_SHA256 = "55d471a19d6655ba3888d2413e7c9ee443b07ee36b6ddca6ec3a381139b803e7"
 BENCHMARKS_SHA256 = "4e686a28518f693a1d2ced098957e485fee078af498c4c5eb50089447e3619ac"
@@ -120,7 +120,7 @@ def test_data_files_are_package_data():
     ]
     folder = ROOT / "platypus_utils" / "data" / "demo"
     files = sorted(p.relative_to(ROOT / "platypus_utils").as_posix() for p in folder.iterdir())
-    assert len(files) == 9
+    assert len(files) == 10  # nine data files and their README
     assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
 
 
