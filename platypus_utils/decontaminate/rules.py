@@ -121,7 +121,7 @@ def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | N
 
 
 def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str | None:
-    """Rules 1-2 (see the module docstring): why the pair is a verbatim copy, or None."""
+    """Rules 1-2 (see the package docstring): why the pair is a verbatim copy, or None."""
     whole = embedding_text(train_row) + "\n" + train_row["output"]
     stem_in = contains_phrase(whole, item["question"])
     if stem_in and stem_identifies(item, cfg) and _ending_given(train_row, item):
@@ -146,7 +146,7 @@ def categorise(
     judge: tuple[bool | None, float] = (None, np.nan),
     view: str = "",
 ) -> tuple[str, str]:
-    """(category, rule) for one flagged pair; see the module docstring for the rule order.
+    """(category, rule) for one flagged pair; see the package docstring for the rule order.
 
     cosine: the pair's best cosine; identifying_cosine: the best over views that identify the item (None:
     the same); part: where the evidence was ("output": the numbers rule reads prompt and output);
