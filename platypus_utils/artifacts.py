@@ -138,7 +138,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """One JSON object per line, UTF-8; a row holding a lone surrogate is written with ASCII escapes."""
+    """One JSON object per line, UTF-8, keys in insertion order (identical rows, identical bytes: stages hash it); a
+    row holding a lone surrogate is written with ASCII escapes."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             for row in rows:
@@ -216,7 +217,9 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
 
 
 def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) of each usable line; bad lines are counted in `skipped` (strict: BadJsonLine)."""
+    """(line number, JSON value) of each usable line; bad lines are counted in `skipped` (strict: BadJsonLine). `path`
+    may be a package resource (importlib.resources: demo_data reads the wheel's files); a missing file is a
+    FileNotFoundError."""
     path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -235,7 +238,8 @@ def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: boo
 def iter_json_list(
     path: str | Path, skipped: SkippedRows | None = None, strict: bool = False, start: int = 1, what: str = "rows"
 ) -> Iterator[tuple[int, Any]]:
-    """(item number, value) of a JSON list file's items, iter_jsonl's rules; not a JSON list: ValueError."""
+    """(item number, value) of a JSON list file's items, iter_jsonl's rules (bytes that are not UTF-8 are read as
+    surrogates, so only the items holding them are skipped); not a JSON list: ValueError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")

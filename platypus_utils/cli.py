@@ -48,13 +48,23 @@ def _add_set(parser, help: str = "override a profile key") -> None:
 def _add_run(sub) -> None:
     p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
     p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
-    p_run.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03")
+    p_run.add_argument(
+        "--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune"
+    )
     p_run.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
     p_run.add_argument("--force", action="store_true", help="rerun stages even when up to date")
     _add_set(p_run, "override a profile key, e.g. --set finetune.sft.max_steps=5")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
-    p_run.add_argument("--wait", action="store_true", help="wait for another run of this profile, not exit (3)")
-    p_run.add_argument("--allow-edited-notebooks", action="store_true", help="run uncommitted notebook code cells")
+    p_run.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run of this profile holds its lock, wait for it instead of exiting (3)",
+    )
+    p_run.add_argument(
+        "--allow-edited-notebooks",
+        action="store_true",
+        help="run stage notebooks whose code cells differ from their committed version (else refused)",
+    )
 
 
 def _add_validate(sub) -> None:
@@ -63,32 +73,100 @@ def _add_validate(sub) -> None:
 
 
 def _add_decontaminate(sub) -> None:
-    p_dec = sub.add_parser("decontaminate", help="check Open-Platypus-schema JSONL against benchmarks")
-    p_dec.add_argument("train", nargs="?", help="JSON lines (or a .json list): instruction, output[, input]")
+    p_dec = sub.add_parser(
+        "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
+    )
+    p_dec.add_argument(
+        "train", nargs="?", help="JSON lines (or a .json list) with instruction, output[, input, data_source]"
+    )
     p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
     p_dec.add_argument("--out", help="output directory (needed with a training file)")
-    p_dec.add_argument("--build-index", metavar="FILE", help="write the benchmark index to FILE and stop")
+    p_dec.add_argument(
+        "--build-index",
+        metavar="FILE",
+        help="write the benchmark side (views, first-pass index, vectors, model) to FILE and stop; "
+        "another machine passes it with --index",
+    )
     p_dec.add_argument("--index", metavar="FILE", help="a --build-index file, read instead of embedding the benchmarks")
-    p_dec.add_argument("--candidates", choices=["first_pass", "exhaustive"], default="first_pass")
-    p_dec.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (docs/ray.md)")
-    p_dec.add_argument("--ray-address", help="with --engine ray: a running cluster's address")
-    p_dec.add_argument("--detectors", type=_detectors, metavar="LIST", help="from embedding, ngram, answer, judge")
-    p_dec.add_argument("--benchmark", action="append", dest="benchmark_names", choices=TEST_SETS, help="repeatable")
+    p_dec.add_argument(
+        "--candidates",
+        choices=["first_pass", "exhaustive"],
+        default="first_pass",
+        help="items the exact pass reads: a lexical first pass's candidates (default) or every item",
+    )
+    p_dec.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where the steps run: this process (default) or Ray Data over blocks of rows (the `ray` extra; docs/ray.md)",
+    )
+    p_dec.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --engine ray: a running cluster's address (default: start a local one)",
+    )
+    p_dec.add_argument(
+        "--detectors",
+        type=_detectors,
+        default=None,
+        metavar="LIST",
+        help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
+        "default, embedding,ngram,answer,judge); ngram alone needs no embedding model",
+    )
+    p_dec.add_argument(
+        "--benchmark",
+        action="append",
+        dest="benchmark_names",
+        choices=TEST_SETS,
+        help="check only this benchmark (repeatable; default: all four)",
+    )
     p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
-    p_dec.add_argument("--judge", metavar="MODEL", help="the rewording judge: an embedding model or llm:<causal LM>")
-    p_dec.add_argument("--decisions", metavar="FILE", help="reviewed flagged pairs (CSV or YAML: keep|remove)")
+    p_dec.add_argument(
+        "--judge",
+        metavar="MODEL",
+        default=None,
+        help="the rewording judge's model: a sentence-embedding reference (default embedded:all-minilm-l6-v2) or "
+        "llm:<causal LM> to ask it the LLM-Decontaminator question (batched; meant for a GPU)",
+    )
+    p_dec.add_argument(
+        "--decisions",
+        metavar="FILE",
+        default=None,
+        help="a reviewer's decisions on flagged pairs (CSV pair_id,decision or YAML pair_id: keep|remove)",
+    )
     p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
-    p_dec.add_argument("--cache-dir", help="embedding cache (default $PLATYPUS_CACHE)")
+    p_dec.add_argument(
+        "--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)"
+    )
 
 
 def _add_analyse(sub) -> None:
     p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
-    p_an.add_argument("inputs", nargs="+", metavar="DIR[=NAME]", help="lm-eval output or 05_evaluate folders")
+    p_an.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="DIR[=NAME]",
+        help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's",
+    )
     p_an.add_argument("--baseline", required=True, help="the variant every other one is compared with")
     p_an.add_argument("--out", required=True, help="output folder (tables/, figures/, summary.md)")
-    p_an.add_argument("--merged", action="append", default=[], metavar="VARIANT=PARTNER", help="also compare them")
+    p_an.add_argument(
+        "--merged",
+        action="append",
+        default=[],
+        metavar="VARIANT=PARTNER",
+        help="VARIANT is PARTNER + the adapter: also compare them (repeatable)",
+    )
     p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
-    p_an.add_argument("--results-file", action="append", default=[], dest="results_files", metavar="NAME|latest|all")
+    p_an.add_argument(
+        "--results-file",
+        action="append",
+        default=[],
+        dest="results_files",
+        metavar="NAME|latest|all",
+        help="a folder holds several results_*.json for the same tasks: read this one (a file name; repeatable, "
+        "one per input), the latest, or all (a later file's tasks replace an earlier one's)",
+    )
     p_an.add_argument("--confidence", type=float, default=0.95)
     p_an.add_argument("--n-bootstrap", type=int, default=2000)
     p_an.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
@@ -99,11 +177,24 @@ def _add_analyse(sub) -> None:
 def _add_plan(sub) -> None:
     p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
     p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
-    p_plan.add_argument("--config", metavar="DIR", help="folder with the base model's config.json")
+    p_plan.add_argument(
+        "--config",
+        metavar="DIR",
+        help="folder with the base model's config.json (else plan.base_config, "
+        "a params/model_configs copy, or the hub)",
+    )
     p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
     p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
-    p_plan.add_argument("--gpu-memory-gb", type=_number_in(0, None, "GiB per GPU"), help="plan.gpu_memory_gb")
-    p_plan.add_argument("--mfu", type=_number_in(0, 1, "the model-FLOP utilisation, a share"), help="plan.mfu")
+    p_plan.add_argument(
+        "--gpu-memory-gb",
+        type=_number_in(0, None, "GiB per GPU"),
+        help="GiB per GPU the plan must fit (plan.gpu_memory_gb)",
+    )
+    p_plan.add_argument(
+        "--mfu",
+        type=_number_in(0, 1, "the model-FLOP utilisation, a share"),
+        help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)",
+    )
     _add_set(p_plan)
 
 

@@ -229,7 +229,9 @@ def ensure_setup_cell(nb_path: str | Path, repo: Optional[str] = None) -> bool:
         raise ValueError(f"{nb_path}: not a notebook (invalid JSON: {exc})") from None
     if not isinstance(nb.get("cells"), list):
         raise ValueError(f"{nb_path}: not a notebook (no 'cells' list)")
-    others = [c for c in nb["cells"] if not {SETUP_TAG, BADGE_TAG} & set(c.get("metadata", {}).get("tags", []))]
+    others = [
+        c for c in nb["cells"] if not any(t in c.get("metadata", {}).get("tags", []) for t in (SETUP_TAG, BADGE_TAG))
+    ]
     nb["cells"] = [badge_cell(nb_path.name, repo), setup_cell(repo), *others]
     new_text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     if new_text == text:

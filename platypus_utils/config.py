@@ -186,7 +186,8 @@ class PartnerAdapterConfig(_OptionsSection):
     MOVED: ClassVar[dict[str, str]] = {k: f"finetune.partner_adapter.sft.{k}" for k in PARTNER_MOVED_KEYS}
 
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
-    # SFTConfig options over finetune.sft (max_steps 4 unless set)
+    # SFTConfig options over finetune.sft (max_steps 4 unless set); the stage sets logging_steps=1, no checkpoint and
+    # at most half the steps of warm-up itself, whatever is given here
     sft: _over_defaults(PARTNER_SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
 
 

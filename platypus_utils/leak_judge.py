@@ -1,15 +1,34 @@
 """The rewording judge: does a training row ask a benchmark test question again, possibly reworded?
 
-`judge_pairs(pairs, model)` reads candidate pairs (columns train_text, train_output, test_question, test_answer;
-optionally test_choices, test_options, test_view) and adds question_cosine, answer_cosine, the string features,
-score, verdict (True: same question) and judge. Judges, by `model`:
-  * a sentence-embedding model (default): score = question_cosine + ANSWER_WEIGHT * max(answer_cosine,
-    answer_words); "same" when score >= threshold (or question_cosine >= SAME_QUESTION_COSINE), the numbers agree
-    and the answer is neither contradicted nor missing a number. Tuned on splits "dev" and "real" of
-    tests/fixtures/contamination_labelled.jsonl; the frozen splits measure it (bench/bench_detectors.py).
-  * "llm:<causal LM ref>": the LLM-Decontaminator question (Yang et al. 2023); score = log P(True) - log P(False)
-    at the first reply token, verdict = score >= threshold (default 0); a pair whose numbers differ is never "same".
-A long training row is read in overlapping windows; its score is the max over windows.
+Stage 02 finds candidate (training row, test item) pairs by embedding cosine; verbatim rules catch the
+copies, but a rewording whose answer is reworded too slips past string tests. `judge_pairs(pairs, model)`
+reads the candidates for meaning and says "same question" (verdict True) or "different question" (False).
+
+`pairs` has one row per candidate with columns train_text (the prompt: instruction + input), train_output,
+test_question (HellaSwag: its context) and test_answer (the correct choice's text; HellaSwag: the gold
+ending); optionally test_choices (read with the question), test_options (the item's answer options, default
+test_choices) and test_view ("question_only": test_question is a passage item's question part, read alone).
+Other columns are kept; added: question_cosine (max over word windows of the prompt, and of prompt + output:
+a question restated in the output counts), answer_cosine (max over the output's sentences and sentence pairs;
+1.0 when the output's stated answer has all the answer's numbers), answer_words, answer_contradicted,
+answer_numbers_missing, numbers_differ (text_features and the checks it calls), question_only, score, verdict
+and judge (the model that decided).
+Judges, by the `model` reference:
+  * a sentence-embedding model (default, embedded all-MiniLM-L6-v2; offline, CPU): score =
+    question_cosine + ANSWER_WEIGHT * max(answer_cosine, answer_words), verdict = score >= threshold (or
+    question_cosine >= SAME_QUESTION_COSINE), the numbers agree and the answer is neither contradicted nor
+    missing a number. Threshold and weights chosen on splits "dev" and "real" of
+    tests/fixtures/contamination_labelled.jsonl (the numbers-left-out rule and the question_only floor on dev3
+    and dev4); the frozen splits, never tuned on, measure it (bench/bench_detectors.py reports every split).
+  * "llm:<causal LM ref>" (e.g. llm:embedded:smollm2-135m-instruct offline, llm:Qwen/Qwen2.5-7B-Instruct on
+    a hub profile): the model is asked the LLM-Decontaminator question (the test question with its answer and
+    the training row in braces: the same question? True / False), in left-padded batches of LLM_BATCH prompts
+    (transformers); score = log P(True) - log P(False) at the first reply token, verdict = score >= threshold
+    (default 0), and a pair whose numbers differ is never "same" (nor asked). The embedded SmolLM2-135M tests
+    the plumbing on a CPU only; a judge worth its figures is a 7B+ instruction model on a GPU.
+A training row longer than the judge's window is cut into overlapping windows (embedding judge: about twice
+the test question's words, 32 to `window_words`, half as stride; LLM judge: `window_tokens` tokens) and its
+score is the max over windows: nothing past the model's limit is cut off unread.
 """
 
 from __future__ import annotations

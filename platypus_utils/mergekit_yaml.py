@@ -1,7 +1,25 @@
-"""mergekit configs in a profile: a `merge.model_merges` entry `{name, mergekit: <mapping or .yml path>}`
-translated when the profile loads into config.ModelMergeConfig's keys, as mergekit 0.1.5 means them
-(slerp's t: weights [1 - t, t]; "./x" paths from the .yml's folder). What has no translation is a
-MergekitConfigError naming the mergekit key. Imports only the standard library and yaml.
+"""mergekit configs in a profile: a `merge.model_merges` entry written as a mergekit recipe.
+
+An entry `{name: <variant>, mergekit: <mapping, or the path of a mergekit .yml>}` is translated when the
+profile loads (config.load_profile) into the project's merge schema (config.ModelMergeConfig), which
+means what mergekit 0.1.5 means for the six methods both have:
+
+  merge_method        linear, slerp, task_arithmetic, ties, dare_linear, dare_ties (others: refused)
+  models[].model      a model reference or a variant of this stage ("./x", "../x": from the .yml's folder,
+                      or the project root for an inline mapping); `model+lora` is refused (use a partner)
+  base_model          `base` (task-vector methods); slerp: its first model (t = 0); linear: only as one of
+                      `models` (mergekit would merge it as one more input)
+  weight, density     per model (or in the top-level `parameters`); one density for all models; density
+                      defaults to mergekit's 1.0
+  slerp's t           weights [1 - t, t]
+  normalize, rescale, lambda, int8_mask   the same parameters (dropped where mergekit ignores them:
+                      rescale without a trim, int8_mask without a sign election)
+  out_dtype or dtype  the stored dtype (the arithmetic is float32 here in every case)
+
+What has no translation is a MergekitConfigError naming the mergekit key (config.py adds the profile's
+file and key): slices and layer ranges, modules, gradients and filtered values (one value per model
+for the whole model here), tokenizer settings and chat templates, other methods and parameters.
+Imports only the standard library and yaml (a core module: config imports it).
 """
 
 from __future__ import annotations

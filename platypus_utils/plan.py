@@ -1,14 +1,49 @@
 """`platypus plan PROFILE`: what a run will cost, before renting a GPU (a dry run; no weights).
 
-The base's config (`--config DIR`, `plan.base_config`, a local model, a copy under params/model_configs/
-whose `_name_or_path` is the hub id, else the hub's) is built on the meta device with the profile's LoRA.
-`make_plan` returns a dict (written as JSON), `format_plan` the table, `check_fits` raises a ProfileError
-naming the keys to change. GiB = 2**30 bytes, GB = 1e9. Assumptions: 3.5 bytes per token (Llama-2's
-tokenizer on Open-Platypus; 30,418,784 bytes of text in 24,926 rows, its dataset card); nf4 with double
-quantisation 4.127 bits per linear weight, the rest fp32; LoRA state 16 bytes per parameter; activations
-per token and layer as `activation_bytes_per_token_layer` (sdpa/flash, checked against autograd's saved
-tensors in tests/test_plan.py), with checkpointing L x 2h x T + one layer; logits 12 x V x T bytes; 2 GiB
-reserve; wall time 6 N' tokens / (mfu x peak x GPUs), N' = parameters less the input embedding.
+Reads the base model's config only (`--config DIR`, `plan.base_config`, a local model, a copy under
+params/model_configs/ whose `_name_or_path` is the hub id, else the hub's config.json), builds the
+model on the meta device, applies the profile's LoRA with peft there and counts. `make_plan` returns
+a dict (written as JSON), `format_plan` the table, `check_fits` raises a ProfileError naming the keys
+to change when the plan does not fit `plan.gpu_memory_gb`.
+
+Formulas (GiB = 2**30 bytes; N = base parameters, n = LoRA parameters, G = GPUs the model and the
+LoRA state are sharded over: num_gpus under FSDP or ZeRO-3, else 1; T = tokens in the largest
+micro-batch: per_device_train_batch_size x cutoff_len, or the per-device batch's longest examples
+when clean.jsonl is there; h hidden, k = KV heads x head dim, a heads, i intermediate, L layers,
+V vocab):
+- steps = ceil(epochs x ceil(train examples / examples per step)), or max_steps; examples per step
+  from FinetuneConfig.examples_step_plan; batch_unit tokens: steps of tokens_per_step (or examples
+  x mean) tokens. Warm-up share = warmup / steps.
+- train examples: rows of 02's clean.jsonl less finetune.eval_size (capped by max_train_samples),
+  else plan.train_examples, else Open-Platypus's 24,926 rows less ~200 removed by decontamination
+  less eval_size. Mean example tokens: the base's tokenizer when it is local, else bytes of template
+  + instruction + input + output / 3.5 bytes per token (assumed for Llama-2's tokenizer on this
+  English/LaTeX/code mix; Open-Platypus: 30,418,784 bytes of text in 24,926 rows, its dataset card);
+  capped at cutoff_len.
+- weights: N x 2 bytes (bf16/fp16); 4-bit: nf4 + double quantisation = 4.127 bits per linear weight
+  (not lm_head), 8-bit: 1 byte, and then the rest fp32 (as prepare_model_for_kbit_training leaves
+  it). Divided by G; FSDP also holds 2 unsharded layers (the all-gathered one and the prefetched one).
+- LoRA state: n x (4 weight + 4 gradient + 8 Adam moments) bytes, fp32, divided by G.
+- activations per token and layer (bf16 model, fp32 LoRA, sdpa/flash attention: no a x T x T
+  matrix; checked against autograd's saved tensors in tests/test_plan.py):
+  A = 8h + 8 (two RMSNorms: fp32 inputs, inverse rms) + 4h + 4k (q, attention output, k, v)
+  + 4a (log-sum-exp) + 6i (SwiGLU: gate, silu(gate), up) + per LoRA module of the layer
+  4 d_in (fp32 input) + 1 d_in (dropout mask, CUDA bool; 4 on CPU) + 4 r. Liger kernels keep less.
+  Without checkpointing L x A x T; with it L x 2h x T (layer inputs) + A x T (one layer
+  recomputed). Logits and loss: 12 x V x T bytes (bf16 logits, fp32 copy, log-softmax, gradient).
+- peak per GPU = weights + LoRA state + activations + logits + 2 GiB (CUDA context, workspaces).
+- wall time = 6 x N' x tokens / (mfu x peak FLOP/s x num_gpus), N' = N less the input embedding
+  (bench/bench_finetune.py's MFU convention); peaks: A100 312, H100/H200 989 TFLOP/s dense bf16.
+- disk: each variant 04 makes is N x bytes of the config's dtype; downloads are the base and each
+  hub partner; the adapter is n x 4 bytes.
+- host memory of stage 04 (GB = 1e9 bytes): merge.memory.host_memory_plan, in the dtype the variants
+  are stored in (merge.dtype, or the base config's; partners assumed alike).
+- evaluation (estimates; EVAL_TASKS measured on ../shared/data's copies as lm-eval 0.4.13 prompts
+  them): forward tokens per model and backend by task_tokens, at 2 N' FLOPs per token, on one replica
+  of the GPUs that hold the bf16 weights, then one model per replica over plan.eval_gpus; the
+  assumptions are printed with every plan (_eval_assumptions). Models: evaluate.variants (finetune.seeds'
+  merges among them) + evaluate.references. The target: every model within plan.eval_target_hours on
+  one plan.eval_target_gpu.
 """
 
 from __future__ import annotations
@@ -246,9 +281,8 @@ def weight_bytes(shape: dict, bits: int, dtype_bytes: int = 2) -> float:
 
 
 def activation_bytes_per_token_layer(shape: dict, lora_r: int, dropout: bool, mask_bytes: int = 1) -> float:
-    """Bytes autograd keeps per token in one decoder layer (bf16 model, fp32 LoRA, sdpa/flash attention):
-    8h + 8 (two RMSNorms: fp32 input, inverse rms) + 4h + 4k (q, attention output, k, v) + 4a (log-sum-exp)
-    + 6i (SwiGLU: gate, silu(gate), up) + per LoRA module 4 d_in (fp32 input) + mask_bytes d_in (dropout) + 4r."""
+    """A in the module docstring: bytes autograd keeps per token in one decoder layer; mask_bytes: 1 on CUDA (bool), 4
+    on CPU."""
     h, k, a, i = shape["hidden"], shape["kv_dim"], shape["heads"], shape["intermediate"]
     lora = sum((4 + (mask_bytes if dropout else 0)) * d + 4 * lora_r for d in shape["lora_in_features"])
     return 8 * h + 8 + 4 * h + 4 * k + 4 * a + 6 * i + lora

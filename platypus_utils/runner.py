@@ -1,12 +1,26 @@
-"""Run a profile: execute the stage notebooks in order with papermill (executed copies in
-reports/<profile>/notebooks/).
+"""Run a profile: execute the stage notebooks in order with papermill.
 
-A stage is skipped when its last attempt succeeded and its manifest matches the parameters, the code and
-its files. One run per profile at a time (a filelock on runs/<profile>/.run.lock, the holder in run.lock).
-No stage starts on an upstream stage whose last attempt is not "ok" (UpstreamNotOk) unless --force. The
-notebook executes into <stage>.running.ipynb, then replaces <stage>.ipynb or becomes <stage>.failed.ipynb.
-SIGTERM/SIGINT kill the children, close the attempt "stopped" and free the lock. Edited stage notebooks are
-refused (EditedNotebook) unless --allow-edited-notebooks; an unwritable folder is RunFolderError.
+Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
+succeeded, its manifest records the same parameters and code (the stage notebook's and the package
+source's hashes) and its recorded inputs and outputs still hash the same.
+
+Trust after a crash, a kill, a second run or an edit:
+- One run per profile at a time: a filelock on `runs/<profile>/.run.lock`, the holder's PID, start time and
+  command in `run.lock`: a second run exits with RunLocked naming the holder, or waits (`--wait`); the lock
+  of a dead process is free again.
+- Each attempt is recorded in `runs/<profile>/<stage>/attempt.json` ("running", then "ok", "failed"
+  or "stopped"). A stage whose own or upstream last attempt is not "ok" is out of date; so is 03 while
+  it holds checkpoints of an interrupted training (which resumes). No stage starts on an upstream
+  stage whose last attempt is not "ok" (UpstreamNotOk, exit 2), unless --force.
+- The notebook executes into `<stage>.running.ipynb`; on success it replaces `<stage>.ipynb`, on
+  failure it becomes `<stage>.failed.ipynb` beside the last good one. Leftovers of interrupted writes
+  (`artifacts.debris`) are removed before a stage runs, under the lock.
+- `--force` reruns every selected stage and sets PLATYPUS_FORCE=1 for its processes (`forced()`).
+- SIGTERM and SIGINT stop the run in order: the kernel and other children are killed, the attempt is
+  closed "stopped", the lock freed, then the runner exits (StageFailed).
+- A stage notebook whose code cells differ from its committed version (JupyterLab saves edits that
+  papermill would run) is refused (EditedNotebook, exit 2) unless --allow-edited-notebooks.
+- A runs or reports folder that cannot be written is RunFolderError (exit 2), naming the path.
 """
 
 from __future__ import annotations

@@ -500,15 +500,27 @@ def load_hub(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Recor
             yield f"{hub_id} ({split}), row {k}", row
 
 
+# Where a source differs from the authors' (PLATYPUS.md §1):
+# - math: they replaced MATH's solutions by PRM800K's step-by-step ones and trained on MATH's *test* split, which
+#   overlaps MMLU's mathematics subjects; the local copy is the test split too (stage 02 must find the overlap), with
+#   its reference solutions. With `prm800k` enabled as well, exact dedup lets a longer PRM solution replace the MATH
+#   one, as their update_MATH.py did.
+# - theoremqa: they appended the theorem's definition (`theorem_def`, hub CSV); the offline release has only its
+#   name, appended here. The 53 picture questions are "filtered:image".
+# - scienceqa (LLaVA release): no `solution` or `lecture`, so the output is the answer letter and text and the input
+#   empty; the context stays in the instruction (the question often needs it); the six skills they removed are
+#   recognised from the question text ("filtered:skill:*").
+# - prm800k: a row per labelled solution (exact dedup keeps the longest); they drew among the +1 completions with an
+#   unseeded random.choice (deterministic here) and deleted the "# Answer" line (here "The answer is ...").
+# - hub guanaco: the first exchange only; they kept later turns inside the output with renamed markers.
 SOURCE_LOADERS: dict[str, Callable[[SourceConfig, Profile, SkippedRows], Records]] = {
     "demo": load_demo,
     "jsonl": load_jsonl,
     "math": _file_loader("*.jsonl", format_math),
-    "theoremqa": _file_loader("*.json", format_theoremqa, "questions"),  # offline: the theorem's name appended
+    "theoremqa": _file_loader("*.json", format_theoremqa, "questions"),
     "scibench": load_scibench,
-    # LLaVA release: no `solution` or `lecture`, so the output is the answer and the input empty
     "scienceqa": _file_loader("*.json", format_scienceqa_llava, "questions", ("pid_splits.json",)),
-    "prm800k": _file_loader("*.jsonl", format_prm800k),  # a row per labelled solution: exact dedup keeps the longest
+    "prm800k": _file_loader("*.jsonl", format_prm800k),
     "arb": load_arb,
     "hub": load_hub,
 }

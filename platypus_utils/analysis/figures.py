@@ -221,7 +221,9 @@ def _tradeoff_scatter(ax, tradeoff: pd.DataFrame, bench: pd.DataFrame, colours: 
         at[r["variant"]] = (r["mmlu"], r["others_mean"])
         marker, colour = ROLE_MARKERS.get(r["role"], "o"), colours[r["variant"]]
         errors = {"xerr": nz(r["mmlu_stderr"]), "yerr": nz(r["others_stderr"]), "elinewidth": 0.8, "capsize": 2}
-        ax.errorbar(*at[r["variant"]], **errors, fmt=marker, color=colour, markersize=7, markeredgewidth=0.6, **EDGE)
+        ax.errorbar(
+            *at[r["variant"]], **errors, fmt=marker, color=colour, markersize=7, markeredgewidth=0.6, zorder=3, **EDGE
+        )
         label = f"{r['variant']}: {r['role']}"
         handles.append(Line2D([], [], marker=marker, linestyle="none", markersize=6, color=colour, label=label, **EDGE))
     arrow = {"arrowstyle": "->", "color": "0.35", "linewidth": 0.9, "shrinkA": 6, "shrinkB": 6}

@@ -1,6 +1,30 @@
-"""Stage 06_analysis: `run_analysis(profile)` for the runner (notebook 06 runs its steps one per cell) and
-`analyse(specs, ...)` for `platypus analyse`. Missing upstream artifacts show as "not run", never raise;
-comparisons whose lm-eval settings differ are refused and noted.
+"""Stage 06_analysis: `run_analysis(profile)` for the runner, and `analyse(specs, ...)` for `platypus analyse`
+on any lm-eval output folders.
+
+`compute_analysis` runs every step into an `Analysis`, `stage_figures` draws every figure from it, and
+`save_analysis` writes those frames and figures as they are, with the manifest; notebook 06 runs the same
+steps one per cell. Every input is optional: a stage that has not run shows as "not run", a failed variant
+as "failed", and nothing raises because an upstream artifact is absent or unreadable. Comparisons whose
+lm-eval settings (few-shot, task version, limit) differ are refused and noted. Statistics: paired.py;
+released models: references.py; clean subset: clean.py.
+
+Writes to reports/<profile>/tables/:
+  leaderboard.{csv,md,tex}  - every variant, then every reference (a released model evaluated here), and
+                              the paper's numbers with analysis.published_results; full scores ± standard
+                              error and, when 02 ran and 05 logged samples, a clean row per variant
+  clean_subset.{csv,md,tex} - per variant, benchmark and MMLU subject: scores on the full test set, the
+                              clean subset and each no-<category> subset, with item counts and the gap
+  mmlu_delta.csv            - per comparison and subject: the change, its interval, p, q and significance
+  mmlu_delta_categories.{csv,md,tex} - the same per lm-eval category and over all subjects
+  benchmark_deltas.csv      - per comparison and benchmark
+  merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
+  references.{csv,md,tex}   - per released model: reproduction vs release (paired), harness drift (unpaired)
+  seed_spread.{csv,md}      - with finetune.seeds: each training seed's merge score and their spread
+  pipeline.{csv,md}         - status and headline numbers of every stage
+to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):
+  leaderboard, clean_subset, mmlu_delta_<variant>[_vs_<reference>], mmlu_delta_categories,
+  mmlu_delta_heatmap, merged_vs_parts_<merged variant>, merge_tradeoff
+and reports/<profile>/summary.{md,html} (summary.py), and runs/<profile>/06_analysis/analysis_report.json.
 """
 
 from __future__ import annotations

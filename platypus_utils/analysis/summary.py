@@ -82,7 +82,9 @@ def small_table(csv: Path, max_rows: int = 20, max_cols: int = 10) -> tuple[pd.D
         return None
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
     first = next((k for k in range(len(numeric)) if all(numeric[k:])), len(numeric))
-    shown = frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
+    shown = frame.apply(
+        lambda col: col.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
+    )
     return shown, first
 
 

@@ -147,7 +147,7 @@ def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = F
     rows = []
     for label, g in cats_frame.groupby("comparison", sort=False):
         by = g.set_index("unit")
-        texts = {"comparison": label, "kind": g["kind"].iloc[0], "settings": setups[label]}
+        texts = {"comparison": label, "kind": g["kind"].iloc[0] if with_kind else "", "settings": setups[label]}
         rows.append([texts[h] for h in head] + [interval_text(by.loc[c], tex) if c in by.index else "–" for c in cats])
     return pd.DataFrame(rows, columns=head + [CATEGORY_LABELS.get(c, c) for c in cats])
 

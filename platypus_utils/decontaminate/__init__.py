@@ -27,5 +27,7 @@ Categories (the paper's) by these rules, in order; the rule that decided is writ
   9. gray_area - reworded, same numbers, the answer in the output (not a pair the embedding judge read and scored
      under rules.JUDGE_FLOOR, nor a row with its own lettered options that the judge called another question).
 `actions` maps category to action; a reviewer's decisions file (decisions.py) overrules it pair by pair; a row is
-removed when any of its pairs says so. `training_data: as_released` runs no detection (stage.passed_through).
+removed when any of its pairs says so. `save` refuses to overwrite outputs edited by hand since the last run (a
+reviewed flagged_pairs.csv) unless `force` (the runner's --force). `training_data: as_released` runs no detection
+(stage.passed_through).
 """

@@ -1,7 +1,9 @@
 """Stage 05's evaluation and save steps, and `run_evaluate`, their composition.
 
 Each (variant, benchmark) result is cached under its key (model content hash, task, shots, limit, task
-definition hash, lm-eval version, seeds, model settings) as soon as lm-eval returns it. A variant that
+definition hash, lm-eval version, seeds, model settings) as soon as lm-eval returns it, so a killed run redoes
+only the benchmarks that had not finished, and a reference with a variant's weights takes that variant's results.
+`force` runs lm-eval again and replaces the entry, once per stage run. A variant that
 fails is recorded and the others kept; when all fail, `save` writes evaluate_report.failed.json, keeps
 the last good report and raises EvaluationError.
 """

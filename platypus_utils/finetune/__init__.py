@@ -11,5 +11,6 @@ The steps (`stage.py`; notebooks/03_finetune.ipynb tells them one by one):
 
 `run_finetune(profile)` is that composition. With finetune.num_gpus > 1 the runner runs
 `python -m platypus_utils.finetune PROFILE` under `accelerate launch` before the notebook, which reads
-the finished run back.
+the finished run back. `force` (the runner's --force) only relaunches a multi-GPU training that is up to date: 03
+trains whenever it runs (an interrupted run resumes from matching checkpoints unless finetune.resume: never).
 """

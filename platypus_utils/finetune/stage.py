@@ -203,7 +203,7 @@ def train(profile, session: Session) -> Training:
     at_start = HeldOutLossAtStart(session.prepared_eval, pad_id, batch)
     timings = {}
     if (fsdp_settings(ft, setup.world_size) or {}).get("cpu_ram_efficient_loading", False):
-        trainer.add_callback(at_start)
+        trainer.add_callback(at_start)  # rank 0 holds the model on CPU, the others on meta, until FSDP shards it
     else:
         with timed(timings, "eval_before_s"):
             at_start.measure(trainer.model)
@@ -213,6 +213,7 @@ def train(profile, session: Session) -> Training:
     result = trainer.train(resume_from_checkpoint=str(session.resume_from) if session.resume_from else None)
     train_wall = time.perf_counter() - t0
     timings["train_s"] = round(train_wall, 3)
+    # a sharded engine runs only through model_wrapped, every process in step
     eval_model = trainer.model_wrapped if setup.world_size > 1 else trainer.model
     with timed(timings, "eval_after_s"):
         after = completion_loss(eval_model, session.prepared_eval, pad_id, batch)

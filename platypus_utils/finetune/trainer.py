@@ -207,7 +207,8 @@ def check_packing_isolation(
 ) -> dict:
     """Check, on the model and collator about to train, that attention stays inside each packed example:
     a few examples' completion losses packed into one row and alone must agree (RuntimeError naming the
-    attention implementation). A 16-bit model (not flash), one on meta or `rank_local` (FSDP rank-0
+    attention implementation). transformers builds the block-diagonal mask from the restarting position ids only
+    while no KV cache is in use; a kernel or model that ignores them lets each example see the ones before it. A 16-bit model (not flash), one on meta or `rank_local` (FSDP rank-0
     loading) is probed through `fp32_twin`."""
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -33,7 +33,8 @@ def needs_streaming(needed_bytes: float, available: float | None = None) -> bool
 
 
 def checkpoint_bytes(model_dir: str | Path, dtype: torch.dtype | None = None) -> tuple[int, int]:
-    """(bytes, floating tensors in `dtype` (None: as stored), largest tensor's entries); no safetensors: (files, 0)."""
+    """(bytes with its floating tensors in `dtype` (None: as stored), entries of its largest tensor); without
+    safetensors: (size of its .bin/.pt/.pth files, 0)."""
     try:
         entries = SafetensorsCheckpoint(model_dir).entries.values()
     except MergeError:

@@ -113,7 +113,7 @@ def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, s
     # <= 1: every element within its rounding bound; share 0: the check cannot tell merged from unmerged
     out = {"max_abs_weight_diff": totals["diff"], "max_weight_error_to_bound": totals["ratio"]}
     out["weight_bound"] = WEIGHT_BOUND
-    out["updates_above_bound_share"] = totals["resolvable"] / max(1, totals["elements"])
+    out["updates_above_bound_share"] = totals["resolvable"] / totals["elements"] if totals["elements"] else 0.0
     out |= {"max_abs_untargeted_weight_diff": totals["other_diff"], "max_abs_delta": totals["max_delta"]}
     return out | {"verified_modules": len(targeted)}
 
