@@ -616,16 +616,26 @@ def test_task_rows_in_the_order_and_number_benchmarks_reads(fixtures):
 
 
 def test_definition_hash_covers_the_parsers(fixtures, tmp_path, monkeypatch):
-    """utils.py reads the files with benchmarks.py's parsers: a change there is a new cache key."""
+    """utils.py reads the files with benchmarks.py's parsers: a change of their code is a new cache key; a reworded
+    docstring or comment is not (the cached results stay valid)."""
     from platypus_utils import benchmarks
 
     before = write_task_configs(fixtures["local"], tmp_path / "a", ["truthfulqa_mc2"]).definition_hash
     assert before == {"truthfulqa_mc2": fixtures["suite"].definition_hash["truthfulqa_mc2"]}
-    edited = tmp_path / "benchmarks.py"
-    edited.write_text(Path(benchmarks.__file__).read_text() + "\n# edited\n")
-    monkeypatch.setattr(benchmarks, "__file__", str(edited))
-    after = write_task_configs(fixtures["local"], tmp_path / "b", ["truthfulqa_mc2"]).definition_hash
-    assert after["truthfulqa_mc2"] != before["truthfulqa_mc2"]
+    source = Path(benchmarks.__file__).read_text()
+    edits = {
+        "comment": source + "\n# edited\n",
+        "docstring": source.replace('"""', '"""Reworded. ', 1),
+        "code": source + "\nEDITED = 1\n",
+    }
+    after = {}
+    for kind, text in edits.items():
+        (tmp_path / kind).mkdir()
+        (edited := tmp_path / kind / "benchmarks.py").write_text(text)
+        monkeypatch.setattr(benchmarks, "__file__", str(edited))
+        after[kind] = write_task_configs(fixtures["local"], tmp_path / kind / "t", ["truthfulqa_mc2"]).definition_hash
+    assert after["comment"] == after["docstring"] == before
+    assert after["code"]["truthfulqa_mc2"] != before["truthfulqa_mc2"]
 
 
 def test_one_benchmark_list():
