@@ -413,6 +413,39 @@ def val_clean(
             )
 
 
+def whole_benchmark(pairs: list[dict], benchmarks: Path, embedder) -> None:
+    """Each labelled row (those naming a real test item) through the stage against ALL real test items, first pass
+    and judge on: share removed per kind, by its own item or by another; per-row detail for tuned splits only."""
+    pairs = [p for p in pairs if "test_id" in p]
+    cfg = DecontaminateConfig(benchmarks_dir=str(benchmarks))
+    items, _ = load_benchmark_items(cfg)
+    start = time.perf_counter()
+    removing = detect([dict(p["train"]) for p in pairs], items, cfg, embedder).pairs
+    removing = removing[removing["action"] == "remove"]
+    print(f"== whole benchmark: {len(pairs)} rows against {len(items)} items, {time.perf_counter() - start:.0f} s")
+    by_row = removing.groupby("train_index")["test_id"].agg(set)
+    for frozen in (True, False):
+        part = [(k, p) for k, p in enumerate(pairs) if tuned(p["split"]) != frozen]
+        counts = collections.Counter()
+        for k, p in part:
+            kind = "passage dropped" if "passage dropped" in p.get("note", "") else p["kind"]
+            got = by_row.get(k, set())
+            counts[(p["label"], kind)] += 1
+            counts[(p["label"], kind, "own")] += p["test_id"] in got
+            counts[(p["label"], kind, "other")] += bool(got - {p["test_id"]}) and p["test_id"] not in got
+        print(
+            f"   {'FROZEN' if frozen else 'TUNED (in-sample)'} splits, {len(part)} rows: removed by its own item / by another"
+        )
+        for label, kind in sorted(k for k in counts if len(k) == 2):
+            n = counts[(label, kind)]
+            own, other = counts[(label, kind, "own")], counts[(label, kind, "other")]
+            print(f"     {label:8} {kind:16} {own}/{n} own, {other}/{n} another")
+    for k, p in enumerate(pairs):  # the tuned splits' no-leak rows removed by another item (a frozen split's: never)
+        if tuned(p["split"]) and p["label"] == "no_leak" and k in by_row and p["test_id"] not in by_row[k]:
+            x = removing[removing["train_index"] == k].iloc[0]
+            print(f"     {p['id']:24} -> {x.test_id:40} {x.category:10} {x.rule[:70]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -430,6 +463,7 @@ def main() -> None:
         "--val-clean", action="store_true", help="only: the stage on MMLU val + dev questions (not test items)"
     )
     ap.add_argument("--val-format", choices=("choices", "plain"), default="choices")
+    ap.add_argument("--whole-benchmark", action="store_true", help="only: labelled rows against all real test items")
     ap.add_argument("--benchmarks", default=str(ROOT.parent / "shared" / "data" / "benchmarks"))
     ap.add_argument("--show", type=int, default=200, help="--val-clean: wrong removals printed")
     args = ap.parse_args()
@@ -449,6 +483,9 @@ def main() -> None:
         pairs = [p for p in pairs if p.get("split", "dev") in args.split]
     embedder = Embedder(args.embedding_model, args.cache_dir, backend=args.embedding_backend)
     print(f"embedding backend: {embedder.backend}")
+    if args.whole_benchmark:
+        whole_benchmark(pairs, Path(args.benchmarks), embedder)
+        return
     cfg = DecontaminateConfig(detectors=["embedding", "ngram", "answer"])  # the rules without the judge
     rules = score_pairs(pairs, cfg, embedder)
     with_judge = score_pairs(pairs, DecontaminateConfig(), embedder)  # the stage's default: the judge on
