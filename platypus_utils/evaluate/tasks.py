@@ -9,7 +9,6 @@ benchmarks.py: a change to any is a different eval-cache key.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from .. import benchmarks
-from ..artifacts import atomic_path, sha256_file, sha256_text
+from ..artifacts import atomic_path, code_only, sha256_file, sha256_text
 from ..demo_data import demo_benchmarks_dir
 from ..lmeval_io import LEADERBOARD_METRICS, MMLU_CATEGORIES, MMLU_CATEGORY_ORDER, TASK_PREFIX, builtin_tasks_dir
 
@@ -210,21 +209,6 @@ _BUILDERS = {
     "mmlu": _mmlu_tasks,
     "truthfulqa_mc2": _truthfulqa_tasks,
 }
-
-
-def code_only(src: str) -> str:
-    """A Python source's code without docstrings and comments (its AST): a wording edit keeps the eval cache's keys."""
-    tree = ast.parse(src)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-        ):
-            node.body = body[1:] if isinstance(body[0].value.value, str) and len(body) > 1 else body
-    return ast.dump(tree)
 
 
 def _hash_files(files: list[Path], root: Path, extra: list[str]) -> str:
