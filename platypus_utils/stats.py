@@ -65,34 +65,6 @@ def percentile_interval(draws, confidence: float = DEFAULT_CONFIDENCE) -> tuple[
     return float(lo), float(hi)
 
 
-def paired_bootstrap(
-    x, y, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean(x - y), low, high): scipy's paired percentile bootstrap interval of the mean difference."""
-    x, y = _array(x), _array(y)
-    if x.shape != y.shape:
-        raise ValueError(f"paired scores of different lengths: {x.size} and {y.size}")
-    d = float((x - y).mean())
-    if x.size < 2:
-        return d, d, d
-    kw = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile", "paired": True}
-    rng = np.random.default_rng(seed)
-    got = _st.bootstrap((x, y), lambda a, b, axis: (a - b).mean(axis=axis), rng=rng, **kw).confidence_interval
-    return d, float(got.low), float(got.high)
-
-
-def stratified_interval(
-    groups: Sequence, n_boot: int = DEFAULT_N_BOOT, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean over groups of the group's mean difference, low, high): each group resampled on its own,
-    the one-question groups pooled into one stratum (`pool_singletons`)."""
-    rng = np.random.default_rng(seed)
-    arrays = [_array(g) for g in groups]
-    draws = pool_singletons([bootstrap_means(a, n_boot, rng) for a in arrays], arrays, rng)
-    lo, hi = percentile_interval(np.mean(draws, axis=0), confidence)
-    return float(np.mean([a.mean() for a in arrays])), lo, hi
-
-
 def pool_singletons(draws: Sequence, groups: Sequence, rng: np.random.Generator) -> list[np.ndarray]:
     """Bootstrap draws per group, those of one-observation groups replaced by draws from all of them
     together (collapsed strata), so a mean over such groups does not look exact."""
@@ -221,15 +193,4 @@ def questions_for_change(delta: float, discordance: float, alpha: float = 0.05, 
         raise ValueError(f"need 0 < |delta| <= discordance <= 1, got delta={delta}, discordance={discordance}")
     za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
     n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta**2)) ** 2 / delta**2
-    return int(math.ceil(n))
-
-
-def questions_for_change_unpaired(delta: float, accuracy: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Questions per model to detect `delta` between independent accuracies around `accuracy` (z test)."""
-    p1, p2 = accuracy - delta / 2, accuracy + delta / 2
-    if not (0 < p1 < 1 and 0 < p2 < 1):
-        raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
-    pbar = (p1 + p2) / 2
-    za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
-    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta**2
     return int(math.ceil(n))

@@ -1,4 +1,7 @@
-"""stats: paired interval, exact McNemar, Benjamini-Hochberg, power - against hand-computed values."""
+"""stats: paired interval, exact McNemar, Benjamini-Hochberg, power - against hand-computed values.
+
+paired_bootstrap, stratified_interval and questions_for_change_unpaired are oracles kept here (the package
+uses bootstrap_means, pool_singletons and percentile_interval directly, and the paired sample size only)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,48 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, false_discovery_control, permutation_test
+from scipy.stats import binomtest, bootstrap, false_discovery_control, norm, permutation_test
 
 from platypus_utils import stats
 
 # a small table: 10 questions, model x right on 7, y right on 4; discordant b = 4 (x only), c = 1 (y only)
 X = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
 Y = [1, 1, 1, 0, 0, 0, 0, 1, 0, 0]
+
+
+def paired_bootstrap(x, y, n_boot=stats.DEFAULT_N_BOOT, confidence=stats.DEFAULT_CONFIDENCE, seed=0):
+    """(mean(x - y), low, high): scipy's paired percentile bootstrap interval of the mean difference."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores of different lengths: {x.size} and {y.size}")
+    d = float((x - y).mean())
+    if x.size < 2:
+        return d, d, d
+    kw = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile", "paired": True}
+    rng = np.random.default_rng(seed)
+    got = bootstrap((x, y), lambda a, b, axis: (a - b).mean(axis=axis), rng=rng, **kw).confidence_interval
+    return d, float(got.low), float(got.high)
+
+
+def stratified_interval(groups, n_boot=stats.DEFAULT_N_BOOT, confidence=stats.DEFAULT_CONFIDENCE, seed=0):
+    """(mean over groups of the group's mean difference, low, high): each group resampled on its own,
+    the one-question groups pooled into one stratum (stats.pool_singletons), as analysis.paired does."""
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(g, dtype=float).reshape(-1) for g in groups]
+    draws = stats.pool_singletons([stats.bootstrap_means(a, n_boot, rng) for a in arrays], arrays, rng)
+    lo, hi = stats.percentile_interval(np.mean(draws, axis=0), confidence)
+    return float(np.mean([a.mean() for a in arrays])), lo, hi
+
+
+def questions_for_change_unpaired(delta, accuracy, alpha=0.05, power=0.8):
+    """Questions per model to detect `delta` between independent accuracies around `accuracy` (z test)."""
+    p1, p2 = accuracy - delta / 2, accuracy + delta / 2
+    if not (0 < p1 < 1 and 0 < p2 < 1):
+        raise ValueError(f"accuracy {accuracy} +- {delta}/2 must lie in (0, 1)")
+    pbar = (p1 + p2) / 2
+    za, zb = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta**2
+    return int(math.ceil(n))
 
 
 def test_discordant_and_exact_mcnemar_by_hand():
@@ -31,7 +69,7 @@ def test_discordant_and_exact_mcnemar_by_hand():
 def test_paired_bootstrap_interval_matches_its_exact_distribution():
     # d = x - y takes +1 four times, -1 once, 0 five times: the bootstrap mean of 10 draws has mean 0.3 and
     # variance var(d)/10 with var(d) (population) = E[d^2] - 0.09 = 0.5 - 0.09 = 0.41
-    mean, lo, hi = stats.paired_bootstrap(X, Y, n_boot=40_000, confidence=0.95, seed=1)
+    mean, lo, hi = paired_bootstrap(X, Y, n_boot=40_000, confidence=0.95, seed=1)
     assert mean == pytest.approx(0.3)
     draws = stats.bootstrap_means(np.subtract(X, Y), 40_000, np.random.default_rng(1))
     assert draws.mean() == pytest.approx(0.3, abs=0.005)
@@ -39,7 +77,8 @@ def test_paired_bootstrap_interval_matches_its_exact_distribution():
     # the percentile interval sits on the lattice of means k/10; the exact 2.5% and 97.5% quantiles
     # of the resampled mean are -0.1 and 0.7 (enumerated in the next test)
     assert (lo, hi) == (pytest.approx(-0.1), pytest.approx(0.7))
-    assert stats.paired_bootstrap(X, Y, n_boot=2000, seed=3) == stats.paired_bootstrap(X, Y, n_boot=2000, seed=3)
+    assert stats.percentile_interval(draws, 0.95) == (pytest.approx(-0.1), pytest.approx(0.7))  # the package's
+    assert paired_bootstrap(X, Y, n_boot=2000, seed=3) == paired_bootstrap(X, Y, n_boot=2000, seed=3)
     # scipy's bootstrap draws from the generator it is given: the same seed, the same draws
     again = stats.bootstrap_means(np.subtract(X, Y), 40_000, np.random.default_rng(1))
     assert (draws == again).all() and stats.bootstrap_means([0.5], 3, np.random.default_rng(0)).tolist() == [0.5] * 3
@@ -65,7 +104,7 @@ def test_exact_quantiles_by_enumeration():
 
 def test_stratified_interval_averages_subjects_not_questions():
     small, big = np.ones(2), np.zeros(98)
-    mean, lo, hi = stats.stratified_interval([small, big], n_boot=500, seed=0)
+    mean, lo, hi = stratified_interval([small, big], n_boot=500, seed=0)
     assert mean == pytest.approx(0.5)  # (1 + 0) / 2, not 2/100
     assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)  # constant within each subject
 
@@ -74,12 +113,12 @@ def test_stratified_interval_pools_one_question_subjects():
     """One question per subject (a small evaluation): the subjects' differences are resampled together, so
     the interval has the width of a bootstrap over them, not zero (a subject of one cannot be resampled)."""
     diffs = [np.array([v]) for v in [1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]]
-    mean, lo, hi = stats.stratified_interval(diffs, n_boot=4000, seed=0)
-    plain = stats.paired_bootstrap(np.concatenate(diffs), np.zeros(10), n_boot=4000, seed=0)
+    mean, lo, hi = stratified_interval(diffs, n_boot=4000, seed=0)
+    plain = paired_bootstrap(np.concatenate(diffs), np.zeros(10), n_boot=4000, seed=0)
     assert mean == pytest.approx(0.3)
     assert hi - lo == pytest.approx(plain[2] - plain[1], abs=0.11) and hi - lo > 0.5
     # a larger subject keeps its own resampling beside the pooled singletons
-    mean, lo, hi = stats.stratified_interval([np.zeros(50), np.array([1.0]), np.array([-1.0])], n_boot=2000)
+    mean, lo, hi = stratified_interval([np.zeros(50), np.array([1.0]), np.array([-1.0])], n_boot=2000)
     assert mean == pytest.approx(0.0) and lo < 0 < hi
 
 
@@ -196,7 +235,7 @@ def test_power_calculation_by_hand():
     # (1.95996 sqrt(0.2) + 0.84162 sqrt(0.1975))^2 / 0.0025 = 625.5 -> 626
     assert stats.questions_for_change(0.05, 0.20) == 626
     # unpaired, accuracy 0.5: (1.95996 sqrt(0.5) + 0.84162 sqrt(0.49875))^2 / 0.0025 = 1568.6 -> 1569
-    assert stats.questions_for_change_unpaired(0.05, 0.5) == 1569
+    assert questions_for_change_unpaired(0.05, 0.5) == 1569
     with pytest.raises(ValueError):
         stats.questions_for_change(0.05, 0.01)  # a change larger than the disagreement is impossible
 
