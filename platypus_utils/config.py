@@ -3,6 +3,7 @@ Unknown or mistyped keys fail with a `ProfileError` naming the key and the file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import string
@@ -595,13 +596,11 @@ class Profile(_Section):
 
     def run_dir(self, stage: str | None = None) -> Path:
         """runs_dir/<name>[/<stage>]: each part a plain folder name, so the path stays inside runs_dir."""
-        base = Path(self.paths.runs_dir) / _plain_name(self.name)
-        return base / _plain_name(stage) if stage else base
+        return Path(self.paths.runs_dir, _plain_name(self.name), *([_plain_name(stage)] if stage else []))
 
     def report_dir(self, kind: str | None = None) -> Path:
         """reports_dir/<name>[/<kind>], inside reports_dir as run_dir is inside runs_dir."""
-        base = Path(self.paths.reports_dir) / _plain_name(self.name)
-        return base / _plain_name(kind) if kind else base
+        return Path(self.paths.reports_dir, _plain_name(self.name), *([_plain_name(kind)] if kind else []))
 
     def cache_dir(self) -> Path:
         return Path(self.paths.cache_dir) if self.paths.cache_dir else default_cache_dir()
@@ -714,25 +713,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml's SafeLoader, refusing a key written twice in one mapping."""
 
     def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are allowed
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: construct_mapping says so itself
-                    continue
-                if first is not None:
-                    raise DuplicateKey(key, key_node.start_mark.line + 1, first)
-                seen[key] = key_node.start_mark.line + 1
+        lines: dict = {}  # key -> the line it is first written on
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are allowed
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: construct_mapping says so itself
+                if key in lines:
+                    raise DuplicateKey(
+                        f"line {line}: key {str(key)!r} is written twice (first on line {lines[key]}); write it once"
+                    )
+                lines[key] = line
         return super().construct_mapping(node, deep)
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key, line: int, first: int):
-        super().__init__(f"line {line}: key {str(key)!r} is written twice (first on line {first}); write it once")
+    """A key written twice in one mapping of a profile."""
 
 
 def read_profile_yaml(path: Path) -> dict:
@@ -786,18 +782,16 @@ def apply_override(raw: dict, dotted: str, value: Any, path: Path) -> None:
     default: Any = _default_tree()
     for depth, key in enumerate(keys):
         where = ".".join(keys[: depth + 1])
-        last = depth == len(keys) - 1
         if isinstance(node, list):
             key = _list_index(key, node, where, path, dotted)
             child_default = default[key] if isinstance(default, list) and key < len(default) else None
         else:
             child_default = default.get(key) if isinstance(default, dict) else None
-            if not last and node.get(key) is None:
-                seed = {} if depth == 0 or child_default is None else child_default
-                node[key] = copy.deepcopy(seed)
-        if last:
+        if depth == len(keys) - 1:
             node[key] = value
             return
+        if isinstance(node, dict) and node.get(key) is None:  # a mapping or list on the way starts from its default
+            node[key] = copy.deepcopy({} if depth == 0 or child_default is None else child_default)
         node, default = node[key], child_default
         if not isinstance(node, (dict, list)):
             raise ProfileError(

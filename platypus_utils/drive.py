@@ -14,7 +14,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DRIVE_PREFIX = "drive:"
 DRIVE_DIR_ENV = "PLATYPUS_DRIVE_DIR"
 MOUNT_POINT = "/content/drive"
-LOCAL_DRIVE_FALLBACK = ("runs", "drive")
 
 
 class DriveNotMounted(ValueError):
@@ -38,14 +37,12 @@ def drive_root(project_root: Path = PROJECT_ROOT) -> Path:
                 f"or set ${DRIVE_DIR_ENV} to the folder to use instead"
             )
         return my_drive
-    return Path(project_root).joinpath(*LOCAL_DRIVE_FALLBACK)
+    return Path(project_root, "runs", "drive")
 
 
 def resolve_drive_path(value: str, project_root: Path = PROJECT_ROOT) -> str:
     """'drive:platypus/runs' -> '<drive root>/platypus/runs'; ValueError for an empty, absolute or '..' path."""
-    if not value.startswith(DRIVE_PREFIX):
-        raise ValueError(f"{value!r} is not a {DRIVE_PREFIX} path")
-    rel = value[len(DRIVE_PREFIX) :].strip()
+    rel = value.removeprefix(DRIVE_PREFIX).strip()
     if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise ValueError(
             f"{value!r}: expected {DRIVE_PREFIX}<folder relative to the Drive root>, e.g. {DRIVE_PREFIX}platypus/runs"

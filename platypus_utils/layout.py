@@ -49,8 +49,6 @@ BASE_VARIANT = "base"
 ADAPTER_VARIANT = "adapter"
 RESERVED_VARIANTS = (BASE_VARIANT, ADAPTER_VARIANT)
 DEFAULT_MERGED_VARIANT = "merged"
-PARTNER_SUFFIX = "-platypus"
-SWEEP_PREFIX = "sweep-"
 # mergekit 0.1.5's methods, and peft merge_utils' (README "Merging")
 MERGEKIT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 PEFT_MERGE_METHODS = ("peft_ties", "peft_dare_linear", "peft_dare_ties")
@@ -87,12 +85,12 @@ def seed_variants(profile: Profile) -> dict[int, str]:
 
 def partner_merged_variant(partner: MergePartnerConfig) -> str:
     """The variant that is the adapter merged into this partner (e.g. stable-platypus2-13b)."""
-    return partner.merged_name or partner.name + PARTNER_SUFFIX
+    return partner.merged_name or f"{partner.name}-platypus"
 
 
 def sweep_variant_name(method: str, weights: list[float], density: float | None = None) -> str:
     """sweep-<method>-w<w1>_<w2>...[-d<density>], e.g. sweep-ties-w0.7_0.3-d0.5."""
-    name = f"{SWEEP_PREFIX}{method}-w{'_'.join(f'{w:g}' for w in weights)}"
+    name = f"sweep-{method}-w{'_'.join(f'{w:g}' for w in weights)}"
     return name + (f"-d{density:g}" if density is not None else "")
 
 

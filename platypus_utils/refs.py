@@ -25,7 +25,6 @@ def looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", ".", "~"))
 
 
-REVISION_SEPARATOR = "@"
 _SNAPSHOTS: dict[str, dict] = {}  # reference -> {repo_id, revision, commit[, path]}, this process
 
 
@@ -40,9 +39,9 @@ def is_hub_reference(ref: str) -> bool:
 def split_revision(ref: str) -> tuple[str, str | None]:
     """(repo id, revision or None) of "org/name[@revision]"; other references whole; "org/name@": ValueError."""
     ref = ref.strip()
-    if REVISION_SEPARATOR not in ref or not is_hub_reference(ref):
+    if "@" not in ref or not is_hub_reference(ref):
         return ref, None
-    repo_id, revision = ref.split(REVISION_SEPARATOR, 1)
+    repo_id, revision = ref.split("@", 1)
     if not repo_id or not revision.strip():
         raise ValueError(f"hub reference {ref!r}: expected org/name@<revision> (a commit sha pins it)")
     return repo_id, revision.strip()

@@ -162,19 +162,19 @@ def check_lora(options: Any) -> dict[str, Any]:
     from peft import LoraConfig
 
     checked = check_options(options, LoraConfig, "LoraConfig", LORA_PROJECT_KEYS, LORA_RANGES)
-    try:
-        LoraConfig(**checked, task_type="CAUSAL_LM")
-    except (TypeError, ValueError) as exc:
-        culprit = next((k for k in checked if _lora_fails({k: checked[k]})), "")
-        raise OptionError(culprit, f"peft's LoraConfig refuses it: {exc}") from None
+    refused = _lora_refusal(checked)
+    if refused is not None:  # the error names the first key LoraConfig refuses alone, over the paper's defaults
+        culprit = next((k for k in checked if _lora_refusal({k: checked[k]})), "")
+        raise OptionError(culprit, f"peft's LoraConfig refuses it: {refused}")
     return checked
 
 
-def _lora_fails(options: dict) -> bool:
+def _lora_refusal(options: dict) -> Exception | None:
+    """What peft's LoraConfig raises for `options` over LORA_DEFAULTS; None when it takes them."""
     from peft import LoraConfig
 
     try:
         LoraConfig(**{**LORA_DEFAULTS, **options}, task_type="CAUSAL_LM")
-    except (TypeError, ValueError):
-        return True
-    return False
+    except (TypeError, ValueError) as exc:
+        return exc
+    return None
