@@ -349,8 +349,13 @@ def code_only(src: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def package_source_hash() -> str:
-    """Hash of every .py under platypus_utils/; once per process."""
-    return tree_sha256(PACKAGE_DIR, PACKAGE_DIR.rglob("*.py"))
+    """Hash of the code of every .py under platypus_utils/ (`code_only`: a docstring or comment edit keeps it, so
+    resumable runs stay up to date); once per process."""
+    h = hashlib.sha256()
+    for p in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(p.relative_to(PACKAGE_DIR).as_posix().encode())
+        h.update(sha256_text(code_only(p.read_text(encoding="utf-8"))).encode())
+    return h.hexdigest()
 
 
 def code_fingerprint(stage: str) -> dict[str, str | None]:

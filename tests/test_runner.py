@@ -329,3 +329,24 @@ def test_run_refuses_an_edited_notebook_before_any_stage(tmp_path, monkeypatch):
     assert summary["stages"]["01_curate"] == {"status": "ran", "seconds": ANY, "edited_cells": edited}
     assert "edited_cells" not in summary["stages"]["02_decontaminate"]
     assert json.loads((profile.run_dir("01_curate") / "attempt.json").read_text())["edited_cells"] == edited
+
+
+def test_package_source_hash_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch):
+    """A wording edit of the package keeps every resumable run's code fingerprint; a code edit changes it."""
+    from platypus_utils import artifacts
+
+    monkeypatch.setattr(artifacts, "PACKAGE_DIR", tmp_path)
+    source = tmp_path / "mod.py"
+
+    def fingerprint(text):
+        source.write_text(text)
+        artifacts.package_source_hash.cache_clear()
+        return artifacts.package_source_hash()
+
+    try:
+        before = fingerprint('"""Module."""\n\n\ndef f(x):\n    """Double."""\n    return 2 * x  # twice\n')
+        reworded = fingerprint('"""The module, reworded."""\n\n\ndef f(x):\n    # a new comment\n    return 2 * x\n')
+        changed = fingerprint('"""Module."""\n\n\ndef f(x):\n    """Double."""\n    return 3 * x  # twice\n')
+    finally:
+        artifacts.package_source_hash.cache_clear()
+    assert before == reworded != changed
