@@ -107,7 +107,7 @@ class CurateConfig(_Section):
     over_long_rows: Literal["keep", "truncate", "drop"] = "keep"
 
 
-def _over_defaults(defaults: dict[str, Any], kind: Any = dict[str, Any], *checks) -> Any:
+def _over_defaults(defaults: dict[str, Any], *checks, kind: Any = dict[str, Any]) -> Any:
     """A mapping whose partial value overrides `defaults` key by key, then passes `checks`."""
 
     def over(v: Any) -> Any:
@@ -117,6 +117,7 @@ def _over_defaults(defaults: dict[str, Any], kind: Any = dict[str, Any], *checks
 
 
 DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
+Actions = dict[Literal[tuple(DEFAULT_ACTIONS)], Literal["remove", "keep"]]  # per category of flagged pair
 
 
 class DecontaminateConfig(_Section):
@@ -144,10 +145,7 @@ class DecontaminateConfig(_Section):
     # at duplicate_threshold, this share of the test's words in the train text: near-verbatim, else gray-area
     verbatim_word_share: float = Field(default=0.8, gt=0.0, le=1.0)
     answer_detector_threshold: Optional[float] = Field(default=0.6, gt=0.0, le=1.0)  # null: the answer detector off
-    # per category (a partial mapping keeps the others' defaults)
-    actions: _over_defaults(
-        DEFAULT_ACTIONS, dict[Literal["duplicate", "gray_area", "similar_but_different"], Literal["remove", "keep"]]
-    ) = Field(default_factory=dict)
+    actions: _over_defaults(DEFAULT_ACTIONS, kind=Actions) = Field(default_factory=dict)  # partial: others' defaults
     block_size: int = Field(default=2048, ge=1)
     limit_per_benchmark: Optional[int] = Field(default=None, ge=1)
     # reviewer's decisions per pair_id: CSV (pair_id,decision) or YAML (pair_id: keep | remove) (decisions.py)
@@ -189,15 +187,15 @@ class PartnerAdapterConfig(_OptionsSection):
     data_sources: list[str] = Field(min_length=1)  # rows of clean.jsonl whose data_source is one of these
     # SFTConfig options over finetune.sft (max_steps 4 unless set); the stage sets logging_steps=1, no checkpoint and
     # at most half the steps of warm-up itself, whatever is given here
-    sft: _over_defaults(PARTNER_SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
+    sft: _over_defaults(PARTNER_SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
 
 
 class FinetuneConfig(_OptionsSection):
     # `sft` goes to trl.SFTConfig(**sft), `lora` to peft.LoraConfig (keys checked at load: training_options)
     MOVED: ClassVar[dict[str, str]] = MOVED_FINETUNE_KEYS
 
-    sft: _over_defaults(SFT_DEFAULTS, dict[str, Any], check_sft) = Field(default_factory=dict)
-    lora: _over_defaults(LORA_DEFAULTS, dict[str, Any], check_lora) = Field(default_factory=dict)
+    sft: _over_defaults(SFT_DEFAULTS, check_sft) = Field(default_factory=dict)
+    lora: _over_defaults(LORA_DEFAULTS, check_lora) = Field(default_factory=dict)
     cutoff_len: int = Field(default=4096, ge=16)  # tokens per example (SFTConfig.max_length; rows cut keep_start)
     eval_size: int = Field(default=32, ge=1)  # held-out rows for the before/after loss
     max_train_samples: Optional[int] = Field(default=None, ge=1)
@@ -346,7 +344,7 @@ class ModelMergeConfig(_Section):
     """Full models (fine-tunes of one base) merged tensor by tensor; normalize, rescale, lambda and int8_mask are
     mergekit's (None: the method's default). `{name, mergekit: <mapping or path.yml>}` is translated at load."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # over _Section's: `lambda` is also read as lambda_
 
     name: PlainName
     method: MergeMethod

@@ -115,8 +115,7 @@ def _check_value(key: str, hint: Any, value: Any, owner: str) -> Any:
     try:
         read = _adapter(hint).validate_python(value)
     except ValidationError as exc:
-        problem = exc.errors()[0]["msg"]
-        raise OptionError(key, f"{problem} for {owner}.{key} (declared {hint}; got {value!r})") from None
+        raise OptionError(key, f"{exc.errors()[0]['msg']} for {owner}.{key} (declared {hint}; got {value!r})") from None
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     value = value if number and read == value else read  # 100 stays 100 where the hint says float
     enums = [t for t in typing.get_args(hint) if isinstance(t, type) and issubclass(t, enum.Enum)]
