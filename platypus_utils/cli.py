@@ -46,21 +46,20 @@ def _add_set(parser, help: str = "override a profile key") -> None:
 
 
 def _add_run(sub) -> None:
-    p_run = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
-    p_run.add_argument("params", help="profile YAML, e.g. params/demo.yaml")
-    p_run.add_argument(
-        "--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune"
-    )
-    p_run.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
-    p_run.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    _add_set(p_run, "override a profile key, e.g. --set finetune.sft.max_steps=5")
-    p_run.add_argument("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
-    p_run.add_argument(
+    p = sub.add_parser("run", help="run a profile's stages (papermill notebooks)")
+    add = p.add_argument
+    add("params", help="profile YAML, e.g. params/demo.yaml")
+    add("--only", action="append", metavar="STAGE", help="run only this stage (repeatable): 03, finetune")
+    add("--from", dest="start", metavar="STAGE", help="run from this stage on")
+    add("--force", action="store_true", help="rerun stages even when up to date")
+    _add_set(p, "override a profile key, e.g. --set finetune.sft.max_steps=5")
+    add("-v", "--verbose", action="store_true", help="stream cell output to the terminal")
+    add(
         "--wait",
         action="store_true",
         help="if another run of this profile holds its lock, wait for it instead of exiting (3)",
     )
-    p_run.add_argument(
+    add(
         "--allow-edited-notebooks",
         action="store_true",
         help="run stage notebooks whose code cells differ from their committed version (else refused)",
@@ -68,97 +67,64 @@ def _add_run(sub) -> None:
 
 
 def _add_validate(sub) -> None:
-    p_val = sub.add_parser("validate", help="validate profiles without running anything")
-    p_val.add_argument("params", nargs="+")
+    sub.add_parser("validate", help="validate profiles without running anything").add_argument("params", nargs="+")
 
 
 def _add_decontaminate(sub) -> None:
-    p_dec = sub.add_parser(
+    p = sub.add_parser(
         "decontaminate", help="check any Open-Platypus-schema JSONL against benchmarks; prints a JSON summary"
     )
-    p_dec.add_argument(
-        "train", nargs="?", help="JSON lines (or a .json list) with instruction, output[, input, data_source]"
-    )
-    p_dec.add_argument("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
-    p_dec.add_argument("--out", help="output directory (needed with a training file)")
-    p_dec.add_argument(
+    add = p.add_argument
+    add("train", nargs="?", help="JSON lines (or a .json list) with instruction, output[, input, data_source]")
+    add("--benchmarks", required=True, help="directory in the original formats, or 'hub'")
+    add("--out", help="output directory (needed with a training file)")
+    add(
         "--build-index",
         metavar="FILE",
         help="write the benchmark side (views, first-pass index, vectors, model) to FILE and stop; "
         "another machine passes it with --index",
     )
-    p_dec.add_argument("--index", metavar="FILE", help="a --build-index file, read instead of embedding the benchmarks")
-    p_dec.add_argument(
-        "--candidates",
-        choices=["first_pass", "exhaustive"],
-        default="first_pass",
-        help="items the exact pass reads: a lexical first pass's candidates (default) or every item",
+    add("--index", metavar="FILE", help="a --build-index file, read instead of embedding the benchmarks")
+    candidates_help = "items the exact pass reads: a lexical first pass's candidates (default) or every item"
+    add("--candidates", choices=["first_pass", "exhaustive"], default="first_pass", help=candidates_help)
+    engine_help = (
+        "where the steps run: this process (default) or Ray Data over blocks of rows (the `ray` extra; docs/ray.md)"
     )
-    p_dec.add_argument(
-        "--engine",
-        choices=["local", "ray"],
-        default="local",
-        help="where the steps run: this process (default) or Ray Data over blocks of rows (the `ray` extra; docs/ray.md)",
-    )
-    p_dec.add_argument(
-        "--ray-address",
-        default=None,
-        help="with --engine ray: a running cluster's address (default: start a local one)",
-    )
-    p_dec.add_argument(
+    add("--engine", choices=["local", "ray"], default="local", help=engine_help)
+    add("--ray-address", help="with --engine ray: a running cluster's address (default: start a local one)")
+    add(
         "--detectors",
         type=_detectors,
-        default=None,
         metavar="LIST",
         help="comma-separated, from embedding, ngram, answer, judge (default: the profile "
         "default, embedding,ngram,answer,judge); ngram alone needs no embedding model",
     )
-    p_dec.add_argument(
-        "--benchmark",
-        action="append",
-        dest="benchmark_names",
-        choices=TEST_SETS,
-        help="check only this benchmark (repeatable; default: all four)",
-    )
-    p_dec.add_argument("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
-    p_dec.add_argument(
+    benchmark_help = "check only this benchmark (repeatable; default: all four)"
+    add("--benchmark", action="append", dest="benchmark_names", choices=TEST_SETS, help=benchmark_help)
+    add("--threshold", type=float, default=0.8, help="embedding detector's cosine threshold")
+    add(
         "--judge",
         metavar="MODEL",
-        default=None,
         help="the rewording judge's model: a sentence-embedding reference (default embedded:all-minilm-l6-v2) or "
         "llm:<causal LM> to ask it the LLM-Decontaminator question (batched; meant for a GPU)",
     )
-    p_dec.add_argument(
-        "--decisions",
-        metavar="FILE",
-        default=None,
-        help="a reviewer's decisions on flagged pairs (CSV pair_id,decision or YAML pair_id: keep|remove)",
-    )
-    p_dec.add_argument("--embedding-model", default="embedded:all-minilm-l6-v2")
-    p_dec.add_argument(
-        "--cache-dir", default=None, help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)"
-    )
+    decisions_help = "a reviewer's decisions on flagged pairs (CSV pair_id,decision or YAML pair_id: keep|remove)"
+    add("--decisions", metavar="FILE", help=decisions_help)
+    add("--embedding-model", default="embedded:all-minilm-l6-v2")
+    add("--cache-dir", help="embedding cache (default $PLATYPUS_CACHE or ~/.cache/platypus)")
 
 
 def _add_analyse(sub) -> None:
-    p_an = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
-    p_an.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="DIR[=NAME]",
-        help="lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's",
-    )
-    p_an.add_argument("--baseline", required=True, help="the variant every other one is compared with")
-    p_an.add_argument("--out", required=True, help="output folder (tables/, figures/, summary.md)")
-    p_an.add_argument(
-        "--merged",
-        action="append",
-        default=[],
-        metavar="VARIANT=PARTNER",
-        help="VARIANT is PARTNER + the adapter: also compare them (repeatable)",
-    )
-    p_an.add_argument("--force", action="store_true", help="compare even when few-shot, version or limit differ")
-    p_an.add_argument(
+    p = sub.add_parser("analyse", help="paired per-subject tables and figures from lm-eval output folders")
+    add = p.add_argument
+    inputs_help = "lm-eval --output_path folder (one model) or a 05_evaluate folder; NAME: the variant's"
+    add("inputs", nargs="+", metavar="DIR[=NAME]", help=inputs_help)
+    add("--baseline", required=True, help="the variant every other one is compared with")
+    add("--out", required=True, help="output folder (tables/, figures/, summary.md)")
+    merged_help = "VARIANT is PARTNER + the adapter: also compare them (repeatable)"
+    add("--merged", action="append", default=[], metavar="VARIANT=PARTNER", help=merged_help)
+    add("--force", action="store_true", help="compare even when few-shot, version or limit differ")
+    add(
         "--results-file",
         action="append",
         default=[],
@@ -167,42 +133,35 @@ def _add_analyse(sub) -> None:
         help="a folder holds several results_*.json for the same tasks: read this one (a file name; repeatable, "
         "one per input), the latest, or all (a later file's tasks replace an earlier one's)",
     )
-    p_an.add_argument("--confidence", type=float, default=0.95)
-    p_an.add_argument("--n-bootstrap", type=int, default=2000)
-    p_an.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
-    p_an.add_argument("--seed", type=int, default=0)
-    p_an.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
+    add("--confidence", type=float, default=0.95)
+    add("--n-bootstrap", type=int, default=2000)
+    add("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
+    add("--seed", type=int, default=0)
+    add("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
 
 
 def _add_plan(sub) -> None:
-    p_plan = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
-    p_plan.add_argument("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
-    p_plan.add_argument(
-        "--config",
-        metavar="DIR",
-        help="folder with the base model's config.json (else plan.base_config, "
-        "a params/model_configs copy, or the hub)",
+    p = sub.add_parser("plan", help="dry run before renting a GPU: parameters, steps, memory, time, disk")
+    add = p.add_argument
+    add("params", help="profile YAML, e.g. params/platypus2-13b.yaml")
+    config_help = (
+        "folder with the base model's config.json (else plan.base_config, a params/model_configs copy, or the hub)"
     )
-    p_plan.add_argument("--out", help="JSON output (default reports/<profile>/plan.json)")
-    p_plan.add_argument("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
-    p_plan.add_argument(
-        "--gpu-memory-gb",
-        type=_number_in(0, None, "GiB per GPU"),
-        help="GiB per GPU the plan must fit (plan.gpu_memory_gb)",
-    )
-    p_plan.add_argument(
-        "--mfu",
-        type=_number_in(0, 1, "the model-FLOP utilisation, a share"),
-        help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)",
-    )
-    _add_set(p_plan)
+    add("--config", metavar="DIR", help=config_help)
+    add("--out", help="JSON output (default reports/<profile>/plan.json)")
+    add("--gpu", choices=["a100", "h100", "h200"], help="GPU for the time estimate (plan.gpu)")
+    memory_type = _number_in(0, None, "GiB per GPU")
+    add("--gpu-memory-gb", type=memory_type, help="GiB per GPU the plan must fit (plan.gpu_memory_gb)")
+    mfu_type = _number_in(0, 1, "the model-FLOP utilisation, a share")
+    add("--mfu", type=mfu_type, help="model-FLOP utilisation for the time estimate, in (0, 1] (plan.mfu)")
+    _add_set(p)
 
 
 def _add_push(sub) -> None:
-    p_push = sub.add_parser("push", help="upload the adapter and merged models with their cards")
-    p_push.add_argument("params", help="profile YAML with export.push_to_hub: true")
-    p_push.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
-    _add_set(p_push)
+    p = sub.add_parser("push", help="upload the adapter and merged models with their cards")
+    p.add_argument("params", help="profile YAML with export.push_to_hub: true")
+    p.add_argument("--dry-run", action="store_true", help="say what would go to which repo; upload nothing")
+    _add_set(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,14 +220,15 @@ def _check_out_file(out: Path, given: Path) -> None:
 
 
 def _cmd_plan(args) -> int:
-    from .plan import check_fits, default_out, format_plan, make_plan, shown_path, write_plan
+    from .artifacts import write_json
+    from .plan import check_fits, format_plan, make_plan, shown_path
 
     profile = load_profile(args.params, overrides=parse_set(args.set))
     if args.out:
         _check_out_file(Path(args.out), Path(args.params))
     result = make_plan(profile, config_dir=args.config, gpu=args.gpu, gpu_memory_gb=args.gpu_memory_gb, mfu=args.mfu)
     print(format_plan(result))
-    out = write_plan(result, Path(args.out) if args.out else default_out(profile))
+    out = write_json(Path(args.out) if args.out else profile.report_dir() / "plan.json", result)
     print(f"written: {shown_path(out)}")
     check_fits(result)
     return 0

@@ -53,7 +53,6 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 import yaml
@@ -62,7 +61,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from accelerate import init_empty_weights
 
-from .artifacts import read_jsonl, write_json
+from .artifacts import read_jsonl
 from .config import Profile, ProfileError, project_root_for
 from .finetune.data import PROMPT_NO_INPUT
 from .finetune.trainer import build_lora_config
@@ -114,7 +113,7 @@ EVAL_BACKENDS = {  # backend -> its name in the printed plan
 }
 
 
-def config_source(profile: Profile, config_dir: Optional[str] = None) -> str:
+def config_source(profile: Profile, config_dir: str | None = None) -> str:
     """Where the base's config comes from: a folder, or the hub id (`--config`, `plan.base_config`, a local model, params/model_configs/, else the hub)."""
     root = project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
     chosen = config_dir or profile.plan.base_config
@@ -195,8 +194,7 @@ def data_assumptions(profile: Profile) -> dict:
         rows = OPEN_PLATYPUS_ROWS - DECONTAMINATION_REMOVED
         source = f"Open-Platypus {OPEN_PLATYPUS_ROWS:,} rows less ~{DECONTAMINATION_REMOVED} decontaminated"
     train = max(rows - (ft.eval_size if plan.train_examples is None else 0), 0)
-    if ft.max_train_samples:
-        train = min(train, ft.max_train_samples)
+    train = min(train, ft.max_train_samples or train)
     if plan.mean_example_tokens is not None:
         mean, mean_source = plan.mean_example_tokens, "plan.mean_example_tokens"
     elif lengths is not None:
@@ -465,12 +463,11 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
     n_matmul = shape["total_params"] - shape["embedding_params"]
     memory = {**GPU_MEMORY_GIB, gpu: gpu_memory_gb}
     hold = {g: gpus_to_hold(shape, memory[g]) for g in GPU_PEAK_TFLOPS}
-    hours = {  # hf spreads the layers (one GPU busy at a time), vllm runs tensor parallel over the replica
-        b: {
-            g: round(models * _hours(2 * n_matmul * per_model[b], mfus[b], g, 1 if b == "hf" else hold[g]), 2)
-            for g in hold
-        }
-        for b in EVAL_BACKENDS
+    # hf spreads the layers (one GPU busy at a time), vllm runs tensor parallel over the replica
+    flops = {b: 2 * n_matmul * per_model[b] for b in EVAL_BACKENDS}
+    hours = {
+        b: {g: round(models * _hours(flops[b], mfus[b], g, 1 if b == "hf" else hold[g]), 2) for g in hold}
+        for b in flops
     }
     spread_gpus = plan.eval_gpus or profile.finetune.num_gpus
     replicas = max(1, spread_gpus // hold[gpu])
@@ -500,14 +497,8 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
     }
 
 
-def make_plan(
-    profile: Profile,
-    config_dir: Optional[str] = None,
-    gpu: Optional[str] = None,
-    gpu_memory_gb: Optional[float] = None,
-    mfu: Optional[float] = None,
-) -> dict:
-    """Everything `platypus plan` prints, as a dict; arguments override the profile's plan section."""
+def make_plan(profile: Profile, config_dir=None, gpu=None, gpu_memory_gb=None, mfu=None) -> dict:
+    """Everything `platypus plan` prints, as a dict; arguments (None: the profile's) override its plan section."""
     gpu = gpu or profile.plan.gpu
     gpu_memory_gb = profile.plan.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb
     mfu = profile.plan.mfu if mfu is None else mfu
@@ -629,7 +620,6 @@ def format_host_memory(h: dict) -> list[str]:
 def format_evaluation(e: dict) -> list[str]:
     """The evaluation lines of `platypus plan`: hours per backend and GPU kind, the target, the tasks."""
     hold, sp, tg = e["gpus_to_hold_model_by_gpu"], e["spread"], e["target"]
-    kinds = list(hold)
     spread_head = f"{sp['gpus']} x {sp['gpu'].upper()} ({sp['replicas']} replica{'s' if sp['replicas'] > 1 else ''})"
     seeds = f", {e['seeds']} seeds" if e["seeds"] > 1 else ""
     lines = [
@@ -638,13 +628,13 @@ def format_evaluation(e: dict) -> list[str]:
         "  forward tokens per model  "
         + "; ".join(f"{EVAL_BACKENDS[b]} ~{e['forward_tokens_per_model'][b] / 1e6:.1f} M" for b in EVAL_BACKENDS),
         f"  {'hours, every model':<26}{'MFU':>5}"
-        + "".join(f"{f'{g.upper()} x{hold[g]}':>11}" for g in kinds)
+        + "".join(f"{f'{g.upper()} x{hold[g]}':>11}" for g in hold)
         + f"   spread over {spread_head}",
     ]
     for b in EVAL_BACKENDS:
         lines.append(
             f"  {EVAL_BACKENDS[b]:<26}{e['mfu'][b]:>5.2f}"
-            + "".join(f"{e['hours'][b][g]:>9.1f} h" for g in kinds)
+            + "".join(f"{e['hours'][b][g]:>9.1f} h" for g in hold)
             + f"   {sp['hours'][b]:.1f} h"
         )
     verdicts = "; ".join(
@@ -679,11 +669,3 @@ def check_fits(plan: dict) -> None:
         f"memory per GPU is {m['planned']['total']:.1f} GiB, over plan.gpu_memory_gb={m['gpu_memory_gib']:g} "
         f"GiB (--gpu-memory-gb). Change: {changes}"
     )
-
-
-def default_out(profile: Profile) -> Path:
-    return profile.report_dir() / "plan.json"
-
-
-def write_plan(plan: dict, out: Path) -> Path:
-    return write_json(out, plan)
