@@ -8,7 +8,6 @@ checked on resolve) or "random:<folder>". A checkpoint that fails to load is a C
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -16,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
@@ -169,14 +167,12 @@ def converted_smollm2_dir(cache_dir: Path | None = None) -> Path:
 
 def is_converted(checkpoint: Path, source_sha256: str) -> bool:
     """True only for a complete, undamaged conversion of this source file (a damaged one is logged)."""
-    record_path = Path(checkpoint) / CONVERSION_RECORD
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads((Path(checkpoint) / CONVERSION_RECORD).read_text())
     except (json.JSONDecodeError, OSError):
         return False
-    if not isinstance(record, dict) or record.get("format") != CONVERSION_FORMAT:
-        return False
-    if record.get("source_sha256") != source_sha256:
+    current = isinstance(record, dict) and record.get("format") == CONVERSION_FORMAT
+    if not current or record.get("source_sha256") != source_sha256:
         return False
     if damage := checkpoint_damage(Path(checkpoint), record):
         log.warning("converted model cache is damaged: %s; converting again", damage)
@@ -259,8 +255,8 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
     model.generation_config = copy.deepcopy(gguf_model.generation_config)
     model.eval()
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    input_ids = ids["input_ids"]
+    kwargs = {"add_generation_prompt": True, "return_tensors": "pt", "return_dict": True}
+    input_ids = tokenizer.apply_chat_template(prompt, **kwargs)["input_ids"]
     with atomic_path(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -299,11 +295,9 @@ def pick_device(pref: str = "auto") -> str:
     pref = (pref or "auto").strip().lower()
     if pref == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cpu":
-        return "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {pref!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {pref!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    if pref == "cpu" or pref.startswith("cuda"):
         return pref
     raise ValueError(f"unknown device {pref!r}; use auto, cpu, cuda or cuda:N")
 
@@ -335,9 +329,7 @@ def load_tokenizer(ref: str, cache_dir: Path | None = None):
     """AutoTokenizer for a reference; one without a pad token gets eos as pad."""
     from transformers import AutoTokenizer
 
-    path = resolve_model(ref, cache_dir)
-    with checkpoint_errors(path, ref):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _load_checkpoint(AutoTokenizer.from_pretrained, ref, cache_dir)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {ref!r} has neither a pad nor an eos token; cannot pad batches")
@@ -350,13 +342,10 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
     """A causal LM in eval mode on the picked device and dtype."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(ref, cache_dir)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     t0 = time.perf_counter()
-    with checkpoint_errors(path, ref):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    model.to(dev).eval()
+    model = _load_checkpoint(AutoModelForCausalLM.from_pretrained, ref, cache_dir, dtype=torch_dtype).to(dev).eval()
     log.info("loaded %s (%s, %s) in %.1f s", ref, dev, torch_dtype, time.perf_counter() - t0)
     return model
 
@@ -364,21 +353,19 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
 def load_embedder(ref: str, cache_dir: Path | None = None, device: str = "auto") -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model(ref, cache_dir)
     dev = pick_device(device)
     t0 = time.perf_counter()
-    with checkpoint_errors(path, ref):
-        model = SentenceTransformer(path, device=dev)
+    model = _load_checkpoint(SentenceTransformer, ref, cache_dir, device=dev)
     log.info("loaded embedder %s on %s in %.1f s", ref, dev, time.perf_counter() - t0)
     return model
 
 
-@contextlib.contextmanager
-def checkpoint_errors(path: str, ref: str) -> Iterator[None]:
-    """Re-raise a failure to load a checkpoint as a CheckpointError naming its path."""
+def _load_checkpoint(loader, ref: str, cache_dir: Path | None, **kwargs):
+    """`loader(path, **kwargs)` of the resolved reference; a failure is a CheckpointError naming its path."""
+    path = resolve_model(ref, cache_dir)
     try:
-        yield
-    except (ImportError, MemoryError, KeyboardInterrupt):
+        return loader(path, **kwargs)
+    except (ImportError, MemoryError):  # not the checkpoint's fault
         raise
     except Exception as exc:
         where = path if path == ref else f"{path} ({ref})"
@@ -387,7 +374,6 @@ def checkpoint_errors(path: str, ref: str) -> Iterator[None]:
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite", "cohere")
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
-EMBEDDED_MODEL_TYPES = {SMOLLM2: "llama"}
 
 
 def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
@@ -395,16 +381,14 @@ def _model_config(ref: str, cache_dir: Path | None) -> tuple[dict | None, str]:
     ref = ref.strip()
     if ref.startswith(RANDOM_PREFIX):
         ref = ref[len(RANDOM_PREFIX) :]
-    if ref.startswith(EMBEDDED_PREFIX):
-        name = ref[len(EMBEDDED_PREFIX) :]
-        config = converted_smollm2_dir(cache_dir) / "config.json" if name == SMOLLM2 else None
-        if config is not None and config.is_file():
-            return json.loads(config.read_text()), str(config)
-        if name in EMBEDDED_MODEL_TYPES:
-            return {"model_type": EMBEDDED_MODEL_TYPES[name]}, f"{ref} (a {EMBEDDED_MODEL_TYPES[name]} model)"
-        return None, f"{ref}: not a causal LM"
     path = Path(ref).expanduser()
-    if path.is_dir():
+    if ref.startswith(EMBEDDED_PREFIX):
+        if ref != EMBEDDED_PREFIX + SMOLLM2:
+            return None, f"{ref}: not a causal LM"
+        config = converted_smollm2_dir(cache_dir) / "config.json"
+        if not config.is_file():  # not converted yet
+            return {"model_type": "llama"}, f"{ref} (a llama model)"
+    elif path.is_dir():
         config = path / "config.json"
     elif _looks_like_path(ref):
         return None, f"{ref}: not found"

@@ -60,9 +60,8 @@ def recipe_frame(sft_config, lora_config, loss_normalization: str) -> pd.DataFra
     default = LoraConfig()
     for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type", "use_rslora", "use_dora"):
         value = getattr(lora_config, key)
-        rows.append(
-            ("peft.LoraConfig", key, sorted(value) if isinstance(value, (set, list)) else value, getattr(default, key))
-        )
+        value = sorted(value) if isinstance(value, (set, list)) else value
+        rows.append(("peft.LoraConfig", key, value, getattr(default, key)))
     rows.append(("PlatypusSFTTrainer", "loss_normalization", loss_normalization, "tokens (TRL's loss)"))
     return pd.DataFrame(
         [(lib, key, str(value), str(default)) for lib, key, value, default in rows],
@@ -78,13 +77,9 @@ def speed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def heldout_table(metrics: dict) -> pd.DataFrame:
     """The held-out completion loss before and after training, and the change."""
-    loss = {
-        "before": metrics["eval_loss_before"],
-        "after": metrics["eval_loss_after"],
-        "change": metrics["eval_loss_delta"],
-    }
-    tokens = {"before": metrics["eval_tokens"], "after": metrics["eval_tokens"], "change": None}
-    return pd.DataFrame({"held-out completion loss": loss, "tokens": tokens})
+    loss = [metrics[f"eval_loss_{k}"] for k in ("before", "after", "delta")]
+    tokens = [metrics["eval_tokens"], metrics["eval_tokens"], None]
+    return pd.DataFrame({"held-out completion loss": loss, "tokens": tokens}, index=["before", "after", "change"])
 
 
 def whole_run_train_loss(
@@ -145,10 +140,8 @@ def plot_loss_curve(rows: Sequence[dict], title: str, ax=None):
             steps, losses, linestyle="none", marker="D", markersize=7, label="held-out completion loss (before / after)"
         )
     for r, where in zip(evals, ("before", "after")):
-        point = (r["step"], r["loss"])
-        ax.annotate(
-            f"{where}: {r['loss']:.3f}", point, textcoords="offset points", xytext=(0, 9), ha="center", fontsize="small"
-        )
+        label, point = f"{where}: {r['loss']:.3f}", (r["step"], r["loss"])
+        ax.annotate(label, point, textcoords="offset points", xytext=(0, 9), ha="center", fontsize="small")
     ax.margins(x=0.06, y=0.15)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="optimizer step", ylabel="token cross-entropy (completion tokens)", title=title)

@@ -68,9 +68,8 @@ def build_sft_config(
     world_size: int = 1,
 ) -> SFTConfig:
     """`SFTConfig(**ft.sft, **project_sft_options(...))`; Liger as `resolve_liger` says when None."""
-    if use_liger_kernel is None:
-        use_liger_kernel = resolve_liger(ft, device)
-    ours = project_sft_options(ft, output_dir, seed, device, dtype, use_liger_kernel, world_size)
+    liger = resolve_liger(ft, device) if use_liger_kernel is None else use_liger_kernel
+    ours = project_sft_options(ft, output_dir, seed, device, dtype, liger, world_size)
     try:
         return SFTConfig(**ft.sft, **ours)
     except (TypeError, ValueError) as exc:  # SFTConfig's own cross-checks (built only here)
@@ -169,9 +168,7 @@ def fp32_twin(model, device, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
         "num_key_value_heads": min(heads, getattr(config, "num_key_value_heads", heads) or heads),
         "head_dim": 64,
     }
-    for key, value in shrink.items():
-        if hasattr(config, key):
-            setattr(config, key, value)
+    config.update({key: value for key, value in shrink.items() if hasattr(config, key)})
     config._attn_implementation = base.config._attn_implementation
     torch.manual_seed(0)
     return type(base)(config).to(device=device, dtype=dtype)
@@ -198,21 +195,16 @@ def _isolation_losses(trainer, model, device, examples: list[dict]) -> tuple[lis
 
 
 @torch.no_grad()
-def check_packing_isolation(
-    trainer,
-    max_examples: int = 3,
-    tolerance: Optional[float] = None,
-    max_length: Optional[int] = None,
-    rank_local: bool = False,
-) -> dict:
+def check_packing_isolation(trainer, max_length: Optional[int] = None, rank_local: bool = False) -> dict:
     """Check, on the model and collator about to train, that attention stays inside each packed example:
-    a few examples' completion losses packed into one row and alone must agree (RuntimeError naming the
-    attention implementation). transformers builds the block-diagonal mask from the restarting position ids only
-    while no KV cache is in use; a kernel or model that ignores them lets each example see the ones before it. A 16-bit model (not flash), one on meta or `rank_local` (FSDP rank-0
-    loading) is probed through `fp32_twin`."""
+    3 examples' completion losses packed into one row and alone must agree (RuntimeError naming the
+    attention implementation). transformers builds the block-diagonal mask from the restarting position ids
+    only while no KV cache is in use; a kernel or model that ignores them lets each example see the ones
+    before it. A 16-bit model (not flash), one on meta or `rank_local` (FSDP rank-0 loading) is probed
+    through `fp32_twin`."""
     model = trainer.model
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    examples = _probe_examples(trainer.train_dataset, max_length or trainer.args.max_length, max_examples)
+    examples = _probe_examples(trainer.train_dataset, max_length or trainer.args.max_length, 3)
     if len(examples) < 2:
         return {"checked": False, "reason": "fewer than 2 training examples", "attn_implementation": impl}
     device = next(p for p in model.parameters()).device
@@ -225,8 +217,7 @@ def check_packing_isolation(
         probe_on = f"a rank-local {dtype} twin of the model".replace("torch.", "")
     elif dtype != torch.float32 and not flash:  # 16-bit rounding would hide a leak
         model, dtype, probe_on = fp32_twin(model, device), torch.float32, "an fp32 twin of the model"
-    if tolerance is None:
-        tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # flash kernels have no fp32 path
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # flash kernels have no fp32 path
     packed, alone = _isolation_losses(trainer, model, device, examples)
     pairs = [(p, a) for p, a in zip(packed, alone) if not math.isnan(a)]
     worst = max((abs(p - a) / max(1.0, abs(a)) if math.isfinite(p) else math.inf) for p, a in pairs)
