@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from .artifacts import atomic_path, remove_debris, sha256_file, tree_sha256
+from .artifacts import atomic_path, read_record, remove_debris, sha256_file, tree_sha256
 from .refs import EMBEDDED_PREFIX, RANDOM_PREFIX, default_cache_dir, record_snapshot, split_revision
 from .refs import looks_like_path as _looks_like_path
 
@@ -167,12 +167,8 @@ def converted_smollm2_dir(cache_dir: Path | None = None) -> Path:
 
 def is_converted(checkpoint: Path, source_sha256: str) -> bool:
     """True only for a complete, undamaged conversion of this source file (a damaged one is logged)."""
-    try:
-        record = json.loads((Path(checkpoint) / CONVERSION_RECORD).read_text())
-    except (json.JSONDecodeError, OSError):
-        return False
-    current = isinstance(record, dict) and record.get("format") == CONVERSION_FORMAT
-    if not current or record.get("source_sha256") != source_sha256:
+    record = read_record(Path(checkpoint) / CONVERSION_RECORD)[0]
+    if record is None or record.get("format") != CONVERSION_FORMAT or record.get("source_sha256") != source_sha256:
         return False
     if damage := checkpoint_damage(Path(checkpoint), record):
         log.warning("converted model cache is damaged: %s; converting again", damage)

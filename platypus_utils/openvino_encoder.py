@@ -82,8 +82,7 @@ class OpenVINOEncoder:
 
         order = np.argsort([-len(t) for t in texts], kind="stable")  # batches of similar lengths, as ST does
         out = np.zeros((len(texts), self.model.get_embedding_dimension()), dtype=np.float32)
-        starts = range(0, len(texts), batch_size)
-        for b0 in tqdm(starts, desc="Batches", disable=not show_progress_bar):
+        for b0 in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not show_progress_bar):
             idx = order[b0 : b0 + batch_size]
             features = self.model.preprocess([texts[i] for i in idx])
             hidden = self.compiled([features[k].numpy().astype(np.int64) for k in self.inputs])[0]

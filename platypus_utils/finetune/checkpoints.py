@@ -12,7 +12,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from accelerate import PartialState
 
-from ..artifacts import write_json
+from ..artifacts import read_record, write_json
 
 log = logging.getLogger("platypus")
 CHECKPOINTS = "checkpoints"
@@ -32,11 +32,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, run_key: dict, resume: str = "auto") 
     if resume == "never" and ckpt_dir.is_dir():
         log.warning("finetune: resume=never: removing the checkpoints in %s", ckpt_dir)
         shutil.rmtree(ckpt_dir)
-    try:
-        stored = json.loads(key_file.read_text()) if key_file.is_file() else None
-    except json.JSONDecodeError:
-        stored = None
-    if ckpt_dir.is_dir() and stored != run_key:
+    if ckpt_dir.is_dir() and read_record(key_file)[0] != run_key:  # an unreadable key file matches nothing
         log.warning("finetune: removing checkpoints in %s (trained with other params or data)", ckpt_dir)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
