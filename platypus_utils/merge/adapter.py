@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from safetensors.torch import load_file
 
@@ -114,35 +113,6 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         deltas[module] = LoraDelta(module, a, b, scale, bool(config.get("fan_in_fan_out")))
     return config, deltas
-
-
-def adapter_ranks(config: dict) -> set[int]:
-    """Every rank an adapter uses (its r and any rank_pattern values)."""
-    return {int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())}
-
-
-def adapter_summary(config: dict, deltas: dict[str, LoraDelta]) -> dict:
-    """Rank, alpha, scale(s), target modules and counts of an adapter as read (JSON-ready)."""
-    targets = config.get("target_modules")
-    return {
-        "r": int(config["r"]),
-        "lora_alpha": float(config["lora_alpha"]),
-        "scales": sorted({round(d.scale, 12) for d in deltas.values()}),
-        "use_rslora": bool(config.get("use_rslora")),
-        "target_modules": sorted(targets) if isinstance(targets, (list, set, tuple)) else targets,
-        "modules": len(deltas),
-        "lora_parameters": sum(d.lora_a.numel() + d.lora_b.numel() for d in deltas.values()),
-        "trained_on": config.get("base_model_name_or_path"),
-    }
-
-
-def adapter_frame(deltas: dict[str, LoraDelta]) -> pd.DataFrame:
-    """One row per adapted module: weight shape, rank, scale and the size of its update scale·B@A."""
-    rows = []
-    for name, d in deltas.items():
-        update = d.delta()
-        rows.append((name, tuple(d.weight_shape), d.rank, d.scale, float(update.abs().max()), float(update.norm())))
-    return pd.DataFrame(rows, columns=["module", "weight_shape", "rank", "scale", "max_abs_update", "update_norm"])
 
 
 def check_architecture(config, reference, label: str, reference_label: str) -> None:

@@ -24,7 +24,6 @@ from .adapter import check_architecture, read_adapter
 from .build import Steps, adapter_merge_steps, adapter_mix_steps, model_merge_steps
 from .errors import MergeError
 from .io import (
-    MERGE_DTYPES,
     MERGE_INFO,
     ModelMergeSpec,
     dtype_name,
@@ -42,22 +41,17 @@ STAGE = layout.MERGE
 METHOD, MIX_METHOD = "merge_and_unload", "add_weighted_adapter"
 KIND_ADAPTER, KIND_MIX, KIND_MODELS = "adapter_into_model", "adapter_mix", "model_merge"
 MERGE_FORMAT = 2  # bump when a method's arithmetic changes: old outputs then no longer count as reusable
-INPUTS_DIFFER = "its inputs differ: "
 
 
 def sweep_merges(sweep: MergeSweepConfig | None) -> list[ModelMergeConfig]:
     """The grid of layout.sweep_points as merges named by layout.sweep_variant_name."""
     out = []
     for method, weights, density in layout.sweep_points(sweep):
-        if len(weights) != len(sweep.models):
-            raise MergeError(
-                f"merge.sweep.weights: {weights} has {len(weights)} weights for {len(sweep.models)} models"
-            )
         name = layout.sweep_variant_name(method, weights, density)
         kw = dict(name=name, method=method, models=list(sweep.models), weights=list(weights), density=density)
         try:
             out.append(ModelMergeConfig(**kw, majority_sign_method=sweep.majority_sign_method, base=sweep.base))
-        except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
+        except ValueError as exc:  # pydantic: e.g. 3 weights for 2 models, weights summing to 0
             raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
     return out
 
@@ -103,9 +97,7 @@ def resolve_adapter(profile: Profile, ref: str, where: str) -> Path:
 
 def merge_dtype(setting: str, own: list[torch.dtype]) -> torch.dtype:
     """The stored dtype: merge.dtype when set; auto: the inputs' own when they share one, else float32."""
-    if setting != "auto":
-        if setting not in MERGE_DTYPES:
-            raise MergeError(f"merge.dtype {setting!r}: use auto, {', '.join(MERGE_DTYPES)}")
+    if setting != "auto":  # one of io.MERGE_DTYPES (config checks it)
         return getattr(torch, setting)
     return own[0] if own and all(d == own[0] for d in own) else torch.float32
 
@@ -321,30 +313,24 @@ def merge_jobs(profile: Profile) -> MergeJobs:
     return jobs
 
 
-def reusable(out_dir: Path, inputs: dict) -> tuple[bool, str]:
-    """Whether an existing merged dir was made from exactly these inputs and is intact (else why not)."""
-    info = read_merge_info(out_dir)
-    if info is None:
-        return False, f"it has no readable {MERGE_INFO}"
-    recorded = info.get("inputs", {})
-    changed = sorted(k for k in set(inputs) | set(recorded) if inputs.get(k) != recorded.get(k))
-    if changed:
-        return False, INPUTS_DIFFER + ", ".join(f"{k} {recorded.get(k)!r} -> {inputs.get(k)!r}" for k in changed)
-    if info.get("content_sha256") != model_content_hash(out_dir):
-        return False, "its files changed after the merge"
-    return True, ""
-
-
 def existing_output(job: Job, out_dir: Path, inputs: dict, force: bool) -> str | None:
-    """None: reuse, absent or forced; the reason when stale (made again). MergeError: not this stage's, or edited."""
+    """None: reuse (same inputs, files unchanged), absent or forced; the reason when made from other inputs
+    (it is made again). MergeError: no readable MERGE_INFO (not this stage's), or its files edited after."""
     if not out_dir.exists() or force:
         return None
-    ok, why = reusable(out_dir, inputs)
-    if ok:
-        return None
-    if why.startswith(INPUTS_DIFFER):  # an adapter trained again, new weights: stale, made again
-        log.warning("%s: replacing %s: %s", job.variant, out_dir, why)
+    info = read_merge_info(out_dir)
+    recorded = (info or {}).get("inputs", {})
+    changed = sorted(k for k in set(inputs) | set(recorded) if inputs.get(k) != recorded.get(k))
+    if info is None:
+        why = f"it has no readable {MERGE_INFO}"
+    elif changed:
+        why = "its inputs differ: " + ", ".join(f"{k} {recorded.get(k)!r} -> {inputs.get(k)!r}" for k in changed)
+        log.warning("%s: replacing %s: %s", job.variant, out_dir, why)  # an adapter trained again: made again
         return why
+    elif info.get("content_sha256") != model_content_hash(out_dir):
+        why = "its files changed after the merge"
+    else:
+        return None
     raise MergeError(
         f"{out_dir} already exists and {why}; pass --force (force=True in the notebook, run_merge(profile, force=True)) to overwrite it"
     )

@@ -29,7 +29,7 @@ from ..artifacts import (
 from ..cards import merged_card, write_card
 from ..config import Profile
 from ..plotting import new_figure
-from .adapter import LoraDelta, adapter_frame, adapter_summary, read_adapter
+from .adapter import LoraDelta, read_adapter
 from .errors import MergeError
 from .io import MERGE_INFO, dtype_name, measure_peak_rss, read_merge_info, write_variant
 from .jobs import STAGE, Job, MergeJobs, existing_output, merge_jobs
@@ -53,17 +53,34 @@ class Adapter:
     deltas: dict[str, LoraDelta]
 
     def summary(self) -> dict:
-        return {"path": str(self.path), **adapter_summary(self.config, self.deltas)}
+        """Rank, alpha, scale(s), target modules and counts of the adapter as read (JSON-ready)."""
+        config, deltas = self.config, self.deltas.values()
+        targets = config.get("target_modules")
+        return {
+            "path": str(self.path),
+            "r": int(config["r"]),
+            "lora_alpha": float(config["lora_alpha"]),
+            "scales": sorted({round(d.scale, 12) for d in deltas}),
+            "use_rslora": bool(config.get("use_rslora")),
+            "target_modules": sorted(targets) if isinstance(targets, (list, set, tuple)) else targets,
+            "modules": len(deltas),
+            "lora_parameters": sum(d.lora_a.numel() + d.lora_b.numel() for d in deltas),
+            "trained_on": config.get("base_model_name_or_path"),
+        }
 
     def frame(self) -> pd.DataFrame:
-        return adapter_frame(self.deltas)
+        """One row per adapted module: weight shape, rank, scale and the size of its update scale·B@A."""
+        rows = []
+        for name, d in self.deltas.items():
+            update = d.delta()
+            rows.append((name, d.weight_shape, d.rank, d.scale, float(update.abs().max()), float(update.norm())))
+        return pd.DataFrame(rows, columns=["module", "weight_shape", "rank", "scale", "max_abs_update", "update_norm"])
 
 
 def load_adapter(profile: Profile) -> Adapter:
     """Stage 03's adapter (03_finetune/adapter); FileNotFoundError saying to run stage 03 when absent."""
     path = layout.artifact(profile, layout.ADAPTER)
-    config, deltas = read_adapter(path)
-    return Adapter(path, config, deltas)
+    return Adapter(path, *read_adapter(path))
 
 
 def jobs_frame(jobs: MergeJobs) -> pd.DataFrame:

@@ -58,6 +58,7 @@ def check_updated_weight(got: torch.Tensor, source: torch.Tensor, d: LoraDelta, 
     """One adapted weight against W + update, in row blocks of ~CHUNK entries: its error figures and counts."""
     rows_per_block = max(1, CHUNK // max(1, got.shape[-1]))
     out = {"diff": 0.0, "ratio": 0.0, "over": 0, "resolvable": 0, "elements": got.numel()}
+    out["max_delta"] = d.max_abs()
     for start in range(0, got.shape[0], rows_per_block):
         rows = slice(start, start + rows_per_block)
         g = got[rows].double()
@@ -84,38 +85,39 @@ def _check_weights(names, source_names, pair, deltas: dict, dtype, label: str, s
     missing = sorted(set(targeted) - set(source_names))
     if missing:
         raise MergeVerificationError(f"{label}: targeted weights absent: {missing[:5]}")
-    totals = {"diff": 0.0, "ratio": 0.0, "other_diff": 0.0, "max_delta": 0.0, "over": 0, "resolvable": 0, "elements": 0}
-    failures = []
+    figures, other_diff, failures = [], 0.0, []
     with torch.no_grad():
         for key in source_names:
             merged_w, source_w = pair[0](key), pair[1](key)
-            if key not in targeted:
-                if not torch.equal(merged_w, source_w):  # untouched by the adapter: bit-identical
-                    gap = float((merged_w.double() - source_w.double()).abs().max())
-                    totals["other_diff"] = max(totals["other_diff"], gap)
-                    failures.append(f"{key}: not adapted, yet differs from {source_label} by up to {gap:.3g}")
-                continue
-            one = check_updated_weight(merged_w, source_w, targeted[key], dtype)
-            totals["diff"], totals["ratio"] = max(totals["diff"], one["diff"]), max(totals["ratio"], one["ratio"])
-            for k in ("over", "resolvable", "elements"):
-                totals[k] += one[k]
-            totals["max_delta"] = max(totals["max_delta"], targeted[key].max_abs())
-            if one["over"]:
-                failures.append(
-                    f"{key}: {one['over']} of {one['elements']} elements off by more than their rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})"
-                )
+            if key in targeted:
+                one = check_updated_weight(merged_w, source_w, targeted[key], dtype)
+                figures.append(one)
+                if one["over"]:
+                    failures.append(
+                        f"{key}: {one['over']} of {one['elements']} elements off by more than their rounding bound (worst {one['ratio']:.3g}x the bound, max abs diff {one['diff']:.3g})"
+                    )
+            elif not torch.equal(merged_w, source_w):  # untouched by the adapter: bit-identical
+                gap = float((merged_w.double() - source_w.double()).abs().max())
+                other_diff = max(other_diff, gap)
+                failures.append(f"{key}: not adapted, yet differs from {source_label} by up to {gap:.3g}")
     if failures:
         raise MergeVerificationError(
             f"{label}: weights are not {source_label} + adapter ({len(failures)} tensors): " + "; ".join(failures[:5])
         )
-    if totals["max_delta"] == 0.0:
+    worst = {k: max((f[k] for f in figures), default=0.0) for k in ("diff", "ratio", "max_delta")}
+    if worst["max_delta"] == 0.0:
         log.warning("%s: the adapter is a no-op (all updates are zero): merged == source", label)
+    elements = sum(f["elements"] for f in figures)
     # <= 1: every element within its rounding bound; share 0: the check cannot tell merged from unmerged
-    out = {"max_abs_weight_diff": totals["diff"], "max_weight_error_to_bound": totals["ratio"]}
-    out["weight_bound"] = WEIGHT_BOUND
-    out["updates_above_bound_share"] = totals["resolvable"] / totals["elements"] if totals["elements"] else 0.0
-    out |= {"max_abs_untargeted_weight_diff": totals["other_diff"], "max_abs_delta": totals["max_delta"]}
-    return out | {"verified_modules": len(targeted)}
+    return {
+        "max_abs_weight_diff": worst["diff"],
+        "max_weight_error_to_bound": worst["ratio"],
+        "weight_bound": WEIGHT_BOUND,
+        "updates_above_bound_share": sum(f["resolvable"] for f in figures) / elements if elements else 0.0,
+        "max_abs_untargeted_weight_diff": other_diff,
+        "max_abs_delta": worst["max_delta"],
+        "verified_modules": len(targeted),
+    }
 
 
 def check_merged_weights(merged, source_model, deltas, dtype, label="merged model", source_label="source") -> dict:
@@ -177,7 +179,7 @@ def verify_merged(
     merged_dir, source: str, adapter_dir, deltas: dict, atol: float, dtype, prompts=VERIFY_PROMPTS, stream=None
 ) -> dict:
     """Checks (a) and (b) in `dtype`; `stream` None: available memory decides. Raises MergeVerificationError."""
-    merged_bytes, _ = checkpoint_bytes(merged_dir)
+    label, merged_bytes = str(merged_dir), checkpoint_bytes(merged_dir)[0]
     needed = merged_bytes + (checkpoint_bytes(source, dtype)[0] if Path(source).is_dir() else merged_bytes)
     available = available_host_bytes()
     memory = {"whole_check_bytes": int(needed), "available_bytes": int(available)}
@@ -191,7 +193,7 @@ def verify_merged(
             return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
         pair = merged.read, as_loaded
-        result = _check_weights(merged.names(), source_ckpt.names(), pair, deltas, dtype, str(merged_dir), source)
+        result = _check_weights(merged.names(), source_ckpt.names(), pair, deltas, dtype, label, source)
         why = "the check was asked to stream tensor by tensor"
         if memory["decided_by"] == "available memory":
             why = f"the check streamed tensor by tensor: both models whole need {memory['whole_check_bytes'] / 1e9:.3g} GB, the host had {memory['available_bytes'] / 1e9:.3g} GB available"
@@ -199,8 +201,7 @@ def verify_merged(
         log.warning("%s: logit check skipped: %s", merged_dir, why)
     else:  # both models whole: the weight check and the logit check
         merged, source_model = load_lm(str(merged_dir), dtype), load_lm(source, dtype)
-        result = check_merged_weights(merged, source_model, deltas, dtype, str(merged_dir), source)
-        label = str(merged_dir)
+        result = check_merged_weights(merged, source_model, deltas, dtype, label, source)
         result |= check_merged_logits(merged, source_model, adapter_dir, merged_dir, dtype, atol, prompts, label)
         result["logit_check"] = "ran"
         del source_model, merged
@@ -211,8 +212,8 @@ def verify_merged(
     if status == UNRESOLVABLE:
         log.warning("%s: passed its checks, yet they cannot tell it from %s: %s", merged_dir, source, reason)
     logits = result["logit_check"] if result["logit_check"] == SKIPPED else f"diff {result['max_abs_logit_diff']:.3g}"
-    weights = f"{result['max_weight_error_to_bound']:.3g} of their rounding bound"
-    log.info("%s %s: weights within %s; logit check %s", status, merged_dir, weights, logits)
+    weights = result["max_weight_error_to_bound"]
+    log.info("%s %s: weights within %.3g of their rounding bound; logit check %s", status, merged_dir, weights, logits)
     return result
 
 
