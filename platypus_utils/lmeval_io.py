@@ -9,6 +9,7 @@ benchmarks with or without the `platypus_` prefix; others are listed in `notes` 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,13 +41,28 @@ def _read_yaml(path: Path) -> dict:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-_MMLU_DIR = builtin_tasks_dir() / "mmlu" / "default"
-# subject -> category, as lm-eval's MMLU task files tag them; the categories in its group file's order
-MMLU_CATEGORIES = {
-    cfg["dataset_name"]: cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks")
-    for cfg in map(_read_yaml, sorted(_MMLU_DIR.glob("mmlu_*.yaml")))
-}
-MMLU_CATEGORY_ORDER = tuple(t.removeprefix("mmlu_") for t in _read_yaml(_MMLU_DIR / "_mmlu.yaml")["task"])
+@functools.cache
+def mmlu_categories() -> dict[str, str]:
+    """subject -> category, as lm-eval's MMLU task files tag them (read on first use, not at import)."""
+    files = sorted((builtin_tasks_dir() / "mmlu" / "default").glob("mmlu_*.yaml"))
+    return {
+        cfg["dataset_name"]: cfg["tag"].removeprefix("mmlu_").removesuffix("_tasks") for cfg in map(_read_yaml, files)
+    }
+
+
+@functools.cache
+def mmlu_category_order() -> tuple[str, ...]:
+    """The MMLU categories in the order of lm-eval's group file."""
+    group = _read_yaml(builtin_tasks_dir() / "mmlu" / "default" / "_mmlu.yaml")
+    return tuple(t.removeprefix("mmlu_") for t in group["task"])
+
+
+def __getattr__(name: str):  # MMLU_CATEGORIES, as analysis imports it: mmlu_categories() when first asked for
+    if name == "MMLU_CATEGORIES":
+        return mmlu_categories()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
 
 
@@ -70,7 +86,7 @@ class EvalRun:
 def task_unit(task: str) -> tuple[str, str] | None:
     """lm-eval task -> (benchmark, subject) with subject "" outside MMLU; None: not a leaderboard task."""
     name = task.removeprefix(TASK_PREFIX)
-    if name.startswith("mmlu_") and name[5:] in MMLU_CATEGORIES:
+    if name.startswith("mmlu_") and name[5:] in mmlu_categories():
         return "mmlu", name[5:]
     return (name, "") if name in LEADERBOARD_METRICS and name != "mmlu" else None
 
@@ -133,7 +149,7 @@ def summary_from_results(name: str, results: Iterable[dict], model: str = "") ->
             value, stderr = as_float(r.get(f"{metric},none")), as_float(r.get(f"{metric}_stderr,none"))
             n = _n(res, task)
             if subject:
-                subjects[subject] = {"acc": value, "stderr": stderr, "n": n, "category": MMLU_CATEGORIES[subject]}
+                subjects[subject] = {"acc": value, "stderr": stderr, "n": n, "category": mmlu_categories()[subject]}
             else:
                 tasks[bench] = {"metric": label, "value": value, "stderr": stderr, "n": n}
     if subjects:

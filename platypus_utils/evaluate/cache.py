@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..artifacts import iter_jsonl, sha256_file, write_json, write_jsonl
+from ..artifacts import iter_jsonl, read_record, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("platypus")
 CACHE_FORMAT = 2  # 2: samples_sha256 in the entry
@@ -39,20 +39,19 @@ class EvalCache:
             return None
         try:
             return self._read(path, samples)
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: UnicodeDecodeError, JSONDecodeError
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             self._drop(key, f"{type(exc).__name__}: {exc}")
             return None
 
     def _read(self, path: Path, samples: Path) -> dict:
-        entry = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
-            found = entry.get("format") if isinstance(entry, dict) else type(entry).__name__
-            raise ValueError(f"format {found!r}, expected {CACHE_FORMAT}")
+        entry, problem = read_record(path)
+        if entry is None:
+            raise ValueError(problem)
+        if entry.get("format") != CACHE_FORMAT:
+            raise ValueError(f"format {entry.get('format')!r}, expected {CACHE_FORMAT}")
         if not isinstance(entry.get("raw"), dict):
             raise KeyError("no 'raw' lm-eval output")
-        if not samples.is_file():
-            raise FileNotFoundError(f"{samples.name} missing")
-        digest = sha256_file(samples)
+        digest = sha256_file(samples)  # FileNotFoundError when the samples are missing
         if digest != entry.get("samples_sha256"):
             raise ValueError(
                 f"{samples.name}: sha256 {digest[:12]}... does not match the entry's "

@@ -28,9 +28,8 @@ def _mmlu_task(raw: dict, suite: TaskSuite, task: dict, subjects: dict[str, dict
         weighted, weighted_se = sum(s["acc"] * s["n"] for s in subjects.values()) / n_total, None
     task = {**task, "stderr_method": "per-subject"}
     if task["stderr"] is None:
-        sizes = {s["n"] for s in subjects.values()}
-        task["stderr"], task["stderr_method"] = None, None
-        if len(sizes) == 1 and n_total >= 2:
+        task["stderr_method"] = None
+        if len({s["n"] for s in subjects.values()}) == 1 and n_total >= 2:
             task["stderr"] = math.sqrt(task["value"] * (1 - task["value"]) / (n_total - 1))
             task["stderr_method"] = "pooled over questions (equal subject sizes)"
         weighted_se = task["stderr"] if weighted_se is None else weighted_se

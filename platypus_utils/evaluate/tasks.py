@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pandas as pd
 from .. import benchmarks
 from ..artifacts import atomic_path, code_only, sha256_file, sha256_text
 from ..demo_data import demo_benchmarks_dir
-from ..lmeval_io import LEADERBOARD_METRICS, MMLU_CATEGORIES, MMLU_CATEGORY_ORDER, TASK_PREFIX, builtin_tasks_dir
+from ..lmeval_io import LEADERBOARD_METRICS, TASK_PREFIX, builtin_tasks_dir, mmlu_categories, mmlu_category_order
 
 log = logging.getLogger("platypus")
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
@@ -56,7 +56,7 @@ class TaskSuite:
 
 
 def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = None) -> TaskSuite:
-    subjects = dict(MMLU_CATEGORIES)
+    subjects = dict(mmlu_categories())
     if mmlu_subjects:
         unknown = sorted(set(mmlu_subjects) - set(subjects))
         if unknown:
@@ -138,8 +138,7 @@ def _hellaswag_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
     built = _single_task(
         "hellaswag", d, split_files, folder / "hellaswag.yaml", [folder / "utils.py"], **dict(zip(names, splits))
     )
-    built.note = note
-    return built
+    return replace(built, note=note)
 
 
 def _truthfulqa_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
@@ -160,10 +159,10 @@ def _mmlu_subjects_present(d: Path, selected: list[str] | None) -> dict[str, str
         present = sorted(selected)
     if not present:
         raise FileNotFoundError(f"{d / 'test'}: no <subject>_test.csv files")
-    unknown = sorted(set(present) - set(MMLU_CATEGORIES))
+    unknown = sorted(set(present) - set(mmlu_categories()))
     if unknown:
         raise ValueError(f"{d / 'test'}: subjects {unknown} are not MMLU subjects known to lm-eval")
-    return {s: MMLU_CATEGORIES[s] for s in present}
+    return {s: mmlu_categories()[s] for s in present}
 
 
 def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
@@ -190,7 +189,7 @@ def _mmlu_tasks(root: Path, builtin: Path, mmlu_subjects) -> _Built:
         )
         built.data_files += list(split_files.values())
         built.builtins.append(inc)
-    categories = [c for c in MMLU_CATEGORY_ORDER if c in subjects.values()]
+    categories = [c for c in mmlu_category_order() if c in subjects.values()]
     for category in categories:
         inc, group = default / f"_mmlu_{category}.yaml", f"{TASK_PREFIX}mmlu_{category}"
         built.builtins.append(inc)
@@ -256,24 +255,16 @@ def write_task_configs(
     return suite
 
 
-def resolve_benchmarks_dir(profile) -> str:
-    """'hub', or the absolute path of a folder in the original formats ('demo' is written here)."""
-    bdir = profile.evaluate.benchmarks_dir
+def prepare_tasks(profile) -> TaskSuite:
+    """The task suite of the profile's benchmarks: the hub's, or YAMLs written into <run>/05_evaluate/tasks
+    for a folder in the original formats ('demo': written here first)."""
+    bdir, subjects = profile.evaluate.benchmarks_dir, profile.evaluate.mmlu_subjects
     if bdir == "hub":
-        return "hub"
+        return hub_task_suite(benchmarks_in(profile), subjects)
     path = demo_benchmarks_dir(profile) if bdir == "demo" else Path(bdir)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: benchmark data folder not found (evaluate.benchmarks_dir)")
-    return str(path.resolve())
-
-
-def prepare_tasks(profile) -> TaskSuite:
-    """The task suite of the profile's benchmarks (local: YAMLs written into <run>/05_evaluate/tasks)."""
-    bdir = resolve_benchmarks_dir(profile)
-    if bdir == "hub":
-        return hub_task_suite(benchmarks_in(profile), profile.evaluate.mmlu_subjects)
-    out = profile.run_dir("05_evaluate") / "tasks"
-    return write_task_configs(bdir, out, benchmarks_in(profile), profile.evaluate.mmlu_subjects)
+    return write_task_configs(path, profile.run_dir("05_evaluate") / "tasks", benchmarks_in(profile), subjects)
 
 
 def _data_source(suite: TaskSuite, bench: str) -> str:

@@ -18,7 +18,6 @@ import datasets
 
 from platypus_utils import benchmarks
 
-MMLU_COLUMNS = benchmarks.MMLU_COLUMNS
 MMLU_LETTERS = ("A", "B", "C", "D")
 
 
@@ -85,11 +84,10 @@ def load_arc(data_files: dict[str, str], **_metadata) -> datasets.DatasetDict:
 
 def arc_to_hub(doc: dict) -> dict:
     """Original ARC row -> allenai/ai2_arc row."""
-    choices = doc["question"]["choices"]
     return {
         "id": doc["id"],
         "question": doc["question"]["stem"],
-        "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
+        "choices": {k: [c[k] for c in doc["question"]["choices"]] for k in ("text", "label")},
         "answerKey": doc["answerKey"],
     }
 
@@ -173,7 +171,7 @@ def read_mmlu_csv(path: str | Path) -> list[dict]:
         records = benchmarks.read_mmlu_csv(path)
     except ValueError as exc:  # also UnicodeDecodeError
         raise BenchmarkFileError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
-    return [{**dict(zip(MMLU_COLUMNS, rec)), "_source": f"{path.name}:{k}"} for k, rec in enumerate(records)]
+    return [{**dict(zip(benchmarks.MMLU_COLUMNS, rec)), "_source": f"{path.name}:{k}"} for k, rec in enumerate(records)]
 
 
 def load_mmlu(data_files: dict[str, str], subject: str, **_metadata) -> datasets.DatasetDict:
@@ -225,12 +223,11 @@ def load_truthfulqa(data_files: dict[str, str], **_metadata) -> datasets.Dataset
 
 
 def truthfulqa_to_hub(doc: dict) -> dict:
-    """Local TruthfulQA row -> truthfulqa/truthful_qa 'multiple_choice' row."""
-    out = {"question": doc["question"]}
-    for field in ("mc1_targets", "mc2_targets"):
-        targets = doc[field] if isinstance(doc[field], dict) else json.loads(doc[field])
-        out[field] = {"choices": list(targets.keys()), "labels": [int(v) for v in targets.values()]}
-    return out
+    """Local TruthfulQA row (targets as JSON text) -> truthfulqa/truthful_qa 'multiple_choice' row."""
+    targets = {f: json.loads(doc[f]) for f in ("mc1_targets", "mc2_targets")}
+    return {"question": doc["question"]} | {
+        f: {"choices": list(t), "labels": [int(v) for v in t.values()]} for f, t in targets.items()
+    }
 
 
 def process_truthfulqa(dataset: datasets.Dataset) -> datasets.Dataset:
