@@ -16,7 +16,6 @@ from .common import (
     cell,
     missing,
     n_text,
-    none_if_nan,
 )
 from .paired import PAIRED, StatsSettings, level, method_text, verdict
 from .setups import column_labels, comparison_setup, metric_note
@@ -116,8 +115,8 @@ def tradeoff_caption(tradeoff: pd.DataFrame, frame: pd.DataFrame, st: StatsSetti
     variants = []
     for _, r in tradeoff.iterrows():
         made = f", {r['method']}" + (f" into {r['partner']}" if r["partner"] else "") if r["method"] else ""
-        mmlu = f"MMLU {cell(r['mmlu'], none_if_nan(r['mmlu_stderr']))}"
-        others = f"others {cell(r['others_mean'], none_if_nan(r['others_stderr']))} ({r['others_over']})"
+        mmlu = f"MMLU {cell(r['mmlu'], r['mmlu_stderr'])}"
+        others = f"others {cell(r['others_mean'], r['others_stderr'])} ({r['others_over']})"
         variants.append(f"{r['variant']} ({r['role']}{made}): {mmlu}, {others}")
     bench = level(frame, "benchmark")
     changes = [

@@ -139,7 +139,7 @@ def variant_clean_rows(run: EvalRun, flagged: pd.DataFrame) -> list[dict]:
 
 def clean_subset_frame(runs: dict[str, EvalRun], flagged: pd.DataFrame) -> pd.DataFrame:
     """One row per variant with logged samples, level (benchmark, subject), unit and subset (CLEAN_COLUMNS)."""
-    rows = [r for run in runs.values() if run.has_samples for r in variant_clean_rows(run, flagged)]
+    rows = [r for run in runs.values() if not run.samples.empty for r in variant_clean_rows(run, flagged)]
     return pd.DataFrame(rows, columns=CLEAN_COLUMNS)
 
 
@@ -176,7 +176,7 @@ def load_clean_subset(runs: dict[str, EvalRun], flagged_path: str | Path) -> tup
         flagged, info["notes"] = read_flagged_items(flagged_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         return empty, {**info, "why": f"clean subset not computed: {exc}"}
-    with_samples = {name: run for name, run in runs.items() if run.has_samples}
+    with_samples = {name: run for name, run in runs.items() if not run.samples.empty}
     if not with_samples:
         why = "no per-question samples (05's <variant>.samples.jsonl; evaluate.log_samples off?): "
         return empty, {**info, "why": why + "the clean subset needs them; full scores only."}

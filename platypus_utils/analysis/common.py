@@ -83,10 +83,6 @@ def nz(x: Any) -> float:
     return 0.0 if missing(x) else float(x)
 
 
-def none_if_nan(x: Any) -> Any:
-    return None if missing(x) else x
-
-
 def category_order(categories) -> list[str]:
     present = set(categories)
     return [c for c in CATEGORY_ORDER if c in present] + sorted(present - set(CATEGORY_ORDER) - {ALL_SUBJECTS})

@@ -284,8 +284,9 @@ def _message(ax, text: str, **kwargs) -> None:
     ax.set_axis_off()
 
 
-def _gap_points(ax, rows: pd.DataFrame, units: list[str], confidence: float) -> None:
-    """Each variant's gap per unit (rows: one subset), dodged vertically, with its normal interval."""
+def _gap_points(ax, rows: pd.DataFrame, units: list[str], confidence: float, label, fontsize: float) -> None:
+    """Each variant's gap per unit (rows: one subset), dodged vertically, with its normal interval; each unit's
+    tick label(unit, items flagged, items evaluated)."""
     variants = list(dict.fromkeys(rows["variant"]))
     colours = sns.color_palette(PALETTE, max(len(variants), 1))
     step = min(0.7 / max(len(variants), 1), 0.22)
@@ -301,6 +302,9 @@ def _gap_points(ax, rows: pd.DataFrame, units: list[str], confidence: float) -> 
             ax.text(0, y, " every item flagged: no clean score", va="center", fontsize=6.5, color="0.3")
     ax.set_ylim(len(units) - 0.5, -0.5)
     _change_axis(ax, "clean − full (points)")
+    first = rows.drop_duplicates("unit").set_index("unit")
+    ticks = [label(u, first.at[u, "n_flagged"], first.at[u, "n"] + first.at[u, "n_flagged"]) for u in units]
+    ax.set_yticks(range(len(units)), ticks, fontsize=fontsize)
 
 
 def clean_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confidence: float = 0.95):
@@ -312,11 +316,7 @@ def clean_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confidence: fl
         _message(ax, why or "no clean-subset scores", wrap=True, fontsize=8)
         return fig
     units = [b for b in BENCHMARKS if b in set(rows["unit"])]
-    _gap_points(ax, rows, units, confidence)
-    first = rows.drop_duplicates("unit").set_index("unit")
-    flagged = [first.at[u, "n_flagged"] for u in units]
-    labels = [f"{LABELS.get(u, u)}\n{f:,} of {first.at[u, 'n'] + f:,} flagged" for u, f in zip(units, flagged)]
-    ax.set_yticks(range(len(units)), labels, fontsize=7)
+    _gap_points(ax, rows, units, confidence, lambda u, f, n: f"{LABELS.get(u, u)}\n{f:,} of {n:,} flagged", 7)
     ax.set_title("Per benchmark" + (f"\n{why}" if why else ""), fontsize=9)
     legend_below(ax, ncols=2, fontsize=6.5)
     return fig
@@ -332,11 +332,8 @@ def clean_subject_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confid
         why = why or ("no MMLU item flagged by 02" if len(rows) else "no MMLU clean-subset scores")
         _message(ax, why, wrap=True, fontsize=8)
         return fig
-    _gap_points(ax, rows[rows["unit"].isin(units)], units, confidence)
-    first = rows[rows["unit"].isin(units)].drop_duplicates("unit").set_index("unit")
-    out = {u: first.at[u, "n_flagged"] for u in units}
-    labels = [f"{u.replace('_', ' ')} ({out[u]}/{first.at[u, 'n'] + out[u]})" for u in units]
-    ax.set_yticks(range(len(units)), labels, fontsize=6 if len(units) > 20 else 7)
+    label, fontsize = (lambda u, f, n: f"{u.replace('_', ' ')} ({f}/{n})"), 6 if len(units) > 20 else 7
+    _gap_points(ax, rows[rows["unit"].isin(units)], units, confidence, label, fontsize)
     ax.set_title("Per MMLU subject with a flagged item", fontsize=9)
     return fig
 

@@ -186,8 +186,7 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
                 paired = all(m[1] is not None for m in every)
                 pooled = stats.pool_singletons([m[1] for m in every], [m[2] for m in every], rng) if paired else []
                 bench_draws.append(np.mean(pooled, axis=0) if paired else None)
-                n_subjects = len(every)
-                bench_weighted.append([(m[2], 1.0 / (n_subjects * len(m[2]))) for m in every] if paired else None)
+                bench_weighted.append([(m[2], 1.0 / (len(every) * len(m[2]))) for m in every] if paired else None)
             continue
         vp, rp = _summary_pair(v, bench), _summary_pair(r, bench)
         if vp[0] is None or rp[0] is None:
@@ -283,13 +282,13 @@ def verdict(frame: pd.DataFrame, comparison: str, st: StatsSettings) -> str:
     )
 
 
+METHOD_TEXTS = {
+    PAIRED: "paired bootstrap over questions (subjects resampled separately; one-question subjects pooled)",
+    UNPAIRED: "UNPAIRED normal sqrt(se_a² + se_b²) where a model has no logged samples",
+    NO_ERROR: "none where a standard error is missing",
+}
+
+
 def method_text(rows: pd.DataFrame) -> str:
     methods = set(rows["interval"]) if not rows.empty else set()
-    parts = []
-    if PAIRED in methods:
-        parts.append("paired bootstrap over questions (subjects resampled separately; one-question subjects pooled)")
-    if UNPAIRED in methods:
-        parts.append("UNPAIRED normal sqrt(se_a² + se_b²) where a model has no logged samples")
-    if NO_ERROR in methods:
-        parts.append("none where a standard error is missing")
-    return "; ".join(parts) or "none"
+    return "; ".join(text for method, text in METHOD_TEXTS.items() if method in methods) or "none"

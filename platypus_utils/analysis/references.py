@@ -142,9 +142,10 @@ def reference_frame(
     return frame, release_notes + drift_notes
 
 
-def _change_text(r, tex: bool = False) -> str:
+def _change_text(r, tex: bool = False, sep: str = ": ") -> str:
+    """ "30.00 vs 28.00: +2.00 [-1.0, +5.0]" (the change as $math$ in LaTeX)."""
     delta = f"${r['delta']:+.2f}$" if tex else f"{r['delta']:+.2f}"
-    return f"{r['this_score']:.2f} vs {r['against_score']:.2f}: {delta}{ci_text(r)}"
+    return f"{r['this_score']:.2f} vs {r['against_score']:.2f}{sep}{delta}{ci_text(r)}"
 
 
 def reference_display(frame: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
@@ -181,13 +182,9 @@ def write_reference_tables(
 
 def _sentence(g: pd.DataFrame) -> str:
     by = g.set_index("benchmark")
-    parts = []
-    for u in (AVERAGE, *BENCHMARKS):
-        if u in by.index:
-            r = by.loc[u]
-            scores = f"{r['this_score']:.2f} vs {r['against_score']:.2f}"
-            parts.append(f"{LABELS.get(u, u)} {scores}, {r['delta']:+.2f}{ci_text(r)}")
-    return "; ".join(parts)
+    return "; ".join(
+        f"{LABELS.get(u, u)} {_change_text(by.loc[u], sep=', ')}" for u in (AVERAGE, *BENCHMARKS) if u in by.index
+    )
 
 
 def reference_lines(frame: pd.DataFrame, refs: dict[str, dict]) -> list[str]:
@@ -199,9 +196,8 @@ def reference_lines(frame: pd.DataFrame, refs: dict[str, dict]) -> list[str]:
         ]
     out = []
     for name, info in refs.items():
-        mine = frame[frame["released"] == name] if not frame.empty else frame
         for kind, how in ((KIND_RELEASE, "paired over the same questions"), (KIND_DRIFT, "unpaired")):
-            g = mine[mine["kind"] == kind] if not mine.empty else mine
+            g = frame[(frame["released"] == name) & (frame["kind"] == kind)]
             if not g.empty:
                 same = g["note"].fillna("").str.contains("same weights").any()
                 tail = " Same weights (model hash) as the release: one evaluation, 0 by construction." if same else ""

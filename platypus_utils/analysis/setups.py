@@ -37,12 +37,10 @@ def setup_text(run: EvalRun, bench: str, subject: str = "", versions: bool = Fal
     shots = _distinct(items, "num_fewshot")
     if not shots:
         return ""
-    parts = [f"{'/'.join(shots)}-shot"]
-    limits = _distinct(items, "limit")
-    parts += [f"limit {'/'.join(limits)}"] if limits else []
-    vers = _distinct(items, "version") if versions else []
-    parts += [f"version {'/'.join(vers)}"] if vers else []
-    return ", ".join(parts)
+    keys = ("limit", "version") if versions else ("limit",)
+    return ", ".join(
+        [f"{'/'.join(shots)}-shot"] + [f"{k} {'/'.join(got)}" for k in keys if (got := _distinct(items, k))]
+    )
 
 
 def version_text(run: EvalRun, bench: str, subject: str = "") -> str:
@@ -52,15 +50,6 @@ def version_text(run: EvalRun, bench: str, subject: str = "") -> str:
 def run_setups(runs: dict[str, EvalRun]) -> dict[str, dict[str, str]]:
     """variant -> benchmark -> setup_text (benchmarks the run records nothing for left out)."""
     return {name: {b: t for b in BENCHMARKS if (t := setup_text(run, b))} for name, run in runs.items()}
-
-
-def pair_text(variant: str, v: str, reference: str, r: str) -> str:
-    """The two runs' setups of one comparison: "both 5-shot", "tuned 1-shot, base 0-shot", or ""."""
-    if not v and not r:
-        return ""
-    if v == r:
-        return f"both {v}"
-    return f"{variant} {v or 'not recorded'}; {reference} {r or 'not recorded'}"
 
 
 def _row_setups(board: pd.DataFrame, bench: str) -> list[str] | None:
@@ -111,19 +100,17 @@ def metric_note(board: pd.DataFrame | None) -> str:
     return ", ".join(parts) + ("" if known else f"; {NOT_RECORDED}")
 
 
-def _text(x) -> str:
-    return x if isinstance(x, str) else ""
-
-
 def comparison_setup(frame: pd.DataFrame, comparison: str, unit_level: str = "category") -> str:
-    """One comparison's MMLU settings from its delta rows (the last, "all subjects" row): pair_text."""
+    """One comparison's settings from its delta rows of `unit_level` (the last: "all subjects" for categories):
+    "both 5-shot", "tuned 1-shot; base 0-shot", or "" when neither run records any."""
     if frame.empty or "variant_setup" not in frame.columns:
         return ""
     rows = frame[(frame["comparison"] == comparison) & (frame["level"] == unit_level)]
-    if rows.empty:
-        return ""
-    r = rows.iloc[-1]
-    return pair_text(str(r["variant"]), _text(r["variant_setup"]), str(r["reference"]), _text(r["reference_setup"]))
+    r = rows.iloc[-1] if len(rows) else {}
+    v, ref = (r.get(k) if isinstance(r.get(k), str) else "" for k in ("variant_setup", "reference_setup"))
+    if v == ref:
+        return f"both {v}" if v else ""
+    return f"{r['variant']} {v or 'not recorded'}; {r['reference']} {ref or 'not recorded'}"
 
 
 def ran_units(run: EvalRun) -> set[tuple[str, str]]:

@@ -123,16 +123,11 @@ def _refuse_mismatched(
     runs: dict[str, EvalRun], pairs: list[Comparison], force: bool, notes: list[str]
 ) -> list[Comparison]:
     """Comparisons whose runs share few-shot count, task version and limit; others noted, dropped unless `force`."""
-    kept = []
-    for c in pairs:
-        diff = settings_mismatches(runs[c.variant], runs[c.reference])
-        if diff:
-            head = f"{c.label}: settings differ ({'; '.join(diff[:4])}" + (" ..." if len(diff) > 4 else "") + ")"
-            notes.append(head + (": compared anyway (--force)" if force else ": comparison refused (use --force)"))
-            if not force:
-                continue
-        kept.append(c)
-    return kept
+    diffs = {c: settings_mismatches(runs[c.variant], runs[c.reference]) for c in pairs}
+    how = "compared anyway (--force)" if force else "comparison refused (use --force)"
+    for c, diff in ((c, d) for c, d in diffs.items() if d):
+        notes.append(f"{c.label}: settings differ ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}): {how}")
+    return [c for c in pairs if force or not diffs[c]]
 
 
 def write_delta_tables(
@@ -193,30 +188,23 @@ def _remove_stale(previous: Any, produced: dict, report_root: Path) -> list[str]
     written = (p for group in ("tables", "figures") for paths in produced[group].values() for p in paths)
     now = {str(Path(p).resolve()) for p in written}
     folders = [str((report_root / kind).resolve()) for kind in ("tables", "figures")]
-    removed = []
-    for path, digest in sorted(previous.items()):
-        f = Path(path)
-        if path in now or str(f.parent) not in folders or not f.is_file():
-            continue
-        if sha256_path(f) == digest:
-            f.unlink()
-            removed.append(f.name)
-    return removed
+    ours = [(Path(p), d) for p, d in sorted(previous.items()) if p not in now and str(Path(p).parent) in folders]
+    stale = [f for f, digest in ours if f.is_file() and sha256_path(f) == digest]
+    for f in stale:
+        f.unlink()
+    return [f.name for f in stale]
 
 
 def board_figure(board: pd.DataFrame) -> StageFigure:
-    drawn = leaderboard_figure(board), leaderboard_caption(board)
-    return StageFigure("leaderboard", "Leaderboard scores per benchmark", *drawn)
+    return StageFigure(
+        "leaderboard", "Leaderboard scores per benchmark", leaderboard_figure(board), leaderboard_caption(board)
+    )
 
 
 def clean_figure(clean: pd.DataFrame, info: dict, confidence: float = 0.95) -> StageFigure:
-    why, notes = info.get("why", ""), info.get("notes", [])
-    return StageFigure(
-        "clean_subset",
-        "Clean subset minus full score, per benchmark and MMLU subject",
-        clean_subset_figure(clean, why=why, confidence=confidence),
-        clean_caption(clean, why, notes, confidence),
-    )
+    why, title = info.get("why", ""), "Clean subset minus full score, per benchmark and MMLU subject"
+    drawn = clean_subset_figure(clean, why=why, confidence=confidence)
+    return StageFigure("clean_subset", title, drawn, clean_caption(clean, why, info.get("notes", []), confidence))
 
 
 def write_leaderboard_step(out: Outputs, board: pd.DataFrame, clean_why: str, figure: StageFigure) -> None:
@@ -242,28 +230,17 @@ def write_reference_step(
     out.register("table", "references", "Released models: reproduction vs release, and harness drift", tables)
 
 
-def write_pipeline_step(out: Outputs, profile) -> list[Path]:
-    """pipeline tables and the contamination per benchmark; returns the files read."""
-    stages, contamination, read = pipeline_status(profile)
-    out.produced["stages"] = dict(zip(stages["stage"], stages["status"]))
-    out.produced["pipeline"] = json.loads(stages.to_json(orient="records"))
-    out.register("table", "pipeline", "Pipeline status", write_pipeline_tables(stages, out.tables))
-    if contamination is not None:
-        out.csv("contamination_by_benchmark", "Contamination per benchmark (all sources)", contamination)
-    return read
-
-
 def load_step(profile) -> dict[str, Any]:
     """What 04 and 05 left: summaries, failed, runs, merge report, merged -> partner, references, files read, notes."""
     eval_dir = profile.run_dir(layout.EVALUATE)
     refs = reference_info(profile)
     summaries, failed, read = load_summaries(eval_dir, list(profile.evaluate.variants) + list(refs))
     merge_path = layout.artifact(profile, layout.MERGE_REPORT)
-    merge_report, _ = read_json(merge_path) if merge_path.is_file() else (None, None)
+    merge_report = read_json(merge_path)[0] if merge_path.is_file() else None
     merge_report = merge_report if isinstance(merge_report, dict) else None
     runs = runs_from_summaries(eval_dir, summaries)
     notes = [] if summaries else ["05_evaluate not run (no evaluation summaries)"]
-    read += [Path(r.source) / f"{v}.samples.jsonl" for v, r in runs.items() if r.has_samples]
+    read += [Path(r.source) / f"{v}.samples.jsonl" for v, r in runs.items() if not r.samples.empty]
     read += [merge_path] if merge_report is not None else []
     data = {"summaries": summaries, "failed": failed, "runs": runs, "merge_report": merge_report}
     return data | {"merged": merged_variants(profile, merge_report), "references": refs, "read": read, "notes": notes}
@@ -334,11 +311,9 @@ def stage_figures(profile, result: Analysis) -> list[StageFigure]:
         caption = tradeoff_caption(result.tradeoff, result.deltas, st)
         figures.append(StageFigure("merge_tradeoff", title, drawn, caption))
     else:
-        figures.append(StageFigure("merge_tradeoff", title, why=TRADEOFF_NOT_DRAWN))
+        why = "not drawn: no merged variant evaluated on MMLU and another benchmark"
+        figures.append(StageFigure("merge_tradeoff", title, why=why))
     return figures
-
-
-TRADEOFF_NOT_DRAWN = "not drawn: no merged variant evaluated on MMLU and another benchmark"
 
 
 def _notes(result: Analysis) -> list[str]:
@@ -385,7 +360,12 @@ def save_analysis(
         _write_tables(profile, out, result, figures)
         if figures["merge_tradeoff"].figure is None:
             produced["notes"].append(f"merge trade-off {figures['merge_tradeoff'].why}")
-        stage_files = write_pipeline_step(out, profile)
+        stages, contamination, stage_files = pipeline_status(profile)
+        produced["stages"] = dict(zip(stages["stage"], stages["status"]))
+        produced["pipeline"] = json.loads(stages.to_json(orient="records"))
+        out.register("table", "pipeline", "Pipeline status", write_pipeline_tables(stages, out.tables))
+        if contamination is not None:
+            out.csv("contamination_by_benchmark", "Contamination per benchmark (all sources)", contamination)
         if removed := _remove_stale(previous, produced, profile.report_dir()):
             stale = "removed figures and tables of an earlier analysis that this one does not produce: "
             produced["notes"].append(stale + ", ".join(removed))
@@ -395,20 +375,16 @@ def save_analysis(
         report = write_json(profile.run_dir(STAGE) / "analysis_report.json", produced)
         flagged = layout.artifact(profile, layout.FLAGGED_PAIRS)
         inputs = data["read"] + stage_files + number_files + ([flagged] if flagged.is_file() else [])
-        _record(run, out, inputs + [Path(f) for a in upstream for f in a["files"]], report)
+        for path in dict.fromkeys(Path(p) for p in inputs + [f for a in upstream for f in a["files"]]):
+            run.add_input(path)
+        written = [p for group in ("tables", "figures") for ps in produced[group].values() for p in ps]
+        for p in written + produced["summary"] + [report]:
+            run.add_output(p)
         figure_files = sum(len(v) for v in produced["figures"].values())
         run.metrics.update(variants=len(data["summaries"]), failed_variants=len(data["failed"]))
         run.metrics.update(comparisons=len(result.pairs), figures=figure_files)
         produced["report"] = str(report)
     return produced
-
-
-def _record(run: StageRun, out: Outputs, inputs: list[Path], report: Path) -> None:
-    for path in dict.fromkeys(Path(p) for p in inputs):
-        run.add_input(path)
-    written = [p for group in ("tables", "figures") for paths in out.produced[group].values() for p in paths]
-    for p in written + out.produced["summary"] + [report]:
-        run.add_output(p)
 
 
 def run_analysis(profile) -> dict:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,16 +31,12 @@ from .tables import (
 )
 
 _RENDER = mistune.create_markdown(escape=False, plugins=["table"])  # raw HTML kept: only <details> is written
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|]|(?<![^\W_])_|_(?![^\W_])")  # "_" only at a word's edge
 
 
 def md_escape(text: str) -> str:
     """Markdown-escape free text; "_" inside a word (file names) is left, as CommonMark never reads it there."""
-    text = str(text)
-    out = []
-    for k, ch in enumerate(text):
-        inner = ch == "_" and 0 < k < len(text) - 1 and text[k - 1].isalnum() and text[k + 1].isalnum()
-        out.append("\\" + ch if ch in "\\`*_[]<>|" and not inner else ch)
-    return "".join(out)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(), str(text))
 
 
 def _href(path: str) -> str:
@@ -63,13 +60,11 @@ def _bullets(items: list, escape: bool = True) -> str:
 def caption_text(paths: list[str]) -> tuple[str, str]:
     """(first line of the figure's caption file, the whole file) - the caption and the numbers."""
     txt = next((Path(p) for p in paths if p.endswith(".txt")), None)
-    if txt is None or not txt.is_file():
-        return "", ""
     try:
-        text = txt.read_text(encoding="utf-8")
+        text = txt.read_text(encoding="utf-8") if txt is not None and txt.is_file() else ""
     except (OSError, UnicodeDecodeError) as exc:
         return f"caption unreadable: {exc}", ""
-    return text.strip().splitlines()[0] if text.strip() else "", text.rstrip()
+    return (text.strip().splitlines() or [""])[0], text.rstrip()
 
 
 def small_table(csv: Path, max_rows: int = 20, max_cols: int = 10) -> tuple[pd.DataFrame, int] | None:
@@ -124,15 +119,14 @@ def _results(produced: dict, board, categories, clean, references, files) -> dic
     counts = counts.apply(
         lambda col: col if col.name == "benchmark" else col.map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
     )
-    cats = level(categories, "category") if categories is not None and not categories.empty else None
-    cats = cats if cats is not None and not cats.empty else None
-    shown_cats = category_display(categories, with_kind=True) if cats is not None else None
+    has_cats = categories is not None and not categories.empty and not level(categories, "category").empty
+    shown_cats = category_display(categories, with_kind=True) if has_cats else None
     refs = references is not None and not references.empty
     cats_note = ""
-    if cats is not None:
-        cats_note = f"Percentage points, mean over the category's subjects [interval: {method_text(cats)}]; "
-        cats_note = md_escape(cats_note + "* significant after Benjamini-Hochberg.")
-        cats_note += " " + files("mmlu_delta_categories")
+    if has_cats:
+        method = method_text(level(categories, "category"))
+        cats = f"Percentage points, mean over the category's subjects [interval: {method}]; "
+        cats_note = f"{md_escape(cats + '* significant after Benjamini-Hochberg.')} {files('mmlu_delta_categories')}"
     return {
         "leaderboard": md_table(shown, 3 if "items" in shown.columns else 2) if shown is not None else "",
         "leaderboard_note": md_escape(note) + " " + files("leaderboard"),
@@ -144,7 +138,7 @@ def _results(produced: dict, board, categories, clean, references, files) -> dic
         "clean_lines": [md_escape(line) for line in [info.get("why", ""), *info.get("notes", [])] if line],
         "flagged_counts": md_table(counts, 1) if info.get("flagged_counts") else "",
         "clean_files": files("clean_subset"),
-        "categories": md_table(shown_cats, category_text_columns(shown_cats)) if cats is not None else "",
+        "categories": md_table(shown_cats, category_text_columns(shown_cats)) if has_cats else "",
         "categories_note": cats_note,
         "verdicts": _bullets(produced.get("verdicts", [])),
         "power": _bullets(produced.get("power", [])),
@@ -249,7 +243,7 @@ def write_summary(profile, produced: dict, *frames: pd.DataFrame | None) -> list
 
 
 def _samples_text(run: EvalRun) -> str:
-    if run.has_samples:
+    if not run.samples.empty:
         return "per-question samples"
     if any("git-LFS pointer" in n for n in run.notes):
         return "samples are git-LFS pointers: unpaired errors from the results file"

@@ -4,8 +4,8 @@ recorded hashes) and headline numbers with their source file. Never raises on a 
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -13,17 +13,54 @@ from .. import layout
 from ..artifacts import MANIFEST, read_manifest, sha256_path
 from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read_json, task_entry
 
-ARTIFACTS = {layout.CURATE: "curation_report.json", layout.DECONTAMINATE: "contamination_table.csv"}
-ARTIFACTS |= {layout.FINETUNE: "metrics.json", layout.MERGE: "merge_report.json"}  # each stage's, in its run folder
-ARTIFACTS[layout.EVALUATE] = "evaluate_report.json"
+# each stage's artifact, in its run folder
+ARTIFACTS = dict([(layout.CURATE, "curation_report.json"), (layout.DECONTAMINATE, "contamination_table.csv")])
+ARTIFACTS |= dict([layout.FINETUNE_METRICS, layout.MERGE_REPORT, layout.EVALUATE_REPORT])
+# key numbers: stage -> {key of its report: label}, each shown as "1,234" where the key holds a number
+COUNTS = {
+    layout.CURATE: {"loaded": "rows loaded", "malformed": "rows malformed", "filtered": "rows filtered"}
+    | {"exact_dup": "exact duplicates removed", "near_dup": "near duplicates removed", "kept": "rows kept"},
+    layout.DECONTAMINATE: {"train_rows": "training rows checked", "benchmark_items": "benchmark items compared"}
+    | {"flagged_rows": "rows flagged", "removed_rows": "leaks removed (rows)", "clean_rows": "rows kept for training"},
+}
+FINETUNE_NUMBERS = (
+    ("steps", "optimizer steps", "{:,}"),
+    ("examples_train", "training examples", "{:,}"),
+    ("tokens_per_s", "tokens per second", "{:.1f}"),
+    ("train_wall_s", "training time (s)", "{:.0f}"),
+)
 
 
 def stage_seconds(timings: dict) -> float | None:
     """A stage's wall time from its manifest's timings: notebook steps (notebook_s) plus the save (wall_s)."""
     wall, steps = timings.get("wall_s"), timings.get("notebook_s")
-    if steps is None:
-        return wall
-    return round(float(steps) + float(wall or 0.0), 3)
+    return wall if steps is None else round(float(steps) + float(wall or 0.0), 3)
+
+
+def _artifact_details(stage: str, artifact: Path, read: list[Path]) -> tuple[str | None, dict, pd.DataFrame | None]:
+    """(why it is unreadable or None, its headline numbers, contamination per benchmark or None)."""
+    if artifact.suffix == ".json":
+        data, err = read_json(artifact)
+        if err or not isinstance(data, dict):
+            return err, {}, None
+        read.append(artifact)
+        details = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) < 80}
+        if stage == layout.MERGE and isinstance(data.get("models"), dict):
+            details["models"] = ", ".join(sorted(data["models"]))
+        if stage == layout.EVALUATE:
+            details["failed"] = ", ".join(data.get("failed") or []) or "none"
+        return None, details, None
+    try:
+        table = pd.read_csv(artifact)
+        read.append(artifact)
+        numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+        numeric = [c for c in numeric if c not in ("data_source", "benchmark")]
+        if "benchmark" not in table.columns or not numeric:
+            return None, {"rows": len(table)}, None
+        contamination = table.groupby("benchmark", sort=True)[numeric].sum().reset_index()
+        return None, {f"{c} (all benchmarks)": int(table[c].sum()) for c in numeric}, contamination
+    except Exception as exc:  # noqa: BLE001 - a bad upstream file must not stop the analysis
+        return f"unreadable: {type(exc).__name__}: {exc}", {}, None
 
 
 def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Path]]:
@@ -32,49 +69,25 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
     read: list[Path] = []
     runner = _runner_record(profile)
     rows, contamination = [], None
-    for stage, artifact in ((s, profile.run_dir(s) / name) for s, name in ARTIFACTS.items()):
-        manifest = read_manifest(profile.run_dir(stage))
-        if manifest and (profile.run_dir(stage) / MANIFEST).is_file():
-            read.append(profile.run_dir(stage) / MANIFEST)
+    for stage, name in ARTIFACTS.items():
+        run_dir = profile.run_dir(stage)
+        artifact, manifest = run_dir / name, read_manifest(run_dir)
+        read += [run_dir / MANIFEST] if manifest and (run_dir / MANIFEST).is_file() else []
         recorded = manifest or {}
         row = {"stage": stage, "artifact": str(artifact), "status": NOT_RUN, "details": ""}
         row.update(finished_at=recorded.get("finished_at", ""), wall_s=stage_seconds(recorded.get("timings") or {}))
         row["runner"] = runner.get(stage, "")
         if artifact.is_file():
-            row["status"] = "ok" if manifest and manifest.get("status") == "ok" else "ok (no manifest)"
-            details: dict[str, Any] = {}
-            if artifact.suffix == ".json":
-                data, err = read_json(artifact)
-                if err:
-                    row["status"] = err
-                elif isinstance(data, dict):
-                    details = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
-                    details = {k: v for k, v in details.items() if len(str(v)) < 80}
-                    if stage == "04_merge" and isinstance(data.get("models"), dict):
-                        details["models"] = ", ".join(sorted(data["models"]))
-                    if stage == "05_evaluate":
-                        details["failed"] = ", ".join(data.get("failed") or []) or "none"
-                    read.append(artifact)
-            else:
-                try:
-                    table = pd.read_csv(artifact)
-                    read.append(artifact)
-                    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
-                    numeric = [c for c in numeric if c not in ("data_source", "benchmark")]
-                    if "benchmark" in table.columns and numeric:
-                        contamination = table.groupby("benchmark", sort=True)[numeric].sum().reset_index()
-                        details = {f"{c} (all benchmarks)": int(table[c].sum()) for c in numeric}
-                    else:
-                        details = {"rows": len(table)}
-                except Exception as exc:  # noqa: BLE001 - a bad upstream file must not stop the analysis
-                    row["status"] = f"unreadable: {type(exc).__name__}: {exc}"
+            err, details, table = _artifact_details(stage, artifact, read)
+            contamination = table if table is not None else contamination
+            row["status"] = err or ("ok" if recorded.get("status") == "ok" else "ok (no manifest)")
             if not details and manifest:
                 details = {k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
             shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(details.items()))
             row["details"] = "; ".join(shown)
         elif manifest:
             row["status"] = f"artifact missing ({artifact.name})"
-        elif runner.get(stage, "").startswith("failed"):
+        elif row["runner"].startswith("failed"):
             row["status"] = "failed"
         rows.append(row)
     cols = ["stage", "status", "details", "artifact", "finished_at", "wall_s", "runner"]
@@ -84,17 +97,16 @@ def pipeline_status(profile) -> tuple[pd.DataFrame, pd.DataFrame | None, list[Pa
 def _runner_record(profile) -> dict[str, str]:
     """Stage -> "ran (12.3 s)" / "skipped: why" / "failed: error" from run_summary.json; {} without one.
     Not an input of this stage: the runner rewrites it every invocation."""
-    data, err = read_json(profile.report_dir() / "run_summary.json")
+    data, _ = read_json(profile.report_dir() / "run_summary.json")
     stages = data.get("stages") if isinstance(data, dict) else None
     out = {}
     for stage, info in stages.items() if isinstance(stages, dict) else ():
-        if not isinstance(info, dict):
-            continue
-        status = str(info.get("status", "?"))
-        if info.get("seconds") is not None:
-            status += f" ({info['seconds']} s)"
-        why = info.get("error") or info.get("reason")
-        out[stage] = f"{status}: {why}" if why else status
+        if isinstance(info, dict):
+            status = str(info.get("status", "?")) + (
+                f" ({info['seconds']} s)" if info.get("seconds") is not None else ""
+            )
+            why = info.get("error") or info.get("reason")
+            out[stage] = f"{status}: {why}" if why else status
     return out
 
 
@@ -104,11 +116,8 @@ def upstream_artifacts(profile) -> list[dict]:
     out = []
     for stage, kind, name, title in UPSTREAM:
         folder = profile.report_dir("figures" if kind == "figure" else "tables")
-        files = [
-            folder / f"{name}.{ext}"
-            for ext in (FIGURE_EXTS if kind == "figure" else TABLE_EXTS)
-            if (folder / f"{name}.{ext}").is_file()
-        ]
+        exts = FIGURE_EXTS if kind == "figure" else TABLE_EXTS
+        files = [f for f in (folder / f"{name}.{ext}" for ext in exts) if f.is_file()]
         manifest = read_manifest(profile.run_dir(stage))
         if not files:
             status = NOT_RUN if manifest is None else f"missing: {stage} ran but {name} is not in {folder}"
@@ -116,9 +125,7 @@ def upstream_artifacts(profile) -> list[dict]:
             status = "ok (no manifest)"
         else:
             recorded = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
-            changed = [
-                f.name for f in files if str(f.resolve()) in recorded and recorded[str(f.resolve())] != sha256_path(f)
-            ]
+            changed = [f.name for f in files if recorded.get(str(f.resolve())) not in (None, sha256_path(f))]
             status = f"changed since {stage} wrote it: {', '.join(changed)}" if changed else "ok"
         entry = {"stage": stage, "kind": kind, "name": name, "title": title}
         out.append({**entry, "status": status, "files": [str(f) for f in files]})
@@ -134,12 +141,6 @@ class _Numbers:
     def add(self, stage: str, quantity: str, value: str, source) -> None:
         self.rows.append({"stage": stage, "quantity": quantity, "value": value, "source": str(source)})
 
-    def counts(self, stage: str, data: dict, labels: tuple, source) -> None:
-        """A row per (key, label) whose value in `data` is a number, as "1,234"."""
-        for key, label in labels:
-            if isinstance(data.get(key), (int, float)):
-                self.add(stage, label, f"{data[key]:,}", source)
-
     def load(self, stage: str, name: str) -> dict | None:
         """The stage's JSON artifact, or None with a row saying it is not run / unreadable."""
         path = self.profile.run_dir(stage) / name
@@ -150,36 +151,32 @@ class _Numbers:
         self.read.append(path)
         return data
 
+    def counts(self, stage: str, data: dict, path: Path) -> None:
+        for key, label in COUNTS[stage].items():
+            if isinstance(data.get(key), (int, float)):
+                self.add(stage, label, f"{data[key]:,}", path)
+
 
 def _curate_numbers(k: _Numbers) -> None:
     path = k.profile.run_dir(layout.CURATE) / "curation_report.json"
     if (cur := k.load(layout.CURATE, path.name)) is None:
         return
+    per_source = cur.get("per_source") if isinstance(cur.get("per_source"), dict) else {}
     totals = cur.get("totals")
-    if not isinstance(totals, dict):
-        totals = {}
-        for counts in (cur.get("per_source") or {}).values():
-            for key, v in counts.items() if isinstance(counts, dict) else ():
-                if isinstance(v, (int, float)):
-                    totals[key] = totals.get(key, 0) + v
-    labels = {key: f"rows {key}" for key in ("loaded", "malformed", "filtered")}
-    labels |= {"exact_dup": "exact duplicates removed", "near_dup": "near duplicates removed", "kept": "rows kept"}
-    k.counts(layout.CURATE, totals, labels.items(), path)
+    if not isinstance(totals, dict):  # summed over the sources
+        totals = collections.Counter()
+        for counts in (c for c in per_source.values() if isinstance(c, dict)):
+            totals.update({key: v for key, v in counts.items() if isinstance(v, (int, float))})
+    k.counts(layout.CURATE, totals, path)
     if isinstance(cur.get("per_source"), dict):
-        k.add(layout.CURATE, "data sources", str(len(cur["per_source"])), path)
+        k.add(layout.CURATE, "data sources", str(len(per_source)), path)
 
 
 def _decontaminate_numbers(k: _Numbers) -> None:
     path = k.profile.run_dir(layout.DECONTAMINATE) / "decontamination_report.json"
     if (dec := k.load(layout.DECONTAMINATE, path.name)) is None:
         return
-    labels = {"train_rows": "training rows checked", "benchmark_items": "benchmark items compared"}
-    labels |= {
-        "flagged_rows": "rows flagged",
-        "removed_rows": "leaks removed (rows)",
-        "clean_rows": "rows kept for training",
-    }
-    k.counts(layout.DECONTAMINATE, dec, labels.items(), path)
+    k.counts(layout.DECONTAMINATE, dec, path)
     if isinstance(dec.get("pairs_by_category"), dict):
         by = ", ".join(f"{c} {v}" for c, v in sorted(dec["pairs_by_category"].items()))
         k.add(layout.DECONTAMINATE, "flagged pairs by category", by, path)
@@ -193,19 +190,11 @@ def _finetune_numbers(k: _Numbers) -> None:
     if isinstance(before, (int, float)) and isinstance(after, (int, float)):
         change = f"{before:.4f} → {after:.4f} ({after - before:+.4f})"
         k.add(layout.FINETUNE, "held-out loss before → after", change, path)
-    history = [
-        h.get("loss")
-        for h in ft.get("train_loss_history") or []
-        if isinstance(h, dict) and isinstance(h.get("loss"), (int, float))
-    ]
+    history = [h.get("loss") for h in ft.get("train_loss_history") or [] if isinstance(h, dict)]
+    history = [x for x in history if isinstance(x, (int, float))]
     if history:
         k.add(layout.FINETUNE, "train loss first → last logged", f"{history[0]:.4f} → {history[-1]:.4f}", path)
-    for key, label, fmt in (
-        ("steps", "optimizer steps", "{:,}"),
-        ("examples_train", "training examples", "{:,}"),
-        ("tokens_per_s", "tokens per second", "{:.1f}"),
-        ("train_wall_s", "training time (s)", "{:.0f}"),
-    ):
+    for key, label, fmt in FINETUNE_NUMBERS:
         if isinstance(ft.get(key), (int, float)):
             k.add(layout.FINETUNE, label, fmt.format(ft[key]), path)
 
@@ -226,21 +215,6 @@ def _merge_numbers(k: _Numbers) -> None:
         k.add(layout.MERGE, f"merged model {name}", f"{info.get('method', '?')} {into}; {check}", path)
 
 
-def _evaluate_numbers(k: _Numbers, summaries: dict[str, dict] | None, failed: dict | None) -> None:
-    eval_report = layout.artifact(k.profile, layout.EVALUATE_REPORT)
-    if summaries:
-        for variant, s in summaries.items():
-            avg = s.get("average")
-            over = s.get("average_over") or [b for b in BENCHMARKS if task_entry(s, b)]
-            partial = f" (over {len(over)} of 4)" if over and len(over) < 4 else ""
-            value, source = NOT_RUN if avg is None else f"{100 * avg:.2f}{partial}", k.profile.run_dir(layout.EVALUATE)
-            k.add(layout.EVALUATE, f"{variant}: leaderboard average", value, source / f"{variant}.json")
-    else:
-        k.add(layout.EVALUATE, "evaluated variants", NOT_RUN, eval_report)
-    for variant, err in (failed or {}).items():
-        k.add(layout.EVALUATE, f"{variant}: leaderboard average", f"failed: {err}", eval_report)
-
-
 def key_numbers(
     profile, summaries: dict[str, dict] | None = None, failed: dict | None = None
 ) -> tuple[list[dict], list[Path]]:
@@ -248,5 +222,14 @@ def key_numbers(
     k = _Numbers(profile)
     for stage_numbers in (_curate_numbers, _decontaminate_numbers, _finetune_numbers, _merge_numbers):
         stage_numbers(k)
-    _evaluate_numbers(k, summaries, failed)
+    eval_report, eval_dir = layout.artifact(profile, layout.EVALUATE_REPORT), profile.run_dir(layout.EVALUATE)
+    for variant, s in (summaries or {}).items():
+        over = s.get("average_over") or [b for b in BENCHMARKS if task_entry(s, b)]
+        partial = f" (over {len(over)} of 4)" if over and len(over) < 4 else ""
+        value = NOT_RUN if s.get("average") is None else f"{100 * s['average']:.2f}{partial}"
+        k.add(layout.EVALUATE, f"{variant}: leaderboard average", value, eval_dir / f"{variant}.json")
+    if not summaries:
+        k.add(layout.EVALUATE, "evaluated variants", NOT_RUN, eval_report)
+    for variant, err in (failed or {}).items():
+        k.add(layout.EVALUATE, f"{variant}: leaderboard average", f"failed: {err}", eval_report)
     return k.rows, k.read
