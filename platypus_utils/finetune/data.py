@@ -4,6 +4,7 @@ split. Every row not trained on is counted per reason."""
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -56,8 +57,7 @@ def select_rows(
     kept_lines = [lineno for lineno, problem in enumerate(problems, 1) if problem is None]
     skipped = dict(Counter(p for p in problems if p))
     for reason, n in skipped.items():
-        first = problems.index(reason) + 1
-        log.warning("%s: skipped %d row(s) with %s (first at row %d)", source, n, reason, first)
+        log.warning("%s: skipped %d row(s) with %s (first at row %d)", source, n, reason, problems.index(reason) + 1)
     return [rows[i - 1] for i in kept_lines], kept_lines, skipped
 
 
@@ -76,10 +76,6 @@ def records_dataset(records: Sequence[dict]) -> Dataset:
     return Dataset.from_dict({k: [r[k] for r in records] for k in ("prompt", "completion")})
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, int]:
     """(prompt tokens, prompt+completion tokens) per record, tokenized as TRL does, and the number of
     records whose prompt is not a token prefix of prompt+completion (TRL starts the completion where
@@ -88,7 +84,7 @@ def token_lengths(tokenizer, records: Sequence[dict]) -> tuple[np.ndarray, np.nd
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
     prompts = tokenizer([r["prompt"] for r in records])["input_ids"]
     full = tokenizer([r["prompt"] + r["completion"] for r in records])["input_ids"]
-    prompt_len = [_common_prefix(p, f) for p, f in zip(prompts, full)]
+    prompt_len = [len(os.path.commonprefix([p, f])) for p, f in zip(prompts, full)]
     merges = sum(n < len(p) for n, p in zip(prompt_len, prompts))
     return np.array(prompt_len, dtype=np.int64), np.array([len(f) for f in full], dtype=np.int64), int(merges)
 
@@ -97,7 +93,7 @@ def tokenize_example(tokenizer, record: dict, cutoff_len: Optional[int] = None) 
     """One record as the trainer sees it: {input_ids, labels}, prompt labels IGNORE, cut as TRL's keep_start."""
     prompt = tokenizer(record["prompt"])["input_ids"]
     full = tokenizer(record["prompt"] + record["completion"])["input_ids"]
-    start = _common_prefix(prompt, full)
+    start = len(os.path.commonprefix([prompt, full]))
     labels = [IGNORE] * start + list(full[start:])
     return {"input_ids": list(full[:cutoff_len]), "labels": labels[:cutoff_len]}
 
