@@ -216,19 +216,12 @@ def verification_frame(made: Made) -> pd.DataFrame:
 def plot_checks(checks: pd.DataFrame, ax=None):
     """Each variant's error / bound (weights, and logits where checked), log scale. Returns the figure."""
     fig, ax = new_figure(ax, (6.5, 0.5 + 0.45 * max(1, len(checks))))
-    y = range(len(checks))
-    floor = 1e-6  # a ratio of 0 (bit-identical) drawn at the axis' left end
-    for offset, column, label in (
-        (-0.2, "weight_error_to_bound", "weights: worst error / bound"),
-        (0.2, "logit_ratio", "logits: max diff / tolerance"),
-    ):
-        values = pd.to_numeric(checks[column], errors="coerce").clip(lower=floor)
-        ax.barh([i + offset for i in y], values.fillna(0), height=0.4, label=label)
+    labels = {"weight_error_to_bound": "weights: worst error / bound", "logit_ratio": "logits: max diff / tolerance"}
+    ratios = checks[list(labels)].apply(pd.to_numeric, errors="coerce").rename(columns=labels)
+    # a ratio of 0 (bit-identical) drawn at the axis' left end; first variant on top
+    ratios.clip(lower=1e-6).fillna(0).plot.barh(ax=ax, width=0.8).invert_yaxis()
     ax.axvline(1.0, color="C3", lw=1.5, label="bound")
-    ax.set_xscale("log")
-    ax.set_yticks(list(y), list(checks.index))
-    ax.invert_yaxis()
-    ax.set_xlabel("observed / allowed (log)")
+    ax.set(xscale="log", xlabel="observed / allowed (log)", ylabel="")
     ax.set_title("merge checks: every bar left of the line passes")
     ax.legend(frameon=False, fontsize="small", loc="lower right")
     return fig
