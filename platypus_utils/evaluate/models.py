@@ -196,8 +196,7 @@ def weights_bytes(spec: ModelSpec, dtype: str) -> int | None:
     except Exception as exc:  # noqa: BLE001 - no metadata: the caller falls back to one device
         log.warning("could not read the size of %s from the hub (%s): %s", spec.pretrained, type(exc).__name__, exc)
         return None
-    per = 4 if dtype == "float32" else 2
-    return sum(meta.parameter_count.values()) * per
+    return sum(meta.parameter_count.values()) * (4 if dtype == "float32" else 2)
 
 
 def wants_parallelize(choice, spec: ModelSpec, device: str, dtype: str) -> bool:

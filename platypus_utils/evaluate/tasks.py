@@ -65,12 +65,11 @@ def hub_task_suite(benchmarks_: list[str], mmlu_subjects: list[str] | None = Non
     names = {b: b for b in benchmarks_}
     if "mmlu" in names and mmlu_subjects:
         names["mmlu"] = ",".join(f"mmlu_{s}" for s in sorted(subjects))  # a subset: subject tasks, no group
-    version = lm_eval_version()
     return TaskSuite(
         mode="hub",
         tasks_dir=None,
         task_names=names,
-        definition_hash={b: sha256_text(f"hub:{b}:{version}") for b in benchmarks_},
+        definition_hash={b: sha256_text(f"hub:{b}:{lm_eval_version()}") for b in benchmarks_},
         mmlu_subjects=subjects if "mmlu" in benchmarks_ else {},
     )
 
