@@ -221,15 +221,6 @@ def check_packing_isolation(trainer, max_length: Optional[int] = None, rank_loca
     packed, alone = _isolation_losses(trainer, model, device, examples)
     pairs = [(p, a) for p, a in zip(packed, alone) if not math.isnan(a)]
     worst = max((abs(p - a) / max(1.0, abs(a)) if math.isfinite(p) else math.inf) for p, a in pairs)
-    report = {
-        "checked": True,
-        "attn_implementation": impl,
-        "examples": len(examples),
-        "max_rel_diff": worst,
-        "tolerance": tolerance,
-        "probed_on": probe_on,
-        "probe_dtype": str(dtype).replace("torch.", ""),
-    }
     if not worst <= tolerance:
         raise RuntimeError(
             f"packed training would let attention cross example boundaries: with attn_implementation={impl!r} "
@@ -238,7 +229,15 @@ def check_packing_isolation(trainer, max_length: Optional[int] = None, rank_loca
             "Set finetune.packing: false, or finetune.attn_implementation: sdpa (or flash_attention_2 on a GPU "
             "with flash-attn installed)."
         )
-    return report
+    return {
+        "checked": True,
+        "attn_implementation": impl,
+        "examples": len(examples),
+        "max_rel_diff": worst,
+        "tolerance": tolerance,
+        "probed_on": probe_on,
+        "probe_dtype": str(dtype).replace("torch.", ""),
+    }
 
 
 def prepare_trainer(
