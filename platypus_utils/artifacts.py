@@ -337,13 +337,9 @@ def code_only(src: str) -> str:
     tree = ast.parse(src)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (
-            isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-        ):
-            node.body = body[1:] if isinstance(body[0].value.value, str) and len(body) > 1 else body
+        first = body[0] if isinstance(body, list) and len(body) > 1 else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            node.body = body[1:]  # a lone docstring stays: a body cannot be empty
     return ast.dump(tree)
 
 

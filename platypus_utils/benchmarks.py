@@ -77,12 +77,11 @@ REGISTRY: dict[str, BenchmarkSpec] = {
     name: BenchmarkSpec(name, b, *_SPECS[b]) for name, b in zip(TEST_SETS, BENCHMARKS)
 }
 BENCHMARK_NAMES = TEST_SETS
-_ALIASES = TEST_SET_NAMES  # leaderboard name -> test set
 
 
 def spec(name: str) -> BenchmarkSpec:
     """The registry entry for a profile key or a leaderboard name (truthfulqa_mc2)."""
-    key = _ALIASES.get(name, name)
+    key = TEST_SET_NAMES.get(name, name)  # a leaderboard name -> its test set
     if key not in REGISTRY:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
     return REGISTRY[key]

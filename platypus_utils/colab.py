@@ -180,42 +180,28 @@ def _say(result: ColabSetup) -> None:
 
 def setup_cell_source(repo: str) -> str:
     """The first code cell of every stage notebook (as `ruff format` leaves it): clone on Colab, setup()."""
-    return (
-        "# Colab setup (platypus_utils/colab.py): on Google Colab, clones and installs the project and mounts\n"
-        "# Google Drive; anywhere else it does nothing. On Colab, choose the profile in the parameters cell.\n"
-        "import os\n"
-        "import subprocess\n"
-        "import sys\n"
-        "\n"
-        f'REPO_URL = "https://github.com/{repo}"\n'
-        'if "google.colab" in sys.modules:\n'
-        f'    if not os.path.isdir("{REPO_DIR}"):\n'
-        f'        subprocess.run(["git", "clone", "--depth=1", REPO_URL, "{REPO_DIR}"], check=True)\n'
-        f'    sys.path.insert(0, "{REPO_DIR}")\n'
-        "from platypus_utils.colab import setup\n"
-        "\n"
-        "colab = setup()"
-    )
+    return f"""# Colab setup (platypus_utils/colab.py): on Google Colab, clones and installs the project and mounts
+# Google Drive; anywhere else it does nothing. On Colab, choose the profile in the parameters cell.
+import os
+import subprocess
+import sys
+
+REPO_URL = "https://github.com/{repo}"
+if "google.colab" in sys.modules:
+    if not os.path.isdir("{REPO_DIR}"):
+        subprocess.run(["git", "clone", "--depth=1", REPO_URL, "{REPO_DIR}"], check=True)
+    sys.path.insert(0, "{REPO_DIR}")
+from platypus_utils.colab import setup
+
+colab = setup()"""
 
 
-def setup_cell(repo: str) -> dict:
-    return {
-        "cell_type": "code",
-        "execution_count": None,
-        "id": SETUP_TAG,
-        "metadata": {"tags": [SETUP_TAG]},
-        "outputs": [],
-        "source": setup_cell_source(repo).splitlines(keepends=True),
-    }
-
-
-def badge_cell(notebook: str, repo: str) -> dict:
-    return {
-        "cell_type": "markdown",
-        "id": BADGE_TAG,
-        "metadata": {"tags": [BADGE_TAG]},
-        "source": badge_markdown(notebook, repo).splitlines(keepends=True),
-    }
+def _cell(kind: str, tag: str, source: str) -> dict:
+    """A notebook cell with id and tag `tag`, its keys in nbformat's order (a code cell also has outputs)."""
+    cell = {"cell_type": kind, "execution_count": None, "id": tag, "metadata": {"tags": [tag]}, "outputs": []}
+    if kind == "markdown":
+        del cell["execution_count"], cell["outputs"]
+    return {**cell, "source": source.splitlines(keepends=True)}
 
 
 def ensure_setup_cell(nb_path: str | Path, repo: Optional[str] = None) -> bool:
@@ -232,7 +218,8 @@ def ensure_setup_cell(nb_path: str | Path, repo: Optional[str] = None) -> bool:
     others = [
         c for c in nb["cells"] if not any(t in c.get("metadata", {}).get("tags", []) for t in (SETUP_TAG, BADGE_TAG))
     ]
-    nb["cells"] = [badge_cell(nb_path.name, repo), setup_cell(repo), *others]
+    badge = _cell("markdown", BADGE_TAG, badge_markdown(nb_path.name, repo))
+    nb["cells"] = [badge, _cell("code", SETUP_TAG, setup_cell_source(repo)), *others]
     new_text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     if new_text == text:
         return False

@@ -64,10 +64,8 @@ def warn_if_not_open_platypus(profile: Profile) -> None:
     ]
     if others:
         log.warning(
-            "training_data: as_released passes these sources through without dedup too: %s (as released "
-            "means %s as the authors published it)",
-            ", ".join(others),
-            DEFAULT_HUB_ID,
+            f"training_data: as_released passes these sources through without dedup too: {', '.join(others)} (as "
+            f"released means {DEFAULT_HUB_ID} as the authors published it)"
         )
 
 
@@ -496,25 +494,23 @@ def run_curate(profile: Profile, force: bool = False) -> dict:
     check_push_settings(profile)
     with timed(timings, "load_s"):
         loaded = load_sources(profile)
+    everything = list(range(len(loaded.rows)))
     if as_released(profile):
         warn_if_not_open_platypus(profile)
-        curation = assemble(profile, loaded, [], list(range(len(loaded.rows))), [], {})
+        curation = assemble(profile, loaded, [], everything, [], {})
         log.info("%s", curation.report["as_released"])
         save(profile, loaded, curation, timings, force=force)
         return curation.report
     with timed(timings, "exact_dedup_s"):
-        kept, removed_exact = exact_dedup(loaded.rows) if cfg.exact_dedup else (list(range(len(loaded.rows))), [])
+        kept, removed_exact = exact_dedup(loaded.rows) if cfg.exact_dedup else (everything, [])
     with timed(timings, "embed_s"):
         emb, cache = embed(profile, loaded.rows, kept)
     with timed(timings, "similarity_s"):
         pairs = near_duplicate_pairs(loaded.rows, emb, kept, cfg.similarity_threshold, cfg.block_size, cfg.backend)
         final, removed_near = choose_kept(loaded.rows, pairs, cfg.similarity_threshold, kept)
     log.info(
-        "exact dedup removed %d rows; similarity exclusion at %.2f removed %d, kept %d",
-        len(removed_exact),
-        cfg.similarity_threshold,
-        len(removed_near),
-        len(final),
+        f"exact dedup removed {len(removed_exact)} rows; similarity exclusion at {cfg.similarity_threshold:.2f} "
+        f"removed {len(removed_near)}, kept {len(final)}"
     )
     curation = assemble(profile, loaded, removed_exact, final, removed_near, cache)
     save(profile, loaded, curation, timings, force=force)

@@ -90,16 +90,13 @@ def _files_in(path: Path, pattern: str, exclude: tuple[str, ...] = ()) -> list[P
     return files
 
 
-def _json_lines(files: Iterable[Path], skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
+def _records(files: Iterable[Path], skipped: SkippedRows, what: str = "") -> Iterator[tuple[str, Any]]:
+    """(where, value) of each record: JSON lines, or with `what` the items of JSON lists of `what`."""
     for f in files:
-        for lineno, obj in iter_jsonl(f, skipped):
-            yield f"{f}, line {lineno}", obj
-
-
-def _json_list(files: Iterable[Path], what: str, skipped: SkippedRows) -> Iterator[tuple[str, Any]]:
-    for path in files:
-        for k, obj in iter_json_list(path, skipped, what=what):
-            yield f"{path}, item {k}", obj
+        if what:
+            yield from ((f"{f}, item {k}", obj) for k, obj in iter_json_list(f, skipped, what=what))
+        else:
+            yield from ((f"{f}, line {n}", obj) for n, obj in iter_jsonl(f, skipped))
 
 
 def _fields(obj: Any, required: dict[str, bool], skipped: SkippedRows) -> Optional[dict]:
@@ -133,8 +130,7 @@ def validate_rows(records: Iterable[Any], default_source: str, skipped: SkippedR
 
 def load_jsonl(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     for f in _files_in(_source_path(src), "*.jsonl"):
-        records = _json_list([f], "rows", skipped) if f.suffix == ".json" else _json_lines([f], skipped)
-        for where, obj in records:
+        for where, obj in _records([f], skipped, "rows" if f.suffix == ".json" else ""):
             yield where, open_platypus_row(obj, f.stem, skipped)
 
 
@@ -143,7 +139,7 @@ def load_demo(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Reco
 
     if src.path:
         log.warning("source 'demo' ignores path=%s: the demo corpus is written by the project", src.path)
-    for where, obj in _json_lines([demo_corpus_path(profile)], skipped):
+    for where, obj in _records([demo_corpus_path(profile)], skipped):
         yield where, open_platypus_row(obj, "demo", skipped)
 
 
@@ -152,7 +148,7 @@ def _file_loader(pattern: str, formatter: Callable[[Any, SkippedRows], Optional[
 
     def load(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
         files = _files_in(_source_path(src), pattern, exclude)
-        for where, obj in _json_list(files, what, skipped) if what else _json_lines(files, skipped):
+        for where, obj in _records(files, skipped, what):
             yield where, formatter(obj, skipped)
 
     return load
@@ -224,7 +220,7 @@ def load_scibench(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> 
         solutions = book.with_name(f"{book.stem}_sol.json")
         if not solutions.exists():
             log.warning("%s: not found; only %s is read", solutions, book.name)
-        for where, obj in _json_list([book, solutions] if solutions.exists() else [book], "problems", skipped):
+        for where, obj in _records([book, solutions] if solutions.exists() else [book], skipped, "problems"):
             yield where, format_scibench(obj, skipped)
 
 
@@ -376,7 +372,7 @@ def format_arb(obj: Any, subset: str, skipped: SkippedRows) -> Optional[dict]:
 def load_arb(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Records:
     """ARB: a folder of <subset>.json files (the subset read from the file name)."""
     for f in _files_in(_source_path(src), "*.json"):
-        for where, obj in _json_list([f], "ARB problems", skipped):
+        for where, obj in _records([f], skipped, "ARB problems"):
             yield where, format_arb(obj, f.stem, skipped)
 
 
@@ -411,24 +407,17 @@ def _hub_scienceqa(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     return _row(instruction, inp, rec["solution"], "scienceqa")
 
 
-def _no_stem_keyword(text: str, skipped: SkippedRows) -> bool:
-    if has_stem_keyword(text):
-        return False
-    skipped["filtered:no_stem_keyword"] += 1
-    return True
-
-
 def _hub_reclor(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     options = "".join(f"\n{chr(65 + i)}: {a}" for i, a in enumerate(rec["answers"]))
     instruction = rec["context"] + " " + rec["question"] + options
-    if _no_stem_keyword(instruction, skipped):
-        return None
+    if not has_stem_keyword(instruction):
+        return _skip(skipped, "filtered:no_stem_keyword")
     return _row(instruction, ARB_CHOICE_INPUT, chr(65 + int(rec["label"])), "reclor")
 
 
 def _hub_airoboros(rec: dict, skipped: SkippedRows) -> Optional[dict]:
-    if _no_stem_keyword(rec["instruction"], skipped):
-        return None
+    if not has_stem_keyword(rec["instruction"]):
+        return _skip(skipped, "filtered:no_stem_keyword")
     return _row(rec["instruction"], "", rec["response"], "airoboros")
 
 
@@ -447,8 +436,8 @@ def _hub_guanaco(rec: dict, skipped: SkippedRows) -> Optional[dict]:
     # the first exchange only
     instruction = human.replace("### Human:", "").strip()
     output = rest.split("### Human:", 1)[0].strip()
-    if _no_stem_keyword(instruction, skipped):
-        return None
+    if not has_stem_keyword(instruction):
+        return _skip(skipped, "filtered:no_stem_keyword")
     return _row(instruction, "", output, "guanaco")
 
 
