@@ -41,16 +41,14 @@ def model_merge_config(spec: ModelMergeSpec, dtype) -> dict | None:
             config["base_model"] = str(Path(spec.base).resolve())
         own = [{"weight": w} | ({"density": spec.density} if spec.density is not None else {}) for w in spec.weights]
         config["models"] = [{"model": m, "parameters": p} for m, p in zip(models, own)]
-        options, shared = spec.options, {}  # normalize, rescale, lambda, int8_mask where the method takes them
-        if spec.method in MERGEKIT_NORMALIZE:
-            shared["normalize"] = options.normalize
-        if spec.method in MERGEKIT_RESCALE:
-            shared["rescale"] = options.rescale
-        if options.lam != 1.0:
-            shared["lambda"] = options.lam
-        if spec.int8_mask:
-            shared["int8_mask"] = True
-        if shared:
+        options = spec.options  # parameter: (written, value): where the method takes it, or when it is set
+        shared = {
+            "normalize": (spec.method in MERGEKIT_NORMALIZE, options.normalize),
+            "rescale": (spec.method in MERGEKIT_RESCALE, options.rescale),
+            "lambda": (options.lam != 1.0, options.lam),
+            "int8_mask": (spec.int8_mask, True),
+        }
+        if shared := {key: value for key, (written, value) in shared.items() if written}:
             config["parameters"] = shared
     config["dtype"] = "float32"  # the arithmetic, as here; rounded once to the stored dtype
     if dtype_name(dtype) != "float32":

@@ -244,10 +244,8 @@ def check_tensor(name: str, merged: SafetensorsCheckpoint, models, base, spec: M
         apart = [a or bool(((x[part].double() - e).abs() > bound).any()) for a, x in zip(apart, inputs)]
     step = max(1, got.numel() // SCALE_SAMPLE)  # on a sample: the distance to the nearest input
     sample = got[::step].float()
-    change = (
-        min(float((sample - t[::step].float()).abs().max()) for t in inputs[: len(tensors)]) if got.numel() else 0.0
-    )
-    out = {"apart": apart, "diff": diff, "ratio": ratio, "change": change}
+    gaps = [float((sample - t[::step].float()).abs().max()) for t in inputs[: len(tensors)] if got.numel()]
+    out = {"apart": apart, "diff": diff, "ratio": ratio, "change": min(gaps, default=0.0)}
     if over:
         out["failure"] = (
             f"{name}: {over} elements off the recomputed merge by more than an ulp of {dtype_name(dtype)} (worst {ratio:.3g}x the bound, max abs diff {diff:.3g})"
