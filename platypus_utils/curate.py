@@ -366,13 +366,11 @@ def apply_weights(
         w = weights.get(group, 1.0)
         if w == 1.0:
             continue
-        target = int(round(len(members) * w))
-        whole, rest = divmod(target, len(members))
+        whole, rest = divmod(int(round(len(members) * w)), len(members))
         ordered = sorted(members, key=lambda i: row_digest(rows[i]))
         random.Random(f"{seed}:{group}").shuffle(ordered)
         chosen = set(ordered[:rest])
-        for i in members:
-            copies[i] = whole + (1 if i in chosen else 0)
+        copies.update({i: whole + (i in chosen) for i in members})
     final = [i for i in indices for _ in range(copies[i])]
     removed = [
         {"index": i, "reason": "undersampled", "duplicate_of": None, "similarity": None}

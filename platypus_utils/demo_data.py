@@ -149,8 +149,7 @@ def _tagged_rows() -> list[tuple[str, dict]]:
         first, second = outputs if r["longer_first"] else outputs[::-1]
         tagged += [(f"exact:{i}:a", _row(r, output=first)), (f"exact:{i}:b", _row(r, output=second))]
     for i, r in enumerate(load_demo_table("corpus_near_duplicates.jsonl")):
-        for side in ("terse", "verbose"):
-            tagged.append((f"near:{i}:{side}", _row(r[side], data_source=r["data_source"])))
+        tagged += [(f"near:{i}:{side}", _row(r[side], data_source=r["data_source"])) for side in ("terse", "verbose")]
     tagged += [(f"leak:{r['item_id']}", _row(r)) for r in load_demo_table("corpus_leaks.jsonl")]
     random.Random(_SHUFFLE_SEED).shuffle(tagged)
     return tagged

@@ -125,8 +125,8 @@ class Embedder:
         self.stats["cached"] += len(texts) - len(missing)
         if missing:
             log.info("%s: encoding %d new texts (%d from cache)", desc, len(missing), len(texts) - len(missing))
-            new_keys = [k for k, _ in missing]
-            new_vecs = self._encode([t for _, t in missing])
+            new_keys, new_texts = zip(*missing)
+            new_vecs = self._encode(list(new_texts))
             self.cache.put(new_keys, new_vecs)
             found.update(zip(new_keys, new_vecs))
             self.stats["encoded"] += len(missing)

@@ -198,10 +198,7 @@ def format_scibench(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     if not answer and not solution:
         return _skip(skipped, "filtered:no_answer")
     final = f"{answer} {unit}".strip() if answer else ""
-    if solution:
-        output = solution + (f"\nThe answer is {final}." if final else "")
-    else:
-        output = final
+    output = solution + (f"\nThe answer is {final}." if final else "") if solution else final
     instruction = ok["problem_text"].strip()
     if unit:
         instruction += f" The unit of the answer is {unit}."
