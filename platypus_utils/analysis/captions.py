@@ -91,12 +91,8 @@ def heatmap_caption(frame: pd.DataFrame, st: StatsSettings) -> str:
     cat_of = d.drop_duplicates("unit").set_index("unit")["category"]
 
     def changes(s: str) -> str:
-        return " | ".join(
-            "n/a"
-            if c not in values.columns or pd.isna(values.at[s, c])
-            else f"{values.at[s, c]:+.2f}" + (" *" if sig.at[s, c] is True else "")
-            for c in comps
-        )
+        cells = ((values.at[s, c], sig.at[s, c]) for c in comps)
+        return " | ".join("n/a" if pd.isna(v) else f"{v:+.2f}" + (" *" if q is True else "") for v, q in cells)
 
     rank = {c: k for k, c in enumerate(CATEGORY_ORDER)}
     order = sorted(values.index, key=lambda s: (rank.get(cat_of[s], 9), s))

@@ -99,7 +99,7 @@ def _unit(
             fields["test"] = "McNemar exact" if binary else "sign-flip"
             fields["note"] = "; ".join(notes + (["one question: no interval"] if single else []))
             return fields, draws, d
-    row = {"n": v[2] if len(v) > 2 else None, "reference_score": pct(r[0]), "variant_score": pct(v[0])}
+    row = {"n": v[2], "reference_score": pct(r[0]), "variant_score": pct(v[0])}
     row.update(delta=100 * (v[0] - r[0]), discordant_b=None, discordant_c=None)
     row["note"] = "no per-question scores: unpaired error"
     if v[1] is None or r[1] is None:

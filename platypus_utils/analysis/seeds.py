@@ -13,25 +13,19 @@ AVERAGE = "average"
 SEED_COLUMNS = ["benchmark", "seeds", "mean", "sd", "min", "max", "range", "run_stderr"]
 
 
-def _score(board: pd.DataFrame, variant: str, column: str) -> float | None:
-    rows = board[(board["variant"] == variant) & (board["status"] == "ok")]
-    if rows.empty or column not in rows.columns:
-        return None
-    return None if missing(value := rows.iloc[0][column]) else float(value)
-
-
 def seed_spread_frame(board: pd.DataFrame, seed_variants: dict[int, str]) -> pd.DataFrame:
     """One row per benchmark (and the average) that two or more seeds' merges were scored on: SEED_COLUMNS,
     then "seed <s>" per seed. Empty without two evaluated seeds."""
+    ok = board[board["status"] == "ok"].drop_duplicates("variant").set_index("variant")
     rows = []
     for bench in [*BENCHMARKS, AVERAGE]:
-        scores = {s: _score(board, v, bench) for s, v in seed_variants.items()}
-        scores = {s: x for s, x in scores.items() if x is not None}
-        if len(scores) < 2:
+        seeds = {s: v for s, v in seed_variants.items() if v in ok.index and not missing(ok.at[v, bench])}
+        if len(seeds) < 2:
             continue
+        scores = {s: float(ok.at[v, bench]) for s, v in seeds.items()}
         values = pd.Series(list(scores.values()))
-        errors = [_score(board, seed_variants[s], f"{bench}_stderr") for s in scores] if bench != AVERAGE else []
-        errors = [e for e in errors if e is not None]
+        errors = [ok.at[v, f"{bench}_stderr"] for v in seeds.values()] if bench != AVERAGE else []
+        errors = [float(e) for e in errors if not missing(e)]
         row = {"benchmark": LABELS.get(bench, bench), "seeds": len(scores), "mean": values.mean()}
         row.update(sd=values.std(ddof=1), min=values.min(), max=values.max(), range=values.max() - values.min())
         row["run_stderr"] = sum(errors) / len(errors) if errors else None

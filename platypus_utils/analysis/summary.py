@@ -83,10 +83,8 @@ def small_table(csv: Path, max_rows: int = 20, max_cols: int = 10) -> tuple[pd.D
     return shown, first
 
 
-def file_links(produced: dict, kind: str, name: str, rel, stage: str | None = None) -> str:
-    """ "Files: a.csv, a.md, a.tex." for one artifact (Markdown links), or "" when it has none."""
-    arts = [a for a in produced.get("artifacts", []) if (a["kind"], a["name"]) == (kind, name)]
-    files = next((a["files"] for a in arts if stage in (None, a["stage"])), [])
+def file_links(files: list[str], rel) -> str:
+    """ "Files: a.csv, a.md, a.tex." for one artifact's files (Markdown links), or "" when it has none."""
     return ("Files: " + ", ".join(link(Path(f).name, rel(f)) for f in files) + ".") if files else ""
 
 
@@ -167,7 +165,7 @@ def _figure(a: dict, rel) -> dict:
     }
 
 
-def _table(produced: dict, a: dict, rel) -> dict:
+def _table(a: dict, rel) -> dict:
     """A table's links, and the table itself when it is small and not shown in a section above."""
     csv = next((Path(f) for f in a["files"] if f.endswith(".csv")), None)
     shown = ("leaderboard", "mmlu_delta_categories", "clean_subset")
@@ -175,7 +173,7 @@ def _table(produced: dict, a: dict, rel) -> dict:
     status = "" if a["status"] == "ok" else md_escape(f"Status: {a['status']}. ")
     return {
         "small": md_table(*small) if small is not None else "",
-        "links": status + file_links(produced, "table", a["name"], rel, stage=a["stage"]),
+        "links": status + file_links(a["files"], rel),
     }
 
 
@@ -185,7 +183,7 @@ def _artifacts(produced: dict, kind: str, rel) -> list[dict]:
     for a in (a for a in produced.get("artifacts", []) if a["kind"] == kind):
         entry = {"title": md_escape(a["title"]), "stage": a["stage"], "missing": md_escape(f"{a['status']}.")}
         if a["files"]:
-            entry.update(missing="", **(_figure(a, rel) if kind == "figure" else _table(produced, a, rel)))
+            entry.update(missing="", **(_figure(a, rel) if kind == "figure" else _table(a, rel)))
         out.append(entry)
     return out
 
@@ -214,7 +212,8 @@ def summary_markdown(
         return os.path.relpath(Path(path), root)
 
     def files(name: str) -> str:
-        return file_links(produced, "table", name, rel)
+        tables = (a["files"] for a in produced.get("artifacts", []) if (a["kind"], a["name"]) == ("table", name))
+        return file_links(next(tables, []), rel)
 
     text = TEMPLATES.get_template("summary.md.j2").render(
         name=md_escape(profile.name),

@@ -115,10 +115,8 @@ def write_leaderboard(frame: pd.DataFrame, table_dir: Path, clean_note: str = ""
     shown, shown_tex = leaderboard_display(frame), leaderboard_display(frame, tex=True)
     text_columns = 3 if "items" in shown.columns else 2
     note = f"Scores in percent ± standard error. {metric_note(frame)}."
-    if has_references(frame):
-        note += f" {REFERENCE_NOTE}."
-    if frame.empty:
-        note += " No evaluation results: 05_evaluate not run."
+    note += f" {REFERENCE_NOTE}." if has_references(frame) else ""
+    note += " No evaluation results: 05_evaluate not run." if frame.empty else ""
     note += f" {CLEAN_NOTE}." if "items" in shown.columns else (f" {clean_note}" if clean_note else "")
     ours = (r for _, r in frame.iterrows() if r["source"] == "this run" and not pd.isna(r.get("mmlu_weighted")))
     weighted = [f"{r['variant']} {r['mmlu_weighted']:.2f}" for r in ours]
