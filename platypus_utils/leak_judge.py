@@ -74,8 +74,7 @@ def token_windows(ids: Sequence, size: int, stride: int | None = None) -> list[l
     """Overlapping windows of `size` tokens (words, token ids; stride size // 2 by default) covering all of `ids`."""
     if size < 1:
         raise ValueError(f"window size must be >= 1, got {size}")
-    stride = stride or max(1, size // 2)
-    ids = list(ids)
+    stride, ids = stride or max(1, size // 2), list(ids)
     if len(ids) <= size:
         return [ids]
     starts = list(range(0, len(ids) - size + 1, stride))
@@ -87,7 +86,7 @@ def token_windows(ids: Sequence, size: int, stride: int | None = None) -> list[l
 def word_windows(text: str, size: int = WINDOW_WORDS, stride: int | None = None) -> list[str]:
     """Overlapping windows of `size` words covering all of `text` (the text itself when it is no longer)."""
     words = _WORD.findall(text)
-    windows = token_windows(words, size, stride)
+    windows = token_windows(words, size, stride)  # raises for a size < 1, whatever the text
     return [text] if len(words) <= size else [" ".join(w) for w in windows]
 
 
@@ -125,8 +124,7 @@ def answer_statements(output: str, prompt: str = "") -> str:
 
 def answer_numbers_stated(answer: str, output: str) -> bool:
     """Whether the test answer has numbers, all of them in the output's stated answer (text.final_answer)."""
-    need = set(numbers(answer))
-    stated, boxed = final_answer(output)
+    need, (stated, boxed) = set(numbers(answer)), final_answer(output)
     got = set(numbers(stated, number_words=True))
     return bool(need) and (need == got if boxed else need <= got)  # a \\boxed{36/121} does not state 36
 
@@ -159,10 +157,9 @@ def own_numbers(test_question: str, prompt: str, choices: Sequence[str] = (), an
     """Numbers a short training prompt asks about that the test item has nowhere ("order five" against "order
     seven", "Z_24" against "Z_26"); only for a question with numbers other than 1; list labels and 1 left out."""
     limit = max(OWN_NUMBERS_MIN_WORDS, OWN_NUMBERS_PROMPT_RATIO * len(_WORD.findall(test_question)))
-    if len(_WORD.findall(prompt)) > limit:
+    # a question without numbers implies some ("a hexagon": "six-sided" is no other object)
+    if len(_WORD.findall(prompt)) > limit or not set(numbers(test_question, number_words=True)) - {"1"}:
         return set()
-    if not set(numbers(test_question, number_words=True)) - {"1"}:
-        return set()  # a question without numbers implies some ("a hexagon": "six-sided" is no other object)
     item = " ".join([test_question, *choices, answer])
     have = set(numbers(item, number_words=True)) | set(fraction_words(item))
     text = _LIST_LABEL.sub(" ", prompt)
@@ -241,8 +238,7 @@ def answer_support(answer: str, choices: Sequence[str], output: str) -> tuple[fl
     if not others:
         return 0.0, False, False
     out, gold = content_stems(output), content_stems(answer)
-    found = gold & out
-    distinct = gold - set().union(*others)
+    found, distinct = gold & out, gold - set().union(*others)
     words = distinct or gold
     share = len(words & out) / len(words) if found and not any(found <= o for o in others) else 0.0
     rivals = max((len((o - gold) & out) / len(o - gold) for o in others if o - gold), default=0.0)
@@ -257,8 +253,7 @@ def check_pairs(pairs: pd.DataFrame) -> None:
     if missing:
         raise ValueError(f"judge_pairs: pairs lack column(s) {missing}; expected {list(REQUIRED)}")
     for col in REQUIRED:
-        bad = [i for i, v in pairs[col].items() if not isinstance(v, str)]
-        if bad:
+        if bad := [i for i, v in pairs[col].items() if not isinstance(v, str)]:
             raise ValueError(f"judge_pairs: column {col!r}, row {bad[0]!r}: expected text, got {pairs[col][bad[0]]!r}")
 
 
@@ -294,18 +289,15 @@ def meaning_features(
     texts: list[str] = []
     plan = []
     for _, row in pairs.iterrows():
-        prompt, output = row["train_text"], row["train_output"]
-        full = f"{prompt} {output}".strip()
-        q_views = [row["test_question"]]
-        if _choices(row):
-            q_views.append(row["test_question"] + " " + " ".join(_choices(row)))
+        prompt, output, question = row["train_text"], row["train_output"], row["test_question"]
+        q_views = [question] + ([question + " " + " ".join(_choices(row))] if _choices(row) else [])
         # windows about twice the question's length: a question inside a long row is not drowned by the rest
-        size = min(window_words, max(32, 2 * len(_WORD.findall(row["test_question"]))))
+        size = min(window_words, max(32, 2 * len(_WORD.findall(question))))
+        full = f"{prompt} {output}".strip()
         train_q = word_windows(prompt, size) + (word_windows(full, size) if output.strip() else [])
         answer_spans = sentence_spans(output)
-        start = len(texts)
+        plan.append((len(texts), len(q_views), len(train_q), len(answer_spans)))
         texts += q_views + train_q + [row["test_answer"]] + answer_spans
-        plan.append((start, len(q_views), len(train_q), len(answer_spans)))
     vecs = encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
     out = []
     for (start, nq, nt, na), (_, row) in zip(plan, pairs.iterrows()):
@@ -314,9 +306,8 @@ def meaning_features(
         feats = text_features(row["train_text"], row["train_output"], row["test_question"], row["test_answer"], options)
         answer_cosine = 1.0 if feats["answer_numbers_stated"] else float((spans @ a[0]).max())
         answer_cosine = 0.0 if feats["answer_uninformative"] else answer_cosine
-        asked_alone = row.get("test_view") == "question_only"
         cosines = {"question_cosine": float((q @ t.T).max()), "answer_cosine": answer_cosine}
-        out.append(cosines | {"question_only": asked_alone} | feats)
+        out.append(cosines | {"question_only": row.get("test_view") == "question_only"} | feats)
     return pd.DataFrame(out, index=pairs.index)
 
 
@@ -451,20 +442,13 @@ def pairs_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for k, r in enumerate(records):
         try:
-            t, bench = r["train"], r.get("benchmark")
+            t, bench, choices = r["train"], r.get("benchmark"), list(r.get("choices") or [])
             reads_choices = bench not in REGISTRY or REGISTRY[bench].full_view == "choices"  # as stage 02 does
-            rows.append(
-                {
-                    "train_text": (t["instruction"] + " " + t.get("input", "")).strip(),
-                    "train_output": t["output"],
-                    "test_question": r["question"],
-                    "test_answer": r["answer"],
-                    "test_choices": list(r.get("choices") or []) if reads_choices else [],
-                    "test_options": list(r.get("choices") or []),
-                }
-            )
+            prompt = (t["instruction"] + " " + t.get("input", "")).strip()
+            shown = list(choices) if reads_choices else []
+            rows.append((prompt, t["output"], r["question"], r["answer"], shown, choices))
         except (KeyError, TypeError) as exc:
             raise ValueError(
                 f"labelled record {k} ({r.get('id', '?') if isinstance(r, dict) else r!r}): missing field {exc}"
             ) from None
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*REQUIRED, "test_choices", "test_options"])

@@ -6,6 +6,7 @@ from ..layout import DECONTAMINATE
 
 STAGE = DECONTAMINATE
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
+DETECTORS = ("embedding", "ngram", "answer", "judge")  # detectors.py: what each reads and when it flags
 SEVERITY = {c: k for k, c in enumerate(CATEGORIES)}  # lower is more severe
 PAIR_COLUMNS = (  # flagged_pairs.csv, in this order
     "pair_id train_index train_source train_text train_output benchmark subject test_id lm_eval_task doc_id test_text "

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,53 +13,33 @@ from ..config import DecontaminateConfig
 from ..embeddings import pairs_above
 from ..leak_judge import uninformative_answer
 from ..text import embedding_text, missing_numbers
+from .common import DETECTORS
 from .embed import Embedded, ngram_texts
 from .ngram import NgramIndex
+from .rules import numbers_dropped
 from .textmatch import answer_in_output
 from .views import asked_text, full_view_kind
 
 log = logging.getLogger("platypus")
 
 
-class PairScores(NamedTuple):
-    """What the detectors read of a candidate pair (cosine -1 where no embedding was read)."""
-
-    cosine: float
-    ngram: float
-    answer_match: bool
-    judge_verdict: bool | None
+def lowest_cosine(cfg: DecontaminateConfig) -> float | None:
+    """The lowest cosine whose candidates a selected detector reads (None: none reads cosines; n-gram finds its own)."""
+    lows = dict(embedding=cfg.similarity_threshold, answer=cfg.answer_detector_threshold, judge=cfg.judge_threshold)
+    return min((x for d, x in lows.items() if d in cfg.detectors and x is not None), default=None)
 
 
-@dataclass(frozen=True)
-class Detector:
-    """A leak detector: the lowest cosine whose candidates it reads (None: it finds its own) and its verdict."""
+def detector_flags(pairs: pd.DataFrame, cfg: DecontaminateConfig) -> pd.DataFrame:
+    """by_<detector> per pair for every detector (False when not selected; a NaN cosine reads as -1)."""
+    cos, low = pairs["embedding_cosine"].astype(float).fillna(-1.0), cfg.answer_detector_threshold
+    says = {
+        "embedding": cos >= cfg.similarity_threshold,
+        "ngram": pairs["ngram_overlap"] >= cfg.ngram_overlap_threshold,
+        "answer": (cos >= low) & pairs["answer_match"].astype(bool) if low is not None else False,
+        "judge": pd.Series([v is True for v in pairs["judge_verdict"]], index=pairs.index, dtype=bool),
+    }
+    return pd.DataFrame({f"by_{d}": says[d] & (d in cfg.detectors) for d in DETECTORS}, index=pairs.index)
 
-    name: str
-    lowest_cosine: Callable[[DecontaminateConfig], float | None]
-    flags: Callable[[PairScores, DecontaminateConfig], bool]
-
-    @property
-    def column(self) -> str:
-        return f"by_{self.name}"
-
-
-def _answer_flags(s: PairScores, cfg: DecontaminateConfig) -> bool:
-    low = cfg.answer_detector_threshold
-    return low is not None and s.cosine >= low and s.answer_match
-
-
-REGISTRY: dict[str, Detector] = {
-    d.name: d
-    for d in (
-        Detector(
-            "embedding", lambda cfg: cfg.similarity_threshold, lambda s, cfg: s.cosine >= cfg.similarity_threshold
-        ),
-        Detector("ngram", lambda cfg: None, lambda s, cfg: s.ngram >= cfg.ngram_overlap_threshold),
-        Detector("answer", lambda cfg: cfg.answer_detector_threshold, _answer_flags),
-        Detector("judge", lambda cfg: cfg.judge_threshold, lambda s, cfg: s.judge_verdict is True),
-    )
-}
-DETECTORS = tuple(REGISTRY)
 
 PAIR_COSINE_COLUMNS = (
     "train_index item_index embedding_cosine identifying_cosine question_only_cosine embed_part test_view".split()
@@ -112,11 +89,8 @@ def pair_cosines(emb: Embedded, pairs: list[tuple[int, int]]) -> pd.DataFrame:
 
 def candidate_pairs(rows: list[dict], emb: Embedded, cfg: DecontaminateConfig) -> pd.DataFrame:
     """Step: every (row, item) pair some selected detector might flag, with its cosines and n-gram overlap."""
-    keys: set[tuple[int, int]] = set()
-    # the lowest cosine a selected detector reads (None: no detector reads cosines)
-    low = min((x for d in cfg.detectors if (x := REGISTRY[d].lowest_cosine(cfg)) is not None), default=None)
-    if low is not None:
-        keys |= embedding_candidates(emb, low, cfg.block_size)
+    low = lowest_cosine(cfg)
+    keys = embedding_candidates(emb, low, cfg.block_size) if low is not None else set()
     grams = ngram_candidates(rows, emb, cfg) if "ngram" in cfg.detectors else pd.DataFrame(columns=NGRAM_COLUMNS)
     hits = grams[grams["ngram_overlap"] >= cfg.ngram_overlap_threshold]
     keys |= set(zip(hits["train_index"].tolist(), hits["item_index"].tolist()))
@@ -144,39 +118,21 @@ def answer_verified(train_row: dict, item: dict) -> bool:
     )
 
 
-def judged_view(cands: pd.DataFrame) -> pd.Series:
-    """Per candidate, the view the judge reads: "question_only" when it matches better than the whole item, else ""."""
-    whole = cands["embedding_cosine"].astype(float).fillna(-1.0)
-    if "question_only_cosine" not in cands:
-        return pd.Series("", index=cands.index)
-    asked = cands["question_only_cosine"].astype(float).fillna(-1.0)
-    return pd.Series(np.where(asked > whole, "question_only", ""), index=cands.index)
-
-
 def judge_reads(row: dict, item: dict, view: str) -> bool:
     """Whether the judge reads a candidate: the question's numbers are in the row, or it only left them out."""
     asked, prompt = asked_text(item, view), embedding_text(row)
-    if not missing_numbers(asked, f"{prompt}\n{row['output']}"):
-        return True
-    answer, options = item.get("answer") or "", list(item.get("choices") or [])
-    return leak_judge.context_numbers_dropped(asked, prompt, row["output"], answer, options)
+    return not missing_numbers(asked, f"{prompt}\n{row['output']}") or numbers_dropped(row, item, view)
 
 
 def judge_frame(pairs: list[tuple[dict, dict, str]]) -> pd.DataFrame:
     """leak_judge's input for (training row, test item, view) triples."""
-    return pd.DataFrame(
-        {
-            "train_text": [embedding_text(r) for r, _, _ in pairs],
-            "train_output": [r["output"] for r, _, _ in pairs],
-            "test_question": [asked_text(it, view) for _, it, view in pairs],
-            "test_answer": [it.get("answer") or "" for _, it, _ in pairs],
-            "test_choices": [
-                list(it.get("choices") or []) if full_view_kind(it) == "choices" else [] for _, it, _ in pairs
-            ],
-            "test_options": [list(it.get("choices") or []) for _, it, _ in pairs],
-            "test_view": [view for _, _, view in pairs],
-        }
-    )
+    out = []
+    for row, item, view in pairs:
+        options = list(item.get("choices") or [])
+        choices = list(options) if full_view_kind(item) == "choices" else []
+        asked, answer = asked_text(item, view), item.get("answer") or ""
+        out.append((embedding_text(row), row["output"], asked, answer, choices, options, view))
+    return pd.DataFrame(out, columns=[*leak_judge.REQUIRED, "test_choices", "test_options", "test_view"])
 
 
 def judge_candidates(
@@ -186,15 +142,11 @@ def judge_candidates(
     out = pd.DataFrame({"judge_score": np.nan, "judge_verdict": None}, index=cands.index)
     if "judge" not in cfg.detectors or cands.empty:
         return out
-    if leak_judge is None:
-        raise ValueError(
-            "decontaminate.detectors includes 'judge', but platypus_utils.leak_judge is not in this "
-            "tree; choose from embedding, ngram, answer"
-        )
-    views = judged_view(cands)
-    best = cands["embedding_cosine"].astype(float).fillna(0.0)
-    if "question_only_cosine" in cands:
-        best = np.maximum(best, cands["question_only_cosine"].astype(float).fillna(0.0))
+    whole = cands["embedding_cosine"].astype(float).fillna(-1.0)
+    asked = cands["question_only_cosine"].astype(float).fillna(-1.0)
+    # the judge reads the question part alone ("question_only") where it matches better than the whole item
+    views = pd.Series(np.where(asked > whole, "question_only", ""), index=cands.index)
+    best = np.maximum(whole, asked)
     # a pair missing a number of the question is similar_but_different whatever the judge says (rule 3): not read
     read = [
         k
@@ -215,14 +167,6 @@ def judge_candidates(
     return out
 
 
-def detector_verdicts(
-    cosine: float, ngram: float, answer_match: bool, cfg: DecontaminateConfig, judge_verdict: bool | None = None
-) -> dict[str, bool]:
-    """{"by_<detector>": verdict} for every detector of the REGISTRY (False when not selected; NaN cosine: -1)."""
-    scores = PairScores(-1.0 if cosine != cosine else cosine, ngram, bool(answer_match), judge_verdict)
-    return {d.column: d.name in cfg.detectors and d.flags(scores, cfg) for d in REGISTRY.values()}
-
-
 def flag_pairs(
     cands: pd.DataFrame,
     rows: list[dict],
@@ -235,13 +179,7 @@ def flag_pairs(
     out = cands.copy()
     out["answer_match"] = [answer_verified(rows[i], items[j]) for i, j in zip(out["train_index"], out["item_index"])]
     out[["judge_score", "judge_verdict"]] = judge_candidates(out, rows, items, cfg, embedder)
-    verdicts = [
-        detector_verdicts(c, g, a, cfg, v)
-        for c, g, a, v in zip(out["embedding_cosine"], out["ngram_overlap"], out["answer_match"], out["judge_verdict"])
-    ]
-    columns = [d.column for d in REGISTRY.values()]
-    for name in columns:
-        out[name] = [v[name] for v in verdicts]
-    flagged = out[columns].any(axis=1)
-    log.info("flagged pairs: %s", {k: int(out[k].sum()) for k in columns})
-    return out if keep_unflagged else out[flagged].reset_index(drop=True)
+    flags = detector_flags(out, cfg)
+    out[flags.columns] = flags
+    log.info("flagged pairs: %s", {k: int(v.sum()) for k, v in flags.items()})
+    return out if keep_unflagged else out[flags.any(axis=1)].reset_index(drop=True)

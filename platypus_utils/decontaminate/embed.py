@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts import atomic_path, sha256_text
+from ..artifacts import sha256_text
 from ..config import DecontaminateConfig
 from ..text import embedding_text
 from .candidates import first_pass_items
+from .static import load_npy, save_npy
 from .views import item_views, train_windows
 
 log = logging.getLogger("platypus")
@@ -24,18 +25,12 @@ def embed_benchmark_texts(texts: list[str], embedder) -> np.ndarray:
     if cache_dir is None:
         return embedder.encode(texts, desc="benchmark items")
     path = Path(cache_dir) / "benchmark_sets" / f"{sha256_text(chr(30).join(texts))[:24]}.npy"
-    if path.is_file():
-        try:
-            vecs = np.load(path, allow_pickle=False)
-            if vecs.shape[0] == len(texts):
-                log.info("benchmark embeddings: %d texts from %s", len(texts), path)
-                return vecs
-        except (OSError, ValueError) as exc:  # a damaged file only costs a re-encode
-            log.warning("benchmark embeddings: ignoring unreadable %s (%s)", path, exc)
+    vecs = load_npy(path, "benchmark embeddings")
+    if vecs is not None and vecs.shape[0] == len(texts):
+        log.info("benchmark embeddings: %d texts from %s", len(texts), path)
+        return vecs
     vecs = embedder.encode(texts, desc="benchmark items")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, vecs)
+    save_npy(path, vecs)
     return vecs
 
 

@@ -13,8 +13,7 @@ from ..artifacts import write_json, write_jsonl, write_text
 from ..config import DecontaminateConfig
 from ..layout import CLEAN, FLAGGED_PAIRS
 from ..plotting import PALETTE, new_figure, save_figure
-from .common import CATEGORIES, SEVERITY
-from .detectors import DETECTORS, REGISTRY
+from .common import CATEGORIES, DETECTORS, SEVERITY
 
 
 def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:
@@ -50,9 +49,8 @@ def summarise(
     """Step: the stage's counts (decontamination_report.json; the command line prints it)."""
     by = {d: pairs[f"by_{d}"].astype(bool) for d in DETECTORS}
     below = 0  # candidates below the embedding threshold that "answer" checked
-    if cands is not None and cfg.answer_detector_threshold is not None:
-        cosine = cands["embedding_cosine"]
-        below = int(cosine.between(cfg.answer_detector_threshold, cfg.similarity_threshold, "left").sum())
+    if cands is not None and (low := cfg.answer_detector_threshold) is not None:
+        below = int(cands["embedding_cosine"].between(low, cfg.similarity_threshold, "left").sum())
     by_source = pairs.drop_duplicates("train_index")["train_source"]
     by_benchmark = pairs.drop_duplicates(["benchmark", "test_id"])["benchmark"]
     return {
@@ -83,7 +81,7 @@ def summarise(
 
 def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
     """Pairs flagged per detector, alone and with others (a frame of flag_pairs' verdicts)."""
-    names = [d.column for d in REGISTRY.values() if d.column in flagged]
+    names = [f"by_{d}" for d in DETECTORS if f"by_{d}" in flagged]
     rows = []
     for c in names:
         others = flagged[[o for o in names if o != c]].any(axis=1) if len(names) > 1 else False
@@ -107,10 +105,10 @@ def review_frame(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def removals_under(pairs: pd.DataFrame, actions: dict[str, str]) -> dict:
     """What another policy would remove, from the categorised pairs alone: rows and test items touched."""
-    hit = pairs[pairs["category"].map(actions) == "remove"] if len(pairs) else pairs
+    hit = pairs[pairs["category"].map(actions) == "remove"]
     return {
-        "removed_rows": int(hit["train_index"].nunique()) if len(hit) else 0,
-        "test_items": int(hit[["benchmark", "test_id"]].drop_duplicates().shape[0]) if len(hit) else 0,
+        "removed_rows": int(hit["train_index"].nunique()),
+        "test_items": len(hit[["benchmark", "test_id"]].drop_duplicates()),
     }
 
 

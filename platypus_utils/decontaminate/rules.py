@@ -12,10 +12,18 @@ from .. import leak_judge
 from ..config import DecontaminateConfig
 from ..leak_judge import own_numbers, uninformative_answer
 from ..text import embedding_text, latex_plain, missing_numbers
-from .common import PAIR_COLUMNS
+from .common import DETECTORS, PAIR_COLUMNS
 from .decisions import pair_id
 from .textmatch import answer_in_output, contains_phrase, word_share, words
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
+
+
+def _whole(train_row: dict) -> str:
+    return embedding_text(train_row) + "\n" + train_row["output"]
+
+
+def _answer_given(train_row: dict, item: dict) -> bool:
+    return answer_in_output(item.get("answer") or "", train_row["output"])
 
 
 def _ending_given(train_row: dict, item: dict) -> bool:
@@ -23,18 +31,10 @@ def _ending_given(train_row: dict, item: dict) -> bool:
     with another continuation is the same start, not the test item (it is scored on its ending)."""
     if full_view_kind(item) != "gold_ending":
         return True
-    answer = item.get("answer") or ""
-    return answer_in_output(answer, train_row["output"]) or contains_phrase(
-        embedding_text(train_row) + "\n" + train_row["output"], answer
-    )
+    return _answer_given(train_row, item) or contains_phrase(_whole(train_row), item.get("answer") or "")
 
 
-def _own_numbers(item: dict, prompt: str, view: str) -> set[str]:
-    """leak_judge.own_numbers for a pair: numbers the (short) training prompt asks about that the item lacks."""
-    return own_numbers(asked_text(item, view), prompt, list(item.get("choices") or []), item.get("answer") or "")
-
-
-def _numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
+def numbers_dropped(train_row: dict, item: dict, view: str) -> bool:
     """leak_judge.context_numbers_dropped for a pair: the row left the question's numbers out (named no others)
     and its output states the answer; with the judge's "same", rule 3 (numbers differ) then does not apply."""
     answer, options = item.get("answer") or "", list(item.get("choices") or [])
@@ -74,9 +74,8 @@ def listed_options(train_row: dict) -> list[str]:
     """The options a training prompt lists ("A. ...", "(b) ..."), when it lists MIN_LISTED_OPTIONS or more labelled
     a, b, c...: the row is a multiple-choice question of its own. Else []."""
     labelled = leak_judge.labelled_options(embedding_text(train_row))
-    if len(labelled) < MIN_LISTED_OPTIONS or not {"a", "b", "c"} <= set(labelled):  # a list, not "vitamin A. It"
-        return []
-    return list(labelled.values())
+    # a list, not "vitamin A. It"
+    return list(labelled.values()) if len(labelled) >= MIN_LISTED_OPTIONS and {"a", "b", "c"} <= set(labelled) else []
 
 
 def other_options(listed: list[str], item: dict) -> bool:
@@ -102,7 +101,7 @@ def other_choice_given(train_row: dict, item: dict) -> str | None:
     same shape ("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field." -> 1, against the test's x^3 + x^2 + c,
     answer 2). None otherwise (an item without choices, a long output, the test answer given)."""
     answer, output = item.get("answer") or "", _plain_choice(train_row["output"])
-    if not output or answer_in_output(answer, train_row["output"]):
+    if not output or _answer_given(train_row, item):
         return None
     return next((c for c in item.get("choices") or [] if c != answer and _plain_choice(c) == output), None)
 
@@ -112,21 +111,18 @@ def _passage_only(train_row: dict, item: dict, judge_says_same: bool) -> str | N
     question part is not in the training text, its answer is not in the output and the judge (when it read the
     pair) does not read the same question: the row asks another question of the same passage (an MMLU val item)."""
     asked = question_only(item["question"])
-    if not asked or judge_says_same:
-        return None
-    whole = embedding_text(train_row) + "\n" + train_row["output"]
-    if contains_phrase(whole, asked) or answer_in_output(item.get("answer") or "", train_row["output"]):
+    if not asked or judge_says_same or contains_phrase(_whole(train_row), asked) or _answer_given(train_row, item):
         return None
     return "passage shared, not its question: the test's question is not in the train text nor its answer in the output"
 
 
 def _verbatim_rule(train_row: dict, item: dict, cfg: DecontaminateConfig) -> str | None:
     """Rules 1-2 (see the package docstring): why the pair is a verbatim copy, or None."""
-    whole = embedding_text(train_row) + "\n" + train_row["output"]
+    whole = _whole(train_row)
     stem_in = contains_phrase(whole, item["question"])
     if stem_in and stem_identifies(item, cfg) and _ending_given(train_row, item):
         return "verbatim: the whole test question is in the train text"
-    if stem_in and answer_in_output(item.get("answer") or "", train_row["output"]):
+    if stem_in and _answer_given(train_row, item):
         return "verbatim: the whole test question (a short one) is in the train text and its answer in the output"
     extra = view_extra(item)
     if stem_in and extra and all(contains_phrase(whole, x) for x in extra):
@@ -161,41 +157,37 @@ def categorise(
         return "similar_but_different", f"other options: the train row lists {len(listed)} options, not the test's"
     if verbatim:
         return "duplicate", verbatim
-    other = other_choice_given(train_row, item)
-    if other is not None:
+    if (other := other_choice_given(train_row, item)) is not None:
         return (
             "similar_but_different",
             f"another answer: the train output is the test's choice {other!r}, not its answer",
         )
     prompt = embedding_text(train_row)
     missing = missing_numbers(asked_text(item, view), prompt + ("\n" + train_row["output"] if part == "output" else ""))
-    if missing and not (judge[0] is True and _numbers_dropped(train_row, item, view)):
+    if missing and not (judge[0] is True and numbers_dropped(train_row, item, view)):
         return "similar_but_different", f"numbers differ: test has {missing} not in train text"
-    shared = _passage_only(train_row, item, judge[0] is True)
-    if shared:
+    if shared := _passage_only(train_row, item, judge[0] is True):
         return "similar_but_different", shared
     ending = _ending_given(train_row, item)
     # the question part of a passage item alone ("Which of the following is the most likely diagnosis?") never
     # identifies its item: copied, it counts only with the test's answer in the output
-    asked_only = view == "question_only" and not answer_in_output(item.get("answer") or "", train_row["output"])
+    asked_only = view == "question_only" and not _answer_given(train_row, item)
     if ngram >= cfg.verbatim_ngram_overlap and ending and not asked_only:
         return "duplicate", f"near-verbatim: {cfg.ngram_n}-gram overlap {ngram:.2f}"
-    own = _own_numbers(item, prompt, view)
-    if own:
+    if own := own_numbers(asked_text(item, view), prompt, list(item.get("choices") or []), item.get("answer") or ""):
         return "similar_but_different", f"another object: train asks about {sorted(own)}, not in the test item"
     cos = cosine if identifying_cosine is None else identifying_cosine
     if cos == cos and cos >= cfg.duplicate_threshold:  # cos == cos: not NaN
-        whole = prompt + "\n" + train_row["output"]
         share = max(
-            word_share(item["question"], whole) if stem_identifies(item, cfg) and ending else 0.0,
-            word_share(item_text(item), whole),
+            word_share(item["question"], _whole(train_row)) if stem_identifies(item, cfg) and ending else 0.0,
+            word_share(item_text(item), _whole(train_row)),
         )
         if share >= cfg.verbatim_word_share:
             return "duplicate", f"near-verbatim: cosine {cos:.3f}, {share:.0%} of the test's words in train text"
         return "gray_area", f"same meaning in other words: cosine {cos:.3f}, {share:.0%} of the test's words"
     if judge[0] is True:
         return "gray_area", f"the judge reads the same question, reworded: score {judge[1]:.3f}"
-    if not answer_in_output(item.get("answer") or "", train_row["output"]):
+    if not _answer_given(train_row, item):
         return "similar_but_different", f"answer differs: test answer {item.get('answer')!r} not in train output"
     if uninformative_answer(item.get("answer") or ""):
         return "similar_but_different", f"the answer {item.get('answer')!r} says nothing of the question, which differs"
@@ -214,6 +206,16 @@ def categorise(
     return "gray_area", f"reworded, same numbers and answer: cosine {cosine:.3f}"
 
 
+def categorise_flagged(f, row: dict, item: dict, cfg: DecontaminateConfig) -> tuple[str, str, str, str]:
+    """(category, rule, part, view) of a flag_pairs row: the evidence is the n-gram detector's when it flagged the
+    pair, else the embedding's."""
+    by_gram = f.by_ngram and f.ngram_part
+    part, view = (f.ngram_part, f.ngram_view) if by_gram else (f.embed_part or "prompt", f.test_view)
+    judge = (f.judge_verdict, f.judge_score)
+    cosine, identifying = f.embedding_cosine, f.identifying_cosine
+    return (*categorise(row, item, cosine, f.ngram_overlap, cfg, identifying, part, judge, view), part, view)
+
+
 def categorise_pairs(
     flagged: pd.DataFrame, rows: list[dict], items: list[dict], cfg: DecontaminateConfig
 ) -> pd.DataFrame:
@@ -221,19 +223,7 @@ def categorise_pairs(
     records = []
     for f in flagged.itertuples(index=False):
         row, item = rows[f.train_index], items[f.item_index]
-        by_gram = f.by_ngram and f.ngram_part
-        part, view = (f.ngram_part, f.ngram_view) if by_gram else (f.embed_part or "prompt", f.test_view)
-        category, rule = categorise(
-            row,
-            item,
-            f.embedding_cosine,
-            f.ngram_overlap,
-            cfg,
-            f.identifying_cosine,
-            part,
-            (f.judge_verdict, f.judge_score),
-            view,
-        )
+        category, rule, part, view = categorise_flagged(f, row, item, cfg)
         records.append(
             {
                 "pair_id": pair_id(row, item),
@@ -252,15 +242,10 @@ def categorise_pairs(
                 "train_part": part,
                 "embedding_cosine": round(f.embedding_cosine, 6),
                 "ngram_overlap": round(f.ngram_overlap, 6),
-                "answer_match": f.answer_match,
                 # 4 decimals: the judge's texts are encoded in batches whose make-up varies between runs
                 # (float32 differs in the 7th digit), and a rerun should write the same file
                 "judge_score": float("nan") if pd.isna(f.judge_score) else round(float(f.judge_score), 4),
-                "judge_verdict": f.judge_verdict,
-                "by_embedding": f.by_embedding,
-                "by_ngram": f.by_ngram,
-                "by_answer": f.by_answer,
-                "by_judge": f.by_judge,
+                **{c: getattr(f, c) for c in ("answer_match", "judge_verdict", *(f"by_{d}" for d in DETECTORS))},
                 "category": category,
                 "rule": rule,
                 "action": cfg.actions[category],

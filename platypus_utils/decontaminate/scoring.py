@@ -9,7 +9,7 @@ from ..text import embedding_text
 from .detectors import flag_pairs, pair_cosines
 from .embed import embed_texts
 from .ngram import NgramIndex
-from .rules import categorise
+from .rules import categorise_flagged
 
 
 def score_pairs(
@@ -42,17 +42,7 @@ def score_pairs(
         cands[name] = [g[c] for g in grams]
     scored = flag_pairs(cands, rows, items, cfg, keep_unflagged=True, embedder=embedder)
     cats = [
-        categorise(
-            rows[k],
-            items[k],
-            s.embedding_cosine,
-            s.ngram_overlap,
-            cfg,
-            s.identifying_cosine,
-            s.ngram_part if s.by_ngram and s.ngram_part else (s.embed_part or "prompt"),
-            (s.judge_verdict, s.judge_score),
-            s.ngram_view if s.by_ngram and s.ngram_part else s.test_view,
-        )
+        categorise_flagged(s, rows[k], items[k], cfg)[:2]
         if any((s.by_embedding, s.by_ngram, s.by_answer, s.by_judge))
         else ("", "")
         for k, s in enumerate(scored.itertuples(index=False))

@@ -15,9 +15,26 @@ import numpy as np
 from scipy import sparse
 
 from ..artifacts import atomic_path
+from ..embeddings import normalise
 from .ngram import flat_ids
 
 log = logging.getLogger("platypus")
+
+
+def load_npy(path: Path, what: str) -> np.ndarray | None:
+    """A cached array, or None when the file is missing or unreadable (a damaged cache file is only recomputed)."""
+    if path.is_file():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring unreadable %s (%s)", what, path, exc)
+    return None
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def _sentence_transformer(embedder):
@@ -31,12 +48,7 @@ def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray
     model, tokenizer = _sentence_transformer(embedder)
     cache_dir = getattr(getattr(embedder, "cache", None), "dir", None)
     path = Path(cache_dir) / "static_pieces.npy" if cache_dir is not None else None
-    vecs = None
-    if path is not None and path.is_file():
-        try:
-            vecs = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:  # a damaged file only costs a distillation
-            log.warning("static vectors: ignoring unreadable %s (%s)", path, exc)
+    vecs = load_npy(path, "static vectors") if path is not None else None  # a damaged file costs a distillation
     dim = model.get_embedding_dimension()
     if vecs is None or vecs.shape != (len(tokenizer), dim):
         vecs = np.full((len(tokenizer), dim), np.nan, dtype=np.float32)
@@ -46,8 +58,7 @@ def piece_vectors(embedder, needed: np.ndarray, batch: int = 1024) -> np.ndarray
         vecs[todo] = _distil(model, tokenizer, todo, batch)
         log.info("static vectors: %d word pieces distilled in %.1f s", len(todo), time.perf_counter() - t0)
         if path is not None:
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, vecs)
+            save_npy(path, vecs)
     out = np.zeros_like(vecs)  # the same vectors whatever else the cache holds
     out[needed] = vecs[needed]
     return out
@@ -125,13 +136,11 @@ class StaticIndex:
             self.known[missing] = True
 
     def _raw(self, counts: sparse.csr_matrix) -> np.ndarray:
-        out = np.asarray(counts @ sparse.diags(self.weights) @ self.pieces, dtype=np.float32)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return normalise(np.asarray(counts @ sparse.diags(self.weights) @ self.pieces, dtype=np.float32))
 
     def vectors(self, counts: sparse.csr_matrix) -> np.ndarray:
         """Weighted mean of the pieces, less the views' mean direction, L2-normalised."""
-        out = self._raw(counts) - self.center
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return normalise(self._raw(counts) - self.center)
 
 
 def static_index(embedder, view_texts: list[str], pieces: np.ndarray | None = None) -> StaticIndex | None:
