@@ -78,10 +78,6 @@ class EvalRun:
     samples: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SAMPLE_COLUMNS))
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def has_samples(self) -> bool:
-        return not self.samples.empty
-
 
 def task_unit(task: str) -> tuple[str, str] | None:
     """lm-eval task -> (benchmark, subject) with subject "" outside MMLU; None: not a leaderboard task."""
