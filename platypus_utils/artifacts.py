@@ -23,7 +23,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -319,12 +319,12 @@ def sha256_path(path: str | Path) -> str:
     return tree_sha256(path, (q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")))
 
 
-def tree_sha256(root: Path, files: Iterable[Path]) -> str:
-    """sha256 over the names (relative to `root`) and contents of `files`, sorted."""
+def tree_sha256(root: Path, files: Iterable[Path], digest: Callable[[Path], str] = sha256_file) -> str:
+    """sha256 over the names (relative to `root`) and `digest`s (default: of the contents) of `files`, sorted."""
     h = hashlib.sha256()
     for p in sorted(files):
         h.update(p.relative_to(root).as_posix().encode())
-        h.update(sha256_file(p).encode())
+        h.update(digest(p).encode())
     return h.hexdigest()
 
 
@@ -347,11 +347,9 @@ def code_only(src: str) -> str:
 def package_source_hash() -> str:
     """Hash of the code of every .py under platypus_utils/ (`code_only`: a docstring or comment edit keeps it, so
     resumable runs stay up to date); once per process."""
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE_DIR.rglob("*.py")):
-        h.update(p.relative_to(PACKAGE_DIR).as_posix().encode())
-        h.update(sha256_text(code_only(p.read_text(encoding="utf-8"))).encode())
-    return h.hexdigest()
+    return tree_sha256(
+        PACKAGE_DIR, PACKAGE_DIR.rglob("*.py"), lambda p: sha256_text(code_only(p.read_text(encoding="utf-8")))
+    )
 
 
 def code_fingerprint(stage: str) -> dict[str, str | None]:

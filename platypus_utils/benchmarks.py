@@ -260,7 +260,6 @@ def load_benchmark(name: str, benchmarks_dir: str | Path, limit: Optional[int] =
 
 
 def load_benchmarks(names, benchmarks_dir: str | Path, limit: Optional[int] = None) -> dict[str, list[dict]]:
-    """load_benchmark for each name, in the given order."""
     return {name: load_benchmark(name, benchmarks_dir, limit) for name in names}
 
 

@@ -391,12 +391,8 @@ def composition_table(report: dict) -> pd.DataFrame:
 def plot_composition(table: pd.DataFrame, ax=None):
     """Bars of rows per source by curation outcome (nothing written)."""
     fig, ax = new_figure(ax, (6.5, 0.45 * len(table) + 1.5))
-    long = table.melt(
-        id_vars="data_source",
-        value_vars=["kept", "exact_dup", "near_dup", "filtered", "malformed"],
-        var_name="outcome",
-        value_name="rows",
-    )
+    outcomes = ["kept", "exact_dup", "near_dup", "filtered", "malformed"]
+    long = table.melt(id_vars="data_source", value_vars=outcomes, var_name="outcome", value_name="rows")
     sns.barplot(data=long, y="data_source", x="rows", hue="outcome", ax=ax)
     ax.legend(title="outcome", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel("rows")

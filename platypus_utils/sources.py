@@ -250,11 +250,8 @@ def format_scienceqa_llava(obj: Any, skipped: SkippedRows) -> Optional[dict]:
     if not isinstance(obj, dict):
         return _skip(skipped, "not_an_object")
     conv = obj.get("conversations")
-    if (
-        not isinstance(conv, list)
-        or len(conv) < 2
-        or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv[:2])
-    ):
+    turns = conv[:2] if isinstance(conv, list) else []
+    if len(turns) < 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
         return _skip(skipped, "malformed:conversations")
     prompt, answer = conv[0]["value"], conv[1]["value"].strip()
     if obj.get("image") or "<image>" in prompt:
