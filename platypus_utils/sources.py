@@ -465,13 +465,12 @@ def load_hub(src: SourceConfig, profile: Profile, skipped: SkippedRows) -> Recor
     hub_id, revision = split_revision(ref)
     if hub_id not in HUB_SOURCES:
         raise UnknownSourceError(f"hub_id {hub_id!r} has no formatter; known: {', '.join(HUB_SOURCES)}")
+    spec = HUB_SOURCES[hub_id]
+    kwargs = {"data_files": spec.data_files} if spec.data_files else {}
     if revision is None:
         log.warning("hub dataset %s is not pinned: write it as %s@<commit sha> to pin it", hub_id, hub_id)
     else:
         record_snapshot(ref, hub_id, revision, revision if is_pinned_commit(revision) else None)
-    spec = HUB_SOURCES[hub_id]
-    kwargs = {"data_files": spec.data_files} if spec.data_files else {}
-    if revision is not None:
         kwargs["revision"] = revision
     for split in spec.splits:
         for k, rec in enumerate(load_dataset(hub_id, split=split, **kwargs), 1):
