@@ -142,8 +142,7 @@ def check_recipe(trainer, data: TrainingData, packing) -> list[dict]:
                 "while tokenizing; every row must be trained on or skipped and counted"
             )
         for e, i in zip(prepared, idx):
-            problem = check_prepared_example(e["input_ids"], e["labels"], eos_id, bool(data.truncated[i]))
-            if problem:
+            if problem := check_prepared_example(e["input_ids"], e["labels"], eos_id, bool(data.truncated[i])):
                 raise RuntimeError(f"{data.source}, row {data.row_lines[i]}, after tokenization: {problem}")
     return prepared_eval
 

@@ -116,8 +116,7 @@ def check_target_modules(model, target_modules: Sequence[str] | str | None) -> N
     if isinstance(target_modules, str):
         return
     leaves = {name.rsplit(".", 1)[-1]: mod for name, mod in model.named_modules()}
-    missing = [m for m in target_modules if m not in leaves]
-    if missing:
+    if missing := [m for m in target_modules if m not in leaves]:
         linear = sorted(name for name, mod in leaves.items() if isinstance(mod, torch.nn.Linear))
         raise ValueError(
             f"finetune.lora.target_modules: {missing} not found in the base model "
