@@ -151,9 +151,8 @@ def flagged_counts(flagged: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for b in BENCHMARKS:
         f = flagged[flagged["benchmark"] == b]
-        items = f.drop_duplicates(["subject", "doc_id"])
         row = {c: int(f.loc[f["category"] == c, ["subject", "doc_id"]].drop_duplicates().shape[0]) for c in CATEGORIES}
-        row.update(benchmark=b, flagged=len(items))
+        row.update(benchmark=b, flagged=len(f.drop_duplicates(["subject", "doc_id"])))
         if b in getattr(bench, "index", []):
             n_out = int(bench.at[b, "n_flagged"])
             row.update(evaluated=int(bench.at[b, "n"]) + n_out, flagged_evaluated=n_out)

@@ -138,8 +138,7 @@ def category_display(frame: pd.DataFrame, tex: bool = False, with_kind: bool = F
     with `with_kind`, and "settings" (setups.comparison_setup) where recorded."""
     cats_frame = level(frame, "category")
     cats = category_order(cats_frame["unit"]) + ([ALL_SUBJECTS] if not cats_frame.empty else [])
-    labels = list(dict.fromkeys(cats_frame["comparison"]))
-    setups = {label: comparison_setup(frame, label) for label in labels}
+    setups = {label: comparison_setup(frame, label) for label in dict.fromkeys(cats_frame["comparison"])}
     with_setup = any(setups.values())
     head = ["comparison"] + (["kind"] if with_kind else []) + (["settings"] if with_setup else [])
     rows = []
