@@ -78,17 +78,12 @@ def _run_value(run: str) -> int:
 def spelled_numbers(text: str) -> collections.Counter:
     """Numbers a text spells out, as digit strings: "twenty-one thousand" -> 21000 (and each word's own value:
     20, 1, 1000), ordinals ("Second" -> 2) and fraction denominators ("a quarter" -> 4)."""
-    found: collections.Counter = collections.Counter()
-    for m in _NUMBER_WORD.finditer(text):  # each word (or tens-unit pair) on its own
-        found[str(_run_value(m.group(0)))] += 1
-    for m in _NUMBER_RUN.finditer(text):
-        value = str(_run_value(m.group(0)))
-        if value not in found:
-            found[value] += 1
-    for m in _ORDINAL.finditer(text):
-        found[str(_ORDINALS[m.group(1).lower()])] += 1
-    for m in _FRACTION_WORD.finditer(text):
-        found[str(_FRACTION_WORDS[m.group(1).lower()])] += 1
+    # each word (or tens-unit pair) on its own, then each run's value once unless a word gave it already
+    found = collections.Counter(str(_run_value(m.group(0))) for m in _NUMBER_WORD.finditer(text))
+    runs = dict.fromkeys(str(_run_value(m.group(0))) for m in _NUMBER_RUN.finditer(text))
+    found.update([value for value in runs if value not in found])
+    found.update(str(_ORDINALS[m.group(1).lower()]) for m in _ORDINAL.finditer(text))
+    found.update(str(_FRACTION_WORDS[m.group(1).lower()]) for m in _FRACTION_WORD.finditer(text))
     return found
 
 
