@@ -140,17 +140,16 @@ def verbosity_order(rows: list[dict], indices=None) -> list[int]:
 
 def exact_dedup(rows: list[dict]) -> tuple[list[int], list[dict]]:
     """Keep, per normalised instruction+input, the row with the longest output: (kept indices, removal records)."""
+    keys = [dedup_key(row) for row in rows]  # normalising is the slow part: once per row
     winner: dict[str, int] = {}
     for i in verbosity_order(rows):
-        winner.setdefault(dedup_key(rows[i]), i)
-    kept, removed = [], []
-    for i, row in enumerate(rows):
-        w = winner[dedup_key(row)]
-        if w == i:
-            kept.append(i)
-        else:
-            removed.append({"index": i, "reason": "exact_duplicate", "duplicate_of": w, "similarity": 1.0})
-    return kept, removed
+        winner.setdefault(keys[i], i)
+    removed = [
+        {"index": i, "reason": "exact_duplicate", "duplicate_of": winner[k], "similarity": 1.0}
+        for i, k in enumerate(keys)
+        if winner[k] != i
+    ]
+    return [i for i, k in enumerate(keys) if winner[k] == i], removed
 
 
 def removed_frame(rows: list[dict], removed: list[dict]) -> pd.DataFrame:
