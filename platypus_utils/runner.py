@@ -2,7 +2,7 @@
 
 Executed notebooks go to reports/<profile>/notebooks/. A stage is skipped when its last attempt
 succeeded, its manifest records the same parameters and code (the stage notebook's and the package
-source's hashes) and its recorded inputs and outputs still hash the same.
+source's hashes; the package's docstrings and comments aside) and its recorded inputs and outputs still hash the same.
 
 Trust after a crash, a kill, a second run or an edit:
 - One run per profile at a time: a filelock on `runs/<profile>/.run.lock`, the holder's PID, start time and
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shlex
 import signal
@@ -59,11 +58,13 @@ from .layout import STAGE_NOTEBOOKS, git_output
 from .notebook import KERNEL_ENV, kernel_name, profile_command, stage_parameters
 from .preflight import preflight
 
-log = logging.getLogger("platypus")
 NOTEBOOK_DIR = STAGE_NOTEBOOKS
-LOCK_FILE = "run.lock"
 FORCE_ENV = "PLATYPUS_FORCE"
 RUN_KEY_FILE = Path("checkpoints") / "run_key.json"  # finetune.CHECKPOINTS / finetune.RUN_KEY
+
+
+def _say(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
 class StageFailed(RuntimeError):
@@ -146,12 +147,10 @@ def upstream_not_ok(profile: Profile, stage: str) -> str | None:
 def interrupted_training(profile: Profile, stage: str) -> str | None:
     """Why a stage folder holding resumable checkpoints (03) is not done."""
     key = profile.run_dir(stage) / RUN_KEY_FILE
-    if not key.is_file():
-        return None
-    done = sorted(p.name for p in key.parent.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
-    if not done:
-        return None
-    return f"an interrupted training left {len(done)} checkpoint(s) in {key.parent}: it resumes from the last"
+    done = [p for p in key.parent.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if key.is_file() else []
+    if done:
+        return f"an interrupted training left {len(done)} checkpoint(s) in {key.parent}: it resumes from the last"
+    return None
 
 
 def executed_notebook(profile: Profile, stage: str) -> Path:
@@ -205,8 +204,8 @@ def edited_cells(notebook: Path) -> list[str]:
 
 def check_notebooks_shipped(stages: list[str], allow: bool, say) -> dict[str, list[str]]:
     """{stage: edited cells} of the stage notebooks; EditedNotebook naming them unless `allow`."""
-    edited = {s: edited_cells(NOTEBOOK_DIR / f"{s}.ipynb") for s in stages if (NOTEBOOK_DIR / f"{s}.ipynb").is_file()}
-    edited = {s: cells for s, cells in edited.items() if cells}
+    notebooks = {s: NOTEBOOK_DIR / f"{s}.ipynb" for s in stages}
+    edited = {s: cells for s, nb in notebooks.items() if nb.is_file() and (cells := edited_cells(nb))}
     listed = "; ".join(f"{NOTEBOOK_DIR / s}.ipynb: cells {', '.join(c)}" for s, c in edited.items())
     if edited and not allow:
         raise EditedNotebook(
@@ -227,7 +226,7 @@ def failed_notebook(profile: Profile, stage: str) -> Path:
     return profile.report_dir("notebooks") / f"{stage}.failed.ipynb"
 
 
-def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
+def clear_leftovers(profile: Profile, stage: str, say=_say) -> list[Path]:
     """Remove what interrupted attempts of `stage` left (under the run lock only)."""
     removed = remove_debris(profile.run_dir(stage))
     stale = running_notebook(profile, stage)
@@ -235,7 +234,7 @@ def clear_leftovers(profile: Profile, stage: str, say=None) -> list[Path]:
         stale.unlink()
         removed.append(stale)
     for path in removed:
-        (say or _say)(f"[{stage}] removed leftover of an interrupted attempt: {path}")
+        say(f"[{stage}] removed leftover of an interrupted attempt: {path}")
     return removed
 
 
@@ -278,13 +277,12 @@ def execute_stage(
     return time.perf_counter() - t0
 
 
-def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=None) -> float | None:
+def launch_distributed_finetune(profile: Profile, overrides: dict, force: bool = False, say=_say) -> float | None:
     """finetune.num_gpus > 1: train stage 03 under `accelerate launch` before its notebook runs, unless up to date."""
     from .config import project_root_for
     from .finetune.distributed import accelerate_command
     from .finetune.stage import STAGE
 
-    say = say or _say
     if not force and artifacts_up_to_date(profile, STAGE)[0]:
         say(f"[{STAGE}] the {profile.finetune.num_gpus}-GPU training is up to date: not relaunched")
         return None
@@ -350,7 +348,7 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def stop_children(timeout: float = 10.0) -> list[int]:
+def stop_children() -> list[int]:
     """SIGKILL this process's child processes (kernel, accelerate workers) and wait for them; returns their PIDs."""
     import psutil
 
@@ -358,14 +356,14 @@ def stop_children(timeout: float = 10.0) -> list[int]:
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.kill()
-    psutil.wait_procs(children, timeout=timeout)
+    psutil.wait_procs(children, timeout=10.0)
     return [c.pid for c in children]
 
 
 def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool, edited: dict) -> dict:
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
-    say = _say
+    done, say = summary["stages"], _say
     say(f"profile {profile.name} ({profile.source_file}): stages {', '.join(stages)}")
     t_all = time.perf_counter()
     for stage in stages:
@@ -373,10 +371,10 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             fresh, why = up_to_date(profile, stage)
             if fresh:
                 say(f"[{stage}] skipped: {why} (use --force to rerun)")
-                summary["stages"][stage] = {"status": "skipped", "reason": why}
+                done[stage] = {"status": "skipped", "reason": why}
                 continue
             if blocked := upstream_not_ok(profile, stage):
-                summary["stages"][stage] = {"status": "refused", "error": blocked}
+                done[stage] = {"status": "refused", "error": blocked}
                 write_json(summary_path, summary)
                 raise UpstreamNotOk(blocked)
             say(f"[{stage}] running: {why}")
@@ -386,16 +384,16 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
         try:
             seconds = _attempt_stage(profile, stage, overrides, verbose, force, say, edited.get(stage))
         except StageFailed as exc:
-            summary["stages"][stage] = {"status": "failed", "error": str(exc)}
+            done[stage] = {"status": "failed", "error": str(exc)}
             write_json(summary_path, summary)
             say(f"[{stage}] FAILED: {exc}")
             if executed_notebook(profile, stage).is_file():
                 say(f"[{stage}] the last good report stays at {executed_notebook(profile, stage)}")
             raise
         say(f"[{stage}] done in {seconds:.1f} s -> {executed_notebook(profile, stage)}")
-        summary["stages"][stage] = {"status": "ran", "seconds": round(seconds, 1)}
+        done[stage] = {"status": "ran", "seconds": round(seconds, 1)}
         if edited.get(stage):
-            summary["stages"][stage]["edited_cells"] = edited[stage]
+            done[stage]["edited_cells"] = edited[stage]
     summary["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(summary_path, summary)
     say(f"all done in {summary['total_seconds']:.1f} s; reports in {profile.report_dir()}")
@@ -442,10 +440,9 @@ def _describe(holder: dict) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
+def run_lock(profile: Profile, wait: bool = False, say=_say) -> Iterator[Path]:
     """Hold the profile's run lock, the holder named in run.lock (yielded); RunLocked if held, unless `wait`."""
-    say = say or _say
-    path = profile.run_dir() / LOCK_FILE
+    path = profile.run_dir() / "run.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path.with_name("." + path.name))
     try:
@@ -471,9 +468,7 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
         }
         try:
             path.write_text(json.dumps(me) + "\n", encoding="utf-8")
-        except OSError as exc:  # a full disk
-            with contextlib.suppress(OSError):
-                path.write_text("")
+        except OSError as exc:  # a full disk (the record is emptied below)
             exc.filename = exc.filename or str(path)
             raise
         yield path
@@ -481,7 +476,3 @@ def run_lock(profile: Profile, wait: bool = False, say=None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             path.write_text("")
         lock.release()
-
-
-def _say(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
