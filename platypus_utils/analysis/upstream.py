@@ -102,11 +102,9 @@ def _runner_record(profile) -> dict[str, str]:
     out = {}
     for stage, info in stages.items() if isinstance(stages, dict) else ():
         if isinstance(info, dict):
-            status = str(info.get("status", "?")) + (
-                f" ({info['seconds']} s)" if info.get("seconds") is not None else ""
-            )
+            seconds = f" ({info['seconds']} s)" if info.get("seconds") is not None else ""
             why = info.get("error") or info.get("reason")
-            out[stage] = f"{status}: {why}" if why else status
+            out[stage] = f"{info.get('status', '?')}{seconds}" + (f": {why}" if why else "")
     return out
 
 
