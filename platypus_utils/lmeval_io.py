@@ -57,12 +57,6 @@ def mmlu_category_order() -> tuple[str, ...]:
     return tuple(t.removeprefix("mmlu_") for t in group["task"])
 
 
-def __getattr__(name: str):  # MMLU_CATEGORIES, as analysis imports it: mmlu_categories() when first asked for
-    if name == "MMLU_CATEGORIES":
-        return mmlu_categories()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 SAMPLE_COLUMNS = ["benchmark", "subject", "doc_id", "score"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..lmeval_io import MMLU_CATEGORIES, EvalRun, task_unit
+from ..lmeval_io import EvalRun, mmlu_categories, task_unit
 from .common import BENCHMARKS, UNCATEGORISED
 
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")  # stage 02's, most severe first
@@ -131,7 +131,7 @@ def variant_clean_rows(run: EvalRun, flagged: pd.DataFrame) -> list[dict]:
             rows += _unit_rows(part, {"variant": run.name, "level": "benchmark", "unit": bench, "category": ""})
             continue
         for subject, g in part.groupby("subject", sort=True):
-            category = MMLU_CATEGORIES.get(subject, UNCATEGORISED)
+            category = mmlu_categories().get(subject, UNCATEGORISED)
             subjects += _unit_rows(g, {"variant": run.name, "level": "subject", "unit": subject, "category": category})
         rows += _mmlu_rows(subjects, run.name)
     return rows + subjects

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..lmeval_io import MMLU_CATEGORIES, EvalRun
+from ..lmeval_io import EvalRun, mmlu_categories
 from .common import (
     ALL_SUBJECTS,
     BENCHMARKS,
@@ -168,7 +168,7 @@ def compare(runs: dict[str, EvalRun], c: Comparison, st: StatsSettings, index: i
             notes.append(note + f"compared on the {len(common)} common subjects")
     rows, members = [], {}
     for s in common:
-        cat = vs[s].get("category") or rs[s].get("category") or MMLU_CATEGORIES.get(s, UNCATEGORISED)
+        cat = vs[s].get("category") or rs[s].get("category") or mmlu_categories().get(s, UNCATEGORISED)
         summary = _summary_pair(v, "mmlu", s), _summary_pair(r, "mmlu", s)
         fields, draws, d = _unit(_scores(v, "mmlu", s), _scores(r, "mmlu", s), *summary, st, rng)
         rows.append({**head, "level": "subject", "unit": s, "category": cat, **fields, **_setups(v, r, "mmlu", s)})
