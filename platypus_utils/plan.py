@@ -497,7 +497,13 @@ def eval_plan(profile: Profile, shape: dict, gpu: str, mfu: float, gpu_memory_gb
     }
 
 
-def make_plan(profile: Profile, config_dir=None, gpu=None, gpu_memory_gb=None, mfu=None) -> dict:
+def make_plan(
+    profile: Profile,
+    config_dir: str | None = None,
+    gpu: str | None = None,
+    gpu_memory_gb: float | None = None,
+    mfu: float | None = None,
+) -> dict:
     """Everything `platypus plan` prints, as a dict; arguments (None: the profile's) override its plan section."""
     gpu = gpu or profile.plan.gpu
     gpu_memory_gb = profile.plan.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb
