@@ -16,12 +16,8 @@ log = logging.getLogger("platypus")
 
 def load_benchmark_items(cfg: DecontaminateConfig, profile: Profile | None = None) -> tuple[list[dict], Path | None]:
     """Step: the test items of cfg.benchmarks and their folder (None for "hub")."""
-    bdir = cfg.benchmarks_dir
-    if bdir == "demo":
-        bdir = str(demo_benchmarks_dir(profile))
-    items = []
-    for name in cfg.benchmarks:
-        items += load_benchmark(name, bdir, limit=cfg.limit_per_benchmark)
+    bdir = str(demo_benchmarks_dir(profile)) if cfg.benchmarks_dir == "demo" else cfg.benchmarks_dir
+    items = [it for name in cfg.benchmarks for it in load_benchmark(name, bdir, limit=cfg.limit_per_benchmark)]
     return items, (None if bdir == "hub" else Path(bdir))
 
 

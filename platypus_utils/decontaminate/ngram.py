@@ -90,10 +90,9 @@ class NgramIndex:
         """Per text (`tokenize` words), whether `overlaps` could find anything: a prefilter, exact on the False side."""
         lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
         out = np.zeros(len(token_lists), dtype=bool)
-        if not len(token_lists) or not lengths.sum():
+        if not lengths.sum():
             return out
-        flat = np.concatenate([self._ids(t) for t in token_lists if t])
-        doc = np.repeat(np.arange(len(token_lists), dtype=np.int64), lengths)
+        doc, flat = flat_ids(token_lists, lambda w: self._vocab.get(w, len(self._vocab)))
         room = np.concatenate([np.arange(k, 0, -1) for k in lengths if k])  # words left in the text from here
         long_h = _gram_hashes(flat, n)
         ok = room[: len(long_h)] >= n

@@ -81,14 +81,11 @@ def summarise(
 
 def detector_counts(flagged: pd.DataFrame) -> pd.DataFrame:
     """Pairs flagged per detector, alone and with others (a frame of flag_pairs' verdicts)."""
-    names = [f"by_{d}" for d in DETECTORS if f"by_{d}" in flagged]
+    names = [d for d in DETECTORS if f"by_{d}" in flagged]
     rows = []
-    for c in names:
-        others = flagged[[o for o in names if o != c]].any(axis=1) if len(names) > 1 else False
-        hit, only = flagged[c], flagged[c] & ~others
-        rows.append(
-            (c.removeprefix("by_"), int(hit.sum()), int(only.sum()), int(flagged.loc[hit, "train_index"].nunique()))
-        )
+    for d in names:
+        hit, others = flagged[f"by_{d}"], flagged[[f"by_{o}" for o in names if o != d]].any(axis=1)
+        rows.append((d, int(hit.sum()), int((hit & ~others).sum()), flagged.loc[hit, "train_index"].nunique()))
     return pd.DataFrame(rows, columns=["detector", "pairs", "only_this_one", "training_rows"])
 
 

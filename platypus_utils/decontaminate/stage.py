@@ -175,8 +175,7 @@ def check_out_apart(train_file: str | Path, out: str | Path) -> None:
     if any(p.exists() and not p.is_dir() for p in out.parents):
         raise ValueError(f"--out {out}: a folder on its path is a file; give the folder the outputs go into")
     train = Path(train_file).resolve()
-    clash = [name for name in CHECK_FILE_OUTPUTS if (out / name).resolve() == train]
-    if clash:
+    if clash := [name for name in CHECK_FILE_OUTPUTS if (out / name).resolve() == train]:
         raise ValueError(
             f"--out {out}: would write {clash[0]} over the input {train_file}; choose another output folder"
         )
