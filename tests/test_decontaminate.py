@@ -1053,3 +1053,31 @@ def test_a_multiple_choice_row_the_judge_calls_different_is_not_removed_by_the_a
     assert categorise(free, ARGUMENT, 0.66, 0.0, CFG, judge=(False, 1.2))[0] == "gray_area"
     # the judge's "same" still decides first
     assert categorise(listing, ARGUMENT, 0.66, 0.0, CFG, judge=(True, 1.5))[0] == "gray_area"
+
+
+def test_detector_registry_holds_every_detector_the_profile_and_reports_name():
+    import typing
+
+    from platypus_utils.config import DecontaminateConfig
+    from platypus_utils.decontaminate.common import DETECTORS
+    from platypus_utils.decontaminate.detectors import REGISTRY, detector_flags, lowest_cosine
+
+    profile_names = typing.get_args(typing.get_args(DecontaminateConfig.model_fields["detectors"].annotation)[0])
+    assert tuple(REGISTRY) == DETECTORS == profile_names
+    cfg = DecontaminateConfig(detectors=["ngram", "answer"], answer_detector_threshold=0.6)
+    assert lowest_cosine(cfg) == 0.6  # the embedding detector's 0.8 is not selected
+    assert lowest_cosine(DecontaminateConfig(detectors=["ngram"])) is None
+    pairs = pd.DataFrame(
+        {
+            "embedding_cosine": [0.9, 0.7, None],
+            "ngram_overlap": [0.0, 0.6, None],
+            "answer_match": [True, True, False],
+            "judge_verdict": [None, True, None],
+        }
+    )
+    flags = detector_flags(pairs, cfg)
+    assert list(flags.columns) == [f"by_{d}" for d in DETECTORS]
+    assert flags["by_embedding"].tolist() == [False, False, False]  # not selected
+    assert flags["by_ngram"].tolist() == [False, True, False]
+    assert flags["by_answer"].tolist() == [True, True, False]
+    assert flags["by_judge"].tolist() == [False, False, False]  # not selected

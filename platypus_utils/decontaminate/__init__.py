@@ -5,7 +5,7 @@ category, rule, action, lm_eval_task / doc_id), contamination_table.csv (the pap
 figure. Steps (stage.py; notebook 02 runs them one by one): load_inputs, embed_texts, candidate_pairs, flag_pairs,
 categorise_pairs, choose_removals, contamination_table, summarise, save. Test item views: "question", "full" (with
 choices, gold ending or answer) and, for a long stem, "question_only" (for the judge only); a pair scores its best
-view, a text longer than the model reads is embedded in windows. Detectors (detectors.DETECTORS): embedding, ngram,
+view, a text longer than the model reads is embedded in windows. Detectors (detectors.REGISTRY): embedding, ngram,
 answer, judge (leak_judge).
 
 Categories (the paper's) by these rules, in order; the rule that decided is written beside each pair:

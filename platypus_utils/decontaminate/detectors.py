@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,6 @@ from ..config import DecontaminateConfig
 from ..embeddings import pairs_above
 from ..leak_judge import uninformative_answer
 from ..text import embedding_text, missing_numbers
-from .common import DETECTORS
 from .embed import Embedded, ngram_texts
 from .ngram import NgramIndex
 from .rules import numbers_dropped
@@ -23,22 +24,48 @@ from .views import asked_text, full_view_kind
 log = logging.getLogger("platypus")
 
 
+def _cosine(pairs: pd.DataFrame) -> pd.Series:
+    return pairs["embedding_cosine"].astype(float).fillna(-1.0)  # -1 where no embedding was read
+
+
+def _answer_flags(pairs: pd.DataFrame, cfg: DecontaminateConfig) -> pd.Series:
+    low = cfg.answer_detector_threshold
+    if low is None:
+        return pd.Series(False, index=pairs.index)
+    return (_cosine(pairs) >= low) & pairs["answer_match"].astype(bool)
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A leak detector: the lowest cosine whose candidates it reads (None: it finds its own) and its flags per pair."""
+
+    name: str
+    lowest_cosine: Callable[[DecontaminateConfig], float | None]
+    flags: Callable[[pd.DataFrame, DecontaminateConfig], pd.Series]
+
+
+REGISTRY: dict[str, Detector] = {
+    d.name: d
+    for d in (
+        Detector("embedding", lambda c: c.similarity_threshold, lambda p, c: _cosine(p) >= c.similarity_threshold),
+        Detector("ngram", lambda c: None, lambda p, c: p["ngram_overlap"] >= c.ngram_overlap_threshold),
+        Detector("answer", lambda c: c.answer_detector_threshold, _answer_flags),
+        Detector("judge", lambda c: c.judge_threshold, lambda p, c: p["judge_verdict"].map(lambda v: v is True)),
+    )
+}
+
+
 def lowest_cosine(cfg: DecontaminateConfig) -> float | None:
     """The lowest cosine whose candidates a selected detector reads (None: none reads cosines; n-gram finds its own)."""
-    lows = dict(embedding=cfg.similarity_threshold, answer=cfg.answer_detector_threshold, judge=cfg.judge_threshold)
-    return min((x for d, x in lows.items() if d in cfg.detectors and x is not None), default=None)
+    return min((x for d in cfg.detectors if (x := REGISTRY[d].lowest_cosine(cfg)) is not None), default=None)
 
 
 def detector_flags(pairs: pd.DataFrame, cfg: DecontaminateConfig) -> pd.DataFrame:
-    """by_<detector> per pair for every detector (False when not selected; a NaN cosine reads as -1)."""
-    cos, low = pairs["embedding_cosine"].astype(float).fillna(-1.0), cfg.answer_detector_threshold
-    says = {
-        "embedding": cos >= cfg.similarity_threshold,
-        "ngram": pairs["ngram_overlap"] >= cfg.ngram_overlap_threshold,
-        "answer": (cos >= low) & pairs["answer_match"].astype(bool) if low is not None else False,
-        "judge": pd.Series([v is True for v in pairs["judge_verdict"]], index=pairs.index, dtype=bool),
-    }
-    return pd.DataFrame({f"by_{d}": says[d] & (d in cfg.detectors) for d in DETECTORS}, index=pairs.index)
+    """by_<detector> per pair for every registered detector (False when the profile does not select it)."""
+    return pd.DataFrame(
+        {f"by_{d.name}": d.flags(pairs, cfg).astype(bool) & (d.name in cfg.detectors) for d in REGISTRY.values()},
+        index=pairs.index,
+    )
 
 
 PAIR_COSINE_COLUMNS = (
