@@ -1,10 +1,20 @@
 """Artifacts shared by every stage: atomic writes, JSON lines, hashes, the stage manifest and the attempt record.
 
-A stage's `manifest.json` is written only when it succeeds; `attempt.json` when an attempt starts ("running"),
-then closed "ok", "failed" or "stopped": a stage whose last attempt is not "ok" is out of date. While a
-`StageRun` is open, a write over an output of the last successful run is journaled in the attempt's "written"
-(hashes; None for a folder), so `edited_outputs` blames the user only for hand edits. Manifest paths under the
-project root are stored relative to it.
+- `atomic_path` writes beside its target in `.<name>.<pid>-<random>.tmp` and swaps an old folder out as
+  `.<name>.old-<pid>`; `remove_debris` (the runner, before a stage, under the run lock) deletes what an interrupted
+  write left, unless the process that made it is still alive.
+- A stage's `manifest.json` is written only when it succeeds; `attempt.json` when an attempt starts ("running"),
+  then closed "ok", "failed" or "stopped": a stage whose last attempt is not "ok" is out of date, whatever its older
+  manifest says; an unreadable record counts as no run.
+- The write journal: while a `StageRun` is open, a write over an output of the last successful run first adds the
+  new content's hash (None for a folder) to the attempt's "written"; a new attempt carries the journal of one that
+  did not end "ok". So `edited_outputs` blames the user only for content no attempt wrote: a killed save never
+  blocks a rerun, a hand edit does.
+- Manifests are portable: paths under the project root are stored relative to it and parameters are compared with
+  the root, its parent and the home folder made relative, so a moved project stays up to date. The manifest also
+  records the code that ran (`code_fingerprint`: the stage notebook's hash and the package's code hash).
+- `iter_jsonl` is the one reader of JSON-lines files (undecodable lines, malformed JSON and lone surrogates skipped,
+  logged with file and line, and counted; strict=True: a BadJsonLine).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,6 +34,7 @@ import resource
 import shutil
 import tempfile
 import time
+import tokenize
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +62,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target` (file or folder); on success move it into place in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # the pid in the name lets `remove_debris` tell a live writer's folder from a dead one's
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
     tmp_target = tmp / target.name
     try:
@@ -72,6 +85,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 def _journal(target: Path, new: Path) -> None:
     """When `target` is a guarded output of an open StageRun, add `new`'s hash to its attempt's journal."""
+    if not _JOURNALS:  # no StageRun open: nothing to journal (no path resolved on every write)
+        return
     key = str(target.resolve())
     run = next((run for run in reversed(_JOURNALS) if key in run.guarded), None)
     record = read_attempt(run.dir) if run else None
@@ -116,7 +131,8 @@ def debris(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 
 def remove_debris(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Delete `debris(folder)`, logging each path; returns what was removed. Only under a lock."""
+    """Delete `debris(folder)`, logging each path; returns what was removed. Call it only where no other run can be
+    writing (the runner holds the profile's run lock; a cache holds its own lock)."""
     removed = []
     for path in debris(folder, recursive):
         log.warning("removing leftover of an interrupted write: %s", path)
@@ -208,7 +224,7 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
         return None, "blank", ""
     try:
         value = json.loads(line)
-        ch = lone_surrogate(value) if "\\u" in line else None
+        ch = lone_surrogate(value) if "\\u" in line else None  # a lone surrogate can only come from a \u escape
     except (ValueError, RecursionError) as exc:  # JSONDecodeError; over-long integers; nesting too deep
         detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
         return None, "malformed_json", detail
@@ -218,8 +234,9 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None, str]:
 
 
 def iter_jsonl(path: str | Path, skipped: SkippedRows | None = None, strict: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) of each usable line; bad lines are counted in `skipped` (strict: BadJsonLine). `path`
-    may be a package resource (importlib.resources: demo_data reads the wheel's files); a missing file is a
+    """(line number, JSON value) of each usable line; blank lines are passed over, bad ones ("undecodable",
+    "malformed_json", "lone_surrogate") logged with file and line and counted in `skipped` (strict: BadJsonLine).
+    `path` may be a package resource (importlib.resources: demo_data reads the wheel's files); a missing file is a
     FileNotFoundError."""
     path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     if not path.is_file():
@@ -333,14 +350,21 @@ def sha256_text(text: str) -> str:
 
 
 def code_only(src: str) -> str:
-    """A Python source's code without docstrings and comments (its AST): a wording edit keeps the eval cache's keys."""
-    tree = ast.parse(src)
-    for node in ast.walk(tree):
+    """A Python source's code lines without docstrings, comments and blank lines: a wording edit keeps the eval
+    cache's keys and the package hash. Cut from the text by position (not `ast.dump`, which differs between Python
+    versions), so the same source gives the same text on every Python."""
+    drop: set[int] = set()  # 0-based lines of docstrings (a lone one stays: it is the body)
+    for node in ast.walk(ast.parse(src)):
         body = getattr(node, "body", None)
         first = body[0] if isinstance(body, list) and len(body) > 1 else None
         if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-            node.body = body[1:]  # a lone docstring stays: a body cannot be empty
-    return ast.dump(tree)
+            drop.update(range(first.lineno - 1, first.end_lineno))
+    lines = src.splitlines()
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:  # a comment runs to the end of its line
+            row, col = tok.start
+            lines[row - 1] = lines[row - 1][:col]
+    return "\n".join(line.rstrip() for k, line in enumerate(lines) if k not in drop and line.strip())
 
 
 @functools.lru_cache(maxsize=1)
@@ -408,7 +432,7 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
+    """This process's peak resident memory so far, in MB (getrusage gives KiB on Linux)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -245,3 +245,19 @@ def test_an_unknown_over_long_policy_is_an_error():
 
     with pytest.raises(ValueError, match="policy 'trunc', expected one of truncate, drop, keep"):
         limit_long_fields({"a": "x" * 10}, 5, "trunc", "f, line 1", SkippedRows())
+
+
+def test_code_only_is_the_code_text_without_docstrings_comments_or_blank_lines():
+    """The eval cache's keys and the package hash read this: text cut by position, so it is the same on every Python
+    (an `ast.dump` differs between versions: 3.12 adds type_params, 3.13 leaves empty fields out)."""
+    from platypus_utils.artifacts import code_only
+
+    src = (
+        '"""Module doc."""\n\nimport os  # why\n\n\ndef f(x):\n    """Double it.\n\n    More."""\n'
+        '    s = "# not a comment"  # a comment\n    return 2 * x\n\n\ndef g():\n    """A lone docstring is the body."""\n'
+    )
+    assert code_only(src) == (
+        'import os\ndef f(x):\n    s = "# not a comment"\n    return 2 * x\ndef g():\n    """A lone docstring is the body."""'
+    )
+    assert code_only(src.replace("Double it.", "Twice x.").replace("# why", "# because")) == code_only(src)
+    assert code_only(src.replace("2 * x", "3 * x")) != code_only(src)
