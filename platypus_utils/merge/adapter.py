@@ -115,6 +115,11 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, LoraDelta]]:
     return config, deltas
 
 
+def adapter_ranks(config: dict) -> set[int]:
+    """Every rank an adapter uses (its r and any rank_pattern values)."""
+    return {int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())}
+
+
 def check_architecture(config, reference, label: str, reference_label: str) -> None:
     """Refuse to merge when `config` is not the same architecture as `reference` (the adapter's base)."""
     differ, vocab = architecture_differences(config, reference)

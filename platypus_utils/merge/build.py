@@ -18,7 +18,7 @@ from transformers import AutoConfig
 
 from ..artifacts import write_json
 from ..config import AdapterMixConfig
-from .adapter import LoraDelta, check_architecture, check_targets, read_adapter
+from .adapter import LoraDelta, adapter_ranks, check_architecture, check_targets, read_adapter
 from .arithmetic import merge_tensor
 from .errors import MergeError
 from .io import (
@@ -61,7 +61,7 @@ def adapter_mix_steps(
 ) -> Steps:
     """peft's add_weighted_adapter on a float32 `source`, kept in <variant>/mixed_adapter/ and merged (cast once)."""
     sources = [read_adapter(d) for d in adapter_dirs]
-    ranks = [sorted({int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())}) for cfg, _ in sources]
+    ranks = [sorted(adapter_ranks(cfg)) for cfg, _ in sources]
     if mix.combination_type in FACTORWISE_MIXES and len({tuple(r) for r in ranks}) > 1:
         shown = ", ".join(f"{d} r={'/'.join(map(str, r))}" for d, r in zip(adapter_dirs, ranks))
         raise MergeError(

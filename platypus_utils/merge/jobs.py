@@ -47,11 +47,15 @@ def sweep_merges(sweep: MergeSweepConfig | None) -> list[ModelMergeConfig]:
     """The grid of layout.sweep_points as merges named by layout.sweep_variant_name."""
     out = []
     for method, weights, density in layout.sweep_points(sweep):
+        if len(weights) != len(sweep.models):
+            raise MergeError(
+                f"merge.sweep.weights: {weights} has {len(weights)} weights for {len(sweep.models)} models"
+            )
         name = layout.sweep_variant_name(method, weights, density)
         kw = dict(name=name, method=method, models=list(sweep.models), weights=list(weights), density=density)
         try:
             out.append(ModelMergeConfig(**kw, majority_sign_method=sweep.majority_sign_method, base=sweep.base))
-        except ValueError as exc:  # pydantic: e.g. 3 weights for 2 models, weights summing to 0
+        except ValueError as exc:  # pydantic: e.g. slerp of 3 models, weights summing to 0
             raise MergeError(f"merge.sweep: {method} with weights {weights}: {exc}") from None
     return out
 
