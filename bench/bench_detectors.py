@@ -47,6 +47,11 @@ choices as the instruction, the gold answer's text as the output), against the r
 of a test item (same answer, question text at least COPY_RATIO alike, no number of either missing from the other:
 MMLU repeats a few questions across splits); those are listed and left out of the share. Embeddings go through the
 shared cache (a cold run embeds ~30k texts: minutes on 2 cores). --val-format plain drops the choices.
+
+--whole-benchmark runs each labelled row that names a real test item through the stage (first pass and judge on)
+against ALL real test items, not only its own: per split group (FROZEN, TUNED in-sample) and kind, the rows removed
+by their own item and those removed by another item only; for the tuned splits it also lists the no-leak rows
+removed by another item (a frozen split's rows are never printed).
 """
 
 from __future__ import annotations
@@ -433,9 +438,8 @@ def whole_benchmark(pairs: list[dict], benchmarks: Path, embedder) -> None:
             counts[(p["label"], kind)] += 1
             counts[(p["label"], kind, "own")] += p["test_id"] in got
             counts[(p["label"], kind, "other")] += bool(got - {p["test_id"]}) and p["test_id"] not in got
-        print(
-            f"   {'FROZEN' if frozen else 'TUNED (in-sample)'} splits, {len(part)} rows: removed by its own item / by another"
-        )
+        group = "FROZEN" if frozen else "TUNED (in-sample)"
+        print(f"   {group} splits, {len(part)} rows: removed by its own item / by another")
         for label, kind in sorted(k for k in counts if len(k) == 2):
             n = counts[(label, kind)]
             own, other = counts[(label, kind, "own")], counts[(label, kind, "other")]

@@ -116,6 +116,7 @@ def _over_defaults(defaults: dict[str, Any], *checks, kind: Any = dict[str, Any]
     return Annotated[(kind, BeforeValidator(over), *(AfterValidator(c) for c in checks))]
 
 
+DETECTORS = ("embedding", "ngram", "answer", "judge")  # decontaminate/detectors.py: what each reads, when it flags
 DEFAULT_ACTIONS = {"duplicate": "remove", "gray_area": "remove", "similar_but_different": "keep"}
 Actions = dict[Literal[tuple(DEFAULT_ACTIONS)], Literal["remove", "keep"]]  # per category of flagged pair
 
@@ -124,9 +125,7 @@ class DecontaminateConfig(_Section):
     benchmarks: list[Literal[TEST_SETS]] = Field(default_factory=lambda: list(TEST_SETS))
     benchmarks_dir: str = "demo"  # "demo" (written by the project), "hub", or a directory in original formats
     # embedding (cosine), ngram (overlap), answer (cosine and answer agree), judge (leak_judge over candidates)
-    detectors: list[Literal["embedding", "ngram", "answer", "judge"]] = Field(
-        default_factory=lambda: ["embedding", "ngram", "answer", "judge"], min_length=1
-    )
+    detectors: list[Literal[DETECTORS]] = Field(default_factory=lambda: list(DETECTORS), min_length=1)
     # how a test item is read (a pair scores its best view); "question_only" is read by the judge only
     views: list[Literal["question", "full", "question_only"]] = Field(
         default_factory=lambda: ["question", "full", "question_only"], min_length=1

@@ -1055,29 +1055,31 @@ def test_a_multiple_choice_row_the_judge_calls_different_is_not_removed_by_the_a
     assert categorise(listing, ARGUMENT, 0.66, 0.0, CFG, judge=(True, 1.5))[0] == "gray_area"
 
 
-def test_detector_registry_holds_every_detector_the_profile_and_reports_name():
-    import typing
-
-    from platypus_utils.config import DecontaminateConfig
-    from platypus_utils.decontaminate.common import DETECTORS
+def test_detector_registry_holds_every_detector_the_profile_names():
+    from platypus_utils.config import DETECTORS, DecontaminateConfig
     from platypus_utils.decontaminate.detectors import REGISTRY, detector_flags, lowest_cosine
 
-    profile_names = typing.get_args(typing.get_args(DecontaminateConfig.model_fields["detectors"].annotation)[0])
-    assert tuple(REGISTRY) == DETECTORS == profile_names
+    assert tuple(REGISTRY) == DETECTORS
+    assert DecontaminateConfig().detectors == list(DETECTORS)
     cfg = DecontaminateConfig(detectors=["ngram", "answer"], answer_detector_threshold=0.6)
     assert lowest_cosine(cfg) == 0.6  # the embedding detector's 0.8 is not selected
     assert lowest_cosine(DecontaminateConfig(detectors=["ngram"])) is None
+    assert lowest_cosine(DecontaminateConfig(judge_threshold=0.55, answer_detector_threshold=0.6)) == 0.55
     pairs = pd.DataFrame(
         {
-            "embedding_cosine": [0.9, 0.7, None],
-            "ngram_overlap": [0.0, 0.6, None],
-            "answer_match": [True, True, False],
-            "judge_verdict": [None, True, None],
+            "embedding_cosine": [0.9, 0.7, None, 0.8],
+            "ngram_overlap": [0.0, 0.6, None, 0.5],
+            "answer_match": [True, True, False, False],
+            "judge_verdict": [None, True, None, False],
         }
     )
-    flags = detector_flags(pairs, cfg)
-    assert list(flags.columns) == [f"by_{d}" for d in DETECTORS]
-    assert flags["by_embedding"].tolist() == [False, False, False]  # not selected
-    assert flags["by_ngram"].tolist() == [False, True, False]
-    assert flags["by_answer"].tolist() == [True, True, False]
-    assert flags["by_judge"].tolist() == [False, False, False]  # not selected
+    some = detector_flags(pairs, cfg)
+    assert list(some.columns) == [f"by_{d}" for d in DETECTORS]
+    assert some["by_embedding"].tolist() == [False] * 4  # not selected
+    assert some["by_ngram"].tolist() == [False, True, False, True]
+    assert some["by_answer"].tolist() == [True, True, False, False]
+    assert some["by_judge"].tolist() == [False] * 4  # not selected
+    every = detector_flags(pairs, DecontaminateConfig(answer_detector_threshold=None))
+    assert every["by_embedding"].tolist() == [True, False, False, True]  # no cosine reads as -1; 0.8 is at the bar
+    assert every["by_answer"].tolist() == [False] * 4  # answer_detector_threshold null: the detector is off
+    assert every["by_judge"].tolist() == [False, True, False, False]  # only a True verdict flags

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from ..config import DETECTORS  # noqa: F401  (the profile's detector names, for the modules below detectors)
 from ..layout import DECONTAMINATE
 
 STAGE = DECONTAMINATE
 CATEGORIES = ("duplicate", "gray_area", "similar_but_different")
-DETECTORS = ("embedding", "ngram", "answer", "judge")  # detectors.py: what each reads and when it flags
 SEVERITY = {c: k for k, c in enumerate(CATEGORIES)}  # lower is more severe
 PAIR_COLUMNS = (  # flagged_pairs.csv, in this order
     "pair_id train_index train_source train_text train_output benchmark subject test_id lm_eval_task doc_id test_text "

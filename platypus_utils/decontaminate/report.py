@@ -10,10 +10,10 @@ import pandas as pd
 import seaborn as sns
 
 from ..artifacts import write_json, write_jsonl, write_text
-from ..config import DecontaminateConfig
+from ..config import DETECTORS, DecontaminateConfig
 from ..layout import CLEAN, FLAGGED_PAIRS
 from ..plotting import PALETTE, new_figure, save_figure
-from .common import CATEGORIES, DETECTORS, SEVERITY
+from .common import CATEGORIES, SEVERITY
 
 
 def contamination_table(pairs: pd.DataFrame, removed: set[int]) -> pd.DataFrame:

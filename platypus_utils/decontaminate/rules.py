@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from .. import leak_judge
-from ..config import DecontaminateConfig
+from ..config import DETECTORS, DecontaminateConfig
 from ..leak_judge import own_numbers, uninformative_answer
 from ..text import embedding_text, latex_plain, missing_numbers
-from .common import DETECTORS, PAIR_COLUMNS
+from .common import PAIR_COLUMNS
 from .decisions import pair_id
 from .textmatch import answer_in_output, contains_phrase, word_share, words
 from .views import asked_text, full_view_kind, item_text, question_only, stem_identifies, view_extra
@@ -178,9 +178,10 @@ def categorise(
         return "similar_but_different", f"another object: train asks about {sorted(own)}, not in the test item"
     cos = cosine if identifying_cosine is None else identifying_cosine
     if cos == cos and cos >= cfg.duplicate_threshold:  # cos == cos: not NaN
+        whole = _whole(train_row)
         share = max(
-            word_share(item["question"], _whole(train_row)) if stem_identifies(item, cfg) and ending else 0.0,
-            word_share(item_text(item), _whole(train_row)),
+            word_share(item["question"], whole) if stem_identifies(item, cfg) and ending else 0.0,
+            word_share(item_text(item), whole),
         )
         if share >= cfg.verbatim_word_share:
             return "duplicate", f"near-verbatim: cosine {cos:.3f}, {share:.0%} of the test's words in train text"
@@ -245,7 +246,9 @@ def categorise_pairs(
                 # 4 decimals: the judge's texts are encoded in batches whose make-up varies between runs
                 # (float32 differs in the 7th digit), and a rerun should write the same file
                 "judge_score": float("nan") if pd.isna(f.judge_score) else round(float(f.judge_score), 4),
-                **{c: getattr(f, c) for c in ("answer_match", "judge_verdict", *(f"by_{d}" for d in DETECTORS))},
+                "answer_match": f.answer_match,
+                "judge_verdict": f.judge_verdict,
+                **{f"by_{d}": getattr(f, f"by_{d}") for d in DETECTORS},
                 "category": category,
                 "rule": rule,
                 "action": cfg.actions[category],
