@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from .runner import RunLocked, StageFailed, run
+    from .runner import RunLocked, StageFailed, run  # the runner imports every stage: only when running
 
     try:
         flags = {k: getattr(args, k) for k in ("only", "start", "force", "verbose", "wait", "allow_edited_notebooks")}
@@ -230,7 +230,7 @@ def _cmd_plan(args) -> int:
     print(format_plan(result))
     out = write_json(Path(args.out) if args.out else profile.report_dir() / "plan.json", result)
     print(f"written: {shown_path(out)}")
-    check_fits(result)
+    check_fits(result)  # exit 2 naming the keys to change, after the table and the JSON
     return 0
 
 

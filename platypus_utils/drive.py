@@ -1,6 +1,7 @@
 """Google Drive paths in profiles (core layer): "drive:REL" is REL under $PLATYPUS_DRIVE_DIR where set;
 on Colab under MOUNT_POINT/MyDrive (DriveNotMounted when not mounted); elsewhere under <project root>/runs/drive.
-Only the standard library is imported.
+Unmounted Drive is an error, never a silent local folder, which a disconnect would wipe.
+Only the standard library is imported: `config` imports this module.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def drive_root(project_root: Path = PROJECT_ROOT) -> Path:
 
 def resolve_drive_path(value: str, project_root: Path = PROJECT_ROOT) -> str:
     """'drive:platypus/runs' -> '<drive root>/platypus/runs'; ValueError for an empty, absolute or '..' path."""
-    rel = value.removeprefix(DRIVE_PREFIX).strip()
+    if not value.startswith(DRIVE_PREFIX):
+        raise ValueError(f"{value!r} is not a {DRIVE_PREFIX} path")
+    rel = value[len(DRIVE_PREFIX) :].strip()
     if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise ValueError(
             f"{value!r}: expected {DRIVE_PREFIX}<folder relative to the Drive root>, e.g. {DRIVE_PREFIX}platypus/runs"

@@ -108,11 +108,16 @@ def check_hub_access(profile: Profile) -> list[HubReference]:
             auth_check(ref.repo_id, repo_type=ref.repo_type, token=token)
         except GatedRepoError:
             url = f"https://huggingface.co/{'datasets/' if ref.repo_type == 'dataset' else ''}{ref.repo_id}"
-            why = (
-                "the hub refused this token: accept the licence on the repo's page with the account the token belongs to"
-                if token
-                else "no token was found: set HF_TOKEN or run `hf auth login`, after accepting the licence on the repo's page"
-            )
+            if token:
+                why = (
+                    "the hub refused this token: accept the licence on the repo's page with the account the token "
+                    "belongs to"
+                )
+            else:
+                why = (
+                    "no token was found: set HF_TOKEN or run `hf auth login`, after accepting the licence on the "
+                    "repo's page"
+                )
             raise HubAccessError(f"{where}: key '{ref.key}': {ref.repo_id!r} is a gated repo ({url}); {why}") from None
         except RepositoryNotFoundError:
             raise HubAccessError(

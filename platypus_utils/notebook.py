@@ -71,7 +71,8 @@ def start_stage(profile_path: str, stage: str, params: dict | None = None, force
 
 
 def stage_timings(stage: str) -> dict:
-    """{"notebook_s": seconds since start_stage(stage)} for the manifest's timings ({} before it)."""
+    """{"notebook_s": seconds since start_stage(stage)} for the manifest's timings ({} before it); under papermill
+    the compute time up to the save step, in JupyterLab also the time spent reading between cells."""
     started = _STARTED.get(stage)
     return {} if started is None else {"notebook_s": round(time.perf_counter() - started, 3)}
 

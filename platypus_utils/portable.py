@@ -3,6 +3,8 @@
 `relativize_text` rewrites each absolute path at a path boundary: under the project root -> relative ("."
 for the root), under its parent -> "../", under home -> "~/". `to_project`/`from_project` write and read
 a manifest path (relative under the root, else absolute).
+A path boundary is the start of text, whitespace, a quote, `(`, `=`, ...; URLs and other text are left alone.
+`make reports` runs this over reports/real-offline/ so the committed reports read the same whoever made them.
 
     python -m platypus_utils.portable reports/real-offline [--root .] [--check]
 """

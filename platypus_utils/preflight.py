@@ -48,10 +48,11 @@ def check_partner_architectures(profile: Profile) -> None:
 
 
 def check_target_modules(profile: Profile) -> None:
-    """A list of finetune.lora.target_modules must name modules of models.base (from its config.json)."""
+    """A list of finetune.lora.target_modules must name modules of models.base (from its config.json);
+    a hub model not in the local cache is left to the stage, which checks the loaded model."""
     targets = profile.finetune.lora.get("target_modules")
     if not isinstance(targets, list):
-        return
+        return  # a string is a regular expression: peft's to match
     if problem := target_module_problem(profile.models.base, targets, profile.cache_dir()):
         raise ProfileError(f"{profile.source_file or profile.name}: key 'finetune.lora.target_modules': {problem}")
 

@@ -182,7 +182,8 @@ def _code_cells(text: str, where: Path | str) -> list[tuple[str, str]]:
 
 
 def edited_cells(notebook: Path) -> list[str]:
-    """Code cells differing from git HEAD's, by id ("<id>: <first line>", "<id>: removed", "<id>: moved")."""
+    """Code cells differing from git HEAD's, by id ("<id>: <first line>", "<id>: removed", "<id>: moved");
+    outputs, metadata and markdown don't count; [] outside a git checkout (a wheel's notebooks are the shipped copy)."""
     if not (top := git_output(notebook.parent, "rev-parse", "--show-toplevel")):
         return []
     try:
@@ -363,7 +364,7 @@ def stop_children() -> list[int]:
 def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dict, verbose: bool, edited: dict) -> dict:
     summary_path = profile.report_dir() / "run_summary.json"
     summary: dict = {"profile": profile.name, "profile_file": profile.source_file, "stages": {}}
-    done, say = summary["stages"], _say
+    records, say = summary["stages"], _say
     say(f"profile {profile.name} ({profile.source_file}): stages {', '.join(stages)}")
     t_all = time.perf_counter()
     for stage in stages:
@@ -371,10 +372,10 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
             fresh, why = up_to_date(profile, stage)
             if fresh:
                 say(f"[{stage}] skipped: {why} (use --force to rerun)")
-                done[stage] = {"status": "skipped", "reason": why}
+                records[stage] = {"status": "skipped", "reason": why}
                 continue
             if blocked := upstream_not_ok(profile, stage):
-                done[stage] = {"status": "refused", "error": blocked}
+                records[stage] = {"status": "refused", "error": blocked}
                 write_json(summary_path, summary)
                 raise UpstreamNotOk(blocked)
             say(f"[{stage}] running: {why}")
@@ -384,16 +385,16 @@ def _run_stages(profile: Profile, stages: list[str], force: bool, overrides: dic
         try:
             seconds = _attempt_stage(profile, stage, overrides, verbose, force, say, edited.get(stage))
         except StageFailed as exc:
-            done[stage] = {"status": "failed", "error": str(exc)}
+            records[stage] = {"status": "failed", "error": str(exc)}
             write_json(summary_path, summary)
             say(f"[{stage}] FAILED: {exc}")
             if executed_notebook(profile, stage).is_file():
                 say(f"[{stage}] the last good report stays at {executed_notebook(profile, stage)}")
             raise
         say(f"[{stage}] done in {seconds:.1f} s -> {executed_notebook(profile, stage)}")
-        done[stage] = {"status": "ran", "seconds": round(seconds, 1)}
+        records[stage] = {"status": "ran", "seconds": round(seconds, 1)}
         if edited.get(stage):
-            done[stage]["edited_cells"] = edited[stage]
+            records[stage]["edited_cells"] = edited[stage]
     summary["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(summary_path, summary)
     say(f"all done in {summary['total_seconds']:.1f} s; reports in {profile.report_dir()}")
