@@ -1,7 +1,8 @@
 """stats: paired interval, exact McNemar, Benjamini-Hochberg, power - against hand-computed values.
 
-paired_bootstrap, stratified_interval and questions_for_change_unpaired are oracles kept here (the package
-uses bootstrap_means, pool_singletons and percentile_interval directly, and the paired sample size only)."""
+paired_bootstrap (scipy's) and questions_for_change_unpaired are reference formulas kept here, beside the package's
+bootstrap_means / percentile_interval and its paired sample size; stratified_interval runs analysis.paired's own
+stratified path on groups of differences."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binomtest, bootstrap, false_discovery_control, norm, permutation_test
 
@@ -34,13 +36,17 @@ def paired_bootstrap(x, y, n_boot=stats.DEFAULT_N_BOOT, confidence=stats.DEFAULT
 
 
 def stratified_interval(groups, n_boot=stats.DEFAULT_N_BOOT, confidence=stats.DEFAULT_CONFIDENCE, seed=0):
-    """(mean over groups of the group's mean difference, low, high): each group resampled on its own,
-    the one-question groups pooled into one stratum (stats.pool_singletons), as analysis.paired does."""
-    rng = np.random.default_rng(seed)
-    arrays = [np.asarray(g, dtype=float).reshape(-1) for g in groups]
-    draws = stats.pool_singletons([stats.bootstrap_means(a, n_boot, rng) for a in arrays], arrays, rng)
-    lo, hi = stats.percentile_interval(np.mean(draws, axis=0), confidence)
-    return float(np.mean([a.mean() for a in arrays])), lo, hi
+    """(mean over groups of the group's mean difference, low, high) as analysis.paired makes it: each group one
+    subject (`_unit`: its bootstrap draws), then their mean (`_group`: one-question subjects pooled), in score units."""
+    from platypus_utils.analysis.paired import StatsSettings, _group, _unit
+
+    st, rng = StatsSettings(confidence, n_boot, 0.05, seed), np.random.default_rng(seed)
+    units = []
+    for g in groups:
+        d = pd.Series(np.asarray(g, dtype=float).reshape(-1))
+        units.append(_unit(d, pd.Series(np.zeros(len(d))), (None,) * 3, (None,) * 3, st, rng))
+    out = _group(*zip(*units), st, rng)
+    return out["delta"] / 100, out["ci_low"] / 100, out["ci_high"] / 100
 
 
 def questions_for_change_unpaired(delta, accuracy, alpha=0.05, power=0.8):
@@ -236,6 +242,8 @@ def test_power_calculation_by_hand():
     assert stats.questions_for_change(0.05, 0.20) == 626
     # unpaired, accuracy 0.5: (1.95996 sqrt(0.5) + 0.84162 sqrt(0.49875))^2 / 0.0025 = 1568.6 -> 1569
     assert questions_for_change_unpaired(0.05, 0.5) == 1569
+    # why the analysis pairs: the same change on the same questions needs ~2.5x fewer of them
+    assert stats.questions_for_change(0.05, 0.20) < questions_for_change_unpaired(0.05, 0.5) / 2
     with pytest.raises(ValueError):
         stats.questions_for_change(0.05, 0.01)  # a change larger than the disagreement is impossible
 
