@@ -16,7 +16,7 @@ from .published import TEST_SETS
 
 def _detectors(text: str) -> list[str]:
     """--detectors embedding,ngram -> ["embedding", "ngram"]."""
-    from .decontaminate.common import DETECTORS
+    from .config import DETECTORS
 
     names = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [x for x in names if x not in DETECTORS]

@@ -332,8 +332,11 @@ def clean_subject_gap_figure(clean: pd.DataFrame, ax=None, why: str = "", confid
         why = why or ("no MMLU item flagged by 02" if len(rows) else "no MMLU clean-subset scores")
         _message(ax, why, wrap=True, fontsize=8)
         return fig
-    label, fontsize = (lambda u, f, n: f"{u.replace('_', ' ')} ({f}/{n})"), 6 if len(units) > 20 else 7
-    _gap_points(ax, rows[rows["unit"].isin(units)], units, confidence, label, fontsize)
+
+    def label(unit, flagged, n):
+        return f"{unit.replace('_', ' ')} ({flagged}/{n})"
+
+    _gap_points(ax, rows[rows["unit"].isin(units)], units, confidence, label, 6 if len(units) > 20 else 7)
     ax.set_title("Per MMLU subject with a flagged item", fontsize=9)
     return fig
 

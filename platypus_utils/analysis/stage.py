@@ -19,6 +19,7 @@ Writes to reports/<profile>/tables/:
   benchmark_deltas.csv      - per comparison and benchmark
   merge_tradeoff.csv        - per variant: MMLU against the mean of the other three benchmarks
   references.{csv,md,tex}   - per released model: reproduction vs release (paired), harness drift (unpaired)
+  contamination_by_benchmark.csv - when 02 ran: its contamination table summed per benchmark
   seed_spread.{csv,md}      - with finetune.seeds: each training seed's merge score and their spread
   pipeline.{csv,md}         - status and headline numbers of every stage
 to reports/<profile>/figures/ (each as PNG + PDF and a .txt caption holding the numbers shown):

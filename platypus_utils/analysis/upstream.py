@@ -14,14 +14,32 @@ from ..artifacts import MANIFEST, read_manifest, sha256_path
 from .common import BENCHMARKS, FIGURE_EXTS, NOT_RUN, TABLE_EXTS, UPSTREAM, read_json, task_entry
 
 # each stage's artifact, in its run folder
-ARTIFACTS = dict([(layout.CURATE, "curation_report.json"), (layout.DECONTAMINATE, "contamination_table.csv")])
-ARTIFACTS |= dict([layout.FINETUNE_METRICS, layout.MERGE_REPORT, layout.EVALUATE_REPORT])
+ARTIFACTS = dict(
+    [
+        (layout.CURATE, "curation_report.json"),
+        (layout.DECONTAMINATE, "contamination_table.csv"),
+        layout.FINETUNE_METRICS,
+        layout.MERGE_REPORT,
+        layout.EVALUATE_REPORT,
+    ]
+)
 # key numbers: stage -> {key of its report: label}, each shown as "1,234" where the key holds a number
 COUNTS = {
-    layout.CURATE: {"loaded": "rows loaded", "malformed": "rows malformed", "filtered": "rows filtered"}
-    | {"exact_dup": "exact duplicates removed", "near_dup": "near duplicates removed", "kept": "rows kept"},
-    layout.DECONTAMINATE: {"train_rows": "training rows checked", "benchmark_items": "benchmark items compared"}
-    | {"flagged_rows": "rows flagged", "removed_rows": "leaks removed (rows)", "clean_rows": "rows kept for training"},
+    layout.CURATE: {
+        "loaded": "rows loaded",
+        "malformed": "rows malformed",
+        "filtered": "rows filtered",
+        "exact_dup": "exact duplicates removed",
+        "near_dup": "near duplicates removed",
+        "kept": "rows kept",
+    },
+    layout.DECONTAMINATE: {
+        "train_rows": "training rows checked",
+        "benchmark_items": "benchmark items compared",
+        "flagged_rows": "rows flagged",
+        "removed_rows": "leaks removed (rows)",
+        "clean_rows": "rows kept for training",
+    },
 }
 FINETUNE_NUMBERS = (
     ("steps", "optimizer steps", "{:,}"),
@@ -156,7 +174,7 @@ class _Numbers:
 
 
 def _curate_numbers(k: _Numbers) -> None:
-    path = k.profile.run_dir(layout.CURATE) / "curation_report.json"
+    path = k.profile.run_dir(layout.CURATE) / ARTIFACTS[layout.CURATE]
     if (cur := k.load(layout.CURATE, path.name)) is None:
         return
     per_source = cur.get("per_source") if isinstance(cur.get("per_source"), dict) else {}

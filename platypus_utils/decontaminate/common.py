@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..config import DETECTORS  # noqa: F401  (the profile's detector names, for the modules below detectors)
 from ..layout import DECONTAMINATE
 
 STAGE = DECONTAMINATE

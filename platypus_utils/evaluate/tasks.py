@@ -87,10 +87,17 @@ class _Built:
     mmlu_subjects: dict[str, str] = field(default_factory=dict)
 
 
+def _path_text(value: Any) -> str:
+    """json.dumps' fallback in _render: a path as its text; anything else JSON cannot hold is an error."""
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in a task template: {value!r}")
+
+
 def _render(template: str, **values: Any) -> str:
     text = (TEMPLATE_DIR / template).read_text(encoding="utf-8")  # values as JSON: valid YAML, paths exact
     return string.Template(text).substitute(
-        {k: json.dumps(v, ensure_ascii=False, default=str) for k, v in values.items()}
+        {k: json.dumps(v, ensure_ascii=False, default=_path_text) for k, v in values.items()}
     )
 
 
